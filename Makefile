@@ -1,0 +1,52 @@
+# infer-fast: every target installs what it needs into .venv (created on first use).
+#   make demo   - the main job (kernel demo until the distillation pipeline lands)
+#   make test   - the test suite (Triton kernels under the CPU interpreter when no GPU)
+#   make bench  - op benchmarks, JSON under bench/results/
+#   make cuda-check - compile the CUDA sources with nvcc for sm_90 (no GPU needed)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Pinned: torch 2.13.0 resolves to the local CPU wheel here (never a bare "torch": that
+# pulls several GB of CUDA packages); triton 3.9.0 + numpy 2.4.6 work together under
+# TRITON_INTERPRET=1 (triton 3.6 + numpy >= 2.3 does not).
+DEPS := torch==2.13.0 triton==3.9.0 numpy==2.4.6 pybind11==3.1.0 ninja==1.13.2 \
+        safetensors==0.8.0 tqdm==4.70.1 pyyaml==6.0.3 setuptools
+TEST_DEPS := pytest==9.2.0 hypothesis==6.170.15 pytest-benchmark==5.3.1
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) \
+           $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py)
+export MAX_JOBS ?= 2
+
+.PHONY: demo test bench cuda-check install clean
+
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(DEPS) $(TEST_DEPS)
+	touch $@
+
+# No build isolation: the extension builds against the torch installed above.
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	$(PIP) install --quiet --no-build-isolation --no-deps .
+	$(PY) -c "import infer_fast._C" || (echo "infer_fast._C failed to load" && false)
+	$(VENV)/bin/infer-fast info | grep -E "C\+\+ ext|CUDA kernels"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/infer-fast demo
+
+test: $(VENV)/.installed
+	cd tests && ../$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench_ops.py $(BENCH_ARGS)
+
+cuda-check:
+	@if command -v nvcc >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1; then \
+	  cmake -S . -B build/cuda-check -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null && \
+	  cmake --build build/cuda-check -j2 && echo "cuda-check: CUDA sources compile for sm_90"; \
+	else echo "cuda-check: nvcc or cmake not found, skipped"; fi
+
+clean:
+	rm -rf build dist *.egg-info infer_fast/_C*.so infer_fast/_build_info.json

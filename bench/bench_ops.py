@@ -1,0 +1,272 @@
+"""Benchmark of the fused ops against the eager baselines, in one run.
+
+For ``bn_stat_loss``: every backend usable on the device, the eager hook used by
+SRe2L-style code (mean, permute+contiguous+var, two norms, autograd) and torch.compile of
+the naive reference, timed for forward, backward and both over realistic workloads (all
+BN inputs of a network at once). For ``ufc_compose``: every backend against the eager
+PyTorch composition. Prints tables and writes JSON (device, versions, commit, date).
+
+    python bench/bench_ops.py                      # preset for the device present
+    python bench/bench_ops.py --preset cpu-target  # the CPU acceptance shape only
+
+Timing: triton.testing.do_bench on GPU (L2 flushed, CUDA events, median);
+torch.utils.benchmark on CPU (median of blocked runs). Speed-ups are ratios to the eager
+baseline measured in the same run: compare ratios, not raw times across machines.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+
+from infer_fast.ops import available_backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
+
+Shape = Tuple[int, ...]
+
+# ResNet-18 BN inputs per image at 224^2: stem, layer1 (4), layer2..4 (4 + downsample each)
+RESNET18_224 = [(64, 112, 112)] + [(64, 56, 56)] * 4 + [(128, 28, 28)] * 5 + [(256, 14, 14)] * 5 + [(512, 7, 7)] * 5
+# ConvNet-128 depth 3 at 32^2 (BN after each conv, before pooling)
+CONVNET_32 = [(128, 32, 32), (128, 16, 16), (128, 8, 8)]
+
+
+def workload(name: str, batch: int, per_image: Sequence[Shape], groups: int = 1) -> Dict:
+    return {"name": name, "shapes": [(batch,) + tuple(s) for s in per_image], "groups": groups}
+
+
+PRESETS = {
+    "cpu-target": [workload("acceptance (64,64,56,56)", 64, [(64, 56, 56)])],
+    "cpu": [
+        workload("acceptance (64,64,56,56)", 64, [(64, 56, 56)]),
+        workload("ResNet-18 224^2 b8", 8, RESNET18_224),
+        workload("ConvNet-128 32^2 C10 x G16", 160, CONVNET_32, groups=16),
+    ],
+    "gpu": [
+        workload("acceptance (64,64,56,56)", 64, [(64, 56, 56)]),
+        workload("ResNet-18 224^2 b100", 100, RESNET18_224),
+        workload("ResNet-18 224^2 b1000", 1000, RESNET18_224),
+        workload("ConvNet-128 32^2 C10 x G16", 160, CONVNET_32, groups=16),
+        workload("ConvNet-128 32^2 C100 x G8", 800, CONVNET_32, groups=8),
+    ],
+}
+# (name, K, C, ch, H, W, G)
+COMPOSE_PRESETS = {
+    "cpu": [("CIFAR-10 G16", 8, 10, 3, 32, 32, 16), ("CIFAR-100 G8", 8, 100, 3, 32, 32, 8)],
+    "gpu": [
+        ("CIFAR-10 G64", 8, 10, 3, 32, 32, 64),
+        ("CIFAR-100 G32", 8, 100, 3, 32, 32, 32),
+        ("ImageNet G1", 2, 1000, 3, 224, 224, 1),
+    ],
+}
+COMPOSE_PRESETS["cpu-target"] = COMPOSE_PRESETS["cpu"][:1]
+
+
+def eager_hook_loss(x, running_mean, running_var, groups):
+    """The SRe2L-style hook, looped over groups (the reference release has no grouping)."""
+    total = []
+    for xg in x.chunk(groups):
+        c = xg.shape[1]
+        mean = xg.mean([0, 2, 3])
+        var = xg.permute(1, 0, 2, 3).contiguous().view(c, -1).var(1, unbiased=False)
+        total.append(torch.norm(running_var - var, 2) + torch.norm(running_mean - mean, 2))
+    return torch.stack(total)
+
+
+def make_timer(device: torch.device) -> Callable[[Callable], float]:
+    """fn -> median milliseconds, the right tool for the device."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: float(do_bench(fn, warmup=25, rep=100))
+    from torch.utils.benchmark import Timer
+
+    return lambda fn: Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=1.0).median * 1e3
+
+
+def copy_bandwidth_gbps(device: torch.device, timer) -> float:
+    """Measured device copy bandwidth (bytes read + written), the roofline reference."""
+    src = torch.empty(256 * 2**20 // 4 if device.type == "cuda" else 64 * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def bench_bn(work: Dict, dtype, device, impls: Dict[str, Callable], timer, channels_last: bool) -> List[Dict]:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    xs, stats = [], []
+    for shape in work["shapes"]:
+        x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        xs.append(x.requires_grad_())
+        stats.append((0.1 * torch.randn(shape[1], generator=gen).to(device), (torch.rand(shape[1], generator=gen) + 0.5).to(device)))
+    element_bytes = sum(x.numel() for x in xs) * xs[0].element_size()
+    rows = []
+    for name, fn in impls.items():
+        def forward():
+            return sum(fn(x, rm, rv, work["groups"]).sum() for x, (rm, rv) in zip(xs, stats))
+
+        try:
+            loss = forward()
+            fwd = timer(forward)
+            bwd = timer(lambda: torch.autograd.grad(loss, xs, retain_graph=True))
+            both = timer(lambda: torch.autograd.grad(forward(), xs))
+        except Exception as exc:  # a baseline that cannot run here (e.g. compile without a compiler)
+            print(f"  {name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+            continue
+        rows.append(
+            {
+                "workload": work["name"], "op": "bn_stat_loss", "impl": name, "dtype": str(dtype).replace("torch.", ""),
+                "layout": "channels_last" if channels_last else "nchw", "groups": work["groups"],
+                "shapes": work["shapes"], "bytes_x": element_bytes,
+                "fwd_ms": fwd, "bwd_ms": bwd, "fwd_bwd_ms": both,
+                # bytes model: forward reads x; backward reads x and writes dx
+                "fwd_GBps": element_bytes / fwd / 1e6, "bwd_GBps": 2 * element_bytes / bwd / 1e6,
+                "fwd_bwd_GBps": 3 * element_bytes / both / 1e6,
+            }
+        )
+        del loss
+    return rows
+
+
+def bench_compose(case, dtype, device, impls: Dict[str, Callable], timer) -> List[Dict]:
+    name, k, c, ch, h, w, g = case
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    natural = torch.randn(k, c, ch, h, w, generator=gen).to(device=device, dtype=dtype)
+    ufc = torch.zeros(g, ch, h, w, device=device, dtype=dtype, requires_grad=True)
+    index = torch.randint(0, k, (g,), generator=gen).to(device)
+    shifts = torch.randint(0, 4, (g, 2), generator=gen).to(device)
+    flips = (torch.rand(g, generator=gen) < 0.5).to(device)
+    lo = torch.full((ch,), -2.0, device=device)
+    hi = torch.full((ch,), 2.0, device=device)
+    out_bytes = g * c * ch * h * w * natural.element_size()
+    rows = []
+    for impl, fn in impls.items():
+        def forward():
+            return fn(natural, ufc, index, shifts, flips, lo, hi)
+
+        try:
+            out = forward()
+            grad = torch.ones_like(out)
+            fwd = timer(forward)
+            bwd = timer(lambda: torch.autograd.grad(out, ufc, grad, retain_graph=True))
+            both = timer(lambda: torch.autograd.grad(forward(), ufc, grad))
+        except Exception as exc:
+            print(f"  {impl}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+            continue
+        rows.append(
+            {
+                "workload": name, "op": "ufc_compose", "impl": impl, "dtype": str(dtype).replace("torch.", ""),
+                "shape": [g, c, ch, h, w], "bytes_out": out_bytes, "fwd_ms": fwd, "bwd_ms": bwd, "fwd_bwd_ms": both,
+                # bytes model: forward reads P (once per group) and writes X; backward reads dX (+P for the mask)
+                "fwd_GBps": 2 * out_bytes / fwd / 1e6, "bwd_GBps": 2 * out_bytes / bwd / 1e6,
+            }
+        )
+        del out
+    return rows
+
+
+def environment(device: torch.device, threads: int) -> Dict:
+    def version(mod):
+        try:
+            return __import__(mod).__version__
+        except Exception:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                                    cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit, "dirty_worktree": dirty,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {platform.processor() or platform.machine()}",
+        "cpu_threads": threads, "python": platform.python_version(), "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda, "triton": version("triton"), "infer_fast": version("infer_fast"),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+    }
+
+
+def print_table(rows: List[Dict], baseline: str) -> None:
+    by_workload: Dict[str, List[Dict]] = {}
+    for row in rows:
+        by_workload.setdefault(f"{row['op']} | {row['workload']} | {row['dtype']} {row.get('layout', '')}", []).append(row)
+    for title, group in by_workload.items():
+        base = next((r for r in group if r["impl"] == baseline), None)
+        print(f"\n{title}")
+        print(f"  {'impl':<16} {'fwd ms':>9} {'bwd ms':>9} {'both ms':>9} {'GB/s both':>10} {'x fwd':>6} {'x bwd':>6} {'x both':>7}")
+        for r in group:
+            ratio = lambda key: base[key] / r[key] if base else float("nan")  # noqa: E731
+            gbps = r.get("fwd_bwd_GBps", float("nan"))
+            print(f"  {r['impl']:<16} {r['fwd_ms']:9.3f} {r['bwd_ms']:9.3f} {r['fwd_bwd_ms']:9.3f} {gbps:10.1f} "
+                  f"{ratio('fwd_ms'):6.2f} {ratio('bwd_ms'):6.2f} {ratio('fwd_bwd_ms'):7.2f}")
+        for r in group:
+            r["speedup_vs_" + baseline.replace(" ", "_")] = {k: base[k] / r[k] for k in ("fwd_ms", "bwd_ms", "fwd_bwd_ms")} if base else None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: 'gpu' on CUDA, 'cpu' otherwise")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the CI machines' cores)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--channels-last", action="store_true", help="also time channels_last inputs")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/ops-<device>-<date>.json)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    timer = make_timer(device)
+    backends = [b for b in available_backends(device) if not (b == "triton" and device.type == "cpu")]
+
+    bn_impls: Dict[str, Callable] = {"eager hook": eager_hook_loss}
+    if not args.no_compile:
+        compiled = torch.compile(bn_stat_loss_naive, dynamic=False)
+        bn_impls["compile(ref)"] = lambda x, rm, rv, g: compiled(x, rm, rv, g)
+    for name in backends:
+        bn_impls[name] = lambda x, rm, rv, g, name=name: bn_stat_loss(x, rm, rv, g, backend=name)
+    compose_impls: Dict[str, Callable] = {"eager": ufc_compose_naive}
+    for name in backends:
+        compose_impls[name] = lambda *a, name=name: ufc_compose(*a, backend=name)
+
+    env = environment(device, args.threads)
+    env["copy_bandwidth_GBps"] = copy_bandwidth_gbps(device, timer)
+    print(f"{env['device']} | torch {env['torch']} | threads {args.threads} | copy bandwidth {env['copy_bandwidth_GBps']:.1f} GB/s")
+    rows: List[Dict] = []
+    layouts = [False, True] if args.channels_last else [False]
+    for work in PRESETS[preset]:
+        for channels_last in layouts:
+            print(f"bn_stat_loss: {work['name']} ...", flush=True)
+            rows += bench_bn(work, dtype, device, bn_impls, timer, channels_last)
+    print_table([r for r in rows if r["op"] == "bn_stat_loss"], "eager hook")
+    compose_rows: List[Dict] = []
+    for case in COMPOSE_PRESETS[preset]:
+        print(f"ufc_compose: {case[0]} ...", flush=True)
+        compose_rows += bench_compose(case, dtype, device, compose_impls, timer)
+    print_table(compose_rows, "eager")
+
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        f"ops-{'gpu-' + torch.cuda.get_device_name(device).replace(' ', '_') if device.type == 'cuda' else 'cpu'}-{preset}-{datetime.date.today()}.json",
+    )
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"environment": env, "results": rows + compose_rows}, f, indent=1)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""What this installation contains and can run (``infer-fast info``)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import resources
+from typing import Dict
+
+import torch
+
+from . import __version__
+from .ops import backends
+
+
+def build_info() -> Dict[str, object]:
+    """The record setup.py wrote at build time (CUDA kernels built or skipped, and why)."""
+    try:
+        return json.loads(resources.files("infer_fast").joinpath("_build_info.json").read_text())
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
+        return {"cuda_kernels": False, "cuda_reason": "no build record (infer_fast is not installed with pip)"}
+
+
+def versions() -> Dict[str, str]:
+    out = {"infer-fast": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    out["torch CUDA"] = torch.version.cuda or "none (CPU build)"
+    for name in ("triton", "numpy"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:
+            out[name] = "not installed"
+    return out
+
+
+def format_info() -> str:
+    lines = ["infer-fast installation", ""]
+    lines += [f"  {k:<12} {v}" for k, v in versions().items()]
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    lines.append(f"  {'GPU':<12} {gpu}")
+    ext, why = backends.compiled_extension()
+    threads = ext.openmp_max_threads() if ext is not None else 0
+    lines.append(f"  {'C++ ext':<12} " + (f"loaded (OpenMP threads: {threads})" if ext is not None else f"not loaded: {why}"))
+    info = build_info()
+    lines.append(f"  {'CUDA kernels':<12} " + ("built" if info.get("cuda_kernels") else f"skipped: {info.get('cuda_reason')}"))
+    interp = "on (Triton kernels run on CPU tensors)" if backends.triton_interpreter() else "off"
+    lines.append(f"  {'TRITON_INTERPRET':<12} {interp}")
+    forced = os.environ.get(backends.ENV_VAR)
+    lines += ["", "backends (per device):"]
+    for name, per_device in backends.backend_report().items():
+        for device, status in per_device.items():
+            lines.append(f"  {name:<7} {device:<5} {status}")
+    for device in ("cpu",) + (("cuda",) if torch.cuda.is_available() else ()):
+        try:
+            chosen = backends.resolve("auto", torch.device(device))
+        except backends.BackendUnavailableError as exc:
+            chosen = f"error: {exc}"
+        lines.append(f"  auto on {device}: {chosen}" + (f"  ({backends.ENV_VAR}={forced})" if forced else ""))
+    return "\n".join(lines)

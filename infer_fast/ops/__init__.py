@@ -1,0 +1,21 @@
+"""Fused ops of infer-fast: one API, several backends (torch reference, C++ CPU, CUDA, Triton).
+
+    from infer_fast.ops import bn_stat_loss, ufc_compose, available_backends
+"""
+from .backends import BackendUnavailableError, available_backends, backend_report
+from .bn_hooks import BNStatTracker, attach_bn_stat_loss
+from .bn_stat_loss import bn_stat_loss
+from .reference import bn_stat_loss_naive, ufc_compose_naive
+from .ufc_compose import ufc_compose
+
+__all__ = [
+    "bn_stat_loss",
+    "ufc_compose",
+    "available_backends",
+    "backend_report",
+    "BackendUnavailableError",
+    "BNStatTracker",
+    "attach_bn_stat_loss",
+    "bn_stat_loss_naive",
+    "ufc_compose_naive",
+]

@@ -1,0 +1,100 @@
+"""Attach the BN-statistics loss to every BatchNorm layer of a frozen teacher.
+
+    tracker = BNStatTracker(teacher, groups=G)
+    logits = teacher(images)                 # hooks compute per-layer, per-group losses
+    r_bn = tracker.weighted_sum(first_bn_mult=10.0)   # (G,)
+
+The tracker keeps only the loss tensors of the *last* forward (cleared when the next one
+starts), never the activations themselves; the fused op saves its input for backward
+exactly as the BN layer already does.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .bn_stat_loss import bn_stat_loss
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+class BNStatTracker:
+    """Forward pre-hooks on every BatchNorm1d/2d of ``model``, computing
+    :func:`~infer_fast.ops.bn_stat_loss` of each layer's input against its running stats.
+
+    Layers are reported in execution order; layers that did not run in the last forward
+    are absent. The model must be in eval mode when it runs (a frozen teacher): in train
+    mode its running statistics would drift and its BN would use batch statistics.
+    """
+
+    def __init__(self, model: nn.Module, groups: int = 1, backend: str = "auto"):
+        self.groups = groups
+        self.backend = backend
+        self._losses: List[Tensor] = []
+        self._names: List[str] = []
+        self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _BN_TYPES)]
+        if not self.layers:
+            raise ValueError(f"model {type(model).__name__} has no BatchNorm1d/2d layer to attach the loss to")
+        for name, module in self.layers:
+            if module.running_mean is None or module.running_var is None:
+                raise ValueError(f"BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
+        self._handles = [model.register_forward_pre_hook(self._start_forward)]
+        self._handles += [m.register_forward_pre_hook(self._make_hook(name)) for name, m in self.layers]
+
+    def _start_forward(self, module, args) -> None:
+        self._losses, self._names = [], []
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args) -> None:
+            if module.training:
+                raise RuntimeError(
+                    f"BatchNorm layer {name!r} is in training mode: call model.eval() on the teacher "
+                    "before matching its statistics"
+                )
+            x = args[0]
+            self._losses.append(bn_stat_loss(x, module.running_mean, module.running_var, self.groups, self.backend))
+            self._names.append(name)
+
+        return hook
+
+    @property
+    def names(self) -> List[str]:
+        """Names of the layers that ran in the last forward, in execution order."""
+        return list(self._names)
+
+    def losses(self) -> Tensor:
+        """(L, G): per executed layer, per group, from the last forward."""
+        if not self._losses:
+            raise RuntimeError("no BatchNorm layer has run since the tracker was attached: run a forward pass first")
+        return torch.stack(self._losses)
+
+    def weighted_sum(self, first_bn_mult: float = 1.0) -> Tensor:
+        """(G,): first_bn_mult * R_1 + sum_{l >= 2} R_l, the INFER/SRe2L regularizer."""
+        per_layer = self.losses()
+        weights = torch.ones(per_layer.shape[0], dtype=per_layer.dtype, device=per_layer.device)
+        weights[0] = first_bn_mult
+        return (per_layer * weights[:, None]).sum(dim=0)
+
+    def clear(self) -> None:
+        """Drop the last forward's losses (and the autograd graph they hold)."""
+        self._losses, self._names = [], []
+
+    def remove(self) -> None:
+        """Detach all hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()
+
+    def __enter__(self) -> "BNStatTracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def attach_bn_stat_loss(model: nn.Module, groups: int = 1, backend: str = "auto") -> BNStatTracker:
+    """Shorthand for :class:`BNStatTracker` (``model`` must be a frozen, eval-mode teacher)."""
+    return BNStatTracker(model, groups=groups, backend=backend)

@@ -1,0 +1,148 @@
+"""Pure-PyTorch definitions of the two fused ops: the readable reference.
+
+Two layers live here:
+
+* ``*_naive`` functions: the plain textbook formulas, differentiable by autograd. Tests
+  compare every backend against these in float64.
+* the ``torch`` backend: the four kernel launchers of the backend contract
+  (see :mod:`infer_fast.ops.backends`) written with torch ops. They write into
+  caller-provided outputs exactly like the compiled and Triton kernels do.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics and compositions run in fp32, or fp64 for fp64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------
+# Naive definitions (autograd does the backward)
+# ----------------------------------------------------------------------------------------
+def bn_stat_loss_naive(x: Tensor, running_mean: Tensor, running_var: Tensor, groups: int = 1) -> Tensor:
+    """loss[g] = ||mean_g - running_mean||_2 + ||var_g - running_var||_2 (biased variance).
+
+    ``x`` is (N, C, H, W) or (N, C); group g owns rows [g*N/G, (g+1)*N/G).
+    """
+    acc = accumulate_dtype(x.dtype)
+    x = x.to(acc)
+    if x.dim() == 2:
+        x = x[:, :, None, None]
+    n, c = x.shape[:2]
+    xg = x.reshape(groups, n // groups, c, -1).transpose(1, 2).reshape(groups, c, -1)
+    mean = xg.mean(dim=2)
+    var = xg.var(dim=2, unbiased=False)
+    rm, rv = running_mean.to(acc), running_var.to(acc)
+    return torch.linalg.vector_norm(mean - rm, dim=1) + torch.linalg.vector_norm(var - rv, dim=1)
+
+
+def source_coords(height: int, width: int, shifts: Tensor, flips: Tensor):
+    """Per group, the source row/column read by each output row/column.
+
+    Output (h, w) of group g reads the pre-transform image at
+    (src_h[g, h], src_w[g, w]): roll by shifts[g] over (H, W), then mirror W if flips[g].
+    """
+    device = shifts.device
+    h = torch.arange(height, device=device)
+    w = torch.arange(width, device=device)
+    src_h = (h[None, :] - shifts[:, 0:1]).remainder(height)
+    w_rolled = torch.where(flips[:, None].bool(), width - 1 - w[None, :], w[None, :])
+    src_w = (w_rolled - shifts[:, 1:2]).remainder(width)
+    return src_h, src_w
+
+
+def transform(images: Tensor, src_h: Tensor, src_w: Tensor) -> Tensor:
+    """Apply per-group roll/flip given as source coordinates. images: (G, C, ch, H, W)."""
+    groups = torch.arange(images.shape[0], device=images.device)
+    # advanced indexing puts the indexed dims first: (G, H, W, C, ch)
+    out = images.permute(0, 3, 4, 1, 2)[groups[:, None, None], src_h[:, :, None], src_w[:, None, :]]
+    return out.permute(0, 3, 4, 1, 2)
+
+
+def untransform(images: Tensor, src_h: Tensor, src_w: Tensor) -> Tensor:
+    """Inverse of :func:`transform` (roll/flip are permutations of the pixel grid)."""
+    return transform(images, torch.argsort(src_h, dim=1), torch.argsort(src_w, dim=1))
+
+
+def ufc_compose_naive(
+    natural: Tensor,
+    ufc: Tensor,
+    index: Tensor,
+    shifts: Optional[Tensor] = None,
+    flips: Optional[Tensor] = None,
+    lo: Optional[Tensor] = None,
+    hi: Optional[Tensor] = None,
+) -> Tensor:
+    """X[g, c] = clamp(flip(roll(natural[index[g], c] + ufc[g])), lo, hi), computed in
+    fp32 (fp64 for fp64 inputs) and returned in the inputs' dtype. Shape (G, C, ch, H, W)."""
+    acc = accumulate_dtype(natural.dtype)
+    num_groups, _, height, width = ufc.shape
+    x = natural.to(acc)[index] + ufc.to(acc)[:, None]
+    if shifts is None:
+        shifts = torch.zeros(num_groups, 2, dtype=torch.long, device=ufc.device)
+    if flips is None:
+        flips = torch.zeros(num_groups, dtype=torch.bool, device=ufc.device)
+    x = transform(x, *source_coords(height, width, shifts.long(), flips))
+    # torch.clamp (unlike maximum/minimum) passes the full gradient at a tie with a bound
+    if lo is not None or hi is not None:
+        per_channel = lambda b: None if b is None else b.to(acc).view(1, 1, -1, 1, 1)  # noqa: E731
+        x = torch.clamp(x, per_channel(lo), per_channel(hi))
+    return x.to(natural.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# The "torch" backend: the contract's four launchers in plain PyTorch
+# ----------------------------------------------------------------------------------------
+def _group_view(x3: Tensor, groups: int) -> Tensor:
+    """(N, C, L) -> (G, n, C, L) without copying."""
+    n, c, length = x3.shape
+    return x3.view(groups, n // groups, c, length) if x3.is_contiguous() else x3.unflatten(0, (groups, n // groups))
+
+
+def bn_stat_sums(x3: Tensor, running_mean: Tensor, groups: int, out: Tensor) -> None:
+    """out[0, g, c] = sum(x - rm_c), out[1, g, c] = sum((x - rm_c)^2) over (rows of g, L)."""
+    d = _group_view(x3, groups).to(out.dtype) - running_mean.view(1, 1, -1, 1)
+    out[0].copy_(d.sum(dim=(1, 3)))
+    out[1].copy_(d.square().sum(dim=(1, 3)))
+
+
+def bn_stat_backward(x3: Tensor, coef_a: Tensor, coef_b: Tensor, mean: Tensor, groups: int, grad_input: Tensor) -> None:
+    """grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c])."""
+    xg = _group_view(x3, groups).to(coef_a.dtype)
+    dx = coef_a[:, None, :, None] + coef_b[:, None, :, None] * (xg - mean[:, None, :, None])
+    _group_view(grad_input, groups).copy_(dx)
+
+
+def _clamp_bounds(lo: Optional[Tensor], hi: Optional[Tensor], channels: int):
+    if lo is None:
+        return None, None
+    return lo.view(1, 1, channels, 1, 1), hi.view(1, 1, channels, 1, 1)
+
+
+def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out) -> None:
+    """out[g, c] = clamp(roll/flip(natural[index[g], c] + ufc[g]), lo, hi)."""
+    out.copy_(ufc_compose_naive(natural, ufc, index, shifts, flips, lo, hi))
+
+
+def compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo, hi) -> Tensor:
+    """Gradient w.r.t. the pre-transform sum natural[index[g]] + ufc[g], per (g, c), in the
+    accumulate dtype: un-roll/flip of grad_out with clamped elements zeroed."""
+    acc = accumulate_dtype(natural.dtype)
+    height, width = ufc.shape[-2:]
+    src_h, src_w = source_coords(height, width, shifts, flips)
+    grad = untransform(grad_out.to(acc), src_h, src_w)
+    low, high = _clamp_bounds(lo, hi, ufc.shape[1])
+    if low is not None:
+        value = natural.to(acc)[index] + ufc.to(acc)[:, None]
+        grad = grad * ((value >= low) & (value <= high))
+    return grad
+
+
+def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc) -> None:
+    """grad_ufc[g] = sum over classes of the masked, un-rolled grad_out[g, c]."""
+    grad_ufc.copy_(compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo, hi).sum(dim=1))

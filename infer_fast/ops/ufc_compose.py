@@ -1,0 +1,202 @@
+"""UFC compose: natural sets + universal feature compensators -> training images.
+
+    X[g, c] = clamp(flip(roll(natural[index[g], c] + ufc[g])), lo, hi)   (G, C, ch, H, W)
+
+One pass reads the natural images and writes X; the backward reads dX once and writes
+dU (the class-axis sum), un-rolling and masking clamped pixels on the way.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .reference import accumulate_dtype, compose_masked_source_grad
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+Bound = Union[None, float, Sequence[float], Tensor]
+
+# (data_ptr, version, numel, bound) of index tensors already checked to be in range, so a
+# recovery loop that reuses one index tensor does not sync the GPU at every step.
+_checked_index: dict = {}
+
+
+def _check_index(index: Tensor, num_sets: int) -> None:
+    if torch.compiler.is_compiling():
+        return  # values are unknown while tracing; the eager call checked them
+    key = (index.data_ptr(), index._version, index.numel(), index.device, num_sets)
+    if key in _checked_index:
+        return
+    lowest, highest = (int(v) for v in torch.aminmax(index))
+    if lowest < 0 or highest >= num_sets:
+        raise ValueError(f"index values must lie in [0, {num_sets}) (natural has {num_sets} sets), got [{lowest}, {highest}]")
+    if len(_checked_index) > 64:
+        _checked_index.clear()
+    _checked_index[key] = True
+
+
+def _bound(value: Bound, name: str, channels: int, like: Tensor) -> Optional[Tensor]:
+    """None, a scalar, a sequence of ch values or a (ch,) tensor -> (ch,) accumulate-dtype tensor."""
+    if value is None:
+        return None
+    acc = accumulate_dtype(like.dtype)
+    if isinstance(value, Tensor):
+        if value.device != like.device:
+            raise ValueError(f"{name} is on {value.device} but natural is on {like.device}")
+        if value.dim() == 0:
+            value = value.expand(channels)
+        if value.shape != (channels,):
+            raise ValueError(f"{name} must be a scalar or have shape ({channels},) (one bound per channel), got {tuple(value.shape)}")
+        return value.to(acc).contiguous()
+    if isinstance(value, numbers.Real):
+        return torch.full((channels,), float(value), dtype=acc, device=like.device)
+    values = list(value)
+    if len(values) != channels:
+        raise ValueError(f"{name} must give one bound per channel ({channels}), got {len(values)}")
+    return torch.tensor(values, dtype=acc, device=like.device)
+
+
+def _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi):
+    for name, t in (("natural", natural), ("ufc", ufc), ("index", index)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if natural.dim() != 5:
+        raise ValueError(f"natural must be (K, C, ch, H, W), got shape {tuple(natural.shape)}")
+    if ufc.dim() != 4:
+        raise ValueError(f"ufc must be (G, ch, H, W), got shape {tuple(ufc.shape)}")
+    if natural.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"natural must be float16, bfloat16, float32 or float64, got {natural.dtype}")
+    if ufc.dtype != natural.dtype:
+        raise ValueError(f"ufc dtype {ufc.dtype} differs from natural dtype {natural.dtype}")
+    if ufc.device != natural.device:
+        raise ValueError(f"ufc is on {ufc.device} but natural is on {natural.device}")
+    if natural.numel() == 0 or ufc.numel() == 0:
+        raise ValueError(f"natural {tuple(natural.shape)} and ufc {tuple(ufc.shape)} must not be empty")
+    if ufc.shape[1:] != natural.shape[2:]:
+        raise ValueError(f"ufc images {tuple(ufc.shape[1:])} must match natural images {tuple(natural.shape[2:])} (ch, H, W)")
+    groups, channels, height, width = ufc.shape
+    if index.shape != (groups,):
+        raise ValueError(f"index must have shape ({groups},) (one natural set per UFC), got {tuple(index.shape)}")
+    if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"index must be an integer tensor, got {index.dtype}")
+    if index.device != natural.device:
+        raise ValueError(f"index is on {index.device} but natural is on {natural.device}")
+    _check_index(index, natural.shape[0])
+    index = index.to(torch.int64).contiguous()
+
+    if shifts is None:
+        shifts = torch.zeros(groups, 2, dtype=torch.int64, device=natural.device)
+    else:
+        if not isinstance(shifts, Tensor) or shifts.shape != (groups, 2):
+            got = tuple(shifts.shape) if isinstance(shifts, Tensor) else type(shifts).__name__
+            raise ValueError(f"shifts must be a ({groups}, 2) integer tensor of (H, W) roll amounts, got {got}")
+        if shifts.dtype.is_floating_point or shifts.dtype.is_complex or shifts.dtype == torch.bool:
+            raise ValueError(f"shifts must be an integer tensor, got {shifts.dtype}")
+        if shifts.device != natural.device:
+            raise ValueError(f"shifts is on {shifts.device} but natural is on {natural.device}")
+        size = torch.tensor([height, width], dtype=torch.int64, device=natural.device)
+        shifts = shifts.to(torch.int64).remainder(size).contiguous()
+    if flips is None:
+        flips = torch.zeros(groups, dtype=torch.uint8, device=natural.device)
+    else:
+        if not isinstance(flips, Tensor) or flips.shape != (groups,):
+            got = tuple(flips.shape) if isinstance(flips, Tensor) else type(flips).__name__
+            raise ValueError(f"flips must be a ({groups},) bool tensor, got {got}")
+        if flips.dtype.is_floating_point or flips.dtype.is_complex:
+            raise ValueError(f"flips must be a bool or integer tensor, got {flips.dtype}")
+        if flips.device != natural.device:
+            raise ValueError(f"flips is on {flips.device} but natural is on {natural.device}")
+        flips = (flips != 0).to(torch.uint8).contiguous()
+
+    lo_t, hi_t = _bound(lo, "lo", channels, natural), _bound(hi, "hi", channels, natural)
+    if (lo_t is None) != (hi_t is None):  # kernels take both bounds or none
+        inf = torch.full((channels,), float("inf"), dtype=accumulate_dtype(natural.dtype), device=natural.device)
+        lo_t = -inf if lo_t is None else lo_t
+        hi_t = inf if hi_t is None else hi_t
+    return natural.contiguous(), ufc.contiguous(), index, shifts, flips, lo_t, hi_t
+
+
+@torch.library.custom_op("infer_fast::ufc_compose", mutates_args=())
+def _compose_op(
+    natural: Tensor, ufc: Tensor, index: Tensor, shifts: Tensor, flips: Tensor,
+    lo: Optional[Tensor], hi: Optional[Tensor], backend: str,
+) -> Tensor:
+    out = natural.new_empty((ufc.shape[0],) + tuple(natural.shape[1:]))
+    backends.launcher(backend, "ufc_compose")(natural, ufc, index, shifts, flips, lo, hi, out)
+    return out
+
+
+@_compose_op.register_fake
+def _(natural, ufc, index, shifts, flips, lo, hi, backend):
+    return natural.new_empty((ufc.shape[0],) + tuple(natural.shape[1:]))
+
+
+@torch.library.custom_op("infer_fast::ufc_compose_grad_ufc", mutates_args=())
+def _grad_ufc_op(
+    grad_out: Tensor, natural: Tensor, ufc: Tensor, index: Tensor, shifts: Tensor, flips: Tensor,
+    lo: Optional[Tensor], hi: Optional[Tensor], backend: str,
+) -> Tensor:
+    grad_ufc = torch.empty_like(ufc)
+    backends.launcher(backend, "ufc_compose_grad_ufc")(
+        grad_out.contiguous(), natural, ufc, index, shifts, flips, lo, hi, grad_ufc
+    )
+    return grad_ufc
+
+
+@_grad_ufc_op.register_fake
+def _(grad_out, natural, ufc, index, shifts, flips, lo, hi, backend):
+    return torch.empty_like(ufc)
+
+
+def _setup_context(ctx, inputs, output):
+    natural, ufc, index, shifts, flips, lo, hi, backend = inputs
+    ctx.save_for_backward(natural, ufc, index, shifts, flips, lo, hi)
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_out):
+    natural, ufc, index, shifts, flips, lo, hi = ctx.saved_tensors
+    grad_natural = grad_ufc = None
+    if ctx.needs_input_grad[1]:
+        grad_ufc = _grad_ufc_op(grad_out, natural, ufc, index, shifts, flips, lo, hi, ctx.backend)
+    if ctx.needs_input_grad[0]:
+        # Off the hot path (natural images are fixed during recovery): plain torch.
+        per_group = compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo, hi)
+        grad_natural = torch.zeros_like(natural, dtype=per_group.dtype).index_add_(0, index, per_group).to(natural.dtype)
+    return grad_natural, grad_ufc, None, None, None, None, None, None
+
+
+_compose_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def ufc_compose(
+    natural: Tensor,
+    ufc: Tensor,
+    index: Tensor,
+    shifts: Optional[Tensor] = None,
+    flips: Optional[Tensor] = None,
+    lo: Bound = None,
+    hi: Bound = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Compose G compensated sets: X[g, c] = clamp(flip(roll(natural[index[g], c] + ufc[g])), lo, hi).
+
+    Args:
+        natural: (K, C, ch, H, W) natural sets (one real image per class per set).
+        ufc: (G, ch, H, W) compensators, same dtype and device as ``natural``.
+        index: (G,) integer, the natural set each compensator is added to.
+        shifts: optional (G, 2) integer roll over (H, W), as ``torch.roll`` (applied first).
+        flips: optional (G,) bool, mirror the width axis after the roll.
+        lo, hi: optional per-channel bounds: a scalar, ch values, or a (ch,) tensor.
+        backend: "auto", "torch", "cpu", "cuda" or "triton".
+
+    Returns (G, C, ch, H, W) in natural's dtype; the sum and clamp run in fp32 (fp64 for
+    fp64). Differentiable w.r.t. ``ufc`` (class-axis sum, clamped pixels get no gradient)
+    and ``natural``.
+    """
+    args = _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi)
+    name = backends.resolve(backend, natural.device)
+    return _compose_op(*args, name)

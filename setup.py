@@ -1,0 +1,115 @@
+"""Build of infer-fast and its compiled extension ``infer_fast._C``.
+
+One build path: torch's cpp_extension (pybind11 + ninja) against the *installed* torch.
+Install with ``pip install --no-build-isolation .`` so pip never fetches another torch.
+
+- C++ CPU kernels (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) are always built, with OpenMP.
+- CUDA kernels (``csrc/cuda/``) are built only when the installed torch is a CUDA build
+  *and* a CUDA toolkit is found (``torch.version.cuda`` and ``CUDA_HOME``): nvcc on PATH
+  alone is not enough, a CPU torch cannot host CUDA kernels. Otherwise the build says
+  that CUDA kernels were skipped and why (also recorded in ``infer_fast/_build_info.json``
+  and shown by ``infer-fast info``). ``INFER_FAST_NO_CUDA=1`` skips them on purpose.
+- The Triton kernels in ``kernels/`` ship as the subpackage ``infer_fast.kernels``.
+"""
+import glob
+import json
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - build-time message
+    sys.exit(
+        "infer-fast builds against the installed PyTorch: install torch first, then run "
+        "`pip install --no-build-isolation .` (build isolation would fetch another torch)."
+    )
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"  # keep in step with infer_fast.__version__
+
+
+def cuda_build_decision():
+    """(build_cuda, reason) for the CUDA kernels."""
+    if os.environ.get("INFER_FAST_NO_CUDA") == "1":
+        return False, "INFER_FAST_NO_CUDA=1 was set"
+    if torch.version.cuda is None:
+        return False, f"the installed torch {torch.__version__} is a CPU-only build"
+    if cpp_extension.CUDA_HOME is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME)"
+    return True, f"torch {torch.__version__} with CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}"
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+build_cuda, cuda_reason = cuda_build_decision()
+cpp_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+define_macros = []
+if build_cuda:
+    sources = cpp_sources + rel(
+        glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp"))
+    )
+    define_macros.append(("INFER_FAST_WITH_CUDA", "1"))
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+    if not arch_list:  # Hopper (H100/H200) unless the user asks for others
+        nvcc_flags += ["-gencode=arch=compute_90,code=sm_90"]
+    extension = cpp_extension.CUDAExtension(
+        "infer_fast._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"],
+    )
+    print(f"infer-fast: building CUDA kernels ({cuda_reason})")
+else:
+    extension = cpp_extension.CppExtension(
+        "infer_fast._C",
+        cpp_sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+    print(f"infer-fast: CUDA kernels skipped: {cuda_reason}; building the C++ CPU kernels only")
+
+# Recorded in the package so `infer-fast info` can say what this install contains.
+with open(os.path.join(ROOT, "infer_fast", "_build_info.json"), "w") as f:
+    json.dump(
+        {
+            "version": VERSION,
+            "cuda_kernels": build_cuda,
+            "cuda_reason": cuda_reason,
+            "built_with_torch": torch.__version__,
+            "built_with_cuda": torch.version.cuda,
+        },
+        f,
+        indent=1,
+    )
+
+packages = find_packages(ROOT, include=["infer_fast", "infer_fast.*"]) + ["infer_fast.kernels"]
+
+setup(
+    name="infer-fast",
+    version=VERSION,
+    description="Kernel-accelerated INFER dataset distillation (Inter-class Feature Compensator, ICLR 2025)",
+    long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists(os.path.join(ROOT, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=packages,
+    package_dir={"infer_fast.kernels": "kernels"},
+    package_data={"infer_fast": ["_build_info.json", "py.typed"]},
+    ext_modules=[extension],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    install_requires=["torch>=2.3", "numpy", "safetensors", "tqdm", "pyyaml"],
+    extras_require={"triton": ["triton>=3.2"], "test": ["pytest", "hypothesis", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["infer-fast=infer_fast.cli:main"]},
+    zip_safe=False,
+)

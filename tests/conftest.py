@@ -1,0 +1,43 @@
+"""Test setup: Triton kernels run under the CPU interpreter when there is no GPU.
+
+TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before any test
+module imports infer_fast.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from infer_fast.ops import backends  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backend_params():
+    """(backend, device) pairs; those that cannot run here are skipped with the reason."""
+    params = []
+    for device in DEVICES:
+        for name in backends.BACKENDS:
+            if device == "cpu" and name == "cuda":
+                continue
+            why = backends.unavailable_reason(name, torch.device(device))
+            marks = [pytest.mark.skip(reason=why)] if why else []
+            params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
+    # The CUDA backend is listed even without a GPU so the skip is visible in the report.
+    if "cuda" not in DEVICES:
+        params.append(pytest.param("cuda", "cuda", id="cuda-cuda", marks=pytest.mark.skip(reason="no CUDA GPU")))
+    return params
+
+
+def tolerance(dtype):
+    """(rtol, atol) for results stored in ``dtype`` against a float64 reference."""
+    return {
+        torch.float64: (1e-10, 1e-12),
+        torch.float32: (2e-5, 2e-6),
+        torch.float16: (2e-3, 2e-3),
+        torch.bfloat16: (1.6e-2, 1.6e-2),
+    }[dtype]

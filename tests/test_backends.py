@@ -1,0 +1,129 @@
+"""Dispatch, custom-op registration (opcheck) and torch.compile without graph breaks."""
+import pytest
+import torch
+
+from conftest import backend_params
+from infer_fast.ops import available_backends, backends, bn_stat_loss, ufc_compose
+from infer_fast.ops.ufc_compose import _check_and_normalize
+
+
+def test_torch_backend_always_available():
+    assert "torch" in available_backends("cpu")
+    assert available_backends()[0] == "torch"
+
+
+def test_cpu_extension_is_built():
+    """The installed package always carries the C++ CPU kernels."""
+    assert backends.unavailable_reason("cpu", torch.device("cpu")) is None
+    assert backends.resolve("auto", torch.device("cpu")) == "cpu"
+
+
+def test_env_var_overrides_auto(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "torch")
+    assert backends.resolve("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setenv(backends.ENV_VAR, "cuda")
+    with pytest.raises(backends.BackendUnavailableError, match="backend 'cuda' is unavailable"):
+        backends.resolve("auto", torch.device("cpu"))
+
+
+def test_explicit_backend_wins_over_env_var(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "cuda")
+    assert backends.resolve("torch", torch.device("cpu")) == "torch"
+
+
+def test_report_covers_every_backend():
+    report = backends.backend_report()
+    assert set(report) == set(backends.BACKENDS)
+    assert report["torch"]["cpu"] == "usable"
+
+
+def bn_args(device, dtype=torch.float32, channels_last=False):
+    x = torch.randn(4, 5, 3, 3, device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(), torch.randn(5, device=device) * 0.1, torch.rand(5, device=device) + 0.5
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_bn_stat_loss(backend, device, channels_last):
+    x, rm, rv = bn_args(device, channels_last=channels_last)
+    torch.library.opcheck(torch.ops.infer_fast.bn_stat_loss_forward, (x, rm, rv, 2, backend))
+    loss, mean_shift, var_err, norms = torch.ops.infer_fast.bn_stat_loss_forward(x, rm, rv, 2, backend)
+    grad = torch.ones(2, device=device)
+    torch.library.opcheck(
+        torch.ops.infer_fast.bn_stat_loss_backward, (grad, x.detach(), rm, mean_shift, var_err, norms, 2, backend)
+    )
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("clamp", [False, True])
+def test_opcheck_ufc_compose(backend, device, clamp):
+    natural = torch.randn(2, 3, 2, 4, 5, device=device)
+    ufc = torch.randn(3, 2, 4, 5, device=device, requires_grad=True)
+    args = _check_and_normalize(
+        natural, ufc, torch.tensor([1, 0, 1], device=device), torch.tensor([[1, 2], [0, 4], [3, 3]], device=device),
+        torch.tensor([True, False, True], device=device), -1.0 if clamp else None, 1.0 if clamp else None,
+    )
+    torch.library.opcheck(torch.ops.infer_fast.ufc_compose, (*args, backend))
+    grad_out = torch.randn(3, 3, 2, 4, 5, device=device)
+    torch.library.opcheck(torch.ops.infer_fast.ufc_compose_grad_ufc, (grad_out, *[a.detach() if a is not None else None for a in args], backend))
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] in ("cpu", "cuda")])
+def test_opcheck_compiled_ops(backend, device):
+    """The C++/CUDA ops themselves (mutating, out-style) pass opcheck too."""
+    from infer_fast.ops.bn_stat_loss import _as_ncl
+
+    x, rm, _ = bn_args(device)
+    x3 = _as_ncl(x.detach())
+    ops = torch.ops.infer_fast_C
+    torch.library.opcheck(ops.bn_stat_sums, (x3, rm, 2, torch.empty(2, 2, 5, device=device)))
+    coef = torch.randn(3, 2, 5, device=device)
+    torch.library.opcheck(ops.bn_stat_backward, (x3, coef[0], coef[1], coef[2], 2, torch.empty_like(x3)))
+    natural = torch.randn(2, 3, 2, 4, 5, device=device)
+    ufc = torch.randn(3, 2, 4, 5, device=device)
+    args = _check_and_normalize(natural, ufc, torch.tensor([1, 0, 1], device=device), None, None, -1.0, 1.0)
+    torch.library.opcheck(ops.ufc_compose, (*args, torch.empty(3, 3, 2, 4, 5, device=device)))
+    torch.library.opcheck(ops.ufc_compose_grad_ufc, (torch.randn(3, 3, 2, 4, 5, device=device), *args, torch.empty_like(ufc)))
+
+
+def recovery_step(natural, ufc, index, shifts, rm, rv, weight):
+    """A miniature recovery step: compose, a conv, BN-statistics loss, backward target."""
+    images = ufc_compose(natural, ufc, index, shifts, lo=-2.0, hi=2.0).flatten(0, 1)
+    features = torch.nn.functional.conv2d(images, weight, padding=1)
+    return bn_stat_loss(features, rm, rv, groups=ufc.shape[0]).sum()
+
+
+def test_compile_fullgraph_no_graph_breaks():
+    """Both ops trace as single custom ops: fullgraph=True fails on any graph break."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    natural = torch.randn(2, 3, 2, 6, 6, generator=gen)
+    ufc = torch.zeros(2, 2, 6, 6, requires_grad=True)
+    index = torch.tensor([0, 1])
+    shifts = torch.tensor([[1, 2], [3, 0]])
+    rm, rv = torch.zeros(4), torch.ones(4)
+    weight = torch.randn(4, 2, 3, 3, generator=gen)
+    compiled = torch.compile(recovery_step, fullgraph=True, backend="aot_eager")
+    eager_loss = recovery_step(natural, ufc, index, shifts, rm, rv, weight)
+    (eager_grad,) = torch.autograd.grad(eager_loss, ufc)
+    loss = compiled(natural, ufc, index, shifts, rm, rv, weight)
+    (grad,) = torch.autograd.grad(loss, ufc)
+    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(grad, eager_grad)
+
+
+def test_compile_inductor():
+    """Inductor compiles around the custom ops and gives the eager result."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 5, 3, 3, requires_grad=True)
+    rm, rv = torch.zeros(5), torch.ones(5)
+
+    def fn(x):
+        return bn_stat_loss(torch.relu(x) * 2, rm, rv, groups=2).sum()
+
+    compiled = torch.compile(fn, fullgraph=True)
+    (grad,) = torch.autograd.grad(compiled(x), x)
+    (expected,) = torch.autograd.grad(fn(x), x)
+    torch.testing.assert_close(grad, expected)

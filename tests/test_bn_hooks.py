@@ -1,0 +1,114 @@
+"""BNStatTracker: per-layer, per-group losses of a frozen teacher, in execution order."""
+import pytest
+import torch
+from torch import nn
+
+from infer_fast.ops import BNStatTracker, bn_stat_loss_naive
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn_late = nn.BatchNorm2d(8)  # registered first, runs second
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.unused = nn.BatchNorm2d(8)  # never runs in forward
+        self.head = nn.Linear(8, 5)
+        self.bn_head = nn.BatchNorm1d(5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn_late(self.conv2(x)))
+        return self.bn_head(self.head(x.mean((2, 3))))
+
+
+def frozen_teacher():
+    torch.manual_seed(0)
+    net = TinyNet()
+    with torch.no_grad():  # non-trivial running statistics
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+    return net.eval().requires_grad_(False)
+
+
+def inputs_of_bn_layers(net, x):
+    """The SRe2L-style reference: plain hooks that store each BN input."""
+    seen = []
+    handles = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0]))) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    net(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_losses_in_execution_order_and_unused_layers_skipped():
+    net = frozen_teacher()
+    x = torch.randn(6, 3, 8, 8, requires_grad=True)
+    with BNStatTracker(net, groups=3, backend="torch") as tracker:
+        net(x)
+        assert tracker.names == ["bn1", "bn_late", "bn_head"]
+        losses = tracker.losses()
+    assert losses.shape == (3, 3)
+    for row, (module, bn_input) in zip(losses, inputs_of_bn_layers(net, x)):
+        expected = bn_stat_loss_naive(bn_input.double(), module.running_mean.double(), module.running_var.double(), 3)
+        torch.testing.assert_close(row.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_sum_gradient_matches_reference_hooks():
+    net = frozen_teacher()
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    tracker = BNStatTracker(net, groups=2)
+    net(x)
+    (grad,) = torch.autograd.grad(tracker.weighted_sum(first_bn_mult=10.0).sum(), x)
+    tracker.remove()
+
+    x64 = x.detach().double().requires_grad_()
+    net64 = frozen_teacher().double()
+    terms = [bn_stat_loss_naive(i, m.running_mean, m.running_var, 2) for m, i in inputs_of_bn_layers(net64, x64)]
+    reference = 10.0 * terms[0] + sum(terms[1:])
+    (ref_grad,) = torch.autograd.grad(reference.sum(), x64)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_only_last_forward_is_kept():
+    net = frozen_teacher()
+    tracker = BNStatTracker(net)
+    net(torch.randn(2, 3, 8, 8))
+    first = tracker.losses().clone()
+    net(torch.randn(2, 3, 8, 8) * 3)
+    assert tracker.losses().shape == first.shape
+    assert not torch.equal(tracker.losses(), first)
+
+
+def test_no_activation_kept_without_grad():
+    """Under no_grad the tracker holds plain loss values, no graph and no activations."""
+    net = frozen_teacher()
+    tracker = BNStatTracker(net)
+    with torch.no_grad():
+        net(torch.randn(2, 3, 8, 8))
+    assert all(loss.grad_fn is None for loss in tracker._losses)
+
+
+def test_train_mode_teacher_is_refused():
+    net = frozen_teacher().train()
+    tracker = BNStatTracker(net)
+    with pytest.raises(RuntimeError, match="call model.eval"):
+        net(torch.randn(2, 3, 8, 8))
+    tracker.remove()
+
+
+def test_remove_detaches_hooks():
+    net = frozen_teacher()
+    tracker = BNStatTracker(net)
+    tracker.remove()
+    net(torch.randn(2, 3, 8, 8))
+    with pytest.raises(RuntimeError, match="run a forward pass first"):
+        tracker.losses()
+
+
+def test_model_without_batchnorm_is_refused():
+    with pytest.raises(ValueError, match="has no BatchNorm"):
+        BNStatTracker(nn.Linear(3, 3))

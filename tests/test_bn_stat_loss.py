@@ -1,0 +1,145 @@
+"""bn_stat_loss: every backend against the float64 naive definition, on a shape matrix."""
+import pytest
+import torch
+
+from conftest import backend_params, tolerance
+from infer_fast.ops import backends, bn_stat_loss, bn_stat_loss_naive
+from infer_fast.ops.bn_stat_loss import _as_ncl
+
+# (shape, groups): N = 1, prime C, H*W = 1, non-powers of two, groups > 1, 2-d input
+SHAPES = [
+    ((1, 7, 3, 5), 1),
+    ((4, 13, 5, 7), 2),
+    ((6, 3, 1, 1), 3),
+    ((2, 16, 8, 8), 2),
+    ((3, 1, 4, 4), 1),
+    ((10, 11), 5),
+    ((5, 17, 9, 3), 5),
+]
+LAYOUTS = ["nchw", "channels_last", "strided"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def make_input(shape, layout, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    if layout == "strided":  # a non-contiguous view: every other channel of a wider tensor
+        wide = (shape[0], shape[1] * 2) + tuple(shape[2:])
+        x = (torch.randn(wide, generator=gen) * 1.5 + 0.3)[:, ::2]
+    else:
+        x = torch.randn(shape, generator=gen) * 1.5 + 0.3
+    x = x.to(device=device, dtype=dtype)
+    if layout == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def make_stats(channels, device, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    rm = (torch.randn(channels, generator=gen) * 0.2).to(device)
+    rv = (torch.rand(channels, generator=gen) + 0.5).to(device)
+    return rm, rv
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape,groups", SHAPES, ids=str)
+def test_matches_float64_reference(backend, device, shape, groups, layout, dtype):
+    x = make_input(shape, layout, dtype, device).requires_grad_()
+    rm, rv = make_stats(shape[1], device)
+    loss = bn_stat_loss(x, rm, rv, groups=groups, backend=backend)
+    upstream = torch.linspace(0.5, 1.5, groups, device=device)
+    (loss * upstream).sum().backward()
+
+    x64 = x.detach().double().requires_grad_()
+    ref = bn_stat_loss_naive(x64, rm.double(), rv.double(), groups)
+    (ref * upstream.double()).sum().backward()
+
+    assert loss.shape == (groups,)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=2e-5 if dtype != torch.float64 else 1e-10, atol=1e-6)
+    assert x.grad.dtype == dtype and x.grad.shape == x.shape
+    rtol, atol = tolerance(dtype)
+    scale = x64.grad.abs().max().item()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=rtol, atol=atol * scale)
+    if layout == "channels_last" and x.dim() == 4 and shape[1] > 1 and shape[2] * shape[3] > 1:
+        assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_launchers_write_every_element(backend, device, layout, dtype):
+    """Outputs are poisoned with NaN first: an element a kernel skips stays NaN."""
+    x = make_input((6, 13, 5, 7), layout, dtype, device)
+    x3, groups, acc = _as_ncl(x), 3, torch.float32
+    rm, _ = make_stats(13, device)
+    sums = torch.full((2, groups, 13), float("nan"), dtype=acc, device=device)
+    backends.launcher(backend, "bn_stat_sums")(x3, rm, groups, sums)
+    ref = torch.empty_like(sums)
+    backends.launcher("torch", "bn_stat_sums")(x3, rm, groups, ref)
+    torch.testing.assert_close(sums, ref, rtol=1e-5, atol=1e-4)
+
+    coef = torch.randn(3, groups, 13, dtype=acc, device=device)
+    grad = torch.full_like(x, float("nan"))
+    backends.launcher(backend, "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(grad))
+    expected = torch.empty_like(x)
+    backends.launcher("torch", "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(expected))
+    assert not grad.isnan().any()
+    rtol, atol = tolerance(dtype)
+    torch.testing.assert_close(grad, expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gradcheck_float64(backend, device, layout):
+    x = make_input((4, 5, 3, 2), layout, torch.float64, device).requires_grad_()
+    rm, rv = make_stats(5, device)
+    rm, rv = rm.double().requires_grad_(), rv.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, rm, rv: bn_stat_loss(x, rm, rv, 2, backend), (x, rm, rv))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_large_mean_over_std_is_exact(backend, device):
+    """KERNELS.md's numerics case: mean/std = 1000. Shifted fp32 sums keep the variance
+    to ~1e-8; the naive E[x^2] - E[x]^2 in fp32 would lose ~19% of it."""
+    gen = torch.Generator().manual_seed(3)
+    channels = 8
+    true_mean = 1000.0 + torch.randn(channels, generator=gen)
+    x = (torch.randn(16, channels, 12, 12, generator=gen) + true_mean.view(1, -1, 1, 1)).to(device)
+    rm = (true_mean + 0.05 * torch.randn(channels, generator=gen)).to(device)
+    rv = torch.full((channels,), 0.9, device=device)
+    loss = bn_stat_loss(x, rm, rv, backend=backend)
+    ref = bn_stat_loss_naive(x.double(), rm.double(), rv.double())
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_zero_norm_gives_zero_gradient_not_nan(backend, device):
+    """When the batch statistics equal the running ones exactly, both norms are 0."""
+    x = torch.tensor([[1.0, 3.0], [3.0, 1.0]], device=device).view(2, 1, 1, 2).repeat(1, 3, 1, 1).requires_grad_()
+    rm = torch.full((3,), 2.0, device=device)
+    rv = torch.full((3,), 1.0, device=device)
+    loss = bn_stat_loss(x, rm, rv, backend=backend)
+    loss.sum().backward()
+    assert loss.item() == 0.0
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_grouped_equals_separate_calls(backend, device):
+    """Groups are independent: G groups in one call == G calls on the slices."""
+    x = make_input((6, 7, 4, 4), "nchw", torch.float32, device)
+    rm, rv = make_stats(7, device)
+    together = bn_stat_loss(x, rm, rv, groups=3, backend=backend)
+    apart = torch.stack([bn_stat_loss(chunk, rm, rv, backend=backend)[0] for chunk in x.chunk(3)])
+    torch.testing.assert_close(together, apart, rtol=1e-6, atol=1e-6)
+
+
+def test_half_running_stats_accepted():
+    """A model converted with .half() has fp16 buffers; statistics still run in fp32."""
+    x = make_input((4, 6, 3, 3), "nchw", torch.float16, "cpu")
+    rm, rv = make_stats(6, "cpu")
+    loss = bn_stat_loss(x, rm.half(), rv.half(), backend="torch")
+    ref = bn_stat_loss_naive(x.double(), rm.half().double(), rv.half().double())
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
