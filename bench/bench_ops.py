@@ -233,6 +233,11 @@ def main(argv=None) -> int:
 
     bn_impls: Dict[str, Callable] = {"eager hook": eager_hook_loss}
     if not args.no_compile:
+        # one compiled graph per input shape: lift dynamo's default limit of 8 so no
+        # workload silently falls back to eager
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, 256)
         compiled = torch.compile(bn_stat_loss_naive, dynamic=False)
         bn_impls["compile(ref)"] = lambda x, rm, rv, g: compiled(x, rm, rv, g)
     for name in backends:

@@ -132,6 +132,9 @@ def _launchers(name: str) -> Dict[str, Callable]:
     return {op: getattr(module, op) for op in LAUNCHERS}
 
 
+# Under torch.compile the choice is made once at trace time (imports and environment
+# reads are not traceable), and the graph keeps the resolved name as a constant.
+@torch._dynamo.assume_constant_result
 def resolve(backend: str, device: torch.device) -> str:
     """Turn ``backend`` ("auto" or a name) into a usable backend name for ``device``."""
     if not isinstance(backend, str):

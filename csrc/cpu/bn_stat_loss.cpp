@@ -1,0 +1,560 @@
+// CPU kernels of the grouped BN-statistics loss: infer_fast_C::bn_stat_sums and
+// infer_fast_C::bn_stat_backward. Semantics: infer_fast/ops/backends.py ("Backend contract"),
+// math: docs/KERNELS.md section 1.
+//
+// x3 is (N, C, L) in one of two layouts, told apart by strides:
+//   NCL (x3.stride(2) == 1): each (n, c) is a contiguous row of L values;
+//   NLC (x3.stride(1) == 1): each (n, l) is a contiguous row of C values (channels_last).
+// (For L == 1 the two coincide; a (N, C, 1) view with stride(1) == 1 takes the NLC loops,
+// which read memory in order.)
+//
+// Sums: the reduction is cut into a fixed set of work items that depends only on the
+// shapes (never on the number of threads or on scheduling); each item writes its own
+// partial sums, and the partials are combined in a fixed order. Results are therefore
+// bit-identical for any thread count. Inside an item, inner chunks accumulate in the
+// accumulate dtype (fp32, or fp64 for fp64 inputs) and are added into double sums, which
+// keeps large fp32 reductions accurate.
+#include "common.h"
+
+#include <ATen/MemoryOverlap.h>
+
+#include <utility>
+#include <vector>
+
+namespace infer_fast {
+namespace cpu {
+namespace {
+
+constexpr const char* kSums = "bn_stat_sums";
+constexpr const char* kBwd = "bn_stat_backward";
+
+// Work items: a contiguous run of about kSegElems values; about item_elems(total) values
+// per item: at least 64 items when that keeps them above kMinItemElems values, so the
+// threads stay balanced (a function of the shape only, never of the thread count).
+constexpr int64_t kSegElems = 65536;
+constexpr int64_t kMinItemElems = 16384;
+constexpr int64_t kMaxItemElems = 262144;
+
+inline int64_t item_elems(int64_t total) {
+  return std::min(kMaxItemElems, std::max(kMinItemElems, total / 64));
+}
+// Elementwise backward: grain of the parallel loop.
+constexpr int64_t kGrainElems = 32768;
+// Inner chunk summed in the accumulate dtype before it is added into double sums; also
+// the block size of the fp16/bf16 <-> fp32 conversions.
+constexpr int64_t kBlock = 1024;
+// NLC: channel tile (local buffers on the stack) and rows per inner chunk.
+constexpr int64_t kChannelTile = 1024;
+constexpr int64_t kRowsPerFlush = 64;
+
+enum class Layout { NCL, NLC };
+
+// Which loops serve x3: NCL when the L axis is unit-stride (and L > 1, or the C axis is not
+// unit-stride), NLC when the C axis is unit-stride. Other layouts break the contract.
+Layout pick_layout(const at::Tensor& x3, const char* op) {
+  const int64_t C = x3.size(1), L = x3.size(2);
+  const bool l_unit = x3.stride(2) == 1 || L == 1;
+  const bool c_unit = x3.stride(1) == 1 || C == 1;
+  if (L == 1 && c_unit) return Layout::NLC;
+  if (l_unit) return Layout::NCL;
+  if (c_unit) return Layout::NLC;
+  TORCH_CHECK(false, op, ": x must be (N, C, L) with stride(2) == 1 (NCL) or stride(1) == 1 (NLC, channels_last), "
+              "got sizes ", x3.sizes(), " and strides ", x3.strides());
+  return Layout::NCL;
+}
+
+// s1 += sum(p - rm), s2 += sum((p - rm)^2) over len contiguous values of the accumulate
+// dtype. Lanes independent accumulators (several vector registers) keep the loop off the
+// latency of one chain of vector adds; each kBlock chunk is added into the double sums.
+template <typename A, int64_t Lanes>
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline void sums_contig_impl(const A* p, int64_t len, A rm, double& s1, double& s2) {
+  for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+    const int64_t i1 = std::min(len, i0 + kBlock);
+    A a1 = 0, a2 = 0;
+    int64_t i = i0;
+    if (i1 - i0 >= Lanes) {
+      A v1[Lanes], v2[Lanes];
+      for (int64_t j = 0; j < Lanes; ++j) v1[j] = v2[j] = A(0);
+      for (; i + Lanes <= i1; i += Lanes) {
+#pragma omp simd
+        for (int64_t j = 0; j < Lanes; ++j) {
+          const A d = p[i + j] - rm;
+          v1[j] += d;
+          v2[j] += d * d;
+        }
+      }
+      for (int64_t j = 0; j < Lanes; ++j) {
+        a1 += v1[j];
+        a2 += v2[j];
+      }
+    }
+    for (; i < i1; ++i) {
+      const A d = p[i] - rm;
+      a1 += d;
+      a2 += d * d;
+    }
+    s1 += static_cast<double>(a1);
+    s2 += static_cast<double>(a2);
+  }
+}
+
+#ifdef INFER_FAST_X86_DISPATCH
+// The same loop compiled for AVX2 (no FMA, so no contraction), used when the CPU has it.
+__attribute__((target("avx2"))) void sums_contig_avx2(const float* p, int64_t len, float rm, double& s1,
+                                                      double& s2) {
+  sums_contig_impl<float, 32>(p, len, rm, s1, s2);
+}
+__attribute__((target("avx2"))) void sums_contig_avx2(const double* p, int64_t len, double rm, double& s1,
+                                                      double& s2) {
+  sums_contig_impl<double, 16>(p, len, rm, s1, s2);
+}
+#endif
+
+template <typename A>
+inline void sums_contig(const A* p, int64_t len, A rm, double& s1, double& s2) {
+#ifdef INFER_FAST_X86_DISPATCH
+  if (cpu_has_avx2_f16c()) return sums_contig_avx2(p, len, rm, s1, s2);
+#endif
+  sums_contig_impl<A, 64 / sizeof(A)>(p, len, rm, s1, s2);  // 16 floats or 8 doubles
+}
+
+// The same over len values of dtype T with stride `step` (loads converted to acc dtype).
+template <typename T>
+inline void row_sums(const T* p, int64_t len, int64_t step, acc_t<T> rm, double& s1, double& s2) {
+  using A = acc_t<T>;
+  if (step == 1) {
+    if constexpr (IsReduced<T>::value) {
+      float buf[kBlock];
+      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - i0);
+        to_float(p + i0, buf, n);
+        sums_contig<float>(buf, n, rm, s1, s2);
+      }
+    } else {
+      sums_contig<A>(p, len, rm, s1, s2);
+    }
+    return;
+  }
+  for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+    const int64_t i1 = std::min(len, i0 + kBlock);
+    A a1 = 0, a2 = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const A d = static_cast<A>(p[i * step]) - rm;
+      a1 += d;
+      a2 += d * d;
+    }
+    s1 += static_cast<double>(a1);
+    s2 += static_cast<double>(a2);
+  }
+}
+
+// NCL: work item (g, n-block, c-block, l-segment). Inside an item, n is the outer loop and c
+// the inner one, so an item reads spans of about kSegElems contiguous values. Items are
+// numbered in memory order; partials go to part[g][n-block][l-segment][2][C].
+template <typename T>
+void sums_ncl(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC, int64_t sL,
+              const acc_t<T>* rm, int64_t G, acc_t<T>* out) {
+  using A = acc_t<T>;
+  const int64_t npg = N / G;
+  const std::pair<int64_t, int64_t> nseg_seg = split_even(L, kSegElems);
+  const int64_t nseg = nseg_seg.first, seg = nseg_seg.second;
+  const std::pair<int64_t, int64_t> ncb_cb = split_even(C, kSegElems / seg);
+  const int64_t ncb = ncb_cb.first, cb = ncb_cb.second;
+  const std::pair<int64_t, int64_t> nnb_nb = split_even(npg, item_elems(N * C * L) / (cb * seg));
+  const int64_t nnb = nnb_nb.first, nb = nnb_nb.second;
+  const int64_t items = G * nnb * ncb * nseg;
+  std::vector<double> part(G * nnb * nseg * 2 * C);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(2 * cb);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t sg = t % nseg, cblk = (t / nseg) % ncb, nblk = (t / (nseg * ncb)) % nnb,
+                    g = t / (nseg * ncb * nnb);
+      const int64_t c0 = cblk * cb, c1 = std::min(C, c0 + cb);
+      const int64_t n0 = g * npg + nblk * nb, n1 = std::min(n0 + nb, (g + 1) * npg);
+      const int64_t l0 = sg * seg, l1 = std::min(L, l0 + seg);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t c = c0; c < c1; ++c) {
+          row_sums(x + n * sN + c * sC + l0 * sL, l1 - l0, sL, rm[c], acc[2 * (c - c0)], acc[2 * (c - c0) + 1]);
+        }
+      }
+      double* dst = part.data() + ((g * nnb + nblk) * nseg + sg) * 2 * C;
+      for (int64_t c = c0; c < c1; ++c) {
+        dst[c] = acc[2 * (c - c0)];
+        dst[C + c] = acc[2 * (c - c0) + 1];
+      }
+    }
+  });
+  const int64_t GC = G * C;
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s1 = 0, s2 = 0;
+      for (int64_t r = 0; r < nnb * nseg; ++r) {
+        const double* src = part.data() + (g * nnb * nseg + r) * 2 * C;
+        s1 += src[c];
+        s2 += src[C + c];
+      }
+      out[g * C + c] = static_cast<A>(s1);
+      out[GC + g * C + c] = static_cast<A>(s2);
+    }
+  }
+}
+
+// NLC inner loops over one channel tile: f1 += sum of (row - rm), f2 += sum of squares.
+// acc_rows4 takes four rows at a time (fewer loads and stores of the accumulators per
+// value); it is used only for rows of at most kRows4MaxBytes apart, since interleaving
+// streams further apart measured slower than one row at a time on x86.
+constexpr int64_t kRows4MaxBytes = 256;
+
+template <typename A>
+inline void acc_rows4(const A* r0, const A* r1, const A* r2, const A* r3, const A* rm, A* f1, A* f2, int64_t cw) {
+#pragma omp simd
+  for (int64_t c = 0; c < cw; ++c) {
+    const A d0 = r0[c] - rm[c], d1 = r1[c] - rm[c], d2 = r2[c] - rm[c], d3 = r3[c] - rm[c];
+    f1[c] += (d0 + d1) + (d2 + d3);
+    f2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+  }
+}
+
+// Kept out of line: inlined into the row loop of acc_rows, GCC's unroll-and-jam interleaves
+// rows again (the slow pattern above).
+template <typename A>
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+void acc_row1(const A* r0, const A* rm, A* f1, A* f2, int64_t cw) {
+#pragma omp simd
+  for (int64_t c = 0; c < cw; ++c) {
+    const A d0 = r0[c] - rm[c];
+    f1[c] += d0;
+    f2[c] += d0 * d0;
+  }
+}
+
+// k rows of cw values of the accumulate dtype, `stride` values apart.
+template <typename A>
+inline void acc_rows(const A* p, int64_t stride, int64_t k, const A* rm, A* f1, A* f2, int64_t cw) {
+  int64_t q = 0;
+  if (stride * static_cast<int64_t>(sizeof(A)) <= kRows4MaxBytes) {
+    for (; q + 4 <= k; q += 4) {
+      acc_rows4<A>(p + q * stride, p + (q + 1) * stride, p + (q + 2) * stride, p + (q + 3) * stride, rm, f1, f2, cw);
+    }
+  }
+  for (; q < k; ++q) acc_row1<A>(p + q * stride, rm, f1, f2, cw);
+}
+
+// NLC: work item (g, row block, channel tile) over the rows (n, l) of group g, numbered in
+// memory order; partials go to part[g][row block][2][C]. Rows are taken in runs of up to
+// kRowsPerFlush consecutive rows that are equally spaced in memory; fp16/bf16 runs are
+// converted to fp32 first (in one block when the rows are contiguous).
+template <typename T>
+void sums_nlc(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sL, const acc_t<T>* rm, int64_t G,
+              acc_t<T>* out) {
+  using A = acc_t<T>;
+  const int64_t npg = N / G;
+  const int64_t rows_pg = npg * L;  // rows (n, l) of one group, each C contiguous values
+  const std::pair<int64_t, int64_t> ntile_tile = split_even(C, kChannelTile);
+  const int64_t ntile = ntile_tile.first, tile = ntile_tile.second;
+  const std::pair<int64_t, int64_t> nrb_rpb = split_even(rows_pg, item_elems(N * C * L) / tile);
+  const int64_t nrb = nrb_rpb.first, rpb = nrb_rpb.second;
+  const int64_t items = G * nrb * ntile;
+  const bool n_contiguous = sN == L * sL;  // row (n, L-1) is followed by row (n+1, 0)
+  std::vector<double> part(G * nrb * 2 * C);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    A f1[kChannelTile], f2[kChannelTile];
+    double d1[kChannelTile], d2[kChannelTile];
+    // fp16/bf16 rows converted to fp32 (unused for fp32/fp64)
+    std::vector<float> conv(IsReduced<T>::value ? std::max(kBlock, 4 * kChannelTile) : 0);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t ct = t % ntile, rb = (t / ntile) % nrb, g = t / (ntile * nrb);
+      const int64_t c0 = ct * tile, cw = std::min(tile, C - c0);
+      const A* rmc = rm + c0;
+      const int64_t i0 = rb * rpb, i1 = std::min(rows_pg, i0 + rpb);
+      int64_t n = g * npg + i0 / L, l = i0 % L;
+      for (int64_t c = 0; c < cw; ++c) {
+        f1[c] = f2[c] = 0;
+        d1[c] = d2[c] = 0;
+      }
+      int64_t cnt = 0;
+      for (int64_t i = i0; i < i1;) {
+        int64_t k = std::min(i1 - i, kRowsPerFlush);
+        if (!n_contiguous) k = std::min(k, L - l);
+        const T* p = x + n * sN + l * sL + c0;
+        if constexpr (IsReduced<T>::value) {
+          if (sL == cw) {  // k rows of cw values back to back: one conversion
+            k = std::min(k, std::max<int64_t>(1, kBlock / cw));
+            to_float(p, conv.data(), k * cw);
+          } else {
+            k = std::min<int64_t>(k, 4);
+            for (int64_t q = 0; q < k; ++q) to_float(p + q * sL, conv.data() + q * cw, cw);
+          }
+          acc_rows<float>(conv.data(), cw, k, rmc, f1, f2, cw);
+        } else {
+          acc_rows<A>(p, sL, k, rmc, f1, f2, cw);
+        }
+        i += k;
+        l += k;
+        if (l >= L) {
+          n += l / L;
+          l %= L;
+        }
+        cnt += k;
+        if (cnt >= kRowsPerFlush || i == i1) {
+          cnt = 0;
+          for (int64_t c = 0; c < cw; ++c) {
+            d1[c] += static_cast<double>(f1[c]);
+            d2[c] += static_cast<double>(f2[c]);
+            f1[c] = f2[c] = 0;
+          }
+        }
+      }
+      double* dst = part.data() + (g * nrb + rb) * 2 * C + c0;
+      for (int64_t c = 0; c < cw; ++c) {
+        dst[c] = d1[c];
+        dst[C + c] = d2[c];
+      }
+    }
+  });
+  const int64_t GC = G * C;
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s1 = 0, s2 = 0;
+      for (int64_t rb = 0; rb < nrb; ++rb) {
+        const double* src = part.data() + (g * nrb + rb) * 2 * C;
+        s1 += src[c];
+        s2 += src[C + c];
+      }
+      out[g * C + c] = static_cast<A>(s1);
+      out[GC + g * C + c] = static_cast<A>(s2);
+    }
+  }
+}
+
+void bn_stat_sums_cpu(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups, const at::Tensor& out) {
+  check_defined(x, kSums, "x");
+  check_cpu(x, kSums, "x");
+  TORCH_CHECK(x.dim() == 3, kSums, ": x must be 3-D (N, C, L), got shape ", x.sizes());
+  TORCH_CHECK(is_supported_float(x.scalar_type()), kSums, ": x must be float16, bfloat16, float32 or float64, got ",
+              x.scalar_type());
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  TORCH_CHECK(groups >= 1, kSums, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK(N % groups == 0, kSums, ": the batch size ", N, " is not divisible by groups=", groups);
+  const at::ScalarType acc = acc_scalar_type(x.scalar_type());
+  check_acc_vector(running_mean, acc, {C}, kSums, "running_mean");
+  check_acc_vector(out, acc, {2, groups, C}, kSums, "out");
+  if (out.numel() == 0) return;
+  if (x.numel() == 0) {
+    out.zero_();
+    return;
+  }
+  const Layout layout = pick_layout(x, kSums);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), kSums, [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const A* rm = running_mean.const_data_ptr<A>();
+    A* op = out.mutable_data_ptr<A>();
+    if (layout == Layout::NCL) {
+      sums_ncl<scalar_t>(xp, N, C, L, x.stride(0), x.stride(1), x.stride(2), rm, groups, op);
+    } else {
+      sums_nlc<scalar_t>(xp, N, C, L, x.stride(0), x.stride(2), rm, groups, op);
+    }
+  });
+}
+
+// y = a + b * (x - m) over len values (a, b, m scalars); unit strides take the
+// vectorized loops, fp16/bf16 through fp32 blocks.
+template <typename T>
+inline void affine_row(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, acc_t<T> a, acc_t<T> b,
+                       acc_t<T> m) {
+  using A = acc_t<T>;
+  if (sx == 1 && sy == 1) {
+    if constexpr (IsReduced<T>::value) {
+      float buf[kBlock];
+      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - i0);
+        to_float(x + i0, buf, n);
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) buf[i] = a + b * (buf[i] - m);
+        from_float(buf, y + i0, n);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) y[i] = a + b * (x[i] - m);
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) y[i * sy] = static_cast<T>(a + b * (static_cast<A>(x[i * sx]) - m));
+  }
+}
+
+// y[c] = a[c] + b[c] * (x[c] - m[c]) over len values (per-channel coefficients).
+template <typename T>
+inline void affine_channels(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, const acc_t<T>* a,
+                            const acc_t<T>* b, const acc_t<T>* m) {
+  using A = acc_t<T>;
+  if (sx == 1 && sy == 1) {
+    if constexpr (IsReduced<T>::value) {
+      float buf[kBlock];
+      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - i0);
+        to_float(x + i0, buf, n);
+        const float *ap = a + i0, *bp = b + i0, *mp = m + i0;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) buf[i] = ap[i] + bp[i] * (buf[i] - mp[i]);
+        from_float(buf, y + i0, n);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) y[i] = a[i] + b[i] * (x[i] - m[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) y[i * sy] = static_cast<T>(a[i] + b[i] * (static_cast<A>(x[i * sx]) - m[i]));
+  }
+}
+
+template <typename T>
+void backward_ncl(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64_t* xs, const int64_t* ys,
+                  const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* m, int64_t G) {
+  const int64_t npg = N / G;
+  const int64_t total = N * C * L;
+  at::parallel_for(0, total, kGrainElems, [&](int64_t begin, int64_t end) {
+    int64_t row = begin / L, l = begin % L;  // row = n * C + c
+    int64_t pos = begin;
+    while (pos < end) {
+      const int64_t n = row / C, c = row % C;
+      const int64_t gc = (n / npg) * C + c;
+      const int64_t len = std::min(L - l, end - pos);
+      affine_row(x + n * xs[0] + c * xs[1] + l * xs[2], xs[2], y + n * ys[0] + c * ys[1] + l * ys[2], ys[2], len,
+                 a[gc], b[gc], m[gc]);
+      pos += len;
+      l = 0;
+      ++row;
+    }
+  });
+}
+
+// y = a[c] + b[c] * (x - m[c]) over len contiguous values of an NLC tensor, value j being
+// channel (c_start + j) % C; fp16/bf16 through fp32 blocks that span several rows.
+template <typename T>
+inline void affine_span_nlc(const T* x, T* y, int64_t len, int64_t c_start, int64_t C, const acc_t<T>* a,
+                            const acc_t<T>* b, const acc_t<T>* m) {
+  using A = acc_t<T>;
+  if constexpr (IsReduced<T>::value) {
+    float buf[kBlock];
+    int64_t c = c_start;
+    for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+      const int64_t nb = std::min(kBlock, len - j0);
+      to_float(x + j0, buf, nb);
+      for (int64_t j = 0; j < nb;) {
+        const int64_t w = std::min(C - c, nb - j);
+        float* v = buf + j;
+        const float *ap = a + c, *bp = b + c, *mp = m + c;
+#pragma omp simd
+        for (int64_t i = 0; i < w; ++i) v[i] = ap[i] + bp[i] * (v[i] - mp[i]);
+        j += w;
+        c += w;
+        if (c == C) c = 0;
+      }
+      from_float(buf, y + j0, nb);
+    }
+  } else {
+    int64_t c = c_start;
+    for (int64_t j = 0; j < len;) {
+      const int64_t w = std::min(C - c, len - j);
+      const A* xp = x + j;
+      A* yp = y + j;
+      const A *ap = a + c, *bp = b + c, *mp = m + c;
+#pragma omp simd
+      for (int64_t i = 0; i < w; ++i) yp[i] = ap[i] + bp[i] * (xp[i] - mp[i]);
+      j += w;
+      c = 0;
+    }
+  }
+}
+
+template <typename T>
+void backward_nlc(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64_t* xs, const int64_t* ys,
+                  const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* m, int64_t G) {
+  const int64_t npg = N / G;
+  const int64_t total = N * L * C;
+  // rows (n, l) of x and of grad_input back to back within each n (plain channels_last)
+  const bool spans = xs[1] == 1 && ys[1] == 1 && xs[2] == C && ys[2] == C;
+  at::parallel_for(0, total, kGrainElems, [&](int64_t begin, int64_t end) {
+    int64_t pos = begin;
+    while (pos < end) {
+      const int64_t row = pos / C, c0 = pos % C;  // row = n * L + l
+      const int64_t n = row / L, l = row % L;
+      const int64_t go = (n / npg) * C;
+      int64_t len;
+      if (spans) {
+        len = std::min(end, (n + 1) * L * C) - pos;
+        affine_span_nlc(x + n * xs[0] + l * C + c0, y + n * ys[0] + l * C + c0, len, c0, C, a + go, b + go, m + go);
+      } else {
+        len = std::min(C - c0, end - pos);
+        affine_channels(x + n * xs[0] + l * xs[2] + c0 * xs[1], xs[1], y + n * ys[0] + l * ys[2] + c0 * ys[1], ys[1],
+                        len, a + go + c0, b + go + c0, m + go + c0);
+      }
+      pos += len;
+    }
+  });
+}
+
+void bn_stat_backward_cpu(const at::Tensor& x, const at::Tensor& coef_a, const at::Tensor& coef_b,
+                          const at::Tensor& mean, int64_t groups, const at::Tensor& grad_input) {
+  check_defined(x, kBwd, "x");
+  check_cpu(x, kBwd, "x");
+  TORCH_CHECK(x.dim() == 3, kBwd, ": x must be 3-D (N, C, L), got shape ", x.sizes());
+  TORCH_CHECK(is_supported_float(x.scalar_type()), kBwd, ": x must be float16, bfloat16, float32 or float64, got ",
+              x.scalar_type());
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  TORCH_CHECK(groups >= 1, kBwd, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK(N % groups == 0, kBwd, ": the batch size ", N, " is not divisible by groups=", groups);
+  const at::ScalarType acc = acc_scalar_type(x.scalar_type());
+  check_acc_vector(coef_a, acc, {groups, C}, kBwd, "coef_a");
+  check_acc_vector(coef_b, acc, {groups, C}, kBwd, "coef_b");
+  check_acc_vector(mean, acc, {groups, C}, kBwd, "mean");
+  check_defined(grad_input, kBwd, "grad_input");
+  check_cpu(grad_input, kBwd, "grad_input");
+  check_dtype(grad_input, x.scalar_type(), kBwd, "grad_input");
+  check_shape(grad_input, x.sizes(), kBwd, "grad_input");
+  if (x.numel() == 0) return;
+  const Layout layout = pick_layout(x, kBwd);
+  // grad_input has x's layout: its unit-stride axis must match (size-1 axes aside).
+  if (layout == Layout::NCL) {
+    TORCH_CHECK(grad_input.stride(2) == 1 || L == 1, kBwd, ": grad_input must have x's layout (NCL), got strides ",
+                grad_input.strides(), " for x strides ", x.strides());
+  } else {
+    TORCH_CHECK(grad_input.stride(1) == 1 || C == 1, kBwd,
+                ": grad_input must have x's layout (NLC), got strides ", grad_input.strides(), " for x strides ",
+                x.strides());
+  }
+  // Writes through grad_input's own strides; overlapping outputs would race.
+  TORCH_CHECK(at::has_internal_overlap(grad_input) != at::MemOverlap::Yes, kBwd,
+              ": grad_input must not have overlapping elements, got strides ", grad_input.strides());
+  const int64_t xs[3] = {x.stride(0), x.stride(1), x.stride(2)};
+  const int64_t ys[3] = {grad_input.stride(0), grad_input.stride(1), grad_input.stride(2)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), kBwd, [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = grad_input.mutable_data_ptr<scalar_t>();
+    const A* ap = coef_a.const_data_ptr<A>();
+    const A* bp = coef_b.const_data_ptr<A>();
+    const A* mp = mean.const_data_ptr<A>();
+    if (layout == Layout::NCL) {
+      backward_ncl<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups);
+    } else {
+      backward_nlc<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace infer_fast
+
+TORCH_LIBRARY_IMPL(infer_fast_C, CPU, m) {
+  m.impl("bn_stat_sums", &infer_fast::cpu::bn_stat_sums_cpu);
+  m.impl("bn_stat_backward", &infer_fast::cpu::bn_stat_backward_cpu);
+}

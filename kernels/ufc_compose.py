@@ -1,0 +1,236 @@
+"""Triton kernels of the UFC composition (natural sets + inter-class feature compensators).
+
+Launchers (contract: ``infer_fast.ops.backends``):
+
+``ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out)``
+    out[g, c, k, h, w] = clamp(natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws], lo[k], hi[k])
+    with hs = (h - shifts[g, 0]) mod H, wr = W-1-w if flips[g] else w,
+    ws = (wr - shifts[g, 1]) mod W; sum and clamp in fp32 (fp64 for fp64 inputs).
+
+``ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc)``
+    grad_ufc[g, k, hs, ws] = sum_c grad_out[g, c, k, h, w] * [lo[k] <= v <= hi[k]],
+    (h, w) the output pixel that source pixel (hs, ws) lands on,
+    v = natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws].
+
+Design
+------
+Forward: one program per (g, k, class chunk, block of BLOCK_P output pixels). The
+program computes the source coordinates and loads the compensator tile once, then loops
+over its classes: load natural at the source pixels (contiguous runs, reversed when
+flipped, one wrap point per row), add, clamp, store the output tile (contiguous).
+Classes are split into chunks only when (g, k, pixel blocks) alone give too few programs.
+
+Backward: one program per (g, k, block of BLOCK_P *source* pixels); it maps every
+source pixel to its destination, loops over all classes accumulating grad_out (masked by
+the recomputed clamp test) in fp32/fp64, and writes grad_ufc once (no atomics, no
+partials: deterministic). Small images get smaller pixel blocks for more programs.
+
+Offsets are int64; index/shifts/flips/lo/hi are read through their strides.
+"""
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+_MAX_BLOCK_P = 1024
+_MIN_BLOCK_P = 128
+
+
+@triton.jit
+def _compose_kernel(
+    nat_ptr, ufc_ptr, idx_ptr, shifts_ptr, flips_ptr, lo_ptr, hi_ptr, out_ptr,
+    C, CH, H, W, HW,
+    s_idx, s_sh0, s_sh1, s_flip, s_lo, s_hi,
+    classes_per_prog, num_pblocks, num_csplit,
+    HAS_CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pb = pid % num_pblocks
+    t = pid // num_pblocks
+    cs = t % num_csplit
+    gk = t // num_csplit
+    k = gk % CH
+    g = gk // CH
+
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < HW
+    h = p // W
+    w = p - h * W
+    shift_h = tl.load(shifts_ptr + g * s_sh0).to(tl.int32)
+    shift_w = tl.load(shifts_ptr + g * s_sh0 + s_sh1).to(tl.int32)
+    flip = tl.load(flips_ptr + g * s_flip)
+    hs = h - shift_h
+    hs = tl.where(hs < 0, hs + H, hs)
+    wr = tl.where(flip != 0, W - 1 - w, w)
+    ws = wr - shift_w
+    ws = tl.where(ws < 0, ws + W, ws)
+    src = hs * W + ws
+
+    g64 = g.to(tl.int64)
+    u = tl.load(ufc_ptr + (g64 * CH + k) * HW + src, mask=p_mask, other=0.0).to(ACC)
+    nat_set = tl.load(idx_ptr + g * s_idx).to(tl.int64)
+    if HAS_CLAMP:
+        lo = tl.load(lo_ptr + k * s_lo).to(ACC)
+        hi = tl.load(hi_ptr + k * s_hi).to(ACC)
+
+    c_begin = cs * classes_per_prog
+    c_end = tl.minimum(c_begin + classes_per_prog, C)
+    for c in range(c_begin, c_end):
+        nat_base = ((nat_set * C + c) * CH + k) * HW
+        v = tl.load(nat_ptr + nat_base + src, mask=p_mask, other=0.0).to(ACC) + u
+        if HAS_CLAMP:
+            # max then min like the reference (NaN stays NaN; lo > hi gives hi)
+            v = tl.where(v < lo, lo, v)
+            v = tl.where(v > hi, hi, v)
+        out_base = ((g64 * C + c) * CH + k) * HW
+        tl.store(out_ptr + out_base + p, v.to(out_ptr.dtype.element_ty), mask=p_mask)
+
+
+@triton.jit
+def _compose_grad_ufc_kernel(
+    gout_ptr, nat_ptr, ufc_ptr, idx_ptr, shifts_ptr, flips_ptr, lo_ptr, hi_ptr, gufc_ptr,
+    C, CH, H, W, HW,
+    s_idx, s_sh0, s_sh1, s_flip, s_lo, s_hi,
+    num_pblocks,
+    HAS_CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pb = pid % num_pblocks
+    gk = pid // num_pblocks
+    k = gk % CH
+    g = gk // CH
+
+    # source pixels (hs, ws) of this block and the output pixel (h, w) each lands on
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < HW
+    hs = p // W
+    ws = p - hs * W
+    shift_h = tl.load(shifts_ptr + g * s_sh0).to(tl.int32)
+    shift_w = tl.load(shifts_ptr + g * s_sh0 + s_sh1).to(tl.int32)
+    flip = tl.load(flips_ptr + g * s_flip)
+    h = hs + shift_h
+    h = tl.where(h >= H, h - H, h)
+    wr = ws + shift_w
+    wr = tl.where(wr >= W, wr - W, wr)
+    w = tl.where(flip != 0, W - 1 - wr, wr)
+    dst = h * W + w
+
+    g64 = g.to(tl.int64)
+    ufc_off = (g64 * CH + k) * HW + p
+    if HAS_CLAMP:
+        u = tl.load(ufc_ptr + ufc_off, mask=p_mask, other=0.0).to(ACC)
+        lo = tl.load(lo_ptr + k * s_lo).to(ACC)
+        hi = tl.load(hi_ptr + k * s_hi).to(ACC)
+        nat_set = tl.load(idx_ptr + g * s_idx).to(tl.int64)
+
+    acc = tl.zeros((BLOCK_P,), dtype=ACC)
+    for c in range(0, C):
+        go_base = ((g64 * C + c) * CH + k) * HW
+        go = tl.load(gout_ptr + go_base + dst, mask=p_mask, other=0.0).to(ACC)
+        if HAS_CLAMP:
+            nat_base = ((nat_set * C + c) * CH + k) * HW
+            v = tl.load(nat_ptr + nat_base + p, mask=p_mask, other=0.0).to(ACC) + u
+            keep = (v >= lo) & (v <= hi)
+            go = go * keep.to(ACC)  # a product, like the reference (inf * 0 = nan)
+        acc += go
+    tl.store(gufc_ptr + ufc_off, acc.to(gufc_ptr.dtype.element_ty), mask=p_mask)
+
+
+# ----------------------------------------------------------------------------------------
+# Heuristics and launchers
+# ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _num_sms(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _target_programs(device):
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return 4 * _num_sms(index)
+    return 4
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _pixel_block(hw, outer, target, block_p):
+    """BLOCK_P: given, or the largest power of two <= 1024 covering the image, halved
+    (down to 128) while the grid has fewer than ``target`` programs."""
+    if block_p is not None:
+        if block_p < 1 or block_p & (block_p - 1):
+            raise ValueError(f"block_p must be a power of two, got {block_p}")
+        return block_p
+    block = min(triton.next_power_of_2(hw), _MAX_BLOCK_P)
+    while block > _MIN_BLOCK_P and outer * triton.cdiv(hw, block) < target:
+        block //= 2
+    return block
+
+
+def _num_warps(block):
+    return max(1, min(8, block // 256))
+
+
+def _clamp_args(lo, hi, dummy):
+    if lo is None:
+        return dummy, dummy, 0, 0, False
+    return lo, hi, lo.stride(0), hi.stride(0), True
+
+
+def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None, classes_per_program=None):
+    """out[g, c] = clamp(roll/flip(natural[index[g], c] + ufc[g]), lo, hi).
+
+    ``block_p`` (power of two) and ``classes_per_program``: optional knobs (tests).
+    """
+    if (lo is None) != (hi is None):
+        raise ValueError("lo and hi must be both None or both given")
+    G, CH, H, W = ufc.shape
+    C = natural.shape[1]
+    HW = H * W
+    if out.numel() == 0:
+        return
+    target = _target_programs(out.device)
+    BLOCK_P = _pixel_block(HW, G * CH, target, block_p)
+    num_pblocks = triton.cdiv(HW, BLOCK_P)
+    if classes_per_program is None:
+        csplit = min(C, max(1, triton.cdiv(target, G * CH * num_pblocks)))
+        classes_per_program = triton.cdiv(C, csplit)
+    classes_per_program = max(1, min(int(classes_per_program), C))
+    num_csplit = triton.cdiv(C, classes_per_program)
+    lo_t, hi_t, s_lo, s_hi, has_clamp = _clamp_args(lo, hi, ufc)
+    grid = (G * CH * num_csplit * num_pblocks,)
+    _compose_kernel[grid](
+        natural, ufc, index, shifts, flips, lo_t, hi_t, out,
+        C, CH, H, W, HW,
+        index.stride(0), shifts.stride(0), shifts.stride(1), flips.stride(0), s_lo, s_hi,
+        classes_per_program, num_pblocks, num_csplit,
+        HAS_CLAMP=has_clamp, ACC=_acc(natural.dtype), BLOCK_P=BLOCK_P, num_warps=_num_warps(BLOCK_P),
+    )
+
+
+def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc, *, block_p=None):
+    """grad_ufc[g] = un-roll/flip(sum_c grad_out[g, c] * [not clamped]).
+
+    ``block_p`` (power of two): optional knob (tests).
+    """
+    if (lo is None) != (hi is None):
+        raise ValueError("lo and hi must be both None or both given")
+    G, CH, H, W = ufc.shape
+    C = natural.shape[1]
+    HW = H * W
+    if grad_ufc.numel() == 0:
+        return
+    target = _target_programs(grad_ufc.device)
+    BLOCK_P = _pixel_block(HW, G * CH, target, block_p)
+    num_pblocks = triton.cdiv(HW, BLOCK_P)
+    lo_t, hi_t, s_lo, s_hi, has_clamp = _clamp_args(lo, hi, ufc)
+    grid = (G * CH * num_pblocks,)
+    _compose_grad_ufc_kernel[grid](
+        grad_out, natural, ufc, index, shifts, flips, lo_t, hi_t, grad_ufc,
+        C, CH, H, W, HW,
+        index.stride(0), shifts.stride(0), shifts.stride(1), flips.stride(0), s_lo, s_hi,
+        num_pblocks,
+        HAS_CLAMP=has_clamp, ACC=_acc(natural.dtype), BLOCK_P=BLOCK_P, num_warps=_num_warps(BLOCK_P),
+    )
