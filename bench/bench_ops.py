@@ -166,6 +166,7 @@ def bench_compose(case, dtype, device, impls: Dict[str, Callable], timer) -> Lis
                 "shape": [g, c, ch, h, w], "bytes_out": out_bytes, "fwd_ms": fwd, "bwd_ms": bwd, "fwd_bwd_ms": both,
                 # bytes model: forward reads P (once per group) and writes X; backward reads dX (+P for the mask)
                 "fwd_GBps": 2 * out_bytes / fwd / 1e6, "bwd_GBps": 2 * out_bytes / bwd / 1e6,
+                "fwd_bwd_GBps": 4 * out_bytes / both / 1e6,
             }
         )
         del out
