@@ -42,7 +42,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/bench_ops.py $(BENCH_ARGS)
 
-cuda-check:
+cuda-check: $(VENV)/.deps
 	@if command -v nvcc >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1; then \
 	  cmake -S . -B build/cuda-check -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null && \
 	  cmake --build build/cuda-check -j2 && echo "cuda-check: CUDA sources compile for sm_90"; \

@@ -32,11 +32,12 @@ NLC path loads the (g, c) coefficients once per program as a vector.
 All kernels take the tensors' strides (any strides work; the layout only picks the
 tiling), use int64 offsets, and never synchronize with the host.
 """
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import target_programs
 
 # Elements per tile: 4 warps x 32 threads x 16 elements (fp32: four 16-byte loads/thread).
 _TILE = 2048
@@ -204,19 +205,6 @@ def _bn_backward_kernel(
 # ----------------------------------------------------------------------------------------
 # Heuristics
 # ----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _num_sms(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _target_programs(device):
-    """Programs worth launching: a few waves on a GPU; few under the (serial) interpreter."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return 8 * _num_sms(index)
-    return 4
-
-
 def _inner_block(extent, cap):
     """Power-of-two block along the contiguous axis: the largest <= cap (and >= 32) whose
     padding wastes at most ~15% of the lanes, else the smallest power of two >= extent."""
@@ -260,7 +248,7 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
     if N == 0 or L == 0:
         out.zero_()
         return
-    target = _target_programs(x3.device)
+    target = target_programs(x3.device, waves=8)
     num_gc = G * C
     channels_inner = sl != 1 or L == 1
     # The (n*L, C) matrix view of a group needs one stride for its rows.

@@ -27,11 +27,12 @@ partials: deterministic). Small images get smaller pixel blocks for more program
 
 Offsets are int64; index/shifts/flips/lo/hi are read through their strides.
 """
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import target_programs
 
 _MAX_BLOCK_P = 1024
 _MIN_BLOCK_P = 128
@@ -140,18 +141,6 @@ def _compose_grad_ufc_kernel(
 # ----------------------------------------------------------------------------------------
 # Heuristics and launchers
 # ----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _num_sms(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _target_programs(device):
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return 4 * _num_sms(index)
-    return 4
-
-
 def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -191,7 +180,7 @@ def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None
     HW = H * W
     if out.numel() == 0:
         return
-    target = _target_programs(out.device)
+    target = target_programs(out.device, waves=4)
     BLOCK_P = _pixel_block(HW, G * CH, target, block_p)
     num_pblocks = triton.cdiv(HW, BLOCK_P)
     if classes_per_program is None:
@@ -222,7 +211,7 @@ def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, g
     HW = H * W
     if grad_ufc.numel() == 0:
         return
-    target = _target_programs(grad_ufc.device)
+    target = target_programs(grad_ufc.device, waves=4)
     BLOCK_P = _pixel_block(HW, G * CH, target, block_p)
     num_pblocks = triton.cdiv(HW, BLOCK_P)
     lo_t, hi_t, s_lo, s_hi, has_clamp = _clamp_args(lo, hi, ufc)
