@@ -27,7 +27,7 @@ $(VENV)/.deps:
 # No build isolation: the extension builds against the torch installed above.
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	$(PIP) install --quiet --no-build-isolation --no-deps .
-	$(PY) -c "import infer_fast._C" || (echo "infer_fast._C failed to load" && false)
+	$(PY) -I -c "import infer_fast._C" || (echo "infer_fast._C failed to load" && false)
 	$(VENV)/bin/infer-fast info | grep -E "C\+\+ ext|CUDA kernels"
 	touch $@
 

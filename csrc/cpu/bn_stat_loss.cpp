@@ -333,18 +333,23 @@ void sums_nlc(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t s
   }
 }
 
+// The shared checks of x and groups of both ops; returns the accumulate dtype.
+at::ScalarType check_x_and_groups(const at::Tensor& x, int64_t groups, const char* op) {
+  check_defined(x, op, "x");
+  check_cpu(x, op, "x");
+  TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D (N, C, L), got shape ", x.sizes());
+  check_supported_float(x, op, "x");
+  const int64_t N = x.size(0);
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK(N % groups == 0, op, ": the batch size ", N, " is not divisible by groups=", groups);
+  return acc_scalar_type(x.scalar_type());
+}
+
 void bn_stat_sums_cpu(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups, const at::Tensor& out) {
-  check_defined(x, kSums, "x");
-  check_cpu(x, kSums, "x");
-  TORCH_CHECK(x.dim() == 3, kSums, ": x must be 3-D (N, C, L), got shape ", x.sizes());
-  TORCH_CHECK(is_supported_float(x.scalar_type()), kSums, ": x must be float16, bfloat16, float32 or float64, got ",
-              x.scalar_type());
+  const at::ScalarType acc = check_x_and_groups(x, groups, kSums);
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  TORCH_CHECK(groups >= 1, kSums, ": groups must be >= 1, got ", groups);
-  TORCH_CHECK(N % groups == 0, kSums, ": the batch size ", N, " is not divisible by groups=", groups);
-  const at::ScalarType acc = acc_scalar_type(x.scalar_type());
-  check_acc_vector(running_mean, acc, {C}, kSums, "running_mean");
-  check_acc_vector(out, acc, {2, groups, C}, kSums, "out");
+  check_tensor(running_mean, acc, {C}, kSums, "running_mean");
+  check_tensor(out, acc, {2, groups, C}, kSums, "out");
   if (out.numel() == 0) return;
   if (x.numel() == 0) {
     out.zero_();
@@ -503,18 +508,11 @@ void backward_nlc(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64
 
 void bn_stat_backward_cpu(const at::Tensor& x, const at::Tensor& coef_a, const at::Tensor& coef_b,
                           const at::Tensor& mean, int64_t groups, const at::Tensor& grad_input) {
-  check_defined(x, kBwd, "x");
-  check_cpu(x, kBwd, "x");
-  TORCH_CHECK(x.dim() == 3, kBwd, ": x must be 3-D (N, C, L), got shape ", x.sizes());
-  TORCH_CHECK(is_supported_float(x.scalar_type()), kBwd, ": x must be float16, bfloat16, float32 or float64, got ",
-              x.scalar_type());
+  const at::ScalarType acc = check_x_and_groups(x, groups, kBwd);
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  TORCH_CHECK(groups >= 1, kBwd, ": groups must be >= 1, got ", groups);
-  TORCH_CHECK(N % groups == 0, kBwd, ": the batch size ", N, " is not divisible by groups=", groups);
-  const at::ScalarType acc = acc_scalar_type(x.scalar_type());
-  check_acc_vector(coef_a, acc, {groups, C}, kBwd, "coef_a");
-  check_acc_vector(coef_b, acc, {groups, C}, kBwd, "coef_b");
-  check_acc_vector(mean, acc, {groups, C}, kBwd, "mean");
+  check_tensor(coef_a, acc, {groups, C}, kBwd, "coef_a");
+  check_tensor(coef_b, acc, {groups, C}, kBwd, "coef_b");
+  check_tensor(mean, acc, {groups, C}, kBwd, "mean");
   check_defined(grad_input, kBwd, "grad_input");
   check_cpu(grad_input, kBwd, "grad_input");
   check_dtype(grad_input, x.scalar_type(), kBwd, "grad_input");

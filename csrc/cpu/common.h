@@ -39,10 +39,6 @@ inline at::ScalarType acc_scalar_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-inline bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
 inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
@@ -182,12 +178,20 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef want, const char* o
   TORCH_CHECK(t.sizes() == want, op, ": ", name, " must have shape ", want, ", got ", t.sizes());
 }
 
-// A tensor of the accumulate dtype, contiguous, CPU, with the given shape.
-inline void check_acc_vector(const at::Tensor& t, at::ScalarType acc, at::IntArrayRef shape, const char* op,
-                             const char* name) {
+// One of the four floating dtypes the ops take.
+inline void check_supported_float(const at::Tensor& t, const char* op, const char* name) {
+  const at::ScalarType st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op, ": ", name,
+              " must be float16, bfloat16, float32 or float64, got ", st);
+}
+
+// A defined, contiguous CPU tensor of the given dtype and shape (checked in this order:
+// defined, CPU, dtype, shape, contiguous).
+inline void check_tensor(const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef shape, const char* op,
+                         const char* name) {
   check_defined(t, op, name);
   check_cpu(t, op, name);
-  check_dtype(t, acc, op, name);
+  check_dtype(t, dtype, op, name);
   check_shape(t, shape, op, name);
   check_contiguous(t, op, name);
 }

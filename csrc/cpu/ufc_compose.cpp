@@ -75,24 +75,15 @@ at::ScalarType check_compose_inputs(const at::Tensor& natural, const at::Tensor&
   check_cpu(ufc, op, "ufc");
   TORCH_CHECK(natural.dim() == 5, op, ": natural must be 5-D (K, C, ch, H, W), got shape ", natural.sizes());
   TORCH_CHECK(ufc.dim() == 4, op, ": ufc must be 4-D (G, ch, H, W), got shape ", ufc.sizes());
-  TORCH_CHECK(is_supported_float(natural.scalar_type()), op,
-              ": natural must be float16, bfloat16, float32 or float64, got ", natural.scalar_type());
+  check_supported_float(natural, op, "natural");
   check_dtype(ufc, natural.scalar_type(), op, "ufc");
   check_contiguous(natural, op, "natural");
   check_contiguous(ufc, op, "ufc");
   const int64_t G = ufc.size(0), ch = natural.size(2), H = natural.size(3), W = natural.size(4);
   check_shape(ufc, {G, ch, H, W}, op, "ufc");
 
-  check_defined(index, op, "index");
-  check_cpu(index, op, "index");
-  check_dtype(index, at::kLong, op, "index");
-  check_shape(index, {G}, op, "index");
-  check_contiguous(index, op, "index");
-  check_defined(shifts, op, "shifts");
-  check_cpu(shifts, op, "shifts");
-  check_dtype(shifts, at::kLong, op, "shifts");
-  check_shape(shifts, {G, 2}, op, "shifts");
-  check_contiguous(shifts, op, "shifts");
+  check_tensor(index, at::kLong, {G}, op, "index");
+  check_tensor(shifts, at::kLong, {G, 2}, op, "shifts");
   check_defined(flips, op, "flips");
   check_cpu(flips, op, "flips");
   TORCH_CHECK(flips.scalar_type() == at::kByte || flips.scalar_type() == at::kBool, op,
@@ -105,8 +96,8 @@ at::ScalarType check_compose_inputs(const at::Tensor& natural, const at::Tensor&
   const bool has_hi = hi.has_value() && hi->defined();
   TORCH_CHECK(has_lo == has_hi, op, ": lo and hi must be both None or both tensors");
   if (has_lo) {
-    check_acc_vector(*lo, acc, {ch}, op, "lo");
-    check_acc_vector(*hi, acc, {ch}, op, "hi");
+    check_tensor(*lo, acc, {ch}, op, "lo");
+    check_tensor(*hi, acc, {ch}, op, "hi");
   }
   return acc;
 }
@@ -114,30 +105,19 @@ at::ScalarType check_compose_inputs(const at::Tensor& natural, const at::Tensor&
 // Row helpers. A row is W values; "source order" indexes the pre-transform pixel ws,
 // "output order" the output pixel w. Segments map one to the other.
 
-// dst[w] (output order) = src[ws] (source order).
-template <typename V>
-inline void source_to_output(const V* src, V* dst, const Segment* seg, int nseg, bool flip) {
+// Moves a row through the segments: kToOutput, dst[w] (output order) = src[ws] (source
+// order); otherwise dst[ws] (source order) = src[w] (output order). With flip the source
+// side runs backwards.
+template <bool kToOutput, typename V>
+inline void reorder_row(const V* src, V* dst, const Segment* seg, int nseg, bool flip) {
   for (int s = 0; s < nseg; ++s) {
-    const V* a = src + seg[s].s0;
-    V* o = dst + seg[s].w0;
+    const V* a = src + (kToOutput ? seg[s].s0 : seg[s].w0);
+    V* o = dst + (kToOutput ? seg[s].w0 : seg[s].s0);
     const int64_t len = seg[s].len;
     if (!flip) {
       for (int64_t i = 0; i < len; ++i) o[i] = a[i];
-    } else {
+    } else if constexpr (kToOutput) {
       for (int64_t i = 0; i < len; ++i) o[i] = a[-i];
-    }
-  }
-}
-
-// dst[ws] (source order) = src[w] (output order).
-template <typename V>
-inline void output_to_source(const V* src, V* dst, const Segment* seg, int nseg, bool flip) {
-  for (int s = 0; s < nseg; ++s) {
-    const V* a = src + seg[s].w0;
-    V* o = dst + seg[s].s0;
-    const int64_t len = seg[s].len;
-    if (!flip) {
-      for (int64_t i = 0; i < len; ++i) o[i] = a[i];
     } else {
       for (int64_t i = 0; i < len; ++i) o[-i] = a[i];
     }
@@ -220,10 +200,10 @@ void compose_kernel(const T* natural, const T* ufc, const std::vector<GroupParam
           }
           T* orow = out + (((g * C + c) * ch + k) * H + h) * W;
           if constexpr (IsReduced<T>::value) {
-            source_to_output(vbuf, pbuf, seg, nseg, p.flip);
+            reorder_row</*kToOutput=*/true>(vbuf, pbuf, seg, nseg, p.flip);
             from_float(pbuf, orow, W);
           } else {
-            source_to_output(vbuf, orow, seg, nseg, p.flip);
+            reorder_row</*kToOutput=*/true>(vbuf, orow, seg, nseg, p.flip);
           }
         }
       }
@@ -238,11 +218,7 @@ void ufc_compose_cpu(const at::Tensor& natural, const at::Tensor& ufc, const at:
   const int64_t K = natural.size(0), C = natural.size(1), ch = natural.size(2), H = natural.size(3),
                 W = natural.size(4);
   const int64_t G = ufc.size(0);
-  check_defined(out, kCompose, "out");
-  check_cpu(out, kCompose, "out");
-  check_dtype(out, natural.scalar_type(), kCompose, "out");
-  check_shape(out, {G, C, ch, H, W}, kCompose, "out");
-  check_contiguous(out, kCompose, "out");
+  check_tensor(out, natural.scalar_type(), {G, C, ch, H, W}, kCompose, "out");
   if (out.numel() == 0) return;
   const std::vector<GroupParams> params = group_params(index, shifts, flips, K, H, W, kCompose);
   const bool clamp = lo.has_value() && lo->defined();
@@ -293,7 +269,7 @@ void grad_ufc_kernel(const T* grad_out, const T* natural, const T* ufc, const st
           const int64_t hs = pos_mod(h - p.sh, H);
           A* acc = accum.data() + (r - r0) * W;
           const A* go = row_as_acc(grad_out + (((g * C + c) * ch + k) * H + h) * W, gbuf, W);
-          output_to_source(go, sbuf, seg, nseg, p.flip);
+          reorder_row</*kToOutput=*/false>(go, sbuf, seg, nseg, p.flip);
           if (Clamp) {
             const A* u = ufc_acc + ((g * ch + k) * H + hs) * W;
             const A* nv = row_as_acc(natural + (((p.k * C + c) * ch + k) * H + hs) * W, nbuf, W);
@@ -333,16 +309,8 @@ void ufc_compose_grad_ufc_cpu(const at::Tensor& grad_out, const at::Tensor& natu
   const int64_t K = natural.size(0), C = natural.size(1), ch = natural.size(2), H = natural.size(3),
                 W = natural.size(4);
   const int64_t G = ufc.size(0);
-  check_defined(grad_out, kGrad, "grad_out");
-  check_cpu(grad_out, kGrad, "grad_out");
-  check_dtype(grad_out, natural.scalar_type(), kGrad, "grad_out");
-  check_shape(grad_out, {G, C, ch, H, W}, kGrad, "grad_out");
-  check_contiguous(grad_out, kGrad, "grad_out");
-  check_defined(grad_ufc, kGrad, "grad_ufc");
-  check_cpu(grad_ufc, kGrad, "grad_ufc");
-  check_dtype(grad_ufc, natural.scalar_type(), kGrad, "grad_ufc");
-  check_shape(grad_ufc, {G, ch, H, W}, kGrad, "grad_ufc");
-  check_contiguous(grad_ufc, kGrad, "grad_ufc");
+  check_tensor(grad_out, natural.scalar_type(), {G, C, ch, H, W}, kGrad, "grad_out");
+  check_tensor(grad_ufc, natural.scalar_type(), {G, ch, H, W}, kGrad, "grad_ufc");
   if (grad_ufc.numel() == 0) return;
   const std::vector<GroupParams> params = group_params(index, shifts, flips, K, H, W, kGrad);
   const bool clamp = lo.has_value() && lo->defined();

@@ -579,29 +579,13 @@ cudaError_t launch_bn_stat_sums(const BnStatSumsPlan& plan, DType dtype, const v
       !strides_ok(plan.nlc, N, C, L, sN, sC, sL) || (plan.splits > 1 && workspace == nullptr))
     return cudaErrorInvalidValue;
   if (C == 0) return cudaSuccess;  // out (2, G, 0) has no element
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_sums_typed<float>(plan, static_cast<const float*>(x), N, C, L,
-                                      static_cast<const float*>(running_mean), groups,
-                                      static_cast<float*>(out), static_cast<float*>(workspace),
-                                      stream);
-    case DType::kFloat64:
-      return launch_sums_typed<double>(plan, static_cast<const double*>(x), N, C, L,
-                                       static_cast<const double*>(running_mean), groups,
-                                       static_cast<double*>(out), static_cast<double*>(workspace),
-                                       stream);
-    case DType::kFloat16:
-      return launch_sums_typed<__half>(plan, static_cast<const __half*>(x), N, C, L,
-                                       static_cast<const float*>(running_mean), groups,
-                                       static_cast<float*>(out), static_cast<float*>(workspace),
-                                       stream);
-    case DType::kBFloat16:
-      return launch_sums_typed<__nv_bfloat16>(
-          plan, static_cast<const __nv_bfloat16*>(x), N, C, L,
-          static_cast<const float*>(running_mean), groups, static_cast<float*>(out),
-          static_cast<float*>(workspace), stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    return launch_sums_typed<T>(plan, static_cast<const T*>(x), N, C, L,
+                                static_cast<const A*>(running_mean), groups, static_cast<A*>(out),
+                                static_cast<A*>(workspace), stream);
+  });
 }
 
 cudaError_t launch_bn_stat_backward(DType dtype, const void* x, int64_t N, int64_t C, int64_t L,
@@ -612,29 +596,14 @@ cudaError_t launch_bn_stat_backward(DType dtype, const void* x, int64_t N, int64
   const bool nlc = layout_is_nlc(L, sL);
   if (!strides_ok(nlc, N, C, L, sN, sC, sL)) return cudaErrorInvalidValue;
   if (N * C * L == 0) return cudaSuccess;  // nothing to write
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_backward_typed<float>(
-          static_cast<const float*>(x), N, C, L, nlc, static_cast<const float*>(coef_a),
-          static_cast<const float*>(coef_b), static_cast<const float*>(mean), groups,
-          static_cast<float*>(grad_input), stream);
-    case DType::kFloat64:
-      return launch_backward_typed<double>(
-          static_cast<const double*>(x), N, C, L, nlc, static_cast<const double*>(coef_a),
-          static_cast<const double*>(coef_b), static_cast<const double*>(mean), groups,
-          static_cast<double*>(grad_input), stream);
-    case DType::kFloat16:
-      return launch_backward_typed<__half>(
-          static_cast<const __half*>(x), N, C, L, nlc, static_cast<const float*>(coef_a),
-          static_cast<const float*>(coef_b), static_cast<const float*>(mean), groups,
-          static_cast<__half*>(grad_input), stream);
-    case DType::kBFloat16:
-      return launch_backward_typed<__nv_bfloat16>(
-          static_cast<const __nv_bfloat16*>(x), N, C, L, nlc, static_cast<const float*>(coef_a),
-          static_cast<const float*>(coef_b), static_cast<const float*>(mean), groups,
-          static_cast<__nv_bfloat16*>(grad_input), stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    return launch_backward_typed<T>(static_cast<const T*>(x), N, C, L, nlc,
+                                    static_cast<const A*>(coef_a), static_cast<const A*>(coef_b),
+                                    static_cast<const A*>(mean), groups,
+                                    static_cast<T*>(grad_input), stream);
+  });
 }
 
 }  // namespace cuda

@@ -267,29 +267,13 @@ cudaError_t launch_ufc_compose(DType dtype, const void* natural, const void* ufc
     return cudaErrorInvalidValue;
   if (G * C * ch * H * W == 0) return cudaSuccess;  // out has no element
   if (K < 1) return cudaErrorInvalidValue;           // index[g] in [0, K) cannot hold
-  switch (dtype) {
-    case DType::kFloat32:
-      return compose_typed<float>(static_cast<const float*>(natural),
-                                  static_cast<const float*>(ufc), index, shifts, flips,
-                                  static_cast<const float*>(lo), static_cast<const float*>(hi),
-                                  static_cast<float*>(out), G, C, ch, H, W, stream);
-    case DType::kFloat64:
-      return compose_typed<double>(static_cast<const double*>(natural),
-                                   static_cast<const double*>(ufc), index, shifts, flips,
-                                   static_cast<const double*>(lo), static_cast<const double*>(hi),
-                                   static_cast<double*>(out), G, C, ch, H, W, stream);
-    case DType::kFloat16:
-      return compose_typed<__half>(static_cast<const __half*>(natural),
-                                   static_cast<const __half*>(ufc), index, shifts, flips,
-                                   static_cast<const float*>(lo), static_cast<const float*>(hi),
-                                   static_cast<__half*>(out), G, C, ch, H, W, stream);
-    case DType::kBFloat16:
-      return compose_typed<__nv_bfloat16>(
-          static_cast<const __nv_bfloat16*>(natural), static_cast<const __nv_bfloat16*>(ufc),
-          index, shifts, flips, static_cast<const float*>(lo), static_cast<const float*>(hi),
-          static_cast<__nv_bfloat16*>(out), G, C, ch, H, W, stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    return compose_typed<T>(static_cast<const T*>(natural), static_cast<const T*>(ufc), index,
+                            shifts, flips, static_cast<const A*>(lo), static_cast<const A*>(hi),
+                            static_cast<T*>(out), G, C, ch, H, W, stream);
+  });
 }
 
 cudaError_t launch_ufc_compose_grad_ufc(DType dtype, const void* grad_out, const void* natural,
@@ -303,33 +287,14 @@ cudaError_t launch_ufc_compose_grad_ufc(DType dtype, const void* grad_out, const
   if (G * ch * H * W == 0) return cudaSuccess;  // grad_ufc has no element
   // With C == 0 the class sum is empty and the kernel writes zeros (natural is never read).
   if (C > 0 && lo != nullptr && K < 1) return cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::kFloat32:
-      return grad_ufc_typed<float>(static_cast<const float*>(grad_out),
-                                   static_cast<const float*>(natural),
-                                   static_cast<const float*>(ufc), index, shifts, flips,
-                                   static_cast<const float*>(lo), static_cast<const float*>(hi),
-                                   static_cast<float*>(grad_ufc), G, C, ch, H, W, stream);
-    case DType::kFloat64:
-      return grad_ufc_typed<double>(static_cast<const double*>(grad_out),
-                                    static_cast<const double*>(natural),
-                                    static_cast<const double*>(ufc), index, shifts, flips,
-                                    static_cast<const double*>(lo), static_cast<const double*>(hi),
-                                    static_cast<double*>(grad_ufc), G, C, ch, H, W, stream);
-    case DType::kFloat16:
-      return grad_ufc_typed<__half>(static_cast<const __half*>(grad_out),
-                                    static_cast<const __half*>(natural),
-                                    static_cast<const __half*>(ufc), index, shifts, flips,
-                                    static_cast<const float*>(lo), static_cast<const float*>(hi),
-                                    static_cast<__half*>(grad_ufc), G, C, ch, H, W, stream);
-    case DType::kBFloat16:
-      return grad_ufc_typed<__nv_bfloat16>(
-          static_cast<const __nv_bfloat16*>(grad_out), static_cast<const __nv_bfloat16*>(natural),
-          static_cast<const __nv_bfloat16*>(ufc), index, shifts, flips,
-          static_cast<const float*>(lo), static_cast<const float*>(hi),
-          static_cast<__nv_bfloat16*>(grad_ufc), G, C, ch, H, W, stream);
-  }
-  return cudaErrorInvalidValue;
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    return grad_ufc_typed<T>(static_cast<const T*>(grad_out), static_cast<const T*>(natural),
+                             static_cast<const T*>(ufc), index, shifts, flips,
+                             static_cast<const A*>(lo), static_cast<const A*>(hi),
+                             static_cast<T*>(grad_ufc), G, C, ch, H, W, stream);
+  });
 }
 
 }  // namespace cuda
