@@ -105,7 +105,11 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir={"infer_fast.kernels": "kernels"},
-    package_data={"infer_fast": ["_build_info.json", "py.typed"]},
+    package_data={
+        "infer_fast": ["_build_info.json", "py.typed"],
+        # the embedded Fashion-MNIST subset (MIT, attribution in ATTRIBUTION.md)
+        "infer_fast.data": ["fashion_mnist_mini/*"],
+    },
     ext_modules=[extension],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.3", "numpy", "safetensors", "tqdm", "pyyaml"],

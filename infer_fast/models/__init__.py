@@ -1,0 +1,138 @@
+"""Model zoo: built-in BatchNorm teachers for 28/32/64-pixel data, ImageNet-layout variants,
+and ``torchvision:NAME`` / ``timm:NAME`` when those libraries are installed.
+
+    >>> model = create_model("resnet18", num_classes=10, in_channels=3, image_size=32)
+    >>> feats = penultimate_features(model, x)      # (N, 512), the head's input
+
+Every built-in model has ``forward_features(x) -> (N, D)`` and an ``nn.Linear`` ``head``,
+with ``forward(x) == head(forward_features(x))``. ``list_models()`` gives the built-in names
+(``infer-fast models`` prints ``model_table()``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from .external import create_external, final_linear, is_external, load_torchvision_weights
+from .registry import ClassifierNet, ModelSpec, all_specs, init_weights, list_models, resolve
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "model_table",
+    "penultimate_features",
+    "count_parameters",
+    "get_spec",
+    "ClassifierNet",
+    "ModelSpec",
+    "init_weights",
+]
+
+
+def _check_positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry of a built-in model name or alias (ValueError listing names if unknown)."""
+    return resolve(name)[0]
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: Any = 32,
+    pretrained: Any = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a model by name.
+
+    name: a built-in name or alias (see ``list_models()``), ``convnet-w<W>-d<D>[-<norm>]``,
+        ``torchvision:NAME`` or ``timm:NAME``.
+    image_size: the input size the model is meant for (ConvNet's head depends on it; the other
+        built-ins pool adaptively and accept any size).
+    pretrained: built-in ImageNet variants load torchvision's ImageNet checkpoint from the local
+        torch hub cache (True) or from a given file path; external models use their library's
+        cached weights. Never downloads. Built-in small-image models have no pretrained weights.
+    kwargs: architecture options (ConvNet: width, depth, norm, pooling; MobileNetV2/EfficientNet:
+        dropout; EfficientNet: drop_connect_rate; ...).
+    """
+    _check_positive_int(num_classes, "num_classes")
+    _check_positive_int(in_channels, "in_channels")
+    if isinstance(image_size, int):
+        _check_positive_int(image_size, "image_size")
+    if is_external(name):
+        return create_external(name, num_classes, in_channels, image_size, pretrained, **kwargs)
+
+    spec, implied = resolve(name)
+    for key, value in implied.items():
+        if key in kwargs and kwargs[key] != value:
+            raise ValueError(f"model {name!r} implies {key}={value!r} but {key}={kwargs[key]!r} was also given")
+    model = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **{**implied, **kwargs})
+    if pretrained is not False and pretrained is not None:
+        if spec.torchvision_name is None:
+            raise ValueError(
+                f"built-in model {spec.name!r} has no pretrained weights (train one with `infer-fast teacher`). "
+                f"The ImageNet variants ({', '.join(s.name for s in all_specs() if s.torchvision_name)}) load "
+                "torchvision's cached ImageNet weights; torchvision:NAME and timm:NAME use their libraries' caches."
+            )
+        if pretrained is not True and not isinstance(pretrained, (str, os.PathLike)):
+            raise ValueError(f"pretrained must be True/False or a path to a weights file, got {pretrained!r}")
+        load_torchvision_weights(model, spec, pretrained, num_classes, in_channels)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_table() -> List[Dict[str, Any]]:
+    """One row per built-in model: name, aliases, description, inputs (e.g. "28/32/64"),
+    input_sizes, params (for 10 classes, 3 channels; at 32x32 for small-image models, whose
+    ConvNet head depends on the size)."""
+    rows = []
+    for spec in all_specs():
+        size = 32 if 32 in spec.input_sizes else spec.input_sizes[0]
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            model = spec.build(num_classes=10, in_channels=3, image_size=size)
+        rows.append({
+            "name": spec.name,
+            "aliases": list(spec.aliases),
+            "description": spec.description,
+            "inputs": "/".join(str(s) for s in spec.input_sizes),
+            "input_sizes": spec.input_sizes,
+            "params": count_parameters(model),
+        })
+    return rows
+
+
+def penultimate_features(model: nn.Module, x: Tensor) -> Tensor:
+    """The features the final classifier sees, (N, D).
+
+    Built-in models: ``model.forward_features(x)``. timm models: ``forward_head(...,
+    pre_logits=True)``. Others (torchvision): the input of the final Linear, captured by a hook.
+    """
+    if isinstance(model, ClassifierNet):
+        return model.forward_features(x)
+    if callable(getattr(model, "forward_head", None)) and callable(getattr(model, "forward_features", None)):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    if callable(getattr(model, "forward_features", None)) and isinstance(getattr(model, "head", None), nn.Linear):
+        feats = model.forward_features(x)
+        if feats.dim() == 2:
+            return feats
+    _, linear = final_linear(model)
+    captured: List[Tensor] = []
+    handle = linear.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"the classifier of {type(model).__name__} did not run in forward")
+    return captured[-1].flatten(1)

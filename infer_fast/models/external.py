@@ -1,0 +1,359 @@
+"""``torchvision:NAME`` and ``timm:NAME`` models, and torchvision checkpoints for the built-in
+ImageNet variants.
+
+* The libraries are imported lazily; when one is missing, a ValueError says how to install it
+  and which built-in models exist instead.
+* Pretrained weights come only from local caches (torch hub's ``checkpoints`` folder for
+  torchvision, the Hugging Face / torch hub caches for timm); nothing is downloaded at run time.
+  ``pretrained=True`` with no cached file is a ValueError naming the expected file.
+* ``num_classes``: torchvision models without weights are built with it; with ImageNet weights
+  the final Linear is replaced by a fresh one when the class count differs (a warning says so).
+  ``in_channels``: the first 3-channel conv is replaced (pretrained kernels summed over RGB for
+  1 channel). timm does both adaptations itself (``num_classes=``, ``in_chans=``).
+"""
+from __future__ import annotations
+
+import glob
+import importlib
+import math
+import os
+import warnings
+from typing import Any, List, Optional, Tuple
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EXTERNAL_LIBRARIES",
+    "is_external",
+    "create_external",
+    "torchvision_cache_dir",
+    "find_torchvision_checkpoint",
+    "load_torchvision_weights",
+    "final_linear",
+    "replace_final_linear",
+    "replace_first_conv",
+]
+
+EXTERNAL_LIBRARIES = ("torchvision", "timm")
+
+# torchvision ImageNet checkpoint files (preferred first) for the built-in ImageNet variants,
+# and a pattern for other versions of the same weights in the cache.
+_TORCHVISION_FILES = {
+    "resnet18": (("resnet18-f37072fd.pth",), "resnet18-*.pth"),
+    "resnet50": (("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"), "resnet50-*.pth"),
+    "mobilenet_v2": (("mobilenet_v2-7ebf99e0.pth", "mobilenet_v2-b0353104.pth"), "mobilenet_v2-*.pth"),
+    "efficientnet_b0": (
+        ("efficientnet_b0_rwightman-7f5810bc.pth", "efficientnet_b0_rwightman-3dd342df.pth"),
+        "efficientnet_b0_rwightman-*.pth",
+    ),
+    "shufflenet_v2_x1_0": (("shufflenetv2_x1-5666bf0f80.pth",), "shufflenetv2_x1-*.pth"),
+}
+
+
+def _builtin_names() -> str:
+    from .registry import list_models
+
+    return ", ".join(list_models())
+
+
+def is_external(name: str) -> bool:
+    return isinstance(name, str) and name.split(":", 1)[0].strip().lower() in EXTERNAL_LIBRARIES and ":" in name
+
+
+def _import(lib: str, full_name: str):
+    try:
+        return importlib.import_module(lib)
+    except ImportError as exc:
+        raise ValueError(
+            f"{lib} is not installed: {full_name!r} needs it. pip install {lib}, "
+            f"or use a built-in model: {_builtin_names()}"
+        ) from exc
+
+
+def torchvision_cache_dir() -> str:
+    """torch hub's checkpoint folder ($TORCH_HOME/hub/checkpoints), where torchvision caches weights."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def _never_downloads_hint(what: str, expected: str, fetch: str) -> str:
+    return (
+        f"pretrained weights for {what} are not in the local cache (expected {expected}). "
+        f"infer-fast never downloads weights at run time: fetch them once where there is internet "
+        f"({fetch}) and copy the file there, or use pretrained=False."
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Module surgery helpers
+# ----------------------------------------------------------------------------------------
+def final_linear(model: nn.Module) -> Tuple[str, nn.Linear]:
+    """(qualified name, module) of the classifier Linear: ``head``/``fc``/``classifier``/``heads``
+    when present (the last Linear inside a container), else the last Linear registered."""
+    for attr in ("head", "fc", "classifier", "heads"):
+        sub = getattr(model, attr, None)
+        if isinstance(sub, nn.Linear):
+            return attr, sub
+        if isinstance(sub, nn.Module):
+            inner = [(n, m) for n, m in sub.named_modules() if isinstance(m, nn.Linear)]
+            if inner:
+                return f"{attr}.{inner[-1][0]}", inner[-1][1]
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to adapt")
+    return linears[-1]
+
+
+def _set_submodule(model: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent_name, _, attr = qualname.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def replace_final_linear(model: nn.Module, num_classes: int) -> Optional[str]:
+    """Replace the classifier by a fresh Linear(num_classes) if its size differs; returns a note."""
+    name, lin = final_linear(model)
+    if lin.out_features == num_classes:
+        return None
+    new = nn.Linear(lin.in_features, num_classes, bias=lin.bias is not None)
+    new.to(device=lin.weight.device, dtype=lin.weight.dtype)
+    _set_submodule(model, name, new)
+    return f"replaced the {lin.out_features}-class classifier {name!r} by a fresh {num_classes}-class Linear (it needs training)"
+
+
+def _adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Pretrained RGB kernels for another channel count: summed for 1 channel, else tiled and rescaled."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = math.ceil(in_channels / weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def replace_first_conv(model: nn.Module, in_channels: int, keep_weights: bool) -> Optional[str]:
+    """Replace the first 3-channel Conv2d by one taking ``in_channels``; returns a note."""
+    for name, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            break
+    else:
+        raise ValueError(f"{type(model).__name__} has no Conv2d whose input channels could be adapted")
+    if conv.in_channels == in_channels:
+        return None
+    if conv.groups != 1:
+        raise ValueError(f"cannot adapt the first conv {name!r} (groups={conv.groups}) to {in_channels} channels")
+    new = nn.Conv2d(
+        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, 1, conv.bias is not None, conv.padding_mode,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        if keep_weights:
+            new.weight.copy_(_adapt_conv_weight(conv.weight, in_channels))
+            how = "summing" if in_channels == 1 else "tiling"
+            note = f"adapted the first conv {name!r} to {in_channels} input channel(s) by {how} its pretrained RGB kernels"
+        else:
+            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+            note = f"replaced the first conv {name!r} by a fresh {in_channels}-channel one"
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    _set_submodule(model, name, new)
+    return note
+
+
+def _warn(full_name: str, notes: List[Optional[str]]) -> None:
+    notes = [n for n in notes if n]
+    if notes:
+        warnings.warn(f"{full_name}: " + "; ".join(notes), stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------
+# torchvision:NAME / timm:NAME
+# ----------------------------------------------------------------------------------------
+def create_external(
+    name: str, num_classes: int, in_channels: int = 3, image_size: Any = 224, pretrained: bool = False, **kwargs: Any
+) -> nn.Module:
+    lib, _, arch = name.partition(":")
+    lib, arch = lib.strip().lower(), arch.strip()
+    if lib not in EXTERNAL_LIBRARIES:
+        raise ValueError(f"unknown model library {lib!r} in {name!r}; use torchvision:NAME or timm:NAME")
+    if not arch:
+        raise ValueError(f"{name!r}: missing the model name after '{lib}:'")
+    if lib == "torchvision":
+        return _create_torchvision(arch, num_classes, in_channels, pretrained, **kwargs)
+    return _create_timm(arch, num_classes, in_channels, pretrained, **kwargs)
+
+
+def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    full = f"torchvision:{arch}"
+    _import("torchvision", full)
+    tvm = importlib.import_module("torchvision.models")
+    if hasattr(tvm, "list_models"):
+        known = tvm.list_models()
+        if arch not in known:
+            import difflib
+
+            close = difflib.get_close_matches(arch, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"torchvision has no model {arch!r}.{hint} See torchvision.models.list_models().")
+    elif not callable(getattr(tvm, arch, None)):
+        raise ValueError(f"torchvision has no model {arch!r}")
+
+    def build(**kw):
+        if hasattr(tvm, "get_model"):
+            return tvm.get_model(arch, **kw)
+        return getattr(tvm, arch)(**kw)
+
+    if not pretrained:
+        model = build(weights=None, num_classes=num_classes, **kwargs)
+        _warn(full, [replace_first_conv(model, in_channels, keep_weights=False)])
+        return model
+
+    weights_name = kwargs.pop("weights", "DEFAULT")
+    enum = tvm.get_model_weights(arch)
+    try:
+        weights = enum[weights_name] if isinstance(weights_name, str) else weights_name
+    except KeyError:
+        raise ValueError(
+            f"{full}: unknown weights {weights_name!r}; choose one of {', '.join(['DEFAULT'] + [w.name for w in enum])}"
+        ) from None
+    filename = os.path.basename(urlparse(weights.url).path)
+    path = os.path.join(torchvision_cache_dir(), filename)
+    if not os.path.isfile(path):
+        raise ValueError(_never_downloads_hint(
+            f"{full} ({weights.name})", path,
+            f"python -c \"import torchvision; torchvision.models.get_model('{arch}', weights='{weights.name}')\"",
+        ))
+    model = build(weights=weights, **kwargs)  # found in the hub cache: torchvision loads it, no download
+    _warn(full, [
+        replace_final_linear(model, num_classes),
+        replace_first_conv(model, in_channels, keep_weights=True),
+    ])
+    return model
+
+
+def _timm_cached_file(timm, arch: str) -> Optional[str]:
+    """Local file holding timm's pretrained weights for ``arch``, or None."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch, allow_unregistered=True)
+    except Exception:  # noqa: BLE001 - older timm / unknown tag
+        cfg = None
+    if cfg is None:
+        return None
+    get = (lambda k: cfg.get(k)) if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
+    if get("file") and os.path.isfile(get("file")):
+        return get("file")
+    hf_id = get("hf_hub_id")
+    if hf_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo, _, revision = hf_id.partition("@")
+            for fname in filter(None, (get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin")):
+                found = try_to_load_from_cache(repo, fname, revision=revision or None)
+                if isinstance(found, str) and os.path.isfile(found):
+                    return found
+    url = get("url")
+    if url:
+        path = os.path.join(torchvision_cache_dir(), os.path.basename(urlparse(url).path))
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _create_timm(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    full = f"timm:{arch}"
+    timm = _import("timm", full)
+    base = arch.split(".", 1)[0]
+    is_model = getattr(timm, "is_model", None) or timm.models.is_model
+    if not is_model(base):
+        raise ValueError(f"timm has no model {arch!r}; see timm.list_models()")
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+    path = _timm_cached_file(timm, arch)
+    if path is None:
+        raise ValueError(_never_downloads_hint(
+            full, "the Hugging Face hub cache or torch hub checkpoints",
+            f"python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"",
+        ))
+    # timm loads the file itself and resets the classifier / adapts the stem for us.
+    return timm.create_model(
+        arch, pretrained=True, num_classes=num_classes, in_chans=in_channels,
+        pretrained_cfg_overlay=dict(file=path), **kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# torchvision checkpoints for the built-in ImageNet variants
+# ----------------------------------------------------------------------------------------
+def find_torchvision_checkpoint(arch: str) -> Optional[str]:
+    """Path of a cached torchvision ImageNet checkpoint for ``arch`` (e.g. "resnet18"), or None."""
+    if arch not in _TORCHVISION_FILES:
+        return None
+    preferred, pattern = _TORCHVISION_FILES[arch]
+    folder = torchvision_cache_dir()
+    for fname in preferred:
+        path = os.path.join(folder, fname)
+        if os.path.isfile(path):
+            return path
+    found = sorted(glob.glob(os.path.join(folder, pattern)))
+    return found[0] if found else None
+
+
+def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: int, in_channels: int) -> nn.Module:
+    """Load torchvision ImageNet weights into a built-in ImageNet-layout model.
+
+    ``source``: True (the cached torchvision checkpoint) or a path to a state-dict file.
+    The head is kept fresh when ``num_classes`` differs from the checkpoint's, and the stem
+    kernels are adapted when ``in_channels`` differs (both with a warning).
+    """
+    from .registry import _rename_aliased_keys
+
+    arch = spec.torchvision_name
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ValueError(f"pretrained weights file not found: {path}")
+    else:
+        path = find_torchvision_checkpoint(arch)
+        if path is None:
+            preferred, _ = _TORCHVISION_FILES[arch]
+            raise ValueError(_never_downloads_hint(
+                f"{spec.name} (torchvision {arch})", os.path.join(torchvision_cache_dir(), preferred[0]),
+                f"python -c \"import torchvision; torchvision.models.get_model('{arch}', weights='DEFAULT')\"",
+            ))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    state = dict(state)
+    _rename_aliased_keys(model, state, "")
+
+    notes: List[str] = []
+    allowed_missing = set()
+    head_w = state.get("head.weight")
+    if head_w is not None and head_w.shape[0] != model.head.out_features:
+        state.pop("head.weight")
+        state.pop("head.bias", None)
+        allowed_missing = {"head.weight", "head.bias"}
+        notes.append(f"kept a fresh {num_classes}-class head (the checkpoint's has {head_w.shape[0]} classes; it needs training)")
+    conv_name = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    key = f"{conv_name}.weight"
+    if key in state and state[key].shape[1] != in_channels:
+        state[key] = _adapt_conv_weight(state[key], in_channels)
+        notes.append(f"adapted the stem conv {conv_name!r} to {in_channels} input channel(s) from the RGB kernels")
+
+    own = model.state_dict()
+    wrong_shape = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in state and k not in allowed_missing and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if wrong_shape or missing or unexpected:
+        def show(keys):
+            return f"{keys[:5]}{'...' if len(keys) > 5 else ''}"
+
+        raise ValueError(
+            f"{path} does not match {spec.name}: missing {show(missing)}, unexpected {show(unexpected)}, "
+            f"wrong shape {show(wrong_shape)}"
+        )
+    model.load_state_dict(state, strict=False)
+    _warn(spec.name, notes)
+    return model

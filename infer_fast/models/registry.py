@@ -1,0 +1,252 @@
+"""Name -> builder registry of the built-in models, and the base class they share.
+
+Every built-in model is a :class:`ClassifierNet`: ``forward(x) = head(forward_features(x))``
+with ``forward_features(x) -> (N, D)`` (pooled, flattened penultimate features) and
+``head`` an ``nn.Linear(D, num_classes)``.
+
+Builders are stored as ``"module:function"`` targets and imported on first use, so this
+module has no import-time dependency on the model files (which import it for the base class).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from torch import Tensor, nn
+
+__all__ = [
+    "ClassifierNet",
+    "ModelSpec",
+    "init_weights",
+    "register",
+    "resolve",
+    "list_models",
+    "all_specs",
+    "unknown_model_error",
+]
+
+
+# ----------------------------------------------------------------------------------------
+# Shared base class and initialization
+# ----------------------------------------------------------------------------------------
+def _rename_aliased_keys(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: rename e.g. torchvision's ``fc.*`` to our ``head.*``."""
+    for old, new in getattr(module, "state_dict_aliases", ()):
+        old_p, new_p = prefix + old, prefix + new
+        for key in [k for k in state_dict if k.startswith(old_p)]:
+            new_key = new_p + key[len(old_p):]
+            if new_key not in state_dict:
+                state_dict[new_key] = state_dict.pop(key)
+
+
+class ClassifierNet(nn.Module):
+    """Base of every built-in model: ``forward(x) = head(forward_features(x))``.
+
+    Subclasses define ``forward_features(x) -> (N, D)`` and an ``nn.Linear`` named ``head``.
+    ``state_dict_aliases`` lists ``(old_prefix, new_prefix)`` pairs renamed when a state dict
+    is loaded, so checkpoints that call the classifier ``fc`` / ``classifier.1`` (torchvision's
+    layout) load into ``head``.
+    """
+
+    head: nn.Linear
+    state_dict_aliases: Tuple[Tuple[str, str], ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self.state_dict_aliases:
+            self.register_load_state_dict_pre_hook(_rename_aliased_keys)
+
+    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
+
+    @property
+    def num_features(self) -> int:
+        """D, the width of the penultimate features (the head's input)."""
+        return self.head.in_features
+
+
+def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
+    """Deterministic (given the torch seed) init: Kaiming-normal (fan_out, ReLU) convs with
+    zero bias, norm layers weight 1 / bias 0, Linear N(0, linear_std) with zero bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, linear_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------
+SMALL_SIZES: Tuple[int, ...] = (28, 32, 64)
+IMAGENET_SIZES: Tuple[int, ...] = (224,)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model.
+
+    target: ``"module:function"`` inside ``infer_fast.models``; the function is called as
+    ``fn(num_classes=..., in_channels=..., image_size=..., **kwargs)``.
+    torchvision_name: the torchvision architecture with the same layout and parameter names
+    (ImageNet variants), whose cached ImageNet checkpoint ``pretrained=True`` loads.
+    """
+
+    name: str
+    target: str
+    description: str
+    input_sizes: Tuple[int, ...] = SMALL_SIZES
+    aliases: Tuple[str, ...] = ()
+    torchvision_name: Optional[str] = None
+
+    @property
+    def builder(self) -> Callable[..., nn.Module]:
+        module, _, func = self.target.partition(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+
+    def build(self, num_classes: int, in_channels: int = 3, image_size: Any = 32, **kwargs: Any) -> nn.Module:
+        return self.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+_ALIASES: Dict[str, str] = {}
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case, ``_`` -> ``-``, surrounding blanks removed."""
+    return name.strip().lower().replace("_", "-")
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    key = normalize_name(spec.name)
+    for alias in (key, *map(normalize_name, spec.aliases)):
+        if alias in _ALIASES and _ALIASES[alias] != key:
+            raise ValueError(f"model name {alias!r} is already registered for {_ALIASES[alias]!r}")
+        _ALIASES[alias] = key
+    _REGISTRY[key] = spec
+    return spec
+
+
+def list_models() -> List[str]:
+    """Canonical names of the built-in models, in registration order."""
+    return list(_REGISTRY)
+
+
+def all_specs() -> List[ModelSpec]:
+    return list(_REGISTRY.values())
+
+
+# ConvNet names: convnet[-w<width>][-d<depth>][-<norm>], e.g. convnet-w64-d3, convnet-d4-instancenorm.
+_CONVNET_RE = re.compile(r"^convnet(?:-w(?P<width>\d+))?(?:-d(?P<depth>\d+))?(?:-(?P<norm>[a-z]+))?$")
+
+
+def unknown_model_error(name: str) -> ValueError:
+    known = list_models()
+    close = difflib.get_close_matches(normalize_name(name), list(_ALIASES), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(_ALIASES[c]) for c in close)}?" if close else ""
+    return ValueError(
+        f"unknown model {name!r}.{hint} Known models: {', '.join(known)}; "
+        "also convnet-w<W>-d<D>[-<norm>] (norm: batchnorm, instancenorm, groupnorm, none), "
+        "torchvision:NAME and timm:NAME (when those libraries are installed)."
+    )
+
+
+def resolve(name: str) -> Tuple[ModelSpec, Dict[str, Any]]:
+    """(spec, keyword arguments implied by the name) for a built-in model name or alias."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    key = normalize_name(name)
+    if key in _ALIASES:
+        return _REGISTRY[_ALIASES[key]], {}
+    m = _CONVNET_RE.match(key)
+    if m and any(m.groupdict().values()):
+        from .convnet import canonical_norm
+
+        implied: Dict[str, Any] = {}
+        if m["width"]:
+            implied["width"] = int(m["width"])
+        if m["depth"]:
+            implied["depth"] = int(m["depth"])
+        if m["norm"]:
+            try:
+                implied["norm"] = canonical_norm(m["norm"])
+            except ValueError:
+                raise unknown_model_error(name) from None
+        return _REGISTRY["convnet"], implied
+    raise unknown_model_error(name)
+
+
+# ----------------------------------------------------------------------------------------
+# The built-in models
+# ----------------------------------------------------------------------------------------
+register(ModelSpec(
+    "convnet", "convnet:convnet",
+    "ConvNet-128 depth 3 of the DD literature (BN; head size depends on the image size); "
+    "convnet-w<W>-d<D>[-<norm>] for other widths/depths/norms",
+    aliases=("convnet-128", "convnet128", "convnetd3", "convnet-d3", "convnet-w128-d3"),
+))
+register(ModelSpec(
+    "resnet18", "resnet:resnet18",
+    "ResNet-18, small-image variant (3x3 stride-1 stem, no max-pool)",
+    aliases=("resnet-18", "resnet18-cifar"),
+))
+register(ModelSpec(
+    "resnet50", "resnet:resnet50",
+    "ResNet-50 (bottleneck), small-image variant (3x3 stride-1 stem, no max-pool)",
+    aliases=("resnet-50", "resnet50-cifar"),
+))
+register(ModelSpec(
+    "mobilenetv2", "mobilenetv2:mobilenetv2",
+    "MobileNetV2 1.0x, CIFAR variant (stride-1 stem and first 24-channel stage; 8x downsampling)",
+    aliases=("mobilenet-v2", "mobilenetv2-cifar"),
+))
+register(ModelSpec(
+    "shufflenetv2", "shufflenetv2:shufflenetv2",
+    "ShuffleNetV2 1.0x, small-image variant (3x3 stride-1 stem, no max-pool)",
+    aliases=("shufflenet-v2", "shufflenet", "shufflenetv2-1.0x", "shufflenetv2-cifar"),
+))
+register(ModelSpec(
+    "efficientnet-b0", "efficientnet:efficientnet_b0",
+    "EfficientNet-B0 (MBConv + squeeze-excite, SiLU), small-image variant (stride-1 stem)",
+    aliases=("efficientnetb0", "efficientnet", "efficientnet-b0-cifar"),
+))
+register(ModelSpec(
+    "resnet18-imagenet", "resnet:resnet18_imagenet",
+    "ResNet-18, ImageNet layout (7x7 stride-2 stem + max-pool; torchvision parameter names)",
+    input_sizes=IMAGENET_SIZES, torchvision_name="resnet18",
+))
+register(ModelSpec(
+    "resnet50-imagenet", "resnet:resnet50_imagenet",
+    "ResNet-50, ImageNet layout (7x7 stride-2 stem + max-pool; torchvision parameter names)",
+    input_sizes=IMAGENET_SIZES, torchvision_name="resnet50",
+))
+register(ModelSpec(
+    "mobilenetv2-imagenet", "mobilenetv2:mobilenetv2_imagenet",
+    "MobileNetV2 1.0x, ImageNet strides (torchvision parameter names)",
+    input_sizes=IMAGENET_SIZES, aliases=("mobilenet-v2-imagenet",), torchvision_name="mobilenet_v2",
+))
+register(ModelSpec(
+    "efficientnet-b0-imagenet", "efficientnet:efficientnet_b0_imagenet",
+    "EfficientNet-B0, ImageNet strides (torchvision parameter names)",
+    input_sizes=IMAGENET_SIZES, aliases=("efficientnetb0-imagenet",), torchvision_name="efficientnet_b0",
+))
+register(ModelSpec(
+    "shufflenetv2-imagenet", "shufflenetv2:shufflenetv2_imagenet",
+    "ShuffleNetV2 1.0x, ImageNet layout (stride-2 stem + max-pool; torchvision parameter names)",
+    input_sizes=IMAGENET_SIZES, aliases=("shufflenet-v2-imagenet",), torchvision_name="shufflenet_v2_x1_0",
+))

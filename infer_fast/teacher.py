@@ -1,0 +1,231 @@
+"""Teacher training ("squeeze") and teacher checkpoints.
+
+    summary = train_teacher(TeacherConfig(dataset="fashion-mnist", model="convnet"), "t.pt")
+    model, meta = load_teacher("t.pt", dataset="fashion-mnist")
+
+Recipe (INFER_METHOD.md §3): SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine schedule
+over the epochs, random crop with padding + horizontal flip. The checkpoint is written
+atomically after every epoch and holds everything needed to resume; an interrupted run
+started again with the same output path continues from the last finished epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .data import get_spec, load_dataset
+from .data.transforms import normalize, random_crop_with_padding, random_flip
+from .models import create_model
+
+CHECKPOINT_FORMAT = "infer-fast-teacher"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TeacherConfig:
+    dataset: str
+    model: str = "convnet"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    data_root: Optional[str] = None
+    device: str = "auto"
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    return dev
+
+
+def _save_atomic(obj: Dict[str, Any], path: str) -> None:
+    """Write next to the target and rename: a crash never leaves a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int, device) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on uint8 ``images``."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        x = normalize(images[start:start + batch_size].to(device), mean, std)
+        correct += (model(x).argmax(1) == labels[start:start + batch_size].to(device)).sum().item()
+    model.train(was_training)
+    return correct / len(labels)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    padding = max(1, x.shape[-1] // 8)  # 4 px at 32^2, as RandomCrop(32, padding=4)
+    return random_flip(random_crop_with_padding(x, x.shape[-1], padding, gen), gen)
+
+
+def _metadata(cfg: TeacherConfig, spec) -> Dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "toolkit_version": __version__,
+        "dataset": spec.name,
+        "num_classes": spec.num_classes,
+        "channels": spec.channels,
+        "image_size": spec.image_size,
+        "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
+        "model": cfg.model,
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[str, Any]:
+    """Train (or resume training) a teacher; returns the final checkpoint's metadata."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root)
+    test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
+    spec = train.spec
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    meta = _metadata(cfg, spec)
+    history, start_epoch, elapsed = [], 0, 0.0
+
+    if os.path.exists(out):
+        ckpt = _read_checkpoint(out)
+        _check_same_run(ckpt, meta, out)
+        if ckpt.get("train_state") is None:
+            print(f"{out}: already trained ({ckpt['epochs_done']} epochs, test accuracy {ckpt['test_accuracy']:.4f}); nothing to do")
+            return {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["train_state"]["optimizer"])
+        schedule.load_state_dict(ckpt["train_state"]["schedule"])
+        history, start_epoch, elapsed = ckpt["history"], ckpt["epochs_done"], ckpt["elapsed_s"]
+        print(f"{out}: resuming after epoch {start_epoch}/{cfg.epochs}")
+
+    criterion = nn.CrossEntropyLoss()
+    images, labels = train.images, train.labels
+    accuracy = history[-1]["test_accuracy"] if history else float("nan")
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same order on resume
+        order = torch.randperm(len(labels), generator=gen)
+        model.train()
+        total_loss, seen = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for step in bar:
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
+            x = normalize(_augment(images[idx].float().div_(255), gen), spec.mean, spec.std).to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
+        accuracy = evaluate(model, test.images, test.labels, spec.mean, spec.std, cfg.eval_batch_size, device)
+        elapsed += time.perf_counter() - started
+        history.append({"epoch": epoch + 1, "train_loss": total_loss / seen, "test_accuracy": accuracy, "elapsed_s": elapsed})
+        if progress:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {total_loss / seen:.4f}, test accuracy {accuracy:.4f} ({elapsed:.0f} s)")
+        done = epoch + 1 == cfg.epochs
+        _save_atomic(
+            {
+                **meta,
+                "epochs_done": epoch + 1,
+                "test_accuracy": accuracy,
+                "history": history,
+                "elapsed_s": elapsed,
+                "state_dict": model.state_dict(),
+                "train_state": None if done else {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()},
+            },
+            out,
+        )
+    summary = {**meta, "epochs_done": cfg.epochs, "test_accuracy": accuracy, "history": history, "elapsed_s": elapsed}
+    return summary
+
+
+def _read_checkpoint(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"teacher checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path!r} is not an infer-fast teacher checkpoint")
+    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path!r} was written by a newer infer-fast (format {ckpt['format_version']}); upgrade infer-fast")
+    return ckpt
+
+
+def _check_same_run(ckpt: Dict[str, Any], meta: Dict[str, Any], path: str) -> None:
+    """Resuming must continue the same training, not silently mix two."""
+    for key in ("dataset", "model", "num_classes"):
+        if ckpt.get(key) != meta[key]:
+            raise ValueError(
+                f"{path!r} holds a teacher for {key}={ckpt.get(key)!r}, not {meta[key]!r}: "
+                "choose another --out or delete the file to start over"
+            )
+    for key in ("epochs", "batch_size", "lr", "seed"):
+        if ckpt["config"].get(key) != meta["config"][key]:
+            raise ValueError(
+                f"{path!r} was trained with {key}={ckpt['config'].get(key)!r}, not {meta['config'][key]!r}: "
+                "resume with the same settings, or choose another --out"
+            )
+
+
+def load_teacher(
+    path: str, dataset: Optional[str] = None, num_classes: Optional[int] = None, device: str = "cpu"
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """A trained teacher, frozen (no parameter gradients) and in eval mode, and its metadata.
+
+    Refuses a checkpoint trained for another dataset or class count, or one whose
+    training has not finished."""
+    ckpt = _read_checkpoint(path)
+    if dataset is not None and get_spec(dataset).name != ckpt["dataset"]:
+        raise ValueError(f"teacher {path!r} was trained on {ckpt['dataset']!r}, not {dataset!r}")
+    if num_classes is not None and num_classes != ckpt["num_classes"]:
+        raise ValueError(f"teacher {path!r} predicts {ckpt['num_classes']} classes, not {num_classes}")
+    if ckpt.get("train_state") is not None:
+        raise ValueError(
+            f"teacher {path!r} is unfinished ({ckpt['epochs_done']}/{ckpt['config']['epochs']} epochs): "
+            "run `infer-fast teacher` again with the same --out to finish it"
+        )
+    model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"], image_size=ckpt["image_size"])
+    model.load_state_dict(ckpt["state_dict"])
+    model = model.to(resolve_device(device)).eval().requires_grad_(False)
+    return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}

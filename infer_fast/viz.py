@@ -1,0 +1,187 @@
+"""Image grids and PNG files for previews of distilled sets (``infer-fast inspect``).
+
+    save_grid(images, "grid.png", nrow=8, padding=2)                 # images in [0, 1]
+    save_grid(ufc_pixels, "ufc.png", nrow=8, scale="symmetric")      # signed compensators
+
+Images are float tensors (N, ch, H, W) with ch = 1 (grayscale) or 3 (RGB). The grid follows
+torchvision's layout: ``nrow`` images per row, ``padding`` pixels around and between
+tiles, so a grid of N images is (ceil(N / nrow) * (H + padding) + padding) pixels high and
+(min(N, nrow) * (W + padding) + padding) pixels wide.
+
+PNG files are written with Pillow when it is installed, else with the small pure-python
+encoder :func:`encode_png` (zlib, 8-bit grayscale or RGB, no interlace); both give valid
+PNGs.
+"""
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+SCALES = ("none", "minmax", "symmetric")
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def scale_images(images: Tensor, scale: str = "none") -> Tensor:
+    """Map images to [0, 1] for display, per image.
+
+    - ``"none"``: clamp to [0, 1] (images already in pixel range).
+    - ``"minmax"``: (x - min) / (max - min) per image (a constant image becomes 0.5).
+    - ``"symmetric"``: 0.5 + x / (2 max|x|) per image, so 0 stays mid-gray and the sign of
+      a signed image (a compensator) stays visible (an all-zero image becomes 0.5).
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    x = _check_images(images).to(torch.float32)
+    if x.shape[0] == 0 or scale == "none":
+        return x.clamp(0.0, 1.0)
+    flat = x.reshape(x.shape[0], -1)
+    if scale == "minmax":
+        low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+        span = (flat.max(dim=1).values.view(-1, 1, 1, 1) - low)
+        out = torch.where(span > 0, (x - low) / span.clamp_min(1e-12), torch.full_like(x, 0.5))
+    else:
+        peak = flat.abs().max(dim=1).values.view(-1, 1, 1, 1)
+        out = torch.where(peak > 0, 0.5 + x / (2 * peak.clamp_min(1e-12)), torch.full_like(x, 0.5))
+    return out.clamp(0.0, 1.0)
+
+
+def _check_images(images: Tensor) -> Tensor:
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, ch, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 (grayscale) or 3 (RGB) channels, got {images.shape[1]}")
+    if not (images.dtype.is_floating_point or images.dtype == torch.uint8):
+        raise ValueError(f"images must be float (values in [0, 1]) or uint8, got {images.dtype}")
+    if images.dtype == torch.uint8:
+        images = images.to(torch.float32) / 255.0
+    return images.detach().cpu()
+
+
+def grid_size(n: int, height: int, width: int, nrow: int = 8, padding: int = 2) -> tuple:
+    """(grid height, grid width) in pixels of a grid of ``n`` images of ``height`` x ``width``."""
+    cols = max(1, min(n, nrow))
+    rows = max(1, math.ceil(n / nrow))
+    return rows * (height + padding) + padding, cols * (width + padding) + padding
+
+
+def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0, scale: str = "none") -> Tensor:
+    """(ch, grid H, grid W) float tensor in [0, 1]: ``nrow`` images per row, row-major."""
+    if nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    x = scale_images(images, scale)
+    n, ch, height, width = x.shape
+    gh, gw = grid_size(n, height, width, nrow, padding)
+    grid = torch.full((ch, gh, gw), float(pad_value), dtype=torch.float32)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = padding + r * (height + padding), padding + c * (width + padding)
+        grid[:, top:top + height, left:left + width] = x[i]
+    return grid
+
+
+def stack_grids(grids: Sequence[Tensor], spacing: int = 6, pad_value: float = 1.0) -> Tensor:
+    """Stack (ch, h_i, w_i) grids vertically, left-aligned, ``spacing`` pixels apart."""
+    if not grids:
+        raise ValueError("stack_grids needs at least one grid")
+    ch = grids[0].shape[0]
+    if any(g.dim() != 3 or g.shape[0] != ch for g in grids):
+        raise ValueError("all grids must be (ch, h, w) with the same number of channels")
+    height = sum(g.shape[1] for g in grids) + spacing * (len(grids) - 1)
+    width = max(g.shape[2] for g in grids)
+    out = torch.full((ch, height, width), float(pad_value), dtype=torch.float32)
+    top = 0
+    for g in grids:
+        out[:, top:top + g.shape[1], : g.shape[2]] = g
+        top += g.shape[1] + spacing
+    return out
+
+
+def to_uint8_hwc(image: Tensor) -> Tensor:
+    """(ch, H, W) float in [0, 1] -> (H, W, ch) uint8 (rounded, clamped)."""
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image must be (ch, H, W) with ch 1 or 3, got {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        return image.permute(1, 2, 0).contiguous()
+    return (image.detach().cpu().to(torch.float32).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def encode_png(pixels: Tensor) -> bytes:
+    """Pure-python PNG encoder: (H, W, ch) uint8 with ch 1 (grayscale) or 3 (RGB) -> bytes."""
+    if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"pixels must be (H, W, 1 or 3) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
+    height, width, ch = pixels.shape
+    if height == 0 or width == 0:
+        raise ValueError("a PNG needs at least one pixel")
+    color_type = 0 if ch == 1 else 2
+    rows = pixels.contiguous().numpy().reshape(height, width * ch)
+    raw = b"".join(b"\x00" + rows[r].tobytes() for r in range(height))  # filter type 0 per row
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
+
+
+def write_png(image: Tensor, path: PathLike, encoder: str = "auto") -> Path:
+    """Write a (ch, H, W) image (float in [0, 1] or uint8) as PNG.
+
+    ``encoder``: "auto" (Pillow if installed, else pure python), "pillow" or "pure".
+    The file is written to a temporary name and renamed, so a reader never sees half a PNG.
+    """
+    if encoder not in ("auto", "pillow", "pure"):
+        raise ValueError(f"encoder must be 'auto', 'pillow' or 'pure', got {encoder!r}")
+    pixels = to_uint8_hwc(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    use_pillow = encoder == "pillow"
+    if encoder == "auto":
+        try:
+            import PIL.Image  # noqa: F401
+
+            use_pillow = True
+        except ImportError:
+            use_pillow = False
+    try:
+        if use_pillow:
+            from PIL import Image
+
+            array = pixels.numpy()
+            img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8 -> "L" / "RGB"
+            img.save(tmp, format="PNG")
+        else:
+            tmp.write_bytes(encode_png(pixels))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def save_grid(
+    images: Tensor,
+    path: PathLike,
+    nrow: int = 8,
+    padding: int = 2,
+    scale: str = "none",
+    pad_value: float = 1.0,
+    encoder: str = "auto",
+) -> Path:
+    """Write images (N, ch, H, W) float in [0, 1] (or uint8) as one PNG grid; returns the path.
+
+    ``scale``: "none" (clamp to [0, 1]), "minmax" (per image) or "symmetric" (per image,
+    around 0.5: for signed images such as compensators), see :func:`scale_images`.
+    """
+    return write_png(make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value, scale=scale), path, encoder)

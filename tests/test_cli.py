@@ -1,0 +1,89 @@
+"""The infer-fast command line: subcommands, YAML configs with overrides, one-line errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "infer_fast.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def test_info_reports_backends():
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    assert "backends (per device):" in result.stdout
+    assert "cpu     cpu   usable" in result.stdout
+    assert "CUDA kernels" in result.stdout
+
+
+def test_models_and_datasets_listed():
+    models = run_cli("models")
+    assert models.returncode == 0 and "resnet18" in models.stdout and "convnet" in models.stdout
+    datasets = run_cli("datasets")
+    assert datasets.returncode == 0 and "fashion-mnist-mini" in datasets.stdout and "cifar100" in datasets.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("teacher", "--dataset", "fashion-mnist-mini"), "--out FILE is required"),
+        (("teacher", "--dataset", "no-such-set", "--out", "x.pt"), "no-such-set"),
+        (("teacher", "--config", "missing.yaml", "--out", "x.pt"), "config file 'missing.yaml' does not exist"),
+        (("inspect", "no-such-dir"), "no-such-dir"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_config_option_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("dataset: fashion-mnist-mini\nlearning_rate: 0.1\n")
+    result = run_cli("teacher", "--config", "c.yaml", "--out", "t.pt", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown option(s) learning_rate" in result.stderr
+
+
+def test_teacher_from_yaml_with_override_then_resume_message(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "dataset: fashion-mnist-mini\nmodel: convnet-w8-d2\nepochs: 5\nbatch_size: 256\nlr: 0.05\n"
+    )
+    result = run_cli("teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy" in result.stdout and "after 1 epochs" in result.stdout
+    ckpt = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert ckpt["config"]["epochs"] == 1 and ckpt["config"]["batch_size"] == 256
+    again = run_cli("teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0 and "already trained" in again.stdout
+
+
+def test_inspect_and_export_a_distilled_set(tmp_path):
+    from infer_fast.storage import DistilledSet, save_distilled
+
+    gen = torch.Generator().manual_seed(0)
+    k, c, g = 2, 3, 4
+    ds = DistilledSet(
+        method="infer", dataset="fashion-mnist-mini", num_classes=c, channels=1, image_size=8,
+        mean=(0.286,), std=(0.353,),
+        natural=torch.randint(0, 256, (k, c, 1, 8, 8), generator=gen, dtype=torch.uint8),
+        ufc=0.1 * torch.randn(g, 1, 8, 8, generator=gen), ufc_index=torch.tensor([0, 0, 1, 1]),
+        ufc_teacher=torch.tensor([0, 1, 0, 1]), budget={"ipc": 3, "K": k, "M": 2, "accounting": "fair"},
+        seed=0, full_train_size=5000,
+    )
+    save_distilled(ds, tmp_path / "set")
+    result = run_cli("inspect", str(tmp_path / "set"))
+    assert result.returncode == 0, result.stderr
+    assert "compression" in result.stdout.lower()
+    assert (tmp_path / "set" / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    exported = run_cli("export", str(tmp_path / "set"), "--to", "imagefolder", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    pngs = list((tmp_path / "out").rglob("*.png"))
+    assert len(pngs) == k * c + g * c

@@ -1,0 +1,391 @@
+"""Model zoo: registry, shapes, BN layers, features/head, init, parameter counts, external models."""
+import copy
+import enum
+import io
+import os
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from infer_fast.models import (
+    ClassifierNet,
+    count_parameters,
+    create_model,
+    get_spec,
+    list_models,
+    model_table,
+    penultimate_features,
+)
+from infer_fast.models.convnet import ConvNet
+
+SMALL = ["convnet", "resnet18", "resnet50", "mobilenetv2", "shufflenetv2", "efficientnet-b0"]
+IMAGENET = ["resnet18-imagenet", "resnet50-imagenet", "mobilenetv2-imagenet",
+            "efficientnet-b0-imagenet", "shufflenetv2-imagenet"]
+ALL = list_models()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models run tiny batches: one thread avoids OpenMP spin-waiting on a busy machine
+    (10x faster here on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bn_layers(model):
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def _build(name, num_classes=10, in_channels=3, image_size=32, seed=0, **kw):
+    torch.manual_seed(seed)
+    return create_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+def test_registry_lists_the_required_names():
+    assert set(SMALL + IMAGENET) <= set(ALL)
+    assert len(ALL) == len(set(ALL))
+
+
+@pytest.mark.parametrize("alias,canonical", [
+    ("ConvNet", "convnet"), ("convnet-128", "convnet"), ("ResNet-18", "resnet18"), ("resnet_50", "resnet50"),
+    ("mobilenet_v2", "mobilenetv2"), ("shufflenet", "shufflenetv2"), ("efficientnet_b0", "efficientnet-b0"),
+    ("mobilenet_v2-imagenet", "mobilenetv2-imagenet"),
+])
+def test_aliases(alias, canonical):
+    assert get_spec(alias).name == canonical
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(ValueError) as info:
+        create_model("resnet19", num_classes=10)
+    msg = str(info.value)
+    assert "unknown model 'resnet19'" in msg
+    for name in SMALL + IMAGENET:
+        assert name in msg
+    assert "torchvision:NAME" in msg
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("convnet-w64-d3-fancynorm", num_classes=10)
+
+
+def test_model_table_rows_and_param_counts():
+    rows = {r["name"]: r for r in model_table()}
+    assert list(rows) == ALL
+    for r in rows.values():
+        assert isinstance(r["params"], int) and r["params"] > 0
+        assert isinstance(r["inputs"], str) and r["description"]
+    assert rows["resnet18"]["inputs"] == "28/32/64" and rows["resnet18-imagenet"]["inputs"] == "224"
+    expected = {  # 10 classes, 3 channels, 32x32 for ConvNet
+        "convnet": 0.32e6, "resnet18": 11.17e6, "resnet50": 23.52e6, "mobilenetv2": 2.24e6,
+        "shufflenetv2": 1.26e6, "efficientnet-b0": 4.02e6,
+    }
+    for name, count in expected.items():
+        assert abs(rows[name]["params"] - count) / count < 0.01, (name, rows[name]["params"])
+    assert rows["convnet"]["params"] == 320010  # 3x(conv+BN) + Linear(128*4*4, 10)
+
+
+def test_imagenet_variants_match_torchvision_parameter_counts():
+    # torchvision's published counts for 1000 classes
+    expected = {"resnet18-imagenet": 11689512, "resnet50-imagenet": 25557032, "mobilenetv2-imagenet": 3504872,
+                "efficientnet-b0-imagenet": 5288548, "shufflenetv2-imagenet": 2278604}
+    for name, count in expected.items():
+        with torch.device("meta"):
+            model = create_model(name, num_classes=1000, image_size=224)
+        assert count_parameters(model) == count, name
+
+
+# ---------------------------------------------------------------------------------------
+# Every registered model
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_train_forward_backward_1ch_28(name):
+    model = _build(name, num_classes=7, in_channels=1, image_size=28).train()
+    assert isinstance(model, ClassifierNet) and isinstance(model.head, nn.Linear)
+    assert len(_bn_layers(model)) > 0
+    x = torch.randn(2, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (2, 7)
+    nn.functional.cross_entropy(out, torch.tensor([0, 6])).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, no_grad
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_eval_3ch_32_features_head_determinism_and_bn_execution(name):
+    model = _build(name, num_classes=10, in_channels=3, image_size=32).eval()
+    ran = set()
+    bns = _bn_layers(model)
+    handles = [bn.register_forward_pre_hook(lambda m, a: ran.add(id(m))) for bn in bns]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        out2 = model.head(feats)
+    for h in handles:
+        h.remove()
+    assert out.shape == (2, 10)
+    assert feats.shape == (2, model.num_features) and feats.shape[1] == model.head.in_features
+    assert torch.equal(out, out2)  # consistent and deterministic in eval mode
+    assert len(ran) == len(bns)  # every BatchNorm layer runs in forward (INFER's BN loss needs it)
+    with torch.no_grad():
+        assert torch.equal(penultimate_features(model, x), feats)
+
+
+@pytest.mark.parametrize("name", ["convnet", "resnet18", "shufflenetv2", "efficientnet-b0"])
+def test_forward_64(name):
+    model = _build(name, num_classes=200, in_channels=3, image_size=64).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 200)
+
+
+def test_resnet18_imagenet_224():
+    model = _build("resnet18-imagenet", num_classes=1000, image_size=224).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_deterministic_init(name):
+    a, b = _build(name, seed=3), _build(name, seed=3)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    for bn in _bn_layers(a):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    c = _build(name, seed=4)
+    assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_kaiming_init_scale():
+    model = _build("resnet18")
+    w = model.layer3[0].conv2.weight  # fan_out = 256 * 3 * 3
+    expected_std = (2.0 / (256 * 9)) ** 0.5
+    assert abs(w.std().item() / expected_std - 1) < 0.05
+
+
+def test_small_models_downsampling():
+    # feature-map sizes before pooling for 32x32 inputs (the CIFAR variants' strides)
+    def last_map(model):
+        maps = []
+        bn = _bn_layers(model)[-1]
+        h = bn.register_forward_hook(lambda m, a, out: maps.append(out.shape[-1]))
+        with torch.no_grad():
+            model.eval()(torch.randn(1, 3, 32, 32))
+        h.remove()
+        return maps[-1]
+
+    assert last_map(_build("resnet18")) == 4
+    assert last_map(_build("mobilenetv2")) == 4
+    assert last_map(_build("shufflenetv2")) == 4
+    assert last_map(_build("efficientnet-b0")) == 2
+    assert last_map(_build("resnet18-imagenet")) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# ConvNet
+# ---------------------------------------------------------------------------------------
+def test_convnet_sizes_and_names():
+    m28 = _build("convnet", in_channels=1, image_size=28)
+    assert m28.num_features == 128 * 3 * 3  # 28 -> 14 -> 7 -> 3
+    assert _build("convnet", image_size=64).num_features == 128 * 8 * 8
+    m = _build("convnet-w64-d4", image_size=32)
+    assert (m.width, m.depth, m.norm, m.num_features) == (64, 4, "batchnorm", 64 * 2 * 2)
+    m = _build("convnet", width=32, depth=2, norm="none")
+    assert m.num_features == 32 * 8 * 8 and not _bn_layers(m)
+    with pytest.raises(ValueError, match="implies width=64"):
+        create_model("convnet-w64", num_classes=10, width=32)
+    with pytest.raises(ValueError, match="too deep"):
+        create_model("convnet-d6", num_classes=10, image_size=32)
+    with pytest.raises(ValueError, match="built for 32x32"):
+        _build("convnet", image_size=32)(torch.randn(1, 3, 28, 28))
+
+
+@pytest.mark.parametrize("norm,layer", [("instancenorm", nn.InstanceNorm2d), ("groupnorm", nn.GroupNorm),
+                                        ("batchnorm", nn.BatchNorm2d)])
+def test_convnet_norms(norm, layer):
+    model = _build(f"convnet-w16-d3-{norm}", in_channels=1, image_size=28)
+    assert isinstance(model, ConvNet) and model.norm == norm
+    assert sum(isinstance(m, layer) for m in model.modules()) == 3
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------
+# Misc API
+# ---------------------------------------------------------------------------------------
+def test_argument_validation():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="num_classes"):
+            create_model("convnet", num_classes=bad)
+    with pytest.raises(ValueError, match="in_channels"):
+        create_model("convnet", num_classes=10, in_channels=0)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_model("resnet18", num_classes=10, pretrained=True)
+
+
+def test_models_pickle_and_copy():
+    model = _build("convnet", image_size=28, in_channels=1)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    clone = copy.deepcopy(model)
+    x = torch.randn(2, 1, 28, 28)
+    model.eval(), loaded.eval(), clone.eval()
+    assert torch.equal(model(x), loaded(x)) and torch.equal(model(x), clone(x))
+
+
+def test_state_dict_aliases_load_torchvision_names():
+    src = _build("mobilenetv2-imagenet", seed=1)
+    sd = {("classifier.1." + k[5:] if k.startswith("head.") else k): v for k, v in src.state_dict().items()}
+    dst = _build("mobilenetv2-imagenet", seed=2)
+    dst.load_state_dict(sd)  # strict
+    assert torch.equal(dst.head.weight, src.head.weight)
+    wrapper = nn.Sequential(_build("resnet18", seed=2))  # also works nested
+    sd = {("0.fc." + k[5:] if k.startswith("head.") else "0." + k): v for k, v in _build("resnet18", seed=1).state_dict().items()}
+    wrapper.load_state_dict(sd)
+
+
+# ---------------------------------------------------------------------------------------
+# Built-in ImageNet variants: torchvision checkpoints from the local hub cache
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    return tmp_path / "checkpoints"
+
+
+def _torchvision_style_resnet18_checkpoint(folder):
+    src = _build("resnet18-imagenet", num_classes=1000, seed=11)
+    sd = {("fc." + k[5:] if k.startswith("head.") else k): v for k, v in src.state_dict().items()}
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}  # old torchvision files lack them
+    torch.save(sd, folder / "resnet18-f37072fd.pth")
+    return src
+
+
+def test_builtin_imagenet_pretrained_from_cache(hub_dir):
+    with pytest.raises(ValueError, match="never downloads"):
+        create_model("resnet18-imagenet", num_classes=1000, pretrained=True)
+    src = _torchvision_style_resnet18_checkpoint(hub_dir)
+    model = _build("resnet18-imagenet", num_classes=1000, pretrained=True, seed=5)
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    with pytest.warns(UserWarning, match="fresh 10-class head.*stem conv"):
+        gray = _build("resnet18-imagenet", num_classes=10, in_channels=1, pretrained=True)
+    assert torch.allclose(gray.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(gray.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    with pytest.raises(ValueError, match="does not match"):
+        create_model("resnet50-imagenet", num_classes=10, pretrained=str(hub_dir / "resnet18-f37072fd.pth"))
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision:NAME / timm:NAME
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lib", ["torchvision", "timm"])
+def test_external_library_missing_gives_clear_error(lib, monkeypatch):
+    monkeypatch.setitem(sys.modules, lib, None)  # import -> ImportError, installed or not
+    with pytest.raises(ValueError) as info:
+        create_model(f"{lib}:resnet18", num_classes=10)
+    msg = str(info.value)
+    assert f"{lib} is not installed" in msg and f"pip install {lib}" in msg
+    assert "resnet18" in msg and "convnet" in msg  # lists the built-ins
+
+
+class _TinyTV(nn.Module):
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn1(self.conv1(x))).mean((2, 3)))
+
+
+class _TinyWeights(enum.Enum):
+    IMAGENET1K_V1 = "https://download.pytorch.org/models/tiny-0123abcd.pth"
+    DEFAULT = "https://download.pytorch.org/models/tiny-0123abcd.pth"  # alias, as torchvision's DEFAULT
+
+    @property
+    def url(self):
+        return self.value
+
+
+def _fake_torchvision(calls):
+    tv = types.ModuleType("torchvision")
+    models = types.ModuleType("torchvision.models")
+
+    def get_model(name, weights=None, **kw):
+        calls.append((name, weights, kw))
+        model = _TinyTV(**kw)
+        if weights is not None:  # torchvision reads the hub cache
+            path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+            model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+
+    models.list_models = lambda: ["tiny"]
+    models.get_model = get_model
+    models.get_model_weights = lambda name: _TinyWeights
+    tv.models = models
+    return tv, models
+
+
+def test_torchvision_adaptation_with_fake_module(monkeypatch, hub_dir):
+    calls = []
+    tv, models = _fake_torchvision(calls)
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+
+    with pytest.raises(ValueError, match="has no model 'resnet18'"):
+        create_model("torchvision:resnet18", num_classes=10)
+
+    # no weights: built with num_classes; 1 channel -> fresh first conv, with a note
+    with pytest.warns(UserWarning, match="first conv 'conv1'"):
+        model = create_model("torchvision:tiny", num_classes=10, in_channels=1)
+    assert calls[-1] == ("tiny", None, {"num_classes": 10})
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 10
+    x = torch.randn(2, 1, 8, 8)
+    assert model(x).shape == (2, 10)
+    assert penultimate_features(model.eval(), x).shape == (2, 4)  # via a hook on fc
+
+    # pretrained, nothing cached: clear error, no download
+    with pytest.raises(ValueError, match="tiny-0123abcd.pth.*never downloads"):
+        create_model("torchvision:tiny", num_classes=10, pretrained=True)
+
+    # pretrained from the cache: head replaced, RGB kernels summed for 1 channel
+    torch.manual_seed(0)
+    ref = _TinyTV()
+    torch.save(ref.state_dict(), hub_dir / "tiny-0123abcd.pth")
+    with pytest.warns(UserWarning, match="1000-class classifier 'fc'.*summing"):
+        model = create_model("torchvision:tiny", num_classes=10, in_channels=1, pretrained=True)
+    assert model.fc.out_features == 10
+    assert torch.allclose(model.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(model.bn1.weight, ref.bn1.weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1000 classes, 3 channels: nothing to adapt, no warning
+        model = create_model("torchvision:tiny", num_classes=1000, pretrained=True)
+    assert torch.equal(model.fc.weight, ref.fc.weight)
+
+
+def test_timm_with_fake_module(monkeypatch):
+    calls = []
+    timm = types.ModuleType("timm")
+    timm.is_model = lambda name: name == "tiny"
+    timm.create_model = lambda name, **kw: calls.append((name, kw)) or _TinyTV(kw["num_classes"])
+    timm.models = types.SimpleNamespace(get_pretrained_cfg=lambda name, allow_unregistered=True: None)
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    model = create_model("timm:tiny", num_classes=5, in_channels=1)
+    assert calls[-1] == ("tiny", {"pretrained": False, "num_classes": 5, "in_chans": 1})
+    assert model.fc.out_features == 5
+    with pytest.raises(ValueError, match="has no model"):
+        create_model("timm:nope", num_classes=5)
+    with pytest.raises(ValueError, match="never downloads"):
+        create_model("timm:tiny", num_classes=5, pretrained=True)
