@@ -48,6 +48,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .data import transforms
+
 FORMAT_NAME = "infer-fast-distilled"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -112,24 +114,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
 # pixel <-> normalized space
 # --------------------------------------------------------------------------------------
 
-def _channel_view(values: Sequence[float], channels: int, device=None) -> Tensor:
-    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device).view(channels, 1, 1)
-
-
 def normalize_uint8(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 pixels (..., ch, H, W) -> float32 normalized (p / 255 - mean) / std."""
     if pixels.dtype != torch.uint8:
         raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
-    ch = pixels.shape[-3]
-    m, s = _channel_view(mean, ch, pixels.device), _channel_view(std, ch, pixels.device)
-    return pixels.to(torch.float32).div_(255.0).sub_(m).div_(s)
+    return transforms.normalize(pixels, mean, std)
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Normalized float (..., ch, H, W) -> float32 pixel values x * std + mean (not clamped)."""
-    ch = images.shape[-3]
-    m, s = _channel_view(mean, ch, images.device), _channel_view(std, ch, images.device)
-    return images.to(torch.float32) * s + m
+    return transforms.denormalize(images.to(torch.float32), mean, std)
 
 
 def quantize_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -137,7 +131,7 @@ def quantize_images(images: Tensor, mean: Sequence[float], std: Sequence[float])
 
     Use it to store natural images (recovered in normalized float) in the uint8 format.
     """
-    return (denormalize(images.detach(), mean, std).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return transforms.denormalize(images.detach().to(torch.float32), mean, std, to_uint8=True)
 
 
 def valid_range(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tensor, Tensor]:
