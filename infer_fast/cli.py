@@ -20,7 +20,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(iterations=args.iterations, seed=args.seed)
+    run_demo(iterations=args.iterations, seed=args.seed, out_dir=args.out)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -93,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser(
-        "demo", help="kernel demo: check every backend against the reference, time them, run a mini UFC recovery"
+        "demo", help="kernel demo: check every backend against the reference, time them, run a mini UFC recovery on real data"
     )
     demo.add_argument("--iterations", type=int, default=60, help="recovery iterations of the mini run (default 60)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--out", default="demo-output", help="where the teacher, distilled set and preview go (default demo-output/)")
     demo.set_defaults(func=cmd_demo)
 
     models = sub.add_parser("models", help="list the model names create_model() accepts")
