@@ -1,0 +1,345 @@
+"""Static soft labels ("relabel") and student training on a distilled set (INFER_METHOD.md §4-§5).
+
+    relabel(distilled, teachers)                       # in place: mean of the teachers' logits
+    result = train_student(distilled, test_set, StudentConfig(epochs=400))
+    summary = evaluate_seeds(distilled, test_set, StudentConfig(), seeds=(0, 1, 2))
+    dup = feature_duplication(images, labels, teacher)
+
+Protocol choices (documented once, here):
+
+* Soft labels are the mean of the teachers' **logits** (eval mode) on every training image
+  with the test transform only (no augmentation), composed in training order by
+  :class:`infer_fast.storage.DistilledDataset`; stored fp16 via ``set_soft_labels``.
+* Augmentation: per sample RandomCrop(size, padding=size//8) + horizontal flip, applied in
+  [0, 1] pixel space (normalized -> denormalize -> augment with black padding -> normalize),
+  as torchvision's RandomCrop on pixels and as teacher training does.
+* Mixup: one lambda ~ Beta(alpha, alpha) per batch and one permutation pi;
+  x' = lam x + (1 - lam) x[pi] and the targets z' = lam z + (1 - lam) z[pi] are mixed in
+  **logit space** (z are the stored soft labels, which are logits).
+* Loss: KL(softmax(z'/T) || softmax(s/T)) = ``kl_div(log_softmax(s/T), log_softmax(z'/T),
+  log_target=True, reduction="batchmean")``, plain: **not** multiplied by T^2 (as the
+  reference SRe2L/INFER code and INFER_METHOD.md).
+* INFER+Dyn (``dynamic=True``): z' is recomputed every step as the mean of the teachers'
+  logits on the augmented, mixed batch x' (the stored labels are not used). The epoch
+  reduction of the paper (400 -> 80 for M = 4) is the caller's choice of ``epochs``.
+* Optimizer: AdamW(lr, weight_decay), cosine schedule stepped per step over
+  epochs * steps_per_epoch. Shuffling, augmentation and lambda are drawn from one
+  ``torch.Generator`` seeded with ``seed``; model initialization uses ``seed`` too.
+* Evaluation: top-1 on the real test split, student in eval mode. ``final_accuracy`` is the
+  accuracy after the last epoch; ``best_accuracy`` (the optimistic best over the periodic
+  evaluations, as the reference release reports) is only given when ``eval_every > 0``
+  and is labelled as such.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .data.transforms import denormalize, normalize, random_crop_with_padding, random_flip
+from .models import create_model, penultimate_features
+from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
+from .teacher import evaluate, load_teacher, resolve_device
+
+__all__ = [
+    "StudentConfig", "relabel", "relabel_directory", "ensemble_logits", "augment", "mixup",
+    "sample_lambda", "distillation_loss", "train_student", "evaluate_seeds", "feature_duplication",
+]
+
+BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
+
+
+# --------------------------------------------------------------------------------------
+# soft labels
+# --------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ensemble_logits(teachers: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode."""
+    if not teachers:
+        raise ValueError("at least one teacher is needed")
+    total = None
+    for teacher in teachers:
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            out = teacher(x).float()
+        finally:
+            teacher.train(was_training)
+        total = out if total is None else total + out
+    return total / len(teachers)
+
+
+def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int = 256, device: str = "cpu") -> DistilledSet:
+    """Static soft labels, **in place**: the mean of the teachers' logits on every training
+    image (test transform only), stored fp16 with ``set_soft_labels``. Returns ``distilled``."""
+    if not teachers:
+        raise ValueError("relabel needs at least one teacher")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    models = [t.to(dev) for t in teachers]
+    images, _, _ = DistilledDataset(distilled, hard_only=True).all_images()
+    chunks = []
+    for start in range(0, images.shape[0], batch_size):
+        logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
+        if logits.shape[1] != distilled.num_classes:
+            raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
+        chunks.append(logits)
+    distilled.set_soft_labels(torch.cat(chunks))
+    return distilled
+
+
+def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cpu", batch_size: int = 256) -> DistilledSet:
+    """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save
+    it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``."""
+    if not teacher_paths:
+        raise ValueError("relabel_directory needs at least one teacher path")
+    ds = load_distilled(directory)
+    teachers = [load_teacher(str(p), dataset=ds.dataset, num_classes=ds.num_classes, device=device)[0] for p in teacher_paths]
+    relabel(ds, teachers, batch_size=batch_size, device=device)
+    ds.hyperparameters = dict(ds.hyperparameters)
+    ds.hyperparameters["relabel"] = {
+        "teachers": [str(p) for p in teacher_paths],
+        "rule": "mean of the teachers' logits, eval mode, test transform only",
+    }
+    save_distilled(ds, directory, overwrite=True)
+    return ds
+
+
+# --------------------------------------------------------------------------------------
+# training pieces
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class StudentConfig:
+    model: str = "convnet"
+    epochs: int = 400
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 30.0
+    mixup_alpha: float = 0.8
+    seed: int = 0
+    dynamic: bool = False  # INFER+Dyn: teacher-ensemble labels recomputed for every mixed batch
+    eval_every: int = 0  # 0: evaluate only after the last epoch
+    device: str = "auto"
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixup), got {self.mixup_alpha!r}")
+
+
+def augment(x: Tensor, mean, std, gen: torch.Generator) -> Tensor:
+    """Per-sample RandomCrop(size, padding=max(1, size//8)) + flip of normalized images, done in
+    [0, 1] pixel space (black padding), returned normalized."""
+    size = x.shape[-1]
+    padding = max(1, size // 8)
+    pixels = denormalize(x, mean, std)
+    pixels = random_flip(random_crop_with_padding(pixels, (x.shape[-2], size), padding, gen), gen)
+    return normalize(pixels, mean, std)
+
+
+def sample_lambda(alpha: float, gen: torch.Generator) -> float:
+    """One lambda ~ Beta(alpha, alpha), drawn deterministically from ``gen`` (alpha 0: 1.0)."""
+    if alpha <= 0:
+        return 1.0
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+    return random.Random(seed).betavariate(alpha, alpha)
+
+
+def mixup(x: Tensor, z: Optional[Tensor], lam: float, perm: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    """x' = lam x + (1 - lam) x[perm]; z' = lam z + (1 - lam) z[perm] (logit space; z may be None)."""
+    x_mixed = lam * x + (1.0 - lam) * x[perm]
+    z_mixed = None if z is None else lam * z + (1.0 - lam) * z[perm]
+    return x_mixed, z_mixed
+
+
+def distillation_loss(student_logits: Tensor, target_logits: Tensor, temperature: float) -> Tensor:
+    """KL(softmax(z/T) || softmax(s/T)), batchmean, not scaled by T^2."""
+    t = float(temperature)
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(target_logits.float() / t, dim=1),
+                    log_target=True, reduction="batchmean")
+
+
+def _check_test_set(distilled: DistilledSet, test_set) -> None:
+    spec = test_set.spec
+    if spec.num_classes != distilled.num_classes:
+        raise ValueError(f"test set has {spec.num_classes} classes, the distilled set {distilled.num_classes}")
+    shape = tuple(test_set.images.shape[1:])
+    expected = (distilled.channels, *distilled.image_size)
+    if shape != expected:
+        raise ValueError(f"test images are {shape}, the distilled set's {expected}")
+
+
+# --------------------------------------------------------------------------------------
+# student training
+# --------------------------------------------------------------------------------------
+
+def train_student(
+    distilled: DistilledSet,
+    test_set,
+    config: Optional[StudentConfig] = None,
+    teachers: Optional[List[nn.Module]] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Train a student from scratch on ``distilled`` and evaluate it on ``test_set`` (ImageSet).
+
+    Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
+    "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
+    "num_training_images", "steps", "config"}."""
+    cfg = config or StudentConfig()
+    cfg.validate()
+    if cfg.dynamic and not teachers:
+        raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
+    _check_test_set(distilled, test_set)
+    device = resolve_device(cfg.device)
+    dataset = DistilledDataset(distilled, hard_only=cfg.dynamic)
+    images, soft, _ = dataset.all_images()
+    n = images.shape[0]
+    mean, std = distilled.mean, distilled.std
+    teacher_models = [t.to(device).eval() for t in teachers] if cfg.dynamic else []
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
+                             image_size=distilled.image_size[0]).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    history: List[Dict[str, Any]] = []
+    best: Optional[float] = None
+    accuracy = float("nan")
+    started = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc="student", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        total, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = augment(images[idx], mean, std, gen)
+            lam = sample_lambda(cfg.mixup_alpha, gen)
+            perm = torch.randperm(len(idx), generator=gen)
+            x, z = mixup(x, None if cfg.dynamic else soft[idx], lam, perm)
+            x = x.to(device, non_blocking=True)
+            z = ensemble_logits(teacher_models, x) if cfg.dynamic else z.to(device, non_blocking=True)
+            loss = distillation_loss(model(x), z, cfg.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        record = {"epoch": epoch + 1, "loss": total / seen, "lr": schedule.get_last_lr()[0]}
+        last = epoch + 1 == cfg.epochs
+        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            accuracy = evaluate(model, test_set.images, test_set.labels, mean, std, cfg.eval_batch_size, device)
+            record["test_accuracy"] = accuracy
+            if cfg.eval_every:
+                best = accuracy if best is None else max(best, accuracy)
+        history.append(record)
+        postfix = {"loss": f"{record['loss']:.4f}"}
+        if "test_accuracy" in record:
+            postfix["acc"] = f"{record['test_accuracy']:.4f}"
+        bar.set_postfix(postfix)
+    elapsed = time.perf_counter() - started
+    if progress:
+        line = (f"student {cfg.model} ({'INFER+Dyn' if cfg.dynamic else 'static labels'}), {n} training images, "
+                f"{cfg.epochs} epochs: final test accuracy {accuracy:.4f}")
+        if best is not None:
+            line += f", best {best:.4f} ({BEST_LABEL})"
+        print(line + f" ({elapsed:.1f} s)")
+    return {
+        "final_accuracy": accuracy,
+        "best_accuracy": best,
+        "best_label": BEST_LABEL if best is not None else None,
+        "history": history,
+        "elapsed_s": elapsed,
+        "num_training_images": n,
+        "steps": cfg.epochs * steps_per_epoch,
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def evaluate_seeds(
+    distilled: DistilledSet,
+    test_set,
+    config: Optional[StudentConfig] = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    teachers: Optional[List[nn.Module]] = None,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Final accuracy over students trained with each seed: {"mean", "std" (population,
+    ddof=0), "per_seed" {seed: accuracy}, "results" (the full train_student dicts)}."""
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    cfg = config or StudentConfig()
+    results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress) for s in seeds]
+    accs = torch.tensor([r["final_accuracy"] for r in results], dtype=torch.float64)
+    return {
+        "mean": accs.mean().item(),
+        "std": accs.std(unbiased=False).item(),
+        "per_seed": {int(s): r["final_accuracy"] for s, r in zip(seeds, results)},
+        "results": results,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# analysis
+# --------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def feature_duplication(images: Tensor, labels: Tensor, teacher: nn.Module, batch_size: int = 256) -> float:
+    """Mean pairwise cosine similarity of the teacher's penultimate features between images of
+    the same class (self-pairs excluded), averaged over classes that have >= 2 images.
+    ``images`` are normalized float (N, ch, H, W). In [-1, 1]; higher = more duplication."""
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        device = next(teacher.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    try:
+        feats = torch.cat([penultimate_features(teacher, images[i:i + batch_size].to(device)).float().cpu()
+                           for i in range(0, images.shape[0], batch_size)])
+    finally:
+        teacher.train(was_training)
+    feats = F.normalize(feats.flatten(1).double(), dim=1)
+    labels = labels.cpu()
+    per_class = []
+    for c in torch.unique(labels):
+        f = feats[labels == c]
+        m = f.shape[0]
+        if m < 2:
+            continue
+        sim = f @ f.T
+        per_class.append(((sim.sum() - sim.diagonal().sum()) / (m * (m - 1))).item())
+    if not per_class:
+        raise ValueError("feature_duplication needs a class with at least 2 images")
+    return float(max(-1.0, min(1.0, sum(per_class) / len(per_class))))

@@ -1,0 +1,207 @@
+"""Static soft labels, mixup in logit space, the KL loss, student training, INFER+Dyn,
+multi-seed evaluation and the feature-duplication metric (infer_fast.student)."""
+import torch
+import torch.nn.functional as F
+import pytest
+
+from infer_fast.data import load_dataset
+from infer_fast.data.transforms import normalize
+from infer_fast.storage import DistilledDataset, DistilledSet, load_distilled, save_distilled, valid_range
+from infer_fast.student import (
+    StudentConfig, distillation_loss, evaluate_seeds, feature_duplication, mixup, relabel, relabel_directory,
+    sample_lambda, train_student,
+)
+from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+
+torch.set_num_threads(1)
+FAST = dict(model="convnet-w8-d2", batch_size=50, device="cpu", temperature=4.0)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    paths = []
+    for seed in (0, 1):
+        path = str(root / f"t{seed}.pt")
+        train_teacher(TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w8-d2", epochs=1, batch_size=256,
+                                    lr=0.05, seed=seed, device="cpu"), path, progress=False)
+        paths.append(path)
+    return paths, [load_teacher(p)[0] for p in paths]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("fashion-mnist-mini", "train"), load_dataset("fashion-mnist-mini", "test")
+
+
+def baseline_set(train, per_class=10):
+    picked, s = train.per_class(per_class, seed=0), train.spec
+    return DistilledSet(method="random", dataset=s.name, num_classes=s.num_classes, channels=s.channels,
+                        image_size=s.image_size, mean=s.mean, std=s.std, images=picked.images, labels=picked.labels)
+
+
+def infer_set(train, num_sets=2, groups=4):
+    s, c = train.spec, train.spec.num_classes
+    picked = train.per_class(num_sets, seed=0)
+    natural = picked.images.view(c, num_sets, *picked.images.shape[1:]).transpose(0, 1).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    return DistilledSet(method="infer", dataset=s.name, num_classes=c, channels=s.channels, image_size=s.image_size,
+                        mean=s.mean, std=s.std, natural=natural,
+                        ufc=0.3 * torch.randn(groups, s.channels, s.image_size, s.image_size, generator=gen),
+                        ufc_index=torch.arange(groups) % num_sets, ufc_teacher=torch.zeros(groups, dtype=torch.long))
+
+
+def direct_infer_images(ds):
+    """Training images of an INFER set computed here, independently of DistilledDataset."""
+    nat = normalize(ds.natural, ds.mean, ds.std)  # (K, C, ch, H, W)
+    lo, hi = valid_range(ds.mean, ds.std)
+    lo, hi = lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1)
+    composed = [torch.maximum(torch.minimum(nat[ds.ufc_index[g]] + ds.ufc[g].float(), hi), lo) for g in range(ds.G)]
+    return torch.cat([nat.flatten(0, 1)] + composed)
+
+
+@torch.no_grad()
+def mean_logits(models, x):
+    return torch.stack([m(x) for m in models]).mean(0)
+
+
+# ---- relabel --------------------------------------------------------------------------------
+
+def test_relabel_infer_is_mean_of_teacher_logits(teachers, data):
+    _, models = teachers
+    ds = infer_set(data[0])
+    out = relabel(ds, models, batch_size=7)
+    assert out is ds and ds.has_soft_labels
+    soft = ds.soft_labels_flat()
+    assert soft.dtype == torch.float16 and soft.shape == (ds.num_training_images(), 10)
+    expected = mean_logits(models, direct_infer_images(ds))
+    torch.testing.assert_close(soft.float(), expected, rtol=2e-3, atol=2e-3)
+    # not one teacher's logits alone
+    assert not torch.allclose(soft.float(), mean_logits(models[:1], direct_infer_images(ds)), atol=1e-2)
+    # the labels line up with DistilledDataset's training order
+    images, stored, hard = DistilledDataset(ds).all_images()
+    torch.testing.assert_close(stored, soft.float())
+    assert torch.equal(hard, torch.arange(10).repeat(ds.K + ds.G))
+
+
+def test_relabel_baseline_and_directory_round_trip(teachers, data, tmp_path):
+    paths, models = teachers
+    ds = baseline_set(data[0], per_class=3)
+    save_distilled(ds, tmp_path / "set")
+    relabel_directory(tmp_path / "set", paths, device="cpu")
+    loaded = load_distilled(tmp_path / "set")
+    expected = mean_logits(models, normalize(ds.images, ds.mean, ds.std))
+    torch.testing.assert_close(loaded.soft_labels.float(), expected, rtol=2e-3, atol=2e-3)
+    assert loaded.hyperparameters["relabel"]["teachers"] == [str(p) for p in paths]
+
+
+def test_relabel_needs_teachers(data):
+    with pytest.raises(ValueError):
+        relabel(baseline_set(data[0], 1), [])
+
+
+# ---- mixup / loss ---------------------------------------------------------------------------
+
+def test_mixup_interpolates_in_logit_space():
+    gen = torch.Generator().manual_seed(3)
+    x, z = torch.randn(6, 1, 4, 4, generator=gen), torch.randn(6, 5, generator=gen)
+    lam = sample_lambda(0.8, gen)
+    assert 0.0 <= lam <= 1.0
+    perm = torch.randperm(6, generator=gen)
+    xm, zm = mixup(x, z, lam, perm)
+    torch.testing.assert_close(xm, lam * x + (1 - lam) * x[perm])
+    torch.testing.assert_close(zm, lam * z + (1 - lam) * z[perm])  # logits mixed, not probabilities
+    probs = lam * z.softmax(1) + (1 - lam) * z[perm].softmax(1)
+    assert not torch.allclose(zm.softmax(1), probs, atol=1e-4)
+    # deterministic with the generator; alpha 0 disables mixup
+    assert sample_lambda(0.8, torch.Generator().manual_seed(5)) == sample_lambda(0.8, torch.Generator().manual_seed(5))
+    assert sample_lambda(0.0, gen) == 1.0
+    draws = [sample_lambda(0.8, gen) for _ in range(400)]
+    assert abs(sum(draws) / len(draws) - 0.5) < 0.06  # Beta(a, a) has mean 1/2
+
+
+def test_distillation_loss_is_plain_kl():
+    gen = torch.Generator().manual_seed(0)
+    s, z, t = torch.randn(8, 10, generator=gen), 5 * torch.randn(8, 10, generator=gen), 30.0
+    p = (z / t).softmax(1)
+    manual = (p * (p.log() - (s / t).log_softmax(1))).sum(1).mean()
+    torch.testing.assert_close(distillation_loss(s, z, t), manual)
+    assert distillation_loss(z, z, t).abs().item() < 1e-6
+
+
+# ---- training -------------------------------------------------------------------------------
+
+def test_student_beats_chance_and_is_deterministic(teachers, data):
+    _, models = teachers
+    train, test = data
+    ds = relabel(baseline_set(train, per_class=10), models)
+    cfg = StudentConfig(epochs=40, eval_every=10, **FAST)
+    r = train_student(ds, test, cfg, progress=False)
+    assert r["final_accuracy"] > 0.3, r
+    assert r["best_accuracy"] >= r["final_accuracy"] and r["best_label"]
+    assert len(r["history"]) == 40 and r["history"][-1]["test_accuracy"] == r["final_accuracy"]
+    assert r["elapsed_s"] > 0
+    again = train_student(ds, test, StudentConfig(epochs=3, **FAST), progress=False)
+    assert again["best_accuracy"] is None  # eval_every=0: only the final accuracy
+    assert train_student(ds, test, StudentConfig(epochs=3, **FAST), progress=False)["history"] == again["history"]
+
+
+def test_student_trains_on_infer_set(teachers, data):
+    _, models = teachers
+    ds = relabel(infer_set(data[0]), models)
+    r = train_student(ds, data[1], StudentConfig(epochs=2, **FAST), progress=False)
+    assert 0.0 <= r["final_accuracy"] <= 1.0 and r["num_training_images"] == ds.num_training_images()
+
+
+def test_unrelabelled_set_is_refused(data):
+    with pytest.raises(ValueError):
+        train_student(baseline_set(data[0], 1), data[1], StudentConfig(epochs=1, **FAST), progress=False)
+
+
+class Counting(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_dynamic_calls_teachers_and_requires_them(teachers, data):
+    _, models = teachers
+    ds = baseline_set(data[0], per_class=2)  # no stored soft labels: dynamic mode does not need them
+    with pytest.raises(ValueError):
+        train_student(ds, data[1], StudentConfig(epochs=1, dynamic=True, **FAST), progress=False)
+    counting = [Counting(m) for m in models]
+    r = train_student(ds, data[1], StudentConfig(epochs=2, dynamic=True, **FAST), teachers=counting, progress=False)
+    assert all(c.calls == 2 for c in counting)  # 20 images / batch 50: one step per epoch, 2 epochs
+    assert 0.0 <= r["final_accuracy"] <= 1.0
+
+
+def test_evaluate_seeds(teachers, data):
+    _, models = teachers
+    ds = relabel(baseline_set(data[0], per_class=2), models)
+    out = evaluate_seeds(ds, data[1], StudentConfig(epochs=1, **FAST), seeds=(0, 1))
+    accs = torch.tensor(list(out["per_seed"].values()), dtype=torch.float64)
+    assert set(out["per_seed"]) == {0, 1}
+    assert out["mean"] == pytest.approx(accs.mean().item())
+    assert out["std"] == pytest.approx(accs.std(unbiased=False).item())
+
+
+# ---- feature duplication -------------------------------------------------------------------
+
+def test_feature_duplication(teachers, data):
+    _, models = teachers
+    train = data[0]
+    img = train.normalized([0])
+    same = feature_duplication(img.repeat(6, 1, 1, 1), torch.tensor([0, 0, 0, 1, 1, 1]), models[0])
+    assert same == pytest.approx(1.0, abs=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(20, 1, 28, 28, generator=gen) * 2
+    rand = feature_duplication(noise, torch.arange(20) % 4, models[0])
+    real = feature_duplication(train.normalized(list(range(40))), train.labels[:40], models[0])
+    for v in (rand, real):
+        assert -1.0 <= v <= 1.0 and v < 1.0 - 1e-3
+    with pytest.raises(ValueError):
+        feature_duplication(img, torch.tensor([0]), models[0])
