@@ -1,0 +1,252 @@
+"""INFER distillation: budget, natural sets, UFC recovery (batching, resume, errors), end to end."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from infer_fast import distill
+from infer_fast.data import load_dataset
+from infer_fast.distill import (
+    RecoveryConfig,
+    distill_infer,
+    infer_budget,
+    recover_ufcs,
+    select_natural_sets,
+)
+from infer_fast.storage import load_distilled
+from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+
+torch.set_num_threads(1)
+
+DATASET = "fashion-mnist-mini"
+
+
+@pytest.fixture(scope="module")
+def train_set():
+    return load_dataset(DATASET, "train")
+
+
+@pytest.fixture(scope="module")
+def teacher_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    paths = []
+    for seed in (0, 1):
+        path = str(root / f"t{seed}.pt")
+        train_teacher(
+            TeacherConfig(dataset=DATASET, model="convnet-w8-d2", epochs=1, batch_size=256, lr=0.05,
+                          device="cpu", seed=seed),
+            path, progress=False,
+        )
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def teachers(teacher_paths):
+    return [load_teacher(p)[0] for p in teacher_paths]
+
+
+@pytest.fixture(scope="module")
+def natural(train_set):
+    return select_natural_sets(train_set, 3, seed=0)
+
+
+def _cfg(**kw):
+    base = dict(iterations=5, seed=3)
+    base.update(kw)
+    return RecoveryConfig(**base)
+
+
+# ---- budget ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "ipc,C,M,K",
+    [(10, 10, 4, 7), (50, 10, 4, 35), (10, 100, 4, 9), (50, 100, 4, 48), (10, 1000, 3, 9), (50, 1000, 3, 49), (2, 10, 4, 1)],
+)
+def test_fair_budget(ipc, C, M, K):
+    assert infer_budget(ipc, C, M) == K
+    assert K * C + K * M <= ipc * C
+
+
+def test_budget_ipc_accounting_and_errors():
+    assert infer_budget(10, 1000, 3, accounting="ipc") == 10
+    with pytest.raises(ValueError, match=r"ipc=1.*ipc >= 2"):
+        infer_budget(1, 10, 4)
+    with pytest.raises(ValueError, match=r"ipc >= 3"):
+        infer_budget(2, 4, 5)
+    with pytest.raises(ValueError, match="accounting"):
+        infer_budget(10, 10, 4, accounting="paper")
+    with pytest.raises(ValueError, match="ipc"):
+        infer_budget(0, 10, 4)
+
+
+# ---- natural sets -----------------------------------------------------------------------
+
+def test_select_natural_sets(train_set):
+    nat = select_natural_sets(train_set, 4, seed=7)
+    C = train_set.spec.num_classes
+    assert nat.shape == (4, C) + tuple(train_set.images.shape[1:]) and nat.dtype == torch.uint8
+    flat = train_set.images.flatten(1)
+    for c in range(C):
+        rows = []
+        for k in range(4):
+            match = (flat == nat[k, c].flatten()).all(1).nonzero().squeeze(1)
+            assert match.numel() >= 1 and (train_set.labels[match] == c).any()
+            rows.append(int(match[0]))
+        assert len(set(rows)) == 4  # without replacement within a class
+    assert torch.equal(nat, select_natural_sets(train_set, 4, seed=7))
+    assert not torch.equal(nat, select_natural_sets(train_set, 4, seed=8))
+    with pytest.raises(ValueError, match="class 0 has only"):
+        select_natural_sets(train_set, 10_000, seed=0)
+
+
+# ---- recovery ----------------------------------------------------------------------------
+
+def test_batched_equals_alone(natural, teachers, train_set):
+    spec = train_set.spec
+    teacher = teachers[:1]
+    together = recover_ufcs(natural, teacher, spec.mean, spec.std, _cfg(group_size=3), progress=False)
+    alone = recover_ufcs(natural, teacher, spec.mean, spec.std, _cfg(group_size=1), progress=False)
+    pairs = recover_ufcs(natural, teacher, spec.mean, spec.std, _cfg(group_size=2), progress=False)
+    K = natural.shape[0]
+    assert together["ufc"].shape == (K,) + tuple(natural.shape[2:])
+    assert together["ufc"].dtype == torch.float32
+    assert together["ufc_index"].tolist() == [0, 1, 2] and together["ufc_teacher"].tolist() == [0, 0, 0]
+    assert together["ufc"].abs().max() > 0  # it moved
+    torch.testing.assert_close(together["ufc"], alone["ufc"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(pairs["ufc"], alone["ufc"], rtol=0, atol=1e-5)
+    assert len(together["stats"]) == 1 and len(alone["stats"]) == 3 and len(pairs["stats"]) == 2
+    s = together["stats"][0]
+    assert s["teacher"] == 0 and s["k"] == [0, 1, 2]
+    for key in ("ce", "r_bn", "accuracy"):
+        assert key in s and len(s[key + "_per_ufc"]) == 3
+    assert 0.0 <= s["accuracy"] <= 1.0
+    assert s["ce_last_iteration"] > 0 and s["r_bn_last_iteration"] > 0
+    # another seed draws other shifts -> other compensators
+    other = recover_ufcs(natural, teacher, spec.mean, spec.std, _cfg(group_size=3, seed=4), progress=False)
+    assert not torch.allclose(other["ufc"], together["ufc"])
+
+
+def test_first_iteration_matches_manual_step(natural, teachers, train_set):
+    """One iteration with max_shift=0: u = -lr * sign(grad) (Adam's first step), where grad is
+    the gradient of CE + r_bn * R_bn of the unshifted set at u = 0."""
+    from infer_fast.data.transforms import normalize
+    from infer_fast.ops import BNStatTracker
+
+    spec, teacher = train_set.spec, teachers[0]
+    cfg = _cfg(iterations=1, max_shift=0, group_size=1, r_bn=0.5)
+    out = recover_ufcs(natural[:1], [teacher], spec.mean, spec.std, cfg, progress=False)
+    x0 = normalize(natural[0], spec.mean, spec.std)
+    u = torch.zeros_like(x0[0], requires_grad=True)
+    tracker = BNStatTracker(teacher, groups=1)
+    logits = teacher(x0 + u)
+    loss = nn.functional.cross_entropy(logits, torch.arange(10)) + 0.5 * tracker.weighted_sum(10.0).sum()
+    tracker.remove()
+    (grad,) = torch.autograd.grad(loss, u)
+    expected = -cfg.lr * grad / (grad.abs() + cfg.eps)
+    torch.testing.assert_close(out["ufc"][0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_multi_teacher_layout(natural, teachers, train_set):
+    spec = train_set.spec
+    out = recover_ufcs(natural[:2], teachers, spec.mean, spec.std, _cfg(iterations=2), progress=False)
+    assert out["ufc"].shape == (4, 1, 28, 28)
+    assert out["ufc_teacher"].tolist() == [0, 0, 1, 1] and out["ufc_index"].tolist() == [0, 1, 0, 1]
+    assert out["group_size"] == 2  # automatic on CPU: min(K, 512 // C)
+    assert [s["teacher"] for s in out["stats"]] == [0, 1]
+
+
+def test_resume_after_interrupt(natural, teachers, train_set, tmp_path, monkeypatch):
+    spec = train_set.spec
+    cfg = _cfg(group_size=1)
+    full = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, progress=False)
+    ckpt = tmp_path / "run.recovery.pt"
+    real = distill._optimize_batch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "_optimize_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
+    monkeypatch.setattr(distill, "_optimize_batch", real)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["ufc_index"].tolist() == [0] and saved["ufc_teacher"].tolist() == [0]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+    # an existing checkpoint without resume is refused; another config is refused
+    with pytest.raises(ValueError, match="resume=True"):
+        recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match="iterations"):
+        recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=1, iterations=6),
+                     checkpoint=ckpt, resume=True, progress=False)
+    with pytest.raises(ValueError, match="natural images"):
+        recover_ufcs(natural.flip(0), teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True,
+                     progress=False)
+    with pytest.raises(ValueError, match="M"):
+        recover_ufcs(natural, teachers, spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True, progress=False)
+
+    # resume (with another group size: results do not depend on batching)
+    resumed = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=2), checkpoint=ckpt,
+                           resume=True, progress=False)
+    torch.testing.assert_close(resumed["ufc"], full["ufc"], rtol=0, atol=1e-6)
+    assert [s["k"] for s in resumed["stats"]] == [[0], [1, 2]]
+    assert resumed["ufc_index"].tolist() == full["ufc_index"].tolist()
+
+
+def test_nan_loss_raises(natural, train_set, tmp_path):
+    spec = train_set.spec
+    bad = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
+    with torch.no_grad():
+        bad[3].weight.fill_(float("nan"))
+    ckpt = tmp_path / "nan.pt"
+    with pytest.raises(RuntimeError, match=r"m=0.*k=\[0, 1, 2\]"):
+        recover_ufcs(natural, [bad], spec.mean, spec.std, _cfg(group_size=3), checkpoint=ckpt, progress=False)
+    assert not ckpt.exists()  # the failed batch is not written
+
+
+def test_bn_training_mode_refused(natural, train_set):
+    spec = train_set.spec
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    with pytest.raises(ValueError, match="training mode"):
+        recover_ufcs(natural, [model], spec.mean, spec.std, _cfg(), progress=False)
+
+
+def test_config_validation(natural, teachers, train_set):
+    spec = train_set.spec
+    for bad in (dict(iterations=0), dict(group_size=0), dict(max_shift=-1), dict(lr=0)):
+        with pytest.raises(ValueError):
+            recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(**bad), progress=False)
+
+
+# ---- end to end -------------------------------------------------------------------------
+
+def test_distill_infer_end_to_end(teacher_paths, tmp_path):
+    out = tmp_path / "fm-ipc3"
+    path = distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=_cfg(iterations=3), progress=False)
+    assert path == out and not (tmp_path / "fm-ipc3.recovery.pt").exists()
+    ds = load_distilled(out, expected_dataset=DATASET, expected_num_classes=10)
+    K = 2  # floor(3 * 10 / (10 + 2))
+    assert ds.method == "infer" and ds.natural.shape == (K, 10, 1, 28, 28) and ds.natural.dtype == torch.uint8
+    assert ds.ufc.shape == (K * 2, 1, 28, 28)
+    assert ds.ufc_teacher.tolist() == [0, 0, 1, 1] and ds.ufc_index.tolist() == [0, 1, 0, 1]
+    assert ds.budget == {"ipc": 3, "K": K, "M": 2, "accounting": "fair"}
+    assert ds.num_stored_images() <= 3 * 10
+    assert [t["path"] for t in ds.teachers] == teacher_paths and ds.teachers[0]["model"] == "convnet-w8-d2"
+    assert ds.hyperparameters["iterations"] == 3 and ds.seed == 3 and ds.full_train_size == 5000
+    train = load_dataset(DATASET, "train")
+    assert torch.equal(ds.natural, select_natural_sets(train, K, seed=3))
+    with pytest.raises(FileExistsError):
+        distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=_cfg(iterations=3), progress=False)
+
+
+def test_progress_bar_runs(natural, teachers, train_set, capsys):
+    spec = train_set.spec
+    out = recover_ufcs(natural[:1], teachers[:1], spec.mean, spec.std, _cfg(iterations=2), progress=True)
+    assert out["ufc"].shape == (1, 1, 28, 28)
+    assert "teacher 1/1" in capsys.readouterr().err
