@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 
 class UserError(Exception):
@@ -82,6 +82,72 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {count} images to {args.out}")
 
 
+def _paths(value: Optional[str]) -> List[str]:
+    return [p for p in (value or "").split(",") if p]
+
+
+DISTILL_OPTIONS = ("dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn", "out")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from .config import merge
+    from .distill import RecoveryConfig, distill_infer, distill_random
+
+    options = merge(args, args.config, DISTILL_OPTIONS)
+    for required in ("dataset", "ipc", "out"):
+        if options.get(required) is None:
+            raise UserError(f"--{required.replace('_', '-')} is required")
+    method = options.get("method", "infer")
+    if method == "random":
+        path = distill_random(options["dataset"], options["ipc"], options["out"], seed=options.get("seed", 0), data_root=options.get("data_root"))
+    else:
+        teachers = _paths(options.get("teachers")) if isinstance(options.get("teachers"), str) else list(options.get("teachers") or [])
+        if not teachers:
+            raise UserError("--teachers T1.pt[,T2.pt...] is required for --method infer")
+        config = RecoveryConfig(**{k: options[k] for k in ("iterations", "seed", "group_size", "r_bn") if k in options})
+        path = distill_infer(
+            options["dataset"], teachers, options["ipc"], options["out"], config=config,
+            accounting=options.get("accounting", "fair"), data_root=options.get("data_root"),
+            resume=args.resume, progress=not args.quiet,
+        )
+    from .storage import inspect_report
+
+    print(inspect_report(path))
+
+
+def cmd_relabel(args: argparse.Namespace) -> None:
+    from .student import relabel_directory
+
+    teachers = _paths(args.teachers)
+    if not teachers:
+        raise UserError("--teachers T1.pt[,T2.pt...] is required")
+    ds = relabel_directory(args.directory, teachers, device=args.device)
+    print(f"relabelled {ds.num_training_images()} training images of {args.directory} with {len(teachers)} teacher(s)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .storage import load_distilled
+    from .student import StudentConfig, evaluate_seeds
+    from .teacher import load_teacher
+
+    ds = load_distilled(args.directory)
+    test = load_dataset(ds.dataset, "test", data_root=args.data_root)
+    fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature") if getattr(args, k) is not None}
+    config = StudentConfig(dynamic=args.dynamic, device=args.device, **fields)
+    teachers = [load_teacher(p, dataset=ds.dataset, num_classes=ds.num_classes, device=args.device)[0] for p in _paths(args.teachers)]
+    if args.dynamic and not teachers:
+        raise UserError("--dynamic (INFER+Dyn) needs --teachers")
+    seeds = list(range(args.seeds))
+    result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet)
+    per_seed = ", ".join(f"{acc:.4f}" for acc in result["per_seed"].values())
+    print(
+        f"student {config.model} on {args.directory} ({ds.method}, {ds.num_training_images()} training images), "
+        f"{config.epochs} epochs: final top-1 on the real {ds.dataset} test split "
+        f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {len(seeds)} seed(s) [{per_seed}]"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
@@ -125,6 +191,48 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--out", help="checkpoint file to write")
     teacher.add_argument("--quiet", action="store_true", help="no progress bars")
     teacher.set_defaults(func=cmd_teacher)
+
+    distill = sub.add_parser(
+        "distill", help="distill a dataset (INFER, or the random baseline) into a distilled-set directory",
+        description="INFER recovery: K = floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and "
+        "teacher; checkpoints after each batch of UFCs (--resume continues). The set is unlabelled: run `infer-fast relabel`.",
+    )
+    distill.add_argument("--config", help="YAML file of options")
+    distill.add_argument("--dataset", help="dataset name")
+    distill.add_argument("--teachers", help="comma-separated teacher checkpoints (infer)")
+    distill.add_argument("--ipc", type=int, help="images per class of storage budget")
+    distill.add_argument("--method", choices=["infer", "random"], help="infer (default) or the random baseline")
+    distill.add_argument("--iterations", type=int, help="recovery iterations per UFC (default 1000)")
+    distill.add_argument("--r-bn", dest="r_bn", type=float, help="weight of the BN-statistics loss (default 1.0)")
+    distill.add_argument("--group-size", dest="group_size", type=int, help="UFCs optimized in one batch (default: automatic)")
+    distill.add_argument("--accounting", choices=["fair", "ipc"], help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
+    distill.add_argument("--seed", type=int, help="random seed (default 0)")
+    distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
+    distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    distill.add_argument("--quiet", action="store_true", help="no progress bars")
+    distill.add_argument("--out", help="output directory (must not exist)")
+    distill.set_defaults(func=cmd_distill)
+
+    relabel = sub.add_parser("relabel", help="static soft labels: the mean of the teachers' logits on every training image")
+    relabel.add_argument("directory", help="distilled-set directory (rewritten in place)")
+    relabel.add_argument("--teachers", required=True, help="comma-separated teacher checkpoints")
+    relabel.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    relabel.set_defaults(func=cmd_relabel)
+
+    train = sub.add_parser("train", help="train students on a distilled set and evaluate them on the real test split")
+    train.add_argument("directory", help="distilled-set directory (relabelled, unless --dynamic)")
+    train.add_argument("--model", help="student model (default convnet)")
+    train.add_argument("--epochs", type=int, help="epochs (default 400)")
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default 64)")
+    train.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    train.add_argument("--temperature", type=float, help="KL temperature (default 30)")
+    train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
+    train.add_argument("--dynamic", action="store_true", help="INFER+Dyn: teacher-ensemble labels for every mixed batch")
+    train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
+    train.add_argument("--data-root", dest="data_root", help="directory holding the real dataset (test split)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
 
     inspect = sub.add_parser("inspect", help="summarize a distilled set (compression ratio) and write a PNG preview")
     inspect.add_argument("directory", help="distilled-set directory")

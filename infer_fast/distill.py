@@ -533,3 +533,43 @@ def distill_infer(
     if checkpoint.exists():
         checkpoint.unlink()
     return path
+
+
+def distill_random(
+    dataset: str,
+    ipc: int,
+    out_dir: Union[str, os.PathLike],
+    seed: int = 0,
+    data_root: Optional[str] = None,
+) -> Path:
+    """The "random" baseline: ``ipc`` real training images per class, chosen with ``seed``,
+    stored as uint8 (the same storage as ipc*C images; relabel it like an INFER set)."""
+    from .data import load_dataset
+    from .storage import DistilledSet, OutputExistsError, save_distilled
+
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+    train = load_dataset(dataset, "train", data_root=data_root)
+    spec = train.spec
+    picked = train.per_class(ipc, seed=seed)
+    ds = DistilledSet(
+        method="random",
+        dataset=spec.name,
+        num_classes=spec.num_classes,
+        channels=spec.channels,
+        image_size=spec.image_size,
+        mean=spec.mean,
+        std=spec.std,
+        images=picked.images,
+        labels=picked.labels,
+        class_names=list(spec.class_names) if spec.class_names is not None else None,
+        hyperparameters={"selection": "ipc real training images per class, uniformly at random"},
+        teachers=[],
+        budget={"ipc": int(ipc), "K": 0, "M": 0, "accounting": "ipc"},
+        seed=seed,
+        full_train_size=len(train),
+    )
+    return save_distilled(ds, out_dir)

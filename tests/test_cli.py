@@ -87,3 +87,24 @@ def test_inspect_and_export_a_distilled_set(tmp_path):
     assert exported.returncode == 0, exported.stderr
     pngs = list((tmp_path / "out").rglob("*.png"))
     assert len(pngs) == k * c + g * c
+
+
+def test_distill_relabel_train_chain(tmp_path):
+    """teacher -> distill (INFER and random) -> relabel -> train, all from the command line."""
+    def ok(*args):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
+       "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet")
+    report = ok("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3",
+                "--iterations", "3", "--out", "infer", "--quiet")
+    assert "method             infer" in report and "K 2, M 1" in report
+    ok("distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", "random")
+    for directory in ("infer", "random"):
+        assert "relabelled" in ok("relabel", directory, "--teachers", "t.pt")
+        out = ok("train", directory, "--model", "convnet-w8-d2", "--epochs", "2", "--seeds", "2", "--device", "cpu", "--quiet")
+        assert "final top-1 on the real fashion-mnist-mini test split" in out and "over 2 seed(s)" in out
+    again = run_cli("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "1", "--out", "x", cwd=tmp_path)
+    assert again.returncode == 2 and "ipc" in again.stderr and "Traceback" not in again.stderr
