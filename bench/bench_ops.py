@@ -131,7 +131,7 @@ def bench_bn(work: Dict, dtype, device, impls: Dict[str, Callable], timer, chann
                 "fwd_bwd_GBps": 3 * element_bytes / both / 1e6,
             }
         )
-        del loss
+        loss = None  # free the retained graph before the next implementation runs
     return rows
 
 
@@ -169,7 +169,7 @@ def bench_compose(case, dtype, device, impls: Dict[str, Callable], timer) -> Lis
                 "fwd_bwd_GBps": 4 * out_bytes / both / 1e6,
             }
         )
-        del out
+        out = None
     return rows
 
 

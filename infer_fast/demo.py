@@ -11,10 +11,8 @@ import os
 import time
 
 import torch
-from torch import nn
-from tqdm import tqdm
 
-from .ops import BNStatTracker, available_backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
+from .ops import available_backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
 
 
 def eager_hook_loss(x, running_mean, running_var):
@@ -74,75 +72,40 @@ def _time_backends(backends) -> None:
 
 def _mini_recovery(iterations: int, seed: int, out_dir: str) -> None:
     """INFER's hot loop in miniature on real data: a small teacher trained on the embedded
-    Fashion-MNIST subset, K natural sets (one real image per class), G compensators
-    optimized together through ufc_compose and the grouped BN-statistics loss."""
+    Fashion-MNIST subset, K natural sets (one real image per class), and their
+    compensators recovered together in one batch by :func:`infer_fast.distill.recover_ufcs`."""
     from .data import load_dataset
-    from .data.transforms import normalize
+    from .distill import RecoveryConfig, recover_ufcs, select_natural_sets
     from .storage import DistilledSet, inspect_report, save_distilled, write_preview
     from .teacher import TeacherConfig, load_teacher, train_teacher
 
-    num_sets, groups, r_bn = 2, 4, 1.0
+    num_sets = 4
     os.makedirs(out_dir, exist_ok=True)
     teacher_path = os.path.join(out_dir, "teacher.pt")
-    print(f"\n3. mini UFC recovery on the embedded fashion-mnist-mini (real images)")
-    config = TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w16-d2", epochs=3, batch_size=128, lr=0.05, seed=seed, device="cpu")
-    summary = train_teacher(config, teacher_path, progress=False)
-    print(f"   teacher {config.model}: test accuracy {summary['test_accuracy']:.3f} ({summary['elapsed_s']:.1f} s) -> {teacher_path}")
+    print("\n3. mini UFC recovery on the embedded fashion-mnist-mini (real images)")
+    teacher_config = TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w16-d2", epochs=3, batch_size=128, lr=0.05, seed=seed, device="cpu")
+    summary = train_teacher(teacher_config, teacher_path, progress=False)
+    print(f"   teacher {teacher_config.model}: test accuracy {summary['test_accuracy']:.3f} ({summary['elapsed_s']:.1f} s) -> {teacher_path}")
     teacher, _ = load_teacher(teacher_path, dataset="fashion-mnist-mini")
 
     train = load_dataset("fashion-mnist-mini", "train")
     spec = train.spec
-    classes = spec.num_classes
-    picked = train.per_class(num_sets, seed=seed)  # class-major
-    natural_u8 = picked.images.view(classes, num_sets, *picked.images.shape[1:]).transpose(0, 1).contiguous()
-    natural = normalize(natural_u8, spec.mean, spec.std)  # (K, C, ch, H, W)
-    lo, hi = spec.pixel_bounds()
-    index = torch.arange(groups) % num_sets
-    ufc = torch.zeros(groups, *natural.shape[2:], requires_grad=True)
-    labels = torch.arange(classes).repeat(groups)
-    optimizer = torch.optim.Adam([ufc], lr=0.25, betas=(0.5, 0.9))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
-    gen = torch.Generator().manual_seed(seed)
-
-    tracker = BNStatTracker(teacher, groups=groups)
-
-    def evaluate():
-        """CE, accuracy and R_bn per compensator of the final (clamped, unshifted) images."""
-        with torch.no_grad():
-            logits = teacher(ufc_compose(natural, ufc, index, lo=lo, hi=hi).flatten(0, 1))
-            accuracy = (logits.argmax(1) == labels).float().mean().item()
-            bn = tracker.weighted_sum(first_bn_mult=10.0).mean().item()
-            return nn.functional.cross_entropy(logits, labels).item(), bn, accuracy
-
-    start = evaluate()
-    bar = tqdm(range(iterations), desc="   recovery", leave=False)
-    for _ in bar:
-        shifts = torch.randint(0, 4, (groups, 2), generator=gen)  # per-group augmentation draw
-        logits = teacher(ufc_compose(natural, ufc, index, shifts).flatten(0, 1))
-        # summing per-group means gives every compensator exactly its own gradient
-        ce = nn.functional.cross_entropy(logits, labels, reduction="sum") / classes
-        bn = tracker.weighted_sum(first_bn_mult=10.0).sum()
-        optimizer.zero_grad(set_to_none=True)
-        (ce + r_bn * bn).backward()
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(ce=f"{ce.item() / groups:.3f}", bn=f"{bn.item() / groups:.3f}")
-    end = evaluate()
-    tracker.remove()
-    print(f"   {groups} compensators x {classes} classes in one batch, {iterations} Adam steps (lr 0.25, cosine)")
-    print(f"   {'':<18} {'CE':>7} {'R_bn':>8} {'acc':>6}")
-    for name, (ce_value, bn_value, accuracy) in (("start (u = 0)", start), ("end", end)):
-        print(f"   {name:<18} {ce_value:7.3f} {bn_value:8.3f} {accuracy:6.2f}")
+    natural = select_natural_sets(train, num_sets, seed)
+    config = RecoveryConfig(iterations=iterations, seed=seed, group_size=num_sets)
+    result = recover_ufcs(natural, [teacher], spec.mean, spec.std, config, progress=True)
+    (stats,) = result["stats"]
+    print(f"   {num_sets} compensators x {spec.num_classes} classes in one batch, {iterations} Adam steps (lr {config.lr}, cosine)")
+    print(f"   {'':<30} {'CE':>7} {'R_bn':>8} {'acc':>6}")
+    print(f"   {'last step (shifted, unclamped)':<30} {stats['ce_last_iteration']:7.3f} {stats['r_bn_last_iteration']:8.3f}")
+    print(f"   {'final images (clamped)':<30} {stats['ce']:7.3f} {stats['r_bn']:8.3f} {stats['accuracy']:6.2f}")
     print("   (acc: share of the composed images x_c + u the teacher assigns to class c)")
 
     distilled = DistilledSet(
-        method="infer", dataset=spec.name, num_classes=classes, channels=spec.channels, image_size=spec.image_size,
-        mean=spec.mean, std=spec.std, natural=natural_u8, ufc=ufc.detach(), ufc_index=index,
-        ufc_teacher=torch.zeros(groups, dtype=torch.long),
-        hyperparameters={"iterations": iterations, "lr": 0.25, "r_bn": r_bn, "first_bn_mult": 10.0, "shift": 4},
-        teachers=[{"path": teacher_path, "model": config.model, "accuracy": summary["test_accuracy"]}],
-        budget={"ipc": 3, "K": num_sets, "M": groups // num_sets, "accounting": "fair"},
-        seed=seed, full_train_size=len(train),
+        method="infer", dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels, image_size=spec.image_size,
+        mean=spec.mean, std=spec.std, natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
+        ufc_teacher=result["ufc_teacher"], hyperparameters=config.to_dict(),
+        teachers=[{"path": teacher_path, "model": teacher_config.model, "accuracy": summary["test_accuracy"]}],
+        budget={"ipc": 5, "K": num_sets, "M": 1, "accounting": "fair"}, seed=seed, full_train_size=len(train),
     )
     set_dir = save_distilled(distilled, os.path.join(out_dir, "distilled"), overwrite=True)
     png = write_preview(set_dir, os.path.join(out_dir, "preview.png"))

@@ -1,7 +1,6 @@
 """Static soft labels, mixup in logit space, the KL loss, student training, INFER+Dyn,
 multi-seed evaluation and the feature-duplication metric (infer_fast.student)."""
 import torch
-import torch.nn.functional as F
 import pytest
 
 from infer_fast.data import load_dataset

@@ -10,7 +10,7 @@ exactly as the BN layer already does.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import Tensor, nn
