@@ -45,3 +45,11 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
         if value is not None:
             merged[key] = value
     return merged
+
+
+def check_positive_ints(config: Any, names: Iterable[str]) -> None:
+    """ValueError naming the first option of ``config`` that is not a positive integer."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .ops import BNStatTracker, ufc_compose
+from ._io import save_atomic
 
 __all__ = [
     "ACCOUNTINGS", "RecoveryConfig", "infer_budget", "select_natural_sets", "recover_ufcs",
@@ -213,16 +214,6 @@ def auto_group_size(
 
 def _natural_digest(natural_u8: Tensor) -> str:
     return hashlib.sha256(natural_u8.contiguous().numpy().tobytes()).hexdigest()
-
-
-def _save_atomic(obj: Dict[str, Any], path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _run_identity(natural_u8, M, mean, std, config) -> Dict[str, Any]:
@@ -404,7 +395,7 @@ def recover_ufcs(
 
     def write_checkpoint(group_size: int) -> None:
         keys = sorted(done)
-        _save_atomic(
+        save_atomic(
             {
                 "format": CHECKPOINT_FORMAT,
                 "format_version": CHECKPOINT_VERSION,
@@ -461,6 +452,16 @@ def recover_ufcs(
 # end to end
 # --------------------------------------------------------------------------------------
 
+def _set_fields(train) -> Dict[str, Any]:
+    """DistilledSet fields that describe the real training set ``train`` (an ImageSet)."""
+    spec = train.spec
+    return dict(
+        dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels, image_size=spec.image_size,
+        mean=spec.mean, std=spec.std, full_train_size=len(train),
+        class_names=list(spec.class_names) if spec.class_names is not None else None,
+    )
+
+
 def distill_infer(
     dataset: str,
     teacher_paths: Sequence[Union[str, os.PathLike]],
@@ -512,22 +513,15 @@ def distill_infer(
     hyper["augmentation"] = f"roll by randint(0, {config.max_shift}) on H and W per UFC per iteration"
     ds = DistilledSet(
         method="infer",
-        dataset=spec.name,
-        num_classes=spec.num_classes,
-        channels=spec.channels,
-        image_size=spec.image_size,
-        mean=spec.mean,
-        std=spec.std,
+        **_set_fields(train),
         natural=natural,
         ufc=result["ufc"],
         ufc_index=result["ufc_index"],
         ufc_teacher=result["ufc_teacher"],
-        class_names=list(spec.class_names) if spec.class_names is not None else None,
         hyperparameters=hyper,
         teachers=records,
         budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting},
         seed=config.seed,
-        full_train_size=len(train),
     )
     path = save_distilled(ds, out_dir)
     if checkpoint.exists():
@@ -553,23 +547,15 @@ def distill_random(
     if out_dir.exists():
         raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
     train = load_dataset(dataset, "train", data_root=data_root)
-    spec = train.spec
     picked = train.per_class(ipc, seed=seed)
     ds = DistilledSet(
         method="random",
-        dataset=spec.name,
-        num_classes=spec.num_classes,
-        channels=spec.channels,
-        image_size=spec.image_size,
-        mean=spec.mean,
-        std=spec.std,
+        **_set_fields(train),
         images=picked.images,
         labels=picked.labels,
-        class_names=list(spec.class_names) if spec.class_names is not None else None,
         hyperparameters={"selection": "ipc real training images per class, uniformly at random"},
         teachers=[],
         budget={"ipc": int(ipc), "K": 0, "M": 0, "accounting": "ipc"},
         seed=seed,
-        full_train_size=len(train),
     )
     return save_distilled(ds, out_dir)

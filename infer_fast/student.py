@@ -48,6 +48,7 @@ from .data.transforms import denormalize, normalize, random_crop_with_padding, r
 from .models import create_model, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import evaluate, load_teacher, resolve_device
+from .config import check_positive_ints
 
 __all__ = [
     "StudentConfig", "relabel", "relabel_directory", "ensemble_logits", "augment", "mixup",
@@ -135,10 +136,7 @@ class StudentConfig:
     eval_batch_size: int = 1000
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
         if not self.lr > 0:

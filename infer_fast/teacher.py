@@ -25,6 +25,8 @@ from . import __version__
 from .data import get_spec, load_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
+from ._io import save_atomic
+from .config import check_positive_ints
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
@@ -45,10 +47,7 @@ class TeacherConfig:
     eval_batch_size: int = 1000
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
 
@@ -60,17 +59,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
     return dev
-
-
-def _save_atomic(obj: Dict[str, Any], path: str) -> None:
-    """Write next to the target and rename: a crash never leaves a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -162,7 +150,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         if progress:
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {total_loss / seen:.4f}, test accuracy {accuracy:.4f} ({elapsed:.0f} s)")
         done = epoch + 1 == cfg.epochs
-        _save_atomic(
+        save_atomic(
             {
                 **meta,
                 "epochs_done": epoch + 1,
