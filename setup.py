@@ -113,7 +113,11 @@ setup(
     ext_modules=[extension],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.3", "numpy", "safetensors", "tqdm", "pyyaml"],
-    extras_require={"triton": ["triton>=3.2"], "test": ["pytest", "hypothesis", "pytest-benchmark"]},
+    extras_require={
+        "triton": ["triton>=3.2"],
+        "images": ["pillow"],  # image-folder datasets and PNG export (a pure-python PNG writer is the fallback)
+        "test": ["pytest", "hypothesis", "pytest-benchmark", "pillow"],
+    },
     entry_points={"console_scripts": ["infer-fast=infer_fast.cli:main"]},
     zip_safe=False,
 )
