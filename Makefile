@@ -3,6 +3,7 @@
 #   make test   - the test suite (Triton kernels under the CPU interpreter when no GPU)
 #   make bench  - op benchmarks, JSON under bench/results/
 #   make cuda-check - compile the CUDA sources with nvcc for sm_90 (no GPU needed)
+#   make data   - the full Fashion-MNIST from Debian's package dataset-fashion-mnist (MIT)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +18,7 @@ SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu cs
            $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench cuda-check install clean
+.PHONY: demo test bench cuda-check install clean data
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,14 @@ cuda-check: $(VENV)/.deps
 	  cmake -S . -B build/cuda-check -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null && \
 	  cmake --build build/cuda-check -j2 && echo "cuda-check: CUDA sources compile for sm_90"; \
 	else echo "cuda-check: nvcc or cmake not found, skipped"; fi
+
+# Full runs use the real Fashion-MNIST: Debian's package puts the IDX files under
+# /usr/share/datasets/fashion-mnist/, where infer_fast.data looks without --data-root.
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then echo "data: Fashion-MNIST already in $(FMNIST_DIR)"; \
+	else $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist && ls $(FMNIST_DIR); fi
 
 clean:
 	rm -rf build dist *.egg-info infer_fast/_C*.so infer_fast/_build_info.json
