@@ -56,7 +56,7 @@ def _as_ncl(x: Tensor) -> Tensor:
         x = x.contiguous()
         return x.view(x.shape[0], x.shape[1], 1)
     n, c, h, w = x.shape
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if _memory_format(x) == torch.channels_last:
         return x.as_strided((n, c, h * w), (c * h * w, 1, c))
     return x.contiguous().view(n, c, h * w)
 
@@ -69,10 +69,14 @@ def finalize(sums: Tensor, running_var: Tensor, count: int):
     return mean_shift, var_err, norms
 
 
+def _safe_norms(norms: Tensor) -> Tensor:
+    """A zero norm means its vector is zero: divide by 1 there so the gradient is 0, not NaN."""
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
 def backward_coefficients(grad_loss: Tensor, mean_shift: Tensor, var_err: Tensor, norms: Tensor, count: int):
-    """a, b of dx = a + b (x - mu). A zero norm means its vector is zero: guard the
-    division so the gradient is 0 there, never NaN."""
-    safe = torch.where(norms > 0, norms, torch.ones_like(norms)) * count
+    """a, b of dx = a + b (x - mu)."""
+    safe = _safe_norms(norms) * count
     g = grad_loss.to(norms.dtype)[:, None]
     coef_a = g * mean_shift / safe[:, 0:1]
     coef_b = g * 2 * var_err / safe[:, 1:2]
@@ -143,7 +147,7 @@ def _backward(ctx, grad_loss, *_unused_grads):
     # The running statistics are buffers in practice; their (cheap, exact) gradients are
     # given for completeness: d/d rm = -g*delta/||delta||, d/d rv = -g*e/||e||.
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+        safe = _safe_norms(norms)
         g = grad_loss.to(norms.dtype)[:, None]
         grad_mean = (-(g * mean_shift / safe[:, 0:1]).sum(dim=0)).to(ctx.stat_dtypes[0])
         grad_var = (-(g * var_err / safe[:, 1:2]).sum(dim=0)).to(ctx.stat_dtypes[1])

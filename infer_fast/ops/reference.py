@@ -100,8 +100,7 @@ def ufc_compose_naive(
 # ----------------------------------------------------------------------------------------
 def _group_view(x3: Tensor, groups: int) -> Tensor:
     """(N, C, L) -> (G, n, C, L) without copying."""
-    n, c, length = x3.shape
-    return x3.view(groups, n // groups, c, length) if x3.is_contiguous() else x3.unflatten(0, (groups, n // groups))
+    return x3.unflatten(0, (groups, x3.shape[0] // groups))
 
 
 def bn_stat_sums(x3: Tensor, running_mean: Tensor, groups: int, out: Tensor) -> None:
