@@ -20,7 +20,22 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(iterations=args.iterations, seed=args.seed, out_dir=args.out)
+    run_demo(out_dir=args.out, seeds=args.seeds, iterations=args.iterations, epochs=args.epochs, progress=not args.quiet)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .pipeline import format_table, load_pipeline_config, run_pipeline
+
+    overrides = {"out": args.out, "seeds": args.seeds, "device": args.device, "data_root": args.data_root}
+    if args.teachers:
+        overrides["teachers"] = [{"path": p} for p in _paths(args.teachers)]
+    if args.ipc:
+        overrides["ipc"] = [int(v) for v in _paths(args.ipc)]
+    if args.methods:
+        overrides["methods"] = _paths(args.methods)
+    results = run_pipeline(load_pipeline_config(args.config, **overrides), progress=not args.quiet)
+    if args.quiet:  # the table is the result: shown even without progress output
+        print(format_table(results))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -86,30 +101,50 @@ def _paths(value: Optional[str]) -> List[str]:
     return [p for p in (value or "").split(",") if p]
 
 
-DISTILL_OPTIONS = ("dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn", "out")
+DISTILL_OPTIONS = (
+    "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
+    "augmentation", "max_shift", "selection", "device", "out",
+)
+
+
+def _teacher_list(value) -> List[str]:
+    return _paths(value) if isinstance(value, str) else [str(p) for p in (value or [])]
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from .config import merge
-    from .distill import RecoveryConfig, distill_infer, distill_random
+    from .distill import RecoveryConfig, distill_infer, distill_random, distill_sre2l
 
     options = merge(args, args.config, DISTILL_OPTIONS)
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
     method = options.get("method", "infer")
+    if method not in ("infer", "sre2l", "random"):
+        raise UserError(f"--method must be infer, sre2l or random, got {method!r}")
+    common = dict(data_root=options.get("data_root"))
     if method == "random":
-        path = distill_random(options["dataset"], options["ipc"], options["out"], seed=options.get("seed", 0), data_root=options.get("data_root"))
+        path = distill_random(options["dataset"], options["ipc"], options["out"], seed=options.get("seed", 0), **common)
     else:
-        teachers = _paths(options.get("teachers")) if isinstance(options.get("teachers"), str) else list(options.get("teachers") or [])
+        teachers = _teacher_list(options.get("teachers"))
         if not teachers:
-            raise UserError("--teachers T1.pt[,T2.pt...] is required for --method infer")
-        config = RecoveryConfig(**{k: options[k] for k in ("iterations", "seed", "group_size", "r_bn") if k in options})
-        path = distill_infer(
-            options["dataset"], teachers, options["ipc"], options["out"], config=config,
-            accounting=options.get("accounting", "fair"), data_root=options.get("data_root"),
-            resume=args.resume, progress=not args.quiet,
-        )
+            raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
+        fields = {k: options[k] for k in ("iterations", "seed", "group_size", "r_bn", "augmentation", "max_shift") if k in options}
+        # the ImageNet recipe (and SRe2L's r_bn 0.01) as the base; given options win
+        base = RecoveryConfig.imagenet if options.get("augmentation") == "imagenet" else RecoveryConfig
+        config = base(**fields)
+        if method == "sre2l" and "r_bn" not in options:
+            config.r_bn = RecoveryConfig.sre2l().r_bn
+        common.update(resume=args.resume, progress=not args.quiet, device=options.get("device", "auto"))
+        if method == "sre2l":
+            if "selection" in options or "accounting" in options:
+                raise UserError("--selection and --accounting apply to --method infer only")
+            path = distill_sre2l(options["dataset"], teachers, options["ipc"], options["out"], config=config, **common)
+        else:
+            path = distill_infer(
+                options["dataset"], teachers, options["ipc"], options["out"], config=config,
+                accounting=options.get("accounting", "fair"), selection=options.get("selection", "random"), **common,
+            )
     from .storage import inspect_report
 
     print(inspect_report(path))
@@ -159,12 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser(
-        "demo", help="kernel demo: check every backend against the reference, time them, run a mini UFC recovery on real data"
+        "demo", help="the main job in miniature: teachers, INFER vs random vs SRe2L at ipc 10, students, a table "
+        "(embedded Fashion-MNIST subset, a few minutes on a CPU)",
     )
-    demo.add_argument("--iterations", type=int, default=60, help="recovery iterations of the mini run (default 60)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--out", default="demo-output", help="where the teacher, distilled set and preview go (default demo-output/)")
+    demo.add_argument("--out", default="demo-output", help="run directory (default demo-output/; an existing one is continued)")
+    demo.add_argument("--seeds", type=int, default=1, help="students per method (default 1)")
+    demo.add_argument("--iterations", type=int, help="recovery iterations (default: the demo's)")
+    demo.add_argument("--epochs", type=int, help="student epochs (default: the demo's)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser(
+        "run", help="the whole chain from a YAML config: teachers, distill, relabel, students, results table",
+        description="Runs (or continues) an experiment: see configs/*.yaml. Results go to OUT/results.json and OUT/results.md.",
+    )
+    run.add_argument("config", help="YAML experiment config (e.g. configs/fashion-mnist.yaml)")
+    run.add_argument("--out", help="run directory (overrides the config's out)")
+    run.add_argument("--teachers", help="comma-separated trained teacher checkpoints to use instead of training the config's")
+    run.add_argument("--ipc", help="comma-separated ipc values (overrides the config's)")
+    run.add_argument("--methods", help="comma-separated methods among infer, infer_dyn, random, sre2l")
+    run.add_argument("--seeds", type=int, help="students per (method, ipc)")
+    run.add_argument("--device", help="auto, cpu or cuda")
+    run.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
 
     models = sub.add_parser("models", help="list the model names create_model() accepts")
     models.set_defaults(func=cmd_models)
@@ -193,21 +246,28 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.set_defaults(func=cmd_teacher)
 
     distill = sub.add_parser(
-        "distill", help="distill a dataset (INFER, or the random baseline) into a distilled-set directory",
+        "distill", help="distill a dataset (INFER, or the SRe2L / random baselines) into a distilled-set directory",
         description="INFER recovery: K = floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and "
-        "teacher; checkpoints after each batch of UFCs (--resume continues). The set is unlabelled: run `infer-fast relabel`.",
+        "teacher; SRe2L: ipc images per class from noise, same loss; random: ipc real images per class. Recovery "
+        "checkpoints after each batch (--resume continues). The set is unlabelled: run `infer-fast relabel`.",
     )
     distill.add_argument("--config", help="YAML file of options")
     distill.add_argument("--dataset", help="dataset name")
-    distill.add_argument("--teachers", help="comma-separated teacher checkpoints (infer)")
+    distill.add_argument("--teachers", help="comma-separated teacher checkpoints (infer, sre2l)")
     distill.add_argument("--ipc", type=int, help="images per class of storage budget")
-    distill.add_argument("--method", choices=["infer", "random"], help="infer (default) or the random baseline")
-    distill.add_argument("--iterations", type=int, help="recovery iterations per UFC (default 1000)")
-    distill.add_argument("--r-bn", dest="r_bn", type=float, help="weight of the BN-statistics loss (default 1.0)")
+    distill.add_argument("--method", choices=["infer", "sre2l", "random"], help="infer (default), sre2l or random")
+    distill.add_argument("--iterations", type=int, help="recovery iterations (default 1000; 2000 with --augmentation imagenet)")
+    distill.add_argument("--r-bn", dest="r_bn", type=float, help="weight of the BN-statistics loss (default 1.0; sre2l and imagenet 0.01)")
+    distill.add_argument("--augmentation", choices=["roll", "imagenet"],
+                         help="roll (small images, default) or imagenet (RandomResizedCrop + flip + roll, the ImageNet recipe)")
+    distill.add_argument("--max-shift", dest="max_shift", type=int, help="largest roll in pixels (default 4; 32 with imagenet)")
+    distill.add_argument("--selection", choices=["random", "confidence"],
+                         help="natural images: random (default) or the ones the teachers are most confident about")
     distill.add_argument("--group-size", dest="group_size", type=int, help="UFCs optimized in one batch (default: automatic)")
     distill.add_argument("--accounting", choices=["fair", "ipc"], help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
     distill.add_argument("--seed", type=int, help="random seed (default 0)")
     distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
+    distill.add_argument("--device", help="auto, cpu or cuda (default auto)")
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
     distill.add_argument("--out", help="output directory (must not exist)")

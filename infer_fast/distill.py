@@ -1,22 +1,25 @@
-"""INFER distillation: natural sets + recovery of Universal Feature Compensators (UFCs).
+"""INFER distillation: natural sets + recovery of Universal Feature Compensators (UFCs),
+and the SRe2L and random baselines under the same protocol.
 
     K = infer_budget(ipc=10, num_classes=10, num_teachers=4)          # fair: K = 7
     natural = select_natural_sets(train, K, seed=0)                    # uint8 (K, C, ch, H, W)
     out = recover_ufcs(natural, teachers, mean, std, RecoveryConfig())  # ufc (K*M, ch, H, W)
     path = distill_infer("cifar10", ["t0.pt", "t1.pt"], ipc=10, out_dir="c10-ipc10")
+    path = distill_sre2l("cifar10", ["t0.pt"], ipc=10, out_dir="c10-sre2l")
 
 Recovery (INFER_METHOD.md §3): for natural set k and teacher m, u_k^m starts at zero and
-minimizes CE(f_m(roll(X^k + u)), 0..C-1) + r_bn * (first_bn_mult * R_1 + sum_l R_l) with
+minimizes CE(f_m(aug(X^k + u)), 0..C-1) + r_bn * (first_bn_mult * R_1 + sum_l R_l) with
 Adam (lr 0.25, betas (0.5, 0.9)) under a cosine schedule lr_t = 0.5 (1 + cos(pi t / T)) lr.
-No clamp during optimization; the final images are clamped to the valid pixel range.
+aug is a roll by randint(0, 4) on H and W for small images, RandomResizedCrop + flip + roll
+by up to 32 for ImageNet-size ones (``RecoveryConfig.imagenet()``). No clamp during
+optimization; the final images are clamped to the valid pixel range.
 
 Batching: the K UFCs of one teacher are optimized G at a time (teacher in eval mode, BN
 statistics per group, loss summed over groups, Adam elementwise), so every UFC gets exactly
 the gradient it would get alone. Each UFC (m, k) draws its augmentation from its own
 generator seeded from (seed, m, k), so the result does not depend on G (up to float
-rounding of differently sized convolutions). Only the CIFAR-like augmentation (roll by
-randint(0, max_shift) on H and W) is implemented; the ImageNet RandomResizedCrop + flip
-recipe is not.
+rounding of differently sized convolutions). SRe2L runs through the same loop with free
+images (from noise) in place of the compensators.
 
 Checkpoints: after every finished batch the finished UFCs are written atomically; a resumed
 run skips them (UFC results do not depend on batching, so the group size may differ).
@@ -36,15 +39,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .data.transforms import _resized_crop_boxes
 from .ops import BNStatTracker, ufc_compose
 from ._io import save_atomic
 
 __all__ = [
-    "ACCOUNTINGS", "RecoveryConfig", "infer_budget", "select_natural_sets", "recover_ufcs",
-    "auto_group_size", "distill_infer",
+    "ACCOUNTINGS", "AUGMENTATIONS", "SELECTIONS", "RecoveryConfig", "infer_budget", "select_natural_sets",
+    "recover_ufcs", "recover_sre2l", "auto_group_size", "distill_infer", "distill_sre2l", "distill_random",
 ]
 
 ACCOUNTINGS = ("fair", "ipc")
+AUGMENTATIONS = ("roll", "imagenet")
+SELECTIONS = ("random", "confidence")
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 CHECKPOINT_FORMAT = "infer-fast-recovery"
 CHECKPOINT_VERSION = 1
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
@@ -81,16 +88,40 @@ def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str 
     return k
 
 
-def select_natural_sets(train_set, K: int, seed: int) -> Tensor:
-    """K natural sets, one random real training image per class each: uint8 (K, C, ch, H, W).
+@torch.no_grad()
+def _true_class_confidence(images_u8: Tensor, label: int, teachers: Sequence[nn.Module], mean, std,
+                           batch_size: int = 500) -> Tensor:
+    """Softmax probability of ``label`` under the teachers' mean logits, per image (CPU float32)."""
+    from .data.transforms import normalize
+    from .student import ensemble_logits
 
-    Within a class the K images are distinct (drawn without replacement with a
-    torch.Generator seeded by ``seed``); the same seed picks the same images.
+    device = _device_of(teachers[0])
+    out = []
+    for start in range(0, images_u8.shape[0], batch_size):
+        x = normalize(images_u8[start:start + batch_size], mean, std).to(device)
+        out.append(ensemble_logits(teachers, x).softmax(1)[:, label].float().cpu())
+    return torch.cat(out)
+
+
+def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
+                        teachers: Optional[Sequence[nn.Module]] = None) -> Tensor:
+    """K natural sets, one real training image per class each: uint8 (K, C, ch, H, W).
+
+    ``selection="random"``: within a class the K images are distinct, drawn without
+    replacement with a torch.Generator seeded by ``seed`` (the same seed picks the same
+    images). ``"confidence"``: the K images of each class to which the teachers' ensemble
+    (mean logits, eval mode) gives the highest probability of their own class, ties broken
+    by the seeded random order; set k gets the k-th most confident image of every class.
     """
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"K must be a positive integer, got {K!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    if selection == "confidence" and not teachers:
+        raise ValueError("selection='confidence' needs the teachers to score the training images")
     images, labels = train_set.images, train_set.labels
-    num_classes = train_set.spec.num_classes
+    spec = train_set.spec
+    num_classes = spec.num_classes
     if images.dtype != torch.uint8:
         raise ValueError(f"natural sets are stored as uint8 pixels; the training images are {images.dtype}")
     counts = torch.bincount(labels, minlength=num_classes).tolist()
@@ -105,8 +136,11 @@ def select_natural_sets(train_set, K: int, seed: int) -> Tensor:
     out = torch.empty((K, num_classes) + tuple(images.shape[1:]), dtype=torch.uint8)
     for c in range(num_classes):
         idx = (labels == c).nonzero().squeeze(1)
-        pick = idx[torch.randperm(idx.numel(), generator=gen)[:K]]
-        out[:, c] = images[pick]
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        if selection == "confidence":
+            score = _true_class_confidence(images[idx], c, list(teachers), spec.mean, spec.std)
+            idx = idx[torch.sort(score, descending=True, stable=True).indices]
+        out[:, c] = images[idx[:K]]
     return out
 
 
@@ -116,7 +150,10 @@ def select_natural_sets(train_set, K: int, seed: int) -> Tensor:
 
 @dataclass
 class RecoveryConfig:
-    """Hyperparameters of UFC recovery (defaults: CIFAR, INFER_METHOD.md §3)."""
+    """Hyperparameters of UFC recovery (defaults: CIFAR, INFER_METHOD.md §3).
+
+    ``RecoveryConfig.imagenet()`` gives the ImageNet recipe, ``RecoveryConfig.sre2l()`` the
+    SRe2L baseline's (r_bn 0.01)."""
 
     iterations: int = 1000
     lr: float = 0.25
@@ -124,9 +161,28 @@ class RecoveryConfig:
     eps: float = 1e-8
     r_bn: float = 1.0
     first_bn_mult: float = 10.0
-    max_shift: int = 4  # roll by randint(0, max_shift) (inclusive) on H and W, per UFC per iteration
+    # "roll": roll by randint(0, max_shift) (inclusive) on H and W; "imagenet":
+    # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
+    augmentation: str = "roll"
+    max_shift: int = 4
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
     group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_group_size)
     seed: int = 0
+
+    @classmethod
+    def imagenet(cls, **overrides: Any) -> "RecoveryConfig":
+        """INFER on ImageNet-size images: 2000 iterations, r_bn 0.01, RandomResizedCrop
+        (0.08, 1) + flip + roll by up to 32 pixels."""
+        values = dict(iterations=2000, r_bn=0.01, augmentation="imagenet", max_shift=32)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def sre2l(cls, **overrides: Any) -> "RecoveryConfig":
+        """The SRe2L baseline (INFER_METHOD.md §6): same loss and optimizer, r_bn 0.01."""
+        values = dict(r_bn=0.01)
+        values.update(overrides)
+        return cls(**values)
 
     def validate(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
@@ -141,8 +197,13 @@ class RecoveryConfig:
             raise ValueError(f"r_bn must be >= 0, got {self.r_bn!r}")
         if not math.isfinite(self.first_bn_mult):
             raise ValueError(f"first_bn_mult must be finite, got {self.first_bn_mult!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
         if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
             raise ValueError(f"max_shift must be an integer >= 0, got {self.max_shift!r}")
+        scale = tuple(self.crop_scale)
+        if len(scale) != 2 or not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"crop_scale must be two values with 0 < low <= high <= 1, got {self.crop_scale!r}")
         if self.group_size is not None and (
             isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1
         ):
@@ -150,15 +211,23 @@ class RecoveryConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
+    def describe_augmentation(self) -> str:
+        roll = f"roll by randint(0, {self.max_shift}) on H and W"
+        if self.augmentation == "imagenet":
+            return f"RandomResizedCrop(scale {tuple(self.crop_scale)}) + horizontal flip, then {roll}; drawn per UFC per iteration"
+        return f"{roll} per UFC per iteration"
+
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = [float(b) for b in self.betas]
+        d["crop_scale"] = [float(s) for s in self.crop_scale]
         return d
 
 
-def _ufc_seed(seed: int, m: int, k: int) -> int:
-    """A per-UFC generator seed from (seed, m, k), independent of batching."""
-    digest = hashlib.sha256(f"infer-ufc:{int(seed)}:{int(m)}:{int(k)}".encode()).digest()
+def _job_seed(method: str, seed: int, m: int, k: int) -> int:
+    """A per-job (one UFC, or one SRe2L image group) generator seed, independent of batching."""
+    tag = "infer-ufc" if method == "infer" else method
+    digest = hashlib.sha256(f"{tag}:{int(seed)}:{int(m)}:{int(k)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -216,18 +285,6 @@ def _natural_digest(natural_u8: Tensor) -> str:
     return hashlib.sha256(natural_u8.contiguous().numpy().tobytes()).hexdigest()
 
 
-def _run_identity(natural_u8, M, mean, std, config) -> Dict[str, Any]:
-    return {
-        "K": int(natural_u8.shape[0]),
-        "M": int(M),
-        "natural_shape": list(natural_u8.shape),
-        "natural_sha256": _natural_digest(natural_u8),
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "config": {k: v for k, v in config.to_dict().items() if k not in _RESULT_NEUTRAL},
-    }
-
-
 def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -253,20 +310,66 @@ def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     return ckpt
 
 
+class _Augmentation:
+    """Per-group augmentation draws for one batch of jobs, each from the job's own generator
+    (so a job's draws do not depend on which jobs share its batch)."""
+
+    def __init__(self, config: RecoveryConfig, gens: List[torch.Generator], height: int, width: int, device):
+        self.config, self.gens, self.size, self.device = config, gens, (height, width), device
+
+    def _shifts(self) -> Optional[Tensor]:
+        if self.config.max_shift == 0:
+            return None
+        return torch.stack([torch.randint(0, self.config.max_shift + 1, (2,), generator=g) for g in self.gens])
+
+    def __call__(self, source: Tensor, variable: Tensor, index: Tensor, backend: str) -> Tensor:
+        """The augmented composed batch (G, C, ch, H, W)."""
+        if self.config.augmentation == "roll":  # fused: compose and roll in one pass
+            shifts = self._shifts()
+            shifts = None if shifts is None else shifts.to(self.device)
+            return ufc_compose(source, variable, index, shifts=shifts, backend=backend)
+        x = ufc_compose(source, variable, index, backend=backend)
+        height, width = self.size
+        out = []
+        for g, gen in enumerate(self.gens):
+            top, left, h, w = (int(v) for v in _resized_crop_boxes(1, height, width, tuple(self.config.crop_scale), CROP_RATIO, gen))
+            flip = bool(torch.rand(1, generator=gen) < 0.5)
+            shift = torch.randint(0, self.config.max_shift + 1, (2,), generator=gen).tolist()
+            y = F.interpolate(x[g, :, :, top:top + h, left:left + w], size=self.size, mode="bilinear",
+                              align_corners=False, antialias=True)
+            y = y.flip(-1) if flip else y
+            out.append(torch.roll(y, shifts=shift, dims=(-2, -1)) if any(shift) else y)
+        return torch.stack(out)
+
+
 def _optimize_batch(
-    natural: Tensor, teacher: nn.Module, m: int, ks: List[int], config: RecoveryConfig,
-    lo: Tensor, hi: Tensor, progress: bool, backend: str, desc: str,
+    method: str, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
+    teacher: nn.Module, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
+    progress: bool, backend: str, desc: str,
 ) -> Tuple[Tensor, Dict[str, Any]]:
-    """Optimize the UFCs (m, k) for k in ``ks`` together; returns (ufc (G, ch, H, W) float32 on
-    CPU, batch stats)."""
-    device = natural.device
-    G, C = len(ks), natural.shape[1]
-    H, W = natural.shape[-2:]
-    index = torch.tensor(ks, dtype=torch.int64, device=device)
+    """Optimize the jobs (m, k) for k in ``ks`` together.
+
+    INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the natural
+    sets ``source``. SRe2L: the variables are G groups of C images (one per class) from
+    Gaussian noise, each group with its own BN statistics (composed as natural = the images,
+    u = 0, so both share the fused compose + roll). Returns (result on CPU float32: ufc
+    (G, ch, H, W) or clamped images (G, C, ch, H, W), batch stats)."""
+    device = lo.device
+    G, C = len(ks), num_classes
+    gens = [torch.Generator().manual_seed(_job_seed(method, config.seed, m, k)) for k in ks]
+    if method == "infer":
+        index = torch.tensor(ks, dtype=torch.int64, device=device)
+        variable = torch.zeros((G,) + image_shape, device=device, requires_grad=True)
+        compose_args = lambda v: (source, v, index)  # noqa: E731
+    else:
+        noise = torch.stack([torch.randn((C,) + image_shape, generator=g) for g in gens])
+        variable = noise.to(device).requires_grad_()
+        index = torch.arange(G, device=device)
+        zero_ufc = torch.zeros((G,) + image_shape, device=device)
+        compose_args = lambda v: (v, zero_ufc, index)  # noqa: E731
     labels = torch.arange(C, device=device).repeat(G)
-    gens = [torch.Generator().manual_seed(_ufc_seed(config.seed, m, k)) for k in ks]
-    ufc = torch.zeros((G,) + tuple(natural.shape[2:]), dtype=natural.dtype, device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([ufc], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    augment = _Augmentation(config, gens, image_shape[1], image_shape[2], device)
     use_bn = config.r_bn > 0
     tracker = BNStatTracker(teacher, groups=G, backend=backend) if use_bn else None
 
@@ -276,23 +379,18 @@ def _optimize_batch(
         rbn = tracker.weighted_sum(config.first_bn_mult) if use_bn else torch.zeros_like(ce)
         return ce, rbn, logits
 
+    what = "UFCs of natural sets" if method == "infer" else "SRe2L image groups"
     try:
         bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
         for t in bar:
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
-            if config.max_shift > 0:
-                shifts = torch.stack([torch.randint(0, config.max_shift + 1, (2,), generator=g) for g in gens])
-                shifts = shifts.to(device)
-            else:
-                shifts = None
-            x = ufc_compose(natural, ufc, index, shifts=shifts, backend=backend)
-            ce, rbn, _ = losses(x)
+            ce, rbn, _ = losses(augment(*compose_args(variable), backend))
             loss = (ce + config.r_bn * rbn).sum()
             if not bool(torch.isfinite(loss)):
                 raise RuntimeError(
                     f"non-finite recovery loss ({float(loss.detach())}) at iteration {t + 1}/{config.iterations} for teacher "
-                    f"m={m}, UFCs of natural sets k={ks}: this batch is not written (lower lr or r_bn?)"
+                    f"m={m}, {what} k={ks}: this batch is not written (lower lr or r_bn?)"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -302,15 +400,15 @@ def _optimize_batch(
                 bar.set_postfix(ce=f"{float(last_ce.mean()):.4f}", r_bn=f"{float(last_rbn.mean()):.4f}")
         bar.close()
         with torch.no_grad():
-            final = ufc.detach()
-            x = ufc_compose(natural, final, index, lo=lo, hi=hi, backend=backend)
+            final = variable.detach()
+            x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
             ce, rbn, logits = losses(x)
             acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
     finally:
         if tracker is not None:
             tracker.remove()
     if not torch.isfinite(final).all():
-        raise RuntimeError(f"non-finite compensator for teacher m={m}, UFCs of natural sets k={ks}")
+        raise RuntimeError(f"non-finite result for teacher m={m}, {what} k={ks}")
     stats = {
         "teacher": m,
         "k": list(ks),
@@ -320,64 +418,36 @@ def _optimize_batch(
         "ce_per_ufc": ce.tolist(),
         "r_bn_per_ufc": rbn.tolist(),
         "accuracy_per_ufc": acc.tolist(),
-        # the optimized objective at the last iteration (shifted, unclamped images)
+        # the optimized objective at the last iteration (augmented, unclamped images)
         "ce_last_iteration": float(last_ce.mean()),
         "r_bn_last_iteration": float(last_rbn.mean()),
     }
-    return final.to("cpu", torch.float32), stats
+    result = final if method == "infer" else x
+    return result.to("cpu", torch.float32), stats
 
 
-def recover_ufcs(
-    natural_u8: Tensor,
-    teachers: Sequence[nn.Module],
-    mean: Sequence[float],
-    std: Sequence[float],
-    config: Optional[RecoveryConfig] = None,
-    checkpoint: Optional[Union[str, os.PathLike]] = None,
-    resume: bool = False,
-    progress: bool = True,
-    backend: str = "auto",
-) -> Dict[str, Any]:
-    """Recover the K*M UFCs of ``natural_u8`` (uint8 (K, C, ch, H, W)) for every teacher.
-
-    Returns a dict: ``ufc`` float32 (K*M, ch, H, W) in normalized space, teacher-major
-    (row m*K + k is u_k^m), ``ufc_index`` int64 (k), ``ufc_teacher`` int64 (m), ``stats``
-    (one dict per optimized batch: teacher, k, CE, R_bn and accuracy of the final clamped,
-    unshifted composed images, batch means and per UFC, plus ce/r_bn_last_iteration, the
-    objective at the last step; batches restored from a checkpoint keep their recorded
-    stats) and ``group_size`` (the last one used).
-
-    Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
-    a file written atomically after every batch; ``resume=True`` continues from it (it must
-    belong to the same run: natural images, K, M, normalization and config except
-    group_size). An existing checkpoint without ``resume`` is refused.
-    """
-    config = RecoveryConfig() if config is None else config
+def _check_common(teachers, mean, std, channels: int, config: RecoveryConfig) -> List[nn.Module]:
     config.validate()
-    if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
-        raise ValueError(
-            f"natural_u8 must be a uint8 tensor (K, C, ch, H, W), got "
-            f"{getattr(natural_u8, 'dtype', type(natural_u8).__name__)} {tuple(getattr(natural_u8, 'shape', ()))}"
-        )
     teachers = list(teachers)
     if not teachers:
-        raise ValueError("recover_ufcs needs at least one teacher")
-    K, C, ch = natural_u8.shape[:3]
-    if len(mean) != ch or len(std) != ch:
-        raise ValueError(f"mean and std need one value per channel ({ch}), got {len(mean)} and {len(std)}")
-    if K < 1 or C < 1:
-        raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
+        raise ValueError("recovery needs at least one teacher")
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
     for m, teacher in enumerate(teachers):
         _check_teacher(teacher, m)
-    M = len(teachers)
-    natural_u8 = natural_u8.detach().cpu().contiguous()
-    from .data.transforms import normalize
+    return teachers
+
+
+def _run_jobs(
+    method: str, jobs: List[Tuple[int, int]], teachers: List[nn.Module], natural_cpu: Optional[Tensor],
+    num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
+    identity: Dict[str, Any], checkpoint, resume: bool, progress: bool, backend: str,
+) -> Tuple[Dict[Tuple[int, int], Tensor], List[Dict[str, Any]], Optional[int]]:
+    """Run the jobs (m, k) teacher by teacher, G at a time, checkpointing after every batch.
+    Returns ({(m, k): result}, batch stats, last group size)."""
     from .storage import valid_range
 
-    natural_cpu = normalize(natural_u8, mean, std).contiguous()
     lo_cpu, hi_cpu = valid_range(mean, std)
-
-    identity = _run_identity(natural_u8, M, mean, std, config)
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
     done: Dict[Tuple[int, int], Tensor] = {}
     stats: List[Dict[str, Any]] = []
@@ -391,7 +461,7 @@ def recover_ufcs(
             done[(m, k)] = u
         stats = list(ckpt.get("stats", []))
         if progress:
-            print(f"{checkpoint}: resuming, {len(done)}/{K * M} UFCs already recovered")
+            print(f"{checkpoint}: resuming, {len(done)}/{len(jobs)} {method} jobs already recovered")
 
     def write_checkpoint(group_size: int) -> None:
         keys = sorted(done)
@@ -410,39 +480,155 @@ def recover_ufcs(
             checkpoint,
         )
 
+    M = len(teachers)
     group_size = config.group_size
     for m, teacher in enumerate(teachers):
-        todo = [k for k in range(K) if (m, k) not in done]
+        todo = [k for mm, k in jobs if mm == m and (m, k) not in done]
         if not todo:
             continue
         device = _device_of(teacher)
-        natural = natural_cpu.to(device)
+        source = None if natural_cpu is None else natural_cpu.to(device)
         lo, hi = lo_cpu.to(device), hi_cpu.to(device)
         # frozen parameters: no gradient is computed for them (restored afterwards)
         flags = [(p, p.requires_grad) for p in teacher.parameters()]
         for p, _ in flags:
             p.requires_grad_(False)
         try:
-            G = config.group_size or auto_group_size(teacher, natural, K)
+            probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
+            G = config.group_size or auto_group_size(teacher, probe, len(todo))
             group_size = G
             for start in range(0, len(todo), G):
                 ks = todo[start:start + G]
-                desc = f"teacher {m + 1}/{M} UFCs k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} UFC k={ks[0]}"
-                ufc, batch_stats = _optimize_batch(natural, teacher, m, ks, config, lo, hi, progress, backend, desc)
-                for k, u in zip(ks, ufc):
-                    done[(m, k)] = u.clone()
+                noun = "UFC" if method == "infer" else "SRe2L group"
+                desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
+                result, batch_stats = _optimize_batch(
+                    method, source, num_classes, image_shape, teacher, m, ks, config, lo, hi, progress, backend, desc,
+                )
+                for k, r in zip(ks, result):
+                    done[(m, k)] = r.clone()
                 stats.append(batch_stats)
                 if checkpoint is not None:
                     write_checkpoint(G)
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
+    return done, stats, group_size
 
-    keys = [(m, k) for m in range(M) for k in range(K)]
+
+def recover_ufcs(
+    natural_u8: Tensor,
+    teachers: Sequence[nn.Module],
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: Optional[RecoveryConfig] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    resume: bool = False,
+    progress: bool = True,
+    backend: str = "auto",
+) -> Dict[str, Any]:
+    """Recover the K*M UFCs of ``natural_u8`` (uint8 (K, C, ch, H, W)) for every teacher.
+
+    Returns a dict: ``ufc`` float32 (K*M, ch, H, W) in normalized space, teacher-major
+    (row m*K + k is u_k^m), ``ufc_index`` int64 (k), ``ufc_teacher`` int64 (m), ``stats``
+    (one dict per optimized batch: teacher, k, CE, R_bn and accuracy of the final clamped,
+    unaugmented composed images, batch means and per UFC, plus ce/r_bn_last_iteration, the
+    objective at the last step; batches restored from a checkpoint keep their recorded
+    stats) and ``group_size`` (the last one used).
+
+    Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
+    a file written atomically after every batch; ``resume=True`` continues from it (it must
+    belong to the same run: natural images, K, M, normalization and config except
+    group_size). An existing checkpoint without ``resume`` is refused.
+    """
+    config = RecoveryConfig() if config is None else config
+    if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
+        raise ValueError(
+            f"natural_u8 must be a uint8 tensor (K, C, ch, H, W), got "
+            f"{getattr(natural_u8, 'dtype', type(natural_u8).__name__)} {tuple(getattr(natural_u8, 'shape', ()))}"
+        )
+    K, C, ch = natural_u8.shape[:3]
+    teachers = _check_common(teachers, mean, std, ch, config)
+    if K < 1 or C < 1:
+        raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
+    M = len(teachers)
+    natural_u8 = natural_u8.detach().cpu().contiguous()
+    from .data.transforms import normalize
+
+    natural_cpu = normalize(natural_u8, mean, std).contiguous()
+    identity = {
+        "method": "infer",
+        "K": int(K),
+        "M": int(M),
+        "natural_shape": list(natural_u8.shape),
+        "natural_sha256": _natural_digest(natural_u8),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "config": {k: v for k, v in config.to_dict().items() if k not in _RESULT_NEUTRAL},
+    }
+    jobs = [(m, k) for m in range(M) for k in range(K)]
+    done, stats, group_size = _run_jobs(
+        "infer", jobs, teachers, natural_cpu, C, tuple(natural_u8.shape[2:]), mean, std, config, identity,
+        checkpoint, resume, progress, backend,
+    )
     return {
-        "ufc": torch.stack([done[key] for key in keys]).to(torch.float32),
-        "ufc_index": torch.tensor([k for _, k in keys], dtype=torch.int64),
-        "ufc_teacher": torch.tensor([m for m, _ in keys], dtype=torch.int64),
+        "ufc": torch.stack([done[key] for key in jobs]).to(torch.float32),
+        "ufc_index": torch.tensor([k for _, k in jobs], dtype=torch.int64),
+        "ufc_teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64),
+        "stats": stats,
+        "group_size": group_size,
+    }
+
+
+def recover_sre2l(
+    ipc: int,
+    num_classes: int,
+    image_shape: Sequence[int],
+    teachers: Sequence[nn.Module],
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: Optional[RecoveryConfig] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    resume: bool = False,
+    progress: bool = True,
+    backend: str = "auto",
+) -> Dict[str, Any]:
+    """The SRe2L baseline: ``ipc`` images per class recovered from Gaussian noise with the same
+    CE + BN-statistics loss, optimizer and augmentation as INFER (INFER_METHOD.md §6).
+
+    Images are optimized in groups of C (one per class, labels 0..C-1) with BN statistics
+    per group, like one SRe2L batch; group j uses teacher j mod M (with one teacher this is
+    SRe2L exactly). Default config: ``RecoveryConfig.sre2l()`` (r_bn 0.01). Returns
+    ``images`` float32 (ipc*C, ch, H, W), normalized and clamped to the valid range, group-major
+    (row j*C + c has class c), ``labels`` int64, ``teacher`` int64 per image, ``stats``,
+    ``group_size``. Checkpoint/resume as :func:`recover_ufcs`."""
+    config = RecoveryConfig.sre2l() if config is None else config
+    for name, value in (("ipc", ipc), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"image_shape must be (channels, H, W), got {image_shape}")
+    teachers = _check_common(teachers, mean, std, image_shape[0], config)
+    M = len(teachers)
+    identity = {
+        "method": "sre2l",
+        "ipc": int(ipc),
+        "M": int(M),
+        "shape": [int(num_classes), *image_shape],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "config": {k: v for k, v in config.to_dict().items() if k not in _RESULT_NEUTRAL},
+    }
+    jobs = [(j % M, j) for j in range(ipc)]
+    done, stats, group_size = _run_jobs(
+        "sre2l", jobs, teachers, None, num_classes, image_shape, mean, std, config, identity,
+        checkpoint, resume, progress, backend,
+    )
+    images = torch.stack([done[key] for key in jobs])  # (ipc, C, ch, H, W)
+    return {
+        "images": images.flatten(0, 1).to(torch.float32),
+        "labels": torch.arange(num_classes, dtype=torch.int64).repeat(ipc),
+        "teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64).repeat_interleave(num_classes),
         "stats": stats,
         "group_size": group_size,
     }
@@ -462,6 +648,38 @@ def _set_fields(train) -> Dict[str, Any]:
     )
 
 
+def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
+    """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
+    recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
+    from .data import load_dataset
+    from .storage import OutputExistsError
+    from .teacher import load_teacher
+
+    config.validate()
+    teacher_paths = [os.fspath(p) for p in teacher_paths]
+    if not teacher_paths:
+        raise ValueError("teachers: at least one teacher checkpoint is needed")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+    train = load_dataset(dataset, "train", data_root=data_root)
+    teachers, records = [], []
+    for path in teacher_paths:
+        model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes, device=device)
+        teachers.append(model)
+        records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
+    return out_dir, train, teachers, records, out_dir.with_name(out_dir.name + ".recovery.pt")
+
+
+def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
+    from .storage import save_distilled
+
+    path = save_distilled(ds, out_dir)
+    if checkpoint.exists():
+        checkpoint.unlink()
+    return path
+
+
 def distill_infer(
     dataset: str,
     teacher_paths: Sequence[Union[str, os.PathLike]],
@@ -474,59 +692,76 @@ def distill_infer(
     progress: bool = True,
     device: str = "auto",
     backend: str = "auto",
+    selection: str = "random",
 ) -> Path:
     """Distill ``dataset`` with INFER into ``out_dir`` (a distilled-set directory); returns it.
 
     Loads the training split and the teachers (once), K = infer_budget(ipc, C, M,
-    accounting), picks K natural sets (seed = config.seed), recovers the K*M UFCs with a
-    checkpoint at ``<out_dir>.recovery.pt`` (removed after the set is saved; ``resume=True``
-    continues an interrupted run) and saves an unlabelled INFER DistilledSet.
+    accounting), picks K natural sets (``selection`` random or by teacher confidence, seed =
+    config.seed), recovers the K*M UFCs with a checkpoint at ``<out_dir>.recovery.pt``
+    (removed after the set is saved; ``resume=True`` continues an interrupted run) and saves
+    an unlabelled INFER DistilledSet.
     """
-    from .data import load_dataset
-    from .storage import DistilledSet, OutputExistsError, save_distilled
-    from .teacher import load_teacher
+    from .storage import DistilledSet
 
     config = RecoveryConfig() if config is None else config
-    config.validate()
-    teacher_paths = [os.fspath(p) for p in teacher_paths]
-    if not teacher_paths:
-        raise ValueError("distill_infer needs at least one teacher checkpoint")
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
-    train = load_dataset(dataset, "train", data_root=data_root)
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
-    K = infer_budget(ipc, spec.num_classes, len(teacher_paths), accounting)
-    teachers, records = [], []
-    for path in teacher_paths:
-        model, meta = load_teacher(path, dataset=dataset, num_classes=spec.num_classes, device=device)
-        teachers.append(model)
-        records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
-    natural = select_natural_sets(train, K, config.seed)
-    checkpoint = out_dir.with_name(out_dir.name + ".recovery.pt")
+    K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
+    natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers)
     result = recover_ufcs(
         natural, teachers, spec.mean, spec.std, config, checkpoint=checkpoint, resume=resume,
         progress=progress, backend=backend,
     )
     hyper = config.to_dict()
-    hyper["group_size_used"] = result["group_size"]
-    hyper["augmentation"] = f"roll by randint(0, {config.max_shift}) on H and W per UFC per iteration"
+    hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
+                 natural_selection=selection)
     ds = DistilledSet(
-        method="infer",
-        **_set_fields(train),
-        natural=natural,
-        ufc=result["ufc"],
-        ufc_index=result["ufc_index"],
-        ufc_teacher=result["ufc_teacher"],
-        hyperparameters=hyper,
-        teachers=records,
-        budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting},
-        seed=config.seed,
+        method="infer", **_set_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
+        ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,
+        budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting}, seed=config.seed,
     )
-    path = save_distilled(ds, out_dir)
-    if checkpoint.exists():
-        checkpoint.unlink()
-    return path
+    return _save_and_clean(ds, out_dir, checkpoint)
+
+
+def distill_sre2l(
+    dataset: str,
+    teacher_paths: Sequence[Union[str, os.PathLike]],
+    ipc: int,
+    out_dir: Union[str, os.PathLike],
+    config: Optional[RecoveryConfig] = None,
+    data_root: Optional[str] = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    backend: str = "auto",
+) -> Path:
+    """The SRe2L baseline into ``out_dir``: ipc*C images recovered from noise by
+    :func:`recover_sre2l` (default ``RecoveryConfig.sre2l()``), stored as float32 normalized
+    images with hard labels (the same ipc*C image budget); relabel it like an INFER set."""
+    from .storage import DistilledSet
+
+    config = RecoveryConfig.sre2l() if config is None else config
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
+    spec = train.spec
+    result = recover_sre2l(
+        ipc, spec.num_classes, tuple(train.images.shape[1:]), teachers, spec.mean, spec.std, config,
+        checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
+    )
+    hyper = config.to_dict()
+    hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
+                 init="Gaussian noise N(0, 1) in normalized space",
+                 teacher_rule="image group j (one image per class) is recovered with teacher j mod M")
+    ds = DistilledSet(
+        method="sre2l", **_set_fields(train), images=result["images"], labels=result["labels"],
+        hyperparameters=hyper, teachers=records,
+        budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"}, seed=config.seed,
+    )
+    return _save_and_clean(ds, out_dir, checkpoint)
 
 
 def distill_random(

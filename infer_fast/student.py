@@ -2,6 +2,7 @@
 
     relabel(distilled, teachers)                       # in place: mean of the teachers' logits
     result = train_student(distilled, test_set, StudentConfig(epochs=400))
+    result = train_student(distilled, test_set, StudentConfig.imagenet(model="resnet18"))
     summary = evaluate_seeds(distilled, test_set, StudentConfig(), seeds=(0, 1, 2))
     dup = feature_duplication(images, labels, teacher)
 
@@ -10,12 +11,21 @@ Protocol choices (documented once, here):
 * Soft labels are the mean of the teachers' **logits** (eval mode) on every training image
   with the test transform only (no augmentation), composed in training order by
   :class:`infer_fast.storage.DistilledDataset`; stored fp16 via ``set_soft_labels``.
-* Augmentation: per sample RandomCrop(size, padding=size//8) + horizontal flip, applied in
-  [0, 1] pixel space (normalized -> denormalize -> augment with black padding -> normalize),
-  as torchvision's RandomCrop on pixels and as teacher training does.
-* Mixup: one lambda ~ Beta(alpha, alpha) per batch and one permutation pi;
-  x' = lam x + (1 - lam) x[pi] and the targets z' = lam z + (1 - lam) z[pi] are mixed in
-  **logit space** (z are the stored soft labels, which are logits).
+* Recipes: ``StudentConfig.cifar()`` (the field defaults: crop_flip, mixup with alpha 0.8,
+  T = 30) and ``StudentConfig.imagenet()`` (SRe2L protocol: resized_crop_flip, cutmix with
+  alpha 1.0, T = 20, 300 epochs). Every other choice below is shared by both.
+* Augmentation (``augmentation``), per sample, in [0, 1] pixel space (normalized ->
+  denormalize -> augment -> normalize), as torchvision does on pixels:
+  ``"crop_flip"``: RandomCrop(size, padding=size//8, black padding) + horizontal flip, as
+  teacher training does; ``"resized_crop_flip"``: RandomResizedCrop(size of the image,
+  scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip.
+* Mixing (``mix``): one lambda ~ Beta(alpha, alpha) per batch (alpha = ``mixup_alpha`` for
+  both kinds; 0 disables mixing) and one permutation pi. ``"mixup"``:
+  x' = lam x + (1 - lam) x[pi]. ``"cutmix"``: one box per batch of area fraction 1 - lam
+  at a uniform random centre, clipped to the image, pasted from x[pi] into x; lam is then
+  recomputed from the clipped box (1 - box area / image area). Either way the targets
+  z' = lam z + (1 - lam) z[pi] are mixed in **logit space** (z are the stored soft labels,
+  which are logits).
 * Loss: KL(softmax(z'/T) || softmax(s/T)) = ``kl_div(log_softmax(s/T), log_softmax(z'/T),
   log_target=True, reduction="batchmean")``, plain: **not** multiplied by T^2 (as the
   reference SRe2L/INFER code and INFER_METHOD.md).
@@ -23,8 +33,8 @@ Protocol choices (documented once, here):
   logits on the augmented, mixed batch x' (the stored labels are not used). The epoch
   reduction of the paper (400 -> 80 for M = 4) is the caller's choice of ``epochs``.
 * Optimizer: AdamW(lr, weight_decay), cosine schedule stepped per step over
-  epochs * steps_per_epoch. Shuffling, augmentation and lambda are drawn from one
-  ``torch.Generator`` seeded with ``seed``; model initialization uses ``seed`` too.
+  epochs * steps_per_epoch. Shuffling, augmentation, lambda and the CutMix box are drawn
+  from one ``torch.Generator`` seeded with ``seed``; model initialization uses ``seed`` too.
 * Evaluation: top-1 on the real test split, student in eval mode. ``final_accuracy`` is the
   accuracy after the last epoch; ``best_accuracy`` (the optimistic best over the periodic
   evaluations, as the reference release reports) is only given when ``eval_every > 0``
@@ -44,18 +54,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data.transforms import denormalize, normalize, random_crop_with_padding, random_flip
+from .data.transforms import denormalize, normalize, random_crop_with_padding, random_flip, random_resized_crop
 from .models import create_model, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import evaluate, load_teacher, resolve_device
 from .config import check_positive_ints
 
 __all__ = [
-    "StudentConfig", "relabel", "relabel_directory", "ensemble_logits", "augment", "mixup",
-    "sample_lambda", "distillation_loss", "train_student", "evaluate_seeds", "feature_duplication",
+    "StudentConfig", "AUGMENTATIONS", "MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
+    "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "train_student", "evaluate_seeds",
+    "feature_duplication",
 ]
 
 BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
+AUGMENTATIONS = ("crop_flip", "resized_crop_flip")
+MIXES = ("mixup", "cutmix")
+RESIZED_CROP_SCALE = (0.08, 1.0)
+RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -128,7 +143,9 @@ class StudentConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     temperature: float = 30.0
-    mixup_alpha: float = 0.8
+    mixup_alpha: float = 0.8  # Beta(alpha, alpha) for lambda, shared by both mixes (CutMix's usual alpha: 1.0)
+    augmentation: str = "crop_flip"  # one of AUGMENTATIONS
+    mix: str = "mixup"  # one of MIXES
     seed: int = 0
     dynamic: bool = False  # INFER+Dyn: teacher-ensemble labels recomputed for every mixed batch
     eval_every: int = 0  # 0: evaluate only after the last epoch
@@ -146,17 +163,54 @@ class StudentConfig:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.mixup_alpha < 0:
-            raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixup), got {self.mixup_alpha!r}")
+            raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixing), got {self.mixup_alpha!r}")
+        _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _check_choice("mix", self.mix, MIXES)
+
+    @classmethod
+    def cifar(cls, **overrides: Any) -> "StudentConfig":
+        """The CIFAR recipe: the field defaults (RandomCrop + flip, mixup alpha 0.8, T = 30,
+        400 epochs), with ``overrides``."""
+        config = cls(**overrides)
+        config.validate()
+        return config
+
+    @classmethod
+    def imagenet(cls, **overrides: Any) -> "StudentConfig":
+        """The ImageNet recipe (SRe2L protocol), with ``overrides``. ``model`` stays the
+        caller's choice (the protocol's student is a ResNet-18)."""
+        recipe: Dict[str, Any] = dict(
+            # from the method doc: AdamW 1e-3, wd 0.01, cosine (train_student's optimizer and
+            # schedule), 300 epochs, RandomResizedCrop + flip + CutMix, T = 20
+            lr=1e-3, weight_decay=0.01, epochs=300, augmentation="resized_crop_flip", mix="cutmix",
+            temperature=20.0,
+            # our choice: CutMix's usual alpha, and the batch size
+            mixup_alpha=1.0, batch_size=100,
+        )
+        recipe.update(overrides)
+        config = cls(**recipe)
+        config.validate()
+        return config
 
 
-def augment(x: Tensor, mean, std, gen: torch.Generator) -> Tensor:
-    """Per-sample RandomCrop(size, padding=max(1, size//8)) + flip of normalized images, done in
-    [0, 1] pixel space (black padding), returned normalized."""
-    size = x.shape[-1]
-    padding = max(1, size // 8)
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "crop_flip") -> Tensor:
+    """Per-sample augmentation of normalized images, done in [0, 1] pixel space, returned
+    normalized at the same size. ``"crop_flip"``: RandomCrop(size, padding=max(1, width//8),
+    black padding) + flip; ``"resized_crop_flip"``: RandomResizedCrop(size, scale (0.08, 1),
+    ratio (3/4, 4/3)) + flip."""
+    _check_choice("augmentation", augmentation, AUGMENTATIONS)
+    size = tuple(x.shape[-2:])
     pixels = denormalize(x, mean, std)
-    pixels = random_flip(random_crop_with_padding(pixels, (x.shape[-2], size), padding, gen), gen)
-    return normalize(pixels, mean, std)
+    if augmentation == "crop_flip":
+        pixels = random_crop_with_padding(pixels, size, max(1, size[1] // 8), gen)
+    else:
+        pixels = random_resized_crop(pixels, size, RESIZED_CROP_SCALE, RESIZED_CROP_RATIO, gen)
+    return normalize(random_flip(pixels, gen), mean, std)
 
 
 def sample_lambda(alpha: float, gen: torch.Generator) -> float:
@@ -167,11 +221,39 @@ def sample_lambda(alpha: float, gen: torch.Generator) -> float:
     return random.Random(seed).betavariate(alpha, alpha)
 
 
+def _mix_logits(z: Optional[Tensor], lam: float, perm: Tensor) -> Optional[Tensor]:
+    return None if z is None else lam * z + (1.0 - lam) * z[perm]
+
+
 def mixup(x: Tensor, z: Optional[Tensor], lam: float, perm: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
     """x' = lam x + (1 - lam) x[perm]; z' = lam z + (1 - lam) z[perm] (logit space; z may be None)."""
-    x_mixed = lam * x + (1.0 - lam) * x[perm]
-    z_mixed = None if z is None else lam * z + (1.0 - lam) * z[perm]
-    return x_mixed, z_mixed
+    return lam * x + (1.0 - lam) * x[perm], _mix_logits(z, lam, perm)
+
+
+def cutmix_box(height: int, width: int, lam: float, gen: torch.Generator) -> Tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the standard CutMix box: sides sqrt(1 - lam) of the
+    image's, centre uniform over the pixels (row, then column, from ``gen``), clipped to the
+    image (so its area can be smaller than 1 - lam of the image)."""
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy = int(torch.randint(0, height, (1,), generator=gen).item())
+    cx = int(torch.randint(0, width, (1,), generator=gen).item())
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return top, bottom, left, right
+
+
+def cutmix(x: Tensor, z: Optional[Tensor], lam: float, perm: Tensor,
+           gen: torch.Generator) -> Tuple[Tensor, Optional[Tensor], float]:
+    """Paste one :func:`cutmix_box` of x[perm] into x (the same box for the whole batch) and
+    mix the targets with the lambda of the box actually pasted, 1 - box area / image area:
+    z' = lam z + (1 - lam) z[perm] (logit space; z may be None). Returns (x', z', lam)."""
+    height, width = x.shape[-2:]
+    top, bottom, left, right = cutmix_box(height, width, lam, gen)
+    x_mixed = x.clone()
+    x_mixed[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+    lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+    return x_mixed, _mix_logits(z, lam, perm), lam
 
 
 def distillation_loss(student_logits: Tensor, target_logits: Tensor, temperature: float) -> Tensor:
@@ -239,10 +321,14 @@ def train_student(
         total, seen = 0.0, 0
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment(images[idx], mean, std, gen)
+            x = augment(images[idx], mean, std, gen, cfg.augmentation)
             lam = sample_lambda(cfg.mixup_alpha, gen)
             perm = torch.randperm(len(idx), generator=gen)
-            x, z = mixup(x, None if cfg.dynamic else soft[idx], lam, perm)
+            z = None if cfg.dynamic else soft[idx]
+            if cfg.mix == "mixup":
+                x, z = mixup(x, z, lam, perm)
+            else:
+                x, z, _ = cutmix(x, z, lam, perm, gen)
             x = x.to(device, non_blocking=True)
             z = ensemble_logits(teacher_models, x) if cfg.dynamic else z.to(device, non_blocking=True)
             loss = distillation_loss(model(x), z, cfg.temperature)
@@ -266,7 +352,8 @@ def train_student(
         bar.set_postfix(postfix)
     elapsed = time.perf_counter() - started
     if progress:
-        line = (f"student {cfg.model} ({'INFER+Dyn' if cfg.dynamic else 'static labels'}), {n} training images, "
+        line = (f"student {cfg.model} ({'INFER+Dyn' if cfg.dynamic else 'static labels'}, {cfg.augmentation} + "
+                f"{cfg.mix}), {n} training images, "
                 f"{cfg.epochs} epochs: final test accuracy {accuracy:.4f}")
         if best is not None:
             line += f", best {best:.4f} ({BEST_LABEL})"

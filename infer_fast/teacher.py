@@ -217,3 +217,29 @@ def load_teacher(
     model.load_state_dict(ckpt["state_dict"])
     model = model.to(resolve_device(device)).eval().requires_grad_(False)
     return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+
+
+def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = True, evaluate_on_test: bool = False,
+                       data_root: Optional[str] = None, device: str = "cpu") -> Dict[str, Any]:
+    """Write a teacher checkpoint for ``dataset`` from pretrained weights instead of training:
+    the ImageNet teachers of the paper (``resnet18-imagenet``, ``mobilenetv2-imagenet``,
+    ``efficientnet-b0-imagenet`` or ``torchvision:NAME``) with weights from the local cache
+    (``pretrained=True``) or a weights file (a path). Never downloads. ``evaluate_on_test``
+    records the test accuracy (a full pass over the test split). Returns the metadata."""
+    if os.path.exists(out):
+        return {k: v for k, v in _read_checkpoint(out).items() if k not in ("state_dict", "train_state")}
+    spec = get_spec(dataset)
+    net = create_model(model, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size,
+                       pretrained=pretrained)
+    cfg = TeacherConfig(dataset=spec.name, model=model, epochs=1, data_root=data_root, device=device)
+    meta = _metadata(cfg, spec)
+    meta["config"]["pretrained"] = pretrained if isinstance(pretrained, str) else bool(pretrained)
+    accuracy = None
+    if evaluate_on_test:
+        test = load_dataset(dataset, "test", data_root=data_root)
+        dev = resolve_device(device)
+        accuracy = evaluate(net.to(dev), test.images, test.labels, spec.mean, spec.std, cfg.eval_batch_size, dev)
+        net = net.cpu()
+    save_atomic({**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0,
+                 "state_dict": net.state_dict(), "train_state": None}, out)
+    return {**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0}

@@ -250,3 +250,134 @@ def test_progress_bar_runs(natural, teachers, train_set, capsys):
     out = recover_ufcs(natural[:1], teachers[:1], spec.mean, spec.std, _cfg(iterations=2), progress=True)
     assert out["ufc"].shape == (1, 1, 28, 28)
     assert "teacher 1/1" in capsys.readouterr().err
+
+
+# ---- natural-set selection by teacher confidence -----------------------------------------
+
+def test_select_by_confidence(train_set, teachers):
+    from infer_fast.data.transforms import normalize
+    from infer_fast.student import ensemble_logits
+
+    K = 3
+    nat = select_natural_sets(train_set, K, seed=0, selection="confidence", teachers=teachers)
+    assert nat.shape == (K, 10, 1, 28, 28)
+    spec = train_set.spec
+    for c in (0, 7):
+        imgs = train_set.images[train_set.labels == c]
+        prob = ensemble_logits(teachers, normalize(imgs, spec.mean, spec.std)).softmax(1)[:, c]
+        chosen = ensemble_logits(teachers, normalize(nat[:, c], spec.mean, spec.std)).softmax(1)[:, c]
+        top = prob.sort(descending=True).values[:K]
+        torch.testing.assert_close(chosen, top)  # the K most confident, most confident first
+    with pytest.raises(ValueError, match="needs the teachers"):
+        select_natural_sets(train_set, K, seed=0, selection="confidence")
+    with pytest.raises(ValueError, match="selection"):
+        select_natural_sets(train_set, K, seed=0, selection="best")
+
+
+# ---- ImageNet augmentation -----------------------------------------------------------------
+
+def test_imagenet_augmentation_batched_equals_alone(natural, teachers, train_set):
+    spec = train_set.spec
+    cfg = lambda **kw: RecoveryConfig.imagenet(iterations=4, r_bn=1.0, max_shift=3, seed=3, **kw)  # noqa: E731
+    together = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg(group_size=3), progress=False)
+    alone = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg(group_size=1), progress=False)
+    torch.testing.assert_close(together["ufc"], alone["ufc"], rtol=0, atol=1e-5)
+    rolled = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(iterations=4, max_shift=3, group_size=3),
+                          progress=False)
+    assert not torch.allclose(rolled["ufc"], together["ufc"])  # crops and flips changed the result
+    assert RecoveryConfig.imagenet().to_dict() == {
+        **RecoveryConfig().to_dict(), "iterations": 2000, "r_bn": 0.01, "augmentation": "imagenet", "max_shift": 32}
+
+
+def test_imagenet_augmentation_draws():
+    """Crop box, flip and roll are applied per group: with a full-image box (scale (1, 1)),
+    no flip and no shift the augmented batch is the composed batch."""
+    torch.manual_seed(0)
+    natural = torch.randn(2, 3, 1, 8, 8)
+    ufc = torch.randn(2, 1, 8, 8)
+    index = torch.tensor([0, 1])
+    cfg = RecoveryConfig(augmentation="imagenet", crop_scale=(1.0, 1.0), max_shift=0)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    out = distill._Augmentation(cfg, gens, 8, 8, "cpu")(natural, ufc, index, "torch")
+    composed = natural + ufc[:, None]
+    for g in range(2):  # each group is either the composed group or its mirror image
+        assert torch.allclose(out[g], composed[g], atol=1e-5) or torch.allclose(out[g], composed[g].flip(-1), atol=1e-5)
+    cfg = RecoveryConfig(augmentation="imagenet", crop_scale=(0.25, 0.5), max_shift=2)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    out = distill._Augmentation(cfg, gens, 8, 8, "cpu")(natural, ufc.requires_grad_(), index, "torch")
+    assert out.shape == composed.shape
+    (grad,) = torch.autograd.grad(out.sum(), ufc)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", [dict(augmentation="autoaugment"), dict(crop_scale=(0.5, 0.1)), dict(crop_scale=(0, 1))])
+def test_augmentation_config_validation(bad):
+    with pytest.raises(ValueError, match="augmentation|crop_scale"):
+        RecoveryConfig(**bad).validate()
+
+
+# ---- SRe2L baseline -------------------------------------------------------------------------
+
+def test_sre2l_batched_equals_alone(teachers, train_set):
+    from infer_fast.distill import recover_sre2l
+    from infer_fast.storage import valid_range
+
+    spec = train_set.spec
+    cfg = lambda g: RecoveryConfig.sre2l(iterations=4, seed=1, group_size=g)  # noqa: E731
+    together = recover_sre2l(4, 10, (1, 28, 28), teachers, spec.mean, spec.std, cfg(4), progress=False)
+    alone = recover_sre2l(4, 10, (1, 28, 28), teachers, spec.mean, spec.std, cfg(1), progress=False)
+    assert together["images"].shape == (40, 1, 28, 28) and together["images"].dtype == torch.float32
+    assert together["labels"].tolist() == list(range(10)) * 4
+    assert together["teacher"].tolist() == [0] * 10 + [1] * 10 + [0] * 10 + [1] * 10  # group j -> teacher j mod M
+    torch.testing.assert_close(together["images"], alone["images"], rtol=0, atol=1e-5)
+    lo, hi = valid_range(spec.mean, spec.std)
+    assert together["images"].min() >= lo.min() - 1e-6 and together["images"].max() <= hi.max() + 1e-6
+    assert [s["teacher"] for s in together["stats"]] == [0, 1]
+    # the images moved away from their noise init (compare with 1 iteration)
+    one = recover_sre2l(4, 10, (1, 28, 28), teachers, spec.mean, spec.std,
+                        RecoveryConfig.sre2l(iterations=1, seed=1), progress=False)
+    assert not torch.allclose(one["images"], together["images"])
+    assert RecoveryConfig.sre2l().r_bn == 0.01
+
+
+def test_sre2l_resume(teachers, train_set, tmp_path, monkeypatch):
+    from infer_fast.distill import recover_sre2l
+
+    spec = train_set.spec
+    cfg = RecoveryConfig.sre2l(iterations=3, group_size=1)
+    full = recover_sre2l(3, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg, progress=False)
+    ckpt = tmp_path / "sre2l.recovery.pt"
+    real = distill._optimize_batch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "_optimize_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recover_sre2l(3, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
+    monkeypatch.setattr(distill, "_optimize_batch", real)
+    with pytest.raises(ValueError, match="method"):  # an SRe2L checkpoint is not an INFER one
+        recover_ufcs(select_natural_sets(train_set, 3, seed=0), teachers[:1], spec.mean, spec.std,
+                     RecoveryConfig.sre2l(iterations=3, group_size=1), checkpoint=ckpt, resume=True, progress=False)
+    resumed = recover_sre2l(3, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt,
+                            resume=True, progress=False)
+    assert [s["k"] for s in resumed["stats"]] == [[0], [1], [2]]
+    torch.testing.assert_close(resumed["images"], full["images"], rtol=0, atol=1e-6)
+
+
+def test_distill_sre2l_end_to_end(teacher_paths, tmp_path):
+    from infer_fast.distill import distill_sre2l
+
+    out = tmp_path / "fm-sre2l"
+    distill_sre2l(DATASET, teacher_paths, ipc=2, out_dir=out, config=RecoveryConfig.sre2l(iterations=2), progress=False)
+    ds = load_distilled(out, expected_dataset=DATASET, expected_num_classes=10)
+    assert ds.method == "sre2l" and ds.images.shape == (20, 1, 28, 28) and ds.images.dtype == torch.float32
+    assert ds.labels.tolist() == list(range(10)) * 2 and ds.num_stored_images() == 20
+    assert ds.hyperparameters["r_bn"] == 0.01 and "teacher j mod M" in ds.hyperparameters["teacher_rule"]
+    assert not (tmp_path / "fm-sre2l.recovery.pt").exists()
+    with pytest.raises(ValueError, match="ipc"):
+        distill_sre2l(DATASET, teacher_paths, ipc=0, out_dir=tmp_path / "x", progress=False)

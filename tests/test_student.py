@@ -1,14 +1,18 @@
-"""Static soft labels, mixup in logit space, the KL loss, student training, INFER+Dyn,
-multi-seed evaluation and the feature-duplication metric (infer_fast.student)."""
+"""Static soft labels, mixup and CutMix in logit space, the augmentations, the KL loss, the
+CIFAR and ImageNet student recipes, INFER+Dyn, multi-seed evaluation and the
+feature-duplication metric (infer_fast.student)."""
+import dataclasses
+import math
+
 import torch
 import pytest
 
 from infer_fast.data import load_dataset
-from infer_fast.data.transforms import normalize
+from infer_fast.data.transforms import denormalize, normalize, random_flip, random_resized_crop
 from infer_fast.storage import DistilledDataset, DistilledSet, load_distilled, save_distilled, valid_range
 from infer_fast.student import (
-    StudentConfig, distillation_loss, evaluate_seeds, feature_duplication, mixup, relabel, relabel_directory,
-    sample_lambda, train_student,
+    StudentConfig, augment, cutmix, cutmix_box, distillation_loss, evaluate_seeds, feature_duplication, mixup,
+    relabel, relabel_directory, sample_lambda, train_student,
 )
 from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
 
@@ -160,10 +164,11 @@ def test_unrelabelled_set_is_refused(data):
 class Counting(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
-        self.model, self.calls = model, 0
+        self.model, self.calls, self.inputs = model, 0, []
 
     def forward(self, x):
         self.calls += 1
+        self.inputs.append(x.detach().clone())
         return self.model(x)
 
 
@@ -186,6 +191,118 @@ def test_evaluate_seeds(teachers, data):
     assert set(out["per_seed"]) == {0, 1}
     assert out["mean"] == pytest.approx(accs.mean().item())
     assert out["std"] == pytest.approx(accs.std(unbiased=False).item())
+
+
+# ---- ImageNet recipe (SRe2L): RandomResizedCrop + flip, CutMix ------------------------------
+
+def test_cutmix_pastes_one_box_and_mixes_logits_with_its_area():
+    gen = torch.Generator().manual_seed(3)
+    x, z = torch.randn(6, 2, 10, 12, generator=gen), torch.randn(6, 5, generator=gen)
+    x_before = x.clone()
+    perm = torch.arange(6).roll(1)  # no fixed point: every pasted pixel differs
+    xm, zm, lam = cutmix(x, z, 0.6, perm, torch.Generator().manual_seed(7))
+    assert torch.equal(x, x_before)  # not in place
+    changed = (xm != x).any(0).any(0)  # (H, W): where anything was pasted
+    rows, cols = changed.any(1), changed.any(0)
+    assert torch.equal(changed, rows[:, None] & cols[None, :])  # one rectangle, the same for every image
+    assert 0 < changed.sum() <= 0.4 * 10 * 12  # at most 1 - lam of the image
+    assert torch.equal(xm[:, :, changed], x[perm][:, :, changed])
+    assert torch.equal(xm[:, :, ~changed], x[:, :, ~changed])
+    assert lam == pytest.approx(1 - changed.sum().item() / (10 * 12))  # lambda of the box actually pasted
+    torch.testing.assert_close(zm, lam * z + (1 - lam) * z[perm])  # logit space, with that lambda
+    top, bottom, left, right = cutmix_box(10, 12, 0.6, torch.Generator().manual_seed(7))
+    assert (bottom - top, right - left) == (int(rows.sum()), int(cols.sum()))
+    # deterministic per generator seed; z may be None (INFER+Dyn)
+    again = cutmix(x, None, 0.6, perm, torch.Generator().manual_seed(7))
+    assert torch.equal(again[0], xm) and again[1] is None and again[2] == lam
+    # lam = 1: nothing is pasted
+    same, z_same, lam_same = cutmix(x, z, 1.0, perm, gen)
+    assert torch.equal(same, x) and torch.equal(z_same, z) and lam_same == 1.0
+
+
+def test_cutmix_box_is_the_standard_clipped_box():
+    boxes = [cutmix_box(10, 12, 0.6, torch.Generator().manual_seed(s)) for s in range(60)]
+    areas = [(b - t) * (r - l) for t, b, l, r in boxes]
+    # sides int(10 * sqrt(0.4)) = 6 and int(12 * sqrt(0.4)) = 7, half-widths 3: 6 x 6 when not clipped
+    assert max(areas) == 36 and min(areas) < 36
+    assert all(0 <= t <= b <= 10 and 0 <= l <= r <= 12 for t, b, l, r in boxes)
+    assert len({(t, l) for t, _, l, _ in boxes}) > 10  # the centre moves
+
+
+def test_resized_crop_flip_augmentation(data):
+    train = data[0]
+    s = train.spec
+    x = train.normalized(list(range(8)))
+    out = augment(x, s.mean, s.std, torch.Generator().manual_seed(0), "resized_crop_flip")
+    assert out.shape == x.shape and out.dtype == x.dtype
+    lo, hi = valid_range(s.mean, s.std)
+    assert (out >= lo.view(1, -1, 1, 1) - 1e-5).all() and (out <= hi.view(1, -1, 1, 1) + 1e-5).all()
+    assert torch.equal(out, augment(x, s.mean, s.std, torch.Generator().manual_seed(0), "resized_crop_flip"))
+    assert not torch.equal(out, augment(x, s.mean, s.std, torch.Generator().manual_seed(1), "resized_crop_flip"))
+    crop_flip = augment(x, s.mean, s.std, torch.Generator().manual_seed(0))
+    assert not torch.allclose(out, crop_flip, atol=1e-3)
+    # RandomResizedCrop(scale (0.08, 1), ratio (3/4, 4/3)) then flip, on pixels
+    gen = torch.Generator().manual_seed(0)
+    pixels = random_resized_crop(denormalize(x, s.mean, s.std), 28, (0.08, 1.0), (3 / 4, 4 / 3), gen)
+    torch.testing.assert_close(out, normalize(random_flip(pixels, gen), s.mean, s.std))
+
+
+@pytest.mark.parametrize("field, allowed", [("augmentation", "crop_flip, resized_crop_flip"), ("mix", "mixup, cutmix")])
+def test_unknown_augmentation_or_mix_is_refused(field, allowed, data):
+    with pytest.raises(ValueError, match=f"{field} must be one of {allowed}"):
+        StudentConfig(**{field: "bogus"}).validate()
+    with pytest.raises(ValueError, match=field):
+        StudentConfig.imagenet(**{field: "bogus"})
+    with pytest.raises(ValueError, match=field):
+        train_student(baseline_set(data[0], 1), data[1], StudentConfig(epochs=1, **{field: "bogus"}), progress=False)
+    with pytest.raises(ValueError, match="augmentation"):
+        augment(torch.zeros(1, 1, 4, 4), (0.5,), (0.5,), torch.Generator(), "bogus")
+
+
+def test_recipes():
+    assert StudentConfig.cifar() == StudentConfig()
+    cifar = StudentConfig.cifar(epochs=5)
+    assert (cifar.epochs, cifar.augmentation, cifar.mix, cifar.mixup_alpha, cifar.temperature) == (
+        5, "crop_flip", "mixup", 0.8, 30.0)
+    imagenet = StudentConfig.imagenet()
+    assert (imagenet.epochs, imagenet.temperature, imagenet.augmentation, imagenet.mix, imagenet.mixup_alpha,
+            imagenet.lr, imagenet.weight_decay, imagenet.batch_size) == (
+        300, 20.0, "resized_crop_flip", "cutmix", 1.0, 1e-3, 0.01, 100)
+    short = StudentConfig.imagenet(epochs=2, model="resnet18")
+    assert (short.epochs, short.model, short.mix) == (2, "resnet18", "cutmix")
+
+
+def test_student_imagenet_recipe_trains_and_is_reproducible(teachers, data):
+    _, models = teachers
+    ds = relabel(baseline_set(data[0], per_class=3), models)
+    cfg = StudentConfig.imagenet(epochs=2, **FAST)
+    first = train_student(ds, data[1], cfg, progress=False)
+    assert math.isfinite(first["final_accuracy"]) and 0.0 <= first["final_accuracy"] <= 1.0
+    assert first["config"]["augmentation"] == "resized_crop_flip" and first["config"]["mix"] == "cutmix"
+    assert train_student(ds, data[1], cfg, progress=False)["history"] == first["history"]
+    other = train_student(ds, data[1], dataclasses.replace(cfg, augmentation="crop_flip", mix="mixup"), progress=False)
+    assert other["history"] != first["history"]
+
+
+def test_dynamic_cutmix_relabels_the_cut_mixed_batch(teachers, data):
+    _, models = teachers
+    ds = baseline_set(data[0], per_class=2)
+    cfg = StudentConfig.imagenet(epochs=2, dynamic=True, **FAST)
+    recording = [Counting(m) for m in models]
+    r = train_student(ds, data[1], cfg, teachers=recording, progress=False)
+    assert all(c.calls == 2 for c in recording)  # 20 images / batch 50: one step per epoch
+    assert math.isfinite(r["final_accuracy"])
+    # the first batch rebuilt from the documented draw order: shuffle, augment, lambda, perm, box
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images, _, _ = DistilledDataset(ds, hard_only=True).all_images()
+    x = augment(images[torch.randperm(images.shape[0], generator=gen)], ds.mean, ds.std, gen, "resized_crop_flip")
+    lam = sample_lambda(cfg.mixup_alpha, gen)
+    expected, _, lam = cutmix(x, None, lam, torch.randperm(x.shape[0], generator=gen), gen)
+    assert lam < 1.0  # a box was pasted
+    for c in recording:
+        torch.testing.assert_close(c.inputs[0], expected)
+    again = train_student(ds, data[1], cfg, teachers=[Counting(m) for m in models], progress=False)
+    assert again["history"] == r["history"]
 
 
 # ---- feature duplication -------------------------------------------------------------------

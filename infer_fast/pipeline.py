@@ -1,0 +1,436 @@
+"""The whole chain from one config: teachers -> distilled sets -> soft labels -> students -> table.
+
+    infer-fast run configs/fashion-mnist.yaml            # or run_pipeline(load_pipeline_config(path))
+
+A run directory holds ``teachers/`` (trained teacher checkpoints), ``sets/<method>-ipc<N>/``
+(distilled sets, relabelled in place), ``results.json`` (every measurement, rewritten
+atomically after each step) and ``results.md`` (the table). Running the same config again
+continues where it stopped: finished teachers, sets and student runs are kept (teachers and
+recovery also resume inside a step from their own checkpoints).
+
+Methods, all under one protocol (INFER_METHOD.md §4-§6): ``infer`` (static soft labels),
+``infer_dyn`` (the same set, teacher-ensemble labels for every mixed batch, epochs reduced
+to round(epochs / (M + 1)) unless ``dynamic_epochs`` is given), ``random`` (ipc real images
+per class) and ``sre2l`` (ipc images per class from noise, same BN-matching loss). Each
+(method, ipc) reports the final-epoch top-1 of ``seeds`` students on the real test split
+(mean +- population std), the compression ratio (images + soft labels + indices; INFER+Dyn
+stores no soft labels but needs the teachers while training) and the feature duplication
+(INFER_METHOD.md §5) of its training images under the first teacher.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+__all__ = [
+    "METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
+    "summarize", "format_table",
+]
+
+METHODS = ("infer", "infer_dyn", "random", "sre2l")
+METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
+RESULTS_FORMAT = "infer-fast-results"
+
+
+@dataclass
+class PipelineConfig:
+    """One experiment. ``teachers``: a list of entries, each ``{"path": FILE}`` (a trained
+    teacher checkpoint), ``{"model": NAME, "pretrained": true | WEIGHTS_FILE}`` (pretrained
+    weights from the local cache, e.g. the ImageNet teachers) or TeacherConfig fields
+    (``model``, ``epochs``, ``lr``...: trained into ``<out>/teachers/``). ``recovery``: RecoveryConfig fields for INFER;
+    ``sre2l``: RecoveryConfig fields for SRe2L on top of ``RecoveryConfig.sre2l()`` (plus the
+    ``recovery`` augmentation settings); ``student``: StudentConfig fields."""
+
+    dataset: str
+    teachers: List[Dict[str, Any]]
+    out: str
+    ipc: List[int] = field(default_factory=lambda: [10])
+    methods: List[str] = field(default_factory=lambda: ["infer", "random", "sre2l"])
+    data_root: Optional[str] = None
+    device: str = "auto"
+    recovery: Dict[str, Any] = field(default_factory=dict)
+    sre2l: Dict[str, Any] = field(default_factory=dict)
+    accounting: str = "fair"
+    selection: str = "random"
+    student: Dict[str, Any] = field(default_factory=dict)
+    dynamic_epochs: Optional[int] = None
+    seeds: int = 3
+    feature_duplication: bool = True
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        missing = [n for n in ("dataset", "teachers", "out") if values.get(n) in (None, "", [])]
+        if missing:
+            raise ValueError(f"{where}: {', '.join(missing)} must be given")
+        if isinstance(values.get("ipc"), int):
+            values["ipc"] = [values["ipc"]]
+        if isinstance(values.get("methods"), str):
+            values["methods"] = [m.strip() for m in values["methods"].split(",") if m.strip()]
+        cfg = cls(**values)
+        cfg.validate(where)
+        return cfg
+
+    # ---- derived configs (each validated by its own class) ------------------------------
+    def recovery_config(self):
+        from .distill import RecoveryConfig
+
+        return _build(RecoveryConfig, self.recovery, "recovery")
+
+    def sre2l_config(self):
+        from .distill import RecoveryConfig
+
+        inherited = {k: self.recovery[k] for k in ("augmentation", "max_shift", "crop_scale", "group_size", "seed") if k in self.recovery}
+        values = {**dataclasses.asdict(RecoveryConfig.sre2l()), **inherited, **self.sre2l}
+        return _build(RecoveryConfig, values, "sre2l")
+
+    def student_config(self, method: str, seed: int, num_teachers: int):
+        from .student import StudentConfig
+
+        values = {"device": self.device, **self.student, "seed": seed}
+        if method == "infer_dyn":
+            epochs = values.get("epochs", StudentConfig.epochs)
+            values["epochs"] = self.dynamic_epochs or max(1, round(epochs / (num_teachers + 1)))
+            values["dynamic"] = True
+        return _build(StudentConfig, values, "student")
+
+    def validate(self, where: str = "config") -> None:
+        from .distill import ACCOUNTINGS, SELECTIONS, infer_budget
+
+        if not isinstance(self.teachers, list) or not self.teachers:
+            raise ValueError(f"{where}: teachers must be a non-empty list of {{path: FILE}} or teacher settings")
+        for i, entry in enumerate(self.teachers):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: teachers[{i}] must be a mapping ({{path: FILE}} or model/epochs/...), got {entry!r}")
+            if "path" in entry and len(entry) > 1:
+                raise ValueError(f"{where}: teachers[{i}] gives a path and training settings; give one or the other")
+            if entry.get("pretrained") and (set(entry) - {"model", "pretrained"} or "model" not in entry):
+                raise ValueError(f"{where}: teachers[{i}] with pretrained weights takes model and pretrained only, got {sorted(entry)}")
+        if not isinstance(self.ipc, list) or not self.ipc or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.ipc):
+            raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if not self.methods or bad:
+            raise ValueError(f"{where}: methods must be chosen from {', '.join(METHODS)}, got {self.methods!r}")
+        if self.accounting not in ACCOUNTINGS:
+            raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"{where}: seeds must be a positive integer, got {self.seeds!r}")
+        if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
+            raise ValueError(f"{where}: dynamic_epochs must be a positive integer, got {self.dynamic_epochs!r}")
+        for name in ("recovery", "sre2l", "student"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{where}: {name} must be a mapping of options")
+        self.recovery_config()
+        self.sre2l_config()
+        self.student_config("infer", 0, len(self.teachers))
+        if {"infer", "infer_dyn"} & set(self.methods):
+            from .data import get_spec
+
+            C = get_spec(self.dataset).num_classes
+            for ipc in self.ipc:  # a budget with K = 0 is refused before anything runs
+                try:
+                    infer_budget(ipc, C, len(self.teachers), self.accounting)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+
+
+def _build(cls, values: Dict[str, Any], name: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    obj = cls(**values)
+    try:
+        obj.validate()
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return obj
+
+
+def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
+    """A PipelineConfig from a YAML file; ``overrides`` (not None) replace its values."""
+    from .config import load_yaml
+
+    values = load_yaml(path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PipelineConfig.from_dict(values, where=path)
+
+
+# --------------------------------------------------------------------------------------
+# results file
+# --------------------------------------------------------------------------------------
+
+def _write_json_atomic(obj: Dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, allow_nan=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_results(path: Path, cfg: PipelineConfig) -> Dict[str, Any]:
+    fresh = {"format": RESULTS_FORMAT, "config": dataclasses.asdict(cfg), "teachers": [], "sets": {}, "runs": {}}
+    if not path.exists():
+        return fresh
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc}); delete it to start the table over") from None
+    if old.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not an infer-fast results file")
+    # runs are kept only if what determines them is unchanged
+    same = {k: old["config"].get(k) == v for k, v in dataclasses.asdict(cfg).items()}
+    keys = ("dataset", "teachers", "recovery", "sre2l", "accounting", "selection", "student", "dynamic_epochs", "data_root")
+    changed = [k for k in keys if not same.get(k, False)]
+    if changed:
+        raise ValueError(
+            f"{path} belongs to a run with other settings ({', '.join(changed)} differ): "
+            "choose another out directory or delete it"
+        )
+    old["config"] = dataclasses.asdict(cfg)
+    return old
+
+
+# --------------------------------------------------------------------------------------
+# the steps
+# --------------------------------------------------------------------------------------
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, flush=True)
+
+
+def prepare_teachers(cfg: PipelineConfig, progress: bool = True) -> List[str]:
+    """The teacher checkpoints of ``cfg``: given paths, pretrained weights written as
+    checkpoints, or teachers trained (resuming) into ``<out>/teachers/``."""
+    out = Path(cfg.out)
+    from .teacher import TeacherConfig, pretrained_teacher, train_teacher
+
+    paths = []
+    for i, entry in enumerate(cfg.teachers):
+        if "path" in entry:
+            path = str(entry["path"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"teachers[{i}]: teacher checkpoint {path!r} does not exist")
+            paths.append(path)
+            continue
+        if entry.get("pretrained"):
+            path = str(out / "teachers" / f"teacher{i}-{entry['model'].replace(':', '_')}-pretrained.pt")
+            pretrained_teacher(entry["model"], cfg.dataset, path, pretrained=entry["pretrained"], data_root=cfg.data_root)
+            paths.append(path)
+            continue
+        values = {"dataset": cfg.dataset, "data_root": cfg.data_root, "device": cfg.device, **entry}
+        teacher_cfg = _build(TeacherConfig, values, f"teachers[{i}]")
+        path = str(out / "teachers" / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
+        if not os.path.exists(path):
+            _say(progress, f"teacher {i + 1}/{len(cfg.teachers)}: training {teacher_cfg.model} for {teacher_cfg.epochs} epochs -> {path}")
+        train_teacher(teacher_cfg, path, progress=progress)
+        paths.append(path)
+    return paths
+
+
+def _set_dir(out: Path, method: str, ipc: int) -> Path:
+    return out / "sets" / f"{'infer' if method == 'infer_dyn' else method}-ipc{ipc}"
+
+
+def _make_set(cfg: PipelineConfig, method: str, ipc: int, directory: Path, teacher_paths: List[str], progress: bool) -> float:
+    """Distill one set (resuming its recovery checkpoint if any); returns the seconds spent."""
+    from .distill import distill_infer, distill_random, distill_sre2l
+
+    start = time.perf_counter()
+    common = dict(data_root=cfg.data_root)
+    if method == "random":
+        distill_random(cfg.dataset, ipc, directory, seed=cfg.recovery_config().seed, **common)
+    elif method == "sre2l":
+        distill_sre2l(cfg.dataset, teacher_paths, ipc, directory, config=cfg.sre2l_config(), resume=True,
+                      progress=progress, device=cfg.device, **common)
+    else:
+        distill_infer(cfg.dataset, teacher_paths, ipc, directory, config=cfg.recovery_config(), accounting=cfg.accounting,
+                      resume=True, progress=progress, device=cfg.device, selection=cfg.selection, **common)
+    return time.perf_counter() - start
+
+
+def _ratio_without_soft_labels(ds) -> Dict[str, Any]:
+    from .storage import compression_ratio_from_counts
+
+    full = ds.compression_ratio()
+    return compression_ratio_from_counts(
+        stored_images=ds.num_stored_images(), image_shape=(ds.channels, ds.height, ds.width), soft_labels=0,
+        num_classes=ds.num_classes, full_train_size=full["full_train_size"], index_elements=full["index_elements"],
+    )
+
+
+def _run_key(method: str, ipc: int, seed: int) -> str:
+    return f"{method}/ipc{ipc}/seed{seed}"
+
+
+def summarize(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per (method, ipc) with the accuracy over the finished seeds."""
+    cfg = results["config"]
+    rows = []
+    for ipc in cfg["ipc"]:
+        for method in cfg["methods"]:
+            accs = [results["runs"][k]["final_accuracy"] for k in sorted(results["runs"]) if k.startswith(f"{method}/ipc{ipc}/")]
+            info = results["sets"].get(f"{method}/ipc{ipc}", {})
+            t = torch.tensor(accs, dtype=torch.float64)
+            rows.append({
+                "method": method, "label": METHOD_LABELS[method], "ipc": ipc, "seeds": len(accs),
+                "accuracy_mean": float(t.mean()) if accs else None,
+                "accuracy_std": float(t.std(unbiased=False)) if accs else None,
+                "per_seed": accs,
+                "compression_ratio_percent": info.get("compression_ratio_percent"),
+                "feature_duplication": info.get("feature_duplication"),
+                "training_images": info.get("training_images"),
+                "stored_images": info.get("stored_images"),
+                "student_seconds": sum(results["runs"][k]["elapsed_s"] for k in results["runs"] if k.startswith(f"{method}/ipc{ipc}/")),
+            })
+    return rows
+
+
+def format_table(results: Dict[str, Any]) -> str:
+    """The results as a Markdown table."""
+    rows = summarize(results)
+    lines = [
+        "| method | ipc | top-1 % (final epoch, mean ± std) | seeds | CR % | feature dup. | train images | stored images |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = "–" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
+        cr = "–" if r["compression_ratio_percent"] is None else f"{r['compression_ratio_percent']:.3f}"
+        dup = "–" if r["feature_duplication"] is None else f"{r['feature_duplication']:.3f}"
+        lines.append(f"| {r['label']} | {r['ipc']} | {acc} | {r['seeds']} | {cr} | {dup} | {r['training_images'] or '–'} | {r['stored_images'] or '–'} |")
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
+    """Run (or continue) the experiment ``cfg``; returns the results dict (also in
+    ``<out>/results.json``, the table in ``<out>/results.md``)."""
+    from .data import load_dataset
+    from .storage import DistilledDataset, load_distilled, save_distilled
+    from .student import feature_duplication, relabel, train_student
+    from .teacher import load_teacher
+
+    cfg.validate()
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = _load_results(results_path, cfg)
+    save = lambda: _write_json_atomic(results, results_path)  # noqa: E731
+    test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
+    M = len(cfg.teachers)
+
+    # 1. teachers
+    t0 = time.perf_counter()
+    teacher_paths = prepare_teachers(cfg, progress)
+    teachers, records = [], []
+    for path in teacher_paths:
+        model, meta = load_teacher(path, dataset=cfg.dataset, device=cfg.device)
+        teachers.append(model)
+        records.append({"path": path, "model": meta["model"], "test_accuracy": meta.get("test_accuracy"),
+                        "train_seconds": meta.get("elapsed_s")})
+    results["teachers"] = records
+    _say(progress, "teachers: " + ", ".join(f"{r['model']} {100 * r['test_accuracy']:.2f}%" for r in records if r["test_accuracy"] is not None))
+    results.setdefault("timing", {})["teachers_s_this_session"] = time.perf_counter() - t0
+    save()
+
+    # 2. distilled sets, relabelled; their compression ratio and feature duplication
+    for ipc in cfg.ipc:
+        for method in cfg.methods:
+            directory = _set_dir(out, method, ipc)
+            key = f"{method}/ipc{ipc}"
+            if key in results["sets"] and directory.exists():
+                continue
+            seconds = 0.0
+            if not directory.exists():
+                _say(progress, f"distilling {METHOD_LABELS[method]} ipc {ipc} -> {directory}")
+                seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
+            ds = load_distilled(directory)
+            if method != "infer_dyn" and not ds.has_soft_labels:
+                relabel(ds, teachers, device=str(next(teachers[0].parameters()).device))
+                save_distilled(ds, directory, overwrite=True)
+            info = {
+                "directory": str(directory), "distill_seconds": seconds or results["sets"].get(f"infer/ipc{ipc}", {}).get("distill_seconds"),
+                "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
+                "budget": ds.budget,
+            }
+            ratio = _ratio_without_soft_labels(ds) if method == "infer_dyn" else ds.compression_ratio()
+            info["compression_ratio_percent"] = ratio["percent"]
+            info["compression_ratio_note"] = (
+                "images + indices; no soft labels stored (the teachers label every batch while training)"
+                if method == "infer_dyn" else "images + static soft labels + indices")
+            if cfg.feature_duplication:
+                images, _, hard = DistilledDataset(ds, hard_only=True).all_images()
+                info["feature_duplication"] = feature_duplication(images, hard, teachers[0])
+            results["sets"][key] = info
+            save()
+
+    # 3. students
+    total = len(cfg.ipc) * len(cfg.methods) * cfg.seeds
+    done = sum(1 for k in results["runs"] if any(k.startswith(f"{m}/ipc{i}/") for m in cfg.methods for i in cfg.ipc))
+    for ipc in cfg.ipc:
+        for method in cfg.methods:
+            ds = None
+            for seed in range(cfg.seeds):
+                key = _run_key(method, ipc, seed)
+                if key in results["runs"]:
+                    continue
+                if ds is None:
+                    ds = load_distilled(_set_dir(out, method, ipc))
+                scfg = cfg.student_config(method, seed, M)
+                done += 1
+                _say(progress, f"student {done}/{total}: {METHOD_LABELS[method]} ipc {ipc} seed {seed} "
+                               f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
+                run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=progress)
+                results["runs"][key] = {k: run[k] for k in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "num_training_images")}
+                results["runs"][key]["epochs"] = scfg.epochs
+                save()
+
+    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    results["timing"]["session_s"] = time.perf_counter() - started
+    results["table"] = summarize(results)
+    save()
+    table = format_table(results)
+    (out / "results.md").write_text(_markdown_report(results, table))
+    _say(progress, "\n" + table)
+    _say(progress, f"\n{cfg.dataset}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
+                   f"({time.perf_counter() - started:.0f} s this session)")
+    return results
+
+
+def _markdown_report(results: Dict[str, Any], table: str) -> str:
+    cfg = results["config"]
+    teachers = ", ".join(
+        f"{t['model']} ({100 * t['test_accuracy']:.2f}%)" if t.get("test_accuracy") is not None else t["model"]
+        for t in results["teachers"])
+    student = cfg["student"]
+    lines = [
+        f"# {cfg['dataset']}: INFER and baselines",
+        "",
+        f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {student.get('model', 'convnet')}, "
+        f"{student.get('epochs', 400)} epochs (INFER+Dyn: {cfg['dynamic_epochs'] or 'epochs/(M+1)'}), "
+        f"final-epoch top-1 on the real test split over {cfg['seeds']} seed(s). Budget accounting: {cfg['accounting']}.",
+        "CR: stored values / full training set values (images + soft labels + indices; INFER+Dyn without soft labels). "
+        "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features.",
+        "",
+        table,
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""`infer-fast run`: the whole chain from one config, its results table, resume, and the demo."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from infer_fast.pipeline import PipelineConfig, format_table, load_pipeline_config, run_pipeline
+
+torch.set_num_threads(1)
+
+TINY_TEACHERS = [
+    {"model": "convnet-w8-d2", "epochs": 1, "batch_size": 256, "lr": 0.05, "seed": 0},
+    {"model": "convnet-w8-d2", "epochs": 1, "batch_size": 256, "lr": 0.05, "seed": 1},
+]
+
+
+def tiny_config(out, **kw):
+    values = dict(
+        dataset="fashion-mnist-mini", teachers=[dict(t) for t in TINY_TEACHERS], out=str(out), ipc=[2],
+        methods=["infer", "infer_dyn", "random", "sre2l"], recovery={"iterations": 2}, sre2l={"iterations": 2},
+        student={"model": "convnet-w8-d2", "epochs": 2, "batch_size": 64, "device": "cpu"}, seeds=2, device="cpu",
+    )
+    values.update(kw)
+    return PipelineConfig.from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(out)
+    return cfg, run_pipeline(cfg, progress=False)
+
+
+def test_run_produces_the_table(finished_run):
+    cfg, results = finished_run
+    out = cfg.out
+    assert sorted(results["runs"]) == sorted(
+        f"{m}/ipc2/seed{s}" for m in ("infer", "infer_dyn", "random", "sre2l") for s in (0, 1))
+    rows = {r["method"]: r for r in results["table"]}
+    for method, row in rows.items():
+        assert row["seeds"] == 2 and 0.0 <= row["accuracy_mean"] <= 1.0 and row["accuracy_std"] >= 0
+        assert -1.0 <= row["feature_duplication"] <= 1.0
+        assert row["compression_ratio_percent"] > 0
+    # K = floor(2*10/12) = 1: 10 natural + 2 UFCs stored, 10 + 2*10 training images
+    assert rows["infer"]["stored_images"] == 12 and rows["infer"]["training_images"] == 30
+    assert rows["random"]["stored_images"] == rows["sre2l"]["stored_images"] == 20
+    # INFER+Dyn stores the same images without soft labels
+    assert rows["infer_dyn"]["compression_ratio_percent"] < rows["infer"]["compression_ratio_percent"]
+    assert rows["infer_dyn"]["feature_duplication"] == pytest.approx(rows["infer"]["feature_duplication"])
+    # dynamic epochs: round(2 / (M + 1)) = 1 (at least one)
+    assert results["runs"]["infer_dyn/ipc2/seed0"]["epochs"] == 1 and results["runs"]["infer/ipc2/seed0"]["epochs"] == 2
+    assert len(results["teachers"]) == 2 and all(os.path.isfile(t["path"]) for t in results["teachers"])
+    on_disk = json.load(open(os.path.join(out, "results.json")))
+    assert on_disk["runs"] == results["runs"]
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| INFER+Dyn | 2 |" in md and "| SRe2L | 2 |" in md and format_table(results) in md
+
+
+def test_rerun_continues_without_redoing_work(finished_run, monkeypatch):
+    cfg, results = finished_run
+    calls = []
+    import infer_fast.student as student
+
+    original = student.train_student
+
+    def counting(ds, test, scfg, teachers=None, progress=True):
+        calls.append((ds.method, scfg.seed, scfg.dynamic))
+        return original(ds, test, scfg, teachers=teachers, progress=progress)
+
+    monkeypatch.setattr(student, "train_student", counting)
+    again = run_pipeline(cfg, progress=False)
+    assert calls == [] and again["runs"] == results["runs"]
+    # a run lost from the results file (e.g. killed mid-way) is redone, and only that one
+    path = os.path.join(cfg.out, "results.json")
+    data = json.load(open(path))
+    del data["runs"]["sre2l/ipc2/seed1"]
+    json.dump(data, open(path, "w"))
+    third = run_pipeline(cfg, progress=False)
+    assert calls == [("sre2l", 1, False)] and sorted(third["runs"]) == sorted(results["runs"])
+
+
+def test_changed_settings_are_refused(finished_run):
+    cfg, _ = finished_run
+    other = tiny_config(cfg.out, recovery={"iterations": 3})
+    with pytest.raises(ValueError, match="recovery"):
+        run_pipeline(other, progress=False)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(learning_rate=1), "unknown option"),
+        (dict(methods=["infer", "dc"]), "methods"),
+        (dict(ipc=[1]), "ipc=1 is too small"),
+        (dict(ipc=[0]), "ipc"),
+        (dict(student={"lr": 1e-3, "epochz": 3}), "student: unknown option"),
+        (dict(recovery={"iterations": 0}), "recovery: iterations"),
+        (dict(teachers=[{"path": "t.pt", "epochs": 3}]), "path and training settings"),
+        (dict(teachers=[]), "teachers"),
+        (dict(seeds=0), "seeds"),
+        (dict(accounting="paper"), "accounting"),
+    ],
+)
+def test_config_errors_name_the_option(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path / "x", **change)
+    assert not (tmp_path / "x").exists()  # refused before anything runs
+
+
+def test_missing_teacher_file(tmp_path):
+    cfg = tiny_config(tmp_path / "x", teachers=[{"path": str(tmp_path / "nope.pt")}], methods=["random"])
+    with pytest.raises(FileNotFoundError, match="teachers\\[0\\]"):
+        run_pipeline(cfg, progress=False)
+
+
+def test_presets_load():
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    presets = [f for f in os.listdir(root) if f.endswith(".yaml") and not f.startswith("teacher-")]
+    assert {"fashion-mnist.yaml", "cifar10.yaml", "cifar100.yaml", "tiny-imagenet.yaml", "imagenet.yaml"} <= set(presets)
+    for name in presets:
+        cfg = load_pipeline_config(os.path.join(root, name))
+        assert cfg.teachers and cfg.ipc
+
+
+def test_cli_run_from_yaml(tmp_path):
+    (tmp_path / "exp.yaml").write_text(
+        "dataset: fashion-mnist-mini\nout: run\nteachers:\n"
+        "  - {model: convnet-w8-d2, epochs: 1, batch_size: 256, lr: 0.05}\n"
+        "ipc: 2\nmethods: [infer, random]\nrecovery: {iterations: 2}\n"
+        "student: {model: convnet-w8-d2, epochs: 1}\nseeds: 1\ndevice: cpu\n"
+    )
+    cmd = [sys.executable, "-m", "infer_fast.cli", "run", "exp.yaml", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "| INFER | 2 |" in result.stdout and "| Random | 2 |" in result.stdout
+    assert (tmp_path / "run" / "results.md").exists()
+    bad = subprocess.run(cmd + ["--ipc", "1"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert bad.returncode == 2 and "ipc=1 is too small" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_demo_in_miniature(tmp_path, monkeypatch, capsys):
+    from infer_fast import demo
+
+    monkeypatch.setattr(demo, "TEACHERS", [dict(t) for t in TINY_TEACHERS])
+    monkeypatch.setattr(demo, "STUDENT", {"model": "convnet-w8-d2", "epochs": 1})
+    results = demo.run_demo(out_dir=str(tmp_path / "demo"), iterations=2, epochs=1, progress=False)
+    out = capsys.readouterr().out
+    assert "kernels vs float64 reference" in out and "cpu " in out
+    assert "| INFER | 10 |" in out and "| Random | 10 |" in out and "| SRe2L | 10 |" in out
+    assert (tmp_path / "demo" / "infer-preview.png").stat().st_size > 0
+    assert results["sets"]["infer/ipc10"]["budget"]["K"] == 8  # floor(10*10 / (10+2))
+    with pytest.raises(ValueError, match="--seeds"):
+        demo.run_demo(out_dir=str(tmp_path / "d2"), seeds=0)
