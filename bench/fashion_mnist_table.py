@@ -41,10 +41,11 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
+    env_info = environment(torch.device("cpu"), threads)  # at the start: the code that runs
     teachers = [{"path": p} for p in args.teachers.split(",")] if args.teachers else None
     cfg = load_pipeline_config(args.config, out=args.out, teachers=teachers, seeds=args.seeds, data_root=args.data_root)
     teacher_paths = prepare_teachers(cfg)  # once, before the parallel runs
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
 
     def run(ipc: int) -> dict:
         out = os.path.join(args.out, f"ipc{ipc}")
@@ -77,7 +78,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     report = {
         "benchmark": "fashion-mnist-table",
-        "environment": environment(torch.device("cpu"), threads),
+        "environment": env_info,
         "parallel_processes": args.parallel,
         "wall_s_this_invocation": wall,
         "wall_s_per_ipc": {str(ipc): part["wall_s"] for ipc, part in zip(cfg.ipc, parts)},
