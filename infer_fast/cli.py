@@ -168,8 +168,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     ds = load_distilled(args.directory)
     test = load_dataset(ds.dataset, "test", data_root=args.data_root)
-    fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature") if getattr(args, k) is not None}
-    config = StudentConfig(dynamic=args.dynamic, device=args.device, **fields)
+    fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
+              if getattr(args, k) is not None}
+    recipe = StudentConfig.imagenet if args.recipe == "imagenet" else StudentConfig.cifar
+    config = recipe(dynamic=args.dynamic, device=args.device, **fields)
     teachers = [load_teacher(p, dataset=ds.dataset, num_classes=ds.num_classes, device=args.device)[0] for p in _paths(args.teachers)]
     if args.dynamic and not teachers:
         raise UserError("--dynamic (INFER+Dyn) needs --teachers")
@@ -286,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default 64)")
     train.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
     train.add_argument("--temperature", type=float, help="KL temperature (default 30)")
+    train.add_argument("--recipe", choices=["cifar", "imagenet"], default="cifar",
+                       help="cifar (crop+flip, mixup, T 30, 400 epochs; default) or imagenet (RandomResizedCrop+flip, "
+                       "CutMix, T 20, 300 epochs); the options below override it")
+    train.add_argument("--augmentation", choices=["crop_flip", "resized_crop_flip"], help="student augmentation")
+    train.add_argument("--mix", choices=["mixup", "cutmix"], help="batch mixing (labels interpolated in logit space)")
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
     train.add_argument("--dynamic", action="store_true", help="INFER+Dyn: teacher-ensemble labels for every mixed batch")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")

@@ -106,5 +106,22 @@ def test_distill_relabel_train_chain(tmp_path):
         assert "relabelled" in ok("relabel", directory, "--teachers", "t.pt")
         out = ok("train", directory, "--model", "convnet-w8-d2", "--epochs", "2", "--seeds", "2", "--device", "cpu", "--quiet")
         assert "final top-1 on the real fashion-mnist-mini test split" in out and "over 2 seed(s)" in out
+    # the SRe2L baseline, confidence-selected natural sets with the ImageNet augmentation, the ImageNet student recipe
+    report = ok("distill", "--dataset", "fashion-mnist-mini", "--method", "sre2l", "--teachers", "t.pt", "--ipc", "2",
+                "--iterations", "2", "--out", "sre2l", "--quiet")
+    assert "method             sre2l" in report
+    ok("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--iterations", "2",
+       "--selection", "confidence", "--augmentation", "imagenet", "--max-shift", "3", "--out", "infer-c", "--quiet")
+    from infer_fast.storage import load_distilled
+
+    hyper = load_distilled(tmp_path / "infer-c").hyperparameters
+    assert hyper["natural_selection"] == "confidence" and hyper["augmentation"] == "imagenet"
+    assert hyper["r_bn"] == 0.01 and hyper["max_shift"] == 3 and hyper["iterations"] == 2  # the ImageNet recipe, overridden
+    assert load_distilled(tmp_path / "sre2l").hyperparameters["r_bn"] == 0.01
+    ok("relabel", "sre2l", "--teachers", "t.pt")
+    out = ok("train", "sre2l", "--recipe", "imagenet", "--model", "convnet-w8-d2", "--epochs", "1", "--device", "cpu", "--quiet")
+    assert "final top-1" in out
+    wrong = run_cli("distill", "--dataset", "fashion-mnist-mini", "--method", "sre2l", "--ipc", "2", "--out", "y", cwd=tmp_path)
+    assert wrong.returncode == 2 and "--teachers" in wrong.stderr
     again = run_cli("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "1", "--out", "x", cwd=tmp_path)
     assert again.returncode == 2 and "ipc" in again.stderr and "Traceback" not in again.stderr

@@ -52,6 +52,22 @@ def natural(train_set):
     return select_natural_sets(train_set, 3, seed=0)
 
 
+def _interrupt_batch(monkeypatch, on_call):
+    """Make the on_call-th optimized batch raise KeyboardInterrupt (a kill mid-run); returns
+    a function that restores the real one."""
+    real = distill._optimize_batch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == on_call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "_optimize_batch", interrupted)
+    return lambda: monkeypatch.setattr(distill, "_optimize_batch", real)
+
+
 def _cfg(**kw):
     base = dict(iterations=5, seed=3)
     base.update(kw)
@@ -162,19 +178,10 @@ def test_resume_after_interrupt(natural, teachers, train_set, tmp_path, monkeypa
     cfg = _cfg(group_size=1)
     full = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, progress=False)
     ckpt = tmp_path / "run.recovery.pt"
-    real = distill._optimize_batch
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(distill, "_optimize_batch", interrupted)
+    restore = _interrupt_batch(monkeypatch, on_call=2)
     with pytest.raises(KeyboardInterrupt):
         recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
-    monkeypatch.setattr(distill, "_optimize_batch", real)
+    restore()
     saved = torch.load(ckpt, weights_only=True)
     assert saved["ufc_index"].tolist() == [0] and saved["ufc_teacher"].tolist() == [0]
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
@@ -347,19 +354,10 @@ def test_sre2l_resume(teachers, train_set, tmp_path, monkeypatch):
     cfg = RecoveryConfig.sre2l(iterations=3, group_size=1)
     full = recover_sre2l(3, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg, progress=False)
     ckpt = tmp_path / "sre2l.recovery.pt"
-    real = distill._optimize_batch
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(distill, "_optimize_batch", interrupted)
+    restore = _interrupt_batch(monkeypatch, on_call=3)
     with pytest.raises(KeyboardInterrupt):
         recover_sre2l(3, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
-    monkeypatch.setattr(distill, "_optimize_batch", real)
+    restore()
     with pytest.raises(ValueError, match="method"):  # an SRe2L checkpoint is not an INFER one
         recover_ufcs(select_natural_sets(train_set, 3, seed=0), teachers[:1], spec.mean, spec.std,
                      RecoveryConfig.sre2l(iterations=3, group_size=1), checkpoint=ckpt, resume=True, progress=False)
