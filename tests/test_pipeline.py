@@ -100,6 +100,7 @@ def test_changed_settings_are_refused(finished_run):
         (dict(recovery={"iterations": 0}), "recovery: iterations"),
         (dict(teachers=[{"path": "t.pt", "epochs": 3}]), "path and training settings"),
         (dict(teachers=[]), "teachers"),
+        (dict(teachers=[{"model": "resnet18-imagenet", "pretrained": True, "epochs": 3}]), "model and pretrained only"),
         (dict(seeds=0), "seeds"),
         (dict(accounting="paper"), "accounting"),
     ],

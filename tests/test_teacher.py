@@ -1,4 +1,5 @@
 """Teacher training: checkpoints, resume after an interruption, loading and refusals."""
+import os
 import pytest
 import torch
 
@@ -75,3 +76,26 @@ def test_refusals(tmp_path):
         load_teacher(str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         train_teacher(TeacherConfig(epochs=0, **TINY), str(tmp_path / "x.pt"), progress=False)
+
+
+def test_pretrained_teacher_from_the_weight_cache(tmp_path, monkeypatch):
+    """ImageNet teachers come from torchvision weights in the local cache, written as a teacher
+    checkpoint that load_teacher (and so distill/relabel/run) accepts; nothing is downloaded."""
+    from test_models import _torchvision_style_resnet18_checkpoint
+
+    from infer_fast.teacher import pretrained_teacher
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    out = str(tmp_path / "rn18.pt")
+    with pytest.raises(ValueError, match="never downloads"):
+        pretrained_teacher("resnet18-imagenet", "imagenet", out)
+    assert not os.path.exists(out)
+    src = _torchvision_style_resnet18_checkpoint(tmp_path / "checkpoints")
+    meta = pretrained_teacher("resnet18-imagenet", "imagenet", out)
+    assert meta["model"] == "resnet18-imagenet" and meta["num_classes"] == 1000 and meta["test_accuracy"] is None
+    model, loaded = load_teacher(out, dataset="imagenet", num_classes=1000)
+    assert not model.training and loaded["config"]["pretrained"] is True
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert pretrained_teacher("resnet18-imagenet", "imagenet", out)["model"] == "resnet18-imagenet"  # kept, not rebuilt
