@@ -398,10 +398,15 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
                 done += 1
                 _say(progress, f"student {done}/{total}: {METHOD_LABELS[method]} ipc {ipc} seed {seed} "
                                f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
-                run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=progress)
+                # per-epoch checkpoint: a killed run continues from its last epoch
+                ckpt = out / "students" / f"{method}-ipc{ipc}-seed{seed}.pt"
+                ckpt.parent.mkdir(exist_ok=True)
+                run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=progress,
+                                    checkpoint=str(ckpt), resume=True)
                 results["runs"][key] = {k: run[k] for k in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "num_training_images")}
                 results["runs"][key]["epochs"] = scfg.epochs
                 save()
+                ckpt.unlink()
 
     results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results["timing"]["session_s"] = time.perf_counter() - started

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from .models import create_model, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import evaluate, load_teacher, resolve_device
 from .config import check_positive_ints
+from ._io import save_atomic
 
 __all__ = [
     "StudentConfig", "AUGMENTATIONS", "MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
@@ -277,14 +279,44 @@ def _check_test_set(distilled: DistilledSet, test_set) -> None:
 # student training
 # --------------------------------------------------------------------------------------
 
+STUDENT_CHECKPOINT_FORMAT = "infer-fast-student"
+
+
+def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"student checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != STUDENT_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path!r} is not an infer-fast student checkpoint")
+    theirs = state.get("run", {})
+    for key, value in identity.items():
+        if key == "config":
+            diff = sorted(k for k in set(value) | set(theirs.get("config", {}))
+                          if k != "device" and value.get(k) != theirs.get("config", {}).get(k))
+            if diff:
+                raise ValueError(f"student checkpoint {path!r} belongs to another run ({', '.join(diff)} differ): delete it "
+                                 "or use the same settings")
+        elif theirs.get(key) != value:
+            raise ValueError(f"student checkpoint {path!r} belongs to another run ({key}: {theirs.get(key)!r} vs {value!r})")
+    return state
+
+
 def train_student(
     distilled: DistilledSet,
     test_set,
     config: Optional[StudentConfig] = None,
     teachers: Optional[List[nn.Module]] = None,
     progress: bool = True,
+    checkpoint: Optional[str] = None,
+    resume: bool = False,
 ) -> Dict[str, Any]:
     """Train a student from scratch on ``distilled`` and evaluate it on ``test_set`` (ImageSet).
+
+    ``checkpoint``: a file written atomically after every epoch (model, optimizer, schedule,
+    random generators, history); ``resume=True`` continues from it and gives the same result
+    as an uninterrupted run (an existing checkpoint without ``resume`` is refused, and so is
+    one of another run). The file stays after the last epoch; the caller removes it.
 
     Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
     "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
@@ -313,8 +345,22 @@ def train_student(
     history: List[Dict[str, Any]] = []
     best: Optional[float] = None
     accuracy = float("nan")
+    first_epoch, elapsed_before = 0, 0.0
+    identity = {"config": dataclasses.asdict(cfg), "method": distilled.method, "num_training_images": n}
+    if checkpoint is not None and os.path.exists(checkpoint):
+        if not resume:
+            raise ValueError(f"student checkpoint {checkpoint!r} exists: pass resume=True to continue that run, or delete it")
+        state = _load_student_checkpoint(checkpoint, identity)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws continue where they stopped
+        history, best, accuracy = state["history"], state["best"], state["accuracy"]
+        first_epoch, elapsed_before = state["epochs_done"], state["elapsed_s"]
     started = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc="student", disable=not progress, leave=False)
+    bar = tqdm(range(first_epoch, cfg.epochs), desc="student", disable=not progress, leave=False,
+               initial=first_epoch, total=cfg.epochs)
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen)
@@ -350,7 +396,14 @@ def train_student(
         if "test_accuracy" in record:
             postfix["acc"] = f"{record['test_accuracy']:.4f}"
         bar.set_postfix(postfix)
-    elapsed = time.perf_counter() - started
+        if checkpoint is not None:
+            save_atomic({
+                "format": STUDENT_CHECKPOINT_FORMAT, "run": identity, "epochs_done": epoch + 1,
+                "elapsed_s": elapsed_before + time.perf_counter() - started, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": history, "best": best, "accuracy": accuracy,
+            }, checkpoint)
+    elapsed = elapsed_before + time.perf_counter() - started
     if progress:
         line = (f"student {cfg.model} ({'INFER+Dyn' if cfg.dynamic else 'static labels'}, {cfg.augmentation} + "
                 f"{cfg.mix}), {n} training images, "

@@ -125,3 +125,39 @@ def test_distill_relabel_train_chain(tmp_path):
     assert wrong.returncode == 2 and "--teachers" in wrong.stderr
     again = run_cli("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "1", "--out", "x", cwd=tmp_path)
     assert again.returncode == 2 and "ipc" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
+    """A distillation killed (SIGKILL) after some UFCs were checkpointed continues with
+    --resume and ends with the same compensators as an uninterrupted run."""
+    import signal
+    import time
+
+    from infer_fast.storage import load_distilled
+
+    def ok(*args):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+
+    ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
+       "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet")
+    args = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
+            "--group-size", "1", "--quiet"]  # K = 4 UFCs, one batch each
+    ok(*args, "--out", "reference")
+    proc = subprocess.Popen([sys.executable, "-m", "infer_fast.cli", *args, "--out", "killed"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed.recovery.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (tmp_path / "killed").exists(), "the kill came too late to test anything"
+    done = torch.load(checkpoint, weights_only=True)["ufc_index"].numel()
+    assert 1 <= done < 4
+    refused = run_cli(*args, "--out", "killed", cwd=tmp_path)
+    assert refused.returncode == 2 and "resume" in refused.stderr
+    ok(*args, "--out", "killed", "--resume")
+    reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
+    torch.testing.assert_close(resumed.ufc, reference.ufc, rtol=0, atol=1e-6)
+    assert torch.equal(resumed.natural, reference.natural) and not checkpoint.exists()

@@ -321,3 +321,34 @@ def test_feature_duplication(teachers, data):
         assert -1.0 <= v <= 1.0 and v < 1.0 - 1e-3
     with pytest.raises(ValueError):
         feature_duplication(img, torch.tensor([0]), models[0])
+
+
+def test_student_resumes_after_interrupt_to_the_same_result(teachers, data, tmp_path, monkeypatch):
+    from infer_fast import student as student_mod
+
+    train, test = data
+    ds = relabel(baseline_set(train), teachers[1])
+    cfg = StudentConfig(epochs=4, eval_every=2, **FAST)
+    full = train_student(ds, test, cfg, progress=False)
+    ckpt = str(tmp_path / "student.pt")
+    real, calls = student_mod.distillation_loss, {"n": 0}
+    steps_per_epoch = -(-ds.num_training_images() // cfg.batch_size)
+
+    def killed_in_epoch_3(*args, **kwargs):  # a kill during the third epoch
+        calls["n"] += 1
+        if calls["n"] == 2 * steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(student_mod, "distillation_loss", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(ds, test, cfg, progress=False, checkpoint=ckpt)
+    monkeypatch.setattr(student_mod, "distillation_loss", real)
+    assert torch.load(ckpt, weights_only=True)["epochs_done"] == 2
+    with pytest.raises(ValueError, match="resume=True"):
+        train_student(ds, test, cfg, progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="lr"):
+        train_student(ds, test, StudentConfig(**{**cfg.__dict__, "lr": 0.5}), progress=False, checkpoint=ckpt, resume=True)
+    resumed = train_student(ds, test, cfg, progress=False, checkpoint=ckpt, resume=True)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert resumed["final_accuracy"] == full["final_accuracy"] and resumed["best_accuracy"] == full["best_accuracy"]

@@ -5,6 +5,7 @@
 from .backends import BackendUnavailableError, available_backends, backend_report
 from .bn_hooks import BNStatTracker, attach_bn_stat_loss
 from .bn_stat_loss import bn_stat_loss
+from .chunked import chunked_loss_backward, group_segments
 from .reference import bn_stat_loss_naive, ufc_compose_naive
 from .ufc_compose import ufc_compose
 
@@ -16,6 +17,8 @@ __all__ = [
     "BackendUnavailableError",
     "BNStatTracker",
     "attach_bn_stat_loss",
+    "chunked_loss_backward",
+    "group_segments",
     "bn_stat_loss_naive",
     "ufc_compose_naive",
 ]
