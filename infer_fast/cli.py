@@ -103,7 +103,7 @@ def _paths(value: Optional[str]) -> List[str]:
 
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
-    "augmentation", "max_shift", "selection", "device", "out",
+    "augmentation", "max_shift", "selection", "chunk_size", "device", "out",
 )
 
 
@@ -129,7 +129,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         teachers = _teacher_list(options.get("teachers"))
         if not teachers:
             raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
-        fields = {k: options[k] for k in ("iterations", "seed", "group_size", "r_bn", "augmentation", "max_shift") if k in options}
+        fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift")
+                  if k in options}
         # the ImageNet recipe (and SRe2L's r_bn 0.01) as the base; given options win
         base = RecoveryConfig.imagenet if options.get("augmentation") == "imagenet" else RecoveryConfig
         config = base(**fields)
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--selection", choices=["random", "confidence"],
                          help="natural images: random (default) or the ones the teachers are most confident about")
     distill.add_argument("--group-size", dest="group_size", type=int, help="UFCs optimized in one batch (default: automatic)")
+    distill.add_argument("--chunk-size", dest="chunk_size", type=int,
+                         help="images through the teacher at a time: the exact full-batch gradient in the memory of one "
+                         "chunk (default: the whole batch; automatic on CUDA when it does not fit)")
     distill.add_argument("--accounting", choices=["fair", "ipc"], help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
     distill.add_argument("--seed", type=int, help="random seed (default 0)")
     distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")

@@ -40,12 +40,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .data.transforms import _resized_crop_boxes
-from .ops import BNStatTracker, ufc_compose
+from .ops import BNStatTracker, chunked_loss_backward, ufc_compose
 from ._io import save_atomic
 
 __all__ = [
     "ACCOUNTINGS", "AUGMENTATIONS", "SELECTIONS", "RecoveryConfig", "infer_budget", "select_natural_sets",
-    "recover_ufcs", "recover_sre2l", "auto_group_size", "distill_infer", "distill_sre2l", "distill_random",
+    "recover_ufcs", "recover_sre2l", "auto_batch_plan", "distill_infer", "distill_sre2l", "distill_random",
 ]
 
 ACCOUNTINGS = ("fair", "ipc")
@@ -58,7 +58,7 @@ CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images pe
 CUDA_MEMORY_FRACTION = 0.6  # automatic group size on CUDA: share of free memory to use
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # config fields that do not change the result (resuming with another value is allowed)
-_RESULT_NEUTRAL = ("group_size",)
+_RESULT_NEUTRAL = ("group_size", "chunk_size")
 
 
 # --------------------------------------------------------------------------------------
@@ -166,7 +166,10 @@ class RecoveryConfig:
     augmentation: str = "roll"
     max_shift: int = 4
     crop_scale: Tuple[float, float] = (0.08, 1.0)
-    group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_group_size)
+    group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_batch_plan)
+    # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
+    # of one chunk); None = the whole batch, or automatic chunks on CUDA when one group does not fit
+    chunk_size: Optional[int] = None
     seed: int = 0
 
     @classmethod
@@ -208,6 +211,10 @@ class RecoveryConfig:
             isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1
         ):
             raise ValueError(f"group_size must be a positive integer or None (automatic), got {self.group_size!r}")
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {self.chunk_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -248,37 +255,42 @@ def _check_teacher(teacher: nn.Module, m: int) -> None:
             )
 
 
-def auto_group_size(
+def auto_batch_plan(
     teacher: nn.Module, natural: Tensor, K: int, max_images: int = CPU_MAX_IMAGES,
-    memory_fraction: float = CUDA_MEMORY_FRACTION,
-) -> int:
-    """The number of UFCs optimized together: the largest G <= K whose G*C images fit.
+    memory_fraction: float = CUDA_MEMORY_FRACTION, probe_images: int = 16,
+) -> Tuple[int, Optional[int]]:
+    """(G, chunk_size): how many UFCs to optimize together, and whether to run the teacher in
+    chunks (None: the whole batch at once).
 
-    CPU: G*C <= ``max_images`` (at least 1). CUDA: one forward + backward of a single group
-    (C images) measures the peak extra memory per group; G = memory_fraction * free memory
-    (torch.cuda.mem_get_info) / that peak, clipped to [1, K].
+    CPU: G*C <= ``max_images`` (at least 1), no chunks. CUDA: one forward + backward of
+    ``probe_images`` rows measures the peak extra memory per image; with a budget of
+    memory_fraction * free memory (torch.cuda.mem_get_info), G = budget / (C * per image)
+    clipped to [1, K]; when even one group of C images does not fit, G = 1 and the teacher
+    runs in chunks of budget / per image rows (chunked exact mode, same gradient).
     """
     C = natural.shape[1]
     device = natural.device
     if device.type != "cuda":
-        return max(1, min(K, max_images // C))
+        return max(1, min(K, max_images // C)), None
+    rows = max(1, min(C, probe_images))
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    ufc = torch.zeros((1,) + tuple(natural.shape[2:]), dtype=natural.dtype, device=device, requires_grad=True)
-    index = torch.zeros(1, dtype=torch.int64, device=device)
+    x = natural[0, :rows].detach().clone().requires_grad_()
     tracker = BNStatTracker(teacher, groups=1)
     try:
-        x = ufc_compose(natural, ufc, index).flatten(0, 1)
-        loss = F.cross_entropy(teacher(x), torch.arange(C, device=device)) + tracker.weighted_sum(1.0).sum()
+        loss = F.cross_entropy(teacher(x), torch.arange(rows, device=device) % C) + tracker.weighted_sum(1.0).sum()
         loss.backward()
     finally:
         tracker.remove()
     torch.cuda.synchronize(device)
-    per_group = max(1, torch.cuda.max_memory_allocated(device) - base)
-    del x, loss, ufc
+    per_image = max(1, torch.cuda.max_memory_allocated(device) - base) / rows
+    del x, loss
     free, _ = torch.cuda.mem_get_info(device)
-    return max(1, min(K, int(memory_fraction * free / per_group)))
+    budget = memory_fraction * free
+    if per_image * C <= budget:
+        return max(1, min(K, int(budget / (per_image * C)))), None
+    return 1, max(1, int(budget / per_image))
 
 
 def _natural_digest(natural_u8: Tensor) -> str:
@@ -345,7 +357,7 @@ class _Augmentation:
 def _optimize_batch(
     method: str, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
     teacher: nn.Module, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
-    progress: bool, backend: str, desc: str,
+    progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
 ) -> Tuple[Tensor, Dict[str, Any]]:
     """Optimize the jobs (m, k) for k in ``ks`` together.
 
@@ -370,8 +382,9 @@ def _optimize_batch(
     labels = torch.arange(C, device=device).repeat(G)
     optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
     augment = _Augmentation(config, gens, image_shape[1], image_shape[2], device)
-    use_bn = config.r_bn > 0
-    tracker = BNStatTracker(teacher, groups=G, backend=backend) if use_bn else None
+    chunked = chunk_size is not None and chunk_size < G * C
+    use_bn = config.r_bn > 0 or chunked
+    tracker = BNStatTracker(teacher, groups=G, backend=backend) if use_bn and not chunked else None
 
     def losses(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         logits = teacher(x.flatten(0, 1))
@@ -379,31 +392,43 @@ def _optimize_batch(
         rbn = tracker.weighted_sum(config.first_bn_mult) if use_bn else torch.zeros_like(ce)
         return ce, rbn, logits
 
+    def losses_and_backward(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """CE, R_bn and logits of the batch ``x``, with the gradient of sum(CE + r_bn R_bn) sent back."""
+        if chunked:  # the whole-batch statistics, the teacher run chunk by chunk
+            return chunked_loss_backward(teacher, x.flatten(0, 1), labels, G, config.r_bn, config.first_bn_mult,
+                                         chunk_size, backend=backend)
+        ce, rbn, logits = losses(x)
+        (ce + config.r_bn * rbn).sum().backward()
+        return ce.detach(), rbn.detach(), logits
+
     what = "UFCs of natural sets" if method == "infer" else "SRe2L image groups"
     try:
         bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
         for t in bar:
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
-            ce, rbn, _ = losses(augment(*compose_args(variable), backend))
+            optimizer.zero_grad(set_to_none=True)
+            ce, rbn, _ = losses_and_backward(augment(*compose_args(variable), backend))
             loss = (ce + config.r_bn * rbn).sum()
             if not bool(torch.isfinite(loss)):
                 raise RuntimeError(
-                    f"non-finite recovery loss ({float(loss.detach())}) at iteration {t + 1}/{config.iterations} for teacher "
+                    f"non-finite recovery loss ({float(loss)}) at iteration {t + 1}/{config.iterations} for teacher "
                     f"m={m}, {what} k={ks}: this batch is not written (lower lr or r_bn?)"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             last_ce, last_rbn = ce.detach(), rbn.detach()
             if progress and (t % 10 == 0 or t + 1 == config.iterations):
                 bar.set_postfix(ce=f"{float(last_ce.mean()):.4f}", r_bn=f"{float(last_rbn.mean()):.4f}")
         bar.close()
-        with torch.no_grad():
-            final = variable.detach()
-            x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
-            ce, rbn, logits = losses(x)
-            acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
+        final = variable.detach()
+        x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
+        if chunked:  # (its gradient to the detached images is thrown away)
+            ce, rbn, logits = losses_and_backward(x.requires_grad_())
+            x = x.detach()
+        else:
+            with torch.no_grad():
+                ce, rbn, logits = losses(x)
+        acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
     finally:
         if tracker is not None:
             tracker.remove()
@@ -495,7 +520,11 @@ def _run_jobs(
             p.requires_grad_(False)
         try:
             probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
-            G = config.group_size or auto_group_size(teacher, probe, len(todo))
+            if config.group_size:
+                G, chunk_size = config.group_size, config.chunk_size
+            else:
+                G, auto_chunk = auto_batch_plan(teacher, probe, len(todo))
+                chunk_size = config.chunk_size or auto_chunk
             group_size = G
             for start in range(0, len(todo), G):
                 ks = todo[start:start + G]
@@ -503,6 +532,7 @@ def _run_jobs(
                 desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
                 result, batch_stats = _optimize_batch(
                     method, source, num_classes, image_shape, teacher, m, ks, config, lo, hi, progress, backend, desc,
+                    chunk_size,
                 )
                 for k, r in zip(ks, result):
                     done[(m, k)] = r.clone()

@@ -379,3 +379,33 @@ def test_distill_sre2l_end_to_end(teacher_paths, tmp_path):
     assert not (tmp_path / "fm-sre2l.recovery.pt").exists()
     with pytest.raises(ValueError, match="ipc"):
         distill_sre2l(DATASET, teacher_paths, ipc=0, out_dir=tmp_path / "x", progress=False)
+
+
+# ---- chunked exact mode ---------------------------------------------------------------------
+
+def test_chunked_recovery_equals_whole_batch(natural, teachers, train_set):
+    """Running the teacher in chunks (straddling the UFC groups) changes nothing: the BN
+    statistics still cover every group's C images."""
+    from infer_fast.distill import recover_sre2l
+
+    spec = train_set.spec
+    whole = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3), progress=False)
+    for chunk in (7, 10):
+        chunked = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3, chunk_size=chunk),
+                               progress=False)
+        torch.testing.assert_close(chunked["ufc"], whole["ufc"], rtol=0, atol=1e-5)
+        for key in ("ce", "r_bn", "accuracy", "ce_last_iteration", "r_bn_last_iteration"):
+            assert chunked["stats"][0][key] == pytest.approx(whole["stats"][0][key], rel=1e-4), key
+    cfg = lambda **kw: RecoveryConfig.sre2l(iterations=3, seed=2, group_size=2, **kw)  # noqa: E731
+    a = recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg(), progress=False)
+    b = recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg(chunk_size=6), progress=False)
+    torch.testing.assert_close(b["images"], a["images"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        RecoveryConfig(chunk_size=0).validate()
+
+
+def test_auto_batch_plan_on_cpu(natural, teachers):
+    from infer_fast.distill import auto_batch_plan
+
+    assert auto_batch_plan(teachers[0], natural.float(), K=100) == (51, None)  # 512 // C images, no chunks
+    assert auto_batch_plan(teachers[0], natural.float(), K=3) == (3, None)
