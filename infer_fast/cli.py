@@ -103,7 +103,7 @@ def _paths(value: Optional[str]) -> List[str]:
 
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
-    "augmentation", "max_shift", "selection", "chunk_size", "device", "out",
+    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "device", "out",
 )
 
 
@@ -129,8 +129,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         teachers = _teacher_list(options.get("teachers"))
         if not teachers:
             raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
-        fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift")
-                  if k in options}
+        fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift",
+                                                "precision", "channels_last") if k in options}
         # the ImageNet recipe (and SRe2L's r_bn 0.01) as the base; given options win
         base = RecoveryConfig.imagenet if options.get("augmentation") == "imagenet" else RecoveryConfig
         config = base(**fields)
@@ -270,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--chunk-size", dest="chunk_size", type=int,
                          help="images through the teacher at a time: the exact full-batch gradient in the memory of one "
                          "chunk (default: the whole batch; automatic on CUDA when it does not fit)")
+    distill.add_argument("--precision", choices=["fp32", "bf16"],
+                         help="teacher passes in fp32 (default) or bf16 autocast (statistics and UFCs stay fp32)")
+    distill.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                         help="teacher weights and inputs in channels_last (faster convolutions on GPUs)")
     distill.add_argument("--accounting", choices=["fair", "ipc"], help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
     distill.add_argument("--seed", type=int, help="random seed (default 0)")
     distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
@@ -321,11 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .distill import RecoveryDivergedError
     from .ops.backends import BackendUnavailableError
 
     try:
         args.func(args)
-    except (UserError, ValueError, FileNotFoundError, BackendUnavailableError) as exc:
+    except (UserError, ValueError, FileNotFoundError, BackendUnavailableError, RecoveryDivergedError) as exc:
         print(f"infer-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

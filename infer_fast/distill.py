@@ -44,13 +44,14 @@ from .ops import BNStatTracker, chunked_loss_backward, ufc_compose
 from ._io import save_atomic
 
 __all__ = [
-    "ACCOUNTINGS", "AUGMENTATIONS", "SELECTIONS", "RecoveryConfig", "infer_budget", "select_natural_sets",
+    "ACCOUNTINGS", "AUGMENTATIONS", "SELECTIONS", "PRECISIONS", "RecoveryDivergedError", "RecoveryConfig", "infer_budget", "select_natural_sets",
     "recover_ufcs", "recover_sre2l", "auto_batch_plan", "distill_infer", "distill_sre2l", "distill_random",
 ]
 
 ACCOUNTINGS = ("fair", "ipc")
 AUGMENTATIONS = ("roll", "imagenet")
 SELECTIONS = ("random", "confidence")
+PRECISIONS = ("fp32", "bf16")
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 CHECKPOINT_FORMAT = "infer-fast-recovery"
 CHECKPOINT_VERSION = 1
@@ -170,6 +171,9 @@ class RecoveryConfig:
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
     # of one chunk); None = the whole batch, or automatic chunks on CUDA when one group does not fit
     chunk_size: Optional[int] = None
+    # teacher passes in "bf16" autocast (statistics accumulated and the UFC kept in fp32) or "fp32"
+    precision: str = "fp32"
+    channels_last: bool = False  # teacher weights and inputs in channels_last during recovery
     seed: int = 0
 
     @classmethod
@@ -215,6 +219,10 @@ class RecoveryConfig:
             isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
         ):
             raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {self.chunk_size!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be true or false, got {self.channels_last!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -322,6 +330,10 @@ def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     return ckpt
 
 
+class RecoveryDivergedError(RuntimeError):
+    """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
+
+
 class _Augmentation:
     """Per-group augmentation draws for one batch of jobs, each from the job's own generator
     (so a job's draws do not depend on which jobs share its batch)."""
@@ -359,7 +371,8 @@ def _optimize_batch(
     teacher: nn.Module, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
     progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
 ) -> Tuple[Tensor, Dict[str, Any]]:
-    """Optimize the jobs (m, k) for k in ``ks`` together.
+    """Optimize the jobs (m, k) for k in ``ks`` together (stats["failed"] lists the jobs whose
+    loss became non-finite; their results must not be used).
 
     INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the natural
     sets ``source``. SRe2L: the variables are G groups of C images (one per class) from
@@ -383,11 +396,13 @@ def _optimize_batch(
     optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
     augment = _Augmentation(config, gens, image_shape[1], image_shape[2], device)
     chunked = chunk_size is not None and chunk_size < G * C
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    as_teacher_input = lambda x: x.flatten(0, 1).contiguous(memory_format=layout)  # noqa: E731
     use_bn = config.r_bn > 0 or chunked
     tracker = BNStatTracker(teacher, groups=G, backend=backend) if use_bn and not chunked else None
 
     def losses(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        logits = teacher(x.flatten(0, 1))
+        logits = teacher(as_teacher_input(x))
         ce = F.cross_entropy(logits, labels, reduction="none").view(G, C).mean(1)
         rbn = tracker.weighted_sum(config.first_bn_mult) if use_bn else torch.zeros_like(ce)
         return ce, rbn, logits
@@ -395,26 +410,30 @@ def _optimize_batch(
     def losses_and_backward(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """CE, R_bn and logits of the batch ``x``, with the gradient of sum(CE + r_bn R_bn) sent back."""
         if chunked:  # the whole-batch statistics, the teacher run chunk by chunk
-            return chunked_loss_backward(teacher, x.flatten(0, 1), labels, G, config.r_bn, config.first_bn_mult,
+            return chunked_loss_backward(teacher, as_teacher_input(x), labels, G, config.r_bn, config.first_bn_mult,
                                          chunk_size, backend=backend)
         ce, rbn, logits = losses(x)
         (ce + config.r_bn * rbn).sum().backward()
         return ce.detach(), rbn.detach(), logits
 
-    what = "UFCs of natural sets" if method == "infer" else "SRe2L image groups"
+    # A non-finite loss stays inside its group (per-group BN statistics, per-row CE, Adam
+    # elementwise): the group is marked dead on the device, without a host sync per step,
+    # and only it is dropped at the end.
+    alive = torch.ones(G, dtype=torch.bool, device=device)
+    died_at = torch.full((G,), -1, dtype=torch.int64, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     try:
         bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
         for t in bar:
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
             optimizer.zero_grad(set_to_none=True)
-            ce, rbn, _ = losses_and_backward(augment(*compose_args(variable), backend))
-            loss = (ce + config.r_bn * rbn).sum()
-            if not bool(torch.isfinite(loss)):
-                raise RuntimeError(
-                    f"non-finite recovery loss ({float(loss)}) at iteration {t + 1}/{config.iterations} for teacher "
-                    f"m={m}, {what} k={ks}: this batch is not written (lower lr or r_bn?)"
-                )
+            x = augment(*compose_args(variable), backend)
+            with autocast:
+                ce, rbn, _ = losses_and_backward(x)
+            finite = torch.isfinite(ce + config.r_bn * rbn)
+            died_at = torch.where(alive & ~finite, t + 1, died_at)
+            alive &= finite
             optimizer.step()
             last_ce, last_rbn = ce.detach(), rbn.detach()
             if progress and (t % 10 == 0 or t + 1 == config.iterations):
@@ -422,18 +441,19 @@ def _optimize_batch(
         bar.close()
         final = variable.detach()
         x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
-        if chunked:  # (its gradient to the detached images is thrown away)
-            ce, rbn, logits = losses_and_backward(x.requires_grad_())
-            x = x.detach()
-        else:
-            with torch.no_grad():
-                ce, rbn, logits = losses(x)
+        with autocast:
+            if chunked:  # (its gradient to the detached images is thrown away)
+                ce, rbn, logits = losses_and_backward(x.requires_grad_())
+                x = x.detach()
+            else:
+                with torch.no_grad():
+                    ce, rbn, logits = losses(x)
         acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
     finally:
         if tracker is not None:
             tracker.remove()
-    if not torch.isfinite(final).all():
-        raise RuntimeError(f"non-finite result for teacher m={m}, {what} k={ks}")
+    alive &= torch.isfinite(final.flatten(1)).all(1)
+    failed = {k: int(it) for k, ok, it in zip(ks, alive.tolist(), died_at.tolist()) if not ok}
     stats = {
         "teacher": m,
         "k": list(ks),
@@ -446,6 +466,7 @@ def _optimize_batch(
         # the optimized objective at the last iteration (augmented, unclamped images)
         "ce_last_iteration": float(last_ce.mean()),
         "r_bn_last_iteration": float(last_rbn.mean()),
+        "failed": failed,  # k -> first iteration with a non-finite loss (-1: a non-finite result)
     }
     result = final if method == "infer" else x
     return result.to("cpu", torch.float32), stats
@@ -507,6 +528,7 @@ def _run_jobs(
 
     M = len(teachers)
     group_size = config.group_size
+    failures: List[Tuple[int, int, int]] = []
     for m, teacher in enumerate(teachers):
         todo = [k for mm, k in jobs if mm == m and (m, k) not in done]
         if not todo:
@@ -518,6 +540,8 @@ def _run_jobs(
         flags = [(p, p.requires_grad) for p in teacher.parameters()]
         for p, _ in flags:
             p.requires_grad_(False)
+        if config.channels_last:  # (back to the default layout afterwards)
+            teacher.to(memory_format=torch.channels_last)
         try:
             probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
             if config.group_size:
@@ -535,13 +559,24 @@ def _run_jobs(
                     chunk_size,
                 )
                 for k, r in zip(ks, result):
-                    done[(m, k)] = r.clone()
+                    if k not in batch_stats["failed"]:
+                        done[(m, k)] = r.clone()
+                failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
                 stats.append(batch_stats)
-                if checkpoint is not None:
+                if checkpoint is not None and len(batch_stats["failed"]) < len(ks):
                     write_checkpoint(G)
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
+            if config.channels_last:
+                teacher.to(memory_format=torch.contiguous_format)
+    if failures:
+        named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)") for m, k, it in failures)
+        kept = f"; the other {len(done)} are in {checkpoint} and --resume retries only the failed ones" if checkpoint else ""
+        raise RecoveryDivergedError(
+            f"{method} recovery: the loss became non-finite for {len(failures)} of {len(jobs)} jobs ({named}); "
+            f"lower lr or r_bn, or check the teacher{kept}"
+        )
     return done, stats, group_size
 
 

@@ -212,9 +212,52 @@ def test_nan_loss_raises(natural, train_set, tmp_path):
     with torch.no_grad():
         bad[3].weight.fill_(float("nan"))
     ckpt = tmp_path / "nan.pt"
-    with pytest.raises(RuntimeError, match=r"m=0.*k=\[0, 1, 2\]"):
+    with pytest.raises(distill.RecoveryDivergedError, match=r"3 of 3 jobs \(m=0 k=0 \(iteration 1\), m=0 k=1"):
         recover_ufcs(natural, [bad], spec.mean, spec.std, _cfg(group_size=3), checkpoint=ckpt, progress=False)
-    assert not ckpt.exists()  # the failed batch is not written
+    assert not ckpt.exists()  # nothing recovered, nothing written
+
+
+def test_nan_in_one_group_stops_only_that_ufc(natural, teachers, train_set, tmp_path, monkeypatch):
+    """A NaN in UFC k=1's images at iteration 3 stops k=1 only: the UFCs batched with it end
+    as if it had never been there, they are checkpointed, and the error names k=1."""
+    spec = train_set.spec
+    cfg = _cfg(group_size=3, iterations=6)
+    clean = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, progress=False)
+    real, calls = distill._Augmentation.__call__, {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        x = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            x = x.clone()
+            x[1, 4, 0, 5, 5] = float("nan")
+        return x
+
+    monkeypatch.setattr(distill._Augmentation, "__call__", poisoned)
+    ckpt = tmp_path / "one.pt"
+    with pytest.raises(distill.RecoveryDivergedError, match=r"1 of 3 jobs \(m=0 k=1 \(iteration 3\)\).*--resume"):
+        recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["ufc_index"].tolist() == [0, 2]
+    torch.testing.assert_close(saved["ufc"], clean["ufc"][[0, 2]], rtol=0, atol=1e-5)
+    assert saved["stats"][0]["failed"] == {1: 3}
+    monkeypatch.setattr(distill._Augmentation, "__call__", real)
+    resumed = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True, progress=False)
+    torch.testing.assert_close(resumed["ufc"], clean["ufc"], rtol=0, atol=1e-5)
+
+
+def test_bf16_and_channels_last(natural, teachers, train_set):
+    spec = train_set.spec
+    fp32 = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3), progress=False)
+    cl = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3, channels_last=True), progress=False)
+    torch.testing.assert_close(cl["ufc"], fp32["ufc"], rtol=0, atol=1e-4)
+    assert all(p.is_contiguous() for p in teachers[0].parameters())  # the teacher's layout is restored
+    bf16 = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3, precision="bf16"), progress=False)
+    assert bf16["ufc"].dtype == torch.float32 and torch.isfinite(bf16["ufc"]).all()
+    # bf16 rounding moves some Adam steps, but the compensators stay close to the fp32 ones
+    assert (bf16["ufc"] - fp32["ufc"]).abs().mean() < 0.25 * fp32["ufc"].abs().mean()
+    with pytest.raises(ValueError, match="precision"):
+        RecoveryConfig(precision="fp16").validate()
 
 
 def test_bn_training_mode_refused(natural, train_set):
