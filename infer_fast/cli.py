@@ -114,8 +114,10 @@ def _teacher_list(value) -> List[str]:
 def cmd_distill(args: argparse.Namespace) -> None:
     from .config import merge
     from .distill import RecoveryConfig, distill_infer, distill_random, distill_sre2l
+    from .distributed import init_from_env
 
     options = merge(args, args.config, DISTILL_OPTIONS)
+    rank, _ = init_from_env()  # under torchrun: the UFCs are split across the ranks
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
@@ -124,6 +126,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         raise UserError(f"--method must be infer, sre2l or random, got {method!r}")
     common = dict(data_root=options.get("data_root"))
     if method == "random":
+        if rank != 0:
+            return  # nothing to split: rank 0 picks the images
         path = distill_random(options["dataset"], options["ipc"], options["out"], seed=options.get("seed", 0), **common)
     else:
         teachers = _teacher_list(options.get("teachers"))
@@ -136,7 +140,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         config = base(**fields)
         if method == "sre2l" and "r_bn" not in options:
             config.r_bn = RecoveryConfig.sre2l().r_bn
-        common.update(resume=args.resume, progress=not args.quiet, device=options.get("device", "auto"))
+        common.update(resume=args.resume, progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
         if method == "sre2l":
             if "selection" in options or "accounting" in options:
                 raise UserError("--selection and --accounting apply to --method infer only")
@@ -148,7 +152,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
             )
     from .storage import inspect_report
 
-    print(inspect_report(path))
+    if rank == 0:
+        print(inspect_report(path))
 
 
 def cmd_relabel(args: argparse.Namespace) -> None:

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .data.transforms import _resized_crop_boxes
+from . import distributed
 from .ops import BNStatTracker, chunked_loss_backward, ufc_compose
 from ._io import save_atomic
 
@@ -494,7 +495,9 @@ def _run_jobs(
     from .storage import valid_range
 
     lo_cpu, hi_cpu = valid_range(mean, std)
-    checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+    rank, world = distributed.rank_and_world()
+    mine = jobs[rank::world]  # torchrun: every world-th job, each rank with its own checkpoint
+    checkpoint = None if checkpoint is None else distributed.shard_path(os.fspath(checkpoint), rank, world)
     done: Dict[Tuple[int, int], Tensor] = {}
     stats: List[Dict[str, Any]] = []
     if checkpoint is not None and os.path.exists(checkpoint):
@@ -530,7 +533,7 @@ def _run_jobs(
     group_size = config.group_size
     failures: List[Tuple[int, int, int]] = []
     for m, teacher in enumerate(teachers):
-        todo = [k for mm, k in jobs if mm == m and (m, k) not in done]
+        todo = [k for mm, k in mine if mm == m and (m, k) not in done]
         if not todo:
             continue
         device = _device_of(teacher)
@@ -570,6 +573,17 @@ def _run_jobs(
                 p.requires_grad_(flag)
             if config.channels_last:
                 teacher.to(memory_format=torch.contiguous_format)
+    if world > 1:  # everyone gets every share (then raises together if any job failed)
+        shares = distributed.all_gather_object((done, stats, failures))
+        done, stats, failures = {}, [], []
+        for share_done, share_stats, share_failures in shares:
+            if set(share_done) & set(done):
+                raise RuntimeError(f"{method} recovery: two ranks returned the same jobs {sorted(set(share_done) & set(done))}")
+            done.update(share_done)
+            stats += share_stats
+            failures += share_failures
+        if not failures and set(done) != set(jobs):
+            raise RuntimeError(f"{method} recovery: the ranks' shares miss jobs {sorted(set(jobs) - set(done))}")
     if failures:
         named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)") for m, k, it in failures)
         kept = f"; the other {len(done)} are in {checkpoint} and --resume retries only the failed ones" if checkpoint else ""
@@ -730,19 +744,28 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     train = load_dataset(dataset, "train", data_root=data_root)
     teachers, records = [], []
     for path in teacher_paths:
-        model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes, device=device)
+        model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes,
+                                   device=distributed.local_device(device))
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
     return out_dir, train, teachers, records, out_dir.with_name(out_dir.name + ".recovery.pt")
 
 
 def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
-    from .storage import save_distilled
+    """Rank 0 writes the set (verified by loading it back under torchrun); every rank then
+    removes its own recovery checkpoint."""
+    from .storage import load_distilled, save_distilled
 
-    path = save_distilled(ds, out_dir)
-    if checkpoint.exists():
-        checkpoint.unlink()
-    return path
+    rank, world = distributed.rank_and_world()
+    if rank == 0:
+        save_distilled(ds, out_dir)
+        if world > 1:
+            load_distilled(out_dir)  # the merged set verifies as one
+    distributed.barrier()
+    share = Path(distributed.shard_path(str(checkpoint), rank, world))
+    if share.exists():
+        share.unlink()
+    return out_dir
 
 
 def distill_infer(

@@ -1,0 +1,65 @@
+"""torch.distributed helpers: recovery work split across ranks (launched by torchrun).
+
+    torchrun --nproc-per-node 8 -m infer_fast.cli distill --dataset imagenet ... --out sets/in1k
+
+Every rank picks the same natural sets (same seed) and recovers every world-th job (UFC, or
+SRe2L image group), checkpointing its share to ``<checkpoint>.rank<r>-of-<w>`` so a killed
+rank resumes its own work; the shares are gathered with ``all_gather_object`` (no shared
+file system needed), checked to cover every job exactly once, and rank 0 writes the set.
+Each job is seeded on its own, so the result equals a single-process run.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Tuple
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path"]
+
+
+def rank_and_world() -> Tuple[int, int]:
+    """(rank, world size) of the initialized default process group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(backend: str = "auto") -> Tuple[int, int]:
+    """Join the process group described by torchrun's environment (WORLD_SIZE > 1), with NCCL
+    on GPUs and gloo otherwise; a no-op for a single process. Returns (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return rank_and_world()
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's ``obj`` (pickled), in rank order; [obj] for a single process."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    out: List[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def local_device(device: str) -> str:
+    """``device`` with "auto" resolved to this rank's GPU under torchrun (cuda:LOCAL_RANK)."""
+    if device == "auto" and torch.cuda.is_available() and rank_and_world()[1] > 1:
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
+def shard_path(path: str, rank: int, world: int) -> str:
+    return path if world == 1 else f"{path}.rank{rank}-of-{world}"
