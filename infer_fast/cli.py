@@ -172,6 +172,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .student import StudentConfig, evaluate_seeds
     from .teacher import load_teacher
 
+    from .distributed import init_from_env
+
+    rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
     test = load_dataset(ds.dataset, "test", data_root=args.data_root)
     fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
@@ -182,7 +185,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.dynamic and not teachers:
         raise UserError("--dynamic (INFER+Dyn) needs --teachers")
     seeds = list(range(args.seeds))
-    result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet)
+    result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet and rank == 0)
+    if rank != 0:
+        return
     per_seed = ", ".join(f"{acc:.4f}" for acc in result["per_seed"].values())
     print(
         f"student {config.model} on {args.directory} ({ds.method}, {ds.num_training_images()} training images), "

@@ -59,6 +59,7 @@ from .data.transforms import denormalize, normalize, random_crop_with_padding, r
 from .models import create_model, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import evaluate, load_teacher, resolve_device
+from . import distributed
 from .config import check_positive_ints
 from ._io import save_atomic
 
@@ -313,6 +314,10 @@ def train_student(
 ) -> Dict[str, Any]:
     """Train a student from scratch on ``distilled`` and evaluate it on ``test_set`` (ImageSet).
 
+    Under torchrun (an initialized process group) each rank trains on its rows of every batch
+    with DistributedDataParallel; rank 0 writes the checkpoint (on a shared file system for
+    resume). With BatchNorm in the student its batch statistics are per rank.
+
     ``checkpoint``: a file written atomically after every epoch (model, optimizer, schedule,
     random generators, history); ``resume=True`` continues from it and gives the same result
     as an uninterrupted run (an existing checkpoint without ``resume`` is refused, and so is
@@ -320,7 +325,7 @@ def train_student(
 
     Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
     "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
-    "num_training_images", "steps", "config"}."""
+    "num_training_images", "steps", "config", "model" (the trained student, eval mode)}."""
     cfg = config or StudentConfig()
     cfg.validate()
     if cfg.dynamic and not teachers:
@@ -337,6 +342,10 @@ def train_student(
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
                              image_size=distilled.image_size[0]).to(device)
+    rank, world = distributed.rank_and_world()
+    net = model
+    if world > 1:  # torchrun: each rank trains on its share of every batch, gradients averaged
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
@@ -375,9 +384,12 @@ def train_student(
                 x, z = mixup(x, z, lam, perm)
             else:
                 x, z, _ = cutmix(x, z, lam, perm, gen)
-            x = x.to(device, non_blocking=True)
-            z = ensemble_logits(teacher_models, x) if cfg.dynamic else z.to(device, non_blocking=True)
-            loss = distillation_loss(model(x), z, cfg.temperature)
+            # every rank draws the whole batch (same generator), then takes its rows; the loss is
+            # scaled so DDP's gradient average is the full batch's batchmean gradient
+            share = slice(rank, None, world)
+            x = x[share].to(device, non_blocking=True)
+            z = ensemble_logits(teacher_models, x) if cfg.dynamic else z[share].to(device, non_blocking=True)
+            loss = distillation_loss(net(x), z, cfg.temperature) * (x.shape[0] * world / len(idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -396,7 +408,7 @@ def train_student(
         if "test_accuracy" in record:
             postfix["acc"] = f"{record['test_accuracy']:.4f}"
         bar.set_postfix(postfix)
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             save_atomic({
                 "format": STUDENT_CHECKPOINT_FORMAT, "run": identity, "epochs_done": epoch + 1,
                 "elapsed_s": elapsed_before + time.perf_counter() - started, "model": model.state_dict(),
@@ -420,6 +432,7 @@ def train_student(
         "num_training_images": n,
         "steps": cfg.epochs * steps_per_epoch,
         "config": dataclasses.asdict(cfg),
+        "model": model,
     }
 
 

@@ -55,3 +55,44 @@ def test_two_ranks_equal_one_process(teacher_paths, tmp_path, method):
         assert torch.equal(two.labels, one.labels)
         torch.testing.assert_close(two.images, one.images, rtol=0, atol=1e-6)
     assert not [p for p in os.listdir(tmp_path) if "recovery" in p]  # every rank removed its share checkpoint
+
+
+STUDENT_SCRIPT = """
+import sys
+import torch
+from infer_fast.data import load_dataset
+from infer_fast.distributed import init_from_env
+from infer_fast.storage import load_distilled
+from infer_fast.student import StudentConfig, train_student
+
+rank, world = init_from_env()
+assert world == 2
+ds = load_distilled(sys.argv[1])
+cfg = StudentConfig(model="convnet-w8-d2-none", epochs=2, batch_size=30, device="cpu", temperature=4.0, seed=3)
+result = train_student(ds, load_dataset("fashion-mnist-mini", "test"), cfg, progress=False)
+if rank == 0:
+    torch.save({"state": result["model"].state_dict(), "accuracy": result["final_accuracy"]}, sys.argv[2])
+"""
+
+
+def test_ddp_student_equals_one_process(teacher_paths, tmp_path):
+    """With a student without batch statistics (no norm layers), 2 DDP ranks training on halves of
+    every batch end with the single-process weights."""
+    from infer_fast.data import load_dataset
+    from infer_fast.distill import distill_random
+    from infer_fast.student import StudentConfig, relabel_directory, train_student
+
+    distill_random(DATASET, 5, tmp_path / "set", seed=0)
+    ds = relabel_directory(tmp_path / "set", teacher_paths[:1])
+    (tmp_path / "student.py").write_text(STUDENT_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "student.py",
+           str(tmp_path / "set"), str(tmp_path / "ddp.pt")]
+    result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    cfg = StudentConfig(model="convnet-w8-d2-none", epochs=2, batch_size=30, device="cpu", temperature=4.0, seed=3)
+    one = train_student(ds, load_dataset(DATASET, "test"), cfg, progress=False)
+    for name, value in one["model"].state_dict().items():
+        torch.testing.assert_close(ddp["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert abs(ddp["accuracy"] - one["final_accuracy"]) <= 0.002

@@ -1,0 +1,58 @@
+"""Smoke test of bench/bench_recovery.py: a tiny reduced run on CPU writes the JSON it promises."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_recovery.py"
+TINY = ["--iterations", "1", "--ufcs", "2", "--reference-ufcs", "1", "--threads", "1", "--device", "cpu"]
+
+
+def run_bench(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *flags], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("preset, shrink", [
+    ("cifar100", ["--classes", "4", "--size", "8"]),
+    ("imagenet", ["--classes", "4", "--size", "32", "--teachers", "resnet18-imagenet"]),
+])
+def test_tiny_run_writes_rows_and_projections(tmp_path, preset, shrink):
+    out = tmp_path / "recovery.json"
+    proc = run_bench("--preset", preset, *shrink, *TINY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "REDUCED" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["preset"] == preset and result["reduced"] is True
+    assert result["shapes"]["classes"] == 4
+    assert result["environment"]["device"].startswith("CPU")
+    rows = {r["row"]: r for r in result["rows"]}
+    assert {"reference", "toolkit"} <= set(rows)
+    assert ("toolkit bf16+channels_last" in rows) == result["bf16_channels_last_available"]
+    for r in rows.values():
+        assert r["ms_per_ufc_iteration"] > 0 and r["images_per_s"] > 0 and r["speedup_vs_reference"] > 0
+    assert rows["reference"]["speedup_vs_reference"] == pytest.approx(1.0)
+    assert result["projections"] and all(p["hours"] > 0 for p in result["projections"])
+    assert all(p["unit"].startswith("CPU-hours") for p in result["projections"])
+
+
+def load_bench_module():
+    spec = importlib.util.spec_from_file_location("bench_recovery", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--preset", "cifar100", "--iterations", "0"], "--iterations must be a positive integer"),
+    (["--preset", "imagenet", "--size", "16"], "--size must be at least 32"),
+    (["--preset", "cifar100", "--teachers", "nope"], "--teachers: unknown model(s) nope"),
+])
+def test_bad_flags_are_refused(capsys, flags, message):
+    bench = load_bench_module()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(flags + ["--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
