@@ -10,9 +10,10 @@ Rows, per teacher:
               (fresh zero u and fresh Adam per UFC), SRe2L-style forward hooks per BN layer
               (mean, permute+contiguous+var, two norms), cosine lr, CE + r_bn * R_bn.
   toolkit     recover_ufcs: G UFCs per teacher pass (per-group BN statistics), fused kernels.
+  toolkit fused BN
+              the same with RecoveryConfig(fused_bn=True): eval BN + statistics loss in one node.
   toolkit bf16+channels_last
-              the same with RecoveryConfig(precision="bf16", channels_last=True), timed only
-              when RecoveryConfig has those fields.
+              the same with precision="bf16", channels_last=True, fused_bn=True.
 Both loops use the same hyperparameters and augmentation (RecoveryConfig of the preset): roll
 by randint(0, 4) for CIFAR; RandomResizedCrop + flip + roll by up to 32 for ImageNet
 (--augmentation roll: the roll only, in both).
@@ -69,13 +70,14 @@ PROJECTIONS = [
     ("ImageNet-1k ipc 50", "imagenet", infer_budget(50, 1000, 3, "ipc") * 3, 2000),
     ("CIFAR-100 ipc 50", "cifar100", infer_budget(50, 100, 4) * 4, 1000),
 ]
-REFERENCE, TOOLKIT, TOOLKIT_BF16 = "reference", "toolkit", "toolkit bf16+channels_last"
+REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_BF16 = (
+    "reference", "toolkit", "toolkit fused BN", "toolkit bf16+channels_last")
 ROW_DESCRIPTIONS = {
     REFERENCE: "reference release's loop: fp32 eager, one UFC at a time, SRe2L-style BN forward hooks",
     TOOLKIT: "infer_fast.distill.recover_ufcs, fp32, G UFCs per teacher pass, fused kernels",
-    TOOLKIT_BF16: "recover_ufcs with precision='bf16', channels_last=True",
+    TOOLKIT_FUSED: "recover_ufcs with fused_bn=True (eval BN + statistics loss in one autograd node)",
+    TOOLKIT_BF16: "recover_ufcs with precision='bf16', channels_last=True, fused_bn=True",
 }
-HAS_BF16_CONFIG = {"precision", "channels_last"} <= {f.name for f in dataclasses.fields(RecoveryConfig)}
 
 
 # --------------------------------------------------------------------------------------
@@ -220,9 +222,8 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
     config = preset["recipe"](iterations=args.iterations, augmentation=args.augmentation, group_size=group_size,
                               chunk_size=chunk_size, seed=0)
     rows = [reference_row(name, teacher, natural_u8, reference_ufcs, mean, std, config, device)]
-    variants = [(TOOLKIT, config)]
-    if HAS_BF16_CONFIG:
-        variants.append((TOOLKIT_BF16, dataclasses.replace(config, precision="bf16", channels_last=True)))
+    variants = [(TOOLKIT, config), (TOOLKIT_FUSED, dataclasses.replace(config, fused_bn=True)),
+                (TOOLKIT_BF16, dataclasses.replace(config, precision="bf16", channels_last=True, fused_bn=True))]
     for row, cfg in variants:
         def run(cfg=cfg):
             recover_ufcs(natural_u8, [teacher], mean, std, cfg, progress=False, backend=args.backend)
@@ -339,8 +340,6 @@ def main(argv=None) -> int:
     print(f"{env['device']} | torch {env['torch']} | threads {args.threads} | preset {args.preset}: {shape}"
           + (f" -- REDUCED (real: C={preset['classes']}, 3x{preset['size']}x{preset['size']})" if reduced else ""))
     print(f"augmentation (both loops): {augmentation_rule}; {args.iterations} iterations per UFC")
-    if not HAS_BF16_CONFIG:
-        print(f"row '{TOOLKIT_BF16}': unavailable (RecoveryConfig has no precision/channels_last fields)")
 
     rows: List[Dict] = []
     for name in args.teachers:
@@ -365,7 +364,7 @@ def main(argv=None) -> int:
             "shapes": {"classes": args.classes, "channels": 3, "size": args.size},
             "real_shapes": {"classes": preset["classes"], "channels": 3, "size": preset["size"]},
             "reduced": reduced, "augmentation": augmentation_rule, "iterations": args.iterations,
-            "teachers": args.teachers, "bf16_channels_last_available": HAS_BF16_CONFIG,
+            "teachers": args.teachers,
             "peak_memory": "torch.cuda.max_memory_allocated per row" if device.type == "cuda"
             else "process peak resident set (ru_maxrss), cumulative over the run",
             "timing": "wall clock after a one-iteration warm-up / (iterations x UFCs); the toolkit's includes its "

@@ -112,3 +112,73 @@ def test_remove_detaches_hooks():
 def test_model_without_batchnorm_is_refused():
     with pytest.raises(ValueError, match="has no BatchNorm"):
         BNStatTracker(nn.Linear(3, 3))
+
+
+# ---- fused eval-mode BN + statistics loss -------------------------------------------------
+
+def _double_teacher():
+    net = frozen_teacher().double()
+    with torch.no_grad():  # non-trivial affine parameters
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_tracker_equals_hooks(backend, channels_last):
+    """Same logits, per-layer losses and input gradient as the plain hooks (fp64: to rounding)."""
+    from infer_fast.ops import available_backends
+
+    if backend not in available_backends("cpu"):
+        pytest.skip(f"{backend} not usable here")
+    net = _double_teacher()
+    x = torch.randn(6, 3, 7, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    results = []
+    for fused in (False, True):
+        tracker = BNStatTracker(net, groups=3, backend=backend, fused=fused)
+        logits = net(x)
+        loss = logits.square().sum() + tracker.weighted_sum(10.0).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        results.append((logits.detach(), tracker.losses().detach(), grad, tracker.names))
+        tracker.remove()
+    (l0, r0, g0, n0), (l1, r1, g1, n1) = results
+    assert n1 == n0 == ["bn1", "bn_late", "bn_head"]
+    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r1, r0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_forward_restored_and_affine_grads():
+    net = _double_teacher()
+    tracker = BNStatTracker(net, groups=1, fused=True)
+    assert "forward" in vars(net.bn1)
+    tracker.remove()
+    assert "forward" not in vars(net.bn1)  # the class's forward again
+    # weight/bias gradients (a teacher being fine-tuned would ask for them): gradcheck
+    from infer_fast.ops.bn_hooks import _EvalBNWithStatLoss
+
+    bn = net.bn1
+    x = torch.randn(4, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = bn.weight.detach().clone().requires_grad_()
+    b = bn.bias.detach().clone().requires_grad_()
+
+    def fn(x, w, b):
+        y, loss = _EvalBNWithStatLoss.apply(x, w, b, bn.running_mean, bn.running_var, bn.eps, 2, "torch")
+        return y, loss
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_fused_train_mode_refused():
+    net = frozen_teacher()
+    tracker = BNStatTracker(net, fused=True)
+    net.train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        net(torch.randn(2, 3, 8, 8))
+    tracker.remove()

@@ -452,3 +452,11 @@ def test_auto_batch_plan_on_cpu(natural, teachers):
 
     assert auto_batch_plan(teachers[0], natural.float(), K=100) == (51, None)  # 512 // C images, no chunks
     assert auto_batch_plan(teachers[0], natural.float(), K=3) == (3, None)
+
+
+def test_fused_bn_recovery_equals_hooks(natural, teachers, train_set):
+    spec = train_set.spec
+    plain = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3), progress=False)
+    fused = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3, fused_bn=True), progress=False)
+    torch.testing.assert_close(fused["ufc"], plain["ufc"], rtol=0, atol=1e-5)
+    assert all("forward" not in vars(m) for m in teachers[0].modules())  # BN layers restored

@@ -15,23 +15,68 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from .bn_stat_loss import bn_stat_loss
+from . import backends
+from .bn_stat_loss import _backward_op, _check_inputs, _forward_op, bn_stat_loss
+from .reference import accumulate_dtype
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+class _EvalBNWithStatLoss(torch.autograd.Function):
+    """Eval-mode BatchNorm and the BN-statistics loss of its input in one autograd node.
+
+    forward: y = x * scale + shift (scale = weight / sqrt(rv + eps)) and loss (G,) from one
+    read of x for the statistics; backward: dx = stat-loss gradient + dy * scale, written
+    once (the unfused pair makes autograd add two full-size gradients into x)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps, groups, backend):
+        loss, mean_shift, var_err, norms = _forward_op(x, running_mean, running_var, groups, backend)
+        acc = accumulate_dtype(x.dtype)  # fp32 for half inputs, fp64 for fp64
+        inv_std = torch.rsqrt(running_var.to(acc) + eps)
+        scale = inv_std if weight is None else weight.to(acc) * inv_std
+        shift = -running_mean.to(acc) * scale if bias is None else bias.to(acc) - running_mean.to(acc) * scale
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        y = (x * scale.view(view).to(x.dtype) + shift.view(view).to(x.dtype))
+        ctx.save_for_backward(x, running_mean, mean_shift, var_err, norms, scale, inv_std)
+        ctx.groups, ctx.backend, ctx.view, ctx.affine = groups, backend, view, weight is not None
+        return y, loss
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_loss):
+        x, running_mean, mean_shift, var_err, norms, scale, inv_std = ctx.saved_tensors
+        if grad_loss is None:
+            grad_loss = torch.zeros(ctx.groups, dtype=norms.dtype, device=x.device)
+        grad_x = _backward_op(grad_loss, x, running_mean, mean_shift, var_err, norms, ctx.groups, ctx.backend)
+        if grad_y is not None:
+            grad_x.addcmul_(grad_y, scale.view(ctx.view).to(grad_x.dtype))
+        grad_weight = grad_bias = None
+        dims = [0] + list(range(2, x.dim()))
+        if ctx.needs_input_grad[1] and grad_y is not None:  # a frozen teacher never asks
+            xhat = (x.to(inv_std.dtype) - running_mean.to(inv_std.dtype).view(ctx.view)) * inv_std.view(ctx.view)
+            grad_weight = (grad_y.to(inv_std.dtype) * xhat).sum(dims)
+        if ctx.needs_input_grad[2] and grad_y is not None:
+            grad_bias = grad_y.to(inv_std.dtype).sum(dims)
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
 class BNStatTracker:
     """Forward pre-hooks on every BatchNorm1d/2d of ``model``, computing
     :func:`~infer_fast.ops.bn_stat_loss` of each layer's input against its running stats.
 
+    ``fused=True`` replaces each BN layer's forward, for as long as the tracker is attached,
+    with one autograd node computing the eval-mode BN output and the loss together (same
+    values and gradients; the backward writes the input gradient once instead of adding two).
+
     Layers are reported in execution order; layers that did not run in the last forward
     are absent. The model must be in eval mode when it runs (a frozen teacher): in train
     mode its running statistics would drift and its BN would use batch statistics.
     """
 
-    def __init__(self, model: nn.Module, groups: int = 1, backend: str = "auto"):
+    def __init__(self, model: nn.Module, groups: int = 1, backend: str = "auto", fused: bool = False):
         self.groups = groups
         self.backend = backend
+        self.fused = fused
         self._losses: List[Tensor] = []
         self._names: List[str] = []
         self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _BN_TYPES)]
@@ -41,7 +86,12 @@ class BNStatTracker:
             if module.running_mean is None or module.running_var is None:
                 raise ValueError(f"BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
         self._handles = [model.register_forward_pre_hook(self._start_forward)]
-        self._handles += [m.register_forward_pre_hook(self._make_hook(name)) for name, m in self.layers]
+        if fused:  # the BN layers' own forward is replaced (restored by remove())
+            for name, module in self.layers:
+                module.forward = self._make_fused_forward(name, module)
+            self._fused_modules = [m for _, m in self.layers]
+        else:
+            self._handles += [m.register_forward_pre_hook(self._make_hook(name)) for name, m in self.layers]
 
     def _start_forward(self, module, args) -> None:
         self._losses, self._names = [], []
@@ -58,6 +108,23 @@ class BNStatTracker:
             self._names.append(name)
 
         return hook
+
+    def _make_fused_forward(self, name: str, module: nn.Module):
+        def forward(x: Tensor) -> Tensor:
+            if module.training:
+                raise RuntimeError(
+                    f"BatchNorm layer {name!r} is in training mode: call model.eval() on the teacher "
+                    "before matching its statistics"
+                )
+            _check_inputs(x, module.running_mean, module.running_var, self.groups)
+            backend = backends.resolve(self.backend, x.device)
+            y, loss = _EvalBNWithStatLoss.apply(x, module.weight, module.bias, module.running_mean,
+                                                module.running_var, module.eps, self.groups, backend)
+            self._losses.append(loss)
+            self._names.append(name)
+            return y
+
+        return forward
 
     @property
     def names(self) -> List[str]:
@@ -86,6 +153,9 @@ class BNStatTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for module in getattr(self, "_fused_modules", []):
+            del module.forward  # back to the class's forward
+        self._fused_modules = []
         self.clear()
 
     def __enter__(self) -> "BNStatTracker":
