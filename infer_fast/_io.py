@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Dict
 
 import torch
 
@@ -17,3 +17,16 @@ def save_atomic(obj: Any, path: str) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_checkpoint(path: str, format_name: str, what: str, version: int = 1) -> Dict[str, Any]:
+    """A torch.save'd dict of ``format_name`` (weights_only), or a ValueError saying why not."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{what} {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != format_name:
+        raise ValueError(f"{path!r} is not an infer-fast {what}")
+    if obj.get("format_version", 0) > version:
+        raise ValueError(f"{path!r} was written by a newer infer-fast (format {obj['format_version']}); upgrade infer-fast")
+    return obj

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from .data.transforms import _resized_crop_boxes
 from . import distributed
 from .ops import BNStatTracker, chunked_loss_backward, ufc_compose
-from ._io import save_atomic
+from ._io import read_checkpoint, save_atomic
 
 __all__ = [
     "ACCOUNTINGS", "AUGMENTATIONS", "SELECTIONS", "PRECISIONS", "RecoveryDivergedError", "RecoveryConfig", "infer_budget", "select_natural_sets",
@@ -311,14 +311,7 @@ def _natural_digest(natural_u8: Tensor) -> str:
 
 
 def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"recovery checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path!r} is not an infer-fast recovery checkpoint")
-    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path!r} was written by a newer infer-fast (format {ckpt['format_version']})")
+    ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, "recovery checkpoint", CHECKPOINT_VERSION)
     theirs = ckpt.get("run", {})
     for key, value in identity.items():
         if key == "config":

@@ -61,7 +61,7 @@ from .storage import DistilledDataset, DistilledSet, load_distilled, save_distil
 from .teacher import evaluate, load_teacher, resolve_device
 from . import distributed
 from .config import check_positive_ints
-from ._io import save_atomic
+from ._io import read_checkpoint, save_atomic
 
 __all__ = [
     "StudentConfig", "AUGMENTATIONS", "MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
@@ -284,12 +284,7 @@ STUDENT_CHECKPOINT_FORMAT = "infer-fast-student"
 
 
 def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"student checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != STUDENT_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path!r} is not an infer-fast student checkpoint")
+    state = read_checkpoint(path, STUDENT_CHECKPOINT_FORMAT, "student checkpoint")
     theirs = state.get("run", {})
     for key, value in identity.items():
         if key == "config":

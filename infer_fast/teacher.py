@@ -25,7 +25,7 @@ from . import __version__
 from .data import get_spec, load_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
-from ._io import save_atomic
+from ._io import read_checkpoint, save_atomic
 from .config import check_positive_ints
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
@@ -169,15 +169,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
 def _read_checkpoint(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"teacher checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"teacher checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path!r} is not an infer-fast teacher checkpoint")
-    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path!r} was written by a newer infer-fast (format {ckpt['format_version']}); upgrade infer-fast")
-    return ckpt
+    return read_checkpoint(path, CHECKPOINT_FORMAT, "teacher checkpoint", CHECKPOINT_VERSION)
 
 
 def _check_same_run(ckpt: Dict[str, Any], meta: Dict[str, Any], path: str) -> None:

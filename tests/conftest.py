@@ -41,3 +41,16 @@ def tolerance(dtype):
         torch.float16: (2e-3, 2e-3),
         torch.bfloat16: (1.6e-2, 1.6e-2),
     }[dtype]
+
+
+def train_tiny_teachers(root, seeds=(0, 1), dataset="fashion-mnist-mini"):
+    """Paths of small ConvNet teachers trained for one epoch on the embedded data (seconds)."""
+    from infer_fast.teacher import TeacherConfig, train_teacher
+
+    paths = []
+    for seed in seeds:
+        path = str(root / f"t{seed}.pt")
+        train_teacher(TeacherConfig(dataset=dataset, model="convnet-w8-d2", epochs=1, batch_size=256, lr=0.05,
+                                    device="cpu", seed=seed), path, progress=False)
+        paths.append(path)
+    return paths

@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from conftest import train_tiny_teachers
 from torch import nn
 
 from infer_fast import distill
@@ -15,7 +16,7 @@ from infer_fast.distill import (
     select_natural_sets,
 )
 from infer_fast.storage import load_distilled
-from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+from infer_fast.teacher import load_teacher
 
 torch.set_num_threads(1)
 
@@ -29,17 +30,7 @@ def train_set():
 
 @pytest.fixture(scope="module")
 def teacher_paths(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teachers")
-    paths = []
-    for seed in (0, 1):
-        path = str(root / f"t{seed}.pt")
-        train_teacher(
-            TeacherConfig(dataset=DATASET, model="convnet-w8-d2", epochs=1, batch_size=256, lr=0.05,
-                          device="cpu", seed=seed),
-            path, progress=False,
-        )
-        paths.append(path)
-    return paths
+    return train_tiny_teachers(tmp_path_factory.mktemp("teachers"))
 
 
 @pytest.fixture(scope="module")

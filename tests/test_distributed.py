@@ -5,11 +5,11 @@ import sys
 
 import pytest
 import torch
+from conftest import train_tiny_teachers
 import torch.distributed as dist
 
 from infer_fast.distill import RecoveryConfig, distill_infer, distill_sre2l
 from infer_fast.storage import load_distilled
-from infer_fast.teacher import TeacherConfig, train_teacher
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
 
@@ -18,14 +18,7 @@ DATASET = "fashion-mnist-mini"
 
 @pytest.fixture(scope="module")
 def teacher_paths(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teachers")
-    paths = []
-    for seed in (0, 1):
-        path = str(root / f"t{seed}.pt")
-        train_teacher(TeacherConfig(dataset=DATASET, model="convnet-w8-d2", epochs=1, batch_size=256, lr=0.05,
-                                    device="cpu", seed=seed), path, progress=False)
-        paths.append(path)
-    return paths
+    return train_tiny_teachers(tmp_path_factory.mktemp("teachers"))
 
 
 def torchrun(args, cwd):

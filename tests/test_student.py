@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 import torch
+from conftest import train_tiny_teachers
 import pytest
 
 from infer_fast.data import load_dataset
@@ -14,7 +15,7 @@ from infer_fast.student import (
     StudentConfig, augment, cutmix, cutmix_box, distillation_loss, evaluate_seeds, feature_duplication, mixup,
     relabel, relabel_directory, sample_lambda, train_student,
 )
-from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+from infer_fast.teacher import load_teacher
 
 torch.set_num_threads(1)
 FAST = dict(model="convnet-w8-d2", batch_size=50, device="cpu", temperature=4.0)
@@ -22,13 +23,7 @@ FAST = dict(model="convnet-w8-d2", batch_size=50, device="cpu", temperature=4.0)
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teachers")
-    paths = []
-    for seed in (0, 1):
-        path = str(root / f"t{seed}.pt")
-        train_teacher(TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w8-d2", epochs=1, batch_size=256,
-                                    lr=0.05, seed=seed, device="cpu"), path, progress=False)
-        paths.append(path)
+    paths = train_tiny_teachers(tmp_path_factory.mktemp("teachers"))
     return paths, [load_teacher(p)[0] for p in paths]
 
 
