@@ -103,7 +103,7 @@ def _paths(value: Optional[str]) -> List[str]:
 
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
-    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "device", "out",
+    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "distributed", "device", "out",
 )
 
 
@@ -134,7 +134,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         if not teachers:
             raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
         fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift",
-                                                "precision", "channels_last", "fused_bn") if k in options}
+                                                "precision", "channels_last", "fused_bn", "distributed")
+                  if k in options}
         # the ImageNet recipe (and SRe2L's r_bn 0.01) as the base; given options win
         base = RecoveryConfig.imagenet if options.get("augmentation") == "imagenet" else RecoveryConfig
         config = base(**fields)
@@ -286,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="teacher weights and inputs in channels_last (faster convolutions on GPUs)")
     distill.add_argument("--fused-bn", dest="fused_bn", action="store_true", default=None,
                          help="eval-mode BN and its statistics loss as one autograd node (same results, less traffic)")
+    distill.add_argument("--distributed", choices=["jobs", "chunks"],
+                         help="under torchrun: split the UFCs across ranks (jobs, default) or the chunks of every batch "
+                         "(chunks, with --chunk-size; BN statistics all-reduced)")
     distill.add_argument("--accounting", choices=["fair", "ipc"], help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
     distill.add_argument("--seed", type=int, help="random seed (default 0)")
     distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")

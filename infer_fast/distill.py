@@ -53,6 +53,7 @@ ACCOUNTINGS = ("fair", "ipc")
 AUGMENTATIONS = ("roll", "imagenet")
 SELECTIONS = ("random", "confidence")
 PRECISIONS = ("fp32", "bf16")
+DISTRIBUTED_MODES = ("jobs", "chunks")
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 CHECKPOINT_FORMAT = "infer-fast-recovery"
 CHECKPOINT_VERSION = 1
@@ -178,6 +179,9 @@ class RecoveryConfig:
     # eval-mode BN and its statistics loss as one autograd node (one gradient write per layer
     # instead of two added together); same results; not used with chunk_size
     fused_bn: bool = False
+    # under torchrun: "jobs" splits the UFCs across ranks; "chunks" has every rank work on every
+    # UFC batch, each running its share of the chunks (needs chunk_size), statistics all-reduced
+    distributed: str = "jobs"
     seed: int = 0
 
     @classmethod
@@ -225,6 +229,10 @@ class RecoveryConfig:
             raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {self.chunk_size!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
+        if self.distributed == "chunks" and self.chunk_size is None:
+            raise ValueError("distributed='chunks' splits the chunks of each batch across ranks: set chunk_size")
         for name in ("channels_last", "fused_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -409,7 +417,8 @@ def _optimize_batch(
         """CE, R_bn and logits of the batch ``x``, with the gradient of sum(CE + r_bn R_bn) sent back."""
         if chunked:  # the whole-batch statistics, the teacher run chunk by chunk
             return chunked_loss_backward(teacher, as_teacher_input(x), labels, G, config.r_bn, config.first_bn_mult,
-                                         chunk_size, backend=backend)
+                                         chunk_size, backend=backend,
+                                         split_across_ranks=config.distributed == "chunks")
         ce, rbn, logits = losses(x)
         (ce + config.r_bn * rbn).sum().backward()
         return ce.detach(), rbn.detach(), logits
@@ -493,8 +502,12 @@ def _run_jobs(
 
     lo_cpu, hi_cpu = valid_range(mean, std)
     rank, world = distributed.rank_and_world()
-    mine = jobs[rank::world]  # torchrun: every world-th job, each rank with its own checkpoint
-    checkpoint = None if checkpoint is None else distributed.shard_path(os.fspath(checkpoint), rank, world)
+    if config.distributed == "chunks":  # every rank on every job (the chunks are split); rank 0 checkpoints
+        mine, writer = jobs, rank == 0
+        world_jobs = 1
+    else:  # every world-th job, each rank with its own checkpoint
+        mine, writer, world_jobs = jobs[rank::world], True, world
+    checkpoint = None if checkpoint is None else distributed.shard_path(os.fspath(checkpoint), rank, world_jobs)
     done: Dict[Tuple[int, int], Tensor] = {}
     stats: List[Dict[str, Any]] = []
     if checkpoint is not None and os.path.exists(checkpoint):
@@ -549,6 +562,8 @@ def _run_jobs(
             else:
                 G, auto_chunk = auto_batch_plan(teacher, probe, len(todo))
                 chunk_size = config.chunk_size or auto_chunk
+                if world_jobs == 1 and world > 1:  # "chunks": one plan for all ranks (rank 0's)
+                    G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
             group_size = G
             for start in range(0, len(todo), G):
                 ks = todo[start:start + G]
@@ -563,14 +578,14 @@ def _run_jobs(
                         done[(m, k)] = r.clone()
                 failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
                 stats.append(batch_stats)
-                if checkpoint is not None and len(batch_stats["failed"]) < len(ks):
+                if checkpoint is not None and writer and len(batch_stats["failed"]) < len(ks):
                     write_checkpoint(G)
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
             if config.channels_last:
                 teacher.to(memory_format=torch.contiguous_format)
-    if world > 1:  # everyone gets every share (then raises together if any job failed)
+    if world_jobs > 1:  # everyone gets every share (then raises together if any job failed)
         shares = distributed.all_gather_object((done, stats, failures))
         done, stats, failures = {}, [], []
         for share_done, share_stats, share_failures in shares:
@@ -759,9 +774,9 @@ def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
         if world > 1:
             load_distilled(out_dir)  # the merged set verifies as one
     distributed.barrier()
-    share = Path(distributed.shard_path(str(checkpoint), rank, world))
-    if share.exists():
-        share.unlink()
+    for path in {Path(distributed.shard_path(str(checkpoint), rank, world)), checkpoint if rank == 0 else None} - {None}:
+        if path.exists():
+            path.unlink()
     return out_dir
 
 

@@ -89,3 +89,44 @@ def test_ddp_student_equals_one_process(teacher_paths, tmp_path):
     for name, value in one["model"].state_dict().items():
         torch.testing.assert_close(ddp["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert abs(ddp["accuracy"] - one["final_accuracy"]) <= 0.002
+
+
+CHUNKS_SCRIPT = """
+import sys
+import torch
+from infer_fast.data import load_dataset
+from infer_fast.distill import RecoveryConfig, recover_ufcs, select_natural_sets
+from infer_fast.distributed import init_from_env
+from infer_fast.teacher import load_teacher
+
+rank, world = init_from_env()
+train = load_dataset("fashion-mnist-mini", "train")
+natural = select_natural_sets(train, 3, seed=0)
+teacher = load_teacher(sys.argv[1])[0]
+config = RecoveryConfig(iterations=3, group_size=3, chunk_size=7, distributed=sys.argv[3])
+out = recover_ufcs(natural, [teacher], train.spec.mean, train.spec.std, config, progress=False)
+torch.save(out["ufc"], sys.argv[2] + f".rank{rank}")
+"""
+
+
+@pytest.mark.parametrize("mode", ["chunks", "jobs"])
+def test_chunks_of_one_batch_split_across_ranks(teacher_paths, tmp_path, mode):
+    """distributed='chunks': both ranks work on the same 30-image batch, each running its
+    chunks of 7 rows, the BN statistics all-reduced: the compensators equal one process's."""
+    from infer_fast.data import load_dataset
+    from infer_fast.distill import recover_ufcs, select_natural_sets
+    from infer_fast.teacher import load_teacher
+
+    (tmp_path / "chunks.py").write_text(CHUNKS_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "chunks.py",
+           teacher_paths[0], str(tmp_path / "ufc.pt"), mode]
+    result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    train = load_dataset(DATASET, "train")
+    one = recover_ufcs(select_natural_sets(train, 3, seed=0), [load_teacher(teacher_paths[0])[0]], train.spec.mean,
+                       train.spec.std, RecoveryConfig(iterations=3, group_size=3), progress=False)
+    for rank in (0, 1):  # every rank holds the whole result
+        torch.testing.assert_close(torch.load(tmp_path / f"ufc.pt.rank{rank}"), one["ufc"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="set chunk_size"):
+        RecoveryConfig(distributed="chunks").validate()

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Iterator, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -211,6 +212,7 @@ def chunked_loss_backward(
     chunk_size: int,
     ce_weight: float = 1.0,
     backend: str = "auto",
+    split_across_ranks: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Backpropagate sum_g (ce_weight * ce_g + r_bn * rbn_g) into ``x``, one chunk at a time.
 
@@ -228,6 +230,10 @@ def chunked_loss_backward(
             straddle group boundaries.
         ce_weight: weight of the CE term (0 for the statistics loss alone).
         backend: fused-op backend of the statistics sums and gradients (see bn_stat_loss).
+        split_across_ranks: under torch.distributed, every rank (holding the same ``x``)
+            runs every world-th chunk; the pass-1 sums, the input gradient, logits and CE
+            are all-reduced, so every rank ends with the whole batch's gradient (the
+            statistics cover all ranks' rows, unlike DataParallel hooks).
 
     Returns detached (ce (G,), rbn (G,), logits (N, classes)): ce_g the mean CE over group
     g, rbn_g as above (fp32, fp64 for fp64 BN inputs). The gradient accumulates into the
@@ -237,24 +243,33 @@ def chunked_loss_backward(
     _check_arguments(x, labels, groups, chunk_size)
     total = x.shape[0]
     group_size = total // groups
+    starts = list(range(0, total, chunk_size))
+    world = dist.get_world_size() if split_across_ranks and dist.is_available() and dist.is_initialized() else 1
+    if world > len(starts):
+        raise ValueError(f"split_across_ranks: {len(starts)} chunks of chunk_size={chunk_size} cannot feed {world} ranks")
+    mine = starts[dist.get_rank()::world] if world > 1 else starts
     hooks = _ChunkHooks(teacher, groups, group_size, backend)
     try:
         with torch.no_grad():
-            for row0 in range(0, total, chunk_size):
+            for row0 in mine:
                 hooks.start_chunk(row0)
                 teacher(x[row0:row0 + chunk_size].detach())
                 hooks.end_chunk()
         if not hooks.sites:
             raise RuntimeError("no BatchNorm layer of the teacher ran in its forward: there are no statistics to match")
+        if world > 1:  # every rank's rows in the statistics
+            for site in hooks.sites:
+                dist.all_reduce(site.sums)
         multipliers = [float(first_bn_mult)] + [1.0] * (len(hooks.sites) - 1)
         for mult, site in zip(multipliers, hooks.sites):
             site.finish(float(r_bn) * mult)
         hooks.injecting = True
-        grad_x = torch.empty_like(x)
+        # zero-filled when split: the rows of the other ranks are added by the all-reduce
+        grad_x = torch.zeros_like(x) if world > 1 else torch.empty_like(x)
         logits_all: Optional[Tensor] = None
         ce_rows: Optional[Tensor] = None
         with torch.enable_grad():
-            for row0 in range(0, total, chunk_size):
+            for row0 in mine:
                 rows = slice(row0, row0 + chunk_size)
                 chunk = x[rows].detach().requires_grad_()
                 hooks.start_chunk(row0)
@@ -266,13 +281,17 @@ def chunked_loss_backward(
                     root = root + anchor
                 grad_x[rows] = torch.autograd.grad(root, chunk)[0]
                 if logits_all is None:
-                    logits_all = logits.new_empty((total,) + tuple(logits.shape[1:]))
-                    ce_rows = ce.new_empty(total)
+                    new = logits.new_zeros if world > 1 else logits.new_empty
+                    logits_all = new((total,) + tuple(logits.shape[1:]))
+                    ce_rows = ce.new_zeros(total) if world > 1 else ce.new_empty(total)
                 logits_all[rows] = logits.detach()
                 ce_rows[rows] = ce.detach()
                 del logits, ce, root, chunk
     finally:
         hooks.remove()
+    if world > 1:
+        for t in (grad_x, logits_all, ce_rows):
+            dist.all_reduce(t)
     x.backward(grad_x)
     rbn = sum(mult * site.loss for mult, site in zip(multipliers, hooks.sites))
     return ce_rows.view(groups, group_size).mean(dim=1), rbn, logits_all
