@@ -344,20 +344,29 @@ class _Augmentation:
     """Per-group augmentation draws for one batch of jobs, each from the job's own generator
     (so a job's draws do not depend on which jobs share its batch)."""
 
-    def __init__(self, config: RecoveryConfig, gens: List[torch.Generator], height: int, width: int, device):
+    def __init__(self, config: RecoveryConfig, gens: List[torch.Generator], height: int, width: int, device,
+                 iterations: Optional[int] = None):
         self.config, self.gens, self.size, self.device = config, gens, (height, width), device
+        self.step = 0
+        self.all_shifts = None
+        if config.augmentation == "roll" and config.max_shift > 0 and iterations:
+            # every iteration's rolls drawn up front (the same numbers as one draw per step) and
+            # copied to the device once: no host-to-device copy inside the loop
+            high = config.max_shift + 1
+            self.all_shifts = torch.stack([torch.randint(0, high, (iterations, 2), generator=g) for g in gens], 1).to(device)
 
     def _shifts(self) -> Optional[Tensor]:
         if self.config.max_shift == 0:
             return None
-        return torch.stack([torch.randint(0, self.config.max_shift + 1, (2,), generator=g) for g in self.gens])
+        if self.all_shifts is not None:
+            return self.all_shifts[self.step - 1]
+        return torch.stack([torch.randint(0, self.config.max_shift + 1, (2,), generator=g) for g in self.gens]).to(self.device)
 
     def __call__(self, source: Tensor, variable: Tensor, index: Tensor, backend: str) -> Tensor:
-        """The augmented composed batch (G, C, ch, H, W)."""
+        """The augmented composed batch (G, C, ch, H, W) of the next iteration."""
+        self.step += 1
         if self.config.augmentation == "roll":  # fused: compose and roll in one pass
-            shifts = self._shifts()
-            shifts = None if shifts is None else shifts.to(self.device)
-            return ufc_compose(source, variable, index, shifts=shifts, backend=backend)
+            return ufc_compose(source, variable, index, shifts=self._shifts(), backend=backend)
         x = ufc_compose(source, variable, index, backend=backend)
         height, width = self.size
         out = []
@@ -400,7 +409,7 @@ def _optimize_batch(
         compose_args = lambda v: (v, zero_ufc, index)  # noqa: E731
     labels = torch.arange(C, device=device).repeat(G)
     optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
-    augment = _Augmentation(config, gens, image_shape[1], image_shape[2], device)
+    augment = _Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
     chunked = chunk_size is not None and chunk_size < G * C
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     as_teacher_input = lambda x: x.flatten(0, 1).contiguous(memory_format=layout)  # noqa: E731
