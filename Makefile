@@ -1,5 +1,5 @@
 # infer-fast: every target installs what it needs into .venv (created on first use).
-#   make demo   - the main job (kernel demo until the distillation pipeline lands)
+#   make demo   - the main job: INFER vs random vs SRe2L on the embedded data (a few minutes)
 #   make test   - the test suite (Triton kernels under the CPU interpreter when no GPU)
 #   make bench  - op benchmarks, JSON under bench/results/
 #   make cuda-check - compile the CUDA sources with nvcc for sm_90 (no GPU needed)
