@@ -246,7 +246,7 @@ def projections(rows: List[Dict], preset_name: str, hours_unit: str) -> List[Dic
     for what, preset, ufc_count, iterations in PROJECTIONS:
         if preset != preset_name:
             continue
-        for row in (REFERENCE, TOOLKIT, TOOLKIT_BF16):
+        for row in ROW_DESCRIPTIONS:
             measured = [r for r in rows if r["row"] == row and "ms_per_ufc_iteration" in r]
             if not measured:
                 continue
