@@ -377,8 +377,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
                 "images + indices; no soft labels stored (the teachers label every batch while training)"
                 if method == "infer_dyn" else "images + static soft labels + indices")
             if cfg.feature_duplication:
-                images, _, hard = DistilledDataset(ds, hard_only=True).all_images()
-                info["feature_duplication"] = feature_duplication(images, hard, teachers[0])
+                streamed = DistilledDataset(ds, hard_only=True)
+                info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0])
             results["sets"][key] = info
             save()
 

@@ -106,13 +106,14 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     models = [t.to(dev) for t in teachers]
-    images, _, _ = DistilledDataset(distilled, hard_only=True).all_images()
     chunks = []
-    for start in range(0, images.shape[0], batch_size):
-        logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
-        if logits.shape[1] != distilled.num_classes:
-            raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
-        chunks.append(logits)
+    # composed a chunk at a time: an ImageNet-size set never sits in memory as images
+    for _, images in DistilledDataset(distilled, hard_only=True).iter_chunks():
+        for start in range(0, images.shape[0], batch_size):
+            logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
+            if logits.shape[1] != distilled.num_classes:
+                raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
+            chunks.append(logits)
     distilled.set_soft_labels(torch.cat(chunks))
     return distilled
 
@@ -459,12 +460,13 @@ def evaluate_seeds(
 # --------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def feature_duplication(images: Tensor, labels: Tensor, teacher: nn.Module, batch_size: int = 256) -> float:
+def feature_duplication(images, labels: Tensor, teacher: nn.Module, batch_size: int = 256) -> float:
     """Mean pairwise cosine similarity of the teacher's penultimate features between images of
     the same class (self-pairs excluded), averaged over classes that have >= 2 images.
-    ``images`` are normalized float (N, ch, H, W). In [-1, 1]; higher = more duplication."""
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    ``images``: normalized float (N, ch, H, W), or an iterable of (start, chunk) pairs in
+    order such as ``DistilledDataset.iter_chunks()`` (only features are kept). In [-1, 1];
+    higher = more duplication."""
+    chunks = [(0, images)] if isinstance(images, Tensor) else images
     was_training = teacher.training
     teacher.eval()
     try:
@@ -472,10 +474,12 @@ def feature_duplication(images: Tensor, labels: Tensor, teacher: nn.Module, batc
     except StopIteration:
         device = torch.device("cpu")
     try:
-        feats = torch.cat([penultimate_features(teacher, images[i:i + batch_size].to(device)).float().cpu()
-                           for i in range(0, images.shape[0], batch_size)])
+        feats = torch.cat([penultimate_features(teacher, chunk[i:i + batch_size].to(device)).float().cpu()
+                           for _, chunk in chunks for i in range(0, chunk.shape[0], batch_size)])
     finally:
         teacher.train(was_training)
+    if feats.shape[0] != labels.shape[0]:
+        raise ValueError(f"{feats.shape[0]} images but {labels.shape[0]} labels")
     feats = F.normalize(feats.flatten(1).double(), dim=1)
     labels = labels.cpu()
     per_class = []

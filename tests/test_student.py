@@ -316,6 +316,12 @@ def test_feature_duplication(teachers, data):
         assert -1.0 <= v <= 1.0 and v < 1.0 - 1e-3
     with pytest.raises(ValueError):
         feature_duplication(img, torch.tensor([0]), models[0])
+    with pytest.raises(ValueError, match="1 images but 2 labels"):
+        feature_duplication(img, torch.tensor([0, 0]), models[0])
+    # streamed chunks (as DistilledDataset.iter_chunks yields them) give the same value
+    images = train.normalized(list(range(40)))
+    chunks = [(0, images[:15]), (15, images[15:])]
+    assert feature_duplication(iter(chunks), train.labels[:40], models[0], batch_size=7) == pytest.approx(real, abs=1e-9)
 
 
 def test_student_resumes_after_interrupt_to_the_same_result(teachers, data, tmp_path, monkeypatch):
