@@ -979,6 +979,37 @@ class DistilledDataset(torch.utils.data.Dataset):
         g, cls = divmod(i - s.K * c, c)
         return self._compose_one(g, cls)
 
+    @property
+    def soft_labels(self) -> Optional[Tensor]:
+        """float32 (N, C) soft labels in training order (None with hard_only)."""
+        return self._soft
+
+    @property
+    def fits_in_memory(self) -> bool:
+        """Whether all training images fit ``cache_bytes`` (then they are materialized once)."""
+        return self._cache_ok
+
+    def images_at(self, index: Tensor) -> Tensor:
+        """Training images ``index`` (int64 (B,)) as float32 (B, ch, H, W), composed on the fly
+        with the same arithmetic as the materialized set (for sets too large to hold)."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        if self._cache is not None:
+            return self._cache[index]
+        s = self.set
+        if not s.is_infer:
+            return self._plain(index)
+        c = s.num_classes
+        natural_rows = s.K * c
+        composed = index >= natural_rows
+        group = torch.where(composed, index - natural_rows, torch.zeros_like(index)) // c
+        k = torch.where(composed, s.ufc_index[group], index // c)
+        x = normalize_uint8(s.natural[k, index % c], s.mean, s.std)
+        if bool(composed.any()):  # clamp(natural + u) on the composed rows only
+            rows = composed.nonzero().squeeze(1)
+            view = (1, -1, 1, 1)
+            x[rows] = torch.clamp(x[rows] + self._ufc32[group[rows]], self._lo.view(view), self._hi.view(view))
+        return x
+
     def _materialize(self) -> Tensor:
         s = self.set
         out = torch.empty(self._n, s.channels, s.height, s.width, dtype=torch.float32)

@@ -329,8 +329,12 @@ def train_student(
     _check_test_set(distilled, test_set)
     device = resolve_device(cfg.device)
     dataset = DistilledDataset(distilled, hard_only=cfg.dynamic)
-    images, soft, _ = dataset.all_images()
-    n = images.shape[0]
+    if dataset.fits_in_memory:
+        images, soft, _ = dataset.all_images()
+        images_at = images.__getitem__
+    else:  # an ImageNet-size set: each batch is composed on the fly (same values)
+        images_at, soft = dataset.images_at, dataset.soft_labels
+    n = len(dataset)
     mean, std = distilled.mean, distilled.std
     teacher_models = [t.to(device).eval() for t in teachers] if cfg.dynamic else []
 
@@ -372,7 +376,7 @@ def train_student(
         total, seen = 0.0, 0
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment(images[idx], mean, std, gen, cfg.augmentation)
+            x = augment(images_at(idx), mean, std, gen, cfg.augmentation)
             lam = sample_lambda(cfg.mixup_alpha, gen)
             perm = torch.randperm(len(idx), generator=gen)
             z = None if cfg.dynamic else soft[idx]

@@ -353,3 +353,28 @@ def test_student_resumes_after_interrupt_to_the_same_result(teachers, data, tmp_
     resumed = train_student(ds, test, cfg, progress=False, checkpoint=ckpt, resume=True)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     assert resumed["final_accuracy"] == full["final_accuracy"] and resumed["best_accuracy"] == full["best_accuracy"]
+
+
+def test_set_too_large_to_hold_trains_the_same(teachers, data, monkeypatch):
+    """A set beyond the in-memory budget is composed batch by batch with the same values, so
+    the student trains exactly as with the materialized set."""
+    from infer_fast import storage
+
+    _, models = teachers
+    ds = relabel(infer_set(data[0]), models)
+    held = DistilledDataset(ds)
+    streamed = DistilledDataset(ds, cache_bytes=1)
+    assert held.fits_in_memory and not streamed.fits_in_memory
+    index = torch.tensor([0, 5, len(held) - 1, 23, 40, 41, 5])
+    images, _, _ = held.all_images()
+    assert torch.equal(streamed.images_at(index), images[index])
+    cfg = StudentConfig(epochs=2, **FAST)
+    full = train_student(ds, data[1], cfg, progress=False)
+    real_init = storage.DistilledDataset.__init__
+
+    def tiny_cache(self, *args, **kwargs):
+        kwargs["cache_bytes"] = 1
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(storage.DistilledDataset, "__init__", tiny_cache)
+    assert train_student(ds, data[1], cfg, progress=False)["history"] == full["history"]
