@@ -154,6 +154,16 @@ def test_fused_tracker_equals_hooks(backend, channels_last):
     torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-12)
 
 
+def test_fused_tracker_with_unused_losses_is_plain_eval_bn():
+    net = _double_teacher()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    (plain,) = torch.autograd.grad(net(x).square().sum(), x)
+    tracker = BNStatTracker(net, groups=2, fused=True)
+    (fused,) = torch.autograd.grad(net(x).square().sum(), x)  # the statistics losses are not used
+    tracker.remove()
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+
+
 def test_fused_forward_restored_and_affine_grads():
     net = _double_teacher()
     tracker = BNStatTracker(net, groups=1, fused=True)

@@ -31,6 +31,7 @@ class _EvalBNWithStatLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, eps, groups, backend):
+        ctx.set_materialize_grads(False)  # an unused loss (or output) costs no backward pass
         loss, mean_shift, var_err, norms = _forward_op(x, running_mean, running_var, groups, backend)
         acc = accumulate_dtype(x.dtype)  # fp32 for half inputs, fp64 for fp64
         inv_std = torch.rsqrt(running_var.to(acc) + eps)
@@ -45,11 +46,13 @@ class _EvalBNWithStatLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_loss):
         x, running_mean, mean_shift, var_err, norms, scale, inv_std = ctx.saved_tensors
-        if grad_loss is None:
-            grad_loss = torch.zeros(ctx.groups, dtype=norms.dtype, device=x.device)
-        grad_x = _backward_op(grad_loss, x, running_mean, mean_shift, var_err, norms, ctx.groups, ctx.backend)
-        if grad_y is not None:
-            grad_x.addcmul_(grad_y, scale.view(ctx.view).to(grad_x.dtype))
+        scale_x = scale.view(ctx.view).to(x.dtype)
+        if grad_loss is None:  # the loss was not used: only the BN output's gradient
+            grad_x = None if grad_y is None else grad_y * scale_x
+        else:
+            grad_x = _backward_op(grad_loss, x, running_mean, mean_shift, var_err, norms, ctx.groups, ctx.backend)
+            if grad_y is not None:
+                grad_x.addcmul_(grad_y, scale_x)
         grad_weight = grad_bias = None
         dims = [0] + list(range(2, x.dim()))
         if ctx.needs_input_grad[1] and grad_y is not None:  # a frozen teacher never asks
