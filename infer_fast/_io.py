@@ -1,22 +1,37 @@
 """Small file helpers shared by the long-running jobs."""
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """torch.save next to the target, fsync, then rename: a crash never leaves a
+def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write`` a file next to the target, fsync, then rename: a crash never leaves a
     half-written file under ``path`` (the previous version stays until the rename)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
+    write(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """torch.save ``obj`` to ``path`` atomically."""
+    _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_json_atomic(obj: Any, path: str) -> None:
+    """``obj`` as indented JSON at ``path``, atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    _replace_atomically(path, write)
 
 
 def read_checkpoint(path: str, format_name: str, what: str, version: int = 1) -> Dict[str, Any]:

@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ._io import save_json_atomic
+
 __all__ = [
     "METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
     "summarize", "format_table",
@@ -175,15 +177,6 @@ def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
 # results file
 # --------------------------------------------------------------------------------------
 
-def _write_json_atomic(obj: Dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _load_results(path: Path, cfg: PipelineConfig) -> Dict[str, Any]:
     fresh = {"format": RESULTS_FORMAT, "config": dataclasses.asdict(cfg), "teachers": [], "sets": {}, "runs": {}}
     if not path.exists():
@@ -196,15 +189,15 @@ def _load_results(path: Path, cfg: PipelineConfig) -> Dict[str, Any]:
     if old.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path} is not an infer-fast results file")
     # runs are kept only if what determines them is unchanged
-    same = {k: old["config"].get(k) == v for k, v in dataclasses.asdict(cfg).items()}
+    ours = dataclasses.asdict(cfg)
     keys = ("dataset", "teachers", "recovery", "sre2l", "accounting", "selection", "student", "dynamic_epochs", "data_root")
-    changed = [k for k in keys if not same.get(k, False)]
+    changed = [k for k in keys if old["config"].get(k) != ours[k]]
     if changed:
         raise ValueError(
             f"{path} belongs to a run with other settings ({', '.join(changed)} differ): "
             "choose another out directory or delete it"
         )
-    old["config"] = dataclasses.asdict(cfg)
+    old["config"] = ours
     return old
 
 
@@ -333,7 +326,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = _load_results(results_path, cfg)
-    save = lambda: _write_json_atomic(results, results_path)  # noqa: E731
+    save = lambda: save_json_atomic(results, str(results_path))  # noqa: E731
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
     M = len(cfg.teachers)
 
@@ -358,16 +351,18 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
             key = f"{method}/ipc{ipc}"
             if key in results["sets"] and directory.exists():
                 continue
-            seconds = 0.0
+            seconds = None  # a set found on disk was not timed by this run
             if not directory.exists():
                 _say(progress, f"distilling {METHOD_LABELS[method]} ipc {ipc} -> {directory}")
                 seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
+            elif method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:  # INFER's own set
+                seconds = results["sets"][f"infer/ipc{ipc}"]["distill_seconds"]
             ds = load_distilled(directory)
             if method != "infer_dyn" and not ds.has_soft_labels:
                 relabel(ds, teachers, device=str(next(teachers[0].parameters()).device))
                 save_distilled(ds, directory, overwrite=True)
             info = {
-                "directory": str(directory), "distill_seconds": seconds or results["sets"].get(f"infer/ipc{ipc}", {}).get("distill_seconds"),
+                "directory": str(directory), "distill_seconds": seconds,
                 "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
                 "budget": ds.budget,
             }

@@ -50,6 +50,9 @@ def test_run_produces_the_table(finished_run):
     # INFER+Dyn stores the same images without soft labels
     assert rows["infer_dyn"]["compression_ratio_percent"] < rows["infer"]["compression_ratio_percent"]
     assert rows["infer_dyn"]["feature_duplication"] == pytest.approx(rows["infer"]["feature_duplication"])
+    sets = results["sets"]  # one set serves INFER and INFER+Dyn: its distillation time is INFER's
+    assert sets["infer_dyn/ipc2"]["distill_seconds"] == sets["infer/ipc2"]["distill_seconds"] > 0
+    assert sets["random/ipc2"]["distill_seconds"] != sets["infer/ipc2"]["distill_seconds"]
     # dynamic epochs: round(2 / (M + 1)) = 1 (at least one)
     assert results["runs"]["infer_dyn/ipc2/seed0"]["epochs"] == 1 and results["runs"]["infer/ipc2/seed0"]["epochs"] == 2
     assert len(results["teachers"]) == 2 and all(os.path.isfile(t["path"]) for t in results["teachers"])
