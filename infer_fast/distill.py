@@ -511,12 +511,13 @@ def _run_jobs(
 
     lo_cpu, hi_cpu = valid_range(mean, std)
     rank, world = distributed.rank_and_world()
-    if config.distributed == "chunks":  # every rank on every job (the chunks are split); rank 0 checkpoints
-        mine, writer = jobs, rank == 0
-        world_jobs = 1
-    else:  # every world-th job, each rank with its own checkpoint
-        mine, writer, world_jobs = jobs[rank::world], True, world
-    checkpoint = None if checkpoint is None else distributed.shard_path(os.fspath(checkpoint), rank, world_jobs)
+    # torchrun, "jobs": every world-th job, each rank with its own checkpoint; "chunks" (or one
+    # process): every job here, the chunks of each batch split inside, rank 0 checkpoints
+    split_jobs = world > 1 and config.distributed == "jobs"
+    mine = jobs[rank::world] if split_jobs else jobs
+    writer = split_jobs or rank == 0
+    if checkpoint is not None:
+        checkpoint = distributed.shard_path(os.fspath(checkpoint), rank, world if split_jobs else 1)
     done: Dict[Tuple[int, int], Tensor] = {}
     stats: List[Dict[str, Any]] = []
     if checkpoint is not None and os.path.exists(checkpoint):
@@ -571,7 +572,7 @@ def _run_jobs(
             else:
                 G, auto_chunk = auto_batch_plan(teacher, probe, len(todo))
                 chunk_size = config.chunk_size or auto_chunk
-                if world_jobs == 1 and world > 1:  # "chunks": one plan for all ranks (rank 0's)
+                if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
                     G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
             group_size = G
             for start in range(0, len(todo), G):
@@ -594,7 +595,7 @@ def _run_jobs(
                 p.requires_grad_(flag)
             if config.channels_last:
                 teacher.to(memory_format=torch.contiguous_format)
-    if world_jobs > 1:  # everyone gets every share (then raises together if any job failed)
+    if split_jobs:  # everyone gets every share (then raises together if any job failed)
         shares = distributed.all_gather_object((done, stats, failures))
         done, stats, failures = {}, [], []
         for share_done, share_stats, share_failures in shares:
@@ -783,7 +784,10 @@ def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
         if world > 1:
             load_distilled(out_dir)  # the merged set verifies as one
     distributed.barrier()
-    for path in {Path(distributed.shard_path(str(checkpoint), rank, world)), checkpoint if rank == 0 else None} - {None}:
+    mine = [Path(distributed.shard_path(str(checkpoint), rank, world))]  # "jobs": each rank's share
+    if rank == 0:
+        mine.append(checkpoint)  # one process, or "chunks": rank 0's single checkpoint
+    for path in mine:
         if path.exists():
             path.unlink()
     return out_dir
