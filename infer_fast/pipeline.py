@@ -16,11 +16,22 @@ per class) and ``sre2l`` (ipc images per class from noise, same BN-matching loss
 (mean +- population std), the compression ratio (images + soft labels + indices; INFER+Dyn
 stores no soft labels but needs the teachers while training) and the feature duplication
 (INFER_METHOD.md §5) of its training images under the first teacher.
+
+Under torchrun (``torchrun --nproc-per-node N -m infer_fast.cli run CONFIG``) the work is
+split across the ranks: the teachers to train (the k-th on rank k mod N), INFER and SRe2L
+recovery (their UFCs / image groups, inside ``distill_infer`` / ``distill_sre2l``) and the
+student runs (the k-th left on rank k mod N, each a whole single-process student on that
+rank's device). Rank 0 alone writes pretrained teachers, random sets, soft labels,
+measurements and the results files, and alone prints; the others wait for it and read what
+they need from disk (a shared file system on several nodes). The results equal a single
+process's, and a stopped run continues with any number of ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import io
 import json
 import os
 import time
@@ -29,7 +40,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 
+from . import distributed
 from ._io import save_json_atomic
 
 __all__ = [
@@ -40,6 +53,10 @@ __all__ = [
 METHODS = ("infer", "infer_dyn", "random", "sre2l")
 METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
 RESULTS_FORMAT = "infer-fast-results"
+# Under torchrun a rank waits while others train a teacher or a student (hours at ImageNet
+# scale), far past the default collective timeouts (NCCL's is 10 minutes): the pipeline's
+# own waits go through a gloo group with this timeout.
+WAIT_TIMEOUT = datetime.timedelta(hours=72)
 
 
 @dataclass
@@ -210,32 +227,94 @@ def _say(progress: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def prepare_teachers(cfg: PipelineConfig, progress: bool = True) -> List[str]:
+class _Ranks:
+    """This process's rank and world size, and the waits between ranks (no-ops for one
+    process). Only rank 0 holds the results: the others follow its decisions."""
+
+    def __init__(self) -> None:
+        self.rank, self.world = distributed.rank_and_world()
+        self.group = None
+        if self.world > 1 and dist.is_gloo_available():  # a CPU group: no GPU watchdog on long waits
+            self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier(group=self.group)
+
+    def gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out: List[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def from_rank0(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a wait until rank 0 gets here)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def close(self) -> None:
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+            self.group = None
+
+
+def _stdout_unless(show: bool):
+    """Drops what is printed unless ``show`` (only rank 0 prints)."""
+    return contextlib.nullcontext() if show else contextlib.redirect_stdout(io.StringIO())
+
+
+def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional[_Ranks] = None) -> List[str]:
     """The teacher checkpoints of ``cfg``: given paths, pretrained weights written as
-    checkpoints, or teachers trained (resuming) into ``<out>/teachers/``."""
+    checkpoints, or teachers trained (resuming) into ``<out>/teachers/``. Under torchrun
+    (every rank calls this) the k-th teacher to train is trained on rank k mod world, on that
+    rank's device, rank 0 writes the pretrained ones, and all return once every one is
+    written."""
     out = Path(cfg.out)
     from .teacher import TeacherConfig, pretrained_teacher, train_teacher
 
-    paths = []
+    if ranks is None:
+        ranks = _Ranks()
+        try:
+            return prepare_teachers(cfg, progress, ranks)
+        finally:
+            ranks.close()
+    rank, world = ranks.rank, ranks.world
+    progress = progress and rank == 0
+    paths, pretrained, to_train = [], [], []  # to_train: (entry index, TeacherConfig, path)
     for i, entry in enumerate(cfg.teachers):
         if "path" in entry:
             path = str(entry["path"])
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"teachers[{i}]: teacher checkpoint {path!r} does not exist")
-            paths.append(path)
-            continue
-        if entry.get("pretrained"):
+        elif entry.get("pretrained"):
             path = str(out / "teachers" / f"teacher{i}-{entry['model'].replace(':', '_')}-pretrained.pt")
-            pretrained_teacher(entry["model"], cfg.dataset, path, pretrained=entry["pretrained"], data_root=cfg.data_root)
-            paths.append(path)
-            continue
-        values = {"dataset": cfg.dataset, "data_root": cfg.data_root, "device": cfg.device, **entry}
-        teacher_cfg = _build(TeacherConfig, values, f"teachers[{i}]")
-        path = str(out / "teachers" / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
-        if not os.path.exists(path):
-            _say(progress, f"teacher {i + 1}/{len(cfg.teachers)}: training {teacher_cfg.model} for {teacher_cfg.epochs} epochs -> {path}")
-        train_teacher(teacher_cfg, path, progress=progress)
+            pretrained.append((entry, path))
+        else:
+            values = {"dataset": cfg.dataset, "data_root": cfg.data_root, "device": cfg.device, **entry}
+            teacher_cfg = _build(TeacherConfig, values, f"teachers[{i}]")
+            teacher_cfg.device = distributed.local_device(teacher_cfg.device)
+            path = str(out / "teachers" / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
+            to_train.append((i, teacher_cfg, path))
         paths.append(path)
+    # rank 0 looks for unstarted teachers before any rank writes one (for its messages only)
+    fresh = ranks.from_rank0([i for i, _, path in to_train if not os.path.exists(path)])
+    if rank == 0:  # one writer; the others wait at the barrier below
+        for entry, path in pretrained:
+            pretrained_teacher(entry["model"], cfg.dataset, path, pretrained=entry["pretrained"], data_root=cfg.data_root)
+    for k, (i, teacher_cfg, path) in enumerate(to_train):
+        owner = k % world
+        if i in fresh:
+            where = f" on rank {owner}" if world > 1 else ""
+            _say(progress, f"teacher {i + 1}/{len(cfg.teachers)}: training {teacher_cfg.model} for {teacher_cfg.epochs} epochs{where} -> {path}")
+        if owner == rank:
+            with _stdout_unless(rank == 0):  # train_teacher prints some lines unconditionally
+                train_teacher(teacher_cfg, path, progress=progress)
+    ranks.barrier()  # every teacher written before any rank loads one
     return paths
 
 
@@ -314,48 +393,70 @@ def format_table(results: Dict[str, Any]) -> str:
 
 def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     """Run (or continue) the experiment ``cfg``; returns the results dict (also in
-    ``<out>/results.json``, the table in ``<out>/results.md``)."""
+    ``<out>/results.json``, the table in ``<out>/results.md``). Under torchrun every rank
+    calls this (see the module docstring for the split) and every rank returns the results."""
+    cfg.validate()
+    ranks = _Ranks()
+    try:
+        return _run(cfg, progress and ranks.rank == 0, ranks)
+    finally:
+        ranks.close()
+
+
+def _run(cfg: PipelineConfig, progress: bool, ranks: _Ranks) -> Dict[str, Any]:
     from .data import load_dataset
     from .storage import DistilledDataset, load_distilled, save_distilled
     from .student import feature_duplication, relabel, train_student
     from .teacher import load_teacher
 
-    cfg.validate()
+    rank, world = ranks.rank, ranks.world
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
+    # every rank reads it (a results file of other settings stops them all alike), rank 0's
+    # copy is the one kept and written
     results = _load_results(results_path, cfg)
     save = lambda: save_json_atomic(results, str(results_path))  # noqa: E731
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
     M = len(cfg.teachers)
 
-    # 1. teachers
+    # 1. teachers: trained across the ranks, then loaded by every rank
     t0 = time.perf_counter()
-    teacher_paths = prepare_teachers(cfg, progress)
+    teacher_paths = prepare_teachers(cfg, progress, ranks)
     teachers, records = [], []
     for path in teacher_paths:
-        model, meta = load_teacher(path, dataset=cfg.dataset, device=cfg.device)
+        model, meta = load_teacher(path, dataset=cfg.dataset, device=distributed.local_device(cfg.device))
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "test_accuracy": meta.get("test_accuracy"),
                         "train_seconds": meta.get("elapsed_s")})
-    results["teachers"] = records
-    _say(progress, "teachers: " + ", ".join(f"{r['model']} {100 * r['test_accuracy']:.2f}%" for r in records if r["test_accuracy"] is not None))
-    results.setdefault("timing", {})["teachers_s_this_session"] = time.perf_counter() - t0
-    save()
+    if rank == 0:
+        results["teachers"] = records
+        _say(progress, "teachers: " + ", ".join(f"{r['model']} {100 * r['test_accuracy']:.2f}%" for r in records if r["test_accuracy"] is not None))
+        results.setdefault("timing", {})["teachers_s_this_session"] = time.perf_counter() - t0
+        save()
 
-    # 2. distilled sets, relabelled; their compression ratio and feature duplication
+    # 2. distilled sets, relabelled; their compression ratio and feature duplication. Rank 0
+    # decides what each set needs (the others must not look at a directory it may be
+    # rewriting); INFER and SRe2L recovery need every rank, the rest is rank 0's.
     for ipc in cfg.ipc:
         for method in cfg.methods:
             directory = _set_dir(out, method, ipc)
             key = f"{method}/ipc{ipc}"
-            if key in results["sets"] and directory.exists():
+            step = None
+            if rank == 0:
+                step = "make" if not directory.exists() else "done" if key in results["sets"] else "measure"
+            step = ranks.from_rank0(step)
+            if step == "done":
                 continue
             seconds = None  # a set found on disk was not timed by this run
-            if not directory.exists():
+            if step == "make":
                 _say(progress, f"distilling {METHOD_LABELS[method]} ipc {ipc} -> {directory}")
-                seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
-            elif method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:  # INFER's own set
+                if method != "random" or rank == 0:  # random: nothing to split, rank 0 picks the images
+                    seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
+            if rank != 0:
+                continue
+            if step == "measure" and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:  # INFER's own set
                 seconds = results["sets"][f"infer/ipc{ipc}"]["distill_seconds"]
             ds = load_distilled(directory)
             if method != "infer_dyn" and not ds.has_soft_labels:
@@ -377,41 +478,68 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
             results["sets"][key] = info
             save()
 
-    # 3. students
+    # 3. students: the runs left, the k-th on rank k mod world, each a whole student trained
+    # in one process (no DDP: small students train far faster whole than split per batch)
     total = len(cfg.ipc) * len(cfg.methods) * cfg.seeds
-    done = sum(1 for k in results["runs"] if any(k.startswith(f"{m}/ipc{i}/") for m in cfg.methods for i in cfg.ipc))
-    for ipc in cfg.ipc:
-        for method in cfg.methods:
-            ds = None
-            for seed in range(cfg.seeds):
-                key = _run_key(method, ipc, seed)
-                if key in results["runs"]:
-                    continue
-                if ds is None:
-                    ds = load_distilled(_set_dir(out, method, ipc))
-                scfg = cfg.student_config(method, seed, M)
-                done += 1
-                _say(progress, f"student {done}/{total}: {METHOD_LABELS[method]} ipc {ipc} seed {seed} "
-                               f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
-                # per-epoch checkpoint: a killed run continues from its last epoch
-                ckpt = out / "students" / f"{method}-ipc{ipc}-seed{seed}.pt"
-                ckpt.parent.mkdir(exist_ok=True)
-                run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=progress,
-                                    checkpoint=str(ckpt), resume=True)
-                results["runs"][key] = {k: run[k] for k in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "num_training_images")}
-                results["runs"][key]["epochs"] = scfg.epochs
-                save()
-                ckpt.unlink()
+    todo = None
+    if rank == 0:
+        todo = [(method, ipc, seed) for ipc in cfg.ipc for method in cfg.methods for seed in range(cfg.seeds)
+                if _run_key(method, ipc, seed) not in results["runs"]]
+    # rank 0 sends the list once every set is written and relabelled: no rank reads one before
+    todo = ranks.from_rank0(todo)
+    done = total - len(todo)
+    if world > 1 and todo:
+        _say(progress, f"students: {len(todo)} run(s) left, split across {world} ranks (rank 0's shown)")
+    ds, ds_key = None, None
+    unrecorded = []  # this rank's finished runs for rank 0 to record; their checkpoints stay until then
+    for k, (method, ipc, seed) in enumerate(todo):
+        if k % world != rank:
+            continue
+        key = _run_key(method, ipc, seed)
+        if ds_key != (method, ipc):
+            ds, ds_key = load_distilled(_set_dir(out, method, ipc)), (method, ipc)
+        scfg = cfg.student_config(method, seed, M)
+        scfg.device = distributed.local_device(scfg.device)
+        _say(progress, f"student {done + k + 1}/{total}: {METHOD_LABELS[method]} ipc {ipc} seed {seed} "
+                       f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
+        # per-epoch checkpoint: a killed run continues from its last epoch
+        ckpt = out / "students" / f"{method}-ipc{ipc}-seed{seed}.pt"
+        ckpt.parent.mkdir(exist_ok=True)
+        run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=progress,
+                            checkpoint=str(ckpt), resume=True, ddp=False)
+        record = {name: run[name] for name in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "num_training_images")}
+        record["epochs"] = scfg.epochs
+        if rank == 0:
+            results["runs"][key] = record
+            save()
+            ckpt.unlink()
+        else:
+            unrecorded.append((key, record, str(ckpt)))
+    shares = ranks.gather(unrecorded)  # waits for the slowest rank
+    if world > 1:
+        if rank == 0:
+            for share in shares[1:]:
+                results["runs"].update((key, record) for key, record, _ in share)
+            save()
+        ranks.barrier()  # recorded: each rank removes the checkpoints of its runs
+        for _, _, ckpt in unrecorded:
+            Path(ckpt).unlink()
 
-    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    results["timing"]["session_s"] = time.perf_counter() - started
-    results["table"] = summarize(results)
-    save()
-    table = format_table(results)
-    (out / "results.md").write_text(_markdown_report(results, table))
-    _say(progress, "\n" + table)
-    _say(progress, f"\n{cfg.dataset}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
-                   f"({time.perf_counter() - started:.0f} s this session)")
+    if rank == 0:
+        results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        results["timing"]["session_s"] = time.perf_counter() - started
+        results["table"] = summarize(results)
+        save()
+        table = format_table(results)
+        (out / "results.md").write_text(_markdown_report(results, table))
+        _say(progress, "\n" + table)
+        _say(progress, f"\n{cfg.dataset}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
+                       f"({time.perf_counter() - started:.0f} s this session)")
+    if world > 1:
+        ranks.barrier()  # the others return the results rank 0 wrote
+        if rank != 0:
+            with open(results_path) as f:
+                results = json.load(f)
     return results
 
 

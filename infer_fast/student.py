@@ -307,12 +307,15 @@ def train_student(
     progress: bool = True,
     checkpoint: Optional[str] = None,
     resume: bool = False,
+    ddp: bool = True,
 ) -> Dict[str, Any]:
     """Train a student from scratch on ``distilled`` and evaluate it on ``test_set`` (ImageSet).
 
     Under torchrun (an initialized process group) each rank trains on its rows of every batch
     with DistributedDataParallel; rank 0 writes the checkpoint (on a shared file system for
-    resume). With BatchNorm in the student its batch statistics are per rank.
+    resume). With BatchNorm in the student its batch statistics are per rank. ``ddp=False``
+    trains the whole student in this process even under torchrun (and writes its checkpoint
+    here): for callers that give each rank whole runs of its own.
 
     ``checkpoint``: a file written atomically after every epoch (model, optimizer, schedule,
     random generators, history); ``resume=True`` continues from it and gives the same result
@@ -342,7 +345,7 @@ def train_student(
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
                              image_size=distilled.image_size[0]).to(device)
-    rank, world = distributed.rank_and_world()
+    rank, world = distributed.rank_and_world() if ddp else (0, 1)
     net = model
     if world > 1:  # torchrun: each rank trains on its share of every batch, gradients averaged
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
