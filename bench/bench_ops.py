@@ -3,7 +3,9 @@
 For ``bn_stat_loss``: every backend usable on the device, the eager hook used by
 SRe2L-style code (mean, permute+contiguous+var, two norms, autograd) and torch.compile of
 the naive reference, timed for forward, backward and both over realistic workloads (all
-BN inputs of a network at once). For ``ufc_compose``: every backend against the eager
+BN inputs of a network at once). For a frozen teacher's BN layer with the loss on its input
+(``eval_bn+loss``): the eager BatchNorm plus the eager hook, the BatchNorm plus our loss
+(unfused) and ``bn_eval_with_stat_loss`` (one pass each way). For ``ufc_compose``: every backend against the eager
 PyTorch composition. Prints tables and writes JSON (device, versions, commit, date).
 
     python bench/bench_ops.py                      # preset for the device present
@@ -26,7 +28,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from infer_fast.ops import available_backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
+from infer_fast.ops import (available_backends, bn_eval_with_stat_loss, bn_stat_loss, bn_stat_loss_naive, ufc_compose,
+                            ufc_compose_naive)
 
 Shape = Tuple[int, ...]
 
@@ -132,6 +135,51 @@ def bench_bn(work: Dict, dtype, device, impls: Dict[str, Callable], timer, chann
             }
         )
         loss = None  # free the retained graph before the next implementation runs
+    return rows
+
+
+def bench_eval_bn(work: Dict, dtype, device, impls: Dict[str, Callable], timer, channels_last: bool) -> List[Dict]:
+    """Eval-mode BN + the statistics loss of its input, every layer of the workload; the
+    backward gets a fixed dy for every output (as the rest of the network would give)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xs, params, grads = [], [], []
+    for shape in work["shapes"]:
+        c = shape[1]
+        xs.append(torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_())
+        params.append(tuple(t.to(device) for t in (0.1 * torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5,
+                                                   torch.rand(c, generator=gen) + 0.5, 0.1 * torch.randn(c, generator=gen))))
+        grads.append(torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt))
+    element_bytes = sum(x.numel() for x in xs) * xs[0].element_size()
+    rows = []
+    for name, fn in impls.items():
+        def forward():
+            outs = [fn(x, *p, work["groups"]) for x, p in zip(xs, params)]
+            return [y for y, _ in outs] + [sum(loss.sum() for _, loss in outs)]
+
+        def backward(outputs):
+            return torch.autograd.grad(outputs, xs, grads + [torch.ones((), device=device)], retain_graph=True)
+
+        try:
+            outputs = forward()
+            fwd = timer(forward)
+            bwd = timer(lambda: backward(outputs))
+            both = timer(lambda: backward(forward()))
+        except Exception as exc:
+            print(f"  {name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+            continue
+        rows.append(
+            {
+                "workload": work["name"], "op": "eval_bn+loss", "impl": name, "dtype": str(dtype).replace("torch.", ""),
+                "layout": "channels_last" if channels_last else "nchw", "groups": work["groups"],
+                "shapes": work["shapes"], "bytes_x": element_bytes,
+                "fwd_ms": fwd, "bwd_ms": bwd, "fwd_bwd_ms": both,
+                # bytes model (fused): forward reads x, writes y; backward reads x and dy, writes dx
+                "fwd_GBps": 2 * element_bytes / fwd / 1e6, "bwd_GBps": 3 * element_bytes / bwd / 1e6,
+                "fwd_bwd_GBps": 5 * element_bytes / both / 1e6,
+            }
+        )
+        outputs = None
     return rows
 
 
@@ -243,6 +291,15 @@ def main(argv=None) -> int:
         bn_impls["compile(ref)"] = lambda x, rm, rv, g: compiled(x, rm, rv, g)
     for name in backends:
         bn_impls[name] = lambda x, rm, rv, g, name=name: bn_stat_loss(x, rm, rv, g, backend=name)
+    eval_bn = lambda x, rm, rv, w, b: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=False)  # noqa: E731
+    eval_impls: Dict[str, Callable] = {
+        "eager BN + hook": lambda x, rm, rv, w, b, g: (eval_bn(x, rm, rv, w, b), eager_hook_loss(x, rm, rv, g)),
+    }
+    for name in backends:
+        eval_impls[f"BN + {name}"] = lambda x, rm, rv, w, b, g, name=name: (
+            eval_bn(x, rm, rv, w, b), bn_stat_loss(x, rm, rv, g, backend=name))
+        eval_impls[f"fused {name}"] = lambda x, rm, rv, w, b, g, name=name: bn_eval_with_stat_loss(
+            x, rm, rv, w, b, groups=g, backend=name)
     compose_impls: Dict[str, Callable] = {"eager": ufc_compose_naive}
     for name in backends:
         compose_impls[name] = lambda *a, name=name: ufc_compose(*a, backend=name)
@@ -257,6 +314,12 @@ def main(argv=None) -> int:
             print(f"bn_stat_loss: {work['name']} ...", flush=True)
             rows += bench_bn(work, dtype, device, bn_impls, timer, channels_last)
     print_table([r for r in rows if r["op"] == "bn_stat_loss"], "eager hook")
+    eval_rows: List[Dict] = []
+    for work in PRESETS[preset]:
+        for channels_last in layouts:
+            print(f"eval_bn+loss: {work['name']} ...", flush=True)
+            eval_rows += bench_eval_bn(work, dtype, device, eval_impls, timer, channels_last)
+    print_table(eval_rows, "eager BN + hook")
     compose_rows: List[Dict] = []
     for case in COMPOSE_PRESETS[preset]:
         print(f"ufc_compose: {case[0]} ...", flush=True)
@@ -269,7 +332,7 @@ def main(argv=None) -> int:
     )
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"environment": env, "results": rows + compose_rows}, f, indent=1)
+        json.dump({"environment": env, "results": rows + eval_rows + compose_rows}, f, indent=1)
     print(f"\nwrote {out}")
     return 0
 

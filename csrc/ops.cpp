@@ -11,10 +11,14 @@
 #endif
 
 TORCH_LIBRARY(infer_fast_C, m) {
-  m.def("bn_stat_sums(Tensor x, Tensor running_mean, int groups, Tensor(a!) out) -> ()");
+  // scale/shift/y and grad_y/scale: the optional fused eval-mode BatchNorm (y = x * scale + shift
+  // written by the statistics pass; its input gradient added by the backward pass).
+  m.def(
+      "bn_stat_sums(Tensor x, Tensor running_mean, int groups, Tensor(a!) out, Tensor? scale=None, "
+      "Tensor? shift=None, Tensor(b!)? y=None) -> ()");
   m.def(
       "bn_stat_backward(Tensor x, Tensor coef_a, Tensor coef_b, Tensor mean, int groups, "
-      "Tensor(a!) grad_input) -> ()");
+      "Tensor(a!) grad_input, Tensor? grad_y=None, Tensor? scale=None) -> ()");
   m.def(
       "ufc_compose(Tensor natural, Tensor ufc, Tensor index, Tensor shifts, Tensor flips, "
       "Tensor? lo, Tensor? hi, Tensor(a!) out) -> ()");

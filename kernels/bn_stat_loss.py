@@ -2,12 +2,14 @@
 
 Launchers (contract: ``infer_fast.ops.backends``):
 
-``bn_stat_sums(x3, running_mean, groups, out)``
+``bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None)``
     out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2) over the rows of
-    group g and all L, accumulated in out.dtype (fp32, or fp64 for fp64 inputs).
+    group g and all L, accumulated in out.dtype (fp32, or fp64 for fp64 inputs); with y3
+    (the fused eval-mode BatchNorm) also y3 = x * scale[c] + shift[c] from the same loads.
 
-``bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input)``
-    grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]).
+``bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None, scale=None)``
+    grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c])
+    (+ grad_y3[n, c, l] * scale[c] when grad_y3 is given).
 
 Design
 ------
@@ -51,13 +53,14 @@ _MIN_TILES_PER_PROGRAM = 4
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _stats_rows_kernel(
-    x_ptr, rm_ptr, part_ptr,
+    x_ptr, rm_ptr, part_ptr, scale_ptr, shift_ptr, y_ptr,
     C, L, n_per, num_gc,
     stride_n, stride_c, stride_l,
     rows_per_prog, l_per_prog, num_rsplit, num_lsplit,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, HAS_Y: tl.constexpr,
 ):
-    """Program (g, c, row chunk, L chunk): partial sums over (rows x L) tiles."""
+    """Program (g, c, row chunk, L chunk): partial sums over (rows x L) tiles; HAS_Y: also
+    the eval-mode BN output y = x * scale[c] + shift[c] of every tile it reads."""
     pid = tl.program_id(0)
     num_split = num_rsplit * num_lsplit
     s = pid % num_split
@@ -71,7 +74,10 @@ def _stats_rows_kernel(
 
     acc_ty = rm_ptr.dtype.element_ty
     rm = tl.load(rm_ptr + c)
-    base = x_ptr + g.to(tl.int64) * n_per * stride_n + c.to(tl.int64) * stride_c
+    if HAS_Y:
+        scale = tl.load(scale_ptr + c)
+        shift = tl.load(shift_ptr + c)
+    base_off = g.to(tl.int64) * n_per * stride_n + c.to(tl.int64) * stride_c
     offs_r = tl.arange(0, BLOCK_R)
     offs_l = tl.arange(0, BLOCK_L)
     acc1 = tl.zeros((BLOCK_R, BLOCK_L), dtype=acc_ty)
@@ -83,11 +89,13 @@ def _stats_rows_kernel(
         for l0 in range(l_begin, l_end, BLOCK_L):
             cols = l0 + offs_l
             mask = row_mask[:, None] & (cols < l_end)[None, :]
-            ptrs = base + row_off[:, None] + cols.to(tl.int64)[None, :] * stride_l
-            x = tl.load(ptrs, mask=mask, other=0.0).to(acc_ty)
+            offs = base_off + row_off[:, None] + cols.to(tl.int64)[None, :] * stride_l
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
             d = tl.where(mask, x - rm, 0.0)
             acc1 += d
             acc2 += d * d
+            if HAS_Y:  # y has x's strides
+                tl.store(y_ptr + offs, (x * scale + shift).to(y_ptr.dtype.element_ty), mask=mask)
     s1 = tl.sum(tl.sum(acc1, axis=1), axis=0)
     s2 = tl.sum(tl.sum(acc2, axis=1), axis=0)
     # partials: (2, G, C, S) contiguous
@@ -97,13 +105,14 @@ def _stats_rows_kernel(
 
 @triton.jit
 def _stats_cols_kernel(
-    x_ptr, rm_ptr, part_ptr,
+    x_ptr, rm_ptr, part_ptr, scale_ptr, shift_ptr, y_ptr,
     C, M, n_per, num_gc,
     stride_n, stride_m, stride_c,
     m_per_prog, num_msplit, num_cblocks,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, HAS_Y: tl.constexpr,
 ):
-    """Program (g, channel block, M chunk) over the group's (M = n*L, C) matrix."""
+    """Program (g, channel block, M chunk) over the group's (M = n*L, C) matrix; HAS_Y as
+    in _stats_rows_kernel."""
     pid = tl.program_id(0)
     s = pid % num_msplit
     t = pid // num_msplit
@@ -116,7 +125,10 @@ def _stats_cols_kernel(
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
     rm = tl.load(rm_ptr + cols, mask=col_mask, other=0.0)
-    base = x_ptr + g.to(tl.int64) * n_per * stride_n
+    if HAS_Y:
+        scale = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        shift = tl.load(shift_ptr + cols, mask=col_mask, other=0.0)[None, :]
+    base_off = g.to(tl.int64) * n_per * stride_n
     col_off = cols.to(tl.int64) * stride_c
     offs_m = tl.arange(0, BLOCK_M)
     acc1 = tl.zeros((BLOCK_M, BLOCK_C), dtype=acc_ty)
@@ -124,11 +136,13 @@ def _stats_cols_kernel(
     for m0 in range(m_begin, m_end, BLOCK_M):
         rows = m0 + offs_m
         mask = (rows < m_end)[:, None] & col_mask[None, :]
-        ptrs = base + rows.to(tl.int64)[:, None] * stride_m + col_off[None, :]
-        x = tl.load(ptrs, mask=mask, other=0.0).to(acc_ty)
+        offs = base_off + rows.to(tl.int64)[:, None] * stride_m + col_off[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         d = tl.where(mask, x - rm[None, :], 0.0)
         acc1 += d
         acc2 += d * d
+        if HAS_Y:  # y has x's strides
+            tl.store(y_ptr + offs, (x * scale + shift).to(y_ptr.dtype.element_ty), mask=mask)
     s1 = tl.sum(acc1, axis=0)
     s2 = tl.sum(acc2, axis=0)
     gc = (g * C + cols).to(tl.int64)
@@ -154,13 +168,14 @@ def _sum_partials_kernel(part_ptr, out_ptr, R, S, BLOCK_O: tl.constexpr, BLOCK_S
 
 @triton.jit
 def _bn_backward_kernel(
-    x_ptr, a_ptr, b_ptr, mean_ptr, dx_ptr,
+    x_ptr, a_ptr, b_ptr, mean_ptr, dx_ptr, dy_ptr, scale_ptr,
     QG, P, D, C, n_per,
     sx_n, sx_d, sx_p, sg_n, sg_d, sg_p,
     num_qblocks, num_pblocks,
-    CH_INNER: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+    CH_INNER: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, HAS_DY: tl.constexpr,
 ):
-    """dx = a[g, c] + b[g, c] * (x - mean[g, c]) over (outer q x inner p) tiles of group g.
+    """dx = a[g, c] + b[g, c] * (x - mean[g, c]) (+ dy * scale[c] when HAS_DY, dy with x's
+    strides) over (outer q x inner p) tiles of group g.
 
     Within a group, q in [0, QG = n_per * D) splits as (n, d) = (q // D, q % D) (int32,
     once per tile row); p is the contiguous axis. CH_INNER: p is the channel (NLC, d = l),
@@ -189,15 +204,21 @@ def _bn_backward_kernel(
         a = tl.load(a_ptr + cidx, mask=p_mask, other=0.0)[None, :]
         b = tl.load(b_ptr + cidx, mask=p_mask, other=0.0)[None, :]
         mu = tl.load(mean_ptr + cidx, mask=p_mask, other=0.0)[None, :]
+        if HAS_DY:
+            scale = tl.load(scale_ptr + p, mask=p_mask, other=0.0)[None, :]
     else:
         cidx = g * C + d
         a = tl.load(a_ptr + cidx, mask=q_mask, other=0.0)[:, None]
         b = tl.load(b_ptr + cidx, mask=q_mask, other=0.0)[:, None]
         mu = tl.load(mean_ptr + cidx, mask=q_mask, other=0.0)[:, None]
+        if HAS_DY:
+            scale = tl.load(scale_ptr + d, mask=q_mask, other=0.0)[:, None]
 
     x_off = (n * sx_n + d64 * sx_d)[:, None] + p64[None, :] * sx_p
     x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(acc_ty)
     dx = a + b * (x - mu)
+    if HAS_DY:
+        dx += tl.load(dy_ptr + x_off, mask=mask, other=0.0).to(acc_ty) * scale
     g_off = (n * sg_n + d64 * sg_d)[:, None] + p64[None, :] * sg_p
     tl.store(dx_ptr + g_off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -232,8 +253,10 @@ def _pow2(value, name):
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
-def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=None, split=None):
-    """out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2).
+def bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None, *,
+                 block_rows=None, block_inner=None, split=None):
+    """out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2); with y3 (x3's
+    strides) also y3 = x * scale[c] + shift[c], written by the programs that read x.
 
     Keyword-only knobs (tests and benchmarks; the defaults are the heuristics):
     ``block_rows`` / ``block_inner``: powers of two, the tile's outer and contiguous
@@ -248,6 +271,8 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
     if N == 0 or L == 0:
         out.zero_()
         return
+    has_y = y3 is not None
+    affine = (scale, shift, y3) if has_y else (running_mean, running_mean, x3)  # unused placeholders
     target = target_programs(x3.device, waves=8)
     num_gc = G * C
     channels_inner = sl != 1 or L == 1
@@ -267,11 +292,11 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
         part = out if S == 1 else torch.empty(2 * num_gc * S, dtype=out.dtype, device=out.device)
         grid = (G * num_cblocks * S,)
         _stats_cols_kernel[grid](
-            x3, running_mean, part,
+            x3, running_mean, part, *affine,
             C, M, n_per, num_gc,
             sn, stride_m, sc,
             tiles_per * BLOCK_M, S, num_cblocks,
-            BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=_num_warps(BLOCK_M * BLOCK_C),
+            BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, HAS_Y=has_y, num_warps=_num_warps(BLOCK_M * BLOCK_C),
         )
     else:
         BLOCK_L = block_inner or _inner_block(L, _TILE)
@@ -292,11 +317,11 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
         part = out if S == 1 else torch.empty(2 * num_gc * S, dtype=out.dtype, device=out.device)
         grid = (num_gc * S,)
         _stats_rows_kernel[grid](
-            x3, running_mean, part,
+            x3, running_mean, part, *affine,
             C, L, n_per, num_gc,
             sn, sc, sl,
             r_tiles_per * BLOCK_R, l_tiles_per * BLOCK_L, rsplit, lsplit,
-            BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, num_warps=_num_warps(BLOCK_R * BLOCK_L),
+            BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, HAS_Y=has_y, num_warps=_num_warps(BLOCK_R * BLOCK_L),
         )
     if S > 1:
         R = 2 * num_gc
@@ -307,8 +332,10 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
         )
 
 
-def bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, *, block_rows=None, block_inner=None):
-    """grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]).
+def bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None, scale=None, *,
+                     block_rows=None, block_inner=None):
+    """grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c])
+    (+ grad_y3[n, c, l] * scale[c], grad_y3 with x3's strides).
 
     ``block_rows`` / ``block_inner``: optional power-of-two tile extents (tests).
     """
@@ -339,9 +366,10 @@ def bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, *, block_rows
     grid = (G * num_qblocks * num_pblocks,)
     _bn_backward_kernel[grid](
         x3, coef_a, coef_b, mean, grad_input,
+        *((grad_y3, scale) if grad_y3 is not None else (x3, coef_a)),  # unused placeholders
         QG, P, D, C, n_per,
         sx[0], sx_d, sx_p, sg[0], sg_d, sg_p,
         num_qblocks, num_pblocks,
-        CH_INNER=channels_inner, BLOCK_Q=BLOCK_Q, BLOCK_P=BLOCK_P,
+        CH_INNER=channels_inner, BLOCK_Q=BLOCK_Q, BLOCK_P=BLOCK_P, HAS_DY=grad_y3 is not None,
         num_warps=_num_warps(BLOCK_Q * BLOCK_P),
     )

@@ -171,7 +171,7 @@ def test_fused_forward_restored_and_affine_grads():
     tracker.remove()
     assert "forward" not in vars(net.bn1)  # the class's forward again
     # weight/bias gradients (a teacher being fine-tuned would ask for them): gradcheck
-    from infer_fast.ops.bn_hooks import _EvalBNWithStatLoss
+    from infer_fast.ops import bn_eval_with_stat_loss
 
     bn = net.bn1
     x = torch.randn(4, 6, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -179,8 +179,7 @@ def test_fused_forward_restored_and_affine_grads():
     b = bn.bias.detach().clone().requires_grad_()
 
     def fn(x, w, b):
-        y, loss = _EvalBNWithStatLoss.apply(x, w, b, bn.running_mean, bn.running_var, bn.eps, 2, "torch")
-        return y, loss
+        return bn_eval_with_stat_loss(x, bn.running_mean, bn.running_var, w, b, bn.eps, 2, "torch")
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
 

@@ -151,12 +151,146 @@ inline void row_sums(const T* p, int64_t len, int64_t step, acc_t<T> rm, double&
   }
 }
 
+// ---- elementwise passes: out = a + b * (x - m) [+ dy * s] ----
+// The backward writes dx = a + b (x - mu) (+ dy * scale when the eval-mode BN is fused in);
+// the fused forward writes y = shift + scale * (x - 0) through the same helpers. dy, when
+// given, has x's strides. Unit strides take the vectorized loops, fp16/bf16 through fp32
+// blocks.
+
+// Scalar coefficients (one channel) over len values.
+template <typename T>
+inline void affine_row(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, acc_t<T> a, acc_t<T> b,
+                       acc_t<T> m, const T* dy, acc_t<T> s) {
+  using A = acc_t<T>;
+  if (sx == 1 && sy == 1) {
+    if constexpr (IsReduced<T>::value) {
+      float buf[kBlock], dbuf[kBlock];
+      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - i0);
+        to_float(x + i0, buf, n);
+        if (dy != nullptr) {
+          to_float(dy + i0, dbuf, n);
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) buf[i] = a + b * (buf[i] - m) + dbuf[i] * s;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) buf[i] = a + b * (buf[i] - m);
+        }
+        from_float(buf, y + i0, n);
+      }
+    } else if (dy != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) y[i] = a + b * (x[i] - m) + dy[i] * s;
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) y[i] = a + b * (x[i] - m);
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) {
+      A v = a + b * (static_cast<A>(x[i * sx]) - m);
+      if (dy != nullptr) v += static_cast<A>(dy[i * sx]) * s;
+      y[i * sy] = static_cast<T>(v);
+    }
+  }
+}
+
+// Per-channel coefficients: value i is channel i (a, b, m, s point at the first channel).
+template <typename T>
+inline void affine_channels(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, const acc_t<T>* a,
+                            const acc_t<T>* b, const acc_t<T>* m, const T* dy, const acc_t<T>* s) {
+  using A = acc_t<T>;
+  if (sx == 1 && sy == 1) {
+    if constexpr (IsReduced<T>::value) {
+      float buf[kBlock], dbuf[kBlock];
+      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - i0);
+        to_float(x + i0, buf, n);
+        const float *ap = a + i0, *bp = b + i0, *mp = m + i0;
+        if (dy != nullptr) {
+          to_float(dy + i0, dbuf, n);
+          const float* sp = s + i0;
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) buf[i] = ap[i] + bp[i] * (buf[i] - mp[i]) + dbuf[i] * sp[i];
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) buf[i] = ap[i] + bp[i] * (buf[i] - mp[i]);
+        }
+        from_float(buf, y + i0, n);
+      }
+    } else if (dy != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) y[i] = a[i] + b[i] * (x[i] - m[i]) + dy[i] * s[i];
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) y[i] = a[i] + b[i] * (x[i] - m[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) {
+      A v = a[i] + b[i] * (static_cast<A>(x[i * sx]) - m[i]);
+      if (dy != nullptr) v += static_cast<A>(dy[i * sx]) * s[i];
+      y[i * sy] = static_cast<T>(v);
+    }
+  }
+}
+
+// The same over len contiguous values of an NLC tensor, value j being channel
+// (c_start + j) % C; fp16/bf16 through fp32 blocks that span several rows.
+template <typename T>
+inline void affine_span_nlc(const T* x, T* y, int64_t len, int64_t c_start, int64_t C, const acc_t<T>* a,
+                            const acc_t<T>* b, const acc_t<T>* m, const T* dy, const acc_t<T>* s) {
+  if constexpr (IsReduced<T>::value) {
+    float buf[kBlock], dbuf[kBlock];
+    int64_t c = c_start;
+    for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+      const int64_t nb = std::min(kBlock, len - j0);
+      to_float(x + j0, buf, nb);
+      if (dy != nullptr) to_float(dy + j0, dbuf, nb);
+      for (int64_t j = 0; j < nb;) {
+        const int64_t w = std::min(C - c, nb - j);
+        float* v = buf + j;
+        const float *ap = a + c, *bp = b + c, *mp = m + c;
+        if (dy != nullptr) {
+          const float *dv = dbuf + j, *sp = s + c;
+#pragma omp simd
+          for (int64_t i = 0; i < w; ++i) v[i] = ap[i] + bp[i] * (v[i] - mp[i]) + dv[i] * sp[i];
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < w; ++i) v[i] = ap[i] + bp[i] * (v[i] - mp[i]);
+        }
+        j += w;
+        c += w;
+        if (c == C) c = 0;
+      }
+      from_float(buf, y + j0, nb);
+    }
+  } else {
+    int64_t c = c_start;
+    for (int64_t j = 0; j < len;) {
+      const int64_t w = std::min(C - c, len - j);
+      affine_channels(x + j, 1, y + j, 1, w, a + c, b + c, m + c, dy == nullptr ? nullptr : dy + j,
+                      s == nullptr ? nullptr : s + c);
+      j += w;
+      c = 0;
+    }
+  }
+}
+
+// The fused eval-mode BN output of bn_stat_sums: y = x * scale[c] + shift[c], y with x's
+// strides; zero: C zeros (the m of the helpers above). y == nullptr: sums only.
+template <typename T>
+struct EvalBNOut {
+  T* y = nullptr;
+  const acc_t<T>* scale = nullptr;
+  const acc_t<T>* shift = nullptr;
+  const acc_t<T>* zero = nullptr;
+};
+
 // NCL: work item (g, n-block, c-block, l-segment). Inside an item, n is the outer loop and c
 // the inner one, so an item reads spans of about kSegElems contiguous values. Items are
 // numbered in memory order; partials go to part[g][n-block][l-segment][2][C].
 template <typename T>
 void sums_ncl(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC, int64_t sL,
-              const acc_t<T>* rm, int64_t G, acc_t<T>* out) {
+              const acc_t<T>* rm, int64_t G, acc_t<T>* out, const EvalBNOut<T>& bn) {
   using A = acc_t<T>;
   const int64_t npg = N / G;
   const std::pair<int64_t, int64_t> nseg_seg = split_even(L, kSegElems);
@@ -178,7 +312,19 @@ void sums_ncl(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t s
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t n = n0; n < n1; ++n) {
         for (int64_t c = c0; c < c1; ++c) {
-          row_sums(x + n * sN + c * sC + l0 * sL, l1 - l0, sL, rm[c], acc[2 * (c - c0)], acc[2 * (c - c0) + 1]);
+          const int64_t off = n * sN + c * sC + l0 * sL;
+          double &s1 = acc[2 * (c - c0)], &s2 = acc[2 * (c - c0) + 1];
+          if (bn.y == nullptr) {
+            row_sums(x + off, l1 - l0, sL, rm[c], s1, s2);
+            continue;
+          }
+          // kBlock pieces (row_sums' own blocks, so the sums are bit-identical): y is
+          // written while the piece is in L1.
+          for (int64_t i0 = 0; i0 < l1 - l0; i0 += kBlock) {
+            const int64_t len = std::min(kBlock, l1 - l0 - i0);
+            row_sums(x + off + i0 * sL, len, sL, rm[c], s1, s2);
+            affine_row<T>(x + off + i0 * sL, sL, bn.y + off + i0 * sL, sL, len, bn.shift[c], bn.scale[c], 0, nullptr, 0);
+          }
         }
       }
       double* dst = part.data() + ((g * nnb + nblk) * nseg + sg) * 2 * C;
@@ -252,7 +398,7 @@ inline void acc_rows(const A* p, int64_t stride, int64_t k, const A* rm, A* f1, 
 // converted to fp32 first (in one block when the rows are contiguous).
 template <typename T>
 void sums_nlc(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sL, const acc_t<T>* rm, int64_t G,
-              acc_t<T>* out) {
+              acc_t<T>* out, const EvalBNOut<T>& bn) {
   using A = acc_t<T>;
   const int64_t npg = N / G;
   const int64_t rows_pg = npg * L;  // rows (n, l) of one group, each C contiguous values
@@ -294,6 +440,13 @@ void sums_nlc(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t s
           acc_rows<float>(conv.data(), cw, k, rmc, f1, f2, cw);
         } else {
           acc_rows<A>(p, sL, k, rmc, f1, f2, cw);
+        }
+        if (bn.y != nullptr) {  // the k rows just read, still in L1
+          T* yp = bn.y + (p - x);
+          for (int64_t q = 0; q < k; ++q) {
+            affine_channels<T>(p + q * sL, 1, yp + q * sL, 1, cw, bn.shift + c0, bn.scale + c0, bn.zero + c0, nullptr,
+                               nullptr);
+          }
         }
         i += k;
         l += k;
@@ -345,11 +498,36 @@ at::ScalarType check_x_and_groups(const at::Tensor& x, int64_t groups, const cha
   return acc_scalar_type(x.scalar_type());
 }
 
-void bn_stat_sums_cpu(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups, const at::Tensor& out) {
+// A tensor with x's dtype, sizes and strides (strides of size-1 dims aside), written by an
+// op (no overlapping elements): y of the fused forward; grad_y is read the same way.
+void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+  check_defined(t, op, name);
+  check_cpu(t, op, name);
+  check_dtype(t, x.scalar_type(), op, name);
+  check_shape(t, x.sizes(), op, name);
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    TORCH_CHECK(x.size(d) <= 1 || t.stride(d) == x.stride(d), op, ": ", name, " must have x's strides ", x.strides(),
+                ", got ", t.strides());
+  }
+}
+
+void bn_stat_sums_cpu(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups, const at::Tensor& out,
+                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                      const std::optional<at::Tensor>& y) {
   const at::ScalarType acc = check_x_and_groups(x, groups, kSums);
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
   check_tensor(running_mean, acc, {C}, kSums, "running_mean");
   check_tensor(out, acc, {2, groups, C}, kSums, "out");
+  const bool fused = y.has_value();
+  TORCH_CHECK(scale.has_value() == fused && shift.has_value() == fused, kSums,
+              ": scale, shift and y must be given together (the fused eval-mode BatchNorm) or not at all");
+  if (fused) {
+    check_tensor(*scale, acc, {C}, kSums, "scale");
+    check_tensor(*shift, acc, {C}, kSums, "shift");
+    check_like_x(*y, x, kSums, "y");
+    TORCH_CHECK(at::has_internal_overlap(*y) != at::MemOverlap::Yes, kSums,
+                ": y must not have overlapping elements, got strides ", y->strides());
+  }
   if (out.numel() == 0) return;
   if (x.numel() == 0) {
     out.zero_();
@@ -361,67 +539,24 @@ void bn_stat_sums_cpu(const at::Tensor& x, const at::Tensor& running_mean, int64
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const A* rm = running_mean.const_data_ptr<A>();
     A* op = out.mutable_data_ptr<A>();
+    EvalBNOut<scalar_t> bn;
+    std::vector<A> zero;
+    if (fused) {
+      zero.assign(C, A(0));
+      bn = {y->mutable_data_ptr<scalar_t>(), scale->const_data_ptr<A>(), shift->const_data_ptr<A>(), zero.data()};
+    }
     if (layout == Layout::NCL) {
-      sums_ncl<scalar_t>(xp, N, C, L, x.stride(0), x.stride(1), x.stride(2), rm, groups, op);
+      sums_ncl<scalar_t>(xp, N, C, L, x.stride(0), x.stride(1), x.stride(2), rm, groups, op, bn);
     } else {
-      sums_nlc<scalar_t>(xp, N, C, L, x.stride(0), x.stride(2), rm, groups, op);
+      sums_nlc<scalar_t>(xp, N, C, L, x.stride(0), x.stride(2), rm, groups, op, bn);
     }
   });
 }
 
-// y = a + b * (x - m) over len values (a, b, m scalars); unit strides take the
-// vectorized loops, fp16/bf16 through fp32 blocks.
-template <typename T>
-inline void affine_row(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, acc_t<T> a, acc_t<T> b,
-                       acc_t<T> m) {
-  using A = acc_t<T>;
-  if (sx == 1 && sy == 1) {
-    if constexpr (IsReduced<T>::value) {
-      float buf[kBlock];
-      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
-        const int64_t n = std::min(kBlock, len - i0);
-        to_float(x + i0, buf, n);
-#pragma omp simd
-        for (int64_t i = 0; i < n; ++i) buf[i] = a + b * (buf[i] - m);
-        from_float(buf, y + i0, n);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) y[i] = a + b * (x[i] - m);
-    }
-  } else {
-    for (int64_t i = 0; i < len; ++i) y[i * sy] = static_cast<T>(a + b * (static_cast<A>(x[i * sx]) - m));
-  }
-}
-
-// y[c] = a[c] + b[c] * (x[c] - m[c]) over len values (per-channel coefficients).
-template <typename T>
-inline void affine_channels(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, const acc_t<T>* a,
-                            const acc_t<T>* b, const acc_t<T>* m) {
-  using A = acc_t<T>;
-  if (sx == 1 && sy == 1) {
-    if constexpr (IsReduced<T>::value) {
-      float buf[kBlock];
-      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
-        const int64_t n = std::min(kBlock, len - i0);
-        to_float(x + i0, buf, n);
-        const float *ap = a + i0, *bp = b + i0, *mp = m + i0;
-#pragma omp simd
-        for (int64_t i = 0; i < n; ++i) buf[i] = ap[i] + bp[i] * (buf[i] - mp[i]);
-        from_float(buf, y + i0, n);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) y[i] = a[i] + b[i] * (x[i] - m[i]);
-    }
-  } else {
-    for (int64_t i = 0; i < len; ++i) y[i * sy] = static_cast<T>(a[i] + b[i] * (static_cast<A>(x[i * sx]) - m[i]));
-  }
-}
-
 template <typename T>
 void backward_ncl(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64_t* xs, const int64_t* ys,
-                  const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* m, int64_t G) {
+                  const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* m, int64_t G, const T* dy,
+                  const acc_t<T>* scale) {
   const int64_t npg = N / G;
   const int64_t total = N * C * L;
   at::parallel_for(0, total, kGrainElems, [&](int64_t begin, int64_t end) {
@@ -431,8 +566,9 @@ void backward_ncl(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64
       const int64_t n = row / C, c = row % C;
       const int64_t gc = (n / npg) * C + c;
       const int64_t len = std::min(L - l, end - pos);
-      affine_row(x + n * xs[0] + c * xs[1] + l * xs[2], xs[2], y + n * ys[0] + c * ys[1] + l * ys[2], ys[2], len,
-                 a[gc], b[gc], m[gc]);
+      const int64_t xo = n * xs[0] + c * xs[1] + l * xs[2];
+      affine_row(x + xo, xs[2], y + n * ys[0] + c * ys[1] + l * ys[2], ys[2], len, a[gc], b[gc], m[gc],
+                 dy == nullptr ? nullptr : dy + xo, dy == nullptr ? acc_t<T>(0) : scale[c]);
       pos += len;
       l = 0;
       ++row;
@@ -440,48 +576,10 @@ void backward_ncl(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64
   });
 }
 
-// y = a[c] + b[c] * (x - m[c]) over len contiguous values of an NLC tensor, value j being
-// channel (c_start + j) % C; fp16/bf16 through fp32 blocks that span several rows.
-template <typename T>
-inline void affine_span_nlc(const T* x, T* y, int64_t len, int64_t c_start, int64_t C, const acc_t<T>* a,
-                            const acc_t<T>* b, const acc_t<T>* m) {
-  using A = acc_t<T>;
-  if constexpr (IsReduced<T>::value) {
-    float buf[kBlock];
-    int64_t c = c_start;
-    for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
-      const int64_t nb = std::min(kBlock, len - j0);
-      to_float(x + j0, buf, nb);
-      for (int64_t j = 0; j < nb;) {
-        const int64_t w = std::min(C - c, nb - j);
-        float* v = buf + j;
-        const float *ap = a + c, *bp = b + c, *mp = m + c;
-#pragma omp simd
-        for (int64_t i = 0; i < w; ++i) v[i] = ap[i] + bp[i] * (v[i] - mp[i]);
-        j += w;
-        c += w;
-        if (c == C) c = 0;
-      }
-      from_float(buf, y + j0, nb);
-    }
-  } else {
-    int64_t c = c_start;
-    for (int64_t j = 0; j < len;) {
-      const int64_t w = std::min(C - c, len - j);
-      const A* xp = x + j;
-      A* yp = y + j;
-      const A *ap = a + c, *bp = b + c, *mp = m + c;
-#pragma omp simd
-      for (int64_t i = 0; i < w; ++i) yp[i] = ap[i] + bp[i] * (xp[i] - mp[i]);
-      j += w;
-      c = 0;
-    }
-  }
-}
-
 template <typename T>
 void backward_nlc(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64_t* xs, const int64_t* ys,
-                  const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* m, int64_t G) {
+                  const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* m, int64_t G, const T* dy,
+                  const acc_t<T>* scale) {
   const int64_t npg = N / G;
   const int64_t total = N * L * C;
   // rows (n, l) of x and of grad_input back to back within each n (plain channels_last)
@@ -495,11 +593,14 @@ void backward_nlc(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64
       int64_t len;
       if (spans) {
         len = std::min(end, (n + 1) * L * C) - pos;
-        affine_span_nlc(x + n * xs[0] + l * C + c0, y + n * ys[0] + l * C + c0, len, c0, C, a + go, b + go, m + go);
+        const int64_t xo = n * xs[0] + l * C + c0;
+        affine_span_nlc(x + xo, y + n * ys[0] + l * C + c0, len, c0, C, a + go, b + go, m + go,
+                        dy == nullptr ? nullptr : dy + xo, scale);
       } else {
         len = std::min(C - c0, end - pos);
-        affine_channels(x + n * xs[0] + l * xs[2] + c0 * xs[1], xs[1], y + n * ys[0] + l * ys[2] + c0 * ys[1], ys[1],
-                        len, a + go + c0, b + go + c0, m + go + c0);
+        const int64_t xo = n * xs[0] + l * xs[2] + c0 * xs[1];
+        affine_channels(x + xo, xs[1], y + n * ys[0] + l * ys[2] + c0 * ys[1], ys[1], len, a + go + c0, b + go + c0,
+                        m + go + c0, dy == nullptr ? nullptr : dy + xo, dy == nullptr ? nullptr : scale + c0);
       }
       pos += len;
     }
@@ -507,7 +608,8 @@ void backward_nlc(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64
 }
 
 void bn_stat_backward_cpu(const at::Tensor& x, const at::Tensor& coef_a, const at::Tensor& coef_b,
-                          const at::Tensor& mean, int64_t groups, const at::Tensor& grad_input) {
+                          const at::Tensor& mean, int64_t groups, const at::Tensor& grad_input,
+                          const std::optional<at::Tensor>& grad_y, const std::optional<at::Tensor>& scale) {
   const at::ScalarType acc = check_x_and_groups(x, groups, kBwd);
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
   check_tensor(coef_a, acc, {groups, C}, kBwd, "coef_a");
@@ -517,6 +619,12 @@ void bn_stat_backward_cpu(const at::Tensor& x, const at::Tensor& coef_a, const a
   check_cpu(grad_input, kBwd, "grad_input");
   check_dtype(grad_input, x.scalar_type(), kBwd, "grad_input");
   check_shape(grad_input, x.sizes(), kBwd, "grad_input");
+  TORCH_CHECK(grad_y.has_value() == scale.has_value(), kBwd,
+              ": grad_y and scale must be given together (the fused eval-mode BatchNorm) or not at all");
+  if (grad_y.has_value()) {
+    check_like_x(*grad_y, x, kBwd, "grad_y");
+    check_tensor(*scale, acc, {C}, kBwd, "scale");
+  }
   if (x.numel() == 0) return;
   const Layout layout = pick_layout(x, kBwd);
   // grad_input has x's layout: its unit-stride axis must match (size-1 axes aside).
@@ -540,10 +648,12 @@ void bn_stat_backward_cpu(const at::Tensor& x, const at::Tensor& coef_a, const a
     const A* ap = coef_a.const_data_ptr<A>();
     const A* bp = coef_b.const_data_ptr<A>();
     const A* mp = mean.const_data_ptr<A>();
+    const scalar_t* dyp = grad_y.has_value() ? grad_y->const_data_ptr<scalar_t>() : nullptr;
+    const A* sp = scale.has_value() ? scale->const_data_ptr<A>() : nullptr;
     if (layout == Layout::NCL) {
-      backward_ncl<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups);
+      backward_ncl<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups, dyp, sp);
     } else {
-      backward_nlc<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups);
+      backward_nlc<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups, dyp, sp);
     }
   });
 }

@@ -79,6 +79,20 @@ void check_bn_input(const at::Tensor& x3, int64_t groups, const char* op) {
               x3.strides(), " for shape ", x3.sizes());
 }
 
+// An elementwise companion of x (grad_input, y, grad_y): x's device, dtype, shape and
+// strides (strides of size-1 dims are irrelevant), so the kernels index it like x.
+void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x, const char* op) {
+  check_on_device(t, name, x, op);
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "infer_fast_C::", op, ": ", name,
+              " must have x's dtype ", x.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == x.sizes(), "infer_fast_C::", op, ": ", name, " must have x's shape ",
+              x.sizes(), ", got ", t.sizes());
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    TORCH_CHECK(x.size(d) <= 1 || t.stride(d) == x.stride(d), "infer_fast_C::", op, ": ", name,
+                " must have x's strides ", x.strides(), ", got ", t.strides());
+  }
+}
+
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "infer_fast_C::", op, ": CUDA kernel launch failed: ",
               cudaGetErrorString(err));
@@ -86,9 +100,16 @@ void check_launch(cudaError_t err, const char* op) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+const void* opt_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr() : nullptr;
+}
+
 // ------------------------------------------------------------------------------------------
+// scale, shift, y (all or none): the fused eval-mode BatchNorm y = x * scale[c] + shift[c],
+// written by the same kernel that reads x for the sums.
 void bn_stat_sums_cuda(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups,
-                       at::Tensor& out) {
+                       at::Tensor& out, const std::optional<at::Tensor>& scale,
+                       const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& y) {
   constexpr const char* op = "bn_stat_sums";
   check_bn_input(x, groups, op);
   const auto dtype = to_dtype(x.scalar_type(), op);
@@ -96,7 +117,14 @@ void bn_stat_sums_cuda(const at::Tensor& x, const at::Tensor& running_mean, int6
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
   check_tensor(running_mean, "running_mean", x, acc, {C}, op);
   check_tensor(out, "out", x, acc, {2, groups, C}, op);
-  if (out.numel() == 0) return;
+  TORCH_CHECK(scale.has_value() == y.has_value() && shift.has_value() == y.has_value(),
+              "infer_fast_C::", op, ": scale, shift and y must be all given or all None");
+  if (y.has_value()) {
+    check_tensor(*scale, "scale", x, acc, {C}, op);
+    check_tensor(*shift, "shift", x, acc, {C}, op);
+    check_like_x(*y, "y", x, op);
+  }
+  if (out.numel() == 0) return;  // C == 0: y has no element either
 
   const c10::cuda::CUDAGuard guard(x.device());
   const auto plan =
@@ -108,12 +136,17 @@ void bn_stat_sums_cuda(const at::Tensor& x, const at::Tensor& running_mean, int6
   const auto err = ifc::launch_bn_stat_sums(
       plan, dtype, x.const_data_ptr(), N, C, L, x.stride(0), x.stride(1), x.stride(2),
       running_mean.const_data_ptr(), groups, out.mutable_data_ptr(),
-      workspace.defined() ? workspace.mutable_data_ptr() : nullptr, current_stream());
+      workspace.defined() ? workspace.mutable_data_ptr() : nullptr, opt_ptr(scale), opt_ptr(shift),
+      y.has_value() ? y->mutable_data_ptr() : nullptr, current_stream());
   check_launch(err, op);
 }
 
+// grad_y, scale (both or none): adds the fused eval-mode BatchNorm's input gradient
+// grad_y * scale[c] in the same elementwise pass.
 void bn_stat_backward_cuda(const at::Tensor& x, const at::Tensor& coef_a, const at::Tensor& coef_b,
-                           const at::Tensor& mean, int64_t groups, at::Tensor& grad_input) {
+                           const at::Tensor& mean, int64_t groups, at::Tensor& grad_input,
+                           const std::optional<at::Tensor>& grad_y,
+                           const std::optional<at::Tensor>& scale) {
   constexpr const char* op = "bn_stat_backward";
   check_bn_input(x, groups, op);
   const auto dtype = to_dtype(x.scalar_type(), op);
@@ -122,15 +155,12 @@ void bn_stat_backward_cuda(const at::Tensor& x, const at::Tensor& coef_a, const 
   check_tensor(coef_a, "coef_a", x, acc, {groups, C}, op);
   check_tensor(coef_b, "coef_b", x, acc, {groups, C}, op);
   check_tensor(mean, "mean", x, acc, {groups, C}, op);
-  check_on_device(grad_input, "grad_input", x, op);
-  TORCH_CHECK(grad_input.scalar_type() == x.scalar_type(), "infer_fast_C::", op,
-              ": grad_input must have x's dtype ", x.scalar_type(), ", got ",
-              grad_input.scalar_type());
-  TORCH_CHECK(grad_input.sizes() == x.sizes(), "infer_fast_C::", op,
-              ": grad_input must have x's shape ", x.sizes(), ", got ", grad_input.sizes());
-  for (int64_t d = 0; d < 3; ++d) {
-    TORCH_CHECK(x.size(d) <= 1 || grad_input.stride(d) == x.stride(d), "infer_fast_C::", op,
-                ": grad_input must have x's strides ", x.strides(), ", got ", grad_input.strides());
+  check_like_x(grad_input, "grad_input", x, op);
+  TORCH_CHECK(grad_y.has_value() == scale.has_value(), "infer_fast_C::", op,
+              ": grad_y and scale must be both given or both None");
+  if (grad_y.has_value()) {
+    check_like_x(*grad_y, "grad_y", x, op);
+    check_tensor(*scale, "scale", x, acc, {C}, op);
   }
   if (x.numel() == 0) return;
 
@@ -138,7 +168,7 @@ void bn_stat_backward_cuda(const at::Tensor& x, const at::Tensor& coef_a, const 
   const auto err = ifc::launch_bn_stat_backward(
       dtype, x.const_data_ptr(), N, C, L, x.stride(0), x.stride(1), x.stride(2),
       coef_a.const_data_ptr(), coef_b.const_data_ptr(), mean.const_data_ptr(), groups,
-      grad_input.mutable_data_ptr(), current_stream());
+      grad_input.mutable_data_ptr(), opt_ptr(grad_y), opt_ptr(scale), current_stream());
   check_launch(err, op);
 }
 
@@ -182,10 +212,6 @@ ComposeShape check_compose(const at::Tensor& natural, const at::Tensor& ufc, con
   TORCH_CHECK(s.H == 0 || s.W <= int64_t{2147483647} / s.H, "infer_fast_C::", op,
               ": H * W must be < 2^31, got ", s.H, " x ", s.W);
   return s;
-}
-
-const void* opt_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr() : nullptr;
 }
 
 void ufc_compose_cuda(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,

@@ -11,6 +11,11 @@
 // The order of every addition depends only on the shape and dtype (never on pointer
 // alignment, scheduling or the GPU model), so results are bitwise reproducible. No atomics.
 //
+// Fused eval-mode BatchNorm (optional, a template flag so the plain paths are unchanged):
+//   forward: the partial kernel also writes y = x * scale[c] + shift[c] where it loads x
+//     (each element is loaded exactly once), so the teacher's BN output costs no extra read;
+//   backward: grad_input also gets grad_y * scale[c], in the same elementwise pass.
+//
 // Memory access:
 //   NCL (N, C, L) with L contiguous: a block reads its channel's n rows of L elements as one
 //     flat range of n*L elements; a warp reads consecutive 16-byte vectors (vectors never
@@ -54,6 +59,10 @@ using detail::Vec;
 
 constexpr int kThreads = 256;         // threads per block of the partial and backward kernels
 constexpr int kUnroll = 8;            // independent loads in flight per thread (partial kernels)
+// NLC with the fused y: its scale/shift registers leave room for 6 loads in flight under the
+// 64-register cap of 4 blocks per SM (8 spill with fp32). The unroll never changes the
+// summation order (each thread sums its rows sequentially), so the sums stay identical.
+constexpr int kUnrollNlcAffine = 6;
 // Split heuristics (shape-only, so the summation order never depends on the device):
 // about 528 blocks (4 resident 256-thread blocks on each of an H100's 132 SMs) with 16-byte
 // loads saturate HBM; each block reads at least ~16K elements, and at most 512 splits keep
@@ -124,16 +133,42 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ p, T (&out)[VW]) 
   }
 }
 
+template <typename T, int VW, bool kVecStore>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const T (&in)[VW]) {
+  if constexpr (kVecStore && VW > 1) {
+    Vec<T, VW> v;
+#pragma unroll
+    for (int j = 0; j < VW; ++j) v.v[j] = in[j];
+    *reinterpret_cast<Vec<T, VW>*>(p) = v;
+  } else {
+#pragma unroll
+    for (int j = 0; j < VW; ++j) p[j] = in[j];
+  }
+}
+
+// Fused eval-BN output of one loaded vector: y = x * scale + shift in acc.
+template <typename T, int VW, bool kVecStore>
+__device__ __forceinline__ void store_affine(T* __restrict__ p, const T (&e)[VW],
+                                             const acc_t<T> (&sc)[VW], const acc_t<T> (&sh)[VW]) {
+  T o[VW];
+#pragma unroll
+  for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(to_acc(e[j]) * sc[j] + sh[j]);
+  store_vec<T, VW, kVecStore>(p, o);
+}
+
 // ---------------------------------------------------------------------------------------------
 // bn_stat_sums, NCL: block b = (g * C + c) * splits + s handles vectors [s*chunk, (s+1)*chunk)
 // of the flat range of the n*L elements of (group g, channel c), VW elements per vector.
 // Vector v lives in row v / Lv (Lv = L / VW) at element (v % Lv) * VW of that row.
+// kAffine: also y[same offset] = x * scale[c] + shift[c] (y has x's layout; kVecLoad then
+// means both x and y are 16-byte aligned).
 // ---------------------------------------------------------------------------------------------
-template <typename T, int VW, bool kVecLoad, typename I>
+template <typename T, int VW, bool kVecLoad, bool kAffine, typename I>
 __global__ void __launch_bounds__(kThreads)
     bn_sums_ncl_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ running_mean,
-                       acc_t<T>* __restrict__ part, int64_t G, int64_t n, int64_t C, int64_t L,
-                       int64_t splits, I Mv, I chunk, Divider<I> lv_div) {
+                       const acc_t<T>* __restrict__ scale, const acc_t<T>* __restrict__ shift,
+                       T* __restrict__ y, acc_t<T>* __restrict__ part, int64_t G, int64_t n,
+                       int64_t C, int64_t L, int64_t splits, I Mv, I chunk, Divider<I> lv_div) {
   using A = acc_t<T>;
   const int64_t b = blockIdx.x;
   const int64_t s = b % splits;
@@ -143,8 +178,18 @@ __global__ void __launch_bounds__(kThreads)
 
   const A m = running_mean[c];
   const int64_t row_stride = C * L;
-  const T* __restrict__ base = x + (g * n * C + c) * L;  // x[g*n, c, 0]
+  const int64_t base_off = (g * n * C + c) * L;  // x[g*n, c, 0]
+  const T* __restrict__ base = x + base_off;
   const I Lv = lv_div.divisor;
+  A scl[VW], sft[VW];  // one channel: the same scale/shift for every element
+  if constexpr (kAffine) {
+    const A sc0 = scale[c], sh0 = shift[c];
+#pragma unroll
+    for (int j = 0; j < VW; ++j) {
+      scl[j] = sc0;
+      sft[j] = sh0;
+    }
+  }
 
   const I begin = static_cast<I>(s) * chunk;
   const I end = begin + chunk < Mv ? begin + chunk : Mv;
@@ -172,12 +217,18 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) load_vec<T, VW, kVecLoad>(base + offset(v + u * kThreads), e[u]);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) accumulate(e[u]);
+    for (int u = 0; u < kUnroll; ++u) {
+      accumulate(e[u]);
+      // right after its use, so e[u] dies early (register pressure)
+      if constexpr (kAffine)
+        store_affine<T, VW, kVecLoad>(y + base_off + offset(v + u * kThreads), e[u], scl, sft);
+    }
   }
   for (; v < end; v += kThreads) {
     T e[VW];
     load_vec<T, VW, kVecLoad>(base + offset(v), e);
     accumulate(e);
+    if constexpr (kAffine) store_affine<T, VW, kVecLoad>(y + base_off + offset(v), e, scl, sft);
   }
 
   block_sum2(s1, s2);
@@ -192,12 +243,14 @@ __global__ void __launch_bounds__(kThreads)
 // splits + s handles rows [s*chunk, (s+1)*chunk) and channel vectors
 // [t*blockDim.x, (t+1)*blockDim.x); thread (tx, ty) sums rows ty, ty + blockDim.y, ... for the
 // VW channels of its vector, then the block reduces over ty in shared memory.
+// kAffine: also y[same offset] = x * scale[c] + shift[c], as in the NCL kernel.
 // ---------------------------------------------------------------------------------------------
-template <typename T, int VW, bool kVecLoad>
+template <typename T, int VW, bool kVecLoad, bool kAffine>
 __global__ void __launch_bounds__(kThreads, 4)
     bn_sums_nlc_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ running_mean,
-                       acc_t<T>* __restrict__ part, int64_t G, int64_t R, int64_t C,
-                       int64_t ctiles, int64_t splits, int64_t chunk) {
+                       const acc_t<T>* __restrict__ scale, const acc_t<T>* __restrict__ shift,
+                       T* __restrict__ y, acc_t<T>* __restrict__ part, int64_t G, int64_t R,
+                       int64_t C, int64_t ctiles, int64_t splits, int64_t chunk) {
   using A = acc_t<T>;
   __shared__ A sh[2 * VW][kThreads];
 
@@ -220,11 +273,20 @@ __global__ void __launch_bounds__(kThreads, 4)
     s1[j] = A(0);
     s2[j] = A(0);
   }
+  A scl[VW], sft[VW];
+  if constexpr (kAffine) {
+#pragma unroll
+    for (int j = 0; j < VW; ++j) {
+      scl[j] = active ? scale[c0 + j] : A(0);
+      sft[j] = active ? shift[c0 + j] : A(0);
+    }
+  }
 
   const int64_t r_begin = s * chunk;
   const int64_t r_end = r_begin + chunk < R ? r_begin + chunk : R;
   if (active) {
-    const T* __restrict__ base = x + g * R * C + c0;
+    const int64_t base_off = g * R * C + c0;
+    const T* __restrict__ base = x + base_off;
     auto accumulate = [&](const T (&e)[VW]) {
 #pragma unroll
       for (int j = 0; j < VW; ++j) {
@@ -233,18 +295,24 @@ __global__ void __launch_bounds__(kThreads, 4)
         s2[j] += d * d;
       }
     };
+    constexpr int kU = kAffine ? kUnrollNlcAffine : kUnroll;
     int64_t r = r_begin + ty;
-    for (; r + (kUnroll - 1) * by < r_end; r += kUnroll * by) {
-      T e[kUnroll][VW];
+    for (; r + (kU - 1) * by < r_end; r += kU * by) {
+      T e[kU][VW];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) load_vec<T, VW, kVecLoad>(base + (r + u * by) * C, e[u]);
+      for (int u = 0; u < kU; ++u) load_vec<T, VW, kVecLoad>(base + (r + u * by) * C, e[u]);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) accumulate(e[u]);
+      for (int u = 0; u < kU; ++u) {
+        accumulate(e[u]);
+        if constexpr (kAffine)  // right after its use, so e[u] dies early (register pressure)
+          store_affine<T, VW, kVecLoad>(y + base_off + (r + u * by) * C, e[u], scl, sft);
+      }
     }
     for (; r < r_end; r += by) {
       T e[VW];
       load_vec<T, VW, kVecLoad>(base + r * C, e);
       accumulate(e);
+      if constexpr (kAffine) store_affine<T, VW, kVecLoad>(y + base_off + r * C, e, scl, sft);
     }
   }
 
@@ -310,11 +378,13 @@ __global__ void __launch_bounds__(kFinalizeLanes * kFinalizeLanes)
 // bn_stat_backward: grid-stride over the vectors of VW consecutive elements of the dense
 // memory of x. NCL (VW | L): all VW elements share (g, c): plane = v / Lv, c = plane % C,
 // g = plane / (n*C). NLC (VW | C): row = v / Cv, channels (v % Cv) * VW + j, g = row / (n*L).
+// kHasDy: also + dy * scale[c] (the fused eval-BN's input gradient; dy has x's layout).
 // ---------------------------------------------------------------------------------------------
-template <typename T, int VW, bool kNLC, typename I>
+template <typename T, int VW, bool kNLC, bool kHasDy, typename I>
 __global__ void __launch_bounds__(kThreads)
     bn_backward_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ coef_a,
                        const acc_t<T>* __restrict__ coef_b, const acc_t<T>* __restrict__ mean,
+                       const T* __restrict__ dy, const acc_t<T>* __restrict__ scale,
                        T* __restrict__ grad, I nvec, int64_t C, Divider<I> inner_div,
                        Divider<I> c_div, Divider<I> group_div) {
   using A = acc_t<T>;
@@ -322,6 +392,8 @@ __global__ void __launch_bounds__(kThreads)
   for (I v = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x; v < nvec; v += stride) {
     T e[VW];
     load_vec<T, VW, (VW > 1)>(x + static_cast<int64_t>(v) * VW, e);
+    T d[VW];
+    if constexpr (kHasDy) load_vec<T, VW, (VW > 1)>(dy + static_cast<int64_t>(v) * VW, d);
     T o[VW];
     if constexpr (!kNLC) {
       // inner_div: by Lv; c_div: by C; group_div: by n*C (applied to the plane index).
@@ -331,8 +403,15 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t g = static_cast<int64_t>(group_div.div(plane));
       const int64_t gc = g * C + c;
       const A a = coef_a[gc], bb = coef_b[gc], mu = mean[gc];
+      if constexpr (kHasDy) {
+        const A sc = scale[c];
 #pragma unroll
-      for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(a + bb * (to_acc(e[j]) - mu));
+        for (int j = 0; j < VW; ++j)
+          o[j] = from_acc<T>(a + bb * (to_acc(e[j]) - mu) + to_acc(d[j]) * sc);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(a + bb * (to_acc(e[j]) - mu));
+      }
     } else {
       // inner_div: by Cv = C / VW; group_div: by n*L (applied to the row index).
       const I row = inner_div.div(v);
@@ -355,8 +434,22 @@ __global__ void __launch_bounds__(kThreads)
         bb[0] = coef_b[gc0];
         mu[0] = mean[gc0];
       }
+      if constexpr (kHasDy) {
+        A sc[VW];
+        if constexpr (VW > 1) {
+          const Vec<A, VW> vs = *reinterpret_cast<const Vec<A, VW>*>(scale + cv * VW);
 #pragma unroll
-      for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(a[j] + bb[j] * (to_acc(e[j]) - mu[j]));
+          for (int j = 0; j < VW; ++j) sc[j] = vs.v[j];
+        } else {
+          sc[0] = scale[cv];
+        }
+#pragma unroll
+        for (int j = 0; j < VW; ++j)
+          o[j] = from_acc<T>(a[j] + bb[j] * (to_acc(e[j]) - mu[j]) + to_acc(d[j]) * sc[j]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(a[j] + bb[j] * (to_acc(e[j]) - mu[j]));
+      }
       (void)c_div;
     }
     if constexpr (VW > 1) {
@@ -389,15 +482,19 @@ bool strides_ok(bool nlc, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t s
   return (C <= 1 || sC == L) && (L <= 1 || sL == 1);
 }
 
-template <typename T>
+// kAffine: scale, shift and y are given (the fused eval-BN output); otherwise all null.
+template <typename T, bool kAffine>
 cudaError_t launch_sums_typed(const BnStatSumsPlan& plan, const T* x, int64_t N, int64_t C,
                               int64_t L, const acc_t<T>* rm, int64_t G, acc_t<T>* out,
-                              acc_t<T>* workspace, cudaStream_t stream) {
+                              acc_t<T>* workspace, const acc_t<T>* scale, const acc_t<T>* shift,
+                              T* y, cudaStream_t stream) {
   using A = acc_t<T>;
   constexpr int VEC = vec_of<T>();
   const int64_t n = N / G;
   A* part = plan.splits > 1 ? workspace : out;
-  const bool x_aligned = detail::aligned_to(x, 16);
+  // y is stored at x's offsets, so vector accesses need both aligned (the choice never changes
+  // the summation order: that depends only on plan.vec).
+  const bool io_aligned = detail::aligned_to(x, 16) && (!kAffine || detail::aligned_to(y, 16));
 
   if (!plan.nlc) {
     const int64_t blocks = G * C * plan.splits;
@@ -407,33 +504,33 @@ cudaError_t launch_sums_typed(const BnStatSumsPlan& plan, const T* x, int64_t N,
       const int64_t Mv = M / VEC;
       if (M <= kInt32Max) {
         auto d = detail::make_divider<uint32_t>(std::max<int64_t>(1, L / VEC));
-        if (x_aligned)
-          bn_sums_ncl_kernel<T, VEC, true, uint32_t><<<grid, block, 0, stream>>>(
-              x, rm, part, G, n, C, L, plan.splits, static_cast<uint32_t>(Mv),
+        if (io_aligned)
+          bn_sums_ncl_kernel<T, VEC, true, kAffine, uint32_t><<<grid, block, 0, stream>>>(
+              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint32_t>(Mv),
               static_cast<uint32_t>(plan.chunk), d);
         else
-          bn_sums_ncl_kernel<T, VEC, false, uint32_t><<<grid, block, 0, stream>>>(
-              x, rm, part, G, n, C, L, plan.splits, static_cast<uint32_t>(Mv),
+          bn_sums_ncl_kernel<T, VEC, false, kAffine, uint32_t><<<grid, block, 0, stream>>>(
+              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint32_t>(Mv),
               static_cast<uint32_t>(plan.chunk), d);
       } else {
         auto d = detail::make_divider<uint64_t>(std::max<int64_t>(1, L / VEC));
-        if (x_aligned)
-          bn_sums_ncl_kernel<T, VEC, true, uint64_t><<<grid, block, 0, stream>>>(
-              x, rm, part, G, n, C, L, plan.splits, static_cast<uint64_t>(Mv),
+        if (io_aligned)
+          bn_sums_ncl_kernel<T, VEC, true, kAffine, uint64_t><<<grid, block, 0, stream>>>(
+              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint64_t>(Mv),
               static_cast<uint64_t>(plan.chunk), d);
         else
-          bn_sums_ncl_kernel<T, VEC, false, uint64_t><<<grid, block, 0, stream>>>(
-              x, rm, part, G, n, C, L, plan.splits, static_cast<uint64_t>(Mv),
+          bn_sums_ncl_kernel<T, VEC, false, kAffine, uint64_t><<<grid, block, 0, stream>>>(
+              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint64_t>(Mv),
               static_cast<uint64_t>(plan.chunk), d);
       }
     } else {
       if (M <= kInt32Max) {
-        bn_sums_ncl_kernel<T, 1, false, uint32_t><<<grid, block, 0, stream>>>(
-            x, rm, part, G, n, C, L, plan.splits, static_cast<uint32_t>(M),
+        bn_sums_ncl_kernel<T, 1, false, kAffine, uint32_t><<<grid, block, 0, stream>>>(
+            x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint32_t>(M),
             static_cast<uint32_t>(plan.chunk), detail::make_divider<uint32_t>(std::max<int64_t>(1, L)));
       } else {
-        bn_sums_ncl_kernel<T, 1, false, uint64_t><<<grid, block, 0, stream>>>(
-            x, rm, part, G, n, C, L, plan.splits, static_cast<uint64_t>(M),
+        bn_sums_ncl_kernel<T, 1, false, kAffine, uint64_t><<<grid, block, 0, stream>>>(
+            x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint64_t>(M),
             static_cast<uint64_t>(plan.chunk), detail::make_divider<uint64_t>(std::max<int64_t>(1, L)));
       }
     }
@@ -442,15 +539,15 @@ cudaError_t launch_sums_typed(const BnStatSumsPlan& plan, const T* x, int64_t N,
     const int64_t blocks = G * plan.channel_tiles * plan.splits;
     const dim3 grid(static_cast<unsigned>(blocks)), block(plan.block_x, plan.block_y);
     if (plan.vec == VEC && VEC > 1) {
-      if (x_aligned)
-        bn_sums_nlc_kernel<T, VEC, true><<<grid, block, 0, stream>>>(
-            x, rm, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
+      if (io_aligned)
+        bn_sums_nlc_kernel<T, VEC, true, kAffine><<<grid, block, 0, stream>>>(
+            x, rm, scale, shift, y, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
       else
-        bn_sums_nlc_kernel<T, VEC, false><<<grid, block, 0, stream>>>(
-            x, rm, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
+        bn_sums_nlc_kernel<T, VEC, false, kAffine><<<grid, block, 0, stream>>>(
+            x, rm, scale, shift, y, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
     } else {
-      bn_sums_nlc_kernel<T, 1, false><<<grid, block, 0, stream>>>(
-          x, rm, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
+      bn_sums_nlc_kernel<T, 1, false, kAffine><<<grid, block, 0, stream>>>(
+          x, rm, scale, shift, y, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
     }
   }
 
@@ -463,10 +560,10 @@ cudaError_t launch_sums_typed(const BnStatSumsPlan& plan, const T* x, int64_t N,
   return cudaGetLastError();
 }
 
-template <typename T, int VW, bool kNLC, typename I>
+template <typename T, int VW, bool kNLC, bool kHasDy, typename I>
 void launch_backward_kernel(const T* x, const acc_t<T>* a, const acc_t<T>* b,
-                            const acc_t<T>* mean, T* grad, int64_t numel, int64_t n, int64_t C,
-                            int64_t L, cudaStream_t stream) {
+                            const acc_t<T>* mean, const T* dy, const acc_t<T>* scale, T* grad,
+                            int64_t numel, int64_t n, int64_t C, int64_t L, cudaStream_t stream) {
   const int64_t nvec = numel / VW;
   Divider<I> inner, cdiv, gdiv;
   if constexpr (!kNLC) {
@@ -480,43 +577,54 @@ void launch_backward_kernel(const T* x, const acc_t<T>* a, const acc_t<T>* b,
   }
   // Grid-stride: enough resident blocks for every SM (two waves of 8 blocks per SM).
   const int64_t blocks = std::min<int64_t>(ceil_div(nvec, kThreads), int64_t{sm_count()} * 16);
-  bn_backward_kernel<T, VW, kNLC, I><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      x, a, b, mean, grad, static_cast<I>(nvec), C, inner, cdiv, gdiv);
+  bn_backward_kernel<T, VW, kNLC, kHasDy, I>
+      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          x, a, b, mean, dy, scale, grad, static_cast<I>(nvec), C, inner, cdiv, gdiv);
 }
 
-template <typename T, int VW, bool kNLC>
+template <typename T, int VW, bool kNLC, bool kHasDy>
 void launch_backward_index(const T* x, const acc_t<T>* a, const acc_t<T>* b,
-                           const acc_t<T>* mean, T* grad, int64_t numel, int64_t n, int64_t C,
-                           int64_t L, cudaStream_t stream) {
+                           const acc_t<T>* mean, const T* dy, const acc_t<T>* scale, T* grad,
+                           int64_t numel, int64_t n, int64_t C, int64_t L, cudaStream_t stream) {
   if (numel <= kInt32Max)
-    launch_backward_kernel<T, VW, kNLC, uint32_t>(x, a, b, mean, grad, numel, n, C, L, stream);
+    launch_backward_kernel<T, VW, kNLC, kHasDy, uint32_t>(x, a, b, mean, dy, scale, grad, numel,
+                                                          n, C, L, stream);
   else
-    launch_backward_kernel<T, VW, kNLC, uint64_t>(x, a, b, mean, grad, numel, n, C, L, stream);
+    launch_backward_kernel<T, VW, kNLC, kHasDy, uint64_t>(x, a, b, mean, dy, scale, grad, numel,
+                                                          n, C, L, stream);
 }
 
-template <typename T>
+// kHasDy: dy and scale are given (the fused eval-BN's gradient term); otherwise both null.
+template <typename T, bool kHasDy>
 cudaError_t launch_backward_typed(const T* x, int64_t N, int64_t C, int64_t L, bool nlc,
                                   const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* mean,
-                                  int64_t G, T* grad, cudaStream_t stream) {
+                                  int64_t G, const T* dy, const acc_t<T>* scale, T* grad,
+                                  cudaStream_t stream) {
   using A = acc_t<T>;
   constexpr int VEC = vec_of<T>();
   const int64_t numel = N * C * L;
   const int64_t n = N / G;
-  const bool io_aligned = detail::aligned_to(x, 16) && detail::aligned_to(grad, 16);
+  const bool io_aligned = detail::aligned_to(x, 16) && detail::aligned_to(grad, 16) &&
+                          (!kHasDy || detail::aligned_to(dy, 16));
   if (!nlc) {
     if (L % VEC == 0 && io_aligned)
-      launch_backward_index<T, VEC, false>(x, a, b, mean, grad, numel, n, C, L, stream);
+      launch_backward_index<T, VEC, false, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
+                                                   stream);
     else
-      launch_backward_index<T, 1, false>(x, a, b, mean, grad, numel, n, C, L, stream);
+      launch_backward_index<T, 1, false, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
+                                                 stream);
   } else {
     const int64_t coef_align = static_cast<int64_t>(sizeof(Vec<A, VEC>));
     const bool coef_aligned = detail::aligned_to(a, coef_align) &&
                               detail::aligned_to(b, coef_align) &&
-                              detail::aligned_to(mean, coef_align);
+                              detail::aligned_to(mean, coef_align) &&
+                              (!kHasDy || detail::aligned_to(scale, coef_align));
     if (C % VEC == 0 && io_aligned && coef_aligned)
-      launch_backward_index<T, VEC, true>(x, a, b, mean, grad, numel, n, C, L, stream);
+      launch_backward_index<T, VEC, true, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
+                                                  stream);
     else
-      launch_backward_index<T, 1, true>(x, a, b, mean, grad, numel, n, C, L, stream);
+      launch_backward_index<T, 1, true, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
+                                                stream);
   }
   return cudaGetLastError();
 }
@@ -574,35 +682,44 @@ BnStatSumsPlan plan_bn_stat_sums(DType dtype, int64_t N, int64_t C, int64_t L, i
 cudaError_t launch_bn_stat_sums(const BnStatSumsPlan& plan, DType dtype, const void* x,
                                 int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC,
                                 int64_t sL, const void* running_mean, int64_t groups,
-                                void* out, void* workspace, cudaStream_t stream) {
+                                void* out, void* workspace, const void* scale,
+                                const void* shift, void* y, cudaStream_t stream) {
+  const bool affine = y != nullptr;
   if (!plan.valid || groups < 1 || N % groups != 0 || plan.nlc != layout_is_nlc(L, sL) ||
-      !strides_ok(plan.nlc, N, C, L, sN, sC, sL) || (plan.splits > 1 && workspace == nullptr))
+      !strides_ok(plan.nlc, N, C, L, sN, sC, sL) || (plan.splits > 1 && workspace == nullptr) ||
+      (scale != nullptr) != affine || (shift != nullptr) != affine)
     return cudaErrorInvalidValue;
-  if (C == 0) return cudaSuccess;  // out (2, G, 0) has no element
+  if (C == 0) return cudaSuccess;  // out (2, G, 0) and y have no element
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    return launch_sums_typed<T>(plan, static_cast<const T*>(x), N, C, L,
-                                static_cast<const A*>(running_mean), groups, static_cast<A*>(out),
-                                static_cast<A*>(workspace), stream);
+    const auto launch = affine ? launch_sums_typed<T, true> : launch_sums_typed<T, false>;
+    return launch(plan, static_cast<const T*>(x), N, C, L, static_cast<const A*>(running_mean),
+                  groups, static_cast<A*>(out), static_cast<A*>(workspace),
+                  static_cast<const A*>(scale), static_cast<const A*>(shift), static_cast<T*>(y),
+                  stream);
   });
 }
 
 cudaError_t launch_bn_stat_backward(DType dtype, const void* x, int64_t N, int64_t C, int64_t L,
                                     int64_t sN, int64_t sC, int64_t sL, const void* coef_a,
                                     const void* coef_b, const void* mean, int64_t groups,
-                                    void* grad_input, cudaStream_t stream) {
+                                    void* grad_input, const void* grad_y, const void* scale,
+                                    cudaStream_t stream) {
   if (N < 0 || C < 0 || L < 0 || groups < 1 || N % groups != 0) return cudaErrorInvalidValue;
+  const bool has_dy = grad_y != nullptr;
+  if ((scale != nullptr) != has_dy) return cudaErrorInvalidValue;
   const bool nlc = layout_is_nlc(L, sL);
   if (!strides_ok(nlc, N, C, L, sN, sC, sL)) return cudaErrorInvalidValue;
   if (N * C * L == 0) return cudaSuccess;  // nothing to write
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    return launch_backward_typed<T>(static_cast<const T*>(x), N, C, L, nlc,
-                                    static_cast<const A*>(coef_a), static_cast<const A*>(coef_b),
-                                    static_cast<const A*>(mean), groups,
-                                    static_cast<T*>(grad_input), stream);
+    const auto launch = has_dy ? launch_backward_typed<T, true> : launch_backward_typed<T, false>;
+    return launch(static_cast<const T*>(x), N, C, L, nlc, static_cast<const A*>(coef_a),
+                  static_cast<const A*>(coef_b), static_cast<const A*>(mean), groups,
+                  static_cast<const T*>(grad_y), static_cast<const A*>(scale),
+                  static_cast<T*>(grad_input), stream);
   });
 }
 

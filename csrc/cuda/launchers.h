@@ -52,6 +52,12 @@ int64_t acc_dtype_size(DType dtype);
 // the rows of each (group, channel [tile]) go to `workspace` laid out (2, G, splits, C) acc,
 // then a second kernel reduces the splits in a fixed order into `out`. When the plan has
 // splits == 1 the first kernel writes `out` directly and `workspace` may be null.
+//
+// Fused eval-mode BatchNorm (optional): scale, shift: (C,) contiguous acc; y: (N, C, L) with
+// x's dtype and strides, not overlapping x. The first kernel then also writes
+// y[n, c, l] = x[n, c, l] * scale[c] + shift[c] (in acc, rounded to the dtype) where it
+// reads x, so every element of y is written. All three null: no y (the plain op). The sums
+// are bit-identical either way.
 struct BnStatSumsPlan {
   bool nlc = false;          // which kernel (see above)
   int vec = 1;               // elements each thread loads per step (shape-determined)
@@ -68,21 +74,27 @@ BnStatSumsPlan plan_bn_stat_sums(DType dtype, int64_t N, int64_t C, int64_t L, i
                                  int64_t sC, int64_t sL, int64_t groups);
 
 // `plan` must come from plan_bn_stat_sums with the same arguments; `workspace` must hold
-// plan.workspace_elems acc elements (no initialization needed).
+// plan.workspace_elems acc elements (no initialization needed). scale, shift, y: all null or
+// all given (see above).
 cudaError_t launch_bn_stat_sums(const BnStatSumsPlan& plan, DType dtype, const void* x,
                                 int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC,
                                 int64_t sL, const void* running_mean, int64_t groups,
-                                void* out, void* workspace, cudaStream_t stream);
+                                void* out, void* workspace, const void* scale,
+                                const void* shift, void* y, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------
 // bn_stat_backward: grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]) in
 // acc, g = n / (N / groups). x and grad_input: (N, C, L), same strides, one of the two
 // contract layouts (as above; NLC when sL != 1). coef_a, coef_b, mean: (G, C) contiguous acc.
-// One elementwise grid-stride pass over the dense memory of x.
+// Fused eval-mode BatchNorm (optional): grad_y (N, C, L) with x's dtype and strides, and
+// scale (C,) contiguous acc, both given or both null; when given, grad_input also gets
+// + grad_y[n, c, l] * scale[c] (same acc expression, rounded once).
+// One elementwise grid-stride pass over the dense memory of x (and grad_y).
 cudaError_t launch_bn_stat_backward(DType dtype, const void* x, int64_t N, int64_t C, int64_t L,
                                     int64_t sN, int64_t sC, int64_t sL, const void* coef_a,
                                     const void* coef_b, const void* mean, int64_t groups,
-                                    void* grad_input, cudaStream_t stream);
+                                    void* grad_input, const void* grad_y, const void* scale,
+                                    cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------
 // ufc_compose: out[g, c, k, h, w] = clamp(natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws],

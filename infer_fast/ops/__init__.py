@@ -1,16 +1,17 @@
 """Fused ops of infer-fast: one API, several backends (torch reference, C++ CPU, CUDA, Triton).
 
-    from infer_fast.ops import bn_stat_loss, ufc_compose, available_backends
+    from infer_fast.ops import bn_stat_loss, bn_eval_with_stat_loss, ufc_compose, available_backends
 """
 from .backends import BackendUnavailableError, available_backends, backend_report
 from .bn_hooks import BNStatTracker, attach_bn_stat_loss
-from .bn_stat_loss import bn_stat_loss
+from .bn_stat_loss import bn_eval_with_stat_loss, bn_stat_loss
 from .chunked import chunked_loss_backward, group_segments
-from .reference import bn_stat_loss_naive, ufc_compose_naive
+from .reference import bn_eval_with_stat_loss_naive, bn_stat_loss_naive, ufc_compose_naive
 from .ufc_compose import ufc_compose
 
 __all__ = [
     "bn_stat_loss",
+    "bn_eval_with_stat_loss",
     "ufc_compose",
     "available_backends",
     "backend_report",
@@ -20,5 +21,6 @@ __all__ = [
     "chunked_loss_backward",
     "group_segments",
     "bn_stat_loss_naive",
+    "bn_eval_with_stat_loss_naive",
     "ufc_compose_naive",
 ]

@@ -10,12 +10,12 @@ import infer_fast._C  # noqa: F401  (loading the library registers torch.ops.inf
 _ops = torch.ops.infer_fast_C
 
 
-def bn_stat_sums(x3, running_mean, groups, out):
-    _ops.bn_stat_sums(x3, running_mean, groups, out)
+def bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None):
+    _ops.bn_stat_sums(x3, running_mean, groups, out, scale, shift, y3)
 
 
-def bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input):
-    _ops.bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input)
+def bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None, scale=None):
+    _ops.bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3, scale)
 
 
 def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out):

@@ -7,7 +7,7 @@ their inputs first, so launchers may assume everything below; they write *every*
 of their output argument (tests poison outputs with NaN to catch unwritten elements) and
 never synchronize with the host.
 
-``bn_stat_sums(x3, running_mean, groups, out)``
+``bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None)``
     x3: (N, C, L) with L = H*W, dtype fp16/bf16/fp32/fp64, N = groups * n, in one of two
     layouts: "NCL" (x3.stride() == (C*L, L, 1), plain NCHW) or "NLC"
     (x3.stride() == (C*L, 1, C), channels_last). Launchers take the NCL path when
@@ -16,10 +16,16 @@ never synchronize with the host.
     out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])^2) over rows
     [g*n, (g+1)*n) and all L. Loads are converted to the accumulate dtype first.
 
-``bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input)``
+    Optional fused eval-mode BatchNorm, ``scale, shift, y3`` (all three or none): scale and
+    shift (C,) contiguous, accumulate dtype; y3 has x3's shape, strides and dtype and gets
+    y3[n, c, l] = x[n, c, l] * scale[c] + shift[c] (accumulate dtype), written by the pass
+    that reads x for the sums; the sums are the same as without y3.
+
+``bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None, scale=None)``
     coef_a, coef_b, mean: (G, C) contiguous, accumulate dtype. grad_input has x3's shape,
     strides and dtype: grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]),
-    computed in the accumulate dtype, g = n // (N / G).
+    computed in the accumulate dtype, g = n // (N / G). With ``grad_y3`` (x3's shape,
+    strides and dtype) and ``scale`` (C,): plus grad_y3[n, c, l] * scale[c], in the same pass.
 
 ``ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out)``
     natural (K, C, ch, H, W) and ufc (G, ch, H, W), contiguous, same dtype T;

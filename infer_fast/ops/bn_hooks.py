@@ -15,52 +15,9 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from . import backends
-from .bn_stat_loss import _backward_op, _check_inputs, _forward_op, bn_stat_loss
-from .reference import accumulate_dtype
+from .bn_stat_loss import bn_eval_with_stat_loss, bn_stat_loss
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
-
-
-class _EvalBNWithStatLoss(torch.autograd.Function):
-    """Eval-mode BatchNorm and the BN-statistics loss of its input in one autograd node.
-
-    forward: y = x * scale + shift (scale = weight / sqrt(rv + eps)) and loss (G,) from one
-    read of x for the statistics; backward: dx = stat-loss gradient + dy * scale, written
-    once (the unfused pair makes autograd add two full-size gradients into x)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, eps, groups, backend):
-        ctx.set_materialize_grads(False)  # an unused loss (or output) costs no backward pass
-        loss, mean_shift, var_err, norms = _forward_op(x, running_mean, running_var, groups, backend)
-        acc = accumulate_dtype(x.dtype)  # fp32 for half inputs, fp64 for fp64
-        inv_std = torch.rsqrt(running_var.to(acc) + eps)
-        scale = inv_std if weight is None else weight.to(acc) * inv_std
-        shift = -running_mean.to(acc) * scale if bias is None else bias.to(acc) - running_mean.to(acc) * scale
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        y = (x * scale.view(view).to(x.dtype) + shift.view(view).to(x.dtype))
-        ctx.save_for_backward(x, running_mean, mean_shift, var_err, norms, scale, inv_std)
-        ctx.groups, ctx.backend, ctx.view, ctx.affine = groups, backend, view, weight is not None
-        return y, loss
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_loss):
-        x, running_mean, mean_shift, var_err, norms, scale, inv_std = ctx.saved_tensors
-        scale_x = scale.view(ctx.view).to(x.dtype)
-        if grad_loss is None:  # the loss was not used: only the BN output's gradient
-            grad_x = None if grad_y is None else grad_y * scale_x
-        else:
-            grad_x = _backward_op(grad_loss, x, running_mean, mean_shift, var_err, norms, ctx.groups, ctx.backend)
-            if grad_y is not None:
-                grad_x.addcmul_(grad_y, scale_x)
-        grad_weight = grad_bias = None
-        dims = [0] + list(range(2, x.dim()))
-        if ctx.needs_input_grad[1] and grad_y is not None:  # a frozen teacher never asks
-            xhat = (x.to(inv_std.dtype) - running_mean.to(inv_std.dtype).view(ctx.view)) * inv_std.view(ctx.view)
-            grad_weight = (grad_y.to(inv_std.dtype) * xhat).sum(dims)
-        if ctx.needs_input_grad[2] and grad_y is not None:
-            grad_bias = grad_y.to(inv_std.dtype).sum(dims)
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
 class BNStatTracker:
@@ -68,8 +25,9 @@ class BNStatTracker:
     :func:`~infer_fast.ops.bn_stat_loss` of each layer's input against its running stats.
 
     ``fused=True`` replaces each BN layer's forward, for as long as the tracker is attached,
-    with one autograd node computing the eval-mode BN output and the loss together (same
-    values and gradients; the backward writes the input gradient once instead of adding two).
+    with :func:`~infer_fast.ops.bn_eval_with_stat_loss`: the kernel that reads x for the
+    statistics also writes the eval-mode BN output, and the backward reads x and dy and writes
+    the input gradient once (unfused: the BN's own passes plus autograd adding two gradients).
 
     Layers are reported in execution order; layers that did not run in the last forward
     are absent. The model must be in eval mode when it runs (a frozen teacher): in train
@@ -119,10 +77,8 @@ class BNStatTracker:
                     f"BatchNorm layer {name!r} is in training mode: call model.eval() on the teacher "
                     "before matching its statistics"
                 )
-            _check_inputs(x, module.running_mean, module.running_var, self.groups)
-            backend = backends.resolve(self.backend, x.device)
-            y, loss = _EvalBNWithStatLoss.apply(x, module.weight, module.bias, module.running_mean,
-                                                module.running_var, module.eps, self.groups, backend)
+            y, loss = bn_eval_with_stat_loss(x, module.running_mean, module.running_var, module.weight, module.bias,
+                                             module.eps, self.groups, self.backend)
             self._losses.append(loss)
             self._names.append(name)
             return y

@@ -13,6 +13,8 @@ shared here so every backend returns the same numbers.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -96,12 +98,17 @@ def _forward_op(
     return norms.sum(dim=1), mean_shift, var_err, norms
 
 
-@_forward_op.register_fake
-def _(x, running_mean, running_var, groups, backend):
+def _fake_stats(x, groups):
+    """Fake (loss, mean_shift, var_err, norms) for tracing."""
     acc = accumulate_dtype(x.dtype)
     c = x.shape[1]
     new = x.new_empty
     return new((groups,), dtype=acc), new((groups, c), dtype=acc), new((groups, c), dtype=acc), new((groups, 2), dtype=acc)
+
+
+@_forward_op.register_fake
+def _(x, running_mean, running_var, groups, backend):
+    return _fake_stats(x, groups)
 
 
 @torch.library.custom_op("infer_fast::bn_stat_loss_backward", mutates_args=())
@@ -139,19 +146,24 @@ def _setup_context(ctx, inputs, output):
     ctx.stat_dtypes = (running_mean.dtype, running_var.dtype)
 
 
+def _running_stat_grads(ctx, grad_loss, mean_shift, var_err, norms):
+    """The running statistics are buffers in practice; their (cheap, exact) gradients are
+    given for completeness: d/d rm = -g*delta/||delta||, d/d rv = -g*e/||e||."""
+    if grad_loss is None or not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        return None, None
+    safe = _safe_norms(norms)
+    g = grad_loss.to(norms.dtype)[:, None]
+    grad_mean = (-(g * mean_shift / safe[:, 0:1]).sum(dim=0)).to(ctx.stat_dtypes[0])
+    grad_var = (-(g * var_err / safe[:, 1:2]).sum(dim=0)).to(ctx.stat_dtypes[1])
+    return grad_mean, grad_var
+
+
 def _backward(ctx, grad_loss, *_unused_grads):
     x, running_mean, mean_shift, var_err, norms = ctx.saved_tensors
-    grad_x = grad_mean = grad_var = None
+    grad_x = None
     if ctx.needs_input_grad[0]:
         grad_x = _backward_op(grad_loss, x, running_mean, mean_shift, var_err, norms, ctx.groups, ctx.backend)
-    # The running statistics are buffers in practice; their (cheap, exact) gradients are
-    # given for completeness: d/d rm = -g*delta/||delta||, d/d rv = -g*e/||e||.
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        safe = _safe_norms(norms)
-        g = grad_loss.to(norms.dtype)[:, None]
-        grad_mean = (-(g * mean_shift / safe[:, 0:1]).sum(dim=0)).to(ctx.stat_dtypes[0])
-        grad_var = (-(g * var_err / safe[:, 1:2]).sum(dim=0)).to(ctx.stat_dtypes[1])
-    return grad_x, grad_mean, grad_var, None, None
+    return (grad_x, *_running_stat_grads(ctx, grad_loss, mean_shift, var_err, norms), None, None)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -174,3 +186,119 @@ def bn_stat_loss(
     _check_inputs(x, running_mean, running_var, groups)
     name = backends.resolve(backend, x.device)
     return _forward_op(x, running_mean, running_var, groups, name)[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Eval-mode BatchNorm fused with the loss of its input (a frozen teacher's BN layer)
+# ----------------------------------------------------------------------------------------
+@torch.library.custom_op("infer_fast::bn_eval_stat_forward", mutates_args=())
+def _eval_forward_op(
+    x: Tensor, running_mean: Tensor, running_var: Tensor, scale: Tensor, shift: Tensor, groups: int, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    x3 = _as_ncl(x)
+    acc = accumulate_dtype(x.dtype)
+    n, c, length = x3.shape
+    sums = torch.empty(2, groups, c, dtype=acc, device=x.device)
+    y = torch.empty_like(x, memory_format=_memory_format(x))  # _as_ncl(y) has x3's strides
+    backends.launcher(backend, "bn_stat_sums")(x3, running_mean.to(acc).contiguous(), groups, sums, scale, shift, _as_ncl(y))
+    mean_shift, var_err, norms = finalize(sums, running_var, (n // groups) * length)
+    return y, norms.sum(dim=1), mean_shift, var_err, norms
+
+
+@_eval_forward_op.register_fake
+def _(x, running_mean, running_var, scale, shift, groups, backend):
+    return (torch.empty_like(x, memory_format=_memory_format(x)), *_fake_stats(x, groups))
+
+
+@torch.library.custom_op("infer_fast::bn_eval_stat_backward", mutates_args=())
+def _eval_backward_op(
+    grad_loss: Tensor, grad_y: Tensor, x: Tensor, running_mean: Tensor, mean_shift: Tensor, var_err: Tensor,
+    norms: Tensor, scale: Tensor, groups: int, backend: str,
+) -> Tensor:
+    x3 = _as_ncl(x)
+    n, _, length = x3.shape
+    coef_a, coef_b = backward_coefficients(grad_loss, mean_shift, var_err, norms, (n // groups) * length)
+    mean = (running_mean.to(mean_shift.dtype)[None, :] + mean_shift).contiguous()
+    fmt = _memory_format(x)
+    grad_input = torch.empty_like(x, memory_format=fmt)
+    grad_y = grad_y.contiguous(memory_format=fmt)  # the kernels read dy with x's strides
+    backends.launcher(backend, "bn_stat_backward")(x3, coef_a, coef_b, mean, groups, _as_ncl(grad_input),
+                                                   _as_ncl(grad_y), scale)
+    return grad_input
+
+
+@_eval_backward_op.register_fake
+def _(grad_loss, grad_y, x, running_mean, mean_shift, var_err, norms, scale, groups, backend):
+    return torch.empty_like(x, memory_format=_memory_format(x))
+
+
+def _eval_setup_context(ctx, inputs, output):
+    x, running_mean, running_var, scale, shift, groups, backend = inputs
+    _, _, mean_shift, var_err, norms = output
+    ctx.mark_non_differentiable(mean_shift, var_err, norms)
+    ctx.set_materialize_grads(False)  # an unused output (or loss) costs no backward pass
+    ctx.save_for_backward(x, running_mean, mean_shift, var_err, norms, scale)
+    ctx.groups, ctx.backend = groups, backend
+    ctx.stat_dtypes = (running_mean.dtype, running_var.dtype)
+
+
+def _eval_backward(ctx, grad_y, grad_loss, *_unused_grads):
+    x, running_mean, mean_shift, var_err, norms, scale = ctx.saved_tensors
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    grad_x = grad_scale = grad_shift = None
+    if ctx.needs_input_grad[0]:
+        if grad_y is not None and grad_loss is not None:  # the one fused pass
+            grad_x = _eval_backward_op(grad_loss, grad_y, x, running_mean, mean_shift, var_err, norms, scale,
+                                       ctx.groups, ctx.backend)
+        elif grad_loss is not None:
+            grad_x = _backward_op(grad_loss, x, running_mean, mean_shift, var_err, norms, ctx.groups, ctx.backend)
+        elif grad_y is not None:
+            grad_x = grad_y * scale.view(view).to(grad_y.dtype)
+    if grad_y is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]):  # trainable affine only
+        dims = [0] + list(range(2, x.dim()))
+        if ctx.needs_input_grad[3]:
+            grad_scale = (grad_y.to(scale.dtype) * x.to(scale.dtype)).sum(dims)
+        if ctx.needs_input_grad[4]:
+            grad_shift = grad_y.to(scale.dtype).sum(dims)
+    return (grad_x, *_running_stat_grads(ctx, grad_loss, mean_shift, var_err, norms), grad_scale, grad_shift,
+            None, None)
+
+
+_eval_forward_op.register_autograd(_eval_backward, setup_context=_eval_setup_context)
+
+
+def bn_eval_with_stat_loss(
+    x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None, eps: float = 1e-5, groups: int = 1, backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm of ``x`` and :func:`bn_stat_loss` of ``x``, in one pass each way.
+
+    Returns ``(y, loss)``: y = (x - running_mean) / sqrt(running_var + eps) * weight + bias
+    (``F.batch_norm(x, running_mean, running_var, weight, bias, training=False, eps=eps)``,
+    in x's dtype and layout) and loss (groups,) as bn_stat_loss returns it. The statistics
+    pass writes y while it reads x; the backward reads x and dy and writes
+    dx = loss gradient + dy * weight / sqrt(running_var + eps) once. Differentiable w.r.t.
+    x, weight, bias and the running statistics.
+    """
+    _check_inputs(x, running_mean, running_var, groups)
+    channels = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.shape != (channels,):
+            raise ValueError(f"{name} must be None or a ({channels},) tensor to match x's channels, got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    name = backends.resolve(backend, x.device)
+    acc = accumulate_dtype(x.dtype)
+    scale = torch.rsqrt(running_var.to(acc) + eps)
+    if weight is not None:
+        scale = scale * weight.to(acc)
+    shift = -running_mean.to(acc) * scale
+    if bias is not None:
+        shift = shift + bias.to(acc)
+    y, loss = _eval_forward_op(x, running_mean, running_var, scale.contiguous(), shift.contiguous(), groups, name)[:2]
+    return y, loss

@@ -41,6 +41,13 @@ def bn_stat_loss_naive(x: Tensor, running_mean: Tensor, running_var: Tensor, gro
     return torch.linalg.vector_norm(mean - rm, dim=1) + torch.linalg.vector_norm(var - rv, dim=1)
 
 
+def bn_eval_with_stat_loss_naive(x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Optional[Tensor] = None,
+                                 bias: Optional[Tensor] = None, eps: float = 1e-5, groups: int = 1):
+    """(eval-mode BatchNorm of x, bn_stat_loss_naive of x): what the fused op computes."""
+    y = torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training=False, eps=eps)
+    return y, bn_stat_loss_naive(x, running_mean, running_var, groups)
+
+
 def source_coords(height: int, width: int, shifts: Tensor, flips: Tensor):
     """Per group, the source row/column read by each output row/column.
 
@@ -103,17 +110,25 @@ def _group_view(x3: Tensor, groups: int) -> Tensor:
     return x3.unflatten(0, (groups, x3.shape[0] // groups))
 
 
-def bn_stat_sums(x3: Tensor, running_mean: Tensor, groups: int, out: Tensor) -> None:
-    """out[0, g, c] = sum(x - rm_c), out[1, g, c] = sum((x - rm_c)^2) over (rows of g, L)."""
-    d = _group_view(x3, groups).to(out.dtype) - running_mean.view(1, 1, -1, 1)
+def bn_stat_sums(x3: Tensor, running_mean: Tensor, groups: int, out: Tensor,
+                 scale: Optional[Tensor] = None, shift: Optional[Tensor] = None, y3: Optional[Tensor] = None) -> None:
+    """out[0, g, c] = sum(x - rm_c), out[1, g, c] = sum((x - rm_c)^2) over (rows of g, L);
+    with y3: also the eval-mode BatchNorm output y3 = x * scale_c + shift_c."""
+    xa = x3.to(out.dtype)
+    d = _group_view(xa, groups) - running_mean.view(1, 1, -1, 1)
     out[0].copy_(d.sum(dim=(1, 3)))
     out[1].copy_(d.square().sum(dim=(1, 3)))
+    if y3 is not None:
+        y3.copy_(xa * scale.view(1, -1, 1) + shift.view(1, -1, 1))
 
 
-def bn_stat_backward(x3: Tensor, coef_a: Tensor, coef_b: Tensor, mean: Tensor, groups: int, grad_input: Tensor) -> None:
-    """grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c])."""
+def bn_stat_backward(x3: Tensor, coef_a: Tensor, coef_b: Tensor, mean: Tensor, groups: int, grad_input: Tensor,
+                     grad_y3: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> None:
+    """grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]) (+ grad_y3 * scale_c)."""
     xg = _group_view(x3, groups).to(coef_a.dtype)
     dx = coef_a[:, None, :, None] + coef_b[:, None, :, None] * (xg - mean[:, None, :, None])
+    if grad_y3 is not None:
+        dx = dx + _group_view(grad_y3, groups).to(coef_a.dtype) * scale.view(1, 1, -1, 1)
     _group_view(grad_input, groups).copy_(dx)
 
 

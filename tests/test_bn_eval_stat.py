@@ -1,0 +1,168 @@
+"""bn_eval_with_stat_loss: eval-mode BatchNorm fused with the statistics loss of its input.
+
+Every backend against the float64 naive pair (F.batch_norm, bn_stat_loss_naive) on the shape
+matrix of test_bn_stat_loss; the launchers' fused outputs poisoned with NaN; the statistics
+bit-identical with and without the fused output; gradcheck; opcheck; validation.
+"""
+import pytest
+import torch
+
+from conftest import backend_params, tolerance
+from infer_fast.ops import backends, bn_eval_with_stat_loss, bn_eval_with_stat_loss_naive
+from infer_fast.ops.bn_stat_loss import _as_ncl
+from test_bn_stat_loss import DTYPES, LAYOUTS, SHAPES, make_input, make_stats
+
+
+def make_affine(channels, device, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(channels, generator=gen) + 0.5).to(device), (torch.randn(channels, generator=gen) * 0.3).to(device)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape,groups", SHAPES, ids=str)
+def test_matches_float64_reference(backend, device, shape, groups, layout, dtype):
+    x = make_input(shape, layout, dtype, device).requires_grad_()
+    rm, rv = make_stats(shape[1], device)
+    weight, bias = make_affine(shape[1], device)
+    y, loss = bn_eval_with_stat_loss(x, rm, rv, weight, bias, eps=1e-3, groups=groups, backend=backend)
+    gen = torch.Generator().manual_seed(5)
+    grad_y = torch.randn(y.shape, generator=gen).to(device=device, dtype=dtype)
+    grad_loss = torch.linspace(0.5, 1.5, groups, device=device)
+    (grad_x,) = torch.autograd.grad([y, loss], x, [grad_y, grad_loss.to(loss.dtype)])
+
+    x64 = x.detach().double().requires_grad_()
+    y_ref, loss_ref = bn_eval_with_stat_loss_naive(x64, rm.double(), rv.double(), weight.double(), bias.double(), 1e-3, groups)
+    (grad_ref,) = torch.autograd.grad([y_ref, loss_ref], x64, [grad_y.double(), grad_loss.double()])
+
+    rtol, atol = tolerance(dtype)
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=atol * y_ref.abs().max().item())
+    torch.testing.assert_close(loss.double(), loss_ref, rtol=2e-5 if dtype != torch.float64 else 1e-10, atol=1e-6)
+    assert grad_x.dtype == dtype
+    torch.testing.assert_close(grad_x.double(), grad_ref, rtol=rtol, atol=atol * grad_ref.abs().max().item())
+    if layout == "channels_last" and x.dim() == 4 and shape[1] > 1 and shape[2] * shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert grad_x.is_contiguous(memory_format=torch.channels_last)
+
+
+# Sizes that cross the C++ kernels' internal blocks: L > 1024 (per-row pieces), L > 65536
+# (rows split into segments), many channels (NLC channel tiles), and several work items.
+LARGE = [((2, 3, 40, 41), 2), ((1, 2, 260, 260), 1), ((4, 1100, 3, 3), 2), ((8, 64, 17, 17), 4)]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] != "torch"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,groups", LARGE, ids=str)
+def test_launchers_write_every_element(backend, device, shape, groups, layout, dtype):
+    """Fused outputs poisoned with NaN first; the sums equal the unfused launch bit for bit."""
+    if backend == "triton" and device == "cpu" and shape[0] * shape[1] * shape[2] * shape[3] > 20000:
+        pytest.skip("too slow under the Triton interpreter")
+    x = make_input(shape, layout, dtype, device)
+    x3, acc, channels = _as_ncl(x), torch.float32, shape[1]
+    rm, _ = make_stats(channels, device)
+    scale, shift = make_affine(channels, device)
+    launch = backends.launcher(backend, "bn_stat_sums")
+    sums = torch.full((2, groups, channels), float("nan"), dtype=acc, device=device)
+    y = torch.full_like(x, float("nan"))
+    launch(x3, rm, groups, sums, scale, shift, _as_ncl(y))
+    plain = torch.empty_like(sums)
+    launch(x3, rm, groups, plain)
+    assert torch.equal(sums, plain)
+    assert not y.isnan().any()
+    expected = (x.float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(dtype)
+    rtol, atol = tolerance(dtype)
+    torch.testing.assert_close(y, expected, rtol=rtol, atol=atol)
+
+    coef = torch.randn(3, groups, channels, dtype=acc, device=device)
+    grad_y = make_input(shape, layout, dtype, device, seed=7)
+    grad = torch.full_like(x, float("nan"))
+    backends.launcher(backend, "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(grad), _as_ncl(grad_y), scale)
+    ref = torch.empty_like(x)
+    backends.launcher("torch", "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(ref), _as_ncl(grad_y), scale)
+    assert not grad.isnan().any()
+    torch.testing.assert_close(grad, ref, rtol=rtol, atol=atol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gradcheck_float64(backend, device, layout):
+    """x, weight, bias and the running statistics."""
+    x = make_input((4, 5, 3, 2), layout, torch.float64, device).requires_grad_()
+    rm, rv = (t.double().requires_grad_() for t in make_stats(5, device))
+    weight, bias = (t.double().requires_grad_() for t in make_affine(5, device))
+    fn = lambda *args: bn_eval_with_stat_loss(*args, eps=1e-3, groups=2, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, rm, rv, weight, bias))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_unused_outputs(backend, device):
+    """Only y used: the eval-BN gradient; only the loss used: bn_stat_loss's gradient."""
+    from infer_fast.ops import bn_stat_loss
+
+    x = make_input((4, 6, 3, 3), "nchw", torch.float64, device).requires_grad_()
+    rm, rv = (t.double() for t in make_stats(6, device))
+    weight, bias = (t.double() for t in make_affine(6, device))
+    y, loss = bn_eval_with_stat_loss(x, rm, rv, weight, bias, groups=2, backend=backend)
+    (from_y,) = torch.autograd.grad(y.square().sum(), x, retain_graph=True)
+    expected_y = torch.nn.functional.batch_norm(x, rm, rv, weight, bias, training=False)
+    (ref_y,) = torch.autograd.grad(expected_y.square().sum(), x)
+    torch.testing.assert_close(from_y, ref_y, rtol=1e-12, atol=1e-12)
+    (from_loss,) = torch.autograd.grad(loss.sum(), x)
+    (ref_loss,) = torch.autograd.grad(bn_stat_loss(x, rm, rv, groups=2, backend=backend).sum(), x)
+    torch.testing.assert_close(from_loss, ref_loss, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck(backend, device, channels_last):
+    x = make_input((4, 5, 3, 3), "channels_last" if channels_last else "nchw", torch.float32, device).requires_grad_()
+    rm, rv = make_stats(5, device)
+    scale, shift = make_affine(5, device)
+    ops = torch.ops.infer_fast
+    torch.library.opcheck(ops.bn_eval_stat_forward, (x, rm, rv, scale, shift, 2, backend))
+    _, _, mean_shift, var_err, norms = ops.bn_eval_stat_forward(x, rm, rv, scale, shift, 2, backend)
+    args = (torch.ones(2, device=device), torch.randn_like(x), x.detach(), rm, mean_shift, var_err, norms, scale, 2, backend)
+    torch.library.opcheck(ops.bn_eval_stat_backward, args)
+    if backend in ("cpu", "cuda"):  # the compiled op with its optional fused arguments
+        x3 = _as_ncl(x.detach())
+        out, y = torch.empty(2, 2, 5, device=device), torch.empty_like(x3)
+        torch.library.opcheck(torch.ops.infer_fast_C.bn_stat_sums, (x3, rm, 2, out, scale, shift, y))
+        coef = torch.randn(3, 2, 5, device=device)
+        torch.library.opcheck(torch.ops.infer_fast_C.bn_stat_backward,
+                              (x3, coef[0], coef[1], coef[2], 2, torch.empty_like(x3), torch.randn_like(x3), scale))
+
+
+def test_compile_fullgraph():
+    """A conv -> fused BN -> relu block traces without graph breaks and matches eager."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 3, 3, 3, generator=gen)
+    rm, rv = make_stats(4, "cpu")
+    bn_w, bn_b = make_affine(4, "cpu")
+
+    def block(x):
+        y, loss = bn_eval_with_stat_loss(torch.nn.functional.conv2d(x, weight), rm, rv, bn_w, bn_b, groups=2)
+        return torch.relu(y).sum() + loss.sum()
+
+    x = torch.randn(4, 3, 8, 8, generator=gen, requires_grad=True)
+    (expected,) = torch.autograd.grad(block(x), x)
+    (grad,) = torch.autograd.grad(torch.compile(block, fullgraph=True, backend="aot_eager")(x), x)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_bad_arguments_name_the_argument():
+    x = torch.randn(4, 5, 3, 3)
+    rm, rv = make_stats(5, "cpu")
+    with pytest.raises(ValueError, match="weight"):
+        bn_eval_with_stat_loss(x, rm, rv, weight=torch.ones(4))
+    with pytest.raises(ValueError, match="bias"):
+        bn_eval_with_stat_loss(x, rm, rv, bias=torch.ones(5, 1))
+    with pytest.raises(ValueError, match="eps"):
+        bn_eval_with_stat_loss(x, rm, rv, eps=-1.0)
+    with pytest.raises(ValueError, match="groups"):
+        bn_eval_with_stat_loss(x, rm, rv, groups=3)
+    with pytest.raises(ValueError, match="running_var"):
+        bn_eval_with_stat_loss(x, rm, rv[:4])
