@@ -11,9 +11,12 @@ Rows, per teacher:
               (mean, permute+contiguous+var, two norms), cosine lr, CE + r_bn * R_bn.
   toolkit     recover_ufcs: G UFCs per teacher pass (per-group BN statistics), fused kernels.
   toolkit fused BN
-              the same with RecoveryConfig(fused_bn=True): eval BN + statistics loss in one node.
+              the same with RecoveryConfig(fused_bn=True): eval BN + statistics loss fused.
   toolkit bf16+channels_last
               the same with precision="bf16", channels_last=True, fused_bn=True.
+  toolkit fused BN + compile (with --compile MODE)
+              fused BN with torch.compile of the teacher pass; its steady state (the first
+              iteration of each batch, which compiles, is left out).
 Both loops use the same hyperparameters and augmentation (RecoveryConfig of the preset): roll
 by randint(0, 4) for CIFAR; RandomResizedCrop + flip + roll by up to 32 for ImageNet
 (--augmentation roll: the roll only, in both).
@@ -70,13 +73,15 @@ PROJECTIONS = [
     ("ImageNet-1k ipc 50", "imagenet", infer_budget(50, 1000, 3, "ipc") * 3, 2000),
     ("CIFAR-100 ipc 50", "cifar100", infer_budget(50, 100, 4) * 4, 1000),
 ]
-REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_BF16 = (
-    "reference", "toolkit", "toolkit fused BN", "toolkit bf16+channels_last")
+REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_BF16, TOOLKIT_COMPILED = (
+    "reference", "toolkit", "toolkit fused BN", "toolkit bf16+channels_last", "toolkit fused BN + compile")
 ROW_DESCRIPTIONS = {
     REFERENCE: "reference release's loop: fp32 eager, one UFC at a time, SRe2L-style BN forward hooks",
     TOOLKIT: "infer_fast.distill.recover_ufcs, fp32, G UFCs per teacher pass, fused kernels",
-    TOOLKIT_FUSED: "recover_ufcs with fused_bn=True (eval BN + statistics loss in one autograd node)",
+    TOOLKIT_FUSED: "recover_ufcs with fused_bn=True (eval BN + statistics loss fused: one kernel pass each way)",
     TOOLKIT_BF16: "recover_ufcs with precision='bf16', channels_last=True, fused_bn=True",
+    TOOLKIT_COMPILED: "recover_ufcs with fused_bn=True and compile=--compile (steady state: the first "
+                      "iteration of each batch, which traces and compiles, is left out)",
 }
 
 
@@ -177,12 +182,17 @@ def measure(row: str, teacher: str, C: int, ufcs: int, iterations: int, device: 
               "iterations": iterations, **extra}
     try:
         warmup()
-        seconds = wall_seconds(timed, device)
+        outcome = {}
+        seconds = wall_seconds(lambda: outcome.update(timed() or {}), device)
     except torch.cuda.OutOfMemoryError as exc:
         result["error"] = f"out of memory: {str(exc).splitlines()[0][:160]}"
         print(f"  {row}: {result['error']}", flush=True)
         return result
-    ms = seconds * 1e3 / (iterations * ufcs)
+    # a compiled row leaves out its first iteration per batch (the compile), as it reports
+    timed_iterations = iterations - outcome.get("iterations_excluded", 0)
+    seconds -= outcome.get("seconds_excluded", 0.0)
+    result.update({k: v for k, v in outcome.items()})
+    ms = seconds * 1e3 / (timed_iterations * ufcs)
     result.update(seconds_total=seconds, ms_per_ufc_iteration=ms, images_per_s=C / ms * 1e3,
                   peak_memory_mib=peak_memory_mib(device))
     print(f"  {row}: {ms:.2f} ms per UFC iteration", flush=True)
@@ -224,9 +234,18 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
     rows = [reference_row(name, teacher, natural_u8, reference_ufcs, mean, std, config, device)]
     variants = [(TOOLKIT, config), (TOOLKIT_FUSED, dataclasses.replace(config, fused_bn=True)),
                 (TOOLKIT_BF16, dataclasses.replace(config, precision="bf16", channels_last=True, fused_bn=True))]
+    if args.compile != "off":
+        variants.append((TOOLKIT_COMPILED, dataclasses.replace(config, fused_bn=True, compile=args.compile)))
     for row, cfg in variants:
         def run(cfg=cfg):
-            recover_ufcs(natural_u8, [teacher], mean, std, cfg, progress=False, backend=args.backend)
+            out = recover_ufcs(natural_u8, [teacher], mean, std, cfg, progress=False, backend=args.backend)
+            if cfg.compile == "off":
+                return None
+            # torch.compile traces in the first iteration of a batch: time the steady state
+            # (each UFC is in one batch, so every UFC loses one timed iteration)
+            return {"iterations_excluded": 1, "compile_mode": cfg.compile,
+                    "seconds_excluded": sum(b["first_iteration_seconds"] for b in out["stats"]),
+                    "first_iteration_seconds": [b["first_iteration_seconds"] for b in out["stats"]]}
 
         rows.append(measure(
             row, name, C, ufcs, args.iterations, device,
@@ -278,6 +297,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--augmentation", choices=["preset", "roll"], default="preset",
                         help="'preset': the preset's (CIFAR roll; ImageNet crop+flip+roll), 'roll': the roll only")
     parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="toolkit ops backend")
+    parser.add_argument("--compile", default="off", choices=["off", "default", "reduce-overhead", "max-autotune"],
+                        help="also time recover_ufcs with this torch.compile mode (default off)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the CI machines' cores)")
     parser.add_argument("--out", help="JSON path (default bench/results/recovery-<device>-<preset>-<date>.json)")
     args = parser.parse_args(argv)
@@ -292,6 +313,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.compile != "off" and args.iterations < 2:
+        parser.error("--compile times the iterations after the first (which compiles): give --iterations 2 or more")
     # the ImageNet-layout models downsample 32x; the CIFAR ones 8x
     min_size = 32 if args.preset == "imagenet" else 8
     if args.size < min_size:

@@ -111,7 +111,8 @@ def _paths(value: Optional[str]) -> List[str]:
 
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
-    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "distributed", "device", "out",
+    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "distributed", "device",
+    "out",
 )
 
 
@@ -142,7 +143,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         if not teachers:
             raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
         fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift",
-                                                "precision", "channels_last", "fused_bn", "distributed")
+                                                "precision", "channels_last", "fused_bn", "compile", "distributed")
                   if k in options}
         # the ImageNet recipe (and SRe2L's r_bn 0.01) as the base; given options win
         base = RecoveryConfig.imagenet if options.get("augmentation") == "imagenet" else RecoveryConfig
@@ -294,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                          help="teacher weights and inputs in channels_last (faster convolutions on GPUs)")
     distill.add_argument("--fused-bn", dest="fused_bn", action="store_true", default=None,
-                         help="eval-mode BN and its statistics loss as one autograd node (same results, less traffic)")
+                         help="each eval-mode BN and its statistics loss fused: one kernel pass forward (statistics + "
+                         "BN output) and one backward (same results, less memory traffic)")
+    distill.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"],
+                         help="torch.compile the teacher pass (reduce-overhead adds CUDA graphs; one compile per "
+                         "teacher; default off)")
     distill.add_argument("--distributed", choices=["jobs", "chunks"],
                          help="under torchrun: split the UFCs across ranks (jobs, default) or the chunks of every batch "
                          "(chunks, with --chunk-size; BN statistics all-reduced)")

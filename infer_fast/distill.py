@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -54,6 +55,8 @@ AUGMENTATIONS = ("roll", "imagenet")
 SELECTIONS = ("random", "confidence")
 PRECISIONS = ("fp32", "bf16")
 DISTRIBUTED_MODES = ("jobs", "chunks")
+# torch.compile modes for the teacher pass of recovery ("reduce-overhead" adds CUDA graphs)
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 CHECKPOINT_FORMAT = "infer-fast-recovery"
 CHECKPOINT_VERSION = 1
@@ -61,7 +64,7 @@ CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images pe
 CUDA_MEMORY_FRACTION = 0.6  # automatic group size on CUDA: share of free memory to use
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # config fields that do not change the result (resuming with another value is allowed)
-_RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn")
+_RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile")
 
 
 # --------------------------------------------------------------------------------------
@@ -179,6 +182,10 @@ class RecoveryConfig:
     # eval-mode BN and its statistics loss as one autograd node (one gradient write per layer
     # instead of two added together); same results; not used with chunk_size
     fused_bn: bool = False
+    # torch.compile the teacher forward + losses (fullgraph; its backward too): "off", or a
+    # torch.compile mode ("reduce-overhead" = CUDA graphs). One graph per teacher and group
+    # count; unchunked batches only; same results up to float rounding
+    compile: str = "off"
     # under torchrun: "jobs" splits the UFCs across ranks; "chunks" has every rank work on every
     # UFC batch, each running its share of the chunks (needs chunk_size), statistics all-reduced
     distributed: str = "jobs"
@@ -229,6 +236,8 @@ class RecoveryConfig:
             raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {self.chunk_size!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.distributed not in DISTRIBUTED_MODES:
             raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
         if self.distributed == "chunks" and self.chunk_size is None:
@@ -381,9 +390,65 @@ class _Augmentation:
         return torch.stack(out)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _TeacherLosses:
+    """Per-group CE and weighted R_bn (and the logits) of one frozen teacher on a batch of G
+    groups x C classes. One BN tracker, and with ``config.compile`` one compiled graph, serve
+    every batch with the same G (a new tracker per batch would make torch.compile retrace);
+    only one tracker is attached at a time."""
+
+    def __init__(self, teacher: nn.Module, num_classes: int, config: RecoveryConfig, backend: str):
+        self.teacher, self.num_classes, self.config, self.backend = teacher, num_classes, config, backend
+        self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.groups: Optional[int] = None
+        self.tracker: Optional[BNStatTracker] = None
+
+    def teacher_input(self, x: Tensor) -> Tensor:
+        """(G, C, ch, H, W) -> the teacher's (G*C, ch, H, W) batch in its layout."""
+        return x.flatten(0, 1).contiguous(memory_format=self.layout)
+
+    def _build(self, G: int) -> None:
+        self.detach()
+        config, C = self.config, self.num_classes
+        device = next(self.teacher.parameters()).device
+        tracker = BNStatTracker(self.teacher, groups=G, backend=self.backend, fused=config.fused_bn) if config.r_bn > 0 else None
+        labels = torch.arange(C, device=device).repeat(G)
+
+        def losses(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+            logits = self.teacher(self.teacher_input(x))
+            ce = F.cross_entropy(logits, labels, reduction="none").view(G, C).mean(1)
+            rbn = tracker.weighted_sum(config.first_bn_mult) if tracker is not None else torch.zeros_like(ce)
+            return ce, rbn, logits
+
+        self.groups, self.tracker, self.labels, self.eager = G, tracker, labels, losses
+        self.compiled = losses
+        if config.compile != "off":
+            mode = None if config.compile == "default" else config.compile
+            self.compiled = torch.compile(losses, fullgraph=True, dynamic=False, mode=mode)
+
+    def __call__(self, x: Tensor, compiled: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+        if self.groups != x.shape[0]:
+            self._build(x.shape[0])
+        if not compiled or self.compiled is self.eager:
+            return self.eager(x)
+        # every (teacher, G) closure adds a cache entry to the same code object: allow them all
+        with torch._dynamo.config.patch(recompile_limit=1 << 16):
+            return self.compiled(x)
+
+    def detach(self) -> None:
+        """Remove the BN tracker (before the chunked mode attaches its own hooks, and at the end)."""
+        if self.tracker is not None:
+            self.tracker.remove()
+        self.groups, self.tracker = None, None
+
+
 def _optimize_batch(
     method: str, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
-    teacher: nn.Module, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
+    losses: _TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
     progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
 ) -> Tuple[Tensor, Dict[str, Any]]:
     """Optimize the jobs (m, k) for k in ``ks`` together (stats["failed"] lists the jobs whose
@@ -411,22 +476,14 @@ def _optimize_batch(
     optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
     augment = _Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
     chunked = chunk_size is not None and chunk_size < G * C
-    layout = torch.channels_last if config.channels_last else torch.contiguous_format
-    as_teacher_input = lambda x: x.flatten(0, 1).contiguous(memory_format=layout)  # noqa: E731
-    use_bn = config.r_bn > 0 or chunked
-    tracker = BNStatTracker(teacher, groups=G, backend=backend, fused=config.fused_bn) if use_bn and not chunked else None
-
-    def losses(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        logits = teacher(as_teacher_input(x))
-        ce = F.cross_entropy(logits, labels, reduction="none").view(G, C).mean(1)
-        rbn = tracker.weighted_sum(config.first_bn_mult) if use_bn else torch.zeros_like(ce)
-        return ce, rbn, logits
+    if chunked:  # the chunked mode attaches its own hooks
+        losses.detach()
 
     def losses_and_backward(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """CE, R_bn and logits of the batch ``x``, with the gradient of sum(CE + r_bn R_bn) sent back."""
         if chunked:  # the whole-batch statistics, the teacher run chunk by chunk
-            return chunked_loss_backward(teacher, as_teacher_input(x), labels, G, config.r_bn, config.first_bn_mult,
-                                         chunk_size, backend=backend,
+            return chunked_loss_backward(losses.teacher, losses.teacher_input(x), labels, G, config.r_bn,
+                                         config.first_bn_mult, chunk_size, backend=backend,
                                          split_across_ranks=config.distributed == "chunks")
         ce, rbn, logits = losses(x)
         (ce + config.r_bn * rbn).sum().backward()
@@ -438,9 +495,14 @@ def _optimize_batch(
     alive = torch.ones(G, dtype=torch.bool, device=device)
     died_at = torch.full((G,), -1, dtype=torch.int64, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    started = time.perf_counter()
+    first_iteration_s = None
     try:
         bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
         for t in bar:
+            if t == 1:  # the first iteration includes one-off costs (torch.compile, autotuning): one sync
+                _synchronize(device)
+                first_iteration_s = time.perf_counter() - started
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
             optimizer.zero_grad(set_to_none=True)
@@ -463,11 +525,11 @@ def _optimize_batch(
                 x = x.detach()
             else:
                 with torch.no_grad():
-                    ce, rbn, logits = losses(x)
+                    ce, rbn, logits = losses(x, compiled=False)  # (once: not worth a no-grad graph)
         acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
     finally:
-        if tracker is not None:
-            tracker.remove()
+        if chunked:
+            losses.detach()
     alive &= torch.isfinite(final.flatten(1)).all(1)
     failed = {k: int(it) for k, ok, it in zip(ks, alive.tolist(), died_at.tolist()) if not ok}
     stats = {
@@ -483,6 +545,9 @@ def _optimize_batch(
         "ce_last_iteration": float(last_ce.mean()),
         "r_bn_last_iteration": float(last_rbn.mean()),
         "failed": failed,  # k -> first iteration with a non-finite loss (-1: a non-finite result)
+        # wall time of the batch, and of its first iteration (compile and warm-up included)
+        "seconds": time.perf_counter() - started,
+        "first_iteration_seconds": first_iteration_s,
     }
     result = final if method == "infer" else x
     return result.to("cpu", torch.float32), stats
@@ -565,6 +630,7 @@ def _run_jobs(
             p.requires_grad_(False)
         if config.channels_last:  # (back to the default layout afterwards)
             teacher.to(memory_format=torch.channels_last)
+        losses = _TeacherLosses(teacher, num_classes, config, backend)
         try:
             probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
             if config.group_size:
@@ -580,7 +646,7 @@ def _run_jobs(
                 noun = "UFC" if method == "infer" else "SRe2L group"
                 desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
                 result, batch_stats = _optimize_batch(
-                    method, source, num_classes, image_shape, teacher, m, ks, config, lo, hi, progress, backend, desc,
+                    method, source, num_classes, image_shape, losses, m, ks, config, lo, hi, progress, backend, desc,
                     chunk_size,
                 )
                 for k, r in zip(ks, result):
@@ -591,6 +657,7 @@ def _run_jobs(
                 if checkpoint is not None and writer and len(batch_stats["failed"]) < len(ks):
                     write_checkpoint(G)
         finally:
+            losses.detach()
             for p, flag in flags:
                 p.requires_grad_(flag)
             if config.channels_last:

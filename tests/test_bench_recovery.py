@@ -48,6 +48,7 @@ def load_bench_module():
     (["--preset", "cifar100", "--iterations", "0"], "--iterations must be a positive integer"),
     (["--preset", "imagenet", "--size", "16"], "--size must be at least 32"),
     (["--preset", "cifar100", "--teachers", "nope"], "--teachers: unknown model(s) nope"),
+    (["--preset", "cifar100", "--compile", "default", "--iterations", "1"], "--compile times the iterations after"),
 ])
 def test_bad_flags_are_refused(capsys, flags, message):
     bench = load_bench_module()

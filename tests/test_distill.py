@@ -451,3 +451,21 @@ def test_fused_bn_recovery_equals_hooks(natural, teachers, train_set):
     fused = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3, fused_bn=True), progress=False)
     torch.testing.assert_close(fused["ufc"], plain["ufc"], rtol=0, atol=1e-5)
     assert all("forward" not in vars(m) for m in teachers[0].modules())  # BN layers restored
+
+
+def test_compiled_recovery_equals_eager(natural, teachers, train_set):
+    """torch.compile of the teacher pass (fullgraph, fused BN custom ops inside) gives the eager
+    UFCs; one graph per group count serves every batch (K = 3 in groups of 2: G = 2, then 1)."""
+    from torch._dynamo.utils import counters
+
+    spec = train_set.spec
+    cfg = lambda **kw: _cfg(group_size=2, iterations=3, fused_bn=True, **kw)  # noqa: E731
+    eager = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg(), progress=False)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg(compile="default"), progress=False)
+    torch.testing.assert_close(compiled["ufc"], eager["ufc"], rtol=0, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 2  # G = 2 and G = 1, each traced once (no graph break)
+    assert all("forward" not in vars(m) for m in teachers[0].modules())  # BN layers restored
+    with pytest.raises(ValueError, match="compile"):
+        RecoveryConfig(compile="fast").validate()
