@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from .distributed import init_from_env
     from .pipeline import format_table, load_pipeline_config, run_pipeline
 
-    rank, world = init_from_env()  # under torchrun: teachers, recovery and student runs split across the ranks
+    rank, _ = init_from_env()  # under torchrun: teachers, recovery and student runs split across the ranks
     overrides = {"out": args.out, "seeds": args.seeds, "device": args.device, "data_root": args.data_root}
     if args.teachers:
         overrides["teachers"] = [{"path": p} for p in _paths(args.teachers)]
@@ -35,13 +35,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides["ipc"] = [int(v) for v in _paths(args.ipc)]
     if args.methods:
         overrides["methods"] = _paths(args.methods)
-    try:
-        results = run_pipeline(load_pipeline_config(args.config, **overrides), progress=not args.quiet)
-    finally:
-        if world > 1:  # a gloo group still alive at interpreter exit can abort the process (SIGABRT)
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    results = run_pipeline(load_pipeline_config(args.config, **overrides), progress=not args.quiet)
     if args.quiet and rank == 0:  # the table is the result: shown even without progress output
         print(format_table(results))
 

@@ -10,6 +10,8 @@ Each job is seeded on its own, so the result equals a single-process run.
 """
 from __future__ import annotations
 
+import atexit
+import datetime
 import os
 from typing import Any, List, Tuple
 
@@ -26,17 +28,29 @@ def rank_and_world() -> Tuple[int, int]:
     return 0, 1
 
 
+# A rank can wait at a collective for as long as another rank's share of the work lasts
+# (one UFC more at ImageNet scale: tens of minutes), past NCCL's default 10-minute timeout.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=24)
+
+
 def init_from_env(backend: str = "auto") -> Tuple[int, int]:
     """Join the process group described by torchrun's environment (WORLD_SIZE > 1), with NCCL
-    on GPUs and gloo otherwise; a no-op for a single process. Returns (rank, world size)."""
+    on GPUs and gloo otherwise; a no-op for a single process. Returns (rank, world size).
+    The group is destroyed at interpreter exit (a gloo group left alive can abort the process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and dist.is_available() and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+        atexit.register(_destroy)
     return rank_and_world()
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_gather_object(obj: Any) -> List[Any]:
