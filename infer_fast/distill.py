@@ -517,6 +517,9 @@ def _optimize_batch(
             if progress and (t % 10 == 0 or t + 1 == config.iterations):
                 bar.set_postfix(ce=f"{float(last_ce.mean()):.4f}", r_bn=f"{float(last_rbn.mean()):.4f}")
         bar.close()
+        if first_iteration_s is None:  # a single iteration
+            _synchronize(device)
+            first_iteration_s = time.perf_counter() - started
         final = variable.detach()
         x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
         with autocast:

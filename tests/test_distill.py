@@ -466,6 +466,8 @@ def test_compiled_recovery_equals_eager(natural, teachers, train_set):
     compiled = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg(compile="default"), progress=False)
     torch.testing.assert_close(compiled["ufc"], eager["ufc"], rtol=0, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 2  # G = 2 and G = 1, each traced once (no graph break)
+    for batch in compiled["stats"]:  # the compile is in the first iteration's time
+        assert 0 < batch["first_iteration_seconds"] <= batch["seconds"]
     assert all("forward" not in vars(m) for m in teachers[0].modules())  # BN layers restored
     with pytest.raises(ValueError, match="compile"):
         RecoveryConfig(compile="fast").validate()
