@@ -100,41 +100,50 @@ def copy_bandwidth_gbps(device: torch.device, timer) -> float:
     return 2 * src.numel() * 4 / ms / 1e6
 
 
+def time_passes(name: str, timer, forward: Callable, backward: Callable):
+    """(fwd, bwd, both) ms of ``forward()`` and ``backward(outputs)``; None when the
+    implementation cannot run here (e.g. torch.compile without a compiler)."""
+    try:
+        outputs = forward()
+        return timer(forward), timer(lambda: backward(outputs)), timer(lambda: backward(forward()))
+    except Exception as exc:
+        print(f"  {name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        return None
+
+
+def bn_inputs(work: Dict, dtype, device, channels_last: bool, gen) -> List[torch.Tensor]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+            for shape in work["shapes"]]
+
+
+def bn_row(work: Dict, op: str, impl: str, dtype, channels_last: bool, xs, times, traffic) -> Dict:
+    """A result row; ``traffic``: (forward, backward) bytes moved in units of x's size."""
+    element_bytes = sum(x.numel() for x in xs) * xs[0].element_size()
+    fwd, bwd, both = times
+    return {
+        "workload": work["name"], "op": op, "impl": impl, "dtype": str(dtype).replace("torch.", ""),
+        "layout": "channels_last" if channels_last else "nchw", "groups": work["groups"],
+        "shapes": work["shapes"], "bytes_x": element_bytes, "fwd_ms": fwd, "bwd_ms": bwd, "fwd_bwd_ms": both,
+        "fwd_GBps": traffic[0] * element_bytes / fwd / 1e6, "bwd_GBps": traffic[1] * element_bytes / bwd / 1e6,
+        "fwd_bwd_GBps": sum(traffic) * element_bytes / both / 1e6,
+    }
+
+
 def bench_bn(work: Dict, dtype, device, impls: Dict[str, Callable], timer, channels_last: bool) -> List[Dict]:
     gen = torch.Generator(device="cpu").manual_seed(0)
-    xs, stats = [], []
-    for shape in work["shapes"]:
-        x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        xs.append(x.requires_grad_())
-        stats.append((0.1 * torch.randn(shape[1], generator=gen).to(device), (torch.rand(shape[1], generator=gen) + 0.5).to(device)))
-    element_bytes = sum(x.numel() for x in xs) * xs[0].element_size()
+    xs = [x.requires_grad_() for x in bn_inputs(work, dtype, device, channels_last, gen)]
+    stats = [(0.1 * torch.randn(x.shape[1], generator=gen).to(device), (torch.rand(x.shape[1], generator=gen) + 0.5).to(device))
+             for x in xs]
     rows = []
     for name, fn in impls.items():
-        def forward():
-            return sum(fn(x, rm, rv, work["groups"]).sum() for x, (rm, rv) in zip(xs, stats))
-
-        try:
-            loss = forward()
-            fwd = timer(forward)
-            bwd = timer(lambda: torch.autograd.grad(loss, xs, retain_graph=True))
-            both = timer(lambda: torch.autograd.grad(forward(), xs))
-        except Exception as exc:  # a baseline that cannot run here (e.g. compile without a compiler)
-            print(f"  {name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
-            continue
-        rows.append(
-            {
-                "workload": work["name"], "op": "bn_stat_loss", "impl": name, "dtype": str(dtype).replace("torch.", ""),
-                "layout": "channels_last" if channels_last else "nchw", "groups": work["groups"],
-                "shapes": work["shapes"], "bytes_x": element_bytes,
-                "fwd_ms": fwd, "bwd_ms": bwd, "fwd_bwd_ms": both,
-                # bytes model: forward reads x; backward reads x and writes dx
-                "fwd_GBps": element_bytes / fwd / 1e6, "bwd_GBps": 2 * element_bytes / bwd / 1e6,
-                "fwd_bwd_GBps": 3 * element_bytes / both / 1e6,
-            }
+        times = time_passes(
+            name, timer,
+            forward=lambda: sum(fn(x, rm, rv, work["groups"]).sum() for x, (rm, rv) in zip(xs, stats)),
+            backward=lambda loss: torch.autograd.grad(loss, xs, retain_graph=True),
         )
-        loss = None  # free the retained graph before the next implementation runs
+        if times is not None:  # bytes: forward reads x; backward reads x and writes dx
+            rows.append(bn_row(work, "bn_stat_loss", name, dtype, channels_last, xs, times, (1, 2)))
     return rows
 
 
@@ -142,44 +151,21 @@ def bench_eval_bn(work: Dict, dtype, device, impls: Dict[str, Callable], timer, 
     """Eval-mode BN + the statistics loss of its input, every layer of the workload; the
     backward gets a fixed dy for every output (as the rest of the network would give)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    xs, params, grads = [], [], []
-    for shape in work["shapes"]:
-        c = shape[1]
-        xs.append(torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_())
-        params.append(tuple(t.to(device) for t in (0.1 * torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5,
-                                                   torch.rand(c, generator=gen) + 0.5, 0.1 * torch.randn(c, generator=gen))))
-        grads.append(torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt))
-    element_bytes = sum(x.numel() for x in xs) * xs[0].element_size()
+    xs = [x.requires_grad_() for x in bn_inputs(work, dtype, device, channels_last, gen)]
+    params = [tuple(t.to(device) for t in (0.1 * torch.randn(x.shape[1], generator=gen), torch.rand(x.shape[1], generator=gen) + 0.5,
+                                           torch.rand(x.shape[1], generator=gen) + 0.5, 0.1 * torch.randn(x.shape[1], generator=gen)))
+              for x in xs]
+    grads = bn_inputs(work, dtype, device, channels_last, gen) + [torch.ones((), device=device)]
     rows = []
     for name, fn in impls.items():
         def forward():
             outs = [fn(x, *p, work["groups"]) for x, p in zip(xs, params)]
             return [y for y, _ in outs] + [sum(loss.sum() for _, loss in outs)]
 
-        def backward(outputs):
-            return torch.autograd.grad(outputs, xs, grads + [torch.ones((), device=device)], retain_graph=True)
-
-        try:
-            outputs = forward()
-            fwd = timer(forward)
-            bwd = timer(lambda: backward(outputs))
-            both = timer(lambda: backward(forward()))
-        except Exception as exc:
-            print(f"  {name}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
-            continue
-        rows.append(
-            {
-                "workload": work["name"], "op": "eval_bn+loss", "impl": name, "dtype": str(dtype).replace("torch.", ""),
-                "layout": "channels_last" if channels_last else "nchw", "groups": work["groups"],
-                "shapes": work["shapes"], "bytes_x": element_bytes,
-                "fwd_ms": fwd, "bwd_ms": bwd, "fwd_bwd_ms": both,
-                # bytes model (fused): forward reads x, writes y; backward reads x and dy, writes dx
-                "fwd_GBps": 2 * element_bytes / fwd / 1e6, "bwd_GBps": 3 * element_bytes / bwd / 1e6,
-                "fwd_bwd_GBps": 5 * element_bytes / both / 1e6,
-            }
-        )
-        outputs = None
+        times = time_passes(name, timer, forward,
+                            backward=lambda outputs: torch.autograd.grad(outputs, xs, grads, retain_graph=True))
+        if times is not None:  # bytes (fused): forward reads x, writes y; backward reads x and dy, writes dx
+            rows.append(bn_row(work, "eval_bn+loss", name, dtype, channels_last, xs, times, (2, 3)))
     return rows
 
 

@@ -157,47 +157,23 @@ inline void row_sums(const T* p, int64_t len, int64_t step, acc_t<T> rm, double&
 // given, has x's strides. Unit strides take the vectorized loops, fp16/bf16 through fp32
 // blocks.
 
-// Scalar coefficients (one channel) over len values.
-template <typename T>
-inline void affine_row(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, acc_t<T> a, acc_t<T> b,
-                       acc_t<T> m, const T* dy, acc_t<T> s) {
-  using A = acc_t<T>;
-  if (sx == 1 && sy == 1) {
-    if constexpr (IsReduced<T>::value) {
-      float buf[kBlock], dbuf[kBlock];
-      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
-        const int64_t n = std::min(kBlock, len - i0);
-        to_float(x + i0, buf, n);
-        if (dy != nullptr) {
-          to_float(dy + i0, dbuf, n);
-#pragma omp simd
-          for (int64_t i = 0; i < n; ++i) buf[i] = a + b * (buf[i] - m) + dbuf[i] * s;
-        } else {
-#pragma omp simd
-          for (int64_t i = 0; i < n; ++i) buf[i] = a + b * (buf[i] - m);
-        }
-        from_float(buf, y + i0, n);
-      }
-    } else if (dy != nullptr) {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) y[i] = a + b * (x[i] - m) + dy[i] * s;
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) y[i] = a + b * (x[i] - m);
-    }
-  } else {
-    for (int64_t i = 0; i < len; ++i) {
-      A v = a + b * (static_cast<A>(x[i * sx]) - m);
-      if (dy != nullptr) v += static_cast<A>(dy[i * sx]) * s;
-      y[i * sy] = static_cast<T>(v);
-    }
-  }
-}
+// Coefficients of the elementwise passes: one value for the whole run (a channel of an NCL
+// row) or one per value (the channels of an NLC row).
+template <typename A>
+struct Same {
+  A v;
+  A operator[](int64_t) const { return v; }
+};
+template <typename A>
+struct PerValue {
+  const A* p;
+  A operator[](int64_t i) const { return p[i]; }
+};
 
-// Per-channel coefficients: value i is channel i (a, b, m, s point at the first channel).
-template <typename T>
-inline void affine_channels(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, const acc_t<T>* a,
-                            const acc_t<T>* b, const acc_t<T>* m, const T* dy, const acc_t<T>* s) {
+// out[i] = a[i] + b[i] * (x[i] - m[i]) (+ dy[i] * s[i] when dy is given) over len values.
+template <typename T, typename Coef>
+inline void affine(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, Coef a, Coef b, Coef m, const T* dy,
+                   Coef s) {
   using A = acc_t<T>;
   if (sx == 1 && sy == 1) {
     if constexpr (IsReduced<T>::value) {
@@ -205,15 +181,13 @@ inline void affine_channels(const T* x, int64_t sx, T* y, int64_t sy, int64_t le
       for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
         const int64_t n = std::min(kBlock, len - i0);
         to_float(x + i0, buf, n);
-        const float *ap = a + i0, *bp = b + i0, *mp = m + i0;
         if (dy != nullptr) {
           to_float(dy + i0, dbuf, n);
-          const float* sp = s + i0;
 #pragma omp simd
-          for (int64_t i = 0; i < n; ++i) buf[i] = ap[i] + bp[i] * (buf[i] - mp[i]) + dbuf[i] * sp[i];
+          for (int64_t i = 0; i < n; ++i) buf[i] = a[i0 + i] + b[i0 + i] * (buf[i] - m[i0 + i]) + dbuf[i] * s[i0 + i];
         } else {
 #pragma omp simd
-          for (int64_t i = 0; i < n; ++i) buf[i] = ap[i] + bp[i] * (buf[i] - mp[i]);
+          for (int64_t i = 0; i < n; ++i) buf[i] = a[i0 + i] + b[i0 + i] * (buf[i] - m[i0 + i]);
         }
         from_float(buf, y + i0, n);
       }
@@ -231,6 +205,23 @@ inline void affine_channels(const T* x, int64_t sx, T* y, int64_t sy, int64_t le
       y[i * sy] = static_cast<T>(v);
     }
   }
+}
+
+// One channel's coefficients over len values.
+template <typename T>
+inline void affine_row(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, acc_t<T> a, acc_t<T> b,
+                       acc_t<T> m, const T* dy, acc_t<T> s) {
+  using C = Same<acc_t<T>>;
+  affine<T, C>(x, sx, y, sy, len, C{a}, C{b}, C{m}, dy, C{s});
+}
+
+// Per-channel coefficients: value i is channel i (a, b, m, s point at the first channel;
+// s may be null when dy is).
+template <typename T>
+inline void affine_channels(const T* x, int64_t sx, T* y, int64_t sy, int64_t len, const acc_t<T>* a,
+                            const acc_t<T>* b, const acc_t<T>* m, const T* dy, const acc_t<T>* s) {
+  using C = PerValue<acc_t<T>>;
+  affine<T, C>(x, sx, y, sy, len, C{a}, C{b}, C{m}, dy, C{s});
 }
 
 // The same over len contiguous values of an NLC tensor, value j being channel
