@@ -273,6 +273,8 @@ def main(argv=None) -> int:
         for knob in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, knob):
                 setattr(torch._dynamo.config, knob, 256)
+        # the timer runs one backward many times (retain_graph): no donated buffers
+        torch._functorch.config.donated_buffer = False
         compiled = torch.compile(bn_stat_loss_naive, dynamic=False)
         bn_impls["compile(ref)"] = lambda x, rm, rv, g: compiled(x, rm, rv, g)
     for name in backends:
