@@ -27,6 +27,7 @@ run skips them (UFC results do not depend on batching, so the group size may dif
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import math
 import os
@@ -64,7 +65,7 @@ CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images pe
 CUDA_MEMORY_FRACTION = 0.6  # automatic group size on CUDA: share of free memory to use
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # config fields that do not change the result (resuming with another value is allowed)
-_RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile")
+_RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "distributed")
 
 
 # --------------------------------------------------------------------------------------
@@ -582,23 +583,32 @@ def _run_jobs(
     # torchrun, "jobs": every world-th job, each rank with its own checkpoint; "chunks" (or one
     # process): every job here, the chunks of each batch split inside, rank 0 checkpoints
     split_jobs = world > 1 and config.distributed == "jobs"
-    mine = jobs[rank::world] if split_jobs else jobs
     writer = split_jobs or rank == 0
-    if checkpoint is not None:
-        checkpoint = distributed.shard_path(os.fspath(checkpoint), rank, world if split_jobs else 1)
     done: Dict[Tuple[int, int], Tensor] = {}
     stats: List[Dict[str, Any]] = []
-    if checkpoint is not None and os.path.exists(checkpoint):
-        if not resume:
+    inherited: Dict[Tuple[int, int], Tensor] = {}
+    if checkpoint is not None:
+        found = recovery_checkpoints(checkpoint)
+        checkpoint = distributed.shard_path(os.fspath(checkpoint), rank, world if split_jobs else 1)
+        if found and not resume:
             raise ValueError(
-                f"recovery checkpoint {checkpoint!r} exists: pass resume=True to continue that run, or delete it"
+                f"recovery checkpoint {found[0]!r} exists: pass resume=True to continue that run, or delete it"
             )
-        ckpt = _load_checkpoint(checkpoint, identity)
-        for m, k, u in zip(ckpt["ufc_teacher"].tolist(), ckpt["ufc_index"].tolist(), ckpt["ufc"]):
-            done[(m, k)] = u
-        stats = list(ckpt.get("stats", []))
-        if progress:
-            print(f"{checkpoint}: resuming, {len(done)}/{len(jobs)} {method} jobs already recovered")
+        # every checkpoint of the run, whatever number of ranks wrote it: a restart with
+        # another world size (or one process) loses nothing
+        inherited_stats: Dict[Tuple[int, Tuple[int, ...]], Dict[str, Any]] = {}
+        for path in found:
+            ckpt = _load_checkpoint(path, identity)
+            for m, k, u in zip(ckpt["ufc_teacher"].tolist(), ckpt["ufc_index"].tolist(), ckpt["ufc"]):
+                inherited[(m, k)] = u
+            for batch in ckpt.get("stats", []):
+                inherited_stats[(batch["teacher"], tuple(batch["k"]))] = batch
+        if inherited and (rank == 0 or not split_jobs):  # one rank brings them to the gather
+            done, stats = dict(inherited), list(inherited_stats.values())
+        if found and progress:
+            print(f"{', '.join(found)}: resuming, {len(inherited)}/{len(jobs)} {method} jobs already recovered")
+    remaining = [job for job in jobs if job not in inherited]
+    mine = remaining[rank::world] if split_jobs else remaining
 
     def write_checkpoint(group_size: int) -> None:
         keys = sorted(done)
@@ -843,9 +853,17 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     return out_dir, train, teachers, records, out_dir.with_name(out_dir.name + ".recovery.pt")
 
 
+def recovery_checkpoints(checkpoint: Union[str, os.PathLike]) -> List[str]:
+    """The existing checkpoint files of a recovery run: ``checkpoint`` itself (one process,
+    or "chunks") and the per-rank shares ``<checkpoint>.rank<r>-of-<w>`` of any world size."""
+    base = os.fspath(checkpoint)
+    shares = sorted(glob.glob(glob.escape(base) + ".rank*-of-*"))
+    return ([base] if os.path.exists(base) else []) + shares
+
+
 def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
-    """Rank 0 writes the set (verified by loading it back under torchrun); every rank then
-    removes its own recovery checkpoint."""
+    """Rank 0 writes the set (verified by loading it back under torchrun), then removes the
+    run's recovery checkpoints (every rank's share, of any world size)."""
     from .storage import load_distilled, save_distilled
 
     rank, world = distributed.rank_and_world()
@@ -853,13 +871,11 @@ def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
         save_distilled(ds, out_dir)
         if world > 1:
             load_distilled(out_dir)  # the merged set verifies as one
-    distributed.barrier()
-    mine = [Path(distributed.shard_path(str(checkpoint), rank, world))]  # "jobs": each rank's share
+    distributed.barrier()  # every rank is done with its share before it goes
     if rank == 0:
-        mine.append(checkpoint)  # one process, or "chunks": rank 0's single checkpoint
-    for path in mine:
-        if path.exists():
-            path.unlink()
+        for path in recovery_checkpoints(checkpoint):
+            Path(path).unlink(missing_ok=True)
+    distributed.barrier()
     return out_dir
 
 

@@ -197,6 +197,38 @@ def test_resume_after_interrupt(natural, teachers, train_set, tmp_path, monkeypa
     assert resumed["ufc_index"].tolist() == full["ufc_index"].tolist()
 
 
+def test_resume_from_shares_of_another_world_size(teacher_paths, tmp_path, monkeypatch):
+    """A run split across 2 ranks and stopped continues in one process (or any world size)
+    from the ranks' shares: nothing recovered is redone, and every share is removed at the end."""
+    cfg = _cfg(group_size=1, iterations=3)
+    clean = load_distilled(distill_infer(DATASET, teacher_paths, ipc=3, out_dir=tmp_path / "clean", config=cfg,
+                                         progress=False))
+    out = tmp_path / "run"
+    restore = _interrupt_batch(monkeypatch, on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=cfg, progress=False)
+    restore()
+    # the two jobs done, as if two ranks had written one each (shares of a 2-rank run)
+    ckpt = tmp_path / "run.recovery.pt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert len(saved["ufc_index"]) == 2
+    for r in range(2):
+        share = dict(saved, ufc=saved["ufc"][r:r + 1], ufc_index=saved["ufc_index"][r:r + 1],
+                     ufc_teacher=saved["ufc_teacher"][r:r + 1], stats=saved["stats"][r:r + 1])
+        torch.save(share, f"{ckpt}.rank{r}-of-2")
+    ckpt.unlink()
+    with pytest.raises(ValueError, match="resume"):
+        distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=cfg, progress=False)
+    calls = []
+    real = distill._optimize_batch
+    monkeypatch.setattr(distill, "_optimize_batch", lambda *a, **kw: calls.append(a[6]) or real(*a, **kw))
+    resumed = load_distilled(distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=cfg, resume=True,
+                                           progress=False))
+    assert len(calls) == 2  # 4 UFCs (K = 2, M = 2), 2 recovered before: only the other 2 run
+    torch.testing.assert_close(resumed.ufc, clean.ufc, rtol=0, atol=1e-6)
+    assert not [p for p in os.listdir(tmp_path) if "recovery" in p]
+
+
 def test_nan_loss_raises(natural, train_set, tmp_path):
     spec = train_set.spec
     bad = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
