@@ -10,7 +10,7 @@ import torch
 from conftest import backend_params, tolerance
 from infer_fast.ops import backends, bn_eval_with_stat_loss, bn_eval_with_stat_loss_naive
 from infer_fast.ops.bn_stat_loss import _as_ncl
-from test_bn_stat_loss import DTYPES, LAYOUTS, SHAPES, make_input, make_stats
+from test_bn_stat_loss import make_input, make_stats, over_shape_matrix
 
 
 def make_affine(channels, device, seed=2):
@@ -18,10 +18,7 @@ def make_affine(channels, device, seed=2):
     return (torch.rand(channels, generator=gen) + 0.5).to(device), (torch.randn(channels, generator=gen) * 0.3).to(device)
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape,groups", SHAPES, ids=str)
+@over_shape_matrix
 def test_matches_float64_reference(backend, device, shape, groups, layout, dtype):
     x = make_input(shape, layout, dtype, device).requires_grad_()
     rm, rv = make_stats(shape[1], device)

@@ -40,10 +40,15 @@ def make_stats(channels, device, seed=1):
     return rm, rv
 
 
-@pytest.mark.parametrize("backend,device", backend_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape,groups", SHAPES, ids=str)
+def over_shape_matrix(test):
+    """Parametrize ``test`` over backend x dtype x layout x (shape, groups)."""
+    test = pytest.mark.parametrize("shape,groups", SHAPES, ids=str)(test)
+    test = pytest.mark.parametrize("layout", LAYOUTS)(test)
+    test = pytest.mark.parametrize("dtype", DTYPES, ids=str)(test)
+    return pytest.mark.parametrize("backend,device", backend_params())(test)
+
+
+@over_shape_matrix
 def test_matches_float64_reference(backend, device, shape, groups, layout, dtype):
     x = make_input(shape, layout, dtype, device).requires_grad_()
     rm, rv = make_stats(shape[1], device)
