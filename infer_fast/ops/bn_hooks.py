@@ -20,6 +20,15 @@ from .bn_stat_loss import bn_eval_with_stat_loss, bn_stat_loss
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
+def _refuse_training_mode(name: str, module: nn.Module) -> None:
+    """In train mode a BN layer would use batch statistics and its running ones would drift."""
+    if module.training:
+        raise RuntimeError(
+            f"BatchNorm layer {name!r} is in training mode: call model.eval() on the teacher "
+            "before matching its statistics"
+        )
+
+
 class BNStatTracker:
     """Forward pre-hooks on every BatchNorm1d/2d of ``model``, computing
     :func:`~infer_fast.ops.bn_stat_loss` of each layer's input against its running stats.
@@ -59,11 +68,7 @@ class BNStatTracker:
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args) -> None:
-            if module.training:
-                raise RuntimeError(
-                    f"BatchNorm layer {name!r} is in training mode: call model.eval() on the teacher "
-                    "before matching its statistics"
-                )
+            _refuse_training_mode(name, module)
             x = args[0]
             self._losses.append(bn_stat_loss(x, module.running_mean, module.running_var, self.groups, self.backend))
             self._names.append(name)
@@ -72,11 +77,7 @@ class BNStatTracker:
 
     def _make_fused_forward(self, name: str, module: nn.Module):
         def forward(x: Tensor) -> Tensor:
-            if module.training:
-                raise RuntimeError(
-                    f"BatchNorm layer {name!r} is in training mode: call model.eval() on the teacher "
-                    "before matching its statistics"
-                )
+            _refuse_training_mode(name, module)
             y, loss = bn_eval_with_stat_loss(x, module.running_mean, module.running_var, module.weight, module.bias,
                                              module.eps, self.groups, self.backend)
             self._losses.append(loss)
