@@ -180,8 +180,8 @@ class RecoveryConfig:
     # teacher passes in "bf16" autocast (statistics accumulated and the UFC kept in fp32) or "fp32"
     precision: str = "fp32"
     channels_last: bool = False  # teacher weights and inputs in channels_last during recovery
-    # eval-mode BN and its statistics loss as one autograd node (one gradient write per layer
-    # instead of two added together); same results; not used with chunk_size
+    # eval-mode BN and its statistics loss fused (bn_eval_with_stat_loss: one kernel pass each
+    # way instead of the BN's, the loss's and autograd's sum); same results; not with chunk_size
     fused_bn: bool = False
     # torch.compile the teacher forward + losses (fullgraph; its backward too): "off", or a
     # torch.compile mode ("reduce-overhead" = CUDA graphs). One graph per teacher and group
@@ -425,8 +425,7 @@ class _TeacherLosses:
             rbn = tracker.weighted_sum(config.first_bn_mult) if tracker is not None else torch.zeros_like(ce)
             return ce, rbn, logits
 
-        self.groups, self.tracker, self.labels, self.eager = G, tracker, labels, losses
-        self.compiled = losses
+        self.groups, self.tracker, self.eager, self.compiled = G, tracker, losses, None
         if config.compile != "off":
             mode = None if config.compile == "default" else config.compile
             self.compiled = torch.compile(losses, fullgraph=True, dynamic=False, mode=mode)
@@ -434,7 +433,7 @@ class _TeacherLosses:
     def __call__(self, x: Tensor, compiled: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
         if self.groups != x.shape[0]:
             self._build(x.shape[0])
-        if not compiled or self.compiled is self.eager:
+        if not compiled or self.compiled is None:
             return self.eager(x)
         # every (teacher, G) closure adds a cache entry to the same code object: allow them all
         with torch._dynamo.config.patch(recompile_limit=1 << 16):
