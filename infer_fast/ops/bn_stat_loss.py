@@ -89,11 +89,18 @@ def backward_coefficients(grad_loss: Tensor, mean_shift: Tensor, var_err: Tensor
 def _forward_op(
     x: Tensor, running_mean: Tensor, running_var: Tensor, groups: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _statistics_pass(x, running_mean, running_var, groups, backend)
+
+
+def _statistics_pass(x, running_mean, running_var, groups, backend, affine=None):
+    """(loss, mean_shift, var_err, norms) from one read of x; ``affine`` = (scale, shift, y)
+    has the same kernel write the eval-mode BN output y (x's layout) as well."""
     x3 = _as_ncl(x)
     acc = accumulate_dtype(x.dtype)
     n, c, length = x3.shape
     sums = torch.empty(2, groups, c, dtype=acc, device=x.device)
-    backends.launcher(backend, "bn_stat_sums")(x3, running_mean.to(acc).contiguous(), groups, sums)
+    fused = () if affine is None else (affine[0], affine[1], _as_ncl(affine[2]))  # _as_ncl(y) has x3's strides
+    backends.launcher(backend, "bn_stat_sums")(x3, running_mean.to(acc).contiguous(), groups, sums, *fused)
     mean_shift, var_err, norms = finalize(sums, running_var, (n // groups) * length)
     return norms.sum(dim=1), mean_shift, var_err, norms
 
@@ -116,12 +123,20 @@ def _backward_op(
     grad_loss: Tensor, x: Tensor, running_mean: Tensor, mean_shift: Tensor, var_err: Tensor,
     norms: Tensor, groups: int, backend: str,
 ) -> Tensor:
+    return _gradient_pass(grad_loss, x, running_mean, mean_shift, var_err, norms, groups, backend)
+
+
+def _gradient_pass(grad_loss, x, running_mean, mean_shift, var_err, norms, groups, backend, grad_y=None, scale=None):
+    """dx = a + b (x - mu) in one elementwise pass; with ``grad_y`` (the fused eval-mode BN's
+    output gradient) plus grad_y * scale in the same pass."""
     x3 = _as_ncl(x)
     n, _, length = x3.shape
     coef_a, coef_b = backward_coefficients(grad_loss, mean_shift, var_err, norms, (n // groups) * length)
     mean = (running_mean.to(mean_shift.dtype)[None, :] + mean_shift).contiguous()
-    grad_input = torch.empty_like(x, memory_format=_memory_format(x))
-    backends.launcher(backend, "bn_stat_backward")(x3, coef_a, coef_b, mean, groups, _as_ncl(grad_input))
+    fmt = _memory_format(x)
+    grad_input = torch.empty_like(x, memory_format=fmt)
+    fused = () if grad_y is None else (_as_ncl(grad_y.contiguous(memory_format=fmt)), scale)  # dy read with x's strides
+    backends.launcher(backend, "bn_stat_backward")(x3, coef_a, coef_b, mean, groups, _as_ncl(grad_input), *fused)
     return grad_input
 
 
@@ -195,14 +210,8 @@ def bn_stat_loss(
 def _eval_forward_op(
     x: Tensor, running_mean: Tensor, running_var: Tensor, scale: Tensor, shift: Tensor, groups: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    x3 = _as_ncl(x)
-    acc = accumulate_dtype(x.dtype)
-    n, c, length = x3.shape
-    sums = torch.empty(2, groups, c, dtype=acc, device=x.device)
-    y = torch.empty_like(x, memory_format=_memory_format(x))  # _as_ncl(y) has x3's strides
-    backends.launcher(backend, "bn_stat_sums")(x3, running_mean.to(acc).contiguous(), groups, sums, scale, shift, _as_ncl(y))
-    mean_shift, var_err, norms = finalize(sums, running_var, (n // groups) * length)
-    return y, norms.sum(dim=1), mean_shift, var_err, norms
+    y = torch.empty_like(x, memory_format=_memory_format(x))
+    return (y, *_statistics_pass(x, running_mean, running_var, groups, backend, affine=(scale, shift, y)))
 
 
 @_eval_forward_op.register_fake
@@ -215,16 +224,7 @@ def _eval_backward_op(
     grad_loss: Tensor, grad_y: Tensor, x: Tensor, running_mean: Tensor, mean_shift: Tensor, var_err: Tensor,
     norms: Tensor, scale: Tensor, groups: int, backend: str,
 ) -> Tensor:
-    x3 = _as_ncl(x)
-    n, _, length = x3.shape
-    coef_a, coef_b = backward_coefficients(grad_loss, mean_shift, var_err, norms, (n // groups) * length)
-    mean = (running_mean.to(mean_shift.dtype)[None, :] + mean_shift).contiguous()
-    fmt = _memory_format(x)
-    grad_input = torch.empty_like(x, memory_format=fmt)
-    grad_y = grad_y.contiguous(memory_format=fmt)  # the kernels read dy with x's strides
-    backends.launcher(backend, "bn_stat_backward")(x3, coef_a, coef_b, mean, groups, _as_ncl(grad_input),
-                                                   _as_ncl(grad_y), scale)
-    return grad_input
+    return _gradient_pass(grad_loss, x, running_mean, mean_shift, var_err, norms, groups, backend, grad_y, scale)
 
 
 @_eval_backward_op.register_fake
