@@ -2,6 +2,7 @@
 #   make demo   - the main job: INFER vs random vs SRe2L on the embedded data (a few minutes)
 #   make test   - the test suite (Triton kernels under the CPU interpreter when no GPU)
 #   make bench  - op benchmarks, JSON under bench/results/
+#   make bench-cpu - the pytest-benchmark suite (host cost, C++ kernels) against its committed baseline
 #   make cuda-check - compile the CUDA sources with nvcc for sm_90 (no GPU needed)
 #   make data   - the full Fashion-MNIST from Debian's package dataset-fashion-mnist (MIT)
 PYTHON ?= python3
@@ -14,11 +15,11 @@ PIP    := $(PY) -m pip
 DEPS := torch==2.13.0 triton==3.9.0 numpy==2.4.6 pybind11==3.1.0 ninja==1.13.2 \
         safetensors==0.8.0 tqdm==4.70.1 pyyaml==6.0.3 pillow==13.0.0 setuptools
 TEST_DEPS := pytest==9.2.0 hypothesis==6.170.15 pytest-benchmark==5.3.1
-SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) \
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.inc csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) \
            $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench cuda-check install clean data
+.PHONY: demo test bench bench-cpu bench-cpu-baseline cuda-check install clean data
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,16 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_ops.py $(BENCH_ARGS)
+
+# pytest-benchmark: compare with the baseline committed under bench/results/pytest-benchmark/
+# (recorded on the 2-core CI machine kind; fail when a median is 50% slower).
+BENCH_STORAGE := file://$(CURDIR)/bench/results/pytest-benchmark
+BENCH_FLAGS := -q -p no:cacheprovider --benchmark-storage=$(BENCH_STORAGE) --benchmark-columns=median,iqr,rounds
+bench-cpu: $(VENV)/.installed
+	$(PY) -m pytest bench/test_cpu_benchmarks.py $(BENCH_FLAGS) --benchmark-compare --benchmark-compare-fail=median:50%
+
+bench-cpu-baseline: $(VENV)/.installed
+	$(PY) -m pytest bench/test_cpu_benchmarks.py $(BENCH_FLAGS) --benchmark-save=baseline
 
 cuda-check: $(VENV)/.deps
 	@if command -v nvcc >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1; then \

@@ -10,6 +10,14 @@ PyTorch composition. Prints tables and writes JSON (device, versions, commit, da
 
     python bench/bench_ops.py                      # preset for the device present
     python bench/bench_ops.py --preset cpu-target  # the CPU acceptance shape only
+    python bench/bench_ops.py --overhead --check   # host cost at tiny shapes vs the targets
+
+``--overhead``: tiny shapes, where the host path is everything. fwd+bwd per call of each op
+against its eager baseline, timed interleaved (every round times every implementation, in a
+rotating order) so the ratios come from the same moments of the machine; the reported ratio
+is the median of the per-round ratios. Targets (issue 10): ``bn_stat_loss`` at most 0.5x the
+eager SRe2L hook, ``bn_eval_with_stat_loss`` at most 0.5x eager BatchNorm + hook, on the
+device's fastest backend; ``--check`` exits 1 when one is missed.
 
 Timing: triton.testing.do_bench on GPU (L2 flushed, CUDA events, median);
 torch.utils.benchmark on CPU (median of blocked runs). Speed-ups are ratios to the eager
@@ -22,14 +30,17 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
 from infer_fast.ops import (available_backends, bn_eval_with_stat_loss, bn_stat_loss, bn_stat_loss_naive, ufc_compose,
                             ufc_compose_naive)
+from infer_fast.ops.backends import resolve
 
 Shape = Tuple[int, ...]
 
@@ -50,13 +61,17 @@ PRESETS = {
         workload("ResNet-18 224^2 b8", 8, RESNET18_224),
         workload("ConvNet-128 32^2 C10 x G16", 160, CONVNET_32, groups=16),
     ],
+    # single tensors of the 2026-11-30 H200 table (bandwidth), then whole networks
     "gpu": [
         workload("acceptance (64,64,56,56)", 64, [(64, 56, 56)]),
+        workload("(100,64,112,112)", 100, [(64, 112, 112)]),
+        workload("(800,128,32,32) G8", 800, [(128, 32, 32)], groups=8),
+        workload("(1000,512,7,7)", 1000, [(512, 7, 7)]),
         workload("ResNet-18 224^2 b100", 100, RESNET18_224),
-        workload("ResNet-18 224^2 b1000", 1000, RESNET18_224),
         workload("ConvNet-128 32^2 C10 x G16", 160, CONVNET_32, groups=16),
         workload("ConvNet-128 32^2 C100 x G8", 800, CONVNET_32, groups=8),
     ],
+    "gpu-bf16": [workload("(1000,64,56,56)", 1000, [(64, 56, 56)])],  # with --dtype bfloat16
 }
 # (name, K, C, ch, H, W, G)
 COMPOSE_PRESETS = {
@@ -79,6 +94,100 @@ def eager_hook_loss(x, running_mean, running_var, groups):
         var = xg.permute(1, 0, 2, 3).contiguous().view(c, -1).var(1, unbiased=False)
         total.append(torch.norm(running_var - var, 2) + torch.norm(running_mean - mean, 2))
     return torch.stack(total)
+
+
+# ----------------------------------------------------------------------------------------
+# --overhead: host cost per call at tiny shapes
+# ----------------------------------------------------------------------------------------
+OVERHEAD_TARGETS = {"bn_stat_loss": 0.5, "eval_bn+loss": 0.5}  # max ratio to the eager baseline
+
+
+def overhead_cases(device: torch.device, backends: Sequence[str]) -> Dict[str, Tuple[str, Dict[str, Callable]]]:
+    """op -> (baseline name, {impl: fwd+bwd of one call}) on tiny tensors."""
+    gen = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(shape, generator=gen).to(device)  # noqa: E731
+    x = rand(4, 8, 2, 2).requires_grad_()
+    rm, rv, weight, bias = rand(8) * 0.1, rand(8).abs() + 0.5, rand(8).abs() + 0.5, rand(8)
+    grad_y = torch.ones_like(x)
+    grad = torch.autograd.grad
+
+    def eager_bn_hook():
+        y = torch.nn.functional.batch_norm(x, rm, rv, weight, bias, training=False)
+        return grad([y, eager_hook_loss(x, rm, rv, 1).sum()], x, [grad_y, None])
+
+    natural = rand(2, 3, 2, 4, 4)
+    ufc = torch.zeros(3, 2, 4, 4, device=device, requires_grad=True)
+    index = torch.tensor([0, 1, 1], device=device)
+    shifts = torch.tensor([[1, 2], [3, 0], [0, 1]], device=device)
+    flips = torch.tensor([True, False, True], device=device)
+    compose_grad = torch.ones(3, 3, 2, 4, 4, device=device)
+    cases = {
+        "bn_stat_loss": ("eager hook", {"eager hook": lambda: grad(eager_hook_loss(x, rm, rv, 1).sum(), x)}),
+        "eval_bn+loss": ("eager BN + hook", {"eager BN + hook": eager_bn_hook}),
+        "ufc_compose": ("eager", {"eager": lambda: grad(ufc_compose_naive(natural, ufc, index, shifts, flips), ufc,
+                                                        compose_grad)}),
+    }
+    for name in backends:
+        cases["bn_stat_loss"][1][name] = lambda name=name: grad(bn_stat_loss(x, rm, rv, 1, backend=name).sum(), x)
+        cases["eval_bn+loss"][1][f"fused {name}"] = lambda name=name: grad(
+            list(bn_eval_with_stat_loss(x, rm, rv, weight, bias, backend=name)), x, [grad_y, torch.ones(1, device=device)])
+        cases["ufc_compose"][1][name] = lambda name=name: grad(
+            ufc_compose(natural, ufc, index, shifts, flips, backend=name), ufc, compose_grad)
+    return cases
+
+
+def interleaved_host_times(fns: Dict[str, Callable], baseline: str, device: torch.device, rounds: int,
+                           block_seconds: float = 0.01) -> Dict[str, Dict[str, float]]:
+    """Per implementation: median microseconds per call and the median over rounds of its
+    ratio to ``baseline`` in the same round. Calls are not synchronized one by one (host
+    time); each block ends with a device synchronization."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    calls = {}
+    for name, fn in fns.items():  # warm up, then size each block to ~block_seconds
+        for _ in range(20):
+            fn()
+        sync()
+        start = time.perf_counter()
+        for _ in range(20):
+            fn()
+        sync()
+        calls[name] = max(1, int(block_seconds / ((time.perf_counter() - start) / 20)))
+    names = list(fns)
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fns[name]()
+            sync()
+            samples[name].append((time.perf_counter() - start) / calls[name] * 1e6)
+    return {name: {"host_us": statistics.median(times),
+                   "ratio": statistics.median(t / b for t, b in zip(times, samples[baseline]))}
+            for name, times in samples.items()}
+
+
+def run_overhead(device: torch.device, backends: Sequence[str], rounds: int) -> Tuple[List[Dict], List[Dict]]:
+    """(rows, target checks) of the host-cost benchmark."""
+    rows, checks = [], []
+    fastest = resolve("auto", device)  # the backend "auto" picks: the one the targets are about
+    for op, (baseline, fns) in overhead_cases(device, backends).items():
+        print(f"{op}: {len(fns)} implementations x {rounds} rounds ...", flush=True)
+        for impl, result in interleaved_host_times(fns, baseline, device, rounds).items():
+            rows.append({"op": op, "impl": impl, "baseline": baseline, "fwd_bwd_host_us": result["host_us"],
+                         "ratio_to_baseline": result["ratio"]})
+        if op in OVERHEAD_TARGETS and fastest in backends:
+            impl = fastest if op == "bn_stat_loss" else f"fused {fastest}"
+            ratio = next(r["ratio_to_baseline"] for r in rows if r["op"] == op and r["impl"] == impl)
+            checks.append({"op": op, "impl": impl, "baseline": baseline, "ratio": ratio,
+                           "target_max_ratio": OVERHEAD_TARGETS[op], "met": ratio <= OVERHEAD_TARGETS[op]})
+    print(f"\nhost time per fwd+bwd call ({device.type}, tiny shapes; ratio = median of per-round ratios)")
+    print(f"  {'op':<14} {'impl':<18} {'us':>9} {'x baseline':>11}")
+    for r in rows:
+        print(f"  {r['op']:<14} {r['impl']:<18} {r['fwd_bwd_host_us']:9.1f} {r['ratio_to_baseline']:11.2f}")
+    for c in checks:
+        print(f"target {c['op']}: {c['impl']} at {c['ratio']:.2f}x {c['baseline']} "
+              f"(<= {c['target_max_ratio']}x): {'met' if c['met'] else 'MISSED'}")
+    return rows, checks
 
 
 def make_timer(device: torch.device) -> Callable[[Callable], float]:
@@ -257,6 +366,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--channels-last", action="store_true", help="also time channels_last inputs")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/ops-<device>-<date>.json)")
+    parser.add_argument("--overhead", action="store_true", help="host cost per call at tiny shapes (see above)")
+    parser.add_argument("--rounds", type=int, default=40, help="--overhead: interleaved rounds")
+    parser.add_argument("--check", action="store_true", help="--overhead: exit 1 when a target is missed")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -265,6 +377,13 @@ def main(argv=None) -> int:
     preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
     timer = make_timer(device)
     backends = [b for b in available_backends(device) if not (b == "triton" and device.type == "cpu")]
+
+    if args.overhead:
+        env = environment(device, args.threads)
+        rows, checks = run_overhead(device, backends, args.rounds)
+        out = args.out or os.path.join(RESULTS, f"ops-overhead-{device_tag(device)}-{datetime.date.today()}.json")
+        write_json(out, {"environment": env, "mode": "overhead", "results": rows, "targets": checks})
+        return 1 if args.check and not all(c["met"] for c in checks) else 0
 
     bn_impls: Dict[str, Callable] = {"eager hook": eager_hook_loss}
     if not args.no_compile:
@@ -275,8 +394,8 @@ def main(argv=None) -> int:
                 setattr(torch._dynamo.config, knob, 256)
         # the timer runs one backward many times (retain_graph): no donated buffers
         torch._functorch.config.donated_buffer = False
-        compiled = torch.compile(bn_stat_loss_naive, dynamic=False)
-        bn_impls["compile(ref)"] = lambda x, rm, rv, g: compiled(x, rm, rv, g)
+        compiled = torch.compile(eager_hook_loss, dynamic=False)
+        bn_impls["compile(hook)"] = lambda x, rm, rv, g: compiled(x, rm, rv, g)
     for name in backends:
         bn_impls[name] = lambda x, rm, rv, g, name=name: bn_stat_loss(x, rm, rv, g, backend=name)
     eval_bn = lambda x, rm, rv, w, b: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=False)  # noqa: E731
@@ -314,15 +433,58 @@ def main(argv=None) -> int:
         compose_rows += bench_compose(case, dtype, device, compose_impls, timer)
     print_table(compose_rows, "eager")
 
-    out = args.out or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
-        f"ops-{'gpu-' + torch.cuda.get_device_name(device).replace(' ', '_') if device.type == 'cuda' else 'cpu'}-{preset}-{datetime.date.today()}.json",
-    )
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"environment": env, "results": rows + eval_rows + compose_rows}, f, indent=1)
-    print(f"\nwrote {out}")
+    checks = kernel_targets(rows, env["copy_bandwidth_GBps"], resolve("auto", device)) if device.type == "cuda" else []
+    out = args.out or os.path.join(RESULTS, f"ops-{device_tag(device)}-{preset}-{datetime.date.today()}.json")
+    write_json(out, {"environment": env, "results": rows + eval_rows + compose_rows, "targets": checks})
     return 0
+
+
+# GPU targets of bn_stat_loss fwd+bwd (issue 10), per backend that ran.
+BANDWIDTH_TARGET = 0.6  # of the measured copy bandwidth, for tensors of BIG_BYTES and more
+BIG_BYTES = 256 * 2**20
+RESNET18_TARGET = 3.0  # x the eager hook over ResNet-18's 20 BN inputs at batch 100
+
+
+def kernel_targets(rows: List[Dict], copy_gbps: float, auto: str) -> List[Dict]:
+    """Target checks from the bn_stat_loss rows of one run; printed and stored in the JSON."""
+    checks = []
+    bn = [r for r in rows if r["op"] == "bn_stat_loss"]
+    cases = sorted({(r["workload"], r["layout"]) for r in bn})
+    for impl in sorted({r["impl"] for r in bn} - {"eager hook", "compile(hook)", "torch"}):
+        for workload, layout in cases:
+            row = {r["impl"]: r for r in bn if (r["workload"], r["layout"]) == (workload, layout)}
+            if impl not in row:
+                continue
+            mine, tag = row[impl], f"{workload} {layout}"
+            if "compile(hook)" in row:
+                checks.append({"impl": impl, "case": tag, "what": "faster than torch.compile(hook)",
+                               "value": row["compile(hook)"]["fwd_bwd_ms"] / mine["fwd_bwd_ms"], "target": 1.0})
+            if len(mine["shapes"]) == 1 and mine["bytes_x"] >= BIG_BYTES:  # one tensor of 256 MB or more
+                checks.append({"impl": impl, "case": tag, "what": "fwd+bwd share of copy bandwidth",
+                               "value": mine["fwd_bwd_GBps"] / copy_gbps, "target": BANDWIDTH_TARGET})
+            if workload.startswith("ResNet-18 224^2 b100") and "eager hook" in row:
+                checks.append({"impl": impl, "case": tag, "what": "x the eager hook",
+                               "value": row["eager hook"]["fwd_bwd_ms"] / mine["fwd_bwd_ms"], "target": RESNET18_TARGET})
+    for c in checks:
+        c["met"] = c["value"] >= c["target"]
+        c["auto"] = c["impl"] == auto
+        print(f"target [{c['impl']}{' (auto)' if c['auto'] else ''}] {c['case']}: {c['what']} "
+              f"{c['value']:.2f} (>= {c['target']}): {'met' if c['met'] else 'MISSED'}")
+    return checks
+
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def device_tag(device: torch.device) -> str:
+    return "gpu-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
+
+
+def write_json(path: str, payload: Dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

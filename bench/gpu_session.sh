@@ -1,66 +1,122 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 2 and 5, in steps that each fit one 10-minute command of a lent
-# GPU machine (the device tool keeps the machine and the installed package between calls
-# while it stays warm). Run from the repository root, in this order:
+# Everything a lent GPU checks, in one command that ends within 9 minutes on an H200:
 #
-#   bash bench/gpu_session.sh build      # the extension with its CUDA kernels (a few minutes)
-#   bash bench/gpu_session.sh test       # the kernel, hook and chunked tests on the GPU
-#   bash bench/gpu_session.sh ops        # bench_ops.py: every backend vs the eager baselines
-#   bash bench/gpu_session.sh cifar100   # bench_recovery.py at CIFAR-100 shapes (+ compile row)
-#   bash bench/gpu_session.sh imagenet   # bench_recovery.py at ImageNet shapes (+ compile row)
+#   bash bench/gpu_session.sh all
 #
-# Extra arguments go to pytest (test: e.g. test_bn_eval_stat.py -k cuda, when the whole list
-# would not fit one call) or to the benchmark (e.g. --teachers resnet18-imagenet). COMPILE=off
-# drops the torch.compile row of the recovery benchmarks (COMPILE=reduce-overhead: CUDA graphs).
+# Steps (each also runs alone, e.g. `bash bench/gpu_session.sh ops`):
+#   build     the extension with its CUDA kernels, every core (about a minute)
+#   test      the kernel, op and host-path tests on the GPU, pytest-xdist in parallel
+#   ops       bench_ops.py: every backend vs the eager hook and torch.compile of it (fp32, both
+#             layouts), then the bf16 channels_last case; target checks in the JSON
+#   overhead  bench_ops.py --overhead: host cost per call at tiny shapes
+#   cifar100  bench_recovery.py at CIFAR-100 shapes
+#   imagenet  bench_recovery.py at ImageNet shapes, ResNet-18, a few iterations
+#   summary   what passed, what was measured, which targets were met (printed last)
+# `all` gives each step a time limit (STEP_LIMITS below) and skips what no longer fits the
+# overall limit (BUDGET_S, default 540 s), so a slow step never costs the summary.
 #
-# JSON results go to bench/results/ and, with the logs, to $OUT when the device tool sets it
-# (they come back to the developer's machine from there; commit them under bench/results/).
-set -euo pipefail
+# Logs and JSON go to $OUT when the device tool sets it (they come back from there; commit
+# the JSON under bench/results/), else to bench/results/gpu-session/. Without a GPU the same
+# steps run on the CPU with the CPU presets: a dry run of the plumbing.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-DEST=${OUT:-$PWD/bench/results}
-mkdir -p "$DEST" bench/results
+DEST=${OUT:-$PWD/bench/results/gpu-session}
+mkdir -p "$DEST"
+BUDGET_S=${BUDGET_S:-540}
+declare -A STEP_LIMITS=([build]=150 [test]=110 [ops]=150 [overhead]=40 [cifar100]=45 [imagenet]=60)
+START=$(date +%s)
+GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py
+            test_bn_hooks.py test_chunked.py test_properties.py)
 
-run() {  # run STEP COMMAND...: output to the terminal and to $DEST/<step>.log
+run() {  # run STEP COMMAND...: output to the terminal and to $DEST/<step>.log, status to $DEST/<step>.status
   local step=$1
   shift
   echo "== $step: $*"
   "$@" 2>&1 | tee "$DEST/$step.log"
+  local status=${PIPESTATUS[0]}
+  echo "$status" > "$DEST/$step.status"
+  return "$status"
 }
 
-copy_json() {  # the newest JSON the benchmark wrote, also to $DEST
-  local newest
-  newest=$(ls -t bench/results/*.json | head -n 1)
-  [ "$DEST" = bench/results ] || cp "$newest" "$DEST/"
-  echo "wrote $newest"
+step_build() {
+  # The image's default compiler may not be the one torch was built with: an extension built
+  # by another one fails to load, so name the system gcc.
+  run build env MAX_JOBS="$(nproc)" CXX=/usr/bin/g++ CC=/usr/bin/gcc \
+    "$PY" -m pip install --no-build-isolation --no-deps -q . || return
+  "$PY" -I -m infer_fast.cli info | tee -a "$DEST/build.log"
 }
 
-step=${1:-}
-shift || true
-case "$step" in
-  build)
-    # The image's default compiler may not be the one torch was built with: an extension
-    # built by another one fails to load (undefined symbols), so name the system gcc.
-    run build env CXX=/usr/bin/g++ CC=/usr/bin/gcc "$PY" -m pip install --no-build-isolation --no-deps -q .
-    "$PY" -I -c "import infer_fast._C as c; assert c.cuda_compiled(), 'built without CUDA kernels'"
-    "$PY" -I -m infer_fast.cli info | tee -a "$DEST/build.log"
-    ;;
-  test)
-    files=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_bn_hooks.py
-           test_chunked.py test_properties.py)
-    (cd tests && run test "$PY" -m pytest -q -p no:cacheprovider "${@:-${files[@]}}")
-    ;;
-  ops)
-    run ops "$PY" bench/bench_ops.py --channels-last "$@"
-    copy_json
-    ;;
-  cifar100 | imagenet)
-    run "$step" "$PY" bench/bench_recovery.py --preset "$step" --compile "${COMPILE:-default}" "$@"
-    copy_json
-    ;;
-  *)
-    sed -n '2,17p' "$0"
-    exit 2
-    ;;
-esac
+step_test() {
+  local select=()
+  [ "$GPU" = 1 ] && select=(-n 8 -k "cuda or triton")  # the CPU rows ran in CI already
+  (cd tests && run test "$PY" -m pytest -q -p no:cacheprovider "${select[@]}" "${@:-${TEST_FILES[@]}}")
+}
+
+step_ops() {
+  local preset=() bf16=()
+  if [ "$GPU" = 1 ]; then
+    bf16=("$PY" bench/bench_ops.py --preset gpu-bf16 --dtype bfloat16 --channels-last --out "$DEST/ops-bf16.json")
+  else
+    preset=(--preset cpu-target)
+  fi
+  run ops "$PY" bench/bench_ops.py "${preset[@]}" --channels-last --out "$DEST/ops.json" "$@" || return
+  [ ${#bf16[@]} -eq 0 ] || "${bf16[@]}" 2>&1 | tee -a "$DEST/ops.log"
+}
+
+step_overhead() {
+  run overhead "$PY" bench/bench_ops.py --overhead --out "$DEST/ops-overhead.json" "$@"
+}
+
+step_recovery() {  # step_recovery cifar100|imagenet [args...]
+  local preset=$1 bounded=()
+  shift
+  case "$GPU:$preset" in
+    1:imagenet) bounded=(--teachers resnet18-imagenet --iterations 5 --ufcs 3 --reference-ufcs 1) ;;
+    0:cifar100) bounded=(--classes 4 --size 8 --iterations 1 --ufcs 2 --reference-ufcs 1) ;;
+    0:imagenet) bounded=(--classes 4 --size 32 --iterations 1 --ufcs 2 --reference-ufcs 1 --teachers resnet18-imagenet) ;;
+  esac
+  run "$preset" "$PY" bench/bench_recovery.py --preset "$preset" "${bounded[@]}" --out "$DEST/recovery-$preset.json" "$@"
+}
+
+step_summary() {
+  "$PY" bench/gpu_summary.py "$DEST" | tee "$DEST/summary.txt"
+}
+
+one_step() {  # one_step NAME [args...]
+  local step=$1
+  shift
+  case "$step" in
+    build) step_build ;;
+    test) step_test "$@" ;;
+    ops) step_ops "$@" ;;
+    overhead) step_overhead "$@" ;;
+    cifar100 | imagenet) step_recovery "$step" "$@" ;;
+    summary) step_summary ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
+  esac
+}
+
+if [ "${1:-}" = all ]; then
+  for step in build test ops overhead cifar100 imagenet; do
+    limit=${STEP_LIMITS[$step]}
+    left=$((BUDGET_S - ($(date +%s) - START) - 15))  # 15 s for the summary
+    if [ "$left" -lt 20 ]; then
+      echo "== $step: skipped (the session's ${BUDGET_S} s are spent)" | tee "$DEST/$step.log"
+      echo skipped > "$DEST/$step.status"
+      continue
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    # each step in its own shell under a time limit; `timeout` ends it with status 124
+    timeout --kill-after=5 "$limit" bash "$0" "$step"
+    status=$?
+    [ "$status" = 124 ] && echo "timed out after ${limit} s" > "$DEST/$step.status"
+    [ "$step" = build ] && [ "$status" != 0 ] && [ "$GPU" = 1 ] && echo "== build failed: later steps use what is installed"
+  done
+  echo "all steps: $(($(date +%s) - START)) s"
+  step_summary
+else
+  one_step "${1:-}" "${@:2}"
+fi

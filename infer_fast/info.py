@@ -32,6 +32,17 @@ def versions() -> Dict[str, str]:
     return out
 
 
+def cuda_kernels_status(ext, info: Dict[str, object]) -> str:
+    """Built and registered, or why not (a failed registration is reported, never fatal)."""
+    if not info.get("cuda_kernels"):
+        return f"skipped: {info.get('cuda_reason')}"
+    if ext is None:
+        return "built, but the extension did not load (see C++ ext)"
+    if ext.cuda_status():
+        return f"built, but not registered: {ext.cuda_status()}"
+    return "built and registered"
+
+
 def format_info() -> str:
     lines = ["infer-fast installation", ""]
     lines += [f"  {k:<12} {v}" for k, v in versions().items()]
@@ -41,7 +52,7 @@ def format_info() -> str:
     threads = ext.openmp_max_threads() if ext is not None else 0
     lines.append(f"  {'C++ ext':<12} " + (f"loaded (OpenMP threads: {threads})" if ext is not None else f"not loaded: {why}"))
     info = build_info()
-    lines.append(f"  {'CUDA kernels':<12} " + ("built" if info.get("cuda_kernels") else f"skipped: {info.get('cuda_reason')}"))
+    lines.append(f"  {'CUDA kernels':<12} " + cuda_kernels_status(ext, info))
     interp = "on (Triton kernels run on CPU tensors)" if backends.triton_interpreter() else "off"
     lines.append(f"  {'TRITON_INTERPRET':<12} {interp}")
     forced = os.environ.get(backends.ENV_VAR)

@@ -3,7 +3,7 @@
 One file per fused op, each holding its ``@triton.jit`` kernels and the Python launchers
 of the backend contract (see ``infer_fast.ops.backends``):
 
-* :mod:`bn_stat_loss` -- ``bn_stat_sums`` and ``bn_stat_backward``;
+* :mod:`bn_stat_loss` -- ``bn_stat_sums``, ``bn_stat_forward`` and ``bn_stat_backward``;
 * :mod:`ufc_compose` -- ``ufc_compose`` and ``ufc_compose_grad_ufc``.
 
 The modules import only torch and triton (never ``infer_fast``) and no sibling module, so

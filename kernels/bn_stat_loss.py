@@ -1,38 +1,55 @@
 """Triton kernels of the grouped BN-statistics matching loss.
 
-Launchers (contract: ``infer_fast.ops.backends``):
+Launchers (contract: ``infer_fast.ops.backends``; "acc" is fp32, or fp64 for fp64 x):
 
-``bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None)``
+``bn_stat_sums(x3, running_mean, groups, out)``
     out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2) over the rows of
-    group g and all L, accumulated in out.dtype (fp32, or fp64 for fp64 inputs); with y3
-    (the fused eval-mode BatchNorm) also y3 = x * scale[c] + shift[c] from the same loads.
+    group g and all L, in acc (the chunked mode's pass 1).
 
-``bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None, scale=None)``
-    grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c])
-    (+ grad_y3[n, c, l] * scale[c] when grad_y3 is given).
+``bn_stat_forward(x3, running_mean, running_var, groups, loss, stats, weight=None, bias=None, eps=0.0, y3=None)``
+    With M = n * L, delta = sum(x - rm) / M and e = sum((x - rm)**2) / M - delta**2 - rv:
+    stats[g] = [delta_g, ||delta_g||; e_g, ||e_g||] (G, 2, C + 1), loss[g] = ||delta_g|| +
+    ||e_g||; with y3 (the fused eval-mode BatchNorm) also y3 = x * scale[c] + shift[c]
+    from the same loads, scale = rsqrt(rv + eps) * weight, shift = bias - rm * scale.
+
+``bn_stat_backward(x3, running_mean, stats, grad_loss, count, grad_input, grad_y3=None, running_var=None, weight=None, eps=0.0)``
+    grad_input = a[g, c] + b[g, c] * ((x - rm[c]) - delta[g, c])  (grad_loss given)
+                 + grad_y3 * scale[c]                               (grad_y3 given)
+    with a = grad_loss[g] * delta / (count * ||delta_g||), b = 2 grad_loss[g] * e /
+    (count * ||e_g||), a zero norm counting as 1.
 
 Design
 ------
-Sums: a (G, C) grid of one program per channel cannot fill an H100 (132 SMs) when
-C = 64, so the reduction axis (rows of the group x L) is split across programs too.
-Each program writes its two partial sums into a scratch buffer of shape (2, G, C, S)
-and a second tiny kernel adds the S partials of every output in a fixed order, so the
-result is deterministic (no atomics). When S == 1 the first kernel writes ``out``
-directly and the second launch is skipped.
+Every launcher is one kernel launch each way plus, forward, one tiny finalize launch;
+the launchers run no torch ops around them (the only one is the allocation of a
+partials buffer, below). Parameters (rm, rv, weight, bias) are read in their own dtype
+and converted to acc where loaded; eval-BN scale and shift are computed in the kernels.
 
-* NCL (x3.stride(2) == 1): ``_stats_rows_kernel``, one program per (g, c, row chunk,
-  L chunk), looping over (BLOCK_R rows x BLOCK_L) tiles, contiguous along L.
+Sums: a (G, C) grid of one program per channel cannot fill an H100 (132 SMs) when
+C = 64, so the reduction axis (rows of the group x L) is split across S programs too.
+Each program writes its two partial sums to part[g, j, s, c] (j = 0: sum d, 1: sum d^2),
+and ``_finalize_kernel`` (one program per group) adds the S partials of every (g, c) in
+a fixed order, so the result is deterministic (no atomics). Forward, the same program
+then turns the sums of its group into delta, e, their norms and the loss, so a forward
+is always two launches. When S == 1 the partial kernel writes the raw sums straight into
+the output (``stats`` forward, finalized in place; ``out`` for bn_stat_sums, which then
+needs no second launch); only S > 1 needs a scratch buffer of G * 2 * S * C partials.
+
+* NCL (x3.stride(2) == 1, L > 1): ``_stats_rows_kernel``, one program per (g, c, row
+  chunk, L chunk), looping over (BLOCK_R rows x BLOCK_L) tiles, contiguous along L.
 * NLC (channels_last) and L == 1: per group the data is an (n*L, C) matrix with C
   contiguous, so ``_stats_cols_kernel`` runs one program per (g, channel block, M chunk)
   over (BLOCK_M x BLOCK_C) tiles, coalesced along C.
 
 Backward: one elementwise pass, ``_bn_backward_kernel``, over 2-D tiles (outer x inner)
-of one group, where "inner" is the contiguous axis (L for NCL, C for NLC); the div/mod
-that splits the outer index runs once per tile row (int32), not per element, and the
-NLC path loads the (g, c) coefficients once per program as a vector.
+of one group, where "inner" is the contiguous axis (L for NCL, C for NLC). Per program
+the group's scalars (grad_loss / (count * norm)) are computed once and the per-channel
+coefficients once per tile row (NCL) or as one vector (NLC), never per element; the
+div/mod that splits the outer index runs once per tile row (int32).
 
 All kernels take the tensors' strides (any strides work; the layout only picks the
-tiling), use int64 offsets, and never synchronize with the host.
+tiling), use int64 offsets, and never synchronize with the host. Absent optional
+tensors are passed as unused placeholder pointers; constexpr flags select the paths.
 """
 
 import torch
@@ -46,21 +63,46 @@ _TILE = 2048
 # A program of the split reduction handles at least this many tiles (amortizes its
 # partial write and the launch), unless the whole reduction is smaller.
 _MIN_TILES_PER_PROGRAM = 4
+# Finalize tile: partials (BLOCK_S) x channels (BLOCK_C) elements per loop step.
+_FINALIZE_TILE = 1024
+_MAX_FINALIZE_BLOCK_S = 32
 
 
 # ----------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------
 @triton.jit
+def _eval_bn_scale(rv_ptr, w_ptr, c, mask, eps, ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """rsqrt(rv[c] + eps) * weight[c] (weight None: 1) in acc: the eval-mode BN's slope."""
+    rv = tl.load(rv_ptr + c, mask=mask, other=1.0).to(ACC)
+    # eps is an fp64 argument, rounded to acc once; 1/sqrt is IEEE in fp64 (rsqrt is not)
+    scale = 1.0 / tl.sqrt(rv + tl.full([], eps, ACC))
+    if HAS_WEIGHT:
+        scale *= tl.load(w_ptr + c, mask=mask, other=0.0).to(ACC)
+    return scale
+
+
+@triton.jit
+def _eval_bn_shift(rm, scale, b_ptr, c, mask, ACC: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """bias[c] - rm[c] * scale (bias None: 0)."""
+    shift = -rm * scale
+    if HAS_BIAS:
+        shift += tl.load(b_ptr + c, mask=mask, other=0.0).to(ACC)
+    return shift
+
+
+@triton.jit
 def _stats_rows_kernel(
-    x_ptr, rm_ptr, part_ptr, scale_ptr, shift_ptr, y_ptr,
-    C, L, n_per, num_gc,
+    x_ptr, rm_ptr, part_ptr, rv_ptr, w_ptr, b_ptr, y_ptr, eps: tl.float64,
+    C, L, n_per,
     stride_n, stride_c, stride_l,
+    part_sg, part_sj, part_ss,
     rows_per_prog, l_per_prog, num_rsplit, num_lsplit,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, HAS_Y: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_Y: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """Program (g, c, row chunk, L chunk): partial sums over (rows x L) tiles; HAS_Y: also
-    the eval-mode BN output y = x * scale[c] + shift[c] of every tile it reads."""
+    """Program (g, c, row chunk s_r, L chunk s_l): partial sums over (rows x L) tiles into
+    part[g, j, s, c]; HAS_Y: also the eval-mode BN output y of every tile it reads."""
     pid = tl.program_id(0)
     num_split = num_rsplit * num_lsplit
     s = pid % num_split
@@ -72,11 +114,11 @@ def _stats_rows_kernel(
     l_begin = (s % num_lsplit) * l_per_prog
     l_end = tl.minimum(l_begin + l_per_prog, L)
 
-    acc_ty = rm_ptr.dtype.element_ty
-    rm = tl.load(rm_ptr + c)
-    if HAS_Y:
-        scale = tl.load(scale_ptr + c)
-        shift = tl.load(shift_ptr + c)
+    acc_ty = part_ptr.dtype.element_ty
+    rm = tl.load(rm_ptr + c).to(acc_ty)
+    if HAS_Y:  # (c < C is always true: the helpers' loads take a mask)
+        scale = _eval_bn_scale(rv_ptr, w_ptr, c, c < C, eps, acc_ty, HAS_WEIGHT)
+        shift = _eval_bn_shift(rm, scale, b_ptr, c, c < C, acc_ty, HAS_BIAS)
     base_off = g.to(tl.int64) * n_per * stride_n + c.to(tl.int64) * stride_c
     offs_r = tl.arange(0, BLOCK_R)
     offs_l = tl.arange(0, BLOCK_L)
@@ -98,21 +140,23 @@ def _stats_rows_kernel(
                 tl.store(y_ptr + offs, (x * scale + shift).to(y_ptr.dtype.element_ty), mask=mask)
     s1 = tl.sum(tl.sum(acc1, axis=1), axis=0)
     s2 = tl.sum(tl.sum(acc2, axis=1), axis=0)
-    # partials: (2, G, C, S) contiguous
-    tl.store(part_ptr + gc.to(tl.int64) * num_split + s, s1)
-    tl.store(part_ptr + (num_gc + gc).to(tl.int64) * num_split + s, s2)
+    part_off = g.to(tl.int64) * part_sg + s.to(tl.int64) * part_ss + c
+    tl.store(part_ptr + part_off, s1)
+    tl.store(part_ptr + part_off + part_sj, s2)
 
 
 @triton.jit
 def _stats_cols_kernel(
-    x_ptr, rm_ptr, part_ptr, scale_ptr, shift_ptr, y_ptr,
-    C, M, n_per, num_gc,
+    x_ptr, rm_ptr, part_ptr, rv_ptr, w_ptr, b_ptr, y_ptr, eps: tl.float64,
+    C, M, n_per,
     stride_n, stride_m, stride_c,
+    part_sg, part_sj, part_ss,
     m_per_prog, num_msplit, num_cblocks,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, HAS_Y: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_Y: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """Program (g, channel block, M chunk) over the group's (M = n*L, C) matrix; HAS_Y as
-    in _stats_rows_kernel."""
+    """Program (g, channel block, M chunk s) over the group's (M = n*L, C) matrix; writes
+    part[g, j, s, c] and y as in _stats_rows_kernel."""
     pid = tl.program_id(0)
     s = pid % num_msplit
     t = pid // num_msplit
@@ -121,13 +165,14 @@ def _stats_cols_kernel(
     m_begin = s * m_per_prog
     m_end = tl.minimum(m_begin + m_per_prog, M)
 
-    acc_ty = rm_ptr.dtype.element_ty
+    acc_ty = part_ptr.dtype.element_ty
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
-    rm = tl.load(rm_ptr + cols, mask=col_mask, other=0.0)
+    rm = tl.load(rm_ptr + cols, mask=col_mask, other=0.0).to(acc_ty)
     if HAS_Y:
-        scale = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)[None, :]
-        shift = tl.load(shift_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        scale = _eval_bn_scale(rv_ptr, w_ptr, cols, col_mask, eps, acc_ty, HAS_WEIGHT)
+        shift = _eval_bn_shift(rm, scale, b_ptr, cols, col_mask, acc_ty, HAS_BIAS)[None, :]
+        scale = scale[None, :]
     base_off = g.to(tl.int64) * n_per * stride_n
     col_off = cols.to(tl.int64) * stride_c
     offs_m = tl.arange(0, BLOCK_M)
@@ -145,37 +190,82 @@ def _stats_cols_kernel(
             tl.store(y_ptr + offs, (x * scale + shift).to(y_ptr.dtype.element_ty), mask=mask)
     s1 = tl.sum(acc1, axis=0)
     s2 = tl.sum(acc2, axis=0)
-    gc = (g * C + cols).to(tl.int64)
-    tl.store(part_ptr + gc * num_msplit + s, s1, mask=col_mask)
-    tl.store(part_ptr + (num_gc + gc) * num_msplit + s, s2, mask=col_mask)
+    part_off = g.to(tl.int64) * part_sg + s.to(tl.int64) * part_ss + cols
+    tl.store(part_ptr + part_off, s1, mask=col_mask)
+    tl.store(part_ptr + part_off + part_sj, s2, mask=col_mask)
 
 
 @triton.jit
-def _sum_partials_kernel(part_ptr, out_ptr, R, S, BLOCK_O: tl.constexpr, BLOCK_S: tl.constexpr):
-    """out[r] = sum_s part[r, s] (fixed order: deterministic)."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_O + tl.arange(0, BLOCK_O)
-    row_mask = rows < R
-    row_off = rows.to(tl.int64) * S
+def _finalize_kernel(
+    part_ptr, rv_ptr, out_ptr, loss_ptr,
+    C, S, count,
+    part_sg, part_sj, part_ss, out_sg, out_sj,
+    LOSS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Program g: sum_s part[g, j, s, c] in a fixed order (deterministic). LOSS: writes
+    out[g] = [delta, ||delta||; e, ||e||] (``stats``) and loss[g]; else the raw sums
+    out[j, g, c]. ``out`` may be ``part`` itself (S == 1): every element is read before
+    the value computed from it overwrites it, by the same program."""
+    g = tl.program_id(0)
+    acc_ty = out_ptr.dtype.element_ty
+    part_base = g.to(tl.int64) * part_sg
+    out_base = g.to(tl.int64) * out_sg
     offs_s = tl.arange(0, BLOCK_S)
-    acc = tl.zeros((BLOCK_O, BLOCK_S), dtype=out_ptr.dtype.element_ty)
-    for s0 in range(0, S, BLOCK_S):
-        cols = s0 + offs_s
-        mask = row_mask[:, None] & (cols < S)[None, :]
-        acc += tl.load(part_ptr + row_off[:, None] + cols[None, :], mask=mask, other=0.0)
-    tl.store(out_ptr + rows, tl.sum(acc, axis=1), mask=row_mask)
+    offs_c = tl.arange(0, BLOCK_C)
+    sq_delta = tl.zeros((BLOCK_C,), dtype=acc_ty)
+    sq_e = tl.zeros((BLOCK_C,), dtype=acc_ty)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + offs_c
+        col_mask = cols < C
+        acc1 = tl.zeros((BLOCK_S, BLOCK_C), dtype=acc_ty)
+        acc2 = tl.zeros((BLOCK_S, BLOCK_C), dtype=acc_ty)
+        for s0 in range(0, S, BLOCK_S):
+            ss = s0 + offs_s
+            mask = (ss < S)[:, None] & col_mask[None, :]
+            offs = part_base + ss.to(tl.int64)[:, None] * part_ss + cols[None, :]
+            acc1 += tl.load(part_ptr + offs, mask=mask, other=0.0)
+            acc2 += tl.load(part_ptr + offs + part_sj, mask=mask, other=0.0)
+        s1 = tl.sum(acc1, axis=0)
+        s2 = tl.sum(acc2, axis=0)
+        if LOSS:
+            delta = s1 / count
+            rv = tl.load(rv_ptr + cols, mask=col_mask, other=0.0).to(acc_ty)
+            e = s2 / count - delta * delta - rv  # masked lanes: 0 - 0 - 0
+            sq_delta += delta * delta
+            sq_e += e * e
+            tl.store(out_ptr + out_base + cols, delta, mask=col_mask)
+            tl.store(out_ptr + out_base + out_sj + cols, e, mask=col_mask)
+        else:
+            tl.store(out_ptr + out_base + cols, s1, mask=col_mask)
+            tl.store(out_ptr + out_base + out_sj + cols, s2, mask=col_mask)
+    if LOSS:
+        norm_delta = tl.sqrt(tl.sum(sq_delta, axis=0))
+        norm_e = tl.sqrt(tl.sum(sq_e, axis=0))
+        tl.store(out_ptr + out_base + C, norm_delta)
+        tl.store(out_ptr + out_base + out_sj + C, norm_e)
+        tl.store(loss_ptr + g, norm_delta + norm_e)
+
+
+@triton.jit
+def _per_channel(v, CH_INNER: tl.constexpr):
+    """A vector over the tile's channel axis, broadcast against the (q x p) tile."""
+    if CH_INNER:
+        return v[None, :]
+    else:
+        return v[:, None]
 
 
 @triton.jit
 def _bn_backward_kernel(
-    x_ptr, a_ptr, b_ptr, mean_ptr, dx_ptr, dy_ptr, scale_ptr,
+    x_ptr, rm_ptr, stats_ptr, gl_ptr, gl_stride, dx_ptr, dy_ptr, rv_ptr, w_ptr, count, eps: tl.float64,
     QG, P, D, C, n_per,
     sx_n, sx_d, sx_p, sg_n, sg_d, sg_p,
     num_qblocks, num_pblocks,
-    CH_INNER: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, HAS_DY: tl.constexpr,
+    CH_INNER: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+    HAS_LOSS: tl.constexpr, HAS_DY: tl.constexpr, HAS_WEIGHT: tl.constexpr,
 ):
-    """dx = a[g, c] + b[g, c] * (x - mean[g, c]) (+ dy * scale[c] when HAS_DY, dy with x's
-    strides) over (outer q x inner p) tiles of group g.
+    """dx = a[g, c] + b[g, c] * ((x - rm[c]) - delta[g, c]) (HAS_LOSS) + dy * scale[c]
+    (HAS_DY, dy with x's strides) over (outer q x inner p) tiles of group g.
 
     Within a group, q in [0, QG = n_per * D) splits as (n, d) = (q // D, q % D) (int32,
     once per tile row); p is the contiguous axis. CH_INNER: p is the channel (NLC, d = l),
@@ -195,31 +285,36 @@ def _bn_backward_kernel(
     n_loc = q // D
     d = q - n_loc * D
     n = g.to(tl.int64) * n_per + n_loc
-    d64 = d.to(tl.int64)
-    p64 = p.to(tl.int64)
-
-    acc_ty = a_ptr.dtype.element_ty
     if CH_INNER:
-        cidx = g * C + p
-        a = tl.load(a_ptr + cidx, mask=p_mask, other=0.0)[None, :]
-        b = tl.load(b_ptr + cidx, mask=p_mask, other=0.0)[None, :]
-        mu = tl.load(mean_ptr + cidx, mask=p_mask, other=0.0)[None, :]
-        if HAS_DY:
-            scale = tl.load(scale_ptr + p, mask=p_mask, other=0.0)[None, :]
+        c = p
+        c_mask = p_mask
     else:
-        cidx = g * C + d
-        a = tl.load(a_ptr + cidx, mask=q_mask, other=0.0)[:, None]
-        b = tl.load(b_ptr + cidx, mask=q_mask, other=0.0)[:, None]
-        mu = tl.load(mean_ptr + cidx, mask=q_mask, other=0.0)[:, None]
-        if HAS_DY:
-            scale = tl.load(scale_ptr + d, mask=q_mask, other=0.0)[:, None]
+        c = d
+        c_mask = q_mask
 
-    x_off = (n * sx_n + d64 * sx_d)[:, None] + p64[None, :] * sx_p
-    x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(acc_ty)
-    dx = a + b * (x - mu)
+    x_off = (n * sx_n + d.to(tl.int64) * sx_d)[:, None] + p.to(tl.int64)[None, :] * sx_p
+    dx = tl.zeros((BLOCK_Q, BLOCK_P), dtype=ACC)
+    if HAS_LOSS:
+        # stats[g] = [delta, ||delta||; e, ||e||]: per-group scalars first, then per channel
+        row = stats_ptr + g.to(tl.int64) * (2 * (C + 1))
+        norm_delta = tl.load(row + C).to(ACC)
+        norm_e = tl.load(row + (2 * C + 1)).to(ACC)
+        grad = tl.load(gl_ptr + g * gl_stride).to(ACC)  # stride 0: a summed loss's gradient
+        # a zero norm means a zero vector: divide by 1 so its gradient is 0, not NaN
+        ga = grad / (count * tl.where(norm_delta > 0, norm_delta, 1.0))
+        gb = 2.0 * grad / (count * tl.where(norm_e > 0, norm_e, 1.0))
+        delta = tl.load(row + c, mask=c_mask, other=0.0)
+        e = tl.load(row + (C + 1) + c, mask=c_mask, other=0.0)
+        a = _per_channel(ga * delta, CH_INNER)
+        b = _per_channel(gb * e, CH_INNER)
+        delta = _per_channel(delta, CH_INNER)
+        rm = _per_channel(tl.load(rm_ptr + c, mask=c_mask, other=0.0).to(ACC), CH_INNER)
+        x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(ACC)
+        dx += a + b * ((x - rm) - delta)
     if HAS_DY:
-        dx += tl.load(dy_ptr + x_off, mask=mask, other=0.0).to(acc_ty) * scale
-    g_off = (n * sg_n + d64 * sg_d)[:, None] + p64[None, :] * sg_p
+        scale = _per_channel(_eval_bn_scale(rv_ptr, w_ptr, c, c_mask, eps, ACC, HAS_WEIGHT), CH_INNER)
+        dx += tl.load(dy_ptr + x_off, mask=mask, other=0.0).to(ACC) * scale
+    g_off = (n * sg_n + d.to(tl.int64) * sg_d)[:, None] + p.to(tl.int64)[None, :] * sg_p
     tl.store(dx_ptr + g_off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -250,17 +345,19 @@ def _pow2(value, name):
     return value
 
 
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
-def bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None, *,
-                 block_rows=None, block_inner=None, split=None):
-    """out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2); with y3 (x3's
-    strides) also y3 = x * scale[c] + shift[c], written by the programs that read x.
-
-    Keyword-only knobs (tests and benchmarks; the defaults are the heuristics):
-    ``block_rows`` / ``block_inner``: powers of two, the tile's outer and contiguous
-    extents; ``split``: about how many programs share the reduction of one output.
+def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_inner, split,
+                  running_var=None, weight=None, bias=None, eps=0.0, y3=None):
+    """Launch the partial-sums kernel of x3's layout; return (part, its (g, j, s) strides,
+    S). With S == 1 it writes the raw sums into ``out`` (element (g, j, c) at
+    g * out_strides[0] + j * out_strides[1] + c); with S > 1 into a new scratch buffer.
+    With ``y3`` the same kernel writes the eval-mode BN output (running_var required).
     """
     N, C, L = x3.shape
     G = int(groups)
@@ -268,19 +365,12 @@ def bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None,
     sn, sc, sl = x3.stride()
     block_rows = _pow2(block_rows, "block_rows")
     block_inner = _pow2(block_inner, "block_inner")
-    if N == 0 or L == 0:
-        out.zero_()
-        return
-    has_y = y3 is not None
-    affine = (scale, shift, y3) if has_y else (running_mean, running_mean, x3)  # unused placeholders
     target = target_programs(x3.device, waves=8)
-    num_gc = G * C
     channels_inner = sl != 1 or L == 1
     # The (n*L, C) matrix view of a group needs one stride for its rows.
     matrix_ok = L == 1 or n_per == 1 or sn == L * sl
     if channels_inner and matrix_ok:
         M = n_per * L
-        stride_m = sn if L == 1 else sl
         BLOCK_C = block_inner or min(triton.next_power_of_2(C), 128)
         BLOCK_M = block_rows or max(1, min(_TILE // BLOCK_C, triton.next_power_of_2(M)))
         num_cblocks = triton.cdiv(C, BLOCK_C)
@@ -289,22 +379,17 @@ def bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None,
             split = min(triton.cdiv(target, G * num_cblocks), max(1, tiles // _MIN_TILES_PER_PROGRAM))
         tiles_per = triton.cdiv(tiles, max(1, min(int(split), tiles)))
         S = triton.cdiv(tiles, tiles_per)
-        part = out if S == 1 else torch.empty(2 * num_gc * S, dtype=out.dtype, device=out.device)
-        grid = (G * num_cblocks * S,)
-        _stats_cols_kernel[grid](
-            x3, running_mean, part, *affine,
-            C, M, n_per, num_gc,
-            sn, stride_m, sc,
-            tiles_per * BLOCK_M, S, num_cblocks,
-            BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, HAS_Y=has_y, num_warps=_num_warps(BLOCK_M * BLOCK_C),
-        )
+        kernel, grid = _stats_cols_kernel, (G * num_cblocks * S,)
+        shape_args = (C, M, n_per, sn, sn if L == 1 else sl, sc)
+        split_args = (tiles_per * BLOCK_M, S, num_cblocks)
+        blocks = dict(BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=_num_warps(BLOCK_M * BLOCK_C))
     else:
         BLOCK_L = block_inner or _inner_block(L, _TILE)
         BLOCK_R = block_rows or max(1, min(_TILE // BLOCK_L, triton.next_power_of_2(n_per)))
         row_tiles = triton.cdiv(n_per, BLOCK_R)
         l_tiles = triton.cdiv(L, BLOCK_L)
         if split is None:
-            split = min(triton.cdiv(target, num_gc), max(1, row_tiles * l_tiles // _MIN_TILES_PER_PROGRAM))
+            split = min(triton.cdiv(target, G * C), max(1, row_tiles * l_tiles // _MIN_TILES_PER_PROGRAM))
         split = max(1, int(split))
         # Prefer splitting rows: every program then reads whole rows (long contiguous runs).
         rsplit = min(split, row_tiles)
@@ -314,35 +399,92 @@ def bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None,
         rsplit = triton.cdiv(row_tiles, r_tiles_per)
         lsplit = triton.cdiv(l_tiles, l_tiles_per)
         S = rsplit * lsplit
-        part = out if S == 1 else torch.empty(2 * num_gc * S, dtype=out.dtype, device=out.device)
-        grid = (num_gc * S,)
-        _stats_rows_kernel[grid](
-            x3, running_mean, part, *affine,
-            C, L, n_per, num_gc,
-            sn, sc, sl,
-            r_tiles_per * BLOCK_R, l_tiles_per * BLOCK_L, rsplit, lsplit,
-            BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, HAS_Y=has_y, num_warps=_num_warps(BLOCK_R * BLOCK_L),
-        )
+        kernel, grid = _stats_rows_kernel, (G * C * S,)
+        shape_args = (C, L, n_per, sn, sc, sl)
+        split_args = (r_tiles_per * BLOCK_R, l_tiles_per * BLOCK_L, rsplit, lsplit)
+        blocks = dict(BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, num_warps=_num_warps(BLOCK_R * BLOCK_L))
+    if S == 1:
+        part, part_strides = out, (*out_strides, 0)
+    else:
+        # S partials per output do not fit in the output: (G, 2, S, C) contiguous scratch
+        part = torch.empty((G, 2, S, C), dtype=out.dtype, device=out.device)
+        part_strides = part.stride()[:3]
+    has_y = y3 is not None
+    kernel[grid](
+        x3, running_mean, part,
+        *((running_var, _or(weight, x3), _or(bias, x3), y3) if has_y else (x3, x3, x3, x3)),
+        float(eps),
+        *shape_args, *part_strides, *split_args,
+        HAS_Y=has_y, HAS_WEIGHT=has_y and weight is not None, HAS_BIAS=has_y and bias is not None,
+        **blocks,
+    )
+    return part, part_strides, S
+
+
+def _or(tensor, placeholder):
+    """``tensor``, or an (unread) placeholder pointer for an absent optional tensor."""
+    return placeholder if tensor is None else tensor
+
+
+def _finalize(part, part_strides, S, out, out_strides, groups, C, loss=None, running_var=None, count=1):
+    """Launch the (G,)-program finalize: the sums of the S partials, or with ``loss`` the
+    statistics (running_var and count required)."""
+    BLOCK_S = min(triton.next_power_of_2(S), _MAX_FINALIZE_BLOCK_S)
+    BLOCK_C = max(1, min(_FINALIZE_TILE // BLOCK_S, triton.next_power_of_2(C)))
+    _finalize_kernel[(int(groups),)](
+        part, _or(running_var, part), out, _or(loss, part),
+        C, S, count,
+        *part_strides, *out_strides,
+        LOSS=loss is not None, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, num_warps=_num_warps(BLOCK_S * BLOCK_C),
+    )
+
+
+def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=None, split=None):
+    """out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2): one launch, plus
+    the finalize (a sum of partials) when the reduction is split.
+
+    Keyword-only knobs (tests and benchmarks; the defaults are the heuristics):
+    ``block_rows`` / ``block_inner``: powers of two, the tile's outer and contiguous
+    extents; ``split``: about how many programs share the reduction of one output.
+    """
+    G, C = int(groups), x3.shape[1]
+    out_strides = (C, G * C)  # out[j, g, c]
+    part, part_strides, S = _partial_sums(x3, running_mean, G, out, out_strides, block_rows, block_inner, split)
     if S > 1:
-        R = 2 * num_gc
-        BLOCK_S = min(triton.next_power_of_2(S), 64)
-        BLOCK_O = max(1, min(1024 // BLOCK_S, triton.next_power_of_2(R)))
-        _sum_partials_kernel[(triton.cdiv(R, BLOCK_O),)](
-            part, out, R, S, BLOCK_O=BLOCK_O, BLOCK_S=BLOCK_S, num_warps=_num_warps(BLOCK_O * BLOCK_S)
-        )
+        _finalize(part, part_strides, S, out, out_strides, G, C)
 
 
-def bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None, scale=None, *,
-                     block_rows=None, block_inner=None):
-    """grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c])
-    (+ grad_y3[n, c, l] * scale[c], grad_y3 with x3's strides).
+def bn_stat_forward(x3, running_mean, running_var, groups, loss, stats, weight=None, bias=None, eps=0.0, y3=None, *,
+                    block_rows=None, block_inner=None, split=None):
+    """stats[g] = [delta_g, ||delta_g||; e_g, ||e_g||], loss[g] = ||delta_g|| + ||e_g||, and
+    with y3 (x3's strides) the eval-mode BN output y3 = x * scale[c] + shift[c] from the
+    same read of x: two launches (partial sums, finalize).
+
+    Knobs as in :func:`bn_stat_sums`.
+    """
+    N, C, L = x3.shape
+    G = int(groups)
+    stats_strides = (2 * (C + 1), C + 1)  # stats[g, j, c]
+    part, part_strides, S = _partial_sums(
+        x3, running_mean, G, stats, stats_strides, block_rows, block_inner, split,
+        running_var=running_var, weight=weight, bias=bias, eps=eps, y3=y3,
+    )
+    _finalize(part, part_strides, S, stats, stats_strides, G, C, loss=loss, running_var=running_var,
+              count=(N // G) * L)
+
+
+def bn_stat_backward(x3, running_mean, stats, grad_loss, count, grad_input, grad_y3=None, running_var=None,
+                     weight=None, eps=0.0, *, block_rows=None, block_inner=None):
+    """grad_input = a[g, c] + b[g, c] * ((x - rm[c]) - delta[g, c]) (grad_loss given)
+    + grad_y3 * scale[c] (grad_y3 given, x3's strides), a and b from stats, grad_loss and
+    count: one launch.
 
     ``block_rows`` / ``block_inner``: optional power-of-two tile extents (tests).
     """
     N, C, L = x3.shape
     if x3.numel() == 0:
         return
-    G = int(groups)
+    G = stats.shape[0]
     n_per = N // G
     block_rows = _pow2(block_rows, "block_rows")
     block_inner = _pow2(block_inner, "block_inner")
@@ -363,13 +505,16 @@ def bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None,
     BLOCK_Q = block_rows or max(1, min(_TILE // BLOCK_P, triton.next_power_of_2(QG)))
     num_qblocks = triton.cdiv(QG, BLOCK_Q)
     num_pblocks = triton.cdiv(P, BLOCK_P)
+    has_dy = grad_y3 is not None
     grid = (G * num_qblocks * num_pblocks,)
     _bn_backward_kernel[grid](
-        x3, coef_a, coef_b, mean, grad_input,
-        *((grad_y3, scale) if grad_y3 is not None else (x3, coef_a)),  # unused placeholders
+        x3, running_mean, stats, _or(grad_loss, stats), 0 if grad_loss is None else grad_loss.stride(0), grad_input,
+        _or(grad_y3, x3), _or(running_var, stats), _or(weight, stats),
+        count, float(eps),
         QG, P, D, C, n_per,
         sx[0], sx_d, sx_p, sg[0], sg_d, sg_p,
         num_qblocks, num_pblocks,
-        CH_INNER=channels_inner, BLOCK_Q=BLOCK_Q, BLOCK_P=BLOCK_P, HAS_DY=grad_y3 is not None,
+        CH_INNER=channels_inner, BLOCK_Q=BLOCK_Q, BLOCK_P=BLOCK_P, ACC=_acc(x3.dtype),
+        HAS_LOSS=grad_loss is not None, HAS_DY=has_dy, HAS_WEIGHT=has_dy and weight is not None,
         num_warps=_num_warps(BLOCK_Q * BLOCK_P),
     )

@@ -6,6 +6,8 @@ Launchers (contract: ``infer_fast.ops.backends``):
     out[g, c, k, h, w] = clamp(natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws], lo[k], hi[k])
     with hs = (h - shifts[g, 0]) mod H, wr = W-1-w if flips[g] else w,
     ws = (wr - shifts[g, 1]) mod W; sum and clamp in fp32 (fp64 for fp64 inputs).
+    shifts (G, 2) int64 (any values) or None: no roll; flips (G,) uint8/bool or None: no
+    flip; lo, hi both None: no clamp.
 
 ``ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc)``
     grad_ufc[g, k, hs, ws] = sum_c grad_out[g, c, k, h, w] * [lo[k] <= v <= hi[k]],
@@ -25,7 +27,10 @@ source pixel to its destination, loops over all classes accumulating grad_out (m
 the recomputed clamp test) in fp32/fp64, and writes grad_ufc once (no atomics, no
 partials: deterministic). Small images get smaller pixel blocks for more programs.
 
-Offsets are int64; index/shifts/flips/lo/hi are read through their strides.
+Roll amounts are reduced mod H / W in int64 (like torch.roll, so any int64 shift works)
+before the int32 pixel arithmetic; absent shifts, flips or bounds are constexpr flags
+(HAS_SHIFT, HAS_FLIP, HAS_CLAMP) with unread placeholder pointers. Offsets are int64;
+index/shifts/flips/lo/hi are read through their strides.
 """
 
 import torch
@@ -39,12 +44,21 @@ _MIN_BLOCK_P = 128
 
 
 @triton.jit
+def _roll_amount(shift, extent):
+    """shift mod extent in [0, extent) as int32, like torch.roll: reduced in int64 first
+    (any int64 shift); Triton's % truncates like C, so a negative shift's remainder is <= 0."""
+    r = shift % extent
+    return tl.where(r < 0, r + extent, r).to(tl.int32)
+
+
+@triton.jit
 def _compose_kernel(
     nat_ptr, ufc_ptr, idx_ptr, shifts_ptr, flips_ptr, lo_ptr, hi_ptr, out_ptr,
     C, CH, H, W, HW,
     s_idx, s_sh0, s_sh1, s_flip, s_lo, s_hi,
     classes_per_prog, num_pblocks, num_csplit,
-    HAS_CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_SHIFT: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_CLAMP: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pb = pid % num_pblocks
@@ -56,16 +70,17 @@ def _compose_kernel(
 
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < HW
-    h = p // W
-    w = p - h * W
-    shift_h = tl.load(shifts_ptr + g * s_sh0).to(tl.int32)
-    shift_w = tl.load(shifts_ptr + g * s_sh0 + s_sh1).to(tl.int32)
-    flip = tl.load(flips_ptr + g * s_flip)
-    hs = h - shift_h
-    hs = tl.where(hs < 0, hs + H, hs)
-    wr = tl.where(flip != 0, W - 1 - w, w)
-    ws = wr - shift_w
-    ws = tl.where(ws < 0, ws + W, ws)
+    # output pixel p -> its source pixel (hs, ws): mirror the width, then un-roll
+    hs = p // W
+    ws = p - hs * W
+    if HAS_FLIP:
+        flip = tl.load(flips_ptr + g * s_flip)
+        ws = tl.where(flip != 0, W - 1 - ws, ws)
+    if HAS_SHIFT:
+        hs -= _roll_amount(tl.load(shifts_ptr + g * s_sh0), H)
+        hs = tl.where(hs < 0, hs + H, hs)
+        ws -= _roll_amount(tl.load(shifts_ptr + g * s_sh0 + s_sh1), W)
+        ws = tl.where(ws < 0, ws + W, ws)
     src = hs * W + ws
 
     g64 = g.to(tl.int64)
@@ -94,7 +109,8 @@ def _compose_grad_ufc_kernel(
     C, CH, H, W, HW,
     s_idx, s_sh0, s_sh1, s_flip, s_lo, s_hi,
     num_pblocks,
-    HAS_CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_SHIFT: tl.constexpr, HAS_FLIP: tl.constexpr, HAS_CLAMP: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pb = pid % num_pblocks
@@ -102,19 +118,19 @@ def _compose_grad_ufc_kernel(
     k = gk % CH
     g = gk // CH
 
-    # source pixels (hs, ws) of this block and the output pixel (h, w) each lands on
+    # source pixel p of this block -> the output pixel (h, w) it lands on: roll, then mirror
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < HW
-    hs = p // W
-    ws = p - hs * W
-    shift_h = tl.load(shifts_ptr + g * s_sh0).to(tl.int32)
-    shift_w = tl.load(shifts_ptr + g * s_sh0 + s_sh1).to(tl.int32)
-    flip = tl.load(flips_ptr + g * s_flip)
-    h = hs + shift_h
-    h = tl.where(h >= H, h - H, h)
-    wr = ws + shift_w
-    wr = tl.where(wr >= W, wr - W, wr)
-    w = tl.where(flip != 0, W - 1 - wr, wr)
+    h = p // W
+    w = p - h * W
+    if HAS_SHIFT:
+        h += _roll_amount(tl.load(shifts_ptr + g * s_sh0), H)
+        h = tl.where(h >= H, h - H, h)
+        w += _roll_amount(tl.load(shifts_ptr + g * s_sh0 + s_sh1), W)
+        w = tl.where(w >= W, w - W, w)
+    if HAS_FLIP:
+        flip = tl.load(flips_ptr + g * s_flip)
+        w = tl.where(flip != 0, W - 1 - w, w)
     dst = h * W + w
 
     g64 = g.to(tl.int64)
@@ -162,10 +178,16 @@ def _num_warps(block):
     return max(1, min(8, block // 256))
 
 
-def _clamp_args(lo, hi, dummy):
-    if lo is None:
-        return dummy, dummy, 0, 0, False
-    return lo, hi, lo.stride(0), hi.stride(0), True
+def _optional_args(shifts, flips, lo, hi, placeholder):
+    """(pointers, strides, flags) of the optional shifts, flips, lo and hi: an absent one
+    is an unread placeholder pointer with stride 0 and a False HAS_* flag."""
+    if (lo is None) != (hi is None):
+        raise ValueError("lo and hi must be both None or both given")
+    pointers = tuple(placeholder if t is None else t for t in (shifts, flips, lo, hi))
+    strides = (0, 0) if shifts is None else shifts.stride()
+    strides += tuple(0 if t is None else t.stride(0) for t in (flips, lo, hi))
+    flags = dict(HAS_SHIFT=shifts is not None, HAS_FLIP=flips is not None, HAS_CLAMP=lo is not None)
+    return pointers, strides, flags
 
 
 def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None, classes_per_program=None):
@@ -173,8 +195,6 @@ def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None
 
     ``block_p`` (power of two) and ``classes_per_program``: optional knobs (tests).
     """
-    if (lo is None) != (hi is None):
-        raise ValueError("lo and hi must be both None or both given")
     G, CH, H, W = ufc.shape
     C = natural.shape[1]
     HW = H * W
@@ -188,14 +208,14 @@ def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None
         classes_per_program = triton.cdiv(C, csplit)
     classes_per_program = max(1, min(int(classes_per_program), C))
     num_csplit = triton.cdiv(C, classes_per_program)
-    lo_t, hi_t, s_lo, s_hi, has_clamp = _clamp_args(lo, hi, ufc)
+    pointers, strides, flags = _optional_args(shifts, flips, lo, hi, ufc)
     grid = (G * CH * num_csplit * num_pblocks,)
     _compose_kernel[grid](
-        natural, ufc, index, shifts, flips, lo_t, hi_t, out,
+        natural, ufc, index, *pointers, out,
         C, CH, H, W, HW,
-        index.stride(0), shifts.stride(0), shifts.stride(1), flips.stride(0), s_lo, s_hi,
+        index.stride(0), *strides,
         classes_per_program, num_pblocks, num_csplit,
-        HAS_CLAMP=has_clamp, ACC=_acc(natural.dtype), BLOCK_P=BLOCK_P, num_warps=_num_warps(BLOCK_P),
+        **flags, ACC=_acc(natural.dtype), BLOCK_P=BLOCK_P, num_warps=_num_warps(BLOCK_P),
     )
 
 
@@ -204,8 +224,6 @@ def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, g
 
     ``block_p`` (power of two): optional knob (tests).
     """
-    if (lo is None) != (hi is None):
-        raise ValueError("lo and hi must be both None or both given")
     G, CH, H, W = ufc.shape
     C = natural.shape[1]
     HW = H * W
@@ -214,12 +232,12 @@ def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, g
     target = target_programs(grad_ufc.device, waves=4)
     BLOCK_P = _pixel_block(HW, G * CH, target, block_p)
     num_pblocks = triton.cdiv(HW, BLOCK_P)
-    lo_t, hi_t, s_lo, s_hi, has_clamp = _clamp_args(lo, hi, ufc)
+    pointers, strides, flags = _optional_args(shifts, flips, lo, hi, ufc)
     grid = (G * CH * num_pblocks,)
     _compose_grad_ufc_kernel[grid](
-        grad_out, natural, ufc, index, shifts, flips, lo_t, hi_t, grad_ufc,
+        grad_out, natural, ufc, index, *pointers, grad_ufc,
         C, CH, H, W, HW,
-        index.stride(0), shifts.stride(0), shifts.stride(1), flips.stride(0), s_lo, s_hi,
+        index.stride(0), *strides,
         num_pblocks,
-        HAS_CLAMP=has_clamp, ACC=_acc(natural.dtype), BLOCK_P=BLOCK_P, num_warps=_num_warps(BLOCK_P),
+        **flags, ACC=_acc(natural.dtype), BLOCK_P=BLOCK_P, num_warps=_num_warps(BLOCK_P),
     )

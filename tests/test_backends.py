@@ -47,45 +47,34 @@ def bn_args(device, dtype=torch.float32, channels_last=False):
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_opcheck_bn_stat_loss(backend, device, channels_last):
+    """The differentiable op and the functional ops it dispatches to."""
     x, rm, rv = bn_args(device, channels_last=channels_last)
-    torch.library.opcheck(torch.ops.infer_fast.bn_stat_loss_forward, (x, rm, rv, 2, backend))
-    loss, mean_shift, var_err, norms = torch.ops.infer_fast.bn_stat_loss_forward(x, rm, rv, 2, backend)
-    grad = torch.ones(2, device=device)
-    torch.library.opcheck(
-        torch.ops.infer_fast.bn_stat_loss_backward, (grad, x.detach(), rm, mean_shift, var_err, norms, 2, backend)
-    )
+    ops = torch.ops.infer_fast_C
+    torch.library.opcheck(ops.bn_stat_loss, (x, rm, rv, 2, backend))
+    x = x.detach()
+    torch.library.opcheck(ops.bn_stat_forward, (x, rm, rv, 2, backend))
+    _, stats = ops.bn_stat_forward(x, rm, rv, 2, backend)
+    for grad_loss in (torch.ones(2, device=device), torch.ones((), device=device).expand(2)):
+        torch.library.opcheck(ops.bn_stat_backward, (x, rm, stats, grad_loss, None, None, None, 0.0, backend))
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("clamp", [False, True])
-def test_opcheck_ufc_compose(backend, device, clamp):
-    natural = torch.randn(2, 3, 2, 4, 5, device=device)
+@pytest.mark.parametrize("transform", [True, False])
+def test_opcheck_ufc_compose(backend, device, clamp, transform):
+    natural = torch.randn(2, 3, 2, 4, 5, device=device, requires_grad=True)
     ufc = torch.randn(3, 2, 4, 5, device=device, requires_grad=True)
-    args = _check_and_normalize(
-        natural, ufc, torch.tensor([1, 0, 1], device=device), torch.tensor([[1, 2], [0, 4], [3, 3]], device=device),
-        torch.tensor([True, False, True], device=device), -1.0 if clamp else None, 1.0 if clamp else None,
-    )
-    torch.library.opcheck(torch.ops.infer_fast.ufc_compose, (*args, backend))
-    grad_out = torch.randn(3, 3, 2, 4, 5, device=device)
-    torch.library.opcheck(torch.ops.infer_fast.ufc_compose_grad_ufc, (grad_out, *[a.detach() if a is not None else None for a in args], backend))
-
-
-@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] in ("cpu", "cuda")])
-def test_opcheck_compiled_ops(backend, device):
-    """The C++/CUDA ops themselves (mutating, out-style) pass opcheck too."""
-    from infer_fast.ops.bn_stat_loss import _as_ncl
-
-    x, rm, _ = bn_args(device)
-    x3 = _as_ncl(x.detach())
+    shifts = torch.tensor([[1, 2], [0, -4], [3, 13]], device=device) if transform else None
+    flips = torch.tensor([True, False, True], device=device) if transform else None
+    args = _check_and_normalize(natural, ufc, torch.tensor([1, 0, 1], device=device), shifts, flips,
+                                -1.0 if clamp else None, 1.0 if clamp else None)
     ops = torch.ops.infer_fast_C
-    torch.library.opcheck(ops.bn_stat_sums, (x3, rm, 2, torch.empty(2, 2, 5, device=device)))
-    coef = torch.randn(3, 2, 5, device=device)
-    torch.library.opcheck(ops.bn_stat_backward, (x3, coef[0], coef[1], coef[2], 2, torch.empty_like(x3)))
-    natural = torch.randn(2, 3, 2, 4, 5, device=device)
-    ufc = torch.randn(3, 2, 4, 5, device=device)
-    args = _check_and_normalize(natural, ufc, torch.tensor([1, 0, 1], device=device), None, None, -1.0, 1.0)
-    torch.library.opcheck(ops.ufc_compose, (*args, torch.empty(3, 3, 2, 4, 5, device=device)))
-    torch.library.opcheck(ops.ufc_compose_grad_ufc, (torch.randn(3, 3, 2, 4, 5, device=device), *args, torch.empty_like(ufc)))
+    torch.library.opcheck(ops.ufc_compose, (*args, backend))
+    detached = [a.detach() if a is not None else None for a in args]
+    torch.library.opcheck(ops.ufc_compose_forward, (*detached, backend))
+    grad_out = torch.randn(3, 3, 2, 4, 5, device=device)
+    torch.library.opcheck(ops.ufc_compose_backward, (grad_out, *detached, backend))
+    torch.library.opcheck(ops.ufc_compose_grad_natural, (grad_out, *detached))
 
 
 def recovery_step(natural, ufc, index, shifts, rm, rv, weight):

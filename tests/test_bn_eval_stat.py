@@ -9,7 +9,7 @@ import torch
 
 from conftest import backend_params, tolerance
 from infer_fast.ops import backends, bn_eval_with_stat_loss, bn_eval_with_stat_loss_naive
-from infer_fast.ops.bn_stat_loss import _as_ncl
+from infer_fast.ops.layout import as_ncl, kept_format
 from test_bn_stat_loss import make_input, make_stats, over_shape_matrix
 
 
@@ -54,33 +54,37 @@ LARGE = [((2, 3, 40, 41), 2), ((1, 2, 260, 260), 1), ((4, 1100, 3, 3), 2), ((8, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,groups", LARGE, ids=str)
 def test_launchers_write_every_element(backend, device, shape, groups, layout, dtype):
-    """Fused outputs poisoned with NaN first; the sums equal the unfused launch bit for bit."""
+    """Fused outputs poisoned with NaN first; the statistics equal the unfused launch bit for bit."""
     if backend == "triton" and device == "cpu" and shape[0] * shape[1] * shape[2] * shape[3] > 20000:
         pytest.skip("too slow under the Triton interpreter")
     x = make_input(shape, layout, dtype, device)
-    x3, acc, channels = _as_ncl(x), torch.float32, shape[1]
-    rm, _ = make_stats(channels, device)
-    scale, shift = make_affine(channels, device)
-    launch = backends.launcher(backend, "bn_stat_sums")
-    sums = torch.full((2, groups, channels), float("nan"), dtype=acc, device=device)
-    y = torch.full_like(x, float("nan"))
-    launch(x3, rm, groups, sums, scale, shift, _as_ncl(y))
-    plain = torch.empty_like(sums)
-    launch(x3, rm, groups, plain)
-    assert torch.equal(sums, plain)
+    x3, acc, channels = as_ncl(x), torch.float32, shape[1]
+    rm, rv = make_stats(channels, device)
+    weight, bias = make_affine(channels, device)
+    forward = backends.launcher(backend, "bn_stat_forward")
+    loss, stats = (torch.full(s, float("nan"), dtype=acc, device=device) for s in ((groups,), (groups, 2, channels + 1)))
+    y = torch.full_like(x, float("nan"), memory_format=kept_format(x))
+    forward(x3, rm, rv, groups, loss, stats, weight, bias, 1e-3, as_ncl(y))
+    plain_loss, plain_stats = torch.empty_like(loss), torch.empty_like(stats)
+    forward(x3, rm, rv, groups, plain_loss, plain_stats)
+    assert torch.equal(stats, plain_stats) and torch.equal(loss, plain_loss)
     assert not y.isnan().any()
-    expected = (x.float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(dtype)
+    expected = torch.nn.functional.batch_norm(x.float(), rm, rv, weight, bias, training=False, eps=1e-3).to(dtype)
     rtol, atol = tolerance(dtype)
-    torch.testing.assert_close(y, expected, rtol=rtol, atol=atol)
+    torch.testing.assert_close(y, expected, rtol=rtol, atol=atol * expected.abs().max().item())
 
-    coef = torch.randn(3, groups, channels, dtype=acc, device=device)
     grad_y = make_input(shape, layout, dtype, device, seed=7)
-    grad = torch.full_like(x, float("nan"))
-    backends.launcher(backend, "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(grad), _as_ncl(grad_y), scale)
-    ref = torch.empty_like(x)
-    backends.launcher("torch", "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(ref), _as_ncl(grad_y), scale)
-    assert not grad.isnan().any()
-    torch.testing.assert_close(grad, ref, rtol=rtol, atol=atol * ref.abs().max().item())
+    grad_loss = torch.linspace(0.5, 1.5, groups, device=device)
+    count = (shape[0] // groups) * shape[2] * shape[3]
+    for upstream in (grad_loss, None):  # with and without the loss term
+        grad = torch.full_like(x, float("nan"), memory_format=kept_format(x))
+        args = (x3, rm, stats, upstream, count)
+        fused = (as_ncl(grad_y), rv, weight, 1e-3)
+        backends.launcher(backend, "bn_stat_backward")(*args, as_ncl(grad), *fused)
+        ref = torch.empty_like(grad)
+        backends.launcher("torch", "bn_stat_backward")(*args, as_ncl(ref), *fused)
+        assert not grad.isnan().any()
+        torch.testing.assert_close(grad, ref, rtol=rtol, atol=atol * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -114,22 +118,19 @@ def test_unused_outputs(backend, device):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_opcheck(backend, device, channels_last):
+@pytest.mark.parametrize("affine", [False, True])
+def test_opcheck(backend, device, channels_last, affine):
     x = make_input((4, 5, 3, 3), "channels_last" if channels_last else "nchw", torch.float32, device).requires_grad_()
     rm, rv = make_stats(5, device)
-    scale, shift = make_affine(5, device)
-    ops = torch.ops.infer_fast
-    torch.library.opcheck(ops.bn_eval_stat_forward, (x, rm, rv, scale, shift, 2, backend))
-    _, _, mean_shift, var_err, norms = ops.bn_eval_stat_forward(x, rm, rv, scale, shift, 2, backend)
-    args = (torch.ones(2, device=device), torch.randn_like(x), x.detach(), rm, mean_shift, var_err, norms, scale, 2, backend)
-    torch.library.opcheck(ops.bn_eval_stat_backward, args)
-    if backend in ("cpu", "cuda"):  # the compiled op with its optional fused arguments
-        x3 = _as_ncl(x.detach())
-        out, y = torch.empty(2, 2, 5, device=device), torch.empty_like(x3)
-        torch.library.opcheck(torch.ops.infer_fast_C.bn_stat_sums, (x3, rm, 2, out, scale, shift, y))
-        coef = torch.randn(3, 2, 5, device=device)
-        torch.library.opcheck(torch.ops.infer_fast_C.bn_stat_backward,
-                              (x3, coef[0], coef[1], coef[2], 2, torch.empty_like(x3), torch.randn_like(x3), scale))
+    weight, bias = make_affine(5, device) if affine else (None, None)
+    ops = torch.ops.infer_fast_C
+    torch.library.opcheck(ops.bn_eval_with_stat_loss, (x, rm, rv, weight, bias, 1e-3, 2, backend))
+    x = x.detach()
+    torch.library.opcheck(ops.bn_eval_stat_forward, (x, rm, rv, weight, bias, 1e-3, 2, backend))
+    _, _, stats = ops.bn_eval_stat_forward(x, rm, rv, weight, bias, 1e-3, 2, backend)
+    grad_loss, grad_y = torch.ones(2, device=device), torch.randn_like(x)
+    for losses, dy in ((grad_loss, grad_y), (None, grad_y), (grad_loss, None)):
+        torch.library.opcheck(ops.bn_stat_backward, (x, rm, stats, losses, dy, rv, weight, 1e-3, backend))
 
 
 def test_compile_fullgraph():

@@ -4,7 +4,7 @@ import torch
 
 from conftest import backend_params, tolerance
 from infer_fast.ops import backends, bn_stat_loss, bn_stat_loss_naive
-from infer_fast.ops.bn_stat_loss import _as_ncl
+from infer_fast.ops.layout import as_ncl, kept_format
 
 # (shape, groups): N = 1, prime C, H*W = 1, non-powers of two, groups > 1, 2-d input
 SHAPES = [
@@ -71,28 +71,45 @@ def test_matches_float64_reference(backend, device, shape, groups, layout, dtype
         assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def nan_like(t):
+    return torch.full_like(t, float("nan"))
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_launchers_write_every_element(backend, device, layout, dtype):
-    """Outputs are poisoned with NaN first: an element a kernel skips stays NaN."""
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_launchers_write_every_element(backend, device, layout, dtype, param_dtype):
+    """Every launcher against the torch backend's, outputs poisoned with NaN first (an
+    element a kernel skips stays NaN); parameters in x's dtype or in fp32."""
     x = make_input((6, 13, 5, 7), layout, dtype, device)
-    x3, groups, acc = _as_ncl(x), 3, torch.float32
-    rm, _ = make_stats(13, device)
-    sums = torch.full((2, groups, 13), float("nan"), dtype=acc, device=device)
-    backends.launcher(backend, "bn_stat_sums")(x3, rm, groups, sums)
-    ref = torch.empty_like(sums)
-    backends.launcher("torch", "bn_stat_sums")(x3, rm, groups, ref)
+    x3, groups, acc = as_ncl(x), 3, torch.float32
+    rm, rv = (t.to(param_dtype) for t in make_stats(13, device))
+    rtol, atol = tolerance(dtype)
+
+    def both(op, args, outputs):
+        """Run ``op`` of ``backend`` and of the reference on NaN-poisoned copies of ``outputs``."""
+        got, want = [nan_like(t) for t in outputs], [torch.empty_like(t) for t in outputs]
+        backends.launcher(backend, op)(*args(got))
+        backends.launcher("torch", op)(*args(want))
+        for g in got:
+            assert not g.isnan().any(), f"{op}: unwritten elements"
+        return got, want
+
+    (sums,), (ref,) = both("bn_stat_sums", lambda out: (x3, rm, groups, *out),
+                           outputs=[torch.empty(2, groups, 13, dtype=acc, device=device)])
     torch.testing.assert_close(sums, ref, rtol=1e-5, atol=1e-4)
 
-    coef = torch.randn(3, groups, 13, dtype=acc, device=device)
-    grad = torch.full_like(x, float("nan"))
-    backends.launcher(backend, "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(grad))
-    expected = torch.empty_like(x)
-    backends.launcher("torch", "bn_stat_backward")(x3, coef[0], coef[1], coef[2], groups, _as_ncl(expected))
-    assert not grad.isnan().any()
-    rtol, atol = tolerance(dtype)
-    torch.testing.assert_close(grad, expected, rtol=rtol, atol=atol)
+    outputs = [torch.empty(groups, dtype=acc, device=device), torch.empty(groups, 2, 14, dtype=acc, device=device)]
+    (loss, stats), (loss_ref, stats_ref) = both("bn_stat_forward", lambda out: (x3, rm, rv, groups, *out), outputs=outputs)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats, stats_ref, rtol=1e-5, atol=1e-5)
+
+    grad_loss = torch.linspace(0.5, 1.5, groups, device=device)
+    for upstream in (grad_loss, torch.ones((), device=device).expand(groups)):  # any stride
+        (grad,), (expected,) = both("bn_stat_backward", lambda out: (x3, rm, stats_ref, upstream, 35 * 2, as_ncl(out[0])),
+                                    outputs=[torch.empty_like(x, memory_format=kept_format(x))])
+        torch.testing.assert_close(grad, expected, rtol=rtol, atol=atol * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

@@ -402,7 +402,13 @@ def test_sre2l_batched_equals_alone(teachers, train_set):
     assert together["images"].shape == (40, 1, 28, 28) and together["images"].dtype == torch.float32
     assert together["labels"].tolist() == list(range(10)) * 4
     assert together["teacher"].tolist() == [0] * 10 + [1] * 10 + [0] * 10 + [1] * 10  # group j -> teacher j mod M
-    torch.testing.assert_close(together["images"], alone["images"], rtol=0, atol=1e-5)
+    # Batched and alone differ only by float32 rounding (other batch shapes, other summation
+    # orders): a relative error ~sqrt(K) eps in each gradient, K = the values one BN statistic
+    # sums (10 images x 28 x 28), that Adam's normalized step (at most lr, amplified at most
+    # 1 / (1 - beta1) = 2 by its momentum) carries into every one of the T iterations.
+    iterations, summed = 4, 10 * 28 * 28
+    bound = 2 * iterations * RecoveryConfig().lr * summed ** 0.5 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(together["images"], alone["images"], rtol=0, atol=bound)
     lo, hi = valid_range(spec.mean, spec.std)
     assert together["images"].min() >= lo.min() - 1e-6 and together["images"].max() <= hi.max() + 1e-6
     assert [s["teacher"] for s in together["stats"]] == [0, 1]

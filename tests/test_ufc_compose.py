@@ -74,8 +74,17 @@ def test_matches_torch_roll_then_flip(backend, device):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("clamp", [False, True], ids=["noclamp", "clamp"])
-def test_launchers_write_every_element(backend, device, clamp):
+@pytest.mark.parametrize("transform", ["roll+flip", "none", "bool-flips-only"])
+def test_launchers_write_every_element(backend, device, clamp, transform):
+    """Outputs poisoned with NaN; shifts of any value (negative, beyond H and W) or None, flips
+    as bool or None, as the contract allows."""
     natural, ufc, index, shifts, flips = make_case((3, 7, 3, 6, 5, 5), torch.float32, device)
+    if transform == "none":
+        shifts, flips = None, None
+    elif transform == "bool-flips-only":
+        shifts = None
+    else:
+        shifts = shifts * 7  # far outside [0, H) x [0, W): the kernels reduce them
     lo, hi = bounds(3, device) if clamp else (None, None)
     args = _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi)
     out = torch.full((5, 7, 3, 6, 5), float("nan"), device=device)

@@ -15,9 +15,11 @@
 // accumulate dtype (fp32, or fp64 for fp64 inputs) and are added into double sums, which
 // keeps large fp32 reductions accurate.
 #include "common.h"
+#include "ops.h"
 
 #include <ATen/MemoryOverlap.h>
 
+#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -281,8 +283,7 @@ struct EvalBNOut {
 // numbered in memory order; partials go to part[g][n-block][l-segment][2][C].
 template <typename T>
 void sums_ncl(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC, int64_t sL,
-              const acc_t<T>* rm, int64_t G, acc_t<T>* out, const EvalBNOut<T>& bn) {
-  using A = acc_t<T>;
+              const acc_t<T>* rm, int64_t G, double* out, const EvalBNOut<T>& bn) {
   const int64_t npg = N / G;
   const std::pair<int64_t, int64_t> nseg_seg = split_even(L, kSegElems);
   const int64_t nseg = nseg_seg.first, seg = nseg_seg.second;
@@ -334,8 +335,8 @@ void sums_ncl(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t s
         s1 += src[c];
         s2 += src[C + c];
       }
-      out[g * C + c] = static_cast<A>(s1);
-      out[GC + g * C + c] = static_cast<A>(s2);
+      out[g * C + c] = s1;
+      out[GC + g * C + c] = s2;
     }
   }
 }
@@ -389,7 +390,7 @@ inline void acc_rows(const A* p, int64_t stride, int64_t k, const A* rm, A* f1, 
 // converted to fp32 first (in one block when the rows are contiguous).
 template <typename T>
 void sums_nlc(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sL, const acc_t<T>* rm, int64_t G,
-              acc_t<T>* out, const EvalBNOut<T>& bn) {
+              double* out, const EvalBNOut<T>& bn) {
   using A = acc_t<T>;
   const int64_t npg = N / G;
   const int64_t rows_pg = npg * L;  // rows (n, l) of one group, each C contiguous values
@@ -471,13 +472,13 @@ void sums_nlc(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t s
         s1 += src[c];
         s2 += src[C + c];
       }
-      out[g * C + c] = static_cast<A>(s1);
-      out[GC + g * C + c] = static_cast<A>(s2);
+      out[g * C + c] = s1;
+      out[GC + g * C + c] = s2;
     }
   }
 }
 
-// The shared checks of x and groups of both ops; returns the accumulate dtype.
+// The shared checks of x and groups of the BN ops; returns the accumulate dtype.
 at::ScalarType check_x_and_groups(const at::Tensor& x, int64_t groups, const char* op) {
   check_defined(x, op, "x");
   check_cpu(x, op, "x");
@@ -490,7 +491,7 @@ at::ScalarType check_x_and_groups(const at::Tensor& x, int64_t groups, const cha
 }
 
 // A tensor with x's dtype, sizes and strides (strides of size-1 dims aside), written by an
-// op (no overlapping elements): y of the fused forward; grad_y is read the same way.
+// op without overlapping elements (y, grad_input) or read like x (grad_y).
 void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
   check_defined(t, op, name);
   check_cpu(t, op, name);
@@ -500,49 +501,135 @@ void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* op, cons
     TORCH_CHECK(x.size(d) <= 1 || t.stride(d) == x.stride(d), op, ": ", name, " must have x's strides ", x.strides(),
                 ", got ", t.strides());
   }
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", name,
+              " must not have overlapping elements, got strides ", t.strides());
 }
 
-void bn_stat_sums_cpu(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups, const at::Tensor& out,
-                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                      const std::optional<at::Tensor>& y) {
-  const at::ScalarType acc = check_x_and_groups(x, groups, kSums);
+// A BatchNorm parameter (running statistics, weight, bias): (C,), contiguous, with the
+// dtype of the first one checked (`dtype` undefined: any of the four floats).
+void check_param(const at::Tensor& t, int64_t C, at::ScalarType dtype, const char* op, const char* name) {
+  check_defined(t, op, name);
+  check_cpu(t, op, name);
+  check_supported_float(t, op, name);
+  if (dtype != at::ScalarType::Undefined) check_dtype(t, dtype, op, name);
+  check_shape(t, {C}, op, name);
+  check_contiguous(t, op, name);
+}
+
+// A (C,) parameter of any float dtype as C values of the accumulate dtype A (a missing
+// optional one: C copies of `absent`).
+template <typename A>
+std::vector<A> param_values(const std::optional<at::Tensor>& t, int64_t C, A absent) {
+  std::vector<A> v(C, absent);
+  if (!t.has_value()) return v;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t->scalar_type(), "param_values", [&] {
+    const scalar_t* p = t->const_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) v[c] = static_cast<A>(p[c]);
+  });
+  return v;
+}
+
+// The eval-mode BatchNorm's per-channel factor rsqrt(rv + eps) * weight.
+template <typename A>
+std::vector<A> eval_bn_scale(const std::vector<A>& rv, const std::optional<at::Tensor>& weight, double eps) {
+  std::vector<A> scale = param_values<A>(weight, static_cast<int64_t>(rv.size()), A(1));
+  for (size_t c = 0; c < rv.size(); ++c) scale[c] /= std::sqrt(rv[c] + static_cast<A>(eps));
+  return scale;
+}
+
+// Shifted sums of x per group and channel, (2, G, C) doubles; with `bn` also the fused
+// eval-mode BN output.
+template <typename T>
+std::vector<double> shifted_sums(const at::Tensor& x, const acc_t<T>* rm, int64_t G, const EvalBNOut<T>& bn) {
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  check_tensor(running_mean, acc, {C}, kSums, "running_mean");
+  std::vector<double> sums(2 * G * C, 0.0);
+  if (x.numel() == 0) return sums;
+  const T* xp = x.const_data_ptr<T>();
+  if (pick_layout(x, kSums) == Layout::NCL) {
+    sums_ncl<T>(xp, N, C, L, x.stride(0), x.stride(1), x.stride(2), rm, G, sums.data(), bn);
+  } else {
+    sums_nlc<T>(xp, N, C, L, x.stride(0), x.stride(2), rm, G, sums.data(), bn);
+  }
+  return sums;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace infer_fast
+
+void infer_fast::cpu::bn_stat_sums(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups,
+                                   const at::Tensor& out) {
+  const at::ScalarType acc = check_x_and_groups(x, groups, kSums);
+  const int64_t C = x.size(1);
+  check_param(running_mean, C, at::ScalarType::Undefined, kSums, "running_mean");
   check_tensor(out, acc, {2, groups, C}, kSums, "out");
-  const bool fused = y.has_value();
-  TORCH_CHECK(scale.has_value() == fused && shift.has_value() == fused, kSums,
-              ": scale, shift and y must be given together (the fused eval-mode BatchNorm) or not at all");
-  if (fused) {
-    check_tensor(*scale, acc, {C}, kSums, "scale");
-    check_tensor(*shift, acc, {C}, kSums, "shift");
-    check_like_x(*y, x, kSums, "y");
-    TORCH_CHECK(at::has_internal_overlap(*y) != at::MemOverlap::Yes, kSums,
-                ": y must not have overlapping elements, got strides ", y->strides());
-  }
-  if (out.numel() == 0) return;
-  if (x.numel() == 0) {
-    out.zero_();
-    return;
-  }
-  const Layout layout = pick_layout(x, kSums);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), kSums, [&] {
     using A = acc_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const A* rm = running_mean.const_data_ptr<A>();
+    const std::vector<A> rm = param_values<A>(running_mean, C, A(0));
+    const std::vector<double> sums = shifted_sums<scalar_t>(x, rm.data(), groups, {});
     A* op = out.mutable_data_ptr<A>();
+    for (size_t i = 0; i < sums.size(); ++i) op[i] = static_cast<A>(sums[i]);
+  });
+}
+
+void infer_fast::cpu::bn_stat_forward(const at::Tensor& x, const at::Tensor& running_mean,
+                                      const at::Tensor& running_var, int64_t groups, const at::Tensor& loss,
+                                      const at::Tensor& stats, const std::optional<at::Tensor>& weight,
+                                      const std::optional<at::Tensor>& bias, double eps,
+                                      const std::optional<at::Tensor>& y) {
+  constexpr const char* op = "bn_stat_forward";
+  const at::ScalarType acc = check_x_and_groups(x, groups, op);
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  check_param(running_mean, C, at::ScalarType::Undefined, op, "running_mean");
+  const at::ScalarType param_dtype = running_mean.scalar_type();
+  check_param(running_var, C, param_dtype, op, "running_var");
+  check_tensor(loss, acc, {groups}, op, "loss");
+  check_tensor(stats, acc, {groups, 2, C + 1}, op, "stats");
+  if (y.has_value()) {
+    check_like_x(*y, x, op, "y");
+    if (weight.has_value()) check_param(*weight, C, param_dtype, op, "weight");
+    if (bias.has_value()) check_param(*bias, C, param_dtype, op, "bias");
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
+    using A = acc_t<scalar_t>;
+    const std::vector<A> rm = param_values<A>(running_mean, C, A(0));
+    const std::vector<A> rv = param_values<A>(running_var, C, A(0));
     EvalBNOut<scalar_t> bn;
-    std::vector<A> zero;
-    if (fused) {
+    std::vector<A> scale, shift, zero;
+    if (y.has_value()) {
+      scale = eval_bn_scale<A>(rv, weight, eps);
+      shift = param_values<A>(bias, C, A(0));
+      for (int64_t c = 0; c < C; ++c) shift[c] -= rm[c] * scale[c];
       zero.assign(C, A(0));
-      bn = {y->mutable_data_ptr<scalar_t>(), scale->const_data_ptr<A>(), shift->const_data_ptr<A>(), zero.data()};
+      bn = {y->mutable_data_ptr<scalar_t>(), scale.data(), shift.data(), zero.data()};
     }
-    if (layout == Layout::NCL) {
-      sums_ncl<scalar_t>(xp, N, C, L, x.stride(0), x.stride(1), x.stride(2), rm, groups, op, bn);
-    } else {
-      sums_nlc<scalar_t>(xp, N, C, L, x.stride(0), x.stride(2), rm, groups, op, bn);
+    const std::vector<double> sums = shifted_sums<scalar_t>(x, rm.data(), groups, bn);
+    // Finalize in double: delta = mean - rm, e = var - rv, their norms, the loss.
+    const double count = static_cast<double>((N / groups) * L);
+    A* sp = stats.mutable_data_ptr<A>();
+    A* lp = loss.mutable_data_ptr<A>();
+    for (int64_t g = 0; g < groups; ++g) {
+      A* delta = sp + g * 2 * (C + 1);
+      A* err = delta + C + 1;
+      double norm2_delta = 0, norm2_err = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = sums[g * C + c] / count;
+        const double e = sums[(groups + g) * C + c] / count - d * d - static_cast<double>(rv[c]);
+        delta[c] = static_cast<A>(d);
+        err[c] = static_cast<A>(e);
+        norm2_delta += d * d;
+        norm2_err += e * e;
+      }
+      delta[C] = static_cast<A>(std::sqrt(norm2_delta));
+      err[C] = static_cast<A>(std::sqrt(norm2_err));
+      lp[g] = static_cast<A>(std::sqrt(norm2_delta) + std::sqrt(norm2_err));
     }
   });
 }
+
+namespace infer_fast {
+namespace cpu {
+namespace {
 
 template <typename T>
 void backward_ncl(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64_t* xs, const int64_t* ys,
@@ -598,62 +685,71 @@ void backward_nlc(const T* x, T* y, int64_t N, int64_t C, int64_t L, const int64
   });
 }
 
-void bn_stat_backward_cpu(const at::Tensor& x, const at::Tensor& coef_a, const at::Tensor& coef_b,
-                          const at::Tensor& mean, int64_t groups, const at::Tensor& grad_input,
-                          const std::optional<at::Tensor>& grad_y, const std::optional<at::Tensor>& scale) {
-  const at::ScalarType acc = check_x_and_groups(x, groups, kBwd);
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  check_tensor(coef_a, acc, {groups, C}, kBwd, "coef_a");
-  check_tensor(coef_b, acc, {groups, C}, kBwd, "coef_b");
-  check_tensor(mean, acc, {groups, C}, kBwd, "mean");
-  check_defined(grad_input, kBwd, "grad_input");
-  check_cpu(grad_input, kBwd, "grad_input");
-  check_dtype(grad_input, x.scalar_type(), kBwd, "grad_input");
-  check_shape(grad_input, x.sizes(), kBwd, "grad_input");
-  TORCH_CHECK(grad_y.has_value() == scale.has_value(), kBwd,
-              ": grad_y and scale must be given together (the fused eval-mode BatchNorm) or not at all");
-  if (grad_y.has_value()) {
-    check_like_x(*grad_y, x, kBwd, "grad_y");
-    check_tensor(*scale, acc, {C}, kBwd, "scale");
-  }
-  if (x.numel() == 0) return;
-  const Layout layout = pick_layout(x, kBwd);
-  // grad_input has x's layout: its unit-stride axis must match (size-1 axes aside).
-  if (layout == Layout::NCL) {
-    TORCH_CHECK(grad_input.stride(2) == 1 || L == 1, kBwd, ": grad_input must have x's layout (NCL), got strides ",
-                grad_input.strides(), " for x strides ", x.strides());
-  } else {
-    TORCH_CHECK(grad_input.stride(1) == 1 || C == 1, kBwd,
-                ": grad_input must have x's layout (NLC), got strides ", grad_input.strides(), " for x strides ",
-                x.strides());
-  }
-  // Writes through grad_input's own strides; overlapping outputs would race.
-  TORCH_CHECK(at::has_internal_overlap(grad_input) != at::MemOverlap::Yes, kBwd,
-              ": grad_input must not have overlapping elements, got strides ", grad_input.strides());
-  const int64_t xs[3] = {x.stride(0), x.stride(1), x.stride(2)};
-  const int64_t ys[3] = {grad_input.stride(0), grad_input.stride(1), grad_input.stride(2)};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), kBwd, [&] {
-    using A = acc_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* yp = grad_input.mutable_data_ptr<scalar_t>();
-    const A* ap = coef_a.const_data_ptr<A>();
-    const A* bp = coef_b.const_data_ptr<A>();
-    const A* mp = mean.const_data_ptr<A>();
-    const scalar_t* dyp = grad_y.has_value() ? grad_y->const_data_ptr<scalar_t>() : nullptr;
-    const A* sp = scale.has_value() ? scale->const_data_ptr<A>() : nullptr;
-    if (layout == Layout::NCL) {
-      backward_ncl<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups, dyp, sp);
-    } else {
-      backward_nlc<scalar_t>(xp, yp, N, C, L, xs, ys, ap, bp, mp, groups, dyp, sp);
-    }
-  });
-}
 
 }  // namespace
 }  // namespace cpu
 }  // namespace infer_fast
 
-TORCH_LIBRARY_IMPL(infer_fast_C, CPU, m) {
-  m.impl("bn_stat_sums", &infer_fast::cpu::bn_stat_sums_cpu);
-  m.impl("bn_stat_backward", &infer_fast::cpu::bn_stat_backward_cpu);
+void infer_fast::cpu::bn_stat_backward(const at::Tensor& x, const at::Tensor& running_mean, const at::Tensor& stats,
+                                       const std::optional<at::Tensor>& grad_loss, int64_t count,
+                                       const at::Tensor& grad_input, const std::optional<at::Tensor>& grad_y,
+                                       const std::optional<at::Tensor>& running_var,
+                                       const std::optional<at::Tensor>& weight, double eps) {
+  TORCH_CHECK(stats.dim() == 3, kBwd, ": stats must be (G, 2, C + 1), got shape ", stats.sizes());
+  const int64_t groups = stats.size(0);
+  const at::ScalarType acc = check_x_and_groups(x, groups, kBwd);
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  check_param(running_mean, C, at::ScalarType::Undefined, kBwd, "running_mean");
+  check_tensor(stats, acc, {groups, 2, C + 1}, kBwd, "stats");
+  TORCH_CHECK(count >= 1, kBwd, ": count must be >= 1, got ", count);
+  TORCH_CHECK(grad_loss.has_value() || grad_y.has_value(), kBwd, ": grad_loss and grad_y are both None");
+  if (grad_loss.has_value()) {  // any stride: a summed loss's gradient arrives expanded
+    check_defined(*grad_loss, kBwd, "grad_loss");
+    check_cpu(*grad_loss, kBwd, "grad_loss");
+    check_dtype(*grad_loss, acc, kBwd, "grad_loss");
+    check_shape(*grad_loss, {groups}, kBwd, "grad_loss");
+  }
+  check_like_x(grad_input, x, kBwd, "grad_input");
+  if (grad_y.has_value()) {
+    check_like_x(*grad_y, x, kBwd, "grad_y");
+    TORCH_CHECK(running_var.has_value(), kBwd, ": grad_y needs running_var (the eval-mode BatchNorm's scale)");
+    check_param(*running_var, C, running_mean.scalar_type(), kBwd, "running_var");
+    if (weight.has_value()) check_param(*weight, C, running_mean.scalar_type(), kBwd, "weight");
+  }
+  if (x.numel() == 0) return;
+  const Layout layout = pick_layout(x, kBwd);
+  const int64_t xs[3] = {x.stride(0), x.stride(1), x.stride(2)};
+  const int64_t ys[3] = {grad_input.stride(0), grad_input.stride(1), grad_input.stride(2)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), kBwd, [&] {
+    using A = acc_t<scalar_t>;
+    const std::vector<A> rm = param_values<A>(running_mean, C, A(0));
+    // dx = a + b ((x - rm) - delta) = (a - b delta) + b (x - rm): the loops' a + b (x - m)
+    // with m = rm, so x - rm is taken before any rounding of the mean.
+    std::vector<A> coef_a(groups * C, A(0)), coef_b(groups * C, A(0)), mean(groups * C);
+    const A* sp = stats.const_data_ptr<A>();
+    for (int64_t g = 0; g < groups; ++g) {
+      std::copy(rm.begin(), rm.end(), mean.begin() + g * C);
+      if (!grad_loss.has_value()) continue;
+      const A* delta = sp + g * 2 * (C + 1);
+      const A* err = delta + C + 1;
+      const A gl = grad_loss->const_data_ptr<A>()[g * grad_loss->stride(0)];
+      const A safe_delta = delta[C] > 0 ? delta[C] : A(1), safe_err = err[C] > 0 ? err[C] : A(1);
+      const A ga = gl / (static_cast<A>(count) * safe_delta), gb = 2 * gl / (static_cast<A>(count) * safe_err);
+      for (int64_t c = 0; c < C; ++c) {
+        coef_b[g * C + c] = gb * err[c];
+        coef_a[g * C + c] = ga * delta[c] - coef_b[g * C + c] * delta[c];
+      }
+    }
+    std::vector<A> scale;
+    if (grad_y.has_value()) scale = eval_bn_scale<A>(param_values<A>(running_var, C, A(0)), weight, eps);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* gp = grad_input.mutable_data_ptr<scalar_t>();
+    const scalar_t* dyp = grad_y.has_value() ? grad_y->const_data_ptr<scalar_t>() : nullptr;
+    const A* scp = grad_y.has_value() ? scale.data() : nullptr;
+    if (layout == Layout::NCL) {
+      backward_ncl<scalar_t>(xp, gp, N, C, L, xs, ys, coef_a.data(), coef_b.data(), mean.data(), groups, dyp, scp);
+    } else {
+      backward_nlc<scalar_t>(xp, gp, N, C, L, xs, ys, coef_a.data(), coef_b.data(), mean.data(), groups, dyp, scp);
+    }
+  });
 }

@@ -10,6 +10,7 @@
 // order (out, grad_out) through those segments: no per-pixel gathers. fp16/bf16 rows go
 // through fp32 buffers (see common.h); all arithmetic runs in the accumulate dtype.
 #include "common.h"
+#include "ops.h"
 
 #include <utility>
 #include <vector>
@@ -43,31 +44,33 @@ inline int row_segments(int64_t W, int64_t sw, bool flip, Segment* seg) {
   return n;
 }
 
-// Per-group roll/flip parameters, normalized (defensively) to [0, H) x [0, W).
+// Per-group roll/flip parameters, shifts reduced to [0, H) x [0, W) as torch.roll does.
 struct GroupParams {
   int64_t k, sh, sw;
   bool flip;
 };
 
-std::vector<GroupParams> group_params(const at::Tensor& index, const at::Tensor& shifts, const at::Tensor& flips,
-                                      int64_t K, int64_t H, int64_t W, const char* op) {
+std::vector<GroupParams> group_params(const at::Tensor& index, const std::optional<at::Tensor>& shifts,
+                                      const std::optional<at::Tensor>& flips, int64_t K, int64_t H, int64_t W,
+                                      const char* op) {
   const int64_t G = index.size(0);
   const int64_t* ip = index.const_data_ptr<int64_t>();
-  const int64_t* sp = shifts.const_data_ptr<int64_t>();
-  const uint8_t* fp = static_cast<const uint8_t*>(flips.const_data_ptr());
+  const int64_t* sp = shifts.has_value() ? shifts->const_data_ptr<int64_t>() : nullptr;
+  const uint8_t* fp = flips.has_value() ? static_cast<const uint8_t*>(flips->const_data_ptr()) : nullptr;
   std::vector<GroupParams> params(G);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t k = ip[g];
     TORCH_CHECK(k >= 0 && k < K, op, ": index[", g, "] = ", k, " is out of range for ", K, " natural sets");
-    params[g] = {k, pos_mod(sp[2 * g], H), pos_mod(sp[2 * g + 1], W), fp[g] != 0};
+    params[g] = {k, sp != nullptr ? pos_mod(sp[2 * g], H) : 0, sp != nullptr ? pos_mod(sp[2 * g + 1], W) : 0,
+                 fp != nullptr && fp[g] != 0};
   }
   return params;
 }
 
 // The shared checks of both ops; returns the accumulate dtype.
 at::ScalarType check_compose_inputs(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,
-                                    const at::Tensor& shifts, const at::Tensor& flips,
-                                    const c10::optional<at::Tensor>& lo, const c10::optional<at::Tensor>& hi,
+                                    const std::optional<at::Tensor>& shifts, const std::optional<at::Tensor>& flips,
+                                    const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
                                     const char* op) {
   check_defined(natural, op, "natural");
   check_defined(ufc, op, "ufc");
@@ -83,13 +86,15 @@ at::ScalarType check_compose_inputs(const at::Tensor& natural, const at::Tensor&
   check_shape(ufc, {G, ch, H, W}, op, "ufc");
 
   check_tensor(index, at::kLong, {G}, op, "index");
-  check_tensor(shifts, at::kLong, {G, 2}, op, "shifts");
-  check_defined(flips, op, "flips");
-  check_cpu(flips, op, "flips");
-  TORCH_CHECK(flips.scalar_type() == at::kByte || flips.scalar_type() == at::kBool, op,
-              ": flips must have dtype uint8 (or bool), got ", flips.scalar_type());
-  check_shape(flips, {G}, op, "flips");
-  check_contiguous(flips, op, "flips");
+  if (shifts.has_value()) check_tensor(*shifts, at::kLong, {G, 2}, op, "shifts");
+  if (flips.has_value()) {
+    check_defined(*flips, op, "flips");
+    check_cpu(*flips, op, "flips");
+    TORCH_CHECK(flips->scalar_type() == at::kByte || flips->scalar_type() == at::kBool, op,
+                ": flips must have dtype uint8 or bool, got ", flips->scalar_type());
+    check_shape(*flips, {G}, op, "flips");
+    check_contiguous(*flips, op, "flips");
+  }
 
   const at::ScalarType acc = acc_scalar_type(natural.scalar_type());
   const bool has_lo = lo.has_value() && lo->defined();
@@ -211,9 +216,14 @@ void compose_kernel(const T* natural, const T* ufc, const std::vector<GroupParam
   });
 }
 
-void ufc_compose_cpu(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,
-                     const at::Tensor& shifts, const at::Tensor& flips, const c10::optional<at::Tensor>& lo,
-                     const c10::optional<at::Tensor>& hi, const at::Tensor& out) {
+}  // namespace
+}  // namespace cpu
+}  // namespace infer_fast
+
+void infer_fast::cpu::ufc_compose(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,
+                                  const std::optional<at::Tensor>& shifts, const std::optional<at::Tensor>& flips,
+                                  const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                                  const at::Tensor& out) {
   check_compose_inputs(natural, ufc, index, shifts, flips, lo, hi, kCompose);
   const int64_t K = natural.size(0), C = natural.size(1), ch = natural.size(2), H = natural.size(3),
                 W = natural.size(4);
@@ -235,6 +245,10 @@ void ufc_compose_cpu(const at::Tensor& natural, const at::Tensor& ufc, const at:
     }
   });
 }
+
+namespace infer_fast {
+namespace cpu {
+namespace {
 
 // grad_ufc[g, k, hs, ws] = sum_c grad_out[g, c, k, h, w] * [lo[k] <= v <= hi[k]].
 // Work items as in compose_kernel: the class loop is the outer loop, each grad_out row is
@@ -301,10 +315,16 @@ void grad_ufc_kernel(const T* grad_out, const T* natural, const T* ufc, const st
   });
 }
 
-void ufc_compose_grad_ufc_cpu(const at::Tensor& grad_out, const at::Tensor& natural, const at::Tensor& ufc,
-                              const at::Tensor& index, const at::Tensor& shifts, const at::Tensor& flips,
-                              const c10::optional<at::Tensor>& lo, const c10::optional<at::Tensor>& hi,
-                              const at::Tensor& grad_ufc) {
+}  // namespace
+}  // namespace cpu
+}  // namespace infer_fast
+
+void infer_fast::cpu::ufc_compose_grad_ufc(const at::Tensor& grad_out, const at::Tensor& natural,
+                                           const at::Tensor& ufc, const at::Tensor& index,
+                                           const std::optional<at::Tensor>& shifts,
+                                           const std::optional<at::Tensor>& flips,
+                                           const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                                           const at::Tensor& grad_ufc) {
   check_compose_inputs(natural, ufc, index, shifts, flips, lo, hi, kGrad);
   const int64_t K = natural.size(0), C = natural.size(1), ch = natural.size(2), H = natural.size(3),
                 W = natural.size(4);
@@ -327,13 +347,4 @@ void ufc_compose_grad_ufc_cpu(const at::Tensor& grad_out, const at::Tensor& natu
       grad_ufc_kernel<scalar_t, false>(gp, np, up, params, nullptr, nullptr, op, G, C, ch, H, W);
     }
   });
-}
-
-}  // namespace
-}  // namespace cpu
-}  // namespace infer_fast
-
-TORCH_LIBRARY_IMPL(infer_fast_C, CPU, m) {
-  m.impl("ufc_compose", &infer_fast::cpu::ufc_compose_cpu);
-  m.impl("ufc_compose_grad_ufc", &infer_fast::cpu::ufc_compose_grad_ufc_cpu);
 }

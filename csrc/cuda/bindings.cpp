@@ -1,8 +1,9 @@
-// CUDA implementations of the infer_fast_C ops (schemas: csrc/ops.cpp): the torch side of
-// the CUDA kernels. Checks the backend contract (infer_fast/ops/backends.py) with
-// TORCH_CHECK, allocates workspace through torch (caching allocator, current stream),
-// and calls the plain launchers of launchers.h on the current stream. Launch errors are
-// reported from cudaGetLastError() without synchronizing.
+// The CUDA backend's launchers (declared once for every backend in csrc/launchers.inc; the
+// dispatcher registration in csrc/ops.cpp calls them for CUDA tensors): the torch side of the
+// CUDA kernels. Each checks the backend contract (infer_fast/ops/backends.py) with
+// TORCH_CHECK, allocates workspace through torch (caching allocator, current stream), and
+// calls the plain launchers of launchers.h on the current stream. Launch errors are reported
+// from cudaGetLastError() without synchronizing. No torch op runs around the kernels.
 //
 // Compiled by the host compiler, only in CUDA builds (setup.py defines INFER_FAST_WITH_CUDA).
 // The stream and device guard come from c10/cuda (c10::cuda::getCurrentCUDAStream is what
@@ -13,26 +14,26 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <cuda_runtime.h>
 
 #include <optional>
 
 #include "launchers.h"
+#include "ops.h"
 
 namespace {
 
 namespace ifc = infer_fast::cuda;
 
-ifc::DType to_dtype(at::ScalarType t, const char* op) {
+ifc::DType to_dtype(at::ScalarType t, const char* name, const char* op) {
   switch (t) {
     case at::kFloat: return ifc::DType::kFloat32;
     case at::kDouble: return ifc::DType::kFloat64;
     case at::kHalf: return ifc::DType::kFloat16;
     case at::kBFloat16: return ifc::DType::kBFloat16;
     default:
-      TORCH_CHECK(false, "infer_fast_C::", op, ": unsupported dtype ", t,
+      TORCH_CHECK(false, "infer_fast_C::", op, ": ", name, " has unsupported dtype ", t,
                   " (expected float32, float64, float16 or bfloat16)");
   }
   return ifc::DType::kFloat32;  // unreachable
@@ -47,17 +48,24 @@ void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& re
               " but the input is on ", ref.device());
 }
 
-void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& ref,
-                  at::ScalarType dtype, at::IntArrayRef sizes, const char* op) {
+// On ref's device, with the given dtype and shape (any strides).
+void check_strided(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                   at::ScalarType dtype, at::IntArrayRef sizes, const char* op) {
   check_on_device(t, name, ref, op);
   TORCH_CHECK(t.scalar_type() == dtype, "infer_fast_C::", op, ": ", name, " must be ", dtype,
               ", got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == sizes, "infer_fast_C::", op, ": ", name, " must have shape ", sizes,
               ", got ", t.sizes());
+}
+
+// On ref's device, with the given dtype and shape, contiguous.
+void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                  at::ScalarType dtype, at::IntArrayRef sizes, const char* op) {
+  check_strided(t, name, ref, dtype, sizes, op);
   TORCH_CHECK(t.is_contiguous(), "infer_fast_C::", op, ": ", name, " must be contiguous");
 }
 
-// Launchers take the NLC kernel when stride(2) != 1 (or L == 1); both layouts must match
+// Launchers take the NLC kernels when stride(2) != 1 (or L == 1); both layouts must match
 // the contract's strides (strides of size-1 dims are irrelevant).
 bool bn_layout_ok(const at::Tensor& x3) {
   const int64_t N = x3.size(0), C = x3.size(1), L = x3.size(2);
@@ -68,7 +76,8 @@ bool bn_layout_ok(const at::Tensor& x3) {
   return (C <= 1 || sC == L) && (L <= 1 || sL == 1);
 }
 
-void check_bn_input(const at::Tensor& x3, int64_t groups, const char* op) {
+// x of the BN ops: a CUDA (N, C, L) tensor in a contract layout, N a multiple of groups.
+ifc::BnShape check_bn_input(const at::Tensor& x3, int64_t groups, const char* op) {
   TORCH_CHECK(x3.is_cuda(), "infer_fast_C::", op, ": x must be a CUDA tensor, got ", x3.device());
   TORCH_CHECK(x3.dim() == 3, "infer_fast_C::", op, ": x must be (N, C, L), got ", x3.sizes());
   TORCH_CHECK(groups >= 1, "infer_fast_C::", op, ": groups must be >= 1, got ", groups);
@@ -77,6 +86,7 @@ void check_bn_input(const at::Tensor& x3, int64_t groups, const char* op) {
   TORCH_CHECK(bn_layout_ok(x3), "infer_fast_C::", op,
               ": x must have strides (C*L, L, 1) (NCHW) or (C*L, 1, C) (channels_last), got ",
               x3.strides(), " for shape ", x3.sizes());
+  return {x3.size(0), x3.size(1), x3.size(2), x3.stride(0), x3.stride(1), x3.stride(2), groups};
 }
 
 // An elementwise companion of x (grad_input, y, grad_y): x's device, dtype, shape and
@@ -93,84 +103,58 @@ void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x, co
   }
 }
 
+// The BN parameters as the kernels take them. running_mean fixes their dtype P; every given
+// one is (C,), contiguous, on x's device and of dtype P. None stays null (weight: 1, bias: 0).
+ifc::BnParams bn_params(const at::Tensor& x, const at::Tensor& running_mean,
+                        const std::optional<at::Tensor>& running_var,
+                        const std::optional<at::Tensor>& weight,
+                        const std::optional<at::Tensor>& bias, double eps, const char* op) {
+  check_on_device(running_mean, "running_mean", x, op);
+  auto data = [&](const std::optional<at::Tensor>& t, const char* name) -> const void* {
+    if (!t.has_value()) return nullptr;
+    check_tensor(*t, name, x, running_mean.scalar_type(), {x.size(1)}, op);
+    return t->const_data_ptr();
+  };
+  ifc::BnParams p;
+  p.dtype = to_dtype(running_mean.scalar_type(), "running_mean", op);
+  p.running_mean = data(running_mean, "running_mean");
+  p.running_var = data(running_var, "running_var");
+  p.weight = data(weight, "weight");
+  p.bias = data(bias, "bias");
+  p.eps = eps;
+  return p;
+}
+
+// The kernels' plan for x (a shape too large for their grids is an error here, with the
+// shape in the message, rather than an "invalid argument" from the launch).
+ifc::BnPlan checked_plan(const at::Tensor& x, ifc::DType dtype, const ifc::BnShape& shape,
+                         const char* op) {
+  const auto plan = ifc::plan_bn(dtype, shape);
+  TORCH_CHECK(plan.valid, "infer_fast_C::", op, ": shape ", x.sizes(), " with groups = ",
+              shape.groups, " is too large for the CUDA kernels' grid");
+  return plan;
+}
+
+// The plan's reduction workspace (acc), from the caching allocator on the current stream;
+// undefined when the plan needs none.
+at::Tensor workspace_for(const ifc::BnPlan& plan, const at::Tensor& x) {
+  if (plan.workspace_elems == 0) return at::Tensor();
+  return at::empty({plan.workspace_elems}, x.options().dtype(acc_type(x.scalar_type())));
+}
+
+void* mutable_data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr() : nullptr;
+}
+const void* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr() : nullptr;
+}
+
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "infer_fast_C::", op, ": CUDA kernel launch failed: ",
               cudaGetErrorString(err));
 }
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
-const void* opt_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr() : nullptr;
-}
-
-// ------------------------------------------------------------------------------------------
-// scale, shift, y (all or none): the fused eval-mode BatchNorm y = x * scale[c] + shift[c],
-// written by the same kernel that reads x for the sums.
-void bn_stat_sums_cuda(const at::Tensor& x, const at::Tensor& running_mean, int64_t groups,
-                       at::Tensor& out, const std::optional<at::Tensor>& scale,
-                       const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& y) {
-  constexpr const char* op = "bn_stat_sums";
-  check_bn_input(x, groups, op);
-  const auto dtype = to_dtype(x.scalar_type(), op);
-  const auto acc = acc_type(x.scalar_type());
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  check_tensor(running_mean, "running_mean", x, acc, {C}, op);
-  check_tensor(out, "out", x, acc, {2, groups, C}, op);
-  TORCH_CHECK(scale.has_value() == y.has_value() && shift.has_value() == y.has_value(),
-              "infer_fast_C::", op, ": scale, shift and y must be all given or all None");
-  if (y.has_value()) {
-    check_tensor(*scale, "scale", x, acc, {C}, op);
-    check_tensor(*shift, "shift", x, acc, {C}, op);
-    check_like_x(*y, "y", x, op);
-  }
-  if (out.numel() == 0) return;  // C == 0: y has no element either
-
-  const c10::cuda::CUDAGuard guard(x.device());
-  const auto plan =
-      ifc::plan_bn_stat_sums(dtype, N, C, L, x.stride(0), x.stride(1), x.stride(2), groups);
-  TORCH_CHECK(plan.valid, "infer_fast_C::", op, ": shape ", x.sizes(), " with groups = ", groups,
-              " is too large for the CUDA kernel's grid");
-  at::Tensor workspace;
-  if (plan.workspace_elems > 0) workspace = at::empty({plan.workspace_elems}, out.options());
-  const auto err = ifc::launch_bn_stat_sums(
-      plan, dtype, x.const_data_ptr(), N, C, L, x.stride(0), x.stride(1), x.stride(2),
-      running_mean.const_data_ptr(), groups, out.mutable_data_ptr(),
-      workspace.defined() ? workspace.mutable_data_ptr() : nullptr, opt_ptr(scale), opt_ptr(shift),
-      y.has_value() ? y->mutable_data_ptr() : nullptr, current_stream());
-  check_launch(err, op);
-}
-
-// grad_y, scale (both or none): adds the fused eval-mode BatchNorm's input gradient
-// grad_y * scale[c] in the same elementwise pass.
-void bn_stat_backward_cuda(const at::Tensor& x, const at::Tensor& coef_a, const at::Tensor& coef_b,
-                           const at::Tensor& mean, int64_t groups, at::Tensor& grad_input,
-                           const std::optional<at::Tensor>& grad_y,
-                           const std::optional<at::Tensor>& scale) {
-  constexpr const char* op = "bn_stat_backward";
-  check_bn_input(x, groups, op);
-  const auto dtype = to_dtype(x.scalar_type(), op);
-  const auto acc = acc_type(x.scalar_type());
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  check_tensor(coef_a, "coef_a", x, acc, {groups, C}, op);
-  check_tensor(coef_b, "coef_b", x, acc, {groups, C}, op);
-  check_tensor(mean, "mean", x, acc, {groups, C}, op);
-  check_like_x(grad_input, "grad_input", x, op);
-  TORCH_CHECK(grad_y.has_value() == scale.has_value(), "infer_fast_C::", op,
-              ": grad_y and scale must be both given or both None");
-  if (grad_y.has_value()) {
-    check_like_x(*grad_y, "grad_y", x, op);
-    check_tensor(*scale, "scale", x, acc, {C}, op);
-  }
-  if (x.numel() == 0) return;
-
-  const c10::cuda::CUDAGuard guard(x.device());
-  const auto err = ifc::launch_bn_stat_backward(
-      dtype, x.const_data_ptr(), N, C, L, x.stride(0), x.stride(1), x.stride(2),
-      coef_a.const_data_ptr(), coef_b.const_data_ptr(), mean.const_data_ptr(), groups,
-      grad_input.mutable_data_ptr(), opt_ptr(grad_y), opt_ptr(scale), current_stream());
-  check_launch(err, op);
-}
 
 // ------------------------------------------------------------------------------------------
 struct ComposeShape {
@@ -179,7 +163,8 @@ struct ComposeShape {
 
 // Checks shared by both compose ops; returns the shape.
 ComposeShape check_compose(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,
-                           const at::Tensor& shifts, const at::Tensor& flips,
+                           const std::optional<at::Tensor>& shifts,
+                           const std::optional<at::Tensor>& flips,
                            const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
                            const char* op) {
   TORCH_CHECK(natural.is_cuda(), "infer_fast_C::", op, ": natural must be a CUDA tensor, got ",
@@ -187,21 +172,19 @@ ComposeShape check_compose(const at::Tensor& natural, const at::Tensor& ufc, con
   TORCH_CHECK(natural.dim() == 5, "infer_fast_C::", op, ": natural must be (K, C, ch, H, W), got ",
               natural.sizes());
   TORCH_CHECK(natural.is_contiguous(), "infer_fast_C::", op, ": natural must be contiguous");
-  to_dtype(natural.scalar_type(), op);
+  to_dtype(natural.scalar_type(), "natural", op);
   ComposeShape s{natural.size(0), 0, natural.size(1), natural.size(2), natural.size(3),
                  natural.size(4)};
   TORCH_CHECK(ufc.dim() == 4, "infer_fast_C::", op, ": ufc must be (G, ch, H, W), got ", ufc.sizes());
   s.G = ufc.size(0);
   check_tensor(ufc, "ufc", natural, natural.scalar_type(), {s.G, s.ch, s.H, s.W}, op);
   check_tensor(index, "index", natural, at::kLong, {s.G}, op);
-  check_tensor(shifts, "shifts", natural, at::kLong, {s.G, 2}, op);
-  // uint8 per the contract; bool has the same 1-byte 0/1 representation.
-  check_on_device(flips, "flips", natural, op);
-  TORCH_CHECK(flips.scalar_type() == at::kByte || flips.scalar_type() == at::kBool,
-              "infer_fast_C::", op, ": flips must be uint8, got ", flips.scalar_type());
-  TORCH_CHECK(flips.sizes() == at::IntArrayRef({s.G}), "infer_fast_C::", op,
-              ": flips must have shape (G,) = (", s.G, "), got ", flips.sizes());
-  TORCH_CHECK(flips.is_contiguous(), "infer_fast_C::", op, ": flips must be contiguous");
+  if (shifts.has_value()) check_tensor(*shifts, "shifts", natural, at::kLong, {s.G, 2}, op);
+  if (flips.has_value()) {
+    // uint8 or bool: the same one-byte 0/1 representation
+    const at::ScalarType ft = flips->scalar_type();
+    check_tensor(*flips, "flips", natural, ft == at::kBool ? at::kBool : at::kByte, {s.G}, op);
+  }
   TORCH_CHECK(lo.has_value() == hi.has_value(), "infer_fast_C::", op,
               ": lo and hi must be both given or both None");
   if (lo.has_value()) {
@@ -214,10 +197,112 @@ ComposeShape check_compose(const at::Tensor& natural, const at::Tensor& ufc, con
   return s;
 }
 
-void ufc_compose_cuda(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,
-                      const at::Tensor& shifts, const at::Tensor& flips,
-                      const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
-                      at::Tensor& out) {
+const int64_t* shifts_or_null(const std::optional<at::Tensor>& shifts) {
+  return shifts.has_value() ? shifts->const_data_ptr<int64_t>() : nullptr;
+}
+
+const uint8_t* flips_or_null(const std::optional<at::Tensor>& flips) {
+  return static_cast<const uint8_t*>(data_or_null(flips));
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// The launchers of csrc/launchers.inc (qualified definitions: a signature that drifts from
+// the declaration does not compile).
+// ------------------------------------------------------------------------------------------
+void infer_fast::cuda::bn_stat_sums(const at::Tensor& x, const at::Tensor& running_mean,
+                                    int64_t groups, const at::Tensor& out) {
+  constexpr const char* op = "bn_stat_sums";
+  const auto shape = check_bn_input(x, groups, op);
+  const auto dtype = to_dtype(x.scalar_type(), "x", op);
+  const auto params = bn_params(x, running_mean, std::nullopt, std::nullopt, std::nullopt, 0.0, op);
+  check_tensor(out, "out", x, acc_type(x.scalar_type()), {2, groups, x.size(1)}, op);
+  if (out.numel() == 0) return;
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto plan = checked_plan(x, dtype, shape, op);
+  const at::Tensor workspace = workspace_for(plan, x);
+  check_launch(launch_bn_stat_sums(plan, dtype, shape, x.const_data_ptr(), params,
+                                   out.mutable_data_ptr(), mutable_data_or_null(workspace),
+                                   current_stream()),
+               op);
+}
+
+void infer_fast::cuda::bn_stat_forward(const at::Tensor& x, const at::Tensor& running_mean,
+                                       const at::Tensor& running_var, int64_t groups,
+                                       const at::Tensor& loss, const at::Tensor& stats,
+                                       const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias, double eps,
+                                       const std::optional<at::Tensor>& y) {
+  constexpr const char* op = "bn_stat_forward";
+  const auto shape = check_bn_input(x, groups, op);
+  const auto dtype = to_dtype(x.scalar_type(), "x", op);
+  const bool fused = y.has_value();  // without y, weight, bias and eps are not used
+  const auto params = bn_params(x, running_mean, running_var, fused ? weight : std::nullopt,
+                                fused ? bias : std::nullopt, eps, op);
+  const auto acc = acc_type(x.scalar_type());
+  check_tensor(loss, "loss", x, acc, {groups}, op);
+  check_tensor(stats, "stats", x, acc, {groups, 2, x.size(1) + 1}, op);
+  if (fused) check_like_x(*y, "y", x, op);
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto plan = checked_plan(x, dtype, shape, op);
+  const at::Tensor workspace = workspace_for(plan, x);
+  check_launch(launch_bn_stat_forward(plan, dtype, shape, x.const_data_ptr(), params,
+                                      loss.mutable_data_ptr(), stats.mutable_data_ptr(),
+                                      mutable_data_or_null(workspace),
+                                      fused ? y->mutable_data_ptr() : nullptr, current_stream()),
+               op);
+}
+
+void infer_fast::cuda::bn_stat_backward(const at::Tensor& x, const at::Tensor& running_mean,
+                                        const at::Tensor& stats,
+                                        const std::optional<at::Tensor>& grad_loss, int64_t count,
+                                        const at::Tensor& grad_input,
+                                        const std::optional<at::Tensor>& grad_y,
+                                        const std::optional<at::Tensor>& running_var,
+                                        const std::optional<at::Tensor>& weight, double eps) {
+  constexpr const char* op = "bn_stat_backward";
+  TORCH_CHECK(stats.dim() == 3, "infer_fast_C::", op, ": stats must be (G, 2, C + 1), got ",
+              stats.sizes());
+  const int64_t groups = stats.size(0);
+  const auto shape = check_bn_input(x, groups, op);
+  const auto dtype = to_dtype(x.scalar_type(), "x", op);
+  const auto acc = acc_type(x.scalar_type());
+  check_tensor(stats, "stats", x, acc, {groups, 2, x.size(1) + 1}, op);
+  TORCH_CHECK(grad_loss.has_value() || grad_y.has_value(), "infer_fast_C::", op,
+              ": at least one of grad_loss and grad_y must be given");
+  if (grad_loss.has_value()) {
+    check_strided(*grad_loss, "grad_loss", x, acc, {groups}, op);  // a summed loss's: stride 0
+    TORCH_CHECK(count >= 1, "infer_fast_C::", op, ": count must be >= 1, got ", count);
+  }
+  check_like_x(grad_input, "grad_input", x, op);
+  const bool fused = grad_y.has_value();  // running_var, weight and eps serve grad_y only
+  if (fused) {
+    check_like_x(*grad_y, "grad_y", x, op);
+    TORCH_CHECK(running_var.has_value(), "infer_fast_C::", op,
+                ": running_var is required with grad_y");
+  }
+  const auto params = bn_params(x, running_mean, fused ? running_var : std::nullopt,
+                                fused ? weight : std::nullopt, std::nullopt, eps, op);
+  if (x.numel() == 0) return;
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto plan = checked_plan(x, dtype, shape, op);
+  check_launch(launch_bn_stat_backward(plan, dtype, shape, x.const_data_ptr(), params,
+                                       stats.const_data_ptr(), data_or_null(grad_loss),
+                                       grad_loss.has_value() ? grad_loss->stride(0) : 0, count,
+                                       grad_input.mutable_data_ptr(), data_or_null(grad_y),
+                                       current_stream()),
+               op);
+}
+
+void infer_fast::cuda::ufc_compose(const at::Tensor& natural, const at::Tensor& ufc,
+                                   const at::Tensor& index, const std::optional<at::Tensor>& shifts,
+                                   const std::optional<at::Tensor>& flips,
+                                   const std::optional<at::Tensor>& lo,
+                                   const std::optional<at::Tensor>& hi, const at::Tensor& out) {
   constexpr const char* op = "ufc_compose";
   const auto s = check_compose(natural, ufc, index, shifts, flips, lo, hi, op);
   check_tensor(out, "out", natural, natural.scalar_type(), {s.G, s.C, s.ch, s.H, s.W}, op);
@@ -225,19 +310,22 @@ void ufc_compose_cuda(const at::Tensor& natural, const at::Tensor& ufc, const at
   TORCH_CHECK(s.K >= 1, "infer_fast_C::", op, ": natural has no image (K = 0)");
 
   const c10::cuda::CUDAGuard guard(natural.device());
-  const auto err = ifc::launch_ufc_compose(
-      to_dtype(natural.scalar_type(), op), natural.const_data_ptr(), ufc.const_data_ptr(),
-      index.const_data_ptr<int64_t>(), shifts.const_data_ptr<int64_t>(),
-      static_cast<const uint8_t*>(flips.const_data_ptr()), opt_ptr(lo), opt_ptr(hi),
-      out.mutable_data_ptr(), s.K, s.G, s.C, s.ch, s.H, s.W, current_stream());
-  check_launch(err, op);
+  check_launch(launch_ufc_compose(to_dtype(natural.scalar_type(), "natural", op),
+                                  natural.const_data_ptr(), ufc.const_data_ptr(),
+                                  index.const_data_ptr<int64_t>(), shifts_or_null(shifts),
+                                  flips_or_null(flips), data_or_null(lo), data_or_null(hi),
+                                  out.mutable_data_ptr(), s.K, s.G, s.C, s.ch, s.H, s.W,
+                                  current_stream()),
+               op);
 }
 
-void ufc_compose_grad_ufc_cuda(const at::Tensor& grad_out, const at::Tensor& natural,
-                               const at::Tensor& ufc, const at::Tensor& index,
-                               const at::Tensor& shifts, const at::Tensor& flips,
-                               const std::optional<at::Tensor>& lo,
-                               const std::optional<at::Tensor>& hi, at::Tensor& grad_ufc) {
+void infer_fast::cuda::ufc_compose_grad_ufc(const at::Tensor& grad_out, const at::Tensor& natural,
+                                            const at::Tensor& ufc, const at::Tensor& index,
+                                            const std::optional<at::Tensor>& shifts,
+                                            const std::optional<at::Tensor>& flips,
+                                            const std::optional<at::Tensor>& lo,
+                                            const std::optional<at::Tensor>& hi,
+                                            const at::Tensor& grad_ufc) {
   constexpr const char* op = "ufc_compose_grad_ufc";
   const auto s = check_compose(natural, ufc, index, shifts, flips, lo, hi, op);
   check_tensor(grad_out, "grad_out", natural, natural.scalar_type(), {s.G, s.C, s.ch, s.H, s.W},
@@ -248,21 +336,13 @@ void ufc_compose_grad_ufc_cuda(const at::Tensor& grad_out, const at::Tensor& nat
               ": natural has no image (K = 0)");
 
   const c10::cuda::CUDAGuard guard(natural.device());
-  const auto err = ifc::launch_ufc_compose_grad_ufc(
-      to_dtype(natural.scalar_type(), op), grad_out.const_data_ptr(), natural.const_data_ptr(),
-      ufc.const_data_ptr(), index.const_data_ptr<int64_t>(), shifts.const_data_ptr<int64_t>(),
-      static_cast<const uint8_t*>(flips.const_data_ptr()), opt_ptr(lo), opt_ptr(hi),
-      grad_ufc.mutable_data_ptr(), s.K, s.G, s.C, s.ch, s.H, s.W, current_stream());
-  check_launch(err, op);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(infer_fast_C, CUDA, m) {
-  m.impl("bn_stat_sums", &bn_stat_sums_cuda);
-  m.impl("bn_stat_backward", &bn_stat_backward_cuda);
-  m.impl("ufc_compose", &ufc_compose_cuda);
-  m.impl("ufc_compose_grad_ufc", &ufc_compose_grad_ufc_cuda);
+  check_launch(launch_ufc_compose_grad_ufc(
+                   to_dtype(natural.scalar_type(), "natural", op), grad_out.const_data_ptr(),
+                   natural.const_data_ptr(), ufc.const_data_ptr(), index.const_data_ptr<int64_t>(),
+                   shifts_or_null(shifts), flips_or_null(flips), data_or_null(lo),
+                   data_or_null(hi), grad_ufc.mutable_data_ptr(), s.K, s.G, s.C, s.ch, s.H, s.W,
+                   current_stream()),
+               op);
 }
 
 #endif  // INFER_FAST_WITH_CUDA

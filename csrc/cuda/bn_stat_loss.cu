@@ -1,32 +1,38 @@
-// CUDA kernels of the BN-statistics loss: the grouped shifted sums (forward) and the
-// elementwise input gradient (backward). Semantics: infer_fast/ops/backends.py; launcher API
+// CUDA kernels of the BN-statistics loss. Semantics: infer_fast/ops/backends.py; launcher API
 // and conventions: launchers.h. No torch headers here (nvcc compiles this file alone).
 //
-// bn_stat_sums, the forward read of x, is a two-kernel deterministic reduction:
-//   1. partial kernel: the rows of each group are split across `splits` blocks, and so are
-//      the channels (NCL: one channel per block; NLC: tiles of channels), so the grid fills
-//      the 132 SMs of an H100 even when G * C is small (C = 64). Each block writes its
-//      (sum d, sum d^2), d = x - running_mean[c], to workspace (2, G, splits, C).
-//   2. finalize kernel: sums the splits of each (k, g, c) in a fixed order into out.
-// The order of every addition depends only on the shape and dtype (never on pointer
-// alignment, scheduling or the GPU model), so results are bitwise reproducible. No atomics.
+// Kernel launches per op (one stream, no host synchronization, no atomics):
+//   bn_stat_sums      partial kernel [+ finalize kernel when the plan has splits > 1]
+//   bn_stat_forward   partial kernel + finalize kernel (stats and loss)
+//   bn_stat_backward  one elementwise kernel
 //
-// Fused eval-mode BatchNorm (optional, a template flag so the plain paths are unchanged):
-//   forward: the partial kernel also writes y = x * scale[c] + shift[c] where it loads x
-//     (each element is loaded exactly once), so the teacher's BN output costs no extra read;
-//   backward: grad_input also gets grad_y * scale[c], in the same elementwise pass.
+// Decomposition (BnPlan, shape-only): per (group, channel) for NCL, or per (group, 128-byte
+// channel tile) for NLC, the rows of the group are split into `splits` chunks of one
+// 256-thread block each, so the grid fills the 132 SMs even when G * C is small (C = 64).
+//   partial kernel: each block writes its (sum d, sum d^2), d = x - rm[c], to the workspace
+//     (G, 2, splits, C), or straight to the output when splits == 1; with the fused eval-BN
+//     it also writes y = x * scale[c] + shift[c] where it loads x (each element is loaded
+//     once, so the teacher's BN output costs no extra read);
+//   finalize kernel (one block per group): adds the splits of every channel in a fixed order
+//     and stores the sums, or finishes delta, e, their norms and the loss;
+//   backward kernel: the same blocks, so (group, channel) is fixed per thread and the
+//     coefficients are computed once per thread from stats and the parameters; the element
+//     loop only streams x (and grad_y) in and grad_input out.
+// The order of every addition depends only on the shape and dtype (never on pointer
+// alignment, scheduling or the GPU model), so results are bitwise reproducible.
 //
 // Memory access:
 //   NCL (N, C, L) with L contiguous: a block reads its channel's n rows of L elements as one
 //     flat range of n*L elements; a warp reads consecutive 16-byte vectors (vectors never
 //     straddle a row because they are used only when L % vec == 0).
 //   NLC (N, L, C) with C contiguous: the rows of a group form a dense (n*L) x C matrix;
-//     threadIdx.x walks consecutive channel vectors and threadIdx.y walks rows, so a warp
-//     reads one contiguous span; the block then reduces over threadIdx.y in shared memory.
+//     threadIdx.x walks the channel vectors of a 128-byte tile (one cache line per row) and
+//     threadIdx.y walks rows; the partial kernel then reduces over threadIdx.y in shared
+//     memory.
 #include "launchers.h"
 
 #include <algorithm>
-#include <atomic>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -34,6 +40,45 @@
 
 namespace infer_fast {
 namespace cuda {
+namespace {
+
+using detail::acc_t;
+using detail::ceil_div;
+using detail::Divider;
+using detail::from_acc;
+using detail::kInt32Max;
+using detail::to_acc;
+using detail::Vec;
+
+constexpr int kThreads = 256;  // threads per block of the partial and backward kernels
+// Independent 16-byte loads in flight per thread before their results are used. The unroll
+// never changes the summation order (each thread sums its vectors in increasing order).
+constexpr int kUnroll = 8;
+// NLC partial with the fused y: its scale/shift registers leave room for 6 loads in flight
+// under the 64-register cap of 4 blocks per SM (8 spill with fp32).
+constexpr int kUnrollNlcAffine = 6;
+// Backward: two input streams (x and grad_y), 4 vectors each: 8 loads in flight.
+constexpr int kUnrollBackward = 4;
+// Launch heuristics (shape-only, so the summation order never depends on the device). To
+// stream at the H200's 4.2 TB/s the GPU needs about bandwidth x latency = 4.2 TB/s x ~1 us
+// ~ 4 MB of loads in flight. A 256-thread block with 8 16-byte loads per thread (partial)
+// or 4 x 2 (backward) has 32 KB in flight, so ~130 resident blocks already saturate HBM.
+// kTargetBlocks = 528 (4 per SM on 132 SMs) gives 4x margin, so even the last partial wave
+// of a grid that is not a multiple of the resident blocks stays near saturation. It also
+// bounds the partial sums, which the one-block-per-group finalize reads: 2 * 528 * (channels
+// per block) values in all, at most ~270 KB (fp16 NLC, G = 1), ~2 us for one SM, against
+// >= 60 us for the partial pass of a 256 MB tensor. Each block reads >= kMinElemsPerBlock
+// elements, so its fixed costs (parameter and coefficient loads, the block reduction) stay
+// at a few percent. Measured on an H100 with these numbers (NCL partial kernel, fp32
+// (100, 64, 56, 56)): ~2.8 TB/s, ~93% of copy bandwidth.
+constexpr int64_t kTargetBlocks = 528;
+constexpr int64_t kMinElemsPerBlock = 16384;
+// NLC channel tile: 128 bytes of each row (one cache line; adjacent tiles run in adjacent
+// blocks, see nlc_block). A narrow tile keeps the partial sums at 2 * splits * (channels per
+// tile) per tile instead of per C-wide row, which keeps the one-block-per-group finalize
+// short for wide layers (C = 512: 16x fewer partials than a tile of all channels).
+constexpr int64_t kNlcTileBytes = 128;
+constexpr int kFinalizeThreads = 1024;
 
 int64_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -45,54 +90,115 @@ int64_t dtype_size(DType dtype) {
   return 0;
 }
 
-int64_t acc_dtype_size(DType dtype) { return dtype == DType::kFloat64 ? 8 : 4; }
+// Calls fn(std::true_type{}) or fn(std::false_type{}): a runtime flag as a template argument.
+template <typename Fn>
+void with_flag(bool flag, Fn&& fn) {
+  if (flag)
+    fn(std::true_type{});
+  else
+    fn(std::false_type{});
+}
 
-namespace {
-
-using detail::acc_t;
-using detail::ceil_div;
-using detail::Divider;
-using detail::from_acc;
-using detail::kInt32Max;
-using detail::to_acc;
-using detail::Vec;
-
-constexpr int kThreads = 256;         // threads per block of the partial and backward kernels
-constexpr int kUnroll = 8;            // independent loads in flight per thread (partial kernels)
-// NLC with the fused y: its scale/shift registers leave room for 6 loads in flight under the
-// 64-register cap of 4 blocks per SM (8 spill with fp32). The unroll never changes the
-// summation order (each thread sums its rows sequentially), so the sums stay identical.
-constexpr int kUnrollNlcAffine = 6;
-// Split heuristics (shape-only, so the summation order never depends on the device):
-// about 528 blocks (4 resident 256-thread blocks on each of an H100's 132 SMs) with 16-byte
-// loads saturate HBM; each block reads at least ~16K elements, and at most 512 splits keep
-// the workspace and the finalize pass tiny. Measured on an H100 (kernel time, fp32 (100, 64,
-// 56, 56)): partial kernel ~29 us for 80 MB (~2.8 TB/s) in both layouts, finalize ~2-3 us.
-constexpr int64_t kTargetBlocks = 528;
-constexpr int64_t kMinElemsPerBlock = 16384;
-constexpr int64_t kMaxSplits = 512;
-constexpr int kFinalizeLanes = 32;    // finalize block: 32 channels x 32 split lanes
-
-// Multiprocessors of the current device (cached; no synchronization).
-int sm_count() {
-  static std::atomic<int> cache[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-  if (dev < 0 || dev >= 64) dev = 0;
-  int v = cache[dev].load(std::memory_order_relaxed);
-  if (v <= 0) {
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0) {
-      (void)cudaGetLastError();  // do not leave a sticky-looking error for the caller
-      v = 132;
-    }
-    cache[dev].store(v, std::memory_order_relaxed);
-  }
-  return v;
+// Calls fn(TypeTag<I>{}) with I the index type of a per-(group, channel) range of `count`
+// elements: uint32_t (cheap division) when it fits 31 bits, else uint64_t.
+template <typename Fn>
+void with_index_type(int64_t count, Fn&& fn) {
+  if (count <= kInt32Max)
+    fn(detail::TypeTag<uint32_t>{});
+  else
+    fn(detail::TypeTag<uint64_t>{});
 }
 
 // ---------------------------------------------------------------------------------------------
-// Block reductions (fixed order: deterministic)
+// Device helpers
 // ---------------------------------------------------------------------------------------------
+// Parameter i of dtype P, converted to A. Parameters are loaded once per channel per thread,
+// so a switch per load costs nothing next to the streaming loads (and the kernels need no
+// template argument for P).
+template <typename A>
+__device__ __forceinline__ A load_param(const void* p, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kFloat32: return static_cast<A>(static_cast<const float*>(p)[i]);
+    case DType::kFloat64: return static_cast<A>(static_cast<const double*>(p)[i]);
+    case DType::kFloat16: return static_cast<A>(__half2float(static_cast<const __half*>(p)[i]));
+    case DType::kBFloat16:
+      return static_cast<A>(__bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]));
+  }
+  return A(0);
+}
+
+__device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
+__device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
+
+// Eval-mode BatchNorm of channel c: scale = rsqrt(rv + eps) * weight, shift = bias - rm * scale
+// (weight null: 1, bias null: 0), in A.
+template <typename A>
+__device__ __forceinline__ A eval_bn_scale(const BnParams& p, int64_t c) {
+  A s = rsqrt_acc(load_param<A>(p.running_var, p.dtype, c) + static_cast<A>(p.eps));
+  if (p.weight != nullptr) s *= load_param<A>(p.weight, p.dtype, c);
+  return s;
+}
+
+template <typename A>
+__device__ __forceinline__ A eval_bn_shift(const BnParams& p, int64_t c, A rm, A scale) {
+  const A bias = p.bias != nullptr ? load_param<A>(p.bias, p.dtype, c) : A(0);
+  return bias - rm * scale;
+}
+
+// Per-group sums k (0: sum d, 1: sum d^2) of (group g, split s, channel c) at
+// p[g * g_stride + k * k_stride + s * s_stride + c]. Views of the workspace (G, 2, splits, C),
+// of the sums op's out (2, G, C) and of stats (G, 2, C + 1) (the last two with s == 0).
+template <typename A>
+struct SumsView {
+  A* p;
+  int64_t g_stride, k_stride, s_stride;
+  __device__ __forceinline__ A* at(int64_t g, int k, int64_t s, int64_t c) const {
+    return p + g * g_stride + k * k_stride + s * s_stride + c;
+  }
+};
+
+template <typename A>
+SumsView<A> workspace_view(A* workspace, int64_t splits, int64_t C) {
+  return {workspace, 2 * splits * C, splits * C, C};
+}
+template <typename A>
+SumsView<A> sums_out_view(A* out, int64_t G, int64_t C) {
+  return {out, C, G * C, 0};
+}
+template <typename A>
+SumsView<A> stats_view(A* stats, int64_t C) {
+  return {stats, 2 * (C + 1), C + 1, 0};
+}
+
+// Block coordinates: group, channel (NCL) or channel tile (NLC), split.
+struct BlockCoord {
+  int64_t g, c, s;
+};
+
+// NCL: block b = (g * C + c) * splits + s.
+__device__ __forceinline__ BlockCoord ncl_block(int64_t splits, int64_t C) {
+  const int64_t b = blockIdx.x;
+  const int64_t gc = b / splits;
+  return {gc / C, gc % C, b % splits};
+}
+
+// NLC: block b = (g * splits + s) * ctiles + t: blocks that run together read adjacent
+// channel tiles of the same rows (whole rows, DRAM-page friendly).
+__device__ __forceinline__ BlockCoord nlc_block(int64_t splits, int64_t ctiles) {
+  const int64_t b = blockIdx.x;
+  const int64_t gs = b / ctiles;
+  return {gs / splits, b % ctiles, gs % splits};
+}
+
+// NCL: vector v of the flat n*L elements of one (group, channel) is element (v % Lv) * VW of
+// row v / Lv (lv_div divides by Lv = L / VW); rows are row_stride = C * L apart.
+template <int VW, typename I>
+__device__ __forceinline__ int64_t ncl_offset(I v, const Divider<I>& lv_div, int64_t row_stride) {
+  const I row = lv_div.div(v);
+  const I lv = v - row * lv_div.divisor;
+  return static_cast<int64_t>(row) * row_stride + static_cast<int64_t>(lv) * VW;
+}
+
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
@@ -100,10 +206,11 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;  // lane 0 holds the sum
 }
 
-// Sums (a, b) over the block (blockDim.x == kThreads, 1-D); the result is valid in thread 0.
-template <typename A>
+// Sums (a, b) over a 1-D block of kBlock threads in a fixed tree order; valid in thread 0.
+template <int kBlock, typename A>
 __device__ __forceinline__ void block_sum2(A& a, A& b) {
-  __shared__ A sh[2][kThreads / 32];
+  constexpr int kWarps = kBlock / 32;
+  __shared__ A sh[2][kWarps];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   a = warp_sum(a);
@@ -114,8 +221,8 @@ __device__ __forceinline__ void block_sum2(A& a, A& b) {
   }
   __syncthreads();
   if (warp == 0) {
-    a = lane < kThreads / 32 ? sh[0][lane] : A(0);
-    b = lane < kThreads / 32 ? sh[1][lane] : A(0);
+    a = lane < kWarps ? sh[0][lane] : A(0);
+    b = lane < kWarps ? sh[1][lane] : A(0);
     a = warp_sum(a);
     b = warp_sum(b);
   }
@@ -123,7 +230,7 @@ __device__ __forceinline__ void block_sum2(A& a, A& b) {
 
 template <typename T, int VW, bool kVecLoad>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, T (&out)[VW]) {
-  if constexpr (kVecLoad && VW > 1) {
+  if constexpr (kVecLoad) {
     const Vec<T, VW> v = *reinterpret_cast<const Vec<T, VW>*>(p);
 #pragma unroll
     for (int j = 0; j < VW; ++j) out[j] = v.v[j];
@@ -135,7 +242,7 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ p, T (&out)[VW]) 
 
 template <typename T, int VW, bool kVecStore>
 __device__ __forceinline__ void store_vec(T* __restrict__ p, const T (&in)[VW]) {
-  if constexpr (kVecStore && VW > 1) {
+  if constexpr (kVecStore) {
     Vec<T, VW> v;
 #pragma unroll
     for (int j = 0; j < VW; ++j) v.v[j] = in[j];
@@ -157,49 +264,37 @@ __device__ __forceinline__ void store_affine(T* __restrict__ p, const T (&e)[VW]
 }
 
 // ---------------------------------------------------------------------------------------------
-// bn_stat_sums, NCL: block b = (g * C + c) * splits + s handles vectors [s*chunk, (s+1)*chunk)
-// of the flat range of the n*L elements of (group g, channel c), VW elements per vector.
-// Vector v lives in row v / Lv (Lv = L / VW) at element (v % Lv) * VW of that row.
-// kAffine: also y[same offset] = x * scale[c] + shift[c] (y has x's layout; kVecLoad then
-// means both x and y are 16-byte aligned).
+// Partial sums, NCL: block (g, c, s) sums vectors [s*chunk, (s+1)*chunk) of the flat range of
+// the n*L elements of (group g, channel c), VW elements per vector.
+// kAffine: also y[same offset] = x * scale[c] + shift[c] (kVecLoad then means both x and y are
+// 16-byte aligned).
 // ---------------------------------------------------------------------------------------------
 template <typename T, int VW, bool kVecLoad, bool kAffine, typename I>
 __global__ void __launch_bounds__(kThreads)
-    bn_sums_ncl_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ running_mean,
-                       const acc_t<T>* __restrict__ scale, const acc_t<T>* __restrict__ shift,
-                       T* __restrict__ y, acc_t<T>* __restrict__ part, int64_t G, int64_t n,
-                       int64_t C, int64_t L, int64_t splits, I Mv, I chunk, Divider<I> lv_div) {
+    bn_sums_ncl_kernel(const T* __restrict__ x, T* __restrict__ y, const BnParams params,
+                       const SumsView<acc_t<T>> part, int64_t n, int64_t C, int64_t L,
+                       int64_t splits, I Mv, I chunk, Divider<I> lv_div) {
   using A = acc_t<T>;
-  const int64_t b = blockIdx.x;
-  const int64_t s = b % splits;
-  const int64_t gc = b / splits;
-  const int64_t c = gc % C;
-  const int64_t g = gc / C;
-
-  const A m = running_mean[c];
-  const int64_t row_stride = C * L;
-  const int64_t base_off = (g * n * C + c) * L;  // x[g*n, c, 0]
-  const T* __restrict__ base = x + base_off;
-  const I Lv = lv_div.divisor;
+  const BlockCoord blk = ncl_block(splits, C);
+  const A m = load_param<A>(params.running_mean, params.dtype, blk.c);
   A scl[VW], sft[VW];  // one channel: the same scale/shift for every element
   if constexpr (kAffine) {
-    const A sc0 = scale[c], sh0 = shift[c];
+    const A sc = eval_bn_scale<A>(params, blk.c);
+    const A sh = eval_bn_shift(params, blk.c, m, sc);
 #pragma unroll
     for (int j = 0; j < VW; ++j) {
-      scl[j] = sc0;
-      sft[j] = sh0;
+      scl[j] = sc;
+      sft[j] = sh;
     }
   }
 
-  const I begin = static_cast<I>(s) * chunk;
+  const int64_t row_stride = C * L;
+  const int64_t base_off = (blk.g * n * C + blk.c) * L;  // x[g*n, c, 0]
+  const T* __restrict__ base = x + base_off;
+  const I begin = static_cast<I>(blk.s) * chunk;
   const I end = begin + chunk < Mv ? begin + chunk : Mv;
 
   A s1 = A(0), s2 = A(0);
-  auto offset = [&](I v) -> int64_t {
-    const I row = lv_div.div(v);
-    const I lv = v - row * Lv;
-    return static_cast<int64_t>(row) * row_stride + static_cast<int64_t>(lv) * VW;
-  };
   auto accumulate = [&](const T (&e)[VW]) {
 #pragma unroll
     for (int j = 0; j < VW; ++j) {
@@ -215,77 +310,69 @@ __global__ void __launch_bounds__(kThreads)
   for (; v + (kUnroll - 1) * kThreads < end; v += kUnroll * kThreads) {
     T e[kUnroll][VW];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) load_vec<T, VW, kVecLoad>(base + offset(v + u * kThreads), e[u]);
+    for (int u = 0; u < kUnroll; ++u)
+      load_vec<T, VW, kVecLoad>(base + ncl_offset<VW>(v + u * kThreads, lv_div, row_stride), e[u]);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       accumulate(e[u]);
       // right after its use, so e[u] dies early (register pressure)
       if constexpr (kAffine)
-        store_affine<T, VW, kVecLoad>(y + base_off + offset(v + u * kThreads), e[u], scl, sft);
+        store_affine<T, VW, kVecLoad>(
+            y + base_off + ncl_offset<VW>(v + u * kThreads, lv_div, row_stride), e[u], scl, sft);
     }
   }
   for (; v < end; v += kThreads) {
+    const int64_t off = ncl_offset<VW>(v, lv_div, row_stride);
     T e[VW];
-    load_vec<T, VW, kVecLoad>(base + offset(v), e);
+    load_vec<T, VW, kVecLoad>(base + off, e);
     accumulate(e);
-    if constexpr (kAffine) store_affine<T, VW, kVecLoad>(y + base_off + offset(v), e, scl, sft);
+    if constexpr (kAffine) store_affine<T, VW, kVecLoad>(y + base_off + off, e, scl, sft);
   }
 
-  block_sum2(s1, s2);
+  block_sum2<kThreads>(s1, s2);
   if (threadIdx.x == 0) {
-    part[(g * splits + s) * C + c] = s1;
-    part[((G + g) * splits + s) * C + c] = s2;
+    *part.at(blk.g, 0, blk.s, blk.c) = s1;
+    *part.at(blk.g, 1, blk.s, blk.c) = s2;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// bn_stat_sums, NLC: group g is a dense (R = n*L) x C matrix. Block b = (g * ctiles + t) *
-// splits + s handles rows [s*chunk, (s+1)*chunk) and channel vectors
-// [t*blockDim.x, (t+1)*blockDim.x); thread (tx, ty) sums rows ty, ty + blockDim.y, ... for the
-// VW channels of its vector, then the block reduces over ty in shared memory.
-// kAffine: also y[same offset] = x * scale[c] + shift[c], as in the NCL kernel.
+// Partial sums, NLC: group g is a dense (R = n*L) x C matrix. Block (g, t, s) handles rows
+// [s*chunk, (s+1)*chunk) and channel vectors [t*blockDim.x, (t+1)*blockDim.x); thread (tx, ty)
+// sums rows ty, ty + blockDim.y, ... for the VW channels of its vector, then the block reduces
+// over ty in shared memory. kAffine: also y, as in the NCL kernel.
 // ---------------------------------------------------------------------------------------------
 template <typename T, int VW, bool kVecLoad, bool kAffine>
 __global__ void __launch_bounds__(kThreads, 4)
-    bn_sums_nlc_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ running_mean,
-                       const acc_t<T>* __restrict__ scale, const acc_t<T>* __restrict__ shift,
-                       T* __restrict__ y, acc_t<T>* __restrict__ part, int64_t G, int64_t R,
-                       int64_t C, int64_t ctiles, int64_t splits, int64_t chunk) {
+    bn_sums_nlc_kernel(const T* __restrict__ x, T* __restrict__ y, const BnParams params,
+                       const SumsView<acc_t<T>> part, int64_t R, int64_t C, int64_t ctiles,
+                       int64_t splits, int64_t chunk) {
   using A = acc_t<T>;
   __shared__ A sh[2 * VW][kThreads];
 
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int bx = blockDim.x, by = blockDim.y;
-  const int64_t b = blockIdx.x;
-  const int64_t s = b % splits;
-  const int64_t gt = b / splits;
-  const int64_t t = gt % ctiles;
-  const int64_t g = gt / ctiles;
-
-  const int64_t cv = t * bx + tx;  // channel vector of this thread
-  const int64_t c0 = cv * VW;
-  const bool active = c0 < C;      // C % VW == 0, so a vector is all in or all out
+  const BlockCoord blk = nlc_block(splits, ctiles);
+  const int64_t c0 = (blk.c * bx + tx) * VW;  // first channel of this thread's vector
+  const bool active = c0 < C;                 // C % VW == 0: a vector is all in or all out
 
   A m[VW], s1[VW], s2[VW];
+  A scl[VW], sft[VW];
 #pragma unroll
   for (int j = 0; j < VW; ++j) {
-    m[j] = active ? running_mean[c0 + j] : A(0);
+    m[j] = active ? load_param<A>(params.running_mean, params.dtype, c0 + j) : A(0);
     s1[j] = A(0);
     s2[j] = A(0);
-  }
-  A scl[VW], sft[VW];
-  if constexpr (kAffine) {
-#pragma unroll
-    for (int j = 0; j < VW; ++j) {
-      scl[j] = active ? scale[c0 + j] : A(0);
-      sft[j] = active ? shift[c0 + j] : A(0);
+    if constexpr (kAffine) {
+      scl[j] = active ? eval_bn_scale<A>(params, c0 + j) : A(0);
+      sft[j] = active ? eval_bn_shift(params, c0 + j, m[j], scl[j]) : A(0);
     }
   }
 
-  const int64_t r_begin = s * chunk;
+  const int64_t r_begin = blk.s * chunk;
   const int64_t r_end = r_begin + chunk < R ? r_begin + chunk : R;
   if (active) {
-    const int64_t base_off = g * R * C + c0;
+    const int64_t base_off = blk.g * R * C + c0;
     const T* __restrict__ base = x + base_off;
     auto accumulate = [&](const T (&e)[VW]) {
 #pragma unroll
@@ -337,296 +424,372 @@ __global__ void __launch_bounds__(kThreads, 4)
   if (ty == 0 && active) {
 #pragma unroll
     for (int j = 0; j < VW; ++j) {
-      part[(g * splits + s) * C + c0 + j] = sh[j][tx];
-      part[((G + g) * splits + s) * C + c0 + j] = sh[VW + j][tx];
+      *part.at(blk.g, 0, blk.s, c0 + j) = sh[j][tx];
+      *part.at(blk.g, 1, blk.s, c0 + j) = sh[VW + j][tx];
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Finalize: out[k, g, c] = sum_s part[k, g, s, c] in a fixed order. Block (32 x 32): tx picks
-// the channel (coalesced reads along c), ty strides over the splits, then a tree over ty.
-// Block b = (k * G + g) * ctiles32 + t.
+// Finalize, one block per group g: adds the splits of every channel in a fixed order, in
+// double whatever acc is (this kernel moves a few KB, so double costs nothing and keeps the
+// loss of large fp32 reductions accurate), then
+//   kLoss false: out = the sums (the sums op's (2, G, C));
+//   kLoss true:  out = stats: delta = S1 / M, e = S2 / M - delta^2 - rv, the norms (from the
+//                double values) and loss[g]. With splits == 1, `part` is `out` itself: each
+//                partial is read by the thread that later overwrites it (hence no __restrict__).
+// Threads: 2^chan_log2 channel lanes x the rest split lanes; a warp reads consecutive channels
+// of one split, the split lanes are then added in a tree. The lanes depend on C only.
 // ---------------------------------------------------------------------------------------------
-template <typename A>
-__global__ void __launch_bounds__(kFinalizeLanes * kFinalizeLanes)
-    bn_sums_finalize_kernel(const A* __restrict__ part, A* __restrict__ out, int64_t G,
-                            int64_t C, int64_t splits, int64_t ctiles32) {
-  __shared__ A sh[kFinalizeLanes][kFinalizeLanes + 1];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t b = blockIdx.x;
-  const int64_t t = b % ctiles32;
-  const int64_t kg = b / ctiles32;  // k * G + g
-  const int64_t c = t * kFinalizeLanes + tx;
+template <typename A, bool kLoss>
+__global__ void __launch_bounds__(kFinalizeThreads)
+    bn_finalize_kernel(const SumsView<A> part, const SumsView<A> out, A* loss, int64_t C,
+                       int64_t splits, int chan_log2, double M, const BnParams params) {
+  __shared__ double sh[2][kFinalizeThreads];
+  const int tid = threadIdx.x;
+  const int chan_lanes = 1 << chan_log2;
+  const int split_lanes = kFinalizeThreads >> chan_log2;
+  const int tc = tid & (chan_lanes - 1);
+  const int ts = tid >> chan_log2;
+  const int64_t g = blockIdx.x;
 
-  A acc = A(0);
-  if (c < C) {
-    const A* __restrict__ p = part + kg * splits * C + c;
-    for (int64_t s = ty; s < splits; s += kFinalizeLanes) acc += p[s * C];
-  }
-  sh[ty][tx] = acc;
-  __syncthreads();
-#pragma unroll
-  for (int stride = kFinalizeLanes / 2; stride > 0; stride >>= 1) {
-    if (ty < stride) sh[ty][tx] += sh[ty + stride][tx];
+  double sq_delta = 0.0, sq_e = 0.0;  // this channel lane's share of ||delta_g||^2, ||e_g||^2
+  for (int64_t c_tile = 0; c_tile < C; c_tile += chan_lanes) {
+    const int64_t c = c_tile + tc;
+    double s1 = 0.0, s2 = 0.0;
+    if (c < C) {
+#pragma unroll 8  // 16 independent loads in flight; the additions stay in order
+      for (int64_t s = ts; s < splits; s += split_lanes) {
+        s1 += static_cast<double>(*part.at(g, 0, s, c));
+        s2 += static_cast<double>(*part.at(g, 1, s, c));
+      }
+    }
+    sh[0][tid] = s1;
+    sh[1][tid] = s2;
     __syncthreads();
+    for (int half = split_lanes >> 1; half > 0; half >>= 1) {
+      if (ts < half) {
+        sh[0][tid] += sh[0][tid + half * chan_lanes];
+        sh[1][tid] += sh[1][tid + half * chan_lanes];
+      }
+      __syncthreads();
+    }
+    if (ts == 0 && c < C) {  // tid == tc
+      if constexpr (kLoss) {
+        const double delta = sh[0][tc] / M;
+        const double e = sh[1][tc] / M - delta * delta -
+                         load_param<double>(params.running_var, params.dtype, c);
+        *out.at(g, 0, 0, c) = static_cast<A>(delta);
+        *out.at(g, 1, 0, c) = static_cast<A>(e);
+        sq_delta += delta * delta;
+        sq_e += e * e;
+      } else {
+        *out.at(g, 0, 0, c) = static_cast<A>(sh[0][tc]);
+        *out.at(g, 1, 0, c) = static_cast<A>(sh[1][tc]);
+      }
+    }
+    __syncthreads();  // sh is reused by the next channel tile
   }
-  if (ty == 0 && c < C) out[kg * C + c] = sh[0][tx];
+  if constexpr (kLoss) {
+    block_sum2<kFinalizeThreads>(sq_delta, sq_e);
+    if (tid == 0) {
+      const double norm_delta = sqrt(sq_delta), norm_e = sqrt(sq_e);
+      *out.at(g, 0, 0, C) = static_cast<A>(norm_delta);
+      *out.at(g, 1, 0, C) = static_cast<A>(norm_e);
+      loss[g] = static_cast<A>(norm_delta + norm_e);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
-// bn_stat_backward: grid-stride over the vectors of VW consecutive elements of the dense
-// memory of x. NCL (VW | L): all VW elements share (g, c): plane = v / Lv, c = plane % C,
-// g = plane / (n*C). NLC (VW | C): row = v / Cv, channels (v % Cv) * VW + j, g = row / (n*L).
-// kHasDy: also + dy * scale[c] (the fused eval-BN's input gradient; dy has x's layout).
+// Backward: grad = a + b * ((x - m) - delta) [kHasLoss] + dy * scale [kHasDy], in acc.
 // ---------------------------------------------------------------------------------------------
-template <typename T, int VW, bool kNLC, bool kHasDy, typename I>
-__global__ void __launch_bounds__(kThreads)
-    bn_backward_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ coef_a,
-                       const acc_t<T>* __restrict__ coef_b, const acc_t<T>* __restrict__ mean,
-                       const T* __restrict__ dy, const acc_t<T>* __restrict__ scale,
-                       T* __restrict__ grad, I nvec, int64_t C, Divider<I> inner_div,
-                       Divider<I> c_div, Divider<I> group_div) {
+// Per-group factors: a = fa * delta[g, c], b = fb * e[g, c].
+template <typename A>
+struct GroupFactors {
+  A fa = A(0), fb = A(0);
+};
+
+template <typename A>
+__device__ __forceinline__ GroupFactors<A> group_factors(const A* stats, const A* grad_loss,
+                                                         int64_t gl_stride, A count, int64_t C,
+                                                         int64_t g) {
+  const A* st = stats + g * 2 * (C + 1);
+  const A norm_delta = st[C], norm_e = st[2 * C + 1];
+  const A gl = grad_loss[g * gl_stride];
+  // a zero norm counts as 1: its vector is zero, and so is its gradient
+  return {gl / (count * (norm_delta > A(0) ? norm_delta : A(1))),
+          A(2) * gl / (count * (norm_e > A(0) ? norm_e : A(1)))};
+}
+
+template <typename A>
+struct BwdCoef {
+  A a = A(0), b = A(0), m = A(0), delta = A(0), scale = A(0);
+};
+
+template <typename A, bool kHasLoss, bool kHasDy>
+__device__ __forceinline__ BwdCoef<A> bwd_coef(const BnParams& p, const A* stats,
+                                               const GroupFactors<A>& f, int64_t C, int64_t g,
+                                               int64_t c) {
+  BwdCoef<A> k;
+  if constexpr (kHasLoss) {
+    const A* st = stats + g * 2 * (C + 1);
+    k.delta = st[c];
+    k.a = f.fa * k.delta;
+    k.b = f.fb * st[C + 1 + c];
+    k.m = load_param<A>(p.running_mean, p.dtype, c);
+  }
+  if constexpr (kHasDy) k.scale = eval_bn_scale<A>(p, c);
+  return k;
+}
+
+// grad of one loaded vector (x and/or dy, as the flags say), rounded once. Element j uses
+// coef[j * kCoefStep]: step 0 for one channel per vector (NCL), 1 for one per element (NLC).
+template <typename T, int VW, bool kVecStore, bool kHasLoss, bool kHasDy, int kCoefStep>
+__device__ __forceinline__ void store_grad(T* __restrict__ p, const T (&xe)[VW],
+                                           const T (&de)[VW], const BwdCoef<acc_t<T>>* coef) {
   using A = acc_t<T>;
-  const I stride = static_cast<I>(gridDim.x) * kThreads;
-  for (I v = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x; v < nvec; v += stride) {
-    T e[VW];
-    load_vec<T, VW, (VW > 1)>(x + static_cast<int64_t>(v) * VW, e);
-    T d[VW];
-    if constexpr (kHasDy) load_vec<T, VW, (VW > 1)>(dy + static_cast<int64_t>(v) * VW, d);
-    T o[VW];
-    if constexpr (!kNLC) {
-      // inner_div: by Lv; c_div: by C; group_div: by n*C (applied to the plane index).
-      const I plane = inner_div.div(v);
-      const I q = c_div.div(plane);
-      const int64_t c = static_cast<int64_t>(plane - q * static_cast<I>(C));
-      const int64_t g = static_cast<int64_t>(group_div.div(plane));
-      const int64_t gc = g * C + c;
-      const A a = coef_a[gc], bb = coef_b[gc], mu = mean[gc];
-      if constexpr (kHasDy) {
-        const A sc = scale[c];
+  T o[VW];
 #pragma unroll
-        for (int j = 0; j < VW; ++j)
-          o[j] = from_acc<T>(a + bb * (to_acc(e[j]) - mu) + to_acc(d[j]) * sc);
-      } else {
-#pragma unroll
-        for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(a + bb * (to_acc(e[j]) - mu));
-      }
+  for (int j = 0; j < VW; ++j) {
+    const BwdCoef<A>& k = coef[j * kCoefStep];
+    A v;
+    if constexpr (kHasLoss) {
+      v = k.a + k.b * ((to_acc(xe[j]) - k.m) - k.delta);
+      if constexpr (kHasDy) v += to_acc(de[j]) * k.scale;
     } else {
-      // inner_div: by Cv = C / VW; group_div: by n*L (applied to the row index).
-      const I row = inner_div.div(v);
-      const int64_t cv = static_cast<int64_t>(v - row * inner_div.divisor);
-      const int64_t g = static_cast<int64_t>(group_div.div(row));
-      const int64_t gc0 = g * C + cv * VW;
-      A a[VW], bb[VW], mu[VW];
-      if constexpr (VW > 1) {
-        const Vec<A, VW> va = *reinterpret_cast<const Vec<A, VW>*>(coef_a + gc0);
-        const Vec<A, VW> vb = *reinterpret_cast<const Vec<A, VW>*>(coef_b + gc0);
-        const Vec<A, VW> vm = *reinterpret_cast<const Vec<A, VW>*>(mean + gc0);
-#pragma unroll
-        for (int j = 0; j < VW; ++j) {
-          a[j] = va.v[j];
-          bb[j] = vb.v[j];
-          mu[j] = vm.v[j];
-        }
-      } else {
-        a[0] = coef_a[gc0];
-        bb[0] = coef_b[gc0];
-        mu[0] = mean[gc0];
-      }
-      if constexpr (kHasDy) {
-        A sc[VW];
-        if constexpr (VW > 1) {
-          const Vec<A, VW> vs = *reinterpret_cast<const Vec<A, VW>*>(scale + cv * VW);
-#pragma unroll
-          for (int j = 0; j < VW; ++j) sc[j] = vs.v[j];
-        } else {
-          sc[0] = scale[cv];
-        }
-#pragma unroll
-        for (int j = 0; j < VW; ++j)
-          o[j] = from_acc<T>(a[j] + bb[j] * (to_acc(e[j]) - mu[j]) + to_acc(d[j]) * sc[j]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(a[j] + bb[j] * (to_acc(e[j]) - mu[j]));
-      }
-      (void)c_div;
+      v = to_acc(de[j]) * k.scale;
     }
-    if constexpr (VW > 1) {
-      Vec<T, VW> ov;
+    o[j] = from_acc<T>(v);
+  }
+  store_vec<T, VW, kVecStore>(p, o);
+}
+
+// NCL: block (g, c, s) as the partial kernel; one channel, so the coefficients are uniform.
+template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy, typename I>
+__global__ void __launch_bounds__(kThreads)
+    bn_backward_ncl_kernel(const T* __restrict__ x, const T* __restrict__ dy,
+                           T* __restrict__ grad, const BnParams params,
+                           const acc_t<T>* __restrict__ stats,
+                           const acc_t<T>* __restrict__ grad_loss, int64_t gl_stride,
+                           acc_t<T> count, int64_t n, int64_t C, int64_t L, int64_t splits, I Mv,
+                           I chunk, Divider<I> lv_div) {
+  using A = acc_t<T>;
+  const BlockCoord blk = ncl_block(splits, C);
+  GroupFactors<A> f;
+  if constexpr (kHasLoss) f = group_factors(stats, grad_loss, gl_stride, count, C, blk.g);
+  const BwdCoef<A> k = bwd_coef<A, kHasLoss, kHasDy>(params, stats, f, C, blk.g, blk.c);
+
+  const int64_t row_stride = C * L;
+  const int64_t base_off = (blk.g * n * C + blk.c) * L;
+  const I begin = static_cast<I>(blk.s) * chunk;
+  const I end = begin + chunk < Mv ? begin + chunk : Mv;
+  auto load = [&](int64_t off, T (&xe)[VW], T (&de)[VW]) {
+    if constexpr (kHasLoss) load_vec<T, VW, kVecLoad>(x + off, xe);
+    if constexpr (kHasDy) load_vec<T, VW, kVecLoad>(dy + off, de);
+  };
+
+  I v = begin + threadIdx.x;
+  for (; v + (kUnrollBackward - 1) * kThreads < end; v += kUnrollBackward * kThreads) {
+    int64_t off[kUnrollBackward];
+    T xe[kUnrollBackward][VW], de[kUnrollBackward][VW];
 #pragma unroll
-      for (int j = 0; j < VW; ++j) ov.v[j] = o[j];
-      *reinterpret_cast<Vec<T, VW>*>(grad + static_cast<int64_t>(v) * VW) = ov;
-    } else {
-      grad[v] = o[0];
+    for (int u = 0; u < kUnrollBackward; ++u) {
+      off[u] = base_off + ncl_offset<VW>(v + u * kThreads, lv_div, row_stride);
+      load(off[u], xe[u], de[u]);
     }
+#pragma unroll
+    for (int u = 0; u < kUnrollBackward; ++u)
+      store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 0>(grad + off[u], xe[u], de[u], &k);
+  }
+  for (; v < end; v += kThreads) {
+    const int64_t off = base_off + ncl_offset<VW>(v, lv_div, row_stride);
+    T xe[VW], de[VW];
+    load(off, xe, de);
+    store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 0>(grad + off, xe, de, &k);
+  }
+}
+
+// NLC: block (g, t, s) as the partial kernel; each thread keeps the coefficients of its VW
+// channels in registers for all its rows.
+template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy>
+__global__ void __launch_bounds__(kThreads)
+    bn_backward_nlc_kernel(const T* __restrict__ x, const T* __restrict__ dy,
+                           T* __restrict__ grad, const BnParams params,
+                           const acc_t<T>* __restrict__ stats,
+                           const acc_t<T>* __restrict__ grad_loss, int64_t gl_stride,
+                           acc_t<T> count, int64_t R, int64_t C, int64_t ctiles, int64_t splits,
+                           int64_t chunk) {
+  using A = acc_t<T>;
+  const int by = blockDim.y;
+  const BlockCoord blk = nlc_block(splits, ctiles);
+  const int64_t c0 = (blk.c * blockDim.x + threadIdx.x) * VW;
+  if (c0 >= C) return;  // no barrier in this kernel
+
+  GroupFactors<A> f;
+  if constexpr (kHasLoss) f = group_factors(stats, grad_loss, gl_stride, count, C, blk.g);
+  BwdCoef<A> k[VW];
+#pragma unroll
+  for (int j = 0; j < VW; ++j) k[j] = bwd_coef<A, kHasLoss, kHasDy>(params, stats, f, C, blk.g, c0 + j);
+
+  const int64_t base_off = blk.g * R * C + c0;
+  const int64_t r_begin = blk.s * chunk;
+  const int64_t r_end = r_begin + chunk < R ? r_begin + chunk : R;
+  auto load = [&](int64_t off, T (&xe)[VW], T (&de)[VW]) {
+    if constexpr (kHasLoss) load_vec<T, VW, kVecLoad>(x + off, xe);
+    if constexpr (kHasDy) load_vec<T, VW, kVecLoad>(dy + off, de);
+  };
+
+  int64_t r = r_begin + threadIdx.y;
+  for (; r + (kUnrollBackward - 1) * by < r_end; r += kUnrollBackward * by) {
+    T xe[kUnrollBackward][VW], de[kUnrollBackward][VW];
+#pragma unroll
+    for (int u = 0; u < kUnrollBackward; ++u) load(base_off + (r + u * by) * C, xe[u], de[u]);
+#pragma unroll
+    for (int u = 0; u < kUnrollBackward; ++u)
+      store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 1>(grad + base_off + (r + u * by) * C, xe[u],
+                                                      de[u], k);
+  }
+  for (; r < r_end; r += by) {
+    T xe[VW], de[VW];
+    load(base_off + r * C, xe, de);
+    store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 1>(grad + base_off + r * C, xe, de, k);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------------
-template <typename T>
-constexpr int vec_of() {
-  return detail::kVec16<T>;
-}
-
-int vec_for(DType dtype) { return static_cast<int>(16 / dtype_size(dtype)); }
-
 bool layout_is_nlc(int64_t L, int64_t sL) { return sL != 1 || L == 1; }
 
 // Strides match the contract layout (ignoring size-1 dims).
-bool strides_ok(bool nlc, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC, int64_t sL) {
-  if (N > 1 && sN != C * L) return false;
-  if (nlc) return (C <= 1 || sC == 1) && (L <= 1 || sL == C);
-  return (C <= 1 || sC == L) && (L <= 1 || sL == 1);
+bool strides_ok(bool nlc, const BnShape& s) {
+  if (s.N > 1 && s.sN != s.C * s.L) return false;
+  if (nlc) return (s.C <= 1 || s.sC == 1) && (s.L <= 1 || s.sL == s.C);
+  return (s.C <= 1 || s.sC == s.L) && (s.L <= 1 || s.sL == 1);
 }
 
-// kAffine: scale, shift and y are given (the fused eval-BN output); otherwise all null.
+bool same_plan(const BnPlan& a, const BnPlan& b) {
+  return a.valid == b.valid && a.nlc == b.nlc && a.vec == b.vec && a.block_x == b.block_x &&
+         a.block_y == b.block_y && a.channel_tiles == b.channel_tiles && a.splits == b.splits &&
+         a.chunk == b.chunk && a.workspace_elems == b.workspace_elems;
+}
+
+// The launchers' own check: `plan` is plan_bn's for these arguments, and valid.
+bool plan_fits(const BnPlan& plan, DType dtype, const BnShape& shape) {
+  return plan.valid && same_plan(plan, plan_bn(dtype, shape));
+}
+
+int64_t grid_of(const BnPlan& plan, const BnShape& s) {
+  return s.groups * plan.channel_tiles * plan.splits;
+}
+
+// Partial sums of x into `part` (kAffine: also the eval-BN output y).
 template <typename T, bool kAffine>
-cudaError_t launch_sums_typed(const BnStatSumsPlan& plan, const T* x, int64_t N, int64_t C,
-                              int64_t L, const acc_t<T>* rm, int64_t G, acc_t<T>* out,
-                              acc_t<T>* workspace, const acc_t<T>* scale, const acc_t<T>* shift,
-                              T* y, cudaStream_t stream) {
+void launch_partials(const BnPlan& plan, const BnShape& s, const T* x, const BnParams& params,
+                     T* y, const SumsView<acc_t<T>>& part, cudaStream_t stream) {
+  constexpr int VEC = detail::kVec16<T>;
+  const int64_t blocks = grid_of(plan, s);
+  if (blocks == 0) return;  // C == 0: no channel to sum
+  const int64_t n = s.N / s.groups;
+  // y is stored at x's offsets, so vector accesses need both aligned (this never changes
+  // the summation order: that depends only on plan.vec)
+  const bool aligned = detail::aligned_to(x, 16) && (!kAffine || detail::aligned_to(y, 16));
+  with_flag(plan.vec > 1, [&](auto vec) {
+    constexpr int VW = decltype(vec)::value ? VEC : 1;
+    with_flag(aligned, [&](auto al) {
+      constexpr bool kVecLoad = decltype(al)::value && VW > 1;
+      const dim3 grid(static_cast<unsigned>(blocks)), block(plan.block_x, plan.block_y);
+      if (!plan.nlc) {
+        with_index_type(n * s.L, [&](auto itag) {
+          using I = typename decltype(itag)::type;
+          bn_sums_ncl_kernel<T, VW, kVecLoad, kAffine, I><<<grid, block, 0, stream>>>(
+              x, y, params, part, n, s.C, s.L, plan.splits, static_cast<I>(n * s.L / VW),
+              static_cast<I>(plan.chunk), detail::make_divider<I>(std::max<int64_t>(1, s.L / VW)));
+        });
+      } else {
+        bn_sums_nlc_kernel<T, VW, kVecLoad, kAffine><<<grid, block, 0, stream>>>(
+            x, y, params, part, n * s.L, s.C, plan.channel_tiles, plan.splits, plan.chunk);
+      }
+    });
+  });
+}
+
+// Channel lanes (log2) of the finalize block: all channels in one pass up to 1024, and at
+// least a warp, so the reads along c coalesce.
+int finalize_chan_log2(int64_t C) {
+  int lg = 5;
+  while (lg < 10 && (int64_t{1} << lg) < C) ++lg;
+  return lg;
+}
+
+template <typename A, bool kLoss>
+void launch_finalize(const BnPlan& plan, const BnShape& s, const SumsView<A>& part,
+                     const SumsView<A>& out, A* loss, const BnParams& params,
+                     cudaStream_t stream) {
+  const double M = static_cast<double>(s.N / s.groups) * static_cast<double>(s.L);
+  bn_finalize_kernel<A, kLoss><<<static_cast<unsigned>(s.groups), kFinalizeThreads, 0, stream>>>(
+      part, out, loss, s.C, plan.splits, finalize_chan_log2(s.C), M, params);
+}
+
+template <typename T>
+cudaError_t sums_typed(const BnPlan& plan, const BnShape& s, const T* x, const BnParams& params,
+                       acc_t<T>* out, acc_t<T>* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_of<T>();
-  const int64_t n = N / G;
-  A* part = plan.splits > 1 ? workspace : out;
-  // y is stored at x's offsets, so vector accesses need both aligned (the choice never changes
-  // the summation order: that depends only on plan.vec).
-  const bool io_aligned = detail::aligned_to(x, 16) && (!kAffine || detail::aligned_to(y, 16));
-
-  if (!plan.nlc) {
-    const int64_t blocks = G * C * plan.splits;
-    const int64_t M = n * L;
-    const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
-    if (plan.vec == VEC && VEC > 1) {
-      const int64_t Mv = M / VEC;
-      if (M <= kInt32Max) {
-        auto d = detail::make_divider<uint32_t>(std::max<int64_t>(1, L / VEC));
-        if (io_aligned)
-          bn_sums_ncl_kernel<T, VEC, true, kAffine, uint32_t><<<grid, block, 0, stream>>>(
-              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint32_t>(Mv),
-              static_cast<uint32_t>(plan.chunk), d);
-        else
-          bn_sums_ncl_kernel<T, VEC, false, kAffine, uint32_t><<<grid, block, 0, stream>>>(
-              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint32_t>(Mv),
-              static_cast<uint32_t>(plan.chunk), d);
-      } else {
-        auto d = detail::make_divider<uint64_t>(std::max<int64_t>(1, L / VEC));
-        if (io_aligned)
-          bn_sums_ncl_kernel<T, VEC, true, kAffine, uint64_t><<<grid, block, 0, stream>>>(
-              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint64_t>(Mv),
-              static_cast<uint64_t>(plan.chunk), d);
-        else
-          bn_sums_ncl_kernel<T, VEC, false, kAffine, uint64_t><<<grid, block, 0, stream>>>(
-              x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint64_t>(Mv),
-              static_cast<uint64_t>(plan.chunk), d);
-      }
-    } else {
-      if (M <= kInt32Max) {
-        bn_sums_ncl_kernel<T, 1, false, kAffine, uint32_t><<<grid, block, 0, stream>>>(
-            x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint32_t>(M),
-            static_cast<uint32_t>(plan.chunk), detail::make_divider<uint32_t>(std::max<int64_t>(1, L)));
-      } else {
-        bn_sums_ncl_kernel<T, 1, false, kAffine, uint64_t><<<grid, block, 0, stream>>>(
-            x, rm, scale, shift, y, part, G, n, C, L, plan.splits, static_cast<uint64_t>(M),
-            static_cast<uint64_t>(plan.chunk), detail::make_divider<uint64_t>(std::max<int64_t>(1, L)));
-      }
-    }
-  } else {
-    const int64_t R = n * L;
-    const int64_t blocks = G * plan.channel_tiles * plan.splits;
-    const dim3 grid(static_cast<unsigned>(blocks)), block(plan.block_x, plan.block_y);
-    if (plan.vec == VEC && VEC > 1) {
-      if (io_aligned)
-        bn_sums_nlc_kernel<T, VEC, true, kAffine><<<grid, block, 0, stream>>>(
-            x, rm, scale, shift, y, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
-      else
-        bn_sums_nlc_kernel<T, VEC, false, kAffine><<<grid, block, 0, stream>>>(
-            x, rm, scale, shift, y, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
-    } else {
-      bn_sums_nlc_kernel<T, 1, false, kAffine><<<grid, block, 0, stream>>>(
-          x, rm, scale, shift, y, part, G, R, C, plan.channel_tiles, plan.splits, plan.chunk);
-    }
-  }
-
-  if (plan.splits > 1) {
-    const int64_t ctiles32 = ceil_div(C, kFinalizeLanes);
-    const dim3 grid(static_cast<unsigned>(2 * G * ctiles32)), block(kFinalizeLanes, kFinalizeLanes);
-    bn_sums_finalize_kernel<A><<<grid, block, 0, stream>>>(workspace, out, G, C, plan.splits,
-                                                            ctiles32);
-  }
+  const SumsView<A> dst = sums_out_view(out, s.groups, s.C);
+  const SumsView<A> part = plan.splits > 1 ? workspace_view(workspace, plan.splits, s.C) : dst;
+  launch_partials<T, false>(plan, s, x, params, nullptr, part, stream);
+  if (plan.splits > 1) launch_finalize<A, false>(plan, s, part, dst, nullptr, params, stream);
   return cudaGetLastError();
 }
 
-template <typename T, int VW, bool kNLC, bool kHasDy, typename I>
-void launch_backward_kernel(const T* x, const acc_t<T>* a, const acc_t<T>* b,
-                            const acc_t<T>* mean, const T* dy, const acc_t<T>* scale, T* grad,
-                            int64_t numel, int64_t n, int64_t C, int64_t L, cudaStream_t stream) {
-  const int64_t nvec = numel / VW;
-  Divider<I> inner, cdiv, gdiv;
-  if constexpr (!kNLC) {
-    inner = detail::make_divider<I>(L / VW);
-    cdiv = detail::make_divider<I>(C);
-    gdiv = detail::make_divider<I>(n * C);
-  } else {
-    inner = detail::make_divider<I>(C / VW);
-    cdiv = detail::make_divider<I>(1);
-    gdiv = detail::make_divider<I>(n * L);
-  }
-  // Grid-stride: enough resident blocks for every SM (two waves of 8 blocks per SM).
-  const int64_t blocks = std::min<int64_t>(ceil_div(nvec, kThreads), int64_t{sm_count()} * 16);
-  bn_backward_kernel<T, VW, kNLC, kHasDy, I>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          x, a, b, mean, dy, scale, grad, static_cast<I>(nvec), C, inner, cdiv, gdiv);
-}
-
-template <typename T, int VW, bool kNLC, bool kHasDy>
-void launch_backward_index(const T* x, const acc_t<T>* a, const acc_t<T>* b,
-                           const acc_t<T>* mean, const T* dy, const acc_t<T>* scale, T* grad,
-                           int64_t numel, int64_t n, int64_t C, int64_t L, cudaStream_t stream) {
-  if (numel <= kInt32Max)
-    launch_backward_kernel<T, VW, kNLC, kHasDy, uint32_t>(x, a, b, mean, dy, scale, grad, numel,
-                                                          n, C, L, stream);
-  else
-    launch_backward_kernel<T, VW, kNLC, kHasDy, uint64_t>(x, a, b, mean, dy, scale, grad, numel,
-                                                          n, C, L, stream);
-}
-
-// kHasDy: dy and scale are given (the fused eval-BN's gradient term); otherwise both null.
-template <typename T, bool kHasDy>
-cudaError_t launch_backward_typed(const T* x, int64_t N, int64_t C, int64_t L, bool nlc,
-                                  const acc_t<T>* a, const acc_t<T>* b, const acc_t<T>* mean,
-                                  int64_t G, const T* dy, const acc_t<T>* scale, T* grad,
-                                  cudaStream_t stream) {
+template <typename T>
+cudaError_t forward_typed(const BnPlan& plan, const BnShape& s, const T* x,
+                          const BnParams& params, acc_t<T>* loss, acc_t<T>* stats,
+                          acc_t<T>* workspace, T* y, cudaStream_t stream) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_of<T>();
-  const int64_t numel = N * C * L;
-  const int64_t n = N / G;
-  const bool io_aligned = detail::aligned_to(x, 16) && detail::aligned_to(grad, 16) &&
-                          (!kHasDy || detail::aligned_to(dy, 16));
-  if (!nlc) {
-    if (L % VEC == 0 && io_aligned)
-      launch_backward_index<T, VEC, false, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
-                                                   stream);
-    else
-      launch_backward_index<T, 1, false, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
-                                                 stream);
-  } else {
-    const int64_t coef_align = static_cast<int64_t>(sizeof(Vec<A, VEC>));
-    const bool coef_aligned = detail::aligned_to(a, coef_align) &&
-                              detail::aligned_to(b, coef_align) &&
-                              detail::aligned_to(mean, coef_align) &&
-                              (!kHasDy || detail::aligned_to(scale, coef_align));
-    if (C % VEC == 0 && io_aligned && coef_aligned)
-      launch_backward_index<T, VEC, true, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
-                                                  stream);
-    else
-      launch_backward_index<T, 1, true, kHasDy>(x, a, b, mean, dy, scale, grad, numel, n, C, L,
-                                                stream);
-  }
+  const SumsView<A> dst = stats_view(stats, s.C);
+  // splits == 1: the raw sums go into stats, and the finalize turns them into stats in place
+  const SumsView<A> part = plan.splits > 1 ? workspace_view(workspace, plan.splits, s.C) : dst;
+  with_flag(y != nullptr, [&](auto affine) {
+    launch_partials<T, decltype(affine)::value>(plan, s, x, params, y, part, stream);
+  });
+  launch_finalize<A, true>(plan, s, part, dst, loss, params, stream);
   return cudaGetLastError();
+}
+
+template <typename T, bool kHasLoss, bool kHasDy>
+void launch_backward(const BnPlan& plan, const BnShape& s, const T* x, const BnParams& params,
+                     const acc_t<T>* stats, const acc_t<T>* grad_loss, int64_t gl_stride,
+                     int64_t count, T* grad, const T* dy, cudaStream_t stream) {
+  using A = acc_t<T>;
+  constexpr int VEC = detail::kVec16<T>;
+  const int64_t n = s.N / s.groups;
+  const bool aligned = detail::aligned_to(grad, 16) && (!kHasLoss || detail::aligned_to(x, 16)) &&
+                       (!kHasDy || detail::aligned_to(dy, 16));
+  const dim3 grid(static_cast<unsigned>(grid_of(plan, s))), block(plan.block_x, plan.block_y);
+  const A cnt = static_cast<A>(count);
+  with_flag(plan.vec > 1, [&](auto vec) {
+    constexpr int VW = decltype(vec)::value ? VEC : 1;
+    with_flag(aligned, [&](auto al) {
+      constexpr bool kVecLoad = decltype(al)::value && VW > 1;
+      if (!plan.nlc) {
+        with_index_type(n * s.L, [&](auto itag) {
+          using I = typename decltype(itag)::type;
+          bn_backward_ncl_kernel<T, VW, kVecLoad, kHasLoss, kHasDy, I>
+              <<<grid, block, 0, stream>>>(
+                  x, dy, grad, params, stats, grad_loss, gl_stride, cnt, n, s.C, s.L, plan.splits,
+                  static_cast<I>(n * s.L / VW), static_cast<I>(plan.chunk),
+                  detail::make_divider<I>(std::max<int64_t>(1, s.L / VW)));
+        });
+      } else {
+        bn_backward_nlc_kernel<T, VW, kVecLoad, kHasLoss, kHasDy>
+            <<<grid, block, 0, stream>>>(x, dy, grad, params, stats, grad_loss, gl_stride,
+                                                  cnt, n * s.L, s.C, plan.channel_tiles,
+                                                  plan.splits, plan.chunk);
+      }
+    });
+  });
 }
 
 }  // namespace
@@ -634,92 +797,99 @@ cudaError_t launch_backward_typed(const T* x, int64_t N, int64_t C, int64_t L, b
 // ---------------------------------------------------------------------------------------------
 // Public launchers
 // ---------------------------------------------------------------------------------------------
-BnStatSumsPlan plan_bn_stat_sums(DType dtype, int64_t N, int64_t C, int64_t L, int64_t sN,
-                                 int64_t sC, int64_t sL, int64_t groups) {
-  BnStatSumsPlan p;
-  if (N < 0 || C < 0 || L < 0 || groups < 1 || N % groups != 0) return p;
-  p.nlc = layout_is_nlc(L, sL);
-  if (!strides_ok(p.nlc, N, C, L, sN, sC, sL)) return p;
-  const int64_t G = groups;
-  const int64_t n = N / G;
-  const int64_t VEC = vec_for(dtype);
-  const int64_t M = n * L;  // elements per (group, channel)
+BnPlan plan_bn(DType dtype, const BnShape& s) {
+  BnPlan p;
+  if (s.N < 0 || s.C < 0 || s.L < 0 || s.groups < 1 || s.N % s.groups != 0) return p;
+  if (dtype_size(dtype) == 0) return p;
+  p.nlc = layout_is_nlc(s.L, s.sL);
+  if (!strides_ok(p.nlc, s)) return p;
+  const int64_t G = s.groups;
+  const int64_t M = s.N / G * s.L;  // elements per (group, channel)
+  const int64_t VEC = 16 / dtype_size(dtype);
 
+  int64_t units = 0;       // what the splits cut: NCL vectors, NLC rows
+  int64_t unit_elems = 0;  // elements of x a block reads per unit
   if (!p.nlc) {
-    p.vec = (L % VEC == 0) ? static_cast<int>(VEC) : 1;
+    p.vec = (s.L % VEC == 0) ? static_cast<int>(VEC) : 1;
     p.block_x = kThreads;
     p.block_y = 1;
-    p.channel_tiles = C;
-    const int64_t Mv = M / p.vec;
-    const int64_t cap = std::max<int64_t>(1, ceil_div(kTargetBlocks, std::max<int64_t>(1, G * C)));
-    int64_t splits = std::max<int64_t>(1, ceil_div(M, kMinElemsPerBlock));
-    splits = std::min(splits, std::min(cap, kMaxSplits));
-    p.chunk = Mv > 0 ? ceil_div(Mv, splits) : 0;
-    p.splits = Mv > 0 ? ceil_div(Mv, p.chunk) : 1;
+    p.channel_tiles = s.C;
+    units = M / p.vec;
+    unit_elems = p.vec;
   } else {
-    p.vec = (C % VEC == 0) ? static_cast<int>(VEC) : 1;
-    const int64_t Cv = C / p.vec;
-    p.block_x = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(Cv, kThreads)));
-    p.block_y = std::max(1, kThreads / p.block_x);
+    p.vec = (s.C % VEC == 0) ? static_cast<int>(VEC) : 1;
+    const int64_t Cv = s.C / p.vec;
+    const int64_t tile_vecs = kNlcTileBytes / (p.vec * dtype_size(dtype));
+    p.block_x = static_cast<int>(std::max<int64_t>(1, std::min(Cv, tile_vecs)));
+    p.block_y = kThreads / p.block_x;
     p.channel_tiles = ceil_div(Cv, p.block_x);
-    const int64_t R = M;  // rows of the (n*L) x C matrix of one group
-    const int64_t tile_channels = std::min<int64_t>(C, int64_t{p.block_x} * p.vec);
-    const int64_t cap =
-        std::max<int64_t>(1, ceil_div(kTargetBlocks, std::max<int64_t>(1, G * p.channel_tiles)));
-    int64_t splits = std::max<int64_t>(1, ceil_div(R * tile_channels, kMinElemsPerBlock));
-    splits = std::min(splits, std::min(cap, kMaxSplits));
-    p.chunk = R > 0 ? ceil_div(R, splits) : 0;
-    p.splits = R > 0 ? ceil_div(R, p.chunk) : 1;
+    units = M;
+    unit_elems = std::min<int64_t>(s.C, int64_t{p.block_x} * p.vec);
   }
-  p.workspace_elems = p.splits > 1 ? 2 * G * p.splits * C : 0;
+  const int64_t cap =
+      std::max<int64_t>(1, ceil_div(kTargetBlocks, std::max<int64_t>(1, G * p.channel_tiles)));
+  const int64_t splits =
+      std::min(cap, std::max<int64_t>(1, ceil_div(units * unit_elems, kMinElemsPerBlock)));
+  p.chunk = units > 0 ? ceil_div(units, splits) : 0;
+  p.splits = units > 0 ? ceil_div(units, p.chunk) : 1;
+  p.workspace_elems = p.splits > 1 ? 2 * G * p.splits * s.C : 0;
   // One-dimensional grids: the block counts must fit gridDim.x.
-  const int64_t blocks = G * p.channel_tiles * p.splits;
-  if (blocks > kInt32Max || 2 * G * ceil_div(C, kFinalizeLanes) > kInt32Max) return p;
+  if (G * p.channel_tiles * p.splits > kInt32Max || G > kInt32Max) return p;
   p.valid = true;
   return p;
 }
 
-cudaError_t launch_bn_stat_sums(const BnStatSumsPlan& plan, DType dtype, const void* x,
-                                int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC,
-                                int64_t sL, const void* running_mean, int64_t groups,
-                                void* out, void* workspace, const void* scale,
-                                const void* shift, void* y, cudaStream_t stream) {
-  const bool affine = y != nullptr;
-  if (!plan.valid || groups < 1 || N % groups != 0 || plan.nlc != layout_is_nlc(L, sL) ||
-      !strides_ok(plan.nlc, N, C, L, sN, sC, sL) || (plan.splits > 1 && workspace == nullptr) ||
-      (scale != nullptr) != affine || (shift != nullptr) != affine)
+cudaError_t launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& shape,
+                                const void* x, const BnParams& params, void* out,
+                                void* workspace, cudaStream_t stream) {
+  if (!plan_fits(plan, dtype, shape) || params.running_mean == nullptr ||
+      (plan.workspace_elems > 0 && workspace == nullptr))
     return cudaErrorInvalidValue;
-  if (C == 0) return cudaSuccess;  // out (2, G, 0) and y have no element
+  if (shape.C == 0) return cudaSuccess;  // out (2, G, 0) has no element
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    const auto launch = affine ? launch_sums_typed<T, true> : launch_sums_typed<T, false>;
-    return launch(plan, static_cast<const T*>(x), N, C, L, static_cast<const A*>(running_mean),
-                  groups, static_cast<A*>(out), static_cast<A*>(workspace),
-                  static_cast<const A*>(scale), static_cast<const A*>(shift), static_cast<T*>(y),
-                  stream);
+    return sums_typed<T>(plan, shape, static_cast<const T*>(x), params, static_cast<A*>(out),
+                         static_cast<A*>(workspace), stream);
   });
 }
 
-cudaError_t launch_bn_stat_backward(DType dtype, const void* x, int64_t N, int64_t C, int64_t L,
-                                    int64_t sN, int64_t sC, int64_t sL, const void* coef_a,
-                                    const void* coef_b, const void* mean, int64_t groups,
-                                    void* grad_input, const void* grad_y, const void* scale,
-                                    cudaStream_t stream) {
-  if (N < 0 || C < 0 || L < 0 || groups < 1 || N % groups != 0) return cudaErrorInvalidValue;
-  const bool has_dy = grad_y != nullptr;
-  if ((scale != nullptr) != has_dy) return cudaErrorInvalidValue;
-  const bool nlc = layout_is_nlc(L, sL);
-  if (!strides_ok(nlc, N, C, L, sN, sC, sL)) return cudaErrorInvalidValue;
-  if (N * C * L == 0) return cudaSuccess;  // nothing to write
+cudaError_t launch_bn_stat_forward(const BnPlan& plan, DType dtype, const BnShape& shape,
+                                   const void* x, const BnParams& params, void* loss,
+                                   void* stats, void* workspace, void* y, cudaStream_t stream) {
+  if (!plan_fits(plan, dtype, shape) || params.running_mean == nullptr ||
+      params.running_var == nullptr || (plan.workspace_elems > 0 && workspace == nullptr))
+    return cudaErrorInvalidValue;
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    const auto launch = has_dy ? launch_backward_typed<T, true> : launch_backward_typed<T, false>;
-    return launch(static_cast<const T*>(x), N, C, L, nlc, static_cast<const A*>(coef_a),
-                  static_cast<const A*>(coef_b), static_cast<const A*>(mean), groups,
-                  static_cast<const T*>(grad_y), static_cast<const A*>(scale),
-                  static_cast<T*>(grad_input), stream);
+    return forward_typed<T>(plan, shape, static_cast<const T*>(x), params, static_cast<A*>(loss),
+                            static_cast<A*>(stats), static_cast<A*>(workspace),
+                            static_cast<T*>(y), stream);
+  });
+}
+
+cudaError_t launch_bn_stat_backward(const BnPlan& plan, DType dtype, const BnShape& shape,
+                                    const void* x, const BnParams& params, const void* stats,
+                                    const void* grad_loss, int64_t grad_loss_stride,
+                                    int64_t count, void* grad_input, const void* grad_y,
+                                    cudaStream_t stream) {
+  const bool has_loss = grad_loss != nullptr, has_dy = grad_y != nullptr;
+  if (!plan_fits(plan, dtype, shape) || !(has_loss || has_dy) ||
+      (has_loss && (stats == nullptr || params.running_mean == nullptr || count < 1)) ||
+      (has_dy && params.running_var == nullptr))
+    return cudaErrorInvalidValue;
+  if (shape.N * shape.C * shape.L == 0) return cudaSuccess;  // nothing to write
+  return detail::dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    const auto launch = !has_dy    ? launch_backward<T, true, false>
+                        : has_loss ? launch_backward<T, true, true>
+                                   : launch_backward<T, false, true>;
+    launch(plan, shape, static_cast<const T*>(x), params, static_cast<const A*>(stats),
+           static_cast<const A*>(grad_loss), grad_loss_stride, count, static_cast<T*>(grad_input),
+           static_cast<const T*>(grad_y), stream);
+    return cudaGetLastError();
   });
 }
 

@@ -25,7 +25,7 @@
 namespace infer_fast {
 namespace cuda {
 
-// Element type of the tensor inputs/outputs (x, natural, ufc, grad_out, ...).
+// Element type of a tensor (x, natural, ufc, grad_out, ...; also the parameter dtype P).
 enum class DType : int {
   kFloat32 = 0,
   kFloat64 = 1,
@@ -33,67 +33,85 @@ enum class DType : int {
   kBFloat16 = 3,  // __nv_bfloat16
 };
 
-// Size in bytes of one element of `dtype`, and of its accumulate dtype.
-int64_t dtype_size(DType dtype);
-int64_t acc_dtype_size(DType dtype);
-
 // ------------------------------------------------------------------------------------------
-// bn_stat_sums: out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])^2) over the
-// rows [g*n, (g+1)*n) of x (N = groups * n) and all L.
-//
-// x: (N, C, L) with strides (sN, sC, sL) in one of the two contract layouts
+// BN-statistics ops. x: (N, C, L) with strides (sN, sC, sL) in one of the two contract layouts
 //   NCL: (C*L, L, 1)    NLC: (C*L, 1, C)
-// (strides of size-1 dims are ignored). The NLC kernel is used when sL != 1 or L == 1 (for
-// L == 1 both layouts are the same memory, and the NLC kernel reads it coalesced).
-// running_mean: (C,) acc. out: (2, G, C) contiguous acc.
-//
-// Two kernels, both deterministic (fixed summation order that depends only on the shape and
-// dtype, never on pointer alignment or on the GPU): per-block partial sums over a split of
-// the rows of each (group, channel [tile]) go to `workspace` laid out (2, G, splits, C) acc,
-// then a second kernel reduces the splits in a fixed order into `out`. When the plan has
-// splits == 1 the first kernel writes `out` directly and `workspace` may be null.
-//
-// Fused eval-mode BatchNorm (optional): scale, shift: (C,) contiguous acc; y: (N, C, L) with
-// x's dtype and strides, not overlapping x. The first kernel then also writes
-// y[n, c, l] = x[n, c, l] * scale[c] + shift[c] (in acc, rounded to the dtype) where it
-// reads x, so every element of y is written. All three null: no y (the plain op). The sums
-// are bit-identical either way.
-struct BnStatSumsPlan {
-  bool nlc = false;          // which kernel (see above)
-  int vec = 1;               // elements each thread loads per step (shape-determined)
+// (strides of size-1 dims are ignored); group g owns rows [g*n, (g+1)*n), n = N / groups.
+// The NLC kernels are used when sL != 1 or L == 1 (for L == 1 both layouts are the same
+// memory, and the NLC kernels read it coalesced). Elementwise companions of x (y, grad_y,
+// grad_input) have x's dtype and strides and do not overlap x.
+struct BnShape {
+  int64_t N = 0, C = 0, L = 0;
+  int64_t sN = 0, sC = 0, sL = 0;
+  int64_t groups = 1;
+};
+
+// The (C,) contiguous parameters, all of dtype `dtype` (P, any DType, independent of x's;
+// converted to acc where loaded). Which ones a launcher reads is said at the launcher;
+// weight null means 1, bias null means 0.
+struct BnParams {
+  DType dtype = DType::kFloat32;
+  const void* running_mean = nullptr;
+  const void* running_var = nullptr;
+  const void* weight = nullptr;
+  const void* bias = nullptr;
+  double eps = 0.0;
+};
+
+// How the BN kernels cut x into blocks: per (group, channel [tile]) the rows are split into
+// `splits` chunks, one block each. A function of the shape and dtype only, so the order of
+// every addition of the reductions is fixed (bitwise reproducible on any GPU).
+struct BnPlan {
+  bool nlc = false;          // which kernels (see above)
+  int vec = 1;               // elements per vector (NCL: along L; NLC: along C)
   int block_x = 256;         // threads per block: block_x * block_y
   int block_y = 1;
   int64_t channel_tiles = 1; // NLC: blocks across the channels (NCL: one block per channel)
-  int64_t splits = 1;        // blocks across the rows of one group
+  int64_t splits = 1;        // blocks across the rows of one (group, channel [tile])
   int64_t chunk = 0;         // per split: NCL vectors of `vec` elements, NLC rows
-  int64_t workspace_elems = 0;  // acc elements of `workspace` (0 when splits == 1)
+  int64_t workspace_elems = 0;  // acc elements of the reductions' workspace (0: none needed)
   bool valid = false;        // false: the arguments break the preconditions
 };
 
-BnStatSumsPlan plan_bn_stat_sums(DType dtype, int64_t N, int64_t C, int64_t L, int64_t sN,
-                                 int64_t sC, int64_t sL, int64_t groups);
+BnPlan plan_bn(DType dtype, const BnShape& shape);
 
-// `plan` must come from plan_bn_stat_sums with the same arguments; `workspace` must hold
-// plan.workspace_elems acc elements (no initialization needed). scale, shift, y: all null or
-// all given (see above).
-cudaError_t launch_bn_stat_sums(const BnStatSumsPlan& plan, DType dtype, const void* x,
-                                int64_t N, int64_t C, int64_t L, int64_t sN, int64_t sC,
-                                int64_t sL, const void* running_mean, int64_t groups,
-                                void* out, void* workspace, const void* scale,
-                                const void* shift, void* y, cudaStream_t stream);
+// Every BN launcher takes the plan made by plan_bn(dtype, shape) for its own arguments.
+//
+// bn_stat_sums: out (2, G, C) contiguous acc: out[0, g, c] = sum(x - rm[c]), out[1, g, c] =
+// sum((x - rm[c])^2) over the rows of group g and all L. Reads params.running_mean.
+// workspace: plan.workspace_elems acc elements (null when 0). Launches: one partial-sums
+// kernel, plus a finalize kernel that adds the splits in a fixed order when plan.splits > 1.
+cudaError_t launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& shape,
+                                const void* x, const BnParams& params, void* out,
+                                void* workspace, cudaStream_t stream);
 
-// ------------------------------------------------------------------------------------------
-// bn_stat_backward: grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]) in
-// acc, g = n / (N / groups). x and grad_input: (N, C, L), same strides, one of the two
-// contract layouts (as above; NLC when sL != 1). coef_a, coef_b, mean: (G, C) contiguous acc.
-// Fused eval-mode BatchNorm (optional): grad_y (N, C, L) with x's dtype and strides, and
-// scale (C,) contiguous acc, both given or both null; when given, grad_input also gets
-// + grad_y[n, c, l] * scale[c] (same acc expression, rounded once).
-// One elementwise grid-stride pass over the dense memory of x (and grad_y).
-cudaError_t launch_bn_stat_backward(DType dtype, const void* x, int64_t N, int64_t C, int64_t L,
-                                    int64_t sN, int64_t sC, int64_t sL, const void* coef_a,
-                                    const void* coef_b, const void* mean, int64_t groups,
-                                    void* grad_input, const void* grad_y, const void* scale,
+// bn_stat_forward: the loss from one read of x. With M = n * L, per (g, c):
+// delta = sum(x - rm) / M, e = sum((x - rm)^2) / M - delta^2 - rv;
+// stats (G, 2, C + 1) contiguous acc = [delta_g..., ||delta_g||; e_g..., ||e_g||],
+// loss (G,) contiguous acc, loss[g] = ||delta_g|| + ||e_g||. Reads running_mean and
+// running_var. y (optional, null: none): the fused eval-mode BatchNorm
+// y = x * scale[c] + shift[c] in acc, scale = rsqrt(rv + eps) * weight,
+// shift = bias - rm * scale, written where x is read for the sums (stats are the same).
+// workspace as above. Launches: the partial-sums kernel, then one finalize kernel (one block
+// per group) that adds the splits in a fixed order and finishes stats and loss; with
+// plan.splits == 1 the partials go straight into stats and are finished in place.
+cudaError_t launch_bn_stat_forward(const BnPlan& plan, DType dtype, const BnShape& shape,
+                                   const void* x, const BnParams& params, void* loss,
+                                   void* stats, void* workspace, void* y, cudaStream_t stream);
+
+// bn_stat_backward: one elementwise kernel, in acc, rounded once:
+//   grad_input = a + b * ((x - rm[c]) - delta[g, c])   (grad_loss given)
+//              + grad_y * scale[c]                      (grad_y given)
+// a = grad_loss[g] * delta[g, c] / (count * ||delta_g||), b = 2 * grad_loss[g] * e[g, c] /
+// (count * ||e_g||) (a zero norm counts as 1), scale as in bn_stat_forward. stats: as
+// bn_stat_forward writes it (G = shape.groups); grad_loss (G,) acc, element g at
+// grad_loss[g * grad_loss_stride] (a summed loss's gradient arrives expanded: stride 0); at least one of
+// grad_loss and grad_y is non-null. Reads running_mean (with grad_loss), running_var and
+// weight (with grad_y).
+cudaError_t launch_bn_stat_backward(const BnPlan& plan, DType dtype, const BnShape& shape,
+                                    const void* x, const BnParams& params, const void* stats,
+                                    const void* grad_loss, int64_t grad_loss_stride,
+                                    int64_t count, void* grad_input, const void* grad_y,
                                     cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------
@@ -101,8 +119,10 @@ cudaError_t launch_bn_stat_backward(DType dtype, const void* x, int64_t N, int64
 //                                          lo[k], hi[k])
 // with hs = (h - shifts[g, 0]) mod H, wr = flips[g] ? W-1-w : w, ws = (wr - shifts[g, 1]) mod W.
 // natural (K, C, ch, H, W), ufc (G, ch, H, W), out (G, C, ch, H, W): contiguous, dtype.
-// index (G,) int64 in [0, K); shifts (G, 2) int64; flips (G,) uint8; lo, hi: both null (no
-// clamp) or both (ch,) acc. H * W must be < 2^31.
+// index (G,) int64 in [0, K); shifts (G, 2) int64, any values (reduced mod H / mod W to
+// [0, H) / [0, W), as torch.roll), or null: no roll; flips (G,) one byte each, 0 or 1 (uint8
+// or bool), or null: no flip; lo, hi: both null (no clamp) or both (ch,) acc.
+// H * W must be < 2^31. One kernel.
 cudaError_t launch_ufc_compose(DType dtype, const void* natural, const void* ufc,
                                const int64_t* index, const int64_t* shifts, const uint8_t* flips,
                                const void* lo, const void* hi, void* out, int64_t K, int64_t G,
@@ -111,8 +131,8 @@ cudaError_t launch_ufc_compose(DType dtype, const void* natural, const void* ufc
 // ufc_compose_grad_ufc: grad_ufc[g, k, hs, ws] = sum_c grad_out[g, c, k, h, w] * mask, where
 // (h, w) is the output pixel that source (hs, ws) lands on and mask = [lo[k] <= v <= hi[k]],
 // v = natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws] (mask = 1 when lo/hi are null).
-// grad_out (G, C, ch, H, W), grad_ufc (G, ch, H, W): contiguous, dtype. One thread per
-// grad_ufc element, classes summed in order inside the thread, in acc.
+// grad_out (G, C, ch, H, W), grad_ufc (G, ch, H, W): contiguous, dtype; shifts, flips as
+// above. One kernel: one thread per grad_ufc element, classes summed in order, in acc.
 cudaError_t launch_ufc_compose_grad_ufc(DType dtype, const void* grad_out, const void* natural,
                                         const void* ufc, const int64_t* index,
                                         const int64_t* shifts, const uint8_t* flips,

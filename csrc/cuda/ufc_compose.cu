@@ -32,16 +32,23 @@ constexpr int kMaxThreads = 256;   // threads per block (fewer for tiny planes)
 constexpr int kComposePix = 4;     // output pixels per thread in the forward kernel
 constexpr int kClassUnroll = 4;    // class loads in flight per thread in the backward kernel
 
-// Per-group roll amounts reduced into [0, H) x [0, W) (the contract already reduces them;
-// this keeps an out-of-range value from ever addressing outside the plane).
+// v mod m in [0, m), as torch.roll reduces its shifts (C++ % keeps the dividend's sign).
+__device__ __forceinline__ uint32_t pos_mod(int64_t v, uint32_t m) {
+  const int64_t r = v % static_cast<int64_t>(m);
+  return static_cast<uint32_t>(r < 0 ? r + m : r);
+}
+
+// The roll of group g reduced into [0, H) x [0, W) (shifts may hold any int64 values;
+// null: no roll).
 __device__ __forceinline__ void group_shifts(const int64_t* __restrict__ shifts, int64_t g,
                                              uint32_t H, uint32_t W, uint32_t& sh, uint32_t& sw) {
-  int64_t a = shifts[2 * g] % static_cast<int64_t>(H);
-  int64_t b = shifts[2 * g + 1] % static_cast<int64_t>(W);
-  if (a < 0) a += H;
-  if (b < 0) b += W;
-  sh = static_cast<uint32_t>(a);
-  sw = static_cast<uint32_t>(b);
+  sh = shifts != nullptr ? pos_mod(shifts[2 * g], H) : 0;
+  sw = shifts != nullptr ? pos_mod(shifts[2 * g + 1], W) : 0;
+}
+
+// flips: one byte per group (uint8 or bool), or null: no flip.
+__device__ __forceinline__ bool group_flip(const uint8_t* __restrict__ flips, int64_t g) {
+  return flips != nullptr && flips[g] != 0;
 }
 
 // clamp in the order of the reference (maximum with lo, then minimum with hi); a NaN value
@@ -78,7 +85,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   const int64_t src_image = index[g];
   uint32_t sh, sw;
   group_shifts(shifts, g, H, W, sh, sw);
-  const bool flip = flips[g] != 0;
+  const bool flip = group_flip(flips, g);
   A lo_k = A(0), hi_k = A(0);
   if constexpr (kClamp) {
     lo_k = lo[k];
@@ -144,7 +151,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 
   uint32_t sh, sw;
   group_shifts(shifts, g, H, W, sh, sw);
-  const bool flip = flips[g] != 0;
+  const bool flip = group_flip(flips, g);
 
   // Output pixel (h, w) that source pixel (hs, ws) lands on: the inverse of the forward map.
   const uint32_t hs = wdiv.div(q);

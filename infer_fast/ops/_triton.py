@@ -1,4 +1,4 @@
-"""The "triton" backend: the four launchers of the backend contract
+"""The "triton" backend: the five launchers of the backend contract
 (:mod:`infer_fast.ops.backends`) implemented as Triton kernels.
 
 The kernels live in the top-level ``kernels/`` directory, installed as the subpackage
@@ -7,7 +7,7 @@ triton is missing. On CPU tensors the kernels need ``TRITON_INTERPRET=1`` set be
 """
 from __future__ import annotations
 
-from infer_fast.kernels.bn_stat_loss import bn_stat_backward, bn_stat_sums
+from infer_fast.kernels.bn_stat_loss import bn_stat_backward, bn_stat_forward, bn_stat_sums
 from infer_fast.kernels.ufc_compose import ufc_compose, ufc_compose_grad_ufc
 
-__all__ = ["bn_stat_sums", "bn_stat_backward", "ufc_compose", "ufc_compose_grad_ufc"]
+__all__ = ["bn_stat_sums", "bn_stat_forward", "bn_stat_backward", "ufc_compose", "ufc_compose_grad_ufc"]

@@ -2,46 +2,65 @@
 
 Backend contract
 ================
-Every backend provides the same four launchers. The public ops validate and normalize
-their inputs first, so launchers may assume everything below; they write *every* element
-of their output argument (tests poison outputs with NaN to catch unwritten elements) and
-never synchronize with the host.
+Every backend provides the same five launchers. The public ops validate their inputs
+first, so launchers may assume everything below; they write *every* element of their
+output arguments (tests poison outputs with NaN to catch unwritten elements) and never
+synchronize with the host. "acc" is the accumulate dtype: fp64 for fp64 inputs, else fp32.
+The compiled backends ("cpu", "cuda") declare them once in C++ (csrc/launchers.inc).
 
-``bn_stat_sums(x3, running_mean, groups, out, scale=None, shift=None, y3=None)``
-    x3: (N, C, L) with L = H*W, dtype fp16/bf16/fp32/fp64, N = groups * n, in one of two
-    layouts: "NCL" (x3.stride() == (C*L, L, 1), plain NCHW) or "NLC"
-    (x3.stride() == (C*L, 1, C), channels_last). Launchers take the NCL path when
-    x3.stride(2) == 1, else the NLC path. running_mean: (C,) contiguous, accumulate dtype
-    (fp32, fp64 for fp64 inputs). out: (2, G, C) contiguous, accumulate dtype:
-    out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])^2) over rows
-    [g*n, (g+1)*n) and all L. Loads are converted to the accumulate dtype first.
+Tensors of the BN ops. x3: (N, C, L) with L = H*W, dtype fp16/bf16/fp32/fp64, N = G * n,
+in one of two layouts: "NCL" (x3.stride() == (C*L, L, 1), plain NCHW) or "NLC"
+(x3.stride() == (C*L, 1, C), channels_last); launchers take the NCL path when
+x3.stride(2) == 1 (and L > 1), else the NLC path. running_mean, running_var, weight, bias:
+(C,) contiguous, one float dtype P shared by all of them (any of the four; converted to acc
+where loaded). Group g owns rows [g*n, (g+1)*n).
 
-    Optional fused eval-mode BatchNorm, ``scale, shift, y3`` (all three or none): scale and
-    shift (C,) contiguous, accumulate dtype; y3 has x3's shape, strides and dtype and gets
-    y3[n, c, l] = x[n, c, l] * scale[c] + shift[c] (accumulate dtype), written by the pass
-    that reads x for the sums; the sums are the same as without y3.
+``bn_stat_sums(x3, running_mean, groups, out)``
+    out: (2, G, C) contiguous acc: out[0, g, c] = sum(x - rm[c]), out[1, g, c] =
+    sum((x - rm[c])^2) over the rows of group g and all L (the chunked mode's pass 1).
 
-``bn_stat_backward(x3, coef_a, coef_b, mean, groups, grad_input, grad_y3=None, scale=None)``
-    coef_a, coef_b, mean: (G, C) contiguous, accumulate dtype. grad_input has x3's shape,
-    strides and dtype: grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]),
-    computed in the accumulate dtype, g = n // (N / G). With ``grad_y3`` (x3's shape,
-    strides and dtype) and ``scale`` (C,): plus grad_y3[n, c, l] * scale[c], in the same pass.
+``bn_stat_forward(x3, running_mean, running_var, groups, loss, stats, weight=None, bias=None, eps=0.0, y3=None)``
+    The loss and what its backward needs, from one read of x. With M = n * L,
+    delta = sum(x - rm) / M and e = sum((x - rm)^2) / M - delta^2 - rv, per (g, c):
+    stats: (G, 2, C + 1) contiguous acc, stats[g, 0, :C] = delta_g, stats[g, 0, C] =
+    ||delta_g||_2, stats[g, 1, :C] = e_g, stats[g, 1, C] = ||e_g||_2; loss: (G,) contiguous
+    acc, loss[g] = ||delta_g|| + ||e_g||.
+    Fused eval-mode BatchNorm when ``y3`` is given (x3's shape, strides and dtype):
+    y3 = x * scale[c] + shift[c] in acc, written by the pass that reads x for the sums, with
+    scale = rsqrt(rv + eps) * weight and shift = bias - rm * scale (weight None: 1, bias
+    None: 0). Without y3, weight, bias and eps are ignored; stats and loss are the same
+    either way.
+
+``bn_stat_backward(x3, running_mean, stats, grad_loss, count, grad_input, grad_y3=None, running_var=None, weight=None, eps=0.0)``
+    One elementwise pass; the coefficients come from ``stats`` (as bn_stat_forward writes
+    it, G = stats.shape[0] groups), ``grad_loss`` ((G,) acc, any stride — the gradient of
+    a summed loss arrives expanded, stride 0 — or None: no loss term) and ``count`` (the M the statistics were taken over; the chunked mode passes the
+    whole group's M for a slice of its rows). grad_input has x3's shape, strides and dtype:
+        grad_input = a[g, c] + b[g, c] * ((x - rm[c]) - delta[g, c])   (when grad_loss is given)
+                     + grad_y3 * scale[c]                              (when grad_y3 is given)
+    with a = grad_loss[g] * delta / (count * ||delta_g||), b = 2 * grad_loss[g] * e /
+    (count * ||e_g||) (a zero norm counts as 1: its vector is zero, so is the gradient),
+    scale as in bn_stat_forward (running_var required with grad_y3, weight optional), all in
+    acc and rounded once. grad_y3 has x3's shape, strides and dtype. At least one of
+    grad_loss and grad_y3 is given.
+
+Tensors of the compose ops. natural (K, C, ch, H, W) and ufc (G, ch, H, W), contiguous,
+same dtype T; index (G,) int64 in [0, K); shifts: (G, 2) int64 roll amounts (any values,
+reduced mod (H, W) as torch.roll does) or None (no roll); flips: (G,) uint8 or bool, or None
+(no flip); lo, hi: both None or both (ch,) contiguous acc tensors.
 
 ``ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out)``
-    natural (K, C, ch, H, W) and ufc (G, ch, H, W), contiguous, same dtype T;
-    index (G,) int64 in [0, K); shifts (G, 2) int64 already reduced to [0, H) x [0, W);
-    flips (G,) uint8 (0 or 1); lo, hi: both None or both (ch,) tensors of the accumulate
-    dtype. out (G, C, ch, H, W) contiguous, dtype T:
+    out (G, C, ch, H, W) contiguous, dtype T:
     out[g, c, k, h, w] = clamp(natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws], lo[k], hi[k])
     with hs = (h - shifts[g, 0]) mod H, wr = W-1-w if flips[g] else w,
-    ws = (wr - shifts[g, 1]) mod W; the sum and clamp run in the accumulate dtype.
+    ws = (wr - shifts[g, 1]) mod W; the sum and clamp run in acc.
 
 ``ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc)``
     grad_out (G, C, ch, H, W) contiguous dtype T; grad_ufc (G, ch, H, W) contiguous dtype T:
     grad_ufc[g, k, hs, ws] = sum_c grad_out[g, c, k, h, w] * [lo[k] <= v <= hi[k]]
     where (h, w) is the output pixel that source pixel (hs, ws) lands on and
-    v = natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws] (accumulate dtype; no mask
-    when lo/hi are None). The class sum runs in the accumulate dtype.
+    v = natural[index[g], c, k, hs, ws] + ufc[g, k, hs, ws] (acc; no mask when lo/hi are
+    None). The class sum runs in acc.
 
 Dispatch
 ========
@@ -65,7 +84,7 @@ ENV_VAR = "INFER_FAST_BACKEND"
 # default. On GPU the order follows bench/results (update it when measurements say so).
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 
-LAUNCHERS = ("bn_stat_sums", "bn_stat_backward", "ufc_compose", "ufc_compose_grad_ufc")
+LAUNCHERS = ("bn_stat_sums", "bn_stat_forward", "bn_stat_backward", "ufc_compose", "ufc_compose_grad_ufc")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -115,6 +134,8 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
             return f"the compiled extension infer_fast._C did not load ({why})"
         if not ext.cuda_compiled():
             return "infer_fast._C was built without CUDA kernels (see `infer-fast info` for why)"
+        if ext.cuda_status():
+            return f"the CUDA kernels of infer_fast._C did not register ({ext.cuda_status()})"
         return None
     # triton
     mod, why = triton_module()
@@ -129,6 +150,7 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def _launchers(name: str) -> Dict[str, Callable]:
+    """The launchers of a usable backend."""
     if name == "torch":
         module: ModuleType = importlib.import_module("infer_fast.ops.reference")
     elif name in ("cpu", "cuda"):
@@ -138,13 +160,27 @@ def _launchers(name: str) -> Dict[str, Callable]:
     return {op: getattr(module, op) for op in LAUNCHERS}
 
 
+_resolved: Dict[tuple, str] = {}
+
+
 # Under torch.compile the choice is made once at trace time (imports and environment
 # reads are not traceable), and the graph keeps the resolved name as a constant.
 @torch._dynamo.assume_constant_result
 def resolve(backend: str, device: torch.device) -> str:
-    """Turn ``backend`` ("auto" or a name) into a usable backend name for ``device``."""
+    """Turn ``backend`` ("auto" or a name) into a usable backend name for ``device``
+    (remembered per backend, device type and INFER_FAST_BACKEND: a call costs a lookup)."""
     if not isinstance(backend, str):
         raise ValueError(f"backend must be a string, got {type(backend).__name__}")
+    key = (backend, device.type, os.environ.get(ENV_VAR))
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolve(backend, device)
+        _launchers(name)  # imports the backend once, here
+        _resolved[key] = name
+    return name
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     if backend == "auto":
         forced = os.environ.get(ENV_VAR, "").strip()
         if forced and forced != "auto":
@@ -161,7 +197,8 @@ def resolve(backend: str, device: torch.device) -> str:
 
 
 def launcher(backend: str, op: str) -> Callable:
-    """The launcher ``op`` of an already-resolved ``backend``."""
+    """The launcher ``op`` of an already-resolved ``backend`` (infer_fast._C's ops find the
+    Python backends' launchers through this function)."""
     return _launchers(backend)[op]
 
 

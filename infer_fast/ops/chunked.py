@@ -6,9 +6,9 @@ rows; only the BN-statistics loss couples them, through per-group (G, C) statist
 * pass 1 (no grad): run the teacher chunk by chunk; a forward pre-hook on every BatchNorm
   call accumulates the shifted sums sum(x - rm), sum((x - rm)^2) per group and channel
   (rows attributed to groups by their global index, so a chunk may straddle groups). Per
-  layer, :func:`~infer_fast.ops.bn_stat_loss.finalize` gives the loss values and
-  :func:`~infer_fast.ops.bn_stat_loss.backward_coefficients` the a, b of
-  dx = a_g + b_g (x - mu_g) for the whole batch.
+  layer, :func:`~infer_fast.ops.reference.finalize_stats` turns them into the loss and the
+  statistics the backend's ``bn_stat_backward`` launcher derives dx = a_g + b_g (x - mu_g)
+  from, for the whole batch.
 * pass 2 (grad): run each chunk again; each BN pre-hook passes its input through an
   identity autograd function whose backward adds that exact dx, and the chunk's share of
   the CE is backpropagated to the chunk. The per-chunk gradients are stitched together and
@@ -28,8 +28,9 @@ from torch import Tensor, nn
 
 from . import backends
 from .bn_hooks import _BN_TYPES
-from .bn_stat_loss import _as_ncl, _check_inputs, _memory_format, backward_coefficients, finalize
-from .reference import accumulate_dtype
+from .bn_stat_loss import check_inputs
+from .layout import as_ncl, kept_format
+from .reference import accumulate_dtype, finalize_stats
 
 
 def group_segments(start: int, stop: int, group_size: int) -> Iterator[Tuple[int, int, int, int]]:
@@ -59,15 +60,15 @@ class _BNSite:
         self.name, self.module = name, module
         self.acc = accumulate_dtype(x.dtype)
         self.backend = backends.resolve(backend, x.device)
-        self.running_mean = module.running_mean.to(self.acc).contiguous()
+        self.running_mean = module.running_mean.contiguous()
         self.sums = torch.zeros(2, groups, x.shape[1], dtype=self.acc, device=x.device)
         self.count = 0  # M = n * H * W, set with the first chunk
-        self.loss: Optional[Tensor] = None  # (G,) after finalize
+        self.loss: Optional[Tensor] = None  # (G,) after finish
         self.weight = 0.0
 
     def accumulate(self, x: Tensor, row0: int, group_size: int) -> None:
         """Add this chunk's shifted sums into the per-group sums (pass 1)."""
-        x3 = _as_ncl(x)
+        x3 = as_ncl(x)
         self.count = group_size * x3.shape[2]
         sums = backends.launcher(self.backend, "bn_stat_sums")
         for lo, hi, group, k in group_segments(row0, row0 + x3.shape[0], group_size):
@@ -76,24 +77,25 @@ class _BNSite:
             self.sums[:, group:group + k] += out
 
     def finish(self, weight: float) -> None:
-        """Loss values and the coefficients of dx for upstream gradient ``weight`` per group."""
-        mean_shift, var_err, norms = finalize(self.sums, self.module.running_var, self.count)
-        self.loss = norms.sum(dim=1)
+        """Loss values and statistics of the whole batch; ``weight``: the upstream gradient
+        of every group's loss."""
+        groups, channels = self.sums.shape[1:]
+        self.loss = self.sums.new_empty(groups)
+        self.stats = self.sums.new_empty(groups, 2, channels + 1)
+        finalize_stats(self.sums, self.module.running_var, self.count, self.loss, self.stats)
         self.weight = weight
-        upstream = torch.full_like(self.loss, weight)
-        self.coef_a, self.coef_b = backward_coefficients(upstream, mean_shift, var_err, norms, self.count)
-        self.mean = (self.running_mean[None, :] + mean_shift).contiguous()
+        self.upstream = torch.full_like(self.loss, weight)
         self.sums = None
 
     def grad_input(self, x: Tensor, row0: int, group_size: int) -> Tensor:
         """dx = a_g + b_g (x - mu_g) for the rows of a chunk starting at global row ``row0``."""
-        x3 = _as_ncl(x)
-        grad = torch.empty_like(x, memory_format=_memory_format(x))
-        grad3 = _as_ncl(grad)
+        x3 = as_ncl(x)
+        grad = torch.empty_like(x, memory_format=kept_format(x))
+        grad3 = as_ncl(grad)
         backward = backends.launcher(self.backend, "bn_stat_backward")
         for lo, hi, group, k in group_segments(row0, row0 + x3.shape[0], group_size):
             rows, cols = slice(lo - row0, hi - row0), slice(group, group + k)
-            backward(x3[rows], self.coef_a[cols], self.coef_b[cols], self.mean[cols], k, grad3[rows])
+            backward(x3[rows], self.running_mean, self.stats[cols], self.upstream[cols], self.count, grad3[rows])
         return grad
 
 
@@ -177,7 +179,7 @@ class _ChunkHooks:
             )
         if module.running_mean is None or module.running_var is None:
             raise ValueError(f"teacher: BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
-        _check_inputs(x, module.running_mean, module.running_var, 1)
+        check_inputs(x, module.running_mean, module.running_var, 1)
         return _BNSite(name, module, x, self.groups, self.backend)
 
     def remove(self) -> None:

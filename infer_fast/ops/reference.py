@@ -4,7 +4,7 @@ Two layers live here:
 
 * ``*_naive`` functions: the plain textbook formulas, differentiable by autograd. Tests
   compare every backend against these in float64.
-* the ``torch`` backend: the four kernel launchers of the backend contract
+* the ``torch`` backend: the five kernel launchers of the backend contract
   (see :mod:`infer_fast.ops.backends`) written with torch ops. They write into
   caller-provided outputs exactly like the compiled and Triton kernels do.
 """
@@ -14,6 +14,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what the ops take
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -90,10 +93,7 @@ def ufc_compose_naive(
     acc = accumulate_dtype(natural.dtype)
     num_groups, _, height, width = ufc.shape
     x = natural.to(acc)[index] + ufc.to(acc)[:, None]
-    if shifts is None:
-        shifts = torch.zeros(num_groups, 2, dtype=torch.long, device=ufc.device)
-    if flips is None:
-        flips = torch.zeros(num_groups, dtype=torch.bool, device=ufc.device)
+    shifts, flips = _roll_and_flip(shifts, flips, num_groups, ufc.device)
     x = transform(x, *source_coords(height, width, shifts.long(), flips))
     # torch.clamp (unlike maximum/minimum) passes the full gradient at a tie with a bound
     if lo is not None or hi is not None:
@@ -103,39 +103,94 @@ def ufc_compose_naive(
 
 
 # ----------------------------------------------------------------------------------------
-# The "torch" backend: the contract's four launchers in plain PyTorch
+# The "torch" backend: the contract's five launchers in plain PyTorch
 # ----------------------------------------------------------------------------------------
 def _group_view(x3: Tensor, groups: int) -> Tensor:
     """(N, C, L) -> (G, n, C, L) without copying."""
     return x3.unflatten(0, (groups, x3.shape[0] // groups))
 
 
-def bn_stat_sums(x3: Tensor, running_mean: Tensor, groups: int, out: Tensor,
-                 scale: Optional[Tensor] = None, shift: Optional[Tensor] = None, y3: Optional[Tensor] = None) -> None:
-    """out[0, g, c] = sum(x - rm_c), out[1, g, c] = sum((x - rm_c)^2) over (rows of g, L);
-    with y3: also the eval-mode BatchNorm output y3 = x * scale_c + shift_c."""
-    xa = x3.to(out.dtype)
-    d = _group_view(xa, groups) - running_mean.view(1, 1, -1, 1)
+def _per_channel(values: Tensor) -> Tensor:
+    """(C,) -> broadcastable against (G, n, C, L)."""
+    return values.view(1, 1, -1, 1)
+
+
+def bn_stat_sums(x3: Tensor, running_mean: Tensor, groups: int, out: Tensor) -> None:
+    """out[0, g, c] = sum(x - rm_c), out[1, g, c] = sum((x - rm_c)^2) over (rows of g, L)."""
+    d = _group_view(x3.to(out.dtype), groups) - _per_channel(running_mean.to(out.dtype))
     out[0].copy_(d.sum(dim=(1, 3)))
     out[1].copy_(d.square().sum(dim=(1, 3)))
+
+
+def finalize_stats(sums: Tensor, running_var: Tensor, count: int, loss: Tensor, stats: Tensor) -> None:
+    """(2, G, C) shifted sums over ``count`` values per (g, c) -> the contract's ``stats``
+    (G, 2, C + 1) = [delta, ||delta||; e, ||e||] and ``loss`` (G,) = ||delta|| + ||e||."""
+    channels = sums.shape[2]
+    delta = sums[0] / count
+    err = sums[1] / count - delta.square() - running_var.to(sums.dtype)
+    stats[:, 0, :channels] = delta
+    stats[:, 1, :channels] = err
+    stats[:, 0, channels] = torch.linalg.vector_norm(delta, dim=1)
+    stats[:, 1, channels] = torch.linalg.vector_norm(err, dim=1)
+    loss.copy_(stats[:, :, channels].sum(dim=1))
+
+
+def eval_bn_scale(running_var: Tensor, weight: Optional[Tensor], eps: float, dtype: torch.dtype) -> Tensor:
+    """The eval-mode BatchNorm's per-channel factor rsqrt(rv + eps) * weight."""
+    scale = torch.rsqrt(running_var.to(dtype) + eps)
+    return scale if weight is None else scale * weight.to(dtype)
+
+
+def bn_stat_forward(x3: Tensor, running_mean: Tensor, running_var: Tensor, groups: int, loss: Tensor, stats: Tensor,
+                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 0.0,
+                    y3: Optional[Tensor] = None) -> None:
+    """loss and stats of the grouped statistics; with y3 also the eval-mode BatchNorm output."""
+    acc = stats.dtype
+    sums = torch.empty(2, groups, x3.shape[1], dtype=acc, device=x3.device)
+    bn_stat_sums(x3, running_mean, groups, sums)
+    finalize_stats(sums, running_var, (x3.shape[0] // groups) * x3.shape[2], loss, stats)
     if y3 is not None:
-        y3.copy_(xa * scale.view(1, -1, 1) + shift.view(1, -1, 1))
+        scale = eval_bn_scale(running_var, weight, eps, acc)
+        shift = -running_mean.to(acc) * scale
+        if bias is not None:
+            shift = shift + bias.to(acc)
+        y3.copy_(x3.to(acc) * scale.view(1, -1, 1) + shift.view(1, -1, 1))
 
 
-def bn_stat_backward(x3: Tensor, coef_a: Tensor, coef_b: Tensor, mean: Tensor, groups: int, grad_input: Tensor,
-                     grad_y3: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> None:
-    """grad_input[n, c, l] = a[g, c] + b[g, c] * (x[n, c, l] - mean[g, c]) (+ grad_y3 * scale_c)."""
-    xg = _group_view(x3, groups).to(coef_a.dtype)
-    dx = coef_a[:, None, :, None] + coef_b[:, None, :, None] * (xg - mean[:, None, :, None])
+def bn_stat_backward(x3: Tensor, running_mean: Tensor, stats: Tensor, grad_loss: Optional[Tensor], count: int,
+                     grad_input: Tensor, grad_y3: Optional[Tensor] = None, running_var: Optional[Tensor] = None,
+                     weight: Optional[Tensor] = None, eps: float = 0.0) -> None:
+    """grad_input = a + b ((x - rm) - delta) [loss term] + grad_y3 * scale [eval-BN term]."""
+    acc = stats.dtype
+    groups, channels = stats.shape[0], stats.shape[2] - 1
+    grad = torch.zeros((), dtype=acc, device=x3.device)
+    if grad_loss is not None:
+        delta, err = stats[:, 0, :channels], stats[:, 1, :channels]
+        norms = stats[:, :, channels]
+        safe = torch.where(norms > 0, norms, torch.ones_like(norms)) * count
+        upstream = grad_loss.to(acc)[:, None]
+        coef_a = (upstream * delta / safe[:, 0:1])[:, None, :, None]
+        coef_b = (upstream * 2 * err / safe[:, 1:2])[:, None, :, None]
+        centered = _group_view(x3.to(acc), groups) - _per_channel(running_mean.to(acc)) - delta[:, None, :, None]
+        grad = coef_a + coef_b * centered
     if grad_y3 is not None:
-        dx = dx + _group_view(grad_y3, groups).to(coef_a.dtype) * scale.view(1, 1, -1, 1)
-    _group_view(grad_input, groups).copy_(dx)
+        grad = grad + _group_view(grad_y3.to(acc), groups) * _per_channel(eval_bn_scale(running_var, weight, eps, acc))
+    _group_view(grad_input, groups).copy_(grad.expand(_group_view(grad_input, groups).shape))
 
 
 def _clamp_bounds(lo: Optional[Tensor], hi: Optional[Tensor], channels: int):
     if lo is None:
         return None, None
     return lo.view(1, 1, channels, 1, 1), hi.view(1, 1, channels, 1, 1)
+
+
+def _roll_and_flip(shifts: Optional[Tensor], flips: Optional[Tensor], groups: int, device) -> tuple:
+    """The contract's optional shifts/flips as tensors (None: no roll, no flip)."""
+    if shifts is None:
+        shifts = torch.zeros(groups, 2, dtype=torch.int64, device=device)
+    if flips is None:
+        flips = torch.zeros(groups, dtype=torch.bool, device=device)
+    return shifts, flips
 
 
 def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out) -> None:
@@ -148,6 +203,7 @@ def compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo,
     accumulate dtype: un-roll/flip of grad_out with clamped elements zeroed."""
     acc = accumulate_dtype(natural.dtype)
     height, width = ufc.shape[-2:]
+    shifts, flips = _roll_and_flip(shifts, flips, ufc.shape[0], ufc.device)
     src_h, src_w = source_coords(height, width, shifts, flips)
     grad = untransform(grad_out.to(acc), src_h, src_w)
     low, high = _clamp_bounds(lo, hi, ufc.shape[1])
@@ -160,3 +216,9 @@ def compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo,
 def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc) -> None:
     """grad_ufc[g] = sum over classes of the masked, un-rolled grad_out[g, c]."""
     grad_ufc.copy_(compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo, hi).sum(dim=1))
+
+
+def ufc_compose_grad_natural(grad_out, natural, ufc, index, shifts, flips, lo, hi) -> Tensor:
+    """grad_natural[k] = sum over the groups g with index[g] == k of the masked, un-rolled grad_out[g]."""
+    per_group = compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo, hi)
+    return torch.zeros_like(natural, dtype=per_group.dtype).index_add_(0, index, per_group).to(natural.dtype)

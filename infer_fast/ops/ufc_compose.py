@@ -3,7 +3,9 @@
     X[g, c] = clamp(flip(roll(natural[index[g], c] + ufc[g])), lo, hi)   (G, C, ch, H, W)
 
 One pass reads the natural images and writes X; the backward reads dX once and writes
-dU (the class-axis sum), un-rolling and masking clamped pixels on the way.
+dU (the class-axis sum), un-rolling and masking clamped pixels on the way. A call is
+validation here plus one dispatch of ``torch.ops.infer_fast_C.ufc_compose`` (autograd in
+C++, csrc/autograd.cpp; passes in the chosen backend).
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .reference import accumulate_dtype, compose_masked_source_grad
+from .reference import FLOAT_DTYPES, accumulate_dtype, ufc_compose_naive
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 Bound = Union[None, float, Sequence[float], Tensor]
+
+_ext, _ = backends.compiled_extension()
+_compose_op = torch.ops.infer_fast_C.ufc_compose.default if _ext is not None else None
 
 # (data_ptr, version, numel, bound) of index tensors already checked to be in range, so a
 # recovery loop that reuses one index tensor does not sync the GPU at every step.
@@ -85,11 +89,9 @@ def _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi):
     if index.device != natural.device:
         raise ValueError(f"index is on {index.device} but natural is on {natural.device}")
     _check_index(index, natural.shape[0])
-    index = index.to(torch.int64).contiguous()
-
-    if shifts is None:
-        shifts = torch.zeros(groups, 2, dtype=torch.int64, device=natural.device)
-    else:
+    if index.dtype != torch.int64:
+        index = index.to(torch.int64)
+    if shifts is not None:
         if not isinstance(shifts, Tensor) or shifts.shape != (groups, 2):
             got = tuple(shifts.shape) if isinstance(shifts, Tensor) else type(shifts).__name__
             raise ValueError(f"shifts must be a ({groups}, 2) integer tensor of (H, W) roll amounts, got {got}")
@@ -97,11 +99,9 @@ def _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi):
             raise ValueError(f"shifts must be an integer tensor, got {shifts.dtype}")
         if shifts.device != natural.device:
             raise ValueError(f"shifts is on {shifts.device} but natural is on {natural.device}")
-        size = torch.tensor([height, width], dtype=torch.int64, device=natural.device)
-        shifts = shifts.to(torch.int64).remainder(size).contiguous()
-    if flips is None:
-        flips = torch.zeros(groups, dtype=torch.uint8, device=natural.device)
-    else:
+        if shifts.dtype != torch.int64:  # any values: the kernels reduce them mod (H, W)
+            shifts = shifts.to(torch.int64)
+    if flips is not None:
         if not isinstance(flips, Tensor) or flips.shape != (groups,):
             got = tuple(flips.shape) if isinstance(flips, Tensor) else type(flips).__name__
             raise ValueError(f"flips must be a ({groups},) bool tensor, got {got}")
@@ -109,67 +109,17 @@ def _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi):
             raise ValueError(f"flips must be a bool or integer tensor, got {flips.dtype}")
         if flips.device != natural.device:
             raise ValueError(f"flips is on {flips.device} but natural is on {natural.device}")
-        flips = (flips != 0).to(torch.uint8).contiguous()
+        if flips.dtype not in (torch.bool, torch.uint8):  # the kernels read one byte per flag
+            flips = flips != 0
 
     lo_t, hi_t = _bound(lo, "lo", channels, natural), _bound(hi, "hi", channels, natural)
     if (lo_t is None) != (hi_t is None):  # kernels take both bounds or none
         inf = torch.full((channels,), float("inf"), dtype=accumulate_dtype(natural.dtype), device=natural.device)
         lo_t = -inf if lo_t is None else lo_t
         hi_t = inf if hi_t is None else hi_t
-    return natural.contiguous(), ufc.contiguous(), index, shifts, flips, lo_t, hi_t
-
-
-@torch.library.custom_op("infer_fast::ufc_compose", mutates_args=())
-def _compose_op(
-    natural: Tensor, ufc: Tensor, index: Tensor, shifts: Tensor, flips: Tensor,
-    lo: Optional[Tensor], hi: Optional[Tensor], backend: str,
-) -> Tensor:
-    out = natural.new_empty((ufc.shape[0],) + tuple(natural.shape[1:]))
-    backends.launcher(backend, "ufc_compose")(natural, ufc, index, shifts, flips, lo, hi, out)
-    return out
-
-
-@_compose_op.register_fake
-def _(natural, ufc, index, shifts, flips, lo, hi, backend):
-    return natural.new_empty((ufc.shape[0],) + tuple(natural.shape[1:]))
-
-
-@torch.library.custom_op("infer_fast::ufc_compose_grad_ufc", mutates_args=())
-def _grad_ufc_op(
-    grad_out: Tensor, natural: Tensor, ufc: Tensor, index: Tensor, shifts: Tensor, flips: Tensor,
-    lo: Optional[Tensor], hi: Optional[Tensor], backend: str,
-) -> Tensor:
-    grad_ufc = torch.empty_like(ufc)
-    backends.launcher(backend, "ufc_compose_grad_ufc")(
-        grad_out.contiguous(), natural, ufc, index, shifts, flips, lo, hi, grad_ufc
-    )
-    return grad_ufc
-
-
-@_grad_ufc_op.register_fake
-def _(grad_out, natural, ufc, index, shifts, flips, lo, hi, backend):
-    return torch.empty_like(ufc)
-
-
-def _setup_context(ctx, inputs, output):
-    natural, ufc, index, shifts, flips, lo, hi, backend = inputs
-    ctx.save_for_backward(natural, ufc, index, shifts, flips, lo, hi)
-    ctx.backend = backend
-
-
-def _backward(ctx, grad_out):
-    natural, ufc, index, shifts, flips, lo, hi = ctx.saved_tensors
-    grad_natural = grad_ufc = None
-    if ctx.needs_input_grad[1]:
-        grad_ufc = _grad_ufc_op(grad_out, natural, ufc, index, shifts, flips, lo, hi, ctx.backend)
-    if ctx.needs_input_grad[0]:
-        # Off the hot path (natural images are fixed during recovery): plain torch.
-        per_group = compose_masked_source_grad(grad_out, natural, ufc, index, shifts, flips, lo, hi)
-        grad_natural = torch.zeros_like(natural, dtype=per_group.dtype).index_add_(0, index, per_group).to(natural.dtype)
-    return grad_natural, grad_ufc, None, None, None, None, None, None
-
-
-_compose_op.register_autograd(_backward, setup_context=_setup_context)
+    contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731  (no copy when already)
+    return (natural.contiguous(), ufc.contiguous(), index.contiguous(), contiguous(shifts), contiguous(flips),
+            lo_t, hi_t)
 
 
 def ufc_compose(
@@ -199,4 +149,6 @@ def ufc_compose(
     """
     args = _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi)
     name = backends.resolve(backend, natural.device)
+    if _compose_op is None:  # the extension did not load: the reference, by autograd
+        return ufc_compose_naive(*args)
     return _compose_op(*args, name)

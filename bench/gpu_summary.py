@@ -1,0 +1,98 @@
+"""The summary `bash bench/gpu_session.sh all` prints last: each step's status, the test
+counts, the op benchmarks' target checks and headline rows, the host-cost ratios and the
+recovery rows, read from the logs and JSON the steps left in one directory.
+
+    python bench/gpu_summary.py DIR
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet")
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def step_status(directory: Path, step: str) -> str:
+    try:
+        status = (directory / f"{step}.status").read_text().strip()
+    except OSError:
+        return "not run"
+    return "ok" if status == "0" else f"failed ({status})" if status.isdigit() else status
+
+
+def last_line(path: Path, containing: str) -> str:
+    try:
+        lines = [line for line in path.read_text().splitlines() if containing in line]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def target_lines(checks: List[Dict]) -> List[str]:
+    if not checks:
+        return ["    (no target checks)"]
+    lines = []
+    for impl in sorted({c["impl"] for c in checks}):
+        mine = [c for c in checks if c["impl"] == impl]
+        missed = [c for c in mine if not c["met"]]
+        auto = " (auto)" if any(c.get("auto") for c in mine) else ""
+        lines.append(f"    {impl}{auto}: {len(mine) - len(missed)}/{len(mine)} met")
+        for c in missed:
+            lines.append(f"      MISSED {c['case']}: {c['what']} {c['value']:.2f} (target {c['target']})")
+    return lines
+
+
+def ops_lines(result: Dict) -> List[str]:
+    env = result["environment"]
+    lines = [f"  {env['device']}, copy bandwidth {env.get('copy_bandwidth_GBps', float('nan')):.0f} GB/s"]
+    bn = [r for r in result["results"] if r["op"] == "bn_stat_loss"]
+    for case in dict.fromkeys((r["workload"], r["layout"], r["dtype"]) for r in bn):
+        row = {r["impl"]: r["fwd_bwd_ms"] for r in bn if (r["workload"], r["layout"], r["dtype"]) == case}
+        cells = "  ".join(f"{impl} {ms:.3f}" for impl, ms in row.items())
+        lines.append(f"    {case[0]} {case[2]} {case[1]}: fwd+bwd ms  {cells}")
+    return lines + target_lines(result.get("targets", []))
+
+
+def summary(directory: Path) -> str:
+    out = [f"GPU session summary ({directory})", ""]
+    for step in STEPS:
+        out.append(f"  {step:<9} {step_status(directory, step)}")
+    out.append("")
+    out.append(f"build: {last_line(directory / 'build.log', 'CUDA kernels') or 'no record'}")
+    out.append(f"tests: {last_line(directory / 'test.log', ' in ') or 'no record'}")
+    for name in ("ops.json", "ops-bf16.json"):
+        result = read_json(directory / name)
+        if result:
+            out += [f"ops ({name}):", *ops_lines(result)]
+    overhead = read_json(directory / "ops-overhead.json")
+    if overhead:
+        out.append("host cost per fwd+bwd call (tiny shapes):")
+        for r in overhead["results"]:
+            out.append(f"    {r['op']:<14} {r['impl']:<18} {r['fwd_bwd_host_us']:8.1f} us  {r['ratio_to_baseline']:.2f}x")
+        for c in overhead.get("targets", []):
+            out.append(f"    target {c['op']}: {c['ratio']:.2f}x (<= {c['target_max_ratio']}x) "
+                       f"{'met' if c['met'] else 'MISSED'}")
+    for preset in ("cifar100", "imagenet"):
+        result = read_json(directory / f"recovery-{preset}.json")
+        if not result:
+            continue
+        out.append(f"recovery {preset}{' (REDUCED)' if result.get('reduced') else ''}:")
+        for r in result["rows"]:
+            out.append(f"    {r['teacher']:<20} {r['row']:<32} {r['ms_per_ufc_iteration']:9.2f} ms/UFC-it  "
+                       f"{r['speedup_vs_reference']:.2f}x ref  peak {r['peak_memory_mib']:.0f} MiB")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python bench/gpu_summary.py DIR")
+    print(summary(Path(sys.argv[1])))

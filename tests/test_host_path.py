@@ -1,0 +1,102 @@
+"""A call of a fused op is validation plus one dispatch: the profiler sees one functional op
+forward and one backward, and inside them nothing but the outputs' allocation and views (no
+cast, copy, finalize or coefficient op), whatever the backend. On a GPU the compiled backend
+launches at most two kernels forward and one backward."""
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from conftest import backend_params
+from infer_fast.ops import bn_eval_with_stat_loss, bn_stat_loss, ufc_compose
+
+# What may run inside our ops on the host besides our own ops: output allocation and views.
+ALLOWED_INSIDE = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::as_strided", "aten::view"}
+
+
+def descendants(event):
+    for child in event.cpu_children:
+        yield child
+        yield from descendants(child)
+
+
+def ops_and_contents(prof, prefix="infer_fast_C::"):
+    """{our op name: set of op names that ran inside it} and how often each of ours ran."""
+    contents, calls = {}, {}
+    for event in prof.events():
+        if event.name.startswith(prefix):
+            calls[event.name] = calls.get(event.name, 0) + 1
+            inner = {d.name for d in descendants(event) if not d.name.startswith(prefix)}
+            contents.setdefault(event.name, set()).update(inner)
+    return contents, calls
+
+
+def bn_case(device, channels_last):
+    x = torch.randn(4, 8, 3, 3, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(), torch.randn(8, device=device), torch.rand(8, device=device) + 0.5
+
+
+def run_cases(backend, device, channels_last):
+    """fwd+bwd of the three ops; gradients arrive as autograd makes them (a summed loss's
+    gradient is expanded, stride 0) and in x's layout."""
+    x, rm, rv = bn_case(device, channels_last)
+    (grad,) = torch.autograd.grad(bn_stat_loss(x, rm, rv, 2, backend=backend).sum(), x)
+    y, loss = bn_eval_with_stat_loss(x, rm, rv, torch.rand(8, device=device), None, groups=2, backend=backend)
+    torch.autograd.grad([y, loss.sum()], x, [torch.ones_like(y), None])
+    natural = torch.randn(2, 3, 2, 4, 4, device=device)
+    ufc = torch.zeros(3, 2, 4, 4, device=device, requires_grad=True)
+    index = torch.tensor([0, 1, 1], device=device)
+    shifts = torch.tensor([[1, 2], [3, -4], [0, 9]], device=device)
+    out = ufc_compose(natural, ufc, index, shifts, torch.tensor([True, False, True], device=device), backend=backend)
+    torch.autograd.grad(out, ufc, torch.ones_like(out))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_dispatch_each_way_and_nothing_else(backend, device, channels_last):
+    run_cases(backend, device, channels_last)  # first call: imports, lookups, checks of the index
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_cases(backend, device, channels_last)
+    contents, calls = ops_and_contents(prof)
+    assert calls == {
+        "infer_fast_C::bn_stat_loss": 1, "infer_fast_C::bn_stat_forward": 1,
+        "infer_fast_C::bn_eval_with_stat_loss": 1, "infer_fast_C::bn_eval_stat_forward": 1,
+        "infer_fast_C::bn_stat_backward": 2,
+        "infer_fast_C::ufc_compose": 1, "infer_fast_C::ufc_compose_forward": 1, "infer_fast_C::ufc_compose_backward": 1,
+    }
+    if backend in ("cpu", "cuda"):  # the Python backends' launchers are torch ops of their own
+        for name, inner in contents.items():
+            assert inner <= ALLOWED_INSIDE, f"{name} ran {sorted(inner - ALLOWED_INSIDE)}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_launches_per_call_on_the_gpu(backend, channels_last):
+    """At most 2 kernels forward (statistics + finalize) and 1 backward per call."""
+    from infer_fast.ops import available_backends
+
+    if backend not in available_backends("cuda"):
+        pytest.skip(f"backend {backend} is not usable here")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(64, 64, 28, 28, device="cuda").contiguous(memory_format=fmt).requires_grad_()
+    rm, rv = torch.randn(64, device="cuda"), torch.rand(64, device="cuda") + 0.5
+    grad_loss = torch.ones(2, device="cuda")
+
+    def kernels(fn):
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            result = fn()
+            torch.cuda.synchronize()
+        launched = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        return result, len(launched)
+
+    loss, forward = kernels(lambda: bn_stat_loss(x, rm, rv, 2, backend=backend))
+    _, backward = kernels(lambda: torch.autograd.grad(loss, x, grad_loss, retain_graph=True))
+    assert forward <= 2 and backward == 1
+    outputs, forward = kernels(lambda: bn_eval_with_stat_loss(x, rm, rv, groups=2, backend=backend))
+    grad_y = torch.ones_like(outputs[0])
+    _, backward = kernels(lambda: torch.autograd.grad(outputs, x, [grad_y, grad_loss], retain_graph=True))
+    assert forward <= 2 and backward == 1
