@@ -48,11 +48,12 @@ bench: $(VENV)/.installed
 # (recorded on the 2-core CI machine kind; fail when a median is 50% slower).
 BENCH_STORAGE := file://$(CURDIR)/bench/results/pytest-benchmark
 BENCH_FLAGS := -q -p no:cacheprovider --benchmark-storage=$(BENCH_STORAGE) --benchmark-columns=median,iqr,rounds
+# Run from bench/ (as the tests from tests/): the installed package, not the source tree.
 bench-cpu: $(VENV)/.installed
-	$(PY) -m pytest bench/test_cpu_benchmarks.py $(BENCH_FLAGS) --benchmark-compare --benchmark-compare-fail=median:50%
+	cd bench && ../$(PY) -m pytest test_cpu_benchmarks.py $(BENCH_FLAGS) --benchmark-compare --benchmark-compare-fail=median:50%
 
 bench-cpu-baseline: $(VENV)/.installed
-	$(PY) -m pytest bench/test_cpu_benchmarks.py $(BENCH_FLAGS) --benchmark-save=baseline
+	cd bench && ../$(PY) -m pytest test_cpu_benchmarks.py $(BENCH_FLAGS) --benchmark-save=baseline
 
 cuda-check: $(VENV)/.deps
 	@if command -v nvcc >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1; then \

@@ -83,6 +83,7 @@ COMPOSE_PRESETS = {
     ],
 }
 COMPOSE_PRESETS["cpu-target"] = COMPOSE_PRESETS["cpu"][:1]
+COMPOSE_PRESETS["gpu-bf16"] = []
 
 
 def eager_hook_loss(x, running_mean, running_var, groups):
@@ -414,29 +415,48 @@ def main(argv=None) -> int:
     env = environment(device, args.threads)
     env["copy_bandwidth_GBps"] = copy_bandwidth_gbps(device, timer)
     print(f"{env['device']} | torch {env['torch']} | threads {args.threads} | copy bandwidth {env['copy_bandwidth_GBps']:.1f} GB/s")
-    rows: List[Dict] = []
     layouts = [False, True] if args.channels_last else [False]
-    for work in PRESETS[preset]:
-        for channels_last in layouts:
-            print(f"bn_stat_loss: {work['name']} ...", flush=True)
-            rows += bench_bn(work, dtype, device, bn_impls, timer, channels_last)
-    print_table([r for r in rows if r["op"] == "bn_stat_loss"], "eager hook")
-    eval_rows: List[Dict] = []
-    for work in PRESETS[preset]:
-        for channels_last in layouts:
-            print(f"eval_bn+loss: {work['name']} ...", flush=True)
-            eval_rows += bench_eval_bn(work, dtype, device, eval_impls, timer, channels_last)
-    print_table(eval_rows, "eager BN + hook")
-    compose_rows: List[Dict] = []
+    out = args.out or os.path.join(RESULTS, f"ops-{device_tag(device)}-{preset}-{datetime.date.today()}.json")
+    rows: List[Dict] = []
+
+    def save(quiet=True) -> None:  # after every workload: a run cut short still leaves its rows
+        bn_rows = [r for r in rows if r["op"] == "bn_stat_loss"]
+        checks = kernel_targets(bn_rows, env["copy_bandwidth_GBps"], resolve("auto", device), quiet) \
+            if device.type == "cuda" else []
+        write_json(out, {"environment": env, "results": rows, "targets": checks}, quiet)
+
+    sections = [("bn_stat_loss", "eager hook", lambda work, cl: bench_bn(work, dtype, device, bn_impls, timer, cl)),
+                ("eval_bn+loss", "eager BN + hook",
+                 lambda work, cl: bench_eval_bn(work, dtype, device, eval_impls, timer, cl))]
+    for op, baseline, bench in sections:
+        for work in PRESETS[preset]:
+            for channels_last in layouts:
+                print(f"{op}: {work['name']}{' channels_last' if channels_last else ''} ...", flush=True)
+                rows += bench(work, channels_last)
+                save()
+        print_table([r for r in rows if r["op"] == op], baseline)
     for case in COMPOSE_PRESETS[preset]:
         print(f"ufc_compose: {case[0]} ...", flush=True)
-        compose_rows += bench_compose(case, dtype, device, compose_impls, timer)
-    print_table(compose_rows, "eager")
-
-    checks = kernel_targets(rows, env["copy_bandwidth_GBps"], resolve("auto", device)) if device.type == "cuda" else []
-    out = args.out or os.path.join(RESULTS, f"ops-{device_tag(device)}-{preset}-{datetime.date.today()}.json")
-    write_json(out, {"environment": env, "results": rows + eval_rows + compose_rows, "targets": checks})
+        rows += bench_compose(case, dtype, device, compose_impls, timer)
+        save()
+    print_table([r for r in rows if r["op"] == "ufc_compose"], "eager")
+    save(quiet=False)
     return 0
+
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def device_tag(device: torch.device) -> str:
+    return "gpu-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
+
+
+def write_json(path: str, payload: Dict, quiet: bool = False) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    if not quiet:
+        print(f"\nwrote {path}")
 
 
 # GPU targets of bn_stat_loss fwd+bwd (issue 10), per backend that ran.
@@ -445,8 +465,8 @@ BIG_BYTES = 256 * 2**20
 RESNET18_TARGET = 3.0  # x the eager hook over ResNet-18's 20 BN inputs at batch 100
 
 
-def kernel_targets(rows: List[Dict], copy_gbps: float, auto: str) -> List[Dict]:
-    """Target checks from the bn_stat_loss rows of one run; printed and stored in the JSON."""
+def kernel_targets(rows: List[Dict], copy_gbps: float, auto: str, quiet: bool = False) -> List[Dict]:
+    """Target checks from the bn_stat_loss rows of one run, for the JSON (and printed)."""
     checks = []
     bn = [r for r in rows if r["op"] == "bn_stat_loss"]
     cases = sorted({(r["workload"], r["layout"]) for r in bn})
@@ -468,23 +488,10 @@ def kernel_targets(rows: List[Dict], copy_gbps: float, auto: str) -> List[Dict]:
     for c in checks:
         c["met"] = c["value"] >= c["target"]
         c["auto"] = c["impl"] == auto
-        print(f"target [{c['impl']}{' (auto)' if c['auto'] else ''}] {c['case']}: {c['what']} "
-              f"{c['value']:.2f} (>= {c['target']}): {'met' if c['met'] else 'MISSED'}")
+        if not quiet:
+            print(f"target [{c['impl']}{' (auto)' if c['auto'] else ''}] {c['case']}: {c['what']} "
+                  f"{c['value']:.2f} (>= {c['target']}): {'met' if c['met'] else 'MISSED'}")
     return checks
-
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def device_tag(device: torch.device) -> str:
-    return "gpu-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
-
-
-def write_json(path: str, payload: Dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
-    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
