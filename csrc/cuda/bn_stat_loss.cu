@@ -565,6 +565,14 @@ __device__ __forceinline__ void store_grad(T* __restrict__ p, const T (&xe)[VW],
   store_vec<T, VW, kVecStore>(p, o);
 }
 
+// The vector at `off` of x (read for the loss term) and of dy (for the eval-BN term).
+template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy>
+__device__ __forceinline__ void load_x_dy(const T* x, const T* dy, int64_t off, T (&xe)[VW],
+                                          T (&de)[VW]) {
+  if constexpr (kHasLoss) load_vec<T, VW, kVecLoad>(x + off, xe);
+  if constexpr (kHasDy) load_vec<T, VW, kVecLoad>(dy + off, de);
+}
+
 // NCL: block (g, c, s) as the partial kernel; one channel, so the coefficients are uniform.
 template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy, typename I>
 __global__ void __launch_bounds__(kThreads)
@@ -584,9 +592,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t base_off = (blk.g * n * C + blk.c) * L;
   const I begin = static_cast<I>(blk.s) * chunk;
   const I end = begin + chunk < Mv ? begin + chunk : Mv;
-  auto load = [&](int64_t off, T (&xe)[VW], T (&de)[VW]) {
-    if constexpr (kHasLoss) load_vec<T, VW, kVecLoad>(x + off, xe);
-    if constexpr (kHasDy) load_vec<T, VW, kVecLoad>(dy + off, de);
+  const auto load = [&](int64_t off, T (&xe)[VW], T (&de)[VW]) {
+    load_x_dy<T, VW, kVecLoad, kHasLoss, kHasDy>(x, dy, off, xe, de);
   };
 
   I v = begin + threadIdx.x;
@@ -635,9 +642,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t base_off = blk.g * R * C + c0;
   const int64_t r_begin = blk.s * chunk;
   const int64_t r_end = r_begin + chunk < R ? r_begin + chunk : R;
-  auto load = [&](int64_t off, T (&xe)[VW], T (&de)[VW]) {
-    if constexpr (kHasLoss) load_vec<T, VW, kVecLoad>(x + off, xe);
-    if constexpr (kHasDy) load_vec<T, VW, kVecLoad>(dy + off, de);
+  const auto load = [&](int64_t off, T (&xe)[VW], T (&de)[VW]) {
+    load_x_dy<T, VW, kVecLoad, kHasLoss, kHasDy>(x, dy, off, xe, de);
   };
 
   int64_t r = r_begin + threadIdx.y;
