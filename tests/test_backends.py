@@ -116,3 +116,26 @@ def test_compile_inductor():
     (grad,) = torch.autograd.grad(compiled(x), x)
     (expected,) = torch.autograd.grad(fn(x), x)
     torch.testing.assert_close(grad, expected)
+
+
+def test_info_says_why_cuda_kernels_are_not_usable():
+    """A CUDA registration that failed at import is reported with its reason, not fatal."""
+    from infer_fast.info import cuda_kernels_status
+
+    class Extension:
+        def __init__(self, status):
+            self.status = status
+
+        def cuda_status(self):
+            return self.status
+
+    built = {"cuda_kernels": True}
+    assert cuda_kernels_status(Extension(""), built) == "built and registered"
+    failed = cuda_kernels_status(Extension("Mismatch in kernel C++ signatures"), built)
+    assert failed == "built, but not registered: Mismatch in kernel C++ signatures"
+    assert cuda_kernels_status(None, built).startswith("built, but the extension did not load")
+    skipped = cuda_kernels_status(None, {"cuda_kernels": False, "cuda_reason": "CPU-only torch"})
+    assert skipped == "skipped: CPU-only torch"
+    import infer_fast._C as ext
+
+    assert ext.cuda_status() == ("" if ext.cuda_compiled() else "this build has no CUDA kernels")
