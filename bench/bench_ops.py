@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from infer_fast.ops import (available_backends, bn_eval_with_stat_loss, bn_stat_loss, bn_stat_loss_naive, ufc_compose,
+from infer_fast.ops import (available_backends, bn_eval_with_stat_loss, bn_stat_loss, ufc_compose,
                             ufc_compose_naive)
 from infer_fast.ops.backends import resolve
 

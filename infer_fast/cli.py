@@ -116,7 +116,7 @@ def _teacher_list(value) -> List[str]:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from .config import merge
-    from .distill import RecoveryConfig, distill_infer, distill_random, distill_sre2l
+    from .distill import distill_infer, distill_random, distill_sre2l, recovery_config
     from .distributed import init_from_env
 
     options = merge(args, args.config, DISTILL_OPTIONS)
@@ -139,11 +139,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift",
                                                 "precision", "channels_last", "fused_bn", "compile", "distributed")
                   if k in options}
-        # the ImageNet recipe (and SRe2L's r_bn 0.01) as the base; given options win
-        base = RecoveryConfig.imagenet if options.get("augmentation") == "imagenet" else RecoveryConfig
-        config = base(**fields)
-        if method == "sre2l" and "r_bn" not in options:
-            config.r_bn = RecoveryConfig.sre2l().r_bn
+        config = recovery_config(method, fields)  # the recipe the options select, the options on top
         common.update(resume=args.resume, progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
         if method == "sre2l":
             if "selection" in options or "accounting" in options:

@@ -104,16 +104,11 @@ class PipelineConfig:
 
     # ---- derived configs (each validated by its own class) ------------------------------
     def recovery_config(self):
-        from .distill import RecoveryConfig
-
-        return _build(RecoveryConfig, self.recovery, "recovery")
+        return _recovery_config("infer", self.recovery, "recovery")
 
     def sre2l_config(self):
-        from .distill import RecoveryConfig
-
         inherited = {k: self.recovery[k] for k in ("augmentation", "max_shift", "crop_scale", "group_size", "seed") if k in self.recovery}
-        values = {**dataclasses.asdict(RecoveryConfig.sre2l()), **inherited, **self.sre2l}
-        return _build(RecoveryConfig, values, "sre2l")
+        return _recovery_config("sre2l", {**inherited, **self.sre2l}, "sre2l")
 
     def student_config(self, method: str, seed: int, num_teachers: int):
         from .student import StudentConfig
@@ -165,6 +160,16 @@ class PipelineConfig:
                     infer_budget(ipc, C, len(self.teachers), self.accounting)
                 except ValueError as exc:
                     raise ValueError(f"{where}: {exc}") from None
+
+
+def _recovery_config(method: str, values: Dict[str, Any], name: str):
+    """distill.recovery_config (the builder the CLI uses too), errors prefixed with ``name``."""
+    from .distill import recovery_config
+
+    try:
+        return recovery_config(method, values)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _build(cls, values: Dict[str, Any], name: str):

@@ -7,6 +7,7 @@ from conftest import train_tiny_teachers
 from torch import nn
 
 from infer_fast import distill
+from infer_fast.distill import engine
 from infer_fast.data import load_dataset
 from infer_fast.distill import (
     RecoveryConfig,
@@ -46,7 +47,7 @@ def natural(train_set):
 def _interrupt_batch(monkeypatch, on_call):
     """Make the on_call-th optimized batch raise KeyboardInterrupt (a kill mid-run); returns
     a function that restores the real one."""
-    real = distill._optimize_batch
+    real = engine.optimize_batch
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -55,8 +56,8 @@ def _interrupt_batch(monkeypatch, on_call):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(distill, "_optimize_batch", interrupted)
-    return lambda: monkeypatch.setattr(distill, "_optimize_batch", real)
+    monkeypatch.setattr(engine, "optimize_batch", interrupted)
+    return lambda: monkeypatch.setattr(engine, "optimize_batch", real)
 
 
 def _cfg(**kw):
@@ -220,8 +221,8 @@ def test_resume_from_shares_of_another_world_size(teacher_paths, tmp_path, monke
     with pytest.raises(ValueError, match="resume"):
         distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=cfg, progress=False)
     calls = []
-    real = distill._optimize_batch
-    monkeypatch.setattr(distill, "_optimize_batch", lambda *a, **kw: calls.append(a[6]) or real(*a, **kw))
+    real = engine.optimize_batch
+    monkeypatch.setattr(engine, "optimize_batch", lambda *a, **kw: calls.append(a[6]) or real(*a, **kw))
     resumed = load_distilled(distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=cfg, resume=True,
                                            progress=False))
     assert len(calls) == 2  # 4 UFCs (K = 2, M = 2), 2 recovered before: only the other 2 run
@@ -246,7 +247,7 @@ def test_nan_in_one_group_stops_only_that_ufc(natural, teachers, train_set, tmp_
     spec = train_set.spec
     cfg = _cfg(group_size=3, iterations=6)
     clean = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, progress=False)
-    real, calls = distill._Augmentation.__call__, {"n": 0}
+    real, calls = engine.Augmentation.__call__, {"n": 0}
 
     def poisoned(self, *args, **kwargs):
         x = real(self, *args, **kwargs)
@@ -256,7 +257,7 @@ def test_nan_in_one_group_stops_only_that_ufc(natural, teachers, train_set, tmp_
             x[1, 4, 0, 5, 5] = float("nan")
         return x
 
-    monkeypatch.setattr(distill._Augmentation, "__call__", poisoned)
+    monkeypatch.setattr(engine.Augmentation, "__call__", poisoned)
     ckpt = tmp_path / "one.pt"
     with pytest.raises(distill.RecoveryDivergedError, match=r"1 of 3 jobs \(m=0 k=1 \(iteration 3\)\).*--resume"):
         recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
@@ -264,7 +265,7 @@ def test_nan_in_one_group_stops_only_that_ufc(natural, teachers, train_set, tmp_
     assert saved["ufc_index"].tolist() == [0, 2]
     torch.testing.assert_close(saved["ufc"], clean["ufc"][[0, 2]], rtol=0, atol=1e-5)
     assert saved["stats"][0]["failed"] == {1: 3}
-    monkeypatch.setattr(distill._Augmentation, "__call__", real)
+    monkeypatch.setattr(engine.Augmentation, "__call__", real)
     resumed = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True, progress=False)
     torch.testing.assert_close(resumed["ufc"], clean["ufc"], rtol=0, atol=1e-5)
 
@@ -371,13 +372,13 @@ def test_imagenet_augmentation_draws():
     index = torch.tensor([0, 1])
     cfg = RecoveryConfig(augmentation="imagenet", crop_scale=(1.0, 1.0), max_shift=0)
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    out = distill._Augmentation(cfg, gens, 8, 8, "cpu")(natural, ufc, index, "torch")
+    out = engine.Augmentation(cfg, gens, 8, 8, "cpu")(natural, ufc, index, "torch")
     composed = natural + ufc[:, None]
     for g in range(2):  # each group is either the composed group or its mirror image
         assert torch.allclose(out[g], composed[g], atol=1e-5) or torch.allclose(out[g], composed[g].flip(-1), atol=1e-5)
     cfg = RecoveryConfig(augmentation="imagenet", crop_scale=(0.25, 0.5), max_shift=2)
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    out = distill._Augmentation(cfg, gens, 8, 8, "cpu")(natural, ufc.requires_grad_(), index, "torch")
+    out = engine.Augmentation(cfg, gens, 8, 8, "cpu")(natural, ufc.requires_grad_(), index, "torch")
     assert out.shape == composed.shape
     (grad,) = torch.autograd.grad(out.sum(), ufc)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0

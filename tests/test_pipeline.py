@@ -158,3 +158,38 @@ def test_demo_in_miniature(tmp_path, monkeypatch, capsys):
     assert results["sets"]["infer/ipc10"]["budget"]["K"] == 8  # floor(10*10 / (10+2))
     with pytest.raises(ValueError, match="--seeds"):
         demo.run_demo(out_dir=str(tmp_path / "d2"), seeds=0)
+
+
+def test_one_recovery_builder_for_cli_and_run_configs(monkeypatch):
+    """`infer-fast distill --augmentation imagenet` and `augmentation: imagenet` in a run
+    config get the same recipe (they once differed: r_bn 0.01 and roll up to 32 from the CLI,
+    r_bn 1 and roll up to 4 from a config), for INFER and for SRe2L."""
+    from infer_fast import cli, distill
+    from infer_fast.distill import RecoveryConfig, recovery_config
+    from infer_fast.pipeline import PipelineConfig
+
+    built = {}
+
+    def capture(method):
+        def fake(*args, config, **kwargs):
+            built[method] = config
+            raise KeyboardInterrupt  # stop before anything runs
+        return fake
+
+    monkeypatch.setattr(distill, "distill_infer", capture("infer"))
+    monkeypatch.setattr(distill, "distill_sre2l", capture("sre2l"))
+    monkeypatch.setattr("infer_fast.distributed.init_from_env", lambda: (0, 1))
+    for method in ("infer", "sre2l"):
+        argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",
+                "--method", method, "--augmentation", "imagenet", "--seed", "3"]
+        assert cli.main(argv) == 130
+    run = PipelineConfig.from_dict({"dataset": "fashion-mnist-mini", "teachers": [{"path": "t.pt"}], "out": "o",
+                                    "recovery": {"augmentation": "imagenet", "seed": 3}})
+    assert built["infer"] == run.recovery_config() == RecoveryConfig.imagenet(seed=3)
+    assert built["sre2l"] == run.sre2l_config() == recovery_config("sre2l", {"augmentation": "imagenet", "seed": 3})
+    assert (built["sre2l"].r_bn, built["sre2l"].max_shift, built["sre2l"].iterations) == (0.01, 32, 2000)
+    # given options win over the recipe, and the CIFAR defaults stay the default
+    assert recovery_config("infer", {"augmentation": "imagenet", "r_bn": 0.5}).r_bn == 0.5
+    assert recovery_config("infer", {}) == RecoveryConfig()
+    with pytest.raises(ValueError, match="unknown option"):
+        recovery_config("infer", {"rbn": 1.0})

@@ -1,0 +1,148 @@
+"""Recovery settings: RecoveryConfig (the CIFAR defaults, the ImageNet and SRe2L recipes) and
+the one function that builds it from user options (CLI flags and `infer-fast run` configs alike)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+ACCOUNTINGS = ("fair", "ipc")
+AUGMENTATIONS = ("roll", "imagenet")
+SELECTIONS = ("random", "confidence")
+PRECISIONS = ("fp32", "bf16")
+DISTRIBUTED_MODES = ("jobs", "chunks")
+# torch.compile modes for the teacher pass of recovery ("reduce-overhead" adds CUDA graphs)
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
+# config fields that do not change the result (resuming with another value is allowed)
+RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "distributed")
+
+
+@dataclass
+class RecoveryConfig:
+    """Hyperparameters of UFC recovery (defaults: CIFAR, INFER_METHOD.md §3).
+
+    ``RecoveryConfig.imagenet()`` gives the ImageNet recipe, ``RecoveryConfig.sre2l()`` the
+    SRe2L baseline's (r_bn 0.01)."""
+
+    iterations: int = 1000
+    lr: float = 0.25
+    betas: Tuple[float, float] = (0.5, 0.9)
+    eps: float = 1e-8
+    r_bn: float = 1.0
+    first_bn_mult: float = 10.0
+    # "roll": roll by randint(0, max_shift) (inclusive) on H and W; "imagenet":
+    # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
+    augmentation: str = "roll"
+    max_shift: int = 4
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
+    group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_batch_plan)
+    # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
+    # of one chunk); None = the whole batch, or automatic chunks on CUDA when one group does not fit
+    chunk_size: Optional[int] = None
+    # teacher passes in "bf16" autocast (statistics accumulated and the UFC kept in fp32) or "fp32"
+    precision: str = "fp32"
+    channels_last: bool = False  # teacher weights and inputs in channels_last during recovery
+    # eval-mode BN and its statistics loss fused (bn_eval_with_stat_loss: one kernel pass each
+    # way instead of the BN's, the loss's and autograd's sum); same results; not with chunk_size
+    fused_bn: bool = False
+    # torch.compile the teacher forward + losses (fullgraph; its backward too): "off", or a
+    # torch.compile mode ("reduce-overhead" = CUDA graphs). One graph per teacher and group
+    # count; unchunked batches only; same results up to float rounding
+    compile: str = "off"
+    # under torchrun: "jobs" splits the UFCs across ranks; "chunks" has every rank work on every
+    # UFC batch, each running its share of the chunks (needs chunk_size), statistics all-reduced
+    distributed: str = "jobs"
+    seed: int = 0
+
+    @classmethod
+    def imagenet(cls, **overrides: Any) -> "RecoveryConfig":
+        """INFER on ImageNet-size images: 2000 iterations, r_bn 0.01, RandomResizedCrop
+        (0.08, 1) + flip + roll by up to 32 pixels."""
+        values = dict(iterations=2000, r_bn=0.01, augmentation="imagenet", max_shift=32)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def sre2l(cls, **overrides: Any) -> "RecoveryConfig":
+        """The SRe2L baseline (INFER_METHOD.md §6): same loss and optimizer, r_bn 0.01."""
+        values = dict(r_bn=0.01)
+        values.update(overrides)
+        return cls(**values)
+
+    def validate(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if len(tuple(self.betas)) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two values in [0, 1), got {self.betas!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps!r}")
+        if not (self.r_bn >= 0 and math.isfinite(self.r_bn)):
+            raise ValueError(f"r_bn must be >= 0, got {self.r_bn!r}")
+        if not math.isfinite(self.first_bn_mult):
+            raise ValueError(f"first_bn_mult must be finite, got {self.first_bn_mult!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
+        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
+            raise ValueError(f"max_shift must be an integer >= 0, got {self.max_shift!r}")
+        scale = tuple(self.crop_scale)
+        if len(scale) != 2 or not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"crop_scale must be two values with 0 < low <= high <= 1, got {self.crop_scale!r}")
+        if self.group_size is not None and (
+            isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1
+        ):
+            raise ValueError(f"group_size must be a positive integer or None (automatic), got {self.group_size!r}")
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {self.chunk_size!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
+        if self.distributed == "chunks" and self.chunk_size is None:
+            raise ValueError("distributed='chunks' splits the chunks of each batch across ranks: set chunk_size")
+        for name in ("channels_last", "fused_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    def describe_augmentation(self) -> str:
+        roll = f"roll by randint(0, {self.max_shift}) on H and W"
+        if self.augmentation == "imagenet":
+            return f"RandomResizedCrop(scale {tuple(self.crop_scale)}) + horizontal flip, then {roll}; drawn per UFC per iteration"
+        return f"{roll} per UFC per iteration"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = [float(b) for b in self.betas]
+        d["crop_scale"] = [float(s) for s in self.crop_scale]
+        return d
+
+
+
+def recovery_config(method: str, options: Mapping[str, Any]) -> RecoveryConfig:
+    """The validated RecoveryConfig of ``method`` ("infer" or "sre2l") from user options
+    (RecoveryConfig fields, from CLI flags and `infer-fast run` configs alike): the recipe
+    the options select, the given options on top. ``augmentation: imagenet`` selects the
+    ImageNet recipe (2000 iterations, r_bn 0.01, roll by up to 32), anything else the CIFAR
+    defaults; SRe2L has r_bn 0.01 unless ``r_bn`` is given. Lists (from YAML) become tuples."""
+    if method not in ("infer", "sre2l"):
+        raise ValueError(f"method must be infer or sre2l, got {method!r}")
+    names = {f.name for f in dataclasses.fields(RecoveryConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    base = RecoveryConfig.imagenet() if values.get("augmentation") == "imagenet" else RecoveryConfig()
+    if method == "sre2l":
+        base.r_bn = RecoveryConfig.sre2l().r_bn
+    config = dataclasses.replace(base, **values)
+    config.validate()
+    return config

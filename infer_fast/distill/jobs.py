@@ -1,0 +1,315 @@
+"""The job runner: the jobs (m, k) of a recovery (one UFC, or one SRe2L image group, per
+teacher m and index k) scheduled teacher by teacher in batches of the engine, checkpointed
+after every batch and resumed from the checkpoints of any world size, split across ranks under
+torchrun; and the two recoveries built on it, recover_ufcs (INFER) and recover_sre2l."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import distributed
+from .._io import read_checkpoint, save_atomic
+from . import engine
+from .config import RESULT_NEUTRAL, RecoveryConfig
+
+CHECKPOINT_FORMAT = "infer-fast-recovery"
+CHECKPOINT_VERSION = 1
+
+
+class RecoveryDivergedError(RuntimeError):
+    """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
+
+
+def _natural_digest(natural_u8: Tensor) -> str:
+    return hashlib.sha256(natural_u8.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
+    ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, "recovery checkpoint", CHECKPOINT_VERSION)
+    theirs = ckpt.get("run", {})
+    for key, value in identity.items():
+        if key == "config":
+            for name, v in value.items():
+                if theirs.get("config", {}).get(name) != v:
+                    raise ValueError(
+                        f"recovery checkpoint {path!r} belongs to another run: config {name}="
+                        f"{theirs.get('config', {}).get(name)!r}, this run has {v!r} (delete it or use the same settings)"
+                    )
+        elif theirs.get(key) != value:
+            what = "natural images" if key == "natural_sha256" else key
+            shown = "" if key == "natural_sha256" else f": {theirs.get(key)!r} vs this run's {value!r}"
+            raise ValueError(f"recovery checkpoint {path!r} belongs to another run (different {what}{shown})")
+    return ckpt
+
+
+
+def recovery_checkpoints(checkpoint: Union[str, os.PathLike]) -> List[str]:
+    """The existing checkpoint files of a recovery run: ``checkpoint`` itself (one process,
+    or "chunks") and the per-rank shares ``<checkpoint>.rank<r>-of-<w>`` of any world size."""
+    base = os.fspath(checkpoint)
+    shares = sorted(glob.glob(glob.escape(base) + ".rank*-of-*"))
+    return ([base] if os.path.exists(base) else []) + shares
+
+
+def _check_common(teachers, mean, std, channels: int, config: RecoveryConfig) -> List[nn.Module]:
+    config.validate()
+    teachers = list(teachers)
+    if not teachers:
+        raise ValueError("recovery needs at least one teacher")
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
+    for m, teacher in enumerate(teachers):
+        engine.check_teacher(teacher, m)
+    return teachers
+
+
+def _run_jobs(
+    method: str, jobs: List[Tuple[int, int]], teachers: List[nn.Module], natural_cpu: Optional[Tensor],
+    num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
+    identity: Dict[str, Any], checkpoint, resume: bool, progress: bool, backend: str,
+) -> Tuple[Dict[Tuple[int, int], Tensor], List[Dict[str, Any]], Optional[int]]:
+    """Run the jobs (m, k) teacher by teacher, G at a time, checkpointing after every batch.
+    Returns ({(m, k): result}, batch stats, last group size)."""
+    from ..storage import valid_range
+
+    lo_cpu, hi_cpu = valid_range(mean, std)
+    rank, world = distributed.rank_and_world()
+    # torchrun, "jobs": every world-th job, each rank with its own checkpoint; "chunks" (or one
+    # process): every job here, the chunks of each batch split inside, rank 0 checkpoints
+    split_jobs = world > 1 and config.distributed == "jobs"
+    writer = split_jobs or rank == 0
+    done: Dict[Tuple[int, int], Tensor] = {}
+    stats: List[Dict[str, Any]] = []
+    inherited: Dict[Tuple[int, int], Tensor] = {}
+    if checkpoint is not None:
+        found = recovery_checkpoints(checkpoint)
+        checkpoint = distributed.shard_path(os.fspath(checkpoint), rank, world if split_jobs else 1)
+        if found and not resume:
+            raise ValueError(
+                f"recovery checkpoint {found[0]!r} exists: pass resume=True to continue that run, or delete it"
+            )
+        # every checkpoint of the run, whatever number of ranks wrote it: a restart with
+        # another world size (or one process) loses nothing
+        inherited_stats: Dict[Tuple[int, Tuple[int, ...]], Dict[str, Any]] = {}
+        for path in found:
+            ckpt = _load_checkpoint(path, identity)
+            for m, k, u in zip(ckpt["ufc_teacher"].tolist(), ckpt["ufc_index"].tolist(), ckpt["ufc"]):
+                inherited[(m, k)] = u
+            for batch in ckpt.get("stats", []):
+                inherited_stats[(batch["teacher"], tuple(batch["k"]))] = batch
+        if inherited and (rank == 0 or not split_jobs):  # one rank brings them to the gather
+            done, stats = dict(inherited), list(inherited_stats.values())
+        if found and progress:
+            print(f"{', '.join(found)}: resuming, {len(inherited)}/{len(jobs)} {method} jobs already recovered")
+    remaining = [job for job in jobs if job not in inherited]
+    mine = remaining[rank::world] if split_jobs else remaining
+
+    def write_checkpoint(group_size: int) -> None:
+        keys = sorted(done)
+        save_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "format_version": CHECKPOINT_VERSION,
+                "run": identity,
+                "config": config.to_dict(),
+                "group_size": group_size,
+                "ufc": torch.stack([done[key] for key in keys]) if keys else torch.empty(0),
+                "ufc_teacher": torch.tensor([m for m, _ in keys], dtype=torch.int64),
+                "ufc_index": torch.tensor([k for _, k in keys], dtype=torch.int64),
+                "stats": stats,
+            },
+            checkpoint,
+        )
+
+    M = len(teachers)
+    group_size = config.group_size
+    failures: List[Tuple[int, int, int]] = []
+    for m, teacher in enumerate(teachers):
+        todo = [k for mm, k in mine if mm == m and (m, k) not in done]
+        if not todo:
+            continue
+        device = engine.device_of(teacher)
+        source = None if natural_cpu is None else natural_cpu.to(device)
+        lo, hi = lo_cpu.to(device), hi_cpu.to(device)
+        # frozen parameters: no gradient is computed for them (restored afterwards)
+        flags = [(p, p.requires_grad) for p in teacher.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        if config.channels_last:  # (back to the default layout afterwards)
+            teacher.to(memory_format=torch.channels_last)
+        losses = engine.TeacherLosses(teacher, num_classes, config, backend)
+        try:
+            probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
+            if config.group_size:
+                G, chunk_size = config.group_size, config.chunk_size
+            else:
+                G, auto_chunk = engine.auto_batch_plan(teacher, probe, len(todo))
+                chunk_size = config.chunk_size or auto_chunk
+                if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
+                    G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
+            group_size = G
+            for start in range(0, len(todo), G):
+                ks = todo[start:start + G]
+                noun = "UFC" if method == "infer" else "SRe2L group"
+                desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
+                result, batch_stats = engine.optimize_batch(
+                    method, source, num_classes, image_shape, losses, m, ks, config, lo, hi, progress, backend, desc,
+                    chunk_size,
+                )
+                for k, r in zip(ks, result):
+                    if k not in batch_stats["failed"]:
+                        done[(m, k)] = r.clone()
+                failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
+                stats.append(batch_stats)
+                if checkpoint is not None and writer and len(batch_stats["failed"]) < len(ks):
+                    write_checkpoint(G)
+        finally:
+            losses.detach()
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            if config.channels_last:
+                teacher.to(memory_format=torch.contiguous_format)
+    if split_jobs:  # everyone gets every share (then raises together if any job failed)
+        shares = distributed.all_gather_object((done, stats, failures))
+        done, stats, failures = {}, [], []
+        for share_done, share_stats, share_failures in shares:
+            if set(share_done) & set(done):
+                raise RuntimeError(f"{method} recovery: two ranks returned the same jobs {sorted(set(share_done) & set(done))}")
+            done.update(share_done)
+            stats += share_stats
+            failures += share_failures
+        if not failures and set(done) != set(jobs):
+            raise RuntimeError(f"{method} recovery: the ranks' shares miss jobs {sorted(set(jobs) - set(done))}")
+    if failures:
+        named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)") for m, k, it in failures)
+        kept = f"; the other {len(done)} are in {checkpoint} and --resume retries only the failed ones" if checkpoint else ""
+        raise RecoveryDivergedError(
+            f"{method} recovery: the loss became non-finite for {len(failures)} of {len(jobs)} jobs ({named}); "
+            f"lower lr or r_bn, or check the teacher{kept}"
+        )
+    return done, stats, group_size
+
+
+def recover_ufcs(
+    natural_u8: Tensor,
+    teachers: Sequence[nn.Module],
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: Optional[RecoveryConfig] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    resume: bool = False,
+    progress: bool = True,
+    backend: str = "auto",
+) -> Dict[str, Any]:
+    """Recover the K*M UFCs of ``natural_u8`` (uint8 (K, C, ch, H, W)) for every teacher.
+
+    Returns a dict: ``ufc`` float32 (K*M, ch, H, W) in normalized space, teacher-major
+    (row m*K + k is u_k^m), ``ufc_index`` int64 (k), ``ufc_teacher`` int64 (m), ``stats``
+    (one dict per optimized batch: teacher, k, CE, R_bn and accuracy of the final clamped,
+    unaugmented composed images, batch means and per UFC, plus ce/r_bn_last_iteration, the
+    objective at the last step; batches restored from a checkpoint keep their recorded
+    stats) and ``group_size`` (the last one used).
+
+    Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
+    a file written atomically after every batch; ``resume=True`` continues from it (it must
+    belong to the same run: natural images, K, M, normalization and config except
+    group_size). An existing checkpoint without ``resume`` is refused.
+    """
+    config = RecoveryConfig() if config is None else config
+    if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
+        raise ValueError(
+            f"natural_u8 must be a uint8 tensor (K, C, ch, H, W), got "
+            f"{getattr(natural_u8, 'dtype', type(natural_u8).__name__)} {tuple(getattr(natural_u8, 'shape', ()))}"
+        )
+    K, C, ch = natural_u8.shape[:3]
+    teachers = _check_common(teachers, mean, std, ch, config)
+    if K < 1 or C < 1:
+        raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
+    M = len(teachers)
+    natural_u8 = natural_u8.detach().cpu().contiguous()
+    from ..data.transforms import normalize
+
+    natural_cpu = normalize(natural_u8, mean, std).contiguous()
+    identity = {
+        "method": "infer",
+        "K": int(K),
+        "M": int(M),
+        "natural_shape": list(natural_u8.shape),
+        "natural_sha256": _natural_digest(natural_u8),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
+    }
+    jobs = [(m, k) for m in range(M) for k in range(K)]
+    done, stats, group_size = _run_jobs(
+        "infer", jobs, teachers, natural_cpu, C, tuple(natural_u8.shape[2:]), mean, std, config, identity,
+        checkpoint, resume, progress, backend,
+    )
+    return {
+        "ufc": torch.stack([done[key] for key in jobs]).to(torch.float32),
+        "ufc_index": torch.tensor([k for _, k in jobs], dtype=torch.int64),
+        "ufc_teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64),
+        "stats": stats,
+        "group_size": group_size,
+    }
+
+
+def recover_sre2l(
+    ipc: int,
+    num_classes: int,
+    image_shape: Sequence[int],
+    teachers: Sequence[nn.Module],
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: Optional[RecoveryConfig] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    resume: bool = False,
+    progress: bool = True,
+    backend: str = "auto",
+) -> Dict[str, Any]:
+    """The SRe2L baseline: ``ipc`` images per class recovered from Gaussian noise with the same
+    CE + BN-statistics loss, optimizer and augmentation as INFER (INFER_METHOD.md §6).
+
+    Images are optimized in groups of C (one per class, labels 0..C-1) with BN statistics
+    per group, like one SRe2L batch; group j uses teacher j mod M (with one teacher this is
+    SRe2L exactly). Default config: ``RecoveryConfig.sre2l()`` (r_bn 0.01). Returns
+    ``images`` float32 (ipc*C, ch, H, W), normalized and clamped to the valid range, group-major
+    (row j*C + c has class c), ``labels`` int64, ``teacher`` int64 per image, ``stats``,
+    ``group_size``. Checkpoint/resume as :func:`recover_ufcs`."""
+    config = RecoveryConfig.sre2l() if config is None else config
+    for name, value in (("ipc", ipc), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"image_shape must be (channels, H, W), got {image_shape}")
+    teachers = _check_common(teachers, mean, std, image_shape[0], config)
+    M = len(teachers)
+    identity = {
+        "method": "sre2l",
+        "ipc": int(ipc),
+        "M": int(M),
+        "shape": [int(num_classes), *image_shape],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
+    }
+    jobs = [(j % M, j) for j in range(ipc)]
+    done, stats, group_size = _run_jobs(
+        "sre2l", jobs, teachers, None, num_classes, image_shape, mean, std, config, identity,
+        checkpoint, resume, progress, backend,
+    )
+    images = torch.stack([done[key] for key in jobs])  # (ipc, C, ch, H, W)
+    return {
+        "images": images.flatten(0, 1).to(torch.float32),
+        "labels": torch.arange(num_classes, dtype=torch.int64).repeat(ipc),
+        "teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64).repeat_interleave(num_classes),
+        "stats": stats,
+        "group_size": group_size,
+    }
+

@@ -1,0 +1,180 @@
+"""End to end: a dataset and teacher checkpoints in, a distilled set on disk out, for INFER
+and the SRe2L and random baselines."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+from .. import distributed
+from .config import SELECTIONS, RecoveryConfig
+from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints
+from .natural import infer_budget, select_natural_sets
+
+
+def _set_fields(train) -> Dict[str, Any]:
+    """DistilledSet fields that describe the real training set ``train`` (an ImageSet)."""
+    spec = train.spec
+    return dict(
+        dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels, image_size=spec.image_size,
+        mean=spec.mean, std=spec.std, full_train_size=len(train),
+        class_names=list(spec.class_names) if spec.class_names is not None else None,
+    )
+
+
+def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
+    """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
+    recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
+    from ..data import load_dataset
+    from ..storage import OutputExistsError
+    from ..teacher import load_teacher
+
+    config.validate()
+    teacher_paths = [os.fspath(p) for p in teacher_paths]
+    if not teacher_paths:
+        raise ValueError("teachers: at least one teacher checkpoint is needed")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+    train = load_dataset(dataset, "train", data_root=data_root)
+    teachers, records = [], []
+    for path in teacher_paths:
+        model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes,
+                                   device=distributed.local_device(device))
+        teachers.append(model)
+        records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
+    return out_dir, train, teachers, records, out_dir.with_name(out_dir.name + ".recovery.pt")
+
+
+def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
+    """Rank 0 writes the set (verified by loading it back under torchrun), then removes the
+    run's recovery checkpoints (every rank's share, of any world size)."""
+    from ..storage import load_distilled, save_distilled
+
+    rank, world = distributed.rank_and_world()
+    if rank == 0:
+        save_distilled(ds, out_dir)
+        if world > 1:
+            load_distilled(out_dir)  # the merged set verifies as one
+    distributed.barrier()  # every rank is done with its share before it goes
+    if rank == 0:
+        for path in recovery_checkpoints(checkpoint):
+            Path(path).unlink(missing_ok=True)
+    distributed.barrier()
+    return out_dir
+
+
+def distill_infer(
+    dataset: str,
+    teacher_paths: Sequence[Union[str, os.PathLike]],
+    ipc: int,
+    out_dir: Union[str, os.PathLike],
+    config: Optional[RecoveryConfig] = None,
+    accounting: str = "fair",
+    data_root: Optional[str] = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    backend: str = "auto",
+    selection: str = "random",
+) -> Path:
+    """Distill ``dataset`` with INFER into ``out_dir`` (a distilled-set directory); returns it.
+
+    Loads the training split and the teachers (once), K = infer_budget(ipc, C, M,
+    accounting), picks K natural sets (``selection`` random or by teacher confidence, seed =
+    config.seed), recovers the K*M UFCs with a checkpoint at ``<out_dir>.recovery.pt``
+    (removed after the set is saved; ``resume=True`` continues an interrupted run) and saves
+    an unlabelled INFER DistilledSet.
+    """
+    from ..storage import DistilledSet
+
+    config = RecoveryConfig() if config is None else config
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
+    spec = train.spec
+    K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
+    natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers)
+    result = recover_ufcs(
+        natural, teachers, spec.mean, spec.std, config, checkpoint=checkpoint, resume=resume,
+        progress=progress, backend=backend,
+    )
+    hyper = config.to_dict()
+    hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
+                 natural_selection=selection)
+    ds = DistilledSet(
+        method="infer", **_set_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
+        ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,
+        budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting}, seed=config.seed,
+    )
+    return _save_and_clean(ds, out_dir, checkpoint)
+
+
+def distill_sre2l(
+    dataset: str,
+    teacher_paths: Sequence[Union[str, os.PathLike]],
+    ipc: int,
+    out_dir: Union[str, os.PathLike],
+    config: Optional[RecoveryConfig] = None,
+    data_root: Optional[str] = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    backend: str = "auto",
+) -> Path:
+    """The SRe2L baseline into ``out_dir``: ipc*C images recovered from noise by
+    :func:`recover_sre2l` (default ``RecoveryConfig.sre2l()``), stored as float32 normalized
+    images with hard labels (the same ipc*C image budget); relabel it like an INFER set."""
+    from ..storage import DistilledSet
+
+    config = RecoveryConfig.sre2l() if config is None else config
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
+    spec = train.spec
+    result = recover_sre2l(
+        ipc, spec.num_classes, tuple(train.images.shape[1:]), teachers, spec.mean, spec.std, config,
+        checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
+    )
+    hyper = config.to_dict()
+    hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
+                 init="Gaussian noise N(0, 1) in normalized space",
+                 teacher_rule="image group j (one image per class) is recovered with teacher j mod M")
+    ds = DistilledSet(
+        method="sre2l", **_set_fields(train), images=result["images"], labels=result["labels"],
+        hyperparameters=hyper, teachers=records,
+        budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"}, seed=config.seed,
+    )
+    return _save_and_clean(ds, out_dir, checkpoint)
+
+
+def distill_random(
+    dataset: str,
+    ipc: int,
+    out_dir: Union[str, os.PathLike],
+    seed: int = 0,
+    data_root: Optional[str] = None,
+) -> Path:
+    """The "random" baseline: ``ipc`` real training images per class, chosen with ``seed``,
+    stored as uint8 (the same storage as ipc*C images; relabel it like an INFER set)."""
+    from ..data import load_dataset
+    from ..storage import DistilledSet, OutputExistsError, save_distilled
+
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+    train = load_dataset(dataset, "train", data_root=data_root)
+    picked = train.per_class(ipc, seed=seed)
+    ds = DistilledSet(
+        method="random",
+        **_set_fields(train),
+        images=picked.images,
+        labels=picked.labels,
+        hyperparameters={"selection": "ipc real training images per class, uniformly at random"},
+        teachers=[],
+        budget={"ipc": int(ipc), "K": 0, "M": 0, "accounting": "ipc"},
+        seed=seed,
+    )
+    return save_distilled(ds, out_dir)
