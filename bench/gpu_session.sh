@@ -28,7 +28,7 @@ BUDGET_S=${BUDGET_S:-540}
 declare -A STEP_LIMITS=([build]=150 [test]=110 [ops]=150 [overhead]=40 [cifar100]=45 [imagenet]=60)
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py
+TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py test_recovery_gpu.py
             test_bn_hooks.py test_chunked.py test_properties.py)
 
 run() {  # run STEP COMMAND...: output to the terminal and to $DEST/<step>.log, status to $DEST/<step>.status
@@ -51,7 +51,7 @@ step_build() {
 
 step_test() {
   local select=(-k "not triton")  # a CPU dry run: the interpreter would take minutes
-  [ "$GPU" = 1 ] && select=(-n 8 -k "cuda or triton")  # the CPU rows ran in CI already
+  [ "$GPU" = 1 ] && select=(-n 8 -k "cuda or triton or gpu")  # the CPU rows ran in CI already
   (cd tests && run test "$PY" -m pytest -q -p no:cacheprovider "${select[@]}" "${@:-${TEST_FILES[@]}}")
 }
 

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="images through the teacher at a time: the exact full-batch gradient in the memory of one "
                          "chunk (default: the whole batch; automatic on CUDA when it does not fit)")
     distill.add_argument("--precision", choices=["fp32", "bf16"],
-                         help="teacher passes in fp32 (default) or bf16 autocast (statistics and UFCs stay fp32)")
+                         help="teacher in fp32 (default) or converted once to bf16 (BatchNorm, statistics and UFCs stay fp32)")
     distill.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                          help="teacher weights and inputs in channels_last (faster convolutions on GPUs)")
     distill.add_argument("--fused-bn", dest="fused_bn", action="store_true", default=None,

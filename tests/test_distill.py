@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import train_tiny_teachers
 from torch import nn
 
@@ -16,6 +17,7 @@ from infer_fast.distill import (
     recover_ufcs,
     select_natural_sets,
 )
+from infer_fast.ops import ufc_compose
 from infer_fast.storage import load_distilled
 from infer_fast.teacher import load_teacher
 
@@ -276,12 +278,42 @@ def test_bf16_and_channels_last(natural, teachers, train_set):
     cl = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3, channels_last=True), progress=False)
     torch.testing.assert_close(cl["ufc"], fp32["ufc"], rtol=0, atol=1e-4)
     assert all(p.is_contiguous() for p in teachers[0].parameters())  # the teacher's layout is restored
+    before = {name: t.clone() for name, t in teachers[0].state_dict().items()}
     bf16 = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=3, precision="bf16"), progress=False)
     assert bf16["ufc"].dtype == torch.float32 and torch.isfinite(bf16["ufc"]).all()
+    # the run converts a copy of the teacher: the caller's teacher is untouched (fp32, same values)
+    assert all(torch.equal(t, before[name]) for name, t in teachers[0].state_dict().items())
     # bf16 rounding moves some Adam steps, but the compensators stay close to the fp32 ones
     assert (bf16["ufc"] - fp32["ufc"]).abs().mean() < 0.25 * fp32["ufc"].abs().mean()
     with pytest.raises(ValueError, match="precision"):
         RecoveryConfig(precision="fp16").validate()
+
+
+def test_bf16_run_recovers_what_fp32_does(natural, teachers, train_set):
+    """The teacher converted once to bf16 (BatchNorm, statistics, UFCs and Adam in fp32):
+    judged by the fp32 teacher on the final clamped images, the bf16 run's CE is within 2%
+    of the fp32 run's and its accuracy within one image of the K*C. (bf16 keeps 8 significant
+    bits, a relative rounding of 2^-9 per value; over 20 iterations the compensators differ by
+    a few such roundings, a fraction of a percent of CE measured here.)"""
+    from infer_fast.data.transforms import normalize
+    from infer_fast.storage import valid_range
+
+    spec, teacher = train_set.spec, teachers[0]
+    K, C = natural.shape[:2]
+    lo, hi = valid_range(spec.mean, spec.std)
+    composed = normalize(natural, spec.mean, spec.std)
+    labels = torch.arange(C).repeat(K)
+
+    def judged(precision):
+        ufc = recover_ufcs(natural, [teacher], spec.mean, spec.std,
+                           _cfg(group_size=K, iterations=20, precision=precision), progress=False)["ufc"]
+        with torch.no_grad():
+            logits = teacher(ufc_compose(composed, ufc, torch.arange(K), lo=lo, hi=hi).flatten(0, 1))
+        return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+    (ce32, acc32), (ce16, acc16) = judged("fp32"), judged("bf16")
+    assert abs(ce16 - ce32) <= 0.02 * ce32
+    assert abs(acc16 - acc32) <= 1 / (K * C) + 1e-6
 
 
 def test_bn_training_mode_refused(natural, train_set):
@@ -361,6 +393,49 @@ def test_imagenet_augmentation_batched_equals_alone(natural, teachers, train_set
     assert not torch.allclose(rolled["ufc"], together["ufc"])  # crops and flips changed the result
     assert RecoveryConfig.imagenet().to_dict() == {
         **RecoveryConfig().to_dict(), "iterations": 2000, "r_bn": 0.01, "augmentation": "imagenet", "max_shift": 32}
+
+
+def per_group_imagenet_augmentation(x, gens, config):
+    """The ImageNet augmentation as it was written before it became one resampling: per group,
+    a box from the job's generator, F.interpolate of the crop, flip, roll."""
+    from infer_fast.data.transforms import _resized_crop_boxes
+    from infer_fast.distill import CROP_RATIO
+
+    height, width = x.shape[-2:]
+    out = []
+    for g, gen in enumerate(gens):
+        top, left, h, w = (int(v) for v in _resized_crop_boxes(1, height, width, tuple(config.crop_scale), CROP_RATIO, gen))
+        flip = bool(torch.rand(1, generator=gen) < 0.5)
+        shift = torch.randint(0, config.max_shift + 1, (2,), generator=gen).tolist()
+        y = F.interpolate(x[g, :, :, top:top + h, left:left + w], size=(height, width), mode="bilinear",
+                          align_corners=False, antialias=True)
+        y = y.flip(-1) if flip else y
+        out.append(torch.roll(y, shifts=shift, dims=(-2, -1)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("predrawn", [True, False], ids=["drawn-up-front", "drawn-per-step"])
+def test_imagenet_augmentation_is_one_resampling_of_the_same_draws(predrawn):
+    """One grid_sample over all groups gives what the per-group crop, resize, flip and roll
+    gave, from the same draws of each job's generator, forward and backward (non-square
+    images, so swapped axes would show)."""
+    gen = torch.Generator().manual_seed(0)
+    natural = torch.randn(3, 4, 2, 12, 10, generator=gen)
+    ufc = torch.randn(3, 2, 12, 10, generator=gen, requires_grad=True)
+    index = torch.tensor([2, 0, 1])
+    cfg = RecoveryConfig(augmentation="imagenet", max_shift=5)
+    seeds = (11, 12, 13)
+    augment = engine.Augmentation(cfg, [torch.Generator().manual_seed(s) for s in seeds], 12, 10, "cpu",
+                                  iterations=6 if predrawn else None)
+    reference_gens = [torch.Generator().manual_seed(s) for s in seeds]
+    for _ in range(6):
+        out = augment(natural, ufc, index, "torch")
+        expected = per_group_imagenet_augmentation(ufc_compose(natural, ufc, index), reference_gens, cfg)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        weights = torch.randn(out.shape, generator=gen)
+        (grad,) = torch.autograd.grad((out * weights).sum(), ufc)
+        (expected_grad,) = torch.autograd.grad((expected * weights).sum(), ufc)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_imagenet_augmentation_draws():

@@ -41,7 +41,8 @@ class RecoveryConfig:
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
     # of one chunk); None = the whole batch, or automatic chunks on CUDA when one group does not fit
     chunk_size: Optional[int] = None
-    # teacher passes in "bf16" autocast (statistics accumulated and the UFC kept in fp32) or "fp32"
+    # "bf16": the teacher converted once to bf16 (BatchNorm kept in fp32), its inputs cast to bf16;
+    # BN statistics, the loss and the UFC with its Adam state stay fp32. Or "fp32"
     precision: str = "fp32"
     channels_last: bool = False  # teacher weights and inputs in channels_last during recovery
     # eval-mode BN and its statistics loss fused (bn_eval_with_stat_loss: one kernel pass each

@@ -3,10 +3,12 @@ optimized together, with their augmentation, losses, optimizer and schedule; and
 how many jobs share a batch."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import math
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,37 @@ def check_teacher(teacher: nn.Module, m: int) -> None:
             )
 
 
+@contextlib.contextmanager
+def recovery_teacher(teacher: nn.Module, config: RecoveryConfig) -> Iterator[nn.Module]:
+    """The teacher as recovery runs it, frozen (no parameter gradients). For a bf16 run a copy
+    converted once: convolutions and linear layers in bf16, BatchNorm kept in fp32 (its running
+    statistics are what the loss matches, and the kernels accumulate in fp32); with
+    channels_last, a copy in that layout. The caller's teacher is left as it was."""
+    if config.precision == "bf16" or config.channels_last:
+        run = copy.deepcopy(teacher).requires_grad_(False)
+        if config.precision == "bf16":
+            run.to(torch.bfloat16)
+            for module in run.modules():
+                if isinstance(module, _BN_TYPES):
+                    module.float()
+        if config.channels_last:
+            run.to(memory_format=torch.channels_last)
+        yield run
+        return
+    flags = [(p, p.requires_grad) for p in teacher.parameters()]
+    teacher.requires_grad_(False)
+    try:
+        yield teacher
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def compute_dtype(config: RecoveryConfig) -> torch.dtype:
+    """The dtype of the teacher's inputs and activations in recovery."""
+    return torch.bfloat16 if config.precision == "bf16" else torch.float32
+
+
 def auto_batch_plan(
     teacher: nn.Module, natural: Tensor, K: int, max_images: int = CPU_MAX_IMAGES,
     memory_fraction: float = CUDA_MEMORY_FRACTION, probe_images: int = 16,
@@ -67,7 +100,7 @@ def auto_batch_plan(
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    x = natural[0, :rows].detach().clone().requires_grad_()
+    x = natural[0, :rows].to(next(teacher.parameters()).dtype).requires_grad_()  # the teacher's input dtype
     tracker = BNStatTracker(teacher, groups=1)
     try:
         loss = F.cross_entropy(teacher(x), torch.arange(rows, device=device) % C) + tracker.weighted_sum(1.0).sum()
@@ -86,49 +119,114 @@ def auto_batch_plan(
 
 
 class Augmentation:
-    """Per-group augmentation draws for one batch of jobs, each from the job's own generator
-    (so a job's draws do not depend on which jobs share its batch)."""
+    """The augmentation of a batch of jobs, applied to all G groups in one call per iteration.
+
+    Every job draws from its own generator (so its draws do not depend on which jobs share its
+    batch), in the order one draw per iteration makes them: "roll", a shift (sh, sw) in
+    [0, max_shift]^2; "imagenet", a RandomResizedCrop box (top, left, h, w), a flip and that
+    shift. Given ``iterations``, all of them are drawn up front and copied to the device once
+    (no host-to-device copy inside the loop). "roll" is the fused compose + roll; "imagenet"
+    composes, then crops, resizes (bilinear, as F.interpolate with align_corners=False; the
+    crops only ever grow, so antialiasing changes nothing), flips and rolls every group with
+    one grid_sample."""
 
     def __init__(self, config: RecoveryConfig, gens: List[torch.Generator], height: int, width: int, device,
                  iterations: Optional[int] = None):
-        self.config, self.gens, self.size, self.device = config, gens, (height, width), device
+        self.config, self.gens, self.size, self.device = config, gens, (height, width), torch.device(device)
         self.step = 0
-        self.all_shifts = None
-        if config.augmentation == "roll" and config.max_shift > 0 and iterations:
-            # every iteration's rolls drawn up front (the same numbers as one draw per step) and
-            # copied to the device once: no host-to-device copy inside the loop
-            high = config.max_shift + 1
-            self.all_shifts = torch.stack([torch.randint(0, high, (iterations, 2), generator=g) for g in gens], 1).to(device)
+        self.draws: Optional[Tensor] = None  # (iterations, G, values) int64 on the device
+        if iterations and not (config.augmentation == "roll" and config.max_shift == 0):
+            self.draws = torch.stack([self._draw(g, iterations) for g in gens], 1).to(self.device)
+        self.rows = torch.arange(height, device=self.device)
+        self.cols = torch.arange(width, device=self.device)
 
-    def _shifts(self) -> Optional[Tensor]:
-        if self.config.max_shift == 0:
-            return None
-        if self.all_shifts is not None:
-            return self.all_shifts[self.step - 1]
-        return torch.stack([torch.randint(0, self.config.max_shift + 1, (2,), generator=g) for g in self.gens]).to(self.device)
+    def _draw(self, gen: torch.Generator, iterations: int) -> Tensor:
+        """One job's draws for ``iterations`` iterations: (iterations, 2) shifts, or
+        (iterations, 7) (top, left, h, w, flip, sh, sw)."""
+        high = self.config.max_shift + 1
+        if self.config.augmentation == "roll":  # one call: the same numbers as a draw per iteration
+            return torch.randint(0, high, (iterations, 2), generator=gen)
+        height, width = self.size
+        rows = []
+        for _ in range(iterations):
+            box = _resized_crop_boxes(1, height, width, tuple(self.config.crop_scale), CROP_RATIO, gen)
+            flip = (torch.rand(1, generator=gen) < 0.5).long()
+            rows.append(torch.cat([*box, flip, torch.randint(0, high, (2,), generator=gen)]))
+        return torch.stack(rows)
+
+    def _current(self) -> Tensor:
+        """This iteration's draws of every group, (G, values), on the device."""
+        if self.draws is not None:
+            return self.draws[self.step - 1]
+        return torch.stack([self._draw(g, 1)[0] for g in self.gens]).to(self.device)
 
     def __call__(self, source: Tensor, variable: Tensor, index: Tensor, backend: str) -> Tensor:
         """The augmented composed batch (G, C, ch, H, W) of the next iteration."""
         self.step += 1
         if self.config.augmentation == "roll":  # fused: compose and roll in one pass
-            return ufc_compose(source, variable, index, shifts=self._shifts(), backend=backend)
+            shifts = None if self.config.max_shift == 0 else self._current()
+            return ufc_compose(source, variable, index, shifts=shifts, backend=backend)
         x = ufc_compose(source, variable, index, backend=backend)
+        G, C, ch, height, width = x.shape
+        grid = self._grid(self._current())
+        out = F.grid_sample(x.reshape(G, C * ch, height, width), grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        return out.view(G, C, ch, height, width)
+
+    def _grid(self, draw: Tensor) -> Tensor:
+        """(G, H, W, 2) grid_sample coordinates: output pixel (i, j) reads the resized crop at
+        (r, c) = ((i - sh) mod H, f((j - sw) mod W)), f the flip; the crop's row r reads source
+        row top + clamp((r + 0.5) h / H - 0.5, 0, h - 1) (F.interpolate's bilinear sampling),
+        and the same for columns."""
         height, width = self.size
-        out = []
-        for g, gen in enumerate(self.gens):
-            top, left, h, w = (int(v) for v in _resized_crop_boxes(1, height, width, tuple(self.config.crop_scale), CROP_RATIO, gen))
-            flip = bool(torch.rand(1, generator=gen) < 0.5)
-            shift = torch.randint(0, self.config.max_shift + 1, (2,), generator=gen).tolist()
-            y = F.interpolate(x[g, :, :, top:top + h, left:left + w], size=self.size, mode="bilinear",
-                              align_corners=False, antialias=True)
-            y = y.flip(-1) if flip else y
-            out.append(torch.roll(y, shifts=shift, dims=(-2, -1)) if any(shift) else y)
-        return torch.stack(out)
+        top, left, h, w, flip, sh, sw = (v[:, None] for v in draw.unbind(1))
+        r = (self.rows[None] - sh).remainder(height)
+        c = (self.cols[None] - sw).remainder(width)
+        c = torch.where(flip.bool(), width - 1 - c, c)
+
+        def source(dst: Tensor, start: Tensor, extent: Tensor, size: int) -> Tensor:
+            pixel = start + ((dst + 0.5) * (extent / size) - 0.5).clamp(min=0).minimum(extent - 1)
+            return (2 * pixel + 1) / size - 1  # grid_sample's normalized coordinate (align_corners=False)
+
+        ys, xs = source(r, top, h, height), source(c, left, w, width)  # (G, H), (G, W)
+        return torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1).float()
 
 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# Tests set this: every iteration after the first then runs under
+# torch.cuda.set_sync_debug_mode("error"), so any host synchronisation in the loop raises.
+CHECK_HOST_SYNCS = False
+
+
+class ProgressReadout:
+    """The batch's mean CE and R_bn for the progress bar, without a host synchronisation:
+    every ``every`` iterations they are copied to pinned host memory asynchronously, and the
+    bar shows the last copy that has landed (on a GPU, a few iterations old)."""
+
+    def __init__(self, bar, device: torch.device, every: int = 10):
+        self.bar, self.every, self.device = bar, every, device
+        self.host = torch.empty(2, pin_memory=device.type == "cuda")
+        self.landed: Optional[torch.cuda.Event] = None  # the copy in flight, if any
+
+    def update(self, t: int, ce: Tensor, rbn: Tensor, last: bool) -> None:
+        if self.landed is not None and self.landed.query():
+            self._show()
+        if (t % self.every == 0 or last) and self.landed is None:
+            self.host.copy_(torch.stack([ce.mean(), rbn.mean()]).float(), non_blocking=True)
+            if self.device.type == "cuda":
+                self.landed = torch.cuda.Event()
+                self.landed.record()
+            else:  # a CPU copy has landed already
+                self._show()
+
+    def _show(self) -> None:
+        self.landed = None
+        ce, rbn = self.host.tolist()  # host memory: no device synchronisation
+        self.bar.set_postfix(ce=f"{ce:.4f}", r_bn=f"{rbn:.4f}")
 
 
 class TeacherLosses:
@@ -140,12 +238,13 @@ class TeacherLosses:
     def __init__(self, teacher: nn.Module, num_classes: int, config: RecoveryConfig, backend: str):
         self.teacher, self.num_classes, self.config, self.backend = teacher, num_classes, config, backend
         self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.dtype = compute_dtype(config)
         self.groups: Optional[int] = None
         self.tracker: Optional[BNStatTracker] = None
 
     def teacher_input(self, x: Tensor) -> Tensor:
-        """(G, C, ch, H, W) -> the teacher's (G*C, ch, H, W) batch in its layout."""
-        return x.flatten(0, 1).contiguous(memory_format=self.layout)
+        """(G, C, ch, H, W) -> the teacher's (G*C, ch, H, W) batch in its dtype and layout."""
+        return x.flatten(0, 1).to(self.dtype).contiguous(memory_format=self.layout)
 
     def _build(self, G: int) -> None:
         self.detach()
@@ -156,7 +255,8 @@ class TeacherLosses:
 
         def losses(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
             logits = self.teacher(self.teacher_input(x))
-            ce = F.cross_entropy(logits, labels, reduction="none").view(G, C).mean(1)
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a bf16 teacher's: fp32
+            ce = F.cross_entropy(wide, labels, reduction="none").view(G, C).mean(1)
             rbn = tracker.weighted_sum(config.first_bn_mult) if tracker is not None else torch.zeros_like(ce)
             return ce, rbn, logits
 
@@ -229,43 +329,50 @@ def optimize_batch(
     # and only it is dropped at the end.
     alive = torch.ones(G, dtype=torch.bool, device=device)
     died_at = torch.full((G,), -1, dtype=torch.int64, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     started = time.perf_counter()
     first_iteration_s = None
+    sync_mode = None  # with CHECK_HOST_SYNCS on CUDA: the debug mode to restore after the loop
     try:
         bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
+        readout = ProgressReadout(bar, device) if progress else None
         for t in bar:
             if t == 1:  # the first iteration includes one-off costs (torch.compile, autotuning): one sync
                 _synchronize(device)
                 first_iteration_s = time.perf_counter() - started
+                if CHECK_HOST_SYNCS and device.type == "cuda":
+                    sync_mode = torch.cuda.get_sync_debug_mode()
+                    torch.cuda.set_sync_debug_mode("error")
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
             optimizer.zero_grad(set_to_none=True)
             x = augment(*compose_args(variable), backend)
-            with autocast:
-                ce, rbn, _ = losses_and_backward(x)
+            ce, rbn, _ = losses_and_backward(x)
             finite = torch.isfinite(ce + config.r_bn * rbn)
             died_at = torch.where(alive & ~finite, t + 1, died_at)
             alive &= finite
             optimizer.step()
             last_ce, last_rbn = ce.detach(), rbn.detach()
-            if progress and (t % 10 == 0 or t + 1 == config.iterations):
-                bar.set_postfix(ce=f"{float(last_ce.mean()):.4f}", r_bn=f"{float(last_rbn.mean()):.4f}")
+            if readout is not None:
+                readout.update(t, last_ce, last_rbn, last=t + 1 == config.iterations)
+        if sync_mode is not None:
+            torch.cuda.set_sync_debug_mode(sync_mode)
+            sync_mode = None
         bar.close()
         if first_iteration_s is None:  # a single iteration
             _synchronize(device)
             first_iteration_s = time.perf_counter() - started
         final = variable.detach()
         x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
-        with autocast:
-            if chunked:  # (its gradient to the detached images is thrown away)
-                ce, rbn, logits = losses_and_backward(x.requires_grad_())
-                x = x.detach()
-            else:
-                with torch.no_grad():
-                    ce, rbn, logits = losses(x, compiled=False)  # (once: not worth a no-grad graph)
+        if chunked:  # (its gradient to the detached images is thrown away)
+            ce, rbn, logits = losses_and_backward(x.requires_grad_())
+            x = x.detach()
+        else:
+            with torch.no_grad():
+                ce, rbn, logits = losses(x, compiled=False)  # (once: not worth a no-grad graph)
         acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
     finally:
+        if sync_mode is not None:
+            torch.cuda.set_sync_debug_mode(sync_mode)
         if chunked:
             losses.detach()
     alive &= torch.isfinite(final.flatten(1)).all(1)

@@ -88,6 +88,7 @@ def _run_jobs(
     inherited: Dict[Tuple[int, int], Tensor] = {}
     if checkpoint is not None:
         found = recovery_checkpoints(checkpoint)
+        distributed.barrier()  # every rank has looked before any writes its own (all see the same files)
         checkpoint = distributed.shard_path(os.fspath(checkpoint), rank, world if split_jobs else 1)
         if found and not resume:
             raise ValueError(
@@ -136,44 +137,35 @@ def _run_jobs(
         device = engine.device_of(teacher)
         source = None if natural_cpu is None else natural_cpu.to(device)
         lo, hi = lo_cpu.to(device), hi_cpu.to(device)
-        # frozen parameters: no gradient is computed for them (restored afterwards)
-        flags = [(p, p.requires_grad) for p in teacher.parameters()]
-        for p, _ in flags:
-            p.requires_grad_(False)
-        if config.channels_last:  # (back to the default layout afterwards)
-            teacher.to(memory_format=torch.channels_last)
-        losses = engine.TeacherLosses(teacher, num_classes, config, backend)
-        try:
-            probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
-            if config.group_size:
-                G, chunk_size = config.group_size, config.chunk_size
-            else:
-                G, auto_chunk = engine.auto_batch_plan(teacher, probe, len(todo))
-                chunk_size = config.chunk_size or auto_chunk
-                if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
-                    G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
-            group_size = G
-            for start in range(0, len(todo), G):
-                ks = todo[start:start + G]
-                noun = "UFC" if method == "infer" else "SRe2L group"
-                desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
-                result, batch_stats = engine.optimize_batch(
-                    method, source, num_classes, image_shape, losses, m, ks, config, lo, hi, progress, backend, desc,
-                    chunk_size,
-                )
-                for k, r in zip(ks, result):
-                    if k not in batch_stats["failed"]:
-                        done[(m, k)] = r.clone()
-                failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
-                stats.append(batch_stats)
-                if checkpoint is not None and writer and len(batch_stats["failed"]) < len(ks):
-                    write_checkpoint(G)
-        finally:
-            losses.detach()
-            for p, flag in flags:
-                p.requires_grad_(flag)
-            if config.channels_last:
-                teacher.to(memory_format=torch.contiguous_format)
+        with engine.recovery_teacher(teacher, config) as run_teacher:
+            losses = engine.TeacherLosses(run_teacher, num_classes, config, backend)
+            try:
+                probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
+                if config.group_size:
+                    G, chunk_size = config.group_size, config.chunk_size
+                else:
+                    G, auto_chunk = engine.auto_batch_plan(run_teacher, probe, len(todo))
+                    chunk_size = config.chunk_size or auto_chunk
+                    if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
+                        G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
+                group_size = G
+                for start in range(0, len(todo), G):
+                    ks = todo[start:start + G]
+                    noun = "UFC" if method == "infer" else "SRe2L group"
+                    desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
+                    result, batch_stats = engine.optimize_batch(
+                        method, source, num_classes, image_shape, losses, m, ks, config, lo, hi, progress, backend,
+                        desc, chunk_size,
+                    )
+                    for k, r in zip(ks, result):
+                        if k not in batch_stats["failed"]:
+                            done[(m, k)] = r.clone()
+                    failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
+                    stats.append(batch_stats)
+                    if checkpoint is not None and writer and len(batch_stats["failed"]) < len(ks):
+                        write_checkpoint(G)
+            finally:
+                losses.detach()
     if split_jobs:  # everyone gets every share (then raises together if any job failed)
         shares = distributed.all_gather_object((done, stats, failures))
         done, stats, failures = {}, [], []

@@ -277,7 +277,9 @@ def chunked_loss_backward(
                 hooks.start_chunk(row0)
                 logits = teacher(chunk)
                 hooks.end_chunk()
-                ce = F.cross_entropy(logits, labels[rows], reduction="none")
+                # at least fp32 (a bf16 teacher's logits)
+                ce = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels[rows],
+                                     reduction="none")
                 root = ce.sum() * (float(ce_weight) / group_size)
                 for anchor in hooks.anchors:
                     root = root + anchor
