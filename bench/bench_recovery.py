@@ -73,13 +73,16 @@ PROJECTIONS = [
     ("ImageNet-1k ipc 50", "imagenet", infer_budget(50, 1000, 3, "ipc") * 3, 2000),
     ("CIFAR-100 ipc 50", "cifar100", infer_budget(50, 100, 4) * 4, 1000),
 ]
-REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_BF16, TOOLKIT_COMPILED = (
-    "reference", "toolkit", "toolkit fused BN", "toolkit bf16+channels_last", "toolkit fused BN + compile")
+REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_BF16, TOOLKIT_BF16_EAGER, TOOLKIT_COMPILED = (
+    "reference", "toolkit", "toolkit fused BN", "toolkit bf16+channels_last", "toolkit bf16+cl, no CUDA graph",
+    "toolkit fused BN + compile")
 ROW_DESCRIPTIONS = {
     REFERENCE: "reference release's loop: fp32 eager, one UFC at a time, SRe2L-style BN forward hooks",
-    TOOLKIT: "infer_fast.distill.recover_ufcs, fp32, G UFCs per teacher pass, fused kernels",
+    TOOLKIT: "infer_fast.distill.recover_ufcs, fp32, G UFCs per teacher pass, fused kernels (on CUDA each "
+             "batch's iteration a replayed CUDA graph after 3 eager warm-up iterations)",
     TOOLKIT_FUSED: "recover_ufcs with fused_bn=True (eval BN + statistics loss fused: one kernel pass each way)",
     TOOLKIT_BF16: "recover_ufcs with precision='bf16', channels_last=True, fused_bn=True",
+    TOOLKIT_BF16_EAGER: "the bf16 row with cuda_graphs=False: every iteration eager (CUDA only)",
     TOOLKIT_COMPILED: "recover_ufcs with fused_bn=True and compile=--compile (steady state: the first "
                       "iteration of each batch, which traces and compiles, is left out)",
 }
@@ -234,16 +237,19 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
     rows = [reference_row(name, teacher, natural_u8, reference_ufcs, mean, std, config, device)]
     variants = [(TOOLKIT, config), (TOOLKIT_FUSED, dataclasses.replace(config, fused_bn=True)),
                 (TOOLKIT_BF16, dataclasses.replace(config, precision="bf16", channels_last=True, fused_bn=True))]
+    if device.type == "cuda":
+        variants.append((TOOLKIT_BF16_EAGER, dataclasses.replace(variants[-1][1], cuda_graphs=False)))
     if args.compile != "off":
         variants.append((TOOLKIT_COMPILED, dataclasses.replace(config, fused_bn=True, compile=args.compile)))
     for row, cfg in variants:
         def run(cfg=cfg):
             out = recover_ufcs(natural_u8, [teacher], mean, std, cfg, progress=False, backend=args.backend)
+            outcome = {"cuda_graph": sorted({b["cuda_graph"] for b in out["stats"]})}
             if cfg.compile == "off":
-                return None
+                return outcome
             # torch.compile traces in the first iteration of a batch: time the steady state
             # (each UFC is in one batch, so every UFC loses one timed iteration)
-            return {"iterations_excluded": 1, "compile_mode": cfg.compile,
+            return {**outcome, "iterations_excluded": 1, "compile_mode": cfg.compile,
                     "seconds_excluded": sum(b["first_iteration_seconds"] for b in out["stats"]),
                     "first_iteration_seconds": [b["first_iteration_seconds"] for b in out["stats"]]}
 
@@ -255,7 +261,35 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
     reference = rows[0].get("ms_per_ufc_iteration")
     for r in rows:
         r["speedup_vs_reference"] = reference / r["ms_per_ufc_iteration"] if reference and "error" not in r else None
+    if args.profile:
+        best = min((r for r in rows[1:] if "error" not in r), key=lambda r: r["ms_per_ufc_iteration"], default=None)
+        if best is not None:
+            cfg = dict(variants)[best["row"]]
+            best["profile"] = profile_ops(lambda: recover_ufcs(natural_u8[:group_size], [teacher], mean, std, cfg,
+                                                               progress=False, backend=args.backend), device)
+            print(f"  where the time of '{best['row']}' goes (top operators by {best['profile']['by']}):")
+            for op in best["profile"]["top"]:
+                print(f"    {op['share']:6.1%}  {op['ms']:9.2f} ms  {op['calls']:6d} calls  {op['name'][:70]}")
     return rows
+
+
+def profile_ops(fn: Callable[[], None], device: torch.device, top: int = 12) -> Dict:
+    """The operators that take the time of ``fn()``: device time on CUDA, host time on CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return {"by": "device time" if cuda else "host time", "total_ms": total / 1e3,
+            "top": [{"name": e.key, "ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
+                    for e in ranked]}
 
 
 def projections(rows: List[Dict], preset_name: str, hours_unit: str) -> List[Dict]:
@@ -301,6 +335,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also time recover_ufcs with this torch.compile mode (default off)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the CI machines' cores)")
     parser.add_argument("--out", help="JSON path (default bench/results/recovery-<device>-<preset>-<date>.json)")
+    parser.add_argument("--profile", action="store_true",
+                        help="per teacher, profile one batch of the fastest toolkit row: where its time goes")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]

@@ -9,8 +9,8 @@
 #   ops       bench_ops.py: every backend vs the eager hook and torch.compile of it (fp32, both
 #             layouts), then the bf16 channels_last case; target checks in the JSON
 #   overhead  bench_ops.py --overhead: host cost per call at tiny shapes
-#   cifar100  bench_recovery.py at CIFAR-100 shapes
-#   imagenet  bench_recovery.py at ImageNet shapes, ResNet-18, a few iterations
+#   cifar100  bench_recovery.py at CIFAR-100 shapes, with a torch.compile(reduce-overhead) row
+#   imagenet  bench_recovery.py at ImageNet shapes, the three teachers, 10 iterations, profiled
 #   summary   what passed, what was measured, which targets were met (printed last)
 # `all` gives each step a time limit (STEP_LIMITS below) and skips what no longer fits the
 # overall limit (BUDGET_S, default 540 s), so a slow step never costs the summary.
@@ -25,7 +25,7 @@ PY=${PYTHON:-python3}
 DEST=${OUT:-$PWD/bench/results/gpu-session}
 mkdir -p "$DEST"
 BUDGET_S=${BUDGET_S:-540}
-declare -A STEP_LIMITS=([build]=150 [test]=110 [ops]=150 [overhead]=40 [cifar100]=45 [imagenet]=60)
+declare -A STEP_LIMITS=([build]=120 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100)
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py test_recovery_gpu.py
@@ -74,7 +74,12 @@ step_recovery() {  # step_recovery cifar100|imagenet [args...]
   local preset=$1 bounded=()
   shift
   case "$GPU:$preset" in
-    1:imagenet) bounded=(--teachers resnet18-imagenet --iterations 5 --ufcs 3 --reference-ufcs 1) ;;
+    # the three ImageNet teachers users have, each profiled (where MobileNetV2's and
+    # EfficientNet-B0's depthwise convolutions spend their time); CIFAR-100 with a
+    # torch.compile(reduce-overhead) row to weigh against the toolkit's own CUDA graph
+    1:imagenet) bounded=(--teachers resnet18-imagenet,mobilenetv2-imagenet,efficientnet-b0-imagenet --iterations 10
+                         --ufcs 3 --reference-ufcs 1 --profile) ;;
+    1:cifar100) bounded=(--compile "${COMPILE:-reduce-overhead}") ;;
     0:cifar100) bounded=(--classes 4 --size 8 --iterations 1 --ufcs 2 --reference-ufcs 1) ;;
     0:imagenet) bounded=(--classes 4 --size 32 --iterations 1 --ufcs 2 --reference-ufcs 1 --teachers resnet18-imagenet) ;;
   esac

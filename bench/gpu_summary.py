@@ -87,8 +87,17 @@ def summary(directory: Path) -> str:
             continue
         out.append(f"recovery {preset}{' (REDUCED)' if result.get('reduced') else ''}:")
         for r in result["rows"]:
+            if "error" in r:
+                out.append(f"    {r['teacher']:<20} {r['row']:<32} {r['error']}")
+                continue
+            graph = f"  graph: {', '.join(r['cuda_graph'])}" if r.get("cuda_graph") else ""
             out.append(f"    {r['teacher']:<20} {r['row']:<32} {r['ms_per_ufc_iteration']:9.2f} ms/UFC-it  "
-                       f"{r['speedup_vs_reference']:.2f}x ref  peak {r['peak_memory_mib']:.0f} MiB")
+                       f"{r['speedup_vs_reference']:.2f}x ref  peak {r['peak_memory_mib']:.0f} MiB{graph}")
+            for op in r.get("profile", {}).get("top", [])[:5]:
+                out.append(f"        {op['share']:6.1%} {op['ms']:9.2f} ms  {op['name'][:60]}")
+        for p in result.get("projections", []):
+            out.append(f"    projection {p['run']}: {p['row']} {p['hours']:.3f} {p['unit']} "
+                       f"(teachers measured: {', '.join(p['teachers_measured'])})")
     return "\n".join(out)
 
 

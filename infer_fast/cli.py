@@ -105,7 +105,7 @@ def _paths(value: Optional[str]) -> List[str]:
 
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
-    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "distributed", "device",
+    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "cuda_graphs", "distributed", "device",
     "out",
 )
 
@@ -137,7 +137,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         if not teachers:
             raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
         fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift",
-                                                "precision", "channels_last", "fused_bn", "compile", "distributed")
+                                                "precision", "channels_last", "fused_bn", "compile", "cuda_graphs",
+                                                "distributed")
                   if k in options}
         config = recovery_config(method, fields)  # the recipe the options select, the options on top
         common.update(resume=args.resume, progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"],
                          help="torch.compile the teacher pass (reduce-overhead adds CUDA graphs; one compile per "
                          "teacher; default off)")
+    distill.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                         help="run every iteration eagerly on CUDA (default: each batch's iteration captured once as "
+                         "a CUDA graph and replayed)")
     distill.add_argument("--distributed", choices=["jobs", "chunks"],
                          help="under torchrun: split the UFCs across ranks (jobs, default) or the chunks of every batch "
                          "(chunks, with --chunk-size; BN statistics all-reduced)")

@@ -188,6 +188,9 @@ def test_one_recovery_builder_for_cli_and_run_configs(monkeypatch):
     assert built["infer"] == run.recovery_config() == RecoveryConfig.imagenet(seed=3)
     assert built["sre2l"] == run.sre2l_config() == recovery_config("sre2l", {"augmentation": "imagenet", "seed": 3})
     assert (built["sre2l"].r_bn, built["sre2l"].max_shift, built["sre2l"].iterations) == (0.01, 32, 2000)
+    argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",
+            "--no-cuda-graphs"]
+    assert cli.main(argv) == 130 and built["infer"].cuda_graphs is False and RecoveryConfig().cuda_graphs is True
     # given options win over the recipe, and the CIFAR defaults stay the default
     assert recovery_config("infer", {"augmentation": "imagenet", "r_bn": 0.5}).r_bn == 0.5
     assert recovery_config("infer", {}) == RecoveryConfig()

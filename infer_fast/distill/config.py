@@ -16,7 +16,7 @@ DISTRIBUTED_MODES = ("jobs", "chunks")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 # config fields that do not change the result (resuming with another value is allowed)
-RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "distributed")
+RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed")
 
 
 @dataclass
@@ -52,6 +52,9 @@ class RecoveryConfig:
     # torch.compile mode ("reduce-overhead" = CUDA graphs). One graph per teacher and group
     # count; unchunked batches only; same results up to float rounding
     compile: str = "off"
+    # on CUDA, each batch's iteration captured once as a CUDA graph and replayed (the same results
+    # up to float rounding; eager when capture is impossible, and with chunk_size or compile)
+    cuda_graphs: bool = True
     # under torchrun: "jobs" splits the UFCs across ranks; "chunks" has every rank work on every
     # UFC batch, each running its share of the chunks (needs chunk_size), statistics all-reduced
     distributed: str = "jobs"
@@ -108,7 +111,7 @@ class RecoveryConfig:
             raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
         if self.distributed == "chunks" and self.chunk_size is None:
             raise ValueError("distributed='chunks' splits the chunks of each batch across ranks: set chunk_size")
-        for name in ("channels_last", "fused_bn"):
+        for name in ("channels_last", "fused_bn", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

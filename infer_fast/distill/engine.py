@@ -8,6 +8,7 @@ import copy
 import hashlib
 import math
 import time
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -133,7 +134,8 @@ class Augmentation:
     def __init__(self, config: RecoveryConfig, gens: List[torch.Generator], height: int, width: int, device,
                  iterations: Optional[int] = None):
         self.config, self.gens, self.size, self.device = config, gens, (height, width), torch.device(device)
-        self.step = 0
+        # iterations done, on the device: a captured iteration that replays reads and advances it
+        self.step = torch.zeros((), dtype=torch.int64, device=self.device)
         self.draws: Optional[Tensor] = None  # (iterations, G, values) int64 on the device
         if iterations and not (config.augmentation == "roll" and config.max_shift == 0):
             self.draws = torch.stack([self._draw(g, iterations) for g in gens], 1).to(self.device)
@@ -157,18 +159,20 @@ class Augmentation:
     def _current(self) -> Tensor:
         """This iteration's draws of every group, (G, values), on the device."""
         if self.draws is not None:
-            return self.draws[self.step - 1]
+            return self.draws.index_select(0, self.step.view(1))[0]
         return torch.stack([self._draw(g, 1)[0] for g in self.gens]).to(self.device)
 
     def __call__(self, source: Tensor, variable: Tensor, index: Tensor, backend: str) -> Tensor:
-        """The augmented composed batch (G, C, ch, H, W) of the next iteration."""
-        self.step += 1
+        """The augmented composed batch (G, C, ch, H, W) of the next iteration (advances ``step``)."""
         if self.config.augmentation == "roll":  # fused: compose and roll in one pass
             shifts = None if self.config.max_shift == 0 else self._current()
+            self.step.add_(1)
             return ufc_compose(source, variable, index, shifts=shifts, backend=backend)
+        draw = self._current()
+        self.step.add_(1)
         x = ufc_compose(source, variable, index, backend=backend)
         G, C, ch, height, width = x.shape
-        grid = self._grid(self._current())
+        grid = self._grid(draw)
         out = F.grid_sample(x.reshape(G, C * ch, height, width), grid, mode="bilinear", padding_mode="border",
                             align_corners=False)
         return out.view(G, C, ch, height, width)
@@ -281,6 +285,69 @@ class TeacherLosses:
         self.groups, self.tracker = None, None
 
 
+# Eager iterations before the capture (on a side stream, as CUDA graphs want: lazy
+# initialisations, autotuning and the allocator settle first).
+GRAPH_WARMUP_ITERATIONS = 3
+
+
+def uses_cuda_graph(config: RecoveryConfig, device: torch.device, chunked: bool) -> bool:
+    """Whether a batch's iterations run as one captured CUDA graph: on CUDA with
+    ``config.cuda_graphs``, unless the chunked mode (host-side chunk loop, collectives) or
+    torch.compile (its own graphs with mode="reduce-overhead") runs the step."""
+    return (device.type == "cuda" and config.cuda_graphs and not chunked and config.compile == "off"
+            and config.iterations > GRAPH_WARMUP_ITERATIONS)
+
+
+def cosine_lr(step: Tensor, config: RecoveryConfig) -> Tensor:
+    """lr_t = 0.5 (1 + cos(pi t / T)) lr for t = ``step`` (a device tensor), on the device."""
+    return config.lr * 0.5 * (1.0 + torch.cos(step * (math.pi / config.iterations)))
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device) -> Iterator[None]:
+    """Work on a side stream of ``device``, ordered after and before the current stream's."""
+    current = torch.cuda.current_stream(device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        yield
+    current.wait_stream(stream)
+
+
+class CapturedIteration:
+    """One recovery iteration captured as a CUDA graph; ``replay()`` runs the next iteration
+    and returns its (CE, R_bn), static tensors that the next replay overwrites."""
+
+    def __init__(self, graph: "torch.cuda.CUDAGraph", outputs: Tuple[Tensor, Tensor]):
+        self.graph, self.outputs = graph, outputs
+
+    @classmethod
+    def capture(cls, iteration, optimizer, sync_mode) -> Tuple[Optional["CapturedIteration"], str]:
+        """(the captured iteration, "captured"), or (None, why) when capture is impossible;
+        the batch then goes on eagerly. Capturing runs nothing: the iteration it records is
+        the next one replayed. (A sync check armed for the loop is paused for the capture,
+        a one-off like the first iteration.)"""
+        optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients
+        graph = torch.cuda.CUDAGraph()
+        if sync_mode is not None:
+            torch.cuda.set_sync_debug_mode(sync_mode)
+        try:
+            with torch.cuda.graph(graph):
+                outputs = iteration()
+        except Exception as exc:  # any failure to capture: eager is always correct
+            why = f"eager: CUDA graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            warnings.warn(f"recovery: {why}", RuntimeWarning, stacklevel=3)
+            return None, why
+        finally:
+            if sync_mode is not None:
+                torch.cuda.set_sync_debug_mode("error")
+        return cls(graph, outputs), "captured"
+
+    def replay(self) -> Tuple[Tensor, Tensor]:
+        self.graph.replay()
+        return self.outputs
+
+
 def optimize_batch(
     method: str, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
     losses: TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
@@ -308,9 +375,15 @@ def optimize_batch(
         zero_ufc = torch.zeros((G,) + image_shape, device=device)
         compose_args = lambda v: (v, zero_ufc, index)  # noqa: E731
     labels = torch.arange(C, device=device).repeat(G)
-    optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
     augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
     chunked = chunk_size is not None and chunk_size < G * C
+    graphed = uses_cuda_graph(config, device, chunked)
+    if graphed:  # Adam and its learning rate on the device, so a captured step replays correctly
+        lr = torch.full((), config.lr, device=device)
+        optimizer = torch.optim.Adam([variable], lr=lr, betas=tuple(config.betas), eps=config.eps, capturable=True)
+    else:
+        lr = None
+        optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
     if chunked:  # the chunked mode attaches its own hooks
         losses.detach()
 
@@ -329,9 +402,25 @@ def optimize_batch(
     # and only it is dropped at the end.
     alive = torch.ones(G, dtype=torch.bool, device=device)
     died_at = torch.full((G,), -1, dtype=torch.int64, device=device)
+
+    def iteration() -> Tuple[Tensor, Tensor]:
+        """One iteration, t = augment.step: everything on the device, no host sync, so that it
+        can be captured once as a CUDA graph and replayed (gradients: set by the backward)."""
+        if lr is not None:
+            lr.copy_(cosine_lr(augment.step, config))
+        x = augment(*compose_args(variable), backend)  # advances augment.step to t + 1
+        ce, rbn, _ = losses_and_backward(x)
+        finite = torch.isfinite(ce + config.r_bn * rbn)
+        died_at.copy_(torch.where(alive & ~finite, augment.step, died_at))
+        alive.logical_and_(finite)
+        optimizer.step()
+        return ce.detach(), rbn.detach()
+
     started = time.perf_counter()
     first_iteration_s = None
     sync_mode = None  # with CHECK_HOST_SYNCS on CUDA: the debug mode to restore after the loop
+    graph: Optional[CapturedIteration] = None
+    graph_status = "off" if not graphed else "eager (fewer iterations than the warm-up)"
     try:
         bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
         readout = ProgressReadout(bar, device) if progress else None
@@ -342,16 +431,18 @@ def optimize_batch(
                 if CHECK_HOST_SYNCS and device.type == "cuda":
                     sync_mode = torch.cuda.get_sync_debug_mode()
                     torch.cuda.set_sync_debug_mode("error")
-            for group in optimizer.param_groups:
-                group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
-            optimizer.zero_grad(set_to_none=True)
-            x = augment(*compose_args(variable), backend)
-            ce, rbn, _ = losses_and_backward(x)
-            finite = torch.isfinite(ce + config.r_bn * rbn)
-            died_at = torch.where(alive & ~finite, t + 1, died_at)
-            alive &= finite
-            optimizer.step()
-            last_ce, last_rbn = ce.detach(), rbn.detach()
+            if graphed and graph is None and t == GRAPH_WARMUP_ITERATIONS:
+                graph, graph_status = CapturedIteration.capture(iteration, optimizer, sync_mode)
+                graphed = graph is not None
+            if graph is not None:
+                last_ce, last_rbn = graph.replay()
+            else:
+                if lr is None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
+                optimizer.zero_grad(set_to_none=True)
+                with side_stream(device) if graphed else contextlib.nullcontext():
+                    last_ce, last_rbn = iteration()  # (warm-up of the capture on its own stream)
             if readout is not None:
                 readout.update(t, last_ce, last_rbn, last=t + 1 == config.iterations)
         if sync_mode is not None:
@@ -393,6 +484,7 @@ def optimize_batch(
         # wall time of the batch, and of its first iteration (compile and warm-up included)
         "seconds": time.perf_counter() - started,
         "first_iteration_seconds": first_iteration_s,
+        "cuda_graph": graph_status,  # "captured", "off", or why this batch ran eagerly
     }
     result = final if method == "infer" else x
     return result.to("cpu", torch.float32), stats
