@@ -298,9 +298,11 @@ def uses_cuda_graph(config: RecoveryConfig, device: torch.device, chunked: bool)
             and config.iterations > GRAPH_WARMUP_ITERATIONS)
 
 
-def cosine_lr(step: Tensor, config: RecoveryConfig) -> Tensor:
-    """lr_t = 0.5 (1 + cos(pi t / T)) lr for t = ``step`` (a device tensor), on the device."""
-    return config.lr * 0.5 * (1.0 + torch.cos(step * (math.pi / config.iterations)))
+def cosine_lr(t, config: RecoveryConfig):
+    """lr_t = 0.5 (1 + cos(pi t / T)) lr: for an int t (eager), or a device tensor t (a
+    captured iteration computes it on the device)."""
+    cos = torch.cos if isinstance(t, Tensor) else math.cos
+    return 0.5 * (1.0 + cos(math.pi * t / config.iterations)) * config.lr
 
 
 @contextlib.contextmanager
@@ -420,7 +422,7 @@ def optimize_batch(
     first_iteration_s = None
     sync_mode = None  # with CHECK_HOST_SYNCS on CUDA: the debug mode to restore after the loop
     graph: Optional[CapturedIteration] = None
-    graph_status = "off" if not graphed else "eager (fewer iterations than the warm-up)"
+    graph_status = "off"
     try:
         bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
         readout = ProgressReadout(bar, device) if progress else None
@@ -439,7 +441,7 @@ def optimize_batch(
             else:
                 if lr is None:
                     for group in optimizer.param_groups:
-                        group["lr"] = 0.5 * (1.0 + math.cos(math.pi * t / config.iterations)) * config.lr
+                        group["lr"] = cosine_lr(t, config)
                 optimizer.zero_grad(set_to_none=True)
                 with side_stream(device) if graphed else contextlib.nullcontext():
                     last_ce, last_rbn = iteration()  # (warm-up of the capture on its own stream)
