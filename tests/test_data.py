@@ -547,3 +547,37 @@ def test_random_resized_crop():
     assert tuple(random_resized_crop(x, (10, 14), gen=torch.Generator()).shape) == (6, 3, 10, 14)
     with pytest.raises(ValueError, match="expected float images"):
         random_resized_crop(rand_u8((1, 1, 4, 4)), 4)
+
+
+class _RunsCode:
+    """What a crafted pickle does: unpickling calls os.system."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, protocol):
+    """A data_batch_1 crafted to run a command is refused with one clear error, through the
+    library and the CLI (exit 2), and the command never runs; the official format (numpy 1
+    and 2 arrays, bytes pickled with protocol 2) still loads."""
+    import subprocess
+    import sys
+
+    x, y = rand_u8((10, 3, 32, 32)), torch.arange(10)
+    folder = write_cifar_batches(tmp_path, (x, y), (x, y), "cifar10")
+    assert torch.equal(load_dataset("cifar10", data_root=str(tmp_path)).labels[:10], y)
+    marker = tmp_path / "executed"
+    with open(os.path.join(folder, "data_batch_1"), "wb") as f:
+        pickle.dump({b"data": _RunsCode(f"touch {marker}"), b"labels": list(range(10))}, f, protocol=protocol)
+    with pytest.raises(ValueError, match=r"data_batch_1: refused to load: the pickle names (posix|os)\.system, "
+                                         r"which could run code"):
+        load_dataset("cifar10", data_root=str(tmp_path))
+    cli = subprocess.run([sys.executable, "-m", "infer_fast.cli", "distill", "--dataset", "cifar10", "--method", "random",
+                          "--ipc", "1", "--data-root", str(tmp_path), "--out", str(tmp_path / "set")],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "refused to load" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "set").exists()

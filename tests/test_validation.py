@@ -99,3 +99,14 @@ def test_errors_come_before_any_kernel(monkeypatch):
         bn_stat_loss(torch.randn(3, 4, 2, 2), *stats(), groups=2)
     with pytest.raises(ValueError):
         ufc_compose(**compose_args(index=torch.tensor([0, 7])))
+
+
+def test_malformed_compose_bounds_name_the_problem():
+    """NaN bounds and lo > hi are refused before any kernel, given as numbers, lists or tensors."""
+    for lo, hi, match in ((float("nan"), 1.0, "lo must not be NaN"), (-1.0, [1.0, float("nan")], "hi must not be NaN"),
+                          (2.0, 1.0, "lo must not exceed hi: channel 0 has lo = 2 > hi = 1"),
+                          ([-1.0, 0.5], torch.tensor([1.0, 0.25]), "channel 1 has lo = 0.5 > hi = 0.25"),
+                          (torch.tensor([0.0, float("nan")]), None, "lo must not be NaN")):
+        with pytest.raises(ValueError, match=match):
+            ufc_compose(**compose_args(lo=lo, hi=hi))
+    ufc_compose(**compose_args(lo=-1.0, hi=[1.0, 1.0]))  # well-formed bounds pass

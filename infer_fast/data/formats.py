@@ -245,12 +245,39 @@ CIFAR_URLS = {
 }
 
 
+# The only globals a CIFAR pickle names: numpy arrays (as numpy 1 and numpy 2 pickle them) and
+# bytes pickled with protocol 2 (_codecs.encode). Any other global could run code when
+# unpickled (os.system, builtins.eval, ...): refused before it is even looked up.
+_CIFAR_PICKLE_GLOBALS = frozenset({
+    ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+})
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Builds the dicts, lists, bytes, numbers and numpy arrays of a CIFAR pickle; refuses
+    every other global (the way a crafted pickle runs code)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
+        raise FileNotFoundError(f"{path} is a directory, expected a CIFAR pickle file" if os.path.isdir(path)
+                                else f"file not found: {path}")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _DataOnlyUnpickler(f, encoding="bytes").load()
+    except _RefusedGlobal as exc:
+        raise ValueError(f"{path}: refused to load: the pickle names {exc}, which could run code (a CIFAR batch "
+                         "holds only dicts, lists, bytes and numpy arrays)") from None
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as exc:
         raise ValueError(f"{path}: truncated or not a CIFAR python pickle ({type(exc).__name__}: {exc})") from None
 

@@ -23,27 +23,53 @@ Bound = Union[None, float, Sequence[float], Tensor]
 _ext, _ = backends.compiled_extension()
 _compose_op = torch.ops.infer_fast_C.ufc_compose.default if _ext is not None else None
 
-# (data_ptr, version, numel, bound) of index tensors already checked to be in range, so a
-# recovery loop that reuses one index tensor does not sync the GPU at every step.
-_checked_index: dict = {}
+# Checks that need a tensor's values (a host sync on a GPU) run once per tensor version: a
+# recovery loop that reuses its index and bounds does not sync at every step.
+_checked_values: dict = {}
+
+
+def _check_values_once(tensors: Sequence[Tensor], what: str, check) -> None:
+    if torch.compiler.is_compiling():
+        return  # values are unknown while tracing; the eager call checked them
+    key = (what,) + tuple((t.data_ptr(), t._version, t.numel(), t.device) for t in tensors)
+    if key in _checked_values:
+        return
+    check()
+    if len(_checked_values) > 64:
+        _checked_values.clear()
+    _checked_values[key] = True
 
 
 def _check_index(index: Tensor, num_sets: int) -> None:
-    if torch.compiler.is_compiling():
-        return  # values are unknown while tracing; the eager call checked them
-    key = (index.data_ptr(), index._version, index.numel(), index.device, num_sets)
-    if key in _checked_index:
-        return
-    lowest, highest = (int(v) for v in torch.aminmax(index))
-    if lowest < 0 or highest >= num_sets:
-        raise ValueError(f"index values must lie in [0, {num_sets}) (natural has {num_sets} sets), got [{lowest}, {highest}]")
-    if len(_checked_index) > 64:
-        _checked_index.clear()
-    _checked_index[key] = True
+    def check():
+        lowest, highest = (int(v) for v in torch.aminmax(index))
+        if lowest < 0 or highest >= num_sets:
+            raise ValueError(f"index values must lie in [0, {num_sets}) (natural has {num_sets} sets), got [{lowest}, {highest}]")
+
+    _check_values_once([index], f"index<{num_sets}", check)
+
+
+def _check_bound_values(lo: Optional[Tensor], hi: Optional[Tensor]) -> None:
+    """NaN bounds and lo > hi are user errors (a clamp to them is meaningless)."""
+    given = [(name, t) for name, t in (("lo", lo), ("hi", hi)) if t is not None]
+
+    def check():
+        for name, t in given:
+            if torch.isnan(t).any():
+                raise ValueError(f"{name} must not be NaN, got {[round(v, 6) for v in t.tolist()]}")
+        if lo is not None and hi is not None:
+            low, high = lo.cpu(), hi.cpu()  # (one may be on the host: given as numbers)
+            if (low > high).any():
+                c = int((low > high).nonzero()[0])
+                raise ValueError(f"lo must not exceed hi: channel {c} has lo = {float(low[c]):.6g} > hi = {float(high[c]):.6g}")
+
+    if given:
+        _check_values_once([t for _, t in given], "bounds", check)
 
 
 def _bound(value: Bound, name: str, channels: int, like: Tensor) -> Optional[Tensor]:
-    """None, a scalar, a sequence of ch values or a (ch,) tensor -> (ch,) accumulate-dtype tensor."""
+    """None, a scalar, a sequence of ch values or a (ch,) tensor -> (ch,) accumulate-dtype tensor
+    (numbers on the host, a tensor on its device)."""
     if value is None:
         return None
     acc = accumulate_dtype(like.dtype)
@@ -56,11 +82,12 @@ def _bound(value: Bound, name: str, channels: int, like: Tensor) -> Optional[Ten
             raise ValueError(f"{name} must be a scalar or have shape ({channels},) (one bound per channel), got {tuple(value.shape)}")
         return value.to(acc).contiguous()
     if isinstance(value, numbers.Real):
-        return torch.full((channels,), float(value), dtype=acc, device=like.device)
-    values = list(value)
-    if len(values) != channels:
-        raise ValueError(f"{name} must give one bound per channel ({channels}), got {len(values)}")
-    return torch.tensor(values, dtype=acc, device=like.device)
+        values = [float(value)] * channels
+    else:
+        values = list(value)
+        if len(values) != channels:
+            raise ValueError(f"{name} must give one bound per channel ({channels}), got {len(values)}")
+    return torch.tensor(values, dtype=acc)  # on the host: checked there, then copied to the device
 
 
 def _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi):
@@ -113,6 +140,8 @@ def _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi):
             flips = flips != 0
 
     lo_t, hi_t = _bound(lo, "lo", channels, natural), _bound(hi, "hi", channels, natural)
+    _check_bound_values(lo_t, hi_t)
+    lo_t, hi_t = (None if t is None else t.to(natural.device) for t in (lo_t, hi_t))
     if (lo_t is None) != (hi_t is None):  # kernels take both bounds or none
         inf = torch.full((channels,), float("inf"), dtype=accumulate_dtype(natural.dtype), device=natural.device)
         lo_t = -inf if lo_t is None else lo_t
