@@ -1,11 +1,13 @@
 """Small file helpers shared by the long-running jobs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterable
 
 import torch
+from torch import Tensor
 
 
 def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
@@ -32,6 +34,24 @@ def save_json_atomic(obj: Any, path: str) -> None:
             json.dump(obj, f, indent=1)
 
     _replace_atomically(path, write)
+
+
+def content_digest(tensors: Iterable[Tensor]) -> str:
+    """SHA-256 of the tensors' dtypes, shapes and values, in order: what a checkpoint records
+    of the teachers (their state) or data its result depends on, so a resume with other ones
+    is refused."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """content_digest of a model's state (parameters and buffers, by name)."""
+    state = model.state_dict()
+    return content_digest(state[name] for name in sorted(state))
 
 
 def read_checkpoint(path: str, format_name: str, what: str, version: int = 1) -> Dict[str, Any]:

@@ -61,7 +61,7 @@ from .storage import DistilledDataset, DistilledSet, load_distilled, save_distil
 from .teacher import evaluate, load_teacher, resolve_device
 from . import distributed
 from .config import check_positive_ints
-from ._io import read_checkpoint, save_atomic
+from ._io import content_digest, model_digest, read_checkpoint, save_atomic
 
 __all__ = [
     "StudentConfig", "AUGMENTATIONS", "MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
@@ -284,9 +284,18 @@ def _check_test_set(distilled: DistilledSet, test_set) -> None:
 STUDENT_CHECKPOINT_FORMAT = "infer-fast-student"
 
 
+def set_digest(distilled) -> str:
+    """content_digest of every tensor of a distilled set (what a student resume is tied to)."""
+    return content_digest(t for f in dataclasses.fields(distilled) if isinstance(t := getattr(distilled, f.name), Tensor))
+
+
 def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     state = read_checkpoint(path, STUDENT_CHECKPOINT_FORMAT, "student checkpoint")
     theirs = state.get("run", {})
+    for key, what in (("set_sha256", "the distilled set"), ("teachers_sha256", "the teachers' weights")):
+        if key in identity and theirs.get(key) != identity[key]:
+            raise ValueError(f"student checkpoint {path!r} belongs to another run: {what} differ from those it was "
+                             "trained with (delete it, or resume with the same ones)")
     for key, value in identity.items():
         if key == "config":
             diff = sorted(k for k in set(value) | set(theirs.get("config", {}))
@@ -358,7 +367,10 @@ def train_student(
     best: Optional[float] = None
     accuracy = float("nan")
     first_epoch, elapsed_before = 0, 0.0
-    identity = {"config": dataclasses.asdict(cfg), "method": distilled.method, "num_training_images": n}
+    identity = {"config": dataclasses.asdict(cfg), "method": distilled.method, "num_training_images": n,
+                "set_sha256": set_digest(distilled)}
+    if cfg.dynamic:  # INFER+Dyn: the teachers label every batch
+        identity["teachers_sha256"] = [model_digest(t) for t in teacher_models]
     if checkpoint is not None and os.path.exists(checkpoint):
         if not resume:
             raise ValueError(f"student checkpoint {checkpoint!r} exists: pass resume=True to continue that run, or delete it")

@@ -350,6 +350,9 @@ def test_student_resumes_after_interrupt_to_the_same_result(teachers, data, tmp_
         train_student(ds, test, cfg, progress=False, checkpoint=ckpt)
     with pytest.raises(ValueError, match="lr"):
         train_student(ds, test, StudentConfig(**{**cfg.__dict__, "lr": 0.5}), progress=False, checkpoint=ckpt, resume=True)
+    other = relabel(baseline_set(train), teachers[1][:1])  # same images, soft labels of one teacher only
+    with pytest.raises(ValueError, match="the distilled set differ from those it was trained with"):
+        train_student(other, test, cfg, progress=False, checkpoint=ckpt, resume=True)
     resumed = train_student(ds, test, cfg, progress=False, checkpoint=ckpt, resume=True)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     assert resumed["final_accuracy"] == full["final_accuracy"] and resumed["best_accuracy"] == full["best_accuracy"]

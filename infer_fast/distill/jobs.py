@@ -5,7 +5,6 @@ torchrun; and the two recoveries built on it, recover_ufcs (INFER) and recover_s
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -13,26 +12,30 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed
-from .._io import read_checkpoint, save_atomic
+from .._io import content_digest, model_digest, read_checkpoint, save_atomic
 from . import engine
 from .config import RESULT_NEUTRAL, RecoveryConfig
 
 CHECKPOINT_FORMAT = "infer-fast-recovery"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the teachers' content digests are part of the run identity
 
 
 class RecoveryDivergedError(RuntimeError):
     """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
 
 
-def _natural_digest(natural_u8: Tensor) -> str:
-    return hashlib.sha256(natural_u8.contiguous().numpy().tobytes()).hexdigest()
-
-
 def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, "recovery checkpoint", CHECKPOINT_VERSION)
+    if ckpt.get("format_version", 0) < CHECKPOINT_VERSION:
+        raise ValueError(f"recovery checkpoint {path!r} was written by an older infer-fast that did not record the "
+                         "teachers' weights, so it cannot be matched to this run: delete it to start over")
     theirs = ckpt.get("run", {})
     for key, value in identity.items():
+        if key == "teachers_sha256" and theirs.get(key) != value:
+            changed = [m for m, (a, b) in enumerate(zip(theirs.get(key, []), value)) if a != b]
+            raise ValueError(f"recovery checkpoint {path!r} belongs to another run: the weights of teacher "
+                             f"{', '.join(map(str, changed))} differ from those it was recovered with (resume with the "
+                             "same teachers, or delete it)")
         if key == "config":
             for name, v in value.items():
                 if theirs.get("config", {}).get(name) != v:
@@ -209,8 +212,9 @@ def recover_ufcs(
 
     Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
     a file written atomically after every batch; ``resume=True`` continues from it (it must
-    belong to the same run: natural images, K, M, normalization and config except
-    group_size). An existing checkpoint without ``resume`` is refused.
+    belong to the same run: natural images, the teachers' weights (content digests), K, M,
+    normalization and every result-affecting config field; a mismatch is refused naming it).
+    An existing checkpoint without ``resume`` is refused.
     """
     config = RecoveryConfig() if config is None else config
     if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
@@ -232,7 +236,8 @@ def recover_ufcs(
         "K": int(K),
         "M": int(M),
         "natural_shape": list(natural_u8.shape),
-        "natural_sha256": _natural_digest(natural_u8),
+        "natural_sha256": content_digest([natural_u8]),
+        "teachers_sha256": [model_digest(t) for t in teachers],
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
@@ -287,6 +292,7 @@ def recover_sre2l(
         "ipc": int(ipc),
         "M": int(M),
         "shape": [int(num_classes), *image_shape],
+        "teachers_sha256": [model_digest(t) for t in teachers],
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
