@@ -196,3 +196,22 @@ def test_one_recovery_builder_for_cli_and_run_configs(monkeypatch):
     assert recovery_config("infer", {}) == RecoveryConfig()
     with pytest.raises(ValueError, match="unknown option"):
         recovery_config("infer", {"rbn": 1.0})
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"r_bn": "high"}, "r_bn must be a number, got 'high'"),
+    ({"lr": None}, "lr must be a number"),
+    ({"betas": "0.5,0.9"}, "betas must be two values"),
+    ({"crop_scale": ["a", 1]}, "crop_scale must be two values"),
+    ({"augmentation": 3}, "augmentation must be a string"),
+])
+def test_recovery_options_of_the_wrong_type_name_the_option(options, match):
+    """A YAML value of the wrong type is a one-line ValueError naming the option, not a TypeError."""
+    from infer_fast.distill import recovery_config
+    from infer_fast.pipeline import PipelineConfig
+
+    with pytest.raises(ValueError, match=match):
+        recovery_config("infer", options)
+    with pytest.raises(ValueError, match="recovery: " + match):
+        PipelineConfig.from_dict({"dataset": "fashion-mnist-mini", "teachers": [{"path": "t.pt"}], "out": "o",
+                                  "recovery": options})

@@ -76,11 +76,19 @@ class RecoveryConfig:
         return cls(**values)
 
     def validate(self) -> None:
+        for name in ("lr", "eps", "r_bn", "first_bn_mult"):  # numbers first: the checks below compare them
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        for name in ("augmentation", "precision", "compile", "distributed"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
             raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if len(tuple(self.betas)) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas!r}")
         if not self.eps > 0:
             raise ValueError(f"eps must be positive, got {self.eps!r}")
@@ -92,8 +100,9 @@ class RecoveryConfig:
             raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
         if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
             raise ValueError(f"max_shift must be an integer >= 0, got {self.max_shift!r}")
-        scale = tuple(self.crop_scale)
-        if len(scale) != 2 or not (0 < scale[0] <= scale[1] <= 1):
+        scale = tuple(self.crop_scale) if isinstance(self.crop_scale, (tuple, list)) else ()
+        if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+                or not (0 < scale[0] <= scale[1] <= 1)):
             raise ValueError(f"crop_scale must be two values with 0 < low <= high <= 1, got {self.crop_scale!r}")
         if self.group_size is not None and (
             isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1
