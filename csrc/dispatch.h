@@ -70,9 +70,6 @@ at::Tensor in_kept_format(const at::Tensor& x);
 // (N, C, H, W) or (N, C) in a kept layout -> the (N, C, L) view the launchers take.
 at::Tensor as_ncl(const at::Tensor& x);
 
-// The statistics' (accumulate) dtype: fp64 for fp64 inputs, fp32 otherwise.
-at::ScalarType accumulate_dtype(at::ScalarType dtype);
-
 // Registers the functional ops (the CPU or CUDA kernels of the schemas in ops.cpp).
 void register_functional_ops(torch::Library& library);
 

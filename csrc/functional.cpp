@@ -1,7 +1,7 @@
 // The functional ops: allocate the outputs and call one launcher of the named backend.
 // They are what the autograd ops (autograd.cpp) and torch.compile graphs call; one C++
 // kernel serves both devices and every backend (schemas: ops.cpp, fake kernels for tracing:
-// infer_fast/ops/_schemas.py).
+// infer_fast/ops/_library.py).
 #include "dispatch.h"
 
 #include <string>
@@ -44,10 +44,6 @@ at::Tensor as_ncl(const at::Tensor& x) {
   const int64_t L = x.size(2) * x.size(3);
   if (kept_format(x) == at::MemoryFormat::ChannelsLast) return x.as_strided({N, C, L}, {C * L, 1, C});
   return x.view({N, C, L});
-}
-
-at::ScalarType accumulate_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 namespace {

@@ -487,7 +487,7 @@ at::ScalarType check_x_and_groups(const at::Tensor& x, int64_t groups, const cha
   const int64_t N = x.size(0);
   TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
   TORCH_CHECK(N % groups == 0, op, ": the batch size ", N, " is not divisible by groups=", groups);
-  return acc_scalar_type(x.scalar_type());
+  return accumulate_dtype(x.scalar_type());
 }
 
 // A tensor with x's dtype, sizes and strides (strides of size-1 dims aside), written by an

@@ -35,10 +35,6 @@ struct AccType<double> {
 template <typename T>
 using acc_t = typename AccType<T>::type;
 
-inline at::ScalarType acc_scalar_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }

@@ -96,7 +96,7 @@ at::ScalarType check_compose_inputs(const at::Tensor& natural, const at::Tensor&
     check_contiguous(*flips, op, "flips");
   }
 
-  const at::ScalarType acc = acc_scalar_type(natural.scalar_type());
+  const at::ScalarType acc = accumulate_dtype(natural.scalar_type());
   const bool has_lo = lo.has_value() && lo->defined();
   const bool has_hi = hi.has_value() && hi->defined();
   TORCH_CHECK(has_lo == has_hi, op, ": lo and hi must be both None or both tensors");

@@ -39,7 +39,7 @@ ifc::DType to_dtype(at::ScalarType t, const char* name, const char* op) {
   return ifc::DType::kFloat32;  // unreachable
 }
 
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+using infer_fast::accumulate_dtype;
 
 void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op) {
   TORCH_CHECK(t.is_cuda(), "infer_fast_C::", op, ": ", name, " must be a CUDA tensor, got ",
@@ -139,7 +139,7 @@ ifc::BnPlan checked_plan(const at::Tensor& x, ifc::DType dtype, const ifc::BnSha
 // undefined when the plan needs none.
 at::Tensor workspace_for(const ifc::BnPlan& plan, const at::Tensor& x) {
   if (plan.workspace_elems == 0) return at::Tensor();
-  return at::empty({plan.workspace_elems}, x.options().dtype(acc_type(x.scalar_type())));
+  return at::empty({plan.workspace_elems}, x.options().dtype(accumulate_dtype(x.scalar_type())));
 }
 
 void* mutable_data_or_null(const at::Tensor& t) {
@@ -188,7 +188,7 @@ ComposeShape check_compose(const at::Tensor& natural, const at::Tensor& ufc, con
   TORCH_CHECK(lo.has_value() == hi.has_value(), "infer_fast_C::", op,
               ": lo and hi must be both given or both None");
   if (lo.has_value()) {
-    const auto acc = acc_type(natural.scalar_type());
+    const auto acc = accumulate_dtype(natural.scalar_type());
     check_tensor(*lo, "lo", natural, acc, {s.ch}, op);
     check_tensor(*hi, "hi", natural, acc, {s.ch}, op);
   }
@@ -217,7 +217,7 @@ void infer_fast::cuda::bn_stat_sums(const at::Tensor& x, const at::Tensor& runni
   const auto shape = check_bn_input(x, groups, op);
   const auto dtype = to_dtype(x.scalar_type(), "x", op);
   const auto params = bn_params(x, running_mean, std::nullopt, std::nullopt, std::nullopt, 0.0, op);
-  check_tensor(out, "out", x, acc_type(x.scalar_type()), {2, groups, x.size(1)}, op);
+  check_tensor(out, "out", x, accumulate_dtype(x.scalar_type()), {2, groups, x.size(1)}, op);
   if (out.numel() == 0) return;
 
   const c10::cuda::CUDAGuard guard(x.device());
@@ -241,7 +241,7 @@ void infer_fast::cuda::bn_stat_forward(const at::Tensor& x, const at::Tensor& ru
   const bool fused = y.has_value();  // without y, weight, bias and eps are not used
   const auto params = bn_params(x, running_mean, running_var, fused ? weight : std::nullopt,
                                 fused ? bias : std::nullopt, eps, op);
-  const auto acc = acc_type(x.scalar_type());
+  const auto acc = accumulate_dtype(x.scalar_type());
   check_tensor(loss, "loss", x, acc, {groups}, op);
   check_tensor(stats, "stats", x, acc, {groups, 2, x.size(1) + 1}, op);
   if (fused) check_like_x(*y, "y", x, op);
@@ -269,7 +269,7 @@ void infer_fast::cuda::bn_stat_backward(const at::Tensor& x, const at::Tensor& r
   const int64_t groups = stats.size(0);
   const auto shape = check_bn_input(x, groups, op);
   const auto dtype = to_dtype(x.scalar_type(), "x", op);
-  const auto acc = acc_type(x.scalar_type());
+  const auto acc = accumulate_dtype(x.scalar_type());
   check_tensor(stats, "stats", x, acc, {groups, 2, x.size(1) + 1}, op);
   TORCH_CHECK(grad_loss.has_value() || grad_y.has_value(), "infer_fast_C::", op,
               ": at least one of grad_loss and grad_y must be given");
