@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..data.transforms import _resized_crop_boxes
 from ..ops import BNStatTracker, chunked_loss_backward, ufc_compose
+from ..ops.reference import at_least_fp32
 from .config import CROP_RATIO, RecoveryConfig
 
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
@@ -58,7 +59,7 @@ def recovery_teacher(teacher: nn.Module, config: RecoveryConfig) -> Iterator[nn.
     if config.precision == "bf16" or config.channels_last:
         run = copy.deepcopy(teacher).requires_grad_(False)
         if config.precision == "bf16":
-            run.to(torch.bfloat16)
+            run.to(compute_dtype(config))
             for module in run.modules():
                 if isinstance(module, _BN_TYPES):
                     module.float()
@@ -253,14 +254,13 @@ class TeacherLosses:
     def _build(self, G: int) -> None:
         self.detach()
         config, C = self.config, self.num_classes
-        device = next(self.teacher.parameters()).device
+        device = device_of(self.teacher)
         tracker = BNStatTracker(self.teacher, groups=G, backend=self.backend, fused=config.fused_bn) if config.r_bn > 0 else None
         labels = torch.arange(C, device=device).repeat(G)
 
         def losses(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
             logits = self.teacher(self.teacher_input(x))
-            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a bf16 teacher's: fp32
-            ce = F.cross_entropy(wide, labels, reduction="none").view(G, C).mean(1)
+            ce = F.cross_entropy(at_least_fp32(logits), labels, reduction="none").view(G, C).mean(1)
             rbn = tracker.weighted_sum(config.first_bn_mult) if tracker is not None else torch.zeros_like(ce)
             return ce, rbn, logits
 

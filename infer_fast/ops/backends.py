@@ -34,8 +34,9 @@ where loaded). Group g owns rows [g*n, (g+1)*n).
 ``bn_stat_backward(x3, running_mean, stats, grad_loss, count, grad_input, grad_y3=None, running_var=None, weight=None, eps=0.0)``
     One elementwise pass; the coefficients come from ``stats`` (as bn_stat_forward writes
     it, G = stats.shape[0] groups), ``grad_loss`` ((G,) acc, any stride — the gradient of
-    a summed loss arrives expanded, stride 0 — or None: no loss term) and ``count`` (the M the statistics were taken over; the chunked mode passes the
-    whole group's M for a slice of its rows). grad_input has x3's shape, strides and dtype:
+    a summed loss arrives expanded, stride 0 — or None: no loss term) and ``count`` (the M
+    the statistics were taken over; the chunked mode passes the whole group's M for a slice
+    of its rows). grad_input has x3's shape, strides and dtype:
         grad_input = a[g, c] + b[g, c] * ((x - rm[c]) - delta[g, c])   (when grad_loss is given)
                      + grad_y3 * scale[c]                              (when grad_y3 is given)
     with a = grad_loss[g] * delta / (count * ||delta_g||), b = 2 * grad_loss[g] * e /

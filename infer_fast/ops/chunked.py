@@ -30,7 +30,7 @@ from . import backends
 from .bn_hooks import _BN_TYPES
 from .bn_stat_loss import check_inputs
 from .layout import as_ncl, kept_format
-from .reference import accumulate_dtype, finalize_stats
+from .reference import accumulate_dtype, at_least_fp32, finalize_stats
 
 
 def group_segments(start: int, stop: int, group_size: int) -> Iterator[Tuple[int, int, int, int]]:
@@ -277,9 +277,7 @@ def chunked_loss_backward(
                 hooks.start_chunk(row0)
                 logits = teacher(chunk)
                 hooks.end_chunk()
-                # at least fp32 (a bf16 teacher's logits)
-                ce = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels[rows],
-                                     reduction="none")
+                ce = F.cross_entropy(at_least_fp32(logits), labels[rows], reduction="none")
                 root = ce.sum() * (float(ce_weight) / group_size)
                 for anchor in hooks.anchors:
                     root = root + anchor

@@ -19,6 +19,12 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what the ops take
 
 
+def at_least_fp32(t: Tensor) -> Tensor:
+    """fp16/bf16 values widened to fp32 (a bf16 teacher's logits before the CE); fp32 and
+    fp64 as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """Statistics and compositions run in fp32, or fp64 for fp64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
