@@ -1,30 +1,158 @@
 """Small file helpers shared by the long-running jobs."""
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
-from typing import Any, Callable, Dict, Iterable
+import re
+import tempfile
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
 
 
-def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
-    """``write`` a file next to the target, fsync, then rename: a crash never leaves a
-    half-written file under ``path`` (the previous version stays until the rename)."""
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class OutputPathError(OSError):
+    """An output that cannot be written (read-only, not a directory, no space...), found
+    before any work was done. Its message names the option and the path."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the path(s) and what went wrong."""
+    if isinstance(exc, OutputPathError) or not exc.strerror:
+        return str(exc)
+    paths = " -> ".join(os.fsdecode(p) for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{paths}: {exc.strerror}" if paths else exc.strerror
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: "512 B", "7.8 KiB", "1.2 GiB"."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: int = 0) -> None:
+    """Before any work: raise OutputPathError naming ``what`` and the path unless ``path``
+    can be written. ``kind``: "file" (written beside itself and renamed into place: must not
+    be a directory), "directory" (a directory written beside itself and renamed into place)
+    or "inside" (files written into the directory). Where the writing happens (the nearest
+    existing directory) must be a directory, not a file, where a file can be created (a
+    probe file is made and removed: this catches read-only media and missing permissions)
+    and, with ``need_bytes``, must have that much space free. Nothing is left behind."""
+    if kind not in ("file", "directory", "inside"):
+        raise ValueError(f"kind must be 'file', 'directory' or 'inside', got {kind!r}")
+    shown = os.fspath(path)
+    target = os.path.abspath(shown)
+    if kind == "file" and os.path.isdir(target):
+        raise OutputPathError(errno.EISDIR, f"{what} {shown!r} is a directory, expected a file")
+    if kind == "inside" and os.path.lexists(target) and not os.path.isdir(target):
+        raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r} is a file, expected a directory")
+    existing = target if kind == "inside" else os.path.dirname(target)
+    while not os.path.lexists(existing):  # the directories that writing the output would create
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r}: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".infer-fast-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(exc.errno, f"cannot write {what} {shown!r}: {existing}: {exc.strerror}") from None
+    if need_bytes:
+        stat = os.statvfs(existing)
+        free = stat.f_bavail * stat.f_frsize
+        if free < need_bytes:
+            raise OutputPathError(
+                errno.ENOSPC, f"cannot write {what} {shown!r}: it needs about {format_bytes(need_bytes)}, "
+                f"{existing} has {format_bytes(free)} free"
+            )
+
+
+def check_input_file(path: PathLike, what: str) -> str:
+    """``path`` as a string if it names an existing file; otherwise FileNotFoundError, or
+    IsADirectoryError for a directory, each naming ``what``."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path!r} is a directory, expected a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    return path
+
+
+_OS_ERROR_IN_MESSAGE = re.compile(r"\(os error (\d+)\)")
+
+
+def safetensors_save(tensors: Dict[str, Tensor], path: PathLike, metadata: Optional[Dict[str, str]] = None) -> None:
+    """safetensors' save_file, with its I/O failures raised as the OSError they are (the
+    library reports them as SafetensorError text)."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, os.fspath(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as exc:
+        found = _OS_ERROR_IN_MESSAGE.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), os.fspath(path)) from None
+    os.chmod(path, default_file_mode())  # the library writes through a private (0600) temporary file
+
+
+def default_file_mode() -> int:
+    """The mode open() gives a new file under the process's umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomically(path: PathLike, write: Callable[[str], None], fsync: bool = True) -> None:
+    """``write`` a file next to the target, then rename it into place: a reader or a crash
+    never sees a half-written file under ``path`` (the previous version stays until the
+    rename), and a failed write (disk full...) removes its temporary file. ``fsync``: the
+    data reaches the disk before the rename (checkpoints; not needed for a picture)."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def save_atomic(obj: Any, path: str) -> None:
-    """torch.save ``obj`` to ``path`` atomically."""
-    _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save ``obj`` to ``path`` atomically. Serialized in memory first, then written
+    with Python's file I/O: a full disk or read-only medium is then an OSError naming the
+    file (torch.save's own writer reports it as an opaque RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+
+    write_atomically(path, write)
 
 
 def save_json_atomic(obj: Any, path: str) -> None:
@@ -33,7 +161,7 @@ def save_json_atomic(obj: Any, path: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
 
-    _replace_atomically(path, write)
+    write_atomically(path, write)
 
 
 def content_digest(tensors: Iterable[Tensor]) -> str:
@@ -56,6 +184,10 @@ def model_digest(model: torch.nn.Module) -> str:
 
 def read_checkpoint(path: str, format_name: str, what: str, version: int = 1) -> Dict[str, Any]:
     """A torch.save'd dict of ``format_name`` (weights_only), or a ValueError saying why not."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch.save's zip format nor a legacy pickle
+        raise ValueError(f"{what} {path!r} is not a PyTorch checkpoint (a torch.save file); is it the right file?")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

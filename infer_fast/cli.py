@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 class UserError(Exception):
@@ -70,7 +69,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     from .config import merge
     from .teacher import TeacherConfig, train_teacher
 
-    options = merge(args, args.config, TEACHER_OPTIONS)
+    options = merge(args, args.config, TEACHER_OPTIONS, args.option_actions)
     out = options.pop("out", None)
     if not out:
         raise UserError("--out FILE is required (the teacher checkpoint to write)")
@@ -87,9 +86,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     from .storage import inspect_report, write_preview
 
     print(inspect_report(args.directory))
-    png = args.png or os.path.join(args.directory, "preview.png")
-    write_preview(args.directory, png)
-    print(f"preview: {png}")
+    if args.preview:  # only where asked: the set itself may be on read-only media
+        write_preview(args.directory, args.preview)
+        print(f"preview: {args.preview}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -119,7 +118,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from .distill import distill_infer, distill_random, distill_sre2l, recovery_config
     from .distributed import init_from_env
 
-    options = merge(args, args.config, DISTILL_OPTIONS)
+    options = merge(args, args.config, DISTILL_OPTIONS, args.option_actions, lists=("teachers",))
     rank, _ = init_from_env()  # under torchrun: the UFCs are split across the ranks
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
@@ -197,6 +196,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _option_actions(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    """Option name -> its argparse action: a config file's values are checked against them."""
+    return {action.dest: action for action in parser._actions if action.option_strings}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
@@ -257,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--device", help="auto, cpu or cuda (default auto)")
     teacher.add_argument("--out", help="checkpoint file to write")
     teacher.add_argument("--quiet", action="store_true", help="no progress bars")
-    teacher.set_defaults(func=cmd_teacher)
+    teacher.set_defaults(func=cmd_teacher, option_actions=_option_actions(teacher))
 
     distill = sub.add_parser(
         "distill", help="distill a dataset (INFER, or the SRe2L / random baselines) into a distilled-set directory",
@@ -304,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
     distill.add_argument("--out", help="output directory (must not exist)")
-    distill.set_defaults(func=cmd_distill)
+    distill.set_defaults(func=cmd_distill, option_actions=_option_actions(distill))
 
     relabel = sub.add_parser("relabel", help="static soft labels: the mean of the teachers' logits on every training image")
     relabel.add_argument("directory", help="distilled-set directory (rewritten in place)")
@@ -332,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
-    inspect = sub.add_parser("inspect", help="summarize a distilled set (compression ratio) and write a PNG preview")
+    inspect = sub.add_parser("inspect", help="summarize a distilled set (compression ratio, checksums); --preview "
+                             "PATH also draws it as a PNG")
     inspect.add_argument("directory", help="distilled-set directory")
-    inspect.add_argument("--png", help="preview path (default DIRECTORY/preview.png)")
+    inspect.add_argument("--preview", metavar="PATH", help="write a PNG preview grid to PATH (nothing is written otherwise)")
     inspect.set_defaults(func=cmd_inspect)
 
     export = sub.add_parser("export", help="export a distilled set as PNG class folders")
@@ -348,13 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ._io import describe_os_error
     from .distill import RecoveryDivergedError
     from .ops.backends import BackendUnavailableError
 
     try:
         args.func(args)
-    except (UserError, ValueError, FileNotFoundError, BackendUnavailableError, RecoveryDivergedError) as exc:
+    except (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError) as exc:
         print(f"infer-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # missing inputs, read-only media, a full disk...: one line naming the path
+        print(f"infer-fast {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"infer-fast {args.command}: interrupted", file=sys.stderr)

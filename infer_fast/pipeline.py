@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from . import distributed
-from ._io import save_json_atomic
+from ._io import check_input_file, check_writable, save_json_atomic
 
 __all__ = [
     "METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
@@ -121,8 +121,20 @@ class PipelineConfig:
         return _build(StudentConfig, values, "student")
 
     def validate(self, where: str = "config") -> None:
+        from .data import canonical_name, get_spec
         from .distill import ACCOUNTINGS, SELECTIONS, infer_budget
+        from .teacher import resolve_device
 
+        for name in ("dataset", "out"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{where}: {name} must be a string, got {getattr(self, name)!r}")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ValueError(f"{where}: data_root must be a string, got {self.data_root!r}")
+        try:
+            canonical_name(self.dataset)
+            resolve_device(self.device)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         if not isinstance(self.teachers, list) or not self.teachers:
             raise ValueError(f"{where}: teachers must be a non-empty list of {{path: FILE}} or teacher settings")
         for i, entry in enumerate(self.teachers):
@@ -152,8 +164,6 @@ class PipelineConfig:
         self.sre2l_config()
         self.student_config("infer", 0, len(self.teachers))
         if {"infer", "infer_dyn"} & set(self.methods):
-            from .data import get_spec
-
             C = get_spec(self.dataset).num_classes
             for ipc in self.ipc:  # a budget with K = 0 is refused before anything runs
                 try:
@@ -294,8 +304,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     for i, entry in enumerate(cfg.teachers):
         if "path" in entry:
             path = str(entry["path"])
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"teachers[{i}]: teacher checkpoint {path!r} does not exist")
+            check_input_file(path, f"teachers[{i}]: teacher checkpoint")
         elif entry.get("pretrained"):
             path = str(out / "teachers" / f"teacher{i}-{entry['model'].replace(':', '_')}-pretrained.pt")
             pretrained.append((entry, path))
@@ -417,6 +426,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: _Ranks) -> Dict[str, Any]:
     rank, world = ranks.rank, ranks.world
     started = time.perf_counter()
     out = Path(cfg.out)
+    check_writable(out, "run directory", kind="inside")  # before any work (read-only media, a file in the way)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     # every rank reads it (a results file of other settings stops them all alike), rank 0's

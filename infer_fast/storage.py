@@ -48,11 +48,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._io import PathLike, check_writable, format_bytes, safetensors_save
 from .data import transforms
 
 FORMAT_NAME = "infer-fast-distilled"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_ALLOWANCE = 64 << 10  # room for manifest.json and the tensor files' headers when checking free space
 METHODS = ("infer", "random", "sre2l")
 BASELINE_METHODS = ("random", "sre2l")
 BUDGET_ACCOUNTINGS = ("fair", "ipc")
@@ -79,7 +81,6 @@ KNOWN_TRAIN_SIZES = {
     "fashionmnist": 60000,
     "mnist": 60000,
 }
-PathLike = Union[str, "os.PathLike[str]"]
 
 # file -> (required tensors, optional tensors), per layout
 _INFER_FILES = {
@@ -399,6 +400,10 @@ class DistilledSet:
             self.soft_labels = soft.clone()
 
     # ---- validation -----------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes of the stored tensors (what the set's files hold, less their headers)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
     def _tensors(self) -> Dict[str, Tensor]:
         names = ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels") if self.is_infer \
             else ("images", "labels", "soft_labels")
@@ -556,10 +561,8 @@ def _owned(t: Tensor, seen: set) -> Tensor:
 
 def _write_tensor_file(path: Path, tensors: Dict[str, Tensor]) -> Dict[str, Any]:
     """Write one safetensors file, fsync it, and return its manifest entry."""
-    from safetensors.torch import save_file
-
     seen: set = set()
-    save_file({n: _owned(t, seen) for n, t in tensors.items()}, str(path), metadata={"format": FORMAT_NAME})
+    safetensors_save({n: _owned(t, seen) for n, t in tensors.items()}, path, metadata={"format": FORMAT_NAME})
     _fsync_path(path)
     return {
         "sha256": _sha256(path),
@@ -628,10 +631,12 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
     first, manifest.json last, each fsynced), then renamed into place. An existing
     directory is refused unless ``overwrite=True``; then it must be an infer-fast distilled
     set (or empty), and it is replaced by renaming it aside, renaming the new set in and
-    deleting the old one.
+    deleting the old one. Before writing, the parent must be writable with room for the
+    set (OutputPathError otherwise); a failed write leaves nothing behind.
     """
     ds.validate()
     directory = Path(directory)
+    check_writable(directory, "output directory", kind="directory", need_bytes=ds.nbytes() + MANIFEST_ALLOWANCE)
     if directory.exists() or directory.is_symlink():
         if not overwrite:
             raise OutputExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
@@ -1041,14 +1046,6 @@ class DistilledDataset(torch.utils.data.Dataset):
 # inspect / preview / export
 # --------------------------------------------------------------------------------------
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def inspect_report(directory: PathLike) -> str:
     """Human summary of a distilled set, after full verification (load_distilled)."""
     directory = Path(directory)
@@ -1106,7 +1103,7 @@ def inspect_report(directory: PathLike) -> str:
         row("hyperparameters", json.dumps(ds.hyperparameters, sort_keys=True))
     for fname, entry in manifest["files"].items():
         tensors = ", ".join(f"{n} {i['dtype']}{i['shape']}" for n, i in entry["tensors"].items())
-        row("file", f"{fname} {_fmt_bytes(entry.get('bytes', 0))} sha256 {entry['sha256'][:12]}... OK ({tensors})")
+        row("file", f"{fname} {format_bytes(entry.get('bytes', 0))} sha256 {entry['sha256'][:12]}... OK ({tensors})")
     row("checksums", f"all {len(manifest['files'])} tensor files OK")
     return "\n".join(lines)
 
@@ -1128,6 +1125,7 @@ def write_preview(
     """
     from .viz import make_grid, stack_grids, write_png
 
+    check_writable(png_path, "preview")
     ds = source if isinstance(source, DistilledSet) else load_distilled(source)
     ds.validate()
     if ds.channels not in (1, 3):
@@ -1209,34 +1207,45 @@ def export_imagefolder(
             raise DistilledSetError("class names are not unique as folder names; use naming='index'")
     else:
         folders = [f"{i:0{len(str(c - 1))}d}" for i in range(c)]
-    out.mkdir(parents=True, exist_ok=True)
-    for f in folders:
-        (out / f).mkdir()
     data = DistilledDataset(ds, hard_only=True, backend=backend, cache_bytes=0)
-    hard = ds.hard_labels()
     n = len(data)
-    width = len(str(max(n - 1, 0)))
-    files = []
-    for start, images in data.iter_chunks(chunk_images):
-        pixels = quantize_images(images, ds.mean, ds.std)
-        for j in range(pixels.shape[0]):
-            i = start + j
-            rel = f"{folders[int(hard[i])]}/{i:0{width}d}.png"
-            write_png(pixels[j], out / rel)
-            files.append(rel)
-    soft = ds.soft_labels_flat()
-    if soft is not None:
-        from safetensors.torch import save_file
-
-        save_file({"soft_labels": soft.contiguous()}, str(out / "soft_labels.safetensors"))
-    meta = {
-        "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
-        "source": str(directory) if not isinstance(directory, DistilledSet) else None,
-        "method": ds.method, "dataset": ds.dataset, "num_classes": c,
-        "class_folders": folders, "class_names": ds.class_names,
-        "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
-        "image_order": IMAGE_ORDER, "files": files,
-        "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
-    }
-    (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+    check_writable(out, "export directory", kind="directory", need_bytes=n * ds.channels * ds.height * ds.width)
+    # written into a temporary directory beside ``out`` and renamed into place at the end:
+    # an export that fails (disk full...) leaves nothing behind
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        for f in folders:
+            (tmp / f).mkdir()
+        hard = ds.hard_labels()
+        width = len(str(max(n - 1, 0)))
+        files = []
+        for start, images in data.iter_chunks(chunk_images):
+            pixels = quantize_images(images, ds.mean, ds.std)
+            for j in range(pixels.shape[0]):
+                i = start + j
+                rel = f"{folders[int(hard[i])]}/{i:0{width}d}.png"
+                write_png(pixels[j], tmp / rel)
+                files.append(rel)
+        soft = ds.soft_labels_flat()
+        if soft is not None:
+            safetensors_save({"soft_labels": soft.contiguous()}, tmp / "soft_labels.safetensors")
+        meta = {
+            "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
+            "source": str(directory) if not isinstance(directory, DistilledSet) else None,
+            "method": ds.method, "dataset": ds.dataset, "num_classes": c,
+            "class_folders": folders, "class_names": ds.class_names,
+            "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
+            "image_order": IMAGE_ORDER, "files": files,
+            "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
+        }
+        (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if out.exists():  # an empty directory: replaced
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        _cleanup(tmp)
+        raise
     return n

@@ -61,7 +61,7 @@ from .storage import DistilledDataset, DistilledSet, load_distilled, save_distil
 from .teacher import evaluate, load_teacher, resolve_device
 from . import distributed
 from .config import check_positive_ints
-from ._io import content_digest, model_digest, read_checkpoint, save_atomic
+from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 
 __all__ = [
     "StudentConfig", "AUGMENTATIONS", "MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
@@ -123,7 +123,9 @@ def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cp
     it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``."""
     if not teacher_paths:
         raise ValueError("relabel_directory needs at least one teacher path")
+    resolve_device(device)
     ds = load_distilled(directory)
+    check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes())  # rewritten beside itself
     teachers = [load_teacher(str(p), dataset=ds.dataset, num_classes=ds.num_classes, device=device)[0] for p in teacher_paths]
     relabel(ds, teachers, batch_size=batch_size, device=device)
     ds.hyperparameters = dict(ds.hyperparameters)
@@ -158,6 +160,10 @@ class StudentConfig:
 
     def validate(self) -> None:
         check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
+        for name in ("lr", "weight_decay", "temperature", "mixup_alpha"):  # numbers first: compared below
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
         if not self.lr > 0:
@@ -170,6 +176,7 @@ class StudentConfig:
             raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixing), got {self.mixup_alpha!r}")
         _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
         _check_choice("mix", self.mix, MIXES)
+        resolve_device(self.device)
 
     @classmethod
     def cifar(cls, **overrides: Any) -> "StudentConfig":

@@ -25,11 +25,14 @@ from . import __version__
 from .data import get_spec, load_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
-from ._io import read_checkpoint, save_atomic
+from ._io import check_input_file, check_writable, content_digest, read_checkpoint, save_atomic
 from .config import check_positive_ints
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
+# what load_teacher reads from a checkpoint
+TEACHER_KEYS = ("dataset", "num_classes", "channels", "image_size", "model", "state_dict", "epochs_done", "config")
+CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, when checking free space
 
 
 @dataclass
@@ -47,17 +50,42 @@ class TeacherConfig:
     eval_batch_size: int = 1000
 
     def validate(self) -> None:
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"dataset must be a dataset name, got {self.dataset!r}")
+        if not isinstance(self.model, str):
+            raise ValueError(f"model must be a model name, got {self.model!r}")
         check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        resolve_device(self.device)
+
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch.device for a user's ``device`` option ("auto": the GPU when there is one);
+    ValueError naming the option for anything else than DEVICE_CHOICES, or a GPU that is
+    not there."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be {DEVICE_CHOICES}, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return dev
 
 
@@ -79,8 +107,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return random_flip(random_crop_with_padding(x, x.shape[-1], padding, gen), gen)
 
 
-def _metadata(cfg: TeacherConfig, spec) -> Dict[str, Any]:
-    return {
+def _metadata(cfg: TeacherConfig, spec, train=None) -> Dict[str, Any]:
+    """What a teacher checkpoint records besides its weights; ``train``, the training split,
+    adds its content digest (a resume on other data is refused)."""
+    meta = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "toolkit_version": __version__,
@@ -92,12 +122,19 @@ def _metadata(cfg: TeacherConfig, spec) -> Dict[str, Any]:
         "model": cfg.model,
         "config": dataclasses.asdict(cfg),
     }
+    if train is not None:
+        meta["data_sha256"] = content_digest([train.images, train.labels])
+    return meta
 
 
 def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[str, Any]:
-    """Train (or resume training) a teacher; returns the final checkpoint's metadata."""
+    """Train (or resume training) a teacher; returns the final checkpoint's metadata.
+
+    Before any work, ``out`` must be writable with room for two checkpoints (the atomic
+    replacement keeps the previous one until the new one is complete)."""
     cfg.validate()
     device = resolve_device(cfg.device)
+    check_writable(out, "teacher checkpoint")
     train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root)
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
     spec = train.spec
@@ -106,8 +143,11 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    meta = _metadata(cfg, spec)
+    meta = _metadata(cfg, spec, train)
     history, start_epoch, elapsed = [], 0, 0.0
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    momentum_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    check_writable(out, "teacher checkpoint", need_bytes=2 * (state_bytes + momentum_bytes) + CHECKPOINT_ALLOWANCE)
 
     if os.path.exists(out):
         ckpt = _read_checkpoint(out)
@@ -167,8 +207,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
 
 
 def _read_checkpoint(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher checkpoint {path!r} does not exist")
+    check_input_file(path, "teacher checkpoint")
     return read_checkpoint(path, CHECKPOINT_FORMAT, "teacher checkpoint", CHECKPOINT_VERSION)
 
 
@@ -180,7 +219,12 @@ def _check_same_run(ckpt: Dict[str, Any], meta: Dict[str, Any], path: str) -> No
                 f"{path!r} holds a teacher for {key}={ckpt.get(key)!r}, not {meta[key]!r}: "
                 "choose another --out or delete the file to start over"
             )
-    for key in ("epochs", "batch_size", "lr", "seed"):
+    if "data_sha256" in ckpt and ckpt["data_sha256"] != meta["data_sha256"]:
+        raise ValueError(
+            f"{path!r} was trained on other {meta['dataset']} data (the training split's content differs: "
+            "another --data-root or changed files): resume with the same data, or choose another --out"
+        )
+    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "seed"):
         if ckpt["config"].get(key) != meta["config"][key]:
             raise ValueError(
                 f"{path!r} was trained with {key}={ckpt['config'].get(key)!r}, not {meta['config'][key]!r}: "
@@ -195,7 +239,11 @@ def load_teacher(
 
     Refuses a checkpoint trained for another dataset or class count, or one whose
     training has not finished."""
+    dev = resolve_device(device)
     ckpt = _read_checkpoint(path)
+    missing = [key for key in TEACHER_KEYS if key not in ckpt]
+    if missing:
+        raise ValueError(f"teacher checkpoint {path!r} is incomplete (no {', '.join(missing)})")
     if dataset is not None and get_spec(dataset).name != ckpt["dataset"]:
         raise ValueError(f"teacher {path!r} was trained on {ckpt['dataset']!r}, not {dataset!r}")
     if num_classes is not None and num_classes != ckpt["num_classes"]:
@@ -206,8 +254,13 @@ def load_teacher(
             "run `infer-fast teacher` again with the same --out to finish it"
         )
     model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"], image_size=ckpt["image_size"])
-    model.load_state_dict(ckpt["state_dict"])
-    model = model.to(resolve_device(device)).eval().requires_grad_(False)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # missing/unexpected keys, other shapes
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"teacher {path!r}: its weights do not fit its recorded model {ckpt['model']!r} "
+                         f"({detail[:300]})") from None
+    model = model.to(dev).eval().requires_grad_(False)
     return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
 
 

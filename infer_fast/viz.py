@@ -15,17 +15,17 @@ PNGs.
 from __future__ import annotations
 
 import math
-import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from ._io import PathLike, write_atomically
+
 SCALES = ("none", "minmax", "symmetric")
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def scale_images(images: Tensor, scale: str = "none") -> Tensor:
@@ -144,8 +144,6 @@ def write_png(image: Tensor, path: PathLike, encoder: str = "auto") -> Path:
         raise ValueError(f"encoder must be 'auto', 'pillow' or 'pure', got {encoder!r}")
     pixels = to_uint8_hwc(image)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     use_pillow = encoder == "pillow"
     if encoder == "auto":
         try:
@@ -154,7 +152,8 @@ def write_png(image: Tensor, path: PathLike, encoder: str = "auto") -> Path:
             use_pillow = True
         except ImportError:
             use_pillow = False
-    try:
+
+    def write(tmp: str) -> None:
         if use_pillow:
             from PIL import Image
 
@@ -162,11 +161,9 @@ def write_png(image: Tensor, path: PathLike, encoder: str = "auto") -> Path:
             img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8 -> "L" / "RGB"
             img.save(tmp, format="PNG")
         else:
-            tmp.write_bytes(encode_png(pixels))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            Path(tmp).write_bytes(encode_png(pixels))
+
+    write_atomically(path, write, fsync=False)
     return path
 
 

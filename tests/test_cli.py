@@ -82,7 +82,10 @@ def test_inspect_and_export_a_distilled_set(tmp_path):
     result = run_cli("inspect", str(tmp_path / "set"))
     assert result.returncode == 0, result.stderr
     assert "compression" in result.stdout.lower()
-    assert (tmp_path / "set" / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["manifest.json", "natural.safetensors", "ufc.safetensors"]
+    result = run_cli("inspect", str(tmp_path / "set"), "--preview", str(tmp_path / "grid.png"))
+    assert result.returncode == 0 and "preview:" in result.stdout, result.stderr
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     exported = run_cli("export", str(tmp_path / "set"), "--to", "imagefolder", str(tmp_path / "out"))
     assert exported.returncode == 0, exported.stderr
     pngs = list((tmp_path / "out").rglob("*.png"))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from infer_fast import teacher as teacher_mod
+from infer_fast.data import ImageSet
 from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
 
 TINY = dict(dataset="fashion-mnist-mini", model="convnet-w8-d2", batch_size=256, lr=0.05, seed=3, device="cpu")
@@ -70,7 +71,7 @@ def test_refusals(tmp_path):
         train_teacher(TeacherConfig(epochs=3, **TINY), out, progress=False)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
         load_teacher(str(bad))
     with pytest.raises(FileNotFoundError):
         load_teacher(str(tmp_path / "missing.pt"))
@@ -99,3 +100,37 @@ def test_pretrained_teacher_from_the_weight_cache(tmp_path, monkeypatch):
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     assert pretrained_teacher("resnet18-imagenet", "imagenet", out)["model"] == "resnet18-imagenet"  # kept, not rebuilt
+
+
+def test_resume_on_other_data_is_refused(tmp_path, monkeypatch):
+    """An interrupted teacher continued on a training split with other content (another
+    --data-root, changed files) is refused: the checkpoint records the data's digest."""
+    out = str(tmp_path / "t.pt")
+    real_evaluate, real_load = teacher_mod.evaluate, teacher_mod.load_dataset
+    calls = []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_mod, "evaluate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)
+    assert torch.load(out, weights_only=True)["epochs_done"] == 1
+
+    def other_pixels(name, split, **kwargs):
+        data = real_load(name, split, **kwargs)
+        if split != "train":
+            return data
+        images = data.images.clone()  # (the loader's own tensors stay as they are)
+        images[0] = 255 - images[0]
+        return ImageSet(data.spec, images, data.labels, split)
+
+    monkeypatch.setattr(teacher_mod, "evaluate", real_evaluate)
+    monkeypatch.setattr(teacher_mod, "load_dataset", other_pixels)
+    with pytest.raises(ValueError, match="trained on other fashion-mnist-mini data"):
+        train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)
+    monkeypatch.setattr(teacher_mod, "load_dataset", real_load)
+    assert train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)["epochs_done"] == 2

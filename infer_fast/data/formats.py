@@ -30,6 +30,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._io import check_input_file
+
 __all__ = [
     "IMAGE_EXTENSIONS", "read_idx", "write_idx", "read_idx_pair", "read_cifar_batch", "read_cifar",
     "write_cifar_batches", "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image",
@@ -48,9 +50,7 @@ IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (N,)
 
 def _read_file_bytes(path: str) -> bytes:
     """Whole file content, gunzipped when the file is gzip (by content, not by name)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
+    path = check_input_file(path, "data file")
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
@@ -269,9 +269,7 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is a directory, expected a CIFAR pickle file" if os.path.isdir(path)
-                                else f"file not found: {path}")
+    check_input_file(path, "CIFAR pickle file")
     try:
         with open(path, "rb") as f:
             return _DataOnlyUnpickler(f, encoding="bytes").load()

@@ -127,7 +127,7 @@ def list_datasets() -> List[str]:
 def canonical_name(name: str) -> str:
     """The registered name for ``name`` (case and common spellings such as "CIFAR-10" accepted)."""
     if not isinstance(name, str):
-        raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
+        raise ValueError(f"dataset must be a dataset name (a string), got {name!r}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _SPECS and key != IMAGEFOLDER:

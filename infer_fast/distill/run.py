@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from .. import distributed
+from .._io import check_writable
 from .config import SELECTIONS, RecoveryConfig
 from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints
 from .natural import infer_budget, select_natural_sets
@@ -26,16 +27,14 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
     recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
     from ..data import load_dataset
-    from ..storage import OutputExistsError
-    from ..teacher import load_teacher
+    from ..teacher import load_teacher, resolve_device
 
     config.validate()
+    resolve_device(device)
     teacher_paths = [os.fspath(p) for p in teacher_paths]
     if not teacher_paths:
         raise ValueError("teachers: at least one teacher checkpoint is needed")
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+    out_dir = _check_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
     teachers, records = [], []
     for path in teacher_paths:
@@ -44,6 +43,25 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
     return out_dir, train, teachers, records, out_dir.with_name(out_dir.name + ".recovery.pt")
+
+
+def _check_output(out_dir) -> Path:
+    """Before any work: ``out_dir`` must not exist and its parent must be writable (the set
+    and the recovery checkpoint beside it go there)."""
+    from ..storage import OutputExistsError
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+    check_writable(out_dir, "output directory", kind="directory")
+    return out_dir
+
+
+def _check_space(out_dir: Path, set_bytes: int, result_bytes: int) -> None:
+    """Before the recovery: room for the set and for its recovery checkpoint (the results,
+    with a batch in progress and its Adam moments: up to 4x ``result_bytes``), twice during
+    the checkpoint's atomic replacement."""
+    check_writable(out_dir, "output directory", kind="directory", need_bytes=set_bytes + 8 * result_bytes)
 
 
 def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
@@ -95,6 +113,8 @@ def distill_infer(
     spec = train.spec
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
     natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers)
+    ufc_bytes = K * len(teachers) * natural[0, 0].numel() * 4  # float32
+    _check_space(out_dir, natural.numel() + ufc_bytes, ufc_bytes)
     result = recover_ufcs(
         natural, teachers, spec.mean, spec.std, config, checkpoint=checkpoint, resume=resume,
         progress=progress, backend=backend,
@@ -132,6 +152,8 @@ def distill_sre2l(
         raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
+    image_bytes = ipc * spec.num_classes * train.images[0].numel() * 4  # float32
+    _check_space(out_dir, image_bytes, image_bytes)
     result = recover_sre2l(
         ipc, spec.num_classes, tuple(train.images.shape[1:]), teachers, spec.mean, spec.std, config,
         checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
@@ -158,13 +180,11 @@ def distill_random(
     """The "random" baseline: ``ipc`` real training images per class, chosen with ``seed``,
     stored as uint8 (the same storage as ipc*C images; relabel it like an INFER set)."""
     from ..data import load_dataset
-    from ..storage import DistilledSet, OutputExistsError, save_distilled
+    from ..storage import DistilledSet, save_distilled
 
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+    out_dir = _check_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
     picked = train.per_class(ipc, seed=seed)
     ds = DistilledSet(

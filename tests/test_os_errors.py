@@ -1,0 +1,318 @@
+"""Operating-system errors and bad inputs end a command in one line, exit status 2, and
+leave nothing behind (issue 12, points 2 and 4).
+
+Read-only media and a full disk are real here: each such test mounts a read-only and a tiny
+tmpfs in a private mount namespace (``unshare -rm``, no privileges needed) and runs the
+commands inside it; where that is impossible the test is skipped and the portable tests
+below (errors injected at the write) still cover the paths."""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from infer_fast import _io
+from infer_fast.cli import main
+from infer_fast.teacher import TeacherConfig, train_teacher
+
+TINY_TEACHER = dict(dataset="fashion-mnist-mini", model="convnet-w8-d2", epochs=1, batch_size=256, lr=0.05,
+                    device="cpu")
+TEACHER_ARGS = ["teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
+                "--batch-size", "256", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A trained tiny teacher and a small relabelled INFER set, both in a fresh directory."""
+    root = tmp_path_factory.mktemp("os-errors")
+    teacher = root / "t.pt"
+    train_teacher(TeacherConfig(**TINY_TEACHER), str(teacher), progress=False)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "2",
+                     "--iterations", "3", "--device", "cpu", "--quiet", "--out", "set"]) == 0
+        assert main(["relabel", "set", "--teachers", "t.pt"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def run_main(argv, capsys, cwd):
+    """(exit status, stderr) of the CLI run in this process from ``cwd``."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        capsys.readouterr()
+        status = main([str(a) for a in argv])
+    finally:
+        os.chdir(old)
+    return status, capsys.readouterr().err
+
+
+def assert_one_line_error(status, stderr, *fragments):
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def leftovers(directory):
+    """Temporary files or directories anywhere under ``directory``."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if ".tmp" in p.name or ".old-" in p.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# real read-only media and a full disk, in a private mount namespace
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o ro tmpfs $d"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not _unshare_works(), reason="cannot mount a tmpfs in a private namespace here")
+
+DRIVER = textwrap.dedent("""
+    import contextlib, io, json, os, sys, traceback
+    from infer_fast.cli import main
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                status = main(argv)
+        except BaseException:
+            status, err = "raised", io.StringIO(traceback.format_exc())
+        results.append({"argv": argv, "status": status, "stderr": err.getvalue()})
+    listing = {d: sorted(os.listdir(d)) for d in json.loads(sys.argv[2])}
+    print(json.dumps({"results": results, "listing": listing}))
+""")
+
+
+def run_in_namespace(workspace, setup, cases, listed):
+    """Run the CLI ``cases`` in a private mount namespace after the shell ``setup``; returns
+    (results, {directory: its entries at the end})."""
+    driver = workspace / "driver.py"
+    driver.write_text(DRIVER)
+    script = f"set -e; {setup}; exec {sys.executable} driver.py \"$0\" \"$1\""
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, json.dumps(cases), json.dumps(listed)],
+                          cwd=workspace, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return found["results"], found["listing"]
+
+
+@needs_mounts
+def test_read_only_media(workspace, tmp_path):
+    """Every command that writes refuses read-only media before any work, in one line naming
+    the path, exit 2; `inspect` of a set on read-only media works and writes nothing."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (workspace / "run.yaml").write_text("dataset: fashion-mnist-mini\nteachers: [{path: t.pt}]\nout: unused\n")
+    setup = (f"mount -t tmpfs tmpfs {ro} && cp -r set {ro}/set && mount -o remount,ro {ro}")
+    cases = [
+        TEACHER_ARGS + ["--out", f"{ro}/t.pt"],
+        ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "2", "--iterations", "3",
+         "--device", "cpu", "--quiet", "--out", f"{ro}/x"],
+        ["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", f"{ro}/r"],
+        ["export", "set", f"{ro}/exported"],
+        ["relabel", f"{ro}/set", "--teachers", "t.pt"],
+        ["inspect", f"{ro}/set", "--preview", f"{ro}/preview.png"],
+        ["run", "run.yaml", "--out", f"{ro}/run", "--quiet"],
+        ["inspect", f"{ro}/set"],
+    ]
+    results, listing = run_in_namespace(workspace, setup, cases, [str(ro), f"{ro}/set"])
+    for result in results[:-1]:
+        assert result["status"] == 2, result
+        lines = result["stderr"].strip().splitlines()
+        assert len(lines) == 1 and "Read-only file system" in lines[0] and str(ro) in lines[0], result
+    assert results[-1]["status"] == 0, results[-1]  # inspect alone only reads
+    assert listing[str(ro)] == ["set"]
+    assert listing[f"{ro}/set"] == ["labels.safetensors", "manifest.json", "natural.safetensors", "ufc.safetensors"]
+    assert leftovers(workspace) == []
+
+
+@needs_mounts
+def test_full_disk_is_refused_before_any_work(workspace, tmp_path):
+    """With no room for the output, teacher and distill stop before training or recovery
+    (no epoch runs), say how much is needed and free, and write nothing."""
+    full = tmp_path / "full"
+    full.mkdir()
+    cases = [
+        TEACHER_ARGS + ["--out", f"{full}/t.pt"],
+        ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "2", "--iterations", "3",
+         "--device", "cpu", "--quiet", "--out", f"{full}/x"],
+    ]
+    results, listing = run_in_namespace(workspace, f"mount -t tmpfs -o size=8k tmpfs {full}", cases, [str(full)])
+    for result in results:
+        assert result["status"] == 2, result
+        line = result["stderr"].strip()
+        assert "\n" not in line and "needs about" in line and "free" in line and str(full) in line, result
+    assert listing[str(full)] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# portable: errors injected where the bytes are written
+
+def test_disk_full_during_a_checkpoint_write_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    """A write that fails after the work (the disk filled up meanwhile) ends in one line
+    naming the file, exit 2, and its temporary file is gone."""
+    real_open = open
+
+    def no_space(path, mode="r", *args, **kwargs):
+        if "w" in mode and ".tmp-" in os.fspath(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_space)
+    status, err = run_main(TEACHER_ARGS + ["--out", "t.pt"], capsys, tmp_path)
+    assert_one_line_error(status, err, "No space left on device", ".t.pt.tmp-")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_saving_a_set_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from infer_fast import storage
+
+    def no_space(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+
+    monkeypatch.setattr(storage, "safetensors_save", no_space)
+    status, err = run_main(["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2",
+                            "--out", "r"], capsys, tmp_path)
+    assert_one_line_error(status, err, "No space left on device", "images.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_failures_are_os_errors(tmp_path):
+    """safetensors reports I/O failures as text; they come out as the OSError they are."""
+    with pytest.raises(OSError) as caught:
+        _io.safetensors_save({"x": torch.zeros(2)}, tmp_path / "missing-dir" / "x.safetensors")
+    assert caught.value.errno == errno.ENOENT and caught.value.filename.endswith("x.safetensors")
+    _io.safetensors_save({"x": torch.zeros(2)}, tmp_path / "x.safetensors")
+    assert (tmp_path / "x.safetensors").stat().st_mode & 0o777 == _io.default_file_mode()
+
+
+@pytest.mark.parametrize("command", ["teacher", "distill", "random", "export", "run"])
+def test_an_output_under_a_file_is_refused_before_any_work(workspace, tmp_path, capsys, command):
+    blocker = tmp_path / "afile"
+    blocker.write_text("in the way")
+    out = blocker / "sub" / "out"
+    argv = {
+        "teacher": TEACHER_ARGS + ["--out", out],
+        "distill": ["distill", "--dataset", "fashion-mnist-mini", "--teachers", workspace / "t.pt", "--ipc", "2",
+                    "--device", "cpu", "--quiet", "--out", out],
+        "random": ["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", out],
+        "export": ["export", workspace / "set", out],
+        "run": ["run", workspace / "run-under-file.yaml", "--out", out, "--quiet"],
+    }[command]
+    (workspace / "run-under-file.yaml").write_text("dataset: fashion-mnist-mini\nteachers: [{path: t.pt}]\nout: x\n")
+    status, err = run_main(argv, capsys, tmp_path)
+    assert_one_line_error(status, err, f"{blocker} is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_successful_commands_leave_no_temporary_files(workspace, tmp_path, capsys):
+    """teacher, distill (all methods), relabel, export and inspect --preview: nothing but
+    their outputs, readable by others (the umask's mode, not safetensors' private 0600)."""
+    shutil.copy(workspace / "t.pt", tmp_path / "t.pt")
+    common = ["--dataset", "fashion-mnist-mini", "--ipc", "2", "--iterations", "2", "--device", "cpu", "--quiet"]
+    for argv in (
+        TEACHER_ARGS + ["--out", "t2.pt"],
+        ["distill", *common, "--teachers", "t.pt", "--out", "infer"],
+        ["distill", *common, "--teachers", "t.pt", "--method", "sre2l", "--out", "sre2l"],
+        ["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", "random"],
+        ["relabel", "infer", "--teachers", "t.pt"],
+        ["export", "infer", "exported"],
+        ["inspect", "infer", "--preview", "preview.png"],
+    ):
+        status, err = run_main(argv, capsys, tmp_path)
+        assert status == 0, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "infer", "preview.png", "random", "sre2l",
+                                                          "t.pt", "t2.pt"]
+    assert leftovers(tmp_path) == []
+    for path in (tmp_path / "infer").iterdir():
+        assert path.stat().st_mode & 0o777 == _io.default_file_mode(), path
+
+
+# ---------------------------------------------------------------------------------------------
+# bad inputs: one line naming the option or the path (point 4)
+
+def _yaml(tmp_path, name, text):
+    (tmp_path / name).write_text(textwrap.dedent(text))
+    return name
+
+
+def test_config_file_values_are_type_checked_like_flags(workspace, tmp_path, capsys):
+    shutil.copy(workspace / "t.pt", tmp_path / "t.pt")
+    cases = [
+        (["distill", "--config", _yaml(tmp_path, "a.yaml", "dataset: 12\nipc: 2\nteachers: [t.pt]\nout: y\n")],
+         "dataset must be a string, got 12"),
+        (["teacher", "--config", _yaml(tmp_path, "b.yaml", "dataset: 12\nout: y.pt\n")], "dataset must be a string"),
+        (["distill", "--config", _yaml(tmp_path, "c.yaml", "dataset: fashion-mnist-mini\nipc: two\nout: y\n")],
+         "ipc must be an integer, got 'two'"),
+        (["distill", "--config", _yaml(tmp_path, "d.yaml", "dataset: fashion-mnist-mini\nipc: 2\nout: y\n"
+                                                               "teachers: t.pt\ncompile: off\n")],
+         "quote the word"),
+        (["distill", "--config", _yaml(tmp_path, "e.yaml", "dataset: fashion-mnist-mini\nipc: 2\nout: y\n"
+                                                               "teachers: t.pt\nfused_bn: 1\n")],
+         "fused_bn must be true or false"),
+        (["distill", "--config", _yaml(tmp_path, "f.yaml", "dataset: fashion-mnist-mini\nipc: 2\nout: y\n"
+                                                               "teachers: t.pt\nr_bn: high\n")],
+         "r_bn must be a number, got 'high'"),
+        (["run", _yaml(tmp_path, "g.yaml", "dataset: 12\nteachers: [{path: t.pt}]\nout: y\n")],
+         "dataset must be a string, got 12"),
+        (["run", _yaml(tmp_path, "h.yaml", "dataset: fashion-mnist-mini\nteachers: [{path: t.pt}]\nout: y\n"
+                                           "device: tpu\n")], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ]
+    for argv, message in cases:
+        status, err = run_main(argv, capsys, tmp_path)
+        assert_one_line_error(status, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".yaml")) == ["t.pt"]
+
+
+def test_device_names_are_validated(workspace, capsys, tmp_path):
+    cases = [
+        ["distill", "--dataset", "fashion-mnist-mini", "--teachers", workspace / "t.pt", "--ipc", "2", "--out", "x",
+         "--device", "tpu"],
+        ["relabel", workspace / "set", "--teachers", workspace / "t.pt", "--device", "bogus"],
+        ["train", workspace / "set", "--device", "tpu", "--epochs", "1", "--quiet"],
+        TEACHER_ARGS[:-3] + ["--device", "cuda:x", "--out", "t.pt"],
+    ]
+    for argv in cases:
+        status, err = run_main(argv, capsys, tmp_path)
+        assert_one_line_error(status, err, "device must be auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        status, err = run_main(TEACHER_ARGS[:-3] + ["--device", "cuda", "--out", "t.pt"], capsys, tmp_path)
+        assert_one_line_error(status, err, "no CUDA GPU is available")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_teacher_files_that_are_not_teachers(workspace, tmp_path, capsys):
+    """A directory, a text file, and weights that do not fit the recorded model: each one
+    line saying what is wrong with which file."""
+    (tmp_path / "notes.pt").write_text("hello\n")
+    ckpt = torch.load(workspace / "t.pt", weights_only=True)
+    ckpt["model"] = "convnet-w16-d2"  # the weights are a convnet-w8-d2's
+    torch.save(ckpt, tmp_path / "mismatch.pt")
+    distill = ["distill", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--out", "x", "--device", "cpu",
+               "--teachers"]
+    cases = [
+        (distill + [tmp_path], "is a directory, expected a file"),
+        (distill + ["notes.pt"], "'notes.pt' is not a PyTorch checkpoint"),
+        (distill + ["mismatch.pt"], "its weights do not fit its recorded model 'convnet-w16-d2'"),
+        (["relabel", workspace / "set", "--teachers", "mismatch.pt"], "do not fit"),
+        (["distill", "--config", tmp_path, "--out", "x"], "is a directory, expected a file"),
+    ]
+    for argv, message in cases:
+        status, err = run_main(argv, capsys, tmp_path)
+        assert_one_line_error(status, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mismatch.pt", "notes.pt"]
