@@ -347,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", choices=["imagefolder"], default="imagefolder", help="export format")
     export.add_argument("out", help="output directory (must not exist or be empty)")
     export.set_defaults(func=cmd_export)
+
+    debug_help = "on an error, show the traceback instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in sub.choices.values():  # also after the command: `infer-fast distill ... --debug`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -359,15 +364,23 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         args.func(args)
-    except (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError) as exc:
-        print(f"infer-fast {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # missing inputs, read-only media, a full disk...: one line naming the path
-        print(f"infer-fast {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"infer-fast {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError)):
+            message = str(exc)
+        elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
+            message = describe_os_error(exc)
+        else:  # a bug, not the user's doing: a short message, status 1
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            print(f"infer-fast {args.command}: internal error: {type(exc).__name__}: {first} "
+                  "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+            return 1
+        print(f"infer-fast {args.command}: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

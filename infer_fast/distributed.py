@@ -18,7 +18,7 @@ from typing import Any, List, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path"]
+__all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path", "Ranks"]
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -77,3 +77,46 @@ def local_device(device: str) -> str:
 
 def shard_path(path: str, rank: int, world: int) -> str:
     return path if world == 1 else f"{path}.rank{rank}-of-{world}"
+
+
+# Under `infer-fast run` a rank waits while others train a teacher or a student (hours at
+# ImageNet scale), far past the default collective timeouts (NCCL's is 10 minutes).
+WAIT_TIMEOUT = datetime.timedelta(hours=72)
+
+
+class Ranks:
+    """This process's rank and world size, and the waits between ranks (no-ops for one
+    process) on a gloo group of their own with WAIT_TIMEOUT: `infer-fast run`'s ranks wait
+    for each other's teachers, sets and students (hours), and a CPU group has no GPU
+    watchdog on such waits. Only rank 0 holds the results: the others follow its decisions."""
+
+    def __init__(self) -> None:
+        self.rank, self.world = rank_and_world()
+        self.group = None
+        if self.world > 1 and dist.is_gloo_available():  # a CPU group: no GPU watchdog on long waits
+            self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier(group=self.group)
+
+    def gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out: List[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def from_rank0(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a wait until rank 0 gets here)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def close(self) -> None:
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+            self.group = None

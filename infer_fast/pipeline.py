@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-import torch.distributed as dist
 
 from . import distributed
 from ._io import check_input_file, check_writable, save_json_atomic
@@ -53,10 +52,6 @@ __all__ = [
 METHODS = ("infer", "infer_dyn", "random", "sre2l")
 METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
 RESULTS_FORMAT = "infer-fast-results"
-# Under torchrun a rank waits while others train a teacher or a student (hours at ImageNet
-# scale), far past the default collective timeouts (NCCL's is 10 minutes): the pipeline's
-# own waits go through a gloo group with this timeout.
-WAIT_TIMEOUT = datetime.timedelta(hours=72)
 
 
 @dataclass
@@ -242,48 +237,12 @@ def _say(progress: bool, text: str) -> None:
         print(text, flush=True)
 
 
-class _Ranks:
-    """This process's rank and world size, and the waits between ranks (no-ops for one
-    process). Only rank 0 holds the results: the others follow its decisions."""
-
-    def __init__(self) -> None:
-        self.rank, self.world = distributed.rank_and_world()
-        self.group = None
-        if self.world > 1 and dist.is_gloo_available():  # a CPU group: no GPU watchdog on long waits
-            self.group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier(group=self.group)
-
-    def gather(self, obj: Any) -> List[Any]:
-        """Every rank's ``obj``, in rank order."""
-        if self.world == 1:
-            return [obj]
-        out: List[Any] = [None] * self.world
-        dist.all_gather_object(out, obj, group=self.group)
-        return out
-
-    def from_rank0(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (a wait until rank 0 gets here)."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
-    def close(self) -> None:
-        if self.group is not None:
-            dist.destroy_process_group(self.group)
-            self.group = None
-
-
 def _stdout_unless(show: bool):
     """Drops what is printed unless ``show`` (only rank 0 prints)."""
     return contextlib.nullcontext() if show else contextlib.redirect_stdout(io.StringIO())
 
 
-def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional[_Ranks] = None) -> List[str]:
+def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional[distributed.Ranks] = None) -> List[str]:
     """The teacher checkpoints of ``cfg``: given paths, pretrained weights written as
     checkpoints, or teachers trained (resuming) into ``<out>/teachers/``. Under torchrun
     (every rank calls this) the k-th teacher to train is trained on rank k mod world, on that
@@ -293,7 +252,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     from .teacher import TeacherConfig, pretrained_teacher, train_teacher
 
     if ranks is None:
-        ranks = _Ranks()
+        ranks = distributed.Ranks()
         try:
             return prepare_teachers(cfg, progress, ranks)
         finally:
@@ -410,14 +369,14 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     ``<out>/results.json``, the table in ``<out>/results.md``). Under torchrun every rank
     calls this (see the module docstring for the split) and every rank returns the results."""
     cfg.validate()
-    ranks = _Ranks()
+    ranks = distributed.Ranks()
     try:
         return _run(cfg, progress and ranks.rank == 0, ranks)
     finally:
         ranks.close()
 
 
-def _run(cfg: PipelineConfig, progress: bool, ranks: _Ranks) -> Dict[str, Any]:
+def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[str, Any]:
     from .data import load_dataset
     from .storage import DistilledDataset, load_distilled, save_distilled
     from .student import feature_duplication, relabel, train_student

@@ -374,10 +374,12 @@ def train_student(
     best: Optional[float] = None
     accuracy = float("nan")
     first_epoch, elapsed_before = 0, 0.0
-    identity = {"config": dataclasses.asdict(cfg), "method": distilled.method, "num_training_images": n,
-                "set_sha256": set_digest(distilled)}
-    if cfg.dynamic:  # INFER+Dyn: the teachers label every batch
-        identity["teachers_sha256"] = [model_digest(t) for t in teacher_models]
+    identity = None  # what a checkpoint is tied to (digests: computed only when there is one)
+    if checkpoint is not None:
+        identity = {"config": dataclasses.asdict(cfg), "method": distilled.method, "num_training_images": n,
+                    "set_sha256": set_digest(distilled)}
+        if cfg.dynamic:  # INFER+Dyn: the teachers label every batch
+            identity["teachers_sha256"] = [model_digest(t) for t in teacher_models]
     if checkpoint is not None and os.path.exists(checkpoint):
         if not resume:
             raise ValueError(f"student checkpoint {checkpoint!r} exists: pass resume=True to continue that run, or delete it")

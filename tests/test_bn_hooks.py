@@ -95,7 +95,7 @@ def test_no_activation_kept_without_grad():
 def test_train_mode_teacher_is_refused():
     net = frozen_teacher().train()
     tracker = BNStatTracker(net)
-    with pytest.raises(RuntimeError, match="call model.eval"):
+    with pytest.raises(ValueError, match=r"in training mode.*call \.eval\(\)"):
         net(torch.randn(2, 3, 8, 8))
     tracker.remove()
 
@@ -184,10 +184,16 @@ def test_fused_forward_restored_and_affine_grads():
     assert torch.autograd.gradcheck(fn, (x, w, b))
 
 
+def test_batchnorm3d_is_refused_not_skipped():
+    net = nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2)).eval()
+    with pytest.raises(ValueError, match="'1' is a BatchNorm3d"):
+        BNStatTracker(net)
+
+
 def test_fused_train_mode_refused():
     net = frozen_teacher()
     tracker = BNStatTracker(net, fused=True)
     net.train()
-    with pytest.raises(RuntimeError, match="training mode"):
+    with pytest.raises(ValueError, match="teacher: BatchNorm layer .* is in training mode"):  # as from every path
         net(torch.randn(2, 3, 8, 8))
     tracker.remove()

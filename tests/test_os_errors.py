@@ -316,3 +316,25 @@ def test_teacher_files_that_are_not_teachers(workspace, tmp_path, capsys):
         status, err = run_main(argv, capsys, tmp_path)
         assert_one_line_error(status, err, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mismatch.pt", "notes.pt"]
+
+
+def test_internal_errors_are_short_and_status_1_with_the_traceback_under_debug(capsys, monkeypatch, tmp_path):
+    """A bug (not the user's doing) ends in one line, status 1, pointing at --debug; with
+    --debug (before or after the command) the traceback is shown instead."""
+    from infer_fast import info
+
+    def broken():
+        raise KeyError("a bug\nwith a second line")
+
+    monkeypatch.setattr(info, "format_info", broken)
+    status, err = run_main(["info"], capsys, tmp_path)
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "internal error: KeyError: 'a bug" in err and "--debug" in err
+    for argv in (["--debug", "info"], ["info", "--debug"]):
+        with pytest.raises(KeyError, match="a bug"):
+            main(argv)
+    user_error = ["teacher", "--dataset", "no-such-dataset", "--out", tmp_path / "t.pt"]
+    status, err = run_main(user_error, capsys, tmp_path)
+    assert_one_line_error(status, err, "unknown dataset 'no-such-dataset'")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        main([str(a) for a in user_error + ["--debug"]])

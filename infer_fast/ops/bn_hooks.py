@@ -10,23 +10,42 @@ exactly as the BN layer already does.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .bn_stat_loss import bn_eval_with_stat_loss, bn_stat_loss
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+# The BatchNorm layers whose statistics are matched (inputs (N, C) or (N, C, H, W)): the
+# trackers, the chunked mode and the teacher checks all use this one list.
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
-def _refuse_training_mode(name: str, module: nn.Module) -> None:
-    """In train mode a BN layer would use batch statistics and its running ones would drift."""
+def refuse_training_mode(name: str, module: nn.Module, who: str = "teacher") -> None:
+    """ValueError when the BatchNorm layer ``name`` of ``who`` is in training mode: it would
+    use batch statistics and its running ones (what the loss matches) would drift."""
     if module.training:
-        raise RuntimeError(
-            f"BatchNorm layer {name!r} is in training mode: call model.eval() on the teacher "
-            "before matching its statistics"
+        raise ValueError(
+            f"{who}: BatchNorm layer {name!r} is in training mode; matching its statistics needs a frozen "
+            "model in eval mode (call .eval())"
         )
+
+
+def check_eval_mode(model: nn.Module, who: str = "teacher") -> None:
+    """refuse_training_mode for every BatchNorm layer of ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, BN_TYPES):
+            refuse_training_mode(name, module, who)
+
+
+def bn_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """(name, layer) of every BatchNorm layer of ``model`` whose statistics can be matched;
+    ValueError for one that cannot (BatchNorm3d) rather than leaving it out silently."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm3d):
+            raise ValueError(f"BatchNorm layer {name!r} is a BatchNorm3d: only BatchNorm1d/2d statistics can be matched")
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, BN_TYPES)]
 
 
 class BNStatTracker:
@@ -49,7 +68,7 @@ class BNStatTracker:
         self.fused = fused
         self._losses: List[Tensor] = []
         self._names: List[str] = []
-        self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _BN_TYPES)]
+        self.layers = bn_layers(model)
         if not self.layers:
             raise ValueError(f"model {type(model).__name__} has no BatchNorm1d/2d layer to attach the loss to")
         for name, module in self.layers:
@@ -68,7 +87,7 @@ class BNStatTracker:
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args) -> None:
-            _refuse_training_mode(name, module)
+            refuse_training_mode(name, module)
             x = args[0]
             self._losses.append(bn_stat_loss(x, module.running_mean, module.running_var, self.groups, self.backend))
             self._names.append(name)
@@ -77,7 +96,7 @@ class BNStatTracker:
 
     def _make_fused_forward(self, name: str, module: nn.Module):
         def forward(x: Tensor) -> Tensor:
-            _refuse_training_mode(name, module)
+            refuse_training_mode(name, module)
             y, loss = bn_eval_with_stat_loss(x, module.running_mean, module.running_var, module.weight, module.bias,
                                              module.eps, self.groups, self.backend)
             self._losses.append(loss)

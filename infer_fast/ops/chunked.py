@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends
-from .bn_hooks import _BN_TYPES
+from .bn_hooks import bn_layers, refuse_training_mode
 from .bn_stat_loss import check_inputs
 from .layout import as_ncl, kept_format
 from .reference import accumulate_dtype, at_least_fp32, finalize_stats
@@ -132,7 +132,7 @@ class _ChunkHooks:
         self.anchors: List[Tensor] = []
         self._row0 = self._calls = 0
         self._first_chunk = True
-        layers = [(name, m) for name, m in teacher.named_modules() if isinstance(m, _BN_TYPES)]
+        layers = bn_layers(teacher)
         if not layers:
             raise ValueError(f"teacher {type(teacher).__name__} has no BatchNorm1d/2d layer to match statistics of")
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in layers]
@@ -172,11 +172,7 @@ class _ChunkHooks:
         return hook
 
     def _new_site(self, name: str, module: nn.Module, x: Tensor) -> _BNSite:
-        if module.training:
-            raise ValueError(
-                f"teacher: BatchNorm layer {name!r} is in training mode; the chunked mode needs a frozen teacher "
-                "in eval mode (call teacher.eval())"
-            )
+        refuse_training_mode(name, module)
         if module.running_mean is None or module.running_var is None:
             raise ValueError(f"teacher: BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
         check_inputs(x, module.running_mean, module.running_var, 1)
