@@ -1,0 +1,92 @@
+"""DD-Ranking's scores of a distilled set, from the test accuracies of students trained under
+one protocol (Li et al., "DD-Ranking: Rethinking the Evaluation of Dataset Distillation",
+arXiv 2505.13300; definitions read from NUS-HPC-AI-Lab/DD-Ranking: README.md "Benchmark",
+doc/metrics/lrs-soft-label.md, doc/metrics/ars.md, ddranking/metrics/soft_label.py and
+ddranking/metrics/aug_robust.py).
+
+Accuracies are fractions in [0, 1] (so every difference lies in [-1, 1]):
+
+- HLR, hard-label recovery = acc(full data, hard labels) - acc(set, hard labels):
+  how much of the real data's accuracy the images alone leave unrecovered (lower is better).
+- IOR, improvement over random = acc(set, its own labels) - acc(random real subset of the
+  same budget, the same labels and protocol): what the set adds over picking real images.
+- LRS, label-robust score: alpha = w IOR - (1 - w) HLR, LRS = (e^alpha - e^-1) / (e - e^-1),
+  which maps alpha in [-1, 1] onto [0, 1]; w = 0.5 by default (DD-Ranking's leaderboard).
+- ARS, augmentation-robust score: beta = w (acc(set, aug) - acc(random, aug))
+  + (1 - w) (acc(set, no aug) - acc(random, no aug)), ARS = (e^beta - e^-1) / (e - e^-1).
+
+DD-Ranking's code passes accuracies in percent to these formulas, which puts alpha far
+outside [-1, 1]; we follow the published definition's range (fractions) and report the
+scores in [0, 1] (x 100 in tables)."""
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+DEFAULT_WEIGHT = 0.5  # w of LRS and ARS: both terms count equally (DD-Ranking's default)
+
+
+def _accuracy(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be an accuracy in [0, 1] (a fraction, not percent), got {value!r}")
+    return float(value)
+
+
+def _weight(weight: float) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+    return float(weight)
+
+
+def exp_normalized(x: float) -> float:
+    """(e^x - e^-1) / (e - e^-1): [-1, 1] onto [0, 1], increasing (0 -> 0.269)."""
+    return (math.exp(x) - math.exp(-1.0)) / (math.e - math.exp(-1.0))
+
+
+def hard_label_recovery(full_hard: float, set_hard: float) -> float:
+    """HLR = acc(full data, hard labels) - acc(set, hard labels)."""
+    return _accuracy("full_hard", full_hard) - _accuracy("set_hard", set_hard)
+
+
+def improvement_over_random(set_acc: float, random_acc: float) -> float:
+    """IOR = acc(set) - acc(random subset), both under the same labels and protocol."""
+    return _accuracy("set_acc", set_acc) - _accuracy("random_acc", random_acc)
+
+
+def label_robust_score(hlr: float, ior: float, weight: float = DEFAULT_WEIGHT) -> float:
+    """LRS = exp_normalized(w IOR - (1 - w) HLR)."""
+    w = _weight(weight)
+    for name, value in (("hlr", hlr), ("ior", ior)):
+        if not -1.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a difference of accuracies in [-1, 1], got {value!r}")
+    return exp_normalized(w * ior - (1.0 - w) * hlr)
+
+
+def augmentation_robust_score(set_aug: float, random_aug: float, set_plain: float, random_plain: float,
+                              weight: float = DEFAULT_WEIGHT) -> float:
+    """ARS = exp_normalized(w (set - random with augmentation) + (1 - w) (set - random without))."""
+    w = _weight(weight)
+    with_aug = improvement_over_random(set_aug, random_aug)
+    without_aug = improvement_over_random(set_plain, random_plain)
+    return exp_normalized(w * with_aug + (1.0 - w) * without_aug)
+
+
+def dd_ranking_scores(accuracies: Dict[str, float], weight: float = DEFAULT_WEIGHT) -> Dict[str, float]:
+    """All four scores from one protocol's accuracies (fractions): ``full_hard``,
+    ``set_hard``, ``set_soft``, ``random_soft`` (set and random with the soft labels and the
+    protocol's augmentation) and ``set_soft_plain``, ``random_soft_plain`` (the same without
+    augmentation). Returns {"hlr", "ior", "lrs", "ars", "weight"}."""
+    needed = ("full_hard", "set_hard", "set_soft", "random_soft", "set_soft_plain", "random_soft_plain")
+    missing = [k for k in needed if k not in accuracies]
+    if missing:
+        raise ValueError(f"accuracies lack {', '.join(missing)}")
+    hlr = hard_label_recovery(accuracies["full_hard"], accuracies["set_hard"])
+    ior = improvement_over_random(accuracies["set_soft"], accuracies["random_soft"])
+    return {
+        "hlr": hlr,
+        "ior": ior,
+        "lrs": label_robust_score(hlr, ior, weight),
+        "ars": augmentation_robust_score(accuracies["set_soft"], accuracies["random_soft"],
+                                         accuracies["set_soft_plain"], accuracies["random_soft_plain"], weight),
+        "weight": _weight(weight),
+    }
