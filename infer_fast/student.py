@@ -26,6 +26,10 @@ Protocol choices (documented once, here):
   recomputed from the clipped box (1 - box area / image area). Either way the targets
   z' = lam z + (1 - lam) z[pi] are mixed in **logit space** (z are the stored soft labels,
   which are logits).
+* Labels (``labels``): ``"soft"`` (the default, below) or ``"hard"``: the set's hard labels
+  as one-hot targets, mixed like the logits, and cross-entropy -sum(z' log softmax(s)) (no
+  temperature; soft labels are not needed). ``augmentation="none"`` / ``mix="none"`` train
+  on the images as stored (DD-Ranking's protocols with and without augmentation).
 * Loss: KL(softmax(z'/T) || softmax(s/T)) = ``kl_div(log_softmax(s/T), log_softmax(z'/T),
   log_target=True, reduction="batchmean")``, plain: **not** multiplied by T^2 (as the
   reference SRe2L/INFER code and INFER_METHOD.md).
@@ -65,13 +69,15 @@ from ._io import check_writable, content_digest, model_digest, read_checkpoint, 
 
 __all__ = [
     "StudentConfig", "AUGMENTATIONS", "MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
-    "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "train_student", "evaluate_seeds",
+    "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "LABELS",
+    "train_student", "evaluate_seeds",
     "feature_duplication",
 ]
 
 BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
-AUGMENTATIONS = ("crop_flip", "resized_crop_flip")
-MIXES = ("mixup", "cutmix")
+AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
+MIXES = ("mixup", "cutmix", "none")
+LABELS = ("soft", "hard")  # the set's soft labels (KL, temperature) or its hard labels (cross-entropy)
 RESIZED_CROP_SCALE = (0.08, 1.0)
 RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -152,6 +158,7 @@ class StudentConfig:
     mixup_alpha: float = 0.8  # Beta(alpha, alpha) for lambda, shared by both mixes (CutMix's usual alpha: 1.0)
     augmentation: str = "crop_flip"  # one of AUGMENTATIONS
     mix: str = "mixup"  # one of MIXES
+    labels: str = "soft"  # one of LABELS
     seed: int = 0
     dynamic: bool = False  # INFER+Dyn: teacher-ensemble labels recomputed for every mixed batch
     eval_every: int = 0  # 0: evaluate only after the last epoch
@@ -176,6 +183,9 @@ class StudentConfig:
             raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixing), got {self.mixup_alpha!r}")
         _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
         _check_choice("mix", self.mix, MIXES)
+        _check_choice("labels", self.labels, LABELS)
+        if self.dynamic and self.labels == "hard":
+            raise ValueError("dynamic=True (INFER+Dyn) relabels every batch with the teachers: it needs labels='soft'")
         resolve_device(self.device)
 
     @classmethod
@@ -215,6 +225,8 @@ def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "cro
     black padding) + flip; ``"resized_crop_flip"``: RandomResizedCrop(size, scale (0.08, 1),
     ratio (3/4, 4/3)) + flip."""
     _check_choice("augmentation", augmentation, AUGMENTATIONS)
+    if augmentation == "none":
+        return x
     size = tuple(x.shape[-2:])
     pixels = denormalize(x, mean, std)
     if augmentation == "crop_flip":
@@ -272,6 +284,12 @@ def distillation_loss(student_logits: Tensor, target_logits: Tensor, temperature
     t = float(temperature)
     return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(target_logits.float() / t, dim=1),
                     log_target=True, reduction="batchmean")
+
+
+def soft_target_cross_entropy(student_logits: Tensor, target_probs: Tensor) -> Tensor:
+    """-sum(p log softmax(s)), batch mean: cross-entropy with (mixed) one-hot targets; the
+    hard-label protocol's loss (equal to lam CE(y) + (1 - lam) CE(y[perm]) under mixing)."""
+    return -(target_probs * F.log_softmax(student_logits, dim=1)).sum(1).mean()
 
 
 def _check_test_set(distilled: DistilledSet, test_set) -> None:
@@ -347,7 +365,13 @@ def train_student(
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     _check_test_set(distilled, test_set)
     device = resolve_device(cfg.device)
-    dataset = DistilledDataset(distilled, hard_only=cfg.dynamic)
+    dataset = DistilledDataset(distilled, hard_only=cfg.dynamic or cfg.labels == "hard")
+    hard = distilled.hard_labels() if cfg.labels == "hard" and not cfg.dynamic else None
+    if cfg.labels == "hard":  # cross-entropy with the (mixed) one-hot targets
+        label_loss = soft_target_cross_entropy
+    else:  # KL to the (mixed) soft-label logits
+        def label_loss(logits: Tensor, z: Tensor) -> Tensor:
+            return distillation_loss(logits, z, cfg.temperature)
     if dataset.fits_in_memory:
         images, soft, _ = dataset.all_images()
         images_at = images.__getitem__
@@ -401,19 +425,25 @@ def train_student(
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = augment(images_at(idx), mean, std, gen, cfg.augmentation)
-            lam = sample_lambda(cfg.mixup_alpha, gen)
-            perm = torch.randperm(len(idx), generator=gen)
-            z = None if cfg.dynamic else soft[idx]
-            if cfg.mix == "mixup":
-                x, z = mixup(x, z, lam, perm)
+            if cfg.dynamic:
+                z = None
+            elif hard is not None:  # one-hot probabilities: mixing them is mixup's label mixing
+                z = F.one_hot(hard[idx], distilled.num_classes).float()
             else:
-                x, z, _ = cutmix(x, z, lam, perm, gen)
+                z = soft[idx]
+            if cfg.mix != "none":
+                lam = sample_lambda(cfg.mixup_alpha, gen)
+                perm = torch.randperm(len(idx), generator=gen)
+                if cfg.mix == "mixup":
+                    x, z = mixup(x, z, lam, perm)
+                else:
+                    x, z, _ = cutmix(x, z, lam, perm, gen)
             # every rank draws the whole batch (same generator), then takes its rows; the loss is
             # scaled so DDP's gradient average is the full batch's batchmean gradient
             share = slice(rank, None, world)
             x = x[share].to(device, non_blocking=True)
             z = ensemble_logits(teacher_models, x) if cfg.dynamic else z[share].to(device, non_blocking=True)
-            loss = distillation_loss(net(x), z, cfg.temperature) * (x.shape[0] * world / len(idx))
+            loss = label_loss(net(x), z) * (x.shape[0] * world / len(idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from conftest import train_tiny_teachers
 import pytest
 
@@ -13,7 +14,7 @@ from infer_fast.data.transforms import denormalize, normalize, random_flip, rand
 from infer_fast.storage import DistilledDataset, DistilledSet, load_distilled, save_distilled, valid_range
 from infer_fast.student import (
     StudentConfig, augment, cutmix, cutmix_box, distillation_loss, evaluate_seeds, feature_duplication, mixup,
-    relabel, relabel_directory, sample_lambda, train_student,
+    relabel, relabel_directory, sample_lambda, soft_target_cross_entropy, train_student,
 )
 from infer_fast.teacher import load_teacher
 
@@ -151,6 +152,30 @@ def test_student_trains_on_infer_set(teachers, data):
     assert 0.0 <= r["final_accuracy"] <= 1.0 and r["num_training_images"] == ds.num_training_images()
 
 
+def test_hard_label_protocol_without_augmentation(data):
+    """labels="hard": cross-entropy with the set's hard labels (no soft labels needed); with
+    augmentation and mixing "none" the images go in as stored, and nothing is drawn for them."""
+    train, test = data
+    ds = baseline_set(train, per_class=10)  # not relabelled
+    cfg = StudentConfig(epochs=30, labels="hard", augmentation="none", mix="none", **FAST)
+    r = train_student(ds, test, cfg, progress=False)
+    assert r["final_accuracy"] > 0.3, r
+    assert train_student(ds, test, dataclasses.replace(cfg, epochs=2), progress=False)["history"] == \
+        train_student(ds, test, dataclasses.replace(cfg, epochs=2), progress=False)["history"]
+    x = torch.randn(3, 1, 4, 4)
+    assert augment(x, (0.5,), (0.5,), torch.Generator(), "none") is x
+    with pytest.raises(ValueError, match="needs labels='soft'"):
+        StudentConfig(labels="hard", dynamic=True).validate()
+
+
+def test_soft_target_cross_entropy_is_mixed_cross_entropy():
+    logits, y = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 4, 0])
+    perm, lam = torch.tensor([5, 4, 3, 2, 1, 0]), 0.3
+    target = lam * F.one_hot(y, 5).float() + (1 - lam) * F.one_hot(y[perm], 5).float()
+    expected = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+    torch.testing.assert_close(soft_target_cross_entropy(logits, target), expected)
+
+
 def test_unrelabelled_set_is_refused(data):
     with pytest.raises(ValueError):
         train_student(baseline_set(data[0], 1), data[1], StudentConfig(epochs=1, **FAST), progress=False)
@@ -242,7 +267,8 @@ def test_resized_crop_flip_augmentation(data):
     torch.testing.assert_close(out, normalize(random_flip(pixels, gen), s.mean, s.std))
 
 
-@pytest.mark.parametrize("field, allowed", [("augmentation", "crop_flip, resized_crop_flip"), ("mix", "mixup, cutmix")])
+@pytest.mark.parametrize("field, allowed", [("augmentation", "crop_flip, resized_crop_flip, none"),
+                                            ("mix", "mixup, cutmix, none"), ("labels", "soft, hard")])
 def test_unknown_augmentation_or_mix_is_refused(field, allowed, data):
     with pytest.raises(ValueError, match=f"{field} must be one of {allowed}"):
         StudentConfig(**{field: "bogus"}).validate()
