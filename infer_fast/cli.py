@@ -201,6 +201,33 @@ def _option_actions(parser: argparse.ArgumentParser) -> Dict[str, argparse.Actio
     return {action.dest: action for action in parser._actions if action.option_strings}
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ._io import check_writable, save_json_atomic
+    from .evaluate import Protocol, evaluate_set, format_report
+    from .storage import load_distilled
+    from .teacher import load_teacher
+
+    teachers = _paths(args.teachers)
+    if not teachers:
+        raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
+    if args.out:
+        check_writable(args.out, "--out")
+    student = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
+               if getattr(args, k) is not None}
+    protocol = Protocol(recipe=args.recipe, student=student, seeds=args.seeds, weight=args.weight,
+                        full_data_epochs=args.full_data_epochs)
+    protocol.validate()
+    ds = load_distilled(args.directory)
+    models = [load_teacher(p, dataset=ds.dataset, num_classes=ds.num_classes, device=args.device)[0] for p in teachers]
+    report = evaluate_set(ds, models, protocol, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
+                          device=args.device, progress=not args.quiet)
+    report["set"]["path"] = args.directory
+    print(format_report(report))
+    if args.out:
+        save_json_atomic(report, args.out)
+        print(f"report: {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
@@ -335,6 +362,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="a set under one protocol: students with soft and hard labels, with and without augmentation, "
+        "against a random subset of its budget and the full data; DD-Ranking's HLR, IOR, LRS and ARS",
+        description="Trains 8 students per seed (the set and a random real subset of its budget, each with soft and "
+        "hard labels, with and without the protocol's augmentation and mixing) and reads or trains the full-data "
+        "accuracy; prints a table and writes the report (every accuracy, the protocol, the scores) with --out.",
+    )
+    evaluate.add_argument("directory", help="distilled-set directory, relabelled by --teachers")
+    evaluate.add_argument("--teachers", required=True, help="comma-separated teacher checkpoints (label the random subsets)")
+    evaluate.add_argument("--full-data-checkpoint", dest="full_data_checkpoint",
+                          help="a teacher checkpoint whose recorded test accuracy is the full-data hard-label accuracy "
+                          "(default: trained here with the teacher recipe and the student model)")
+    evaluate.add_argument("--full-data-epochs", dest="full_data_epochs", type=int, default=30,
+                          help="epochs of the full-data run when it is trained (default 30)")
+    evaluate.add_argument("--recipe", choices=["cifar", "imagenet"], default="cifar", help="student recipe (see train)")
+    evaluate.add_argument("--model", help="student model (default convnet)")
+    evaluate.add_argument("--epochs", type=int, help="student epochs (default: the recipe's)")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=int, help="student batch size")
+    evaluate.add_argument("--lr", type=float, help="AdamW learning rate")
+    evaluate.add_argument("--temperature", type=float, help="KL temperature of the soft-label runs")
+    evaluate.add_argument("--augmentation", choices=["crop_flip", "resized_crop_flip"], help="the augmented runs' augmentation")
+    evaluate.add_argument("--mix", choices=["mixup", "cutmix"], help="the augmented runs' batch mixing")
+    evaluate.add_argument("--seeds", type=int, default=3, help="students per run (default 3)")
+    evaluate.add_argument("--weight", type=float, default=0.5, help="w of LRS and ARS (default 0.5)")
+    evaluate.add_argument("--data-root", dest="data_root", help="directory holding the real dataset")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--out", help="write the report (JSON) here")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     inspect = sub.add_parser("inspect", help="summarize a distilled set (compression ratio, checksums); --preview "
                              "PATH also draws it as a PNG")

@@ -32,7 +32,7 @@ def _accuracy(name: str, value: float) -> float:
     return float(value)
 
 
-def _weight(weight: float) -> float:
+def check_weight(weight: float) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
     return float(weight)
@@ -55,7 +55,7 @@ def improvement_over_random(set_acc: float, random_acc: float) -> float:
 
 def label_robust_score(hlr: float, ior: float, weight: float = DEFAULT_WEIGHT) -> float:
     """LRS = exp_normalized(w IOR - (1 - w) HLR)."""
-    w = _weight(weight)
+    w = check_weight(weight)
     for name, value in (("hlr", hlr), ("ior", ior)):
         if not -1.0 <= value <= 1.0:
             raise ValueError(f"{name} must be a difference of accuracies in [-1, 1], got {value!r}")
@@ -65,7 +65,7 @@ def label_robust_score(hlr: float, ior: float, weight: float = DEFAULT_WEIGHT) -
 def augmentation_robust_score(set_aug: float, random_aug: float, set_plain: float, random_plain: float,
                               weight: float = DEFAULT_WEIGHT) -> float:
     """ARS = exp_normalized(w (set - random with augmentation) + (1 - w) (set - random without))."""
-    w = _weight(weight)
+    w = check_weight(weight)
     with_aug = improvement_over_random(set_aug, random_aug)
     without_aug = improvement_over_random(set_plain, random_plain)
     return exp_normalized(w * with_aug + (1.0 - w) * without_aug)
@@ -88,5 +88,5 @@ def dd_ranking_scores(accuracies: Dict[str, float], weight: float = DEFAULT_WEIG
         "lrs": label_robust_score(hlr, ior, weight),
         "ars": augmentation_robust_score(accuracies["set_soft"], accuracies["random_soft"],
                                          accuracies["set_soft_plain"], accuracies["random_soft_plain"], weight),
-        "weight": _weight(weight),
+        "weight": check_weight(weight),
     }

@@ -170,24 +170,16 @@ def distill_sre2l(
     return _save_and_clean(ds, out_dir, checkpoint)
 
 
-def distill_random(
-    dataset: str,
-    ipc: int,
-    out_dir: Union[str, os.PathLike],
-    seed: int = 0,
-    data_root: Optional[str] = None,
-) -> Path:
-    """The "random" baseline: ``ipc`` real training images per class, chosen with ``seed``,
-    stored as uint8 (the same storage as ipc*C images; relabel it like an INFER set)."""
-    from ..data import load_dataset
-    from ..storage import DistilledSet, save_distilled
+def random_set(train, ipc: int, seed: int = 0):
+    """The "random" baseline as a DistilledSet (unlabelled): ``ipc`` real training images per
+    class of ``train`` (an ImageSet) chosen with ``seed``, stored as uint8 (the same storage as
+    ipc*C images)."""
+    from ..storage import DistilledSet
 
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
-    out_dir = _check_output(out_dir)
-    train = load_dataset(dataset, "train", data_root=data_root)
     picked = train.per_class(ipc, seed=seed)
-    ds = DistilledSet(
+    return DistilledSet(
         method="random",
         **_set_fields(train),
         images=picked.images,
@@ -197,4 +189,22 @@ def distill_random(
         budget={"ipc": int(ipc), "K": 0, "M": 0, "accounting": "ipc"},
         seed=seed,
     )
-    return save_distilled(ds, out_dir)
+
+
+def distill_random(
+    dataset: str,
+    ipc: int,
+    out_dir: Union[str, os.PathLike],
+    seed: int = 0,
+    data_root: Optional[str] = None,
+) -> Path:
+    """The "random" baseline (:func:`random_set`) written to ``out_dir``; relabel it like an
+    INFER set."""
+    from ..data import load_dataset
+    from ..storage import save_distilled
+
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    out_dir = _check_output(out_dir)
+    train = load_dataset(dataset, "train", data_root=data_root)
+    return save_distilled(random_set(train, ipc, seed), out_dir)

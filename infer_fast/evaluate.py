@@ -1,0 +1,172 @@
+"""Evaluate any distilled set under one declared protocol, with DD-Ranking's scores.
+
+    report = evaluate_set(load_distilled("sets/infer10"), teachers, Protocol(seeds=3))
+
+For every seed, students are trained (infer_fast.student.train_student) on
+
+- the set: with its soft labels and with its hard labels, each with the protocol's
+  augmentation and mixing and without any ("plain");
+- a random real subset of the same budget (the set's ipc images per class, picked with the
+  seed), soft-labelled by the same teachers, under the same four runs;
+
+and the full training data's hard-label accuracy is trained once with the teacher recipe
+(infer_fast.teacher.train_teacher, the protocol's student model) or read from a teacher
+checkpoint that records it. From these accuracies: HLR, IOR, LRS and ARS per seed
+(infer_fast/scores.py), reported as mean and standard deviation (population, as DD-Ranking)
+over the seeds. The report holds the protocol and every accuracy behind a score."""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from torch import nn
+
+from .scores import DEFAULT_WEIGHT, dd_ranking_scores
+
+REPORT_FORMAT = "infer-fast-evaluation"
+# the runs per seed: (name, labels, with the protocol's augmentation and mixing?)
+RUNS = (("soft", "soft", True), ("soft_plain", "soft", False), ("hard", "hard", True), ("hard_plain", "hard", False))
+SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
+
+
+@dataclass
+class Protocol:
+    """What every student of an evaluation shares. ``student``: StudentConfig fields (model,
+    epochs, augmentation, mix, temperature...; the recipe named by ``recipe`` underneath);
+    ``seeds``: students per run (seeds 0..n-1, also the random subsets' draws); ``weight``:
+    w of LRS and ARS; ``full_data_epochs``: epochs of the full-data run when it is trained."""
+
+    recipe: str = "cifar"
+    student: Dict[str, Any] = field(default_factory=dict)
+    seeds: int = 3
+    weight: float = DEFAULT_WEIGHT
+    full_data_epochs: int = 30
+
+    def validate(self) -> None:
+        from .config import check_positive_ints
+        from .scores import check_weight
+
+        if self.recipe not in ("cifar", "imagenet"):
+            raise ValueError(f"recipe must be cifar or imagenet, got {self.recipe!r}")
+        if not isinstance(self.student, dict):
+            raise ValueError(f"student must be a mapping of StudentConfig fields, got {self.student!r}")
+        for name in ("labels", "seed", "dynamic"):
+            if name in self.student:
+                raise ValueError(f"student: {name} is set by the evaluation itself, not by the protocol")
+        check_positive_ints(self, ("seeds", "full_data_epochs"))
+        check_weight(self.weight)
+        self.student_config("soft", True, 0)
+
+    def student_config(self, labels: str, augmented: bool, seed: int):
+        """The StudentConfig of one run."""
+        from .student import StudentConfig
+
+        recipe = StudentConfig.imagenet if self.recipe == "imagenet" else StudentConfig.cifar
+        values = dict(self.student, labels=labels, seed=seed)
+        if not augmented:
+            values.update(augmentation="none", mix="none")
+        return recipe(**values)
+
+
+def _full_data_accuracy(protocol: Protocol, dataset: str, data_root, device: str, full_data_checkpoint,
+                        progress: bool) -> Dict[str, Any]:
+    """{"accuracy", "source"}: read from a teacher checkpoint, or trained with the teacher
+    recipe on the whole training split."""
+    from .teacher import TeacherConfig, load_teacher, train_teacher
+
+    if full_data_checkpoint is not None:
+        _, meta = load_teacher(str(full_data_checkpoint), dataset=dataset)
+        if meta.get("test_accuracy") is None:
+            raise ValueError(f"full_data_checkpoint {str(full_data_checkpoint)!r} records no test accuracy")
+        return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
+                f"({meta['model']}, {meta.get('epochs_done')} epochs)"}
+    import tempfile
+
+    model = protocol.student_config("hard", True, 0).model
+    with tempfile.TemporaryDirectory(prefix="infer-fast-full-data-") as tmp:
+        summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=protocol.full_data_epochs,
+                                              data_root=data_root, device=device), f"{tmp}/full.pt", progress=progress)
+    return {"accuracy": float(summary["test_accuracy"]),
+            "source": f"trained here: {model}, {protocol.full_data_epochs} epochs of the teacher recipe"}
+
+
+def _summary(values: Sequence[float]) -> Dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+
+
+def evaluate_set(
+    distilled, teachers: Sequence[nn.Module], protocol: Optional[Protocol] = None, *,
+    data_root: Optional[str] = None, full_data_checkpoint: Optional[str] = None, device: str = "auto",
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """The evaluation report of ``distilled`` (a DistilledSet with soft labels, e.g. relabelled
+    by ``teachers``, which also label the random subsets). See the module docstring."""
+    from .data import load_dataset
+    from .distill.run import random_set
+    from .student import relabel, train_student
+    from .teacher import resolve_device
+
+    protocol = Protocol() if protocol is None else protocol
+    protocol.validate()
+    resolve_device(device)
+    if not distilled.has_soft_labels:
+        raise ValueError("the set has no soft labels: relabel it first (infer-fast relabel), with the teachers given here")
+    if not teachers:
+        raise ValueError("teachers: the random subsets need the teachers that labelled the set")
+    ipc = distilled.budget.get("ipc")
+    if not isinstance(ipc, int) or ipc < 1:
+        raise ValueError("the set records no budget ipc (images per class): cannot pick a random subset of its budget")
+    train = load_dataset(distilled.dataset, "train", data_root=data_root)
+    test = load_dataset(distilled.dataset, "test", data_root=data_root)
+    full = _full_data_accuracy(protocol, distilled.dataset, data_root, device, full_data_checkpoint, progress)
+
+    accuracies: Dict[str, Dict[str, List[float]]] = {"set": {}, "random": {}}
+    per_seed: List[Dict[str, float]] = []
+    for seed in range(protocol.seeds):
+        random = relabel(random_set(train, ipc, seed), list(teachers), device=device)
+        seed_acc: Dict[str, float] = {}
+        for which, source in (("set", distilled), ("random", random)):
+            for name, labels, augmented in RUNS:
+                config = dataclasses.replace(protocol.student_config(labels, augmented, seed), device=device)
+                acc = train_student(source, test, config, progress=progress)["final_accuracy"]
+                accuracies[which].setdefault(name, []).append(acc)
+                seed_acc[f"{which}_{name}"] = acc
+        scores = dd_ranking_scores({
+            "full_hard": full["accuracy"], "set_hard": seed_acc["set_hard"], "set_soft": seed_acc["set_soft"],
+            "random_soft": seed_acc["random_soft"], "set_soft_plain": seed_acc["set_soft_plain"],
+            "random_soft_plain": seed_acc["random_soft_plain"],
+        }, protocol.weight)
+        per_seed.append({**seed_acc, **{k: scores[k] for k in SCORE_NAMES}})
+    return {
+        "format": REPORT_FORMAT,
+        "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
+                "training_images": distilled.num_training_images()},
+        "protocol": {**dataclasses.asdict(protocol),
+                     "student_config": dataclasses.asdict(protocol.student_config("soft", True, 0)),
+                     "runs": {name: {"labels": labels, "augmentation_and_mixing": augmented}
+                              for name, labels, augmented in RUNS},
+                     "random_subset": f"ipc {ipc} real training images per class, picked with the seed, "
+                                      "soft-labelled by the same teachers"},
+        "full_data_hard": full,
+        "accuracy": {which: {name: _summary(v) for name, v in runs.items()} for which, runs in accuracies.items()},
+        "scores": {name: _summary([s[name] for s in per_seed]) for name in SCORE_NAMES},
+        "per_seed": per_seed,
+    }
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The report as a short table (accuracies and scores in %, mean +- std over seeds)."""
+    def pct(summary):
+        return f"{100 * summary['mean']:6.2f} +- {100 * summary['std']:5.2f}"
+
+    s = report["set"]
+    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {report['protocol']['seeds']} seed(s)",
+             f"{'run':<12} {'set':>16} {'random subset':>16}"]
+    for name, *_ in RUNS:
+        lines.append(f"{name:<12} {pct(report['accuracy']['set'][name]):>16} {pct(report['accuracy']['random'][name]):>16}")
+    lines.append(f"full data, hard labels: {100 * report['full_data_hard']['accuracy']:.2f} "
+                 f"({report['full_data_hard']['source']})")
+    lines.append("scores: " + ", ".join(f"{name.upper()} {pct(report['scores'][name])}" for name in SCORE_NAMES))
+    return "\n".join(lines)

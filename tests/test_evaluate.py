@@ -1,0 +1,91 @@
+"""infer-fast evaluate: one protocol, the set and a random subset of its budget under soft and
+hard labels with and without augmentation, the full-data accuracy, DD-Ranking's scores."""
+import json
+import math
+
+import pytest
+
+from infer_fast.cli import main
+from infer_fast.data import load_dataset
+from infer_fast.distill.run import random_set
+from infer_fast.evaluate import RUNS, Protocol, evaluate_set, format_report
+from infer_fast.scores import dd_ranking_scores
+from infer_fast.storage import save_distilled
+from infer_fast.student import relabel
+from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+
+FAST_STUDENT = {"model": "convnet-w8-d2", "epochs": 2, "batch_size": 50, "temperature": 4.0}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("evaluate") / "t.pt"
+    train_teacher(TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w8-d2", epochs=1, batch_size=256,
+                                lr=0.05, device="cpu"), str(path), progress=False)
+    return str(path), load_teacher(str(path))[0]
+
+
+@pytest.fixture(scope="module")
+def labelled_set(teacher):
+    train = load_dataset("fashion-mnist-mini", "train")
+    return relabel(random_set(train, 2, seed=100), [teacher[1]])
+
+
+def test_report_holds_every_accuracy_and_the_scores_follow_from_them(teacher, labelled_set):
+    path, model = teacher
+    protocol = Protocol(student=FAST_STUDENT, seeds=2, weight=0.5)
+    report = evaluate_set(labelled_set, [model], protocol, full_data_checkpoint=path, device="cpu", progress=False)
+    assert report["full_data_hard"]["accuracy"] == load_teacher(path)[1]["test_accuracy"]
+    assert len(report["per_seed"]) == 2
+    for seed in report["per_seed"]:
+        for which in ("set", "random"):
+            for name, *_ in RUNS:
+                assert 0.0 <= seed[f"{which}_{name}"] <= 1.0
+        expected = dd_ranking_scores({
+            "full_hard": report["full_data_hard"]["accuracy"], "set_hard": seed["set_hard"],
+            "set_soft": seed["set_soft"], "random_soft": seed["random_soft"],
+            "set_soft_plain": seed["set_soft_plain"], "random_soft_plain": seed["random_soft_plain"]})
+        for name in ("hlr", "ior", "lrs", "ars"):
+            assert seed[name] == pytest.approx(expected[name])
+    lrs = [s["lrs"] for s in report["per_seed"]]
+    assert report["scores"]["lrs"]["mean"] == pytest.approx(sum(lrs) / 2)
+    assert report["scores"]["lrs"]["std"] == pytest.approx(abs(lrs[0] - lrs[1]) / 2)
+    assert report["protocol"]["student_config"]["epochs"] == 2 and report["protocol"]["runs"]["hard_plain"] == \
+        {"labels": "hard", "augmentation_and_mixing": False}
+    json.dumps(report, allow_nan=False)  # plain JSON
+    table = format_report(report)
+    assert "LRS" in table and "random subset" in table and "hard_plain" in table
+
+
+def test_full_data_accuracy_trained_when_no_checkpoint_is_given(teacher, labelled_set):
+    report = evaluate_set(labelled_set, [teacher[1]], Protocol(student=FAST_STUDENT, seeds=1, full_data_epochs=1),
+                          device="cpu", progress=False)
+    assert "trained here" in report["full_data_hard"]["source"]
+    assert 0.3 < report["full_data_hard"]["accuracy"] <= 1.0 and math.isfinite(report["scores"]["ars"]["mean"])
+
+
+@pytest.mark.parametrize("protocol, match", [
+    (Protocol(recipe="mnist"), "recipe must be cifar or imagenet"),
+    (Protocol(student={"labels": "hard"}), "labels is set by the evaluation"),
+    (Protocol(student={"epochs": 0}), "epochs must be a positive integer"),
+    (Protocol(seeds=0), "seeds must be a positive integer"),
+    (Protocol(weight=2), "weight must be in"),
+])
+def test_bad_protocols_are_refused_before_any_training(protocol, match, labelled_set, teacher):
+    with pytest.raises(ValueError, match=match):
+        evaluate_set(labelled_set, [teacher[1]], protocol, device="cpu", progress=False)
+
+
+def test_cli_writes_the_report(teacher, labelled_set, tmp_path, capsys):
+    save_distilled(labelled_set, tmp_path / "set")
+    argv = ["evaluate", str(tmp_path / "set"), "--teachers", teacher[0], "--full-data-checkpoint", teacher[0],
+            "--seeds", "1", "--model", "convnet-w8-d2", "--epochs", "1", "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "report.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["format"] == "infer-fast-evaluation" and "LRS" in out and str(tmp_path / "report.json") in out
+    unlabelled = random_set(load_dataset("fashion-mnist-mini", "train"), 2)
+    save_distilled(unlabelled, tmp_path / "bare")
+    assert main(["evaluate", str(tmp_path / "bare"), "--teachers", teacher[0], "--device", "cpu"]) == 2
+    assert "relabel it first" in capsys.readouterr().err
