@@ -13,7 +13,7 @@ PIP    := $(PY) -m pip
 # pulls several GB of CUDA packages); triton 3.9.0 + numpy 2.4.6 work together under
 # TRITON_INTERPRET=1 (triton 3.6 + numpy >= 2.3 does not).
 DEPS := torch==2.13.0 triton==3.9.0 numpy==2.4.6 pybind11==3.1.0 ninja==1.13.2 \
-        safetensors==0.8.0 tqdm==4.70.1 pyyaml==6.0.3 pillow==13.0.0 setuptools
+        safetensors==0.8.0 tqdm==4.70.1 pyyaml==6.0.3 pillow==13.0.0 matplotlib==3.11.2 setuptools
 TEST_DEPS := pytest==9.2.0 hypothesis==6.170.15 pytest-benchmark==5.3.1
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.inc csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) \
            $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py)

@@ -112,7 +112,7 @@ setup(
     },
     ext_modules=[extension],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch>=2.3", "numpy", "safetensors", "tqdm", "pyyaml"],
+    install_requires=["torch>=2.3", "numpy", "safetensors", "tqdm", "pyyaml", "pillow", "matplotlib"],
     extras_require={
         "triton": ["triton>=3.2"],
         "images": ["pillow"],  # image-folder datasets and PNG export (a pure-python PNG writer is the fallback)

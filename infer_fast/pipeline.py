@@ -483,6 +483,9 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
                             checkpoint=str(ckpt), resume=True, ddp=False)
         record = {name: run[name] for name in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "num_training_images")}
         record["epochs"] = scfg.epochs
+        # the test accuracies measured during training (every eval_every epochs, and the last): the curves' data
+        record["history"] = [{"epoch": h["epoch"], "test_accuracy": h["test_accuracy"]}
+                             for h in run["history"] if "test_accuracy" in h]
         if rank == 0:
             results["runs"][key] = record
             save()
@@ -505,7 +508,10 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         results["table"] = summarize(results)
         save()
         table = format_table(results)
-        (out / "results.md").write_text(_markdown_report(results, table))
+        from .plots import write_plots
+
+        plots = write_plots(results, out)
+        (out / "results.md").write_text(_markdown_report(results, table, plots))
         _say(progress, "\n" + table)
         _say(progress, f"\n{cfg.dataset}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
                        f"({time.perf_counter() - started:.0f} s this session)")
@@ -517,7 +523,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     return results
 
 
-def _markdown_report(results: Dict[str, Any], table: str) -> str:
+def _markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
     cfg = results["config"]
     teachers = ", ".join(
         f"{t['model']} ({100 * t['test_accuracy']:.2f}%)" if t.get("test_accuracy") is not None else t["model"]
@@ -535,4 +541,5 @@ def _markdown_report(results: Dict[str, Any], table: str) -> str:
         table,
         "",
     ]
-    return "\n".join(lines)
+    lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
+    return "\n".join(lines) + ("\n" if plots else "")

@@ -60,6 +60,11 @@ def test_run_produces_the_table(finished_run):
     assert on_disk["runs"] == results["runs"]
     md = open(os.path.join(out, "results.md")).read()
     assert "| INFER+Dyn | 2 |" in md and "| SRe2L | 2 |" in md and format_table(results) in md
+    # one ipc: the accuracy-vs-compression picture, linked from results.md
+    assert "![compression](accuracy-vs-compression.png)" in md
+    assert open(os.path.join(out, "accuracy-vs-compression.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert all(run["history"][-1] == {"epoch": run["epochs"], "test_accuracy": run["final_accuracy"]}
+               for run in results["runs"].values())
 
 
 def test_rerun_continues_without_redoing_work(finished_run, monkeypatch):
