@@ -1,5 +1,4 @@
 """Plots of a run's results (infer_fast/plots.py): the files, and what is left out."""
-import pytest
 
 from infer_fast.plots import PLOT_FILES, write_plots
 
