@@ -105,7 +105,7 @@ def _paths(value: Optional[str]) -> List[str]:
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
     "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "cuda_graphs", "distributed", "device",
-    "out",
+    "out", "checkpoint_every", "checkpoint_minutes",
 )
 
 
@@ -137,7 +137,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
             raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
         fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift",
                                                 "precision", "channels_last", "fused_bn", "compile", "cuda_graphs",
-                                                "distributed")
+                                                "distributed", "checkpoint_every", "checkpoint_minutes")
                   if k in options}
         config = recovery_config(method, fields)  # the recipe the options select, the options on top
         common.update(resume=args.resume, progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--seed", type=int, help="random seed (default 0)")
     distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
     distill.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    distill.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, metavar="N",
+                         help="also checkpoint inside a batch every N iterations (default: by time only)")
+    distill.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, metavar="M",
+                         help="also checkpoint inside a batch after M minutes since the last checkpoint (default 10)")
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
     distill.add_argument("--out", help="output directory (must not exist)")

@@ -164,3 +164,45 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
     reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
     torch.testing.assert_close(resumed.ufc, reference.ufc, rtol=0, atol=1e-6)
     assert torch.equal(resumed.natural, reference.natural) and not checkpoint.exists()
+
+
+def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_path):
+    """One batch holds all 4 UFCs and is checkpointed every 10 iterations: killed (SIGKILL)
+    inside it, the run continues with --resume from its last checkpoint's iteration, says so,
+    and ends with exactly (torch.equal) the compensators of an uninterrupted run."""
+    import signal
+    import time
+
+    from infer_fast.storage import load_distilled
+
+    def ok(*args):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
+       "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet")
+    args = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
+            "--group-size", "4"]  # K = 4 UFCs, all in one batch
+    ok(*args, "--quiet", "--out", "reference")
+    killed = [*args, "--checkpoint-every", "10", "--out", "killed"]
+    proc = subprocess.Popen([sys.executable, "-m", "infer_fast.cli", *killed, "--quiet"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed.recovery.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (tmp_path / "killed").exists(), "the kill came too late to test anything"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["ufc_index"].numel() == 0  # the batch never finished: all that was saved is inside it
+    (partial,) = saved["partials"]
+    iteration = partial["iteration"]
+    assert partial["k"] == [0, 1, 2, 3] and iteration % 10 == 0 and 10 <= iteration < 150
+    out = ok(*killed, "--resume")  # (not --quiet: the resume report is progress output)
+    assert ("resuming, 0/4 infer jobs already recovered; "
+            f"teacher 0 batch k=0..3 continues at iteration {iteration}/150") in out
+    reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
+    assert torch.equal(resumed.ufc, reference.ufc) and torch.equal(resumed.natural, reference.natural)
+    assert not checkpoint.exists()

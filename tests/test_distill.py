@@ -195,7 +195,9 @@ def test_resume_after_interrupt(natural, teachers, train_set, tmp_path, monkeypa
     with pytest.raises(ValueError, match="the weights of teacher 0 differ from those it was recovered with"):
         recover_ufcs(natural, teachers[1:], spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True, progress=False)
 
-    # resume (with another group size: results do not depend on batching)
+    # resume (with another group size: results do not depend on batching) from a checkpoint as
+    # infer-fast wrote them before checkpoints inside a batch (no "partials")
+    torch.save({key: value for key, value in saved.items() if key != "partials"}, ckpt)
     resumed = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(group_size=2), checkpoint=ckpt,
                            resume=True, progress=False)
     torch.testing.assert_close(resumed["ufc"], full["ufc"], rtol=0, atol=1e-6)
@@ -233,6 +235,163 @@ def test_resume_from_shares_of_another_world_size(teacher_paths, tmp_path, monke
     assert len(calls) == 2  # 4 UFCs (K = 2, M = 2), 2 recovered before: only the other 2 run
     torch.testing.assert_close(resumed.ufc, clean.ufc, rtol=0, atol=1e-6)
     assert not [p for p in os.listdir(tmp_path) if "recovery" in p]
+
+
+# ---- checkpoints inside a batch -------------------------------------------------------------
+
+def _interrupt_at_iteration(monkeypatch, t_stop):
+    """Make the first optimized batch raise KeyboardInterrupt (a kill) when it is about to run
+    iteration t_stop (the eager loop reads its learning rate once per iteration); returns a
+    function that restores the real schedule."""
+    real = engine.cosine_lr
+    batches = {"n": 0}
+
+    def schedule(t, config):
+        batches["n"] += t == 0
+        if batches["n"] == 1 and t == t_stop:
+            raise KeyboardInterrupt
+        return real(t, config)
+
+    monkeypatch.setattr(engine, "cosine_lr", schedule)
+    return lambda: monkeypatch.setattr(engine, "cosine_lr", real)
+
+
+def _recover(method, natural, teachers, spec, cfg, **kwargs):
+    """The result tensor of an INFER or SRe2L recovery (3 jobs of teacher 0) and its stats."""
+    from infer_fast.distill import recover_sre2l
+
+    if method == "infer":
+        out = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, **kwargs)
+        return out["ufc"], out["stats"]
+    out = recover_sre2l(3, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, cfg, **kwargs)
+    return out["images"], out["stats"]
+
+
+def _cadence_cfg(method, **kw):
+    base = dict(iterations=12, seed=3, checkpoint_minutes=None)
+    base.update(kw)
+    return RecoveryConfig(**base) if method == "infer" else RecoveryConfig.sre2l(**base)
+
+
+@pytest.mark.parametrize("method", ["infer", "sre2l"])
+def test_interrupted_inside_a_batch_resumes_bit_identically(method, natural, teachers, train_set, tmp_path,
+                                                            monkeypatch, capsys):
+    """Killed at iteration 8 of the first batch (k = 0, 1) with a checkpoint every 5
+    iterations: the checkpoint holds that batch at iteration 5 (variable, Adam, augmentation
+    position), and the resumed run prints where it continues and ends exactly (torch.equal)
+    where an uninterrupted run does, although it asks for other batches and another cadence
+    (both result-neutral): the interrupted batch continues as it was."""
+    spec = train_set.spec
+    full, full_stats = _recover(method, natural, teachers, spec, _cadence_cfg(method, group_size=2), progress=False)
+    assert [s["k"] for s in full_stats] == [[0, 1], [2]]
+    ckpt = tmp_path / "run.recovery.pt"
+    restore = _interrupt_at_iteration(monkeypatch, 8)
+    with pytest.raises(KeyboardInterrupt):
+        _recover(method, natural, teachers, spec, _cadence_cfg(method, group_size=2, checkpoint_every=5),
+                 checkpoint=ckpt, progress=False)
+    restore()
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["ufc_index"].numel() == 0  # no batch finished
+    (partial,) = saved["partials"]
+    assert (partial["method"], partial["teacher"], partial["k"]) == (method, 0, [0, 1])
+    assert partial["iteration"] == 5 and partial["augment_step"] == 5 and float(partial["adam_step"]) == 5.0
+    assert partial["variable"].shape[0] == 2 and partial["exp_avg_sq"].shape == partial["variable"].shape
+    assert partial["alive"].tolist() == [True, True] and partial["died_at"].tolist() == [-1, -1]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    capsys.readouterr()
+
+    resumed, stats = _recover(method, natural, teachers, spec, _cadence_cfg(method, group_size=3, checkpoint_every=4),
+                              checkpoint=ckpt, resume=True, progress=True)
+    out = capsys.readouterr().out
+    assert f"resuming, 0/3 {method} jobs already recovered; teacher 0 batch k=0..1 continues at iteration 5/12" in out
+    assert torch.equal(resumed, full)
+    assert [s["k"] for s in stats] == [[0, 1], [2]]
+    assert [s["resumed_from_iteration"] for s in stats] == [5, 0]
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["partials"] == [] and saved["ufc_index"].tolist() == [0, 1, 2]
+
+
+def test_partial_batch_from_shares_of_another_world_size(natural, teachers, train_set, tmp_path, monkeypatch, capsys):
+    """Two states of one interrupted batch in the shares of a 2-rank run (the older one at
+    iteration 5, the newer at 10): one process continues the newer one, to the same result."""
+    spec = train_set.spec
+    cfg = _cadence_cfg("infer", group_size=2, checkpoint_every=5)
+    full, _ = _recover("infer", natural, teachers, spec, cfg, progress=False)
+    ckpt = tmp_path / "run.recovery.pt"
+    for rank, t_stop in ((0, 8), (1, 11)):
+        alone = tmp_path / f"alone{rank}.recovery.pt"
+        restore = _interrupt_at_iteration(monkeypatch, t_stop)
+        with pytest.raises(KeyboardInterrupt):
+            _recover("infer", natural, teachers, spec, cfg, checkpoint=alone, progress=False)
+        restore()
+        os.replace(alone, f"{ckpt}.rank{rank}-of-2")
+    capsys.readouterr()
+    resumed, stats = _recover("infer", natural, teachers, spec, cfg, checkpoint=ckpt, resume=True, progress=True)
+    assert "teacher 0 batch k=0..1 continues at iteration 10/12" in capsys.readouterr().out
+    assert [s["resumed_from_iteration"] for s in stats] == [10, 0]
+    assert torch.equal(resumed, full)
+
+
+def test_checkpoint_minutes_checkpoints_by_wall_clock(natural, teachers, train_set, tmp_path, monkeypatch):
+    """With checkpoint_minutes=1 and every iteration taking 25 s of a fake clock, the batch is
+    checkpointed after iterations 3, 6 and 9 (then whole when it ends), to the same result."""
+    from infer_fast.distill import jobs
+
+    spec = train_set.spec
+    cfg = _cadence_cfg("infer", group_size=3, checkpoint_minutes=1)
+    full, _ = _recover("infer", natural, teachers, spec, cfg, progress=False)
+    now = [0.0]
+    monkeypatch.setattr(engine, "checkpoint_clock", lambda: now[0])
+    real_schedule = engine.cosine_lr
+
+    def schedule(t, config):  # called once per iteration
+        now[0] += 25.0
+        return real_schedule(t, config)
+
+    monkeypatch.setattr(engine, "cosine_lr", schedule)
+    written, real_save = [], jobs.save_atomic
+    monkeypatch.setattr(jobs, "save_atomic", lambda obj, path: (
+        written.append([p["iteration"] for p in obj["partials"]]), real_save(obj, path)))
+    ckpt = tmp_path / "run.recovery.pt"
+    result, _ = _recover("infer", natural, teachers, spec, cfg, checkpoint=ckpt, progress=False)
+    assert written == [[3], [6], [9], []]
+    assert torch.equal(result, full)
+    # no checkpoint path: no checkpoints at all, whatever the cadence
+    written.clear()
+    _recover("infer", natural[:1], teachers, spec, cfg, progress=False)
+    assert written == []
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(natural, teachers, train_set, tmp_path, capsys):
+    spec = train_set.spec
+    ckpt = tmp_path / "none.recovery.pt"
+    recover_ufcs(natural[:1], teachers[:1], spec.mean, spec.std, _cfg(iterations=2), checkpoint=ckpt, resume=True,
+                 progress=True)
+    assert f"no recovery checkpoint at {ckpt}: starting from the beginning" in capsys.readouterr().out
+    assert ckpt.exists()
+
+
+@pytest.mark.parametrize("bad", [
+    dict(checkpoint_every=0), dict(checkpoint_every=2.5), dict(checkpoint_every=True), dict(checkpoint_every="5"),
+    dict(checkpoint_minutes=0), dict(checkpoint_minutes=-1.0), dict(checkpoint_minutes=float("nan")),
+    dict(checkpoint_minutes=float("inf")), dict(checkpoint_minutes="10"), dict(checkpoint_minutes=True),
+])
+def test_checkpoint_cadence_validation(bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=name):
+        RecoveryConfig(**bad).validate()
+
+
+def test_checkpoint_cadence_settings():
+    from infer_fast.distill import recovery_config
+    from infer_fast.distill.config import RESULT_NEUTRAL
+
+    assert RecoveryConfig().checkpoint_every is None and RecoveryConfig().checkpoint_minutes == 10
+    RecoveryConfig(checkpoint_every=1, checkpoint_minutes=None).validate()
+    RecoveryConfig(checkpoint_minutes=0.5).validate()
+    config = recovery_config("infer", {"checkpoint_every": 50, "checkpoint_minutes": 2})
+    assert (config.checkpoint_every, config.checkpoint_minutes) == (50, 2)
+    assert {"checkpoint_every", "checkpoint_minutes"} <= set(RESULT_NEUTRAL)  # another cadence may resume a run
 
 
 def test_nan_loss_raises(natural, train_set, tmp_path):

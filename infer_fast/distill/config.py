@@ -16,7 +16,8 @@ DISTRIBUTED_MODES = ("jobs", "chunks")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 # config fields that do not change the result (resuming with another value is allowed)
-RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed")
+RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
+                  "checkpoint_every", "checkpoint_minutes")
 
 
 @dataclass
@@ -59,6 +60,12 @@ class RecoveryConfig:
     # UFC batch, each running its share of the chunks (needs chunk_size), statistics all-reduced
     distributed: str = "jobs"
     seed: int = 0
+    # recovery checkpoints inside a batch too (only when a checkpoint path is given): after
+    # every checkpoint_every iterations (None: not by count) and once checkpoint_minutes of
+    # wall-clock time have passed since the last one (None: not by time), so a kill loses at
+    # most that much of a long batch. Results do not depend on them
+    checkpoint_every: Optional[int] = None
+    checkpoint_minutes: Optional[float] = 10.0
 
     @classmethod
     def imagenet(cls, **overrides: Any) -> "RecoveryConfig":
@@ -125,6 +132,13 @@ class RecoveryConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        every = self.checkpoint_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"checkpoint_every must be a positive integer (iterations) or None (off), got {every!r}")
+        minutes = self.checkpoint_minutes
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                    or not (minutes > 0 and math.isfinite(minutes))):
+            raise ValueError(f"checkpoint_minutes must be a positive number of minutes or None (off), got {minutes!r}")
 
     def describe_augmentation(self) -> str:
         roll = f"roll by randint(0, {self.max_shift}) on H and W"

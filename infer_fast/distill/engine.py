@@ -9,7 +9,7 @@ import hashlib
 import math
 import time
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -350,13 +350,82 @@ class CapturedIteration:
         return self.outputs
 
 
+def checkpoint_clock() -> float:
+    """The host clock (seconds) that times checkpoints inside a batch (no device sync)."""
+    return time.monotonic()
+
+
+def _batch_state(method: str, m: int, ks: List[int], chunk_size: Optional[int], iterations_done: int,
+                 config: RecoveryConfig, variable: Tensor, optimizer: torch.optim.Adam, augment: "Augmentation",
+                 alive: Tensor, died_at: Tensor) -> Dict[str, Any]:
+    """The state of a batch after ``iterations_done`` iterations, on the CPU (copied: the loop
+    goes on updating its tensors, a captured graph's static ones included): everything the
+    rest of the batch depends on. The batch itself (teacher, ks, chunk_size) is part of it:
+    only the same batch continues bit-identically (batching changes float rounding)."""
+    adam = optimizer.state[variable]
+    return {
+        "method": method,
+        "teacher": int(m),
+        "k": [int(k) for k in ks],
+        "chunk_size": chunk_size,
+        "iteration": int(iterations_done),  # the batch continues at t = iteration
+        "iterations": int(config.iterations),
+        "variable": variable.detach().to("cpu", copy=True),
+        "exp_avg": adam["exp_avg"].to("cpu", copy=True),
+        "exp_avg_sq": adam["exp_avg_sq"].to("cpu", copy=True),
+        "adam_step": adam["step"].detach().to("cpu", copy=True),
+        "augment_step": int(augment.step),  # the position in the augmentation draws
+        "alive": alive.to("cpu", copy=True),
+        "died_at": died_at.to("cpu", copy=True),
+    }
+
+
+def _restore_batch_state(state: Dict[str, Any], method: str, m: int, ks: List[int], config: RecoveryConfig,
+                         variable: Tensor, optimizer: torch.optim.Adam, augment: "Augmentation", alive: Tensor,
+                         died_at: Tensor) -> int:
+    """Load a _batch_state into a batch built as from scratch (so its generators have made the
+    same draws); returns the iteration it continues at."""
+    if (state.get("method"), state.get("teacher"), list(state.get("k", []))) != (method, m, list(ks)):
+        raise ValueError(f"the partial batch to resume is {state.get('method')} teacher {state.get('teacher')} "
+                         f"k={state.get('k')}, not {method} teacher {m} k={list(ks)}")
+    start = int(state["iteration"])
+    if not 0 < start < config.iterations or tuple(state["variable"].shape) != tuple(variable.shape):
+        raise ValueError(f"the partial batch of teacher {m} k={list(ks)} does not fit this run (iteration {start} of "
+                         f"{config.iterations}, variable {tuple(state['variable'].shape)} vs {tuple(variable.shape)})")
+    device = variable.device
+    with torch.no_grad():
+        variable.copy_(state["variable"])
+        augment.step.fill_(int(state["augment_step"]))
+        alive.copy_(state["alive"])
+        died_at.copy_(state["died_at"])
+    # Adam's own layout: ``step`` on the device when capturable (a captured step advances it), else on the CPU
+    capturable = optimizer.param_groups[0]["capturable"]
+    optimizer.state[variable] = {
+        "step": state["adam_step"].to(device if capturable else "cpu", copy=True),
+        "exp_avg": state["exp_avg"].to(device, copy=True),
+        "exp_avg_sq": state["exp_avg_sq"].to(device, copy=True),
+    }
+    return start
+
+
 def optimize_batch(
     method: str, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
     losses: TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
     progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
+    on_checkpoint: Optional[Callable[[Dict[str, Any]], None]] = None, resume_from: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Tensor, Dict[str, Any]]:
     """Optimize the jobs (m, k) for k in ``ks`` together (stats["failed"] lists the jobs whose
     loss became non-finite; their results must not be used).
+
+    Checkpoints inside the batch: with ``on_checkpoint``, after every
+    ``config.checkpoint_every`` iterations and once ``config.checkpoint_minutes`` have passed
+    since the last one (a host clock read per iteration; the checkpoint itself syncs), it is
+    called with the batch's state (_batch_state: the variable, Adam's state, the augmentation
+    draws' position, alive/died_at, the iteration; on CUDA read between graph replays). With
+    ``resume_from`` (such a state of this same batch: m, ks, chunk_size) the batch is built as
+    from scratch, then continues from that state at its iteration: bit-identical to an
+    uninterrupted batch (stats["resumed_from_iteration"] says where; its timings cover only
+    the resumed part).
 
     INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the natural
     sets ``source``. SRe2L: the variables are G groups of C images (one per class) from
@@ -379,6 +448,7 @@ def optimize_batch(
     labels = torch.arange(C, device=device).repeat(G)
     augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
     chunked = chunk_size is not None and chunk_size < G * C
+    # (a resumed batch has the same Adam as an uninterrupted one: capturable or not by the config)
     graphed = uses_cuda_graph(config, device, chunked)
     if graphed:  # Adam and its learning rate on the device, so a captured step replays correctly
         lr = torch.full((), config.lr, device=device)
@@ -418,22 +488,30 @@ def optimize_batch(
         optimizer.step()
         return ce.detach(), rbn.detach()
 
+    start = 0  # the first iteration to run: everything before it was restored
+    if resume_from is not None:
+        start = _restore_batch_state(resume_from, method, m, ks, config, variable, optimizer, augment, alive, died_at)
+    every = config.checkpoint_every if on_checkpoint is not None else None
+    minutes = config.checkpoint_minutes if on_checkpoint is not None else None
+    last_checkpoint = checkpoint_clock()
+
     started = time.perf_counter()
     first_iteration_s = None
     sync_mode = None  # with CHECK_HOST_SYNCS on CUDA: the debug mode to restore after the loop
     graph: Optional[CapturedIteration] = None
     graph_status = "off"
     try:
-        bar = tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False)
+        bar = tqdm(range(start, config.iterations), desc=desc, disable=not progress, leave=False, initial=start,
+                   total=config.iterations)
         readout = ProgressReadout(bar, device) if progress else None
         for t in bar:
-            if t == 1:  # the first iteration includes one-off costs (torch.compile, autotuning): one sync
+            if t == start + 1:  # the first iteration includes one-off costs (torch.compile, autotuning): one sync
                 _synchronize(device)
                 first_iteration_s = time.perf_counter() - started
                 if CHECK_HOST_SYNCS and device.type == "cuda":
                     sync_mode = torch.cuda.get_sync_debug_mode()
                     torch.cuda.set_sync_debug_mode("error")
-            if graphed and graph is None and t == GRAPH_WARMUP_ITERATIONS:
+            if graphed and graph is None and t == start + GRAPH_WARMUP_ITERATIONS:
                 graph, graph_status = CapturedIteration.capture(iteration, optimizer, sync_mode)
                 graphed = graph is not None
             if graph is not None:
@@ -447,6 +525,18 @@ def optimize_batch(
                     last_ce, last_rbn = iteration()  # (warm-up of the capture on its own stream)
             if readout is not None:
                 readout.update(t, last_ce, last_rbn, last=t + 1 == config.iterations)
+            done = t + 1  # (none at the end: the finished batch is checkpointed by the caller)
+            if done < config.iterations and (
+                (every is not None and done % every == 0)
+                or (minutes is not None and checkpoint_clock() - last_checkpoint >= 60.0 * minutes)
+            ):
+                if sync_mode is not None:  # the copies to the host are this checkpoint's sync: pause the check
+                    torch.cuda.set_sync_debug_mode(sync_mode)
+                on_checkpoint(_batch_state(method, m, ks, chunk_size, done, config, variable, optimizer, augment,
+                                           alive, died_at))
+                if sync_mode is not None:
+                    torch.cuda.set_sync_debug_mode("error")
+                last_checkpoint = checkpoint_clock()
         if sync_mode is not None:
             torch.cuda.set_sync_debug_mode(sync_mode)
             sync_mode = None
@@ -487,6 +577,7 @@ def optimize_batch(
         "seconds": time.perf_counter() - started,
         "first_iteration_seconds": first_iteration_s,
         "cuda_graph": graph_status,  # "captured", "off", or why this batch ran eagerly
+        "resumed_from_iteration": start,  # 0, or the iteration of the checkpoint this batch continued from
     }
     result = final if method == "infer" else x
     return result.to("cpu", torch.float32), stats

@@ -1,7 +1,8 @@
 """The job runner: the jobs (m, k) of a recovery (one UFC, or one SRe2L image group, per
 teacher m and index k) scheduled teacher by teacher in batches of the engine, checkpointed
-after every batch and resumed from the checkpoints of any world size, split across ranks under
-torchrun; and the two recoveries built on it, recover_ufcs (INFER) and recover_sre2l."""
+after every batch and inside batches, resumed from the checkpoints of any world size, split
+across ranks under torchrun; and the two recoveries built on it, recover_ufcs (INFER) and
+recover_sre2l."""
 from __future__ import annotations
 
 import glob
@@ -71,13 +72,43 @@ def _check_common(teachers, mean, std, channels: int, config: RecoveryConfig) ->
     return teachers
 
 
+def _live_partials(found: List[Tuple[str, Dict[str, Any]]], inherited) -> List[Tuple[str, Dict[str, Any]]]:
+    """The interrupted batches to continue, as (file, state), in a fixed order: of several
+    states of one batch (a share of an earlier world size, and the file of the run that went
+    on with it) the furthest; none whose jobs are recovered already."""
+    best: Dict[Tuple[int, Tuple[int, ...]], Tuple[str, Dict[str, Any]]] = {}
+    for path, state in found:
+        key = (state["teacher"], tuple(state["k"]))
+        if key not in best or state["iteration"] > best[key][1]["iteration"]:
+            best[key] = (path, state)
+    live, taken = [], set(inherited)
+    for key in sorted(best):
+        jobs = {(key[0], k) for k in key[1]}
+        if not jobs & taken:  # (a batch is always resumed whole, so states of one batch have the same ks)
+            live.append(best[key])
+            taken |= jobs
+    return live
+
+
+def _describe_batch(m: int, ks: Sequence[int]) -> str:
+    return f"teacher {m} batch k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m} batch k={ks[0]}"
+
+
 def _run_jobs(
     method: str, jobs: List[Tuple[int, int]], teachers: List[nn.Module], natural_cpu: Optional[Tensor],
     num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
     identity: Dict[str, Any], checkpoint, resume: bool, progress: bool, backend: str,
 ) -> Tuple[Dict[Tuple[int, int], Tensor], List[Dict[str, Any]], Optional[int]]:
-    """Run the jobs (m, k) teacher by teacher, G at a time, checkpointing after every batch.
-    Returns ({(m, k): result}, batch stats, last group size)."""
+    """Run the jobs (m, k) teacher by teacher, G at a time, checkpointing after every batch and,
+    at the cadence of config.checkpoint_every / checkpoint_minutes, inside a batch.
+    Returns ({(m, k): result}, batch stats, last group size).
+
+    A checkpoint file (one per writer: the process, rank 0 in "chunks" mode, each rank's share
+    in "jobs" mode) holds the finished jobs and "partials": the in-batch state of every
+    interrupted batch its writer has to finish. A resumed run continues each interrupted batch
+    (the same jobs, from its state) before the other jobs of its teacher; under torchrun
+    "jobs" a batch from a rank's own share goes to that rank, one from a share of another
+    world size to rank i mod world."""
     from ..storage import valid_range
 
     lo_cpu, hi_cpu = valid_range(mean, std)
@@ -89,10 +120,16 @@ def _run_jobs(
     done: Dict[Tuple[int, int], Tensor] = {}
     stats: List[Dict[str, Any]] = []
     inherited: Dict[Tuple[int, int], Tensor] = {}
+    partials: List[Tuple[str, Dict[str, Any]]] = []  # (file, state) of the interrupted batches
+    # what this writer's file held: written again with its own results, so rewriting the file
+    # never drops a job or a batch state that no other file has
+    kept: Dict[Tuple[int, int], Tensor] = {}
+    kept_stats: List[Dict[str, Any]] = []
     if checkpoint is not None:
-        found = recovery_checkpoints(checkpoint)
+        base = os.fspath(checkpoint)
+        found = recovery_checkpoints(base)
         distributed.barrier()  # every rank has looked before any writes its own (all see the same files)
-        checkpoint = distributed.shard_path(os.fspath(checkpoint), rank, world if split_jobs else 1)
+        checkpoint = distributed.shard_path(base, rank, world if split_jobs else 1)
         if found and not resume:
             raise ValueError(
                 f"recovery checkpoint {found[0]!r} exists: pass resume=True to continue that run, or delete it"
@@ -100,21 +137,48 @@ def _run_jobs(
         # every checkpoint of the run, whatever number of ranks wrote it: a restart with
         # another world size (or one process) loses nothing
         inherited_stats: Dict[Tuple[int, Tuple[int, ...]], Dict[str, Any]] = {}
+        found_partials: List[Tuple[str, Dict[str, Any]]] = []
         for path in found:
             ckpt = _load_checkpoint(path, identity)
             for m, k, u in zip(ckpt["ufc_teacher"].tolist(), ckpt["ufc_index"].tolist(), ckpt["ufc"]):
                 inherited[(m, k)] = u
+                if path == checkpoint:
+                    kept[(m, k)] = u
             for batch in ckpt.get("stats", []):
                 inherited_stats[(batch["teacher"], tuple(batch["k"]))] = batch
+            kept_stats += ckpt.get("stats", []) if path == checkpoint else []
+            # (none in the files of infer-fast before checkpoints inside a batch)
+            found_partials += [(path, state) for state in ckpt.get("partials", [])]
+        distributed.barrier()  # every rank has read the files before any rewrites its own
         if inherited and (rank == 0 or not split_jobs):  # one rank brings them to the gather
             done, stats = dict(inherited), list(inherited_stats.values())
+        partials = _live_partials(found_partials, inherited)
         if found and progress:
-            print(f"{', '.join(found)}: resuming, {len(inherited)}/{len(jobs)} {method} jobs already recovered")
-    remaining = [job for job in jobs if job not in inherited]
+            continues = "".join(f"; {_describe_batch(s['teacher'], s['k'])} continues at iteration "
+                                f"{s['iteration']}/{s['iterations']}" for _, s in partials)
+            recovered = f"{len(inherited)}/{len(jobs)} {method} jobs already recovered"
+            print(f"{', '.join(found)}: resuming, {recovered}{continues}")
+        elif resume and progress:
+            print(f"no recovery checkpoint at {base}: starting from the beginning")
+
+    def owner(index: int, path: str) -> int:
+        """The rank that continues the index-th interrupted batch, found in ``path``."""
+        if not split_jobs:
+            return rank  # every rank works on every batch
+        writers = [distributed.shard_path(base, r, world) for r in range(world)]
+        orphans = [i for i, (p, _) in enumerate(partials) if p not in writers]
+        return writers.index(path) if path in writers else orphans.index(index) % world
+
+    # my interrupted batches, (m, ks) -> their latest state: in my checkpoint until they finish
+    pending = {(s["teacher"], tuple(s["k"])): s for i, (path, s) in enumerate(partials) if owner(i, path) == rank}
+    resumed_jobs = {(s["teacher"], k) for _, s in partials for k in s["k"]}
+    remaining = [job for job in jobs if job not in inherited and job not in resumed_jobs]
     mine = remaining[rank::world] if split_jobs else remaining
 
-    def write_checkpoint(group_size: int) -> None:
-        keys = sorted(done)
+    def write_checkpoint(group_size: Optional[int]) -> None:
+        results = {**kept, **done}
+        keys = sorted(results)
+        batches = {(b["teacher"], tuple(b["k"])): b for b in kept_stats + stats}
         save_atomic(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -122,20 +186,25 @@ def _run_jobs(
                 "run": identity,
                 "config": config.to_dict(),
                 "group_size": group_size,
-                "ufc": torch.stack([done[key] for key in keys]) if keys else torch.empty(0),
+                "ufc": torch.stack([results[key] for key in keys]) if keys else torch.empty(0),
                 "ufc_teacher": torch.tensor([m for m, _ in keys], dtype=torch.int64),
                 "ufc_index": torch.tensor([k for _, k in keys], dtype=torch.int64),
-                "stats": stats,
+                "stats": list(batches.values()),
+                "partials": [pending[key] for key in sorted(pending)],
             },
             checkpoint,
         )
 
+    in_batch_checkpoints = checkpoint is not None and writer and (
+        config.checkpoint_every is not None or config.checkpoint_minutes is not None)
     M = len(teachers)
     group_size = config.group_size
     failures: List[Tuple[int, int, int]] = []
+    noun = "UFC" if method == "infer" else "SRe2L group"
     for m, teacher in enumerate(teachers):
         todo = [k for mm, k in mine if mm == m and (m, k) not in done]
-        if not todo:
+        interrupted = [state for (mm, _), state in sorted(pending.items()) if mm == m]
+        if not todo and not interrupted:
             continue
         device = engine.device_of(teacher)
         source = None if natural_cpu is None else natural_cpu.to(device)
@@ -143,30 +212,40 @@ def _run_jobs(
         with engine.recovery_teacher(teacher, config) as run_teacher:
             losses = engine.TeacherLosses(run_teacher, num_classes, config, backend)
             try:
-                probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
-                if config.group_size:
-                    G, chunk_size = config.group_size, config.chunk_size
-                else:
-                    G, auto_chunk = engine.auto_batch_plan(run_teacher, probe, len(todo))
-                    chunk_size = config.chunk_size or auto_chunk
-                    if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
-                        G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
-                group_size = G
-                for start in range(0, len(todo), G):
-                    ks = todo[start:start + G]
-                    noun = "UFC" if method == "infer" else "SRe2L group"
+                # (ks, chunk_size, state to continue from): the interrupted batches first, as they were
+                batches = [(list(state["k"]), state["chunk_size"], state) for state in interrupted]
+                if todo:
+                    probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
+                    if config.group_size:
+                        G, chunk_size = config.group_size, config.chunk_size
+                    else:
+                        G, auto_chunk = engine.auto_batch_plan(run_teacher, probe, len(todo))
+                        chunk_size = config.chunk_size or auto_chunk
+                        if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
+                            G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
+                    group_size = G
+                    batches += [(todo[start:start + G], chunk_size, None) for start in range(0, len(todo), G)]
+                for ks, chunk_size, state in batches:
+                    key = (m, tuple(ks))
                     desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
+
+                    def save_partial(batch_state: Dict[str, Any], key=key) -> None:
+                        pending[key] = batch_state
+                        write_checkpoint(group_size)
+
                     result, batch_stats = engine.optimize_batch(
                         method, source, num_classes, image_shape, losses, m, ks, config, lo, hi, progress, backend,
-                        desc, chunk_size,
+                        desc, chunk_size, on_checkpoint=save_partial if in_batch_checkpoints else None,
+                        resume_from=state,
                     )
                     for k, r in zip(ks, result):
                         if k not in batch_stats["failed"]:
                             done[(m, k)] = r.clone()
                     failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
                     stats.append(batch_stats)
-                    if checkpoint is not None and writer and len(batch_stats["failed"]) < len(ks):
-                        write_checkpoint(G)
+                    had_state = pending.pop(key, None) is not None
+                    if checkpoint is not None and writer and (len(batch_stats["failed"]) < len(ks) or had_state):
+                        write_checkpoint(group_size)
             finally:
                 losses.detach()
     if split_jobs:  # everyone gets every share (then raises together if any job failed)
@@ -211,10 +290,15 @@ def recover_ufcs(
     stats) and ``group_size`` (the last one used).
 
     Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
-    a file written atomically after every batch; ``resume=True`` continues from it (it must
-    belong to the same run: natural images, the teachers' weights (content digests), K, M,
-    normalization and every result-affecting config field; a mismatch is refused naming it).
-    An existing checkpoint without ``resume`` is refused.
+    a file written atomically after every batch, and inside a batch every
+    ``config.checkpoint_every`` iterations and ``config.checkpoint_minutes`` minutes (the
+    batch's variables, Adam state and augmentation position), so a kill loses at most that
+    much; ``resume=True`` continues from it (it must belong to the same run: natural images,
+    the teachers' weights (content digests), K, M, normalization and every result-affecting
+    config field; a mismatch is refused naming it), an interrupted batch from its iteration,
+    bit-identically to an uninterrupted run, and says (with ``progress``) what it found and
+    where it continues, or that there was no checkpoint. An existing checkpoint without
+    ``resume`` is refused.
     """
     config = RecoveryConfig() if config is None else config
     if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
