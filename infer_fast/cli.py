@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill", help="distill a dataset (INFER, or the SRe2L / random baselines) into a distilled-set directory",
         description="INFER recovery: K = floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and "
         "teacher; SRe2L: ipc images per class from noise, same loss; random: ipc real images per class. Recovery "
-        "checkpoints after each batch (--resume continues). The set is unlabelled: run `infer-fast relabel`.",
+        "checkpoints after each batch and every --checkpoint-minutes inside one (--resume continues). The set is unlabelled: run `infer-fast relabel`.",
     )
     distill.add_argument("--config", help="YAML file of options")
     distill.add_argument("--dataset", help="dataset name")

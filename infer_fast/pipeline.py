@@ -298,17 +298,21 @@ def _set_dir(out: Path, method: str, ipc: int) -> Path:
 def _make_set(cfg: PipelineConfig, method: str, ipc: int, directory: Path, teacher_paths: List[str], progress: bool) -> float:
     """Distill one set (resuming its recovery checkpoint if any); returns the seconds spent."""
     from .distill import distill_infer, distill_random, distill_sre2l
+    from .distill.jobs import recovery_checkpoints
+    from .distill.run import recovery_checkpoint_path
 
     start = time.perf_counter()
+    # continue an interrupted recovery of this set, if there is one
+    resume = bool(recovery_checkpoints(recovery_checkpoint_path(directory)))
     common = dict(data_root=cfg.data_root)
     if method == "random":
         distill_random(cfg.dataset, ipc, directory, seed=cfg.recovery_config().seed, **common)
     elif method == "sre2l":
-        distill_sre2l(cfg.dataset, teacher_paths, ipc, directory, config=cfg.sre2l_config(), resume=True,
+        distill_sre2l(cfg.dataset, teacher_paths, ipc, directory, config=cfg.sre2l_config(), resume=resume,
                       progress=progress, device=cfg.device, **common)
     else:
         distill_infer(cfg.dataset, teacher_paths, ipc, directory, config=cfg.recovery_config(), accounting=cfg.accounting,
-                      resume=True, progress=progress, device=cfg.device, selection=cfg.selection, **common)
+                      resume=resume, progress=progress, device=cfg.device, selection=cfg.selection, **common)
     return time.perf_counter() - start
 
 

@@ -54,3 +54,12 @@ def train_tiny_teachers(root, seeds=(0, 1), dataset="fashion-mnist-mini"):
                                     device="cpu", seed=seed), path, progress=False)
         paths.append(path)
     return paths
+
+
+def rounding_bound(iterations: int, summed: int = 10 * 28 * 28, lr: float = 0.25) -> float:
+    """How far two recoveries may drift apart when they differ only by float32 rounding (other
+    batch shapes, chunking, fused kernels, compiled graphs: other summation orders): a relative
+    error ~sqrt(K) eps in each gradient, K = the values one BN statistic sums (C images x H x
+    W), that Adam's normalized step (at most lr, amplified at most 1 / (1 - beta1) = 2 by its
+    momentum) carries into every one of the T iterations. Derived, not tuned on one machine."""
+    return 2 * iterations * lr * summed ** 0.5 * torch.finfo(torch.float32).eps

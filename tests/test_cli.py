@@ -162,7 +162,7 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
     assert refused.returncode == 2 and "resume" in refused.stderr
     ok(*args, "--out", "killed", "--resume")
     reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
-    torch.testing.assert_close(resumed.ufc, reference.ufc, rtol=0, atol=1e-6)
+    assert torch.equal(resumed.ufc, reference.ufc)  # the same batches as the uninterrupted run: the same bits
     assert torch.equal(resumed.natural, reference.natural) and not checkpoint.exists()
 
 

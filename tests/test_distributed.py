@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import train_tiny_teachers
+from conftest import rounding_bound, train_tiny_teachers
 import torch.distributed as dist
 
 from infer_fast.distill import RecoveryConfig, distill_infer, distill_sre2l
@@ -43,10 +43,11 @@ def test_two_ranks_equal_one_process(teacher_paths, tmp_path, method):
     if method == "infer":
         assert torch.equal(two.natural, one.natural)
         assert two.ufc_index.tolist() == one.ufc_index.tolist() and two.ufc_teacher.tolist() == one.ufc_teacher.tolist()
-        torch.testing.assert_close(two.ufc, one.ufc, rtol=0, atol=1e-6)
+        # each rank batches its own jobs (other batch shapes, one thread): float32 rounding apart
+        torch.testing.assert_close(two.ufc, one.ufc, rtol=0, atol=rounding_bound(3))
     else:
         assert torch.equal(two.labels, one.labels)
-        torch.testing.assert_close(two.images, one.images, rtol=0, atol=1e-6)
+        torch.testing.assert_close(two.images, one.images, rtol=0, atol=rounding_bound(3))
     assert not [p for p in os.listdir(tmp_path) if "recovery" in p]  # every rank removed its share checkpoint
 
 

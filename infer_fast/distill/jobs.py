@@ -153,13 +153,14 @@ def _run_jobs(
         if inherited and (rank == 0 or not split_jobs):  # one rank brings them to the gather
             done, stats = dict(inherited), list(inherited_stats.values())
         partials = _live_partials(found_partials, inherited)
-        if found and progress:
+        # what a resume found and where it continues: said even without progress bars (rank 0)
+        if found and rank == 0:
             continues = "".join(f"; {_describe_batch(s['teacher'], s['k'])} continues at iteration "
                                 f"{s['iteration']}/{s['iterations']}" for _, s in partials)
             recovered = f"{len(inherited)}/{len(jobs)} {method} jobs already recovered"
-            print(f"{', '.join(found)}: resuming, {recovered}{continues}")
-        elif resume and progress:
-            print(f"no recovery checkpoint at {base}: starting from the beginning")
+            print(f"{', '.join(found)}: resuming, {recovered}{continues}", flush=True)
+        elif resume and rank == 0:
+            print(f"no recovery checkpoint at {base}: starting from the beginning", flush=True)
 
     def owner(index: int, path: str) -> int:
         """The rank that continues the index-th interrupted batch, found in ``path``."""

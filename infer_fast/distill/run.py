@@ -42,7 +42,14 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
                                    device=distributed.local_device(device))
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
-    return out_dir, train, teachers, records, out_dir.with_name(out_dir.name + ".recovery.pt")
+    return out_dir, train, teachers, records, recovery_checkpoint_path(out_dir)
+
+
+def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:
+    """Where the recovery of the set ``out_dir`` checkpoints: ``<out_dir>.recovery.pt`` beside
+    it (and, under torchrun, each rank's share beside that: see ``recovery_checkpoints``)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".recovery.pt")
 
 
 def _check_output(out_dir) -> Path:
