@@ -708,6 +708,21 @@ def test_chunked_recovery_equals_whole_batch(natural, teachers, train_set):
         RecoveryConfig(chunk_size=0).validate()
 
 
+def test_flags_the_chunked_mode_cannot_honour_are_refused_or_announced(natural, teachers, train_set, monkeypatch):
+    """fused_bn and compile do not apply to chunked batches: with an explicit chunk_size
+    RecoveryConfig refuses them; when the automatic plan chunks (a group too large for the
+    GPU), the run warns that they are off, records the chunks, and gives the chunked result."""
+    spec = train_set.spec
+    for flags in (dict(fused_bn=True), dict(compile="default")):
+        with pytest.raises(ValueError, match="does not apply with chunk_size"):
+            _cfg(chunk_size=7, **flags).validate()
+    monkeypatch.setattr(engine, "auto_batch_plan", lambda *a, **kw: (3, 7))  # as on a GPU short of memory
+    with pytest.warns(RuntimeWarning, match="fused_bn and compile do not apply"):
+        fused = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(fused_bn=True), progress=False)
+    plain = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(), progress=False)
+    assert torch.equal(fused["ufc"], plain["ufc"]) and fused["stats"][0]["chunk_size"] == 7
+
+
 def test_auto_batch_plan_on_cpu(natural, teachers):
     from infer_fast.distill import auto_batch_plan
 

@@ -127,6 +127,12 @@ class RecoveryConfig:
             raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
         if self.distributed == "chunks" and self.chunk_size is None:
             raise ValueError("distributed='chunks' splits the chunks of each batch across ranks: set chunk_size")
+        if self.chunk_size is not None and self.fused_bn is True:
+            raise ValueError("fused_bn does not apply with chunk_size: the chunked mode runs its own BN-statistics "
+                             "hooks over the chunks; drop one of them")
+        if self.chunk_size is not None and self.compile != "off":
+            raise ValueError(f"compile={self.compile!r} does not apply with chunk_size: the chunked mode runs the "
+                             "teacher chunk by chunk, eagerly; drop one of them")
         for name in ("channels_last", "fused_bn", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

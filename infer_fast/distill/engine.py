@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from ..data.transforms import _resized_crop_boxes
 from ..ops import BNStatTracker, chunked_loss_backward, ufc_compose
+from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from .config import CROP_RATIO, RecoveryConfig
 
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
 CUDA_MEMORY_FRACTION = 0.6  # automatic group size on CUDA: share of free memory to use
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def job_seed(method: str, seed: int, m: int, k: int) -> int:
@@ -42,12 +42,10 @@ def device_of(model: nn.Module) -> torch.device:
 
 
 def check_teacher(teacher: nn.Module, m: int) -> None:
-    for name, module in teacher.named_modules():
-        if isinstance(module, _BN_TYPES) and module.training:
-            raise ValueError(
-                f"teacher {m}: BatchNorm layer {name!r} is in training mode; recovery needs a frozen teacher "
-                "in eval mode (call teacher.eval())"
-            )
+    """ValueError naming the layer when a BatchNorm layer of teacher ``m`` is in training mode
+    (the one check every path makes: ops.bn_hooks.check_eval_mode); BatchNorm3d refused."""
+    bn_layers(teacher)
+    check_eval_mode(teacher, who=f"teacher {m}")
 
 
 @contextlib.contextmanager
@@ -61,7 +59,7 @@ def recovery_teacher(teacher: nn.Module, config: RecoveryConfig) -> Iterator[nn.
         if config.precision == "bf16":
             run.to(compute_dtype(config))
             for module in run.modules():
-                if isinstance(module, _BN_TYPES):
+                if isinstance(module, BN_TYPES):
                     module.float()
         if config.channels_last:
             run.to(memory_format=torch.channels_last)
@@ -448,6 +446,10 @@ def optimize_batch(
     labels = torch.arange(C, device=device).repeat(G)
     augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
     chunked = chunk_size is not None and chunk_size < G * C
+    if chunked and (config.fused_bn or config.compile != "off"):  # automatic chunks (validate refuses explicit ones)
+        warnings.warn(f"recovery: this teacher's batches run in chunks of {chunk_size} images (one group does not "
+                      "fit in memory), where fused_bn and compile do not apply: they are off for these batches",
+                      RuntimeWarning, stacklevel=2)
     # (a resumed batch has the same Adam as an uninterrupted one: capturable or not by the config)
     graphed = uses_cuda_graph(config, device, chunked)
     if graphed:  # Adam and its learning rate on the device, so a captured step replays correctly
@@ -577,6 +579,7 @@ def optimize_batch(
         "seconds": time.perf_counter() - started,
         "first_iteration_seconds": first_iteration_s,
         "cuda_graph": graph_status,  # "captured", "off", or why this batch ran eagerly
+        "chunk_size": chunk_size if chunked else None,  # rows through the teacher at a time (None: all)
         "resumed_from_iteration": start,  # 0, or the iteration of the checkpoint this batch continued from
     }
     result = final if method == "infer" else x
