@@ -180,7 +180,7 @@ def test_disk_full_during_a_checkpoint_write_is_one_line_and_leaves_no_temp_file
 
 
 def test_disk_full_while_saving_a_set_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from infer_fast import storage
+    from infer_fast.storage import disk as storage  # where save_distilled looks safetensors_save up
 
     def no_space(tensors, path, metadata=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))

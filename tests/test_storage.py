@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from infer_fast import storage, viz
+from infer_fast.storage import disk
 from infer_fast.storage import (
     DistilledDataset,
     DistilledSet,
@@ -185,7 +186,7 @@ def _fields(ds):
 # ---------------------------------------------------------------------------------------
 
 def _crash_after_first_file(monkeypatch):
-    real = storage._write_tensor_file
+    real = disk._write_tensor_file
     calls = []
 
     def flaky(path, tensors):
@@ -194,7 +195,7 @@ def _crash_after_first_file(monkeypatch):
         calls.append(path)
         return real(path, tensors)
 
-    monkeypatch.setattr(storage, "_write_tensor_file", flaky)
+    monkeypatch.setattr(disk, "_write_tensor_file", flaky)
 
 
 def test_crash_mid_write_leaves_no_set(tmp_path, monkeypatch):
@@ -220,7 +221,7 @@ def test_crash_mid_overwrite_keeps_previous_set(tmp_path, monkeypatch):
 def test_hard_crash_leaves_only_an_unloadable_temp_dir(tmp_path, monkeypatch):
     """A killed process cannot clean up: the partial temp dir has no manifest and another name."""
     _crash_after_first_file(monkeypatch)
-    monkeypatch.setattr(storage, "_cleanup", lambda path: None)
+    monkeypatch.setattr(disk, "_cleanup", lambda path: None)
     with pytest.raises(OSError):
         save_distilled(make_infer(), tmp_path / "set")
     assert not (tmp_path / "set").exists()
@@ -240,8 +241,8 @@ def test_crash_between_renames_points_to_previous_set(tmp_path, monkeypatch):
             raise OSError("simulated crash between renames")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(storage.os, "rename", rename)
-    monkeypatch.setattr(storage, "_cleanup", lambda path: None)
+    monkeypatch.setattr(disk.os, "rename", rename)
+    monkeypatch.setattr(disk, "_cleanup", lambda path: None)
     with pytest.raises(OSError):
         save_distilled(make_infer(seed=2), tmp_path / "set", overwrite=True)
     with pytest.raises(DistilledSetError, match=r"previous set at .*\.set\.old-"):

@@ -12,6 +12,11 @@ tiny-imagenet, imagenet (class folders) and imagefolder (``root/<split>/<class>/
 Sets that fit in memory are decoded once into uint8 tensors (:class:`ImageSet`); ImageNet
 stays on disk by default (:class:`FolderImageSet`, decoded lazily; ``to_memory()`` decodes
 everything with worker processes).
+
+Modules: ``registry`` (the specs), ``formats`` (readers and writers of the on-disk formats,
+gathered from ``idx``, ``cifar`` and ``folders``), ``transforms`` (normalization and batched
+augmentations), ``pixels`` (uint8 pixels <-> normalized space as the distilled-set format
+stores them: ``normalize_uint8``, ``denormalize``, ``quantize_images``, ``valid_range``).
 """
 from __future__ import annotations
 

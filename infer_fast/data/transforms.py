@@ -17,7 +17,9 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize", "denormalize", "random_crop_with_padding", "random_flip", "random_resized_crop"]
+__all__ = [
+    "normalize", "denormalize", "random_crop_with_padding", "random_flip", "random_resized_crop", "resized_crop_boxes",
+]
 
 Size = Union[int, Tuple[int, int]]
 
@@ -126,7 +128,7 @@ def random_flip(x: torch.Tensor, gen: Optional[torch.Generator] = None, p: float
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def _resized_crop_boxes(
+def resized_crop_boxes(
     n: int, height: int, width: int, scale, ratio, gen: Optional[torch.Generator]
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top, left, h, w) per sample, torchvision's RandomResizedCrop.get_params vectorized:
@@ -165,6 +167,11 @@ def _resized_crop_boxes(
     return top, left, h, w
 
 
+# The old private name, kept until infer_fast/distill/engine.py and tests/test_distill.py import
+# resized_crop_boxes; then it goes.
+_resized_crop_boxes = resized_crop_boxes
+
+
 def random_resized_crop(
     x: torch.Tensor,
     size: Size,
@@ -183,7 +190,7 @@ def random_resized_crop(
     if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
         raise ValueError(f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1], got scale={scale}, ratio={ratio}")
     n, _, height, width = x.shape
-    top, left, h, w = _resized_crop_boxes(n, height, width, scale, ratio, gen)
+    top, left, h, w = resized_crop_boxes(n, height, width, scale, ratio, gen)
     out = x.new_empty((n, x.shape[1], th, tw))
     for k, (t, l, hh, ww) in enumerate(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist())):
         crop = x[k : k + 1, :, t : t + hh, l : l + ww]

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from .external import create_external, final_linear, is_external, load_torchvision_weights
-from .registry import ClassifierNet, ModelSpec, all_specs, init_weights, list_models, resolve
+from .base import ClassifierNet, init_weights
+from .registry import ModelSpec, all_specs, list_models, resolve
 
 __all__ = [
     "create_model",

@@ -14,7 +14,7 @@ from typing import Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
-from .registry import ClassifierNet, init_weights
+from .base import ClassifierNet, init_weights
 
 __all__ = ["ConvNet", "convnet", "NORMS", "canonical_norm"]
 

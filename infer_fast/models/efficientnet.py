@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .registry import ClassifierNet, init_weights
+from .base import ClassifierNet, init_weights
 
 __all__ = ["EfficientNet", "efficientnet_b0", "efficientnet_b0_imagenet"]
 

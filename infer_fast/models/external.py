@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .base import rename_aliased_keys
+
 __all__ = [
     "EXTERNAL_LIBRARIES",
     "is_external",
@@ -307,8 +309,6 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
     The head is kept fresh when ``num_classes`` differs from the checkpoint's, and the stem
     kernels are adapted when ``in_channels`` differs (both with a warning).
     """
-    from .registry import _rename_aliased_keys
-
     arch = spec.torchvision_name
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -326,7 +326,7 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = dict(state)
-    _rename_aliased_keys(model, state, "")
+    rename_aliased_keys(model, state, "")
 
     notes: List[str] = []
     allowed_missing = set()

@@ -19,7 +19,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .registry import ClassifierNet, init_weights
+from .base import ClassifierNet, init_weights
 
 __all__ = ["MobileNetV2", "mobilenetv2", "mobilenetv2_imagenet"]
 

@@ -1,11 +1,10 @@
-"""Name -> builder registry of the built-in models, and the base class they share.
+"""Name -> builder registry of the built-in models.
 
-Every built-in model is a :class:`ClassifierNet`: ``forward(x) = head(forward_features(x))``
-with ``forward_features(x) -> (N, D)`` (pooled, flattened penultimate features) and
-``head`` an ``nn.Linear(D, num_classes)``.
-
-Builders are stored as ``"module:function"`` targets and imported on first use, so this
-module has no import-time dependency on the model files (which import it for the base class).
+Builders are stored as ``"module:function"`` targets and imported on first use; at import
+time this module needs only the norm names of :mod:`.convnet` (to parse
+``convnet-w<W>-d<D>-<norm>``). The base class of the models (``ClassifierNet``,
+``init_weights``) lives in :mod:`.base`, which the model files import; it is re-exported
+here.
 """
 from __future__ import annotations
 
@@ -15,7 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from torch import Tensor, nn
+from torch import nn
+
+from .base import ClassifierNet, init_weights
+from .convnet import canonical_norm
 
 __all__ = [
     "ClassifierNet",
@@ -27,67 +29,6 @@ __all__ = [
     "all_specs",
     "unknown_model_error",
 ]
-
-
-# ----------------------------------------------------------------------------------------
-# Shared base class and initialization
-# ----------------------------------------------------------------------------------------
-def _rename_aliased_keys(module, state_dict, prefix, *args) -> None:
-    """load_state_dict pre-hook: rename e.g. torchvision's ``fc.*`` to our ``head.*``."""
-    for old, new in getattr(module, "state_dict_aliases", ()):
-        old_p, new_p = prefix + old, prefix + new
-        for key in [k for k in state_dict if k.startswith(old_p)]:
-            new_key = new_p + key[len(old_p):]
-            if new_key not in state_dict:
-                state_dict[new_key] = state_dict.pop(key)
-
-
-class ClassifierNet(nn.Module):
-    """Base of every built-in model: ``forward(x) = head(forward_features(x))``.
-
-    Subclasses define ``forward_features(x) -> (N, D)`` and an ``nn.Linear`` named ``head``.
-    ``state_dict_aliases`` lists ``(old_prefix, new_prefix)`` pairs renamed when a state dict
-    is loaded, so checkpoints that call the classifier ``fc`` / ``classifier.1`` (torchvision's
-    layout) load into ``head``.
-    """
-
-    head: nn.Linear
-    state_dict_aliases: Tuple[Tuple[str, str], ...] = ()
-
-    def __init__(self) -> None:
-        super().__init__()
-        if self.state_dict_aliases:
-            self.register_load_state_dict_pre_hook(_rename_aliased_keys)
-
-    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
-
-    @property
-    def num_features(self) -> int:
-        """D, the width of the penultimate features (the head's input)."""
-        return self.head.in_features
-
-
-def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
-    """Deterministic (given the torch seed) init: Kaiming-normal (fan_out, ReLU) convs with
-    zero bias, norm layers weight 1 / bias 0, Linear N(0, linear_std) with zero bias."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
-            if m.weight is not None:
-                nn.init.ones_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, linear_std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 # ----------------------------------------------------------------------------------------
@@ -175,8 +116,6 @@ def resolve(name: str) -> Tuple[ModelSpec, Dict[str, Any]]:
         return _REGISTRY[_ALIASES[key]], {}
     m = _CONVNET_RE.match(key)
     if m and any(m.groupdict().values()):
-        from .convnet import canonical_norm
-
         implied: Dict[str, Any] = {}
         if m["width"]:
             implied["width"] = int(m["width"])

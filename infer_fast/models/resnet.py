@@ -13,7 +13,7 @@ from typing import List, Optional, Type, Union
 
 from torch import Tensor, nn
 
-from .registry import ClassifierNet, init_weights
+from .base import ClassifierNet, init_weights
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "resnet18_imagenet", "resnet50_imagenet"]
 

@@ -17,7 +17,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from .registry import ClassifierNet, init_weights
+from .base import ClassifierNet, init_weights
 
 __all__ = ["ShuffleNetV2", "shufflenetv2", "shufflenetv2_imagenet", "channel_shuffle"]
 

@@ -1,0 +1,252 @@
+"""Class-per-folder image trees: :func:`scan_class_folders` (generic ``root/<class>/<image>``),
+:func:`scan_tiny_imagenet` (``train/<wnid>/images/*.JPEG``; ``val/images`` with
+``val/val_annotations.txt``, or val in class-folder form), :func:`scan_imagenet`
+(``train/<wnid>/*``, ``val/<wnid>/*``); :func:`decode_image` turns one file into a uint8
+tensor (shorter side resized, then center crop); :func:`write_image_folder` writes a tree.
+Scanning is strict: a bad tree raises a ValueError / FileNotFoundError that names it.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image",
+    "write_image_folder",
+]
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(
+            "image-folder datasets need Pillow to decode images: `pip install pillow`"
+        ) from None
+    return Image
+
+
+def _image_files(directory: str) -> List[str]:
+    """Image files directly in ``directory`` (sorted; other files and hidden files skipped)."""
+    with os.scandir(directory) as it:
+        names = [e.name for e in it if not e.name.startswith(".") and e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    return [os.path.join(directory, n) for n in sorted(names)]
+
+
+def _subdirs(directory: str) -> List[str]:
+    with os.scandir(directory) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_class_folders(
+    root: str, class_names: Optional[Sequence[str]] = None, inner: Optional[str] = None
+) -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
+    """Samples ``(path, label)`` of a ``root/<class>/<image>`` tree and the class names.
+
+    Classes are the sorted sub-folder names (label = index), as torchvision's ImageFolder,
+    unless ``class_names`` fixes them (a val split uses the training classes): a folder
+    that is not one of them is an error, a class without a folder has no samples.
+    ``inner``: images sit in ``<class>/<inner>/`` when that folder exists (Tiny-ImageNet's
+    ``images``). Non-image files are skipped; a class folder without images is an error.
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder not found: {root}")
+    folders = _subdirs(root)
+    if not folders:
+        loose = _image_files(root)
+        hint = f" (it holds {len(loose)} loose images: put them in one folder per class)" if loose else ""
+        raise ValueError(f"no class folders under {root}{hint}")
+    if class_names is None:
+        class_names = tuple(folders)
+    else:
+        class_names = tuple(class_names)
+        index = set(class_names)
+        stray = [f for f in folders if f not in index]
+        if stray:
+            raise ValueError(f"{root}: class folder(s) {stray[:5]} are not among the {len(class_names)} known classes")
+    label_of = {name: i for i, name in enumerate(class_names)}
+    samples: List[Tuple[str, int]] = []
+    for name in folders:
+        directory = os.path.join(root, name)
+        if inner and os.path.isdir(os.path.join(directory, inner)):
+            directory = os.path.join(directory, inner)
+        files = _image_files(directory)
+        if not files:
+            raise ValueError(f"empty class folder: {directory} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        samples.extend((p, label_of[name]) for p in files)
+    return samples, class_names
+
+
+def _tiny_root(root: str) -> str:
+    for candidate in (os.path.join(root, "tiny-imagenet-200"), root):
+        if os.path.isfile(os.path.join(candidate, "wnids.txt")) or os.path.isdir(os.path.join(candidate, "train")):
+            return candidate
+    raise FileNotFoundError(
+        f"tiny-imagenet: no tiny-imagenet-200/ (with wnids.txt and train/) under {root!r}; get it from "
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip and extract it into the data root"
+    )
+
+
+def scan_tiny_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
+    """Tiny-ImageNet-200 samples and class names (sorted wnids, as torchvision's ImageFolder).
+
+    ``split``: "train" (``train/<wnid>/images/*.JPEG``) or "val"/"test" (``val/images`` +
+    ``val/val_annotations.txt``, or ``val/<wnid>/[images/]*``): the official test split
+    has no labels, so val is the test split."""
+    base = _tiny_root(os.fspath(root))
+    wnids_path = os.path.join(base, "wnids.txt")
+    train_dir = os.path.join(base, "train")
+    if os.path.isfile(wnids_path):
+        with open(wnids_path) as f:
+            classes = tuple(sorted({line.strip() for line in f if line.strip()}))
+        if not classes:
+            raise ValueError(f"{wnids_path} lists no classes")
+    elif os.path.isdir(train_dir):
+        classes = tuple(_subdirs(train_dir))
+    else:
+        raise FileNotFoundError(f"tiny-imagenet: neither {wnids_path} nor {train_dir} exists")
+    if split == "train":
+        samples, _ = scan_class_folders(train_dir, classes, inner="images")
+        return samples, classes
+    if split not in ("val", "test"):
+        raise ValueError(f"tiny-imagenet: split must be 'train' or 'test' (= val), got {split!r}")
+    val_dir = os.path.join(base, "val")
+    if not os.path.isdir(val_dir):
+        raise FileNotFoundError(f"tiny-imagenet: val folder not found: {val_dir}")
+    annotations = os.path.join(val_dir, "val_annotations.txt")
+    if not os.path.isfile(annotations):
+        if os.path.isdir(os.path.join(val_dir, "images")) and "images" not in classes:
+            raise FileNotFoundError(f"tiny-imagenet: {val_dir}/images needs its labels file {annotations}")
+        samples, _ = scan_class_folders(val_dir, classes, inner="images")
+        return samples, classes
+    label_of = {c: i for i, c in enumerate(classes)}
+    samples = []
+    with open(annotations) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise ValueError(f"{annotations}:{lineno}: expected '<file> <wnid> ...', got {line.strip()!r}")
+            name, wnid = fields[0], fields[1]
+            if wnid not in label_of:
+                raise ValueError(f"{annotations}:{lineno}: class {wnid!r} is not in wnids.txt")
+            path = os.path.join(val_dir, "images", name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{annotations}:{lineno}: image file not found: {path}")
+            samples.append((path, label_of[wnid]))
+    if not samples:
+        raise ValueError(f"{annotations} lists no images")
+    samples.sort()
+    return samples, classes
+
+
+def scan_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
+    """ImageNet samples and classes: ``train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` for
+    "val"/"test" (val in class-folder form, labels from the training classes)."""
+    root = os.fspath(root)
+    base = root
+    if not any(os.path.isdir(os.path.join(root, s)) for s in ("train", "val")) and os.path.isdir(os.path.join(root, "imagenet")):
+        base = os.path.join(root, "imagenet")
+    train_dir, val_dir = os.path.join(base, "train"), os.path.join(base, "val")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"imagenet: split must be 'train' or 'test' (= val), got {split!r}")
+    if split == "train":
+        if not os.path.isdir(train_dir):
+            raise FileNotFoundError(f"imagenet: training folder not found: {train_dir} (expected train/<wnid>/*.JPEG)")
+        return scan_class_folders(train_dir)
+    if not os.path.isdir(val_dir):
+        raise FileNotFoundError(f"imagenet: validation folder not found: {val_dir} (expected val/<wnid>/*.JPEG)")
+    if not _subdirs(val_dir) and _image_files(val_dir):
+        raise ValueError(
+            f"imagenet: {val_dir} holds flat images; the val split must be in class-folder form "
+            "(val/<wnid>/*.JPEG, e.g. with the usual valprep.sh)"
+        )
+    classes = tuple(_subdirs(train_dir)) if os.path.isdir(train_dir) else None
+    return scan_class_folders(val_dir, classes)
+
+
+def decode_image(path: str, size: int, channels: int = 3) -> torch.Tensor:
+    """One image file as uint8 (channels, size, size): the shorter side is resized to
+    ``size`` (bilinear, antialiased by Pillow when shrinking), then center-cropped. An image
+    already ``size`` x ``size`` is not resampled (exact pixels)."""
+    Image = _pillow()
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if channels == 3 else "L")
+            w, h = im.size
+            if (w, h) != (size, size):
+                scale = size / min(w, h)
+                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                if (nw, nh) != (w, h):
+                    im = im.resize((nw, nh), Image.BILINEAR)
+                left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+                im = im.crop((left, top, left + size, top + size))
+            arr = np.array(im, dtype=np.uint8)  # a writable copy
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow: UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot decode image {path}: {exc}") from None
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _safe_folder_name(name: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_. " else "_" for ch in str(name)).strip()
+    if cleaned in ("", ".", ".."):
+        raise ValueError(f"class name {name!r} cannot be a folder name")
+    return cleaned
+
+
+def write_image_folder(
+    root: str,
+    images,
+    labels,
+    class_names: Optional[Sequence[str]] = None,
+    ext: str = "png",
+    inner: Optional[str] = None,
+    quality: int = 95,
+) -> List[str]:
+    """Write uint8 images (N, ch, H, W) as ``root/<class>/[<inner>/]<i>.<ext>``; returns the paths.
+
+    Class folders are named by ``class_names`` (characters other than letters, digits,
+    ``-_. `` become ``_``) or, by default, by the zero-padded class index, so reading back
+    (classes = sorted folder names) gives the same labels. PNG/BMP are lossless; JPEG
+    (``quality``) is not."""
+    Image = _pillow()
+    images = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    labels = torch.as_tensor(labels).reshape(-1)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"write_image_folder: images must be uint8 (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"write_image_folder: {images.shape[0]} images but {labels.shape[0]} labels")
+    num_classes = int(labels.max()) + 1 if labels.numel() else 0
+    if class_names is not None:
+        folders = [_safe_folder_name(n) for n in class_names]
+        if num_classes > len(folders):
+            raise ValueError(f"write_image_folder: label {num_classes - 1} has no name among {len(folders)} class names")
+        if len(set(folders)) != len(folders):
+            raise ValueError("write_image_folder: class names collide as folder names")
+    else:
+        width = max(1, len(str(max(num_classes - 1, 0))))
+        folders = [f"{i:0{width}d}" for i in range(num_classes)]
+    ext = ext.lower().lstrip(".")
+    arrays = images.detach().cpu().numpy()
+    paths = []
+    digits = max(5, len(str(len(arrays))))
+    for i, (arr, label) in enumerate(zip(arrays, labels.tolist())):
+        directory = os.path.join(os.fspath(root), folders[label], inner) if inner else os.path.join(os.fspath(root), folders[label])
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{i:0{digits}d}.{ext}")
+        im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+        if ext in ("jpg", "jpeg"):
+            im.save(path, quality=quality)
+        else:
+            im.save(path)
+        paths.append(path)
+    return paths

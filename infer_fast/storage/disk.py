@@ -1,0 +1,377 @@
+"""The on-disk format: the manifest, atomic saves, loads that verify everything.
+
+Writes are atomic: everything goes into a temporary directory next to the target (tensor
+files first, manifest last, all fsynced), which is then renamed into place, so a crash
+never leaves a half-written set under the target name. Loads verify the manifest schema and
+format version, the SHA-256 of every tensor file and every tensor's name, shape and dtype,
+and raise :class:`DistilledSetError` (a ValueError) naming the file and the problem. The
+layout of the files is described in :mod:`infer_fast.storage`.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .._io import PathLike, check_writable, safetensors_save
+from ..data.pixels import valid_range
+from .distilled_set import METHODS, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
+
+FORMAT_NAME = "infer-fast-distilled"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MANIFEST_ALLOWANCE = 64 << 10  # room for manifest.json and the tensor files' headers when checking free space
+IMAGE_ORDER = (
+    "INFER: natural images first, i = k*C + c; then composed images, i = K*C + g*C + c, "
+    "composed = clamp(natural[ufc_index[g], c] + ufc[g], (0-mean)/std, (1-mean)/std); hard label c. "
+    "Baselines: i indexes images, hard label labels[i]."
+)
+
+# file -> (required tensors, optional tensors), per layout
+_INFER_FILES = {
+    "natural.safetensors": (("natural",), ()),
+    "ufc.safetensors": (("ufc", "ufc_index", "ufc_teacher"), ()),
+    "labels.safetensors": ((), ("natural_labels", "ufc_labels")),
+}
+_BASELINE_FILES = {
+    "images.safetensors": (("images", "labels"), ()),
+    "labels.safetensors": (("soft_labels",), ()),
+}
+_OPTIONAL_FILES = ("labels.safetensors",)
+_DTYPES = {
+    "uint8": torch.uint8, "int64": torch.int64, "float16": torch.float16,
+    "float32": torch.float32,
+}
+
+
+# --------------------------------------------------------------------------------------
+# save
+# --------------------------------------------------------------------------------------
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _owned(t: Tensor, seen: set) -> Tensor:
+    """A contiguous tensor that owns its storage (safetensors refuses shared/partial views)."""
+    t = t.contiguous()
+    storage = t.untyped_storage()
+    if t.storage_offset() or storage.nbytes() != t.numel() * t.element_size() or storage.data_ptr() in seen:
+        t = t.clone()
+    if t.numel():
+        seen.add(t.untyped_storage().data_ptr())
+    return t
+
+
+def _write_tensor_file(path: Path, tensors: Dict[str, Tensor]) -> Dict[str, Any]:
+    """Write one safetensors file, fsync it, and return its manifest entry."""
+    seen: set = set()
+    safetensors_save({n: _owned(t, seen) for n, t in tensors.items()}, path, metadata={"format": FORMAT_NAME})
+    _fsync_path(path)
+    return {
+        "sha256": _sha256(path),
+        "bytes": path.stat().st_size,
+        "tensors": {n: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for n, t in tensors.items()},
+    }
+
+
+def _toolkit_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def build_manifest(ds: DistilledSet, files: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest of ``ds`` given the entries of its written tensor files."""
+    lo, hi = valid_range(ds.mean, ds.std)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "toolkit_version": _toolkit_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "method": ds.method,
+        "dataset": ds.dataset,
+        "num_classes": ds.num_classes,
+        "class_names": list(ds.class_names) if ds.class_names is not None else None,
+        "channels": ds.channels,
+        "image_size": list(ds.image_size),
+        "normalization": {
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "uint8": "x = (p / 255 - mean) / std",
+            "valid_range": {"lo": [float(v) for v in lo], "hi": [float(v) for v in hi]},
+        },
+        "hyperparameters": ds.hyperparameters,
+        "teachers": ds.teachers,
+        "budget": ds.budget,
+        "seed": ds.seed,
+        "full_train_size": ds.full_train_size,
+        "counts": {
+            "stored_images": ds.num_stored_images(),
+            "training_images": ds.num_training_images(),
+            **({"K": ds.K, "G": ds.G} if ds.is_infer else {}),
+            "soft_labels": ds.has_soft_labels,
+        },
+        "image_order": IMAGE_ORDER,
+        "files": files,
+    }
+
+
+def _is_distilled_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = False) -> Path:
+    """Write ``ds`` to ``directory`` atomically; returns the directory.
+
+    Everything is written into a temporary directory next to the target (tensor files
+    first, manifest.json last, each fsynced), then renamed into place. An existing
+    directory is refused unless ``overwrite=True``; then it must be an infer-fast distilled
+    set (or empty), and it is replaced by renaming it aside, renaming the new set in and
+    deleting the old one. Before writing, the parent must be writable with room for the
+    set (OutputPathError otherwise); a failed write leaves nothing behind.
+    """
+    ds.validate()
+    directory = Path(directory)
+    check_writable(directory, "output directory", kind="directory", need_bytes=ds.nbytes() + MANIFEST_ALLOWANCE)
+    if directory.exists() or directory.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
+        if not directory.is_dir() or directory.is_symlink():
+            raise DistilledSetError(f"refusing to replace {directory}: it is not a directory")
+        if any(directory.iterdir()) and not _is_distilled_dir(directory):
+            raise DistilledSetError(f"refusing to replace {directory}: it is not an infer-fast distilled set")
+    parent = directory.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        files = {}
+        for fname, tensors in ds.tensor_files().items():
+            files[fname] = _write_tensor_file(tmp / fname, tensors)
+        manifest = build_manifest(ds, files)
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(tmp)
+        if directory.exists():
+            old = parent / f".{directory.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(directory, old)
+            os.rename(tmp, directory)
+            _fsync_path(parent)  # the new set is in place before the old one goes
+            _cleanup(old)
+        else:
+            os.rename(tmp, directory)
+            _fsync_path(parent)
+    except BaseException:
+        _cleanup(tmp)
+        raise
+    return directory
+
+
+# --------------------------------------------------------------------------------------
+# load
+# --------------------------------------------------------------------------------------
+
+def _missing_hint(directory: Path) -> str:
+    parent = directory.absolute().parent
+    if parent.is_dir():
+        olds = sorted(parent.glob(f".{directory.name}.old-*"))
+        for old in olds:
+            if _is_distilled_dir(old):
+                return f" (an interrupted overwrite left the previous set at {old}; rename it back to recover)"
+    return ""
+
+
+def read_manifest(directory: PathLike) -> Dict[str, Any]:
+    """Parse and schema-check ``directory/manifest.json`` (no tensor file is read)."""
+    directory = Path(directory)
+    err = DistilledSetError
+    if not directory.exists():
+        raise err(f"{directory}: no such distilled set{_missing_hint(directory)}")
+    if not directory.is_dir():
+        raise err(f"{directory}: not a directory (a distilled set is a directory with {MANIFEST})")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise err(f"{path}: missing manifest (not a distilled set, or an incomplete write)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise err(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise err(f"{path}: not an infer-fast distilled-set manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise err(f"{path}: format_version must be an integer, got {version!r}")
+    if version != FORMAT_VERSION:
+        newer = " (written by a newer infer-fast: upgrade)" if version > FORMAT_VERSION else ""
+        raise err(f"{path}: unknown format version {version}; this infer-fast reads format version {FORMAT_VERSION}{newer}")
+
+    def need(key, types, what):
+        if key not in manifest:
+            raise err(f"{path}: missing key {key!r}")
+        value = manifest[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
+            raise err(f"{path}: {key!r} must be {what}, got {value!r}")
+        return value
+
+    method = need("method", str, "a string")
+    if method not in METHODS:
+        raise err(f"{path}: unknown method {method!r}; this infer-fast knows {', '.join(METHODS)}")
+    need("dataset", str, "a string")
+    need("num_classes", int, "an integer")
+    need("channels", int, "an integer")
+    size = need("image_size", list, "[H, W]")
+    if len(size) != 2 or not all(isinstance(v, int) for v in size):
+        raise err(f"{path}: 'image_size' must be [H, W], got {size!r}")
+    norm = need("normalization", dict, "an object")
+    for key in ("mean", "std"):
+        if not isinstance(norm.get(key), list) or not all(isinstance(v, (int, float)) for v in norm[key]):
+            raise err(f"{path}: normalization.{key} must be a list of numbers")
+    need("hyperparameters", dict, "an object")
+    need("teachers", list, "a list")
+    need("budget", dict, "an object")
+    for key in ("seed", "full_train_size"):
+        if manifest.get(key) is not None and (not isinstance(manifest[key], int) or isinstance(manifest[key], bool)):
+            raise err(f"{path}: {key!r} must be an integer or null, got {manifest[key]!r}")
+    files = need("files", dict, "an object")
+    layout = _INFER_FILES if method == "infer" else _BASELINE_FILES
+    for fname in layout:
+        if fname not in files and fname not in _OPTIONAL_FILES:
+            raise err(f"{path}: lists no {fname} (required for method {method!r})")
+    for fname, entry in files.items():
+        if fname not in layout:
+            raise err(f"{path}: unexpected file {fname!r} for method {method!r} (expected {', '.join(layout)})")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("tensors"), dict):
+            raise err(f"{path}: entry for {fname} needs 'sha256' and 'tensors'")
+        required, optional = layout[fname]
+        names = set(entry["tensors"])
+        missing = set(required) - names
+        extra = names - set(required) - set(optional)
+        if missing or extra or not names:
+            raise err(f"{path}: {fname} must hold tensors {list(required) or list(optional)}, lists {sorted(names)}")
+        for name, info in entry["tensors"].items():
+            if (not isinstance(info, dict) or not isinstance(info.get("shape"), list)
+                    or not all(isinstance(v, int) and v >= 0 for v in info["shape"]) or info.get("dtype") not in _DTYPES):
+                raise err(f"{path}: {fname}: tensor {name!r} needs 'shape' (list of ints) and 'dtype' (one of {list(_DTYPES)})")
+    return manifest
+
+
+def check_compatible(manifest, where, expected_dataset, expected_num_classes, expected_image_size=None):
+    """Refuse (DistilledSetError naming ``where``) a set whose manifest (or {"dataset",
+    "num_classes"}) is of another dataset / class count / resolution than the expected ones
+    (None: not checked)."""
+    if expected_dataset is not None and manifest["dataset"].lower() != str(expected_dataset).lower():
+        raise DistilledSetError(f"{where}: incompatible set: distilled from dataset {manifest['dataset']!r}, expected {expected_dataset!r}")
+    if expected_num_classes is not None and manifest["num_classes"] != int(expected_num_classes):
+        raise DistilledSetError(f"{where}: incompatible set: {manifest['num_classes']} classes, expected {expected_num_classes}")
+    if expected_image_size is not None:
+        want = [expected_image_size] * 2 if isinstance(expected_image_size, int) else list(expected_image_size)
+        if manifest["image_size"] != want:
+            raise DistilledSetError(f"{where}: incompatible set: images {manifest['image_size']}, expected {want}")
+
+
+def verify_files(directory: PathLike, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """Check every tensor file's presence, size and SHA-256 against the manifest.
+
+    Returns {file: sha256}; raises DistilledSetError naming the first bad file."""
+    directory = Path(directory)
+    manifest = read_manifest(directory) if manifest is None else manifest
+    out = {}
+    for fname, entry in manifest["files"].items():
+        path = directory / fname
+        if not path.is_file():
+            raise DistilledSetError(f"{path}: missing tensor file (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if "bytes" in entry and size != entry["bytes"]:
+            raise DistilledSetError(f"{path}: size {size} bytes, {MANIFEST} records {entry['bytes']} (truncated or replaced)")
+        digest = _sha256(path)
+        if digest != entry["sha256"]:
+            raise DistilledSetError(f"{path}: SHA-256 checksum mismatch (file is corrupt or was modified): "
+                                    f"{digest[:16]}... != {entry['sha256'][:16]}... recorded in {MANIFEST}")
+        out[fname] = digest
+    return out
+
+
+def load_distilled(
+    directory: PathLike,
+    expected_dataset: Optional[str] = None,
+    expected_num_classes: Optional[int] = None,
+    expected_image_size: Union[None, int, Sequence[int]] = None,
+    verify_checksums: bool = True,
+) -> DistilledSet:
+    """Load and verify a distilled set (manifest schema + format version, SHA-256 of every
+    tensor file, tensor names/shapes/dtypes against the manifest, then field consistency).
+
+    ``expected_*`` refuse a set of another dataset / class count / resolution. Every
+    problem raises :class:`DistilledSetError` (a ValueError) naming the file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    check_compatible(manifest, directory / MANIFEST, expected_dataset, expected_num_classes, expected_image_size)
+    if verify_checksums:
+        verify_files(directory, manifest)
+    tensors: Dict[str, Tensor] = {}
+    for fname, entry in manifest["files"].items():
+        path = directory / fname
+        if not path.is_file():
+            raise DistilledSetError(f"{path}: missing tensor file (listed in {MANIFEST})")
+        try:
+            loaded = load_file(str(path))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise DistilledSetError(f"{path}: cannot read safetensors file ({exc})") from None
+        if set(loaded) != set(entry["tensors"]):
+            raise DistilledSetError(f"{path}: holds tensors {sorted(loaded)}, {MANIFEST} lists {sorted(entry['tensors'])}")
+        for name, info in entry["tensors"].items():
+            t = loaded[name]
+            if list(t.shape) != info["shape"]:
+                raise DistilledSetError(f"{path}: tensor {name!r} has shape {list(t.shape)}, {MANIFEST} records {info['shape']}")
+            if dtype_name(t.dtype) != info["dtype"]:
+                raise DistilledSetError(f"{path}: tensor {name!r} has dtype {dtype_name(t.dtype)}, {MANIFEST} records {info['dtype']}")
+            tensors[name] = t
+    norm = manifest["normalization"]
+    try:
+        ds = DistilledSet(
+            method=manifest["method"], dataset=manifest["dataset"], num_classes=manifest["num_classes"],
+            channels=manifest["channels"], image_size=tuple(manifest["image_size"]),
+            mean=norm["mean"], std=norm["std"], class_names=manifest.get("class_names"),
+            hyperparameters=manifest["hyperparameters"], teachers=manifest["teachers"], budget=manifest["budget"],
+            seed=manifest.get("seed"), full_train_size=manifest.get("full_train_size"),
+            toolkit_version=manifest.get("toolkit_version"), created=manifest.get("created"), **tensors,
+        )
+        ds.validate()
+    except DistilledSetError as exc:
+        raise DistilledSetError(f"{directory}: inconsistent distilled set: {exc}") from None
+    return ds

@@ -1,0 +1,329 @@
+"""The distilled set in memory (:class:`DistilledSet`), its validation, and its errors.
+
+Layouts, image order and normalization: see :mod:`infer_fast.storage`. Writing and reading
+sets is :mod:`.disk`'s job.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .compression import compression_ratio_from_counts, counts_from_shapes, resolve_train_size
+
+METHODS = ("infer", "random", "sre2l")
+
+
+class DistilledSetError(ValueError):
+    """A distilled set that is missing, corrupt, inconsistent or incompatible."""
+
+
+class OutputExistsError(DistilledSetError, FileExistsError):
+    """The output path exists (catchable as ValueError and as FileExistsError)."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as the manifest writes it: "uint8", "float16"..."""
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass(eq=False)
+class DistilledSet:
+    """A distilled set in memory. See :mod:`infer_fast.storage` for layouts and image order.
+
+    INFER (method "infer"): ``natural`` (K, C, ch, H, W) uint8 pixels; ``ufc`` (G, ch, H, W)
+    float16/float32 normalized; ``ufc_index`` (G,) int64 natural set of each UFC;
+    ``ufc_teacher`` (G,) int64 teacher of each UFC; soft labels (fp16 logits)
+    ``natural_labels`` (K, C, C) and ``ufc_labels`` (G, C, C), None until relabelled.
+    Baselines ("random", "sre2l"): ``images`` (N, ch, H, W) uint8 pixels or float16/32
+    normalized, ``labels`` (N,) int64, ``soft_labels`` (N, C) fp16 or None.
+
+    Soft labels given as another float dtype are stored as fp16 (an error if they overflow);
+    integer index tensors become int64; float64/bfloat16 compensators become float32.
+    """
+
+    method: str
+    dataset: str
+    num_classes: int
+    channels: int
+    image_size: Union[int, Tuple[int, int]]
+    mean: Sequence[float]
+    std: Sequence[float]
+    natural: Optional[Tensor] = None
+    ufc: Optional[Tensor] = None
+    ufc_index: Optional[Tensor] = None
+    ufc_teacher: Optional[Tensor] = None
+    natural_labels: Optional[Tensor] = None
+    ufc_labels: Optional[Tensor] = None
+    images: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
+    soft_labels: Optional[Tensor] = None
+    class_names: Optional[List[str]] = None
+    hyperparameters: Dict[str, Any] = field(default_factory=dict)
+    teachers: List[Dict[str, Any]] = field(default_factory=list)
+    budget: Dict[str, Any] = field(default_factory=dict)
+    seed: Optional[int] = None
+    full_train_size: Optional[int] = None
+    toolkit_version: Optional[str] = None  # set on load (the writer's version)
+    created: Optional[str] = None  # set on load
+
+    def __post_init__(self):
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        else:
+            self.image_size = tuple(int(v) for v in self.image_size)
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        for name in ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels",
+                     "images", "labels", "soft_labels"):
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if not isinstance(t, Tensor):
+                raise DistilledSetError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+            t = t.detach().cpu()
+            if name in ("natural_labels", "ufc_labels", "soft_labels") and t.dtype != torch.float16:
+                if not t.dtype.is_floating_point:
+                    raise DistilledSetError(f"{name} must be float soft labels (logits), got {t.dtype}")
+                t = t.to(torch.float16)
+            elif name in ("ufc_index", "ufc_teacher", "labels") and t.dtype != torch.int64:
+                if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                    raise DistilledSetError(f"{name} must be an integer tensor, got {t.dtype}")
+                t = t.to(torch.int64)
+            elif name == "ufc" and t.dtype in (torch.float64, torch.bfloat16):
+                t = t.to(torch.float32)
+            setattr(self, name, t)
+
+    # ---- shapes and counts ------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self.image_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.image_size[1]
+
+    @property
+    def is_infer(self) -> bool:
+        return self.method == "infer"
+
+    @property
+    def K(self) -> int:
+        return int(self.natural.shape[0]) if self.is_infer else 0
+
+    @property
+    def G(self) -> int:
+        return int(self.ufc.shape[0]) if self.is_infer else 0
+
+    @property
+    def has_soft_labels(self) -> bool:
+        """True when every training image has a stored soft label."""
+        if self.is_infer:
+            return self.natural_labels is not None and (self.ufc_labels is not None or self.G == 0)
+        return self.soft_labels is not None
+
+    def num_training_images(self) -> int:
+        """INFER: K*C natural + G*C composed; baselines: N."""
+        if self.is_infer:
+            return self.K * self.num_classes + self.G * self.num_classes
+        return int(self.images.shape[0])
+
+    def num_stored_images(self) -> int:
+        """Images stored (the budget unit): INFER K*C + G (one UFC counts as one image); baselines N."""
+        return self.K * self.num_classes + self.G if self.is_infer else int(self.images.shape[0])
+
+    def tensor_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        return {name: tuple(t.shape) for name, t in self._tensors().items()}
+
+    def compression_ratio(self, full_train_size: Optional[int] = None) -> Dict[str, Any]:
+        """{"ratio", "percent", "stored_elements", "full_elements", "image_elements",
+        "label_elements", "index_elements", "full_train_size", "accounting",
+        "full_train_size_source"}. The training-set size is ``full_train_size`` (argument,
+        else the recorded one, else :data:`KNOWN_TRAIN_SIZES`); an error if none is known."""
+        size, source = resolve_train_size(self.dataset, full_train_size if full_train_size is not None else self.full_train_size)
+        if full_train_size is not None:
+            source = "argument"
+        if size is None:
+            raise DistilledSetError(
+                f"the compression ratio needs the size of the real training set: dataset {self.dataset!r} "
+                "records no full_train_size and is not in infer_fast.storage.KNOWN_TRAIN_SIZES"
+            )
+        counts = counts_from_shapes(self.method, self.tensor_shapes())
+        out = compression_ratio_from_counts(
+            stored_images=counts["stored_images"], image_shape=(self.channels, self.height, self.width),
+            soft_labels=counts["soft_labels"], num_classes=self.num_classes, full_train_size=size,
+            index_elements=counts["index_elements"],
+        )
+        out["full_train_size_source"] = source
+        return out
+
+    # ---- labels in training order -------------------------------------------------------
+    def hard_labels(self) -> Tensor:
+        """(N,) int64 hard labels in training order."""
+        if self.is_infer:
+            return torch.arange(self.num_classes, dtype=torch.int64).repeat(self.K + self.G)
+        return self.labels.clone()
+
+    def soft_labels_flat(self) -> Optional[Tensor]:
+        """(N, C) fp16 soft labels in training order, or None when not (fully) relabelled."""
+        if not self.has_soft_labels:
+            return None
+        if not self.is_infer:
+            return self.soft_labels
+        c = self.num_classes
+        parts = [self.natural_labels.reshape(-1, c)]
+        if self.G:
+            parts.append(self.ufc_labels.reshape(-1, c))
+        return torch.cat(parts)
+
+    def set_soft_labels(self, soft: Tensor) -> None:
+        """Store (N, C) soft labels (logits, training order); kept as fp16."""
+        n, c = self.num_training_images(), self.num_classes
+        if not isinstance(soft, Tensor) or tuple(soft.shape) != (n, c):
+            got = tuple(soft.shape) if isinstance(soft, Tensor) else type(soft).__name__
+            raise DistilledSetError(f"soft labels must be ({n}, {c}) (one C-vector per training image), got {got}")
+        soft = soft.detach().cpu().to(torch.float16)
+        if not torch.isfinite(soft).all():
+            raise DistilledSetError("soft labels contain inf/nan after conversion to fp16 (logits beyond +-65504?)")
+        if self.is_infer:
+            kc = self.K * c
+            self.natural_labels = soft[:kc].reshape(self.K, c, c).clone()
+            self.ufc_labels = soft[kc:].reshape(self.G, c, c).clone()
+        else:
+            self.soft_labels = soft.clone()
+
+    # ---- validation -----------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes of the stored tensors (what the set's files hold, less their headers)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def _tensors(self) -> Dict[str, Tensor]:
+        names = ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels") if self.is_infer \
+            else ("images", "labels", "soft_labels")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def validate(self) -> "DistilledSet":
+        """Check fields, shapes, dtypes and value ranges; raise DistilledSetError if wrong."""
+        err = DistilledSetError
+        if self.method not in METHODS:
+            raise err(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise err("dataset must be a non-empty string")
+        c, ch = self.num_classes, self.channels
+        if not isinstance(c, int) or c < 1:
+            raise err(f"num_classes must be a positive int, got {c!r}")
+        if not isinstance(ch, int) or ch < 1:
+            raise err(f"channels must be a positive int, got {ch!r}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise err(f"image_size must be (H, W) with positive sizes, got {self.image_size}")
+        if len(self.mean) != ch or len(self.std) != ch:
+            raise err(f"mean and std need one value per channel ({ch}), got {len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise err(f"mean must be finite and std positive, got mean {self.mean} std {self.std}")
+        if self.class_names is not None and (len(self.class_names) != c or not all(isinstance(n, str) for n in self.class_names)):
+            raise err(f"class_names must be {c} strings")
+        if self.budget.get("accounting") is not None:
+            from ..distill.config import ACCOUNTINGS  # (not at import time: it loads the ops)
+
+            if self.budget["accounting"] not in ACCOUNTINGS:
+                raise err(f"budget accounting must be one of {ACCOUNTINGS}, got {self.budget['accounting']!r}")
+        if self.full_train_size is not None and (not isinstance(self.full_train_size, int) or self.full_train_size < 1):
+            raise err(f"full_train_size must be a positive int or None, got {self.full_train_size!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise err(f"seed must be an int or None, got {self.seed!r}")
+        for name, value in (("hyperparameters", self.hyperparameters), ("budget", self.budget)):
+            if not isinstance(value, dict):
+                raise err(f"{name} must be a dict, got {type(value).__name__}")
+        if not isinstance(self.teachers, list) or not all(isinstance(t, dict) for t in self.teachers):
+            raise err("teachers must be a list of dicts (name/path/model/accuracy, free-form)")
+        try:
+            json.dumps({"h": self.hyperparameters, "t": self.teachers, "b": self.budget}, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise err(f"hyperparameters, teachers and budget must be JSON-serializable: {exc}") from None
+        img = (ch, self.height, self.width)
+
+        def need(name, shape, dtypes):
+            t = getattr(self, name)
+            if t is None:
+                raise err(f"method {self.method!r} needs {name}")
+            if tuple(t.shape) != tuple(shape):
+                raise err(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+            if t.dtype not in dtypes:
+                raise err(f"{name} must be {' or '.join(dtype_name(d) for d in dtypes)}, got {dtype_name(t.dtype)}"
+                          + (" (store natural images as uint8 pixels: see quantize_images)" if name == "natural" else ""))
+
+        if self.is_infer:
+            for name in ("images", "labels", "soft_labels"):
+                if getattr(self, name) is not None:
+                    raise err(f"an INFER set stores natural + ufc, not {name}")
+            if self.natural is None or self.natural.dim() != 5:
+                raise err(f"natural must be (K, C, ch, H, W) uint8, got "
+                          f"{None if self.natural is None else tuple(self.natural.shape)}")
+            k = int(self.natural.shape[0])
+            if k < 1:
+                raise err("natural must hold at least one natural set (K >= 1)")
+            need("natural", (k, c) + img, (torch.uint8,))
+            if self.ufc is None or self.ufc.dim() != 4:
+                raise err(f"ufc must be (G, ch, H, W), got {None if self.ufc is None else tuple(self.ufc.shape)}")
+            g = int(self.ufc.shape[0])
+            need("ufc", (g,) + img, (torch.float16, torch.float32))
+            need("ufc_index", (g,), (torch.int64,))
+            need("ufc_teacher", (g,), (torch.int64,))
+            if g and not torch.isfinite(self.ufc).all():
+                raise err("ufc contains inf/nan")
+            if g and (int(self.ufc_index.min()) < 0 or int(self.ufc_index.max()) >= k):
+                raise err(f"ufc_index values must lie in [0, {k}) (K = {k} natural sets)")
+            if g and int(self.ufc_teacher.min()) < 0:
+                raise err("ufc_teacher values must be >= 0")
+            if g and self.teachers and int(self.ufc_teacher.max()) >= len(self.teachers):
+                raise err(f"ufc_teacher values must lie in [0, {len(self.teachers)}) ({len(self.teachers)} teachers recorded)")
+            if self.natural_labels is not None:
+                need("natural_labels", (k, c, c), (torch.float16,))
+            if self.ufc_labels is not None:
+                need("ufc_labels", (g, c, c), (torch.float16,))
+            if "K" in self.budget and self.budget["K"] is not None and int(self.budget["K"]) != k:
+                raise err(f"budget records K = {self.budget['K']} but natural holds {k} sets")
+        else:
+            for name in ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels"):
+                if getattr(self, name) is not None:
+                    raise err(f"a {self.method!r} baseline stores images + labels, not {name}")
+            if self.images is None or self.images.dim() != 4:
+                raise err(f"images must be (N, ch, H, W), got {None if self.images is None else tuple(self.images.shape)}")
+            n = int(self.images.shape[0])
+            need("images", (n,) + img, (torch.uint8, torch.float16, torch.float32))
+            need("labels", (n,), (torch.int64,))
+            if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
+                raise err(f"labels must lie in [0, {c})")
+            if self.images.dtype != torch.uint8 and n and not torch.isfinite(self.images).all():
+                raise err("images contain inf/nan")
+            if self.soft_labels is not None:
+                need("soft_labels", (n, c), (torch.float16,))
+        for name in ("natural_labels", "ufc_labels", "soft_labels"):
+            t = getattr(self, name)
+            if t is not None and t.numel() and not torch.isfinite(t).all():
+                raise err(f"{name} contains inf/nan (fp16 overflow?)")
+        return self
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}={list(s)}" for n, s in self.tensor_shapes().items())
+        return f"DistilledSet(method={self.method!r}, dataset={self.dataset!r}, C={self.num_classes}, {shapes})"
+
+    # ---- files ------------------------------------------------------------------------------
+    def tensor_files(self) -> Dict[str, Dict[str, Tensor]]:
+        """{file name: {tensor name: tensor}}: what :func:`~.disk.save_distilled` writes."""
+        if self.is_infer:
+            files = {
+                "natural.safetensors": {"natural": self.natural},
+                "ufc.safetensors": {"ufc": self.ufc, "ufc_index": self.ufc_index, "ufc_teacher": self.ufc_teacher},
+            }
+            labels = {n: getattr(self, n) for n in ("natural_labels", "ufc_labels") if getattr(self, n) is not None}
+        else:
+            files = {"images.safetensors": {"images": self.images, "labels": self.labels}}
+            labels = {"soft_labels": self.soft_labels} if self.soft_labels is not None else {}
+        if labels:
+            files["labels.safetensors"] = labels
+        return files

@@ -1,0 +1,226 @@
+"""Looking at a distilled set: a verified summary (:func:`inspect_report`), a PNG preview
+grid (:func:`write_preview`) and an export of every training image as PNG in class folders
+(:func:`export_imagefolder`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from .._io import PathLike, check_writable, format_bytes, safetensors_save
+from ..data.pixels import denormalize, normalize_uint8, quantize_images
+from .compression import compression_ratio_from_manifest
+from .dataset import DistilledDataset
+from .disk import FORMAT_NAME, FORMAT_VERSION, IMAGE_ORDER, load_distilled, read_manifest
+from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, dtype_name
+
+
+def inspect_report(directory: PathLike) -> str:
+    """Human summary of a distilled set, after full verification (load_distilled)."""
+    directory = Path(directory)
+    ds = load_distilled(directory)  # verifies checksums, shapes, consistency
+    manifest = read_manifest(directory)
+    c = ds.num_classes
+    lines = [f"distilled set {directory}"]
+
+    def row(key, value):
+        lines.append(f"  {key:<18} {value}")
+
+    row("format", f"{FORMAT_NAME} v{manifest['format_version']} (written by infer-fast {manifest.get('toolkit_version')}"
+        f"{', ' + manifest['created'] if manifest.get('created') else ''})")
+    row("method", ds.method)
+    row("dataset", f"{ds.dataset}: {c} classes, images {ds.channels}x{ds.height}x{ds.width}")
+    row("normalization", f"mean {tuple(round(v, 4) for v in ds.mean)} std {tuple(round(v, 4) for v in ds.std)}")
+    b = ds.budget
+    if b:
+        row("budget", ", ".join(f"{k} {v}" for k, v in b.items()))
+    if ds.is_infer:
+        stored = f"{ds.K * c} natural ({ds.K} sets x {c} classes, uint8) + {ds.G} compensators " \
+                 f"({dtype_name(ds.ufc.dtype)}) = {ds.num_stored_images()} images"
+        if b.get("ipc") is not None:
+            stored += f" (budget ipc*C = {int(b['ipc']) * c})"
+        row("stored", stored)
+        if ds.G:
+            per_set = torch.bincount(ds.ufc_index, minlength=ds.K)
+            per_teacher = torch.bincount(ds.ufc_teacher)
+            row("compensators", f"{int(per_set.min())}-{int(per_set.max())} per natural set, per teacher {per_teacher.tolist()}")
+        n = ds.num_training_images()
+        row("training images", f"{n} ({ds.K * c} natural + {ds.G * c} composed), {n // c} per class")
+    else:
+        counts = torch.bincount(ds.labels, minlength=c)
+        row("stored", f"{ds.images.shape[0]} images ({dtype_name(ds.images.dtype)}"
+            f"{' pixels' if ds.images.dtype == torch.uint8 else ' normalized'}), "
+            f"{int(counts.min())}-{int(counts.max())} per class")
+        row("training images", str(ds.num_training_images()))
+    soft = ds.soft_labels_flat()
+    row("soft labels", f"{soft.shape[0]} x {c} fp16 (static)" if soft is not None else "none (not relabelled yet)")
+    cr = compression_ratio_from_manifest(manifest)
+    if cr is None:
+        row("compression ratio", f"unknown (no full_train_size recorded for dataset {ds.dataset!r})")
+    else:
+        row("compression ratio", f"{cr['percent']:.4f}% = {cr['stored_elements']:,} / {cr['full_elements']:,} elements "
+            f"(images {cr['image_elements']:,}, soft labels {cr['label_elements']:,}, indices {cr['index_elements']:,}; "
+            f"full set {cr['full_train_size']:,} images, {cr['full_train_size_source']})")
+        row("accounting", cr["accounting"])
+    if ds.teachers:
+        for i, t in enumerate(ds.teachers):
+            row("teacher" if i == 0 else "", f"[{i}] " + ", ".join(f"{k}={v}" for k, v in t.items()))
+    else:
+        row("teachers", "none recorded")
+    row("seed", str(ds.seed))
+    if ds.hyperparameters:
+        row("hyperparameters", json.dumps(ds.hyperparameters, sort_keys=True))
+    for fname, entry in manifest["files"].items():
+        tensors = ", ".join(f"{n} {i['dtype']}{i['shape']}" for n, i in entry["tensors"].items())
+        row("file", f"{fname} {format_bytes(entry.get('bytes', 0))} sha256 {entry['sha256'][:12]}... OK ({tensors})")
+    row("checksums", f"all {len(manifest['files'])} tensor files OK")
+    return "\n".join(lines)
+
+
+def write_preview(
+    source: Union[DistilledSet, PathLike],
+    png_path: PathLike,
+    max_sets: int = 4,
+    max_classes: int = 10,
+    backend: str = "auto",
+    padding: int = 2,
+) -> Path:
+    """PNG preview grid, denormalized to [0, 1], ``max_classes`` columns.
+
+    INFER: rows of natural sets (first ``max_sets``), then a row of their compensators
+    (pixel-space delta u*std, scaled symmetrically around mid-gray per image), then one row
+    of composed images per shown compensator (at most ``max_sets`` rows). Baselines: for
+    each of the first ``max_classes`` classes a column of up to ``max_sets`` images.
+    """
+    from ..viz import make_grid, stack_grids, write_png
+
+    check_writable(png_path, "preview")
+    ds = source if isinstance(source, DistilledSet) else load_distilled(source)
+    ds.validate()
+    if ds.channels not in (1, 3):
+        raise DistilledSetError(f"a PNG preview needs 1 or 3 channels, this set has {ds.channels}")
+    cols = max(1, min(ds.num_classes, max_classes))
+    max_sets = max(1, int(max_sets))
+    blank = torch.ones(ds.channels, ds.height, ds.width)
+    grids = []
+    if ds.is_infer:
+        ks = list(range(min(ds.K, max_sets)))
+        natural = torch.stack([normalize_uint8(ds.natural[k, :cols], ds.mean, ds.std) for k in ks])
+        grids.append(make_grid(denormalize(natural.reshape(-1, ds.channels, ds.height, ds.width), ds.mean, ds.std),
+                               nrow=cols, padding=padding))
+        shown = [g for g in range(ds.G) if int(ds.ufc_index[g]) in ks][: max_sets * cols]
+        if shown:
+            std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
+            delta = ds.ufc[shown].to(torch.float32) * std
+            grids.append(make_grid(delta, nrow=cols, padding=padding, scale="symmetric"))
+            sub = DistilledDataset(ds, hard_only=True, backend=backend, cache_bytes=0)
+            rows = shown[:max_sets]
+            composed = torch.cat([sub.compose_groups(g, g + 1)[0, :cols] for g in rows])
+            grids.append(make_grid(denormalize(composed, ds.mean, ds.std), nrow=cols, padding=padding))
+    else:
+        picks = [torch.nonzero(ds.labels == c).flatten()[:max_sets].tolist() for c in range(cols)]
+        depth = max(1, max(len(p) for p in picks))
+        tiles = []
+        for r in range(depth):
+            for c in range(cols):
+                if r < len(picks[c]):
+                    x = ds.images[picks[c][r]]
+                    x = normalize_uint8(x, ds.mean, ds.std) if x.dtype == torch.uint8 else x.to(torch.float32)
+                    tiles.append(denormalize(x, ds.mean, ds.std))
+                else:
+                    tiles.append(blank)
+        grids.append(make_grid(torch.stack(tiles), nrow=cols, padding=padding))
+    return write_png(stack_grids(grids, spacing=3 * padding + 2), png_path)
+
+
+def _safe_name(name: str) -> str:
+    out = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name).strip(".")
+    return out or "_"
+
+
+def export_imagefolder(
+    directory: Union[DistilledSet, PathLike],
+    out_dir: PathLike,
+    naming: str = "index",
+    backend: str = "auto",
+    chunk_images: int = 1024,
+) -> int:
+    """Write every training image as PNG: ``out_dir/<class>/<i>.png``; returns the count.
+
+    ``naming="index"``: class folders are zero-padded class indices (so torchvision's
+    ImageFolder, which sorts folder names, maps folder -> the same class index);
+    ``naming="name"``: the set's class names (sorted order may then differ from the class
+    index: see export.json). ``<i>`` is the zero-padded training index. Images are composed
+    in float, denormalized, clamped to [0, 1] and quantized to uint8 only here. Also writes
+    ``export.json`` (source, class folders, order) and, when the set has soft labels,
+    ``soft_labels.safetensors`` ((N, C) fp16, row i = training image i). Refuses a
+    non-empty ``out_dir``.
+    """
+    from ..viz import write_png
+
+    if naming not in ("index", "name"):
+        raise ValueError(f"naming must be 'index' or 'name', got {naming!r}")
+    ds = directory if isinstance(directory, DistilledSet) else load_distilled(directory)
+    ds.validate()
+    if ds.channels not in (1, 3):
+        raise DistilledSetError(f"PNG export needs 1 or 3 channels, this set has {ds.channels}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputExistsError(f"{out} exists and is not an empty directory; refusing to overwrite")
+    c = ds.num_classes
+    if naming == "name":
+        if ds.class_names is None:
+            raise DistilledSetError("naming='name' needs class_names, this set records none")
+        folders = [_safe_name(n) for n in ds.class_names]
+        if len(set(folders)) != c:
+            raise DistilledSetError("class names are not unique as folder names; use naming='index'")
+    else:
+        folders = [f"{i:0{len(str(c - 1))}d}" for i in range(c)]
+    data = DistilledDataset(ds, hard_only=True, backend=backend, cache_bytes=0)
+    n = len(data)
+    check_writable(out, "export directory", kind="directory", need_bytes=n * ds.channels * ds.height * ds.width)
+    # written into a temporary directory beside ``out`` and renamed into place at the end:
+    # an export that fails (disk full...) leaves nothing behind
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        for f in folders:
+            (tmp / f).mkdir()
+        hard = ds.hard_labels()
+        width = len(str(max(n - 1, 0)))
+        files = []
+        for start, images in data.iter_chunks(chunk_images):
+            pixels = quantize_images(images, ds.mean, ds.std)
+            for j in range(pixels.shape[0]):
+                i = start + j
+                rel = f"{folders[int(hard[i])]}/{i:0{width}d}.png"
+                write_png(pixels[j], tmp / rel)
+                files.append(rel)
+        soft = ds.soft_labels_flat()
+        if soft is not None:
+            safetensors_save({"soft_labels": soft.contiguous()}, tmp / "soft_labels.safetensors")
+        meta = {
+            "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
+            "source": str(directory) if not isinstance(directory, DistilledSet) else None,
+            "method": ds.method, "dataset": ds.dataset, "num_classes": c,
+            "class_folders": folders, "class_names": ds.class_names,
+            "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
+            "image_order": IMAGE_ORDER, "files": files,
+            "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
+        }
+        (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if out.exists():  # an empty directory: replaced
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return n
