@@ -56,7 +56,8 @@ from bench_ops import environment  # noqa: E402
 
 from infer_fast.data import get_spec, normalize  # noqa: E402
 from infer_fast.data.transforms import resized_crop_boxes  # noqa: E402  (the toolkit's own box draw)
-from infer_fast.distill import CROP_RATIO, RecoveryConfig, auto_batch_plan, infer_budget, recover_ufcs  # noqa: E402
+from infer_fast.data.transforms import RESIZED_CROP_RATIO  # noqa: E402
+from infer_fast.distill import RecoveryConfig, auto_batch_plan, infer_budget, recover_ufcs  # noqa: E402
 from infer_fast.models import create_model, list_models  # noqa: E402
 from infer_fast.ops.backends import BACKENDS  # noqa: E402
 
@@ -113,7 +114,7 @@ def reference_augment(x: Tensor, config: RecoveryConfig) -> Tensor:
     transforms on a batched tensor), then a roll by random.randint(0, max_shift) on H and W."""
     if config.augmentation == "imagenet":
         height, width = x.shape[-2:]
-        top, left, h, w = (int(v) for v in resized_crop_boxes(1, height, width, tuple(config.crop_scale), CROP_RATIO, None))
+        top, left, h, w = (int(v) for v in resized_crop_boxes(1, height, width, tuple(config.crop_scale), RESIZED_CROP_RATIO, None))
         x = F.interpolate(x[:, :, top:top + h, left:left + w], size=(height, width), mode="bilinear",
                           align_corners=False, antialias=True)
         if random.random() < 0.5:

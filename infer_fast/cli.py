@@ -5,6 +5,9 @@ import argparse
 import sys
 from typing import Dict, List, Optional
 
+from .choices import (ACCOUNTINGS, COMPILE_MODES, DISTILL_METHODS, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
+                      SELECTIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_RECIPES)
+
 
 class UserError(Exception):
     """An error the user can fix (bad option, missing file...): shown without a traceback."""
@@ -124,8 +127,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
     method = options.get("method", "infer")
-    if method not in ("infer", "sre2l", "random"):
-        raise UserError(f"--method must be infer, sre2l or random, got {method!r}")
+    if method not in DISTILL_METHODS:
+        raise UserError(f"--method must be one of {', '.join(DISTILL_METHODS)}, got {method!r}")
     common = dict(data_root=options.get("data_root"))
     if method == "random":
         if rank != 0:
@@ -152,8 +155,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
             )
     from .storage import inspect_report
 
-    if rank == 0:
-        print(inspect_report(path))
+    if rank == 0:  # (the set was hashed as it was written: not read back twice)
+        print(inspect_report(path, verify_checksums=False))
 
 
 def cmd_relabel(args: argparse.Namespace) -> None:
@@ -177,7 +180,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
     test = load_dataset(ds.dataset, "test", data_root=args.data_root)
-    fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
+    fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix",
+                                            "labels")
               if getattr(args, k) is not None}
     recipe = StudentConfig.imagenet if args.recipe == "imagenet" else StudentConfig.cifar
     config = recipe(dynamic=args.dynamic, device=args.device, **fields)
@@ -300,35 +304,35 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--dataset", help="dataset name")
     distill.add_argument("--teachers", help="comma-separated teacher checkpoints (infer, sre2l)")
     distill.add_argument("--ipc", type=int, help="images per class of storage budget")
-    distill.add_argument("--method", choices=["infer", "sre2l", "random"], help="infer (default), sre2l or random")
+    distill.add_argument("--method", choices=DISTILL_METHODS, help="infer (default), sre2l or random")
     distill.add_argument("--iterations", type=int, help="recovery iterations (default 1000; 2000 with --augmentation imagenet)")
     distill.add_argument("--r-bn", dest="r_bn", type=float, help="weight of the BN-statistics loss (default 1.0; sre2l and imagenet 0.01)")
-    distill.add_argument("--augmentation", choices=["roll", "imagenet"],
+    distill.add_argument("--augmentation", choices=RECOVERY_AUGMENTATIONS,
                          help="roll (small images, default) or imagenet (RandomResizedCrop + flip + roll, the ImageNet recipe)")
     distill.add_argument("--max-shift", dest="max_shift", type=int, help="largest roll in pixels (default 4; 32 with imagenet)")
-    distill.add_argument("--selection", choices=["random", "confidence"],
+    distill.add_argument("--selection", choices=SELECTIONS,
                          help="natural images: random (default) or the ones the teachers are most confident about")
     distill.add_argument("--group-size", dest="group_size", type=int, help="UFCs optimized in one batch (default: automatic)")
     distill.add_argument("--chunk-size", dest="chunk_size", type=int,
                          help="images through the teacher at a time: the exact full-batch gradient in the memory of one "
                          "chunk (default: the whole batch; automatic on CUDA when it does not fit)")
-    distill.add_argument("--precision", choices=["fp32", "bf16"],
+    distill.add_argument("--precision", choices=PRECISIONS,
                          help="teacher in fp32 (default) or converted once to bf16 (BatchNorm, statistics and UFCs stay fp32)")
     distill.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                          help="teacher weights and inputs in channels_last (faster convolutions on GPUs)")
     distill.add_argument("--fused-bn", dest="fused_bn", action="store_true", default=None,
                          help="each eval-mode BN and its statistics loss fused: one kernel pass forward (statistics + "
                          "BN output) and one backward (same results, less memory traffic)")
-    distill.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"],
+    distill.add_argument("--compile", choices=COMPILE_MODES,
                          help="torch.compile the teacher pass (reduce-overhead adds CUDA graphs; one compile per "
                          "teacher; default off)")
     distill.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
                          help="run every iteration eagerly on CUDA (default: each batch's iteration captured once as "
                          "a CUDA graph and replayed)")
-    distill.add_argument("--distributed", choices=["jobs", "chunks"],
+    distill.add_argument("--distributed", choices=DISTRIBUTED_MODES,
                          help="under torchrun: split the UFCs across ranks (jobs, default) or the chunks of every batch "
                          "(chunks, with --chunk-size; BN statistics all-reduced)")
-    distill.add_argument("--accounting", choices=["fair", "ipc"], help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
+    distill.add_argument("--accounting", choices=ACCOUNTINGS, help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
     distill.add_argument("--seed", type=int, help="random seed (default 0)")
     distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
     distill.add_argument("--device", help="auto, cpu or cuda (default auto)")
@@ -354,11 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default 64)")
     train.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
     train.add_argument("--temperature", type=float, help="KL temperature (default 30)")
-    train.add_argument("--recipe", choices=["cifar", "imagenet"], default="cifar",
+    train.add_argument("--recipe", choices=STUDENT_RECIPES, default="cifar",
                        help="cifar (crop+flip, mixup, T 30, 400 epochs; default) or imagenet (RandomResizedCrop+flip, "
                        "CutMix, T 20, 300 epochs); the options below override it")
-    train.add_argument("--augmentation", choices=["crop_flip", "resized_crop_flip"], help="student augmentation")
-    train.add_argument("--mix", choices=["mixup", "cutmix"], help="batch mixing (labels interpolated in logit space)")
+    train.add_argument("--augmentation", choices=STUDENT_AUGMENTATIONS, help="student augmentation")
+    train.add_argument("--mix", choices=STUDENT_MIXES, help="batch mixing (labels interpolated in logit space)")
+    train.add_argument("--labels", choices=STUDENT_LABELS,
+                       help="soft (the set's soft labels, KL; default) or hard (its hard labels, cross-entropy)")
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
     train.add_argument("--dynamic", action="store_true", help="INFER+Dyn: teacher-ensemble labels for every mixed batch")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
@@ -381,14 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: trained here with the teacher recipe and the student model)")
     evaluate.add_argument("--full-data-epochs", dest="full_data_epochs", type=int, default=30,
                           help="epochs of the full-data run when it is trained (default 30)")
-    evaluate.add_argument("--recipe", choices=["cifar", "imagenet"], default="cifar", help="student recipe (see train)")
+    evaluate.add_argument("--recipe", choices=STUDENT_RECIPES, default="cifar", help="student recipe (see train)")
     evaluate.add_argument("--model", help="student model (default convnet)")
     evaluate.add_argument("--epochs", type=int, help="student epochs (default: the recipe's)")
     evaluate.add_argument("--batch-size", dest="batch_size", type=int, help="student batch size")
     evaluate.add_argument("--lr", type=float, help="AdamW learning rate")
     evaluate.add_argument("--temperature", type=float, help="KL temperature of the soft-label runs")
-    evaluate.add_argument("--augmentation", choices=["crop_flip", "resized_crop_flip"], help="the augmented runs' augmentation")
-    evaluate.add_argument("--mix", choices=["mixup", "cutmix"], help="the augmented runs' batch mixing")
+    evaluate.add_argument("--augmentation", choices=STUDENT_AUGMENTATIONS, help="the augmented runs' augmentation")
+    evaluate.add_argument("--mix", choices=STUDENT_MIXES, help="the augmented runs' batch mixing")
     evaluate.add_argument("--seeds", type=int, default=3, help="students per run (default 3)")
     evaluate.add_argument("--weight", type=float, default=0.5, help="w of LRS and ARS (default 0.5)")
     evaluate.add_argument("--data-root", dest="data_root", help="directory holding the real dataset")

@@ -48,8 +48,10 @@ class Protocol:
         from .config import check_positive_ints
         from .scores import check_weight
 
-        if self.recipe not in ("cifar", "imagenet"):
-            raise ValueError(f"recipe must be cifar or imagenet, got {self.recipe!r}")
+        from .choices import STUDENT_RECIPES
+
+        if self.recipe not in STUDENT_RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(STUDENT_RECIPES)}, got {self.recipe!r}")
         if not isinstance(self.student, dict):
             raise ValueError(f"student must be a mapping of StudentConfig fields, got {self.student!r}")
         for name in ("labels", "seed", "dynamic"):

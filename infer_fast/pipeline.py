@@ -42,14 +42,14 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from . import distributed
+from .choices import RUN_METHODS
 from ._io import check_input_file, check_writable, save_json_atomic
 
 __all__ = [
-    "METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
+    "RUN_METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
     "summarize", "format_table",
 ]
 
-METHODS = ("infer", "infer_dyn", "random", "sre2l")
 METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
 RESULTS_FORMAT = "infer-fast-results"
 
@@ -141,9 +141,9 @@ class PipelineConfig:
                 raise ValueError(f"{where}: teachers[{i}] with pretrained weights takes model and pretrained only, got {sorted(entry)}")
         if not isinstance(self.ipc, list) or not self.ipc or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.ipc):
             raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in RUN_METHODS]
         if not self.methods or bad:
-            raise ValueError(f"{where}: methods must be chosen from {', '.join(METHODS)}, got {self.methods!r}")
+            raise ValueError(f"{where}: methods must be chosen from {', '.join(RUN_METHODS)}, got {self.methods!r}")
         if self.accounting not in ACCOUNTINGS:
             raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
         if self.selection not in SELECTIONS:

@@ -59,27 +59,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data.transforms import denormalize, normalize, random_crop_with_padding, random_flip, random_resized_crop
+from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
+                              random_flip, random_resized_crop)
 from .models import create_model, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import evaluate, load_teacher, resolve_device
 from . import distributed
+from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES
 from .config import check_positive_ints
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 
 __all__ = [
-    "StudentConfig", "AUGMENTATIONS", "MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
-    "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "LABELS",
+    "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
+    "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "STUDENT_LABELS",
     "train_student", "evaluate_seeds",
     "feature_duplication",
 ]
 
 BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
-AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
-MIXES = ("mixup", "cutmix", "none")
-LABELS = ("soft", "hard")  # the set's soft labels (KL, temperature) or its hard labels (cross-entropy)
-RESIZED_CROP_SCALE = (0.08, 1.0)
-RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -156,9 +153,9 @@ class StudentConfig:
     weight_decay: float = 0.01
     temperature: float = 30.0
     mixup_alpha: float = 0.8  # Beta(alpha, alpha) for lambda, shared by both mixes (CutMix's usual alpha: 1.0)
-    augmentation: str = "crop_flip"  # one of AUGMENTATIONS
-    mix: str = "mixup"  # one of MIXES
-    labels: str = "soft"  # one of LABELS
+    augmentation: str = "crop_flip"  # one of STUDENT_AUGMENTATIONS
+    mix: str = "mixup"  # one of STUDENT_MIXES
+    labels: str = "soft"  # one of STUDENT_LABELS
     seed: int = 0
     dynamic: bool = False  # INFER+Dyn: teacher-ensemble labels recomputed for every mixed batch
     eval_every: int = 0  # 0: evaluate only after the last epoch
@@ -181,9 +178,9 @@ class StudentConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixing), got {self.mixup_alpha!r}")
-        _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
-        _check_choice("mix", self.mix, MIXES)
-        _check_choice("labels", self.labels, LABELS)
+        _check_choice("augmentation", self.augmentation, STUDENT_AUGMENTATIONS)
+        _check_choice("mix", self.mix, STUDENT_MIXES)
+        _check_choice("labels", self.labels, STUDENT_LABELS)
         if self.dynamic and self.labels == "hard":
             raise ValueError("dynamic=True (INFER+Dyn) relabels every batch with the teachers: it needs labels='soft'")
         resolve_device(self.device)
@@ -224,7 +221,7 @@ def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "cro
     normalized at the same size. ``"crop_flip"``: RandomCrop(size, padding=max(1, width//8),
     black padding) + flip; ``"resized_crop_flip"``: RandomResizedCrop(size, scale (0.08, 1),
     ratio (3/4, 4/3)) + flip."""
-    _check_choice("augmentation", augmentation, AUGMENTATIONS)
+    _check_choice("augmentation", augmentation, STUDENT_AUGMENTATIONS)
     if augmentation == "none":
         return x
     size = tuple(x.shape[-2:])

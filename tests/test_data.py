@@ -540,7 +540,7 @@ def test_random_resized_crop():
     # the whole image at its own size: the identity
     torch.testing.assert_close(random_resized_crop(sq, 12, scale=(1, 1), ratio=(1, 1), gen=torch.Generator()), sq)
     # boxes: inside the image, area fraction within scale, ratio within range when a try fits
-    top, left, h, w = data.transforms._resized_crop_boxes(500, 20, 30, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    top, left, h, w = data.transforms.resized_crop_boxes(500, 20, 30, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
     assert bool(((top >= 0) & (left >= 0) & (top + h <= 20) & (left + w <= 30) & (h > 0) & (w > 0)).all())
     frac = (h * w).double() / 600
     assert frac.min() > 0.06 and frac.max() <= 1

@@ -560,13 +560,13 @@ def test_imagenet_augmentation_batched_equals_alone(natural, teachers, train_set
 def per_group_imagenet_augmentation(x, gens, config):
     """The ImageNet augmentation as it was written before it became one resampling: per group,
     a box from the job's generator, F.interpolate of the crop, flip, roll."""
-    from infer_fast.data.transforms import _resized_crop_boxes
-    from infer_fast.distill import CROP_RATIO
+    from infer_fast.data.transforms import resized_crop_boxes
+    from infer_fast.data.transforms import RESIZED_CROP_RATIO
 
     height, width = x.shape[-2:]
     out = []
     for g, gen in enumerate(gens):
-        top, left, h, w = (int(v) for v in _resized_crop_boxes(1, height, width, tuple(config.crop_scale), CROP_RATIO, gen))
+        top, left, h, w = (int(v) for v in resized_crop_boxes(1, height, width, tuple(config.crop_scale), RESIZED_CROP_RATIO, gen))
         flip = bool(torch.rand(1, generator=gen) < 0.5)
         shift = torch.randint(0, config.max_shift + 1, (2,), generator=gen).tolist()
         y = F.interpolate(x[g, :, :, top:top + h, left:left + w], size=(height, width), mode="bilinear",

@@ -65,7 +65,7 @@ def test_full_data_accuracy_trained_when_no_checkpoint_is_given(teacher, labelle
 
 
 @pytest.mark.parametrize("protocol, match", [
-    (Protocol(recipe="mnist"), "recipe must be cifar or imagenet"),
+    (Protocol(recipe="mnist"), "recipe must be one of cifar, imagenet"),
     (Protocol(student={"labels": "hard"}), "labels is set by the evaluation"),
     (Protocol(student={"epochs": 0}), "epochs must be a positive integer"),
     (Protocol(seeds=0), "seeds must be a positive integer"),

@@ -24,6 +24,11 @@ __all__ = [
 Size = Union[int, Tuple[int, int]]
 
 
+# torchvision's RandomResizedCrop defaults: the area fraction and aspect-ratio ranges of the box
+RESIZED_CROP_SCALE = (0.08, 1.0)
+RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
 def _pair(size: Size) -> Tuple[int, int]:
     if isinstance(size, int):
         out = (size, size)
@@ -167,16 +172,12 @@ def resized_crop_boxes(
     return top, left, h, w
 
 
-# The old private name, kept until infer_fast/distill/engine.py and tests/test_distill.py import
-# resized_crop_boxes; then it goes.
-_resized_crop_boxes = resized_crop_boxes
-
 
 def random_resized_crop(
     x: torch.Tensor,
     size: Size,
-    scale: Tuple[float, float] = (0.08, 1.0),
-    ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    scale: Tuple[float, float] = RESIZED_CROP_SCALE,
+    ratio: Tuple[float, float] = RESIZED_CROP_RATIO,
     gen: Optional[torch.Generator] = None,
     antialias: bool = True,
 ) -> torch.Tensor:

@@ -7,14 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-ACCOUNTINGS = ("fair", "ipc")
-AUGMENTATIONS = ("roll", "imagenet")
-SELECTIONS = ("random", "confidence")
-PRECISIONS = ("fp32", "bf16")
-DISTRIBUTED_MODES = ("jobs", "chunks")
-# torch.compile modes for the teacher pass of recovery ("reduce-overhead" adds CUDA graphs)
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
+from ..data.transforms import RESIZED_CROP_SCALE
+
+from ..choices import COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS, RECOVERY_METHODS
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
                   "checkpoint_every", "checkpoint_minutes")
@@ -37,7 +32,7 @@ class RecoveryConfig:
     # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
     augmentation: str = "roll"
     max_shift: int = 4
-    crop_scale: Tuple[float, float] = (0.08, 1.0)
+    crop_scale: Tuple[float, float] = RESIZED_CROP_SCALE
     group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_batch_plan)
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
     # of one chunk); None = the whole batch, or automatic chunks on CUDA when one group does not fit
@@ -103,8 +98,8 @@ class RecoveryConfig:
             raise ValueError(f"r_bn must be >= 0, got {self.r_bn!r}")
         if not math.isfinite(self.first_bn_mult):
             raise ValueError(f"first_bn_mult must be finite, got {self.first_bn_mult!r}")
-        if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
+        if self.augmentation not in RECOVERY_AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {', '.join(RECOVERY_AUGMENTATIONS)}, got {self.augmentation!r}")
         if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
             raise ValueError(f"max_shift must be an integer >= 0, got {self.max_shift!r}")
         scale = tuple(self.crop_scale) if isinstance(self.crop_scale, (tuple, list)) else ()
@@ -166,8 +161,8 @@ def recovery_config(method: str, options: Mapping[str, Any]) -> RecoveryConfig:
     the options select, the given options on top. ``augmentation: imagenet`` selects the
     ImageNet recipe (2000 iterations, r_bn 0.01, roll by up to 32), anything else the CIFAR
     defaults; SRe2L has r_bn 0.01 unless ``r_bn`` is given. Lists (from YAML) become tuples."""
-    if method not in ("infer", "sre2l"):
-        raise ValueError(f"method must be infer or sre2l, got {method!r}")
+    if method not in RECOVERY_METHODS:
+        raise ValueError(f"method must be one of {', '.join(RECOVERY_METHODS)}, got {method!r}")
     names = {f.name for f in dataclasses.fields(RecoveryConfig)}
     unknown = sorted(set(options) - names)
     if unknown:

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..data.transforms import _resized_crop_boxes
+from ..data.transforms import RESIZED_CROP_RATIO, resized_crop_boxes
 from ..ops import BNStatTracker, chunked_loss_backward, ufc_compose
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
-from .config import CROP_RATIO, RecoveryConfig
+from .config import RecoveryConfig
 
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
 CUDA_MEMORY_FRACTION = 0.6  # automatic group size on CUDA: share of free memory to use
@@ -150,7 +150,7 @@ class Augmentation:
         height, width = self.size
         rows = []
         for _ in range(iterations):
-            box = _resized_crop_boxes(1, height, width, tuple(self.config.crop_scale), CROP_RATIO, gen)
+            box = resized_crop_boxes(1, height, width, tuple(self.config.crop_scale), RESIZED_CROP_RATIO, gen)
             flip = (torch.rand(1, generator=gen) < 0.5).long()
             rows.append(torch.cat([*box, flip, torch.randint(0, high, (2,), generator=gen)]))
         return torch.stack(rows)

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .config import ACCOUNTINGS, SELECTIONS
+from ..choices import ACCOUNTINGS, SELECTIONS
 from .engine import device_of
 
 

@@ -8,7 +8,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from .. import distributed
 from .._io import check_writable
-from .config import SELECTIONS, RecoveryConfig
+from ..choices import SELECTIONS
+from .config import RecoveryConfig
 from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints
 from .natural import infer_budget, select_natural_sets
 
@@ -72,15 +73,13 @@ def _check_space(out_dir: Path, set_bytes: int, result_bytes: int) -> None:
 
 
 def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
-    """Rank 0 writes the set (verified by loading it back under torchrun), then removes the
-    run's recovery checkpoints (every rank's share, of any world size)."""
-    from ..storage import load_distilled, save_distilled
+    """Rank 0 writes the set (validated once, each file hashed once as it is written), then
+    removes the run's recovery checkpoints (every rank's share, of any world size)."""
+    from ..storage import save_distilled
 
-    rank, world = distributed.rank_and_world()
+    rank, _ = distributed.rank_and_world()
     if rank == 0:
         save_distilled(ds, out_dir)
-        if world > 1:
-            load_distilled(out_dir)  # the merged set verifies as one
     distributed.barrier()  # every rank is done with its share before it goes
     if rank == 0:
         for path in recovery_checkpoints(checkpoint):

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._io import PathLike, check_writable, safetensors_save
 from ..data.pixels import valid_range
-from .distilled_set import METHODS, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
+from .distilled_set import SET_METHODS, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
 FORMAT_NAME = "infer-fast-distilled"
 FORMAT_VERSION = 1
@@ -245,8 +245,8 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
         return value
 
     method = need("method", str, "a string")
-    if method not in METHODS:
-        raise err(f"{path}: unknown method {method!r}; this infer-fast knows {', '.join(METHODS)}")
+    if method not in SET_METHODS:
+        raise err(f"{path}: unknown method {method!r}; this infer-fast knows {', '.join(SET_METHODS)}")
     need("dataset", str, "a string")
     need("num_classes", int, "an integer")
     need("channels", int, "an integer")

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from .compression import compression_ratio_from_counts, counts_from_shapes, resolve_train_size
+from ..choices import ACCOUNTINGS
 
-METHODS = ("infer", "random", "sre2l")
+SET_METHODS = ("infer", "random", "sre2l")
 
 
 class DistilledSetError(ValueError):
@@ -209,8 +210,8 @@ class DistilledSet:
     def validate(self) -> "DistilledSet":
         """Check fields, shapes, dtypes and value ranges; raise DistilledSetError if wrong."""
         err = DistilledSetError
-        if self.method not in METHODS:
-            raise err(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.method not in SET_METHODS:
+            raise err(f"unknown method {self.method!r}; known: {', '.join(SET_METHODS)}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise err("dataset must be a non-empty string")
         c, ch = self.num_classes, self.channels
@@ -227,8 +228,6 @@ class DistilledSet:
         if self.class_names is not None and (len(self.class_names) != c or not all(isinstance(n, str) for n in self.class_names)):
             raise err(f"class_names must be {c} strings")
         if self.budget.get("accounting") is not None:
-            from ..distill.config import ACCOUNTINGS  # (not at import time: it loads the ops)
-
             if self.budget["accounting"] not in ACCOUNTINGS:
                 raise err(f"budget accounting must be one of {ACCOUNTINGS}, got {self.budget['accounting']!r}")
         if self.full_train_size is not None and (not isinstance(self.full_train_size, int) or self.full_train_size < 1):

@@ -1,0 +1,17 @@
+"""The names a user chooses among, each list defined once under a name that says which it is.
+Kept free of heavy imports: the command line builds its parser's choices from here."""
+
+RECOVERY_METHODS = ("infer", "sre2l")  # the methods that recover images with a teacher
+DISTILL_METHODS = RECOVERY_METHODS + ("random",)  # what `infer-fast distill --method` makes
+RUN_METHODS = ("infer", "infer_dyn", "random", "sre2l")  # the rows of an `infer-fast run` table
+ACCOUNTINGS = ("fair", "ipc")  # INFER budget accounting: K = floor(ipc*C/(C+M)), or K = ipc
+SELECTIONS = ("random", "confidence")  # how INFER's natural images are picked
+RECOVERY_AUGMENTATIONS = ("roll", "imagenet")
+PRECISIONS = ("fp32", "bf16")
+DISTRIBUTED_MODES = ("jobs", "chunks")
+# torch.compile modes for the teacher pass of recovery ("reduce-overhead" adds CUDA graphs)
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+STUDENT_RECIPES = ("cifar", "imagenet")
+STUDENT_AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
+STUDENT_MIXES = ("mixup", "cutmix", "none")
+STUDENT_LABELS = ("soft", "hard")  # the set's soft labels (KL, temperature) or its hard labels (cross-entropy)
