@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Dict, List, Optional
 
@@ -92,6 +93,18 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     if args.preview:  # only where asked: the set itself may be on read-only media
         write_preview(args.directory, args.preview)
         print(f"preview: {args.preview}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from ._io import check_writable
+    from .storage import OutputExistsError, import_imagefolder, inspect_report, save_distilled
+
+    if os.path.exists(args.out):
+        raise OutputExistsError(f"{args.out} already exists; choose another output directory")
+    check_writable(args.out, "--out", kind="directory")
+    ds = import_imagefolder(args.folder, args.dataset, soft_labels=args.soft_labels, name=args.name)
+    save_distilled(ds, args.out)
+    print(inspect_report(args.out, verify_checksums=False))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -408,6 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory", help="distilled-set directory")
     inspect.add_argument("--preview", metavar="PATH", help="write a PNG preview grid to PATH (nothing is written otherwise)")
     inspect.set_defaults(func=cmd_inspect)
+
+    importer = sub.add_parser(
+        "import", help="another method's set (class folders of images, optional soft labels) as a distilled set",
+        description="Reads ROOT/<class>/<image> (class folders named by class index or the dataset's class names; "
+        "images of the dataset's size, not resized) into a set of method 'external' that evaluate, train, inspect "
+        "and run treat like ours. Image order: by class, then file name (the rows of --soft-labels).",
+    )
+    importer.add_argument("folder", help="the set's root folder (one sub-folder per class)")
+    importer.add_argument("--dataset", required=True, help="the dataset it was distilled from (see `infer-fast datasets`)")
+    importer.add_argument("--out", required=True, help="distilled-set directory to write (must not exist)")
+    importer.add_argument("--soft-labels", dest="soft_labels",
+                          help="a (N, C) tensor of soft labels (logits): .safetensors (one tensor) or torch.save file")
+    importer.add_argument("--name", help="the method that made it (recorded, e.g. RDED)")
+    importer.set_defaults(func=cmd_import)
 
     export = sub.add_parser("export", help="export a distilled set as PNG class folders")
     export.add_argument("directory", help="distilled-set directory")

@@ -62,6 +62,7 @@ from .disk import (
     verify_files,
 )
 from .distilled_set import SET_METHODS, DistilledSet, DistilledSetError, OutputExistsError
+from .importer import EXTERNAL_METHOD, import_imagefolder
 from .report import export_imagefolder, inspect_report, write_preview
 
 __all__ = [
@@ -69,6 +70,6 @@ __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "MANIFEST_ALLOWANCE", "IMAGE_ORDER",
     "build_manifest", "save_distilled", "read_manifest", "verify_files", "load_distilled",
     "ACCOUNTING", "KNOWN_TRAIN_SIZES", "compression_ratio_from_counts", "compression_ratio_from_manifest",
-    "DistilledDataset", "inspect_report", "write_preview", "export_imagefolder",
+    "DistilledDataset", "inspect_report", "write_preview", "export_imagefolder", "import_imagefolder", "EXTERNAL_METHOD",
     "normalize_uint8", "denormalize", "quantize_images", "valid_range",
 ]

@@ -16,7 +16,8 @@ from torch import Tensor
 from .compression import compression_ratio_from_counts, counts_from_shapes, resolve_train_size
 from ..choices import ACCOUNTINGS
 
-SET_METHODS = ("infer", "random", "sre2l")
+# the methods a stored set can come from ("external": another method's set, imported)
+SET_METHODS = ("infer", "random", "sre2l", "external")
 
 
 class DistilledSetError(ValueError):
@@ -40,7 +41,7 @@ class DistilledSet:
     float16/float32 normalized; ``ufc_index`` (G,) int64 natural set of each UFC;
     ``ufc_teacher`` (G,) int64 teacher of each UFC; soft labels (fp16 logits)
     ``natural_labels`` (K, C, C) and ``ufc_labels`` (G, C, C), None until relabelled.
-    Baselines ("random", "sre2l"): ``images`` (N, ch, H, W) uint8 pixels or float16/32
+    Baselines ("random", "sre2l") and imported sets ("external"): ``images`` (N, ch, H, W) uint8 pixels or float16/32
     normalized, ``labels`` (N,) int64, ``soft_labels`` (N, C) fp16 or None.
 
     Soft labels given as another float dtype are stored as fp16 (an error if they overflow);

@@ -1,0 +1,149 @@
+"""Other methods' distilled sets in our format: :func:`import_imagefolder`.
+
+SRe2L, RDED, G-VBSM and DD-Ranking publish their sets as class folders of images
+(``ROOT/<class>/<image>.png|jpg``), sometimes with soft labels in a tensor file. Imported,
+such a set is a DistilledSet of method ``external`` (uint8 images, hard labels from the
+folders, optional static soft labels), with a manifest recording where it came from and
+every source file's SHA-256, so ``evaluate``, ``train``, ``inspect`` and ``run`` treat it
+like one of ours. Images are taken as they are: a file of another size or channel count is
+an error, not resized.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._io import PathLike
+from .distilled_set import DistilledSet, DistilledSetError
+
+EXTERNAL_METHOD = "external"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[str]]) -> List[Tuple[int, Path]]:
+    """(class index, folder) of every class folder: folders named by the class index (``0``,
+    ``007``: our export, and most releases) or by the dataset's class names (e.g. wnids)."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DistilledSetError(f"{root}: no class folders (expected ROOT/<class>/<image files>)")
+    by_name = {name: i for i, name in enumerate(class_names or ())}
+    mapped = []
+    for folder in folders:
+        if folder.name.isdigit() and int(folder.name) < num_classes:
+            mapped.append((int(folder.name), folder))
+        elif folder.name in by_name:
+            mapped.append((by_name[folder.name], folder))
+        else:
+            raise DistilledSetError(
+                f"{folder}: not a class of this dataset (folders must be class indices 0..{num_classes - 1}"
+                + (" or the dataset's class names)" if class_names else ")"))
+    seen: Dict[int, Path] = {}
+    for label, folder in mapped:
+        if label in seen:
+            raise DistilledSetError(f"{seen[label]} and {folder} are both class {label}")
+        seen[label] = folder
+    missing = sorted(set(range(num_classes)) - set(seen))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise DistilledSetError(f"{root}: no folder for class(es) {shown} of {num_classes}")
+    return sorted(mapped)
+
+
+def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.size != (size[1], size[0]):
+                raise DistilledSetError(f"{path}: {im.size[0]}x{im.size[1]} pixels, the dataset's images are "
+                                        f"{size[1]}x{size[0]} (import does not resize)")
+            mode = "L" if channels == 1 else "RGB"
+            if channels == 1 and im.mode not in ("L", "1", "P", "I;16", "I"):
+                raise DistilledSetError(f"{path}: a {im.mode} image, the dataset's images have 1 channel")
+            array = np.array(im.convert(mode), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DistilledSetError(f"{path}: cannot read the image ({exc})") from None
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
+    """One (N, C) float tensor from a .safetensors file (its only tensor) or a torch.save file
+    (weights_only: a tensor, or a dict holding exactly one)."""
+    from .._io import check_input_file
+
+    check_input_file(path, "soft labels file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            found = load_file(str(path))
+        else:
+            found = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: one message naming it
+        raise DistilledSetError(f"{path}: cannot read soft labels ({type(exc).__name__}: {exc})") from None
+    if isinstance(found, dict):
+        tensors = [v for v in found.values() if isinstance(v, Tensor)]
+        if len(tensors) != 1:
+            raise DistilledSetError(f"{path}: expected one tensor of soft labels, found {len(tensors)}")
+        found = tensors[0]
+    if not isinstance(found, Tensor) or not found.dtype.is_floating_point or tuple(found.shape) != (count, num_classes):
+        raise DistilledSetError(f"{path}: soft labels must be a float tensor ({count}, {num_classes}) "
+                                f"(one row per image, in import order), got {getattr(found, 'shape', type(found))}")
+    if not torch.isfinite(found).all():
+        raise DistilledSetError(f"{path}: soft labels hold non-finite values")
+    return found
+
+
+def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[PathLike] = None,
+                       name: Optional[str] = None) -> DistilledSet:
+    """The class folders at ``source`` as a DistilledSet of method ``external`` for ``dataset``.
+
+    Image order (and the row order of ``soft_labels``): by class, then by file name. The
+    budget's ipc is the largest images-per-class count (the storage a method was given);
+    ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
+    counts and every file's SHA-256. Errors name the folder or file."""
+    from ..data import get_spec
+
+    root = Path(source)
+    if not root.is_dir():
+        raise DistilledSetError(f"{root}: not a directory of class folders")
+    spec = get_spec(dataset)
+    size = (spec.image_size, spec.image_size)
+    images, labels, checksums, counts = [], [], {}, []
+    for label, folder in _class_folders(root, spec.num_classes, spec.class_names):
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DistilledSetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        for path in files:
+            images.append(_read_image(path, spec.channels, size))
+            labels.append(label)
+            checksums[str(path.relative_to(root))] = _sha256(path)
+        counts.append(len(files))
+    soft = None
+    if soft_labels is not None:
+        soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
+    hyper = {
+        "source": os.path.abspath(root), "source_method": name or "unknown", "per_class": counts,
+        "image_order": "by class, then by file name", "source_sha256": checksums,
+    }
+    if soft_labels is not None:
+        hyper["soft_labels_source"] = {"path": os.path.abspath(soft_labels), "sha256": _sha256(Path(soft_labels))}
+    ds = DistilledSet(
+        method=EXTERNAL_METHOD, dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels,
+        image_size=spec.image_size, mean=spec.mean, std=spec.std, images=torch.stack(images),
+        labels=torch.tensor(labels, dtype=torch.int64), soft_labels=soft, hyperparameters=hyper, teachers=[],
+        budget={"ipc": max(counts), "K": 0, "M": 0, "accounting": "ipc"},
+        class_names=list(spec.class_names) if spec.class_names is not None else None,
+    )
+    return ds.validate()

@@ -1,0 +1,97 @@
+"""infer-fast import: other methods' class-folder sets (with optional soft labels) as sets of
+method "external"; bad folders give one clear error naming the folder or file."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from infer_fast.cli import main
+from infer_fast.data import load_dataset
+from infer_fast.distill.run import random_set
+from infer_fast.storage import DistilledSetError, export_imagefolder, import_imagefolder, load_distilled
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A random Fashion-MNIST-mini set (3 per class) with soft labels, exported as PNG folders."""
+    root = tmp_path_factory.mktemp("import")
+    ds = random_set(load_dataset("fashion-mnist-mini", "train"), 3, seed=1)
+    ds.set_soft_labels(torch.randn(30, 10, generator=torch.Generator().manual_seed(0)))
+    export_imagefolder(ds, root / "folders")
+    return ds, root / "folders"
+
+
+def test_round_trip_through_our_export(exported):
+    ds, folders = exported
+    imported = import_imagefolder(folders, "fashion-mnist-mini", soft_labels=folders / "soft_labels.safetensors",
+                                  name="ours")
+    assert imported.method == "external" and imported.budget["ipc"] == 3
+    assert torch.equal(imported.images, ds.images) and torch.equal(imported.labels, ds.labels)
+    assert torch.equal(imported.soft_labels, ds.soft_labels)
+    hyper = imported.hyperparameters
+    assert hyper["source_method"] == "ours" and hyper["per_class"] == [3] * 10
+    assert len(hyper["source_sha256"]) == 30 and all(len(v) == 64 for v in hyper["source_sha256"].values())
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_folders_named_by_class_name(tmp_path):
+    from infer_fast.data import get_spec
+
+    names = get_spec("cifar10").class_names
+    for c, name in enumerate(names):
+        _png(tmp_path / name / "a.png", np.full((32, 32, 3), c, dtype=np.uint8))
+    ds = import_imagefolder(tmp_path, "cifar10")
+    assert ds.labels.tolist() == list(range(10)) and ds.images[:, 0, 0, 0].tolist() == list(range(10))
+    assert ds.soft_labels is None
+
+
+def _grey_classes(root, classes=10, size=28):
+    for c in range(classes):
+        _png(root / str(c) / "0.png", np.full((size, size), 10 * c, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda r: __import__("shutil").rmtree(r / "7"), r"no folder for class\(es\) 7 of 10"),
+    (lambda r: _png(r / "3" / "big.png", np.zeros((32, 32), dtype=np.uint8)), r"3/big.png: 32x32 pixels, the dataset's images are 28x28"),
+    (lambda r: (r / "4" / "broken.png").write_text("not an image"), r"4/broken.png: cannot read the image"),
+    (lambda r: (r / "zebra").mkdir(), r"zebra: not a class of this dataset"),
+    (lambda r: [p.unlink() for p in (r / "2").iterdir()], r"2: no images"),
+    (lambda r: (r / "007").mkdir() or _png(r / "007" / "x.png", np.zeros((28, 28), dtype=np.uint8)), r"are both class 7"),
+])
+def test_bad_folders_are_named(tmp_path, damage, match):
+    _grey_classes(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(DistilledSetError, match=match):
+        import_imagefolder(tmp_path, "fashion-mnist-mini")
+
+
+def test_soft_labels_of_the_wrong_shape_are_refused(tmp_path):
+    _grey_classes(tmp_path / "set")
+    torch.save(torch.zeros(9, 10), tmp_path / "soft.pt")
+    with pytest.raises(DistilledSetError, match=r"soft labels must be a float tensor \(10, 10\)"):
+        import_imagefolder(tmp_path / "set", "fashion-mnist-mini", soft_labels=tmp_path / "soft.pt")
+    torch.save({"logits": torch.zeros(10, 10)}, tmp_path / "soft.pt")
+    assert import_imagefolder(tmp_path / "set", "fashion-mnist-mini", soft_labels=tmp_path / "soft.pt").has_soft_labels
+
+
+def test_cli_import_then_inspect_and_train(exported, tmp_path, capsys):
+    _, folders = exported
+    assert main(["import", str(folders), "--dataset", "fashion-mnist-mini", "--out", str(tmp_path / "set"),
+                 "--soft-labels", str(folders / "soft_labels.safetensors"), "--name", "RDED"]) == 0
+    out = capsys.readouterr().out
+    assert "method             external" in out and "RDED" in out
+    manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    assert manifest["method"] == "external" and manifest["hyperparameters"]["source"] == str(folders)
+    assert load_distilled(tmp_path / "set").num_training_images() == 30
+    assert main(["train", str(tmp_path / "set"), "--model", "convnet-w8-d2", "--epochs", "1", "--device", "cpu",
+                 "--quiet"]) == 0
+    assert main(["import", str(tmp_path / "nowhere"), "--dataset", "fashion-mnist-mini", "--out",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere: not a directory of class folders" in err and not (tmp_path / "x").exists()
