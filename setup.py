@@ -115,8 +115,7 @@ setup(
     install_requires=["torch>=2.3", "numpy", "safetensors", "tqdm", "pyyaml", "pillow", "matplotlib"],
     extras_require={
         "triton": ["triton>=3.2"],
-        "images": ["pillow"],  # image-folder datasets and PNG export (a pure-python PNG writer is the fallback)
-        "test": ["pytest", "hypothesis", "pytest-benchmark", "pillow"],
+        "test": ["pytest", "hypothesis", "pytest-benchmark"],
     },
     entry_points={"console_scripts": ["infer-fast=infer_fast.cli:main"]},
     zip_safe=False,

@@ -8,15 +8,11 @@ torchvision's layout: ``nrow`` images per row, ``padding`` pixels around and bet
 tiles, so a grid of N images is (ceil(N / nrow) * (H + padding) + padding) pixels high and
 (min(N, nrow) * (W + padding) + padding) pixels wide.
 
-PNG files are written with Pillow when it is installed, else with the small pure-python
-encoder :func:`encode_png` (zlib, 8-bit grayscale or RGB, no interlace); both give valid
-PNGs.
+PNG files are written with Pillow (8-bit grayscale or RGB).
 """
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -116,54 +112,15 @@ def to_uint8_hwc(image: Tensor) -> Tensor:
     return (image.detach().cpu().to(torch.float32).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+def write_png(image: Tensor, path: PathLike) -> Path:
+    """Write a (ch, H, W) image (float in [0, 1] or uint8) as PNG (Pillow). The file is
+    written to a temporary name and renamed, so a reader never sees half a PNG."""
+    from PIL import Image
 
-
-def encode_png(pixels: Tensor) -> bytes:
-    """Pure-python PNG encoder: (H, W, ch) uint8 with ch 1 (grayscale) or 3 (RGB) -> bytes."""
-    if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[2] not in (1, 3):
-        raise ValueError(f"pixels must be (H, W, 1 or 3) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
-    height, width, ch = pixels.shape
-    if height == 0 or width == 0:
-        raise ValueError("a PNG needs at least one pixel")
-    color_type = 0 if ch == 1 else 2
-    rows = pixels.contiguous().numpy().reshape(height, width * ch)
-    raw = b"".join(b"\x00" + rows[r].tobytes() for r in range(height))  # filter type 0 per row
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
-
-
-def write_png(image: Tensor, path: PathLike, encoder: str = "auto") -> Path:
-    """Write a (ch, H, W) image (float in [0, 1] or uint8) as PNG.
-
-    ``encoder``: "auto" (Pillow if installed, else pure python), "pillow" or "pure".
-    The file is written to a temporary name and renamed, so a reader never sees half a PNG.
-    """
-    if encoder not in ("auto", "pillow", "pure"):
-        raise ValueError(f"encoder must be 'auto', 'pillow' or 'pure', got {encoder!r}")
-    pixels = to_uint8_hwc(image)
+    array = to_uint8_hwc(image).numpy()
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8 -> "L" / "RGB"
     path = Path(path)
-    use_pillow = encoder == "pillow"
-    if encoder == "auto":
-        try:
-            import PIL.Image  # noqa: F401
-
-            use_pillow = True
-        except ImportError:
-            use_pillow = False
-
-    def write(tmp: str) -> None:
-        if use_pillow:
-            from PIL import Image
-
-            array = pixels.numpy()
-            img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8 -> "L" / "RGB"
-            img.save(tmp, format="PNG")
-        else:
-            Path(tmp).write_bytes(encode_png(pixels))
-
-    write_atomically(path, write, fsync=False)
+    write_atomically(path, lambda tmp: picture.save(tmp, format="PNG"), fsync=False)
     return path
 
 
@@ -174,11 +131,10 @@ def save_grid(
     padding: int = 2,
     scale: str = "none",
     pad_value: float = 1.0,
-    encoder: str = "auto",
 ) -> Path:
     """Write images (N, ch, H, W) float in [0, 1] (or uint8) as one PNG grid; returns the path.
 
     ``scale``: "none" (clamp to [0, 1]), "minmax" (per image) or "symmetric" (per image,
     around 0.5: for signed images such as compensators), see :func:`scale_images`.
     """
-    return write_png(make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value, scale=scale), path, encoder)
+    return write_png(make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value, scale=scale), path)

@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -588,11 +587,10 @@ def test_export_baseline_gray(tmp_path):
 # viz
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("encoder", ["pillow", "pure"])
 @pytest.mark.parametrize("ch", [1, 3])
-def test_save_grid_png(tmp_path, encoder, ch):
+def test_save_grid_png(tmp_path, ch):
     images = torch.rand(10, ch, 5, 7)
-    path = viz.save_grid(images, tmp_path / f"g{encoder}.png", nrow=4, padding=2, encoder=encoder)
+    path = viz.save_grid(images, tmp_path / "grid.png", nrow=4, padding=2)
     assert png_size(path) == (3 * (5 + 2) + 2, 4 * (7 + 2) + 2)
     import numpy as np
 
@@ -602,23 +600,6 @@ def test_save_grid_png(tmp_path, encoder, ch):
     tile = arr[2 + 7:2 + 7 + 5, 2 + 9:2 + 9 + 7].permute(2, 0, 1)  # image 5 = row 1, col 1
     assert torch.equal(tile, (images[5] * 255).round().to(torch.uint8))
     assert torch.all(arr[0] == 255)  # padding is white
-
-
-def test_pure_png_crc_and_decode():
-    px = torch.randint(0, 256, (3, 4, 3), dtype=torch.uint8)
-    data = viz.encode_png(px)
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF
-        chunks.append((tag, body))
-        pos += 12 + length
-    assert [t for t, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    raw = zlib.decompress(chunks[1][1])
-    rows = [raw[r * 13 + 1:(r + 1) * 13] for r in range(3)]
-    assert b"".join(rows) == px.numpy().tobytes()
 
 
 def test_scale_images():
