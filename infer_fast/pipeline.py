@@ -61,7 +61,8 @@ class PipelineConfig:
     weights from the local cache, e.g. the ImageNet teachers) or TeacherConfig fields
     (``model``, ``epochs``, ``lr``...: trained into ``<out>/teachers/``). ``recovery``: RecoveryConfig fields for INFER;
     ``sre2l``: RecoveryConfig fields for SRe2L on top of ``RecoveryConfig.sre2l()`` (plus the
-    ``recovery`` augmentation settings); ``student``: StudentConfig fields."""
+    ``recovery`` augmentation settings); ``student``: StudentConfig fields; ``scores``: also
+    evaluate every set (but INFER+Dyn's, which has no static labels) with DD-Ranking's scores."""
 
     dataset: str
     teachers: List[Dict[str, Any]]
@@ -78,6 +79,9 @@ class PipelineConfig:
     dynamic_epochs: Optional[int] = None
     seeds: int = 3
     feature_duplication: bool = True
+    # DD-Ranking's scores of every set (infer-fast evaluate's protocol with ``student`` and
+    # ``seeds``; 8 more students per seed and set): off, or true
+    scores: bool = False
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
@@ -150,6 +154,9 @@ class PipelineConfig:
             raise ValueError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"{where}: seeds must be a positive integer, got {self.seeds!r}")
+        for name in ("feature_duplication", "scores"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
         if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
             raise ValueError(f"{where}: dynamic_epochs must be a positive integer, got {self.dynamic_epochs!r}")
         for name in ("recovery", "sre2l", "student"):
@@ -506,6 +513,9 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         for _, _, ckpt in unrecorded:
             Path(ckpt).unlink()
 
+    if cfg.scores and rank == 0:  # (rank 0 alone: the others wait at the end)
+        _score_sets(cfg, out, results, teacher_paths, save, progress)
+
     if rank == 0:
         results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         results["timing"]["session_s"] = time.perf_counter() - started
@@ -527,6 +537,53 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     return results
 
 
+def _score_sets(cfg: PipelineConfig, out: Path, results: Dict[str, Any], teacher_paths: List[str], save,
+                progress: bool) -> None:
+    """DD-Ranking's scores of every set with static labels, under infer-fast evaluate's
+    protocol with the run's student and seeds; the full-data accuracy is the recorded one of
+    the first teacher of the student's architecture, else trained. Each set's report is
+    saved as it is done (a rerun skips it)."""
+    from .evaluate import Protocol, evaluate_set
+    from .storage import load_distilled
+    from .teacher import load_teacher
+
+    protocol = Protocol(student={k: v for k, v in cfg.student.items() if k not in ("seed", "labels", "dynamic")},
+                        seeds=cfg.seeds)
+    student_model = protocol.student_config("soft", True, 0).model
+    teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
+    same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if meta["model"] == student_model]
+    scores = results.setdefault("scores", {})
+    for ipc in cfg.ipc:
+        for method in (m for m in cfg.methods if m != "infer_dyn"):
+            key = f"{method}/ipc{ipc}"
+            if key in scores:
+                continue
+            _say(progress, f"DD-Ranking scores: {METHOD_LABELS[method]} ipc {ipc} ({8 * cfg.seeds} students)")
+            scores[key] = evaluate_set(load_distilled(_set_dir(out, method, ipc)), [m for m, _ in teachers], protocol,
+                                       data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
+                                       device=cfg.device, progress=False)
+            save()
+
+
+def format_scores(results: Dict[str, Any]) -> str:
+    """The DD-Ranking scores of a run as a Markdown table (empty when none were computed)."""
+    scores = results.get("scores") or {}
+    if not scores:
+        return ""
+    lines = ["| method | ipc | soft | hard | random soft | HLR | IOR | LRS | ARS |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(summary):
+        return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
+
+    for key, report in scores.items():
+        method, ipc = key.split("/ipc")
+        acc, sc = report["accuracy"], report["scores"]
+        lines.append(f"| {METHOD_LABELS[method]} | {ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['hard'])} | "
+                     f"{pct(acc['random']['soft'])} | {pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | "
+                     f"{pct(sc['ars'])} |")
+    return "\n".join(lines)
+
+
 def _markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
     cfg = results["config"]
     teachers = ", ".join(
@@ -545,5 +602,9 @@ def _markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str])
         table,
         "",
     ]
+    scores = format_scores(results)
+    if scores:
+        lines += ["DD-Ranking scores (`infer-fast evaluate`'s protocol, the run's student and seeds; %, mean ± std):",
+                  "", scores, ""]
     lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
     return "\n".join(lines) + ("\n" if plots else "")
