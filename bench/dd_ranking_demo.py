@@ -60,7 +60,7 @@ def main() -> None:
     def pct(summary):
         return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
 
-    print(f"\n| set | soft | soft, no aug. | hard | hard, no aug. | random soft | HLR | IOR | LRS | ARS |")
+    print("\n| set | soft | soft, no aug. | hard | hard, no aug. | random soft | HLR | IOR | LRS | ARS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, report in reports.items():
         acc, rnd, sc = report["accuracy"]["set"], report["accuracy"]["random"], report["scores"]

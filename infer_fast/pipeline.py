@@ -39,19 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
 
 from . import distributed
 from .choices import RUN_METHODS
 from ._io import check_input_file, check_writable, save_json_atomic
+from .config import check_int
+from .models import device_of
+from .results import METHOD_LABELS, format_table, load_results, markdown_report, summarize
 
 __all__ = [
     "RUN_METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
     "summarize", "format_table",
 ]
 
-METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
-RESULTS_FORMAT = "infer-fast-results"
 
 
 @dataclass
@@ -152,8 +152,10 @@ class PipelineConfig:
             raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"{where}: seeds must be a positive integer, got {self.seeds!r}")
+        try:
+            check_int("seeds", self.seeds)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         for name in ("feature_duplication", "scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
@@ -205,34 +207,6 @@ def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
     values = load_yaml(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PipelineConfig.from_dict(values, where=path)
-
-
-# --------------------------------------------------------------------------------------
-# results file
-# --------------------------------------------------------------------------------------
-
-def _load_results(path: Path, cfg: PipelineConfig) -> Dict[str, Any]:
-    fresh = {"format": RESULTS_FORMAT, "config": dataclasses.asdict(cfg), "teachers": [], "sets": {}, "runs": {}}
-    if not path.exists():
-        return fresh
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} cannot be read ({exc}); delete it to start the table over") from None
-    if old.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path} is not an infer-fast results file")
-    # runs are kept only if what determines them is unchanged
-    ours = dataclasses.asdict(cfg)
-    keys = ("dataset", "teachers", "recovery", "sre2l", "accounting", "selection", "student", "dynamic_epochs", "data_root")
-    changed = [k for k in keys if old["config"].get(k) != ours[k]]
-    if changed:
-        raise ValueError(
-            f"{path} belongs to a run with other settings ({', '.join(changed)} differ): "
-            "choose another out directory or delete it"
-        )
-    old["config"] = ours
-    return old
 
 
 # --------------------------------------------------------------------------------------
@@ -337,44 +311,6 @@ def _run_key(method: str, ipc: int, seed: int) -> str:
     return f"{method}/ipc{ipc}/seed{seed}"
 
 
-def summarize(results: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """One row per (method, ipc) with the accuracy over the finished seeds."""
-    cfg = results["config"]
-    rows = []
-    for ipc in cfg["ipc"]:
-        for method in cfg["methods"]:
-            accs = [results["runs"][k]["final_accuracy"] for k in sorted(results["runs"]) if k.startswith(f"{method}/ipc{ipc}/")]
-            info = results["sets"].get(f"{method}/ipc{ipc}", {})
-            t = torch.tensor(accs, dtype=torch.float64)
-            rows.append({
-                "method": method, "label": METHOD_LABELS[method], "ipc": ipc, "seeds": len(accs),
-                "accuracy_mean": float(t.mean()) if accs else None,
-                "accuracy_std": float(t.std(unbiased=False)) if accs else None,
-                "per_seed": accs,
-                "compression_ratio_percent": info.get("compression_ratio_percent"),
-                "feature_duplication": info.get("feature_duplication"),
-                "training_images": info.get("training_images"),
-                "stored_images": info.get("stored_images"),
-                "student_seconds": sum(results["runs"][k]["elapsed_s"] for k in results["runs"] if k.startswith(f"{method}/ipc{ipc}/")),
-            })
-    return rows
-
-
-def format_table(results: Dict[str, Any]) -> str:
-    """The results as a Markdown table."""
-    rows = summarize(results)
-    lines = [
-        "| method | ipc | top-1 % (final epoch, mean ± std) | seeds | CR % | feature dup. | train images | stored images |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        acc = "–" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
-        cr = "–" if r["compression_ratio_percent"] is None else f"{r['compression_ratio_percent']:.3f}"
-        dup = "–" if r["feature_duplication"] is None else f"{r['feature_duplication']:.3f}"
-        lines.append(f"| {r['label']} | {r['ipc']} | {acc} | {r['seeds']} | {cr} | {dup} | {r['training_images'] or '–'} | {r['stored_images'] or '–'} |")
-    return "\n".join(lines)
-
-
 def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     """Run (or continue) the experiment ``cfg``; returns the results dict (also in
     ``<out>/results.json``, the table in ``<out>/results.md``). Under torchrun every rank
@@ -401,7 +337,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     results_path = out / "results.json"
     # every rank reads it (a results file of other settings stops them all alike), rank 0's
     # copy is the one kept and written
-    results = _load_results(results_path, cfg)
+    results = load_results(results_path, cfg)
     save = lambda: save_json_atomic(results, str(results_path))  # noqa: E731
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
     M = len(cfg.teachers)
@@ -445,7 +381,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
                 seconds = results["sets"][f"infer/ipc{ipc}"]["distill_seconds"]
             ds = load_distilled(directory)
             if method != "infer_dyn" and not ds.has_soft_labels:
-                relabel(ds, teachers, device=str(next(teachers[0].parameters()).device))
+                relabel(ds, teachers, device=str(device_of(teachers[0])))
                 save_distilled(ds, directory, overwrite=True)
             info = {
                 "directory": str(directory), "distill_seconds": seconds,
@@ -525,7 +461,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         from .plots import write_plots
 
         plots = write_plots(results, out)
-        (out / "results.md").write_text(_markdown_report(results, table, plots))
+        (out / "results.md").write_text(markdown_report(results, table, plots))
         _say(progress, "\n" + table)
         _say(progress, f"\n{cfg.dataset}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
                        f"({time.perf_counter() - started:.0f} s this session)")
@@ -563,48 +499,3 @@ def _score_sets(cfg: PipelineConfig, out: Path, results: Dict[str, Any], teacher
                                        data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
                                        device=cfg.device, progress=False)
             save()
-
-
-def format_scores(results: Dict[str, Any]) -> str:
-    """The DD-Ranking scores of a run as a Markdown table (empty when none were computed)."""
-    scores = results.get("scores") or {}
-    if not scores:
-        return ""
-    lines = ["| method | ipc | soft | hard | random soft | HLR | IOR | LRS | ARS |", "|---|---|---|---|---|---|---|---|---|"]
-
-    def pct(summary):
-        return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
-
-    for key, report in scores.items():
-        method, ipc = key.split("/ipc")
-        acc, sc = report["accuracy"], report["scores"]
-        lines.append(f"| {METHOD_LABELS[method]} | {ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['hard'])} | "
-                     f"{pct(acc['random']['soft'])} | {pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | "
-                     f"{pct(sc['ars'])} |")
-    return "\n".join(lines)
-
-
-def _markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
-    cfg = results["config"]
-    teachers = ", ".join(
-        f"{t['model']} ({100 * t['test_accuracy']:.2f}%)" if t.get("test_accuracy") is not None else t["model"]
-        for t in results["teachers"])
-    student = cfg["student"]
-    lines = [
-        f"# {cfg['dataset']}: INFER and baselines",
-        "",
-        f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {student.get('model', 'convnet')}, "
-        f"{student.get('epochs', 400)} epochs (INFER+Dyn: {cfg['dynamic_epochs'] or 'epochs/(M+1)'}), "
-        f"final-epoch top-1 on the real test split over {cfg['seeds']} seed(s). Budget accounting: {cfg['accounting']}.",
-        "CR: stored values / full training set values (images + soft labels + indices; INFER+Dyn without soft labels). "
-        "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features.",
-        "",
-        table,
-        "",
-    ]
-    scores = format_scores(results)
-    if scores:
-        lines += ["DD-Ranking scores (`infer-fast evaluate`'s protocol, the run's student and seeds; %, mean ± std):",
-                  "", scores, ""]
-    lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
-    return "\n".join(lines) + ("\n" if plots else "")

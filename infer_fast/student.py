@@ -61,12 +61,12 @@ from tqdm import tqdm
 
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop)
-from .models import create_model, penultimate_features
+from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import evaluate, load_teacher, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES
-from .config import check_positive_ints
+from .config import check_choice, check_positive_ints
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 
 __all__ = [
@@ -178,9 +178,9 @@ class StudentConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixing), got {self.mixup_alpha!r}")
-        _check_choice("augmentation", self.augmentation, STUDENT_AUGMENTATIONS)
-        _check_choice("mix", self.mix, STUDENT_MIXES)
-        _check_choice("labels", self.labels, STUDENT_LABELS)
+        check_choice("augmentation", self.augmentation, STUDENT_AUGMENTATIONS)
+        check_choice("mix", self.mix, STUDENT_MIXES)
+        check_choice("labels", self.labels, STUDENT_LABELS)
         if self.dynamic and self.labels == "hard":
             raise ValueError("dynamic=True (INFER+Dyn) relabels every batch with the teachers: it needs labels='soft'")
         resolve_device(self.device)
@@ -211,17 +211,12 @@ class StudentConfig:
         return config
 
 
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
 def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "crop_flip") -> Tensor:
     """Per-sample augmentation of normalized images, done in [0, 1] pixel space, returned
     normalized at the same size. ``"crop_flip"``: RandomCrop(size, padding=max(1, width//8),
     black padding) + flip; ``"resized_crop_flip"``: RandomResizedCrop(size, scale (0.08, 1),
     ratio (3/4, 4/3)) + flip."""
-    _check_choice("augmentation", augmentation, STUDENT_AUGMENTATIONS)
+    check_choice("augmentation", augmentation, STUDENT_AUGMENTATIONS)
     if augmentation == "none":
         return x
     size = tuple(x.shape[-2:])
@@ -524,10 +519,7 @@ def feature_duplication(images, labels: Tensor, teacher: nn.Module, batch_size: 
     chunks = [(0, images)] if isinstance(images, Tensor) else images
     was_training = teacher.training
     teacher.eval()
-    try:
-        device = next(teacher.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
+    device = device_of(teacher)
     try:
         feats = torch.cat([penultimate_features(teacher, chunk[i:i + batch_size].to(device)).float().cpu()
                            for _, chunk in chunks for i in range(0, chunk.shape[0], batch_size)])

@@ -26,7 +26,7 @@ from .data import get_spec, load_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
 from ._io import check_input_file, check_writable, content_digest, read_checkpoint, save_atomic
-from .config import check_positive_ints
+from .config import check_int, check_positive_ints
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
@@ -61,8 +61,7 @@ class TeacherConfig:
                 raise ValueError(f"{name} must be a number, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_int("seed", self.seed, minimum=None)
         resolve_device(self.device)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..data.transforms import RESIZED_CROP_SCALE
 
+from ..config import check_choice, check_int
 from ..choices import COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS, RECOVERY_METHODS
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
@@ -85,8 +86,7 @@ class RecoveryConfig:
         for name in ("augmentation", "precision", "compile", "distributed"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
+        check_int("iterations", self.iterations)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
@@ -98,28 +98,17 @@ class RecoveryConfig:
             raise ValueError(f"r_bn must be >= 0, got {self.r_bn!r}")
         if not math.isfinite(self.first_bn_mult):
             raise ValueError(f"first_bn_mult must be finite, got {self.first_bn_mult!r}")
-        if self.augmentation not in RECOVERY_AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {', '.join(RECOVERY_AUGMENTATIONS)}, got {self.augmentation!r}")
-        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
-            raise ValueError(f"max_shift must be an integer >= 0, got {self.max_shift!r}")
+        check_choice("augmentation", self.augmentation, RECOVERY_AUGMENTATIONS)
+        check_int("max_shift", self.max_shift, minimum=0)
         scale = tuple(self.crop_scale) if isinstance(self.crop_scale, (tuple, list)) else ()
         if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
                 or not (0 < scale[0] <= scale[1] <= 1)):
             raise ValueError(f"crop_scale must be two values with 0 < low <= high <= 1, got {self.crop_scale!r}")
-        if self.group_size is not None and (
-            isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1
-        ):
-            raise ValueError(f"group_size must be a positive integer or None (automatic), got {self.group_size!r}")
-        if self.chunk_size is not None and (
-            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive integer or None (automatic), got {self.chunk_size!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
-        if self.distributed not in DISTRIBUTED_MODES:
-            raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {self.distributed!r}")
+        check_int("group_size", self.group_size, none="automatic")
+        check_int("chunk_size", self.chunk_size, none="automatic")
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("compile", self.compile, COMPILE_MODES)
+        check_choice("distributed", self.distributed, DISTRIBUTED_MODES)
         if self.distributed == "chunks" and self.chunk_size is None:
             raise ValueError("distributed='chunks' splits the chunks of each batch across ranks: set chunk_size")
         if self.chunk_size is not None and self.fused_bn is True:
@@ -131,11 +120,8 @@ class RecoveryConfig:
         for name in ("channels_last", "fused_bn", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        every = self.checkpoint_every
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ValueError(f"checkpoint_every must be a positive integer (iterations) or None (off), got {every!r}")
+        check_int("seed", self.seed, minimum=None)
+        check_int("checkpoint_every", self.checkpoint_every, none="off")
         minutes = self.checkpoint_minutes
         if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
                                     or not (minutes > 0 and math.isfinite(minutes))):

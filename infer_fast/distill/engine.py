@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..data.transforms import RESIZED_CROP_RATIO, resized_crop_boxes
 from ..ops import BNStatTracker, chunked_loss_backward, ufc_compose
+from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from .config import RecoveryConfig
@@ -31,14 +32,6 @@ def job_seed(method: str, seed: int, m: int, k: int) -> int:
     tag = "infer-ufc" if method == "infer" else method
     digest = hashlib.sha256(f"{tag}:{int(seed)}:{int(m)}:{int(k)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def check_teacher(teacher: nn.Module, m: int) -> None:

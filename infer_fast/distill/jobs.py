@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from .. import distributed
 from .._io import content_digest, model_digest, read_checkpoint, save_atomic
+from ..config import check_int
+from ..models import device_of
 from . import engine
 from .config import RESULT_NEUTRAL, RecoveryConfig
 
@@ -207,7 +209,7 @@ def _run_jobs(
         interrupted = [state for (mm, _), state in sorted(pending.items()) if mm == m]
         if not todo and not interrupted:
             continue
-        device = engine.device_of(teacher)
+        device = device_of(teacher)
         source = None if natural_cpu is None else natural_cpu.to(device)
         lo, hi = lo_cpu.to(device), hi_cpu.to(device)
         with engine.recovery_teacher(teacher, config) as run_teacher:
@@ -365,8 +367,7 @@ def recover_sre2l(
     ``group_size``. Checkpoint/resume as :func:`recover_ufcs`."""
     config = RecoveryConfig.sre2l() if config is None else config
     for name, value in (("ipc", ipc), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise ValueError(f"image_shape must be (channels, H, W), got {image_shape}")

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import ACCOUNTINGS, SELECTIONS
-from .engine import device_of
+from ..config import check_int
+from ..models import device_of
 
 
 def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str = "fair") -> int:
@@ -20,8 +21,7 @@ def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str 
     if accounting not in ACCOUNTINGS:
         raise ValueError(f"unknown budget accounting {accounting!r}; choose one of {', '.join(ACCOUNTINGS)}")
     for name, value in (("ipc", ipc), ("num_classes", num_classes), ("num_teachers", num_teachers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
     if accounting == "ipc":
         return ipc
     k = (ipc * num_classes) // (num_classes + num_teachers)
@@ -59,8 +59,7 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
     (mean logits, eval mode) gives the highest probability of their own class, ties broken
     by the seeded random order; set k gets the k-th most confident image of every class.
     """
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"K must be a positive integer, got {K!r}")
+    check_int("K", K)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if selection == "confidence" and not teachers:

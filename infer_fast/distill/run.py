@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from .. import distributed
 from .._io import check_writable
 from ..choices import SELECTIONS
+from ..config import check_int
 from .config import RecoveryConfig
 from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints
 from .natural import infer_budget, select_natural_sets
@@ -154,8 +155,7 @@ def distill_sre2l(
     from ..storage import DistilledSet
 
     config = RecoveryConfig.sre2l() if config is None else config
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    check_int("ipc", ipc)
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
     image_bytes = ipc * spec.num_classes * train.images[0].numel() * 4  # float32
@@ -182,8 +182,7 @@ def random_set(train, ipc: int, seed: int = 0):
     ipc*C images)."""
     from ..storage import DistilledSet
 
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    check_int("ipc", ipc)
     picked = train.per_class(ipc, seed=seed)
     return DistilledSet(
         method="random",
@@ -209,8 +208,7 @@ def distill_random(
     from ..data import load_dataset
     from ..storage import save_distilled
 
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    check_int("ipc", ipc)
     out_dir = _check_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
     return save_distilled(random_set(train, ipc, seed), out_dir)

@@ -17,11 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from .external import create_external, final_linear, is_external, load_torchvision_weights
-from .base import ClassifierNet, init_weights
+from .base import ClassifierNet, device_of, init_weights
+from ..config import check_int
 from .registry import ModelSpec, all_specs, list_models, resolve
 
 __all__ = [
     "create_model",
+    "device_of",
     "list_models",
     "model_table",
     "penultimate_features",
@@ -34,8 +36,7 @@ __all__ = [
 
 
 def _check_positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    check_int(what, value)
     return value
 
 

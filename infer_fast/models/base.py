@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["ClassifierNet", "init_weights", "rename_aliased_keys"]
@@ -70,3 +71,12 @@ def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
             nn.init.normal_(m.weight, 0.0, linear_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of a module: its first parameter's (or buffer's), the CPU for an empty one."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

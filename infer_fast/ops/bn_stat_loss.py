@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from . import backends
+from ..config import check_int
 from .reference import FLOAT_DTYPES, bn_eval_with_stat_loss_naive, bn_stat_loss_naive
 
 
@@ -49,8 +50,7 @@ def check_inputs(x: Tensor, running_mean: Tensor, running_var: Tensor, groups: i
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
     if running_var.dtype != running_mean.dtype:
         raise ValueError(f"running_var dtype {running_var.dtype} differs from running_mean dtype {running_mean.dtype}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    check_int("groups", groups)
     if x.shape[0] % groups:
         raise ValueError(f"groups={groups} does not divide the batch size N={x.shape[0]} of x")
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends
+from ..config import check_int
 from .bn_hooks import bn_layers, refuse_training_mode
 from .bn_stat_loss import check_inputs
 from .layout import as_ncl, kept_format
@@ -189,12 +190,10 @@ def _check_arguments(x, labels, groups, chunk_size) -> None:
         raise ValueError(f"x must be a non-empty batched torch.Tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if not x.requires_grad:
         raise ValueError("x must require grad (the gradient is pushed into it and what it was computed from)")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    check_int("groups", groups)
     if x.shape[0] % groups:
         raise ValueError(f"groups={groups} does not divide the batch size N={x.shape[0]} of x")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     if not isinstance(labels, Tensor) or labels.shape != (x.shape[0],):
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"labels must be a ({x.shape[0]},) tensor of class indices to match x, got {shape}")
