@@ -151,8 +151,8 @@ class StudentConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
-    temperature: float = 30.0
-    mixup_alpha: float = 0.8  # Beta(alpha, alpha) for lambda, shared by both mixes (CutMix's usual alpha: 1.0)
+    temperature: float = 30.0  # of the KL to soft labels (not used with labels="hard")
+    mixup_alpha: float = 0.8  # Beta(alpha, alpha) for lambda, shared by both mixes (CutMix's usual alpha: 1.0); not used with mix="none"
     augmentation: str = "crop_flip"  # one of STUDENT_AUGMENTATIONS
     mix: str = "mixup"  # one of STUDENT_MIXES
     labels: str = "soft"  # one of STUDENT_LABELS

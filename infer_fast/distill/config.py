@@ -33,7 +33,7 @@ class RecoveryConfig:
     # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
     augmentation: str = "roll"
     max_shift: int = 4
-    crop_scale: Tuple[float, float] = RESIZED_CROP_SCALE
+    crop_scale: Tuple[float, float] = RESIZED_CROP_SCALE  # RandomResizedCrop area range: augmentation "imagenet" only
     group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_batch_plan)
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
     # of one chunk); None = the whole batch, or automatic chunks on CUDA when one group does not fit
