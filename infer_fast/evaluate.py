@@ -11,7 +11,8 @@ For every seed, students are trained (infer_fast.student.train_student) on
 
 and the full training data's hard-label accuracy is trained once with the teacher recipe
 (infer_fast.teacher.train_teacher, the protocol's student model) or read from a teacher
-checkpoint that records it. From these accuracies: HLR, IOR, LRS and ARS per seed
+checkpoint that records it. From these accuracies: HLR (from the hard-label run without
+augmentation, as DD-Ranking by default), IOR, LRS and ARS per seed
 (infer_fast/scores.py), reported as mean and standard deviation (population, as DD-Ranking)
 over the seeds. The report holds the protocol and every accuracy behind a score."""
 from __future__ import annotations
@@ -136,7 +137,8 @@ def evaluate_set(
                 accuracies[which].setdefault(name, []).append(acc)
                 seed_acc[f"{which}_{name}"] = acc
         scores = dd_ranking_scores({
-            "full_hard": full["accuracy"], "set_hard": seed_acc["set_hard"], "set_soft": seed_acc["set_soft"],
+            # HLR from the hard-label run without augmentation (DD-Ranking's default, use_aug_for_hard=False)
+            "full_hard": full["accuracy"], "set_hard": seed_acc["set_hard_plain"], "set_soft": seed_acc["set_soft"],
             "random_soft": seed_acc["random_soft"], "set_soft_plain": seed_acc["set_soft_plain"],
             "random_soft_plain": seed_acc["random_soft_plain"],
         }, protocol.weight)

@@ -73,7 +73,7 @@ def augmentation_robust_score(set_aug: float, random_aug: float, set_plain: floa
 
 def dd_ranking_scores(accuracies: Dict[str, float], weight: float = DEFAULT_WEIGHT) -> Dict[str, float]:
     """All four scores from one protocol's accuracies (fractions): ``full_hard``,
-    ``set_hard``, ``set_soft``, ``random_soft`` (set and random with the soft labels and the
+    ``set_hard`` (DD-Ranking trains it without augmentation by default), ``set_soft``, ``random_soft`` (set and random with the soft labels and the
     protocol's augmentation) and ``set_soft_plain``, ``random_soft_plain`` (the same without
     augmentation). Returns {"hlr", "ior", "lrs", "ars", "weight"}."""
     needed = ("full_hard", "set_hard", "set_soft", "random_soft", "set_soft_plain", "random_soft_plain")
