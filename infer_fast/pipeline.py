@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 
 from . import distributed
@@ -45,7 +45,8 @@ from .choices import RUN_METHODS
 from ._io import check_input_file, check_writable, save_json_atomic
 from .config import check_int
 from .models import device_of
-from .results import METHOD_LABELS, format_table, load_results, markdown_report, summarize
+from .results import (EXTERNAL_PREFIX, METHOD_LABELS, format_table, load_results, markdown_report, method_label,
+                      summarize)
 
 __all__ = [
     "RUN_METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
@@ -82,6 +83,9 @@ class PipelineConfig:
     # DD-Ranking's scores of every set (infer-fast evaluate's protocol with ``student`` and
     # ``seeds``; 8 more students per seed and set): off, or true
     scores: bool = False
+    # sets made elsewhere (e.g. `infer-fast import`ed, with soft labels) trained and scored
+    # beside ours under the same protocol: {label: set directory}; each at its own ipc
+    external: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
@@ -156,6 +160,19 @@ class PipelineConfig:
             check_int("seeds", self.seeds)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+        if not isinstance(self.external, dict) or not all(
+                isinstance(k, str) and k and "/" not in k and isinstance(v, str) for k, v in self.external.items()):
+            raise ValueError(f"{where}: external must map labels (no '/') to set directories, got {self.external!r}")
+        clash = sorted(set(self.external) & set(METHOD_LABELS.values()))
+        if clash:
+            raise ValueError(f"{where}: external label(s) {', '.join(clash)} are the names of this run's own methods")
+        from .storage import read_manifest
+
+        for label, directory in self.external.items():  # (refused now, not after the teachers trained)
+            manifest = read_manifest(directory)
+            if manifest.get("dataset") != canonical_name(self.dataset):
+                raise ValueError(f"{where}: external set {label} ({directory}) is of {manifest.get('dataset')!r}, "
+                                 f"not {self.dataset!r}")
         for name in ("feature_duplication", "scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
@@ -272,6 +289,20 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     return paths
 
 
+def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[str, int, Path]]:
+    """(method, ipc, directory) of every set of the run: ours for each ipc, then the sets
+    given to it (``external``) at the ipc their budget records."""
+    from .storage import read_manifest
+
+    sets = [(method, ipc, _set_dir(out, method, ipc)) for ipc in cfg.ipc for method in cfg.methods]
+    for label, directory in cfg.external.items():
+        ipc = read_manifest(directory).get("budget", {}).get("ipc")
+        if not isinstance(ipc, int) or ipc < 1:
+            raise ValueError(f"external set {directory} records no budget ipc (images per class)")
+        sets.append((EXTERNAL_PREFIX + label, ipc, Path(directory)))
+    return sets
+
+
 def _set_dir(out: Path, method: str, ipc: int) -> Path:
     return out / "sets" / f"{'infer' if method == 'infer_dyn' else method}-ipc{ipc}"
 
@@ -360,51 +391,59 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     # 2. distilled sets, relabelled; their compression ratio and feature duplication. Rank 0
     # decides what each set needs (the others must not look at a directory it may be
     # rewriting); INFER and SRe2L recovery need every rank, the rest is rank 0's.
-    for ipc in cfg.ipc:
-        for method in cfg.methods:
-            directory = _set_dir(out, method, ipc)
-            key = f"{method}/ipc{ipc}"
-            step = None
-            if rank == 0:
-                step = "make" if not directory.exists() else "done" if key in results["sets"] else "measure"
-            step = ranks.from_rank0(step)
-            if step == "done":
-                continue
-            seconds = None  # a set found on disk was not timed by this run
-            if step == "make":
-                _say(progress, f"distilling {METHOD_LABELS[method]} ipc {ipc} -> {directory}")
-                if method != "random" or rank == 0:  # random: nothing to split, rank 0 picks the images
-                    seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
-            if rank != 0:
-                continue
-            if step == "measure" and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:  # INFER's own set
-                seconds = results["sets"][f"infer/ipc{ipc}"]["distill_seconds"]
-            ds = load_distilled(directory)
-            if method != "infer_dyn" and not ds.has_soft_labels:
-                relabel(ds, teachers, device=str(device_of(teachers[0])))
-                save_distilled(ds, directory, overwrite=True)
-            info = {
-                "directory": str(directory), "distill_seconds": seconds,
-                "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
-                "budget": ds.budget,
-            }
-            ratio = _ratio_without_soft_labels(ds) if method == "infer_dyn" else ds.compression_ratio()
-            info["compression_ratio_percent"] = ratio["percent"]
-            info["compression_ratio_note"] = (
-                "images + indices; no soft labels stored (the teachers label every batch while training)"
-                if method == "infer_dyn" else "images + static soft labels + indices")
-            if cfg.feature_duplication:
-                streamed = DistilledDataset(ds, hard_only=True)
-                info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0])
-            results["sets"][key] = info
-            save()
+    for method, ipc, directory in _set_list(cfg, out):
+        key = f"{method}/ipc{ipc}"
+        step = None
+        if rank == 0:
+            step = "make" if not directory.exists() else "done" if key in results["sets"] else "measure"
+        step = ranks.from_rank0(step)
+        if step == "done":
+            continue
+        seconds = None  # a set found on disk was not timed by this run
+        if step == "make":
+            _say(progress, f"distilling {method_label(method)} ipc {ipc} -> {directory}")
+            if method != "random" or rank == 0:  # random: nothing to split, rank 0 picks the images
+                seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
+        if rank != 0:
+            continue
+        if step == "measure" and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:  # INFER's own set
+            seconds = results["sets"][f"infer/ipc{ipc}"]["distill_seconds"]
+        ds = load_distilled(directory)
+        if method.startswith(EXTERNAL_PREFIX) and not ds.has_soft_labels:  # (another's set: not rewritten here)
+            raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
+                             "run `infer-fast relabel` on it first")
+        if method != "infer_dyn" and not ds.has_soft_labels:
+            relabel(ds, teachers, device=str(device_of(teachers[0])))
+            save_distilled(ds, directory, overwrite=True)
+        info = {
+            "directory": str(directory), "distill_seconds": seconds,
+            "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
+            "budget": ds.budget,
+        }
+        if method == "infer_dyn":
+            ratio = _ratio_without_soft_labels(ds)
+        elif ds.full_train_size is None and method.startswith(EXTERNAL_PREFIX):  # (an import may not know it)
+            ratio = ds.compression_ratio(full_train_size=len(load_dataset(cfg.dataset, "train", data_root=cfg.data_root)))
+        else:
+            ratio = ds.compression_ratio()
+        info["compression_ratio_percent"] = ratio["percent"]
+        info["compression_ratio_note"] = (
+            "images + indices; no soft labels stored (the teachers label every batch while training)"
+            if method == "infer_dyn" else "images + static soft labels + indices")
+        if cfg.feature_duplication:
+            streamed = DistilledDataset(ds, hard_only=True)
+            info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0])
+        results["sets"][key] = info
+        save()
 
     # 3. students: the runs left, the k-th on rank k mod world, each a whole student trained
     # in one process (no DDP: small students train far faster whole than split per batch)
-    total = len(cfg.ipc) * len(cfg.methods) * cfg.seeds
+    entries = [(method, ipc) for method, ipc, _ in _set_list(cfg, out)]
+    directories = {(method, ipc): directory for method, ipc, directory in _set_list(cfg, out)}
+    total = len(entries) * cfg.seeds
     todo = None
     if rank == 0:
-        todo = [(method, ipc, seed) for ipc in cfg.ipc for method in cfg.methods for seed in range(cfg.seeds)
+        todo = [(method, ipc, seed) for method, ipc in entries for seed in range(cfg.seeds)
                 if _run_key(method, ipc, seed) not in results["runs"]]
     # rank 0 sends the list once every set is written and relabelled: no rank reads one before
     todo = ranks.from_rank0(todo)
@@ -418,13 +457,13 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             continue
         key = _run_key(method, ipc, seed)
         if ds_key != (method, ipc):
-            ds, ds_key = load_distilled(_set_dir(out, method, ipc)), (method, ipc)
+            ds, ds_key = load_distilled(directories[(method, ipc)]), (method, ipc)
         scfg = cfg.student_config(method, seed, M)
         scfg.device = distributed.local_device(scfg.device)
-        _say(progress, f"student {done + k + 1}/{total}: {METHOD_LABELS[method]} ipc {ipc} seed {seed} "
+        _say(progress, f"student {done + k + 1}/{total}: {method_label(method)} ipc {ipc} seed {seed} "
                        f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
         # per-epoch checkpoint: a killed run continues from its last epoch
-        ckpt = out / "students" / f"{method}-ipc{ipc}-seed{seed}.pt"
+        ckpt = out / "students" / f"{method.replace(':', '-')}-ipc{ipc}-seed{seed}.pt"
         ckpt.parent.mkdir(exist_ok=True)
         run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=progress,
                             checkpoint=str(ckpt), resume=True, ddp=False)
@@ -489,13 +528,13 @@ def _score_sets(cfg: PipelineConfig, out: Path, results: Dict[str, Any], teacher
     teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if meta["model"] == student_model]
     scores = results.setdefault("scores", {})
-    for ipc in cfg.ipc:
-        for method in (m for m in cfg.methods if m != "infer_dyn"):
+    for method, ipc, directory in _set_list(cfg, out):
+        if method != "infer_dyn":
             key = f"{method}/ipc{ipc}"
             if key in scores:
                 continue
-            _say(progress, f"DD-Ranking scores: {METHOD_LABELS[method]} ipc {ipc} ({8 * cfg.seeds} students)")
-            scores[key] = evaluate_set(load_distilled(_set_dir(out, method, ipc)), [m for m, _ in teachers], protocol,
+            _say(progress, f"DD-Ranking scores: {method_label(method)} ipc {ipc} ({8 * cfg.seeds} students)")
+            scores[key] = evaluate_set(load_distilled(directory), [m for m, _ in teachers], protocol,
                                        data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
                                        device=cfg.device, progress=False)
             save()

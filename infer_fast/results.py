@@ -11,6 +11,24 @@ from typing import Any, Dict, List
 import torch
 
 METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
+EXTERNAL_PREFIX = "external:"  # the method key of a set given to the run (e.g. imported): "external:<label>"
+
+
+def method_label(method: str) -> str:
+    """How a method is shown: ours by name, a set given to the run by its label."""
+    return method[len(EXTERNAL_PREFIX):] if method.startswith(EXTERNAL_PREFIX) else METHOD_LABELS[method]
+
+
+def set_entries(cfg: Dict[str, Any], sets: Dict[str, Any]) -> List[tuple]:
+    """(method, ipc) of every set of a run, in table order: ours for each ipc, then the sets
+    given to the run (``external``), at their own ipc once measured."""
+    entries = [(method, ipc) for ipc in cfg["ipc"] for method in cfg["methods"]]
+    for label in cfg.get("external") or {}:
+        method = EXTERNAL_PREFIX + label
+        found = [key for key in sets if key.split("/ipc")[0] == method]
+        if found:
+            entries.append((method, int(found[0].split("/ipc")[1])))
+    return entries
 RESULTS_FORMAT = "infer-fast-results"
 
 
@@ -42,22 +60,21 @@ def summarize(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     """One row per (method, ipc) with the accuracy over the finished seeds."""
     cfg = results["config"]
     rows = []
-    for ipc in cfg["ipc"]:
-        for method in cfg["methods"]:
-            accs = [results["runs"][k]["final_accuracy"] for k in sorted(results["runs"]) if k.startswith(f"{method}/ipc{ipc}/")]
-            info = results["sets"].get(f"{method}/ipc{ipc}", {})
-            t = torch.tensor(accs, dtype=torch.float64)
-            rows.append({
-                "method": method, "label": METHOD_LABELS[method], "ipc": ipc, "seeds": len(accs),
-                "accuracy_mean": float(t.mean()) if accs else None,
-                "accuracy_std": float(t.std(unbiased=False)) if accs else None,
-                "per_seed": accs,
-                "compression_ratio_percent": info.get("compression_ratio_percent"),
-                "feature_duplication": info.get("feature_duplication"),
-                "training_images": info.get("training_images"),
-                "stored_images": info.get("stored_images"),
-                "student_seconds": sum(results["runs"][k]["elapsed_s"] for k in results["runs"] if k.startswith(f"{method}/ipc{ipc}/")),
-            })
+    for method, ipc in set_entries(cfg, results["sets"]):
+        accs = [results["runs"][k]["final_accuracy"] for k in sorted(results["runs"]) if k.startswith(f"{method}/ipc{ipc}/")]
+        info = results["sets"].get(f"{method}/ipc{ipc}", {})
+        t = torch.tensor(accs, dtype=torch.float64)
+        rows.append({
+            "method": method, "label": method_label(method), "ipc": ipc, "seeds": len(accs),
+            "accuracy_mean": float(t.mean()) if accs else None,
+            "accuracy_std": float(t.std(unbiased=False)) if accs else None,
+            "per_seed": accs,
+            "compression_ratio_percent": info.get("compression_ratio_percent"),
+            "feature_duplication": info.get("feature_duplication"),
+            "training_images": info.get("training_images"),
+            "stored_images": info.get("stored_images"),
+            "student_seconds": sum(results["runs"][k]["elapsed_s"] for k in results["runs"] if k.startswith(f"{method}/ipc{ipc}/")),
+        })
     return rows
 
 
@@ -91,7 +108,7 @@ def format_scores(results: Dict[str, Any]) -> str:
         method, ipc = key.split("/ipc")
         acc, sc = report["accuracy"], report["scores"]
         # the accuracies the scores are made of (the augmented hard-label run is in the report)
-        lines.append(f"| {METHOD_LABELS[method]} | {ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
+        lines.append(f"| {method_label(method)} | {ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
                      f"{pct(acc['set']['hard_plain'])} | {pct(acc['random']['soft'])} | "
                      f"{pct(acc['random']['soft_plain'])} | {pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | "
                      f"{pct(sc['ars'])} |")

@@ -244,3 +244,34 @@ def test_scores_of_every_set_inside_the_run(finished_run, tmp_path, monkeypatch)
     assert run_pipeline(scored, progress=False)["scores"].keys() == results["scores"].keys()
     with pytest.raises(ValueError, match="scores must be true or false"):
         tiny_config(tmp_path / "x", scores="yes")
+
+
+def test_imported_sets_join_the_run(finished_run, tmp_path):
+    """external: {label: set} trains (and scores) an imported set beside ours under the same
+    protocol, at its own ipc; its row, runs and score appear in the results and results.md."""
+    import shutil
+
+    from infer_fast.storage import export_imagefolder, import_imagefolder, load_distilled, save_distilled
+
+    cfg, _ = finished_run
+    shutil.copytree(cfg.out, tmp_path / "run")
+    theirs = load_distilled(tmp_path / "run" / "sets" / "random-ipc2")  # stands in for another method's set
+    export_imagefolder(theirs, tmp_path / "folders")
+    save_distilled(import_imagefolder(tmp_path / "folders", "fashion-mnist-mini",
+                                      soft_labels=tmp_path / "folders" / "soft_labels.safetensors", name="other"),
+                   tmp_path / "imported")
+    config = tiny_config(tmp_path / "run", methods=["infer", "random"], seeds=1, scores=True,
+                         external={"Other": str(tmp_path / "imported")})
+    results = run_pipeline(config, progress=False)
+    rows = {r["label"]: r for r in results["table"]}
+    assert rows["Other"]["ipc"] == 2 and rows["Other"]["seeds"] == 1
+    # the same images and labels as the random set, the same student seed: the same accuracy
+    assert rows["Other"]["accuracy_mean"] == results["runs"]["random/ipc2/seed0"]["final_accuracy"]
+    assert "external:Other/ipc2" in results["scores"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| Other | 2 |" in md
+    for bad, match in (({"INFER": str(tmp_path / "imported")}, "names of this run's own methods"),
+                       ({"a/b": str(tmp_path / "imported")}, "labels"),
+                       ({"X": str(tmp_path / "nowhere")}, "no such distilled set")):
+        with pytest.raises(ValueError, match=match):
+            tiny_config(tmp_path / "x", external=bad)
