@@ -95,3 +95,25 @@ def test_cli_import_then_inspect_and_train(exported, tmp_path, capsys):
                  str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "nowhere: not a directory of class folders" in err and not (tmp_path / "x").exists()
+
+
+def test_soft_labels_follow_our_exports_training_order(tmp_path):
+    """An INFER set's training order (natural images, then composed ones) is not class-major:
+    importing its export keeps every image with its own soft labels (export.json's order)."""
+    from infer_fast.storage import DistilledSet
+
+    gen = torch.Generator().manual_seed(0)
+    k, c, g = 2, 10, 3
+    ds = DistilledSet(method="infer", dataset="fashion-mnist-mini", num_classes=c, channels=1, image_size=28,
+                      mean=(0.286,), std=(0.353,),
+                      natural=torch.randint(0, 256, (k, c, 1, 28, 28), generator=gen, dtype=torch.uint8),
+                      ufc=0.2 * torch.randn(g, 1, 28, 28, generator=gen), ufc_index=torch.tensor([0, 1, 1]),
+                      ufc_teacher=torch.zeros(g, dtype=torch.int64), budget={"ipc": 5, "K": k, "M": 1, "accounting": "fair"})
+    ds.set_soft_labels(torch.randn(ds.num_training_images(), c, generator=gen))
+    export_imagefolder(ds, tmp_path / "folders")
+    imported = import_imagefolder(tmp_path / "folders", "fashion-mnist-mini",
+                                  soft_labels=tmp_path / "folders" / "soft_labels.safetensors")
+    files = json.loads((tmp_path / "folders" / "export.json").read_text())["files"]
+    order = sorted(range(len(files)), key=lambda i: files[i])  # import order: class folder, then file name
+    assert torch.equal(imported.soft_labels, ds.soft_labels_flat()[order])
+    assert torch.equal(imported.labels, ds.hard_labels()[order])

@@ -105,11 +105,27 @@ def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
     return found
 
 
+def _soft_label_rows(root: Path, files: List[str]) -> Tensor:
+    """For each imported file (in import order), its row of the soft-labels tensor: the row
+    order our own export recorded (``export.json``: row i = files[i], the training order),
+    else the import order itself (class, then file name: the documented convention)."""
+    import json
+
+    listing = root / "export.json"
+    if listing.is_file():
+        exported = json.loads(listing.read_text()).get("files")
+        if isinstance(exported, list) and sorted(exported) == sorted(files):
+            row_of = {name: i for i, name in enumerate(exported)}
+            return torch.tensor([row_of[name] for name in files], dtype=torch.int64)
+    return torch.arange(len(files))
+
+
 def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[PathLike] = None,
                        name: Optional[str] = None) -> DistilledSet:
     """The class folders at ``source`` as a DistilledSet of method ``external`` for ``dataset``.
 
-    Image order (and the row order of ``soft_labels``): by class, then by file name. The
+    Image order: by class, then by file name, which is also the row order of ``soft_labels``,
+    except for a folder written by our own ``export``, whose ``export.json`` gives the rows. The
     budget's ipc is the largest images-per-class count (the storage a method was given);
     ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
     counts and every file's SHA-256. Errors name the folder or file."""
@@ -133,6 +149,7 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
     soft = None
     if soft_labels is not None:
         soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
+        soft = soft[_soft_label_rows(root, list(checksums))]
     hyper = {
         "source": os.path.abspath(root), "source_method": name or "unknown", "per_class": counts,
         "image_order": "by class, then by file name", "source_sha256": checksums,
