@@ -164,6 +164,15 @@ def save_json_atomic(obj: Any, path: str) -> None:
     write_atomically(path, write)
 
 
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks (files of any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_digest(tensors: Iterable[Tensor]) -> str:
     """SHA-256 of the tensors' dtypes, shapes and values, in order: what a checkpoint records
     of the teachers (their state) or data its result depends on, so a resume with other ones

@@ -391,7 +391,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     # 2. distilled sets, relabelled; their compression ratio and feature duplication. Rank 0
     # decides what each set needs (the others must not look at a directory it may be
     # rewriting); INFER and SRe2L recovery need every rank, the rest is rank 0's.
-    for method, ipc, directory in _set_list(cfg, out):
+    sets = _set_list(cfg, out)  # (method, ipc, directory): ours, then those given to the run
+    for method, ipc, directory in sets:
         key = f"{method}/ipc{ipc}"
         step = None
         if rank == 0:
@@ -438,12 +439,11 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
 
     # 3. students: the runs left, the k-th on rank k mod world, each a whole student trained
     # in one process (no DDP: small students train far faster whole than split per batch)
-    entries = [(method, ipc) for method, ipc, _ in _set_list(cfg, out)]
-    directories = {(method, ipc): directory for method, ipc, directory in _set_list(cfg, out)}
-    total = len(entries) * cfg.seeds
+    directories = {(method, ipc): directory for method, ipc, directory in sets}
+    total = len(sets) * cfg.seeds
     todo = None
     if rank == 0:
-        todo = [(method, ipc, seed) for method, ipc in entries for seed in range(cfg.seeds)
+        todo = [(method, ipc, seed) for method, ipc, _ in sets for seed in range(cfg.seeds)
                 if _run_key(method, ipc, seed) not in results["runs"]]
     # rank 0 sends the list once every set is written and relabelled: no rank reads one before
     todo = ranks.from_rank0(todo)
@@ -489,7 +489,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             Path(ckpt).unlink()
 
     if cfg.scores and rank == 0:  # (rank 0 alone: the others wait at the end)
-        _score_sets(cfg, out, results, teacher_paths, save, progress)
+        _score_sets(cfg, sets, results, teacher_paths, save, progress)
 
     if rank == 0:
         results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -512,8 +512,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     return results
 
 
-def _score_sets(cfg: PipelineConfig, out: Path, results: Dict[str, Any], teacher_paths: List[str], save,
-                progress: bool) -> None:
+def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results: Dict[str, Any],
+                teacher_paths: List[str], save, progress: bool) -> None:
     """DD-Ranking's scores of every set with static labels, under infer-fast evaluate's
     protocol with the run's student and seeds; the full-data accuracy is the recorded one of
     the first teacher of the student's architecture, else trained. Each set's report is
@@ -528,7 +528,7 @@ def _score_sets(cfg: PipelineConfig, out: Path, results: Dict[str, Any], teacher
     teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if meta["model"] == student_model]
     scores = results.setdefault("scores", {})
-    for method, ipc, directory in _set_list(cfg, out):
+    for method, ipc, directory in sets:
         if method != "infer_dyn":
             key = f"{method}/ipc{ipc}"
             if key in scores:

@@ -130,37 +130,50 @@ def test_distill_relabel_train_chain(tmp_path):
     assert again.returncode == 2 and "ipc" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
-    """A distillation killed (SIGKILL) after some UFCs were checkpointed continues with
-    --resume and ends with the same compensators as an uninterrupted run."""
+def _ok(*args, cwd):
+    """The CLI's stdout; its exit status must be 0."""
+    result = run_cli(*args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _tiny_teacher(cwd) -> None:
+    _ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
+        "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet", cwd=cwd)
+
+
+def _sigkill_once_checkpointed(argv, cwd, checkpoint) -> dict:
+    """Run the CLI with ``argv``, SIGKILL it as soon as ``checkpoint`` exists, and return the
+    checkpoint (the run's output directory must not have been written yet)."""
     import signal
     import time
 
-    from infer_fast.storage import load_distilled
-
-    def ok(*args):
-        result = run_cli(*args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-
-    ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
-       "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet")
-    args = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
-            "--group-size", "1", "--quiet"]  # K = 4 UFCs, one batch each
-    ok(*args, "--out", "reference")
-    proc = subprocess.Popen([sys.executable, "-m", "infer_fast.cli", *args, "--out", "killed"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "infer_fast.cli", *argv], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed.recovery.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoint.exists() and not (tmp_path / "killed").exists(), "the kill came too late to test anything"
-    done = torch.load(checkpoint, weights_only=True)["ufc_index"].numel()
+    assert checkpoint.exists() and not (cwd / "killed").exists(), "the kill came too late to test anything"
+    return torch.load(checkpoint, weights_only=True)
+
+
+def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
+    """A distillation killed (SIGKILL) after some UFCs were checkpointed continues with
+    --resume and ends with the same compensators as an uninterrupted run."""
+    from infer_fast.storage import load_distilled
+
+    _tiny_teacher(tmp_path)
+    args = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
+            "--group-size", "1", "--quiet"]  # K = 4 UFCs, one batch each
+    _ok(*args, "--out", "reference", cwd=tmp_path)
+    checkpoint = tmp_path / "killed.recovery.pt"
+    done = _sigkill_once_checkpointed([*args, "--out", "killed"], tmp_path, checkpoint)["ufc_index"].numel()
     assert 1 <= done < 4
     refused = run_cli(*args, "--out", "killed", cwd=tmp_path)
     assert refused.returncode == 2 and "resume" in refused.stderr
-    ok(*args, "--out", "killed", "--resume")
+    _ok(*args, "--out", "killed", "--resume", cwd=tmp_path)
     reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
     assert torch.equal(resumed.ufc, reference.ufc)  # the same batches as the uninterrupted run: the same bits
     assert torch.equal(resumed.natural, reference.natural) and not checkpoint.exists()
@@ -170,37 +183,20 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
     """One batch holds all 4 UFCs and is checkpointed every 10 iterations: killed (SIGKILL)
     inside it, the run continues with --resume from its last checkpoint's iteration, says so,
     and ends with exactly (torch.equal) the compensators of an uninterrupted run."""
-    import signal
-    import time
-
     from infer_fast.storage import load_distilled
 
-    def ok(*args):
-        result = run_cli(*args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
-       "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet")
+    _tiny_teacher(tmp_path)
     args = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
-            "--group-size", "4"]  # K = 4 UFCs, all in one batch
-    ok(*args, "--quiet", "--out", "reference")
+            "--group-size", "4", "--quiet"]  # K = 4 UFCs, all in one batch
+    _ok(*args, "--out", "reference", cwd=tmp_path)
     killed = [*args, "--checkpoint-every", "10", "--out", "killed"]
-    proc = subprocess.Popen([sys.executable, "-m", "infer_fast.cli", *killed, "--quiet"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "killed.recovery.pt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.exists() and not (tmp_path / "killed").exists(), "the kill came too late to test anything"
-    saved = torch.load(checkpoint, weights_only=True)
+    saved = _sigkill_once_checkpointed(killed, tmp_path, checkpoint)
     assert saved["ufc_index"].numel() == 0  # the batch never finished: all that was saved is inside it
     (partial,) = saved["partials"]
     iteration = partial["iteration"]
     assert partial["k"] == [0, 1, 2, 3] and iteration % 10 == 0 and 10 <= iteration < 150
-    out = ok(*killed, "--resume")  # (not --quiet: the resume report is progress output)
+    out = _ok(*killed, "--resume", cwd=tmp_path)  # (--quiet: the resume report is printed all the same)
     assert ("resuming, 0/4 infer jobs already recovered; "
             f"teacher 0 batch k=0..3 continues at iteration {iteration}/150") in out
     reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")

@@ -10,7 +10,6 @@ layout of the files is described in :mod:`infer_fast.storage`.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._io import PathLike, check_writable, safetensors_save
+from .._io import PathLike, check_writable, file_sha256, safetensors_save
 from ..data.pixels import valid_range
 from .distilled_set import SET_METHODS, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
@@ -64,14 +63,6 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _owned(t: Tensor, seen: set) -> Tensor:
     """A contiguous tensor that owns its storage (safetensors refuses shared/partial views)."""
     t = t.contiguous()
@@ -89,7 +80,7 @@ def _write_tensor_file(path: Path, tensors: Dict[str, Tensor]) -> Dict[str, Any]
     safetensors_save({n: _owned(t, seen) for n, t in tensors.items()}, path, metadata={"format": FORMAT_NAME})
     _fsync_path(path)
     return {
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
         "tensors": {n: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for n, t in tensors.items()},
     }
@@ -314,7 +305,7 @@ def verify_files(directory: PathLike, manifest: Optional[Dict[str, Any]] = None)
         size = path.stat().st_size
         if "bytes" in entry and size != entry["bytes"]:
             raise DistilledSetError(f"{path}: size {size} bytes, {MANIFEST} records {entry['bytes']} (truncated or replaced)")
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if digest != entry["sha256"]:
             raise DistilledSetError(f"{path}: SHA-256 checksum mismatch (file is corrupt or was modified): "
                                     f"{digest[:16]}... != {entry['sha256'][:16]}... recorded in {MANIFEST}")

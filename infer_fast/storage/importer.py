@@ -10,7 +10,6 @@ an error, not resized.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import PathLike
+from .._io import PathLike, file_sha256
 from .distilled_set import DistilledSet, DistilledSetError
 
 EXTERNAL_METHOD = "external"
@@ -71,10 +70,6 @@ def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
         raise DistilledSetError(f"{path}: cannot read the image ({exc})") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
@@ -144,7 +139,7 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
         for path in files:
             images.append(_read_image(path, spec.channels, size))
             labels.append(label)
-            checksums[str(path.relative_to(root))] = _sha256(path)
+            checksums[str(path.relative_to(root))] = file_sha256(path)
         counts.append(len(files))
     soft = None
     if soft_labels is not None:
@@ -155,7 +150,7 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
         "image_order": "by class, then by file name", "source_sha256": checksums,
     }
     if soft_labels is not None:
-        hyper["soft_labels_source"] = {"path": os.path.abspath(soft_labels), "sha256": _sha256(Path(soft_labels))}
+        hyper["soft_labels_source"] = {"path": os.path.abspath(soft_labels), "sha256": file_sha256(soft_labels)}
     ds = DistilledSet(
         method=EXTERNAL_METHOD, dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels,
         image_size=spec.image_size, mean=spec.mean, std=spec.std, images=torch.stack(images),
