@@ -183,7 +183,7 @@ def cmd_relabel(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data import load_dataset
+    from .data import load_test_split
     from .storage import load_distilled
     from .student import StudentConfig, evaluate_seeds
     from .teacher import load_teacher
@@ -192,7 +192,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
-    test = load_dataset(ds.dataset, "test", data_root=args.data_root)
+    test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
+                           progress=not args.quiet and rank == 0)
     fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix",
                                             "labels")
               if getattr(args, k) is not None}
@@ -237,12 +238,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     ds = load_distilled(args.directory)
     models = [load_teacher(p, dataset=ds.dataset, num_classes=ds.num_classes, device=args.device)[0] for p in teachers]
     report = evaluate_set(ds, models, protocol, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
-                          device=args.device, progress=not args.quiet)
+                          device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
     report["set"]["path"] = args.directory
     print(format_report(report))
     if args.out:
         save_json_atomic(report, args.out)
         print(f"report: {args.out}")
+
+
+DECODE_CACHE_HELP = ("decode the real test split once into DIR and read it from there (image-folder datasets such "
+                     "as ImageNet, which every evaluation would decode again)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dynamic", action="store_true", help="INFER+Dyn: teacher-ensemble labels for every mixed batch")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
     train.add_argument("--data-root", dest="data_root", help="directory holding the real dataset (test split)")
+    train.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
@@ -411,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, default=3, help="students per run (default 3)")
     evaluate.add_argument("--weight", type=float, default=0.5, help="w of LRS and ARS (default 0.5)")
     evaluate.add_argument("--data-root", dest="data_root", help="directory holding the real dataset")
+    evaluate.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--out", help="write the report (JSON) here")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")

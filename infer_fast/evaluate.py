@@ -102,11 +102,13 @@ def _summary(values: Sequence[float]) -> Dict[str, float]:
 def evaluate_set(
     distilled, teachers: Sequence[nn.Module], protocol: Optional[Protocol] = None, *,
     data_root: Optional[str] = None, full_data_checkpoint: Optional[str] = None, device: str = "auto",
-    progress: bool = True,
+    progress: bool = True, decode_cache: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The evaluation report of ``distilled`` (a DistilledSet with soft labels, e.g. relabelled
-    by ``teachers``, which also label the random subsets). See the module docstring."""
-    from .data import load_dataset
+    by ``teachers``, which also label the random subsets). See the module docstring.
+    ``decode_cache``: a directory where a test split read from image files is decoded once
+    for all the students (``data.load_test_split``)."""
+    from .data import load_dataset, load_test_split
     from .distill.run import random_set
     from .student import relabel, train_student
     from .teacher import resolve_device
@@ -121,9 +123,9 @@ def evaluate_set(
     ipc = distilled.budget.get("ipc")
     if not isinstance(ipc, int) or ipc < 1:
         raise ValueError("the set records no budget ipc (images per class): cannot pick a random subset of its budget")
-    train = load_dataset(distilled.dataset, "train", data_root=data_root)
-    test = load_dataset(distilled.dataset, "test", data_root=data_root)
-    full = _full_data_accuracy(protocol, distilled.dataset, data_root, device, full_data_checkpoint, progress)
+    train = load_dataset(distilled.real_dataset, "train", data_root=data_root)
+    test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
+    full = _full_data_accuracy(protocol, distilled.real_dataset, data_root, device, full_data_checkpoint, progress)
 
     accuracies: Dict[str, Dict[str, List[float]]] = {"set": {}, "random": {}}
     per_seed: List[Dict[str, float]] = []

@@ -44,6 +44,7 @@ from . import distributed
 from .choices import RUN_METHODS
 from ._io import check_input_file, check_writable, save_json_atomic
 from .config import check_int
+from .meter import StepMeter
 from .models import device_of
 from .results import (EXTERNAL_PREFIX, METHOD_LABELS, format_table, load_results, markdown_report, method_label,
                       summarize)
@@ -86,6 +87,10 @@ class PipelineConfig:
     # sets made elsewhere (e.g. `infer-fast import`ed, with soft labels) trained and scored
     # beside ours under the same protocol: {label: set directory}; each at its own ipc
     external: Dict[str, str] = field(default_factory=dict)
+    # a test split read from image files (ImageNet's val) is decoded once into <out>/cache/ and
+    # memory-mapped for every student evaluation (uint8 at the eval size: 7.5 GB for ImageNet's
+    # 50,000 val images at 224^2) instead of being decoded again for each
+    decode_cache: bool = True
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
@@ -128,9 +133,10 @@ class PipelineConfig:
         from .distill import ACCOUNTINGS, SELECTIONS, infer_budget
         from .teacher import resolve_device
 
-        for name in ("dataset", "out"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{where}: {name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.out, str):
+            raise ValueError(f"{where}: out must be a string, got {self.out!r}")
+        if not isinstance(self.dataset, (str, dict)):
+            raise ValueError(f"{where}: dataset must be a name or {{name, num_classes, image_size}}, got {self.dataset!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ValueError(f"{where}: data_root must be a string, got {self.data_root!r}")
         try:
@@ -173,7 +179,7 @@ class PipelineConfig:
             if manifest.get("dataset") != canonical_name(self.dataset):
                 raise ValueError(f"{where}: external set {label} ({directory}) is of {manifest.get('dataset')!r}, "
                                  f"not {self.dataset!r}")
-        for name in ("feature_duplication", "scores"):
+        for name in ("feature_duplication", "scores", "decode_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
         if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
@@ -289,6 +295,19 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     return paths
 
 
+def _test_split(cfg: PipelineConfig, out: Path, ranks: distributed.Ranks, progress: bool):
+    """The real test split the students are evaluated on. Read from image files, it is decoded
+    once into ``<out>/cache/`` (by rank 0; the others wait and map the same file) unless
+    ``decode_cache`` is off, when every evaluation streams it from the files."""
+    from .data import load_test_split
+
+    cache = str(out / "cache") if cfg.decode_cache else None
+    if ranks.rank == 0:
+        test = load_test_split(cfg.dataset, cfg.data_root, cache, progress=progress)
+    ranks.barrier()
+    return test if ranks.rank == 0 else load_test_split(cfg.dataset, cfg.data_root, cache)
+
+
 def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[str, int, Path]]:
     """(method, ipc, directory) of every set of the run: ours for each ipc, then the sets
     given to it (``external``) at the ipc their budget records."""
@@ -318,7 +337,7 @@ def _make_set(cfg: PipelineConfig, method: str, ipc: int, directory: Path, teach
     resume = bool(recovery_checkpoints(recovery_checkpoint_path(directory)))
     common = dict(data_root=cfg.data_root)
     if method == "random":
-        distill_random(cfg.dataset, ipc, directory, seed=cfg.recovery_config().seed, **common)
+        distill_random(cfg.dataset, ipc, directory, seed=cfg.recovery_config().seed, progress=progress, **common)
     elif method == "sre2l":
         distill_sre2l(cfg.dataset, teacher_paths, ipc, directory, config=cfg.sre2l_config(), resume=resume,
                       progress=progress, device=cfg.device, **common)
@@ -370,11 +389,15 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     # copy is the one kept and written
     results = load_results(results_path, cfg)
     save = lambda: save_json_atomic(results, str(results_path))  # noqa: E731
-    test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
+    # seconds and peak memory of every step this session ran (results.json: timing.steps)
+    meter = StepMeter(results.setdefault("timing", {}).setdefault("steps", {}))
+    meter.start("test split")
+    test = _test_split(cfg, out, ranks, progress)
     M = len(cfg.teachers)
 
     # 1. teachers: trained across the ranks, then loaded by every rank
     t0 = time.perf_counter()
+    meter.start("teachers")
     teacher_paths = prepare_teachers(cfg, progress, ranks)
     teachers, records = [], []
     for path in teacher_paths:
@@ -400,6 +423,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         step = ranks.from_rank0(step)
         if step == "done":
             continue
+        meter.start(f"set {key}")
         seconds = None  # a set found on disk was not timed by this run
         if step == "make":
             _say(progress, f"distilling {method_label(method)} ipc {ipc} -> {directory}")
@@ -414,6 +438,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
                              "run `infer-fast relabel` on it first")
         if method != "infer_dyn" and not ds.has_soft_labels:
+            meter.start(f"relabel {key}")
             relabel(ds, teachers, device=str(device_of(teachers[0])))
             save_distilled(ds, directory, overwrite=True)
         info = {
@@ -431,7 +456,11 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         info["compression_ratio_note"] = (
             "images + indices; no soft labels stored (the teachers label every batch while training)"
             if method == "infer_dyn" else "images + static soft labels + indices")
-        if cfg.feature_duplication:
+        if cfg.feature_duplication and int(ds.hard_labels().bincount().max()) < 2:
+            info["feature_duplication"] = None  # (a pairwise similarity within classes)
+            info["feature_duplication_note"] = "undefined: one training image per class"
+        elif cfg.feature_duplication:
+            meter.start(f"feature duplication {key}")
             streamed = DistilledDataset(ds, hard_only=True)
             info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0])
         results["sets"][key] = info
@@ -456,6 +485,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         if k % world != rank:
             continue
         key = _run_key(method, ipc, seed)
+        meter.start(f"student {key}")
         if ds_key != (method, ipc):
             ds, ds_key = load_distilled(directories[(method, ipc)]), (method, ipc)
         scfg = cfg.student_config(method, seed, M)
@@ -478,6 +508,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             ckpt.unlink()
         else:
             unrecorded.append((key, record, str(ckpt)))
+    meter.stop()
     shares = ranks.gather(unrecorded)  # waits for the slowest rank
     if world > 1:
         if rank == 0:
@@ -489,9 +520,13 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             Path(ckpt).unlink()
 
     if cfg.scores and rank == 0:  # (rank 0 alone: the others wait at the end)
+        meter.start("scores")
         _score_sets(cfg, sets, results, teacher_paths, save, progress)
+        meter.stop()
 
     if rank == 0:
+        from .data import dataset_label
+
         results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         results["timing"]["session_s"] = time.perf_counter() - started
         results["table"] = summarize(results)
@@ -502,7 +537,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         plots = write_plots(results, out)
         (out / "results.md").write_text(markdown_report(results, table, plots))
         _say(progress, "\n" + table)
-        _say(progress, f"\n{cfg.dataset}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
+        _say(progress, f"\n{dataset_label(cfg.dataset)}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
                        f"({time.perf_counter() - started:.0f} s this session)")
     if world > 1:
         ranks.barrier()  # the others return the results rank 0 wrote
@@ -536,5 +571,6 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results:
             _say(progress, f"DD-Ranking scores: {method_label(method)} ipc {ipc} ({8 * cfg.seeds} students)")
             scores[key] = evaluate_set(load_distilled(directory), [m for m, _ in teachers], protocol,
                                        data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
-                                       device=cfg.device, progress=False)
+                                       device=cfg.device, progress=False,
+                                       decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
             save()

@@ -73,7 +73,10 @@ def write_plots(results: Dict[str, Any], out_dir) -> Dict[str, str]:
     {plot name: path} of those drawn (see the module docstring)."""
     plt = _pyplot()
     rows = results.get("table") or []
-    dataset = results.get("config", {}).get("dataset", "")
+    from .data.registry import dataset_label
+
+    dataset = results.get("config", {}).get("dataset")
+    dataset = dataset_label(dataset) if dataset else ""
     path = lambda name: os.path.join(os.fspath(out_dir), PLOT_FILES[name])  # noqa: E731
     written: Dict[str, str] = {}
     if rows:

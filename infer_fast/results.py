@@ -10,6 +10,8 @@ from typing import Any, Dict, List
 
 import torch
 
+from .data.registry import dataset_label
+
 METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
 EXTERNAL_PREFIX = "external:"  # the method key of a set given to the run (e.g. imported): "external:<label>"
 
@@ -122,7 +124,7 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
         for t in results["teachers"])
     student = cfg["student"]
     lines = [
-        f"# {cfg['dataset']}: INFER and baselines",
+        f"# {dataset_label(cfg['dataset'])}: INFER and baselines",
         "",
         f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {student.get('model', 'convnet')}, "
         f"{student.get('epochs', 400)} epochs (INFER+Dyn: {cfg['dynamic_epochs'] or 'epochs/(M+1)'}), "

@@ -288,7 +288,7 @@ def _check_test_set(distilled: DistilledSet, test_set) -> None:
     spec = test_set.spec
     if spec.num_classes != distilled.num_classes:
         raise ValueError(f"test set has {spec.num_classes} classes, the distilled set {distilled.num_classes}")
-    shape = tuple(test_set.images.shape[1:])
+    shape = tuple(test_set.image_shape)
     expected = (distilled.channels, *distilled.image_size)
     if shape != expected:
         raise ValueError(f"test images are {shape}, the distilled set's {expected}")
@@ -445,7 +445,7 @@ def train_student(
         record = {"epoch": epoch + 1, "loss": total / seen, "lr": schedule.get_last_lr()[0]}
         last = epoch + 1 == cfg.epochs
         if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            accuracy = evaluate(model, test_set.images, test_set.labels, mean, std, cfg.eval_batch_size, device)
+            accuracy = evaluate(model, test_set, cfg.eval_batch_size, device, mean, std)
             record["test_accuracy"] = accuracy
             if cfg.eval_every:
                 best = accuracy if best is None else max(best, accuracy)

@@ -22,10 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__
-from .data import get_spec, load_dataset
+from .data import dataset_options, get_spec, load_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
-from ._io import check_input_file, check_writable, content_digest, read_checkpoint, save_atomic
+from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .config import check_int, check_positive_ints
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
@@ -37,7 +37,7 @@ CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, 
 
 @dataclass
 class TeacherConfig:
-    dataset: str
+    dataset: Any  # a name, or {name, num_classes, image_size} (data.registry.dataset_options)
     model: str = "convnet"
     epochs: int = 30
     batch_size: int = 128
@@ -50,8 +50,9 @@ class TeacherConfig:
     eval_batch_size: int = 1000
 
     def validate(self) -> None:
-        if not isinstance(self.dataset, str):
+        if not isinstance(self.dataset, (str, dict)):
             raise ValueError(f"dataset must be a dataset name, got {self.dataset!r}")
+        dataset_options(self.dataset)
         if not isinstance(self.model, str):
             raise ValueError(f"model must be a model name, got {self.model!r}")
         check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
@@ -89,16 +90,25 @@ def resolve_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int, device) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on uint8 ``images``."""
+def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std=None, progress: bool = False) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on a split (ImageSet or FolderImageSet),
+    streamed in batches of ``batch_size``, normalized with ``mean``/``std`` (default: the
+    split's)."""
     was_training = model.training
     model.eval()
+    device = torch.device(device)
+    spec = test_set.spec
+    mean = spec.mean if mean is None else mean
+    std = spec.std if std is None else std
     correct = 0
-    for start in range(0, len(labels), batch_size):
-        x = normalize(images[start:start + batch_size].to(device), mean, std)
-        correct += (model(x).argmax(1) == labels[start:start + batch_size].to(device)).sum().item()
-    model.train(was_training)
-    return correct / len(labels)
+    try:
+        for images, labels in test_set.batches(batch_size, pin_memory=device.type == "cuda", progress=progress,
+                                               desc=f"evaluating on {spec.name} {test_set.split}"):
+            x = normalize(images.to(device, non_blocking=True), mean, std)
+            correct += (model(x).argmax(1) == labels.to(device, non_blocking=True)).sum().item()
+    finally:
+        model.train(was_training)
+    return correct / len(test_set)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -122,7 +132,7 @@ def _metadata(cfg: TeacherConfig, spec, train=None) -> Dict[str, Any]:
         "config": dataclasses.asdict(cfg),
     }
     if train is not None:
-        meta["data_sha256"] = content_digest([train.images, train.labels])
+        meta["data_sha256"] = train.digest()
     return meta
 
 
@@ -161,29 +171,29 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         print(f"{out}: resuming after epoch {start_epoch}/{cfg.epochs}")
 
     criterion = nn.CrossEntropyLoss()
-    images, labels = train.images, train.labels
     accuracy = history[-1]["test_accuracy"] if history else float("nan")
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same order on resume
-        order = torch.randperm(len(labels), generator=gen)
+        order = torch.randperm(len(train), generator=gen)
         model.train()
         total_loss, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for step in bar:
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        # the epoch's batches in that order: slices in memory, decoded by DataLoader workers from folders
+        bar = tqdm(train.batches(cfg.batch_size, order, pin_memory=device.type == "cuda"), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for images, labels in bar:
             # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
-            x = normalize(_augment(images[idx].float().div_(255), gen), spec.mean, spec.std).to(device, non_blocking=True)
-            y = labels[idx].to(device, non_blocking=True)
+            x = normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std).to(device, non_blocking=True)
+            y = labels.to(device, non_blocking=True)
             loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            total_loss += loss.item() * len(idx)
-            seen += len(idx)
+            total_loss += loss.item() * len(y)
+            seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
-        accuracy = evaluate(model, test.images, test.labels, spec.mean, spec.std, cfg.eval_batch_size, device)
+        accuracy = evaluate(model, test, cfg.eval_batch_size, device, progress=progress)
         elapsed += time.perf_counter() - started
         history.append({"epoch": epoch + 1, "train_loss": total_loss / seen, "test_accuracy": accuracy, "elapsed_s": elapsed})
         if progress:
@@ -282,7 +292,7 @@ def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = Tru
     if evaluate_on_test:
         test = load_dataset(dataset, "test", data_root=data_root)
         dev = resolve_device(device)
-        accuracy = evaluate(net.to(dev), test.images, test.labels, spec.mean, spec.std, cfg.eval_batch_size, dev)
+        accuracy = evaluate(net.to(dev), test, cfg.eval_batch_size, dev)
         net = net.cpu()
     save_atomic({**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0,
                  "state_dict": net.state_dict(), "train_state": None}, out)

@@ -24,7 +24,7 @@ def test_train_then_load(tmp_path):
     from infer_fast.data import load_dataset
 
     test = load_dataset("fashion-mnist-mini", "test")
-    acc = teacher_mod.evaluate(model, test.images, test.labels, test.spec.mean, test.spec.std, 500, torch.device("cpu"))
+    acc = teacher_mod.evaluate(model, test, 500, torch.device("cpu"))
     assert acc == pytest.approx(summary["test_accuracy"])
 
 

@@ -10,10 +10,11 @@ download), fashion-mnist-mini (embedded subset), cifar10 / cifar100 (python pick
 tiny-imagenet, imagenet (class folders) and imagefolder (``root/<split>/<class>/<image>``).
 
 Sets that fit in memory are decoded once into uint8 tensors (:class:`ImageSet`); ImageNet
-stays on disk by default (:class:`FolderImageSet`, decoded lazily; ``to_memory()`` decodes
-everything with worker processes).
+stays on disk by default (:class:`FolderImageSet`, decoded lazily by DataLoader workers).
+Both have one interface (``sets``): labels without decoding, ``images_at``, ``batches``,
+so every step streams a folder split in bounded batches.
 
-Modules: ``registry`` (the specs), ``formats`` (readers and writers of the on-disk formats,
+Modules: ``sets`` (the two kinds of split, the decode cache), ``registry`` (the specs), ``formats`` (readers and writers of the on-disk formats,
 gathered from ``idx``, ``cifar`` and ``folders``), ``transforms`` (normalization and batched
 augmentations), ``pixels`` (uint8 pixels <-> normalized space as the distilled-set format
 stores them: ``normalize_uint8``, ``denormalize``, ``quantize_images``, ``valid_range``).
@@ -22,10 +23,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
-from typing import List, Optional, Sequence, Tuple, Union
-
-import torch
-from torch.utils.data import Dataset
+from typing import Optional, Sequence, Tuple, Union
 
 from . import formats, transforms
 from .formats import (
@@ -40,11 +38,12 @@ from .formats import (
     write_idx,
     write_image_folder,
 )
-from .registry import FOLDER_DATASETS, DatasetSpec, canonical_name, get_spec, list_datasets
+from .registry import FOLDER_DATASETS, DatasetSpec, canonical_name, dataset_label, dataset_options, get_spec, list_datasets
+from .sets import DECODE_LOG_ENV, FolderImageSet, ImageSet, decoded_cache, loader_workers
 from .transforms import denormalize, normalize, random_crop_with_padding, random_flip, random_resized_crop
 
 __all__ = [
-    "DatasetSpec", "ImageSet", "FolderImageSet", "get_spec", "list_datasets", "load_dataset",
+    "DatasetSpec", "load_test_split", "dataset_label", "dataset_options", "ImageSet", "FolderImageSet", "decoded_cache", "loader_workers", "DECODE_LOG_ENV", "get_spec", "list_datasets", "load_dataset",
     "normalize", "denormalize", "random_crop_with_padding", "random_flip", "random_resized_crop",
     "read_idx", "read_idx_pair", "read_cifar", "write_idx", "write_cifar_batches", "write_image_folder",
     "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image", "embedded_file",
@@ -52,144 +51,6 @@ __all__ = [
 ]
 
 MINI_PACKAGE_DIR = "fashion_mnist_mini"
-
-
-def _as_index(indices, n: int) -> torch.Tensor:
-    idx = torch.as_tensor(indices)
-    if idx.dtype == torch.bool:
-        if idx.shape != (n,):
-            raise ValueError(f"boolean mask of shape {tuple(idx.shape)} for {n} samples")
-        return idx.nonzero().squeeze(1)
-    idx = idx.long().reshape(-1)
-    if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
-        raise IndexError(f"index out of range for {n} samples")
-    return idx
-
-
-def _per_class_indices(labels: torch.Tensor, num_classes: int, per_class: int, seed: int) -> torch.Tensor:
-    """``per_class`` random indices of every class (torch.Generator seeded with ``seed``),
-    class-major: all of class 0, then class 1, ..."""
-    if not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
-    gen = torch.Generator().manual_seed(int(seed))
-    order = torch.argsort(labels, stable=True)
-    counts = torch.bincount(labels, minlength=num_classes).tolist()
-    chosen, start = [], 0
-    short = [(c, k) for c, k in enumerate(counts) if k < per_class]
-    if short:
-        c, k = short[0]
-        raise ValueError(
-            f"per_class({per_class}): class {c} has only {k} samples"
-            + (f" ({len(short)} classes have fewer than {per_class})" if len(short) > 1 else "")
-        )
-    for k in counts:
-        members = order[start : start + k]
-        chosen.append(members[torch.randperm(k, generator=gen)[:per_class]])
-        start += k
-    return torch.cat(chosen)
-
-
-class ImageSet(Dataset):
-    """A split held in memory: ``images`` uint8 (N, ch, H, W), ``labels`` int64 (N,)."""
-
-    def __init__(self, spec: DatasetSpec, images: torch.Tensor, labels: torch.Tensor, split: str = "train"):
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"ImageSet: images must be a uint8 tensor (N, ch, H, W), got {getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
-        expected = (spec.channels, spec.image_size, spec.image_size)
-        if tuple(images.shape[1:]) != expected:
-            raise ValueError(f"ImageSet {spec.name}: images are {tuple(images.shape[1:])}, the spec says {expected}")
-        labels = torch.as_tensor(labels).long().reshape(-1)
-        if labels.shape[0] != images.shape[0]:
-            raise ValueError(f"ImageSet {spec.name}: label/image count mismatch ({images.shape[0]} images, {labels.shape[0]} labels)")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
-            raise ValueError(f"ImageSet {spec.name}: labels must lie in [0, {spec.num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
-        self.spec, self.images, self.labels, self.split = spec, images, labels, split
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i) -> Tuple[torch.Tensor, int]:
-        return self.images[i], int(self.labels[i])
-
-    def __repr__(self) -> str:
-        return f"ImageSet({self.spec.name!r}, split={self.split!r}, n={len(self)}, shape={tuple(self.images.shape[1:])}, classes={self.spec.num_classes})"
-
-    def subset(self, indices) -> "ImageSet":
-        """The samples at ``indices`` (ints, a tensor, or a boolean mask), in that order."""
-        idx = _as_index(indices, len(self))
-        return ImageSet(self.spec, self.images[idx], self.labels[idx], self.split)
-
-    def per_class(self, per_class: int, seed: int = 0) -> "ImageSet":
-        """A class-balanced random subset: ``per_class`` samples of every class, class-major
-        (all of class 0 first); the same seed picks the same samples."""
-        return self.subset(_per_class_indices(self.labels, self.spec.num_classes, per_class, seed))
-
-    def shuffled(self, seed: int) -> "ImageSet":
-        """All samples in a random order fixed by ``seed``."""
-        return self.subset(torch.randperm(len(self), generator=torch.Generator().manual_seed(int(seed))))
-
-    def class_counts(self) -> torch.Tensor:
-        """Samples per class, int64 (num_classes,)."""
-        return torch.bincount(self.labels, minlength=self.spec.num_classes)
-
-    def normalized(self, indices=None) -> torch.Tensor:
-        """float32 images normalized with the spec's mean/std (all, or those at ``indices``)."""
-        images = self.images if indices is None else self.images[_as_index(indices, len(self))]
-        return normalize(images, self.spec.mean, self.spec.std)
-
-
-class FolderImageSet(Dataset):
-    """A split kept on disk as image files, decoded lazily with Pillow (resized so that the
-    shorter side is ``spec.image_size``, then center-cropped): items are (uint8 (ch, S, S), label).
-    Labels are known without decoding, so ``per_class`` / ``subset`` are cheap."""
-
-    def __init__(self, spec: DatasetSpec, samples: Sequence[Tuple[str, int]], split: str = "train"):
-        self.spec, self.split = spec, split
-        self.paths: List[str] = [p for p, _ in samples]
-        self.labels = torch.tensor([int(y) for _, y in samples], dtype=torch.long)
-        if self.labels.numel() and int(self.labels.max()) >= spec.num_classes:
-            raise ValueError(f"FolderImageSet {spec.name}: label {int(self.labels.max())} out of range for {spec.num_classes} classes")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i) -> Tuple[torch.Tensor, int]:
-        return decode_image(self.paths[i], self.spec.image_size, self.spec.channels), int(self.labels[i])
-
-    def __repr__(self) -> str:
-        return f"FolderImageSet({self.spec.name!r}, split={self.split!r}, n={len(self)}, size={self.spec.image_size}, classes={self.spec.num_classes})"
-
-    def subset(self, indices) -> "FolderImageSet":
-        idx = _as_index(indices, len(self)).tolist()
-        return FolderImageSet(self.spec, [(self.paths[i], int(self.labels[i])) for i in idx], self.split)
-
-    def per_class(self, per_class: int, seed: int = 0) -> "FolderImageSet":
-        """As :meth:`ImageSet.per_class` (same selection for the same labels and seed)."""
-        return self.subset(_per_class_indices(self.labels, self.spec.num_classes, per_class, seed))
-
-    def class_counts(self) -> torch.Tensor:
-        return torch.bincount(self.labels, minlength=self.spec.num_classes)
-
-    def to_memory(self, num_workers: Optional[int] = None, batch_size: int = 256) -> ImageSet:
-        """Decode every image into an :class:`ImageSet`, in order. ``num_workers`` decoding
-        processes (DataLoader workers); None: up to 8 for large sets (2,000 images or more)
-        on machines with 4 or more cores, none otherwise."""
-        n = len(self)
-        if num_workers is None:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            num_workers = 0 if n < 2000 or cpus < 4 else min(8, cpus)
-        s, ch = self.spec.image_size, self.spec.channels
-        images = torch.empty((n, ch, s, s), dtype=torch.uint8)
-        if num_workers <= 0:
-            for i in range(n):
-                images[i] = decode_image(self.paths[i], s, ch)
-        else:
-            loader = torch.utils.data.DataLoader(self, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-            start = 0
-            for batch, _ in loader:
-                images[start : start + len(batch)] = batch
-                start += len(batch)
-        return ImageSet(self.spec, images, self.labels.clone(), self.split)
 
 
 def embedded_file(name: str):
@@ -235,6 +96,9 @@ def load_dataset(
 ) -> Union[ImageSet, FolderImageSet]:
     """Load one split ("train" or "test"; folder datasets also take "val" = "test").
 
+    ``name``: a registered name, or a mapping ``{name, num_classes, image_size}`` (see
+    ``registry.dataset_options``) whose options are defaults of the arguments below.
+
     - ``num_classes``: the class count you expect; a dataset with another raises ValueError.
     - ``download``: fashion-mnist only (the others have no automatic download).
     - ``in_memory``: folder datasets: decode everything into an :class:`ImageSet` (default for
@@ -243,7 +107,9 @@ def load_dataset(
     - ``image_size`` (folder datasets), ``channels`` / ``mean`` / ``std`` (imagefolder; 3 /
       0.5 per channel by default), ``num_workers``: decoding processes for ``to_memory``.
     """
-    key = canonical_name(name)
+    key, options = dataset_options(name)  # a name, or {name, num_classes, image_size}
+    num_classes = options.get("num_classes") if num_classes is None else num_classes
+    image_size = options.get("image_size") if image_size is None else image_size
     if key == "fashion-mnist" or key == "fashion-mnist-mini":
         _check_split(key, split, ("train", "test"))
         spec = get_spec(key, num_classes, image_size, mean=mean, std=std)
@@ -304,3 +170,14 @@ def load_dataset(
     if in_memory is None:
         in_memory = key != "imagenet"
     return lazy.to_memory(num_workers) if in_memory else lazy
+
+
+def load_test_split(dataset, data_root: Optional[str] = None, decode_cache: Optional[str] = None,
+                    progress: bool = False) -> Union[ImageSet, FolderImageSet]:
+    """The test split that students are evaluated on. With ``decode_cache`` (a directory) a
+    split read from image files (ImageNet's val) is decoded there once and memory-mapped
+    (:func:`decoded_cache`), so repeated evaluations do not decode it again."""
+    test = load_dataset(dataset, "test", data_root=data_root)
+    if decode_cache is not None and isinstance(test, FolderImageSet):
+        return decoded_cache(test, decode_cache, progress=progress)
+    return test

@@ -9,9 +9,10 @@ usual Fashion-MNIST values (0.2860 / 0.3530).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["DatasetSpec", "get_spec", "list_datasets", "canonical_name", "FOLDER_DATASETS", "ARRAY_DATASETS"]
+__all__ = ["DatasetSpec", "get_spec", "list_datasets", "canonical_name", "dataset_options", "dataset_label",
+           "FOLDER_DATASETS", "ARRAY_DATASETS"]
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,39 @@ def list_datasets() -> List[str]:
     return list(_SPECS) + [IMAGEFOLDER]
 
 
-def canonical_name(name: str) -> str:
-    """The registered name for ``name`` (case and common spellings such as "CIFAR-10" accepted)."""
+DATASET_OPTIONS = ("num_classes", "image_size")  # what a dataset mapping may set beside its name
+
+
+def dataset_options(dataset) -> Tuple[str, Dict[str, int]]:
+    """(name, options) of a dataset given as a name, or as a mapping ``{name: imagenet,
+    num_classes: 100, image_size: 64}`` (a class-folder subset, another resolution: folder
+    datasets only). The options are checked here, naming the bad one."""
+    if not isinstance(dataset, Mapping):
+        return canonical_name(dataset), {}
+    unknown = sorted(set(dataset) - {"name", *DATASET_OPTIONS})
+    if unknown or "name" not in dataset:
+        raise ValueError(f"dataset: a mapping takes name and optionally {', '.join(DATASET_OPTIONS)}, got {dict(dataset)!r}")
+    name = canonical_name(dataset["name"])
+    options = {k: dataset[k] for k in DATASET_OPTIONS if dataset.get(k) is not None}
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"dataset: {key} must be a positive integer, got {value!r}")
+    return name, options
+
+
+def dataset_label(dataset) -> str:
+    """How a dataset given by name or mapping is shown: "imagenet" or "imagenet (100 classes, 64px)"."""
+    name, options = dataset_options(dataset)
+    details = [f"{options['num_classes']} classes"] if "num_classes" in options else []
+    details += [f"{options['image_size']}px"] if "image_size" in options else []
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def canonical_name(name) -> str:
+    """The registered name for ``name`` (case and common spellings such as "CIFAR-10" accepted;
+    a dataset mapping's name)."""
+    if isinstance(name, Mapping):
+        return dataset_options(name)[0]
     if not isinstance(name, str):
         raise ValueError(f"dataset must be a dataset name (a string), got {name!r}")
     key = name.strip().lower()
@@ -154,7 +186,9 @@ def get_spec(
     - imagefolder: ``num_classes`` is required (it comes from the folder); ``image_size``
       defaults to 32, ``channels`` to 3, mean/std to 0.5 per channel.
     """
-    key = canonical_name(name)
+    key, options = dataset_options(name)
+    num_classes = options.get("num_classes") if num_classes is None else num_classes
+    image_size = options.get("image_size") if image_size is None else image_size
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from ..choices import ACCOUNTINGS, SELECTIONS
 from ..config import check_int
@@ -35,22 +36,24 @@ def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str 
 
 
 @torch.no_grad()
-def _true_class_confidence(images_u8: Tensor, label: int, teachers: Sequence[nn.Module], mean, std,
+def _true_class_confidence(train_set, indices: Tensor, label: int, teachers: Sequence[nn.Module],
                            batch_size: int = 500) -> Tensor:
-    """Softmax probability of ``label`` under the teachers' mean logits, per image (CPU float32)."""
+    """Softmax probability of ``label`` under the teachers' mean logits, per image of
+    ``train_set`` at ``indices`` (CPU float32), streamed in batches."""
     from ..data.transforms import normalize
     from ..student import ensemble_logits
 
     device = device_of(teachers[0])
+    spec = train_set.spec
     out = []
-    for start in range(0, images_u8.shape[0], batch_size):
-        x = normalize(images_u8[start:start + batch_size], mean, std).to(device)
+    for images, _ in train_set.batches(batch_size, indices, pin_memory=device.type == "cuda"):
+        x = normalize(images.to(device, non_blocking=True), spec.mean, spec.std)
         out.append(ensemble_logits(teachers, x).softmax(1)[:, label].float().cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
-                        teachers: Optional[Sequence[nn.Module]] = None) -> Tensor:
+                        teachers: Optional[Sequence[nn.Module]] = None, progress: bool = False) -> Tensor:
     """K natural sets, one real training image per class each: uint8 (K, C, ch, H, W).
 
     ``selection="random"``: within a class the K images are distinct, drawn without
@@ -58,17 +61,17 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
     images). ``"confidence"``: the K images of each class to which the teachers' ensemble
     (mean logits, eval mode) gives the highest probability of their own class, ties broken
     by the seeded random order; set k gets the k-th most confident image of every class.
+
+    The images are chosen from the labels alone and only the K*C chosen ones are decoded
+    (a folder split streams; "confidence" reads every image once to score it).
     """
     check_int("K", K)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if selection == "confidence" and not teachers:
         raise ValueError("selection='confidence' needs the teachers to score the training images")
-    images, labels = train_set.images, train_set.labels
-    spec = train_set.spec
-    num_classes = spec.num_classes
-    if images.dtype != torch.uint8:
-        raise ValueError(f"natural sets are stored as uint8 pixels; the training images are {images.dtype}")
+    labels = train_set.labels
+    num_classes = train_set.spec.num_classes
     counts = torch.bincount(labels, minlength=num_classes).tolist()
     short = [c for c, n in enumerate(counts) if n < K]
     if short:
@@ -78,13 +81,16 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
             + (f" ({len(short)} classes have fewer than {K})" if len(short) > 1 else "")
         )
     gen = torch.Generator().manual_seed(int(seed))
-    out = torch.empty((K, num_classes) + tuple(images.shape[1:]), dtype=torch.uint8)
-    for c in range(num_classes):
+    chosen = torch.empty((num_classes, K), dtype=torch.int64)  # chosen[c, k]: the image of class c in set k
+    classes = tqdm(range(num_classes), desc="scoring natural images", disable=not (progress and selection == "confidence"),
+                   leave=False, unit="class")
+    for c in classes:
         idx = (labels == c).nonzero().squeeze(1)
         idx = idx[torch.randperm(idx.numel(), generator=gen)]
         if selection == "confidence":
-            score = _true_class_confidence(images[idx], c, list(teachers), spec.mean, spec.std)
+            score = _true_class_confidence(train_set, idx, c, list(teachers))
             idx = idx[torch.sort(score, descending=True, stable=True).indices]
-        out[:, c] = images[idx[:K]]
-    return out
-
+        chosen[c] = idx[:K]
+    # set-major (k, c): one decode of the K*C chosen images
+    images = train_set.images_at(chosen.t().reshape(-1), progress=progress, desc="decoding natural images")
+    return images.view((K, num_classes) + tuple(images.shape[1:]))

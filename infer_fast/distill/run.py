@@ -2,9 +2,12 @@
 and the SRe2L and random baselines."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
 
 from .. import distributed
 from .._io import check_writable
@@ -119,7 +122,7 @@ def distill_infer(
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
-    natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers)
+    natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers, progress=progress)
     ufc_bytes = K * len(teachers) * natural[0, 0].numel() * 4  # float32
     _check_space(out_dir, natural.numel() + ufc_bytes, ufc_bytes)
     result = recover_ufcs(
@@ -158,10 +161,10 @@ def distill_sre2l(
     check_int("ipc", ipc)
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
-    image_bytes = ipc * spec.num_classes * train.images[0].numel() * 4  # float32
+    image_bytes = ipc * spec.num_classes * math.prod(train.image_shape) * 4  # float32
     _check_space(out_dir, image_bytes, image_bytes)
     result = recover_sre2l(
-        ipc, spec.num_classes, tuple(train.images.shape[1:]), teachers, spec.mean, spec.std, config,
+        ipc, spec.num_classes, train.image_shape, teachers, spec.mean, spec.std, config,
         checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
     )
     hyper = config.to_dict()
@@ -176,10 +179,10 @@ def distill_sre2l(
     return _save_and_clean(ds, out_dir, checkpoint)
 
 
-def random_set(train, ipc: int, seed: int = 0):
+def random_set(train, ipc: int, seed: int = 0, progress: bool = False):
     """The "random" baseline as a DistilledSet (unlabelled): ``ipc`` real training images per
-    class of ``train`` (an ImageSet) chosen with ``seed``, stored as uint8 (the same storage as
-    ipc*C images)."""
+    class of ``train`` (an ImageSet, or a FolderImageSet of which only those are decoded)
+    chosen with ``seed``, stored as uint8 (the same storage as ipc*C images)."""
     from ..storage import DistilledSet
 
     check_int("ipc", ipc)
@@ -187,7 +190,7 @@ def random_set(train, ipc: int, seed: int = 0):
     return DistilledSet(
         method="random",
         **_set_fields(train),
-        images=picked.images,
+        images=picked.images_at(torch.arange(len(picked)), progress=progress, desc="decoding random images"),
         labels=picked.labels,
         hyperparameters={"selection": "ipc real training images per class, uniformly at random"},
         teachers=[],
@@ -202,6 +205,7 @@ def distill_random(
     out_dir: Union[str, os.PathLike],
     seed: int = 0,
     data_root: Optional[str] = None,
+    progress: bool = False,
 ) -> Path:
     """The "random" baseline (:func:`random_set`) written to ``out_dir``; relabel it like an
     INFER set."""
@@ -211,4 +215,4 @@ def distill_random(
     check_int("ipc", ipc)
     out_dir = _check_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
-    return save_distilled(random_set(train, ipc, seed), out_dir)
+    return save_distilled(random_set(train, ipc, seed, progress=progress), out_dir)

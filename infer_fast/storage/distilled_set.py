@@ -114,6 +114,13 @@ class DistilledSet:
         return self.method == "infer"
 
     @property
+    def real_dataset(self) -> Dict[str, Any]:
+        """The real dataset it was distilled from, as ``load_dataset`` takes it: its name with
+        the set's class count and resolution (a class subset or another size of a folder
+        dataset loads as the set saw it)."""
+        return {"name": self.dataset, "num_classes": self.num_classes, "image_size": self.height}
+
+    @property
     def K(self) -> int:
         return int(self.natural.shape[0]) if self.is_infer else 0
 

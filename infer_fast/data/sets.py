@@ -1,0 +1,308 @@
+"""A dataset split behind one interface, held in memory or streamed from image files.
+
+Every step of the toolkit reads real data through these methods, so the same code serves
+Fashion-MNIST in memory and ImageNet-1k on disk, with peak memory set by the batch size:
+
+- ``labels`` (int64, known without decoding), ``class_counts()``, ``subset(indices)``,
+  ``per_class(n, seed)``: choosing images costs nothing;
+- ``images_at(indices)``: uint8 (n, ch, S, S) of just those images;
+- ``batches(batch_size, indices)``: (uint8 images, labels) in bounded batches, in order
+  (a DataLoader with worker processes that decode, resize and crop for a folder split);
+- ``to_memory()``, ``digest()`` (what a teacher checkpoint ties its resume to).
+
+:class:`ImageSet` holds uint8 pixels (decoded once, or memory-mapped from a decode cache:
+:func:`decoded_cache`); :class:`FolderImageSet` decodes files on demand with Pillow.
+Setting ``INFER_FAST_DECODE_LOG=FILE`` appends the path of every decoded file to FILE, in
+every process (worker processes and torchrun ranks too): how a run's reads can be audited.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from .folders import decode_image
+from .registry import DatasetSpec
+from .transforms import normalize
+
+__all__ = ["ImageSet", "FolderImageSet", "loader_workers", "decoded_cache", "DECODE_LOG_ENV"]
+
+DECODE_LOG_ENV = "INFER_FAST_DECODE_LOG"
+MIN_IMAGES_FOR_WORKERS = 256  # fewer: decoding in this process beats starting worker processes
+MAX_WORKERS = 8
+
+
+def loader_workers(n_images: int, requested: Optional[int] = None) -> int:
+    """DataLoader worker processes for decoding ``n_images`` files: ``requested`` when given,
+    else none for a few images, one per available core (at most 8) otherwise."""
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {requested!r}")
+        return requested
+    if n_images < MIN_IMAGES_FOR_WORKERS:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(MAX_WORKERS, cpus)
+
+
+def _as_index(indices, n: int) -> Tensor:
+    idx = torch.as_tensor(indices)
+    if idx.dtype == torch.bool:
+        if idx.shape != (n,):
+            raise ValueError(f"boolean mask of shape {tuple(idx.shape)} for {n} samples")
+        return idx.nonzero().squeeze(1)
+    idx = idx.long().reshape(-1)
+    if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
+        raise IndexError(f"index out of range for {n} samples")
+    return idx
+
+
+def per_class_indices(labels: Tensor, num_classes: int, per_class: int, seed: int) -> Tensor:
+    """``per_class`` random indices of every class (torch.Generator seeded with ``seed``),
+    class-major: all of class 0, then class 1, ..."""
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    short = [(c, k) for c, k in enumerate(counts) if k < per_class]
+    if short:
+        c, k = short[0]
+        raise ValueError(
+            f"per_class({per_class}): class {c} has only {k} samples"
+            + (f" ({len(short)} classes have fewer than {per_class})" if len(short) > 1 else "")
+        )
+    chosen, start = [], 0
+    for k in counts:
+        members = order[start : start + k]
+        chosen.append(members[torch.randperm(k, generator=gen)[:per_class]])
+        start += k
+    return torch.cat(chosen)
+
+
+class _Split(Dataset):
+    """What both kinds share: ``spec``, ``labels``, ``split`` and choosing by labels."""
+
+    spec: DatasetSpec
+    labels: Tensor
+    split: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """(channels, height, width) of every image of the split."""
+        return (self.spec.channels, self.spec.image_size, self.spec.image_size)
+
+    def class_counts(self) -> Tensor:
+        """Samples per class, int64 (num_classes,)."""
+        return torch.bincount(self.labels, minlength=self.spec.num_classes)
+
+    def subset(self, indices):
+        raise NotImplementedError
+
+    def per_class(self, per_class: int, seed: int = 0):
+        """A class-balanced random subset: ``per_class`` samples of every class, class-major
+        (all of class 0 first); the same labels and seed pick the same samples."""
+        return self.subset(per_class_indices(self.labels, self.spec.num_classes, per_class, seed))
+
+    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None,
+                pin_memory: bool = False, progress: bool = False, desc: str = "images") -> Iterator[Tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def images_at(self, indices, *, num_workers: Optional[int] = None, progress: bool = False,
+                  desc: str = "decoding") -> Tensor:
+        """uint8 (n, ch, S, S): the images at ``indices``, in that order."""
+        idx = _as_index(indices, len(self))
+        out = torch.empty((idx.numel(),) + self.image_shape, dtype=torch.uint8)
+        start = 0
+        for images, _ in self.batches(256, idx, num_workers=num_workers, progress=progress, desc=desc):
+            out[start:start + images.shape[0]] = images
+            start += images.shape[0]
+        return out
+
+    def normalized(self, indices=None) -> Tensor:
+        """float32 images normalized with the spec's mean/std (all, or those at ``indices``)."""
+        idx = torch.arange(len(self)) if indices is None else indices
+        return normalize(self.images_at(idx), self.spec.mean, self.spec.std)
+
+
+class ImageSet(_Split):
+    """A split held in memory: ``images`` uint8 (N, ch, H, W), ``labels`` int64 (N,)."""
+
+    def __init__(self, spec: DatasetSpec, images: Tensor, labels: Tensor, split: str = "train"):
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"ImageSet: images must be a uint8 tensor (N, ch, H, W), got {getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+        expected = (spec.channels, spec.image_size, spec.image_size)
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(f"ImageSet {spec.name}: images are {tuple(images.shape[1:])}, the spec says {expected}")
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"ImageSet {spec.name}: label/image count mismatch ({images.shape[0]} images, {labels.shape[0]} labels)")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
+            raise ValueError(f"ImageSet {spec.name}: labels must lie in [0, {spec.num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+        self.spec, self.images, self.labels, self.split = spec, images, labels, split
+
+    def __getitem__(self, i) -> Tuple[Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def __repr__(self) -> str:
+        return f"ImageSet({self.spec.name!r}, split={self.split!r}, n={len(self)}, shape={tuple(self.images.shape[1:])}, classes={self.spec.num_classes})"
+
+    def subset(self, indices) -> "ImageSet":
+        """The samples at ``indices`` (ints, a tensor, or a boolean mask), in that order."""
+        idx = _as_index(indices, len(self))
+        return ImageSet(self.spec, self.images[idx], self.labels[idx], self.split)
+
+    def shuffled(self, seed: int) -> "ImageSet":
+        """All samples in a random order fixed by ``seed``."""
+        return self.subset(torch.randperm(len(self), generator=torch.Generator().manual_seed(int(seed))))
+
+    def images_at(self, indices, **_) -> Tensor:
+        return self.images[_as_index(indices, len(self))]
+
+    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None,
+                pin_memory: bool = False, progress: bool = False, desc: str = "images") -> Iterator[Tuple[Tensor, Tensor]]:
+        """(uint8 images, labels) of ``indices`` (default: every sample, in order) in consecutive
+        batches of ``batch_size``: slices of the held tensors (the worker options are for
+        folder splits)."""
+        n = len(self) if indices is None else int(torch.as_tensor(indices).numel())
+        idx = None if indices is None else _as_index(indices, len(self))
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False, unit="batch"):
+            rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
+            yield self.images[rows], self.labels[rows]
+
+    def to_memory(self, num_workers: Optional[int] = None, batch_size: int = 256) -> "ImageSet":
+        return self
+
+    def digest(self) -> str:
+        """content_digest of the images and labels."""
+        from .._io import content_digest
+
+        return content_digest([self.images, self.labels])
+
+
+class FolderImageSet(_Split):
+    """A split kept on disk as image files, decoded lazily with Pillow (resized so that the
+    shorter side is ``spec.image_size``, then center-cropped): items are (uint8 (ch, S, S), label).
+    Labels are known without decoding, so ``per_class`` / ``subset`` are cheap."""
+
+    def __init__(self, spec: DatasetSpec, samples: Sequence[Tuple[str, int]], split: str = "train"):
+        self.spec, self.split = spec, split
+        self.paths: List[str] = [p for p, _ in samples]
+        self.labels = torch.tensor([int(y) for _, y in samples], dtype=torch.long)
+        if self.labels.numel() and int(self.labels.max()) >= spec.num_classes:
+            raise ValueError(f"FolderImageSet {spec.name}: label {int(self.labels.max())} out of range for {spec.num_classes} classes")
+
+    def __getitem__(self, i) -> Tuple[Tensor, int]:
+        path = self.paths[i]
+        image = decode_image(path, self.spec.image_size, self.spec.channels)
+        log = os.environ.get(DECODE_LOG_ENV)
+        if log:  # one short append per decode: atomic across processes
+            with open(log, "a") as f:
+                f.write(path + "\n")
+        return image, int(self.labels[i])
+
+    def __repr__(self) -> str:
+        return f"FolderImageSet({self.spec.name!r}, split={self.split!r}, n={len(self)}, size={self.spec.image_size}, classes={self.spec.num_classes})"
+
+    def subset(self, indices) -> "FolderImageSet":
+        idx = _as_index(indices, len(self)).tolist()
+        return FolderImageSet(self.spec, [(self.paths[i], int(self.labels[i])) for i in idx], self.split)
+
+    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None,
+                pin_memory: bool = False, progress: bool = False, desc: str = "images") -> Iterator[Tuple[Tensor, Tensor]]:
+        """(uint8 images, labels) of ``indices`` (default: every sample, in order) in consecutive
+        batches of ``batch_size``, decoded (decode, resize, crop) by ``num_workers`` DataLoader
+        worker processes (default :func:`loader_workers`), ``pin_memory`` for a GPU consumer.
+        At most a few batches per worker are held at a time, whatever the split's size."""
+        idx = torch.arange(len(self)) if indices is None else _as_index(indices, len(self))
+        order = idx.tolist()
+        chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        workers = loader_workers(len(order), num_workers)
+        if workers == 0:
+            iterator = ((torch.stack([self[i][0] for i in chunk]), self.labels[chunk]) for chunk in chunks)
+        else:
+            loader = torch.utils.data.DataLoader(self, batch_sampler=chunks, num_workers=workers,
+                                                 pin_memory=pin_memory and torch.cuda.is_available())
+            iterator = iter(loader)
+        yield from tqdm(iterator, total=len(chunks), desc=desc, disable=not progress, leave=False, unit="batch")
+
+    def to_memory(self, num_workers: Optional[int] = None, batch_size: int = 256, progress: bool = False) -> ImageSet:
+        """Decode every image into an :class:`ImageSet`, in order (``num_workers`` decoding
+        processes; default :func:`loader_workers`). Only for splits that fit in memory."""
+        images = torch.empty((len(self),) + self.image_shape, dtype=torch.uint8)
+        start = 0
+        for batch, _ in self.batches(batch_size, num_workers=num_workers, progress=progress, desc=f"decoding {self.spec.name} {self.split}"):
+            images[start:start + len(batch)] = batch
+            start += len(batch)
+        return ImageSet(self.spec, images, self.labels.clone(), self.split)
+
+    def digest(self) -> str:
+        """SHA-256 of the listing: every file's path below the split's common folder, label and
+        size (the content of a million files is not read: a changed file of the same size and
+        name goes unnoticed)."""
+        h = hashlib.sha256(f"{self.spec.name}:{self.spec.image_size}:{self.spec.channels}".encode())
+        if self.paths:
+            root = os.path.commonpath(self.paths) if len(self.paths) > 1 else os.path.dirname(self.paths[0])
+            for path, label in zip(self.paths, self.labels.tolist()):
+                h.update(f"{os.path.relpath(path, root)}\0{label}\0{os.path.getsize(path)}\n".encode())
+        return h.hexdigest()
+
+
+def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
+                  num_workers: Optional[int] = None) -> ImageSet:
+    """``split`` decoded once into a uint8 file under ``directory`` (named by the split's
+    digest, resolution and channels) and returned as an :class:`ImageSet` memory-mapped from
+    it: later calls, and other processes, reuse the file instead of decoding again (the
+    many student evaluations of a run). Written beside itself and renamed when complete, so
+    an interrupted decode leaves no cache behind that looks finished."""
+    from .._io import check_writable
+
+    digest = split.digest()
+    key = digest[:16]
+    shape = (len(split),) + split.image_shape
+    stem = f"{split.spec.name}-{split.split}-{split.spec.image_size}px-{key}"
+    path = os.path.join(os.fspath(directory), stem + ".u8")
+    meta_path = path + ".json"
+    if not (os.path.isfile(path) and os.path.isfile(meta_path) and _cache_matches(meta_path, shape)):
+        nbytes = int(np.prod(shape))
+        check_writable(path, "decode cache", need_bytes=nbytes)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{stem}.u8.tmp-{os.getpid()}")
+        try:
+            out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # raw bytes: the shape is in the .json
+            start = 0
+            for images, _ in split.batches(256, num_workers=num_workers, progress=progress,
+                                           desc=f"decode cache {split.spec.name} {split.split}"):
+                out[start:start + images.shape[0]] = images.numpy()
+                start += images.shape[0]
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        with open(meta_path, "w") as f:
+            json.dump({"shape": list(shape), "dataset": split.spec.name, "split": split.split,
+                       "digest": digest}, f)
+    # copy-on-write: the tensor is writable (torch wants that) but the file never changes
+    images = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=shape))
+    return ImageSet(split.spec, images, split.labels.clone(), split.split)
+
+
+def _cache_matches(meta_path: str, shape) -> bool:
+    try:
+        with open(meta_path) as f:
+            return tuple(json.load(f)["shape"]) == tuple(shape)
+    except (OSError, ValueError, KeyError):
+        return False

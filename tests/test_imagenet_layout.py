@@ -1,0 +1,147 @@
+"""ImageNet's real on-disk layout end to end, streamed: a small fake tree (wnid folders, JPEGs
+of varied sizes, grayscale and CMYK ones, a PNG named .JPEG) through teacher training,
+`infer-fast run` with the ImageNet recipe at tiny budgets, and the same run under torchrun
+with 2 processes. Every decoded file is logged (INFER_FAST_DECODE_LOG): the training split
+is never decoded in full by distillation, and the val split once, into the decode cache."""
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from infer_fast.data import DECODE_LOG_ENV, FolderImageSet, load_dataset
+from infer_fast.data.synthetic import write_fake_imagenet
+from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 4, 2
+DATASET = {"name": "imagenet", "num_classes": CLASSES, "image_size": 32}
+CONFIG = """\
+dataset: {{name: imagenet, num_classes: {classes}, image_size: 32}}
+data_root: {root}
+out: unused
+teachers: [{{path: {teacher}}}]
+ipc: 1
+methods: [infer, infer_dyn, random, sre2l]
+accounting: ipc
+recovery: {{iterations: 2, r_bn: 0.01, augmentation: imagenet, max_shift: 4}}
+sre2l: {{iterations: 2, r_bn: 0.01}}
+student: {{model: convnet-w8-d2, epochs: 1, batch_size: 8, augmentation: resized_crop_flip, mix: cutmix, mixup_alpha: 1.0,
+          temperature: 20.0}}
+seeds: 1
+device: cpu
+"""
+
+
+def decodes(log):
+    """{path: times decoded} from a decode log (and empties it)."""
+    if not os.path.exists(log):
+        return collections.Counter()
+    with open(log) as f:
+        counts = collections.Counter(line.strip() for line in f if line.strip())
+    os.unlink(log)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """(root, teacher checkpoint, decode log): the fake tree and a teacher trained on it."""
+    root = tmp_path_factory.mktemp("fake-imagenet")
+    counts = write_fake_imagenet(root / "data", classes=CLASSES, train_per_class=TRAIN_PER_CLASS,
+                                 val_per_class=VAL_PER_CLASS)
+    assert counts["train"] == CLASSES * TRAIN_PER_CLASS and counts["png_named_jpeg"] == 1
+    assert counts["grayscale"] and counts["cmyk"]
+    log = str(root / "decodes.log")
+    os.environ[DECODE_LOG_ENV] = log
+    try:
+        teacher = str(root / "teacher.pt")
+        train_teacher(TeacherConfig(dataset=DATASET, model="convnet-w8-d2", epochs=2, batch_size=8, lr=0.05,
+                                    data_root=str(root / "data"), device="cpu"), teacher, progress=False)
+    finally:
+        del os.environ[DECODE_LOG_ENV]
+    seen = decodes(log)
+    # teacher training streams the split: every training image once per epoch, every val image
+    # once per epoch's evaluation, through the same loader
+    train_files = [p for p in seen if f"{os.sep}train{os.sep}" in p]
+    assert len(train_files) == CLASSES * TRAIN_PER_CLASS and set(seen.values()) == {2}
+    return root, teacher, log
+
+
+def test_folder_split_streams_in_bounded_batches(tree):
+    root, _, log = tree
+    train = load_dataset(DATASET, "train", data_root=str(root / "data"))
+    assert isinstance(train, FolderImageSet) and len(train) == CLASSES * TRAIN_PER_CLASS
+    os.environ[DECODE_LOG_ENV] = log
+    try:
+        picked = train.per_class(1, seed=0)  # labels only
+        assert not os.path.exists(log)
+        images = picked.images_at(torch.arange(len(picked)))
+        shapes = [tuple(x.shape) for x, _ in train.batches(5, num_workers=1)]
+    finally:
+        del os.environ[DECODE_LOG_ENV]
+    assert images.shape == (CLASSES, 3, 32, 32) and images.dtype == torch.uint8
+    assert shapes == [(5, 3, 32, 32)] * 4 + [(4, 3, 32, 32)]
+    assert sum(decodes(log).values()) == CLASSES + len(train)
+    # the same pixels as decoding the split into memory
+    assert torch.equal(train.to_memory().images_at(picked_indices(train)), images)
+
+
+def picked_indices(train):
+    from infer_fast.data.sets import per_class_indices
+
+    return per_class_indices(train.labels, CLASSES, 1, 0)
+
+
+def run_cli(root, out, ranks, log):
+    (root / "exp.yaml").write_text(CONFIG.format(classes=CLASSES, root=root / "data", teacher=root / "teacher.pt"))
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{DECODE_LOG_ENV: log})
+    proc = subprocess.run([sys.executable, *launcher, "-m", "infer_fast.cli", "run", "exp.yaml", "--out", out, "--quiet"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(root / out / "results.json") as f:
+        return json.load(f)
+
+
+def check_run(results, seen):
+    train_decoded = [p for p in seen if f"{os.sep}train{os.sep}" in p]
+    val_decoded = [p for p in seen if f"{os.sep}val{os.sep}" in p]
+    # the natural images of INFER (K = 1 per class) and the random set's: never the whole split
+    assert len(train_decoded) <= 2 * CLASSES < CLASSES * TRAIN_PER_CLASS
+    # the val split decoded once, into the cache every student evaluation reads
+    assert len(val_decoded) == CLASSES * VAL_PER_CLASS and all(seen[p] == 1 for p in val_decoded)
+    assert set(results["sets"]) == {"infer/ipc1", "infer_dyn/ipc1", "random/ipc1", "sre2l/ipc1"}
+    assert len(results["runs"]) == 4
+    for method in ("random", "sre2l"):  # one image per class: duplication is undefined, not an error
+        assert results["sets"][f"{method}/ipc1"]["feature_duplication"] is None
+    assert results["sets"]["infer/ipc1"]["feature_duplication"] is not None
+
+
+def test_run_with_the_imagenet_recipe_streams_the_split(tree):
+    root, _, log = tree
+    results = run_cli(root, "one", 1, log)
+    check_run(results, decodes(log))
+    assert (root / "one" / "results.md").read_text().startswith("# imagenet (6 classes, 32px)")
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
+def test_run_under_torchrun_streams_the_split_and_equals_one_process(tree):
+    root, _, log = tree
+    if not (root / "one" / "results.json").exists():
+        run_cli(root, "one", 1, log)
+        decodes(log)
+    two = run_cli(root, "two", 2, log)
+    check_run(two, decodes(log))
+    with open(root / "one" / "results.json") as f:
+        one = json.load(f)
+    assert {k: r["final_accuracy"] for k, r in two["runs"].items()} == {k: r["final_accuracy"] for k, r in one["runs"].items()}
+
+
+def test_teacher_trained_on_the_tree_loads_for_the_subset(tree):
+    _, teacher, _ = tree
+    model, meta = load_teacher(teacher, dataset=DATASET, num_classes=CLASSES)
+    assert meta["dataset"] == "imagenet" and meta["num_classes"] == CLASSES and meta["image_size"] == 32
+    assert len(meta["data_sha256"]) == 64
