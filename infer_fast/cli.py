@@ -52,6 +52,29 @@ def cmd_models(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['name']:<{width}}  {r['inputs']:<12} {r['params']:>15,}  {r['description']}")
     print("\nAlso: torchvision:NAME and timm:NAME when those libraries are installed.")
+    _print_pretrained_weights()
+
+
+def _print_pretrained_weights() -> None:
+    """Which torchvision ImageNet weight files `pretrained: true` reads, and which are here."""
+    from .models import pretrained_weights_table
+
+    folder, rows, fetch = pretrained_weights_table()
+    torch_home = os.environ.get("TORCH_HOME")
+    how = f"from TORCH_HOME={torch_home}" if torch_home else "set TORCH_HOME to use TORCH_HOME/hub/checkpoints"
+    print(f"\nPretrained ImageNet weights (pretrained: true; never downloaded), looked for in torch hub's checkpoints "
+          f"folder ({how}):\n  {folder}{'' if os.path.isdir(folder) else '  (does not exist)'}")
+    width = max(len(r["name"]) for r in rows)
+    file_width = max(len(r["files"][0]) for r in rows)
+    print(f"{'model':<{width}}  {'file':<{file_width}}  status")
+    for r in rows:
+        found = r["found"] and os.path.basename(r["found"])
+        status = "missing" if not found else "present" if found == r["files"][0] else f"present as {found}"
+        print(f"{r['name']:<{width}}  {r['files'][0]:<{file_width}}  {status}")
+    print("Older versions of a file (the same name, another hash) are used too. torchvision:NAME reads "
+          "torchvision's own file for its weights from the same folder.")
+    if fetch:
+        print(f"To fetch the missing ones where there is internet: {fetch}, then copy the files into the folder above.")
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
@@ -66,7 +89,9 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"{name:<18} {spec.num_classes:>5} classes  {spec.channels}x{spec.image_size}x{spec.image_size}  {spec.description}")
 
 
-TEACHER_OPTIONS = ("dataset", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "data_root", "device", "out")
+# the options that train a teacher; --pretrained writes one without training and takes none of them
+TEACHER_TRAINING_OPTIONS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "data_root", "device")
+TEACHER_OPTIONS = ("dataset", *TEACHER_TRAINING_OPTIONS, "out", "pretrained", "weights")
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
@@ -77,6 +102,11 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     out = options.pop("out", None)
     if not out:
         raise UserError("--out FILE is required (the teacher checkpoint to write)")
+    if options.get("pretrained"):
+        _pretrained_teacher(options, out)
+        return
+    if options.get("weights"):
+        raise UserError("--weights FILE goes with --pretrained MODEL (the weights to write as a teacher)")
     if not options.get("dataset"):
         raise UserError("--dataset is required (see `infer-fast datasets`)")
     summary = train_teacher(TeacherConfig(**options), out, progress=not args.quiet)
@@ -84,6 +114,25 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         f"teacher {summary['model']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
         f"after {summary['epochs_done']} epochs ({summary['elapsed_s']:.0f} s of training) -> {out}"
     )
+
+
+def _pretrained_teacher(options: Dict, out: str) -> None:
+    """`teacher --pretrained MODEL`: the model's pretrained ImageNet weights (torch hub cache,
+    or --weights FILE) written as a teacher checkpoint, as `infer-fast run` writes them."""
+    from .models.external import is_external
+    from .teacher import pretrained_teacher
+
+    given = [f"--{name.replace('_', '-')}" for name in TEACHER_TRAINING_OPTIONS if name in options]
+    if given:
+        raise UserError(f"--pretrained writes pretrained weights as they are, without training: "
+                        f"{', '.join(given)} do not apply (leave them out, or train with --model instead)")
+    model, dataset = options["pretrained"], options.get("dataset") or "imagenet"
+    if options.get("weights") and is_external(model):
+        raise UserError(f"--weights FILE applies to the built-in models; {model} reads its library's cache")
+    source = options.get("weights") or True  # a missing file is named before the weights are read
+    meta = pretrained_teacher(model, dataset, out, pretrained=source)
+    weights = "the torch hub cache" if meta["config"]["pretrained"] is True else meta["config"]["pretrained"]
+    print(f"teacher {meta['model']} for {meta['dataset']}: pretrained weights from {weights} (accuracy not measured) -> {out}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -293,9 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     teacher = sub.add_parser(
         "teacher",
-        help="train a teacher on a real training set (checkpoints every epoch, resumes)",
+        help="train a teacher on a real training set (checkpoints every epoch, resumes), or write a pretrained "
+        "model's cached weights as one (--pretrained)",
         description="Train a teacher (SGD, cosine, crop+flip). Options from --config YAML are "
-        "overridden by those given here. Running again with the same --out resumes an interrupted run.",
+        "overridden by those given here. Running again with the same --out resumes an interrupted run. "
+        "--pretrained MODEL instead writes MODEL's pretrained ImageNet weights (from the local torch hub cache, or "
+        "--weights FILE; never downloaded; `infer-fast models` lists the files) as a teacher checkpoint for "
+        "distill, relabel, train and run, without training.",
     )
     teacher.add_argument("--config", help="YAML file of options (e.g. configs/teacher-fashion-mnist.yaml)")
     teacher.add_argument("--dataset", help="dataset name (see `infer-fast datasets`)")
@@ -309,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--seed", type=int, help="random seed (default 0)")
     teacher.add_argument("--device", help="auto, cpu or cuda (default auto)")
     teacher.add_argument("--out", help="checkpoint file to write")
+    teacher.add_argument("--pretrained", metavar="MODEL",
+                         help="write MODEL's pretrained weights (e.g. resnet18-imagenet) as the teacher instead of "
+                         "training one; takes --dataset (default imagenet), --weights, --out only")
+    teacher.add_argument("--weights", metavar="FILE",
+                         help="with --pretrained: the weights file (a torchvision state dict) instead of the torch hub cache")
     teacher.add_argument("--quiet", action="store_true", help="no progress bars")
     teacher.set_defaults(func=cmd_teacher, option_actions=_option_actions(teacher))
 

@@ -246,6 +246,20 @@ def _stdout_unless(show: bool):
     return contextlib.nullcontext() if show else contextlib.redirect_stdout(io.StringIO())
 
 
+def _pretrained_teacher_path(out: str, i: int, entry: Dict[str, Any]) -> str:
+    """Where the run writes its i-th teacher, ``entry`` = {model, pretrained}."""
+    return str(Path(out) / "teachers" / f"teacher{i}-{entry['model'].replace(':', '_')}-pretrained.pt")
+
+
+def _check_pretrained_weights(cfg: PipelineConfig) -> None:
+    """Before any work: one ValueError naming every pretrained weights file the run still
+    needs (its pretrained teachers not yet written) and the local caches lack."""
+    from .models import check_pretrained_weights
+
+    check_pretrained_weights([(entry["model"], entry["pretrained"]) for i, entry in enumerate(cfg.teachers)
+                              if entry.get("pretrained") and not os.path.exists(_pretrained_teacher_path(cfg.out, i, entry))])
+
+
 def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional[distributed.Ranks] = None) -> List[str]:
     """The teacher checkpoints of ``cfg``: given paths, pretrained weights written as
     checkpoints, or teachers trained (resuming) into ``<out>/teachers/``. Under torchrun
@@ -263,13 +277,14 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
             ranks.close()
     rank, world = ranks.rank, ranks.world
     progress = progress and rank == 0
+    _check_pretrained_weights(cfg)  # (run_pipeline checks first; here for direct callers)
     paths, pretrained, to_train = [], [], []  # to_train: (entry index, TeacherConfig, path)
     for i, entry in enumerate(cfg.teachers):
         if "path" in entry:
             path = str(entry["path"])
             check_input_file(path, f"teachers[{i}]: teacher checkpoint")
         elif entry.get("pretrained"):
-            path = str(out / "teachers" / f"teacher{i}-{entry['model'].replace(':', '_')}-pretrained.pt")
+            path = _pretrained_teacher_path(cfg.out, i, entry)
             pretrained.append((entry, path))
         else:
             values = {"dataset": cfg.dataset, "data_root": cfg.data_root, "device": cfg.device, **entry}
@@ -366,11 +381,22 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     ``<out>/results.json``, the table in ``<out>/results.md``). Under torchrun every rank
     calls this (see the module docstring for the split) and every rank returns the results."""
     cfg.validate()
+    # before any work (the run directory, the test split): the machine has the weights. Not
+    # in validate: a config loads on a machine without them (another node, a login host).
+    _check_pretrained_weights(cfg)
     ranks = distributed.Ranks()
     try:
         return _run(cfg, progress and ranks.rank == 0, ranks)
     finally:
         ranks.close()
+
+
+def _describe_teacher(meta: Dict[str, Any]) -> str:
+    """A teacher for the ``teachers:`` line: its model and recorded test accuracy."""
+    if meta.get("test_accuracy") is not None:
+        return f"{meta['model']} {100 * meta['test_accuracy']:.2f}%"
+    pretrained = "pretrained, " if meta.get("config", {}).get("pretrained") else ""
+    return f"{meta['model']} ({pretrained}accuracy not measured)"
 
 
 def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[str, Any]:
@@ -399,15 +425,16 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     t0 = time.perf_counter()
     meter.start("teachers")
     teacher_paths = prepare_teachers(cfg, progress, ranks)
-    teachers, records = [], []
+    teachers, records, described = [], [], []
     for path in teacher_paths:
         model, meta = load_teacher(path, dataset=cfg.dataset, device=distributed.local_device(cfg.device))
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "test_accuracy": meta.get("test_accuracy"),
                         "train_seconds": meta.get("elapsed_s")})
+        described.append(_describe_teacher(meta))
     if rank == 0:
         results["teachers"] = records
-        _say(progress, "teachers: " + ", ".join(f"{r['model']} {100 * r['test_accuracy']:.2f}%" for r in records if r["test_accuracy"] is not None))
+        _say(progress, "teachers: " + ", ".join(described))
         results.setdefault("timing", {})["teachers_s_this_session"] = time.perf_counter() - t0
         save()
 

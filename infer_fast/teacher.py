@@ -279,15 +279,21 @@ def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = Tru
     the ImageNet teachers of the paper (``resnet18-imagenet``, ``mobilenetv2-imagenet``,
     ``efficientnet-b0-imagenet`` or ``torchvision:NAME``) with weights from the local cache
     (``pretrained=True``) or a weights file (a path). Never downloads. ``evaluate_on_test``
-    records the test accuracy (a full pass over the test split). Returns the metadata."""
-    if os.path.exists(out):
-        return {k: v for k, v in _read_checkpoint(out).items() if k not in ("state_dict", "train_state")}
+    records the test accuracy (a full pass over the test split). Returns the metadata.
+
+    ``out`` is checked writable first. An existing ``out`` holding this model's pretrained
+    teacher for ``dataset`` is kept (a line says so); one holding another teacher is refused."""
     spec = get_spec(dataset)
+    check_writable(out, "teacher checkpoint")
+    if os.path.exists(out):
+        return _existing_pretrained_teacher(out, model, spec.name)
     net = create_model(model, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size,
                        pretrained=pretrained)
+    state_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    check_writable(out, "teacher checkpoint", need_bytes=state_bytes + CHECKPOINT_ALLOWANCE)
     cfg = TeacherConfig(dataset=spec.name, model=model, epochs=1, data_root=data_root, device=device)
     meta = _metadata(cfg, spec)
-    meta["config"]["pretrained"] = pretrained if isinstance(pretrained, str) else bool(pretrained)
+    meta["config"]["pretrained"] = os.fspath(pretrained) if isinstance(pretrained, (str, os.PathLike)) else bool(pretrained)
     accuracy = None
     if evaluate_on_test:
         test = load_dataset(dataset, "test", data_root=data_root)
@@ -297,3 +303,20 @@ def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = Tru
     save_atomic({**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0,
                  "state_dict": net.state_dict(), "train_state": None}, out)
     return {**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0}
+
+
+def _existing_pretrained_teacher(out: str, model: str, dataset: str) -> Dict[str, Any]:
+    """The metadata of the pretrained teacher already at ``out`` (after a line saying what it
+    holds); ValueError when it holds another model, dataset or a trained teacher."""
+    meta = {k: v for k, v in _read_checkpoint(out).items() if k not in ("state_dict", "train_state")}
+    source = meta.get("config", {}).get("pretrained")
+    held = f"a {meta.get('model')!r} teacher for {meta.get('dataset')!r}"
+    if meta.get("model") != model or meta.get("dataset") != dataset or not source:
+        how = "from pretrained weights" if source else f"trained for {meta.get('epochs_done')} epochs"
+        raise ValueError(f"{out!r} already holds {held} ({how}), not {model!r}'s pretrained weights for {dataset!r}: "
+                         "choose another output or delete the file")
+    weights = "the torch hub cache" if source is True else source
+    accuracy = meta.get("test_accuracy")
+    measured = f"test accuracy {accuracy:.4f}" if accuracy is not None else "accuracy not measured"
+    print(f"{out}: already holds {held} from pretrained weights ({weights}; {measured}); nothing to do")
+    return meta

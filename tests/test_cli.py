@@ -202,3 +202,111 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
     reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
     assert torch.equal(resumed.ufc, reference.ufc) and torch.equal(resumed.natural, reference.natural)
     assert not checkpoint.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Pretrained teachers: cached torchvision weights (made here: no real weights, no internet)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """The in-process CLI runs tiny batches: one thread avoids OpenMP spin-waiting on a busy
+    machine (a 10-image forward pass: 0.03 s instead of seconds on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cli(capsys, *args):
+    """(exit status, stdout, stderr) of the CLI run in this process (no interpreter start-up)."""
+    from infer_fast.cli import main
+
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _cache_weights(torch_home, model, file_name):
+    """Our ImageNet-layout ``model`` (1000 classes) saved as torchvision's file in TORCH_HOME's hub cache."""
+    from infer_fast.models import create_model
+
+    torch.manual_seed(7)
+    net = create_model(model, num_classes=1000, image_size=224)
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), folder / file_name)
+    return net
+
+
+def test_models_names_the_pretrained_weight_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    status, out, _ = _cli(capsys, "models")
+    folder = tmp_path / "th" / "hub" / "checkpoints"
+    assert status == 0 and f"{folder}  (does not exist)" in out and "TORCH_HOME=" in out
+    [line] = [l for l in out.splitlines() if "resnet18-f37072fd.pth" in l and not l.startswith("To fetch")]
+    assert line.startswith("resnet18-imagenet") and line.endswith("missing")
+    assert "get_model('resnet18', weights='DEFAULT')" in out
+    _cache_weights(tmp_path / "th", "resnet18-imagenet", "resnet18-f37072fd.pth")
+    status, out, _ = _cli(capsys, "models")
+    [line] = [l for l in out.splitlines() if "resnet18-f37072fd.pth" in l and not l.startswith("To fetch")]
+    assert status == 0 and line.endswith("present") and "(does not exist)" not in out
+    assert "get_model('resnet18'" not in out and "get_model('mobilenet_v2'" in out  # only the missing ones to fetch
+
+
+def test_teacher_pretrained_writes_the_checkpoint_distill_takes(tmp_path, monkeypatch, capsys, one_thread):
+    """`teacher --pretrained` writes the cached weights as the teacher checkpoint `run` writes:
+    load_teacher gives the same weights, distill takes it; training options are refused."""
+    from infer_fast.teacher import load_teacher
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    out = tmp_path / "rn18.pt"
+    status, _, err = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--epochs", "2", "--lr", "0.1", "--out", out)
+    assert status == 2 and "--epochs, --lr do not apply" in err and not out.exists()
+    status, _, err = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--out", out)
+    assert status == 2 and "resnet18-f37072fd.pth (resnet18-imagenet)" in err and not out.exists()
+    src = _cache_weights(tmp_path / "th", "resnet18-imagenet", "resnet18-f37072fd.pth")
+    status, stdout, err = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--out", out)  # dataset: imagenet
+    assert status == 0, err
+    assert "teacher resnet18-imagenet for imagenet: pretrained weights from the torch hub cache" in stdout
+    model, meta = load_teacher(str(out), dataset="imagenet", num_classes=1000)
+    assert meta["config"]["pretrained"] is True and meta["test_accuracy"] is None
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
+    status, stdout, _ = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--out", out)
+    assert status == 0 and "already holds a 'resnet18-imagenet' teacher for 'imagenet' from pretrained weights" in stdout
+    # a weights file instead of the cache, for a small dataset (stem and head adapted): distill runs with it
+    small = tmp_path / "small.pt"
+    weights = tmp_path / "th" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.warns(UserWarning, match="fresh 10-class head"):
+        status, _, err = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--weights", weights,
+                              "--dataset", "fashion-mnist-mini", "--out", small)
+    assert status == 0, err
+    status, stdout, err = _cli(capsys, "distill", "--dataset", "fashion-mnist-mini", "--teachers", small, "--ipc", "2",
+                               "--iterations", "1", "--device", "cpu", "--out", tmp_path / "set", "--quiet")
+    assert status == 0 and "K 1, M 1" in stdout, err
+
+
+def test_run_names_every_missing_weights_file_before_any_work(tmp_path, monkeypatch, capsys, one_thread):
+    """All the pretrained teachers' missing files in one error before the run writes anything;
+    with them cached, the teachers line names every teacher, measured or not."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    (tmp_path / "exp.yaml").write_text(
+        f"dataset: fashion-mnist-mini\nout: {tmp_path / 'run'}\nteachers:\n"
+        "  - {model: resnet18-imagenet, pretrained: true}\n  - {model: mobilenetv2-imagenet, pretrained: true}\n"
+        "  - {model: convnet-w8-d1, epochs: 1, batch_size: 256}\n"
+        "ipc: 1\nmethods: [random]\nstudent: {model: convnet-w8-d1, epochs: 1}\nseeds: 1\ndevice: cpu\n"
+        "feature_duplication: false\n"
+    )
+    status, _, err = _cli(capsys, "run", tmp_path / "exp.yaml", "--quiet")
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "(2 files)" in err and str(tmp_path / "th" / "hub" / "checkpoints") in err
+    assert "resnet18-f37072fd.pth (resnet18-imagenet)" in err and "mobilenet_v2-7ebf99e0.pth (mobilenetv2-imagenet)" in err
+    assert not (tmp_path / "run").exists()
+    _cache_weights(tmp_path / "th", "resnet18-imagenet", "resnet18-f37072fd.pth")
+    _cache_weights(tmp_path / "th", "mobilenetv2-imagenet", "mobilenet_v2-7ebf99e0.pth")
+    with pytest.warns(UserWarning, match="fresh 10-class head"):
+        status, stdout, err = _cli(capsys, "run", tmp_path / "exp.yaml")
+    assert status == 0, err
+    [line] = [l for l in stdout.splitlines() if l.startswith("teachers: ")]
+    assert line.startswith("teachers: resnet18-imagenet (pretrained, accuracy not measured), "
+                           "mobilenetv2-imagenet (pretrained, accuracy not measured), convnet-w8-d1 ")
+    assert line.endswith("%")

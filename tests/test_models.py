@@ -286,6 +286,35 @@ def test_builtin_imagenet_pretrained_from_cache(hub_dir):
         create_model("resnet50-imagenet", num_classes=10, pretrained=str(hub_dir / "resnet18-f37072fd.pth"))
 
 
+def test_every_missing_weights_file_named_in_one_error(hub_dir):
+    """check_pretrained_weights (run before a run's or `teacher --pretrained`'s work) names all
+    the files missing, and the folder, in one error; pretrained_weights_table says which are here."""
+    from infer_fast.models import check_pretrained_weights, pretrained_weights_table
+
+    requests = [("resnet18-imagenet", True), ("mobilenetv2-imagenet", True),
+                ("efficientnet-b0-imagenet", str(hub_dir.parent / "mine.pth"))]
+    with pytest.raises(ValueError) as info:
+        check_pretrained_weights(requests)
+    msg = str(info.value)
+    assert "(3 files)" in msg and f"in {hub_dir} " in msg and "never downloads" in msg
+    assert "resnet18-f37072fd.pth (resnet18-imagenet)" in msg and "mobilenet_v2-7ebf99e0.pth (mobilenetv2-imagenet)" in msg
+    assert f"; {hub_dir.parent / 'mine.pth'} (efficientnet-b0-imagenet)" in msg
+    assert "get_model('resnet18', weights='DEFAULT'); torchvision.models.get_model('mobilenet_v2'" in msg
+    _torchvision_style_resnet18_checkpoint(hub_dir)
+    (hub_dir / "mobilenet_v2-b0353104.pth").touch()  # the older file of the same weights is looked for too
+    with pytest.raises(ValueError, match=r"\(1 file\): .*mine.pth") as info:
+        check_pretrained_weights(requests)
+    assert "resnet18-f37072fd" not in str(info.value) and "mobilenet_v2" not in str(info.value)
+    check_pretrained_weights(requests[:2] + [("convnet", False)])
+    with pytest.raises(ValueError, match="'resnet18' has no pretrained weights"):
+        check_pretrained_weights([("resnet18", True)])
+    folder, rows, fetch = pretrained_weights_table()
+    found = {r["name"]: r["found"] and os.path.basename(r["found"]) for r in rows}
+    assert folder == str(hub_dir) and set(found) == {n for n in IMAGENET}
+    assert found["resnet18-imagenet"] == "resnet18-f37072fd.pth" and found["mobilenetv2-imagenet"] == "mobilenet_v2-b0353104.pth"
+    assert found["resnet50-imagenet"] is None and "get_model('resnet50'" in fetch and "'resnet18'" not in fetch
+
+
 # ---------------------------------------------------------------------------------------
 # torchvision:NAME / timm:NAME
 # ---------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_refusals(tmp_path):
         train_teacher(TeacherConfig(epochs=0, **TINY), str(tmp_path / "x.pt"), progress=False)
 
 
-def test_pretrained_teacher_from_the_weight_cache(tmp_path, monkeypatch):
+def test_pretrained_teacher_from_the_weight_cache(tmp_path, monkeypatch, capsys):
     """ImageNet teachers come from torchvision weights in the local cache, written as a teacher
     checkpoint that load_teacher (and so distill/relabel/run) accepts; nothing is downloaded."""
     from test_models import _torchvision_style_resnet18_checkpoint
@@ -100,6 +100,9 @@ def test_pretrained_teacher_from_the_weight_cache(tmp_path, monkeypatch):
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     assert pretrained_teacher("resnet18-imagenet", "imagenet", out)["model"] == "resnet18-imagenet"  # kept, not rebuilt
+    assert "already holds a 'resnet18-imagenet' teacher for 'imagenet' from pretrained weights" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="already holds a 'resnet18-imagenet' teacher for 'imagenet' .*not 'mobilenetv2-imagenet'"):
+        pretrained_teacher("mobilenetv2-imagenet", "imagenet", out)  # another teacher is not silently kept
 
 
 def test_resume_on_other_data_is_refused(tmp_path, monkeypatch):

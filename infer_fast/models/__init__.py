@@ -6,17 +6,21 @@ and ``torchvision:NAME`` / ``timm:NAME`` when those libraries are installed.
 
 Every built-in model has ``forward_features(x) -> (N, D)`` and an ``nn.Linear`` ``head``,
 with ``forward(x) == head(forward_features(x))``. ``list_models()`` gives the built-in names
-(``infer-fast models`` prints ``model_table()``).
+(``infer-fast models`` prints ``model_table()`` and ``pretrained_weights_table()``).
+``check_pretrained_weights`` names, in one error, every pretrained weights file a list of
+models needs and the local caches lack (checked before a run's work).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .external import create_external, final_linear, is_external, load_torchvision_weights
+from .external import (MissingWeights, create_external, fetch_command, final_linear, find_torchvision_checkpoint,
+                       is_external, load_torchvision_weights, missing_external_weights, missing_torchvision_checkpoint,
+                       missing_weights_error, torchvision_cache_dir, torchvision_file_names)
 from .base import ClassifierNet, device_of, init_weights
 from ..config import check_int
 from .registry import ModelSpec, all_specs, list_models, resolve
@@ -26,6 +30,8 @@ __all__ = [
     "device_of",
     "list_models",
     "model_table",
+    "pretrained_weights_table",
+    "check_pretrained_weights",
     "penultimate_features",
     "count_parameters",
     "get_spec",
@@ -78,16 +84,46 @@ def create_model(
             raise ValueError(f"model {name!r} implies {key}={value!r} but {key}={kwargs[key]!r} was also given")
     model = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **{**implied, **kwargs})
     if pretrained is not False and pretrained is not None:
-        if spec.torchvision_name is None:
-            raise ValueError(
-                f"built-in model {spec.name!r} has no pretrained weights (train one with `infer-fast teacher`). "
-                f"The ImageNet variants ({', '.join(s.name for s in all_specs() if s.torchvision_name)}) load "
-                "torchvision's cached ImageNet weights; torchvision:NAME and timm:NAME use their libraries' caches."
-            )
-        if pretrained is not True and not isinstance(pretrained, (str, os.PathLike)):
-            raise ValueError(f"pretrained must be True/False or a path to a weights file, got {pretrained!r}")
+        _check_has_pretrained_weights(spec, pretrained)
         load_torchvision_weights(model, spec, pretrained, num_classes, in_channels)
     return model
+
+
+def _check_has_pretrained_weights(spec: ModelSpec, pretrained: Any) -> None:
+    """ValueError unless the built-in ``spec`` has pretrained weights and ``pretrained`` is
+    True or a weights file path."""
+    if spec.torchvision_name is None:
+        raise ValueError(
+            f"built-in model {spec.name!r} has no pretrained weights (train one with `infer-fast teacher`). "
+            f"The ImageNet variants ({', '.join(s.name for s in all_specs() if s.torchvision_name)}) load "
+            "torchvision's cached ImageNet weights; torchvision:NAME and timm:NAME use their libraries' caches."
+        )
+    if pretrained is not True and not isinstance(pretrained, (str, os.PathLike)):
+        raise ValueError(f"pretrained must be True/False or a path to a weights file, got {pretrained!r}")
+
+
+def _missing_pretrained_weights(name: str, pretrained: Any) -> Optional[MissingWeights]:
+    """What ``create_model(name, pretrained=pretrained)`` would look for and not find (see
+    MissingWeights), or None; ValueError for a model without pretrained weights."""
+    if pretrained is False or pretrained is None:
+        return None
+    if is_external(name):
+        return missing_external_weights(name)
+    spec = get_spec(name)
+    _check_has_pretrained_weights(spec, pretrained)
+    if pretrained is True:
+        return missing_torchvision_checkpoint(spec.name, spec.torchvision_name)
+    path = os.fspath(pretrained)
+    return None if os.path.isfile(path) else (spec.name, path, None)
+
+
+def check_pretrained_weights(requests: Iterable[Tuple[str, Any]]) -> None:
+    """Before any work: one ValueError naming every weights file the (model name, pretrained)
+    ``requests`` need (pretrained: True for the local cache, or a file path) and do not find,
+    with torch hub's checkpoints folder; ValueError for a model without pretrained weights."""
+    missing = [m for m in (_missing_pretrained_weights(name, pretrained) for name, pretrained in requests) if m]
+    if missing:
+        raise missing_weights_error(missing)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -112,6 +148,23 @@ def model_table() -> List[Dict[str, Any]]:
             "params": count_parameters(model),
         })
     return rows
+
+
+def pretrained_weights_table() -> Tuple[str, List[Dict[str, Any]], Optional[str]]:
+    """(torch hub's checkpoints folder as resolved now, honouring TORCH_HOME; one row per
+    built-in model with torchvision ImageNet weights: name, torchvision (the architecture),
+    files (the file names looked for, preferred first; other versions of them are accepted
+    too), found (the path of the cached file, or None)), and the command that fetches the
+    missing files (None when none is)."""
+    rows, missing = [], []
+    for spec in all_specs():
+        if spec.torchvision_name is None:
+            continue
+        files, _ = torchvision_file_names(spec.torchvision_name)
+        rows.append({"name": spec.name, "torchvision": spec.torchvision_name, "files": list(files),
+                     "found": find_torchvision_checkpoint(spec.torchvision_name)})
+        missing.append(missing_torchvision_checkpoint(spec.name, spec.torchvision_name))
+    return torchvision_cache_dir(), rows, fetch_command([m for m in missing if m])
 
 
 def penultimate_features(model: nn.Module, x: Tensor) -> Tensor:

@@ -5,7 +5,8 @@ ImageNet variants.
   and which built-in models exist instead.
 * Pretrained weights come only from local caches (torch hub's ``checkpoints`` folder for
   torchvision, the Hugging Face / torch hub caches for timm); nothing is downloaded at run time.
-  ``pretrained=True`` with no cached file is a ValueError naming the expected file.
+  ``pretrained=True`` with no cached file is a ValueError naming the expected file
+  (``missing_weights_error``, which also names all the files a run lacks at once).
 * ``num_classes``: torchvision models without weights are built with it; with ImageNet weights
   the final Linear is replaced by a fresh one when the class count differs (a warning says so).
   ``in_channels``: the first 3-channel conv is replaced (pretrained kernels summed over RGB for
@@ -18,7 +19,7 @@ import importlib
 import math
 import os
 import warnings
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -31,7 +32,12 @@ __all__ = [
     "is_external",
     "create_external",
     "torchvision_cache_dir",
+    "torchvision_file_names",
     "find_torchvision_checkpoint",
+    "missing_torchvision_checkpoint",
+    "missing_external_weights",
+    "missing_weights_error",
+    "fetch_command",
     "load_torchvision_weights",
     "final_linear",
     "replace_final_linear",
@@ -39,6 +45,8 @@ __all__ = [
 ]
 
 EXTERNAL_LIBRARIES = ("torchvision", "timm")
+# a pretrained weights file not found: (model, expected file, the Python call that fetches it or None)
+MissingWeights = Tuple[str, str, Optional[str]]
 
 # torchvision ImageNet checkpoint files (preferred first) for the built-in ImageNet variants,
 # and a pattern for other versions of the same weights in the cache.
@@ -79,11 +87,34 @@ def torchvision_cache_dir() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
-def _never_downloads_hint(what: str, expected: str, fetch: str) -> str:
-    return (
-        f"pretrained weights for {what} are not in the local cache (expected {expected}). "
-        f"infer-fast never downloads weights at run time: fetch them once where there is internet "
-        f"({fetch}) and copy the file there, or use pretrained=False."
+def fetch_command(missing: Sequence[MissingWeights]) -> Optional[str]:
+    """The shell command that downloads the ``missing`` weights into the local caches (to run
+    where there is internet), or None when none of them is a library's file."""
+    calls = list(dict.fromkeys(call for *_, call in missing if call))
+    if not calls:
+        return None
+    imports = ", ".join(dict.fromkeys(call.split(".", 1)[0] for call in calls))
+    return f"python -c \"import {imports}; {'; '.join(calls)}\""
+
+
+def missing_weights_error(missing: Sequence[MissingWeights]) -> ValueError:
+    """One error naming every pretrained weights file not found (``missing``: (model, the
+    expected file, the Python call that fetches it or None)): those of torch hub's folder,
+    named once, then the others."""
+    folder = torchvision_cache_dir()
+    in_cache = [f"{os.path.basename(path)} ({model})" for model, path, _ in missing if os.path.dirname(path) == folder]
+    elsewhere = [f"{path} ({model})" for model, path, _ in missing if os.path.dirname(path) != folder]
+    where = []
+    if in_cache:
+        where.append(f"in {folder} (torch hub's checkpoints folder, $TORCH_HOME/hub/checkpoints): {', '.join(in_cache)}")
+    if elsewhere:
+        where.append(", ".join(elsewhere))
+    command = fetch_command(missing)
+    fetch = f" Fetch them once where there is internet ({command}) and copy them there." if command else ""
+    count = f"{len(missing)} files" if len(missing) > 1 else "1 file"
+    return ValueError(
+        f"pretrained weights not found ({count}): {'; '.join(where)}. infer-fast never downloads weights at run time."
+        f"{fetch} `infer-fast models` lists the expected files."
     )
 
 
@@ -170,23 +201,43 @@ def _warn(full_name: str, notes: List[Optional[str]]) -> None:
 # ----------------------------------------------------------------------------------------
 # torchvision:NAME / timm:NAME
 # ----------------------------------------------------------------------------------------
-def create_external(
-    name: str, num_classes: int, in_channels: int = 3, image_size: Any = 224, pretrained: bool = False, **kwargs: Any
-) -> nn.Module:
+def _split(name: str) -> Tuple[str, str]:
+    """("torchvision" | "timm", the model name) of ``LIB:NAME``; ValueError for anything else."""
     lib, _, arch = name.partition(":")
     lib, arch = lib.strip().lower(), arch.strip()
     if lib not in EXTERNAL_LIBRARIES:
         raise ValueError(f"unknown model library {lib!r} in {name!r}; use torchvision:NAME or timm:NAME")
     if not arch:
         raise ValueError(f"{name!r}: missing the model name after '{lib}:'")
+    return lib, arch
+
+
+def create_external(
+    name: str, num_classes: int, in_channels: int = 3, image_size: Any = 224, pretrained: bool = False, **kwargs: Any
+) -> nn.Module:
+    lib, arch = _split(name)
     if lib == "torchvision":
         return _create_torchvision(arch, num_classes, in_channels, pretrained, **kwargs)
     return _create_timm(arch, num_classes, in_channels, pretrained, **kwargs)
 
 
-def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
-    full = f"torchvision:{arch}"
-    _import("torchvision", full)
+def missing_external_weights(name: str, weights_name: Any = "DEFAULT") -> Optional[MissingWeights]:
+    """The pretrained weights ``create_model(name, pretrained=True)`` needs for a
+    ``torchvision:NAME`` / ``timm:NAME`` model and does not find locally, or None when they
+    are there. ValueError for an unknown model or a library that is not installed."""
+    lib, arch = _split(name)
+    if lib == "torchvision":
+        weights, path = _torchvision_weights(_torchvision_models(arch), arch, weights_name)
+        call = f"torchvision.models.get_model('{arch}', weights='{weights.name}')"
+        return None if os.path.isfile(path) else (f"{name} ({weights.name})", path, call)
+    if _timm_cached_file(_timm_module(arch), arch) is not None:
+        return None
+    return name, "its weights in the Hugging Face hub cache or torch hub's checkpoints", f"timm.create_model('{arch}', pretrained=True)"
+
+
+def _torchvision_models(arch: str):
+    """torchvision.models, once ``arch`` is known to be one of its models."""
+    _import("torchvision", f"torchvision:{arch}")
     tvm = importlib.import_module("torchvision.models")
     if hasattr(tvm, "list_models"):
         known = tvm.list_models()
@@ -198,6 +249,24 @@ def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretraine
             raise ValueError(f"torchvision has no model {arch!r}.{hint} See torchvision.models.list_models().")
     elif not callable(getattr(tvm, arch, None)):
         raise ValueError(f"torchvision has no model {arch!r}")
+    return tvm
+
+
+def _torchvision_weights(tvm, arch: str, weights_name: Any) -> Tuple[Any, str]:
+    """(torchvision's weights entry ``weights_name`` for ``arch``, the file torchvision caches it as)."""
+    enum = tvm.get_model_weights(arch)
+    try:
+        weights = enum[weights_name] if isinstance(weights_name, str) else weights_name
+    except KeyError:
+        raise ValueError(
+            f"torchvision:{arch}: unknown weights {weights_name!r}; choose one of {', '.join(['DEFAULT'] + [w.name for w in enum])}"
+        ) from None
+    return weights, os.path.join(torchvision_cache_dir(), os.path.basename(urlparse(weights.url).path))
+
+
+def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    full = f"torchvision:{arch}"
+    tvm = _torchvision_models(arch)
 
     def build(**kw):
         if hasattr(tvm, "get_model"):
@@ -210,20 +279,10 @@ def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretraine
         return model
 
     weights_name = kwargs.pop("weights", "DEFAULT")
-    enum = tvm.get_model_weights(arch)
-    try:
-        weights = enum[weights_name] if isinstance(weights_name, str) else weights_name
-    except KeyError:
-        raise ValueError(
-            f"{full}: unknown weights {weights_name!r}; choose one of {', '.join(['DEFAULT'] + [w.name for w in enum])}"
-        ) from None
-    filename = os.path.basename(urlparse(weights.url).path)
-    path = os.path.join(torchvision_cache_dir(), filename)
-    if not os.path.isfile(path):
-        raise ValueError(_never_downloads_hint(
-            f"{full} ({weights.name})", path,
-            f"python -c \"import torchvision; torchvision.models.get_model('{arch}', weights='{weights.name}')\"",
-        ))
+    missing = missing_external_weights(full, weights_name)
+    if missing:
+        raise missing_weights_error([missing])
+    weights, _ = _torchvision_weights(tvm, arch, weights_name)
     model = build(weights=weights, **kwargs)  # found in the hub cache: torchvision loads it, no download
     _warn(full, [
         replace_final_linear(model, num_classes),
@@ -263,21 +322,22 @@ def _timm_cached_file(timm, arch: str) -> Optional[str]:
     return None
 
 
-def _create_timm(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
-    full = f"timm:{arch}"
-    timm = _import("timm", full)
-    base = arch.split(".", 1)[0]
+def _timm_module(arch: str):
+    """timm, once ``arch`` is known to be one of its models."""
+    timm = _import("timm", f"timm:{arch}")
     is_model = getattr(timm, "is_model", None) or timm.models.is_model
-    if not is_model(base):
+    if not is_model(arch.split(".", 1)[0]):
         raise ValueError(f"timm has no model {arch!r}; see timm.list_models()")
+    return timm
+
+
+def _create_timm(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    timm = _timm_module(arch)
     if not pretrained:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
     path = _timm_cached_file(timm, arch)
     if path is None:
-        raise ValueError(_never_downloads_hint(
-            full, "the Hugging Face hub cache or torch hub checkpoints",
-            f"python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"",
-        ))
+        raise missing_weights_error([missing_external_weights(f"timm:{arch}")])
     # timm loads the file itself and resets the classifier / adapts the stem for us.
     return timm.create_model(
         arch, pretrained=True, num_classes=num_classes, in_chans=in_channels,
@@ -288,6 +348,22 @@ def _create_timm(arch: str, num_classes: int, in_channels: int, pretrained: bool
 # ----------------------------------------------------------------------------------------
 # torchvision checkpoints for the built-in ImageNet variants
 # ----------------------------------------------------------------------------------------
+def torchvision_file_names(arch: str) -> Tuple[Tuple[str, ...], str]:
+    """(torchvision's ImageNet checkpoint file names for ``arch``, preferred first; the pattern
+    other versions of them match), for the architectures of the built-in ImageNet variants."""
+    return _TORCHVISION_FILES[arch]
+
+
+def missing_torchvision_checkpoint(model: str, arch: str) -> Optional[MissingWeights]:
+    """What the built-in ``model`` (torchvision's ``arch`` layout) needs from the hub cache and
+    does not find there, or None when a checkpoint is cached."""
+    if find_torchvision_checkpoint(arch) is not None:
+        return None
+    preferred, _ = _TORCHVISION_FILES[arch]
+    return (model, os.path.join(torchvision_cache_dir(), preferred[0]),
+            f"torchvision.models.get_model('{arch}', weights='DEFAULT')")
+
+
 def find_torchvision_checkpoint(arch: str) -> Optional[str]:
     """Path of a cached torchvision ImageNet checkpoint for ``arch`` (e.g. "resnet18"), or None."""
     if arch not in _TORCHVISION_FILES:
@@ -313,15 +389,12 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise ValueError(f"pretrained weights file not found: {path}")
+            raise missing_weights_error([(spec.name, path, None)])
     else:
+        missing = missing_torchvision_checkpoint(spec.name, arch)
+        if missing:
+            raise missing_weights_error([missing])
         path = find_torchvision_checkpoint(arch)
-        if path is None:
-            preferred, _ = _TORCHVISION_FILES[arch]
-            raise ValueError(_never_downloads_hint(
-                f"{spec.name} (torchvision {arch})", os.path.join(torchvision_cache_dir(), preferred[0]),
-                f"python -c \"import torchvision; torchvision.models.get_model('{arch}', weights='DEFAULT')\"",
-            ))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
