@@ -416,7 +416,9 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     results = load_results(results_path, cfg)
     save = lambda: save_json_atomic(results, str(results_path))  # noqa: E731
     # seconds and peak memory of every step this session ran (results.json: timing.steps)
-    meter = StepMeter(results.setdefault("timing", {}).setdefault("steps", {}))
+    timing = results.setdefault("timing", {})
+    timing["steps"] = {}
+    meter = StepMeter(timing["steps"])
     meter.start("test split")
     test = _test_split(cfg, out, ranks, progress)
     M = len(cfg.teachers)

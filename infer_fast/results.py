@@ -130,11 +130,20 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
         f"{student.get('epochs', 400)} epochs (INFER+Dyn: {cfg['dynamic_epochs'] or 'epochs/(M+1)'}), "
         f"final-epoch top-1 on the real test split over {cfg['seeds']} seed(s). Budget accounting: {cfg['accounting']}.",
         "CR: stored values / full training set values (images + soft labels + indices; INFER+Dyn without soft labels). "
-        "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features.",
+        "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features"
+        + (" (–: undefined for sets of one image per class)." if any(
+            info.get("feature_duplication_note") for info in results.get("sets", {}).values()) else "."),
         "",
         table,
         "",
     ]
+    steps = (results.get("timing") or {}).get("steps") or {}
+    if steps:  # what each step of this session cost (peak: resident memory of the main process)
+        lines += ["| step (this session) | seconds | peak memory GiB |", "|---|---|---|"]
+        lines += [f"| {name} | {step['seconds']:.1f} | "
+                  f"{'–' if step.get('peak_rss_gib') is None else format(step['peak_rss_gib'], '.2f')} |"
+                  for name, step in steps.items()]
+        lines.append("")
     scores = format_scores(results)
     if scores:
         lines += ["DD-Ranking scores (`infer-fast evaluate`'s protocol, the run's student and seeds; %, mean ± std):",
