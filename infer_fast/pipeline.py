@@ -414,8 +414,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
                              "run `infer-fast relabel` on it first")
         if method != "infer_dyn" and not ds.has_soft_labels:
-            relabel(ds, teachers, device=str(device_of(teachers[0])))
-            save_distilled(ds, directory, overwrite=True)
+            relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
+            save_distilled(ds, directory, overwrite=True, progress=progress)
         info = {
             "directory": str(directory), "distill_seconds": seconds,
             "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
@@ -433,7 +433,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             if method == "infer_dyn" else "images + static soft labels + indices")
         if cfg.feature_duplication:
             streamed = DistilledDataset(ds, hard_only=True)
-            info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0])
+            info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0],
+                                                              progress=progress)
         results["sets"][key] = info
         save()
 
