@@ -227,7 +227,7 @@ def cmd_relabel(args: argparse.Namespace) -> None:
     teachers = _paths(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required")
-    ds = relabel_directory(args.directory, teachers, device=args.device)
+    ds = relabel_directory(args.directory, teachers, device=args.device, progress=not args.quiet)
     print(f"relabelled {ds.num_training_images()} training images of {args.directory} with {len(teachers)} teacher(s)")
 
 
@@ -425,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     relabel.add_argument("directory", help="distilled-set directory (rewritten in place)")
     relabel.add_argument("--teachers", required=True, help="comma-separated teacher checkpoints")
     relabel.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    relabel.add_argument("--quiet", action="store_true", help="no progress bar")
     relabel.set_defaults(func=cmd_relabel)
 
     train = sub.add_parser("train", help="train students on a distilled set and evaluate them on the real test split")

@@ -468,8 +468,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
                              "run `infer-fast relabel` on it first")
         if method != "infer_dyn" and not ds.has_soft_labels:
             meter.start(f"relabel {key}")
-            relabel(ds, teachers, device=str(device_of(teachers[0])))
-            save_distilled(ds, directory, overwrite=True)
+            relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
+            save_distilled(ds, directory, overwrite=True, progress=progress)
         info = {
             "directory": str(directory), "distill_seconds": seconds,
             "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
@@ -491,7 +491,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         elif cfg.feature_duplication:
             meter.start(f"feature duplication {key}")
             streamed = DistilledDataset(ds, hard_only=True)
-            info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0])
+            info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0],
+                                                              progress=progress)
         results["sets"][key] = info
         save()
 

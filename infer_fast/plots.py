@@ -2,20 +2,27 @@
 
     paths = write_plots(results, "runs/fmnist")   # PNG files beside results.md
 
-- ``accuracy-vs-compression.png``: test accuracy against the compression ratio, one line per
-  method over its ipc values (the INFER paper's Figure 1);
-- ``accuracy-vs-ipc.png``: test accuracy against images per class;
+- ``accuracy-vs-compression.png``: test accuracy against the compression ratio (log axis),
+  one line per method over its ipc values (the INFER paper's Figure 1);
+- ``accuracy-vs-ipc.png``: test accuracy against images per class (log axis, a tick at
+  every ipc of the run);
 - ``feature-duplication-vs-ipc.png``: mean same-class cosine similarity of the teacher's
-  features against ipc (the paper's Figure 4, left);
+  features against ipc (the paper's Figure 4, left; the same ipc axis);
 - ``student-accuracy-per-epoch.png``: each method's students' test accuracy over the
   epochs, when the students were evaluated during training (``student: {eval_every: N}``).
 
 Accuracies are the mean over seeds with the standard deviation as error bars. A plot whose
-data is missing (one ipc only, no per-epoch evaluations) is not drawn."""
+data is missing (one ipc only, no per-epoch evaluations) is not drawn. Tick labels do not
+overlap: the compression axis labels the densest of 1..9 / 1, 2, 5 / 1 per decade whose
+labels fit, and on every axis a label that would still touch another is left off (its tick
+mark stays)."""
 from __future__ import annotations
 
+import itertools
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
+
+from .data.registry import dataset_label
 
 PLOT_FILES = {
     "compression": "accuracy-vs-compression.png",
@@ -24,6 +31,9 @@ PLOT_FILES = {
     "epochs": "student-accuracy-per-epoch.png",
 }
 DPI = 120
+# labelled ticks per decade of the compression axis, densest first: the first that fits is used
+LOG_TICK_LEVELS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1,))
+TICK_LABEL_GAP_PX = 4  # the least room between two tick labels (at the figure's drawing dpi)
 
 
 def _pyplot():
@@ -44,58 +54,146 @@ def _by_method(rows: Sequence[Dict[str, Any]], *keys: str) -> Dict[str, List[Dic
     return {label: sorted(group, key=lambda r: r["ipc"]) for label, group in groups.items()}
 
 
-def _save(plt, fig, path: str) -> str:
-    from ._io import write_atomically
+# ---- tick labels --------------------------------------------------------------------------------
 
+def _drawn_labels(fig, axis) -> List[Tuple[float, Any]]:
+    """(tick position, window extent) of the tick labels ``axis`` draws (in view, with text),
+    majors first, as the figure's renderer places them."""
+    renderer = fig.canvas.get_renderer()
+    axis.get_tightbbox(renderer)  # places the ticks and their labels (without drawing the figure)
+    lo, hi = sorted(axis.get_view_interval())
+    out = []
+    for locs, ticks in ((axis.get_majorticklocs(), axis.get_major_ticks),
+                        (axis.get_minorticklocs(), axis.get_minor_ticks)):
+        for loc, tick in zip(locs, ticks(len(locs))):
+            if lo <= loc <= hi and tick.label1.get_visible() and tick.label1.get_text():
+                out.append((float(loc), tick.label1.get_window_extent(renderer)))
+    return out
+
+
+def _touch(a, b, gap: float = 0.0) -> bool:
+    """Whether two boxes overlap or come closer than ``gap`` pixels."""
+    return a.x0 < b.x1 + gap and b.x0 < a.x1 + gap and a.y0 < b.y1 + gap and b.y0 < a.y1 + gap
+
+
+def overlapping_tick_labels(fig) -> List[Tuple[str, float, float]]:
+    """(axis, position, position) of every pair of tick labels of ``fig`` that overlap as
+    drawn: empty for a readable figure."""
+    return [(name, p, q) for ax in fig.axes for name, axis in (("x", ax.xaxis), ("y", ax.yaxis))
+            for (p, a), (q, b) in itertools.combinations(_drawn_labels(fig, axis), 2) if _touch(a, b)]
+
+
+def _plain_numbers(axis) -> None:
+    """Tick labels as plain numbers ("0.2", "5", "100") rather than powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
+def _log_ticks(fig, axis) -> None:
+    """Label the log ``axis`` with the densest of LOG_TICK_LEVELS whose labels fit with at
+    least two in view (else the sparsest); unlabelled marks at 1..9 per decade."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    _plain_numbers(axis)
+    axis.set_minor_locator(LogLocator(base=10, subs=LOG_TICK_LEVELS[0], numticks=100))
+    axis.set_minor_formatter(NullFormatter())
+    for subs in LOG_TICK_LEVELS:
+        axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=100))
+        labels = _drawn_labels(fig, axis)
+        if len(labels) >= 2 and not any(_touch(a, b, TICK_LABEL_GAP_PX)
+                                        for (_, a), (_, b) in itertools.combinations(labels, 2)):
+            return
+
+
+def _leave_off_touching_labels(fig, axis) -> None:
+    """Keep the tick labels of ``axis`` that do not touch one kept before (majors first,
+    then in order); the others' ticks stay as unlabelled marks."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    labels = _drawn_labels(fig, axis)
+    kept: List[Tuple[float, Any]] = []
+    for loc, box in labels:
+        if not any(_touch(box, other, TICK_LABEL_GAP_PX) for _, other in kept):
+            kept.append((loc, box))
+    if len(kept) == len(labels):
+        return
+    positions = {loc for loc, _ in kept}
+    marks = sorted(set(axis.get_majorticklocs()) | set(axis.get_minorticklocs()))
+    formatter = axis.get_major_formatter()  # kept: a label's text depends on its position only
+    axis.set_major_locator(FixedLocator(sorted(positions)))
+    axis.set_major_formatter(formatter)
+    axis.set_minor_locator(FixedLocator([m for m in marks if m not in positions]))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _finish(fig, log_x: bool = False):
+    """Lay ``fig`` out with tick labels that do not overlap (``log_x``: choose the log x
+    axis's ticks first)."""
     fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), fsync=False)
-    plt.close(fig)
-    return path
+    for ax in fig.axes:
+        if log_x:
+            _log_ticks(fig, ax.xaxis)
+        for axis in (ax.xaxis, ax.yaxis):
+            _leave_off_touching_labels(fig, axis)
+    return fig
 
 
-def _accuracy_plot(plt, rows, x_key: str, x_label: str, title: str, path: str, log_x: bool) -> str:
+def _ipc_axis(ax, rows) -> None:
+    """ipc on a log axis with a tick at every ipc of the run (1, 10 and 50 stay apart)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted({r["ipc"] for r in rows})))
+    ax.xaxis.set_minor_locator(NullLocator())
+    _plain_numbers(ax.xaxis)
+    ax.set_xlabel("images per class")
+
+
+# ---- the plots ----------------------------------------------------------------------------------
+
+def _accuracy_plot(plt, rows, x_key: str, title: str):
+    """Accuracy against the compression ratio (``x_key`` "compression_ratio_percent") or ipc."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, group in _by_method(rows, x_key, "accuracy_mean").items():
         ax.errorbar([r[x_key] for r in group], [100 * r["accuracy_mean"] for r in group],
                     yerr=[100 * r["accuracy_std"] for r in group], marker="o", capsize=3, label=label)
-    if log_x:
+    if x_key == "ipc":
+        _ipc_axis(ax, rows)
+    else:
         ax.set_xscale("log")
-    ax.set_xlabel(x_label)
+        ax.set_xlabel("compression ratio (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(plt, fig, path)
+    return _finish(fig, log_x=x_key != "ipc")
 
 
-def write_plots(results: Dict[str, Any], out_dir) -> Dict[str, str]:
-    """The plots of a run (``results`` as in results.json) written into ``out_dir``; returns
-    {plot name: path} of those drawn (see the module docstring)."""
+def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
+    """{plot name: matplotlib Figure} of a run (``results`` as in results.json), laid out,
+    those whose data is there (see the module docstring); close them when done."""
     plt = _pyplot()
     rows = results.get("table") or []
-    from .data.registry import dataset_label
-
     dataset = results.get("config", {}).get("dataset")
     dataset = dataset_label(dataset) if dataset else ""
-    path = lambda name: os.path.join(os.fspath(out_dir), PLOT_FILES[name])  # noqa: E731
-    written: Dict[str, str] = {}
+    figures: Dict[str, Any] = {}
     if rows:
-        written["compression"] = _accuracy_plot(plt, rows, "compression_ratio_percent", "compression ratio (%)",
-                                                f"{dataset}: accuracy vs compression", path("compression"), True)
+        figures["compression"] = _accuracy_plot(plt, rows, "compression_ratio_percent",
+                                                f"{dataset}: accuracy vs compression")
     if len({r["ipc"] for r in rows}) > 1:
-        written["ipc"] = _accuracy_plot(plt, rows, "ipc", "images per class", f"{dataset}: accuracy vs ipc",
-                                        path("ipc"), False)
+        figures["ipc"] = _accuracy_plot(plt, rows, "ipc", f"{dataset}: accuracy vs ipc")
         duplication = _by_method(rows, "feature_duplication")
         if duplication:
             fig, ax = plt.subplots(figsize=(5.5, 4))
             for label, group in duplication.items():
                 ax.plot([r["ipc"] for r in group], [r["feature_duplication"] for r in group], marker="o", label=label)
-            ax.set_xlabel("images per class")
+            _ipc_axis(ax, rows)
             ax.set_ylabel("feature duplication (same-class cosine)")
             ax.set_title(f"{dataset}: feature duplication vs ipc")
             ax.grid(True, alpha=0.3)
             ax.legend()
-            written["duplication"] = _save(plt, fig, path("duplication"))
+            figures["duplication"] = _finish(fig)
     curves = {key: [(h["epoch"], h["test_accuracy"]) for h in run.get("history", []) if "test_accuracy" in h]
               for key, run in sorted(results.get("runs", {}).items())}
     curves = {key: points for key, points in curves.items() if len(points) > 1}
@@ -108,5 +206,22 @@ def write_plots(results: Dict[str, Any], out_dir) -> Dict[str, str]:
         ax.set_title(f"{dataset}: students during training")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-        written["epochs"] = _save(plt, fig, path("epochs"))
+        figures["epochs"] = _finish(fig)
+    return figures
+
+
+def write_plots(results: Dict[str, Any], out_dir) -> Dict[str, str]:
+    """The plots of :func:`draw_plots` written into ``out_dir`` as PNG files (atomically);
+    returns {plot name: path} of those drawn."""
+    from ._io import write_atomically
+
+    plt = _pyplot()
+    written: Dict[str, str] = {}
+    for name, fig in draw_plots(results).items():
+        path = os.path.join(os.fspath(out_dir), PLOT_FILES[name])
+        try:
+            write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), fsync=False)
+        finally:
+            plt.close(fig)
+        written[name] = path
     return written

@@ -100,9 +100,11 @@ def ensemble_logits(teachers: Sequence[nn.Module], x: Tensor) -> Tensor:
     return total / len(teachers)
 
 
-def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int = 256, device: str = "cpu") -> DistilledSet:
+def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int = 256, device: str = "cpu",
+            progress: bool = False) -> DistilledSet:
     """Static soft labels, **in place**: the mean of the teachers' logits on every training
-    image (test transform only), stored fp16 with ``set_soft_labels``. Returns ``distilled``."""
+    image (test transform only), stored fp16 with ``set_soft_labels``. Returns ``distilled``.
+    ``progress``: a bar over the training images."""
     if not teachers:
         raise ValueError("relabel needs at least one teacher")
     if batch_size < 1:
@@ -110,33 +112,38 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
     dev = resolve_device(device)
     models = [t.to(dev) for t in teachers]
     chunks = []
+    data = DistilledDataset(distilled, hard_only=True)
     # composed a chunk at a time: an ImageNet-size set never sits in memory as images
-    for _, images in DistilledDataset(distilled, hard_only=True).iter_chunks():
-        for start in range(0, images.shape[0], batch_size):
-            logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
-            if logits.shape[1] != distilled.num_classes:
-                raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
-            chunks.append(logits)
+    with tqdm(total=len(data), desc="relabel", unit="img", disable=not progress, leave=False) as bar:
+        for _, images in data.iter_chunks():
+            for start in range(0, images.shape[0], batch_size):
+                logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
+                if logits.shape[1] != distilled.num_classes:
+                    raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
+                chunks.append(logits)
+                bar.update(logits.shape[0])
     distilled.set_soft_labels(torch.cat(chunks))
     return distilled
 
 
-def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cpu", batch_size: int = 256) -> DistilledSet:
+def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cpu", batch_size: int = 256,
+                      progress: bool = False) -> DistilledSet:
     """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save
-    it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``."""
+    it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``.
+    ``progress``: a bar over the images, and a line when the set is saved."""
     if not teacher_paths:
         raise ValueError("relabel_directory needs at least one teacher path")
     resolve_device(device)
     ds = load_distilled(directory)
     check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes())  # rewritten beside itself
     teachers = [load_teacher(str(p), dataset=ds.dataset, num_classes=ds.num_classes, device=device)[0] for p in teacher_paths]
-    relabel(ds, teachers, batch_size=batch_size, device=device)
+    relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress)
     ds.hyperparameters = dict(ds.hyperparameters)
     ds.hyperparameters["relabel"] = {
         "teachers": [str(p) for p in teacher_paths],
         "rule": "mean of the teachers' logits, eval mode, test transform only",
     }
-    save_distilled(ds, directory, overwrite=True)
+    save_distilled(ds, directory, overwrite=True, progress=progress)
     return ds
 
 
@@ -510,21 +517,28 @@ def evaluate_seeds(
 # --------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def feature_duplication(images, labels: Tensor, teacher: nn.Module, batch_size: int = 256) -> float:
+def feature_duplication(images, labels: Tensor, teacher: nn.Module, batch_size: int = 256,
+                        progress: bool = False) -> float:
     """Mean pairwise cosine similarity of the teacher's penultimate features between images of
     the same class (self-pairs excluded), averaged over classes that have >= 2 images.
     ``images``: normalized float (N, ch, H, W), or an iterable of (start, chunk) pairs in
     order such as ``DistilledDataset.iter_chunks()`` (only features are kept). In [-1, 1];
-    higher = more duplication."""
+    higher = more duplication. ``progress``: a bar over the images (one per label)."""
     chunks = [(0, images)] if isinstance(images, Tensor) else images
     was_training = teacher.training
     teacher.eval()
     device = device_of(teacher)
+    feats = []
     try:
-        feats = torch.cat([penultimate_features(teacher, chunk[i:i + batch_size].to(device)).float().cpu()
-                           for _, chunk in chunks for i in range(0, chunk.shape[0], batch_size)])
+        with tqdm(total=labels.shape[0], desc="feature duplication", unit="img", disable=not progress,
+                  leave=False) as bar:
+            for _, chunk in chunks:
+                for i in range(0, chunk.shape[0], batch_size):
+                    feats.append(penultimate_features(teacher, chunk[i:i + batch_size].to(device)).float().cpu())
+                    bar.update(feats[-1].shape[0])
     finally:
         teacher.train(was_training)
+    feats = torch.cat(feats)
     if feats.shape[0] != labels.shape[0]:
         raise ValueError(f"{feats.shape[0]} images but {labels.shape[0]} labels")
     feats = F.normalize(feats.flatten(1).double(), dim=1)

@@ -671,18 +671,88 @@ def test_sre2l_resume(teachers, train_set, tmp_path, monkeypatch):
     assert torch.equal(resumed["images"], full["images"])  # the same batches: the same bits
 
 
-def test_distill_sre2l_end_to_end(teacher_paths, tmp_path):
-    from infer_fast.distill import distill_sre2l
+def test_distill_sre2l_end_to_end(teacher_paths, teachers, train_set, tmp_path, capsys):
+    """The set stores the recovered images as uint8 pixels (quantize_images of recover_sre2l's
+    float images, the same run), says so, and says where it is saved and how large."""
+    from infer_fast.distill import distill_sre2l, recover_sre2l
+    from infer_fast.storage import normalize_uint8, quantize_images
 
     out = tmp_path / "fm-sre2l"
-    distill_sre2l(DATASET, teacher_paths, ipc=2, out_dir=out, config=RecoveryConfig.sre2l(iterations=2), progress=False)
+    config = RecoveryConfig.sre2l(iterations=2)
+    distill_sre2l(DATASET, teacher_paths, ipc=2, out_dir=out, config=config, progress=True)
+    assert f"saving sre2l set (20 stored images, 15.5 KiB) -> {out}" in capsys.readouterr().out
     ds = load_distilled(out, expected_dataset=DATASET, expected_num_classes=10)
-    assert ds.method == "sre2l" and ds.images.shape == (20, 1, 28, 28) and ds.images.dtype == torch.float32
+    assert ds.method == "sre2l" and ds.images.shape == (20, 1, 28, 28) and ds.images.dtype == torch.uint8
     assert ds.labels.tolist() == list(range(10)) * 2 and ds.num_stored_images() == 20
     assert ds.hyperparameters["r_bn"] == 0.01 and "teacher j mod M" in ds.hyperparameters["teacher_rule"]
+    assert ds.hyperparameters["image_storage"].startswith("uint8 pixels")
+    spec = train_set.spec
+    recovered = recover_sre2l(2, 10, (1, 28, 28), teachers, spec.mean, spec.std, config, progress=False)["images"]
+    assert torch.equal(ds.images, quantize_images(recovered, spec.mean, spec.std))
+    step = 1 / (255 * spec.std[0])  # one pixel level in normalized units: the quantization moves half of it at most
+    assert (normalize_uint8(ds.images, spec.mean, spec.std) - recovered).abs().max() <= step / 2 + 1e-6
     assert not (tmp_path / "fm-sre2l.recovery.pt").exists()
     with pytest.raises(ValueError, match="ipc"):
         distill_sre2l(DATASET, teacher_paths, ipc=0, out_dir=tmp_path / "x", progress=False)
+
+
+def test_final_pass_is_announced_when_long_or_chunked(teachers, train_set, monkeypatch, capsys):
+    """With progress, a batch says when its final pass (every image through the teacher once
+    more, no bar) starts if its iterations were long or it runs in chunks; not otherwise."""
+    from infer_fast.distill import recover_sre2l
+
+    spec = train_set.spec
+    cfg = lambda **kw: RecoveryConfig.sre2l(iterations=2, group_size=2, **kw)  # noqa: E731
+    recover = lambda config, progress=True: recover_sre2l(  # noqa: E731
+        2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, config, progress=progress)
+    capsys.readouterr()
+    recover(cfg())
+    assert "final pass" not in capsys.readouterr().out  # quick iterations: over in a moment
+    recover(cfg(chunk_size=6))
+    assert "teacher 1/1 SRe2L groups k=0..1: final pass over the 20 recovered images in chunks of 6" \
+        in capsys.readouterr().out
+    monkeypatch.setattr(engine, "FINAL_PASS_NOTE_S", 0.0)  # as if every iteration were long
+    recover(cfg())
+    assert "k=0..1: final pass over the 20 recovered images (CE, R_bn, accuracy)" in capsys.readouterr().out
+    recover(cfg(chunk_size=6), progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_sre2l_space_check_is_the_runs_peak(teacher_paths, tmp_path, monkeypatch):
+    """The free space asked before an SRe2L recovery covers what the run really holds on disk
+    at its peak (the float32 recovery checkpoint with a batch's state inside, old and new file
+    during its atomic replacement; then the uint8 set beside the last one), and not much more
+    (before: the set as float32 + 8x the float32 images, whatever the batches)."""
+    from infer_fast.distill import distill_sre2l, jobs, run
+    from infer_fast.storage import disk
+
+    asked, peak = [], [0]
+    real_check, real_save, real_write = run.check_writable, jobs.save_atomic, disk._write_tensor_file
+    on_disk = lambda: sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())  # noqa: E731
+
+    def check(path, what, kind="file", need_bytes=0):
+        asked.append(need_bytes)
+        return real_check(path, what, kind, need_bytes)
+
+    def save(obj, path):
+        before = on_disk()
+        real_save(obj, path)
+        peak[0] = max(peak[0], before + os.path.getsize(path))  # the old file and the new one at once
+
+    def write(path, tensors):
+        entry = real_write(path, tensors)
+        peak[0] = max(peak[0], on_disk())
+        return entry
+
+    monkeypatch.setattr(run, "check_writable", check)
+    monkeypatch.setattr(jobs, "save_atomic", save)
+    monkeypatch.setattr(disk, "_write_tensor_file", write)
+    config = RecoveryConfig.sre2l(iterations=2, group_size=2, checkpoint_every=1)  # a checkpoint inside each batch
+    distill_sre2l(DATASET, teacher_paths[:1], ipc=4, out_dir=tmp_path / "s", config=config, progress=False)
+    need = max(asked)
+    assert peak[0] <= need <= 1.5 * peak[0]
+    float_images = 40 * 28 * 28 * 4
+    assert need <= 9 * float_images / 2  # what it asked before
 
 
 # ---- chunked exact mode ---------------------------------------------------------------------

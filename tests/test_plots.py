@@ -1,6 +1,8 @@
 """Plots of a run's results (infer_fast/plots.py): the files, and what is left out."""
 
-from infer_fast.plots import PLOT_FILES, write_plots
+import pytest
+
+from infer_fast.plots import PLOT_FILES, draw_plots, overlapping_tick_labels, write_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -42,3 +44,58 @@ def test_missing_values_are_skipped_not_plotted_as_zero(tmp_path):
     for row in data["table"]:
         row["feature_duplication"] = None
     assert "duplication" not in write_plots(data, tmp_path / "again")
+
+
+def crowded(ipcs):
+    """ImageNet-1k-like results: four methods whose compression ratios lie close together
+    (within 5%) over less than two decades, many ipcs, 300 epochs."""
+    rows, runs = [], {}
+    for ipc in ipcs:
+        for k, label in enumerate(("INFER", "INFER+Dyn", "SRe2L", "Random")):
+            rows.append({"method": label.lower(), "label": label, "ipc": ipc, "accuracy_mean": 0.2 + 0.1 * k + ipc / 1000,
+                         "accuracy_std": 0.01, "compression_ratio_percent": 0.078 * ipc * (1 + 0.02 * k),
+                         "feature_duplication": 0.8 - ipc / 1000})
+            runs[f"{label}/ipc{ipc}/seed0"] = {"history": [{"epoch": e, "test_accuracy": 0.1 + e / 1000}
+                                                           for e in range(0, 301, 25)]}
+    return {"config": {"dataset": "imagenet-1k"}, "table": rows, "runs": runs}
+
+
+def shown_labels(axis):
+    return [t.get_text() for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+
+
+@pytest.mark.parametrize("ipcs", [(10, 50), (1, 10, 50, 100), (10, 20, 30, 40, 50), (1, 2, 5, 10, 20, 50, 100, 200)])
+def test_tick_labels_do_not_overlap(ipcs):
+    """Close compression ratios over under two decades made matplotlib's log axis label its
+    minor ticks (2x10^-1, 3x10^-1, ...) on top of each other: every tick label of every plot
+    now stands clear of the others once drawn, the compression axis keeps at least two plain
+    labels and the ipc axes label every ipc."""
+    import matplotlib.pyplot as plt
+
+    figures = draw_plots(crowded(ipcs))
+    assert set(figures) == set(PLOT_FILES)
+    try:
+        for name, fig in figures.items():
+            fig.canvas.draw()
+            assert overlapping_tick_labels(fig) == [], name
+        compression = shown_labels(figures["compression"].axes[0].xaxis)
+        assert len(compression) >= 2 and all("times" not in t for t in compression), compression
+        for name in ("ipc", "duplication"):
+            assert shown_labels(figures[name].axes[0].xaxis) == [str(i) for i in ipcs], name
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+
+
+def test_overlap_check_sees_overlapping_labels():
+    from infer_fast.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.set_xticks([0.0, 0.01, 1.0], ["a long label", "another long label", "far"])
+    ax.set_xlim(0, 1)
+    try:
+        fig.canvas.draw()
+        assert overlapping_tick_labels(fig) == [("x", 0.0, 0.01)]
+    finally:
+        plt.close(fig)

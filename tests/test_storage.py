@@ -55,12 +55,19 @@ def make_infer(k=2, c=3, ch=3, h=8, w=8, g=4, ufc_dtype=torch.float32, soft=True
     return ds
 
 
-def make_baseline(method="random", n=7, c=3, ch=3, h=8, w=8, soft=True, seed=1):
+BASELINES = [pytest.param("random", torch.uint8, id="random"), pytest.param("sre2l", torch.uint8, id="sre2l"),
+             pytest.param("sre2l", torch.float16, id="sre2l-float16-older"),
+             pytest.param("sre2l", torch.float32, id="sre2l-float32-older")]
+
+
+def make_baseline(method="random", n=7, c=3, ch=3, h=8, w=8, soft=True, seed=1, dtype=torch.uint8):
+    """A baseline set; ``dtype`` float16/float32: normalized images, as SRe2L sets of
+    infer-fast before uint8 storage held."""
     gen = torch.Generator().manual_seed(seed)
-    if method == "random":
+    if dtype == torch.uint8:
         images = torch.randint(0, 256, (n, ch, h, w), generator=gen, dtype=torch.uint8)
     else:
-        images = torch.randn(n, ch, h, w, generator=gen).half()
+        images = torch.randn(n, ch, h, w, generator=gen).to(dtype)
     return DistilledSet(
         method=method, dataset="cifar10", num_classes=c, channels=ch, image_size=h, mean=MEAN[:ch], std=STD[:ch],
         images=images, labels=torch.arange(n) % c,
@@ -127,13 +134,13 @@ def test_not_relabelled_set_has_no_labels_file(tmp_path):
     assert loaded.natural_labels is None and loaded.ufc_labels is None and not loaded.has_soft_labels
 
 
-@pytest.mark.parametrize("method", ["random", "sre2l"])
-def test_baseline_roundtrip(tmp_path, method):
-    ds = make_baseline(method)
+@pytest.mark.parametrize("method, dtype", BASELINES)
+def test_baseline_roundtrip(tmp_path, method, dtype):
+    ds = make_baseline(method, dtype=dtype)
     assert ds.soft_labels.dtype == torch.float16
     loaded = load_distilled(save_distilled(ds, tmp_path / method))
     assert_same_set(ds, loaded)
-    assert loaded.images.dtype == (torch.uint8 if method == "random" else torch.float16)
+    assert loaded.images.dtype == dtype
 
 
 def test_zero_compensators_roundtrip(tmp_path):
@@ -429,12 +436,12 @@ def test_dataset_needs_soft_labels_unless_hard_only(tmp_path):
     assert loaded.has_soft_labels
 
 
-@pytest.mark.parametrize("method", ["random", "sre2l"])
-def test_baseline_dataset(method):
-    ds = make_baseline(method)
+@pytest.mark.parametrize("method, dtype", BASELINES)
+def test_baseline_dataset(method, dtype):
+    ds = make_baseline(method, dtype=dtype)
     data = DistilledDataset(ds, backend="torch", expected_dataset="cifar10")
     image, soft, hard = data[3]
-    if method == "random":
+    if dtype == torch.uint8:
         expected = storage.normalize_uint8(ds.images[3], ds.mean, ds.std)
     else:
         expected = ds.images[3].float()
@@ -576,11 +583,18 @@ def test_export_imagefolder(tmp_path):
     assert named == 18 and (tmp_path / "named" / "class_1" / "07.png").is_file()
 
 
-def test_export_baseline_gray(tmp_path):
-    ds = make_baseline("sre2l", ch=1, n=12, c=11, soft=False)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_export_baseline_gray(tmp_path, dtype):
+    ds = make_baseline("sre2l", ch=1, n=12, c=11, soft=False, dtype=dtype)
     assert export_imagefolder(ds, tmp_path / "o") == 12
     assert (tmp_path / "o" / "00" / "00.png").is_file() and (tmp_path / "o" / "10" / "10.png").is_file()
     assert not (tmp_path / "o" / "soft_labels.safetensors").exists()
+    if dtype == torch.uint8:  # stored pixels are exported as they are
+        import numpy as np
+        from PIL import Image
+
+        png = torch.from_numpy(np.array(Image.open(tmp_path / "o" / "10" / "10.png")))
+        assert torch.equal(png, ds.images[10, 0])
 
 
 # ---------------------------------------------------------------------------------------

@@ -94,6 +94,32 @@ def test_relabel_baseline_and_directory_round_trip(teachers, data, tmp_path):
     assert loaded.hyperparameters["relabel"]["teachers"] == [str(p) for p in paths]
 
 
+def test_float32_sre2l_set_of_older_versions_relabels_and_trains(teachers, data, tmp_path, capsys):
+    """SRe2L sets written before uint8 storage hold float32 normalized images: such a set on
+    disk still loads, relabels from its stored floats (not re-quantized), and trains. With
+    progress, relabel_directory shows a bar over the images and says where it saves the set."""
+    paths, models = teachers
+    train, test = data
+    picked, s = train.per_class(3, seed=0), train.spec
+    lo, hi = valid_range(s.mean, s.std)
+    images = torch.maximum(torch.minimum(normalize(picked.images, s.mean, s.std) + 0.01, hi.view(1, -1, 1, 1)),
+                           lo.view(1, -1, 1, 1))  # not on the uint8 grid
+    old = DistilledSet(method="sre2l", dataset=s.name, num_classes=s.num_classes, channels=s.channels,
+                       image_size=s.image_size, mean=s.mean, std=s.std, images=images, labels=picked.labels,
+                       budget={"ipc": 3, "K": 0, "M": 2, "accounting": "ipc"})
+    save_distilled(old, tmp_path / "old")
+    capsys.readouterr()
+    relabel_directory(tmp_path / "old", paths, device="cpu", progress=True)
+    out, err = capsys.readouterr()
+    assert "relabel:" in err and "0/30 " in err  # the bar, over the 30 images
+    assert f"saving sre2l set (30 stored images, " in out and str(tmp_path / "old") in out
+    loaded = load_distilled(tmp_path / "old")
+    assert loaded.images.dtype == torch.float32 and torch.equal(loaded.images, images)
+    torch.testing.assert_close(loaded.soft_labels.float(), mean_logits(models, images), rtol=2e-3, atol=2e-3)
+    r = train_student(loaded, test, StudentConfig(epochs=2, **FAST), progress=False)
+    assert 0.0 <= r["final_accuracy"] <= 1.0 and r["num_training_images"] == 30
+
+
 def test_relabel_needs_teachers(data):
     with pytest.raises(ValueError):
         relabel(baseline_set(data[0], 1), [])
@@ -348,6 +374,20 @@ def test_feature_duplication(teachers, data):
     images = train.normalized(list(range(40)))
     chunks = [(0, images[:15]), (15, images[15:])]
     assert feature_duplication(iter(chunks), train.labels[:40], models[0], batch_size=7) == pytest.approx(real, abs=1e-9)
+
+
+def test_feature_duplication_progress(teachers, data, capsys):
+    """A bar over the images when asked (streamed chunks too), none by default."""
+    _, models = teachers
+    train = data[0]
+    images = train.normalized(list(range(40)))
+    capsys.readouterr()
+    quiet = feature_duplication(images, train.labels[:40], models[0])
+    assert capsys.readouterr().err == ""
+    chunks = iter([(0, images[:15]), (15, images[15:])])
+    shown = feature_duplication(chunks, train.labels[:40], models[0], batch_size=7, progress=True)
+    err = capsys.readouterr().err
+    assert "feature duplication:" in err and "0/40 " in err and shown == pytest.approx(quiet, abs=1e-9)
 
 
 def test_student_resumes_after_interrupt_to_the_same_result(teachers, data, tmp_path, monkeypatch):

@@ -193,6 +193,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# With progress, a batch whose iterations took this long on average (or that runs in chunks)
+# says when its final pass starts: one more pass of every image through the teacher, which
+# no bar covers.
+FINAL_PASS_NOTE_S = 5.0
+
 # Tests set this: every iteration after the first then runs under
 # torch.cuda.set_sync_debug_mode("error"), so any host synchronisation in the loop raises.
 CHECK_HOST_SYNCS = False
@@ -540,6 +545,10 @@ def optimize_batch(
             _synchronize(device)
             first_iteration_s = time.perf_counter() - started
         final = variable.detach()
+        per_iteration_s = (time.perf_counter() - started) / max(1, config.iterations - start)
+        if progress and (chunked or per_iteration_s >= FINAL_PASS_NOTE_S):  # (else over in a moment)
+            chunks = f" in chunks of {chunk_size}" if chunked else ""
+            print(f"{desc}: final pass over the {G * C} recovered images{chunks} (CE, R_bn, accuracy)", flush=True)
         x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
         if chunked:  # (its gradient to the detached images is thrown away)
             ce, rbn, logits = losses_and_backward(x.requires_grad_())

@@ -363,8 +363,8 @@ def recover_sre2l(
     per group, like one SRe2L batch; group j uses teacher j mod M (with one teacher this is
     SRe2L exactly). Default config: ``RecoveryConfig.sre2l()`` (r_bn 0.01). Returns
     ``images`` float32 (ipc*C, ch, H, W), normalized and clamped to the valid range, group-major
-    (row j*C + c has class c), ``labels`` int64, ``teacher`` int64 per image, ``stats``,
-    ``group_size``. Checkpoint/resume as :func:`recover_ufcs`."""
+    (row j*C + c has class c; ``distill_sre2l`` stores them as uint8 pixels), ``labels``
+    int64, ``teacher`` int64 per image, ``stats``, ``group_size``. Checkpoint/resume as :func:`recover_ufcs`."""
     config = RecoveryConfig.sre2l() if config is None else config
     for name, value in (("ipc", ipc), ("num_classes", num_classes)):
         check_int(name, value)
@@ -388,9 +388,11 @@ def recover_sre2l(
         "sre2l", jobs, teachers, None, num_classes, image_shape, mean, std, config, identity,
         checkpoint, resume, progress, backend,
     )
-    images = torch.stack([done[key] for key in jobs])  # (ipc, C, ch, H, W)
+    images = torch.empty((ipc * num_classes, *image_shape), dtype=torch.float32)
+    for j, key in enumerate(jobs):  # group by group, each freed once copied: no second copy of the set
+        images[j * num_classes:(j + 1) * num_classes] = done.pop(key)
     return {
-        "images": images.flatten(0, 1).to(torch.float32),
+        "images": images,
         "labels": torch.arange(num_classes, dtype=torch.int64).repeat(ipc),
         "teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64).repeat_interleave(num_classes),
         "stats": stats,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
+from torch import Tensor
 
 from .. import distributed
 from .._io import check_writable
@@ -69,21 +70,58 @@ def _check_output(out_dir) -> Path:
     return out_dir
 
 
-def _check_space(out_dir: Path, set_bytes: int, result_bytes: int) -> None:
-    """Before the recovery: room for the set and for its recovery checkpoint (the results,
-    with a batch in progress and its Adam moments: up to 4x ``result_bytes``), twice during
-    the checkpoint's atomic replacement."""
-    check_writable(out_dir, "output directory", kind="directory", need_bytes=set_bytes + 8 * result_bytes)
+def _check_space(out_dir: Path, set_bytes: int, result_bytes: int, partial_bytes: Optional[int] = None) -> None:
+    """Before the recovery: room for its peak on disk. The recovery checkpoint holds the
+    results so far (up to ``result_bytes``) and, with checkpoints inside a batch, the state of
+    every batch in progress beyond its results (``partial_bytes`` in all; None: up to 3x
+    ``result_bytes``); while it is replaced atomically the old file and the new one are both
+    there. The set is written while the last checkpoint (every result) is still there."""
+    partial_bytes = 3 * result_bytes if partial_bytes is None else partial_bytes
+    need = max(2 * (result_bytes + partial_bytes), result_bytes + set_bytes)
+    check_writable(out_dir, "output directory", kind="directory", need_bytes=need)
 
 
-def _save_and_clean(ds, out_dir: Path, checkpoint: Path) -> Path:
-    """Rank 0 writes the set (validated once, each file hashed once as it is written), then
-    removes the run's recovery checkpoints (every rank's share, of any world size)."""
+def _sre2l_partial_bytes(config: RecoveryConfig, ipc: int, num_classes: int, image_bytes: int, teachers) -> int:
+    """What the in-batch states of an SRe2L recovery hold beyond the results (see
+    _check_space): per batch in progress (one per checkpoint writer) its float32 images, not
+    among the results yet, and Adam's two moments: two more copies of the batch. Before the
+    plan is made a batch has at most ``config.group_size`` groups, on a CPU the automatic
+    plan's cap (auto_batch_plan), on a GPU (sized by free memory) one teacher's groups."""
+    from ..models import device_of
+    from .engine import CPU_MAX_IMAGES
+
+    if config.checkpoint_every is None and config.checkpoint_minutes is None:
+        return 0
+    groups = -(-ipc // len(teachers))  # one teacher's jobs
+    if config.group_size is not None:
+        groups = min(groups, config.group_size)
+    elif device_of(teachers[0]).type != "cuda":
+        groups = max(1, min(groups, CPU_MAX_IMAGES // num_classes))
+    _, world = distributed.rank_and_world()
+    writers = world if world > 1 and config.distributed == "jobs" else 1
+    return 2 * groups * num_classes * image_bytes * writers
+
+
+def _quantized(images: Tensor, mean: Sequence[float], std: Sequence[float], rows: int = 1024) -> Tensor:
+    """uint8 pixels of normalized float ``images`` (quantize_images), a few rows at a time so
+    that an ImageNet-size set needs no float temporaries of its own size."""
+    from ..data.pixels import quantize_images
+
+    out = torch.empty(images.shape, dtype=torch.uint8)
+    for start in range(0, images.shape[0], rows):
+        out[start:start + rows] = quantize_images(images[start:start + rows], mean, std)
+    return out
+
+
+def _save_and_clean(ds, out_dir: Path, checkpoint: Path, progress: bool = False) -> Path:
+    """Rank 0 writes the set (validated once, each file hashed once as it is written; with
+    ``progress`` saying where and how large), then removes the run's recovery checkpoints
+    (every rank's share, of any world size)."""
     from ..storage import save_distilled
 
     rank, _ = distributed.rank_and_world()
     if rank == 0:
-        save_distilled(ds, out_dir)
+        save_distilled(ds, out_dir, progress=progress)
     distributed.barrier()  # every rank is done with its share before it goes
     if rank == 0:
         for path in recovery_checkpoints(checkpoint):
@@ -153,30 +191,36 @@ def distill_sre2l(
     backend: str = "auto",
 ) -> Path:
     """The SRe2L baseline into ``out_dir``: ipc*C images recovered from noise by
-    :func:`recover_sre2l` (default ``RecoveryConfig.sre2l()``), stored as float32 normalized
-    images with hard labels (the same ipc*C image budget); relabel it like an INFER set."""
+    :func:`recover_sre2l` (default ``RecoveryConfig.sre2l()``), stored as uint8 pixels (the
+    recovered images, clamped to the valid range, quantized: like the reference release's
+    image files and every other set's images) with hard labels (the same ipc*C image budget);
+    relabel it like an INFER set."""
     from ..storage import DistilledSet
 
     config = RecoveryConfig.sre2l() if config is None else config
     check_int("ipc", ipc)
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
-    image_bytes = ipc * spec.num_classes * math.prod(train.image_shape) * 4  # float32
-    _check_space(out_dir, image_bytes, image_bytes)
+    n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
+    _check_space(out_dir, n * (image_elements + 8), n * image_elements * 4,  # uint8 + int64 labels; float32 results
+                 _sre2l_partial_bytes(config, ipc, spec.num_classes, image_elements * 4, teachers))
     result = recover_sre2l(
         ipc, spec.num_classes, train.image_shape, teachers, spec.mean, spec.std, config,
         checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
     )
+    pixels = _quantized(result.pop("images"), spec.mean, spec.std)
     hyper = config.to_dict()
     hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
                  init="Gaussian noise N(0, 1) in normalized space",
-                 teacher_rule="image group j (one image per class) is recovered with teacher j mod M")
+                 teacher_rule="image group j (one image per class) is recovered with teacher j mod M",
+                 image_storage="uint8 pixels: the recovered images (clamped to the valid range) quantized, "
+                               "round(clamp(x * std + mean, 0, 1) * 255)")
     ds = DistilledSet(
-        method="sre2l", **_set_fields(train), images=result["images"], labels=result["labels"],
+        method="sre2l", **_set_fields(train), images=pixels, labels=result["labels"],
         hyperparameters=hyper, teachers=records,
         budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"}, seed=config.seed,
     )
-    return _save_and_clean(ds, out_dir, checkpoint)
+    return _save_and_clean(ds, out_dir, checkpoint, progress)
 
 
 def random_set(train, ipc: int, seed: int = 0, progress: bool = False):

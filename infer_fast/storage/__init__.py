@@ -10,8 +10,10 @@ A distilled set is a directory::
     ufc.safetensors        INFER: ufc (G, ch, H, W) fp16/fp32 (normalized pixel space),
                            ufc_index (G,) int64 (natural set of each UFC),
                            ufc_teacher (G,) int64 (teacher that produced it)
-    images.safetensors     baselines: images (N, ch, H, W) uint8 pixels (random real) or
-                           fp16/fp32 normalized (sre2l), labels (N,) int64 hard labels
+    images.safetensors     baselines: images (N, ch, H, W) uint8 pixels (random: real images;
+                           sre2l: the recovered images quantized; external: imported) or
+                           fp16/fp32 normalized (sre2l sets of infer-fast before it stored
+                           uint8; still read), labels (N,) int64 hard labels
     labels.safetensors     static soft labels (fp16): INFER natural_labels (K, C, C) and
                            ufc_labels (G, C, C); baselines soft_labels (N, C). Absent until
                            the set is relabelled.

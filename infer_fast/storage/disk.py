@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._io import PathLike, check_writable, file_sha256, safetensors_save
+from .._io import PathLike, check_writable, file_sha256, format_bytes, safetensors_save
 from ..data.pixels import valid_range
 from .distilled_set import SET_METHODS, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
@@ -139,7 +139,7 @@ def _cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = False) -> Path:
+def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = False, progress: bool = False) -> Path:
     """Write ``ds`` to ``directory`` atomically; returns the directory.
 
     Everything is written into a temporary directory next to the target (tensor files
@@ -147,7 +147,9 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
     directory is refused unless ``overwrite=True``; then it must be an infer-fast distilled
     set (or empty), and it is replaced by renaming it aside, renaming the new set in and
     deleting the old one. Before writing, the parent must be writable with room for the
-    set (OutputPathError otherwise); a failed write leaves nothing behind.
+    set (OutputPathError otherwise); a failed write leaves nothing behind. With ``progress``
+    a line says where the set goes and its size before the write (long for a large set:
+    every file is written, fsynced and hashed).
     """
     ds.validate()
     directory = Path(directory)
@@ -159,6 +161,9 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
             raise DistilledSetError(f"refusing to replace {directory}: it is not a directory")
         if any(directory.iterdir()) and not _is_distilled_dir(directory):
             raise DistilledSetError(f"refusing to replace {directory}: it is not an infer-fast distilled set")
+    if progress:
+        print(f"saving {ds.method} set ({ds.num_stored_images()} stored images, {format_bytes(ds.nbytes())}) "
+              f"-> {directory}", flush=True)
     parent = directory.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
