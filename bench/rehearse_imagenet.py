@@ -39,7 +39,7 @@ from infer_fast.models import create_model  # noqa: E402
 TEACHER_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet-18 ImageNet weights, as the cache names them
 CONFIG = """\
 # configs/imagenet.yaml scaled to a rehearsal: ipc 1, one teacher, one iteration, one epoch
-dataset: imagenet
+dataset: {dataset}
 data_root: {root}
 out: {out}
 teachers: [{{model: resnet18-imagenet, pretrained: true}}]
@@ -121,9 +121,11 @@ def main() -> int:
     torch.save(create_model("resnet18-imagenet", num_classes=1000, in_channels=3, image_size=224).state_dict(),
                os.path.join(torch_home, "hub", "checkpoints", TEACHER_FILE))
     out = os.path.join(work, "run")
+    # fewer classes than ImageNet's 1000: a class subset (the teacher's classifier is replaced)
+    dataset = "imagenet" if args.classes == 1000 else f"{{name: imagenet, num_classes: {args.classes}}}"
     config = os.path.join(work, "imagenet-rehearsal.yaml")
     with open(config, "w") as f:
-        f.write(CONFIG.format(root=root, out=out))
+        f.write(CONFIG.format(root=root, out=out, dataset=dataset))
     decode_log = os.path.join(work, "decodes.log")
     env = dict(os.environ, TORCH_HOME=torch_home, OMP_NUM_THREADS=str(args.threads), **{DECODE_LOG_ENV: decode_log})
     print(f"infer-fast run {config} (log: {work}/run.log)", flush=True)
@@ -144,7 +146,7 @@ def main() -> int:
     record = {
         "benchmark": "imagenet-rehearsal", "environment": environment(torch.device("cpu"), args.threads),
         "tree": {"classes": args.classes, "train_per_class": args.train_per_class, "val_per_class": args.val_per_class},
-        "config": CONFIG.format(root="<tree>", out="<out>"), "run": measured,
+        "config": CONFIG.format(root="<tree>", out="<out>", dataset=dataset), "run": measured,
         "steps": results["timing"]["steps"], "decoded_files": dict(decoded),
         "accuracy_note": "random teacher weights: accuracies are chance, only time and memory are measured",
     }

@@ -488,6 +488,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         if cfg.feature_duplication and int(ds.hard_labels().bincount().max()) < 2:
             info["feature_duplication"] = None  # (a pairwise similarity within classes)
             info["feature_duplication_note"] = "undefined: one training image per class"
+        elif cfg.feature_duplication and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:
+            info["feature_duplication"] = results["sets"][f"infer/ipc{ipc}"]["feature_duplication"]  # the same images
         elif cfg.feature_duplication:
             meter.start(f"feature duplication {key}")
             streamed = DistilledDataset(ds, hard_only=True)

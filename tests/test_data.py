@@ -390,7 +390,7 @@ def test_tiny_imagenet_tree(tmp_path):
         lines.append(f"val_{i}.JPEG\t{sorted_w[vy[i]]}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
 
-    with pytest.raises(ValueError, match=r"tiny-imagenet at .*: found 3 classes, expected 200 .*pass num_classes=3"):
+    with pytest.raises(ValueError, match=r"tiny-imagenet at .*: found 3 classes, expected 200 .*num_classes: 3"):
         load_dataset("tiny-imagenet", data_root=str(tmp_path))
     tr = load_dataset("tiny-imagenet", "train", data_root=str(tmp_path), num_classes=3)
     order = sorted(range(6), key=lambda i: (int(y[i]), f"{sorted_w[y[i]]}_{i}"))

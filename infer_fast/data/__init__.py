@@ -76,7 +76,8 @@ def _need_root(name: str, data_root, expected: str) -> str:
 def _check_class_count(name: str, where: str, found: int, requested: Optional[int], default: Optional[int]) -> None:
     expected = requested if requested is not None else default
     if expected is not None and found != expected:
-        source = "num_classes requested" if requested is not None else f"{name} has {default}; pass num_classes={found} for a subset"
+        source = ("num_classes requested" if requested is not None else
+              f"{name} has {default}; for a subset give the dataset as {{name: {name}, num_classes: {found}}}")
         raise ValueError(f"{name} at {where}: found {found} classes, expected {expected} ({source})")
 
 
