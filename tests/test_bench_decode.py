@@ -1,0 +1,40 @@
+"""Smoke test of the decode benchmark's --quick mode: it runs and writes the rows it promises
+(the timings themselves are benchmarks, never asserted here)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from infer_fast.data.folders import DECODERS
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_quick_mode_writes_every_row(tmp_path):
+    out = tmp_path / "decode.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_decode.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["settings"]["quick"] and result["settings"]["workers"] == [0, 1]
+    image_set = result["image_set"]
+    assert image_set["source"] == "generated" and image_set["n"] == 6
+    assert image_set["kinds"]["gray"] >= 1 and image_set["kinds"]["cmyk"] == 1 and image_set["kinds"]["png-named-jpeg"] == 1
+    assert image_set["groups"]["large"] >= 1
+
+    skipped = [s["decoder"] for s in result["skipped"]]
+    decoders = list(DECODERS) + ([] if "torchvision" in skipped else ["torchvision"])
+    if skipped:
+        assert "skipped torchvision decoder" in proc.stdout
+    rows = result["results"]
+    speeds = {(r["section"], r["decoder"], r["workers"]): r for r in rows if "images_per_s" in r}
+    expected = {("decode", d, w) for d in decoders for w in (0, 1)} | {("decode+forward", d, w) for d in decoders for w in (0, 1)}
+    assert set(speeds) == expected | {("forward", "forward only", None)}
+    assert all(r["images_per_s"] > 0 and len(r["images_per_s_rounds"]) == 1 for r in speeds.values())
+
+    pixels = {r["decoder"]: r for r in rows if r["section"] == "pixels"}
+    assert set(pixels) == set(decoders) - {"pillow"}
+    draft = pixels["pillow-draft"]
+    # at --quick's 64^2 the large images (and 500x500) are drafted: some pixels change, a little
+    assert draft["images_changed"] >= 1 and 0 < draft["mean_abs_diff"] < 3
+    assert "pixels of pillow-draft vs pillow" in proc.stdout and "forward only" in proc.stdout
