@@ -70,27 +70,31 @@ GRAY_EVERY, CMYK_INDEX, PNG_INDEX, LARGE_INDEX = 50, 3, 5, 2  # grayscale at i %
 def photo_like(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 (h, w, 3): a gradient background, a few filled shapes with their own gradients,
     band-limited texture (coarse noise upsampled, as surfaces) and mild sensor noise."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yy /= h
-    xx /= w
+    from PIL import Image
+    y, x = np.arange(h, dtype=np.float32)[:, None] / h, np.arange(w, dtype=np.float32)[None, :] / w
     angle = rng.uniform(0, 2 * np.pi)
-    t = np.cos(angle) * xx + np.sin(angle) * yy
+    t = np.cos(angle) * x + np.sin(angle) * y
     t = (t - t.min()) / (t.max() - t.min() + 1e-6)
     c0, c1 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     img = c0 + (c1 - c0) * t[..., None]
     for _ in range(rng.integers(4, 12)):
         cx, cy, rx, ry = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.4), rng.uniform(0.05, 0.4)
-        ellipse = rng.random() < 0.6
-        mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1 if ellipse else (abs(xx - cx) < rx) & (abs(yy - cy) < ry)
-        fill = rng.uniform(0, 255, 3).astype(np.float32) + rng.uniform(-60, 60, 3).astype(np.float32) * (yy[..., None] - cy)
-        img = np.where(mask[..., None], fill, img)
-    from PIL import Image
-    tint = np.array([1.0, 0.9, 0.8], dtype=np.float32)
+        rows = slice(max(0, int((cy - ry) * h)), min(h, int((cy + ry) * h) + 1))
+        cols = slice(max(0, int((cx - rx) * w)), min(w, int((cx + rx) * w) + 1))
+        ys, xs = y[rows], x[:, cols]
+        inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 < 1 if rng.random() < 0.6 else \
+            (abs(xs - cx) < rx) & (abs(ys - cy) < ry)
+        fill = rng.uniform(0, 255, 3).astype(np.float32) + rng.uniform(-60, 60, 3).astype(np.float32) * (ys[..., None] - cy)
+        region = img[rows, cols]
+        region[inside] = np.broadcast_to(fill, region.shape)[inside]
+    texture = np.zeros((h, w), dtype=np.float32)
     for cell in (16, 4, 2):
-        coarse = rng.normal(0, 28, (h // cell + 2, w // cell + 2)).astype(np.float32)
-        img += np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))[..., None] * tint
-    img += rng.normal(0, 8, (h, w, 1)).astype(np.float32) + rng.normal(0, 2, (h, w, 3)).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
+        coarse = rng.standard_normal((h // cell + 2, w // cell + 2), dtype=np.float32) * 28
+        texture += np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
+    texture += rng.standard_normal((h, w), dtype=np.float32) * 8
+    img += texture[..., None] * np.array([1.0, 0.9, 0.8], dtype=np.float32)
+    img += rng.standard_normal((h, w, 3), dtype=np.float32) * 2
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 def _sample_plan(i: int, seed: int, quick: bool):
@@ -244,7 +248,8 @@ def make_source(decoder: str, paths: Sequence[str], size: int, workers: int, bat
     """(loader, finish): ``finish(batch)`` turns what the loader yields into uint8 (B, 3, S, S)."""
     persistent = dict(num_workers=workers, persistent_workers=workers > 0)
     if decoder != "torchvision":
-        return DataLoader(PillowSet(paths, size, decoder), batch_size=batch, **persistent), lambda b: b
+        loader = DataLoader(PillowSet(paths, size, decoder), batch_size=batch, pin_memory=device.type == "cuda", **persistent)
+        return loader, lambda b: b
     if device.type != "cuda":
         return DataLoader(TorchvisionSet(paths, size, decode_here=True), batch_size=batch, **persistent), lambda b: b
     loader = DataLoader(TorchvisionSet(paths, size, decode_here=False), batch_size=batch, collate_fn=_as_lists, **persistent)
