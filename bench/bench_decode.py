@@ -165,7 +165,8 @@ def describe_set(samples: List[Dict], source: str) -> Dict:
         "mean_kbytes": float(sizes.mean() / 1e3), "bytes_per_pixel": float(sizes.sum() / pixels.sum()),
         "groups": {g: count("group", g) for g in sorted({s["group"] for s in samples})},
         "kinds": {k: count("kind", k) for k in sorted({s["kind"] for s in samples})},
-        "size_mix": [[g, share, [list(c) for c in choices]] for g, share, choices in SIZE_MIX] if source == "generated" else None,
+        "size_mix": [[g, share, [list(c) for c in choices]] for g, share, choices in SIZE_MIX]
+        if source == "generated" else None,
     }
 
 
@@ -335,6 +336,29 @@ def bench_forward(model, decoders, paths, size, workers_list, batch, rounds, war
                       batches * batch if w is None else len(paths), speeds[(d, w)]) for d, w in runs]
 
 
+def per_image_costs(samples: List[Dict], size: int, repeats: int) -> List[Dict]:
+    """ms per image of each Pillow decoder in this process, by image group: every image is
+    decoded by each decoder in turn (rotating order), ``repeats`` times, and the best time of
+    each is kept (the least disturbed by other processes), so the decoders are compared on
+    the same images at the same moments."""
+    best = {d: [] for d in DECODERS}
+    for k, sample in enumerate(samples):
+        times = {d: float("inf") for d in DECODERS}
+        for r in range(repeats):
+            for d in DECODERS[(k + r) % len(DECODERS):] + DECODERS[:(k + r) % len(DECODERS)]:
+                start = time.perf_counter()
+                decode_image(sample["path"], size, 3, decoder=d)
+                times[d] = min(times[d], time.perf_counter() - start)
+        for d in DECODERS:
+            best[d].append(times[d])
+    groups = {g: [k for k, s in enumerate(samples) if s["group"] == g] for g in sorted({s["group"] for s in samples})}
+    groups["all"] = list(range(len(samples)))
+    return [{"section": "per-image", "decoder": d, "group": g, "images": len(idx), "repeats": repeats,
+             "ms_per_image": 1e3 * float(np.mean([best[d][k] for k in idx])),
+             "share_of_decode_time": float(sum(best[d][k] for k in idx) / sum(best[d]))}
+            for g, idx in groups.items() for d in DECODERS]
+
+
 def pixel_differences(decoders, paths, size, device) -> List[Dict]:
     """Each decoder's output against the reference's, image by image (uint8 units)."""
     reference = [decode_image(p, size, 3, decoder=REFERENCE) for p in paths]
@@ -376,6 +400,14 @@ def print_speed_table(title: str, rows: List[Dict], workers_list: Sequence[int])
 
 
 def print_report(rows: List[Dict], workers_list, args) -> None:
+    per_image = [r for r in rows if r["section"] == "per-image"]
+    print(f"\ndecode + resize + crop to {args.size}^2, ms per image in one process (each image by every decoder "
+          f"in turn, best of {args.repeats})")
+    print(f"  {'group':<10}{'images':>7}" + "".join(f"{d:>14}" for d in DECODERS) + "   share of pillow's time")
+    for g in dict.fromkeys(r["group"] for r in per_image):
+        cells = {r["decoder"]: r for r in per_image if r["group"] == g}
+        print(f"  {g:<10}{cells[REFERENCE]['images']:>7}" + "".join(f"{cells[d]['ms_per_image']:14.2f}" for d in DECODERS)
+              + f"   {cells[REFERENCE]['share_of_decode_time']:.2f}")
     decode = [r for r in rows if r["section"] == "decode"]
     print_speed_table(f"decode + resize + crop to {args.size}^2, images/s (median of {args.rounds} rounds, "
                       f"{decode[0]['images']} images, batch {decode[0]['batch']})", decode, workers_list)
@@ -388,7 +420,8 @@ def print_report(rows: List[Dict], workers_list, args) -> None:
         if r["section"] == "pixels":
             print(f"\npixels of {r['decoder']} vs {r['against']} over {r['images']} images: mean |diff| "
                   f"{r['mean_abs_diff']:.3f}, max {r['max_abs_diff']}; {r['images_changed']} image(s) changed "
-                  f"(their mean |diff| {r['mean_abs_diff_of_changed']:.3f}, worst image {r['max_mean_abs_diff_of_an_image']:.3f})"
+                  f"(their mean |diff| {r['mean_abs_diff_of_changed']:.3f}, "
+                  f"worst image {r['max_mean_abs_diff_of_an_image']:.3f})"
                   + (f"; {r['pillow_fallbacks']} decoded by Pillow" if r["pillow_fallbacks"] else ""))
 
 
@@ -402,6 +435,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "then powers of two up to the core count)")
     parser.add_argument("--batch-sizes", type=ints, help="forward batch sizes (default 50 on CPU, 100,256 on GPU)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds of the decode rows (default 3; --quick 1)")
+    parser.add_argument("--repeats", type=int, help="times each image is decoded by each decoder in the per-image "
+                        "rows (default 3; --quick 1)")
     parser.add_argument("--forward-images", type=int, help="images of the forward rows (default 2 batches on CPU, "
                         "all on GPU)")
     parser.add_argument("--forward-rounds", type=int, help="rounds of the forward rows (default 1 on CPU, 3 on GPU)")
@@ -418,18 +453,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     gpu = args.device.startswith("cuda")
     cores = _cores()
-    defaults = dict(n=6, size=64, workers=[0, 1], batch_sizes=[3], rounds=1, forward_images=6, forward_rounds=1,
-                    threads=1) if args.quick else dict(
-            n=800 if gpu else 200, size=224, rounds=3, forward_rounds=3 if gpu else 1, batch_sizes=[100, 256] if gpu else [50],
-            threads=2,
-            workers=sorted({0, 1, min(2, cores)} | {2 ** k for k in range(1, 8) if 2 ** k <= cores}))
+    quick = dict(n=6, size=64, workers=[0, 1], batch_sizes=[3], rounds=1, repeats=1, forward_images=6,
+                 forward_rounds=1, threads=1)
+    full = dict(n=800 if gpu else 200, size=224, rounds=3, repeats=3, forward_rounds=3 if gpu else 1,
+                batch_sizes=[100, 256] if gpu else [50], threads=2,
+                workers=sorted({0, 1, min(2, cores)} | {2 ** k for k in range(1, 8) if 2 ** k <= cores}))
+    defaults = quick if args.quick else full
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.forward_images is None:
         args.forward_images = args.n if gpu else 2 * max(args.batch_sizes)
     args.forward_warmup = args.forward_warmup or gpu
-    for name in ("n", "size", "rounds", "forward_images", "forward_rounds", "threads"):
+    for name in ("n", "size", "rounds", "repeats", "forward_images", "forward_rounds", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.workers or min(args.workers) < 0:
@@ -450,8 +486,9 @@ def main(argv=None) -> int:
     decoders = list(DECODERS) + (["torchvision"] if not isinstance(tvio, str) else [])
     skipped = [] if not isinstance(tvio, str) else [{"decoder": "torchvision", "reason": tvio}]
     env = environment(device, args.threads)
-    env.update(cpu_cores=_cores(), load_average_at_start=os.getloadavg(), pillow=_pillow_versions(), torchvision=None if isinstance(tvio, str) else
-               __import__("torchvision").__version__, default_decoder=DEFAULT_DECODER)
+    env.update(cpu_cores=_cores(), load_average_at_start=os.getloadavg(), pillow=_pillow_versions(),
+               torchvision=None if isinstance(tvio, str) else __import__("torchvision").__version__,
+               default_decoder=DEFAULT_DECODER)
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
         if args.images:
             samples, source = existing_images(args.images, args.n), os.path.abspath(args.images)
@@ -468,6 +505,8 @@ def main(argv=None) -> int:
         for s in skipped:
             print(f"skipped torchvision decoder: {s['reason']}; run this bench where torchvision is installed")
         rows = pixel_differences(decoders, paths, args.size, device)
+        print("per-image rows ...", flush=True)
+        rows += per_image_costs(samples, args.size, args.repeats)
         print("decode rows ...", flush=True)
         rows += bench_decode(decoders, paths, args.size, args.workers, args.batch_sizes[0], args.rounds, device)
         if model is not None:
@@ -482,7 +521,7 @@ def main(argv=None) -> int:
     env["load_average_at_end"] = os.getloadavg()  # other processes on the machine share its cores
     out = args.out or os.path.join(RESULTS, f"decode-{'gpu' if device.type == 'cuda' else 'cpu'}"
                                    f"{'-quick' if args.quick else ''}-{datetime.date.today()}.json")
-    settings = {k: getattr(args, k) for k in ("size", "workers", "batch_sizes", "rounds", "forward_images",
+    settings = {k: getattr(args, k) for k in ("size", "workers", "batch_sizes", "rounds", "repeats", "forward_images",
                                               "forward_rounds", "forward_warmup", "model", "quick", "seed")}
     write_json(out, {"environment": env, "settings": settings, "image_set": image_set, "skipped": skipped,
                      "results": rows})

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from infer_fast.data.folders import DECODERS
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -31,6 +33,12 @@ def test_quick_mode_writes_every_row(tmp_path):
     expected = {("decode", d, w) for d in decoders for w in (0, 1)} | {("decode+forward", d, w) for d in decoders for w in (0, 1)}
     assert set(speeds) == expected | {("forward", "forward only", None)}
     assert all(r["images_per_s"] > 0 and len(r["images_per_s_rounds"]) == 1 for r in speeds.values())
+
+    per_image = {(r["decoder"], r["group"]): r for r in rows if r["section"] == "per-image"}
+    groups = set(image_set["groups"]) | {"all"}
+    assert set(per_image) == {(d, g) for d in DECODERS for g in groups}
+    assert all(per_image[(d, "all")]["images"] == 6 and per_image[(d, "all")]["ms_per_image"] > 0 for d in DECODERS)
+    assert sum(per_image[("pillow", g)]["share_of_decode_time"] for g in groups - {"all"}) == pytest.approx(1.0)
 
     pixels = {r["decoder"]: r for r in rows if r["section"] == "pixels"}
     assert set(pixels) == set(decoders) - {"pillow"}
