@@ -19,12 +19,19 @@ side of 500, some camera-sized, some small), a few grayscale, one CMYK, one PNG 
 share of big images decides what a draft decode gains: the JSON records the set's sizes and
 bytes per pixel; run on real files (--images) for the real mix.
 
+Rows: ``per-image`` (ms per image of each Pillow decoder in one process, by size group: each
+image decoded by every decoder in turn, best of --repeats, so the comparison is paired and
+survives a busy machine); ``decode`` (images/s of DataLoader passes, per worker count);
+``forward`` and ``decode+forward`` (the same with a model forward after each batch, and the
+forward alone on an in-memory batch: the bound without decoding); ``pixels`` (each decoder
+against ``pillow``, uint8 units, over every image).
+
 Timing: wall clock of full passes over the set; rounds interleave the configurations (every
 round times each once, in a rotating order) so they share the machine's moments; images/s is
 the median over rounds. Decode rows start their workers in an untimed pass first; forward rows
 (fewer images: the forward dominates on CPU) include the workers' start unless --forward-warmup.
-The forward: eval mode, no grad, fp32, random weights, normalized uint8 input moved to the
-device; "forward only" times it on an in-memory batch, the bound without decoding.
+Decode rows run with one torch thread in the main process, forward rows with --threads. The
+forward: eval mode, no grad, fp32, random weights, normalized uint8 input moved to the device.
 """
 from __future__ import annotations
 
@@ -445,8 +452,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-forward", action="store_true", help="decode rows and pixel differences only")
     parser.add_argument("--model", default="resnet18-imagenet")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads of the main process (default 2, the CI machines' "
-                        "cores; --quick 1)")
+    parser.add_argument("--threads", type=int, help="torch threads of the main process for the forward "
+                        "(default 2, the CI machines' cores; --quick 1)")
     parser.add_argument("--seed", type=int, default=0, help="of the generated set")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds: few small images, one round")
     parser.add_argument("--out", help="JSON path (default bench/results/decode-<device>-<date>.json)")
@@ -480,7 +487,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
     model = None if args.no_forward else create_model(args.model, 1000, image_size=args.size).to(device).eval()
     tvio = torchvision_io()
     decoders = list(DECODERS) + (["torchvision"] if not isinstance(tvio, str) else [])
@@ -504,12 +510,16 @@ def main(argv=None) -> int:
               f"| groups {image_set['groups']} | kinds {image_set['kinds']}", flush=True)
         for s in skipped:
             print(f"skipped torchvision decoder: {s['reason']}; run this bench where torchvision is installed")
+        # decode rows: 1 torch thread here (only collation runs in this process); with 2, OpenMP
+        # threads waiting on a busy machine's cores halved the speed of w=0 (measured)
+        torch.set_num_threads(1)
         rows = pixel_differences(decoders, paths, args.size, device)
         print("per-image rows ...", flush=True)
         rows += per_image_costs(samples, args.size, args.repeats)
         print("decode rows ...", flush=True)
         rows += bench_decode(decoders, paths, args.size, args.workers, args.batch_sizes[0], args.rounds, device)
         if model is not None:
+            torch.set_num_threads(args.threads)
             with torch.inference_mode():  # first calls allocate (and pick cuDNN algorithms)
                 model(torch.zeros(min(4, args.batch_sizes[0]), 3, args.size, args.size, device=device))
             forward_paths = paths[:args.forward_images]
