@@ -308,16 +308,24 @@ def pipeline_run(loader, finish, consume: Callable[[torch.Tensor], None]) -> Cal
     return run
 
 
-def speed_row(section: str, decoder: str, workers, batch: int, images: int, speeds: List[float], **extra) -> Dict:
-    return {"section": section, "decoder": decoder, "workers": workers, "batch": batch, "images": images,
-            "images_per_s": statistics.median(speeds), "images_per_s_rounds": speeds, **extra}
+def speed_rows(section: str, speeds: Dict, batch: int, images: Callable[[Optional[int]], int]) -> List[Dict]:
+    """One row per (decoder, workers); beside the reference decoder at the same worker count,
+    the median of the per-round ratios (the rounds' moments of a busy machine cancel)."""
+    rows = []
+    for (d, w), per_round in speeds.items():
+        reference = speeds.get((REFERENCE, w))
+        ratio = statistics.median(a / b for a, b in zip(per_round, reference)) if reference and d != REFERENCE else None
+        rows.append({"section": section if w is not None else "forward", "decoder": d, "workers": w, "batch": batch,
+                     "images": images(w), "images_per_s": statistics.median(per_round), "images_per_s_rounds": per_round,
+                     f"ratio_to_{REFERENCE}": ratio})
+    return rows
 
 
 def bench_decode(decoders, paths, size, workers_list, batch, rounds, device) -> List[Dict]:
     sources = {(d, w): make_source(d, paths, size, w, batch, device) for d in decoders for w in workers_list}
     runs = {key: pipeline_run(loader, finish, lambda images: None) for key, (loader, finish) in sources.items()}
     speeds = interleaved(runs, rounds, warmup=True, device=device)
-    return [speed_row("decode", d, w, batch, len(paths), speeds[(d, w)]) for d, w in sources]
+    return speed_rows("decode", speeds, batch, lambda w: len(paths))
 
 
 def bench_forward(model, decoders, paths, size, workers_list, batch, rounds, warmup, device) -> List[Dict]:
@@ -339,8 +347,7 @@ def bench_forward(model, decoders, paths, size, workers_list, batch, rounds, war
             loader, finish = make_source(d, paths, size, w, batch, device)
             runs[(d, w)] = pipeline_run(loader, finish, forward)
     speeds = interleaved(runs, rounds, warmup, device)
-    return [speed_row("decode+forward" if d != "forward only" else "forward", d, w, batch,
-                      batches * batch if w is None else len(paths), speeds[(d, w)]) for d, w in runs]
+    return speed_rows("decode+forward", speeds, batch, lambda w: batches * batch if w is None else len(paths))
 
 
 def per_image_costs(samples: List[Dict], size: int, repeats: int) -> List[Dict]:
@@ -397,13 +404,18 @@ def pixel_differences(decoders, paths, size, device) -> List[Dict]:
 # ----------------------------------------------------------------------------------------
 def print_speed_table(title: str, rows: List[Dict], workers_list: Sequence[int]) -> None:
     print(f"\n{title}")
-    print(f"  {'decoder':<14}" + "".join(f"{'w=' + str(w):>10}" for w in workers_list))
+    print(f"  {'decoder':<22}" + "".join(f"{'w=' + str(w):>10}" for w in workers_list))
     for d in dict.fromkeys(r["decoder"] for r in rows):
         cells = {r["workers"]: r["images_per_s"] for r in rows if r["decoder"] == d}
         if None in cells:
-            print(f"  {d:<14}{cells[None]:10.1f}  (no decoding)")
+            print(f"  {d:<22}{cells[None]:10.1f}  (no decoding)")
         else:
-            print(f"  {d:<14}" + "".join(f"{cells[w]:10.1f}" if w in cells else f"{'-':>10}" for w in workers_list))
+            print(f"  {d:<22}" + "".join(f"{cells[w]:10.1f}" if w in cells else f"{'-':>10}" for w in workers_list))
+    key = f"ratio_to_{REFERENCE}"
+    for d in dict.fromkeys(r["decoder"] for r in rows if r.get(key)):
+        ratios = {r["workers"]: r[key] for r in rows if r["decoder"] == d and r.get(key)}
+        print(f"  {d + ' / ' + REFERENCE:<22}" + "".join(f"{ratios[w]:9.2f}x" if w in ratios else f"{'-':>10}"
+                                                          for w in workers_list) + "  (median of per-round ratios)")
 
 
 def print_report(rows: List[Dict], workers_list, args) -> None:
@@ -441,7 +453,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=ints, help="DataLoader worker counts, e.g. 0,1,2 (default 0, 1, 2, "
                         "then powers of two up to the core count)")
     parser.add_argument("--batch-sizes", type=ints, help="forward batch sizes (default 50 on CPU, 100,256 on GPU)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds of the decode rows (default 3; --quick 1)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of the decode rows (default 5; --quick 1)")
     parser.add_argument("--repeats", type=int, help="times each image is decoded by each decoder in the per-image "
                         "rows (default 3; --quick 1)")
     parser.add_argument("--forward-images", type=int, help="images of the forward rows (default 2 batches on CPU, "
@@ -462,7 +474,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     cores = _cores()
     quick = dict(n=6, size=64, workers=[0, 1], batch_sizes=[3], rounds=1, repeats=1, forward_images=6,
                  forward_rounds=1, threads=1)
-    full = dict(n=800 if gpu else 200, size=224, rounds=3, repeats=3, forward_rounds=3 if gpu else 1,
+    full = dict(n=800 if gpu else 200, size=224, rounds=5, repeats=3, forward_rounds=3 if gpu else 1,
                 batch_sizes=[100, 256] if gpu else [50], threads=2,
                 workers=sorted({0, 1, min(2, cores)} | {2 ** k for k in range(1, 8) if 2 ** k <= cores}))
     defaults = quick if args.quick else full

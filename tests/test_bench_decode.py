@@ -33,6 +33,9 @@ def test_quick_mode_writes_every_row(tmp_path):
     expected = {("decode", d, w) for d in decoders for w in (0, 1)} | {("decode+forward", d, w) for d in decoders for w in (0, 1)}
     assert set(speeds) == expected | {("forward", "forward only", None)}
     assert all(r["images_per_s"] > 0 and len(r["images_per_s_rounds"]) == 1 for r in speeds.values())
+    for (section, d, w), r in speeds.items():  # a ratio beside pillow at the same worker count
+        assert (r["ratio_to_pillow"] is None) == (d in ("pillow", "forward only")), (section, d, w)
+    assert "pillow-draft / pillow" in proc.stdout
 
     per_image = {(r["decoder"], r["group"]): r for r in rows if r["section"] == "per-image"}
     groups = set(image_set["groups"]) | {"all"}
