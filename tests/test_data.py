@@ -581,3 +581,58 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, protocol):
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 2 and "refused to load" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "set").exists()
+
+
+# ------------------------------------------------------------------ decode_image's decoders
+
+
+def _photo_like(w, h, seed=0):
+    """uint8 (h, w, 3): smooth gradients and a disc plus mild noise (JPEG-friendly, as photos)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / w * 200, yy / h * 180, (xx + yy) / (w + h) * 120 + 60], axis=-1)
+    img[(xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (min(w, h) / 4) ** 2] = (30, 160, 90)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_decode_image_draft_is_close_to_the_full_decode(tmp_path):
+    path = str(tmp_path / "big.JPEG")
+    PIL.fromarray(_photo_like(1000, 750)).save(path, quality=90)
+    for size, channels in ((112, 3), (112, 1), (64, 3)):  # shorter side >= 4 x size: a reduced decode
+        full = formats.decode_image(path, size, channels, decoder="pillow")
+        draft = formats.decode_image(path, size, channels, decoder="pillow-draft")
+        assert draft.shape == full.shape == (channels, size, size) and draft.dtype == torch.uint8
+        diff = (draft.int() - full.int()).abs()
+        assert 0 < diff.float().mean() < 0.5 and diff.max() <= 4, (size, channels)
+        assert torch.equal(formats.decode_image(path, size, channels, decoder="pillow-draft"), draft)  # deterministic
+    # shorter side under 4 x size: no reduced decode, the same pixels as the full decode
+    assert torch.equal(formats.decode_image(path, 200, decoder="pillow-draft"), formats.decode_image(path, 200, decoder="pillow"))
+    assert data.folders.DEFAULT_DECODER in data.folders.DECODERS
+    with pytest.raises(ValueError, match="decoder must be one of .*'pillow-draft'.*got 'nvjpeg'"):
+        formats.decode_image(path, 64, decoder="nvjpeg")
+
+
+@pytest.mark.parametrize("decoder", data.folders.DECODERS)
+def test_decode_image_exact_sizes_and_odd_files(tmp_path, decoder):
+    decode = lambda name, size, channels=3: formats.decode_image(str(tmp_path / name), size, channels, decoder=decoder)  # noqa: E731
+    # an image already size x size keeps its exact pixels (lossless PNG; a JPEG as decoded)
+    square = _photo_like(48, 48, seed=1)
+    PIL.fromarray(square).save(tmp_path / "square.png")
+    assert torch.equal(decode("square.png", 48), torch.from_numpy(square).permute(2, 0, 1))
+    PIL.fromarray(square).save(tmp_path / "square.jpg", quality=90)
+    assert torch.equal(decode("square.jpg", 48), torch.from_numpy(np.array(PIL.open(tmp_path / "square.jpg"))).permute(2, 0, 1))
+    # a PNG named .JPEG, big enough for a draft: decoded by its content, resized as any image
+    big = _photo_like(400, 300, seed=2)
+    PIL.fromarray(big).save(tmp_path / "png.JPEG", format="PNG")
+    expected = np.asarray(PIL.fromarray(big).resize((43, 32), PIL.BILINEAR))[:, 6:38]  # round(5.5) = 6
+    assert np.array_equal(decode("png.JPEG", 32).permute(1, 2, 0).numpy(), expected)
+    # CMYK and grayscale JPEGs: RGB (or L) out, close to the full decode of the same file
+    PIL.fromarray(big).convert("CMYK").save(tmp_path / "cmyk.JPEG", quality=90)
+    PIL.fromarray(big).convert("L").save(tmp_path / "gray.JPEG", quality=90)
+    for name in ("cmyk.JPEG", "gray.JPEG"):
+        full = formats.decode_image(str(tmp_path / name), 32, decoder="pillow")
+        out = decode(name, 32)
+        assert out.shape == (3, 32, 32) and (out.int() - full.int()).abs().float().mean() < 0.5
+    gray = decode("gray.JPEG", 32)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    assert decode("gray.JPEG", 32, channels=1).shape == (1, 32, 32)

@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "IMAGE_EXTENSIONS", "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image",
-    "write_image_folder",
+    "DECODERS", "DEFAULT_DECODER", "write_image_folder",
 ]
 
 
@@ -173,27 +173,61 @@ def scan_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str, int]
     return scan_class_folders(val_dir, classes)
 
 
-def decode_image(path: str, size: int, channels: int = 3) -> torch.Tensor:
+# "pillow": full-size decode, then resize. "pillow-draft": libjpeg decodes a JPEG at 1/2, 1/4
+# or 1/8 scale (DCT scaling) when that leaves the shorter side >= DRAFT_REDUCING_GAP * size,
+# then the same resize; other images decode exactly as with "pillow". A gap of 2 (as Pillow's
+# thumbnail) keeps the final resize a real >= 2x shrink: with a gap of 1 the resize can be
+# near 1:1 and the pixels differ visibly more from the full decode. bench/bench_decode.py
+# measures both decoders (speed and pixel difference).
+DECODERS = ("pillow", "pillow-draft")
+DRAFT_REDUCING_GAP = 2
+DEFAULT_DECODER = "pillow-draft"
+
+
+def decode_image(path: str, size: int, channels: int = 3, decoder: str = DEFAULT_DECODER) -> torch.Tensor:
     """One image file as uint8 (channels, size, size): the shorter side is resized to
     ``size`` (bilinear, antialiased by Pillow when shrinking), then center-cropped. An image
-    already ``size`` x ``size`` is not resampled (exact pixels)."""
+    already ``size`` x ``size`` is not resampled (exact pixels). ``decoder``: one of
+    :data:`DECODERS` (see there); the same file always gives the same pixels."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     Image = _pillow()
+    mode = "RGB" if channels == 3 else "L"
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
             w, h = im.size
+            box = _draft(im, mode, size) if decoder == "pillow-draft" else None
+            im = im.convert(mode)
             if (w, h) != (size, size):
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                if (nw, nh) != (w, h):
-                    im = im.resize((nw, nh), Image.BILINEAR)
-                left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+                (nw, nh), (left, top) = resize_and_crop_geometry(w, h, size)
+                if (nw, nh) != im.size:
+                    im = im.resize((nw, nh), Image.BILINEAR, box=box)
                 im = im.crop((left, top, left + size, top + size))
             arr = np.array(im, dtype=np.uint8)  # a writable copy
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow: UnidentifiedImageError is an OSError
         raise ValueError(f"cannot decode image {path}: {exc}") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def resize_and_crop_geometry(w: int, h: int, size: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """Where a ``w`` x ``h`` image goes in :func:`decode_image`: the resized size (shorter side
+    ``size``) and the top-left corner of the central ``size`` x ``size`` crop in it."""
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    return (nw, nh), (int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0)))
+
+
+def _draft(im, mode: str, size: int):
+    """Ask libjpeg for a reduced decode whose shorter side stays >= DRAFT_REDUCING_GAP * size,
+    only when a reduction happens (so smaller images decode exactly as without a draft).
+    Returns the resize box (the original image in drafted pixels), or None (no reduction;
+    not a JPEG)."""
+    target = DRAFT_REDUCING_GAP * size
+    if min(im.size) < 2 * target:
+        return None
+    drafted = im.draft(mode, (target, target))
+    return drafted[1] if drafted else None
 
 
 def _safe_folder_name(name: str) -> str:
