@@ -520,6 +520,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     from ._io import describe_os_error
     from .distill import RecoveryDivergedError
+    from .distill.plan import RecoveryOutOfMemoryError
     from .ops.backends import BackendUnavailableError
 
     try:
@@ -530,7 +531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        if isinstance(exc, (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError)):
+        if isinstance(exc, (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError, RecoveryOutOfMemoryError)):
             message = str(exc)
         elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
             message = describe_os_error(exc)

@@ -1,6 +1,6 @@
 """The per-batch engine of recovery: G jobs (UFCs, or SRe2L image groups) of one teacher
-optimized together, with their augmentation, losses, optimizer and schedule; and the plan of
-how many jobs share a batch."""
+optimized together, with their augmentation, losses, optimizer and schedule (how many jobs
+share a batch: plan.auto_batch_plan)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .. import memory
 from ..data.transforms import RESIZED_CROP_RATIO, resized_crop_boxes
 from ..ops import BNStatTracker, chunked_loss_backward, ufc_compose
 from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from .config import RecoveryConfig
-
-CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
-CUDA_MEMORY_FRACTION = 0.6  # automatic group size on CUDA: share of free memory to use
+# (auto_batch_plan: jobs and tests reach it as engine.auto_batch_plan)
+from .plan import RecoveryOutOfMemoryError, auto_batch_plan, out_of_memory_error  # noqa: F401
 
 
 def job_seed(method: str, seed: int, m: int, k: int) -> int:
@@ -70,45 +70,6 @@ def recovery_teacher(teacher: nn.Module, config: RecoveryConfig) -> Iterator[nn.
 def compute_dtype(config: RecoveryConfig) -> torch.dtype:
     """The dtype of the teacher's inputs and activations in recovery."""
     return torch.bfloat16 if config.precision == "bf16" else torch.float32
-
-
-def auto_batch_plan(
-    teacher: nn.Module, natural: Tensor, K: int, max_images: int = CPU_MAX_IMAGES,
-    memory_fraction: float = CUDA_MEMORY_FRACTION, probe_images: int = 16,
-) -> Tuple[int, Optional[int]]:
-    """(G, chunk_size): how many UFCs to optimize together, and whether to run the teacher in
-    chunks (None: the whole batch at once).
-
-    CPU: G*C <= ``max_images`` (at least 1), no chunks. CUDA: one forward + backward of
-    ``probe_images`` rows measures the peak extra memory per image; with a budget of
-    memory_fraction * free memory (torch.cuda.mem_get_info), G = budget / (C * per image)
-    clipped to [1, K]; when even one group of C images does not fit, G = 1 and the teacher
-    runs in chunks of budget / per image rows (chunked exact mode, same gradient).
-    """
-    C = natural.shape[1]
-    device = natural.device
-    if device.type != "cuda":
-        return max(1, min(K, max_images // C)), None
-    rows = max(1, min(C, probe_images))
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    x = natural[0, :rows].to(next(teacher.parameters()).dtype).requires_grad_()  # the teacher's input dtype
-    tracker = BNStatTracker(teacher, groups=1)
-    try:
-        loss = F.cross_entropy(teacher(x), torch.arange(rows, device=device) % C) + tracker.weighted_sum(1.0).sum()
-        loss.backward()
-    finally:
-        tracker.remove()
-    torch.cuda.synchronize(device)
-    per_image = max(1, torch.cuda.max_memory_allocated(device) - base) / rows
-    del x, loss
-    free, _ = torch.cuda.mem_get_info(device)
-    budget = memory_fraction * free
-    if per_image * C <= budget:
-        return max(1, min(K, int(budget / (per_image * C)))), None
-    return 1, max(1, int(budget / per_image))
-
 
 
 class Augmentation:
@@ -557,6 +518,10 @@ def optimize_batch(
             with torch.no_grad():
                 ce, rbn, logits = losses(x, compiled=False)  # (once: not worth a no-grad graph)
         acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
+    except Exception as exc:
+        if isinstance(exc, RecoveryOutOfMemoryError) or not memory.is_out_of_memory(exc):
+            raise
+        raise out_of_memory_error(exc, device, desc, G, C, chunk_size) from exc
     finally:
         if sync_mode is not None:
             torch.cuda.set_sync_debug_mode(sync_mode)

@@ -249,6 +249,11 @@ def _run_jobs(
                     had_state = pending.pop(key, None) is not None
                     if checkpoint is not None and writer and (len(batch_stats["failed"]) < len(ks) or had_state):
                         write_checkpoint(group_size)
+            except engine.RecoveryOutOfMemoryError as exc:
+                if checkpoint is None or not writer or not os.path.exists(checkpoint):
+                    raise
+                raise engine.RecoveryOutOfMemoryError(
+                    f"{exc}; what was recovered before is in {checkpoint}: --resume continues from there") from exc
             finally:
                 losses.detach()
     if split_jobs:  # everyone gets every share (then raises together if any job failed)
