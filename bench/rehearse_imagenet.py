@@ -129,6 +129,7 @@ def main() -> int:
     decode_log = os.path.join(work, "decodes.log")
     env = dict(os.environ, TORCH_HOME=torch_home, OMP_NUM_THREADS=str(args.threads), **{DECODE_LOG_ENV: decode_log})
     print(f"infer-fast run {config} (log: {work}/run.log)", flush=True)
+    load_before = os.getloadavg()  # (other work on the machine slows the steps down)
     measured = run_measured([sys.executable, "-m", "infer_fast.cli", "run", config], env, work,
                             os.path.join(work, "run.log"))
     with open(os.path.join(work, "run.log")) as f:
@@ -146,6 +147,7 @@ def main() -> int:
     record = {
         "benchmark": "imagenet-rehearsal", "environment": environment(torch.device("cpu"), args.threads),
         "tree": {"classes": args.classes, "train_per_class": args.train_per_class, "val_per_class": args.val_per_class},
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "config": CONFIG.format(root="<tree>", out="<out>", dataset=dataset), "run": measured,
         "steps": results["timing"]["steps"], "decoded_files": dict(decoded),
         "accuracy_note": "random teacher weights: accuracies are chance, only time and memory are measured",

@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--group-size", dest="group_size", type=int, help="UFCs optimized in one batch (default: automatic)")
     distill.add_argument("--chunk-size", dest="chunk_size", type=int,
                          help="images through the teacher at a time: the exact full-batch gradient in the memory of one "
-                         "chunk (default: the whole batch; automatic on CUDA when it does not fit)")
+                         "chunk (default: the whole batch, or chunks planned from the available memory when one group does not fit)")
     distill.add_argument("--precision", choices=PRECISIONS,
                          help="teacher in fp32 (default) or converted once to bf16 (BatchNorm, statistics and UFCs stay fp32)")
     distill.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,

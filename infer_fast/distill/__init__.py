@@ -32,7 +32,7 @@ teachers in, a distilled set on disk out).
 from ..choices import (ACCOUNTINGS, COMPILE_MODES, DISTILL_METHODS, DISTRIBUTED_MODES, PRECISIONS,
                        RECOVERY_AUGMENTATIONS, RECOVERY_METHODS, SELECTIONS)
 from .config import RecoveryConfig, recovery_config
-from .engine import auto_batch_plan
+from .plan import RecoveryOutOfMemoryError, auto_batch_plan
 from .jobs import RecoveryDivergedError, recover_sre2l, recover_ufcs, recovery_checkpoints
 from .natural import infer_budget, select_natural_sets
 from .run import distill_infer, distill_random, distill_sre2l
@@ -40,7 +40,7 @@ from .run import distill_infer, distill_random, distill_sre2l
 __all__ = [
     "ACCOUNTINGS", "RECOVERY_AUGMENTATIONS", "SELECTIONS", "PRECISIONS", "DISTRIBUTED_MODES", "COMPILE_MODES",
     "DISTILL_METHODS", "RECOVERY_METHODS",
-    "RecoveryDivergedError", "RecoveryConfig", "recovery_config", "infer_budget", "select_natural_sets",
+    "RecoveryDivergedError", "RecoveryOutOfMemoryError", "RecoveryConfig", "recovery_config", "infer_budget", "select_natural_sets",
     "recover_ufcs", "recover_sre2l", "recovery_checkpoints", "auto_batch_plan", "distill_infer", "distill_sre2l",
     "distill_random",
 ]

@@ -36,7 +36,7 @@ class RecoveryConfig:
     crop_scale: Tuple[float, float] = RESIZED_CROP_SCALE  # RandomResizedCrop area range: augmentation "imagenet" only
     group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_batch_plan)
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
-    # of one chunk); None = the whole batch, or automatic chunks on CUDA when one group does not fit
+    # of one chunk); None = the whole batch, or chunks planned from the available memory (CPU or CUDA) when one group does not fit
     chunk_size: Optional[int] = None
     # "bf16": the teacher converted once to bf16 (BatchNorm kept in fp32), its inputs cast to bf16;
     # BN statistics, the loss and the UFC with its Adam state stay fp32. Or "fp32"

@@ -88,7 +88,7 @@ def _sre2l_partial_bytes(config: RecoveryConfig, ipc: int, num_classes: int, ima
     plan is made a batch has at most ``config.group_size`` groups, on a CPU the automatic
     plan's cap (auto_batch_plan), on a GPU (sized by free memory) one teacher's groups."""
     from ..models import device_of
-    from .engine import CPU_MAX_IMAGES
+    from .plan import CPU_MAX_IMAGES
 
     if config.checkpoint_every is None and config.checkpoint_minutes is None:
         return 0
