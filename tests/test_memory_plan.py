@@ -138,6 +138,20 @@ def test_cpu_plan_fits_the_groups_in_the_available_memory(monkeypatch):
     assert plan.auto_batch_plan(teacher, natural, K=100) == (plan.CPU_MAX_IMAGES // C, None)
 
 
+def test_cpu_plan_caps_the_activations_however_much_memory_there_is(monkeypatch):
+    """A big machine does not make CPU chunks bigger than CPU_MAX_ACTIVATION_BYTES (larger
+    passes are not faster there): the peak stays a few GiB for ImageNet's 1000-image groups."""
+    teacher, natural = _teacher(), _natural().float()
+    C = natural.shape[1]
+    per_image = plan.activation_bytes_per_image(teacher, natural, 4)
+    monkeypatch.setattr(plan, "CPU_MAX_ACTIVATION_BYTES", int(2.5 * per_image))  # a cap below one group
+    _fake_available(monkeypatch, 1 << 40)
+    with pytest.warns(RuntimeWarning, match="the CPU's cap for activations"):
+        assert plan.auto_batch_plan(teacher, natural, K=100) == (1, 2)
+    monkeypatch.setattr(plan, "CPU_MAX_ACTIVATION_BYTES", int(2.5 * per_image * C))  # two and a half groups
+    assert plan.auto_batch_plan(teacher, natural, K=100) == (2, None)
+
+
 def test_demo_shapes_plan_as_before_with_a_modest_machine(monkeypatch):
     """The demo's teachers (ConvNet-w32-d3 / w16-d3 on 28x28 Fashion-MNIST, 10 classes) with
     only 1 GiB available: the 512-image cap decides, as before the plan read memory."""
