@@ -29,207 +29,28 @@ process's, and a stopped run continues with any number of ranks.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import io
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
-
 
 from . import distributed
 from .choices import RUN_METHODS
 from ._io import check_input_file, check_writable, save_json_atomic
-from .config import check_int
 from .meter import StepMeter
 from .models import device_of
 from .results import (EXTERNAL_PREFIX, METHOD_LABELS, format_table, load_results, markdown_report, method_label,
                       summarize)
+from .run_config import PipelineConfig, build_config, load_pipeline_config
 
 __all__ = [
     "RUN_METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
     "summarize", "format_table",
 ]
 
-
-
-@dataclass
-class PipelineConfig:
-    """One experiment. ``teachers``: a list of entries, each ``{"path": FILE}`` (a trained
-    teacher checkpoint), ``{"model": NAME, "pretrained": true | WEIGHTS_FILE}`` (pretrained
-    weights from the local cache, e.g. the ImageNet teachers) or TeacherConfig fields
-    (``model``, ``epochs``, ``lr``...: trained into ``<out>/teachers/``). ``recovery``: RecoveryConfig fields for INFER;
-    ``sre2l``: RecoveryConfig fields for SRe2L on top of ``RecoveryConfig.sre2l()`` (plus the
-    ``recovery`` augmentation settings); ``student``: StudentConfig fields; ``scores``: also
-    evaluate every set (but INFER+Dyn's, which has no static labels) with DD-Ranking's scores."""
-
-    dataset: str
-    teachers: List[Dict[str, Any]]
-    out: str
-    ipc: List[int] = field(default_factory=lambda: [10])
-    methods: List[str] = field(default_factory=lambda: ["infer", "random", "sre2l"])
-    data_root: Optional[str] = None
-    device: str = "auto"
-    recovery: Dict[str, Any] = field(default_factory=dict)
-    sre2l: Dict[str, Any] = field(default_factory=dict)
-    accounting: str = "fair"
-    selection: str = "random"
-    student: Dict[str, Any] = field(default_factory=dict)
-    dynamic_epochs: Optional[int] = None
-    seeds: int = 3
-    feature_duplication: bool = True
-    # DD-Ranking's scores of every set (infer-fast evaluate's protocol with ``student`` and
-    # ``seeds``; 8 more students per seed and set): off, or true
-    scores: bool = False
-    # sets made elsewhere (e.g. `infer-fast import`ed, with soft labels) trained and scored
-    # beside ours under the same protocol: {label: set directory}; each at its own ipc
-    external: Dict[str, str] = field(default_factory=dict)
-    # a test split read from image files (ImageNet's val) is decoded once into <out>/cache/ and
-    # memory-mapped for every student evaluation (uint8 at the eval size: 7.5 GB for ImageNet's
-    # 50,000 val images at 224^2) instead of being decoded again for each
-    decode_cache: bool = True
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {str(k).replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        missing = [n for n in ("dataset", "teachers", "out") if values.get(n) in (None, "", [])]
-        if missing:
-            raise ValueError(f"{where}: {', '.join(missing)} must be given")
-        if isinstance(values.get("ipc"), int):
-            values["ipc"] = [values["ipc"]]
-        if isinstance(values.get("methods"), str):
-            values["methods"] = [m.strip() for m in values["methods"].split(",") if m.strip()]
-        cfg = cls(**values)
-        cfg.validate(where)
-        return cfg
-
-    # ---- derived configs (each validated by its own class) ------------------------------
-    def recovery_config(self):
-        return _recovery_config("infer", self.recovery, "recovery")
-
-    def sre2l_config(self):
-        inherited = {k: self.recovery[k] for k in ("augmentation", "max_shift", "crop_scale", "group_size", "seed") if k in self.recovery}
-        return _recovery_config("sre2l", {**inherited, **self.sre2l}, "sre2l")
-
-    def student_config(self, method: str, seed: int, num_teachers: int):
-        from .student import StudentConfig
-
-        values = {"device": self.device, **self.student, "seed": seed}
-        if method == "infer_dyn":
-            epochs = values.get("epochs", StudentConfig.epochs)
-            values["epochs"] = self.dynamic_epochs or max(1, round(epochs / (num_teachers + 1)))
-            values["dynamic"] = True
-        return _build(StudentConfig, values, "student")
-
-    def validate(self, where: str = "config") -> None:
-        from .data import canonical_name, get_spec
-        from .distill import ACCOUNTINGS, SELECTIONS, infer_budget
-        from .teacher import resolve_device
-
-        if not isinstance(self.out, str):
-            raise ValueError(f"{where}: out must be a string, got {self.out!r}")
-        if not isinstance(self.dataset, (str, dict)):
-            raise ValueError(f"{where}: dataset must be a name or {{name, num_classes, image_size}}, got {self.dataset!r}")
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ValueError(f"{where}: data_root must be a string, got {self.data_root!r}")
-        try:
-            canonical_name(self.dataset)
-            resolve_device(self.device)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        if not isinstance(self.teachers, list) or not self.teachers:
-            raise ValueError(f"{where}: teachers must be a non-empty list of {{path: FILE}} or teacher settings")
-        for i, entry in enumerate(self.teachers):
-            if not isinstance(entry, dict):
-                raise ValueError(f"{where}: teachers[{i}] must be a mapping ({{path: FILE}} or model/epochs/...), got {entry!r}")
-            if "path" in entry and len(entry) > 1:
-                raise ValueError(f"{where}: teachers[{i}] gives a path and training settings; give one or the other")
-            if entry.get("pretrained") and (set(entry) - {"model", "pretrained"} or "model" not in entry):
-                raise ValueError(f"{where}: teachers[{i}] with pretrained weights takes model and pretrained only, got {sorted(entry)}")
-        if not isinstance(self.ipc, list) or not self.ipc or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.ipc):
-            raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
-        bad = [m for m in self.methods if m not in RUN_METHODS]
-        if not self.methods or bad:
-            raise ValueError(f"{where}: methods must be chosen from {', '.join(RUN_METHODS)}, got {self.methods!r}")
-        if self.accounting not in ACCOUNTINGS:
-            raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        try:
-            check_int("seeds", self.seeds)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        if not isinstance(self.external, dict) or not all(
-                isinstance(k, str) and k and "/" not in k and isinstance(v, str) for k, v in self.external.items()):
-            raise ValueError(f"{where}: external must map labels (no '/') to set directories, got {self.external!r}")
-        clash = sorted(set(self.external) & set(METHOD_LABELS.values()))
-        if clash:
-            raise ValueError(f"{where}: external label(s) {', '.join(clash)} are the names of this run's own methods")
-        from .storage import read_manifest
-
-        for label, directory in self.external.items():  # (refused now, not after the teachers trained)
-            manifest = read_manifest(directory)
-            if manifest.get("dataset") != canonical_name(self.dataset):
-                raise ValueError(f"{where}: external set {label} ({directory}) is of {manifest.get('dataset')!r}, "
-                                 f"not {self.dataset!r}")
-        for name in ("feature_duplication", "scores", "decode_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
-        if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
-            raise ValueError(f"{where}: dynamic_epochs must be a positive integer, got {self.dynamic_epochs!r}")
-        for name in ("recovery", "sre2l", "student"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{where}: {name} must be a mapping of options")
-        self.recovery_config()
-        self.sre2l_config()
-        self.student_config("infer", 0, len(self.teachers))
-        if {"infer", "infer_dyn"} & set(self.methods):
-            C = get_spec(self.dataset).num_classes
-            for ipc in self.ipc:  # a budget with K = 0 is refused before anything runs
-                try:
-                    infer_budget(ipc, C, len(self.teachers), self.accounting)
-                except ValueError as exc:
-                    raise ValueError(f"{where}: {exc}") from None
-
-
-def _recovery_config(method: str, values: Dict[str, Any], name: str):
-    """distill.recovery_config (the builder the CLI uses too), errors prefixed with ``name``."""
-    from .distill import recovery_config
-
-    try:
-        return recovery_config(method, values)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-
-
-def _build(cls, values: Dict[str, Any], name: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    obj = cls(**values)
-    try:
-        obj.validate()
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    return obj
-
-
-def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
-    """A PipelineConfig from a YAML file; ``overrides`` (not None) replace its values."""
-    from .config import load_yaml
-
-    values = load_yaml(path)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return PipelineConfig.from_dict(values, where=path)
 
 
 # --------------------------------------------------------------------------------------
@@ -288,7 +109,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
             pretrained.append((entry, path))
         else:
             values = {"dataset": cfg.dataset, "data_root": cfg.data_root, "device": cfg.device, **entry}
-            teacher_cfg = _build(TeacherConfig, values, f"teachers[{i}]")
+            teacher_cfg = build_config(TeacherConfig, values, f"teachers[{i}]")
             teacher_cfg.device = distributed.local_device(teacher_cfg.device)
             path = str(out / "teachers" / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
             to_train.append((i, teacher_cfg, path))

@@ -43,7 +43,7 @@ from .sets import DECODE_LOG_ENV, FolderImageSet, ImageSet, decoded_cache, loade
 from .transforms import denormalize, normalize, random_crop_with_padding, random_flip, random_resized_crop
 
 __all__ = [
-    "DatasetSpec", "load_test_split", "dataset_label", "dataset_options", "ImageSet", "FolderImageSet", "decoded_cache", "loader_workers", "DECODE_LOG_ENV", "get_spec", "list_datasets", "load_dataset",
+    "DatasetSpec", "canonical_name", "load_test_split", "dataset_label", "dataset_options", "ImageSet", "FolderImageSet", "decoded_cache", "loader_workers", "DECODE_LOG_ENV", "get_spec", "list_datasets", "load_dataset",
     "normalize", "denormalize", "random_crop_with_padding", "random_flip", "random_resized_crop",
     "read_idx", "read_idx_pair", "read_cifar", "write_idx", "write_cifar_batches", "write_image_folder",
     "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image", "embedded_file",
