@@ -77,6 +77,8 @@ __all__ = [
 ]
 
 BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
+LONG_EPOCH_STEPS = 20  # an epoch of this many steps or more shows its steps
+LONG_EVALUATION_IMAGES = 10_000  # an evaluation of this many test images or more shows its batches
 
 
 # --------------------------------------------------------------------------------------
@@ -421,7 +423,9 @@ def train_student(
         model.train()
         order = torch.randperm(n, generator=gen)
         total, seen = 0.0, 0
-        for step in range(steps_per_epoch):
+        # steps shown within an epoch when an epoch is long (ImageNet-size sets)
+        for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
+                         disable=not progress or steps_per_epoch < LONG_EPOCH_STEPS):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = augment(images_at(idx), mean, std, gen, cfg.augmentation)
             if cfg.dynamic:
@@ -452,7 +456,8 @@ def train_student(
         record = {"epoch": epoch + 1, "loss": total / seen, "lr": schedule.get_last_lr()[0]}
         last = epoch + 1 == cfg.epochs
         if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            accuracy = evaluate(model, test_set, cfg.eval_batch_size, device, mean, std)
+            accuracy = evaluate(model, test_set, cfg.eval_batch_size, device, mean, std,
+                                progress=progress and len(test_set) >= LONG_EVALUATION_IMAGES)
             record["test_accuracy"] = accuracy
             if cfg.eval_every:
                 best = accuracy if best is None else max(best, accuracy)
