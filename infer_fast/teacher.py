@@ -32,6 +32,9 @@ CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
 # what load_teacher reads from a checkpoint
 TEACHER_KEYS = ("dataset", "num_classes", "channels", "image_size", "model", "state_dict", "epochs_done", "config")
+# an evaluation batch holds at most this many pixels per channel: 256 images at 224^2 (~1.5 GiB of
+# ResNet-18 activations; ImageNet's batch of 1000 took 6 GiB more), whole batches of small images
+EVAL_MAX_PIXELS = 256 * 224 * 224
 CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, when checking free space
 
 
@@ -92,17 +95,18 @@ def resolve_device(device: str) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std=None, progress: bool = False) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on a split (ImageSet or FolderImageSet),
-    streamed in batches of ``batch_size``, normalized with ``mean``/``std`` (default: the
-    split's)."""
+    streamed in batches of ``batch_size`` images (at most EVAL_MAX_PIXELS pixels), normalized
+    with ``mean``/``std`` (default: the split's)."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
     spec = test_set.spec
     mean = spec.mean if mean is None else mean
     std = spec.std if std is None else std
+    rows = max(1, min(batch_size, EVAL_MAX_PIXELS // (spec.image_size * spec.image_size)))
     correct = 0
     try:
-        for images, labels in test_set.batches(batch_size, pin_memory=device.type == "cuda", progress=progress,
+        for images, labels in test_set.batches(rows, pin_memory=device.type == "cuda", progress=progress,
                                                desc=f"evaluating on {spec.name} {test_set.split}"):
             x = normalize(images.to(device, non_blocking=True), mean, std)
             correct += (model(x).argmax(1) == labels.to(device, non_blocking=True)).sum().item()

@@ -137,3 +137,24 @@ def test_resume_on_other_data_is_refused(tmp_path, monkeypatch):
         train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)
     monkeypatch.setattr(teacher_mod, "load_dataset", real_load)
     assert train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)["epochs_done"] == 2
+
+
+def test_evaluation_batches_hold_a_bounded_number_of_pixels(monkeypatch):
+    """Evaluation streams the split in batches whose pixel count is capped (ImageNet's val at
+    224^2 in batches of 1000 cost 6 GiB), with the same accuracy as one batch."""
+    from infer_fast.data import load_dataset
+
+    test = load_dataset("fashion-mnist-mini", "test")
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return x.flatten(1)[:, :10]
+
+    whole = teacher_mod.evaluate(Recorder(), test, 1000, "cpu")
+    assert seen == [1000]
+    seen.clear()
+    monkeypatch.setattr(teacher_mod, "EVAL_MAX_PIXELS", 300 * 28 * 28)
+    assert teacher_mod.evaluate(Recorder(), test, 1000, "cpu") == whole
+    assert seen == [300, 300, 300, 100]
