@@ -7,8 +7,9 @@ import pytest
 import torch
 
 
-def run_cli(*args, cwd=None):
-    env = dict(os.environ)
+def run_cli(*args, cwd=None, env=None):
+    """The CLI run in a new process (``env``: variables set on top of this one's environment)."""
+    env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "infer_fast.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
     )
@@ -180,9 +181,14 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
 
 
 def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_path):
-    """One batch holds all 4 UFCs and is checkpointed every 10 iterations: killed (SIGKILL)
-    inside it, the run continues with --resume from its last checkpoint's iteration, says so,
-    and ends with exactly (torch.equal) the compensators of an uninterrupted run."""
+    """One batch holds all 4 UFCs and is checkpointed every 10 iterations: killed (SIGKILL) inside
+    it, as soon as its checkpoint of iteration 70 is on disk (the test-only
+    jobs.SIGKILL_AFTER_CHECKPOINT_ENV: the kill lands there on any machine, never by chance), the
+    run continues with --resume from that iteration, says so, and ends with exactly
+    (torch.equal) the compensators of an uninterrupted run."""
+    import signal
+
+    from infer_fast.distill.jobs import SIGKILL_AFTER_CHECKPOINT_ENV
     from infer_fast.storage import load_distilled
 
     _tiny_teacher(tmp_path)
@@ -190,15 +196,17 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
             "--group-size", "4", "--quiet"]  # K = 4 UFCs, all in one batch
     _ok(*args, "--out", "reference", cwd=tmp_path)
     killed = [*args, "--checkpoint-every", "10", "--out", "killed"]
+    result = run_cli(*killed, cwd=tmp_path, env={SIGKILL_AFTER_CHECKPOINT_ENV: "70"})
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert not (tmp_path / "killed").exists()
     checkpoint = tmp_path / "killed.recovery.pt"
-    saved = _sigkill_once_checkpointed(killed, tmp_path, checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)
     assert saved["ufc_index"].numel() == 0  # the batch never finished: all that was saved is inside it
     (partial,) = saved["partials"]
-    iteration = partial["iteration"]
-    assert partial["k"] == [0, 1, 2, 3] and iteration % 10 == 0 and 10 <= iteration < 150
+    assert partial["k"] == [0, 1, 2, 3] and partial["iteration"] == 70
     out = _ok(*killed, "--resume", cwd=tmp_path)  # (--quiet: the resume report is printed all the same)
     assert ("resuming, 0/4 infer jobs already recovered; "
-            f"teacher 0 batch k=0..3 continues at iteration {iteration}/150") in out
+            "teacher 0 batch k=0..3 continues at iteration 70/150") in out
     reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
     assert torch.equal(resumed.ufc, reference.ufc) and torch.equal(resumed.natural, reference.natural)
     assert not checkpoint.exists()

@@ -256,6 +256,23 @@ def _interrupt_at_iteration(monkeypatch, t_stop):
     return lambda: monkeypatch.setattr(engine, "cosine_lr", real)
 
 
+def _interrupt_after_checkpoint(monkeypatch, iteration):
+    """Make a run raise KeyboardInterrupt (a kill) as soon as its in-batch checkpoint of
+    ``iteration`` is on disk: the point where jobs.SIGKILL_AFTER_CHECKPOINT_ENV kills the CLI.
+    Returns a function that restores the real writer."""
+    from infer_fast.distill import jobs
+
+    real = jobs.save_atomic
+
+    def save(obj, path):
+        real(obj, path)
+        if any(state["iteration"] == iteration for state in obj["partials"]):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "save_atomic", save)
+    return lambda: monkeypatch.setattr(jobs, "save_atomic", real)
+
+
 def _recover(method, natural, teachers, spec, cfg, **kwargs):
     """The result tensor of an INFER or SRe2L recovery (3 jobs of teacher 0) and its stats."""
     from infer_fast.distill import recover_sre2l
@@ -309,6 +326,39 @@ def test_interrupted_inside_a_batch_resumes_bit_identically(method, natural, tea
     assert [s["resumed_from_iteration"] for s in stats] == [5, 0]
     saved = torch.load(ckpt, weights_only=True)
     assert saved["partials"] == [] and saved["ufc_index"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("method", ["infer", "sre2l"])
+def test_resume_from_every_checkpoint_inside_a_batch_is_bit_identical(method, natural, teachers, train_set, tmp_path,
+                                                                      monkeypatch):
+    """Checkpointed after every iteration and killed as soon as the checkpoint of iteration i is
+    on disk, for every i inside the first batch (1: its very first checkpoint, ..., 11: its last
+    before the batch ends at 12), the resumed run continues at i and ends exactly (torch.equal)
+    where an uninterrupted run does; and so does a run killed twice (at 3, then, resumed, at 9)."""
+    spec = train_set.spec
+    full, _ = _recover(method, natural, teachers, spec, _cadence_cfg(method, group_size=2), progress=False)
+    every = _cadence_cfg(method, group_size=2, checkpoint_every=1)
+
+    def killed_at(iteration, ckpt, resume=False):
+        restore = _interrupt_after_checkpoint(monkeypatch, iteration)
+        with pytest.raises(KeyboardInterrupt):
+            _recover(method, natural, teachers, spec, every, checkpoint=ckpt, resume=resume, progress=False)
+        restore()
+        (partial,) = torch.load(ckpt, weights_only=True)["partials"]
+        assert (partial["k"], partial["iteration"], partial["augment_step"]) == ([0, 1], iteration, iteration)
+
+    for iteration in range(1, 12):
+        ckpt = tmp_path / f"killed-at-{iteration}.recovery.pt"
+        killed_at(iteration, ckpt)
+        resumed, stats = _recover(method, natural, teachers, spec, _cadence_cfg(method, group_size=2), checkpoint=ckpt,
+                                  resume=True, progress=False)
+        assert [s["resumed_from_iteration"] for s in stats] == [iteration, 0]
+        assert torch.equal(resumed, full), f"resumed from iteration {iteration}"
+    ckpt = tmp_path / "killed-twice.recovery.pt"
+    killed_at(3, ckpt)
+    killed_at(9, ckpt, resume=True)  # the resumed run's own checkpoints continue it as well
+    resumed, _ = _recover(method, natural, teachers, spec, every, checkpoint=ckpt, resume=True, progress=False)
+    assert torch.equal(resumed, full)
 
 
 def test_partial_batch_from_shares_of_another_world_size(natural, teachers, train_set, tmp_path, monkeypatch, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -21,6 +22,12 @@ from .config import RESULT_NEUTRAL, RecoveryConfig
 
 CHECKPOINT_FORMAT = "infer-fast-recovery"
 CHECKPOINT_VERSION = 2  # 2: the teachers' content digests are part of the run identity
+
+
+# Tests only (tests/test_cli.py), not a user option: with this set to N, the process SIGKILLs
+# itself as soon as the in-batch checkpoint of iteration N is on disk, so a test kills a run at
+# a chosen point instead of whenever its poll notices the file.
+SIGKILL_AFTER_CHECKPOINT_ENV = "INFER_FAST_TEST_SIGKILL_AFTER_CHECKPOINT"
 
 
 class RecoveryDivergedError(RuntimeError):
@@ -235,6 +242,8 @@ def _run_jobs(
                     def save_partial(batch_state: Dict[str, Any], key=key) -> None:
                         pending[key] = batch_state
                         write_checkpoint(group_size)
+                        if os.environ.get(SIGKILL_AFTER_CHECKPOINT_ENV) == str(batch_state["iteration"]):
+                            os.kill(os.getpid(), signal.SIGKILL)  # (tests: a kill at a chosen point)
 
                     result, batch_stats = engine.optimize_batch(
                         method, source, num_classes, image_shape, losses, m, ks, config, lo, hi, progress, backend,
