@@ -164,3 +164,26 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, without c10's "[enforce fail at ...]" prefix."""
     text = (str(exc).strip().splitlines() or [""])[0]
     return re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)[:limit]
+
+
+_MALLOC_TRIM = []  # glibc's malloc_trim, looked up once (empty list: not looked up yet)
+
+
+def release_freed_memory() -> bool:
+    """Return the heap memory freed so far to the operating system (glibc ``malloc_trim(0)``):
+    glibc keeps freed memory for reuse, so after a 1000-image ImageNet batch on the CPU ~2.4 GB
+    stayed resident into the next step (measured: 1.41 -> 0.55 GiB after a 200-image batch).
+    Called between the steps of a run. False where there is no glibc (nothing to do)."""
+    if not _MALLOC_TRIM:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        try:
+            _MALLOC_TRIM.append(getattr(ctypes.CDLL(name), "malloc_trim") if name else None)
+        except (OSError, AttributeError):
+            _MALLOC_TRIM.append(None)
+    if _MALLOC_TRIM[0] is None:
+        return False
+    _MALLOC_TRIM[0](0)
+    return True

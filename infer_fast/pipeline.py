@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import distributed
 from .choices import RUN_METHODS
 from ._io import check_input_file, check_writable, save_json_atomic
+from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
 from .results import (EXTERNAL_PREFIX, METHOD_LABELS, format_table, load_results, markdown_report, method_label,
@@ -56,6 +57,13 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # the steps
 # --------------------------------------------------------------------------------------
+
+def _next_step(meter: StepMeter, name: str) -> None:
+    """Begin the step ``name``: the memory the last one freed goes back to the system first
+    (each step's peak is then its own, and the next step has it)."""
+    release_freed_memory()
+    meter.start(name)
+
 
 def _say(progress: bool, text: str) -> None:
     if progress:
@@ -240,13 +248,13 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     timing = results.setdefault("timing", {})
     timing["steps"] = {}
     meter = StepMeter(timing["steps"])
-    meter.start("test split")
+    _next_step(meter, "test split")
     test = _test_split(cfg, out, ranks, progress)
     M = len(cfg.teachers)
 
     # 1. teachers: trained across the ranks, then loaded by every rank
     t0 = time.perf_counter()
-    meter.start("teachers")
+    _next_step(meter, "teachers")
     teacher_paths = prepare_teachers(cfg, progress, ranks)
     teachers, records, described = [], [], []
     for path in teacher_paths:
@@ -273,7 +281,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         step = ranks.from_rank0(step)
         if step == "done":
             continue
-        meter.start(f"set {key}")
+        _next_step(meter, f"set {key}")
         seconds = None  # a set found on disk was not timed by this run
         if step == "make":
             _say(progress, f"distilling {method_label(method)} ipc {ipc} -> {directory}")
@@ -288,7 +296,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
                              "run `infer-fast relabel` on it first")
         if method != "infer_dyn" and not ds.has_soft_labels:
-            meter.start(f"relabel {key}")
+            _next_step(meter, f"relabel {key}")
             relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
             save_distilled(ds, directory, overwrite=True, progress=progress)
         info = {
@@ -312,7 +320,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         elif cfg.feature_duplication and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:
             info["feature_duplication"] = results["sets"][f"infer/ipc{ipc}"]["feature_duplication"]  # the same images
         elif cfg.feature_duplication:
-            meter.start(f"feature duplication {key}")
+            _next_step(meter, f"feature duplication {key}")
             streamed = DistilledDataset(ds, hard_only=True)
             info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0],
                                                               progress=progress)
@@ -338,7 +346,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         if k % world != rank:
             continue
         key = _run_key(method, ipc, seed)
-        meter.start(f"student {key}")
+        _next_step(meter, f"student {key}")
         if ds_key != (method, ipc):
             ds, ds_key = load_distilled(directories[(method, ipc)]), (method, ipc)
         scfg = cfg.student_config(method, seed, M)
@@ -373,7 +381,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             Path(ckpt).unlink()
 
     if cfg.scores and rank == 0:  # (rank 0 alone: the others wait at the end)
-        meter.start("scores")
+        _next_step(meter, "scores")
         _score_sets(cfg, sets, results, teacher_paths, save, progress)
         meter.stop()
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .. import distributed
+from .. import distributed, memory
 from .._io import content_digest, model_digest, read_checkpoint, save_atomic
 from ..config import check_int
 from ..models import device_of
@@ -255,6 +255,8 @@ def _run_jobs(
                             done[(m, k)] = r.clone()
                     failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
                     stats.append(batch_stats)
+                    del result
+                    memory.release_freed_memory()  # the batch's activations: not held into the next step
                     had_state = pending.pop(key, None) is not None
                     if checkpoint is not None and writer and (len(batch_stats["failed"]) < len(ks) or had_state):
                         write_checkpoint(group_size)

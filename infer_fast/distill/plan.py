@@ -16,10 +16,11 @@ from ..ops import BNStatTracker
 
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
 MEMORY_FRACTION = 0.6  # automatic plan: the share of the available memory a batch may use
-# ... and on the CPU the teacher's activations at most this much: beyond it throughput hardly
-# grows (ResNet-18 at 224^2, forward + backward on 2 cores: 4.7 / 7.0 / 7.3 / 7.4 images/s at
-# 16 / 64 / 128 / 256 images per pass), and ImageNet-1k's 1000-image groups run in ~5 GiB
-CPU_MAX_ACTIVATION_BYTES = 2 << 30
+# ... and on the CPU the teacher's activations at most this much: larger passes are not faster
+# there (ResNet-18 at 224^2, forward + backward, 2 idle cores: 19.4 / 19.1 / 19.4 / 16.5 / 15.2
+# images/s at 16 / 32 / 40 / 64 / 128 images per pass), and ImageNet-1k's 1000-image groups
+# then run in chunks of ~37 images within a few GiB
+CPU_MAX_ACTIVATION_BYTES = 1 << 30
 # automatic chunks: fp32 copies of every image of the batch that stay resident while its chunks
 # run (the composed and augmented input, its gradient, grid_sample's grid...); measured ~4
 # (2.3 MiB per 224^2 image, ResNet-18 on the CPU, ImageNet augmentation)
