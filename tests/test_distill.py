@@ -8,7 +8,7 @@ from conftest import rounding_bound, train_tiny_teachers
 from torch import nn
 
 from infer_fast import distill
-from infer_fast.distill import engine
+from infer_fast.distill import engine, plan
 from infer_fast.data import load_dataset
 from infer_fast.distill import (
     RecoveryConfig,
@@ -836,7 +836,7 @@ def test_flags_the_chunked_mode_cannot_honour_are_refused_or_announced(natural, 
     for flags in (dict(fused_bn=True), dict(compile="default")):
         with pytest.raises(ValueError, match="does not apply with chunk_size"):
             _cfg(chunk_size=7, **flags).validate()
-    monkeypatch.setattr(engine, "auto_batch_plan", lambda *a, **kw: (3, 7))  # as on a GPU short of memory
+    monkeypatch.setattr(plan, "auto_batch_plan", lambda *a, **kw: (3, 7))  # as on a GPU short of memory
     with pytest.warns(RuntimeWarning, match="fused_bn and compile do not apply"):
         fused = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(fused_bn=True), progress=False)
     plain = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(), progress=False)

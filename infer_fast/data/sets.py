@@ -174,8 +174,8 @@ class ImageSet(_Split):
         """(uint8 images, labels) of ``indices`` (default: every sample, in order) in consecutive
         batches of ``batch_size``: slices of the held tensors (the worker options are for
         folder splits)."""
-        n = len(self) if indices is None else int(torch.as_tensor(indices).numel())
         idx = None if indices is None else _as_index(indices, len(self))
+        n = len(self) if idx is None else idx.numel()
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False, unit="batch"):
             rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
             yield self.images[rows], self.labels[rows]

@@ -23,8 +23,7 @@ from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from .config import RecoveryConfig
-# (auto_batch_plan: jobs and tests reach it as engine.auto_batch_plan)
-from .plan import RecoveryOutOfMemoryError, auto_batch_plan, out_of_memory_error  # noqa: F401
+from .plan import RecoveryOutOfMemoryError, out_of_memory_error
 
 
 def job_seed(method: str, seed: int, m: int, k: int) -> int:

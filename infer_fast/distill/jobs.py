@@ -17,7 +17,7 @@ from .. import distributed, memory
 from .._io import content_digest, model_digest, read_checkpoint, save_atomic
 from ..config import check_int
 from ..models import device_of
-from . import engine
+from . import engine, plan
 from .config import RESULT_NEUTRAL, RecoveryConfig
 
 CHECKPOINT_FORMAT = "infer-fast-recovery"
@@ -229,7 +229,7 @@ def _run_jobs(
                     if config.group_size:
                         G, chunk_size = config.group_size, config.chunk_size
                     else:
-                        G, auto_chunk = engine.auto_batch_plan(run_teacher, probe, len(todo))
+                        G, auto_chunk = plan.auto_batch_plan(run_teacher, probe, len(todo))
                         chunk_size = config.chunk_size or auto_chunk
                         if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
                             G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
@@ -260,10 +260,10 @@ def _run_jobs(
                     had_state = pending.pop(key, None) is not None
                     if checkpoint is not None and writer and (len(batch_stats["failed"]) < len(ks) or had_state):
                         write_checkpoint(group_size)
-            except engine.RecoveryOutOfMemoryError as exc:
+            except plan.RecoveryOutOfMemoryError as exc:
                 if checkpoint is None or not writer or not os.path.exists(checkpoint):
                     raise
-                raise engine.RecoveryOutOfMemoryError(
+                raise plan.RecoveryOutOfMemoryError(
                     f"{exc}; what was recovered before is in {checkpoint}: --resume continues from there") from exc
             finally:
                 losses.detach()
