@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infer_fast.ops import BNStatTracker, backends, chunked_loss_backward, group_segments
+from infer_fast.ops import BNStatTracker, RowsFrom, backends, chunked_loss_backward, group_segments
 
 GROUPS, N_PER_GROUP, CLASSES = 2, 6, 7
 
@@ -140,6 +140,60 @@ def test_gradient_accumulates_like_backward():
     u.grad = torch.ones_like(u)
     chunked_loss_backward(net, compose(natural, u), labels, GROUPS, 0.7, 10.0, 5, backend="torch")
     torch.testing.assert_close(u.grad, grad + 1, rtol=1e-12, atol=1e-12)
+
+
+class CountingRows(RowsFrom):
+    """compose(natural, u) made chunk by chunk, recording the ranges asked for."""
+
+    def __init__(self, natural, u):
+        self.ranges = []
+
+        def make(lo, hi):
+            self.ranges.append((lo, hi))
+            return compose(natural[lo:hi], u)
+
+        super().__init__(natural.shape[0], make)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 12, 64])
+def test_rows_made_chunk_by_chunk_match_full_batch(chunk_size):
+    """A RowsFrom input: each chunk made from its rows alone and backpropagated straight into
+    the leaves gives the whole-batch gradient; no range beyond the batch is asked for."""
+    net = frozen(SmallConvNet())
+    natural, labels, u = batch()
+    expected = reference(net, natural, labels, u, r_bn=0.7, first_bn_mult=10.0)
+    rows = CountingRows(natural, u)
+    ce, rbn, logits = chunked_loss_backward(net, rows, labels, GROUPS, 0.7, 10.0, chunk_size, backend="torch")
+    assert_matches((ce, rbn, logits, u.grad), expected, rtol=1e-9, atol=1e-12)
+    starts = list(range(0, GROUPS * N_PER_GROUP, chunk_size))
+    chunks = [(lo, min(lo + chunk_size, GROUPS * N_PER_GROUP)) for lo in starts]
+    assert rows.ranges == chunks + chunks  # each chunk once per pass, within the batch
+    assert hooks_left(net) == 0
+
+
+def test_rows_that_do_not_require_grad_are_refused():
+    net = frozen(SmallConvNet())
+    natural, labels, _ = batch()
+    with pytest.raises(ValueError, match="must require grad"):
+        chunked_loss_backward(net, RowsFrom(natural.shape[0], lambda lo, hi: natural[lo:hi]), labels, GROUPS, 1.0,
+                              1.0, chunk_size=5)
+    assert hooks_left(net) == 0
+
+
+@pytest.mark.parametrize("as_rows", [False, True])
+def test_losses_without_backward(as_rows):
+    """backward=False: the same losses and logits from the statistics pass alone, no gradient
+    anywhere, one teacher call per chunk."""
+    net = frozen(FailingNet(fail_at=0))
+    natural, labels, u = batch()
+    expected = reference(net, natural, labels, u, r_bn=0.7, first_bn_mult=10.0)
+    net.calls = 0
+    x = CountingRows(natural, u) if as_rows else compose(natural, u).detach()
+    with torch.no_grad():
+        got = chunked_loss_backward(net, x, labels, GROUPS, 0.7, 10.0, chunk_size=5, backend="torch", backward=False)
+    assert net.calls == 3 and u.grad is None
+    for name, a, b in zip(("ce", "rbn", "logits"), got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("start, stop, size", [(0, 12, 6), (5, 10, 6), (3, 20, 4), (4, 5, 4), (0, 3, 1), (2, 9, 100)])

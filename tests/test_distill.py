@@ -650,6 +650,33 @@ def test_imagenet_augmentation_is_one_resampling_of_the_same_draws(predrawn):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("augmentation, max_shift", [("roll", 3), ("roll", 0), ("imagenet", 5)])
+def test_augmented_rows_made_alone_equal_the_batch_rows(augmentation, max_shift):
+    """What the chunked mode feeds the teacher: any row range of the augmented batch
+    (straddling groups, within one group, the whole batch), made from its rows' sources
+    alone, equals those rows of the whole batch, values and gradients."""
+    gen = torch.Generator().manual_seed(0)
+    natural = torch.randn(3, 4, 2, 12, 10, generator=gen, requires_grad=True)
+    ufc = torch.randn(3, 2, 12, 10, generator=gen, requires_grad=True)
+    ks = [2, 0, 1]
+    cfg = RecoveryConfig(augmentation=augmentation, max_shift=max_shift)
+    make = lambda: engine.Augmentation(cfg, [torch.Generator().manual_seed(s) for s in (1, 2, 3)], 12, 10, "cpu",  # noqa: E731
+                                       iterations=2)
+    whole, rows = make(), make()
+    for _ in range(2):
+        out = whole(natural, ufc, torch.tensor(ks), "torch").flatten(0, 1)
+        draw = rows.advance()
+        assert int(rows.step) == int(whole.step)
+        for lo, hi in [(0, 12), (1, 3), (3, 9), (5, 6), (4, 8), (11, 12)]:
+            part = rows.batch_rows(natural, ufc, ks, draw, 4, lo, hi, "torch")
+            torch.testing.assert_close(part, out[lo:hi], rtol=0, atol=1e-6)
+            weights = torch.randn(part.shape, generator=gen)
+            got = torch.autograd.grad((part * weights).sum(), (natural, ufc))
+            expected = torch.autograd.grad((out[lo:hi] * weights).sum(), (natural, ufc), retain_graph=True)
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_imagenet_augmentation_draws():
     """Crop box, flip and roll are applied per group: with a full-image box (scale (1, 1)),
     no flip and no shift the augmented batch is the composed batch."""
@@ -826,6 +853,30 @@ def test_chunked_recovery_equals_whole_batch(natural, teachers, train_set):
     torch.testing.assert_close(b["images"], a["images"], rtol=0, atol=rounding_bound(3))
     with pytest.raises(ValueError, match="chunk_size"):
         RecoveryConfig(chunk_size=0).validate()
+
+
+def test_chunked_batches_never_hold_the_whole_input(natural, teachers, train_set, monkeypatch):
+    """In chunks, every iteration makes the teacher's input chunk by chunk (a RowsFrom: no
+    whole-batch input or input gradient alive, which at ImageNet scale were several GiB) and the
+    final pass runs the statistics pass alone (no gradient)."""
+    from infer_fast.distill import recover_sre2l
+    from infer_fast.ops import RowsFrom
+
+    calls = []
+    real = engine.chunked_loss_backward
+
+    def recording(teacher, x, *args, backward=True, **kwargs):
+        calls.append((isinstance(x, RowsFrom), backward, torch.is_grad_enabled()))
+        return real(teacher, x, *args, backward=backward, **kwargs)
+
+    monkeypatch.setattr(engine, "chunked_loss_backward", recording)
+    spec = train_set.spec
+    recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(iterations=3, group_size=3, chunk_size=7),
+                 progress=False)
+    recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std,
+                  RecoveryConfig.sre2l(iterations=3, group_size=2, chunk_size=6), progress=False)
+    per_batch = [(True, True, True)] * 3 + [(True, False, False)]
+    assert calls == per_batch * 2
 
 
 def test_flags_the_chunked_mode_cannot_honour_are_refused_or_announced(natural, teachers, train_set, monkeypatch):

@@ -9,7 +9,7 @@ import hashlib
 import math
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .. import memory
 from ..data.transforms import RESIZED_CROP_RATIO, resized_crop_boxes
-from ..ops import BNStatTracker, chunked_loss_backward, ufc_compose
+from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
@@ -114,20 +114,44 @@ class Augmentation:
             return self.draws.index_select(0, self.step.view(1))[0]
         return torch.stack([self._draw(g, 1)[0] for g in self.gens]).to(self.device)
 
+    def advance(self) -> Optional[Tensor]:
+        """This iteration's draws of every group, (G, values) on the device (None: "roll" with
+        max_shift 0 draws nothing), and ``step`` advanced to the next iteration."""
+        draw = None if self.config.augmentation == "roll" and self.config.max_shift == 0 else self._current()
+        self.step.add_(1)
+        return draw
+
     def __call__(self, source: Tensor, variable: Tensor, index: Tensor, backend: str) -> Tensor:
         """The augmented composed batch (G, C, ch, H, W) of the next iteration (advances ``step``)."""
+        return self.apply(source, variable, index, self.advance(), backend)
+
+    def apply(self, source: Tensor, variable: Tensor, index: Tensor, draw: Optional[Tensor], backend: str) -> Tensor:
+        """Compose ``source[index[g]] + variable[g]`` and augment group g with ``draw[g]``:
+        (G, C', ch, H, W) for a source of C' classes. Rows are independent: the rows of any
+        classes of a group are the same computed alone."""
         if self.config.augmentation == "roll":  # fused: compose and roll in one pass
-            shifts = None if self.config.max_shift == 0 else self._current()
-            self.step.add_(1)
-            return ufc_compose(source, variable, index, shifts=shifts, backend=backend)
-        draw = self._current()
-        self.step.add_(1)
+            return ufc_compose(source, variable, index, shifts=draw, backend=backend)
         x = ufc_compose(source, variable, index, backend=backend)
         G, C, ch, height, width = x.shape
-        grid = self._grid(draw)
-        out = F.grid_sample(x.reshape(G, C * ch, height, width), grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)
+        out = F.grid_sample(x.reshape(G, C * ch, height, width), self._grid(draw), mode="bilinear",
+                            padding_mode="border", align_corners=False)
         return out.view(G, C, ch, height, width)
+
+    def batch_rows(self, source: Tensor, variable: Tensor, source_rows: Sequence[int], draw: Optional[Tensor],
+             num_classes: int, lo: int, hi: int, backend: str) -> Tensor:
+        """Rows [lo, hi) of the flattened (G * C, ch, H, W) batch that :meth:`apply` makes
+        with ``draw``, computed from those rows' sources alone (group g's from
+        ``source[source_rows[g]]``, host indices): what the chunked mode feeds the teacher
+        chunk by chunk, with autograd to ``variable`` (and ``source``)."""
+        parts = []
+        zero = torch.zeros(1, dtype=torch.int64, device=variable.device)
+        for g in range(lo // num_classes, (hi - 1) // num_classes + 1):
+            c0, c1 = max(lo - g * num_classes, 0), min(hi - g * num_classes, num_classes)
+            k = source_rows[g]
+            part = self.apply(source[k:k + 1, c0:c1], variable[g:g + 1], zero,
+                              None if draw is None else draw[g:g + 1], backend)
+            parts.append(part.flatten(0, 1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _grid(self, draw: Tensor) -> Tensor:
         """(G, H, W, 2) grid_sample coordinates: output pixel (i, j) reads the resized crop at
@@ -205,7 +229,11 @@ class TeacherLosses:
 
     def teacher_input(self, x: Tensor) -> Tensor:
         """(G, C, ch, H, W) -> the teacher's (G*C, ch, H, W) batch in its dtype and layout."""
-        return x.flatten(0, 1).to(self.dtype).contiguous(memory_format=self.layout)
+        return self.teacher_rows(x.flatten(0, 1))
+
+    def teacher_rows(self, rows: Tensor) -> Tensor:
+        """(N, ch, H, W) images -> the teacher's batch in its dtype and layout."""
+        return rows.to(self.dtype).contiguous(memory_format=self.layout)
 
     def _build(self, G: int) -> None:
         self.detach()
@@ -395,12 +423,14 @@ def optimize_batch(
         index = torch.tensor(ks, dtype=torch.int64, device=device)
         variable = torch.zeros((G,) + image_shape, device=device, requires_grad=True)
         compose_args = lambda v: (source, v, index)  # noqa: E731
+        source_rows = list(ks)  # (index on the host)
     else:
         noise = torch.stack([torch.randn((C,) + image_shape, generator=g) for g in gens])
         variable = noise.to(device).requires_grad_()
         index = torch.arange(G, device=device)
         zero_ufc = torch.zeros((G,) + image_shape, device=device)
         compose_args = lambda v: (v, zero_ufc, index)  # noqa: E731
+        source_rows = list(range(G))
     labels = torch.arange(C, device=device).repeat(G)
     augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
     chunked = chunk_size is not None and chunk_size < G * C
@@ -415,19 +445,37 @@ def optimize_batch(
         optimizer = torch.optim.Adam([variable], lr=lr, betas=tuple(config.betas), eps=config.eps, capturable=True)
     else:
         lr = None
-        optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+        # (foreach: its step holds one temporary the size of the variable, the for-loop one two)
+        optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps, foreach=True)
     if chunked:  # the chunked mode attaches its own hooks
         losses.detach()
+    split_chunks = config.distributed == "chunks"
+    # chunks made row by row (composed and augmented for their rows only, each chunk's gradient
+    # straight into the variable): no whole-batch input or gradient alive, which at ImageNet
+    # scale is several copies of the batch; ranks sharing chunks all-reduce one whole gradient
+    rows_by_chunk = chunked and not split_chunks
 
-    def losses_and_backward(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """CE, R_bn and logits of the batch ``x``, with the gradient of sum(CE + r_bn R_bn) sent back."""
-        if chunked:  # the whole-batch statistics, the teacher run chunk by chunk
-            return chunked_loss_backward(losses.teacher, losses.teacher_input(x), labels, G, config.r_bn,
-                                         config.first_bn_mult, chunk_size, backend=backend,
-                                         split_across_ranks=config.distributed == "chunks")
-        ce, rbn, logits = losses(x)
+    def chunked_losses(x, backward: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+        """The whole-batch statistics, the teacher run chunk by chunk."""
+        return chunked_loss_backward(losses.teacher, x, labels, G, config.r_bn, config.first_bn_mult, chunk_size,
+                                     backend=backend, split_across_ranks=split_chunks, backward=backward)
+
+    def augmented_losses_and_backward() -> Tuple[Tensor, Tensor]:
+        """CE and R_bn of this iteration's augmented batch (advancing the augmentation), with
+        the gradient of sum(CE + r_bn R_bn) sent back to the variable."""
+        if rows_by_chunk:
+            draw = augment.advance()
+            make = lambda lo, hi: losses.teacher_rows(  # noqa: E731
+                augment.batch_rows(*compose_args(variable)[:2], source_rows, draw, C, lo, hi, backend))
+            ce, rbn, _ = chunked_losses(RowsFrom(G * C, make))
+            return ce, rbn
+        x = augment(*compose_args(variable), backend)  # advances augment.step to t + 1
+        if chunked:
+            ce, rbn, _ = chunked_losses(losses.teacher_input(x))
+            return ce, rbn
+        ce, rbn, _ = losses(x)
         (ce + config.r_bn * rbn).sum().backward()
-        return ce.detach(), rbn.detach(), logits
+        return ce.detach(), rbn.detach()
 
     # A non-finite loss stays inside its group (per-group BN statistics, per-row CE, Adam
     # elementwise): the group is marked dead on the device, without a host sync per step,
@@ -440,8 +488,11 @@ def optimize_batch(
         can be captured once as a CUDA graph and replayed (gradients: set by the backward)."""
         if lr is not None:
             lr.copy_(cosine_lr(augment.step, config))
-        x = augment(*compose_args(variable), backend)  # advances augment.step to t + 1
-        ce, rbn, _ = losses_and_backward(x)
+        ce, rbn = augmented_losses_and_backward()
+        if chunked and device.type == "cpu":
+            # the chunks' activations back to the system before Adam's step: freed but kept by the
+            # allocator they would add ~2 GB to the step's peak at ImageNet scale (measured)
+            memory.release_freed_memory()
         finite = torch.isfinite(ce + config.r_bn * rbn)
         died_at.copy_(torch.where(alive & ~finite, augment.step, died_at))
         alive.logical_and_(finite)
@@ -509,10 +560,15 @@ def optimize_batch(
         if progress and (chunked or per_iteration_s >= FINAL_PASS_NOTE_S):  # (else over in a moment)
             chunks = f" in chunks of {chunk_size}" if chunked else ""
             print(f"{desc}: final pass over the {G * C} recovered images{chunks} (CE, R_bn, accuracy)", flush=True)
+        if not graphed:  # Adam's state and the gradient: not needed any more (a captured graph owns its copies)
+            variable.grad = None
+            optimizer.state.clear()
         x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
-        if chunked:  # (its gradient to the detached images is thrown away)
-            ce, rbn, logits = losses_and_backward(x.requires_grad_())
-            x = x.detach()
+        if chunked:  # (the statistics pass alone: no gradient)
+            rows = x.flatten(0, 1)
+            with torch.no_grad():
+                ce, rbn, logits = chunked_losses(RowsFrom(G * C, lambda a, b: losses.teacher_rows(rows[a:b])),
+                                                 backward=False)
         else:
             with torch.no_grad():
                 ce, rbn, logits = losses(x, compiled=False)  # (once: not worth a no-grad graph)

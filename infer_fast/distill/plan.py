@@ -22,8 +22,8 @@ MEMORY_FRACTION = 0.6  # automatic plan: the share of the available memory a bat
 # then run in chunks of ~37 images within a few GiB
 CPU_MAX_ACTIVATION_BYTES = 1 << 30
 # automatic chunks: fp32 copies of every image of the batch that stay resident while its chunks
-# run (the composed and augmented input, its gradient, grid_sample's grid...); measured ~4
-# (2.3 MiB per 224^2 image, ResNet-18 on the CPU, ImageNet augmentation)
+# run (chunks are composed and augmented row by row, so for SRe2L: the images, their gradient and
+# Adam's two moments; for INFER the natural images and less)
 BATCH_INPUT_COPIES = 4
 
 

@@ -8,7 +8,7 @@ if compiled_extension()[0] is not None:
     from . import _library  # noqa: F401  (fake kernels and the Python parts of torch.ops.infer_fast_C)
 from .bn_hooks import BNStatTracker, attach_bn_stat_loss
 from .bn_stat_loss import bn_eval_with_stat_loss, bn_stat_loss
-from .chunked import chunked_loss_backward, group_segments
+from .chunked import RowsFrom, chunked_loss_backward, group_segments
 from .reference import bn_eval_with_stat_loss_naive, bn_stat_loss_naive, ufc_compose_naive
 from .ufc_compose import ufc_compose
 
@@ -21,6 +21,7 @@ __all__ = [
     "BackendUnavailableError",
     "BNStatTracker",
     "attach_bn_stat_loss",
+    "RowsFrom",
     "chunked_loss_backward",
     "group_segments",
     "bn_stat_loss_naive",

@@ -19,7 +19,7 @@ with the activations of one chunk alive at a time (``x`` and its gradient are fu
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -185,10 +185,31 @@ class _ChunkHooks:
         self._handles = []
 
 
-def _check_arguments(x, labels, groups, chunk_size) -> None:
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batched torch.Tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    if not x.requires_grad:
+class RowsFrom:
+    """A teacher input given chunk by chunk instead of as one tensor: ``make(lo, hi)`` returns
+    rows [lo, hi) of the (``rows``, ...) batch, computed (with autograd, when grad is enabled)
+    from the leaves the gradient goes to, e.g. the optimized images composed and augmented
+    for those rows only. :func:`chunked_loss_backward` then backpropagates each chunk into
+    the leaves directly: neither the whole input nor its gradient is ever alive, only a
+    chunk's. ``make`` must give the same rows every time it is called with the same range
+    (each chunk is made twice: once per pass)."""
+
+    def __init__(self, rows: int, make: Callable[[int, int], Tensor]):
+        check_int("rows", rows)
+        self.rows, self.make = rows, make
+
+    @property
+    def shape(self) -> Tuple[int]:
+        return (self.rows,)
+
+
+def _check_arguments(x, labels, groups, chunk_size, backward) -> None:
+    if isinstance(x, RowsFrom):
+        pass
+    elif not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batched torch.Tensor or a RowsFrom, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    elif backward and not x.requires_grad:
         raise ValueError("x must require grad (the gradient is pushed into it and what it was computed from)")
     check_int("groups", groups)
     if x.shape[0] % groups:
@@ -199,9 +220,15 @@ def _check_arguments(x, labels, groups, chunk_size) -> None:
         raise ValueError(f"labels must be a ({x.shape[0]},) tensor of class indices to match x, got {shape}")
 
 
+def _chunk_of(x: Union[Tensor, RowsFrom], lo: int, hi: int) -> Tensor:
+    """Rows [lo, hi) of the teacher input: made by a RowsFrom (in the current grad mode), or
+    a detached slice of the tensor."""
+    return x.make(lo, min(hi, x.rows)) if isinstance(x, RowsFrom) else x[lo:hi].detach()
+
+
 def chunked_loss_backward(
     teacher: nn.Module,
-    x: Tensor,
+    x: Union[Tensor, RowsFrom],
     labels: Tensor,
     groups: int,
     r_bn: float,
@@ -210,6 +237,7 @@ def chunked_loss_backward(
     ce_weight: float = 1.0,
     backend: str = "auto",
     split_across_ranks: bool = False,
+    backward: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Backpropagate sum_g (ce_weight * ce_g + r_bn * rbn_g) into ``x``, one chunk at a time.
 
@@ -219,6 +247,8 @@ def chunked_loss_backward(
             (no dropout in training mode). Its parameters get no gradient.
         x: (N, ...) teacher input requiring grad; it may be computed from the optimized
             variable (e.g. compose + augment). N = groups * n; group g owns rows [g*n, (g+1)*n).
+            Or a :class:`RowsFrom` making the rows chunk by chunk (each chunk's gradient goes
+            straight to its leaves: no whole-batch input or gradient in memory).
         labels: (N,) class indices.
         groups: G; each group has its own BN statistics and its own mean CE.
         r_bn, first_bn_mult: rbn_g = first_bn_mult * R_1 + sum_{l >= 2} R_l over the BN calls
@@ -230,28 +260,38 @@ def chunked_loss_backward(
         split_across_ranks: under torch.distributed, every rank (holding the same ``x``)
             runs every world-th chunk; the pass-1 sums, the input gradient, logits and CE
             are all-reduced, so every rank ends with the whole batch's gradient (the
-            statistics cover all ranks' rows, unlike DataParallel hooks).
+            statistics cover all ranks' rows, unlike DataParallel hooks). Not with a
+            RowsFrom (its leaves' gradients would hold only this rank's chunks).
+        backward: False: the losses and logits only, from the statistics pass (one forward
+            per chunk, no gradient; ``x`` need not require grad).
 
     Returns detached (ce (G,), rbn (G,), logits (N, classes)): ce_g the mean CE over group
     g, rbn_g as above (fp32, fp64 for fp64 BN inputs). The gradient accumulates into the
     leaves ``x`` depends on, exactly as ``(ce_weight * ce + r_bn * rbn).sum().backward()`` on
     the whole batch would (up to float rounding).
     """
-    _check_arguments(x, labels, groups, chunk_size)
+    _check_arguments(x, labels, groups, chunk_size, backward)
     total = x.shape[0]
     group_size = total // groups
     starts = list(range(0, total, chunk_size))
     world = dist.get_world_size() if split_across_ranks and dist.is_available() and dist.is_initialized() else 1
+    if world > 1 and isinstance(x, RowsFrom) and backward:
+        raise ValueError("split_across_ranks needs x as one tensor (every rank's input gradient is all-reduced into "
+                         "it), not a RowsFrom")
     if world > len(starts):
         raise ValueError(f"split_across_ranks: {len(starts)} chunks of chunk_size={chunk_size} cannot feed {world} ranks")
     mine = starts[dist.get_rank()::world] if world > 1 else starts
     hooks = _ChunkHooks(teacher, groups, group_size, backend)
+    outputs = _ChunkOutputs(total, world)
     try:
         with torch.no_grad():
             for row0 in mine:
                 hooks.start_chunk(row0)
-                teacher(x[row0:row0 + chunk_size].detach())
+                logits = teacher(_chunk_of(x, row0, row0 + chunk_size))
                 hooks.end_chunk()
+                if not backward:
+                    outputs.add(row0, logits, labels)
+                del logits
         if not hooks.sites:
             raise RuntimeError("no BatchNorm layer of the teacher ran in its forward: there are no statistics to match")
         if world > 1:  # every rank's rows in the statistics
@@ -260,35 +300,71 @@ def chunked_loss_backward(
         multipliers = [float(first_bn_mult)] + [1.0] * (len(hooks.sites) - 1)
         for mult, site in zip(multipliers, hooks.sites):
             site.finish(float(r_bn) * mult)
-        hooks.injecting = True
-        # zero-filled when split: the rows of the other ranks are added by the all-reduce
-        grad_x = torch.zeros_like(x) if world > 1 else torch.empty_like(x)
-        logits_all: Optional[Tensor] = None
-        ce_rows: Optional[Tensor] = None
-        with torch.enable_grad():
-            for row0 in mine:
-                rows = slice(row0, row0 + chunk_size)
-                chunk = x[rows].detach().requires_grad_()
-                hooks.start_chunk(row0)
-                logits = teacher(chunk)
-                hooks.end_chunk()
-                ce = F.cross_entropy(at_least_fp32(logits), labels[rows], reduction="none")
-                root = ce.sum() * (float(ce_weight) / group_size)
-                for anchor in hooks.anchors:
-                    root = root + anchor
-                grad_x[rows] = torch.autograd.grad(root, chunk)[0]
-                if logits_all is None:
-                    new = logits.new_zeros if world > 1 else logits.new_empty
-                    logits_all = new((total,) + tuple(logits.shape[1:]))
-                    ce_rows = ce.new_zeros(total) if world > 1 else ce.new_empty(total)
-                logits_all[rows] = logits.detach()
-                ce_rows[rows] = ce.detach()
-                del logits, ce, root, chunk
+        if backward:
+            _backward_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, group_size, ce_weight, world)
     finally:
         hooks.remove()
-    if world > 1:
-        for t in (grad_x, logits_all, ce_rows):
-            dist.all_reduce(t)
-    x.backward(grad_x)
+    outputs.all_reduce()
     rbn = sum(mult * site.loss for mult, site in zip(multipliers, hooks.sites))
-    return ce_rows.view(groups, group_size).mean(dim=1), rbn, logits_all
+    return outputs.ce_rows.view(groups, group_size).mean(dim=1), rbn, outputs.logits
+
+
+class _ChunkOutputs:
+    """The logits and per-row CE of the whole batch, filled chunk by chunk (zero-filled when
+    split across ranks: the other ranks' rows come with the all-reduce)."""
+
+    def __init__(self, total: int, world: int):
+        self.total, self.world = total, world
+        self.logits: Optional[Tensor] = None
+        self.ce_rows: Optional[Tensor] = None
+
+    def add(self, row0: int, logits: Tensor, labels: Tensor) -> Tensor:
+        """Record a chunk's logits; returns its per-row CE (with autograd when logits have it)."""
+        rows = slice(row0, row0 + logits.shape[0])
+        ce = F.cross_entropy(at_least_fp32(logits), labels[rows], reduction="none")
+        if self.logits is None:
+            new = logits.new_zeros if self.world > 1 else logits.new_empty
+            self.logits = new((self.total,) + tuple(logits.shape[1:]))
+            self.ce_rows = ce.new_zeros(self.total) if self.world > 1 else ce.new_empty(self.total)
+        self.logits[rows] = logits.detach()
+        self.ce_rows[rows] = ce.detach()
+        return ce
+
+    def all_reduce(self) -> None:
+        if self.world > 1:
+            for t in (self.logits, self.ce_rows):
+                dist.all_reduce(t)
+
+
+def _backward_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, group_size, ce_weight, world) -> None:
+    """Pass 2: every chunk again with grad, each BN input getting its exact statistics-loss
+    gradient; the chunk's CE and those gradients go back into the chunk (a RowsFrom: straight
+    into its leaves; a tensor: stitched into one gradient of ``x``, all-reduced across ranks,
+    and pushed into ``x`` once)."""
+    hooks.injecting = True
+    rows_from = isinstance(x, RowsFrom)
+    grad_x = None if rows_from else (torch.zeros_like(x) if world > 1 else torch.empty_like(x))
+    with torch.enable_grad():
+        for row0 in mine:
+            chunk = _chunk_of(x, row0, row0 + chunk_size)
+            if not rows_from:
+                chunk.requires_grad_()
+            elif not chunk.requires_grad:
+                raise ValueError("x: the rows a RowsFrom makes must require grad (computed from the leaves the "
+                                 "gradient goes to)")
+            hooks.start_chunk(row0)
+            logits = teacher(chunk)
+            hooks.end_chunk()
+            ce = outputs.add(row0, logits, labels)
+            root = ce.sum() * (float(ce_weight) / group_size)
+            for anchor in hooks.anchors:
+                root = root + anchor
+            if rows_from:
+                root.backward()
+            else:
+                grad_x[row0:row0 + chunk.shape[0]] = torch.autograd.grad(root, chunk)[0]
+            del logits, ce, root, chunk
+    if grad_x is not None:
+        if world > 1:
+            dist.all_reduce(grad_x)
+        x.backward(grad_x)
