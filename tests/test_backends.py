@@ -12,6 +12,12 @@ def test_torch_backend_always_available():
     assert available_backends()[0] == "torch"
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", 3.5])
+def test_unknown_device_named(device):
+    with pytest.raises(ValueError, match="device must be a torch.device or a device name"):
+        available_backends(device)
+
+
 def test_cpu_extension_is_built():
     """The installed package always carries the C++ CPU kernels."""
     assert backends.unavailable_reason("cpu", torch.device("cpu")) is None

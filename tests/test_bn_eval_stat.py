@@ -158,8 +158,9 @@ def test_bad_arguments_name_the_argument():
         bn_eval_with_stat_loss(x, rm, rv, weight=torch.ones(4))
     with pytest.raises(ValueError, match="bias"):
         bn_eval_with_stat_loss(x, rm, rv, bias=torch.ones(5, 1))
-    with pytest.raises(ValueError, match="eps"):
-        bn_eval_with_stat_loss(x, rm, rv, eps=-1.0)
+    for eps in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps must be a finite non-negative float"):
+            bn_eval_with_stat_loss(x, rm, rv, eps=eps)
     with pytest.raises(ValueError, match="groups"):
         bn_eval_with_stat_loss(x, rm, rv, groups=3)
     with pytest.raises(ValueError, match="running_var"):

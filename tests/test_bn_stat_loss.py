@@ -165,3 +165,24 @@ def test_half_running_stats_accepted():
     loss = bn_stat_loss(x, rm.half(), rv.half(), backend="torch")
     ref = bn_stat_loss_naive(x.double(), rm.half().double(), rv.half().double())
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("view", ["expanded", "strided"])
+def test_strided_running_stats_accepted_by_every_backend(backend, device, view):
+    """A broadcast statistic (expand) or every other element of a buffer: every backend
+    gives the torch backend's loss and gradient (none refuses the layout)."""
+    x = make_input((4, 6, 3, 3), "nchw", torch.float32, device)
+    rm, rv = make_stats(12, device)
+    if view == "expanded":
+        rm, rv = rm[:1].expand(6), rv[:1].expand(6)
+    else:
+        rm, rv = rm[::2], rv[::2]
+    assert not rm.is_contiguous()
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    got = bn_stat_loss(xs[0], rm, rv, groups=2, backend=backend)
+    expected = bn_stat_loss(xs[1], rm.contiguous(), rv.contiguous(), groups=2, backend="torch")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-6)

@@ -220,12 +220,21 @@ def call_args(**overrides):
 @pytest.mark.parametrize("name, value", [
     ("groups", 5), ("groups", 0), ("chunk_size", 0), ("chunk_size", 2.5),
     ("x", torch.rand(12, 3, 8, 8, dtype=torch.float64)), ("labels", torch.zeros(11, dtype=torch.long)),
+    ("labels", torch.zeros(12)), ("labels", torch.zeros(12, dtype=torch.int32)),
+    ("labels", torch.full((12,), -1)), ("labels", torch.full((12,), CLASSES)),
 ])
 def test_bad_arguments_name_the_argument(name, value):
     args = call_args(**{name: value})
     with pytest.raises(ValueError, match=name):
         chunked_loss_backward(**args)
     assert hooks_left(args["teacher"]) == 0
+
+
+@pytest.mark.parametrize("start, stop, group_size", [(0, 4, 0), (0, 4, -2), (0, 4, 1.5), (-1, 4, 2), (0, 4.0, 2)])
+def test_group_segments_refuses_bad_arguments(start, stop, group_size):
+    name = "group_size" if not isinstance(group_size, int) or group_size < 1 else "start" if start != 0 else "stop"
+    with pytest.raises(ValueError, match=name):
+        group_segments(start, stop, group_size)
 
 
 def test_training_mode_bn_refused():

@@ -477,7 +477,7 @@ def test_nan_in_one_group_stops_only_that_ufc(natural, teachers, train_set, tmp_
         recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
     saved = torch.load(ckpt, weights_only=True)
     assert saved["ufc_index"].tolist() == [0, 2]
-    torch.testing.assert_close(saved["ufc"], clean["ufc"][[0, 2]], rtol=0, atol=rounding_bound(6))
+    torch.testing.assert_close(torch.stack(saved["ufc"]), clean["ufc"][[0, 2]], rtol=0, atol=rounding_bound(6))
     assert saved["stats"][0]["failed"] == {1: 3}
     monkeypatch.setattr(engine.Augmentation, "__call__", real)
     resumed = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True, progress=False)

@@ -196,7 +196,9 @@ def _run_jobs(
                 "run": identity,
                 "config": config.to_dict(),
                 "group_size": group_size,
-                "ufc": torch.stack([results[key] for key in keys]) if keys else torch.empty(0),
+                # one tensor per job, not one stacked tensor: no second copy of every result in
+                # memory while the file is written (30 GB for SRe2L on ImageNet-1k at ipc 50)
+                "ufc": [results[key] for key in keys],
                 "ufc_teacher": torch.tensor([m for m, _ in keys], dtype=torch.int64),
                 "ufc_index": torch.tensor([k for _, k in keys], dtype=torch.int64),
                 "stats": list(batches.values()),

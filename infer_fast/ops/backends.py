@@ -206,7 +206,11 @@ def launcher(backend: str, op: str) -> Callable:
 def available_backends(device: Optional[torch.device | str] = None) -> List[str]:
     """Backends usable here: for ``device`` if given, else for any device present."""
     if device is not None:
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device must be a torch.device or a device name such as 'cpu' or 'cuda', got "
+                             f"{device!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         return [b for b in BACKENDS if unavailable_reason(b, device) is None]
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     return [b for b in BACKENDS if any(unavailable_reason(b, d) is None for d in devices)]

@@ -14,6 +14,7 @@ autograd formula is C++ (csrc/autograd.cpp) and whose passes run in the chosen b
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -55,6 +56,13 @@ def check_inputs(x: Tensor, running_mean: Tensor, running_var: Tensor, groups: i
         raise ValueError(f"groups={groups} does not divide the batch size N={x.shape[0]} of x")
 
 
+def _dense(vector: Optional[Tensor]) -> Optional[Tensor]:
+    """A (C,) per-channel tensor as every backend takes it: an expanded or strided view (a
+    broadcast statistic, every other element of a buffer) made contiguous, as the torch
+    backend reads it anyway; contiguous ones pass as they are."""
+    return None if vector is None else vector.contiguous()
+
+
 def bn_stat_loss(
     x: Tensor, running_mean: Tensor, running_var: Tensor, groups: int = 1, backend: str = "auto"
 ) -> Tensor:
@@ -71,6 +79,7 @@ def bn_stat_loss(
     """
     check_inputs(x, running_mean, running_var, groups)
     name = backends.resolve(backend, x.device)
+    running_mean, running_var = _dense(running_mean), _dense(running_var)
     if _bn_stat_loss_op is None:  # the extension did not load: the reference, by autograd
         return bn_stat_loss_naive(x, running_mean, running_var, groups)
     return _bn_stat_loss_op(x, running_mean, running_var, groups, name)
@@ -101,9 +110,10 @@ def bn_eval_with_stat_loss(
             raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite non-negative float, got {eps!r}")
     name = backends.resolve(backend, x.device)
+    running_mean, running_var, weight, bias = (_dense(t) for t in (running_mean, running_var, weight, bias))
     if _bn_eval_op is None:
         return bn_eval_with_stat_loss_naive(x, running_mean, running_var, weight, bias, float(eps), groups)
     return _bn_eval_op(x, running_mean, running_var, weight, bias, float(eps), groups, name)

@@ -34,24 +34,29 @@ from .layout import as_ncl, kept_format
 from .reference import accumulate_dtype, at_least_fp32, finalize_stats
 
 
-def group_segments(start: int, stop: int, group_size: int) -> Iterator[Tuple[int, int, int, int]]:
+def group_segments(start: int, stop: int, group_size: int) -> List[Tuple[int, int, int, int]]:
     """Split global rows [start, stop) into runs the grouped kernels take.
 
-    Yields (row_lo, row_hi, first_group, num_groups): either whole groups
+    Returns (row_lo, row_hi, first_group, num_groups) runs: either whole groups
     (row_lo aligned to ``group_size``, num_groups >= 1) or the part of a single group that
     lies in the range (num_groups == 1). At most three runs per range.
     """
+    check_int("start", start, minimum=0)
+    check_int("stop", stop, minimum=0)
+    check_int("group_size", group_size)
+    runs = []
     row = start
     while row < stop:
         group = row // group_size
         whole = (stop - row) // group_size
         if row % group_size == 0 and whole > 0:
             end = row + whole * group_size
-            yield row, end, group, whole
+            runs.append((row, end, group, whole))
         else:
             end = min(stop, (group + 1) * group_size)
-            yield row, end, group, 1
+            runs.append((row, end, group, 1))
         row = end
+    return runs
 
 
 class _BNSite:
@@ -218,6 +223,18 @@ def _check_arguments(x, labels, groups, chunk_size, backward) -> None:
     if not isinstance(labels, Tensor) or labels.shape != (x.shape[0],):
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"labels must be a ({x.shape[0]},) tensor of class indices to match x, got {shape}")
+    if labels.dtype != torch.int64:
+        raise ValueError(f"labels must be int64 class indices, got {labels.dtype}")
+
+
+def _check_label_range(labels: Tensor, logits: Tensor) -> None:
+    """Once the teacher has said how many classes it has: every label one of them. Labels on
+    the CPU only (on a GPU the check would cost a host sync per call; recovery's own labels
+    are arange(C))."""
+    if labels.device.type == "cpu" and bool(((labels < 0) | (labels >= logits.shape[1])).any()):
+        n = logits.shape[1]
+        raise ValueError(f"labels must be class indices in [0, {n}) (the teacher has {n} classes), got values from "
+                         f"{int(labels.min())} to {int(labels.max())}")
 
 
 def _chunk_of(x: Union[Tensor, RowsFrom], lo: int, hi: int) -> Tensor:
@@ -289,6 +306,8 @@ def chunked_loss_backward(
                 hooks.start_chunk(row0)
                 logits = teacher(_chunk_of(x, row0, row0 + chunk_size))
                 hooks.end_chunk()
+                if row0 == mine[0]:
+                    _check_label_range(labels, logits)
                 if not backward:
                     outputs.add(row0, logits, labels)
                 del logits
