@@ -239,15 +239,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from .distributed import init_from_env
 
-    rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
-    ds = load_distilled(args.directory)
-    test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
-                           progress=not args.quiet and rank == 0)
     fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix",
                                             "labels")
               if getattr(args, k) is not None}
     recipe = StudentConfig.imagenet if args.recipe == "imagenet" else StudentConfig.cifar
-    config = recipe(dynamic=args.dynamic, device=args.device, **fields)
+    config = recipe(dynamic=args.dynamic, device=args.device, **fields)  # (the options checked before any loading)
+    rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
+    ds = load_distilled(args.directory)
+    test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
+                           progress=not args.quiet and rank == 0)
     teachers = [load_teacher(p, dataset=ds.dataset, num_classes=ds.num_classes, device=args.device)[0] for p in _paths(args.teachers)]
     if args.dynamic and not teachers:
         raise UserError("--dynamic (INFER+Dyn) needs --teachers")

@@ -6,6 +6,7 @@ spell them, with ``_`` or ``-``) to values; command-line options given explicitl
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
@@ -13,13 +14,45 @@ import yaml
 from ._io import check_input_file
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice (YAML keeps the last
+    silently: ``seeds: 0`` then ``seeds: 1`` would run one seed without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first_line:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} given twice (first on line {first_line[key] + 1})",
+                            key_node.start_mark)
+                    first_line[key] = key_node.start_mark.line
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(path: str, exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message in one line: the file, line and column, and the problem."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"config file {path!r}{where}: {problem}"
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
     check_input_file(path, "config file")
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path!r} is not valid YAML: {exc}") from None
+            raise ValueError(_yaml_error(path, exc)) from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"config file {path!r} is not a UTF-8 text file (byte {exc.start} cannot be decoded)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -83,6 +116,16 @@ def check_int(name: str, value: Any, minimum: Optional[int] = 1, none: Optional[
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         what = "an integer" if minimum is None else "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {what}{f' or None ({none})' if none else ''}, got {value!r}")
+
+
+def check_finite_numbers(config: Any, names: Iterable[str]) -> None:
+    """ValueError naming the option unless each of ``names`` of ``config`` is a finite int or
+    float (a bool is not): an inf or nan learning rate, temperature... trains nothing and
+    would end in a table of a dead model."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def check_positive_ints(config: Any, names: Iterable[str]) -> None:

@@ -66,7 +66,7 @@ from .storage import DistilledDataset, DistilledSet, load_distilled, save_distil
 from .teacher import evaluate, load_teacher, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES
-from .config import check_choice, check_positive_ints
+from .config import check_choice, check_finite_numbers, check_positive_ints
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 
 __all__ = [
@@ -173,10 +173,7 @@ class StudentConfig:
 
     def validate(self) -> None:
         check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
-        for name in ("lr", "weight_decay", "temperature", "mixup_alpha"):  # numbers first: compared below
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+        check_finite_numbers(self, ("lr", "weight_decay", "temperature", "mixup_alpha"))  # first: compared below
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
         if not self.lr > 0:

@@ -26,7 +26,7 @@ from .data import dataset_options, get_spec, load_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
-from .config import check_int, check_positive_ints
+from .config import check_finite_numbers, check_int, check_positive_ints
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
@@ -59,12 +59,13 @@ class TeacherConfig:
         if not isinstance(self.model, str):
             raise ValueError(f"model must be a model name, got {self.model!r}")
         check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
-        for name in ("lr", "momentum", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+        check_finite_numbers(self, ("lr", "momentum", "weight_decay"))
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         check_int("seed", self.seed, minimum=None)
         resolve_device(self.device)
 

@@ -318,3 +318,44 @@ def test_run_names_every_missing_weights_file_before_any_work(tmp_path, monkeypa
     assert line.startswith("teachers: resnet18-imagenet (pretrained, accuracy not measured), "
                            "mobilenetv2-imagenet (pretrained, accuracy not measured), convnet-w8-d1 ")
     assert line.endswith("%")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("teacher", "--dataset", "fashion-mnist-mini", "--lr", "inf", "--out", "{out}"), "lr must be a finite number, got inf"),
+    (("teacher", "--dataset", "fashion-mnist-mini", "--momentum", "nan", "--out", "{out}"), "momentum must be a finite number"),
+    (("teacher", "--dataset", "fashion-mnist-mini", "--momentum", "1.5", "--out", "{out}"), "momentum must be in [0, 1)"),
+    (("distill", "--dataset", "fashion-mnist-mini", "--teachers", "{out}.pt", "--ipc", "2", "--out", "{out}", "--r-bn",
+      "nan"), "r_bn must be a finite number"),
+    (("train", "{out}", "--temperature", "inf"), "temperature must be a finite number, got inf"),
+], ids=["teacher-lr-inf", "teacher-momentum-nan", "teacher-momentum-range", "distill-r-bn-nan", "train-temperature-inf"])
+def test_non_finite_numbers_refused_before_work(capsys, tmp_path, args, message):
+    """inf and nan learning rates, momenta and temperatures used to train a dead model and print
+    a table (exit 0): refused in one line naming the option, nothing written."""
+    out = tmp_path / "out"
+    status, _, err = _cli(capsys, *(a.format(out=out) for a in args))
+    assert status != 0 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_non_finite_number_in_a_yaml_config_refused(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: fashion-mnist-mini\nipc: [2]\nmethods: [random]\nstudent: {lr: .inf}\n"
+                      "teachers: [{model: convnet-w8-d2, epochs: 1}]\n"
+                      f"out: {tmp_path / 'out'}\n")
+    status, _, err = _cli(capsys, "run", config)
+    assert status != 0 and "lr must be a finite number, got inf" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("dataset: fashion-mnist-mini\nseeds: 0\nseeds: 1\n", "line 3, column 1: key 'seeds' given twice (first on line 2)"),
+    ("dataset: fashion-mnist-mini\nstudent: {lr: 1, lr: 2}\n", "key 'lr' given twice"),
+    ("dataset: [fashion-mnist-mini\nseeds: 1\n", "line 2, column 6: expected ',' or ']'"),
+    (b"\xff\xfe\x00binary", "is not a UTF-8 text file"),
+    ("dataset: a\x00b\n", "unacceptable character"),
+], ids=["duplicated-key", "duplicated-nested-key", "parse-error", "binary", "control-character"])
+def test_bad_yaml_config_is_one_line_naming_the_file(capsys, tmp_path, content, message):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(content if isinstance(content, bytes) else content.encode())
+    status, _, err = _cli(capsys, "run", config)
+    assert status == 2 and message in err and str(config) in err and len(err.strip().splitlines()) == 1, err

@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..data.transforms import RESIZED_CROP_SCALE
 
-from ..config import check_choice, check_int
+from ..config import check_choice, check_finite_numbers, check_int
 from ..choices import COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS, RECOVERY_METHODS
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
@@ -79,10 +79,7 @@ class RecoveryConfig:
         return cls(**values)
 
     def validate(self) -> None:
-        for name in ("lr", "eps", "r_bn", "first_bn_mult"):  # numbers first: the checks below compare them
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+        check_finite_numbers(self, ("lr", "eps", "r_bn", "first_bn_mult"))  # first: the checks below compare them
         for name in ("augmentation", "precision", "compile", "distributed"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
