@@ -170,7 +170,8 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
             "--group-size", "1", "--quiet"]  # K = 4 UFCs, one batch each
     _ok(*args, "--out", "reference", cwd=tmp_path)
     checkpoint = tmp_path / "killed.recovery.pt"
-    done = _sigkill_once_checkpointed([*args, "--out", "killed"], tmp_path, checkpoint)["ufc_index"].numel()
+    saved = _sigkill_once_checkpointed([*args, "--out", "killed"], tmp_path, checkpoint)
+    done = sum(len(entry["jobs"]) for entry in saved["results"])
     assert 1 <= done < 4
     refused = run_cli(*args, "--out", "killed", cwd=tmp_path)
     assert refused.returncode == 2 and "resume" in refused.stderr
@@ -201,7 +202,7 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
     assert not (tmp_path / "killed").exists()
     checkpoint = tmp_path / "killed.recovery.pt"
     saved = torch.load(checkpoint, weights_only=True)
-    assert saved["ufc_index"].numel() == 0  # the batch never finished: all that was saved is inside it
+    assert saved["results"] == []  # the batch never finished: all that was saved is inside it
     (partial,) = saved["partials"]
     assert partial["k"] == [0, 1, 2, 3] and partial["iteration"] == 70
     out = _ok(*killed, "--resume", cwd=tmp_path)  # (--quiet: the resume report is printed all the same)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,10 @@ from . import engine, plan
 from .config import RESULT_NEUTRAL, RecoveryConfig
 
 CHECKPOINT_FORMAT = "infer-fast-recovery"
-CHECKPOINT_VERSION = 2  # 2: the teachers' content digests are part of the run identity
+# 2: the teachers' content digests are part of the run identity; 3: the results of finished
+# batches in files of their own (recovery_results_dir), each written once
+CHECKPOINT_VERSION = 3
+RESULTS_FORMAT = "infer-fast-recovery-results"
 
 
 # Tests only (tests/test_cli.py), not a user option: with this set to N, the process SIGKILLs
@@ -37,8 +40,9 @@ class RecoveryDivergedError(RuntimeError):
 def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, "recovery checkpoint", CHECKPOINT_VERSION)
     if ckpt.get("format_version", 0) < CHECKPOINT_VERSION:
-        raise ValueError(f"recovery checkpoint {path!r} was written by an older infer-fast that did not record the "
-                         "teachers' weights, so it cannot be matched to this run: delete it to start over")
+        raise ValueError(f"recovery checkpoint {path!r} was written by an older infer-fast (format "
+                         f"{ckpt.get('format_version', 0)}, this one reads {CHECKPOINT_VERSION}): finish that run with "
+                         "that version, or delete it to start over")
     theirs = ckpt.get("run", {})
     for key, value in identity.items():
         if key == "teachers_sha256" and theirs.get(key) != value:
@@ -59,6 +63,32 @@ def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
             raise ValueError(f"recovery checkpoint {path!r} belongs to another run (different {what}{shown})")
     return ckpt
 
+
+
+def recovery_results_dir(checkpoint: Union[str, os.PathLike]) -> str:
+    """The folder beside a recovery's checkpoint that holds the results of its finished batches,
+    one file per batch written once (not the whole set of results rewritten after every
+    batch: 7.5 GB each time for SRe2L on ImageNet-1k at ipc 50); every rank's, of any world
+    size, and the checkpoints list which file holds which job."""
+    return os.fspath(checkpoint) + ".results"
+
+
+def _load_results(path: str, ckpt: Dict[str, Any], results_dir: str) -> Dict[Tuple[int, int], Tuple[Tensor, str]]:
+    """{(m, k): (result, its file's name)} of the jobs the checkpoint ``path`` lists."""
+    out: Dict[Tuple[int, int], Tuple[Tensor, str]] = {}
+    for entry in ckpt.get("results", []):
+        file = os.path.join(results_dir, entry["file"])
+        if not os.path.exists(file):
+            raise ValueError(f"recovery checkpoint {path!r} lists results in {file!r}, which is missing: delete the "
+                             f"checkpoint and {results_dir!r} to start over")
+        data = read_checkpoint(file, RESULTS_FORMAT, "recovery results file", CHECKPOINT_VERSION)
+        results = {(int(m), int(k)): r for (m, k), r in zip(data["jobs"], data["results"])}
+        for m, k in entry["jobs"]:
+            if (m, k) not in results:
+                raise ValueError(f"recovery checkpoint {path!r}: job m={m} k={k} is not in {file!r}; delete the "
+                                 f"checkpoint and {results_dir!r} to start over")
+            out[(m, k)] = (results[(m, k)], entry["file"])
+    return out
 
 
 def recovery_checkpoints(checkpoint: Union[str, os.PathLike]) -> List[str]:
@@ -107,10 +137,12 @@ def _run_jobs(
     method: str, jobs: List[Tuple[int, int]], teachers: List[nn.Module], natural_cpu: Optional[Tensor],
     num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
     identity: Dict[str, Any], checkpoint, resume: bool, progress: bool, backend: str,
+    keep: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Tuple[Dict[Tuple[int, int], Tensor], List[Dict[str, Any]], Optional[int]]:
     """Run the jobs (m, k) teacher by teacher, G at a time, checkpointing after every batch and,
     at the cadence of config.checkpoint_every / checkpoint_minutes, inside a batch.
-    Returns ({(m, k): result}, batch stats, last group size).
+    Returns ({(m, k): result}, batch stats, last group size). ``keep``: what is kept of a
+    job's float32 result, in memory and in the checkpoint (default: a copy of it).
 
     A checkpoint file (one per writer: the process, rank 0 in "chunks" mode, each rank's share
     in "jobs" mode) holds the finished jobs and "partials": the in-batch state of every
@@ -134,8 +166,10 @@ def _run_jobs(
     # never drops a job or a batch state that no other file has
     kept: Dict[Tuple[int, int], Tensor] = {}
     kept_stats: List[Dict[str, Any]] = []
+    result_files: Dict[Tuple[int, int], str] = {}  # job -> the file (in results_dir) that holds its result
     if checkpoint is not None:
         base = os.fspath(checkpoint)
+        results_dir = recovery_results_dir(base)
         found = recovery_checkpoints(base)
         distributed.barrier()  # every rank has looked before any writes its own (all see the same files)
         checkpoint = distributed.shard_path(base, rank, world if split_jobs else 1)
@@ -149,10 +183,10 @@ def _run_jobs(
         found_partials: List[Tuple[str, Dict[str, Any]]] = []
         for path in found:
             ckpt = _load_checkpoint(path, identity)
-            for m, k, u in zip(ckpt["ufc_teacher"].tolist(), ckpt["ufc_index"].tolist(), ckpt["ufc"]):
-                inherited[(m, k)] = u
+            for key, (u, file) in _load_results(path, ckpt, results_dir).items():
+                inherited[key], result_files[key] = u, file
                 if path == checkpoint:
-                    kept[(m, k)] = u
+                    kept[key] = u
             for batch in ckpt.get("stats", []):
                 inherited_stats[(batch["teacher"], tuple(batch["k"]))] = batch
             kept_stats += ckpt.get("stats", []) if path == checkpoint else []
@@ -185,9 +219,22 @@ def _run_jobs(
     remaining = [job for job in jobs if job not in inherited and job not in resumed_jobs]
     mine = remaining[rank::world] if split_jobs else remaining
 
+    def write_results(m: int, finished: Dict[int, Tensor]) -> None:
+        """A finished batch's results, in a file of their own (once)."""
+        name = f"{os.path.basename(checkpoint)}.m{m}-k{min(finished)}-n{len(finished)}.pt"
+        os.makedirs(results_dir, exist_ok=True)
+        save_atomic({"format": RESULTS_FORMAT, "format_version": CHECKPOINT_VERSION,
+                     "jobs": [[m, k] for k in finished], "results": list(finished.values())},
+                    os.path.join(results_dir, name))
+        for k in finished:
+            result_files[(m, k)] = name
+
     def write_checkpoint(group_size: Optional[int]) -> None:
-        results = {**kept, **done}
-        keys = sorted(results)
+        """The index of the run (which results file holds each job recovered so far), the
+        stats of the finished batches and the state of the batches in progress."""
+        files: Dict[str, List[List[int]]] = {}
+        for m, k in sorted({**kept, **done}):
+            files.setdefault(result_files[(m, k)], []).append([m, k])
         batches = {(b["teacher"], tuple(b["k"])): b for b in kept_stats + stats}
         save_atomic(
             {
@@ -196,11 +243,7 @@ def _run_jobs(
                 "run": identity,
                 "config": config.to_dict(),
                 "group_size": group_size,
-                # one tensor per job, not one stacked tensor: no second copy of every result in
-                # memory while the file is written (30 GB for SRe2L on ImageNet-1k at ipc 50)
-                "ufc": [results[key] for key in keys],
-                "ufc_teacher": torch.tensor([m for m, _ in keys], dtype=torch.int64),
-                "ufc_index": torch.tensor([k for _, k in keys], dtype=torch.int64),
+                "results": [{"file": file, "jobs": jobs} for file, jobs in files.items()],
                 "stats": list(batches.values()),
                 "partials": [pending[key] for key in sorted(pending)],
             },
@@ -252,9 +295,11 @@ def _run_jobs(
                         desc, chunk_size, on_checkpoint=save_partial if in_batch_checkpoints else None,
                         resume_from=state,
                     )
-                    for k, r in zip(ks, result):
-                        if k not in batch_stats["failed"]:
-                            done[(m, k)] = r.clone()
+                    finished = {k: r.clone() if keep is None else keep(r)
+                                for k, r in zip(ks, result) if k not in batch_stats["failed"]}
+                    done.update({(m, k): r for k, r in finished.items()})
+                    if checkpoint is not None and writer and finished:
+                        write_results(m, finished)
                     failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
                     stats.append(batch_stats)
                     del result
@@ -380,9 +425,11 @@ def recover_sre2l(
     Images are optimized in groups of C (one per class, labels 0..C-1) with BN statistics
     per group, like one SRe2L batch; group j uses teacher j mod M (with one teacher this is
     SRe2L exactly). Default config: ``RecoveryConfig.sre2l()`` (r_bn 0.01). Returns
-    ``images`` float32 (ipc*C, ch, H, W), normalized and clamped to the valid range, group-major
-    (row j*C + c has class c; ``distill_sre2l`` stores them as uint8 pixels), ``labels``
-    int64, ``teacher`` int64 per image, ``stats``, ``group_size``. Checkpoint/resume as :func:`recover_ufcs`."""
+    ``pixels`` uint8 (ipc*C, ch, H, W): the recovered images (clamped to the valid range)
+    quantized, round(clamp(x * std + mean, 0, 1) * 255), group-major (row j*C + c has class c),
+    ``labels`` int64, ``teacher`` int64 per image, ``stats``, ``group_size``. Each group is
+    quantized as it finishes: memory and checkpoints hold a quarter of float32 images (7.5 GB
+    instead of 30 for ImageNet-1k at ipc 50). Checkpoint/resume as :func:`recover_ufcs`."""
     config = RecoveryConfig.sre2l() if config is None else config
     for name, value in (("ipc", ipc), ("num_classes", num_classes)):
         check_int(name, value)
@@ -393,6 +440,7 @@ def recover_sre2l(
     M = len(teachers)
     identity = {
         "method": "sre2l",
+        "results": "uint8 pixels",  # (float32 images before: such a checkpoint is another run's)
         "ipc": int(ipc),
         "M": int(M),
         "shape": [int(num_classes), *image_shape],
@@ -401,16 +449,18 @@ def recover_sre2l(
         "std": [float(v) for v in std],
         "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
     }
+    from ..data.pixels import quantize_images
+
     jobs = [(j % M, j) for j in range(ipc)]
     done, stats, group_size = _run_jobs(
         "sre2l", jobs, teachers, None, num_classes, image_shape, mean, std, config, identity,
-        checkpoint, resume, progress, backend,
+        checkpoint, resume, progress, backend, keep=lambda images: quantize_images(images, mean, std),
     )
-    images = torch.empty((ipc * num_classes, *image_shape), dtype=torch.float32)
+    pixels = torch.empty((ipc * num_classes, *image_shape), dtype=torch.uint8)
     for j, key in enumerate(jobs):  # group by group, each freed once copied: no second copy of the set
-        images[j * num_classes:(j + 1) * num_classes] = done.pop(key)
+        pixels[j * num_classes:(j + 1) * num_classes] = done.pop(key)
     return {
-        "images": images,
+        "pixels": pixels,
         "labels": torch.arange(num_classes, dtype=torch.int64).repeat(ipc),
         "teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64).repeat_interleave(num_classes),
         "stats": stats,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -15,7 +16,7 @@ from .._io import check_writable
 from ..choices import SELECTIONS
 from ..config import check_int
 from .config import RecoveryConfig
-from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints
+from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints, recovery_results_dir
 from .natural import infer_budget, select_natural_sets
 
 
@@ -53,7 +54,9 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
 
 def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:
     """Where the recovery of the set ``out_dir`` checkpoints: ``<out_dir>.recovery.pt`` beside
-    it (and, under torchrun, each rank's share beside that: see ``recovery_checkpoints``)."""
+    it (and, under torchrun, each rank's share beside that: see ``recovery_checkpoints``), the
+    results of its finished batches in ``<out_dir>.recovery.pt.results/``; all removed once the
+    set is saved."""
     out_dir = Path(out_dir)
     return out_dir.with_name(out_dir.name + ".recovery.pt")
 
@@ -71,13 +74,13 @@ def _check_output(out_dir) -> Path:
 
 
 def _check_space(out_dir: Path, set_bytes: int, result_bytes: int, partial_bytes: Optional[int] = None) -> None:
-    """Before the recovery: room for its peak on disk. The recovery checkpoint holds the
-    results so far (up to ``result_bytes``) and, with checkpoints inside a batch, the state of
-    every batch in progress beyond its results (``partial_bytes`` in all; None: up to 3x
-    ``result_bytes``); while it is replaced atomically the old file and the new one are both
-    there. The set is written while the last checkpoint (every result) is still there."""
+    """Before the recovery: room for its peak on disk. The results of finished batches are
+    written once each (up to ``result_bytes`` in all, recovery_results_dir); with checkpoints
+    inside a batch the checkpoint holds the state of every batch in progress (``partial_bytes``
+    in all; None: up to 3x ``result_bytes``), and while it is replaced atomically the old file
+    and the new one are both there. The set is written while every result is still there."""
     partial_bytes = 3 * result_bytes if partial_bytes is None else partial_bytes
-    need = max(2 * (result_bytes + partial_bytes), result_bytes + set_bytes)
+    need = max(result_bytes + 2 * partial_bytes, result_bytes + set_bytes)
     check_writable(out_dir, "output directory", kind="directory", need_bytes=need)
 
 
@@ -102,17 +105,6 @@ def _sre2l_partial_bytes(config: RecoveryConfig, ipc: int, num_classes: int, ima
     return 2 * groups * num_classes * image_bytes * writers
 
 
-def _quantized(images: Tensor, mean: Sequence[float], std: Sequence[float], rows: int = 1024) -> Tensor:
-    """uint8 pixels of normalized float ``images`` (quantize_images), a few rows at a time so
-    that an ImageNet-size set needs no float temporaries of its own size."""
-    from ..data.pixels import quantize_images
-
-    out = torch.empty(images.shape, dtype=torch.uint8)
-    for start in range(0, images.shape[0], rows):
-        out[start:start + rows] = quantize_images(images[start:start + rows], mean, std)
-    return out
-
-
 def _save_and_clean(ds, out_dir: Path, checkpoint: Path, progress: bool = False) -> Path:
     """Rank 0 writes the set (validated once, each file hashed once as it is written; with
     ``progress`` saying where and how large), then removes the run's recovery checkpoints
@@ -126,6 +118,7 @@ def _save_and_clean(ds, out_dir: Path, checkpoint: Path, progress: bool = False)
     if rank == 0:
         for path in recovery_checkpoints(checkpoint):
             Path(path).unlink(missing_ok=True)
+        shutil.rmtree(recovery_results_dir(checkpoint), ignore_errors=True)
     distributed.barrier()
     return out_dir
 
@@ -202,13 +195,13 @@ def distill_sre2l(
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
     n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
-    _check_space(out_dir, n * (image_elements + 8), n * image_elements * 4,  # uint8 + int64 labels; float32 results
+    _check_space(out_dir, n * (image_elements + 8), n * image_elements,  # uint8 + int64 labels; uint8 results
                  _sre2l_partial_bytes(config, ipc, spec.num_classes, image_elements * 4, teachers))
     result = recover_sre2l(
         ipc, spec.num_classes, train.image_shape, teachers, spec.mean, spec.std, config,
         checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
     )
-    pixels = _quantized(result.pop("images"), spec.mean, spec.std)
+    pixels = result.pop("pixels")
     hyper = config.to_dict()
     hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
                  init="Gaussian noise N(0, 1) in normalized space",
