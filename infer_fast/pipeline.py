@@ -43,6 +43,7 @@ from ._io import check_input_file, check_writable, save_json_atomic
 from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
+from .output_lock import output_lock
 from .results import (EXTERNAL_PREFIX, METHOD_LABELS, format_table, load_results, markdown_report, method_label,
                       summarize)
 from .run_config import PipelineConfig, build_config, load_pipeline_config
@@ -213,11 +214,34 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     # before any work (the run directory, the test split): the machine has the weights. Not
     # in validate: a config loads on a machine without them (another node, a login host).
     _check_pretrained_weights(cfg)
+    _check_inputs(cfg)
     ranks = distributed.Ranks()
+    out = Path(cfg.out)
+    created = not out.exists()
     try:
-        return _run(cfg, progress and ranks.rank == 0, ranks)
+        with output_lock(out, "run directory") if ranks.rank == 0 else contextlib.nullcontext():
+            return _run(cfg, progress and ranks.rank == 0, ranks)
+    except BaseException:
+        if created and ranks.rank == 0 and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused before anything was written in it: no empty run directory left
+        raise
     finally:
         ranks.close()
+
+
+def _check_inputs(cfg: PipelineConfig) -> None:
+    """Before any work: every teacher checkpoint given by path is a readable file, and every
+    external set loads (manifest, files, digests) with soft labels (a run used to write its own
+    sets first and stop at a corrupt external one)."""
+    from .storage import load_distilled
+
+    for i, entry in enumerate(cfg.teachers):
+        if "path" in entry:
+            check_input_file(str(entry["path"]), f"teachers[{i}]: teacher checkpoint")
+    for directory in cfg.external.values():
+        if not load_distilled(directory).has_soft_labels:  # (another's set: not rewritten here)
+            raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
+                             "run `infer-fast relabel` on it first")
 
 
 def _describe_teacher(meta: Dict[str, Any]) -> str:
@@ -292,9 +316,6 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         if step == "measure" and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:  # INFER's own set
             seconds = results["sets"][f"infer/ipc{ipc}"]["distill_seconds"]
         ds = load_distilled(directory)
-        if method.startswith(EXTERNAL_PREFIX) and not ds.has_soft_labels:  # (another's set: not rewritten here)
-            raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
-                             "run `infer-fast relabel` on it first")
         if method != "infer_dyn" and not ds.has_soft_labels:
             _next_step(meter, f"relabel {key}")
             relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)

@@ -67,6 +67,7 @@ from .teacher import evaluate, load_teacher, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES
 from .config import check_choice, check_finite_numbers, check_positive_ints
+from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 
 __all__ = [
@@ -128,6 +129,7 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
     return distilled
 
 
+@holds_output("directory", "distilled set")
 def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cpu", batch_size: int = 256,
                       progress: bool = False) -> DistilledSet:
     """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save

@@ -63,12 +63,28 @@ def _grey_classes(root, classes=10, size=28):
     (lambda r: (r / "zebra").mkdir(), r"zebra: not a class of this dataset"),
     (lambda r: [p.unlink() for p in (r / "2").iterdir()], r"2: no images"),
     (lambda r: (r / "007").mkdir() or _png(r / "007" / "x.png", np.zeros((28, 28), dtype=np.uint8)), r"are both class 7"),
+    (lambda r: (r / "5" / "loop.png").symlink_to(r / "5" / "loop.png"), r"5/loop.png: a symbolic link that leads nowhere"),
+    (lambda r: (r / "6" / "gone.png").symlink_to(r / "nowhere.png"), r"6/gone.png: a symbolic link that leads nowhere"),
 ])
 def test_bad_folders_are_named(tmp_path, damage, match):
     _grey_classes(tmp_path)
     damage(tmp_path)
     with pytest.raises(DistilledSetError, match=match):
         import_imagefolder(tmp_path, "fashion-mnist-mini")
+
+
+def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    """A 16-bit grayscale PNG (Pillow: I;16 / I) gives round(v / 257), the 8-bit level of the
+    same brightness; Pillow's own conversion clips every level above 255 to 255."""
+    _grey_classes(tmp_path)
+    levels = np.arange(28 * 28, dtype=np.int64).reshape(28, 28) * 65535 // (28 * 28 - 1)
+    Image.fromarray(levels.astype(np.uint16)).save(tmp_path / "1" / "wide.png")
+    with Image.open(tmp_path / "1" / "wide.png") as im:
+        assert im.mode in ("I;16", "I;16B", "I")  # (what Pillow reads back)
+    ds = import_imagefolder(tmp_path, "fashion-mnist-mini")
+    wide = ds.images[ds.labels == 1][1, 0]  # (files sorted by name: 0.png, wide.png)
+    expected = torch.from_numpy(np.floor(levels / 257 + 0.5).astype(np.uint8))
+    assert torch.equal(wide, expected) and int(wide.max()) == 255 and int((wide == 255).sum()) <= 2
 
 
 def test_soft_labels_of_the_wrong_shape_are_refused(tmp_path):

@@ -15,6 +15,7 @@ from .. import distributed
 from .._io import check_writable
 from ..choices import SELECTIONS
 from ..config import check_int
+from ..output_lock import holds_output
 from .config import RecoveryConfig
 from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints, recovery_results_dir
 from .natural import infer_budget, select_natural_sets
@@ -123,6 +124,7 @@ def _save_and_clean(ds, out_dir: Path, checkpoint: Path, progress: bool = False)
     return out_dir
 
 
+@holds_output("out_dir")
 def distill_infer(
     dataset: str,
     teacher_paths: Sequence[Union[str, os.PathLike]],
@@ -171,6 +173,7 @@ def distill_infer(
     return _save_and_clean(ds, out_dir, checkpoint)
 
 
+@holds_output("out_dir")
 def distill_sre2l(
     dataset: str,
     teacher_paths: Sequence[Union[str, os.PathLike]],
@@ -236,6 +239,7 @@ def random_set(train, ipc: int, seed: int = 0, progress: bool = False):
     )
 
 
+@holds_output("out_dir")
 def distill_random(
     dataset: str,
     ipc: int,

@@ -54,6 +54,18 @@ def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[
     return sorted(mapped)
 
 
+# Pillow's modes of grayscale images wider than 8 bits (16-bit PNGs open as I;16 or I)
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _gray16_to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+    """16-bit gray levels 0..65535 -> 0..255, round(v / 257) (65535 / 255 = 257 exactly)."""
+    array = array.astype(np.int64)
+    if array.min() < 0 or array.max() > 65535:
+        raise DistilledSetError(f"{path}: gray levels beyond 16 bits ({array.min()}..{array.max()})")
+    return ((array * 2 + 257) // 514).astype(np.uint8)
+
+
 def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
@@ -63,9 +75,12 @@ def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
                 raise DistilledSetError(f"{path}: {im.size[0]}x{im.size[1]} pixels, the dataset's images are "
                                         f"{size[1]}x{size[0]} (import does not resize)")
             mode = "L" if channels == 1 else "RGB"
-            if channels == 1 and im.mode not in ("L", "1", "P", "I;16", "I"):
+            if channels == 1 and im.mode not in ("L", "1", "P") + WIDE_GRAY_MODES:
                 raise DistilledSetError(f"{path}: a {im.mode} image, the dataset's images have 1 channel")
-            array = np.array(im.convert(mode), dtype=np.uint8)
+            if im.mode in WIDE_GRAY_MODES:  # 16-bit gray: scaled to 8 bits (Pillow's convert would clip at 255)
+                array = _gray16_to_uint8(np.array(im), path)
+            else:
+                array = np.array(im.convert(mode), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DistilledSetError(f"{path}: cannot read the image ({exc})") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
@@ -133,7 +148,11 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
     size = (spec.image_size, spec.image_size)
     images, labels, checksums, counts = [], [], {}, []
     for label, folder in _class_folders(root, spec.num_classes, spec.class_names):
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        named = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        for p in named:
+            if p.is_symlink() and not p.exists():  # (is_file is False for these: they were skipped silently)
+                raise DistilledSetError(f"{p}: a symbolic link that leads nowhere (broken, or a loop)")
+        files = sorted(p for p in named if p.is_file())
         if not files:
             raise DistilledSetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         for path in files:

@@ -1,0 +1,106 @@
+"""One writer per output: a distill, a relabel or a run holds an exclusive lock on its output
+(a set directory, a run directory) for its whole duration, so a second one started on the same
+output is refused at once, naming it and the process that holds it, instead of both writing
+the same recovery checkpoint and set. Holding the lock, whatever an earlier writer killed
+mid-save left beside the output (temporary siblings of an atomic write) is stale: removed.
+
+The lock is ``flock`` on a hidden sibling file ``.<name>.lock`` (released by the kernel when the
+holder dies, so a kill never leaves the output locked), removed when the holder is done."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import glob
+import inspect
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator, List, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+class OutputInUseError(ValueError):
+    """Another process is writing the same output (the user's to resolve: wait, or choose another)."""
+
+
+def lock_path(output: PathLike) -> Path:
+    output = Path(output).absolute()
+    return output.parent / f".{output.name}.lock"
+
+
+def stale_leftovers(output: PathLike) -> List[str]:
+    """What writers of ``output`` killed mid-save leave: the temporary and the replaced copies
+    of a set saved atomically (``.<name>.tmp-*``, ``.<name>.old-*``), the temporary files of its
+    recovery checkpoints and of the files inside a run directory."""
+    output = Path(output).absolute()
+    parent, name = glob.escape(str(output.parent)), glob.escape(output.name)
+    patterns = [f"{parent}/.{name}.tmp-*", f"{parent}/.{name}.old-*", f"{parent}/.{name}.recovery.pt*.tmp-*",
+                f"{parent}/{name}.recovery.pt.results/.*.tmp-*"]
+    if output.is_dir() and not output.is_symlink():
+        patterns.append(f"{glob.escape(str(output))}/.*.tmp-*")
+    return sorted({p for pattern in patterns for p in glob.glob(pattern)})
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def output_lock(output: PathLike, what: str = "output") -> Iterator[None]:
+    """Hold the lock of ``output`` (which need not exist yet) until the block ends; refuse with
+    OutputInUseError if another process holds it. Removes the stale leftovers once held."""
+    path = lock_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputInUseError(f"{what} {output} is being written by {holder}: wait for it to finish, or choose "
+                                   "another output") from None
+        try:  # the file we locked may have been removed by the holder we waited behind: lock the current one
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+        for leftover in stale_leftovers(output):
+            _remove(leftover)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)  # (closing releases the flock)
+
+
+def holds_output(parameter: str, what: str = "output directory") -> Callable:
+    """Decorator: the function runs holding the lock of its argument ``parameter`` (rank 0 of
+    a torchrun job only: the ranks of one job share their output)."""
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            from .distributed import rank_and_world
+
+            output = signature.bind(*args, **kwargs).arguments[parameter]
+            if rank_and_world()[0] != 0:
+                return function(*args, **kwargs)
+            with output_lock(output, what):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,102 @@
+"""One writer per output (issue 20 point 2): a second distill, relabel or run on an output in
+use is refused at start by name; leftovers of writers killed mid-save are removed by the next
+one; a run refused before work leaves no directory behind."""
+import os
+
+import pytest
+import torch
+
+from infer_fast.output_lock import OutputInUseError, lock_path, output_lock, stale_leftovers
+
+DATASET = "fashion-mnist-mini"
+
+
+def _cli(capsys, *args):
+    from infer_fast.cli import main
+
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_second_writer_refused_naming_the_output_and_the_holder(tmp_path):
+    out = tmp_path / "set"
+    with output_lock(out, "output directory"):
+        assert lock_path(out).exists() and lock_path(out).name == ".set.lock"
+        with pytest.raises(OutputInUseError, match=rf"output directory {out} is being written by process {os.getpid()}"):
+            with output_lock(out, "output directory"):
+                pass
+    assert not lock_path(out).exists()  # released and removed
+    with output_lock(out):  # free again
+        pass
+
+
+def test_lock_left_by_a_killed_holder_does_not_block(tmp_path):
+    """A SIGKILLed holder leaves its lock file, but the kernel released the flock with the
+    process: the next writer goes on (and removes the file when done)."""
+    out = tmp_path / "set"
+    lock_path(out).write_text("process 999999")
+    with output_lock(out):
+        assert lock_path(out).read_text() == f"process {os.getpid()}"
+    assert not lock_path(out).exists()
+
+
+def test_concurrent_distill_refused_before_any_work(capsys, tmp_path):
+    out = tmp_path / "fm"
+    with output_lock(out, "output directory"):
+        status, _, err = _cli(capsys, "distill", "--dataset", DATASET, "--method", "random", "--ipc", "2", "--out", out)
+    assert status == 2 and f"output directory {out} is being written by process" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == []  # no set, no checkpoint, no lock file
+
+
+def test_leftovers_of_a_killed_save_are_removed_by_the_next_writer(capsys, tmp_path):
+    """What a SIGKILL during a set's save (or a checkpoint's) leaves beside the output is
+    removed when the next writer of that output starts; other outputs' files are not touched."""
+    out = tmp_path / "fm"
+    leftovers = [tmp_path / ".fm.tmp-0123456789ab", tmp_path / ".fm.old-0123456789ab",
+                 tmp_path / ".fm.recovery.pt.tmp-4242"]
+    leftovers[0].mkdir()
+    (leftovers[0] / "images.safetensors").write_bytes(b"partial")
+    leftovers[1].mkdir()
+    leftovers[2].write_bytes(b"partial")
+    others = [tmp_path / ".fm2.tmp-0123456789ab", tmp_path / "fm.notes"]
+    others[0].mkdir()
+    others[1].write_text("mine")
+    assert stale_leftovers(out) == sorted(str(p) for p in leftovers)
+    status, _, err = _cli(capsys, "distill", "--dataset", DATASET, "--method", "random", "--ipc", "2", "--out", out)
+    assert status == 0, err
+    assert sorted(os.listdir(tmp_path)) == sorted(["fm", ".fm2.tmp-0123456789ab", "fm.notes"])
+
+
+def test_relabel_holds_the_set(capsys, tmp_path):
+    from infer_fast.distill import distill_random
+    from infer_fast.storage import load_distilled
+
+    distill_random(DATASET, 2, tmp_path / "set", seed=0)
+    before = load_distilled(tmp_path / "set")
+    with output_lock(tmp_path / "set", "distilled set"):
+        status, _, err = _cli(capsys, "relabel", tmp_path / "set", "--teachers", tmp_path / "t.pt")
+    assert status == 2 and f"distilled set {tmp_path / 'set'} is being written by process" in err
+    assert torch.equal(load_distilled(tmp_path / "set").images, before.images)
+
+
+def test_run_refused_before_work_leaves_no_directory(capsys, tmp_path):
+    """A missing teacher checkpoint or a corrupt external set is refused before the run
+    directory is made or any set is written."""
+    from infer_fast.distill import distill_random
+
+    base = f"dataset: {DATASET}\nipc: [2]\nmethods: [random]\nstudent: {{epochs: 1}}\ndevice: cpu\n"
+    config = tmp_path / "missing.yaml"
+    config.write_text(base + f"out: {tmp_path / 'run1'}\nteachers: [{{path: {tmp_path / 'nowhere.pt'}}}]\n")
+    status, _, err = _cli(capsys, "run", config)
+    assert status == 2 and "nowhere.pt" in err and not (tmp_path / "run1").exists()
+
+    distill_random(DATASET, 2, tmp_path / "theirs", seed=0)
+    (tmp_path / "theirs" / "images.safetensors").write_bytes(b"corrupt")
+    config = tmp_path / "external.yaml"
+    config.write_text(base + f"out: {tmp_path / 'run2'}\nteachers: [{{model: convnet-w8-d2, epochs: 1}}]\n"
+                      f"external: {{Theirs: {tmp_path / 'theirs'}}}\n")
+    status, _, err = _cli(capsys, "run", config)
+    assert status == 2 and "images.safetensors" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run2").exists()
