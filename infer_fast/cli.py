@@ -178,6 +178,10 @@ def _teacher_list(value) -> List[str]:
     return _paths(value) if isinstance(value, str) else [str(p) for p in (value or [])]
 
 
+# what --method random takes (the rest are the recovery's and the teachers')
+RANDOM_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method")
+
+
 def cmd_distill(args: argparse.Namespace) -> None:
     from .config import merge
     from .distill import distill_infer, distill_random, distill_sre2l, recovery_config
@@ -193,6 +197,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
         raise UserError(f"--method must be one of {', '.join(DISTILL_METHODS)}, got {method!r}")
     common = dict(data_root=options.get("data_root"))
     if method == "random":
+        ignored = sorted(f"--{k.replace('_', '-')}" for k in options if k not in RANDOM_OPTIONS) + ["--resume"] * args.resume
+        if ignored:  # (silently ignored before: a user would think they took effect)
+            raise UserError(f"{', '.join(ignored)} do not apply to --method random (ipc real images per class: no "
+                            "teachers, no recovery)")
         if rank != 0:
             return  # nothing to split: rank 0 picks the images
         path = distill_random(options["dataset"], options["ipc"], options["out"], seed=options.get("seed", 0), **common)
@@ -244,6 +252,9 @@ def cmd_train(args: argparse.Namespace) -> None:
               if getattr(args, k) is not None}
     recipe = StudentConfig.imagenet if args.recipe == "imagenet" else StudentConfig.cifar
     config = recipe(dynamic=args.dynamic, device=args.device, **fields)  # (the options checked before any loading)
+    if args.teachers and not args.dynamic:
+        raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
+                        "a set's static soft labels come from `infer-fast relabel`")
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,

@@ -4,8 +4,9 @@ output is refused at once, naming it and the process that holds it, instead of b
 the same recovery checkpoint and set. Holding the lock, whatever an earlier writer killed
 mid-save left beside the output (temporary siblings of an atomic write) is stale: removed.
 
-The lock is ``flock`` on a hidden sibling file ``.<name>.lock`` (released by the kernel when the
-holder dies, so a kill never leaves the output locked), removed when the holder is done."""
+The lock is ``flock`` on a hidden sibling file ``.<name>.lock`` (in a run directory: ``.lock``),
+released by the kernel when the holder dies, so a kill never leaves the output locked, and
+removed when the holder is done."""
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,11 @@ class OutputInUseError(ValueError):
     """Another process is writing the same output (the user's to resolve: wait, or choose another)."""
 
 
-def lock_path(output: PathLike) -> Path:
+def lock_path(output: PathLike, inside: bool = False) -> Path:
+    """``.<name>.lock`` beside ``output``, or ``.lock`` in it with ``inside`` (a run directory,
+    which may sit in a folder the user cannot write)."""
     output = Path(output).absolute()
-    return output.parent / f".{output.name}.lock"
+    return output / ".lock" if inside else output.parent / f".{output.name}.lock"
 
 
 def stale_leftovers(output: PathLike) -> List[str]:
@@ -52,10 +55,14 @@ def _remove(path: str) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(output: PathLike, what: str = "output") -> Iterator[None]:
-    """Hold the lock of ``output`` (which need not exist yet) until the block ends; refuse with
-    OutputInUseError if another process holds it. Removes the stale leftovers once held."""
-    path = lock_path(output)
+def output_lock(output: PathLike, what: str = "output", inside: bool = False) -> Iterator[None]:
+    """Hold the lock of ``output`` (which need not exist yet; with ``inside`` a directory made
+    if needed, the lock file in it) until the block ends; refuse with OutputInUseError if
+    another process holds it. Removes the stale leftovers once held."""
+    from ._io import check_writable
+
+    check_writable(output, what, kind="inside" if inside else "directory")  # (a file in the way is named)
+    path = lock_path(output, inside)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -214,12 +214,13 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     # before any work (the run directory, the test split): the machine has the weights. Not
     # in validate: a config loads on a machine without them (another node, a login host).
     _check_pretrained_weights(cfg)
+    check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
     _check_inputs(cfg)
     ranks = distributed.Ranks()
     out = Path(cfg.out)
     created = not out.exists()
     try:
-        with output_lock(out, "run directory") if ranks.rank == 0 else contextlib.nullcontext():
+        with output_lock(out, "run directory", inside=True) if ranks.rank == 0 else contextlib.nullcontext():
             return _run(cfg, progress and ranks.rank == 0, ranks)
     except BaseException:
         if created and ranks.rank == 0 and out.is_dir() and not any(out.iterdir()):

@@ -338,6 +338,21 @@ def test_non_finite_numbers_refused_before_work(capsys, tmp_path, args, message)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (("distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", "{out}", "--teachers",
+      "t.pt", "--iterations", "5"), "--iterations, --teachers do not apply to --method random"),
+    (("distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", "{out}", "--resume"),
+     "--resume do not apply to --method random"),
+    (("train", "{out}", "--teachers", "t.pt"), "--teachers applies with --dynamic"),
+], ids=["random-teachers-iterations", "random-resume", "train-teachers-without-dynamic"])
+def test_options_that_do_not_apply_are_refused(capsys, tmp_path, args, message):
+    """Options the command would ignore are refused by name (a user would think they took effect)."""
+    out = tmp_path / "out"
+    status, _, err = _cli(capsys, *(a.format(out=out) for a in args))
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_non_finite_number_in_a_yaml_config_refused(capsys, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("dataset: fashion-mnist-mini\nipc: [2]\nmethods: [random]\nstudent: {lr: .inf}\n"

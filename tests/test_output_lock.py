@@ -100,3 +100,17 @@ def test_run_refused_before_work_leaves_no_directory(capsys, tmp_path):
     status, _, err = _cli(capsys, "run", config)
     assert status == 2 and "images.safetensors" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run2").exists()
+
+
+def test_concurrent_run_refused(capsys, tmp_path):
+    """A run directory's lock lives inside it (it may sit in a folder the user cannot write)."""
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"dataset: {DATASET}\nipc: [2]\nmethods: [random]\nstudent: {{epochs: 1}}\ndevice: cpu\n"
+                      f"out: {out}\nteachers: [{{model: convnet-w8-d2, epochs: 1}}]\n")
+    with output_lock(out, "run directory", inside=True):
+        assert lock_path(out, inside=True) == out / ".lock" and (out / ".lock").exists()
+        status, _, err = _cli(capsys, "run", config)
+        assert status == 2 and f"run directory {out} is being written by process" in err
+        assert os.listdir(out) == [".lock"]  # nothing else written
+    assert os.listdir(out) == []
