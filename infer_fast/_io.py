@@ -1,14 +1,17 @@
 """Small file helpers shared by the long-running jobs."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import tempfile
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+import warnings
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor
@@ -118,27 +121,59 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+@contextlib.contextmanager
+def naming_errors(path: PathLike, temporary: Optional[PathLike] = None) -> Iterator[None]:
+    """Inside, an OSError that names no file (a write, flush or fsync that failed: a full
+    disk, an I/O error) names ``path``, and one naming ``temporary`` (where ``path`` is
+    written before it is renamed into place) or a file in it names the same place under
+    ``path``: the output the user asked for, not a temporary name gone by the time they read
+    the message."""
+    try:
+        yield
+    except OutputPathError:
+        raise
+    except OSError as exc:
+        shown = _output_name(exc, os.fspath(path), temporary and os.fspath(temporary))
+        if shown is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), shown) from None
+
+
+def _output_name(exc: OSError, path: str, temporary: Optional[str]) -> Optional[str]:
+    """The name ``naming_errors`` gives ``exc``, or None to leave it as it is."""
+    if exc.errno is None or exc.filename2 is not None:
+        return None
+    if exc.filename is None:
+        return path
+    name = os.fspath(exc.filename)
+    if temporary and (name == temporary or name.startswith(temporary + os.sep)):
+        return path + name[len(temporary):]
+    return None
+
+
 def write_atomically(path: PathLike, write: Callable[[str], None], fsync: bool = True) -> None:
     """``write`` a file next to the target, then rename it into place: a reader or a crash
     never sees a half-written file under ``path`` (the previous version stays until the
-    rename), and a failed write (disk full...) removes its temporary file. ``fsync``: the
-    data reaches the disk before the rename (checkpoints; not needed for a picture)."""
+    rename), and a failed write (disk full...) removes its temporary file and names ``path``
+    (naming_errors). ``fsync``: the data reaches the disk before the rename (checkpoints; not
+    needed for a picture)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    with naming_errors(path, temporary=tmp):
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            write(tmp)
+            if fsync:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
 
 def save_atomic(obj: Any, path: str) -> None:
@@ -197,12 +232,39 @@ def read_checkpoint(path: str, format_name: str, what: str, version: int = 1) ->
         head = f.read(4)
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch.save's zip format nor a legacy pickle
         raise ValueError(f"{what} {path!r} is not a PyTorch checkpoint (a torch.save file); is it the right file?")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{what} {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    obj = load_weights_only(path, what)
     if not isinstance(obj, dict) or obj.get("format") != format_name:
         raise ValueError(f"{path!r} is not an infer-fast {what}")
     if obj.get("format_version", 0) > version:
         raise ValueError(f"{path!r} was written by a newer infer-fast (format {obj['format_version']}); upgrade infer-fast")
     return obj
+
+
+def load_weights_only(path: PathLike, what: str) -> Any:
+    """torch.load(weights_only=True) of ``path`` onto the CPU. A file it refuses (a pickle of
+    other Python objects than tensors and plain containers: never unpickled here) or cannot
+    read is a ValueError in one line naming ``what`` and the path (torch's own message runs
+    over many lines)."""
+    try:
+        with warnings.catch_warnings():  # a pickle of another protocol: refused below, or read (nothing to warn about)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{what} {os.fspath(path)!r}: not a weights-only checkpoint ({_unpickler_reason(exc)}); "
+                         "infer-fast reads tensors and plain containers only") from None
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{what} {os.fspath(path)!r} cannot be read ({type(exc).__name__}"
+                         f"{': ' + detail if detail else ''})") from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that says what it met (e.g. "Unsupported
+    global: GLOBAL argparse.Namespace was not an allowed global by default"), else its first
+    line."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first.split(". Please use", 1)[0].rstrip(".")

@@ -34,8 +34,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     overrides = {"out": args.out, "seeds": args.seeds, "device": args.device, "data_root": args.data_root}
     if args.teachers:
         overrides["teachers"] = [{"path": p} for p in _paths(args.teachers)]
-    if args.ipc:
-        overrides["ipc"] = [int(v) for v in _paths(args.ipc)]
+    if args.ipc is not None:
+        overrides["ipc"] = _positive_ints("--ipc", args.ipc)
     if args.methods:
         overrides["methods"] = _paths(args.methods)
     results = run_pipeline(load_pipeline_config(args.config, **overrides), progress=not args.quiet)
@@ -167,6 +167,15 @@ def _paths(value: Optional[str]) -> List[str]:
     return [p for p in (value or "").split(",") if p]
 
 
+def _positive_ints(option: str, value: str) -> List[int]:
+    """The comma-separated positive integers of ``option``'s ``value`` ("10,50"), or a
+    UserError naming the option and the value."""
+    items = [v.strip() for v in value.split(",")]
+    if not all(v.isascii() and v.isdigit() and int(v) > 0 for v in items):
+        raise UserError(f"{option} takes comma-separated positive integers (e.g. 10,50), got {value!r}")
+    return [int(v) for v in items]
+
+
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
     "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "cuda_graphs", "distributed", "device",
@@ -243,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .data import load_test_split
     from .storage import load_distilled
     from .student import StudentConfig, evaluate_seeds
-    from .teacher import load_teacher
+    from .teacher import load_teachers_for_set
 
     from .distributed import init_from_env
 
@@ -257,9 +266,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                         "a set's static soft labels come from `infer-fast relabel`")
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
+    teachers = load_teachers_for_set(_paths(args.teachers), ds, device=args.device)  # (before the test split is read)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                            progress=not args.quiet and rank == 0)
-    teachers = [load_teacher(p, dataset=ds.dataset, num_classes=ds.num_classes, device=args.device)[0] for p in _paths(args.teachers)]
     if args.dynamic and not teachers:
         raise UserError("--dynamic (INFER+Dyn) needs --teachers")
     seeds = list(range(args.seeds))
@@ -283,7 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
     from .evaluate import Protocol, evaluate_set, format_report
     from .storage import load_distilled
-    from .teacher import load_teacher
+    from .teacher import load_teachers_for_set
 
     teachers = _paths(args.teachers)
     if not teachers:
@@ -296,7 +305,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                         full_data_epochs=args.full_data_epochs)
     protocol.validate()
     ds = load_distilled(args.directory)
-    models = [load_teacher(p, dataset=ds.dataset, num_classes=ds.num_classes, device=args.device)[0] for p in teachers]
+    models = load_teachers_for_set(teachers, ds, device=args.device)
     report = evaluate_set(ds, models, protocol, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
                           device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
     report["set"]["path"] = args.directory

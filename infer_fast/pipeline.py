@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import distributed
 from .choices import RUN_METHODS
-from ._io import check_input_file, check_writable, save_json_atomic
+from ._io import check_input_file, check_writable, save_json_atomic, write_atomically
 from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
@@ -418,7 +418,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         from .plots import write_plots
 
         plots = write_plots(results, out)
-        (out / "results.md").write_text(markdown_report(results, table, plots))
+        report = markdown_report(results, table, plots)
+        write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report), fsync=False)
         _say(progress, "\n" + table)
         _say(progress, f"\n{dataset_label(cfg.dataset)}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
                        f"({time.perf_counter() - started:.0f} s this session)")

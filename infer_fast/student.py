@@ -63,7 +63,7 @@ from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormaliz
                               random_flip, random_resized_crop)
 from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
-from .teacher import evaluate, load_teacher, resolve_device
+from .teacher import evaluate, load_teachers_for_set, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES
 from .config import check_choice, check_finite_numbers, check_positive_ints
@@ -140,7 +140,7 @@ def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cp
     resolve_device(device)
     ds = load_distilled(directory)
     check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes())  # rewritten beside itself
-    teachers = [load_teacher(str(p), dataset=ds.dataset, num_classes=ds.num_classes, device=device)[0] for p in teacher_paths]
+    teachers = load_teachers_for_set(teacher_paths, ds, device=device)
     relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress)
     ds.hyperparameters = dict(ds.hyperparameters)
     ds.hyperparameters["relabel"] = {

@@ -15,14 +15,15 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import __version__
-from .data import dataset_options, get_spec, load_dataset
+from .data import dataset_label, dataset_options, get_spec, load_dataset
+from .data.registry import IMAGEFOLDER
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
@@ -247,35 +248,91 @@ def _check_same_run(ckpt: Dict[str, Any], meta: Dict[str, Any], path: str) -> No
 
 
 def load_teacher(
-    path: str, dataset: Optional[str] = None, num_classes: Optional[int] = None, device: str = "cpu"
+    path: str, dataset: Any = None, num_classes: Optional[int] = None, device: str = "cpu", *,
+    channels: Optional[int] = None, image_size: Optional[int] = None,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """A trained teacher, frozen (no parameter gradients) and in eval mode, and its metadata.
 
-    Refuses a checkpoint trained for another dataset or class count, or one whose
-    training has not finished."""
+    Before anything runs on it, a ValueError naming ``path`` refuses a checkpoint whose
+    training has not finished, whose model cannot be built or whose weights do not fit it or
+    are not finite, and, given ``dataset`` (a name or mapping), a teacher of another dataset,
+    class count (``num_classes``, default the dataset's), input channels (``channels``) or,
+    where the model is built for one input size, image size (``image_size``): the last two
+    default to the dataset's own."""
     dev = resolve_device(device)
     ckpt = _read_checkpoint(path)
     missing = [key for key in TEACHER_KEYS if key not in ckpt]
     if missing:
         raise ValueError(f"teacher checkpoint {path!r} is incomplete (no {', '.join(missing)})")
-    if dataset is not None and get_spec(dataset).name != ckpt["dataset"]:
-        raise ValueError(f"teacher {path!r} was trained on {ckpt['dataset']!r}, not {dataset!r}")
+    if dataset is not None and dataset_options(dataset)[0] != ckpt["dataset"]:
+        raise ValueError(f"teacher {path!r} was trained on {ckpt['dataset']!r}, not {dataset_label(dataset)!r}")
     if num_classes is not None and num_classes != ckpt["num_classes"]:
         raise ValueError(f"teacher {path!r} predicts {ckpt['num_classes']} classes, not {num_classes}")
+    if dataset is not None:
+        channels, image_size = _data_inputs(path, ckpt, dataset, num_classes, channels, image_size)
     if ckpt.get("train_state") is not None:
         raise ValueError(
             f"teacher {path!r} is unfinished ({ckpt['epochs_done']}/{ckpt['config']['epochs']} epochs): "
             "run `infer-fast teacher` again with the same --out to finish it"
         )
-    model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"], image_size=ckpt["image_size"])
+    try:
+        model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"],
+                             image_size=ckpt["image_size"])
+    except ValueError as exc:  # a model this infer-fast does not know, or cannot build that way
+        raise ValueError(f"teacher {path!r} records model {ckpt['model']!r}, which cannot be built: {exc}") from None
+    built_for = _input_size(model)
+    if dataset is not None and built_for is not None and built_for != (image_size, image_size):
+        raise ValueError(f"teacher {path!r} ({ckpt['model']}) takes {built_for[0]}x{built_for[1]} images, not the "
+                         f"{image_size}x{image_size} ones of {dataset_label(dataset)}: use a teacher trained at that size")
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, AttributeError) as exc:  # missing/unexpected keys, other shapes
         detail = " ".join(str(exc).split())
         raise ValueError(f"teacher {path!r}: its weights do not fit its recorded model {ckpt['model']!r} "
                          f"({detail[:300]})") from None
+    not_finite = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if not_finite:  # (recovery through it would only diverge)
+        raise ValueError(f"teacher {path!r} holds non-finite weights (nan or inf) in {len(not_finite)} tensor(s): "
+                         f"{', '.join(not_finite[:3])}{', ...' if len(not_finite) > 3 else ''}")
     model = model.to(dev).eval().requires_grad_(False)
     return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+
+
+def load_teachers_for_set(paths: Sequence[str], distilled, device: str = "cpu") -> List[nn.Module]:
+    """The teachers at ``paths`` (load_teacher) for the DistilledSet ``distilled``: each
+    refused, naming it, unless it was trained on the set's dataset and takes its images."""
+    return [load_teacher(str(p), dataset=distilled.dataset, num_classes=distilled.num_classes, device=device,
+                         channels=distilled.channels, image_size=distilled.height)[0] for p in paths]
+
+
+def _data_inputs(path: str, ckpt: Dict[str, Any], dataset: Any, num_classes: Optional[int],
+                 channels: Optional[int], image_size: Optional[int]) -> Tuple[int, int]:
+    """The (channels, image size) of ``dataset``'s images (``channels`` and ``image_size``
+    when given); a ValueError naming the teacher at ``path`` unless it predicts the dataset's
+    classes and takes images of its channels."""
+    name, options = dataset_options(dataset)
+    if num_classes is None:  # the dataset's count (an image folder's: its folders', unknown here)
+        num_classes = options.get("num_classes", ckpt["num_classes"] if name == IMAGEFOLDER else None)
+    spec = get_spec(dataset, num_classes=num_classes)
+    if ckpt["num_classes"] != spec.num_classes:
+        raise ValueError(f"teacher {path!r} predicts {ckpt['num_classes']} classes, {dataset_label(dataset)} has "
+                         f"{spec.num_classes}")
+    channels = spec.channels if channels is None else channels
+    if ckpt["channels"] != channels:
+        raise ValueError(f"teacher {path!r} takes {ckpt['channels']}-channel images, not the {channels}-channel ones "
+                         f"of {dataset_label(dataset)}: use a teacher trained on this data")
+    return channels, spec.image_size if image_size is None else image_size
+
+
+def _input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """The (height, width) ``model`` is built for, where it records one (ConvNet's head
+    depends on it; torchvision's ViTs check it); None for models of any input size."""
+    size = getattr(model, "image_size", None)
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return (size[0], size[1])
+    return None
 
 
 def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = True, evaluate_on_test: bool = False,

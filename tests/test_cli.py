@@ -375,3 +375,16 @@ def test_bad_yaml_config_is_one_line_naming_the_file(capsys, tmp_path, content, 
     config.write_bytes(content if isinstance(content, bytes) else content.encode())
     status, _, err = _cli(capsys, "run", config)
     assert status == 2 and message in err and str(config) in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("ipc", ["a,b", "10,x", "10,,50", "0", "-5", ""])
+def test_run_ipc_that_is_not_positive_integers_is_one_line_naming_it(capsys, tmp_path, ipc):
+    """`run --ipc a,b` said only "invalid literal for int()": now the option and its value,
+    before the run directory is made."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"dataset: fashion-mnist-mini\nteachers: [{{model: convnet-w8-d1}}]\nout: {tmp_path / 'out'}\n"
+                      "device: tpu\n")  # (an ipc taken would not start a run: the config is refused next)
+    status, _, err = _cli(capsys, "run", config, f"--ipc={ipc}")
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--ipc takes comma-separated positive integers (e.g. 10,50), got {ipc!r}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]

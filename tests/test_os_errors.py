@@ -163,20 +163,86 @@ def test_full_disk_is_refused_before_any_work(workspace, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # portable: errors injected where the bytes are written
 
-def test_disk_full_during_a_checkpoint_write_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
-    """A write that fails after the work (the disk filled up meanwhile) ends in one line
-    naming the file, exit 2, and its temporary file is gone."""
+class _FillsUp:
+    """A file on a disk that fills up while it is written: part of the data goes in, then the
+    write fails as the kernel reports it, OSError ENOSPC naming no file."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        self._f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def fill_disk_at(monkeypatch, when):
+    """Writes to temporary files (``.tmp-`` in the path) fail for lack of space: at ``open``
+    (naming the file) or in the middle of a ``write`` (naming none, as a real full disk)."""
     real_open = open
 
-    def no_space(path, mode="r", *args, **kwargs):
-        if "w" in mode and ".tmp-" in os.fspath(path):
+    def opened(path, mode="r", *args, **kwargs):
+        if "w" not in mode or ".tmp-" not in os.fspath(path):
+            return real_open(path, mode, *args, **kwargs)
+        if when == "open":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
-        return real_open(path, mode, *args, **kwargs)
+        return _FillsUp(real_open(path, mode, *args, **kwargs))
 
-    monkeypatch.setattr("builtins.open", no_space)
+    monkeypatch.setattr("builtins.open", opened)
+
+
+@pytest.mark.parametrize("when", ["open", "write"])
+def test_disk_full_during_a_checkpoint_write_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch, when):
+    """A write that fails after the work (the disk filled up meanwhile) ends in one line
+    naming the file given (not the temporary one beside it), exit 2, and its temporary file
+    is gone."""
+    fill_disk_at(monkeypatch, when)
     status, err = run_main(TEACHER_ARGS + ["--out", "t.pt"], capsys, tmp_path)
-    assert_one_line_error(status, err, "No space left on device", ".t.pt.tmp-")
+    assert_one_line_error(status, err, "error: t.pt: No space left on device")
+    assert ".tmp-" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_writing_a_json_file_names_it(tmp_path, monkeypatch):
+    """save_json_atomic (the evaluation report, results.json) on a disk that fills up: the
+    OSError names the file, nothing is left."""
+    fill_disk_at(monkeypatch, "write")
+    with pytest.raises(OSError) as caught:
+        _io.save_json_atomic({"accuracy": [0.5] * 100}, str(tmp_path / "report.json"))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "report.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_writing_a_manifest_names_the_set_being_written(tmp_path, capsys, monkeypatch):
+    fill_disk_at(monkeypatch, "write")
+    status, err = run_main(["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2",
+                            "--out", "r"], capsys, tmp_path)
+    assert_one_line_error(status, err, "error: r: No space left on device")
+    assert ".tmp-" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_an_unwritable_report_before_any_training(workspace, tmp_path, capsys, monkeypatch):
+    from infer_fast import evaluate
+
+    def trains(*args, **kwargs):
+        raise AssertionError("students trained before the report's path was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_set", trains)
+    blocker = tmp_path / "afile"
+    blocker.write_text("in the way")
+    status, err = run_main(["evaluate", workspace / "set", "--teachers", workspace / "t.pt", "--device", "cpu",
+                            "--out", blocker / "report.json"], capsys, tmp_path)
+    assert_one_line_error(status, err, "--out", f"{blocker} is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_disk_full_while_saving_a_set_leaves_nothing(tmp_path, capsys, monkeypatch):
@@ -188,7 +254,8 @@ def test_disk_full_while_saving_a_set_leaves_nothing(tmp_path, capsys, monkeypat
     monkeypatch.setattr(storage, "safetensors_save", no_space)
     status, err = run_main(["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2",
                             "--out", "r"], capsys, tmp_path)
-    assert_one_line_error(status, err, "No space left on device", "images.safetensors")
+    assert_one_line_error(status, err, f"r{os.sep}images.safetensors: No space left on device")
+    assert ".tmp-" not in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -318,6 +385,72 @@ def test_teacher_files_that_are_not_teachers(workspace, tmp_path, capsys):
         status, err = run_main(argv, capsys, tmp_path)
         assert_one_line_error(status, err, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mismatch.pt", "notes.pt"]
+
+
+def test_pickles_that_are_not_weights_only_are_one_line_naming_the_file(workspace, tmp_path, capsys):
+    """A teacher checkpoint, imported soft labels or pretrained weights pickled with other
+    Python objects than tensors are refused (never unpickled) in one line naming the file and
+    what torch's weights-only loader met, instead of its many-line advice; nothing written."""
+    import argparse
+
+    ckpt = torch.load(workspace / "t.pt", weights_only=True)
+    torch.save({**ckpt, "config": argparse.Namespace(**ckpt["config"])}, tmp_path / "pickled.pt")
+    assert run_main(["export", workspace / "set", "exported"], capsys, tmp_path)[0] == 0
+    count = len(json.loads((tmp_path / "exported" / "export.json").read_text())["files"])
+    torch.save({"soft_labels": torch.zeros(count, 10), "note": argparse.Namespace()}, tmp_path / "labels.pt")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    cases = [
+        (["distill", "--dataset", "fashion-mnist-mini", "--teachers", "pickled.pt", "--ipc", "2", "--device", "cpu",
+          "--out", "x"], "teacher checkpoint 'pickled.pt': not a weights-only checkpoint"),
+        (["import", "exported", "--dataset", "fashion-mnist-mini", "--soft-labels", "labels.pt", "--out", "x"],
+         "soft labels file 'labels.pt': not a weights-only checkpoint"),
+        (["teacher", "--pretrained", "resnet18-imagenet", "--weights", "pickled.pt", "--dataset", "fashion-mnist-mini",
+          "--out", "x"], "resnet18-imagenet weights file 'pickled.pt': not a weights-only checkpoint"),
+    ]
+    for argv, message in cases:
+        status, err = run_main(argv, capsys, tmp_path)
+        assert_one_line_error(status, err, message, "(Unsupported global: GLOBAL argparse.Namespace")
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def test_teachers_that_do_not_fit_the_data_are_refused_before_any_work(workspace, tmp_path, capsys):
+    """A teacher recording an unknown model, a ConvNet built for 32x32 images, one taking RGB
+    images, one with nan weights, on 28x28 grayscale data: each command that loads teachers
+    stops in one line naming the file given and what does not fit; nothing is written (a
+    3-channel teacher was an internal error, a nan one a diverged recovery pointing at a
+    recovery checkpoint that did not exist)."""
+    from infer_fast.models import create_model
+
+    ckpt = torch.load(workspace / "t.pt", weights_only=True)
+    torch.save({**ckpt, "model": "no-such-model"}, tmp_path / "unknown.pt")
+    for name, channels, size in (("size32.pt", 1, 32), ("rgb.pt", 3, 28)):
+        net = create_model(ckpt["model"], num_classes=10, in_channels=channels, image_size=size)
+        torch.save({**ckpt, "channels": channels, "image_size": size, "state_dict": net.state_dict()}, tmp_path / name)
+    state = dict(ckpt["state_dict"])
+    state["head.bias"] = state["head.bias"].clone().fill_(float("nan"))
+    torch.save({**ckpt, "state_dict": state}, tmp_path / "nan.pt")
+    shutil.copytree(workspace / "set", tmp_path / "set")
+    names, manifest = sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "set" / "manifest.json").read_bytes()
+    distill = ["distill", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--iterations", "2", "--device", "cpu",
+               "--quiet", "--out", "x", "--teachers"]
+    cases = [
+        (distill + ["unknown.pt"], "teacher 'unknown.pt' records model 'no-such-model', which cannot be built"),
+        (distill + ["size32.pt"], "teacher 'size32.pt' (convnet-w8-d2) takes 32x32 images, not the 28x28 ones of fashion-mnist-mini"),
+        (distill + ["rgb.pt"], "teacher 'rgb.pt' takes 3-channel images, not the 1-channel ones of fashion-mnist-mini"),
+        (distill + ["nan.pt"], "teacher 'nan.pt' holds non-finite weights (nan or inf) in 1 tensor(s): head.bias"),
+        (["distill", "--dataset", "fashion-mnist-mini", "--method", "sre2l", "--ipc", "1", "--iterations", "2",
+          "--device", "cpu", "--quiet", "--out", "x", "--teachers", "nan.pt"], "teacher 'nan.pt' holds non-finite weights"),
+        (["relabel", "set", "--teachers", "rgb.pt"], "teacher 'rgb.pt' takes 3-channel images"),
+        (["train", "set", "--dynamic", "--teachers", "size32.pt", "--epochs", "1", "--device", "cpu", "--quiet"],
+         "teacher 'size32.pt' (convnet-w8-d2) takes 32x32 images, not the 28x28 ones of fashion-mnist-mini"),
+        (["evaluate", "set", "--teachers", "unknown.pt", "--device", "cpu", "--quiet", "--out", "report.json"],
+         "teacher 'unknown.pt' records model 'no-such-model'"),
+    ]
+    for argv, message in cases:
+        status, err = run_main(argv, capsys, tmp_path)
+        assert_one_line_error(status, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert (tmp_path / "set" / "manifest.json").read_bytes() == manifest
 
 
 def test_internal_errors_are_short_and_status_1_with_the_traceback_under_debug(capsys, monkeypatch, tmp_path):

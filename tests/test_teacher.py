@@ -79,6 +79,56 @@ def test_refusals(tmp_path):
         train_teacher(TeacherConfig(epochs=0, **TINY), str(tmp_path / "x.pt"), progress=False)
 
 
+def _untrained_teacher(path, model="convnet-w8-d1", dataset="fashion-mnist-mini", channels=None, image_size=None,
+                       recorded=None):
+    """A teacher checkpoint as train_teacher writes it for ``dataset`` (a name or mapping),
+    with freshly initialized weights for ``channels`` x ``image_size`` inputs (default: the
+    dataset's) and ``recorded`` entries changed after the model is built; returns its path."""
+    from infer_fast.data import get_spec
+    from infer_fast.models import create_model
+
+    meta = teacher_mod._metadata(TeacherConfig(dataset=dataset, model=model, epochs=1), get_spec(dataset))
+    meta["channels"] = channels or meta["channels"]
+    meta["image_size"] = image_size or meta["image_size"]
+    net = create_model(model, num_classes=meta["num_classes"], in_channels=meta["channels"], image_size=meta["image_size"])
+    torch.save({**meta, **(recorded or {}), "epochs_done": 1, "test_accuracy": None, "history": [], "elapsed_s": 0.0,
+                "state_dict": net.state_dict(), "train_state": None}, path)
+    return str(path)
+
+
+def test_teachers_that_do_not_fit_the_data_are_refused_naming_the_file(tmp_path):
+    """load_teacher for a dataset refuses, in one line naming the checkpoint, a model it
+    cannot build, a teacher of other input channels or class count, one built for another
+    image size (where the model is: ConvNet's head depends on it), and nan or inf weights;
+    ``channels`` and ``image_size`` default to the dataset's and may be given (a set's own)."""
+    def refused(path, match, **kwargs):
+        with pytest.raises(ValueError, match=match) as caught:
+            load_teacher(path, **kwargs)
+        assert f"teacher {path!r}" in str(caught.value) and "\n" not in str(caught.value)
+
+    fashion = dict(dataset="fashion-mnist-mini", num_classes=10)
+    refused(_untrained_teacher(tmp_path / "unknown.pt", recorded={"model": "no-such-model"}),
+            "records model 'no-such-model', which cannot be built: unknown model", **fashion)
+    refused(_untrained_teacher(tmp_path / "rgb.pt", channels=3), "takes 3-channel images, not the 1-channel ones "
+            "of fashion-mnist-mini", **fashion)
+    size32 = _untrained_teacher(tmp_path / "size32.pt", image_size=32)
+    refused(size32, r"\(convnet-w8-d1\) takes 32x32 images, not the 28x28 ones of fashion-mnist-mini", **fashion)
+    load_teacher(size32, **fashion, image_size=32)  # data of that size (a set stored at 32x32)
+    load_teacher(size32)  # no data to fit
+    load_teacher(_untrained_teacher(tmp_path / "any.pt", model="mobilenetv2", image_size=32), **fashion)  # any size
+    inf = _untrained_teacher(tmp_path / "inf.pt")
+    ckpt = torch.load(inf, weights_only=True)
+    ckpt["state_dict"]["features.0.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(ckpt, inf)
+    refused(inf, r"holds non-finite weights \(nan or inf\) in 1 tensor\(s\): features.0.weight$")
+    subset = {"name": "imagenet", "num_classes": 100, "image_size": 64}  # a mapping: its own class count and size
+    imagenet = _untrained_teacher(tmp_path / "imagenet.pt", dataset=subset)
+    load_teacher(imagenet, dataset=subset)
+    refused(imagenet, r"predicts 100 classes, imagenet has 1000$", dataset="imagenet")
+    refused(imagenet, r"takes 64x64 images, not the 128x128 ones of imagenet \(100 classes, 128px\)",
+            dataset={**subset, "image_size": 128})
+
+
 def test_pretrained_teacher_from_the_weight_cache(tmp_path, monkeypatch, capsys):
     """ImageNet teachers come from torchvision weights in the local cache, written as a teacher
     checkpoint that load_teacher (and so distill/relabel/run) accepts; nothing is downloaded."""

@@ -47,7 +47,8 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     teachers, records = [], []
     for path in teacher_paths:
         model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes,
-                                   device=distributed.local_device(device))
+                                   device=distributed.local_device(device), channels=train.spec.channels,
+                                   image_size=train.spec.image_size)
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
     return out_dir, train, teachers, records, recovery_checkpoint_path(out_dir)

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .._io import load_weights_only
 from .base import rename_aliased_keys
 
 __all__ = [
@@ -395,7 +396,7 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
         if missing:
             raise missing_weights_error([missing])
         path = find_torchvision_checkpoint(arch)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path, f"{spec.name} weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = dict(state)

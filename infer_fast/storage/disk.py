@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._io import PathLike, check_writable, file_sha256, format_bytes, safetensors_save
+from .._io import PathLike, check_writable, file_sha256, format_bytes, naming_errors, safetensors_save
 from ..data.pixels import valid_range
 from .distilled_set import SET_METHODS, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
@@ -168,29 +168,30 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
-    try:
-        files = {}
-        for fname, tensors in ds.tensor_files().items():
-            files[fname] = _write_tensor_file(tmp / fname, tensors)
-        manifest = build_manifest(ds, files)
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_path(tmp)
-        if directory.exists():
-            old = parent / f".{directory.name}.old-{uuid.uuid4().hex[:12]}"
-            os.rename(directory, old)
-            os.rename(tmp, directory)
-            _fsync_path(parent)  # the new set is in place before the old one goes
-            _cleanup(old)
-        else:
-            os.rename(tmp, directory)
-            _fsync_path(parent)
-    except BaseException:
-        _cleanup(tmp)
-        raise
+    with naming_errors(directory, temporary=tmp):  # a full disk names the set's file, not the temporary one
+        try:
+            files = {}
+            for fname, tensors in ds.tensor_files().items():
+                files[fname] = _write_tensor_file(tmp / fname, tensors)
+            manifest = build_manifest(ds, files)
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=2, allow_nan=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_path(tmp)
+            if directory.exists():
+                old = parent / f".{directory.name}.old-{uuid.uuid4().hex[:12]}"
+                os.rename(directory, old)
+                os.rename(tmp, directory)
+                _fsync_path(parent)  # the new set is in place before the old one goes
+                _cleanup(old)
+            else:
+                os.rename(tmp, directory)
+                _fsync_path(parent)
+        except BaseException:
+            _cleanup(tmp)
+            raise
     return directory
 
 

@@ -90,18 +90,18 @@ def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
 def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
     """One (N, C) float tensor from a .safetensors file (its only tensor) or a torch.save file
     (weights_only: a tensor, or a dict holding exactly one)."""
-    from .._io import check_input_file
+    from .._io import check_input_file, load_weights_only
 
     check_input_file(path, "soft labels file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             found = load_file(str(path))
-        else:
-            found = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file: one message naming it
-        raise DistilledSetError(f"{path}: cannot read soft labels ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # any unreadable file: one message naming it
+            raise DistilledSetError(f"{path}: cannot read soft labels ({type(exc).__name__}: {exc})") from None
+    else:
+        found = load_weights_only(path, "soft labels file")
     if isinstance(found, dict):
         tensors = [v for v in found.values() if isinstance(v, Tensor)]
         if len(tensors) != 1:

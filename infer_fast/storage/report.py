@@ -13,7 +13,7 @@ from typing import Union
 
 import torch
 
-from .._io import PathLike, check_writable, format_bytes, safetensors_save
+from .._io import PathLike, check_writable, format_bytes, naming_errors, safetensors_save
 from ..data.pixels import denormalize, normalize_uint8, quantize_images
 from .compression import compression_ratio_from_manifest
 from .dataset import DistilledDataset
@@ -195,36 +195,37 @@ def export_imagefolder(
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
-    try:
-        for f in folders:
-            (tmp / f).mkdir()
-        hard = ds.hard_labels()
-        width = len(str(max(n - 1, 0)))
-        files = []
-        for start, images in data.iter_chunks(chunk_images):
-            pixels = quantize_images(images, ds.mean, ds.std)
-            for j in range(pixels.shape[0]):
-                i = start + j
-                rel = f"{folders[int(hard[i])]}/{i:0{width}d}.png"
-                write_png(pixels[j], tmp / rel)
-                files.append(rel)
-        soft = ds.soft_labels_flat()
-        if soft is not None:
-            safetensors_save({"soft_labels": soft.contiguous()}, tmp / "soft_labels.safetensors")
-        meta = {
-            "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
-            "source": str(directory) if not isinstance(directory, DistilledSet) else None,
-            "method": ds.method, "dataset": ds.dataset, "num_classes": c,
-            "class_folders": folders, "class_names": ds.class_names,
-            "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
-            "image_order": IMAGE_ORDER, "files": files,
-            "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
-        }
-        (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if out.exists():  # an empty directory: replaced
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with naming_errors(out, temporary=tmp):  # a full disk names the export's file, not the temporary one
+        try:
+            for f in folders:
+                (tmp / f).mkdir()
+            hard = ds.hard_labels()
+            width = len(str(max(n - 1, 0)))
+            files = []
+            for start, images in data.iter_chunks(chunk_images):
+                pixels = quantize_images(images, ds.mean, ds.std)
+                for j in range(pixels.shape[0]):
+                    i = start + j
+                    rel = f"{folders[int(hard[i])]}/{i:0{width}d}.png"
+                    write_png(pixels[j], tmp / rel)
+                    files.append(rel)
+            soft = ds.soft_labels_flat()
+            if soft is not None:
+                safetensors_save({"soft_labels": soft.contiguous()}, tmp / "soft_labels.safetensors")
+            meta = {
+                "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
+                "source": str(directory) if not isinstance(directory, DistilledSet) else None,
+                "method": ds.method, "dataset": ds.dataset, "num_classes": c,
+                "class_folders": folders, "class_names": ds.class_names,
+                "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
+                "image_order": IMAGE_ORDER, "files": files,
+                "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
+            }
+            (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+            if out.exists():  # an empty directory: replaced
+                out.rmdir()
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return n
