@@ -94,3 +94,21 @@ def test_failed_capture_goes_on_eagerly(monkeypatch):
         result = recover_ufcs(natural, [teacher], MEAN, STD, config, progress=False)
     assert result["stats"][0]["cuda_graph"].startswith("eager: CUDA graph capture failed (RuntimeError")
     torch.testing.assert_close(result["ufc"], expected["ufc"], rtol=0, atol=2 * config.iterations * config.lr * 1e-5)
+
+
+@pytest.mark.parametrize("augmentation", ["roll", "imagenet"])
+def test_chunks_made_row_by_row_on_the_gpu(monkeypatch, augmentation):
+    """The chunked mode on CUDA (each chunk composed and augmented for its rows, its gradient
+    sent straight to the UFCs; the final pass without a gradient) recovers what the whole batch
+    does, to float32 rounding, with no host synchronisation after the first iteration."""
+    from conftest import rounding_bound
+
+    config = RecoveryConfig(iterations=6, group_size=2, augmentation=augmentation, max_shift=8, cuda_graphs=False)
+    teacher, natural = small_teacher(), natural_sets()
+    whole = recover_ufcs(natural, [teacher], MEAN, STD, config, progress=False)
+    monkeypatch.setattr(engine, "CHECK_HOST_SYNCS", True)
+    chunked = recover_ufcs(natural, [teacher], MEAN, STD, replace(config, chunk_size=7), progress=True)
+    assert [s["chunk_size"] for s in chunked["stats"]] == [7]
+    torch.testing.assert_close(chunked["ufc"], whole["ufc"], rtol=0,
+                               atol=rounding_bound(config.iterations, summed=10 * 32 * 32))
+    assert torch.cuda.get_sync_debug_mode() == 0
