@@ -176,16 +176,38 @@ def write_atomically(path: PathLike, write: Callable[[str], None], fsync: bool =
             raise
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """torch.save ``obj`` to ``path`` atomically. Serialized in memory first, then written
-    with Python's file I/O: a full disk or read-only medium is then an OSError naming the
-    file (torch.save's own writer reports it as an opaque RuntimeError)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
+class _ErrorKeepingFile(io.RawIOBase):
+    """A binary file torch.save writes through, keeping the OSError of a failed write (a full
+    disk): torch.save's own writer turns it into an opaque RuntimeError."""
 
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """torch.save ``obj`` to ``path`` atomically, streamed to the file (no serialized copy in
+    memory: a recovery checkpoint inside an ImageNet batch holds GBs of state); a full disk or
+    read-only medium is an OSError naming the file, not torch's opaque RuntimeError."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+            keeping = _ErrorKeepingFile(f)
+            try:
+                torch.save(obj, keeping)
+            except RuntimeError:
+                if keeping.error is not None:
+                    raise keeping.error from None
+                raise
 
     write_atomically(path, write)
 
