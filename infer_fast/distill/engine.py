@@ -138,7 +138,7 @@ class Augmentation:
         return out.view(G, C, ch, height, width)
 
     def batch_rows(self, source: Tensor, variable: Tensor, source_rows: Sequence[int], draw: Optional[Tensor],
-             num_classes: int, lo: int, hi: int, backend: str) -> Tensor:
+                   num_classes: int, lo: int, hi: int, backend: str) -> Tensor:
         """Rows [lo, hi) of the flattened (G * C, ch, H, W) batch that :meth:`apply` makes
         with ``draw``, computed from those rows' sources alone (group g's from
         ``source[source_rows[g]]``, host indices): what the chunked mode feeds the teacher

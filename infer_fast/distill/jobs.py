@@ -145,9 +145,10 @@ def _run_jobs(
     job's float32 result, in memory and in the checkpoint (default: a copy of it).
 
     A checkpoint file (one per writer: the process, rank 0 in "chunks" mode, each rank's share
-    in "jobs" mode) holds the finished jobs and "partials": the in-batch state of every
-    interrupted batch its writer has to finish. A resumed run continues each interrupted batch
-    (the same jobs, from its state) before the other jobs of its teacher; under torchrun
+    in "jobs" mode) lists the finished jobs with the files that hold their results, and
+    "partials": the in-batch state of every interrupted batch its writer has to finish. A
+    resumed run continues each interrupted batch (the same jobs, from its state) before the
+    other jobs of its teacher; under torchrun
     "jobs" a batch from a rank's own share goes to that rank, one from a share of another
     world size to rank i mod world."""
     from ..storage import valid_range
@@ -162,7 +163,7 @@ def _run_jobs(
     stats: List[Dict[str, Any]] = []
     inherited: Dict[Tuple[int, int], Tensor] = {}
     partials: List[Tuple[str, Dict[str, Any]]] = []  # (file, state) of the interrupted batches
-    # what this writer's file held: written again with its own results, so rewriting the file
+    # what this writer's file held: listed again with its own results, so rewriting the file
     # never drops a job or a batch state that no other file has
     kept: Dict[Tuple[int, int], Tensor] = {}
     kept_stats: List[Dict[str, Any]] = []
@@ -440,7 +441,6 @@ def recover_sre2l(
     M = len(teachers)
     identity = {
         "method": "sre2l",
-        "results": "uint8 pixels",  # (float32 images before: such a checkpoint is another run's)
         "ipc": int(ipc),
         "M": int(M),
         "shape": [int(num_classes), *image_shape],

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
-from torch import Tensor
 
 from .. import distributed
 from .._io import check_writable

@@ -19,7 +19,7 @@ with the activations of one chunk alive at a time (``x`` and its gradient are fu
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -209,13 +209,12 @@ class RowsFrom:
 
 
 def _check_arguments(x, labels, groups, chunk_size, backward) -> None:
-    if isinstance(x, RowsFrom):
-        pass
-    elif not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batched torch.Tensor or a RowsFrom, got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    elif backward and not x.requires_grad:
-        raise ValueError("x must require grad (the gradient is pushed into it and what it was computed from)")
+    if not isinstance(x, RowsFrom):  # (a RowsFrom's rows are checked as they are made)
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"x must be a non-empty batched torch.Tensor or a RowsFrom, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        if backward and not x.requires_grad:
+            raise ValueError("x must require grad (the gradient is pushed into it and what it was computed from)")
     check_int("groups", groups)
     if x.shape[0] % groups:
         raise ValueError(f"groups={groups} does not divide the batch size N={x.shape[0]} of x")
