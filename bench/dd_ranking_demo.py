@@ -1,8 +1,11 @@
 """DD-Ranking's scores of the demo's three sets (INFER, random, SRe2L at ipc 10 on the embedded
-Fashion-MNIST subset), measured with `infer-fast evaluate`'s protocol at the demo's scale.
+Fashion-MNIST subset), measured with `infer-fast evaluate`'s protocol at the demo's scale, or
+with DD-Ranking's own (``--protocol dd-ranking``: the rate grid, the best of the tests every
+20 epochs, teacher labels per batch; the demo's student model and epochs, ``--seeds`` rounds).
 
     python bench/dd_ranking_demo.py                 # runs the demo into --work (or continues it)
     python bench/dd_ranking_demo.py --seeds 3
+    python bench/dd_ranking_demo.py --protocol dd-ranking --seeds 2
 
 Protocol: the demo's student (convnet-w32-d3, 100 epochs, batch 64, the CIFAR recipe
 otherwise), the demo's two teachers label the random subsets; the full-data hard-label
@@ -25,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_ops import environment  # noqa: E402
 
+from infer_fast.dd_ranking import DDRankingProtocol, evaluate_set_dd_ranking  # noqa: E402
 from infer_fast.demo import STUDENT, run_demo  # noqa: E402
 from infer_fast.evaluate import Protocol, evaluate_set  # noqa: E402
 from infer_fast.storage import load_distilled  # noqa: E402
@@ -36,20 +40,28 @@ SETS = (("INFER", "infer-ipc10"), ("Random", "random-ipc10"), ("SRe2L", "sre2l-i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/dd-ranking-demo", help="the demo's run directory (made or continued)")
-    parser.add_argument("--seeds", type=int, default=3, help="students per run (default 3)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", f"dd-ranking-demo-{datetime.date.today()}.json"))
+    parser.add_argument("--seeds", type=int, default=3, help="students per run, or DD-Ranking's rounds (default 3)")
+    parser.add_argument("--protocol", choices=("infer-fast", "dd-ranking"), default="infer-fast")
+    parser.add_argument("--out", help="default bench/results/dd-ranking-demo[-dd-ranking-protocol]-<date>.json")
     args = parser.parse_args()
+    dd = args.protocol == "dd-ranking"
+    args.out = args.out or os.path.join(HERE, "results", f"dd-ranking-demo{'-dd-ranking-protocol' if dd else ''}-"
+                                        f"{datetime.date.today()}.json")
 
     started = time.perf_counter()
     results = run_demo(args.work, progress=False)
     teacher_paths = [t["path"] for t in results["teachers"]]
     teachers = [load_teacher(p)[0] for p in teacher_paths]
-    protocol = Protocol(student=dict(STUDENT), seeds=args.seeds)
+    if dd:
+        protocol = DDRankingProtocol(student={k: STUDENT[k] for k in ("model", "epochs")}, rounds=args.seeds)
+        evaluate = evaluate_set_dd_ranking
+    else:
+        protocol, evaluate = Protocol(student=dict(STUDENT), seeds=args.seeds), evaluate_set
     reports = {}
     for label, name in SETS:
         ds = load_distilled(os.path.join(args.work, "sets", name))
-        reports[label] = evaluate_set(ds, teachers, protocol, full_data_checkpoint=teacher_paths[0], device="cpu",
-                                      progress=False)
+        reports[label] = evaluate(ds, teachers, protocol, full_data_checkpoint=teacher_paths[0], device="cpu",
+                                  progress=False)
         print(f"{label}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     record = {"environment": environment(torch.device("cpu"), torch.get_num_threads()),
               "wall_seconds": time.perf_counter() - started, "reports": reports}
@@ -59,6 +71,18 @@ def main() -> None:
 
     def pct(summary):
         return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
+
+    if dd:
+        print("\n| set | hard | soft | random soft | soft, no mix | random soft, no mix | HLR | IOR | LRS | ARS "
+              "| LRS printed | ARS printed |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for label, report in reports.items():
+            acc, sc, printed = report["accuracy"], report["scores"], report["scores_printed"]
+            print(f"| {label} | {pct(acc['set_hard'])} | {pct(acc['set_soft'])} | {pct(acc['random_soft'])} | "
+                  f"{pct(acc['set_plain'])} | {pct(acc['random_plain'])} | {pct(sc['hlr'])} | {pct(sc['ior'])} | "
+                  f"{pct(sc['lrs'])} | {pct(sc['ars'])} | {printed['lrs']['mean']:.4g} | {printed['ars']['mean']:.4g} |")
+        print(f"\n({args.seeds} round(s); {record['wall_seconds']:.0f} s) -> {args.out}")
+        return
 
     print("\n| set | soft | soft, no aug. | hard | hard, no aug. | random soft | HLR | IOR | LRS | ARS |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Dict, List, Optional
 
 from .choices import (ACCOUNTINGS, COMPILE_MODES, DISTILL_METHODS, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                       SELECTIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_RECIPES)
+from .choices import EVALUATION_PROTOCOLS, SOFT_LABEL_MODES
 
 
 class UserError(Exception):
@@ -176,6 +178,17 @@ def _positive_ints(option: str, value: str) -> List[int]:
     return [int(v) for v in items]
 
 
+def _positive_floats(option: str, value: str) -> List[float]:
+    """The comma-separated positive numbers of ``option``'s ``value``, or a UserError."""
+    try:
+        items = [float(v) for v in value.split(",")]
+    except ValueError:
+        items = []
+    if not items or not all(math.isfinite(v) and v > 0 for v in items):
+        raise UserError(f"{option} takes comma-separated positive numbers (e.g. 0.001,0.01), got {value!r}")
+    return items
+
+
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
     "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "cuda_graphs", "distributed", "device",
@@ -288,9 +301,38 @@ def _option_actions(parser: argparse.ArgumentParser) -> Dict[str, argparse.Actio
     return {action.dest: action for action in parser._actions if action.option_strings}
 
 
+def _evaluation_protocol(args: argparse.Namespace):
+    """The protocol the evaluate options ask for, validated (before any loading)."""
+    from .dd_ranking import DDRankingProtocol
+    from .evaluate import Protocol
+
+    student = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
+               if getattr(args, k) is not None}
+    common = dict(student=student, weight=args.weight, full_data_epochs=args.full_data_epochs,
+                  random_subset_seed=args.random_subset_seed)
+    if args.soft_labels is not None:
+        common["soft_labels"] = args.soft_labels
+    if args.protocol == "dd-ranking":
+        if args.recipe is not None:
+            raise UserError("--recipe applies to --protocol infer-fast; DD-Ranking's recipe follows the dataset")
+        protocol = DDRankingProtocol(**common, **({"rounds": args.seeds} if args.seeds is not None else {}),
+                                     **({"lr_grid": tuple(_positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid else {}),
+                                     **({"test_interval": args.test_interval} if args.test_interval else {}),
+                                     set_lr=args.set_lr)
+        protocol.validate()  # (again against the set's dataset family once the set is loaded)
+        return protocol
+    for option, value in (("--lr-grid", args.lr_grid), ("--set-lr", args.set_lr), ("--test-interval", args.test_interval)):
+        if value is not None:
+            raise UserError(f"{option} applies to --protocol dd-ranking only")
+    protocol = Protocol(recipe=args.recipe or "cifar", seeds=args.seeds or 3, **common)
+    protocol.validate()
+    return protocol
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
-    from .evaluate import Protocol, evaluate_set, format_report
+    from .dd_ranking import evaluate_set_dd_ranking
+    from .evaluate import evaluate_set, format_report
     from .storage import load_distilled
     from .teacher import load_teachers_for_set
 
@@ -299,15 +341,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
     if args.out:
         check_writable(args.out, "--out")
-    student = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
-               if getattr(args, k) is not None}
-    protocol = Protocol(recipe=args.recipe, student=student, seeds=args.seeds, weight=args.weight,
-                        full_data_epochs=args.full_data_epochs)
-    protocol.validate()
+    protocol = _evaluation_protocol(args)
     ds = load_distilled(args.directory)
     models = load_teachers_for_set(teachers, ds, device=args.device)
-    report = evaluate_set(ds, models, protocol, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
-                          device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
+    evaluate = evaluate_set_dd_ranking if args.protocol == "dd-ranking" else evaluate_set
+    report = evaluate(ds, models, protocol, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
+                      device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
     report["set"]["path"] = args.directory
     print(format_report(report))
     if args.out:
@@ -474,10 +513,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate", help="a set under one protocol: students with soft and hard labels, with and without augmentation, "
         "against a random subset of its budget and the full data; DD-Ranking's HLR, IOR, LRS and ARS",
-        description="Trains 8 students per seed (the set and a random real subset of its budget, each with soft and "
-        "hard labels, with and without the protocol's augmentation and mixing) and reads or trains the full-data "
-        "accuracy; prints a table and writes the report (every accuracy, the protocol, the scores) with --out.",
+        description="--protocol infer-fast (default): trains 8 students per seed (the set and a random real subset of "
+        "its budget, each with soft and hard labels, with and without the protocol's augmentation and mixing), "
+        "final-epoch accuracy. --protocol dd-ranking: DD-Ranking's own (5 rounds, a learning-rate grid, the best of "
+        "tests every 20 epochs, teacher labels on every batch, its recipe per dataset), scores on [0, 1] and as its "
+        "code prints them. Reads or trains the full-data accuracy; prints a table and writes the report (every "
+        "accuracy, the protocol, the scores) with --out.",
     )
+    evaluate.add_argument("--protocol", choices=EVALUATION_PROTOCOLS, default="infer-fast",
+                          help="infer-fast (ours, default) or dd-ranking (its protocol point by point)")
+    evaluate.add_argument("--soft-labels", dest="soft_labels", choices=SOFT_LABEL_MODES,
+                          help="static (the set's stored labels; infer-fast's default) or per-batch (the teachers' "
+                          "labels of every augmented, mixed batch: DD-Ranking's M mode, its default)")
+    evaluate.add_argument("--random-subset-seed", dest="random_subset_seed", type=int,
+                          help="one random subset, picked with this seed, for every seed/round (default: one per seed)")
+    evaluate.add_argument("--lr-grid", dest="lr_grid",
+                          help="dd-ranking: the learning rates searched (default 0.001,0.005,0.01,0.05,0.1)")
+    evaluate.add_argument("--set-lr", dest="set_lr", type=float,
+                          help="dd-ranking: the set's own rate for its soft-label runs (default: the grid)")
+    evaluate.add_argument("--test-interval", dest="test_interval", type=int,
+                          help="dd-ranking: epochs between tests, the best of which is a run's accuracy (default 20)")
     evaluate.add_argument("directory", help="distilled-set directory, relabelled by --teachers")
     evaluate.add_argument("--teachers", required=True, help="comma-separated teacher checkpoints (label the random subsets)")
     evaluate.add_argument("--full-data-checkpoint", dest="full_data_checkpoint",
@@ -485,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: trained here with the teacher recipe and the student model)")
     evaluate.add_argument("--full-data-epochs", dest="full_data_epochs", type=int, default=30,
                           help="epochs of the full-data run when it is trained (default 30)")
-    evaluate.add_argument("--recipe", choices=STUDENT_RECIPES, default="cifar", help="student recipe (see train)")
+    evaluate.add_argument("--recipe", choices=STUDENT_RECIPES, help="infer-fast: student recipe (see train; default cifar)")
     evaluate.add_argument("--model", help="student model (default convnet)")
     evaluate.add_argument("--epochs", type=int, help="student epochs (default: the recipe's)")
     evaluate.add_argument("--batch-size", dest="batch_size", type=int, help="student batch size")
@@ -493,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, help="KL temperature of the soft-label runs")
     evaluate.add_argument("--augmentation", choices=STUDENT_AUGMENTATIONS, help="the augmented runs' augmentation")
     evaluate.add_argument("--mix", choices=STUDENT_MIXES, help="the augmented runs' batch mixing")
-    evaluate.add_argument("--seeds", type=int, default=3, help="students per run (default 3)")
+    evaluate.add_argument("--seeds", type=int,
+                          help="infer-fast: students per run (default 3); dd-ranking: rounds (default 5)")
     evaluate.add_argument("--weight", type=float, default=0.5, help="w of LRS and ARS (default 0.5)")
     evaluate.add_argument("--data-root", dest="data_root", help="directory holding the real dataset")
     evaluate.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)

@@ -14,7 +14,14 @@ and the full training data's hard-label accuracy is trained once with the teache
 checkpoint that records it. From these accuracies: HLR (from the hard-label run without
 augmentation, as DD-Ranking by default), IOR, LRS and ARS per seed
 (infer_fast/scores.py), reported as mean and standard deviation (population, as DD-Ranking)
-over the seeds. The report holds the protocol and every accuracy behind a score."""
+over the seeds. The report holds the protocol and every accuracy behind a score.
+
+``soft_labels="per-batch"`` trains every soft-label student on the teachers' labels of each
+augmented, mixed batch (DD-Ranking's "M" mode, our INFER+Dyn student) instead of the set's
+stored labels; the set then needs no soft labels and the random subsets no relabelling.
+``random_subset_seed`` fixes one random subset for every seed. DD-Ranking's own protocol
+(learning-rate grid, best of periodic tests, its schedule, 5 rounds) is
+``infer_fast.dd_ranking``."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +31,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from torch import nn
 
+from .choices import SOFT_LABEL_MODES
 from .scores import DEFAULT_WEIGHT, dd_ranking_scores
 
 REPORT_FORMAT = "infer-fast-evaluation"
+PROTOCOL_NAME = "infer-fast"  # the report's protocol name (the other: dd_ranking.PROTOCOL_NAME)
 # the runs per seed: (name, labels, with the protocol's augmentation and mixing?)
 RUNS = (("soft", "soft", True), ("soft_plain", "soft", False), ("hard", "hard", True), ("hard_plain", "hard", False))
 SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
@@ -44,9 +53,11 @@ class Protocol:
     seeds: int = 3
     weight: float = DEFAULT_WEIGHT
     full_data_epochs: int = 30
+    soft_labels: str = "static"  # one of SOFT_LABEL_MODES
+    random_subset_seed: Optional[int] = None  # one random subset for every seed; None: drawn with each seed
 
     def validate(self) -> None:
-        from .config import check_positive_ints
+        from .config import check_choice, check_int, check_positive_ints
         from .scores import check_weight
 
         from .choices import STUDENT_RECIPES
@@ -60,6 +71,9 @@ class Protocol:
                 raise ValueError(f"student: {name} is set by the evaluation itself, not by the protocol")
         check_positive_ints(self, ("seeds", "full_data_epochs"))
         check_weight(self.weight)
+        check_choice("soft_labels", self.soft_labels, SOFT_LABEL_MODES)
+        if self.random_subset_seed is not None:
+            check_int("random_subset_seed", self.random_subset_seed, minimum=0)
         self.student_config("soft", True, 0)
 
     def student_config(self, labels: str, augmented: bool, seed: int):
@@ -67,36 +81,93 @@ class Protocol:
         from .student import StudentConfig
 
         recipe = StudentConfig.imagenet if self.recipe == "imagenet" else StudentConfig.cifar
-        values = dict(self.student, labels=labels, seed=seed)
+        values = dict(self.student, labels=labels, seed=seed,
+                      dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not augmented:
             values.update(augmentation="none", mix="none")
         return recipe(**values)
 
 
-def _full_data_accuracy(protocol: Protocol, dataset: str, data_root, device: str, full_data_checkpoint,
-                        progress: bool) -> Dict[str, Any]:
-    """{"accuracy", "source"}: read from a teacher checkpoint, or trained with the teacher
-    recipe on the whole training split."""
-    from .teacher import TeacherConfig, load_teacher, train_teacher
+def same_architecture(a: str, b: str) -> bool:
+    """Whether two model names build the same network (aliases resolved)."""
+    from .models.registry import normalize_name, resolve
 
-    if full_data_checkpoint is not None:
-        _, meta = load_teacher(str(full_data_checkpoint), dataset=dataset)
-        if meta.get("test_accuracy") is None:
-            raise ValueError(f"full_data_checkpoint {str(full_data_checkpoint)!r} records no test accuracy")
-        return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
-                f"({meta['model']}, {meta.get('epochs_done')} epochs)"}
+    try:
+        (spec_a, implied_a), (spec_b, implied_b) = resolve(a), resolve(b)
+    except ValueError:  # torchvision:NAME, timm:NAME
+        return normalize_name(a) == normalize_name(b)
+    return spec_a.name == spec_b.name and implied_a == implied_b
+
+
+def check_full_data_checkpoint(path, model: str, dataset: str) -> Dict[str, Any]:
+    """The metadata of a full-data checkpoint whose recorded test accuracy is the students'
+    full-data accuracy: it must be of the students' architecture and record one."""
+    from .teacher import load_teacher
+
+    _, meta = load_teacher(str(path), dataset=dataset)
+    if not same_architecture(meta["model"], model):
+        raise ValueError(f"full_data_checkpoint {str(path)!r} is a {meta['model']}, the students are {model}: the "
+                         "full-data accuracy must come from the students' architecture")
+    if meta.get("test_accuracy") is None:
+        raise ValueError(f"full_data_checkpoint {str(path)!r} records no test accuracy")
+    return meta
+
+
+def train_full_data(model: str, dataset: str, data_root, device: str, epochs: int, progress: bool,
+                    seed: int = 0) -> float:
+    """Test accuracy of ``model`` trained with the teacher recipe on the whole training split."""
     import tempfile
 
-    model = protocol.student_config("hard", True, 0).model
+    from .teacher import TeacherConfig, train_teacher
+
     with tempfile.TemporaryDirectory(prefix="infer-fast-full-data-") as tmp:
-        summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=protocol.full_data_epochs,
-                                              data_root=data_root, device=device), f"{tmp}/full.pt", progress=progress)
-    return {"accuracy": float(summary["test_accuracy"]),
+        summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root,
+                                              device=device, seed=seed), f"{tmp}/full.pt", progress=progress)
+    return float(summary["test_accuracy"])
+
+
+def _full_data_accuracy(protocol: Protocol, dataset: str, data_root, device: str, full_data_checkpoint,
+                        progress: bool) -> Dict[str, Any]:
+    """{"accuracy", "source"}: read from a teacher checkpoint of the students' architecture,
+    or trained with the teacher recipe on the whole training split."""
+    model = protocol.student_config("hard", True, 0).model
+    if full_data_checkpoint is not None:
+        meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset)
+        return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
+                f"({meta['model']}, {meta.get('epochs_done')} epochs)"}
+    accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress)
+    return {"accuracy": accuracy,
             "source": f"trained here: {model}, {protocol.full_data_epochs} epochs of the teacher recipe"}
+
+
+def random_subset(train, ipc: int, seed: int, teachers: Sequence[nn.Module], device: str, static_labels: bool):
+    """The random real subset of a set's budget, picked with ``seed``; soft-labelled by the
+    teachers when the students train on static labels."""
+    from .distill.run import random_set
+    from .student import relabel
+
+    subset = random_set(train, ipc, seed)
+    return relabel(subset, list(teachers), device=device) if static_labels else subset
 
 
 def _summary(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+
+
+def check_evaluable(distilled, teachers: Sequence[nn.Module], device: str, static_labels: bool) -> int:
+    """The set's ipc, once everything an evaluation needs is there (before any training)."""
+    from .teacher import resolve_device
+
+    resolve_device(device)
+    if static_labels and not distilled.has_soft_labels:
+        raise ValueError("the set has no soft labels: relabel it first (infer-fast relabel), with the teachers given "
+                         "here, or evaluate with per-batch teacher labels")
+    if not teachers:
+        raise ValueError("teachers: the random subsets need the teachers that labelled the set")
+    ipc = distilled.budget.get("ipc")
+    if not isinstance(ipc, int) or ipc < 1:
+        raise ValueError("the set records no budget ipc (images per class): cannot pick a random subset of its budget")
+    return ipc
 
 
 def evaluate_set(
@@ -109,20 +180,12 @@ def evaluate_set(
     ``decode_cache``: a directory where a test split read from image files is decoded once
     for all the students (``data.load_test_split``)."""
     from .data import load_dataset, load_test_split
-    from .distill.run import random_set
-    from .student import relabel, train_student
-    from .teacher import resolve_device
+    from .student import train_student
 
     protocol = Protocol() if protocol is None else protocol
     protocol.validate()
-    resolve_device(device)
-    if not distilled.has_soft_labels:
-        raise ValueError("the set has no soft labels: relabel it first (infer-fast relabel), with the teachers given here")
-    if not teachers:
-        raise ValueError("teachers: the random subsets need the teachers that labelled the set")
-    ipc = distilled.budget.get("ipc")
-    if not isinstance(ipc, int) or ipc < 1:
-        raise ValueError("the set records no budget ipc (images per class): cannot pick a random subset of its budget")
+    static = protocol.soft_labels == "static"
+    ipc = check_evaluable(distilled, teachers, device, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
     full = _full_data_accuracy(protocol, distilled.real_dataset, data_root, device, full_data_checkpoint, progress)
@@ -130,12 +193,14 @@ def evaluate_set(
     accuracies: Dict[str, Dict[str, List[float]]] = {"set": {}, "random": {}}
     per_seed: List[Dict[str, float]] = []
     for seed in range(protocol.seeds):
-        random = relabel(random_set(train, ipc, seed), list(teachers), device=device)
+        subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
+        random = random_subset(train, ipc, subset_seed, teachers, device, static)
         seed_acc: Dict[str, float] = {}
         for which, source in (("set", distilled), ("random", random)):
             for name, labels, augmented in RUNS:
                 config = dataclasses.replace(protocol.student_config(labels, augmented, seed), device=device)
-                acc = train_student(source, test, config, progress=progress)["final_accuracy"]
+                acc = train_student(source, test, config, teachers=list(teachers),
+                                    progress=progress)["final_accuracy"]
                 accuracies[which].setdefault(name, []).append(acc)
                 seed_acc[f"{which}_{name}"] = acc
         scores = dd_ranking_scores({
@@ -144,17 +209,20 @@ def evaluate_set(
             "random_soft": seed_acc["random_soft"], "set_soft_plain": seed_acc["set_soft_plain"],
             "random_soft_plain": seed_acc["random_soft_plain"],
         }, protocol.weight)
-        per_seed.append({**seed_acc, **{k: scores[k] for k in SCORE_NAMES}})
+        per_seed.append({**seed_acc, **{k: scores[k] for k in SCORE_NAMES}, "random_subset_seed": subset_seed})
     return {
         "format": REPORT_FORMAT,
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
                 "training_images": distilled.num_training_images()},
-        "protocol": {**dataclasses.asdict(protocol),
+        "protocol": {"name": PROTOCOL_NAME, **dataclasses.asdict(protocol),
                      "student_config": dataclasses.asdict(protocol.student_config("soft", True, 0)),
                      "runs": {name: {"labels": labels, "augmentation_and_mixing": augmented}
                               for name, labels, augmented in RUNS},
-                     "random_subset": f"ipc {ipc} real training images per class, picked with the seed, "
-                                      "soft-labelled by the same teachers"},
+                     "random_subset": f"ipc {ipc} real training images per class, picked with "
+                                      + ("the seed" if protocol.random_subset_seed is None
+                                         else f"seed {protocol.random_subset_seed} for every seed")
+                                      + (", soft-labelled by the same teachers" if static else
+                                         ", labelled by the teachers on every batch")},
         "full_data_hard": full,
         "accuracy": {which: {name: _summary(v) for name, v in runs.items()} for which, runs in accuracies.items()},
         "scores": {name: _summary([s[name] for s in per_seed]) for name in SCORE_NAMES},
@@ -167,8 +235,14 @@ def format_report(report: Dict[str, Any]) -> str:
     def pct(summary):
         return f"{100 * summary['mean']:6.2f} +- {100 * summary['std']:5.2f}"
 
+    if report["protocol"].get("name") == "dd-ranking":
+        from .dd_ranking import format_dd_ranking_report
+
+        return format_dd_ranking_report(report)
     s = report["set"]
-    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {report['protocol']['seeds']} seed(s)",
+    labels = report["protocol"].get("soft_labels", "static")
+    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {report['protocol']['seeds']} seed(s); "
+             f"protocol {PROTOCOL_NAME} (final-epoch accuracy, {labels} soft labels)",
              f"{'run':<12} {'set':>16} {'random subset':>16}"]
     for name, *_ in RUNS:
         lines.append(f"{name:<12} {pct(report['accuracy']['set'][name]):>16} {pct(report['accuracy']['random'][name]):>16}")

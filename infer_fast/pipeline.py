@@ -432,28 +432,37 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
 
 def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results: Dict[str, Any],
                 teacher_paths: List[str], save, progress: bool) -> None:
-    """DD-Ranking's scores of every set with static labels, under infer-fast evaluate's
-    protocol with the run's student and seeds; the full-data accuracy is the recorded one of
-    the first teacher of the student's architecture, else trained. Each set's report is
-    saved as it is done (a rerun skips it)."""
-    from .evaluate import Protocol, evaluate_set
+    """DD-Ranking's scores of every set under the protocol ``cfg.scores`` names (infer-fast
+    evaluate's with the run's student and seeds; or DD-Ranking's, ``seeds`` rounds; INFER+Dyn's
+    set, which has no static labels, only with per-batch labels); the full-data accuracy is DD-Ranking's cached value or
+    the recorded one of the first teacher of the student's architecture, else trained. Each
+    set's report is saved as it is done (a rerun skips it)."""
+    from .data.registry import dataset_options
+    from .dd_ranking import evaluate_set_dd_ranking
+    from .evaluate import evaluate_set, same_architecture
     from .storage import load_distilled
     from .teacher import load_teacher
 
-    protocol = Protocol(student={k: v for k, v in cfg.student.items() if k not in ("seed", "labels", "dynamic")},
-                        seeds=cfg.seeds)
-    student_model = protocol.student_config("soft", True, 0).model
+    protocol = cfg.score_protocol()
+    if cfg.scores_protocol == "dd-ranking":
+        dataset_name = dataset_options(cfg.dataset)[0]
+        student_model = protocol.student_config(dataset_name, "hard", False, protocol.lr_grid[0], 0).model
+        evaluate, per_set = evaluate_set_dd_ranking, f"{protocol.rounds} rounds"
+    else:
+        student_model = protocol.student_config("soft", True, 0).model
+        evaluate, per_set = evaluate_set, f"{8 * protocol.seeds} students"
     teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
-    same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if meta["model"] == student_model]
+    same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
     scores = results.setdefault("scores", {})
     for method, ipc, directory in sets:
-        if method != "infer_dyn":
+        if method != "infer_dyn" or protocol.soft_labels == "per-batch":  # (INFER+Dyn's set has no static labels)
             key = f"{method}/ipc{ipc}"
-            if key in scores:
-                continue
-            _say(progress, f"DD-Ranking scores: {method_label(method)} ipc {ipc} ({8 * cfg.seeds} students)")
-            scores[key] = evaluate_set(load_distilled(directory), [m for m, _ in teachers], protocol,
-                                       data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
-                                       device=cfg.device, progress=False,
-                                       decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
+            if key in scores and scores[key]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
+                continue  # (scored under another protocol before: scored again)
+            _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol): {method_label(method)} ipc {ipc} "
+                           f"({per_set})")
+            scores[key] = evaluate(load_distilled(directory), [m for m, _ in teachers], protocol,
+                                   data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
+                                   device=cfg.device, progress=False,
+                                   decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
             save()

@@ -100,12 +100,24 @@ def format_scores(results: Dict[str, Any]) -> str:
     scores = results.get("scores") or {}
     if not scores:
         return ""
-    lines = ["| method | ipc | soft | soft, no aug. | hard, no aug. | random soft | random soft, no aug. | HLR | IOR | LRS | ARS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(summary):
         return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
 
+    first = next(iter(scores.values()))
+    if first["protocol"].get("name") == "dd-ranking":  # its runs, and the scores on both scales
+        lines = ["| method | ipc | hard | soft | random soft | soft, no mix | random soft, no mix | HLR | IOR | LRS | ARS "
+                 "| LRS printed | ARS printed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, report in scores.items():
+            method, ipc = key.split("/ipc")
+            acc, sc, printed = report["accuracy"], report["scores"], report["scores_printed"]
+            lines.append(f"| {method_label(method)} | {ipc} | {pct(acc['set_hard'])} | {pct(acc['set_soft'])} | "
+                         f"{pct(acc['random_soft'])} | {pct(acc['set_plain'])} | {pct(acc['random_plain'])} | "
+                         f"{pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | {pct(sc['ars'])} | "
+                         f"{printed['lrs']['mean']:.4g} | {printed['ars']['mean']:.4g} |")
+        return "\n".join(lines)
+    lines = ["| method | ipc | soft | soft, no aug. | hard, no aug. | random soft | random soft, no aug. | HLR | IOR | LRS | ARS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, report in scores.items():
         method, ipc = key.split("/ipc")
         acc, sc = report["accuracy"], report["scores"]
@@ -146,7 +158,10 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
         lines.append("")
     scores = format_scores(results)
     if scores:
-        lines += ["DD-Ranking scores (`infer-fast evaluate`'s protocol, the run's student and seeds; %, mean ± std):",
-                  "", scores, ""]
+        protocol = next(iter(results["scores"].values()))["protocol"].get("name", "infer-fast")
+        about = ("DD-Ranking's protocol (best of periodic tests over a rate grid, teacher labels per batch), the run's "
+                 "seeds as rounds; %, mean ± std; printed: as DD-Ranking's code prints them" if protocol == "dd-ranking"
+                 else "`infer-fast evaluate`'s protocol, the run's student and seeds; %, mean ± std")
+        lines += [f"DD-Ranking scores ({about}):", "", scores, ""]
     lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
     return "\n".join(lines) + ("\n" if plots else "")

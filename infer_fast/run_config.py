@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .choices import RUN_METHODS
+from .choices import EVALUATION_PROTOCOLS, RUN_METHODS
 from .config import check_int
 from .results import METHOD_LABELS
 
@@ -38,9 +38,11 @@ class PipelineConfig:
     dynamic_epochs: Optional[int] = None
     seeds: int = 3
     feature_duplication: bool = True
-    # DD-Ranking's scores of every set (infer-fast evaluate's protocol with ``student`` and
-    # ``seeds``; 8 more students per seed and set): off, or true
-    scores: bool = False
+    # DD-Ranking's scores of every set: false (off), true or "infer-fast" (infer-fast evaluate's
+    # protocol with ``student`` and ``seeds``; 8 more students per seed and set), "dd-ranking"
+    # (DD-Ranking's protocol, ``student``'s model and epochs, ``seeds`` rounds), or a mapping
+    # {protocol: NAME, OPTION: VALUE...} (e.g. lr_grid, test_interval, soft_labels)
+    scores: Any = False
     # sets made elsewhere (e.g. `infer-fast import`ed, with soft labels) trained and scored
     # beside ours under the same protocol: {label: set directory}; each at its own ipc
     external: Dict[str, str] = field(default_factory=dict)
@@ -48,6 +50,46 @@ class PipelineConfig:
     # memory-mapped for every student evaluation (uint8 at the eval size: 7.5 GB for ImageNet's
     # 50,000 val images at 224^2) instead of being decoded again for each
     decode_cache: bool = True
+
+    @property
+    def scores_protocol(self) -> Optional[str]:
+        """The protocol of the run's scores (None: no scores)."""
+        if isinstance(self.scores, dict):
+            return self.scores.get("protocol", "infer-fast")
+        return "infer-fast" if self.scores is True else (self.scores or None)
+
+    def score_protocol(self, where: str = "config"):
+        """The evaluation protocol of the run's scores, validated (None: no scores): the run's
+        student (DD-Ranking's: its model and epochs) and seeds (DD-Ranking's: rounds), and
+        the options of a ``scores: {protocol: ..., OPTION: VALUE}`` mapping."""
+        from .data.registry import dataset_options
+        from .dd_ranking import DDRankingProtocol
+        from .evaluate import Protocol
+
+        name = self.scores_protocol
+        if name is None:
+            return None
+        if name not in EVALUATION_PROTOCOLS:
+            raise ValueError(f"{where}: scores: protocol must be one of {', '.join(EVALUATION_PROTOCOLS)}, got {name!r}")
+        options = {k: v for k, v in self.scores.items() if k != "protocol"} if isinstance(self.scores, dict) else {}
+        student = {k: v for k, v in self.student.items() if k not in ("seed", "labels", "dynamic")}
+        kind = DDRankingProtocol if name == "dd-ranking" else Protocol
+        allowed = sorted({f.name for f in dataclasses.fields(kind)} - {"student", "seeds", "rounds"})
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"{where}: scores: unknown option(s) {', '.join(unknown)} of the {name} protocol; allowed: "
+                             f"protocol, {', '.join(allowed)}")
+        try:
+            if name == "dd-ranking":
+                protocol = DDRankingProtocol(student={k: v for k, v in student.items() if k in ("model", "epochs")},
+                                             rounds=self.seeds, **options)
+                protocol.validate(dataset_options(self.dataset)[0])
+            else:
+                protocol = Protocol(student=student, seeds=self.seeds, **options)
+                protocol.validate()
+        except ValueError as exc:
+            raise ValueError(f"{where}: scores: {exc}") from None
+        return protocol
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
@@ -136,9 +178,12 @@ class PipelineConfig:
             if manifest.get("dataset") != canonical_name(self.dataset):
                 raise ValueError(f"{where}: external set {label} ({directory}) is of {manifest.get('dataset')!r}, "
                                  f"not {self.dataset!r}")
-        for name in ("feature_duplication", "scores", "decode_cache"):
+        for name in ("feature_duplication", "decode_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.scores, (bool, dict)) and self.scores not in EVALUATION_PROTOCOLS:
+            raise ValueError(f"{where}: scores must be true, false, a protocol ({', '.join(EVALUATION_PROTOCOLS)}) or a "
+                             f"mapping {{protocol: NAME, OPTION: VALUE...}}, got {self.scores!r}")
         if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
             raise ValueError(f"{where}: dynamic_epochs must be a positive integer, got {self.dynamic_epochs!r}")
         for name in ("recovery", "sre2l", "student"):
@@ -147,6 +192,7 @@ class PipelineConfig:
         self.recovery_config()
         self.sre2l_config()
         self.student_config("infer", 0, len(self.teachers))
+        self.score_protocol(where)
         if {"infer", "infer_dyn"} & set(self.methods):
             C = get_spec(self.dataset).num_classes
             for ipc in self.ipc:  # a budget with K = 0 is refused before anything runs

@@ -17,7 +17,10 @@ Accuracies are fractions in [0, 1] (so every difference lies in [-1, 1]):
 
 DD-Ranking's code passes accuracies in percent to these formulas, which puts alpha far
 outside [-1, 1]; we follow the published definition's range (fractions) and report the
-scores in [0, 1] (x 100 in tables)."""
+scores in [0, 1] (x 100 in tables). :func:`dd_ranking_printed_scores` gives the numbers
+DD-Ranking's code prints for the same accuracies (HLR and IOR in points, LRS and ARS from
+percent differences: about -0.1565 for every alpha below -10 points, astronomically large
+above +10), for putting beside its leaderboard; the two can rank sets differently."""
 from __future__ import annotations
 
 import math
@@ -89,4 +92,37 @@ def dd_ranking_scores(accuracies: Dict[str, float], weight: float = DEFAULT_WEIG
         "ars": augmentation_robust_score(accuracies["set_soft"], accuracies["random_soft"],
                                          accuracies["set_soft_plain"], accuracies["random_soft_plain"], weight),
         "weight": check_weight(weight),
+    }
+
+
+PRINTED_FLOOR = -math.exp(-1.0) / (math.e - math.exp(-1.0))  # exp_normalized(x) as x -> -inf: -0.1565
+
+
+def printed_label_robust_score(hlr: float, ior: float, weight: float = DEFAULT_WEIGHT) -> float:
+    """LRS as DD-Ranking's code prints it: exp_normalized(w IOR - (1 - w) HLR) with HLR and
+    IOR in points (given here as fractions, as everywhere in this module)."""
+    w = check_weight(weight)
+    return exp_normalized(100.0 * (w * ior - (1.0 - w) * hlr))
+
+
+def printed_augmentation_robust_score(set_aug: float, random_aug: float, set_plain: float, random_plain: float,
+                                      weight: float = DEFAULT_WEIGHT) -> float:
+    """ARS as DD-Ranking's code prints it: the differences of accuracies in points."""
+    w = check_weight(weight)
+    beta = w * improvement_over_random(set_aug, random_aug) + (1.0 - w) * improvement_over_random(set_plain, random_plain)
+    return exp_normalized(100.0 * beta)
+
+
+def dd_ranking_printed_scores(accuracies: Dict[str, float], weight: float = DEFAULT_WEIGHT) -> Dict[str, float]:
+    """The numbers DD-Ranking's code prints for the accuracies of :func:`dd_ranking_scores`
+    (fractions in): HLR and IOR in points, LRS and ARS from differences in points. Returns
+    {"hlr", "ior", "lrs", "ars", "weight"}."""
+    unit = dd_ranking_scores(accuracies, weight)  # (checks the accuracies and the weight)
+    return {
+        "hlr": 100.0 * unit["hlr"],
+        "ior": 100.0 * unit["ior"],
+        "lrs": printed_label_robust_score(unit["hlr"], unit["ior"], weight),
+        "ars": printed_augmentation_robust_score(accuracies["set_soft"], accuracies["random_soft"],
+                                                 accuracies["set_soft_plain"], accuracies["random_soft_plain"], weight),
+        "weight": unit["weight"],
     }

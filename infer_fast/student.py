@@ -37,7 +37,9 @@ Protocol choices (documented once, here):
   logits on the augmented, mixed batch x' (the stored labels are not used). The epoch
   reduction of the paper (400 -> 80 for M = 4) is the caller's choice of ``epochs``.
 * Optimizer: AdamW(lr, weight_decay), cosine schedule stepped per step over
-  epochs * steps_per_epoch. Shuffling, augmentation, lambda and the CutMix box are drawn
+  epochs * steps_per_epoch (``schedule="cosine"``), or DD-Ranking's ("half-cosine"): the
+  rate times 0.5 (1 + cos(pi e / 2E)) in epoch e of E, so the last epochs run at about half
+  the rate. Shuffling, augmentation, lambda and the CutMix box are drawn
   from one ``torch.Generator`` seeded with ``seed``; model initialization uses ``seed`` too.
 * Evaluation: top-1 on the real test split, student in eval mode. ``final_accuracy`` is the
   accuracy after the last epoch; ``best_accuracy`` (the optimistic best over the periodic
@@ -65,7 +67,7 @@ from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import evaluate, load_teachers_for_set, resolve_device
 from . import distributed
-from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES
+from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
 from .config import check_choice, check_finite_numbers, check_positive_ints
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
@@ -170,6 +172,7 @@ class StudentConfig:
     seed: int = 0
     dynamic: bool = False  # INFER+Dyn: teacher-ensemble labels recomputed for every mixed batch
     eval_every: int = 0  # 0: evaluate only after the last epoch
+    schedule: str = "cosine"  # one of STUDENT_SCHEDULES
     device: str = "auto"
     eval_batch_size: int = 1000
 
@@ -189,6 +192,7 @@ class StudentConfig:
         check_choice("augmentation", self.augmentation, STUDENT_AUGMENTATIONS)
         check_choice("mix", self.mix, STUDENT_MIXES)
         check_choice("labels", self.labels, STUDENT_LABELS)
+        check_choice("schedule", self.schedule, STUDENT_SCHEDULES)
         if self.dynamic and self.labels == "hard":
             raise ValueError("dynamic=True (INFER+Dyn) relabels every batch with the teachers: it needs labels='soft'")
         resolve_device(self.device)
@@ -277,6 +281,20 @@ def cutmix(x: Tensor, z: Optional[Tensor], lam: float, perm: Tensor,
     x_mixed[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
     lam = 1.0 - (bottom - top) * (right - left) / (height * width)
     return x_mixed, _mix_logits(z, lam, perm), lam
+
+
+def half_cosine_factor(epoch: int, epochs: int) -> float:
+    """DD-Ranking's "cosine" schedule: the rate's factor in epoch ``epoch`` (0-based) of
+    ``epochs``, 0.5 (1 + cos(pi epoch / 2 epochs)): 1 at the start, 0.5 after the last."""
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs / 2))
+
+
+def _schedule(cfg: StudentConfig, optimizer, steps_per_epoch: int):
+    """The learning-rate schedule, stepped once per optimizer step."""
+    if cfg.schedule == "half-cosine":  # constant within an epoch, as DD-Ranking's per-epoch LambdaLR
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: half_cosine_factor(step // steps_per_epoch, cfg.epochs))
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
 
 
 def distillation_loss(student_logits: Tensor, target_logits: Tensor, temperature: float) -> Tensor:
@@ -391,7 +409,7 @@ def train_student(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    schedule = _schedule(cfg, optimizer, steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     history: List[Dict[str, Any]] = []

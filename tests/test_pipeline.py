@@ -242,8 +242,24 @@ def test_scores_of_every_set_inside_the_run(finished_run, tmp_path, monkeypatch)
 
     monkeypatch.setattr(evaluate, "evaluate_set", lambda *a, **k: pytest.fail("evaluated again"))
     assert run_pipeline(scored, progress=False)["scores"].keys() == results["scores"].keys()
-    with pytest.raises(ValueError, match="scores must be true or false"):
+    with pytest.raises(ValueError, match="scores must be true, false, a protocol"):
         tiny_config(tmp_path / "x", scores="yes")
+    with pytest.raises(ValueError, match="scores: unknown option.*lr_grids"):
+        tiny_config(tmp_path / "x", scores={"protocol": "dd-ranking", "lr_grids": [0.1]})
+    with pytest.raises(ValueError, match=r"scores: epochs \(2\) must be at least test_interval \(20\)"):
+        tiny_config(tmp_path / "x", scores="dd-ranking")  # (checked before any work)
+
+    # the same sets under DD-Ranking's protocol: scored again (INFER+Dyn's too: labels per batch)
+    dd = tiny_config(tmp_path / "run", seeds=1, scores={"protocol": "dd-ranking", "test_interval": 1,
+                                                          "lr_grid": [0.001, 0.01]})
+    monkeypatch.undo()
+    results = run_pipeline(dd, progress=False)
+    assert sorted(results["scores"]) == ["infer/ipc2", "infer_dyn/ipc2", "random/ipc2", "sre2l/ipc2"]
+    report = results["scores"]["infer/ipc2"]
+    assert report["protocol"]["name"] == "dd-ranking" and report["protocol"]["lr_grid"] == [0.001, 0.01]
+    assert report["full_data_hard"]["accuracy"] == results["teachers"][0]["test_accuracy"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "DD-Ranking's protocol" in md and "LRS printed" in md and "| INFER+Dyn | 2 |" in md
 
 
 def test_imported_sets_join_the_run(finished_run, tmp_path):

@@ -1,0 +1,310 @@
+"""DD-Ranking's evaluation protocol, point by point, for scores to put beside its leaderboard.
+
+    report = evaluate_set_dd_ranking(load_distilled("sets/infer10"), teachers, DDRankingProtocol())
+
+Read from NUS-HPC-AI-Lab/DD-Ranking (ddranking/metrics/soft_label.py, aug_robust.py,
+ddranking/utils/train_and_eval.py and its per-method configs, e.g. SRe2L/CIFAR10/IPC10.yaml):
+
+- **Rounds**: 5, seeded 0, 1, 42, 1234, 3407 (its ``seed_list``); mean and population std.
+- **Accuracy of a run**: the best of the test accuracies measured every 20 epochs
+  (``test_interval``), not the final epoch's.
+- **Learning-rate grid** [0.001, 0.005, 0.01, 0.05, 0.1]: a run's accuracy is the best over
+  the grid (the first rate wins ties), always for the set's hard-label run and for the random
+  subset's runs; the set's soft-label runs use ``set_lr`` when given, else the grid too.
+- **Student**: AdamW (weight decay 0.01), DD-Ranking's "cosine" (per epoch, 0.5 (1 + cos(pi e
+  / 2E)): the rate decays to half), batch 256, KL at the config's temperature. Per dataset
+  family (its SRe2L configs): CIFAR-like RandomCrop + flip, mixup 0.8, T 30, 400 epochs;
+  Tiny-ImageNet RandomResizedCrop + flip, CutMix 1.0, T 20, 400 epochs; ImageNet-1k the same
+  with T 3, 300 epochs. The crop and flip are the dataset transform there, so they apply to
+  every run; "without augmentation" (hard-label runs, ARS's plain runs) drops the batch
+  mixing only.
+- **Soft labels** "M" (``soft_labels="per-batch"``, every soft-label leaderboard config but
+  DATM's): the teachers' mean logits on every augmented, mixed batch; "S" ("static"): stored.
+- **HLR** = full-data hard accuracy - the set's hard accuracy (no mixing); **IOR** = set soft -
+  random soft; **LRS** from them. **ARS** from its own evaluation: the set and a random subset
+  with and without mixing, four more grid searches per round, students of their own draws.
+- **Full-data accuracy**: DD-Ranking's cached values (ImageNet-1k 56.5, Tiny-ImageNet 46.4,
+  ResNet-18-BN), else a checkpoint of the students' architecture that records its accuracy,
+  else trained here in every round with our teacher recipe (DD-Ranking retrains per round
+  with its REAL_DATA_TRAINING_CONFIG).
+- **Scores** on both scales: the documented [0, 1] (accuracies as fractions) and the numbers
+  DD-Ranking's code prints (percent into exp(): ``scores.printed_label_robust_score``).
+
+Not reproduced: its random subsets are its own files; ours are drawn with the round's seed
+(``random_subset_seed`` fixes one subset for every round)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from torch import nn
+
+from .scores import (DEFAULT_WEIGHT, augmentation_robust_score, check_weight, hard_label_recovery,
+                     improvement_over_random, label_robust_score, printed_augmentation_robust_score,
+                     printed_label_robust_score)
+
+PROTOCOL_NAME = "dd-ranking"
+LR_GRID = (0.001, 0.005, 0.01, 0.05, 0.1)  # its _hyper_param_search_* lr_list
+TEST_INTERVAL = 20  # epochs between test evaluations (its test_interval)
+ROUND_SEEDS = (0, 1, 42, 1234, 3407)  # its seed_list; rounds beyond the fifth: 10000 + round
+ARS_SEED_OFFSET = 100_003  # ARS's students draw their own initialization and batches
+# DD-Ranking's student per dataset family (its SRe2L configs); lr is the grid's
+FAMILY_RECIPES: Dict[str, Dict[str, Any]] = {
+    "cifar": dict(model="resnet18", augmentation="crop_flip", mix="mixup", mixup_alpha=0.8, temperature=30.0,
+                  epochs=400),
+    "tiny-imagenet": dict(model="resnet18", augmentation="resized_crop_flip", mix="cutmix", mixup_alpha=1.0,
+                          temperature=20.0, epochs=400),
+    "imagenet": dict(model="resnet18-imagenet", augmentation="resized_crop_flip", mix="cutmix", mixup_alpha=1.0,
+                     temperature=3.0, epochs=300),
+}
+SHARED_RECIPE = dict(batch_size=256, weight_decay=0.01, schedule="half-cosine")
+# its REAL_DATA_ACC_CACHE: full-data hard-label accuracy of ResNet-18-BN, by (dataset, classes, size)
+FULL_DATA_ACCURACY = {("imagenet", 1000, 224, "resnet18-imagenet"): 0.565,
+                      ("tiny-imagenet", 200, 64, "resnet18"): 0.464}
+SET_BY_PROTOCOL = ("labels", "seed", "dynamic", "lr", "eval_every", "schedule")
+SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
+
+
+def family_of(dataset_name: str) -> str:
+    return dataset_name if dataset_name in ("imagenet", "tiny-imagenet") else "cifar"
+
+
+def round_seed(index: int) -> int:
+    return ROUND_SEEDS[index] if index < len(ROUND_SEEDS) else 10_000 + index
+
+
+@dataclass
+class DDRankingProtocol:
+    """``recipe``: a key of FAMILY_RECIPES (None: the set's dataset's family); ``student``:
+    StudentConfig fields over it (model, epochs, batch_size, temperature, augmentation, mix...;
+    not the rate, which the grid sets); ``set_lr``: the set's own student rate for its
+    soft-label runs (None: the grid); ``soft_labels``: "per-batch" (M) or "static" (S)."""
+
+    recipe: Optional[str] = None
+    student: Dict[str, Any] = field(default_factory=dict)
+    rounds: int = 5
+    lr_grid: Tuple[float, ...] = LR_GRID
+    set_lr: Optional[float] = None
+    test_interval: int = TEST_INTERVAL
+    weight: float = DEFAULT_WEIGHT
+    soft_labels: str = "per-batch"
+    random_subset_seed: Optional[int] = None
+    full_data_epochs: int = 30
+
+    def validate(self, dataset_name: str = "cifar10") -> None:
+        from .choices import SOFT_LABEL_MODES
+        from .config import check_choice, check_int, check_positive_ints
+
+        if self.recipe is not None:
+            check_choice("recipe", self.recipe, tuple(FAMILY_RECIPES))
+        if not isinstance(self.student, dict):
+            raise ValueError(f"student must be a mapping of StudentConfig fields, got {self.student!r}")
+        for name in SET_BY_PROTOCOL:
+            if name in self.student:
+                raise ValueError(f"student: {name} is set by the DD-Ranking protocol itself"
+                                 + (" (the rate: lr_grid, or set_lr for the set's soft-label runs)" if name == "lr" else ""))
+        check_positive_ints(self, ("rounds", "test_interval", "full_data_epochs"))
+        check_weight(self.weight)
+        check_choice("soft_labels", self.soft_labels, SOFT_LABEL_MODES)
+        if self.random_subset_seed is not None:
+            check_int("random_subset_seed", self.random_subset_seed, minimum=0)
+        grid = tuple(self.lr_grid) if isinstance(self.lr_grid, (list, tuple)) else ()
+        if not grid or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                           for v in grid):
+            raise ValueError(f"lr_grid must be a non-empty list of positive learning rates, got {self.lr_grid!r}")
+        if self.set_lr is not None and (isinstance(self.set_lr, bool) or not isinstance(self.set_lr, (int, float))
+                                        or not math.isfinite(self.set_lr) or self.set_lr <= 0):
+            raise ValueError(f"set_lr must be a positive learning rate, got {self.set_lr!r}")
+        config = self.student_config(dataset_name, "soft", True, grid[0], 0)
+        if config.epochs < self.test_interval:
+            raise ValueError(f"epochs ({config.epochs}) must be at least test_interval ({self.test_interval}): the "
+                             "protocol's accuracy is the best of the tests every test_interval epochs")
+
+    def recipe_for(self, dataset_name: str) -> str:
+        return self.recipe or family_of(dataset_name)
+
+    def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int):
+        """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``."""
+        from .student import StudentConfig
+
+        values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset_name)], **self.student}
+        values.update(labels=labels, seed=seed, lr=float(lr), eval_every=self.test_interval, schedule="half-cosine",
+                      dynamic=labels == "soft" and self.soft_labels == "per-batch")
+        if not mixed:
+            values["mix"] = "none"
+        config = StudentConfig(**values)
+        config.validate()
+        return config
+
+
+def periodic_best(history: Sequence[Dict[str, Any]], interval: int) -> float:
+    """A run's accuracy under DD-Ranking: the best test accuracy among the epochs that are
+    multiples of ``interval``."""
+    tested = [r["test_accuracy"] for r in history if r["epoch"] % interval == 0 and "test_accuracy" in r]
+    if not tested:
+        raise ValueError(f"no test evaluation at a multiple of {interval} epochs")
+    return max(tested)
+
+
+def _summary(values: Sequence[float]) -> Dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+
+
+class _Runs:
+    """Trains the students of an evaluation, one grid search at a time, with one bar."""
+
+    def __init__(self, protocol: DDRankingProtocol, dataset_name: str, test, teachers, device: str, total: int,
+                 progress: bool):
+        from tqdm import tqdm
+
+        self.protocol, self.dataset_name, self.test = protocol, dataset_name, test
+        self.teachers, self.device = list(teachers), device
+        self.bar = tqdm(total=total, desc="DD-Ranking students", unit="student", disable=not progress)
+
+    def best(self, source, labels: str, mixed: bool, seed: int, grid: Sequence[float]) -> Dict[str, Any]:
+        """{"accuracy", "lr", "grid": {lr: accuracy}}: the best run over ``grid``."""
+        from .student import train_student
+
+        found: Dict[str, float] = {}
+        best_acc, best_lr = -1.0, None
+        for lr in grid:
+            config = dataclasses.replace(self.protocol.student_config(self.dataset_name, labels, mixed, lr, seed),
+                                         device=self.device)
+            result = train_student(source, self.test, config, teachers=self.teachers, progress=False)
+            acc = periodic_best(result["history"], self.protocol.test_interval)
+            found[repr(float(lr))] = acc
+            if acc > best_acc:  # strictly: the first rate wins a tie, as its search
+                best_acc, best_lr = acc, float(lr)
+            self.bar.update(1)
+            self.bar.set_postfix(last=f"{100 * acc:.2f}%")
+        return {"accuracy": best_acc, "lr": best_lr, "grid": found}
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, device: str, checkpoint,
+               progress: bool):
+    """(accuracy for round i, source): DD-Ranking's cache, a checkpoint, or trained each round."""
+    from .evaluate import check_full_data_checkpoint, same_architecture, train_full_data
+
+    name = distilled.dataset
+    for (dataset, classes, size, cached_model), accuracy in FULL_DATA_ACCURACY.items():
+        if checkpoint is None and (dataset, classes, size) == (name, distilled.num_classes, distilled.height) \
+                and same_architecture(model, cached_model):
+            return (lambda i, a=accuracy: a), f"DD-Ranking's cached value for {name} with ResNet-18-BN ({cached_model})"
+    if checkpoint is not None:
+        meta = check_full_data_checkpoint(checkpoint, model, distilled.real_dataset)
+        return (lambda i: float(meta["test_accuracy"])), f"recorded in {checkpoint} ({meta['model']})"
+    accuracies: Dict[int, float] = {}
+
+    def trained(i: int) -> float:
+        if i not in accuracies:
+            accuracies[i] = train_full_data(model, distilled.real_dataset, data_root, device, protocol.full_data_epochs,
+                                            progress, seed=round_seed(i))
+        return accuracies[i]
+    return trained, f"trained here in every round: {model}, {protocol.full_data_epochs} epochs of the teacher recipe"
+
+
+def evaluate_set_dd_ranking(
+    distilled, teachers: Sequence[nn.Module], protocol: Optional[DDRankingProtocol] = None, *,
+    data_root: Optional[str] = None, full_data_checkpoint: Optional[str] = None, device: str = "auto",
+    progress: bool = True, decode_cache: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The DD-Ranking evaluation report of ``distilled`` (see the module docstring): every
+    accuracy behind the scores with its grid, the scores per round on both scales and their
+    mean and std. ``teachers`` label the soft-label runs (per batch) or the random subsets."""
+    from .data import load_dataset, load_test_split
+    from .evaluate import REPORT_FORMAT, check_evaluable, random_subset
+
+    protocol = DDRankingProtocol() if protocol is None else protocol
+    name = distilled.dataset
+    protocol.validate(name)
+    static = protocol.soft_labels == "static"
+    ipc = check_evaluable(distilled, teachers, device, static)
+    model = protocol.student_config(name, "hard", False, protocol.lr_grid[0], 0).model
+    full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress)
+    train = load_dataset(distilled.real_dataset, "train", data_root=data_root)
+    test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
+
+    grid = tuple(float(v) for v in protocol.lr_grid)
+    set_grid = grid if protocol.set_lr is None else (float(protocol.set_lr),)
+    per_round_students = len(grid) * 4 + len(set_grid) * 3  # set hard + random x3 on the grid; set soft x3
+    runs = _Runs(protocol, name, test, teachers, device, protocol.rounds * per_round_students, progress)
+    rounds: List[Dict[str, Any]] = []
+    try:
+        for i in range(protocol.rounds):
+            seed = round_seed(i)
+            subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
+            random = random_subset(train, ipc, subset_seed, teachers, device, static)
+            ars_seed = seed + ARS_SEED_OFFSET
+            r = {
+                "set_hard": runs.best(distilled, "hard", False, seed, grid),
+                "set_soft": runs.best(distilled, "soft", True, seed, set_grid),
+                "random_soft": runs.best(random, "soft", True, seed, grid),
+                "set_aug": runs.best(distilled, "soft", True, ars_seed, set_grid),
+                "random_aug": runs.best(random, "soft", True, ars_seed, grid),
+                "set_plain": runs.best(distilled, "soft", False, ars_seed, set_grid),
+                "random_plain": runs.best(random, "soft", False, ars_seed, grid),
+            }
+            acc = {k: v["accuracy"] for k, v in r.items()}
+            full = full_data(i)
+            hlr = hard_label_recovery(full, acc["set_hard"])
+            ior = improvement_over_random(acc["set_soft"], acc["random_soft"])
+            w = protocol.weight
+            rounds.append({
+                "seed": seed, "random_subset_seed": subset_seed, "runs": r, "full_hard": full,
+                "scores": {"hlr": hlr, "ior": ior, "lrs": label_robust_score(hlr, ior, w),
+                           "ars": augmentation_robust_score(acc["set_aug"], acc["random_aug"], acc["set_plain"],
+                                                            acc["random_plain"], w)},
+                "printed": {"hlr": 100 * hlr, "ior": 100 * ior, "lrs": printed_label_robust_score(hlr, ior, w),
+                            "ars": printed_augmentation_robust_score(acc["set_aug"], acc["random_aug"],
+                                                                     acc["set_plain"], acc["random_plain"], w)},
+            })
+            if progress:
+                runs.bar.write(f"round {i + 1}/{protocol.rounds} (seed {seed}): " + ", ".join(
+                    f"{k} {100 * v:.2f}%" for k, v in acc.items()) + f", full data {100 * full:.2f}%")
+    finally:
+        runs.close()
+    run_names = tuple(rounds[0]["runs"])
+    return {
+        "format": REPORT_FORMAT,
+        "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
+                "training_images": distilled.num_training_images()},
+        "protocol": {
+            "name": PROTOCOL_NAME, **dataclasses.asdict(protocol), "lr_grid": list(grid),
+            "recipe": protocol.recipe_for(name), "round_seeds": [r["seed"] for r in rounds],
+            "student_config": dataclasses.asdict(protocol.student_config(name, "soft", True, grid[0], 0)),
+            "accuracy_of_a_run": f"best of the tests every {protocol.test_interval} epochs, best over the rate grid",
+            "random_subset": f"ipc {ipc} real training images per class, picked with "
+                             + ("the round's seed" if protocol.random_subset_seed is None
+                                else f"seed {protocol.random_subset_seed} in every round"),
+        },
+        "full_data_hard": {"accuracy": _summary([r["full_hard"] for r in rounds])["mean"], "source": full_source,
+                           "per_round": [r["full_hard"] for r in rounds]},
+        "accuracy": {k: _summary([r["runs"][k]["accuracy"] for r in rounds]) for k in run_names},
+        "scores": {k: _summary([r["scores"][k] for r in rounds]) for k in SCORE_NAMES},
+        "scores_printed": {k: _summary([r["printed"][k] for r in rounds]) for k in SCORE_NAMES},
+        "per_round": rounds,
+    }
+
+
+def format_dd_ranking_report(report: Dict[str, Any]) -> str:
+    """The DD-Ranking report as a short table (accuracies in %, mean +- std over rounds)."""
+    def pct(summary):
+        return f"{100 * summary['mean']:6.2f} +- {100 * summary['std']:5.2f}"
+
+    s, p = report["set"], report["protocol"]
+    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {len(p['round_seeds'])} round(s); "
+             f"protocol {PROTOCOL_NAME} ({p['accuracy_of_a_run']}; {p['soft_labels']} soft labels)"]
+    lines += [f"{name:<13} {pct(summary):>16}" for name, summary in report["accuracy"].items()]
+    lines.append(f"full data, hard labels: {100 * report['full_data_hard']['accuracy']:.2f} "
+                 f"({report['full_data_hard']['source']})")
+    unit, printed = report["scores"], report["scores_printed"]
+    lines.append("scores on [0, 1] (x 100): " + ", ".join(f"{k.upper()} {pct(unit[k])}" for k in SCORE_NAMES))
+    lines.append("as DD-Ranking's code prints them: " + ", ".join(
+        f"{k.upper()} {printed[k]['mean']:.4g} +- {printed[k]['std']:.2g}" for k in SCORE_NAMES))
+    return "\n".join(lines)
