@@ -15,3 +15,6 @@ STUDENT_RECIPES = ("cifar", "imagenet")
 STUDENT_AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
 STUDENT_MIXES = ("mixup", "cutmix", "none")
 STUDENT_LABELS = ("soft", "hard")  # the set's soft labels (KL, temperature) or its hard labels (cross-entropy)
+# `infer-fast export`'s class folders: zero-padded class indices (the default) or class names made
+# safe as folder names (`T-shirt/top` -> `T-shirt_top`; `import` reads all three)
+EXPORT_NAMINGS = ("index", "name")
