@@ -20,3 +20,6 @@ STUDENT_SCHEDULES = ("cosine", "half-cosine")
 STUDENT_LABELS = ("soft", "hard")  # the set's soft labels (KL, temperature) or its hard labels (cross-entropy)
 EVALUATION_PROTOCOLS = ("infer-fast", "dd-ranking")  # `infer-fast evaluate --protocol`: ours, or DD-Ranking's
 SOFT_LABEL_MODES = ("static", "per-batch")  # students learn the set's stored labels, or the teachers' on every batch
+# `infer-fast export`'s class folders: zero-padded class indices (the default) or class names made
+# safe as folder names (`T-shirt/top` -> `T-shirt_top`; `import` reads all three)
+EXPORT_NAMINGS = ("index", "name")

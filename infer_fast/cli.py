@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from .choices import (ACCOUNTINGS, COMPILE_MODES, DISTILL_METHODS, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                       SELECTIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_RECIPES)
-from .choices import EVALUATION_PROTOCOLS, SOFT_LABEL_MODES
+from .choices import EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SOFT_LABEL_MODES
 
 
 class UserError(Exception):
@@ -161,7 +161,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .storage import export_imagefolder
 
-    count = export_imagefolder(args.directory, args.out)
+    count = export_imagefolder(args.directory, args.out, naming=args.naming)
     print(f"exported {count} images to {args.out}")
 
 
@@ -582,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("directory", help="distilled-set directory")
     export.add_argument("--to", choices=["imagefolder"], default="imagefolder", help="export format")
     export.add_argument("out", help="output directory (must not exist or be empty)")
+    export.add_argument("--naming", choices=EXPORT_NAMINGS, default="index",
+                        help="class folders: class indices (default) or class names as folder names (T-shirt_top)")
     export.set_defaults(func=cmd_export)
 
     debug_help = "on an error, show the traceback instead of one line"

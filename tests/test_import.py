@@ -133,3 +133,101 @@ def test_soft_labels_follow_our_exports_training_order(tmp_path):
     order = sorted(range(len(files)), key=lambda i: files[i])  # import order: class folder, then file name
     assert torch.equal(imported.soft_labels, ds.soft_labels_flat()[order])
     assert torch.equal(imported.labels, ds.hard_labels()[order])
+
+
+@pytest.fixture(scope="module")
+def named_export(tmp_path_factory):
+    """A random Fashion-MNIST-mini set (2 per class) saved, and exported with naming="name":
+    its class names need cleaning (T-shirt/top, Ankle boot)."""
+    from infer_fast.storage import save_distilled
+
+    root = tmp_path_factory.mktemp("named")
+    ds = random_set(load_dataset("fashion-mnist-mini", "train"), 2, seed=3)
+    save_distilled(ds, root / "set")
+    export_imagefolder(ds, root / "folders", naming="name")
+    return ds, root
+
+
+def _same_set(imported, ds):
+    assert imported.images.dtype == torch.uint8 and torch.equal(imported.images, ds.images)
+    assert torch.equal(imported.labels, ds.labels) and imported.class_names == ds.class_names
+
+
+def test_round_trip_of_class_names_made_folder_names(named_export, tmp_path):
+    """export naming="name" -> import: the same uint8 pixels, labels and class order, mapped by
+    export.json and, without it, by the folder names (raw, cleaned or index)."""
+    import shutil
+
+    ds, root = named_export
+    folders = sorted(p.name for p in (root / "folders").iterdir() if p.is_dir())
+    assert "T-shirt_top" in folders and "Ankle_boot" in folders
+    _same_set(import_imagefolder(root / "folders", "fashion-mnist-mini"), ds)
+    shutil.copytree(root / "folders", tmp_path / "bare")
+    (tmp_path / "bare" / "export.json").unlink()
+    (tmp_path / "bare" / "Trouser").rename(tmp_path / "bare" / "1")  # names and indices mixed
+    _same_set(import_imagefolder(tmp_path / "bare", "fashion-mnist-mini"), ds)
+
+
+def test_export_json_is_the_folder_map_and_is_checked(named_export, tmp_path):
+    import shutil
+
+    ds, root = named_export
+    shutil.copytree(root / "folders", tmp_path / "f")
+    listing = json.loads((tmp_path / "f" / "export.json").read_text())
+    swapped = dict(listing, class_folders=[listing["class_folders"][1], listing["class_folders"][0]]
+                   + listing["class_folders"][2:])
+    (tmp_path / "f" / "export.json").write_text(json.dumps(swapped))
+    imported = import_imagefolder(tmp_path / "f", "fashion-mnist-mini")  # export.json wins over the names
+    assert imported.labels[:4].tolist() == [0, 0, 1, 1] and torch.equal(imported.images[:2], ds.images[2:4])
+    for bad, match in ((dict(listing, class_folders=listing["class_folders"][:9]), r"class_folders must be 10"),
+                       (dict(listing, class_names=list("abcdefghij")), r"exported from a set whose class names")):
+        (tmp_path / "f" / "export.json").write_text(json.dumps(bad))
+        with pytest.raises(DistilledSetError, match="export.json: " + match):
+            import_imagefolder(tmp_path / "f", "fashion-mnist-mini")
+    (tmp_path / "f" / "export.json").write_text(json.dumps(listing))
+    (tmp_path / "f" / "0").mkdir()
+    with pytest.raises(DistilledSetError, match=r"f/0: not one of the class folders export.json lists"):
+        import_imagefolder(tmp_path / "f", "fashion-mnist-mini")
+
+
+@pytest.mark.parametrize("names, folders, match", [
+    # a cleaned name shared by two classes
+    (("a/b", "a b"), ("a_b",), r"a_b: ambiguous, the folder name of classes 0 \('a/b'\) and 1 \('a b'\)"),
+    # one class's cleaned name is another's raw name
+    (("a/b", "a_b"), ("a_b",), r"a_b: ambiguous, the folder name of classes 0 \('a/b'\) and 1 \('a_b'\)"),
+    # two folders for one class: its raw name and its cleaned name, or its cleaned name and its index
+    (("c d", "e"), ("c d", "c_d"), r"c d and .*c_d are both class 0"),
+    (("c/d", "e"), ("c_d", "0"), r"0 and .*c_d are both class 0"),
+])
+def test_ambiguous_folder_names_are_refused(tmp_path, monkeypatch, names, folders, match):
+    import dataclasses
+
+    import infer_fast.data
+
+    spec = dataclasses.replace(infer_fast.data.get_spec("fashion-mnist-mini"),
+                               class_names=names + tuple(f"class{i}" for i in range(len(names), 10)))
+    monkeypatch.setattr(infer_fast.data, "get_spec", lambda name: spec)
+    _grey_classes(tmp_path)
+    __import__("shutil").rmtree(tmp_path / "0")  # class 0's folders: only those named above
+    for folder in folders:
+        _png(tmp_path / folder / "0.png", np.zeros((28, 28), dtype=np.uint8))
+    with pytest.raises(DistilledSetError, match=match) as refused:
+        import_imagefolder(tmp_path, "fashion-mnist-mini")
+    assert "\n" not in str(refused.value)
+
+
+def test_cli_export_naming_name_then_import(named_export, tmp_path, capsys):
+    ds, root = named_export
+    out = tmp_path / "folders"
+    assert main(["export", str(root / "set"), str(out), "--naming", "name"]) == 0
+    assert (out / "T-shirt_top").is_dir() and (out / "Ankle_boot").is_dir()
+    assert main(["import", str(out), "--dataset", "fashion-mnist-mini", "--out", str(tmp_path / "set")]) == 0
+    _same_set(load_distilled(tmp_path / "set"), ds)
+    (out / "export.json").unlink()
+    (out / "Ankle boot").mkdir()
+    capsys.readouterr()
+    assert main(["import", str(out), "--dataset", "fashion-mnist-mini", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "are both class 9" in err and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        main(["export", str(root / "set"), str(tmp_path / "y"), "--naming", "wnid"])

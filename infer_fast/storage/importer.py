@@ -10,6 +10,7 @@ an error, not resized.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,29 +20,78 @@ import torch
 from torch import Tensor
 
 from .._io import PathLike, file_sha256
+from .disk import FORMAT_NAME
 from .distilled_set import DistilledSet, DistilledSetError
+from .report import _safe_name
 
 EXTERNAL_METHOD = "external"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[str]]) -> List[Tuple[int, Path]]:
-    """(class index, folder) of every class folder: folders named by the class index (``0``,
-    ``007``: our export, and most releases) or by the dataset's class names (e.g. wnids)."""
+def _read_export_listing(root: Path) -> Optional[dict]:
+    """``export.json`` as our own ``export`` wrote it (it records the class folders and the
+    training order of the files), or None where there is none or another tool's."""
+    listing = root / "export.json"
+    if not listing.is_file():
+        return None
+    try:
+        meta = json.loads(listing.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DistilledSetError(f"{listing}: not readable JSON ({exc})") from None
+    return meta if isinstance(meta, dict) and meta.get("source_format") == FORMAT_NAME else None
+
+
+def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
+                              class_names: Optional[Sequence[str]]) -> Dict[str, int]:
+    """folder name -> class from our export's listing (``class_folders[i]`` holds class i), checked
+    against the dataset: its class count and, where both record them, its class names."""
+    folders = listing.get("class_folders")
+    if not (isinstance(folders, list) and len(folders) == num_classes and len(set(folders)) == num_classes
+            and all(isinstance(f, str) and f for f in folders)):
+        raise DistilledSetError(f"{root / 'export.json'}: class_folders must be {num_classes} distinct folder names "
+                                f"(one per class of this dataset)")
+    recorded = listing.get("class_names")
+    if recorded is not None and class_names is not None and recorded != list(class_names):
+        raise DistilledSetError(f"{root / 'export.json'}: exported from a set whose class names are not this "
+                                f"dataset's; import it as the dataset it was exported from")
+    return {f: i for i, f in enumerate(folders)}
+
+
+def _classes_named(folder_name: str, num_classes: int, class_names: Optional[Sequence[str]]) -> List[int]:
+    """The classes a folder name can denote: its index (``7``, ``007``), its name as the dataset
+    spells it (e.g. a wnid) or as our export writes it (``T-shirt/top`` -> ``T-shirt_top``)."""
+    found = {int(folder_name)} if folder_name.isdigit() and int(folder_name) < num_classes else set()
+    found.update(i for i, name in enumerate(class_names or ()) if folder_name in (name, _safe_name(name)))
+    return sorted(found)
+
+
+def _class_of_folder(folder: Path, num_classes: int, class_names: Optional[Sequence[str]]) -> int:
+    classes = _classes_named(folder.name, num_classes, class_names)
+    if not classes:
+        raise DistilledSetError(
+            f"{folder}: not a class of this dataset (folders must be class indices 0..{num_classes - 1}"
+            + (", the dataset's class names or export's folder names for them)" if class_names else ")"))
+    if len(classes) > 1:
+        shown = " and ".join(f"{i} ({class_names[i]!r})" for i in classes)
+        raise DistilledSetError(f"{folder}: ambiguous, the folder name of classes {shown}; name it by class index")
+    return classes[0]
+
+
+def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[str]],
+                   listing: Optional[dict]) -> List[Tuple[int, Path]]:
+    """(class index, folder) of every class folder: our export's own map where its listing is
+    there, else what each folder's name denotes (:func:`_classes_named`)."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DistilledSetError(f"{root}: no class folders (expected ROOT/<class>/<image files>)")
-    by_name = {name: i for i, name in enumerate(class_names or ())}
-    mapped = []
-    for folder in folders:
-        if folder.name.isdigit() and int(folder.name) < num_classes:
-            mapped.append((int(folder.name), folder))
-        elif folder.name in by_name:
-            mapped.append((by_name[folder.name], folder))
-        else:
-            raise DistilledSetError(
-                f"{folder}: not a class of this dataset (folders must be class indices 0..{num_classes - 1}"
-                + (" or the dataset's class names)" if class_names else ")"))
+    if listing is not None:
+        class_of = _exported_class_of_folder(listing, root, num_classes, class_names)
+        for folder in folders:
+            if folder.name not in class_of:
+                raise DistilledSetError(f"{folder}: not one of the class folders export.json lists")
+        mapped = [(class_of[folder.name], folder) for folder in folders]
+    else:
+        mapped = [(_class_of_folder(folder, num_classes, class_names), folder) for folder in folders]
     seen: Dict[int, Path] = {}
     for label, folder in mapped:
         if label in seen:
@@ -115,15 +165,12 @@ def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
     return found
 
 
-def _soft_label_rows(root: Path, files: List[str]) -> Tensor:
+def _soft_label_rows(listing: Optional[dict], files: List[str]) -> Tensor:
     """For each imported file (in import order), its row of the soft-labels tensor: the row
     order our own export recorded (``export.json``: row i = files[i], the training order),
     else the import order itself (class, then file name: the documented convention)."""
-    import json
-
-    listing = root / "export.json"
-    if listing.is_file():
-        exported = json.loads(listing.read_text()).get("files")
+    if listing is not None:
+        exported = listing.get("files")
         if isinstance(exported, list) and sorted(exported) == sorted(files):
             row_of = {name: i for i, name in enumerate(exported)}
             return torch.tensor([row_of[name] for name in files], dtype=torch.int64)
@@ -134,8 +181,11 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
                        name: Optional[str] = None) -> DistilledSet:
     """The class folders at ``source`` as a DistilledSet of method ``external`` for ``dataset``.
 
-    Image order: by class, then by file name, which is also the row order of ``soft_labels``,
-    except for a folder written by our own ``export``, whose ``export.json`` gives the rows. The
+    Class folders are named by class index, by the dataset's class name or by the folder name
+    our ``export`` writes for it (``T-shirt_top``); a folder written by our ``export`` is mapped
+    by its ``export.json``. Image order: by class, then by file name, which is also the row
+    order of ``soft_labels``, except for a folder written by our own ``export``, whose
+    ``export.json`` gives the rows. The
     budget's ipc is the largest images-per-class count (the storage a method was given);
     ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
     counts and every file's SHA-256. Errors name the folder or file."""
@@ -147,7 +197,8 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
     spec = get_spec(dataset)
     size = (spec.image_size, spec.image_size)
     images, labels, checksums, counts = [], [], {}, []
-    for label, folder in _class_folders(root, spec.num_classes, spec.class_names):
+    listing = _read_export_listing(root)
+    for label, folder in _class_folders(root, spec.num_classes, spec.class_names, listing):
         named = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         for p in named:
             if p.is_symlink() and not p.exists():  # (is_file is False for these: they were skipped silently)
@@ -163,7 +214,7 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
     soft = None
     if soft_labels is not None:
         soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
-        soft = soft[_soft_label_rows(root, list(checksums))]
+        soft = soft[_soft_label_rows(listing, list(checksums))]
     hyper = {
         "source": os.path.abspath(root), "source_method": name or "unknown", "per_class": counts,
         "image_order": "by class, then by file name", "source_sha256": checksums,

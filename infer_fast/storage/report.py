@@ -14,6 +14,7 @@ from typing import Union
 import torch
 
 from .._io import PathLike, check_writable, format_bytes, naming_errors, safetensors_save
+from ..choices import EXPORT_NAMINGS
 from ..data.pixels import denormalize, normalize_uint8, quantize_images
 from .compression import compression_ratio_from_manifest
 from .dataset import DistilledDataset
@@ -144,6 +145,7 @@ def write_preview(
 
 
 def _safe_name(name: str) -> str:
+    """A class name as a folder name (export's naming="name"; import reads it back)."""
     out = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name).strip(".")
     return out or "_"
 
@@ -168,8 +170,8 @@ def export_imagefolder(
     """
     from ..viz import write_png
 
-    if naming not in ("index", "name"):
-        raise ValueError(f"naming must be 'index' or 'name', got {naming!r}")
+    if naming not in EXPORT_NAMINGS:
+        raise ValueError(f"naming must be one of {', '.join(EXPORT_NAMINGS)}, got {naming!r}")
     ds = directory if isinstance(directory, DistilledSet) else load_distilled(directory)
     ds.validate()
     if ds.channels not in (1, 3):
