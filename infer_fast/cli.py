@@ -502,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--labels", choices=STUDENT_LABELS,
                        help="soft (the set's soft labels, KL; default) or hard (its hard labels, cross-entropy)")
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
-    train.add_argument("--dynamic", action="store_true", help="INFER+Dyn: teacher-ensemble labels for every mixed batch")
+    train.add_argument("--dynamic", action="store_true",
+                       help="teacher-ensemble labels for every augmented, mixed batch (INFER+Dyn; DD-Ranking's M mode): "
+                       "any set, stored soft labels not needed")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
     train.add_argument("--data-root", dest="data_root", help="directory holding the real dataset (test split)")
     train.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)

@@ -1,0 +1,142 @@
+"""The registry of distillation methods: what the CLI's ``--method`` choices, ``infer-fast
+run``'s ``methods:`` list, the result tables' labels and the stored sets' ``method`` field
+are made of. A method is one module under ``infer_fast/methods/`` (or a user's own) that
+builds a :class:`Method` and calls :func:`register`; the built-in modules are imported the
+first time the registry is read.
+
+A method's ``distill`` takes one :class:`DistillRequest` and writes a distilled-set
+directory; ``parse_options`` checks its own options (the ones beyond the request's fields)
+before any data is read, naming the bad one."""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+BUILTIN_MODULES = ("infer", "sre2l", "random")  # infer_fast/methods/<name>.py
+STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled by the teachers on every batch
+
+
+@dataclass(frozen=True)
+class DistillRequest:
+    """What every method is asked for: ``ipc`` images per class of ``dataset`` into
+    ``out_dir``, with the teachers at ``teacher_paths`` (empty for methods that use none) and
+    the method's own ``options`` (checked by its ``parse_options``)."""
+
+    dataset: Any
+    ipc: int
+    out_dir: Union[str, os.PathLike]
+    teacher_paths: Sequence[str] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    data_root: Optional[str] = None
+    resume: bool = False
+    progress: bool = True
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Method:
+    """``name``: the CLI and config name (also the stored set's ``method``); ``label``: in
+    tables and plots; ``summary``: one line for help texts; ``uses_teachers``: needs
+    ``--teachers``; ``options``: the option names it takes beyond the request's fields;
+    ``parse_options(options, seed) -> options``: checks them (ValueError naming the option;
+    :meth:`check_options` first refuses the names it does not take);
+    ``distill(request) -> Path``; ``student_labels``: "static" (the set is relabelled by the
+    teachers, students learn those labels) or "per-batch" (the teachers label every batch the
+    student sees); ``trains_on``: another method's set (INFER+Dyn trains on INFER's; such a
+    method has no ``distill``); ``layout``: how its set is stored ("images": uint8 images and
+    labels; "compensated": INFER's natural sets and compensators); ``resumable``: keeps a
+    recovery checkpoint that a later start continues."""
+
+    name: str
+    label: str
+    summary: str
+    distill: Optional[Callable[[DistillRequest], Any]] = None
+    parse_options: Callable[..., Dict[str, Any]] = lambda options, seed=0: dict(options)
+    options: Tuple[str, ...] = ()
+    uses_teachers: bool = True
+    student_labels: str = "static"
+    trains_on: Optional[str] = None
+    layout: str = "images"
+    resumable: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
+            raise ValueError(f"method name must be lower-case letters, digits and '_', got {self.name!r}")
+        if self.student_labels not in STUDENT_LABELS:
+            raise ValueError(f"student_labels must be one of {', '.join(STUDENT_LABELS)}, got {self.student_labels!r}")
+        if (self.distill is None) == (self.trains_on is None):
+            raise ValueError(f"method {self.name!r}: give distill, or trains_on (another method's set), not both")
+        if self.layout not in ("images", "compensated"):
+            raise ValueError(f"method {self.name!r}: layout must be 'images' or 'compensated', got {self.layout!r}")
+
+    def check_options(self, options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
+        """``options`` checked (every name one it takes, every value by ``parse_options``)."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            takes = f"it takes {', '.join(self.options)}" if self.options else "it takes none"
+            raise ValueError(f"option(s) {', '.join(unknown)} do not apply to method {self.name} ({takes})")
+        return self.parse_options(options, seed)
+
+    @property
+    def set_method(self) -> str:
+        """The method whose set its students train on (its own, unless ``trains_on``)."""
+        return self.trains_on or self.name
+
+
+_METHODS: Dict[str, Method] = {}
+_loaded = False
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` (a name registered twice is an error; a test may ``unregister``)."""
+    if method.name in _METHODS and _METHODS[method.name] is not method:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    if method.name == "external":
+        raise ValueError("'external' names imported sets, not a method")
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _METHODS.pop(name, None)
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(f"{__package__}.{module}")
+
+
+def all_methods() -> List[Method]:
+    _load_builtins()
+    return list(_METHODS.values())
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``, or a ValueError listing the known ones."""
+    _load_builtins()
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def distill_method_names() -> Tuple[str, ...]:
+    """The methods that make a set (``infer-fast distill --method``)."""
+    return tuple(m.name for m in all_methods() if m.distill is not None)
+
+
+def run_method_names() -> Tuple[str, ...]:
+    """The rows an ``infer-fast run`` table can have."""
+    return tuple(m.name for m in all_methods())
+
+
+def set_layout(name: str) -> Optional[str]:
+    """The storage layout of a set made by method ``name`` (None: no such method)."""
+    _load_builtins()
+    method = _METHODS.get(name)
+    return None if method is None or method.distill is None else method.layout

@@ -1,0 +1,26 @@
+"""SRe2L (Yin et al., NeurIPS 2023): ipc images per class recovered from noise by the
+recovery engine, one teacher per image group (``infer_fast.distill.distill_sre2l``)."""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+from .recovery_options import RECOVERY_OPTIONS, recovery_options
+from .registry import DistillRequest, Method, register
+
+
+def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
+    return {"config": recovery_options("sre2l", options, seed)}
+
+
+def distill(request: DistillRequest):
+    from ..distill import distill_sre2l
+
+    return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
+                         config=parse_options(request.options, request.seed)["config"], data_root=request.data_root,
+                         resume=request.resume, progress=request.progress, device=request.device)
+
+
+SRE2L = register(Method(
+    name="sre2l", label="SRe2L", summary="images recovered from noise (squeeze, recover, relabel)",
+    distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS, resumable=True,
+))
