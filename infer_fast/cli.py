@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .choices import (ACCOUNTINGS, COMPILE_MODES, DISTILL_METHODS, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
+from .choices import (ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                       SELECTIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_RECIPES)
 from .choices import EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SOFT_LABEL_MODES
 
@@ -200,51 +200,54 @@ def _teacher_list(value) -> List[str]:
     return _paths(value) if isinstance(value, str) else [str(p) for p in (value or [])]
 
 
-# what --method random takes (the rest are the recovery's and the teachers')
-RANDOM_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method")
+# what every method takes; the rest are each method's own (Method.options)
+COMMON_DISTILL_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method")
+TEACHER_USE_OPTIONS = ("teachers", "device")  # for the methods that use teachers
+
+
+def _option_value(text: str):
+    """A method option's value from the command line, typed as YAML types it ("2" -> 2)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from .config import merge
-    from .distill import distill_infer, distill_random, distill_sre2l, recovery_config
     from .distributed import init_from_env
+    from .methods import DistillRequest, all_methods, get_method
 
-    options = merge(args, args.config, DISTILL_OPTIONS, args.option_actions, lists=("teachers",))
-    rank, _ = init_from_env()  # under torchrun: the UFCs are split across the ranks
+    method_options = tuple(dict.fromkeys(o for m in all_methods() for o in m.options))
+    options = merge(args, args.config, tuple(dict.fromkeys(DISTILL_OPTIONS + method_options)), args.option_actions,
+                    lists=("teachers",))
+    rank, _ = init_from_env()  # under torchrun: the recovery's jobs are split across the ranks
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
-    method = options.get("method", "infer")
-    if method not in DISTILL_METHODS:
-        raise UserError(f"--method must be one of {', '.join(DISTILL_METHODS)}, got {method!r}")
-    common = dict(data_root=options.get("data_root"))
-    if method == "random":
-        ignored = sorted(f"--{k.replace('_', '-')}" for k in options if k not in RANDOM_OPTIONS) + ["--resume"] * args.resume
-        if ignored:  # (silently ignored before: a user would think they took effect)
-            raise UserError(f"{', '.join(ignored)} do not apply to --method random (ipc real images per class: no "
-                            "teachers, no recovery)")
-        if rank != 0:
-            return  # nothing to split: rank 0 picks the images
-        path = distill_random(options["dataset"], options["ipc"], options["out"], seed=options.get("seed", 0), **common)
-    else:
-        teachers = _teacher_list(options.get("teachers"))
-        if not teachers:
-            raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method}")
-        fields = {k: options[k] for k in ("iterations", "seed", "group_size", "chunk_size", "r_bn", "augmentation", "max_shift",
-                                                "precision", "channels_last", "fused_bn", "compile", "cuda_graphs",
-                                                "distributed", "checkpoint_every", "checkpoint_minutes")
-                  if k in options}
-        config = recovery_config(method, fields)  # the recipe the options select, the options on top
-        common.update(resume=args.resume, progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
-        if method == "sre2l":
-            if "selection" in options or "accounting" in options:
-                raise UserError("--selection and --accounting apply to --method infer only")
-            path = distill_sre2l(options["dataset"], teachers, options["ipc"], options["out"], config=config, **common)
-        else:
-            path = distill_infer(
-                options["dataset"], teachers, options["ipc"], options["out"], config=config,
-                accounting=options.get("accounting", "fair"), selection=options.get("selection", "random"), **common,
-            )
+    method = get_method(options.get("method", "infer"))
+    if method.distill is None:
+        raise UserError(f"--method {method.name} makes no set of its own: it trains on {method.trains_on}'s "
+                        f"(distill --method {method.trains_on}, then train it as {method.name})")
+    takes = COMMON_DISTILL_OPTIONS + (TEACHER_USE_OPTIONS if method.uses_teachers else ()) + method.options
+    ignored = sorted(f"--{k.replace('_', '-')}" for k in options if k not in takes) \
+        + (["--resume"] if args.resume and not method.resumable else [])
+    if ignored:  # (silently ignored once: a user would think they took effect)
+        raise UserError(f"{', '.join(ignored)} do not apply to --method {method.name} ({method.summary})")
+    teachers = _teacher_list(options.get("teachers"))
+    if method.uses_teachers and not teachers:
+        raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method.name}")
+    own = {k: options[k] for k in method.options if k in options}
+    seed = options.get("seed", 0)
+    method.check_options(own, seed)  # (every option checked before any data is read)
+    if rank != 0 and not method.resumable:
+        return  # nothing to split: rank 0 makes the set
+    path = method.distill(DistillRequest(
+        dataset=options["dataset"], ipc=options["ipc"], out_dir=options["out"], teacher_paths=teachers, options=own,
+        seed=seed, data_root=options.get("data_root"), resume=args.resume, progress=not args.quiet and rank == 0,
+        device=options.get("device", "auto")))
     from .storage import inspect_report
 
     if rank == 0:  # (the set was hashed as it was written: not read back twice)
@@ -359,6 +362,8 @@ DECODE_CACHE_HELP = ("decode the real test split once into DIR and read it from 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import all_methods, distill_method_names
+
     parser = argparse.ArgumentParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
     )
@@ -439,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--dataset", help="dataset name")
     distill.add_argument("--teachers", help="comma-separated teacher checkpoints (infer, sre2l)")
     distill.add_argument("--ipc", type=int, help="images per class of storage budget")
-    distill.add_argument("--method", choices=DISTILL_METHODS, help="infer (default), sre2l or random")
+    distill.add_argument("--method", choices=distill_method_names(), help="; ".join(
+        f"{m.name}: {m.summary}" for m in all_methods() if m.distill is not None) + " (default infer)")
     distill.add_argument("--iterations", type=int, help="recovery iterations (default 1000; 2000 with --augmentation imagenet)")
     distill.add_argument("--r-bn", dest="r_bn", type=float, help="weight of the BN-statistics loss (default 1.0; sre2l and imagenet 0.01)")
     distill.add_argument("--augmentation", choices=RECOVERY_AUGMENTATIONS,
@@ -478,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
     distill.add_argument("--out", help="output directory (must not exist)")
+    flags = {action.dest for action in distill._actions}
+    for method in all_methods():  # each method's own options (Method.options) that have no flag above
+        for name in method.options:
+            if name not in flags:
+                flags.add(name)
+                distill.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_option_value,
+                                     help=f"--method {method.name}'s option {name} (see infer_fast/methods/{method.name}.py)")
     distill.set_defaults(func=cmd_distill, option_actions=_option_actions(distill))
 
     relabel = sub.add_parser("relabel", help="static soft labels: the mean of the teachers' logits on every training image")

@@ -8,10 +8,12 @@ atomically after each step) and ``results.md`` (the table). Running the same con
 continues where it stopped: finished teachers, sets and student runs are kept (teachers and
 recovery also resume inside a step from their own checkpoints).
 
-Methods, all under one protocol (INFER_METHOD.md §4-§6): ``infer`` (static soft labels),
-``infer_dyn`` (the same set, teacher-ensemble labels for every mixed batch, epochs reduced
-to round(epochs / (M + 1)) unless ``dynamic_epochs`` is given), ``random`` (ipc real images
-per class) and ``sre2l`` (ipc images per class from noise, same BN-matching loss). Each
+Methods (the registry of ``infer_fast.methods``), all under one protocol (INFER_METHOD.md
+§4-§6): ``infer`` (static soft labels), ``infer_dyn`` (the same set, teacher-ensemble labels
+for every mixed batch, epochs reduced to round(epochs / (M + 1)) unless ``dynamic_epochs``
+is given), ``random`` (ipc real images per class), ``sre2l`` (ipc images per class from
+noise, same BN-matching loss) and the other registered methods (their options in
+``method_options``). A method whose students are labelled per batch is not relabelled. Each
 (method, ipc) reports the final-epoch top-1 of ``seeds`` students on the real test split
 (mean +- population std), the compression ratio (images + soft labels + indices; INFER+Dyn
 stores no soft labels but needs the teachers while training) and the feature duplication
@@ -38,18 +40,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import distributed
-from .choices import RUN_METHODS
 from ._io import check_input_file, check_writable, save_json_atomic, write_atomically
 from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
 from .output_lock import output_lock
-from .results import (EXTERNAL_PREFIX, METHOD_LABELS, format_table, load_results, markdown_report, method_label,
+from .results import (EXTERNAL_PREFIX, format_table, load_results, markdown_report, method_label,
                       summarize)
+from .methods import get_method
 from .run_config import PipelineConfig, build_config, load_pipeline_config
 
 __all__ = [
-    "RUN_METHODS", "METHOD_LABELS", "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
+    "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
     "summarize", "format_table",
 ]
 
@@ -168,27 +170,23 @@ def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[str, int, Path]]:
 
 
 def _set_dir(out: Path, method: str, ipc: int) -> Path:
-    return out / "sets" / f"{'infer' if method == 'infer_dyn' else method}-ipc{ipc}"
+    return out / "sets" / f"{get_method(method).set_method}-ipc{ipc}"
 
 
 def _make_set(cfg: PipelineConfig, method: str, ipc: int, directory: Path, teacher_paths: List[str], progress: bool) -> float:
     """Distill one set (resuming its recovery checkpoint if any); returns the seconds spent."""
-    from .distill import distill_infer, distill_random, distill_sre2l
     from .distill.jobs import recovery_checkpoints
     from .distill.run import recovery_checkpoint_path
+    from .methods import DistillRequest
 
     start = time.perf_counter()
+    maker = get_method(get_method(method).set_method)  # (INFER+Dyn trains on INFER's set)
     # continue an interrupted recovery of this set, if there is one
-    resume = bool(recovery_checkpoints(recovery_checkpoint_path(directory)))
-    common = dict(data_root=cfg.data_root)
-    if method == "random":
-        distill_random(cfg.dataset, ipc, directory, seed=cfg.recovery_config().seed, progress=progress, **common)
-    elif method == "sre2l":
-        distill_sre2l(cfg.dataset, teacher_paths, ipc, directory, config=cfg.sre2l_config(), resume=resume,
-                      progress=progress, device=cfg.device, **common)
-    else:
-        distill_infer(cfg.dataset, teacher_paths, ipc, directory, config=cfg.recovery_config(), accounting=cfg.accounting,
-                      resume=resume, progress=progress, device=cfg.device, selection=cfg.selection, **common)
+    resume = maker.resumable and bool(recovery_checkpoints(recovery_checkpoint_path(directory)))
+    maker.distill(DistillRequest(
+        dataset=cfg.dataset, ipc=ipc, out_dir=directory, teacher_paths=teacher_paths if maker.uses_teachers else (),
+        options=cfg.method_options_of(method), seed=cfg.seed, data_root=cfg.data_root, resume=resume,
+        progress=progress, device=cfg.device))
     return time.perf_counter() - start
 
 
@@ -299,6 +297,9 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     sets = _set_list(cfg, out)  # (method, ipc, directory): ours, then those given to the run
     for method, ipc, directory in sets:
         key = f"{method}/ipc{ipc}"
+        own = None if method.startswith(EXTERNAL_PREFIX) else get_method(method)  # (None: a set given to the run)
+        per_batch = own is not None and own.student_labels == "per-batch"  # students labelled by the teachers
+        twin = f"{own.trains_on}/ipc{ipc}" if own is not None and own.trains_on else None  # the set it trains on
         step = None
         if rank == 0:
             step = "make" if not directory.exists() else "done" if key in results["sets"] else "measure"
@@ -309,14 +310,14 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         seconds = None  # a set found on disk was not timed by this run
         if step == "make":
             _say(progress, f"distilling {method_label(method)} ipc {ipc} -> {directory}")
-            if method != "random" or rank == 0:  # random: nothing to split, rank 0 picks the images
+            if get_method(own.set_method).resumable or rank == 0:  # recovery: every rank; the rest: rank 0
                 seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
         if rank != 0:
             continue
-        if step == "measure" and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:  # INFER's own set
-            seconds = results["sets"][f"infer/ipc{ipc}"]["distill_seconds"]
+        if step == "measure" and twin in results["sets"]:  # made as that method's set
+            seconds = results["sets"][twin]["distill_seconds"]
         ds = load_distilled(directory)
-        if method != "infer_dyn" and not ds.has_soft_labels:
+        if not per_batch and not ds.has_soft_labels:
             _next_step(meter, f"relabel {key}")
             relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
             save_distilled(ds, directory, overwrite=True, progress=progress)
@@ -325,7 +326,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
             "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
             "budget": ds.budget,
         }
-        if method == "infer_dyn":
+        if per_batch:
             ratio = _ratio_without_soft_labels(ds)
         elif ds.full_train_size is None and method.startswith(EXTERNAL_PREFIX):  # (an import may not know it)
             ratio = ds.compression_ratio(full_train_size=len(load_dataset(cfg.dataset, "train", data_root=cfg.data_root)))
@@ -334,12 +335,12 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         info["compression_ratio_percent"] = ratio["percent"]
         info["compression_ratio_note"] = (
             "images + indices; no soft labels stored (the teachers label every batch while training)"
-            if method == "infer_dyn" else "images + static soft labels + indices")
+            if per_batch else "images + static soft labels + indices")
         if cfg.feature_duplication and int(ds.hard_labels().bincount().max()) < 2:
             info["feature_duplication"] = None  # (a pairwise similarity within classes)
             info["feature_duplication_note"] = "undefined: one training image per class"
-        elif cfg.feature_duplication and method == "infer_dyn" and f"infer/ipc{ipc}" in results["sets"]:
-            info["feature_duplication"] = results["sets"][f"infer/ipc{ipc}"]["feature_duplication"]  # the same images
+        elif cfg.feature_duplication and twin in results["sets"]:
+            info["feature_duplication"] = results["sets"][twin]["feature_duplication"]  # the same images
         elif cfg.feature_duplication:
             _next_step(meter, f"feature duplication {key}")
             streamed = DistilledDataset(ds, hard_only=True)

@@ -11,14 +11,14 @@ from typing import Any, Dict, List
 import torch
 
 from .data.registry import dataset_label
+from .methods import get_method
 
-METHOD_LABELS = {"infer": "INFER", "infer_dyn": "INFER+Dyn", "random": "Random", "sre2l": "SRe2L"}
 EXTERNAL_PREFIX = "external:"  # the method key of a set given to the run (e.g. imported): "external:<label>"
 
 
 def method_label(method: str) -> str:
     """How a method is shown: ours by name, a set given to the run by its label."""
-    return method[len(EXTERNAL_PREFIX):] if method.startswith(EXTERNAL_PREFIX) else METHOD_LABELS[method]
+    return method[len(EXTERNAL_PREFIX):] if method.startswith(EXTERNAL_PREFIX) else get_method(method).label
 
 
 def set_entries(cfg: Dict[str, Any], sets: Dict[str, Any]) -> List[tuple]:

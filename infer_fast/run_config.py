@@ -6,9 +6,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .choices import EVALUATION_PROTOCOLS, RUN_METHODS
+from .choices import EVALUATION_PROTOCOLS
 from .config import check_int
-from .results import METHOD_LABELS
+from .methods import all_methods, get_method, run_method_names
+
+# the ``recovery`` settings every recovery method of a run shares (SRe2L's, CDA's...)
+INHERITED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed")
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "build_config"]
 
@@ -32,6 +35,9 @@ class PipelineConfig:
     device: str = "auto"
     recovery: Dict[str, Any] = field(default_factory=dict)
     sre2l: Dict[str, Any] = field(default_factory=dict)
+    # the options of the other methods (e.g. cda, rded), by method name: {rded: {factor: 2}};
+    # a recovery method also takes the ``recovery`` augmentation settings, as SRe2L does
+    method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     accounting: str = "fair"
     selection: str = "random"
     student: Dict[str, Any] = field(default_factory=dict)
@@ -111,20 +117,50 @@ class PipelineConfig:
 
     # ---- derived configs (each validated by its own class) ------------------------------
     def recovery_config(self):
-        return _recovery_config("infer", self.recovery, "recovery")
+        return self.options_for("infer")["config"]
 
     def sre2l_config(self):
-        inherited = {k: self.recovery[k] for k in ("augmentation", "max_shift", "crop_scale", "group_size", "seed") if k in self.recovery}
-        return _recovery_config("sre2l", {**inherited, **self.sre2l}, "sre2l")
+        return self.options_for("sre2l")["config"]
+
+    @property
+    def seed(self) -> int:
+        """The run's distillation seed (``recovery: {seed: N}``, default 0)."""
+        return self.recovery.get("seed", 0)
+
+    def method_options_of(self, name: str) -> Dict[str, Any]:
+        """The options the run gives method ``name`` (unchecked): INFER's from ``recovery``,
+        ``selection`` and ``accounting``; SRe2L's from ``sre2l``, another's from
+        ``method_options``, on top of the ``recovery`` augmentation settings it takes."""
+        from .methods import get_method
+
+        if name == "infer":
+            return {**self.recovery, "selection": self.selection, "accounting": self.accounting}
+        method = get_method(name)
+        inherited = {k: self.recovery[k] for k in INHERITED_RECOVERY_OPTIONS if k in self.recovery and k in method.options}
+        own = self.sre2l if name == "sre2l" else self.method_options.get(name, {})
+        return {**inherited, **own}
+
+    def options_for(self, name: str) -> Dict[str, Any]:
+        """Method ``name``'s options, checked (errors prefixed with where they come from)."""
+        from .methods import get_method
+
+        where = {"infer": "recovery", "sre2l": "sre2l"}.get(name, f"method_options: {name}")
+        try:
+            return get_method(name).check_options(self.method_options_of(name), self.seed)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
     def student_config(self, method: str, seed: int, num_teachers: int):
         from .student import StudentConfig
 
+        from .methods import get_method
+
         values = {"device": self.device, **self.student, "seed": seed}
-        if method == "infer_dyn":
+        if get_method(method).student_labels == "per-batch":  # the teachers label every batch
+            values["dynamic"] = True
+        if method == "infer_dyn":  # the paper's epoch reduction for INFER+Dyn (400 -> 80 for M = 4)
             epochs = values.get("epochs", StudentConfig.epochs)
             values["epochs"] = self.dynamic_epochs or max(1, round(epochs / (num_teachers + 1)))
-            values["dynamic"] = True
         return build_config(StudentConfig, values, "student")
 
     def validate(self, where: str = "config") -> None:
@@ -154,9 +190,16 @@ class PipelineConfig:
                 raise ValueError(f"{where}: teachers[{i}] with pretrained weights takes model and pretrained only, got {sorted(entry)}")
         if not isinstance(self.ipc, list) or not self.ipc or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.ipc):
             raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
-        bad = [m for m in self.methods if m not in RUN_METHODS]
+        known = run_method_names()
+        bad = [m for m in self.methods if m not in known]
         if not self.methods or bad:
-            raise ValueError(f"{where}: methods must be chosen from {', '.join(RUN_METHODS)}, got {self.methods!r}")
+            raise ValueError(f"{where}: methods must be chosen from {', '.join(known)}, got {self.methods!r}")
+        if not isinstance(self.method_options, dict) or not all(isinstance(v, dict) for v in self.method_options.values()):
+            raise ValueError(f"{where}: method_options must map method names to mappings of options")
+        stray = sorted(set(self.method_options) - (set(known) - {"infer", "sre2l"}))
+        if stray:
+            raise ValueError(f"{where}: method_options: {', '.join(stray)} (infer's options go in recovery, sre2l's "
+                             f"in sre2l; other methods: {', '.join(m for m in known if m not in ('infer', 'sre2l'))})")
         if self.accounting not in ACCOUNTINGS:
             raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
         if self.selection not in SELECTIONS:
@@ -168,7 +211,7 @@ class PipelineConfig:
         if not isinstance(self.external, dict) or not all(
                 isinstance(k, str) and k and "/" not in k and isinstance(v, str) for k, v in self.external.items()):
             raise ValueError(f"{where}: external must map labels (no '/') to set directories, got {self.external!r}")
-        clash = sorted(set(self.external) & set(METHOD_LABELS.values()))
+        clash = sorted(set(self.external) & {m.label for m in all_methods()})
         if clash:
             raise ValueError(f"{where}: external label(s) {', '.join(clash)} are the names of this run's own methods")
         from .storage import read_manifest
@@ -189,8 +232,9 @@ class PipelineConfig:
         for name in ("recovery", "sre2l", "student"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{where}: {name} must be a mapping of options")
-        self.recovery_config()
-        self.sre2l_config()
+        for name in dict.fromkeys(["infer", "sre2l", *(get_method(m).set_method for m in self.methods)]):
+            if get_method(name).distill is not None:
+                self.options_for(name)  # (infer's and sre2l's always: their sections are checked even when unused)
         self.student_config("infer", 0, len(self.teachers))
         self.score_protocol(where)
         if {"infer", "infer_dyn"} & set(self.methods):
@@ -200,16 +244,6 @@ class PipelineConfig:
                     infer_budget(ipc, C, len(self.teachers), self.accounting)
                 except ValueError as exc:
                     raise ValueError(f"{where}: {exc}") from None
-
-
-def _recovery_config(method: str, values: Dict[str, Any], name: str):
-    """distill.recovery_config (the builder the CLI uses too), errors prefixed with ``name``."""
-    from .distill import recovery_config
-
-    try:
-        return recovery_config(method, values)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
 
 
 def build_config(cls, values: Dict[str, Any], name: str):

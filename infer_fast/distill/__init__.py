@@ -29,8 +29,8 @@ The package: ``config`` (RecoveryConfig and the builder from user options), ``na
 (scheduling, checkpoints, torchrun; recover_ufcs and recover_sre2l), ``run`` (dataset and
 teachers in, a distilled set on disk out).
 """
-from ..choices import (ACCOUNTINGS, COMPILE_MODES, DISTILL_METHODS, DISTRIBUTED_MODES, PRECISIONS,
-                       RECOVERY_AUGMENTATIONS, RECOVERY_METHODS, SELECTIONS)
+from ..choices import (ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
+                       RECOVERY_RECIPES, SELECTIONS)
 from .config import RecoveryConfig, recovery_config
 from .plan import RecoveryOutOfMemoryError, auto_batch_plan
 from .jobs import RecoveryDivergedError, recover_sre2l, recover_ufcs, recovery_checkpoints
@@ -39,7 +39,7 @@ from .run import distill_infer, distill_random, distill_sre2l
 
 __all__ = [
     "ACCOUNTINGS", "RECOVERY_AUGMENTATIONS", "SELECTIONS", "PRECISIONS", "DISTRIBUTED_MODES", "COMPILE_MODES",
-    "DISTILL_METHODS", "RECOVERY_METHODS",
+    "RECOVERY_RECIPES",
     "RecoveryDivergedError", "RecoveryOutOfMemoryError", "RecoveryConfig", "recovery_config", "infer_budget", "select_natural_sets",
     "recover_ufcs", "recover_sre2l", "recovery_checkpoints", "auto_batch_plan", "distill_infer", "distill_sre2l",
     "distill_random",

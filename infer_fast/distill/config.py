@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..data.transforms import RESIZED_CROP_SCALE
 
 from ..config import check_choice, check_finite_numbers, check_int
-from ..choices import COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS, RECOVERY_METHODS
+from ..choices import COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS, RECOVERY_RECIPES
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
                   "checkpoint_every", "checkpoint_minutes")
@@ -144,8 +144,8 @@ def recovery_config(method: str, options: Mapping[str, Any]) -> RecoveryConfig:
     the options select, the given options on top. ``augmentation: imagenet`` selects the
     ImageNet recipe (2000 iterations, r_bn 0.01, roll by up to 32), anything else the CIFAR
     defaults; SRe2L has r_bn 0.01 unless ``r_bn`` is given. Lists (from YAML) become tuples."""
-    if method not in RECOVERY_METHODS:
-        raise ValueError(f"method must be one of {', '.join(RECOVERY_METHODS)}, got {method!r}")
+    if method not in RECOVERY_RECIPES:
+        raise ValueError(f"method must be one of {', '.join(RECOVERY_RECIPES)}, got {method!r}")
     names = {f.name for f in dataclasses.fields(RecoveryConfig)}
     unknown = sorted(set(options) - names)
     if unknown:

@@ -63,12 +63,12 @@ from .disk import (
     save_distilled,
     verify_files,
 )
-from .distilled_set import SET_METHODS, DistilledSet, DistilledSetError, OutputExistsError
+from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, known_set_methods, set_layout
 from .importer import EXTERNAL_METHOD, import_imagefolder
 from .report import export_imagefolder, inspect_report, write_preview
 
 __all__ = [
-    "DistilledSet", "DistilledSetError", "OutputExistsError", "SET_METHODS",
+    "DistilledSet", "DistilledSetError", "OutputExistsError", "known_set_methods", "set_layout",
     "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "MANIFEST_ALLOWANCE", "IMAGE_ORDER",
     "build_manifest", "save_distilled", "read_manifest", "verify_files", "load_distilled",
     "ACCOUNTING", "KNOWN_TRAIN_SIZES", "compression_ratio_from_counts", "compression_ratio_from_manifest",

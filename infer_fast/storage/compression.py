@@ -77,7 +77,7 @@ def counts_from_shapes(method: str, shapes: Dict[str, Sequence[int]]) -> Dict[st
     def numel(name):
         return math.prod(shapes[name]) if name in shapes else 0
 
-    if method == "infer":
+    if "natural" in shapes:  # INFER's layout: natural sets and compensators
         k, c = shapes["natural"][0], shapes["natural"][1]
         g = shapes["ufc"][0]
         soft = (numel("natural_labels") + numel("ufc_labels")) // max(c, 1)

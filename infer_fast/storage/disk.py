@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .._io import PathLike, check_writable, file_sha256, format_bytes, naming_errors, safetensors_save
 from ..data.pixels import valid_range
-from .distilled_set import SET_METHODS, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
+from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, dtype_name, known_set_methods, set_layout
 
 FORMAT_NAME = "infer-fast-distilled"
 FORMAT_VERSION = 1
@@ -242,8 +242,8 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
         return value
 
     method = need("method", str, "a string")
-    if method not in SET_METHODS:
-        raise err(f"{path}: unknown method {method!r}; this infer-fast knows {', '.join(SET_METHODS)}")
+    if set_layout(method) is None:
+        raise err(f"{path}: unknown method {method!r}; this infer-fast knows {', '.join(known_set_methods())}")
     need("dataset", str, "a string")
     need("num_classes", int, "an integer")
     need("channels", int, "an integer")
@@ -261,7 +261,7 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
         if manifest.get(key) is not None and (not isinstance(manifest[key], int) or isinstance(manifest[key], bool)):
             raise err(f"{path}: {key!r} must be an integer or null, got {manifest[key]!r}")
     files = need("files", dict, "an object")
-    layout = _INFER_FILES if method == "infer" else _BASELINE_FILES
+    layout = _INFER_FILES if set_layout(method) == "compensated" else _BASELINE_FILES
     for fname in layout:
         if fname not in files and fname not in _OPTIONAL_FILES:
             raise err(f"{path}: lists no {fname} (required for method {method!r})")

@@ -16,8 +16,23 @@ from torch import Tensor
 from .compression import compression_ratio_from_counts, counts_from_shapes, resolve_train_size
 from ..choices import ACCOUNTINGS
 
-# the methods a stored set can come from ("external": another method's set, imported)
-SET_METHODS = ("infer", "random", "sre2l", "external")
+EXTERNAL_METHOD = "external"  # the method of a set made elsewhere and imported
+
+
+def set_layout(method: str) -> Optional[str]:
+    """How a set of ``method`` is stored: "compensated" (INFER's natural sets and
+    compensators) or "images" (images and labels: every other registered method, and
+    imported sets); None for a name no registered method has."""
+    from ..methods import set_layout as registered_layout
+
+    return "images" if method == EXTERNAL_METHOD else registered_layout(method)
+
+
+def known_set_methods() -> Tuple[str, ...]:
+    """The methods a stored set can come from (for messages)."""
+    from ..methods import distill_method_names
+
+    return distill_method_names() + (EXTERNAL_METHOD,)
 
 
 class DistilledSetError(ValueError):
@@ -111,7 +126,8 @@ class DistilledSet:
 
     @property
     def is_infer(self) -> bool:
-        return self.method == "infer"
+        """Stored as INFER's natural sets and compensators (the "compensated" layout)."""
+        return set_layout(self.method) == "compensated"
 
     @property
     def real_dataset(self) -> Dict[str, Any]:
@@ -218,8 +234,8 @@ class DistilledSet:
     def validate(self) -> "DistilledSet":
         """Check fields, shapes, dtypes and value ranges; raise DistilledSetError if wrong."""
         err = DistilledSetError
-        if self.method not in SET_METHODS:
-            raise err(f"unknown method {self.method!r}; known: {', '.join(SET_METHODS)}")
+        if set_layout(self.method) is None:
+            raise err(f"unknown method {self.method!r}; known: {', '.join(known_set_methods())}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise err("dataset must be a non-empty string")
         c, ch = self.num_classes, self.channels

@@ -21,10 +21,9 @@ from torch import Tensor
 
 from .._io import PathLike, file_sha256
 from .disk import FORMAT_NAME
-from .distilled_set import DistilledSet, DistilledSetError
+from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError
 from .report import _safe_name
 
-EXTERNAL_METHOD = "external"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
