@@ -615,8 +615,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .distill import RecoveryDivergedError
     from .distill.plan import RecoveryOutOfMemoryError
     from .ops.backends import BackendUnavailableError
+    from .progress import progress_mode
 
     try:
+        progress_mode()  # a misspelt INFER_FAST_PROGRESS is refused before any work
         args.func(args)
     except KeyboardInterrupt:
         print(f"infer-fast {args.command}: interrupted", file=sys.stderr)

@@ -59,7 +59,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
+from .progress import progress_bar
 
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop)
@@ -119,7 +119,7 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
     chunks = []
     data = DistilledDataset(distilled, hard_only=True)
     # composed a chunk at a time: an ImageNet-size set never sits in memory as images
-    with tqdm(total=len(data), desc="relabel", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(data), desc="relabel", unit="img", disable=not progress, leave=False) as bar:
         for _, images in data.iter_chunks():
             for start in range(0, images.shape[0], batch_size):
                 logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
@@ -434,14 +434,14 @@ def train_student(
         history, best, accuracy = state["history"], state["best"], state["accuracy"]
         first_epoch, elapsed_before = state["epochs_done"], state["elapsed_s"]
     started = time.perf_counter()
-    bar = tqdm(range(first_epoch, cfg.epochs), desc="student", disable=not progress, leave=False,
+    bar = progress_bar(range(first_epoch, cfg.epochs), desc="student", disable=not progress, leave=False,
                initial=first_epoch, total=cfg.epochs)
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen)
         total, seen = 0.0, 0
         # steps shown within an epoch when an epoch is long (ImageNet-size sets)
-        for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
+        for step in progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
                          disable=not progress or steps_per_epoch < LONG_EPOCH_STEPS):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = augment(images_at(idx), mean, std, gen, cfg.augmentation)
@@ -552,7 +552,7 @@ def feature_duplication(images, labels: Tensor, teacher: nn.Module, batch_size: 
     device = device_of(teacher)
     feats = []
     try:
-        with tqdm(total=labels.shape[0], desc="feature duplication", unit="img", disable=not progress,
+        with progress_bar(total=labels.shape[0], desc="feature duplication", unit="img", disable=not progress,
                   leave=False) as bar:
             for _, chunk in chunks:
                 for i in range(0, chunk.shape[0], batch_size):

@@ -19,13 +19,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from . import __version__
 from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
+from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .config import check_finite_numbers, check_int, check_positive_ints
 
@@ -185,8 +185,9 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         model.train()
         total_loss, seen = 0.0, 0
         # the epoch's batches in that order: slices in memory, decoded by DataLoader workers from folders
-        bar = tqdm(train.batches(cfg.batch_size, order, pin_memory=device.type == "cuda"), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        batches = train.batches(cfg.batch_size, order, pin_memory=device.type == "cuda")
+        bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           disable=not progress, leave=False)
         for images, labels in bar:
             # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
             x = normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std).to(device, non_blocking=True)

@@ -143,6 +143,33 @@ def _tiny_teacher(cwd) -> None:
         "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet", cwd=cwd)
 
 
+def test_progress_in_a_log_is_lines_without_carriage_returns(tmp_path, capsys, monkeypatch):
+    """Output that is not a terminal (captured here, a file below) gets plain progress lines,
+    never '\r' redraws: each of these bars (none runs 10 s) writes one line as it ends, with
+    its losses; a 200-iteration distill wrote ~220 carriage returns into its log before."""
+    from infer_fast.progress import PROGRESS_ENV_VAR
+
+    monkeypatch.delenv(PROGRESS_ENV_VAR, raising=False)  # the form the stream calls for
+    status, out, err = _cli(capsys, "teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2",
+                            "--epochs", "2", "--batch-size", "256", "--lr", "0.05", "--out", tmp_path / "t.pt")
+    assert status == 0, err
+    assert "\r" not in out + err and "epoch 2/2: train loss" in out
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ") and "100% 20/20 " in line]
+    assert [line[:10] for line in epochs] == ["epoch 1/2:", "epoch 2/2:"]  # each epoch's bar as it ends
+    assert all("loss=" in line and "lr=" in line for line in epochs)
+    assert len(err.splitlines()) <= 8  # 2 epochs x (the epoch's bar, its evaluation's), a heartbeat or two at most
+    with open(tmp_path / "log", "w") as log:  # `infer-fast distill ... > log 2>&1`
+        result = subprocess.run([sys.executable, "-m", "infer_fast.cli", "distill", "--dataset", "fashion-mnist-mini",
+                                 "--teachers", "t.pt", "--ipc", "3", "--iterations", "200", "--out", "infer"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, timeout=600)
+    text = (tmp_path / "log").read_text()
+    assert result.returncode == 0, text
+    assert "\r" not in text and "distilled set infer" in text
+    bars = [line for line in text.splitlines() if line.startswith("teacher 1/1 UFCs")]
+    assert 1 <= len(bars) <= 3 and bars[-1].startswith("teacher 1/1 UFCs k=0..1: 100% 200/200 [")
+    assert "ce=" in bars[-1] and "r_bn=" in bars[-1]
+
+
 def _sigkill_once_checkpointed(argv, cwd, checkpoint) -> dict:
     """Run the CLI with ``argv``, SIGKILL it as soon as ``checkpoint`` exists, and return the
     checkpoint (the run's output directory must not have been written yet)."""

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .folders import decode_image
 from .registry import DatasetSpec
 from .transforms import normalize
@@ -176,7 +176,8 @@ class ImageSet(_Split):
         folder splits)."""
         idx = None if indices is None else _as_index(indices, len(self))
         n = len(self) if idx is None else idx.numel()
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False, unit="batch"):
+        starts = range(0, n, batch_size)
+        for start in progress_bar(starts, desc=desc, disable=not progress, leave=False, unit="batch"):
             rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
             yield self.images[rows], self.labels[rows]
 
@@ -234,7 +235,7 @@ class FolderImageSet(_Split):
             loader = torch.utils.data.DataLoader(self, batch_sampler=chunks, num_workers=workers,
                                                  pin_memory=pin_memory and torch.cuda.is_available())
             iterator = iter(loader)
-        yield from tqdm(iterator, total=len(chunks), desc=desc, disable=not progress, leave=False, unit="batch")
+        yield from progress_bar(iterator, total=len(chunks), desc=desc, disable=not progress, leave=False, unit="batch")
 
     def to_memory(self, num_workers: Optional[int] = None, batch_size: int = 256, progress: bool = False) -> ImageSet:
         """Decode every image into an :class:`ImageSet`, in order (``num_workers`` decoding

@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .. import memory
 from ..data.transforms import RESIZED_CROP_RATIO, resized_crop_boxes
@@ -22,6 +21,7 @@ from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
+from ..progress import progress_bar
 from .config import RecoveryConfig
 from .plan import RecoveryOutOfMemoryError, out_of_memory_error
 
@@ -512,8 +512,8 @@ def optimize_batch(
     graph: Optional[CapturedIteration] = None
     graph_status = "off"
     try:
-        bar = tqdm(range(start, config.iterations), desc=desc, disable=not progress, leave=False, initial=start,
-                   total=config.iterations)
+        bar = progress_bar(range(start, config.iterations), desc=desc, disable=not progress, leave=False,
+                           initial=start, total=config.iterations)
         readout = ProgressReadout(bar, device) if progress else None
         for t in bar:
             if t == start + 1:  # the first iteration includes one-off costs (torch.compile, autotuning): one sync

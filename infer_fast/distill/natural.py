@@ -6,11 +6,11 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..choices import ACCOUNTINGS, SELECTIONS
 from ..config import check_int
 from ..models import device_of
+from ..progress import progress_bar
 
 
 def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str = "fair") -> int:
@@ -82,8 +82,8 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
         )
     gen = torch.Generator().manual_seed(int(seed))
     chosen = torch.empty((num_classes, K), dtype=torch.int64)  # chosen[c, k]: the image of class c in set k
-    classes = tqdm(range(num_classes), desc="scoring natural images", disable=not (progress and selection == "confidence"),
-                   leave=False, unit="class")
+    classes = progress_bar(range(num_classes), desc="scoring natural images", leave=False, unit="class",
+                           disable=not (progress and selection == "confidence"))
     for c in classes:
         idx = (labels == c).nonzero().squeeze(1)
         idx = idx[torch.randperm(idx.numel(), generator=gen)]
