@@ -7,6 +7,9 @@ RECOVERY_RECIPES = ("infer", "sre2l")
 ACCOUNTINGS = ("fair", "ipc")  # INFER budget accounting: K = floor(ipc*C/(C+M)), or K = ipc
 SELECTIONS = ("random", "confidence")  # how INFER's natural images are picked
 RECOVERY_AUGMENTATIONS = ("roll", "imagenet")
+# how a crop-scale curriculum (CDA) moves RandomResizedCrop's lower bound: held at its start, or
+# falling linearly or along a half cosine, until the milestone
+CROP_SCALE_SCHEDULES = ("step", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16")
 DISTRIBUTED_MODES = ("jobs", "chunks")
 # torch.compile modes for the teacher pass of recovery ("reduce-overhead" adds CUDA graphs)

@@ -10,7 +10,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..data.transforms import RESIZED_CROP_SCALE
 
 from ..config import check_choice, check_finite_numbers, check_int
-from ..choices import COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS, RECOVERY_RECIPES
+from ..choices import (COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
+                       RECOVERY_RECIPES)
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
                   "checkpoint_every", "checkpoint_minutes")
@@ -34,6 +35,10 @@ class RecoveryConfig:
     augmentation: str = "roll"
     max_shift: int = 4
     crop_scale: Tuple[float, float] = RESIZED_CROP_SCALE  # RandomResizedCrop area range: augmentation "imagenet" only
+    # a curriculum on that range (CDA; augmentation "imagenet" only): (schedule, start, milestone),
+    # the lower bound moved from ``start`` at iteration 0 to crop_scale's at milestone * iterations
+    # (crop_scale_at). None: crop_scale at every iteration
+    crop_scale_curriculum: Optional[Tuple[str, float, float]] = None
     group_size: Optional[int] = None  # UFCs per batch; None = automatic (see auto_batch_plan)
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
     # of one chunk); None = the whole batch, or chunks planned from the available memory (CPU or CUDA) when one group does not fit
@@ -101,6 +106,7 @@ class RecoveryConfig:
         if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
                 or not (0 < scale[0] <= scale[1] <= 1)):
             raise ValueError(f"crop_scale must be two values with 0 < low <= high <= 1, got {self.crop_scale!r}")
+        self._check_crop_scale_curriculum()
         check_int("group_size", self.group_size, none="automatic")
         check_int("chunk_size", self.chunk_size, none="automatic")
         check_choice("precision", self.precision, PRECISIONS)
@@ -124,17 +130,63 @@ class RecoveryConfig:
                                     or not (minutes > 0 and math.isfinite(minutes))):
             raise ValueError(f"checkpoint_minutes must be a positive number of minutes or None (off), got {minutes!r}")
 
+    def _check_crop_scale_curriculum(self) -> None:
+        curriculum = self.crop_scale_curriculum
+        if curriculum is None:
+            return
+        if self.augmentation != "imagenet":
+            raise ValueError("crop_scale_curriculum schedules RandomResizedCrop's scale: it needs "
+                             f"augmentation='imagenet', got augmentation={self.augmentation!r}")
+        low, high = self.crop_scale
+        values = tuple(curriculum) if isinstance(curriculum, (tuple, list)) else ()
+        numbers = values[1:] if len(values) == 3 else ()
+        if (len(numbers) != 2 or values[0] not in CROP_SCALE_SCHEDULES
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+                or not (low <= numbers[0] <= high and 0 < numbers[1] <= 1)):
+            raise ValueError(f"crop_scale_curriculum must be (schedule, start, milestone): schedule one of "
+                             f"{', '.join(CROP_SCALE_SCHEDULES)}, crop_scale's low {low} <= start <= its high {high}, "
+                             f"0 < milestone <= 1; got {curriculum!r}")
+
     def describe_augmentation(self) -> str:
         roll = f"roll by randint(0, {self.max_shift}) on H and W"
-        if self.augmentation == "imagenet":
-            return f"RandomResizedCrop(scale {tuple(self.crop_scale)}) + horizontal flip, then {roll}; drawn per UFC per iteration"
-        return f"{roll} per UFC per iteration"
+        if self.augmentation != "imagenet":
+            return f"{roll} per UFC per iteration"
+        scale = f"scale {tuple(self.crop_scale)}"
+        if self.crop_scale_curriculum is not None:
+            schedule, start, milestone = self.crop_scale_curriculum
+            scale += (f", its lower bound from {start} at iteration 0 to {self.crop_scale[0]} at iteration "
+                      f"{milestone * self.iterations:g} ({schedule} curriculum), then held")
+        return f"RandomResizedCrop({scale}) + horizontal flip, then {roll}; drawn per UFC per iteration"
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = [float(b) for b in self.betas]
         d["crop_scale"] = [float(s) for s in self.crop_scale]
+        if self.crop_scale_curriculum is not None:
+            schedule, start, milestone = self.crop_scale_curriculum
+            d["crop_scale_curriculum"] = [schedule, float(start), float(milestone)]
         return d
+
+
+def crop_scale_at(config: RecoveryConfig, t: int) -> Tuple[float, float]:
+    """RandomResizedCrop's scale range at iteration ``t`` (from 0): ``config.crop_scale``, or
+    with ``crop_scale_curriculum`` (schedule, start, milestone) its lower bound moved from
+    ``start`` down to crop_scale's over the first milestone * iterations, then held there:
+    "step" holds ``start`` until then, "linear" falls linearly, "cosine" along a half cosine,
+    low + (start - low) (1 + cos(pi t / (milestone T))) / 2. A function of t alone, so every
+    job's draws are the same whatever the batch and wherever a resumed run restarts."""
+    if config.crop_scale_curriculum is None:
+        return tuple(config.crop_scale)
+    low, high = config.crop_scale
+    schedule, start, milestone = config.crop_scale_curriculum
+    span = milestone * config.iterations
+    if t >= span:
+        return (low, high)
+    if schedule == "step":
+        return (start, high)
+    progress = t / span
+    fall = 1 - progress if schedule == "linear" else (1 + math.cos(math.pi * progress)) / 2
+    return (low + (start - low) * fall, high)
 
 
 

@@ -22,7 +22,7 @@ from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from ..progress import progress_bar
-from .config import RecoveryConfig
+from .config import RecoveryConfig, crop_scale_at
 from .plan import RecoveryOutOfMemoryError, out_of_memory_error
 
 
@@ -76,9 +76,10 @@ class Augmentation:
 
     Every job draws from its own generator (so its draws do not depend on which jobs share its
     batch), in the order one draw per iteration makes them: "roll", a shift (sh, sw) in
-    [0, max_shift]^2; "imagenet", a RandomResizedCrop box (top, left, h, w), a flip and that
-    shift. Given ``iterations``, all of them are drawn up front and copied to the device once
-    (no host-to-device copy inside the loop). "roll" is the fused compose + roll; "imagenet"
+    [0, max_shift]^2; "imagenet", a RandomResizedCrop box (top, left, h, w) in that iteration's
+    scale range (crop_scale_at: a curriculum moves it), a flip and that shift. Given
+    ``iterations``, all of them are drawn up front and copied to the device once (no
+    host-to-device copy inside the loop). "roll" is the fused compose + roll; "imagenet"
     composes, then crops, resizes (bilinear, as F.interpolate with align_corners=False; the
     crops only ever grow, so antialiasing changes nothing), flips and rolls every group with
     one grid_sample."""
@@ -94,16 +95,16 @@ class Augmentation:
         self.rows = torch.arange(height, device=self.device)
         self.cols = torch.arange(width, device=self.device)
 
-    def _draw(self, gen: torch.Generator, iterations: int) -> Tensor:
-        """One job's draws for ``iterations`` iterations: (iterations, 2) shifts, or
-        (iterations, 7) (top, left, h, w, flip, sh, sw)."""
+    def _draw(self, gen: torch.Generator, iterations: int, first: int = 0) -> Tensor:
+        """One job's draws for ``iterations`` iterations from iteration ``first``: (iterations, 2)
+        shifts, or (iterations, 7) (top, left, h, w, flip, sh, sw)."""
         high = self.config.max_shift + 1
         if self.config.augmentation == "roll":  # one call: the same numbers as a draw per iteration
             return torch.randint(0, high, (iterations, 2), generator=gen)
         height, width = self.size
         rows = []
-        for _ in range(iterations):
-            box = resized_crop_boxes(1, height, width, tuple(self.config.crop_scale), RESIZED_CROP_RATIO, gen)
+        for t in range(first, first + iterations):
+            box = resized_crop_boxes(1, height, width, crop_scale_at(self.config, t), RESIZED_CROP_RATIO, gen)
             flip = (torch.rand(1, generator=gen) < 0.5).long()
             rows.append(torch.cat([*box, flip, torch.randint(0, high, (2,), generator=gen)]))
         return torch.stack(rows)
@@ -112,7 +113,7 @@ class Augmentation:
         """This iteration's draws of every group, (G, values), on the device."""
         if self.draws is not None:
             return self.draws.index_select(0, self.step.view(1))[0]
-        return torch.stack([self._draw(g, 1)[0] for g in self.gens]).to(self.device)
+        return torch.stack([self._draw(g, 1, int(self.step))[0] for g in self.gens]).to(self.device)
 
     def advance(self) -> Optional[Tensor]:
         """This iteration's draws of every group, (G, values) on the device (None: "roll" with

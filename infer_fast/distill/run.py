@@ -185,12 +185,14 @@ def distill_sre2l(
     progress: bool = True,
     device: str = "auto",
     backend: str = "auto",
+    method_name: str = "sre2l",
 ) -> Path:
     """The SRe2L baseline into ``out_dir``: ipc*C images recovered from noise by
     :func:`recover_sre2l` (default ``RecoveryConfig.sre2l()``), stored as uint8 pixels (the
     recovered images, clamped to the valid range, quantized: like the reference release's
     image files and every other set's images) with hard labels (the same ipc*C image budget);
-    relabel it like an INFER set."""
+    relabel it like an INFER set. ``method_name``: the set's method (a method that is SRe2L's
+    recovery with another config, such as CDA, records its own name)."""
     from ..storage import DistilledSet
 
     config = RecoveryConfig.sre2l() if config is None else config
@@ -212,7 +214,7 @@ def distill_sre2l(
                  image_storage="uint8 pixels: the recovered images (clamped to the valid range) quantized, "
                                "round(clamp(x * std + mean, 0, 1) * 255)")
     ds = DistilledSet(
-        method="sre2l", **_set_fields(train), images=pixels, labels=result["labels"],
+        method=method_name, **_set_fields(train), images=pixels, labels=result["labels"],
         hyperparameters=hyper, teachers=records,
         budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"}, seed=config.seed,
     )
