@@ -17,7 +17,7 @@ from .compression import compression_ratio_from_counts, counts_from_shapes, reso
 from ..choices import ACCOUNTINGS
 
 # the methods a stored set can come from ("external": another method's set, imported)
-SET_METHODS = ("infer", "random", "sre2l", "external")
+SET_METHODS = ("infer", "random", "sre2l", "rded", "external")  # rded: temporary, until storage asks the method registry
 
 
 class DistilledSetError(ValueError):
