@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-BUILTIN_MODULES = ("infer", "sre2l", "random", "cda")  # infer_fast/methods/<name>.py
+BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
 STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled by the teachers on every batch
 
 

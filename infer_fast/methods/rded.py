@@ -1,0 +1,291 @@
+"""RDED (Sun, Shi, Yu and Lin, CVPR 2024, "On the Diversity and Realism of Distilled Dataset:
+An Efficient Dataset Distillation Paradigm"): no optimisation. Real patches are cropped from
+real images, scored by the teachers, the most representative kept per class, and
+``factor`` x ``factor`` of them stitched into each distilled image; the students learn the
+teachers' labels of the regions they see.
+
+The recipe, as the authors' release (github.com/LINs-lab/RDED, commit 31f9117) runs it, and
+where each value comes from:
+
+- Candidates: ``candidates_per_class`` real training images per class, drawn at random
+  (``--mipc``; every script in ``scripts/`` passes ``--mipc 300``; argument.py's default 600
+  is not used by any of them).
+- Crops: ``crops_per_image`` crops of each candidate (``--num-crop``: 5 in every ``*_cr5.sh``
+  script, the ones the paper reports; ``imagenet-1k_10ipc_..._cr1.sh`` is the 1-crop
+  ablation), each torchvision's ``RandomResizedCrop(size // factor, ratio=(1, 1))`` with its
+  default scale (0.08, 1) and antialiasing (synthesize/utils.py ``MultiRandomCrop``): a square
+  patch of ``size // factor`` pixels.
+- Score: the observer's cross-entropy of the true class, -log softmax(f(x))[y], on the patch
+  zero-padded (in normalized space: the mean colour), centred, to the full input size
+  (utils.py ``selector``, ``pad``, ``cross_entropy``); lower is more realistic.
+- Selection: per image the crop with the lowest loss (its key patch); per class the
+  ``ipc * factor**2`` key patches with the lowest loss (``selector``; so each image gives at
+  most one patch).
+- Stitching: the patch of rank r (ascending loss) goes to image ``r mod ipc``, cell
+  ``r // ipc`` (row-major) of a ``factor`` x ``factor`` grid; cells are ``size // factor``
+  pixels, the first ``size % factor`` rows and columns one pixel more (``mix_images``, which
+  resizes a patch to its cell with nearest-neighbour interpolation).
+- Per dataset family (``--factor`` in the scripts; ``--input-size`` in argument.py):
+  CIFAR-10/100 (32 px) factor 1, Tiny-ImageNet (64 px) factor 1, ImageNet-1k and its subsets
+  (ImageNette, ImageWoof, ImageNet-100 at 224 or 128 px) factor 2; mipc 300 and 5 crops in
+  all (:data:`RECIPES`). DD-Ranking's RDED sets (NUS-HPC-AI-Lab/DD-Ranking, RDED/) use the
+  same synthesis code and ``ShufflePatches(1)`` (factor 1) for CIFAR and Tiny-ImageNet.
+  Fashion-MNIST (28 px) takes the CIFAR recipe.
+- Soft labels: region-level, made while the student trains. validation/main.py labels every
+  batch with the teacher (``teacher_model(mix_images)``, softmax at temperature 20 with
+  cutmix) after ShufflePatches(factor), RandomResizedCrop(size, scale=(1 / factor, 1)) and a
+  flip: no labels are stored (DD-Ranking evaluates it the same way, ``soft_label_mode: M``).
+  That is this toolkit's per-batch labelling (``StudentConfig(dynamic=True)``, ``train
+  --dynamic``), so the set stores only images and hard labels (``student_labels`` below).
+
+Where this implementation differs, and why: candidates are cropped from the split's decoded
+``size`` x ``size`` images (the release crops the original file), so one decode serves every
+step; several teachers score with their mean logits (the release has one observer), the
+dataset's own mean/std normalize (the release uses ImageNet's for every dataset), and the
+stitched images are rounded and clamped to uint8 (the release truncates). Draws come from
+torch generators seeded with the request's seed, so a seed gives the same set.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..config import check_int
+from .registry import DistillRequest, Method, register
+
+# Per dataset family: patches per side of an image, candidate images per class, crops per candidate
+RECIPES: Dict[str, Dict[str, int]] = {
+    "cifar": dict(factor=1, candidates_per_class=300, crops_per_image=5),
+    "tiny-imagenet": dict(factor=1, candidates_per_class=300, crops_per_image=5),
+    "imagenet": dict(factor=2, candidates_per_class=300, crops_per_image=5),
+}
+CROP_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's default (MultiRandomCrop passes none)
+CROP_RATIO = (1.0, 1.0)  # square patches
+DEFAULT_BATCH_SIZE = 512  # padded patches per teacher forward
+OPTIONS = tuple(RECIPES["cifar"]) + ("batch_size",)
+
+
+def recipe_family(dataset_name: str, image_size: int) -> str:
+    """The RECIPES key of a dataset: ImageNet and any set of images larger than 64 px (the
+    release's ImageNet subsets, 128 or 224 px) take ImageNet's; Tiny-ImageNet its own; the
+    rest (CIFAR-like small images) CIFAR's."""
+    if dataset_name == "imagenet" or image_size > 64:
+        return "imagenet"
+    return "tiny-imagenet" if dataset_name == "tiny-imagenet" else "cifar"
+
+
+def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
+    """The given options checked (each a positive integer); absent ones are None: the
+    dataset family's recipe value (:func:`resolve_recipe`)."""
+    parsed = {name: options.get(name) for name in OPTIONS}
+    for name, value in parsed.items():
+        check_int(name, value, none="the dataset family's recipe")
+    return parsed
+
+
+def resolve_recipe(options: Mapping[str, Any], dataset_name: str, image_size: int, ipc: int) -> Dict[str, Any]:
+    """The family recipe with ``options`` on top, checked against ``image_size`` and ``ipc``."""
+    options = parse_options(options)
+    family = recipe_family(dataset_name, image_size)
+    recipe = {"family": family, **RECIPES[family], "batch_size": DEFAULT_BATCH_SIZE}
+    recipe.update({k: v for k, v in options.items() if v is not None})
+    factor = recipe["factor"]
+    if factor > image_size:
+        raise ValueError(f"factor={factor} cuts {image_size}-pixel images into patches under one pixel: "
+                         f"use factor <= {image_size}")
+    needed = ipc * factor ** 2
+    if recipe["candidates_per_class"] < needed:
+        raise ValueError(f"candidates_per_class={recipe['candidates_per_class']} is too few: ipc={ipc} images of "
+                         f"factor^2={factor ** 2} patches need {needed} candidates per class (one patch each)")
+    return recipe
+
+
+def square_crops(x: Tensor, source: Tensor, top: Tensor, left: Tensor, side: Tensor, size: int) -> Tensor:
+    """Crop k: rows top[k]:top[k]+side[k] and the same columns from left[k] of image
+    x[source[k]], resized to ``size`` x ``size`` (bilinear, antialiased when shrinking, as
+    torchvision's resize of tensors). x: float (n, ch, H, W); returns (len(source), ch, size, size).
+    The crops of one side length are cut and resized together."""
+    out = x.new_empty((source.numel(), x.shape[1], size, size))
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    for s in side.unique().tolist():
+        k = (side == s).nonzero().squeeze(1)
+        span = torch.arange(s, device=x.device)
+        rows = (top[k, None] + span)[:, None, :, None]
+        cols = (left[k, None] + span)[:, None, None, :]
+        crops = x[source[k, None, None, None], channels, rows, cols]
+        if s != size:
+            crops = F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[k] = crops
+    return out
+
+
+def _pad_centred(patches: Tensor, size: int) -> Tensor:
+    """Patches zero-padded to ``size`` x ``size``, centred (the extra pixel below and right)."""
+    h, w = patches.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(patches, (left, size - w - left, top, size - h - top))
+
+
+@torch.no_grad()
+def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], size: int,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
+    """Per patch (normalized, on the teachers' device): the cross-entropy of ``label`` under
+    the teachers' mean logits on the patch padded to ``size`` (CPU float32)."""
+    from ..student import ensemble_logits
+
+    out = []
+    for start in range(0, patches.shape[0], batch_size):
+        x = _pad_centred(patches[start:start + batch_size], size)
+        out.append(-ensemble_logits(teachers, x).log_softmax(1)[:, label].float().cpu())
+    return torch.cat(out)
+
+
+def cell_sizes(size: int, factor: int) -> Tuple[int, ...]:
+    """Heights (and widths) of the ``factor`` rows (columns) of a stitched image: size //
+    factor, the first size % factor of them one pixel more."""
+    base, extra = divmod(size, factor)
+    return tuple(base + (i < extra) for i in range(factor))
+
+
+def stitch(ranked: Tensor, ipc: int, factor: int, size: int) -> Tensor:
+    """``ipc`` images of ``factor`` x ``factor`` patches from ``ipc * factor**2`` patches
+    (ch, p, p) in rank order: rank r fills cell r // ipc (row-major) of image r mod ipc,
+    resized to the cell (nearest) where the cell is not p x p. Returns (ipc, ch, size, size)."""
+    if ranked.shape[0] != ipc * factor ** 2:
+        raise ValueError(f"stitch needs ipc * factor^2 = {ipc * factor ** 2} patches, got {ranked.shape[0]}")
+    out = ranked.new_empty((ipc, ranked.shape[1], size, size))
+    cells = cell_sizes(size, factor)
+    offsets = [sum(cells[:i]) for i in range(factor)]
+    for cell in range(factor ** 2):
+        i, j = divmod(cell, factor)
+        part = ranked[cell * ipc:(cell + 1) * ipc]
+        if tuple(part.shape[-2:]) != (cells[i], cells[j]):
+            part = F.interpolate(part, size=(cells[i], cells[j]), mode="nearest")
+        out[:, :, offsets[i]:offsets[i] + cells[i], offsets[j]:offsets[j] + cells[j]] = part
+    return out
+
+
+def class_images(candidates: Tensor, label: int, teachers: Sequence[nn.Module], mean, std, ipc: int,
+                 recipe: Mapping[str, Any], gen: torch.Generator) -> Tensor:
+    """RDED's images of one class from its uint8 candidate images (n, ch, S, S): crop, score,
+    keep, stitch. Returns uint8 (ipc, ch, S, S)."""
+    from ..data.transforms import denormalize, normalize, resized_crop_boxes
+    from ..models import device_of
+
+    device = device_of(teachers[0])
+    n, size = candidates.shape[0], candidates.shape[-1]
+    factor, crops = recipe["factor"], recipe["crops_per_image"]
+    x = normalize(candidates.to(device, non_blocking=True), mean, std)
+    # crop j of image i is box i * crops + j
+    top, left, side, _ = (t.to(device) for t in resized_crop_boxes(n * crops, size, size, CROP_SCALE, CROP_RATIO, gen))
+    source = torch.arange(n, device=device).repeat_interleave(crops)
+    patches = square_crops(x, source, top, left, side, size // factor)
+    loss = true_class_loss(patches, label, teachers, size, recipe["batch_size"]).view(n, crops)
+    key_loss, key_crop = loss.min(1)  # each image's key patch (the first of equal losses)
+    keep = torch.argsort(key_loss, stable=True)[:ipc * factor ** 2]
+    chosen = patches[(keep * crops + key_crop[keep]).to(device)]
+    return denormalize(stitch(chosen, ipc, factor, size), mean, std, to_uint8=True).cpu()
+
+
+def _check_class_counts(train, candidates: int) -> None:
+    counts = train.class_counts()
+    short = (counts < candidates).nonzero().squeeze(1).tolist()
+    if short:
+        c = short[0]
+        raise ValueError(f"candidates_per_class={candidates}: class {c} has only {int(counts[c])} training images"
+                         + (f" ({len(short)} classes have fewer)" if len(short) > 1 else ""))
+
+
+def _hyperparameters(recipe: Mapping[str, Any], size: int) -> Dict[str, Any]:
+    """What a set records of how RDED made it: the recipe and its rules in words."""
+    patch = size // recipe["factor"]
+    return {
+        **recipe, "patches_per_image": recipe["factor"] ** 2, "patch_size": patch,
+        "crop": f"RandomResizedCrop({patch}, scale={CROP_SCALE}, ratio={CROP_RATIO}, antialias) of the decoded image",
+        "score": "cross-entropy of the true class under the teachers' mean logits, the patch zero-padded "
+                 "(normalized space), centred, to the image size",
+        "selection": "per image its lowest-loss crop; per class the ipc * factor^2 lowest-loss of those",
+        "layout": "the patch of rank r (ascending loss) fills cell r // ipc (row-major) of image r mod ipc",
+        "soft_labels": "region-level, per batch: the teachers label every augmented batch the student sees",
+        "image_storage": "uint8 pixels, round(clamp(x * std + mean, 0, 1) * 255)",
+    }
+
+
+def rded_set(train, teachers: Sequence[nn.Module], ipc: int, options: Optional[Mapping[str, Any]] = None,
+             seed: int = 0, teacher_records: Sequence[Dict[str, Any]] = (), progress: bool = False):
+    """The RDED DistilledSet (unlabelled: its students are labelled per batch) of ``train``
+    (an ImageSet, or a FolderImageSet of which only the candidates are decoded, one class at a
+    time) with the ``teachers`` (eval mode, on the device that scores), ``options`` over the
+    dataset family's recipe. Images class-major, ipc per class, uint8."""
+    from ..distill.run import _set_fields
+    from ..models import device_of
+    from ..storage import DistilledSet
+
+    check_int("ipc", ipc)
+    if not teachers:
+        raise ValueError("teachers: RDED needs at least one teacher to score the patches")
+    spec = train.spec
+    recipe = resolve_recipe(options or {}, spec.name, spec.image_size, ipc)
+    candidates = recipe["candidates_per_class"]
+    _check_class_counts(train, candidates)
+    picked = train.per_class(candidates, seed=seed)  # class-major: one batch per class
+    gen = torch.Generator().manual_seed(int(seed))
+    images = torch.empty((ipc * spec.num_classes,) + tuple(train.image_shape), dtype=torch.uint8)
+    batches = picked.batches(candidates, pin_memory=device_of(teachers[0]).type == "cuda")
+    for c, (batch, _) in enumerate(tqdm(batches, total=spec.num_classes, desc="RDED: scoring patches",
+                                        disable=not progress, unit="class")):
+        images[c * ipc:(c + 1) * ipc] = class_images(batch, c, teachers, spec.mean, spec.std, ipc, recipe, gen)
+    return DistilledSet(
+        method="rded", **_set_fields(train), images=images, labels=torch.arange(spec.num_classes).repeat_interleave(ipc),
+        hyperparameters=_hyperparameters(recipe, spec.image_size),
+        teachers=list(teacher_records), budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"},
+        seed=int(seed),
+    )
+
+
+def distill(request: DistillRequest):
+    """RDED's set of ``request.dataset`` written to ``request.out_dir``; its students take
+    per-batch teacher labels."""
+    from ..output_lock import output_lock
+
+    parse_options(request.options)
+    check_int("ipc", request.ipc)
+    if not request.teacher_paths:
+        raise ValueError("teachers: RDED needs at least one teacher checkpoint to score the patches")
+    with output_lock(request.out_dir, "output directory"):
+        return _distill_locked(request)
+
+
+def _distill_locked(request: DistillRequest):
+    from .. import distributed
+    from ..data import load_dataset
+    from ..distill.run import _check_output
+    from ..storage import save_distilled
+    from ..teacher import load_teacher, resolve_device
+
+    resolve_device(request.device)
+    out_dir = _check_output(request.out_dir)
+    train = load_dataset(request.dataset, "train", data_root=request.data_root)
+    spec = train.spec
+    recipe = resolve_recipe(request.options, spec.name, spec.image_size, request.ipc)  # before the teachers load
+    _check_class_counts(train, recipe["candidates_per_class"])
+    teachers, records = [], []
+    for path in map(str, request.teacher_paths):
+        model, meta = load_teacher(path, dataset=request.dataset, num_classes=spec.num_classes,
+                                   device=distributed.local_device(request.device), channels=spec.channels,
+                                   image_size=spec.image_size)
+        teachers.append(model)
+        records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
+    ds = rded_set(train, teachers, request.ipc, request.options, seed=request.seed, teacher_records=records,
+                  progress=request.progress)
+    return save_distilled(ds, out_dir, progress=request.progress)
+
+
+RDED = register(Method(
+    name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
+    distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch",
+))

@@ -1,0 +1,174 @@
+"""RDED (infer_fast/methods/rded.py): its recipe per dataset family, the patch selection (the
+lowest-loss key patch of each image, the lowest-loss ones per class, in RDED's layout), the
+stitching, a folder split decoding only the candidates, and a small run through the
+method registry."""
+import collections
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import train_tiny_teachers
+from torch import nn
+
+from infer_fast.data import DECODE_LOG_ENV, load_dataset
+from infer_fast.data.synthetic import write_fake_imagenet
+from infer_fast.data.transforms import resized_crop_boxes
+from infer_fast.methods import DistillRequest, distill_method_names, get_method
+from infer_fast.methods import rded
+from infer_fast.storage import load_distilled
+
+
+def test_recipe_per_dataset_family():
+    # the authors' scripts: --factor 1 (CIFAR, Tiny-ImageNet) / 2 (ImageNet), --mipc 300, --num-crop 5
+    assert rded.RECIPES == {
+        "cifar": {"factor": 1, "candidates_per_class": 300, "crops_per_image": 5},
+        "tiny-imagenet": {"factor": 1, "candidates_per_class": 300, "crops_per_image": 5},
+        "imagenet": {"factor": 2, "candidates_per_class": 300, "crops_per_image": 5},
+    }
+    assert rded.CROP_SCALE == (0.08, 1.0) and rded.CROP_RATIO == (1.0, 1.0)
+    for name, size, family in (("cifar10", 32, "cifar"), ("cifar100", 32, "cifar"), ("fashion-mnist", 28, "cifar"),
+                               ("tiny-imagenet", 64, "tiny-imagenet"), ("imagenet", 224, "imagenet"),
+                               ("imagenet", 64, "imagenet"), ("imagefolder", 32, "cifar"),
+                               ("imagefolder", 128, "imagenet")):  # ImageNet subsets at 128 px: factor 2
+        assert rded.recipe_family(name, size) == family, (name, size)
+    recipe = rded.resolve_recipe({}, "imagenet", 224, ipc=10)
+    assert (recipe["family"], recipe["factor"], recipe["candidates_per_class"], recipe["crops_per_image"]) == \
+        ("imagenet", 2, 300, 5)
+    assert rded.resolve_recipe({"factor": 3, "crops_per_image": 1}, "cifar10", 32, ipc=10)["factor"] == 3
+
+
+def test_bad_options_are_refused_naming_the_option():
+    method = get_method("rded")
+    for options, name in (({"factor": 0}, "factor"), ({"factor": "2"}, "factor"),
+                          ({"candidates_per_class": True}, "candidates_per_class"),
+                          ({"crops_per_image": -1}, "crops_per_image"), ({"batch_size": 1.5}, "batch_size"),
+                          ({"mipc": 300}, "mipc")):
+        with pytest.raises(ValueError, match=name):
+            method.check_options(options)
+    with pytest.raises(ValueError, match="candidates_per_class=30 is too few"):
+        rded.resolve_recipe({"candidates_per_class": 30}, "imagenet", 224, ipc=10)  # 10 * 2^2 = 40 patches
+    with pytest.raises(ValueError, match="factor=40"):
+        rded.resolve_recipe({"factor": 40}, "cifar10", 32, ipc=1)
+
+
+def test_stitch_layout_factor_2():
+    # patch of rank r is the constant r: rank r -> image r % ipc, cell r // ipc (row-major)
+    ipc, factor = 3, 2
+    ranked = torch.arange(ipc * factor ** 2, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 2, 4, 4)
+    out = rded.stitch(ranked, ipc, factor, 8)
+    assert out.shape == (ipc, 2, 8, 8)
+    for image in range(ipc):
+        quadrants = [out[image, :, :4, :4], out[image, :, :4, 4:], out[image, :, 4:, :4], out[image, :, 4:, 4:]]
+        for cell, quadrant in enumerate(quadrants):
+            assert (quadrant == cell * ipc + image).all()
+    # an odd size: the first row and column of cells one pixel more, the patch resized to fit
+    odd = rded.stitch(ranked, ipc, factor, 9)
+    assert rded.cell_sizes(9, 2) == (5, 4)
+    assert (odd[0, :, :5, :5] == 0).all() and (odd[0, :, :5, 5:] == 3).all() and (odd[0, :, 5:, 5:] == 9).all()
+
+
+def test_square_crops_match_cropping_one_by_one():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 16, 16, generator=gen)
+    top, left, side, _ = resized_crop_boxes(12, 16, 16, rded.CROP_SCALE, rded.CROP_RATIO, gen)
+    source = torch.arange(3).repeat_interleave(4)
+    out = rded.square_crops(x, source, top, left, side, 8)
+    for k in range(12):
+        t, l, s = int(top[k]), int(left[k]), int(side[k])
+        crop = x[source[k]:source[k] + 1, :, t:t + s, l:l + s]
+        want = crop if s == 8 else F.interpolate(crop, size=(8, 8), mode="bilinear", align_corners=False,
+                                                   antialias=True)
+        torch.testing.assert_close(out[k], want[0])
+
+
+class CentreTeacher(nn.Module):
+    """Two classes; the logit of class 0 grows with the centre pixel (normalized), so a
+    patch's cross-entropy of class 0 falls as its value rises."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        centre = x[:, 0, x.shape[-2] // 2, x.shape[-1] // 2]
+        return torch.stack([self.scale * centre] + [torch.zeros_like(centre)] * (self.num_classes - 1), 1)
+
+
+def test_selection_keeps_the_lowest_loss_patches_in_rank_layout():
+    # 20 candidates of constant value (every crop of one is the same patch), shuffled; the
+    # teacher prefers brighter patches: the 8 brightest, one patch each, fill 2 images
+    values = torch.randperm(20, generator=torch.Generator().manual_seed(1)) * 10 + 20
+    candidates = values.view(-1, 1, 1, 1).expand(-1, 1, 8, 8).to(torch.uint8).contiguous()
+    recipe = {"factor": 2, "crops_per_image": 5, "batch_size": 7}
+    out = rded.class_images(candidates, 0, [CentreTeacher()], (0.5,), (0.5,), 2, recipe,
+                            torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == (2, 1, 8, 8)
+    ranked = sorted(values.tolist(), reverse=True)[:8]  # 210, 200, ..., 140
+    for image in range(2):
+        quadrants = [out[image, 0, :4, :4], out[image, 0, :4, 4:], out[image, 0, 4:, :4], out[image, 0, 4:, 4:]]
+        assert [int(q.unique().item()) for q in quadrants] == [ranked[cell * 2 + image] for cell in range(4)]
+
+
+def test_true_class_loss_is_the_cross_entropy_of_the_padded_patch():
+    patches = torch.randn(5, 1, 4, 4)
+    teacher = CentreTeacher(3)
+    loss = rded.true_class_loss(patches, 1, [teacher], 8, batch_size=2)
+    padded = F.pad(patches, (2, 2, 2, 2))
+    torch.testing.assert_close(loss, F.cross_entropy(teacher(padded), torch.ones(5, dtype=torch.long),
+                                                     reduction="none").detach())
+
+
+def test_folder_split_decodes_only_the_candidates(tmp_path, monkeypatch):
+    write_fake_imagenet(tmp_path / "data", classes=3, train_per_class=6, val_per_class=1)
+    train = load_dataset({"name": "imagenet", "num_classes": 3, "image_size": 32}, "train",
+                         data_root=str(tmp_path / "data"))
+    log = tmp_path / "decodes.log"
+    monkeypatch.setenv(DECODE_LOG_ENV, str(log))
+    ds = rded.rded_set(train, [CentreTeacher(3)], ipc=1, options={"candidates_per_class": 4}, seed=0)
+    decoded = collections.Counter(log.read_text().splitlines())
+    # ImageNet's recipe: factor 2, so 4 patches from 4 candidates of each class, each decoded once
+    assert ds.hyperparameters["factor"] == 2 and len(decoded) == 12 and set(decoded.values()) == {1}
+    assert sorted(decoded) == sorted(train.per_class(4, seed=0).paths)
+    assert ds.labels.tolist() == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return train_tiny_teachers(tmp_path_factory.mktemp("teachers"), seeds=(0,))
+
+
+def _distill(out_dir, teacher, seed=0, **options):
+    request = DistillRequest(dataset="fashion-mnist-mini", ipc=2, out_dir=out_dir, teacher_paths=teacher,
+                             options={"candidates_per_class": 12, "crops_per_image": 2, **options}, seed=seed,
+                             progress=False, device="cpu")
+    return load_distilled(get_method("rded").distill(request))
+
+
+def test_rded_through_the_registry(tmp_path, teacher):
+    method = get_method("rded")
+    assert "rded" in distill_method_names() and method.label == "RDED"
+    assert method.uses_teachers and method.student_labels == "per-batch" and method.layout == "images"
+    ds = _distill(tmp_path / "a", teacher, factor=2)
+    assert ds.method == "rded" and ds.images.shape == (20, 1, 28, 28) and ds.images.dtype == torch.uint8
+    assert ds.labels.tolist() == [c for c in range(10) for _ in range(2)] and ds.soft_labels is None
+    assert ds.budget == {"ipc": 2, "K": 0, "M": 1, "accounting": "ipc"} and ds.seed == 0
+    assert ds.hyperparameters["factor"] == 2 and ds.hyperparameters["candidates_per_class"] == 12
+    assert [t["path"] for t in ds.teachers] == teacher
+    again = _distill(tmp_path / "b", teacher, factor=2)
+    other = _distill(tmp_path / "c", teacher, seed=1, factor=2)
+    assert torch.equal(ds.images, again.images) and not torch.equal(ds.images, other.images)
+
+
+def test_rded_refuses_before_loading_teachers(tmp_path):
+    missing = [str(tmp_path / "no-such-teacher.pt")]
+    method = get_method("rded")
+    with pytest.raises(ValueError, match="candidates_per_class=600: class 0 has only 500"):
+        method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
+                                      teacher_paths=missing, options={"candidates_per_class": 600}, device="cpu"))
+    with pytest.raises(ValueError, match="teachers"):
+        method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o", device="cpu"))
+    with pytest.raises(ValueError, match="factor"):
+        method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
+                                      teacher_paths=missing, options={"factor": 0}, device="cpu"))
+    assert not (tmp_path / "o").exists()
