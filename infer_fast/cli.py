@@ -227,10 +227,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
-    method = get_method(options.get("method", "infer"))
-    if method.distill is None:
-        raise UserError(f"--method {method.name} makes no set of its own: it trains on {method.trains_on}'s "
-                        f"(distill --method {method.trains_on}, then train it as {method.name})")
+    method = get_method(options.get("method", "infer"))  # (one that makes a set: the flag's choices)
     takes = COMMON_DISTILL_OPTIONS + (TEACHER_USE_OPTIONS if method.uses_teachers else ()) + method.options
     ignored = sorted(f"--{k.replace('_', '-')}" for k in options if k not in takes) \
         + (["--resume"] if args.resume and not method.resumable else [])

@@ -158,11 +158,11 @@ class _Runs:
 
     def __init__(self, protocol: DDRankingProtocol, dataset_name: str, test, teachers, device: str, total: int,
                  progress: bool):
-        from tqdm import tqdm
+        from .progress import progress_bar
 
         self.protocol, self.dataset_name, self.test = protocol, dataset_name, test
         self.teachers, self.device = list(teachers), device
-        self.bar = tqdm(total=total, desc="DD-Ranking students", unit="student", disable=not progress)
+        self.bar = progress_bar(total=total, desc="DD-Ranking students", unit="student", disable=not progress)
 
     def best(self, source, labels: str, mixed: bool, seed: int, grid: Sequence[float]) -> Dict[str, Any]:
         """{"accuracy", "lr", "grid": {lr: accuracy}}: the best run over ``grid``."""

@@ -129,14 +129,17 @@ class PipelineConfig:
 
     def method_options_of(self, name: str) -> Dict[str, Any]:
         """The options the run gives method ``name`` (unchecked): INFER's from ``recovery``,
-        ``selection`` and ``accounting``; SRe2L's from ``sre2l``, another's from
-        ``method_options``, on top of the ``recovery`` augmentation settings it takes."""
+        ``selection`` and ``accounting``; SRe2L's from ``sre2l`` on top of the ``recovery``
+        augmentation settings; another's from ``method_options`` on top of the ``recovery``
+        group size and seed where it takes them."""
         from .methods import get_method
 
         if name == "infer":
             return {**self.recovery, "selection": self.selection, "accounting": self.accounting}
         method = get_method(name)
-        inherited = {k: self.recovery[k] for k in INHERITED_RECOVERY_OPTIONS if k in self.recovery and k in method.options}
+        # SRe2L shares INFER's augmentation; a method with a recipe of its own (CDA) only the batching and seed
+        shared = INHERITED_RECOVERY_OPTIONS if name == "sre2l" else ("group_size", "seed")
+        inherited = {k: self.recovery[k] for k in shared if k in self.recovery and k in method.options}
         own = self.sre2l if name == "sre2l" else self.method_options.get(name, {})
         return {**inherited, **own}
 

@@ -20,7 +20,7 @@ from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints, recovery_re
 from .natural import infer_budget, select_natural_sets
 
 
-def _set_fields(train) -> Dict[str, Any]:
+def real_data_fields(train) -> Dict[str, Any]:
     """DistilledSet fields that describe the real training set ``train`` (an ImageSet)."""
     spec = train.spec
     return dict(
@@ -41,7 +41,7 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     teacher_paths = [os.fspath(p) for p in teacher_paths]
     if not teacher_paths:
         raise ValueError("teachers: at least one teacher checkpoint is needed")
-    out_dir = _check_output(out_dir)
+    out_dir = check_new_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
     teachers, records = [], []
     for path in teacher_paths:
@@ -62,7 +62,7 @@ def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:
     return out_dir.with_name(out_dir.name + ".recovery.pt")
 
 
-def _check_output(out_dir) -> Path:
+def check_new_output(out_dir) -> Path:
     """Before any work: ``out_dir`` must not exist and its parent must be writable (the set
     and the recovery checkpoint beside it go there)."""
     from ..storage import OutputExistsError
@@ -166,7 +166,7 @@ def distill_infer(
     hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
                  natural_selection=selection)
     ds = DistilledSet(
-        method="infer", **_set_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
+        method="infer", **real_data_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
         ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,
         budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting}, seed=config.seed,
     )
@@ -214,7 +214,7 @@ def distill_sre2l(
                  image_storage="uint8 pixels: the recovered images (clamped to the valid range) quantized, "
                                "round(clamp(x * std + mean, 0, 1) * 255)")
     ds = DistilledSet(
-        method=method_name, **_set_fields(train), images=pixels, labels=result["labels"],
+        method=method_name, **real_data_fields(train), images=pixels, labels=result["labels"],
         hyperparameters=hyper, teachers=records,
         budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"}, seed=config.seed,
     )
@@ -231,7 +231,7 @@ def random_set(train, ipc: int, seed: int = 0, progress: bool = False):
     picked = train.per_class(ipc, seed=seed)
     return DistilledSet(
         method="random",
-        **_set_fields(train),
+        **real_data_fields(train),
         images=picked.images_at(torch.arange(len(picked)), progress=progress, desc="decoding random images"),
         labels=picked.labels,
         hyperparameters={"selection": "ipc real training images per class, uniformly at random"},
@@ -256,6 +256,6 @@ def distill_random(
     from ..storage import save_distilled
 
     check_int("ipc", ipc)
-    out_dir = _check_output(out_dir)
+    out_dir = check_new_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
     return save_distilled(random_set(train, ipc, seed, progress=progress), out_dir)

@@ -29,7 +29,7 @@ after every step (here only the final images are), use batches of 100 classes wi
 flip and shift per batch (here one group of all C classes per image index, with per-group
 statistics and draws, so results do not depend on batching).
 
-Option ``recipe`` picks one of RECIPES; every RecoveryConfig field may be given on top (user
+Option ``recipe`` picks one of RECIPES (default: by dataset, :func:`recipe_for`); every RecoveryConfig field may be given on top (user
 options override the recipe; ``crop_scale_curriculum: null`` is SRe2L with the ImageNet
 augmentation). The curriculum needs ``augmentation: imagenet``."""
 from __future__ import annotations
@@ -50,6 +50,14 @@ DEFAULT_RECIPE = "imagenet-1k"
 OWN_OPTIONS = ("recipe",)
 
 
+def recipe_for(dataset) -> str:
+    """The recipe a dataset gets when ``recipe`` is not given: ImageNet-1k's for ImageNet
+    (and its class subsets), Tiny-ImageNet's (the paper's small-image one) for the rest."""
+    from ..data.registry import dataset_options
+
+    return DEFAULT_RECIPE if dataset_options(dataset)[0] == "imagenet" else "tiny-imagenet"
+
+
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     """{"config": RecoveryConfig, "recipe"}: the recipe's settings with the curriculum, the
     user's RecoveryConfig options on top, validated (an error names the option)."""
@@ -63,8 +71,9 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 def distill(request: DistillRequest):
     from ..distill import distill_sre2l
 
+    options = {"recipe": recipe_for(request.dataset), **request.options}
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
-                         config=parse_options(request.options, request.seed)["config"], data_root=request.data_root,
+                         config=parse_options(options, request.seed)["config"], data_root=request.data_root,
                          resume=request.resume, progress=request.progress, device=request.device, method_name="cda")
 
 

@@ -52,7 +52,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..config import check_int
 from .registry import DistillRequest, Method, register
@@ -221,7 +221,7 @@ def rded_set(train, teachers: Sequence[nn.Module], ipc: int, options: Optional[M
     (an ImageSet, or a FolderImageSet of which only the candidates are decoded, one class at a
     time) with the ``teachers`` (eval mode, on the device that scores), ``options`` over the
     dataset family's recipe. Images class-major, ipc per class, uint8."""
-    from ..distill.run import _set_fields
+    from ..distill.run import real_data_fields
     from ..models import device_of
     from ..storage import DistilledSet
 
@@ -236,11 +236,11 @@ def rded_set(train, teachers: Sequence[nn.Module], ipc: int, options: Optional[M
     gen = torch.Generator().manual_seed(int(seed))
     images = torch.empty((ipc * spec.num_classes,) + tuple(train.image_shape), dtype=torch.uint8)
     batches = picked.batches(candidates, pin_memory=device_of(teachers[0]).type == "cuda")
-    for c, (batch, _) in enumerate(tqdm(batches, total=spec.num_classes, desc="RDED: scoring patches",
+    for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, desc="RDED: scoring patches",
                                         disable=not progress, unit="class")):
         images[c * ipc:(c + 1) * ipc] = class_images(batch, c, teachers, spec.mean, spec.std, ipc, recipe, gen)
     return DistilledSet(
-        method="rded", **_set_fields(train), images=images, labels=torch.arange(spec.num_classes).repeat_interleave(ipc),
+        method="rded", **real_data_fields(train), images=images, labels=torch.arange(spec.num_classes).repeat_interleave(ipc),
         hyperparameters=_hyperparameters(recipe, spec.image_size),
         teachers=list(teacher_records), budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"},
         seed=int(seed),
@@ -263,12 +263,12 @@ def distill(request: DistillRequest):
 def _distill_locked(request: DistillRequest):
     from .. import distributed
     from ..data import load_dataset
-    from ..distill.run import _check_output
+    from ..distill.run import check_new_output
     from ..storage import save_distilled
     from ..teacher import load_teacher, resolve_device
 
     resolve_device(request.device)
-    out_dir = _check_output(request.out_dir)
+    out_dir = check_new_output(request.out_dir)
     train = load_dataset(request.dataset, "train", data_root=request.data_root)
     spec = train.spec
     recipe = resolve_recipe(request.options, spec.name, spec.image_size, request.ipc)  # before the teachers load

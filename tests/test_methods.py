@@ -1,0 +1,138 @@
+"""The method registry: every method one module, the CLI and `infer-fast run` built from it; a
+toy method defined here alone runs end to end; CDA and RDED inside a run."""
+import json
+
+import pytest
+import torch
+
+from infer_fast.cli import main
+from infer_fast.data import load_dataset
+from infer_fast.distill.run import real_data_fields
+from infer_fast.methods import DistillRequest, Method, all_methods, get_method, register, unregister
+from infer_fast.pipeline import PipelineConfig, run_pipeline
+from infer_fast.storage import DistilledSet, load_distilled, save_distilled
+
+torch.set_num_threads(1)
+
+TINY_TEACHER = {"model": "convnet-w8-d2", "epochs": 1, "batch_size": 256, "lr": 0.05, "seed": 0}
+TINY_STUDENT = {"model": "convnet-w8-d2", "epochs": 2, "batch_size": 64, "device": "cpu"}
+
+
+def toy_distill(request: DistillRequest):
+    """The first ``ipc`` training images of every class, shifted by ``offset`` pixels."""
+    train = load_dataset(request.dataset, "train", data_root=request.data_root)
+    offset = toy_parse(request.options)["offset"]
+    rows = torch.cat([torch.nonzero(train.labels == c).flatten()[:request.ipc] for c in range(train.spec.num_classes)])
+    images = torch.roll(train.images_at(rows), offset, dims=-1)
+    ds = DistilledSet(method="toy", **real_data_fields(train), images=images, labels=train.labels[rows],
+                      hyperparameters={"offset": offset}, teachers=[],
+                      budget={"ipc": request.ipc, "K": 0, "M": 0, "accounting": "ipc"}, seed=request.seed)
+    return save_distilled(ds, request.out_dir)
+
+
+def toy_parse(options, seed=0):
+    offset = options.get("offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise ValueError(f"offset must be an integer, got {offset!r}")
+    return {"offset": offset}
+
+
+@pytest.fixture
+def toy():
+    method = register(Method(name="toy", label="Toy", summary="the first ipc images per class, shifted",
+                             distill=toy_distill, parse_options=toy_parse, options=("offset",), uses_teachers=False))
+    yield method
+    unregister("toy")
+
+
+def test_builtin_methods_and_their_facts():
+    names = [m.name for m in all_methods()]
+    assert names[:4] == ["infer", "infer_dyn", "sre2l", "random"] and {"cda", "rded"} <= set(names)
+    assert get_method("infer").layout == "compensated" and get_method("sre2l").layout == "images"
+    assert get_method("infer_dyn").set_method == "infer" and get_method("infer_dyn").student_labels == "per-batch"
+    assert get_method("rded").student_labels == "per-batch" and get_method("cda").resumable
+    with pytest.raises(ValueError, match="unknown method 'nope'; known: infer, infer_dyn"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="iterations do not apply to method random"):
+        get_method("random").check_options({"iterations": 3})
+    with pytest.raises(ValueError, match="already registered"):
+        register(Method(name="infer", label="x", summary="x", distill=toy_distill))
+    with pytest.raises(ValueError, match="give distill, or trains_on"):
+        Method(name="bad", label="x", summary="x")
+
+
+def test_a_toy_method_defined_here_runs_end_to_end(toy, tmp_path, capsys):
+    """Registered in this file alone: `distill --method toy` with its own option as a flag,
+    its set stored and loaded, and an `infer-fast run` row of its own."""
+    out = tmp_path / "toy"
+    assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--offset", "3",
+                 "--out", str(out), "--quiet"]) == 0
+    ds = load_distilled(out)
+    assert ds.method == "toy" and ds.images.shape[0] == 20 and ds.hyperparameters["offset"] == 3
+    capsys.readouterr()
+    assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--offset", "x",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "offset must be an integer" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--iterations", "3",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--iterations do not apply to --method toy" in capsys.readouterr().err
+
+    cfg = PipelineConfig.from_dict(dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)],
+                                        out=str(tmp_path / "run"), ipc=[2], methods=["toy", "random"],
+                                        method_options={"toy": {"offset": 1}}, student=TINY_STUDENT, seeds=1,
+                                        device="cpu", feature_duplication=False))
+    results = run_pipeline(cfg, progress=False)
+    assert sorted(results["runs"]) == ["random/ipc2/seed0", "toy/ipc2/seed0"]
+    assert load_distilled(tmp_path / "run" / "sets" / "toy-ipc2").hyperparameters["offset"] == 1
+    assert "| Toy | 2 |" in (tmp_path / "run" / "results.md").read_text()
+    with pytest.raises(ValueError, match="method_options: toy: offset must be an integer"):
+        PipelineConfig.from_dict(dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out="o",
+                                      methods=["toy"], method_options={"toy": {"offset": "x"}}))
+
+
+def test_run_config_method_options_are_checked():
+    base = dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out="o")
+    with pytest.raises(ValueError, match="method_options: infer .*infer's options go in recovery"):
+        PipelineConfig.from_dict({**base, "method_options": {"infer": {"iterations": 2}}})
+    with pytest.raises(ValueError, match="method_options: rded: factor must be a positive integer"):
+        PipelineConfig.from_dict({**base, "methods": ["rded"], "method_options": {"rded": {"factor": 0}}})
+    with pytest.raises(ValueError, match="methods must be chosen from infer, infer_dyn, sre2l, random, cda, rded"):
+        PipelineConfig.from_dict({**base, "methods": ["gvbsm"]})
+
+
+def test_cli_distill_refuses_what_a_method_does_not_take(tmp_path, capsys):
+    for argv, message in (
+        (["--method", "rded", "--teachers", "t.pt", "--factor", "0"], "factor must be a positive integer"),
+        (["--method", "rded", "--teachers", "t.pt", "--iterations", "5"], "--iterations do not apply to --method rded"),
+        (["--method", "cda"], "--teachers T1.pt[,T2.pt...] is required for --method cda"),
+    ):
+        assert main(["distill", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--out", str(tmp_path / "x")]
+                    + argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "dyn.yaml").write_text("method: infer_dyn\nteachers: [t.pt]\n")  # (not a --method choice)
+    assert main(["distill", "--config", str(tmp_path / "dyn.yaml"), "--dataset", "fashion-mnist-mini", "--ipc", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "method must be one of infer, sre2l, random, cda, rded, got 'infer_dyn'" in capsys.readouterr().err
+
+
+def test_cda_and_rded_in_a_run(tmp_path):
+    """CDA (resumable recovery, relabelled) and RDED (teachers label every batch: no stored soft
+    labels, no relabelling, compression ratio without them) beside random in one run."""
+    cfg = PipelineConfig.from_dict(dict(
+        dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out=str(tmp_path / "run"), ipc=[2],
+        methods=["cda", "rded", "random"], recovery={"seed": 3, "augmentation": "roll"},
+        method_options={"cda": {"iterations": 2}, "rded": {"candidates_per_class": 4, "crops_per_image": 2}},
+        student=TINY_STUDENT, seeds=1, device="cpu", feature_duplication=False))
+    results = run_pipeline(cfg, progress=False)
+    cda = load_distilled(tmp_path / "run" / "sets" / "cda-ipc2")
+    rded = load_distilled(tmp_path / "run" / "sets" / "rded-ipc2")
+    assert cda.method == "cda" and cda.has_soft_labels and cda.seed == 3
+    assert cda.hyperparameters["crop_scale_curriculum"] == ["cosine", 1.0, 1.0]
+    assert rded.method == "rded" and not rded.has_soft_labels and rded.images.shape[0] == 20
+    assert "no soft labels stored" in results["sets"]["rded/ipc2"]["compression_ratio_note"]
+    assert results["runs"]["rded/ipc2/seed0"]["epochs"] == 2  # (per-batch labels, no epoch reduction)
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "| CDA | 2 |" in table and "| RDED | 2 |" in table
+    json.dumps(results, allow_nan=False)
