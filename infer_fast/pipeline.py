@@ -434,8 +434,9 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
 def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results: Dict[str, Any],
                 teacher_paths: List[str], save, progress: bool) -> None:
     """DD-Ranking's scores of every set under the protocol ``cfg.scores`` names (infer-fast
-    evaluate's with the run's student and seeds; or DD-Ranking's, ``seeds`` rounds; INFER+Dyn's
-    set, which has no static labels, only with per-batch labels); the full-data accuracy is DD-Ranking's cached value or
+    evaluate's with the run's student and seeds; or DD-Ranking's, ``seeds`` rounds; the sets of
+    methods labelled per batch (INFER+Dyn, RDED) have no static labels: only with per-batch
+    labels); the full-data accuracy is DD-Ranking's cached value or
     the recorded one of the first teacher of the student's architecture, else trained. Each
     set's report is saved as it is done (a rerun skips it)."""
     from .data.registry import dataset_options
@@ -456,7 +457,8 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results:
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
     scores = results.setdefault("scores", {})
     for method, ipc, directory in sets:
-        if method != "infer_dyn" or protocol.soft_labels == "per-batch":  # (INFER+Dyn's set has no static labels)
+        per_batch = not method.startswith(EXTERNAL_PREFIX) and get_method(method).student_labels == "per-batch"
+        if not per_batch or protocol.soft_labels == "per-batch":  # (such a set has no static labels)
             key = f"{method}/ipc{ipc}"
             if key in scores and scores[key]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
                 continue  # (scored under another protocol before: scored again)

@@ -92,6 +92,7 @@ _loaded = False
 
 def register(method: Method) -> Method:
     """Add ``method`` (a name registered twice is an error; a test may ``unregister``)."""
+    _load_builtins()  # (first: the built-in methods keep their order whichever module is imported first)
     if method.name in _METHODS and _METHODS[method.name] is not method:
         raise ValueError(f"a method named {method.name!r} is already registered")
     if method.name == "external":
