@@ -45,7 +45,7 @@ from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
 from .output_lock import output_lock
-from .results import (EXTERNAL_PREFIX, format_table, load_results, markdown_report, method_label,
+from .results import (EXTERNAL_PREFIX, format_table, registered_method, load_results, markdown_report, method_label,
                       summarize)
 from .methods import get_method
 from .run_config import PipelineConfig, build_config, load_pipeline_config
@@ -297,7 +297,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     sets = _set_list(cfg, out)  # (method, ipc, directory): ours, then those given to the run
     for method, ipc, directory in sets:
         key = f"{method}/ipc{ipc}"
-        own = None if method.startswith(EXTERNAL_PREFIX) else get_method(method)  # (None: a set given to the run)
+        own = registered_method(method)  # (None: a set given to the run)
         per_batch = own is not None and own.student_labels == "per-batch"  # students labelled by the teachers
         twin = f"{own.trains_on}/ipc{ipc}" if own is not None and own.trains_on else None  # the set it trains on
         step = None
@@ -457,7 +457,8 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results:
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
     scores = results.setdefault("scores", {})
     for method, ipc, directory in sets:
-        per_batch = not method.startswith(EXTERNAL_PREFIX) and get_method(method).student_labels == "per-batch"
+        own = registered_method(method)
+        per_batch = own is not None and own.student_labels == "per-batch"
         if not per_batch or protocol.soft_labels == "per-batch":  # (such a set has no static labels)
             key = f"{method}/ipc{ipc}"
             if key in scores and scores[key]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:

@@ -16,9 +16,15 @@ from .methods import get_method
 EXTERNAL_PREFIX = "external:"  # the method key of a set given to the run (e.g. imported): "external:<label>"
 
 
+def registered_method(method: str):
+    """The registered Method of a run's method key; None for a set given to the run."""
+    return None if method.startswith(EXTERNAL_PREFIX) else get_method(method)
+
+
 def method_label(method: str) -> str:
     """How a method is shown: ours by name, a set given to the run by its label."""
-    return method[len(EXTERNAL_PREFIX):] if method.startswith(EXTERNAL_PREFIX) else get_method(method).label
+    own = registered_method(method)
+    return method[len(EXTERNAL_PREFIX):] if own is None else own.label
 
 
 def set_entries(cfg: Dict[str, Any], sets: Dict[str, Any]) -> List[tuple]:

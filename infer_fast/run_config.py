@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 from .choices import EVALUATION_PROTOCOLS
 from .config import check_int
 from .methods import all_methods, get_method, run_method_names
+from .results import registered_method
 
 # the ``recovery`` settings every recovery method of a run shares (SRe2L's, CDA's...)
 INHERITED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed")
@@ -156,10 +157,9 @@ class PipelineConfig:
     def student_config(self, method: str, seed: int, num_teachers: int):
         from .student import StudentConfig
 
-        from .methods import get_method
-
         values = {"device": self.device, **self.student, "seed": seed}
-        if get_method(method).student_labels == "per-batch":  # the teachers label every batch
+        own = registered_method(method)  # (None: a set given to the run, with static labels)
+        if own is not None and own.student_labels == "per-batch":  # the teachers label every batch
             values["dynamic"] = True
         if method == "infer_dyn":  # the paper's epoch reduction for INFER+Dyn (400 -> 80 for M = 4)
             epochs = values.get("epochs", StudentConfig.epochs)
