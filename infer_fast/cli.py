@@ -359,7 +359,7 @@ DECODE_CACHE_HELP = ("decode the real test split once into DIR and read it from 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import all_methods, distill_method_names
+    from .methods import all_methods, distill_method_names, run_method_names
 
     parser = argparse.ArgumentParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (overrides the config's out)")
     run.add_argument("--teachers", help="comma-separated trained teacher checkpoints to use instead of training the config's")
     run.add_argument("--ipc", help="comma-separated ipc values (overrides the config's)")
-    run.add_argument("--methods", help="comma-separated methods among infer, infer_dyn, random, sre2l")
+    run.add_argument("--methods", help=f"comma-separated methods among {', '.join(run_method_names())}")
     run.add_argument("--seeds", type=int, help="students per (method, ipc)")
     run.add_argument("--device", help="auto, cpu or cuda")
     run.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
