@@ -6,7 +6,6 @@ spell them, with ``_`` or ``-``) to values; command-line options given explicitl
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
@@ -106,36 +105,3 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
         if value is not None:
             merged[key] = value
     return merged
-
-
-def check_int(name: str, value: Any, minimum: Optional[int] = 1, none: Optional[str] = None) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int (a bool is not) >= ``minimum``
-    (any int when ``minimum`` is None); with ``none``, None is allowed too and means that."""
-    if value is None and none is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        what = "an integer" if minimum is None else "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {what}{f' or None ({none})' if none else ''}, got {value!r}")
-
-
-def check_finite_numbers(config: Any, names: Iterable[str]) -> None:
-    """ValueError naming the option unless each of ``names`` of ``config`` is a finite int or
-    float (a bool is not): an inf or nan learning rate, temperature... trains nothing and
-    would end in a table of a dead model."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
-def check_positive_ints(config: Any, names: Iterable[str]) -> None:
-    """check_int for the options ``names`` of ``config``."""
-    for name in names:
-        check_int(name, getattr(config, name))
-
-
-def check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
-    """ValueError naming ``name`` unless ``value`` is one of ``allowed``."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

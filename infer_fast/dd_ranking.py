@@ -96,7 +96,7 @@ class DDRankingProtocol:
 
     def validate(self, dataset_name: str = "cifar10") -> None:
         from .choices import SOFT_LABEL_MODES
-        from .config import check_choice, check_int, check_positive_ints
+        from .checks import check_choice, check_int, check_positive_ints
 
         if self.recipe is not None:
             check_choice("recipe", self.recipe, tuple(FAMILY_RECIPES))

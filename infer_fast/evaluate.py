@@ -57,7 +57,7 @@ class Protocol:
     random_subset_seed: Optional[int] = None  # one random subset for every seed; None: drawn with each seed
 
     def validate(self) -> None:
-        from .config import check_choice, check_int, check_positive_ints
+        from .checks import check_choice, check_int, check_positive_ints
         from .scores import check_weight
 
         from .choices import STUDENT_RECIPES

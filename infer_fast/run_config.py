@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .choices import EVALUATION_PROTOCOLS
-from .config import check_int
+from .checks import check_int
 from .methods import all_methods, get_method, run_method_names
 from .results import registered_method
 

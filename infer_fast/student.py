@@ -68,7 +68,7 @@ from .storage import DistilledDataset, DistilledSet, load_distilled, save_distil
 from .teacher import evaluate, load_teachers_for_set, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
-from .config import check_choice, check_finite_numbers, check_positive_ints
+from .checks import check_choice, check_finite_numbers, check_positive_ints
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 

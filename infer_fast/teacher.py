@@ -27,7 +27,7 @@ from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
 from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
-from .config import check_finite_numbers, check_int, check_positive_ints
+from .checks import check_finite_numbers, check_int, check_positive_ints
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1

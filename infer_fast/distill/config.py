@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..data.transforms import RESIZED_CROP_SCALE
 
-from ..config import check_choice, check_finite_numbers, check_int
+from ..checks import check_choice, check_finite_numbers, check_int
 from ..choices import (COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                        RECOVERY_RECIPES)
 # config fields that do not change the result (resuming with another value is allowed)

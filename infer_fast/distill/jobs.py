@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import distributed, memory
 from .._io import content_digest, model_digest, read_checkpoint, save_atomic
-from ..config import check_int
+from ..checks import check_int
 from ..models import device_of
 from . import engine, plan
 from .config import RESULT_NEUTRAL, RecoveryConfig

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import ACCOUNTINGS, SELECTIONS
-from ..config import check_int
+from ..checks import check_int
 from ..models import device_of
 from ..progress import progress_bar
 

@@ -13,7 +13,7 @@ import torch
 from .. import distributed
 from .._io import check_writable
 from ..choices import SELECTIONS
-from ..config import check_int
+from ..checks import check_int
 from ..output_lock import holds_output
 from .config import RecoveryConfig
 from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints, recovery_results_dir

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping
 
 from ..choices import ACCOUNTINGS, SELECTIONS
-from ..config import check_choice
+from ..checks import check_choice
 from .recovery_options import RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
 

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from ..progress import progress_bar
 
-from ..config import check_int
+from ..checks import check_int
 from .registry import DistillRequest, Method, register
 
 # Per dataset family: patches per side of an image, candidate images per class, crops per candidate

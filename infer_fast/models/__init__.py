@@ -22,7 +22,7 @@ from .external import (MissingWeights, create_external, fetch_command, final_lin
                        is_external, load_torchvision_weights, missing_external_weights, missing_torchvision_checkpoint,
                        missing_weights_error, torchvision_cache_dir, torchvision_file_names)
 from .base import ClassifierNet, device_of, init_weights
-from ..config import check_int
+from ..checks import check_int
 from .registry import ModelSpec, all_specs, list_models, resolve
 
 __all__ = [

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from ..config import check_int
+from ..checks import check_int
 from .reference import FLOAT_DTYPES, bn_eval_with_stat_loss_naive, bn_stat_loss_naive
 
 

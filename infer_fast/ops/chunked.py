@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends
-from ..config import check_int
+from ..checks import check_int
 from .bn_hooks import bn_layers, refuse_training_mode
 from .bn_stat_loss import check_inputs
 from .layout import as_ncl, kept_format
