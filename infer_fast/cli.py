@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import Dict, List, Optional
@@ -10,6 +9,7 @@ from typing import Dict, List, Optional
 from .choices import (ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                       SELECTIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_RECIPES)
 from .choices import EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SOFT_LABEL_MODES
+from .config import comma_list, path_list, positive_floats, positive_ints, yaml_value
 
 
 class UserError(Exception):
@@ -35,11 +35,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     rank, _ = init_from_env()  # under torchrun: teachers, recovery and student runs split across the ranks
     overrides = {"out": args.out, "seeds": args.seeds, "device": args.device, "data_root": args.data_root}
     if args.teachers:
-        overrides["teachers"] = [{"path": p} for p in _paths(args.teachers)]
+        overrides["teachers"] = [{"path": p} for p in comma_list(args.teachers)]
     if args.ipc is not None:
-        overrides["ipc"] = _positive_ints("--ipc", args.ipc)
+        overrides["ipc"] = positive_ints("--ipc", args.ipc)
     if args.methods:
-        overrides["methods"] = _paths(args.methods)
+        overrides["methods"] = comma_list(args.methods)
     results = run_pipeline(load_pipeline_config(args.config, **overrides), progress=not args.quiet)
     if args.quiet and rank == 0:  # the table is the result: shown even without progress output
         print(format_table(results))
@@ -165,30 +165,6 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {count} images to {args.out}")
 
 
-def _paths(value: Optional[str]) -> List[str]:
-    return [p for p in (value or "").split(",") if p]
-
-
-def _positive_ints(option: str, value: str) -> List[int]:
-    """The comma-separated positive integers of ``option``'s ``value`` ("10,50"), or a
-    UserError naming the option and the value."""
-    items = [v.strip() for v in value.split(",")]
-    if not all(v.isascii() and v.isdigit() and int(v) > 0 for v in items):
-        raise UserError(f"{option} takes comma-separated positive integers (e.g. 10,50), got {value!r}")
-    return [int(v) for v in items]
-
-
-def _positive_floats(option: str, value: str) -> List[float]:
-    """The comma-separated positive numbers of ``option``'s ``value``, or a UserError."""
-    try:
-        items = [float(v) for v in value.split(",")]
-    except ValueError:
-        items = []
-    if not items or not all(math.isfinite(v) and v > 0 for v in items):
-        raise UserError(f"{option} takes comma-separated positive numbers (e.g. 0.001,0.01), got {value!r}")
-    return items
-
-
 DISTILL_OPTIONS = (
     "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
     "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "cuda_graphs", "distributed", "device",
@@ -196,23 +172,9 @@ DISTILL_OPTIONS = (
 )
 
 
-def _teacher_list(value) -> List[str]:
-    return _paths(value) if isinstance(value, str) else [str(p) for p in (value or [])]
-
-
 # what every method takes; the rest are each method's own (Method.options)
 COMMON_DISTILL_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method")
 TEACHER_USE_OPTIONS = ("teachers", "device")  # for the methods that use teachers
-
-
-def _option_value(text: str):
-    """A method option's value from the command line, typed as YAML types it ("2" -> 2)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -233,11 +195,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
         + (["--resume"] if args.resume and not method.resumable else [])
     if ignored:  # (silently ignored once: a user would think they took effect)
         raise UserError(f"{', '.join(ignored)} do not apply to --method {method.name} ({method.summary})")
-    teachers = _teacher_list(options.get("teachers"))
+    teachers = path_list(options.get("teachers"))
     if method.uses_teachers and not teachers:
         raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method.name}")
-    own = {k: options[k] for k in method.options if k in options}
-    seed = options.get("seed", 0)
+    own, seed = {k: options[k] for k in method.options if k in options}, options.get("seed", 0)
     method.check_options(own, seed)  # (every option checked before any data is read)
     if rank != 0 and not method.resumable:
         return  # nothing to split: rank 0 makes the set
@@ -254,7 +215,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_relabel(args: argparse.Namespace) -> None:
     from .student import relabel_directory
 
-    teachers = _paths(args.teachers)
+    teachers = comma_list(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required")
     ds = relabel_directory(args.directory, teachers, device=args.device, progress=not args.quiet)
@@ -279,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                         "a set's static soft labels come from `infer-fast relabel`")
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
-    teachers = load_teachers_for_set(_paths(args.teachers), ds, device=args.device)  # (before the test split is read)
+    teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=args.device)  # (before the test split is read)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                            progress=not args.quiet and rank == 0)
     if args.dynamic and not teachers:
@@ -316,13 +277,13 @@ def _evaluation_protocol(args: argparse.Namespace):
         if args.recipe is not None:
             raise UserError("--recipe applies to --protocol infer-fast; DD-Ranking's recipe follows the dataset")
         protocol = DDRankingProtocol(**common, **({"rounds": args.seeds} if args.seeds is not None else {}),
-                                     **({"lr_grid": tuple(_positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid else {}),
+                                     **({"lr_grid": tuple(positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid else {}),
                                      **({"test_interval": args.test_interval} if args.test_interval else {}),
                                      set_lr=args.set_lr)
         protocol.validate()  # (again against the set's dataset family once the set is loaded)
         return protocol
     for option, value in (("--lr-grid", args.lr_grid), ("--set-lr", args.set_lr), ("--test-interval", args.test_interval)):
-        if value is not None:
+        if value is not None:  # (ignored silently, a user would think it took effect)
             raise UserError(f"{option} applies to --protocol dd-ranking only")
     protocol = Protocol(recipe=args.recipe or "cifar", seeds=args.seeds or 3, **common)
     protocol.validate()
@@ -336,7 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .storage import load_distilled
     from .teacher import load_teachers_for_set
 
-    teachers = _paths(args.teachers)
+    teachers = comma_list(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
     if args.out:
@@ -486,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         for name in method.options:
             if name not in flags:
                 flags.add(name)
-                distill.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_option_value,
+                distill.add_argument(f"--{name.replace('_', '-')}", dest=name, type=yaml_value,
                                      help=f"--method {method.name}'s option {name} (see infer_fast/methods/{method.name}.py)")
     distill.set_defaults(func=cmd_distill, option_actions=_option_actions(distill))
 
@@ -525,12 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate", help="a set under one protocol: students with soft and hard labels, with and without augmentation, "
         "against a random subset of its budget and the full data; DD-Ranking's HLR, IOR, LRS and ARS",
-        description="--protocol infer-fast (default): trains 8 students per seed (the set and a random real subset of "
-        "its budget, each with soft and hard labels, with and without the protocol's augmentation and mixing), "
-        "final-epoch accuracy. --protocol dd-ranking: DD-Ranking's own (5 rounds, a learning-rate grid, the best of "
-        "tests every 20 epochs, teacher labels on every batch, its recipe per dataset), scores on [0, 1] and as its "
-        "code prints them. Reads or trains the full-data accuracy; prints a table and writes the report (every "
-        "accuracy, the protocol, the scores) with --out.",
+        description="--protocol infer-fast (default): 8 students per seed (the set and a random real subset of its "
+        "budget, soft and hard labels, with and without augmentation and mixing), final-epoch accuracy. --protocol "
+        "dd-ranking: DD-Ranking's own (5 rounds, a rate grid, the best of tests every 20 epochs, teacher labels per "
+        "batch), scores also as its code prints them. Prints a table; --out writes the report.",
     )
     evaluate.add_argument("--protocol", choices=EVALUATION_PROTOCOLS, default="infer-fast",
                           help="infer-fast (ours, default) or dd-ranking (its protocol point by point)")

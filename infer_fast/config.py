@@ -6,7 +6,8 @@ spell them, with ``_`` or ``-``) to values; command-line options given explicitl
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Iterable, Mapping, Optional
+import math
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import yaml
 
@@ -105,3 +106,42 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
         if value is not None:
             merged[key] = value
     return merged
+
+
+# values of comma-separated and typed command-line options (a bad one: a ValueError naming the option)
+
+def comma_list(value: Optional[str]) -> List[str]:
+    """The non-empty items of a comma-separated value ("a.pt,b.pt")."""
+    return [p for p in (value or "").split(",") if p]
+
+
+def path_list(value) -> List[str]:
+    """Paths given as one comma-separated string (a flag) or a list (a YAML file)."""
+    return comma_list(value) if isinstance(value, str) else [str(p) for p in (value or [])]
+
+
+def positive_ints(option: str, value: str) -> List[int]:
+    """The comma-separated positive integers of ``option``'s ``value`` ("10,50")."""
+    items = [v.strip() for v in value.split(",")]
+    if not all(v.isascii() and v.isdigit() and int(v) > 0 for v in items):
+        raise ValueError(f"{option} takes comma-separated positive integers (e.g. 10,50), got {value!r}")
+    return [int(v) for v in items]
+
+
+def positive_floats(option: str, value: str) -> List[float]:
+    """The comma-separated positive numbers of ``option``'s ``value`` ("0.001,0.01")."""
+    try:
+        items = [float(v) for v in value.split(",")]
+    except ValueError:
+        items = []
+    if not items or not all(math.isfinite(v) and v > 0 for v in items):
+        raise ValueError(f"{option} takes comma-separated positive numbers (e.g. 0.001,0.01), got {value!r}")
+    return items
+
+
+def yaml_value(text: str):
+    """A command-line value typed as YAML types it ("2" -> 2, "[0.5, 1]" -> a list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
