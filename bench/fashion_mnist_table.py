@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--teachers", help="comma-separated trained teacher checkpoints (default: train the config's)")
     parser.add_argument("--parallel", type=int, default=2, help="ipc values run at once (default 2)")
     parser.add_argument("--seeds", type=int, help="student seeds (default: the config's)")
+    parser.add_argument("--methods", help="comma-separated methods (default: the config's), e.g. cda,rded")
+    parser.add_argument("--ipc", help="comma-separated ipc values (default: the config's)")
+    parser.add_argument("--name", default="fashion-mnist-table", help="the JSON's name before its date")
     parser.add_argument("--data-root", dest="data_root", help="directory holding Fashion-MNIST")
     parser.add_argument("--results", default=os.path.join(HERE, "results"), help="where the JSON goes")
     args = parser.parse_args()
@@ -44,7 +47,10 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
     env_info = environment(torch.device("cpu"), threads)  # at the start: the code that runs
     teachers = [{"path": p} for p in args.teachers.split(",")] if args.teachers else None
-    cfg = load_pipeline_config(args.config, out=args.out, teachers=teachers, seeds=args.seeds, data_root=args.data_root)
+    overrides = {k: [int(v) for v in getattr(args, k).split(",")] if k == "ipc" else getattr(args, k).split(",")
+                 for k in ("methods", "ipc") if getattr(args, k)}
+    cfg = load_pipeline_config(args.config, out=args.out, teachers=teachers, seeds=args.seeds, data_root=args.data_root,
+                               **overrides)
     teacher_paths = prepare_teachers(cfg)  # once, before the parallel runs
 
     def run(ipc: int) -> dict:
@@ -53,6 +59,8 @@ def main() -> None:
                "--teachers", ",".join(teacher_paths), "--quiet"]
         if args.seeds:
             cmd += ["--seeds", str(args.seeds)]
+        if args.methods:
+            cmd += ["--methods", args.methods]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -86,7 +94,7 @@ def main() -> None:
         **merged,
     }
     os.makedirs(args.results, exist_ok=True)
-    path = os.path.join(args.results, f"fashion-mnist-table-{report['environment']['date'][:10]}.json")
+    path = os.path.join(args.results, f"{args.name}-{report['environment']['date'][:10]}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(merged))
