@@ -264,36 +264,31 @@ def _option_actions(parser: argparse.ArgumentParser) -> Dict[str, argparse.Actio
 
 def _evaluation_protocol(args: argparse.Namespace):
     """The protocol the evaluate options ask for, validated (before any loading)."""
-    from .dd_ranking import DDRankingProtocol
-    from .evaluate import Protocol
+    from .evaluate import make_protocol
 
     student = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
                if getattr(args, k) is not None}
-    common = dict(student=student, weight=args.weight, full_data_epochs=args.full_data_epochs,
-                  random_subset_seed=args.random_subset_seed)
+    options = dict(weight=args.weight, full_data_epochs=args.full_data_epochs, random_subset_seed=args.random_subset_seed)
     if args.soft_labels is not None:
-        common["soft_labels"] = args.soft_labels
+        options["soft_labels"] = args.soft_labels
     if args.protocol == "dd-ranking":
         if args.recipe is not None:
             raise UserError("--recipe applies to --protocol infer-fast; DD-Ranking's recipe follows the dataset")
-        protocol = DDRankingProtocol(**common, **({"rounds": args.seeds} if args.seeds is not None else {}),
-                                     **({"lr_grid": tuple(positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid else {}),
-                                     **({"test_interval": args.test_interval} if args.test_interval else {}),
-                                     set_lr=args.set_lr)
-        protocol.validate()  # (again against the set's dataset family once the set is loaded)
-        return protocol
-    for option, value in (("--lr-grid", args.lr_grid), ("--set-lr", args.set_lr), ("--test-interval", args.test_interval)):
-        if value is not None:  # (ignored silently, a user would think it took effect)
-            raise UserError(f"{option} applies to --protocol dd-ranking only")
-    protocol = Protocol(recipe=args.recipe or "cifar", seeds=args.seeds or 3, **common)
-    protocol.validate()
-    return protocol
+        options.update(set_lr=args.set_lr, **({"test_interval": args.test_interval} if args.test_interval else {}),
+                       **({"lr_grid": tuple(positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid else {}))
+    else:
+        for option, value in (("--lr-grid", args.lr_grid), ("--set-lr", args.set_lr),
+                              ("--test-interval", args.test_interval)):
+            if value is not None:  # (ignored silently, a user would think it took effect)
+                raise UserError(f"{option} applies to --protocol dd-ranking only")
+        if args.recipe is not None:
+            options["recipe"] = args.recipe
+    return make_protocol(args.protocol, student, args.seeds, **options)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
-    from .dd_ranking import evaluate_set_dd_ranking
-    from .evaluate import evaluate_set, format_report
+    from .evaluate import evaluate_under, format_report
     from .storage import load_distilled
     from .teacher import load_teachers_for_set
 
@@ -305,9 +300,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     protocol = _evaluation_protocol(args)
     ds = load_distilled(args.directory)
     models = load_teachers_for_set(teachers, ds, device=args.device)
-    evaluate = evaluate_set_dd_ranking if args.protocol == "dd-ranking" else evaluate_set
-    report = evaluate(ds, models, protocol, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
-                      device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
+    report = evaluate_under(protocol, ds, models, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
+                            device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
     report["set"]["path"] = args.directory
     print(format_report(report))
     if args.out:

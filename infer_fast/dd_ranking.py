@@ -126,6 +126,21 @@ class DDRankingProtocol:
     def recipe_for(self, dataset_name: str) -> str:
         return self.recipe or family_of(dataset_name)
 
+    def grids(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+        """(the rates searched for the set's hard run and the random subset's runs, those of
+        the set's soft-label runs: ``set_lr`` alone when given)."""
+        grid = tuple(float(v) for v in self.lr_grid)
+        return grid, grid if self.set_lr is None else (float(self.set_lr),)
+
+    def student_count(self) -> int:
+        """Students an evaluation trains: per round the set's hard run and the random subset's
+        three on the grid, the set's three soft-label runs on theirs."""
+        grid, set_grid = self.grids()
+        return self.rounds * (len(grid) * 4 + len(set_grid) * 3)
+
+    def student_model(self, dataset_name: str) -> str:
+        return self.student_config(dataset_name, "hard", False, self.lr_grid[0], 0).model
+
     def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int):
         """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``."""
         from .student import StudentConfig
@@ -225,15 +240,13 @@ def evaluate_set_dd_ranking(
     protocol.validate(name)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
-    model = protocol.student_config(name, "hard", False, protocol.lr_grid[0], 0).model
+    model = protocol.student_model(name)
     full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
 
-    grid = tuple(float(v) for v in protocol.lr_grid)
-    set_grid = grid if protocol.set_lr is None else (float(protocol.set_lr),)
-    per_round_students = len(grid) * 4 + len(set_grid) * 3  # set hard + random x3 on the grid; set soft x3
-    runs = _Runs(protocol, name, test, teachers, device, protocol.rounds * per_round_students, progress)
+    grid, set_grid = protocol.grids()
+    runs = _Runs(protocol, name, test, teachers, device, protocol.student_count(), progress)
     rounds: List[Dict[str, Any]] = []
     try:
         for i in range(protocol.rounds):

@@ -76,6 +76,13 @@ class Protocol:
             check_int("random_subset_seed", self.random_subset_seed, minimum=0)
         self.student_config("soft", True, 0)
 
+    def student_count(self) -> int:
+        """Students an evaluation trains: the set and a random subset, RUNS each, per seed."""
+        return 2 * len(RUNS) * self.seeds
+
+    def student_model(self, dataset_name: Optional[str] = None) -> str:
+        return self.student_config("soft", True, 0).model
+
     def student_config(self, labels: str, augmented: bool, seed: int):
         """The StudentConfig of one run."""
         from .student import StudentConfig
@@ -86,6 +93,35 @@ class Protocol:
         if not augmented:
             values.update(augmentation="none", mix="none")
         return recipe(**values)
+
+
+def make_protocol(name: str, student: Dict[str, Any], seeds: Optional[int] = None,
+                  dataset_name: Optional[str] = None, **options: Any):
+    """The validated protocol ``name`` (one of EVALUATION_PROTOCOLS): ``student`` fields,
+    ``seeds`` students per run (ours) or rounds (DD-Ranking's; None: the protocol's default),
+    its other ``options``; DD-Ranking's is checked against ``dataset_name``'s family when
+    given (its recipe follows the dataset)."""
+    from .checks import check_choice
+    from .choices import EVALUATION_PROTOCOLS
+    from .dd_ranking import PROTOCOL_NAME as DD_RANKING, DDRankingProtocol
+
+    check_choice("protocol", name, EVALUATION_PROTOCOLS)
+    if name == DD_RANKING:
+        protocol = DDRankingProtocol(student=student, **({} if seeds is None else {"rounds": seeds}), **options)
+        protocol.validate(*([dataset_name] if dataset_name else []))
+    else:
+        protocol = Protocol(student=student, **({} if seeds is None else {"seeds": seeds}), **options)
+        protocol.validate()
+    return protocol
+
+
+def evaluate_under(protocol, distilled, teachers: Sequence[nn.Module], **kwargs: Any) -> Dict[str, Any]:
+    """The report of ``distilled`` under ``protocol`` (ours or DD-Ranking's): evaluate_set or
+    dd_ranking.evaluate_set_dd_ranking, with their keyword arguments."""
+    from .dd_ranking import DDRankingProtocol, evaluate_set_dd_ranking
+
+    evaluate = evaluate_set_dd_ranking if isinstance(protocol, DDRankingProtocol) else evaluate_set
+    return evaluate(distilled, teachers, protocol, **kwargs)
 
 
 def same_architecture(a: str, b: str) -> bool:
@@ -130,7 +166,7 @@ def _full_data_accuracy(protocol: Protocol, dataset: str, data_root, device: str
                         progress: bool) -> Dict[str, Any]:
     """{"accuracy", "source"}: read from a teacher checkpoint of the students' architecture,
     or trained with the teacher recipe on the whole training split."""
-    model = protocol.student_config("hard", True, 0).model
+    model = protocol.student_model()
     if full_data_checkpoint is not None:
         meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset)
         return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "

@@ -440,19 +440,12 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results:
     the recorded one of the first teacher of the student's architecture, else trained. Each
     set's report is saved as it is done (a rerun skips it)."""
     from .data.registry import dataset_options
-    from .dd_ranking import evaluate_set_dd_ranking
-    from .evaluate import evaluate_set, same_architecture
+    from .evaluate import evaluate_under, same_architecture
     from .storage import load_distilled
     from .teacher import load_teacher
 
     protocol = cfg.score_protocol()
-    if cfg.scores_protocol == "dd-ranking":
-        dataset_name = dataset_options(cfg.dataset)[0]
-        student_model = protocol.student_config(dataset_name, "hard", False, protocol.lr_grid[0], 0).model
-        evaluate, per_set = evaluate_set_dd_ranking, f"{protocol.rounds} rounds"
-    else:
-        student_model = protocol.student_config("soft", True, 0).model
-        evaluate, per_set = evaluate_set, f"{8 * protocol.seeds} students"
+    student_model = protocol.student_model(dataset_options(cfg.dataset)[0])
     teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
     scores = results.setdefault("scores", {})
@@ -462,11 +455,11 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results:
         if not per_batch or protocol.soft_labels == "per-batch":  # (such a set has no static labels)
             key = f"{method}/ipc{ipc}"
             if key in scores and scores[key]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
-                continue  # (scored under another protocol before: scored again)
+                continue  # (already scored under this protocol; under another, scored again)
             _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol): {method_label(method)} ipc {ipc} "
-                           f"({per_set})")
-            scores[key] = evaluate(load_distilled(directory), [m for m, _ in teachers], protocol,
-                                   data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
-                                   device=cfg.device, progress=False,
-                                   decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
+                           f"({protocol.student_count()} students)")
+            scores[key] = evaluate_under(protocol, load_distilled(directory), [m for m, _ in teachers],
+                                         data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
+                                         device=cfg.device, progress=False,
+                                         decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
             save()

@@ -71,7 +71,7 @@ class PipelineConfig:
         the options of a ``scores: {protocol: ..., OPTION: VALUE}`` mapping."""
         from .data.registry import dataset_options
         from .dd_ranking import DDRankingProtocol
-        from .evaluate import Protocol
+        from .evaluate import Protocol, make_protocol
 
         name = self.scores_protocol
         if name is None:
@@ -86,17 +86,12 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"{where}: scores: unknown option(s) {', '.join(unknown)} of the {name} protocol; allowed: "
                              f"protocol, {', '.join(allowed)}")
+        if name == "dd-ranking":  # (its student: the run's model and epochs; the rest is its recipe)
+            student = {k: v for k, v in student.items() if k in ("model", "epochs")}
         try:
-            if name == "dd-ranking":
-                protocol = DDRankingProtocol(student={k: v for k, v in student.items() if k in ("model", "epochs")},
-                                             rounds=self.seeds, **options)
-                protocol.validate(dataset_options(self.dataset)[0])
-            else:
-                protocol = Protocol(student=student, seeds=self.seeds, **options)
-                protocol.validate()
+            return make_protocol(name, student, self.seeds, dataset_options(self.dataset)[0], **options)
         except ValueError as exc:
             raise ValueError(f"{where}: scores: {exc}") from None
-        return protocol
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
@@ -133,8 +128,6 @@ class PipelineConfig:
         ``selection`` and ``accounting``; SRe2L's from ``sre2l`` on top of the ``recovery``
         augmentation settings; another's from ``method_options`` on top of the ``recovery``
         group size and seed where it takes them."""
-        from .methods import get_method
-
         if name == "infer":
             return {**self.recovery, "selection": self.selection, "accounting": self.accounting}
         method = get_method(name)
@@ -146,8 +139,6 @@ class PipelineConfig:
 
     def options_for(self, name: str) -> Dict[str, Any]:
         """Method ``name``'s options, checked (errors prefixed with where they come from)."""
-        from .methods import get_method
-
         where = {"infer": "recovery", "sre2l": "sre2l"}.get(name, f"method_options: {name}")
         try:
             return get_method(name).check_options(self.method_options_of(name), self.seed)

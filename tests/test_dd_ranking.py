@@ -5,6 +5,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from conftest import train_tiny_teachers
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset, load_test_split
@@ -16,7 +17,7 @@ from infer_fast.scores import (PRINTED_FLOOR, dd_ranking_printed_scores, dd_rank
                                printed_augmentation_robust_score, printed_label_robust_score)
 from infer_fast.storage import save_distilled
 from infer_fast.student import StudentConfig, half_cosine_factor, relabel, train_student
-from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+from infer_fast.teacher import load_teacher
 
 TINY = {"model": "convnet-w8-d2", "epochs": 2}
 
@@ -27,10 +28,8 @@ def exp_normalized(x):  # written out again here: the definition the scores must
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dd_ranking") / "t.pt"
-    train_teacher(TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w8-d2", epochs=1, batch_size=256,
-                                lr=0.05, device="cpu"), str(path), progress=False)
-    return str(path), load_teacher(str(path))[0]
+    path = train_tiny_teachers(tmp_path_factory.mktemp("teacher"), seeds=(0,))[0]
+    return path, load_teacher(path)[0]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from conftest import train_tiny_teachers
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset
@@ -12,17 +13,15 @@ from infer_fast.evaluate import RUNS, Protocol, evaluate_set, format_report
 from infer_fast.scores import dd_ranking_scores
 from infer_fast.storage import save_distilled
 from infer_fast.student import relabel
-from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
+from infer_fast.teacher import load_teacher
 
 FAST_STUDENT = {"model": "convnet-w8-d2", "epochs": 2, "batch_size": 50, "temperature": 4.0}
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("evaluate") / "t.pt"
-    train_teacher(TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w8-d2", epochs=1, batch_size=256,
-                                lr=0.05, device="cpu"), str(path), progress=False)
-    return str(path), load_teacher(str(path))[0]
+    path = train_tiny_teachers(tmp_path_factory.mktemp("teacher"), seeds=(0,))[0]
+    return path, load_teacher(path)[0]
 
 
 @pytest.fixture(scope="module")

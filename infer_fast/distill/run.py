@@ -34,7 +34,7 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
     recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
     from ..data import load_dataset
-    from ..teacher import load_teacher, resolve_device
+    from ..teacher import resolve_device
 
     config.validate()
     resolve_device(device)
@@ -43,14 +43,24 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
         raise ValueError("teachers: at least one teacher checkpoint is needed")
     out_dir = check_new_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
+    teachers, records = load_set_teachers(teacher_paths, dataset, train, device)
+    return out_dir, train, teachers, records, recovery_checkpoint_path(out_dir)
+
+
+def load_set_teachers(teacher_paths: Sequence[Union[str, os.PathLike]], dataset, train, device: str):
+    """(teachers, records) of a set being made from ``train``: each teacher loaded frozen in
+    eval mode on this rank's device, checked against the split's classes, channels and size;
+    each record the path, model and recorded accuracy that the set keeps."""
+    from ..teacher import load_teacher
+
     teachers, records = [], []
-    for path in teacher_paths:
+    for path in map(os.fspath, teacher_paths):
         model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes,
                                    device=distributed.local_device(device), channels=train.spec.channels,
                                    image_size=train.spec.image_size)
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
-    return out_dir, train, teachers, records, recovery_checkpoint_path(out_dir)
+    return teachers, records
 
 
 def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:

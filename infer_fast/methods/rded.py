@@ -261,11 +261,10 @@ def distill(request: DistillRequest):
 
 
 def _distill_locked(request: DistillRequest):
-    from .. import distributed
     from ..data import load_dataset
-    from ..distill.run import check_new_output
+    from ..distill.run import check_new_output, load_set_teachers
     from ..storage import save_distilled
-    from ..teacher import load_teacher, resolve_device
+    from ..teacher import resolve_device
 
     resolve_device(request.device)
     out_dir = check_new_output(request.out_dir)
@@ -273,13 +272,7 @@ def _distill_locked(request: DistillRequest):
     spec = train.spec
     recipe = resolve_recipe(request.options, spec.name, spec.image_size, request.ipc)  # before the teachers load
     _check_class_counts(train, recipe["candidates_per_class"])
-    teachers, records = [], []
-    for path in map(str, request.teacher_paths):
-        model, meta = load_teacher(path, dataset=request.dataset, num_classes=spec.num_classes,
-                                   device=distributed.local_device(request.device), channels=spec.channels,
-                                   image_size=spec.image_size)
-        teachers.append(model)
-        records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
+    teachers, records = load_set_teachers(request.teacher_paths, request.dataset, train, request.device)
     ds = rded_set(train, teachers, request.ipc, request.options, seed=request.seed, teacher_records=records,
                   progress=request.progress)
     return save_distilled(ds, out_dir, progress=request.progress)
