@@ -351,16 +351,153 @@ def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, A
     return state
 
 
-def train_student(
-    distilled: DistilledSet,
-    test_set,
-    config: Optional[StudentConfig] = None,
-    teachers: Optional[List[nn.Module]] = None,
-    progress: bool = True,
-    checkpoint: Optional[str] = None,
-    resume: bool = False,
-    ddp: bool = True,
-) -> Dict[str, Any]:
+class _StudentRun:
+    """One student trained on a distilled set (train_student's pieces): its training data and
+    targets, model, optimizer, schedule and generator, and what a checkpoint saves of it."""
+
+    def __init__(self, distilled: DistilledSet, test_set, cfg: StudentConfig, teachers, ddp: bool):
+        self.test_set, self.cfg, self.device = test_set, cfg, resolve_device(cfg.device)
+        self.distilled, self.mean, self.std = distilled, distilled.mean, distilled.std
+        dataset = DistilledDataset(distilled, hard_only=cfg.dynamic or cfg.labels == "hard")
+        self.hard = distilled.hard_labels() if cfg.labels == "hard" and not cfg.dynamic else None
+        # cross-entropy with the (mixed) one-hot targets, or KL to the (mixed) soft-label logits
+        self.label_loss = soft_target_cross_entropy if cfg.labels == "hard" else (
+            lambda logits, z: distillation_loss(logits, z, cfg.temperature))
+        if dataset.fits_in_memory:
+            images, self.soft, _ = dataset.all_images()
+            self.images_at = images.__getitem__
+        else:  # an ImageNet-size set: each batch is composed on the fly (same values)
+            self.images_at, self.soft = dataset.images_at, dataset.soft_labels
+        self.n = len(dataset)
+        self.teacher_models = [t.to(self.device).eval() for t in teachers] if cfg.dynamic else []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model = create_model(cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
+                                      image_size=distilled.image_size[0]).to(self.device)
+        self.rank, self.world = distributed.rank_and_world() if ddp else (0, 1)
+        # torchrun: each rank trains on its share of every batch, gradients averaged
+        self.net = self.model if self.world == 1 else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.schedule = _schedule(cfg, self.optimizer, self.steps_per_epoch)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.history, self.best, self.accuracy = [], None, float("nan")  # best: over periodic evaluations
+        self.first_epoch, self.elapsed_before, self.identity = 0, 0.0, None  # identity: what a checkpoint is tied to
+
+    def open_checkpoint(self, checkpoint: str, resume: bool) -> None:
+        """Tie the run to ``checkpoint`` (digests of the set, and of the teachers under
+        INFER+Dyn) and, when the file exists, continue from it (``resume``) or refuse."""
+        cfg = self.cfg
+        self.identity = {"config": dataclasses.asdict(cfg), "method": self.distilled.method,
+                         "num_training_images": self.n, "set_sha256": set_digest(self.distilled)}
+        if cfg.dynamic:  # INFER+Dyn: the teachers label every batch
+            self.identity["teachers_sha256"] = [model_digest(t) for t in self.teacher_models]
+        if not os.path.exists(checkpoint):
+            return
+        if not resume:
+            raise ValueError(f"student checkpoint {checkpoint!r} exists: pass resume=True to continue that run, or delete it")
+        state = _load_student_checkpoint(checkpoint, self.identity)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws continue where they stopped
+        self.history, self.best, self.accuracy = state["history"], state["best"], state["accuracy"]
+        self.first_epoch, self.elapsed_before = state["epochs_done"], state["elapsed_s"]
+
+    def train(self, progress: bool, checkpoint: Optional[str]) -> float:
+        """The remaining epochs, the checkpoint written after each; returns the elapsed seconds
+        (those of a resumed run's earlier part included)."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        bar = progress_bar(range(self.first_epoch, cfg.epochs), desc="student", disable=not progress, leave=False,
+                           initial=self.first_epoch, total=cfg.epochs)
+        for epoch in bar:
+            record = self.train_epoch(epoch, progress)
+            if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                self.accuracy = evaluate(self.model, self.test_set, cfg.eval_batch_size, self.device, self.mean,
+                                         self.std, progress=progress and len(self.test_set) >= LONG_EVALUATION_IMAGES)
+                record["test_accuracy"] = self.accuracy
+                if cfg.eval_every:
+                    self.best = self.accuracy if self.best is None else max(self.best, self.accuracy)
+            self.history.append(record)
+            postfix = {"loss": f"{record['loss']:.4f}"}
+            if "test_accuracy" in record:
+                postfix["acc"] = f"{record['test_accuracy']:.4f}"
+            bar.set_postfix(postfix)
+            if checkpoint is not None and self.rank == 0:
+                save_atomic({
+                    "format": STUDENT_CHECKPOINT_FORMAT, "run": self.identity, "epochs_done": epoch + 1,
+                    "elapsed_s": self.elapsed_before + time.perf_counter() - started, "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                    "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
+                    "best": self.best, "accuracy": self.accuracy,
+                }, checkpoint)
+        return self.elapsed_before + time.perf_counter() - started
+
+    def train_epoch(self, epoch: int, progress: bool) -> Dict[str, Any]:
+        """One epoch over a fresh shuffle; returns its history record (epoch, mean loss, lr)."""
+        cfg = self.cfg
+        self.model.train()
+        order = torch.randperm(self.n, generator=self.gen)
+        total, seen = 0.0, 0
+        # steps shown within an epoch when an epoch is long (ImageNet-size sets)
+        for step in progress_bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
+                                 disable=not progress or self.steps_per_epoch < LONG_EPOCH_STEPS):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x, z = self.mixed_batch(idx)
+            # every rank draws the whole batch (same generator), then takes its rows; the loss is
+            # scaled so DDP's gradient average is the full batch's batchmean gradient
+            share = slice(self.rank, None, self.world)
+            x = x[share].to(self.device, non_blocking=True)
+            z = ensemble_logits(self.teacher_models, x) if cfg.dynamic else z[share].to(self.device, non_blocking=True)
+            loss = self.label_loss(self.net(x), z) * (x.shape[0] * self.world / len(idx))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        return {"epoch": epoch + 1, "loss": total / seen, "lr": self.schedule.get_last_lr()[0]}
+
+    def mixed_batch(self, idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """The augmented, mixed images of the training images ``idx`` and their mixed targets
+        (None under INFER+Dyn: the teachers label the mixed batch); draws from the run's generator."""
+        cfg = self.cfg
+        x = augment(self.images_at(idx), self.mean, self.std, self.gen, cfg.augmentation)
+        if cfg.dynamic:
+            z = None
+        elif self.hard is not None:  # one-hot probabilities: mixing them is mixup's label mixing
+            z = F.one_hot(self.hard[idx], self.distilled.num_classes).float()
+        else:
+            z = self.soft[idx]
+        if cfg.mix != "none":
+            lam = sample_lambda(cfg.mixup_alpha, self.gen)
+            perm = torch.randperm(len(idx), generator=self.gen)
+            if cfg.mix == "mixup":
+                x, z = mixup(x, z, lam, perm)
+            else:
+                x, z, _ = cutmix(x, z, lam, perm, self.gen)
+        return x, z
+
+    def result(self, elapsed: float, progress: bool) -> Dict[str, Any]:
+        """train_student's return value (and, with ``progress``, its one-line summary)."""
+        cfg, best = self.cfg, self.best
+        if progress:
+            line = (f"student {cfg.model} ({'INFER+Dyn' if cfg.dynamic else 'static labels'}, {cfg.augmentation} + "
+                    f"{cfg.mix}), {self.n} training images, {cfg.epochs} epochs: final test accuracy {self.accuracy:.4f}")
+            if best is not None:
+                line += f", best {best:.4f} ({BEST_LABEL})"
+            print(line + f" ({elapsed:.1f} s)")
+        return {"final_accuracy": self.accuracy, "best_accuracy": best, "best_label": BEST_LABEL if best is not None else None,
+                "history": self.history, "elapsed_s": elapsed, "num_training_images": self.n,
+                "steps": cfg.epochs * self.steps_per_epoch, "config": dataclasses.asdict(cfg), "model": self.model}
+
+
+def train_student(distilled: DistilledSet, test_set, config: Optional[StudentConfig] = None,
+                  teachers: Optional[List[nn.Module]] = None, progress: bool = True, checkpoint: Optional[str] = None,
+                  resume: bool = False, ddp: bool = True) -> Dict[str, Any]:
     """Train a student from scratch on ``distilled`` and evaluate it on ``test_set`` (ImageSet).
 
     Under torchrun (an initialized process group) each rank trains on its rows of every batch
@@ -382,133 +519,10 @@ def train_student(
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     _check_test_set(distilled, test_set)
-    device = resolve_device(cfg.device)
-    dataset = DistilledDataset(distilled, hard_only=cfg.dynamic or cfg.labels == "hard")
-    hard = distilled.hard_labels() if cfg.labels == "hard" and not cfg.dynamic else None
-    if cfg.labels == "hard":  # cross-entropy with the (mixed) one-hot targets
-        label_loss = soft_target_cross_entropy
-    else:  # KL to the (mixed) soft-label logits
-        def label_loss(logits: Tensor, z: Tensor) -> Tensor:
-            return distillation_loss(logits, z, cfg.temperature)
-    if dataset.fits_in_memory:
-        images, soft, _ = dataset.all_images()
-        images_at = images.__getitem__
-    else:  # an ImageNet-size set: each batch is composed on the fly (same values)
-        images_at, soft = dataset.images_at, dataset.soft_labels
-    n = len(dataset)
-    mean, std = distilled.mean, distilled.std
-    teacher_models = [t.to(device).eval() for t in teachers] if cfg.dynamic else []
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
-                             image_size=distilled.image_size[0]).to(device)
-    rank, world = distributed.rank_and_world() if ddp else (0, 1)
-    net = model
-    if world > 1:  # torchrun: each rank trains on its share of every batch, gradients averaged
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    schedule = _schedule(cfg, optimizer, steps_per_epoch)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    history: List[Dict[str, Any]] = []
-    best: Optional[float] = None
-    accuracy = float("nan")
-    first_epoch, elapsed_before = 0, 0.0
-    identity = None  # what a checkpoint is tied to (digests: computed only when there is one)
+    run = _StudentRun(distilled, test_set, cfg, teachers, ddp)
     if checkpoint is not None:
-        identity = {"config": dataclasses.asdict(cfg), "method": distilled.method, "num_training_images": n,
-                    "set_sha256": set_digest(distilled)}
-        if cfg.dynamic:  # INFER+Dyn: the teachers label every batch
-            identity["teachers_sha256"] = [model_digest(t) for t in teacher_models]
-    if checkpoint is not None and os.path.exists(checkpoint):
-        if not resume:
-            raise ValueError(f"student checkpoint {checkpoint!r} exists: pass resume=True to continue that run, or delete it")
-        state = _load_student_checkpoint(checkpoint, identity)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # dropout draws continue where they stopped
-        history, best, accuracy = state["history"], state["best"], state["accuracy"]
-        first_epoch, elapsed_before = state["epochs_done"], state["elapsed_s"]
-    started = time.perf_counter()
-    bar = progress_bar(range(first_epoch, cfg.epochs), desc="student", disable=not progress, leave=False,
-               initial=first_epoch, total=cfg.epochs)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        total, seen = 0.0, 0
-        # steps shown within an epoch when an epoch is long (ImageNet-size sets)
-        for step in progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
-                         disable=not progress or steps_per_epoch < LONG_EPOCH_STEPS):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment(images_at(idx), mean, std, gen, cfg.augmentation)
-            if cfg.dynamic:
-                z = None
-            elif hard is not None:  # one-hot probabilities: mixing them is mixup's label mixing
-                z = F.one_hot(hard[idx], distilled.num_classes).float()
-            else:
-                z = soft[idx]
-            if cfg.mix != "none":
-                lam = sample_lambda(cfg.mixup_alpha, gen)
-                perm = torch.randperm(len(idx), generator=gen)
-                if cfg.mix == "mixup":
-                    x, z = mixup(x, z, lam, perm)
-                else:
-                    x, z, _ = cutmix(x, z, lam, perm, gen)
-            # every rank draws the whole batch (same generator), then takes its rows; the loss is
-            # scaled so DDP's gradient average is the full batch's batchmean gradient
-            share = slice(rank, None, world)
-            x = x[share].to(device, non_blocking=True)
-            z = ensemble_logits(teacher_models, x) if cfg.dynamic else z[share].to(device, non_blocking=True)
-            loss = label_loss(net(x), z) * (x.shape[0] * world / len(idx))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        record = {"epoch": epoch + 1, "loss": total / seen, "lr": schedule.get_last_lr()[0]}
-        last = epoch + 1 == cfg.epochs
-        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            accuracy = evaluate(model, test_set, cfg.eval_batch_size, device, mean, std,
-                                progress=progress and len(test_set) >= LONG_EVALUATION_IMAGES)
-            record["test_accuracy"] = accuracy
-            if cfg.eval_every:
-                best = accuracy if best is None else max(best, accuracy)
-        history.append(record)
-        postfix = {"loss": f"{record['loss']:.4f}"}
-        if "test_accuracy" in record:
-            postfix["acc"] = f"{record['test_accuracy']:.4f}"
-        bar.set_postfix(postfix)
-        if checkpoint is not None and rank == 0:
-            save_atomic({
-                "format": STUDENT_CHECKPOINT_FORMAT, "run": identity, "epochs_done": epoch + 1,
-                "elapsed_s": elapsed_before + time.perf_counter() - started, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "history": history, "best": best, "accuracy": accuracy,
-            }, checkpoint)
-    elapsed = elapsed_before + time.perf_counter() - started
-    if progress:
-        line = (f"student {cfg.model} ({'INFER+Dyn' if cfg.dynamic else 'static labels'}, {cfg.augmentation} + "
-                f"{cfg.mix}), {n} training images, "
-                f"{cfg.epochs} epochs: final test accuracy {accuracy:.4f}")
-        if best is not None:
-            line += f", best {best:.4f} ({BEST_LABEL})"
-        print(line + f" ({elapsed:.1f} s)")
-    return {
-        "final_accuracy": accuracy,
-        "best_accuracy": best,
-        "best_label": BEST_LABEL if best is not None else None,
-        "history": history,
-        "elapsed_s": elapsed,
-        "num_training_images": n,
-        "steps": cfg.epochs * steps_per_epoch,
-        "config": dataclasses.asdict(cfg),
-        "model": model,
-    }
+        run.open_checkpoint(checkpoint, resume)
+    return run.result(run.train(progress, checkpoint), progress)
 
 
 def evaluate_seeds(
