@@ -9,7 +9,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Union
+from typing import List, Union
 
 import torch
 
@@ -150,6 +150,20 @@ def _safe_name(name: str) -> str:
     return out or "_"
 
 
+def _class_folders(ds: DistilledSet, naming: str) -> List[str]:
+    """export_imagefolder's class folder names, by class index: zero-padded indices, or the
+    class names as folder names (``naming="name"``, refused where two would collide)."""
+    c = ds.num_classes
+    if naming == "index":
+        return [f"{i:0{len(str(c - 1))}d}" for i in range(c)]
+    if ds.class_names is None:
+        raise DistilledSetError("naming='name' needs class_names, this set records none")
+    folders = [_safe_name(n) for n in ds.class_names]
+    if len(set(folders)) != c:
+        raise DistilledSetError("class names are not unique as folder names; use naming='index'")
+    return folders
+
+
 def export_imagefolder(
     directory: Union[DistilledSet, PathLike],
     out_dir: PathLike,
@@ -179,15 +193,7 @@ def export_imagefolder(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputExistsError(f"{out} exists and is not an empty directory; refusing to overwrite")
-    c = ds.num_classes
-    if naming == "name":
-        if ds.class_names is None:
-            raise DistilledSetError("naming='name' needs class_names, this set records none")
-        folders = [_safe_name(n) for n in ds.class_names]
-        if len(set(folders)) != c:
-            raise DistilledSetError("class names are not unique as folder names; use naming='index'")
-    else:
-        folders = [f"{i:0{len(str(c - 1))}d}" for i in range(c)]
+    folders = _class_folders(ds, naming)
     data = DistilledDataset(ds, hard_only=True, backend=backend, cache_bytes=0)
     n = len(data)
     check_writable(out, "export directory", kind="directory", need_bytes=n * ds.channels * ds.height * ds.width)
@@ -217,7 +223,7 @@ def export_imagefolder(
             meta = {
                 "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
                 "source": str(directory) if not isinstance(directory, DistilledSet) else None,
-                "method": ds.method, "dataset": ds.dataset, "num_classes": c,
+                "method": ds.method, "dataset": ds.dataset, "num_classes": ds.num_classes,
                 "class_folders": folders, "class_names": ds.class_names,
                 "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
                 "image_order": IMAGE_ORDER, "files": files,
