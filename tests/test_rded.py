@@ -145,11 +145,16 @@ def _distill(out_dir, teacher, seed=0, **options):
     return load_distilled(get_method("rded").distill(request))
 
 
-def test_rded_through_the_registry(tmp_path, teacher):
+def test_rded_through_the_registry(tmp_path, teacher, monkeypatch):
+    from infer_fast.data.sets import _Split
+
     method = get_method("rded")
     assert "rded" in distill_method_names() and method.label == "RDED"
     assert method.uses_teachers and method.student_labels == "per-batch" and method.layout == "images"
+    counted, real_counts = [], _Split.class_counts
+    monkeypatch.setattr(_Split, "class_counts", lambda split: counted.append(1) or real_counts(split))
     ds = _distill(tmp_path / "a", teacher, factor=2)
+    assert len(counted) == 1  # the candidates per class checked once, before the teachers load
     assert ds.method == "rded" and ds.images.shape == (20, 1, 28, 28) and ds.images.dtype == torch.uint8
     assert ds.labels.tolist() == [c for c in range(10) for _ in range(2)] and ds.soft_labels is None
     assert ds.budget == {"ipc": 2, "K": 0, "M": 1, "accounting": "ipc"} and ds.seed == 0
@@ -166,6 +171,9 @@ def test_rded_refuses_before_loading_teachers(tmp_path):
     with pytest.raises(ValueError, match="candidates_per_class=600: class 0 has only 500"):
         method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
                                       teacher_paths=missing, options={"candidates_per_class": 600}, device="cpu"))
+    with pytest.raises(ValueError, match=r"candidates_per_class=600: class 0 has only 500 training images \(10 "):
+        rded.rded_set(load_dataset("fashion-mnist-mini", "train"), [CentreTeacher(10)], ipc=1,
+                      options={"candidates_per_class": 600})  # the library path: the same check
     with pytest.raises(ValueError, match="teachers"):
         method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o", device="cpu"))
     with pytest.raises(ValueError, match="factor"):

@@ -191,13 +191,19 @@ def class_images(candidates: Tensor, label: int, teachers: Sequence[nn.Module], 
     return denormalize(stitch(chosen, ipc, factor, size), mean, std, to_uint8=True).cpu()
 
 
-def _check_class_counts(train, candidates: int) -> None:
+def _checked_recipe(train, options: Optional[Mapping[str, Any]], ipc: int) -> Dict[str, Any]:
+    """:func:`resolve_recipe` for the split ``train``, refused (before any work) where a class
+    has fewer training images than the recipe's candidates_per_class."""
+    spec = train.spec
+    recipe = resolve_recipe(options or {}, spec.name, spec.image_size, ipc)
+    candidates = recipe["candidates_per_class"]
     counts = train.class_counts()
     short = (counts < candidates).nonzero().squeeze(1).tolist()
     if short:
         c = short[0]
         raise ValueError(f"candidates_per_class={candidates}: class {c} has only {int(counts[c])} training images"
                          + (f" ({len(short)} classes have fewer)" if len(short) > 1 else ""))
+    return recipe
 
 
 def _hyperparameters(recipe: Mapping[str, Any], size: int) -> Dict[str, Any]:
@@ -221,17 +227,20 @@ def rded_set(train, teachers: Sequence[nn.Module], ipc: int, options: Optional[M
     (an ImageSet, or a FolderImageSet of which only the candidates are decoded, one class at a
     time) with the ``teachers`` (eval mode, on the device that scores), ``options`` over the
     dataset family's recipe. Images class-major, ipc per class, uint8."""
+    check_int("ipc", ipc)
+    if not teachers:
+        raise ValueError("teachers: RDED needs at least one teacher to score the patches")
+    return _recipe_set(train, teachers, ipc, _checked_recipe(train, options, ipc), seed, teacher_records, progress)
+
+
+def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[str, Any], seed: int,
+                teacher_records: Sequence[Dict[str, Any]], progress: bool):
+    """:func:`rded_set` with its arguments checked and its recipe resolved (:func:`_checked_recipe`)."""
     from ..distill.run import real_data_fields
     from ..models import device_of
     from ..storage import DistilledSet
 
-    check_int("ipc", ipc)
-    if not teachers:
-        raise ValueError("teachers: RDED needs at least one teacher to score the patches")
-    spec = train.spec
-    recipe = resolve_recipe(options or {}, spec.name, spec.image_size, ipc)
-    candidates = recipe["candidates_per_class"]
-    _check_class_counts(train, candidates)
+    spec, candidates = train.spec, recipe["candidates_per_class"]
     picked = train.per_class(candidates, seed=seed)  # class-major: one batch per class
     gen = torch.Generator().manual_seed(int(seed))
     images = torch.empty((ipc * spec.num_classes,) + tuple(train.image_shape), dtype=torch.uint8)
@@ -269,12 +278,9 @@ def _distill_locked(request: DistillRequest):
     resolve_device(request.device)
     out_dir = check_new_output(request.out_dir)
     train = load_dataset(request.dataset, "train", data_root=request.data_root)
-    spec = train.spec
-    recipe = resolve_recipe(request.options, spec.name, spec.image_size, request.ipc)  # before the teachers load
-    _check_class_counts(train, recipe["candidates_per_class"])
+    recipe = _checked_recipe(train, request.options, request.ipc)  # before the teachers load
     teachers, records = load_set_teachers(request.teacher_paths, request.dataset, train, request.device)
-    ds = rded_set(train, teachers, request.ipc, request.options, seed=request.seed, teacher_records=records,
-                  progress=request.progress)
+    ds = _recipe_set(train, teachers, request.ipc, recipe, request.seed, records, request.progress)
     return save_distilled(ds, out_dir, progress=request.progress)
 
 
