@@ -97,3 +97,21 @@ def test_epoch_reduction_is_a_fact_of_the_method():
         assert cfg.student_config("toy_dyn", 0, 3).epochs == 5 and cfg.student_config("rded", 0, 3).epochs == 8
     finally:
         unregister("toy_dyn")
+
+
+def test_a_set_made_as_another_methods_gets_that_methods_options(tmp_path, monkeypatch):
+    """INFER+Dyn listed alone (or before INFER) makes INFER's set with the run's ``recovery``
+    options (it was distilled with infer_dyn's options, none: INFER's defaults)."""
+    from infer_fast import distill
+    from infer_fast.pipeline import _make_set
+
+    built = {}
+
+    def fake(*args, config, accounting, **kwargs):
+        built["config"], built["accounting"] = config, accounting
+
+    monkeypatch.setattr(distill, "distill_infer", fake)
+    cfg = PipelineConfig(dataset="fashion-mnist-mini", teachers=[{"path": "t.pt"}], out=str(tmp_path),
+                         methods=["infer_dyn"], recovery={"iterations": 7}, accounting="ipc")
+    _make_set(cfg, SetKey("infer_dyn", 2), tmp_path / "sets" / "infer-ipc2", ["t.pt"], progress=False)
+    assert built["config"].iterations == 7 and built["accounting"] == "ipc"
