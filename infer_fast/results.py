@@ -32,6 +32,19 @@ def runs_of(runs: Dict[str, Any], key: SetKey) -> List[Dict[str, Any]]:
 
 
 RESULTS_FORMAT = "infer-fast-results"
+# the settings that determine a run's sets and students: a results file made under others is
+# not continued (its sets and runs would stand beside new ones as if alike); a setting the file
+# predates counts as its default
+RUN_SETTINGS = ("dataset", "teachers", "recovery", "sre2l", "method_options", "accounting", "selection", "student",
+                "dynamic_epochs", "data_root")
+
+
+def changed_settings(old: Dict[str, Any], cfg) -> List[str]:
+    """The settings of RUN_SETTINGS in which the config dict ``old`` and the run config ``cfg`` differ."""
+    ours = dataclasses.asdict(cfg)
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cfg)}
+    return [k for k in RUN_SETTINGS if old.get(k, defaults[k]) != ours[k]]
 
 
 def load_results(path: Path, cfg) -> Dict[str, Any]:
@@ -45,16 +58,13 @@ def load_results(path: Path, cfg) -> Dict[str, Any]:
         raise ValueError(f"{path} cannot be read ({exc}); delete it to start the table over") from None
     if old.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path} is not an infer-fast results file")
-    # runs are kept only if what determines them is unchanged
-    ours = dataclasses.asdict(cfg)
-    keys = ("dataset", "teachers", "recovery", "sre2l", "accounting", "selection", "student", "dynamic_epochs", "data_root")
-    changed = [k for k in keys if old["config"].get(k) != ours[k]]
+    changed = changed_settings(old["config"], cfg)  # runs are kept only if what determines them is unchanged
     if changed:
         raise ValueError(
             f"{path} belongs to a run with other settings ({', '.join(changed)} differ): "
             "choose another out directory or delete it"
         )
-    old["config"] = ours
+    old["config"] = dataclasses.asdict(cfg)
     return old
 
 

@@ -115,3 +115,29 @@ def test_a_set_made_as_another_methods_gets_that_methods_options(tmp_path, monke
                          methods=["infer_dyn"], recovery={"iterations": 7}, accounting="ipc")
     _make_set(cfg, SetKey("infer_dyn", 2), tmp_path / "sets" / "infer-ipc2", ["t.pt"], progress=False)
     assert built["config"].iterations == 7 and built["accounting"] == "ipc"
+
+
+def test_a_results_file_continues_only_under_the_settings_that_made_it(tmp_path):
+    """The "same run?" question of a results file: any setting that determines the sets or
+    students (method_options too: a CDA or RDED set of other options was kept) refuses it; one
+    the file predates counts as its default; methods, ipc and seeds extend it."""
+    import dataclasses
+    import json
+
+    from infer_fast.results import load_results
+
+    path = tmp_path / "results.json"
+    cfg = PipelineConfig(dataset="fashion-mnist-mini", teachers=[{"path": "t.pt"}], out=str(tmp_path),
+                         method_options={"rded": {"factor": 2}})
+    old = load_results(path, cfg)
+    old["runs"]["rded/ipc10/seed0"] = {"final_accuracy": 0.5}
+    path.write_text(json.dumps(old))
+    assert load_results(path, dataclasses.replace(cfg, methods=["rded"], ipc=[1, 10], seeds=1))["runs"] == old["runs"]
+    for change in ({"method_options": {"rded": {"factor": 1}}}, {"student": {"epochs": 3}}, {"accounting": "ipc"}):
+        with pytest.raises(ValueError, match=f"other settings \\({next(iter(change))} differ\\)"):
+            load_results(path, dataclasses.replace(cfg, **change))
+    del old["config"]["method_options"]  # (a file written before the setting counted)
+    path.write_text(json.dumps(old))
+    assert load_results(path, dataclasses.replace(cfg, method_options={}))["runs"] == old["runs"]
+    with pytest.raises(ValueError, match="method_options differ"):
+        load_results(path, cfg)
