@@ -160,7 +160,8 @@ def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[SetKey, Path]]:
     (``external``) at the ipc their budget records."""
     from .storage import read_manifest
 
-    sets = [(key, out / "sets" / key.directory_name) for key in (SetKey(method, ipc) for ipc in cfg.ipc for method in cfg.methods)]
+    ours = [SetKey(method, ipc) for ipc in cfg.ipc for method in cfg.methods]
+    sets = [(key, out / "sets" / key.directory_name) for key in ours]
     for label, directory in cfg.external.items():
         ipc = read_manifest(directory).get("budget", {}).get("ipc")
         if not isinstance(ipc, int) or ipc < 1:
