@@ -29,12 +29,13 @@ sys.path.insert(0, HERE)
 from bench_ops import environment  # noqa: E402
 
 from infer_fast.dd_ranking import DDRankingProtocol, evaluate_set_dd_ranking  # noqa: E402
-from infer_fast.demo import STUDENT, run_demo  # noqa: E402
+from infer_fast.demo import IPC, STUDENT, run_demo  # noqa: E402
 from infer_fast.evaluate import Protocol, evaluate_set  # noqa: E402
+from infer_fast.set_keys import SetKey  # noqa: E402
 from infer_fast.storage import load_distilled  # noqa: E402
 from infer_fast.teacher import load_teacher  # noqa: E402
 
-SETS = (("INFER", "infer-ipc10"), ("Random", "random-ipc10"), ("SRe2L", "sre2l-ipc10"))
+SETS = (("INFER", SetKey("infer", IPC)), ("Random", SetKey("random", IPC)), ("SRe2L", SetKey("sre2l", IPC)))
 
 
 def main() -> None:
@@ -58,8 +59,8 @@ def main() -> None:
     else:
         protocol, evaluate = Protocol(student=dict(STUDENT), seeds=args.seeds), evaluate_set
     reports = {}
-    for label, name in SETS:
-        ds = load_distilled(os.path.join(args.work, "sets", name))
+    for label, key in SETS:
+        ds = load_distilled(results["sets"][str(key)]["directory"])
         reports[label] = evaluate(ds, teachers, protocol, full_data_checkpoint=teacher_paths[0], device="cpu",
                                   progress=False)
         print(f"{label}: done ({time.perf_counter() - started:.0f} s)", flush=True)

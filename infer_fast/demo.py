@@ -19,6 +19,7 @@ import torch
 from .ops import available_backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
 
 DATASET = "fashion-mnist-mini"
+IPC = 10
 # Chosen so the whole demo takes a few minutes on a 2-core CPU (README records the time).
 TEACHERS = [
     {"model": "convnet-w32-d3", "epochs": 8, "batch_size": 128, "lr": 0.05, "seed": 0},
@@ -62,7 +63,7 @@ def demo_config(out_dir: str, seeds: int = 1, iterations: Optional[int] = None, 
         dataset=DATASET,
         teachers=[dict(t) for t in TEACHERS],
         out=out_dir,
-        ipc=[10],
+        ipc=[IPC],
         methods=["infer", "random", "sre2l"],
         recovery={"iterations": iterations or RECOVERY_ITERATIONS},
         sre2l={"iterations": iterations or RECOVERY_ITERATIONS},
@@ -74,19 +75,20 @@ def demo_config(out_dir: str, seeds: int = 1, iterations: Optional[int] = None, 
 def run_demo(out_dir: str = "demo-output", seeds: int = 1, iterations: Optional[int] = None,
              epochs: Optional[int] = None, progress: bool = True) -> dict:
     from .pipeline import format_table, run_pipeline
+    from .set_keys import SetKey
     from .storage import write_preview
 
     for name, value in (("--seeds", seeds), ("--iterations", iterations), ("--epochs", epochs)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     start = time.perf_counter()
-    print(f"infer-fast demo: INFER vs random vs SRe2L at ipc 10 on {DATASET} (embedded; {torch.get_num_threads()} CPU threads)")
+    print(f"infer-fast demo: INFER vs random vs SRe2L at ipc {IPC} on {DATASET} (embedded; {torch.get_num_threads()} CPU threads)")
     print(check_backends())
     cfg = demo_config(out_dir, seeds, iterations, epochs)
     results = run_pipeline(cfg, progress=progress)
     if not progress:  # run_pipeline prints the table only with progress output
         print(format_table(results))
-    infer_dir = results["sets"]["infer/ipc10"]["directory"]
+    infer_dir = results["sets"][str(SetKey("infer", IPC))]["directory"]
     png = write_preview(infer_dir, os.path.join(out_dir, "infer-preview.png"))
     print(f"INFER set preview (natural sets, compensators, composed images): {png}")
     print(f"demo done in {time.perf_counter() - start:.0f} s")

@@ -36,6 +36,7 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -45,10 +46,9 @@ from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
 from .output_lock import output_lock
-from .results import (EXTERNAL_PREFIX, format_table, registered_method, load_results, markdown_report, method_label,
-                      summarize)
-from .methods import get_method
+from .results import format_table, load_results, markdown_report, summarize
 from .run_config import PipelineConfig, build_config, load_pipeline_config
+from .set_keys import RunKey, SetKey
 
 __all__ = [
     "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
@@ -155,37 +155,34 @@ def _test_split(cfg: PipelineConfig, out: Path, ranks: distributed.Ranks, progre
     return test if ranks.rank == 0 else load_test_split(cfg.dataset, cfg.data_root, cache)
 
 
-def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[str, int, Path]]:
-    """(method, ipc, directory) of every set of the run: ours for each ipc, then the sets
-    given to it (``external``) at the ipc their budget records."""
+def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[SetKey, Path]]:
+    """(key, directory) of every set of the run: ours for each ipc, then the sets given to it
+    (``external``) at the ipc their budget records."""
     from .storage import read_manifest
 
-    sets = [(method, ipc, _set_dir(out, method, ipc)) for ipc in cfg.ipc for method in cfg.methods]
+    ours = [SetKey(method, ipc) for ipc in cfg.ipc for method in cfg.methods]
+    sets = [(key, out / "sets" / key.directory_name) for key in ours]
     for label, directory in cfg.external.items():
         ipc = read_manifest(directory).get("budget", {}).get("ipc")
         if not isinstance(ipc, int) or ipc < 1:
             raise ValueError(f"external set {directory} records no budget ipc (images per class)")
-        sets.append((EXTERNAL_PREFIX + label, ipc, Path(directory)))
+        sets.append((SetKey.external(label, ipc), Path(directory)))
     return sets
 
 
-def _set_dir(out: Path, method: str, ipc: int) -> Path:
-    return out / "sets" / f"{get_method(method).set_method}-ipc{ipc}"
-
-
-def _make_set(cfg: PipelineConfig, method: str, ipc: int, directory: Path, teacher_paths: List[str], progress: bool) -> float:
+def _make_set(cfg: PipelineConfig, key: SetKey, directory: Path, teacher_paths: List[str], progress: bool) -> float:
     """Distill one set (resuming its recovery checkpoint if any); returns the seconds spent."""
     from .distill.jobs import recovery_checkpoints
     from .distill.run import recovery_checkpoint_path
     from .methods import DistillRequest
 
     start = time.perf_counter()
-    maker = get_method(get_method(method).set_method)  # (INFER+Dyn trains on INFER's set)
+    maker = key.made_as.own  # (INFER+Dyn trains on INFER's set)
     # continue an interrupted recovery of this set, if there is one
     resume = maker.resumable and bool(recovery_checkpoints(recovery_checkpoint_path(directory)))
     maker.distill(DistillRequest(
-        dataset=cfg.dataset, ipc=ipc, out_dir=directory, teacher_paths=teacher_paths if maker.uses_teachers else (),
-        options=cfg.method_options_of(method), seed=cfg.seed, data_root=cfg.data_root, resume=resume,
+        dataset=cfg.dataset, ipc=key.ipc, out_dir=directory, teacher_paths=teacher_paths if maker.uses_teachers else (),
+        options=cfg.method_options_of(maker.name), seed=cfg.seed, data_root=cfg.data_root, resume=resume,
         progress=progress, device=cfg.device))
     return time.perf_counter() - start
 
@@ -198,10 +195,6 @@ def _ratio_without_soft_labels(ds) -> Dict[str, Any]:
         stored_images=ds.num_stored_images(), image_shape=(ds.channels, ds.height, ds.width), soft_labels=0,
         num_classes=ds.num_classes, full_train_size=full["full_train_size"], index_elements=full["index_elements"],
     )
-
-
-def _run_key(method: str, ipc: int, seed: int) -> str:
-    return f"{method}/ipc{ipc}/seed{seed}"
 
 
 def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
@@ -251,33 +244,76 @@ def _describe_teacher(meta: Dict[str, Any]) -> str:
     return f"{meta['model']} ({pretrained}accuracy not measured)"
 
 
-def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[str, Any]:
-    from .data import load_dataset
-    from .storage import DistilledDataset, load_distilled, save_distilled
-    from .student import feature_duplication, relabel, train_student
-    from .teacher import load_teacher
+@dataclass
+class _Session:
+    """What the steps of one session of a run share: the results dict is rank 0's to write."""
 
-    rank, world = ranks.rank, ranks.world
+    cfg: PipelineConfig
+    ranks: distributed.Ranks
+    progress: bool
+    out: Path
+    results: Dict[str, Any]
+    meter: StepMeter  # seconds and peak memory of every step this session ran (results.json: timing.steps)
+    started: float  # (time.perf_counter())
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / "results.json"
+
+    def save(self) -> None:
+        save_json_atomic(self.results, str(self.results_path))
+
+    def say(self, text: str) -> None:
+        _say(self.progress, text)
+
+    def step(self, name: str) -> None:
+        _next_step(self.meter, name)
+
+
+def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[str, Any]:
+    session = _open_session(cfg, progress, ranks)
+    session.step("test split")
+    test = _test_split(cfg, session.out, ranks, progress)
+    teacher_paths, teachers = _load_teachers(session)  # 1. trained across the ranks, then loaded by every rank
+    sets = _set_list(cfg, session.out)  # (key, directory): ours, then those given to the run
+    for key, directory in sets:  # 2. distilled sets, relabelled and measured
+        _prepare_set(session, key, directory, teacher_paths, teachers)
+    _train_students(session, sets, teachers, test)  # 3. students
+    if cfg.scores and ranks.rank == 0:  # (rank 0 alone: the others wait at the end)
+        session.step("scores")
+        _score_sets(cfg, sets, session.results, teacher_paths, session.save, progress)
+        session.meter.stop()
+    if ranks.rank == 0:
+        _write_report(session)
+    if ranks.world > 1:
+        ranks.barrier()  # the others return the results rank 0 wrote
+        if ranks.rank != 0:
+            with open(session.results_path) as f:
+                return json.load(f)
+    return session.results
+
+
+def _open_session(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> _Session:
+    """The run directory made, its results file read (every rank reads it: a results file of
+    other settings stops them all alike; rank 0's copy is the one kept and written)."""
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    # every rank reads it (a results file of other settings stops them all alike), rank 0's
-    # copy is the one kept and written
-    results = load_results(results_path, cfg)
-    save = lambda: save_json_atomic(results, str(results_path))  # noqa: E731
-    # seconds and peak memory of every step this session ran (results.json: timing.steps)
+    results = load_results(out / "results.json", cfg)
     timing = results.setdefault("timing", {})
     timing["steps"] = {}
-    meter = StepMeter(timing["steps"])
-    _next_step(meter, "test split")
-    test = _test_split(cfg, out, ranks, progress)
-    M = len(cfg.teachers)
+    return _Session(cfg, ranks, progress, out, results, StepMeter(timing["steps"]), started)
 
-    # 1. teachers: trained across the ranks, then loaded by every rank
+
+def _load_teachers(session: _Session) -> Tuple[List[str], List[Any]]:
+    """The teachers' checkpoint paths and models, prepared (trained across the ranks) and
+    loaded by every rank; rank 0 records them."""
+    from .teacher import load_teacher
+
+    cfg = session.cfg
     t0 = time.perf_counter()
-    _next_step(meter, "teachers")
-    teacher_paths = prepare_teachers(cfg, progress, ranks)
+    session.step("teachers")
+    teacher_paths = prepare_teachers(cfg, session.progress, session.ranks)
     teachers, records, described = [], [], []
     for path in teacher_paths:
         model, meta = load_teacher(path, dataset=cfg.dataset, device=distributed.local_device(cfg.device))
@@ -285,153 +321,176 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
         records.append({"path": path, "model": meta["model"], "test_accuracy": meta.get("test_accuracy"),
                         "train_seconds": meta.get("elapsed_s")})
         described.append(_describe_teacher(meta))
+    if session.ranks.rank == 0:
+        session.results["teachers"] = records
+        session.say("teachers: " + ", ".join(described))
+        session.results.setdefault("timing", {})["teachers_s_this_session"] = time.perf_counter() - t0
+        session.save()
+    return teacher_paths, teachers
+
+
+def _prepare_set(session: _Session, key: SetKey, directory: Path, teacher_paths: List[str], teachers: List[Any]) -> None:
+    """One set made (unless on disk), relabelled and measured: its compression ratio and feature
+    duplication. Rank 0 decides what the set needs (the others must not look at a directory it
+    may be rewriting); INFER and SRe2L recovery need every rank, the rest is rank 0's."""
+    rank, results = session.ranks.rank, session.results
+    twin = key.made_as if key.made_as != key else None  # the set it trains on (INFER+Dyn: INFER's)
+    step = None
     if rank == 0:
-        results["teachers"] = records
-        _say(progress, "teachers: " + ", ".join(described))
-        results.setdefault("timing", {})["teachers_s_this_session"] = time.perf_counter() - t0
-        save()
+        step = "make" if not directory.exists() else "done" if str(key) in results["sets"] else "measure"
+    step = session.ranks.from_rank0(step)
+    if step == "done":
+        return
+    session.step(f"set {key}")
+    seconds = None  # a set found on disk was not timed by this run
+    if step == "make":
+        session.say(f"distilling {key.label} ipc {key.ipc} -> {directory}")
+        if key.made_as.own.resumable or rank == 0:  # recovery: every rank; the rest: rank 0
+            seconds = _make_set(session.cfg, key, directory, teacher_paths, session.progress)
+    if rank != 0:
+        return
+    twin_info = results["sets"].get(str(twin)) if twin is not None else None  # (measured: the same images)
+    if step == "measure" and twin_info is not None:  # made as that method's set
+        seconds = twin_info["distill_seconds"]
+    results["sets"][str(key)] = _measure_set(session, key, directory, seconds, twin_info, teachers)
+    session.save()
 
-    # 2. distilled sets, relabelled; their compression ratio and feature duplication. Rank 0
-    # decides what each set needs (the others must not look at a directory it may be
-    # rewriting); INFER and SRe2L recovery need every rank, the rest is rank 0's.
-    sets = _set_list(cfg, out)  # (method, ipc, directory): ours, then those given to the run
-    for method, ipc, directory in sets:
-        key = f"{method}/ipc{ipc}"
-        own = registered_method(method)  # (None: a set given to the run)
-        per_batch = own is not None and own.student_labels == "per-batch"  # students labelled by the teachers
-        twin = f"{own.trains_on}/ipc{ipc}" if own is not None and own.trains_on else None  # the set it trains on
-        step = None
-        if rank == 0:
-            step = "make" if not directory.exists() else "done" if key in results["sets"] else "measure"
-        step = ranks.from_rank0(step)
-        if step == "done":
-            continue
-        _next_step(meter, f"set {key}")
-        seconds = None  # a set found on disk was not timed by this run
-        if step == "make":
-            _say(progress, f"distilling {method_label(method)} ipc {ipc} -> {directory}")
-            if get_method(own.set_method).resumable or rank == 0:  # recovery: every rank; the rest: rank 0
-                seconds = _make_set(cfg, method, ipc, directory, teacher_paths, progress)
-        if rank != 0:
-            continue
-        if step == "measure" and twin in results["sets"]:  # made as that method's set
-            seconds = results["sets"][twin]["distill_seconds"]
-        ds = load_distilled(directory)
-        if not per_batch and not ds.has_soft_labels:
-            _next_step(meter, f"relabel {key}")
-            relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
-            save_distilled(ds, directory, overwrite=True, progress=progress)
-        info = {
-            "directory": str(directory), "distill_seconds": seconds,
-            "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
-            "budget": ds.budget,
-        }
-        if per_batch:
-            ratio = _ratio_without_soft_labels(ds)
-        elif ds.full_train_size is None and method.startswith(EXTERNAL_PREFIX):  # (an import may not know it)
-            ratio = ds.compression_ratio(full_train_size=len(load_dataset(cfg.dataset, "train", data_root=cfg.data_root)))
-        else:
-            ratio = ds.compression_ratio()
-        info["compression_ratio_percent"] = ratio["percent"]
-        info["compression_ratio_note"] = (
-            "images + indices; no soft labels stored (the teachers label every batch while training)"
-            if per_batch else "images + static soft labels + indices")
-        if cfg.feature_duplication and int(ds.hard_labels().bincount().max()) < 2:
-            info["feature_duplication"] = None  # (a pairwise similarity within classes)
-            info["feature_duplication_note"] = "undefined: one training image per class"
-        elif cfg.feature_duplication and twin in results["sets"]:
-            info["feature_duplication"] = results["sets"][twin]["feature_duplication"]  # the same images
-        elif cfg.feature_duplication:
-            _next_step(meter, f"feature duplication {key}")
-            streamed = DistilledDataset(ds, hard_only=True)
-            info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0],
-                                                              progress=progress)
-        results["sets"][key] = info
-        save()
 
-    # 3. students: the runs left, the k-th on rank k mod world, each a whole student trained
-    # in one process (no DDP: small students train far faster whole than split per batch)
-    directories = {(method, ipc): directory for method, ipc, directory in sets}
+def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optional[float],
+                 twin_info: Optional[Dict[str, Any]], teachers: List[Any]) -> Dict[str, Any]:
+    """The record of one set (rank 0): relabelled first unless its students are labelled per
+    batch; ``twin_info``: the record of the set it trains on, whose feature duplication it shares."""
+    from .storage import DistilledDataset, load_distilled, save_distilled
+    from .student import feature_duplication, relabel
+
+    cfg, progress = session.cfg, session.progress
+    per_batch = key.labelled_per_batch  # students labelled by the teachers
+    ds = load_distilled(directory)
+    if not per_batch and not ds.has_soft_labels:
+        session.step(f"relabel {key}")
+        relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
+        save_distilled(ds, directory, overwrite=True, progress=progress)
+    info = {
+        "directory": str(directory), "distill_seconds": seconds,
+        "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
+        "budget": ds.budget,
+    }
+    info["compression_ratio_percent"] = _compression_ratio(cfg, key, ds)["percent"]
+    info["compression_ratio_note"] = (
+        "images + indices; no soft labels stored (the teachers label every batch while training)"
+        if per_batch else "images + static soft labels + indices")
+    if cfg.feature_duplication and int(ds.hard_labels().bincount().max()) < 2:
+        info["feature_duplication"] = None  # (a pairwise similarity within classes)
+        info["feature_duplication_note"] = "undefined: one training image per class"
+    elif cfg.feature_duplication and twin_info is not None:
+        info["feature_duplication"] = twin_info["feature_duplication"]  # the same images
+    elif cfg.feature_duplication:
+        session.step(f"feature duplication {key}")
+        streamed = DistilledDataset(ds, hard_only=True)
+        info["feature_duplication"] = feature_duplication(streamed.iter_chunks(), ds.hard_labels(), teachers[0],
+                                                          progress=progress)
+    return info
+
+
+def _compression_ratio(cfg: PipelineConfig, key: SetKey, ds) -> Dict[str, Any]:
+    """The set's compression ratio: without soft labels when its students are labelled per batch."""
+    from .data import load_dataset
+
+    if key.labelled_per_batch:
+        return _ratio_without_soft_labels(ds)
+    if ds.full_train_size is None and key.own is None:  # (an import may not know it)
+        return ds.compression_ratio(full_train_size=len(load_dataset(cfg.dataset, "train", data_root=cfg.data_root)))
+    return ds.compression_ratio()
+
+
+def _train_students(session: _Session, sets: List[Tuple[SetKey, Path]], teachers: List[Any], test) -> None:
+    """The student runs left, the k-th on rank k mod world, each a whole student trained in one
+    process (no DDP: small students train far faster whole than split per batch); rank 0
+    records every one."""
+    from .storage import load_distilled
+
+    cfg, ranks, results = session.cfg, session.ranks, session.results
+    rank, world = ranks.rank, ranks.world
+    directories = dict(sets)
     total = len(sets) * cfg.seeds
     todo = None
     if rank == 0:
-        todo = [(method, ipc, seed) for method, ipc, _ in sets for seed in range(cfg.seeds)
-                if _run_key(method, ipc, seed) not in results["runs"]]
+        todo = [key.run(seed) for key, _ in sets for seed in range(cfg.seeds) if str(key.run(seed)) not in results["runs"]]
     # rank 0 sends the list once every set is written and relabelled: no rank reads one before
     todo = ranks.from_rank0(todo)
     done = total - len(todo)
     if world > 1 and todo:
-        _say(progress, f"students: {len(todo)} run(s) left, split across {world} ranks (rank 0's shown)")
+        session.say(f"students: {len(todo)} run(s) left, split across {world} ranks (rank 0's shown)")
     ds, ds_key = None, None
     unrecorded = []  # this rank's finished runs for rank 0 to record; their checkpoints stay until then
-    for k, (method, ipc, seed) in enumerate(todo):
+    for k, run_key in enumerate(todo):
         if k % world != rank:
             continue
-        key = _run_key(method, ipc, seed)
-        _next_step(meter, f"student {key}")
-        if ds_key != (method, ipc):
-            ds, ds_key = load_distilled(directories[(method, ipc)]), (method, ipc)
-        scfg = cfg.student_config(method, seed, M)
-        scfg.device = distributed.local_device(scfg.device)
-        _say(progress, f"student {done + k + 1}/{total}: {method_label(method)} ipc {ipc} seed {seed} "
-                       f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
-        # per-epoch checkpoint: a killed run continues from its last epoch
-        ckpt = out / "students" / f"{method.replace(':', '-')}-ipc{ipc}-seed{seed}.pt"
-        ckpt.parent.mkdir(exist_ok=True)
-        run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=progress,
-                            checkpoint=str(ckpt), resume=True, ddp=False)
-        record = {name: run[name] for name in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "num_training_images")}
-        record["epochs"] = scfg.epochs
-        # the test accuracies measured during training (every eval_every epochs, and the last): the curves' data
-        record["history"] = [{"epoch": h["epoch"], "test_accuracy": h["test_accuracy"]}
-                             for h in run["history"] if "test_accuracy" in h]
+        session.step(f"student {run_key}")
+        if ds_key != run_key.set_key:
+            ds, ds_key = load_distilled(directories[run_key.set_key]), run_key.set_key
+        record, ckpt = _train_student(session, run_key, ds, teachers, test, f"{done + k + 1}/{total}")
         if rank == 0:
-            results["runs"][key] = record
-            save()
+            results["runs"][str(run_key)] = record
+            session.save()
             ckpt.unlink()
         else:
-            unrecorded.append((key, record, str(ckpt)))
-    meter.stop()
+            unrecorded.append((str(run_key), record, str(ckpt)))
+    session.meter.stop()
     shares = ranks.gather(unrecorded)  # waits for the slowest rank
     if world > 1:
         if rank == 0:
             for share in shares[1:]:
                 results["runs"].update((key, record) for key, record, _ in share)
-            save()
+            session.save()
         ranks.barrier()  # recorded: each rank removes the checkpoints of its runs
         for _, _, ckpt in unrecorded:
             Path(ckpt).unlink()
 
-    if cfg.scores and rank == 0:  # (rank 0 alone: the others wait at the end)
-        _next_step(meter, "scores")
-        _score_sets(cfg, sets, results, teacher_paths, save, progress)
-        meter.stop()
 
-    if rank == 0:
-        from .data import dataset_label
+def _train_student(session: _Session, run_key: RunKey, ds, teachers: List[Any], test,
+                   position: str) -> Tuple[Dict[str, Any], Path]:
+    """One student run (``position``: "k/total" for the progress line), continuing from its
+    per-epoch checkpoint; returns its record and the checkpoint (removed once recorded)."""
+    from .student import train_student
 
-        results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        results["timing"]["session_s"] = time.perf_counter() - started
-        results["table"] = summarize(results)
-        save()
-        table = format_table(results)
-        from .plots import write_plots
-
-        plots = write_plots(results, out)
-        report = markdown_report(results, table, plots)
-        write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report), fsync=False)
-        _say(progress, "\n" + table)
-        _say(progress, f"\n{dataset_label(cfg.dataset)}: {len(results['runs'])} student runs; results in {results_path} and {out / 'results.md'} "
-                       f"({time.perf_counter() - started:.0f} s this session)")
-    if world > 1:
-        ranks.barrier()  # the others return the results rank 0 wrote
-        if rank != 0:
-            with open(results_path) as f:
-                results = json.load(f)
-    return results
+    scfg = session.cfg.student_config(run_key.method, run_key.seed, len(session.cfg.teachers))
+    scfg.device = distributed.local_device(scfg.device)
+    session.say(f"student {position}: {run_key.set_key.label} ipc {run_key.ipc} seed {run_key.seed} "
+                f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
+    # per-epoch checkpoint: a killed run continues from its last epoch
+    ckpt = session.out / "students" / run_key.checkpoint_name
+    ckpt.parent.mkdir(exist_ok=True)
+    run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=session.progress,
+                        checkpoint=str(ckpt), resume=True, ddp=False)
+    record = {name: run[name] for name in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "num_training_images")}
+    record["epochs"] = scfg.epochs
+    # the test accuracies measured during training (every eval_every epochs, and the last): the curves' data
+    record["history"] = [{"epoch": h["epoch"], "test_accuracy": h["test_accuracy"]}
+                         for h in run["history"] if "test_accuracy" in h]
+    return record, ckpt
 
 
-def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results: Dict[str, Any],
+def _write_report(session: _Session) -> None:
+    """The finished results (rank 0): results.json with the table, the plots and results.md."""
+    from .data import dataset_label
+    from .plots import write_plots
+
+    results, out, started = session.results, session.out, session.started
+    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    results["timing"]["session_s"] = time.perf_counter() - started
+    results["table"] = summarize(results)
+    session.save()
+    table = format_table(results)
+    plots = write_plots(results, out)
+    report = markdown_report(results, table, plots)
+    write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report), fsync=False)
+    session.say("\n" + table)
+    session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(results['runs'])} student runs; results in "
+                f"{session.results_path} and {out / 'results.md'} ({time.perf_counter() - started:.0f} s this session)")
+
+
+def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: Dict[str, Any],
                 teacher_paths: List[str], save, progress: bool) -> None:
     """DD-Ranking's scores of every set under the protocol ``cfg.scores`` names (infer-fast
     evaluate's with the run's student and seeds; or DD-Ranking's, ``seeds`` rounds; the sets of
@@ -449,17 +508,14 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[str, int, Path]], results:
     teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
     scores = results.setdefault("scores", {})
-    for method, ipc, directory in sets:
-        own = registered_method(method)
-        per_batch = own is not None and own.student_labels == "per-batch"
-        if not per_batch or protocol.soft_labels == "per-batch":  # (such a set has no static labels)
-            key = f"{method}/ipc{ipc}"
-            if key in scores and scores[key]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
+    for key, directory in sets:
+        if not key.labelled_per_batch or protocol.soft_labels == "per-batch":  # (such a set has no static labels)
+            if str(key) in scores and scores[str(key)]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
                 continue  # (already scored under this protocol; under another, scored again)
-            _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol): {method_label(method)} ipc {ipc} "
+            _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol): {key.label} ipc {key.ipc} "
                            f"({protocol.student_count()} students)")
-            scores[key] = evaluate_under(protocol, load_distilled(directory), [m for m, _ in teachers],
-                                         data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
-                                         device=cfg.device, progress=False,
-                                         decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
+            scores[str(key)] = evaluate_under(protocol, load_distilled(directory), [m for m, _ in teachers],
+                                              data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
+                                              device=cfg.device, progress=False,
+                                              decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
             save()

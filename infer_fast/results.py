@@ -11,33 +11,40 @@ from typing import Any, Dict, List
 import torch
 
 from .data.registry import dataset_label
-from .methods import get_method
-
-EXTERNAL_PREFIX = "external:"  # the method key of a set given to the run (e.g. imported): "external:<label>"
+from .set_keys import RunKey, SetKey, external_method
 
 
-def registered_method(method: str):
-    """The registered Method of a run's method key; None for a set given to the run."""
-    return None if method.startswith(EXTERNAL_PREFIX) else get_method(method)
-
-
-def method_label(method: str) -> str:
-    """How a method is shown: ours by name, a set given to the run by its label."""
-    own = registered_method(method)
-    return method[len(EXTERNAL_PREFIX):] if own is None else own.label
-
-
-def set_entries(cfg: Dict[str, Any], sets: Dict[str, Any]) -> List[tuple]:
-    """(method, ipc) of every set of a run, in table order: ours for each ipc, then the sets
-    given to the run (``external``), at their own ipc once measured."""
-    entries = [(method, ipc) for ipc in cfg["ipc"] for method in cfg["methods"]]
+def set_entries(cfg: Dict[str, Any], sets: Dict[str, Any]) -> List[SetKey]:
+    """Every set of a run, in table order: ours for each ipc, then the sets given to the run
+    (``external``), at their own ipc once measured."""
+    entries = [SetKey(method, ipc) for ipc in cfg["ipc"] for method in cfg["methods"]]
+    measured = [SetKey.parse(key) for key in sets]
     for label in cfg.get("external") or {}:
-        method = EXTERNAL_PREFIX + label
-        found = [key for key in sets if key.split("/ipc")[0] == method]
+        found = [key for key in measured if key.method == external_method(label)]
         if found:
-            entries.append((method, int(found[0].split("/ipc")[1])))
+            entries.append(found[0])
     return entries
+
+
+def runs_of(runs: Dict[str, Any], key: SetKey) -> List[Dict[str, Any]]:
+    """The student runs of the set ``key`` (every seed recorded), in key order."""
+    return [runs[k] for k in sorted(runs) if RunKey.parse(k).set_key == key]
+
+
 RESULTS_FORMAT = "infer-fast-results"
+# the settings that determine a run's sets and students: a results file made under others is
+# not continued (its sets and runs would stand beside new ones as if alike); a setting the file
+# predates counts as its default
+RUN_SETTINGS = ("dataset", "teachers", "recovery", "sre2l", "method_options", "accounting", "selection", "student",
+                "dynamic_epochs", "data_root")
+
+
+def changed_settings(old: Dict[str, Any], cfg) -> List[str]:
+    """The settings of RUN_SETTINGS in which the config dict ``old`` and the run config ``cfg`` differ."""
+    ours = dataclasses.asdict(cfg)
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cfg)}
+    return [k for k in RUN_SETTINGS if old.get(k, defaults[k]) != ours[k]]
 
 
 def load_results(path: Path, cfg) -> Dict[str, Any]:
@@ -51,16 +58,13 @@ def load_results(path: Path, cfg) -> Dict[str, Any]:
         raise ValueError(f"{path} cannot be read ({exc}); delete it to start the table over") from None
     if old.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path} is not an infer-fast results file")
-    # runs are kept only if what determines them is unchanged
-    ours = dataclasses.asdict(cfg)
-    keys = ("dataset", "teachers", "recovery", "sre2l", "accounting", "selection", "student", "dynamic_epochs", "data_root")
-    changed = [k for k in keys if old["config"].get(k) != ours[k]]
+    changed = changed_settings(old["config"], cfg)  # runs are kept only if what determines them is unchanged
     if changed:
         raise ValueError(
             f"{path} belongs to a run with other settings ({', '.join(changed)} differ): "
             "choose another out directory or delete it"
         )
-    old["config"] = ours
+    old["config"] = dataclasses.asdict(cfg)
     return old
 
 
@@ -68,12 +72,13 @@ def summarize(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     """One row per (method, ipc) with the accuracy over the finished seeds."""
     cfg = results["config"]
     rows = []
-    for method, ipc in set_entries(cfg, results["sets"]):
-        accs = [results["runs"][k]["final_accuracy"] for k in sorted(results["runs"]) if k.startswith(f"{method}/ipc{ipc}/")]
-        info = results["sets"].get(f"{method}/ipc{ipc}", {})
+    for key in set_entries(cfg, results["sets"]):
+        runs = runs_of(results["runs"], key)
+        accs = [run["final_accuracy"] for run in runs]
+        info = results["sets"].get(str(key), {})
         t = torch.tensor(accs, dtype=torch.float64)
         rows.append({
-            "method": method, "label": method_label(method), "ipc": ipc, "seeds": len(accs),
+            "method": key.method, "label": key.label, "ipc": key.ipc, "seeds": len(accs),
             "accuracy_mean": float(t.mean()) if accs else None,
             "accuracy_std": float(t.std(unbiased=False)) if accs else None,
             "per_seed": accs,
@@ -81,7 +86,7 @@ def summarize(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             "feature_duplication": info.get("feature_duplication"),
             "training_images": info.get("training_images"),
             "stored_images": info.get("stored_images"),
-            "student_seconds": sum(results["runs"][k]["elapsed_s"] for k in results["runs"] if k.startswith(f"{method}/ipc{ipc}/")),
+            "student_seconds": sum(run["elapsed_s"] for run in runs),
         })
     return rows
 
@@ -114,21 +119,21 @@ def format_scores(results: Dict[str, Any]) -> str:
     if first["protocol"].get("name") == "dd-ranking":  # its runs, and the scores on both scales
         lines = ["| method | ipc | hard | soft | random soft | soft, no mix | random soft, no mix | HLR | IOR | LRS | ARS "
                  "| LRS printed | ARS printed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for key, report in scores.items():
-            method, ipc = key.split("/ipc")
+        for text, report in scores.items():
+            key = SetKey.parse(text)
             acc, sc, printed = report["accuracy"], report["scores"], report["scores_printed"]
-            lines.append(f"| {method_label(method)} | {ipc} | {pct(acc['set_hard'])} | {pct(acc['set_soft'])} | "
+            lines.append(f"| {key.label} | {key.ipc} | {pct(acc['set_hard'])} | {pct(acc['set_soft'])} | "
                          f"{pct(acc['random_soft'])} | {pct(acc['set_plain'])} | {pct(acc['random_plain'])} | "
                          f"{pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | {pct(sc['ars'])} | "
                          f"{printed['lrs']['mean']:.4g} | {printed['ars']['mean']:.4g} |")
         return "\n".join(lines)
     lines = ["| method | ipc | soft | soft, no aug. | hard, no aug. | random soft | random soft, no aug. | HLR | IOR | LRS | ARS |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, report in scores.items():
-        method, ipc = key.split("/ipc")
+    for text, report in scores.items():
+        key = SetKey.parse(text)
         acc, sc = report["accuracy"], report["scores"]
         # the accuracies the scores are made of (the augmented hard-label run is in the report)
-        lines.append(f"| {method_label(method)} | {ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
+        lines.append(f"| {key.label} | {key.ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
                      f"{pct(acc['set']['hard_plain'])} | {pct(acc['random']['soft'])} | "
                      f"{pct(acc['random']['soft_plain'])} | {pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | "
                      f"{pct(sc['ars'])} |")

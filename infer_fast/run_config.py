@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from .choices import EVALUATION_PROTOCOLS
 from .checks import check_int
 from .methods import all_methods, get_method, run_method_names
-from .results import registered_method
+from .set_keys import registered_method
 
 # the ``recovery`` settings every recovery method of a run shares (SRe2L's, CDA's...)
 INHERITED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed")
@@ -152,14 +152,24 @@ class PipelineConfig:
         own = registered_method(method)  # (None: a set given to the run, with static labels)
         if own is not None and own.student_labels == "per-batch":  # the teachers label every batch
             values["dynamic"] = True
-        if method == "infer_dyn":  # the paper's epoch reduction for INFER+Dyn (400 -> 80 for M = 4)
+        if own is not None and own.reduced_student_epochs:  # (INFER+Dyn, the paper's: 400 -> 80 for M = 4)
             epochs = values.get("epochs", StudentConfig.epochs)
             values["epochs"] = self.dynamic_epochs or max(1, round(epochs / (num_teachers + 1)))
         return build_config(StudentConfig, values, "student")
 
     def validate(self, where: str = "config") -> None:
-        from .data import canonical_name, get_spec
-        from .distill import ACCOUNTINGS, SELECTIONS, infer_budget
+        """ValueError (prefixed with ``where``, naming the option) unless every setting is usable:
+        checked in this order, before any work."""
+        self._check_places(where)
+        self._check_teachers(where)
+        self._check_sets(where)
+        self._check_external(where)
+        self._check_switches(where)
+        self._check_recipes(where)
+
+    def _check_places(self, where: str) -> None:
+        """The run directory, dataset, data root and device."""
+        from .data import canonical_name
         from .teacher import resolve_device
 
         if not isinstance(self.out, str):
@@ -173,6 +183,8 @@ class PipelineConfig:
             resolve_device(self.device)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+
+    def _check_teachers(self, where: str) -> None:
         if not isinstance(self.teachers, list) or not self.teachers:
             raise ValueError(f"{where}: teachers must be a non-empty list of {{path: FILE}} or teacher settings")
         for i, entry in enumerate(self.teachers):
@@ -182,6 +194,12 @@ class PipelineConfig:
                 raise ValueError(f"{where}: teachers[{i}] gives a path and training settings; give one or the other")
             if entry.get("pretrained") and (set(entry) - {"model", "pretrained"} or "model" not in entry):
                 raise ValueError(f"{where}: teachers[{i}] with pretrained weights takes model and pretrained only, got {sorted(entry)}")
+
+    def _check_sets(self, where: str) -> None:
+        """The sets and students asked for: ipc, methods and their options' sections, budget
+        accounting, selection and seeds."""
+        from .distill import ACCOUNTINGS, SELECTIONS
+
         if not isinstance(self.ipc, list) or not self.ipc or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.ipc):
             raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
         known = run_method_names()
@@ -202,19 +220,27 @@ class PipelineConfig:
             check_int("seeds", self.seeds)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+
+    def _check_external(self, where: str) -> None:
+        """The sets given to the run: labels that are not our methods', of the run's dataset
+        (refused now, not after the teachers trained)."""
+        from .data import canonical_name
+        from .storage import read_manifest
+
         if not isinstance(self.external, dict) or not all(
                 isinstance(k, str) and k and "/" not in k and isinstance(v, str) for k, v in self.external.items()):
             raise ValueError(f"{where}: external must map labels (no '/') to set directories, got {self.external!r}")
         clash = sorted(set(self.external) & {m.label for m in all_methods()})
         if clash:
             raise ValueError(f"{where}: external label(s) {', '.join(clash)} are the names of this run's own methods")
-        from .storage import read_manifest
-
-        for label, directory in self.external.items():  # (refused now, not after the teachers trained)
+        for label, directory in self.external.items():
             manifest = read_manifest(directory)
             if manifest.get("dataset") != canonical_name(self.dataset):
                 raise ValueError(f"{where}: external set {label} ({directory}) is of {manifest.get('dataset')!r}, "
                                  f"not {self.dataset!r}")
+
+    def _check_switches(self, where: str) -> None:
+        """The on/off settings, the scores' form, dynamic_epochs and the sections' form."""
         for name in ("feature_duplication", "decode_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
@@ -226,6 +252,13 @@ class PipelineConfig:
         for name in ("recovery", "sre2l", "student"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{where}: {name} must be a mapping of options")
+
+    def _check_recipes(self, where: str) -> None:
+        """The options of every method that makes a set of the run, the student, the scores'
+        protocol and INFER's budget at every ipc (one with K = 0 is refused before anything runs)."""
+        from .data import get_spec
+        from .distill import infer_budget
+
         for name in dict.fromkeys(["infer", "sre2l", *(get_method(m).set_method for m in self.methods)]):
             if get_method(name).distill is not None:
                 self.options_for(name)  # (infer's and sre2l's always: their sections are checked even when unused)
@@ -233,7 +266,7 @@ class PipelineConfig:
         self.score_protocol(where)
         if {"infer", "infer_dyn"} & set(self.methods):
             C = get_spec(self.dataset).num_classes
-            for ipc in self.ipc:  # a budget with K = 0 is refused before anything runs
+            for ipc in self.ipc:
                 try:
                     infer_budget(ipc, C, len(self.teachers), self.accounting)
                 except ValueError as exc:

@@ -38,5 +38,5 @@ INFER = register(Method(
 ))
 INFER_DYN = register(Method(
     name="infer_dyn", label="INFER+Dyn", summary="INFER's set, students labelled by the teachers on every batch",
-    trains_on="infer", student_labels="per-batch",
+    trains_on="infer", student_labels="per-batch", reduced_student_epochs=True,
 ))

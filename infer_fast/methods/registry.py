@@ -48,7 +48,9 @@ class Method:
     student sees); ``trains_on``: another method's set (INFER+Dyn trains on INFER's; such a
     method has no ``distill``); ``layout``: how its set is stored ("images": uint8 images and
     labels; "compensated": INFER's natural sets and compensators); ``resumable``: keeps a
-    recovery checkpoint that a later start continues."""
+    recovery checkpoint that a later start continues; ``reduced_student_epochs``: in ``infer-fast
+    run`` its students train round(epochs / (M + 1)) epochs for M teachers unless the run gives
+    ``dynamic_epochs`` (INFER+Dyn: the paper's reduction)."""
 
     name: str
     label: str
@@ -61,6 +63,7 @@ class Method:
     trains_on: Optional[str] = None
     layout: str = "images"
     resumable: bool = False
+    reduced_student_epochs: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
