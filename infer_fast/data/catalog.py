@@ -13,9 +13,16 @@ import importlib.resources
 import os
 from typing import Optional, Sequence, Tuple
 
-from . import formats
 from .cifar import cifar_folder
-from .formats import read_cifar, read_idx_pair, scan_class_folders, scan_imagenet, scan_tiny_imagenet
+from .formats import (
+    FASHION_MNIST_FILES,
+    locate_fashion_mnist,
+    read_cifar,
+    read_idx_pair,
+    scan_class_folders,
+    scan_imagenet,
+    scan_tiny_imagenet,
+)
 from .registry import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -80,14 +87,14 @@ def load_fashion_mnist(request: LoadRequest) -> ImageSet:
     """IDX files from data_root, the Debian package's folder or a download (see
     :func:`~.formats.locate_fashion_mnist`)."""
     request.spec()  # (the requested classes/size checked before any file is looked for)
-    img_path, lbl_path = formats.locate_fashion_mnist(request.split, request.data_root, request.download)
+    img_path, lbl_path = locate_fashion_mnist(request.split, request.data_root, request.download)
     return _idx_split(request, img_path, lbl_path)
 
 
 def load_fashion_mnist_mini(request: LoadRequest) -> ImageSet:
     """The IDX files embedded in the package."""
     request.spec()
-    stems = formats.FASHION_MNIST_FILES[request.split]
+    stems = FASHION_MNIST_FILES[request.split]
     with embedded_file(stems[0] + ".gz") as img_path, embedded_file(stems[1] + ".gz") as lbl_path:
         return _idx_split(request, img_path, lbl_path)
 
