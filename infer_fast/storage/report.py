@@ -9,7 +9,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import List, Union
+from typing import Union
 
 import torch
 
@@ -150,19 +150,6 @@ def _safe_name(name: str) -> str:
     return out or "_"
 
 
-def _export_folders(ds: DistilledSet, naming: str) -> List[str]:
-    """The class folder names of an export: zero-padded class indices, or the class names."""
-    c = ds.num_classes
-    if naming != "name":
-        return [f"{i:0{len(str(c - 1))}d}" for i in range(c)]
-    if ds.class_names is None:
-        raise DistilledSetError("naming='name' needs class_names, this set records none")
-    folders = [_safe_name(n) for n in ds.class_names]
-    if len(set(folders)) != c:
-        raise DistilledSetError("class names are not unique as folder names; use naming='index'")
-    return folders
-
-
 def export_imagefolder(
     directory: Union[DistilledSet, PathLike],
     out_dir: PathLike,
@@ -193,7 +180,14 @@ def export_imagefolder(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputExistsError(f"{out} exists and is not an empty directory; refusing to overwrite")
     c = ds.num_classes
-    folders = _export_folders(ds, naming)
+    if naming == "name":
+        if ds.class_names is None:
+            raise DistilledSetError("naming='name' needs class_names, this set records none")
+        folders = [_safe_name(n) for n in ds.class_names]
+        if len(set(folders)) != c:
+            raise DistilledSetError("class names are not unique as folder names; use naming='index'")
+    else:
+        folders = [f"{i:0{len(str(c - 1))}d}" for i in range(c)]
     data = DistilledDataset(ds, hard_only=True, backend=backend, cache_bytes=0)
     n = len(data)
     check_writable(out, "export directory", kind="directory", need_bytes=n * ds.channels * ds.height * ds.width)
