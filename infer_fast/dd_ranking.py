@@ -51,7 +51,7 @@ LR_GRID = (0.001, 0.005, 0.01, 0.05, 0.1)  # its _hyper_param_search_* lr_list
 TEST_INTERVAL = 20  # epochs between test evaluations (its test_interval)
 ROUND_SEEDS = (0, 1, 42, 1234, 3407)  # its seed_list; rounds beyond the fifth: 10000 + round
 ARS_SEED_OFFSET = 100_003  # ARS's students draw their own initialization and batches
-# DD-Ranking's student per dataset family (its SRe2L configs); lr is the grid's
+# DD-Ranking's student per dataset family (its SRe2L configs; keys: data.registry.DATASET_FAMILIES); lr is the grid's
 FAMILY_RECIPES: Dict[str, Dict[str, Any]] = {
     "cifar": dict(model="resnet18", augmentation="crop_flip", mix="mixup", mixup_alpha=0.8, temperature=30.0,
                   epochs=400),
@@ -69,7 +69,10 @@ SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
 
 
 def family_of(dataset_name: str) -> str:
-    return dataset_name if dataset_name in ("imagenet", "tiny-imagenet") else "cifar"
+    """The FAMILY_RECIPES key of a dataset: its registered recipe family."""
+    from .data.registry import get_dataset
+
+    return get_dataset(dataset_name).family
 
 
 def round_seed(index: int) -> int:

@@ -16,7 +16,7 @@ import torch
 
 from .._io import check_input_file
 
-__all__ = ["read_cifar_batch", "read_cifar", "write_cifar_batches", "CIFAR_URLS"]
+__all__ = ["read_cifar_batch", "read_cifar", "write_cifar_batches", "cifar_folder", "CIFAR_URLS"]
 
 
 _CIFAR_LAYOUT = {
@@ -28,6 +28,11 @@ CIFAR_URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
 }
+
+
+def cifar_folder(variant: str) -> str:
+    """The folder a CIFAR variant's pickles come in ("cifar-10-batches-py")."""
+    return _CIFAR_LAYOUT[variant][0]
 
 
 # The only globals a CIFAR pickle names: numpy arrays (as numpy 1 and numpy 2 pickle them) and

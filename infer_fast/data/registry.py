@@ -1,7 +1,10 @@
-"""The dataset registry: class count, resolution and normalization of every known dataset.
+"""The dataset registry: one :class:`Dataset` entry per dataset holds its facts (spec: class
+count, resolution, normalization, names; its loader, layout, splits, train-split size,
+recipe family, aliases). The built-in entries are registered in :mod:`.catalog`.
 
     spec = get_spec("cifar10")
     lo, hi = spec.pixel_bounds()          # valid normalized range per channel
+    get_dataset("imagenet-1k").train_size # 1281167
 
 Normalization constants follow INFER_METHOD.md §3 (CIFAR, ImageNet, Tiny-ImageNet) and the
 usual Fashion-MNIST values (0.2860 / 0.3530).
@@ -9,10 +12,11 @@ usual Fashion-MNIST values (0.2860 / 0.3530).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["DatasetSpec", "get_spec", "list_datasets", "canonical_name", "dataset_options", "dataset_label",
-           "FOLDER_DATASETS", "ARRAY_DATASETS"]
+__all__ = ["DatasetSpec", "Dataset", "LoadRequest", "register_dataset", "get_dataset", "get_spec", "list_datasets",
+           "canonical_name", "dataset_options", "dataset_label", "known_train_size", "TrainSizes", "DATASET_FAMILIES",
+           "LAYOUTS"]
 
 
 @dataclass(frozen=True)
@@ -74,55 +78,136 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
 
-_SPECS: Dict[str, DatasetSpec] = {
-    s.name: s
-    for s in (
-        DatasetSpec(
-            "fashion-mnist", 10, 1, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_CLASSES,
-            "Fashion-MNIST (Zalando), 60k/10k grayscale 28x28, IDX files",
-        ),
-        DatasetSpec(
-            "fashion-mnist-mini", 10, 1, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_CLASSES,
-            "embedded Fashion-MNIST subset, 500/class train + 100/class test, no download",
-        ),
-        DatasetSpec(
-            "cifar10", 10, 3, 32, CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES,
-            "CIFAR-10, 50k/10k RGB 32x32, python pickle batches (cifar-10-batches-py/)",
-        ),
-        DatasetSpec(
-            "cifar100", 100, 3, 32, CIFAR100_MEAN, CIFAR100_STD, CIFAR100_CLASSES,
-            "CIFAR-100 (fine labels), 50k/10k RGB 32x32, python pickles (cifar-100-python/)",
-        ),
-        DatasetSpec(
-            "tiny-imagenet", 200, 3, 64, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, None,
-            "Tiny-ImageNet-200, 100k/10k RGB 64x64, folders (tiny-imagenet-200/)",
-        ),
-        DatasetSpec(
-            "imagenet", 1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD, None,
-            "ImageNet-1k (ILSVRC2012), train/ and val/ class folders, 224x224",
-        ),
-    )
-}
-# The one entry without fixed classes/size: they come from the folder (and the caller).
+# The one dataset without fixed classes/size: they come from the folder (and the caller).
 IMAGEFOLDER = "imagefolder"
 IMAGEFOLDER_DEFAULT_SIZE = 32
+IMAGEFOLDER_DESCRIPTION = "user image folder: <root>/<split>/<class>/<image>"
 
-ARRAY_DATASETS = ("fashion-mnist", "fashion-mnist-mini", "cifar10", "cifar100")  # decoded whole into memory
-FOLDER_DATASETS = ("tiny-imagenet", "imagenet", IMAGEFOLDER)  # one image file per sample
+LAYOUTS = ("arrays", "folders")  # decoded whole from array files / one image file per sample
+# The recipe families: which per-dataset recipe a method or protocol picks (DD-Ranking's
+# student, RDED's factor, CDA's recipe) when the user names none.
+DATASET_FAMILIES = ("cifar", "tiny-imagenet", "imagenet")
 
-_ALIASES = {
-    "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
-    "fashion_mnist_mini": "fashion-mnist-mini", "fmnist-mini": "fashion-mnist-mini",
-    "cifar-10": "cifar10", "cifar_10": "cifar10", "cifar-100": "cifar100", "cifar_100": "cifar100",
-    "tinyimagenet": "tiny-imagenet", "tiny_imagenet": "tiny-imagenet", "tiny-imagenet-200": "tiny-imagenet",
-    "imagenet-1k": "imagenet", "imagenet1k": "imagenet", "ilsvrc2012": "imagenet",
-    "image-folder": IMAGEFOLDER, "image_folder": IMAGEFOLDER,
-}
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """One ``load_dataset`` call as a dataset's loader takes it: the name canonical, the
+    split one of the dataset's, the mapping options folded into the arguments."""
+
+    name: str
+    split: str
+    data_root: Optional[str] = None
+    num_classes: Optional[int] = None
+    image_size: Optional[int] = None
+    download: bool = True
+    channels: Optional[int] = None
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+
+    def spec(self, num_classes: Optional[int] = None, **changes) -> DatasetSpec:
+        """:func:`get_spec` with the request's class count (``num_classes``: the count found
+        in the files instead), size and normalization; ``changes``: class_names, channels."""
+        count = self.num_classes if num_classes is None else num_classes
+        return get_spec(self.name, count, self.image_size, mean=self.mean, std=self.std, **changes)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Everything infer-fast knows about one dataset, registered once (:func:`register_dataset`).
+
+    ``spec``: classes, channels, size, normalization, names (None: they come from the folder,
+    as for imagefolder); ``loader``: reads one split, ``loader(LoadRequest) -> ImageSet |
+    FolderImageSet``; ``layout``: "arrays" (fixed classes and size) or "folders" (a class
+    subset or another decode size may be asked for); ``splits``: the split names
+    ``load_dataset`` accepts; ``in_memory``: whether a folder split is decoded into memory
+    by default; ``train_size``: images in the real train split (the full set of the
+    compression ratio; None: unknown); ``family``: one of DATASET_FAMILIES; ``aliases``:
+    other accepted spellings (lower case)."""
+
+    name: str
+    spec: Optional[DatasetSpec]
+    loader: Callable[[LoadRequest], Any]
+    layout: str
+    splits: Tuple[str, ...]
+    train_size: Optional[int]
+    family: str
+    in_memory: bool = True
+    aliases: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"dataset {self.name!r}"
+        if not self.name or self.name != self.name.strip().lower():
+            raise ValueError(f"{where}: the name must be non-empty and lower case")
+        if self.spec is not None and self.spec.name != self.name:
+            raise ValueError(f"{where}: its spec is named {self.spec.name!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"{where}: layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.spec is None and self.layout != "folders":
+            raise ValueError(f"{where}: only a folder dataset may take its classes from the files (spec None)")
+        if not {"train", "test"} <= set(self.splits):
+            raise ValueError(f"{where}: splits must include train and test, got {self.splits}")
+        if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
+                                            or self.train_size < 1):
+            raise ValueError(f"{where}: train_size must be a positive int or None, got {self.train_size!r}")
+        if self.family not in DATASET_FAMILIES:
+            raise ValueError(f"{where}: family must be one of {', '.join(DATASET_FAMILIES)}, got {self.family!r}")
+        if not self.in_memory and self.layout != "folders":
+            raise ValueError(f"{where}: only a folder dataset can stay on disk (in_memory False)")
+        if any(a != a.strip().lower() for a in self.aliases):
+            raise ValueError(f"{where}: aliases must be lower case, got {self.aliases}")
+
+    @property
+    def description(self) -> str:
+        return self.spec.description if self.spec is not None else IMAGEFOLDER_DESCRIPTION
+
+
+_DATASETS: Dict[str, Dataset] = {}  # canonical name -> entry, in registration order
+
+
+def register_dataset(entry: Dataset) -> Dataset:
+    """Add ``entry`` to the registry (a ValueError if its name or an alias is taken)."""
+    taken = {n for d in _DATASETS.values() for n in (d.name, *d.aliases)}
+    clash = sorted(taken & {entry.name, *entry.aliases})
+    if clash:
+        raise ValueError(f"dataset {entry.name!r}: {', '.join(clash)} already registered")
+    _DATASETS[entry.name] = entry
+    return entry
+
+
+def get_dataset(dataset) -> Dataset:
+    """The registered entry of a dataset given by name (any accepted spelling) or mapping."""
+    return _DATASETS[canonical_name(dataset)]
 
 
 def list_datasets() -> List[str]:
     """Registered dataset names (canonical spelling)."""
-    return list(_SPECS) + [IMAGEFOLDER]
+    return list(_DATASETS)
+
+
+def known_train_size(dataset) -> Optional[int]:
+    """Images in the real train split of ``dataset`` (a name, any accepted spelling), or
+    None when it is unknown (imagefolder) or not a registered dataset."""
+    try:
+        return get_dataset(dataset).train_size
+    except ValueError:
+        return None
+
+
+class TrainSizes(Mapping):
+    """A read-only view {every accepted spelling: train-split size} of the registered
+    datasets whose train size is known (looked up live: see :func:`known_train_size`)."""
+
+    def __getitem__(self, name: str) -> int:
+        size = known_train_size(name) if isinstance(name, str) else None
+        if size is None:
+            raise KeyError(name)
+        return size
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for d in _DATASETS.values() if d.train_size is not None for n in (d.name, *d.aliases)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 DATASET_OPTIONS = ("num_classes", "image_size")  # what a dataset mapping may set beside its name
@@ -161,10 +246,12 @@ def canonical_name(name) -> str:
     if not isinstance(name, str):
         raise ValueError(f"dataset must be a dataset name (a string), got {name!r}")
     key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _SPECS and key != IMAGEFOLDER:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
-    return key
+    if key in _DATASETS:
+        return key
+    for entry in _DATASETS.values():
+        if key in entry.aliases:
+            return entry.name
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
 
 
 def get_spec(
@@ -193,25 +280,10 @@ def get_spec(
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    if key == IMAGEFOLDER:
-        if num_classes is None:
-            raise ValueError(
-                "dataset 'imagefolder' has no fixed class count: pass num_classes (load_dataset reads it from the folders)"
-            )
-        ch = 3 if channels is None else int(channels)
-        if ch not in (1, 3):
-            raise ValueError(f"imagefolder: channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-        return DatasetSpec(
-            IMAGEFOLDER,
-            num_classes,
-            ch,
-            IMAGEFOLDER_DEFAULT_SIZE if image_size is None else image_size,
-            tuple(float(m) for m in mean) if mean is not None else (0.5,) * ch,
-            tuple(float(s) for s in std) if std is not None else (0.5,) * ch,
-            tuple(class_names) if class_names is not None else None,
-            "user image folder: <root>/<split>/<class>/<image>",
-        )
-    spec = _SPECS[key]
+    entry = _DATASETS[key]
+    if entry.spec is None:
+        return _folder_spec(key, num_classes, image_size, channels, mean, std, class_names)
+    spec = entry.spec
     if channels is not None and channels != spec.channels:
         raise ValueError(f"dataset {key!r} has {spec.channels} channel(s), not {channels}")
     changes = {}
@@ -219,7 +291,7 @@ def get_spec(
         changes["mean"] = tuple(float(m) for m in mean)
     if std is not None:
         changes["std"] = tuple(float(s) for s in std)
-    if key in FOLDER_DATASETS:
+    if entry.layout == "folders":
         if num_classes is not None and num_classes != spec.num_classes:
             changes["num_classes"] = num_classes
             changes["class_names"] = None
@@ -233,3 +305,26 @@ def get_spec(
     if class_names is not None:
         changes["class_names"] = tuple(class_names)
     return replace(spec, **changes) if changes else spec
+
+
+def _folder_spec(name: str, num_classes: Optional[int], image_size: Optional[int], channels: Optional[int],
+                 mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                 class_names: Optional[Sequence[str]]) -> DatasetSpec:
+    """The spec of a dataset whose classes come from its folders (imagefolder)."""
+    if num_classes is None:
+        raise ValueError(
+            f"dataset {name!r} has no fixed class count: pass num_classes (load_dataset reads it from the folders)"
+        )
+    ch = 3 if channels is None else int(channels)
+    if ch not in (1, 3):
+        raise ValueError(f"{name}: channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    return DatasetSpec(
+        name,
+        num_classes,
+        ch,
+        IMAGEFOLDER_DEFAULT_SIZE if image_size is None else image_size,
+        tuple(float(m) for m in mean) if mean is not None else (0.5,) * ch,
+        tuple(float(s) for s in std) if std is not None else (0.5,) * ch,
+        tuple(class_names) if class_names is not None else None,
+        IMAGEFOLDER_DESCRIPTION,
+    )

@@ -47,15 +47,17 @@ RECIPES: Dict[str, Dict[str, Any]] = {  # sources: the module docstring
     "imagenet-21k": dict(iterations=2000, lr=0.05, r_bn=0.25, max_shift=32),
 }
 DEFAULT_RECIPE = "imagenet-1k"
+# The recipe of each dataset family (data.registry.DATASET_FAMILIES) when none is given:
+# ImageNet-1k's for ImageNet (and its class subsets), the paper's small-image one for the rest.
+FAMILY_RECIPES = {"imagenet": DEFAULT_RECIPE, "tiny-imagenet": "tiny-imagenet", "cifar": "tiny-imagenet"}
 OWN_OPTIONS = ("recipe",)
 
 
 def recipe_for(dataset) -> str:
-    """The recipe a dataset gets when ``recipe`` is not given: ImageNet-1k's for ImageNet
-    (and its class subsets), Tiny-ImageNet's (the paper's small-image one) for the rest."""
-    from ..data.registry import dataset_options
+    """The recipe a dataset gets when ``recipe`` is not given: its family's (FAMILY_RECIPES)."""
+    from ..data.registry import get_dataset
 
-    return DEFAULT_RECIPE if dataset_options(dataset)[0] == "imagenet" else "tiny-imagenet"
+    return FAMILY_RECIPES[get_dataset(dataset).family]
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:

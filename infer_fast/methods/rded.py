@@ -70,12 +70,12 @@ OPTIONS = tuple(RECIPES["cifar"]) + ("batch_size",)
 
 
 def recipe_family(dataset_name: str, image_size: int) -> str:
-    """The RECIPES key of a dataset: ImageNet and any set of images larger than 64 px (the
-    release's ImageNet subsets, 128 or 224 px) take ImageNet's; Tiny-ImageNet its own; the
-    rest (CIFAR-like small images) CIFAR's."""
-    if dataset_name == "imagenet" or image_size > 64:
-        return "imagenet"
-    return "tiny-imagenet" if dataset_name == "tiny-imagenet" else "cifar"
+    """The RECIPES key of a dataset: its registered recipe family (ImageNet's, Tiny-ImageNet's,
+    CIFAR's for the other small-image sets), ImageNet's for any images larger than 64 px (the
+    release's ImageNet subsets, 128 or 224 px)."""
+    from ..data.registry import get_dataset
+
+    return "imagenet" if image_size > 64 else get_dataset(dataset_name).family
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:

@@ -4,31 +4,23 @@
 applies it to a set on disk from its manifest alone (tensor shapes);
 :meth:`DistilledSet.compression_ratio <infer_fast.storage.DistilledSet.compression_ratio>`
 to a set in memory. The real training set's size is the recorded ``full_train_size``, else
-:data:`KNOWN_TRAIN_SIZES`.
+the dataset entry's ``train_size`` (:data:`KNOWN_TRAIN_SIZES` is a read-only view of them).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from ..data.registry import TrainSizes, known_train_size
 
 ACCOUNTING = (
     "every stored element counted as one value: images (natural + compensators/synthetic) "
     "ch*H*W each, soft labels C each, index tensors (hard labels, ufc_index, ufc_teacher) 1 "
     "each; full set = full_train_size images of ch*H*W (its hard labels not counted)"
 )
-# Training-set sizes used when a set does not record full_train_size (reported as such).
-KNOWN_TRAIN_SIZES = {
-    "cifar10": 50000,
-    "cifar100": 50000,
-    "tiny-imagenet": 100000,
-    "tinyimagenet": 100000,
-    "imagenet": 1281167,
-    "imagenet1k": 1281167,
-    "imagenet-1k": 1281167,
-    "fashion-mnist": 60000,
-    "fashionmnist": 60000,
-    "mnist": 60000,
-}
+# Training-set sizes used when a set does not record full_train_size (reported as such): a
+# read-only view of the dataset entries' train_size, by every accepted spelling.
+KNOWN_TRAIN_SIZES: Mapping[str, int] = TrainSizes()
 
 
 def compression_ratio_from_counts(
@@ -92,16 +84,16 @@ def counts_from_shapes(method: str, shapes: Dict[str, Sequence[int]]) -> Dict[st
 
 def resolve_train_size(dataset: str, full_train_size: Optional[int]) -> Tuple[Optional[int], str]:
     """(size of the real training set, where it comes from: "recorded", "built-in table" or
-    "unknown"): ``full_train_size`` when given, else :data:`KNOWN_TRAIN_SIZES`."""
+    "unknown"): ``full_train_size`` when given, else the dataset entry's train size."""
     if full_train_size is not None:
         return int(full_train_size), "recorded"
-    size = KNOWN_TRAIN_SIZES.get(dataset.lower())
+    size = known_train_size(dataset)
     return size, ("built-in table" if size is not None else "unknown")
 
 
 def compression_ratio_from_manifest(manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The compression ratio computed from a manifest alone (tensor shapes), or None when
-    the real training-set size is neither recorded nor in :data:`KNOWN_TRAIN_SIZES`."""
+    the real training-set size is neither recorded nor known for the dataset."""
     shapes = {name: info["shape"] for f in manifest["files"].values() for name, info in f["tensors"].items()}
     counts = counts_from_shapes(manifest["method"], shapes)
     size, source = resolve_train_size(manifest["dataset"], manifest.get("full_train_size"))

@@ -233,6 +233,20 @@ class DistilledSet:
 
     def validate(self) -> "DistilledSet":
         """Check fields, shapes, dtypes and value ranges; raise DistilledSetError if wrong."""
+        self._check_fields()
+        img = (self.channels, self.height, self.width)
+        if self.is_infer:
+            self._check_compensated(img)
+        else:
+            self._check_images(img)
+        for name in ("natural_labels", "ufc_labels", "soft_labels"):
+            t = getattr(self, name)
+            if t is not None and t.numel() and not torch.isfinite(t).all():
+                raise DistilledSetError(f"{name} contains inf/nan (fp16 overflow?)")
+        return self
+
+    def _check_fields(self) -> None:
+        """The non-tensor fields: method, dataset, sizes, normalization, records."""
         err = DistilledSetError
         if set_layout(self.method) is None:
             raise err(f"unknown method {self.method!r}; known: {', '.join(known_set_methods())}")
@@ -251,6 +265,11 @@ class DistilledSet:
             raise err(f"mean must be finite and std positive, got mean {self.mean} std {self.std}")
         if self.class_names is not None and (len(self.class_names) != c or not all(isinstance(n, str) for n in self.class_names)):
             raise err(f"class_names must be {c} strings")
+        self._check_records()
+
+    def _check_records(self) -> None:
+        """What the set records beside its tensors: budget, train size, seed, hyperparameters, teachers."""
+        err = DistilledSetError
         if self.budget.get("accounting") is not None:
             if self.budget["accounting"] not in ACCOUNTINGS:
                 raise err(f"budget accounting must be one of {ACCOUNTINGS}, got {self.budget['accounting']!r}")
@@ -267,69 +286,70 @@ class DistilledSet:
             json.dumps({"h": self.hyperparameters, "t": self.teachers, "b": self.budget}, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise err(f"hyperparameters, teachers and budget must be JSON-serializable: {exc}") from None
-        img = (ch, self.height, self.width)
 
-        def need(name, shape, dtypes):
-            t = getattr(self, name)
-            if t is None:
-                raise err(f"method {self.method!r} needs {name}")
-            if tuple(t.shape) != tuple(shape):
-                raise err(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-            if t.dtype not in dtypes:
-                raise err(f"{name} must be {' or '.join(dtype_name(d) for d in dtypes)}, got {dtype_name(t.dtype)}"
-                          + (" (store natural images as uint8 pixels: see quantize_images)" if name == "natural" else ""))
+    def _need(self, name: str, shape: Sequence[int], dtypes: Sequence[torch.dtype]) -> None:
+        """Tensor ``name`` is present, of ``shape`` and one of ``dtypes``."""
+        t = getattr(self, name)
+        if t is None:
+            raise DistilledSetError(f"method {self.method!r} needs {name}")
+        if tuple(t.shape) != tuple(shape):
+            raise DistilledSetError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        if t.dtype not in dtypes:
+            raise DistilledSetError(
+                f"{name} must be {' or '.join(dtype_name(d) for d in dtypes)}, got {dtype_name(t.dtype)}"
+                + (" (store natural images as uint8 pixels: see quantize_images)" if name == "natural" else ""))
 
-        if self.is_infer:
-            for name in ("images", "labels", "soft_labels"):
-                if getattr(self, name) is not None:
-                    raise err(f"an INFER set stores natural + ufc, not {name}")
-            if self.natural is None or self.natural.dim() != 5:
-                raise err(f"natural must be (K, C, ch, H, W) uint8, got "
-                          f"{None if self.natural is None else tuple(self.natural.shape)}")
-            k = int(self.natural.shape[0])
-            if k < 1:
-                raise err("natural must hold at least one natural set (K >= 1)")
-            need("natural", (k, c) + img, (torch.uint8,))
-            if self.ufc is None or self.ufc.dim() != 4:
-                raise err(f"ufc must be (G, ch, H, W), got {None if self.ufc is None else tuple(self.ufc.shape)}")
-            g = int(self.ufc.shape[0])
-            need("ufc", (g,) + img, (torch.float16, torch.float32))
-            need("ufc_index", (g,), (torch.int64,))
-            need("ufc_teacher", (g,), (torch.int64,))
-            if g and not torch.isfinite(self.ufc).all():
-                raise err("ufc contains inf/nan")
-            if g and (int(self.ufc_index.min()) < 0 or int(self.ufc_index.max()) >= k):
-                raise err(f"ufc_index values must lie in [0, {k}) (K = {k} natural sets)")
-            if g and int(self.ufc_teacher.min()) < 0:
-                raise err("ufc_teacher values must be >= 0")
-            if g and self.teachers and int(self.ufc_teacher.max()) >= len(self.teachers):
-                raise err(f"ufc_teacher values must lie in [0, {len(self.teachers)}) ({len(self.teachers)} teachers recorded)")
-            if self.natural_labels is not None:
-                need("natural_labels", (k, c, c), (torch.float16,))
-            if self.ufc_labels is not None:
-                need("ufc_labels", (g, c, c), (torch.float16,))
-            if "K" in self.budget and self.budget["K"] is not None and int(self.budget["K"]) != k:
-                raise err(f"budget records K = {self.budget['K']} but natural holds {k} sets")
-        else:
-            for name in ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels"):
-                if getattr(self, name) is not None:
-                    raise err(f"a {self.method!r} baseline stores images + labels, not {name}")
-            if self.images is None or self.images.dim() != 4:
-                raise err(f"images must be (N, ch, H, W), got {None if self.images is None else tuple(self.images.shape)}")
-            n = int(self.images.shape[0])
-            need("images", (n,) + img, (torch.uint8, torch.float16, torch.float32))
-            need("labels", (n,), (torch.int64,))
-            if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
-                raise err(f"labels must lie in [0, {c})")
-            if self.images.dtype != torch.uint8 and n and not torch.isfinite(self.images).all():
-                raise err("images contain inf/nan")
-            if self.soft_labels is not None:
-                need("soft_labels", (n, c), (torch.float16,))
-        for name in ("natural_labels", "ufc_labels", "soft_labels"):
-            t = getattr(self, name)
-            if t is not None and t.numel() and not torch.isfinite(t).all():
-                raise err(f"{name} contains inf/nan (fp16 overflow?)")
-        return self
+    def _check_compensated(self, img: Tuple[int, int, int]) -> None:
+        """INFER's layout: natural sets, compensators, their indices and soft labels."""
+        err, c = DistilledSetError, self.num_classes
+        for name in ("images", "labels", "soft_labels"):
+            if getattr(self, name) is not None:
+                raise err(f"an INFER set stores natural + ufc, not {name}")
+        if self.natural is None or self.natural.dim() != 5:
+            raise err(f"natural must be (K, C, ch, H, W) uint8, got "
+                      f"{None if self.natural is None else tuple(self.natural.shape)}")
+        k = int(self.natural.shape[0])
+        if k < 1:
+            raise err("natural must hold at least one natural set (K >= 1)")
+        self._need("natural", (k, c) + img, (torch.uint8,))
+        if self.ufc is None or self.ufc.dim() != 4:
+            raise err(f"ufc must be (G, ch, H, W), got {None if self.ufc is None else tuple(self.ufc.shape)}")
+        g = int(self.ufc.shape[0])
+        self._need("ufc", (g,) + img, (torch.float16, torch.float32))
+        self._need("ufc_index", (g,), (torch.int64,))
+        self._need("ufc_teacher", (g,), (torch.int64,))
+        if g and not torch.isfinite(self.ufc).all():
+            raise err("ufc contains inf/nan")
+        if g and (int(self.ufc_index.min()) < 0 or int(self.ufc_index.max()) >= k):
+            raise err(f"ufc_index values must lie in [0, {k}) (K = {k} natural sets)")
+        if g and int(self.ufc_teacher.min()) < 0:
+            raise err("ufc_teacher values must be >= 0")
+        if g and self.teachers and int(self.ufc_teacher.max()) >= len(self.teachers):
+            raise err(f"ufc_teacher values must lie in [0, {len(self.teachers)}) ({len(self.teachers)} teachers recorded)")
+        if self.natural_labels is not None:
+            self._need("natural_labels", (k, c, c), (torch.float16,))
+        if self.ufc_labels is not None:
+            self._need("ufc_labels", (g, c, c), (torch.float16,))
+        if "K" in self.budget and self.budget["K"] is not None and int(self.budget["K"]) != k:
+            raise err(f"budget records K = {self.budget['K']} but natural holds {k} sets")
+
+    def _check_images(self, img: Tuple[int, int, int]) -> None:
+        """The images layout: images, hard labels, soft labels."""
+        err, c = DistilledSetError, self.num_classes
+        for name in ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels"):
+            if getattr(self, name) is not None:
+                raise err(f"a {self.method!r} baseline stores images + labels, not {name}")
+        if self.images is None or self.images.dim() != 4:
+            raise err(f"images must be (N, ch, H, W), got {None if self.images is None else tuple(self.images.shape)}")
+        n = int(self.images.shape[0])
+        self._need("images", (n,) + img, (torch.uint8, torch.float16, torch.float32))
+        self._need("labels", (n,), (torch.int64,))
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
+            raise err(f"labels must lie in [0, {c})")
+        if self.images.dtype != torch.uint8 and n and not torch.isfinite(self.images).all():
+            raise err("images contain inf/nan")
+        if self.soft_labels is not None:
+            self._need("soft_labels", (n, c), (torch.float16,))
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{n}={list(s)}" for n, s in self.tensor_shapes().items())
