@@ -175,9 +175,9 @@ def default_text(opt: Option, recipes: Optional[Mapping[str, Mapping[str, Any]]]
     """What a flag's help says of its default: the declared default, and each named recipe's
     value where the recipe changes it."""
     if opt.kind is bool:
-        return "default on" if opt.default else "default off"
+        return "on by default; this flag turns it off" if opt.default else "default off"
     if opt.default is None:
-        return f"default: {opt.none}" if opt.none else "no default"
+        return f"default: {opt.none}" if opt.none else ""
     text = f"default {format_default(opt.default)}"
     for name, values in (recipes or {}).items():
         if opt.name in values and values[opt.name] != opt.default:
@@ -195,7 +195,8 @@ def add_flags(parser, options: Iterable[Option], recipes: Optional[Mapping[str, 
         if flag is None:
             continue
         said = f"default: {default}" if default is not None and opt.kind is not bool else default_text(opt, recipes)
-        kwargs: Dict[str, Any] = dict(dest=opt.name, default=None, help=f"{opt.help} ({said})".replace("%", "%%"))
+        text = f"{opt.help} ({said})" if said else opt.help
+        kwargs: Dict[str, Any] = dict(dest=opt.name, default=None, help=text.replace("%", "%%"))
         if opt.kind is bool:
             kwargs["action"] = "store_false" if opt.default is True else "store_true"
         else:

@@ -27,6 +27,7 @@ from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
 from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
+from .choices import DEVICE_CHOICES
 from .options import check_fields, option
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
@@ -37,9 +38,6 @@ TEACHER_KEYS = ("dataset", "num_classes", "channels", "image_size", "model", "st
 # ResNet-18 activations; ImageNet's batch of 1000 took 6 GiB more), whole batches of small images
 EVAL_MAX_PIXELS = 256 * 224 * 224
 CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, when checking free space
-
-
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 @dataclass

@@ -83,8 +83,7 @@ class RecoveryConfig:
     # on CUDA, each batch's iteration captured once as a CUDA graph and replayed (the same results
     # up to float rounding; eager when capture is impossible, and with chunk_size or compile)
     cuda_graphs: bool = field(default=True, metadata=option(
-        "on CUDA, each batch's iteration captured once as a CUDA graph and replayed (--no-cuda-graphs: every "
-        "iteration eagerly)"))
+        "on CUDA, each batch's iteration captured once as a CUDA graph and replayed (off: every iteration eagerly)"))
     # under torchrun: "jobs" splits the UFCs across ranks; "chunks" has every rank work on every
     # UFC batch, each running its share of the chunks (needs chunk_size), statistics all-reduced
     distributed: str = field(default="jobs", metadata=option(
