@@ -6,8 +6,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .choices import (ACCOUNTINGS, DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SELECTIONS, SOFT_LABEL_MODES,
-                      STUDENT_RECIPES)
+from .choices import ACCOUNTINGS, DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SELECTIONS, SOFT_LABEL_MODES
 from .config import comma_list, path_list, positive_floats, positive_ints, yaml_value
 from .options import PATHS, Option, add_flags, options_of
 
@@ -460,7 +459,7 @@ def _add_relabel_and_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    from .student import StudentConfig
+    from .student import RECIPES, StudentConfig
 
     evaluate = sub.add_parser(
         "evaluate", help="a set under one protocol: students with soft and hard labels, with and without augmentation, "
@@ -490,7 +489,7 @@ def _add_evaluate(sub) -> None:
                           "(default: trained here with the teacher recipe and the student model)")
     evaluate.add_argument("--full-data-epochs", dest="full_data_epochs", type=int, default=30,
                           help="epochs of the full-data run when it is trained (default 30)")
-    evaluate.add_argument("--recipe", choices=STUDENT_RECIPES, help="infer-fast: student recipe (see train; default cifar)")
+    evaluate.add_argument("--recipe", choices=tuple(RECIPES), help="infer-fast: student recipe (see train; default cifar)")
     student = options_of(StudentConfig)
     add_flags(evaluate, (student[name] for name in EVALUATE_STUDENT_OPTIONS), default="the protocol's recipe")
     evaluate.add_argument("--seeds", type=int,

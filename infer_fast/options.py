@@ -94,15 +94,14 @@ def options_of(cls: type) -> Dict[str, Option]:
 
 def _kind_text(kind: Any) -> str:
     names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", dict: "a mapping",
-             PATHS: "a string or a list of strings",
-             PATH: "a path"}
-    if isinstance(kind, tuple) and kind is not tuple:
+             PATHS: "a string or a list of strings", PATH: "a path"}
+    if isinstance(kind, tuple):  # (str, dict): any of them
         return " or ".join(names[k] for k in kind)
     return names[kind]
 
 
 def _is(kind: Any, value: Any) -> bool:
-    if isinstance(kind, tuple) and kind is not tuple:
+    if isinstance(kind, tuple):
         return any(_is(k, value) for k in kind)
     if kind is bool or kind is str or kind is dict:
         return isinstance(value, kind)
@@ -131,9 +130,8 @@ def check_value(opt: Option, value: Any) -> None:
     or_none = f" or None ({opt.none})" if opt.none else ""
     if value is None and opt.none:
         return
-    if opt.kind is int:
-        minimum = opt.minimum if opt.minimum is not None else None
-        check_int(opt.name, value, minimum=None if minimum is None else int(minimum), none=opt.none)
+    if opt.kind is int:  # (ints take a minimum only)
+        check_int(opt.name, value, minimum=None if opt.minimum is None else int(opt.minimum), none=opt.none)
         return
     if not _is(opt.kind, value):
         hint = _YAML_BOOL_HINT if isinstance(value, bool) and opt.choices else ""
