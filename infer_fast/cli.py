@@ -132,9 +132,7 @@ def _pretrained_teacher(options: Dict, out: str) -> None:
     """`teacher --pretrained MODEL`: the model's pretrained ImageNet weights (torch hub cache,
     or --weights FILE) written as a teacher checkpoint, as `infer-fast run` writes them."""
     from .models.external import is_external
-    from .teacher import pretrained_teacher
-
-    from .teacher import TeacherConfig
+    from .teacher import TeacherConfig, pretrained_teacher
 
     given = [f"--{name.replace('_', '-')}" for name in options_of(TeacherConfig) if name != "dataset" and name in options]
     if given:
@@ -255,10 +253,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .storage import load_distilled
     from .student import StudentConfig, evaluate_seeds
     from .teacher import load_teachers_for_set
-
     from .distributed import init_from_env
 
-    fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items() if o.flag_name and getattr(args, k) is not None}
+    fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items()
+              if o.flag_name and getattr(args, k) is not None}
     config = StudentConfig.from_recipe(args.recipe, **fields)  # (the options checked before any loading)
     if args.teachers and not config.dynamic:
         raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
