@@ -2,7 +2,6 @@
 definition, no dependencies (the ops, models, configs and methods all use them)."""
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Optional
 
 
@@ -14,16 +13,6 @@ def check_int(name: str, value: Any, minimum: Optional[int] = 1, none: Optional[
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         what = "an integer" if minimum is None else "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {what}{f' or None ({none})' if none else ''}, got {value!r}")
-
-
-def check_finite_numbers(config: Any, names: Iterable[str]) -> None:
-    """ValueError naming the option unless each of ``names`` of ``config`` is a finite int or
-    float (a bool is not): an inf or nan learning rate, temperature... trains nothing and
-    would end in a table of a dead model."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def check_positive_ints(config: Any, names: Iterable[str]) -> None:

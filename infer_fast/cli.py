@@ -6,10 +6,9 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .choices import (ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
-                      SELECTIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_RECIPES)
-from .choices import EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SOFT_LABEL_MODES
+from .choices import ACCOUNTINGS, DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SELECTIONS, SOFT_LABEL_MODES
 from .config import comma_list, path_list, positive_floats, positive_ints, yaml_value
+from .options import PATHS, Option, add_flags, options_of
 
 
 class UserError(Exception):
@@ -91,16 +90,25 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"{name:<18} {spec.num_classes:>5} classes  {spec.channels}x{spec.image_size}x{spec.image_size}  {spec.description}")
 
 
-# the options that train a teacher; --pretrained writes one without training and takes none of them
-TEACHER_TRAINING_OPTIONS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "data_root", "device")
-TEACHER_OPTIONS = ("dataset", *TEACHER_TRAINING_OPTIONS, "out", "pretrained", "weights")
+def teacher_options() -> Dict[str, Option]:
+    """The teacher command's options: TeacherConfig's fields (train a teacher), and its own."""
+    from .teacher import TeacherConfig
+
+    return {**options_of(TeacherConfig), **{o.name: o for o in (
+        Option("out", str, "checkpoint file to write"),
+        Option("pretrained", str, "write MODEL's pretrained weights (e.g. resnet18-imagenet) as the teacher instead of "
+               "training one; takes --dataset (default imagenet), --weights, --out only", metavar="MODEL"),
+        Option("weights", str, "with --pretrained: the weights file (a torchvision state dict) instead of the torch "
+               "hub cache", metavar="FILE"),
+    )}}
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
     from .config import merge
     from .teacher import TeacherConfig, train_teacher
 
-    options = merge(args, args.config, TEACHER_OPTIONS, args.option_actions)
+    declared = teacher_options()
+    options = merge(args, args.config, declared, declared)
     out = options.pop("out", None)
     if not out:
         raise UserError("--out FILE is required (the teacher checkpoint to write)")
@@ -111,7 +119,9 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         raise UserError("--weights FILE goes with --pretrained MODEL (the weights to write as a teacher)")
     if not options.get("dataset"):
         raise UserError("--dataset is required (see `infer-fast datasets`)")
-    summary = train_teacher(TeacherConfig(**options), out, progress=not args.quiet)
+    config = TeacherConfig(**options)
+    config.validate()  # (here, at the edge: train_teacher takes a checked config)
+    summary = train_teacher(config, out, progress=not args.quiet)
     print(
         f"teacher {summary['model']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
         f"after {summary['epochs_done']} epochs ({summary['elapsed_s']:.0f} s of training) -> {out}"
@@ -122,9 +132,9 @@ def _pretrained_teacher(options: Dict, out: str) -> None:
     """`teacher --pretrained MODEL`: the model's pretrained ImageNet weights (torch hub cache,
     or --weights FILE) written as a teacher checkpoint, as `infer-fast run` writes them."""
     from .models.external import is_external
-    from .teacher import pretrained_teacher
+    from .teacher import TeacherConfig, pretrained_teacher
 
-    given = [f"--{name.replace('_', '-')}" for name in TEACHER_TRAINING_OPTIONS if name in options]
+    given = [f"--{name.replace('_', '-')}" for name in options_of(TeacherConfig) if name != "dataset" and name in options]
     if given:
         raise UserError(f"--pretrained writes pretrained weights as they are, without training: "
                         f"{', '.join(given)} do not apply (leave them out, or train with --model instead)")
@@ -165,16 +175,32 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {count} images to {args.out}")
 
 
-DISTILL_OPTIONS = (
-    "dataset", "teachers", "ipc", "method", "iterations", "seed", "data_root", "accounting", "group_size", "r_bn",
-    "augmentation", "max_shift", "selection", "chunk_size", "precision", "channels_last", "fused_bn", "compile", "cuda_graphs", "distributed", "device",
-    "out", "checkpoint_every", "checkpoint_minutes",
-)
-
-
 # what every method takes; the rest are each method's own (Method.options)
 COMMON_DISTILL_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method")
 TEACHER_USE_OPTIONS = ("teachers", "device")  # for the methods that use teachers
+
+
+def distill_options() -> Dict[str, Option]:
+    """The distill command's declared options: the request's, INFER's own (selection,
+    accounting) and RecoveryConfig's fields; other methods' own options are theirs to check."""
+    from .distill.config import RecoveryConfig
+    from .methods import all_methods, distill_method_names
+
+    request = (
+        Option("dataset", str, "dataset name (see `infer-fast datasets`)"),
+        Option("teachers", PATHS, "comma-separated teacher checkpoints (the methods that use teachers)"),
+        Option("ipc", int, "images per class of storage budget"),
+        Option("method", str, "; ".join(f"{m.name}: {m.summary}" for m in all_methods() if m.distill is not None),
+               default="infer", choices=distill_method_names()),
+        Option("accounting", str, "INFER's budget: fair (K = floor(ipc*C/(C+M))) or ipc (K = ipc)", default="fair",
+               choices=ACCOUNTINGS),
+        Option("selection", str, "INFER's natural images: random or the ones the teachers are most confident about",
+               default="random", choices=SELECTIONS),
+        Option("data_root", str, "directory holding the dataset files"),
+        Option("device", str, DEVICE_CHOICES, default="auto"),
+        Option("out", str, "output directory (must not exist)"),
+    )
+    return {**{o.name: o for o in request}, **options_of(RecoveryConfig)}
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -182,9 +208,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from .distributed import init_from_env
     from .methods import DistillRequest, all_methods, get_method
 
-    method_options = tuple(dict.fromkeys(o for m in all_methods() for o in m.options))
-    options = merge(args, args.config, tuple(dict.fromkeys(DISTILL_OPTIONS + method_options)), args.option_actions,
-                    lists=("teachers",))
+    declared = distill_options()
+    allowed = set(declared) | {o for m in all_methods() for o in m.options}
+    options = merge(args, args.config, allowed, declared)
     rank, _ = init_from_env()  # under torchrun: the recovery's jobs are split across the ranks
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
@@ -227,23 +253,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .storage import load_distilled
     from .student import StudentConfig, evaluate_seeds
     from .teacher import load_teachers_for_set
-
     from .distributed import init_from_env
 
-    fields = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix",
-                                            "labels")
-              if getattr(args, k) is not None}
-    recipe = StudentConfig.imagenet if args.recipe == "imagenet" else StudentConfig.cifar
-    config = recipe(dynamic=args.dynamic, device=args.device, **fields)  # (the options checked before any loading)
-    if args.teachers and not args.dynamic:
+    fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items()
+              if o.flag_name and getattr(args, k) is not None}
+    config = StudentConfig.from_recipe(args.recipe, **fields)  # (the options checked before any loading)
+    if args.teachers and not config.dynamic:
         raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
                         "a set's static soft labels come from `infer-fast relabel`")
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
-    teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=args.device)  # (before the test split is read)
+    teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                            progress=not args.quiet and rank == 0)
-    if args.dynamic and not teachers:
+    if config.dynamic and not teachers:
         raise UserError("--dynamic (INFER+Dyn) needs --teachers")
     seeds = list(range(args.seeds))
     result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet and rank == 0)
@@ -257,17 +280,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-def _option_actions(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
-    """Option name -> its argparse action: a config file's values are checked against them."""
-    return {action.dest: action for action in parser._actions if action.option_strings}
+# the StudentConfig fields evaluate takes (the protocol sets the others: labels, seeds...)
+EVALUATE_STUDENT_OPTIONS = ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
 
 
 def _evaluation_protocol(args: argparse.Namespace):
     """The protocol the evaluate options ask for, validated (before any loading)."""
     from .evaluate import make_protocol
 
-    student = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
-               if getattr(args, k) is not None}
+    student = {k: getattr(args, k) for k in EVALUATE_STUDENT_OPTIONS if getattr(args, k) is not None}
     options = dict(weight=args.weight, full_data_epochs=args.full_data_epochs, random_subset_seed=args.random_subset_seed)
     if args.soft_labels is not None:
         options["soft_labels"] = args.soft_labels
@@ -314,16 +335,32 @@ DECODE_CACHE_HELP = ("decode the real test split once into DIR and read it from 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import all_methods, distill_method_names, run_method_names
-
     parser = argparse.ArgumentParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add_commands in (_add_listing_commands, _add_demo_and_run, _add_teacher, _add_distill, _add_relabel_and_train,
+                         _add_evaluate, _add_set_commands):
+        add_commands(sub)
+    debug_help = "on an error, show the traceback instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in sub.choices.values():  # also after the command: `infer-fast distill ... --debug`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    return parser
 
+
+def _add_listing_commands(sub) -> None:
     info = sub.add_parser("info", help="versions and the kernel backends built and usable here")
     info.set_defaults(func=cmd_info)
+    models = sub.add_parser("models", help="list the model names create_model() accepts")
+    models.set_defaults(func=cmd_models)
+    datasets = sub.add_parser("datasets", help="list the registered datasets")
+    datasets.set_defaults(func=cmd_datasets)
+
+
+def _add_demo_and_run(sub) -> None:
+    from .methods import run_method_names
 
     demo = sub.add_parser(
         "demo", help="the main job in miniature: teachers, INFER vs random vs SRe2L at ipc 10, students, a table "
@@ -346,16 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ipc", help="comma-separated ipc values (overrides the config's)")
     run.add_argument("--methods", help=f"comma-separated methods among {', '.join(run_method_names())}")
     run.add_argument("--seeds", type=int, help="students per (method, ipc)")
-    run.add_argument("--device", help="auto, cpu or cuda")
+    run.add_argument("--device", help=DEVICE_CHOICES)
     run.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
-    models = sub.add_parser("models", help="list the model names create_model() accepts")
-    models.set_defaults(func=cmd_models)
-    datasets = sub.add_parser("datasets", help="list the registered datasets")
-    datasets.set_defaults(func=cmd_datasets)
 
+def _add_teacher(sub) -> None:
     teacher = sub.add_parser(
         "teacher",
         help="train a teacher on a real training set (checkpoints every epoch, resumes), or write a pretrained "
@@ -367,75 +401,27 @@ def build_parser() -> argparse.ArgumentParser:
         "distill, relabel, train and run, without training.",
     )
     teacher.add_argument("--config", help="YAML file of options (e.g. configs/teacher-fashion-mnist.yaml)")
-    teacher.add_argument("--dataset", help="dataset name (see `infer-fast datasets`)")
-    teacher.add_argument("--model", help="model name (see `infer-fast models`; default convnet)")
-    teacher.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
-    teacher.add_argument("--epochs", type=int, help="training epochs (default 30)")
-    teacher.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default 128)")
-    teacher.add_argument("--lr", type=float, help="SGD learning rate (default 0.1)")
-    teacher.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    teacher.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay (default 5e-4)")
-    teacher.add_argument("--seed", type=int, help="random seed (default 0)")
-    teacher.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    teacher.add_argument("--out", help="checkpoint file to write")
-    teacher.add_argument("--pretrained", metavar="MODEL",
-                         help="write MODEL's pretrained weights (e.g. resnet18-imagenet) as the teacher instead of "
-                         "training one; takes --dataset (default imagenet), --weights, --out only")
-    teacher.add_argument("--weights", metavar="FILE",
-                         help="with --pretrained: the weights file (a torchvision state dict) instead of the torch hub cache")
+    add_flags(teacher, teacher_options().values())
     teacher.add_argument("--quiet", action="store_true", help="no progress bars")
-    teacher.set_defaults(func=cmd_teacher, option_actions=_option_actions(teacher))
+    teacher.set_defaults(func=cmd_teacher)
+
+
+def _add_distill(sub) -> None:
+    from .distill.config import RECIPES
+    from .methods import all_methods
 
     distill = sub.add_parser(
         "distill", help="distill a dataset (INFER, or the SRe2L / random baselines) into a distilled-set directory",
         description="INFER recovery: K = floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and "
         "teacher; SRe2L: ipc images per class from noise, same loss; random: ipc real images per class. Recovery "
-        "checkpoints after each batch and every --checkpoint-minutes inside one (--resume continues). The set is unlabelled: run `infer-fast relabel`.",
+        "checkpoints after each batch and every --checkpoint-minutes inside one (--resume continues). Recipes: "
+        "--augmentation imagenet selects the imagenet recipe, --method sre2l adds the sre2l recipe; the options "
+        "given override them. The set is unlabelled: run `infer-fast relabel`.",
     )
     distill.add_argument("--config", help="YAML file of options")
-    distill.add_argument("--dataset", help="dataset name")
-    distill.add_argument("--teachers", help="comma-separated teacher checkpoints (infer, sre2l)")
-    distill.add_argument("--ipc", type=int, help="images per class of storage budget")
-    distill.add_argument("--method", choices=distill_method_names(), help="; ".join(
-        f"{m.name}: {m.summary}" for m in all_methods() if m.distill is not None) + " (default infer)")
-    distill.add_argument("--iterations", type=int, help="recovery iterations (default 1000; 2000 with --augmentation imagenet)")
-    distill.add_argument("--r-bn", dest="r_bn", type=float, help="weight of the BN-statistics loss (default 1.0; sre2l and imagenet 0.01)")
-    distill.add_argument("--augmentation", choices=RECOVERY_AUGMENTATIONS,
-                         help="roll (small images, default) or imagenet (RandomResizedCrop + flip + roll, the ImageNet recipe)")
-    distill.add_argument("--max-shift", dest="max_shift", type=int, help="largest roll in pixels (default 4; 32 with imagenet)")
-    distill.add_argument("--selection", choices=SELECTIONS,
-                         help="natural images: random (default) or the ones the teachers are most confident about")
-    distill.add_argument("--group-size", dest="group_size", type=int, help="UFCs optimized in one batch (default: automatic)")
-    distill.add_argument("--chunk-size", dest="chunk_size", type=int,
-                         help="images through the teacher at a time: the exact full-batch gradient in the memory of one "
-                         "chunk (default: the whole batch, or chunks planned from the available memory when one group does not fit)")
-    distill.add_argument("--precision", choices=PRECISIONS,
-                         help="teacher in fp32 (default) or converted once to bf16 (BatchNorm, statistics and UFCs stay fp32)")
-    distill.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                         help="teacher weights and inputs in channels_last (faster convolutions on GPUs)")
-    distill.add_argument("--fused-bn", dest="fused_bn", action="store_true", default=None,
-                         help="each eval-mode BN and its statistics loss fused: one kernel pass forward (statistics + "
-                         "BN output) and one backward (same results, less memory traffic)")
-    distill.add_argument("--compile", choices=COMPILE_MODES,
-                         help="torch.compile the teacher pass (reduce-overhead adds CUDA graphs; one compile per "
-                         "teacher; default off)")
-    distill.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
-                         help="run every iteration eagerly on CUDA (default: each batch's iteration captured once as "
-                         "a CUDA graph and replayed)")
-    distill.add_argument("--distributed", choices=DISTRIBUTED_MODES,
-                         help="under torchrun: split the UFCs across ranks (jobs, default) or the chunks of every batch "
-                         "(chunks, with --chunk-size; BN statistics all-reduced)")
-    distill.add_argument("--accounting", choices=ACCOUNTINGS, help="budget: fair (K = floor(ipc*C/(C+M)), default) or ipc (K = ipc)")
-    distill.add_argument("--seed", type=int, help="random seed (default 0)")
-    distill.add_argument("--data-root", dest="data_root", help="directory holding the dataset files")
-    distill.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    distill.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, metavar="N",
-                         help="also checkpoint inside a batch every N iterations (default: by time only)")
-    distill.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, metavar="M",
-                         help="also checkpoint inside a batch after M minutes since the last checkpoint (default 10)")
+    add_flags(distill, distill_options().values(), recipes=RECIPES)
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
-    distill.add_argument("--out", help="output directory (must not exist)")
     flags = {action.dest for action in distill._actions}
     for method in all_methods():  # each method's own options (Method.options) that have no flag above
         for name in method.options:
@@ -443,39 +429,35 @@ def build_parser() -> argparse.ArgumentParser:
                 flags.add(name)
                 distill.add_argument(f"--{name.replace('_', '-')}", dest=name, type=yaml_value,
                                      help=f"--method {method.name}'s option {name} (see infer_fast/methods/{method.name}.py)")
-    distill.set_defaults(func=cmd_distill, option_actions=_option_actions(distill))
+    distill.set_defaults(func=cmd_distill)
+
+
+def _add_relabel_and_train(sub) -> None:
+    from .student import RECIPES, StudentConfig
 
     relabel = sub.add_parser("relabel", help="static soft labels: the mean of the teachers' logits on every training image")
     relabel.add_argument("directory", help="distilled-set directory (rewritten in place)")
     relabel.add_argument("--teachers", required=True, help="comma-separated teacher checkpoints")
-    relabel.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    relabel.add_argument("--device", default="cpu", help=f"{DEVICE_CHOICES} (default cpu)")
     relabel.add_argument("--quiet", action="store_true", help="no progress bar")
     relabel.set_defaults(func=cmd_relabel)
 
     train = sub.add_parser("train", help="train students on a distilled set and evaluate them on the real test split")
     train.add_argument("directory", help="distilled-set directory (relabelled, unless --dynamic)")
-    train.add_argument("--model", help="student model (default convnet)")
-    train.add_argument("--epochs", type=int, help="epochs (default 400)")
-    train.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default 64)")
-    train.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    train.add_argument("--temperature", type=float, help="KL temperature (default 30)")
-    train.add_argument("--recipe", choices=STUDENT_RECIPES, default="cifar",
-                       help="cifar (crop+flip, mixup, T 30, 400 epochs; default) or imagenet (RandomResizedCrop+flip, "
-                       "CutMix, T 20, 300 epochs); the options below override it")
-    train.add_argument("--augmentation", choices=STUDENT_AUGMENTATIONS, help="student augmentation")
-    train.add_argument("--mix", choices=STUDENT_MIXES, help="batch mixing (labels interpolated in logit space)")
-    train.add_argument("--labels", choices=STUDENT_LABELS,
-                       help="soft (the set's soft labels, KL; default) or hard (its hard labels, cross-entropy)")
+    train.add_argument("--recipe", choices=tuple(RECIPES), default="cifar",
+                       help="the student recipe: cifar (the defaults below) or imagenet (the SRe2L protocol: the values "
+                       "below say where it differs); the options below override it (default cifar)")
+    add_flags(train, options_of(StudentConfig).values(), recipes=RECIPES)
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
-    train.add_argument("--dynamic", action="store_true",
-                       help="teacher-ensemble labels for every augmented, mixed batch (INFER+Dyn; DD-Ranking's M mode): "
-                       "any set, stored soft labels not needed")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
     train.add_argument("--data-root", dest="data_root", help="directory holding the real dataset (test split)")
     train.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    from .student import RECIPES, StudentConfig
 
     evaluate = sub.add_parser(
         "evaluate", help="a set under one protocol: students with soft and hard labels, with and without augmentation, "
@@ -505,24 +487,21 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: trained here with the teacher recipe and the student model)")
     evaluate.add_argument("--full-data-epochs", dest="full_data_epochs", type=int, default=30,
                           help="epochs of the full-data run when it is trained (default 30)")
-    evaluate.add_argument("--recipe", choices=STUDENT_RECIPES, help="infer-fast: student recipe (see train; default cifar)")
-    evaluate.add_argument("--model", help="student model (default convnet)")
-    evaluate.add_argument("--epochs", type=int, help="student epochs (default: the recipe's)")
-    evaluate.add_argument("--batch-size", dest="batch_size", type=int, help="student batch size")
-    evaluate.add_argument("--lr", type=float, help="AdamW learning rate")
-    evaluate.add_argument("--temperature", type=float, help="KL temperature of the soft-label runs")
-    evaluate.add_argument("--augmentation", choices=STUDENT_AUGMENTATIONS, help="the augmented runs' augmentation")
-    evaluate.add_argument("--mix", choices=STUDENT_MIXES, help="the augmented runs' batch mixing")
+    evaluate.add_argument("--recipe", choices=tuple(RECIPES), help="infer-fast: student recipe (see train; default cifar)")
+    student = options_of(StudentConfig)
+    add_flags(evaluate, (student[name] for name in EVALUATE_STUDENT_OPTIONS), default="the protocol's recipe")
     evaluate.add_argument("--seeds", type=int,
                           help="infer-fast: students per run (default 3); dd-ranking: rounds (default 5)")
     evaluate.add_argument("--weight", type=float, default=0.5, help="w of LRS and ARS (default 0.5)")
     evaluate.add_argument("--data-root", dest="data_root", help="directory holding the real dataset")
     evaluate.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)
-    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto)")
     evaluate.add_argument("--out", help="write the report (JSON) here")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_set_commands(sub) -> None:
     inspect = sub.add_parser("inspect", help="summarize a distilled set (compression ratio, checksums); --preview "
                              "PATH also draws it as a PNG")
     inspect.add_argument("directory", help="distilled-set directory")
@@ -550,12 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--naming", choices=EXPORT_NAMINGS, default="index",
                         help="class folders: class indices (default) or class names as folder names (T-shirt_top)")
     export.set_defaults(func=cmd_export)
-
-    debug_help = "on an error, show the traceback instead of one line"
-    parser.add_argument("--debug", action="store_true", help=debug_help)
-    for command in sub.choices.values():  # also after the command: `infer-fast distill ... --debug`
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
-    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -60,36 +60,16 @@ def load_yaml(path: str) -> Dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _check_file_value(where: str, name: str, value: Any, action: argparse.Action, list_ok: bool) -> None:
-    """ValueError unless a config file's ``value`` is what the command-line option ``action``
-    would produce: the same type (a YAML ``dataset: 12`` is refused as ``--dataset 12`` is
-    not), one of its choices; a list of strings where ``list_ok``."""
-    if action.choices is not None:
-        if value not in action.choices:
-            hint = " (YAML reads unquoted on/off/yes/no as true/false: quote the word)" if isinstance(value, bool) else ""
-            raise ValueError(f"{where}: {name} must be one of {', '.join(map(str, action.choices))}, got {value!r}{hint}")
-        return
-    if action.nargs == 0:  # store_true / store_false
-        expected, ok = "true or false", isinstance(value, bool)
-    elif action.type is int:
-        expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
-    elif action.type is float:
-        expected, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        expected = "a string" + (" or a list of strings" if list_ok else "")
-        ok = isinstance(value, str) or (list_ok and isinstance(value, list) and all(isinstance(v, str) for v in value))
-    if not ok:
-        raise ValueError(f"{where}: {name} must be {expected}, got {value!r}")
-
-
 def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterable[str],
-          actions: Optional[Mapping[str, argparse.Action]] = None, lists: Iterable[str] = ()) -> Dict[str, Any]:
+          options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Values from ``config_path`` overridden by the options set on the command line.
 
     Options the user did not give are ``None`` in ``args`` (parsers use default=None and
-    the command applies its own defaults afterwards). ``actions`` (option name -> the
-    command's argparse action) type-checks the file's values like the command line does;
-    ``lists`` names the options a file may give as a list of strings."""
+    the command applies its own defaults afterwards). ``options`` (name -> its
+    :class:`infer_fast.options.Option`, the declaration its flag comes from) checks the
+    file's values as the flags' are (a name without one is its owner's to check)."""
+    from .options import check_values
+
     allowed = set(allowed)
     merged: Dict[str, Any] = {}
     if config_path:
@@ -97,9 +77,7 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
         unknown = sorted(set(from_file) - allowed)
         if unknown:
             raise ValueError(f"config file {config_path!r}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-        for name, value in from_file.items():
-            if actions is not None and name in actions:
-                _check_file_value(f"config file {config_path!r}", name, value, actions[name], name in set(lists))
+        check_values(f"config file {config_path!r}", options or {}, from_file)
         merged.update(from_file)
     for key in allowed:
         value = getattr(args, key, None)

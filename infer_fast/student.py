@@ -53,7 +53,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -65,10 +65,11 @@ from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormaliz
                               random_flip, random_resized_crop)
 from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
-from .teacher import evaluate, load_teachers_for_set, resolve_device
+from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
-from .checks import check_choice, check_finite_numbers, check_positive_ints
+from .checks import check_choice
+from .options import check_fields, option, with_recipe
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 
@@ -157,70 +158,71 @@ def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cp
 # training pieces
 # --------------------------------------------------------------------------------------
 
+# named recipes: the fields each sets over the defaults (the CIFAR recipe); the CLI's --recipe
+# and StudentConfig.from_recipe select them by name
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "cifar": {},  # RandomCrop + flip, mixup alpha 0.8, T = 30, 400 epochs: the field defaults
+    # the ImageNet recipe (SRe2L protocol), from the method doc: AdamW 1e-3, wd 0.01, cosine
+    # (train_student's optimizer and schedule), 300 epochs, RandomResizedCrop + flip + CutMix,
+    # T = 20; our choice: CutMix's usual alpha, and the batch size. ``model`` stays the
+    # caller's choice (the protocol's student is a ResNet-18)
+    "imagenet": dict(lr=1e-3, weight_decay=0.01, epochs=300, augmentation="resized_crop_flip", mix="cutmix",
+                     temperature=20.0, mixup_alpha=1.0, batch_size=100),
+}
+
+
 @dataclass
 class StudentConfig:
-    model: str = "convnet"
-    epochs: int = 400
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    temperature: float = 30.0  # of the KL to soft labels (not used with labels="hard")
-    mixup_alpha: float = 0.8  # Beta(alpha, alpha) for lambda, shared by both mixes (CutMix's usual alpha: 1.0); not used with mix="none"
-    augmentation: str = "crop_flip"  # one of STUDENT_AUGMENTATIONS
-    mix: str = "mixup"  # one of STUDENT_MIXES
-    labels: str = "soft"  # one of STUDENT_LABELS
-    seed: int = 0
-    dynamic: bool = False  # INFER+Dyn: teacher-ensemble labels recomputed for every mixed batch
-    eval_every: int = 0  # 0: evaluate only after the last epoch
-    schedule: str = "cosine"  # one of STUDENT_SCHEDULES
-    device: str = "auto"
-    eval_batch_size: int = 1000
+    model: str = field(default="convnet", metadata=option("student model (see `infer-fast models`)"))
+    epochs: int = field(default=400, metadata=option("training epochs", minimum=1))
+    batch_size: int = field(default=64, metadata=option("batch size", minimum=1))
+    lr: float = field(default=1e-3, metadata=option("AdamW learning rate", above=0))
+    weight_decay: float = field(default=0.01, metadata=option("AdamW weight decay", minimum=0))
+    temperature: float = field(default=30.0, metadata=option(
+        "KL temperature of the soft-label runs (not used with --labels hard)", above=0))
+    mixup_alpha: float = field(default=0.8, metadata=option(  # CutMix's usual alpha: 1.0
+        "Beta(alpha, alpha) of the mixing weight, for both mixes", minimum=0, note="0 disables mixing"))
+    augmentation: str = field(default="crop_flip", metadata=option(
+        "student augmentation: RandomCrop + flip, RandomResizedCrop + flip, or none", choices=STUDENT_AUGMENTATIONS))
+    mix: str = field(default="mixup", metadata=option(
+        "batch mixing (labels interpolated in logit space)", choices=STUDENT_MIXES))
+    labels: str = field(default="soft", metadata=option(
+        "soft (the set's soft labels, KL) or hard (its hard labels, cross-entropy)", choices=STUDENT_LABELS))
+    seed: int = field(default=0, metadata=option("the student's seed", flag=None))  # (the CLI's --seeds: 0..n-1)
+    dynamic: bool = field(default=False, metadata=option(
+        "teacher-ensemble labels for every augmented, mixed batch (INFER+Dyn; DD-Ranking's M mode): any set, "
+        "stored soft labels not needed"))
+    eval_every: int = field(default=0, metadata=option(
+        "also evaluate every N epochs (reports the best too; 0: only after the last epoch)", minimum=0, metavar="N"))
+    schedule: str = field(default="cosine", metadata=option(
+        "learning-rate schedule: cosine to 0 over the steps, or DD-Ranking's half-cosine per epoch",
+        choices=STUDENT_SCHEDULES))
+    device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
+    eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
 
     def validate(self) -> None:
-        check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
-        check_finite_numbers(self, ("lr", "weight_decay", "temperature", "mixup_alpha"))  # first: compared below
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.mixup_alpha < 0:
-            raise ValueError(f"mixup_alpha must be >= 0 (0 disables mixing), got {self.mixup_alpha!r}")
-        check_choice("augmentation", self.augmentation, STUDENT_AUGMENTATIONS)
-        check_choice("mix", self.mix, STUDENT_MIXES)
-        check_choice("labels", self.labels, STUDENT_LABELS)
-        check_choice("schedule", self.schedule, STUDENT_SCHEDULES)
+        check_fields(self)  # each field's type, range and choices, as declared above
         if self.dynamic and self.labels == "hard":
             raise ValueError("dynamic=True (INFER+Dyn) relabels every batch with the teachers: it needs labels='soft'")
         resolve_device(self.device)
 
     @classmethod
-    def cifar(cls, **overrides: Any) -> "StudentConfig":
-        """The CIFAR recipe: the field defaults (RandomCrop + flip, mixup alpha 0.8, T = 30,
-        400 epochs), with ``overrides``."""
-        config = cls(**overrides)
+    def from_recipe(cls, name: str, **overrides: Any) -> "StudentConfig":
+        """The named recipe (RECIPES) with ``overrides``, validated."""
+        config = with_recipe(cls, RECIPES, (name,), overrides)
         config.validate()
         return config
 
     @classmethod
+    def cifar(cls, **overrides: Any) -> "StudentConfig":
+        """The CIFAR recipe: the field defaults (RandomCrop + flip, mixup alpha 0.8, T = 30,
+        400 epochs), with ``overrides``."""
+        return cls.from_recipe("cifar", **overrides)
+
+    @classmethod
     def imagenet(cls, **overrides: Any) -> "StudentConfig":
-        """The ImageNet recipe (SRe2L protocol), with ``overrides``. ``model`` stays the
-        caller's choice (the protocol's student is a ResNet-18)."""
-        recipe: Dict[str, Any] = dict(
-            # from the method doc: AdamW 1e-3, wd 0.01, cosine (train_student's optimizer and
-            # schedule), 300 epochs, RandomResizedCrop + flip + CutMix, T = 20
-            lr=1e-3, weight_decay=0.01, epochs=300, augmentation="resized_crop_flip", mix="cutmix",
-            temperature=20.0,
-            # our choice: CutMix's usual alpha, and the batch size
-            mixup_alpha=1.0, batch_size=100,
-        )
-        recipe.update(overrides)
-        config = cls(**recipe)
-        config.validate()
-        return config
+        """The ImageNet recipe (SRe2L protocol), with ``overrides``."""
+        return cls.from_recipe("imagenet", **overrides)
 
 
 def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "crop_flip") -> Tensor:

@@ -14,8 +14,8 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,7 +27,8 @@ from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
 from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
-from .checks import check_finite_numbers, check_int, check_positive_ints
+from .choices import DEVICE_CHOICES
+from .options import check_fields, option
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
@@ -41,37 +42,24 @@ CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, 
 
 @dataclass
 class TeacherConfig:
-    dataset: Any  # a name, or {name, num_classes, image_size} (data.registry.dataset_options)
-    model: str = "convnet"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    data_root: Optional[str] = None
-    device: str = "auto"
-    eval_batch_size: int = 1000
+    # a name, or {name, num_classes, image_size} (data.registry.dataset_options)
+    dataset: Union[str, Dict[str, Any]] = field(metadata=option("dataset name (see `infer-fast datasets`)"))
+    model: str = field(default="convnet", metadata=option("model name (see `infer-fast models`)"))
+    epochs: int = field(default=30, metadata=option("training epochs", minimum=1))
+    batch_size: int = field(default=128, metadata=option("batch size", minimum=1))
+    lr: float = field(default=0.1, metadata=option("SGD learning rate", above=0))
+    momentum: float = field(default=0.9, metadata=option("SGD momentum", minimum=0, below=1))
+    weight_decay: float = field(default=5e-4, metadata=option("weight decay", minimum=0))
+    seed: int = field(default=0, metadata=option("random seed"))
+    data_root: Optional[os.PathLike] = field(default=None, metadata=option(
+        "directory holding the dataset files", none="none; the embedded datasets need none"))
+    device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
+    eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
 
     def validate(self) -> None:
-        if not isinstance(self.dataset, (str, dict)):
-            raise ValueError(f"dataset must be a dataset name, got {self.dataset!r}")
+        check_fields(self)  # each field's type, range and choices, as declared above
         dataset_options(self.dataset)
-        if not isinstance(self.model, str):
-            raise ValueError(f"model must be a model name, got {self.model!r}")
-        check_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"))
-        check_finite_numbers(self, ("lr", "momentum", "weight_decay"))
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        check_int("seed", self.seed, minimum=None)
         resolve_device(self.device)
-
-
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 def resolve_device(device: str) -> torch.device:

@@ -334,7 +334,7 @@ def test_config_file_values_are_type_checked_like_flags(workspace, tmp_path, cap
          "fused_bn must be true or false"),
         (["distill", "--config", _yaml(tmp_path, "f.yaml", "dataset: fashion-mnist-mini\nipc: 2\nout: y\n"
                                                                "teachers: t.pt\nr_bn: high\n")],
-         "r_bn must be a number, got 'high'"),
+         "r_bn must be a finite number, got 'high'"),
         (["run", _yaml(tmp_path, "g.yaml", "dataset: 12\nteachers: [{path: t.pt}]\nout: y\n")],
          "dataset must be a name or {name, num_classes, image_size}, got 12"),
         (["run", _yaml(tmp_path, "g2.yaml", "dataset: {name: imagenet, image_size: big}\nteachers: [{path: t.pt}]\n"

@@ -1,0 +1,224 @@
+"""Options declared once. A config dataclass field carries its help, choices and range in
+``dataclasses.field(metadata=option(...))``; its type is the annotation and its default the
+field's own. From that one declaration come the command-line flags (:func:`add_flags`), the
+check of one value, from a YAML file or a flag (:func:`check_value`), and the per-field part
+of a config's ``validate()`` (:func:`check_fields`). Named recipes are tables of field
+values (``{"imagenet": {"r_bn": 0.01, ...}}``) that flags' help texts quote as they are.
+
+A command's options that are no config field (``--out``, ``--ipc``...) are :class:`Option`
+values built directly, checked by the same functions."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from .checks import check_choice, check_int
+
+PATHS = "paths"  # an option's kind: one comma-separated string (a flag) or a list of strings (YAML)
+PATH = "path"  # an option's kind: a str or os.PathLike (the annotation os.PathLike)
+_NOT_GIVEN = dataclasses.MISSING
+_YAML_BOOL_HINT = " (YAML reads unquoted on/off/yes/no as true/false: quote the word)"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: ``kind`` is int, float, bool, str, PATHS, a tuple of kinds (any of them),
+    PATH, ``tuple`` (a fixed-length value its config checks) or ``object`` (checked by its owner).
+    Ranges: ``minimum`` (>=), ``above`` (>) and ``below`` (<); ``none``: None allowed, meaning
+    that; ``note``: said after a range error; ``flag``: "" for --the-name, None for none."""
+
+    name: str
+    kind: Any
+    help: str
+    default: Any = None
+    choices: Optional[Tuple[str, ...]] = None
+    minimum: Optional[float] = None
+    above: Optional[float] = None
+    below: Optional[float] = None
+    none: Optional[str] = None
+    note: str = ""
+    flag: Optional[str] = ""
+    metavar: Optional[str] = None
+
+    @property
+    def flag_name(self) -> Optional[str]:
+        """The flag: --the-name, or --no-the-name for a switch that is on by default."""
+        if self.flag is None or self.flag:
+            return self.flag
+        dashed = self.name.replace("_", "-")
+        return f"--no-{dashed}" if self.kind is bool and self.default is True else f"--{dashed}"
+
+
+def option(help: str, **spec: Any) -> Dict[str, Any]:
+    """A dataclass field's metadata: ``dataclasses.field(default=..., metadata=option(...))``
+    (the keywords are :class:`Option`'s, less name, kind and default)."""
+    return {"option": dict(help=help, **spec)}
+
+
+def _kind(hint: Any) -> Tuple[Any, bool]:
+    """(kind, None allowed) of a field's type annotation."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        kinds = [_kind(a)[0] for a in args if a is not type(None)]
+        return (kinds[0] if len(kinds) == 1 else tuple(kinds)), type(None) in args
+    if origin is tuple:
+        return tuple, False
+    if origin is dict:
+        return dict, False
+    if hint is os.PathLike:
+        return PATH, False
+    return (hint if hint in (int, float, bool, str) else object), False
+
+
+def options_of(cls: type) -> Dict[str, Option]:
+    """The options of config dataclass ``cls``, by field name, in declaration order."""
+    cached = cls.__dict__.get("_options")
+    if cached is not None:
+        return cached
+    hints = typing.get_type_hints(cls)
+    found: Dict[str, Option] = {}
+    for f in dataclasses.fields(cls):
+        kind, nullable = _kind(hints[f.name])
+        spec = dict(f.metadata.get("option") or {"help": f.name.replace("_", " "), "flag": None})
+        if nullable and spec.get("none") is None:
+            spec["none"] = "none"
+        default = f.default if f.default is not _NOT_GIVEN else None
+        found[f.name] = Option(name=f.name, kind=kind, default=default, **spec)
+    setattr(cls, "_options", found)  # (not a field: the class attribute is set after the dataclass is made)
+    return found
+
+
+def _kind_text(kind: Any) -> str:
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", dict: "a mapping",
+             PATHS: "a string or a list of strings", PATH: "a path"}
+    if isinstance(kind, tuple):  # (str, dict): any of them
+        return " or ".join(names[k] for k in kind)
+    return names[kind]
+
+
+def _is(kind: Any, value: Any) -> bool:
+    if isinstance(kind, tuple):
+        return any(_is(k, value) for k in kind)
+    if kind is bool or kind is str or kind is dict:
+        return isinstance(value, kind)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == PATH:
+        return isinstance(value, (str, os.PathLike))
+    if kind == PATHS:
+        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    return True  # tuple, object: their config checks them
+
+
+def _range_text(opt: Option) -> str:
+    if opt.minimum is not None and opt.below is not None:
+        return f"in [{opt.minimum:g}, {opt.below:g})"
+    if opt.above == 0:
+        return "positive"
+    return f"> {opt.above:g}" if opt.above is not None else f">= {opt.minimum:g}"
+
+
+def check_value(opt: Option, value: Any) -> None:
+    """ValueError naming the option unless ``value`` is of its kind, one of its choices and in
+    its range (None where it allows None)."""
+    or_none = f" or None ({opt.none})" if opt.none else ""
+    if value is None and opt.none:
+        return
+    if opt.kind is int:  # (ints take a minimum only)
+        check_int(opt.name, value, minimum=None if opt.minimum is None else int(opt.minimum), none=opt.none)
+        return
+    if not _is(opt.kind, value):
+        hint = _YAML_BOOL_HINT if isinstance(value, bool) and opt.choices else ""
+        raise ValueError(f"{opt.name} must be {_kind_text(opt.kind)}{or_none}, got {value!r}{hint}")
+    if opt.choices is not None:
+        check_choice(opt.name, value, opt.choices)
+    if opt.kind is float and not ((opt.minimum is None or value >= opt.minimum) and (opt.above is None or value > opt.above)
+                                  and (opt.below is None or value < opt.below)):
+        note = f" ({opt.note})" if opt.note else ""
+        raise ValueError(f"{opt.name} must be {_range_text(opt)}{note}{or_none}, got {value!r}")
+
+
+def check_fields(config: Any) -> None:
+    """Every field of ``config`` checked against its declaration (:func:`check_value`): the
+    per-field part of a config's ``validate()``; the checks across fields stay its own."""
+    for opt in options_of(type(config)).values():
+        check_value(opt, getattr(config, opt.name))
+
+
+def check_values(where: str, options: Mapping[str, Option], values: Mapping[str, Any]) -> None:
+    """The values of a YAML file (``where`` names it) checked like the flags they stand for:
+    a name with no Option in ``options`` is its owner's to check."""
+    for name, value in values.items():
+        if name in options:
+            try:
+                check_value(options[name], value)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+
+
+def format_default(value: Any) -> str:
+    """A default as a user would write it: 1.0, roll, [0.5, 0.9]."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(format_default(v) for v in value) + "]"
+    return str(value)
+
+
+def default_text(opt: Option, recipes: Optional[Mapping[str, Mapping[str, Any]]] = None) -> str:
+    """What a flag's help says of its default: the declared default, and each named recipe's
+    value where the recipe changes it."""
+    if opt.kind is bool:
+        return "on by default; this flag turns it off" if opt.default else "default off"
+    if opt.default is None:
+        return f"default: {opt.none}" if opt.none else ""
+    text = f"default {format_default(opt.default)}"
+    for name, values in (recipes or {}).items():
+        if opt.name in values and values[opt.name] != opt.default:
+            text += f"; {format_default(values[opt.name])} in the {name} recipe"
+    return text
+
+
+def add_flags(parser, options: Iterable[Option], recipes: Optional[Mapping[str, Mapping[str, Any]]] = None,
+              default: Optional[str] = None) -> None:
+    """One flag per option that has one (default None: a command tells the options it was given
+    from the others); the help ends with the default (``default``: what to say instead,
+    e.g. "the protocol's recipe") and the recipes' values (``recipes``)."""
+    for opt in options:
+        flag = opt.flag_name
+        if flag is None:
+            continue
+        said = f"default: {default}" if default is not None and opt.kind is not bool else default_text(opt, recipes)
+        text = f"{opt.help} ({said})" if said else opt.help
+        kwargs: Dict[str, Any] = dict(dest=opt.name, default=None, help=text.replace("%", "%%"))
+        if opt.kind is bool:
+            kwargs["action"] = "store_false" if opt.default is True else "store_true"
+        else:
+            kwargs.update(type=_flag_type(opt.kind), choices=opt.choices, metavar=opt.metavar)
+        parser.add_argument(flag, **kwargs)
+
+
+def _flag_type(kind: Any):
+    if isinstance(kind, tuple) and str in kind:  # (a dataset: a name on the command line, a mapping in YAML)
+        return str
+    if kind in (int, float, str, PATH, PATHS):
+        return kind if kind in (int, float, str) else str
+    from .config import yaml_value  # a tuple, a mapping, anything: typed as YAML types it
+
+    return yaml_value
+
+
+def with_recipe(cls: type, recipes: Mapping[str, Mapping[str, Any]], names: Iterable[str], overrides: Mapping[str, Any]):
+    """``cls`` with the values of the named ``recipes`` (in order, later ones on top) and then
+    ``overrides``; ValueError naming a recipe that is not one."""
+    values: Dict[str, Any] = {}
+    for name in names:
+        if name not in recipes:
+            raise ValueError(f"recipe must be one of {', '.join(recipes)}, got {name!r}")
+        values.update(recipes[name])
+    values.update(overrides)
+    return cls(**values)

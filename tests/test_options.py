@@ -1,0 +1,165 @@
+"""Options declared once (infer_fast/options.py): the config dataclasses' field declarations
+give the flags, their help (with the real defaults and the recipes' values), the check of a
+YAML value and validate(). Fast: nothing here trains or reads a dataset."""
+import argparse
+import math
+
+import pytest
+
+from infer_fast import cli
+from infer_fast.choices import STUDENT_RECIPES
+from infer_fast.distill.config import RECIPES as RECOVERY_RECIPE_VALUES
+from infer_fast.distill.config import RecoveryConfig, recovery_config
+from infer_fast.options import Option, check_value, options_of
+from infer_fast.student import RECIPES as STUDENT_RECIPE_VALUES
+from infer_fast.student import StudentConfig
+from infer_fast.teacher import TeacherConfig
+
+
+def _command_actions(command):
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions if a.option_strings}
+
+
+def _said_default(opt):
+    """How a help text must name the dataclass default (written out here, not by options.py)."""
+    if isinstance(opt.default, bool):
+        return "on by default" if opt.default else "default off"
+    if opt.default is None:
+        return f"default: {opt.none}"
+    if isinstance(opt.default, tuple):
+        return "default [" + ", ".join(str(v) for v in opt.default) + "]"
+    return f"default {opt.default}"
+
+
+@pytest.mark.parametrize("command, config", [("teacher", TeacherConfig), ("distill", RecoveryConfig),
+                                             ("train", StudentConfig)])
+def test_every_config_option_has_a_flag_whose_help_names_its_default(command, config):
+    actions = _command_actions(command)
+    declared = options_of(config)
+    assert set(declared) == {f for f in config.__dataclass_fields__}
+    for name, opt in declared.items():
+        if opt.flag is None:  # set by the command itself (the student's seed: train --seeds)
+            assert name not in actions
+            continue
+        action = actions[name]  # a flag for every option
+        assert action.default is None  # (the command tells the options given from the others)
+        dashed = name.replace("_", "-")
+        assert action.option_strings == [f"--no-{dashed}" if opt.default is True else f"--{dashed}"]
+        if opt.choices is not None:
+            assert tuple(action.choices) == opt.choices
+        if name != "dataset":  # (the one field without a default)
+            assert _said_default(opt) in action.help, (name, action.help)
+    # today's flag names kept
+    assert {"--r-bn", "--no-cuda-graphs", "--checkpoint-minutes", "--max-shift", "--group-size", "--chunk-size",
+            "--fused-bn", "--channels-last", "--weight-decay", "--batch-size", "--eval-every"} <= {
+        s for c in ("distill", "train", "teacher") for a in _command_actions(c).values() for s in a.option_strings}
+
+
+def test_flag_help_quotes_the_recipes_values():
+    distill, train, evaluate = (_command_actions(c) for c in ("distill", "train", "evaluate"))
+    assert RECOVERY_RECIPE_VALUES["sre2l"]["r_bn"] == RECOVERY_RECIPE_VALUES["imagenet"]["r_bn"] == 0.01
+    assert "default 1.0; 0.01 in the imagenet recipe; 0.01 in the sre2l recipe" in distill["r_bn"].help
+    assert "default 4; 32 in the imagenet recipe" in distill["max_shift"].help
+    assert "default 400; 300 in the imagenet recipe" in train["epochs"].help
+    assert "in the imagenet recipe" not in train["lr"].help  # (the same value in both)
+    for name in cli.EVALUATE_STUDENT_OPTIONS:  # evaluate's defaults come from the protocol
+        assert evaluate[name].help.endswith("(default: the protocol's recipe)")
+
+
+def test_recipes_are_data_selected_by_name():
+    assert tuple(STUDENT_RECIPE_VALUES) == STUDENT_RECIPES  # the names the CLI and evaluate check
+    assert StudentConfig.imagenet() == StudentConfig.from_recipe("imagenet")
+    assert (StudentConfig.imagenet().epochs, StudentConfig.cifar().epochs) == (300, 400)
+    assert StudentConfig.imagenet(epochs=5).epochs == 5  # the given options override the recipe
+    with pytest.raises(ValueError, match="recipe must be one of cifar, imagenet, got 'mnist'"):
+        StudentConfig.from_recipe("mnist")
+    assert RecoveryConfig.recipe("imagenet", "sre2l") == RecoveryConfig.imagenet(r_bn=0.01)
+    assert recovery_config("sre2l", {}) == RecoveryConfig.sre2l() == RecoveryConfig(r_bn=0.01)
+    assert recovery_config("sre2l", {"augmentation": "imagenet", "r_bn": 0.5}) == RecoveryConfig.imagenet(r_bn=0.5)
+
+
+@pytest.mark.parametrize("config, message", [
+    (TeacherConfig(dataset="fashion-mnist-mini", momentum=1.0), "momentum must be in [0, 1), got 1.0"),
+    (TeacherConfig(dataset="fashion-mnist-mini", model=3), "model must be a string, got 3"),
+    (TeacherConfig(dataset=12), "dataset must be a string or a mapping, got 12"),
+    (TeacherConfig(dataset="fashion-mnist-mini", data_root=5), "data_root must be a path"),
+    (StudentConfig(mixup_alpha=-1.0), "mixup_alpha must be >= 0 (0 disables mixing), got -1.0"),
+    (StudentConfig(eval_every=-1), "eval_every must be an integer >= 0, got -1"),
+    (StudentConfig(dynamic="yes"), "dynamic must be true or false, got 'yes'"),
+    (StudentConfig(lr=0.0), "lr must be positive, got 0.0"),
+    (RecoveryConfig(checkpoint_minutes=-1.0), "checkpoint_minutes must be positive or None (off), got -1.0"),
+    (RecoveryConfig(group_size=0), "group_size must be a positive integer or None (automatic), got 0"),
+    (RecoveryConfig(first_bn_mult=math.inf), "first_bn_mult must be a finite number, got inf"),
+    (RecoveryConfig(compile=False), "compile must be a string, got False (YAML reads unquoted on/off"),
+])
+def test_validate_checks_each_field_from_its_declaration(config, message):
+    with pytest.raises(ValueError) as caught:
+        config.validate()
+    assert message in str(caught.value)
+    name = message.split()[0]  # the same words from the one checker a YAML value goes through
+    with pytest.raises(ValueError) as again:
+        check_value(options_of(type(config))[name], getattr(config, name))
+    assert str(again.value) == str(caught.value)
+
+
+def test_command_options_are_checked_by_the_same_checker():
+    teachers = Option("teachers", "paths", "teacher checkpoints")
+    check_value(teachers, "a.pt,b.pt")
+    check_value(teachers, ["a.pt", "b.pt"])
+    with pytest.raises(ValueError, match=r"teachers must be a string or a list of strings, got \[1\]"):
+        check_value(teachers, [1])
+
+
+@pytest.mark.parametrize("command, text, message", [
+    ("teacher", "dataset: fashion-mnist-mini\nepochs: 0\nout: t.pt\n", "epochs must be a positive integer, got 0"),
+    ("teacher", "dataset: fashion-mnist-mini\nepochs: 2.5\nout: t.pt\n", "epochs must be a positive integer, got 2.5"),
+    ("teacher", "dataset: fashion-mnist-mini\nmomentum: 1.5\nout: t.pt\n", "momentum must be in [0, 1), got 1.5"),
+    ("teacher", "dataset: fashion-mnist-mini\nlr: fast\nout: t.pt\n", "lr must be a finite number, got 'fast'"),
+    ("distill", "dataset: fashion-mnist-mini\nipc: 2\nout: x\nteachers: t.pt\nmax_shift: -1\n",
+     "max_shift must be an integer >= 0, got -1"),
+    ("distill", "dataset: fashion-mnist-mini\nipc: 2\nout: x\nteachers: t.pt\nprecision: fp16\n",
+     "precision must be one of fp32, bf16, got 'fp16'"),
+    ("distill", "dataset: fashion-mnist-mini\nipc: 2\nout: x\nteachers: [1, 2]\n",
+     "teachers must be a string or a list of strings, got [1, 2]"),
+    ("distill", "dataset: fashion-mnist-mini\nipc: 2\nout: x\nteachers: t.pt\ncheckpoint_minutes: 0\n",
+     "checkpoint_minutes must be positive or None (off), got 0"),
+])
+def test_yaml_value_of_wrong_type_or_range_refused_naming_the_option(tmp_path, monkeypatch, capsys, command, text,
+                                                                       message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(text)
+    assert cli.main([command, "--config", "c.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert f"config file 'c.yaml': {message}" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_generated_flags_reach_the_configs(monkeypatch):
+    """The flags that were not hand-written before (train --weight-decay, --eval-every,
+    --schedule; distill --lr, --betas) reach the configs; nothing runs."""
+    from infer_fast import distill
+
+    built = {}
+    make = StudentConfig.from_recipe.__func__
+    monkeypatch.setattr(StudentConfig, "from_recipe",
+                        classmethod(lambda cls, name, **kw: built.setdefault("student", make(cls, name, **kw))))
+    monkeypatch.setattr("infer_fast.storage.load_distilled", lambda path: (_ for _ in ()).throw(KeyboardInterrupt))
+    argv = ["train", "set", "--recipe", "imagenet", "--weight-decay", "0.05", "--eval-every", "2", "--schedule",
+            "half-cosine", "--device", "cpu"]
+    assert cli.main(argv) == 130
+    student = built["student"]
+    assert (student.weight_decay, student.eval_every, student.schedule, student.device, student.epochs) == (
+        0.05, 2, "half-cosine", "cpu", 300)
+
+    def capture(*args, config, **kwargs):
+        built["recovery"] = config
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr(distill, "distill_infer", capture)
+    monkeypatch.setattr("infer_fast.distributed.init_from_env", lambda: (0, 1))
+    argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",
+            "--lr", "0.1", "--betas", "[0.4, 0.8]", "--no-cuda-graphs"]
+    assert cli.main(argv) == 130
+    assert built["recovery"] == RecoveryConfig(lr=0.1, betas=(0.4, 0.8), cuda_graphs=False)
