@@ -164,22 +164,22 @@ def test_cda_results_do_not_depend_on_batching(teacher_paths):
 def test_cda_killed_inside_a_batch_resumes_bit_identically(teacher_paths, tmp_path, monkeypatch):
     """Killed as soon as the checkpoint of iteration 2 of 4 is on disk (mid-curriculum), a
     resumed run ends with the pixels of an uninterrupted one."""
-    from infer_fast.distill import jobs
+    from infer_fast.distill import checkpoints
 
     options = {"recipe": "tiny-imagenet", "iterations": 4, "group_size": 2, "checkpoint_every": 1,
                "checkpoint_minutes": None}
     full = _run("cda", tmp_path / "full", teacher_paths, options)
-    real = jobs.save_atomic
+    real = checkpoints.save_atomic
 
     def save_then_die(obj, path):
         real(obj, path)
         if any(state["iteration"] == 2 for state in obj["partials"]):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(jobs, "save_atomic", save_then_die)
+    monkeypatch.setattr(checkpoints, "save_atomic", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run("cda", tmp_path / "killed", teacher_paths, options)
-    monkeypatch.setattr(jobs, "save_atomic", real)
+    monkeypatch.setattr(checkpoints, "save_atomic", real)
     assert (tmp_path / "killed.recovery.pt").exists() and not (tmp_path / "killed").exists()
     resumed = _run("cda", tmp_path / "killed", teacher_paths, options, resume=True)
     assert resumed.method == "cda" and torch.equal(resumed.images, full.images)

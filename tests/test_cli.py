@@ -219,12 +219,12 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
 def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_path):
     """One batch holds all 4 UFCs and is checkpointed every 10 iterations: killed (SIGKILL) inside
     it, as soon as its checkpoint of iteration 70 is on disk (the test-only
-    jobs.SIGKILL_AFTER_CHECKPOINT_ENV: the kill lands there on any machine, never by chance), the
+    checkpoints.SIGKILL_AFTER_CHECKPOINT_ENV: the kill lands there on any machine, never by chance), the
     run continues with --resume from that iteration, says so, and ends with exactly
     (torch.equal) the compensators of an uninterrupted run."""
     import signal
 
-    from infer_fast.distill.jobs import SIGKILL_AFTER_CHECKPOINT_ENV
+    from infer_fast.distill.checkpoints import SIGKILL_AFTER_CHECKPOINT_ENV
     from infer_fast.storage import load_distilled
 
     _tiny_teacher(tmp_path)

@@ -215,11 +215,11 @@ def test_results_of_each_batch_written_once(natural, teachers, train_set, tmp_pa
     """Each finished batch's results go to a file of their own, written once (not every result
     rewritten after every batch); the checkpoint only lists them; a listed file that is
     missing is refused by name on resume."""
-    from infer_fast.distill import jobs
+    from infer_fast.distill import checkpoints
 
     spec = train_set.spec
-    writes, real = [], jobs.save_atomic
-    monkeypatch.setattr(jobs, "save_atomic", lambda obj, path: (writes.append(os.path.basename(path)), real(obj, path)))
+    writes, real = [], checkpoints.save_atomic
+    monkeypatch.setattr(checkpoints, "save_atomic", lambda obj, path: (writes.append(os.path.basename(path)), real(obj, path)))
     ckpt = tmp_path / "run.recovery.pt"
     restore = _interrupt_batch(monkeypatch, on_call=3)
     with pytest.raises(KeyboardInterrupt):
@@ -288,19 +288,19 @@ def _interrupt_at_iteration(monkeypatch, t_stop):
 
 def _interrupt_after_checkpoint(monkeypatch, iteration):
     """Make a run raise KeyboardInterrupt (a kill) as soon as its in-batch checkpoint of
-    ``iteration`` is on disk: the point where jobs.SIGKILL_AFTER_CHECKPOINT_ENV kills the CLI.
+    ``iteration`` is on disk: the point where checkpoints.SIGKILL_AFTER_CHECKPOINT_ENV kills the CLI.
     Returns a function that restores the real writer."""
-    from infer_fast.distill import jobs
+    from infer_fast.distill import checkpoints
 
-    real = jobs.save_atomic
+    real = checkpoints.save_atomic
 
     def save(obj, path):
         real(obj, path)
         if any(state["iteration"] == iteration for state in obj["partials"]):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(jobs, "save_atomic", save)
-    return lambda: monkeypatch.setattr(jobs, "save_atomic", real)
+    monkeypatch.setattr(checkpoints, "save_atomic", save)
+    return lambda: monkeypatch.setattr(checkpoints, "save_atomic", real)
 
 
 def _recover(method, natural, teachers, spec, cfg, **kwargs):
@@ -415,7 +415,7 @@ def test_partial_batch_from_shares_of_another_world_size(natural, teachers, trai
 def test_checkpoint_minutes_checkpoints_by_wall_clock(natural, teachers, train_set, tmp_path, monkeypatch):
     """With checkpoint_minutes=1 and every iteration taking 25 s of a fake clock, the batch is
     checkpointed after iterations 3, 6 and 9 (then whole when it ends), to the same result."""
-    from infer_fast.distill import jobs
+    from infer_fast.distill import checkpoints
 
     spec = train_set.spec
     cfg = _cadence_cfg("infer", group_size=3, checkpoint_minutes=1)
@@ -429,8 +429,8 @@ def test_checkpoint_minutes_checkpoints_by_wall_clock(natural, teachers, train_s
         return real_schedule(t, config)
 
     monkeypatch.setattr(engine, "cosine_lr", schedule)
-    written, real_save = [], jobs.save_atomic
-    monkeypatch.setattr(jobs, "save_atomic", lambda obj, path: (  # (the checkpoint's writes, not the results files')
+    written, real_save = [], checkpoints.save_atomic
+    monkeypatch.setattr(checkpoints, "save_atomic", lambda obj, path: (  # (the checkpoint's writes, not the results files')
         "partials" in obj and written.append([p["iteration"] for p in obj["partials"]]), real_save(obj, path)))
     ckpt = tmp_path / "run.recovery.pt"
     result, _ = _recover("infer", natural, teachers, spec, cfg, checkpoint=ckpt, progress=False)
@@ -449,6 +449,32 @@ def test_resume_without_a_checkpoint_says_it_starts_over(natural, teachers, trai
                  progress=True)
     assert f"no recovery checkpoint at {ckpt}: starting from the beginning" in capsys.readouterr().out
     assert ckpt.exists()
+
+
+def test_engine_takes_what_it_optimizes_from_the_recovery_kind(natural, teachers, train_set, tmp_path, monkeypatch):
+    """The engine and the scheduler name no method: a RecoveryKind defined here (SRe2L's free
+    images under another name, with SRe2L's seed tag) runs through them, its name in the
+    checkpoint's batch states, and recovers SRe2L's images to the bit."""
+    from dataclasses import replace
+
+    from infer_fast.data.pixels import quantize_images
+    from infer_fast.distill import checkpoints, jobs, recover_sre2l
+    from infer_fast.distill.variables import FreeImages
+
+    class Toy(FreeImages):
+        method, noun = "toy", "toy group"
+
+    spec, cfg = train_set.spec, RecoveryConfig.sre2l(iterations=4, seed=2, group_size=2, checkpoint_every=2)
+    states, real = [], checkpoints.save_atomic
+    monkeypatch.setattr(checkpoints, "save_atomic", lambda obj, path: (
+        states.extend(obj.get("partials", [])), real(obj, path)))
+    done, stats, _ = jobs._recover(Toy(), {"ipc": 2}, [(0, 0), (0, 1)], teachers[:1], None, 10, (1, 28, 28),
+                                   spec.mean, spec.std, cfg, tmp_path / "toy.recovery.pt", False, False, "auto")
+    assert [s["method"] for s in states] == ["toy"] and [b["k"] for b in stats] == [[0, 1]]
+    sre2l = recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, replace(cfg, checkpoint_every=None),
+                          progress=False)
+    ours = torch.cat([done[(0, 0)], done[(0, 1)]])  # float32 composed images, clamped
+    assert torch.equal(quantize_images(ours, spec.mean, spec.std), sre2l["pixels"])
 
 
 @pytest.mark.parametrize("bad", [
@@ -832,11 +858,11 @@ def test_sre2l_space_check_is_the_runs_peak(teacher_paths, tmp_path, monkeypatch
     at its peak (the float32 recovery checkpoint with a batch's state inside, old and new file
     during its atomic replacement; then the uint8 set beside the last one), and not much more
     (before: the set as float32 + 8x the float32 images, whatever the batches)."""
-    from infer_fast.distill import distill_sre2l, jobs, run
+    from infer_fast.distill import checkpoints, distill_sre2l, run
     from infer_fast.storage import disk
 
     asked, peak = [], [0]
-    real_check, real_save, real_write = run.check_writable, jobs.save_atomic, disk._write_tensor_file
+    real_check, real_save, real_write = run.check_writable, checkpoints.save_atomic, disk._write_tensor_file
     on_disk = lambda: sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())  # noqa: E731
 
     def check(path, what, kind="file", need_bytes=0):
@@ -854,7 +880,7 @@ def test_sre2l_space_check_is_the_runs_peak(teacher_paths, tmp_path, monkeypatch
         return entry
 
     monkeypatch.setattr(run, "check_writable", check)
-    monkeypatch.setattr(jobs, "save_atomic", save)
+    monkeypatch.setattr(checkpoints, "save_atomic", save)
     monkeypatch.setattr(disk, "_write_tensor_file", write)
     config = RecoveryConfig.sre2l(iterations=2, group_size=2, checkpoint_every=1)  # a checkpoint inside each batch
     distill_sre2l(DATASET, teacher_paths[:1], ipc=4, out_dir=tmp_path / "s", config=config, progress=False)

@@ -25,15 +25,20 @@ Checkpoints: after every finished batch the finished UFCs are written atomically
 run skips them (UFC results do not depend on batching, so the group size may differ).
 
 The package: ``config`` (RecoveryConfig and the builder from user options), ``natural``
-(budget and natural sets), ``engine`` (one batch of jobs: the optimization loop), ``jobs``
-(scheduling, checkpoints, torchrun; recover_ufcs and recover_sre2l), ``run`` (dataset and
-teachers in, a distilled set on disk out).
+(budget and natural sets), ``variables`` (what a method's jobs optimize: the RecoveryKind
+hooks, INFER's compensators and SRe2L's free images), ``engine`` (one batch of jobs: the
+optimization loop; ``augment`` and ``cuda_graphs`` its augmentation and captured
+iterations), ``jobs`` (the scheduler: which batches, in what order, on which rank;
+recover_ufcs and recover_sre2l), ``checkpoints`` (the checkpoint store: index, results
+files, in-batch states, resume), ``run`` (dataset and teachers in, a distilled set on disk
+out).
 """
 from ..choices import (ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                        RECOVERY_RECIPES, SELECTIONS)
 from .config import RecoveryConfig, recovery_config
 from .plan import RecoveryOutOfMemoryError, auto_batch_plan
-from .jobs import RecoveryDivergedError, recover_sre2l, recover_ufcs, recovery_checkpoints
+from .checkpoints import recovery_checkpoints
+from .jobs import RecoveryDivergedError, recover_sre2l, recover_ufcs
 from .natural import infer_budget, select_natural_sets
 from .run import distill_infer, distill_random, distill_sre2l
 

@@ -1,36 +1,31 @@
-"""The per-batch engine of recovery: G jobs (UFCs, or SRe2L image groups) of one teacher
-optimized together, with their augmentation, losses, optimizer and schedule (how many jobs
-share a batch: plan.auto_batch_plan)."""
+"""The per-batch engine of recovery: G jobs of one teacher optimized together, with their
+augmentation, losses, optimizer and schedule. What a job optimizes (its variable, how it is
+composed, what it keeps) is its method's RecoveryKind (variables.py); how many jobs share a
+batch: plan.auto_batch_plan."""
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import math
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import memory
-from ..data.transforms import RESIZED_CROP_RATIO, resized_crop_boxes
 from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from ..progress import progress_bar
-from .config import RecoveryConfig, crop_scale_at
+from .augment import Augmentation
+from .config import RecoveryConfig
+from .cuda_graphs import GRAPH_WARMUP_ITERATIONS, CapturedIteration, side_stream, uses_cuda_graph
 from .plan import RecoveryOutOfMemoryError, out_of_memory_error
-
-
-def job_seed(method: str, seed: int, m: int, k: int) -> int:
-    """A per-job (one UFC, or one SRe2L image group) generator seed, independent of batching."""
-    tag = "infer-ufc" if method == "infer" else method
-    digest = hashlib.sha256(f"{tag}:{int(seed)}:{int(m)}:{int(k)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from .variables import RecoveryKind
 
 
 def check_teacher(teacher: nn.Module, m: int) -> None:
@@ -70,107 +65,6 @@ def compute_dtype(config: RecoveryConfig) -> torch.dtype:
     """The dtype of the teacher's inputs and activations in recovery."""
     return torch.bfloat16 if config.precision == "bf16" else torch.float32
 
-
-class Augmentation:
-    """The augmentation of a batch of jobs, applied to all G groups in one call per iteration.
-
-    Every job draws from its own generator (so its draws do not depend on which jobs share its
-    batch), in the order one draw per iteration makes them: "roll", a shift (sh, sw) in
-    [0, max_shift]^2; "imagenet", a RandomResizedCrop box (top, left, h, w) in that iteration's
-    scale range (crop_scale_at: a curriculum moves it), a flip and that shift. Given
-    ``iterations``, all of them are drawn up front and copied to the device once (no
-    host-to-device copy inside the loop). "roll" is the fused compose + roll; "imagenet"
-    composes, then crops, resizes (bilinear, as F.interpolate with align_corners=False; the
-    crops only ever grow, so antialiasing changes nothing), flips and rolls every group with
-    one grid_sample."""
-
-    def __init__(self, config: RecoveryConfig, gens: List[torch.Generator], height: int, width: int, device,
-                 iterations: Optional[int] = None):
-        self.config, self.gens, self.size, self.device = config, gens, (height, width), torch.device(device)
-        # iterations done, on the device: a captured iteration that replays reads and advances it
-        self.step = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.draws: Optional[Tensor] = None  # (iterations, G, values) int64 on the device
-        if iterations and not (config.augmentation == "roll" and config.max_shift == 0):
-            self.draws = torch.stack([self._draw(g, iterations) for g in gens], 1).to(self.device)
-        self.rows = torch.arange(height, device=self.device)
-        self.cols = torch.arange(width, device=self.device)
-
-    def _draw(self, gen: torch.Generator, iterations: int, first: int = 0) -> Tensor:
-        """One job's draws for ``iterations`` iterations from iteration ``first``: (iterations, 2)
-        shifts, or (iterations, 7) (top, left, h, w, flip, sh, sw)."""
-        high = self.config.max_shift + 1
-        if self.config.augmentation == "roll":  # one call: the same numbers as a draw per iteration
-            return torch.randint(0, high, (iterations, 2), generator=gen)
-        height, width = self.size
-        rows = []
-        for t in range(first, first + iterations):
-            box = resized_crop_boxes(1, height, width, crop_scale_at(self.config, t), RESIZED_CROP_RATIO, gen)
-            flip = (torch.rand(1, generator=gen) < 0.5).long()
-            rows.append(torch.cat([*box, flip, torch.randint(0, high, (2,), generator=gen)]))
-        return torch.stack(rows)
-
-    def _current(self) -> Tensor:
-        """This iteration's draws of every group, (G, values), on the device."""
-        if self.draws is not None:
-            return self.draws.index_select(0, self.step.view(1))[0]
-        return torch.stack([self._draw(g, 1, int(self.step))[0] for g in self.gens]).to(self.device)
-
-    def advance(self) -> Optional[Tensor]:
-        """This iteration's draws of every group, (G, values) on the device (None: "roll" with
-        max_shift 0 draws nothing), and ``step`` advanced to the next iteration."""
-        draw = None if self.config.augmentation == "roll" and self.config.max_shift == 0 else self._current()
-        self.step.add_(1)
-        return draw
-
-    def __call__(self, source: Tensor, variable: Tensor, index: Tensor, backend: str) -> Tensor:
-        """The augmented composed batch (G, C, ch, H, W) of the next iteration (advances ``step``)."""
-        return self.apply(source, variable, index, self.advance(), backend)
-
-    def apply(self, source: Tensor, variable: Tensor, index: Tensor, draw: Optional[Tensor], backend: str) -> Tensor:
-        """Compose ``source[index[g]] + variable[g]`` and augment group g with ``draw[g]``:
-        (G, C', ch, H, W) for a source of C' classes. Rows are independent: the rows of any
-        classes of a group are the same computed alone."""
-        if self.config.augmentation == "roll":  # fused: compose and roll in one pass
-            return ufc_compose(source, variable, index, shifts=draw, backend=backend)
-        x = ufc_compose(source, variable, index, backend=backend)
-        G, C, ch, height, width = x.shape
-        out = F.grid_sample(x.reshape(G, C * ch, height, width), self._grid(draw), mode="bilinear",
-                            padding_mode="border", align_corners=False)
-        return out.view(G, C, ch, height, width)
-
-    def batch_rows(self, source: Tensor, variable: Tensor, source_rows: Sequence[int], draw: Optional[Tensor],
-                   num_classes: int, lo: int, hi: int, backend: str) -> Tensor:
-        """Rows [lo, hi) of the flattened (G * C, ch, H, W) batch that :meth:`apply` makes
-        with ``draw``, computed from those rows' sources alone (group g's from
-        ``source[source_rows[g]]``, host indices): what the chunked mode feeds the teacher
-        chunk by chunk, with autograd to ``variable`` (and ``source``)."""
-        parts = []
-        zero = torch.zeros(1, dtype=torch.int64, device=variable.device)
-        for g in range(lo // num_classes, (hi - 1) // num_classes + 1):
-            c0, c1 = max(lo - g * num_classes, 0), min(hi - g * num_classes, num_classes)
-            k = source_rows[g]
-            part = self.apply(source[k:k + 1, c0:c1], variable[g:g + 1], zero,
-                              None if draw is None else draw[g:g + 1], backend)
-            parts.append(part.flatten(0, 1))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def _grid(self, draw: Tensor) -> Tensor:
-        """(G, H, W, 2) grid_sample coordinates: output pixel (i, j) reads the resized crop at
-        (r, c) = ((i - sh) mod H, f((j - sw) mod W)), f the flip; the crop's row r reads source
-        row top + clamp((r + 0.5) h / H - 0.5, 0, h - 1) (F.interpolate's bilinear sampling),
-        and the same for columns."""
-        height, width = self.size
-        top, left, h, w, flip, sh, sw = (v[:, None] for v in draw.unbind(1))
-        r = (self.rows[None] - sh).remainder(height)
-        c = (self.cols[None] - sw).remainder(width)
-        c = torch.where(flip.bool(), width - 1 - c, c)
-
-        def source(dst: Tensor, start: Tensor, extent: Tensor, size: int) -> Tensor:
-            pixel = start + ((dst + 0.5) * (extent / size) - 0.5).clamp(min=0).minimum(extent - 1)
-            return (2 * pixel + 1) / size - 1  # grid_sample's normalized coordinate (align_corners=False)
-
-        ys, xs = source(r, top, h, height), source(c, left, w, width)  # (G, H), (G, W)
-        return torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1).float()
 
 
 def _synchronize(device: torch.device) -> None:
@@ -270,18 +164,6 @@ class TeacherLosses:
         self.groups, self.tracker = None, None
 
 
-# Eager iterations before the capture (on a side stream, as CUDA graphs want: lazy
-# initialisations, autotuning and the allocator settle first).
-GRAPH_WARMUP_ITERATIONS = 3
-
-
-def uses_cuda_graph(config: RecoveryConfig, device: torch.device, chunked: bool) -> bool:
-    """Whether a batch's iterations run as one captured CUDA graph: on CUDA with
-    ``config.cuda_graphs``, unless the chunked mode (host-side chunk loop, collectives) or
-    torch.compile (its own graphs with mode="reduce-overhead") runs the step."""
-    return (device.type == "cuda" and config.cuda_graphs and not chunked and config.compile == "off"
-            and config.iterations > GRAPH_WARMUP_ITERATIONS)
-
 
 def cosine_lr(t, config: RecoveryConfig):
     """lr_t = 0.5 (1 + cos(pi t / T)) lr: for an int t (eager), or a device tensor t (a
@@ -290,229 +172,111 @@ def cosine_lr(t, config: RecoveryConfig):
     return 0.5 * (1.0 + cos(math.pi * t / config.iterations)) * config.lr
 
 
-@contextlib.contextmanager
-def side_stream(device: torch.device) -> Iterator[None]:
-    """Work on a side stream of ``device``, ordered after and before the current stream's."""
-    current = torch.cuda.current_stream(device)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(current)
-    with torch.cuda.stream(stream):
-        yield
-    current.wait_stream(stream)
-
-
-class CapturedIteration:
-    """One recovery iteration captured as a CUDA graph; ``replay()`` runs the next iteration
-    and returns its (CE, R_bn), static tensors that the next replay overwrites."""
-
-    def __init__(self, graph: "torch.cuda.CUDAGraph", outputs: Tuple[Tensor, Tensor]):
-        self.graph, self.outputs = graph, outputs
-
-    @classmethod
-    def capture(cls, iteration, optimizer, sync_mode) -> Tuple[Optional["CapturedIteration"], str]:
-        """(the captured iteration, "captured"), or (None, why) when capture is impossible;
-        the batch then goes on eagerly. Capturing runs nothing: the iteration it records is
-        the next one replayed. (A sync check armed for the loop is paused for the capture,
-        a one-off like the first iteration.)"""
-        optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients
-        graph = torch.cuda.CUDAGraph()
-        if sync_mode is not None:
-            torch.cuda.set_sync_debug_mode(sync_mode)
-        try:
-            with torch.cuda.graph(graph):
-                outputs = iteration()
-        except Exception as exc:  # any failure to capture: eager is always correct
-            why = f"eager: CUDA graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-            warnings.warn(f"recovery: {why}", RuntimeWarning, stacklevel=3)
-            return None, why
-        finally:
-            if sync_mode is not None:
-                torch.cuda.set_sync_debug_mode("error")
-        return cls(graph, outputs), "captured"
-
-    def replay(self) -> Tuple[Tensor, Tensor]:
-        self.graph.replay()
-        return self.outputs
-
 
 def checkpoint_clock() -> float:
     """The host clock (seconds) that times checkpoints inside a batch (no device sync)."""
     return time.monotonic()
 
 
-def _batch_state(method: str, m: int, ks: List[int], chunk_size: Optional[int], iterations_done: int,
-                 config: RecoveryConfig, variable: Tensor, optimizer: torch.optim.Adam, augment: "Augmentation",
-                 alive: Tensor, died_at: Tensor) -> Dict[str, Any]:
-    """The state of a batch after ``iterations_done`` iterations, on the CPU (copied: the loop
-    goes on updating its tensors, a captured graph's static ones included): everything the
-    rest of the batch depends on. The batch itself (teacher, ks, chunk_size) is part of it:
-    only the same batch continues bit-identically (batching changes float rounding)."""
-    adam = optimizer.state[variable]
-    return {
-        "method": method,
-        "teacher": int(m),
-        "k": [int(k) for k in ks],
-        "chunk_size": chunk_size,
-        "iteration": int(iterations_done),  # the batch continues at t = iteration
-        "iterations": int(config.iterations),
-        "variable": variable.detach().to("cpu", copy=True),
-        "exp_avg": adam["exp_avg"].to("cpu", copy=True),
-        "exp_avg_sq": adam["exp_avg_sq"].to("cpu", copy=True),
-        "adam_step": adam["step"].detach().to("cpu", copy=True),
-        "augment_step": int(augment.step),  # the position in the augmentation draws
-        "alive": alive.to("cpu", copy=True),
-        "died_at": died_at.to("cpu", copy=True),
-    }
 
+class _Batch:
+    """One batch of G jobs (m, k) of one teacher being optimized: its variable (built by the
+    ``kind``'s hooks), augmentation, Adam and the iteration; optimize_batch runs it. The
+    loop's tensors (alive, died_at, the variable, Adam's state) live here so that a
+    checkpoint can read them between iterations."""
 
-def _restore_batch_state(state: Dict[str, Any], method: str, m: int, ks: List[int], config: RecoveryConfig,
-                         variable: Tensor, optimizer: torch.optim.Adam, augment: "Augmentation", alive: Tensor,
-                         died_at: Tensor) -> int:
-    """Load a _batch_state into a batch built as from scratch (so its generators have made the
-    same draws); returns the iteration it continues at."""
-    if (state.get("method"), state.get("teacher"), list(state.get("k", []))) != (method, m, list(ks)):
-        raise ValueError(f"the partial batch to resume is {state.get('method')} teacher {state.get('teacher')} "
-                         f"k={state.get('k')}, not {method} teacher {m} k={list(ks)}")
-    start = int(state["iteration"])
-    if not 0 < start < config.iterations or tuple(state["variable"].shape) != tuple(variable.shape):
-        raise ValueError(f"the partial batch of teacher {m} k={list(ks)} does not fit this run (iteration {start} of "
-                         f"{config.iterations}, variable {tuple(state['variable'].shape)} vs {tuple(variable.shape)})")
-    device = variable.device
-    with torch.no_grad():
-        variable.copy_(state["variable"])
-        augment.step.fill_(int(state["augment_step"]))
-        alive.copy_(state["alive"])
-        died_at.copy_(state["died_at"])
-    # Adam's own layout: ``step`` on the device when capturable (a captured step advances it), else on the CPU
-    capturable = optimizer.param_groups[0]["capturable"]
-    optimizer.state[variable] = {
-        "step": state["adam_step"].to(device if capturable else "cpu", copy=True),
-        "exp_avg": state["exp_avg"].to(device, copy=True),
-        "exp_avg_sq": state["exp_avg_sq"].to(device, copy=True),
-    }
-    return start
+    def __init__(self, kind: RecoveryKind, source: Optional[Tensor], num_classes: int,
+                 image_shape: Tuple[int, int, int], losses: TeacherLosses, m: int, ks: List[int],
+                 config: RecoveryConfig, backend: str, chunk_size: Optional[int], device: torch.device):
+        self.kind, self.losses, self.m, self.ks, self.config = kind, losses, m, list(ks), config
+        self.backend, self.chunk_size, self.device = backend, chunk_size, device
+        G, C = self.G, self.C = len(ks), num_classes
+        gens = [torch.Generator().manual_seed(kind.job_seed(config.seed, m, k)) for k in ks]
+        self.var = kind.variable(source, gens, ks, num_classes, image_shape, device)
+        self.variable = self.var.tensor
+        self.labels = torch.arange(C, device=device).repeat(G)
+        self.augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
+        self.chunked = chunk_size is not None and chunk_size < G * C
+        if self.chunked and (config.fused_bn or config.compile != "off"):  # automatic chunks (validate refuses explicit ones)
+            warnings.warn(f"recovery: this teacher's batches run in chunks of {chunk_size} images (one group does not "
+                          "fit in memory), where fused_bn and compile do not apply: they are off for these batches",
+                          RuntimeWarning, stacklevel=3)
+        # (a resumed batch has the same Adam as an uninterrupted one: capturable or not by the config)
+        self.graphed = uses_cuda_graph(config, device, self.chunked)
+        adam = dict(betas=tuple(config.betas), eps=config.eps)
+        if self.graphed:  # Adam and its learning rate on the device, so a captured step replays correctly
+            self.lr: Optional[Tensor] = torch.full((), config.lr, device=device)
+            self.optimizer = torch.optim.Adam([self.variable], lr=self.lr, **adam, capturable=True)
+        else:
+            self.lr = None
+            # (foreach: its step holds one temporary the size of the variable, the for-loop one two)
+            self.optimizer = torch.optim.Adam([self.variable], lr=config.lr, **adam, foreach=True)
+        if self.chunked:  # the chunked mode attaches its own hooks
+            losses.detach()
+        self.split_chunks = config.distributed == "chunks"
+        # chunks made row by row (composed and augmented for their rows only, each chunk's gradient
+        # straight into the variable): no whole-batch input or gradient alive, which at ImageNet
+        # scale is several copies of the batch; ranks sharing chunks all-reduce one whole gradient
+        self.rows_by_chunk = self.chunked and not self.split_chunks
+        # A non-finite loss stays inside its group (per-group BN statistics, per-row CE, Adam
+        # elementwise): the group is marked dead on the device, without a host sync per step,
+        # and only it is dropped at the end.
+        self.alive = torch.ones(G, dtype=torch.bool, device=device)
+        self.died_at = torch.full((G,), -1, dtype=torch.int64, device=device)
+        self.sync_mode = None  # with CHECK_HOST_SYNCS on CUDA: the debug mode to restore after the loop
+        self.graph_status = "off"
 
-
-def optimize_batch(
-    method: str, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
-    losses: TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
-    progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
-    on_checkpoint: Optional[Callable[[Dict[str, Any]], None]] = None, resume_from: Optional[Dict[str, Any]] = None,
-) -> Tuple[Tensor, Dict[str, Any]]:
-    """Optimize the jobs (m, k) for k in ``ks`` together (stats["failed"] lists the jobs whose
-    loss became non-finite; their results must not be used).
-
-    Checkpoints inside the batch: with ``on_checkpoint``, after every
-    ``config.checkpoint_every`` iterations and once ``config.checkpoint_minutes`` have passed
-    since the last one (a host clock read per iteration; the checkpoint itself syncs), it is
-    called with the batch's state (_batch_state: the variable, Adam's state, the augmentation
-    draws' position, alive/died_at, the iteration; on CUDA read between graph replays). With
-    ``resume_from`` (such a state of this same batch: m, ks, chunk_size) the batch is built as
-    from scratch, then continues from that state at its iteration: bit-identical to an
-    uninterrupted batch (stats["resumed_from_iteration"] says where; its timings cover only
-    the resumed part).
-
-    INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the natural
-    sets ``source``. SRe2L: the variables are G groups of C images (one per class) from
-    Gaussian noise, each group with its own BN statistics (composed as natural = the images,
-    u = 0, so both share the fused compose + roll). Returns (result on CPU float32: ufc
-    (G, ch, H, W) or clamped images (G, C, ch, H, W), batch stats)."""
-    device = lo.device
-    G, C = len(ks), num_classes
-    gens = [torch.Generator().manual_seed(job_seed(method, config.seed, m, k)) for k in ks]
-    if method == "infer":
-        index = torch.tensor(ks, dtype=torch.int64, device=device)
-        variable = torch.zeros((G,) + image_shape, device=device, requires_grad=True)
-        compose_args = lambda v: (source, v, index)  # noqa: E731
-        source_rows = list(ks)  # (index on the host)
-    else:
-        noise = torch.stack([torch.randn((C,) + image_shape, generator=g) for g in gens])
-        variable = noise.to(device).requires_grad_()
-        index = torch.arange(G, device=device)
-        zero_ufc = torch.zeros((G,) + image_shape, device=device)
-        compose_args = lambda v: (v, zero_ufc, index)  # noqa: E731
-        source_rows = list(range(G))
-    labels = torch.arange(C, device=device).repeat(G)
-    augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
-    chunked = chunk_size is not None and chunk_size < G * C
-    if chunked and (config.fused_bn or config.compile != "off"):  # automatic chunks (validate refuses explicit ones)
-        warnings.warn(f"recovery: this teacher's batches run in chunks of {chunk_size} images (one group does not "
-                      "fit in memory), where fused_bn and compile do not apply: they are off for these batches",
-                      RuntimeWarning, stacklevel=2)
-    # (a resumed batch has the same Adam as an uninterrupted one: capturable or not by the config)
-    graphed = uses_cuda_graph(config, device, chunked)
-    if graphed:  # Adam and its learning rate on the device, so a captured step replays correctly
-        lr = torch.full((), config.lr, device=device)
-        optimizer = torch.optim.Adam([variable], lr=lr, betas=tuple(config.betas), eps=config.eps, capturable=True)
-    else:
-        lr = None
-        # (foreach: its step holds one temporary the size of the variable, the for-loop one two)
-        optimizer = torch.optim.Adam([variable], lr=config.lr, betas=tuple(config.betas), eps=config.eps, foreach=True)
-    if chunked:  # the chunked mode attaches its own hooks
-        losses.detach()
-    split_chunks = config.distributed == "chunks"
-    # chunks made row by row (composed and augmented for their rows only, each chunk's gradient
-    # straight into the variable): no whole-batch input or gradient alive, which at ImageNet
-    # scale is several copies of the batch; ranks sharing chunks all-reduce one whole gradient
-    rows_by_chunk = chunked and not split_chunks
-
-    def chunked_losses(x, backward: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    def chunked_losses(self, x, backward: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
         """The whole-batch statistics, the teacher run chunk by chunk."""
-        return chunked_loss_backward(losses.teacher, x, labels, G, config.r_bn, config.first_bn_mult, chunk_size,
-                                     backend=backend, split_across_ranks=split_chunks, backward=backward)
+        config = self.config
+        return chunked_loss_backward(self.losses.teacher, x, self.labels, self.G, config.r_bn, config.first_bn_mult,
+                                     self.chunk_size, backend=self.backend, split_across_ranks=self.split_chunks,
+                                     backward=backward)
 
-    def augmented_losses_and_backward() -> Tuple[Tensor, Tensor]:
+    def augmented_losses_and_backward(self) -> Tuple[Tensor, Tensor]:
         """CE and R_bn of this iteration's augmented batch (advancing the augmentation), with
         the gradient of sum(CE + r_bn R_bn) sent back to the variable."""
-        if rows_by_chunk:
+        augment, losses, compose_args, variable = self.augment, self.losses, self.var.compose_args, self.variable
+        if self.rows_by_chunk:
             draw = augment.advance()
             make = lambda lo, hi: losses.teacher_rows(  # noqa: E731
-                augment.batch_rows(*compose_args(variable)[:2], source_rows, draw, C, lo, hi, backend))
-            ce, rbn, _ = chunked_losses(RowsFrom(G * C, make))
+                augment.batch_rows(*compose_args(variable)[:2], self.var.source_rows, draw, self.C, lo, hi,
+                                   self.backend))
+            ce, rbn, _ = self.chunked_losses(RowsFrom(self.G * self.C, make))
             return ce, rbn
-        x = augment(*compose_args(variable), backend)  # advances augment.step to t + 1
-        if chunked:
-            ce, rbn, _ = chunked_losses(losses.teacher_input(x))
+        x = augment(*compose_args(variable), self.backend)  # advances augment.step to t + 1
+        if self.chunked:
+            ce, rbn, _ = self.chunked_losses(losses.teacher_input(x))
             return ce, rbn
         ce, rbn, _ = losses(x)
-        (ce + config.r_bn * rbn).sum().backward()
+        (ce + self.config.r_bn * rbn).sum().backward()
         return ce.detach(), rbn.detach()
 
-    # A non-finite loss stays inside its group (per-group BN statistics, per-row CE, Adam
-    # elementwise): the group is marked dead on the device, without a host sync per step,
-    # and only it is dropped at the end.
-    alive = torch.ones(G, dtype=torch.bool, device=device)
-    died_at = torch.full((G,), -1, dtype=torch.int64, device=device)
-
-    def iteration() -> Tuple[Tensor, Tensor]:
+    def iteration(self) -> Tuple[Tensor, Tensor]:
         """One iteration, t = augment.step: everything on the device, no host sync, so that it
         can be captured once as a CUDA graph and replayed (gradients: set by the backward)."""
-        if lr is not None:
-            lr.copy_(cosine_lr(augment.step, config))
-        ce, rbn = augmented_losses_and_backward()
-        if chunked and device.type == "cpu":
+        if self.lr is not None:
+            self.lr.copy_(cosine_lr(self.augment.step, self.config))
+        ce, rbn = self.augmented_losses_and_backward()
+        if self.chunked and self.device.type == "cpu":
             # the chunks' activations back to the system before Adam's step: freed but kept by the
             # allocator they would add ~2 GB to the step's peak at ImageNet scale (measured)
             memory.release_freed_memory()
-        finite = torch.isfinite(ce + config.r_bn * rbn)
-        died_at.copy_(torch.where(alive & ~finite, augment.step, died_at))
-        alive.logical_and_(finite)
-        optimizer.step()
+        finite = torch.isfinite(ce + self.config.r_bn * rbn)
+        self.died_at.copy_(torch.where(self.alive & ~finite, self.augment.step, self.died_at))
+        self.alive.logical_and_(finite)
+        self.optimizer.step()
         return ce.detach(), rbn.detach()
 
-    start = 0  # the first iteration to run: everything before it was restored
-    if resume_from is not None:
-        start = _restore_batch_state(resume_from, method, m, ks, config, variable, optimizer, augment, alive, died_at)
-    every = config.checkpoint_every if on_checkpoint is not None else None
-    minutes = config.checkpoint_minutes if on_checkpoint is not None else None
-    last_checkpoint = checkpoint_clock()
-
-    started = time.perf_counter()
-    first_iteration_s = None
-    sync_mode = None  # with CHECK_HOST_SYNCS on CUDA: the debug mode to restore after the loop
-    graph: Optional[CapturedIteration] = None
-    graph_status = "off"
-    try:
+    def run(self, start: int, on_checkpoint, progress: bool, desc: str, started: float) -> Tuple[Tensor, Tensor, float]:
+        """Iterations ``start`` .. config.iterations - 1, checkpointing between them; returns the
+        last iteration's (CE, R_bn) and the seconds until the first iteration was done."""
+        config, device = self.config, self.device
+        every = config.checkpoint_every if on_checkpoint is not None else None
+        minutes = config.checkpoint_minutes if on_checkpoint is not None else None
+        last_checkpoint = checkpoint_clock()
+        first_iteration_s = None
+        graph: Optional[CapturedIteration] = None
         bar = progress_bar(range(start, config.iterations), desc=desc, disable=not progress, leave=False,
                            initial=start, total=config.iterations)
         readout = ProgressReadout(bar, device) if progress else None
@@ -521,20 +285,20 @@ def optimize_batch(
                 _synchronize(device)
                 first_iteration_s = time.perf_counter() - started
                 if CHECK_HOST_SYNCS and device.type == "cuda":
-                    sync_mode = torch.cuda.get_sync_debug_mode()
+                    self.sync_mode = torch.cuda.get_sync_debug_mode()
                     torch.cuda.set_sync_debug_mode("error")
-            if graphed and graph is None and t == start + GRAPH_WARMUP_ITERATIONS:
-                graph, graph_status = CapturedIteration.capture(iteration, optimizer, sync_mode)
-                graphed = graph is not None
+            if self.graphed and graph is None and t == start + GRAPH_WARMUP_ITERATIONS:
+                graph, self.graph_status = CapturedIteration.capture(self.iteration, self.optimizer, self.sync_mode)
+                self.graphed = graph is not None
             if graph is not None:
                 last_ce, last_rbn = graph.replay()
             else:
-                if lr is None:
-                    for group in optimizer.param_groups:
+                if self.lr is None:
+                    for group in self.optimizer.param_groups:
                         group["lr"] = cosine_lr(t, config)
-                optimizer.zero_grad(set_to_none=True)
-                with side_stream(device) if graphed else contextlib.nullcontext():
-                    last_ce, last_rbn = iteration()  # (warm-up of the capture on its own stream)
+                self.optimizer.zero_grad(set_to_none=True)
+                with side_stream(device) if self.graphed else contextlib.nullcontext():
+                    last_ce, last_rbn = self.iteration()  # (warm-up of the capture on its own stream)
             if readout is not None:
                 readout.update(t, last_ce, last_rbn, last=t + 1 == config.iterations)
             done = t + 1  # (none at the end: the finished batch is checkpointed by the caller)
@@ -542,69 +306,163 @@ def optimize_batch(
                 (every is not None and done % every == 0)
                 or (minutes is not None and checkpoint_clock() - last_checkpoint >= 60.0 * minutes)
             ):
-                if sync_mode is not None:  # the copies to the host are this checkpoint's sync: pause the check
-                    torch.cuda.set_sync_debug_mode(sync_mode)
-                on_checkpoint(_batch_state(method, m, ks, chunk_size, done, config, variable, optimizer, augment,
-                                           alive, died_at))
-                if sync_mode is not None:
+                if self.sync_mode is not None:  # the copies to the host are this checkpoint's sync: pause the check
+                    torch.cuda.set_sync_debug_mode(self.sync_mode)
+                on_checkpoint(self.state(done))
+                if self.sync_mode is not None:
                     torch.cuda.set_sync_debug_mode("error")
                 last_checkpoint = checkpoint_clock()
-        if sync_mode is not None:
-            torch.cuda.set_sync_debug_mode(sync_mode)
-            sync_mode = None
+        self.restore_sync_mode()
         bar.close()
         if first_iteration_s is None:  # a single iteration
             _synchronize(device)
             first_iteration_s = time.perf_counter() - started
-        final = variable.detach()
-        per_iteration_s = (time.perf_counter() - started) / max(1, config.iterations - start)
+        return last_ce, last_rbn, first_iteration_s
+
+    def restore_sync_mode(self) -> None:
+        if self.sync_mode is not None:
+            torch.cuda.set_sync_debug_mode(self.sync_mode)
+            self.sync_mode = None
+
+    def final_pass(self, lo: Tensor, hi: Tensor, progress: bool, desc: str,
+                   per_iteration_s: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The final variable, its composed images clamped to [lo, hi], and their CE, R_bn and
+        accuracy: one more pass through the teacher, unaugmented, without a gradient."""
+        G, C, chunked = self.G, self.C, self.chunked
+        final = self.variable.detach()
         if progress and (chunked or per_iteration_s >= FINAL_PASS_NOTE_S):  # (else over in a moment)
-            chunks = f" in chunks of {chunk_size}" if chunked else ""
+            chunks = f" in chunks of {self.chunk_size}" if chunked else ""
             print(f"{desc}: final pass over the {G * C} recovered images{chunks} (CE, R_bn, accuracy)", flush=True)
-        if not graphed:  # Adam's state and the gradient: not needed any more (a captured graph owns its copies)
-            variable.grad = None
-            optimizer.state.clear()
-        x = ufc_compose(*compose_args(final), lo=lo, hi=hi, backend=backend)
+        if not self.graphed:  # Adam's state and the gradient: not needed any more (a captured graph owns its copies)
+            self.variable.grad = None
+            self.optimizer.state.clear()
+        x = ufc_compose(*self.var.compose_args(final), lo=lo, hi=hi, backend=self.backend)
         if chunked:  # (the statistics pass alone: no gradient)
             rows = x.flatten(0, 1)
             with torch.no_grad():
-                ce, rbn, logits = chunked_losses(RowsFrom(G * C, lambda a, b: losses.teacher_rows(rows[a:b])),
-                                                 backward=False)
+                ce, rbn, logits = self.chunked_losses(
+                    RowsFrom(G * C, lambda a, b: self.losses.teacher_rows(rows[a:b])), backward=False)
         else:
             with torch.no_grad():
-                ce, rbn, logits = losses(x, compiled=False)  # (once: not worth a no-grad graph)
-        acc = (logits.argmax(1) == labels).view(G, C).float().mean(1)
+                ce, rbn, logits = self.losses(x, compiled=False)  # (once: not worth a no-grad graph)
+        acc = (logits.argmax(1) == self.labels).view(G, C).float().mean(1)
+        return final, x, ce, rbn, acc
+
+    def state(self, iterations_done: int) -> Dict[str, Any]:
+        """The state of the batch after ``iterations_done`` iterations, on the CPU (copied: the
+        loop goes on updating its tensors, a captured graph's static ones included): everything
+        the rest of the batch depends on. The batch itself (teacher, ks, chunk_size) is part of
+        it: only the same batch continues bit-identically (batching changes float rounding)."""
+        adam = self.optimizer.state[self.variable]
+        return {
+            "method": self.kind.method,
+            "teacher": int(self.m),
+            "k": [int(k) for k in self.ks],
+            "chunk_size": self.chunk_size,
+            "iteration": int(iterations_done),  # the batch continues at t = iteration
+            "iterations": int(self.config.iterations),
+            "variable": self.variable.detach().to("cpu", copy=True),
+            "exp_avg": adam["exp_avg"].to("cpu", copy=True),
+            "exp_avg_sq": adam["exp_avg_sq"].to("cpu", copy=True),
+            "adam_step": adam["step"].detach().to("cpu", copy=True),
+            "augment_step": int(self.augment.step),  # the position in the augmentation draws
+            "alive": self.alive.to("cpu", copy=True),
+            "died_at": self.died_at.to("cpu", copy=True),
+        }
+
+    def restore(self, state: Dict[str, Any]) -> int:
+        """Load a :meth:`state` into this batch, built as from scratch (so its generators have
+        made the same draws); returns the iteration it continues at."""
+        method, m, ks, config, variable = self.kind.method, self.m, self.ks, self.config, self.variable
+        if (state.get("method"), state.get("teacher"), list(state.get("k", []))) != (method, m, list(ks)):
+            raise ValueError(f"the partial batch to resume is {state.get('method')} teacher {state.get('teacher')} "
+                             f"k={state.get('k')}, not {method} teacher {m} k={list(ks)}")
+        start = int(state["iteration"])
+        if not 0 < start < config.iterations or tuple(state["variable"].shape) != tuple(variable.shape):
+            raise ValueError(f"the partial batch of teacher {m} k={list(ks)} does not fit this run (iteration {start} "
+                             f"of {config.iterations}, variable {tuple(state['variable'].shape)} vs "
+                             f"{tuple(variable.shape)})")
+        device = variable.device
+        with torch.no_grad():
+            variable.copy_(state["variable"])
+            self.augment.step.fill_(int(state["augment_step"]))
+            self.alive.copy_(state["alive"])
+            self.died_at.copy_(state["died_at"])
+        # Adam's own layout: ``step`` on the device when capturable (a captured step advances it), else on the CPU
+        capturable = self.optimizer.param_groups[0]["capturable"]
+        self.optimizer.state[variable] = {
+            "step": state["adam_step"].to(device if capturable else "cpu", copy=True),
+            "exp_avg": state["exp_avg"].to(device, copy=True),
+            "exp_avg_sq": state["exp_avg_sq"].to(device, copy=True),
+        }
+        return start
+
+    def stats(self, final: Tensor, ce: Tensor, rbn: Tensor, acc: Tensor, last_ce: Tensor, last_rbn: Tensor,
+              started: float, first_iteration_s: float, start: int) -> Dict[str, Any]:
+        """The batch's stats (and its failed jobs, once ``final`` is known: a non-finite result
+        fails its job too)."""
+        self.alive &= torch.isfinite(final.flatten(1)).all(1)
+        failed = {k: int(it) for k, ok, it in zip(self.ks, self.alive.tolist(), self.died_at.tolist()) if not ok}
+        return {
+            "teacher": self.m,
+            "k": list(self.ks),
+            "ce": float(ce.mean()),
+            "r_bn": float(rbn.mean()),
+            "accuracy": float(acc.mean()),
+            "ce_per_ufc": ce.tolist(),
+            "r_bn_per_ufc": rbn.tolist(),
+            "accuracy_per_ufc": acc.tolist(),
+            # the optimized objective at the last iteration (augmented, unclamped images)
+            "ce_last_iteration": float(last_ce.mean()),
+            "r_bn_last_iteration": float(last_rbn.mean()),
+            "failed": failed,  # k -> first iteration with a non-finite loss (-1: a non-finite result)
+            # wall time of the batch, and of its first iteration (compile and warm-up included)
+            "seconds": time.perf_counter() - started,
+            "first_iteration_seconds": first_iteration_s,
+            "cuda_graph": self.graph_status,  # "captured", "off", or why this batch ran eagerly
+            "chunk_size": self.chunk_size if self.chunked else None,  # rows through the teacher at a time (None: all)
+            "resumed_from_iteration": start,  # 0, or the iteration of the checkpoint this batch continued from
+        }
+
+
+def optimize_batch(
+    kind: RecoveryKind, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
+    losses: TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
+    progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
+    on_checkpoint: Optional[Callable[[Dict[str, Any]], None]] = None, resume_from: Optional[Dict[str, Any]] = None,
+) -> Tuple[Tensor, Dict[str, Any]]:
+    """Optimize the jobs (m, k) for k in ``ks`` together (stats["failed"] lists the jobs whose
+    loss became non-finite; their results must not be used).
+
+    ``kind`` (variables.RecoveryKind) says what is optimized: its variable (G groups, each
+    composed into C images, one per class, with its own BN statistics), from which source it
+    is composed, and the result (``kind.result``) returned on CPU as float32, with the batch
+    stats. Every job draws from its own generator (``kind.job_seed``).
+
+    Checkpoints inside the batch: with ``on_checkpoint``, after every
+    ``config.checkpoint_every`` iterations and once ``config.checkpoint_minutes`` have passed
+    since the last one (a host clock read per iteration; the checkpoint itself syncs), it is
+    called with the batch's state (_Batch.state: the variable, Adam's state, the augmentation
+    draws' position, alive/died_at, the iteration; on CUDA read between graph replays). With
+    ``resume_from`` (such a state of this same batch: m, ks, chunk_size) the batch is built as
+    from scratch, then continues from that state at its iteration: bit-identical to an
+    uninterrupted batch (stats["resumed_from_iteration"] says where; its timings cover only
+    the resumed part)."""
+    device = lo.device
+    batch = _Batch(kind, source, num_classes, image_shape, losses, m, ks, config, backend, chunk_size, device)
+    start = 0 if resume_from is None else batch.restore(resume_from)  # the first iteration to run
+    started = time.perf_counter()
+    try:
+        last_ce, last_rbn, first_iteration_s = batch.run(start, on_checkpoint, progress, desc, started)
+        per_iteration_s = (time.perf_counter() - started) / max(1, config.iterations - start)
+        final, x, ce, rbn, acc = batch.final_pass(lo, hi, progress, desc, per_iteration_s)
     except Exception as exc:
         if isinstance(exc, RecoveryOutOfMemoryError) or not memory.is_out_of_memory(exc):
             raise
-        raise out_of_memory_error(exc, device, desc, G, C, chunk_size) from exc
+        raise out_of_memory_error(exc, device, desc, batch.G, batch.C, chunk_size) from exc
     finally:
-        if sync_mode is not None:
-            torch.cuda.set_sync_debug_mode(sync_mode)
-        if chunked:
+        batch.restore_sync_mode()
+        if batch.chunked:
             losses.detach()
-    alive &= torch.isfinite(final.flatten(1)).all(1)
-    failed = {k: int(it) for k, ok, it in zip(ks, alive.tolist(), died_at.tolist()) if not ok}
-    stats = {
-        "teacher": m,
-        "k": list(ks),
-        "ce": float(ce.mean()),
-        "r_bn": float(rbn.mean()),
-        "accuracy": float(acc.mean()),
-        "ce_per_ufc": ce.tolist(),
-        "r_bn_per_ufc": rbn.tolist(),
-        "accuracy_per_ufc": acc.tolist(),
-        # the optimized objective at the last iteration (augmented, unclamped images)
-        "ce_last_iteration": float(last_ce.mean()),
-        "r_bn_last_iteration": float(last_rbn.mean()),
-        "failed": failed,  # k -> first iteration with a non-finite loss (-1: a non-finite result)
-        # wall time of the batch, and of its first iteration (compile and warm-up included)
-        "seconds": time.perf_counter() - started,
-        "first_iteration_seconds": first_iteration_s,
-        "cuda_graph": graph_status,  # "captured", "off", or why this batch ran eagerly
-        "chunk_size": chunk_size if chunked else None,  # rows through the teacher at a time (None: all)
-        "resumed_from_iteration": start,  # 0, or the iteration of the checkpoint this batch continued from
-    }
-    result = final if method == "infer" else x
-    return result.to("cpu", torch.float32), stats
-
+    stats = batch.stats(final, ce, rbn, acc, last_ce, last_rbn, started, first_iteration_s, start)
+    return kind.result(final, x).to("cpu", torch.float32), stats

@@ -1,102 +1,31 @@
-"""The job runner: the jobs (m, k) of a recovery (one UFC, or one SRe2L image group, per
-teacher m and index k) scheduled teacher by teacher in batches of the engine, checkpointed
-after every batch and inside batches, resumed from the checkpoints of any world size, split
-across ranks under torchrun; and the two recoveries built on it, recover_ufcs (INFER) and
-recover_sre2l."""
+"""The job scheduler of recovery: the jobs (m, k) of a recovery (one per teacher m and index
+k: what a job optimizes is its method's RecoveryKind, variables.py) scheduled teacher by
+teacher in batches of the engine, the interrupted batches of a resumed run first, split
+across ranks under torchrun, with the checkpoint store (checkpoints.py) written after every
+batch and inside batches; and the two recoveries built on it, recover_ufcs (INFER) and
+recover_sre2l (SRe2L, and CDA through its config)."""
 from __future__ import annotations
 
-import glob
 import os
-import signal
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .. import distributed, memory
-from .._io import content_digest, model_digest, read_checkpoint, save_atomic
+from .._io import content_digest, model_digest
 from ..checks import check_int
 from ..models import device_of
 from . import engine, plan
+from .checkpoints import CheckpointStore, Job, recovery_checkpoints, recovery_results_dir
 from .config import RESULT_NEUTRAL, RecoveryConfig
+from .variables import COMPENSATORS, FREE_IMAGES, RecoveryKind
 
-CHECKPOINT_FORMAT = "infer-fast-recovery"
-# 2: the teachers' content digests are part of the run identity; 3: the results of finished
-# batches in files of their own (recovery_results_dir), each written once
-CHECKPOINT_VERSION = 3
-RESULTS_FORMAT = "infer-fast-recovery-results"
-
-
-# Tests only (tests/test_cli.py), not a user option: with this set to N, the process SIGKILLs
-# itself as soon as the in-batch checkpoint of iteration N is on disk, so a test kills a run at
-# a chosen point instead of whenever its poll notices the file.
-SIGKILL_AFTER_CHECKPOINT_ENV = "INFER_FAST_TEST_SIGKILL_AFTER_CHECKPOINT"
+__all__ = ["RecoveryDivergedError", "recover_ufcs", "recover_sre2l", "recovery_checkpoints", "recovery_results_dir"]
 
 
 class RecoveryDivergedError(RuntimeError):
     """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
-
-
-def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
-    ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, "recovery checkpoint", CHECKPOINT_VERSION)
-    if ckpt.get("format_version", 0) < CHECKPOINT_VERSION:
-        raise ValueError(f"recovery checkpoint {path!r} was written by an older infer-fast (format "
-                         f"{ckpt.get('format_version', 0)}, this one reads {CHECKPOINT_VERSION}): finish that run with "
-                         "that version, or delete it to start over")
-    theirs = ckpt.get("run", {})
-    for key, value in identity.items():
-        if key == "teachers_sha256" and theirs.get(key) != value:
-            changed = [m for m, (a, b) in enumerate(zip(theirs.get(key, []), value)) if a != b]
-            raise ValueError(f"recovery checkpoint {path!r} belongs to another run: the weights of teacher "
-                             f"{', '.join(map(str, changed))} differ from those it was recovered with (resume with the "
-                             "same teachers, or delete it)")
-        if key == "config":
-            for name, v in value.items():
-                if theirs.get("config", {}).get(name) != v:
-                    raise ValueError(
-                        f"recovery checkpoint {path!r} belongs to another run: config {name}="
-                        f"{theirs.get('config', {}).get(name)!r}, this run has {v!r} (delete it or use the same settings)"
-                    )
-        elif theirs.get(key) != value:
-            what = "natural images" if key == "natural_sha256" else key
-            shown = "" if key == "natural_sha256" else f": {theirs.get(key)!r} vs this run's {value!r}"
-            raise ValueError(f"recovery checkpoint {path!r} belongs to another run (different {what}{shown})")
-    return ckpt
-
-
-
-def recovery_results_dir(checkpoint: Union[str, os.PathLike]) -> str:
-    """The folder beside a recovery's checkpoint that holds the results of its finished batches,
-    one file per batch written once (not the whole set of results rewritten after every
-    batch: 7.5 GB each time for SRe2L on ImageNet-1k at ipc 50); every rank's, of any world
-    size, and the checkpoints list which file holds which job."""
-    return os.fspath(checkpoint) + ".results"
-
-
-def _load_results(path: str, ckpt: Dict[str, Any], results_dir: str) -> Dict[Tuple[int, int], Tuple[Tensor, str]]:
-    """{(m, k): (result, its file's name)} of the jobs the checkpoint ``path`` lists."""
-    out: Dict[Tuple[int, int], Tuple[Tensor, str]] = {}
-    for entry in ckpt.get("results", []):
-        file = os.path.join(results_dir, entry["file"])
-        if not os.path.exists(file):
-            raise ValueError(f"recovery checkpoint {path!r} lists results in {file!r}, which is missing: delete the "
-                             f"checkpoint and {results_dir!r} to start over")
-        data = read_checkpoint(file, RESULTS_FORMAT, "recovery results file", CHECKPOINT_VERSION)
-        results = {(int(m), int(k)): r for (m, k), r in zip(data["jobs"], data["results"])}
-        for m, k in entry["jobs"]:
-            if (m, k) not in results:
-                raise ValueError(f"recovery checkpoint {path!r}: job m={m} k={k} is not in {file!r}; delete the "
-                                 f"checkpoint and {results_dir!r} to start over")
-            out[(m, k)] = (results[(m, k)], entry["file"])
-    return out
-
-
-def recovery_checkpoints(checkpoint: Union[str, os.PathLike]) -> List[str]:
-    """The existing checkpoint files of a recovery run: ``checkpoint`` itself (one process,
-    or "chunks") and the per-rank shares ``<checkpoint>.rank<r>-of-<w>`` of any world size."""
-    base = os.fspath(checkpoint)
-    shares = sorted(glob.glob(glob.escape(base) + ".rank*-of-*"))
-    return ([base] if os.path.exists(base) else []) + shares
 
 
 def _check_common(teachers, mean, std, channels: int, config: RecoveryConfig) -> List[nn.Module]:
@@ -111,34 +40,139 @@ def _check_common(teachers, mean, std, channels: int, config: RecoveryConfig) ->
     return teachers
 
 
-def _live_partials(found: List[Tuple[str, Dict[str, Any]]], inherited) -> List[Tuple[str, Dict[str, Any]]]:
-    """The interrupted batches to continue, as (file, state), in a fixed order: of several
-    states of one batch (a share of an earlier world size, and the file of the run that went
-    on with it) the furthest; none whose jobs are recovered already."""
-    best: Dict[Tuple[int, Tuple[int, ...]], Tuple[str, Dict[str, Any]]] = {}
-    for path, state in found:
-        key = (state["teacher"], tuple(state["k"]))
-        if key not in best or state["iteration"] > best[key][1]["iteration"]:
-            best[key] = (path, state)
-    live, taken = [], set(inherited)
-    for key in sorted(best):
-        jobs = {(key[0], k) for k in key[1]}
-        if not jobs & taken:  # (a batch is always resumed whole, so states of one batch have the same ks)
-            live.append(best[key])
-            taken |= jobs
-    return live
+def _my_jobs(jobs: List[Job], store: CheckpointStore, split_jobs: bool) -> List[Job]:
+    """The jobs this rank starts (not those recovered already or in an interrupted batch):
+    under torchrun "jobs" every world-th of them, else all."""
+    rank, world = distributed.rank_and_world()
+    resumed_jobs = {(s["teacher"], k) for _, s in store.partials for k in s["k"]}
+    remaining = [job for job in jobs if job not in store.inherited and job not in resumed_jobs]
+    return remaining[rank::world] if split_jobs else remaining
 
 
-def _describe_batch(m: int, ks: Sequence[int]) -> str:
-    return f"teacher {m} batch k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m} batch k={ks[0]}"
+class _JobRunner:
+    """The jobs of one recovery on this rank, teacher by teacher, G at a time: ``done`` (job ->
+    kept result), the batches' ``stats``, ``failures`` (m, k, iteration) and the last
+    ``group_size``; the checkpoint ``store`` written after every batch and, at the cadence of
+    config.checkpoint_every / checkpoint_minutes, inside a batch."""
+
+    def __init__(self, kind: RecoveryKind, teachers: List[nn.Module], natural_cpu: Optional[Tensor],
+                 num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
+                 store: CheckpointStore, split_jobs: bool, progress: bool, backend: str,
+                 keep: Optional[Callable[[Tensor], Tensor]]):
+        from ..storage import valid_range
+
+        self.kind, self.teachers, self.natural_cpu, self.config, self.store = kind, teachers, natural_cpu, config, store
+        self.num_classes, self.image_shape, self.split_jobs = num_classes, image_shape, split_jobs
+        self.progress, self.backend, self.keep = progress, backend, keep
+        self.lo_cpu, self.hi_cpu = valid_range(mean, std)
+        self.done: Dict[Job, Tensor] = {}
+        self.stats: List[Dict[str, Any]] = []
+        rank, _ = distributed.rank_and_world()
+        if store.inherited and (rank == 0 or not split_jobs):  # one rank brings them to the gather
+            self.done, self.stats = dict(store.inherited), list(store.inherited_stats.values())
+        self.failures: List[Tuple[int, int, int]] = []
+        self.group_size = config.group_size
+        self.in_batch_checkpoints = store.writes and (
+            config.checkpoint_every is not None or config.checkpoint_minutes is not None)
+
+    def run_teacher(self, m: int, teacher: nn.Module, mine: List[Job]) -> None:
+        """Teacher m's batches: its interrupted ones (as they were), then its jobs in ``mine``."""
+        todo = [k for mm, k in mine if mm == m and (m, k) not in self.done]
+        interrupted = [state for (mm, _), state in sorted(self.store.pending.items()) if mm == m]
+        if not todo and not interrupted:
+            return
+        device = device_of(teacher)
+        source = None if self.natural_cpu is None else self.natural_cpu.to(device)
+        lo, hi = self.lo_cpu.to(device), self.hi_cpu.to(device)
+        with engine.recovery_teacher(teacher, self.config) as run_teacher:
+            losses = engine.TeacherLosses(run_teacher, self.num_classes, self.config, self.backend)
+            try:
+                for ks, chunk_size, state in self._batches(todo, interrupted, run_teacher, source, device):
+                    self._run_batch(m, ks, chunk_size, state, source, losses, lo, hi)
+            except plan.RecoveryOutOfMemoryError as exc:
+                where = self.store.where()
+                if where is None:
+                    raise
+                raise plan.RecoveryOutOfMemoryError(
+                    f"{exc}; what was recovered before is in {where}: --resume continues from there") from exc
+            finally:
+                losses.detach()
+
+    def _batches(self, todo: List[int], interrupted: List[Dict[str, Any]], run_teacher: nn.Module,
+                 source: Optional[Tensor], device) -> List[Tuple[List[int], Optional[int], Optional[Dict[str, Any]]]]:
+        """The plan of a teacher: (ks, chunk_size, state to continue from), the interrupted
+        batches first, as they were, then ``todo`` G at a time (G and chunk_size from the
+        config, or auto_batch_plan: under torchrun "chunks" rank 0's plan for all ranks)."""
+        config = self.config
+        batches = [(list(state["k"]), state["chunk_size"], state) for state in interrupted]
+        if todo:
+            probe = source if source is not None else torch.zeros((1, self.num_classes) + self.image_shape,
+                                                                  device=device)
+            if config.group_size:
+                G, chunk_size = config.group_size, config.chunk_size
+            else:
+                G, auto_chunk = plan.auto_batch_plan(run_teacher, probe, len(todo))
+                chunk_size = config.chunk_size or auto_chunk
+                if distributed.rank_and_world()[1] > 1 and not self.split_jobs:  # "chunks": one plan for all ranks
+                    G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
+            self.group_size = G
+            batches += [(todo[start:start + G], chunk_size, None) for start in range(0, len(todo), G)]
+        return batches
+
+    def _run_batch(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
+                   source: Optional[Tensor], losses, lo: Tensor, hi: Tensor) -> None:
+        key, M, noun = (m, tuple(ks)), len(self.teachers), self.kind.noun
+        desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
+
+        def save_partial(batch_state: Dict[str, Any]) -> None:
+            self.store.save_partial(key, batch_state, self.done, self.stats, self.group_size)
+
+        result, batch_stats = engine.optimize_batch(
+            self.kind, source, self.num_classes, self.image_shape, losses, m, ks, self.config, lo, hi, self.progress,
+            self.backend, desc, chunk_size, on_checkpoint=save_partial if self.in_batch_checkpoints else None,
+            resume_from=state,
+        )
+        finished = {k: r.clone() if self.keep is None else self.keep(r)
+                    for k, r in zip(ks, result) if k not in batch_stats["failed"]}
+        self.done.update({(m, k): r for k, r in finished.items()})
+        self.failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
+        self.stats.append(batch_stats)
+        del result
+        memory.release_freed_memory()  # the batch's activations: not held into the next step
+        self.store.finish_batch(key, finished, self.done, self.stats, self.group_size)
+
+    def gather(self, method: str, jobs: List[Job]) -> None:
+        """Under torchrun "jobs": everyone gets every share (then raises together if any job failed)."""
+        shares = distributed.all_gather_object((self.done, self.stats, self.failures))
+        done, stats, failures = {}, [], []
+        for share_done, share_stats, share_failures in shares:
+            if set(share_done) & set(done):
+                raise RuntimeError(f"{method} recovery: two ranks returned the same jobs {sorted(set(share_done) & set(done))}")
+            done.update(share_done)
+            stats += share_stats
+            failures += share_failures
+        if not failures and set(done) != set(jobs):
+            raise RuntimeError(f"{method} recovery: the ranks' shares miss jobs {sorted(set(jobs) - set(done))}")
+        self.done, self.stats, self.failures = done, stats, failures
+
+    def check_failures(self, method: str, jobs: List[Job]) -> None:
+        if self.failures:
+            named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)")
+                              for m, k, it in self.failures)
+            path = self.store.path
+            kept = f"; the other {len(self.done)} are in {path} and --resume retries only the failed ones" if path else ""
+            raise RecoveryDivergedError(
+                f"{method} recovery: the loss became non-finite for {len(self.failures)} of {len(jobs)} jobs ({named}); "
+                f"lower lr or r_bn, or check the teacher{kept}"
+            )
 
 
 def _run_jobs(
-    method: str, jobs: List[Tuple[int, int]], teachers: List[nn.Module], natural_cpu: Optional[Tensor],
+    kind: RecoveryKind, jobs: List[Job], teachers: List[nn.Module], natural_cpu: Optional[Tensor],
     num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
     identity: Dict[str, Any], checkpoint, resume: bool, progress: bool, backend: str,
     keep: Optional[Callable[[Tensor], Tensor]] = None,
-) -> Tuple[Dict[Tuple[int, int], Tensor], List[Dict[str, Any]], Optional[int]]:
+) -> Tuple[Dict[Job, Tensor], List[Dict[str, Any]], Optional[int]]:
     """Run the jobs (m, k) teacher by teacher, G at a time, checkpointing after every batch and,
     at the cadence of config.checkpoint_every / checkpoint_minutes, inside a batch.
     Returns ({(m, k): result}, batch stats, last group size). ``keep``: what is kept of a
@@ -151,189 +185,41 @@ def _run_jobs(
     other jobs of its teacher; under torchrun
     "jobs" a batch from a rank's own share goes to that rank, one from a share of another
     world size to rank i mod world."""
-    from ..storage import valid_range
-
-    lo_cpu, hi_cpu = valid_range(mean, std)
-    rank, world = distributed.rank_and_world()
+    _, world = distributed.rank_and_world()
     # torchrun, "jobs": every world-th job, each rank with its own checkpoint; "chunks" (or one
     # process): every job here, the chunks of each batch split inside, rank 0 checkpoints
     split_jobs = world > 1 and config.distributed == "jobs"
-    writer = split_jobs or rank == 0
-    done: Dict[Tuple[int, int], Tensor] = {}
-    stats: List[Dict[str, Any]] = []
-    inherited: Dict[Tuple[int, int], Tensor] = {}
-    partials: List[Tuple[str, Dict[str, Any]]] = []  # (file, state) of the interrupted batches
-    # what this writer's file held: listed again with its own results, so rewriting the file
-    # never drops a job or a batch state that no other file has
-    kept: Dict[Tuple[int, int], Tensor] = {}
-    kept_stats: List[Dict[str, Any]] = []
-    result_files: Dict[Tuple[int, int], str] = {}  # job -> the file (in results_dir) that holds its result
-    if checkpoint is not None:
-        base = os.fspath(checkpoint)
-        results_dir = recovery_results_dir(base)
-        found = recovery_checkpoints(base)
-        distributed.barrier()  # every rank has looked before any writes its own (all see the same files)
-        checkpoint = distributed.shard_path(base, rank, world if split_jobs else 1)
-        if found and not resume:
-            raise ValueError(
-                f"recovery checkpoint {found[0]!r} exists: pass resume=True to continue that run, or delete it"
-            )
-        # every checkpoint of the run, whatever number of ranks wrote it: a restart with
-        # another world size (or one process) loses nothing
-        inherited_stats: Dict[Tuple[int, Tuple[int, ...]], Dict[str, Any]] = {}
-        found_partials: List[Tuple[str, Dict[str, Any]]] = []
-        for path in found:
-            ckpt = _load_checkpoint(path, identity)
-            for key, (u, file) in _load_results(path, ckpt, results_dir).items():
-                inherited[key], result_files[key] = u, file
-                if path == checkpoint:
-                    kept[key] = u
-            for batch in ckpt.get("stats", []):
-                inherited_stats[(batch["teacher"], tuple(batch["k"]))] = batch
-            kept_stats += ckpt.get("stats", []) if path == checkpoint else []
-            # (none in the files of infer-fast before checkpoints inside a batch)
-            found_partials += [(path, state) for state in ckpt.get("partials", [])]
-        distributed.barrier()  # every rank has read the files before any rewrites its own
-        if inherited and (rank == 0 or not split_jobs):  # one rank brings them to the gather
-            done, stats = dict(inherited), list(inherited_stats.values())
-        partials = _live_partials(found_partials, inherited)
-        # what a resume found and where it continues: said even without progress bars (rank 0)
-        if found and rank == 0:
-            continues = "".join(f"; {_describe_batch(s['teacher'], s['k'])} continues at iteration "
-                                f"{s['iteration']}/{s['iterations']}" for _, s in partials)
-            recovered = f"{len(inherited)}/{len(jobs)} {method} jobs already recovered"
-            print(f"{', '.join(found)}: resuming, {recovered}{continues}", flush=True)
-        elif resume and rank == 0:
-            print(f"no recovery checkpoint at {base}: starting from the beginning", flush=True)
-
-    def owner(index: int, path: str) -> int:
-        """The rank that continues the index-th interrupted batch, found in ``path``."""
-        if not split_jobs:
-            return rank  # every rank works on every batch
-        writers = [distributed.shard_path(base, r, world) for r in range(world)]
-        orphans = [i for i, (p, _) in enumerate(partials) if p not in writers]
-        return writers.index(path) if path in writers else orphans.index(index) % world
-
-    # my interrupted batches, (m, ks) -> their latest state: in my checkpoint until they finish
-    pending = {(s["teacher"], tuple(s["k"])): s for i, (path, s) in enumerate(partials) if owner(i, path) == rank}
-    resumed_jobs = {(s["teacher"], k) for _, s in partials for k in s["k"]}
-    remaining = [job for job in jobs if job not in inherited and job not in resumed_jobs]
-    mine = remaining[rank::world] if split_jobs else remaining
-
-    def write_results(m: int, finished: Dict[int, Tensor]) -> None:
-        """A finished batch's results, in a file of their own (once)."""
-        name = f"{os.path.basename(checkpoint)}.m{m}-k{min(finished)}-n{len(finished)}.pt"
-        os.makedirs(results_dir, exist_ok=True)
-        save_atomic({"format": RESULTS_FORMAT, "format_version": CHECKPOINT_VERSION,
-                     "jobs": [[m, k] for k in finished], "results": list(finished.values())},
-                    os.path.join(results_dir, name))
-        for k in finished:
-            result_files[(m, k)] = name
-
-    def write_checkpoint(group_size: Optional[int]) -> None:
-        """The index of the run (which results file holds each job recovered so far), the
-        stats of the finished batches and the state of the batches in progress."""
-        files: Dict[str, List[List[int]]] = {}
-        for m, k in sorted({**kept, **done}):
-            files.setdefault(result_files[(m, k)], []).append([m, k])
-        batches = {(b["teacher"], tuple(b["k"])): b for b in kept_stats + stats}
-        save_atomic(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "format_version": CHECKPOINT_VERSION,
-                "run": identity,
-                "config": config.to_dict(),
-                "group_size": group_size,
-                "results": [{"file": file, "jobs": jobs} for file, jobs in files.items()],
-                "stats": list(batches.values()),
-                "partials": [pending[key] for key in sorted(pending)],
-            },
-            checkpoint,
-        )
-
-    in_batch_checkpoints = checkpoint is not None and writer and (
-        config.checkpoint_every is not None or config.checkpoint_minutes is not None)
-    M = len(teachers)
-    group_size = config.group_size
-    failures: List[Tuple[int, int, int]] = []
-    noun = "UFC" if method == "infer" else "SRe2L group"
+    store = CheckpointStore.open(checkpoint, identity, config, resume, split_jobs)
+    runner = _JobRunner(kind, teachers, natural_cpu, num_classes, image_shape, mean, std, config, store, split_jobs,
+                        progress, backend, keep)
+    store.announce(kind.method, len(jobs), resume)
+    store.claim_partials(split_jobs)
+    mine = _my_jobs(jobs, store, split_jobs)
     for m, teacher in enumerate(teachers):
-        todo = [k for mm, k in mine if mm == m and (m, k) not in done]
-        interrupted = [state for (mm, _), state in sorted(pending.items()) if mm == m]
-        if not todo and not interrupted:
-            continue
-        device = device_of(teacher)
-        source = None if natural_cpu is None else natural_cpu.to(device)
-        lo, hi = lo_cpu.to(device), hi_cpu.to(device)
-        with engine.recovery_teacher(teacher, config) as run_teacher:
-            losses = engine.TeacherLosses(run_teacher, num_classes, config, backend)
-            try:
-                # (ks, chunk_size, state to continue from): the interrupted batches first, as they were
-                batches = [(list(state["k"]), state["chunk_size"], state) for state in interrupted]
-                if todo:
-                    probe = source if source is not None else torch.zeros((1, num_classes) + image_shape, device=device)
-                    if config.group_size:
-                        G, chunk_size = config.group_size, config.chunk_size
-                    else:
-                        G, auto_chunk = plan.auto_batch_plan(run_teacher, probe, len(todo))
-                        chunk_size = config.chunk_size or auto_chunk
-                        if world > 1 and not split_jobs:  # "chunks": one plan for all ranks (rank 0's)
-                            G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
-                    group_size = G
-                    batches += [(todo[start:start + G], chunk_size, None) for start in range(0, len(todo), G)]
-                for ks, chunk_size, state in batches:
-                    key = (m, tuple(ks))
-                    desc = f"teacher {m + 1}/{M} {noun}s k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m + 1}/{M} {noun} k={ks[0]}"
+        runner.run_teacher(m, teacher, mine)
+    if split_jobs:
+        runner.gather(kind.method, jobs)
+    runner.check_failures(kind.method, jobs)
+    return runner.done, runner.stats, runner.group_size
 
-                    def save_partial(batch_state: Dict[str, Any], key=key) -> None:
-                        pending[key] = batch_state
-                        write_checkpoint(group_size)
-                        if os.environ.get(SIGKILL_AFTER_CHECKPOINT_ENV) == str(batch_state["iteration"]):
-                            os.kill(os.getpid(), signal.SIGKILL)  # (tests: a kill at a chosen point)
 
-                    result, batch_stats = engine.optimize_batch(
-                        method, source, num_classes, image_shape, losses, m, ks, config, lo, hi, progress, backend,
-                        desc, chunk_size, on_checkpoint=save_partial if in_batch_checkpoints else None,
-                        resume_from=state,
-                    )
-                    finished = {k: r.clone() if keep is None else keep(r)
-                                for k, r in zip(ks, result) if k not in batch_stats["failed"]}
-                    done.update({(m, k): r for k, r in finished.items()})
-                    if checkpoint is not None and writer and finished:
-                        write_results(m, finished)
-                    failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
-                    stats.append(batch_stats)
-                    del result
-                    memory.release_freed_memory()  # the batch's activations: not held into the next step
-                    had_state = pending.pop(key, None) is not None
-                    if checkpoint is not None and writer and (len(batch_stats["failed"]) < len(ks) or had_state):
-                        write_checkpoint(group_size)
-            except plan.RecoveryOutOfMemoryError as exc:
-                if checkpoint is None or not writer or not os.path.exists(checkpoint):
-                    raise
-                raise plan.RecoveryOutOfMemoryError(
-                    f"{exc}; what was recovered before is in {checkpoint}: --resume continues from there") from exc
-            finally:
-                losses.detach()
-    if split_jobs:  # everyone gets every share (then raises together if any job failed)
-        shares = distributed.all_gather_object((done, stats, failures))
-        done, stats, failures = {}, [], []
-        for share_done, share_stats, share_failures in shares:
-            if set(share_done) & set(done):
-                raise RuntimeError(f"{method} recovery: two ranks returned the same jobs {sorted(set(share_done) & set(done))}")
-            done.update(share_done)
-            stats += share_stats
-            failures += share_failures
-        if not failures and set(done) != set(jobs):
-            raise RuntimeError(f"{method} recovery: the ranks' shares miss jobs {sorted(set(jobs) - set(done))}")
-    if failures:
-        named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)") for m, k, it in failures)
-        kept = f"; the other {len(done)} are in {checkpoint} and --resume retries only the failed ones" if checkpoint else ""
-        raise RecoveryDivergedError(
-            f"{method} recovery: the loss became non-finite for {len(failures)} of {len(jobs)} jobs ({named}); "
-            f"lower lr or r_bn, or check the teacher{kept}"
-        )
-    return done, stats, group_size
+def _recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: List[nn.Module],
+             natural_cpu: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int], mean, std,
+             config: RecoveryConfig, checkpoint, resume: bool, progress: bool, backend: str,
+             keep: Optional[Callable[[Tensor], Tensor]] = None):
+    """The path every recovery shares: its identity (``run``: what the method's jobs are made
+    from; then the teachers' weights, normalization and every result-affecting config field),
+    which a checkpoint must match to be resumed, and the jobs run (:func:`_run_jobs`)."""
+    identity = {
+        "method": kind.method,
+        **run,
+        "teachers_sha256": [model_digest(t) for t in teachers],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
+    }
+    return _run_jobs(kind, jobs, teachers, natural_cpu, num_classes, image_shape, mean, std, config, identity,
+                     checkpoint, resume, progress, backend, keep)
 
 
 def recover_ufcs(
@@ -382,22 +268,11 @@ def recover_ufcs(
     from ..data.transforms import normalize
 
     natural_cpu = normalize(natural_u8, mean, std).contiguous()
-    identity = {
-        "method": "infer",
-        "K": int(K),
-        "M": int(M),
-        "natural_shape": list(natural_u8.shape),
-        "natural_sha256": content_digest([natural_u8]),
-        "teachers_sha256": [model_digest(t) for t in teachers],
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
-    }
+    run = {"K": int(K), "M": int(M), "natural_shape": list(natural_u8.shape),
+           "natural_sha256": content_digest([natural_u8])}
     jobs = [(m, k) for m in range(M) for k in range(K)]
-    done, stats, group_size = _run_jobs(
-        "infer", jobs, teachers, natural_cpu, C, tuple(natural_u8.shape[2:]), mean, std, config, identity,
-        checkpoint, resume, progress, backend,
-    )
+    done, stats, group_size = _recover(COMPENSATORS, run, jobs, teachers, natural_cpu, C, tuple(natural_u8.shape[2:]),
+                                       mean, std, config, checkpoint, resume, progress, backend)
     return {
         "ufc": torch.stack([done[key] for key in jobs]).to(torch.float32),
         "ufc_index": torch.tensor([k for _, k in jobs], dtype=torch.int64),
@@ -439,23 +314,13 @@ def recover_sre2l(
         raise ValueError(f"image_shape must be (channels, H, W), got {image_shape}")
     teachers = _check_common(teachers, mean, std, image_shape[0], config)
     M = len(teachers)
-    identity = {
-        "method": "sre2l",
-        "ipc": int(ipc),
-        "M": int(M),
-        "shape": [int(num_classes), *image_shape],
-        "teachers_sha256": [model_digest(t) for t in teachers],
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
-    }
     from ..data.pixels import quantize_images
 
+    run = {"ipc": int(ipc), "M": int(M), "shape": [int(num_classes), *image_shape]}
     jobs = [(j % M, j) for j in range(ipc)]
-    done, stats, group_size = _run_jobs(
-        "sre2l", jobs, teachers, None, num_classes, image_shape, mean, std, config, identity,
-        checkpoint, resume, progress, backend, keep=lambda images: quantize_images(images, mean, std),
-    )
+    done, stats, group_size = _recover(FREE_IMAGES, run, jobs, teachers, None, num_classes, image_shape, mean, std,
+                                       config, checkpoint, resume, progress, backend,
+                                       keep=lambda images: quantize_images(images, mean, std))
     pixels = torch.empty((ipc * num_classes, *image_shape), dtype=torch.uint8)
     for j, key in enumerate(jobs):  # group by group, each freed once copied: no second copy of the set
         pixels[j * num_classes:(j + 1) * num_classes] = done.pop(key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -16,7 +15,8 @@ from ..choices import SELECTIONS
 from ..checks import check_int
 from ..output_lock import holds_output
 from .config import RecoveryConfig
-from .jobs import recover_sre2l, recover_ufcs, recovery_checkpoints, recovery_results_dir
+from .checkpoints import remove_recovery_checkpoints
+from .jobs import recover_sre2l, recover_ufcs
 from .natural import infer_budget, select_natural_sets
 
 
@@ -127,9 +127,7 @@ def _save_and_clean(ds, out_dir: Path, checkpoint: Path, progress: bool = False)
         save_distilled(ds, out_dir, progress=progress)
     distributed.barrier()  # every rank is done with its share before it goes
     if rank == 0:
-        for path in recovery_checkpoints(checkpoint):
-            Path(path).unlink(missing_ok=True)
-        shutil.rmtree(recovery_results_dir(checkpoint), ignore_errors=True)
+        remove_recovery_checkpoints(checkpoint)
     distributed.barrier()
     return out_dir
 

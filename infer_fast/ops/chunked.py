@@ -289,35 +289,12 @@ def chunked_loss_backward(
     _check_arguments(x, labels, groups, chunk_size, backward)
     total = x.shape[0]
     group_size = total // groups
-    starts = list(range(0, total, chunk_size))
-    world = dist.get_world_size() if split_across_ranks and dist.is_available() and dist.is_initialized() else 1
-    if world > 1 and isinstance(x, RowsFrom) and backward:
-        raise ValueError("split_across_ranks needs x as one tensor (every rank's input gradient is all-reduced into "
-                         "it), not a RowsFrom")
-    if world > len(starts):
-        raise ValueError(f"split_across_ranks: {len(starts)} chunks of chunk_size={chunk_size} cannot feed {world} ranks")
-    mine = starts[dist.get_rank()::world] if world > 1 else starts
+    world, mine = _my_chunks(x, chunk_size, split_across_ranks, backward)
     hooks = _ChunkHooks(teacher, groups, group_size, backend)
     outputs = _ChunkOutputs(total, world)
     try:
-        with torch.no_grad():
-            for row0 in mine:
-                hooks.start_chunk(row0)
-                logits = teacher(_chunk_of(x, row0, row0 + chunk_size))
-                hooks.end_chunk()
-                if row0 == mine[0]:
-                    _check_label_range(labels, logits)
-                if not backward:
-                    outputs.add(row0, logits, labels)
-                del logits
-        if not hooks.sites:
-            raise RuntimeError("no BatchNorm layer of the teacher ran in its forward: there are no statistics to match")
-        if world > 1:  # every rank's rows in the statistics
-            for site in hooks.sites:
-                dist.all_reduce(site.sums)
-        multipliers = [float(first_bn_mult)] + [1.0] * (len(hooks.sites) - 1)
-        for mult, site in zip(multipliers, hooks.sites):
-            site.finish(float(r_bn) * mult)
+        multipliers = _statistics_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, world, r_bn,
+                                       first_bn_mult, backward)
         if backward:
             _backward_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, group_size, ce_weight, world)
     finally:
@@ -325,6 +302,46 @@ def chunked_loss_backward(
     outputs.all_reduce()
     rbn = sum(mult * site.loss for mult, site in zip(multipliers, hooks.sites))
     return outputs.ce_rows.view(groups, group_size).mean(dim=1), rbn, outputs.logits
+
+
+def _my_chunks(x: Union[Tensor, RowsFrom], chunk_size: int, split_across_ranks: bool,
+               backward: bool) -> Tuple[int, List[int]]:
+    """(world, the first rows of the chunks this rank runs): every chunk, or under
+    ``split_across_ranks`` every world-th."""
+    starts = list(range(0, x.shape[0], chunk_size))
+    world = dist.get_world_size() if split_across_ranks and dist.is_available() and dist.is_initialized() else 1
+    if world > 1 and isinstance(x, RowsFrom) and backward:
+        raise ValueError("split_across_ranks needs x as one tensor (every rank's input gradient is all-reduced into "
+                         "it), not a RowsFrom")
+    if world > len(starts):
+        raise ValueError(f"split_across_ranks: {len(starts)} chunks of chunk_size={chunk_size} cannot feed {world} ranks")
+    return world, (starts[dist.get_rank()::world] if world > 1 else starts)
+
+
+def _statistics_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, world, r_bn, first_bn_mult,
+                     backward) -> List[float]:
+    """Pass 1: every chunk forward without a gradient, each BN call's per-group sums
+    accumulated (every rank's rows, all-reduced), then each site's loss finished; without
+    ``backward`` the chunks' logits and CE recorded. Returns the sites' loss multipliers."""
+    with torch.no_grad():
+        for row0 in mine:
+            hooks.start_chunk(row0)
+            logits = teacher(_chunk_of(x, row0, row0 + chunk_size))
+            hooks.end_chunk()
+            if row0 == mine[0]:
+                _check_label_range(labels, logits)
+            if not backward:
+                outputs.add(row0, logits, labels)
+            del logits
+    if not hooks.sites:
+        raise RuntimeError("no BatchNorm layer of the teacher ran in its forward: there are no statistics to match")
+    if world > 1:  # every rank's rows in the statistics
+        for site in hooks.sites:
+            dist.all_reduce(site.sums)
+    multipliers = [float(first_bn_mult)] + [1.0] * (len(hooks.sites) - 1)
+    for mult, site in zip(multipliers, hooks.sites):
+        site.finish(float(r_bn) * mult)
+    return multipliers
 
 
 class _ChunkOutputs:

@@ -1,0 +1,94 @@
+"""What a recovery optimizes: the hooks (a :class:`RecoveryKind`) that the engine calls to
+build a batch's variable, compose it into the teacher's input and read its result, so that
+the engine names no method. Two kinds exist: INFER's compensators (:data:`COMPENSATORS`) and
+SRe2L's free images (:data:`FREE_IMAGES`, also CDA's: SRe2L's recovery with a crop
+curriculum, which lives in its RecoveryConfig)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+def job_seed(tag: str, seed: int, m: int, k: int) -> int:
+    """A per-job generator seed (job (m, k) of a run seeded ``seed``), independent of batching."""
+    digest = hashlib.sha256(f"{tag}:{int(seed)}:{int(m)}:{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class BatchVariable:
+    """One batch's optimized leaf ``tensor`` (G groups, with autograd) and how it is composed:
+    ``compose_args(v)`` gives ufc_compose's (source, ufc, index) for the variable's value v, and
+    group g's rows come from ``source[source_rows[g]]`` (host indices, for the chunked mode)."""
+
+    tensor: Tensor
+    compose_args: Callable[[Tensor], Tuple[Tensor, Tensor, Tensor]]
+    source_rows: List[int]
+
+
+class RecoveryKind:
+    """The hooks of a method that recovers with the engine. ``method``: the name that the
+    checkpoints (identity, in-batch states) and messages carry; ``seed_tag``: what every job's
+    generator seed is derived from (:func:`job_seed`); ``noun``: what one job recovers, in
+    progress bars. A subclass defines :meth:`variable` and :meth:`result`."""
+
+    method: str
+    seed_tag: str
+    noun: str
+
+    def job_seed(self, seed: int, m: int, k: int) -> int:
+        return job_seed(self.seed_tag, seed, m, k)
+
+    def variable(self, source: Optional[Tensor], gens: Sequence[torch.Generator], ks: Sequence[int],
+                 num_classes: int, image_shape: Tuple[int, int, int], device: torch.device) -> BatchVariable:
+        """The batch's variable at iteration 0 for the jobs ``ks`` (their generators ``gens``),
+        composed with the natural sets ``source`` (None when the method has none)."""
+        raise NotImplementedError
+
+    def result(self, variable: Tensor, composed: Tensor) -> Tensor:
+        """What a job keeps, per group: from the final variable, or the final composed images
+        (clamped to the valid range)."""
+        raise NotImplementedError
+
+
+class Compensators(RecoveryKind):
+    """INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the
+    natural sets ``source`` (group g with set ks[g]); the result is the UFC."""
+
+    method, seed_tag, noun = "infer", "infer-ufc", "UFC"
+
+    def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
+        index = torch.tensor(list(ks), dtype=torch.int64, device=device)
+        variable = torch.zeros((len(ks),) + tuple(image_shape), device=device, requires_grad=True)
+        return BatchVariable(variable, lambda v: (source, v, index), list(ks))
+
+    def result(self, variable: Tensor, composed: Tensor) -> Tensor:
+        return variable
+
+
+class FreeImages(RecoveryKind):
+    """SRe2L: the variables are G groups of C images (one per class) from Gaussian noise N(0, 1),
+    each group drawn from its job's generator, with its own BN statistics; composed as natural
+    = the images, u = 0, so both kinds share the fused compose + roll. The result is the
+    composed images, clamped: (G, C, ch, H, W)."""
+
+    method, seed_tag, noun = "sre2l", "sre2l", "SRe2L group"
+
+    def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
+        G = len(ks)
+        noise = torch.stack([torch.randn((num_classes,) + tuple(image_shape), generator=g) for g in gens])
+        variable = noise.to(device).requires_grad_()
+        index = torch.arange(G, device=device)
+        zero_ufc = torch.zeros((G,) + tuple(image_shape), device=device)
+        return BatchVariable(variable, lambda v: (v, zero_ufc, index), list(range(G)))
+
+    def result(self, variable: Tensor, composed: Tensor) -> Tensor:
+        return composed
+
+
+COMPENSATORS = Compensators()
+FREE_IMAGES = FreeImages()
