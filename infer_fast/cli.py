@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from .choices import ACCOUNTINGS, DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SELECTIONS, SOFT_LABEL_MODES
-from .config import comma_list, path_list, positive_floats, positive_ints, yaml_value
+from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SOFT_LABEL_MODES
+from .config import comma_list, path_list, positive_floats, positive_ints
 from .options import PATHS, Option, add_flags, options_of
 
 
@@ -180,10 +180,8 @@ COMMON_DISTILL_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method"
 TEACHER_USE_OPTIONS = ("teachers", "device")  # for the methods that use teachers
 
 
-def distill_options() -> Dict[str, Option]:
-    """The distill command's declared options: the request's, INFER's own (selection,
-    accounting) and RecoveryConfig's fields; other methods' own options are theirs to check."""
-    from .distill.config import RecoveryConfig
+def distill_request_options() -> Dict[str, Option]:
+    """The distill command's options that are no method's own: the request's."""
     from .methods import all_methods, distill_method_names
 
     request = (
@@ -192,31 +190,44 @@ def distill_options() -> Dict[str, Option]:
         Option("ipc", int, "images per class of storage budget"),
         Option("method", str, "; ".join(f"{m.name}: {m.summary}" for m in all_methods() if m.distill is not None),
                default="infer", choices=distill_method_names()),
-        Option("accounting", str, "INFER's budget: fair (K = floor(ipc*C/(C+M))) or ipc (K = ipc)", default="fair",
-               choices=ACCOUNTINGS),
-        Option("selection", str, "INFER's natural images: random or the ones the teachers are most confident about",
-               default="random", choices=SELECTIONS),
         Option("data_root", str, "directory holding the dataset files"),
         Option("device", str, DEVICE_CHOICES, default="auto"),
         Option("out", str, "output directory (must not exist)"),
     )
-    return {**{o.name: o for o in request}, **options_of(RecoveryConfig)}
+    return {o.name: o for o in request}
+
+
+def distill_method_options() -> Dict[str, Tuple[Option, Tuple[str, ...]]]:
+    """Every option a method of the distill command declares (Method.options; one flag per
+    name: the methods sharing one declare it alike), with the methods that take it."""
+    from .methods import all_methods
+
+    found: Dict[str, Tuple[Option, Tuple[str, ...]]] = {}
+    for method in all_methods():
+        for opt in method.options if method.distill is not None else ():
+            declared, takers = found.get(opt.name, (opt, ()))
+            found[opt.name] = (declared, takers + (method.name,))
+    return found
+
+
+def distill_options() -> Dict[str, Option]:
+    """The distill command's declared options: the request's and every method's own."""
+    return {**{name: opt for name, (opt, _) in distill_method_options().items()}, **distill_request_options()}
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from .config import merge
     from .distributed import init_from_env
-    from .methods import DistillRequest, all_methods, get_method
+    from .methods import DistillRequest, get_method
 
     declared = distill_options()
-    allowed = set(declared) | {o for m in all_methods() for o in m.options}
-    options = merge(args, args.config, allowed, declared)
+    options = merge(args, args.config, declared, declared)
     rank, _ = init_from_env()  # under torchrun: the recovery's jobs are split across the ranks
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
     method = get_method(options.get("method", "infer"))  # (one that makes a set: the flag's choices)
-    takes = COMMON_DISTILL_OPTIONS + (TEACHER_USE_OPTIONS if method.uses_teachers else ()) + method.options
+    takes = COMMON_DISTILL_OPTIONS + (TEACHER_USE_OPTIONS if method.uses_teachers else ()) + method.option_names
     ignored = sorted(f"--{k.replace('_', '-')}" for k in options if k not in takes) \
         + (["--resume"] if args.resume and not method.resumable else [])
     if ignored:  # (silently ignored once: a user would think they took effect)
@@ -224,7 +235,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     teachers = path_list(options.get("teachers"))
     if method.uses_teachers and not teachers:
         raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method.name}")
-    own, seed = {k: options[k] for k in method.options if k in options}, options.get("seed", 0)
+    own, seed = {k: options[k] for k in method.option_names if k in options}, options.get("seed", 0)
     method.check_options(own, seed)  # (every option checked before any data is read)
     if rank != 0 and not method.resumable:
         return  # nothing to split: rank 0 makes the set
@@ -408,7 +419,6 @@ def _add_teacher(sub) -> None:
 
 def _add_distill(sub) -> None:
     from .distill.config import RECIPES
-    from .methods import all_methods
 
     distill = sub.add_parser(
         "distill", help="distill a dataset (INFER, or the SRe2L / random baselines) into a distilled-set directory",
@@ -419,16 +429,15 @@ def _add_distill(sub) -> None:
         "given override them. The set is unlabelled: run `infer-fast relabel`.",
     )
     distill.add_argument("--config", help="YAML file of options")
-    add_flags(distill, distill_options().values(), recipes=RECIPES)
+    by_methods: Dict[Tuple[str, ...], List[Option]] = {}
+    common = list(distill_request_options().values())
+    for name, (opt, takers) in distill_method_options().items():  # each method's own (Method.options)
+        (common if name in COMMON_DISTILL_OPTIONS else by_methods.setdefault(takers, [])).append(opt)
+    add_flags(distill, common, recipes=RECIPES)
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
-    flags = {action.dest for action in distill._actions}
-    for method in all_methods():  # each method's own options (Method.options) that have no flag above
-        for name in method.options:
-            if name not in flags:
-                flags.add(name)
-                distill.add_argument(f"--{name.replace('_', '-')}", dest=name, type=yaml_value,
-                                     help=f"--method {method.name}'s option {name} (see infer_fast/methods/{method.name}.py)")
+    for takers, opts in by_methods.items():  # a help section per set of methods taking them
+        add_flags(distill.add_argument_group(f"options of --method {', '.join(takers)}"), opts, recipes=RECIPES)
     distill.set_defaults(func=cmd_distill)
 
 

@@ -172,7 +172,7 @@ def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[SetKey, Path]]:
 
 def _make_set(cfg: PipelineConfig, key: SetKey, directory: Path, teacher_paths: List[str], progress: bool) -> float:
     """Distill one set (resuming its recovery checkpoint if any); returns the seconds spent."""
-    from .distill.jobs import recovery_checkpoints
+    from .distill.checkpoints import recovery_checkpoints
     from .distill.run import recovery_checkpoint_path
     from .methods import DistillRequest
 

@@ -11,9 +11,6 @@ from .checks import check_int
 from .methods import all_methods, get_method, run_method_names
 from .set_keys import registered_method
 
-# the ``recovery`` settings every recovery method of a run shares (SRe2L's, CDA's...)
-INHERITED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed")
-
 __all__ = ["PipelineConfig", "load_pipeline_config", "build_config"]
 
 
@@ -36,8 +33,8 @@ class PipelineConfig:
     device: str = "auto"
     recovery: Dict[str, Any] = field(default_factory=dict)
     sre2l: Dict[str, Any] = field(default_factory=dict)
-    # the options of the other methods (e.g. cda, rded), by method name: {rded: {factor: 2}};
-    # a recovery method also takes the ``recovery`` augmentation settings, as SRe2L does
+    # the options of the methods without a section above (e.g. cda, rded), by method name:
+    # {rded: {factor: 2}}; each also takes the ``recovery`` settings it shares (Method.shared_recovery_options)
     method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     accounting: str = "fair"
     selection: str = "random"
@@ -112,38 +109,29 @@ class PipelineConfig:
         return cfg
 
     # ---- derived configs (each validated by its own class) ------------------------------
-    def recovery_config(self):
-        return self.options_for("infer")["config"]
-
-    def sre2l_config(self):
-        return self.options_for("sre2l")["config"]
-
     @property
     def seed(self) -> int:
         """The run's distillation seed (``recovery: {seed: N}``, default 0)."""
         return self.recovery.get("seed", 0)
 
     def method_options_of(self, name: str) -> Dict[str, Any]:
-        """The options the run gives method ``name`` (unchecked): INFER's from ``recovery``,
-        ``selection`` and ``accounting``; SRe2L's from ``sre2l`` on top of the ``recovery``
-        augmentation settings; another's from ``method_options`` on top of the ``recovery``
-        group size and seed where it takes them."""
-        if name == "infer":
-            return {**self.recovery, "selection": self.selection, "accounting": self.accounting}
+        """The options the run gives method ``name`` (unchecked), from its facts (Method): the
+        ``recovery`` settings it shares, its section (``config_section``, else its
+        ``method_options`` entry) on top, and the run-level settings it takes (``run_options``:
+        INFER's selection and accounting)."""
         method = get_method(name)
-        # SRe2L shares INFER's augmentation; a method with a recipe of its own (CDA) only the batching and seed
-        shared = INHERITED_RECOVERY_OPTIONS if name == "sre2l" else ("group_size", "seed")
-        inherited = {k: self.recovery[k] for k in shared if k in self.recovery and k in method.options}
-        own = self.sre2l if name == "sre2l" else self.method_options.get(name, {})
-        return {**inherited, **own}
+        takes = method.option_names
+        shared = {k: self.recovery[k] for k in method.shared_recovery_options if k in self.recovery and k in takes}
+        own = getattr(self, method.config_section) if method.config_section else self.method_options.get(name, {})
+        return {**shared, **own, **{k: getattr(self, k) for k in method.run_options}}
 
     def options_for(self, name: str) -> Dict[str, Any]:
-        """Method ``name``'s options, checked (errors prefixed with where they come from)."""
-        where = {"infer": "recovery", "sre2l": "sre2l"}.get(name, f"method_options: {name}")
+        """Method ``name``'s options, checked and parsed (errors prefixed with where they come from)."""
+        method = get_method(name)
         try:
-            return get_method(name).check_options(self.method_options_of(name), self.seed)
+            return method.check_options(self.method_options_of(name), self.seed)
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise ValueError(f"{method.config_section or f'method_options: {name}'}: {exc}") from None
 
     def student_config(self, method: str, seed: int, num_teachers: int):
         from .student import StudentConfig
@@ -208,10 +196,7 @@ class PipelineConfig:
             raise ValueError(f"{where}: methods must be chosen from {', '.join(known)}, got {self.methods!r}")
         if not isinstance(self.method_options, dict) or not all(isinstance(v, dict) for v in self.method_options.values()):
             raise ValueError(f"{where}: method_options must map method names to mappings of options")
-        stray = sorted(set(self.method_options) - (set(known) - {"infer", "sre2l"}))
-        if stray:
-            raise ValueError(f"{where}: method_options: {', '.join(stray)} (infer's options go in recovery, sre2l's "
-                             f"in sre2l; other methods: {', '.join(m for m in known if m not in ('infer', 'sre2l'))})")
+        self._check_method_options(where)
         if self.accounting not in ACCOUNTINGS:
             raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
         if self.selection not in SELECTIONS:
@@ -220,6 +205,16 @@ class PipelineConfig:
             check_int("seeds", self.seeds)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+
+    def _check_method_options(self, where: str) -> None:
+        """``method_options`` names methods that make a set and have no section of their own."""
+        own = [m.name for m in all_methods() if m.distill is not None and not m.config_section]
+        stray = sorted(set(self.method_options) - set(own))
+        if stray:
+            elsewhere = [f"{m.name}'s options go in {m.config_section}" for m in all_methods() if m.config_section] \
+                + [f"{m.name} trains on {m.trains_on}'s set" for m in all_methods() if m.trains_on]
+            raise ValueError(f"{where}: method_options: {', '.join(stray)} ({'; '.join(elsewhere)}; "
+                             f"method_options takes {', '.join(own)})")
 
     def _check_external(self, where: str) -> None:
         """The sets given to the run: labels that are not our methods', of the run's dataset
@@ -249,28 +244,33 @@ class PipelineConfig:
                              f"mapping {{protocol: NAME, OPTION: VALUE...}}, got {self.scores!r}")
         if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
             raise ValueError(f"{where}: dynamic_epochs must be a positive integer, got {self.dynamic_epochs!r}")
-        for name in ("recovery", "sre2l", "student"):
-            if not isinstance(getattr(self, name), dict):
+        for name in dict.fromkeys([*(m.config_section for m in all_methods() if m.config_section), "student"]):
+            if not isinstance(getattr(self, name, None), dict):
                 raise ValueError(f"{where}: {name} must be a mapping of options")
 
     def _check_recipes(self, where: str) -> None:
-        """The options of every method that makes a set of the run, the student, the scores'
-        protocol and INFER's budget at every ipc (one with K = 0 is refused before anything runs)."""
-        from .data import get_spec
-        from .distill import infer_budget
-
-        for name in dict.fromkeys(["infer", "sre2l", *(get_method(m).set_method for m in self.methods)]):
-            if get_method(name).distill is not None:
-                self.options_for(name)  # (infer's and sre2l's always: their sections are checked even when unused)
-        self.student_config("infer", 0, len(self.teachers))
+        """The options of every method that makes a set of the run (and of every method with a
+        section: sections are checked even when unused), the students, the scores' protocol
+        and each method's budget at every ipc (INFER's K = 0 is refused before anything runs)."""
+        makers = [m.name for m in all_methods() if m.config_section] + [get_method(m).set_method for m in self.methods]
+        parsed = {name: self.options_for(name) for name in dict.fromkeys(makers) if get_method(name).distill is not None}
+        for name in self.methods:
+            self.student_config(name, 0, len(self.teachers))
         self.score_protocol(where)
-        if {"infer", "infer_dyn"} & set(self.methods):
-            C = get_spec(self.dataset).num_classes
-            for ipc in self.ipc:
-                try:
-                    infer_budget(ipc, C, len(self.teachers), self.accounting)
-                except ValueError as exc:
-                    raise ValueError(f"{where}: {exc}") from None
+        for name in dict.fromkeys(get_method(m).set_method for m in self.methods):
+            self._check_budget(where, get_method(name), parsed[name])
+
+    def _check_budget(self, where: str, method, options: Dict[str, Any]) -> None:
+        from .data import get_spec
+
+        if method.check_budget is None:
+            return
+        C = get_spec(self.dataset).num_classes
+        for ipc in self.ipc:
+            try:
+                method.check_budget(options, ipc, C, len(self.teachers))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
 
 
 def build_config(cls, values: Dict[str, Any], name: str):

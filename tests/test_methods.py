@@ -9,6 +9,7 @@ from infer_fast.cli import main
 from infer_fast.data import load_dataset
 from infer_fast.distill.run import real_data_fields
 from infer_fast.methods import DistillRequest, Method, all_methods, get_method, register, unregister
+from infer_fast.options import Option
 from infer_fast.pipeline import PipelineConfig, run_pipeline
 from infer_fast.storage import DistilledSet, load_distilled, save_distilled
 
@@ -30,17 +31,18 @@ def toy_distill(request: DistillRequest):
     return save_distilled(ds, request.out_dir)
 
 
+OFFSET = Option("offset", int, "pixels the images are rolled by", default=0, minimum=-3)
+
+
 def toy_parse(options, seed=0):
-    offset = options.get("offset", 0)
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise ValueError(f"offset must be an integer, got {offset!r}")
-    return {"offset": offset}
+    """(A cross-field check would go here; each value is checked against OFFSET already.)"""
+    return {"offset": options.get("offset", OFFSET.default)}
 
 
 @pytest.fixture
 def toy():
     method = register(Method(name="toy", label="Toy", summary="the first ipc images per class, shifted",
-                             distill=toy_distill, parse_options=toy_parse, options=("offset",), uses_teachers=False))
+                             distill=toy_distill, parse_options=toy_parse, options=(OFFSET,), uses_teachers=False))
     yield method
     unregister("toy")
 
@@ -70,9 +72,13 @@ def test_a_toy_method_defined_here_runs_end_to_end(toy, tmp_path, capsys):
     ds = load_distilled(out)
     assert ds.method == "toy" and ds.images.shape[0] == 20 and ds.hyperparameters["offset"] == 3
     capsys.readouterr()
-    assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--offset", "x",
+    with pytest.raises(SystemExit):  # a typed flag: argparse refuses it
+        main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--offset", "x",
+              "--out", str(tmp_path / "bad")])
+    assert "--offset: invalid int value: 'x'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--offset", "-4",
                  "--out", str(tmp_path / "bad")]) == 2
-    assert "offset must be an integer" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "offset must be an integer >= -3, got -4" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--iterations", "3",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--iterations do not apply to --method toy" in capsys.readouterr().err
@@ -85,9 +91,59 @@ def test_a_toy_method_defined_here_runs_end_to_end(toy, tmp_path, capsys):
     assert sorted(results["runs"]) == ["random/ipc2/seed0", "toy/ipc2/seed0"]
     assert load_distilled(tmp_path / "run" / "sets" / "toy-ipc2").hyperparameters["offset"] == 1
     assert "| Toy | 2 |" in (tmp_path / "run" / "results.md").read_text()
-    with pytest.raises(ValueError, match="method_options: toy: offset must be an integer"):
+    with pytest.raises(ValueError, match="method_options: toy: offset must be an integer >= -3, got 'x'"):
         PipelineConfig.from_dict(dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out="o",
                                       methods=["toy"], method_options={"toy": {"offset": "x"}}))
+
+
+def test_a_method_declares_its_options(toy, tmp_path, capsys):
+    """A method's Option declarations give its typed flag (in a help section of its own, the
+    default in the help) and check a YAML value, from `distill --config` and `run` alike."""
+    from test_options import _command_actions
+
+    action = _command_actions("distill")["offset"]
+    assert action.type is int and action.option_strings == ["--offset"] and action.default is None
+    assert action.help == "pixels the images are rolled by (default 0)"
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    assert "options of --method toy:\n  --offset OFFSET" in capsys.readouterr().out
+    (tmp_path / "toy.yaml").write_text("method: toy\noffset: 1.5\n")
+    assert main(["distill", "--config", str(tmp_path / "toy.yaml"), "--dataset", "fashion-mnist-mini", "--ipc", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "toy.yaml': offset must be an integer >= -3, got 1.5" in err and not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="method_options: toy: offset must be an integer >= -3, got -9"):
+        PipelineConfig.from_dict(dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out="o",
+                                      methods=["toy"], method_options={"toy": {"offset": -9}}))
+    with pytest.raises(ValueError, match="options must be Option declarations"):
+        Method(name="bad", label="x", summary="x", distill=toy_distill, options=("offset",))
+    with pytest.raises(ValueError, match="option offset is declared with another kind or other choices by method "
+                                         "'toy'"):
+        register(Method(name="toy2", label="x", summary="x", distill=toy_distill,
+                        options=(Option("offset", float, "x"),)))
+    assert "toy2" not in [m.name for m in all_methods()]
+
+
+def test_builtin_methods_declare_typed_options():
+    """CDA's recipe (its recipe names), RDED's recipe values, INFER's selection and accounting:
+    typed flags whose help says the default; a bad YAML value refused naming the option."""
+    from test_options import _command_actions
+
+    from infer_fast.methods import cda
+
+    actions = _command_actions("distill")
+    assert tuple(actions["recipe"].choices) == tuple(cda.RECIPES) and "tiny-imagenet for tiny-imagenet and cifar" \
+        in actions["recipe"].help
+    assert actions["factor"].type is int and "1 for cifar and tiny-imagenet, 2 for imagenet" in actions["factor"].help
+    assert actions["batch_size"].type is int and actions["batch_size"].help.endswith("(default 512)")
+    assert tuple(actions["accounting"].choices) == ("fair", "ipc") and "(default fair)" in actions["accounting"].help
+    for method, options, message in (
+            ("cda", {"recipe": 1}, "recipe must be a string or None .*, got 1"),
+            ("rded", {"crops_per_image": "5"}, "crops_per_image must be a positive integer"),
+            ("infer", {"selection": "best"}, "selection must be one of random, confidence, got 'best'")):
+        with pytest.raises(ValueError, match=message):
+            get_method(method).check_options(options)
+    assert get_method("cda").check_options({"recipe": None})["recipe"] == "imagenet-1k"  # (null: the default)
 
 
 def test_run_config_method_options_are_checked():
@@ -98,6 +154,34 @@ def test_run_config_method_options_are_checked():
         PipelineConfig.from_dict({**base, "methods": ["rded"], "method_options": {"rded": {"factor": 0}}})
     with pytest.raises(ValueError, match="methods must be chosen from infer, infer_dyn, sre2l, random, cda, rded"):
         PipelineConfig.from_dict({**base, "methods": ["gvbsm"]})
+
+
+def test_run_config_reads_the_methods_facts():
+    """Which section holds a method's options, what it shares of ``recovery``, the run-level
+    settings it takes and its budget check are facts of the Method, not names in run_config."""
+    base = dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out="o", recovery={"seed": 4})
+    cfg = PipelineConfig.from_dict({**base, "methods": ["infer", "sre2l", "cda"], "accounting": "ipc",
+                                    "sre2l": {"iterations": 5}, "method_options": {"cda": {"recipe": "imagenet-21k"}}})
+    assert cfg.method_options_of("infer") == {"seed": 4, "accounting": "ipc", "selection": "random"}
+    assert cfg.method_options_of("sre2l") == {"seed": 4, "iterations": 5}
+    assert cfg.method_options_of("cda") == {"seed": 4, "recipe": "imagenet-21k"}
+    assert cfg.method_options_of("rded") == {}  # (it shares no recovery setting it does not declare)
+    with pytest.raises(ValueError, match="method_options: infer_dyn .*infer_dyn trains on infer's set"):
+        PipelineConfig.from_dict({**base, "method_options": {"infer_dyn": {}}})
+
+    def small_only(options, ipc, num_classes, num_teachers):
+        if ipc > options["offset"] + 2:
+            raise ValueError(f"ipc={ipc} is more than toy takes")
+
+    register(Method(name="toy", label="Toy", summary="x", distill=toy_distill, parse_options=toy_parse,
+                    options=(OFFSET, Option("seed", int, "x")), uses_teachers=False, check_budget=small_only))
+    try:
+        PipelineConfig.from_dict({**base, "methods": ["toy"], "ipc": [2, 3], "method_options": {"toy": {"offset": 1}}})
+        with pytest.raises(ValueError, match="config: ipc=3 is more than toy takes"):
+            PipelineConfig.from_dict({**base, "methods": ["toy"], "ipc": [2, 3]})
+        assert PipelineConfig.from_dict({**base, "methods": ["toy"], "ipc": [2]}).method_options_of("toy") == {"seed": 4}
+    finally:
+        unregister("toy")
 
 
 def test_cli_distill_refuses_what_a_method_does_not_take(tmp_path, capsys):

@@ -17,11 +17,11 @@ from .._io import content_digest, model_digest
 from ..checks import check_int
 from ..models import device_of
 from . import engine, plan
-from .checkpoints import CheckpointStore, Job, recovery_checkpoints, recovery_results_dir
+from .checkpoints import CheckpointStore, Job
 from .config import RESULT_NEUTRAL, RecoveryConfig
 from .variables import COMPENSATORS, FREE_IMAGES, RecoveryKind
 
-__all__ = ["RecoveryDivergedError", "recover_ufcs", "recover_sre2l", "recovery_checkpoints", "recovery_results_dir"]
+__all__ = ["RecoveryDivergedError", "recover_ufcs", "recover_sre2l"]
 
 
 class RecoveryDivergedError(RuntimeError):

@@ -29,14 +29,15 @@ after every step (here only the final images are), use batches of 100 classes wi
 flip and shift per batch (here one group of all C classes per image index, with per-group
 statistics and draws, so results do not depend on batching).
 
-Option ``recipe`` picks one of RECIPES (default: by dataset, :func:`recipe_for`); every RecoveryConfig field may be given on top (user
+Option ``recipe`` picks one of RECIPES (default: by dataset, :func:`recipe_for`); every
+RecoveryConfig field may be given on top (user
 options override the recipe; ``crop_scale_curriculum: null`` is SRe2L with the ImageNet
 augmentation). The curriculum needs ``augmentation: imagenet``."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
-from ..checks import check_choice
+from ..options import Option, check_value
 from .recovery_options import RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
 
@@ -50,7 +51,14 @@ DEFAULT_RECIPE = "imagenet-1k"
 # The recipe of each dataset family (data.registry.DATASET_FAMILIES) when none is given:
 # ImageNet-1k's for ImageNet (and its class subsets), the paper's small-image one for the rest.
 FAMILY_RECIPES = {"imagenet": DEFAULT_RECIPE, "tiny-imagenet": "tiny-imagenet", "cifar": "tiny-imagenet"}
-OWN_OPTIONS = ("recipe",)
+RECIPE = Option(
+    "recipe", str, "the paper's settings (with the crop-scale curriculum): "
+    + "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items()) for name, values in RECIPES.items())
+    + "; the options given override them",
+    choices=tuple(RECIPES),
+    none="the dataset family's: " + ", ".join(
+        f"{recipe} for {' and '.join(f for f, r in FAMILY_RECIPES.items() if r == recipe)}"
+        for recipe in dict.fromkeys(FAMILY_RECIPES.values())))
 
 
 def recipe_for(dataset) -> str:
@@ -63,9 +71,9 @@ def recipe_for(dataset) -> str:
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     """{"config": RecoveryConfig, "recipe"}: the recipe's settings with the curriculum, the
     user's RecoveryConfig options on top, validated (an error names the option)."""
-    recipe = options.get("recipe", DEFAULT_RECIPE)
-    check_choice("recipe", recipe, tuple(RECIPES))
-    overrides = {k: v for k, v in options.items() if k not in OWN_OPTIONS}
+    check_value(RECIPE, options.get("recipe"))
+    recipe = options.get("recipe") or DEFAULT_RECIPE
+    overrides = {k: v for k, v in options.items() if k != RECIPE.name}
     return {"config": recovery_options("sre2l", {**CURRICULUM, **RECIPES[recipe], **overrides}, seed),
             "recipe": recipe}
 
@@ -73,7 +81,7 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 def distill(request: DistillRequest):
     from ..distill import distill_sre2l
 
-    options = {"recipe": recipe_for(request.dataset), **request.options}
+    options = {**request.options, "recipe": request.options.get("recipe") or recipe_for(request.dataset)}
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=parse_options(options, request.seed)["config"], data_root=request.data_root,
                          resume=request.resume, progress=request.progress, device=request.device, method_name="cda")
@@ -82,5 +90,5 @@ def distill(request: DistillRequest):
 CDA = register(Method(
     name="cda", label="CDA",
     summary="SRe2L's recovery with a curriculum on the crop scale (whole images first, small crops last)",
-    distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + OWN_OPTIONS, resumable=True,
+    distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + (RECIPE,), resumable=True,
 ))

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from ..progress import progress_bar
 
 from ..checks import check_int
+from ..options import Option, check_value
 from .registry import DistillRequest, Method, register
 
 # Per dataset family: patches per side of an image, candidate images per class, crops per candidate
@@ -66,7 +67,28 @@ RECIPES: Dict[str, Dict[str, int]] = {
 CROP_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's default (MultiRandomCrop passes none)
 CROP_RATIO = (1.0, 1.0)  # square patches
 DEFAULT_BATCH_SIZE = 512  # padded patches per teacher forward
-OPTIONS = tuple(RECIPES["cifar"]) + ("batch_size",)
+
+
+def _by_family(name: str) -> str:
+    """What a flag's help says of a recipe value: "the dataset family's: 1 for cifar, ..."."""
+    values: Dict[int, list] = {}
+    for family, recipe in RECIPES.items():  # (recipe_family: images over 64 px take imagenet's)
+        values.setdefault(recipe[name], []).append("imagenet or images over 64 px" if family == "imagenet" else family)
+    if len(values) == 1:
+        return f"{next(iter(values))}, every dataset family's recipe"
+    return "the dataset family's recipe: " + ", ".join(f"{v} for {' and '.join(f)}" for v, f in values.items())
+
+
+OPTIONS = (
+    Option("factor", int, "patches per side of an image (factor x factor stitched into each)", minimum=1,
+           none=_by_family("factor"), metavar="N"),
+    Option("candidates_per_class", int, "real training images per class drawn as candidates (the release's "
+           "--mipc)", minimum=1, none=_by_family("candidates_per_class"), metavar="N"),
+    Option("crops_per_image", int, "random crops of each candidate scored by the teachers (the release's "
+           "--num-crop)", minimum=1, none=_by_family("crops_per_image"), metavar="N"),
+    Option("batch_size", int, "padded patches per teacher forward (a memory setting)", minimum=1,
+           default=DEFAULT_BATCH_SIZE, metavar="N"),
+)
 
 
 def recipe_family(dataset_name: str, image_size: int) -> str:
@@ -79,12 +101,12 @@ def recipe_family(dataset_name: str, image_size: int) -> str:
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
-    """The given options checked (each a positive integer); absent ones are None: the
-    dataset family's recipe value (:func:`resolve_recipe`)."""
-    parsed = {name: options.get(name) for name in OPTIONS}
-    for name, value in parsed.items():
-        check_int(name, value, none="the dataset family's recipe")
-    return parsed
+    """The given options checked against their declarations (each a positive integer); absent
+    ones are None: the dataset family's recipe value or the default (:func:`resolve_recipe`)."""
+    for opt in OPTIONS:
+        if opt.name in options:
+            check_value(opt, options[opt.name])
+    return {opt.name: options.get(opt.name) for opt in OPTIONS}
 
 
 def resolve_recipe(options: Mapping[str, Any], dataset_name: str, image_size: int, ipc: int) -> Dict[str, Any]:

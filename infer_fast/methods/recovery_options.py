@@ -1,13 +1,13 @@
 """The options every method that recovers images with the recovery engine takes (the
-RecoveryConfig fields), checked once."""
+RecoveryConfig fields, declared there), checked once."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 from ..distill.config import RecoveryConfig, recovery_config
+from ..options import options_of
 
-RECOVERY_OPTIONS = tuple(f.name for f in dataclasses.fields(RecoveryConfig))
+RECOVERY_OPTIONS = tuple(options_of(RecoveryConfig).values())
 
 
 def recovery_options(recipe: str, options: Mapping[str, Any], seed: int = 0) -> RecoveryConfig:

@@ -5,14 +5,18 @@ builds a :class:`Method` and calls :func:`register`; the built-in modules are im
 first time the registry is read.
 
 A method's ``distill`` takes one :class:`DistillRequest` and writes a distilled-set
-directory; ``parse_options`` checks its own options (the ones beyond the request's fields)
-before any data is read, naming the bad one."""
+directory. Its own options (the ones beyond the request's fields) are :class:`Option`
+declarations: the CLI's typed flags and their help come from them, and a value from a flag
+or a YAML file is checked against them (:func:`infer_fast.options.check_value`) before
+``parse_options`` checks what spans several options, all before any data is read."""
 from __future__ import annotations
 
 import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..options import Option, check_value
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
 STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled by the teachers on every batch
@@ -40,9 +44,11 @@ class DistillRequest:
 class Method:
     """``name``: the CLI and config name (also the stored set's ``method``); ``label``: in
     tables and plots; ``summary``: one line for help texts; ``uses_teachers``: needs
-    ``--teachers``; ``options``: the option names it takes beyond the request's fields;
-    ``parse_options(options, seed) -> options``: checks them (ValueError naming the option;
-    :meth:`check_options` first refuses the names it does not take);
+    ``--teachers``; ``options``: the :class:`Option` declarations of the options it takes
+    beyond the request's fields (kind, range, choices, default, help: a flag each);
+    ``parse_options(options, seed) -> options``: what the options mean, and the checks across
+    them (ValueError naming the option; :meth:`check_options` first refuses the names it does
+    not take and the values its declarations refuse);
     ``distill(request) -> Path``; ``student_labels``: "static" (the set is relabelled by the
     teachers, students learn those labels) or "per-batch" (the teachers label every batch the
     student sees); ``trains_on``: another method's set (INFER+Dyn trains on INFER's; such a
@@ -50,20 +56,33 @@ class Method:
     labels; "compensated": INFER's natural sets and compensators); ``resumable``: keeps a
     recovery checkpoint that a later start continues; ``reduced_student_epochs``: in ``infer-fast
     run`` its students train round(epochs / (M + 1)) epochs for M teachers unless the run gives
-    ``dynamic_epochs`` (INFER+Dyn: the paper's reduction)."""
+    ``dynamic_epochs`` (INFER+Dyn: the paper's reduction).
+
+    In an ``infer-fast run`` config: ``config_section`` is the PipelineConfig field holding
+    its options (INFER's ``recovery``, SRe2L's ``sre2l``; None: ``method_options: {name:
+    ...}``); ``shared_recovery_options``: the settings of the ``recovery`` section it takes
+    too where it declares them (the run's seed and batching; SRe2L also its augmentation),
+    under its own; ``run_options``: run-level settings given to it as options (INFER's
+    ``selection`` and ``accounting``); ``check_budget(options, ipc, num_classes,
+    num_teachers)``: a ValueError where an ipc leaves it no set (INFER's K = 0), checked with
+    its parsed options before any work."""
 
     name: str
     label: str
     summary: str
     distill: Optional[Callable[[DistillRequest], Any]] = None
     parse_options: Callable[..., Dict[str, Any]] = lambda options, seed=0: dict(options)
-    options: Tuple[str, ...] = ()
+    options: Tuple[Option, ...] = ()
     uses_teachers: bool = True
     student_labels: str = "static"
     trains_on: Optional[str] = None
     layout: str = "images"
     resumable: bool = False
     reduced_student_epochs: bool = False
+    config_section: Optional[str] = None
+    shared_recovery_options: Tuple[str, ...] = ("group_size", "seed")
+    run_options: Tuple[str, ...] = ()
+    check_budget: Optional[Callable[[Mapping[str, Any], int, int, int], None]] = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
@@ -74,13 +93,25 @@ class Method:
             raise ValueError(f"method {self.name!r}: give distill, or trains_on (another method's set), not both")
         if self.layout not in ("images", "compensated"):
             raise ValueError(f"method {self.name!r}: layout must be 'images' or 'compensated', got {self.layout!r}")
+        bad = [o for o in self.options if not isinstance(o, Option)]
+        if bad:
+            raise ValueError(f"method {self.name!r}: options must be Option declarations (infer_fast.options), "
+                             f"got {bad[0]!r}")
+
+    @property
+    def option_names(self) -> Tuple[str, ...]:
+        return tuple(o.name for o in self.options)
 
     def check_options(self, options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
-        """``options`` checked (every name one it takes, every value by ``parse_options``)."""
-        unknown = sorted(set(options) - set(self.options))
+        """``options`` checked (every name one it takes, every value against its declaration,
+        then ``parse_options``) and parsed."""
+        declared = {o.name: o for o in self.options}
+        unknown = sorted(set(options) - set(declared))
         if unknown:
-            takes = f"it takes {', '.join(self.options)}" if self.options else "it takes none"
+            takes = f"it takes {', '.join(declared)}" if declared else "it takes none"
             raise ValueError(f"option(s) {', '.join(unknown)} do not apply to method {self.name} ({takes})")
+        for name, value in options.items():
+            check_value(declared[name], value)
         return self.parse_options(options, seed)
 
     @property
@@ -100,8 +131,21 @@ def register(method: Method) -> Method:
         raise ValueError(f"a method named {method.name!r} is already registered")
     if method.name == "external":
         raise ValueError("'external' names imported sets, not a method")
+    _check_same_declarations(method)
     _METHODS[method.name] = method
     return method
+
+
+def _check_same_declarations(method: Method) -> None:
+    """An option name that several methods take is one CLI flag: refused where ``method``
+    declares it of another kind or with other choices than a registered method does."""
+    for other in _METHODS.values():
+        theirs = {o.name: o for o in other.options if other is not method}
+        for opt in method.options:
+            same = theirs.get(opt.name)
+            if same is not None and (same.kind, same.choices) != (opt.kind, opt.choices):
+                raise ValueError(f"method {method.name!r}: option {opt.name} is declared with another kind or other "
+                                 f"choices by method {other.name!r} (one --{opt.name.replace('_', '-')} flag serves both)")
 
 
 def unregister(name: str) -> None:

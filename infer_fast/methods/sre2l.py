@@ -7,6 +7,9 @@ from typing import Any, Dict, Mapping
 from .recovery_options import RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
 
+# the `recovery` settings of an `infer-fast run` SRe2L shares with INFER: its augmentation, batching and seed
+SHARED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed")
+
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     return {"config": recovery_options("sre2l", options, seed)}
@@ -23,4 +26,5 @@ def distill(request: DistillRequest):
 SRE2L = register(Method(
     name="sre2l", label="SRe2L", summary="images recovered from noise (squeeze, recover, relabel)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS, resumable=True,
+    config_section="sre2l", shared_recovery_options=SHARED_RECOVERY_OPTIONS,
 ))
