@@ -68,7 +68,7 @@ from .storage import DistilledDataset, DistilledSet, load_distilled, save_distil
 from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
-from .checks import check_choice
+from .checks import check_choice, check_int
 from .options import check_fields, option, options_of, with_recipe
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
@@ -114,8 +114,7 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
     ``progress``: a bar over the training images."""
     if not teachers:
         raise ValueError("relabel needs at least one teacher")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size)
     dev = resolve_device(device)
     models = [t.to(dev) for t in teachers]
     chunks = []
