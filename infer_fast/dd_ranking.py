@@ -115,6 +115,7 @@ class DDRankingProtocol:
                            for v in grid):
             raise ValueError(f"lr_grid must be a non-empty list of positive learning rates, got {self.lr_grid!r}")
         config = self.student_config(dataset_name, "soft", True, grid[0], 0)
+        config.validate()  # the student's fields, once here (each run's config: by train_student, its entry point)
         if config.epochs < self.test_interval:
             raise ValueError(f"epochs ({config.epochs}) must be at least test_interval ({self.test_interval}): the "
                              "protocol's accuracy is the best of the tests every test_interval epochs")
@@ -138,7 +139,8 @@ class DDRankingProtocol:
         return self.student_config(dataset_name, "hard", False, self.lr_grid[0], 0).model
 
     def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int):
-        """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``."""
+        """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``
+        (checked by :meth:`validate` and train_student, not here)."""
         from .student import StudentConfig
 
         values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset_name)], **self.student}
@@ -146,9 +148,7 @@ class DDRankingProtocol:
                       dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not mixed:
             values["mix"] = "none"
-        config = StudentConfig(**values)
-        config.validate()
-        return config
+        return StudentConfig(**values)
 
 
 def periodic_best(history: Sequence[Dict[str, Any]], interval: int) -> float:
