@@ -247,10 +247,8 @@ class PipelineConfig:
         if not isinstance(self.scores, (bool, dict)) and self.scores not in EVALUATION_PROTOCOLS:
             raise ValueError(f"{where}: scores must be true, false, a protocol ({', '.join(EVALUATION_PROTOCOLS)}) or a "
                              f"mapping {{protocol: NAME, OPTION: VALUE...}}, got {self.scores!r}")
-        try:
-            check_int("dynamic_epochs", self.dynamic_epochs, none="epochs/(M+1)")
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
+            raise ValueError(f"{where}: dynamic_epochs must be a positive integer, got {self.dynamic_epochs!r}")
         for name in ("recovery", "sre2l", "student"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{where}: {name} must be a mapping of options")
