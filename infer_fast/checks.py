@@ -15,12 +15,6 @@ def check_int(name: str, value: Any, minimum: Optional[int] = 1, none: Optional[
         raise ValueError(f"{name} must be {what}{f' or None ({none})' if none else ''}, got {value!r}")
 
 
-def check_positive_ints(config: Any, names: Iterable[str]) -> None:
-    """check_int for the options ``names`` of ``config``."""
-    for name in names:
-        check_int(name, getattr(config, name))
-
-
 def check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
     """ValueError naming ``name`` unless ``value`` is one of ``allowed``."""
     allowed = tuple(allowed)

@@ -42,6 +42,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from .choices import SOFT_LABEL_MODES
+from .options import check_fields, option
 from .scores import (DEFAULT_WEIGHT, augmentation_robust_score, check_weight, hard_label_recovery,
                      improvement_over_random, label_robust_score, printed_augmentation_robust_score,
                      printed_label_robust_score)
@@ -86,42 +88,34 @@ class DDRankingProtocol:
     not the rate, which the grid sets); ``set_lr``: the set's own student rate for its
     soft-label runs (None: the grid); ``soft_labels``: "per-batch" (M) or "static" (S)."""
 
-    recipe: Optional[str] = None
-    student: Dict[str, Any] = field(default_factory=dict)
-    rounds: int = 5
-    lr_grid: Tuple[float, ...] = LR_GRID
-    set_lr: Optional[float] = None
-    test_interval: int = TEST_INTERVAL
-    weight: float = DEFAULT_WEIGHT
-    soft_labels: str = "per-batch"
-    random_subset_seed: Optional[int] = None
-    full_data_epochs: int = 30
+    recipe: Optional[str] = field(default=None, metadata=option(
+        "the students' recipe family", choices=tuple(FAMILY_RECIPES), none="the set's dataset's family"))
+    student: Dict[str, Any] = field(default_factory=dict, metadata=option("StudentConfig fields over the recipe"))
+    rounds: int = field(default=5, metadata=option("rounds (DD-Ranking's seeds)", minimum=1))
+    lr_grid: Tuple[float, ...] = field(default=LR_GRID, metadata=option("the learning rates searched"))
+    set_lr: Optional[float] = field(default=None, metadata=option(
+        "the set's own rate for its soft-label runs", above=0, none="the grid"))
+    test_interval: int = field(default=TEST_INTERVAL, metadata=option("epochs between test evaluations", minimum=1))
+    weight: float = field(default=DEFAULT_WEIGHT, metadata=option("w of LRS and ARS, in [0, 1]"))
+    soft_labels: str = field(default="per-batch", metadata=option(
+        "the teachers' labels on every batch (M), or the set's stored ones (S)", choices=SOFT_LABEL_MODES))
+    random_subset_seed: Optional[int] = field(default=None, metadata=option(
+        "one random subset for every round", minimum=0, none="drawn with each round's seed"))
+    full_data_epochs: int = field(default=30, metadata=option("epochs of the full-data run", minimum=1))
 
     def validate(self, dataset_name: str = "cifar10") -> None:
-        from .choices import SOFT_LABEL_MODES
-        from .checks import check_choice, check_int, check_positive_ints
-
-        if self.recipe is not None:
-            check_choice("recipe", self.recipe, tuple(FAMILY_RECIPES))
-        if not isinstance(self.student, dict):
-            raise ValueError(f"student must be a mapping of StudentConfig fields, got {self.student!r}")
+        check_fields(self)  # each field's type, range and choices, as declared above
         for name in SET_BY_PROTOCOL:
             if name in self.student:
                 raise ValueError(f"student: {name} is set by the DD-Ranking protocol itself"
                                  + (" (the rate: lr_grid, or set_lr for the set's soft-label runs)" if name == "lr" else ""))
-        check_positive_ints(self, ("rounds", "test_interval", "full_data_epochs"))
         check_weight(self.weight)
-        check_choice("soft_labels", self.soft_labels, SOFT_LABEL_MODES)
-        if self.random_subset_seed is not None:
-            check_int("random_subset_seed", self.random_subset_seed, minimum=0)
         grid = tuple(self.lr_grid) if isinstance(self.lr_grid, (list, tuple)) else ()
         if not grid or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
                            for v in grid):
             raise ValueError(f"lr_grid must be a non-empty list of positive learning rates, got {self.lr_grid!r}")
-        if self.set_lr is not None and (isinstance(self.set_lr, bool) or not isinstance(self.set_lr, (int, float))
-                                        or not math.isfinite(self.set_lr) or self.set_lr <= 0):
-            raise ValueError(f"set_lr must be a positive learning rate, got {self.set_lr!r}")
         config = self.student_config(dataset_name, "soft", True, grid[0], 0)
+        config.validate()  # the student's fields, once here (each run's config: by train_student, its entry point)
         if config.epochs < self.test_interval:
             raise ValueError(f"epochs ({config.epochs}) must be at least test_interval ({self.test_interval}): the "
                              "protocol's accuracy is the best of the tests every test_interval epochs")
@@ -145,7 +139,8 @@ class DDRankingProtocol:
         return self.student_config(dataset_name, "hard", False, self.lr_grid[0], 0).model
 
     def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int):
-        """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``."""
+        """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``
+        (checked by :meth:`validate` and train_student, not here)."""
         from .student import StudentConfig
 
         values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset_name)], **self.student}
@@ -153,9 +148,7 @@ class DDRankingProtocol:
                       dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not mixed:
             values["mix"] = "none"
-        config = StudentConfig(**values)
-        config.validate()
-        return config
+        return StudentConfig(**values)
 
 
 def periodic_best(history: Sequence[Dict[str, Any]], interval: int) -> float:

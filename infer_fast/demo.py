@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from .checks import check_int
 from .ops import available_backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
 
 DATASET = "fashion-mnist-mini"
@@ -79,8 +80,8 @@ def run_demo(out_dir: str = "demo-output", seeds: int = 1, iterations: Optional[
     from .storage import write_preview
 
     for name, value in (("--seeds", seeds), ("--iterations", iterations), ("--epochs", epochs)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+        if value is not None:  # (None: the demo's own)
+            check_int(name, value)
     start = time.perf_counter()
     print(f"infer-fast demo: INFER vs random vs SRe2L at ipc {IPC} on {DATASET} (embedded; {torch.get_num_threads()} CPU threads)")
     print(check_backends())

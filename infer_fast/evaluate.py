@@ -31,8 +31,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from torch import nn
 
-from .choices import SOFT_LABEL_MODES
-from .scores import DEFAULT_WEIGHT, dd_ranking_scores
+from .choices import SOFT_LABEL_MODES, STUDENT_RECIPES
+from .options import check_fields, option
+from .scores import DEFAULT_WEIGHT, check_weight, dd_ranking_scores
 
 REPORT_FORMAT = "infer-fast-evaluation"
 PROTOCOL_NAME = "infer-fast"  # the report's protocol name (the other: dd_ranking.PROTOCOL_NAME)
@@ -48,33 +49,23 @@ class Protocol:
     ``seeds``: students per run (seeds 0..n-1, also the random subsets' draws); ``weight``:
     w of LRS and ARS; ``full_data_epochs``: epochs of the full-data run when it is trained."""
 
-    recipe: str = "cifar"
-    student: Dict[str, Any] = field(default_factory=dict)
-    seeds: int = 3
-    weight: float = DEFAULT_WEIGHT
-    full_data_epochs: int = 30
-    soft_labels: str = "static"  # one of SOFT_LABEL_MODES
-    random_subset_seed: Optional[int] = None  # one random subset for every seed; None: drawn with each seed
+    recipe: str = field(default="cifar", metadata=option("the students' recipe", choices=STUDENT_RECIPES))
+    student: Dict[str, Any] = field(default_factory=dict, metadata=option("StudentConfig fields over the recipe"))
+    seeds: int = field(default=3, metadata=option("students per run (seeds 0..n-1)", minimum=1))
+    weight: float = field(default=DEFAULT_WEIGHT, metadata=option("w of LRS and ARS, in [0, 1]"))
+    full_data_epochs: int = field(default=30, metadata=option("epochs of the full-data run", minimum=1))
+    soft_labels: str = field(default="static", metadata=option(
+        "the set's stored soft labels, or the teachers' on every batch", choices=SOFT_LABEL_MODES))
+    random_subset_seed: Optional[int] = field(default=None, metadata=option(
+        "one random subset for every seed", minimum=0, none="drawn with each seed"))
 
     def validate(self) -> None:
-        from .checks import check_choice, check_int, check_positive_ints
-        from .scores import check_weight
-
-        from .choices import STUDENT_RECIPES
-
-        if self.recipe not in STUDENT_RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(STUDENT_RECIPES)}, got {self.recipe!r}")
-        if not isinstance(self.student, dict):
-            raise ValueError(f"student must be a mapping of StudentConfig fields, got {self.student!r}")
+        check_fields(self)  # each field's type, range and choices, as declared above
+        check_weight(self.weight)
         for name in ("labels", "seed", "dynamic"):
             if name in self.student:
                 raise ValueError(f"student: {name} is set by the evaluation itself, not by the protocol")
-        check_positive_ints(self, ("seeds", "full_data_epochs"))
-        check_weight(self.weight)
-        check_choice("soft_labels", self.soft_labels, SOFT_LABEL_MODES)
-        if self.random_subset_seed is not None:
-            check_int("random_subset_seed", self.random_subset_seed, minimum=0)
-        self.student_config("soft", True, 0)
+        self.student_config("soft", True, 0)  # (the student's fields, checked by its recipe)
 
     def student_count(self) -> int:
         """Students an evaluation trains: the set and a random subset, RUNS each, per seed."""
@@ -87,12 +78,11 @@ class Protocol:
         """The StudentConfig of one run."""
         from .student import StudentConfig
 
-        recipe = StudentConfig.imagenet if self.recipe == "imagenet" else StudentConfig.cifar
         values = dict(self.student, labels=labels, seed=seed,
                       dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not augmented:
             values.update(augmentation="none", mix="none")
-        return recipe(**values)
+        return StudentConfig.from_recipe(self.recipe, **values)
 
 
 def make_protocol(name: str, student: Dict[str, Any], seeds: Optional[int] = None,

@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 import torch
 
 from .data.registry import dataset_label
+from .run_identity import check_same_run
 from .set_keys import RunKey, SetKey, external_method
 
 
@@ -39,12 +40,15 @@ RUN_SETTINGS = ("dataset", "teachers", "recovery", "sre2l", "method_options", "a
                 "dynamic_epochs", "data_root")
 
 
-def changed_settings(old: Dict[str, Any], cfg) -> List[str]:
-    """The settings of RUN_SETTINGS in which the config dict ``old`` and the run config ``cfg`` differ."""
-    ours = dataclasses.asdict(cfg)
-    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(cfg)}
-    return [k for k in RUN_SETTINGS if old.get(k, defaults[k]) != ours[k]]
+def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The RUN_SETTINGS of a run config dict (those it has)."""
+    return {k: config[k] for k in RUN_SETTINGS if k in config}
+
+
+def _defaults(cfg) -> Dict[str, Any]:
+    """The run config's field defaults: what a setting a results file predates counts as."""
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cfg)}
 
 
 def load_results(path: Path, cfg) -> Dict[str, Any]:
@@ -58,12 +62,9 @@ def load_results(path: Path, cfg) -> Dict[str, Any]:
         raise ValueError(f"{path} cannot be read ({exc}); delete it to start the table over") from None
     if old.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path} is not an infer-fast results file")
-    changed = changed_settings(old["config"], cfg)  # runs are kept only if what determines them is unchanged
-    if changed:
-        raise ValueError(
-            f"{path} belongs to a run with other settings ({', '.join(changed)} differ): "
-            "choose another out directory or delete it"
-        )
+    # runs are kept only if what determines them is unchanged
+    check_same_run("results file", path, run_settings(old["config"]), run_settings(dataclasses.asdict(cfg)),
+                   "choose another out directory or delete it", defaults=_defaults(cfg))
     old["config"] = dataclasses.asdict(cfg)
     return old
 

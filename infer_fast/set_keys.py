@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .checks import check_int
 from .methods import Method, get_method
 
 EXTERNAL_PREFIX = "external:"  # the method of a set given to the run (e.g. imported): "external:<label>"
@@ -48,8 +49,7 @@ class SetKey:
         # (what makes the string form parse back to the same key)
         if not isinstance(self.method, str) or not self.method or "/" in self.method:
             raise ValueError(f"a set key's method must be a non-empty name without '/', got {self.method!r}")
-        if isinstance(self.ipc, bool) or not isinstance(self.ipc, int) or self.ipc < 1:
-            raise ValueError(f"a set key's ipc must be a positive integer, got {self.ipc!r}")
+        check_int("a set key's ipc", self.ipc)
 
     @classmethod
     def external(cls, label: str, ipc: int) -> "SetKey":
@@ -110,8 +110,7 @@ class RunKey:
 
     def __post_init__(self) -> None:
         SetKey(self.method, self.ipc)  # (the same checks)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"a run key's seed must be an integer >= 0, got {self.seed!r}")
+        check_int("a run key's seed", self.seed, minimum=0)
 
     @classmethod
     def parse(cls, text: str) -> "RunKey":

@@ -68,10 +68,11 @@ from .storage import DistilledDataset, DistilledSet, load_distilled, save_distil
 from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_device
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
-from .checks import check_choice
-from .options import check_fields, option, with_recipe
+from .checks import check_choice, check_int
+from .options import check_fields, option, options_of, with_recipe
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
+from .run_identity import check_same_run, flattened
 
 __all__ = [
     "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
@@ -113,8 +114,7 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
     ``progress``: a bar over the training images."""
     if not teachers:
         raise ValueError("relabel needs at least one teacher")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size)
     dev = resolve_device(device)
     models = [t.to(dev) for t in teachers]
     chunks = []
@@ -334,22 +334,17 @@ def set_digest(distilled) -> str:
     return content_digest(t for f in dataclasses.fields(distilled) if isinstance(t := getattr(distilled, f.name), Tensor))
 
 
+# where a student trains does not change it: a run may resume on another device (a field a
+# checkpoint predates counts as its default)
+STUDENT_RESULT_NEUTRAL = ("device",)
+_IDENTITY_LABELS = {"set_sha256": "the distilled set's images or labels", "teachers_sha256": "the teachers' weights"}
+
+
 def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     state = read_checkpoint(path, STUDENT_CHECKPOINT_FORMAT, "student checkpoint")
-    theirs = state.get("run", {})
-    for key, what in (("set_sha256", "the distilled set"), ("teachers_sha256", "the teachers' weights")):
-        if key in identity and theirs.get(key) != identity[key]:
-            raise ValueError(f"student checkpoint {path!r} belongs to another run: {what} differ from those it was "
-                             "trained with (delete it, or resume with the same ones)")
-    for key, value in identity.items():
-        if key == "config":
-            diff = sorted(k for k in set(value) | set(theirs.get("config", {}))
-                          if k != "device" and value.get(k) != theirs.get("config", {}).get(k))
-            if diff:
-                raise ValueError(f"student checkpoint {path!r} belongs to another run ({', '.join(diff)} differ): delete it "
-                                 "or use the same settings")
-        elif theirs.get(key) != value:
-            raise ValueError(f"student checkpoint {path!r} belongs to another run ({key}: {theirs.get(key)!r} vs {value!r})")
+    check_same_run("student checkpoint", path, flattened(state.get("run", {})), flattened(identity),
+                   "delete it, or resume with the same set, teachers and settings", ignore=STUDENT_RESULT_NEUTRAL,
+                   labels=_IDENTITY_LABELS, defaults={n: o.default for n, o in options_of(StudentConfig).items()})
     return state
 
 

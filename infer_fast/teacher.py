@@ -28,7 +28,8 @@ from .models import create_model
 from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .choices import DEVICE_CHOICES
-from .options import check_fields, option
+from .options import check_fields, option, options_of
+from .run_identity import check_same_run
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
@@ -215,25 +216,28 @@ def _read_checkpoint(path: str) -> Dict[str, Any]:
     return read_checkpoint(path, CHECKPOINT_FORMAT, "teacher checkpoint", CHECKPOINT_VERSION)
 
 
+# what does not change a teacher: where it trains, its evaluation batches, and where its data
+# lies (the training split's content digest is compared instead)
+TEACHER_RESULT_NEUTRAL = ("device", "eval_batch_size", "data_root")
+
+
+def _identity(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The run a teacher checkpoint's metadata records: its config's fields (the dataset by its
+    name), the data's shape and the training split's content digest."""
+    identity = {**meta.get("config", {}), **{k: meta.get(k) for k in ("dataset", "num_classes", "channels", "image_size")}}
+    if "data_sha256" in meta:
+        identity["data_sha256"] = meta["data_sha256"]
+    return identity
+
+
 def _check_same_run(ckpt: Dict[str, Any], meta: Dict[str, Any], path: str) -> None:
-    """Resuming must continue the same training, not silently mix two."""
-    for key in ("dataset", "model", "num_classes"):
-        if ckpt.get(key) != meta[key]:
-            raise ValueError(
-                f"{path!r} holds a teacher for {key}={ckpt.get(key)!r}, not {meta[key]!r}: "
-                "choose another --out or delete the file to start over"
-            )
-    if "data_sha256" in ckpt and ckpt["data_sha256"] != meta["data_sha256"]:
-        raise ValueError(
-            f"{path!r} was trained on other {meta['dataset']} data (the training split's content differs: "
-            "another --data-root or changed files): resume with the same data, or choose another --out"
-        )
-    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "seed"):
-        if ckpt["config"].get(key) != meta["config"][key]:
-            raise ValueError(
-                f"{path!r} was trained with {key}={ckpt['config'].get(key)!r}, not {meta['config'][key]!r}: "
-                "resume with the same settings, or choose another --out"
-            )
+    """Resuming must continue the same training, not silently mix two (a checkpoint older than
+    a setting, or than the data digest, counts as made with the default, or with this data)."""
+    defaults = {**{name: opt.default for name, opt in options_of(TeacherConfig).items()}, "data_sha256": meta["data_sha256"]}
+    check_same_run("teacher checkpoint", path, _identity(ckpt), _identity(meta),
+                   "resume with the same settings and training data (another --data-root or changed files change it), "
+                   "or choose another --out or delete the file to start over", ignore=TEACHER_RESULT_NEUTRAL,
+                   defaults=defaults, labels={"data_sha256": "the training images"})
 
 
 def load_teacher(

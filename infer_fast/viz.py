@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ._io import PathLike, write_atomically
+from .checks import check_int
 
 SCALES = ("none", "minmax", "symmetric")
 
@@ -71,10 +72,8 @@ def grid_size(n: int, height: int, width: int, nrow: int = 8, padding: int = 2) 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0, scale: str = "none") -> Tensor:
     """(ch, grid H, grid W) float tensor in [0, 1]: ``nrow`` images per row, row-major."""
-    if nrow < 1:
-        raise ValueError(f"nrow must be >= 1, got {nrow}")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
+    check_int("nrow", nrow)
+    check_int("padding", padding, minimum=0)
     x = scale_images(images, scale)
     n, ch, height, width = x.shape
     gh, gw = grid_size(n, height, width, nrow, padding)

@@ -65,10 +65,15 @@ def test_refusals(tmp_path):
         load_teacher(out, dataset="cifar10")
     with pytest.raises(ValueError, match="predicts 10 classes, not 100"):
         load_teacher(out, num_classes=100)
-    with pytest.raises(ValueError, match="model='convnet-w8-d2'"):
+    with pytest.raises(ValueError, match=r"teacher checkpoint .* belongs to another run \(model differ; recorded "
+                                         r"model='convnet-w8-d2'\): resume with the same settings"):
         train_teacher(TeacherConfig(epochs=1, **{**TINY, "model": "convnet-w16-d2"}), out, progress=False)
-    with pytest.raises(ValueError, match="epochs=1"):
-        train_teacher(TeacherConfig(epochs=3, **TINY), out, progress=False)
+    with pytest.raises(ValueError, match=r"another run \(epochs, lr differ; recorded epochs=1, lr=0.05\)"):
+        train_teacher(TeacherConfig(**{**TINY, "epochs": 3, "lr": 0.1}), out, progress=False)
+    # where it trains and evaluates, and where its data lies, are not what the teacher is: kept
+    kept = train_teacher(TeacherConfig(epochs=1, **{**TINY, "eval_batch_size": 7, "data_root": str(tmp_path)}), out,
+                         progress=False)
+    assert kept["epochs_done"] == 1
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
@@ -183,7 +188,7 @@ def test_resume_on_other_data_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(teacher_mod, "evaluate", real_evaluate)
     monkeypatch.setattr(teacher_mod, "load_dataset", other_pixels)
-    with pytest.raises(ValueError, match="trained on other fashion-mnist-mini data"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(the training images differ\): .*--data-root"):
         train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)
     monkeypatch.setattr(teacher_mod, "load_dataset", real_load)
     assert train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)["epochs_done"] == 2
