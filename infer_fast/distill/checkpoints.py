@@ -16,6 +16,8 @@ from torch import Tensor
 
 from .. import distributed
 from .._io import read_checkpoint, save_atomic
+from ..run_identity import check_same_run, flattened
+from .config import RESULT_NEUTRAL, RecoveryConfig
 
 CHECKPOINT_FORMAT = "infer-fast-recovery"
 # 2: the teachers' content digests are part of the run identity; 3: the results of finished
@@ -52,30 +54,18 @@ def describe_batch(m: int, ks: Sequence[int]) -> str:
     return f"teacher {m} batch k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m} batch k={ks[0]}"
 
 
+_IDENTITY_LABELS = {"teachers_sha256": "the teachers' weights", "natural_sha256": "the natural images"}
+
+
 def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
     ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, "recovery checkpoint", CHECKPOINT_VERSION)
     if ckpt.get("format_version", 0) < CHECKPOINT_VERSION:
         raise ValueError(f"recovery checkpoint {path!r} was written by an older infer-fast (format "
                          f"{ckpt.get('format_version', 0)}, this one reads {CHECKPOINT_VERSION}): finish that run with "
                          "that version, or delete it to start over")
-    theirs = ckpt.get("run", {})
-    for key, value in identity.items():
-        if key == "teachers_sha256" and theirs.get(key) != value:
-            changed = [m for m, (a, b) in enumerate(zip(theirs.get(key, []), value)) if a != b]
-            raise ValueError(f"recovery checkpoint {path!r} belongs to another run: the weights of teacher "
-                             f"{', '.join(map(str, changed))} differ from those it was recovered with (resume with the "
-                             "same teachers, or delete it)")
-        if key == "config":
-            for name, v in value.items():
-                if theirs.get("config", {}).get(name) != v:
-                    raise ValueError(
-                        f"recovery checkpoint {path!r} belongs to another run: config {name}="
-                        f"{theirs.get('config', {}).get(name)!r}, this run has {v!r} (delete it or use the same settings)"
-                    )
-        elif theirs.get(key) != value:
-            what = "natural images" if key == "natural_sha256" else key
-            shown = "" if key == "natural_sha256" else f": {theirs.get(key)!r} vs this run's {value!r}"
-            raise ValueError(f"recovery checkpoint {path!r} belongs to another run (different {what}{shown})")
+    check_same_run("recovery checkpoint", path, flattened(ckpt.get("run", {})), flattened(identity),
+                   "resume with the same teachers, images and settings, or delete it", ignore=RESULT_NEUTRAL,
+                   defaults=RecoveryConfig().to_dict(), labels=_IDENTITY_LABELS)
     return ckpt
 
 
