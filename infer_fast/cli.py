@@ -235,7 +235,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
     teachers = path_list(options.get("teachers"))
     if method.uses_teachers and not teachers:
         raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method.name}")
-    own, seed = {k: options[k] for k in method.option_names if k in options}, options.get("seed", 0)
+    own = method.with_dataset_defaults({k: options[k] for k in method.option_names if k in options},
+                                       options["dataset"])  # (its recipe for the dataset's family)
+    seed = options.get("seed", 0)
     method.check_options(own, seed)  # (every option checked before any data is read)
     if rank != 0 and not method.resumable:
         return  # nothing to split: rank 0 makes the set
@@ -262,18 +264,20 @@ def cmd_relabel(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .data import load_test_split
     from .storage import load_distilled
-    from .student import StudentConfig, evaluate_seeds
+    from .student import StudentConfig, evaluate_seeds, recipe_of
     from .teacher import load_teachers_for_set
     from .distributed import init_from_env
 
     fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items()
               if o.flag_name and getattr(args, k) is not None}
-    config = StudentConfig.from_recipe(args.recipe, **fields)  # (the options checked before any loading)
+    config = StudentConfig.from_recipe(args.recipe or "cifar", **fields)  # (the options checked before any loading)
     if args.teachers and not config.dynamic:
         raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
                         "a set's static soft labels come from `infer-fast relabel`")
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
+    if args.recipe is None:  # the recipe of the set's dataset's family (ImageNet: the SRe2L protocol)
+        config = StudentConfig.from_recipe(recipe_of(ds.dataset), **fields)
     teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                            progress=not args.quiet and rank == 0)
@@ -295,8 +299,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 EVALUATE_STUDENT_OPTIONS = ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
 
 
-def _evaluation_protocol(args: argparse.Namespace):
-    """The protocol the evaluate options ask for, validated (before any loading)."""
+def _evaluation_protocol(args: argparse.Namespace, dataset=None):
+    """The protocol the evaluate options ask for, validated (before any loading; with the set's
+    ``dataset``: its family's student recipe unless --recipe, DD-Ranking's checked against it)."""
     from .evaluate import make_protocol
 
     student = {k: getattr(args, k) for k in EVALUATE_STUDENT_OPTIONS if getattr(args, k) is not None}
@@ -315,7 +320,7 @@ def _evaluation_protocol(args: argparse.Namespace):
                 raise UserError(f"{option} applies to --protocol dd-ranking only")
         if args.recipe is not None:
             options["recipe"] = args.recipe
-    return make_protocol(args.protocol, student, args.seeds, **options)
+    return make_protocol(args.protocol, student, args.seeds, dataset, **options)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -329,8 +334,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
     if args.out:
         check_writable(args.out, "--out")
-    protocol = _evaluation_protocol(args)
+    _evaluation_protocol(args)  # (every option checked before any loading)
     ds = load_distilled(args.directory)
+    protocol = _evaluation_protocol(args, ds.dataset)
     models = load_teachers_for_set(teachers, ds, device=args.device)
     report = evaluate_under(protocol, ds, models, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
                             device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
@@ -453,9 +459,10 @@ def _add_relabel_and_train(sub) -> None:
 
     train = sub.add_parser("train", help="train students on a distilled set and evaluate them on the real test split")
     train.add_argument("directory", help="distilled-set directory (relabelled, unless --dynamic)")
-    train.add_argument("--recipe", choices=tuple(RECIPES), default="cifar",
+    train.add_argument("--recipe", choices=tuple(RECIPES),
                        help="the student recipe: cifar (the defaults below) or imagenet (the SRe2L protocol: the values "
-                       "below say where it differs); the options below override it (default cifar)")
+                       "below say where it differs); the options below override it (default: the set's dataset's "
+                       "family's: imagenet for ImageNet, cifar for the others)")
     add_flags(train, options_of(StudentConfig).values(), recipes=RECIPES)
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
@@ -496,7 +503,8 @@ def _add_evaluate(sub) -> None:
                           "(default: trained here with the teacher recipe and the student model)")
     evaluate.add_argument("--full-data-epochs", dest="full_data_epochs", type=int, default=30,
                           help="epochs of the full-data run when it is trained (default 30)")
-    evaluate.add_argument("--recipe", choices=tuple(RECIPES), help="infer-fast: student recipe (see train; default cifar)")
+    evaluate.add_argument("--recipe", choices=tuple(RECIPES),
+                          help="infer-fast: student recipe (see train; default: the set's dataset's family's)")
     student = options_of(StudentConfig)
     add_flags(evaluate, (student[name] for name in EVALUATE_STUDENT_OPTIONS), default="the protocol's recipe")
     evaluate.add_argument("--seeds", type=int,

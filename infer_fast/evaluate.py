@@ -89,8 +89,9 @@ def make_protocol(name: str, student: Dict[str, Any], seeds: Optional[int] = Non
                   dataset_name: Optional[str] = None, **options: Any):
     """The validated protocol ``name`` (one of EVALUATION_PROTOCOLS): ``student`` fields,
     ``seeds`` students per run (ours) or rounds (DD-Ranking's; None: the protocol's default),
-    its other ``options``; DD-Ranking's is checked against ``dataset_name``'s family when
-    given (its recipe follows the dataset)."""
+    its other ``options``; with ``dataset_name``, DD-Ranking's is checked against its family
+    (its recipe follows the dataset) and ours takes its family's student recipe unless
+    ``recipe`` is given."""
     from .checks import check_choice
     from .choices import EVALUATION_PROTOCOLS
     from .dd_ranking import PROTOCOL_NAME as DD_RANKING, DDRankingProtocol
@@ -100,6 +101,10 @@ def make_protocol(name: str, student: Dict[str, Any], seeds: Optional[int] = Non
         protocol = DDRankingProtocol(student=student, **({} if seeds is None else {"rounds": seeds}), **options)
         protocol.validate(*([dataset_name] if dataset_name else []))
     else:
+        if dataset_name is not None and options.get("recipe") is None:
+            from .student import recipe_of
+
+            options["recipe"] = recipe_of(dataset_name)
         protocol = Protocol(student=student, **({} if seeds is None else {"seeds": seeds}), **options)
         protocol.validate()
     return protocol

@@ -118,12 +118,13 @@ class PipelineConfig:
         """The options the run gives method ``name`` (unchecked), from its facts (Method): the
         ``recovery`` settings it shares, its section (``config_section``, else its
         ``method_options`` entry) on top, and the run-level settings it takes (``run_options``:
-        INFER's selection and accounting)."""
+        INFER's selection and accounting), over its recipe for the run's dataset (``family_defaults``)."""
         method = get_method(name)
         takes = method.option_names
         shared = {k: self.recovery[k] for k in method.shared_recovery_options if k in self.recovery and k in takes}
         own = getattr(self, method.config_section) if method.config_section else self.method_options.get(name, {})
-        return {**shared, **own, **{k: getattr(self, k) for k in method.run_options}}
+        given = {**shared, **own, **{k: getattr(self, k) for k in method.run_options}}
+        return method.with_dataset_defaults(given, self.dataset)
 
     def options_for(self, name: str) -> Dict[str, Any]:
         """Method ``name``'s options, checked and parsed (errors prefixed with where they come from)."""
@@ -134,9 +135,10 @@ class PipelineConfig:
             raise ValueError(f"{method.config_section or f'method_options: {name}'}: {exc}") from None
 
     def student_config(self, method: str, seed: int, num_teachers: int):
-        from .student import StudentConfig
+        from .student import RECIPES, StudentConfig, recipe_of
 
-        values = {"device": self.device, **self.student, "seed": seed}
+        # the student fields over the recipe of the dataset's family (ImageNet: the SRe2L protocol)
+        values = {**RECIPES[recipe_of(self.dataset)], "device": self.device, **self.student, "seed": seed}
         own = registered_method(method)  # (None: a set given to the run, with static labels)
         if own is not None and own.student_labels == "per-batch":  # the teachers label every batch
             values["dynamic"] = True

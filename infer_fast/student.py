@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .progress import progress_bar
 
+from .data.registry import get_dataset
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop)
 from .models import create_model, device_of, penultimate_features
@@ -169,6 +170,13 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "imagenet": dict(lr=1e-3, weight_decay=0.01, epochs=300, augmentation="resized_crop_flip", mix="cutmix",
                      temperature=20.0, mixup_alpha=1.0, batch_size=100),
 }
+# the recipe of a dataset's students where none is named, by its family (DATASET_FAMILIES)
+FAMILY_RECIPES = {"cifar": "cifar", "tiny-imagenet": "cifar", "imagenet": "imagenet"}
+
+
+def recipe_of(dataset) -> str:
+    """The student recipe of ``dataset`` (a name or mapping): its family's (FAMILY_RECIPES)."""
+    return FAMILY_RECIPES[get_dataset(dataset).family]
 
 
 @dataclass

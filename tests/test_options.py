@@ -77,7 +77,9 @@ def test_recipes_are_data_selected_by_name():
         StudentConfig.from_recipe("mnist")
     assert RecoveryConfig.recipe("imagenet", "sre2l") == RecoveryConfig.imagenet(r_bn=0.01)
     assert recovery_config("sre2l", {}) == RecoveryConfig.sre2l() == RecoveryConfig(r_bn=0.01)
-    assert recovery_config("sre2l", {"augmentation": "imagenet", "r_bn": 0.5}) == RecoveryConfig.imagenet(r_bn=0.5)
+    # SRe2L on ImageNet-size images: 4000 iterations (INFER_METHOD.md §6), the imagenet recipe's augmentation
+    assert recovery_config("sre2l", {"augmentation": "imagenet", "r_bn": 0.5}) == RecoveryConfig.imagenet(
+        r_bn=0.5, iterations=4000)
 
 
 @pytest.mark.parametrize("config, message", [

@@ -193,7 +193,7 @@ def test_one_recovery_builder_for_cli_and_run_configs(monkeypatch):
     assert built["infer"] == run.options_for("infer")["config"] == RecoveryConfig.imagenet(seed=3)
     assert built["sre2l"] == run.options_for("sre2l")["config"] == recovery_config("sre2l", {"augmentation": "imagenet",
                                                                                              "seed": 3})
-    assert (built["sre2l"].r_bn, built["sre2l"].max_shift, built["sre2l"].iterations) == (0.01, 32, 2000)
+    assert (built["sre2l"].r_bn, built["sre2l"].max_shift, built["sre2l"].iterations) == (0.01, 32, 4000)  # §6
     argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",
             "--no-cuda-graphs"]
     assert cli.main(argv) == 130 and built["infer"].cuda_graphs is False and RecoveryConfig().cuda_graphs is True

@@ -25,6 +25,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "cifar": {},
     "imagenet": dict(iterations=2000, r_bn=0.01, augmentation="imagenet", max_shift=32),  # INFER on ImageNet-size images
     "sre2l": dict(r_bn=0.01),  # the SRe2L baseline (INFER_METHOD.md §6): same loss and optimizer
+    "sre2l-imagenet": dict(iterations=4000),  # SRe2L on ImageNet-size images (§6): 4000 iterations, over "imagenet"
 }
 
 
@@ -44,7 +45,8 @@ class RecoveryConfig:
     # "roll": roll by randint(0, max_shift) (inclusive) on H and W; "imagenet":
     # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
     augmentation: str = field(default="roll", metadata=option(
-        "roll (small images) or imagenet (RandomResizedCrop + flip + roll; selects the imagenet recipe)",
+        "roll (small images) or imagenet (RandomResizedCrop + flip + roll; selects the imagenet recipe, the "
+        "default for ImageNet-family datasets)",
         choices=RECOVERY_AUGMENTATIONS))
     max_shift: int = field(default=4, metadata=option("largest roll in pixels", minimum=0))
     crop_scale: Tuple[float, float] = field(default=RESIZED_CROP_SCALE, metadata=option(
@@ -196,8 +198,11 @@ def crop_scale_at(config: RecoveryConfig, t: int) -> Tuple[float, float]:
 
 def recipe_names(method: str, options: Mapping[str, Any]) -> Tuple[str, ...]:
     """The RECIPES that user ``options`` of ``method`` select: "imagenet" for ``augmentation:
-    imagenet`` (else "cifar"), and "sre2l" on top for SRe2L."""
-    return ("imagenet" if options.get("augmentation") == "imagenet" else "cifar",) + (("sre2l",) if method == "sre2l" else ())
+    imagenet`` (else "cifar"), and for SRe2L "sre2l" on top (and "sre2l-imagenet" on that)."""
+    base = "imagenet" if options.get("augmentation") == "imagenet" else "cifar"
+    if method != "sre2l":
+        return (base,)
+    return (base, "sre2l") + (("sre2l-imagenet",) if base == "imagenet" else ())
 
 
 def recovery_config(method: str, options: Mapping[str, Any]) -> RecoveryConfig:

@@ -63,9 +63,7 @@ RECIPE = Option(
 
 def recipe_for(dataset) -> str:
     """The recipe a dataset gets when ``recipe`` is not given: its family's (FAMILY_RECIPES)."""
-    from ..data.registry import get_dataset
-
-    return FAMILY_RECIPES[get_dataset(dataset).family]
+    return CDA.with_dataset_defaults({}, dataset)["recipe"]
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
@@ -81,7 +79,7 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 def distill(request: DistillRequest):
     from ..distill import distill_sre2l
 
-    options = {**request.options, "recipe": request.options.get("recipe") or recipe_for(request.dataset)}
+    options = CDA.with_dataset_defaults(request.options, request.dataset)
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=parse_options(options, request.seed)["config"], data_root=request.data_root,
                          resume=request.resume, progress=request.progress, device=request.device, method_name="cda")
@@ -91,4 +89,5 @@ CDA = register(Method(
     name="cda", label="CDA",
     summary="SRe2L's recovery with a curriculum on the crop scale (whole images first, small crops last)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + (RECIPE,), resumable=True,
+    family_defaults={family: {"recipe": recipe} for family, recipe in FAMILY_RECIPES.items()},
 ))

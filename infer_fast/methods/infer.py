@@ -7,7 +7,7 @@ from typing import Any, Dict, Mapping
 
 from ..choices import ACCOUNTINGS, SELECTIONS
 from ..options import Option
-from .recovery_options import RECOVERY_OPTIONS, recovery_options
+from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
 
 # how the natural sets are picked and the budget counted (an `infer-fast run` config's own settings)
@@ -38,7 +38,7 @@ def check_budget(options: Mapping[str, Any], ipc: int, num_classes: int, num_tea
 def distill(request: DistillRequest):
     from ..distill import distill_infer
 
-    options = parse_options(request.options, request.seed)
+    options = parse_options(INFER.with_dataset_defaults(request.options, request.dataset), request.seed)
     return distill_infer(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=options["config"], accounting=options["accounting"],
                          selection=options["selection"], data_root=request.data_root, resume=request.resume,
@@ -49,6 +49,7 @@ INFER = register(Method(
     name="infer", label="INFER", summary="natural sets + universal feature compensators (the paper)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + OWN_OPTIONS, layout="compensated",
     resumable=True, config_section="recovery", run_options=OWN_NAMES, check_budget=check_budget,
+    family_defaults=IMAGENET_FAMILY_DEFAULTS,
 ))
 INFER_DYN = register(Method(
     name="infer_dyn", label="INFER+Dyn", summary="INFER's set, students labelled by the teachers on every batch",

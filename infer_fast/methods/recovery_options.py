@@ -8,6 +8,10 @@ from ..distill.config import RecoveryConfig, recovery_config
 from ..options import options_of
 
 RECOVERY_OPTIONS = tuple(options_of(RecoveryConfig).values())
+# INFER's and SRe2L's recipe by dataset family: ImageNet's (INFER_METHOD.md §3, §6: 2000
+# iterations, SRe2L 4000, r_bn 0.01, RandomResizedCrop + flip + roll by 32) for ImageNet-family
+# datasets, unless the user chooses the augmentation; the CIFAR recipe for the others
+IMAGENET_FAMILY_DEFAULTS = {"imagenet": {"augmentation": "imagenet"}}
 
 
 def recovery_options(recipe: str, options: Mapping[str, Any], seed: int = 0) -> RecoveryConfig:

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..data.registry import DATASET_FAMILIES, get_dataset
 from ..options import Option, check_value
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
@@ -56,7 +57,9 @@ class Method:
     labels; "compensated": INFER's natural sets and compensators); ``resumable``: keeps a
     recovery checkpoint that a later start continues; ``reduced_student_epochs``: in ``infer-fast
     run`` its students train round(epochs / (M + 1)) epochs for M teachers unless the run gives
-    ``dynamic_epochs`` (INFER+Dyn: the paper's reduction).
+    ``dynamic_epochs`` (INFER+Dyn: the paper's reduction); ``family_defaults``: its recipe per
+    dataset family (``{"imagenet": {"augmentation": "imagenet"}}``: option values a set of a
+    dataset of that family gets where the user gives none; :meth:`with_dataset_defaults`).
 
     In an ``infer-fast run`` config: ``config_section`` is the PipelineConfig field holding
     its options (INFER's ``recovery``, SRe2L's ``sre2l``; None: ``method_options: {name:
@@ -83,6 +86,7 @@ class Method:
     shared_recovery_options: Tuple[str, ...] = ("group_size", "seed")
     run_options: Tuple[str, ...] = ()
     check_budget: Optional[Callable[[Mapping[str, Any], int, int, int], None]] = None
+    family_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
@@ -97,10 +101,23 @@ class Method:
         if bad:
             raise ValueError(f"method {self.name!r}: options must be Option declarations (infer_fast.options), "
                              f"got {bad[0]!r}")
+        for family, values in self.family_defaults.items():
+            undeclared = sorted(set(values) - set(self.option_names))
+            if family not in DATASET_FAMILIES or undeclared:
+                raise ValueError(f"method {self.name!r}: family_defaults maps dataset families "
+                                 f"({', '.join(DATASET_FAMILIES)}) to its own options, got {family!r}: {dict(values)}")
 
     @property
     def option_names(self) -> Tuple[str, ...]:
         return tuple(o.name for o in self.options)
+
+    def with_dataset_defaults(self, options: Mapping[str, Any], dataset) -> Dict[str, Any]:
+        """``options`` over the method's recipe for ``dataset``'s family (``family_defaults``;
+        an option given as None counts as not given there)."""
+        if not self.family_defaults:
+            return dict(options)
+        defaults = self.family_defaults.get(get_dataset(dataset).family, {})
+        return {**defaults, **{k: v for k, v in options.items() if v is not None or k not in defaults}}
 
     def check_options(self, options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
         """``options`` checked (every name one it takes, every value against its declaration,

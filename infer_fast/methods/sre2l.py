@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
-from .recovery_options import RECOVERY_OPTIONS, recovery_options
+from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
 
 # the `recovery` settings of an `infer-fast run` SRe2L shares with INFER: its augmentation, batching and seed
@@ -19,7 +19,8 @@ def distill(request: DistillRequest):
     from ..distill import distill_sre2l
 
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
-                         config=parse_options(request.options, request.seed)["config"], data_root=request.data_root,
+                         config=parse_options(SRE2L.with_dataset_defaults(request.options, request.dataset),
+                                              request.seed)["config"], data_root=request.data_root,
                          resume=request.resume, progress=request.progress, device=request.device)
 
 
@@ -27,4 +28,5 @@ SRE2L = register(Method(
     name="sre2l", label="SRe2L", summary="images recovered from noise (squeeze, recover, relabel)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS, resumable=True,
     config_section="sre2l", shared_recovery_options=SHARED_RECOVERY_OPTIONS,
+    family_defaults=IMAGENET_FAMILY_DEFAULTS,
 ))
