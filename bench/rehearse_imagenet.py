@@ -4,7 +4,7 @@ epoch, on a generated tree of the real layout (1000 wnid folders, JPEGs of Image
 and modes), with the teacher's weights where torchvision caches them (random weights: the
 rehearsal times and sizes the pipeline, it does not measure accuracy).
 
-    python bench/rehearse_imagenet.py                       # 1000 classes x 3 train + 1 val images
+    python bench/rehearse_imagenet.py                       # 1000 classes x 4 train + 1 val images
     python bench/rehearse_imagenet.py --classes 100 --quick # a smaller rehearsal
 
 Records, in bench/results/imagenet-rehearsal-<date>.json: every step's seconds and peak
@@ -38,18 +38,20 @@ from infer_fast.models import create_model  # noqa: E402
 
 TEACHER_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet-18 ImageNet weights, as the cache names them
 CONFIG = """\
-# configs/imagenet.yaml scaled to a rehearsal: ipc 1, one teacher, one iteration, one epoch (the
-# methods of the rehearsal measured on 2026-12-05; CDA and RDED, in the preset since, not yet rehearsed)
+# configs/imagenet.yaml scaled to a rehearsal: ipc 1, one teacher, one iteration, one epoch;
+# RDED with its ImageNet recipe (2 x 2 patches, 5 crops per candidate) on 4 candidates per
+# class (ipc 1 x 4 patches: the fewest it takes) instead of 300
 dataset: {dataset}
 data_root: {root}
 out: {out}
 teachers: [{{model: resnet18-imagenet, pretrained: true}}]
 ipc: [1]
-methods: [infer, infer_dyn, random, sre2l]
+methods: [infer, infer_dyn, random, sre2l, cda, rded]
 accounting: ipc
 selection: random
 recovery: {{iterations: 1, r_bn: 0.01, augmentation: imagenet, max_shift: 32, seed: 0}}
 sre2l: {{iterations: 1, r_bn: 0.01}}
+method_options: {{cda: {{iterations: 1}}, rded: {{candidates_per_class: 4}}}}
 student: {{model: resnet18-imagenet, epochs: 1, batch_size: 100, lr: 0.001, weight_decay: 0.01, temperature: 20.0,
           augmentation: resized_crop_flip, mix: cutmix, mixup_alpha: 1.0}}
 seeds: 1
@@ -100,14 +102,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", help="the fake tree (generated there when missing; default: a temporary folder)")
     parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--train-per-class", type=int, default=3)
+    parser.add_argument("--train-per-class", type=int, default=4)  # (RDED: 4 candidates per class)
     parser.add_argument("--val-per-class", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="100 classes, 2 + 1 images each (minutes)")
+    parser.add_argument("--quick", action="store_true", help="100 classes, 4 + 1 images each (minutes)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", help="output JSON (default bench/results/imagenet-rehearsal-<date>.json)")
     args = parser.parse_args()
     if args.quick:
-        args.classes, args.train_per_class, args.val_per_class = 100, 2, 1
+        args.classes, args.train_per_class, args.val_per_class = 100, 4, 1
     work = tempfile.mkdtemp(prefix="infer-fast-rehearsal-")
     root = args.root or os.path.join(work, "imagenet")
     if not os.path.isdir(os.path.join(root, "train")):
