@@ -453,16 +453,24 @@ def test_resume_without_a_checkpoint_says_it_starts_over(natural, teachers, trai
 
 def test_engine_takes_what_it_optimizes_from_the_recovery_kind(natural, teachers, train_set, tmp_path, monkeypatch):
     """The engine and the scheduler name no method: a RecoveryKind defined here (SRe2L's free
-    images under another name, with SRe2L's seed tag) runs through them, its name in the
-    checkpoint's batch states, and recovers SRe2L's images to the bit."""
+    images under another name, with SRe2L's seed tag and loss) runs through them, its loss hook
+    asked once per teacher, its name in the checkpoint's batch states, and recovers SRe2L's
+    images to the bit."""
     from dataclasses import replace
 
     from infer_fast.data.pixels import quantize_images
     from infer_fast.distill import checkpoints, jobs, recover_sre2l
     from infer_fast.distill.variables import FreeImages
 
+    scored = []
+
     class Toy(FreeImages):
         method, noun = "toy", "toy group"
+
+        def losses(self, teacher, num_classes, config, backend):  # (its loss hook: SRe2L's, counted)
+            losses = super().losses(teacher, num_classes, config, backend)
+            scored.append(num_classes)
+            return losses
 
     spec, cfg = train_set.spec, RecoveryConfig.sre2l(iterations=4, seed=2, group_size=2, checkpoint_every=2)
     states, real = [], checkpoints.save_atomic
@@ -470,7 +478,7 @@ def test_engine_takes_what_it_optimizes_from_the_recovery_kind(natural, teachers
         states.extend(obj.get("partials", [])), real(obj, path)))
     done, stats, _ = jobs._recover(Toy(), {"ipc": 2}, [(0, 0), (0, 1)], teachers[:1], None, 10, (1, 28, 28),
                                    spec.mean, spec.std, cfg, tmp_path / "toy.recovery.pt", False, False, "auto")
-    assert [s["method"] for s in states] == ["toy"] and [b["k"] for b in stats] == [[0, 1]]
+    assert [s["method"] for s in states] == ["toy"] and [b["k"] for b in stats] == [[0, 1]] and scored == [10]
     sre2l = recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, replace(cfg, checkpoint_every=None),
                           progress=False)
     ours = torch.cat([done[(0, 0)], done[(0, 1)]])  # float32 composed images, clamped

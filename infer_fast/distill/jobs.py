@@ -85,7 +85,7 @@ class _JobRunner:
         source = None if self.natural_cpu is None else self.natural_cpu.to(device)
         lo, hi = self.lo_cpu.to(device), self.hi_cpu.to(device)
         with engine.recovery_teacher(teacher, self.config) as run_teacher:
-            losses = engine.TeacherLosses(run_teacher, self.num_classes, self.config, self.backend)
+            losses = self.kind.losses(run_teacher, self.num_classes, self.config, self.backend)
             try:
                 for ks, chunk_size, state in self._batches(todo, interrupted, run_teacher, source, device):
                     self._run_batch(m, ks, chunk_size, state, source, losses, lo, hi)

@@ -1,6 +1,6 @@
 """What a recovery optimizes: the hooks (a :class:`RecoveryKind`) that the engine calls to
-build a batch's variable, compose it into the teacher's input and read its result, so that
-the engine names no method. Two kinds exist: INFER's compensators (:data:`COMPENSATORS`) and
+build a batch's variable, compose it into the teacher's input, score it (its loss) and read
+its result, so that the engine names no method. Two kinds exist: INFER's compensators (:data:`COMPENSATORS`) and
 SRe2L's free images (:data:`FREE_IMAGES`, also CDA's: SRe2L's recovery with a crop
 curriculum, which lives in its RecoveryConfig)."""
 from __future__ import annotations
@@ -53,6 +53,15 @@ class RecoveryKind:
         """What a job keeps, per group: from the final variable, or the final composed images
         (clamped to the valid range)."""
         raise NotImplementedError
+
+    def losses(self, teacher, num_classes: int, config, backend: str):
+        """The per-group losses a batch minimizes with ``teacher``: by default INFER's and
+        SRe2L's, CE on the class labels + r_bn x the BN-statistics loss
+        (engine.TeacherLosses, INFER_METHOD.md §3); a kind with another loss returns an object
+        with TeacherLosses' interface (called on a batch, teacher_input/teacher_rows, detach)."""
+        from .engine import TeacherLosses  # (the engine imports this module)
+
+        return TeacherLosses(teacher, num_classes, config, backend)
 
 
 class Compensators(RecoveryKind):
