@@ -68,6 +68,32 @@ def _cfg(**kw):
     return RecoveryConfig(**base)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_recovery_bits_do_not_depend_on_the_thread_count(natural, teachers, train_set, backend):
+    """A run resumed in a process with another thread count continues bit-identically only if
+    nothing on the path reduces by thread (issue 20, point 0): INFER and SRe2L at 1 and 2
+    threads give the same bits, on our C++ kernels and on torch's ops."""
+    from infer_fast.distill import recover_sre2l
+    from infer_fast.ops.backends import available_backends
+
+    if backend not in available_backends("cpu"):
+        pytest.skip(f"backend {backend} not built")
+    spec, threads = train_set.spec, torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            ufcs = recover_ufcs(natural, teachers, spec.mean, spec.std, _cfg(group_size=3), progress=False,
+                                backend=backend)["ufc"]
+            pixels = recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std,
+                                   RecoveryConfig.sre2l(iterations=3, seed=1, group_size=2), progress=False,
+                                   backend=backend)["pixels"]
+            runs.append((ufcs, pixels))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
 # ---- budget ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
