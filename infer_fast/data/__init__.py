@@ -62,6 +62,7 @@ __all__ = [
     "formats", "transforms",
 ]
 
+
 def load_dataset(
     name: str,
     split: str = "train",

@@ -66,7 +66,6 @@ def compute_dtype(config: RecoveryConfig) -> torch.dtype:
     return torch.bfloat16 if config.precision == "bf16" else torch.float32
 
 
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -164,7 +163,6 @@ class TeacherLosses:
         self.groups, self.tracker = None, None
 
 
-
 def cosine_lr(t, config: RecoveryConfig):
     """lr_t = 0.5 (1 + cos(pi t / T)) lr: for an int t (eager), or a device tensor t (a
     captured iteration computes it on the device)."""
@@ -172,11 +170,9 @@ def cosine_lr(t, config: RecoveryConfig):
     return 0.5 * (1.0 + cos(math.pi * t / config.iterations)) * config.lr
 
 
-
 def checkpoint_clock() -> float:
     """The host clock (seconds) that times checkpoints inside a batch (no device sync)."""
     return time.monotonic()
-
 
 
 class _Batch:
