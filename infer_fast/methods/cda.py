@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
-from ..options import Option, check_value
+from ..options import Option
 from .recovery_options import RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
 
@@ -68,8 +68,8 @@ def recipe_for(dataset) -> str:
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     """{"config": RecoveryConfig, "recipe"}: the recipe's settings with the curriculum, the
-    user's RecoveryConfig options on top, validated (an error names the option)."""
-    check_value(RECIPE, options.get("recipe"))
+    user's RecoveryConfig options on top, validated (an error names the option; ``recipe``
+    is checked against its declaration by CDA.check_options)."""
     recipe = options.get("recipe") or DEFAULT_RECIPE
     overrides = {k: v for k, v in options.items() if k != RECIPE.name}
     return {"config": recovery_options("sre2l", {**CURRICULUM, **RECIPES[recipe], **overrides}, seed),
@@ -81,7 +81,7 @@ def distill(request: DistillRequest):
 
     options = CDA.with_dataset_defaults(request.options, request.dataset)
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
-                         config=parse_options(options, request.seed)["config"], data_root=request.data_root,
+                         config=CDA.check_options(options, request.seed)["config"], data_root=request.data_root,
                          resume=request.resume, progress=request.progress, device=request.device, method_name="cda")
 
 

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from ..progress import progress_bar
 
 from ..checks import check_int
-from ..options import Option, check_value
+from ..options import Option
 from .registry import DistillRequest, Method, register
 
 # Per dataset family: patches per side of an image, candidate images per class, crops per candidate
@@ -101,17 +101,14 @@ def recipe_family(dataset_name: str, image_size: int) -> str:
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
-    """The given options checked against their declarations (each a positive integer); absent
-    ones are None: the dataset family's recipe value or the default (:func:`resolve_recipe`)."""
-    for opt in OPTIONS:
-        if opt.name in options:
-            check_value(opt, options[opt.name])
+    """Every option, None where not given: the dataset family's recipe value or the default
+    (:func:`resolve_recipe`). (Their values are checked against OPTIONS by RDED.check_options.)"""
     return {opt.name: options.get(opt.name) for opt in OPTIONS}
 
 
 def resolve_recipe(options: Mapping[str, Any], dataset_name: str, image_size: int, ipc: int) -> Dict[str, Any]:
     """The family recipe with ``options`` on top, checked against ``image_size`` and ``ipc``."""
-    options = parse_options(options)
+    options = RDED.check_options(options)  # (each value against its declaration)
     family = recipe_family(dataset_name, image_size)
     recipe = {"family": family, **RECIPES[family], "batch_size": DEFAULT_BATCH_SIZE}
     recipe.update({k: v for k, v in options.items() if v is not None})
@@ -283,7 +280,7 @@ def distill(request: DistillRequest):
     per-batch teacher labels."""
     from ..output_lock import output_lock
 
-    parse_options(request.options)
+    RDED.check_options(request.options)
     check_int("ipc", request.ipc)
     if not request.teacher_paths:
         raise ValueError("teachers: RDED needs at least one teacher checkpoint to score the patches")
