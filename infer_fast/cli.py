@@ -119,8 +119,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         raise UserError("--weights FILE goes with --pretrained MODEL (the weights to write as a teacher)")
     if not options.get("dataset"):
         raise UserError("--dataset is required (see `infer-fast datasets`)")
-    config = TeacherConfig(**options)
-    config.validate()  # (here, at the edge: train_teacher takes a checked config)
+    config = TeacherConfig(**options)  # (checked when made: train_teacher takes it as it is)
     summary = train_teacher(config, out, progress=not args.quiet)
     print(
         f"teacher {summary['model']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES
-from .options import check_fields, option
+from .options import CheckedWhenMade, check_fields, option
 from .scores import (DEFAULT_WEIGHT, augmentation_robust_score, check_weight, hard_label_recovery,
                      improvement_over_random, label_robust_score, printed_augmentation_robust_score,
                      printed_label_robust_score)
@@ -81,8 +81,8 @@ def round_seed(index: int) -> int:
     return ROUND_SEEDS[index] if index < len(ROUND_SEEDS) else 10_000 + index
 
 
-@dataclass
-class DDRankingProtocol:
+@dataclass(frozen=True)
+class DDRankingProtocol(CheckedWhenMade):
     """``recipe``: a key of FAMILY_RECIPES (None: the set's dataset's family); ``student``:
     StudentConfig fields over it (model, epochs, batch_size, temperature, augmentation, mix...;
     not the rate, which the grid sets); ``set_lr``: the set's own student rate for its
@@ -103,7 +103,9 @@ class DDRankingProtocol:
         "one random subset for every round", minimum=0, none="drawn with each round's seed"))
     full_data_epochs: int = field(default=30, metadata=option("epochs of the full-data run", minimum=1))
 
-    def validate(self, dataset_name: str = "cifar10") -> None:
+    def validate(self) -> None:
+        """The protocol's own settings, and its students' under the recipe it names (CIFAR's
+        when it follows the set's dataset: :meth:`check_dataset` checks that family's)."""
         check_fields(self)  # each field's type, range and choices, as declared above
         for name in SET_BY_PROTOCOL:
             if name in self.student:
@@ -114,8 +116,12 @@ class DDRankingProtocol:
         if not grid or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
                            for v in grid):
             raise ValueError(f"lr_grid must be a non-empty list of positive learning rates, got {self.lr_grid!r}")
-        config = self.student_config(dataset_name, "soft", True, grid[0], 0)
-        config.validate()  # the student's fields, once here (each run's config: by train_student, its entry point)
+        self.check_dataset("cifar10")
+
+    def check_dataset(self, dataset_name: str) -> None:
+        """ValueError unless the students of a set of ``dataset_name`` can be made: their
+        config under that dataset's family recipe (made, so checked) and its epochs."""
+        config = self.student_config(dataset_name, "soft", True, self.lr_grid[0], 0)
         if config.epochs < self.test_interval:
             raise ValueError(f"epochs ({config.epochs}) must be at least test_interval ({self.test_interval}): the "
                              "protocol's accuracy is the best of the tests every test_interval epochs")
@@ -140,7 +146,7 @@ class DDRankingProtocol:
 
     def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int):
         """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``
-        (checked by :meth:`validate` and train_student, not here)."""
+        (a StudentConfig is checked when made)."""
         from .student import StudentConfig
 
         values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset_name)], **self.student}
@@ -233,7 +239,7 @@ def evaluate_set_dd_ranking(
 
     protocol = DDRankingProtocol() if protocol is None else protocol
     name = distilled.dataset
-    protocol.validate(name)
+    protocol.check_dataset(name)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
     model = protocol.student_model(name)

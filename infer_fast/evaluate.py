@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES, STUDENT_RECIPES
-from .options import check_fields, option
+from .options import CheckedWhenMade, check_fields, option
 from .scores import DEFAULT_WEIGHT, check_weight, dd_ranking_scores
 
 REPORT_FORMAT = "infer-fast-evaluation"
@@ -42,8 +42,8 @@ RUNS = (("soft", "soft", True), ("soft_plain", "soft", False), ("hard", "hard", 
 SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
 
 
-@dataclass
-class Protocol:
+@dataclass(frozen=True)
+class Protocol(CheckedWhenMade):
     """What every student of an evaluation shares. ``student``: StudentConfig fields (model,
     epochs, augmentation, mix, temperature...; the recipe named by ``recipe`` underneath);
     ``seeds``: students per run (seeds 0..n-1, also the random subsets' draws); ``weight``:
@@ -99,14 +99,14 @@ def make_protocol(name: str, student: Dict[str, Any], seeds: Optional[int] = Non
     check_choice("protocol", name, EVALUATION_PROTOCOLS)
     if name == DD_RANKING:
         protocol = DDRankingProtocol(student=student, **({} if seeds is None else {"rounds": seeds}), **options)
-        protocol.validate(*([dataset_name] if dataset_name else []))
+        if dataset_name:
+            protocol.check_dataset(dataset_name)
     else:
         if dataset_name is not None and options.get("recipe") is None:
             from .student import recipe_of
 
             options["recipe"] = recipe_of(dataset_name)
         protocol = Protocol(student=student, **({} if seeds is None else {"seeds": seeds}), **options)
-        protocol.validate()
     return protocol
 
 
@@ -214,7 +214,6 @@ def evaluate_set(
     from .student import train_student
 
     protocol = Protocol() if protocol is None else protocol
-    protocol.validate()
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root)

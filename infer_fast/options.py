@@ -6,7 +6,11 @@ of a config's ``validate()`` (:func:`check_fields`). Named recipes are tables of
 values (``{"imagenet": {"r_bn": 0.01, ...}}``) that flags' help texts quote as they are.
 
 A command's options that are no config field (``--out``, ``--ipc``...) are :class:`Option`
-values built directly, checked by the same functions."""
+values built directly, checked by the same functions.
+
+A config is checked once, where it is made (:class:`CheckedWhenMade`): the CLI, a YAML file and
+a library caller alike get a config that is valid by construction, and the layers inside take
+it as it is."""
 from __future__ import annotations
 
 import dataclasses
@@ -51,6 +55,16 @@ class Option:
             return self.flag
         dashed = self.name.replace("_", "-")
         return f"--no-{dashed}" if self.kind is bool and self.default is True else f"--{dashed}"
+
+
+class CheckedWhenMade:
+    """Base of the option dataclasses (declared ``frozen=True``): making one runs its
+    ``validate()``, so a config that exists is valid, and stays valid (its fields cannot be
+    set; ``dataclasses.replace`` makes, and checks, a new one). That is the one check: at the
+    edge where the config is made, never again in the layers that take it."""
+
+    def __post_init__(self) -> None:
+        self.validate()
 
 
 def option(help: str, **spec: Any) -> Dict[str, Any]:

@@ -31,6 +31,7 @@ process's, and a stopped run continues with any number of ranks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import io
 import json
@@ -120,7 +121,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
         else:
             values = {"dataset": cfg.dataset, "data_root": cfg.data_root, "device": cfg.device, **entry}
             teacher_cfg = build_config(TeacherConfig, values, f"teachers[{i}]")
-            teacher_cfg.device = distributed.local_device(teacher_cfg.device)
+            teacher_cfg = dataclasses.replace(teacher_cfg, device=distributed.local_device(teacher_cfg.device))
             path = str(out / "teachers" / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
             to_train.append((i, teacher_cfg, path))
         paths.append(path)
@@ -200,9 +201,9 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     """Run (or continue) the experiment ``cfg``; returns the results dict (also in
     ``<out>/results.json``, the table in ``<out>/results.md``). Under torchrun every rank
     calls this (see the module docstring for the split) and every rank returns the results."""
-    cfg.validate()
-    # before any work (the run directory, the test split): the machine has the weights. Not
-    # in validate: a config loads on a machine without them (another node, a login host).
+    # cfg is valid (checked when made). Before any work (the run directory, the test split): the
+    # machine has the weights. Not in validate: a config loads on a machine without them (another
+    # node, a login host).
     _check_pretrained_weights(cfg)
     check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
     _check_inputs(cfg)
@@ -454,7 +455,7 @@ def _train_student(session: _Session, run_key: RunKey, ds, teachers: List[Any], 
     from .student import train_student
 
     scfg = session.cfg.student_config(run_key.method, run_key.seed, len(session.cfg.teachers))
-    scfg.device = distributed.local_device(scfg.device)
+    scfg = dataclasses.replace(scfg, device=distributed.local_device(scfg.device))
     session.say(f"student {position}: {run_key.set_key.label} ipc {run_key.ipc} seed {run_key.seed} "
                 f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
     # per-epoch checkpoint: a killed run continues from its last epoch

@@ -3,7 +3,7 @@ before any work, and the configs of its steps derived from it."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .choices import EVALUATION_PROTOCOLS
@@ -14,7 +14,7 @@ from .set_keys import registered_method
 __all__ = ["PipelineConfig", "load_pipeline_config", "build_config"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineConfig:
     """One experiment. ``teachers``: a list of entries, each ``{"path": FILE}`` (a trained
     teacher checkpoint), ``{"model": NAME, "pretrained": true | WEIGHTS_FILE}`` (pretrained
@@ -54,6 +54,12 @@ class PipelineConfig:
     # memory-mapped for every student evaluation (uint8 at the eval size: 7.5 GB for ImageNet's
     # 50,000 val images at 224^2) instead of being decoded again for each
     decode_cache: bool = True
+    # what messages about the config name it (a YAML file's path); checked when made, as the
+    # option configs are (options.CheckedWhenMade), so run_pipeline takes it as it is
+    where: InitVar[str] = "config"
+
+    def __post_init__(self, where: str) -> None:
+        self.validate(where)
 
     @property
     def scores_protocol(self) -> Optional[str]:
@@ -104,9 +110,7 @@ class PipelineConfig:
             values["ipc"] = [values["ipc"]]
         if isinstance(values.get("methods"), str):
             values["methods"] = [m.strip() for m in values["methods"].split(",") if m.strip()]
-        cfg = cls(**values)
-        cfg.validate(where)
-        return cfg
+        return cls(**values, where=where)
 
     # ---- derived configs (each validated by its own class) ------------------------------
     @property
@@ -281,12 +285,10 @@ def build_config(cls, values: Dict[str, Any], name: str):
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    obj = cls(**values)
     try:
-        obj.validate()
+        return cls(**values)  # (checked when made)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
-    return obj
 
 
 def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:

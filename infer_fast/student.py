@@ -70,7 +70,7 @@ from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_de
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
 from .checks import check_choice, check_int
-from .options import check_fields, option, options_of, with_recipe
+from .options import CheckedWhenMade, check_fields, option, options_of, with_recipe
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
@@ -179,8 +179,8 @@ def recipe_of(dataset) -> str:
     return FAMILY_RECIPES[get_dataset(dataset).family]
 
 
-@dataclass
-class StudentConfig:
+@dataclass(frozen=True)
+class StudentConfig(CheckedWhenMade):
     model: str = field(default="convnet", metadata=option("student model (see `infer-fast models`)"))
     epochs: int = field(default=400, metadata=option("training epochs", minimum=1))
     batch_size: int = field(default=64, metadata=option("batch size", minimum=1))
@@ -216,10 +216,8 @@ class StudentConfig:
 
     @classmethod
     def from_recipe(cls, name: str, **overrides: Any) -> "StudentConfig":
-        """The named recipe (RECIPES) with ``overrides``, validated."""
-        config = with_recipe(cls, RECIPES, (name,), overrides)
-        config.validate()
-        return config
+        """The named recipe (RECIPES) with ``overrides`` (checked when made)."""
+        return with_recipe(cls, RECIPES, (name,), overrides)
 
     @classmethod
     def cifar(cls, **overrides: Any) -> "StudentConfig":
@@ -519,8 +517,7 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
     "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
     "num_training_images", "steps", "config", "model" (the trained student, eval mode)}."""
-    cfg = config or StudentConfig()
-    cfg.validate()
+    cfg = config or StudentConfig()  # (valid: checked when made)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     _check_test_set(distilled, test_set)

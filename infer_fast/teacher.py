@@ -28,7 +28,7 @@ from .models import create_model
 from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .choices import DEVICE_CHOICES
-from .options import check_fields, option, options_of
+from .options import CheckedWhenMade, check_fields, option, options_of
 from .run_identity import check_same_run
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
@@ -41,8 +41,8 @@ EVAL_MAX_PIXELS = 256 * 224 * 224
 CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, when checking free space
 
 
-@dataclass
-class TeacherConfig:
+@dataclass(frozen=True)
+class TeacherConfig(CheckedWhenMade):
     # a name, or {name, num_classes, image_size} (data.registry.dataset_options)
     dataset: Union[str, Dict[str, Any]] = field(metadata=option("dataset name (see `infer-fast datasets`)"))
     model: str = field(default="convnet", metadata=option("model name (see `infer-fast models`)"))
@@ -136,8 +136,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
 
     Before any work, ``out`` must be writable with room for two checkpoints (the atomic
     replacement keeps the previous one until the new one is complete)."""
-    cfg.validate()
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # (cfg is valid: checked when made)
     check_writable(out, "teacher checkpoint")
     train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root)
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)

@@ -356,6 +356,52 @@ def test_run_names_every_missing_weights_file_before_any_work(tmp_path, monkeypa
     assert line.endswith("%")
 
 
+def test_every_config_is_checked_once_where_it_is_made(tmp_path, monkeypatch, capsys, one_thread):
+    """Validated once, at the edge: through the commands (a run's YAML with teacher training,
+    INFER, SRe2L, students and scores; distill; train; evaluate under DD-Ranking's protocol),
+    every config object is checked exactly once, when it is made: no layer it is handed to
+    checks it again."""
+    import collections
+
+    from infer_fast.dd_ranking import DDRankingProtocol
+    from infer_fast.distill.config import RecoveryConfig
+    from infer_fast.evaluate import Protocol
+    from infer_fast.run_config import PipelineConfig
+    from infer_fast.student import StudentConfig
+    from infer_fast.teacher import TeacherConfig
+
+    checks, seen = collections.Counter(), []
+    for cls in (PipelineConfig, TeacherConfig, RecoveryConfig, StudentConfig, Protocol, DDRankingProtocol):
+        def counted(self, *args, _validate=cls.validate, **kwargs):
+            checks[id(self)] += 1
+            seen.append(self)  # (kept alive: an id is never reused by another config)
+            return _validate(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "validate", counted)
+    (tmp_path / "exp.yaml").write_text(
+        f"dataset: fashion-mnist-mini\nout: {tmp_path / 'run'}\n"
+        "teachers:\n  - {model: convnet-w8-d2, epochs: 1, batch_size: 256, lr: 0.05}\n"
+        "ipc: 2\nmethods: [infer, sre2l]\nrecovery: {iterations: 2}\nsre2l: {iterations: 2}\n"
+        "student: {model: convnet-w8-d2, epochs: 1}\nseeds: 1\ndevice: cpu\nfeature_duplication: false\n"
+        "scores: true\n")
+    status, _, err = _cli(capsys, "run", tmp_path / "exp.yaml", "--quiet")
+    assert status == 0, err
+    teacher = tmp_path / "run" / "teachers" / "teacher0-convnet-w8-d2.pt"
+    status, _, err = _cli(capsys, "distill", "--dataset", "fashion-mnist-mini", "--method", "sre2l", "--teachers",
+                          teacher, "--ipc", "1", "--iterations", "1", "--out", tmp_path / "set", "--quiet")
+    assert status == 0, err
+    status, _, err = _cli(capsys, "train", tmp_path / "set", "--teachers", teacher, "--dynamic", "--model",
+                          "convnet-w8-d2", "--epochs", "1", "--quiet")
+    assert status == 0, err
+    status, _, err = _cli(capsys, "evaluate", tmp_path / "set", "--teachers", teacher, "--full-data-checkpoint",
+                          teacher, "--model", "convnet-w8-d2", "--protocol", "dd-ranking", "--seeds", "1", "--epochs",
+                          "1", "--test-interval", "1", "--lr-grid", "0.01", "--device", "cpu", "--quiet")
+    assert status == 0, err
+    assert {type(c).__name__ for c in seen} == {"PipelineConfig", "TeacherConfig", "RecoveryConfig", "StudentConfig",
+                                                "Protocol", "DDRankingProtocol"}
+    twice = [c for c in seen if checks[id(c)] > 1]
+    assert not twice, f"checked again after it was made: {twice[0]!r}"
+
+
 @pytest.mark.parametrize("args, message", [
     (("teacher", "--dataset", "fashion-mnist-mini", "--lr", "inf", "--out", "{out}"), "lr must be a finite number, got inf"),
     (("teacher", "--dataset", "fashion-mnist-mini", "--momentum", "nan", "--out", "{out}"), "momentum must be a finite number"),

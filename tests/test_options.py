@@ -2,6 +2,7 @@
 give the flags, their help (with the real defaults and the recipes' values), the check of a
 YAML value and validate(). Fast: nothing here trains or reads a dataset."""
 import argparse
+import dataclasses
 import math
 
 import pytest
@@ -82,27 +83,27 @@ def test_recipes_are_data_selected_by_name():
         r_bn=0.5, iterations=4000)
 
 
-@pytest.mark.parametrize("config, message", [
-    (TeacherConfig(dataset="fashion-mnist-mini", momentum=1.0), "momentum must be in [0, 1), got 1.0"),
-    (TeacherConfig(dataset="fashion-mnist-mini", model=3), "model must be a string, got 3"),
-    (TeacherConfig(dataset=12), "dataset must be a string or a mapping, got 12"),
-    (TeacherConfig(dataset="fashion-mnist-mini", data_root=5), "data_root must be a path"),
-    (StudentConfig(mixup_alpha=-1.0), "mixup_alpha must be >= 0 (0 disables mixing), got -1.0"),
-    (StudentConfig(eval_every=-1), "eval_every must be an integer >= 0, got -1"),
-    (StudentConfig(dynamic="yes"), "dynamic must be true or false, got 'yes'"),
-    (StudentConfig(lr=0.0), "lr must be positive, got 0.0"),
-    (RecoveryConfig(checkpoint_minutes=-1.0), "checkpoint_minutes must be positive or None (off), got -1.0"),
-    (RecoveryConfig(group_size=0), "group_size must be a positive integer or None (automatic), got 0"),
-    (RecoveryConfig(first_bn_mult=math.inf), "first_bn_mult must be a finite number, got inf"),
-    (RecoveryConfig(compile=False), "compile must be a string, got False (YAML reads unquoted on/off"),
+@pytest.mark.parametrize("cls, fields, message", [
+    (TeacherConfig, dict(dataset="fashion-mnist-mini", momentum=1.0), "momentum must be in [0, 1), got 1.0"),
+    (TeacherConfig, dict(dataset="fashion-mnist-mini", model=3), "model must be a string, got 3"),
+    (TeacherConfig, dict(dataset=12), "dataset must be a string or a mapping, got 12"),
+    (TeacherConfig, dict(dataset="fashion-mnist-mini", data_root=5), "data_root must be a path"),
+    (StudentConfig, dict(mixup_alpha=-1.0), "mixup_alpha must be >= 0 (0 disables mixing), got -1.0"),
+    (StudentConfig, dict(eval_every=-1), "eval_every must be an integer >= 0, got -1"),
+    (StudentConfig, dict(dynamic="yes"), "dynamic must be true or false, got 'yes'"),
+    (StudentConfig, dict(lr=0.0), "lr must be positive, got 0.0"),
+    (RecoveryConfig, dict(checkpoint_minutes=-1.0), "checkpoint_minutes must be positive or None (off), got -1.0"),
+    (RecoveryConfig, dict(group_size=0), "group_size must be a positive integer or None (automatic), got 0"),
+    (RecoveryConfig, dict(first_bn_mult=math.inf), "first_bn_mult must be a finite number, got inf"),
+    (RecoveryConfig, dict(compile=False), "compile must be a string, got False (YAML reads unquoted on/off"),
 ])
-def test_validate_checks_each_field_from_its_declaration(config, message):
+def test_a_config_is_checked_when_made_each_field_from_its_declaration(cls, fields, message):
     with pytest.raises(ValueError) as caught:
-        config.validate()
+        cls(**fields)  # (no invalid config can exist: making one is the check)
     assert message in str(caught.value)
     name = message.split()[0]  # the same words from the one checker a YAML value goes through
     with pytest.raises(ValueError) as again:
-        check_value(options_of(type(config))[name], getattr(config, name))
+        check_value(options_of(cls)[name], fields[name])
     assert str(again.value) == str(caught.value)
 
 
@@ -165,3 +166,17 @@ def test_generated_flags_reach_the_configs(monkeypatch):
             "--lr", "0.1", "--betas", "[0.4, 0.8]", "--no-cuda-graphs"]
     assert cli.main(argv) == 130
     assert built["recovery"] == RecoveryConfig(lr=0.1, betas=(0.4, 0.8), cuda_graphs=False)
+
+
+def test_a_config_cannot_be_changed_into_an_invalid_one():
+    """Checked when made, and frozen: a field cannot be set, and dataclasses.replace makes a new
+    config that is checked like any other (so the layers that take one never check it again)."""
+    config = StudentConfig(epochs=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 0
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        dataclasses.replace(config, epochs=0)
+    assert dataclasses.replace(config, epochs=4).epochs == 4 and config.epochs == 3
+    with pytest.raises(ValueError, match="r_bn must be"):
+        dataclasses.replace(RecoveryConfig.imagenet(), r_bn=-1.0)
+

@@ -1,5 +1,7 @@
 """The keys of a run's sets and student runs (infer_fast/set_keys.py): the strings results files
 hold, the names made from them, parsing back; and the results tables read through them."""
+import dataclasses
+
 import pytest
 
 from infer_fast.methods import Method, register, unregister
@@ -93,7 +95,7 @@ def test_epoch_reduction_is_a_fact_of_the_method():
                     trains_on="infer", student_labels="per-batch", reduced_student_epochs=True))
     try:
         assert cfg.student_config("toy_dyn", 0, 3).epochs == 2 and cfg.student_config("toy_dyn", 0, 3).dynamic
-        cfg.dynamic_epochs = 5
+        cfg = dataclasses.replace(cfg, dynamic_epochs=5)
         assert cfg.student_config("toy_dyn", 0, 3).epochs == 5 and cfg.student_config("rded", 0, 3).epochs == 8
     finally:
         unregister("toy_dyn")

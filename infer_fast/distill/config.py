@@ -13,7 +13,7 @@ from ..data.transforms import RESIZED_CROP_SCALE
 
 from ..choices import (COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                        RECOVERY_RECIPES)
-from ..options import check_fields, option, options_of, with_recipe
+from ..options import CheckedWhenMade, check_fields, option, options_of, with_recipe
 
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
@@ -29,8 +29,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 }
 
 
-@dataclass
-class RecoveryConfig:
+@dataclass(frozen=True)
+class RecoveryConfig(CheckedWhenMade):
     """Hyperparameters of UFC recovery (defaults: CIFAR, INFER_METHOD.md §3).
 
     ``RecoveryConfig.imagenet()`` gives the ImageNet recipe, ``RecoveryConfig.sre2l()`` the
@@ -104,7 +104,7 @@ class RecoveryConfig:
 
     @classmethod
     def recipe(cls, *names: str, **overrides: Any) -> "RecoveryConfig":
-        """The named RECIPES (later ones on top) with ``overrides`` (not validated)."""
+        """The named RECIPES (later ones on top) with ``overrides`` (checked when made)."""
         return with_recipe(cls, RECIPES, names, overrides)
 
     @classmethod
@@ -216,6 +216,4 @@ def recovery_config(method: str, options: Mapping[str, Any]) -> RecoveryConfig:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    config = RecoveryConfig.recipe(*recipe_names(method, values), **values)
-    config.validate()
-    return config
+    return RecoveryConfig.recipe(*recipe_names(method, values), **values)

@@ -28,8 +28,7 @@ class RecoveryDivergedError(RuntimeError):
     """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
 
 
-def _check_common(teachers, mean, std, channels: int, config: RecoveryConfig) -> List[nn.Module]:
-    config.validate()
+def _check_common(teachers, mean, std, channels: int) -> List[nn.Module]:
     teachers = list(teachers)
     if not teachers:
         raise ValueError("recovery needs at least one teacher")
@@ -260,7 +259,7 @@ def recover_ufcs(
             f"{getattr(natural_u8, 'dtype', type(natural_u8).__name__)} {tuple(getattr(natural_u8, 'shape', ()))}"
         )
     K, C, ch = natural_u8.shape[:3]
-    teachers = _check_common(teachers, mean, std, ch, config)
+    teachers = _check_common(teachers, mean, std, ch)
     if K < 1 or C < 1:
         raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
     M = len(teachers)
@@ -312,7 +311,7 @@ def recover_sre2l(
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise ValueError(f"image_shape must be (channels, H, W), got {image_shape}")
-    teachers = _check_common(teachers, mean, std, image_shape[0], config)
+    teachers = _check_common(teachers, mean, std, image_shape[0])
     M = len(teachers)
     from ..data.pixels import quantize_images
 

@@ -36,7 +36,6 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     from ..data import load_dataset
     from ..teacher import resolve_device
 
-    config.validate()
     resolve_device(device)
     teacher_paths = [os.fspath(p) for p in teacher_paths]
     if not teacher_paths:
