@@ -234,16 +234,14 @@ def cmd_distill(args: argparse.Namespace) -> None:
     teachers = path_list(options.get("teachers"))
     if method.uses_teachers and not teachers:
         raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method.name}")
-    own = method.with_dataset_defaults({k: options[k] for k in method.option_names if k in options},
-                                       options["dataset"])  # (its recipe for the dataset's family)
-    seed = options.get("seed", 0)
-    method.check_options(own, seed)  # (every option checked before any data is read)
+    request = DistillRequest(  # (checked when made: every option, before any data is read)
+        method=method.name, dataset=options["dataset"], ipc=options["ipc"], out_dir=options["out"],
+        teacher_paths=teachers, options={k: options[k] for k in method.option_names if k in options},
+        seed=options.get("seed", 0), data_root=options.get("data_root"), resume=args.resume,
+        progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
     if rank != 0 and not method.resumable:
         return  # nothing to split: rank 0 makes the set
-    path = method.distill(DistillRequest(
-        dataset=options["dataset"], ipc=options["ipc"], out_dir=options["out"], teacher_paths=teachers, options=own,
-        seed=seed, data_root=options.get("data_root"), resume=args.resume, progress=not args.quiet and rank == 0,
-        device=options.get("device", "auto")))
+    path = request.make_set()
     from .storage import inspect_report
 
     if rank == 0:  # (the set was hashed as it was written: not read back twice)

@@ -180,10 +180,10 @@ def _make_set(cfg: PipelineConfig, key: SetKey, directory: Path, teacher_paths: 
     maker = key.made_as.own  # (INFER+Dyn trains on INFER's set)
     # continue an interrupted recovery of this set, if there is one
     resume = maker.resumable and bool(recovery_checkpoints(recovery_checkpoint_path(directory)))
-    maker.distill(DistillRequest(
-        dataset=cfg.dataset, ipc=key.ipc, out_dir=directory, teacher_paths=teacher_paths if maker.uses_teachers else (),
-        options=cfg.method_options_of(maker.name), seed=cfg.seed, data_root=cfg.data_root, resume=resume,
-        progress=progress, device=cfg.device))
+    DistillRequest(
+        method=maker.name, dataset=cfg.dataset, ipc=key.ipc, out_dir=directory,
+        teacher_paths=teacher_paths if maker.uses_teachers else (), options=cfg.method_options_of(maker.name),
+        seed=cfg.seed, data_root=cfg.data_root, resume=resume, progress=progress, device=cfg.device).make_set()
     return time.perf_counter() - start
 
 

@@ -33,16 +33,20 @@ def runs_of(runs: Dict[str, Any], key: SetKey) -> List[Dict[str, Any]]:
 
 
 RESULTS_FORMAT = "infer-fast-results"
-# the settings that determine a run's sets and students: a results file made under others is
+# the settings that determine a run's sets and students, with the methods' own sections
+# (Method.config_section: INFER's recovery, SRe2L's sre2l): a results file made under others is
 # not continued (its sets and runs would stand beside new ones as if alike); a setting the file
 # predates counts as its default
-RUN_SETTINGS = ("dataset", "teachers", "recovery", "sre2l", "method_options", "accounting", "selection", "student",
-                "dynamic_epochs", "data_root")
+RUN_SETTINGS = ("dataset", "teachers", "method_options", "accounting", "selection", "student", "dynamic_epochs",
+                "data_root")
 
 
 def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The RUN_SETTINGS of a run config dict (those it has)."""
-    return {k: config[k] for k in RUN_SETTINGS if k in config}
+    """The RUN_SETTINGS and method sections of a run config dict (those it has)."""
+    from .methods import all_methods
+
+    sections = tuple(m.config_section for m in all_methods() if m.config_section)
+    return {k: config[k] for k in RUN_SETTINGS + sections if k in config}
 
 
 def _defaults(cfg) -> Dict[str, Any]:

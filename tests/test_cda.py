@@ -129,8 +129,8 @@ def test_curriculum_draws():
 # ---- runs -----------------------------------------------------------------------------------
 
 def _run(method, out, teacher_paths, options, resume=False):
-    get_method(method).distill(DistillRequest(dataset=DATASET, ipc=2, out_dir=out, teacher_paths=teacher_paths,
-                                              options=options, seed=4, resume=resume, progress=False, device="cpu"))
+    DistillRequest(method=method, dataset=DATASET, ipc=2, out_dir=out, teacher_paths=teacher_paths, options=options,
+                   seed=4, resume=resume, progress=False, device="cpu").make_set()
     return load_distilled(out)
 
 

@@ -358,20 +358,23 @@ def test_run_names_every_missing_weights_file_before_any_work(tmp_path, monkeypa
 
 def test_every_config_is_checked_once_where_it_is_made(tmp_path, monkeypatch, capsys, one_thread):
     """Validated once, at the edge: through the commands (a run's YAML with teacher training,
-    INFER, SRe2L, students and scores; distill; train; evaluate under DD-Ranking's protocol),
-    every config object is checked exactly once, when it is made: no layer it is handed to
-    checks it again."""
+    INFER, SRe2L, students and scores; distill of SRe2L and RDED; train; evaluate under
+    DD-Ranking's protocol), every config object and distill request is checked exactly once,
+    when it is made: no layer it is handed to checks it again (a method's options too: one
+    Method.check_options per distill command)."""
     import collections
 
     from infer_fast.dd_ranking import DDRankingProtocol
     from infer_fast.distill.config import RecoveryConfig
     from infer_fast.evaluate import Protocol
+    from infer_fast.methods import DistillRequest, Method
     from infer_fast.run_config import PipelineConfig
     from infer_fast.student import StudentConfig
     from infer_fast.teacher import TeacherConfig
 
     checks, seen = collections.Counter(), []
-    for cls in (PipelineConfig, TeacherConfig, RecoveryConfig, StudentConfig, Protocol, DDRankingProtocol):
+    for cls in (PipelineConfig, TeacherConfig, RecoveryConfig, StudentConfig, Protocol, DDRankingProtocol,
+                DistillRequest):
         def counted(self, *args, _validate=cls.validate, **kwargs):
             checks[id(self)] += 1
             seen.append(self)  # (kept alive: an id is never reused by another config)
@@ -386,9 +389,17 @@ def test_every_config_is_checked_once_where_it_is_made(tmp_path, monkeypatch, ca
     status, _, err = _cli(capsys, "run", tmp_path / "exp.yaml", "--quiet")
     assert status == 0, err
     teacher = tmp_path / "run" / "teachers" / "teacher0-convnet-w8-d2.pt"
+    option_checks = []
+    monkeypatch.setattr(Method, "check_options", lambda self, *a, _check=Method.check_options, **k:
+                        option_checks.append(self.name) or _check(self, *a, **k))
     status, _, err = _cli(capsys, "distill", "--dataset", "fashion-mnist-mini", "--method", "sre2l", "--teachers",
                           teacher, "--ipc", "1", "--iterations", "1", "--out", tmp_path / "set", "--quiet")
     assert status == 0, err
+    status, _, err = _cli(capsys, "distill", "--dataset", "fashion-mnist-mini", "--method", "rded", "--teachers",
+                          teacher, "--ipc", "1", "--candidates-per-class", "4", "--crops-per-image", "2", "--out",
+                          tmp_path / "rded", "--quiet")
+    assert status == 0, err
+    assert option_checks == ["sre2l", "rded"]
     status, _, err = _cli(capsys, "train", tmp_path / "set", "--teachers", teacher, "--dynamic", "--model",
                           "convnet-w8-d2", "--epochs", "1", "--quiet")
     assert status == 0, err
@@ -397,7 +408,7 @@ def test_every_config_is_checked_once_where_it_is_made(tmp_path, monkeypatch, ca
                           "1", "--test-interval", "1", "--lr-grid", "0.01", "--device", "cpu", "--quiet")
     assert status == 0, err
     assert {type(c).__name__ for c in seen} == {"PipelineConfig", "TeacherConfig", "RecoveryConfig", "StudentConfig",
-                                                "Protocol", "DDRankingProtocol"}
+                                                "Protocol", "DDRankingProtocol", "DistillRequest"}
     twice = [c for c in seen if checks[id(c)] > 1]
     assert not twice, f"checked again after it was made: {twice[0]!r}"
 

@@ -1,5 +1,6 @@
 """The method registry: every method one module, the CLI and `infer-fast run` built from it; a
 toy method defined here alone runs end to end; CDA and RDED inside a run."""
+import dataclasses
 import json
 
 import pytest
@@ -22,7 +23,7 @@ TINY_STUDENT = {"model": "convnet-w8-d2", "epochs": 2, "batch_size": 64, "device
 def toy_distill(request: DistillRequest):
     """The first ``ipc`` training images of every class, shifted by ``offset`` pixels."""
     train = load_dataset(request.dataset, "train", data_root=request.data_root)
-    offset = toy_parse(request.options)["offset"]
+    offset = request.parsed["offset"]  # (checked and parsed when the request was made)
     rows = torch.cat([torch.nonzero(train.labels == c).flatten()[:request.ipc] for c in range(train.spec.num_classes)])
     images = torch.roll(train.images_at(rows), offset, dims=-1)
     ds = DistilledSet(method="toy", **real_data_fields(train), images=images, labels=train.labels[rows],
@@ -94,6 +95,34 @@ def test_a_toy_method_defined_here_runs_end_to_end(toy, tmp_path, capsys):
     with pytest.raises(ValueError, match="method_options: toy: offset must be an integer >= -3, got 'x'"):
         PipelineConfig.from_dict(dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out="o",
                                       methods=["toy"], method_options={"toy": {"offset": "x"}}))
+
+
+def test_a_distill_request_is_checked_and_parsed_when_made(tmp_path):
+    """The request is the edge of a method: made, it holds its options parsed over the method's
+    recipe for the dataset's family (ImageNet's augmentation for an ImageNet-family set); a bad
+    option, ipc or missing teachers is refused there, before any method runs; it cannot change."""
+    from infer_fast.distill.config import RecoveryConfig
+
+    base = dict(dataset="fashion-mnist-mini", ipc=2, out_dir=tmp_path / "o", teacher_paths=["t.pt"])
+    request = DistillRequest(method="infer", options={"iterations": 3, "selection": "confidence"}, **base)
+    assert request.parsed["config"] == RecoveryConfig(iterations=3) and request.parsed["selection"] == "confidence"
+    assert request.parsed["accounting"] == "fair"
+    imagenet = DistillRequest(method="sre2l", **{**base, "dataset": "imagenet"})
+    assert imagenet.parsed["config"] == RecoveryConfig.recipe("imagenet", "sre2l", "sre2l-imagenet")
+    for fields, message in (
+        (dict(method="infer", options={"r_bn": -1.0}), "r_bn must be"),
+        (dict(method="rded", options={"factor": 0}), "factor must be a positive integer"),
+        (dict(method="random", options={"iterations": 3}), "iterations do not apply to method random"),
+        (dict(method="infer_dyn"), "method infer_dyn makes no set of its own"),
+        (dict(method="nope"), "unknown method 'nope'"),
+        (dict(method="sre2l", ipc=0), "ipc must be a positive integer"),
+        (dict(method="cda", teacher_paths=()), "teachers: method cda needs at least one teacher checkpoint"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            DistillRequest(**{**base, **fields})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.options = {"iterations": -1}
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_method_declares_its_options(toy, tmp_path, capsys):

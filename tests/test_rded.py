@@ -139,10 +139,10 @@ def teacher(tmp_path_factory):
 
 
 def _distill(out_dir, teacher, seed=0, **options):
-    request = DistillRequest(dataset="fashion-mnist-mini", ipc=2, out_dir=out_dir, teacher_paths=teacher,
+    request = DistillRequest(method="rded", dataset="fashion-mnist-mini", ipc=2, out_dir=out_dir, teacher_paths=teacher,
                              options={"candidates_per_class": 12, "crops_per_image": 2, **options}, seed=seed,
                              progress=False, device="cpu")
-    return load_distilled(get_method("rded").distill(request))
+    return load_distilled(request.make_set())
 
 
 def test_rded_through_the_registry(tmp_path, teacher, monkeypatch):
@@ -167,16 +167,15 @@ def test_rded_through_the_registry(tmp_path, teacher, monkeypatch):
 
 def test_rded_refuses_before_loading_teachers(tmp_path):
     missing = [str(tmp_path / "no-such-teacher.pt")]
-    method = get_method("rded")
     with pytest.raises(ValueError, match="candidates_per_class=600: class 0 has only 500"):
-        method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
-                                      teacher_paths=missing, options={"candidates_per_class": 600}, device="cpu"))
+        DistillRequest(method="rded", dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
+                       teacher_paths=missing, options={"candidates_per_class": 600}, device="cpu").make_set()
     with pytest.raises(ValueError, match=r"candidates_per_class=600: class 0 has only 500 training images \(10 "):
         rded.rded_set(load_dataset("fashion-mnist-mini", "train"), [CentreTeacher(10)], ipc=1,
                       options={"candidates_per_class": 600})  # the library path: the same check
-    with pytest.raises(ValueError, match="teachers"):
-        method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o", device="cpu"))
-    with pytest.raises(ValueError, match="factor"):
-        method.distill(DistillRequest(dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
-                                      teacher_paths=missing, options={"factor": 0}, device="cpu"))
+    with pytest.raises(ValueError, match="teachers: method rded needs at least one teacher checkpoint"):
+        DistillRequest(method="rded", dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o", device="cpu")
+    with pytest.raises(ValueError, match="factor"):  # (refused when the request is made)
+        DistillRequest(method="rded", dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
+                       teacher_paths=missing, options={"factor": 0}, device="cpu")
     assert not (tmp_path / "o").exists()

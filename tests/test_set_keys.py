@@ -123,7 +123,6 @@ def test_a_results_file_continues_only_under_the_settings_that_made_it(tmp_path)
     """The "same run?" question of a results file: any setting that determines the sets or
     students (method_options too: a CDA or RDED set of other options was kept) refuses it; one
     the file predates counts as its default; methods, ipc and seeds extend it."""
-    import dataclasses
     import json
 
     from infer_fast.results import load_results
@@ -135,7 +134,8 @@ def test_a_results_file_continues_only_under_the_settings_that_made_it(tmp_path)
     old["runs"]["rded/ipc10/seed0"] = {"final_accuracy": 0.5}
     path.write_text(json.dumps(old))
     assert load_results(path, dataclasses.replace(cfg, methods=["rded"], ipc=[1, 10], seeds=1))["runs"] == old["runs"]
-    for change in ({"method_options": {"rded": {"factor": 1}}}, {"student": {"epochs": 3}}, {"accounting": "ipc"}):
+    for change in ({"method_options": {"rded": {"factor": 1}}}, {"student": {"epochs": 3}}, {"accounting": "ipc"},
+                   {"recovery": {"iterations": 7}}, {"sre2l": {"r_bn": 0.5}}):  # (the methods' own sections too)
         with pytest.raises(ValueError, match=f"results file .* belongs to another run \\({next(iter(change))} differ"):
             load_results(path, dataclasses.replace(cfg, **change))
     del old["config"]["method_options"]  # (a file written before the setting counted)

@@ -79,9 +79,8 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 def distill(request: DistillRequest):
     from ..distill import distill_sre2l
 
-    options = CDA.with_dataset_defaults(request.options, request.dataset)
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
-                         config=CDA.check_options(options, request.seed)["config"], data_root=request.data_root,
+                         config=request.parsed["config"], data_root=request.data_root,
                          resume=request.resume, progress=request.progress, device=request.device, method_name="cda")
 
 

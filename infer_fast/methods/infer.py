@@ -38,7 +38,7 @@ def check_budget(options: Mapping[str, Any], ipc: int, num_classes: int, num_tea
 def distill(request: DistillRequest):
     from ..distill import distill_infer
 
-    options = parse_options(INFER.with_dataset_defaults(request.options, request.dataset), request.seed)
+    options = request.parsed  # (checked when the request was made)
     return distill_infer(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=options["config"], accounting=options["accounting"],
                          selection=options["selection"], data_root=request.data_root, resume=request.resume,

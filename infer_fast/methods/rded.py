@@ -107,11 +107,16 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 
 
 def resolve_recipe(options: Mapping[str, Any], dataset_name: str, image_size: int, ipc: int) -> Dict[str, Any]:
-    """The family recipe with ``options`` on top, checked against ``image_size`` and ``ipc``."""
-    options = RDED.check_options(options)  # (each value against its declaration)
+    """The family recipe with ``options`` (as a user gives them) on top, checked against
+    ``image_size`` and ``ipc``."""
+    return _recipe(RDED.check_options(options), dataset_name, image_size, ipc)
+
+
+def _recipe(parsed: Mapping[str, Any], dataset_name: str, image_size: int, ipc: int) -> Dict[str, Any]:
+    """:func:`resolve_recipe` of options already checked and parsed (:func:`parse_options`)."""
     family = recipe_family(dataset_name, image_size)
     recipe = {"family": family, **RECIPES[family], "batch_size": DEFAULT_BATCH_SIZE}
-    recipe.update({k: v for k, v in options.items() if v is not None})
+    recipe.update({k: v for k, v in parsed.items() if v is not None})
     factor = recipe["factor"]
     if factor > image_size:
         raise ValueError(f"factor={factor} cuts {image_size}-pixel images into patches under one pixel: "
@@ -210,11 +215,11 @@ def class_images(candidates: Tensor, label: int, teachers: Sequence[nn.Module], 
     return denormalize(stitch(chosen, ipc, factor, size), mean, std, to_uint8=True).cpu()
 
 
-def _checked_recipe(train, options: Optional[Mapping[str, Any]], ipc: int) -> Dict[str, Any]:
-    """:func:`resolve_recipe` for the split ``train``, refused (before any work) where a class
-    has fewer training images than the recipe's candidates_per_class."""
+def _checked_recipe(train, parsed: Mapping[str, Any], ipc: int) -> Dict[str, Any]:
+    """The recipe of checked and parsed options for the split ``train``, refused (before any
+    work) where a class has fewer training images than the recipe's candidates_per_class."""
     spec = train.spec
-    recipe = resolve_recipe(options or {}, spec.name, spec.image_size, ipc)
+    recipe = _recipe(parsed, spec.name, spec.image_size, ipc)
     candidates = recipe["candidates_per_class"]
     counts = train.class_counts()
     short = (counts < candidates).nonzero().squeeze(1).tolist()
@@ -249,7 +254,8 @@ def rded_set(train, teachers: Sequence[nn.Module], ipc: int, options: Optional[M
     check_int("ipc", ipc)
     if not teachers:
         raise ValueError("teachers: RDED needs at least one teacher to score the patches")
-    return _recipe_set(train, teachers, ipc, _checked_recipe(train, options, ipc), seed, teacher_records, progress)
+    recipe = _checked_recipe(train, RDED.check_options(options or {}), ipc)
+    return _recipe_set(train, teachers, ipc, recipe, seed, teacher_records, progress)
 
 
 def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[str, Any], seed: int,
@@ -276,14 +282,10 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
 
 
 def distill(request: DistillRequest):
-    """RDED's set of ``request.dataset`` written to ``request.out_dir``; its students take
-    per-batch teacher labels."""
+    """RDED's set of ``request.dataset`` written to ``request.out_dir`` (the request is checked:
+    its options, ipc and teachers); its students take per-batch teacher labels."""
     from ..output_lock import output_lock
 
-    RDED.check_options(request.options)
-    check_int("ipc", request.ipc)
-    if not request.teacher_paths:
-        raise ValueError("teachers: RDED needs at least one teacher checkpoint to score the patches")
     with output_lock(request.out_dir, "output directory"):
         return _distill_locked(request)
 
@@ -297,7 +299,7 @@ def _distill_locked(request: DistillRequest):
     resolve_device(request.device)
     out_dir = check_new_output(request.out_dir)
     train = load_dataset(request.dataset, "train", data_root=request.data_root)
-    recipe = _checked_recipe(train, request.options, request.ipc)  # before the teachers load
+    recipe = _checked_recipe(train, request.parsed, request.ipc)  # before the teachers load
     teachers, records = load_set_teachers(request.teacher_paths, request.dataset, train, request.device)
     ds = _recipe_set(train, teachers, request.ipc, recipe, request.seed, records, request.progress)
     return save_distilled(ds, out_dir, progress=request.progress)

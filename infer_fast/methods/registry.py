@@ -8,7 +8,9 @@ A method's ``distill`` takes one :class:`DistillRequest` and writes a distilled-
 directory. Its own options (the ones beyond the request's fields) are :class:`Option`
 declarations: the CLI's typed flags and their help come from them, and a value from a flag
 or a YAML file is checked against them (:func:`infer_fast.options.check_value`) before
-``parse_options`` checks what spans several options, all before any data is read."""
+``parse_options`` checks what spans several options, all before any data is read. A request
+is checked when it is made (its options parsed into ``request.parsed``), so a method's
+``distill`` reads them as they are."""
 from __future__ import annotations
 
 import importlib
@@ -16,19 +18,24 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..checks import check_int
 from ..data.registry import DATASET_FAMILIES, get_dataset
-from ..options import Option, check_value
+from ..options import CheckedWhenMade, Option, check_value
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
 STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled by the teachers on every batch
 
 
 @dataclass(frozen=True)
-class DistillRequest:
-    """What every method is asked for: ``ipc`` images per class of ``dataset`` into
-    ``out_dir``, with the teachers at ``teacher_paths`` (empty for methods that use none) and
-    the method's own ``options`` (checked by its ``parse_options``)."""
+class DistillRequest(CheckedWhenMade):
+    """What a method is asked for: the set of ``method`` (a registered name) with ``ipc``
+    images per class of ``dataset`` in ``out_dir``, with the teachers at ``teacher_paths``
+    (empty for methods that use none) and the method's own ``options`` as given. Checked when
+    made: the options over the method's recipe for the dataset's family
+    (:meth:`Method.with_dataset_defaults`), checked and parsed by :meth:`Method.check_options`,
+    are ``parsed``, what the method's ``distill`` reads. :meth:`make_set` runs it."""
 
+    method: str
     dataset: Any
     ipc: int
     out_dir: Union[str, os.PathLike]
@@ -39,6 +46,24 @@ class DistillRequest:
     resume: bool = False
     progress: bool = True
     device: str = "auto"
+    parsed: Dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def validate(self) -> None:
+        method = get_method(self.method)
+        if method.distill is None:
+            raise ValueError(f"method {method.name} makes no set of its own (its students train on "
+                             f"{method.trains_on}'s set)")
+        check_int("ipc", self.ipc)
+        check_int("seed", self.seed, minimum=None)
+        if method.uses_teachers and not self.teacher_paths:
+            raise ValueError(f"teachers: method {method.name} needs at least one teacher checkpoint")
+        options = method.with_dataset_defaults(self.options, self.dataset)
+        # (a frozen dataclass: ``parsed`` is set this once, while the request is made)
+        object.__setattr__(self, "parsed", method.check_options(options, self.seed))
+
+    def make_set(self):
+        """The method's set made as asked: what its ``distill`` returns (the set's directory)."""
+        return get_method(self.method).distill(self)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ def distill(request: DistillRequest):
     from ..distill import distill_sre2l
 
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
-                         config=parse_options(SRE2L.with_dataset_defaults(request.options, request.dataset),
-                                              request.seed)["config"], data_root=request.data_root,
-                         resume=request.resume, progress=request.progress, device=request.device)
+                         config=request.parsed["config"], data_root=request.data_root, resume=request.resume,
+                         progress=request.progress, device=request.device)
 
 
 SRE2L = register(Method(
