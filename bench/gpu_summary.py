@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet")
+STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded")
 
 
 def read_json(path: Path):
@@ -98,7 +98,25 @@ def summary(directory: Path) -> str:
         for p in result.get("projections", []):
             out.append(f"    projection {p['run']}: {p['row']} {p['hours']:.3f} {p['unit']} "
                        f"(teachers measured: {', '.join(p['teachers_measured'])})")
+    out += rded_lines(read_json(directory / "rded.json"))
     return "\n".join(out)
+
+
+def rded_lines(result) -> List[str]:
+    """RDED's rows and its projection to the whole split (bench_rded.py)."""
+    if not result:
+        return []
+    s, rows = result["settings"], {r["section"]: r for r in result["results"]}
+    p = result["projection"]
+    return [
+        f"rded ({s['family']} recipe, {s['candidates']} candidates x {s['crops']} crops, {s['size']} px, "
+        f"{s['teachers']}):",
+        f"    scoring {rows['scoring']['s_per_class']:.3f} s/class ({rows['scoring']['crops_per_s']:.0f} crops/s), "
+        f"forward alone {rows['forward only']['s_per_class']:.3f}; decode {rows['decode']['images_per_s']:.0f} "
+        f"images/s ({rows['decode']['workers']} workers)",
+        f"    projected {p['classes']} classes: {p['overlapped_s'] / 60:.1f} min overlapped, "
+        f"{p['serial_s'] / 60:.1f} min serial",
+    ]
 
 
 if __name__ == "__main__":

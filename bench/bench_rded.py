@@ -1,0 +1,204 @@
+"""Benchmark of RDED (infer_fast/methods/rded.py) at a dataset's recipe: seconds per class of
+its scoring (crop, resize, pad, teacher forward, selection, stitching: ``class_images``) on
+in-memory candidates, the teacher forward alone on the same number of padded patches (the
+bound without the cropping), and images/s of decoding the candidates from JPEG files (the
+folder splits' decoder in DataLoader workers, as ``FolderImageSet.batches`` feeds RDED),
+with the projected time of a whole split: ImageNet-1k ipc 10 by default (1000 classes x 300
+candidates x 5 crops, factor 2, 224 px, one ResNet-18).
+
+    python bench/bench_rded.py               # the ImageNet-1k recipe on the device (GPU when present)
+    python bench/bench_rded.py --quick       # smoke run: seconds
+
+Projection: the scoring of every class, plus the decoding of every candidate. RDED decodes
+class by class in DataLoader workers that read ahead while the device scores, so the two
+overlap: the JSON gives both the overlapped figure (the larger of the two) and the serial one
+(their sum) as the range the real run lands in.
+
+Timing: wall clock with a device synchronisation after each class (a class is one call);
+one untimed class first (cuDNN's algorithm choice, the allocator); the median over --classes.
+Candidates are random pixels (RDED's cost does not depend on the content: the crop boxes come
+from the generator, the forward from the shapes), the teachers random weights. Decoding: a
+generated set of --files ImageNet-like JPEGs (bench_decode.py's generator: sizes from its
+SIZE_MIX, a few grayscale, a CMYK, a PNG named .JPEG), one untimed pass to start the workers,
+then the median of --decode-rounds passes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_decode import generate_images, make_source  # noqa: E402
+from bench_ops import RESULTS, device_tag, environment, write_json  # noqa: E402
+
+from infer_fast.data.folders import DEFAULT_DECODER  # noqa: E402
+from infer_fast.data.registry import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from infer_fast.data.sets import loader_workers  # noqa: E402
+from infer_fast.methods.rded import DEFAULT_BATCH_SIZE, RECIPES, class_images, true_class_loss  # noqa: E402
+from infer_fast.models import create_model  # noqa: E402
+
+IMAGENET_CLASSES = 1000
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(run, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def score_seconds(teachers, recipe: Dict, ipc: int, size: int, classes: int, device: torch.device) -> List[float]:
+    """Seconds of ``class_images`` per class, ``classes`` timed calls after an untimed one."""
+    gen = torch.Generator().manual_seed(0)
+    candidates = torch.randint(0, 256, (recipe["candidates_per_class"], 3, size, size), dtype=torch.uint8, generator=gen)
+    if device.type == "cuda":
+        candidates = candidates.pin_memory()  # (as FolderImageSet.batches gives them to a GPU)
+
+    def one_class():
+        class_images(candidates, 0, teachers, IMAGENET_MEAN, IMAGENET_STD, ipc, recipe, gen)
+
+    one_class()
+    return [_timed(one_class, device) for _ in range(classes)]
+
+
+def forward_seconds(teachers, recipe: Dict, size: int, classes: int, device: torch.device) -> List[float]:
+    """Seconds per class of the teacher forward alone on one class's crops (candidates x crops
+    patches of the recipe's size, padded to ``size``): the bound without the cropping."""
+    patch = size // recipe["factor"]
+    n = recipe["candidates_per_class"] * recipe["crops_per_image"]
+    patches = torch.randn((n, 3, patch, patch), device=device)
+
+    def one_class():
+        true_class_loss(patches, 0, teachers, size, recipe["batch_size"])
+
+    one_class()
+    return [_timed(one_class, device) for _ in range(classes)]
+
+
+def decode_images_per_s(files: int, size: int, workers: int, rounds: int, device: torch.device, seed: int,
+                        quick: bool) -> Dict:
+    """images/s of decode + resize + centre crop (the folder splits' decoder) of a generated set
+    in ``workers`` DataLoader workers."""
+    with tempfile.TemporaryDirectory(prefix="bench-rded-") as root:
+        samples = generate_images(root, files, seed, quick)
+        paths = [s["path"] for s in samples]
+        loader, finish = make_source(DEFAULT_DECODER, paths, size, workers, 64, device)
+
+        def one_pass():
+            for batch in loader:
+                finish(batch)
+
+        one_pass()  # starts the (persistent) workers
+        speeds = [len(paths) / _timed(one_pass, device) for _ in range(rounds)]
+        return {"files": len(paths), "workers": workers, "decoder": DEFAULT_DECODER,
+                "images_per_s": statistics.median(speeds),
+                "images_per_s_rounds": speeds}
+
+
+def projection(score_s: float, forward_s: float, decode: Dict, num_classes: int, candidates: int) -> Dict:
+    score_total = score_s * num_classes
+    decode_total = num_classes * candidates / decode["images_per_s"]
+    return {
+        "classes": num_classes, "scoring_s": score_total, "forward_only_s": forward_s * num_classes,
+        "decoding_s": decode_total, "overlapped_s": max(score_total, decode_total),
+        "serial_s": score_total + decode_total,
+        "scoring_share_in_forward": forward_s / score_s if score_s > 0 else None,
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="imagenet", choices=tuple(RECIPES), help="the RDED recipe (default imagenet)")
+    parser.add_argument("--ipc", type=int, help="images per class (default 10; --quick 1)")
+    parser.add_argument("--size", type=int, help="image side (default 224; --quick 32)")
+    parser.add_argument("--candidates", type=int, help="candidates per class (default: the recipe's; --quick 8)")
+    parser.add_argument("--crops", type=int, help="crops per candidate (default: the recipe's; --quick 2)")
+    parser.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, help="classes of the projected split")
+    parser.add_argument("--classes", type=int, help="classes timed (default 5 on GPU, 1 on CPU; --quick 2)")
+    parser.add_argument("--teachers", default="resnet18-imagenet", help="comma-separated model names")
+    parser.add_argument("--files", type=int, help="generated JPEGs of the decode rows (default 256 on GPU, 32 on CPU; "
+                                                  "--quick 6)")
+    parser.add_argument("--workers", type=int, help="decode workers (default: RDED's own, loader_workers)")
+    parser.add_argument("--decode-rounds", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0, help="of the generated JPEGs")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
+    parser.add_argument("--out", help="JSON path (default bench/results/rded-<device>-<date>.json)")
+    args = parser.parse_args(argv)
+    gpu = args.device.startswith("cuda")
+    recipe = RECIPES[args.family]
+    args.ipc = args.ipc or (1 if args.quick else 10)
+    args.size = args.size or (32 if args.quick else 224)
+    args.candidates = args.candidates or (8 if args.quick else recipe["candidates_per_class"])
+    args.crops = args.crops or (2 if args.quick else recipe["crops_per_image"])
+    args.classes = args.classes or (2 if args.quick else 5 if gpu else 1)
+    args.files = args.files or (6 if args.quick else 256 if gpu else 32)
+    if args.quick:
+        args.decode_rounds = 1
+    for name in ("ipc", "size", "candidates", "crops", "classes", "files", "num_classes", "decode_rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    if args.candidates < args.ipc * recipe["factor"] ** 2:
+        parser.error(f"--candidates {args.candidates} is too few for ipc {args.ipc} at factor {recipe['factor']}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    recipe = {**RECIPES[args.family], "candidates_per_class": args.candidates, "crops_per_image": args.crops,
+              "batch_size": DEFAULT_BATCH_SIZE}
+    teachers = [create_model(name, num_classes=IMAGENET_CLASSES, image_size=args.size).to(device).eval()
+                for name in args.teachers.split(",")]
+    workers = loader_workers(args.num_classes * args.candidates, args.workers)  # (as RDED asks for its split)
+    print(f"RDED {args.family} recipe on {device}: {args.candidates} candidates x {args.crops} crops per class, "
+          f"factor {recipe['factor']}, {args.size} px, ipc {args.ipc}, teachers {args.teachers}")
+    with torch.no_grad():
+        score = score_seconds(teachers, recipe, args.ipc, args.size, args.classes, device)
+        forward = forward_seconds(teachers, recipe, args.size, args.classes, device)
+    decode = decode_images_per_s(args.files, args.size, workers, args.decode_rounds, device, args.seed, args.quick)
+    score_s, forward_s = statistics.median(score), statistics.median(forward)
+    crops = args.candidates * args.crops
+    rows = [
+        {"section": "scoring", "s_per_class": score_s, "s_per_class_runs": score, "crops_per_s": crops / score_s},
+        {"section": "forward only", "s_per_class": forward_s, "s_per_class_runs": forward,
+         "crops_per_s": crops / forward_s},
+        {"section": "decode", **decode},
+    ]
+    projected = projection(score_s, forward_s, decode, args.num_classes, args.candidates)
+    print(f"  scoring      {score_s:8.3f} s/class  {crops / score_s:9.0f} crops/s")
+    print(f"  forward only {forward_s:8.3f} s/class  {crops / forward_s:9.0f} crops/s  "
+          f"({forward_s / score_s:.0%} of the scoring)")
+    print(f"  decode       {decode['images_per_s']:8.1f} images/s with {workers} workers ({decode['decoder']}, "
+          f"{decode['files']} files)")
+    print(f"projected {args.num_classes} classes: scoring {projected['scoring_s'] / 60:.1f} min, decoding "
+          f"{projected['decoding_s'] / 60:.1f} min; overlapped {projected['overlapped_s'] / 60:.1f} min, "
+          f"serial {projected['serial_s'] / 60:.1f} min")
+    payload = {
+        "benchmark": "bench_rded", "date": datetime.date.today().isoformat(),
+        "environment": environment(device, torch.get_num_threads()),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "recipe": recipe,
+        "results": rows, "projection": projected,
+    }
+    out = args.out or os.path.join(RESULTS, f"rded-{device_tag(device)}-{payload['date']}.json")
+    write_json(out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

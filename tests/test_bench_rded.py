@@ -1,0 +1,46 @@
+"""Smoke test of the RDED benchmark's --quick mode: it runs, writes the rows it promises and a
+projection made from them (the timings themselves are benchmarks, never asserted here)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
+    out = tmp_path / "rded.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_rded.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    settings, recipe = result["settings"], result["recipe"]
+    assert settings["quick"] and settings["ipc"] == 1 and settings["classes"] == 2
+    assert (recipe["factor"], recipe["candidates_per_class"], recipe["crops_per_image"]) == (2, 8, 2)
+    rows = {r["section"]: r for r in result["results"]}
+    assert set(rows) == {"scoring", "forward only", "decode"}
+    for name in ("scoring", "forward only"):
+        assert len(rows[name]["s_per_class_runs"]) == 2 and rows[name]["s_per_class"] > 0
+        assert rows[name]["crops_per_s"] == pytest.approx(16 / rows[name]["s_per_class"])
+    assert rows["decode"]["files"] == 6 and rows["decode"]["images_per_s"] > 0
+    p = result["projection"]
+    assert p["classes"] == 1000 and p["scoring_s"] == pytest.approx(1000 * rows["scoring"]["s_per_class"])
+    assert p["decoding_s"] == pytest.approx(1000 * 8 / rows["decode"]["images_per_s"])
+    assert p["overlapped_s"] == max(p["scoring_s"], p["decoding_s"])
+    assert p["serial_s"] == pytest.approx(p["scoring_s"] + p["decoding_s"])
+    assert "projected 1000 classes" in proc.stdout
+    # and the GPU session's summary reports it (rded.json is what its rded step leaves)
+    summary = subprocess.run([sys.executable, str(BENCH / "gpu_summary.py"), str(tmp_path)], capture_output=True,
+                             text=True, timeout=60)
+    assert summary.returncode == 0, summary.stderr
+    assert "rded      not run" in summary.stdout  # (no status file: the benchmark ran outside the session)
+    assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet):" in summary.stdout
+    assert f"projected 1000 classes: {p['overlapped_s'] / 60:.1f} min overlapped" in summary.stdout
+
+
+def test_too_few_candidates_for_the_ipc_is_refused():
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_rded.py"), "--quick", "--ipc", "10"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--candidates 8 is too few for ipc 10 at factor 2" in proc.stderr
