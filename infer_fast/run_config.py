@@ -119,22 +119,22 @@ class PipelineConfig:
         return self.recovery.get("seed", 0)
 
     def method_options_of(self, name: str) -> Dict[str, Any]:
-        """The options the run gives method ``name`` (unchecked), from its facts (Method): the
-        ``recovery`` settings it shares, its section (``config_section``, else its
-        ``method_options`` entry) on top, and the run-level settings it takes (``run_options``:
-        INFER's selection and accounting), over its recipe for the run's dataset (``family_defaults``)."""
+        """The options the run gives method ``name`` (unchecked; its recipe for the run's
+        dataset goes under them when they are parsed: Method.options_for_dataset), from its
+        facts (Method): the ``recovery`` settings it shares, its section (``config_section``,
+        else its ``method_options`` entry) on top, and the run-level settings it takes
+        (``run_options``: INFER's selection and accounting)."""
         method = get_method(name)
         takes = method.option_names
         shared = {k: self.recovery[k] for k in method.shared_recovery_options if k in self.recovery and k in takes}
         own = getattr(self, method.config_section) if method.config_section else self.method_options.get(name, {})
-        given = {**shared, **own, **{k: getattr(self, k) for k in method.run_options}}
-        return method.with_dataset_defaults(given, self.dataset)
+        return {**shared, **own, **{k: getattr(self, k) for k in method.run_options}}
 
     def options_for(self, name: str) -> Dict[str, Any]:
         """Method ``name``'s options, checked and parsed (errors prefixed with where they come from)."""
         method = get_method(name)
         try:
-            return method.check_options(self.method_options_of(name), self.seed)
+            return method.options_for_dataset(self.method_options_of(name), self.dataset, self.seed)
         except ValueError as exc:
             raise ValueError(f"{method.config_section or f'method_options: {name}'}: {exc}") from None
 

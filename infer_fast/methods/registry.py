@@ -57,9 +57,8 @@ class DistillRequest(CheckedWhenMade):
         check_int("seed", self.seed, minimum=None)
         if method.uses_teachers and not self.teacher_paths:
             raise ValueError(f"teachers: method {method.name} needs at least one teacher checkpoint")
-        options = method.with_dataset_defaults(self.options, self.dataset)
         # (a frozen dataclass: ``parsed`` is set this once, while the request is made)
-        object.__setattr__(self, "parsed", method.check_options(options, self.seed))
+        object.__setattr__(self, "parsed", method.options_for_dataset(self.options, self.dataset, self.seed))
 
     def make_set(self):
         """The method's set made as asked: what its ``distill`` returns (the set's directory)."""
@@ -143,6 +142,11 @@ class Method:
             return dict(options)
         defaults = self.family_defaults.get(get_dataset(dataset).family, {})
         return {**defaults, **{k: v for k, v in options.items() if v is not None or k not in defaults}}
+
+    def options_for_dataset(self, options: Mapping[str, Any], dataset, seed: int = 0) -> Dict[str, Any]:
+        """``options`` as given, over the method's recipe for ``dataset``'s family, checked and
+        parsed: what its ``distill`` reads (:attr:`DistillRequest.parsed`)."""
+        return self.check_options(self.with_dataset_defaults(options, dataset), seed)
 
     def check_options(self, options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
         """``options`` checked (every name one it takes, every value against its declaration,
