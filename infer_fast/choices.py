@@ -15,7 +15,6 @@ DISTRIBUTED_MODES = ("jobs", "chunks")
 # torch.compile modes for the teacher pass of recovery ("reduce-overhead" adds CUDA graphs)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"  # what a device option takes (teacher.resolve_device)
-STUDENT_RECIPES = ("cifar", "imagenet")
 STUDENT_AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
 STUDENT_MIXES = ("mixup", "cutmix", "none")
 # the student's learning-rate schedule: ours (cosine to 0 over the steps) or DD-Ranking's "cosine"

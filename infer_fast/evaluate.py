@@ -31,9 +31,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from torch import nn
 
-from .choices import SOFT_LABEL_MODES, STUDENT_RECIPES
+from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, option
 from .scores import DEFAULT_WEIGHT, check_weight, dd_ranking_scores
+from .student import RECIPES as STUDENT_RECIPES
 
 REPORT_FORMAT = "infer-fast-evaluation"
 PROTOCOL_NAME = "infer-fast"  # the report's protocol name (the other: dd_ranking.PROTOCOL_NAME)
@@ -49,7 +50,7 @@ class Protocol(CheckedWhenMade):
     ``seeds``: students per run (seeds 0..n-1, also the random subsets' draws); ``weight``:
     w of LRS and ARS; ``full_data_epochs``: epochs of the full-data run when it is trained."""
 
-    recipe: str = field(default="cifar", metadata=option("the students' recipe", choices=STUDENT_RECIPES))
+    recipe: str = field(default="cifar", metadata=option("the students' recipe", choices=tuple(STUDENT_RECIPES)))
     student: Dict[str, Any] = field(default_factory=dict, metadata=option("StudentConfig fields over the recipe"))
     seeds: int = field(default=3, metadata=option("students per run (seeds 0..n-1)", minimum=1))
     weight: float = field(default=DEFAULT_WEIGHT, metadata=option("w of LRS and ARS, in [0, 1]"))

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from infer_fast import cli
-from infer_fast.choices import STUDENT_RECIPES
 from infer_fast.distill.config import RECIPES as RECOVERY_RECIPE_VALUES
 from infer_fast.distill.config import RecoveryConfig, recovery_config
 from infer_fast.options import Option, check_value, options_of
@@ -70,7 +69,10 @@ def test_flag_help_quotes_the_recipes_values():
 
 
 def test_recipes_are_data_selected_by_name():
-    assert tuple(STUDENT_RECIPE_VALUES) == STUDENT_RECIPES  # the names the CLI and evaluate check
+    from infer_fast.evaluate import Protocol
+
+    # the names the CLI and evaluate check: the recipes' own (defined once, in student.RECIPES)
+    assert options_of(Protocol)["recipe"].choices == tuple(STUDENT_RECIPE_VALUES) == ("cifar", "imagenet")
     assert StudentConfig.imagenet() == StudentConfig.from_recipe("imagenet")
     assert (StudentConfig.imagenet().epochs, StudentConfig.cifar().epochs) == (300, 400)
     assert StudentConfig.imagenet(epochs=5).epochs == 5  # the given options override the recipe
