@@ -348,8 +348,16 @@ DECODE_CACHE_HELP = ("decode the real test split once into DIR and read it from 
                      "as ImageNet, which every evaluation would decode again)")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser (and its command parsers), with a usage error in one line like every
+    other error of the CLI: argparse's usage block is what --help shows."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -445,6 +445,23 @@ def test_options_that_do_not_apply_are_refused(capsys, tmp_path, args, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (("distill", "--dataset", "fashion-mnist-mini", "--method", "rded", "--factor", "x"),
+     "infer-fast distill: error: argument --factor: invalid int value: 'x' (see `infer-fast distill --help`)"),
+    (("distill", "--method", "nope"), "infer-fast distill: error: argument --method: invalid choice: 'nope'"),
+    (("train", "--epochs", "2.5"), "infer-fast train: error: argument --epochs: invalid int value: '2.5'"),
+    (("models", "--bogus"), "infer-fast: error: unrecognized arguments: --bogus (see `infer-fast --help`)"),
+    ((), "infer-fast: error: the following arguments are required: COMMAND"),
+], ids=["typed-method-flag", "unknown-choice", "int-flag", "unknown-flag", "no-command"])
+def test_usage_errors_are_one_line(capsys, args, message):
+    """argparse's own errors (a flag's type or choice, an unknown flag) are one line like every
+    other error, status 2, without the usage block (--help shows it)."""
+    with pytest.raises(SystemExit) as exited:
+        _cli(capsys, *args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_non_finite_number_in_a_yaml_config_refused(capsys, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("dataset: fashion-mnist-mini\nipc: [2]\nmethods: [random]\nstudent: {lr: .inf}\n"
