@@ -37,7 +37,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_decode import generate_images, make_source  # noqa: E402
+from bench_decode import _cores, generate_images, make_source  # noqa: E402
 from bench_ops import RESULTS, device_tag, environment, write_json  # noqa: E402
 
 from infer_fast.data.folders import DEFAULT_DECODER  # noqa: E402
@@ -90,24 +90,28 @@ def forward_seconds(teachers, recipe: Dict, size: int, classes: int, device: tor
     return [_timed(one_class, device) for _ in range(classes)]
 
 
-def decode_images_per_s(files: int, size: int, workers: int, rounds: int, device: torch.device, seed: int,
-                        quick: bool) -> Dict:
-    """images/s of decode + resize + centre crop (the folder splits' decoder) of a generated set
-    in ``workers`` DataLoader workers."""
+def decode_rows(files: int, size: int, worker_counts: List[int], rounds: int, device: torch.device, seed: int,
+                quick: bool) -> List[Dict]:
+    """images/s of decode + resize + centre crop (the folder splits' decoder) of one generated
+    set, in each of ``worker_counts`` DataLoader workers."""
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-rded-") as root:
-        samples = generate_images(root, files, seed, quick)
-        paths = [s["path"] for s in samples]
-        loader, finish = make_source(DEFAULT_DECODER, paths, size, workers, 64, device)
+        paths = [s["path"] for s in generate_images(root, files, seed, quick)]
+        for workers in worker_counts:
+            one_pass = _decode_pass(*make_source(DEFAULT_DECODER, paths, size, workers, 64, device))
+            one_pass()  # starts the (persistent) workers
+            speeds = [len(paths) / _timed(one_pass, device) for _ in range(rounds)]
+            rows.append({"section": "decode", "files": len(paths), "workers": workers, "decoder": DEFAULT_DECODER,
+                         "images_per_s": statistics.median(speeds), "images_per_s_rounds": speeds})
+            del one_pass  # (its loader's workers end before the next count's start)
+    return rows
 
-        def one_pass():
-            for batch in loader:
-                finish(batch)
 
-        one_pass()  # starts the (persistent) workers
-        speeds = [len(paths) / _timed(one_pass, device) for _ in range(rounds)]
-        return {"files": len(paths), "workers": workers, "decoder": DEFAULT_DECODER,
-                "images_per_s": statistics.median(speeds),
-                "images_per_s_rounds": speeds}
+def _decode_pass(loader, finish):
+    def one_pass():
+        for batch in loader:
+            finish(batch)
+    return one_pass
 
 
 def projection(score_s: float, forward_s: float, decode: Dict, num_classes: int, candidates: int) -> Dict:
@@ -133,7 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teachers", default="resnet18-imagenet", help="comma-separated model names")
     parser.add_argument("--files", type=int, help="generated JPEGs of the decode rows (default 256 on GPU, 32 on CPU; "
                                                   "--quick 6)")
-    parser.add_argument("--workers", type=int, help="decode workers (default: RDED's own, loader_workers)")
+    parser.add_argument("--workers", help="decode worker counts, comma-separated (default: RDED's own, "
+                                          "loader_workers, and every core where that is more); the first projects")
     parser.add_argument("--decode-rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="of the generated JPEGs")
@@ -153,6 +158,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("ipc", "size", "candidates", "crops", "classes", "files", "num_classes", "decode_rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    own = loader_workers(args.num_classes * args.candidates)  # (as RDED asks for its split)
+    try:
+        args.workers = ([int(w) for w in args.workers.split(",")] if args.workers
+                        else list(dict.fromkeys([own, max(own, _cores())])))
+    except ValueError:
+        parser.error(f"--workers takes comma-separated integers, got {args.workers!r}")
+    if any(w < 0 for w in args.workers):
+        parser.error("--workers must be integers >= 0")
     if args.candidates < args.ipc * recipe["factor"] ** 2:
         parser.error(f"--candidates {args.candidates} is too few for ipc {args.ipc} at factor {recipe['factor']}")
     return args
@@ -165,27 +178,28 @@ def main(argv=None) -> int:
               "batch_size": DEFAULT_BATCH_SIZE}
     teachers = [create_model(name, num_classes=IMAGENET_CLASSES, image_size=args.size).to(device).eval()
                 for name in args.teachers.split(",")]
-    workers = loader_workers(args.num_classes * args.candidates, args.workers)  # (as RDED asks for its split)
     print(f"RDED {args.family} recipe on {device}: {args.candidates} candidates x {args.crops} crops per class, "
           f"factor {recipe['factor']}, {args.size} px, ipc {args.ipc}, teachers {args.teachers}")
     with torch.no_grad():
         score = score_seconds(teachers, recipe, args.ipc, args.size, args.classes, device)
         forward = forward_seconds(teachers, recipe, args.size, args.classes, device)
-    decode = decode_images_per_s(args.files, args.size, workers, args.decode_rounds, device, args.seed, args.quick)
+    decodes = decode_rows(args.files, args.size, args.workers, args.decode_rounds, device, args.seed, args.quick)
+    decode = decodes[0]
     score_s, forward_s = statistics.median(score), statistics.median(forward)
     crops = args.candidates * args.crops
     rows = [
         {"section": "scoring", "s_per_class": score_s, "s_per_class_runs": score, "crops_per_s": crops / score_s},
         {"section": "forward only", "s_per_class": forward_s, "s_per_class_runs": forward,
          "crops_per_s": crops / forward_s},
-        {"section": "decode", **decode},
+        *decodes,
     ]
-    projected = projection(score_s, forward_s, decode, args.num_classes, args.candidates)
+    projected = projection(score_s, forward_s, decode, args.num_classes, args.candidates)  # (at the first count)
     print(f"  scoring      {score_s:8.3f} s/class  {crops / score_s:9.0f} crops/s")
     print(f"  forward only {forward_s:8.3f} s/class  {crops / forward_s:9.0f} crops/s  "
           f"({forward_s / score_s:.0%} of the scoring)")
-    print(f"  decode       {decode['images_per_s']:8.1f} images/s with {workers} workers ({decode['decoder']}, "
-          f"{decode['files']} files)")
+    for row in decodes:  # (the first: the count the projection takes)
+        print(f"  decode       {row['images_per_s']:8.1f} images/s with {row['workers']} workers ({row['decoder']}, "
+              f"{row['files']} files)")
     print(f"projected {args.num_classes} classes: scoring {projected['scoring_s'] / 60:.1f} min, decoding "
           f"{projected['decoding_s'] / 60:.1f} min; overlapped {projected['overlapped_s'] / 60:.1f} min, "
           f"serial {projected['serial_s'] / 60:.1f} min")

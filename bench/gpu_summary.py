@@ -107,15 +107,16 @@ def rded_lines(result) -> List[str]:
     if not result:
         return []
     s, rows = result["settings"], {r["section"]: r for r in result["results"]}
+    decodes = ", ".join(f"{r['images_per_s']:.0f} images/s with {r['workers']} workers"
+                        for r in result["results"] if r["section"] == "decode")
     p = result["projection"]
     return [
         f"rded ({s['family']} recipe, {s['candidates']} candidates x {s['crops']} crops, {s['size']} px, "
         f"{s['teachers']}):",
         f"    scoring {rows['scoring']['s_per_class']:.3f} s/class ({rows['scoring']['crops_per_s']:.0f} crops/s), "
-        f"forward alone {rows['forward only']['s_per_class']:.3f}; decode {rows['decode']['images_per_s']:.0f} "
-        f"images/s ({rows['decode']['workers']} workers)",
-        f"    projected {p['classes']} classes: {p['overlapped_s'] / 60:.1f} min overlapped, "
-        f"{p['serial_s'] / 60:.1f} min serial",
+        f"forward alone {rows['forward only']['s_per_class']:.3f}; decode {decodes}",
+        f"    projected {p['classes']} classes (decoding with the first): {p['overlapped_s'] / 60:.1f} min "
+        f"overlapped, {p['serial_s'] / 60:.1f} min serial",
     ]
 
 

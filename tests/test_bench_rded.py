@@ -21,6 +21,8 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     assert (recipe["factor"], recipe["candidates_per_class"], recipe["crops_per_image"]) == (2, 8, 2)
     rows = {r["section"]: r for r in result["results"]}
     assert set(rows) == {"scoring", "forward only", "decode"}
+    decodes = [r for r in result["results"] if r["section"] == "decode"]
+    assert [r["workers"] for r in decodes] == settings["workers"] and settings["workers"][0] >= 1  # (RDED's own first)
     for name in ("scoring", "forward only"):
         assert len(rows[name]["s_per_class_runs"]) == 2 and rows[name]["s_per_class"] > 0
         assert rows[name]["crops_per_s"] == pytest.approx(16 / rows[name]["s_per_class"])
@@ -37,10 +39,15 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     assert summary.returncode == 0, summary.stderr
     assert "rded      not run" in summary.stdout  # (no status file: the benchmark ran outside the session)
     assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet):" in summary.stdout
-    assert f"projected 1000 classes: {p['overlapped_s'] / 60:.1f} min overlapped" in summary.stdout
+    assert f"projected 1000 classes (decoding with the first): {p['overlapped_s'] / 60:.1f} min overlapped" \
+        in summary.stdout
 
 
-def test_too_few_candidates_for_the_ipc_is_refused():
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_rded.py"), "--quick", "--ipc", "10"],
+@pytest.mark.parametrize("args, message", [
+    (["--ipc", "10"], "--candidates 8 is too few for ipc 10 at factor 2"),
+    (["--workers", "2,x"], "--workers takes comma-separated integers, got '2,x'"),
+])
+def test_bad_settings_are_refused(args, message):
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_rded.py"), "--quick", *args],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--candidates 8 is too few for ipc 10 at factor 2" in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr
