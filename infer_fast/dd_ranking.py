@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES
-from .options import CheckedWhenMade, check_fields, option
+from .options import CheckedWhenMade, check_fields, make_config, option
 from .scores import (DEFAULT_WEIGHT, augmentation_robust_score, check_weight, hard_label_recovery,
                      improvement_over_random, label_robust_score, printed_augmentation_robust_score,
                      printed_label_robust_score)
@@ -154,7 +154,7 @@ class DDRankingProtocol(CheckedWhenMade):
                       dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not mixed:
             values["mix"] = "none"
-        return StudentConfig(**values)
+        return make_config(StudentConfig, values)
 
 
 def periodic_best(history: Sequence[Dict[str, Any]], interval: int) -> float:

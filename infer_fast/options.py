@@ -226,6 +226,16 @@ def _flag_type(kind: Any):
     return yaml_value
 
 
+def make_config(cls: type, values: Mapping[str, Any]):
+    """``cls(**values)`` (a config, checked when made), a key that is none of its fields refused
+    first by name, with the ones it has (not Python's TypeError)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
 def with_recipe(cls: type, recipes: Mapping[str, Mapping[str, Any]], names: Iterable[str], overrides: Mapping[str, Any]):
     """``cls`` with the values of the named ``recipes`` (in order, later ones on top) and then
     ``overrides``; ValueError naming a recipe that is not one."""
@@ -235,4 +245,4 @@ def with_recipe(cls: type, recipes: Mapping[str, Mapping[str, Any]], names: Iter
             raise ValueError(f"recipe must be one of {', '.join(recipes)}, got {name!r}")
         values.update(recipes[name])
     values.update(overrides)
-    return cls(**values)
+    return make_config(cls, values)

@@ -280,13 +280,12 @@ class PipelineConfig:
 
 
 def build_config(cls, values: Dict[str, Any], name: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    """``cls`` made (so checked) from a run config's section ``name`` (lists from YAML as tuples),
+    its errors prefixed with the section."""
+    from .options import make_config
+
     try:
-        return cls(**values)  # (checked when made)
+        return make_config(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
 

@@ -117,11 +117,14 @@ def test_a_distill_request_is_checked_and_parsed_when_made(tmp_path):
         (dict(method="nope"), "unknown method 'nope'"),
         (dict(method="sre2l", ipc=0), "ipc must be a positive integer"),
         (dict(method="cda", teacher_paths=()), "teachers: method cda needs at least one teacher checkpoint"),
+        (dict(method="infer", options=["iterations", 3]), "options must be a mapping of infer's option names"),
     ):
         with pytest.raises(ValueError, match=message):
             DistillRequest(**{**base, **fields})
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.options = {"iterations": -1}
+    assert DistillRequest(method="rded", options=None, **base).parsed == {  # (None: no options given)
+        "factor": None, "candidates_per_class": None, "crops_per_image": None, "batch_size": None}
     assert not (tmp_path / "o").exists()
 
 

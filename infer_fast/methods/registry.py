@@ -40,7 +40,7 @@ class DistillRequest(CheckedWhenMade):
     ipc: int
     out_dir: Union[str, os.PathLike]
     teacher_paths: Sequence[str] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Optional[Mapping[str, Any]] = field(default_factory=dict)  # (None: none given)
     seed: int = 0
     data_root: Optional[str] = None
     resume: bool = False
@@ -57,8 +57,11 @@ class DistillRequest(CheckedWhenMade):
         check_int("seed", self.seed, minimum=None)
         if method.uses_teachers and not self.teacher_paths:
             raise ValueError(f"teachers: method {method.name} needs at least one teacher checkpoint")
+        if self.options is not None and not isinstance(self.options, Mapping):
+            raise ValueError(f"options must be a mapping of {method.name}'s option names to values, got "
+                             f"{type(self.options).__name__}")
         # (a frozen dataclass: ``parsed`` is set this once, while the request is made)
-        object.__setattr__(self, "parsed", method.options_for_dataset(self.options, self.dataset, self.seed))
+        object.__setattr__(self, "parsed", method.options_for_dataset(self.options or {}, self.dataset, self.seed))
 
     def make_set(self):
         """The method's set made as asked: what its ``distill`` returns (the set's directory)."""
