@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES
-from .options import CheckedWhenMade, check_fields, make_config, option
+from .options import CheckedWhenMade, check_fields, given_config, make_config, option
 from .scores import (DEFAULT_WEIGHT, augmentation_robust_score, check_weight, hard_label_recovery,
                      improvement_over_random, label_robust_score, printed_augmentation_robust_score,
                      printed_label_robust_score)
@@ -237,7 +237,7 @@ def evaluate_set_dd_ranking(
     from .data import load_dataset, load_test_split
     from .evaluate import REPORT_FORMAT, check_evaluable, random_subset
 
-    protocol = DDRankingProtocol() if protocol is None else protocol
+    protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol())
     name = distilled.dataset
     protocol.check_dataset(name)
     static = protocol.soft_labels == "static"

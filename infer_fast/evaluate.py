@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES
-from .options import CheckedWhenMade, check_fields, option
+from .options import CheckedWhenMade, check_fields, given_config, option
 from .scores import DEFAULT_WEIGHT, check_weight, dd_ranking_scores
 from .student import RECIPES as STUDENT_RECIPES
 
@@ -214,7 +214,7 @@ def evaluate_set(
     from .data import load_dataset, load_test_split
     from .student import train_student
 
-    protocol = Protocol() if protocol is None else protocol
+    protocol = given_config("protocol", protocol, Protocol, Protocol())
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root)

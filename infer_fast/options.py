@@ -226,6 +226,18 @@ def _flag_type(kind: Any):
     return yaml_value
 
 
+def given_config(name: str, value: Any, cls: type, default: Optional[Any] = None):
+    """What a function that takes a config reads: ``value`` when it is a ``cls`` (valid: checked
+    when made), ``default`` (a ``cls``) when it is None and there is one; a ValueError naming
+    the argument for anything else, e.g. a dict of options (``cls(**options)`` makes a config)."""
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be a {cls.__name__} (from options: {cls.__name__}(**options)), got "
+                         f"{type(value).__name__}")
+    return value
+
+
 def make_config(cls: type, values: Mapping[str, Any]):
     """``cls(**values)`` (a config, checked when made), a key that is none of its fields refused
     first by name, with the ones it has (not Python's TypeError)."""

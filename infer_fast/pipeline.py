@@ -46,6 +46,7 @@ from ._io import check_input_file, check_writable, save_json_atomic, write_atomi
 from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
+from .options import given_config
 from .output_lock import output_lock
 from .results import format_table, load_results, markdown_report, summarize
 from .run_config import PipelineConfig, build_config, load_pipeline_config
@@ -201,6 +202,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     """Run (or continue) the experiment ``cfg``; returns the results dict (also in
     ``<out>/results.json``, the table in ``<out>/results.md``). Under torchrun every rank
     calls this (see the module docstring for the split) and every rank returns the results."""
+    given_config("cfg", cfg, PipelineConfig)
     # cfg is valid (checked when made). Before any work (the run directory, the test split): the
     # machine has the weights. Not in validate: a config loads on a machine without them (another
     # node, a login host).

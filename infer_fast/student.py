@@ -70,7 +70,7 @@ from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_de
 from . import distributed
 from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
 from .checks import check_choice, check_int
-from .options import CheckedWhenMade, check_fields, option, options_of, with_recipe
+from .options import CheckedWhenMade, check_fields, given_config, option, options_of, with_recipe
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
@@ -517,7 +517,7 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
     "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
     "num_training_images", "steps", "config", "model" (the trained student, eval mode)}."""
-    cfg = config or StudentConfig()  # (valid: checked when made)
+    cfg = given_config("config", config, StudentConfig, StudentConfig())  # (valid: checked when made)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     _check_test_set(distilled, test_set)
@@ -539,7 +539,7 @@ def evaluate_seeds(
     ddof=0), "per_seed" {seed: accuracy}, "results" (the full train_student dicts)}."""
     if not seeds:
         raise ValueError("seeds must not be empty")
-    cfg = config or StudentConfig()
+    cfg = given_config("config", config, StudentConfig, StudentConfig())
     results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress) for s in seeds]
     accs = torch.tensor([r["final_accuracy"] for r in results], dtype=torch.float64)
     return {

@@ -28,7 +28,7 @@ from .models import create_model
 from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .choices import DEVICE_CHOICES
-from .options import CheckedWhenMade, check_fields, option, options_of
+from .options import CheckedWhenMade, check_fields, given_config, option, options_of
 from .run_identity import check_same_run
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
@@ -136,7 +136,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
 
     Before any work, ``out`` must be writable with room for two checkpoints (the atomic
     replacement keeps the previous one until the new one is complete)."""
-    device = resolve_device(cfg.device)  # (cfg is valid: checked when made)
+    device = resolve_device(given_config("cfg", cfg, TeacherConfig).device)  # (valid: checked when made)
     check_writable(out, "teacher checkpoint")
     train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root)
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)

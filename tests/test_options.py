@@ -182,3 +182,36 @@ def test_a_config_cannot_be_changed_into_an_invalid_one():
     with pytest.raises(ValueError, match="r_bn must be"):
         dataclasses.replace(RecoveryConfig.imagenet(), r_bn=-1.0)
 
+
+
+def test_functions_that_take_a_config_refuse_anything_else_by_name(tmp_path):
+    """A dict of options where a config belongs is refused naming the argument and the class
+    that makes one, before any work (not an AttributeError from deep inside)."""
+    import torch
+
+    from infer_fast.dd_ranking import evaluate_set_dd_ranking
+    from infer_fast.distill import distill_infer, distill_sre2l, recover_sre2l, recover_ufcs
+    from infer_fast.evaluate import evaluate_set
+    from infer_fast.pipeline import run_pipeline
+    from infer_fast.student import evaluate_seeds, train_student
+    from infer_fast.teacher import train_teacher
+
+    natural = torch.zeros(1, 2, 1, 4, 4, dtype=torch.uint8)
+    calls = [
+        (lambda: train_teacher({"dataset": "fashion-mnist-mini"}, str(tmp_path / "t.pt")), "cfg must be a TeacherConfig"),
+        (lambda: train_student(None, None, {"epochs": 1}), "config must be a StudentConfig"),
+        (lambda: evaluate_seeds(None, None, {"epochs": 1}), "config must be a StudentConfig"),
+        (lambda: recover_ufcs(natural, [], [0.5], [0.5], {"iterations": 1}), "config must be a RecoveryConfig"),
+        (lambda: recover_sre2l(1, 2, (1, 4, 4), [], [0.5], [0.5], {"iterations": 1}), "config must be a RecoveryConfig"),
+        (lambda: distill_infer("fashion-mnist-mini", ["t.pt"], 2, str(tmp_path / "o"), config={}),
+         "config must be a RecoveryConfig"),
+        (lambda: distill_sre2l("fashion-mnist-mini", ["t.pt"], 2, str(tmp_path / "o"), config={}),
+         "config must be a RecoveryConfig"),
+        (lambda: evaluate_set(None, [], {"seeds": 1}), "protocol must be a Protocol"),
+        (lambda: evaluate_set_dd_ranking(None, [], {"rounds": 1}), "protocol must be a DDRankingProtocol"),
+        (lambda: run_pipeline({"dataset": "fashion-mnist-mini"}), "cfg must be a PipelineConfig"),
+    ]
+    for call, message in calls:
+        with pytest.raises(ValueError, match=message + r" \(from options: \w+\(\*\*options\)\), got dict"):
+            call()
+    assert not any(tmp_path.iterdir())

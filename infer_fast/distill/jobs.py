@@ -16,6 +16,7 @@ from .. import distributed, memory
 from .._io import content_digest, model_digest
 from ..checks import check_int
 from ..models import device_of
+from ..options import given_config
 from . import engine, plan
 from .checkpoints import CheckpointStore, Job
 from .config import RESULT_NEUTRAL, RecoveryConfig
@@ -252,7 +253,7 @@ def recover_ufcs(
     where it continues, or that there was no checkpoint. An existing checkpoint without
     ``resume`` is refused.
     """
-    config = RecoveryConfig() if config is None else config
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig())
     if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
         raise ValueError(
             f"natural_u8 must be a uint8 tensor (K, C, ch, H, W), got "
@@ -305,7 +306,7 @@ def recover_sre2l(
     ``labels`` int64, ``teacher`` int64 per image, ``stats``, ``group_size``. Each group is
     quantized as it finishes: memory and checkpoints hold a quarter of float32 images (7.5 GB
     instead of 30 for ImageNet-1k at ipc 50). Checkpoint/resume as :func:`recover_ufcs`."""
-    config = RecoveryConfig.sre2l() if config is None else config
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l())
     for name, value in (("ipc", ipc), ("num_classes", num_classes)):
         check_int(name, value)
     image_shape = tuple(int(s) for s in image_shape)

@@ -13,6 +13,7 @@ from .. import distributed
 from .._io import check_writable
 from ..choices import SELECTIONS
 from ..checks import check_int
+from ..options import given_config
 from ..output_lock import holds_output
 from .config import RecoveryConfig
 from .checkpoints import remove_recovery_checkpoints
@@ -156,7 +157,7 @@ def distill_infer(
     """
     from ..storage import DistilledSet
 
-    config = RecoveryConfig() if config is None else config
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig())
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
@@ -202,7 +203,7 @@ def distill_sre2l(
     recovery with another config, such as CDA, records its own name)."""
     from ..storage import DistilledSet
 
-    config = RecoveryConfig.sre2l() if config is None else config
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l())
     check_int("ipc", ipc)
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
