@@ -44,7 +44,7 @@ import random
 import resource
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +215,14 @@ def reference_row(name: str, teacher: nn.Module, natural_u8: Tensor, ufcs: int, 
     )
 
 
+def _variant(row: str, config: RecoveryConfig, **changes) -> Tuple[str, Union[RecoveryConfig, str]]:
+    """(row, ``config`` with ``changes``), or (row, why not) where the config refuses them."""
+    try:
+        return row, dataclasses.replace(config, **changes)
+    except ValueError as exc:
+        return row, str(exc)
+
+
 def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device) -> List[Dict]:
     C, size = args.classes, args.size
     torch.manual_seed(0)  # random weights: the timing does not depend on them
@@ -236,13 +244,20 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
     config = preset["recipe"](iterations=args.iterations, augmentation=args.augmentation, group_size=group_size,
                               chunk_size=chunk_size, seed=0)
     rows = [reference_row(name, teacher, natural_u8, reference_ufcs, mean, std, config, device)]
-    variants = [(TOOLKIT, config), (TOOLKIT_FUSED, dataclasses.replace(config, fused_bn=True)),
-                (TOOLKIT_BF16, dataclasses.replace(config, precision="bf16", channels_last=True, fused_bn=True))]
+    bf16 = dict(precision="bf16", channels_last=True, fused_bn=True)
+    variants = [(TOOLKIT, config), _variant(TOOLKIT_FUSED, config, fused_bn=True), _variant(TOOLKIT_BF16, config, **bf16)]
     if device.type == "cuda":
-        variants.append((TOOLKIT_BF16_EAGER, dataclasses.replace(variants[-1][1], cuda_graphs=False)))
+        variants.append(_variant(TOOLKIT_BF16_EAGER, config, **bf16, cuda_graphs=False))
     if args.compile != "off":
-        variants.append((TOOLKIT_COMPILED, dataclasses.replace(config, fused_bn=True, compile=args.compile)))
+        variants.append(_variant(TOOLKIT_COMPILED, config, fused_bn=True, compile=args.compile))
     for row, cfg in variants:
+        if isinstance(cfg, str):  # a row this plan does not allow (fused_bn or compile with a chunk_size)
+            rows.append({"teacher": name, "row": row, "description": ROW_DESCRIPTIONS[row], "ufcs": ufcs,
+                         "iterations": args.iterations, "group_size": group_size, "chunk_size": chunk_size,
+                         "error": f"does not apply: {cfg}"})
+            print(f"  {row}: {rows[-1]['error']}", flush=True)
+            continue
+
         def run(cfg=cfg):
             out = recover_ufcs(natural_u8, [teacher], mean, std, cfg, progress=False, backend=args.backend)
             outcome = {"cuda_graph": sorted({b["cuda_graph"] for b in out["stats"]})}

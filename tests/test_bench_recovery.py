@@ -37,6 +37,20 @@ def test_tiny_run_writes_rows_and_projections(tmp_path, preset, shrink):
     assert all(p["unit"].startswith("CPU-hours") for p in result["projections"])
 
 
+def test_rows_a_chunked_plan_does_not_allow_are_recorded_not_fatal(tmp_path):
+    """With a chunk size (a plan that chunks the batch) the fused-BN rows do not apply: each is
+    a row naming why, the others are timed, the JSON is written."""
+    out = tmp_path / "recovery.json"
+    proc = run_bench("--preset", "cifar100", "--classes", "4", "--size", "8", "--chunk-size", "3", *TINY,
+                     "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    for name in ("toolkit fused BN", "toolkit bf16+channels_last"):
+        assert rows[name]["error"].startswith("does not apply: fused_bn does not apply with chunk_size")
+        assert rows[name]["speedup_vs_reference"] is None
+    assert rows["toolkit"]["ms_per_ufc_iteration"] > 0 and rows["toolkit"]["chunk_size"] == 3
+
+
 def load_bench_module():
     spec = importlib.util.spec_from_file_location("bench_recovery", SCRIPT)
     module = importlib.util.module_from_spec(spec)
