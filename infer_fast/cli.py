@@ -239,7 +239,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         teacher_paths=teachers, options={k: options[k] for k in method.option_names if k in options},
         seed=options.get("seed", 0), data_root=options.get("data_root"), resume=args.resume,
         progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
-    if rank != 0 and not method.resumable:
+    if rank != 0 and not method.all_ranks:
         return  # nothing to split: rank 0 makes the set
     path = request.make_set()
     from .storage import inspect_report

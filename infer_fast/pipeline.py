@@ -347,7 +347,7 @@ def _prepare_set(session: _Session, key: SetKey, directory: Path, teacher_paths:
     seconds = None  # a set found on disk was not timed by this run
     if step == "make":
         session.say(f"distilling {key.label} ipc {key.ipc} -> {directory}")
-        if key.made_as.own.resumable or rank == 0:  # recovery: every rank; the rest: rank 0
+        if key.made_as.own.all_ranks or rank == 0:  # recovery: every rank; the rest: rank 0
             seconds = _make_set(session.cfg, key, directory, teacher_paths, session.progress)
     if rank != 0:
         return

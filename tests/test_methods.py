@@ -54,6 +54,9 @@ def test_builtin_methods_and_their_facts():
     assert get_method("infer").layout == "compensated" and get_method("sre2l").layout == "images"
     assert get_method("infer_dyn").set_method == "infer" and get_method("infer_dyn").student_labels == "per-batch"
     assert get_method("rded").student_labels == "per-batch" and get_method("cda").resumable
+    # RDED continues after its last checkpointed class, on rank 0 alone; the recovery methods split across ranks
+    assert get_method("rded").resumable and not get_method("rded").all_ranks
+    assert all(get_method(m).all_ranks for m in ("infer", "sre2l", "cda")) and not get_method("random").resumable
     with pytest.raises(ValueError, match="unknown method 'nope'; known: infer, infer_dyn"):
         get_method("nope")
     with pytest.raises(ValueError, match="iterations do not apply to method random"):
@@ -124,7 +127,8 @@ def test_a_distill_request_is_checked_and_parsed_when_made(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.options = {"iterations": -1}
     assert DistillRequest(method="rded", options=None, **base).parsed == {  # (None: no options given)
-        "factor": None, "candidates_per_class": None, "crops_per_image": None, "batch_size": None}
+        "factor": None, "candidates_per_class": None, "crops_per_image": None, "batch_size": None,
+        "checkpoint_minutes": 10.0}  # (a result-neutral option: its default)
     assert not (tmp_path / "o").exists()
 
 

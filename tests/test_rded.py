@@ -138,10 +138,10 @@ def teacher(tmp_path_factory):
     return train_tiny_teachers(tmp_path_factory.mktemp("teachers"), seeds=(0,))
 
 
-def _distill(out_dir, teacher, seed=0, **options):
+def _distill(out_dir, teacher, seed=0, resume=False, progress=False, **options):
     request = DistillRequest(method="rded", dataset="fashion-mnist-mini", ipc=2, out_dir=out_dir, teacher_paths=teacher,
                              options={"candidates_per_class": 12, "crops_per_image": 2, **options}, seed=seed,
-                             progress=False, device="cpu")
+                             resume=resume, progress=progress, device="cpu")
     return load_distilled(request.make_set())
 
 
@@ -179,3 +179,47 @@ def test_rded_refuses_before_loading_teachers(tmp_path):
         DistillRequest(method="rded", dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
                        teacher_paths=missing, options={"factor": 0}, device="cpu")
     assert not (tmp_path / "o").exists()
+
+
+def _kill_after_checkpoint(monkeypatch, classes_done):
+    """Raise KeyboardInterrupt (a kill) as soon as the checkpoint after ``classes_done``
+    classes is on disk."""
+    from infer_fast.methods import rded_checkpoint
+
+    real = rded_checkpoint.save_atomic
+
+    def save(obj, path):
+        real(obj, path)
+        if obj["classes_done"] == classes_done:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rded_checkpoint, "save_atomic", save)
+    return lambda: monkeypatch.setattr(rded_checkpoint, "save_atomic", real)
+
+
+def test_rded_killed_between_classes_resumes_bit_identically(tmp_path, teacher, monkeypatch, capsys):
+    """A checkpoint after every class (checkpoint_minutes tiny): killed once the checkpoint of
+    4 classes is on disk, the run refuses to start over it without resume, continues with
+    resume from class 4 (saying so) and ends with exactly the images of an uninterrupted run;
+    the checkpoint is gone once the set is saved. A resume with other options is refused."""
+    every_class = {"checkpoint_minutes": 1e-9}
+    reference = _distill(tmp_path / "reference", teacher, **every_class)
+    assert not (tmp_path / "reference.recovery.pt").exists()
+    restore = _kill_after_checkpoint(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        _distill(tmp_path / "killed", teacher, **every_class)
+    restore()
+    checkpoint = tmp_path / "killed.recovery.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["classes_done"] == 4 and saved["images"].shape[0] == 4 * 2 and not (tmp_path / "killed").exists()
+    with pytest.raises(ValueError, match="RDED checkpoint .* exists: pass resume=True"):
+        _distill(tmp_path / "killed", teacher, **every_class)
+    with pytest.raises(ValueError, match=r"belongs to another run \(recipe.crops_per_image differ; recorded "
+                                         r"recipe.crops_per_image=2\)"):
+        _distill(tmp_path / "killed", teacher, resume=True, crops_per_image=3, **every_class)
+    capsys.readouterr()
+    resumed = _distill(tmp_path / "killed", teacher, resume=True, progress=True)  # (checkpoint_minutes: no effect)
+    assert "RDED: resuming after 4/10 classes" in capsys.readouterr().out
+    assert torch.equal(resumed.images, reference.images) and torch.equal(resumed.labels, reference.labels)
+    assert resumed.hyperparameters == reference.hyperparameters and "checkpoint_minutes" not in resumed.hyperparameters
+    assert not checkpoint.exists()

@@ -87,6 +87,6 @@ def distill(request: DistillRequest):
 CDA = register(Method(
     name="cda", label="CDA",
     summary="SRe2L's recovery with a curriculum on the crop scale (whole images first, small crops last)",
-    distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + (RECIPE,), resumable=True,
+    distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + (RECIPE,), resumable=True, all_ranks=True,
     family_defaults={family: {"recipe": recipe} for family, recipe in FAMILY_RECIPES.items()},
 ))

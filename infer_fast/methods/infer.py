@@ -48,7 +48,7 @@ def distill(request: DistillRequest):
 INFER = register(Method(
     name="infer", label="INFER", summary="natural sets + universal feature compensators (the paper)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + OWN_OPTIONS, layout="compensated",
-    resumable=True, config_section="recovery", run_options=OWN_NAMES, check_budget=check_budget,
+    resumable=True, all_ranks=True, config_section="recovery", run_options=OWN_NAMES, check_budget=check_budget,
     family_defaults=IMAGENET_FAMILY_DEFAULTS,
 ))
 INFER_DYN = register(Method(

@@ -56,6 +56,7 @@ from ..progress import progress_bar
 
 from ..checks import check_int
 from ..options import Option
+from .rded_checkpoint import RDEDCheckpoint
 from .registry import DistillRequest, Method, register
 
 # Per dataset family: patches per side of an image, candidate images per class, crops per candidate
@@ -88,7 +89,11 @@ OPTIONS = (
            "--num-crop)", minimum=1, none=_by_family("crops_per_image"), metavar="N"),
     Option("batch_size", int, "padded patches per teacher forward (a memory setting)", minimum=1,
            default=DEFAULT_BATCH_SIZE, metavar="N"),
+    # (the recovery methods' option of the same name: minutes between checkpoints, here after a class)
+    Option("checkpoint_minutes", float, "checkpoint after the class that ends M minutes since the last checkpoint "
+           "(the classes done; --resume continues after them)", above=0, none="off", default=10.0, metavar="M"),
 )
+RESULT_NEUTRAL = ("checkpoint_minutes",)  # options that do not change the set (not in its recipe)
 
 
 def recipe_family(dataset_name: str, image_size: int) -> str:
@@ -102,8 +107,9 @@ def recipe_family(dataset_name: str, image_size: int) -> str:
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     """Every option, None where not given: the dataset family's recipe value or the default
-    (:func:`resolve_recipe`). (Their values are checked against OPTIONS by RDED.check_options.)"""
-    return {opt.name: options.get(opt.name) for opt in OPTIONS}
+    (:func:`resolve_recipe`); the result-neutral ones their default (None: off). (Their values
+    are checked against OPTIONS by RDED.check_options.)"""
+    return {opt.name: options.get(opt.name, opt.default if opt.name in RESULT_NEUTRAL else None) for opt in OPTIONS}
 
 
 def resolve_recipe(options: Mapping[str, Any], dataset_name: str, image_size: int, ipc: int) -> Dict[str, Any]:
@@ -116,7 +122,7 @@ def _recipe(parsed: Mapping[str, Any], dataset_name: str, image_size: int, ipc: 
     """:func:`resolve_recipe` of options already checked and parsed (:func:`parse_options`)."""
     family = recipe_family(dataset_name, image_size)
     recipe = {"family": family, **RECIPES[family], "batch_size": DEFAULT_BATCH_SIZE}
-    recipe.update({k: v for k, v in parsed.items() if v is not None})
+    recipe.update({k: v for k, v in parsed.items() if v is not None and k not in RESULT_NEUTRAL})
     factor = recipe["factor"]
     if factor > image_size:
         raise ValueError(f"factor={factor} cuts {image_size}-pixel images into patches under one pixel: "
@@ -259,8 +265,10 @@ def rded_set(train, teachers: Sequence[nn.Module], ipc: int, options: Optional[M
 
 
 def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[str, Any], seed: int,
-                teacher_records: Sequence[Dict[str, Any]], progress: bool):
-    """:func:`rded_set` with its arguments checked and its recipe resolved (:func:`_checked_recipe`)."""
+                teacher_records: Sequence[Dict[str, Any]], progress: bool, checkpoint: Optional[Dict[str, Any]] = None):
+    """:func:`rded_set` with its arguments checked and its recipe resolved (:func:`_checked_recipe`).
+    ``checkpoint``: {path, minutes, resume} of the run's checkpoint (:class:`RDEDCheckpoint`;
+    None: none), which it continues from, writes after classes and leaves for the caller."""
     from ..distill.run import real_data_fields
     from ..models import device_of
     from ..storage import DistilledSet
@@ -269,16 +277,37 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
     picked = train.per_class(candidates, seed=seed)  # class-major: one batch per class
     gen = torch.Generator().manual_seed(int(seed))
     images = torch.empty((ipc * spec.num_classes,) + tuple(train.image_shape), dtype=torch.uint8)
-    batches = picked.batches(candidates, pin_memory=device_of(teachers[0]).type == "cuda")
-    for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, desc="RDED: scoring patches",
-                                        disable=not progress, unit="class")):
+    store = None if checkpoint is None else _checkpoint(checkpoint, picked, teachers, recipe, ipc, seed)
+    first = 0 if store is None else store.restore(images, gen)  # (the classes a resumed run has done)
+    if first and progress:
+        print(f"RDED: resuming after {first}/{spec.num_classes} classes ({store.path})", flush=True)
+    rows = torch.arange(first * candidates, len(picked))
+    batches = picked.batches(candidates, rows, pin_memory=device_of(teachers[0]).type == "cuda")
+    for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",
+                                                desc="RDED: scoring patches", disable=not progress), start=first):
         images[c * ipc:(c + 1) * ipc] = class_images(batch, c, teachers, spec.mean, spec.std, ipc, recipe, gen)
+        if store is not None:
+            store.after_class(c + 1, spec.num_classes, images, gen)
     return DistilledSet(
         method="rded", **real_data_fields(train), images=images, labels=torch.arange(spec.num_classes).repeat_interleave(ipc),
         hyperparameters=_hyperparameters(recipe, spec.image_size),
         teachers=list(teacher_records), budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"},
         seed=int(seed),
     )
+
+
+def _checkpoint(where: Mapping[str, Any], picked, teachers: Sequence[nn.Module], recipe: Mapping[str, Any],
+                ipc: int, seed: int) -> RDEDCheckpoint:
+    """The run's checkpoint, identified by its candidates, recipe, ipc, seed and teachers' weights."""
+    from .._io import model_digest
+    from ..distill.engine import checkpoint_clock
+
+    def identity() -> Dict[str, Any]:
+        return {"method": "rded", "candidates_sha256": picked.digest(), "ipc": int(ipc), "seed": int(seed),
+                "teachers_sha256": [model_digest(t) for t in teachers],
+                **{f"recipe.{k}": v for k, v in recipe.items()}}
+
+    return RDEDCheckpoint(where["path"], identity, where["minutes"], where["resume"], checkpoint_clock)
 
 
 def distill(request: DistillRequest):
@@ -292,7 +321,7 @@ def distill(request: DistillRequest):
 
 def _distill_locked(request: DistillRequest):
     from ..data import load_dataset
-    from ..distill.run import check_new_output, load_set_teachers
+    from ..distill.run import check_new_output, load_set_teachers, recovery_checkpoint_path
     from ..storage import save_distilled
     from ..teacher import resolve_device
 
@@ -301,11 +330,15 @@ def _distill_locked(request: DistillRequest):
     train = load_dataset(request.dataset, "train", data_root=request.data_root)
     recipe = _checked_recipe(train, request.parsed, request.ipc)  # before the teachers load
     teachers, records = load_set_teachers(request.teacher_paths, request.dataset, train, request.device)
-    ds = _recipe_set(train, teachers, request.ipc, recipe, request.seed, records, request.progress)
-    return save_distilled(ds, out_dir, progress=request.progress)
+    path = recovery_checkpoint_path(out_dir)
+    checkpoint = dict(path=path, minutes=request.parsed["checkpoint_minutes"], resume=request.resume)
+    ds = _recipe_set(train, teachers, request.ipc, recipe, request.seed, records, request.progress, checkpoint)
+    saved = save_distilled(ds, out_dir, progress=request.progress)
+    path.unlink(missing_ok=True)  # (the set is complete: nothing to resume)
+    return saved
 
 
 RDED = register(Method(
     name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
-    distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch",
+    distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch", resumable=True,
 ))

@@ -82,7 +82,9 @@ class Method:
     student sees); ``trains_on``: another method's set (INFER+Dyn trains on INFER's; such a
     method has no ``distill``); ``layout``: how its set is stored ("images": uint8 images and
     labels; "compensated": INFER's natural sets and compensators); ``resumable``: keeps a
-    recovery checkpoint that a later start continues; ``reduced_student_epochs``: in ``infer-fast
+    checkpoint beside the set (``<out>.recovery.pt``) that a later start continues;
+    ``all_ranks``: under torchrun every rank takes a share of the work (the recovery's jobs),
+    else rank 0 makes the set alone; ``reduced_student_epochs``: in ``infer-fast
     run`` its students train round(epochs / (M + 1)) epochs for M teachers unless the run gives
     ``dynamic_epochs`` (INFER+Dyn: the paper's reduction); ``family_defaults``: its recipe per
     dataset family (``{"imagenet": {"augmentation": "imagenet"}}``: option values a set of a
@@ -108,6 +110,7 @@ class Method:
     trains_on: Optional[str] = None
     layout: str = "images"
     resumable: bool = False
+    all_ranks: bool = False
     reduced_student_epochs: bool = False
     config_section: Optional[str] = None
     shared_recovery_options: Tuple[str, ...] = ("group_size", "seed")

@@ -25,7 +25,7 @@ def distill(request: DistillRequest):
 
 SRE2L = register(Method(
     name="sre2l", label="SRe2L", summary="images recovered from noise (squeeze, recover, relabel)",
-    distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS, resumable=True,
+    distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS, resumable=True, all_ranks=True,
     config_section="sre2l", shared_recovery_options=SHARED_RECOVERY_OPTIONS,
     family_defaults=IMAGENET_FAMILY_DEFAULTS,
 ))
