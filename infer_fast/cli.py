@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -198,14 +199,23 @@ def distill_request_options() -> Dict[str, Option]:
 
 def distill_method_options() -> Dict[str, Tuple[Option, Tuple[str, ...]]]:
     """Every option a method of the distill command declares (Method.options; one flag per
-    name: the methods sharing one declare it alike), with the methods that take it."""
+    name: the methods sharing one declare it alike), with the methods that take it; where they
+    say different things of it (RDED checkpoints after a class, the recovery inside a batch),
+    its help gives each method's words."""
     from .methods import all_methods
 
     found: Dict[str, Tuple[Option, Tuple[str, ...]]] = {}
+    helps: Dict[str, Dict[str, List[str]]] = {}  # option -> help -> the methods saying it
     for method in all_methods():
         for opt in method.options if method.distill is not None else ():
             declared, takers = found.get(opt.name, (opt, ()))
             found[opt.name] = (declared, takers + (method.name,))
+            helps.setdefault(opt.name, {}).setdefault(opt.help, []).append(method.name)
+    for name, said in helps.items():
+        if len(said) > 1:
+            opt, takers = found[name]
+            joined = "; ".join(f"{', '.join(methods)}: {text}" for text, methods in said.items())
+            found[name] = (dataclasses.replace(opt, help=joined), takers)
     return found
 
 

@@ -173,6 +173,10 @@ def test_builtin_methods_declare_typed_options():
     assert actions["factor"].type is int and "1 for cifar and tiny-imagenet, 2 for imagenet" in actions["factor"].help
     assert actions["batch_size"].type is int and actions["batch_size"].help.endswith("(default 512)")
     assert tuple(actions["accounting"].choices) == ("fair", "ipc") and "(default fair)" in actions["accounting"].help
+    # one flag, two meanings: each method's words (the recovery checkpoints inside a batch, RDED after a class)
+    minutes = actions["checkpoint_minutes"].help
+    assert minutes.startswith("infer, sre2l, cda: also checkpoint inside a batch") and minutes.endswith("(default 10.0)")
+    assert "; rded: checkpoint after the class that ends M minutes" in minutes
     for method, options, message in (
             ("cda", {"recipe": 1}, "recipe must be a string or None .*, got 1"),
             ("rded", {"crops_per_image": "5"}, "crops_per_image must be a positive integer"),
