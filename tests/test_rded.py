@@ -218,8 +218,10 @@ def test_rded_killed_between_classes_resumes_bit_identically(tmp_path, teacher, 
                                          r"recipe.crops_per_image=2\)"):
         _distill(tmp_path / "killed", teacher, resume=True, crops_per_image=3, **every_class)
     capsys.readouterr()
-    resumed = _distill(tmp_path / "killed", teacher, resume=True, progress=True)  # (checkpoint_minutes: no effect)
-    assert "RDED: resuming after 4/10 classes" in capsys.readouterr().out
+    resumed = _distill(tmp_path / "killed", teacher, resume=True)  # (checkpoint_minutes: no effect)
+    assert f"{checkpoint}: resuming RDED after 4/10 classes" in capsys.readouterr().out  # (said without progress too)
     assert torch.equal(resumed.images, reference.images) and torch.equal(resumed.labels, reference.labels)
     assert resumed.hyperparameters == reference.hyperparameters and "checkpoint_minutes" not in resumed.hyperparameters
     assert not checkpoint.exists()
+    _distill(tmp_path / "fresh", teacher, resume=True)
+    assert f"no RDED checkpoint at {tmp_path / 'fresh.recovery.pt'}: starting from the beginning" in capsys.readouterr().out

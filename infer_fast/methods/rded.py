@@ -279,8 +279,8 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
     images = torch.empty((ipc * spec.num_classes,) + tuple(train.image_shape), dtype=torch.uint8)
     store = None if checkpoint is None else _checkpoint(checkpoint, picked, teachers, recipe, ipc, seed)
     first = 0 if store is None else store.restore(images, gen)  # (the classes a resumed run has done)
-    if first and progress:
-        print(f"RDED: resuming after {first}/{spec.num_classes} classes ({store.path})", flush=True)
+    if store is not None:
+        store.announce(first, spec.num_classes)
     rows = torch.arange(first * candidates, len(picked))
     batches = picked.batches(candidates, rows, pin_memory=device_of(teachers[0]).type == "cuda")
     for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",

@@ -56,6 +56,13 @@ class RDEDCheckpoint:
         gen.set_state(saved["generator"])
         return done
 
+    def announce(self, classes_done: int, num_classes: int) -> None:
+        """What a resume found: said even without progress bars, like the recovery's."""
+        if classes_done:
+            print(f"{self.path}: resuming RDED after {classes_done}/{num_classes} classes", flush=True)
+        elif self.resume:
+            print(f"no RDED checkpoint at {self.path}: starting from the beginning", flush=True)
+
     def after_class(self, classes_done: int, num_classes: int, images: Tensor, gen: torch.Generator) -> None:
         """Write the checkpoint after ``classes_done`` classes (their rows of ``images``) if
         it is time (never after the last class: the set is saved next)."""
