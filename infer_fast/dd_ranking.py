@@ -237,7 +237,7 @@ def evaluate_set_dd_ranking(
     from .data import load_dataset, load_test_split
     from .evaluate import REPORT_FORMAT, check_evaluable, random_subset
 
-    protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol())
+    protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol)
     name = distilled.dataset
     protocol.check_dataset(name)
     static = protocol.soft_labels == "static"

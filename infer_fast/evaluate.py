@@ -214,7 +214,7 @@ def evaluate_set(
     from .data import load_dataset, load_test_split
     from .student import train_student
 
-    protocol = given_config("protocol", protocol, Protocol, Protocol())
+    protocol = given_config("protocol", protocol, Protocol, Protocol)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root)

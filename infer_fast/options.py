@@ -18,7 +18,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from .checks import check_choice, check_int
 
@@ -226,12 +226,13 @@ def _flag_type(kind: Any):
     return yaml_value
 
 
-def given_config(name: str, value: Any, cls: type, default: Optional[Any] = None):
+def given_config(name: str, value: Any, cls: type, default: Optional[Callable[[], Any]] = None):
     """What a function that takes a config reads: ``value`` when it is a ``cls`` (valid: checked
-    when made), ``default`` (a ``cls``) when it is None and there is one; a ValueError naming
-    the argument for anything else, e.g. a dict of options (``cls(**options)`` makes a config)."""
+    when made), ``default()`` (a ``cls``, made only then) when it is None and there is one; a
+    ValueError naming the argument for anything else, e.g. a dict of options (``cls(**options)``
+    makes a config)."""
     if value is None and default is not None:
-        return default
+        return default()
     if not isinstance(value, cls):
         raise ValueError(f"{name} must be a {cls.__name__} (from options: {cls.__name__}(**options)), got "
                          f"{type(value).__name__}")

@@ -517,7 +517,7 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
     "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
     "num_training_images", "steps", "config", "model" (the trained student, eval mode)}."""
-    cfg = given_config("config", config, StudentConfig, StudentConfig())  # (valid: checked when made)
+    cfg = given_config("config", config, StudentConfig, StudentConfig)  # (valid: checked when made)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     _check_test_set(distilled, test_set)
@@ -539,7 +539,7 @@ def evaluate_seeds(
     ddof=0), "per_seed" {seed: accuracy}, "results" (the full train_student dicts)}."""
     if not seeds:
         raise ValueError("seeds must not be empty")
-    cfg = given_config("config", config, StudentConfig, StudentConfig())
+    cfg = given_config("config", config, StudentConfig, StudentConfig)
     results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress) for s in seeds]
     accs = torch.tensor([r["final_accuracy"] for r in results], dtype=torch.float64)
     return {

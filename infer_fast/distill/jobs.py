@@ -253,7 +253,7 @@ def recover_ufcs(
     where it continues, or that there was no checkpoint. An existing checkpoint without
     ``resume`` is refused.
     """
-    config = given_config("config", config, RecoveryConfig, RecoveryConfig())
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig)
     if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
         raise ValueError(
             f"natural_u8 must be a uint8 tensor (K, C, ch, H, W), got "
@@ -306,7 +306,7 @@ def recover_sre2l(
     ``labels`` int64, ``teacher`` int64 per image, ``stats``, ``group_size``. Each group is
     quantized as it finishes: memory and checkpoints hold a quarter of float32 images (7.5 GB
     instead of 30 for ImageNet-1k at ipc 50). Checkpoint/resume as :func:`recover_ufcs`."""
-    config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l())
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l)
     for name, value in (("ipc", ipc), ("num_classes", num_classes)):
         check_int(name, value)
     image_shape = tuple(int(s) for s in image_shape)

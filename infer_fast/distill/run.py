@@ -157,7 +157,7 @@ def distill_infer(
     """
     from ..storage import DistilledSet
 
-    config = given_config("config", config, RecoveryConfig, RecoveryConfig())
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
@@ -203,7 +203,7 @@ def distill_sre2l(
     recovery with another config, such as CDA, records its own name)."""
     from ..storage import DistilledSet
 
-    config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l())
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l)
     check_int("ipc", ipc)
     out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
     spec = train.spec
