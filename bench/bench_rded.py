@@ -37,7 +37,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_decode import _cores, generate_images, make_source  # noqa: E402
+from bench_decode import _cores, _sync, generate_images, make_source, one_pass, pipeline_run  # noqa: E402
 from bench_ops import RESULTS, device_tag, environment, write_json  # noqa: E402
 
 from infer_fast.data.folders import DEFAULT_DECODER  # noqa: E402
@@ -49,17 +49,18 @@ from infer_fast.models import create_model  # noqa: E402
 IMAGENET_CLASSES = 1000
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(run, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
     run()
     _sync(device)
     return time.perf_counter() - start
+
+
+def seconds_per_call(run, calls: int, device: torch.device) -> List[float]:
+    """Seconds of each of ``calls`` timed calls of ``run``, after an untimed one."""
+    run()
+    return [_timed(run, device) for _ in range(calls)]
 
 
 def score_seconds(teachers, recipe: Dict, ipc: int, size: int, classes: int, device: torch.device) -> List[float]:
@@ -69,11 +70,8 @@ def score_seconds(teachers, recipe: Dict, ipc: int, size: int, classes: int, dev
     if device.type == "cuda":
         candidates = candidates.pin_memory()  # (as FolderImageSet.batches gives them to a GPU)
 
-    def one_class():
-        class_images(candidates, 0, teachers, IMAGENET_MEAN, IMAGENET_STD, ipc, recipe, gen)
-
-    one_class()
-    return [_timed(one_class, device) for _ in range(classes)]
+    return seconds_per_call(lambda: class_images(candidates, 0, teachers, IMAGENET_MEAN, IMAGENET_STD, ipc, recipe, gen),
+                            classes, device)
 
 
 def forward_seconds(teachers, recipe: Dict, size: int, classes: int, device: torch.device) -> List[float]:
@@ -83,11 +81,7 @@ def forward_seconds(teachers, recipe: Dict, size: int, classes: int, device: tor
     n = recipe["candidates_per_class"] * recipe["crops_per_image"]
     patches = torch.randn((n, 3, patch, patch), device=device)
 
-    def one_class():
-        true_class_loss(patches, 0, teachers, size, recipe["batch_size"])
-
-    one_class()
-    return [_timed(one_class, device) for _ in range(classes)]
+    return seconds_per_call(lambda: true_class_loss(patches, 0, teachers, size, recipe["batch_size"]), classes, device)
 
 
 def decode_rows(files: int, size: int, worker_counts: List[int], rounds: int, device: torch.device, seed: int,
@@ -98,20 +92,13 @@ def decode_rows(files: int, size: int, worker_counts: List[int], rounds: int, de
     with tempfile.TemporaryDirectory(prefix="bench-rded-") as root:
         paths = [s["path"] for s in generate_images(root, files, seed, quick)]
         for workers in worker_counts:
-            one_pass = _decode_pass(*make_source(DEFAULT_DECODER, paths, size, workers, 64, device))
-            one_pass()  # starts the (persistent) workers
-            speeds = [len(paths) / _timed(one_pass, device) for _ in range(rounds)]
+            run = pipeline_run(*make_source(DEFAULT_DECODER, paths, size, workers, 64, device), lambda images: None)
+            run()  # starts the (persistent) workers
+            speeds = [one_pass(run, device) for _ in range(rounds)]
             rows.append({"section": "decode", "files": len(paths), "workers": workers, "decoder": DEFAULT_DECODER,
                          "images_per_s": statistics.median(speeds), "images_per_s_rounds": speeds})
-            del one_pass  # (its loader's workers end before the next count's start)
+            del run  # (its loader's workers end before the next count's start)
     return rows
-
-
-def _decode_pass(loader, finish):
-    def one_pass():
-        for batch in loader:
-            finish(batch)
-    return one_pass
 
 
 def projection(score_s: float, forward_s: float, decode: Dict, num_classes: int, candidates: int) -> Dict:
