@@ -4,6 +4,9 @@ TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before a
 module imports infer_fast.
 """
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -15,6 +18,16 @@ import pytest  # noqa: E402
 from infer_fast.ops import backends  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench_script(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python bench/<script> args...`` in a fresh interpreter, its output captured (the
+    benchmarks' smoke tests)."""
+    return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def backend_params():

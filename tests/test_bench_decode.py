@@ -1,21 +1,16 @@
 """Smoke test of the decode benchmark's --quick mode: it runs and writes the rows it promises
 (the timings themselves are benchmarks, never asserted here)."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_bench_script
 
 from infer_fast.data.folders import DECODERS
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def test_quick_mode_writes_every_row(tmp_path):
     out = tmp_path / "decode.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_decode.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_bench_script("bench_decode.py", "--quick", "--out", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["settings"]["quick"] and result["settings"]["workers"] == [0, 1]

@@ -1,17 +1,13 @@
 """Smoke tests of the op benchmark's host-cost mode and of the GPU session's summary: they run
 and write what they promise (the timings themselves are benchmarks, never asserted here)."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import run_bench_script
 
 
 def test_overhead_mode_writes_rows_and_target_checks(tmp_path):
     out = tmp_path / "overhead.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_ops.py"), "--overhead", "--rounds", "2", "--threads", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = run_bench_script("bench_ops.py", "--overhead", "--rounds", "2", "--threads", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["mode"] == "overhead"
@@ -38,8 +34,7 @@ def test_gpu_summary_reads_what_the_steps_left(tmp_path):
         "results": [{"op": "bn_stat_loss", "workload": "(100,64,112,112)", "layout": "nchw", "dtype": "float32",
                      "impl": "cuda", "fwd_bwd_ms": 0.5}],
         "targets": [check]}))
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu_summary.py"), str(tmp_path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "build     ok" in text and "test      failed (1)" in text and "ops       timed out after 120 s" in text

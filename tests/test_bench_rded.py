@@ -1,19 +1,14 @@
 """Smoke test of the RDED benchmark's --quick mode: it runs, writes the rows it promises and a
 projection made from them (the timings themselves are benchmarks, never asserted here)."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import run_bench_script
 
 
 def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     out = tmp_path / "rded.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_rded.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_bench_script("bench_rded.py", "--quick", "--out", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     settings, recipe = result["settings"], result["recipe"]
@@ -34,8 +29,7 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     assert p["serial_s"] == pytest.approx(p["scoring_s"] + p["decoding_s"])
     assert "projected 1000 classes" in proc.stdout
     # and the GPU session's summary reports it (rded.json is what its rded step leaves)
-    summary = subprocess.run([sys.executable, str(BENCH / "gpu_summary.py"), str(tmp_path)], capture_output=True,
-                             text=True, timeout=60)
+    summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
     assert summary.returncode == 0, summary.stderr
     assert "rded      not run" in summary.stdout  # (no status file: the benchmark ran outside the session)
     assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet):" in summary.stdout
@@ -48,6 +42,5 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     (["--workers", "2,x"], "--workers takes comma-separated integers, got '2,x'"),
 ])
 def test_bad_settings_are_refused(args, message):
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_rded.py"), "--quick", *args],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_bench_script("bench_rded.py", "--quick", *args, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr

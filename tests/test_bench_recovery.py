@@ -1,18 +1,16 @@
 """Smoke test of bench/bench_recovery.py: a tiny reduced run on CPU writes the JSON it promises."""
 import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import BENCH, run_bench_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_recovery.py"
+SCRIPT = BENCH / "bench_recovery.py"
 TINY = ["--iterations", "1", "--ufcs", "2", "--reference-ufcs", "1", "--threads", "1", "--device", "cpu"]
 
 
-def run_bench(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *flags], capture_output=True, text=True, timeout=120)
+def run_bench(*flags: str):
+    return run_bench_script("bench_recovery.py", *flags, timeout=120)
 
 
 @pytest.mark.parametrize("preset, shrink", [
