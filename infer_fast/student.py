@@ -444,7 +444,9 @@ class _StudentRun:
         cfg = self.cfg
         self.model.train()
         order = torch.randperm(self.n, generator=self.gen)
-        total, seen = 0.0, 0
+        # each step's loss kept on the device and read once after the epoch: no host sync per step
+        step_losses = torch.empty(self.steps_per_epoch, device=self.device)
+        sizes = []
         # steps shown within an epoch when an epoch is long (ImageNet-size sets)
         for step in progress_bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
                                  disable=not progress or self.steps_per_epoch < LONG_EPOCH_STEPS):
@@ -460,9 +462,11 @@ class _StudentRun:
             loss.backward()
             self.optimizer.step()
             self.schedule.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        return {"epoch": epoch + 1, "loss": total / seen, "lr": self.schedule.get_last_lr()[0]}
+            step_losses[step].copy_(loss.detach())
+            sizes.append(len(idx))
+        # (summed on the host in step order, as when each step read its loss: the same bits)
+        total = sum(value * size for value, size in zip(step_losses.tolist(), sizes))
+        return {"epoch": epoch + 1, "loss": total / sum(sizes), "lr": self.schedule.get_last_lr()[0]}
 
     def mixed_batch(self, idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The augmented, mixed images of the training images ``idx`` and their mixed targets

@@ -95,15 +95,15 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
     mean = spec.mean if mean is None else mean
     std = spec.std if std is None else std
     rows = max(1, min(batch_size, EVAL_MAX_PIXELS // (spec.image_size * spec.image_size)))
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: one host read at the end
     try:
         for images, labels in test_set.batches(rows, pin_memory=device.type == "cuda", progress=progress,
                                                desc=f"evaluating on {spec.name} {test_set.split}"):
             x = normalize(images.to(device, non_blocking=True), mean, std)
-            correct += (model(x).argmax(1) == labels.to(device, non_blocking=True)).sum().item()
+            correct += (model(x).argmax(1) == labels.to(device, non_blocking=True)).sum()
     finally:
         model.train(was_training)
-    return correct / len(test_set)
+    return correct.item() / len(test_set)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
