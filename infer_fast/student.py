@@ -74,6 +74,7 @@ from .options import CheckedWhenMade, check_fields, given_config, option, option
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
+from .step_losses import StepLosses
 
 __all__ = [
     "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
@@ -444,9 +445,7 @@ class _StudentRun:
         cfg = self.cfg
         self.model.train()
         order = torch.randperm(self.n, generator=self.gen)
-        # each step's loss kept on the device and read once after the epoch: no host sync per step
-        step_losses = torch.empty(self.steps_per_epoch, device=self.device)
-        sizes = []
+        step_losses = StepLosses(self.steps_per_epoch, self.device)  # (read once, after the epoch)
         # steps shown within an epoch when an epoch is long (ImageNet-size sets)
         for step in progress_bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
                                  disable=not progress or self.steps_per_epoch < LONG_EPOCH_STEPS):
@@ -462,11 +461,8 @@ class _StudentRun:
             loss.backward()
             self.optimizer.step()
             self.schedule.step()
-            step_losses[step].copy_(loss.detach())
-            sizes.append(len(idx))
-        # (summed on the host in step order, as when each step read its loss: the same bits)
-        total = sum(value * size for value, size in zip(step_losses.tolist(), sizes))
-        return {"epoch": epoch + 1, "loss": total / sum(sizes), "lr": self.schedule.get_last_lr()[0]}
+            step_losses.add(loss, len(idx))
+        return {"epoch": epoch + 1, "loss": step_losses.mean(), "lr": self.schedule.get_last_lr()[0]}
 
     def mixed_batch(self, idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The augmented, mixed images of the training images ``idx`` and their mixed targets

@@ -30,9 +30,12 @@ from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .choices import DEVICE_CHOICES
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of
 from .run_identity import check_same_run
+from .step_losses import StepLosses
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
+# the progress bar's running loss is read on the host every this many steps (a read waits for the GPU)
+PROGRESS_LOSS_EVERY = 20
 # what load_teacher reads from a checkpoint
 TEACHER_KEYS = ("dataset", "num_classes", "channels", "image_size", "model", "state_dict", "epochs_done", "config")
 # an evaluation batch holds at most this many pixels per channel: 256 images at 224^2 (~1.5 GiB of
@@ -171,12 +174,12 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same order on resume
         order = torch.randperm(len(train), generator=gen)
         model.train()
-        total_loss, seen = 0.0, 0
+        step_losses = StepLosses(steps_per_epoch, device)
         # the epoch's batches in that order: slices in memory, decoded by DataLoader workers from folders
         batches = train.batches(cfg.batch_size, order, pin_memory=device.type == "cuda")
         bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            disable=not progress, leave=False)
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar):
             # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
             x = normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std).to(device, non_blocking=True)
             y = labels.to(device, non_blocking=True)
@@ -185,14 +188,15 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
             loss.backward()
             optimizer.step()
             schedule.step()
-            total_loss += loss.item() * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
+            step_losses.add(loss, len(y))
+            if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps_per_epoch):
+                bar.set_postfix(loss=f"{step_losses.mean():.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
+        train_loss = step_losses.mean()
         accuracy = evaluate(model, test, cfg.eval_batch_size, device, progress=progress)
         elapsed += time.perf_counter() - started
-        history.append({"epoch": epoch + 1, "train_loss": total_loss / seen, "test_accuracy": accuracy, "elapsed_s": elapsed})
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_accuracy": accuracy, "elapsed_s": elapsed})
         if progress:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {total_loss / seen:.4f}, test accuracy {accuracy:.4f} ({elapsed:.0f} s)")
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test accuracy {accuracy:.4f} ({elapsed:.0f} s)")
         done = epoch + 1 == cfg.epochs
         save_atomic(
             {

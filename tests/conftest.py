@@ -76,3 +76,40 @@ def rounding_bound(iterations: int, summed: int = 10 * 28 * 28, lr: float = 0.25
     W), that Adam's normalized step (at most lr, amplified at most 1 / (1 - beta1) = 2 by its
     momentum) carries into every one of the T iterations. Derived, not tuned on one machine."""
     return 2 * iterations * lr * summed ** 0.5 * torch.finfo(torch.float32).eps
+
+
+@pytest.fixture
+def step_loss_reads(monkeypatch):
+    """What a training loop reads on the host, while the fixture is active (``monkeypatch.undo()``
+    ends it): ``losses``, every tensor ``backward`` was called on (a step's loss; kept alive, so
+    no later tensor takes its memory); ``reads``, each read (item, tolist, float, numpy) of one
+    of them; ``means``, how often a StepLosses was read (its mean)."""
+    from types import SimpleNamespace
+
+    from infer_fast.step_losses import StepLosses
+
+    seen = SimpleNamespace(losses=[], reads=[], means=0)
+    backward, mean = torch.Tensor.backward, StepLosses.mean
+
+    def recording_backward(self, *args, **kwargs):
+        seen.losses.append(self)
+        return backward(self, *args, **kwargs)
+
+    def counting_mean(self):
+        seen.means += 1
+        return mean(self)
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if any(self.data_ptr() == loss.data_ptr() for loss in seen.losses):
+                seen.reads.append(name)
+            return original(self, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(torch.Tensor, "backward", recording_backward)
+    monkeypatch.setattr(StepLosses, "mean", counting_mean)
+    for name in ("item", "tolist", "__float__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    return seen

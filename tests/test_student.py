@@ -449,34 +449,15 @@ def test_set_too_large_to_hold_trains_the_same(teachers, data, monkeypatch):
     assert train_student(ds, data[1], cfg, progress=False)["history"] == full["history"]
 
 
-def test_the_step_losses_are_read_once_per_epoch(teachers, data, monkeypatch):
+def test_the_step_losses_are_read_once_per_epoch(teachers, data, step_loss_reads, monkeypatch):
     """A step's loss is never read on the host while the epoch runs (on a GPU each read is a
     host sync per step); the epoch's loss is still the steps' losses weighted by their batch
     sizes (40, 40, 20 images), summed in step order: the same bits as a read per step."""
     ds = relabel(baseline_set(data[0], per_class=10), teachers[1])  # 100 images
-    losses, reads = [], []
-    backward = torch.Tensor.backward
-
-    def recording_backward(self, *args, **kwargs):
-        losses.append(self)  # (kept alive: no later tensor can take its memory)
-        return backward(self, *args, **kwargs)
-
-    def counting(name):
-        original = getattr(torch.Tensor, name)
-
-        def read(self, *args, **kwargs):
-            if any(self.data_ptr() == loss.data_ptr() for loss in losses):
-                reads.append(name)
-            return original(self, *args, **kwargs)
-        return read
-
-    monkeypatch.setattr(torch.Tensor, "backward", recording_backward)
-    for name in ("item", "tolist", "__float__", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, counting(name))
     history = train_student(ds, data[1], StudentConfig(epochs=2, **{**FAST, "batch_size": 40}), progress=False)["history"]
     monkeypatch.undo()
-    assert len(losses) == 6 and reads == []
-    values = [loss.item() for loss in losses]
+    assert len(step_loss_reads.losses) == 6 and step_loss_reads.reads == [] and step_loss_reads.means == 2
+    values = [loss.item() for loss in step_loss_reads.losses]
     for epoch, record in enumerate(history):
         steps = values[3 * epoch:3 * epoch + 3]
         assert record["loss"] == (0.0 + steps[0] * 40 + steps[1] * 40 + steps[2] * 20) / 100

@@ -1,0 +1,26 @@
+"""An epoch's step losses kept on the device: a training loop that read each step's loss on
+the host (``loss.item()``) would wait for the GPU at every step instead of queuing the next."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class StepLosses:
+    """The losses of up to ``steps`` steps and their batch sizes; the weighted mean is read on
+    the host when asked (one transfer), summed in step order as a read per step would have:
+    the same bits."""
+
+    def __init__(self, steps: int, device) -> None:
+        self.values = torch.empty(steps, device=device)
+        self.sizes: list = []
+
+    def add(self, loss: Tensor, size: int) -> None:
+        """Keep a step's (scalar) loss, of a batch of ``size`` examples: no host sync."""
+        self.values[len(self.sizes)].copy_(loss.detach())
+        self.sizes.append(size)
+
+    def mean(self) -> float:
+        """The mean loss per example over the steps so far (reads them on the host)."""
+        read = self.values[:len(self.sizes)].tolist()
+        return sum(value * size for value, size in zip(read, self.sizes)) / sum(self.sizes)
