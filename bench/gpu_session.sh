@@ -12,7 +12,9 @@
 #   cifar100  bench_recovery.py at CIFAR-100 shapes, with a torch.compile(reduce-overhead) row
 #   imagenet  bench_recovery.py at ImageNet shapes, the three teachers, 10 iterations, profiled
 #   rded      bench_rded.py: RDED's scoring and decoding at the ImageNet-1k ipc 10 recipe, projected
-#             to the 1000 classes (issue 22's "in minutes on one GPU"); last, so it runs on what is left
+#             to the 1000 classes (issue 22's "in minutes on one GPU"); late, so it runs on what is left
+#   student   bench_student.py: a ResNet-18 student's step at the ImageNet recipe, the host's batch
+#             preparation against the device's step, projected to 300 epochs of ImageNet-1k ipc 10
 #   summary   what passed, what was measured, which targets were met (printed last)
 # `all` gives each step a time limit (STEP_LIMITS below) and skips what no longer fits the
 # overall limit (BUDGET_S, default 540 s), so a slow step never costs the summary.
@@ -27,7 +29,7 @@ PY=${PYTHON:-python3}
 DEST=${OUT:-$PWD/bench/results/gpu-session}
 mkdir -p "$DEST"
 BUDGET_S=${BUDGET_S:-540}
-declare -A STEP_LIMITS=([build]=120 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=60)
+declare -A STEP_LIMITS=([build]=120 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=60 [student]=45)
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py test_recovery_gpu.py
@@ -94,6 +96,12 @@ step_rded() {
   run rded "$PY" bench/bench_rded.py "${bounded[@]}" --out "$DEST/rded.json" "$@"
 }
 
+step_student() {
+  local bounded=()
+  [ "$GPU" = 1 ] || bounded=(--model convnet-w8-d2 --size 32 --steps 2 --rounds 1)  # a CPU dry run: seconds
+  run student "$PY" bench/bench_student.py "${bounded[@]}" --out "$DEST/student.json" "$@"
+}
+
 step_summary() {
   "$PY" bench/gpu_summary.py "$DEST" | tee "$DEST/summary.txt"
 }
@@ -108,13 +116,14 @@ one_step() {  # one_step NAME [args...]
     overhead) step_overhead "$@" ;;
     cifar100 | imagenet) step_recovery "$step" "$@" ;;
     rded) step_rded "$@" ;;
+    student) step_student "$@" ;;
     summary) step_summary ;;
-    *) sed -n '2,23p' "$0"; exit 2 ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
   esac
 }
 
 if [ "${1:-}" = all ]; then
-  for step in build test ops overhead cifar100 imagenet rded; do
+  for step in build test ops overhead cifar100 imagenet rded student; do
     limit=${STEP_LIMITS[$step]}
     left=$((BUDGET_S - ($(date +%s) - START) - 15))  # 15 s for the summary
     if [ "$left" -lt 20 ]; then

@@ -1,6 +1,6 @@
 """The summary `bash bench/gpu_session.sh all` prints last: each step's status, the test
 counts, the op benchmarks' target checks and headline rows, the host-cost ratios and the
-recovery rows, read from the logs and JSON the steps left in one directory.
+recovery, RDED and student rows, read from the logs and JSON the steps left in one directory.
 
     python bench/gpu_summary.py DIR
 """
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded")
+STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student")
 
 
 def read_json(path: Path):
@@ -99,6 +99,7 @@ def summary(directory: Path) -> str:
             out.append(f"    projection {p['run']}: {p['row']} {p['hours']:.3f} {p['unit']} "
                        f"(teachers measured: {', '.join(p['teachers_measured'])})")
     out += rded_lines(read_json(directory / "rded.json"))
+    out += student_lines(read_json(directory / "student.json"))
     return "\n".join(out)
 
 
@@ -117,6 +118,19 @@ def rded_lines(result) -> List[str]:
         f"forward alone {rows['forward only']['s_per_class']:.3f}; decode {decodes}",
         f"    projected {p['classes']} classes (decoding with the first): {p['overlapped_s'] / 60:.1f} min "
         f"overlapped, {p['serial_s'] / 60:.1f} min serial",
+    ]
+
+
+def student_lines(result) -> List[str]:
+    """The student step's parts and the projected run (bench_student.py)."""
+    if not result:
+        return []
+    s, c, p = result["settings"], result["config"], result["projection"]
+    parts = ", ".join(f"{r['section']} {r['ms_per_step']:.1f}" for r in result["results"])
+    return [
+        f"student ({c['model']}, {s['recipe']} recipe, batch {c['batch_size']}, {s['size']} px): {parts} ms/step",
+        f"    the loop takes {p['loop_of_serial']:.0%} of the parts' sum (all overlapped: {p['overlapped_of_serial']:.0%}); "
+        f"projected {p['images']} images x {p['epochs']} epochs: {p['loop_h']:.2f} h",
     ]
 
 

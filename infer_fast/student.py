@@ -450,19 +450,23 @@ class _StudentRun:
         for step in progress_bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
                                  disable=not progress or self.steps_per_epoch < LONG_EPOCH_STEPS):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, z = self.mixed_batch(idx)
-            # every rank draws the whole batch (same generator), then takes its rows; the loss is
-            # scaled so DDP's gradient average is the full batch's batchmean gradient
-            share = slice(self.rank, None, self.world)
-            x = x[share].to(self.device, non_blocking=True)
-            z = ensemble_logits(self.teacher_models, x) if cfg.dynamic else z[share].to(self.device, non_blocking=True)
-            loss = self.label_loss(self.net(x), z) * (x.shape[0] * self.world / len(idx))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.schedule.step()
-            step_losses.add(loss, len(idx))
+            step_losses.add(self.step(*self.mixed_batch(idx), len(idx)), len(idx))
         return {"epoch": epoch + 1, "loss": step_losses.mean(), "lr": self.schedule.get_last_lr()[0]}
+
+    def step(self, x: Tensor, z: Optional[Tensor], batch_size: int) -> Tensor:
+        """One optimizer step on the mixed batch ``x`` (on the host, of ``batch_size`` images)
+        with targets ``z`` (None: the teachers label it); returns the loss, on the device."""
+        # every rank draws the whole batch (same generator), then takes its rows; the loss is
+        # scaled so DDP's gradient average is the full batch's batchmean gradient
+        share = slice(self.rank, None, self.world)
+        x = x[share].to(self.device, non_blocking=True)
+        z = ensemble_logits(self.teacher_models, x) if self.cfg.dynamic else z[share].to(self.device, non_blocking=True)
+        loss = self.label_loss(self.net(x), z) * (x.shape[0] * self.world / batch_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss
 
     def mixed_batch(self, idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The augmented, mixed images of the training images ``idx`` and their mixed targets

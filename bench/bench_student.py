@@ -1,0 +1,173 @@
+"""Benchmark of a student's training at a dataset's recipe (infer_fast/student.py): where a
+step's time goes, and the time of the protocol's whole run projected from it. ImageNet-1k
+ipc 10 by default: 10,000 training images, a ResNet-18 at 224 px, the ImageNet recipe (300
+epochs, batch 100, RandomResizedCrop + flip + CutMix, soft labels at T 20).
+
+    python bench/bench_student.py               # ImageNet-1k ipc 10 on the device (GPU when present)
+    python bench/bench_student.py --quick       # smoke run: seconds
+
+Rows, each the median over --rounds:
+  host prep    ms per batch of the host's part of a step: the batch's images, its augmentation
+               and mixing (``mixed_batch``: the CPU, the run's generator), which the device
+               never waits for only if it runs while the device works on the step before
+  device step  ms per step of the device's part (``step``: the copy to the device, forward,
+               loss, backward, AdamW) on batches made beforehand, --steps in a row, one sync
+  train loop   ms per step of whole epochs of ``train_epoch`` (both parts, as a run does them),
+               after one untimed epoch
+The JSON also gives the loop's time against the two parts': "serial" (their sum: nothing
+overlaps) and "overlapped" (the larger: the host's work hidden behind the device's or the
+reverse); where the loop lands between them says how much of the smaller part is hidden.
+
+Projection: the recipe's epochs x ceil(--images / batch) steps x the loop's ms per step, and
+the same at the overlapped bound. The set is random pixels with random soft labels (a step's
+cost does not depend on the content), --steps batches of the recipe's size; the student's
+weights start from the recipe's seed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_decode import _sync  # noqa: E402
+from bench_ops import RESULTS, device_tag, environment, write_json  # noqa: E402
+
+from infer_fast.data import get_spec  # noqa: E402
+from infer_fast.storage import DistilledSet  # noqa: E402
+from infer_fast.student import StudentConfig, _StudentRun, recipe_of  # noqa: E402
+
+DATASETS = {"imagenet": "imagenet", "cifar100": "cifar100"}  # --dataset: the split whose set is projected
+MODELS = {"imagenet": "resnet18-imagenet", "cifar100": "resnet18"}  # the protocols' students
+
+
+def random_set(dataset: str, size: int, images: int, seed: int) -> DistilledSet:
+    """A set of ``images`` random pixels at ``size`` px with random soft labels."""
+    spec = get_spec(dataset)
+    gen = torch.Generator().manual_seed(seed)
+    return DistilledSet(
+        method="random", dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels, image_size=size,
+        mean=spec.mean, std=spec.std,
+        images=torch.randint(0, 256, (images, spec.channels, size, size), dtype=torch.uint8, generator=gen),
+        labels=torch.arange(images) % spec.num_classes,
+        soft_labels=torch.randn(images, spec.num_classes, generator=gen))
+
+
+def _ms_per(run, count: int, device: torch.device) -> float:
+    """Milliseconds per unit of one call of ``run`` doing ``count`` units, synced both ends."""
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return 1000 * (time.perf_counter() - start) / count
+
+
+def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device) -> Dict[str, List[float]]:
+    """ms per step of the host's part, the device's part and the loop, ``rounds`` times each."""
+    batch = student.cfg.batch_size
+    order = torch.randperm(student.n, generator=torch.Generator().manual_seed(0))
+    indices = [order[s * batch:(s + 1) * batch] for s in range(steps)]
+    student.model.train()
+    student.train_epoch(0, progress=False)  # untimed: cuDNN's algorithm choice, the allocator, lazy inits
+    host, made = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        made = [student.mixed_batch(idx) for idx in indices]
+        host.append(1000 * (time.perf_counter() - start) / steps)
+    device_ms = [_ms_per(lambda: [student.step(x, z, batch) for x, z in made], steps, device) for _ in range(rounds)]
+    loop = [_ms_per(lambda: student.train_epoch(0, progress=False), steps, device) for _ in range(rounds)]
+    return {"host prep": host, "device step": device_ms, "train loop": loop}
+
+
+def projection(ms: Dict[str, float], epochs: int, images: int, batch: int) -> Dict:
+    steps = epochs * math.ceil(images / batch)
+    overlapped = max(ms["host prep"], ms["device step"])
+    return {
+        "images": images, "epochs": epochs, "steps": steps,
+        "loop_h": steps * ms["train loop"] / 3600e3, "overlapped_h": steps * overlapped / 3600e3,
+        "serial_h": steps * (ms["host prep"] + ms["device step"]) / 3600e3,
+        # 1: the loop takes the parts' sum (nothing overlaps); overlapped_of_serial: all hidden
+        "loop_of_serial": ms["train loop"] / (ms["host prep"] + ms["device step"]),
+        "overlapped_of_serial": overlapped / (ms["host prep"] + ms["device step"]),
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="imagenet", choices=tuple(DATASETS),
+                        help="the split and its recipe (default imagenet: the ImageNet recipe, 224 px)")
+    parser.add_argument("--ipc", type=int, default=10, help="images per class of the projected set (default 10)")
+    parser.add_argument("--images", type=int, help="training images of the projected set (default ipc x classes; "
+                                                   "an INFER set trains on its natural and composed images)")
+    parser.add_argument("--model", help="student model (default: the protocol's ResNet-18; --quick convnet-w8-d2)")
+    parser.add_argument("--size", type=int, help="image side (default: the dataset's; --quick 32)")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's; --quick 8")
+    parser.add_argument("--steps", type=int, help="batches timed per round (default 20 on GPU, 4 on CPU; --quick 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each row (default 3; --quick 1)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
+    parser.add_argument("--out", help="JSON path (default bench/results/student-<device>-<date>.json)")
+    args = parser.parse_args(argv)
+    gpu = args.device.startswith("cuda")
+    spec = get_spec(DATASETS[args.dataset])
+    if args.model is None:
+        args.model = "convnet-w8-d2" if args.quick else MODELS[args.dataset]
+    if args.size is None:
+        args.size = 32 if args.quick else spec.image_size
+    args.recipe = recipe_of(spec.name)
+    if args.batch_size is None:
+        args.batch_size = 8 if args.quick else StudentConfig.from_recipe(args.recipe).batch_size
+    if args.steps is None:
+        args.steps = 2 if args.quick else 20 if gpu else 4
+    if args.quick:
+        args.rounds = 1
+    if args.images is None:
+        args.images = args.ipc * spec.num_classes
+    for name in ("ipc", "images", "size", "batch_size", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    cfg = StudentConfig.from_recipe(args.recipe, model=args.model, batch_size=args.batch_size, device=args.device)
+    distilled = random_set(DATASETS[args.dataset], args.size, args.steps * args.batch_size, seed=0)
+    student = _StudentRun(distilled, None, cfg, teachers=None, ddp=False)
+    print(f"student {args.model} on {device}, the {args.recipe} recipe ({cfg.augmentation}, {cfg.mix}, batch "
+          f"{cfg.batch_size}, {cfg.epochs} epochs), {args.size} px: {args.steps} steps x {args.rounds} rounds")
+    runs = measure(student, args.steps, args.rounds, device)
+    ms = {name: statistics.median(values) for name, values in runs.items()}
+    rows = [{"section": name, "ms_per_step": ms[name], "ms_per_step_rounds": runs[name],
+             "images_per_s": 1000 * cfg.batch_size / ms[name]} for name in runs]
+    projected = projection(ms, cfg.epochs, args.images, cfg.batch_size)
+    for row in rows:
+        print(f"  {row['section']:<12} {row['ms_per_step']:9.2f} ms/step  {row['images_per_s']:9.0f} images/s")
+    print(f"  the loop takes {projected['loop_of_serial']:.0%} of the parts' sum (all overlapped: "
+          f"{projected['overlapped_of_serial']:.0%})")
+    print(f"projected {args.images} images x {cfg.epochs} epochs ({projected['steps']} steps): "
+          f"{projected['loop_h']:.2f} h at the loop's speed; {projected['overlapped_h']:.2f} h overlapped, "
+          f"{projected['serial_h']:.2f} h serial")
+    payload = {
+        "benchmark": "bench_student", "date": datetime.date.today().isoformat(),
+        "environment": environment(device, torch.get_num_threads()),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "config": dataclasses.asdict(cfg),
+        "results": rows, "projection": projected,
+    }
+    out = args.out or os.path.join(RESULTS, f"student-{device_tag(device)}-{payload['date']}.json")
+    write_json(out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Smoke test of the student benchmark's --quick mode: it runs, writes the three rows it
+promises and a projection made from them, and the GPU session's summary reports it (the
+timings themselves are benchmarks, never asserted here)."""
+import json
+import math
+
+import pytest
+from conftest import run_bench_script
+
+
+def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
+    out = tmp_path / "student.json"
+    proc = run_bench_script("bench_student.py", "--quick", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    settings, config = result["settings"], result["config"]
+    assert settings["recipe"] == "imagenet" and (settings["steps"], settings["rounds"], settings["size"]) == (2, 1, 32)
+    assert (config["model"], config["batch_size"], config["epochs"]) == ("convnet-w8-d2", 8, 300)
+    assert (config["augmentation"], config["mix"]) == ("resized_crop_flip", "cutmix")  # the ImageNet recipe's
+    rows = {r["section"]: r for r in result["results"]}
+    assert set(rows) == {"host prep", "device step", "train loop"}
+    for row in rows.values():
+        assert len(row["ms_per_step_rounds"]) == 1 and row["ms_per_step"] > 0
+        assert row["images_per_s"] == pytest.approx(1000 * 8 / row["ms_per_step"])
+    ms = {name: row["ms_per_step"] for name, row in rows.items()}
+    p = result["projection"]
+    assert p["images"] == 10000 and p["steps"] == 300 * math.ceil(10000 / 8)
+    assert p["loop_h"] == pytest.approx(p["steps"] * ms["train loop"] / 3600e3)
+    assert p["serial_h"] == pytest.approx(p["steps"] * (ms["host prep"] + ms["device step"]) / 3600e3)
+    assert p["overlapped_h"] == pytest.approx(p["steps"] * max(ms["host prep"], ms["device step"]) / 3600e3)
+    assert p["loop_of_serial"] == pytest.approx(ms["train loop"] / (ms["host prep"] + ms["device step"]))
+    assert "projected 10000 images x 300 epochs" in proc.stdout
+    summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert summary.returncode == 0, summary.stderr
+    assert "student   not run" in summary.stdout  # (no status file: the benchmark ran outside the session)
+    assert "student (convnet-w8-d2, imagenet recipe, batch 8, 32 px): host prep" in summary.stdout
+    assert f"projected 10000 images x 300 epochs: {p['loop_h']:.2f} h" in summary.stdout
+
+
+def test_bad_settings_are_refused():
+    proc = run_bench_script("bench_student.py", "--quick", "--steps", "0", timeout=120)
+    assert proc.returncode == 2 and "--steps must be a positive integer" in proc.stderr
