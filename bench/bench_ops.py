@@ -451,6 +451,11 @@ def device_tag(device: torch.device) -> str:
     return "gpu-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
 
 
+def unless_given(value, default):
+    """An option's ``value``, or ``default`` where it was not given (None): a given 0 stays 0,
+    for the range check to refuse, where ``value or default`` would replace it silently."""
+    return default if value is None else value
+
 def write_json(path: str, payload: Dict, quiet: bool = False) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

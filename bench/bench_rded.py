@@ -38,7 +38,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_decode import _cores, _sync, generate_images, make_source, one_pass, pipeline_run  # noqa: E402
-from bench_ops import RESULTS, device_tag, environment, write_json  # noqa: E402
+from bench_ops import RESULTS, device_tag, environment, unless_given, write_json  # noqa: E402
 
 from infer_fast.data.folders import DEFAULT_DECODER  # noqa: E402
 from infer_fast.data.registry import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -134,12 +134,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     gpu = args.device.startswith("cuda")
     recipe = RECIPES[args.family]
-    args.ipc = args.ipc or (1 if args.quick else 10)
-    args.size = args.size or (32 if args.quick else 224)
-    args.candidates = args.candidates or (8 if args.quick else recipe["candidates_per_class"])
-    args.crops = args.crops or (2 if args.quick else recipe["crops_per_image"])
-    args.classes = args.classes or (2 if args.quick else 5 if gpu else 1)
-    args.files = args.files or (6 if args.quick else 256 if gpu else 32)
+    args.ipc = unless_given(args.ipc, 1 if args.quick else 10)
+    args.size = unless_given(args.size, 32 if args.quick else 224)
+    args.candidates = unless_given(args.candidates, 8 if args.quick else recipe["candidates_per_class"])
+    args.crops = unless_given(args.crops, 2 if args.quick else recipe["crops_per_image"])
+    args.classes = unless_given(args.classes, 2 if args.quick else 5 if gpu else 1)
+    args.files = unless_given(args.files, 6 if args.quick else 256 if gpu else 32)
     if args.quick:
         args.decode_rounds = 1
     for name in ("ipc", "size", "candidates", "crops", "classes", "files", "num_classes", "decode_rounds"):

@@ -40,7 +40,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_decode import _sync  # noqa: E402
-from bench_ops import RESULTS, device_tag, environment, write_json  # noqa: E402
+from bench_ops import RESULTS, device_tag, environment, unless_given, write_json  # noqa: E402
 
 from infer_fast.data import get_spec  # noqa: E402
 from infer_fast.storage import DistilledSet  # noqa: E402
@@ -119,19 +119,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     gpu = args.device.startswith("cuda")
     spec = get_spec(DATASETS[args.dataset])
-    if args.model is None:
-        args.model = "convnet-w8-d2" if args.quick else MODELS[args.dataset]
-    if args.size is None:
-        args.size = 32 if args.quick else spec.image_size
+    args.model = unless_given(args.model, "convnet-w8-d2" if args.quick else MODELS[args.dataset])
+    args.size = unless_given(args.size, 32 if args.quick else spec.image_size)
     args.recipe = recipe_of(spec.name)
-    if args.batch_size is None:
-        args.batch_size = 8 if args.quick else StudentConfig.from_recipe(args.recipe).batch_size
-    if args.steps is None:
-        args.steps = 2 if args.quick else 20 if gpu else 4
+    args.batch_size = unless_given(args.batch_size, 8 if args.quick else StudentConfig.from_recipe(args.recipe).batch_size)
+    args.steps = unless_given(args.steps, 2 if args.quick else 20 if gpu else 4)
     if args.quick:
         args.rounds = 1
-    if args.images is None:
-        args.images = args.ipc * spec.num_classes
+    args.images = unless_given(args.images, args.ipc * spec.num_classes)
     for name in ("ipc", "images", "size", "batch_size", "steps", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")

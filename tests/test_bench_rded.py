@@ -40,6 +40,7 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--ipc", "10"], "--candidates 8 is too few for ipc 10 at factor 2"),
     (["--workers", "2,x"], "--workers takes comma-separated integers, got '2,x'"),
+    (["--classes", "0"], "--classes must be a positive integer"),  # (a given 0 is not the default)
 ])
 def test_bad_settings_are_refused(args, message):
     proc = run_bench_script("bench_rded.py", "--quick", *args, timeout=120)
