@@ -440,14 +440,18 @@ def _add_teacher(sub) -> None:
 
 def _add_distill(sub) -> None:
     from .distill.config import RECIPES
+    from .methods import all_methods
 
+    makers = [m for m in all_methods() if m.distill is not None]
+    relabelled = [m.name for m in makers if m.student_labels == "static"]
     distill = sub.add_parser(
-        "distill", help="distill a dataset (INFER, or the SRe2L / random baselines) into a distilled-set directory",
-        description="INFER recovery: K = floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and "
-        "teacher; SRe2L: ipc images per class from noise, same loss; random: ipc real images per class. Recovery "
-        "checkpoints after each batch and every --checkpoint-minutes inside one (--resume continues). Recipes: "
-        "--augmentation imagenet selects the imagenet recipe, --method sre2l adds the sre2l recipe; the options "
-        "given override them. The set is unlabelled: run `infer-fast relabel`.",
+        "distill", help=f"distill a dataset into a distilled-set directory ({', '.join(m.name for m in makers)})",
+        description="Methods: " + "; ".join(f"{m.name}: {m.summary}" for m in makers) + ". INFER: K = "
+        "floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and teacher. The recovery methods "
+        "checkpoint after each batch and every --checkpoint-minutes inside one, RDED after a class (--resume "
+        "continues). Each method's recipe follows the dataset's family (an ImageNet-family dataset gets the "
+        "ImageNet recipe); the options given override it. The sets of " + ", ".join(relabelled) + " are "
+        "unlabelled: run `infer-fast relabel`.",
     )
     distill.add_argument("--config", help="YAML file of options")
     by_methods: Dict[Tuple[str, ...], List[Option]] = {}
