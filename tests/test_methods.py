@@ -142,7 +142,11 @@ def test_a_method_declares_its_options(toy, tmp_path, capsys):
     assert action.help == "pixels the images are rolled by (default 0)"
     with pytest.raises(SystemExit):
         main(["distill", "--help"])
-    assert "options of --method toy:\n  --offset OFFSET" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "options of --method toy:\n  --offset OFFSET" in out
+    words = " ".join(out.split())  # (argparse wraps the description)
+    assert "rded: teacher-scored real patches" in words and "toy: the first ipc images per class, shifted" in words
+    assert "The sets of infer, sre2l, random, cda, toy are unlabelled" in words  # (RDED's students: per-batch labels)
     (tmp_path / "toy.yaml").write_text("method: toy\noffset: 1.5\n")
     assert main(["distill", "--config", str(tmp_path / "toy.yaml"), "--dataset", "fashion-mnist-mini", "--ipc", "2",
                  "--out", str(tmp_path / "x")]) == 2
