@@ -2,6 +2,8 @@
 the host (``loss.item()``) would wait for the GPU at every step instead of queuing the next."""
 from __future__ import annotations
 
+from typing import List
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,7 @@ class StepLosses:
 
     def __init__(self, steps: int, device) -> None:
         self.values = torch.empty(steps, device=device)
-        self.sizes: list = []
+        self.sizes: List[int] = []
 
     def add(self, loss: Tensor, size: int) -> None:
         """Keep a step's (scalar) loss, of a batch of ``size`` examples: no host sync."""
