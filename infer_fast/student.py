@@ -75,6 +75,7 @@ from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
 from .step_losses import StepLosses
+from .transfer import to_device
 
 __all__ = [
     "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
@@ -459,8 +460,8 @@ class _StudentRun:
         # every rank draws the whole batch (same generator), then takes its rows; the loss is
         # scaled so DDP's gradient average is the full batch's batchmean gradient
         share = slice(self.rank, None, self.world)
-        x = x[share].to(self.device, non_blocking=True)
-        z = ensemble_logits(self.teacher_models, x) if self.cfg.dynamic else z[share].to(self.device, non_blocking=True)
+        x = to_device(x[share], self.device)
+        z = ensemble_logits(self.teacher_models, x) if self.cfg.dynamic else to_device(z[share], self.device)
         loss = self.label_loss(self.net(x), z) * (x.shape[0] * self.world / batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

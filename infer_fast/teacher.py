@@ -31,6 +31,7 @@ from .choices import DEVICE_CHOICES
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of
 from .run_identity import check_same_run
 from .step_losses import StepLosses
+from .transfer import to_device
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
@@ -181,7 +182,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
                            disable=not progress, leave=False)
         for step, (images, labels) in enumerate(bar):
             # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
-            x = normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std).to(device, non_blocking=True)
+            x = to_device(normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std), device)
             y = labels.to(device, non_blocking=True)
             loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)

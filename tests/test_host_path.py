@@ -1,13 +1,15 @@
 """A call of a fused op is validation plus one dispatch: the profiler sees one functional op
 forward and one backward, and inside them nothing but the outputs' allocation and views (no
 cast, copy, finalize or coefficient op), whatever the backend. On a GPU the compiled backend
-launches at most two kernels forward and one backward."""
+launches at most two kernels forward and one backward. Training batches go to a GPU through
+pinned memory (infer_fast.transfer)."""
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from conftest import backend_params
 from infer_fast.ops import bn_eval_with_stat_loss, bn_stat_loss, ufc_compose
+from infer_fast.transfer import to_device
 
 # What may run inside our ops on the host besides our own ops: output allocation and views.
 ALLOWED_INSIDE = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::as_strided", "aten::view"}
@@ -100,3 +102,18 @@ def test_kernel_launches_per_call_on_the_gpu(backend, channels_last):
     grad_y = torch.ones_like(outputs[0])
     _, backward = kernels(lambda: torch.autograd.grad(outputs, x, [grad_y, grad_loss], retain_graph=True))
     assert forward <= 2 and backward == 1
+
+
+def test_host_batches_stay_as_they_are_for_the_cpu():
+    x = torch.randn(3, 4)
+    assert to_device(x, torch.device("cpu")) is x  # (no copy, no pinning without a GPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_host_batches_reach_the_gpu_through_pinned_memory():
+    """A training step's batch (a rank's strided share of it here) reaches the GPU through
+    pinned memory, queued without waiting; its values arrive and the host batch is untouched."""
+    x = torch.randn(64, 3, 8, 8)[1::2]
+    y = to_device(x, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert y.device.type == "cuda" and torch.equal(y.cpu(), x) and not x.is_pinned()
