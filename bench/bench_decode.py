@@ -276,6 +276,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``run``, the device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
+
 def one_pass(run: Callable[[], int], device: torch.device) -> float:
     """images/s of one call of ``run`` (which returns how many images it handled)."""
     _sync(device)

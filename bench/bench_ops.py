@@ -451,6 +451,19 @@ def device_tag(device: torch.device) -> str:
     return "gpu-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
 
 
+def save_results(benchmark: str, prefix: str, device: torch.device, args: argparse.Namespace, results: List[Dict],
+                 projection: Dict, **sections) -> None:
+    """The JSON of a benchmark that projects a whole run: its settings (the arguments but
+    --out), ``sections``, its rows and the projection, at --out or at
+    bench/results/<prefix>-<device>-<date>.json."""
+    payload = {
+        "benchmark": benchmark, "date": datetime.date.today().isoformat(),
+        "environment": environment(device, torch.get_num_threads()),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, **sections,
+        "results": results, "projection": projection,
+    }
+    write_json(args.out or os.path.join(RESULTS, f"{prefix}-{device_tag(device)}-{payload['date']}.json"), payload)
+
 def unless_given(value, default):
     """An option's ``value``, or ``default`` where it was not given (None): a given 0 stays 0,
     for the range check to refuse, where ``value or default`` would replace it silently."""

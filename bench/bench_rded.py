@@ -25,20 +25,18 @@ then the median of --decode-rounds passes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Dict, List
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_decode import _cores, _sync, generate_images, make_source, one_pass, pipeline_run  # noqa: E402
-from bench_ops import RESULTS, device_tag, environment, unless_given, write_json  # noqa: E402
+from bench_decode import _cores, generate_images, make_source, one_pass, pipeline_run, timed_seconds  # noqa: E402
+from bench_ops import save_results, unless_given  # noqa: E402
 
 from infer_fast.data.folders import DEFAULT_DECODER  # noqa: E402
 from infer_fast.data.registry import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -49,18 +47,10 @@ from infer_fast.models import create_model  # noqa: E402
 IMAGENET_CLASSES = 1000
 
 
-def _timed(run, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    run()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def seconds_per_call(run, calls: int, device: torch.device) -> List[float]:
     """Seconds of each of ``calls`` timed calls of ``run``, after an untimed one."""
     run()
-    return [_timed(run, device) for _ in range(calls)]
+    return [timed_seconds(run, device) for _ in range(calls)]
 
 
 def score_seconds(teachers, recipe: Dict, ipc: int, size: int, classes: int, device: torch.device) -> List[float]:
@@ -190,14 +180,7 @@ def main(argv=None) -> int:
     print(f"projected {args.num_classes} classes: scoring {projected['scoring_s'] / 60:.1f} min, decoding "
           f"{projected['decoding_s'] / 60:.1f} min; overlapped {projected['overlapped_s'] / 60:.1f} min, "
           f"serial {projected['serial_s'] / 60:.1f} min")
-    payload = {
-        "benchmark": "bench_rded", "date": datetime.date.today().isoformat(),
-        "environment": environment(device, torch.get_num_threads()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "recipe": recipe,
-        "results": rows, "projection": projected,
-    }
-    out = args.out or os.path.join(RESULTS, f"rded-{device_tag(device)}-{payload['date']}.json")
-    write_json(out, payload)
+    save_results("bench_rded", "rded", device, args, rows, projected, recipe=recipe)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import math
 import os
 import statistics
@@ -39,8 +38,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_decode import _sync  # noqa: E402
-from bench_ops import RESULTS, device_tag, environment, unless_given, write_json  # noqa: E402
+from bench_decode import timed_seconds  # noqa: E402
+from bench_ops import save_results, unless_given  # noqa: E402
 
 from infer_fast.data import get_spec  # noqa: E402
 from infer_fast.storage import DistilledSet  # noqa: E402
@@ -63,12 +62,8 @@ def random_set(dataset: str, size: int, images: int, seed: int) -> DistilledSet:
 
 
 def _ms_per(run, count: int, device: torch.device) -> float:
-    """Milliseconds per unit of one call of ``run`` doing ``count`` units, synced both ends."""
-    _sync(device)
-    start = time.perf_counter()
-    run()
-    _sync(device)
-    return 1000 * (time.perf_counter() - start) / count
+    """Milliseconds per unit of one call of ``run`` doing ``count`` units."""
+    return 1000 * timed_seconds(run, device) / count
 
 
 def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device) -> Dict[str, List[float]]:
@@ -153,14 +148,7 @@ def main(argv=None) -> int:
     print(f"projected {args.images} images x {cfg.epochs} epochs ({projected['steps']} steps): "
           f"{projected['loop_h']:.2f} h at the loop's speed; {projected['overlapped_h']:.2f} h overlapped, "
           f"{projected['serial_h']:.2f} h serial")
-    payload = {
-        "benchmark": "bench_student", "date": datetime.date.today().isoformat(),
-        "environment": environment(device, torch.get_num_threads()),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "config": dataclasses.asdict(cfg),
-        "results": rows, "projection": projected,
-    }
-    out = args.out or os.path.join(RESULTS, f"student-{device_tag(device)}-{payload['date']}.json")
-    write_json(out, payload)
+    save_results("bench_student", "student", device, args, rows, projected, config=dataclasses.asdict(cfg))
     return 0
 
 

@@ -3,6 +3,7 @@
 TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before any test
 module imports infer_fast.
 """
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,13 @@ def run_bench_script(script: str, *args, timeout: float = 300) -> subprocess.Com
     return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
 
+
+def run_bench_json(script: str, out, *args, timeout: float = 300):
+    """(process, its JSON) of ``python bench/<script> args... --out <out>``, which must end
+    with status 0."""
+    proc = run_bench_script(script, *args, "--out", out, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(Path(out).read_text())
 
 def backend_params():
     """(backend, device) pairs; those that cannot run here are skipped with the reason."""

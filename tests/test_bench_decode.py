@@ -1,18 +1,14 @@
 """Smoke test of the decode benchmark's --quick mode: it runs and writes the rows it promises
 (the timings themselves are benchmarks, never asserted here)."""
-import json
 
 import pytest
-from conftest import run_bench_script
+from conftest import run_bench_json
 
 from infer_fast.data.folders import DECODERS
 
 
 def test_quick_mode_writes_every_row(tmp_path):
-    out = tmp_path / "decode.json"
-    proc = run_bench_script("bench_decode.py", "--quick", "--out", out)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    proc, result = run_bench_json("bench_decode.py", tmp_path / "decode.json", "--quick")
     assert result["settings"]["quick"] and result["settings"]["workers"] == [0, 1]
     image_set = result["image_set"]
     assert image_set["source"] == "generated" and image_set["n"] == 6

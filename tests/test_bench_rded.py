@@ -1,16 +1,12 @@
 """Smoke test of the RDED benchmark's --quick mode: it runs, writes the rows it promises and a
 projection made from them (the timings themselves are benchmarks, never asserted here)."""
-import json
 
 import pytest
-from conftest import run_bench_script
+from conftest import run_bench_json, run_bench_script
 
 
 def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
-    out = tmp_path / "rded.json"
-    proc = run_bench_script("bench_rded.py", "--quick", "--out", out)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    proc, result = run_bench_json("bench_rded.py", tmp_path / "rded.json", "--quick")
     settings, recipe = result["settings"], result["recipe"]
     assert settings["quick"] and settings["ipc"] == 1 and settings["classes"] == 2
     assert (recipe["factor"], recipe["candidates_per_class"], recipe["crops_per_image"]) == (2, 8, 2)

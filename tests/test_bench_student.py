@@ -1,18 +1,14 @@
 """Smoke test of the student benchmark's --quick mode: it runs, writes the three rows it
 promises and a projection made from them, and the GPU session's summary reports it (the
 timings themselves are benchmarks, never asserted here)."""
-import json
 import math
 
 import pytest
-from conftest import run_bench_script
+from conftest import run_bench_json, run_bench_script
 
 
 def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
-    out = tmp_path / "student.json"
-    proc = run_bench_script("bench_student.py", "--quick", "--out", out)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    proc, result = run_bench_json("bench_student.py", tmp_path / "student.json", "--quick")
     settings, config = result["settings"], result["config"]
     assert settings["recipe"] == "imagenet" and (settings["steps"], settings["rounds"], settings["size"]) == (2, 1, 32)
     assert (config["model"], config["batch_size"], config["epochs"]) == ("convnet-w8-d2", 8, 300)
