@@ -177,13 +177,14 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         model.train()
         step_losses = StepLosses(steps_per_epoch, device)
         # the epoch's batches in that order: slices in memory, decoded by DataLoader workers from folders
-        batches = train.batches(cfg.batch_size, order, pin_memory=device.type == "cuda")
+        # (not pinned: they are augmented on the host first, and the augmented batch goes through pinned memory)
+        batches = train.batches(cfg.batch_size, order)
         bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            disable=not progress, leave=False)
         for step, (images, labels) in enumerate(bar):
             # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
             x = to_device(normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std), device)
-            y = labels.to(device, non_blocking=True)
+            y = to_device(labels, device)
             loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
