@@ -247,7 +247,7 @@ def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "cro
         pixels = random_crop_with_padding(pixels, size, max(1, size[1] // 8), gen)
     else:
         pixels = random_resized_crop(pixels, size, RESIZED_CROP_SCALE, RESIZED_CROP_RATIO, gen)
-    return normalize(random_flip(pixels, gen), mean, std)
+    return normalize(random_flip(pixels, gen, inplace=True), mean, std)  # (pixels: made here)
 
 
 def sample_lambda(alpha: float, gen: torch.Generator) -> float:
@@ -281,13 +281,15 @@ def cutmix_box(height: int, width: int, lam: float, gen: torch.Generator) -> Tup
 
 
 def cutmix(x: Tensor, z: Optional[Tensor], lam: float, perm: Tensor,
-           gen: torch.Generator) -> Tuple[Tensor, Optional[Tensor], float]:
+           gen: torch.Generator, inplace: bool = False) -> Tuple[Tensor, Optional[Tensor], float]:
     """Paste one :func:`cutmix_box` of x[perm] into x (the same box for the whole batch) and
     mix the targets with the lambda of the box actually pasted, 1 - box area / image area:
-    z' = lam z + (1 - lam) z[perm] (logit space; z may be None). Returns (x', z', lam)."""
+    z' = lam z + (1 - lam) z[perm] (logit space; z may be None). Returns (x', z', lam).
+    ``inplace``: paste into ``x`` itself (a batch the caller owns: no copy of the batch)."""
     height, width = x.shape[-2:]
     top, bottom, left, right = cutmix_box(height, width, lam, gen)
-    x_mixed = x.clone()
+    x_mixed = x if inplace else x.clone()
+    # (the boxes of x[perm] are gathered into a new tensor before any is pasted)
     x_mixed[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
     lam = 1.0 - (bottom - top) * (right - left) / (height * width)
     return x_mixed, _mix_logits(z, lam, perm), lam
@@ -486,7 +488,7 @@ class _StudentRun:
             if cfg.mix == "mixup":
                 x, z = mixup(x, z, lam, perm)
             else:
-                x, z, _ = cutmix(x, z, lam, perm, self.gen)
+                x, z, _ = cutmix(x, z, lam, perm, self.gen, inplace=True)  # (x: made by augment)
         return x, z
 
     def result(self, elapsed: float, progress: bool) -> Dict[str, Any]:

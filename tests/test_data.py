@@ -503,6 +503,9 @@ def test_random_flip():
     # the flags are one uniform draw per sample from the generator
     expected = torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) < 0.5
     assert torch.equal(flipped, expected)
+    # in place: the same draws and values, written into x itself
+    mine = x.clone()
+    assert random_flip(mine, torch.Generator().manual_seed(1), inplace=True) is mine and torch.equal(mine, out)
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect"])

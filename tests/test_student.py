@@ -264,6 +264,10 @@ def test_cutmix_pastes_one_box_and_mixes_logits_with_its_area():
     # lam = 1: nothing is pasted
     same, z_same, lam_same = cutmix(x, z, 1.0, perm, gen)
     assert torch.equal(same, x) and torch.equal(z_same, z) and lam_same == 1.0
+    # in place (a batch the caller owns): the same images, pasted into x itself (perm's boxes read first)
+    mine = x.clone()
+    pasted, _, lam_in_place = cutmix(mine, z, 0.6, perm, torch.Generator().manual_seed(7), inplace=True)
+    assert pasted is mine and torch.equal(mine, xm) and lam_in_place == lam
 
 
 def test_cutmix_box_is_the_standard_clipped_box():

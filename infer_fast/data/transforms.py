@@ -126,11 +126,19 @@ def random_crop_with_padding(
     return x[batch, chans, rows, cols]
 
 
-def random_flip(x: torch.Tensor, gen: Optional[torch.Generator] = None, p: float = 0.5) -> torch.Tensor:
-    """Mirror each sample's width axis with probability ``p`` (one draw per sample)."""
+def random_flip(x: torch.Tensor, gen: Optional[torch.Generator] = None, p: float = 0.5,
+                inplace: bool = False) -> torch.Tensor:
+    """Mirror each sample's width axis with probability ``p`` (one draw per sample).
+    ``inplace``: mirror the drawn samples of ``x`` itself (the same values, without a mirrored
+    copy of every sample and a select: for a batch the caller owns)."""
     _check_batch(x, "random_flip")
-    flip = _rand(x.shape[0], gen, x.device) < p
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if not inplace:
+        flip = _rand(x.shape[0], gen, x.device) < p
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    # (the same draws, on the host: which samples to index needs no device sync)
+    rows = (_rand(x.shape[0], gen, torch.device("cpu")) < p).nonzero().squeeze(1).to(x.device)
+    x[rows] = x[rows].flip(-1)
+    return x
 
 
 def resized_crop_boxes(
