@@ -18,8 +18,12 @@ The JSON also gives the loop's time against the two parts': "serial" (their sum:
 overlaps) and "overlapped" (the larger: the host's work hidden behind the device's or the
 reverse); where the loop lands between them says how much of the smaller part is hidden.
 
-Projection: the recipe's epochs x ceil(--images / batch) steps x the loop's ms per step, and
-the same at the overlapped bound. The set is random pixels with random soft labels (a step's
+--dynamic TEACHERS times an INFER+Dyn student instead: the teachers (random weights) label every
+mixed batch on the device, in the device's part.
+
+Projection: the recipe's epochs (--epochs: another count, e.g. INFER+Dyn's round(epochs / (M + 1))
+in `infer-fast run`) x ceil(--images / batch) steps x the loop's ms per step, and the same at the
+overlapped bound. The set is random pixels with random soft labels (a step's
 cost does not depend on the content), --steps batches of the recipe's size; the student's
 weights start from the recipe's seed.
 """
@@ -42,6 +46,7 @@ from bench_decode import timed_seconds  # noqa: E402
 from bench_ops import save_results, unless_given  # noqa: E402
 
 from infer_fast.data import get_spec  # noqa: E402
+from infer_fast.models import create_model  # noqa: E402
 from infer_fast.storage import DistilledSet  # noqa: E402
 from infer_fast.student import StudentConfig, _StudentRun, recipe_of  # noqa: E402
 
@@ -106,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", help="student model (default: the protocol's ResNet-18; --quick convnet-w8-d2)")
     parser.add_argument("--size", type=int, help="image side (default: the dataset's; --quick 32)")
     parser.add_argument("--batch-size", type=int, help="default: the recipe's; --quick 8")
+    parser.add_argument("--epochs", type=int, help="epochs of the projected run (default: the recipe's)")
+    parser.add_argument("--dynamic", metavar="TEACHERS", help="comma-separated teacher models: an INFER+Dyn student, "
+                                                             "its batches labelled by them")
     parser.add_argument("--steps", type=int, help="batches timed per round (default 20 on GPU, 4 on CPU; --quick 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each row (default 3; --quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -122,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.rounds = 1
     args.images = unless_given(args.images, args.ipc * spec.num_classes)
-    for name in ("ipc", "images", "size", "batch_size", "steps", "rounds"):
+    for name in ("ipc", "images", "size", "batch_size", "steps", "rounds") + (("epochs",) if args.epochs is not None else ()):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     return args
@@ -131,10 +139,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    cfg = StudentConfig.from_recipe(args.recipe, model=args.model, batch_size=args.batch_size, device=args.device)
+    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    cfg = StudentConfig.from_recipe(args.recipe, model=args.model, batch_size=args.batch_size, device=args.device,
+                                    dynamic=args.dynamic is not None, **overrides)
     distilled = random_set(DATASETS[args.dataset], args.size, args.steps * args.batch_size, seed=0)
-    student = _StudentRun(distilled, None, cfg, teachers=None, ddp=False)
-    print(f"student {args.model} on {device}, the {args.recipe} recipe ({cfg.augmentation}, {cfg.mix}, batch "
+    teachers = None if args.dynamic is None else [
+        create_model(name, num_classes=distilled.num_classes, image_size=args.size).to(device).eval()
+        for name in args.dynamic.split(",")]
+    student = _StudentRun(distilled, None, cfg, teachers=teachers, ddp=False)
+    labels = "soft labels" if teachers is None else f"labelled by {args.dynamic} on every batch"
+    print(f"student {args.model} ({labels}) on {device}, the {args.recipe} recipe ({cfg.augmentation}, {cfg.mix}, batch "
           f"{cfg.batch_size}, {cfg.epochs} epochs), {args.size} px: {args.steps} steps x {args.rounds} rounds")
     runs = measure(student, args.steps, args.rounds, device)
     ms = {name: statistics.median(values) for name, values in runs.items()}

@@ -33,6 +33,22 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     assert f"projected 10000 images x 300 epochs: {p['loop_h']:.2f} h" in summary.stdout
 
 
-def test_bad_settings_are_refused():
-    proc = run_bench_script("bench_student.py", "--quick", "--steps", "0", timeout=120)
-    assert proc.returncode == 2 and "--steps must be a positive integer" in proc.stderr
+def test_dynamic_students_and_other_epoch_counts(tmp_path):
+    """--dynamic: an INFER+Dyn student, its batches labelled by the named teachers; --epochs: the
+    projected run's epochs (INFER+Dyn's reduced count in `infer-fast run`)."""
+    proc, result = run_bench_json("bench_student.py", tmp_path / "student.json", "--quick", "--dynamic",
+                                  "convnet-w8-d2,convnet-w8-d2", "--epochs", "75")
+    config, p = result["config"], result["projection"]
+    assert config["dynamic"] and config["epochs"] == 75 and p["epochs"] == 75 and p["steps"] == 75 * 1250
+    assert "labelled by convnet-w8-d2,convnet-w8-d2 on every batch" in proc.stdout
+    summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert "32 px, labelled by convnet-w8-d2,convnet-w8-d2 on every batch): host prep" in summary.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--epochs", "0"], "--epochs must be a positive integer"),
+])
+def test_bad_settings_are_refused(args, message):
+    proc = run_bench_script("bench_student.py", "--quick", *args, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
