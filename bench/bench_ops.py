@@ -464,6 +464,24 @@ def save_results(benchmark: str, prefix: str, device: torch.device, args: argpar
     }
     write_json(args.out or os.path.join(RESULTS, f"{prefix}-{device_tag(device)}-{payload['date']}.json"), payload)
 
+def profile_ops(fn: Callable[[], None], device: torch.device, top: int = 12) -> Dict:
+    """The operators that take the time of ``fn()``: device time on CUDA, host time on CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return {"by": "device time" if cuda else "host time", "total_ms": total / 1e3,
+            "top": [{"name": e.key, "ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
+                    for e in ranked]}
+
 def unless_given(value, default):
     """An option's ``value``, or ``default`` where it was not given (None): a given 0 stays 0,
     for the range check to refuse, where ``value or default`` would replace it silently."""

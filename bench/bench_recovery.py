@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_ops import environment  # noqa: E402
+from bench_ops import environment, profile_ops  # noqa: E402
 
 from infer_fast.data import get_spec, normalize  # noqa: E402
 from infer_fast.data.transforms import resized_crop_boxes  # noqa: E402  (the toolkit's own box draw)
@@ -287,25 +287,6 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
             for op in best["profile"]["top"]:
                 print(f"    {op['share']:6.1%}  {op['ms']:9.2f} ms  {op['calls']:6d} calls  {op['name'][:70]}")
     return rows
-
-
-def profile_ops(fn: Callable[[], None], device: torch.device, top: int = 12) -> Dict:
-    """The operators that take the time of ``fn()``: device time on CUDA, host time on CPU."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
-    total = sum(getattr(e, key) for e in events) or 1.0
-    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
-    return {"by": "device time" if cuda else "host time", "total_ms": total / 1e3,
-            "top": [{"name": e.key, "ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
-                    for e in ranked]}
 
 
 def projections(rows: List[Dict], preset_name: str, hours_unit: str) -> List[Dict]:

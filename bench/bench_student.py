@@ -14,6 +14,8 @@ Rows, each the median over --rounds:
                loss, backward, AdamW) on batches made beforehand, --steps in a row, one sync
   train loop   ms per step of whole epochs of ``train_epoch`` (both parts, as a run does them),
                after one untimed epoch
+--profile adds, to the first two rows, the operators that take their time (torch.profiler: the
+host's time for the host part, the device's time for the device step on a GPU).
 The JSON also gives the loop's time against the two parts': "serial" (their sum: nothing
 overlaps) and "overlapped" (the larger: the host's work hidden behind the device's or the
 reverse); where the loop lands between them says how much of the smaller part is hidden.
@@ -36,14 +38,14 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_decode import timed_seconds  # noqa: E402
-from bench_ops import save_results, unless_given  # noqa: E402
+from bench_ops import profile_ops, save_results, unless_given  # noqa: E402
 
 from infer_fast.data import get_spec  # noqa: E402
 from infer_fast.models import create_model  # noqa: E402
@@ -71,8 +73,11 @@ def _ms_per(run, count: int, device: torch.device) -> float:
     return 1000 * timed_seconds(run, device) / count
 
 
-def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device) -> Dict[str, List[float]]:
-    """ms per step of the host's part, the device's part and the loop, ``rounds`` times each."""
+def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device,
+            profile: bool = False) -> Tuple[Dict[str, List[float]], Dict[str, Dict]]:
+    """ms per step of the host's part, the device's part and the loop, ``rounds`` times each;
+    with ``profile``, where the time of each part goes (the host's: host time; the device's:
+    device time on a GPU)."""
     batch = student.cfg.batch_size
     order = torch.randperm(student.n, generator=torch.Generator().manual_seed(0))
     indices = [order[s * batch:(s + 1) * batch] for s in range(steps)]
@@ -85,7 +90,11 @@ def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device)
         host.append(1000 * (time.perf_counter() - start) / steps)
     device_ms = [_ms_per(lambda: [student.step(x, z, batch) for x, z in made], steps, device) for _ in range(rounds)]
     loop = [_ms_per(lambda: student.train_epoch(0, progress=False), steps, device) for _ in range(rounds)]
-    return {"host prep": host, "device step": device_ms, "train loop": loop}
+    profiles = {}
+    if profile:
+        profiles["host prep"] = profile_ops(lambda: [student.mixed_batch(idx) for idx in indices], torch.device("cpu"))
+        profiles["device step"] = profile_ops(lambda: [student.step(x, z, batch) for x, z in made], device)
+    return {"host prep": host, "device step": device_ms, "train loop": loop}, profiles
 
 
 def projection(ms: Dict[str, float], epochs: int, images: int, batch: int) -> Dict:
@@ -117,6 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="batches timed per round (default 20 on GPU, 4 on CPU; --quick 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each row (default 3; --quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", action="store_true", help="also where each part's time goes (top operators)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     parser.add_argument("--out", help="JSON path (default bench/results/student-<device>-<date>.json)")
     args = parser.parse_args(argv)
@@ -150,13 +160,16 @@ def main(argv=None) -> int:
     labels = "soft labels" if teachers is None else f"labelled by {args.dynamic} on every batch"
     print(f"student {args.model} ({labels}) on {device}, the {args.recipe} recipe ({cfg.augmentation}, {cfg.mix}, batch "
           f"{cfg.batch_size}, {cfg.epochs} epochs), {args.size} px: {args.steps} steps x {args.rounds} rounds")
-    runs = measure(student, args.steps, args.rounds, device)
+    runs, profiles = measure(student, args.steps, args.rounds, device, args.profile)
     ms = {name: statistics.median(values) for name, values in runs.items()}
     rows = [{"section": name, "ms_per_step": ms[name], "ms_per_step_rounds": runs[name],
-             "images_per_s": 1000 * cfg.batch_size / ms[name]} for name in runs]
+             "images_per_s": 1000 * cfg.batch_size / ms[name], **({"profile": profiles[name]} if name in profiles else {})}
+            for name in runs]
     projected = projection(ms, cfg.epochs, args.images, cfg.batch_size)
     for row in rows:
         print(f"  {row['section']:<12} {row['ms_per_step']:9.2f} ms/step  {row['images_per_s']:9.0f} images/s")
+        for op in row.get("profile", {}).get("top", [])[:6]:
+            print(f"      {op['share']:6.1%} of its {row['profile']['by']}  {op['calls']:5d} calls  {op['name'][:60]}")
     print(f"  the loop takes {projected['loop_of_serial']:.0%} of the parts' sum (all overlapped: "
           f"{projected['overlapped_of_serial']:.0%})")
     print(f"projected {args.images} images x {cfg.epochs} epochs ({projected['steps']} steps): "

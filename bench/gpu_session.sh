@@ -13,8 +13,9 @@
 #   imagenet  bench_recovery.py at ImageNet shapes, the three teachers, 10 iterations, profiled
 #   rded      bench_rded.py: RDED's scoring and decoding at the ImageNet-1k ipc 10 recipe, projected
 #             to the 1000 classes (issue 22's "in minutes on one GPU"); late, so it runs on what is left
-#   student   bench_student.py: a ResNet-18 student's step at the ImageNet recipe, the host's batch
-#             preparation against the device's step, projected to 300 epochs of ImageNet-1k ipc 10
+#   student   bench_student.py --profile: a ResNet-18 student's step at the ImageNet recipe, the host's
+#             batch preparation against the device's step (and where each spends its time), projected
+#             to 300 epochs of ImageNet-1k ipc 10
 #   summary   what passed, what was measured, which targets were met (printed last)
 # `all` gives each step a time limit (STEP_LIMITS below) and skips what no longer fits the
 # overall limit (BUDGET_S, default 540 s), so a slow step never costs the summary.
@@ -99,7 +100,7 @@ step_rded() {
 step_student() {
   local bounded=()
   [ "$GPU" = 1 ] || bounded=(--model convnet-w8-d2 --size 32 --steps 2 --rounds 1)  # a CPU dry run: seconds
-  run student "$PY" bench/bench_student.py "${bounded[@]}" --out "$DEST/student.json" "$@"
+  run student "$PY" bench/bench_student.py --profile "${bounded[@]}" --out "$DEST/student.json" "$@"
 }
 
 step_summary() {
@@ -118,7 +119,7 @@ one_step() {  # one_step NAME [args...]
     rded) step_rded "$@" ;;
     student) step_student "$@" ;;
     summary) step_summary ;;
-    *) sed -n '2,24p' "$0"; exit 2 ;;
+    *) sed -n '2,25p' "$0"; exit 2 ;;
   esac
 }
 

@@ -127,12 +127,17 @@ def student_lines(result) -> List[str]:
         return []
     s, c, p = result["settings"], result["config"], result["projection"]
     parts = ", ".join(f"{r['section']} {r['ms_per_step']:.1f}" for r in result["results"])
-    return [
+    out = [
         f"student ({c['model']}, {s['recipe']} recipe, batch {c['batch_size']}, {s['size']} px"
         f"{', labelled by ' + s['dynamic'] + ' on every batch' if s.get('dynamic') else ''}): {parts} ms/step",
         f"    the loop takes {p['loop_of_serial']:.0%} of the parts' sum (all overlapped: {p['overlapped_of_serial']:.0%}); "
         f"projected {p['images']} images x {p['epochs']} epochs: {p['loop_h']:.2f} h",
     ]
+    for r in result["results"]:
+        if "profile" in r:
+            top = ", ".join(f"{op['name']} {op['share']:.0%}" for op in r["profile"]["top"][:3])
+            out.append(f"    {r['section']} ({r['profile']['by']}): {top}")
+    return out
 
 
 if __name__ == "__main__":

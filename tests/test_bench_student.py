@@ -33,6 +33,20 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     assert f"projected 10000 images x 300 epochs: {p['loop_h']:.2f} h" in summary.stdout
 
 
+def test_profile_says_where_each_part_spends_its_time(tmp_path):
+    _, result = run_bench_json("bench_student.py", tmp_path / "student.json", "--quick", "--profile")
+    rows = {r["section"]: r for r in result["results"]}
+    assert "profile" not in rows["train loop"]
+    for name in ("host prep", "device step"):
+        profile = rows[name]["profile"]
+        assert profile["by"] == "host time" and 0 < len(profile["top"]) <= 12  # (a CPU run: host time for both)
+        assert all(op["ms"] > 0 and 0 < op["share"] <= 1 and op["calls"] >= 1 for op in profile["top"])
+    assert any("upsample" in op["name"] for op in rows["host prep"]["profile"]["top"])  # RandomResizedCrop's resize
+    assert any("convolution" in op["name"] for op in rows["device step"]["profile"]["top"])
+    summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert "    host prep (host time): " in summary.stdout and "    device step (host time): " in summary.stdout
+
+
 def test_dynamic_students_and_other_epoch_counts(tmp_path):
     """--dynamic: an INFER+Dyn student, its batches labelled by the named teachers; --epochs: the
     projected run's epochs (INFER+Dyn's reduced count in `infer-fast run`)."""
