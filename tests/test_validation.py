@@ -101,6 +101,24 @@ def test_errors_come_before_any_kernel(monkeypatch):
         ufc_compose(**compose_args(index=torch.tensor([0, 7])))
 
 
+
+def test_an_index_at_the_address_of_a_checked_one_is_checked_again():
+    """The once-per-tensor check of index values is tied to the tensor object, not to its
+    address and version: a new out-of-range index in the memory of a checked one (as the
+    allocator hands out a freed block; here the same storage, made so on purpose) is refused,
+    not dispatched (CI once dispatched [0, 7] this way, test_errors_come_before_any_kernel)."""
+    storage = torch.tensor([0, 1]).untyped_storage()
+    checked = torch.empty(0, dtype=torch.int64).set_(storage, 0, (2,))
+    ufc_compose(**compose_args(index=checked))  # valid: checked and remembered
+    address, version = checked.data_ptr(), checked._version
+    del checked
+    storage_view = torch.empty(0, dtype=torch.int64).set_(storage, 0, (2,))
+    storage_view.data.copy_(torch.tensor([0, 7]))  # (a raw write: like fresh memory, no version of this tensor)
+    bad = torch.empty(0, dtype=torch.int64).set_(storage, 0, (2,))
+    assert (bad.data_ptr(), bad._version) == (address, version)  # what the old address-keyed record matched
+    with pytest.raises(ValueError, match=r"index values must lie in \[0, 3\).*got \[0, 7\]"):
+        ufc_compose(**compose_args(index=bad))
+
 def test_malformed_compose_bounds_name_the_problem():
     """NaN bounds and lo > hi are refused before any kernel, given as numbers, lists or tensors."""
     for lo, hi, match in ((float("nan"), 1.0, "lo must not be NaN"), (-1.0, [1.0, float("nan")], "hi must not be NaN"),

@@ -36,6 +36,8 @@ class Augmentation:
             self.draws = torch.stack([self._draw(g, iterations) for g in gens], 1).to(self.device)
         self.rows = torch.arange(height, device=self.device)
         self.cols = torch.arange(width, device=self.device)
+        # one group's own source row (made once: ufc_compose checks an index tensor's values once)
+        self.first_row = torch.zeros(1, dtype=torch.int64, device=self.device)
 
     def _draw(self, gen: torch.Generator, iterations: int, first: int = 0) -> Tensor:
         """One job's draws for ``iterations`` iterations from iteration ``first``: (iterations, 2)
@@ -87,11 +89,10 @@ class Augmentation:
         ``source[source_rows[g]]``, host indices): what the chunked mode feeds the teacher
         chunk by chunk, with autograd to ``variable`` (and ``source``)."""
         parts = []
-        zero = torch.zeros(1, dtype=torch.int64, device=variable.device)
         for g in range(lo // num_classes, (hi - 1) // num_classes + 1):
             c0, c1 = max(lo - g * num_classes, 0), min(hi - g * num_classes, num_classes)
             k = source_rows[g]
-            part = self.apply(source[k:k + 1, c0:c1], variable[g:g + 1], zero,
+            part = self.apply(source[k:k + 1, c0:c1], variable[g:g + 1], self.first_row,
                               None if draw is None else draw[g:g + 1], backend)
             parts.append(part.flatten(0, 1))
         return parts[0] if len(parts) == 1 else torch.cat(parts)

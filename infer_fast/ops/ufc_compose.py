@@ -10,6 +10,7 @@ C++, csrc/autograd.cpp; passes in the chosen backend).
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Optional, Sequence, Union
 
 import torch
@@ -23,21 +24,25 @@ Bound = Union[None, float, Sequence[float], Tensor]
 _ext, _ = backends.compiled_extension()
 _compose_op = torch.ops.infer_fast_C.ufc_compose.default if _ext is not None else None
 
-# Checks that need a tensor's values (a host sync on a GPU) run once per tensor version: a
-# recovery loop that reuses its index and bounds does not sync at every step.
-_checked_values: dict = {}
+# Checks that need a tensor's values (a host sync on a GPU) run once per tensor object and
+# version: a recovery loop that reuses its index and bounds does not sync at every step. A
+# record holds weak references to the very tensors checked, never just their addresses (the
+# allocator gives a freed block to the next tensor of that size: a new out-of-range index
+# there must be checked, not taken for the one checked before); a dead reference matches nothing.
+_checked_values: dict = {}  # (what, id of the first tensor) -> (weak references, versions)
 
 
 def _check_values_once(tensors: Sequence[Tensor], what: str, check) -> None:
     if torch.compiler.is_compiling():
         return  # values are unknown while tracing; the eager call checked them
-    key = (what,) + tuple((t.data_ptr(), t._version, t.numel(), t.device) for t in tensors)
-    if key in _checked_values:
+    key, versions = (what, id(tensors[0])), tuple(t._version for t in tensors)
+    seen = _checked_values.get(key)
+    if seen is not None and seen[1] == versions and all(ref() is t for ref, t in zip(seen[0], tensors)):
         return
     check()
     if len(_checked_values) > 64:
         _checked_values.clear()
-    _checked_values[key] = True
+    _checked_values[key] = (tuple(weakref.ref(t) for t in tensors), versions)
 
 
 def _check_index(index: Tensor, num_sets: int) -> None:
