@@ -109,6 +109,18 @@ def test_compile_fullgraph_no_graph_breaks():
     torch.testing.assert_close(grad, eager_grad)
 
 
+
+def test_a_compiled_compose_checks_each_index_it_is_given():
+    """Under torch.compile the index values cannot be read while tracing: the graph checks
+    them each time it runs, so another index tensor given to the compiled function is refused
+    by the op's own message, before the kernel (which on CUDA trusts index)."""
+    torch._dynamo.reset()
+    natural, ufc = torch.randn(3, 5, 2, 4, 4), torch.randn(2, 2, 4, 4)
+    compiled = torch.compile(lambda index: ufc_compose(natural, ufc, index), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(torch.tensor([0, 2])), ufc_compose(natural, ufc, torch.tensor([0, 2])))
+    with pytest.raises(RuntimeError, match=r"ufc_compose: index values must lie in \[0, 3\)"):
+        compiled(torch.tensor([0, 7]))
+
 def test_compile_inductor():
     """Inductor compiles around the custom ops and gives the eager result."""
     torch._dynamo.reset()

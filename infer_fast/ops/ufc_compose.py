@@ -46,6 +46,14 @@ def _check_values_once(tensors: Sequence[Tensor], what: str, check) -> None:
 
 
 def _check_index(index: Tensor, num_sets: int) -> None:
+    if torch.compiler.is_compiling():
+        # values are unknown while tracing: the graph checks them each time it runs (no host
+        # sync; on a GPU a device-side assert, which stops the process instead of an
+        # out-of-bounds read by the CUDA kernel, which trusts index)
+        torch._assert_async(((index >= 0) & (index < num_sets)).all(),
+                            f"ufc_compose: index values must lie in [0, {num_sets}) (natural has {num_sets} sets)")
+        return
+
     def check():
         lowest, highest = (int(v) for v in torch.aminmax(index))
         if lowest < 0 or highest >= num_sets:
