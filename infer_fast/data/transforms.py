@@ -132,11 +132,10 @@ def random_flip(x: torch.Tensor, gen: Optional[torch.Generator] = None, p: float
     ``inplace``: mirror the drawn samples of ``x`` itself (the same values, without a mirrored
     copy of every sample and a select: for a batch the caller owns)."""
     _check_batch(x, "random_flip")
+    flip = _rand(x.shape[0], gen, torch.device("cpu")) < p  # (on the host: the rows to index need no device sync)
     if not inplace:
-        flip = _rand(x.shape[0], gen, x.device) < p
-        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    # (the same draws, on the host: which samples to index needs no device sync)
-    rows = (_rand(x.shape[0], gen, torch.device("cpu")) < p).nonzero().squeeze(1).to(x.device)
+        return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    rows = flip.nonzero().squeeze(1).to(x.device)
     x[rows] = x[rows].flip(-1)
     return x
 
