@@ -37,7 +37,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from typing import Dict, List, Tuple
 
 import torch
@@ -52,8 +51,7 @@ from infer_fast.models import create_model  # noqa: E402
 from infer_fast.storage import DistilledSet  # noqa: E402
 from infer_fast.student import StudentConfig, _StudentRun, recipe_of  # noqa: E402
 
-DATASETS = {"imagenet": "imagenet", "cifar100": "cifar100"}  # --dataset: the split whose set is projected
-MODELS = {"imagenet": "resnet18-imagenet", "cifar100": "resnet18"}  # the protocols' students
+MODELS = {"imagenet": "resnet18-imagenet", "cifar100": "resnet18"}  # --dataset (the projected split): its protocol's student
 
 
 def random_set(dataset: str, size: int, images: int, seed: int) -> DistilledSet:
@@ -83,16 +81,17 @@ def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device,
     indices = [order[s * batch:(s + 1) * batch] for s in range(steps)]
     student.model.train()
     student.train_epoch(0, progress=False)  # untimed: cuDNN's algorithm choice, the allocator, lazy inits
-    host, made = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        made = [student.mixed_batch(idx) for idx in indices]
-        host.append(1000 * (time.perf_counter() - start) / steps)
+    made: List = []
+
+    def prepare() -> None:
+        made[:] = [student.mixed_batch(idx) for idx in indices]
+
+    host = [_ms_per(prepare, steps, torch.device("cpu")) for _ in range(rounds)]
     device_ms = [_ms_per(lambda: [student.step(x, z, batch) for x, z in made], steps, device) for _ in range(rounds)]
     loop = [_ms_per(lambda: student.train_epoch(0, progress=False), steps, device) for _ in range(rounds)]
     profiles = {}
     if profile:
-        profiles["host prep"] = profile_ops(lambda: [student.mixed_batch(idx) for idx in indices], torch.device("cpu"))
+        profiles["host prep"] = profile_ops(prepare, torch.device("cpu"))
         profiles["device step"] = profile_ops(lambda: [student.step(x, z, batch) for x, z in made], device)
     return {"host prep": host, "device step": device_ms, "train loop": loop}, profiles
 
@@ -112,7 +111,7 @@ def projection(ms: Dict[str, float], epochs: int, images: int, batch: int) -> Di
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="imagenet", choices=tuple(DATASETS),
+    parser.add_argument("--dataset", default="imagenet", choices=tuple(MODELS),
                         help="the split and its recipe (default imagenet: the ImageNet recipe, 224 px)")
     parser.add_argument("--ipc", type=int, default=10, help="images per class of the projected set (default 10)")
     parser.add_argument("--images", type=int, help="training images of the projected set (default ipc x classes; "
@@ -131,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="JSON path (default bench/results/student-<device>-<date>.json)")
     args = parser.parse_args(argv)
     gpu = args.device.startswith("cuda")
-    spec = get_spec(DATASETS[args.dataset])
+    spec = get_spec(args.dataset)
     args.model = unless_given(args.model, "convnet-w8-d2" if args.quick else MODELS[args.dataset])
     args.size = unless_given(args.size, 32 if args.quick else spec.image_size)
     args.recipe = recipe_of(spec.name)
@@ -152,7 +151,7 @@ def main(argv=None) -> int:
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     cfg = StudentConfig.from_recipe(args.recipe, model=args.model, batch_size=args.batch_size, device=args.device,
                                     dynamic=args.dynamic is not None, **overrides)
-    distilled = random_set(DATASETS[args.dataset], args.size, args.steps * args.batch_size, seed=0)
+    distilled = random_set(args.dataset, args.size, args.steps * args.batch_size, seed=0)
     teachers = None if args.dynamic is None else [
         create_model(name, num_classes=distilled.num_classes, image_size=args.size).to(device).eval()
         for name in args.dynamic.split(",")]
