@@ -20,6 +20,9 @@ The JSON also gives the loop's time against the two parts': "serial" (their sum:
 overlaps) and "overlapped" (the larger: the host's work hidden behind the device's or the
 reverse); where the loop lands between them says how much of the smaller part is hidden.
 
+--precision bf16 and --channels-last time a student that computes so (StudentConfig's options:
+bf16 autocast for the forward passes, channels_last weights and batches).
+
 --dynamic TEACHERS times an INFER+Dyn student instead: the teachers (random weights) label every
 mixed batch on the device, in the device's part.
 
@@ -46,6 +49,7 @@ sys.path.insert(0, HERE)
 from bench_decode import timed_seconds  # noqa: E402
 from bench_ops import profile_ops, save_results, unless_given  # noqa: E402
 
+from infer_fast.choices import PRECISIONS  # noqa: E402
 from infer_fast.data import get_spec  # noqa: E402
 from infer_fast.models import create_model  # noqa: E402
 from infer_fast.storage import DistilledSet  # noqa: E402
@@ -122,6 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epochs of the projected run (default: the recipe's)")
     parser.add_argument("--dynamic", metavar="TEACHERS", help="comma-separated teacher models: an INFER+Dyn student, "
                                                              "its batches labelled by them")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the student's (default fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="weights and batches in channels_last")
     parser.add_argument("--steps", type=int, help="batches timed per round (default 20 on GPU, 4 on CPU; --quick 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each row (default 3; --quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -150,7 +156,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     cfg = StudentConfig.from_recipe(args.recipe, model=args.model, batch_size=args.batch_size, device=args.device,
-                                    dynamic=args.dynamic is not None, **overrides)
+                                    dynamic=args.dynamic is not None, precision=args.precision,
+                                    channels_last=args.channels_last, **overrides)
     distilled = random_set(args.dataset, args.size, args.steps * args.batch_size, seed=0)
     teachers = None if args.dynamic is None else [
         create_model(name, num_classes=distilled.num_classes, image_size=args.size).to(device).eval()
@@ -158,7 +165,8 @@ def main(argv=None) -> int:
     student = _StudentRun(distilled, None, cfg, teachers=teachers, ddp=False)
     labels = "soft labels" if teachers is None else f"labelled by {args.dynamic} on every batch"
     print(f"student {args.model} ({labels}) on {device}, the {args.recipe} recipe ({cfg.augmentation}, {cfg.mix}, batch "
-          f"{cfg.batch_size}, {cfg.epochs} epochs), {args.size} px: {args.steps} steps x {args.rounds} rounds")
+          f"{cfg.batch_size}, {cfg.epochs} epochs), {args.size} px, {cfg.precision}"
+          f"{' channels_last' if cfg.channels_last else ''}: {args.steps} steps x {args.rounds} rounds")
     runs, profiles = measure(student, args.steps, args.rounds, device, args.profile)
     ms = {name: statistics.median(values) for name, values in runs.items()}
     rows = [{"section": name, "ms_per_step": ms[name], "ms_per_step_rounds": runs[name],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List
 
 STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student")
+STUDENT_RESULTS = ("student.json", "student-bf16.json")  # the student step's two runs (gpu_session.sh)
 
 
 def read_json(path: Path):
@@ -99,7 +100,8 @@ def summary(directory: Path) -> str:
             out.append(f"    projection {p['run']}: {p['row']} {p['hours']:.3f} {p['unit']} "
                        f"(teachers measured: {', '.join(p['teachers_measured'])})")
     out += rded_lines(read_json(directory / "rded.json"))
-    out += student_lines(read_json(directory / "student.json"))
+    for name in STUDENT_RESULTS:
+        out += student_lines(read_json(directory / name))
     return "\n".join(out)
 
 
@@ -128,7 +130,8 @@ def student_lines(result) -> List[str]:
     s, c, p = result["settings"], result["config"], result["projection"]
     parts = ", ".join(f"{r['section']} {r['ms_per_step']:.1f}" for r in result["results"])
     out = [
-        f"student ({c['model']}, {s['recipe']} recipe, batch {c['batch_size']}, {s['size']} px"
+        f"student ({c['model']}, {s['recipe']} recipe, batch {c['batch_size']}, {s['size']} px, "
+        f"{c.get('precision', 'fp32')}{' channels_last' if c.get('channels_last') else ''}"
         f"{', labelled by ' + s['dynamic'] + ' on every batch' if s.get('dynamic') else ''}): {parts} ms/step",
         f"    the loop takes {p['loop_of_serial']:.0%} of the parts' sum (all overlapped: {p['overlapped_of_serial']:.0%}); "
         f"projected {p['images']} images x {p['epochs']} epochs: {p['loop_h']:.2f} h",

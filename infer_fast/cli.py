@@ -309,9 +309,10 @@ EVALUATE_STUDENT_OPTIONS = ("model", "epochs", "batch_size", "lr", "temperature"
 def _evaluation_protocol(args: argparse.Namespace, dataset=None):
     """The protocol the evaluate options ask for, validated (before any loading; with the set's
     ``dataset``: its family's student recipe unless --recipe, DD-Ranking's checked against it)."""
-    from .evaluate import make_protocol
+    from .evaluate import COMPUTE_FIELDS, make_protocol
 
-    student = {k: getattr(args, k) for k in EVALUATE_STUDENT_OPTIONS if getattr(args, k) is not None}
+    student = {k: getattr(args, k) for k in (*EVALUATE_STUDENT_OPTIONS, *COMPUTE_FIELDS)
+               if getattr(args, k) is not None}
     options = dict(weight=args.weight, full_data_epochs=args.full_data_epochs, random_subset_seed=args.random_subset_seed)
     if args.soft_labels is not None:
         options["soft_labels"] = args.soft_labels
@@ -492,6 +493,7 @@ def _add_relabel_and_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
+    from .evaluate import COMPUTE_FIELDS
     from .student import RECIPES, StudentConfig
 
     evaluate = sub.add_parser(
@@ -526,6 +528,7 @@ def _add_evaluate(sub) -> None:
                           help="infer-fast: student recipe (see train; default: the set's dataset's family's)")
     student = options_of(StudentConfig)
     add_flags(evaluate, (student[name] for name in EVALUATE_STUDENT_OPTIONS), default="the protocol's recipe")
+    add_flags(evaluate, (student[name] for name in COMPUTE_FIELDS))  # (StudentConfig's defaults)
     evaluate.add_argument("--seeds", type=int,
                           help="infer-fast: students per run (default 3); dd-ranking: rounds (default 5)")
     evaluate.add_argument("--weight", type=float, default=0.5, help="w of LRS and ARS (default 0.5)")

@@ -221,7 +221,7 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
     def trained(i: int) -> float:
         if i not in accuracies:
             accuracies[i] = train_full_data(model, distilled.real_dataset, data_root, device, protocol.full_data_epochs,
-                                            progress, seed=round_seed(i))
+                                            progress, seed=round_seed(i), student=protocol.student)
         return accuracies[i]
     return trained, f"trained here in every round: {model}, {protocol.full_data_epochs} epochs of the teacher recipe"
 

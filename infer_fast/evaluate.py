@@ -41,6 +41,9 @@ PROTOCOL_NAME = "infer-fast"  # the report's protocol name (the other: dd_rankin
 # the runs per seed: (name, labels, with the protocol's augmentation and mixing?)
 RUNS = (("soft", "soft", True), ("soft_plain", "soft", False), ("hard", "hard", True), ("hard_plain", "hard", False))
 SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
+# the StudentConfig fields that say how the students compute, not what they learn: a full-data run
+# trained here computes the same way
+COMPUTE_FIELDS = ("precision", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -146,15 +149,17 @@ def check_full_data_checkpoint(path, model: str, dataset: str) -> Dict[str, Any]
 
 
 def train_full_data(model: str, dataset: str, data_root, device: str, epochs: int, progress: bool,
-                    seed: int = 0) -> float:
-    """Test accuracy of ``model`` trained with the teacher recipe on the whole training split."""
+                    seed: int = 0, student: Optional[Dict[str, Any]] = None) -> float:
+    """Test accuracy of ``model`` trained with the teacher recipe on the whole training split,
+    computing as the students do (the COMPUTE_FIELDS of the protocol's ``student`` fields)."""
     import tempfile
 
     from .teacher import TeacherConfig, train_teacher
 
+    compute = {k: v for k, v in (student or {}).items() if k in COMPUTE_FIELDS}
     with tempfile.TemporaryDirectory(prefix="infer-fast-full-data-") as tmp:
         summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root,
-                                              device=device, seed=seed), f"{tmp}/full.pt", progress=progress)
+                                              device=device, seed=seed, **compute), f"{tmp}/full.pt", progress=progress)
     return float(summary["test_accuracy"])
 
 
@@ -167,7 +172,8 @@ def _full_data_accuracy(protocol: Protocol, dataset: str, data_root, device: str
         meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset)
         return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
                 f"({meta['model']}, {meta.get('epochs_done')} epochs)"}
-    accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress)
+    accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress,
+                               student=protocol.student)
     return {"accuracy": accuracy,
             "source": f"trained here: {model}, {protocol.full_data_epochs} epochs of the teacher recipe"}
 

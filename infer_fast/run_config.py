@@ -74,7 +74,7 @@ class PipelineConfig:
         the options of a ``scores: {protocol: ..., OPTION: VALUE}`` mapping."""
         from .data.registry import dataset_options
         from .dd_ranking import DDRankingProtocol
-        from .evaluate import Protocol, make_protocol
+        from .evaluate import COMPUTE_FIELDS, Protocol, make_protocol
 
         name = self.scores_protocol
         if name is None:
@@ -89,8 +89,8 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"{where}: scores: unknown option(s) {', '.join(unknown)} of the {name} protocol; allowed: "
                              f"protocol, {', '.join(allowed)}")
-        if name == "dd-ranking":  # (its student: the run's model and epochs; the rest is its recipe)
-            student = {k: v for k, v in student.items() if k in ("model", "epochs")}
+        if name == "dd-ranking":  # (its student: the run's model, epochs and how it computes; the rest is its recipe)
+            student = {k: v for k, v in student.items() if k in ("model", "epochs", *COMPUTE_FIELDS)}
         try:
             return make_protocol(name, student, self.seeds, dataset_options(self.dataset)[0], **options)
         except ValueError as exc:

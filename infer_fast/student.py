@@ -68,12 +68,14 @@ from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_device
 from . import distributed
-from .choices import STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
+from .choices import PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
 from .checks import check_choice, check_int
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of, with_recipe
 from .output_lock import holds_output
 from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
+from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
+                              model_in_layout)
 from .step_losses import StepLosses
 from .transfer import to_device
 
@@ -209,6 +211,8 @@ class StudentConfig(CheckedWhenMade):
         choices=STUDENT_SCHEDULES))
     device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
     eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
+    precision: str = field(default="fp32", metadata=option(TRAINING_PRECISION_HELP, choices=PRECISIONS))
+    channels_last: bool = field(default=False, metadata=option(CHANNELS_LAST_HELP))
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
@@ -379,8 +383,9 @@ class _StudentRun:
         self.teacher_models = [t.to(self.device).eval() for t in teachers] if cfg.dynamic else []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.model = create_model(cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
-                                      image_size=distilled.image_size[0]).to(self.device)
+            self.model = model_in_layout(create_model(
+                cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
+                image_size=distilled.image_size[0]).to(self.device), cfg.channels_last)
         self.rank, self.world = distributed.rank_and_world() if ddp else (0, 1)
         # torchrun: each rank trains on its share of every batch, gradients averaged
         self.net = self.model if self.world == 1 else torch.nn.parallel.DistributedDataParallel(
@@ -424,7 +429,8 @@ class _StudentRun:
             record = self.train_epoch(epoch, progress)
             if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 self.accuracy = evaluate(self.model, self.test_set, cfg.eval_batch_size, self.device, self.mean,
-                                         self.std, progress=progress and len(self.test_set) >= LONG_EVALUATION_IMAGES)
+                                         self.std, progress=progress and len(self.test_set) >= LONG_EVALUATION_IMAGES,
+                                         precision=cfg.precision, channels_last=cfg.channels_last)
                 record["test_accuracy"] = self.accuracy
                 if cfg.eval_every:
                     self.best = self.accuracy if self.best is None else max(self.best, self.accuracy)
@@ -461,10 +467,13 @@ class _StudentRun:
         with targets ``z`` (None: the teachers label it); returns the loss, on the device."""
         # every rank draws the whole batch (same generator), then takes its rows; the loss is
         # scaled so DDP's gradient average is the full batch's batchmean gradient
-        share = slice(self.rank, None, self.world)
-        x = to_device(x[share], self.device)
-        z = ensemble_logits(self.teacher_models, x) if self.cfg.dynamic else to_device(z[share], self.device)
-        loss = self.label_loss(self.net(x), z) * (x.shape[0] * self.world / batch_size)
+        # (bf16: the forward passes under autocast, the loss on fp32 logits; fp32: the same tensors)
+        cfg, share = self.cfg, slice(self.rank, None, self.world)
+        x = batch_in_layout(to_device(x[share], self.device), cfg.channels_last)
+        with autocast(self.device, cfg.precision):
+            z = ensemble_logits(self.teacher_models, x) if cfg.dynamic else to_device(z[share], self.device)
+            logits = self.net(x)
+        loss = self.label_loss(logits.float(), z) * (x.shape[0] * self.world / batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

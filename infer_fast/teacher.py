@@ -27,7 +27,9 @@ from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
 from .progress import progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
-from .choices import DEVICE_CHOICES
+from .choices import DEVICE_CHOICES, PRECISIONS
+from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
+                              model_in_layout)
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of
 from .run_identity import check_same_run
 from .step_losses import StepLosses
@@ -60,6 +62,8 @@ class TeacherConfig(CheckedWhenMade):
         "directory holding the dataset files", none="none; the embedded datasets need none"))
     device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
     eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
+    precision: str = field(default="fp32", metadata=option(TRAINING_PRECISION_HELP, choices=PRECISIONS))
+    channels_last: bool = field(default=False, metadata=option(CHANNELS_LAST_HELP))
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
@@ -88,10 +92,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std=None, progress: bool = False) -> float:
+def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std=None, progress: bool = False,
+             precision: str = "fp32", channels_last: bool = False) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on a split (ImageSet or FolderImageSet),
     streamed in batches of ``batch_size`` images (at most EVAL_MAX_PIXELS pixels), normalized
-    with ``mean``/``std`` (default: the split's)."""
+    with ``mean``/``std`` (default: the split's), the forward pass at ``precision`` with the
+    batches in channels_last or not (as the model trained: mixed_precision)."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -103,8 +109,10 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
     try:
         for images, labels in test_set.batches(rows, pin_memory=device.type == "cuda", progress=progress,
                                                desc=f"evaluating on {spec.name} {test_set.split}"):
-            x = normalize(images.to(device, non_blocking=True), mean, std)
-            correct += (model(x).argmax(1) == labels.to(device, non_blocking=True)).sum()
+            x = batch_in_layout(normalize(images.to(device, non_blocking=True), mean, std), channels_last)
+            with autocast(device, precision):
+                logits = model(x)
+            correct += (logits.argmax(1) == labels.to(device, non_blocking=True)).sum()
     finally:
         model.train(was_training)
     return correct.item() / len(test_set)
@@ -146,7 +154,8 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
     spec = train.spec
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size).to(device)
+    model = model_in_layout(create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels,
+                                         image_size=spec.image_size).to(device), cfg.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
@@ -185,7 +194,9 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
             # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
             x = to_device(normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std), device)
             y = to_device(labels, device)
-            loss = criterion(model(x), y)
+            with autocast(device, cfg.precision):  # (bf16: the loss on fp32 logits; fp32: the same tensors)
+                logits = model(batch_in_layout(x, cfg.channels_last))
+            loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -194,7 +205,8 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
             if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps_per_epoch):
                 bar.set_postfix(loss=f"{step_losses.mean():.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
         train_loss = step_losses.mean()
-        accuracy = evaluate(model, test, cfg.eval_batch_size, device, progress=progress)
+        accuracy = evaluate(model, test, cfg.eval_batch_size, device, progress=progress, precision=cfg.precision,
+                            channels_last=cfg.channels_last)
         elapsed += time.perf_counter() - started
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_accuracy": accuracy, "elapsed_s": elapsed})
         if progress:

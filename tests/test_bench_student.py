@@ -29,7 +29,7 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
     assert summary.returncode == 0, summary.stderr
     assert "student   not run" in summary.stdout  # (no status file: the benchmark ran outside the session)
-    assert "student (convnet-w8-d2, imagenet recipe, batch 8, 32 px): host prep" in summary.stdout
+    assert "student (convnet-w8-d2, imagenet recipe, batch 8, 32 px, fp32): host prep" in summary.stdout
     assert f"projected 10000 images x 300 epochs: {p['loop_h']:.2f} h" in summary.stdout
 
 
@@ -56,7 +56,7 @@ def test_dynamic_students_and_other_epoch_counts(tmp_path):
     assert config["dynamic"] and config["epochs"] == 75 and p["epochs"] == 75 and p["steps"] == 75 * 1250
     assert "labelled by convnet-w8-d2,convnet-w8-d2 on every batch" in proc.stdout
     summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
-    assert "32 px, labelled by convnet-w8-d2,convnet-w8-d2 on every batch): host prep" in summary.stdout
+    assert "32 px, fp32, labelled by convnet-w8-d2,convnet-w8-d2 on every batch): host prep" in summary.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,3 +66,14 @@ def test_dynamic_students_and_other_epoch_counts(tmp_path):
 def test_bad_settings_are_refused(args, message):
     proc = run_bench_script("bench_student.py", "--quick", *args, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_a_bf16_channels_last_student(tmp_path):
+    """--precision bf16 --channels-last: the student computes so (StudentConfig's options); the
+    GPU session runs it into student-bf16.json, which its summary reports beside student.json."""
+    proc, result = run_bench_json("bench_student.py", tmp_path / "student-bf16.json", "--quick", "--precision", "bf16",
+                                  "--channels-last")
+    assert (result["config"]["precision"], result["config"]["channels_last"]) == ("bf16", True)
+    assert "32 px, bf16 channels_last: 2 steps x 1 rounds" in proc.stdout
+    summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert "student (convnet-w8-d2, imagenet recipe, batch 8, 32 px, bf16 channels_last): host prep" in summary.stdout
