@@ -21,7 +21,9 @@ overlaps) and "overlapped" (the larger: the host's work hidden behind the device
 reverse); where the loop lands between them says how much of the smaller part is hidden.
 
 --precision bf16 and --channels-last time a student that computes so (StudentConfig's options:
-bf16 autocast for the forward passes, channels_last weights and batches).
+bf16 autocast for the forward passes, channels_last weights and batches); --augment-on device one
+whose batches the device augments and mixes (the "host prep" row is then that work, timed to its
+end on the device: it runs on the device's stream, so the loop is near the parts' sum).
 
 --dynamic TEACHERS times an INFER+Dyn student instead: the teachers (random weights) label every
 mixed batch on the device, in the device's part.
@@ -49,7 +51,7 @@ sys.path.insert(0, HERE)
 from bench_decode import timed_seconds  # noqa: E402
 from bench_ops import profile_ops, save_results, unless_given  # noqa: E402
 
-from infer_fast.choices import PRECISIONS  # noqa: E402
+from infer_fast.choices import AUGMENTATION_PLACES, PRECISIONS  # noqa: E402
 from infer_fast.data import get_spec  # noqa: E402
 from infer_fast.models import create_model  # noqa: E402
 from infer_fast.storage import DistilledSet  # noqa: E402
@@ -90,7 +92,9 @@ def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device,
     def prepare() -> None:
         made[:] = [student.mixed_batch(idx) for idx in indices]
 
-    host = [_ms_per(prepare, steps, torch.device("cpu")) for _ in range(rounds)]
+    # (augmented on the device: the prep's work is queued there, so it is timed to its end there)
+    prep_device = device if student.cfg.augment_on == "device" else torch.device("cpu")
+    host = [_ms_per(prepare, steps, prep_device) for _ in range(rounds)]
     device_ms = [_ms_per(lambda: [student.step(x, z, batch) for x, z in made], steps, device) for _ in range(rounds)]
     loop = [_ms_per(lambda: student.train_epoch(0, progress=False), steps, device) for _ in range(rounds)]
     profiles = {}
@@ -128,6 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                              "its batches labelled by them")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the student's (default fp32)")
     parser.add_argument("--channels-last", action="store_true", help="weights and batches in channels_last")
+    parser.add_argument("--augment-on", choices=AUGMENTATION_PLACES, default="host",
+                        help="where the batches are augmented and mixed (default host)")
     parser.add_argument("--steps", type=int, help="batches timed per round (default 20 on GPU, 4 on CPU; --quick 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each row (default 3; --quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -157,7 +163,7 @@ def main(argv=None) -> int:
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     cfg = StudentConfig.from_recipe(args.recipe, model=args.model, batch_size=args.batch_size, device=args.device,
                                     dynamic=args.dynamic is not None, precision=args.precision,
-                                    channels_last=args.channels_last, **overrides)
+                                    channels_last=args.channels_last, augment_on=args.augment_on, **overrides)
     distilled = random_set(args.dataset, args.size, args.steps * args.batch_size, seed=0)
     teachers = None if args.dynamic is None else [
         create_model(name, num_classes=distilled.num_classes, image_size=args.size).to(device).eval()
@@ -166,7 +172,8 @@ def main(argv=None) -> int:
     labels = "soft labels" if teachers is None else f"labelled by {args.dynamic} on every batch"
     print(f"student {args.model} ({labels}) on {device}, the {args.recipe} recipe ({cfg.augmentation}, {cfg.mix}, batch "
           f"{cfg.batch_size}, {cfg.epochs} epochs), {args.size} px, {cfg.precision}"
-          f"{' channels_last' if cfg.channels_last else ''}: {args.steps} steps x {args.rounds} rounds")
+          f"{' channels_last' if cfg.channels_last else ''}, augmented on the {cfg.augment_on}: {args.steps} steps x "
+          f"{args.rounds} rounds")
     runs, profiles = measure(student, args.steps, args.rounds, device, args.profile)
     ms = {name: statistics.median(values) for name, values in runs.items()}
     rows = [{"section": name, "ms_per_step": ms[name], "ms_per_step_rounds": runs[name],

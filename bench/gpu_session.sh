@@ -15,7 +15,8 @@
 #             to the 1000 classes (issue 22's "in minutes on one GPU"); late, so it runs on what is left
 #   student   bench_student.py --profile: a ResNet-18 student's step at the ImageNet recipe, the host's
 #             batch preparation against the device's step (and where each spends its time), projected
-#             to 300 epochs of ImageNet-1k ipc 10; then the same in bf16 + channels_last
+#             to 300 epochs of ImageNet-1k ipc 10; then the same in bf16 + channels_last, with the
+#             batches augmented on the host and on the GPU
 #   summary   what passed, what was measured, which targets were met (printed last)
 # `all` gives each step a time limit (STEP_LIMITS below) and skips what no longer fits the
 # overall limit (BUDGET_S, default 540 s), so a slow step never costs the summary.
@@ -30,7 +31,7 @@ PY=${PYTHON:-python3}
 DEST=${OUT:-$PWD/bench/results/gpu-session}
 mkdir -p "$DEST"
 BUDGET_S=${BUDGET_S:-540}
-declare -A STEP_LIMITS=([build]=120 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=60 [student]=75)
+declare -A STEP_LIMITS=([build]=120 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=60 [student]=100)
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py test_recovery_gpu.py
@@ -101,8 +102,10 @@ step_student() {
   local bounded=()
   [ "$GPU" = 1 ] || bounded=(--model convnet-w8-d2 --size 32 --steps 2 --rounds 1)  # a CPU dry run: seconds
   run student "$PY" bench/bench_student.py --profile "${bounded[@]}" --out "$DEST/student.json" "$@" || return
-  "$PY" bench/bench_student.py --precision bf16 --channels-last "${bounded[@]}" --out "$DEST/student-bf16.json" "$@" \
-    2>&1 | tee -a "$DEST/student.log"
+  local fast=(--precision bf16 --channels-last "${bounded[@]}")
+  "$PY" bench/bench_student.py "${fast[@]}" --out "$DEST/student-bf16.json" "$@" 2>&1 | tee -a "$DEST/student.log"
+  "$PY" bench/bench_student.py "${fast[@]}" --augment-on device --out "$DEST/student-bf16-device.json" "$@" 2>&1 |
+    tee -a "$DEST/student.log"
 }
 
 step_summary() {

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List
 
 STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student")
-STUDENT_RESULTS = ("student.json", "student-bf16.json")  # the student step's two runs (gpu_session.sh)
+STUDENT_RESULTS = ("student.json", "student-bf16.json", "student-bf16-device.json")  # the student step's runs
 
 
 def read_json(path: Path):
@@ -132,6 +132,7 @@ def student_lines(result) -> List[str]:
     out = [
         f"student ({c['model']}, {s['recipe']} recipe, batch {c['batch_size']}, {s['size']} px, "
         f"{c.get('precision', 'fp32')}{' channels_last' if c.get('channels_last') else ''}"
+        f"{', augmented on the device' if c.get('augment_on') == 'device' else ''}"
         f"{', labelled by ' + s['dynamic'] + ' on every batch' if s.get('dynamic') else ''}): {parts} ms/step",
         f"    the loop takes {p['loop_of_serial']:.0%} of the parts' sum (all overlapped: {p['overlapped_of_serial']:.0%}); "
         f"projected {p['images']} images x {p['epochs']} epochs: {p['loop_h']:.2f} h",

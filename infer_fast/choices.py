@@ -20,6 +20,8 @@ STUDENT_MIXES = ("mixup", "cutmix", "none")
 # the student's learning-rate schedule: ours (cosine to 0 over the steps) or DD-Ranking's "cosine"
 # (per epoch, 0.5 (1 + cos(pi e / 2E)): from the rate down to half of it)
 STUDENT_SCHEDULES = ("cosine", "half-cosine")
+# where a student's batches are augmented and mixed: on the host's CPU, or on the training device
+AUGMENTATION_PLACES = ("host", "device")
 STUDENT_LABELS = ("soft", "hard")  # the set's soft labels (KL, temperature) or its hard labels (cross-entropy)
 EVALUATION_PROTOCOLS = ("infer-fast", "dd-ranking")  # `infer-fast evaluate --protocol`: ours, or DD-Ranking's
 SOFT_LABEL_MODES = ("static", "per-batch")  # students learn the set's stored labels, or the teachers' on every batch

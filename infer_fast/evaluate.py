@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES
-from .options import CheckedWhenMade, check_fields, given_config, option
+from .options import CheckedWhenMade, check_fields, given_config, option, options_of
 from .scores import DEFAULT_WEIGHT, check_weight, dd_ranking_scores
 from .student import RECIPES as STUDENT_RECIPES
 
@@ -42,8 +42,8 @@ PROTOCOL_NAME = "infer-fast"  # the report's protocol name (the other: dd_rankin
 RUNS = (("soft", "soft", True), ("soft_plain", "soft", False), ("hard", "hard", True), ("hard_plain", "hard", False))
 SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
 # the StudentConfig fields that say how the students compute, not what they learn: a full-data run
-# trained here computes the same way
-COMPUTE_FIELDS = ("precision", "channels_last")
+# trained here computes the same way (those of them a TeacherConfig has)
+COMPUTE_FIELDS = ("precision", "channels_last", "augment_on")
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def train_full_data(model: str, dataset: str, data_root, device: str, epochs: in
 
     from .teacher import TeacherConfig, train_teacher
 
-    compute = {k: v for k, v in (student or {}).items() if k in COMPUTE_FIELDS}
+    compute = {k: v for k, v in (student or {}).items() if k in COMPUTE_FIELDS and k in options_of(TeacherConfig)}
     with tempfile.TemporaryDirectory(prefix="infer-fast-full-data-") as tmp:
         summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root,
                                               device=device, seed=seed, **compute), f"{tmp}/full.pt", progress=progress)

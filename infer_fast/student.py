@@ -68,7 +68,7 @@ from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_device
 from . import distributed
-from .choices import PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
+from .choices import AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
 from .checks import check_choice, check_int
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of, with_recipe
 from .output_lock import holds_output
@@ -213,6 +213,10 @@ class StudentConfig(CheckedWhenMade):
     eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
     precision: str = field(default="fp32", metadata=option(TRAINING_PRECISION_HELP, choices=PRECISIONS))
     channels_last: bool = field(default=False, metadata=option(CHANNELS_LAST_HELP))
+    augment_on: str = field(default="host", metadata=option(
+        "where each batch is augmented and mixed: on the host's CPU, or on the training device (a GPU gets the batch "
+        "as stored and crops, resizes, flips and mixes it itself: the same random draws, no per-image work on the "
+        "host; on the CPU both are the same)", choices=AUGMENTATION_PLACES))
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
@@ -267,8 +271,9 @@ def _mix_logits(z: Optional[Tensor], lam: float, perm: Tensor) -> Optional[Tenso
 
 
 def mixup(x: Tensor, z: Optional[Tensor], lam: float, perm: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-    """x' = lam x + (1 - lam) x[perm]; z' = lam z + (1 - lam) z[perm] (logit space; z may be None)."""
-    return lam * x + (1.0 - lam) * x[perm], _mix_logits(z, lam, perm)
+    """x' = lam x + (1 - lam) x[perm]; z' = lam z + (1 - lam) z[perm] (logit space; z may be None).
+    ``perm`` on the host, for x and z wherever they are."""
+    return lam * x + (1.0 - lam) * x[to_device(perm, x.device)], _mix_logits(z, lam, perm)
 
 
 def cutmix_box(height: int, width: int, lam: float, gen: torch.Generator) -> Tuple[int, int, int, int]:
@@ -294,7 +299,7 @@ def cutmix(x: Tensor, z: Optional[Tensor], lam: float, perm: Tensor,
     top, bottom, left, right = cutmix_box(height, width, lam, gen)
     x_mixed = x if inplace else x.clone()
     # (the boxes of x[perm] are gathered into a new tensor before any is pasted)
-    x_mixed[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+    x_mixed[:, :, top:bottom, left:right] = x[to_device(perm, x.device), :, top:bottom, left:right]
     lam = 1.0 - (bottom - top) * (right - left) / (height * width)
     return x_mixed, _mix_logits(z, lam, perm), lam
 
@@ -463,7 +468,7 @@ class _StudentRun:
         return {"epoch": epoch + 1, "loss": step_losses.mean(), "lr": self.schedule.get_last_lr()[0]}
 
     def step(self, x: Tensor, z: Optional[Tensor], batch_size: int) -> Tensor:
-        """One optimizer step on the mixed batch ``x`` (on the host, of ``batch_size`` images)
+        """One optimizer step on the mixed batch ``x`` (on the host or the device, of ``batch_size`` images)
         with targets ``z`` (None: the teachers label it); returns the loss, on the device."""
         # every rank draws the whole batch (same generator), then takes its rows; the loss is
         # scaled so DDP's gradient average is the full batch's batchmean gradient
@@ -481,10 +486,14 @@ class _StudentRun:
         return loss
 
     def mixed_batch(self, idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """The augmented, mixed images of the training images ``idx`` and their mixed targets
-        (None under INFER+Dyn: the teachers label the mixed batch); draws from the run's generator."""
+        """The augmented, mixed images of the training images ``idx`` (on the host, or on the
+        device with ``augment_on`` "device") and their mixed targets, on the host (None under
+        INFER+Dyn: the teachers label the mixed batch); draws from the run's generator."""
         cfg = self.cfg
-        x = augment(self.images_at(idx), self.mean, self.std, self.gen, cfg.augmentation)
+        images = self.images_at(idx)
+        if cfg.augment_on == "device":  # (the batch as stored; the device augments and mixes it, same draws)
+            images = to_device(images, self.device)
+        x = augment(images, self.mean, self.std, self.gen, cfg.augmentation)
         if cfg.dynamic:
             z = None
         elif self.hard is not None:  # one-hot probabilities: mixing them is mixup's label mixing

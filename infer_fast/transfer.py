@@ -9,8 +9,9 @@ from torch import Tensor
 
 
 def to_device(x: Tensor, device: torch.device) -> Tensor:
-    """``x`` (on the host) on ``device``: through pinned memory (reused from torch's caching
-    host allocator) to a GPU, unchanged to the CPU."""
-    if device.type != "cuda":
+    """``x`` on ``device``: from the host to a GPU through pinned memory (reused from torch's
+    caching host allocator), queued without waiting; else as ``x.to(device)`` (``x`` itself
+    where it already is: the CPU, or a tensor already on that GPU)."""
+    if device.type != "cuda" or x.device.type != "cpu":
         return x.to(device)
     return x.pin_memory().to(device, non_blocking=True)

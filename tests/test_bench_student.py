@@ -69,11 +69,16 @@ def test_bad_settings_are_refused(args, message):
 
 
 def test_a_bf16_channels_last_student(tmp_path):
-    """--precision bf16 --channels-last: the student computes so (StudentConfig's options); the
-    GPU session runs it into student-bf16.json, which its summary reports beside student.json."""
+    """--precision bf16 --channels-last (--augment-on device): the student computes so
+    (StudentConfig's options); the GPU session runs both into student-bf16.json and
+    student-bf16-device.json, which its summary reports beside student.json."""
     proc, result = run_bench_json("bench_student.py", tmp_path / "student-bf16.json", "--quick", "--precision", "bf16",
                                   "--channels-last")
     assert (result["config"]["precision"], result["config"]["channels_last"]) == ("bf16", True)
-    assert "32 px, bf16 channels_last: 2 steps x 1 rounds" in proc.stdout
+    assert "32 px, bf16 channels_last, augmented on the host: 2 steps x 1 rounds" in proc.stdout
+    proc, result = run_bench_json("bench_student.py", tmp_path / "student-bf16-device.json", "--quick", "--precision",
+                                  "bf16", "--channels-last", "--augment-on", "device")
+    assert result["config"]["augment_on"] == "device" and "augmented on the device" in proc.stdout
     summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
     assert "student (convnet-w8-d2, imagenet recipe, batch 8, 32 px, bf16 channels_last): host prep" in summary.stdout
+    assert "32 px, bf16 channels_last, augmented on the device): host prep" in summary.stdout

@@ -95,7 +95,7 @@ def test_recipes_follow_dd_ranking_configs():
 @pytest.mark.parametrize("fields, match", [
     (dict(student={"lr": 0.1}), "lr is set by the DD-Ranking protocol"),
     (dict(student={"epochs": 10}), r"epochs \(10\) must be at least test_interval \(20\)"),
-    (dict(student={"epochz": 3}), r"unknown option\(s\) epochz; allowed: augmentation"),
+    (dict(student={"epochz": 3}), r"unknown option\(s\) epochz; allowed: augment_on, augmentation"),
     (dict(lr_grid=()), "lr_grid must be a non-empty list"),
     (dict(lr_grid=(0.1, -1)), "lr_grid must be a non-empty list"),
     (dict(set_lr=float("nan")), "set_lr must be a finite number"),

@@ -67,7 +67,7 @@ def test_full_data_accuracy_trained_when_no_checkpoint_is_given(teacher, labelle
     (dict(recipe="mnist"), "recipe must be one of cifar, imagenet"),
     (dict(student={"labels": "hard"}), "labels is set by the evaluation"),
     (dict(student={"epochs": 0}), "epochs must be a positive integer"),
-    (dict(student={"epochz": 3}), "unknown option.s. epochz; allowed: augmentation, batch_size"),  # (not a TypeError)
+    (dict(student={"epochz": 3}), "unknown option.s. epochz; allowed: augment_on, augmentation, batch_size"),  # (not a TypeError)
     (dict(seeds=0), "seeds must be a positive integer"),
     (dict(weight=2), "weight must be in"),
 ])

@@ -117,3 +117,37 @@ def test_host_batches_reach_the_gpu_through_pinned_memory():
     y = to_device(x, torch.device("cuda"))
     torch.cuda.synchronize()
     assert y.device.type == "cuda" and torch.equal(y.cpu(), x) and not x.is_pinned()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_a_student_batch_augmented_on_the_gpu_is_the_hosts_and_makes_no_host_sync(recipe):
+    """StudentConfig(augment_on="device"): the batch goes to the GPU as stored and is augmented
+    and mixed there with the host's draws, queued without a host sync (the run's generator stays
+    on the host; every index the draws make reaches the GPU through pinned memory), and equals
+    the host-augmented batch to float32 rounding of the GPU's resize."""
+    from infer_fast.storage import DistilledSet
+    from infer_fast.student import StudentConfig, _StudentRun
+
+    gen = torch.Generator().manual_seed(0)
+    n, size = 16, 48
+    ds = DistilledSet(method="random", dataset="cifar10", num_classes=10, channels=3, image_size=size,
+                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                      images=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen),
+                      labels=torch.arange(n) % 10, soft_labels=torch.randn(n, 10, generator=gen))
+    cfg = StudentConfig.from_recipe(recipe, model="convnet-w8-d2", batch_size=8, device="cuda")
+    idx = torch.arange(8)
+    host_run = _StudentRun(ds, None, cfg, teachers=None, ddp=False)
+    device_run = _StudentRun(ds, None, StudentConfig(**{**cfg.__dict__, "augment_on": "device"}), teachers=None,
+                             ddp=False)
+    x_host, z_host = host_run.mixed_batch(idx)
+    torch.cuda.synchronize()
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x_device, z_device = device_run.mixed_batch(idx)
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+    assert x_device.device.type == "cuda" and x_host.device.type == "cpu"
+    torch.testing.assert_close(x_device.cpu(), x_host, rtol=1e-5, atol=1e-5)
+    assert torch.equal(z_device, z_host)  # (the targets are mixed on the host either way)

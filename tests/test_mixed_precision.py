@@ -1,7 +1,7 @@
 """Students and teachers in bf16 and channels_last (infer_fast.mixed_precision): forward passes
 under bf16 autocast while weights, gradients and the optimizer stay fp32; channels_last weights
 and batches; the options recorded in checkpoints (older ones count as fp32) and passed from
-`evaluate` to every student and to its full-data run."""
+`evaluate` (with the students' augment_on) to every student and to its full-data run."""
 import pytest
 import torch
 from torch import nn
@@ -134,17 +134,18 @@ def test_evaluate_passes_the_options_to_its_students_and_its_full_data_run(proto
     from infer_fast.evaluate import train_full_data
 
     args = build_parser().parse_args(["evaluate", "some-set", "--teachers", "t.pt", "--protocol", protocol, "--precision", "bf16",
-                                      "--channels-last", "--temperature", "7"])
+                                      "--channels-last", "--augment-on", "device", "--temperature", "7"])
     made = _evaluation_protocol(args, "fashion-mnist")
     student = (made.student_config("fashion-mnist", "soft", True, 0.002, 0) if isinstance(made, DDRankingProtocol)
                else made.student_config("soft", True, 0))
-    assert (student.precision, student.channels_last, student.temperature) == ("bf16", True, 7.0)
+    assert (student.precision, student.channels_last, student.augment_on, student.temperature) == (
+        "bf16", True, "device", 7.0)
 
     trained = []
     monkeypatch.setattr(teacher_module, "train_teacher", lambda cfg, out, progress: trained.append(cfg) or
                         {"test_accuracy": 0.5})
     assert train_full_data("convnet", "fashion-mnist", None, "cpu", 2, False, student=made.student) == 0.5
-    (cfg,) = trained  # computes as the students do; learns with the teacher recipe for the epochs asked
+    (cfg,) = trained  # computes as the students do (where a teacher can); learns with the teacher recipe
     assert (cfg.precision, cfg.channels_last, cfg.epochs, cfg.lr) == ("bf16", True, 2, TeacherConfig(dataset="fashion-mnist").lr)
 
 

@@ -335,6 +335,21 @@ def test_student_imagenet_recipe_trains_and_is_reproducible(teachers, data):
     assert other["history"] != first["history"]
 
 
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_batches_augmented_on_the_device_are_the_hosts_on_the_cpu(teachers, data, recipe):
+    """augment_on="device" moves the batch as stored to the training device and augments and
+    mixes it there with the same draws from the run's generator: on the CPU the same code on the
+    same tensors, so the same weights and history to the bit (crop + flip + mixup, and
+    RandomResizedCrop + flip + CutMix). On a GPU: test_host_path.py."""
+    ds = relabel(infer_set(data[0]), teachers[1])
+    cfg = StudentConfig.from_recipe(recipe, epochs=2, **FAST)
+    host = train_student(ds, data[1], cfg, progress=False)
+    device = train_student(ds, data[1], dataclasses.replace(cfg, augment_on="device"), progress=False)
+    assert device["history"] == host["history"] and device["config"]["augment_on"] == "device"
+    assert all(torch.equal(a, b) for a, b in zip(device["model"].state_dict().values(),
+                                                 host["model"].state_dict().values()))
+
+
 def test_dynamic_cutmix_relabels_the_cut_mixed_batch(teachers, data):
     _, models = teachers
     ds = baseline_set(data[0], per_class=2)

@@ -2,7 +2,8 @@
 
 Every sample gets its own random parameters; the same generator state gives the same
 output. Random numbers are drawn on the generator's device (CPU for ``torch.Generator()``)
-and moved to the data's device, so a CPU generator drives CUDA batches reproducibly.
+and moved to the data's device (transfer.to_device: on a GPU without making the host wait),
+so a CPU generator drives CUDA batches reproducibly.
 ``gen=None`` uses torch's global CPU generator.
 
     gen = torch.Generator().manual_seed(0)
@@ -16,6 +17,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from ..transfer import to_device
 
 __all__ = [
     "normalize", "denormalize", "random_crop_with_padding", "random_flip", "random_resized_crop", "resized_crop_boxes",
@@ -47,16 +50,18 @@ def _check_batch(x: torch.Tensor, name: str) -> None:
 def _rand(n: int, gen: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) of shape (n,) from ``gen``, on ``device``."""
     where = gen.device if gen is not None else torch.device("cpu")
-    return torch.rand(n, generator=gen, device=where, dtype=torch.float64).to(device)
+    return to_device(torch.rand(n, generator=gen, device=where, dtype=torch.float64), torch.device(device))
 
 
 def _randint(high: int, n: int, gen: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
     where = gen.device if gen is not None else torch.device("cpu")
-    return torch.randint(0, high, (n,), generator=gen, device=where).to(device)
+    return to_device(torch.randint(0, high, (n,), generator=gen, device=where), torch.device(device))
 
 
 def _channel_vector(values, x: torch.Tensor, name: str) -> torch.Tensor:
-    v = torch.as_tensor(values, dtype=torch.float32 if x.dtype in (torch.uint8, torch.float16, torch.bfloat16) else x.dtype, device=x.device).reshape(-1)
+    dtype = torch.float32 if x.dtype in (torch.uint8, torch.float16, torch.bfloat16) else x.dtype
+    # (made where the values are, then moved: a list straight to a GPU would be a copy the host waits for)
+    v = to_device(torch.as_tensor(values, dtype=dtype), x.device).reshape(-1)
     channels = x.shape[-3] if x.ndim >= 3 else None
     if channels is not None and v.numel() not in (1, channels):
         raise ValueError(f"{name} has {v.numel()} values but the images have {channels} channels")
@@ -134,8 +139,8 @@ def random_flip(x: torch.Tensor, gen: Optional[torch.Generator] = None, p: float
     _check_batch(x, "random_flip")
     flip = _rand(x.shape[0], gen, torch.device("cpu")) < p  # (on the host: the rows to index need no device sync)
     if not inplace:
-        return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
-    rows = flip.nonzero().squeeze(1).to(x.device)
+        return torch.where(to_device(flip, x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    rows = to_device(flip.nonzero().squeeze(1), x.device)
     x[rows] = x[rows].flip(-1)
     return x
 
