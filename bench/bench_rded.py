@@ -41,6 +41,7 @@ from bench_ops import save_results, unless_given  # noqa: E402
 from infer_fast.data.folders import DEFAULT_DECODER  # noqa: E402
 from infer_fast.data.registry import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from infer_fast.data.sets import loader_workers  # noqa: E402
+from infer_fast.choices import PRECISIONS  # noqa: E402
 from infer_fast.methods.rded import DEFAULT_BATCH_SIZE, RECIPES, class_images, true_class_loss  # noqa: E402
 from infer_fast.models import create_model  # noqa: E402
 
@@ -71,7 +72,8 @@ def forward_seconds(teachers, recipe: Dict, size: int, classes: int, device: tor
     n = recipe["candidates_per_class"] * recipe["crops_per_image"]
     patches = torch.randn((n, 3, patch, patch), device=device)
 
-    return seconds_per_call(lambda: true_class_loss(patches, 0, teachers, size, recipe["batch_size"]), classes, device)
+    return seconds_per_call(lambda: true_class_loss(patches, 0, teachers, size, recipe["batch_size"],
+                                                    recipe["precision"]), classes, device)
 
 
 def decode_rows(files: int, size: int, worker_counts: List[int], rounds: int, device: torch.device, seed: int,
@@ -112,6 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=IMAGENET_CLASSES, help="classes of the projected split")
     parser.add_argument("--classes", type=int, help="classes timed (default 5 on GPU, 1 on CPU; --quick 2)")
     parser.add_argument("--teachers", default="resnet18-imagenet", help="comma-separated model names")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="RDED's option: the scoring forward "
+                                                                               "passes' (default fp32)")
     parser.add_argument("--files", type=int, help="generated JPEGs of the decode rows (default 256 on GPU, 32 on CPU; "
                                                   "--quick 6)")
     parser.add_argument("--workers", help="decode worker counts, comma-separated (default: RDED's own, "
@@ -152,11 +156,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     recipe = {**RECIPES[args.family], "candidates_per_class": args.candidates, "crops_per_image": args.crops,
-              "batch_size": DEFAULT_BATCH_SIZE}
+              "batch_size": DEFAULT_BATCH_SIZE, "precision": args.precision}
     teachers = [create_model(name, num_classes=IMAGENET_CLASSES, image_size=args.size).to(device).eval()
                 for name in args.teachers.split(",")]
     print(f"RDED {args.family} recipe on {device}: {args.candidates} candidates x {args.crops} crops per class, "
-          f"factor {recipe['factor']}, {args.size} px, ipc {args.ipc}, teachers {args.teachers}")
+          f"factor {recipe['factor']}, {args.size} px, ipc {args.ipc}, teachers {args.teachers}, {args.precision}")
     with torch.no_grad():
         score = score_seconds(teachers, recipe, args.ipc, args.size, args.classes, device)
         forward = forward_seconds(teachers, recipe, args.size, args.classes, device)

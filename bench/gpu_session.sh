@@ -12,7 +12,8 @@
 #   cifar100  bench_recovery.py at CIFAR-100 shapes, with a torch.compile(reduce-overhead) row
 #   imagenet  bench_recovery.py at ImageNet shapes, the three teachers, 10 iterations, profiled
 #   rded      bench_rded.py: RDED's scoring and decoding at the ImageNet-1k ipc 10 recipe, projected
-#             to the 1000 classes (issue 22's "in minutes on one GPU"); late, so it runs on what is left
+#             to the 1000 classes (issue 22's "in minutes on one GPU"), then its scoring in bf16; late,
+#             so it runs on what is left
 #   student   bench_student.py --profile: a ResNet-18 student's step at the ImageNet recipe, the host's
 #             batch preparation against the device's step (and where each spends its time), projected
 #             to 300 epochs of ImageNet-1k ipc 10; then the same in bf16 + channels_last, with the
@@ -31,7 +32,7 @@ PY=${PYTHON:-python3}
 DEST=${OUT:-$PWD/bench/results/gpu-session}
 mkdir -p "$DEST"
 BUDGET_S=${BUDGET_S:-540}
-declare -A STEP_LIMITS=([build]=120 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=60 [student]=100)
+declare -A STEP_LIMITS=([build]=120 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=90 [student]=100)
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py test_recovery_gpu.py
@@ -95,7 +96,10 @@ step_recovery() {  # step_recovery cifar100|imagenet [args...]
 step_rded() {
   local bounded=()
   [ "$GPU" = 1 ] || bounded=(--size 64 --candidates 40 --files 8)  # a CPU dry run: the plumbing, in seconds
-  run rded "$PY" bench/bench_rded.py "${bounded[@]}" --out "$DEST/rded.json" "$@"
+  run rded "$PY" bench/bench_rded.py "${bounded[@]}" --out "$DEST/rded.json" "$@" || return
+  # (the scoring in bf16; its decode rows are the same, so few)
+  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --files 8 --decode-rounds 1 --workers 0 \
+    --out "$DEST/rded-bf16.json" "$@" 2>&1 | tee -a "$DEST/rded.log"
 }
 
 step_student() {

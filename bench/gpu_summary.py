@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List
 
 STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student")
+RDED_RESULTS = ("rded.json", "rded-bf16.json")  # the rded step's runs (gpu_session.sh)
 STUDENT_RESULTS = ("student.json", "student-bf16.json", "student-bf16-device.json")  # the student step's runs
 
 
@@ -99,7 +100,8 @@ def summary(directory: Path) -> str:
         for p in result.get("projections", []):
             out.append(f"    projection {p['run']}: {p['row']} {p['hours']:.3f} {p['unit']} "
                        f"(teachers measured: {', '.join(p['teachers_measured'])})")
-    out += rded_lines(read_json(directory / "rded.json"))
+    for name in RDED_RESULTS:
+        out += rded_lines(read_json(directory / name))
     for name in STUDENT_RESULTS:
         out += student_lines(read_json(directory / name))
     return "\n".join(out)
@@ -115,7 +117,7 @@ def rded_lines(result) -> List[str]:
     p = result["projection"]
     return [
         f"rded ({s['family']} recipe, {s['candidates']} candidates x {s['crops']} crops, {s['size']} px, "
-        f"{s['teachers']}):",
+        f"{s['teachers']}, {s.get('precision', 'fp32')}):",
         f"    scoring {rows['scoring']['s_per_class']:.3f} s/class ({rows['scoring']['crops_per_s']:.0f} crops/s), "
         f"forward alone {rows['forward only']['s_per_class']:.3f}; decode {decodes}",
         f"    projected {p['classes']} classes (decoding with the first): {p['overlapped_s'] / 60:.1f} min "

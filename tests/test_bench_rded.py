@@ -28,9 +28,18 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
     summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
     assert summary.returncode == 0, summary.stderr
     assert "rded      not run" in summary.stdout  # (no status file: the benchmark ran outside the session)
-    assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet):" in summary.stdout
+    assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet, fp32):" in summary.stdout
     assert f"projected 1000 classes (decoding with the first): {p['overlapped_s'] / 60:.1f} min overlapped" \
         in summary.stdout
+
+
+def test_bf16_scoring(tmp_path):
+    """--precision bf16: RDED's option, recorded in the recipe; the GPU session's rded step runs it
+    into rded-bf16.json, which its summary reports beside rded.json."""
+    proc, result = run_bench_json("bench_rded.py", tmp_path / "rded-bf16.json", "--quick", "--precision", "bf16")
+    assert result["recipe"]["precision"] == "bf16" and "resnet18-imagenet, bf16" in proc.stdout
+    summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet, bf16):" in summary.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -127,7 +127,7 @@ def test_a_distill_request_is_checked_and_parsed_when_made(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.options = {"iterations": -1}
     assert DistillRequest(method="rded", options=None, **base).parsed == {  # (None: no options given)
-        "factor": None, "candidates_per_class": None, "crops_per_image": None, "batch_size": None,
+        "factor": None, "candidates_per_class": None, "crops_per_image": None, "batch_size": None, "precision": None,
         "checkpoint_minutes": 10.0}  # (a result-neutral option: its default)
     assert not (tmp_path / "o").exists()
 

@@ -119,6 +119,27 @@ def test_true_class_loss_is_the_cross_entropy_of_the_padded_patch():
                                                      reduction="none").detach())
 
 
+def test_bf16_scoring_runs_the_teachers_under_autocast_and_ranks_fp32_losses():
+    """precision="bf16": the teachers' forward passes under bf16 autocast, the losses fp32 and close
+    to fp32 scoring's; "fp32" (given or not) leaves the recipe of the sets made before the option."""
+    gen = torch.Generator().manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, 10))
+    seen = []
+    teacher[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    patches = torch.randn(6, 3, 8, 8, generator=gen)
+    fp32 = rded.true_class_loss(patches, 3, [teacher], 16, batch_size=4)
+    bf16 = rded.true_class_loss(patches, 3, [teacher], 16, batch_size=4, precision="bf16")
+    assert seen == [torch.float32] * 2 + [torch.bfloat16] * 2 and bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05)
+    assert rded.resolve_recipe({"precision": "bf16"}, "cifar10", 32, ipc=1)["precision"] == "bf16"
+    assert rded.resolve_recipe({"precision": "fp32"}, "cifar10", 32, ipc=1) == rded.resolve_recipe({}, "cifar10", 32,
+                                                                                                    ipc=1)
+    assert "precision" not in rded.resolve_recipe({}, "cifar10", 32, ipc=1)
+    with pytest.raises(ValueError, match="precision"):
+        get_method("rded").check_options({"precision": "fp16"})
+
+
 def test_folder_split_decodes_only_the_candidates(tmp_path, monkeypatch):
     write_fake_imagenet(tmp_path / "data", classes=3, train_per_class=6, val_per_class=1)
     train = load_dataset({"name": "imagenet", "num_classes": 3, "image_size": 32}, "train",

@@ -55,6 +55,8 @@ from torch import Tensor, nn
 from ..progress import progress_bar
 
 from ..checks import check_int
+from ..choices import PRECISIONS
+from ..mixed_precision import autocast
 from ..options import Option
 from .rded_checkpoint import RDEDCheckpoint
 from .registry import DistillRequest, Method, register
@@ -89,6 +91,9 @@ OPTIONS = (
            "--num-crop)", minimum=1, none=_by_family("crops_per_image"), metavar="N"),
     Option("batch_size", int, "padded patches per teacher forward (a memory setting)", minimum=1,
            default=DEFAULT_BATCH_SIZE, metavar="N"),
+    # (the recovery methods' option of the same name: their teacher converted to bf16; here autocast)
+    Option("precision", str, "the teachers' scoring forward passes in fp32 or under bf16 autocast (the losses "
+           "ranked in fp32)", choices=PRECISIONS, default="fp32"),
     # (the recovery methods' option of the same name: minutes between checkpoints, here after a class)
     Option("checkpoint_minutes", float, "checkpoint after the class that ends M minutes since the last checkpoint "
            "(the classes done; --resume continues after them)", above=0, none="off", default=10.0, metavar="M"),
@@ -123,6 +128,8 @@ def _recipe(parsed: Mapping[str, Any], dataset_name: str, image_size: int, ipc: 
     family = recipe_family(dataset_name, image_size)
     recipe = {"family": family, **RECIPES[family], "batch_size": DEFAULT_BATCH_SIZE}
     recipe.update({k: v for k, v in parsed.items() if v is not None and k not in RESULT_NEUTRAL})
+    if recipe.get("precision") == "fp32":  # (the recipe of sets made before the option, which scored in fp32)
+        del recipe["precision"]
     factor = recipe["factor"]
     if factor > image_size:
         raise ValueError(f"factor={factor} cuts {image_size}-pixel images into patches under one pixel: "
@@ -162,15 +169,18 @@ def _pad_centred(patches: Tensor, size: int) -> Tensor:
 
 @torch.no_grad()
 def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], size: int,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
+                    batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32") -> Tensor:
     """Per patch (normalized, on the teachers' device): the cross-entropy of ``label`` under
-    the teachers' mean logits on the patch padded to ``size`` (CPU float32)."""
+    the teachers' mean logits on the patch padded to ``size`` (CPU float32), their forward
+    passes at ``precision`` (mixed_precision.autocast; the logits and the loss in fp32)."""
     from ..student import ensemble_logits
 
     out = []
     for start in range(0, patches.shape[0], batch_size):
         x = _pad_centred(patches[start:start + batch_size], size)
-        out.append(-ensemble_logits(teachers, x).log_softmax(1)[:, label].float().cpu())
+        with autocast(x.device, precision):
+            logits = ensemble_logits(teachers, x)  # (fp32: each teacher's logits cast)
+        out.append(-logits.log_softmax(1)[:, label].cpu())
     return torch.cat(out)
 
 
@@ -214,7 +224,8 @@ def class_images(candidates: Tensor, label: int, teachers: Sequence[nn.Module], 
     top, left, side, _ = (t.to(device) for t in resized_crop_boxes(n * crops, size, size, CROP_SCALE, CROP_RATIO, gen))
     source = torch.arange(n, device=device).repeat_interleave(crops)
     patches = square_crops(x, source, top, left, side, size // factor)
-    loss = true_class_loss(patches, label, teachers, size, recipe["batch_size"]).view(n, crops)
+    loss = true_class_loss(patches, label, teachers, size, recipe["batch_size"],
+                           recipe.get("precision", "fp32")).view(n, crops)
     key_loss, key_crop = loss.min(1)  # each image's key patch (the first of equal losses)
     keep = torch.argsort(key_loss, stable=True)[:ipc * factor ** 2]
     chosen = patches[(keep * crops + key_crop[keep]).to(device)]
