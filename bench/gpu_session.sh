@@ -97,8 +97,8 @@ step_rded() {
   local bounded=()
   [ "$GPU" = 1 ] || bounded=(--size 64 --candidates 40 --files 8)  # a CPU dry run: the plumbing, in seconds
   run rded "$PY" bench/bench_rded.py "${bounded[@]}" --out "$DEST/rded.json" "$@" || return
-  # (the scoring in bf16; its decode rows are the same, so few)
-  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --files 8 --decode-rounds 1 --workers 0 \
+  # (the scoring in bf16; its decode rows are the fp32 run's, so fewer files and one round)
+  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --files 16 --decode-rounds 1 \
     --out "$DEST/rded-bf16.json" "$@" 2>&1 | tee -a "$DEST/rded.log"
 }
 
