@@ -68,7 +68,8 @@ from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_device
 from . import distributed
-from .choices import AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES, STUDENT_SCHEDULES
+from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
+                      STUDENT_SCHEDULES)
 from .checks import check_choice, check_int
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of, with_recipe
 from .output_lock import holds_output
