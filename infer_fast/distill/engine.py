@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .. import memory
 from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
+from ..mixed_precision import model_in_layout
 from ..models import device_of
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
@@ -48,9 +49,7 @@ def recovery_teacher(teacher: nn.Module, config: RecoveryConfig) -> Iterator[nn.
             for module in run.modules():
                 if isinstance(module, BN_TYPES):
                     module.float()
-        if config.channels_last:
-            run.to(memory_format=torch.channels_last)
-        yield run
+        yield model_in_layout(run, config.channels_last)
         return
     flags = [(p, p.requires_grad) for p in teacher.parameters()]
     teacher.requires_grad_(False)
