@@ -239,10 +239,11 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
 
 def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_path):
     """One batch holds all 4 UFCs and is checkpointed every 10 iterations: killed (SIGKILL) inside
-    it, as soon as its checkpoint of iteration 70 is on disk (the test-only
-    checkpoints.SIGKILL_AFTER_CHECKPOINT_ENV: the kill lands there on any machine, never by chance), the
-    run continues with --resume from that iteration, says so, and ends with exactly
-    (torch.equal) the compensators of an uninterrupted run."""
+    it, as soon as its checkpoint of a chosen iteration is on disk (the test-only
+    checkpoints.SIGKILL_AFTER_CHECKPOINT_ENV: the kill lands there on any machine, never by chance),
+    the run continues with --resume from that iteration, says so, and ends with exactly
+    (torch.equal) the compensators of an uninterrupted run. Killed at the first checkpoint (where
+    the old poll-based kill landed most), in the middle and at the last one (issue 20 point 0)."""
     import signal
 
     from infer_fast.distill.checkpoints import SIGKILL_AFTER_CHECKPOINT_ENV
@@ -252,21 +253,24 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
     args = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
             "--group-size", "4", "--quiet"]  # K = 4 UFCs, all in one batch
     _ok(*args, "--out", "reference", cwd=tmp_path)
-    killed = [*args, "--checkpoint-every", "10", "--out", "killed"]
-    result = run_cli(*killed, cwd=tmp_path, env={SIGKILL_AFTER_CHECKPOINT_ENV: "70"})
-    assert result.returncode == -signal.SIGKILL, result.stderr
-    assert not (tmp_path / "killed").exists()
-    checkpoint = tmp_path / "killed.recovery.pt"
-    saved = torch.load(checkpoint, weights_only=True)
-    assert saved["results"] == []  # the batch never finished: all that was saved is inside it
-    (partial,) = saved["partials"]
-    assert partial["k"] == [0, 1, 2, 3] and partial["iteration"] == 70
-    out = _ok(*killed, "--resume", cwd=tmp_path)  # (--quiet: the resume report is printed all the same)
-    assert ("resuming, 0/4 infer jobs already recovered; "
-            "teacher 0 batch k=0..3 continues at iteration 70/150") in out
-    reference, resumed = load_distilled(tmp_path / "reference"), load_distilled(tmp_path / "killed")
-    _assert_resumed_equals_uninterrupted(tmp_path, args, resumed, reference)
-    assert torch.equal(resumed.natural, reference.natural) and not checkpoint.exists()
+    reference = load_distilled(tmp_path / "reference")
+    for iteration in (10, 70, 140):
+        out_dir = f"killed-at-{iteration}"
+        killed = [*args, "--checkpoint-every", "10", "--out", out_dir]
+        result = run_cli(*killed, cwd=tmp_path, env={SIGKILL_AFTER_CHECKPOINT_ENV: str(iteration)})
+        assert result.returncode == -signal.SIGKILL, result.stderr
+        assert not (tmp_path / out_dir).exists()
+        checkpoint = tmp_path / f"{out_dir}.recovery.pt"
+        saved = torch.load(checkpoint, weights_only=True)
+        assert saved["results"] == []  # the batch never finished: all that was saved is inside it
+        (partial,) = saved["partials"]
+        assert partial["k"] == [0, 1, 2, 3] and partial["iteration"] == iteration
+        out = _ok(*killed, "--resume", cwd=tmp_path)  # (--quiet: the resume report is printed all the same)
+        assert ("resuming, 0/4 infer jobs already recovered; "
+                f"teacher 0 batch k=0..3 continues at iteration {iteration}/150") in out
+        resumed = load_distilled(tmp_path / out_dir)
+        _assert_resumed_equals_uninterrupted(tmp_path, args, resumed, reference)
+        assert torch.equal(resumed.natural, reference.natural) and not checkpoint.exists()
 
 
 # ---------------------------------------------------------------------------------------
