@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SOFT_LABEL_MODES
 from .config import comma_list, path_list, positive_floats, positive_ints
-from .options import PATHS, Option, add_flags, options_of
+from .options import Option, add_flags, options_of
 
 
 class UserError(Exception):
@@ -175,59 +174,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {count} images to {args.out}")
 
 
-# what every method takes; the rest are each method's own (Method.options)
-COMMON_DISTILL_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method")
-TEACHER_USE_OPTIONS = ("teachers", "device")  # for the methods that use teachers
-
-
-def distill_request_options() -> Dict[str, Option]:
-    """The distill command's options that are no method's own: the request's."""
-    from .methods import all_methods, distill_method_names
-
-    request = (
-        Option("dataset", str, "dataset name (see `infer-fast datasets`)"),
-        Option("teachers", PATHS, "comma-separated teacher checkpoints (the methods that use teachers)"),
-        Option("ipc", int, "images per class of storage budget"),
-        Option("method", str, "; ".join(f"{m.name}: {m.summary}" for m in all_methods() if m.distill is not None),
-               default="infer", choices=distill_method_names()),
-        Option("data_root", str, "directory holding the dataset files"),
-        Option("device", str, DEVICE_CHOICES, default="auto"),
-        Option("out", str, "output directory (must not exist)"),
-    )
-    return {o.name: o for o in request}
-
-
-def distill_method_options() -> Dict[str, Tuple[Option, Tuple[str, ...]]]:
-    """Every option a method of the distill command declares (Method.options; one flag per
-    name: the methods sharing one declare it alike), with the methods that take it; where they
-    say different things of it (RDED checkpoints after a class, the recovery inside a batch),
-    its help gives each method's words."""
-    from .methods import all_methods
-
-    found: Dict[str, Tuple[Option, Tuple[str, ...]]] = {}
-    helps: Dict[str, Dict[str, List[str]]] = {}  # option -> help -> the methods saying it
-    for method in all_methods():
-        for opt in method.options if method.distill is not None else ():
-            declared, takers = found.get(opt.name, (opt, ()))
-            found[opt.name] = (declared, takers + (method.name,))
-            helps.setdefault(opt.name, {}).setdefault(opt.help, []).append(method.name)
-    for name, said in helps.items():
-        if len(said) > 1:
-            opt, takers = found[name]
-            joined = "; ".join(f"{', '.join(methods)}: {text}" for text, methods in said.items())
-            found[name] = (dataclasses.replace(opt, help=joined), takers)
-    return found
-
-
-def distill_options() -> Dict[str, Option]:
-    """The distill command's declared options: the request's and every method's own."""
-    return {**{name: opt for name, (opt, _) in distill_method_options().items()}, **distill_request_options()}
-
-
 def cmd_distill(args: argparse.Namespace) -> None:
     from .config import merge
     from .distributed import init_from_env
     from .methods import DistillRequest, get_method
+    from .methods.distill_options import COMMON_DISTILL_OPTIONS, TEACHER_USE_OPTIONS, distill_options
 
     declared = distill_options()
     options = merge(args, args.config, declared, declared)
@@ -259,7 +210,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_relabel(args: argparse.Namespace) -> None:
-    from .student import relabel_directory
+    from .relabel import relabel_directory
 
     teachers = comma_list(args.teachers)
     if not teachers:
@@ -442,6 +393,7 @@ def _add_teacher(sub) -> None:
 def _add_distill(sub) -> None:
     from .distill.config import RECIPES
     from .methods import all_methods
+    from .methods.distill_options import COMMON_DISTILL_OPTIONS, distill_method_options, distill_request_options
 
     makers = [m for m in all_methods() if m.distill is not None]
     relabelled = [m.name for m in makers if m.student_labels == "static"]

@@ -182,7 +182,7 @@ def random_subset(train, ipc: int, seed: int, teachers: Sequence[nn.Module], dev
     """The random real subset of a set's budget, picked with ``seed``; soft-labelled by the
     teachers when the students train on static labels."""
     from .distill.run import random_set
-    from .student import relabel
+    from .relabel import relabel
 
     subset = random_set(train, ipc, seed)
     return relabel(subset, list(teachers), device=device) if static_labels else subset

@@ -363,7 +363,8 @@ def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optio
     """The record of one set (rank 0): relabelled first unless its students are labelled per
     batch; ``twin_info``: the record of the set it trains on, whose feature duplication it shares."""
     from .storage import DistilledDataset, load_distilled, save_distilled
-    from .student import feature_duplication, relabel
+    from .relabel import relabel
+    from .student import feature_duplication
 
     cfg, progress = session.cfg, session.progress
     per_batch = key.labelled_per_batch  # students labelled by the teachers

@@ -1,6 +1,5 @@
-"""Static soft labels ("relabel") and student training on a distilled set (INFER_METHOD.md §4-§5).
+"""Student training on a distilled set (INFER_METHOD.md §5); its soft labels: infer_fast.relabel (§4).
 
-    relabel(distilled, teachers)                       # in place: mean of the teachers' logits
     result = train_student(distilled, test_set, StudentConfig(epochs=400))
     result = train_student(distilled, test_set, StudentConfig.imagenet(model="resnet18"))
     summary = evaluate_seeds(distilled, test_set, StudentConfig(), seeds=(0, 1, 2))
@@ -8,9 +7,7 @@
 
 Protocol choices (documented once, here):
 
-* Soft labels are the mean of the teachers' **logits** (eval mode) on every training image
-  with the test transform only (no augmentation), composed in training order by
-  :class:`infer_fast.storage.DistilledDataset`; stored fp16 via ``set_soft_labels``.
+* Soft labels are the mean of the teachers' **logits** (infer_fast.relabel).
 * Recipes: ``StudentConfig.cifar()`` (the field defaults: crop_flip, mixup with alpha 0.8,
   T = 30) and ``StudentConfig.imagenet()`` (SRe2L protocol: resized_crop_flip, cutmix with
   alpha 1.0, T = 20, 300 epochs). Every other choice below is shared by both.
@@ -60,20 +57,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .progress import progress_bar
+from .relabel import ensemble_logits
 
 from .data.registry import get_dataset
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop)
 from .models import create_model, device_of, penultimate_features
-from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
-from .teacher import DEVICE_CHOICES, evaluate, load_teachers_for_set, resolve_device
+from .storage import DistilledDataset, DistilledSet
+from .teacher import DEVICE_CHOICES, evaluate, resolve_device
 from . import distributed
 from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
                       STUDENT_SCHEDULES)
-from .checks import check_choice, check_int
+from .checks import check_choice
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of, with_recipe
-from .output_lock import holds_output
-from ._io import check_writable, content_digest, model_digest, read_checkpoint, save_atomic
+from ._io import content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               model_in_layout)
@@ -81,7 +78,7 @@ from .step_losses import StepLosses
 from .transfer import to_device
 
 __all__ = [
-    "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "relabel", "relabel_directory", "ensemble_logits", "augment",
+    "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "augment",
     "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "STUDENT_LABELS",
     "train_student", "evaluate_seeds",
     "feature_duplication",
@@ -90,74 +87,6 @@ __all__ = [
 BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
 LONG_EPOCH_STEPS = 20  # an epoch of this many steps or more shows its steps
 LONG_EVALUATION_IMAGES = 10_000  # an evaluation of this many test images or more shows its batches
-
-
-# --------------------------------------------------------------------------------------
-# soft labels
-# --------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def ensemble_logits(teachers: Sequence[nn.Module], x: Tensor) -> Tensor:
-    """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode."""
-    if not teachers:
-        raise ValueError("at least one teacher is needed")
-    total = None
-    for teacher in teachers:
-        was_training = teacher.training
-        teacher.eval()
-        try:
-            out = teacher(x).float()
-        finally:
-            teacher.train(was_training)
-        total = out if total is None else total + out
-    return total / len(teachers)
-
-
-def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int = 256, device: str = "cpu",
-            progress: bool = False) -> DistilledSet:
-    """Static soft labels, **in place**: the mean of the teachers' logits on every training
-    image (test transform only), stored fp16 with ``set_soft_labels``. Returns ``distilled``.
-    ``progress``: a bar over the training images."""
-    if not teachers:
-        raise ValueError("relabel needs at least one teacher")
-    check_int("batch_size", batch_size)
-    dev = resolve_device(device)
-    models = [t.to(dev) for t in teachers]
-    chunks = []
-    data = DistilledDataset(distilled, hard_only=True)
-    # composed a chunk at a time: an ImageNet-size set never sits in memory as images
-    with progress_bar(total=len(data), desc="relabel", unit="img", disable=not progress, leave=False) as bar:
-        for _, images in data.iter_chunks():
-            for start in range(0, images.shape[0], batch_size):
-                logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
-                if logits.shape[1] != distilled.num_classes:
-                    raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
-                chunks.append(logits)
-                bar.update(logits.shape[0])
-    distilled.set_soft_labels(torch.cat(chunks))
-    return distilled
-
-
-@holds_output("directory", "distilled set")
-def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cpu", batch_size: int = 256,
-                      progress: bool = False) -> DistilledSet:
-    """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save
-    it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``.
-    ``progress``: a bar over the images, and a line when the set is saved."""
-    if not teacher_paths:
-        raise ValueError("relabel_directory needs at least one teacher path")
-    resolve_device(device)
-    ds = load_distilled(directory)
-    check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes())  # rewritten beside itself
-    teachers = load_teachers_for_set(teacher_paths, ds, device=device)
-    relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress)
-    ds.hyperparameters = dict(ds.hyperparameters)
-    ds.hyperparameters["relabel"] = {
-        "teachers": [str(p) for p in teacher_paths],
-        "rule": "mean of the teachers' logits, eval mode, test transform only",
-    }
-    save_distilled(ds, directory, overwrite=True, progress=progress)
-    return ds
 
 
 # --------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from infer_fast.evaluate import Protocol, check_full_data_checkpoint, evaluate_s
 from infer_fast.scores import (PRINTED_FLOOR, dd_ranking_printed_scores, dd_ranking_scores,
                                printed_augmentation_robust_score, printed_label_robust_score)
 from infer_fast.storage import save_distilled
-from infer_fast.student import StudentConfig, half_cosine_factor, relabel, train_student
+from infer_fast.relabel import relabel
+from infer_fast.student import StudentConfig, half_cosine_factor, train_student
 from infer_fast.teacher import load_teacher
 
 TINY = {"model": "convnet-w8-d2", "epochs": 2}

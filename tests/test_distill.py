@@ -666,7 +666,7 @@ def test_progress_bar_runs(natural, teachers, train_set, capsys):
 
 def test_select_by_confidence(train_set, teachers):
     from infer_fast.data.transforms import normalize
-    from infer_fast.student import ensemble_logits
+    from infer_fast.relabel import ensemble_logits
 
     K = 3
     nat = select_natural_sets(train_set, K, seed=0, selection="confidence", teachers=teachers)

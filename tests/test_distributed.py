@@ -74,7 +74,8 @@ def test_ddp_student_equals_one_process(teacher_paths, tmp_path):
     every batch end with the single-process weights."""
     from infer_fast.data import load_dataset
     from infer_fast.distill import distill_random
-    from infer_fast.student import StudentConfig, relabel_directory, train_student
+    from infer_fast.relabel import relabel_directory
+    from infer_fast.student import StudentConfig, train_student
 
     distill_random(DATASET, 5, tmp_path / "set", seed=0)
     ds = relabel_directory(tmp_path / "set", teacher_paths[:1])

@@ -12,7 +12,7 @@ from infer_fast.distill.run import random_set
 from infer_fast.evaluate import RUNS, Protocol, evaluate_set, format_report
 from infer_fast.scores import dd_ranking_scores
 from infer_fast.storage import save_distilled
-from infer_fast.student import relabel
+from infer_fast.relabel import relabel
 from infer_fast.teacher import load_teacher
 
 FAST_STUDENT = {"model": "convnet-w8-d2", "epochs": 2, "batch_size": 50, "temperature": 4.0}

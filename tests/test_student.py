@@ -12,9 +12,10 @@ import pytest
 from infer_fast.data import load_dataset
 from infer_fast.data.transforms import denormalize, normalize, random_flip, random_resized_crop
 from infer_fast.storage import DistilledDataset, DistilledSet, load_distilled, save_distilled, valid_range
+from infer_fast.relabel import relabel, relabel_directory
 from infer_fast.student import (
     StudentConfig, augment, cutmix, cutmix_box, distillation_loss, evaluate_seeds, feature_duplication, mixup,
-    relabel, relabel_directory, sample_lambda, soft_target_cross_entropy, train_student,
+    sample_lambda, soft_target_cross_entropy, train_student,
 )
 from infer_fast.teacher import load_teacher
 

@@ -41,7 +41,7 @@ def _true_class_confidence(train_set, indices: Tensor, label: int, teachers: Seq
     """Softmax probability of ``label`` under the teachers' mean logits, per image of
     ``train_set`` at ``indices`` (CPU float32), streamed in batches."""
     from ..data.transforms import normalize
-    from ..student import ensemble_logits
+    from ..relabel import ensemble_logits
 
     device = device_of(teachers[0])
     spec = train_set.spec

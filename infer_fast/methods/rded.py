@@ -173,7 +173,7 @@ def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], 
     """Per patch (normalized, on the teachers' device): the cross-entropy of ``label`` under
     the teachers' mean logits on the patch padded to ``size`` (CPU float32), their forward
     passes at ``precision`` (mixed_precision.autocast; the logits and the loss in fp32)."""
-    from ..student import ensemble_logits
+    from ..relabel import ensemble_logits
 
     out = []
     for start in range(0, patches.shape[0], batch_size):

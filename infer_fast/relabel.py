@@ -1,0 +1,88 @@
+"""Static soft labels ("relabel", INFER_METHOD.md §4): the mean of the teachers' logits on
+every training image of a set, with the test transform only (no augmentation), composed in
+training order by :class:`infer_fast.storage.DistilledDataset`; stored fp16 via
+``set_soft_labels``. Students train on them (infer_fast.student).
+
+    relabel(distilled, teachers)                       # in place
+    relabel_directory("sets/infer", ["t1.pt", "t2.pt"])  # load, relabel, save back
+    z = ensemble_logits(teachers, x)                   # the rule, on one batch
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._io import check_writable
+from .checks import check_int
+from .output_lock import holds_output
+from .progress import progress_bar
+from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
+from .teacher import load_teachers_for_set, resolve_device
+
+__all__ = ["ensemble_logits", "relabel", "relabel_directory"]
+
+
+@torch.no_grad()
+def ensemble_logits(teachers: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode."""
+    if not teachers:
+        raise ValueError("at least one teacher is needed")
+    total = None
+    for teacher in teachers:
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            out = teacher(x).float()
+        finally:
+            teacher.train(was_training)
+        total = out if total is None else total + out
+    return total / len(teachers)
+
+
+def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int = 256, device: str = "cpu",
+            progress: bool = False) -> DistilledSet:
+    """Static soft labels, **in place**: the mean of the teachers' logits on every training
+    image (test transform only), stored fp16 with ``set_soft_labels``. Returns ``distilled``.
+    ``progress``: a bar over the training images."""
+    if not teachers:
+        raise ValueError("relabel needs at least one teacher")
+    check_int("batch_size", batch_size)
+    dev = resolve_device(device)
+    models = [t.to(dev) for t in teachers]
+    chunks = []
+    data = DistilledDataset(distilled, hard_only=True)
+    # composed a chunk at a time: an ImageNet-size set never sits in memory as images
+    with progress_bar(total=len(data), desc="relabel", unit="img", disable=not progress, leave=False) as bar:
+        for _, images in data.iter_chunks():
+            for start in range(0, images.shape[0], batch_size):
+                logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
+                if logits.shape[1] != distilled.num_classes:
+                    raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
+                chunks.append(logits)
+                bar.update(logits.shape[0])
+    distilled.set_soft_labels(torch.cat(chunks))
+    return distilled
+
+
+@holds_output("directory", "distilled set")
+def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cpu", batch_size: int = 256,
+                      progress: bool = False) -> DistilledSet:
+    """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save
+    it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``.
+    ``progress``: a bar over the images, and a line when the set is saved."""
+    if not teacher_paths:
+        raise ValueError("relabel_directory needs at least one teacher path")
+    resolve_device(device)
+    ds = load_distilled(directory)
+    check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes())  # rewritten beside itself
+    teachers = load_teachers_for_set(teacher_paths, ds, device=device)
+    relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress)
+    ds.hyperparameters = dict(ds.hyperparameters)
+    ds.hyperparameters["relabel"] = {
+        "teachers": [str(p) for p in teacher_paths],
+        "rule": "mean of the teachers' logits, eval mode, test transform only",
+    }
+    save_distilled(ds, directory, overwrite=True, progress=progress)
+    return ds
