@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
@@ -177,34 +178,10 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         history, start_epoch, elapsed = ckpt["history"], ckpt["epochs_done"], ckpt["elapsed_s"]
         print(f"{out}: resuming after epoch {start_epoch}/{cfg.epochs}")
 
-    criterion = nn.CrossEntropyLoss()
     accuracy = history[-1]["test_accuracy"] if history else float("nan")
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same order on resume
-        order = torch.randperm(len(train), generator=gen)
-        model.train()
-        step_losses = StepLosses(steps_per_epoch, device)
-        # the epoch's batches in that order: slices in memory, decoded by DataLoader workers from folders
-        # (not pinned: they are augmented on the host first, and the augmented batch goes through pinned memory)
-        batches = train.batches(cfg.batch_size, order)
-        bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                           disable=not progress, leave=False)
-        for step, (images, labels) in enumerate(bar):
-            # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
-            x = to_device(normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std), device)
-            y = to_device(labels, device)
-            with autocast(device, cfg.precision):  # (bf16: the loss on fp32 logits; fp32: the same tensors)
-                logits = model(batch_in_layout(x, cfg.channels_last))
-            loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step_losses.add(loss, len(y))
-            if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps_per_epoch):
-                bar.set_postfix(loss=f"{step_losses.mean():.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
-        train_loss = step_losses.mean()
+        train_loss = _train_epoch(model, train, cfg, optimizer, schedule, epoch, device, progress)
         accuracy = evaluate(model, test, cfg.eval_batch_size, device, progress=progress, precision=cfg.precision,
                             channels_last=cfg.channels_last)
         elapsed += time.perf_counter() - started
@@ -226,6 +203,38 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         )
     summary = {**meta, "epochs_done": cfg.epochs, "test_accuracy": accuracy, "history": history, "elapsed_s": elapsed}
     return summary
+
+
+def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedule, epoch: int, device: torch.device,
+                 progress: bool) -> float:
+    """One epoch of ``model`` on ``train`` (its order and augmentation drawn from a generator
+    seeded by the seed and the epoch: the same on resume); returns the mean training loss."""
+    spec, steps = train.spec, math.ceil(len(train) / cfg.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(train), generator=gen)
+    model.train()
+    step_losses = StepLosses(steps, device)
+    # the epoch's batches in that order: slices in memory, decoded by DataLoader workers from folders
+    # (not pinned: they are augmented on the host first, and the augmented batch goes through pinned memory)
+    bar = progress_bar(train.batches(cfg.batch_size, order), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False)
+    mean_loss = None
+    for step, (images, labels) in enumerate(bar):
+        # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
+        x = to_device(normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std), device)
+        y = to_device(labels, device)
+        with autocast(device, cfg.precision):  # (bf16: the loss on fp32 logits; fp32: the same tensors)
+            logits = model(batch_in_layout(x, cfg.channels_last))
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        step_losses.add(loss, len(y))
+        if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps):
+            mean_loss = step_losses.mean()  # (a host read: every PROGRESS_LOSS_EVERY steps, and the last)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
+    return mean_loss if progress else step_losses.mean()  # (with progress: read at the last step already)
 
 
 def _read_checkpoint(path: str) -> Dict[str, Any]:

@@ -218,15 +218,16 @@ def test_evaluation_batches_hold_a_bounded_number_of_pixels(monkeypatch):
 @pytest.mark.parametrize("progress", [False, True])
 def test_the_step_losses_are_read_once_per_epoch_or_per_bar_update(tmp_path, step_loss_reads, monkeypatch, progress):
     """No step's loss is read on the host while an epoch runs (a host sync per step on a GPU):
-    the epoch's loss is read once after it, and a progress bar's running loss every
-    PROGRESS_LOSS_EVERY steps and at the last. The epoch's loss is still the steps' losses
+    the epoch's loss is read once after it; with a progress bar, its running loss every
+    PROGRESS_LOSS_EVERY steps and at the last step, whose read is the epoch's loss (not read
+    again). The epoch's loss is still the steps' losses
     weighted by their batch sizes (19 x 256 + 136 images), summed in step order."""
     monkeypatch.setattr(teacher_mod, "PROGRESS_LOSS_EVERY", 8)
     summary = train_teacher(TeacherConfig(epochs=1, **TINY), str(tmp_path / "t.pt"), progress=progress)
     seen = step_loss_reads
     monkeypatch.undo()
     assert len(seen.losses) == 20 and seen.reads == []
-    assert seen.means == 1 + (len([0, 8, 16, 19]) if progress else 0)
+    assert seen.means == (len([0, 8, 16, 19]) if progress else 1)
     total = 0.0
     for step, loss in enumerate(seen.losses):
         total += loss.item() * (136 if step == 19 else 256)
