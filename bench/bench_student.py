@@ -55,7 +55,7 @@ from infer_fast.choices import AUGMENTATION_PLACES, PRECISIONS  # noqa: E402
 from infer_fast.data import get_spec  # noqa: E402
 from infer_fast.models import create_model  # noqa: E402
 from infer_fast.storage import DistilledSet  # noqa: E402
-from infer_fast.student import StudentConfig, _StudentRun, recipe_of  # noqa: E402
+from infer_fast.student import StudentConfig, StudentRun, recipe_of  # noqa: E402
 
 MODELS = {"imagenet": "resnet18-imagenet", "cifar100": "resnet18"}  # --dataset (the projected split): its protocol's student
 
@@ -77,7 +77,7 @@ def _ms_per(run, count: int, device: torch.device) -> float:
     return 1000 * timed_seconds(run, device) / count
 
 
-def measure(student: _StudentRun, steps: int, rounds: int, device: torch.device,
+def measure(student: StudentRun, steps: int, rounds: int, device: torch.device,
             profile: bool = False) -> Tuple[Dict[str, List[float]], Dict[str, Dict]]:
     """ms per step of the host's part, the device's part and the loop, ``rounds`` times each;
     with ``profile``, where the time of each part goes (the host's: host time; the device's:
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     teachers = None if args.dynamic is None else [
         create_model(name, num_classes=distilled.num_classes, image_size=args.size).to(device).eval()
         for name in args.dynamic.split(",")]
-    student = _StudentRun(distilled, None, cfg, teachers=teachers, ddp=False)
+    student = StudentRun(distilled, None, cfg, teachers=teachers, ddp=False)
     labels = "soft labels" if teachers is None else f"labelled by {args.dynamic} on every batch"
     print(f"student {args.model} ({labels}) on {device}, the {args.recipe} recipe ({cfg.augmentation}, {cfg.mix}, batch "
           f"{cfg.batch_size}, {cfg.epochs} epochs), {args.size} px, {cfg.precision}"

@@ -80,7 +80,7 @@ from .transfer import to_device
 __all__ = [
     "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "augment",
     "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "STUDENT_LABELS",
-    "train_student", "evaluate_seeds",
+    "train_student", "evaluate_seeds", "StudentRun",
     "feature_duplication",
 ]
 
@@ -297,9 +297,12 @@ def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, A
     return state
 
 
-class _StudentRun:
+class StudentRun:
     """One student trained on a distilled set (train_student's pieces): its training data and
-    targets, model, optimizer, schedule and generator, and what a checkpoint saves of it."""
+    targets, model, optimizer, schedule and generator, and what a checkpoint saves of it.
+    Public for measuring the parts of a step apart (bench/bench_student.py): ``mixed_batch(idx)``
+    (the host's part: a batch augmented and mixed), ``step(x, z, batch_size)`` (the device's:
+    forward, loss, backward, update) and ``train_epoch(epoch, progress)`` (the loop)."""
 
     def __init__(self, distilled: DistilledSet, test_set, cfg: StudentConfig, teachers, ddp: bool):
         self.test_set, self.cfg, self.device = test_set, cfg, resolve_device(cfg.device)
@@ -476,7 +479,7 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     _check_test_set(distilled, test_set)
-    run = _StudentRun(distilled, test_set, cfg, teachers, ddp)
+    run = StudentRun(distilled, test_set, cfg, teachers, ddp)
     if checkpoint is not None:
         run.open_checkpoint(checkpoint, resume)
     return run.result(run.train(progress, checkpoint), progress)

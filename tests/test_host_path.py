@@ -127,7 +127,7 @@ def test_a_student_batch_augmented_on_the_gpu_is_the_hosts_and_makes_no_host_syn
     on the host; every index the draws make reaches the GPU through pinned memory), and equals
     the host-augmented batch to float32 rounding of the GPU's resize."""
     from infer_fast.storage import DistilledSet
-    from infer_fast.student import StudentConfig, _StudentRun
+    from infer_fast.student import StudentConfig, StudentRun
 
     gen = torch.Generator().manual_seed(0)
     n, size = 16, 48
@@ -137,8 +137,8 @@ def test_a_student_batch_augmented_on_the_gpu_is_the_hosts_and_makes_no_host_syn
                       labels=torch.arange(n) % 10, soft_labels=torch.randn(n, 10, generator=gen))
     cfg = StudentConfig.from_recipe(recipe, model="convnet-w8-d2", batch_size=8, device="cuda")
     idx = torch.arange(8)
-    host_run = _StudentRun(ds, None, cfg, teachers=None, ddp=False)
-    device_run = _StudentRun(ds, None, StudentConfig(**{**cfg.__dict__, "augment_on": "device"}), teachers=None,
+    host_run = StudentRun(ds, None, cfg, teachers=None, ddp=False)
+    device_run = StudentRun(ds, None, StudentConfig(**{**cfg.__dict__, "augment_on": "device"}), teachers=None,
                              ddp=False)
     x_host, z_host = host_run.mixed_batch(idx)
     torch.cuda.synchronize()
