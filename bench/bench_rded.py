@@ -42,6 +42,7 @@ from infer_fast.data.folders import DEFAULT_DECODER  # noqa: E402
 from infer_fast.data.registry import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from infer_fast.data.sets import loader_workers  # noqa: E402
 from infer_fast.choices import PRECISIONS  # noqa: E402
+from infer_fast.mixed_precision import model_in_layout  # noqa: E402
 from infer_fast.methods.rded import DEFAULT_BATCH_SIZE, RECIPES, class_images, true_class_loss  # noqa: E402
 from infer_fast.models import create_model  # noqa: E402
 
@@ -73,7 +74,7 @@ def forward_seconds(teachers, recipe: Dict, size: int, classes: int, device: tor
     patches = torch.randn((n, 3, patch, patch), device=device)
 
     return seconds_per_call(lambda: true_class_loss(patches, 0, teachers, size, recipe["batch_size"],
-                                                    recipe["precision"]), classes, device)
+                                                    recipe["precision"], recipe["channels_last"]), classes, device)
 
 
 def decode_rows(files: int, size: int, worker_counts: List[int], rounds: int, device: torch.device, seed: int,
@@ -116,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teachers", default="resnet18-imagenet", help="comma-separated model names")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="RDED's option: the scoring forward "
                                                                                "passes' (default fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="RDED's option: the scoring forward passes in "
+                                                                     "channels_last")
     parser.add_argument("--files", type=int, help="generated JPEGs of the decode rows (default 256 on GPU, 32 on CPU; "
                                                   "--quick 6)")
     parser.add_argument("--workers", help="decode worker counts, comma-separated (default: RDED's own, "
@@ -156,11 +159,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     recipe = {**RECIPES[args.family], "candidates_per_class": args.candidates, "crops_per_image": args.crops,
-              "batch_size": DEFAULT_BATCH_SIZE, "precision": args.precision}
-    teachers = [create_model(name, num_classes=IMAGENET_CLASSES, image_size=args.size).to(device).eval()
-                for name in args.teachers.split(",")]
+              "batch_size": DEFAULT_BATCH_SIZE, "precision": args.precision, "channels_last": args.channels_last}
+    teachers = [model_in_layout(create_model(name, num_classes=IMAGENET_CLASSES, image_size=args.size).to(device).eval(),
+                                args.channels_last) for name in args.teachers.split(",")]  # (rded_set's copies)
     print(f"RDED {args.family} recipe on {device}: {args.candidates} candidates x {args.crops} crops per class, "
-          f"factor {recipe['factor']}, {args.size} px, ipc {args.ipc}, teachers {args.teachers}, {args.precision}")
+          f"factor {recipe['factor']}, {args.size} px, ipc {args.ipc}, teachers {args.teachers}, {args.precision}"
+          f"{' channels_last' if args.channels_last else ''}")
     with torch.no_grad():
         score = score_seconds(teachers, recipe, args.ipc, args.size, args.classes, device)
         forward = forward_seconds(teachers, recipe, args.size, args.classes, device)

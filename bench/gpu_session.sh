@@ -12,7 +12,8 @@
 #   cifar100  bench_recovery.py at CIFAR-100 shapes, with a torch.compile(reduce-overhead) row
 #   imagenet  bench_recovery.py at ImageNet shapes, the three teachers, 10 iterations, profiled
 #   rded      bench_rded.py: RDED's scoring and decoding at the ImageNet-1k ipc 10 recipe, projected
-#             to the 1000 classes (issue 22's "in minutes on one GPU"), then its scoring in bf16; late,
+#             to the 1000 classes (issue 22's "in minutes on one GPU"), then its scoring in bf16, and in
+#             bf16 + channels_last; late,
 #             so it runs on what is left
 #   student   bench_student.py --profile: a ResNet-18 student's step at the ImageNet recipe, the host's
 #             batch preparation against the device's step (and where each spends its time), projected
@@ -100,6 +101,8 @@ step_rded() {
   # (the scoring in bf16; its decode rows are the fp32 run's, so fewer files and one round)
   "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --files 16 --decode-rounds 1 \
     --out "$DEST/rded-bf16.json" "$@" 2>&1 | tee -a "$DEST/rded.log"
+  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --channels-last --files 16 --decode-rounds 1 \
+    --out "$DEST/rded-bf16-channels-last.json" "$@" 2>&1 | tee -a "$DEST/rded.log"
 }
 
 step_student() {

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List
 
 STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student")
-RDED_RESULTS = ("rded.json", "rded-bf16.json")  # the rded step's runs (gpu_session.sh)
+RDED_RESULTS = ("rded.json", "rded-bf16.json", "rded-bf16-channels-last.json")  # the rded step's runs (gpu_session.sh)
 STUDENT_RESULTS = ("student.json", "student-bf16.json", "student-bf16-device.json")  # the student step's runs
 
 
@@ -117,7 +117,7 @@ def rded_lines(result) -> List[str]:
     p = result["projection"]
     return [
         f"rded ({s['family']} recipe, {s['candidates']} candidates x {s['crops']} crops, {s['size']} px, "
-        f"{s['teachers']}, {s.get('precision', 'fp32')}):",
+        f"{s['teachers']}, {s.get('precision', 'fp32')}{' channels_last' if s.get('channels_last') else ''}):",
         f"    scoring {rows['scoring']['s_per_class']:.3f} s/class ({rows['scoring']['crops_per_s']:.0f} crops/s), "
         f"forward alone {rows['forward only']['s_per_class']:.3f}; decode {decodes}",
         f"    projected {p['classes']} classes (decoding with the first): {p['overlapped_s'] / 60:.1f} min "

@@ -33,13 +33,20 @@ def test_quick_mode_writes_every_row_and_the_projection(tmp_path):
         in summary.stdout
 
 
-def test_bf16_scoring(tmp_path):
-    """--precision bf16: RDED's option, recorded in the recipe; the GPU session's rded step runs it
-    into rded-bf16.json, which its summary reports beside rded.json."""
+def test_bf16_and_channels_last_scoring(tmp_path):
+    """--precision bf16 and --channels-last: RDED's options, recorded in the recipe; the GPU
+    session's rded step runs them into rded-bf16.json and rded-bf16-channels-last.json, which its
+    summary reports beside rded.json."""
     proc, result = run_bench_json("bench_rded.py", tmp_path / "rded-bf16.json", "--quick", "--precision", "bf16")
     assert result["recipe"]["precision"] == "bf16" and "resnet18-imagenet, bf16" in proc.stdout
+    assert result["recipe"]["channels_last"] is False
+    proc, result = run_bench_json("bench_rded.py", tmp_path / "rded-bf16-channels-last.json", "--quick",
+                                  "--precision", "bf16", "--channels-last")
+    assert result["recipe"]["channels_last"] is True and "resnet18-imagenet, bf16 channels_last" in proc.stdout
     summary = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
     assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet, bf16):" in summary.stdout
+    assert "rded (imagenet recipe, 8 candidates x 2 crops, 32 px, resnet18-imagenet, bf16 channels_last):" \
+        in summary.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,7 +11,7 @@ from infer_fast import teacher as teacher_module
 from infer_fast.mixed_precision import autocast, batch_in_layout, model_in_layout
 from infer_fast.student import StudentConfig, train_student
 from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
-from test_student import FAST, baseline_set, data  # noqa: F401 (data: the fixture)
+from test_student import FAST, baseline_set, data, teachers  # noqa: F401 (data, teachers: the fixtures)
 
 torch.set_num_threads(1)
 
@@ -68,6 +68,28 @@ def test_a_channels_last_student_trains_like_the_default_layout(data, monkeypatc
     layouts = {(training, cl) for training, _, cl, kind in recorded.calls if kind is nn.Conv2d and cl is not None}
     assert layouts == {(True, True), (False, True)}
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in recorded.models[0].parameters() if p.dim() == 4)
+    assert [h["loss"] for h in last["history"]] == pytest.approx([h["loss"] for h in default["history"]], rel=1e-4)
+
+
+def test_a_channels_last_infer_dyn_student_labels_with_teacher_copies_in_that_layout(teachers, data):  # noqa: F811
+    """INFER+Dyn with channels_last: copies of the teachers in channels_last label the batches
+    (the caller's teachers keep their layout), and the losses are the default layout's to float32
+    rounding."""
+    _, models = teachers
+    ds = baseline_set(data[0], per_class=2)
+    cfg = StudentConfig(epochs=2, dynamic=True, **FAST)
+    default = train_student(ds, data[1], cfg, teachers=models, progress=False)
+    strides = [p.stride() for m in models for p in m.parameters()]
+    weights_seen = []  # (hooks are deep-copied with a module: they see the copies' weights)
+    hooks = [layer.register_forward_hook(lambda layer, inputs, output: weights_seen.append(
+                 layer.weight.is_contiguous(memory_format=torch.channels_last)))
+             for m in models for layer in m.modules() if isinstance(layer, nn.Conv2d) and layer.in_channels > 1]
+    last = train_student(ds, data[1], StudentConfig(**{**cfg.__dict__, "channels_last": True}), teachers=models,
+                         progress=False)
+    for hook in hooks:
+        hook.remove()
+    assert weights_seen and all(weights_seen)
+    assert [p.stride() for m in models for p in m.parameters()] == strides
     assert [h["loss"] for h in last["history"]] == pytest.approx([h["loss"] for h in default["history"]], rel=1e-4)
 
 

@@ -140,6 +140,42 @@ def test_bf16_scoring_runs_the_teachers_under_autocast_and_ranks_fp32_losses():
         get_method("rded").check_options({"precision": "fp16"})
 
 
+def test_channels_last_scoring_scores_copies_in_that_layout():
+    """channels_last: the padded patches reach the teachers in channels_last, the losses match
+    the default layout's to rounding; rded_set scores with copies in that layout (the caller's
+    teacher is left in its own) and makes the same images here; False (given or not) leaves the
+    recipe of the sets made before the option."""
+    gen = torch.Generator().manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, 10))
+    layouts = []
+    teacher.register_forward_pre_hook(
+        lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    patches = torch.randn(6, 3, 8, 8, generator=gen)
+    default = rded.true_class_loss(patches, 3, [teacher], 16, batch_size=4)
+    channels_last = rded.true_class_loss(patches, 3, [teacher], 16, batch_size=4, channels_last=True)
+    assert layouts == [False, False, True, True]
+    torch.testing.assert_close(channels_last, default, rtol=1e-5, atol=1e-5)
+    assert rded.resolve_recipe({"channels_last": True}, "cifar10", 32, ipc=1)["channels_last"] is True
+    assert rded.resolve_recipe({"channels_last": False}, "cifar10", 32, ipc=1) == rded.resolve_recipe(
+        {}, "cifar10", 32, ipc=1)
+    with pytest.raises(ValueError, match="channels_last"):
+        get_method("rded").check_options({"channels_last": "yes"})
+
+    train = load_dataset("fashion-mnist-mini", "train")
+    grey = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 10)).eval()
+    options = dict(candidates_per_class=8, crops_per_image=2)
+    plain = rded.rded_set(train, [grey], ipc=1, options=options)
+    strides = grey[0].weight.stride()
+    scorers = []
+    grey.register_forward_pre_hook(lambda module, inputs: scorers.append(module))  # (deep-copied with the teacher)
+    made = rded.rded_set(train, [grey], ipc=1, options={**options, "channels_last": True})
+    assert len(scorers) == 10 and all(m is not grey and m[0].weight.stride() != strides for m in scorers)
+    assert grey[0].weight.stride() == strides  # the caller's teacher as it was
+    assert torch.equal(made.images, plain.images) and made.hyperparameters["channels_last"] is True
+
+
 def test_folder_split_decodes_only_the_candidates(tmp_path, monkeypatch):
     write_fake_imagenet(tmp_path / "data", classes=3, train_per_class=6, val_per_class=1)
     train = load_dataset({"name": "imagenet", "num_classes": 3, "image_size": 32}, "train",

@@ -47,6 +47,7 @@ torch generators seeded with the request's seed, so a seed gives the same set.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -56,7 +57,7 @@ from ..progress import progress_bar
 
 from ..checks import check_int
 from ..choices import PRECISIONS
-from ..mixed_precision import autocast
+from ..mixed_precision import autocast, batch_in_layout, model_in_layout
 from ..options import Option
 from .rded_checkpoint import RDEDCheckpoint
 from .registry import DistillRequest, Method, register
@@ -94,6 +95,10 @@ OPTIONS = (
     # (the recovery methods' option of the same name: their teacher converted to bf16; here autocast)
     Option("precision", str, "the teachers' scoring forward passes in fp32 or under bf16 autocast (the losses "
            "ranked in fp32)", choices=PRECISIONS, default="fp32"),
+    # (the recovery methods' option of the same name: their teacher's copy and inputs in that layout; here the
+    # scoring's)
+    Option("channels_last", bool, "the teachers' scoring forward passes in channels_last (copies of the teachers; "
+           "faster convolutions on GPUs and CPUs, above all in bf16)", default=False),
     # (the recovery methods' option of the same name: minutes between checkpoints, here after a class)
     Option("checkpoint_minutes", float, "checkpoint after the class that ends M minutes since the last checkpoint "
            "(the classes done; --resume continues after them)", above=0, none="off", default=10.0, metavar="M"),
@@ -128,8 +133,11 @@ def _recipe(parsed: Mapping[str, Any], dataset_name: str, image_size: int, ipc: 
     family = recipe_family(dataset_name, image_size)
     recipe = {"family": family, **RECIPES[family], "batch_size": DEFAULT_BATCH_SIZE}
     recipe.update({k: v for k, v in parsed.items() if v is not None and k not in RESULT_NEUTRAL})
-    if recipe.get("precision") == "fp32":  # (the recipe of sets made before the option, which scored in fp32)
+    # (the recipe of sets made before these options, which scored in fp32 in the default layout)
+    if recipe.get("precision") == "fp32":
         del recipe["precision"]
+    if recipe.get("channels_last") is False:
+        del recipe["channels_last"]
     factor = recipe["factor"]
     if factor > image_size:
         raise ValueError(f"factor={factor} cuts {image_size}-pixel images into patches under one pixel: "
@@ -169,15 +177,16 @@ def _pad_centred(patches: Tensor, size: int) -> Tensor:
 
 @torch.no_grad()
 def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], size: int,
-                    batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32") -> Tensor:
+                    batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32", channels_last: bool = False) -> Tensor:
     """Per patch (normalized, on the teachers' device): the cross-entropy of ``label`` under
     the teachers' mean logits on the patch padded to ``size`` (CPU float32), their forward
-    passes at ``precision`` (mixed_precision.autocast; the logits and the loss in fp32)."""
+    passes at ``precision`` (mixed_precision.autocast; the logits and the loss in fp32); with
+    ``channels_last`` the padded patches go in that layout (the teachers' given so by the caller)."""
     from ..relabel import ensemble_logits
 
     out = []
     for start in range(0, patches.shape[0], batch_size):
-        x = _pad_centred(patches[start:start + batch_size], size)
+        x = batch_in_layout(_pad_centred(patches[start:start + batch_size], size), channels_last)
         with autocast(x.device, precision):
             logits = ensemble_logits(teachers, x)  # (fp32: each teacher's logits cast)
         out.append(-logits.log_softmax(1)[:, label].cpu())
@@ -224,8 +233,8 @@ def class_images(candidates: Tensor, label: int, teachers: Sequence[nn.Module], 
     top, left, side, _ = (t.to(device) for t in resized_crop_boxes(n * crops, size, size, CROP_SCALE, CROP_RATIO, gen))
     source = torch.arange(n, device=device).repeat_interleave(crops)
     patches = square_crops(x, source, top, left, side, size // factor)
-    loss = true_class_loss(patches, label, teachers, size, recipe["batch_size"],
-                           recipe.get("precision", "fp32")).view(n, crops)
+    loss = true_class_loss(patches, label, teachers, size, recipe["batch_size"], recipe.get("precision", "fp32"),
+                           recipe.get("channels_last", False)).view(n, crops)
     key_loss, key_crop = loss.min(1)  # each image's key patch (the first of equal losses)
     keep = torch.argsort(key_loss, stable=True)[:ipc * factor ** 2]
     chosen = patches[(keep * crops + key_crop[keep]).to(device)]
@@ -294,9 +303,11 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
         store.announce(first, spec.num_classes)
     rows = torch.arange(first * candidates, len(picked))
     batches = picked.batches(candidates, rows, pin_memory=device_of(teachers[0]).type == "cuda")
+    # channels_last: copies of the teachers in that layout score (the caller's are left as they were)
+    scorers = [model_in_layout(copy.deepcopy(t), True) for t in teachers] if recipe.get("channels_last") else teachers
     for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",
                                                 desc="RDED: scoring patches", disable=not progress), start=first):
-        images[c * ipc:(c + 1) * ipc] = class_images(batch, c, teachers, spec.mean, spec.std, ipc, recipe, gen)
+        images[c * ipc:(c + 1) * ipc] = class_images(batch, c, scorers, spec.mean, spec.std, ipc, recipe, gen)
         if store is not None:
             store.after_class(c + 1, spec.num_classes, images, gen)
     return DistilledSet(
