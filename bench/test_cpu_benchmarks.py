@@ -74,3 +74,44 @@ def test_compose_cifar10(benchmark, impl):
         compose = lambda *args: ufc_compose(*args, backend="cpu")  # noqa: E731
     (grad,) = benchmark(lambda: torch.autograd.grad(compose(natural, ufc, index, shifts, flips), ufc, grad_out))
     assert grad.shape == ufc.shape
+
+
+def crop_by_pixel_gather(x, top, left, th, tw):
+    """RandomCrop's windows gathered pixel by pixel (four index tensors): how
+    random_crop_with_padding cut them before it indexed a view of the windows; the baseline."""
+    n = x.shape[0]
+    rows = (top[:, None] + torch.arange(th))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(tw))[:, None, None, :]
+    return x[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
+@pytest.mark.parametrize("impl", ["pixel gather", "window view"])
+def test_random_crop_cifar_batch(benchmark, impl):
+    """The students' and teachers' RandomCrop(32, padding=4) of a CIFAR batch (64, 3, 32, 32),
+    padded to 40 x 40: the same values either way."""
+    from infer_fast.data.transforms import random_crop_with_padding
+
+    benchmark.group = "RandomCrop(32, padding 4) of (64, 3, 32, 32)"
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (4,) * 4)
+    gen = torch.Generator().manual_seed(1)
+    top, left = torch.randint(0, 9, (64,), generator=gen), torch.randint(0, 9, (64,), generator=gen)
+    if impl == "pixel gather":
+        out = benchmark(crop_by_pixel_gather, padded, top, left, 32, 32)
+    else:
+        out = benchmark(lambda: random_crop_with_padding(x, 32, 4, torch.Generator().manual_seed(1)))
+    assert torch.equal(out, crop_by_pixel_gather(padded, top, left, 32, 32))
+
+
+def test_student_batch_cifar_recipe(benchmark):
+    """The host's part of a student step at the CIFAR recipe: a batch of 64 of 6400 images at
+    32 px drawn, cropped, flipped and mixed (StudentRun.mixed_batch)."""
+    from bench_student import random_set
+    from infer_fast.student import StudentConfig, StudentRun
+
+    benchmark.group = "student batch, CIFAR recipe (64 images, 32 px)"
+    config = StudentConfig.from_recipe("cifar", model="convnet-w8-d2", batch_size=64, device="cpu")
+    run = StudentRun(random_set("cifar100", 32, 6400, seed=0), None, config, teachers=None, ddp=False)
+    index = torch.arange(64)
+    x, z = benchmark(run.mixed_batch, index)
+    assert x.shape == (64, 3, 32, 32) and z.shape == (64, 100) and torch.isfinite(x).all()
