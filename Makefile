@@ -2,7 +2,7 @@
 #   make demo   - the main job: INFER vs random vs SRe2L on the embedded data (a few minutes)
 #   make test   - the test suite (Triton kernels under the CPU interpreter when no GPU)
 #   make bench  - op benchmarks, JSON under bench/results/
-#   make bench-cpu - the pytest-benchmark suite (host cost, C++ kernels) against its committed baseline
+#   make bench-cpu - the pytest-benchmark suite (host cost, C++ kernels, batches) against its committed baseline
 #   make cuda-check - compile the CUDA sources with nvcc for sm_90 (no GPU needed)
 #   make data   - the full Fashion-MNIST from Debian's package dataset-fashion-mnist (MIT)
 PYTHON ?= python3

@@ -3,7 +3,9 @@
 * host cost: fwd+bwd of one call of each fused op at tiny shapes, where the host path is
   everything, beside its eager baseline (the cases of ``bench_ops.py --overhead``);
 * kernels: fwd+bwd of the C++ kernels at the CPU acceptance shape (64, 64, 56, 56) and a
-  CIFAR-10 compose, beside the eager hook.
+  CIFAR-10 compose, beside the eager hook;
+* batches: RandomCrop of a CIFAR batch beside the pixel-by-pixel gather it replaced, and the
+  host's part of a student step at the CIFAR recipe.
 
     make bench-cpu                 # compare with the committed baseline, fail on a regression
     make bench-cpu-baseline        # record a new baseline (commit bench/results/pytest-benchmark/)
