@@ -160,8 +160,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     recipe = {**RECIPES[args.family], "candidates_per_class": args.candidates, "crops_per_image": args.crops,
               "batch_size": DEFAULT_BATCH_SIZE, "precision": args.precision, "channels_last": args.channels_last}
-    teachers = [model_in_layout(create_model(name, num_classes=IMAGENET_CLASSES, image_size=args.size).to(device).eval(),
-                                args.channels_last) for name in args.teachers.split(",")]  # (rded_set's copies)
+    teachers = [create_model(name, num_classes=IMAGENET_CLASSES, image_size=args.size).to(device).eval()
+                for name in args.teachers.split(",")]
+    teachers = [model_in_layout(t, args.channels_last) for t in teachers]  # (as rded_set's copies)
     print(f"RDED {args.family} recipe on {device}: {args.candidates} candidates x {args.crops} crops per class, "
           f"factor {recipe['factor']}, {args.size} px, ipc {args.ipc}, teachers {args.teachers}, {args.precision}"
           f"{' channels_last' if args.channels_last else ''}")

@@ -320,7 +320,7 @@ class StudentRun:
             self.images_at, self.soft = dataset.images_at, dataset.soft_labels
         self.n = len(dataset)
         self.teacher_models = [t.to(self.device).eval() for t in teachers] if cfg.dynamic else []
-        if cfg.channels_last:  # INFER+Dyn's teachers label the batches in their layout: copies (the caller's as they were)
+        if cfg.channels_last:  # INFER+Dyn's teachers label in that layout: copies (the caller's as they were)
             self.teacher_models = [model_in_layout(copy.deepcopy(t), True) for t in self.teacher_models]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

@@ -177,7 +177,8 @@ def _pad_centred(patches: Tensor, size: int) -> Tensor:
 
 @torch.no_grad()
 def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], size: int,
-                    batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32", channels_last: bool = False) -> Tensor:
+                    batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32",
+                    channels_last: bool = False) -> Tensor:
     """Per patch (normalized, on the teachers' device): the cross-entropy of ``label`` under
     the teachers' mean logits on the patch padded to ``size`` (CPU float32), their forward
     passes at ``precision`` (mixed_precision.autocast; the logits and the loss in fp32); with
