@@ -128,6 +128,7 @@ def test_a_distill_request_is_checked_and_parsed_when_made(tmp_path):
         request.options = {"iterations": -1}
     assert DistillRequest(method="rded", options=None, **base).parsed == {  # (None: no options given)
         "factor": None, "candidates_per_class": None, "crops_per_image": None, "batch_size": None, "precision": None,
+        "channels_last": None,
         "checkpoint_minutes": 10.0}  # (a result-neutral option: its default)
     assert not (tmp_path / "o").exists()
 
