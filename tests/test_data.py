@@ -30,6 +30,7 @@ from infer_fast.data import (
     write_idx,
     write_image_folder,
 )
+from infer_fast.data.transforms import crop_windows
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -506,6 +507,29 @@ def test_random_flip():
     # in place: the same draws and values, written into x itself
     mine = x.clone()
     assert random_flip(mine, torch.Generator().manual_seed(1), inplace=True) is mine and torch.equal(mine, out)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("size", [(5, 5), (3, 7), (9, 9)])
+def test_crop_windows_are_the_slices(layout, size):
+    """crop_windows(x, source, top, left, size)[k] is x[source[k], :, top[k]:+h, left[k]:+w] for
+    any input layout, repeated sources and windows touching the borders."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 9, 11, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(6, 3, 18, 11, generator=gen)[:, :, ::2]
+    h, w = size
+    source = torch.tensor([0, 5, 5, 2, 3, 1, 4, 0])
+    top = torch.randint(0, 9 - h + 1, (8,), generator=gen)
+    left = torch.randint(0, 11 - w + 1, (8,), generator=gen)
+    top[0], left[0], top[1], left[1] = 0, 0, 9 - h, 11 - w  # the corners
+    out = crop_windows(x, source, top, left, size)
+    assert out.shape == (8, 3, h, w)
+    for k in range(8):
+        t, l = int(top[k]), int(left[k])
+        assert torch.equal(out[k], x[source[k], :, t:t + h, l:l + w])
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect"])
