@@ -12,6 +12,8 @@ Rows, per teacher:
   toolkit     recover_ufcs: G UFCs per teacher pass (per-group BN statistics), fused kernels.
   toolkit fused BN
               the same with RecoveryConfig(fused_bn=True): eval BN + statistics loss fused.
+  toolkit fused BN + channels_last
+              fused BN in channels_last, fp32: what the layout alone gives.
   toolkit bf16+channels_last
               the same with precision="bf16", channels_last=True, fused_bn=True.
   toolkit fused BN + compile (with --compile MODE)
@@ -74,14 +76,15 @@ PROJECTIONS = [
     ("ImageNet-1k ipc 50", "imagenet", infer_budget(50, 1000, 3, "ipc") * 3, 2000),
     ("CIFAR-100 ipc 50", "cifar100", infer_budget(50, 100, 4) * 4, 1000),
 ]
-REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_BF16, TOOLKIT_BF16_EAGER, TOOLKIT_COMPILED = (
-    "reference", "toolkit", "toolkit fused BN", "toolkit bf16+channels_last", "toolkit bf16+cl, no CUDA graph",
-    "toolkit fused BN + compile")
+REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_FUSED_CL, TOOLKIT_BF16, TOOLKIT_BF16_EAGER, TOOLKIT_COMPILED = (
+    "reference", "toolkit", "toolkit fused BN", "toolkit fused BN + channels_last", "toolkit bf16+channels_last",
+    "toolkit bf16+cl, no CUDA graph", "toolkit fused BN + compile")
 ROW_DESCRIPTIONS = {
     REFERENCE: "reference release's loop: fp32 eager, one UFC at a time, SRe2L-style BN forward hooks",
     TOOLKIT: "infer_fast.distill.recover_ufcs, fp32, G UFCs per teacher pass, fused kernels (on CUDA each "
              "batch's iteration a replayed CUDA graph after 3 eager warm-up iterations)",
     TOOLKIT_FUSED: "recover_ufcs with fused_bn=True (eval BN + statistics loss fused: one kernel pass each way)",
+    TOOLKIT_FUSED_CL: "the fused BN row in channels_last (fp32: the layout's own gain)",
     TOOLKIT_BF16: "recover_ufcs with precision='bf16', channels_last=True, fused_bn=True",
     TOOLKIT_BF16_EAGER: "the bf16 row with cuda_graphs=False: every iteration eager (CUDA only)",
     TOOLKIT_COMPILED: "recover_ufcs with fused_bn=True and compile=--compile (steady state: the first "
@@ -245,7 +248,8 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
                               chunk_size=chunk_size, seed=0)
     rows = [reference_row(name, teacher, natural_u8, reference_ufcs, mean, std, config, device)]
     bf16 = dict(precision="bf16", channels_last=True, fused_bn=True)
-    variants = [(TOOLKIT, config), _variant(TOOLKIT_FUSED, config, fused_bn=True), _variant(TOOLKIT_BF16, config, **bf16)]
+    variants = [(TOOLKIT, config), _variant(TOOLKIT_FUSED, config, fused_bn=True),
+                _variant(TOOLKIT_FUSED_CL, config, fused_bn=True, channels_last=True), _variant(TOOLKIT_BF16, config, **bf16)]
     if device.type == "cuda":
         variants.append(_variant(TOOLKIT_BF16_EAGER, config, **bf16, cuda_graphs=False))
     if args.compile != "off":

@@ -27,7 +27,8 @@ def test_tiny_run_writes_rows_and_projections(tmp_path, preset, shrink):
     assert result["shapes"]["classes"] == 4
     assert result["environment"]["device"].startswith("CPU")
     rows = {r["row"]: r for r in result["rows"]}
-    assert set(rows) == {"reference", "toolkit", "toolkit fused BN", "toolkit bf16+channels_last"}
+    assert set(rows) == {"reference", "toolkit", "toolkit fused BN", "toolkit fused BN + channels_last",
+                         "toolkit bf16+channels_last"}
     for r in rows.values():
         assert r["ms_per_ufc_iteration"] > 0 and r["images_per_s"] > 0 and r["speedup_vs_reference"] > 0
     assert rows["reference"]["speedup_vs_reference"] == pytest.approx(1.0)
@@ -43,7 +44,7 @@ def test_rows_a_chunked_plan_does_not_allow_are_recorded_not_fatal(tmp_path):
                      "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
-    for name in ("toolkit fused BN", "toolkit bf16+channels_last"):
+    for name in ("toolkit fused BN", "toolkit fused BN + channels_last", "toolkit bf16+channels_last"):
         assert rows[name]["error"].startswith("does not apply: fused_bn does not apply with chunk_size")
         assert rows[name]["speedup_vs_reference"] is None
     assert rows["toolkit"]["ms_per_ufc_iteration"] > 0 and rows["toolkit"]["chunk_size"] == 3
