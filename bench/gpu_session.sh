@@ -147,8 +147,10 @@ if [ "${1:-}" = all ]; then
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     # each step in its own shell under a time limit; `timeout` ends it with status 124
+    began=$(date +%s)
     timeout --kill-after=5 "$limit" bash "$0" "$step"
     status=$?
+    echo $(($(date +%s) - began)) > "$DEST/$step.seconds"  # (what the next session plans with)
     [ "$status" = 124 ] && echo "timed out after ${limit} s" > "$DEST/$step.status"
     [ "$step" = build ] && [ "$status" != 0 ] && [ "$GPU" = 1 ] && echo "== build failed: later steps use what is installed"
   done

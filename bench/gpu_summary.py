@@ -24,11 +24,16 @@ def read_json(path: Path):
 
 
 def step_status(directory: Path, step: str) -> str:
+    """The step's outcome, and its wall time where `all` ran it (``<step>.seconds``)."""
     try:
         status = (directory / f"{step}.status").read_text().strip()
     except OSError:
         return "not run"
-    return "ok" if status == "0" else f"failed ({status})" if status.isdigit() else status
+    outcome = "ok" if status == "0" else f"failed ({status})" if status.isdigit() else status
+    try:
+        return f"{outcome} ({int((directory / f'{step}.seconds').read_text())} s)"
+    except (OSError, ValueError):
+        return outcome
 
 
 def last_line(path: Path, containing: str) -> str:

@@ -24,6 +24,7 @@ def test_overhead_mode_writes_rows_and_target_checks(tmp_path):
 
 def test_gpu_summary_reads_what_the_steps_left(tmp_path):
     (tmp_path / "build.status").write_text("0\n")
+    (tmp_path / "build.seconds").write_text("63\n")
     (tmp_path / "test.status").write_text("1\n")
     (tmp_path / "ops.status").write_text("timed out after 120 s\n")
     (tmp_path / "test.log").write_text("....\n3 failed, 40 passed in 12.0s\n")
@@ -37,6 +38,6 @@ def test_gpu_summary_reads_what_the_steps_left(tmp_path):
     proc = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    assert "build     ok" in text and "test      failed (1)" in text and "ops       timed out after 120 s" in text
+    assert "build     ok (63 s)" in text and "test      failed (1)\n" in text and "ops       timed out after 120 s" in text
     assert "overhead  not run" in text and "3 failed, 40 passed" in text
     assert "cuda (auto): 0/1 met" in text and "MISSED (100,64,112,112) nchw: faster than torch.compile(hook) 0.80" in text
