@@ -185,7 +185,8 @@ def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], 
 
     out = []
     for start in range(0, patches.shape[0], batch_size):
-        x = batch_in_layout(_pad_centred(patches[start:start + batch_size], size), channels_last)
+        # (the patches in the layout before padding: the padded batch is made in it, one copy fewer)
+        x = _pad_centred(batch_in_layout(patches[start:start + batch_size], channels_last), size)
         with autocast(x.device, precision):
             logits = ensemble_logits(teachers, x)  # (fp32: each teacher's logits cast)
         out.append(-logits.log_softmax(1)[:, label].cpu())
