@@ -121,7 +121,8 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     padding = max(1, x.shape[-1] // 8)  # 4 px at 32^2, as RandomCrop(32, padding=4)
-    return random_flip(random_crop_with_padding(x, x.shape[-1], padding, gen), gen)
+    # (the crop is a new batch: flipped in place, the same values without a mirrored copy of every image)
+    return random_flip(random_crop_with_padding(x, x.shape[-1], padding, gen), gen, inplace=True)
 
 
 def _metadata(cfg: TeacherConfig, spec, train=None) -> Dict[str, Any]:
