@@ -480,6 +480,29 @@ def test_image_set_subsets_and_normalized():
 # ------------------------------------------------------------------------- transforms
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32, torch.float64])
+def test_normalize_and_denormalize_leave_their_input_and_compute_the_formula(dtype):
+    """They work in place only on tensors they make themselves (a conversion, a product): the
+    caller's tensor is left as it was, and the values are the formula's, computed out of place."""
+    gen = torch.Generator().manual_seed(0)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    raw = torch.randint(0, 256, (2, 3, 5, 5), generator=gen, dtype=torch.uint8)
+    x = raw if dtype == torch.uint8 else (raw.to(torch.float64) / 255).to(dtype)
+    kept = x.clone()
+    out = normalize(x, mean, std)
+    assert torch.equal(x, kept) and out.data_ptr() != x.data_ptr()
+    pixels = x.to(torch.float32) / 255 if dtype == torch.uint8 else x.to(torch.float64 if dtype == torch.float64
+                                                                         else torch.float32)
+    m, s = torch.tensor(mean, dtype=pixels.dtype).view(3, 1, 1), torch.tensor(std, dtype=pixels.dtype).view(3, 1, 1)
+    assert torch.equal(out, (pixels - m) / s)
+    back = denormalize(out, mean, std)
+    assert torch.equal(back, out * s + m) and out.data_ptr() != back.data_ptr()
+    assert torch.equal(denormalize(out, mean, std, to_uint8=True),
+                       (out * s + m).clamp(0, 1).mul(255).round().to(torch.uint8))
+    flat = normalize(raw[0, 0], (0.5,), (0.25,))  # (one image plane: broadcast to (1, H, W), as before)
+    assert flat.shape == (1, 5, 5) and torch.equal(flat, ((raw[0, 0].float() / 255 - 0.5) / 0.25)[None])
+
+
 def test_normalize_round_trip():
     x = rand_u8((4, 3, 5, 5))
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

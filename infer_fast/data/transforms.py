@@ -73,13 +73,15 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     """(x / 255 - mean) / std per channel for uint8 images (..., ch, H, W); float input is
     taken as already in [0, 1]. Returns float32 (float64 stays float64)."""
     if x.dtype == torch.uint8:
-        x = x.to(torch.float32).div_(255.0)
+        pixels = x.to(torch.float32).div_(255.0)
     elif not x.is_floating_point():
         raise ValueError(f"normalize: expected uint8 or float images, got {x.dtype}")
-    elif x.dtype != torch.float64:
-        x = x.to(torch.float32)
-    m, s = _channel_vector(mean, x, "mean"), _channel_vector(std, x, "std")
-    return (x - m) / s
+    else:
+        pixels = x if x.dtype == torch.float64 else x.to(torch.float32)
+    m, s = _channel_vector(mean, pixels, "mean"), _channel_vector(std, pixels, "std")
+    # a tensor made here (a conversion) is normalized in place: the same values, no new batch per pass
+    mine = pixels is not x and pixels.dim() >= 3  # (>= 3 dims: the channel vectors broadcast into its shape)
+    return (pixels.sub_(m) if mine else pixels - m).div_(s)
 
 
 def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], to_uint8: bool = False) -> torch.Tensor:
@@ -88,9 +90,9 @@ def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], to
     if not x.is_floating_point():
         raise ValueError(f"denormalize: expected float images, got {x.dtype}")
     m, s = _channel_vector(mean, x, "mean"), _channel_vector(std, x, "std")
-    out = x * s + m
+    out = (x * s).add_(m)  # (in place on the product made here: the same values as x * s + m)
     if to_uint8:
-        out = out.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+        out = out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
     return out
 
 
