@@ -10,12 +10,13 @@ from torch import Tensor
 
 class StepLosses:
     """The losses of up to ``steps`` steps and their batch sizes; the weighted mean is read on
-    the host when asked (one transfer), summed in step order as a read per step would have:
-    the same bits."""
+    the host when asked (one transfer, and none when no step was added since the last), summed
+    in step order as a read per step would have: the same bits."""
 
     def __init__(self, steps: int, device) -> None:
         self.values = torch.empty(steps, device=device)
         self.sizes: List[int] = []
+        self._last_read = (-1, float("nan"))  # (steps read, their mean; none yet)
 
     def add(self, loss: Tensor, size: int) -> None:
         """Keep a step's (scalar) loss, of a batch of ``size`` examples: no host sync."""
@@ -23,6 +24,13 @@ class StepLosses:
         self.sizes.append(size)
 
     def mean(self) -> float:
-        """The mean loss per example over the steps so far (reads them on the host)."""
-        read = self.values[:len(self.sizes)].tolist()
-        return sum(value * size for value, size in zip(read, self.sizes)) / sum(self.sizes)
+        """The mean loss per example over the steps so far (reads them on the host, unless
+        the last read already covered them all)."""
+        if self._last_read[0] != len(self.sizes):
+            total = sum(value * size for value, size in zip(self._host_values(), self.sizes))
+            self._last_read = (len(self.sizes), total / sum(self.sizes))
+        return self._last_read[1]
+
+    def _host_values(self) -> List[float]:
+        """The steps' losses on the host: the one transfer (a sync with the device)."""
+        return self.values[:len(self.sizes)].tolist()

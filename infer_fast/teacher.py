@@ -219,7 +219,6 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
     # (not pinned: they are augmented on the host first, and the augmented batch goes through pinned memory)
     bar = progress_bar(train.batches(cfg.batch_size, order), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not progress, leave=False)
-    mean_loss, read_after = None, -1  # the running loss last read on the host, after that step
     for step, (images, labels) in enumerate(bar):
         # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize
         x = to_device(normalize(_augment(images.float().div_(255), gen), spec.mean, spec.std), device)
@@ -232,10 +231,9 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
         optimizer.step()
         schedule.step()
         step_losses.add(loss, len(y))
-        if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps):
-            mean_loss, read_after = step_losses.mean(), step  # (a host read: every PROGRESS_LOSS_EVERY steps, the last)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
-    return mean_loss if read_after + 1 == len(step_losses.sizes) else step_losses.mean()  # (read after the last step)
+        if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps):  # (a host read)
+            bar.set_postfix(loss=f"{step_losses.mean():.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
+    return step_losses.mean()  # (no new read when the bar read it after the last step)
 
 
 def _read_checkpoint(path: str) -> Dict[str, Any]:

@@ -91,21 +91,21 @@ def step_loss_reads(monkeypatch):
     """What a training loop reads on the host, while the fixture is active (``monkeypatch.undo()``
     ends it): ``losses``, every tensor ``backward`` was called on (a step's loss; kept alive, so
     no later tensor takes its memory); ``reads``, each read (item, tolist, float, numpy) of one
-    of them; ``means``, how often a StepLosses was read (its mean)."""
+    of them; ``means``, how often a StepLosses read its losses on the host (for its mean)."""
     from types import SimpleNamespace
 
     from infer_fast.step_losses import StepLosses
 
     seen = SimpleNamespace(losses=[], reads=[], means=0)
-    backward, mean = torch.Tensor.backward, StepLosses.mean
+    backward, host_values = torch.Tensor.backward, StepLosses._host_values
 
     def recording_backward(self, *args, **kwargs):
         seen.losses.append(self)
         return backward(self, *args, **kwargs)
 
-    def counting_mean(self):
+    def counting_host_values(self):
         seen.means += 1
-        return mean(self)
+        return host_values(self)
 
     def counting(name):
         original = getattr(torch.Tensor, name)
@@ -117,7 +117,7 @@ def step_loss_reads(monkeypatch):
         return read
 
     monkeypatch.setattr(torch.Tensor, "backward", recording_backward)
-    monkeypatch.setattr(StepLosses, "mean", counting_mean)
+    monkeypatch.setattr(StepLosses, "_host_values", counting_host_values)
     for name in ("item", "tolist", "__float__", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     return seen
