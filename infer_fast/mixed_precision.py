@@ -6,7 +6,8 @@ nothing: the same tensors, the same bits."""
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+import copy
+from typing import ContextManager, List, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,12 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
 def model_in_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     """``model`` with its 4-d weights in channels_last (in place), or as it is."""
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def copies_in_layout(models: Sequence[nn.Module], channels_last: bool) -> List[nn.Module]:
+    """Copies of ``models`` in channels_last (the caller's are left as they were), or the
+    models themselves: the teachers a student or RDED runs in its layout."""
+    return [model_in_layout(copy.deepcopy(m), True) for m in models] if channels_last else list(models)
 
 
 def batch_in_layout(x: Tensor, channels_last: bool) -> Tensor:

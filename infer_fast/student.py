@@ -45,7 +45,6 @@ Protocol choices (documented once, here):
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -74,7 +73,7 @@ from .options import CheckedWhenMade, check_fields, given_config, option, option
 from ._io import content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
-                              model_in_layout)
+                              copies_in_layout, model_in_layout)
 from .step_losses import StepLosses
 from .transfer import to_device
 
@@ -319,9 +318,9 @@ class StudentRun:
         else:  # an ImageNet-size set: each batch is composed on the fly (same values)
             self.images_at, self.soft = dataset.images_at, dataset.soft_labels
         self.n = len(dataset)
-        self.teacher_models = [t.to(self.device).eval() for t in teachers] if cfg.dynamic else []
-        if cfg.channels_last:  # INFER+Dyn's teachers label in that layout: copies (the caller's as they were)
-            self.teacher_models = [model_in_layout(copy.deepcopy(t), True) for t in self.teacher_models]
+        # INFER+Dyn's teachers label the batches in the student's layout
+        self.teacher_models = copies_in_layout([t.to(self.device).eval() for t in teachers] if cfg.dynamic else [],
+                                               cfg.channels_last)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.model = model_in_layout(create_model(

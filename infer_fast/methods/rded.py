@@ -47,7 +47,6 @@ torch generators seeded with the request's seed, so a seed gives the same set.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -57,7 +56,7 @@ from ..progress import progress_bar
 
 from ..checks import check_int
 from ..choices import PRECISIONS
-from ..mixed_precision import autocast, batch_in_layout, model_in_layout
+from ..mixed_precision import autocast, batch_in_layout, copies_in_layout
 from ..options import Option
 from .rded_checkpoint import RDEDCheckpoint
 from .registry import DistillRequest, Method, register
@@ -303,8 +302,7 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
         store.announce(first, spec.num_classes)
     rows = torch.arange(first * candidates, len(picked))
     batches = picked.batches(candidates, rows, pin_memory=device_of(teachers[0]).type == "cuda")
-    # channels_last: copies of the teachers in that layout score (the caller's are left as they were)
-    scorers = [model_in_layout(copy.deepcopy(t), True) for t in teachers] if recipe.get("channels_last") else teachers
+    scorers = copies_in_layout(teachers, recipe.get("channels_last", False))  # (the teachers that score)
     for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",
                                                 desc="RDED: scoring patches", disable=not progress), start=first):
         images[c * ipc:(c + 1) * ipc] = class_images(batch, c, scorers, spec.mean, spec.std, ipc, recipe, gen)
