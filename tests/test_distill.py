@@ -94,6 +94,20 @@ def test_recovery_bits_do_not_depend_on_the_thread_count(natural, teachers, trai
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
+def test_batch_stats_name_the_backend_that_ran(natural, teachers, train_set):
+    """Each batch's stats say which kernels ran: "auto" resolved (our C++ kernels on the CPU,
+    the CUDA ones on a GPU: tests/test_recovery_gpu.py), or the backend asked for."""
+    from infer_fast.ops.backends import available_backends
+
+    spec = train_set.spec
+    auto = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(iterations=2, group_size=3), progress=False)
+    expected = "cpu" if "cpu" in available_backends("cpu") else "torch"
+    assert {s["backend"] for s in auto["stats"]} == {expected}
+    torch_run = recover_ufcs(natural, teachers[:1], spec.mean, spec.std, _cfg(iterations=2, group_size=3),
+                             progress=False, backend="torch")
+    assert {s["backend"] for s in torch_run["stats"]} == {"torch"}
+
+
 # ---- budget ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from .. import memory
 from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..mixed_precision import model_in_layout
 from ..models import device_of
+from ..ops.backends import resolve as resolve_backend
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from ..progress import progress_bar
@@ -415,6 +416,7 @@ class _Batch:
             "seconds": time.perf_counter() - started,
             "first_iteration_seconds": first_iteration_s,
             "cuda_graph": self.graph_status,  # "captured", "off", or why this batch ran eagerly
+            "backend": resolve_backend(self.backend, self.device),  # the kernels that ran ("auto" resolved)
             "chunk_size": self.chunk_size if self.chunked else None,  # rows through the teacher at a time (None: all)
             "resumed_from_iteration": start,  # 0, or the iteration of the checkpoint this batch continued from
         }
