@@ -56,7 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import target_programs
+from ._launch import knob, record_plan, target_programs
 
 # Elements per tile: 4 warps x 32 threads x 16 elements (fp32: four 16-byte loads/thread).
 _TILE = 2048
@@ -355,8 +355,9 @@ def _acc(dtype):
 def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_inner, split,
                   running_var=None, weight=None, bias=None, eps=0.0, y3=None):
     """Launch the partial-sums kernel of x3's layout; return (part, its (g, j, s) strides,
-    S). With S == 1 it writes the raw sums into ``out`` (element (g, j, c) at
-    g * out_strides[0] + j * out_strides[1] + c); with S > 1 into a new scratch buffer.
+    S, the plan as a dict: kernel, splits, blocks). With S == 1 it writes the raw sums into
+    ``out`` (element (g, j, c) at g * out_strides[0] + j * out_strides[1] + c); with S > 1
+    into a new scratch buffer.
     With ``y3`` the same kernel writes the eval-mode BN output (running_var required).
     """
     N, C, L = x3.shape
@@ -383,6 +384,7 @@ def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_
         shape_args = (C, M, n_per, sn, sn if L == 1 else sl, sc)
         split_args = (tiles_per * BLOCK_M, S, num_cblocks)
         blocks = dict(BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=_num_warps(BLOCK_M * BLOCK_C))
+        plan = dict(kernel="cols", S=S, num_cblocks=num_cblocks, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
     else:
         BLOCK_L = block_inner or _inner_block(L, _TILE)
         BLOCK_R = block_rows or max(1, min(_TILE // BLOCK_L, triton.next_power_of_2(n_per)))
@@ -403,6 +405,7 @@ def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_
         shape_args = (C, L, n_per, sn, sc, sl)
         split_args = (r_tiles_per * BLOCK_R, l_tiles_per * BLOCK_L, rsplit, lsplit)
         blocks = dict(BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, num_warps=_num_warps(BLOCK_R * BLOCK_L))
+        plan = dict(kernel="rows", S=S, rsplit=rsplit, lsplit=lsplit, BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L)
     if S == 1:
         part, part_strides = out, (*out_strides, 0)
     else:
@@ -418,7 +421,7 @@ def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_
         HAS_Y=has_y, HAS_WEIGHT=has_y and weight is not None, HAS_BIAS=has_y and bias is not None,
         **blocks,
     )
-    return part, part_strides, S
+    return part, part_strides, S, plan
 
 
 def _or(tensor, placeholder):
@@ -445,11 +448,14 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
 
     Keyword-only knobs (tests and benchmarks; the defaults are the heuristics):
     ``block_rows`` / ``block_inner``: powers of two, the tile's outer and contiguous
-    extents; ``split``: about how many programs share the reduction of one output.
+    extents; ``split``: about how many programs share the reduction of one output. A knob
+    left at None takes the value a test forces with ``_launch.forced_plan``, if any.
     """
     G, C = int(groups), x3.shape[1]
+    block_rows, block_inner, split = knob("block_rows", block_rows), knob("block_inner", block_inner), knob("split", split)
     out_strides = (C, G * C)  # out[j, g, c]
-    part, part_strides, S = _partial_sums(x3, running_mean, G, out, out_strides, block_rows, block_inner, split)
+    part, part_strides, S, plan = _partial_sums(x3, running_mean, G, out, out_strides, block_rows, block_inner, split)
+    record_plan("bn_stat_sums", **plan)
     if S > 1:
         _finalize(part, part_strides, S, out, out_strides, G, C)
 
@@ -464,11 +470,13 @@ def bn_stat_forward(x3, running_mean, running_var, groups, loss, stats, weight=N
     """
     N, C, L = x3.shape
     G = int(groups)
+    block_rows, block_inner, split = knob("block_rows", block_rows), knob("block_inner", block_inner), knob("split", split)
     stats_strides = (2 * (C + 1), C + 1)  # stats[g, j, c]
-    part, part_strides, S = _partial_sums(
+    part, part_strides, S, plan = _partial_sums(
         x3, running_mean, G, stats, stats_strides, block_rows, block_inner, split,
         running_var=running_var, weight=weight, bias=bias, eps=eps, y3=y3,
     )
+    record_plan("bn_stat_forward", **plan)
     _finalize(part, part_strides, S, stats, stats_strides, G, C, loss=loss, running_var=running_var,
               count=(N // G) * L)
 
@@ -479,15 +487,16 @@ def bn_stat_backward(x3, running_mean, stats, grad_loss, count, grad_input, grad
     + grad_y3 * scale[c] (grad_y3 given, x3's strides), a and b from stats, grad_loss and
     count: one launch.
 
-    ``block_rows`` / ``block_inner``: optional power-of-two tile extents (tests).
+    ``block_rows`` / ``block_inner``: optional power-of-two tile extents (tests; None: a
+    test's ``_launch.forced_plan``, else the heuristic).
     """
     N, C, L = x3.shape
     if x3.numel() == 0:
         return
     G = stats.shape[0]
     n_per = N // G
-    block_rows = _pow2(block_rows, "block_rows")
-    block_inner = _pow2(block_inner, "block_inner")
+    block_rows = _pow2(knob("block_rows", block_rows), "block_rows")
+    block_inner = _pow2(knob("block_inner", block_inner), "block_inner")
     sx = x3.stride()
     sg = grad_input.stride()
     channels_inner = sx[2] != 1 or L == 1
@@ -507,6 +516,7 @@ def bn_stat_backward(x3, running_mean, stats, grad_loss, count, grad_input, grad
     num_pblocks = triton.cdiv(P, BLOCK_P)
     has_dy = grad_y3 is not None
     grid = (G * num_qblocks * num_pblocks,)
+    record_plan("bn_stat_backward", num_qblocks=num_qblocks, num_pblocks=num_pblocks, BLOCK_Q=BLOCK_Q, BLOCK_P=BLOCK_P)
     _bn_backward_kernel[grid](
         x3, running_mean, stats, _or(grad_loss, stats), 0 if grad_loss is None else grad_loss.stride(0), grad_input,
         _or(grad_y3, x3), _or(running_var, stats), _or(weight, stats),

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import target_programs
+from ._launch import knob, record_plan, target_programs
 
 _MAX_BLOCK_P = 1024
 _MIN_BLOCK_P = 128
@@ -193,7 +193,8 @@ def _optional_args(shifts, flips, lo, hi, placeholder):
 def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None, classes_per_program=None):
     """out[g, c] = clamp(roll/flip(natural[index[g], c] + ufc[g]), lo, hi).
 
-    ``block_p`` (power of two) and ``classes_per_program``: optional knobs (tests).
+    ``block_p`` (power of two) and ``classes_per_program``: optional knobs (tests; None: a
+    test's ``_launch.forced_plan``, else the heuristic).
     """
     G, CH, H, W = ufc.shape
     C = natural.shape[1]
@@ -201,8 +202,9 @@ def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None
     if out.numel() == 0:
         return
     target = target_programs(out.device, waves=4)
-    BLOCK_P = _pixel_block(HW, G * CH, target, block_p)
+    BLOCK_P = _pixel_block(HW, G * CH, target, knob("block_p", block_p))
     num_pblocks = triton.cdiv(HW, BLOCK_P)
+    classes_per_program = knob("classes_per_program", classes_per_program)
     if classes_per_program is None:
         csplit = min(C, max(1, triton.cdiv(target, G * CH * num_pblocks)))
         classes_per_program = triton.cdiv(C, csplit)
@@ -210,6 +212,7 @@ def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None
     num_csplit = triton.cdiv(C, classes_per_program)
     pointers, strides, flags = _optional_args(shifts, flips, lo, hi, ufc)
     grid = (G * CH * num_csplit * num_pblocks,)
+    record_plan("ufc_compose", num_pblocks=num_pblocks, num_csplit=num_csplit, BLOCK_P=BLOCK_P)
     _compose_kernel[grid](
         natural, ufc, index, *pointers, out,
         C, CH, H, W, HW,
@@ -222,7 +225,8 @@ def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None
 def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc, *, block_p=None):
     """grad_ufc[g] = un-roll/flip(sum_c grad_out[g, c] * [not clamped]).
 
-    ``block_p`` (power of two): optional knob (tests).
+    ``block_p`` (power of two): optional knob (tests; None: a test's
+    ``_launch.forced_plan``, else the heuristic).
     """
     G, CH, H, W = ufc.shape
     C = natural.shape[1]
@@ -230,10 +234,11 @@ def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, g
     if grad_ufc.numel() == 0:
         return
     target = target_programs(grad_ufc.device, waves=4)
-    BLOCK_P = _pixel_block(HW, G * CH, target, block_p)
+    BLOCK_P = _pixel_block(HW, G * CH, target, knob("block_p", block_p))
     num_pblocks = triton.cdiv(HW, BLOCK_P)
     pointers, strides, flags = _optional_args(shifts, flips, lo, hi, ufc)
     grid = (G * CH * num_pblocks,)
+    record_plan("ufc_compose_grad_ufc", num_pblocks=num_pblocks, BLOCK_P=BLOCK_P)
     _compose_grad_ufc_kernel[grid](
         grad_out, natural, ufc, index, *pointers, grad_ufc,
         C, CH, H, W, HW,
