@@ -345,4 +345,41 @@ void infer_fast::cuda::ufc_compose_grad_ufc(const at::Tensor& grad_out, const at
                op);
 }
 
+// ------------------------------------------------------------------------------------------
+// TEST-ONLY: the plan override and report of launchers.h, as plain C symbols of infer_fast._C
+// (no schema, no static registration: infer_fast/ops/plan_override.py calls them through
+// ctypes). Nothing outside tests may call them.
+// ------------------------------------------------------------------------------------------
+// Forces the plans of the following launches (0: the default) and clears the report; returns
+// 0, or -1 when a value is out of range (nothing set then).
+extern "C" __attribute__((visibility("default"))) int infer_fast_cuda_force_plan(
+    int64_t splits, int64_t channel_tiles, int64_t compose_threads) {
+  ifc::PlanOverride forced;
+  forced.splits = splits;
+  forced.channel_tiles = channel_tiles;
+  forced.compose_threads = compose_threads;
+  return ifc::set_plan_override(forced) ? 0 : -1;
+}
+
+// Writes what the last launch of each launcher ran with into out[0 .. kPlanReportFields):
+// for bn_stat_sums, bn_stat_forward, bn_stat_backward in turn (7 values each): splits,
+// channel_tiles, nlc, vec, block_x, block_y, workspace_elems; then the ufc_compose forward's
+// and grad_ufc's pixel chunks per plane and threads per block (4 values). Returns the number
+// of values written, or -1 when `capacity` is too small.
+extern "C" __attribute__((visibility("default"))) int64_t infer_fast_cuda_plan_report(
+    int64_t* out, int64_t capacity) {
+  constexpr int64_t kPlanReportFields = 3 * 7 + 4;
+  if (out == nullptr || capacity < kPlanReportFields) return -1;
+  const ifc::PlanReport report = ifc::plan_report();
+  int64_t i = 0;
+  for (const ifc::BnPlan& plan : report.bn) {
+    for (const int64_t v : {plan.splits, plan.channel_tiles, int64_t{plan.nlc}, int64_t{plan.vec},
+                            int64_t{plan.block_x}, int64_t{plan.block_y}, plan.workspace_elems})
+      out[i++] = v;
+  }
+  for (int k = 0; k < 2; ++k) out[i++] = report.compose_chunks[k];
+  for (int k = 0; k < 2; ++k) out[i++] = report.compose_threads[k];
+  return i;
+}
+
 #endif  // INFER_FAST_WITH_CUDA

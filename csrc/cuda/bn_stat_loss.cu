@@ -32,6 +32,8 @@
 #include "launchers.h"
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <type_traits>
 
 #include <cuda_bf16.h>
@@ -79,6 +81,19 @@ constexpr int64_t kMinElemsPerBlock = 16384;
 // short for wide layers (C = 512: 16x fewer partials than a tile of all channels).
 constexpr int64_t kNlcTileBytes = 128;
 constexpr int kFinalizeThreads = 1024;
+
+// Test-only plan override and report (launchers.h): process-wide; relaxed atomics, as the
+// fields are independent and a test sets them before it launches.
+std::atomic<int64_t> g_forced_splits{0}, g_forced_channel_tiles{0}, g_forced_compose_threads{0};
+std::mutex g_report_mutex;
+PlanReport g_report;
+
+enum BnLauncher { kSumsLauncher = 0, kForwardLauncher = 1, kBackwardLauncher = 2 };
+
+void report_bn(BnLauncher launcher, const BnPlan& plan) {
+  const std::lock_guard<std::mutex> lock(g_report_mutex);
+  g_report.bn[launcher] = plan;
+}
 
 int64_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -801,6 +816,40 @@ void launch_backward(const BnPlan& plan, const BnShape& s, const T* x, const BnP
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+// Test-only plan override and report (launchers.h)
+// ---------------------------------------------------------------------------------------------
+bool set_plan_override(const PlanOverride& forced) {
+  if (forced.splits < 0 || forced.channel_tiles < 0 || forced.compose_threads < 0 ||
+      forced.compose_threads > 256)
+    return false;
+  g_forced_splits.store(forced.splits, std::memory_order_relaxed);
+  g_forced_channel_tiles.store(forced.channel_tiles, std::memory_order_relaxed);
+  g_forced_compose_threads.store(forced.compose_threads, std::memory_order_relaxed);
+  const std::lock_guard<std::mutex> lock(g_report_mutex);
+  g_report = PlanReport{};  // from now on it shows only launches planned under `forced`
+  return true;
+}
+
+PlanOverride plan_override() {
+  PlanOverride forced;
+  forced.splits = g_forced_splits.load(std::memory_order_relaxed);
+  forced.channel_tiles = g_forced_channel_tiles.load(std::memory_order_relaxed);
+  forced.compose_threads = g_forced_compose_threads.load(std::memory_order_relaxed);
+  return forced;
+}
+
+PlanReport plan_report() {
+  const std::lock_guard<std::mutex> lock(g_report_mutex);
+  return g_report;
+}
+
+void report_compose(int kernel, int64_t chunks, int64_t threads) {
+  const std::lock_guard<std::mutex> lock(g_report_mutex);
+  g_report.compose_chunks[kernel] = chunks;
+  g_report.compose_threads[kernel] = threads;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Public launchers
 // ---------------------------------------------------------------------------------------------
 BnPlan plan_bn(DType dtype, const BnShape& s) {
@@ -813,6 +862,7 @@ BnPlan plan_bn(DType dtype, const BnShape& s) {
   const int64_t M = s.N / G * s.L;  // elements per (group, channel)
   const int64_t VEC = 16 / dtype_size(dtype);
 
+  const PlanOverride forced = plan_override();  // test-only; all zero: the default plan
   int64_t units = 0;       // what the splits cut: NCL vectors, NLC rows
   int64_t unit_elems = 0;  // elements of x a block reads per unit
   if (!p.nlc) {
@@ -826,7 +876,10 @@ BnPlan plan_bn(DType dtype, const BnShape& s) {
     p.vec = (s.C % VEC == 0) ? static_cast<int>(VEC) : 1;
     const int64_t Cv = s.C / p.vec;
     const int64_t tile_vecs = kNlcTileBytes / (p.vec * dtype_size(dtype));
-    p.block_x = static_cast<int>(std::max<int64_t>(1, std::min(Cv, tile_vecs)));
+    int64_t tile = std::max<int64_t>(1, std::min(Cv, tile_vecs));
+    if (forced.channel_tiles > 0)  // test-only: that many tiles, as far as Cv vectors allow
+      tile = std::min<int64_t>(kThreads, std::max<int64_t>(1, ceil_div(Cv, forced.channel_tiles)));
+    p.block_x = static_cast<int>(tile);
     p.block_y = kThreads / p.block_x;
     p.channel_tiles = ceil_div(Cv, p.block_x);
     units = M;
@@ -835,7 +888,9 @@ BnPlan plan_bn(DType dtype, const BnShape& s) {
   const int64_t cap =
       std::max<int64_t>(1, ceil_div(kTargetBlocks, std::max<int64_t>(1, G * p.channel_tiles)));
   const int64_t splits =
-      std::min(cap, std::max<int64_t>(1, ceil_div(units * unit_elems, kMinElemsPerBlock)));
+      forced.splits > 0  // test-only: that many splits, as far as the units allow
+          ? forced.splits
+          : std::min(cap, std::max<int64_t>(1, ceil_div(units * unit_elems, kMinElemsPerBlock)));
   p.chunk = units > 0 ? ceil_div(units, splits) : 0;
   p.splits = units > 0 ? ceil_div(units, p.chunk) : 1;
   p.workspace_elems = p.splits > 1 ? 2 * G * p.splits * s.C : 0;
@@ -851,6 +906,7 @@ cudaError_t launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& 
   if (!plan_fits(plan, dtype, shape) || params.running_mean == nullptr ||
       (plan.workspace_elems > 0 && workspace == nullptr))
     return cudaErrorInvalidValue;
+  report_bn(kSumsLauncher, plan);
   if (shape.C == 0) return cudaSuccess;  // out (2, G, 0) has no element
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -866,6 +922,7 @@ cudaError_t launch_bn_stat_forward(const BnPlan& plan, DType dtype, const BnShap
   if (!plan_fits(plan, dtype, shape) || params.running_mean == nullptr ||
       params.running_var == nullptr || (plan.workspace_elems > 0 && workspace == nullptr))
     return cudaErrorInvalidValue;
+  report_bn(kForwardLauncher, plan);
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
@@ -885,6 +942,7 @@ cudaError_t launch_bn_stat_backward(const BnPlan& plan, DType dtype, const BnSha
       (has_loss && (stats == nullptr || params.running_mean == nullptr || count < 1)) ||
       (has_dy && params.running_var == nullptr))
     return cudaErrorInvalidValue;
+  report_bn(kBackwardLauncher, plan);
   if (shape.N * shape.C * shape.L == 0) return cudaSuccess;  // nothing to write
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -141,6 +141,35 @@ cudaError_t launch_ufc_compose_grad_ufc(DType dtype, const void* grad_out, const
                                         cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------
+// TEST-ONLY plan override and plan report (tests/test_reduction_paths.py). The plans above
+// depend on the shape only, so small test shapes would never reach the split and multi-block
+// paths; a test forces them here, process-wide, through infer_fast._C's C symbols
+// infer_fast_cuda_force_plan / infer_fast_cuda_plan_report (csrc/cuda/bindings.cpp). A zero
+// field keeps the default: with all fields zero (the initial state) every plan is unchanged.
+// Nothing outside tests may set it.
+struct PlanOverride {
+  int64_t splits = 0;           // BnPlan::splits (as many as the rows allow): the workspace + finalize path
+  int64_t channel_tiles = 0;    // NLC: BnPlan::channel_tiles (as many as the channel vectors allow)
+  int64_t compose_threads = 0;  // ufc_compose kernels: threads per block, 1..256 (several pixel chunks)
+};
+
+// False (and nothing set) when a field is out of range (negative, compose_threads > 256);
+// else also clears the report below, so that it shows only launches planned under `forced`.
+bool set_plan_override(const PlanOverride& forced);
+PlanOverride plan_override();
+
+// What the last launch of each launcher ran with (all zero before its first launch since
+// the last set_plan_override).
+struct PlanReport {
+  BnPlan bn[3];                   // [0] bn_stat_sums, [1] bn_stat_forward, [2] bn_stat_backward
+  int64_t compose_chunks[2] = {0, 0};   // pixel chunks per image plane: [0] forward, [1] grad_ufc
+  int64_t compose_threads[2] = {0, 0};  // threads per block, likewise
+};
+PlanReport plan_report();
+// Called by the ufc_compose launchers: kernel 0 forward, 1 grad_ufc.
+void report_compose(int kernel, int64_t chunks, int64_t threads);
+
+// ------------------------------------------------------------------------------------------
 // Device helpers shared by the kernel files (seen by nvcc only; bindings.cpp never sees them).
 // They build with the flags torch's cpp_extension gives nvcc (__CUDA_NO_HALF_OPERATORS__,
 // __CUDA_NO_HALF_CONVERSIONS__, __CUDA_NO_BFLOAT16_CONVERSIONS__): conversions are explicit.

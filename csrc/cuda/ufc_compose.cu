@@ -209,6 +209,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 // Host side
 // ---------------------------------------------------------------------------------------------
 int threads_for_plane(int64_t HW) {
+  const int64_t forced = plan_override().compose_threads;  // test-only (launchers.h); 0: default
+  if (forced > 0) return static_cast<int>(std::min<int64_t>(kMaxThreads, forced));
   return static_cast<int>(std::min<int64_t>(kMaxThreads, ceil_div(HW, 32) * 32));
 }
 
@@ -228,6 +230,7 @@ cudaError_t compose_typed(const T* natural, const T* ufc, const int64_t* index,
   const int64_t chunks = ceil_div(HW, int64_t{threads} * kComposePix);
   const int64_t blocks = G * C * ch * chunks;
   if (blocks > kInt32Max) return cudaErrorInvalidValue;
+  report_compose(0, chunks, threads);
   const auto wdiv = detail::make_divider32(static_cast<uint32_t>(W));
   const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
   if (lo != nullptr)
@@ -251,6 +254,7 @@ cudaError_t grad_ufc_typed(const T* grad_out, const T* natural, const T* ufc,
   const int64_t chunks = ceil_div(HW, threads);
   const int64_t blocks = G * ch * chunks;
   if (blocks > kInt32Max) return cudaErrorInvalidValue;
+  report_compose(1, chunks, threads);
   const auto wdiv = detail::make_divider32(static_cast<uint32_t>(W));
   const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
   if (lo != nullptr)
