@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 _BN_LAUNCHERS = ("bn_stat_sums", "bn_stat_forward", "bn_stat_backward")
-_BN_PLAN_FIELDS = ("splits", "channel_tiles", "nlc", "vec", "block_x", "block_y", "workspace_elems")
+_BN_PLAN_FIELDS = ("valid", "splits", "channel_tiles", "nlc", "vec", "block_x", "block_y", "workspace_elems")
 _COMPOSE_LAUNCHERS = ("ufc_compose", "ufc_compose_grad_ufc")
 
 
@@ -66,12 +66,12 @@ def cuda_forced_plan(splits: int = 0, channel_tiles: int = 0, compose_threads: i
         force(0, 0, 0)
 
 
-def cuda_plan_report() -> Dict[str, Dict[str, int]]:
+def cuda_plan_report() -> Dict[str, Optional[Dict[str, int]]]:
     """What the last launch of each CUDA launcher ran with: per BN launcher its plan
-    (splits, channel_tiles, nlc, vec, block_x, block_y, workspace_elems); per compose
-    launcher its pixel chunks per image plane and threads per block. All 0 before the
-    launcher's first launch in the current (or last) ``cuda_forced_plan`` block: entering
-    and leaving one clears the report."""
+    (valid, splits, channel_tiles, nlc, vec, block_x, block_y, workspace_elems); per compose
+    launcher its pixel chunks per image plane and threads per block. None for a launcher that
+    has not launched in the current (or last) ``cuda_forced_plan`` block: entering and
+    leaving one clears the report."""
     _, report = _cuda_symbols()
     size = len(_BN_LAUNCHERS) * len(_BN_PLAN_FIELDS) + 2 * len(_COMPOSE_LAUNCHERS)
     values = (ctypes.c_int64 * size)()
@@ -79,11 +79,11 @@ def cuda_plan_report() -> Dict[str, Dict[str, int]]:
     if written != size:
         raise RuntimeError(f"infer_fast_cuda_plan_report wrote {written} values, expected {size}")
     values = list(values)
-    result: Dict[str, Dict[str, int]] = {}
+    result: Dict[str, Optional[Dict[str, int]]] = {}
     for i, name in enumerate(_BN_LAUNCHERS):
-        row = values[i * len(_BN_PLAN_FIELDS):(i + 1) * len(_BN_PLAN_FIELDS)]
-        result[name] = dict(zip(_BN_PLAN_FIELDS, row))
+        plan = dict(zip(_BN_PLAN_FIELDS, values[i * len(_BN_PLAN_FIELDS):(i + 1) * len(_BN_PLAN_FIELDS)]))
+        result[name] = plan if plan["valid"] else None  # a launcher launches only valid plans
     chunks, threads = values[-4:-2], values[-2:]
     for i, name in enumerate(_COMPOSE_LAUNCHERS):
-        result[name] = {"chunks": chunks[i], "threads": threads[i]}
+        result[name] = {"chunks": chunks[i], "threads": threads[i]} if chunks[i] else None
     return result
