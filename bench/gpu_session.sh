@@ -37,7 +37,7 @@ BUDGET_S=${BUDGET_S:-540}
 declare -A STEP_LIMITS=([build]=240 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=120 [student]=100)
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_backends.py test_host_path.py test_recovery_gpu.py
+TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_reduction_paths.py test_backends.py test_host_path.py test_recovery_gpu.py
             test_bn_hooks.py test_chunked.py test_properties.py)
 
 run() {  # run STEP COMMAND...: output to the terminal and to $DEST/<step>.log, status to $DEST/<step>.status
