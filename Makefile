@@ -3,7 +3,7 @@
 #   make test   - the test suite (Triton kernels under the CPU interpreter when no GPU)
 #   make bench  - op benchmarks, JSON under bench/results/
 #   make bench-cpu - the pytest-benchmark suite (host cost, C++ kernels, batches) against its committed baseline
-#   make cuda-check - compile the CUDA sources with nvcc for sm_90 (no GPU needed)
+#   make cuda-check - compile setup.py's CUDA build with nvcc for sm_90, check launchers and registers (no GPU needed)
 #   make data   - the full Fashion-MNIST from Debian's package dataset-fashion-mnist (MIT)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -55,11 +55,16 @@ bench-cpu: $(VENV)/.installed
 bench-cpu-baseline: $(VENV)/.installed
 	cd bench && ../$(PY) -m pytest test_cpu_benchmarks.py $(BENCH_FLAGS) --benchmark-save=baseline
 
+# The CUDA build setup.py would run, compiled without a GPU: every source, setup.py's flags and
+# arch flags, every launcher defined, ptxas's registers (CMakeLists.txt says what and how).
+# nvcc and cmake come from PATH, else these pinned PyPI packages are installed into $(VENV)
+# (about 130 MB of wheels, seconds to install); it fails when it cannot check, never skips.
+# CUDA_CHECK_ARGS: more cmake -D options, e.g. -DINFER_FAST_REGISTER_LIMIT=80.
+CUDA_CHECK_PYPI := nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 \
+                   nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85 cmake==3.31.10
 cuda-check: $(VENV)/.deps
-	@if command -v nvcc >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1; then \
-	  cmake -S . -B build/cuda-check -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null && \
-	  cmake --build build/cuda-check -j2 && echo "cuda-check: CUDA sources compile for sm_90"; \
-	else echo "cuda-check: nvcc or cmake not found, skipped"; fi
+	$(PY) cmake/cuda_check.py run --build-dir build/cuda-check --jobs $(MAX_JOBS) \
+	  --pypi "$(CUDA_CHECK_PYPI)" -- $(CUDA_CHECK_ARGS)
 
 # Full runs use the real Fashion-MNIST: Debian's package puts the IDX files under
 # /usr/share/datasets/fashion-mnist/, where infer_fast.data looks without --data-root.
