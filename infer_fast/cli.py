@@ -16,9 +16,16 @@ class UserError(Exception):
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .info import format_info
+    from .info import cuda_check, format_info
 
-    print(format_info())
+    if not args.check:
+        print(format_info())
+        return
+    ok, reason = cuda_check()
+    if not ok:  # status 1 with the reason (SystemExit passes main's handler, which prints errors)
+        print(f"infer-fast info --check: FAILED: {reason}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"infer-fast info --check: ok: {reason}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -336,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_listing_commands(sub) -> None:
     info = sub.add_parser("info", help="versions and the kernel backends built and usable here")
+    info.add_argument("--check", action="store_true",
+                      help="only check that a visible CUDA GPU has the CUDA kernels (built, loaded, registered): "
+                           "one line, exit status 1 when not")
     info.set_defaults(func=cmd_info)
     models = sub.add_parser("models", help="list the model names create_model() accepts")
     models.set_defaults(func=cmd_models)

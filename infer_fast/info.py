@@ -5,7 +5,7 @@ import json
 import os
 import platform
 from importlib import resources
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 
@@ -41,6 +41,30 @@ def cuda_kernels_status(ext, info: Dict[str, object]) -> str:
     if ext.cuda_status():
         return f"built, but not registered: {ext.cuda_status()}"
     return "built and registered"
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def cuda_check() -> Tuple[bool, str]:
+    """(ok, one-line reason) of ``infer-fast info --check``: with a CUDA GPU visible, the CUDA
+    kernels must have been built, and the extension must load and register them; a build
+    that quietly fell back to the CPU kernels is a failure there, not a skip."""
+    if not torch.cuda.is_available():
+        return True, "no CUDA GPU is visible: the CUDA kernel check does not apply"
+    info = build_info()
+    if not info.get("cuda_kernels"):
+        return False, one_line(f"a CUDA GPU is visible but the CUDA kernels were skipped at build: {info.get('cuda_reason')}")
+    ext, why = backends.compiled_extension()
+    if ext is None:
+        return False, one_line(f"a CUDA GPU is visible but the compiled extension infer_fast._C did not load: {why}")
+    if not ext.cuda_compiled():  # the build record and the extension disagree: a stale or mixed install
+        return False, ("a CUDA GPU is visible and the build record says the CUDA kernels were built, "
+                       "but the loaded infer_fast._C has none (reinstall infer-fast)")
+    if ext.cuda_status():
+        return False, one_line(f"a CUDA GPU is visible but the CUDA kernels did not register: {ext.cuda_status()}")
+    return True, "a CUDA GPU is visible and the CUDA kernels are built and registered"
 
 
 def format_info() -> str:
