@@ -81,7 +81,7 @@ def test_gpu_without_usable_cuda_kernels_fails_with_one_line(monkeypatch, capsys
     assert reason in err
 
 
-def test_check_from_the_command_line_matches_this_machine():
+def test_gpu_check_from_the_command_line_matches_this_machine():
     """The real entry point, in a new process: status 0 without a GPU, and with one exactly
     when the CUDA backend is usable."""
     proc = subprocess.run([sys.executable, "-m", "infer_fast.cli", "info", "--check"], capture_output=True,
