@@ -4,8 +4,10 @@
 #   bash bench/gpu_session.sh all
 #
 # Steps (each also runs alone, e.g. `bash bench/gpu_session.sh ops`):
-#   build     the extension with its CUDA kernels, every core (about a minute)
-#   test      the kernel, op and host-path tests on the GPU, pytest-xdist in parallel
+#   build     the extension with its CUDA kernels, every core (about a minute); fails when a GPU
+#             is visible but the CUDA kernels are not built, loaded and registered (info --check)
+#   test      the kernel, op and host-path tests on the GPU, pytest-xdist in parallel (pytest-xdist
+#             and hypothesis installed with pip when missing, or the summary says what was not)
 #   ops       bench_ops.py: every backend vs the eager hook and torch.compile of it (fp32, both
 #             layouts), then the bf16 channels_last case; target checks in the JSON
 #   overhead  bench_ops.py --overhead: host cost per call at tiny shapes
@@ -38,7 +40,7 @@ declare -A STEP_LIMITS=([build]=240 [test]=100 [ops]=120 [overhead]=25 [cifar100
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_reduction_paths.py test_backends.py test_host_path.py test_recovery_gpu.py
-            test_bn_hooks.py test_chunked.py test_properties.py)
+            test_bn_hooks.py test_chunked.py test_properties.py test_info_check.py)
 
 run() {  # run STEP COMMAND...: output to the terminal and to $DEST/<step>.log, status to $DEST/<step>.status
   local step=$1
@@ -50,18 +52,56 @@ run() {  # run STEP COMMAND...: output to the terminal and to $DEST/<step>.log, 
   return "$status"
 }
 
-step_build() {
+build_and_check() {
   # The image's default compiler may not be the one torch was built with: an extension built
   # by another one fails to load, so name the system gcc.
-  run build env MAX_JOBS="$(nproc)" CXX=/usr/bin/g++ CC=/usr/bin/gcc \
+  env MAX_JOBS="$(nproc)" CXX=/usr/bin/g++ CC=/usr/bin/gcc \
     "$PY" -m pip install --no-build-isolation --no-deps -q . || return
-  "$PY" -I -m infer_fast.cli info | tee -a "$DEST/build.log"
+  "$PY" -I -m infer_fast.cli info
+  # A GPU whose CUDA kernels were skipped at build, did not load or did not register fails
+  # the step (one line saying why), instead of every CUDA test turning into a skip.
+  "$PY" -I -m infer_fast.cli info --check
+}
+
+step_build() {
+  run build build_and_check
+}
+
+# What the test step needs beyond pytest, pinned as the Makefile pins hypothesis:
+# pytest-xdist for -n, hypothesis for test_properties.py.
+TEST_NEEDS=(pytest-xdist==3.8.0 hypothesis==6.170.15)
+
+test_needs() {  # installs what is missing; what still is, is said in $DEST/test.notes (the summary shows it)
+  local missing=() need module
+  for need in "${TEST_NEEDS[@]}"; do
+    module=${need%%==*}
+    module=${module/pytest-xdist/xdist}
+    "$PY" -c "import $module" 2>/dev/null || missing+=("$need")
+  done
+  : > "$DEST/test.notes"
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "== test: installing ${missing[*]}"
+  "$PY" -m pip install -q "${missing[@]}" ||
+    echo "pip could not install ${missing[*]} (offline?)" >> "$DEST/test.notes"
+  [ "$GPU" = 1 ] && ! "$PY" -c "import xdist" 2>/dev/null &&
+    echo "pytest-xdist missing: the tests ran in one process" >> "$DEST/test.notes"
+  "$PY" -c "import hypothesis" 2>/dev/null ||
+    echo "hypothesis missing: test_properties.py was left out" >> "$DEST/test.notes"
 }
 
 step_test() {
-  local select=(-k "not triton")  # a CPU dry run: the interpreter would take minutes
-  [ "$GPU" = 1 ] && select=(-n 8 -k "cuda or triton or gpu")  # the CPU rows ran in CI already
-  (cd tests && run test "$PY" -m pytest -q -p no:cacheprovider "${select[@]}" "${@:-${TEST_FILES[@]}}")
+  test_needs
+  local select=(-k "not triton") files=("${@:-${TEST_FILES[@]}}")  # a CPU dry run: the interpreter would take minutes
+  if [ "$GPU" = 1 ]; then  # the CPU rows ran in CI already
+    select=(-k "cuda or triton or gpu")
+    "$PY" -c "import xdist" 2>/dev/null && select=(-n 8 "${select[@]}")
+  fi
+  if ! "$PY" -c "import hypothesis" 2>/dev/null; then
+    local kept=() f
+    for f in "${files[@]}"; do [ "$f" = test_properties.py ] || kept+=("$f"); done
+    files=("${kept[@]}")
+  fi
+  (cd tests && run test "$PY" -m pytest -q -p no:cacheprovider "${select[@]}" "${files[@]}")
 }
 
 step_ops() {

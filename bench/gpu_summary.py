@@ -36,6 +36,14 @@ def step_status(directory: Path, step: str) -> str:
         return outcome
 
 
+def read_lines(path: Path) -> List[str]:
+    """The non-empty lines of a file, none when it is missing (a step's notes)."""
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
 def last_line(path: Path, containing: str) -> str:
     try:
         lines = [line for line in path.read_text().splitlines() if containing in line]
@@ -74,8 +82,11 @@ def summary(directory: Path) -> str:
     for step in STEPS:
         out.append(f"  {step:<9} {step_status(directory, step)}")
     out.append("")
-    out.append(f"build: {last_line(directory / 'build.log', 'CUDA kernels') or 'no record'}")
+    # (info's row "  CUDA kernels ...", not the check's line, which names the CUDA kernels too)
+    out.append(f"build: {last_line(directory / 'build.log', '  CUDA kernels ') or 'no record'}")
+    out.append(f"build check: {last_line(directory / 'build.log', 'info --check') or 'no record'}")
     out.append(f"tests: {last_line(directory / 'test.log', ' in ') or 'no record'}")
+    out += [f"tests: note: {note}" for note in read_lines(directory / "test.notes")]
     for name in ("ops.json", "ops-bf16.json"):
         result = read_json(directory / name)
         if result:
