@@ -321,6 +321,9 @@ def find_tools(pins: List[str]) -> Tuple[str, str]:
     if missing:
         wanted = [p for p in pins if ("cmake" in missing and p.startswith("cmake=="))
                   or ("nvcc" in missing and not p.startswith("cmake=="))]
+        if not wanted:
+            fail(f"{' and '.join(missing)} not found, and no pinned PyPI package to install (--pypi): "
+                 "put CUDA 13's nvcc and cmake on PATH, or run `make cuda-check`")
         print(f"cuda-check: {' and '.join(missing)} not found: installing {' '.join(wanted)} from PyPI "
               f"into {sys.prefix}", flush=True)
         began = time.time()
