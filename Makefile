@@ -63,7 +63,7 @@ bench-cpu-baseline: $(VENV)/.installed
 CUDA_CHECK_PYPI := nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 \
                    nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85 cmake==3.31.10
 cuda-check: $(VENV)/.deps
-	$(PY) cmake/cuda_check.py run --build-dir build/cuda-check --jobs $(MAX_JOBS) \
+	$(PY) .ci/cuda_check.py run --build-dir build/cuda-check --jobs $(MAX_JOBS) \
 	  --pypi "$(CUDA_CHECK_PYPI)" -- $(CUDA_CHECK_ARGS)
 
 # Full runs use the real Fashion-MNIST: Debian's package puts the IDX files under

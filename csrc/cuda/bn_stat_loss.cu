@@ -590,7 +590,7 @@ __device__ __forceinline__ void load_x_dy(const T* x, const T* dy, int64_t off, 
 
 // NCL: block (g, c, s) as the partial kernel; one channel, so the coefficients are uniform.
 template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy, typename I>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
     bn_backward_ncl_kernel(const T* __restrict__ x, const T* __restrict__ dy,
                            T* __restrict__ grad, const BnParams params,
                            const acc_t<T>* __restrict__ stats,
@@ -635,7 +635,7 @@ __global__ void __launch_bounds__(kThreads)
 // NLC: block (g, t, s) as the partial kernel; each thread keeps the coefficients of its VW
 // channels in registers for all its rows.
 template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
     bn_backward_nlc_kernel(const T* __restrict__ x, const T* __restrict__ dy,
                            T* __restrict__ grad, const BnParams params,
                            const acc_t<T>* __restrict__ stats,

@@ -1,17 +1,17 @@
 """The helpers of ``make cuda-check`` (see CMakeLists.txt), run with the Python that has torch.
 
-    python cmake/cuda_check.py run [--build-dir DIR] [--jobs N] [--pypi PINS] [-- CMAKE_ARGS...]
+    python .ci/cuda_check.py run [--build-dir DIR] [--jobs N] [--pypi PINS] [-- CMAKE_ARGS...]
         what ``make cuda-check`` runs: finds nvcc and cmake (installs the pinned PyPI packages
         into this Python's environment when either is missing), configures and builds the check
-    python cmake/cuda_check.py config OUT.cmake --cuda-home DIR
+    python .ci/cuda_check.py config OUT.cmake --cuda-home DIR
         (CMake, configure time) setup.py's CUDA build of infer_fast._C as CMake variables
-    python cmake/cuda_check.py ptxas-log NVCC ARGS...
+    python .ci/cuda_check.py ptxas-log NVCC ARGS...
         (CMake's compiler launcher for the .cu files) runs nvcc, keeps its ``ptxas -v`` lines in
         <object>.ptxas.log and passes every other line through
-    python cmake/cuda_check.py symbols --nm NM --launchers FILE --namespace NS... -- OBJECTS...
+    python .ci/cuda_check.py symbols --nm NM --launchers FILE --namespace NS... -- OBJECTS...
         every launcher of FILE defined in every namespace NS, and no infer_fast symbol that an
         object uses left undefined by all of them
-    python cmake/cuda_check.py registers --limit N --kernels REGEX -- OBJECTS...
+    python .ci/cuda_check.py registers --limit N --kernels REGEX -- OBJECTS...
         prints the registers per thread of every kernel (from the .ptxas.log beside each
         object) and fails when a kernel matching REGEX uses more than N
 
@@ -124,7 +124,7 @@ def cmd_config(args) -> None:
     flags = cuda_build_flags(args.cuda_home)
     if not flags["CUDA_SOURCES"]:
         fail("setup.py's CUDA build has no .cu source")
-    lines = ["# Written by cmake/cuda_check.py config from setup.py: do not edit."]
+    lines = ["# Written by .ci/cuda_check.py config from setup.py: do not edit."]
     lines += [f"set(SETUP_{k} {cmake_list(v)})" for k, v in flags.items()]
     Path(args.out).write_text("\n".join(lines) + "\n")
 
