@@ -36,7 +36,7 @@ DEST=${OUT:-$PWD/bench/results/gpu-session}
 mkdir -p "$DEST"
 BUDGET_S=${BUDGET_S:-540}
 # (the build's limit is generous: a build cut short leaves nothing to test; the later steps get what is left)
-declare -A STEP_LIMITS=([build]=240 [test]=100 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=120 [student]=100)
+declare -A STEP_LIMITS=([build]=240 [test]=150 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=120 [student]=100)
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_reduction_paths.py test_backends.py test_host_path.py test_recovery_gpu.py
