@@ -20,20 +20,25 @@ Launchers (contract: ``infer_fast.ops.backends``; "acc" is fp32, or fp64 for fp6
 
 Design
 ------
-Every launcher is one kernel launch each way plus, forward, one tiny finalize launch;
-the launchers run no torch ops around them (the only one is the allocation of a
-partials buffer, below). Parameters (rm, rv, weight, bias) are read in their own dtype
+Every launcher is one kernel launch; the launchers run no torch ops around them (the
+only ones are the allocation of a partials buffer, below, and the one-time zero fill of a
+device's arrival counters). Parameters (rm, rv, weight, bias) are read in their own dtype
 and converted to acc where loaded; eval-BN scale and shift are computed in the kernels.
 
 Sums: a (G, C) grid of one program per channel cannot fill an H100 (132 SMs) when
 C = 64, so the reduction axis (rows of the group x L) is split across S programs too.
 Each program writes its two partial sums to part[g, j, s, c] (j = 0: sum d, 1: sum d^2),
-and ``_finalize_kernel`` (one program per group) adds the S partials of every (g, c) in
-a fixed order, so the result is deterministic (no atomics). Forward, the same program
-then turns the sums of its group into delta, e, their norms and the loss, so a forward
-is always two launches. When S == 1 the partial kernel writes the raw sums straight into
-the output (``stats`` forward, finalized in place; ``out`` for bn_stat_sums, which then
-needs no second launch); only S > 1 needs a scratch buffer of G * 2 * S * C partials.
+then counts itself in its group's arrival counter (one int32 atomic per program, the
+only atomic); the program that arrives last runs ``_finalize_group``: it adds the S
+partials of every (g, c) in a fixed order, so the result is deterministic, and forward
+turns the sums of its group into delta, e, their norms and the loss. So a forward is one
+launch. (The finalize's tiles are those of the former separate finalize launch, so the
+additions are the same; on a GPU the order inside a tl.sum also follows the kernel's
+num_warps, which is now the statistics kernel's.) The counters are zero between launches:
+the finishing program resets its own (``_arrival_counters``). When S == 1 the partial
+kernel writes the raw sums straight into the output (``stats`` forward, finalized in
+place; ``out`` for bn_stat_sums, which is then final and uses no counter); only S > 1
+needs a scratch buffer of G * 2 * S * C partials.
 
 * NCL (x3.stride(2) == 1, L > 1): ``_stats_rows_kernel``, one program per (g, c, row
   chunk, L chunk), looping over (BLOCK_R rows x BLOCK_L) tiles, contiguous along L.
@@ -98,11 +103,15 @@ def _stats_rows_kernel(
     stride_n, stride_c, stride_l,
     part_sg, part_sj, part_ss,
     rows_per_prog, l_per_prog, num_rsplit, num_lsplit,
+    cnt_ptr, out_ptr, loss_ptr, count, out_sg, out_sj,
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_Y: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    FINALIZE: tl.constexpr, LOSS: tl.constexpr, BLOCK_FS: tl.constexpr, BLOCK_FC: tl.constexpr,
 ):
     """Program (g, c, row chunk s_r, L chunk s_l): partial sums over (rows x L) tiles into
-    part[g, j, s, c]; HAS_Y: also the eval-mode BN output y of every tile it reads."""
+    part[g, j, s, c]; HAS_Y: also the eval-mode BN output y of every tile it reads.
+    FINALIZE: the last of the group's C * S programs to arrive finishes the group
+    (:func:`_arrive_and_finalize`)."""
     pid = tl.program_id(0)
     num_split = num_rsplit * num_lsplit
     s = pid % num_split
@@ -143,6 +152,9 @@ def _stats_rows_kernel(
     part_off = g.to(tl.int64) * part_sg + s.to(tl.int64) * part_ss + c
     tl.store(part_ptr + part_off, s1)
     tl.store(part_ptr + part_off + part_sj, s2)
+    if FINALIZE:
+        _arrive_and_finalize(g, C * num_split, cnt_ptr, part_ptr, rv_ptr, out_ptr, loss_ptr, C, num_split, count,
+                             part_sg, part_sj, part_ss, out_sg, out_sj, LOSS, BLOCK_FS, BLOCK_FC)
 
 
 @triton.jit
@@ -152,11 +164,13 @@ def _stats_cols_kernel(
     stride_n, stride_m, stride_c,
     part_sg, part_sj, part_ss,
     m_per_prog, num_msplit, num_cblocks,
+    cnt_ptr, out_ptr, loss_ptr, count, out_sg, out_sj,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     HAS_Y: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    FINALIZE: tl.constexpr, LOSS: tl.constexpr, BLOCK_FS: tl.constexpr, BLOCK_FC: tl.constexpr,
 ):
     """Program (g, channel block, M chunk s) over the group's (M = n*L, C) matrix; writes
-    part[g, j, s, c] and y as in _stats_rows_kernel."""
+    part[g, j, s, c] and y, and (FINALIZE) finishes the group, as in _stats_rows_kernel."""
     pid = tl.program_id(0)
     s = pid % num_msplit
     t = pid // num_msplit
@@ -193,20 +207,49 @@ def _stats_cols_kernel(
     part_off = g.to(tl.int64) * part_sg + s.to(tl.int64) * part_ss + cols
     tl.store(part_ptr + part_off, s1, mask=col_mask)
     tl.store(part_ptr + part_off + part_sj, s2, mask=col_mask)
+    if FINALIZE:
+        _arrive_and_finalize(g, num_cblocks * num_msplit, cnt_ptr, part_ptr, rv_ptr, out_ptr, loss_ptr, C,
+                             num_msplit, count, part_sg, part_sj, part_ss, out_sg, out_sj, LOSS, BLOCK_FS, BLOCK_FC)
 
 
 @triton.jit
-def _finalize_kernel(
-    part_ptr, rv_ptr, out_ptr, loss_ptr,
+def _arrive_and_finalize(
+    g, arrivals, cnt_ptr, part_ptr, rv_ptr, out_ptr, loss_ptr,
     C, S, count,
     part_sg, part_sj, part_ss, out_sg, out_sj,
     LOSS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Program g: sum_s part[g, j, s, c] in a fixed order (deterministic). LOSS: writes
+    """Called by each of the ``arrivals`` programs of group g after it stored its partials:
+    counts it in cnt[g]; the program that arrives last finalizes the group and resets cnt[g]
+    to 0 (so the counters are all zero between launches; see ``_arrival_counters``).
+
+    Memory ordering: the barrier makes every thread of this program issue its partial stores
+    before the counter update; the acq_rel atomic at gpu scope releases them (cumulatively)
+    and, in the last program, acquires every earlier program's release (all updates of cnt[g]
+    form one modification order, each an acq_rel RMW), so the finalize's loads see all the
+    partials. Its loads bypass L1 (.cg), which may hold a line of this buffer that a program
+    of a neighbouring group read earlier in the launch. No other program touches cnt[g] after
+    the last arrival, so a plain store resets it; the next launch is ordered after this one
+    by the stream."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(cnt_ptr + g, 1, sem="acq_rel", scope="gpu")
+    if arrived == arrivals - 1:
+        _finalize_group(g, part_ptr, rv_ptr, out_ptr, loss_ptr, C, S, count,
+                        part_sg, part_sj, part_ss, out_sg, out_sj, LOSS, BLOCK_S, BLOCK_C)
+        tl.store(cnt_ptr + g, 0)
+
+
+@triton.jit
+def _finalize_group(
+    g, part_ptr, rv_ptr, out_ptr, loss_ptr,
+    C, S, count,
+    part_sg, part_sj, part_ss, out_sg, out_sj,
+    LOSS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Group g: sum_s part[g, j, s, c] in a fixed order (deterministic). LOSS: writes
     out[g] = [delta, ||delta||; e, ||e||] (``stats``) and loss[g]; else the raw sums
     out[j, g, c]. ``out`` may be ``part`` itself (S == 1): every element is read before
     the value computed from it overwrites it, by the same program."""
-    g = tl.program_id(0)
     acc_ty = out_ptr.dtype.element_ty
     part_base = g.to(tl.int64) * part_sg
     out_base = g.to(tl.int64) * out_sg
@@ -223,8 +266,8 @@ def _finalize_kernel(
             ss = s0 + offs_s
             mask = (ss < S)[:, None] & col_mask[None, :]
             offs = part_base + ss.to(tl.int64)[:, None] * part_ss + cols[None, :]
-            acc1 += tl.load(part_ptr + offs, mask=mask, other=0.0)
-            acc2 += tl.load(part_ptr + offs + part_sj, mask=mask, other=0.0)
+            acc1 += tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            acc2 += tl.load(part_ptr + offs + part_sj, mask=mask, other=0.0, cache_modifier=".cg")
         s1 = tl.sum(acc1, axis=0)
         s2 = tl.sum(acc2, axis=0)
         if LOSS:
@@ -353,12 +396,16 @@ def _acc(dtype):
 # Launchers
 # ----------------------------------------------------------------------------------------
 def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_inner, split,
-                  running_var=None, weight=None, bias=None, eps=0.0, y3=None):
-    """Launch the partial-sums kernel of x3's layout; return (part, its (g, j, s) strides,
-    S, the plan as a dict: kernel, splits, blocks). With S == 1 it writes the raw sums into
-    ``out`` (element (g, j, c) at g * out_strides[0] + j * out_strides[1] + c); with S > 1
-    into a new scratch buffer.
-    With ``y3`` the same kernel writes the eval-mode BN output (running_var required).
+                  running_var=None, weight=None, bias=None, eps=0.0, y3=None, loss=None):
+    """Launch the statistics kernel of x3's layout, the one launch of a forward or sums op;
+    return the plan as a dict (kernel, splits, blocks).
+
+    Its programs write partial sums: with S == 1 straight into ``out`` (element (g, j, c) at
+    g * out_strides[0] + j * out_strides[1] + c), with S > 1 into a new (G, 2, S, C) scratch
+    buffer; then the last program of each group finalizes it into ``out`` (the sums of the S
+    partials; with ``loss`` the statistics, running_var required). Raw sums with S == 1 are
+    already final: no counter then. With ``y3`` the same kernel writes the eval-mode BN
+    output (running_var required).
     """
     N, C, L = x3.shape
     G = int(groups)
@@ -412,16 +459,23 @@ def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_
         # S partials per output do not fit in the output: (G, 2, S, C) contiguous scratch
         part = torch.empty((G, 2, S, C), dtype=out.dtype, device=out.device)
         part_strides = part.stride()[:3]
+    finalize = loss is not None or S > 1
+    # The finalize's tile: the same as the former separate finalize launch's, so its sums
+    # run in the same order.
+    BLOCK_FS = min(triton.next_power_of_2(S), _MAX_FINALIZE_BLOCK_S)
+    BLOCK_FC = max(1, min(_FINALIZE_TILE // BLOCK_FS, triton.next_power_of_2(C)))
     has_y = y3 is not None
     kernel[grid](
         x3, running_mean, part,
-        *((running_var, _or(weight, x3), _or(bias, x3), y3) if has_y else (x3, x3, x3, x3)),
+        _or(running_var, x3), *((_or(weight, x3), _or(bias, x3), y3) if has_y else (x3, x3, x3)),
         float(eps),
         *shape_args, *part_strides, *split_args,
+        _arrival_counters(x3.device, G) if finalize else x3, out, _or(loss, out), (N // G) * L, *out_strides,
         HAS_Y=has_y, HAS_WEIGHT=has_y and weight is not None, HAS_BIAS=has_y and bias is not None,
+        FINALIZE=finalize, LOSS=loss is not None, BLOCK_FS=BLOCK_FS, BLOCK_FC=BLOCK_FC,
         **blocks,
     )
-    return part, part_strides, S, plan
+    return plan
 
 
 def _or(tensor, placeholder):
@@ -429,22 +483,33 @@ def _or(tensor, placeholder):
     return placeholder if tensor is None else tensor
 
 
-def _finalize(part, part_strides, S, out, out_strides, groups, C, loss=None, running_var=None, count=1):
-    """Launch the (G,)-program finalize: the sums of the S partials, or with ``loss`` the
-    statistics (running_var and count required)."""
-    BLOCK_S = min(triton.next_power_of_2(S), _MAX_FINALIZE_BLOCK_S)
-    BLOCK_C = max(1, min(_FINALIZE_TILE // BLOCK_S, triton.next_power_of_2(C)))
-    _finalize_kernel[(int(groups),)](
-        part, _or(running_var, part), out, _or(loss, part),
-        C, S, count,
-        *part_strides, *out_strides,
-        LOSS=loss is not None, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, num_warps=_num_warps(BLOCK_S * BLOCK_C),
-    )
+# Arrival counters of the fused finalize, one int32 per group, per device: zero between
+# launches (the last program of a group resets its counter), so no launch clears them. They
+# are shared by all streams of the device, so forward launches on one device must not run
+# concurrently on different streams (the ops are used on one stream; CUDA graph replays of
+# captured launches are serialized on theirs).
+_counters = {}
+
+
+def _arrival_counters(device, groups):
+    """The device's zero counters, at least ``groups`` of them (grown, zero-filled, once:
+    a torch fill then, never per call)."""
+    buf = _counters.get(device)
+    if buf is None or buf.numel() < groups:
+        n = max(groups, 64 if buf is None else 2 * buf.numel())
+        buf = _counters[device] = torch.zeros(n, dtype=torch.int32, device=device)
+    return buf
+
+
+def arrival_counters(device):
+    """The counters of ``device`` (tests: all zero after every launch), or None before the
+    first launch that needed them."""
+    return _counters.get(torch.device(device))
 
 
 def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=None, split=None):
-    """out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2): one launch, plus
-    the finalize (a sum of partials) when the reduction is split.
+    """out[0, g, c] = sum(x - rm[c]), out[1, g, c] = sum((x - rm[c])**2): one launch (when
+    the reduction is split, the last program of each group adds its partials).
 
     Keyword-only knobs (tests and benchmarks; the defaults are the heuristics):
     ``block_rows`` / ``block_inner``: powers of two, the tile's outer and contiguous
@@ -454,31 +519,26 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
     G, C = int(groups), x3.shape[1]
     block_rows, block_inner, split = knob("block_rows", block_rows), knob("block_inner", block_inner), knob("split", split)
     out_strides = (C, G * C)  # out[j, g, c]
-    part, part_strides, S, plan = _partial_sums(x3, running_mean, G, out, out_strides, block_rows, block_inner, split)
+    plan = _partial_sums(x3, running_mean, G, out, out_strides, block_rows, block_inner, split)
     record_plan("bn_stat_sums", **plan)
-    if S > 1:
-        _finalize(part, part_strides, S, out, out_strides, G, C)
 
 
 def bn_stat_forward(x3, running_mean, running_var, groups, loss, stats, weight=None, bias=None, eps=0.0, y3=None, *,
                     block_rows=None, block_inner=None, split=None):
     """stats[g] = [delta_g, ||delta_g||; e_g, ||e_g||], loss[g] = ||delta_g|| + ||e_g||, and
     with y3 (x3's strides) the eval-mode BN output y3 = x * scale[c] + shift[c] from the
-    same read of x: two launches (partial sums, finalize).
+    same read of x: one launch (the last program of each group finishes its statistics).
 
     Knobs as in :func:`bn_stat_sums`.
     """
-    N, C, L = x3.shape
     G = int(groups)
     block_rows, block_inner, split = knob("block_rows", block_rows), knob("block_inner", block_inner), knob("split", split)
-    stats_strides = (2 * (C + 1), C + 1)  # stats[g, j, c]
-    part, part_strides, S, plan = _partial_sums(
+    stats_strides = (2 * (x3.shape[1] + 1), x3.shape[1] + 1)  # stats[g, j, c]
+    plan = _partial_sums(
         x3, running_mean, G, stats, stats_strides, block_rows, block_inner, split,
-        running_var=running_var, weight=weight, bias=bias, eps=eps, y3=y3,
+        running_var=running_var, weight=weight, bias=bias, eps=eps, y3=y3, loss=loss,
     )
     record_plan("bn_stat_forward", **plan)
-    _finalize(part, part_strides, S, stats, stats_strides, G, C, loss=loss, running_var=running_var,
-              count=(N // G) * L)
 
 
 def bn_stat_backward(x3, running_mean, stats, grad_loss, count, grad_input, grad_y3=None, running_var=None,
