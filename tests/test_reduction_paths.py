@@ -537,3 +537,85 @@ def test_compose_path_matches_float64(backend, device, path, dtype):
     for name, got, want in zip(("natural", "ufc"), grads, ref_grads):
         assert got.dtype == dtype
         close(got, want, dtype, f"grad {name}")
+
+
+# ----------------------------------------------------------------------------------------
+# The forward's arrival counters (Triton and CUDA: the last program/block of a group
+# finalizes it and resets the group's counter, so the forward is one launch)
+# ----------------------------------------------------------------------------------------
+def triton_counters_are_zero(backend, device):
+    """Triton: every arrival counter of the device is back at zero (none is left counting)."""
+    if backend != "triton":
+        return
+    from infer_fast.kernels import bn_stat_loss as kernels
+
+    counters = kernels.arrival_counters(device)
+    assert counters is not None, "no counter was used: the forward did not take the fused finalize"
+    assert counters.dtype == torch.int32 and (counters == 0).all(), f"counters left at {counters.nonzero().tolist()}"
+
+
+COUNTER_CASES = [  # (shape, groups, layout, Triton knobs, CUDA override): S > 1 and S == 1 plans
+    ((8, 5, 6, 7), 2, "nchw", dict(split=4, block_rows=1), dict(splits=3)),
+    ((4, 10, 3, 3), 2, "channels_last", dict(split=3, block_rows=4, block_inner=8), dict(splits=3, channel_tiles=2)),
+    ((4, 5, 2, 2), 2, "nchw", dict(split=1), dict(splits=1)),
+    ((4, 10, 2, 2), 2, "channels_last", dict(split=1), dict(splits=1)),
+]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] in ("triton", "cuda")])
+@pytest.mark.parametrize("op", ["bn_stat_loss", "bn_eval_with_stat_loss"])
+@pytest.mark.parametrize("case", COUNTER_CASES, ids=lambda c: f"{c[2]}-{c[3]}")
+def test_forward_counters_reset_and_grow(backend, device, op, case):
+    """Two forwards in a row give the same bits (a counter the first left non-zero would
+    make the second finalize nothing: NaN-poisoned stats), then a call with more groups than
+    the counter buffer held before (it grows), then the first call again; each against the
+    float64 loss, and under Triton the counters are all zero after every call."""
+    shape, groups, layout, knobs, cuda = case
+    base, make = make_view(shape, layout, "dense", torch.float32, device)
+    params = make_params(shape[1], device)
+    x = make(base)
+    ref = bn_op(op, x.double(), [t.double() for t in params], groups)[-1]
+    wide_groups = 160  # more than a counter buffer's first size (Triton's holds 64)
+    wide_shape = (wide_groups, shape[1], 1, 2)
+    wide_base, wide_make = make_view(wide_shape, layout, "dense", torch.float32, device, seed=3)
+    wide_x = wide_make(wide_base)
+    wide_ref = bn_op(op, wide_x.double(), [t.double() for t in params], wide_groups)[-1]
+    with forced_plan(backend, knobs, cuda) as last_plan:
+        first = bn_op(op, x, params, groups, backend)
+        triton_counters_are_zero(backend, device)
+        second = bn_op(op, x, params, groups, backend)
+        triton_counters_are_zero(backend, device)
+        assert_plan("bn_stat_forward", last_plan("bn_stat_forward"),
+                    {"S": knobs["split"]} if backend == "triton" else {"splits": cuda["splits"]})
+        wide = bn_op(op, wide_x, params, wide_groups, backend)
+        triton_counters_are_zero(backend, device)
+        if backend == "triton":
+            from infer_fast.kernels import bn_stat_loss as kernels
+            assert kernels.arrival_counters(device).numel() >= wide_groups
+        third = bn_op(op, x, params, groups, backend)
+        triton_counters_are_zero(backend, device)
+    for got, want, what in ((first[-1], ref, "first"), (wide[-1], wide_ref, "wide"), (third[-1], ref, "third")):
+        assert not got.isnan().any(), f"{what} call: a group was not finalized"
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6, msg=lambda m: f"{what} call: {m}")
+    for a, b in zip(first + second + third, second + third + first):
+        assert torch.equal(a, b), "repeated forward calls differ"
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] in ("triton", "cuda")])
+def test_bn_stat_sums_counters_reset(backend, device):
+    """bn_stat_sums with a split reduction finalizes through the counters too: twice in a row,
+    the same bits as the float64 sums allow, counters zero after (Triton)."""
+    base, make = make_view((8, 5, 6, 7), "nchw", "dense", torch.float32, device)
+    x3 = as_ncl(make(base))
+    rm = make_params(5, device)[0]
+    outs = []
+    with forced_plan(backend, dict(split=4, block_rows=1), dict(splits=3)):
+        for _ in range(2):
+            out = torch.full((2, 2, 5), float("nan"), device=device)
+            backends.launcher(backend, "bn_stat_sums")(x3, rm, 2, out)
+            triton_counters_are_zero(backend, device)
+            outs.append(out)
+    expected = torch.empty((2, 2, 5), dtype=torch.float64, device=device)
+    reference.bn_stat_sums(x3.double(), rm.double(), 2, expected)
+    close(outs[0], expected, torch.float32, "sums")
+    assert torch.equal(outs[0], outs[1])
