@@ -17,7 +17,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <mutex>
 #include <optional>
+#include <vector>
 
 #include "launchers.h"
 #include "ops.h"
@@ -142,6 +145,25 @@ at::Tensor workspace_for(const ifc::BnPlan& plan, const at::Tensor& x) {
   return at::empty({plan.workspace_elems}, x.options().dtype(accumulate_dtype(x.scalar_type())));
 }
 
+// The arrival counters of the BN kernels' fused finalize (launchers.h): per device, int32
+// zeros, grown (zero-filled: the only fill, once) when a launch has more groups than it
+// holds. The kernels leave them zero, so no launch clears them. Launches on one device
+// share them: the ops must not run concurrently on different streams of one device. The
+// tensors are never freed (a static destructor could run after the CUDA runtime is gone).
+at::Tensor counters_for(const at::Tensor& x, int64_t groups) {
+  static std::mutex mutex;
+  static auto* by_device = new std::vector<at::Tensor>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto index = static_cast<size_t>(x.device().index());
+  if (by_device->size() <= index) by_device->resize(index + 1);
+  at::Tensor& counters = (*by_device)[index];
+  if (!counters.defined() || counters.numel() < groups) {
+    const int64_t size = std::max<int64_t>(groups, counters.defined() ? 2 * counters.numel() : 64);
+    counters = at::zeros({size}, x.options().dtype(at::kInt));
+  }
+  return counters;
+}
+
 void* mutable_data_or_null(const at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr() : nullptr;
 }
@@ -223,9 +245,10 @@ void infer_fast::cuda::bn_stat_sums(const at::Tensor& x, const at::Tensor& runni
   const c10::cuda::CUDAGuard guard(x.device());
   const auto plan = checked_plan(x, dtype, shape, op);
   const at::Tensor workspace = workspace_for(plan, x);
+  const at::Tensor counters = plan.splits > 1 ? counters_for(x, groups) : at::Tensor();
   check_launch(launch_bn_stat_sums(plan, dtype, shape, x.const_data_ptr(), params,
                                    out.mutable_data_ptr(), mutable_data_or_null(workspace),
-                                   current_stream()),
+                                   mutable_data_or_null(counters), current_stream()),
                op);
 }
 
@@ -252,6 +275,7 @@ void infer_fast::cuda::bn_stat_forward(const at::Tensor& x, const at::Tensor& ru
   check_launch(launch_bn_stat_forward(plan, dtype, shape, x.const_data_ptr(), params,
                                       loss.mutable_data_ptr(), stats.mutable_data_ptr(),
                                       mutable_data_or_null(workspace),
+                                      counters_for(x, groups).mutable_data_ptr(),
                                       fused ? y->mutable_data_ptr() : nullptr, current_stream()),
                op);
 }

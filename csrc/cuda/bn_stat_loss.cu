@@ -1,9 +1,10 @@
 // CUDA kernels of the BN-statistics loss. Semantics: infer_fast/ops/backends.py; launcher API
 // and conventions: launchers.h. No torch headers here (nvcc compiles this file alone).
 //
-// Kernel launches per op (one stream, no host synchronization, no atomics):
-//   bn_stat_sums      partial kernel [+ finalize kernel when the plan has splits > 1]
-//   bn_stat_forward   partial kernel + finalize kernel (stats and loss)
+// Kernel launches per op (one stream, no host synchronization; the only atomic is one
+// counter increment per block, which never touches a result):
+//   bn_stat_sums      one partial kernel (its last block per group finalizes when splits > 1)
+//   bn_stat_forward   one partial kernel (its last block per group finalizes stats and loss)
 //   bn_stat_backward  one elementwise kernel
 //
 // Decomposition (BnPlan, shape-only): per (group, channel) for NCL, or per (group, 128-byte
@@ -13,8 +14,13 @@
 //     (G, 2, splits, C), or straight to the output when splits == 1; with the fused eval-BN
 //     it also writes y = x * scale[c] + shift[c] where it loads x (each element is loaded
 //     once, so the teacher's BN output costs no extra read);
-//   finalize kernel (one block per group): adds the splits of every channel in a fixed order
-//     and stores the sums, or finishes delta, e, their norms and the loss;
+//   fused finalize: each block then counts itself in its group's arrival counter (unsigned,
+//     zero between launches: allocated zeroed once per device by the bindings, reset by the
+//     finishing block), and the group's last block (threadfence + atomicAdd, the "last block"
+//     pattern) adds the splits of every channel in a fixed order and stores the sums, or
+//     finishes delta, e, their norms and the loss, in the same order as the former
+//     one-block-per-group finalize kernel of 1024 threads (finalize_group). Counters are per
+//     device: launches on one device must not run concurrently on different streams;
 //   backward kernel: the same blocks, so (group, channel) is fixed per thread and the
 //     coefficients are computed once per thread from stats and the parameters; the element
 //     loop only streams x (and grad_y) in and grad_input out.
@@ -67,9 +73,12 @@ constexpr int kUnrollBackward = 4;
 // or 4 x 2 (backward) has 32 KB in flight, so ~130 resident blocks already saturate HBM.
 // kTargetBlocks = 528 (4 per SM on 132 SMs) gives 4x margin, so even the last partial wave
 // of a grid that is not a multiple of the resident blocks stays near saturation. It also
-// bounds the partial sums, which the one-block-per-group finalize reads: 2 * 528 * (channels
-// per block) values in all, at most ~270 KB (fp16 NLC, G = 1), ~2 us for one SM, against
-// >= 60 us for the partial pass of a 256 MB tensor. Each block reads >= kMinElemsPerBlock
+// bounds the partial sums, which the last block of each group reads to finalize it: 2 * 528 *
+// (channels per block) values in all, at most ~270 KB (fp16 NLC, G = 1), a few us for one
+// 256-thread block, against >= 60 us for the partial pass of a 256 MB tensor (and no second
+// launch to wait for). The fused finalize raises the partial kernels' registers to ~60-64
+// (ptxas, sm_90; NLC was already capped at 64), i.e. 4 resident blocks per SM: still all 528
+// of a default grid in one wave. Each block reads >= kMinElemsPerBlock
 // elements, so its fixed costs (parameter and coefficient loads, the block reduction) stay
 // at a few percent. Measured on an H100 with these numbers (NCL partial kernel, fp32
 // (100, 64, 56, 56)): ~2.8 TB/s, ~93% of copy bandwidth.
@@ -80,6 +89,8 @@ constexpr int64_t kMinElemsPerBlock = 16384;
 // tile) per tile instead of per C-wide row, which keeps the one-block-per-group finalize
 // short for wide layers (C = 512: 16x fewer partials than a tile of all channels).
 constexpr int64_t kNlcTileBytes = 128;
+// Lanes of the finalize's fixed summation layout (the former finalize kernel's block size; the
+// fused finalize runs them on the partial kernels' blocks, see finalize_group).
 constexpr int kFinalizeThreads = 1024;
 
 // Test-only plan override and report (launchers.h): process-wide; relaxed atomics, as the
@@ -185,6 +196,19 @@ SumsView<A> stats_view(A* stats, int64_t C) {
   return {stats, 2 * (C + 1), C + 1, 0};
 }
 
+// The fused finalize of the partial kernels (counters null: none, the partials are final).
+// The last of the `arrivals` blocks of group g to arrive (counters[g], zero between launches)
+// finishes the group into `out` (kLoss: stats, with loss non-null; else the raw sums).
+template <typename A>
+struct FinalizeArgs {
+  unsigned int* counters = nullptr;
+  SumsView<A> out{};
+  A* loss = nullptr;       // non-null: stats and loss (bn_stat_forward); null: sums
+  unsigned int arrivals = 0;
+  int chan_log2 = 5;       // finalize_chan_log2(C): the channel lanes of the finalize's layout
+  double M = 1.0;          // elements per (group, channel)
+};
+
 // Block coordinates: group, channel (NCL) or channel tile (NLC), split.
 struct BlockCoord {
   int64_t g, c, s;
@@ -279,6 +303,157 @@ __device__ __forceinline__ void store_affine(T* __restrict__ p, const T (&e)[VW]
 }
 
 // ---------------------------------------------------------------------------------------------
+// Finalize of group g, run by the last block of the group to finish its partials (any block
+// shape, blockDim.x * blockDim.y = nt >= 32 threads): adds the splits of every channel in a
+// fixed order, in double whatever acc is (a few KB, so double costs nothing and keeps the loss
+// of large fp32 reductions accurate), then
+//   kLoss false: out = the sums (the sums op's (2, G, C));
+//   kLoss true:  out = stats: delta = S1 / M, e = S2 / M - delta^2 - rv, the norms (from the
+//                double values) and loss[g]. With splits == 1, `part` is `out` itself: each
+//                partial is read by the thread that later overwrites it (hence no __restrict__).
+// The additions are those of the former one-block-per-group finalize kernel of
+// kFinalizeThreads threads, whose lanes depend on C only: virtual lane v = (ts, tc),
+// 2^chan_log2 channel lanes tc x split lanes ts; lane v sums splits ts, ts + split_lanes, ...
+// of channel c_tile + tc in order, the split lanes are added in a tree (stride half *
+// chan_lanes), and the norms' squares go through block_sum2<kFinalizeThreads>'s tree (warp
+// shuffles: strides 16..1 within 32 lanes, then 16..1 over the 32 warps). Here the nt real
+// threads run the 1024 virtual lanes (v = tid, tid + nt, ...) and every tree level in shared
+// memory `sh`, so each sum has the same operands in the same pairs (bitwise the same result;
+// IEEE addition is commutative). When C > 512 there is one split lane (no tree) and the lanes
+// loop over channel tiles; each virtual lane is then independent, so its tiles run in a row.
+// Partials are loaded with ld.global.cg (L2): they were written by other blocks of this launch.
+// ---------------------------------------------------------------------------------------------
+template <typename A, bool kLoss>
+__device__ __noinline__ void finalize_group(const SumsView<A> part, const FinalizeArgs<A> fin,
+                                            int64_t C, int64_t splits, const BnParams params,
+                                            int64_t g, double (*sh)[kFinalizeThreads]) {
+  const int nt = blockDim.x * blockDim.y;
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  const int chan_log2 = fin.chan_log2;
+  const int chan_lanes = 1 << chan_log2;
+  const int split_lanes = kFinalizeThreads >> chan_log2;
+  const SumsView<A> out = fin.out;
+  // channel c's sums (S1, S2) -> its outputs; adds its squares to this lane's norm shares
+  const auto finish = [&](int64_t c, double S1, double S2, double& sq_delta, double& sq_e) {
+    if constexpr (kLoss) {
+      const double delta = S1 / fin.M;
+      const double e = S2 / fin.M - delta * delta -
+                       load_param<double>(params.running_var, params.dtype, c);
+      *out.at(g, 0, 0, c) = static_cast<A>(delta);
+      *out.at(g, 1, 0, c) = static_cast<A>(e);
+      sq_delta += delta * delta;
+      sq_e += e * e;
+    } else {
+      *out.at(g, 0, 0, c) = static_cast<A>(S1);
+      *out.at(g, 1, 0, c) = static_cast<A>(S2);
+    }
+  };
+  if (split_lanes == 1) {  // C > 512: lane v = channel lane, channels v, v + 1024, ...
+    for (int v = tid; v < kFinalizeThreads; v += nt) {
+      double sq_delta = 0.0, sq_e = 0.0;  // this lane's share of ||delta_g||^2, ||e_g||^2
+      for (int64_t c = v; c < C; c += kFinalizeThreads) {
+        double s1 = 0.0, s2 = 0.0;
+#pragma unroll 8  // 16 independent loads in flight; the additions stay in order
+        for (int64_t s = 0; s < splits; ++s) {
+          s1 += static_cast<double>(__ldcg(part.at(g, 0, s, c)));
+          s2 += static_cast<double>(__ldcg(part.at(g, 1, s, c)));
+        }
+        finish(c, s1, s2, sq_delta, sq_e);
+      }
+      sh[0][v] = sq_delta;
+      sh[1][v] = sq_e;
+    }
+  } else {  // C <= 512: one channel tile
+    for (int v = tid; v < kFinalizeThreads; v += nt) {
+      const int tc = v & (chan_lanes - 1), ts = v >> chan_log2;
+      double s1 = 0.0, s2 = 0.0;
+      if (tc < C) {
+#pragma unroll 8
+        for (int64_t s = ts; s < splits; s += split_lanes) {
+          s1 += static_cast<double>(__ldcg(part.at(g, 0, s, tc)));
+          s2 += static_cast<double>(__ldcg(part.at(g, 1, s, tc)));
+        }
+      }
+      sh[0][v] = s1;
+      sh[1][v] = s2;
+    }
+    __syncthreads();
+    for (int half = split_lanes >> 1; half > 0; half >>= 1) {
+      const int stride = half * chan_lanes;
+      for (int v = tid; v < stride; v += nt) {
+        sh[0][v] += sh[0][v + stride];
+        sh[1][v] += sh[1][v + stride];
+      }
+      __syncthreads();
+    }
+    // lane v < C (split lane 0) holds channel v's sums; every lane then holds its norm shares
+    for (int v = tid; v < kFinalizeThreads; v += nt) {
+      double sq_delta = 0.0, sq_e = 0.0;
+      if (v < C) finish(v, sh[0][v], sh[1][v], sq_delta, sq_e);
+      sh[0][v] = sq_delta;
+      sh[1][v] = sq_e;
+    }
+  }
+  if constexpr (kLoss) {
+    // block_sum2<kFinalizeThreads> of the lanes' shares: warp_sum in each warp of 32 lanes
+    // (lane 0's result: strides 16..1), then warp_sum over the 32 warps' results
+    __syncthreads();
+    for (int off = 16; off > 0; off >>= 1) {
+      for (int v = tid; v < kFinalizeThreads; v += nt) {
+        if ((v & 31) < off) {
+          sh[0][v] += sh[0][v + off];
+          sh[1][v] += sh[1][v + off];
+        }
+      }
+      __syncthreads();
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      for (int w = tid; w < off; w += nt) {
+        sh[0][w * 32] += sh[0][(w + off) * 32];
+        sh[1][w * 32] += sh[1][(w + off) * 32];
+      }
+      __syncthreads();
+    }
+    if (tid == 0) {
+      const double norm_delta = sqrt(sh[0][0]), norm_e = sqrt(sh[1][0]);
+      *out.at(g, 0, 0, C) = static_cast<A>(norm_delta);
+      *out.at(g, 1, 0, C) = static_cast<A>(norm_e);
+      fin.loss[g] = static_cast<A>(norm_delta + norm_e);
+    }
+  }
+}
+
+// Called by every thread of a partial-sums block after the block stored its partials of group
+// g: counts the block in counters[g]; the last of the group's fin.arrivals blocks finalizes
+// the group and resets counters[g] to 0 (no other block of this launch touches it after the
+// last arrival; the next launch on the stream starts after this one ends). Memory ordering
+// (the "last block" pattern): each thread's __threadfence orders its partial stores before
+// the barrier and thread 0's atomicAdd (device scope), so a block that sees the count reach
+// arrivals - 1 follows every other block's stores; its own __threadfence after the barrier
+// orders its finalize loads after that observation, and they bypass L1 (ld.global.cg), which
+// could hold a line of the partials loaded before they were written. `sh`: 2 x
+// kFinalizeThreads doubles of shared memory that the block no longer uses for anything else.
+template <typename A>
+__device__ __forceinline__ void arrive_and_finalize(const SumsView<A>& part,
+                                                    const FinalizeArgs<A>& fin, int64_t C,
+                                                    int64_t splits, const BnParams& params,
+                                                    int64_t g, double (*sh)[kFinalizeThreads]) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();  // also: the block's reads of its reduction buffers (sh may alias them) end
+  if (threadIdx.x == 0 && threadIdx.y == 0)
+    last = atomicAdd(fin.counters + g, 1u) == fin.arrivals - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (fin.loss != nullptr)
+    finalize_group<A, true>(part, fin, C, splits, params, g, sh);
+  else
+    finalize_group<A, false>(part, fin, C, splits, params, g, sh);
+  if (threadIdx.x == 0 && threadIdx.y == 0) fin.counters[g] = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Partial sums, NCL: block (g, c, s) sums vectors [s*chunk, (s+1)*chunk) of the flat range of
 // the n*L elements of (group g, channel c), VW elements per vector.
 // kAffine: also y[same offset] = x * scale[c] + shift[c] (kVecLoad then means both x and y are
@@ -288,7 +463,8 @@ template <typename T, int VW, bool kVecLoad, bool kAffine, typename I>
 __global__ void __launch_bounds__(kThreads)
     bn_sums_ncl_kernel(const T* __restrict__ x, T* __restrict__ y, const BnParams params,
                        const SumsView<acc_t<T>> part, int64_t n, int64_t C, int64_t L,
-                       int64_t splits, I Mv, I chunk, Divider<I> lv_div) {
+                       int64_t splits, I Mv, I chunk, Divider<I> lv_div,
+                       const FinalizeArgs<acc_t<T>> fin) {
   using A = acc_t<T>;
   const BlockCoord blk = ncl_block(splits, C);
   const A m = load_param<A>(params.running_mean, params.dtype, blk.c);
@@ -349,6 +525,10 @@ __global__ void __launch_bounds__(kThreads)
     *part.at(blk.g, 0, blk.s, blk.c) = s1;
     *part.at(blk.g, 1, blk.s, blk.c) = s2;
   }
+  if (fin.counters != nullptr) {  // uniform: the kernel's argument
+    __shared__ double fsh[2][kFinalizeThreads];
+    arrive_and_finalize(part, fin, C, splits, params, blk.g, fsh);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,9 +541,14 @@ template <typename T, int VW, bool kVecLoad, bool kAffine>
 __global__ void __launch_bounds__(kThreads, 4)
     bn_sums_nlc_kernel(const T* __restrict__ x, T* __restrict__ y, const BnParams params,
                        const SumsView<acc_t<T>> part, int64_t R, int64_t C, int64_t ctiles,
-                       int64_t splits, int64_t chunk) {
+                       int64_t splits, int64_t chunk, const FinalizeArgs<acc_t<T>> fin) {
   using A = acc_t<T>;
-  __shared__ A sh[2 * VW][kThreads];
+  // The block's reduction buffer sh[2 * VW][kThreads], and later (once the block's partials
+  // are stored) the fused finalize's 2 x kFinalizeThreads doubles, in one allocation.
+  constexpr size_t kReduceBytes = sizeof(A) * 2 * VW * kThreads;
+  constexpr size_t kFinalizeBytes = sizeof(double) * 2 * kFinalizeThreads;
+  __shared__ alignas(16) unsigned char smem[std::max(kReduceBytes, kFinalizeBytes)];
+  A(*sh)[kThreads] = reinterpret_cast<A(*)[kThreads]>(smem);
 
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int bx = blockDim.x, by = blockDim.y;
@@ -443,77 +628,9 @@ __global__ void __launch_bounds__(kThreads, 4)
       *part.at(blk.g, 1, blk.s, c0 + j) = sh[VW + j][tx];
     }
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Finalize, one block per group g: adds the splits of every channel in a fixed order, in
-// double whatever acc is (this kernel moves a few KB, so double costs nothing and keeps the
-// loss of large fp32 reductions accurate), then
-//   kLoss false: out = the sums (the sums op's (2, G, C));
-//   kLoss true:  out = stats: delta = S1 / M, e = S2 / M - delta^2 - rv, the norms (from the
-//                double values) and loss[g]. With splits == 1, `part` is `out` itself: each
-//                partial is read by the thread that later overwrites it (hence no __restrict__).
-// Threads: 2^chan_log2 channel lanes x the rest split lanes; a warp reads consecutive channels
-// of one split, the split lanes are then added in a tree. The lanes depend on C only.
-// ---------------------------------------------------------------------------------------------
-template <typename A, bool kLoss>
-__global__ void __launch_bounds__(kFinalizeThreads)
-    bn_finalize_kernel(const SumsView<A> part, const SumsView<A> out, A* loss, int64_t C,
-                       int64_t splits, int chan_log2, double M, const BnParams params) {
-  __shared__ double sh[2][kFinalizeThreads];
-  const int tid = threadIdx.x;
-  const int chan_lanes = 1 << chan_log2;
-  const int split_lanes = kFinalizeThreads >> chan_log2;
-  const int tc = tid & (chan_lanes - 1);
-  const int ts = tid >> chan_log2;
-  const int64_t g = blockIdx.x;
-
-  double sq_delta = 0.0, sq_e = 0.0;  // this channel lane's share of ||delta_g||^2, ||e_g||^2
-  for (int64_t c_tile = 0; c_tile < C; c_tile += chan_lanes) {
-    const int64_t c = c_tile + tc;
-    double s1 = 0.0, s2 = 0.0;
-    if (c < C) {
-#pragma unroll 8  // 16 independent loads in flight; the additions stay in order
-      for (int64_t s = ts; s < splits; s += split_lanes) {
-        s1 += static_cast<double>(*part.at(g, 0, s, c));
-        s2 += static_cast<double>(*part.at(g, 1, s, c));
-      }
-    }
-    sh[0][tid] = s1;
-    sh[1][tid] = s2;
-    __syncthreads();
-    for (int half = split_lanes >> 1; half > 0; half >>= 1) {
-      if (ts < half) {
-        sh[0][tid] += sh[0][tid + half * chan_lanes];
-        sh[1][tid] += sh[1][tid + half * chan_lanes];
-      }
-      __syncthreads();
-    }
-    if (ts == 0 && c < C) {  // tid == tc
-      if constexpr (kLoss) {
-        const double delta = sh[0][tc] / M;
-        const double e = sh[1][tc] / M - delta * delta -
-                         load_param<double>(params.running_var, params.dtype, c);
-        *out.at(g, 0, 0, c) = static_cast<A>(delta);
-        *out.at(g, 1, 0, c) = static_cast<A>(e);
-        sq_delta += delta * delta;
-        sq_e += e * e;
-      } else {
-        *out.at(g, 0, 0, c) = static_cast<A>(sh[0][tc]);
-        *out.at(g, 1, 0, c) = static_cast<A>(sh[1][tc]);
-      }
-    }
-    __syncthreads();  // sh is reused by the next channel tile
-  }
-  if constexpr (kLoss) {
-    block_sum2<kFinalizeThreads>(sq_delta, sq_e);
-    if (tid == 0) {
-      const double norm_delta = sqrt(sq_delta), norm_e = sqrt(sq_e);
-      *out.at(g, 0, 0, C) = static_cast<A>(norm_delta);
-      *out.at(g, 1, 0, C) = static_cast<A>(norm_e);
-      loss[g] = static_cast<A>(norm_delta + norm_e);
-    }
-  }
+  if (fin.counters != nullptr)  // uniform: the kernel's argument
+    arrive_and_finalize(part, fin, C, splits, params, blk.g,
+                        reinterpret_cast<double(*)[kFinalizeThreads]>(smem));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,10 +822,12 @@ int64_t grid_of(const BnPlan& plan, const BnShape& s) {
   return s.groups * plan.channel_tiles * plan.splits;
 }
 
-// Partial sums of x into `part` (kAffine: also the eval-BN output y).
+// Partial sums of x into `part` (kAffine: also the eval-BN output y), finalized by each
+// group's last block as `fin` says.
 template <typename T, bool kAffine>
 void launch_partials(const BnPlan& plan, const BnShape& s, const T* x, const BnParams& params,
-                     T* y, const SumsView<acc_t<T>>& part, cudaStream_t stream) {
+                     T* y, const SumsView<acc_t<T>>& part, const FinalizeArgs<acc_t<T>>& fin,
+                     cudaStream_t stream) {
   constexpr int VEC = detail::kVec16<T>;
   const int64_t blocks = grid_of(plan, s);
   if (blocks == 0) return;  // C == 0: no channel to sum
@@ -726,17 +845,18 @@ void launch_partials(const BnPlan& plan, const BnShape& s, const T* x, const BnP
           using I = typename decltype(itag)::type;
           bn_sums_ncl_kernel<T, VW, kVecLoad, kAffine, I><<<grid, block, 0, stream>>>(
               x, y, params, part, n, s.C, s.L, plan.splits, static_cast<I>(n * s.L / VW),
-              static_cast<I>(plan.chunk), detail::make_divider<I>(std::max<int64_t>(1, s.L / VW)));
+              static_cast<I>(plan.chunk), detail::make_divider<I>(std::max<int64_t>(1, s.L / VW)),
+              fin);
         });
       } else {
         bn_sums_nlc_kernel<T, VW, kVecLoad, kAffine><<<grid, block, 0, stream>>>(
-            x, y, params, part, n * s.L, s.C, plan.channel_tiles, plan.splits, plan.chunk);
+            x, y, params, part, n * s.L, s.C, plan.channel_tiles, plan.splits, plan.chunk, fin);
       }
     });
   });
 }
 
-// Channel lanes (log2) of the finalize block: all channels in one pass up to 1024, and at
+// Channel lanes (log2) of the finalize's layout: all channels in one pass up to 1024, and at
 // least a warp, so the reads along c coalesce.
 int finalize_chan_log2(int64_t C) {
   int lg = 5;
@@ -744,38 +864,51 @@ int finalize_chan_log2(int64_t C) {
   return lg;
 }
 
-template <typename A, bool kLoss>
-void launch_finalize(const BnPlan& plan, const BnShape& s, const SumsView<A>& part,
-                     const SumsView<A>& out, A* loss, const BnParams& params,
-                     cudaStream_t stream) {
-  const double M = static_cast<double>(s.N / s.groups) * static_cast<double>(s.L);
-  bn_finalize_kernel<A, kLoss><<<static_cast<unsigned>(s.groups), kFinalizeThreads, 0, stream>>>(
-      part, out, loss, s.C, plan.splits, finalize_chan_log2(s.C), M, params);
+// The fused finalize into `out` (loss non-null: stats and loss) by each group's last block.
+template <typename A>
+FinalizeArgs<A> finalize_args(const BnPlan& plan, const BnShape& s, const SumsView<A>& out,
+                              A* loss, void* counters) {
+  FinalizeArgs<A> fin;
+  fin.counters = static_cast<unsigned int*>(counters);
+  fin.out = out;
+  fin.loss = loss;
+  fin.arrivals = static_cast<unsigned int>(plan.channel_tiles * plan.splits);  // blocks per group
+  fin.chan_log2 = finalize_chan_log2(s.C);
+  fin.M = static_cast<double>(s.N / s.groups) * static_cast<double>(s.L);
+  return fin;
 }
 
 template <typename T>
 cudaError_t sums_typed(const BnPlan& plan, const BnShape& s, const T* x, const BnParams& params,
-                       acc_t<T>* out, acc_t<T>* workspace, cudaStream_t stream) {
+                       acc_t<T>* out, acc_t<T>* workspace, void* counters, cudaStream_t stream) {
   using A = acc_t<T>;
   const SumsView<A> dst = sums_out_view(out, s.groups, s.C);
+  // splits == 1: the partials are the sums, written straight into out; no finalize
   const SumsView<A> part = plan.splits > 1 ? workspace_view(workspace, plan.splits, s.C) : dst;
-  launch_partials<T, false>(plan, s, x, params, nullptr, part, stream);
-  if (plan.splits > 1) launch_finalize<A, false>(plan, s, part, dst, nullptr, params, stream);
+  const FinalizeArgs<A> fin =
+      plan.splits > 1 ? finalize_args<A>(plan, s, dst, nullptr, counters) : FinalizeArgs<A>{};
+  launch_partials<T, false>(plan, s, x, params, nullptr, part, fin, stream);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t forward_typed(const BnPlan& plan, const BnShape& s, const T* x,
                           const BnParams& params, acc_t<T>* loss, acc_t<T>* stats,
-                          acc_t<T>* workspace, T* y, cudaStream_t stream) {
+                          acc_t<T>* workspace, void* counters, T* y, cudaStream_t stream) {
   using A = acc_t<T>;
   const SumsView<A> dst = stats_view(stats, s.C);
-  // splits == 1: the raw sums go into stats, and the finalize turns them into stats in place
+  if (s.C == 0) {  // no block to finalize: stats (G, 2, 1) = the zero norms, loss = 0
+    const size_t bytes = static_cast<size_t>(s.groups) * sizeof(A);
+    cudaMemsetAsync(stats, 0, 2 * bytes, stream);
+    cudaMemsetAsync(loss, 0, bytes, stream);
+    return cudaGetLastError();
+  }
+  // splits == 1: the raw sums go into stats, and the last block finishes them in place
   const SumsView<A> part = plan.splits > 1 ? workspace_view(workspace, plan.splits, s.C) : dst;
+  const FinalizeArgs<A> fin = finalize_args<A>(plan, s, dst, loss, counters);
   with_flag(y != nullptr, [&](auto affine) {
-    launch_partials<T, decltype(affine)::value>(plan, s, x, params, y, part, stream);
+    launch_partials<T, decltype(affine)::value>(plan, s, x, params, y, part, fin, stream);
   });
-  launch_finalize<A, true>(plan, s, part, dst, loss, params, stream);
   return cudaGetLastError();
 }
 
@@ -849,10 +982,14 @@ void report_compose(int kernel, int64_t chunks, int64_t threads) {
   g_report.compose_threads[kernel] = threads;
 }
 
+}  // namespace cuda
+}  // namespace infer_fast
+
 // ---------------------------------------------------------------------------------------------
-// Public launchers
+// Public launchers (qualified definitions: a signature that drifts from launchers.h does not
+// compile)
 // ---------------------------------------------------------------------------------------------
-BnPlan plan_bn(DType dtype, const BnShape& s) {
+infer_fast::cuda::BnPlan infer_fast::cuda::plan_bn(DType dtype, const BnShape& s) {
   BnPlan p;
   if (s.N < 0 || s.C < 0 || s.L < 0 || s.groups < 1 || s.N % s.groups != 0) return p;
   if (dtype_size(dtype) == 0) return p;
@@ -900,11 +1037,12 @@ BnPlan plan_bn(DType dtype, const BnShape& s) {
   return p;
 }
 
-cudaError_t launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& shape,
+cudaError_t infer_fast::cuda::launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& shape,
                                 const void* x, const BnParams& params, void* out,
-                                void* workspace, cudaStream_t stream) {
+                                void* workspace, void* counters, cudaStream_t stream) {
   if (!plan_fits(plan, dtype, shape) || params.running_mean == nullptr ||
-      (plan.workspace_elems > 0 && workspace == nullptr))
+      (plan.workspace_elems > 0 && workspace == nullptr) ||
+      (plan.splits > 1 && counters == nullptr))
     return cudaErrorInvalidValue;
   report_bn(kSumsLauncher, plan);
   if (shape.C == 0) return cudaSuccess;  // out (2, G, 0) has no element
@@ -912,27 +1050,29 @@ cudaError_t launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& 
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
     return sums_typed<T>(plan, shape, static_cast<const T*>(x), params, static_cast<A*>(out),
-                         static_cast<A*>(workspace), stream);
+                         static_cast<A*>(workspace), counters, stream);
   });
 }
 
-cudaError_t launch_bn_stat_forward(const BnPlan& plan, DType dtype, const BnShape& shape,
+cudaError_t infer_fast::cuda::launch_bn_stat_forward(const BnPlan& plan, DType dtype, const BnShape& shape,
                                    const void* x, const BnParams& params, void* loss,
-                                   void* stats, void* workspace, void* y, cudaStream_t stream) {
+                                   void* stats, void* workspace, void* counters, void* y,
+                                   cudaStream_t stream) {
   if (!plan_fits(plan, dtype, shape) || params.running_mean == nullptr ||
-      params.running_var == nullptr || (plan.workspace_elems > 0 && workspace == nullptr))
+      params.running_var == nullptr || (plan.workspace_elems > 0 && workspace == nullptr) ||
+      counters == nullptr)
     return cudaErrorInvalidValue;
   report_bn(kForwardLauncher, plan);
   return detail::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
     return forward_typed<T>(plan, shape, static_cast<const T*>(x), params, static_cast<A*>(loss),
-                            static_cast<A*>(stats), static_cast<A*>(workspace),
+                            static_cast<A*>(stats), static_cast<A*>(workspace), counters,
                             static_cast<T*>(y), stream);
   });
 }
 
-cudaError_t launch_bn_stat_backward(const BnPlan& plan, DType dtype, const BnShape& shape,
+cudaError_t infer_fast::cuda::launch_bn_stat_backward(const BnPlan& plan, DType dtype, const BnShape& shape,
                                     const void* x, const BnParams& params, const void* stats,
                                     const void* grad_loss, int64_t grad_loss_stride,
                                     int64_t count, void* grad_input, const void* grad_y,
@@ -956,6 +1096,3 @@ cudaError_t launch_bn_stat_backward(const BnPlan& plan, DType dtype, const BnSha
     return cudaGetLastError();
   });
 }
-
-}  // namespace cuda
-}  // namespace infer_fast

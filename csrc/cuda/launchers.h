@@ -79,11 +79,14 @@ BnPlan plan_bn(DType dtype, const BnShape& shape);
 //
 // bn_stat_sums: out (2, G, C) contiguous acc: out[0, g, c] = sum(x - rm[c]), out[1, g, c] =
 // sum((x - rm[c])^2) over the rows of group g and all L. Reads params.running_mean.
-// workspace: plan.workspace_elems acc elements (null when 0). Launches: one partial-sums
-// kernel, plus a finalize kernel that adds the splits in a fixed order when plan.splits > 1.
+// workspace: plan.workspace_elems acc elements (null when 0). counters: at least
+// shape.groups unsigned ints, all zero, left all zero (null allowed when plan.splits == 1);
+// per device, shared by its launches, which must therefore not run concurrently on different
+// streams. Launches: one partial-sums kernel; with plan.splits > 1 the last block of each
+// group to arrive (counters[g]) adds the splits in a fixed order.
 cudaError_t launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& shape,
                                 const void* x, const BnParams& params, void* out,
-                                void* workspace, cudaStream_t stream);
+                                void* workspace, void* counters, cudaStream_t stream);
 
 // bn_stat_forward: the loss from one read of x. With M = n * L, per (g, c):
 // delta = sum(x - rm) / M, e = sum((x - rm)^2) / M - delta^2 - rv;
@@ -92,12 +95,13 @@ cudaError_t launch_bn_stat_sums(const BnPlan& plan, DType dtype, const BnShape& 
 // running_var. y (optional, null: none): the fused eval-mode BatchNorm
 // y = x * scale[c] + shift[c] in acc, scale = rsqrt(rv + eps) * weight,
 // shift = bias - rm * scale, written where x is read for the sums (stats are the same).
-// workspace as above. Launches: the partial-sums kernel, then one finalize kernel (one block
-// per group) that adds the splits in a fixed order and finishes stats and loss; with
+// workspace and counters (never null here) as above. Launches: one partial-sums kernel whose
+// last block of each group adds the splits in a fixed order and finishes stats and loss; with
 // plan.splits == 1 the partials go straight into stats and are finished in place.
 cudaError_t launch_bn_stat_forward(const BnPlan& plan, DType dtype, const BnShape& shape,
                                    const void* x, const BnParams& params, void* loss,
-                                   void* stats, void* workspace, void* y, cudaStream_t stream);
+                                   void* stats, void* workspace, void* counters, void* y,
+                                   cudaStream_t stream);
 
 // bn_stat_backward: one elementwise kernel, in acc, rounded once:
 //   grad_input = a + b * ((x - rm[c]) - delta[g, c])   (grad_loss given)
