@@ -504,7 +504,10 @@ def _arrival_counters(device, groups):
 def arrival_counters(device):
     """The counters of ``device`` (tests: all zero after every launch), or None before the
     first launch that needed them."""
-    return _counters.get(torch.device(device))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # (tensors' devices carry the index)
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _counters.get(device)
 
 
 def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=None, split=None):
