@@ -1,7 +1,7 @@
 // What each CUDA launch of the BN-statistics loss moves, from the kernels' own plan (plan_bn:
 // shape-only host code, so it runs without a GPU), at the shapes measured on the H200 on
 // 2026-11-30. Build and run (nvcc only, no GPU):
-//   nvcc -std=c++17 -arch=sm_90 -Icsrc -o /tmp/cuda_plan_bytes bench/cuda_plan_bytes.cpp \
+//   nvcc -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -o /tmp/cuda_plan_bytes bench/cuda_plan_bytes.cpp \
 //        csrc/cuda/bn_stat_loss.cu && /tmp/cuda_plan_bytes
 // Floors at the H200's measured copy bandwidth (4.2 TB/s, read + write). "fused" is the eval-BN
 // + loss op: its statistics launch also writes y, its backward also reads grad_y.
@@ -36,12 +36,12 @@ void report(const Case& c) {
   const double partials = static_cast<double>(p.workspace_elems) * acc;  // written, read back
   const double stats = static_cast<double>(c.groups * 2 * (c.C + 1)) * acc;
   const double stats_launch = x + partials;   // read x (+ rm), write the partial sums
-  const double finalize = partials + stats;   // read the partials, write stats and loss
+  const double finalize = partials + stats;   // its last block per group: the partials read back, stats and loss
   const double backward = 2 * x;              // read x, write grad_input
   const double floor_us = (stats_launch + finalize + backward) / kCopyBytesPerUs;
   const double fused_floor_us = (stats_launch + x + finalize + backward + x) / kCopyBytesPerUs;
   std::printf("%-38s| %s vec %d | blocks %lld (splits %lld) | x %.1f MB | statistics %.1f MB + partials %.1f KB "
-              "| finalize %.1f KB | backward %.1f MB | floor fwd+bwd %.0f us, fused %.0f us\n",
+              "| last blocks %.1f KB | backward %.1f MB | floor fwd+bwd %.0f us, fused %.0f us\n",
               c.name, p.nlc ? "NLC" : "NCL", p.vec,
               static_cast<long long>(c.groups * p.channel_tiles * p.splits), static_cast<long long>(p.splits),
               x / 1e6, x / 1e6, partials / 1e3, finalize / 1e3, backward / 1e6, floor_us, fused_floor_us);
