@@ -146,12 +146,26 @@ def cuda_default_tiles(channels, dtype):
     return -(-channels // (128 // element_size(dtype)))
 
 
-def cuda_split_plan(splits, groups, channels, nlc, vec, channel_tiles=None):
+def cuda_row_vecs(length, dtype):
+    """The CUDA NCL plan's 16-byte windows per row of ``length`` elements (bn_stat_loss.cu's
+    header comment): enough for a row that starts at any offset mod the vector width a
+    multiple of ``length`` can have; ``length`` // width when the width divides it."""
+    vec = cuda_vec(dtype)
+    gcd = vec
+    while length % gcd:
+        gcd //= 2
+    return -(-(length + vec - gcd) // vec)
+
+
+def cuda_split_plan(splits, groups, channels, nlc, vec, channel_tiles=None, row_vecs=None):
     """The CUDA plan of both BN launchers: ``splits`` > 1 blocks per (group, channel [tile])
-    and the workspace of their partial sums (forward: workspace + finalize path)."""
+    and the workspace of their partial sums (forward: workspace + finalize path). NCL: ``vec``
+    is always the 16-byte width, with ``row_vecs`` windows per row."""
     values = dict(splits=splits, nlc=int(nlc), vec=vec)
     if channel_tiles is not None:
         values["channel_tiles"] = channel_tiles
+    if row_vecs is not None:
+        values["row_vecs"] = row_vecs
     forward = dict(values, workspace_elems=2 * groups * splits * channels)
     return {"bn_stat_forward": forward, "bn_stat_backward": values}
 
@@ -159,18 +173,19 @@ def cuda_split_plan(splits, groups, channels, nlc, vec, channel_tiles=None):
 BN_PATHS = [
     BnPath("ncl-row-split", "NCL rows of a group split across programs/blocks", (8, 5, 6, 7), 2, "nchw",
            triton=dict(split=4, block_rows=1), cuda=dict(splits=3),
-           # CUDA: 4 rows x L = 42 in 3 chunks of 56 values: every chunk starts mid-row
+           # CUDA: 4 rows of L = 42 (11 fp32 / 6 bf16 windows, the first and last partial) in 3
+           # chunks of 15 / 8 windows: every chunk starts mid-row
            expected=bn_expected(dict(kernel="rows", S=4, rsplit=4, lsplit=1), dict(num_qblocks=20, num_pblocks=1),
-                                lambda dt: cuda_split_plan(3, 2, 5, False, 1))),
+                                lambda dt: cuda_split_plan(3, 2, 5, False, cuda_vec(dt), row_vecs=cuda_row_vecs(42, dt)))),
     BnPath("ncl-l-split", "the rows kernel's L split (one row tile, L cut in 4)", (2, 3, 10, 10), 1, "nchw",
            triton=dict(split=4, block_rows=2, block_inner=32), cuda=dict(splits=5),
            expected=bn_expected(dict(kernel="rows", S=4, rsplit=1, lsplit=4), dict(num_qblocks=3, num_pblocks=4),
-                                lambda dt: cuda_split_plan(5, 1, 3, False, 4 if dt == torch.float32 else 1))),
+                                lambda dt: cuda_split_plan(5, 1, 3, False, cuda_vec(dt), row_vecs=cuda_row_vecs(100, dt)))),
     BnPath("ncl-many-splits", "more splits than the finalize adds at once (Triton's 32-wide BLOCK_S, CUDA's 32 "
            "split lanes for C <= 32)", (9, 2, 8, 8), 1, "nchw",
            triton=dict(split=64, block_rows=1, block_inner=16), cuda=dict(splits=36),
            expected=bn_expected(dict(kernel="rows", S=36, rsplit=9, lsplit=4), dict(num_qblocks=18, num_pblocks=4),
-                                lambda dt: cuda_split_plan(36, 1, 2, False, cuda_vec(dt)))),
+                                lambda dt: cuda_split_plan(36, 1, 2, False, cuda_vec(dt), row_vecs=64 // cuda_vec(dt)))),
     BnPath("nlc-channel-blocks", "C = 130: several channel blocks/tiles, rows split", (4, 130, 3, 3), 2,
            "channels_last", triton=dict(split=3, block_rows=4, block_inner=64), cuda=dict(splits=3, channel_tiles=3),
            # CUDA: 3 tiles of 44 channels, 256 // 44 = 5 row lanes (not a power of two)
@@ -191,7 +206,7 @@ BN_PATHS = [
     BnPath("ncl-misaligned", "x at storage offset 1 (vector plan, unaligned pointer), rows split", (4, 6, 4, 4), 2,
            "nchw", view="offset1", triton=dict(split=2, block_rows=1), cuda=dict(splits=2),
            expected=bn_expected(dict(kernel="rows", S=2, rsplit=2), dict(num_qblocks=12),
-                                lambda dt: cuda_split_plan(2, 2, 6, False, cuda_vec(dt)))),
+                                lambda dt: cuda_split_plan(2, 2, 6, False, cuda_vec(dt), row_vecs=16 // cuda_vec(dt)))),
     BnPath("nlc-misaligned", "channels_last x at storage offset 1, channel tiles, rows split", (4, 16, 3, 3), 1,
            "channels_last", view="offset1", triton=dict(split=2, block_rows=4, block_inner=8),
            cuda=dict(splits=2, channel_tiles=2),
@@ -200,12 +215,33 @@ BN_PATHS = [
     BnPath("ncl-strided", "every other channel of a wider tensor (a non-contiguous view), rows split",
            (4, 6, 5, 5), 2, "nchw", view="strided", triton=dict(split=2, block_rows=1), cuda=dict(splits=2),
            expected=bn_expected(dict(kernel="rows", S=2, rsplit=2), dict(num_qblocks=12),
-                                lambda dt: cuda_split_plan(2, 2, 6, False, 1))),
+                                lambda dt: cuda_split_plan(2, 2, 6, False, cuda_vec(dt), row_vecs=cuda_row_vecs(25, dt)))),
     BnPath("expanded", "a channels_last batch expanded from one image (stride 0: the op copies it to NCHW), "
            "rows split, the summed loss's gradient expanded too", (4, 12, 3, 3), 2, "channels_last",
            view="expanded", summed_upstream=True, triton=dict(split=2, block_rows=1), cuda=dict(splits=3),
+           # CUDA: 2 rows of 3 fp32 windows (3 splits) or 2 bf16 windows (as far as 4 allow: 2)
            expected=bn_expected(dict(kernel="rows", S=2, rsplit=2), dict(num_qblocks=24),
-                                lambda dt: cuda_split_plan(3, 2, 12, False, 1))),
+                                lambda dt: cuda_split_plan(3 if dt == torch.float32 else 2, 2, 12, False,
+                                                           cuda_vec(dt), row_vecs=cuda_row_vecs(9, dt)))),
+    # H*W not a multiple of the vector width (every ResNet's last stages): 16-byte windows
+    # whose first/last ones per row are partial (CUDA: vec is the full width, never 1)
+    BnPath("ncl-7x7-windows", "L = 49: partial windows at both ends of rows, rows split", (6, 3, 7, 7), 2, "nchw",
+           triton=dict(split=3, block_rows=1), cuda=dict(splits=3),
+           # CUDA: 3 rows of 13 fp32 / 7 bf16 windows in 3 chunks
+           expected=bn_expected(dict(kernel="rows", S=3, rsplit=3), dict(num_qblocks=9, num_pblocks=1),
+                                lambda dt: cuda_split_plan(3, 2, 3, False, cuda_vec(dt), row_vecs=cuda_row_vecs(49, dt)))),
+    BnPath("ncl-7x7-misaligned", "L = 49 at storage offset 1: the same windows loaded element by element",
+           (4, 5, 7, 7), 2, "nchw", view="offset1", triton=dict(split=2, block_rows=1), cuda=dict(splits=2),
+           expected=bn_expected(dict(kernel="rows", S=2, rsplit=2), dict(num_qblocks=10, num_pblocks=1),
+                                lambda dt: cuda_split_plan(2, 2, 5, False, cuda_vec(dt), row_vecs=cuda_row_vecs(49, dt)))),
+    BnPath("ncl-14x14-windows", "L = 196 (bf16: 25 windows of 8, fp32: 49 plain vectors), rows split", (4, 3, 14, 14),
+           1, "nchw", triton=dict(split=2, block_rows=1), cuda=dict(splits=2),
+           expected=bn_expected(dict(kernel="rows", S=2, rsplit=2), dict(num_qblocks=12, num_pblocks=7),
+                                lambda dt: cuda_split_plan(2, 1, 3, False, cuda_vec(dt), row_vecs=cuda_row_vecs(196, dt)))),
+    BnPath("ncl-14x14-misaligned", "L = 196 at storage offset 1, rows split", (4, 3, 14, 14), 2, "nchw",
+           view="offset1", triton=dict(split=2, block_rows=1), cuda=dict(splits=2),
+           expected=bn_expected(dict(kernel="rows", S=2, rsplit=2), dict(num_qblocks=6, num_pblocks=7),
+                                lambda dt: cuda_split_plan(2, 2, 3, False, cuda_vec(dt), row_vecs=cuda_row_vecs(196, dt)))),
 ]
 
 

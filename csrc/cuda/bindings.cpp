@@ -386,21 +386,21 @@ extern "C" __attribute__((visibility("default"))) int infer_fast_cuda_force_plan
 }
 
 // Writes what the last launch of each launcher ran with into out[0 .. kPlanReportFields):
-// for bn_stat_sums, bn_stat_forward, bn_stat_backward in turn (8 values each): valid (0: no
+// for bn_stat_sums, bn_stat_forward, bn_stat_backward in turn (9 values each): valid (0: no
 // launch since the report was cleared), splits, channel_tiles, nlc, vec, block_x, block_y,
-// workspace_elems; then the pixel chunks per plane of the ufc_compose forward and grad_ufc,
+// workspace_elems, row_vecs; then the pixel chunks per plane of the ufc_compose forward and grad_ufc,
 // and their threads per block (4 values; 0: no launch). Returns the number of values written,
 // or -1 when `capacity` is too small.
 extern "C" __attribute__((visibility("default"))) int64_t infer_fast_cuda_plan_report(
     int64_t* out, int64_t capacity) {
-  constexpr int64_t kPlanReportFields = 3 * 8 + 4;
+  constexpr int64_t kPlanReportFields = 3 * 9 + 4;
   if (out == nullptr || capacity < kPlanReportFields) return -1;
   const ifc::PlanReport report = ifc::plan_report();
   int64_t i = 0;
   for (const ifc::BnPlan& plan : report.bn) {
     for (const int64_t v : {int64_t{plan.valid}, plan.splits, plan.channel_tiles, int64_t{plan.nlc},
                             int64_t{plan.vec}, int64_t{plan.block_x}, int64_t{plan.block_y},
-                            plan.workspace_elems})
+                            plan.workspace_elems, plan.row_vecs})
       out[i++] = v;
   }
   for (int k = 0; k < 2; ++k) out[i++] = report.compose_chunks[k];

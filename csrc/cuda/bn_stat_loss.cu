@@ -28,9 +28,17 @@
 // alignment, scheduling or the GPU model), so results are bitwise reproducible.
 //
 // Memory access:
-//   NCL (N, C, L) with L contiguous: a block reads its channel's n rows of L elements as one
-//     flat range of n*L elements; a warp reads consecutive 16-byte vectors (vectors never
-//     straddle a row because they are used only when L % vec == 0).
+//   NCL (N, C, L) with L contiguous: a block reads its channel's n rows as one flat range of
+//     n * W "windows" (BnPlan::row_vecs = W per row); a warp reads consecutive windows. Window
+//     j of a row whose first element sits at element offset r0 of x covers the VEC-aligned
+//     offsets [r0 - h + j*VEC, r0 - h + (j+1)*VEC), h = r0 % VEC, cut to the row: full windows
+//     are one 16-byte load, the first/last ones of a row partial (masked scalar loads, the
+//     missing elements add nothing), trailing ones possibly empty. W = ceil((L + VEC - g) / VEC),
+//     g = gcd(L, VEC), covers every h a row can have (r0 is a multiple of L), so 7x7 and 14x14
+//     layers keep 16-byte loads; when L % VEC == 0, h = 0 and the windows are the plain
+//     vectors of L / VEC per row. h is a function of the element offset, not of the pointer,
+//     so the grouping (and the summation order) is shape-only; an unaligned pointer
+//     (kVecLoad false) loads the same windows element by element.
 //   NLC (N, L, C) with C contiguous: the rows of a group form a dense (n*L) x C matrix;
 //     threadIdx.x walks the channel vectors of a 128-byte tile (one cache line per row) and
 //     threadIdx.y walks rows; the partial kernel then reduces over threadIdx.y in shared
@@ -229,13 +237,30 @@ __device__ __forceinline__ BlockCoord nlc_block(int64_t splits, int64_t ctiles) 
   return {gs / splits, b % ctiles, gs % splits};
 }
 
-// NCL: vector v of the flat n*L elements of one (group, channel) is element (v % Lv) * VW of
-// row v / Lv (lv_div divides by Lv = L / VW); rows are row_stride = C * L apart.
+// NCL window v of one (group, channel) (header comment): window j = v % W of row v / W
+// (w_div divides by W = BnPlan::row_vecs); rows are row_stride = C * L apart and the channel's
+// first row starts at element base_off of x. off: the window's first (VW-aligned) offset
+// relative to x + base_off; mask: bit e set when element e lies in the row (kFullMask: all).
+template <int VW>
+constexpr unsigned kFullMask = (1u << VW) - 1u;
+
+struct NclWindow {
+  int64_t off;
+  unsigned mask;
+};
+
 template <int VW, typename I>
-__device__ __forceinline__ int64_t ncl_offset(I v, const Divider<I>& lv_div, int64_t row_stride) {
-  const I row = lv_div.div(v);
-  const I lv = v - row * lv_div.divisor;
-  return static_cast<int64_t>(row) * row_stride + static_cast<int64_t>(lv) * VW;
+__device__ __forceinline__ NclWindow ncl_window(I v, const Divider<I>& w_div, int64_t row_stride,
+                                                int64_t base_off, int64_t L) {
+  const I row = w_div.div(v);
+  const I j = v - row * w_div.divisor;
+  const int64_t row_off = static_cast<int64_t>(row) * row_stride;
+  const int64_t h = (base_off + row_off) & (VW - 1);  // VW: a power of two
+  const int64_t start = static_cast<int64_t>(j) * VW - h;  // in the row; only j == 0 is < 0
+  const int64_t lo = start < 0 ? -start : 0;
+  const int64_t hi = L - start < VW ? L - start : VW;  // <= lo: an empty trailing window
+  const unsigned mask = hi <= lo ? 0u : (kFullMask<VW> >> (VW - hi)) & ~((1u << lo) - 1u);
+  return {row_off + start, mask};
 }
 
 template <typename A>
@@ -292,14 +317,39 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const T (&in)[VW]) 
   }
 }
 
-// Fused eval-BN output of one loaded vector: y = x * scale + shift in acc.
+// NCL windows: a full window as load_vec/store_vec, a partial one element by element under its
+// mask (masked elements are neither read nor written; loaded as 0, which the sums mask out).
+template <typename T, int VW, bool kVecLoad>
+__device__ __forceinline__ void load_window(const T* __restrict__ p, unsigned mask, T (&out)[VW]) {
+  if (mask == kFullMask<VW>) {
+    load_vec<T, VW, kVecLoad>(p, out);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VW; ++j) out[j] = (mask >> j) & 1u ? p[j] : T{};
+  }
+}
+
+template <typename T, int VW, bool kVecStore>
+__device__ __forceinline__ void store_window(T* __restrict__ p, unsigned mask, const T (&in)[VW]) {
+  if (mask == kFullMask<VW>) {
+    store_vec<T, VW, kVecStore>(p, in);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VW; ++j)
+      if ((mask >> j) & 1u) p[j] = in[j];
+  }
+}
+
+// Fused eval-BN output of one loaded vector: y = x * scale + shift in acc (NCL: of the
+// window's elements in `mask`).
 template <typename T, int VW, bool kVecStore>
 __device__ __forceinline__ void store_affine(T* __restrict__ p, const T (&e)[VW],
-                                             const acc_t<T> (&sc)[VW], const acc_t<T> (&sh)[VW]) {
+                                             const acc_t<T> (&sc)[VW], const acc_t<T> (&sh)[VW],
+                                             unsigned mask = kFullMask<VW>) {
   T o[VW];
 #pragma unroll
   for (int j = 0; j < VW; ++j) o[j] = from_acc<T>(to_acc(e[j]) * sc[j] + sh[j]);
-  store_vec<T, VW, kVecStore>(p, o);
+  store_window<T, VW, kVecStore>(p, mask, o);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,8 +504,8 @@ __device__ __forceinline__ void arrive_and_finalize(const SumsView<A>& part,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Partial sums, NCL: block (g, c, s) sums vectors [s*chunk, (s+1)*chunk) of the flat range of
-// the n*L elements of (group g, channel c), VW elements per vector.
+// Partial sums, NCL: block (g, c, s) sums windows [s*chunk, (s+1)*chunk) of the n * W windows
+// of (group g, channel c) (ncl_window), VW elements each, in increasing window order.
 // kAffine: also y[same offset] = x * scale[c] + shift[c] (kVecLoad then means both x and y are
 // 16-byte aligned).
 // ---------------------------------------------------------------------------------------------
@@ -463,7 +513,7 @@ template <typename T, int VW, bool kVecLoad, bool kAffine, typename I>
 __global__ void __launch_bounds__(kThreads)
     bn_sums_ncl_kernel(const T* __restrict__ x, T* __restrict__ y, const BnParams params,
                        const SumsView<acc_t<T>> part, int64_t n, int64_t C, int64_t L,
-                       int64_t splits, I Mv, I chunk, Divider<I> lv_div,
+                       int64_t splits, I Mv, I chunk, Divider<I> w_div,
                        const FinalizeArgs<acc_t<T>> fin) {
   using A = acc_t<T>;
   const BlockCoord blk = ncl_block(splits, C);
@@ -484,12 +534,15 @@ __global__ void __launch_bounds__(kThreads)
   const T* __restrict__ base = x + base_off;
   const I begin = static_cast<I>(blk.s) * chunk;
   const I end = begin + chunk < Mv ? begin + chunk : Mv;
+  const auto window = [&](I v) { return ncl_window<VW>(v, w_div, row_stride, base_off, L); };
 
   A s1 = A(0), s2 = A(0);
-  auto accumulate = [&](const T (&e)[VW]) {
+  // a masked element adds exact zeros (its d would be -m otherwise)
+  auto accumulate = [&](const T (&e)[VW], unsigned mask) {
 #pragma unroll
     for (int j = 0; j < VW; ++j) {
-      const A d = to_acc(e[j]) - m;
+      A d = to_acc(e[j]) - m;
+      if (!((mask >> j) & 1u)) d = A(0);
       s1 += d;
       s2 += d * d;
     }
@@ -500,24 +553,29 @@ __global__ void __launch_bounds__(kThreads)
   // (the same order as the tail loop, so the per-thread sum is a plain sequential sum).
   for (; v + (kUnroll - 1) * kThreads < end; v += kUnroll * kThreads) {
     T e[kUnroll][VW];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      load_vec<T, VW, kVecLoad>(base + ncl_offset<VW>(v + u * kThreads, lv_div, row_stride), e[u]);
+    unsigned mask[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      accumulate(e[u]);
-      // right after its use, so e[u] dies early (register pressure)
+      const NclWindow w = window(v + u * kThreads);
+      mask[u] = w.mask;
+      load_window<T, VW, kVecLoad>(base + w.off, w.mask, e[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      accumulate(e[u], mask[u]);
+      // right after its use, so e[u] dies early (register pressure); the offset is
+      // recomputed rather than kept live across the loads
       if constexpr (kAffine)
-        store_affine<T, VW, kVecLoad>(
-            y + base_off + ncl_offset<VW>(v + u * kThreads, lv_div, row_stride), e[u], scl, sft);
+        store_affine<T, VW, kVecLoad>(y + base_off + window(v + u * kThreads).off, e[u], scl,
+                                      sft, mask[u]);
     }
   }
   for (; v < end; v += kThreads) {
-    const int64_t off = ncl_offset<VW>(v, lv_div, row_stride);
+    const NclWindow w = window(v);
     T e[VW];
-    load_vec<T, VW, kVecLoad>(base + off, e);
-    accumulate(e);
-    if constexpr (kAffine) store_affine<T, VW, kVecLoad>(y + base_off + off, e, scl, sft);
+    load_window<T, VW, kVecLoad>(base + w.off, w.mask, e);
+    accumulate(e, w.mask);
+    if constexpr (kAffine) store_affine<T, VW, kVecLoad>(y + base_off + w.off, e, scl, sft, w.mask);
   }
 
   block_sum2<kThreads>(s1, s2);
@@ -675,11 +733,13 @@ __device__ __forceinline__ BwdCoef<A> bwd_coef(const BnParams& p, const A* stats
   return k;
 }
 
-// grad of one loaded vector (x and/or dy, as the flags say), rounded once. Element j uses
+// grad of one loaded vector (x and/or dy, as the flags say), rounded once; NCL: only the
+// window's elements in `mask` are stored. Element j uses
 // coef[j * kCoefStep]: step 0 for one channel per vector (NCL), 1 for one per element (NLC).
 template <typename T, int VW, bool kVecStore, bool kHasLoss, bool kHasDy, int kCoefStep>
 __device__ __forceinline__ void store_grad(T* __restrict__ p, const T (&xe)[VW],
-                                           const T (&de)[VW], const BwdCoef<acc_t<T>>* coef) {
+                                           const T (&de)[VW], const BwdCoef<acc_t<T>>* coef,
+                                           unsigned mask = kFullMask<VW>) {
   using A = acc_t<T>;
   T o[VW];
 #pragma unroll
@@ -694,7 +754,7 @@ __device__ __forceinline__ void store_grad(T* __restrict__ p, const T (&xe)[VW],
     }
     o[j] = from_acc<T>(v);
   }
-  store_vec<T, VW, kVecStore>(p, o);
+  store_window<T, VW, kVecStore>(p, mask, o);
 }
 
 // The vector at `off` of x (read for the loss term) and of dy (for the eval-BN term).
@@ -705,7 +765,8 @@ __device__ __forceinline__ void load_x_dy(const T* x, const T* dy, int64_t off, 
   if constexpr (kHasDy) load_vec<T, VW, kVecLoad>(dy + off, de);
 }
 
-// NCL: block (g, c, s) as the partial kernel; one channel, so the coefficients are uniform.
+// NCL: block (g, c, s) as the partial kernel (the same windows); one channel, so the
+// coefficients are uniform.
 template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy, typename I>
 __global__ void __launch_bounds__(kThreads, 4)
     bn_backward_ncl_kernel(const T* __restrict__ x, const T* __restrict__ dy,
@@ -713,7 +774,7 @@ __global__ void __launch_bounds__(kThreads, 4)
                            const acc_t<T>* __restrict__ stats,
                            const acc_t<T>* __restrict__ grad_loss, int64_t gl_stride,
                            acc_t<T> count, int64_t n, int64_t C, int64_t L, int64_t splits, I Mv,
-                           I chunk, Divider<I> lv_div) {
+                           I chunk, Divider<I> w_div) {
   using A = acc_t<T>;
   const BlockCoord blk = ncl_block(splits, C);
   GroupFactors<A> f;
@@ -724,28 +785,31 @@ __global__ void __launch_bounds__(kThreads, 4)
   const int64_t base_off = (blk.g * n * C + blk.c) * L;
   const I begin = static_cast<I>(blk.s) * chunk;
   const I end = begin + chunk < Mv ? begin + chunk : Mv;
-  const auto load = [&](int64_t off, T (&xe)[VW], T (&de)[VW]) {
-    load_x_dy<T, VW, kVecLoad, kHasLoss, kHasDy>(x, dy, off, xe, de);
+  const auto window = [&](I v) { return ncl_window<VW>(v, w_div, row_stride, base_off, L); };
+  const auto load = [&](const NclWindow& w, T (&xe)[VW], T (&de)[VW]) {
+    if constexpr (kHasLoss) load_window<T, VW, kVecLoad>(x + base_off + w.off, w.mask, xe);
+    if constexpr (kHasDy) load_window<T, VW, kVecLoad>(dy + base_off + w.off, w.mask, de);
   };
 
   I v = begin + threadIdx.x;
   for (; v + (kUnrollBackward - 1) * kThreads < end; v += kUnrollBackward * kThreads) {
-    int64_t off[kUnrollBackward];
+    NclWindow w[kUnrollBackward];
     T xe[kUnrollBackward][VW], de[kUnrollBackward][VW];
 #pragma unroll
     for (int u = 0; u < kUnrollBackward; ++u) {
-      off[u] = base_off + ncl_offset<VW>(v + u * kThreads, lv_div, row_stride);
-      load(off[u], xe[u], de[u]);
+      w[u] = window(v + u * kThreads);
+      load(w[u], xe[u], de[u]);
     }
 #pragma unroll
     for (int u = 0; u < kUnrollBackward; ++u)
-      store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 0>(grad + off[u], xe[u], de[u], &k);
+      store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 0>(grad + base_off + w[u].off, xe[u], de[u],
+                                                      &k, w[u].mask);
   }
   for (; v < end; v += kThreads) {
-    const int64_t off = base_off + ncl_offset<VW>(v, lv_div, row_stride);
+    const NclWindow w = window(v);
     T xe[VW], de[VW];
-    load(off, xe, de);
-    store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 0>(grad + off, xe, de, &k);
+    load(w, xe, de);
+    store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 0>(grad + base_off + w.off, xe, de, &k, w.mask);
   }
 }
 
@@ -810,7 +874,7 @@ bool strides_ok(bool nlc, const BnShape& s) {
 bool same_plan(const BnPlan& a, const BnPlan& b) {
   return a.valid == b.valid && a.nlc == b.nlc && a.vec == b.vec && a.block_x == b.block_x &&
          a.block_y == b.block_y && a.channel_tiles == b.channel_tiles && a.splits == b.splits &&
-         a.chunk == b.chunk && a.workspace_elems == b.workspace_elems;
+         a.row_vecs == b.row_vecs && a.chunk == b.chunk && a.workspace_elems == b.workspace_elems;
 }
 
 // The launchers' own check: `plan` is plan_bn's for these arguments, and valid.
@@ -820,6 +884,12 @@ bool plan_fits(const BnPlan& plan, DType dtype, const BnShape& shape) {
 
 int64_t grid_of(const BnPlan& plan, const BnShape& s) {
   return s.groups * plan.channel_tiles * plan.splits;
+}
+
+// NCL: what picks the kernels' index type: the elements n * L of one (group, channel) as
+// before the windows, and the windows n * W (W <= L for every L >= 2, so the same type).
+int64_t ncl_index_count(const BnPlan& plan, int64_t n, int64_t L) {
+  return std::max(n * L, n * plan.row_vecs);
 }
 
 // Partial sums of x into `part` (kAffine: also the eval-BN output y), finalized by each
@@ -841,13 +911,15 @@ void launch_partials(const BnPlan& plan, const BnShape& s, const T* x, const BnP
       constexpr bool kVecLoad = decltype(al)::value && VW > 1;
       const dim3 grid(static_cast<unsigned>(blocks)), block(plan.block_x, plan.block_y);
       if (!plan.nlc) {
-        with_index_type(n * s.L, [&](auto itag) {
-          using I = typename decltype(itag)::type;
-          bn_sums_ncl_kernel<T, VW, kVecLoad, kAffine, I><<<grid, block, 0, stream>>>(
-              x, y, params, part, n, s.C, s.L, plan.splits, static_cast<I>(n * s.L / VW),
-              static_cast<I>(plan.chunk), detail::make_divider<I>(std::max<int64_t>(1, s.L / VW)),
-              fin);
-        });
+        if constexpr (VW > 1) {  // NCL plans always have vec = VEC (windows)
+          with_index_type(ncl_index_count(plan, n, s.L), [&](auto itag) {
+            using I = typename decltype(itag)::type;
+            bn_sums_ncl_kernel<T, VW, kVecLoad, kAffine, I><<<grid, block, 0, stream>>>(
+                x, y, params, part, n, s.C, s.L, plan.splits, static_cast<I>(n * plan.row_vecs),
+                static_cast<I>(plan.chunk),
+                detail::make_divider<I>(std::max<int64_t>(1, plan.row_vecs)), fin);
+          });
+        }
       } else {
         bn_sums_nlc_kernel<T, VW, kVecLoad, kAffine><<<grid, block, 0, stream>>>(
             x, y, params, part, n * s.L, s.C, plan.channel_tiles, plan.splits, plan.chunk, fin);
@@ -928,14 +1000,16 @@ void launch_backward(const BnPlan& plan, const BnShape& s, const T* x, const BnP
     with_flag(aligned, [&](auto al) {
       constexpr bool kVecLoad = decltype(al)::value && VW > 1;
       if (!plan.nlc) {
-        with_index_type(n * s.L, [&](auto itag) {
-          using I = typename decltype(itag)::type;
-          bn_backward_ncl_kernel<T, VW, kVecLoad, kHasLoss, kHasDy, I>
-              <<<grid, block, 0, stream>>>(
-                  x, dy, grad, params, stats, grad_loss, gl_stride, cnt, n, s.C, s.L, plan.splits,
-                  static_cast<I>(n * s.L / VW), static_cast<I>(plan.chunk),
-                  detail::make_divider<I>(std::max<int64_t>(1, s.L / VW)));
-        });
+        if constexpr (VW > 1) {  // NCL plans always have vec = VEC (windows)
+          with_index_type(ncl_index_count(plan, n, s.L), [&](auto itag) {
+            using I = typename decltype(itag)::type;
+            bn_backward_ncl_kernel<T, VW, kVecLoad, kHasLoss, kHasDy, I>
+                <<<grid, block, 0, stream>>>(
+                    x, dy, grad, params, stats, grad_loss, gl_stride, cnt, n, s.C, s.L,
+                    plan.splits, static_cast<I>(n * plan.row_vecs), static_cast<I>(plan.chunk),
+                    detail::make_divider<I>(std::max<int64_t>(1, plan.row_vecs)));
+          });
+        }
       } else {
         bn_backward_nlc_kernel<T, VW, kVecLoad, kHasLoss, kHasDy>
             <<<grid, block, 0, stream>>>(x, dy, grad, params, stats, grad_loss, gl_stride,
@@ -1000,15 +1074,21 @@ infer_fast::cuda::BnPlan infer_fast::cuda::plan_bn(DType dtype, const BnShape& s
   const int64_t VEC = 16 / dtype_size(dtype);
 
   const PlanOverride forced = plan_override();  // test-only; all zero: the default plan
-  int64_t units = 0;       // what the splits cut: NCL vectors, NLC rows
-  int64_t unit_elems = 0;  // elements of x a block reads per unit
+  int64_t units = 0;  // what the splits cut: NCL windows, NLC rows
+  int64_t elems = 0;  // elements of x the blocks of one (group, channel [tile]) read
   if (!p.nlc) {
-    p.vec = (s.L % VEC == 0) ? static_cast<int>(VEC) : 1;
+    // windows of VEC elements (header comment): a row's first element sits at a multiple of
+    // L, so its offset mod VEC is a multiple of gcd(L, VEC), at most VEC - gcd; W windows
+    // cover the row whatever that offset (L % VEC == 0: W = L / VEC, the plain vectors)
+    int64_t gcd = VEC;
+    while (s.L % gcd != 0) gcd /= 2;  // VEC is a power of two
+    p.vec = static_cast<int>(VEC);
+    p.row_vecs = ceil_div(s.L + VEC - gcd, VEC);
     p.block_x = kThreads;
     p.block_y = 1;
     p.channel_tiles = s.C;
-    units = M / p.vec;
-    unit_elems = p.vec;
+    units = s.N / G * p.row_vecs;
+    elems = M;
   } else {
     p.vec = (s.C % VEC == 0) ? static_cast<int>(VEC) : 1;
     const int64_t Cv = s.C / p.vec;
@@ -1020,14 +1100,14 @@ infer_fast::cuda::BnPlan infer_fast::cuda::plan_bn(DType dtype, const BnShape& s
     p.block_y = kThreads / p.block_x;
     p.channel_tiles = ceil_div(Cv, p.block_x);
     units = M;
-    unit_elems = std::min<int64_t>(s.C, int64_t{p.block_x} * p.vec);
+    elems = M * std::min<int64_t>(s.C, int64_t{p.block_x} * p.vec);
   }
   const int64_t cap =
       std::max<int64_t>(1, ceil_div(kTargetBlocks, std::max<int64_t>(1, G * p.channel_tiles)));
   const int64_t splits =
       forced.splits > 0  // test-only: that many splits, as far as the units allow
           ? forced.splits
-          : std::min(cap, std::max<int64_t>(1, ceil_div(units * unit_elems, kMinElemsPerBlock)));
+          : std::min(cap, std::max<int64_t>(1, ceil_div(elems, kMinElemsPerBlock)));
   p.chunk = units > 0 ? ceil_div(units, splits) : 0;
   p.splits = units > 0 ? ceil_div(units, p.chunk) : 1;
   p.workspace_elems = p.splits > 1 ? 2 * G * p.splits * s.C : 0;

@@ -63,12 +63,13 @@ struct BnParams {
 // every addition of the reductions is fixed (bitwise reproducible on any GPU).
 struct BnPlan {
   bool nlc = false;          // which kernels (see above)
-  int vec = 1;               // elements per vector (NCL: along L; NLC: along C)
+  int vec = 1;               // elements per vector (NCL: along L, always 16 bytes; NLC: along C)
+  int64_t row_vecs = 0;      // NCL: vectors ("windows", possibly partial) per row of L elements
   int block_x = 256;         // threads per block: block_x * block_y
   int block_y = 1;
   int64_t channel_tiles = 1; // NLC: blocks across the channels (NCL: one block per channel)
   int64_t splits = 1;        // blocks across the rows of one (group, channel [tile])
-  int64_t chunk = 0;         // per split: NCL vectors of `vec` elements, NLC rows
+  int64_t chunk = 0;         // per split: NCL windows of `vec` elements, NLC rows
   int64_t workspace_elems = 0;  // acc elements of the reductions' workspace (0: none needed)
   bool valid = false;        // false: the arguments break the preconditions
 };

@@ -18,7 +18,8 @@ import functools
 from typing import Dict, Iterator, List, Optional, Tuple
 
 _BN_LAUNCHERS = ("bn_stat_sums", "bn_stat_forward", "bn_stat_backward")
-_BN_PLAN_FIELDS = ("valid", "splits", "channel_tiles", "nlc", "vec", "block_x", "block_y", "workspace_elems")
+_BN_PLAN_FIELDS = ("valid", "splits", "channel_tiles", "nlc", "vec", "block_x", "block_y", "workspace_elems",
+                   "row_vecs")
 _COMPOSE_LAUNCHERS = ("ufc_compose", "ufc_compose_grad_ufc")
 
 
@@ -68,7 +69,8 @@ def cuda_forced_plan(splits: int = 0, channel_tiles: int = 0, compose_threads: i
 
 def cuda_plan_report() -> Dict[str, Optional[Dict[str, int]]]:
     """What the last launch of each CUDA launcher ran with: per BN launcher its plan
-    (valid, splits, channel_tiles, nlc, vec, block_x, block_y, workspace_elems); per compose
+    (valid, splits, channel_tiles, nlc, vec, block_x, block_y, workspace_elems, row_vecs: NCL
+    vectors per row of L elements, 0 for NLC); per compose
     launcher its pixel chunks per image plane and threads per block. None for a launcher that
     has not launched in the current (or last) ``cuda_forced_plan`` block: entering and
     leaving one clears the report."""
