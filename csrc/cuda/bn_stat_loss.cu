@@ -36,9 +36,10 @@
 //     missing elements add nothing), trailing ones possibly empty. W = ceil((L + VEC - g) / VEC),
 //     g = gcd(L, VEC), covers every h a row can have (r0 is a multiple of L), so 7x7 and 14x14
 //     layers keep 16-byte loads; when L % VEC == 0, h = 0 and the windows are the plain
-//     vectors of L / VEC per row. h is a function of the element offset, not of the pointer,
-//     so the grouping (and the summation order) is shape-only; an unaligned pointer
-//     (kVecLoad false) loads the same windows element by element.
+//     vectors of L / VEC per row (those kernels, kWindows false, have no masks at all). h is a
+//     function of the element offset, not of the pointer, so the grouping (and the summation
+//     order) is shape-only; an unaligned pointer (kVecLoad false) loads the same windows
+//     element by element.
 //   NLC (N, L, C) with C contiguous: the rows of a group form a dense (n*L) x C matrix;
 //     threadIdx.x walks the channel vectors of a 128-byte tile (one cache line per row) and
 //     threadIdx.y walks rows; the partial kernel then reduces over threadIdx.y in shared
@@ -75,6 +76,12 @@ constexpr int kUnroll = 8;
 constexpr int kUnrollNlcAffine = 6;
 // Backward: two input streams (x and grad_y), 4 vectors each: 8 loads in flight.
 constexpr int kUnrollBackward = 4;
+// NCL kernels with partial windows (L % VEC != 0): half the unroll. A window's masked element
+// loads keep one element per register (a partial and a full window merge into 16-bit values),
+// which doubled the registers at the full unroll (bf16 sums 59 -> 101, fused bf16 backward
+// spilling ~200 bytes). The unroll never changes the order of the additions.
+constexpr int kUnrollWindows = kUnroll / 2;
+constexpr int kUnrollBackwardWindows = kUnrollBackward / 2;
 // Launch heuristics (shape-only, so the summation order never depends on the device). To
 // stream at the H200's 4.2 TB/s the GPU needs about bandwidth x latency = 4.2 TB/s x ~1 us
 // ~ 4 MB of loads in flight. A 256-thread block with 8 16-byte loads per thread (partial)
@@ -241,6 +248,8 @@ __device__ __forceinline__ BlockCoord nlc_block(int64_t splits, int64_t ctiles) 
 // (w_div divides by W = BnPlan::row_vecs); rows are row_stride = C * L apart and the channel's
 // first row starts at element base_off of x. off: the window's first (VW-aligned) offset
 // relative to x + base_off; mask: bit e set when element e lies in the row (kFullMask: all).
+// kWindows false (L % VW == 0: h = 0, every window full): the plain vectors, mask a constant,
+// so those kernels compile to the vector code without masks (same registers).
 template <int VW>
 constexpr unsigned kFullMask = (1u << VW) - 1u;
 
@@ -249,18 +258,25 @@ struct NclWindow {
   unsigned mask;
 };
 
-template <int VW, typename I>
+template <int VW, bool kWindows, typename I>
 __device__ __forceinline__ NclWindow ncl_window(I v, const Divider<I>& w_div, int64_t row_stride,
                                                 int64_t base_off, int64_t L) {
   const I row = w_div.div(v);
   const I j = v - row * w_div.divisor;
   const int64_t row_off = static_cast<int64_t>(row) * row_stride;
-  const int64_t h = (base_off + row_off) & (VW - 1);  // VW: a power of two
-  const int64_t start = static_cast<int64_t>(j) * VW - h;  // in the row; only j == 0 is < 0
-  const int64_t lo = start < 0 ? -start : 0;
-  const int64_t hi = L - start < VW ? L - start : VW;  // <= lo: an empty trailing window
-  const unsigned mask = hi <= lo ? 0u : (kFullMask<VW> >> (VW - hi)) & ~((1u << lo) - 1u);
-  return {row_off + start, mask};
+  if constexpr (!kWindows) {
+    return {row_off + static_cast<int64_t>(j) * VW, kFullMask<VW>};
+  } else {
+    // h = (base_off + row_off) % VW in 32 bits (VW: a power of two)
+    const int h = static_cast<int>((static_cast<unsigned>(base_off) +
+                                    static_cast<unsigned>(row) * static_cast<unsigned>(row_stride)) &
+                                   (VW - 1));
+    const int64_t start = static_cast<int64_t>(j) * VW - h;  // in the row; only j == 0 is < 0
+    const int lo = start < 0 ? static_cast<int>(-start) : 0;
+    const int hi = L - start < VW ? static_cast<int>(L - start) : VW;  // <= lo: empty window
+    const unsigned mask = hi <= lo ? 0u : (kFullMask<VW> >> (VW - hi)) & ~((1u << lo) - 1u);
+    return {row_off + start, mask};
+  }
 }
 
 template <typename A>
@@ -509,7 +525,7 @@ __device__ __forceinline__ void arrive_and_finalize(const SumsView<A>& part,
 // kAffine: also y[same offset] = x * scale[c] + shift[c] (kVecLoad then means both x and y are
 // 16-byte aligned).
 // ---------------------------------------------------------------------------------------------
-template <typename T, int VW, bool kVecLoad, bool kAffine, typename I>
+template <typename T, int VW, bool kVecLoad, bool kWindows, bool kAffine, typename I>
 __global__ void __launch_bounds__(kThreads)
     bn_sums_ncl_kernel(const T* __restrict__ x, T* __restrict__ y, const BnParams params,
                        const SumsView<acc_t<T>> part, int64_t n, int64_t C, int64_t L,
@@ -534,7 +550,9 @@ __global__ void __launch_bounds__(kThreads)
   const T* __restrict__ base = x + base_off;
   const I begin = static_cast<I>(blk.s) * chunk;
   const I end = begin + chunk < Mv ? begin + chunk : Mv;
-  const auto window = [&](I v) { return ncl_window<VW>(v, w_div, row_stride, base_off, L); };
+  const auto window = [&](I v) {
+    return ncl_window<VW, kWindows>(v, w_div, row_stride, base_off, L);
+  };
 
   A s1 = A(0), s2 = A(0);
   // a masked element adds exact zeros (its d would be -m otherwise)
@@ -548,20 +566,21 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
+  constexpr int kU = kWindows ? kUnrollWindows : kUnroll;
   I v = begin + threadIdx.x;
-  // Main loop: kUnroll independent loads first, then the additions in increasing v order
+  // Main loop: kU independent loads first, then the additions in increasing v order
   // (the same order as the tail loop, so the per-thread sum is a plain sequential sum).
-  for (; v + (kUnroll - 1) * kThreads < end; v += kUnroll * kThreads) {
-    T e[kUnroll][VW];
-    unsigned mask[kUnroll];
+  for (; v + (kU - 1) * kThreads < end; v += kU * kThreads) {
+    T e[kU][VW];
+    unsigned mask[kU];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const NclWindow w = window(v + u * kThreads);
       mask[u] = w.mask;
       load_window<T, VW, kVecLoad>(base + w.off, w.mask, e[u]);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       accumulate(e[u], mask[u]);
       // right after its use, so e[u] dies early (register pressure); the offset is
       // recomputed rather than kept live across the loads
@@ -767,7 +786,8 @@ __device__ __forceinline__ void load_x_dy(const T* x, const T* dy, int64_t off, 
 
 // NCL: block (g, c, s) as the partial kernel (the same windows); one channel, so the
 // coefficients are uniform.
-template <typename T, int VW, bool kVecLoad, bool kHasLoss, bool kHasDy, typename I>
+template <typename T, int VW, bool kVecLoad, bool kWindows, bool kHasLoss, bool kHasDy,
+          typename I>
 __global__ void __launch_bounds__(kThreads, 4)
     bn_backward_ncl_kernel(const T* __restrict__ x, const T* __restrict__ dy,
                            T* __restrict__ grad, const BnParams params,
@@ -785,23 +805,26 @@ __global__ void __launch_bounds__(kThreads, 4)
   const int64_t base_off = (blk.g * n * C + blk.c) * L;
   const I begin = static_cast<I>(blk.s) * chunk;
   const I end = begin + chunk < Mv ? begin + chunk : Mv;
-  const auto window = [&](I v) { return ncl_window<VW>(v, w_div, row_stride, base_off, L); };
+  const auto window = [&](I v) {
+    return ncl_window<VW, kWindows>(v, w_div, row_stride, base_off, L);
+  };
   const auto load = [&](const NclWindow& w, T (&xe)[VW], T (&de)[VW]) {
     if constexpr (kHasLoss) load_window<T, VW, kVecLoad>(x + base_off + w.off, w.mask, xe);
     if constexpr (kHasDy) load_window<T, VW, kVecLoad>(dy + base_off + w.off, w.mask, de);
   };
 
+  constexpr int kU = kWindows ? kUnrollBackwardWindows : kUnrollBackward;
   I v = begin + threadIdx.x;
-  for (; v + (kUnrollBackward - 1) * kThreads < end; v += kUnrollBackward * kThreads) {
-    NclWindow w[kUnrollBackward];
-    T xe[kUnrollBackward][VW], de[kUnrollBackward][VW];
+  for (; v + (kU - 1) * kThreads < end; v += kU * kThreads) {
+    NclWindow w[kU];
+    T xe[kU][VW], de[kU][VW];
 #pragma unroll
-    for (int u = 0; u < kUnrollBackward; ++u) {
+    for (int u = 0; u < kU; ++u) {
       w[u] = window(v + u * kThreads);
       load(w[u], xe[u], de[u]);
     }
 #pragma unroll
-    for (int u = 0; u < kUnrollBackward; ++u)
+    for (int u = 0; u < kU; ++u)
       store_grad<T, VW, kVecLoad, kHasLoss, kHasDy, 0>(grad + base_off + w[u].off, xe[u], de[u],
                                                       &k, w[u].mask);
   }
@@ -914,10 +937,13 @@ void launch_partials(const BnPlan& plan, const BnShape& s, const T* x, const BnP
         if constexpr (VW > 1) {  // NCL plans always have vec = VEC (windows)
           with_index_type(ncl_index_count(plan, n, s.L), [&](auto itag) {
             using I = typename decltype(itag)::type;
-            bn_sums_ncl_kernel<T, VW, kVecLoad, kAffine, I><<<grid, block, 0, stream>>>(
-                x, y, params, part, n, s.C, s.L, plan.splits, static_cast<I>(n * plan.row_vecs),
-                static_cast<I>(plan.chunk),
-                detail::make_divider<I>(std::max<int64_t>(1, plan.row_vecs)), fin);
+            with_flag(s.L % VW != 0, [&](auto windows) {
+              bn_sums_ncl_kernel<T, VW, kVecLoad, decltype(windows)::value, kAffine, I>
+                  <<<grid, block, 0, stream>>>(
+                      x, y, params, part, n, s.C, s.L, plan.splits,
+                      static_cast<I>(n * plan.row_vecs), static_cast<I>(plan.chunk),
+                      detail::make_divider<I>(std::max<int64_t>(1, plan.row_vecs)), fin);
+            });
           });
         }
       } else {
@@ -1003,11 +1029,13 @@ void launch_backward(const BnPlan& plan, const BnShape& s, const T* x, const BnP
         if constexpr (VW > 1) {  // NCL plans always have vec = VEC (windows)
           with_index_type(ncl_index_count(plan, n, s.L), [&](auto itag) {
             using I = typename decltype(itag)::type;
-            bn_backward_ncl_kernel<T, VW, kVecLoad, kHasLoss, kHasDy, I>
-                <<<grid, block, 0, stream>>>(
-                    x, dy, grad, params, stats, grad_loss, gl_stride, cnt, n, s.C, s.L,
-                    plan.splits, static_cast<I>(n * plan.row_vecs), static_cast<I>(plan.chunk),
-                    detail::make_divider<I>(std::max<int64_t>(1, plan.row_vecs)));
+            with_flag(s.L % VW != 0, [&](auto windows) {
+              bn_backward_ncl_kernel<T, VW, kVecLoad, decltype(windows)::value, kHasLoss, kHasDy, I>
+                  <<<grid, block, 0, stream>>>(
+                      x, dy, grad, params, stats, grad_loss, gl_stride, cnt, n, s.C, s.L,
+                      plan.splits, static_cast<I>(n * plan.row_vecs), static_cast<I>(plan.chunk),
+                      detail::make_divider<I>(std::max<int64_t>(1, plan.row_vecs)));
+            });
           });
         }
       } else {
