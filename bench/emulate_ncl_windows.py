@@ -57,11 +57,13 @@ def div32(div, n):
 
 
 def ncl_window(v, div, row_stride, base_off, L, vec):
-    """ncl_window<VW>: (off relative to x + base_off, mask) for an array of window indices v."""
+    """ncl_window<VW, kWindows>: (off relative to x + base_off, mask) for an array of window
+    indices v (kWindows false, L % VEC == 0: the same values, checked by the caller)."""
     row = div32(div, v.astype(np.uint64)).astype(np.int64)
     j = v.astype(np.int64) - row * div[0]
     row_off = row * row_stride
-    h = (base_off + row_off) & (vec - 1)
+    # the kernel's 32-bit h: (unsigned) base_off + (unsigned) row * (unsigned) row_stride
+    h = (((base_off & 0xFFFFFFFF) + row * (row_stride & 0xFFFFFFFF)) & 0xFFFFFFFF) & (vec - 1)
     start = j * vec - h
     lo = np.where(start < 0, -start, 0)
     hi = np.where(L - start < vec, L - start, vec)
@@ -165,6 +167,13 @@ def main():
         for name, (vec, acc) in dtypes.items():
             rv, splits = check(N, C, L, groups, vec, acc, forced, rng, L % vec == 0)
             cases += 1
+    # h in 32 bits equals the 64-bit offset mod VEC for offsets beyond 2^32 (huge tensors)
+    for vec in (2, 4, 8):
+        for L in (49, 196, 7, 3):
+            C, base_off = 3, (5 * 3 + 1) * L
+            rows = np.arange(0, 2 ** 33 // (C * L) + 10, 9973, dtype=np.int64)
+            h32 = (((base_off & 0xFFFFFFFF) + rows * ((C * L) & 0xFFFFFFFF)) & 0xFFFFFFFF) & (vec - 1)
+            assert np.array_equal(h32, (base_off + rows * C * L) % vec)
     print(f"ok: {cases} shape/dtype/split cases")
     return 0
 
