@@ -40,9 +40,11 @@ void report(const Case& c) {
   const double backward = 2 * x;              // read x, write grad_input
   const double floor_us = (stats_launch + finalize + backward) / kCopyBytesPerUs;
   const double fused_floor_us = (stats_launch + x + finalize + backward + x) / kCopyBytesPerUs;
-  std::printf("%-38s| %s vec %d | blocks %lld (splits %lld) | x %.1f MB | statistics %.1f MB + partials %.1f KB "
+  char windows[32] = "";  // NCL: the vectors (windows, possibly partial) each row of L elements is cut into
+  if (!p.nlc) std::snprintf(windows, sizeof windows, ", %lld per row", static_cast<long long>(p.row_vecs));
+  std::printf("%-38s| %s vec %d%s | blocks %lld (splits %lld) | x %.1f MB | statistics %.1f MB + partials %.1f KB "
               "| last blocks %.1f KB | backward %.1f MB | floor fwd+bwd %.0f us, fused %.0f us\n",
-              c.name, p.nlc ? "NLC" : "NCL", p.vec,
+              c.name, p.nlc ? "NLC" : "NCL", p.vec, windows,
               static_cast<long long>(c.groups * p.channel_tiles * p.splits), static_cast<long long>(p.splits),
               x / 1e6, x / 1e6, partials / 1e3, finalize / 1e3, backward / 1e6, floor_us, fused_floor_us);
 }
