@@ -81,7 +81,7 @@ test_needs() {  # installs what is missing; what still is, is said in $DEST/test
   : > "$DEST/test.notes"
   [ ${#missing[@]} -eq 0 ] && return
   echo "== test: installing ${missing[*]}"
-  "$PY" -m pip install -q "${missing[@]}" ||
+  "$PY" -m pip install -q --retries 0 --timeout 5 "${missing[@]}" ||  # (the GPU machine may be offline: fail fast)
     echo "pip could not install ${missing[*]} (offline?)" >> "$DEST/test.notes"
   [ "$GPU" = 1 ] && ! "$PY" -c "import xdist" 2>/dev/null &&
     echo "pytest-xdist missing: the tests ran in one process" >> "$DEST/test.notes"
