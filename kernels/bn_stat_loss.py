@@ -411,8 +411,9 @@ def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_
     G = int(groups)
     n_per = N // G
     sn, sc, sl = x3.stride()
-    block_rows = _pow2(block_rows, "block_rows")
-    block_inner = _pow2(block_inner, "block_inner")
+    block_rows = _pow2(knob("block_rows", block_rows), "block_rows")
+    block_inner = _pow2(knob("block_inner", block_inner), "block_inner")
+    split = knob("split", split)
     target = target_programs(x3.device, waves=8)
     channels_inner = sl != 1 or L == 1
     # The (n*L, C) matrix view of a group needs one stride for its rows.
@@ -520,7 +521,6 @@ def bn_stat_sums(x3, running_mean, groups, out, *, block_rows=None, block_inner=
     left at None takes the value a test forces with ``_launch.forced_plan``, if any.
     """
     G, C = int(groups), x3.shape[1]
-    block_rows, block_inner, split = knob("block_rows", block_rows), knob("block_inner", block_inner), knob("split", split)
     out_strides = (C, G * C)  # out[j, g, c]
     plan = _partial_sums(x3, running_mean, G, out, out_strides, block_rows, block_inner, split)
     record_plan("bn_stat_sums", **plan)
@@ -535,7 +535,6 @@ def bn_stat_forward(x3, running_mean, running_var, groups, loss, stats, weight=N
     Knobs as in :func:`bn_stat_sums`.
     """
     G = int(groups)
-    block_rows, block_inner, split = knob("block_rows", block_rows), knob("block_inner", block_inner), knob("split", split)
     stats_strides = (2 * (x3.shape[1] + 1), x3.shape[1] + 1)  # stats[g, j, c]
     plan = _partial_sums(
         x3, running_mean, G, stats, stats_strides, block_rows, block_inner, split,
