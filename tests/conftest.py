@@ -3,6 +3,7 @@
 TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before any test
 module imports infer_fast.
 """
+import contextlib
 import json
 import os
 import subprocess
@@ -37,6 +38,17 @@ def run_bench_json(script: str, out, *args, timeout: float = 300):
     proc = run_bench_script(script, *args, "--out", out, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc, json.loads(Path(out).read_text())
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 def backend_params():
     """(backend, device) pairs; those that cannot run here are skipped with the reason, except

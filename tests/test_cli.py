@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from conftest import torch_threads
 
 
 def run_cli(*args, cwd=None, env=None):
@@ -280,10 +281,8 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
 def one_thread():
     """The in-process CLI runs tiny batches: one thread avoids OpenMP spin-waiting on a busy
     machine (a 10-image forward pass: 0.03 s instead of seconds on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _cli(capsys, *args):

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rounding_bound, train_tiny_teachers
+from conftest import rounding_bound, torch_threads, train_tiny_teachers
 from torch import nn
 
 from infer_fast import distill
@@ -78,19 +78,16 @@ def test_recovery_bits_do_not_depend_on_the_thread_count(natural, teachers, trai
 
     if backend not in available_backends("cpu"):
         pytest.skip(f"backend {backend} not built")
-    spec, threads = train_set.spec, torch.get_num_threads()
+    spec = train_set.spec
     runs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with torch_threads(n):
             ufcs = recover_ufcs(natural, teachers, spec.mean, spec.std, _cfg(group_size=3), progress=False,
                                 backend=backend)["ufc"]
             pixels = recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std,
                                    RecoveryConfig.sre2l(iterations=3, seed=1, group_size=2), progress=False,
                                    backend=backend)["pixels"]
-            runs.append((ufcs, pixels))
-    finally:
-        torch.set_num_threads(threads)
+        runs.append((ufcs, pixels))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 

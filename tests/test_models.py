@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import torch_threads
 from torch import nn
 
 from infer_fast.models import (
@@ -32,10 +33,8 @@ ALL = list_models()
 def _one_thread():
     """These models run tiny batches: one thread avoids OpenMP spin-waiting on a busy machine
     (10x faster here on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _bn_layers(model):

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional
 import pytest
 import torch
 
-from conftest import backend_params, tolerance
+from conftest import backend_params, tolerance, torch_threads
 from infer_fast.ops import (backends, bn_eval_with_stat_loss, bn_eval_with_stat_loss_naive, bn_stat_loss,
                             bn_stat_loss_naive, reference, ufc_compose, ufc_compose_naive)
 from infer_fast.ops.layout import as_ncl
@@ -419,10 +419,8 @@ CPU_WORK_ITEMS = [
 def three_threads():
     """The CPU backward is one parallel loop over the elements, cut by thread count: three
     threads put its chunk boundaries mid-row."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(3):
+        yield
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
