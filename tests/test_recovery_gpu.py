@@ -11,12 +11,12 @@ import torch
 from infer_fast.distill import RecoveryConfig, cuda_graphs, engine, recover_ufcs
 from infer_fast.models import create_model
 from infer_fast.ops import available_backends
+from infer_fast.ops.bn_hooks import bn_layers
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 CLASSES, SIZE = 10, 32
-RESNET18_BN_LAYERS = 20
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def on_torch_kernels(natural, teacher, config):
     return result
 
 
-def agreement_bound(config):
+def agreement_bound(config, teacher):
     """How far apart (norm-wise, relative) two recoveries through different kernels, graphs or
     chunks may end: each iteration's gradient differs by the rounding of its sums (float32:
     sqrt(K L) eps, K = values per BN statistic, L = BN layers; bf16: every layer's output and
@@ -82,15 +82,17 @@ def agreement_bound(config):
     (float32: 2e-3 allowed; measured on the CPU between our C++ kernels and torch's, chunked
     or whole, T <= 24: up to 5e-4 in float32, 0.035 in bf16). A wrong kernel, a frozen
     learning rate or augmentation moves the result by O(1)."""
+    layers = len(bn_layers(teacher))
     if config.precision == "bf16":
-        return config.iterations * math.sqrt(RESNET18_BN_LAYERS) * 2.0 ** -8
-    rounding = math.sqrt(RESNET18_BN_LAYERS * CLASSES * SIZE * SIZE) * torch.finfo(torch.float32).eps
+        return config.iterations * math.sqrt(layers) * 2.0 ** -8
+    rounding = math.sqrt(layers * CLASSES * SIZE * SIZE) * torch.finfo(torch.float32).eps
     return config.iterations * rounding + 2e-3
 
 
-def assert_agree(result, reference, config):
+def assert_agree(result, reference, config, teacher):
     distance = ((result["ufc"] - reference["ufc"]).norm() / reference["ufc"].norm()).item()
-    assert distance <= agreement_bound(config), f"relative distance {distance:.3g} > {agreement_bound(config):.3g}"
+    bound = agreement_bound(config, teacher)
+    assert distance <= bound, f"relative distance {distance:.3g} > {bound:.3g}"
 
 
 @pytest.fixture
@@ -126,7 +128,7 @@ def test_no_host_sync_after_the_first_iteration(monkeypatch, replays, settings):
     assert [(s["backend"], s["cuda_graph"]) for s in result["stats"]] == [("cuda", "captured")]
     assert replays[0] == config.iterations - cuda_graphs.GRAPH_WARMUP_ITERATIONS
     monkeypatch.setattr(engine, "CHECK_HOST_SYNCS", False)
-    assert_agree(result, on_torch_kernels(natural, teacher, config), config)
+    assert_agree(result, on_torch_kernels(natural, teacher, config), config, teacher)
 
 
 GRAPH_CASES = {
@@ -148,8 +150,8 @@ def test_cuda_graph_recovers_what_eager_does(case):
     graphed = recover_ufcs(natural, [teacher], MEAN, STD, config, progress=False)
     assert [(s["backend"], s["cuda_graph"]) for s in eager["stats"]] == [("cuda", "off")]
     assert [(s["backend"], s["cuda_graph"]) for s in graphed["stats"]] == [("cuda", "captured")]
-    assert_agree(graphed, eager, config)
-    assert_agree(graphed, on_torch_kernels(natural, teacher, config), config)
+    assert_agree(graphed, eager, config, teacher)
+    assert_agree(graphed, on_torch_kernels(natural, teacher, config), config, teacher)
 
 
 def test_the_cuda_kernels_run_in_recovery():
@@ -190,7 +192,7 @@ def test_failed_capture_goes_on_eagerly(monkeypatch):
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
         result = recover_ufcs(natural, [teacher], MEAN, STD, config, progress=False)
     assert result["stats"][0]["cuda_graph"].startswith("eager: CUDA graph capture failed (RuntimeError")
-    assert_agree(result, expected, config)
+    assert_agree(result, expected, config, teacher)
 
 
 @pytest.mark.parametrize("augmentation", ["roll", "imagenet"])
@@ -204,5 +206,5 @@ def test_chunks_made_row_by_row_on_the_gpu(monkeypatch, augmentation):
     monkeypatch.setattr(engine, "CHECK_HOST_SYNCS", True)
     chunked = recover_ufcs(natural, [teacher], MEAN, STD, replace(config, chunk_size=7), progress=True)
     assert [s["chunk_size"] for s in chunked["stats"]] == [7]
-    assert_agree(chunked, whole, config)
+    assert_agree(chunked, whole, config, teacher)
     assert torch.cuda.get_sync_debug_mode() == 0
