@@ -15,6 +15,7 @@ unwritten shows up as NaN.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
@@ -122,13 +123,9 @@ class BnPath:
         return self.name
 
 
-def element_size(dtype):
-    return torch.tensor([], dtype=dtype).element_size()
-
-
 def cuda_vec(dtype):
     """Elements per 16-byte vector of the CUDA kernels."""
-    return 16 // element_size(dtype)
+    return 16 // dtype.itemsize
 
 
 def bn_expected(forward_triton, backward_triton, cuda_fn):
@@ -143,7 +140,7 @@ def bn_expected(forward_triton, backward_triton, cuda_fn):
 def cuda_default_tiles(channels, dtype):
     """The CUDA NLC plan's default channel tiles when C is not a multiple of the vector width:
     128-byte tiles of single channels."""
-    return -(-channels // (128 // element_size(dtype)))
+    return -(-channels // (128 // dtype.itemsize))
 
 
 def cuda_row_vecs(length, dtype):
@@ -151,10 +148,7 @@ def cuda_row_vecs(length, dtype):
     header comment): enough for a row that starts at any offset mod the vector width a
     multiple of ``length`` can have; ``length`` // width when the width divides it."""
     vec = cuda_vec(dtype)
-    gcd = vec
-    while length % gcd:
-        gcd //= 2
-    return -(-(length + vec - gcd) // vec)
+    return -(-(length + vec - math.gcd(length, vec)) // vec)
 
 
 def cuda_split_plan(splits, groups, channels, nlc, vec, channel_tiles=None, row_vecs=None):
