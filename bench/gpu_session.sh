@@ -71,22 +71,25 @@ step_build() {
 # pytest-xdist for -n, hypothesis for test_properties.py.
 TEST_NEEDS=(pytest-xdist==3.8.0 hypothesis==6.170.15)
 
-test_needs() {  # installs what is missing; what still is, is said in $DEST/test.notes (the summary shows it)
+has_module() { "$PY" -c "import $1" 2>/dev/null; }
+
+test_needs() {  # installs what is missing; HAVE_XDIST / HAVE_HYPOTHESIS say what the tests got
   local missing=() need module
   for need in "${TEST_NEEDS[@]}"; do
     module=${need%%==*}
     module=${module/pytest-xdist/xdist}
-    "$PY" -c "import $module" 2>/dev/null || missing+=("$need")
+    has_module "$module" || missing+=("$need")
   done
   : > "$DEST/test.notes"
+  HAVE_XDIST=1 HAVE_HYPOTHESIS=1
   [ ${#missing[@]} -eq 0 ] && return
   echo "== test: installing ${missing[*]}"
   "$PY" -m pip install -q --retries 0 --timeout 5 "${missing[@]}" ||  # (the GPU machine may be offline: fail fast)
     echo "pip could not install ${missing[*]} (offline?)" >> "$DEST/test.notes"
-  [ "$GPU" = 1 ] && ! "$PY" -c "import xdist" 2>/dev/null &&
-    echo "pytest-xdist missing: the tests ran in one process" >> "$DEST/test.notes"
-  "$PY" -c "import hypothesis" 2>/dev/null ||
-    echo "hypothesis missing: test_properties.py was left out" >> "$DEST/test.notes"
+  has_module xdist || HAVE_XDIST=0
+  has_module hypothesis || HAVE_HYPOTHESIS=0
+  [ "$GPU" = 1 ] && [ "$HAVE_XDIST" = 0 ] && echo "pytest-xdist missing: the tests ran in one process" >> "$DEST/test.notes"
+  [ "$HAVE_HYPOTHESIS" = 0 ] && echo "hypothesis missing: test_properties.py was left out" >> "$DEST/test.notes"
 }
 
 step_test() {
@@ -94,9 +97,9 @@ step_test() {
   local select=(-k "not triton") files=("${@:-${TEST_FILES[@]}}")  # a CPU dry run: the interpreter would take minutes
   if [ "$GPU" = 1 ]; then  # the CPU rows ran in CI already
     select=(-k "cuda or triton or gpu")
-    "$PY" -c "import xdist" 2>/dev/null && select=(-n 8 "${select[@]}")
+    [ "$HAVE_XDIST" = 1 ] && select=(-n 8 "${select[@]}")
   fi
-  if ! "$PY" -c "import hypothesis" 2>/dev/null; then
+  if [ "$HAVE_HYPOTHESIS" = 0 ]; then
     local kept=() f
     for f in "${files[@]}"; do [ "$f" = test_properties.py ] || kept+=("$f"); done
     files=("${kept[@]}")
