@@ -63,12 +63,15 @@ def test_gpu_with_kernels_built_and_registered_passes(monkeypatch, capsys):
         ({"cuda_kernels": False, "cuda_reason": "the installed torch 2.13.0+cpu is a CPU-only build"}, FakeExtension(False),
          None, "the CUDA kernels were skipped at build: the installed torch 2.13.0+cpu is a CPU-only build"),
         (BUILT, None, "ImportError: libcudart.so.13: cannot open shared object file",
-         "the compiled extension infer_fast._C did not load: ImportError: libcudart.so.13: cannot open shared object file"),
+         "the cuda backend cannot run: the compiled extension infer_fast._C did not load "
+         "(ImportError: libcudart.so.13: cannot open shared object file)"),
+        # the build record says built, the loaded extension has none: a stale or mixed install
         (BUILT, FakeExtension(compiled=False), None,
-         "the build record says the CUDA kernels were built, but the loaded infer_fast._C has none"),
+         "the cuda backend cannot run: infer_fast._C was built without CUDA kernels"),
         # a multi-line registration error still makes one line
         (BUILT, FakeExtension(status="CUDA error: no kernel image is available\nfor execution on the device"), None,
-         "the CUDA kernels did not register: CUDA error: no kernel image is available for execution on the device"),
+         "the cuda backend cannot run: the CUDA kernels of infer_fast._C did not register "
+         "(CUDA error: no kernel image is available for execution on the device)"),
     ],
     ids=["skipped-at-build", "not-loaded", "stale-build-record", "not-registered"],
 )
