@@ -395,6 +395,56 @@ def _acc(dtype):
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
+def _cols_plan(x3, G, block_rows, block_inner, split):
+    """The channels-inner layout's plan: tiles of (rows of the group's (n*L, C) matrix) x
+    (a channel block), S programs per (group, channel block)."""
+    N, C, L = x3.shape
+    n_per = N // G
+    sn, sc, sl = x3.stride()
+    M = n_per * L
+    BLOCK_C = block_inner or min(triton.next_power_of_2(C), 128)
+    BLOCK_M = block_rows or max(1, min(_TILE // BLOCK_C, triton.next_power_of_2(M)))
+    num_cblocks = triton.cdiv(C, BLOCK_C)
+    tiles = triton.cdiv(M, BLOCK_M)
+    if split is None:
+        split = min(triton.cdiv(target_programs(x3.device, waves=8), G * num_cblocks),
+                    max(1, tiles // _MIN_TILES_PER_PROGRAM))
+    tiles_per = triton.cdiv(tiles, max(1, min(int(split), tiles)))
+    S = triton.cdiv(tiles, tiles_per)
+    return (_stats_cols_kernel, (G * num_cblocks * S,), (C, M, n_per, sn, sn if L == 1 else sl, sc),
+            (tiles_per * BLOCK_M, S, num_cblocks),
+            dict(BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=_num_warps(BLOCK_M * BLOCK_C)),
+            dict(kernel="cols", S=S, num_cblocks=num_cblocks, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C))
+
+
+def _rows_plan(x3, G, block_rows, block_inner, split):
+    """The rows layout's plan (NCHW-like: each (n, c) a run of L): tiles of rows x L, S =
+    rsplit * lsplit programs per (group, channel)."""
+    N, C, L = x3.shape
+    n_per = N // G
+    sn, sc, sl = x3.stride()
+    BLOCK_L = block_inner or _inner_block(L, _TILE)
+    BLOCK_R = block_rows or max(1, min(_TILE // BLOCK_L, triton.next_power_of_2(n_per)))
+    row_tiles = triton.cdiv(n_per, BLOCK_R)
+    l_tiles = triton.cdiv(L, BLOCK_L)
+    if split is None:
+        split = min(triton.cdiv(target_programs(x3.device, waves=8), G * C),
+                    max(1, row_tiles * l_tiles // _MIN_TILES_PER_PROGRAM))
+    split = max(1, int(split))
+    # Prefer splitting rows: every program then reads whole rows (long contiguous runs).
+    rsplit = min(split, row_tiles)
+    lsplit = min(triton.cdiv(split, rsplit), l_tiles)
+    r_tiles_per = triton.cdiv(row_tiles, rsplit)
+    l_tiles_per = triton.cdiv(l_tiles, lsplit)
+    rsplit = triton.cdiv(row_tiles, r_tiles_per)
+    lsplit = triton.cdiv(l_tiles, l_tiles_per)
+    S = rsplit * lsplit
+    return (_stats_rows_kernel, (G * C * S,), (C, L, n_per, sn, sc, sl),
+            (r_tiles_per * BLOCK_R, l_tiles_per * BLOCK_L, rsplit, lsplit),
+            dict(BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, num_warps=_num_warps(BLOCK_R * BLOCK_L)),
+            dict(kernel="rows", S=S, rsplit=rsplit, lsplit=lsplit, BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L))
+
+
 def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_inner, split,
                   running_var=None, weight=None, bias=None, eps=0.0, y3=None, loss=None):
     """Launch the statistics kernel of x3's layout, the one launch of a forward or sums op;
@@ -409,51 +459,15 @@ def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_
     """
     N, C, L = x3.shape
     G = int(groups)
-    n_per = N // G
-    sn, sc, sl = x3.stride()
     block_rows = _pow2(knob("block_rows", block_rows), "block_rows")
     block_inner = _pow2(knob("block_inner", block_inner), "block_inner")
     split = knob("split", split)
-    target = target_programs(x3.device, waves=8)
-    channels_inner = sl != 1 or L == 1
+    sn, _, sl = x3.stride()
     # The (n*L, C) matrix view of a group needs one stride for its rows.
-    matrix_ok = L == 1 or n_per == 1 or sn == L * sl
-    if channels_inner and matrix_ok:
-        M = n_per * L
-        BLOCK_C = block_inner or min(triton.next_power_of_2(C), 128)
-        BLOCK_M = block_rows or max(1, min(_TILE // BLOCK_C, triton.next_power_of_2(M)))
-        num_cblocks = triton.cdiv(C, BLOCK_C)
-        tiles = triton.cdiv(M, BLOCK_M)
-        if split is None:
-            split = min(triton.cdiv(target, G * num_cblocks), max(1, tiles // _MIN_TILES_PER_PROGRAM))
-        tiles_per = triton.cdiv(tiles, max(1, min(int(split), tiles)))
-        S = triton.cdiv(tiles, tiles_per)
-        kernel, grid = _stats_cols_kernel, (G * num_cblocks * S,)
-        shape_args = (C, M, n_per, sn, sn if L == 1 else sl, sc)
-        split_args = (tiles_per * BLOCK_M, S, num_cblocks)
-        blocks = dict(BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=_num_warps(BLOCK_M * BLOCK_C))
-        plan = dict(kernel="cols", S=S, num_cblocks=num_cblocks, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C)
-    else:
-        BLOCK_L = block_inner or _inner_block(L, _TILE)
-        BLOCK_R = block_rows or max(1, min(_TILE // BLOCK_L, triton.next_power_of_2(n_per)))
-        row_tiles = triton.cdiv(n_per, BLOCK_R)
-        l_tiles = triton.cdiv(L, BLOCK_L)
-        if split is None:
-            split = min(triton.cdiv(target, G * C), max(1, row_tiles * l_tiles // _MIN_TILES_PER_PROGRAM))
-        split = max(1, int(split))
-        # Prefer splitting rows: every program then reads whole rows (long contiguous runs).
-        rsplit = min(split, row_tiles)
-        lsplit = min(triton.cdiv(split, rsplit), l_tiles)
-        r_tiles_per = triton.cdiv(row_tiles, rsplit)
-        l_tiles_per = triton.cdiv(l_tiles, lsplit)
-        rsplit = triton.cdiv(row_tiles, r_tiles_per)
-        lsplit = triton.cdiv(l_tiles, l_tiles_per)
-        S = rsplit * lsplit
-        kernel, grid = _stats_rows_kernel, (G * C * S,)
-        shape_args = (C, L, n_per, sn, sc, sl)
-        split_args = (r_tiles_per * BLOCK_R, l_tiles_per * BLOCK_L, rsplit, lsplit)
-        blocks = dict(BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L, num_warps=_num_warps(BLOCK_R * BLOCK_L))
-        plan = dict(kernel="rows", S=S, rsplit=rsplit, lsplit=lsplit, BLOCK_R=BLOCK_R, BLOCK_L=BLOCK_L)
+    matrix_ok = L == 1 or N // G == 1 or sn == L * sl
+    plan_of = _cols_plan if (sl != 1 or L == 1) and matrix_ok else _rows_plan
+    kernel, grid, shape_args, split_args, blocks, plan = plan_of(x3, G, block_rows, block_inner, split)
+    S = plan["S"]
     if S == 1:
         part, part_strides = out, (*out_strides, 0)
     else:
