@@ -15,7 +15,7 @@ DISTRIBUTED_MODES = ("jobs", "chunks")
 # torch.compile modes for the teacher pass of recovery ("reduce-overhead" adds CUDA graphs)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"  # what a device option takes (teacher.resolve_device)
-STUDENT_AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "none")
+STUDENT_AUGMENTATIONS = ("crop_flip", "resized_crop_flip", "shuffle_patches_crop_flip", "none")
 STUDENT_MIXES = ("mixup", "cutmix", "none")
 # the student's learning-rate schedule: ours (cosine to 0 over the steps) or DD-Ranking's "cosine"
 # (per epoch, 0.5 (1 + cos(pi e / 2E)): from the rate down to half of it)

@@ -229,6 +229,7 @@ def cmd_relabel(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .data import load_test_split
     from .storage import load_distilled
+    from .methods.registry import set_student_settings
     from .student import StudentConfig, evaluate_seeds, recipe_of
     from .teacher import load_teachers_for_set
     from .distributed import init_from_env
@@ -241,8 +242,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                         "a set's static soft labels come from `infer-fast relabel`")
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     ds = load_distilled(args.directory)
-    if args.recipe is None:  # the recipe of the set's dataset's family (ImageNet: the SRe2L protocol)
-        config = StudentConfig.from_recipe(recipe_of(ds.dataset), **fields)
+    # the recipe of the set's dataset's family (ImageNet: the SRe2L protocol) unless --recipe, with what
+    # the set's method gives its students (RDED: its augmentation) under the options given
+    config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.dataset), **{**set_student_settings(ds), **fields})
     teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                            progress=not args.quiet and rank == 0)

@@ -455,9 +455,10 @@ def _train_student(session: _Session, run_key: RunKey, ds, teachers: List[Any], 
                    position: str) -> Tuple[Dict[str, Any], Path]:
     """One student run (``position``: "k/total" for the progress line), continuing from its
     per-epoch checkpoint; returns its record and the checkpoint (removed once recorded)."""
+    from .methods.registry import set_student_settings
     from .student import train_student
 
-    scfg = session.cfg.student_config(run_key.method, run_key.seed, len(session.cfg.teachers))
+    scfg = session.cfg.student_config(run_key.method, run_key.seed, len(session.cfg.teachers), set_student_settings(ds))
     scfg = dataclasses.replace(scfg, device=distributed.local_device(scfg.device))
     session.say(f"student {position}: {run_key.set_key.label} ipc {run_key.ipc} seed {run_key.seed} "
                 f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import InitVar, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from .choices import EVALUATION_PROTOCOLS
 from .checks import check_int
@@ -138,11 +138,14 @@ class PipelineConfig:
         except ValueError as exc:
             raise ValueError(f"{method.config_section or f'method_options: {name}'}: {exc}") from None
 
-    def student_config(self, method: str, seed: int, num_teachers: int):
+    def student_config(self, method: str, seed: int, num_teachers: int, set_settings: Optional[Mapping[str, Any]] = None):
+        """The StudentConfig of a student of ``method``'s set: the run's student fields over
+        ``set_settings`` (what the set's method gives its students: set_student_settings) over
+        the recipe of the dataset's family (ImageNet: the SRe2L protocol)."""
         from .student import RECIPES, StudentConfig, recipe_of
 
-        # the student fields over the recipe of the dataset's family (ImageNet: the SRe2L protocol)
-        values = {**RECIPES[recipe_of(self.dataset)], "device": self.device, **self.student, "seed": seed}
+        values = {**RECIPES[recipe_of(self.dataset)], **(set_settings or {}), "device": self.device, **self.student,
+                  "seed": seed}
         own = registered_method(method)  # (None: a set given to the run, with static labels)
         if own is not None and own.student_labels == "per-batch":  # the teachers label every batch
             values["dynamic"] = True

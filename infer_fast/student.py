@@ -15,7 +15,10 @@ Protocol choices (documented once, here):
   denormalize -> augment -> normalize), as torchvision does on pixels:
   ``"crop_flip"``: RandomCrop(size, padding=size//8, black padding) + horizontal flip, as
   teacher training does; ``"resized_crop_flip"``: RandomResizedCrop(size of the image,
-  scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip.
+  scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip; ``"shuffle_patches_crop_flip"``
+  (RDED's students, for images of ``patches`` x ``patches`` stitched patches): the patch
+  columns and rows shuffled (transforms.shuffle_patches), RandomResizedCrop(scale
+  (1 / patches, 1), ratio (3/4, 4/3)), flip, as the RDED release's validation/main.py.
 * Mixing (``mix``): one lambda ~ Beta(alpha, alpha) per batch (alpha = ``mixup_alpha`` for
   both kinds; 0 disables mixing) and one permutation pi. ``"mixup"``:
   x' = lam x + (1 - lam) x[pi]. ``"cutmix"``: one box per batch of area fraction 1 - lam
@@ -61,7 +64,7 @@ from .relabel import ensemble_logits
 
 from .data.registry import get_dataset
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
-                              random_flip, random_resized_crop)
+                              random_flip, random_resized_crop, shuffle_patches)
 from .models import create_model, device_of, penultimate_features
 from .storage import DistilledDataset, DistilledSet
 from .teacher import DEVICE_CHOICES, evaluate, resolve_device
@@ -125,7 +128,11 @@ class StudentConfig(CheckedWhenMade):
     mixup_alpha: float = field(default=0.8, metadata=option(  # CutMix's usual alpha: 1.0
         "Beta(alpha, alpha) of the mixing weight, for both mixes", minimum=0, note="0 disables mixing"))
     augmentation: str = field(default="crop_flip", metadata=option(
-        "student augmentation: RandomCrop + flip, RandomResizedCrop + flip, or none", choices=STUDENT_AUGMENTATIONS))
+        "student augmentation: RandomCrop + flip, RandomResizedCrop + flip, RDED's shuffled patches + "
+        "RandomResizedCrop + flip, or none", choices=STUDENT_AUGMENTATIONS))
+    patches: int = field(default=1, metadata=option(
+        "patches per side of the set's images (RDED's factor), for shuffle_patches_crop_flip: their order is "
+        "shuffled and a crop keeps at least 1/N of the image", minimum=1, metavar="N"))
     mix: str = field(default="mixup", metadata=option(
         "batch mixing (labels interpolated in logit space)", choices=STUDENT_MIXES))
     labels: str = field(default="soft", metadata=option(
@@ -171,11 +178,12 @@ class StudentConfig(CheckedWhenMade):
         return cls.from_recipe("imagenet", **overrides)
 
 
-def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "crop_flip") -> Tensor:
+def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "crop_flip", patches: int = 1) -> Tensor:
     """Per-sample augmentation of normalized images, done in [0, 1] pixel space, returned
     normalized at the same size. ``"crop_flip"``: RandomCrop(size, padding=max(1, width//8),
     black padding) + flip; ``"resized_crop_flip"``: RandomResizedCrop(size, scale (0.08, 1),
-    ratio (3/4, 4/3)) + flip."""
+    ratio (3/4, 4/3)) + flip; ``"shuffle_patches_crop_flip"``: the ``patches`` x ``patches``
+    patches shuffled, RandomResizedCrop(size, scale (1 / patches, 1), ratio (3/4, 4/3)) + flip."""
     check_choice("augmentation", augmentation, STUDENT_AUGMENTATIONS)
     if augmentation == "none":
         return x
@@ -183,8 +191,11 @@ def augment(x: Tensor, mean, std, gen: torch.Generator, augmentation: str = "cro
     pixels = denormalize(x, mean, std)
     if augmentation == "crop_flip":
         pixels = random_crop_with_padding(pixels, size, max(1, size[1] // 8), gen)
-    else:
+    elif augmentation == "resized_crop_flip":
         pixels = random_resized_crop(pixels, size, RESIZED_CROP_SCALE, RESIZED_CROP_RATIO, gen)
+    else:  # (RDED: a crop of at least one patch's share of the image, the patches in a random order)
+        pixels = random_resized_crop(shuffle_patches(pixels, patches, gen), size, (1.0 / patches, 1.0),
+                                     RESIZED_CROP_RATIO, gen)
     return normalize(random_flip(pixels, gen, inplace=True), mean, std)  # (pixels: made here)
 
 
@@ -428,7 +439,7 @@ class StudentRun:
         images = self.images_at(idx)
         if cfg.augment_on == "device":  # (the batch as stored; the device augments and mixes it, same draws)
             images = to_device(images, self.device)
-        x = augment(images, self.mean, self.std, self.gen, cfg.augmentation)
+        x = augment(images, self.mean, self.std, self.gen, cfg.augmentation, cfg.patches)
         if cfg.dynamic:
             z = None
         elif self.hard is not None:  # one-hot probabilities: mixing them is mixup's label mixing

@@ -246,15 +246,29 @@ def test_cli_distill_refuses_what_a_method_does_not_take(tmp_path, capsys):
     assert "method must be one of infer, sre2l, random, cda, rded, got 'infer_dyn'" in capsys.readouterr().err
 
 
-def test_cda_and_rded_in_a_run(tmp_path):
+def test_cda_and_rded_in_a_run(tmp_path, monkeypatch):
     """CDA (resumable recovery, relabelled) and RDED (teachers label every batch: no stored soft
-    labels, no relabelling, compression ratio without them) beside random in one run."""
+    labels, no relabelling, compression ratio without them; its students augment as the
+    release's, at the set's factor) beside random in one run."""
+    import infer_fast.student
+
     cfg = PipelineConfig.from_dict(dict(
         dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out=str(tmp_path / "run"), ipc=[2],
         methods=["cda", "rded", "random"], recovery={"seed": 3, "augmentation": "roll"},
-        method_options={"cda": {"iterations": 2}, "rded": {"candidates_per_class": 4, "crops_per_image": 2}},
+        method_options={"cda": {"iterations": 2},
+                        "rded": {"candidates_per_class": 8, "crops_per_image": 2, "factor": 2}},
         student=TINY_STUDENT, seeds=1, device="cpu", feature_duplication=False))
+    students, train_student = {}, infer_fast.student.train_student
+
+    def recording(ds, test, config, **kw):  # (the config each method's student got)
+        students[ds.method] = config
+        return train_student(ds, test, config, **kw)
+
+    monkeypatch.setattr(infer_fast.student, "train_student", recording)
     results = run_pipeline(cfg, progress=False)
+    assert (students["rded"].augmentation, students["rded"].patches, students["rded"].dynamic) == \
+        ("shuffle_patches_crop_flip", 2, True)
+    assert {(c.augmentation, c.patches) for m, c in students.items() if m != "rded"} == {("crop_flip", 1)}
     cda = load_distilled(tmp_path / "run" / "sets" / "cda-ipc2")
     rded = load_distilled(tmp_path / "run" / "sets" / "rded-ipc2")
     assert cda.method == "cda" and cda.has_soft_labels and cda.seed == 3

@@ -3,6 +3,7 @@ lowest-loss key patch of each image, the lowest-loss ones per class, in RDED's l
 stitching, a folder split decoding only the candidates, and a small run through the
 method registry."""
 import collections
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 
 from infer_fast.data import DECODE_LOG_ENV, load_dataset
 from infer_fast.data.synthetic import write_fake_imagenet
-from infer_fast.data.transforms import resized_crop_boxes
+from infer_fast.data.transforms import cell_sizes, resized_crop_boxes, shuffle_patches
 from infer_fast.methods import DistillRequest, distill_method_names, get_method
 from infer_fast.methods import rded
 from infer_fast.storage import load_distilled
@@ -63,8 +64,80 @@ def test_stitch_layout_factor_2():
             assert (quadrant == cell * ipc + image).all()
     # an odd size: the first row and column of cells one pixel more, the patch resized to fit
     odd = rded.stitch(ranked, ipc, factor, 9)
-    assert rded.cell_sizes(9, 2) == (5, 4)
+    assert cell_sizes(9, 2) == (5, 4)
     assert (odd[0, :, :5, :5] == 0).all() and (odd[0, :, :5, 5:] == 3).all() and (odd[0, :, 5:, 5:] == 9).all()
+
+
+def _strip_order(positions, cells):
+    """The order in which ``positions`` (source row or column of each output row or column)
+    lays out the strips of sizes ``cells`` (each strip whole, its pixels in order)."""
+    starts = [sum(cells[:i]) for i in range(len(cells))]
+    order, at = [], 0
+    while at < len(positions):
+        strip = starts.index(int(positions[at]))  # (ValueError: not a strip's start)
+        assert positions[at:at + cells[strip]].tolist() == list(range(starts[strip], starts[strip] + cells[strip]))
+        order.append(strip)
+        at += cells[strip]
+    assert sorted(order) == list(range(len(cells)))
+    return tuple(order)
+
+
+@pytest.mark.parametrize("size, factor", [(8, 2), (9, 2), (12, 3), (7, 1)])
+def test_shuffle_patches_permutes_the_patch_rows_and_columns(size, factor):
+    """The release's ShufflePatches: the column strips in a random order, then the row strips:
+    each output row (column) is a whole source row (column), the strips (cell_sizes; unequal
+    when size % factor != 0) keep their pixels in order, one row and one column permutation per
+    sample, every permutation drawn."""
+    n = 400
+    coords = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")).float()
+    x = coords.expand(n, 2, size, size).contiguous()  # channel 0: the row of a pixel, channel 1: its column
+    out = shuffle_patches(x, factor, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    if factor == 1:
+        assert out is x
+        return
+    assert torch.equal(out, shuffle_patches(x, factor, torch.Generator().manual_seed(0)))
+    cells = cell_sizes(size, factor)
+    seen = set()
+    for k in range(n):
+        rows, cols = out[k, 0, :, 0], out[k, 1, 0, :]
+        assert torch.equal(out[k, 0], rows[:, None].expand(size, size))  # whole rows moved
+        assert torch.equal(out[k, 1], cols[None, :].expand(size, size))  # whole columns moved
+        seen.add((_strip_order(rows, cells), _strip_order(cols, cells)))
+    assert len(seen) == math.factorial(factor) ** 2
+
+
+def test_shuffle_patches_refuses_a_bad_factor_by_name():
+    x = torch.zeros(2, 1, 4, 4)
+    for bad in (0, 2.0, True, 5):
+        with pytest.raises(ValueError, match="factor"):
+            shuffle_patches(x, bad)
+
+
+def test_rded_students_augment_as_the_release():
+    """RDED's students (the release's validation/main.py): the set's patches shuffled, then
+    RandomResizedCrop(scale (1 / factor, 1), ratio (3/4, 4/3)), then a flip, on pixels."""
+    from infer_fast.data.transforms import denormalize, normalize, random_flip, random_resized_crop
+    from infer_fast.methods.registry import set_student_settings
+    from infer_fast.student import augment
+
+    assert get_method("rded").student_settings({"factor": 2}) == {"augmentation": "shuffle_patches_crop_flip",
+                                                                   "patches": 2}
+    mean, std = (0.5,), (0.25,)
+    x = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = augment(x, mean, std, torch.Generator().manual_seed(3), "shuffle_patches_crop_flip", patches=2)
+    gen = torch.Generator().manual_seed(3)
+    pixels = random_resized_crop(shuffle_patches(denormalize(x, mean, std), 2, gen), 16, (0.5, 1.0),
+                                 (3 / 4, 4 / 3), gen)
+    torch.testing.assert_close(out, normalize(random_flip(pixels, gen), mean, std))
+
+    class Made:  # (a set as load_distilled gives it: its method and recorded recipe)
+        method, hyperparameters = "rded", {"factor": 3}
+    assert set_student_settings(Made) == {"augmentation": "shuffle_patches_crop_flip", "patches": 3}
+    Made.method = "random"
+    assert set_student_settings(Made) == {}
+    Made.method = "imported"  # (a method not registered here)
+    assert set_student_settings(Made) == {}
 
 
 def test_square_crops_match_cropping_one_by_one():
@@ -220,6 +293,29 @@ def test_rded_through_the_registry(tmp_path, teacher, monkeypatch):
     again = _distill(tmp_path / "b", teacher, factor=2)
     other = _distill(tmp_path / "c", teacher, seed=1, factor=2)
     assert torch.equal(ds.images, again.images) and not torch.equal(ds.images, other.images)
+
+
+def test_cli_train_gives_an_rded_set_its_students_augmentation(tmp_path, teacher, monkeypatch, capsys):
+    """`infer-fast train` of an RDED set: the release's student augmentation at the set's factor
+    over the family recipe, unless --augmentation says otherwise."""
+    import infer_fast.student
+    from infer_fast.cli import main
+
+    _distill(tmp_path / "set", teacher, factor=2)
+    configs, evaluate_seeds = [], infer_fast.student.evaluate_seeds
+
+    def recording(ds, test, config, **kw):
+        configs.append(config)
+        return evaluate_seeds(ds, test, config, **kw)
+
+    monkeypatch.setattr(infer_fast.student, "evaluate_seeds", recording)
+    common = ["train", str(tmp_path / "set"), "--dynamic", "--teachers", teacher[0], "--model", "convnet-w8-d2",
+              "--epochs", "1", "--device", "cpu", "--quiet"]
+    assert main(common) == 0
+    assert main([*common, "--augmentation", "resized_crop_flip"]) == 0
+    assert [(c.augmentation, c.patches, c.mix) for c in configs] == [
+        ("shuffle_patches_crop_flip", 2, "mixup"), ("resized_crop_flip", 2, "mixup")]
+    assert "final top-1" in capsys.readouterr().out
 
 
 def test_rded_refuses_before_loading_teachers(tmp_path):

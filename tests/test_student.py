@@ -298,7 +298,7 @@ def test_resized_crop_flip_augmentation(data):
     torch.testing.assert_close(out, normalize(random_flip(pixels, gen), s.mean, s.std))
 
 
-@pytest.mark.parametrize("field, allowed", [("augmentation", "crop_flip, resized_crop_flip, none"),
+@pytest.mark.parametrize("field, allowed", [("augmentation", "crop_flip, resized_crop_flip, shuffle_patches_crop_flip, none"),
                                             ("mix", "mixup, cutmix, none"), ("labels", "soft, hard")])
 def test_unknown_augmentation_or_mix_is_refused(field, allowed, data):
     with pytest.raises(ValueError, match=f"{field} must be one of {allowed}"):

@@ -22,7 +22,7 @@ from ..transfer import to_device
 
 __all__ = [
     "normalize", "denormalize", "random_crop_with_padding", "crop_windows", "random_flip", "random_resized_crop",
-    "resized_crop_boxes",
+    "resized_crop_boxes", "cell_sizes", "shuffle_patches",
 ]
 
 Size = Union[int, Tuple[int, int]]
@@ -220,3 +220,44 @@ def random_resized_crop(
         crop = x[k : k + 1, :, t : t + hh, l : l + ww]
         out[k] = F.interpolate(crop, size=(th, tw), mode="bilinear", align_corners=False, antialias=antialias)[0]
     return out
+
+
+def cell_sizes(size: int, factor: int) -> Tuple[int, ...]:
+    """Heights (and widths) of the ``factor`` rows (columns) of an image cut into factor x
+    factor patches (RDED's stitched images): size // factor, the first size % factor of them
+    one pixel more."""
+    base, extra = divmod(size, factor)
+    return tuple(base + (i < extra) for i in range(factor))
+
+
+def _shuffled_positions(cells: Tuple[int, ...], order: torch.Tensor) -> torch.Tensor:
+    """(N, size) source positions: for each sample its cells of sizes ``cells`` laid out in
+    ``order`` (N, factor), each cell's pixels in their order."""
+    sizes = torch.tensor(cells, dtype=torch.int64)
+    starts = sizes.cumsum(0) - sizes  # where each cell starts in the image
+    placed = sizes[order].cumsum(1)  # (N, factor): where each slot of the shuffled layout ends
+    position = torch.arange(int(sizes.sum())).repeat(order.shape[0], 1)
+    slot = torch.searchsorted(placed, position, right=True)  # the slot each output position falls in
+    cell = order.gather(1, slot)
+    return starts[cell] + position - (placed.gather(1, slot) - sizes[cell])
+
+
+def shuffle_patches(x: torch.Tensor, factor: int, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+    """RDED's ShufflePatches(factor) per sample: the image cut into ``factor`` column strips
+    (``cell_sizes``), the strips put in a random order, then the same with the rows (one
+    column and one row permutation per sample, so a patch moves with its row and column).
+    Strips of unequal size (size % factor != 0) keep their own size; factor 1 returns ``x``."""
+    _check_batch(x, "shuffle_patches")
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"shuffle_patches: factor must be a positive int, got {factor!r}")
+    if factor == 1:
+        return x
+    n, ch, height, width = x.shape
+    if factor > min(height, width):
+        raise ValueError(f"shuffle_patches: factor={factor} cuts {height}x{width} images into patches under one pixel")
+    orders = torch.rand(2 * n, factor, generator=gen, device=gen.device if gen is not None else "cpu").argsort(1)
+    cols = _shuffled_positions(cell_sizes(width, factor), orders[:n].cpu())
+    rows = _shuffled_positions(cell_sizes(height, factor), orders[n:].cpu())
+    cols, rows = to_device(cols, x.device), to_device(rows, x.device)
+    x = x.gather(3, cols.view(n, 1, 1, width).expand(n, ch, height, width))
+    return x.gather(2, rows.view(n, 1, height, 1).expand(n, ch, height, width))

@@ -36,7 +36,11 @@ where each value comes from:
   cutmix) after ShufflePatches(factor), RandomResizedCrop(size, scale=(1 / factor, 1)) and a
   flip: no labels are stored (DD-Ranking evaluates it the same way, ``soft_label_mode: M``).
   That is this toolkit's per-batch labelling (``StudentConfig(dynamic=True)``, ``train
-  --dynamic``), so the set stores only images and hard labels (``student_labels`` below).
+  --dynamic``), so the set stores only images and hard labels (``student_labels`` below),
+  and its students augment as the release's (:func:`student_settings`: ``infer-fast run`` and
+  ``train`` give them the ``shuffle_patches_crop_flip`` augmentation at the set's factor
+  unless told otherwise; the rest of the student recipe is the dataset family's, which for
+  ImageNet is the release's but for a cosine schedule to 0 instead of half a cosine).
 
 Where this implementation differs, and why: candidates are cropped from the split's decoded
 ``size`` x ``size`` images (the release crops the original file), so one decode serves every
@@ -47,7 +51,7 @@ torch generators seeded with the request's seed, so a seed gives the same set.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -192,17 +196,12 @@ def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], 
     return torch.cat(out)
 
 
-def cell_sizes(size: int, factor: int) -> Tuple[int, ...]:
-    """Heights (and widths) of the ``factor`` rows (columns) of a stitched image: size //
-    factor, the first size % factor of them one pixel more."""
-    base, extra = divmod(size, factor)
-    return tuple(base + (i < extra) for i in range(factor))
-
-
 def stitch(ranked: Tensor, ipc: int, factor: int, size: int) -> Tensor:
     """``ipc`` images of ``factor`` x ``factor`` patches from ``ipc * factor**2`` patches
     (ch, p, p) in rank order: rank r fills cell r // ipc (row-major) of image r mod ipc,
     resized to the cell (nearest) where the cell is not p x p. Returns (ipc, ch, size, size)."""
+    from ..data.transforms import cell_sizes
+
     if ranked.shape[0] != ipc * factor ** 2:
         raise ValueError(f"stitch needs ipc * factor^2 = {ipc * factor ** 2} patches, got {ranked.shape[0]}")
     out = ranked.new_empty((ipc, ranked.shape[1], size, size))
@@ -358,7 +357,15 @@ def _distill_locked(request: DistillRequest):
     return saved
 
 
+def student_settings(recipe: Mapping[str, Any]) -> Dict[str, Any]:
+    """What RDED's students see (the release's validation/main.py): the set's factor x factor
+    patches shuffled, a RandomResizedCrop of at least 1/factor of the image, a flip; the
+    teachers label those regions (per batch)."""
+    return {"augmentation": "shuffle_patches_crop_flip", "patches": int(recipe["factor"])}
+
+
 RDED = register(Method(
     name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
     distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch", resumable=True,
+    student_settings=student_settings,
 ))

@@ -88,7 +88,10 @@ class Method:
     run`` its students train round(epochs / (M + 1)) epochs for M teachers unless the run gives
     ``dynamic_epochs`` (INFER+Dyn: the paper's reduction); ``family_defaults``: its recipe per
     dataset family (``{"imagenet": {"augmentation": "imagenet"}}``: option values a set of a
-    dataset of that family gets where the user gives none; :meth:`with_dataset_defaults`).
+    dataset of that family gets where the user gives none; :meth:`with_dataset_defaults`);
+    ``student_settings(recipe) -> StudentConfig fields``: what its sets' students take over
+    the dataset family's student recipe (the user's settings still win), from the recipe the
+    set records (its ``hyperparameters``; RDED: its augmentation at the set's factor).
 
     In an ``infer-fast run`` config: ``config_section`` is the PipelineConfig field holding
     its options (INFER's ``recovery``, SRe2L's ``sre2l``; None: ``method_options: {name:
@@ -117,6 +120,7 @@ class Method:
     run_options: Tuple[str, ...] = ()
     check_budget: Optional[Callable[[Mapping[str, Any], int, int, int], None]] = None
     family_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    student_settings: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
@@ -223,6 +227,17 @@ def get_method(name: str) -> Method:
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
     return _METHODS[name]
+
+
+def set_student_settings(distilled) -> Dict[str, Any]:
+    """The StudentConfig fields the method that made ``distilled`` gives its students
+    (:attr:`Method.student_settings` of the recipe the set records); {} for a set of a method
+    without such settings, or of none registered here (an imported set)."""
+    _load_builtins()
+    method = _METHODS.get(distilled.method)
+    if method is None or method.student_settings is None:
+        return {}
+    return method.student_settings(distilled.hyperparameters)
 
 
 def distill_method_names() -> Tuple[str, ...]:
