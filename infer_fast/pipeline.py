@@ -498,8 +498,9 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
                 teacher_paths: List[str], save, progress: bool) -> None:
     """DD-Ranking's scores of every set under the protocol ``cfg.scores`` names (infer-fast
     evaluate's with the run's student and seeds; or DD-Ranking's, ``seeds`` rounds; the sets of
-    methods labelled per batch (INFER+Dyn, RDED) have no static labels: only with per-batch
-    labels); the full-data accuracy is DD-Ranking's cached value or
+    methods labelled per batch (INFER+Dyn, RDED) have no static labels: they score with
+    per-batch labels, as DD-Ranking scores each method in its own label mode); the full-data
+    accuracy is DD-Ranking's cached value or
     the recorded one of the first teacher of the student's architecture, else trained. Each
     set's report is saved as it is done (a rerun skips it)."""
     from .data.registry import dataset_options
@@ -513,13 +514,15 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
     scores = results.setdefault("scores", {})
     for key, directory in sets:
-        if not key.labelled_per_batch or protocol.soft_labels == "per-batch":  # (such a set has no static labels)
-            if str(key) in scores and scores[str(key)]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
-                continue  # (already scored under this protocol; under another, scored again)
-            _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol): {key.label} ipc {key.ipc} "
-                           f"({protocol.student_count()} students)")
-            scores[str(key)] = evaluate_under(protocol, load_distilled(directory), [m for m, _ in teachers],
-                                              data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
-                                              device=cfg.device, progress=False,
-                                              decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
-            save()
+        if str(key) in scores and scores[str(key)]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
+            continue  # (already scored under this protocol; under another, scored again)
+        # (a set labelled per batch has no static labels: its soft-label students are labelled per batch)
+        own = dataclasses.replace(protocol, soft_labels="per-batch") if key.labelled_per_batch else protocol
+        labels = ", labels per batch" if own.soft_labels != protocol.soft_labels else ""
+        _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol{labels}): {key.label} ipc {key.ipc} "
+                       f"({own.student_count()} students)")
+        scores[str(key)] = evaluate_under(own, load_distilled(directory), [m for m, _ in teachers],
+                                          data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
+                                          device=cfg.device, progress=False,
+                                          decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
+        save()

@@ -134,11 +134,15 @@ def format_scores(results: Dict[str, Any]) -> str:
         return "\n".join(lines)
     lines = ["| method | ipc | soft | soft, no aug. | hard, no aug. | random soft | random soft, no aug. | HLR | IOR | LRS | ARS |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    # (sets labelled per batch score in that mode beside static ones: their rows say so)
+    mixed_modes = len({report["protocol"].get("soft_labels") for report in scores.values()}) > 1
     for text, report in scores.items():
         key = SetKey.parse(text)
         acc, sc = report["accuracy"], report["scores"]
+        label = key.label + (" (labels per batch)" if mixed_modes and
+                             report["protocol"].get("soft_labels") == "per-batch" else "")
         # the accuracies the scores are made of (the augmented hard-label run is in the report)
-        lines.append(f"| {key.label} | {key.ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
+        lines.append(f"| {label} | {key.ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
                      f"{pct(acc['set']['hard_plain'])} | {pct(acc['random']['soft'])} | "
                      f"{pct(acc['random']['soft_plain'])} | {pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | "
                      f"{pct(sc['ars'])} |")

@@ -224,21 +224,24 @@ def test_recovery_options_of_the_wrong_type_name_the_option(options, match):
 
 
 def test_scores_of_every_set_inside_the_run(finished_run, tmp_path, monkeypatch):
-    """scores: true adds DD-Ranking's scores of every set with static labels (INFER+Dyn has
-    none) to results.json and results.md, with the full-data accuracy recorded by the teacher
-    of the student's architecture; a rerun does not evaluate again."""
+    """scores: true adds DD-Ranking's scores of every set to results.json and results.md (INFER+Dyn's,
+    which has no static labels, with labels per batch, as DD-Ranking scores a method in its own
+    label mode), with the full-data accuracy recorded by the teacher of the student's
+    architecture; a rerun does not evaluate again."""
     import shutil
 
     cfg, _ = finished_run
     shutil.copytree(cfg.out, tmp_path / "run")
     scored = tiny_config(tmp_path / "run", seeds=1, scores=True)
     results = run_pipeline(scored, progress=False)
-    assert sorted(results["scores"]) == ["infer/ipc2", "random/ipc2", "sre2l/ipc2"]
+    assert sorted(results["scores"]) == ["infer/ipc2", "infer_dyn/ipc2", "random/ipc2", "sre2l/ipc2"]
     report = results["scores"]["infer/ipc2"]
     assert report["full_data_hard"]["accuracy"] == results["teachers"][0]["test_accuracy"]
     assert 0.0 <= report["scores"]["lrs"]["mean"] <= 1.0 and len(report["per_seed"]) == 1
-    md = (tmp_path / "run" / "results.md").read_text()
-    assert "DD-Ranking scores" in md and "| INFER | 2 |" in md.split("DD-Ranking scores")[1]
+    assert report["protocol"]["soft_labels"] == "static"
+    assert results["scores"]["infer_dyn/ipc2"]["protocol"]["soft_labels"] == "per-batch"
+    md = (tmp_path / "run" / "results.md").read_text().split("DD-Ranking scores")[1]
+    assert "| INFER | 2 |" in md and "| INFER+Dyn (labels per batch) | 2 |" in md
     import infer_fast.evaluate as evaluate
 
     monkeypatch.setattr(evaluate, "evaluate_set", lambda *a, **k: pytest.fail("evaluated again"))
