@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS, SOFT_LABEL_MODES
+from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
 from .config import comma_list, path_list, positive_floats, positive_ints
 from .options import Option, add_flags, options_of
 
@@ -264,6 +265,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 # the StudentConfig fields evaluate takes (the protocol sets the others: labels, seeds...)
 EVALUATE_STUDENT_OPTIONS = ("model", "epochs", "batch_size", "lr", "temperature", "augmentation", "mix")
+# the settings both protocols declare with the same meaning and default (evaluate's flags for them)
+SHARED_PROTOCOL_OPTIONS = ("random_subset_seed", "weight", "full_data_epochs")
 
 
 def _evaluation_protocol(args: argparse.Namespace, dataset=None):
@@ -273,13 +276,11 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None):
 
     student = {k: getattr(args, k) for k in (*EVALUATE_STUDENT_OPTIONS, *COMPUTE_FIELDS)
                if getattr(args, k) is not None}
-    options = dict(weight=args.weight, full_data_epochs=args.full_data_epochs, random_subset_seed=args.random_subset_seed)
-    if args.soft_labels is not None:
-        options["soft_labels"] = args.soft_labels
+    options = {k: getattr(args, k) for k in ("soft_labels", *SHARED_PROTOCOL_OPTIONS) if getattr(args, k) is not None}
     if args.protocol == "dd-ranking":
         if args.recipe is not None:
             raise UserError("--recipe applies to --protocol infer-fast; DD-Ranking's recipe follows the dataset")
-        options.update(set_lr=args.set_lr, **({"test_interval": args.test_interval} if args.test_interval else {}),
+        options.update({k: getattr(args, k) for k in ("set_lr", "test_interval") if getattr(args, k) is not None},
                        **({"lr_grid": tuple(positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid else {}))
     else:
         for option, value in (("--lr-grid", args.lr_grid), ("--set-lr", args.set_lr),
@@ -457,7 +458,8 @@ def _add_relabel_and_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    from .evaluate import COMPUTE_FIELDS
+    from .dd_ranking import DDRankingProtocol
+    from .evaluate import COMPUTE_FIELDS, Protocol
     from .student import RECIPES, StudentConfig
 
     evaluate = sub.add_parser(
@@ -470,24 +472,20 @@ def _add_evaluate(sub) -> None:
     )
     evaluate.add_argument("--protocol", choices=EVALUATION_PROTOCOLS, default="infer-fast",
                           help="infer-fast (ours, default) or dd-ranking (its protocol point by point)")
-    evaluate.add_argument("--soft-labels", dest="soft_labels", choices=SOFT_LABEL_MODES,
-                          help="static (the set's stored labels; infer-fast's default) or per-batch (the teachers' "
-                          "labels of every augmented, mixed batch: DD-Ranking's M mode, its default)")
-    evaluate.add_argument("--random-subset-seed", dest="random_subset_seed", type=int,
-                          help="one random subset, picked with this seed, for every seed/round (default: one per seed)")
-    evaluate.add_argument("--lr-grid", dest="lr_grid",
-                          help="dd-ranking: the learning rates searched (default 0.001,0.005,0.01,0.05,0.1)")
-    evaluate.add_argument("--set-lr", dest="set_lr", type=float,
-                          help="dd-ranking: the set's own rate for its soft-label runs (default: the grid)")
-    evaluate.add_argument("--test-interval", dest="test_interval", type=int,
-                          help="dd-ranking: epochs between tests, the best of which is a run's accuracy (default 20)")
+    # the protocols' own settings, as the two protocol classes declare them (a flag left out: the protocol's default)
+    ours, theirs = options_of(Protocol), options_of(DDRankingProtocol)
+    add_flags(evaluate, [ours["soft_labels"]], default=f"{ours['soft_labels'].default} under infer-fast, "
+              f"{theirs['soft_labels'].default} (DD-Ranking's M mode) under dd-ranking")
+    add_flags(evaluate, [ours[name] for name in SHARED_PROTOCOL_OPTIONS])  # (the same default in both)
+    evaluate.add_argument("--lr-grid", dest="lr_grid", help="dd-ranking: the learning rates searched, comma-separated "
+                          f"(default {','.join(f'{lr:g}' for lr in theirs['lr_grid'].default)})")
+    add_flags(evaluate, [dataclasses.replace(theirs[name], help="dd-ranking: " + theirs[name].help)
+                         for name in ("set_lr", "test_interval")])
     evaluate.add_argument("directory", help="distilled-set directory, relabelled by --teachers")
     evaluate.add_argument("--teachers", required=True, help="comma-separated teacher checkpoints (label the random subsets)")
     evaluate.add_argument("--full-data-checkpoint", dest="full_data_checkpoint",
                           help="a teacher checkpoint whose recorded test accuracy is the full-data hard-label accuracy "
                           "(default: trained here with the teacher recipe and the student model)")
-    evaluate.add_argument("--full-data-epochs", dest="full_data_epochs", type=int, default=30,
-                          help="epochs of the full-data run when it is trained (default 30)")
     evaluate.add_argument("--recipe", choices=tuple(RECIPES),
                           help="infer-fast: student recipe (see train; default: the set's dataset's family's)")
     student = options_of(StudentConfig)
@@ -495,7 +493,6 @@ def _add_evaluate(sub) -> None:
     add_flags(evaluate, (student[name] for name in COMPUTE_FIELDS))  # (StudentConfig's defaults)
     evaluate.add_argument("--seeds", type=int,
                           help="infer-fast: students per run (default 3); dd-ranking: rounds (default 5)")
-    evaluate.add_argument("--weight", type=float, default=0.5, help="w of LRS and ARS (default 0.5)")
     evaluate.add_argument("--data-root", dest="data_root", help="directory holding the real dataset")
     evaluate.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)
     evaluate.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto)")

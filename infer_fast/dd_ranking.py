@@ -44,7 +44,7 @@ from torch import nn
 
 from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, given_config, make_config, option
-from .scores import (DEFAULT_WEIGHT, augmentation_robust_score, check_weight, hard_label_recovery,
+from .scores import (DEFAULT_WEIGHT, FULL_DATA_EPOCHS, augmentation_robust_score, check_weight, hard_label_recovery,
                      improvement_over_random, label_robust_score, printed_augmentation_robust_score,
                      printed_label_robust_score)
 
@@ -101,7 +101,7 @@ class DDRankingProtocol(CheckedWhenMade):
         "the teachers' labels on every batch (M), or the set's stored ones (S)", choices=SOFT_LABEL_MODES))
     random_subset_seed: Optional[int] = field(default=None, metadata=option(
         "one random subset for every round", minimum=0, none="drawn with each round's seed"))
-    full_data_epochs: int = field(default=30, metadata=option("epochs of the full-data run", minimum=1))
+    full_data_epochs: int = field(default=FULL_DATA_EPOCHS, metadata=option("epochs of the full-data run", minimum=1))
 
     def validate(self) -> None:
         """The protocol's own settings, and its students' under the recipe it names (CIFAR's

@@ -33,7 +33,7 @@ from torch import nn
 
 from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, given_config, option, options_of
-from .scores import DEFAULT_WEIGHT, check_weight, dd_ranking_scores
+from .scores import DEFAULT_WEIGHT, FULL_DATA_EPOCHS, check_weight, dd_ranking_scores
 from .student import RECIPES as STUDENT_RECIPES
 
 REPORT_FORMAT = "infer-fast-evaluation"
@@ -57,7 +57,7 @@ class Protocol(CheckedWhenMade):
     student: Dict[str, Any] = field(default_factory=dict, metadata=option("StudentConfig fields over the recipe"))
     seeds: int = field(default=3, metadata=option("students per run (seeds 0..n-1)", minimum=1))
     weight: float = field(default=DEFAULT_WEIGHT, metadata=option("w of LRS and ARS, in [0, 1]"))
-    full_data_epochs: int = field(default=30, metadata=option("epochs of the full-data run", minimum=1))
+    full_data_epochs: int = field(default=FULL_DATA_EPOCHS, metadata=option("epochs of the full-data run", minimum=1))
     soft_labels: str = field(default="static", metadata=option(
         "the set's stored soft labels, or the teachers' on every batch", choices=SOFT_LABEL_MODES))
     random_subset_seed: Optional[int] = field(default=None, metadata=option(

@@ -27,6 +27,7 @@ import math
 from typing import Dict
 
 DEFAULT_WEIGHT = 0.5  # w of LRS and ARS: both terms count equally (DD-Ranking's default)
+FULL_DATA_EPOCHS = 30  # epochs of the full-data hard-label run when an evaluation trains it (both protocols)
 
 
 def _accuracy(name: str, value: float) -> float:
