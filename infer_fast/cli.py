@@ -32,7 +32,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(out_dir=args.out, seeds=args.seeds, iterations=args.iterations, epochs=args.epochs, progress=not args.quiet)
+    given = {"seeds": args.seeds} if args.seeds is not None else {}  # (else the demo's)
+    run_demo(out_dir=args.out, iterations=args.iterations, epochs=args.epochs, progress=not args.quiet, **given)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -364,7 +365,7 @@ def _add_demo_and_run(sub) -> None:
         "(embedded Fashion-MNIST subset, a few minutes on a CPU)",
     )
     demo.add_argument("--out", default="demo-output", help="run directory (default demo-output/; an existing one is continued)")
-    demo.add_argument("--seeds", type=int, default=1, help="students per method (default 1)")
+    demo.add_argument("--seeds", type=int, help="students per method (default: the demo's)")
     demo.add_argument("--iterations", type=int, help="recovery iterations (default: the demo's)")
     demo.add_argument("--epochs", type=int, help="student epochs (default: the demo's)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")

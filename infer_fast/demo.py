@@ -28,6 +28,7 @@ TEACHERS = [
 ]
 RECOVERY_ITERATIONS = 500  # the paper's CIFAR recipe uses 1000
 STUDENT = {"model": "convnet-w32-d3", "epochs": 100, "batch_size": 64}  # the paper trains 400 epochs
+SEEDS = 1  # students per method
 
 
 def check_backends() -> str:
@@ -57,7 +58,7 @@ def check_backends() -> str:
     return "kernels vs float64 reference (max abs error): " + ", ".join(parts)
 
 
-def demo_config(out_dir: str, seeds: int = 1, iterations: Optional[int] = None, epochs: Optional[int] = None):
+def demo_config(out_dir: str, seeds: int = SEEDS, iterations: Optional[int] = None, epochs: Optional[int] = None):
     from .pipeline import PipelineConfig
 
     return PipelineConfig(
@@ -73,7 +74,7 @@ def demo_config(out_dir: str, seeds: int = 1, iterations: Optional[int] = None, 
     )
 
 
-def run_demo(out_dir: str = "demo-output", seeds: int = 1, iterations: Optional[int] = None,
+def run_demo(out_dir: str = "demo-output", seeds: int = SEEDS, iterations: Optional[int] = None,
              epochs: Optional[int] = None, progress: bool = True) -> dict:
     from .pipeline import format_table, run_pipeline
     from .set_keys import SetKey
