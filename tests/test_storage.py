@@ -176,6 +176,13 @@ def test_validation_errors():
         DistilledSet(**{**_fields(make_infer()), "budget": {"K": 5}}).validate()
     with pytest.raises(DistilledSetError, match="JSON"):
         DistilledSet(**{**_fields(make_infer()), "hyperparameters": {"x": object()}}).validate()
+    # the sizes and records: infer_fast.checks' rules (a bool is no count), as a DistilledSetError
+    for field, value, match in (("num_classes", True, "num_classes must be a positive integer, got True"),
+                                ("channels", 0, "channels must be a positive integer"),
+                                ("full_train_size", 1.5, "full_train_size must be a positive integer or None"),
+                                ("seed", "0", "seed must be an integer or None")):
+        with pytest.raises(DistilledSetError, match=match):
+            DistilledSet(**{**_fields(make_infer()), field: value}).validate()
     # quantize_images maps a normalized uint8 image back exactly
     px = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     assert torch.equal(quantize_images(storage.normalize_uint8(px, MEAN, STD), MEAN, STD), px)

@@ -16,6 +16,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from ..checks import check_int
+
 __all__ = ["write_fake_imagenet", "IMAGENET_SIZES"]
 
 # (width, height): the common ImageNet shapes, and the extremes
@@ -37,8 +39,7 @@ def write_fake_imagenet(root, classes: int = 1000, train_per_class: int = 3, val
     image is grayscale, every 11th CMYK; the first training image of the second class is a
     PNG named .JPEG. Sizes cycle through :data:`IMAGENET_SIZES`."""
     for name, value in (("classes", classes), ("train_per_class", train_per_class), ("val_per_class", val_per_class)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "grayscale": 0, "cmyk": 0, "png_named_jpeg": 0}
     number = 0

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .compression import compression_ratio_from_counts, counts_from_shapes, resolve_train_size
 from ..choices import ACCOUNTINGS
+from ..checks import check_int
 
 EXTERNAL_METHOD = "external"  # the method of a set made elsewhere and imported
 
@@ -37,6 +38,14 @@ def known_set_methods() -> Tuple[str, ...]:
 
 class DistilledSetError(ValueError):
     """A distilled set that is missing, corrupt, inconsistent or incompatible."""
+
+
+def _as_set_error(check: Callable[..., None], *args: Any) -> None:
+    """``check(*args)`` (one of infer_fast.checks), its ValueError raised as a DistilledSetError."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        raise DistilledSetError(str(exc)) from None
 
 
 class OutputExistsError(DistilledSetError, FileExistsError):
@@ -253,10 +262,8 @@ class DistilledSet:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise err("dataset must be a non-empty string")
         c, ch = self.num_classes, self.channels
-        if not isinstance(c, int) or c < 1:
-            raise err(f"num_classes must be a positive int, got {c!r}")
-        if not isinstance(ch, int) or ch < 1:
-            raise err(f"channels must be a positive int, got {ch!r}")
+        _as_set_error(check_int, "num_classes", c)
+        _as_set_error(check_int, "channels", ch)
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise err(f"image_size must be (H, W) with positive sizes, got {self.image_size}")
         if len(self.mean) != ch or len(self.std) != ch:
@@ -273,10 +280,8 @@ class DistilledSet:
         if self.budget.get("accounting") is not None:
             if self.budget["accounting"] not in ACCOUNTINGS:
                 raise err(f"budget accounting must be one of {ACCOUNTINGS}, got {self.budget['accounting']!r}")
-        if self.full_train_size is not None and (not isinstance(self.full_train_size, int) or self.full_train_size < 1):
-            raise err(f"full_train_size must be a positive int or None, got {self.full_train_size!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise err(f"seed must be an int or None, got {self.seed!r}")
+        _as_set_error(check_int, "full_train_size", self.full_train_size, 1, "not recorded")
+        _as_set_error(check_int, "seed", self.seed, None, "not recorded")
         for name, value in (("hyperparameters", self.hyperparameters), ("budget", self.budget)):
             if not isinstance(value, dict):
                 raise err(f"{name} must be a dict, got {type(value).__name__}")
