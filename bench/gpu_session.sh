@@ -25,6 +25,17 @@
 # `all` gives each step a time limit (STEP_LIMITS below) and skips what no longer fits the
 # overall limit (BUDGET_S, default 540 s), so a slow step never costs the summary.
 #
+# Not in `all` (its budget is spent), each a command of its own, then `summary` again:
+#   decode    bench_decode.py on the GPU, a preset sized for about a minute (not yet timed on a GPU):
+#             images/s of decode + resize + crop to 224^2 per decoder (Pillow and its draft mode in
+#             DataLoader workers, torchvision's decode_jpeg batched on the GPU where torchvision is
+#             installed), alone and with a ResNet-18 forward:  bash bench/gpu_session.sh decode
+#   rehearsal rehearse_imagenet.py --device cuda: `infer-fast run` of the ImageNet preset at ipc 1
+#             on a generated tree of REHEARSAL_CLASSES classes (default 1000), every step on the GPU,
+#             each step's time and peak memory; ended after REHEARSAL_LIMIT_S (default 540) s so one
+#             10-minute command holds it and the summary:
+#             bash bench/gpu_session.sh rehearsal; bash bench/gpu_session.sh summary
+#
 # Logs and JSON go to $OUT when the device tool sets it (they come back from there; commit
 # the JSON under bench/results/), else to bench/results/gpu-session/. Without a GPU the same
 # steps run on the CPU with the CPU presets: a dry run of the plumbing.
@@ -37,6 +48,8 @@ mkdir -p "$DEST"
 BUDGET_S=${BUDGET_S:-540}
 # (the build's limit is generous: a build cut short leaves nothing to test; the later steps get what is left)
 declare -A STEP_LIMITS=([build]=240 [test]=150 [ops]=120 [overhead]=25 [cifar100]=70 [imagenet]=100 [rded]=120 [student]=100)
+REHEARSAL_CLASSES=${REHEARSAL_CLASSES:-1000}
+REHEARSAL_LIMIT_S=${REHEARSAL_LIMIT_S:-540}
 START=$(date +%s)
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_reduction_paths.py test_backends.py test_host_path.py test_recovery_gpu.py
@@ -159,6 +172,24 @@ step_student() {
     tee -a "$DEST/student.log"
 }
 
+step_decode() {
+  # GPU: 256 generated images, worker counts up to the 16 cores, 2 rounds, one forward batch size
+  # (the default preset: 800 images, 6 worker counts, 5 rounds, 2 batch sizes, several minutes)
+  local bounded=(--n 256 --workers 0,4,8,16 --rounds 2 --repeats 1 --batch-sizes 128 --forward-rounds 1)
+  [ "$GPU" = 1 ] || bounded=(--quick)  # a CPU dry run: seconds
+  run decode "$PY" bench/bench_decode.py "${bounded[@]}" --out "$DEST/decode.json" "$@"
+}
+
+step_rehearsal() {
+  local device=cuda classes=$REHEARSAL_CLASSES
+  [ "$GPU" = 1 ] || { device=cpu; classes=4; }  # a CPU dry run: the plumbing, in seconds
+  run rehearsal timeout --kill-after=5 "$REHEARSAL_LIMIT_S" \
+    "$PY" bench/rehearse_imagenet.py --device "$device" --classes "$classes" --json "$DEST/rehearsal.json" "$@"
+  local status=$?
+  [ "$status" = 124 ] && echo "timed out after ${REHEARSAL_LIMIT_S} s" > "$DEST/rehearsal.status"
+  return "$status"
+}
+
 step_summary() {
   "$PY" bench/gpu_summary.py "$DEST" | tee "$DEST/summary.txt"
 }
@@ -174,8 +205,10 @@ one_step() {  # one_step NAME [args...]
     cifar100 | imagenet) step_recovery "$step" "$@" ;;
     rded) step_rded "$@" ;;
     student) step_student "$@" ;;
+    decode) step_decode "$@" ;;
+    rehearsal) step_rehearsal "$@" ;;
     summary) step_summary ;;
-    *) sed -n '2,25p' "$0"; exit 2 ;;
+    *) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2 ;;  # the usage: the comment above
   esac
 }
 

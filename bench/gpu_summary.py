@@ -1,6 +1,7 @@
 """The summary `bash bench/gpu_session.sh all` prints last: each step's status, the test
 counts, the op benchmarks' target checks and headline rows, the host-cost ratios and the
-recovery, RDED and student rows, read from the logs and JSON the steps left in one directory.
+recovery, RDED and student rows, and (where those steps ran) the decode rows and the ImageNet
+rehearsal's steps, read from the logs and JSON the steps left in one directory.
 
     python bench/gpu_summary.py DIR
 """
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student")
+STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student", "decode", "rehearsal")
 RDED_RESULTS = ("rded.json", "rded-bf16.json", "rded-bf16-channels-last.json")  # the rded step's runs (gpu_session.sh)
 STUDENT_RESULTS = ("student.json", "student-bf16.json", "student-bf16-device.json")  # the student step's runs
 
@@ -120,6 +121,8 @@ def summary(directory: Path) -> str:
         out += rded_lines(read_json(directory / name))
     for name in STUDENT_RESULTS:
         out += student_lines(read_json(directory / name))
+    out += decode_lines(read_json(directory / "decode.json"))
+    out += rehearsal_lines(read_json(directory / "rehearsal.json"))
     return "\n".join(out)
 
 
@@ -159,6 +162,49 @@ def student_lines(result) -> List[str]:
         if "profile" in r:
             top = ", ".join(f"{op['name']} {op['share']:.0%}" for op in r["profile"]["top"][:3])
             out.append(f"    {r['section']} ({r['profile']['by']}): {top}")
+    return out
+
+
+def decode_lines(result) -> List[str]:
+    """images/s of each decoder per DataLoader worker count, alone and with the model's forward,
+    beside the reference decoder (bench_decode.py)."""
+    if not result:
+        return []
+    s, rows = result["settings"], result["results"]
+    forward = f", {s['model']} forward" if any(r["section"] == "forward" for r in rows) else ""
+    out = [f"decode ({result['environment']['device']}, {result['image_set']['n']} {result['image_set']['source']} "
+           f"images to {s['size']} px{forward}), images/s by DataLoader workers w:"]
+    for r in rows:
+        if r["section"] == "forward":
+            out.append(f"    forward only, batch {r['batch']}: {r['images_per_s']:.0f}")
+    speeds = [r for r in rows if r["section"] in ("decode", "decode+forward")]
+    for section, batch, decoder in dict.fromkeys((r["section"], r["batch"], r["decoder"]) for r in speeds):
+        cells = ", ".join(f"w={r['workers']} {r['images_per_s']:.0f}"
+                          + (f" ({r['ratio_to_pillow']:.2f}x)" if r.get("ratio_to_pillow") else "")
+                          for r in speeds if (r["section"], r["batch"], r["decoder"]) == (section, batch, decoder))
+        out.append(f"    {section}, batch {batch}, {decoder}: {cells}")
+    for r in rows:
+        if r["section"] == "pixels":
+            fallbacks = f", {r['pillow_fallbacks']} by Pillow" if r["pillow_fallbacks"] else ""
+            out.append(f"    pixels of {r['decoder']} vs {r['against']}: mean |diff| {r['mean_abs_diff']:.3f}, "
+                       f"max {r['max_abs_diff']}{fallbacks}")
+    out += [f"    skipped {s['decoder']}: {s['reason']}" for s in result.get("skipped", [])]
+    return out
+
+
+def rehearsal_lines(result) -> List[str]:
+    """The ImageNet rehearsal: the run's wall time and peak, each step's seconds and peak
+    resident memory (rehearse_imagenet.py)."""
+    if not result:
+        return []
+    tree, run = result["tree"], result["run"]
+    out = [f"rehearsal on {result.get('device', 'cpu')} ({result['environment']['device']}), {tree['classes']} classes x "
+           f"{tree['train_per_class']} train + {tree['val_per_class']} val images: {run['wall_s']:.0f} s wall, peak "
+           f"{run['process_tree_peak_rss_gib']:.2f} GiB resident (process tree; the steps': main process); "
+           f"decoded {result['decoded_files']}"]
+    for name, step in result["steps"].items():
+        peak = "unknown" if step["peak_rss_gib"] is None else f"{step['peak_rss_gib']:.2f} GiB"
+        out.append(f"    {name:<36} {step['seconds']:8.1f} s  peak {peak}")
     return out
 
 

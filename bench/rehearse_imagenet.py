@@ -6,11 +6,13 @@ rehearsal times and sizes the pipeline, it does not measure accuracy).
 
     python bench/rehearse_imagenet.py                       # 1000 classes x 4 train + 1 val images
     python bench/rehearse_imagenet.py --classes 100 --quick # a smaller rehearsal
+    python bench/rehearse_imagenet.py --device cuda         # every step on the GPU
 
 Records, in bench/results/imagenet-rehearsal-<date>.json: every step's seconds and peak
 resident memory (the run's own timing.steps: each step's peak alone, main process), the peak
 of the whole process tree (main process + DataLoader workers, sampled every 0.2 s), the
-run's wall time, and the decodes of each split (INFER_FAST_DECODE_LOG).
+run's wall time, the decodes of each split (INFER_FAST_DECODE_LOG) and the device every step
+ran on (``--device``: the config's ``device``).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ method_options: {{cda: {{iterations: 1}}, rded: {{candidates_per_class: 4}}}}
 student: {{model: resnet18-imagenet, epochs: 1, batch_size: 100, lr: 0.001, weight_decay: 0.01, temperature: 20.0,
           augmentation: resized_crop_flip, mix: cutmix, mixup_alpha: 1.0}}
 seeds: 1
-device: cpu
+device: {device}
 """
 
 
@@ -98,7 +100,7 @@ def run_measured(cmd: List[str], env: Dict[str, str], cwd: str, log_path: str) -
             "process_tree_peak_rss_gib": round(peak[0] / 2**30, 3)}
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", help="the fake tree (generated there when missing; default: a temporary folder)")
     parser.add_argument("--classes", type=int, default=1000)
@@ -106,10 +108,26 @@ def main() -> int:
     parser.add_argument("--val-per-class", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="100 classes, 4 + 1 images each (minutes)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--json", help="output JSON (default bench/results/imagenet-rehearsal-<date>.json)")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="where every step of the run computes: cpu (default) or "
+                        "cuda[:N]")
+    parser.add_argument("--json", help="output JSON (default bench/results/imagenet-rehearsal[-gpu]-<date>.json)")
+    args = parser.parse_args(argv)
     if args.quick:
         args.classes, args.train_per_class, args.val_per_class = 100, 4, 1
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA GPU is available to this torch {torch.__version__}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
     work = tempfile.mkdtemp(prefix="infer-fast-rehearsal-")
     root = args.root or os.path.join(work, "imagenet")
     if not os.path.isdir(os.path.join(root, "train")):
@@ -127,7 +145,7 @@ def main() -> int:
     dataset = "imagenet" if args.classes == 1000 else f"{{name: imagenet, num_classes: {args.classes}}}"
     config = os.path.join(work, "imagenet-rehearsal.yaml")
     with open(config, "w") as f:
-        f.write(CONFIG.format(root=root, out=out, dataset=dataset))
+        f.write(CONFIG.format(root=root, out=out, dataset=dataset, device=args.device))
     decode_log = os.path.join(work, "decodes.log")
     env = dict(os.environ, TORCH_HOME=torch_home, OMP_NUM_THREADS=str(args.threads), **{DECODE_LOG_ENV: decode_log})
     print(f"infer-fast run {config} (log: {work}/run.log)", flush=True)
@@ -147,14 +165,16 @@ def main() -> int:
         for line in f:
             decoded["train" if f"{os.sep}train{os.sep}" in line else "val"] += 1
     record = {
-        "benchmark": "imagenet-rehearsal", "environment": environment(torch.device("cpu"), args.threads),
+        "benchmark": "imagenet-rehearsal", "device": args.device,
+        "environment": environment(device, args.threads),
         "tree": {"classes": args.classes, "train_per_class": args.train_per_class, "val_per_class": args.val_per_class},
         "load_average": {"before": load_before, "after": os.getloadavg()},
-        "config": CONFIG.format(root="<tree>", out="<out>", dataset=dataset), "run": measured,
+        "config": CONFIG.format(root="<tree>", out="<out>", dataset=dataset, device=args.device), "run": measured,
         "steps": results["timing"]["steps"], "decoded_files": dict(decoded),
         "accuracy_note": "random teacher weights: accuracies are chance, only time and memory are measured",
     }
-    path = args.json or os.path.join(HERE, "results", f"imagenet-rehearsal-{datetime.date.today().isoformat()}.json")
+    gpu = "-gpu" if device.type == "cuda" else ""
+    path = args.json or os.path.join(HERE, "results", f"imagenet-rehearsal{gpu}-{datetime.date.today().isoformat()}.json")
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     print(f"\n{'step':<42} {'seconds':>9} {'peak GiB':>9}")

@@ -1,7 +1,10 @@
 """bench/gpu_summary.py shows the build step's CUDA check (`infer-fast info --check`, issue 19)
 and what the test step could not install (test.notes), so a GPU session that lacked either
-says so in its summary."""
-from conftest import run_bench_script
+says so in its summary; and the key numbers of the steps outside `all` (issue 18): the decode
+step's images/s per decoder and the ImageNet rehearsal's time and peak per step."""
+import json
+
+from conftest import run_bench_json, run_bench_script
 
 
 def test_summary_shows_a_failed_cuda_check_and_the_test_notes(tmp_path):
@@ -32,3 +35,50 @@ def test_summary_without_a_check_or_notes_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "build check: no record\n" in proc.stdout
     assert "tests: note:" not in proc.stdout
+
+
+def test_summary_shows_the_decode_rows_per_decoder(tmp_path):
+    # the decode step's JSON as bench_decode.py writes it (its CPU dry run: --quick)
+    _, result = run_bench_json("bench_decode.py", tmp_path / "decode.json", "--quick", "--no-forward")
+    (tmp_path / "decode.status").write_text("0\n")
+    proc = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "  decode    ok\n" in text and "  rehearsal not run\n" in text
+    assert "decode (CPU: " in text and ", 6 generated images to 64 px), images/s by DataLoader workers w:\n" in text
+    speeds = {(r["decoder"], r["workers"]): r for r in result["results"] if r["section"] == "decode"}
+    for decoder in {d for d, _ in speeds}:  # every decoder's images/s at each worker count, from the JSON
+        cells = [f"w={w} {speeds[(decoder, w)]['images_per_s']:.0f}" for w in (0, 1)]
+        assert f"    decode, batch 3, {decoder}: {cells[0]}" in text and cells[1] in text
+    assert f"w=0 {speeds[('pillow-draft', 0)]['images_per_s']:.0f} ({speeds[('pillow-draft', 0)]['ratio_to_pillow']:.2f}x)" in text
+    assert "    pixels of pillow-draft vs pillow: mean |diff| " in text
+    if result["skipped"]:
+        assert "    skipped torchvision: torchvision is not usable" in text
+
+
+def test_summary_shows_the_rehearsal_steps(tmp_path):
+    # the rehearsal step's JSON (rehearse_imagenet.py), the fields the summary reads
+    record = {"device": "cuda", "environment": {"device": "NVIDIA H200"},
+              "tree": {"classes": 1000, "train_per_class": 4, "val_per_class": 1},
+              "run": {"returncode": 0, "wall_s": 251.4, "process_tree_peak_rss_gib": 5.104},
+              "steps": {"test split": {"seconds": 2.206, "peak_rss_gib": 0.535},
+                        "set rded/ipc1": {"seconds": 41.26, "peak_rss_gib": None}},
+              "decoded_files": {"val": 1000, "train": 6000}}
+    (tmp_path / "rehearsal.json").write_text(json.dumps(record))
+    (tmp_path / "rehearsal.status").write_text("0\n")
+    proc = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "  rehearsal ok\n" in text
+    assert ("rehearsal on cuda (NVIDIA H200), 1000 classes x 4 train + 1 val images: 251 s wall, peak 5.10 GiB "
+            "resident (process tree; the steps': main process); decoded {'val': 1000, 'train': 6000}\n") in text
+    assert "    test split                                2.2 s  peak 0.54 GiB\n" in text
+    assert "    set rded/ipc1                            41.3 s  peak unknown\n" in text
+
+
+def test_summary_of_a_rehearsal_cut_short_says_so(tmp_path):
+    (tmp_path / "rehearsal.status").write_text("timed out after 540 s\n")  # step_rehearsal's note
+    proc = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "  rehearsal timed out after 540 s\n" in proc.stdout
+    assert "rehearsal on" not in proc.stdout
