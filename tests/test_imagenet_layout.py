@@ -1,20 +1,27 @@
 """ImageNet's real on-disk layout end to end, streamed: a small fake tree (wnid folders, JPEGs
 of varied sizes, grayscale and CMYK ones, a PNG named .JPEG) through teacher training,
-`infer-fast run` with the ImageNet recipe at tiny budgets, and the same run under torchrun
-with 2 processes. Every decoded file is logged (INFER_FAST_DECODE_LOG): the training split
-is never decoded in full by distillation, and the val split once, into the decode cache."""
+`infer-fast run` of a small config with that teacher, the same run under torchrun with 2
+processes, and `infer-fast run` of the ImageNet recipe itself (configs/imagenet.yaml: its
+methods, teachers from the weight cache and settings) at tiny budgets. Every decoded file is
+logged (INFER_FAST_DECODE_LOG): the training split is never decoded in full by distillation,
+and the val split once, into the decode cache."""
 import collections
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 
+from infer_fast.config import load_yaml
 from infer_fast.data import DECODE_LOG_ENV, FolderImageSet, load_dataset
 from infer_fast.data.synthetic import write_fake_imagenet
+from infer_fast.models import create_model, get_spec
+from infer_fast.models.external import torchvision_file_names
 from infer_fast.teacher import TeacherConfig, load_teacher, train_teacher
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 4, 2
@@ -120,7 +127,7 @@ def check_run(results, seen):
     assert results["sets"]["infer/ipc1"]["feature_duplication"] is not None
 
 
-def test_run_with_the_imagenet_recipe_streams_the_split(tree):
+def test_run_with_a_teacher_trained_on_the_tree_streams_the_split(tree):
     root, _, log = tree
     results = run_cli(root, "one", 1, log)
     check_run(results, decodes(log))
@@ -145,3 +152,91 @@ def test_teacher_trained_on_the_tree_loads_for_the_subset(tree):
     model, meta = load_teacher(teacher, dataset=DATASET, num_classes=CLASSES)
     assert meta["dataset"] == "imagenet" and meta["num_classes"] == CLASSES and meta["image_size"] == 32
     assert len(meta["data_sha256"]) == 64
+
+
+# ---- the ImageNet recipe itself -----------------------------------------------------------
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "imagenet.yaml"
+RECIPE_TRAIN_PER_CLASS = 8  # more than the images the methods decode per class (1 + 1 + RDED's 4)
+# the recipe made tiny: only its budgets and sizes change, every other value is the file's
+TINY = {
+    "dataset": {"name": "imagenet", "num_classes": CLASSES, "image_size": 32},
+    "ipc": [1], "seeds": 1, "device": "cpu",
+    "recovery": {"iterations": 1}, "sre2l": {"iterations": 1},
+    # RDED: ipc 1 x its 2 x 2 patches per image take at least 4 candidates per class (300 in the recipe)
+    "method_options": {"cda": {"iterations": 1}, "rded": {"candidates_per_class": 4}},
+    "student": {"epochs": 1},
+}
+
+
+def layered(base, over):
+    """``base`` with ``over`` on top, mappings merged key by key (a value that is not a mapping
+    replaces the base's)."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = layered(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory):
+    """(the recipe as the file holds it, the config the run got, results.json, decodes): `infer-fast
+    run` of the recipe at TINY budgets on a fake tree, its teachers' weights (random, 1000
+    classes) where torchvision caches them."""
+    recipe = load_yaml(str(RECIPE))
+    root = tmp_path_factory.mktemp("imagenet-recipe")
+    write_fake_imagenet(root / "data", classes=CLASSES, train_per_class=RECIPE_TRAIN_PER_CLASS,
+                        val_per_class=VAL_PER_CLASS)
+    cache = root / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    for teacher in recipe["teachers"]:
+        preferred, _ = torchvision_file_names(get_spec(teacher["model"]).torchvision_name)
+        torch.save(create_model(teacher["model"], num_classes=1000, image_size=224).state_dict(), cache / preferred[0])
+    config = {**layered(recipe, TINY), "data_root": str(root / "data")}
+    (root / "imagenet-tiny.yaml").write_text(yaml.safe_dump(config))
+    log = str(root / "decodes.log")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_HOME=str(root / "torch-home"), **{DECODE_LOG_ENV: log})
+    proc = subprocess.run([sys.executable, "-m", "infer_fast.cli", "run", "imagenet-tiny.yaml", "--out", str(root / "run"),
+                           "--quiet"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(root / "run" / "results.json") as f:
+        results = json.load(f)
+    return recipe, config, results, decodes(log)
+
+
+def test_run_of_the_imagenet_recipe_at_tiny_budgets_streams_the_split(recipe_run):
+    recipe, config, results, seen = recipe_run
+    assert {"cda", "rded"} <= set(recipe["methods"]) and len(recipe["teachers"]) == 3
+    # the run's config: the file's values but for TINY's (the run directory comes from --out)
+    assert {k: results["config"][k] for k in config if k != "out"} == {k: v for k, v in config.items() if k != "out"}
+    assert set(results["sets"]) == {f"{method}/ipc1" for method in recipe["methods"]}
+    assert len(results["runs"]) == len(recipe["methods"])
+    assert [t["model"] for t in results["teachers"]] == [t["model"] for t in recipe["teachers"]]
+    train_decoded = [p for p in seen if f"{os.sep}train{os.sep}" in p]
+    val_decoded = [p for p in seen if f"{os.sep}val{os.sep}" in p]
+    # INFER's and random's image per class and RDED's candidates: never the whole split
+    candidates = TINY["method_options"]["rded"]["candidates_per_class"]
+    assert 0 < len(train_decoded) <= CLASSES * (2 + candidates) < CLASSES * RECIPE_TRAIN_PER_CLASS
+    assert len(val_decoded) == CLASSES * VAL_PER_CLASS and all(seen[p] == 1 for p in val_decoded)
+
+
+def test_the_recipe_run_distils_with_the_recipe_settings(recipe_run):
+    recipe, _, results, _ = recipe_run
+
+    def hyperparameters(method):
+        with open(os.path.join(results["sets"][f"{method}/ipc1"]["directory"], "manifest.json")) as f:
+            return json.load(f)["hyperparameters"]
+
+    infer = hyperparameters("infer")
+    assert {k: infer[k] for k in recipe["recovery"] if k != "iterations"} == \
+        {k: v for k, v in recipe["recovery"].items() if k != "iterations"}
+    assert infer["natural_selection"] == recipe["selection"]
+    assert hyperparameters("sre2l")["r_bn"] == recipe["sre2l"]["r_bn"]
+    # CDA's ImageNet-1k recipe (recipe: imagenet-1k): lr 0.25, the crop-scale curriculum 1.0 -> 0.08
+    assert recipe["method_options"]["cda"] == {"recipe": "imagenet-1k"}
+    cda = hyperparameters("cda")
+    assert cda["lr"] == 0.25 and cda["crop_scale_curriculum"][0] == "cosine" and cda["crop_scale"] == [0.08, 1.0]
+    # RDED's ImageNet recipe: 2 x 2 patches per image, 5 crops per candidate
+    rded = hyperparameters("rded")
+    assert rded["family"] == "imagenet" and rded["factor"] == 2 and rded["crops_per_image"] == 5
