@@ -172,7 +172,7 @@ class PipelineConfig:
         if not isinstance(self.out, str):
             raise ValueError(f"{where}: out must be a string, got {self.out!r}")
         if not isinstance(self.dataset, (str, dict)):
-            raise ValueError(f"{where}: dataset must be a name or {{name, num_classes, image_size}}, got {self.dataset!r}")
+            raise ValueError(f"{where}: dataset must be a name or {{name, num_classes, image_size, in_memory}}, got {self.dataset!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ValueError(f"{where}: data_root must be a string, got {self.data_root!r}")
         try:

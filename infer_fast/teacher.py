@@ -50,7 +50,7 @@ CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, 
 
 @dataclass(frozen=True)
 class TeacherConfig(CheckedWhenMade):
-    # a name, or {name, num_classes, image_size} (data.registry.dataset_options)
+    # a name, or {name, num_classes, image_size, in_memory} (data.registry.dataset_options)
     dataset: Union[str, Dict[str, Any]] = field(metadata=option("dataset name (see `infer-fast datasets`)"))
     model: str = field(default="convnet", metadata=option("model name (see `infer-fast models`)"))
     epochs: int = field(default=30, metadata=option("training epochs", minimum=1))

@@ -336,7 +336,7 @@ def test_config_file_values_are_type_checked_like_flags(workspace, tmp_path, cap
                                                                "teachers: t.pt\nr_bn: high\n")],
          "r_bn must be a finite number, got 'high'"),
         (["run", _yaml(tmp_path, "g.yaml", "dataset: 12\nteachers: [{path: t.pt}]\nout: y\n")],
-         "dataset must be a name or {name, num_classes, image_size}, got 12"),
+         "dataset must be a name or {name, num_classes, image_size, in_memory}, got 12"),
         (["run", _yaml(tmp_path, "g2.yaml", "dataset: {name: imagenet, image_size: big}\nteachers: [{path: t.pt}]\n"
                                             "out: y\n")], "dataset: image_size must be a positive integer, got 'big'"),
         (["run", _yaml(tmp_path, "h.yaml", "dataset: fashion-mnist-mini\nteachers: [{path: t.pt}]\nout: y\n"

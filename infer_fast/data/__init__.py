@@ -9,8 +9,10 @@ Registered: fashion-mnist (IDX; --data-root, then /usr/share/datasets/fashion-mn
 download), fashion-mnist-mini (embedded subset), cifar10 / cifar100 (python pickles),
 tiny-imagenet, imagenet (class folders) and imagefolder (``root/<split>/<class>/<image>``).
 
-Sets that fit in memory are decoded once into uint8 tensors (:class:`ImageSet`); ImageNet
-stays on disk by default (:class:`FolderImageSet`, decoded lazily by DataLoader workers).
+Sets that fit in memory are decoded once into uint8 tensors (:class:`ImageSet`); ImageNet,
+and any folder split larger than ``sets.IN_MEMORY_BUDGET`` decoded (or half the memory
+available), stays on disk (:class:`FolderImageSet`, decoded lazily by DataLoader workers);
+``in_memory: true|false`` in a dataset mapping decides it either way.
 Both have one interface (``sets``): labels without decoding, ``images_at``, ``batches``,
 so every step streams a folder split in bounded batches.
 
@@ -51,11 +53,11 @@ from .registry import (
     list_datasets,
     register_dataset,
 )
-from .sets import DECODE_LOG_ENV, FolderImageSet, ImageSet, decoded_cache, loader_workers
+from .sets import DECODE_LOG_ENV, FolderImageSet, ImageSet, decoded_cache, fits_in_memory, loader_workers
 from .transforms import denormalize, normalize, random_crop_with_padding, random_flip, random_resized_crop
 
 __all__ = [
-    "Dataset", "DatasetSpec", "LoadRequest", "register_dataset", "get_dataset", "canonical_name", "load_test_split", "dataset_label", "dataset_options", "ImageSet", "FolderImageSet", "decoded_cache", "loader_workers", "DECODE_LOG_ENV", "get_spec", "list_datasets", "load_dataset",
+    "Dataset", "DatasetSpec", "LoadRequest", "register_dataset", "get_dataset", "canonical_name", "load_test_split", "dataset_label", "dataset_options", "ImageSet", "FolderImageSet", "decoded_cache", "fits_in_memory", "loader_workers", "DECODE_LOG_ENV", "get_spec", "list_datasets", "load_dataset",
     "normalize", "denormalize", "random_crop_with_padding", "random_flip", "random_resized_crop",
     "read_idx", "read_idx_pair", "read_cifar", "write_idx", "write_cifar_batches", "write_image_folder",
     "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image", "embedded_file",
@@ -80,18 +82,19 @@ def load_dataset(
     """Load one split ("train" or "test"; folder datasets also take "val" = "test") with the
     dataset's registered loader.
 
-    ``name``: a registered name, or a mapping ``{name, num_classes, image_size}`` (see
-    ``registry.dataset_options``) whose options are defaults of the arguments below.
+    ``name``: a registered name, or a mapping ``{name, num_classes, image_size, in_memory}``
+    (see ``registry.dataset_options``) whose options are defaults of the arguments below.
 
     - ``num_classes``: the class count you expect; a dataset with another raises ValueError.
     - ``download``: fashion-mnist only (the others have no automatic download).
     - ``in_memory``: folder datasets: decode everything into an :class:`ImageSet` or return a
-      lazy :class:`FolderImageSet` (default: the dataset's ``in_memory``, True for all but
-      imagenet). Array datasets are always in memory.
+      lazy :class:`FolderImageSet` (default: the dataset's ``in_memory``: False for imagenet;
+      for the others, whether the decoded split is small, :func:`fits_in_memory`, decided
+      from the scan before any decoding). Array datasets are always in memory.
     - ``image_size`` (folder datasets), ``channels`` / ``mean`` / ``std`` (imagefolder; 3 /
       0.5 per channel by default), ``num_workers``: decoding processes for ``to_memory``.
     """
-    key, options = dataset_options(name)  # a name, or {name, num_classes, image_size}
+    key, options = dataset_options(name)  # a name, or {name, num_classes, image_size, in_memory}
     entry = get_dataset(key)
     if split not in entry.splits:
         raise ValueError(f"{key}: split must be one of {', '.join(entry.splits)}, got {split!r}")
@@ -102,7 +105,10 @@ def load_dataset(
         download=download, channels=channels, mean=mean, std=std,
     )
     loaded = entry.loader(request)
-    return loaded.to_memory(num_workers) if (entry.in_memory if in_memory is None else in_memory) else loaded
+    keep = next((k for k in (in_memory, options.get("in_memory"), entry.in_memory) if k is not None), None)
+    if keep is None:  # (an ImageSet is in memory already: its to_memory is itself)
+        keep = not isinstance(loaded, FolderImageSet) or fits_in_memory(len(loaded), loaded.image_shape)
+    return loaded.to_memory(num_workers) if keep else loaded
 
 
 def load_test_split(dataset, data_root: Optional[str] = None, decode_cache: Optional[str] = None,

@@ -5,7 +5,8 @@ ImageNet class folders, and a generic ``root/<split>/<class>/<image>`` folder.
 
 A loader takes a :class:`~.registry.LoadRequest` (name canonical, split already checked) and
 returns an :class:`ImageSet`, or a lazy :class:`FolderImageSet` that ``load_dataset`` decodes
-into memory when asked (or by the entry's default).
+into memory when asked (or by the entry's default: ImageNet never, the other folder datasets
+when their decoded size is small, ``sets.fits_in_memory``).
 """
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def load_image_folder(request: LoadRequest) -> FolderImageSet:
 # ---- the built-in entries -------------------------------------------------------------------
 
 def _arrays(spec: DatasetSpec, loader, train_size: int, aliases: Tuple[str, ...]) -> Dataset:
-    return Dataset(spec.name, spec, loader, "arrays", ARRAY_SPLITS, train_size, "cifar", aliases=aliases)
+    return Dataset(spec.name, spec, loader, "arrays", ARRAY_SPLITS, train_size, "cifar", in_memory=True, aliases=aliases)
 
 
 FASHION_MNIST = register_dataset(_arrays(

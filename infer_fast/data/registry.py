@@ -120,7 +120,8 @@ class Dataset:
     FolderImageSet``; ``layout``: "arrays" (fixed classes and size) or "folders" (a class
     subset or another decode size may be asked for); ``splits``: the split names
     ``load_dataset`` accepts; ``in_memory``: whether a folder split is decoded into memory
-    by default; ``train_size``: images in the real train split (the full set of the
+    by default (None: when its decoded size is small, see ``sets.fits_in_memory``; an array
+    dataset is always in memory); ``train_size``: images in the real train split (the full set of the
     compression ratio; None: unknown); ``family``: one of DATASET_FAMILIES; ``aliases``:
     other accepted spellings (lower case)."""
 
@@ -131,7 +132,7 @@ class Dataset:
     splits: Tuple[str, ...]
     train_size: Optional[int]
     family: str
-    in_memory: bool = True
+    in_memory: Optional[bool] = None
     aliases: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -151,7 +152,9 @@ class Dataset:
             raise ValueError(f"{where}: train_size must be a positive int or None, got {self.train_size!r}")
         if self.family not in DATASET_FAMILIES:
             raise ValueError(f"{where}: family must be one of {', '.join(DATASET_FAMILIES)}, got {self.family!r}")
-        if not self.in_memory and self.layout != "folders":
+        if self.in_memory is not None and not isinstance(self.in_memory, bool):
+            raise ValueError(f"{where}: in_memory must be True, False or None (by size), got {self.in_memory!r}")
+        if self.in_memory is False and self.layout != "folders":
             raise ValueError(f"{where}: only a folder dataset can stay on disk (in_memory False)")
         if any(a != a.strip().lower() for a in self.aliases):
             raise ValueError(f"{where}: aliases must be lower case, got {self.aliases}")
@@ -210,13 +213,17 @@ class TrainSizes(Mapping):
         return sum(1 for _ in self)
 
 
-DATASET_OPTIONS = ("num_classes", "image_size")  # what a dataset mapping may set beside its name
+# what a dataset mapping may set beside its name: positive integers, and true / false (a folder
+# split decoded into memory or streamed from its files, whatever its size)
+DATASET_OPTIONS = ("num_classes", "image_size", "in_memory")
+DATASET_SWITCHES = ("in_memory",)
 
 
 def dataset_options(dataset) -> Tuple[str, Dict[str, int]]:
     """(name, options) of a dataset given as a name, or as a mapping ``{name: imagenet,
-    num_classes: 100, image_size: 64}`` (a class-folder subset, another resolution: folder
-    datasets only). The options are checked here, naming the bad one."""
+    num_classes: 100, image_size: 64, in_memory: false}`` (a class-folder subset, another
+    resolution, decoded into memory or streamed: folder datasets only). The options are
+    checked here, naming the bad one."""
     if not isinstance(dataset, Mapping):
         return canonical_name(dataset), {}
     unknown = sorted(set(dataset) - {"name", *DATASET_OPTIONS})
@@ -225,8 +232,13 @@ def dataset_options(dataset) -> Tuple[str, Dict[str, int]]:
     name = canonical_name(dataset["name"])
     options = {k: dataset[k] for k in DATASET_OPTIONS if dataset.get(k) is not None}
     for key, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if key in DATASET_SWITCHES:
+            if not isinstance(value, bool):
+                raise ValueError(f"dataset: {key} must be true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"dataset: {key} must be a positive integer, got {value!r}")
+    if options.get("in_memory") is False and _DATASETS[name].layout != "folders":
+        raise ValueError(f"dataset: in_memory false is for folder datasets; {name} is always held in memory")
     return name, options
 
 

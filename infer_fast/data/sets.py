@@ -32,9 +32,16 @@ from .folders import decode_image
 from .registry import DatasetSpec
 from .transforms import normalize
 
-__all__ = ["ImageSet", "FolderImageSet", "loader_workers", "decoded_cache", "DECODE_LOG_ENV"]
+__all__ = ["ImageSet", "FolderImageSet", "loader_workers", "decoded_cache", "fits_in_memory", "DECODE_LOG_ENV",
+           "IN_MEMORY_BUDGET", "IN_MEMORY_SHARE"]
 
 DECODE_LOG_ENV = "INFER_FAST_DECODE_LOG"
+# A folder split is decoded into memory by default only when its uint8 pixels take at most
+# IN_MEMORY_BUDGET bytes and at most IN_MEMORY_SHARE of the CPU memory available now (the rest
+# is the run's); a larger one is streamed. 2 GiB holds Tiny-ImageNet's train split (1.2 GB at
+# 64^2) and CIFAR-sized folders, not 100 ImageNet classes at 224^2 (19 GB).
+IN_MEMORY_BUDGET = 2 << 30
+IN_MEMORY_SHARE = 0.5
 MIN_IMAGES_FOR_WORKERS = 256  # fewer: decoding in this process beats starting worker processes
 MAX_WORKERS = 8
 
@@ -85,6 +92,17 @@ def per_class_indices(labels: Tensor, num_classes: int, per_class: int, seed: in
         chosen.append(members[torch.randperm(k, generator=gen)[:per_class]])
         start += k
     return torch.cat(chosen)
+
+
+def fits_in_memory(n_images: int, image_shape: Tuple[int, int, int]) -> bool:
+    """Whether ``n_images`` uint8 images of ``image_shape`` are decoded into memory by default:
+    at most IN_MEMORY_BUDGET bytes and IN_MEMORY_SHARE of the CPU memory available now
+    (the budget alone where that cannot be read)."""
+    from ..memory import available_memory
+
+    decoded = n_images * int(np.prod(image_shape))
+    available = available_memory("cpu")
+    return decoded <= IN_MEMORY_BUDGET and (available is None or decoded <= IN_MEMORY_SHARE * available)
 
 
 class _Split(Dataset):

@@ -1,0 +1,90 @@
+"""An image folder is decoded into memory when it is small and streamed from its files when it
+is large (the decoded size against sets.IN_MEMORY_BUDGET and the memory available), or as the
+dataset mapping's ``in_memory`` says; a streamed one is distilled decoding only the chosen
+files (INFER_FAST_DECODE_LOG counts every decode)."""
+import collections
+
+import pytest
+import torch
+
+from infer_fast.data import DECODE_LOG_ENV, FolderImageSet, ImageSet, load_dataset, sets, write_image_folder
+from infer_fast.methods import DistillRequest
+from infer_fast.storage import load_distilled
+from infer_fast.teacher import TeacherConfig, train_teacher
+
+pytest.importorskip("PIL.Image")
+
+CLASSES, PER_CLASS, SIZE = 3, 5, 16
+DECODED_BYTES = CLASSES * PER_CLASS * 3 * SIZE * SIZE  # the train split's uint8 pixels
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (CLASSES * PER_CLASS, 3, SIZE, SIZE), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
+    write_image_folder(str(root / "train"), images, labels, class_names=["ant", "bee", "cow"])
+    write_image_folder(str(root / "val"), images[::PER_CLASS], labels[::PER_CLASS], class_names=["ant", "bee", "cow"])
+    return root
+
+
+def dataset(**options):
+    return {"name": "imagefolder", "image_size": SIZE, **options}
+
+
+def test_small_folder_in_memory_large_one_streamed(root, monkeypatch, tmp_path):
+    log = tmp_path / "decodes.log"
+    monkeypatch.setenv(DECODE_LOG_ENV, str(log))
+    assert isinstance(load_dataset(dataset(), data_root=str(root)), ImageSet)  # small: the fast path
+    log.unlink()
+    monkeypatch.setattr(sets, "IN_MEMORY_BUDGET", DECODED_BYTES - 1)  # one byte over the budget: streamed
+    streamed = load_dataset(dataset(), data_root=str(root))
+    assert isinstance(streamed, FolderImageSet) and len(streamed) == CLASSES * PER_CLASS
+    assert not log.exists()  # decided from the scan: nothing decoded
+    monkeypatch.setattr(sets, "IN_MEMORY_BUDGET", DECODED_BYTES)
+    assert isinstance(load_dataset(dataset(), data_root=str(root)), ImageSet)
+    # within the budget, but more than half of the memory available now: streamed
+    monkeypatch.setattr("infer_fast.memory.available_memory", lambda device: 2 * DECODED_BYTES - 2)
+    assert isinstance(load_dataset(dataset(), data_root=str(root)), FolderImageSet)
+    monkeypatch.setattr("infer_fast.memory.available_memory", lambda device: 2 * DECODED_BYTES)
+    assert isinstance(load_dataset(dataset(), data_root=str(root)), ImageSet)
+
+
+def test_the_mapping_forces_either_way(root, monkeypatch):
+    assert isinstance(load_dataset(dataset(in_memory=False), data_root=str(root)), FolderImageSet)
+    monkeypatch.setattr(sets, "IN_MEMORY_BUDGET", 0)
+    forced = load_dataset(dataset(in_memory=True), data_root=str(root))
+    assert isinstance(forced, ImageSet) and forced.images.shape == (CLASSES * PER_CLASS, 3, SIZE, SIZE)
+    # the argument over the mapping
+    assert isinstance(load_dataset(dataset(in_memory=False), data_root=str(root), in_memory=True), ImageSet)
+
+
+@pytest.mark.parametrize("given, message", [
+    (dataset(in_memory="no"), "dataset: in_memory must be true or false, got 'no'"),
+    (dataset(in_memory=0), "dataset: in_memory must be true or false, got 0"),
+    ({"name": "cifar10", "in_memory": False}, "in_memory false is for folder datasets; cifar10 is always held"),
+])
+def test_a_bad_in_memory_is_refused_naming_it(root, given, message):
+    with pytest.raises(ValueError, match=message):
+        load_dataset(given, data_root=str(root))
+
+
+def test_a_streamed_folder_is_distilled_decoding_only_the_chosen_files(root, tmp_path, monkeypatch):
+    teacher = str(tmp_path / "t.pt")
+    train_teacher(TeacherConfig(dataset=dataset(), model="convnet-w8-d2", epochs=1, batch_size=8, device="cpu",
+                                data_root=str(root)), teacher, progress=False)
+    streamed = load_dataset(dataset(in_memory=False), data_root=str(root))
+    log = tmp_path / "decodes.log"
+    monkeypatch.setenv(DECODE_LOG_ENV, str(log))
+    for method, ipc, options, kept in (("random", 2, {}, 2), ("infer", 2, {"iterations": 1}, 1)):
+        out = tmp_path / method
+        DistillRequest(method=method, dataset=dataset(in_memory=False), ipc=ipc, out_dir=str(out),
+                       teacher_paths=[teacher] if method == "infer" else (), options=options, data_root=str(root),
+                       progress=False, device="cpu").make_set()
+        decoded = collections.Counter(log.read_text().splitlines())
+        log.unlink()
+        # random: ipc images per class; INFER (C 3, M 1, ipc 2): K = 1 natural set; each decoded once
+        assert sum(decoded.values()) == kept * CLASSES and set(decoded.values()) == {1}
+        assert sorted(decoded) == sorted(streamed.per_class(kept, seed=0).paths)
+        assert load_distilled(str(out)).num_classes == CLASSES
