@@ -240,3 +240,28 @@ def test_the_recipe_run_distils_with_the_recipe_settings(recipe_run):
     # RDED's ImageNet recipe: 2 x 2 patches per image, 5 crops per candidate
     rded = hyperparameters("rded")
     assert rded["family"] == "imagenet" and rded["factor"] == 2 and rded["crops_per_image"] == 5
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_distill_takes_the_dataset_mapping_from_its_config(tree, ranks):
+    """`distill --config` with `dataset: {name: imagenet, num_classes, image_size}` as `teacher`
+    and `run` take it, alone and under torchrun: INFER decodes only its natural images."""
+    if ranks > 1 and (not dist.is_available() or not dist.is_gloo_available()):
+        pytest.skip("no gloo backend")
+    root, teacher, log = tree
+    out = f"distilled-{ranks}"
+    (root / "d.yaml").write_text(f"dataset: {{name: imagenet, num_classes: {CLASSES}, image_size: 32}}\n"
+                                 f"data_root: {root / 'data'}\nteachers: [{teacher}]\nipc: 2\niterations: 1\n"
+                                 f"device: cpu\nout: {out}\n")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{DECODE_LOG_ENV: log})
+    proc = subprocess.run([sys.executable, *launcher, "-m", "infer_fast.cli", "distill", "--config", "d.yaml", "--quiet"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from infer_fast.storage import load_distilled
+
+    ds = load_distilled(str(root / out))
+    assert (ds.dataset, ds.num_classes, ds.height, ds.K) == ("imagenet", CLASSES, 32, 1)
+    # K = floor(ipc C / (C + M)) = 1 natural image per class, the only training files decoded
+    train = load_dataset(DATASET, "train", data_root=str(root / "data"))
+    assert set(decodes(log)) == set(train.per_class(1, seed=0).paths)

@@ -121,6 +121,10 @@ def test_a_distill_request_is_checked_and_parsed_when_made(tmp_path):
         (dict(method="sre2l", ipc=0), "ipc must be a positive integer"),
         (dict(method="cda", teacher_paths=()), "teachers: method cda needs at least one teacher checkpoint"),
         (dict(method="infer", options=["iterations", 3]), "options must be a mapping of infer's option names"),
+        # a dataset mapping, checked by the one check teacher and run use (random has no recipe to look up)
+        (dict(method="random", dataset={"name": "imagenet", "image_size": "big"}), "image_size must be a positive"),
+        (dict(method="random", dataset={"name": "cifar10", "in_memory": False}), "in_memory false is for folder"),
+        (dict(method="random", dataset="mnist-9"), "unknown dataset 'mnist-9'"),
     ):
         with pytest.raises(ValueError, match=message):
             DistillRequest(**{**base, **fields})

@@ -322,8 +322,15 @@ def test_config_file_values_are_type_checked_like_flags(workspace, tmp_path, cap
     shutil.copy(workspace / "t.pt", tmp_path / "t.pt")
     cases = [
         (["distill", "--config", _yaml(tmp_path, "a.yaml", "dataset: 12\nipc: 2\nteachers: [t.pt]\nout: y\n")],
-         "dataset must be a string, got 12"),
+         "dataset must be a string or a mapping, got 12"),
         (["teacher", "--config", _yaml(tmp_path, "b.yaml", "dataset: 12\nout: y.pt\n")], "dataset must be a string"),
+        # a dataset mapping checked as teacher and run check it, before any data is read
+        (["distill", "--config", _yaml(tmp_path, "a2.yaml", "dataset: {name: imagenet, image_size: big}\nipc: 2\n"
+                                                               "method: random\nout: y\n")],
+         "dataset: image_size must be a positive integer, got 'big'"),
+        (["distill", "--config", _yaml(tmp_path, "a3.yaml", "dataset: {name: imagefolder, in_memory: maybe}\nipc: 2\n"
+                                                               "method: random\nout: y\n")],
+         "dataset: in_memory must be true or false, got 'maybe'"),
         (["distill", "--config", _yaml(tmp_path, "c.yaml", "dataset: fashion-mnist-mini\nipc: two\nout: y\n")],
          "ipc must be an integer, got 'two'"),
         (["distill", "--config", _yaml(tmp_path, "d.yaml", "dataset: fashion-mnist-mini\nipc: 2\nout: y\n"

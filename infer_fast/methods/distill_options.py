@@ -18,7 +18,8 @@ TEACHER_USE_OPTIONS = ("teachers", "device")  # for the methods that use teacher
 def distill_request_options() -> Dict[str, Option]:
     """The distill command's options that are no method's own: the request's."""
     request = (
-        Option("dataset", str, "dataset name (see `infer-fast datasets`)"),
+        Option("dataset", (str, dict), "dataset name (see `infer-fast datasets`); in a --config file also a mapping "
+               "{name, num_classes, image_size, in_memory}"),
         Option("teachers", PATHS, "comma-separated teacher checkpoints (the methods that use teachers)"),
         Option("ipc", int, "images per class of storage budget"),
         Option("method", str, "; ".join(f"{m.name}: {m.summary}" for m in all_methods() if m.distill is not None),

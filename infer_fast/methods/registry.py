@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..checks import check_int
-from ..data.registry import DATASET_FAMILIES, get_dataset
+from ..data.registry import DATASET_FAMILIES, dataset_options, get_dataset
 from ..options import CheckedWhenMade, Option, check_value
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
@@ -36,7 +36,7 @@ class DistillRequest(CheckedWhenMade):
     are ``parsed``, what the method's ``distill`` reads. :meth:`make_set` runs it."""
 
     method: str
-    dataset: Any
+    dataset: Any  # a name, or {name, num_classes, image_size, in_memory} (data.registry.dataset_options)
     ipc: int
     out_dir: Union[str, os.PathLike]
     teacher_paths: Sequence[str] = ()
@@ -53,6 +53,7 @@ class DistillRequest(CheckedWhenMade):
         if method.distill is None:
             raise ValueError(f"method {method.name} makes no set of its own (its students train on "
                              f"{method.trains_on}'s set)")
+        dataset_options(self.dataset)
         check_int("ipc", self.ipc)
         check_int("seed", self.seed, minimum=None)
         if method.uses_teachers and not self.teacher_paths:
