@@ -647,10 +647,13 @@ def test_config_validation(natural, teachers, train_set):
 
 # ---- end to end -------------------------------------------------------------------------
 
-def test_distill_infer_end_to_end(teacher_paths, tmp_path):
+def test_distill_infer_end_to_end(teacher_paths, tmp_path, capsys):
+    """... and with progress it says where the set is saved and how large (a long, silent write
+    for a large set otherwise)."""
     out = tmp_path / "fm-ipc3"
-    path = distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=_cfg(iterations=3), progress=False)
+    path = distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=_cfg(iterations=3), progress=True)
     assert path == out and not (tmp_path / "fm-ipc3.recovery.pt").exists()
+    assert f"saving infer set (24 stored images, 27.6 KiB) -> {out}" in capsys.readouterr().out
     ds = load_distilled(out, expected_dataset=DATASET, expected_num_classes=10)
     K = 2  # floor(3 * 10 / (10 + 2))
     assert ds.method == "infer" and ds.natural.shape == (K, 10, 1, 28, 28) and ds.natural.dtype == torch.uint8
@@ -664,6 +667,16 @@ def test_distill_infer_end_to_end(teacher_paths, tmp_path):
     assert torch.equal(ds.natural, select_natural_sets(train, K, seed=3))
     with pytest.raises(FileExistsError):
         distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=_cfg(iterations=3), progress=False)
+
+
+def test_distill_random_says_where_it_saves(tmp_path, capsys):
+    """The random baseline with progress says where its set goes and how large; quiet without."""
+    from infer_fast.distill import distill_random
+
+    distill_random(DATASET, 2, tmp_path / "loud", seed=0, progress=True)
+    assert "saving random set (20 stored images, " in capsys.readouterr().out
+    distill_random(DATASET, 2, tmp_path / "quiet", seed=0, progress=False)
+    assert "saving" not in capsys.readouterr().out
 
 
 def test_progress_bar_runs(natural, teachers, train_set, capsys):

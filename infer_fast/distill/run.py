@@ -178,7 +178,7 @@ def distill_infer(
         ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,
         budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting}, seed=config.seed,
     )
-    return _save_and_clean(ds, out_dir, checkpoint)
+    return _save_and_clean(ds, out_dir, checkpoint, progress)
 
 
 @holds_output("out_dir")
@@ -266,4 +266,4 @@ def distill_random(
     check_int("ipc", ipc)
     out_dir = check_new_output(out_dir)
     train = load_dataset(dataset, "train", data_root=data_root)
-    return save_distilled(random_set(train, ipc, seed, progress=progress), out_dir)
+    return save_distilled(random_set(train, ipc, seed, progress=progress), out_dir, progress=progress)
