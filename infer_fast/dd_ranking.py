@@ -244,7 +244,7 @@ def evaluate_set_dd_ranking(
     ipc = check_evaluable(distilled, teachers, device, static)
     model = protocol.student_model(name)
     full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress)
-    train = load_dataset(distilled.real_dataset, "train", data_root=data_root)
+    train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
 
     grid, set_grid = protocol.grids()

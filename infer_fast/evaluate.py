@@ -223,7 +223,7 @@ def evaluate_set(
     protocol = given_config("protocol", protocol, Protocol, Protocol)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
-    train = load_dataset(distilled.real_dataset, "train", data_root=data_root)
+    train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
     full = _full_data_accuracy(protocol, distilled.real_dataset, data_root, device, full_data_checkpoint, progress)
 

@@ -17,6 +17,9 @@ PROGRESS_MODES = ("auto", "bar", "lines")
 # seconds between two lines of a running bar in a log: lines grow with the run's duration, not
 # with its number of bars or steps (a teacher of 200 epochs opens 400 bars)
 LINE_INTERVAL_S = 10.0
+# a phase that is instant on a small dataset and minutes on ImageNet (a folder scan, a listing
+# digest) opens its bar with delay=SHORT_PHASE_S: shown only once it has run this long
+SHORT_PHASE_S = 2.0
 
 
 def progress_mode() -> str:
@@ -64,7 +67,8 @@ class LineProgress(tqdm):
     newline-terminated, to its stream (stderr by default): one every ``interval`` seconds while
     it runs, and one when it closes, with the mean rate since its start. A bar opened while
     another one runs (an epoch's steps inside the student's epochs) writes its closing line only
-    if it ran long enough to write a line before: short inner passes stay out of the log."""
+    if it ran long enough to write a line before: short inner passes stay out of the log. A bar
+    with tqdm's ``delay`` that closes sooner writes nothing, as tqdm's own bar shows nothing."""
 
     def __init__(self, iterable=None, *, interval: float = LINE_INTERVAL_S, **kwargs):
         self.out = kwargs.get("file") or sys.stderr
@@ -94,8 +98,10 @@ class LineProgress(tqdm):
             return
         self.closing = True  # tqdm's close clears or redraws its row: nothing to do in a log
         super().close()
-        if (not self.nested or self.last_line_t is not None) and self.n != self.last_line_n:
-            self.write_line(self._time())
+        now = self._time()
+        too_short = self.last_line_t is None and now - self.start_t < self.delay
+        if (not self.nested or self.last_line_t is not None) and self.n != self.last_line_n and not too_short:
+            self.write_line(now)
 
     def write_line(self, now: float) -> None:
         meter = self.format_dict

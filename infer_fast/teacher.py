@@ -125,9 +125,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return random_flip(random_crop_with_padding(x, x.shape[-1], padding, gen), gen, inplace=True)
 
 
-def _metadata(cfg: TeacherConfig, spec, train=None) -> Dict[str, Any]:
+def _metadata(cfg: TeacherConfig, spec, train=None, progress: bool = False) -> Dict[str, Any]:
     """What a teacher checkpoint records besides its weights; ``train``, the training split,
-    adds its content digest (a resume on other data is refused)."""
+    adds its content digest (a resume on other data is refused; ``progress``: its bar)."""
     meta = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -141,7 +141,7 @@ def _metadata(cfg: TeacherConfig, spec, train=None) -> Dict[str, Any]:
         "config": dataclasses.asdict(cfg),
     }
     if train is not None:
-        meta["data_sha256"] = train.digest()
+        meta["data_sha256"] = train.digest(progress=progress)
     return meta
 
 
@@ -152,8 +152,8 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
     replacement keeps the previous one until the new one is complete)."""
     device = resolve_device(given_config("cfg", cfg, TeacherConfig).device)  # (valid: checked when made)
     check_writable(out, "teacher checkpoint")
-    train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root)
-    test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root)
+    train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, progress=progress)
+    test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root, progress=progress)
     spec = train.spec
     torch.manual_seed(cfg.seed)
     model = model_in_layout(create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels,
@@ -161,7 +161,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    meta = _metadata(cfg, spec, train)
+    meta = _metadata(cfg, spec, train, progress)
     history, start_epoch, elapsed = [], 0, 0.0
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     momentum_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

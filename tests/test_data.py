@@ -31,6 +31,7 @@ from infer_fast.data import (
     write_image_folder,
 )
 from infer_fast.data.transforms import crop_windows
+from infer_fast.progress import PROGRESS_ENV_VAR
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -448,6 +449,29 @@ def test_imagenet_tree(tmp_path):
         PIL.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp_path / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
     with pytest.raises(ValueError, match="holds flat images; the val split must be in class-folder form"):
         load_dataset("imagenet", "test", data_root=str(tmp_path), num_classes=2)
+
+
+def test_a_folder_scan_and_its_digest_show_progress_only_when_they_run_long(tmp_path, monkeypatch, capsys):
+    """The scan of a folder split and its listing digest (a size check per file), minutes on
+    ImageNet, open progress bars once they have run SHORT_PHASE_S: a small tree says nothing,
+    and nothing is said without progress."""
+    from infer_fast.data import folders, sets
+
+    monkeypatch.setenv(PROGRESS_ENV_VAR, "lines")
+    write_image_folder(tmp_path / "train", rand_u8((4, 3, 8, 8)), torch.tensor([0, 1, 0, 1]),
+                       class_names=["n01", "n02"], ext="png")
+    options = dict(data_root=str(tmp_path), num_classes=2, image_size=8)
+    load_dataset("imagenet", "train", progress=True, **options).digest(progress=True)
+    assert capsys.readouterr().err == ""  # short
+    monkeypatch.setattr(folders, "SHORT_PHASE_S", 0.0)
+    monkeypatch.setattr(sets, "SHORT_PHASE_S", 0.0)
+    quiet = load_dataset("imagenet", "train", **options)
+    digest = quiet.digest()
+    assert capsys.readouterr().err == ""  # no progress asked
+    assert load_dataset("imagenet", "train", progress=True, **options).digest(progress=True) == digest
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"scanning {tmp_path / 'train'}: 100% 2/2 ")
+    assert lines[1].startswith("listing digest imagenet train: 100% 4/4 ")
 
 
 # --------------------------------------------------------------------------- ImageSet

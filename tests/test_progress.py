@@ -84,6 +84,18 @@ def test_a_nested_bar_writes_only_when_it_runs_long(clock):
     assert lines[2].startswith("epochs: 100% 2/2 [00:20<")
 
 
+def test_a_delayed_bar_writes_nothing_when_it_ends_sooner(clock):
+    """delay (a phase that is instant on a small dataset): a bar closed before it is quiet;
+    one that ran longer writes its end."""
+    lines = {}
+    for step in (0.125, 0.5):  # 1.25 s, 5 s in all
+        log = io.StringIO()
+        for _ in LineProgress(range(10), desc="scan", file=log, delay=2, **EVERY_STEP):
+            clock.now += step
+        lines[step] = log.getvalue().splitlines()
+    assert lines[0.125] == [] and lines[0.5] == ["scan: 100% 10/10 [00:05<00:00,  2.00it/s]"]
+
+
 def test_the_form_follows_the_stream_unless_the_variable_forces_it(monkeypatch, auto_form):
     log, terminal = io.StringIO(), Terminal()
     assert type(progress_bar(range(3), file=log)) is LineProgress

@@ -78,6 +78,7 @@ def load_dataset(
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
     num_workers: Optional[int] = None,
+    progress: bool = False,
 ) -> Union[ImageSet, FolderImageSet]:
     """Load one split ("train" or "test"; folder datasets also take "val" = "test") with the
     dataset's registered loader.
@@ -93,6 +94,8 @@ def load_dataset(
       from the scan before any decoding). Array datasets are always in memory.
     - ``image_size`` (folder datasets), ``channels`` / ``mean`` / ``std`` (imagefolder; 3 /
       0.5 per channel by default), ``num_workers``: decoding processes for ``to_memory``.
+    - ``progress``: a folder dataset's scan (when it takes more than a few seconds) and its
+      decode into memory show progress bars.
     """
     key, options = dataset_options(name)  # a name, or {name, num_classes, image_size, in_memory}
     entry = get_dataset(key)
@@ -102,13 +105,13 @@ def load_dataset(
         key, split, data_root,
         num_classes=options.get("num_classes") if num_classes is None else num_classes,
         image_size=options.get("image_size") if image_size is None else image_size,
-        download=download, channels=channels, mean=mean, std=std,
+        download=download, channels=channels, mean=mean, std=std, progress=progress,
     )
     loaded = entry.loader(request)
     keep = next((k for k in (in_memory, options.get("in_memory"), entry.in_memory) if k is not None), None)
     if keep is None:  # (an ImageSet is in memory already: its to_memory is itself)
         keep = not isinstance(loaded, FolderImageSet) or fits_in_memory(len(loaded), loaded.image_shape)
-    return loaded.to_memory(num_workers) if keep else loaded
+    return loaded.to_memory(num_workers, progress=progress) if keep else loaded
 
 
 def load_test_split(dataset, data_root: Optional[str] = None, decode_cache: Optional[str] = None,
@@ -116,7 +119,7 @@ def load_test_split(dataset, data_root: Optional[str] = None, decode_cache: Opti
     """The test split that students are evaluated on. With ``decode_cache`` (a directory) a
     split read from image files (ImageNet's val) is decoded there once and memory-mapped
     (:func:`decoded_cache`), so repeated evaluations do not decode it again."""
-    test = load_dataset(dataset, "test", data_root=data_root)
+    test = load_dataset(dataset, "test", data_root=data_root, progress=progress)
     if decode_cache is not None and isinstance(test, FolderImageSet):
         return decoded_cache(test, decode_cache, progress=progress)
     return test

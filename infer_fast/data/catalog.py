@@ -127,14 +127,14 @@ def _scanned(request: LoadRequest, root: str, samples: Sequence[Tuple[str, int]]
 def load_tiny_imagenet(request: LoadRequest) -> FolderImageSet:
     """The tiny-imagenet-200/ tree (wnids.txt, train/<wnid>/images/, val_annotations.txt)."""
     root = _need_root(request.name, request.data_root, "tiny-imagenet-200/")
-    samples, classes = scan_tiny_imagenet(root, request.split)
+    samples, classes = scan_tiny_imagenet(root, request.split, progress=request.progress)
     return _scanned(request, root, samples, classes)
 
 
 def load_imagenet(request: LoadRequest) -> FolderImageSet:
     """ImageNet's train/<wnid>/ and val/<wnid>/ class folders."""
     root = _need_root(request.name, request.data_root, "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
-    samples, classes = scan_imagenet(root, request.split)
+    samples, classes = scan_imagenet(root, request.split, progress=request.progress)
     return _scanned(request, root, samples, classes)
 
 
@@ -155,7 +155,7 @@ def load_image_folder(request: LoadRequest) -> FolderImageSet:
     if split != "train" and os.path.isdir(train_dir):
         classes = tuple(d for d in sorted(os.listdir(train_dir))
                         if not d.startswith(".") and os.path.isdir(os.path.join(train_dir, d)))
-    samples, classes = scan_class_folders(split_dir, classes)
+    samples, classes = scan_class_folders(split_dir, classes, progress=request.progress)
     return _scanned(request, split_dir, samples, classes, channels=request.channels)
 
 

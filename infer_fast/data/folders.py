@@ -13,6 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..progress import SHORT_PHASE_S, progress_bar
+
 __all__ = [
     "IMAGE_EXTENSIONS", "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image",
     "DECODERS", "DEFAULT_DECODER", "write_image_folder",
@@ -45,7 +47,7 @@ def _subdirs(directory: str) -> List[str]:
 
 
 def scan_class_folders(
-    root: str, class_names: Optional[Sequence[str]] = None, inner: Optional[str] = None
+    root: str, class_names: Optional[Sequence[str]] = None, inner: Optional[str] = None, progress: bool = False
 ) -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
     """Samples ``(path, label)`` of a ``root/<class>/<image>`` tree and the class names.
 
@@ -54,6 +56,8 @@ def scan_class_folders(
     that is not one of them is an error, a class without a folder has no samples.
     ``inner``: images sit in ``<class>/<inner>/`` when that folder exists (Tiny-ImageNet's
     ``images``). Non-image files are skipped; a class folder without images is an error.
+    ``progress``: a bar over the class folders once the scan has run SHORT_PHASE_S (minutes
+    for ImageNet's 1.28M files on a cold disk; a small tree stays quiet).
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -73,7 +77,8 @@ def scan_class_folders(
             raise ValueError(f"{root}: class folder(s) {stray[:5]} are not among the {len(class_names)} known classes")
     label_of = {name: i for i, name in enumerate(class_names)}
     samples: List[Tuple[str, int]] = []
-    for name in folders:
+    for name in progress_bar(folders, desc=f"scanning {root}", unit="folder", delay=SHORT_PHASE_S,
+                             disable=not progress):
         directory = os.path.join(root, name)
         if inner and os.path.isdir(os.path.join(directory, inner)):
             directory = os.path.join(directory, inner)
@@ -94,7 +99,8 @@ def _tiny_root(root: str) -> str:
     )
 
 
-def scan_tiny_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
+def scan_tiny_imagenet(root: str, split: str = "train",
+                       progress: bool = False) -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
     """Tiny-ImageNet-200 samples and class names (sorted wnids, as torchvision's ImageFolder).
 
     ``split``: "train" (``train/<wnid>/images/*.JPEG``) or "val"/"test" (``val/images`` +
@@ -113,7 +119,7 @@ def scan_tiny_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str,
     else:
         raise FileNotFoundError(f"tiny-imagenet: neither {wnids_path} nor {train_dir} exists")
     if split == "train":
-        samples, _ = scan_class_folders(train_dir, classes, inner="images")
+        samples, _ = scan_class_folders(train_dir, classes, inner="images", progress=progress)
         return samples, classes
     if split not in ("val", "test"):
         raise ValueError(f"tiny-imagenet: split must be 'train' or 'test' (= val), got {split!r}")
@@ -124,7 +130,7 @@ def scan_tiny_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str,
     if not os.path.isfile(annotations):
         if os.path.isdir(os.path.join(val_dir, "images")) and "images" not in classes:
             raise FileNotFoundError(f"tiny-imagenet: {val_dir}/images needs its labels file {annotations}")
-        samples, _ = scan_class_folders(val_dir, classes, inner="images")
+        samples, _ = scan_class_folders(val_dir, classes, inner="images", progress=progress)
         return samples, classes
     label_of = {c: i for i, c in enumerate(classes)}
     samples = []
@@ -148,9 +154,11 @@ def scan_tiny_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str,
     return samples, classes
 
 
-def scan_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
+def scan_imagenet(root: str, split: str = "train",
+                  progress: bool = False) -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
     """ImageNet samples and classes: ``train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` for
-    "val"/"test" (val in class-folder form, labels from the training classes)."""
+    "val"/"test" (val in class-folder form, labels from the training classes); ``progress``
+    as :func:`scan_class_folders`'."""
     root = os.fspath(root)
     base = root
     if not any(os.path.isdir(os.path.join(root, s)) for s in ("train", "val")) and os.path.isdir(os.path.join(root, "imagenet")):
@@ -161,7 +169,7 @@ def scan_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str, int]
     if split == "train":
         if not os.path.isdir(train_dir):
             raise FileNotFoundError(f"imagenet: training folder not found: {train_dir} (expected train/<wnid>/*.JPEG)")
-        return scan_class_folders(train_dir)
+        return scan_class_folders(train_dir, progress=progress)
     if not os.path.isdir(val_dir):
         raise FileNotFoundError(f"imagenet: validation folder not found: {val_dir} (expected val/<wnid>/*.JPEG)")
     if not _subdirs(val_dir) and _image_files(val_dir):
@@ -170,7 +178,7 @@ def scan_imagenet(root: str, split: str = "train") -> Tuple[List[Tuple[str, int]
             "(val/<wnid>/*.JPEG, e.g. with the usual valprep.sh)"
         )
     classes = tuple(_subdirs(train_dir)) if os.path.isdir(train_dir) else None
-    return scan_class_folders(val_dir, classes)
+    return scan_class_folders(val_dir, classes, progress=progress)
 
 
 # "pillow": full-size decode, then resize. "pillow-draft": libjpeg decodes a JPEG at 1/2, 1/4

@@ -103,6 +103,7 @@ class LoadRequest:
     channels: Optional[int] = None
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
+    progress: bool = False  # a folder dataset's scan (and decode into memory) shows progress
 
     def spec(self, num_classes: Optional[int] = None, **changes) -> DatasetSpec:
         """:func:`get_spec` with the request's class count (``num_classes``: the count found

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..progress import progress_bar
+from ..progress import SHORT_PHASE_S, progress_bar
 from .folders import decode_image
 from .registry import DatasetSpec
 from .transforms import normalize
@@ -199,11 +199,11 @@ class ImageSet(_Split):
             rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
             yield self.images[rows], self.labels[rows]
 
-    def to_memory(self, num_workers: Optional[int] = None, batch_size: int = 256) -> "ImageSet":
+    def to_memory(self, num_workers: Optional[int] = None, batch_size: int = 256, progress: bool = False) -> "ImageSet":
         return self
 
-    def digest(self) -> str:
-        """content_digest of the images and labels."""
+    def digest(self, progress: bool = False) -> str:
+        """content_digest of the images and labels (in memory: no progress to show)."""
         from .._io import content_digest
 
         return content_digest([self.images, self.labels])
@@ -265,14 +265,18 @@ class FolderImageSet(_Split):
             start += len(batch)
         return ImageSet(self.spec, images, self.labels.clone(), self.split)
 
-    def digest(self) -> str:
+    def digest(self, progress: bool = False) -> str:
         """SHA-256 of the listing: every file's path below the split's common folder, label and
         size (the content of a million files is not read: a changed file of the same size and
-        name goes unnoticed)."""
+        name goes unnoticed). ``progress``: a bar once it has run SHORT_PHASE_S (a size check
+        per file: minutes for ImageNet's train split on a cold disk)."""
         h = hashlib.sha256(f"{self.spec.name}:{self.spec.image_size}:{self.spec.channels}".encode())
         if self.paths:
             root = os.path.commonpath(self.paths) if len(self.paths) > 1 else os.path.dirname(self.paths[0])
-            for path, label in zip(self.paths, self.labels.tolist()):
+            listing = progress_bar(zip(self.paths, self.labels.tolist()), total=len(self.paths), unit="file",
+                                   desc=f"listing digest {self.spec.name} {self.split}", delay=SHORT_PHASE_S,
+                                   disable=not progress)
+            for path, label in listing:
                 h.update(f"{os.path.relpath(path, root)}\0{label}\0{os.path.getsize(path)}\n".encode())
         return h.hexdigest()
 
@@ -286,7 +290,7 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     an interrupted decode leaves no cache behind that looks finished."""
     from .._io import check_writable
 
-    digest = split.digest()
+    digest = split.digest(progress=progress)
     key = digest[:16]
     shape = (len(split),) + split.image_shape
     stem = f"{split.spec.name}-{split.split}-{split.spec.image_size}px-{key}"

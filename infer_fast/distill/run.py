@@ -31,7 +31,7 @@ def real_data_fields(train) -> Dict[str, Any]:
     )
 
 
-def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
+def _prepare(dataset, teacher_paths, out_dir, config, data_root, device, progress):
     """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
     recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
     from ..data import load_dataset
@@ -42,7 +42,7 @@ def _prepare(dataset, teacher_paths, out_dir, config, data_root, device):
     if not teacher_paths:
         raise ValueError("teachers: at least one teacher checkpoint is needed")
     out_dir = check_new_output(out_dir)
-    train = load_dataset(dataset, "train", data_root=data_root)
+    train = load_dataset(dataset, "train", data_root=data_root, progress=progress)
     teachers, records = load_set_teachers(teacher_paths, dataset, train, device)
     return out_dir, train, teachers, records, recovery_checkpoint_path(out_dir)
 
@@ -160,7 +160,8 @@ def distill_infer(
     config = given_config("config", config, RecoveryConfig, RecoveryConfig)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
+    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device,
+                                                             progress)
     spec = train.spec
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
     natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers, progress=progress)
@@ -205,7 +206,8 @@ def distill_sre2l(
 
     config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l)
     check_int("ipc", ipc)
-    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device)
+    out_dir, train, teachers, records, checkpoint = _prepare(dataset, teacher_paths, out_dir, config, data_root, device,
+                                                             progress)
     spec = train.spec
     n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
     _check_space(out_dir, n * (image_elements + 8), n * image_elements,  # uint8 + int64 labels; uint8 results
@@ -265,5 +267,5 @@ def distill_random(
 
     check_int("ipc", ipc)
     out_dir = check_new_output(out_dir)
-    train = load_dataset(dataset, "train", data_root=data_root)
+    train = load_dataset(dataset, "train", data_root=data_root, progress=progress)
     return save_distilled(random_set(train, ipc, seed, progress=progress), out_dir, progress=progress)

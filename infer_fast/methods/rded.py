@@ -346,7 +346,7 @@ def _distill_locked(request: DistillRequest):
 
     resolve_device(request.device)
     out_dir = check_new_output(request.out_dir)
-    train = load_dataset(request.dataset, "train", data_root=request.data_root)
+    train = load_dataset(request.dataset, "train", data_root=request.data_root, progress=request.progress)
     recipe = _checked_recipe(train, request.parsed, request.ipc)  # before the teachers load
     teachers, records = load_set_teachers(request.teacher_paths, request.dataset, train, request.device)
     path = recovery_checkpoint_path(out_dir)
