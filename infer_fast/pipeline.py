@@ -171,6 +171,18 @@ def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[SetKey, Path]]:
     return sets
 
 
+def _one_image_per_class(sets: List[Tuple[SetKey, Path]]) -> Tuple[SetKey, ...]:
+    """The sets that will train on one image per class, where feature duplication (a similarity
+    between the images of a class) is undefined: a set of images at ipc 1. INFER's layout trains
+    on K natural and K*M composed images per class (at least 2)."""
+    from .storage import read_manifest, set_layout
+
+    def layout(key: SetKey, directory: Path) -> Optional[str]:
+        return set_layout(key.made_as.method if key.own is not None else read_manifest(directory)["method"])
+
+    return tuple(key for key, directory in sets if key.ipc < 2 and layout(key, directory) != "compensated")
+
+
 def _make_set(cfg: PipelineConfig, key: SetKey, directory: Path, teacher_paths: List[str], progress: bool) -> float:
     """Distill one set (resuming its recovery checkpoint if any); returns the seconds spent."""
     from .distill.checkpoints import recovery_checkpoints
@@ -257,6 +269,7 @@ class _Session:
     results: Dict[str, Any]
     meter: StepMeter  # seconds and peak memory of every step this session ran (results.json: timing.steps)
     started: float  # (time.perf_counter())
+    no_duplication: Tuple[SetKey, ...] = ()  # the sets whose feature duplication is undefined
 
     @property
     def results_path(self) -> Path:
@@ -274,10 +287,15 @@ class _Session:
 
 def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[str, Any]:
     session = _open_session(cfg, progress, ranks)
+    sets = _set_list(cfg, session.out)  # (key, directory): ours, then those given to the run
+    if cfg.feature_duplication:  # (decided before any work: a note now, not a surprise after a set)
+        session.no_duplication = _one_image_per_class(sets)
+        if session.no_duplication:
+            which = ", ".join(f"{key.label} ipc {key.ipc}" for key in session.no_duplication)
+            session.say(f"feature duplication: skipped for {which} (undefined with one training image per class)")
     session.step("test split")
     test = _test_split(cfg, session.out, ranks, progress)
     teacher_paths, teachers = _load_teachers(session)  # 1. trained across the ranks, then loaded by every rank
-    sets = _set_list(cfg, session.out)  # (key, directory): ours, then those given to the run
     for key, directory in sets:  # 2. distilled sets, relabelled and measured
         _prepare_set(session, key, directory, teacher_paths, teachers)
     _train_students(session, sets, teachers, test)  # 3. students
@@ -382,7 +400,7 @@ def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optio
     info["compression_ratio_note"] = (
         "images + indices; no soft labels stored (the teachers label every batch while training)"
         if per_batch else "images + static soft labels + indices")
-    if cfg.feature_duplication and int(ds.hard_labels().bincount().max()) < 2:
+    if cfg.feature_duplication and key in session.no_duplication:
         info["feature_duplication"] = None  # (a pairwise similarity within classes)
         info["feature_duplication_note"] = "undefined: one training image per class"
     elif cfg.feature_duplication and twin_info is not None:

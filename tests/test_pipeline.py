@@ -295,3 +295,30 @@ def test_imported_sets_join_the_run(finished_run, tmp_path):
                        ({"X": str(tmp_path / "nowhere")}, "no such distilled set")):
         with pytest.raises(ValueError, match=match):
             tiny_config(tmp_path / "x", external=bad)
+
+
+def test_feature_duplication_at_ipc1_is_skipped_with_a_note_before_work(finished_run, tmp_path, capsys):
+    """At ipc 1 a set of images has one training image per class, where feature duplication is
+    undefined: the run says so before any work (its first line) and records null with a note;
+    INFER's set (K natural + K*M composed images per class) is measured; quiet: no note."""
+    from infer_fast.distill import distill_random
+    from infer_fast.relabel import relabel_directory
+
+    cfg, results = finished_run
+    distill_random("fashion-mnist-mini", 1, tmp_path / "theirs", seed=5)
+    relabel_directory(tmp_path / "theirs", [results["teachers"][0]["path"]], progress=False)
+    teachers = [{"path": t["path"]} for t in results["teachers"]]
+    config = tiny_config(tmp_path / "run", teachers=teachers, ipc=[1], accounting="ipc", methods=["infer", "random"],
+                         seeds=1, student={"model": "convnet-w8-d2", "epochs": 1, "batch_size": 64, "device": "cpu"},
+                         external={"Other": str(tmp_path / "theirs")})
+    ran = run_pipeline(config, progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("feature duplication: skipped for Random ipc 1, Other ipc 1 "
+                        "(undefined with one training image per class)")
+    assert sum(line.startswith("feature duplication") for line in lines) == 1
+    for key in ("random/ipc1", "external:Other/ipc1"):
+        assert ran["sets"][key]["feature_duplication"] is None
+        assert ran["sets"][key]["feature_duplication_note"] == "undefined: one training image per class"
+    assert -1.0 <= ran["sets"]["infer/ipc1"]["feature_duplication"] <= 1.0
+    run_pipeline(config, progress=False)  # (all done: nothing to say)
+    assert "feature duplication" not in capsys.readouterr().out
