@@ -138,6 +138,27 @@ def test_cpu_plan_fits_the_groups_in_the_available_memory(monkeypatch):
     assert plan.auto_batch_plan(teacher, natural, K=100) == (plan.CPU_MAX_IMAGES // C, None)
 
 
+def test_the_plan_runs_and_names_the_chunk_size_given(monkeypatch):
+    """--chunk-size without --group-size: the plan sizes the groups and runs the user's chunks;
+    when one group does not fit, its warning names those chunks, not the ones it would choose."""
+    teacher, natural = _teacher(), _natural().float()
+    C = natural.shape[1]
+    per_image = plan.activation_bytes_per_image(teacher, natural, 4)
+    group = per_image * C / plan.MEMORY_FRACTION
+    _fake_available(monkeypatch, int(3.5 * group))
+    assert plan.auto_batch_plan(teacher, natural, K=100, chunk_size=4) == (3, 4)
+    _fake_available(monkeypatch, int(0.6 * group))
+    with pytest.warns(RuntimeWarning, match="runs in chunks of"):
+        _, fits = plan.auto_batch_plan(teacher, natural, K=100)
+    assert fits != 2  # (the message tells the two apart)
+    with pytest.warns(RuntimeWarning, match=f"it runs in chunks of 2 images, as --chunk-size asks [(]{fits} would fit"):
+        assert plan.auto_batch_plan(teacher, natural, K=100, chunk_size=2) == (1, 2)
+    with pytest.warns(RuntimeWarning, match="chunks of 2 images, as --chunk-size asks"):
+        out = recover_ufcs(_natural(K=1), [teacher], [0.5], [0.25], RecoveryConfig(iterations=2, chunk_size=2),
+                           progress=False)
+    assert all(s["chunk_size"] == 2 for s in out["stats"])
+
+
 def test_cpu_plan_caps_the_activations_however_much_memory_there_is(monkeypatch):
     """A big machine does not make CPU chunks bigger than CPU_MAX_ACTIVATION_BYTES (larger
     passes are not faster there): the peak stays a few GiB for ImageNet's 1000-image groups."""

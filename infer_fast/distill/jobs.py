@@ -111,8 +111,7 @@ class _JobRunner:
             if config.group_size:
                 G, chunk_size = config.group_size, config.chunk_size
             else:
-                G, auto_chunk = plan.auto_batch_plan(run_teacher, probe, len(todo))
-                chunk_size = config.chunk_size or auto_chunk
+                G, chunk_size = plan.auto_batch_plan(run_teacher, probe, len(todo), chunk_size=config.chunk_size)
                 if distributed.rank_and_world()[1] > 1 and not self.split_jobs:  # "chunks": one plan for all ranks
                     G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
             self.group_size = G

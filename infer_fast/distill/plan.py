@@ -51,11 +51,12 @@ def out_of_memory_error(exc: BaseException, device: torch.device, desc: str, G: 
 
 def auto_batch_plan(
     teacher: nn.Module, natural: Tensor, K: int, max_images: int = CPU_MAX_IMAGES,
-    memory_fraction: float = MEMORY_FRACTION, probe_images: Optional[int] = None,
+    memory_fraction: float = MEMORY_FRACTION, probe_images: Optional[int] = None, chunk_size: Optional[int] = None,
 ) -> Tuple[int, Optional[int]]:
     """(G, chunk_size): how many UFCs (or SRe2L groups) of C images to optimize together, and
-    whether to run the teacher in chunks (None: the whole batch at once). ``natural``: (K', C,
-    ch, H, W) on the teacher's device, only its shape and first rows are used.
+    in what chunks the teacher runs them (None: the whole batch at once). ``natural``: (K', C,
+    ch, H, W) on the teacher's device, only its shape and first rows are used; ``chunk_size``:
+    the user's (--chunk-size), which runs whatever the plan would choose.
 
     A probe of a few rows measures the memory one image costs the teacher's forward +
     backward (CUDA: the allocator's peak, ``probe_images`` rows, default 16; CPU:
@@ -65,8 +66,9 @@ def auto_batch_plan(
     [1, K] and on the CPU to ``max_images`` images (at least one group: larger batches buy
     nothing there). When even one group does not fit, G = 1 and the teacher runs in chunks
     (chunked exact mode, the same gradient) of as many rows as fit beside the whole group's
-    inputs (BATCH_INPUT_COPIES images each), with a RuntimeWarning saying so. Where the
-    available memory cannot be read (CPU off Linux), the image cap alone, no chunks.
+    inputs (BATCH_INPUT_COPIES images each), with a RuntimeWarning saying so (and the chunks
+    that run: the user's where given). Where the available memory cannot be read (CPU off
+    Linux), the image cap alone, no chunks.
     """
     C = natural.shape[1]
     device = natural.device
@@ -77,21 +79,21 @@ def auto_batch_plan(
     else:
         available = memory.available_memory(device)
         if available is None:
-            return cap, None
+            return cap, chunk_size
         per_image = activation_bytes_per_image(teacher, natural, probe_images or 4)
     budget = memory_fraction * available
     activations = budget if device.type == "cuda" else min(budget, CPU_MAX_ACTIVATION_BYTES)
     if per_image * C <= activations:
-        return max(1, min(cap, int(activations / (per_image * C)))), None
+        return max(1, min(cap, int(activations / (per_image * C)))), chunk_size
     inputs = BATCH_INPUT_COPIES * natural[0].numel() * 4  # the group's fp32 inputs, resident while chunks run
-    chunk_size = max(1, int(min(budget - inputs, activations) / per_image))
+    fits = max(1, int(min(budget - inputs, activations) / per_image))
+    runs = (f"it runs in chunks of {fits} images (--chunk-size / --group-size choose otherwise)" if chunk_size is None
+            else f"it runs in chunks of {chunk_size} images, as --chunk-size asks ({fits} would fit)")
     share = (f"{memory_fraction:g} of the {memory.describe(device)} available" if activations == budget
              else f"the CPU's cap for activations, of {budget / 2**30:.1f} GiB available to the batch")
     warnings.warn(f"recovery: one group of {C} images needs ~{per_image * C / 2**30:.1f} GiB for the teacher, more than "
-                  f"the {activations / 2**30:.1f} GiB budget ({share}): "
-                  f"it runs in chunks of {chunk_size} images (--chunk-size / --group-size choose otherwise)",
-                  RuntimeWarning, stacklevel=2)
-    return 1, chunk_size
+                  f"the {activations / 2**30:.1f} GiB budget ({share}): {runs}", RuntimeWarning, stacklevel=2)
+    return 1, chunk_size or fits
 
 
 def _probe_input(teacher: nn.Module, natural: Tensor, rows: int, copy: bool = False) -> Tuple[Tensor, Tensor]:
