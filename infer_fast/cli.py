@@ -150,7 +150,10 @@ def _pretrained_teacher(options: Dict, out: str) -> None:
     if options.get("weights") and is_external(model):
         raise UserError(f"--weights FILE applies to the built-in models; {model} reads its library's cache")
     source = options.get("weights") or True  # a missing file is named before the weights are read
+    kept = os.path.exists(out)  # (then pretrained_teacher says what the file holds: one line, not two)
     meta = pretrained_teacher(model, dataset, out, pretrained=source)
+    if kept:
+        return
     weights = "the torch hub cache" if meta["config"]["pretrained"] is True else meta["config"]["pretrained"]
     print(f"teacher {meta['model']} for {meta['dataset']}: pretrained weights from {weights} (accuracy not measured) -> {out}")
 
