@@ -6,6 +6,9 @@ import gzip
 import os
 import pickle
 import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -472,6 +475,102 @@ def test_a_folder_scan_and_its_digest_show_progress_only_when_they_run_long(tmp_
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"scanning {tmp_path / 'train'}: 100% 2/2 ")
     assert lines[1].startswith("listing digest imagenet train: 100% 4/4 ")
+
+
+CACHED = {"name": "imagenet", "num_classes": 2, "image_size": 8}
+
+
+def _val_tree(root, n=6, seed=0):
+    """An ImageNet-layout tree of PNGs (lossless: the cache's pixels compare exactly)."""
+    labels = torch.arange(n) % 2
+    for split in ("train", "val"):
+        write_image_folder(root / split, rand_u8((n, 3, 8, 8), seed), labels, class_names=["n01", "n02"], ext="png")
+
+
+def _decoded(log):
+    """Files decoded since the last call (INFER_FAST_DECODE_LOG), the log emptied."""
+    if not log.exists():
+        return 0
+    count = len(log.read_text().splitlines())
+    log.unlink()
+    return count
+
+
+def _cached_test_split(tmp_path):
+    return data.load_test_split(CACHED, data_root=str(tmp_path / "tree"), decode_cache=str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def decode_log(tmp_path, monkeypatch):
+    log = tmp_path / "decodes.log"
+    monkeypatch.setenv(data.DECODE_LOG_ENV, str(log))
+    return log
+
+
+def test_decode_cache_is_reused_memory_mapped_without_decoding(tmp_path, decode_log):
+    """A second load_test_split with the same decode_cache decodes nothing and maps the same
+    pixels from the cache file."""
+    _val_tree(tmp_path / "tree")
+    first = _cached_test_split(tmp_path)
+    assert isinstance(first, ImageSet) and _decoded(decode_log) == 6
+    [cache_file] = (tmp_path / "cache").glob("*.u8")
+    again = _cached_test_split(tmp_path)
+    assert _decoded(decode_log) == 0
+    direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
+    assert torch.equal(again.images, direct.images) and torch.equal(again.labels, direct.labels)
+    if os.path.exists("/proc/self/maps"):  # the pixels are the file's pages, not a copy
+        assert str(cache_file) in open("/proc/self/maps").read()
+
+
+@pytest.mark.parametrize("interruption", ["no record", "torn record", "short file", "decode in progress"])
+def test_an_interrupted_decode_cache_is_decoded_again(tmp_path, decode_log, interruption):
+    """What a kill can leave (the file renamed but its .json record not written, a record cut
+    short, a partial temporary file) and a cache file of the wrong size are not trusted: the
+    split is decoded again and the pixels are right; a killed writer's temporary file (its
+    process gone from this host) is removed."""
+    _val_tree(tmp_path / "tree")
+    _cached_test_split(tmp_path)
+    _decoded(decode_log)
+    [cache_file] = (tmp_path / "cache").glob("*.u8")
+    record = cache_file.with_name(cache_file.name + ".json")
+    if interruption == "no record":
+        record.unlink()
+    elif interruption == "torn record":
+        record.write_text(record.read_text()[:20])
+    elif interruption == "short file":
+        cache_file.write_bytes(cache_file.read_bytes()[:100])
+    else:  # killed while decoding: only the temporary file of the first decode is there
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        prefix = f".{cache_file.name}.tmp-"
+        dead, alive, elsewhere = (cache_file.with_name(f"{prefix}{host}-{pid}") for host, pid in
+                                  ((socket.gethostname(), int(gone.stdout)), (socket.gethostname(), os.getppid()),
+                                   ("other-host", int(gone.stdout))))
+        cache_file.rename(dead)
+        alive.write_bytes(b"")
+        elsewhere.write_bytes(b"")
+    rebuilt = _cached_test_split(tmp_path)
+    assert _decoded(decode_log) == 6
+    if interruption == "decode in progress":  # the dead writer's file removed, not another's
+        assert not dead.exists() and alive.exists() and elsewhere.exists()
+    direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
+    assert torch.equal(rebuilt.images, direct.images)
+    _decoded(decode_log)  # (the direct decode's)
+    _cached_test_split(tmp_path)  # complete again: reused
+    assert _decoded(decode_log) == 0
+
+
+def test_a_decode_cache_of_other_files_is_not_reused(tmp_path, decode_log):
+    """A changed tree (here a file added) has another digest: its split is decoded into a
+    cache of its own, never read from the old one."""
+    _val_tree(tmp_path / "tree")
+    _cached_test_split(tmp_path)
+    _decoded(decode_log)
+    PIL.fromarray(rand_u8((8, 8, 3), 9).numpy()).save(tmp_path / "tree" / "val" / "n02" / "added.png")
+    grown = _cached_test_split(tmp_path)
+    assert len(grown) == 7 and _decoded(decode_log) == 7
+    direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
+    assert torch.equal(grown.images, direct.images)
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 2
 
 
 # --------------------------------------------------------------------------- ImageSet

@@ -17,9 +17,11 @@ every process (worker processes and torchrun ranks too): how a run's reads can b
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import socket
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -286,8 +288,10 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     """``split`` decoded once into a uint8 file under ``directory`` (named by the split's
     digest, resolution and channels) and returned as an :class:`ImageSet` memory-mapped from
     it: later calls, and other processes, reuse the file instead of decoding again (the
-    many student evaluations of a run). Written beside itself and renamed when complete, so
-    an interrupted decode leaves no cache behind that looks finished."""
+    many student evaluations of a run). Written beside itself and renamed when complete, then
+    its record (``.json``: shape and digest) written: a file without its record, a record that
+    does not parse or name this split, or a file of another size is decoded again; the
+    temporary files that killed decodes on this host left are removed first."""
     from .._io import check_writable
 
     digest = split.digest(progress=progress)
@@ -296,11 +300,14 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     stem = f"{split.spec.name}-{split.split}-{split.spec.image_size}px-{key}"
     path = os.path.join(os.fspath(directory), stem + ".u8")
     meta_path = path + ".json"
-    if not (os.path.isfile(path) and os.path.isfile(meta_path) and _cache_matches(meta_path, shape)):
+    if not _cache_matches(path, meta_path, shape, digest):
         nbytes = int(np.prod(shape))
+        folder = os.path.dirname(os.path.abspath(path))
+        temporary = os.path.join(folder, f".{stem}.u8.tmp-{socket.gethostname()}-")  # + the writer's pid
+        _remove_dead_writers_files(temporary)
         check_writable(path, "decode cache", need_bytes=nbytes)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{stem}.u8.tmp-{os.getpid()}")
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{temporary}{os.getpid()}"
         try:
             out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # raw bytes: the shape is in the .json
             start = 0
@@ -323,9 +330,37 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     return ImageSet(split.spec, images, split.labels.clone(), split.split)
 
 
-def _cache_matches(meta_path: str, shape) -> bool:
+def _remove_dead_writers_files(prefix: str) -> None:
+    """Remove ``<prefix><pid>`` files whose process is gone: a killed decode's partial cache
+    (a whole split's size). The prefix names this host: a writer on another host sharing the
+    folder is never taken for dead."""
+    for leftover in glob.glob(glob.escape(prefix) + "*"):
+        pid = leftover[len(prefix):]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:  # (another process removed it first)
+                pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _cache_matches(path: str, meta_path: str, shape, digest: str) -> bool:
+    """Whether the decode cache at ``path`` is complete and of this split: its record names
+    the shape and digest, and the file holds that many bytes (memory-mapping a shorter file
+    would fail)."""
     try:
         with open(meta_path) as f:
-            return tuple(json.load(f)["shape"]) == tuple(shape)
-    except (OSError, ValueError, KeyError):
+            meta = json.load(f)
+        return (tuple(meta["shape"]) == tuple(shape) and meta["digest"] == digest
+                and os.path.getsize(path) == int(np.prod(shape)))
+    except (OSError, ValueError, KeyError, TypeError):
         return False
