@@ -522,6 +522,38 @@ def test_decode_cache_is_reused_memory_mapped_without_decoding(tmp_path, decode_
         assert str(cache_file) in open("/proc/self/maps").read()
 
 
+def _rss_file_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident size from /proc")
+def test_a_mapped_split_read_in_order_holds_about_a_batch(tmp_path):
+    """Going through a MappedImageSet (the decode cache) batch by batch keeps about one batch of
+    its file resident, not the file: without the release, a pass over ImageNet's val split held
+    7 GB; its pixels are the file's, and a batch kept past its turn still reads right."""
+    from infer_fast.data.sets import MappedImageSet
+
+    spec = get_spec("imagenet")
+    n, shape = 1200, (3, 224, 224)  # 180 MB
+    pixels = np.random.default_rng(0).integers(0, 256, size=(64,) + shape, dtype=np.uint8)
+    path = tmp_path / "cache.u8"
+    with open(path, "wb") as f:
+        for start in range(0, n, 64):
+            f.write(pixels[: min(64, n - start)].tobytes())
+    mapped = MappedImageSet(spec, str(path), (n,) + shape, torch.arange(n) % 1000, "val")
+    batch_bytes, before, most = 100 * int(np.prod(shape)), _rss_file_bytes(), 0
+    kept = None
+    for k, (images, labels) in enumerate(mapped.batches(100)):
+        assert torch.equal(images[0], torch.from_numpy(pixels[(100 * k) % 64]))
+        assert labels[0] == (100 * k) % 1000 and int(images.sum()) > 0  # (every pixel read, as a forward does)
+        most = max(most, _rss_file_bytes() - before)
+        kept = images if k == 0 else kept
+    assert most <= 3 * batch_bytes < n * int(np.prod(shape)) / 3  # (15 MB a batch; 180 MB in all)
+    assert torch.equal(kept[0], torch.from_numpy(pixels[0]))  # (released, read again from the file)
+    assert torch.equal(mapped.images_at([1199, 3]), torch.from_numpy(pixels[[1199 % 64, 3]]))
+
+
 @pytest.mark.parametrize("interruption", ["no record", "torn record", "short file", "decode in progress"])
 def test_an_interrupted_decode_cache_is_decoded_again(tmp_path, decode_log, interruption):
     """What a kill can leave (the file renamed but its .json record not written, a record cut
