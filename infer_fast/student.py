@@ -59,7 +59,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .progress import progress_bar
+from .progress import SHORT_PHASE_S, progress_bar
 from .relabel import ensemble_logits
 
 from .data.registry import get_dataset
@@ -88,8 +88,6 @@ __all__ = [
 ]
 
 BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
-LONG_EPOCH_STEPS = 20  # an epoch of this many steps or more shows its steps
-LONG_EVALUATION_IMAGES = 10_000  # an evaluation of this many test images or more shows its batches
 
 
 # --------------------------------------------------------------------------------------
@@ -380,7 +378,7 @@ class StudentRun:
             record = self.train_epoch(epoch, progress)
             if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 self.accuracy = evaluate(self.model, self.test_set, cfg.eval_batch_size, self.device, self.mean,
-                                         self.std, progress=progress and len(self.test_set) >= LONG_EVALUATION_IMAGES,
+                                         self.std, progress=progress,
                                          precision=cfg.precision, channels_last=cfg.channels_last)
                 record["test_accuracy"] = self.accuracy
                 if cfg.eval_every:
@@ -406,9 +404,9 @@ class StudentRun:
         self.model.train()
         order = torch.randperm(self.n, generator=self.gen)
         step_losses = StepLosses(self.steps_per_epoch, self.device)  # (read once, after the epoch)
-        # steps shown within an epoch when an epoch is long (ImageNet-size sets)
+        # an epoch's steps shown once it has run SHORT_PHASE_S (ImageNet-size sets; a small set's is over sooner)
         for step in progress_bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
-                                 disable=not progress or self.steps_per_epoch < LONG_EPOCH_STEPS):
+                                 disable=not progress, delay=SHORT_PHASE_S):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             step_losses.add(self.step(*self.mixed_batch(idx), len(idx)), len(idx))
         return {"epoch": epoch + 1, "loss": step_losses.mean(), "lr": self.schedule.get_last_lr()[0]}

@@ -26,7 +26,7 @@ from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import create_model
-from .progress import progress_bar
+from .progress import SHORT_PHASE_S, progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .choices import DEVICE_CHOICES, PRECISIONS
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
@@ -98,7 +98,9 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
     """Top-1 accuracy of ``model`` (eval mode) on a split (ImageSet or FolderImageSet),
     streamed in batches of ``batch_size`` images (at most EVAL_MAX_PIXELS pixels), normalized
     with ``mean``/``std`` (default: the split's), the forward pass at ``precision`` with the
-    batches in channels_last or not (as the model trained: mixed_precision)."""
+    batches in channels_last or not (as the model trained: mixed_precision). ``progress``: a
+    bar over the batches once the evaluation has run SHORT_PHASE_S (ImageNet's val split takes
+    minutes on a CPU, a small test split an instant)."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -108,8 +110,10 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
     rows = max(1, min(batch_size, EVAL_MAX_PIXELS // (spec.image_size * spec.image_size)))
     correct = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: one host read at the end
     try:
-        for images, labels in test_set.batches(rows, pin_memory=device.type == "cuda", progress=progress,
-                                               desc=f"evaluating on {spec.name} {test_set.split}"):
+        batches = test_set.batches(rows, pin_memory=device.type == "cuda")
+        for images, labels in progress_bar(batches, total=math.ceil(len(test_set) / rows), unit="batch", leave=False,
+                                           desc=f"evaluating on {spec.name} {test_set.split}", disable=not progress,
+                                           delay=SHORT_PHASE_S):
             x = batch_in_layout(normalize(images.to(device, non_blocking=True), mean, std), channels_last)
             with autocast(device, precision):
                 logits = model(x)

@@ -179,6 +179,28 @@ def test_student_trains_on_infer_set(teachers, data):
     assert 0.0 <= r["final_accuracy"] <= 1.0 and r["num_training_images"] == ds.num_training_images()
 
 
+def test_long_epochs_and_evaluations_show_progress_short_ones_do_not(teachers, data, monkeypatch, capsys):
+    """An epoch's steps and an evaluation's batches get a bar once they have run SHORT_PHASE_S
+    (an ImageNet-size set's epoch or val split: minutes that said nothing before, under 20
+    steps or 10,000 test images); a small one is over sooner and stays quiet."""
+    import infer_fast.student
+    import infer_fast.teacher
+    from infer_fast.progress import PROGRESS_ENV_VAR
+
+    monkeypatch.setenv(PROGRESS_ENV_VAR, "bar")  # (tqdm's bars, as on a terminal: nested ones too)
+    _, models = teachers
+    ds = relabel(infer_set(data[0]), models)
+    config = StudentConfig(epochs=1, **FAST)
+    train_student(ds, data[1], config, progress=True)
+    quiet = capsys.readouterr().err
+    for module in (infer_fast.student, infer_fast.teacher):  # (every phase counts as long)
+        monkeypatch.setattr(module, "SHORT_PHASE_S", 0.0)
+    train_student(ds, data[1], config, progress=True)
+    shown = capsys.readouterr().err
+    for phase in ("epoch 1:", "evaluating on fashion-mnist-mini test:"):
+        assert phase not in quiet and phase in shown, (phase, shown)
+
+
 def test_hard_label_protocol_without_augmentation(data):
     """labels="hard": cross-entropy with the set's hard labels (no soft labels needed); with
     augmentation and mixing "none" the images go in as stored, and nothing is drawn for them."""
