@@ -144,12 +144,15 @@ class DDRankingProtocol(CheckedWhenMade):
     def student_model(self, dataset_name: str) -> str:
         return self.student_config(dataset_name, "hard", False, self.lr_grid[0], 0).model
 
-    def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int):
-        """The StudentConfig of one run: the family's recipe, the protocol's overrides, ``lr``
-        (a StudentConfig is checked when made)."""
+    def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int,
+                       set_settings: Optional[Dict[str, Any]] = None):
+        """The StudentConfig of one run: the family's recipe, what the set's method gives its
+        students (``set_settings``: RDED's augmentation, as DD-Ranking's RDED scripts pass its
+        ShufflePatches and crop as their train transform), the protocol's overrides, ``lr`` (a
+        StudentConfig is checked when made)."""
         from .student import StudentConfig
 
-        values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset_name)], **self.student}
+        values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset_name)], **(set_settings or {}), **self.student}
         values.update(labels=labels, seed=seed, lr=float(lr), eval_every=self.test_interval, schedule="half-cosine",
                       dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not mixed:
@@ -174,10 +177,10 @@ class _Runs:
     """Trains the students of an evaluation, one grid search at a time, with one bar."""
 
     def __init__(self, protocol: DDRankingProtocol, dataset_name: str, test, teachers, device: str, total: int,
-                 progress: bool):
+                 progress: bool, set_settings: Dict[str, Any]):
         from .progress import progress_bar
 
-        self.protocol, self.dataset_name, self.test = protocol, dataset_name, test
+        self.protocol, self.dataset_name, self.test, self.set_settings = protocol, dataset_name, test, set_settings
         self.teachers, self.device = list(teachers), device
         self.bar = progress_bar(total=total, desc="DD-Ranking students", unit="student", disable=not progress)
 
@@ -188,8 +191,8 @@ class _Runs:
         found: Dict[str, float] = {}
         best_acc, best_lr = -1.0, None
         for lr in grid:
-            config = dataclasses.replace(self.protocol.student_config(self.dataset_name, labels, mixed, lr, seed),
-                                         device=self.device)
+            config = dataclasses.replace(self.protocol.student_config(self.dataset_name, labels, mixed, lr, seed,
+                                                                      self.set_settings), device=self.device)
             result = train_student(source, self.test, config, teachers=self.teachers, progress=False)
             acc = periodic_best(result["history"], self.protocol.test_interval)
             found[repr(float(lr))] = acc
@@ -236,6 +239,7 @@ def evaluate_set_dd_ranking(
     mean and std. ``teachers`` label the soft-label runs (per batch) or the random subsets."""
     from .data import load_dataset, load_test_split
     from .evaluate import REPORT_FORMAT, check_evaluable, random_subset
+    from .methods.registry import set_student_settings
 
     protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol)
     name = distilled.dataset
@@ -248,7 +252,7 @@ def evaluate_set_dd_ranking(
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
 
     grid, set_grid = protocol.grids()
-    runs = _Runs(protocol, name, test, teachers, device, protocol.student_count(), progress)
+    runs = _Runs(protocol, name, test, teachers, device, protocol.student_count(), progress, set_student_settings(distilled))
     rounds: List[Dict[str, Any]] = []
     try:
         for i in range(protocol.rounds):
@@ -292,7 +296,7 @@ def evaluate_set_dd_ranking(
         "protocol": {
             "name": PROTOCOL_NAME, **dataclasses.asdict(protocol), "lr_grid": list(grid),
             "recipe": protocol.recipe_for(name), "round_seeds": [r["seed"] for r in rounds],
-            "student_config": dataclasses.asdict(protocol.student_config(name, "soft", True, grid[0], 0)),
+            "student_config": dataclasses.asdict(protocol.student_config(name, "soft", True, grid[0], 0, runs.set_settings)),
             "accuracy_of_a_run": f"best of the tests every {protocol.test_interval} epochs, best over the rate grid",
             "random_subset": f"ipc {ipc} real training images per class, picked with "
                              + ("the round's seed" if protocol.random_subset_seed is None

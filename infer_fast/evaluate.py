@@ -78,11 +78,13 @@ class Protocol(CheckedWhenMade):
     def student_model(self, dataset_name: Optional[str] = None) -> str:
         return self.student_config("soft", True, 0).model
 
-    def student_config(self, labels: str, augmented: bool, seed: int):
-        """The StudentConfig of one run."""
+    def student_config(self, labels: str, augmented: bool, seed: int, set_settings: Optional[Dict[str, Any]] = None):
+        """The StudentConfig of one run: the recipe, what the set's method gives its students
+        (``set_settings``: methods.registry.set_student_settings, RDED's augmentation) over it,
+        the protocol's ``student`` fields over both."""
         from .student import StudentConfig
 
-        values = dict(self.student, labels=labels, seed=seed,
+        values = dict(set_settings or {}, **self.student, labels=labels, seed=seed,
                       dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not augmented:
             values.update(augmentation="none", mix="none")
@@ -218,9 +220,11 @@ def evaluate_set(
     ``decode_cache``: a directory where a test split read from image files is decoded once
     for all the students (``data.load_test_split``)."""
     from .data import load_dataset, load_test_split
+    from .methods.registry import set_student_settings
     from .student import train_student
 
     protocol = given_config("protocol", protocol, Protocol, Protocol)
+    own = set_student_settings(distilled)  # (RDED: its augmentation, for the set's and the random subset's students)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
@@ -235,7 +239,7 @@ def evaluate_set(
         seed_acc: Dict[str, float] = {}
         for which, source in (("set", distilled), ("random", random)):
             for name, labels, augmented in RUNS:
-                config = dataclasses.replace(protocol.student_config(labels, augmented, seed), device=device)
+                config = dataclasses.replace(protocol.student_config(labels, augmented, seed, own), device=device)
                 acc = train_student(source, test, config, teachers=list(teachers),
                                     progress=progress)["final_accuracy"]
                 accuracies[which].setdefault(name, []).append(acc)
@@ -252,7 +256,7 @@ def evaluate_set(
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
                 "training_images": distilled.num_training_images()},
         "protocol": {"name": PROTOCOL_NAME, **dataclasses.asdict(protocol),
-                     "student_config": dataclasses.asdict(protocol.student_config("soft", True, 0)),
+                     "student_config": dataclasses.asdict(protocol.student_config("soft", True, 0, own)),
                      "runs": {name: {"labels": labels, "augmentation_and_mixing": augmented}
                               for name, labels, augmented in RUNS},
                      "random_subset": f"ipc {ipc} real training images per class, picked with "

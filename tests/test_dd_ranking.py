@@ -212,3 +212,38 @@ def test_cli_dd_ranking_protocol(teacher, unlabelled_set, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "other.json").exists()
+
+
+def test_an_rded_sets_students_augment_as_its_method_in_both_protocols(teacher, unlabelled_set, monkeypatch):
+    """A set whose method gives its students settings (RDED: its shuffled-patch augmentation
+    at the set's factor) is evaluated with them under either protocol, for its own runs and
+    the random subset's (DD-Ranking's RDED scripts pass that transform for both), unless the
+    protocol's student fields say otherwise; runs without augmentation stay without it."""
+    import dataclasses
+
+    import infer_fast.student
+
+    path, model = teacher
+    rded = dataclasses.replace(unlabelled_set, method="rded", hyperparameters={"factor": 2})
+    configs = []
+
+    def recording(source, test, config, **kw):  # (no training: the configs are the point)
+        configs.append((source is rded, config))
+        return {"final_accuracy": 0.5, "history": [{"epoch": config.epochs, "test_accuracy": 0.5}]}
+
+    monkeypatch.setattr(infer_fast.student, "train_student", recording)
+    report = evaluate_set(rded, [model], Protocol(student=TINY, seeds=1, soft_labels="per-batch"),
+                          full_data_checkpoint=path, device="cpu", progress=False)
+    augmented = {(c.augmentation, c.patches) for _, c in configs if c.mix != "none"}
+    assert augmented == {("shuffle_patches_crop_flip", 2)} and {True, False} == {mine for mine, _ in configs}
+    assert {c.augmentation for _, c in configs if c.mix == "none"} == {"none"}
+    assert report["protocol"]["student_config"]["augmentation"] == "shuffle_patches_crop_flip"
+    configs.clear()
+    dd = DDRankingProtocol(student={**TINY, "epochs": 2}, rounds=1, lr_grid=(0.001,), test_interval=2)
+    report = evaluate_set_dd_ranking(rded, [model], dd, full_data_checkpoint=path, device="cpu", progress=False)
+    assert {(c.augmentation, c.patches) for _, c in configs} == {("shuffle_patches_crop_flip", 2)}
+    assert report["protocol"]["student_config"]["patches"] == 2
+    configs.clear()
+    evaluate_set(rded, [model], Protocol(student={**TINY, "augmentation": "crop_flip"}, seeds=1,
+                                         soft_labels="per-batch"), full_data_checkpoint=path, device="cpu", progress=False)
+    assert {c.augmentation for _, c in configs if c.mix != "none"} == {"crop_flip"}  # (the protocol's fields win)
