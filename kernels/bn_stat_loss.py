@@ -396,11 +396,9 @@ def _acc(dtype):
 # Launchers
 # ----------------------------------------------------------------------------------------
 def _cols_plan(x3, G, block_rows, block_inner, split):
-    """The channels-inner layout's plan: tiles of (rows of the group's (n*L, C) matrix) x
-    (a channel block), S programs per (group, channel block)."""
-    N, C, L = x3.shape
+    """Channels inner: tiles of rows of a group's (n*L, C) matrix x a channel block, S per block."""
+    (N, C, L), (sn, sc, sl) = x3.shape, x3.stride()
     n_per = N // G
-    sn, sc, sl = x3.stride()
     M = n_per * L
     BLOCK_C = block_inner or min(triton.next_power_of_2(C), 128)
     BLOCK_M = block_rows or max(1, min(_TILE // BLOCK_C, triton.next_power_of_2(M)))
@@ -418,11 +416,9 @@ def _cols_plan(x3, G, block_rows, block_inner, split):
 
 
 def _rows_plan(x3, G, block_rows, block_inner, split):
-    """The rows layout's plan (NCHW-like: each (n, c) a run of L): tiles of rows x L, S =
-    rsplit * lsplit programs per (group, channel)."""
-    N, C, L = x3.shape
+    """Rows (each (n, c) a run of L): tiles of rows x L, S = rsplit * lsplit per (group, channel)."""
+    (N, C, L), (sn, sc, sl) = x3.shape, x3.stride()
     n_per = N // G
-    sn, sc, sl = x3.stride()
     BLOCK_L = block_inner or _inner_block(L, _TILE)
     BLOCK_R = block_rows or max(1, min(_TILE // BLOCK_L, triton.next_power_of_2(n_per)))
     row_tiles = triton.cdiv(n_per, BLOCK_R)
@@ -447,16 +443,13 @@ def _rows_plan(x3, G, block_rows, block_inner, split):
 
 def _partial_sums(x3, running_mean, groups, out, out_strides, block_rows, block_inner, split,
                   running_var=None, weight=None, bias=None, eps=0.0, y3=None, loss=None):
-    """Launch the statistics kernel of x3's layout, the one launch of a forward or sums op;
-    return the plan as a dict (kernel, splits, blocks).
-
-    Its programs write partial sums: with S == 1 straight into ``out`` (element (g, j, c) at
-    g * out_strides[0] + j * out_strides[1] + c), with S > 1 into a new (G, 2, S, C) scratch
-    buffer; then the last program of each group finalizes it into ``out`` (the sums of the S
-    partials; with ``loss`` the statistics, running_var required). Raw sums with S == 1 are
-    already final: no counter then. With ``y3`` the same kernel writes the eval-mode BN
-    output (running_var required).
-    """
+    """Launch the statistics kernel of x3's layout (the one launch of a forward or sums op);
+    return its plan (kernel, splits, blocks). Its programs write partial sums, with S == 1
+    straight into ``out`` (element (g, j, c) at g * out_strides[0] + j * out_strides[1] + c),
+    with S > 1 into a new (G, 2, S, C) scratch buffer that the last program of each group
+    finalizes into ``out`` (with ``loss`` the statistics; raw sums with S == 1 are final: no
+    counter). With ``y3`` the same kernel writes the eval-mode BN output (running_var is
+    required with ``loss`` or ``y3``)."""
     N, C, L = x3.shape
     G = int(groups)
     block_rows = _pow2(knob("block_rows", block_rows), "block_rows")
