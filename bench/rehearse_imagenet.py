@@ -21,6 +21,7 @@ import collections
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="where every step of the run computes: cpu (default) or "
                         "cuda[:N]")
     parser.add_argument("--json", help="output JSON (default bench/results/imagenet-rehearsal[-gpu]-<date>.json)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (tree, run, logs) after a run that "
+                        "succeeded (a failed run's is always kept)")
     args = parser.parse_args(argv)
     if args.quick:
         args.classes, args.train_per_class, args.val_per_class = 100, 4, 1
@@ -185,6 +188,10 @@ def main(argv=None) -> int:
     print(f"\nrun: {measured['wall_s']:.0f} s wall; peak resident memory {measured['process_tree_peak_rss_gib']:.2f} GiB "
           f"(process tree; main process {main_peak:.2f} GiB); decoded {dict(decoded)} "
           f"of {args.classes * args.train_per_class} train / {args.classes * args.val_per_class} val files -> {path}")
+    if args.keep:
+        print(f"working folder kept: {work}")
+    else:  # (the generated tree, the run's sets and students: a rehearsal left gigabytes in /tmp each time)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

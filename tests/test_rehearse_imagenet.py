@@ -61,3 +61,7 @@ def test_the_device_goes_into_the_run_config_and_the_record(tmp_path, monkeypatc
     assert record["environment"]["device"].startswith("GPU cuda" if device == "cuda" else "CPU")
     assert record["tree"] == {"classes": 2, "train_per_class": 1, "val_per_class": 1}
     assert record["decoded_files"] == {"val": 1}
+    assert not work.exists()  # (removed after a run that succeeded; --keep keeps it)
+    work.mkdir()
+    assert rehearse_imagenet.main(["--classes", "2", "--train-per-class", "1", "--keep", "--json", str(out)]) == 0
+    assert (work / "run.log").exists()
