@@ -110,10 +110,8 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
     rows = max(1, min(batch_size, EVAL_MAX_PIXELS // (spec.image_size * spec.image_size)))
     correct = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: one host read at the end
     try:
-        batches = test_set.batches(rows, pin_memory=device.type == "cuda")
-        for images, labels in progress_bar(batches, total=math.ceil(len(test_set) / rows), unit="batch", leave=False,
-                                           desc=f"evaluating on {spec.name} {test_set.split}", disable=not progress,
-                                           delay=SHORT_PHASE_S):
+        for images, labels in test_set.batches(rows, pin_memory=device.type == "cuda", progress=progress,
+                                               desc=f"evaluating on {spec.name} {test_set.split}", delay=SHORT_PHASE_S):
             x = batch_in_layout(normalize(images.to(device, non_blocking=True), mean, std), channels_last)
             with autocast(device, precision):
                 logits = model(x)

@@ -135,8 +135,8 @@ class _Split(Dataset):
         (all of class 0 first); the same labels and seed pick the same samples."""
         return self.subset(per_class_indices(self.labels, self.spec.num_classes, per_class, seed))
 
-    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None,
-                pin_memory: bool = False, progress: bool = False, desc: str = "images") -> Iterator[Tuple[Tensor, Tensor]]:
+    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None, pin_memory: bool = False,
+                progress: bool = False, desc: str = "images", delay: float = 0.0) -> Iterator[Tuple[Tensor, Tensor]]:
         raise NotImplementedError
 
     def images_at(self, indices, *, num_workers: Optional[int] = None, progress: bool = False,
@@ -190,15 +190,15 @@ class ImageSet(_Split):
     def images_at(self, indices, **_) -> Tensor:
         return self.images[_as_index(indices, len(self))]
 
-    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None,
-                pin_memory: bool = False, progress: bool = False, desc: str = "images") -> Iterator[Tuple[Tensor, Tensor]]:
+    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None, pin_memory: bool = False,
+                progress: bool = False, desc: str = "images", delay: float = 0.0) -> Iterator[Tuple[Tensor, Tensor]]:
         """(uint8 images, labels) of ``indices`` (default: every sample, in order) in consecutive
         batches of ``batch_size``: slices of the held tensors (the worker options are for
-        folder splits)."""
+        folder splits); ``progress``: a bar, shown once it has run ``delay`` seconds."""
         idx = None if indices is None else _as_index(indices, len(self))
         n = len(self) if idx is None else idx.numel()
         starts = range(0, n, batch_size)
-        for start in progress_bar(starts, desc=desc, disable=not progress, leave=False, unit="batch"):
+        for start in progress_bar(starts, desc=desc, disable=not progress, leave=False, unit="batch", delay=delay):
             rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
             yield self.images[rows], self.labels[rows]
 
@@ -240,12 +240,13 @@ class FolderImageSet(_Split):
         idx = _as_index(indices, len(self)).tolist()
         return FolderImageSet(self.spec, [(self.paths[i], int(self.labels[i])) for i in idx], self.split)
 
-    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None,
-                pin_memory: bool = False, progress: bool = False, desc: str = "images") -> Iterator[Tuple[Tensor, Tensor]]:
+    def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None, pin_memory: bool = False,
+                progress: bool = False, desc: str = "images", delay: float = 0.0) -> Iterator[Tuple[Tensor, Tensor]]:
         """(uint8 images, labels) of ``indices`` (default: every sample, in order) in consecutive
         batches of ``batch_size``, decoded (decode, resize, crop) by ``num_workers`` DataLoader
         worker processes (default :func:`loader_workers`), ``pin_memory`` for a GPU consumer.
-        At most a few batches per worker are held at a time, whatever the split's size."""
+        At most a few batches per worker are held at a time, whatever the split's size.
+        ``progress``: a bar, shown once it has run ``delay`` seconds."""
         idx = torch.arange(len(self)) if indices is None else _as_index(indices, len(self))
         order = idx.tolist()
         chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
@@ -256,7 +257,8 @@ class FolderImageSet(_Split):
             loader = torch.utils.data.DataLoader(self, batch_sampler=chunks, num_workers=workers,
                                                  pin_memory=pin_memory and torch.cuda.is_available())
             iterator = iter(loader)
-        yield from progress_bar(iterator, total=len(chunks), desc=desc, disable=not progress, leave=False, unit="batch")
+        yield from progress_bar(iterator, total=len(chunks), desc=desc, disable=not progress, leave=False, unit="batch",
+                                delay=delay)
 
     def to_memory(self, num_workers: Optional[int] = None, batch_size: int = 256, progress: bool = False) -> ImageSet:
         """Decode every image into an :class:`ImageSet`, in order (``num_workers`` decoding
