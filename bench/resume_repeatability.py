@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ def cli(args, cwd, env=None, expect=0):
     result = subprocess.run([sys.executable, "-m", "infer_fast.cli", *args], cwd=cwd, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
     if result.returncode != expect:
-        raise SystemExit(f"{' '.join(args[:1])} exited {result.returncode}: {result.stderr.strip()[-500:]}")
+        raise SystemExit(f"{args[0]} exited {result.returncode}: {result.stderr.strip()[-500:]}")
 
 
 def main() -> None:
@@ -62,7 +63,7 @@ def main() -> None:
         cli([*DISTILL, "--out", "reference"], work)
         reference = load_distilled(os.path.join(work, "reference")).ufc
         killed = [*DISTILL, "--checkpoint-every", "10"]
-        cli([*killed, "--out", "killed"], work, {SIGKILL_AFTER_CHECKPOINT_ENV: str(KILL_AT)}, expect=-9)
+        cli([*killed, "--out", "killed"], work, {SIGKILL_AFTER_CHECKPOINT_ENV: str(KILL_AT)}, expect=-signal.SIGKILL)
         checkpoint = os.path.join(work, "killed.recovery.pt")
         runs = []
         for i in range(args.n):
