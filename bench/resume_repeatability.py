@@ -4,7 +4,10 @@ One checkpoint taken inside a batch (the test's setting: fashion-mnist-mini, a t
 K = 4 UFCs in one batch, killed right after its checkpoint of iteration 10) is resumed N times,
 each time from a fresh copy of the same file, in a fresh process; every result is compared bit
 for bit (torch.equal, per UFC) with one uninterrupted run. A resume that is fully determined by
-its checkpoint matches every time.
+its checkpoint matches every time. Before infer_fast made MKL's first vector-math call at import
+(infer_fast/mkl_vml.py), about 1 resume in 40 differed here: the resumed process's first Adam
+step was its first MKL VML call, made by two threads at once, and MKL's lazy CPU detection
+races (results/resume-repeatability-default-2026-12-06.json is that measurement).
 
     python bench/resume_repeatability.py                 # 40 resumes, about 4 minutes on 2 cores
     python bench/resume_repeatability.py --n 80 --env OMP_NUM_THREADS=1
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="set for the resumed runs (repeatable)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder of the JSON")
+    parser.add_argument("--label", help="the JSON's name tag (default: the --env settings, or 'default')")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     work = tempfile.mkdtemp(prefix="resume-repeatability-")
@@ -86,7 +90,7 @@ def main() -> None:
         "resumes": args.n, "differing": len(bad), "runs": runs,
     }
     os.makedirs(args.out, exist_ok=True)
-    tag = "-".join(f"{k}={v}" for k, v in env.items()) or "default"
+    tag = args.label or "-".join(f"{k}={v}" for k, v in env.items()) or "default"
     path = os.path.join(args.out, f"resume-repeatability-{tag}-{report['date']}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)

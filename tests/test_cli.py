@@ -202,9 +202,9 @@ def _assert_resumed_equals_uninterrupted(tmp_path, args, resumed, reference, res
     the message says which UFCs differ and by how much, whether a second uninterrupted run
     matches the first (then the resume changed the result) or not (then this machine's
     arithmetic is not repeatable), and, given ``resume_again`` (the UFCs of a second resume of
-    the same checkpoint), whether the resume itself is repeatable (issue 20 point 0: on 2
-    threads about 1 resume in 20 of one and the same checkpoint differs, see
-    bench/resume_repeatability.py)."""
+    the same checkpoint), whether the resume itself is repeatable (issue 20 point 0 was such
+    a case: MKL's first vector-math call racing on 2 threads, infer_fast/mkl_vml.py; measured
+    by bench/resume_repeatability.py)."""
     from infer_fast.storage import load_distilled
 
     if torch.equal(resumed.ufc, reference.ufc):
@@ -219,7 +219,8 @@ def _assert_resumed_equals_uninterrupted(tmp_path, args, resumed, reference, res
     if resume_again is not None:
         second = resume_again()
         verdict += ("; a second resume of the same checkpoint matches the uninterrupted run: the resume is not "
-                    "repeatable (issue 20 point 0)" if torch.equal(second, reference.ufc)
+                    "repeatable (as when MKL's first call raced, infer_fast/mkl_vml.py)"
+                    if torch.equal(second, reference.ufc)
                     else "; a second resume of the same checkpoint differs too"
                     + (" (the same as the first)" if torch.equal(second, resumed.ufc) else ""))
     raise AssertionError(f"resumed UFCs {differ} differ from the uninterrupted run's (max |diff| {largest:.3g}); "

@@ -1,0 +1,81 @@
+"""MKL VML's CPU detection runs once, on one thread, when infer_fast is imported (issue 20
+point 0, infer_fast/mkl_vml.py).
+
+The race it avoids is rare (about 1 in 40 processes), so the test does not wait for it:
+gdb stops at MKL's detection routine (mkl_serv_vml_cpu_detect, reached only while VML's
+CPU id is not yet set) and the test reads where each call came from. A process that
+imports only torch makes the detection inside the OpenMP region of its first large sqrt,
+where two threads can race; one that imports infer_fast makes it once, during the import,
+outside any parallel region.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the child: import (or not) infer_fast, print a marker, then a sqrt over 4 chunks of
+# at::vml's 2048-element grain, on 2 OpenMP threads
+CHILD = """
+import sys
+import torch
+if sys.argv[1] == "infer_fast":
+    import infer_fast  # noqa: F401
+print("IMPORTED", flush=True)
+torch.sqrt(torch.rand(8192))
+print("DONE", flush=True)
+"""
+
+# gdb: every call of MKL's CPU detection, whether it ran inside an OpenMP region
+GDB_SCRIPT = """
+set pagination off
+set breakpoint pending on
+python
+import gdb
+class Detect(gdb.Breakpoint):
+    def stop(self):
+        inside = "GOMP_parallel" in gdb.execute("bt 60", to_string=True)
+        print("DETECT parallel=%s" % inside, flush=True)
+        return False
+Detect("mkl_serv_vml_cpu_detect")
+end
+run
+"""
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to watch MKL's CPU detection"),
+    pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="this torch has no MKL (at::vml uses SLEEF)"),
+]
+
+
+def detections(tmp_path, imports: str):
+    """The process's lines in order: 'IMPORTED', 'DETECT parallel=True|False' per call of the
+    detection, 'DONE'."""
+    child, script = tmp_path / "child.py", tmp_path / "detect.gdb"
+    child.write_text(CHILD)
+    script.write_text(GDB_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(["gdb", "-q", "-batch", "-x", str(script), "--args", sys.executable, str(child), imports],
+                          capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("IMPORTED", "DETECT", "DONE"))]
+    assert lines[-1:] == ["DONE"], proc.stdout[-2000:] + proc.stderr[-2000:]
+    return lines
+
+
+def test_a_torch_process_detects_the_cpu_inside_its_first_parallel_vml_call(tmp_path):
+    # the control: what the race needs, and proof that gdb sees the detection at all
+    lines = detections(tmp_path, "torch")
+    if lines == ["IMPORTED", "DONE"]:
+        pytest.skip("this torch's MKL has no mkl_serv_vml_cpu_detect to watch")
+    assert lines[0] == "IMPORTED"
+    assert lines[1] == "DETECT parallel=True", lines
+
+
+def test_importing_infer_fast_detects_the_cpu_once_outside_any_parallel_region(tmp_path):
+    lines = detections(tmp_path, "infer_fast")
+    assert lines == ["DETECT parallel=False", "IMPORTED", "DONE"], lines
