@@ -12,14 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# the child: import (or not) infer_fast, print a marker, then a sqrt over 4 chunks of
+# the child: import (or not) infer_fast, print a marker, then VML functions over 4 chunks of
 # at::vml's 2048-element grain, on 2 OpenMP threads
 CHILD = """
 import sys
@@ -28,6 +25,8 @@ if sys.argv[1] == "infer_fast":
     import infer_fast  # noqa: F401
 print("IMPORTED", flush=True)
 torch.sqrt(torch.rand(8192))
+torch.exp(torch.rand(8192, dtype=torch.float64))
+torch.tanh(torch.rand(8192))
 print("DONE", flush=True)
 """
 
@@ -59,10 +58,12 @@ def detections(tmp_path, imports: str):
     child, script = tmp_path / "child.py", tmp_path / "detect.gdb"
     child.write_text(CHILD)
     script.write_text(GDB_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # (the infer_fast these tests import)
     proc = subprocess.run(["gdb", "-q", "-batch", "-x", str(script), "--args", sys.executable, str(child), imports],
                           capture_output=True, text=True, env=env, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("IMPORTED", "DETECT", "DONE"))]
+    if not lines and "ptrace" in proc.stdout + proc.stderr:  # (a sandbox that forbids tracing)
+        pytest.skip("gdb cannot trace a process here: " + (proc.stdout + proc.stderr).strip().splitlines()[-1])
     assert lines[-1:] == ["DONE"], proc.stdout[-2000:] + proc.stderr[-2000:]
     return lines
 
