@@ -238,7 +238,7 @@ def content_digest(tensors: Iterable[Tensor]) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # (the buffer itself: no copy of a split's size)
     return h.hexdigest()
 
 
