@@ -419,8 +419,9 @@ def _compression_ratio(cfg: PipelineConfig, key: SetKey, ds) -> Dict[str, Any]:
 
     if key.labelled_per_batch:
         return _ratio_without_soft_labels(ds)
-    if ds.full_train_size is None and key.own is None:  # (an import may not know it)
-        return ds.compression_ratio(full_train_size=len(load_dataset(cfg.dataset, "train", data_root=cfg.data_root)))
+    if ds.full_train_size is None and key.own is None:  # (an import may not know it: count the split, a scan)
+        train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, in_memory=False)
+        return ds.compression_ratio(full_train_size=len(train))
     return ds.compression_ratio()
 
 

@@ -88,3 +88,22 @@ def test_a_streamed_folder_is_distilled_decoding_only_the_chosen_files(root, tmp
         assert sum(decoded.values()) == kept * CLASSES and set(decoded.values()) == {1}
         assert sorted(decoded) == sorted(streamed.per_class(kept, seed=0).paths)
         assert load_distilled(str(out)).num_classes == CLASSES
+
+
+def test_an_imported_sets_compression_ratio_counts_the_split_without_decoding_it(root, monkeypatch, tmp_path):
+    """A set that does not know the training split's size (an import) gets it from a scan of
+    the folder, even where the split would be decoded into memory by default (it is small)."""
+    from types import SimpleNamespace
+
+    from infer_fast.distill.run import random_set
+    from infer_fast.pipeline import _compression_ratio
+    from infer_fast.set_keys import SetKey
+
+    ds = random_set(load_dataset(dataset(), data_root=str(root)), 1, seed=0)
+    ds.full_train_size = None  # as an imported set
+    log = tmp_path / "decodes.log"
+    monkeypatch.setenv(DECODE_LOG_ENV, str(log))
+    run = SimpleNamespace(dataset=dataset(), data_root=str(root))  # (the run config's two fields it reads)
+    ratio = _compression_ratio(run, SetKey.external("Other", 1), ds)
+    assert not log.exists()
+    assert ratio == ds.compression_ratio(full_train_size=CLASSES * PER_CLASS)
