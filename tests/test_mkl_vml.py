@@ -30,7 +30,9 @@ torch.tanh(torch.rand(8192))
 print("DONE", flush=True)
 """
 
-# gdb: every call of MKL's CPU detection, whether it ran inside an OpenMP region
+# gdb: every call of MKL's CPU detection, whether it ran inside an OpenMP region (on the thread
+# that opened it, below GOMP_parallel, or on a worker, below gomp_thread_start; both below
+# ATen's invoke_parallel)
 GDB_SCRIPT = """
 set pagination off
 set breakpoint pending on
@@ -38,7 +40,8 @@ python
 import gdb
 class Detect(gdb.Breakpoint):
     def stop(self):
-        inside = "GOMP_parallel" in gdb.execute("bt 60", to_string=True)
+        stack = gdb.execute("bt", to_string=True)
+        inside = any(frame in stack for frame in ("GOMP_parallel", "gomp_thread_start", "invoke_parallel"))
         print("DETECT parallel=%s" % inside, flush=True)
         return False
 Detect("mkl_serv_vml_cpu_detect")
@@ -58,7 +61,7 @@ def detections(tmp_path, imports: str):
     child, script = tmp_path / "child.py", tmp_path / "detect.gdb"
     child.write_text(CHILD)
     script.write_text(GDB_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # (the infer_fast these tests import)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # (PYTHONPATH as is: the child imports the tests' infer_fast)
     proc = subprocess.run(["gdb", "-q", "-batch", "-x", str(script), "--args", sys.executable, str(child), imports],
                           capture_output=True, text=True, env=env, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("IMPORTED", "DETECT", "DONE"))]
@@ -73,8 +76,10 @@ def test_a_torch_process_detects_the_cpu_inside_its_first_parallel_vml_call(tmp_
     lines = detections(tmp_path, "torch")
     if lines == ["IMPORTED", "DONE"]:
         pytest.skip("this torch's MKL has no mkl_serv_vml_cpu_detect to watch")
-    assert lines[0] == "IMPORTED"
-    assert lines[1] == "DETECT parallel=True", lines
+    # after the import, on one thread or on both at once (the race), always inside the region
+    detections_after_import = lines[1:-1]
+    assert lines[0] == "IMPORTED" and detections_after_import, lines
+    assert set(detections_after_import) == {"DETECT parallel=True"}, lines
 
 
 def test_importing_infer_fast_detects_the_cpu_once_outside_any_parallel_region(tmp_path):
