@@ -266,9 +266,10 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
             "--group-size", "4", "--quiet"]  # K = 4 UFCs, all in one batch
     _ok(*args, "--out", "reference", cwd=tmp_path)
     reference = load_distilled(tmp_path / "reference")
+    checkpointed = [*args, "--checkpoint-every", "10"]
     for iteration in (10, 70, 140):
         out_dir = f"killed-at-{iteration}"
-        killed = [*args, "--checkpoint-every", "10", "--out", out_dir]
+        killed = [*checkpointed, "--out", out_dir]
         result = run_cli(*killed, cwd=tmp_path, env={SIGKILL_AFTER_CHECKPOINT_ENV: str(iteration)})
         assert result.returncode == -signal.SIGKILL, result.stderr
         assert not (tmp_path / out_dir).exists()
@@ -287,7 +288,7 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
         def resume_again(out_dir=out_dir, kept=kept):
             again = f"{out_dir}-again"
             shutil.copy(kept, tmp_path / f"{again}.recovery.pt")
-            _ok(*args, "--checkpoint-every", "10", "--out", again, "--resume", cwd=tmp_path)
+            _ok(*checkpointed, "--out", again, "--resume", cwd=tmp_path)
             return load_distilled(tmp_path / again).ufc
 
         _assert_resumed_equals_uninterrupted(tmp_path, args, resumed, reference, resume_again)
