@@ -107,3 +107,39 @@ def test_an_imported_sets_compression_ratio_counts_the_split_without_decoding_it
     ratio = _compression_ratio(run, SetKey.external("Other", 1), ds)
     assert not log.exists()
     assert ratio == ds.compression_ratio(full_train_size=CLASSES * PER_CLASS)
+
+
+def test_each_local_rank_counts_its_own_copy_against_the_memory_available(root, monkeypatch):
+    """Under torchrun every process on the machine decodes its own copy: the share of the memory
+    available is split between them (LOCAL_WORLD_SIZE)."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr("infer_fast.memory.available_memory", lambda device: 4 * DECODED_BYTES - 4)
+    assert isinstance(load_dataset(dataset(), data_root=str(root)), FolderImageSet)
+    monkeypatch.setattr("infer_fast.memory.available_memory", lambda device: 4 * DECODED_BYTES)
+    assert isinstance(load_dataset(dataset(), data_root=str(root)), ImageSet)
+
+
+def test_a_split_has_one_identity_in_memory_streamed_or_cached(root, tmp_path):
+    """Whether a folder split is held in memory depends on the memory free when it is loaded; what
+    checkpoints tie their resume to (its digest, and its subsets') must not."""
+    from infer_fast.data import decoded_cache
+
+    held = load_dataset(dataset(in_memory=True), data_root=str(root))
+    streamed = load_dataset(dataset(in_memory=False), data_root=str(root))
+    cached = decoded_cache(streamed, str(tmp_path / "cache"))
+    assert held.digest() == streamed.digest() == cached.digest()
+    for split in (held, cached):
+        assert split.per_class(2, seed=1).digest() == streamed.per_class(2, seed=1).digest()
+    assert held.subset([0, 1]).digest() != held.subset([1, 0]).digest()  # (an order is part of it)
+    # arrays (no files) keep the content digest
+    arrays = ImageSet(held.spec, held.images.clone(), held.labels.clone())
+    assert arrays.digest() != held.digest() and arrays.digest() == ImageSet(held.spec, held.images, held.labels).digest()
+
+
+def test_a_teacher_trained_on_the_split_in_memory_is_the_same_run_streamed(root, tmp_path, capsys):
+    out = str(tmp_path / "t.pt")
+    config = dict(model="convnet-w8-d2", epochs=1, batch_size=8, device="cpu", data_root=str(root))
+    train_teacher(TeacherConfig(dataset=dataset(in_memory=True), **config), out, progress=False)
+    capsys.readouterr()
+    train_teacher(TeacherConfig(dataset=dataset(in_memory=False), **config), out, progress=False)
+    assert "already trained" in capsys.readouterr().out  # not refused as other training images

@@ -100,12 +100,16 @@ def per_class_indices(labels: Tensor, num_classes: int, per_class: int, seed: in
 def fits_in_memory(n_images: int, image_shape: Tuple[int, int, int]) -> bool:
     """Whether ``n_images`` uint8 images of ``image_shape`` are decoded into memory by default:
     at most IN_MEMORY_BUDGET bytes and IN_MEMORY_SHARE of the CPU memory available now
-    (the budget alone where that cannot be read)."""
+    (the budget alone where that cannot be read), shared by the processes that torchrun
+    started on this machine (LOCAL_WORLD_SIZE: each rank holds its own copy). Ranks decide
+    alone (a collective here could wait on a rank that never loads); where they differ they
+    still read the same pixels and digest the split alike (ImageSet.digest)."""
     from ..memory import available_memory
 
     decoded = n_images * int(np.prod(image_shape))
     available = available_memory("cpu")
-    return decoded <= IN_MEMORY_BUDGET and (available is None or decoded <= IN_MEMORY_SHARE * available)
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return decoded <= IN_MEMORY_BUDGET and (available is None or decoded * local_ranks <= IN_MEMORY_SHARE * available)
 
 
 class _Split(Dataset):
@@ -157,9 +161,12 @@ class _Split(Dataset):
 
 
 class ImageSet(_Split):
-    """A split held in memory: ``images`` uint8 (N, ch, H, W), ``labels`` int64 (N,)."""
+    """A split held in memory: ``images`` uint8 (N, ch, H, W), ``labels`` int64 (N,);
+    ``files``: the :class:`FolderImageSet` they were decoded from, row for row (None for
+    arrays), which gives the split its identity (:meth:`digest`)."""
 
-    def __init__(self, spec: DatasetSpec, images: Tensor, labels: Tensor, split: str = "train"):
+    def __init__(self, spec: DatasetSpec, images: Tensor, labels: Tensor, split: str = "train",
+                 files: Optional["FolderImageSet"] = None):
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"ImageSet: images must be a uint8 tensor (N, ch, H, W), got {getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
         expected = (spec.channels, spec.image_size, spec.image_size)
@@ -170,7 +177,9 @@ class ImageSet(_Split):
             raise ValueError(f"ImageSet {spec.name}: label/image count mismatch ({images.shape[0]} images, {labels.shape[0]} labels)")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
             raise ValueError(f"ImageSet {spec.name}: labels must lie in [0, {spec.num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
-        self.spec, self.images, self.labels, self.split = spec, images, labels, split
+        if files is not None and len(files) != images.shape[0]:
+            raise ValueError(f"ImageSet {spec.name}: {images.shape[0]} images decoded from {len(files)} files")
+        self.spec, self.images, self.labels, self.split, self.files = spec, images, labels, split, files
 
     def __getitem__(self, i) -> Tuple[Tensor, int]:
         return self.images[i], int(self.labels[i])
@@ -181,7 +190,8 @@ class ImageSet(_Split):
     def subset(self, indices) -> "ImageSet":
         """The samples at ``indices`` (ints, a tensor, or a boolean mask), in that order."""
         idx = _as_index(indices, len(self))
-        return ImageSet(self.spec, self.images[idx], self.labels[idx], self.split)
+        files = None if self.files is None else self.files.subset(idx)
+        return ImageSet(self.spec, self.images[idx], self.labels[idx], self.split, files)
 
     def shuffled(self, seed: int) -> "ImageSet":
         """All samples in a random order fixed by ``seed``."""
@@ -206,9 +216,14 @@ class ImageSet(_Split):
         return self
 
     def digest(self, progress: bool = False) -> str:
-        """content_digest of the images and labels (in memory: no progress to show)."""
+        """The identity of the split: its files' listing digest when it was decoded from
+        files (the same as when it is streamed: whether a split is held in memory depends on
+        the memory free at the time, and must not change what a checkpoint ties its resume
+        to), else content_digest of the images and labels (in memory: no progress to show)."""
         from .._io import content_digest
 
+        if self.files is not None:
+            return self.files.digest(progress)
         return content_digest([self.images, self.labels])
 
 
@@ -268,7 +283,7 @@ class FolderImageSet(_Split):
         for batch, _ in self.batches(batch_size, num_workers=num_workers, progress=progress, desc=f"decoding {self.spec.name} {self.split}"):
             images[start:start + len(batch)] = batch
             start += len(batch)
-        return ImageSet(self.spec, images, self.labels.clone(), self.split)
+        return ImageSet(self.spec, images, self.labels.clone(), self.split, files=self)
 
     def digest(self, progress: bool = False) -> str:
         """SHA-256 of the listing: every file's path below the split's common folder, label and
@@ -323,7 +338,7 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
         with open(meta_path, "w") as f:
             json.dump({"shape": list(shape), "dataset": split.spec.name, "split": split.split,
                        "digest": digest}, f)
-    return MappedImageSet(split.spec, path, shape, split.labels.clone(), split.split)
+    return MappedImageSet(split.spec, path, shape, split.labels.clone(), split.split, files=split)
 
 
 def write_raw_images(path: str, batches: Iterator[Tensor], nbytes: int) -> None:
@@ -348,11 +363,12 @@ class MappedImageSet(ImageSet):
     way; bench/decode_cache_memory.py). The tensor is writable (copy-on-write: the file never
     changes), but writes to it do not last."""
 
-    def __init__(self, spec: DatasetSpec, path: str, shape: Tuple[int, ...], labels: Tensor, split: str = "test"):
+    def __init__(self, spec: DatasetSpec, path: str, shape: Tuple[int, ...], labels: Tensor, split: str = "test",
+                 files: Optional["FolderImageSet"] = None):
         with open(path, "rb") as f:
             self._mapping = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         super().__init__(spec, torch.from_numpy(np.frombuffer(self._mapping, dtype=np.uint8).reshape(shape)),
-                         labels, split)
+                         labels, split, files)
 
     def batches(self, batch_size: int, indices=None, **options) -> Iterator[Tuple[Tensor, Tensor]]:
         """ImageSet.batches; in order (no ``indices``), each batch's pages are released when
