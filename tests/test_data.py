@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -591,18 +592,30 @@ def test_an_interrupted_decode_cache_is_decoded_again(tmp_path, decode_log, inte
     assert _decoded(decode_log) == 0
 
 
-def test_a_decode_cache_of_other_files_is_not_reused(tmp_path, decode_log):
+def test_a_decode_cache_of_other_files_is_not_reused(tmp_path, decode_log, capsys):
     """A changed tree (here a file added) has another digest: its split is decoded into a
-    cache of its own, never read from the old one."""
+    cache of its own, never read from the old one, which is removed (it would never be read
+    again); the caches of another tree, or of the same tree at another resolution or class
+    count, in the same directory are kept."""
     _val_tree(tmp_path / "tree")
-    _cached_test_split(tmp_path)
+    _val_tree(tmp_path / "other", n=4)
+    cache = str(tmp_path / "cache")
+    kept = [data.load_test_split(CACHED, data_root=str(tmp_path / "other"), decode_cache=cache),
+            data.load_test_split({**CACHED, "image_size": 6}, data_root=str(tmp_path / "tree"), decode_cache=cache)]
+    old = _cached_test_split(tmp_path)
     _decoded(decode_log)
+    [old_file] = [p for p in (tmp_path / "cache").glob("*.u8") if old.digest()[:16] in p.name]
     PIL.fromarray(rand_u8((8, 8, 3), 9).numpy()).save(tmp_path / "tree" / "val" / "n02" / "added.png")
-    grown = _cached_test_split(tmp_path)
+    capsys.readouterr()
+    grown = data.load_test_split(CACHED, data_root=str(tmp_path / "tree"), decode_cache=cache, progress=True)
     assert len(grown) == 7 and _decoded(decode_log) == 7
     direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
     assert torch.equal(grown.images, direct.images)
-    assert len(list((tmp_path / "cache").glob("*.u8"))) == 2
+    assert not old_file.exists() and not Path(f"{old_file}.json").exists()
+    assert f"decode cache: removed {old_file}" in capsys.readouterr().out
+    left = sorted(p.name for p in (tmp_path / "cache").glob("*.u8"))
+    assert left == sorted({f"{s.spec.name}-{s.split}-{s.spec.image_size}px-{s.digest()[:16]}.u8" for s in kept + [grown]})
+    assert len(left) == 3
 
 
 # --------------------------------------------------------------------------- ImageSet

@@ -23,7 +23,7 @@ import json
 import mmap
 import os
 import socket
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -285,6 +285,12 @@ class FolderImageSet(_Split):
             start += len(batch)
         return ImageSet(self.spec, images, self.labels.clone(), self.split, files=self)
 
+    def folder(self) -> Optional[str]:
+        """The folder that holds every file of the split (their common path; None when empty)."""
+        if not self.paths:
+            return None
+        return os.path.commonpath(self.paths) if len(self.paths) > 1 else os.path.dirname(self.paths[0])
+
     def digest(self, progress: bool = False) -> str:
         """SHA-256 of the listing: every file's path below the split's common folder, label and
         size (the content of a million files is not read: a changed file of the same size and
@@ -292,7 +298,7 @@ class FolderImageSet(_Split):
         per file: minutes for ImageNet's train split on a cold disk)."""
         h = hashlib.sha256(f"{self.spec.name}:{self.spec.image_size}:{self.spec.channels}".encode())
         if self.paths:
-            root = os.path.commonpath(self.paths) if len(self.paths) > 1 else os.path.dirname(self.paths[0])
+            root = self.folder()
             listing = progress_bar(zip(self.paths, self.labels.tolist()), total=len(self.paths), unit="file",
                                    desc=f"listing digest {self.spec.name} {self.split}", delay=SHORT_PHASE_S,
                                    disable=not progress)
@@ -309,7 +315,8 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     many student evaluations of a run). Written beside itself and renamed when complete, then
     its record (``.json``: shape and digest) written: a file without its record, a record that
     does not parse or name this split, or a file of another size is decoded again; the
-    temporary files that killed decodes on this host left are removed first."""
+    temporary files that killed decodes on this host left are removed first, and so are the
+    caches of this split's folder made before its files changed (:func:`_remove_outdated_caches`)."""
     from .._io import check_writable
 
     digest = split.digest(progress=progress)
@@ -318,11 +325,15 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     stem = f"{split.spec.name}-{split.split}-{split.spec.image_size}px-{key}"
     path = os.path.join(os.fspath(directory), stem + ".u8")
     meta_path = path + ".json"
+    source = {"dataset": split.spec.name, "num_classes": split.spec.num_classes, "split": split.split,
+              "image_size": split.spec.image_size, "channels": split.spec.channels,
+              "folder": split.folder() and os.path.abspath(split.folder())}
     if not _cache_matches(path, meta_path, shape, digest):
         nbytes = int(np.prod(shape))
         folder = os.path.dirname(os.path.abspath(path))
         temporary = os.path.join(folder, f".{stem}.u8.tmp-{socket.gethostname()}-")  # + the writer's pid
         _remove_dead_writers_files(temporary)
+        _remove_outdated_caches(folder, source, digest, progress)
         check_writable(path, "decode cache", need_bytes=nbytes)
         os.makedirs(folder, exist_ok=True)
         tmp = f"{temporary}{os.getpid()}"
@@ -336,8 +347,7 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
                 os.unlink(tmp)
             raise
         with open(meta_path, "w") as f:
-            json.dump({"shape": list(shape), "dataset": split.spec.name, "split": split.split,
-                       "digest": digest}, f)
+            json.dump({"shape": list(shape), **source, "digest": digest}, f)
     return MappedImageSet(split.spec, path, shape, split.labels.clone(), split.split, files=split)
 
 
@@ -396,6 +406,32 @@ def _remove_dead_writers_files(prefix: str) -> None:
                 os.unlink(leftover)
             except FileNotFoundError:  # (another process removed it first)
                 pass
+
+
+def _remove_outdated_caches(directory: str, source: Dict[str, Any], digest: str, progress: bool) -> None:
+    """Remove the decode caches in ``directory`` whose record names the same ``source`` (dataset,
+    classes, split, resolution, channels and folder) with another digest: made before the folder's files
+    changed, never read again (ImageNet's val split: 7.5 GB each), and in the way of the new
+    cache's free-space check. Caches of other folders, and records older than the folder field,
+    are left alone."""
+    for meta_path in glob.glob(os.path.join(glob.escape(directory), "*.u8.json")):
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            outdated = (isinstance(meta, dict) and meta.get("digest") != digest and source["folder"] is not None
+                        and all(meta.get(k) == v for k, v in source.items()))
+        except (OSError, ValueError):
+            continue
+        if outdated:
+            cache = meta_path[:-len(".json")]
+            size = os.path.getsize(cache) if os.path.exists(cache) else 0
+            for stale in (meta_path, cache):  # (the record first: a cache without it is never trusted)
+                try:
+                    os.unlink(stale)
+                except FileNotFoundError:  # (another process removed it first)
+                    pass
+            if progress:
+                print(f"decode cache: removed {cache} ({size / 2**30:.2f} GiB), made before {source['folder']} changed")
 
 
 def _process_alive(pid: int) -> bool:
