@@ -4,6 +4,7 @@
 #   make bench  - op benchmarks, JSON under bench/results/
 #   make bench-cpu - the pytest-benchmark suite (host cost, C++ kernels, batches) against its committed baseline
 #   make cuda-check - compile setup.py's CUDA build with nvcc for sm_90, check launchers and registers (no GPU needed)
+#   make triton-check - compile every Triton launch of `make test` for sm_90, with triton 3.9 and 3.6 (no GPU needed)
 #   make data   - the full Fashion-MNIST from Debian's package dataset-fashion-mnist (MIT)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,7 +20,7 @@ SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.inc csrc/*/*.cpp csrc/
            $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py)
 export MAX_JOBS ?= 2
 
-.PHONY: demo test bench bench-cpu bench-cpu-baseline cuda-check install clean data
+.PHONY: demo test bench bench-cpu bench-cpu-baseline cuda-check triton-check install clean data
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +39,31 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/infer-fast demo
 
+# The tests record every distinct Triton launch they make under the interpreter
+# (tests/conftest.py) for triton-check.
+TRITON_LAUNCHES := $(CURDIR)/$(VENV)/triton-launches.jsonl
 test: $(VENV)/.installed
-	cd tests && ../$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	rm -f $(TRITON_LAUNCHES)
+	cd tests && INFER_FAST_TRITON_LAUNCHES=$(TRITON_LAUNCHES) ../$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Every Triton kernel specialization that `make test` launched, and those of a real run's
+# shapes, compiled for sm_90 by triton's compiler without a GPU (bench/triton_aot_check.py):
+# with $(VENV)'s triton and with the lent GPU machine's, TRITON_GPU, in a venv of its own
+# that holds that triton alone and reads everything else from $(VENV) (a .pth after its own).
+TRITON_GPU := 3.6.0
+TRITON_GPU_VENV := $(VENV)-triton$(TRITON_GPU)
+$(TRITON_GPU_VENV)/.deps: $(VENV)/.deps
+	$(PYTHON) -m venv $(TRITON_GPU_VENV)
+	$(TRITON_GPU_VENV)/bin/pip install --quiet triton==$(TRITON_GPU)
+	$(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))" > \
+	  "$$($(TRITON_GPU_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/infer-fast-base.pth"
+	touch $@
+
+triton-check: $(VENV)/.installed $(TRITON_GPU_VENV)/.deps
+	@test -f $(TRITON_LAUNCHES) || (echo "triton-check: no $(TRITON_LAUNCHES): run make test first (it records the launches)" && false)
+	mkdir -p build
+	$(PY) bench/triton_aot_check.py --launches $(TRITON_LAUNCHES) --json build/triton-check.json
+	$(TRITON_GPU_VENV)/bin/python bench/triton_aot_check.py --launches $(TRITON_LAUNCHES) --json build/triton-check-$(TRITON_GPU).json
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_ops.py $(BENCH_ARGS)

@@ -82,6 +82,31 @@ def backend_row_marks(name: str, why, gpu: bool) -> list:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "backend_must_run(reason): the row fails with the reason (backend_row_marks)")
+    _start_recording_triton_launches(config)
+
+
+def _start_recording_triton_launches(config) -> None:
+    """With INFER_FAST_TRITON_LAUNCHES=FILE and the Triton interpreter, every distinct launch of
+    our kernels is recorded and appended to FILE at the end (bench/triton_aot_check.py compiles
+    them for a GPU: what the interpreter accepts and the compiler would refuse shows without one)."""
+    path = os.environ.get("INFER_FAST_TRITON_LAUNCHES")
+    if not path or not backends.triton_interpreter():
+        return
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("triton_aot_check", BENCH / "triton_aot_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recording = module.recording(run_kernels=True)
+    config._triton_launches = (module, path, recording, recording.__enter__())
+
+
+def pytest_unconfigure(config):
+    launches = getattr(config, "_triton_launches", None)
+    if launches is not None:
+        module, path, recording, seen = launches
+        recording.__exit__(None, None, None)
+        module.append_launches(path, seen)
 
 
 def pytest_pyfunc_call(pyfuncitem):
