@@ -183,7 +183,7 @@ def _full_data_accuracy(protocol: Protocol, dataset: str, data_root, device: str
 def random_subset(train, ipc: int, seed: int, teachers: Sequence[nn.Module], device: str, static_labels: bool):
     """The random real subset of a set's budget, picked with ``seed``; soft-labelled by the
     teachers when the students train on static labels."""
-    from .distill.run import random_set
+    from .methods.random import random_set
     from .relabel import relabel
 
     subset = random_set(train, ipc, seed)

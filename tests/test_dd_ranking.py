@@ -11,7 +11,7 @@ from infer_fast.cli import main
 from infer_fast.data import load_dataset, load_test_split
 from infer_fast.dd_ranking import (FAMILY_RECIPES, LR_GRID, ROUND_SEEDS, DDRankingProtocol, _full_data,
                                    evaluate_set_dd_ranking, format_dd_ranking_report, periodic_best)
-from infer_fast.distill.run import random_set
+from infer_fast.methods.random import random_set
 from infer_fast.evaluate import Protocol, check_full_data_checkpoint, evaluate_set, format_report
 from infer_fast.scores import (PRINTED_FLOOR, dd_ranking_printed_scores, dd_ranking_scores,
                                printed_augmentation_robust_score, printed_label_robust_score)

@@ -497,7 +497,7 @@ def test_engine_takes_what_it_optimizes_from_the_recovery_kind(natural, teachers
 
     from infer_fast.data.pixels import quantize_images
     from infer_fast.distill import checkpoints, jobs, recover_sre2l
-    from infer_fast.distill.variables import FreeImages
+    from infer_fast.methods.sre2l import FreeImages
 
     scored = []
 
@@ -513,7 +513,7 @@ def test_engine_takes_what_it_optimizes_from_the_recovery_kind(natural, teachers
     states, real = [], checkpoints.save_atomic
     monkeypatch.setattr(checkpoints, "save_atomic", lambda obj, path: (
         states.extend(obj.get("partials", [])), real(obj, path)))
-    done, stats, _ = jobs._recover(Toy(), {"ipc": 2}, [(0, 0), (0, 1)], teachers[:1], None, 10, (1, 28, 28),
+    done, stats, _ = jobs.recover(Toy(), {"ipc": 2}, [(0, 0), (0, 1)], teachers[:1], None, 10, (1, 28, 28),
                                    spec.mean, spec.std, cfg, tmp_path / "toy.recovery.pt", False, False, "auto")
     assert [s["method"] for s in states] == ["toy"] and [b["k"] for b in stats] == [[0, 1]] and scored == [10]
     sre2l = recover_sre2l(2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, replace(cfg, checkpoint_every=None),

@@ -8,7 +8,7 @@ from conftest import train_tiny_teachers
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset
-from infer_fast.distill.run import random_set
+from infer_fast.methods.random import random_set
 from infer_fast.evaluate import RUNS, Protocol, evaluate_set, format_report
 from infer_fast.scores import dd_ranking_scores
 from infer_fast.storage import save_distilled

@@ -95,7 +95,7 @@ def test_an_imported_sets_compression_ratio_counts_the_split_without_decoding_it
     the folder, even where the split would be decoded into memory by default (it is small)."""
     from types import SimpleNamespace
 
-    from infer_fast.distill.run import random_set
+    from infer_fast.methods.random import random_set
     from infer_fast.pipeline import _compression_ratio
     from infer_fast.set_keys import SetKey
 

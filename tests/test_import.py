@@ -9,7 +9,7 @@ from PIL import Image
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset
-from infer_fast.distill.run import random_set
+from infer_fast.methods.random import random_set
 from infer_fast.storage import DistilledSetError, export_imagefolder, import_imagefolder, load_distilled
 
 

@@ -67,6 +67,20 @@ def test_builtin_methods_and_their_facts():
         Method(name="bad", label="x", summary="x")
 
 
+@pytest.mark.parametrize("first", ["infer_fast.methods.sre2l", "infer_fast.methods.rded", "infer_fast.distill"])
+def test_the_builtin_order_does_not_depend_on_which_module_is_imported_first(first):
+    """Importing one method's module (or reaching a method's function through infer_fast.distill)
+    loads the others while that one is still being imported; the order is the built-in one."""
+    import subprocess
+    import sys
+
+    code = (f"import {first}\nimport infer_fast.distill as d\nd.distill_sre2l\n"
+            "from infer_fast.methods import all_methods\nprint(' '.join(m.name for m in all_methods()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["infer", "infer_dyn", "sre2l", "random", "cda", "rded"]
+
+
 def test_a_toy_method_defined_here_runs_end_to_end(toy, tmp_path, capsys):
     """Registered in this file alone: `distill --method toy` with its own option as a flag,
     its set stored and loaded, and an `infer-fast run` row of its own."""

@@ -144,7 +144,7 @@ def test_yaml_value_of_wrong_type_or_range_refused_naming_the_option(tmp_path, m
 def test_generated_flags_reach_the_configs(monkeypatch):
     """The flags that were not hand-written before (train --weight-decay, --eval-every,
     --schedule; distill --lr, --betas) reach the configs; nothing runs."""
-    from infer_fast import distill
+    from infer_fast.methods import infer
 
     built = {}
     make = StudentConfig.from_recipe.__func__
@@ -162,7 +162,7 @@ def test_generated_flags_reach_the_configs(monkeypatch):
         built["recovery"] = config
         raise KeyboardInterrupt  # stop before anything runs
 
-    monkeypatch.setattr(distill, "distill_infer", capture)
+    monkeypatch.setattr(infer, "distill_infer", capture)
     monkeypatch.setattr("infer_fast.distributed.init_from_env", lambda: (0, 1))
     argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",
             "--lr", "0.1", "--betas", "[0.4, 0.8]", "--no-cuda-graphs"]

@@ -169,7 +169,8 @@ def test_one_recovery_builder_for_cli_and_run_configs(monkeypatch):
     """`infer-fast distill --augmentation imagenet` and `augmentation: imagenet` in a run
     config get the same recipe (they once differed: r_bn 0.01 and roll up to 32 from the CLI,
     r_bn 1 and roll up to 4 from a config), for INFER and for SRe2L."""
-    from infer_fast import cli, distill
+    from infer_fast import cli
+    from infer_fast.methods import infer, sre2l
     from infer_fast.distill import RecoveryConfig, recovery_config
     from infer_fast.pipeline import PipelineConfig
 
@@ -181,8 +182,8 @@ def test_one_recovery_builder_for_cli_and_run_configs(monkeypatch):
             raise KeyboardInterrupt  # stop before anything runs
         return fake
 
-    monkeypatch.setattr(distill, "distill_infer", capture("infer"))
-    monkeypatch.setattr(distill, "distill_sre2l", capture("sre2l"))
+    monkeypatch.setattr(infer, "distill_infer", capture("infer"))
+    monkeypatch.setattr(sre2l, "distill_sre2l", capture("sre2l"))
     monkeypatch.setattr("infer_fast.distributed.init_from_env", lambda: (0, 1))
     for method in ("infer", "sre2l"):
         argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",

@@ -104,7 +104,7 @@ def test_epoch_reduction_is_a_fact_of_the_method():
 def test_a_set_made_as_another_methods_gets_that_methods_options(tmp_path, monkeypatch):
     """INFER+Dyn listed alone (or before INFER) makes INFER's set with the run's ``recovery``
     options (it was distilled with infer_dyn's options, none: INFER's defaults)."""
-    from infer_fast import distill
+    from infer_fast.methods import infer
     from infer_fast.pipeline import _make_set
 
     built = {}
@@ -112,7 +112,7 @@ def test_a_set_made_as_another_methods_gets_that_methods_options(tmp_path, monke
     def fake(*args, config, accounting, **kwargs):
         built["config"], built["accounting"] = config, accounting
 
-    monkeypatch.setattr(distill, "distill_infer", fake)
+    monkeypatch.setattr(infer, "distill_infer", fake)
     cfg = PipelineConfig(dataset="fashion-mnist-mini", teachers=[{"path": "t.pt"}], out=str(tmp_path),
                          methods=["infer_dyn"], recovery={"iterations": 7}, accounting="ipc")
     _make_set(cfg, SetKey("infer_dyn", 2), tmp_path / "sets" / "infer-ipc2", ["t.pt"], progress=False)

@@ -24,23 +24,38 @@ images (from noise) in place of the compensators.
 Checkpoints: after every finished batch the finished UFCs are written atomically; a resumed
 run skips them (UFC results do not depend on batching, so the group size may differ).
 
-The package: ``config`` (RecoveryConfig and the builder from user options), ``natural``
-(budget and natural sets), ``variables`` (what a method's jobs optimize: the RecoveryKind
-hooks, INFER's compensators and SRe2L's free images), ``engine`` (one batch of jobs: the
+The package is the recovery engine that methods build on: ``config`` (RecoveryConfig and the
+builder from user options), ``variables`` (what a method's jobs optimize: the RecoveryKind
+hooks), ``engine`` (one batch of jobs: the
 optimization loop; ``augment`` and ``cuda_graphs`` its augmentation and captured
 iterations), ``jobs`` (the scheduler: which batches, in what order, on which rank;
-recover_ufcs and recover_sre2l), ``checkpoints`` (the checkpoint store: index, results
+``recover``), ``checkpoints`` (the checkpoint store: index, results
 files, in-batch states, resume), ``run`` (dataset and teachers in, a distilled set on disk
-out).
+out: what every method's set-making shares). Each method's own code is its module in
+``infer_fast.methods``: INFER's budget, natural sets, compensators, recover_ufcs and
+distill_infer in ``infer.py``; SRe2L's free images, recover_sre2l and distill_sre2l in
+``sre2l.py``; distill_random in ``random.py``. Those names are importable from here too.
 """
 from ..choices import (ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
                        RECOVERY_RECIPES, SELECTIONS)
 from .config import RecoveryConfig, recovery_config
 from .plan import RecoveryOutOfMemoryError, auto_batch_plan
 from .checkpoints import recovery_checkpoints
-from .jobs import RecoveryDivergedError, recover_sre2l, recover_ufcs
-from .natural import infer_budget, select_natural_sets
-from .run import distill_infer, distill_random, distill_sre2l
+from .jobs import RecoveryDivergedError
+
+# the methods' functions, from their modules (imported when first used: those modules build on this package)
+_FROM_METHODS = {"infer_budget": "infer", "select_natural_sets": "infer", "recover_ufcs": "infer",
+                 "distill_infer": "infer", "recover_sre2l": "sre2l", "distill_sre2l": "sre2l",
+                 "distill_random": "random"}
+
+
+def __getattr__(name):
+    if name in _FROM_METHODS:
+        import importlib
+
+        return getattr(importlib.import_module(f"infer_fast.methods.{_FROM_METHODS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ACCOUNTINGS", "RECOVERY_AUGMENTATIONS", "SELECTIONS", "PRECISIONS", "DISTRIBUTED_MODES", "COMPILE_MODES",

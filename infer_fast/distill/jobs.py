@@ -2,34 +2,33 @@
 k: what a job optimizes is its method's RecoveryKind, variables.py) scheduled teacher by
 teacher in batches of the engine, the interrupted batches of a resumed run first, split
 across ranks under torchrun, with the checkpoint store (checkpoints.py) written after every
-batch and inside batches; and the two recoveries built on it, recover_ufcs (INFER) and
-recover_sre2l (SRe2L, and CDA through its config)."""
+batch and inside batches. :func:`recover` is what a method's recovery calls (INFER's
+recover_ufcs, SRe2L's recover_sre2l, in infer_fast/methods/)."""
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import distributed, memory
-from .._io import content_digest, model_digest
-from ..checks import check_int
+from .._io import model_digest
 from ..models import device_of
-from ..options import given_config
 from . import engine, plan
 from .checkpoints import CheckpointStore, Job
 from .config import RESULT_NEUTRAL, RecoveryConfig
-from .variables import COMPENSATORS, FREE_IMAGES, RecoveryKind
+from .variables import RecoveryKind
 
-__all__ = ["RecoveryDivergedError", "recover_ufcs", "recover_sre2l"]
+__all__ = ["RecoveryDivergedError", "recover", "check_common"]
 
 
 class RecoveryDivergedError(RuntimeError):
     """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
 
 
-def _check_common(teachers, mean, std, channels: int) -> List[nn.Module]:
+def check_common(teachers, mean, std, channels: int) -> List[nn.Module]:
+    """The checks every recovery makes of its arguments: a teacher at least, each frozen and in
+    eval mode, and one mean and std value per channel; returns the teachers as a list."""
     teachers = list(teachers)
     if not teachers:
         raise ValueError("recovery needs at least one teacher")
@@ -202,7 +201,7 @@ def _run_jobs(
     return runner.done, runner.stats, runner.group_size
 
 
-def _recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: List[nn.Module],
+def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: List[nn.Module],
              natural_cpu: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int], mean, std,
              config: RecoveryConfig, checkpoint, resume: bool, progress: bool, backend: str,
              keep: Optional[Callable[[Tensor], Tensor]] = None):
@@ -219,115 +218,3 @@ def _recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers:
     }
     return _run_jobs(kind, jobs, teachers, natural_cpu, num_classes, image_shape, mean, std, config, identity,
                      checkpoint, resume, progress, backend, keep)
-
-
-def recover_ufcs(
-    natural_u8: Tensor,
-    teachers: Sequence[nn.Module],
-    mean: Sequence[float],
-    std: Sequence[float],
-    config: Optional[RecoveryConfig] = None,
-    checkpoint: Optional[Union[str, os.PathLike]] = None,
-    resume: bool = False,
-    progress: bool = True,
-    backend: str = "auto",
-) -> Dict[str, Any]:
-    """Recover the K*M UFCs of ``natural_u8`` (uint8 (K, C, ch, H, W)) for every teacher.
-
-    Returns a dict: ``ufc`` float32 (K*M, ch, H, W) in normalized space, teacher-major
-    (row m*K + k is u_k^m), ``ufc_index`` int64 (k), ``ufc_teacher`` int64 (m), ``stats``
-    (one dict per optimized batch: teacher, k, CE, R_bn and accuracy of the final clamped,
-    unaugmented composed images, batch means and per UFC, plus ce/r_bn_last_iteration, the
-    objective at the last step; batches restored from a checkpoint keep their recorded
-    stats) and ``group_size`` (the last one used).
-
-    Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
-    a file written atomically after every batch, and inside a batch every
-    ``config.checkpoint_every`` iterations and ``config.checkpoint_minutes`` minutes (the
-    batch's variables, Adam state and augmentation position), so a kill loses at most that
-    much; ``resume=True`` continues from it (it must belong to the same run: natural images,
-    the teachers' weights (content digests), K, M, normalization and every result-affecting
-    config field; a mismatch is refused naming it), an interrupted batch from its iteration,
-    bit-identically to an uninterrupted run, and says (with ``progress``) what it found and
-    where it continues, or that there was no checkpoint. An existing checkpoint without
-    ``resume`` is refused.
-    """
-    config = given_config("config", config, RecoveryConfig, RecoveryConfig)
-    if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
-        raise ValueError(
-            f"natural_u8 must be a uint8 tensor (K, C, ch, H, W), got "
-            f"{getattr(natural_u8, 'dtype', type(natural_u8).__name__)} {tuple(getattr(natural_u8, 'shape', ()))}"
-        )
-    K, C, ch = natural_u8.shape[:3]
-    teachers = _check_common(teachers, mean, std, ch)
-    if K < 1 or C < 1:
-        raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
-    M = len(teachers)
-    natural_u8 = natural_u8.detach().cpu().contiguous()
-    from ..data.transforms import normalize
-
-    natural_cpu = normalize(natural_u8, mean, std).contiguous()
-    run = {"K": int(K), "M": int(M), "natural_shape": list(natural_u8.shape),
-           "natural_sha256": content_digest([natural_u8])}
-    jobs = [(m, k) for m in range(M) for k in range(K)]
-    done, stats, group_size = _recover(COMPENSATORS, run, jobs, teachers, natural_cpu, C, tuple(natural_u8.shape[2:]),
-                                       mean, std, config, checkpoint, resume, progress, backend)
-    return {
-        "ufc": torch.stack([done[key] for key in jobs]).to(torch.float32),
-        "ufc_index": torch.tensor([k for _, k in jobs], dtype=torch.int64),
-        "ufc_teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64),
-        "stats": stats,
-        "group_size": group_size,
-    }
-
-
-def recover_sre2l(
-    ipc: int,
-    num_classes: int,
-    image_shape: Sequence[int],
-    teachers: Sequence[nn.Module],
-    mean: Sequence[float],
-    std: Sequence[float],
-    config: Optional[RecoveryConfig] = None,
-    checkpoint: Optional[Union[str, os.PathLike]] = None,
-    resume: bool = False,
-    progress: bool = True,
-    backend: str = "auto",
-) -> Dict[str, Any]:
-    """The SRe2L baseline: ``ipc`` images per class recovered from Gaussian noise with the same
-    CE + BN-statistics loss, optimizer and augmentation as INFER (INFER_METHOD.md §6).
-
-    Images are optimized in groups of C (one per class, labels 0..C-1) with BN statistics
-    per group, like one SRe2L batch; group j uses teacher j mod M (with one teacher this is
-    SRe2L exactly). Default config: ``RecoveryConfig.sre2l()`` (r_bn 0.01). Returns
-    ``pixels`` uint8 (ipc*C, ch, H, W): the recovered images (clamped to the valid range)
-    quantized, round(clamp(x * std + mean, 0, 1) * 255), group-major (row j*C + c has class c),
-    ``labels`` int64, ``teacher`` int64 per image, ``stats``, ``group_size``. Each group is
-    quantized as it finishes: memory and checkpoints hold a quarter of float32 images (7.5 GB
-    instead of 30 for ImageNet-1k at ipc 50). Checkpoint/resume as :func:`recover_ufcs`."""
-    config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l)
-    for name, value in (("ipc", ipc), ("num_classes", num_classes)):
-        check_int(name, value)
-    image_shape = tuple(int(s) for s in image_shape)
-    if len(image_shape) != 3 or min(image_shape) < 1:
-        raise ValueError(f"image_shape must be (channels, H, W), got {image_shape}")
-    teachers = _check_common(teachers, mean, std, image_shape[0])
-    M = len(teachers)
-    from ..data.pixels import quantize_images
-
-    run = {"ipc": int(ipc), "M": int(M), "shape": [int(num_classes), *image_shape]}
-    jobs = [(j % M, j) for j in range(ipc)]
-    done, stats, group_size = _recover(FREE_IMAGES, run, jobs, teachers, None, num_classes, image_shape, mean, std,
-                                       config, checkpoint, resume, progress, backend,
-                                       keep=lambda images: quantize_images(images, mean, std))
-    pixels = torch.empty((ipc * num_classes, *image_shape), dtype=torch.uint8)
-    for j, key in enumerate(jobs):  # group by group, each freed once copied: no second copy of the set
-        pixels[j * num_classes:(j + 1) * num_classes] = done.pop(key)
-    return {
-        "pixels": pixels,
-        "labels": torch.arange(num_classes, dtype=torch.int64).repeat(ipc),
-        "teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64).repeat_interleave(num_classes),
-        "stats": stats,
-        "group_size": group_size,
-    }
-

@@ -1,7 +1,8 @@
 """What a recovery optimizes: the hooks (a :class:`RecoveryKind`) that the engine calls to
 build a batch's variable, compose it into the teacher's input, score it (its loss) and read
-its result, so that the engine names no method. Two kinds exist: INFER's compensators (:data:`COMPENSATORS`) and
-SRe2L's free images (:data:`FREE_IMAGES`, also CDA's: SRe2L's recovery with a crop
+its result, so that the engine names no method. Each method that recovers defines its kind
+in its own module: INFER's compensators (``methods/infer.py``: COMPENSATORS) and SRe2L's free
+images (``methods/sre2l.py``: FREE_IMAGES, also CDA's: SRe2L's recovery with a crop
 curriculum, which lives in its RecoveryConfig)."""
 from __future__ import annotations
 
@@ -62,42 +63,3 @@ class RecoveryKind:
         from .engine import TeacherLosses  # (the engine imports this module)
 
         return TeacherLosses(teacher, num_classes, config, backend)
-
-
-class Compensators(RecoveryKind):
-    """INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the
-    natural sets ``source`` (group g with set ks[g]); the result is the UFC."""
-
-    method, seed_tag, noun = "infer", "infer-ufc", "UFC"
-
-    def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
-        index = torch.tensor(list(ks), dtype=torch.int64, device=device)
-        variable = torch.zeros((len(ks),) + tuple(image_shape), device=device, requires_grad=True)
-        return BatchVariable(variable, lambda v: (source, v, index), list(ks))
-
-    def result(self, variable: Tensor, composed: Tensor) -> Tensor:
-        return variable
-
-
-class FreeImages(RecoveryKind):
-    """SRe2L: the variables are G groups of C images (one per class) from Gaussian noise N(0, 1),
-    each group drawn from its job's generator, with its own BN statistics; composed as natural
-    = the images, u = 0, so both kinds share the fused compose + roll. The result is the
-    composed images, clamped: (G, C, ch, H, W)."""
-
-    method, seed_tag, noun = "sre2l", "sre2l", "SRe2L group"
-
-    def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
-        G = len(ks)
-        noise = torch.stack([torch.randn((num_classes,) + tuple(image_shape), generator=g) for g in gens])
-        variable = noise.to(device).requires_grad_()
-        index = torch.arange(G, device=device)
-        zero_ufc = torch.zeros((G,) + tuple(image_shape), device=device)
-        return BatchVariable(variable, lambda v: (v, zero_ufc, index), list(range(G)))
-
-    def result(self, variable: Tensor, composed: Tensor) -> Tensor:
-        return composed
-
-
-COMPENSATORS = Compensators()
-FREE_IMAGES = FreeImages()

@@ -77,7 +77,7 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 
 
 def distill(request: DistillRequest):
-    from ..distill import distill_sre2l
+    from .sre2l import distill_sre2l
 
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=request.parsed["config"], data_root=request.data_root,

@@ -1,14 +1,244 @@
-"""INFER (Inter-class Feature Compensator, ICLR 2025): K natural sets of one real image per
-class and one universal compensator per set and teacher (``infer_fast.distill``), and
-INFER+Dyn: the same set, its students labelled by the teachers on every batch."""
+"""INFER (Inter-class Feature Compensator, ICLR 2025), the method in one module: its storage
+budget and natural sets (K real images per class), what its recovery optimizes (one universal
+compensator per set and teacher, composed with the set: :class:`Compensators`, the engine's
+hooks), its jobs (:func:`recover_ufcs`, on the recovery engine and job scheduler of
+``infer_fast.distill``), the set it writes (:func:`distill_infer`), its options and its
+registration; and INFER+Dyn: the same set, its students labelled by the teachers on every
+batch."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
+import torch
+from torch import Tensor, nn
+
+from .._io import content_digest
+from ..checks import check_int
 from ..choices import ACCOUNTINGS, SELECTIONS
-from ..options import Option
+from ..distill.config import RecoveryConfig
+from ..distill.jobs import check_common, recover
+from ..distill.run import check_space, prepare_run, real_data_fields, save_and_clean
+from ..distill.variables import BatchVariable, RecoveryKind
+from ..models import device_of
+from ..options import Option, given_config
+from ..output_lock import holds_output
+from ..progress import progress_bar
 from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
+
+
+def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str = "fair") -> int:
+    """Number of natural sets K for a storage budget of ``ipc`` images per class.
+
+    "fair" (the reference release): K*C natural images + K*M UFCs <= ipc*C, i.e.
+    K = floor(ipc*C / (C+M)). "ipc" (the paper's ImageNet compression ratios): K = ipc.
+    """
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(f"unknown budget accounting {accounting!r}; choose one of {', '.join(ACCOUNTINGS)}")
+    for name, value in (("ipc", ipc), ("num_classes", num_classes), ("num_teachers", num_teachers)):
+        check_int(name, value)
+    if accounting == "ipc":
+        return ipc
+    k = (ipc * num_classes) // (num_classes + num_teachers)
+    if k < 1:
+        minimum = -(-(num_classes + num_teachers) // num_classes)  # ceil((C + M) / C)
+        raise ValueError(
+            f"ipc={ipc} is too small for INFER with C={num_classes} classes and M={num_teachers} teachers "
+            f"under the fair budget (K = floor(ipc*C/(C+M)) = 0 natural sets): use ipc >= {minimum}"
+        )
+    return k
+
+
+@torch.no_grad()
+def _true_class_confidence(train_set, indices: Tensor, label: int, teachers: Sequence[nn.Module],
+                           batch_size: int = 500) -> Tensor:
+    """Softmax probability of ``label`` under the teachers' mean logits, per image of
+    ``train_set`` at ``indices`` (CPU float32), streamed in batches."""
+    from ..data.transforms import normalize
+    from ..relabel import ensemble_logits
+
+    device = device_of(teachers[0])
+    spec = train_set.spec
+    out = []
+    for images, _ in train_set.batches(batch_size, indices, pin_memory=device.type == "cuda"):
+        x = normalize(images.to(device, non_blocking=True), spec.mean, spec.std)
+        out.append(ensemble_logits(teachers, x).softmax(1)[:, label].float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
+                        teachers: Optional[Sequence[nn.Module]] = None, progress: bool = False) -> Tensor:
+    """K natural sets, one real training image per class each: uint8 (K, C, ch, H, W).
+
+    ``selection="random"``: within a class the K images are distinct, drawn without
+    replacement with a torch.Generator seeded by ``seed`` (the same seed picks the same
+    images). ``"confidence"``: the K images of each class to which the teachers' ensemble
+    (mean logits, eval mode) gives the highest probability of their own class, ties broken
+    by the seeded random order; set k gets the k-th most confident image of every class.
+
+    The images are chosen from the labels alone and only the K*C chosen ones are decoded
+    (a folder split streams; "confidence" reads every image once to score it).
+    """
+    check_int("K", K)
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    if selection == "confidence" and not teachers:
+        raise ValueError("selection='confidence' needs the teachers to score the training images")
+    labels = train_set.labels
+    num_classes = train_set.spec.num_classes
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    short = [c for c, n in enumerate(counts) if n < K]
+    if short:
+        c = short[0]
+        raise ValueError(
+            f"K={K} natural sets need {K} training images of every class, but class {c} has only {counts[c]}"
+            + (f" ({len(short)} classes have fewer than {K})" if len(short) > 1 else "")
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    chosen = torch.empty((num_classes, K), dtype=torch.int64)  # chosen[c, k]: the image of class c in set k
+    classes = progress_bar(range(num_classes), desc="scoring natural images", leave=False, unit="class",
+                           disable=not (progress and selection == "confidence"))
+    for c in classes:
+        idx = (labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        if selection == "confidence":
+            score = _true_class_confidence(train_set, idx, c, list(teachers))
+            idx = idx[torch.sort(score, descending=True, stable=True).indices]
+        chosen[c] = idx[:K]
+    # set-major (k, c): one decode of the K*C chosen images
+    images = train_set.images_at(chosen.t().reshape(-1), progress=progress, desc="decoding natural images")
+    return images.view((K, num_classes) + tuple(images.shape[1:]))
+
+
+class Compensators(RecoveryKind):
+    """INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the
+    natural sets ``source`` (group g with set ks[g]); the result is the UFC."""
+
+    method, seed_tag, noun = "infer", "infer-ufc", "UFC"
+
+    def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
+        index = torch.tensor(list(ks), dtype=torch.int64, device=device)
+        variable = torch.zeros((len(ks),) + tuple(image_shape), device=device, requires_grad=True)
+        return BatchVariable(variable, lambda v: (source, v, index), list(ks))
+
+    def result(self, variable: Tensor, composed: Tensor) -> Tensor:
+        return variable
+
+
+COMPENSATORS = Compensators()
+
+
+def recover_ufcs(
+    natural_u8: Tensor,
+    teachers: Sequence[nn.Module],
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: Optional[RecoveryConfig] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    resume: bool = False,
+    progress: bool = True,
+    backend: str = "auto",
+) -> Dict[str, Any]:
+    """Recover the K*M UFCs of ``natural_u8`` (uint8 (K, C, ch, H, W)) for every teacher.
+
+    Returns a dict: ``ufc`` float32 (K*M, ch, H, W) in normalized space, teacher-major
+    (row m*K + k is u_k^m), ``ufc_index`` int64 (k), ``ufc_teacher`` int64 (m), ``stats``
+    (one dict per optimized batch: teacher, k, CE, R_bn and accuracy of the final clamped,
+    unaugmented composed images, batch means and per UFC, plus ce/r_bn_last_iteration, the
+    objective at the last step; batches restored from a checkpoint keep their recorded
+    stats) and ``group_size`` (the last one used).
+
+    Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
+    a file written atomically after every batch, and inside a batch every
+    ``config.checkpoint_every`` iterations and ``config.checkpoint_minutes`` minutes (the
+    batch's variables, Adam state and augmentation position), so a kill loses at most that
+    much; ``resume=True`` continues from it (it must belong to the same run: natural images,
+    the teachers' weights (content digests), K, M, normalization and every result-affecting
+    config field; a mismatch is refused naming it), an interrupted batch from its iteration,
+    bit-identically to an uninterrupted run, and says (with ``progress``) what it found and
+    where it continues, or that there was no checkpoint. An existing checkpoint without
+    ``resume`` is refused.
+    """
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig)
+    if not isinstance(natural_u8, Tensor) or natural_u8.dtype != torch.uint8 or natural_u8.dim() != 5:
+        raise ValueError(
+            f"natural_u8 must be a uint8 tensor (K, C, ch, H, W), got "
+            f"{getattr(natural_u8, 'dtype', type(natural_u8).__name__)} {tuple(getattr(natural_u8, 'shape', ()))}"
+        )
+    K, C, ch = natural_u8.shape[:3]
+    teachers = check_common(teachers, mean, std, ch)
+    if K < 1 or C < 1:
+        raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
+    M = len(teachers)
+    natural_u8 = natural_u8.detach().cpu().contiguous()
+    from ..data.transforms import normalize
+
+    natural_cpu = normalize(natural_u8, mean, std).contiguous()
+    run = {"K": int(K), "M": int(M), "natural_shape": list(natural_u8.shape),
+           "natural_sha256": content_digest([natural_u8])}
+    jobs = [(m, k) for m in range(M) for k in range(K)]
+    done, stats, group_size = recover(COMPENSATORS, run, jobs, teachers, natural_cpu, C, tuple(natural_u8.shape[2:]),
+                                       mean, std, config, checkpoint, resume, progress, backend)
+    return {
+        "ufc": torch.stack([done[key] for key in jobs]).to(torch.float32),
+        "ufc_index": torch.tensor([k for _, k in jobs], dtype=torch.int64),
+        "ufc_teacher": torch.tensor([m for m, _ in jobs], dtype=torch.int64),
+        "stats": stats,
+        "group_size": group_size,
+    }
+
+
+@holds_output("out_dir")
+def distill_infer(
+    dataset: str,
+    teacher_paths: Sequence[Union[str, os.PathLike]],
+    ipc: int,
+    out_dir: Union[str, os.PathLike],
+    config: Optional[RecoveryConfig] = None,
+    accounting: str = "fair",
+    data_root: Optional[str] = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    backend: str = "auto",
+    selection: str = "random",
+) -> Path:
+    """Distill ``dataset`` with INFER into ``out_dir`` (a distilled-set directory); returns it.
+
+    Loads the training split and the teachers (once), K = infer_budget(ipc, C, M,
+    accounting), picks K natural sets (``selection`` random or by teacher confidence, seed =
+    config.seed), recovers the K*M UFCs with a checkpoint at ``<out_dir>.recovery.pt``
+    (removed after the set is saved; ``resume=True`` continues an interrupted run) and saves
+    an unlabelled INFER DistilledSet.
+    """
+    from ..storage import DistilledSet
+
+    config = given_config("config", config, RecoveryConfig, RecoveryConfig)
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, config, data_root, device,
+                                                             progress)
+    spec = train.spec
+    K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
+    natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers, progress=progress)
+    ufc_bytes = K * len(teachers) * natural[0, 0].numel() * 4  # float32
+    check_space(out_dir, natural.numel() + ufc_bytes, ufc_bytes)
+    result = recover_ufcs(
+        natural, teachers, spec.mean, spec.std, config, checkpoint=checkpoint, resume=resume,
+        progress=progress, backend=backend,
+    )
+    hyper = config.to_dict()
+    hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
+                 natural_selection=selection)
+    ds = DistilledSet(
+        method="infer", **real_data_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
+        ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,
+        budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting}, seed=config.seed,
+    )
+    return save_and_clean(ds, out_dir, checkpoint, progress)
+
 
 # how the natural sets are picked and the budget counted (an `infer-fast run` config's own settings)
 OWN_OPTIONS = (
@@ -30,14 +260,10 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 
 def check_budget(options: Mapping[str, Any], ipc: int, num_classes: int, num_teachers: int) -> None:
     """INFER's K natural sets at ``ipc`` under the options' accounting: none is an error."""
-    from ..distill import infer_budget
-
     infer_budget(ipc, num_classes, num_teachers, options["accounting"])
 
 
 def distill(request: DistillRequest):
-    from ..distill import distill_infer
-
     options = request.parsed  # (checked when the request was made)
     return distill_infer(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=options["config"], accounting=options["accounting"],

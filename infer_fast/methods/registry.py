@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -183,7 +184,7 @@ _loaded = False
 
 def register(method: Method) -> Method:
     """Add ``method`` (a name registered twice is an error; a test may ``unregister``)."""
-    _load_builtins()  # (first: the built-in methods keep their order whichever module is imported first)
+    _load_builtins()
     if method.name in _METHODS and _METHODS[method.name] is not method:
         raise ValueError(f"a method named {method.name!r} is already registered")
     if method.name == "external":
@@ -217,16 +218,28 @@ def _load_builtins() -> None:
             importlib.import_module(f"{__package__}.{module}")
 
 
+def _module_rank(method: Method) -> int:
+    """The place of the built-in module that defines ``method`` in BUILTIN_MODULES (after them
+    all: a method registered elsewhere)."""
+    for rank, module in enumerate(BUILTIN_MODULES):
+        if any(value is method for value in vars(sys.modules.get(f"{__package__}.{module}", sys)).values()):
+            return rank
+    return len(BUILTIN_MODULES)
+
+
 def all_methods() -> List[Method]:
+    """Every registered method: the built-ins in BUILTIN_MODULES' order (whichever module was
+    imported first: importing one loads the others while it is still being imported), each
+    module's in the order it registers them, then the others in the order they came."""
     _load_builtins()
-    return list(_METHODS.values())
+    return sorted(_METHODS.values(), key=_module_rank)
 
 
 def get_method(name: str) -> Method:
     """The registered method ``name``, or a ValueError listing the known ones."""
     _load_builtins()
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(m.name for m in all_methods())}")
     return _METHODS[name]
 
 
