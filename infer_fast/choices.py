@@ -1,9 +1,6 @@
 """The names a user chooses among, each list defined once under a name that says which it is.
 Kept free of heavy imports: the command line builds its parser's choices from here."""
 
-# the recovery recipes (RecoveryConfig defaults) of recovery_config; the methods themselves
-# are the registry's (infer_fast.methods)
-RECOVERY_RECIPES = ("infer", "sre2l")
 ACCOUNTINGS = ("fair", "ipc")  # INFER budget accounting: K = floor(ipc*C/(C+M)), or K = ipc
 SELECTIONS = ("random", "confidence")  # how INFER's natural images are picked
 RECOVERY_AUGMENTATIONS = ("roll", "imagenet")

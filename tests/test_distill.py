@@ -540,7 +540,7 @@ def test_checkpoint_cadence_settings():
     assert RecoveryConfig().checkpoint_every is None and RecoveryConfig().checkpoint_minutes == 10
     RecoveryConfig(checkpoint_every=1, checkpoint_minutes=None).validate()
     RecoveryConfig(checkpoint_minutes=0.5).validate()
-    config = recovery_config("infer", {"checkpoint_every": 50, "checkpoint_minutes": 2})
+    config = recovery_config({"checkpoint_every": 50, "checkpoint_minutes": 2})
     assert (config.checkpoint_every, config.checkpoint_minutes) == (50, 2)
     assert {"checkpoint_every", "checkpoint_minutes"} <= set(RESULT_NEUTRAL)  # another cadence may resume a run
 

@@ -79,10 +79,13 @@ def test_recipes_are_data_selected_by_name():
     with pytest.raises(ValueError, match="recipe must be one of cifar, imagenet, got 'mnist'"):
         StudentConfig.from_recipe("mnist")
     assert RecoveryConfig.recipe("imagenet", "sre2l") == RecoveryConfig.imagenet(r_bn=0.01)
-    assert recovery_config("sre2l", {}) == RecoveryConfig.sre2l() == RecoveryConfig(r_bn=0.01)
+    assert recovery_config({}, ["sre2l"]) == RecoveryConfig.sre2l() == RecoveryConfig(r_bn=0.01)
     # SRe2L on ImageNet-size images: 4000 iterations (INFER_METHOD.md §6), the imagenet recipe's augmentation
-    assert recovery_config("sre2l", {"augmentation": "imagenet", "r_bn": 0.5}) == RecoveryConfig.imagenet(
+    assert recovery_config({"augmentation": "imagenet", "r_bn": 0.5}, ["sre2l"]) == RecoveryConfig.imagenet(
         r_bn=0.5, iterations=4000)
+    # a method's own recipes are named, never a method
+    with pytest.raises(ValueError, match="recipe must be one of cifar, imagenet, sre2l, sre2l-imagenet, got 'infer'"):
+        recovery_config({}, ["infer"])
 
 
 @pytest.mark.parametrize("cls, fields, message", [

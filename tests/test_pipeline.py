@@ -192,17 +192,17 @@ def test_one_recovery_builder_for_cli_and_run_configs(monkeypatch):
     run = PipelineConfig.from_dict({"dataset": "fashion-mnist-mini", "teachers": [{"path": "t.pt"}], "out": "o",
                                     "recovery": {"augmentation": "imagenet", "seed": 3}})
     assert built["infer"] == run.options_for("infer")["config"] == RecoveryConfig.imagenet(seed=3)
-    assert built["sre2l"] == run.options_for("sre2l")["config"] == recovery_config("sre2l", {"augmentation": "imagenet",
-                                                                                             "seed": 3})
+    assert built["sre2l"] == run.options_for("sre2l")["config"] == recovery_config({"augmentation": "imagenet", "seed": 3},
+                                                                                   ["sre2l"])
     assert (built["sre2l"].r_bn, built["sre2l"].max_shift, built["sre2l"].iterations) == (0.01, 32, 4000)  # §6
     argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",
             "--no-cuda-graphs"]
     assert cli.main(argv) == 130 and built["infer"].cuda_graphs is False and RecoveryConfig().cuda_graphs is True
     # given options win over the recipe, and the CIFAR defaults stay the default
-    assert recovery_config("infer", {"augmentation": "imagenet", "r_bn": 0.5}).r_bn == 0.5
-    assert recovery_config("infer", {}) == RecoveryConfig()
+    assert recovery_config({"augmentation": "imagenet", "r_bn": 0.5}).r_bn == 0.5
+    assert recovery_config({}) == RecoveryConfig()
     with pytest.raises(ValueError, match="unknown option"):
-        recovery_config("infer", {"rbn": 1.0})
+        recovery_config({"rbn": 1.0})
 
 
 @pytest.mark.parametrize("options,match", [
@@ -218,7 +218,7 @@ def test_recovery_options_of_the_wrong_type_name_the_option(options, match):
     from infer_fast.pipeline import PipelineConfig
 
     with pytest.raises(ValueError, match=match):
-        recovery_config("infer", options)
+        recovery_config(options)
     with pytest.raises(ValueError, match="recovery: " + match):
         PipelineConfig.from_dict({"dataset": "fashion-mnist-mini", "teachers": [{"path": "t.pt"}], "out": "o",
                                   "recovery": options})

@@ -36,8 +36,7 @@ out: what every method's set-making shares). Each method's own code is its modul
 distill_infer in ``infer.py``; SRe2L's free images, recover_sre2l and distill_sre2l in
 ``sre2l.py``; distill_random in ``random.py``. Those names are importable from here too.
 """
-from ..choices import (ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
-                       RECOVERY_RECIPES, SELECTIONS)
+from ..choices import ACCOUNTINGS, COMPILE_MODES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS, SELECTIONS
 from .config import RecoveryConfig, recovery_config
 from .plan import RecoveryOutOfMemoryError, auto_batch_plan
 from .checkpoints import recovery_checkpoints
@@ -59,7 +58,6 @@ def __getattr__(name):
 
 __all__ = [
     "ACCOUNTINGS", "RECOVERY_AUGMENTATIONS", "SELECTIONS", "PRECISIONS", "DISTRIBUTED_MODES", "COMPILE_MODES",
-    "RECOVERY_RECIPES",
     "RecoveryDivergedError", "RecoveryOutOfMemoryError", "RecoveryConfig", "recovery_config", "infer_budget", "select_natural_sets",
     "recover_ufcs", "recover_sre2l", "recovery_checkpoints", "auto_batch_plan", "distill_infer", "distill_sre2l",
     "distill_random",

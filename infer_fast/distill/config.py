@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..data.transforms import RESIZED_CROP_SCALE
 
-from ..choices import (COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS,
-                       RECOVERY_RECIPES)
+from ..choices import COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS
 from ..options import CheckedWhenMade, check_fields, option, with_recipe
 
 # config fields that do not change the result (resuming with another value is allowed)
@@ -20,7 +19,8 @@ RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graph
                   "checkpoint_every", "checkpoint_minutes")
 
 # named recipes: the fields each sets over the defaults (the CIFAR recipe, INFER_METHOD.md §3).
-# recovery_config picks "imagenet" for augmentation imagenet and adds "sre2l" for SRe2L
+# recovery_config picks "imagenet" for augmentation imagenet; a method adds its own on top
+# (SRe2L and CDA: "sre2l", and "sre2l-imagenet" on ImageNet-size images)
 RECIPES: Dict[str, Dict[str, Any]] = {
     "cifar": {},
     "imagenet": dict(iterations=2000, r_bn=0.01, augmentation="imagenet", max_shift=32),  # INFER on ImageNet-size images
@@ -196,20 +196,23 @@ def crop_scale_at(config: RecoveryConfig, t: int) -> Tuple[float, float]:
     return (low + (start - low) * fall, high)
 
 
-def recipe_names(method: str, options: Mapping[str, Any]) -> Tuple[str, ...]:
-    """The RECIPES that user ``options`` of ``method`` select: "imagenet" for ``augmentation:
-    imagenet`` (else "cifar"), and for SRe2L "sre2l" on top (and "sre2l-imagenet" on that)."""
+def recipe_names(options: Mapping[str, Any], on_top: Sequence[str] = ()) -> Tuple[str, ...]:
+    """The RECIPES that user ``options`` select: "imagenet" for ``augmentation: imagenet`` (else
+    "cifar"), then each of ``on_top`` (a method's own, e.g. SRe2L's "sre2l"), each followed on
+    ImageNet-size images by its "-imagenet" recipe where there is one ("sre2l-imagenet")."""
     base = "imagenet" if options.get("augmentation") == "imagenet" else "cifar"
-    if method != "sre2l":
-        return (base,)
-    return (base, "sre2l") + (("sre2l-imagenet",) if base == "imagenet" else ())
+    names = [base]
+    for name in on_top:
+        if name not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+        names += [name] + ([f"{name}-imagenet"] if base == "imagenet" and f"{name}-imagenet" in RECIPES else [])
+    return tuple(names)
 
 
-def recovery_config(method: str, options: Mapping[str, Any]) -> RecoveryConfig:
-    """The validated RecoveryConfig of ``method`` ("infer" or "sre2l") from user options
-    (RecoveryConfig fields, from CLI flags and `infer-fast run` configs alike): the recipes
-    the options select (recipe_names), the given options on top. Lists (from YAML) become tuples."""
-    if method not in RECOVERY_RECIPES:
-        raise ValueError(f"method must be one of {', '.join(RECOVERY_RECIPES)}, got {method!r}")
+def recovery_config(options: Mapping[str, Any], recipes: Sequence[str] = ()) -> RecoveryConfig:
+    """The validated RecoveryConfig from user options (RecoveryConfig fields, from CLI flags and
+    `infer-fast run` configs alike): the recipes the options select with a method's own
+    ``recipes`` on top (recipe_names: INFER none, SRe2L and CDA ("sre2l",)), the given options on
+    top of those. Lists (from YAML) become tuples."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    return RecoveryConfig.recipe(*recipe_names(method, values), **values)  # (an unknown option: named there)
+    return RecoveryConfig.recipe(*recipe_names(values, recipes), **values)  # (an unknown option: named there)

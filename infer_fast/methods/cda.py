@@ -40,6 +40,7 @@ from typing import Any, Dict, Mapping
 from ..options import Option
 from .recovery_options import RECOVERY_OPTIONS, recovery_options
 from .registry import DistillRequest, Method, register
+from .sre2l import OWN_RECIPES as SRE2L_RECIPES, distill_sre2l
 
 CURRICULUM = dict(augmentation="imagenet", crop_scale=(0.08, 1.0), crop_scale_curriculum=("cosine", 1.0, 1.0))
 RECIPES: Dict[str, Dict[str, Any]] = {  # sources: the module docstring
@@ -72,13 +73,11 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     is checked against its declaration by CDA.check_options)."""
     recipe = options.get("recipe") or DEFAULT_RECIPE
     overrides = {k: v for k, v in options.items() if k != RECIPE.name}
-    return {"config": recovery_options("sre2l", {**CURRICULUM, **RECIPES[recipe], **overrides}, seed),
+    return {"config": recovery_options({**CURRICULUM, **RECIPES[recipe], **overrides}, seed, SRE2L_RECIPES),
             "recipe": recipe}
 
 
 def distill(request: DistillRequest):
-    from .sre2l import distill_sre2l
-
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=request.parsed["config"], data_root=request.data_root,
                          resume=request.resume, progress=request.progress, device=request.device, method_name="cda")

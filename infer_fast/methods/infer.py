@@ -254,7 +254,7 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     """{"config": RecoveryConfig, "selection", "accounting"} from the user's options (checked
     against their declarations by Method.check_options)."""
     own = {o.name: options.get(o.name, o.default) for o in OWN_OPTIONS}
-    config = recovery_options("infer", {k: v for k, v in options.items() if k not in OWN_NAMES}, seed)
+    config = recovery_options({k: v for k, v in options.items() if k not in OWN_NAMES}, seed)
     return {"config": config, **own}
 
 

@@ -2,7 +2,7 @@
 RecoveryConfig fields, declared there), checked once."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..distill.config import RecoveryConfig, recovery_config
 from ..options import options_of
@@ -14,8 +14,8 @@ RECOVERY_OPTIONS = tuple(options_of(RecoveryConfig).values())
 IMAGENET_FAMILY_DEFAULTS = {"imagenet": {"augmentation": "imagenet"}}
 
 
-def recovery_options(recipe: str, options: Mapping[str, Any], seed: int = 0) -> RecoveryConfig:
-    """The validated RecoveryConfig of ``recipe`` ("infer" or "sre2l": see recovery_config)
-    with ``options`` on top (the request's ``seed`` unless they give one); an option it does
-    not take is named."""
-    return recovery_config(recipe, {"seed": seed, **options})
+def recovery_options(options: Mapping[str, Any], seed: int = 0, recipes: Sequence[str] = ()) -> RecoveryConfig:
+    """The validated RecoveryConfig with a method's own ``recipes`` (see recovery_config) and
+    ``options`` on top (the request's ``seed`` unless they give one); an option it does not
+    take is named."""
+    return recovery_config({"seed": seed, **options}, recipes)

@@ -168,12 +168,14 @@ def distill_sre2l(
     return save_and_clean(ds, out_dir, checkpoint, progress)
 
 
+# SRe2L's recipes on top of the dataset's (RecoveryConfig.recipe: r_bn 0.01; 4000 iterations at ImageNet size)
+OWN_RECIPES = ("sre2l",)
 # the `recovery` settings of an `infer-fast run` SRe2L shares with INFER: its augmentation, batching and seed
 SHARED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed")
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
-    return {"config": recovery_options("sre2l", options, seed)}
+    return {"config": recovery_options(options, seed, OWN_RECIPES)}
 
 
 def distill(request: DistillRequest):
