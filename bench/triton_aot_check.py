@@ -176,12 +176,12 @@ class TargetDriver:
 
 
 def _argument(desc: Any) -> Any:
+    """A launch argument that specializes as the one :func:`_describe` described."""
     if isinstance(desc, dict):
         if "tensor" in desc:  # (a misaligned one starts one element into its buffer)
             return torch.empty(64, dtype=getattr(torch, desc["tensor"]))[0 if desc["aligned"] else 1:]
         if "tl_dtype" in desc:
-            return getattr(tl, {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}.get(
-                desc["tl_dtype"], desc["tl_dtype"]))
+            return tl.dtype(desc["tl_dtype"])
         if "unrecorded" in desc:
             raise TypeError(f"a launch argument of type {desc['unrecorded']} was not recorded (extend _describe)")
         return desc["float"]

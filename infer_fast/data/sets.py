@@ -325,9 +325,10 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     stem = f"{split.spec.name}-{split.split}-{split.spec.image_size}px-{key}"
     path = os.path.join(os.fspath(directory), stem + ".u8")
     meta_path = path + ".json"
+    files_folder = split.folder()
     source = {"dataset": split.spec.name, "num_classes": split.spec.num_classes, "split": split.split,
               "image_size": split.spec.image_size, "channels": split.spec.channels,
-              "folder": split.folder() and os.path.abspath(split.folder())}
+              "folder": files_folder and os.path.abspath(files_folder)}
     if not _cache_matches(path, meta_path, shape, digest):
         nbytes = int(np.prod(shape))
         folder = os.path.dirname(os.path.abspath(path))
