@@ -71,6 +71,9 @@ build_and_check() {
   env MAX_JOBS="$(nproc)" CXX=/usr/bin/g++ CC=/usr/bin/gcc \
     "$PY" -m pip install --no-build-isolation --no-deps -q . || return
   "$PY" -I -m infer_fast.cli info
+  # torch's build (its MKL version: oneMKL < 2025.0 has the vector-math start-up race that
+  # infer_fast/mkl_vml.py works around on the CPU side)
+  "$PY" -I -c "import torch; print(torch.__config__.show())"
   # A GPU whose CUDA kernels were skipped at build, did not load or did not register fails
   # the step (one line saying why), instead of every CUDA test turning into a skip.
   "$PY" -I -m infer_fast.cli info --check
