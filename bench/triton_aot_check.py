@@ -246,12 +246,37 @@ def compile_recorded(path: str, arch: int) -> Dict[str, Any]:
             "failures": failures, "results": results}
 
 
+def _compile_in_children(lines: List[str], arch: int, jobs: int) -> Optional[Dict[str, Any]]:
+    """:func:`compile_recorded` of ``lines`` in ``jobs`` child processes at once (every other
+    line to each), their reports merged; None (their errors printed) when one fails."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        children = []
+        for j in range(max(1, min(jobs, len(lines)))):
+            part = os.path.join(d, f"launches-{j}.jsonl")
+            append_launches(part, set(lines[j::jobs]))
+            children.append(subprocess.Popen([sys.executable, __file__, COMPILE_FLAG, part, "--arch", str(arch)],
+                                             env={**os.environ, "TRITON_INTERPRET": "0"}, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True))
+        outputs = [child.communicate() + (child.returncode,) for child in children]
+    if any(status != 0 for _, _, status in outputs):
+        for _, err, _ in outputs:
+            print(err, file=sys.stderr)
+        return None
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _, _ in outputs]
+    return {"compiled": sum(r["compiled"] for r in reports), "failed": sum(r["failed"] for r in reports),
+            "compile_s": round(time.perf_counter() - started, 1), "processes": len(reports),
+            "failures": [f for r in reports for f in r["failures"]], "results": [x for r in reports for x in r["results"]]}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--launches", help="JSON lines recorded by the tests (INFER_FAST_TRITON_LAUNCHES)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100, H200)")
     parser.add_argument("--sms", type=int, default=132, help="the target's SM count, for the real shapes' plans")
     parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else (os.cpu_count() or 1), help="compiling processes (default: one per available core)")
     parser.add_argument(COMPILE_FLAG, dest="compile_recorded", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.compile_recorded:  # (the child: its report as JSON on stdout)
@@ -267,15 +292,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     with gpu_plans(args.sms), recording(run_kernels=False) as seen:
         run_shapes()
     lines |= seen
-    with tempfile.TemporaryDirectory() as d:
-        recorded = os.path.join(d, "launches.jsonl")
-        append_launches(recorded, lines)
-        child = subprocess.run([sys.executable, __file__, COMPILE_FLAG, recorded, "--arch", str(args.arch)],
-                               env={**os.environ, "TRITON_INTERPRET": "0"}, capture_output=True, text=True)
-    if child.returncode != 0:
-        print(child.stderr, file=sys.stderr)
+    compiled = _compile_in_children(sorted(lines), args.arch, args.jobs)
+    if compiled is None:
         return 1
-    compiled = json.loads(child.stdout.strip().splitlines()[-1])
     by_kernel: Dict[str, Dict[str, int]] = {}
     for r in compiled["results"]:
         k = by_kernel.setdefault(r["kernel"], {"specializations": 0, "max_registers": 0, "max_local_bytes": 0})

@@ -25,7 +25,7 @@ def real_data_fields(train) -> Dict[str, Any]:
     )
 
 
-def prepare_run(dataset, teacher_paths, out_dir, config, data_root, device, progress):
+def prepare_run(dataset, teacher_paths, out_dir, data_root, device, progress):
     """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
     recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
     from ..data import load_dataset

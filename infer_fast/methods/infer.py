@@ -218,7 +218,7 @@ def distill_infer(
     config = given_config("config", config, RecoveryConfig, RecoveryConfig)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, config, data_root, device,
+    out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
     spec = train.spec
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)

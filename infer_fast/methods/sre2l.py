@@ -143,7 +143,7 @@ def distill_sre2l(
 
     config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l)
     check_int("ipc", ipc)
-    out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, config, data_root, device,
+    out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
     spec = train.spec
     n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
