@@ -1,9 +1,10 @@
 """What every method's set-making shares (a dataset and teacher checkpoints in, a distilled
 set on disk out): the checks and loading before any work (:func:`prepare_run`,
 :func:`check_new_output`, :func:`load_set_teachers`), the free-space check of a recovery
-(:func:`check_space`), the fields a set takes from the real data (:func:`real_data_fields`),
-and the save that removes the recovery checkpoints (:func:`save_and_clean`). The methods'
-own functions (distill_infer, distill_sre2l, distill_random, ...) are in infer_fast/methods/."""
+(:func:`check_space`), the fields a set takes from the real data (:func:`real_data_fields`)
+and from a recovery's config (:func:`recovery_hyperparameters`), and the save that removes
+the recovery checkpoints (:func:`save_and_clean`). The methods' own functions (distill_infer,
+distill_sre2l, distill_random, ...) are in infer_fast/methods/."""
 from __future__ import annotations
 
 import os
@@ -23,6 +24,14 @@ def real_data_fields(train) -> Dict[str, Any]:
         mean=spec.mean, std=spec.std, full_train_size=len(train),
         class_names=list(spec.class_names) if spec.class_names is not None else None,
     )
+
+
+def recovery_hyperparameters(config, group_size_used: int, **extra: Any) -> Dict[str, Any]:
+    """A recovered set's ``hyperparameters`` record: ``config`` (a RecoveryConfig) as given,
+    the group size the run used, its augmentation in words, and the method's own ``extra``."""
+    hyper = config.to_dict()
+    hyper.update(group_size_used=group_size_used, augmentation_rule=config.describe_augmentation(), **extra)
+    return hyper
 
 
 def prepare_run(dataset, teacher_paths, out_dir, data_root, device, progress):

@@ -19,7 +19,7 @@ from ..checks import check_int
 from ..choices import ACCOUNTINGS, SELECTIONS
 from ..distill.config import RecoveryConfig
 from ..distill.jobs import check_common, recover
-from ..distill.run import check_space, prepare_run, real_data_fields, save_and_clean
+from ..distill.run import check_space, prepare_run, real_data_fields, recovery_hyperparameters, save_and_clean
 from ..distill.variables import BatchVariable, RecoveryKind
 from ..models import device_of
 from ..options import Option, given_config
@@ -229,9 +229,7 @@ def distill_infer(
         natural, teachers, spec.mean, spec.std, config, checkpoint=checkpoint, resume=resume,
         progress=progress, backend=backend,
     )
-    hyper = config.to_dict()
-    hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
-                 natural_selection=selection)
+    hyper = recovery_hyperparameters(config, result["group_size"], natural_selection=selection)
     ds = DistilledSet(
         method="infer", **real_data_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
         ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,

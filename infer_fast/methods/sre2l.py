@@ -16,7 +16,7 @@ from .. import distributed
 from ..checks import check_int
 from ..distill.config import RecoveryConfig
 from ..distill.jobs import check_common, recover
-from ..distill.run import check_space, prepare_run, real_data_fields, save_and_clean
+from ..distill.run import check_space, prepare_run, real_data_fields, recovery_hyperparameters, save_and_clean
 from ..distill.variables import BatchVariable, RecoveryKind
 from ..options import given_config
 from ..output_lock import holds_output
@@ -154,12 +154,12 @@ def distill_sre2l(
         checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
     )
     pixels = result.pop("pixels")
-    hyper = config.to_dict()
-    hyper.update(group_size_used=result["group_size"], augmentation_rule=config.describe_augmentation(),
-                 init="Gaussian noise N(0, 1) in normalized space",
-                 teacher_rule="image group j (one image per class) is recovered with teacher j mod M",
-                 image_storage="uint8 pixels: the recovered images (clamped to the valid range) quantized, "
-                               "round(clamp(x * std + mean, 0, 1) * 255)")
+    hyper = recovery_hyperparameters(
+        config, result["group_size"],
+        init="Gaussian noise N(0, 1) in normalized space",
+        teacher_rule="image group j (one image per class) is recovered with teacher j mod M",
+        image_storage="uint8 pixels: the recovered images (clamped to the valid range) quantized, "
+                      "round(clamp(x * std + mean, 0, 1) * 255)")
     ds = DistilledSet(
         method=method_name, **real_data_fields(train), images=pixels, labels=result["labels"],
         hyperparameters=hyper, teachers=records,
