@@ -25,7 +25,7 @@ from . import __version__
 from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER
 from .data.transforms import normalize, random_crop_with_padding, random_flip
-from .models import create_model
+from .models import HeadMismatch, create_model
 from .progress import SHORT_PHASE_S, progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .choices import DEVICE_CHOICES, PRECISIONS
@@ -369,8 +369,13 @@ def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = Tru
     check_writable(out, "teacher checkpoint")
     if os.path.exists(out):
         return _existing_pretrained_teacher(out, model, spec.name)
-    net = create_model(model, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size,
-                       pretrained=pretrained)
+    try:  # (a classifier of other classes would be a fresh, untrained one: no teacher)
+        net = create_model(model, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size,
+                           pretrained=pretrained, pretrained_head=True)
+    except HeadMismatch as exc:
+        raise ValueError(f"{exc}: as a teacher for {dataset_label(spec.name)} ({spec.num_classes} classes) it would "
+                         f"classify with an untrained head; pretrained weights are teachers for the data they were "
+                         f"trained on (train one for this data: infer-fast teacher --model {model})") from None
     state_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     check_writable(out, "teacher checkpoint", need_bytes=state_bytes + CHECKPOINT_ALLOWANCE)
     cfg = TeacherConfig(dataset=spec.name, model=model, epochs=1, data_root=data_root, device=device)

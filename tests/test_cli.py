@@ -315,16 +315,17 @@ def _cli(capsys, *args):
     return status, out, err
 
 
-def _cache_weights(torch_home, model, file_name):
-    """Our ImageNet-layout ``model`` (1000 classes) saved as torchvision's file in TORCH_HOME's hub cache."""
+def _cache_weights(torch_home, model, file_name, num_classes=1000):
+    """Our ImageNet-layout ``model`` (1000 classes) saved as torchvision's file in TORCH_HOME's
+    hub cache; with another ``num_classes``, returns the file's path instead."""
     from infer_fast.models import create_model
 
     torch.manual_seed(7)
-    net = create_model(model, num_classes=1000, image_size=224)
+    net = create_model(model, num_classes=num_classes, image_size=224)
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), folder / file_name)
-    return net
+    return net if num_classes == 1000 else folder / file_name
 
 
 def test_models_names_the_pretrained_weight_files(tmp_path, monkeypatch, capsys):
@@ -363,10 +364,16 @@ def test_teacher_pretrained_writes_the_checkpoint_distill_takes(tmp_path, monkey
     status, stdout, _ = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--out", out)
     assert status == 0 and len(stdout.splitlines()) == 1  # what the file holds, no "-> rn18.pt" after it
     assert "already holds a 'resnet18-imagenet' teacher for 'imagenet' from pretrained weights" in stdout
-    # a weights file instead of the cache, for a small dataset (stem and head adapted): distill runs with it
+    # ImageNet's weights for a 10-class dataset would teach with a fresh, untrained head: refused
     small = tmp_path / "small.pt"
     weights = tmp_path / "th" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    with pytest.warns(UserWarning, match="fresh 10-class head"):
+    status, _, err = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--weights", weights,
+                          "--dataset", "fashion-mnist-mini", "--out", small)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and not small.exists()
+    assert "resnet18-imagenet's pretrained classifier has 1000 classes, not 10" in err and "untrained head" in err
+    # a weights file of the data's classes (the 1-channel stem adapted from its RGB kernels): distill runs with it
+    weights = _cache_weights(tmp_path / "w10", "resnet18-imagenet", "rn18-10.pth", num_classes=10)
+    with pytest.warns(UserWarning, match="stem conv"):
         status, _, err = _cli(capsys, "teacher", "--pretrained", "resnet18-imagenet", "--weights", weights,
                               "--dataset", "fashion-mnist-mini", "--out", small)
     assert status == 0, err
@@ -391,9 +398,10 @@ def test_run_names_every_missing_weights_file_before_any_work(tmp_path, monkeypa
     assert "(2 files)" in err and str(tmp_path / "th" / "hub" / "checkpoints") in err
     assert "resnet18-f37072fd.pth (resnet18-imagenet)" in err and "mobilenet_v2-7ebf99e0.pth (mobilenetv2-imagenet)" in err
     assert not (tmp_path / "run").exists()
-    _cache_weights(tmp_path / "th", "resnet18-imagenet", "resnet18-f37072fd.pth")
-    _cache_weights(tmp_path / "th", "mobilenetv2-imagenet", "mobilenet_v2-7ebf99e0.pth")
-    with pytest.warns(UserWarning, match="fresh 10-class head"):
+    # (10-class weights under torchvision's names: pretrained teachers of the data's own classes)
+    _cache_weights(tmp_path / "th", "resnet18-imagenet", "resnet18-f37072fd.pth", num_classes=10)
+    _cache_weights(tmp_path / "th", "mobilenetv2-imagenet", "mobilenet_v2-7ebf99e0.pth", num_classes=10)
+    with pytest.warns(UserWarning, match="stem conv"):
         status, stdout, err = _cli(capsys, "run", tmp_path / "exp.yaml")
     assert status == 0, err
     [line] = [l for l in stdout.splitlines() if l.startswith("teachers: ")]

@@ -14,6 +14,7 @@ from torch import nn
 
 from infer_fast.models import (
     ClassifierNet,
+    HeadMismatch,
     count_parameters,
     create_model,
     get_spec,
@@ -281,6 +282,10 @@ def test_builtin_imagenet_pretrained_from_cache(hub_dir):
         gray = _build("resnet18-imagenet", num_classes=10, in_channels=1, pretrained=True)
     assert torch.allclose(gray.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
     assert torch.equal(gray.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    with pytest.raises(HeadMismatch, match="resnet18-imagenet's pretrained classifier has 1000 classes, not 10"):
+        create_model("resnet18-imagenet", num_classes=10, pretrained=True, pretrained_head=True)
+    kept = create_model("resnet18-imagenet", num_classes=1000, pretrained=True, pretrained_head=True)
+    assert torch.equal(kept.head.weight, src.head.weight)
     with pytest.raises(ValueError, match="does not match"):
         create_model("resnet50-imagenet", num_classes=10, pretrained=str(hub_dir / "resnet18-f37072fd.pth"))
 
@@ -330,6 +335,7 @@ def test_external_library_missing_gives_clear_error(lib, monkeypatch):
 class _TinyTV(nn.Module):
     def __init__(self, num_classes=1000):
         super().__init__()
+        self.num_classes = num_classes  # (as timm's models have it)
         self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(4)
         self.fc = nn.Linear(4, num_classes)
@@ -395,6 +401,8 @@ def test_torchvision_adaptation_with_fake_module(monkeypatch, hub_dir):
     with pytest.warns(UserWarning, match="1000-class classifier 'fc'.*summing"):
         model = create_model("torchvision:tiny", num_classes=10, in_channels=1, pretrained=True)
     assert model.fc.out_features == 10
+    with pytest.raises(HeadMismatch, match="torchvision:tiny's pretrained classifier has 1000 classes, not 10"):
+        create_model("torchvision:tiny", num_classes=10, in_channels=1, pretrained=True, pretrained_head=True)
     assert torch.allclose(model.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
     assert torch.equal(model.bn1.weight, ref.bn1.weight)
     with warnings.catch_warnings():
@@ -407,7 +415,7 @@ def test_timm_with_fake_module(monkeypatch):
     calls = []
     timm = types.ModuleType("timm")
     timm.is_model = lambda name: name == "tiny"
-    timm.create_model = lambda name, **kw: calls.append((name, kw)) or _TinyTV(kw["num_classes"])
+    timm.create_model = lambda name, **kw: calls.append((name, kw)) or _TinyTV(kw.get("num_classes", 1000))
     timm.models = types.SimpleNamespace(get_pretrained_cfg=lambda name, allow_unregistered=True: None)
     monkeypatch.setitem(sys.modules, "timm", timm)
     model = create_model("timm:tiny", num_classes=5, in_channels=1)
@@ -417,3 +425,12 @@ def test_timm_with_fake_module(monkeypatch):
         create_model("timm:nope", num_classes=5)
     with pytest.raises(ValueError, match="never downloads"):
         create_model("timm:tiny", num_classes=5, pretrained=True)
+    # weights cached: timm builds the model; with pretrained_head, at the weights' class count (timm's default)
+    weights = types.SimpleNamespace(file=__file__)
+    timm.models.get_pretrained_cfg = lambda name, allow_unregistered=True: weights
+    assert create_model("timm:tiny", num_classes=5, pretrained=True).num_classes == 5
+    assert calls[-1][1]["num_classes"] == 5 and calls[-1][1]["pretrained"] is True
+    assert create_model("timm:tiny", num_classes=1000, pretrained=True, pretrained_head=True).num_classes == 1000
+    assert "num_classes" not in calls[-1][1]
+    with pytest.raises(HeadMismatch, match="timm:tiny's pretrained classifier has 1000 classes, not 5"):
+        create_model("timm:tiny", num_classes=5, pretrained=True, pretrained_head=True)

@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .external import (MissingWeights, create_external, fetch_command, final_linear, find_torchvision_checkpoint,
-                       is_external, load_torchvision_weights, missing_external_weights, missing_torchvision_checkpoint,
+from .external import (HeadMismatch, MissingWeights, create_external, fetch_command, final_linear,
+                       find_torchvision_checkpoint, is_external, load_torchvision_weights, missing_external_weights, missing_torchvision_checkpoint,
                        missing_weights_error, torchvision_cache_dir, torchvision_file_names)
 from .base import ClassifierNet, device_of, init_weights
 from ..checks import check_int
@@ -36,6 +36,7 @@ __all__ = [
     "count_parameters",
     "get_spec",
     "ClassifierNet",
+    "HeadMismatch",
     "ModelSpec",
     "init_weights",
 ]
@@ -57,6 +58,7 @@ def create_model(
     in_channels: int = 3,
     image_size: Any = 32,
     pretrained: Any = False,
+    pretrained_head: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model by name.
@@ -68,6 +70,10 @@ def create_model(
     pretrained: built-in ImageNet variants load torchvision's ImageNet checkpoint from the local
         torch hub cache (True) or from a given file path; external models use their library's
         cached weights. Never downloads. Built-in small-image models have no pretrained weights.
+        The weights' classifier is kept when it has ``num_classes`` classes, else replaced by
+        a fresh one (with a warning: it needs training).
+    pretrained_head: with ``pretrained``, the weights' classifier must be kept:
+        :class:`HeadMismatch` (a ValueError) when it has another number of classes.
     kwargs: architecture options (ConvNet: width, depth, norm, pooling; MobileNetV2/EfficientNet:
         dropout; EfficientNet: drop_connect_rate; ...).
     """
@@ -76,7 +82,7 @@ def create_model(
     if isinstance(image_size, int):
         _check_positive_int(image_size, "image_size")
     if is_external(name):
-        return create_external(name, num_classes, in_channels, image_size, pretrained, **kwargs)
+        return create_external(name, num_classes, in_channels, image_size, pretrained, pretrained_head, **kwargs)
 
     spec, implied = resolve(name)
     for key, value in implied.items():
@@ -85,7 +91,7 @@ def create_model(
     model = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **{**implied, **kwargs})
     if pretrained is not False and pretrained is not None:
         _check_has_pretrained_weights(spec, pretrained)
-        load_torchvision_weights(model, spec, pretrained, num_classes, in_channels)
+        load_torchvision_weights(model, spec, pretrained, num_classes, in_channels, pretrained_head)
     return model
 
 

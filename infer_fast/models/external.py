@@ -193,6 +193,16 @@ def replace_first_conv(model: nn.Module, in_channels: int, keep_weights: bool) -
     return note
 
 
+class HeadMismatch(ValueError):
+    """Pretrained weights whose classifier has another number of classes than asked for,
+    where it had to be kept (``create_model(..., pretrained_head=True)``)."""
+
+
+def _check_head(full_name: str, weights_classes: int, num_classes: int, pretrained_head: bool) -> None:
+    if pretrained_head and weights_classes != num_classes:
+        raise HeadMismatch(f"{full_name}'s pretrained classifier has {weights_classes} classes, not {num_classes}")
+
+
 def _warn(full_name: str, notes: List[Optional[str]]) -> None:
     notes = [n for n in notes if n]
     if notes:
@@ -214,12 +224,13 @@ def _split(name: str) -> Tuple[str, str]:
 
 
 def create_external(
-    name: str, num_classes: int, in_channels: int = 3, image_size: Any = 224, pretrained: bool = False, **kwargs: Any
+    name: str, num_classes: int, in_channels: int = 3, image_size: Any = 224, pretrained: bool = False,
+    pretrained_head: bool = False, **kwargs: Any
 ) -> nn.Module:
     lib, arch = _split(name)
     if lib == "torchvision":
-        return _create_torchvision(arch, num_classes, in_channels, pretrained, **kwargs)
-    return _create_timm(arch, num_classes, in_channels, pretrained, **kwargs)
+        return _create_torchvision(arch, num_classes, in_channels, pretrained, pretrained_head, **kwargs)
+    return _create_timm(arch, num_classes, in_channels, pretrained, pretrained_head, **kwargs)
 
 
 def missing_external_weights(name: str, weights_name: Any = "DEFAULT") -> Optional[MissingWeights]:
@@ -265,7 +276,8 @@ def _torchvision_weights(tvm, arch: str, weights_name: Any) -> Tuple[Any, str]:
     return weights, os.path.join(torchvision_cache_dir(), os.path.basename(urlparse(weights.url).path))
 
 
-def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretrained: bool, pretrained_head: bool,
+                        **kwargs: Any) -> nn.Module:
     full = f"torchvision:{arch}"
     tvm = _torchvision_models(arch)
 
@@ -285,6 +297,7 @@ def _create_torchvision(arch: str, num_classes: int, in_channels: int, pretraine
         raise missing_weights_error([missing])
     weights, _ = _torchvision_weights(tvm, arch, weights_name)
     model = build(weights=weights, **kwargs)  # found in the hub cache: torchvision loads it, no download
+    _check_head(full, final_linear(model)[1].out_features, num_classes, pretrained_head)
     _warn(full, [
         replace_final_linear(model, num_classes),
         replace_first_conv(model, in_channels, keep_weights=True),
@@ -332,18 +345,21 @@ def _timm_module(arch: str):
     return timm
 
 
-def _create_timm(arch: str, num_classes: int, in_channels: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+def _create_timm(arch: str, num_classes: int, in_channels: int, pretrained: bool, pretrained_head: bool,
+                 **kwargs: Any) -> nn.Module:
     timm = _timm_module(arch)
     if not pretrained:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
     path = _timm_cached_file(timm, arch)
     if path is None:
         raise missing_weights_error([missing_external_weights(f"timm:{arch}")])
-    # timm loads the file itself and resets the classifier / adapts the stem for us.
-    return timm.create_model(
-        arch, pretrained=True, num_classes=num_classes, in_chans=in_channels,
-        pretrained_cfg_overlay=dict(file=path), **kwargs,
-    )
+    # timm loads the file itself and resets the classifier / adapts the stem for us; to keep the
+    # weights' classifier, it is built with the weights' class count, then compared.
+    classes = {} if pretrained_head else {"num_classes": num_classes}
+    model = timm.create_model(arch, pretrained=True, in_chans=in_channels, pretrained_cfg_overlay=dict(file=path),
+                              **classes, **kwargs)
+    _check_head(f"timm:{arch}", model.num_classes, num_classes, pretrained_head)
+    return model
 
 
 # ----------------------------------------------------------------------------------------
@@ -379,12 +395,14 @@ def find_torchvision_checkpoint(arch: str) -> Optional[str]:
     return found[0] if found else None
 
 
-def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: int, in_channels: int) -> nn.Module:
+def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: int, in_channels: int,
+                             pretrained_head: bool = False) -> nn.Module:
     """Load torchvision ImageNet weights into a built-in ImageNet-layout model.
 
     ``source``: True (the cached torchvision checkpoint) or a path to a state-dict file.
-    The head is kept fresh when ``num_classes`` differs from the checkpoint's, and the stem
-    kernels are adapted when ``in_channels`` differs (both with a warning).
+    The head is kept fresh when ``num_classes`` differs from the checkpoint's (``pretrained_head``:
+    HeadMismatch instead), and the stem kernels are adapted when ``in_channels`` differs (both
+    with a warning).
     """
     arch = spec.torchvision_name
     if isinstance(source, (str, os.PathLike)):
@@ -406,6 +424,7 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
     allowed_missing = set()
     head_w = state.get("head.weight")
     if head_w is not None and head_w.shape[0] != model.head.out_features:
+        _check_head(spec.name, head_w.shape[0], num_classes, pretrained_head)
         state.pop("head.weight")
         state.pop("head.bias", None)
         allowed_missing = {"head.weight", "head.bias"}
