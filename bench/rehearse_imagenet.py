@@ -141,10 +141,11 @@ def main(argv=None) -> int:
     torch_home = os.path.join(work, "torch-home")
     os.makedirs(os.path.join(torch_home, "hub", "checkpoints"))
     torch.manual_seed(0)
-    torch.save(create_model("resnet18-imagenet", num_classes=1000, in_channels=3, image_size=224).state_dict(),
+    # (for fewer classes than ImageNet's 1000, a class subset, with a classifier of as many:
+    # pretrained weights are a teacher for the classes they have)
+    torch.save(create_model("resnet18-imagenet", num_classes=args.classes, in_channels=3, image_size=224).state_dict(),
                os.path.join(torch_home, "hub", "checkpoints", TEACHER_FILE))
     out = os.path.join(work, "run")
-    # fewer classes than ImageNet's 1000: a class subset (the teacher's classifier is replaced)
     dataset = "imagenet" if args.classes == 1000 else f"{{name: imagenet, num_classes: {args.classes}}}"
     config = os.path.join(work, "imagenet-rehearsal.yaml")
     with open(config, "w") as f:

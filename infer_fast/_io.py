@@ -11,6 +11,7 @@ import pickle
 import re
 import tempfile
 import warnings
+import zipfile
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Union
 
 import torch
@@ -275,9 +276,26 @@ def load_weights_only(path: PathLike, what: str) -> Any:
         raise ValueError(f"{what} {os.fspath(path)!r}: not a weights-only checkpoint ({_unpickler_reason(exc)}); "
                          "infer-fast reads tensors and plain containers only") from None
     except Exception as exc:
+        if _cut_short(path, exc):
+            raise ValueError(f"{what} {os.fspath(path)!r} is truncated or corrupt (not a complete torch checkpoint: "
+                             "its data ends early); copy or write it again") from None
         detail = (str(exc).strip().splitlines() or [""])[0]
         raise ValueError(f"{what} {os.fspath(path)!r} cannot be read ({type(exc).__name__}"
                          f"{': ' + detail if detail else ''})") from None
+
+
+def _cut_short(path: PathLike, exc: Exception) -> bool:
+    """Whether torch.load's failure ``exc`` on ``path`` comes of a file cut short: a zip
+    checkpoint (torch.save's format) without its end record (torch then fails with an
+    unrelated OSError, EINVAL), or a legacy pickle checkpoint whose data ran out."""
+    if isinstance(exc, EOFError) or "unexpected EOF" in str(exc):
+        return True
+    try:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        return zipped and not zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def _unpickler_reason(exc: Exception) -> str:

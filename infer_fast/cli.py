@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from .checks import check_int
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
 from .config import comma_list, path_list, positive_floats, positive_ints
 from .options import Option, add_flags, options_of
@@ -42,11 +43,14 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     rank, _ = init_from_env()  # under torchrun: teachers, recovery and student runs split across the ranks
     overrides = {"out": args.out, "seeds": args.seeds, "device": args.device, "data_root": args.data_root}
-    if args.teachers:
+    for flag, value in (("--teachers", args.teachers), ("--methods", args.methods)):
+        if value is not None and not comma_list(value):  # (an empty value is not "as the config says")
+            raise UserError(f"{flag} is empty: name at least one, comma-separated, or leave it out")
+    if args.teachers is not None:
         overrides["teachers"] = [{"path": p} for p in comma_list(args.teachers)]
     if args.ipc is not None:
         overrides["ipc"] = positive_ints("--ipc", args.ipc)
-    if args.methods:
+    if args.methods is not None:
         overrides["methods"] = comma_list(args.methods)
     results = run_pipeline(load_pipeline_config(args.config, **overrides), progress=not args.quiet)
     if args.quiet and rank == 0:  # the table is the result: shown even without progress output
@@ -67,20 +71,19 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def _print_pretrained_weights() -> None:
     """Which torchvision ImageNet weight files `pretrained: true` reads, and which are here."""
-    from .models import pretrained_weights_table
+    from .models import pretrained_weights_table, torchvision_cache_dir_problem
 
     folder, rows, fetch = pretrained_weights_table()
     torch_home = os.environ.get("TORCH_HOME")
     how = f"from TORCH_HOME={torch_home}" if torch_home else "set TORCH_HOME to use TORCH_HOME/hub/checkpoints"
+    problem = torchvision_cache_dir_problem()
     print(f"\nPretrained ImageNet weights (pretrained: true; never downloaded), looked for in torch hub's checkpoints "
-          f"folder ({how}):\n  {folder}{'' if os.path.isdir(folder) else '  (does not exist)'}")
+          f"folder ({how}):\n  {folder}{f'  ({problem})' if problem else ''}")
     width = max(len(r["name"]) for r in rows)
     file_width = max(len(r["files"][0]) for r in rows)
     print(f"{'model':<{width}}  {'file':<{file_width}}  status")
     for r in rows:
-        found = r["found"] and os.path.basename(r["found"])
-        status = "missing" if not found else "present" if found == r["files"][0] else f"present as {found}"
-        print(f"{r['name']:<{width}}  {r['files'][0]:<{file_width}}  {status}")
+        print(f"{r['name']:<{width}}  {r['files'][0]:<{file_width}}  {r['status']}")
     print("Older versions of a file (the same name, another hash) are used too. torchvision:NAME reads "
           "torchvision's own file for its weights from the same folder.")
     if fetch:
@@ -242,6 +245,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items()
               if o.flag_name and getattr(args, k) is not None}
     config = StudentConfig.from_recipe(args.recipe or "cifar", **fields)  # (the options checked before any loading)
+    check_int("--seeds", args.seeds)
     if args.teachers and not config.dynamic:
         raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
                         "a set's static soft labels come from `infer-fast relabel`")
@@ -250,12 +254,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     # the recipe of the set's dataset's family (ImageNet: the SRe2L protocol) unless --recipe, with what
     # the set's method gives its students (RDED: its augmentation) under the options given
     config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.dataset), **{**set_student_settings(ds), **fields})
+    config.check_given(list(fields))
     teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                            progress=not args.quiet and rank == 0)
     if config.dynamic and not teachers:
         raise UserError("--dynamic (INFER+Dyn) needs --teachers")
-    seeds = list(range(args.seeds))
+    seeds = range(args.seeds)  # (a range: a count is checked, never a list of that many made)
     result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet and rank == 0)
     if rank != 0:
         return
@@ -281,11 +286,14 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None):
     student = {k: getattr(args, k) for k in (*EVALUATE_STUDENT_OPTIONS, *COMPUTE_FIELDS)
                if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("soft_labels", *SHARED_PROTOCOL_OPTIONS) if getattr(args, k) is not None}
+    if args.full_data_checkpoint and args.full_data_epochs is not None:  # (the run is read, not trained)
+        raise UserError("--full-data-epochs sets the full-data run trained here: it does not apply with "
+                        "--full-data-checkpoint")
     if args.protocol == "dd-ranking":
         if args.recipe is not None:
             raise UserError("--recipe applies to --protocol infer-fast; DD-Ranking's recipe follows the dataset")
         options.update({k: getattr(args, k) for k in ("set_lr", "test_interval") if getattr(args, k) is not None},
-                       **({"lr_grid": tuple(positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid else {}))
+                       **({"lr_grid": tuple(positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid is not None else {}))
     else:
         for option, value in (("--lr-grid", args.lr_grid), ("--set-lr", args.set_lr),
                               ("--test-interval", args.test_interval)):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -76,13 +77,14 @@ def demo_config(out_dir: str, seeds: int = SEEDS, iterations: Optional[int] = No
 
 def run_demo(out_dir: str = "demo-output", seeds: int = SEEDS, iterations: Optional[int] = None,
              epochs: Optional[int] = None, progress: bool = True) -> dict:
-    from .pipeline import format_table, run_pipeline
+    from .pipeline import check_run_directory, format_table, run_pipeline
     from .set_keys import SetKey
     from .storage import write_preview
 
     for name, value in (("--seeds", seeds), ("--iterations", iterations), ("--epochs", epochs)):
         if value is not None:  # (None: the demo's own)
             check_int(name, value)
+    check_run_directory(Path(out_dir))  # (run_pipeline checks it too: here before the kernel check's line)
     start = time.perf_counter()
     print(f"infer-fast demo: INFER vs random vs SRe2L at ipc {IPC} on {DATASET} (embedded; {torch.get_num_threads()} CPU threads)")
     print(check_backends())

@@ -26,6 +26,9 @@ PATHS = "paths"  # an option's kind: one comma-separated string (a flag) or a li
 PATH = "path"  # an option's kind: a str or os.PathLike (the annotation os.PathLike)
 _NOT_GIVEN = dataclasses.MISSING
 _YAML_BOOL_HINT = " (YAML reads unquoted on/off/yes/no as true/false: quote the word)"
+# torch.finfo(torch.float32).max: a float option ends up in float32 tensors or optimizer state,
+# where a larger value overflows (to inf, or torch refuses it)
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ def _is(kind: Any, value: Any) -> bool:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        # (an int is finite: math.isfinite would raise OverflowError on one too large for a float)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(value, int) or math.isfinite(value))
     if kind == PATH:
         return isinstance(value, (str, os.PathLike))
     if kind == PATHS:
@@ -144,14 +149,20 @@ def check_value(opt: Option, value: Any) -> None:
     or_none = f" or None ({opt.none})" if opt.none else ""
     if value is None and opt.none:
         return
-    if opt.kind is int:  # (ints take a minimum only)
+    if opt.kind is int:  # (ints take a minimum, and a bound below)
         check_int(opt.name, value, minimum=None if opt.minimum is None else int(opt.minimum), none=opt.none)
+        if value is not None and opt.below is not None and value >= opt.below:
+            note = f" ({opt.note})" if opt.note else ""
+            raise ValueError(f"{opt.name} must be below {opt.below}{note}{or_none}, got {value!r}")
         return
     if not _is(opt.kind, value):
         hint = _YAML_BOOL_HINT if isinstance(value, bool) and opt.choices else ""
         raise ValueError(f"{opt.name} must be {_kind_text(opt.kind)}{or_none}, got {value!r}{hint}")
     if opt.choices is not None:
         check_choice(opt.name, value, opt.choices)
+    if opt.kind is float and abs(value) > FLOAT32_MAX:  # (compared as they are: an int too large for a float too)
+        raise ValueError(f"{opt.name} must be a finite number within float32's range (|x| <= {FLOAT32_MAX:.6g})"
+                         f"{or_none}, got {value!r}")
     if opt.kind is float and not ((opt.minimum is None or value >= opt.minimum) and (opt.above is None or value > opt.above)
                                   and (opt.below is None or value < opt.below)):
         note = f" ({opt.note})" if opt.note else ""
@@ -259,3 +270,19 @@ def with_recipe(cls: type, recipes: Mapping[str, Mapping[str, Any]], names: Iter
         values.update(recipes[name])
     values.update(overrides)
     return make_config(cls, values)
+
+
+# A config's rules for options it does not use under another setting: (field, unused when
+# (config -> bool), that setting in words).
+UnusedRule = Tuple[str, Callable[[Any], bool], str]
+
+
+def check_given_used(config: Any, given: Iterable[str], rules: Iterable[UnusedRule]) -> None:
+    """ValueError naming each option in ``given`` (the fields a user set explicitly) that
+    ``config`` does not use under its other settings (``rules``): a user would think it took
+    effect."""
+    given = set(given)
+    unused = [f"{name} (--{name.replace('_', '-')}) does not apply with {setting}"
+              for name, unused_when, setting in rules if name in given and unused_when(config)]
+    if unused:
+        raise ValueError("; ".join(unused))

@@ -48,8 +48,8 @@ from .meter import StepMeter
 from .models import device_of
 from .options import given_config
 from .output_lock import output_lock
-from .results import format_table, load_results, markdown_report, summarize
-from .run_config import PipelineConfig, build_config, load_pipeline_config
+from .results import RESULTS_FILE, format_table, load_results, markdown_report, summarize, table_runs
+from .run_config import PipelineConfig, load_pipeline_config
 from .set_keys import RunKey, SetKey
 
 __all__ = [
@@ -100,7 +100,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     rank's device, rank 0 writes the pretrained ones, and all return once every one is
     written."""
     out = Path(cfg.out)
-    from .teacher import TeacherConfig, pretrained_teacher, train_teacher
+    from .teacher import pretrained_teacher, train_teacher
 
     if ranks is None:
         ranks = distributed.Ranks()
@@ -120,8 +120,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
             path = _pretrained_teacher_path(cfg.out, i, entry)
             pretrained.append((entry, path))
         else:
-            values = {"dataset": cfg.dataset, "data_root": cfg.data_root, "device": cfg.device, **entry}
-            teacher_cfg = build_config(TeacherConfig, values, f"teachers[{i}]")
+            teacher_cfg = cfg.teacher_config(i)
             teacher_cfg = dataclasses.replace(teacher_cfg, device=distributed.local_device(teacher_cfg.device))
             path = str(out / "teachers" / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
             to_train.append((i, teacher_cfg, path))
@@ -220,6 +219,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     # node, a login host).
     _check_pretrained_weights(cfg)
     check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
+    check_run_directory(Path(cfg.out))
     _check_inputs(cfg)
     ranks = distributed.Ranks()
     out = Path(cfg.out)
@@ -233,6 +233,24 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
         raise
     finally:
         ranks.close()
+
+
+# what a run writes in its directory before its results file (an interrupted first session)
+RUN_ENTRIES = ("teachers", "sets", "students", "cache", ".lock")
+
+
+def check_run_directory(out: Path) -> None:
+    """Before any work: ``out`` is new, empty or a run's directory: one holding a results file,
+    or only what a run writes before its first (its teachers, sets...). Any other folder (a
+    distilled set, an export) is refused rather than filled with a run's files."""
+    if not out.is_dir():
+        return
+    entries = [entry.name for entry in out.iterdir()]
+    foreign = [name for name in entries if name not in RUN_ENTRIES and not name.startswith(f".{RESULTS_FILE}.tmp-")]
+    if foreign and RESULTS_FILE not in entries:
+        shown = ", ".join(sorted(foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ValueError(f"out (--out): {out} exists and is not a run directory (it holds {shown}): choose a new "
+                         "or empty directory, or an earlier run's")
 
 
 def _check_inputs(cfg: PipelineConfig) -> None:
@@ -273,7 +291,7 @@ class _Session:
 
     @property
     def results_path(self) -> Path:
-        return self.out / "results.json"
+        return self.out / RESULTS_FILE
 
     def save(self) -> None:
         save_json_atomic(self.results, str(self.results_path))
@@ -319,7 +337,7 @@ def _open_session(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks)
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(out / "results.json", cfg)
+    results = load_results(out / RESULTS_FILE, cfg)
     timing = results.setdefault("timing", {})
     timing["steps"] = {}
     return _Session(cfg, ranks, progress, out, results, StepMeter(timing["steps"]), started)
@@ -509,7 +527,7 @@ def _write_report(session: _Session) -> None:
     report = markdown_report(results, table, plots)
     write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report), fsync=False)
     session.say("\n" + table)
-    session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(results['runs'])} student runs; results in "
+    session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(table_runs(results))} student runs; results in "
                 f"{session.results_path} and {out / 'results.md'} ({time.perf_counter() - started:.0f} s this session)")
 
 

@@ -18,6 +18,7 @@ labels fit, and on every axis a label that would still touch another is left off
 mark stays)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from typing import Any, Dict, List, Sequence, Tuple
@@ -212,7 +213,9 @@ def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
 
 def write_plots(results: Dict[str, Any], out_dir) -> Dict[str, str]:
     """The plots of :func:`draw_plots` written into ``out_dir`` as PNG files (atomically);
-    returns {plot name: path} of those drawn."""
+    returns {plot name: path} of those drawn. A plot of PLOT_FILES not drawn this time (its
+    data is not in this table, e.g. one ipc left) is removed: an earlier table's picture would
+    stand beside this one's results."""
     from ._io import write_atomically
 
     plt = _pyplot()
@@ -224,4 +227,8 @@ def write_plots(results: Dict[str, Any], out_dir) -> Dict[str, str]:
         finally:
             plt.close(fig)
         written[name] = path
+    for name, file in PLOT_FILES.items():
+        if name not in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(os.fspath(out_dir), file))
     return written

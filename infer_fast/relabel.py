@@ -9,13 +9,15 @@ training order by :class:`infer_fast.storage.DistilledDataset`; stored fp16 via
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+import os
+from typing import List, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._io import check_writable
 from .checks import check_int
+from .teacher import teacher_path_list
 from .output_lock import holds_output
 from .progress import progress_bar
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
@@ -67,11 +69,13 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
 
 
 @holds_output("directory", "distilled set")
-def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cpu", batch_size: int = 256,
-                      progress: bool = False) -> DistilledSet:
+def relabel_directory(directory, teacher_paths: Union[str, os.PathLike, Sequence[str]], device: str = "cpu",
+                      batch_size: int = 256, progress: bool = False) -> DistilledSet:
     """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save
     it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``.
-    ``progress``: a bar over the images, and a line when the set is saved."""
+    ``progress``: a bar over the images, and a line when the set is saved. One path (a str or
+    os.PathLike) is a list of one."""
+    teacher_paths = teacher_path_list(teacher_paths)
     if not teacher_paths:
         raise ValueError("relabel_directory needs at least one teacher path")
     resolve_device(device)
@@ -81,7 +85,7 @@ def relabel_directory(directory, teacher_paths: Sequence[str], device: str = "cp
     relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress)
     ds.hyperparameters = dict(ds.hyperparameters)
     ds.hyperparameters["relabel"] = {
-        "teachers": [str(p) for p in teacher_paths],
+        "teachers": teacher_paths,
         "rule": "mean of the teachers' logits, eval mode, test transform only",
     }
     save_distilled(ds, directory, overwrite=True, progress=progress)

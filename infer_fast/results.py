@@ -6,12 +6,12 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from .data.registry import dataset_label
-from .run_identity import check_same_run
+from .run_identity import another_run_message, differing
 from .set_keys import RunKey, SetKey, external_method
 
 
@@ -27,16 +27,33 @@ def set_entries(cfg: Dict[str, Any], sets: Dict[str, Any]) -> List[SetKey]:
     return entries
 
 
-def runs_of(runs: Dict[str, Any], key: SetKey) -> List[Dict[str, Any]]:
-    """The student runs of the set ``key`` (every seed recorded), in key order."""
-    return [runs[k] for k in sorted(runs) if RunKey.parse(k).set_key == key]
+def runs_of(runs: Dict[str, Any], key: SetKey, seeds: Optional[int] = None) -> List[Dict[str, Any]]:
+    """The student runs of the set ``key``, in key order: those of seeds 0..``seeds``-1 (the
+    run's: an earlier session of more seeds left the others in the file), every seed recorded
+    where ``seeds`` is None."""
+    keys = [RunKey.parse(k) for k in sorted(runs)]
+    return [runs[str(k)] for k in keys if k.set_key == key and (seeds is None or k.seed < seeds)]
 
 
+def table_runs(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """{run key: record} of the student runs the table shows: those of its rows' sets (the run
+    config's methods and ipc, the sets given to it; ``results["table"]``, else summarized) and
+    of the config's seeds. The file may hold more, of an earlier session's wider config, kept
+    for a later one."""
+    rows = results["table"] if "table" in results else summarize(results)
+    shown = {SetKey(row["method"], row["ipc"]) for row in rows}
+    seeds = results.get("config", {}).get("seeds")
+    return {k: run for k, run in results.get("runs", {}).items()
+            if RunKey.parse(k).set_key in shown and (seeds is None or RunKey.parse(k).seed < seeds)}
+
+
+RESULTS_FILE = "results.json"  # in the run directory
 RESULTS_FORMAT = "infer-fast-results"
 # the settings that determine a run's sets and students, with the methods' own sections
 # (Method.config_section: INFER's recovery, SRe2L's sre2l): a results file made under others is
 # not continued (its sets and runs would stand beside new ones as if alike); a setting the file
-# predates counts as its default
+# predates counts as its default; the data root is compared as the folder, then as the data it
+# holds (_check_same_settings)
 RUN_SETTINGS = ("dataset", "teachers", "method_options", "accounting", "selection", "student", "dynamic_epochs",
                 "data_root")
 
@@ -55,8 +72,72 @@ def _defaults(cfg) -> Dict[str, Any]:
             for f in dataclasses.fields(cfg)}
 
 
+def data_place(data_root: Optional[str]) -> Optional[str]:
+    """The folder a data root names, however spelled (relative, "~", a trailing "/", a link):
+    its absolute real path; None (the dataset's default places) stays None."""
+    return None if data_root is None else os.path.realpath(os.path.expanduser(data_root))
+
+
+def recorded_config(cfg) -> Dict[str, Any]:
+    """The run config as its results file records it, the data root as :func:`data_place`
+    (a relative path means another folder from elsewhere)."""
+    return {**dataclasses.asdict(cfg), "data_root": data_place(cfg.data_root)}
+
+
+def _train_digest(dataset, data_root: Optional[str]) -> Optional[str]:
+    """The identity of the training split found at ``data_root`` (what a teacher checkpoint
+    ties its resume to: the files' listing, or the arrays' content); None where none is."""
+    from .data import load_dataset
+
+    try:
+        return load_dataset(dataset, "train", data_root=data_root, download=False, in_memory=False).digest()
+    except (OSError, ValueError):
+        return None
+
+
+def _started(out: Path, method: str, old: Dict[str, Any]) -> bool:
+    """Whether the run directory ``out`` holds anything of ``method``'s sets: recorded (a set, a
+    student of one), on disk or begun (a recovery checkpoint beside one)."""
+    keys = [SetKey.parse(k) for k in old.get("sets", {})] + [RunKey.parse(k).set_key for k in old.get("runs", {})]
+    return any(key.made_as.method == method for key in keys) or any((out / "sets").glob(f"{method}-ipc*"))
+
+
+def _changed_unmade(names: List[str], old: Dict[str, Any], cfg, out: Path) -> List[str]:
+    """Of the differing settings ``names``, those that may change as nothing they determine was
+    made yet: ``method_options`` where each changed method has no set begun, the student's
+    settings before any student run. (An option found wrong after the others' sets is then fixed
+    in the same run directory.)"""
+    free = []
+    if "method_options" in names:
+        before, now = old["config"].get("method_options") or {}, cfg.method_options
+        changed = [m for m in set(before) | set(now) if before.get(m) != now.get(m)]
+        if not any(_started(out, m, old) for m in changed):
+            free.append("method_options")
+    if not old.get("runs") and not any((out / "students").glob("*.pt")):
+        free += ["student", "dynamic_epochs"]
+    return [name for name in names if name in free]
+
+
+def _check_same_settings(path: Path, old: Dict[str, Any], cfg) -> None:
+    """ValueError (another_run_message) unless the results file ``path`` (read: ``old``) was made
+    under ``cfg``'s settings, but for those nothing was made of yet (:func:`_changed_unmade`);
+    the data by where it lies, and where that moved, by the training split's identity."""
+    recorded, current = run_settings(old["config"]), run_settings(recorded_config(cfg))
+    if "data_root" in recorded:  # (a file of before recorded it as spelled: read from here)
+        recorded["data_root"] = data_place(recorded["data_root"])
+    names = differing(recorded, current, defaults=_defaults(cfg))
+    names = [name for name in names if name not in _changed_unmade(names, old, cfg, path.parent)]
+    if names == ["data_root"]:  # another folder, or the default places: the same data?
+        digest = _train_digest(cfg.dataset, recorded.get("data_root"))
+        if digest is not None and digest == _train_digest(cfg.dataset, cfg.data_root):
+            names = []
+    if names:
+        raise ValueError(another_run_message("results file", path, names, "choose another out directory or delete it",
+                                             recorded))
+
+
 def load_results(path: Path, cfg) -> Dict[str, Any]:
-    fresh = {"format": RESULTS_FORMAT, "config": dataclasses.asdict(cfg), "teachers": [], "sets": {}, "runs": {}}
+    fresh = {"format": RESULTS_FORMAT, "config": recorded_config(cfg), "teachers": [], "sets": {}, "runs": {}}
     if not path.exists():
         return fresh
     try:
@@ -67,9 +148,8 @@ def load_results(path: Path, cfg) -> Dict[str, Any]:
     if old.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path} is not an infer-fast results file")
     # runs are kept only if what determines them is unchanged
-    check_same_run("results file", path, run_settings(old["config"]), run_settings(dataclasses.asdict(cfg)),
-                   "choose another out directory or delete it", defaults=_defaults(cfg))
-    old["config"] = dataclasses.asdict(cfg)
+    _check_same_settings(path, old, cfg)
+    old["config"] = recorded_config(cfg)
     return old
 
 
@@ -78,7 +158,7 @@ def summarize(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     cfg = results["config"]
     rows = []
     for key in set_entries(cfg, results["sets"]):
-        runs = runs_of(results["runs"], key)
+        runs = runs_of(results["runs"], key, cfg.get("seeds"))
         accs = [run["final_accuracy"] for run in runs]
         info = results["sets"].get(str(key), {})
         t = torch.tensor(accs, dtype=torch.float64)
@@ -114,6 +194,9 @@ def format_table(results: Dict[str, Any]) -> str:
 def format_scores(results: Dict[str, Any]) -> str:
     """The DD-Ranking scores of a run as a Markdown table (empty when none were computed)."""
     scores = results.get("scores") or {}
+    if "config" in results:  # (the sets of the table; the file may hold others, of an earlier wider config)
+        shown = {str(key) for key in set_entries(results["config"], results.get("sets") or {})}
+        scores = {text: report for text, report in scores.items() if text in shown}
     if not scores:
         return ""
 
@@ -149,6 +232,13 @@ def format_scores(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _seeds_shown(results: Dict[str, Any]) -> str:
+    """The seeds of the table's rows: the run's, or "N-M" where rows have fewer (a set given
+    to the run after the students of the others, or a session stopped mid-way)."""
+    counts = sorted({row["seeds"] for row in summarize(results)} or {results["config"]["seeds"]})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
     cfg = results["config"]
     teachers = ", ".join(
@@ -160,11 +250,13 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
         "",
         f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {student.get('model', 'convnet')}, "
         f"{student.get('epochs', 400)} epochs (INFER+Dyn: {cfg['dynamic_epochs'] or 'epochs/(M+1)'}), "
-        f"final-epoch top-1 on the real test split over {cfg['seeds']} seed(s). Budget accounting: {cfg['accounting']}.",
+        f"final-epoch top-1 on the real test split over {_seeds_shown(results)} seed(s). "
+        f"Budget accounting: {cfg['accounting']}.",
         "CR: stored values / full training set values (images + soft labels + indices; INFER+Dyn without soft labels). "
         "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features"
         + (" (–: undefined for sets of one image per class)." if any(
-            info.get("feature_duplication_note") for info in results.get("sets", {}).values()) else "."),
+            results["sets"].get(str(key), {}).get("feature_duplication_note")
+            for key in set_entries(cfg, results.get("sets", {}))) else "."),
         "",
         table,
         "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import InitVar, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Set
 
 from .choices import EVALUATION_PROTOCOLS
 from .checks import check_int
@@ -154,6 +154,14 @@ class PipelineConfig:
             values["epochs"] = self.dynamic_epochs or max(1, round(epochs / (num_teachers + 1)))
         return build_config(StudentConfig, values, "student")
 
+    def teacher_config(self, i: int):
+        """The TeacherConfig of the run's i-th teacher, one trained by the run (its entry's
+        training settings over the run's dataset, data root and device)."""
+        from .teacher import TeacherConfig
+
+        values = {"dataset": self.dataset, "data_root": self.data_root, "device": self.device, **self.teachers[i]}
+        return build_config(TeacherConfig, values, f"teachers[{i}]")
+
     def validate(self, where: str = "config") -> None:
         """ValueError (prefixed with ``where``, naming the option) unless every setting is usable:
         checked in this order, before any work."""
@@ -163,6 +171,7 @@ class PipelineConfig:
         self._check_external(where)
         self._check_switches(where)
         self._check_recipes(where)
+        self._check_models(where)
 
     def _check_places(self, where: str) -> None:
         """The run directory, dataset, data root and device."""
@@ -201,8 +210,13 @@ class PipelineConfig:
             raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
         known = run_method_names()
         bad = [m for m in self.methods if m not in known]
-        if not self.methods or bad:
+        if not isinstance(self.methods, list) or not self.methods or bad:
             raise ValueError(f"{where}: methods must be chosen from {', '.join(known)}, got {self.methods!r}")
+        for name in ("ipc", "methods"):  # (a repeat would be a second row of the same set)
+            values = getattr(self, name)
+            repeated = [str(v) for i, v in enumerate(values) if v in values[:i]]
+            if repeated:
+                raise ValueError(f"{where}: {name} lists {', '.join(dict.fromkeys(repeated))} more than once")
         if not isinstance(self.method_options, dict) or not all(isinstance(v, dict) for v in self.method_options.values()):
             raise ValueError(f"{where}: method_options must map method names to mappings of options")
         self._check_method_options(where)
@@ -274,12 +288,42 @@ class PipelineConfig:
 
         if method.check_budget is None:
             return
-        C = get_spec(self.dataset).num_classes
+        spec = get_spec(self.dataset)
         for ipc in self.ipc:
             try:
-                method.check_budget(options, ipc, C, len(self.teachers))
+                method.check_budget(options, ipc, spec, len(self.teachers))
+            except ValueError as exc:  # (named where its options are: method_options, or INFER's run-level ones)
+                section = "" if method.config_section else f"method_options: {method.name}: "
+                raise ValueError(f"{where}: {section}{exc}") from None
+
+    def _check_models(self, where: str) -> None:
+        """Every model the run builds, its teachers' (trained, or of pretrained weights) and its
+        students', built once on the meta device (no memory, no weights) for the dataset's
+        classes, channels and image size: an unknown name, or a model the images do not fit,
+        is refused now rather than when it first trains (hours in)."""
+        import torch
+
+        from .data import get_spec
+        from .models import create_model
+
+        models: Dict[str, str] = {}  # model name -> the option that names it first
+        for i, entry in enumerate(self.teachers):
+            if "path" not in entry:  # (a checkpoint's model is checked when it loads, before any work)
+                try:
+                    name = entry["model"] if entry.get("pretrained") else self.teacher_config(i).model
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                models.setdefault(name, f"teachers[{i}]")
+        for method in self.methods:
+            models.setdefault(self.student_config(method, 0, len(self.teachers)).model, "student")
+        spec = get_spec(self.dataset)
+        for name, option in models.items():
+            try:
+                with torch.device("meta"):
+                    create_model(name, num_classes=spec.num_classes, in_channels=spec.channels,
+                                 image_size=spec.image_size)
             except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from None
+                raise ValueError(f"{where}: {option}: model {name!r}: {exc}") from None
 
 
 def build_config(cls, values: Dict[str, Any], name: str):
@@ -294,9 +338,53 @@ def build_config(cls, values: Dict[str, Any], name: str):
 
 
 def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
-    """A PipelineConfig from a YAML file; ``overrides`` (not None) replace its values."""
+    """A PipelineConfig from a YAML file; ``overrides`` (the command line's: not None) replace
+    its values. A setting of the file that none of the run's methods takes is refused
+    (:func:`check_ignored_settings`); a method listed in the file or on the command line
+    counts (narrowing a run with --methods leaves the file's other settings valid)."""
     from .config import load_yaml
 
-    values = load_yaml(path)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return PipelineConfig.from_dict(values, where=path)
+    in_file = load_yaml(path)
+    values = {**in_file, **{k: v for k, v in overrides.items() if v is not None}}
+    cfg = PipelineConfig.from_dict(values, where=path)
+    written_for = in_file.get("methods", _default("methods"))
+    if isinstance(written_for, str):  # (as from_dict reads it)
+        written_for = written_for.split(",")
+    written_for = [m.strip() for m in written_for if isinstance(m, str) and m.strip() in run_method_names()] \
+        if isinstance(written_for, list) else []
+    given = {str(k).replace("-", "_") for k in in_file}
+    check_ignored_settings(cfg, given, list(dict.fromkeys([*written_for, *cfg.methods])), path)
+    return cfg
+
+
+def _default(name: str) -> Any:
+    """The default of the PipelineConfig field ``name``."""
+    f = PipelineConfig.__dataclass_fields__[name]
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def check_ignored_settings(cfg: PipelineConfig, given: Set[str], methods: List[str], where: str) -> None:
+    """ValueError naming the first setting among ``given`` (the names a config file sets) that
+    none of ``methods`` takes, as it would be ignored: a ``method_options`` entry or a method's
+    section (past the ``recovery`` settings the others share, e.g. the seed) of a method not
+    listed, or a run-level setting of one (INFER's selection, accounting) other than its default."""
+    makers = {get_method(get_method(m).set_method).name: get_method(get_method(m).set_method) for m in methods}
+    listed = ", ".join(methods)
+    stray = sorted(set(cfg.method_options) - set(makers))
+    if stray:
+        raise ValueError(f"{where}: method_options: {', '.join(stray)} is not among the run's methods ({listed}): "
+                         "its options would be ignored; add it to methods or remove them")
+    # (recovery's seed is the run's, every set's: PipelineConfig.seed)
+    shared = {"seed"} | {k for m in makers.values() for k in m.shared_recovery_options if k in m.option_names}
+    for method in all_methods():
+        section = method.config_section
+        if section and section in given and method.name not in makers:
+            unused = sorted(set(getattr(cfg, section)) - (shared if section == "recovery" else set()))
+            if unused:
+                raise ValueError(f"{where}: {section}: {', '.join(unused)} would be ignored: {method.name}, whose "
+                                 f"setting it is, is not among the run's methods ({listed})")
+        for name in method.run_options:
+            taken = any(name in m.run_options for m in makers.values())
+            if name in given and not taken and getattr(cfg, name) != _default(name):
+                raise ValueError(f"{where}: {name}: {getattr(cfg, name)!r} would be ignored: it is {method.name}'s "
+                                 f"setting, and {method.name} is not among the run's methods ({listed})")

@@ -33,13 +33,14 @@ def differing(recorded: Mapping[str, Any], current: Mapping[str, Any], ignore: I
 
 def another_run_message(what: str, path: Any, names: List[str], todo: str,
                         recorded: Optional[Mapping[str, Any]] = None, labels: Optional[Mapping[str, str]] = None) -> str:
-    """"<what> '<path>' belongs to another run (<names> differ; recorded name=value, ...): <todo>".
+    """"<what> '<path>' belongs to another run (<names> differ(s); recorded name=value, ...): <todo>".
     ``labels``: what a name is called in the message (a digest: "the distilled set's images or
     labels"); the recorded values of the other names are quoted where short."""
     labels, recorded = labels or {}, recorded or {}
     shown = [f"{name}={recorded[name]!r}" for name in names
              if name not in labels and name in recorded and len(repr(recorded[name])) <= SHOWN_VALUE_CHARS]
-    said = ", ".join(labels.get(name, name) for name in names) + " differ"
+    one_option = len(names) == 1 and names[0] not in labels  # (the labels are plural: "the training images")
+    said = ", ".join(labels.get(name, name) for name in names) + (" differs" if one_option else " differ")
     if shown:
         said += "; recorded " + ", ".join(shown)
     return f"{what} {os.fspath(path)!r} belongs to another run ({said}): {todo}"

@@ -72,7 +72,7 @@ from . import distributed
 from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
                       STUDENT_SCHEDULES)
 from .checks import check_choice
-from .options import CheckedWhenMade, check_fields, given_config, option, options_of, with_recipe
+from .options import CheckedWhenMade, check_fields, check_given_used, given_config, option, options_of, with_recipe
 from ._io import content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
@@ -112,6 +112,15 @@ FAMILY_RECIPES = {"cifar": "cifar", "tiny-imagenet": "cifar", "imagenet": "image
 def recipe_of(dataset) -> str:
     """The student recipe of ``dataset`` (a name or mapping): its family's (FAMILY_RECIPES)."""
     return FAMILY_RECIPES[get_dataset(dataset).family]
+
+
+# the options a student does not use under another setting: (field, unused when, that setting)
+UNUSED_STUDENT_OPTIONS = (
+    ("temperature", lambda c: c.labels == "hard", "hard labels (labels='hard': cross-entropy, no temperature)"),
+    ("mixup_alpha", lambda c: c.mix == "none", "mix='none' (no mixing)"),
+    ("patches", lambda c: c.augmentation != "shuffle_patches_crop_flip",
+     "an augmentation other than shuffle_patches_crop_flip (the one that shuffles patches)"),
+)
 
 
 @dataclass(frozen=True)
@@ -156,8 +165,13 @@ class StudentConfig(CheckedWhenMade):
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
         if self.dynamic and self.labels == "hard":
-            raise ValueError("dynamic=True (INFER+Dyn) relabels every batch with the teachers: it needs labels='soft'")
+            raise ValueError("dynamic=True (INFER+Dyn, --dynamic) relabels every batch with the teachers: it needs "
+                             "labels='soft', not 'hard' (--labels hard)")
         resolve_device(self.device)
+
+    def check_given(self, given: Sequence[str]) -> None:
+        """ValueError naming the options in ``given`` (set explicitly) this config does not use."""
+        check_given_used(self, given, UNUSED_STUDENT_OPTIONS)
 
     @classmethod
     def from_recipe(cls, name: str, **overrides: Any) -> "StudentConfig":
@@ -457,7 +471,9 @@ class StudentRun:
         """train_student's return value (and, with ``progress``, its one-line summary)."""
         cfg, best = self.cfg, self.best
         if progress:
-            line = (f"student {cfg.model} ({'INFER+Dyn' if cfg.dynamic else 'static labels'}, {cfg.augmentation} + "
+            labels = ("labels from the teachers per batch" if cfg.dynamic
+                      else "hard labels" if cfg.labels == "hard" else "static soft labels")
+            line = (f"student {cfg.model} ({labels}, {cfg.augmentation} + "
                     f"{cfg.mix}), {self.n} training images, {cfg.epochs} epochs: final test accuracy {self.accuracy:.4f}")
             if best is not None:
                 line += f", best {best:.4f} ({BEST_LABEL})"

@@ -15,7 +15,8 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,11 @@ TEACHER_KEYS = ("dataset", "num_classes", "channels", "image_size", "model", "st
 # ResNet-18 activations; ImageNet's batch of 1000 took 6 GiB more), whole batches of small images
 EVAL_MAX_PIXELS = 256 * 224 * 224
 CHECKPOINT_ALLOWANCE = 64 << 10  # the metadata and history beside the tensors, when checking free space
+
+
+class TeacherDivergedError(ValueError):
+    """Teacher training hit a non-finite loss (a learning rate too high, mostly): a ValueError,
+    as a value the user chose caused it, so the CLI says it in one line."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +219,8 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
     """One epoch of ``model`` on ``train`` (its order and augmentation drawn from a generator
     seeded by the seed and the epoch: the same on resume); returns the mean training loss."""
     spec, steps = train.spec, math.ceil(len(train) / cfg.batch_size)
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    # (modulo 2**64: what manual_seed does with a negative seed, and a 64-bit seed times 100_003 fits no more)
+    gen = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) % 2**64)
     order = torch.randperm(len(train), generator=gen)
     model.train()
     step_losses = StepLosses(steps, device)
@@ -235,7 +242,13 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
         step_losses.add(loss, len(y))
         if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps):  # (a host read)
             bar.set_postfix(loss=f"{step_losses.mean():.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
-    return step_losses.mean()  # (no new read when the bar read it after the last step)
+    mean = step_losses.mean()  # (no new read when the bar read it after the last step)
+    if not math.isfinite(mean):  # (checked once an epoch: a check per step would wait for the GPU at each)
+        bad = int((~torch.isfinite(step_losses.values[:len(step_losses.sizes)])).nonzero()[0])
+        raise TeacherDivergedError(
+            f"teacher training diverged: the training loss became non-finite (nan or inf) at epoch {epoch + 1}, "
+            f"step {bad + 1} of {steps}, with lr {cfg.lr:g}: try a lower --lr (this epoch was not saved)")
+    return mean
 
 
 def _read_checkpoint(path: str) -> Dict[str, Any]:
@@ -310,19 +323,48 @@ def load_teacher(
         detail = " ".join(str(exc).split())
         raise ValueError(f"teacher {path!r}: its weights do not fit its recorded model {ckpt['model']!r} "
                          f"({detail[:300]})") from None
-    not_finite = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if not_finite:  # (recovery through it would only diverge)
-        raise ValueError(f"teacher {path!r} holds non-finite weights (nan or inf) in {len(not_finite)} tensor(s): "
-                         f"{', '.join(not_finite[:3])}{', ...' if len(not_finite) > 3 else ''}")
+    _check_weights(path, model)
     model = model.to(dev).eval().requires_grad_(False)
     return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
 
 
-def load_teachers_for_set(paths: Sequence[str], distilled, device: str = "cpu") -> List[nn.Module]:
-    """The teachers at ``paths`` (load_teacher) for the DistilledSet ``distilled``: each
-    refused, naming it, unless it was trained on the set's dataset and takes its images."""
-    return [load_teacher(str(p), dataset=distilled.dataset, num_classes=distilled.num_classes, device=device,
-                         channels=distilled.channels, image_size=distilled.height)[0] for p in paths]
+def _check_weights(path: str, model: nn.Module) -> None:
+    """ValueError naming ``path`` and the tensors or layers when ``model``'s weights are not
+    finite or a BatchNorm's running variance is negative: recovery or relabelling through it
+    would only give nan (a normalization by the square root of a negative variance)."""
+    not_finite = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if not_finite:
+        raise ValueError(f"teacher {path!r} holds non-finite weights (nan or inf) in {len(not_finite)} tensor(s): "
+                         f"{', '.join(not_finite[:3])}{', ...' if len(not_finite) > 3 else ''}")
+    negative = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and m.running_var is not None and bool((m.running_var < 0).any())]
+    if negative:
+        raise ValueError(f"teacher {path!r} holds a negative BatchNorm running variance (running_var) in "
+                         f"{len(negative)} layer(s): {', '.join(negative[:3])}{', ...' if len(negative) > 3 else ''} "
+                         "(a variance is never negative: the checkpoint is corrupt or was edited)")
+
+
+def teacher_path_list(teacher_paths) -> List[str]:
+    """``teacher_paths`` as the list of paths that every entry taking teachers reads: one
+    path (a str or os.PathLike) is a list of one, not a sequence of its characters; None is
+    none. A ValueError naming teacher_paths for anything else."""
+    if isinstance(teacher_paths, (str, os.PathLike)):
+        return [os.fspath(teacher_paths)]
+    if teacher_paths is None:
+        return []
+    is_sequence = isinstance(teacher_paths, Iterable) and not isinstance(teacher_paths, (bytes, Mapping))
+    paths = list(teacher_paths) if is_sequence else None
+    if paths is None or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        raise ValueError(f"teacher_paths must be a path (str or os.PathLike) or a list of paths, got {teacher_paths!r}")
+    return [os.fspath(p) for p in paths]
+
+
+def load_teachers_for_set(paths, distilled, device: str = "cpu") -> List[nn.Module]:
+    """The teachers at ``paths`` (one path or a list: :func:`teacher_path_list`; load_teacher)
+    for the DistilledSet ``distilled``: each refused, naming it, unless it was trained on the
+    set's dataset and takes its images."""
+    return [load_teacher(p, dataset=distilled.dataset, num_classes=distilled.num_classes, device=device,
+                         channels=distilled.channels, image_size=distilled.height)[0] for p in teacher_path_list(paths)]
 
 
 def _data_inputs(path: str, ckpt: Dict[str, Any], dataset: Any, num_classes: Optional[int],

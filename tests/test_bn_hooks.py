@@ -197,3 +197,39 @@ def test_fused_train_mode_refused():
     with pytest.raises(ValueError, match="teacher: BatchNorm layer .* is in training mode"):  # as from every path
         net(torch.randn(2, 3, 8, 8))
     tracker.remove()
+
+
+def test_second_fused_tracker_on_one_model_is_refused():
+    """Two fused trackers would each replace the other's forward: the second one collected
+    nothing once the first was removed, and its remove() raised AttributeError."""
+    net = frozen_teacher()
+    first = BNStatTracker(net, fused=True)
+    with pytest.raises(ValueError, match="fused=True: BatchNorm layer 'bn_late' already has its forward replaced"):
+        BNStatTracker(net, fused=True)
+    unfused = BNStatTracker(net, groups=2)  # hooks compose with the fused forward
+    net(torch.randn(4, 3, 8, 8))
+    assert first.names == unfused.names == ["bn1", "bn_late", "bn_head"]
+    first.remove()
+    first.remove()  # (a second remove() leaves the class's forward alone)
+    unfused.remove()
+    assert "forward" not in vars(net.bn1)
+    second = BNStatTracker(net, fused=True)  # once the first is gone
+    net(torch.randn(2, 3, 8, 8))
+    assert second.names == ["bn1", "bn_late", "bn_head"]
+    second.remove()
+    assert "forward" not in vars(net.bn1)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("groups,backend,error", [
+    (0, "auto", "groups must be a positive integer, got 0"),
+    (1.5, "torch", "groups must be a positive integer, got 1.5"),
+    (1, "bogus", "unknown backend 'bogus'"),
+    (1, None, "backend must be a string, got NoneType"),
+])
+def test_bad_groups_and_backend_refused_at_construction(fused, groups, backend, error):
+    net = frozen_teacher()
+    with pytest.raises(ValueError, match=error):
+        BNStatTracker(net, groups=groups, backend=backend, fused=fused)
+    assert not any("forward" in vars(m) for m in net.modules())  # nothing attached
+    assert all(not m._forward_pre_hooks for m in net.modules())

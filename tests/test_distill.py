@@ -1043,3 +1043,11 @@ def test_compiled_recovery_equals_eager(natural, teachers, train_set):
     assert all("forward" not in vars(m) for m in teachers[0].modules())  # BN layers restored
     with pytest.raises(ValueError, match="compile"):
         RecoveryConfig(compile="fast").validate()
+
+
+def test_a_batch_names_its_jobs():
+    """The progress line's jobs: a range where they are consecutive, else each (SRe2L's teacher
+    j mod M takes groups 0, 2, 4 of M = 2)."""
+    from infer_fast.distill.jobs import _job_range
+
+    assert [_job_range(ks) for ks in ([3], [0, 1, 2], [0, 2, 4], [1, 3])] == ["3", "0..2", "0,2,4", "1,3"]

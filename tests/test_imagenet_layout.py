@@ -180,8 +180,9 @@ def layered(base, over):
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
     """(the recipe as the file holds it, the config the run got, results.json, decodes): `infer-fast
-    run` of the recipe at TINY budgets on a fake tree, its teachers' weights (random, 1000
-    classes) where torchvision caches them."""
+    run` of the recipe at TINY budgets on a fake tree, its teachers' weights (random, for the
+    tree's CLASSES classes: pretrained weights teach the classes they have) where torchvision
+    caches them."""
     recipe = load_yaml(str(RECIPE))
     root = tmp_path_factory.mktemp("imagenet-recipe")
     write_fake_imagenet(root / "data", classes=CLASSES, train_per_class=RECIPE_TRAIN_PER_CLASS,
@@ -191,7 +192,7 @@ def recipe_run(tmp_path_factory):
     torch.manual_seed(0)
     for teacher in recipe["teachers"]:
         preferred, _ = torchvision_file_names(get_spec(teacher["model"]).torchvision_name)
-        torch.save(create_model(teacher["model"], num_classes=1000, image_size=224).state_dict(), cache / preferred[0])
+        torch.save(create_model(teacher["model"], num_classes=CLASSES, image_size=224).state_dict(), cache / preferred[0])
     config = {**layered(recipe, TINY), "data_root": str(root / "data")}
     (root / "imagenet-tiny.yaml").write_text(yaml.safe_dump(config))
     log = str(root / "decodes.log")

@@ -183,6 +183,54 @@ def test_a_method_declares_its_options(toy, tmp_path, capsys):
     assert "toy2" not in [m.name for m in all_methods()]
 
 
+@pytest.fixture
+def no_toyclash():
+    yield
+    unregister("toyclash")  # (where a test fails: registered, it would break the other tests' commands)
+
+
+@pytest.mark.parametrize("option,message", [
+    (Option("ipc", int, "x", default=1), "option ipc is an option of infer-fast distill itself [(]--ipc[)]"),
+    (Option("teachers", str, "x"), "option teachers is an option of infer-fast distill itself"),
+    (Option("resume", bool, "x"), "option resume takes the flag --resume, which infer-fast distill has for its own "
+                                  "switch"),
+    (Option("target", str, "x", flag="--out"), "option target takes the flag --out, which infer-fast distill has "
+                                                "for its own option out"),
+    (Option("no_cuda_graphs", bool, "x"), "option no_cuda_graphs takes the flag --no-cuda-graphs, which infer-fast "
+                                          "distill has for option cuda_graphs of method 'infer'"),
+], ids=["ipc", "teachers", "resume", "out-flag", "no-cuda-graphs"])
+def test_an_option_clashing_with_the_distill_commands_flags_is_refused(option, message, no_toyclash, tmp_path,
+                                                                     capsys):
+    """Accepted, it broke every `infer-fast distill` call (argparse: conflicting option string)."""
+    with pytest.raises(ValueError, match=f"method 'toyclash': {message}"):
+        register(Method(name="toyclash", label="x", summary="x", distill=toy_distill, options=(option,)))
+    assert "toyclash" not in [m.name for m in all_methods()]
+    assert main(["distill", "--method", "random", "--dataset", "fashion-mnist-mini", "--ipc", "1",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0  # the command still builds and runs
+    capsys.readouterr()
+
+
+def test_two_options_of_one_method_sharing_a_flag_are_refused(no_toyclash):
+    options = (Option("fast", bool, "x", default=True), Option("no_fast", bool, "x"))  # both --no-fast
+    with pytest.raises(ValueError, match="option no_fast takes the flag --no-fast, which infer-fast distill has for "
+                                         "option fast of method 'toyclash'"):
+        register(Method(name="toyclash", label="x", summary="x", distill=toy_distill, options=options))
+    register(Method(name="toyclash", label="x", summary="x", distill=toy_distill,  # (the seed: a method's own, shared)
+                    options=(Option("seed", int, "x"), Option("flagless", int, "x", flag=None))))
+    assert get_method("toyclash").option_names == ("seed", "flagless")
+
+
+def test_the_distill_commands_flags_are_the_declared_ones():
+    """Every flag of `infer-fast distill` is a request option's, a method option's or a declared
+    switch (distill_command_flags): what register() checks a new method's options against."""
+    from infer_fast.methods.distill_options import distill_command_flags, distill_method_options
+    from test_options import _command_actions
+
+    flags = {f for action in _command_actions("distill").values() for f in action.option_strings}
+    method_flags = {opt.flag_name for opt, _ in distill_method_options().values()}
+    assert flags - {"-h"} == set(distill_command_flags()) | method_flags
+
+
 def test_builtin_methods_declare_typed_options():
     """CDA's recipe (its recipe names), RDED's recipe values, INFER's selection and accounting:
     typed flags whose help says the default; a bad YAML value refused naming the option."""

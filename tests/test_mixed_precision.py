@@ -132,7 +132,7 @@ def test_checkpoints_older_than_the_options_count_as_fp32(data, tmp_path):  # no
         del state["run"]["config"][name]
     torch.save(state, ckpt)
     assert train_student(ds, test, cfg, progress=False, checkpoint=ckpt, resume=True)["history"] == done["history"]
-    with pytest.raises(ValueError, match=r"another run \(precision differ\)"):
+    with pytest.raises(ValueError, match=r"another run \(precision differs\)"):
         train_student(ds, test, StudentConfig(**{**cfg.__dict__, "precision": "bf16"}), progress=False,
                       checkpoint=ckpt, resume=True)
 

@@ -76,6 +76,13 @@ def test_unknown_name_lists_known_names():
         create_model("convnet-w64-d3-fancynorm", num_classes=10)
 
 
+def test_unknown_name_suggests_each_model_once():
+    from infer_fast.models.registry import unknown_model_error
+
+    # (resnet50 has several close aliases: it is named once, and the next model still makes the list)
+    assert "Did you mean 'resnet50', 'resnet18'?" in str(unknown_model_error("resnet5"))
+
+
 def test_model_table_rows_and_param_counts():
     rows = {r["name"]: r for r in model_table()}
     assert list(rows) == ALL
@@ -305,7 +312,7 @@ def test_every_missing_weights_file_named_in_one_error(hub_dir):
     assert f"; {hub_dir.parent / 'mine.pth'} (efficientnet-b0-imagenet)" in msg
     assert "get_model('resnet18', weights='DEFAULT'); torchvision.models.get_model('mobilenet_v2'" in msg
     _torchvision_style_resnet18_checkpoint(hub_dir)
-    (hub_dir / "mobilenet_v2-b0353104.pth").touch()  # the older file of the same weights is looked for too
+    torch.save({}, hub_dir / "mobilenet_v2-b0353104.pth")  # the older file of the same weights is looked for too
     with pytest.raises(ValueError, match=r"\(1 file\): .*mine.pth") as info:
         check_pretrained_weights(requests)
     assert "resnet18-f37072fd" not in str(info.value) and "mobilenet_v2" not in str(info.value)
@@ -317,6 +324,41 @@ def test_every_missing_weights_file_named_in_one_error(hub_dir):
     assert folder == str(hub_dir) and set(found) == {n for n in IMAGENET}
     assert found["resnet18-imagenet"] == "resnet18-f37072fd.pth" and found["mobilenetv2-imagenet"] == "mobilenet_v2-b0353104.pth"
     assert found["resnet50-imagenet"] is None and "get_model('resnet50'" in fetch and "'resnet18'" not in fetch
+
+
+def test_unusable_hub_cache_entries_are_not_taken_for_checkpoints(hub_dir):
+    """An empty file, a cut-off copy or a folder under a checkpoint's name is said to be so,
+    and skipped by the finder model loading uses (an older usable version is taken instead)."""
+    from infer_fast.models.external import (find_torchvision_checkpoint, torchvision_cache_dir_problem,
+                                            torchvision_checkpoint_status)
+
+    (hub_dir / "resnet18-f37072fd.pth").write_bytes(b"")
+    torch.save({"w": torch.zeros(100)}, hub_dir / "whole.pth")
+    (hub_dir / "resnet50-11ad3fa6.pth").write_bytes((hub_dir / "whole.pth").read_bytes()[:300])
+    (hub_dir / "mobilenet_v2-7ebf99e0.pth").mkdir()
+    archs = ("resnet18", "resnet50", "mobilenet_v2", "shufflenet_v2_x1_0")
+    assert [torchvision_checkpoint_status(a) for a in archs] == [
+        "resnet18-f37072fd.pth: empty", "resnet50-11ad3fa6.pth: not a complete torch checkpoint",
+        "mobilenet_v2-7ebf99e0.pth: not a file", "missing"]
+    assert [find_torchvision_checkpoint(a) for a in archs] == [None] * 4
+    with pytest.raises(ValueError, match=r"resnet50-11ad3fa6.pth \(resnet50-imagenet; the entry there is not a "
+                                         r"complete torch checkpoint\)"):
+        create_model("resnet50-imagenet", num_classes=1000, pretrained=True)
+    torch.save({}, hub_dir / "mobilenet_v2-b0353104.pth")
+    assert torchvision_checkpoint_status("mobilenet_v2") == "present as mobilenet_v2-b0353104.pth"
+    torch.save({}, hub_dir / "resnet18-0000.pth", _use_new_zipfile_serialization=False)  # torch's legacy format
+    assert find_torchvision_checkpoint("resnet18") == str(hub_dir / "resnet18-0000.pth")
+    assert torchvision_cache_dir_problem() is None
+
+
+def test_a_hub_checkpoints_folder_that_is_a_file_is_named_so(tmp_path, monkeypatch):
+    from infer_fast.models.external import torchvision_cache_dir_problem, torchvision_checkpoint_status
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert torchvision_cache_dir_problem() == "does not exist"
+    (tmp_path / "checkpoints").write_text("")
+    assert torchvision_cache_dir_problem() == "is a file, not a folder"
+    assert torchvision_checkpoint_status("resnet18") == "missing"
 
 
 # ---------------------------------------------------------------------------------------

@@ -101,6 +101,17 @@ def test_recipes_are_data_selected_by_name():
     (RecoveryConfig, dict(group_size=0), "group_size must be a positive integer or None (automatic), got 0"),
     (RecoveryConfig, dict(first_bn_mult=math.inf), "first_bn_mult must be a finite number, got inf"),
     (RecoveryConfig, dict(compile=False), "compile must be a string, got False (YAML reads unquoted on/off"),
+    # finite, but beyond what float32 tensors and int64 (tensor sizes, generator seeds) hold
+    (TeacherConfig, dict(dataset="fashion-mnist-mini", lr=1e39),
+     "lr must be a finite number within float32's range (|x| <= 3.40282e+38), got 1e+39"),
+    (TeacherConfig, dict(dataset="fashion-mnist-mini", weight_decay=10**40),
+     "weight_decay must be a finite number within float32's range (|x| <= 3.40282e+38), got 1" + "0" * 40),
+    (StudentConfig, dict(temperature=-1e39), "temperature must be a finite number within float32's range"),
+    (RecoveryConfig, dict(iterations=10**23),
+     "iterations must be a positive integer, at most 9223372036854775807 (a 64-bit integer), got 1" + "0" * 23),
+    (RecoveryConfig, dict(max_shift=2**63), "max_shift must be an integer >= 0, at most 9223372036854775807"),
+    (RecoveryConfig, dict(seed=-2**63 - 1),
+     "seed must be an integer from -9223372036854775808 to 9223372036854775807 (a 64-bit integer), got"),
 ])
 def test_a_config_is_checked_when_made_each_field_from_its_declaration(cls, fields, message):
     with pytest.raises(ValueError) as caught:
@@ -110,6 +121,23 @@ def test_a_config_is_checked_when_made_each_field_from_its_declaration(cls, fiel
     with pytest.raises(ValueError) as again:
         check_value(options_of(cls)[name], fields[name])
     assert str(again.value) == str(caught.value)
+
+
+def test_the_float32_and_int64_limits_are_torchs():
+    import torch
+
+    from infer_fast.checks import INT64_MAX, INT64_MIN, check_int
+    from infer_fast.options import FLOAT32_MAX
+
+    assert FLOAT32_MAX == torch.finfo(torch.float32).max
+    assert (INT64_MIN, INT64_MAX) == (torch.iinfo(torch.int64).min, torch.iinfo(torch.int64).max)
+    lr = Option("lr", float, "learning rate", above=0)
+    check_value(lr, FLOAT32_MAX)
+    check_value(lr, 3)
+    check_int("seed", INT64_MIN, minimum=None)
+    check_int("seed", INT64_MAX, minimum=None)
+    torch.Generator().manual_seed(INT64_MIN)  # (every seed the check lets through, torch takes)
+    torch.Generator().manual_seed(INT64_MAX)
 
 
 def test_command_options_are_checked_by_the_same_checker():

@@ -367,7 +367,7 @@ def test_rded_killed_between_classes_resumes_bit_identically(tmp_path, teacher, 
     assert saved["classes_done"] == 4 and saved["images"].shape[0] == 4 * 2 and not (tmp_path / "killed").exists()
     with pytest.raises(ValueError, match="RDED checkpoint .* exists: pass resume=True"):
         _distill(tmp_path / "killed", teacher, **every_class)
-    with pytest.raises(ValueError, match=r"belongs to another run \(recipe.crops_per_image differ; recorded "
+    with pytest.raises(ValueError, match=r"belongs to another run \(recipe.crops_per_image differs; recorded "
                                          r"recipe.crops_per_image=2\)"):
         _distill(tmp_path / "killed", teacher, resume=True, crops_per_image=3, **every_class)
     capsys.readouterr()

@@ -33,7 +33,7 @@ def test_the_message_names_what_differs_and_quotes_short_recorded_values():
     # a labelled name (a digest) is said by its label, a long value is not quoted
     assert message == ("student checkpoint 's.pt' belongs to another run (lr, the set's images, history differ; "
                        "recorded lr=0.1): delete it")
-    with pytest.raises(ValueError, match=r"^results file 'r.json' belongs to another run \(seed differ; recorded "
+    with pytest.raises(ValueError, match=r"^results file 'r.json' belongs to another run \(seed differs; recorded "
                                          r"seed=1\): choose another out$"):
         check_same_run("results file", "r.json", {"seed": 1}, {"seed": 2}, "choose another out")
     check_same_run("results file", "r.json", {"seed": 1}, {"seed": 1}, "choose another out")  # the same run: no error

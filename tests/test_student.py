@@ -456,7 +456,7 @@ def test_student_resumes_after_interrupt_to_the_same_result(teachers, data, tmp_
     assert torch.load(ckpt, weights_only=True)["epochs_done"] == 2
     with pytest.raises(ValueError, match="resume=True"):
         train_student(ds, test, cfg, progress=False, checkpoint=ckpt)
-    with pytest.raises(ValueError, match=r"student checkpoint .* belongs to another run \(lr differ; recorded lr=0.001\)"):
+    with pytest.raises(ValueError, match=r"student checkpoint .* belongs to another run \(lr differs; recorded lr=0.001\)"):
         train_student(ds, test, StudentConfig(**{**cfg.__dict__, "lr": 0.5}), progress=False, checkpoint=ckpt, resume=True)
     other = relabel(baseline_set(train), teachers[1][:1])  # same images, soft labels of one teacher only
     with pytest.raises(ValueError, match=r"belongs to another run \(the distilled set's images or labels differ\)"):

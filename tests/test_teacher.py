@@ -65,7 +65,7 @@ def test_refusals(tmp_path):
         load_teacher(out, dataset="cifar10")
     with pytest.raises(ValueError, match="predicts 10 classes, not 100"):
         load_teacher(out, num_classes=100)
-    with pytest.raises(ValueError, match=r"teacher checkpoint .* belongs to another run \(model differ; recorded "
+    with pytest.raises(ValueError, match=r"teacher checkpoint .* belongs to another run \(model differs; recorded "
                                          r"model='convnet-w8-d2'\): resume with the same settings"):
         train_teacher(TeacherConfig(epochs=1, **{**TINY, "model": "convnet-w16-d2"}), out, progress=False)
     with pytest.raises(ValueError, match=r"another run \(epochs, lr differ; recorded epochs=1, lr=0.05\)"):
@@ -232,3 +232,52 @@ def test_the_step_losses_are_read_once_per_epoch_or_per_bar_update(tmp_path, ste
     for step, loss in enumerate(seen.losses):
         total += loss.item() * (136 if step == 19 else 256)
     assert summary["history"][0]["train_loss"] == total / 5000
+
+
+def test_a_diverging_teacher_stops_with_one_error_and_no_final_checkpoint(tmp_path, monkeypatch):
+    from infer_fast.data import load_dataset
+
+    def small(name, split, **kwargs):  # (10 images a class: the divergence shows in the first steps)
+        return load_dataset(name, split, **kwargs).per_class(10)
+
+    monkeypatch.setattr(teacher_mod, "load_dataset", small)
+    out = tmp_path / "t.pt"
+    with pytest.raises(teacher_mod.TeacherDivergedError) as info:
+        train_teacher(TeacherConfig(epochs=2, **{**TINY, "batch_size": 20, "lr": 1e10}), str(out), progress=False)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)  # (the CLI's one line)
+    assert "non-finite" in msg and "at epoch 1, step " in msg and "of 5" in msg and "lower --lr" in msg
+    assert not out.exists()
+
+
+def test_a_teacher_with_a_negative_batchnorm_variance_is_refused_naming_the_layer(tmp_path):
+    path = _untrained_teacher(tmp_path / "t.pt")
+    ckpt = torch.load(path, weights_only=True)
+    layer = next(k for k in ckpt["state_dict"] if k.endswith("running_var"))[:-len(".running_var")]
+    ckpt["state_dict"][f"{layer}.running_var"][0] = -1.0
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=rf"teacher '.*t.pt' holds a negative BatchNorm running variance "
+                                         rf"\(running_var\) in 1 layer\(s\): {layer} "):
+        load_teacher(path)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_truncated_teacher_checkpoint_is_named_truncated(tmp_path, legacy):
+    path = _untrained_teacher(tmp_path / "t.pt")
+    whole = open(path, "rb").read()
+    if legacy:  # (torch.save's pre-zip format)
+        torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+        whole = open(path, "rb").read()
+    (tmp_path / "x.pt").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match=r"teacher checkpoint '.*x.pt' is truncated or corrupt \(not a complete torch "
+                                         r"checkpoint"):
+        load_teacher(str(tmp_path / "x.pt"))
+
+
+def test_a_seed_near_the_int64_limit_trains(tmp_path, monkeypatch):
+    from infer_fast.data import load_dataset
+
+    monkeypatch.setattr(teacher_mod, "load_dataset", lambda name, split, **kw: load_dataset(name, split, **kw).per_class(2))
+    seed = 2**63 - 1  # (the epoch's generator is seeded with seed * 100_003 + epoch: modulo 2**64)
+    summary = train_teacher(TeacherConfig(epochs=1, **{**TINY, "seed": seed}), str(tmp_path / "t.pt"), progress=False)
+    assert summary["epochs_done"] == 1

@@ -61,12 +61,23 @@ def test_matches_float64_reference(backend, device, case, clamp, dtype):
         torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol * (1 + want.abs().max().item()))
 
 
+# (G=5, 2) roll amounts at the ends of int64: h - shift overflows unless a backend reduces
+# the shift mod H / W first
+INT64_EXTREME_SHIFTS = [[-2**63, -2**63], [2**63 - 1, -2**63 + 1], [-2**63 + 1, 2**63 - 1], [-2**63, 5],
+                        [7, 2**63 - 2]]
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_matches_torch_roll_then_flip(backend, device):
+@pytest.mark.parametrize("extreme", [False, True], ids=["small-shifts", "int64-extreme-shifts"])
+def test_matches_torch_roll_then_flip(backend, device, extreme):
     natural, ufc, index, shifts, flips = make_case((3, 4, 2, 5, 6, 5), torch.float32, device)
+    if extreme:
+        shifts = torch.tensor(INT64_EXTREME_SHIFTS, device=device)
     out = ufc_compose(natural, ufc, index, shifts, flips, backend=backend)
     for g in range(ufc.shape[0]):
-        expected = torch.roll(natural[index[g]] + ufc[g], shifts=tuple(shifts[g].tolist()), dims=(-2, -1))
+        # torch.roll rolls by the amount mod the extent (Python's %), but refuses -2**63 itself
+        rolls = (shifts[g, 0].item() % 5, shifts[g, 1].item() % 6)
+        expected = torch.roll(natural[index[g]] + ufc[g], shifts=rolls, dims=(-2, -1))
         if flips[g]:
             expected = expected.flip(-1)
         torch.testing.assert_close(out[g], expected)
@@ -74,7 +85,7 @@ def test_matches_torch_roll_then_flip(backend, device):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("clamp", [False, True], ids=["noclamp", "clamp"])
-@pytest.mark.parametrize("transform", ["roll+flip", "none", "bool-flips-only"])
+@pytest.mark.parametrize("transform", ["roll+flip", "none", "bool-flips-only", "int64-extreme-rolls"])
 def test_launchers_write_every_element(backend, device, clamp, transform):
     """Outputs poisoned with NaN; shifts of any value (negative, beyond H and W) or None, flips
     as bool or None, as the contract allows."""
@@ -83,6 +94,8 @@ def test_launchers_write_every_element(backend, device, clamp, transform):
         shifts, flips = None, None
     elif transform == "bool-flips-only":
         shifts = None
+    elif transform == "int64-extreme-rolls":
+        shifts = torch.tensor(INT64_EXTREME_SHIFTS, device=device)
     else:
         shifts = shifts * 7  # far outside [0, H) x [0, W): the kernels reduce them
     lo, hi = bounds(3, device) if clamp else (None, None)

@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Tuple
 from .cifar import cifar_folder
 from .formats import (
     FASHION_MNIST_FILES,
+    data_root_dir,
     locate_fashion_mnist,
     read_cifar,
     read_idx_pair,
@@ -57,15 +58,6 @@ def embedded_file(name: str):
     return importlib.resources.as_file(importlib.resources.files(__package__).joinpath(MINI_PACKAGE_DIR, name))
 
 
-def _need_root(name: str, data_root, expected: str) -> str:
-    if data_root is None:
-        raise FileNotFoundError(f"{name}: pass data_root (--data-root), the folder holding {expected}")
-    root = os.path.expanduser(os.fspath(data_root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{name}: data root {root} does not exist")
-    return root
-
-
 def _check_class_count(name: str, where: str, found: int, requested: Optional[int], default: Optional[int]) -> None:
     expected = requested if requested is not None else default
     if expected is not None and found != expected:
@@ -103,10 +95,8 @@ def load_fashion_mnist_mini(request: LoadRequest) -> ImageSet:
 def load_cifar(request: LoadRequest) -> ImageSet:
     """CIFAR-10/100 python pickles under data_root (the class names from their meta file)."""
     key, spec = request.name, request.spec()
-    root = _need_root(key, request.data_root, cifar_folder(key) + "/")
-    images, labels, names = read_cifar(root, key, request.split)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
-        raise ValueError(f"{key} at {root}: label {int(labels.max())} out of range for {spec.num_classes} classes")
+    root = data_root_dir(key, request.data_root, cifar_folder(key) + "/")
+    images, labels, names = read_cifar(root, key, request.split)  # (labels checked in range, naming the file)
     if names is not None and len(names) != spec.num_classes:
         raise ValueError(f"{key} at {root}: the meta file names {len(names)} classes, expected {spec.num_classes}")
     if names is not None and names != spec.class_names:
@@ -126,14 +116,14 @@ def _scanned(request: LoadRequest, root: str, samples: Sequence[Tuple[str, int]]
 
 def load_tiny_imagenet(request: LoadRequest) -> FolderImageSet:
     """The tiny-imagenet-200/ tree (wnids.txt, train/<wnid>/images/, val_annotations.txt)."""
-    root = _need_root(request.name, request.data_root, "tiny-imagenet-200/")
+    root = data_root_dir(request.name, request.data_root, "tiny-imagenet-200/")
     samples, classes = scan_tiny_imagenet(root, request.split, progress=request.progress)
     return _scanned(request, root, samples, classes)
 
 
 def load_imagenet(request: LoadRequest) -> FolderImageSet:
     """ImageNet's train/<wnid>/ and val/<wnid>/ class folders."""
-    root = _need_root(request.name, request.data_root, "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    root = data_root_dir(request.name, request.data_root, "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
     samples, classes = scan_imagenet(root, request.split, progress=request.progress)
     return _scanned(request, root, samples, classes)
 
@@ -142,7 +132,7 @@ def load_image_folder(request: LoadRequest) -> FolderImageSet:
     """``root/<split>/<class>/<image>`` (test and val stand in for each other); a test
     split's classes are the train split's folders when there is one."""
     split = request.split
-    root = _need_root(request.name, request.data_root, "<split>/<class>/<image> folders")
+    root = data_root_dir(request.name, request.data_root, "<split>/<class>/<image> folders")
     names = [split] + {"test": ["val"], "val": ["test"]}.get(split, [])
     split_dir = next((os.path.join(root, s) for s in names if os.path.isdir(os.path.join(root, s))), None)
     if split_dir is None:

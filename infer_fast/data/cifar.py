@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .._io import check_input_file
+from .idx import check_label_range
 
 __all__ = ["read_cifar_batch", "read_cifar", "write_cifar_batches", "cifar_folder", "CIFAR_URLS"]
 
@@ -24,6 +25,7 @@ _CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
 }
+_CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 CIFAR_URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
@@ -118,7 +120,11 @@ def read_cifar(root: str, variant: str = "cifar10", split: str = "train") -> Tup
         raise ValueError(f"{variant}: split must be 'train' or 'test', got {split!r}")
     _, train_files, test_files, meta_file, label_key, names_key = _CIFAR_LAYOUT[variant]
     directory = _cifar_dir(os.fspath(root), variant)
-    parts = [read_cifar_batch(os.path.join(directory, f), label_key) for f in (train_files if split == "train" else test_files)]
+    parts = []
+    for name in train_files if split == "train" else test_files:
+        path = os.path.join(directory, name)
+        parts.append(read_cifar_batch(path, label_key))
+        check_label_range(path, parts[-1][1], _CIFAR_CLASSES[variant])
     images = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     names = None
@@ -147,7 +153,7 @@ def write_cifar_batches(
     if variant not in _CIFAR_LAYOUT:
         raise ValueError(f"unknown CIFAR variant {variant!r} (cifar10 or cifar100)")
     folder, train_files, test_files, meta_file, label_key, names_key = _CIFAR_LAYOUT[variant]
-    num_classes = 10 if variant == "cifar10" else 100
+    num_classes = _CIFAR_CLASSES[variant]
     if variant == "cifar10":
         train_files = [f"data_batch_{i}" for i in range(1, num_train_batches + 1)]
     directory = os.path.join(os.fspath(root), folder)

@@ -9,9 +9,10 @@ Readers (strict: a bad file raises a ValueError / FileNotFoundError that names i
 - Class-per-folder image trees: :func:`scan_class_folders`, :func:`scan_tiny_imagenet`,
   :func:`scan_imagenet`; :func:`decode_image` turns one file into a uint8 tensor (in
   :mod:`.folders`).
-- Fashion-MNIST file search (data root, then the Debian package's directory, then a
-  download): :func:`locate_fashion_mnist` (here; its search places are this module's
-  globals, which tests and users may override).
+- Fashion-MNIST file search (the data root given and only there; else the Debian
+  package's directory, then a download): :func:`locate_fashion_mnist` (here; its search
+  places are this module's globals, which tests and users may override); a data root
+  checked as a directory: :func:`data_root_dir`.
 
 Writers for the same formats (tests, and to hand data to other tools): :func:`write_idx`,
 :func:`write_cifar_batches`, :func:`write_image_folder`.
@@ -39,7 +40,7 @@ from .idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx, read_idx_pair, wr
 __all__ = [
     "IMAGE_EXTENSIONS", "read_idx", "write_idx", "read_idx_pair", "read_cifar_batch", "read_cifar",
     "write_cifar_batches", "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image",
-    "write_image_folder", "locate_fashion_mnist", "cache_dir", "FASHION_MNIST_FILES", "FASHION_MNIST_URL",
+    "write_image_folder", "locate_fashion_mnist", "data_root_dir", "cache_dir", "FASHION_MNIST_FILES", "FASHION_MNIST_URL",
     "FASHION_MNIST_SYSTEM_DIRS", "IDX_IMAGES_MAGIC", "IDX_LABELS_MAGIC", "CIFAR_URLS",
 ]
 
@@ -50,7 +51,7 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# Searched after the data root (module-level so that tests and users can override them).
+# Searched when no data root is given (module-level so that tests and users can override them).
 FASHION_MNIST_SYSTEM_DIRS: List[str] = ["/usr/share/datasets/fashion-mnist"]  # Debian: dataset-fashion-mnist
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # Zalando's official files
 DOWNLOAD_TIMEOUT = 15.0  # seconds per connection attempt
@@ -93,24 +94,38 @@ def _download(url: str, dest: str) -> None:
             os.remove(tmp)
 
 
+def data_root_dir(name: str, data_root, expected: str) -> str:
+    """The directory ``data_root`` (``~`` expanded) of dataset ``name``; FileNotFoundError
+    naming it, the option and ``expected`` (what it should hold) unless it is given and is a
+    directory."""
+    if data_root is None:
+        raise FileNotFoundError(f"{name}: pass data_root (--data-root), the folder holding {expected}")
+    root = os.path.expanduser(os.fspath(data_root))
+    if not os.path.isdir(root):
+        problem = "is not a directory" if os.path.exists(root) else "does not exist"
+        raise FileNotFoundError(f"{name}: data_root (--data-root) {root} {problem}; expected the folder holding "
+                                f"{expected}")
+    return root
+
+
 def locate_fashion_mnist(split: str, data_root: Optional[str] = None, download: bool = True) -> Tuple[str, str]:
     """(images, labels) paths of a Fashion-MNIST split.
 
-    Tried in order: (1) ``data_root`` itself, ``data_root/fashion-mnist`` and
-    ``data_root/FashionMNIST/raw`` (torchvision's layout); (2) the Debian package's
-    directory (:data:`FASHION_MNIST_SYSTEM_DIRS`); (3) the download cache, then a download
-    from :data:`FASHION_MNIST_URL` into it (when ``download``). If all fail the
-    FileNotFoundError names all three places.
+    With ``data_root``, only there: ``data_root`` itself, ``data_root/fashion-mnist`` and
+    ``data_root/FashionMNIST/raw`` (torchvision's layout); a FileNotFoundError naming it
+    when it is no directory or holds none of them (a root given is never passed over for
+    other files). Without: (1) the Debian package's directory
+    (:data:`FASHION_MNIST_SYSTEM_DIRS`); (2) the download cache, then a download from
+    :data:`FASHION_MNIST_URL` into it (when ``download``). If all fail the
+    FileNotFoundError names both places.
     """
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"fashion-mnist: split must be 'train' or 'test', got {split!r}")
     stems = FASHION_MNIST_FILES[split]
-    root_dirs = []
     if data_root is not None:
-        data_root = os.fspath(data_root)
-        root_dirs = [data_root, os.path.join(data_root, "fashion-mnist"), os.path.join(data_root, "FashionMNIST", "raw")]
+        return _locate_in_root(split, data_root)
     cache = os.path.join(cache_dir(), "fashion-mnist")
-    for directory in root_dirs + list(FASHION_MNIST_SYSTEM_DIRS) + [cache]:
+    for directory in list(FASHION_MNIST_SYSTEM_DIRS) + [cache]:
         pair = _find_pair(directory, stems) if os.path.isdir(directory) else None
         if pair is not None:
             return pair  # type: ignore[return-value]
@@ -127,12 +142,24 @@ def locate_fashion_mnist(split: str, data_root: Optional[str] = None, download: 
             outcome = f"failed ({type(exc).__name__}: {exc})"
     else:
         outcome = "not attempted (download=False)"
-    tried_root = ", ".join(root_dirs) if root_dirs else "none given"
     raise FileNotFoundError(
         f"Fashion-MNIST {split!r} files ({stems[0]}[.gz], {stems[1]}[.gz]) not found. Tried: "
-        f"(1) --data-root: {tried_root}; "
-        f"(2) the Debian package dataset-fashion-mnist: {', '.join(FASHION_MNIST_SYSTEM_DIRS) or 'none'} "
+        f"(1) the Debian package dataset-fashion-mnist: {', '.join(FASHION_MNIST_SYSTEM_DIRS) or 'none'} "
         f"(`apt install dataset-fashion-mnist`); "
-        f"(3) download from {base} into {cache}: {outcome}. "
+        f"(2) download from {base} into {cache}: {outcome}. "
         "Pass --data-root with the IDX files, or use the embedded 'fashion-mnist-mini'."
     )
+
+
+def _locate_in_root(split: str, data_root) -> Tuple[str, str]:
+    """(images, labels) of a Fashion-MNIST split in ``data_root``'s layouts, and nowhere else."""
+    stems = FASHION_MNIST_FILES[split]
+    wanted = f"the Fashion-MNIST IDX files {stems[0]}[.gz] and {stems[1]}[.gz]"
+    root = data_root_dir("fashion-mnist", data_root, wanted)
+    places = [root, os.path.join(root, "fashion-mnist"), os.path.join(root, "FashionMNIST", "raw")]
+    for directory in places:
+        pair = _find_pair(directory, stems) if os.path.isdir(directory) else None
+        if pair is not None:
+            return pair  # type: ignore[return-value]
+    raise FileNotFoundError(f"fashion-mnist: data_root (--data-root) {root} does not hold {wanted} (looked in "
+                            f"{', '.join(places)})")

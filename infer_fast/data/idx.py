@@ -14,7 +14,7 @@ import torch
 
 from .._io import check_input_file
 
-__all__ = ["read_idx", "write_idx", "read_idx_pair", "IDX_IMAGES_MAGIC", "IDX_LABELS_MAGIC"]
+__all__ = ["read_idx", "write_idx", "read_idx_pair", "check_label_range", "IDX_IMAGES_MAGIC", "IDX_LABELS_MAGIC"]
 
 # IDX type codes (third magic byte) -> big-endian numpy dtype.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -108,6 +108,16 @@ def read_idx_pair(images_path: str, labels_path: str, num_classes: Optional[int]
             f"{labels_path} holds {labels.shape[0]} labels"
         )
     labels = labels.long()
-    if num_classes is not None and labels.numel() and int(labels.max()) >= num_classes:
-        raise ValueError(f"{labels_path}: label {int(labels.max())} out of range for {num_classes} classes")
+    if num_classes is not None:
+        check_label_range(labels_path, labels, num_classes)
     return images.unsqueeze(1).contiguous(), labels
+
+
+def check_label_range(path: str, labels: torch.Tensor, num_classes: int) -> None:
+    """ValueError naming the file ``path`` and the first label of ``labels`` outside
+    0..num_classes-1 (the value itself: a -1 as much as a 10), with how many there are."""
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.numel():
+        more = f" ({outside.numel()} labels are)" if outside.numel() > 1 else ""
+        raise ValueError(f"{path}: label {int(outside[0])} out of range for {num_classes} classes (0 to "
+                         f"{num_classes - 1}){more}")

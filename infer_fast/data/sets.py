@@ -74,19 +74,21 @@ def _as_index(indices, n: int) -> Tensor:
     return idx
 
 
-def per_class_indices(labels: Tensor, num_classes: int, per_class: int, seed: int) -> Tensor:
+def per_class_indices(labels: Tensor, num_classes: int, per_class: int, seed: int, where: str = "the data") -> Tensor:
     """``per_class`` random indices of every class (torch.Generator seeded with ``seed``),
-    class-major: all of class 0, then class 1, ..."""
+    class-major: all of class 0, then class 1, ...; a ValueError (``where`` names the data)
+    when a class has fewer."""
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
     gen = torch.Generator().manual_seed(int(seed))
     order = torch.argsort(labels, stable=True)
     counts = torch.bincount(labels, minlength=num_classes).tolist()
     short = [(c, k) for c, k in enumerate(counts) if k < per_class]
-    if short:
+    if short:  # (in the caller's terms: an ipc of n, or n candidates per class, is n images of every class)
         c, k = short[0]
         raise ValueError(
-            f"per_class({per_class}): class {c} has only {k} samples"
+            f"{per_class} images of every class are needed (as for ipc {per_class}), but class {c} has only {k} in "
+            f"{where}"
             + (f" ({len(short)} classes have fewer than {per_class})" if len(short) > 1 else "")
         )
     chosen, start = [], 0
@@ -137,7 +139,8 @@ class _Split(Dataset):
     def per_class(self, per_class: int, seed: int = 0):
         """A class-balanced random subset: ``per_class`` samples of every class, class-major
         (all of class 0 first); the same labels and seed pick the same samples."""
-        return self.subset(per_class_indices(self.labels, self.spec.num_classes, per_class, seed))
+        where = f"the {self.spec.name} {self.split} split"
+        return self.subset(per_class_indices(self.labels, self.spec.num_classes, per_class, seed, where))
 
     def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None, pin_memory: bool = False,
                 progress: bool = False, desc: str = "images", delay: float = 0.0) -> Iterator[Tuple[Tensor, Tensor]]:

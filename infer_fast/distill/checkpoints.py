@@ -146,7 +146,8 @@ class CheckpointStore:
                     split_jobs or rank == 0)
         if found and not resume:
             raise ValueError(
-                f"recovery checkpoint {found[0]!r} exists: pass resume=True to continue that run, or delete it"
+                f"recovery checkpoint {found[0]!r} exists: pass resume=True (--resume) to continue that run, "
+                "or delete it"
             )
         store._read(found)
         distributed.barrier()  # every rank has read the files before any rewrites its own

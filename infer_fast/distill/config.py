@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from ..data.transforms import RESIZED_CROP_SCALE
 
 from ..choices import COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS
-from ..options import CheckedWhenMade, check_fields, option, with_recipe
+from ..options import CheckedWhenMade, check_fields, check_given_used, option, with_recipe
 
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
@@ -36,7 +36,8 @@ class RecoveryConfig(CheckedWhenMade):
     ``RecoveryConfig.imagenet()`` gives the ImageNet recipe, ``RecoveryConfig.sre2l()`` the
     SRe2L baseline's (r_bn 0.01): see RECIPES."""
 
-    iterations: int = field(default=1000, metadata=option("recovery iterations", minimum=1))
+    # (bounded: every UFC draws its rolls for all iterations up front, 16 bytes each)
+    iterations: int = field(default=1000, metadata=option("recovery iterations", minimum=1, below=2 ** 31))
     lr: float = field(default=0.25, metadata=option("Adam learning rate of the UFCs", above=0))
     betas: Tuple[float, float] = field(default=(0.5, 0.9), metadata=option("Adam betas, two values in [0, 1)"))
     eps: float = field(default=1e-8, metadata=option("Adam epsilon", above=0))
@@ -48,7 +49,8 @@ class RecoveryConfig(CheckedWhenMade):
         "roll (small images) or imagenet (RandomResizedCrop + flip + roll; selects the imagenet recipe, the "
         "default for ImageNet-family datasets)",
         choices=RECOVERY_AUGMENTATIONS))
-    max_shift: int = field(default=4, metadata=option("largest roll in pixels", minimum=0))
+    max_shift: int = field(default=4, metadata=option("largest roll in pixels", minimum=0, below=2 ** 31,
+                                                          note="a roll repeats past the image's size"))
     crop_scale: Tuple[float, float] = field(default=RESIZED_CROP_SCALE, metadata=option(
         "RandomResizedCrop's area range, with augmentation imagenet: [low, high], 0 < low <= high <= 1"))
     # a curriculum on that range (CDA; augmentation "imagenet" only): (schedule, start, milestone),
@@ -209,10 +211,19 @@ def recipe_names(options: Mapping[str, Any], on_top: Sequence[str] = ()) -> Tupl
     return tuple(names)
 
 
+# the options a recovery does not use under another setting (options.UnusedRule)
+UNUSED_RECOVERY_OPTIONS = (
+    ("crop_scale", lambda c: c.augmentation != "imagenet",
+     "augmentation='roll' (crop_scale is the scale of the imagenet augmentation's RandomResizedCrop)"),
+)
+
+
 def recovery_config(options: Mapping[str, Any], recipes: Sequence[str] = ()) -> RecoveryConfig:
     """The validated RecoveryConfig from user options (RecoveryConfig fields, from CLI flags and
     `infer-fast run` configs alike): the recipes the options select with a method's own
     ``recipes`` on top (recipe_names: INFER none, SRe2L and CDA ("sre2l",)), the given options on
     top of those. Lists (from YAML) become tuples."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    return RecoveryConfig.recipe(*recipe_names(values, recipes), **values)  # (an unknown option: named there)
+    config = RecoveryConfig.recipe(*recipe_names(values, recipes), **values)  # (an unknown option: named there)
+    check_given_used(config, values, UNUSED_RECOVERY_OPTIONS)
+    return config

@@ -38,10 +38,10 @@ def prepare_run(dataset, teacher_paths, out_dir, data_root, device, progress):
     """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
     recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
     from ..data import load_dataset
-    from ..teacher import resolve_device
+    from ..teacher import resolve_device, teacher_path_list
 
     resolve_device(device)
-    teacher_paths = [os.fspath(p) for p in teacher_paths]
+    teacher_paths = teacher_path_list(teacher_paths)
     if not teacher_paths:
         raise ValueError("teachers: at least one teacher checkpoint is needed")
     out_dir = check_new_output(out_dir)
@@ -50,14 +50,16 @@ def prepare_run(dataset, teacher_paths, out_dir, data_root, device, progress):
     return out_dir, train, teachers, records, recovery_checkpoint_path(out_dir)
 
 
-def load_set_teachers(teacher_paths: Sequence[Union[str, os.PathLike]], dataset, train, device: str):
-    """(teachers, records) of a set being made from ``train``: each teacher loaded frozen in
-    eval mode on this rank's device, checked against the split's classes, channels and size;
-    each record the path, model and recorded accuracy that the set keeps."""
-    from ..teacher import load_teacher
+def load_set_teachers(teacher_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], dataset, train,
+                      device: str):
+    """(teachers, records) of a set being made from ``train``: each teacher at
+    ``teacher_paths`` (one path or several: teacher.teacher_path_list) loaded frozen in eval
+    mode on this rank's device, checked against the split's classes, channels and size; each
+    record the path, model and recorded accuracy that the set keeps."""
+    from ..teacher import load_teacher, teacher_path_list
 
     teachers, records = [], []
-    for path in map(os.fspath, teacher_paths):
+    for path in teacher_path_list(teacher_paths):
         model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes,
                                    device=distributed.local_device(device), channels=train.spec.channels,
                                    image_size=train.spec.image_size)

@@ -256,9 +256,9 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
     return {"config": config, **own}
 
 
-def check_budget(options: Mapping[str, Any], ipc: int, num_classes: int, num_teachers: int) -> None:
+def check_budget(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) -> None:
     """INFER's K natural sets at ``ipc`` under the options' accounting: none is an error."""
-    infer_budget(ipc, num_classes, num_teachers, options["accounting"])
+    infer_budget(ipc, spec.num_classes, num_teachers, options["accounting"])
 
 
 def distill(request: DistillRequest):

@@ -364,8 +364,14 @@ def student_settings(recipe: Mapping[str, Any]) -> Dict[str, Any]:
     return {"augmentation": "shuffle_patches_crop_flip", "patches": int(recipe["factor"])}
 
 
+def check_budget(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) -> None:
+    """The recipe's candidates and factor at ``ipc`` for the dataset ``spec``'s image size
+    (parsed ``options``): too few candidates for ipc x factor^2 patches is an error."""
+    _recipe(options, spec.name, spec.image_size, ipc)
+
+
 RDED = register(Method(
     name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
     distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch", resumable=True,
-    student_settings=student_settings,
+    student_settings=student_settings, check_budget=check_budget,
 ))

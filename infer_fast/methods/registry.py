@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..checks import check_int
 from ..data.registry import DATASET_FAMILIES, dataset_options, get_dataset
+from ..teacher import teacher_path_list
 from ..options import CheckedWhenMade, Option, check_value
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
@@ -31,7 +32,8 @@ STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled b
 class DistillRequest(CheckedWhenMade):
     """What a method is asked for: the set of ``method`` (a registered name) with ``ipc``
     images per class of ``dataset`` in ``out_dir``, with the teachers at ``teacher_paths``
-    (empty for methods that use none) and the method's own ``options`` as given. Checked when
+    (empty for methods that use none; one path is a list of one, and the request holds them
+    as a list of str) and the method's own ``options`` as given. Checked when
     made: the options over the method's recipe for the dataset's family
     (:meth:`Method.with_dataset_defaults`), checked and parsed by :meth:`Method.check_options`,
     are ``parsed``, what the method's ``distill`` reads. :meth:`make_set` runs it."""
@@ -40,7 +42,7 @@ class DistillRequest(CheckedWhenMade):
     dataset: Any  # a name, or {name, num_classes, image_size, in_memory} (data.registry.dataset_options)
     ipc: int
     out_dir: Union[str, os.PathLike]
-    teacher_paths: Sequence[str] = ()
+    teacher_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]] = ()
     options: Optional[Mapping[str, Any]] = field(default_factory=dict)  # (None: none given)
     seed: int = 0
     data_root: Optional[str] = None
@@ -57,12 +59,13 @@ class DistillRequest(CheckedWhenMade):
         dataset_options(self.dataset)
         check_int("ipc", self.ipc)
         check_int("seed", self.seed, minimum=None)
+        # (a frozen dataclass: ``teacher_paths`` and ``parsed`` are set this once, while the request is made)
+        object.__setattr__(self, "teacher_paths", teacher_path_list(self.teacher_paths))
         if method.uses_teachers and not self.teacher_paths:
             raise ValueError(f"teachers: method {method.name} needs at least one teacher checkpoint")
         if self.options is not None and not isinstance(self.options, Mapping):
             raise ValueError(f"options must be a mapping of {method.name}'s option names to values, got "
                              f"{type(self.options).__name__}")
-        # (a frozen dataclass: ``parsed`` is set this once, while the request is made)
         object.__setattr__(self, "parsed", method.options_for_dataset(self.options or {}, self.dataset, self.seed))
 
     def make_set(self):
@@ -100,9 +103,10 @@ class Method:
     ...}``); ``shared_recovery_options``: the settings of the ``recovery`` section it takes
     too where it declares them (the run's seed and batching; SRe2L also its augmentation),
     under its own; ``run_options``: run-level settings given to it as options (INFER's
-    ``selection`` and ``accounting``); ``check_budget(options, ipc, num_classes,
-    num_teachers)``: a ValueError where an ipc leaves it no set (INFER's K = 0), checked with
-    its parsed options before any work."""
+    ``selection`` and ``accounting``); ``check_budget(options, ipc, spec, num_teachers)``: a
+    ValueError where an ipc leaves it no set of the dataset ``spec`` (INFER's K = 0, RDED's
+    candidates too few for ipc x factor^2 patches), checked with its parsed options before
+    any work."""
 
     name: str
     label: str
@@ -120,7 +124,7 @@ class Method:
     config_section: Optional[str] = None
     shared_recovery_options: Tuple[str, ...] = ("group_size", "seed")
     run_options: Tuple[str, ...] = ()
-    check_budget: Optional[Callable[[Mapping[str, Any], int, int, int], None]] = None
+    check_budget: Optional[Callable[[Mapping[str, Any], int, Any, int], None]] = None
     family_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     student_settings: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
 
@@ -190,6 +194,7 @@ def register(method: Method) -> Method:
     if method.name == "external":
         raise ValueError("'external' names imported sets, not a method")
     _check_same_declarations(method)
+    _check_distill_flags(method)
     _METHODS[method.name] = method
     return method
 
@@ -204,6 +209,29 @@ def _check_same_declarations(method: Method) -> None:
             if same is not None and (same.kind, same.choices) != (opt.kind, opt.choices):
                 raise ValueError(f"method {method.name!r}: option {opt.name} is declared with another kind or other "
                                  f"choices by method {other.name!r} (one --{opt.name.replace('_', '-')} flag serves both)")
+
+
+def _check_distill_flags(method: Method) -> None:
+    """Each option of a method is a flag of ``infer-fast distill``: refused where it is named
+    as one of the command's own options or takes one of its flags, or an option of another
+    name (of any method, this one too) has its flag (argparse would refuse to build the
+    command, for every method)."""
+    from .distill_options import distill_command_flags, distill_request_options  # (they read this registry)
+
+    command_options = distill_request_options()
+    taken = {flag: (None, f"its own {what}") for flag, what in distill_command_flags().items()}
+    for other in all_methods():  # (the built-in order: the first method declaring a flag is named)
+        for theirs in other.options if other is not method else ():
+            taken.setdefault(theirs.flag_name, (theirs.name, f"option {theirs.name} of method {other.name!r}"))
+    for opt in method.options:
+        if opt.name in command_options:
+            raise ValueError(f"method {method.name!r}: option {opt.name} is an option of infer-fast distill itself "
+                             f"({command_options[opt.name].flag_name}): give the method's option another name")
+        name, holder = taken.get(opt.flag_name, (opt.name, None))
+        if opt.flag_name is not None and name != opt.name:  # (one option of several methods shares its flag)
+            raise ValueError(f"method {method.name!r}: option {opt.name} takes the flag {opt.flag_name}, which "
+                             f"infer-fast distill has for {holder}: give the method's option another name")
+        taken.setdefault(opt.flag_name, (opt.name, f"option {opt.name} of method {method.name!r}"))
 
 
 def unregister(name: str) -> None:

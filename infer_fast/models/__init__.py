@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from .external import (HeadMismatch, MissingWeights, create_external, fetch_command, final_linear,
                        find_torchvision_checkpoint, is_external, load_torchvision_weights, missing_external_weights, missing_torchvision_checkpoint,
-                       missing_weights_error, torchvision_cache_dir, torchvision_file_names)
+                       missing_weights_error, torchvision_cache_dir, torchvision_cache_dir_problem,
+                       torchvision_checkpoint_status, torchvision_file_names)
 from .base import ClassifierNet, device_of, init_weights
 from ..checks import check_int
 from .registry import ModelSpec, all_specs, list_models, resolve
@@ -39,6 +40,7 @@ __all__ = [
     "HeadMismatch",
     "ModelSpec",
     "init_weights",
+    "torchvision_cache_dir_problem",
 ]
 
 
@@ -160,15 +162,17 @@ def pretrained_weights_table() -> Tuple[str, List[Dict[str, Any]], Optional[str]
     """(torch hub's checkpoints folder as resolved now, honouring TORCH_HOME; one row per
     built-in model with torchvision ImageNet weights: name, torchvision (the architecture),
     files (the file names looked for, preferred first; other versions of them are accepted
-    too), found (the path of the cached file, or None)), and the command that fetches the
-    missing files (None when none is)."""
+    too), found (the path of the usable cached file, or None), status (what `infer-fast models`
+    says: present, or why not)), and the command that fetches the missing files (None when
+    none is)."""
     rows, missing = [], []
     for spec in all_specs():
         if spec.torchvision_name is None:
             continue
         files, _ = torchvision_file_names(spec.torchvision_name)
         rows.append({"name": spec.name, "torchvision": spec.torchvision_name, "files": list(files),
-                     "found": find_torchvision_checkpoint(spec.torchvision_name)})
+                     "found": find_torchvision_checkpoint(spec.torchvision_name),
+                     "status": torchvision_checkpoint_status(spec.torchvision_name)})
         missing.append(missing_torchvision_checkpoint(spec.name, spec.torchvision_name))
     return torchvision_cache_dir(), rows, fetch_command([m for m in missing if m])
 

@@ -19,6 +19,7 @@ import importlib
 import math
 import os
 import warnings
+import zipfile
 from typing import Any, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
@@ -35,6 +36,9 @@ __all__ = [
     "torchvision_cache_dir",
     "torchvision_file_names",
     "find_torchvision_checkpoint",
+    "checkpoint_file_problem",
+    "torchvision_checkpoint_status",
+    "torchvision_cache_dir_problem",
     "missing_torchvision_checkpoint",
     "missing_external_weights",
     "missing_weights_error",
@@ -103,7 +107,8 @@ def missing_weights_error(missing: Sequence[MissingWeights]) -> ValueError:
     expected file, the Python call that fetches it or None)): those of torch hub's folder,
     named once, then the others."""
     folder = torchvision_cache_dir()
-    in_cache = [f"{os.path.basename(path)} ({model})" for model, path, _ in missing if os.path.dirname(path) == folder]
+    in_cache = [f"{os.path.basename(path)} ({model}{_unusable_note(path)})" for model, path, _ in missing
+                if os.path.dirname(path) == folder]
     elsewhere = [f"{path} ({model})" for model, path, _ in missing if os.path.dirname(path) != folder]
     where = []
     if in_cache:
@@ -117,6 +122,12 @@ def missing_weights_error(missing: Sequence[MissingWeights]) -> ValueError:
         f"pretrained weights not found ({count}): {'; '.join(where)}. infer-fast never downloads weights at run time."
         f"{fetch} `infer-fast models` lists the expected files."
     )
+
+
+def _unusable_note(path: str) -> str:
+    """"; the entry there is empty" (or another problem) for a cached entry that is there but
+    is no usable checkpoint (so "not found" is not taken for a file nobody sees), else ""."""
+    return f"; the entry there is {checkpoint_file_problem(path)}" if os.path.lexists(path) else ""
 
 
 # ----------------------------------------------------------------------------------------
@@ -382,17 +393,69 @@ def missing_torchvision_checkpoint(model: str, arch: str) -> Optional[MissingWei
 
 
 def find_torchvision_checkpoint(arch: str) -> Optional[str]:
-    """Path of a cached torchvision ImageNet checkpoint for ``arch`` (e.g. "resnet18"), or None."""
+    """Path of a usable cached torchvision ImageNet checkpoint for ``arch`` (e.g. "resnet18"):
+    the first of its file names, then of other versions, that passes
+    :func:`checkpoint_file_problem`; None when there is none."""
     if arch not in _TORCHVISION_FILES:
         return None
+    return next((path for path in _torchvision_candidates(arch) if checkpoint_file_problem(path) is None), None)
+
+
+def _torchvision_candidates(arch: str) -> List[str]:
+    """The entries of the hub cache named as ``arch``'s checkpoints (files or not), preferred
+    names first, then the other versions in name order."""
     preferred, pattern = _TORCHVISION_FILES[arch]
     folder = torchvision_cache_dir()
-    for fname in preferred:
-        path = os.path.join(folder, fname)
-        if os.path.isfile(path):
-            return path
-    found = sorted(glob.glob(os.path.join(folder, pattern)))
-    return found[0] if found else None
+    named = [os.path.join(folder, fname) for fname in preferred] + sorted(glob.glob(os.path.join(folder, pattern)))
+    return [path for path in dict.fromkeys(named) if os.path.lexists(path)]
+
+
+# what torch.save's legacy (pre-zip) format starts with: a protocol-2 pickle of its magic number
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def checkpoint_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` is no usable checkpoint file, in a few words ("not a file", "empty", "not
+    a complete torch checkpoint"), or None: a regular, non-empty file that is a complete zip
+    archive (torch.save's format since torch 1.6, torchvision's files among them;
+    ``zipfile.is_zipfile`` reads the archive's end record, so a cut-off copy fails) or starts
+    like torch.save's legacy format (kept for old files: a cut-off legacy file passes this
+    cheap test and fails, naming the file, when it is read)."""
+    if not os.path.isfile(path):
+        return "not a file"
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty"
+        if zipfile.is_zipfile(path):
+            return None
+        with open(path, "rb") as f:
+            legacy = f.read(len(_LEGACY_TORCH_HEAD)) == _LEGACY_TORCH_HEAD
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return None if legacy else "not a complete torch checkpoint"
+
+
+def torchvision_checkpoint_status(arch: str) -> str:
+    """What ``infer-fast models`` says of ``arch``'s cached checkpoint: "present", "present
+    as NAME" (another version), "NAME: empty" (or another :func:`checkpoint_file_problem`)
+    when only unusable entries are there, or "missing"."""
+    found = find_torchvision_checkpoint(arch)
+    if found is not None:
+        name = os.path.basename(found)
+        return "present" if name == _TORCHVISION_FILES[arch][0][0] else f"present as {name}"
+    unusable = _torchvision_candidates(arch)
+    if unusable:
+        return f"{os.path.basename(unusable[0])}: {checkpoint_file_problem(unusable[0])}"
+    return "missing"
+
+
+def torchvision_cache_dir_problem() -> Optional[str]:
+    """Why torch hub's checkpoints folder can hold no checkpoint ("does not exist", "is a
+    file, not a folder"), or None when it is a folder."""
+    folder = torchvision_cache_dir()
+    if os.path.isdir(folder):
+        return None
+    return "is a file, not a folder" if os.path.lexists(folder) else "does not exist"
 
 
 def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: int, in_channels: int,

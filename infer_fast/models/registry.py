@@ -98,8 +98,10 @@ _CONVNET_RE = re.compile(r"^convnet(?:-w(?P<width>\d+))?(?:-d(?P<depth>\d+))?(?:
 
 def unknown_model_error(name: str) -> ValueError:
     known = list_models()
-    close = difflib.get_close_matches(normalize_name(name), list(_ALIASES), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(_ALIASES[c]) for c in close)}?" if close else ""
+    # the aliases closest first, each model named once (several aliases of one model may be close)
+    close = difflib.get_close_matches(normalize_name(name), list(_ALIASES), n=len(_ALIASES), cutoff=0.6)
+    models = list(dict.fromkeys(_ALIASES[c] for c in close))[:3]
+    hint = f" Did you mean {', '.join(map(repr, models))}?" if models else ""
     return ValueError(
         f"unknown model {name!r}.{hint} Known models: {', '.join(known)}; "
         "also convnet-w<W>-d<D>[-<norm>] (norm: batchnorm, instancenorm, groupnorm, none), "

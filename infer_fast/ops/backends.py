@@ -92,6 +92,11 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run here; the message says what is missing."""
 
 
+class UnknownBackendError(BackendUnavailableError, ValueError):
+    """The requested backend is no backend at all: a user's error (a ValueError) that no
+    device can run (a BackendUnavailableError, as every unusable backend is)."""
+
+
 @functools.lru_cache(maxsize=None)
 def _import(module: str):
     """(module, None) or (None, reason) — cached so a failed import is not retried per call."""
@@ -170,8 +175,7 @@ _resolved: Dict[tuple, str] = {}
 def resolve(backend: str, device: torch.device) -> str:
     """Turn ``backend`` ("auto" or a name) into a usable backend name for ``device``
     (remembered per backend, device type and INFER_FAST_BACKEND: a call costs a lookup)."""
-    if not isinstance(backend, str):
-        raise ValueError(f"backend must be a string, got {type(backend).__name__}")
+    check_backend_name(backend)
     key = (backend, device.type, os.environ.get(ENV_VAR))
     name = _resolved.get(key)
     if name is None:
@@ -179,6 +183,16 @@ def resolve(backend: str, device: torch.device) -> str:
         _launchers(name)  # imports the backend once, here
         _resolved[key] = name
     return name
+
+
+def check_backend_name(backend) -> None:
+    """ValueError unless ``backend`` is "auto" or one of BACKENDS (whether it runs on a given
+    device is :func:`resolve`'s question, asked when there is a tensor)."""
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be a string, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS:
+        why = unavailable_reason(backend, torch.device("cpu"))  # (the one "unknown backend" message)
+        raise UnknownBackendError(f"backend {backend!r} is unavailable: {why}")
 
 
 def _resolve(backend: str, device: torch.device) -> str:

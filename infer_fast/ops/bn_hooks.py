@@ -15,6 +15,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_int
+from .backends import check_backend_name
 from .bn_stat_loss import bn_eval_with_stat_loss, bn_stat_loss
 
 # The BatchNorm layers whose statistics are matched (inputs (N, C) or (N, C, H, W)): the
@@ -60,9 +62,14 @@ class BNStatTracker:
     Layers are reported in execution order; layers that did not run in the last forward
     are absent. The model must be in eval mode when it runs (a frozen teacher): in train
     mode its running statistics would drift and its BN would use batch statistics.
+
+    One fused tracker per model at a time (a second one is refused: each would replace the
+    other's forward); unfused trackers can share a model with each other and a fused one.
     """
 
     def __init__(self, model: nn.Module, groups: int = 1, backend: str = "auto", fused: bool = False):
+        check_int("groups", groups)  # (the ops' own checks, before any forward)
+        check_backend_name(backend)
         self.groups = groups
         self.backend = backend
         self.fused = fused
@@ -74,11 +81,15 @@ class BNStatTracker:
         for name, module in self.layers:
             if module.running_mean is None or module.running_var is None:
                 raise ValueError(f"BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
+            if fused and "forward" in vars(module):
+                raise ValueError(f"fused=True: BatchNorm layer {name!r} already has its forward replaced (another "
+                                 "fused BNStatTracker is attached?): remove() that tracker first, or use fused=False")
         self._handles = [model.register_forward_pre_hook(self._start_forward)]
+        self._fused_forwards: List[Tuple[nn.Module, object]] = []
         if fused:  # the BN layers' own forward is replaced (restored by remove())
             for name, module in self.layers:
                 module.forward = self._make_fused_forward(name, module)
-            self._fused_modules = [m for _, m in self.layers]
+                self._fused_forwards.append((module, module.forward))
         else:
             self._handles += [m.register_forward_pre_hook(self._make_hook(name)) for name, m in self.layers]
 
@@ -132,9 +143,10 @@ class BNStatTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for module in getattr(self, "_fused_modules", []):
-            del module.forward  # back to the class's forward
-        self._fused_modules = []
+        for module, forward in self._fused_forwards:
+            if vars(module).get("forward") is forward:  # (else not ours any more: left as it is)
+                del module.forward  # back to the class's forward
+        self._fused_forwards = []
         self.clear()
 
     def __enter__(self) -> "BNStatTracker":

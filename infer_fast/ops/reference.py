@@ -66,9 +66,12 @@ def source_coords(height: int, width: int, shifts: Tensor, flips: Tensor):
     device = shifts.device
     h = torch.arange(height, device=device)
     w = torch.arange(width, device=device)
-    src_h = (h[None, :] - shifts[:, 0:1]).remainder(height)
+    # reduced into [0, H) x [0, W) first, as every backend does: h - shift itself would
+    # overflow int64 for a shift near its minimum
+    shift_h, shift_w = shifts[:, 0:1].remainder(height), shifts[:, 1:2].remainder(width)
+    src_h = (h[None, :] - shift_h).remainder(height)
     w_rolled = torch.where(flips[:, None].bool(), width - 1 - w[None, :], w[None, :])
-    src_w = (w_rolled - shifts[:, 1:2]).remainder(width)
+    src_w = (w_rolled - shift_w).remainder(width)
     return src_h, src_w
 
 

@@ -51,8 +51,8 @@ class DistilledDataset(torch.utils.data.Dataset):
             self.set = load_distilled(source, expected_dataset, expected_num_classes)
         if not hard_only and not self.set.has_soft_labels:
             raise DistilledSetError(
-                f"this {self.set.method} set has no soft labels yet (not relabelled); relabel it, "
-                "or pass hard_only=True to get (image, hard label) items"
+                f"this {self.set.method} set has no soft labels yet (not relabelled): relabel it (infer-fast relabel), "
+                "or train on its hard labels (hard_only=True; a student's labels='hard', --labels hard)"
             )
         self.hard_only = hard_only
         self.backend = backend
