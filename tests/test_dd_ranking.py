@@ -206,11 +206,15 @@ def test_cli_dd_ranking_protocol(teacher, unlabelled_set, tmp_path, capsys):
                            (["--protocol", "dd-ranking", "--lr", "0.1"], "lr is set by the DD-Ranking protocol"),
                            # (the flags are the protocols' own declarations: their checks, a 0 not ignored)
                            (["--protocol", "dd-ranking", "--test-interval", "0"], "test_interval must be a positive integer, got 0"),
-                           (["--full-data-epochs", "0"], "full_data_epochs must be a positive integer, got 0"),
+                           # (--full-data-epochs trains a full-data run; base reads one from its checkpoint)
+                           (["--full-data-epochs", "3"], "--full-data-epochs sets the full-data run trained here"),
                            (["--weight", "2"], "weight")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+    no_checkpoint = base[:4] + base[6:]  # (the full-data run trained here: its epochs checked, a 0 not ignored)
+    assert main(no_checkpoint + ["--full-data-epochs", "0"]) == 2
+    assert "full_data_epochs must be a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
 
 

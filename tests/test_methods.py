@@ -280,7 +280,7 @@ def test_run_config_reads_the_methods_facts():
     with pytest.raises(ValueError, match="method_options: infer_dyn .*infer_dyn trains on infer's set"):
         PipelineConfig.from_dict({**base, "method_options": {"infer_dyn": {}}})
 
-    def small_only(options, ipc, num_classes, num_teachers):
+    def small_only(options, ipc, spec, num_teachers):
         if ipc > options["offset"] + 2:
             raise ValueError(f"ipc={ipc} is more than toy takes")
 
@@ -288,7 +288,7 @@ def test_run_config_reads_the_methods_facts():
                     options=(OFFSET, Option("seed", int, "x")), uses_teachers=False, check_budget=small_only))
     try:
         PipelineConfig.from_dict({**base, "methods": ["toy"], "ipc": [2, 3], "method_options": {"toy": {"offset": 1}}})
-        with pytest.raises(ValueError, match="config: ipc=3 is more than toy takes"):
+        with pytest.raises(ValueError, match="config: method_options: toy: ipc=3 is more than toy takes"):
             PipelineConfig.from_dict({**base, "methods": ["toy"], "ipc": [2, 3]})
         assert PipelineConfig.from_dict({**base, "methods": ["toy"], "ipc": [2]}).method_options_of("toy") == {"seed": 4}
     finally:
