@@ -255,6 +255,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     # the set's method gives its students (RDED: its augmentation) under the options given
     config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.dataset), **{**set_student_settings(ds), **fields})
     config.check_given(list(fields))
+    _check_decode_cache(args.decode_cache, ds.real_dataset)
     teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
     test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                            progress=not args.quiet and rank == 0)
@@ -317,6 +318,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         check_writable(args.out, "--out")
     _evaluation_protocol(args)  # (every option checked before any loading)
     ds = load_distilled(args.directory)
+    _check_decode_cache(args.decode_cache, ds.real_dataset)
     protocol = _evaluation_protocol(args, ds.dataset)
     models = load_teachers_for_set(teachers, ds, device=args.device)
     report = evaluate_under(protocol, ds, models, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
@@ -326,6 +328,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.out:
         save_json_atomic(report, args.out)
         print(f"report: {args.out}")
+
+
+def _check_decode_cache(decode_cache: Optional[str], dataset) -> None:
+    """--decode-cache given for a dataset held as arrays (Fashion-MNIST, CIFAR) would be unused."""
+    from .data.registry import get_dataset
+
+    if decode_cache is not None and get_dataset(dataset).layout == "arrays":
+        raise UserError(f"--decode-cache applies to datasets read from image files (folders); "
+                        f"{get_dataset(dataset).name} is read from arrays: leave it out")
 
 
 DECODE_CACHE_HELP = ("decode the real test split once into DIR and read it from there (image-folder datasets such "

@@ -85,3 +85,10 @@ def test_an_existing_recovery_checkpoint_names_the_resume_flag(tmp_path):
     base.write_bytes(b"")  # (its content is not read before the refusal)
     with pytest.raises(ValueError, match=r"exists: pass resume=True \(--resume\) to continue"):
         CheckpointStore.open(base, {}, RecoveryConfig(), resume=False, split_jobs=False)
+
+
+def test_a_decode_cache_for_a_dataset_of_arrays_is_refused(random_set, tmp_path, capsys):
+    status, _, err = _cli(capsys, "train", random_set, "--epochs", "1", "--labels", "hard",
+                          "--decode-cache", tmp_path / "cache")
+    assert status == 2 and "--decode-cache applies to datasets read from image files" in err
+    assert "fashion-mnist-mini is read from arrays" in err and not (tmp_path / "cache").exists()
