@@ -304,6 +304,7 @@ class PipelineConfig:
         import torch
 
         from .data import get_spec
+        from .data.registry import dataset_options, get_dataset
         from .models import create_model
 
         models: Dict[str, str] = {}  # model name -> the option that names it first
@@ -316,7 +317,9 @@ class PipelineConfig:
                 models.setdefault(name, f"teachers[{i}]")
         for method in self.methods:
             models.setdefault(self.student_config(method, 0, len(self.teachers)).model, "student")
-        spec = get_spec(self.dataset)
+        counted = get_dataset(self.dataset).spec is not None or "num_classes" in dataset_options(self.dataset)[1]
+        # (an image folder's classes are its folders', found when it is read: any count builds the same layers)
+        spec = get_spec(self.dataset) if counted else get_spec(self.dataset, num_classes=2)
         for name, option in models.items():
             try:
                 with torch.device("meta"):

@@ -186,3 +186,14 @@ def test_settings_of_methods_left_out_by_the_command_line_stay_valid(tmp_path):
 def test_an_empty_methods_option_is_refused(tmp_path, capsys):
     assert main(["run", _yaml(tmp_path, methods=["random"]), "--methods", ""]) == 2
     assert "--methods" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_the_models_of_an_image_folder_run_are_checked_without_its_class_count(tmp_path):
+    """An image folder's classes come from its folders when it is read: its models are checked
+    at its size all the same (a too-deep ConvNet refused, a fitting one taken), not refused for
+    the count the config cannot know."""
+    base = dict(dataset={"name": "imagefolder", "image_size": 28}, out=str(tmp_path / "run"), ipc=[2],
+                methods=["random"], data_root=str(tmp_path))
+    PipelineConfig.from_dict({**base, "teachers": [{"model": "convnet-w8-d2", "epochs": 1}]})
+    with pytest.raises(ValueError, match=r"teachers\[0\]: model 'convnet-w8-d7': ConvNet depth 7 is too deep for 28x28"):
+        PipelineConfig.from_dict({**base, "teachers": [{"model": "convnet-w8-d7", "epochs": 1}]})
