@@ -164,10 +164,23 @@ def _pretrained_teacher(options: Dict, out: str) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .storage import inspect_report, write_preview
 
+    if args.preview is not None:
+        _check_preview_path(args.directory, args.preview)
     print(inspect_report(args.directory))
     if args.preview:  # only where asked: the set itself may be on read-only media
         write_preview(args.directory, args.preview)
         print(f"preview: {args.preview}")
+
+
+def _check_preview_path(directory: str, preview: str) -> None:
+    """--preview is a PNG file outside the set: inside it, it would replace or add to the set's
+    own files (`inspect` only reads the set)."""
+    if not preview.lower().endswith(".png"):
+        raise UserError(f"--preview takes a .png file to write, got {preview!r}")
+    inside = os.path.realpath(os.path.dirname(os.path.abspath(preview)))
+    if os.path.commonpath([inside, os.path.realpath(directory)]) == os.path.realpath(directory):
+        raise UserError(f"--preview {preview!r} is inside the set {directory!r}: write the preview elsewhere "
+                        "(inspect only reads the set)")
 
 
 def cmd_import(args: argparse.Namespace) -> None:

@@ -92,3 +92,21 @@ def test_a_decode_cache_for_a_dataset_of_arrays_is_refused(random_set, tmp_path,
                           "--decode-cache", tmp_path / "cache")
     assert status == 2 and "--decode-cache applies to datasets read from image files" in err
     assert "fashion-mnist-mini is read from arrays" in err and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("where,message", [
+    ("{set}/manifest.json", "--preview takes a .png file"),
+    ("{set}/preview.png", "is inside the set"),
+    ("", "--preview takes a .png file"),
+])
+def test_inspect_writes_its_preview_outside_the_set_only(random_set, capsys, where, message):
+    manifest = (random_set / "manifest.json").read_bytes()
+    status, out, err = _cli(capsys, "inspect", random_set, "--preview", where.format(set=random_set))
+    assert status == 2 and message in err and not out  # (refused before the report)
+    assert (random_set / "manifest.json").read_bytes() == manifest and not (random_set / "preview.png").exists()
+
+
+def test_inspect_writes_a_preview_beside_the_set(random_set, tmp_path, capsys):
+    status, out, err = _cli(capsys, "inspect", random_set, "--preview", tmp_path / "grid.png")
+    assert status == 0, err
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
