@@ -115,10 +115,19 @@ def teacher_options() -> Dict[str, Option]:
     )}}
 
 
+def _one_process(command: str, instead: str) -> None:
+    """``command`` runs in one process: under torchrun every rank would do the same work and
+    write the same output."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"infer-fast {command} runs in one process, not under torchrun ({instead})")
+
+
 def cmd_teacher(args: argparse.Namespace) -> None:
     from .config import merge
+    from .output_lock import output_lock
     from .teacher import TeacherConfig, train_teacher
 
+    _one_process("teacher", "`infer-fast run` trains several teachers across the ranks")
     declared = teacher_options()
     options = merge(args, args.config, declared, declared)
     out = options.pop("out", None)
@@ -132,7 +141,8 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     if not options.get("dataset"):
         raise UserError("--dataset is required (see `infer-fast datasets`)")
     config = TeacherConfig(**options)  # (checked when made: train_teacher takes it as it is)
-    summary = train_teacher(config, out, progress=not args.quiet)
+    with output_lock(out, "teacher checkpoint"):  # (two trainings of one --out would overwrite each other)
+        summary = train_teacher(config, out, progress=not args.quiet)
     print(
         f"teacher {summary['model']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
         f"after {summary['epochs_done']} epochs ({summary['elapsed_s']:.0f} s of training) -> {out}"
@@ -240,6 +250,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_relabel(args: argparse.Namespace) -> None:
     from .relabel import relabel_directory
 
+    _one_process("relabel", "one pass of the teachers over the set; `infer-fast run` relabels on rank 0")
     teachers = comma_list(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required")

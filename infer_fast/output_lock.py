@@ -41,9 +41,9 @@ def stale_leftovers(output: PathLike) -> List[str]:
     parent, name = glob.escape(str(output.parent)), glob.escape(output.name)
     patterns = [f"{parent}/.{name}.tmp-*", f"{parent}/.{name}.old-*", f"{parent}/.{name}.recovery.pt*.tmp-*",
                 f"{parent}/{name}.recovery.pt.results/.*.tmp-*"]
-    if output.is_dir() and not output.is_symlink():
-        patterns.append(f"{glob.escape(str(output))}/.*.tmp-*")
-    return sorted({p for pattern in patterns for p in glob.glob(pattern)})
+    if output.is_dir() and not output.is_symlink():  # (a run directory: also in its teachers/, students/, sets/...)
+        patterns += [f"{glob.escape(str(output))}/.*.tmp-*", f"{glob.escape(str(output))}/**/.*.tmp-*"]
+    return sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)})
 
 
 def _remove(path: str) -> None:
@@ -91,21 +91,44 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False) ->
         os.close(fd)  # (closing releases the flock)
 
 
-def holds_output(parameter: str, what: str = "output directory") -> Callable:
-    """Decorator: the function runs holding the lock of its argument ``parameter`` (rank 0 of
-    a torchrun job only: the ranks of one job share their output)."""
+@contextlib.contextmanager
+def job_output_lock(output: PathLike, what: str = "output", inside: bool = False,
+                    every_rank: bool = True) -> Iterator[None]:
+    """:func:`output_lock`, held by rank 0 of a torchrun job for all its ranks (they share the
+    output). ``every_rank``: every rank enters this (a recovery split across them, a run); then
+    a refusal (another writer, an output that cannot be written) stops every rank with rank 0's
+    error, instead of leaving the others waiting for it in their next collective. Else rank 0
+    alone makes the output (the others never get here: no collective)."""
+    from .distributed import all_gather_object, rank_and_world
+
+    rank, world = rank_and_world()
+    if not every_rank:
+        world = 1
+    with contextlib.ExitStack() as held:
+        refused = None
+        if rank == 0:
+            try:
+                held.enter_context(output_lock(output, what, inside))
+            except Exception as exc:  # noqa: BLE001 - every rank raises it, below
+                refused = exc
+        if world > 1:
+            refused = all_gather_object(refused)[0]
+        if refused is not None:
+            raise refused
+        yield
+
+
+def holds_output(parameter: str, what: str = "output directory", every_rank: bool = True) -> Callable:
+    """Decorator: the function runs holding the lock of its argument ``parameter``
+    (:func:`job_output_lock`: rank 0 of a torchrun job holds it for every rank; ``every_rank``
+    False for a function that rank 0 alone runs)."""
 
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
 
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
-            from .distributed import rank_and_world
-
-            output = signature.bind(*args, **kwargs).arguments[parameter]
-            if rank_and_world()[0] != 0:
-                return function(*args, **kwargs)
-            with output_lock(output, what):
+            with job_output_lock(signature.bind(*args, **kwargs).arguments[parameter], what, every_rank=every_rank):
                 return function(*args, **kwargs)
 
         return wrapper

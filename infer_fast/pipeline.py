@@ -47,7 +47,7 @@ from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
 from .options import given_config
-from .output_lock import output_lock
+from .output_lock import job_output_lock
 from .results import RESULTS_FILE, format_table, load_results, markdown_report, summarize, table_runs
 from .run_config import PipelineConfig, load_pipeline_config
 from .set_keys import RunKey, SetKey
@@ -220,13 +220,13 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     _check_pretrained_weights(cfg)
     check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
     check_run_directory(Path(cfg.out))
-    _check_inputs(cfg)
+    external = _check_inputs(cfg)
     ranks = distributed.Ranks()
     out = Path(cfg.out)
     created = not out.exists()
     try:
-        with output_lock(out, "run directory", inside=True) if ranks.rank == 0 else contextlib.nullcontext():
-            return _run(cfg, progress and ranks.rank == 0, ranks)
+        with job_output_lock(out, "run directory", inside=True):
+            return _run(cfg, progress and ranks.rank == 0, ranks, external)
     except BaseException:
         if created and ranks.rank == 0 and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # refused before anything was written in it: no empty run directory left
@@ -253,19 +253,25 @@ def check_run_directory(out: Path) -> None:
                          "or empty directory, or an earlier run's")
 
 
-def _check_inputs(cfg: PipelineConfig) -> None:
+def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
     """Before any work: every teacher checkpoint given by path is a readable file, and every
     external set loads (manifest, files, digests) with soft labels (a run used to write its own
-    sets first and stop at a corrupt external one)."""
+    sets first and stop at a corrupt external one). Returns {label: external_identity} of the
+    external sets (read here once, checked against the results file's record)."""
+    from .results import external_identity
     from .storage import load_distilled
 
     for i, entry in enumerate(cfg.teachers):
         if "path" in entry:
             check_input_file(str(entry["path"]), f"teachers[{i}]: teacher checkpoint")
-    for directory in cfg.external.values():
-        if not load_distilled(directory).has_soft_labels:  # (another's set: not rewritten here)
+    identities = {}
+    for label, directory in cfg.external.items():
+        ds = load_distilled(directory)
+        if not ds.has_soft_labels:  # (another's set: not rewritten here)
             raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
                              "run `infer-fast relabel` on it first")
+        identities[label] = external_identity(directory, ds)
+    return identities
 
 
 def _describe_teacher(meta: Dict[str, Any]) -> str:
@@ -303,8 +309,9 @@ class _Session:
         _next_step(self.meter, name)
 
 
-def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[str, Any]:
-    session = _open_session(cfg, progress, ranks)
+def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
+         external: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
+    session = _open_session(cfg, progress, ranks, external)
     sets = _set_list(cfg, session.out)  # (key, directory): ours, then those given to the run
     if cfg.feature_duplication:  # (decided before any work: a note now, not a surprise after a set)
         session.no_duplication = _one_image_per_class(sets)
@@ -331,13 +338,15 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> Dict[
     return session.results
 
 
-def _open_session(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks) -> _Session:
+def _open_session(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
+                  external: Dict[str, Dict[str, str]]) -> _Session:
     """The run directory made, its results file read (every rank reads it: a results file of
-    other settings stops them all alike; rank 0's copy is the one kept and written)."""
+    other settings or external sets stops them all alike; rank 0's copy is the one kept and
+    written)."""
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(out / RESULTS_FILE, cfg)
+    results = load_results(out / RESULTS_FILE, cfg, external)
     timing = results.setdefault("timing", {})
     timing["steps"] = {}
     return _Session(cfg, ranks, progress, out, results, StepMeter(timing["steps"]), started)

@@ -68,7 +68,7 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
     return distilled
 
 
-@holds_output("directory", "distilled set")
+@holds_output("directory", "distilled set", every_rank=False)  # (one process, or a run's rank 0)
 def relabel_directory(directory, teacher_paths: Union[str, os.PathLike, Sequence[str]], device: str = "cpu",
                       batch_size: int = 256, progress: bool = False) -> DistilledSet:
     """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save

@@ -136,8 +136,49 @@ def _check_same_settings(path: Path, old: Dict[str, Any], cfg) -> None:
                                              recorded))
 
 
-def load_results(path: Path, cfg) -> Dict[str, Any]:
-    fresh = {"format": RESULTS_FORMAT, "config": recorded_config(cfg), "teachers": [], "sets": {}, "runs": {}}
+def external_identity(directory, distilled) -> Dict[str, str]:
+    """What a label of ``external`` names for the life of a run directory: the set's folder
+    (:func:`data_place`) and its content (every tensor's digest: a relabelled set differs)."""
+    from .student import set_digest
+
+    return {"directory": data_place(directory), "set_sha256": set_digest(distilled)}
+
+
+def _label_made(old: Dict[str, Any], label: str) -> bool:
+    """Whether the results ``old`` hold anything of the external set ``label`` (its set record,
+    a student run or a score)."""
+    keys = [SetKey.parse(k) for part in ("sets", "scores") for k in old.get(part) or {}]
+    keys += [RunKey.parse(k).set_key for k in old.get("runs") or {}]
+    return any(key.method == external_method(label) for key in keys)
+
+
+def _check_external_sets(path: Path, old: Dict[str, Any], identities: Dict[str, Dict[str, str]]) -> None:
+    """ValueError unless each label of ``external`` names the set the results ``old`` recorded
+    under it (its folder and content), but for a label nothing was made of yet: a changed
+    set's row would stand in the table as the old one's (or beside it, at another ipc)."""
+    recorded = old.get("external_sets") or {}
+    for label, now in identities.items():
+        before = recorded.get(label)
+        if before is None or before == now or not _label_made(old, label):
+            continue
+        changed = (f"{label} names {now['directory']}, {path} records {label} as {before['directory']}"
+                   if before["directory"] != now["directory"] else
+                   f"{label}: the images or labels of {now['directory']} changed since {path} recorded them "
+                   "(relabelled or replaced)")
+        raise ValueError(f"external: {changed}; a label names one set for the life of a run directory: give "
+                         "the set a new label, or choose another out directory")
+
+
+def load_results(path: Path, cfg, external: Optional[Dict[str, Dict[str, str]]] = None) -> Dict[str, Any]:
+    """The results file at ``path`` to continue under ``cfg`` (a fresh one where there is none),
+    refused (ValueError) when made under other settings or other external sets. ``external``:
+    {label: :func:`external_identity`} of cfg's external sets (read from them when None)."""
+    if external is None:
+        from .storage import load_distilled
+
+        external = {label: external_identity(d, load_distilled(d)) for label, d in cfg.external.items()}
+    fresh = {"format": RESULTS_FORMAT, "config": recorded_config(cfg), "teachers": [], "sets": {}, "runs": {},
+             "external_sets": external}
     if not path.exists():
         return fresh
     try:
@@ -149,7 +190,9 @@ def load_results(path: Path, cfg) -> Dict[str, Any]:
         raise ValueError(f"{path} is not an infer-fast results file")
     # runs are kept only if what determines them is unchanged
     _check_same_settings(path, old, cfg)
+    _check_external_sets(path, old, external)
     old["config"] = recorded_config(cfg)
+    old["external_sets"] = {**(old.get("external_sets") or {}), **external}  # (a label left out stays taken)
     return old
 
 

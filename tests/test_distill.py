@@ -1048,6 +1048,7 @@ def test_compiled_recovery_equals_eager(natural, teachers, train_set):
 def test_a_batch_names_its_jobs():
     """The progress line's jobs: a range where they are consecutive, else each (SRe2L's teacher
     j mod M takes groups 0, 2, 4 of M = 2)."""
-    from infer_fast.distill.jobs import _job_range
+    from infer_fast.distill.checkpoints import describe_batch, job_range
 
-    assert [_job_range(ks) for ks in ([3], [0, 1, 2], [0, 2, 4], [1, 3])] == ["3", "0..2", "0,2,4", "1,3"]
+    assert [job_range(ks) for ks in ([3], [0, 1, 2], [0, 2, 4], [1, 3])] == ["3", "0..2", "0,2,4", "1,3"]
+    assert describe_batch(0, [1, 3]) == "teacher 0 batch k=1,3"  # (a resume's line: not "k=1..3")

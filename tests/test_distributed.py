@@ -132,3 +132,21 @@ def test_chunks_of_one_batch_split_across_ranks(teacher_paths, tmp_path, mode):
         torch.testing.assert_close(torch.load(tmp_path / f"ufc.pt.rank{rank}"), one["ufc"], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="set chunk_size"):
         RecoveryConfig(distributed="chunks").validate()
+
+
+@pytest.mark.parametrize("method,lines", [("sre2l", 2), ("random", 1)])
+def test_every_rank_stops_with_the_refusal_of_an_output_in_use(teacher_paths, tmp_path, method, lines):
+    """Rank 0 holds the output for the job: when another process writes it, every rank that
+    works on it stops with that one-line refusal (SRe2L: both; random: rank 0 alone makes it),
+    none left waiting for rank 0 in a collective (gloo's "Connection closed by peer" was
+    reported as an internal error)."""
+    from infer_fast.output_lock import output_lock
+
+    with output_lock(tmp_path / "set", "output directory"):
+        teachers = ["--teachers", teacher_paths[0], "--iterations", "1"] if method == "sre2l" else []
+        result = torchrun(["distill", "--dataset", DATASET, "--method", method, *teachers, "--ipc", "2", "--out", "set",
+                           "--quiet"], tmp_path)
+    assert result.returncode != 0
+    refusal = f"output directory set is being written by process {os.getpid()}"
+    assert result.stderr.count(refusal) == lines, result.stderr
+    assert "internal error" not in result.stderr and not (tmp_path / "set").exists()

@@ -114,3 +114,36 @@ def test_concurrent_run_refused(capsys, tmp_path):
         assert status == 2 and f"run directory {out} is being written by process" in err
         assert os.listdir(out) == [".lock"]  # nothing else written
     assert os.listdir(out) == []
+
+
+def test_a_run_directorys_leftovers_are_found_in_its_subfolders_too(tmp_path):
+    """A student or teacher checkpoint written atomically inside a run directory leaves its
+    temporary file in students/ or teachers/ when killed mid-save: the next run removes it."""
+    run = tmp_path / "run"
+    leftovers = [run / ".results.json.tmp-1", run / "students" / ".infer-ipc2-seed0.pt.tmp-2",
+                 run / "teachers" / ".teacher0-convnet.pt.tmp-3"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    (run / "students" / "infer-ipc2-seed0.pt").write_bytes(b"kept")
+    assert stale_leftovers(run) == sorted(str(p) for p in leftovers)
+    with output_lock(run, "run directory", inside=True):
+        pass
+    assert not any(p.exists() for p in leftovers) and (run / "students" / "infer-ipc2-seed0.pt").exists()
+
+
+def test_teacher_holds_its_checkpoint(capsys, tmp_path):
+    out = tmp_path / "t.pt"
+    with output_lock(out, "teacher checkpoint"):
+        status, _, err = _cli(capsys, "teacher", "--dataset", DATASET, "--model", "convnet-w8-d1", "--epochs", "1",
+                              "--out", out)
+    assert status == 2 and f"teacher checkpoint {out} is being written by process {os.getpid()}" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [("teacher", "--dataset", DATASET, "--out", "t.pt"),
+                                  ("relabel", "set", "--teachers", "t.pt")])
+def test_one_process_commands_refuse_torchrun(capsys, monkeypatch, args):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # (as torchrun sets it: refused before any process group)
+    status, _, err = _cli(capsys, *args)
+    assert status == 2 and f"infer-fast {args[0]} runs in one process, not under torchrun" in err

@@ -197,3 +197,56 @@ def test_the_models_of_an_image_folder_run_are_checked_without_its_class_count(t
     PipelineConfig.from_dict({**base, "teachers": [{"model": "convnet-w8-d2", "epochs": 1}]})
     with pytest.raises(ValueError, match=r"teachers\[0\]: model 'convnet-w8-d7': ConvNet depth 7 is too deep for 28x28"):
         PipelineConfig.from_dict({**base, "teachers": [{"model": "convnet-w8-d7", "epochs": 1}]})
+
+
+# ---- 8: a label of external names one set for the life of a run directory ---------------------
+
+def _external_set(path, seed, ipc=2):
+    from infer_fast.data import load_dataset
+    from infer_fast.methods.random import random_set
+    from infer_fast.storage import save_distilled
+
+    ds = random_set(load_dataset("fashion-mnist-mini", "train"), ipc, seed=seed)
+    ds.set_soft_labels(torch.randn(10 * ipc, 10, generator=torch.Generator().manual_seed(seed)))
+    save_distilled(ds, path)
+    return ds
+
+
+def test_an_external_label_names_one_set_for_the_life_of_a_run_directory(tmp_path, capsys):
+    """A relabelled or replaced external set, or its label pointed at another folder, was
+    continued: the table kept the old set's row (after a swap to a set of another ipc,
+    results.json held both and the new one's row was missing)."""
+    import re
+
+    from infer_fast.storage import save_distilled
+
+    theirs = _external_set(tmp_path / "theirs", seed=1)
+    _external_set(tmp_path / "other", seed=2, ipc=3)
+    shutil.copytree(tmp_path / "theirs", tmp_path / "copy")
+    run, where = tmp_path / "run", {name: str(tmp_path / name) for name in ("theirs", "other", "copy")}
+    path = run / "results.json"
+    run.mkdir()
+    def cfg(**external):  # (the config _yaml writes)
+        return config(run, methods=["random"], recovery={}, external=external)
+
+    results = load_results(path, cfg(X=where["theirs"], Y=where["other"]))
+    assert results["external_sets"]["X"]["directory"] == os.path.realpath(where["theirs"])
+    results["sets"]["external:X/ipc2"] = {"directory": where["theirs"]}  # (X measured; nothing made of Y)
+    path.write_text(json.dumps(results))
+    # the same set however spelled, a label nothing was made of pointed elsewhere: continued
+    load_results(path, cfg(X=where["theirs"] + "/", Y=where["copy"]))
+
+    def refused(external, message):
+        assert main(["run", _yaml(tmp_path, methods=["random"], external=external)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.search(message, err) and "\n" not in err, err
+        assert "a label names one set for the life of a run directory: give the set a new label, or choose " \
+               "another out directory" in err
+
+    refused({"X": where["other"]}, r"external: X names .*/other, .*results.json records X as .*/theirs;")
+    refused({"X": where["copy"]}, r"external: X names .*/copy, .*results.json records X as .*/theirs;")
+    theirs.set_soft_labels(torch.zeros(20, 10))  # relabelled in place
+    save_distilled(theirs, tmp_path / "theirs", overwrite=True)
+    refused({"X": where["theirs"]}, r"external: X: the images or labels of .*/theirs changed since .*results.json "
+                                    r"recorded them \(relabelled or replaced\)")
+    assert sorted(p.name for p in run.iterdir()) == ["results.json"]  # refused before any work

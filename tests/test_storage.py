@@ -170,8 +170,10 @@ def test_validation_errors():
         bad.validate()
     with pytest.raises(DistilledSetError, match="unknown method"):
         DistilledSet(**{**_fields(make_infer()), "method": "dc"}).validate()
-    with pytest.raises(DistilledSetError, match="inf/nan"):
+    with pytest.raises(DistilledSetError, match="ufc_labels: float32 values up to 1e[+]06 overflow float16"):
         DistilledSet(**{**_fields(make_infer()), "ufc_labels": torch.full((4, 3, 3), 1e6)}).validate()
+    with pytest.raises(DistilledSetError, match="inf/nan"):
+        DistilledSet(**{**_fields(make_infer()), "ufc_labels": torch.full((4, 3, 3), float("nan"))}).validate()
     with pytest.raises(DistilledSetError, match="budget records K"):
         DistilledSet(**{**_fields(make_infer()), "budget": {"K": 5}}).validate()
     with pytest.raises(DistilledSetError, match="JSON"):

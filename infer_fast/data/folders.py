@@ -17,7 +17,7 @@ from ..progress import SHORT_PHASE_S, progress_bar
 
 __all__ = [
     "IMAGE_EXTENSIONS", "scan_class_folders", "scan_tiny_imagenet", "scan_imagenet", "decode_image",
-    "DECODERS", "DEFAULT_DECODER", "write_image_folder",
+    "DECODERS", "DEFAULT_DECODER", "write_image_folder", "WIDE_GRAY_MODES", "as_8bit",
 ]
 
 
@@ -192,6 +192,33 @@ DRAFT_REDUCING_GAP = 2
 DEFAULT_DECODER = "pillow-draft"
 
 
+# Pillow's modes of grayscale images wider than 8 bits (a 16-bit PNG opens as I;16 or I, a
+# float TIFF as F): convert("L"/"RGB") would clip their levels at 255, not scale them
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _wide_gray_to_uint8(im) -> np.ndarray:
+    """Levels of a WIDE_GRAY_MODES image -> uint8: 16-bit levels 0..65535 as round(v / 257)
+    (65535 / 255 = 257 exactly). Float levels have no fixed scale (0..1? 0..255?): refused.
+    A ValueError says what is wrong with the image; the caller names the file."""
+    if im.mode == "F":
+        raise ValueError("a 32-bit float (F) image, whose levels have no fixed 8-bit scale: "
+                         "save it as an 8- or 16-bit image")
+    array = np.asarray(im).astype(np.int64)
+    if array.size and (array.min() < 0 or array.max() > 65535):
+        raise ValueError(f"gray levels beyond 16 bits ({array.min()}..{array.max()})")
+    return ((array * 2 + 257) // 514).astype(np.uint8)
+
+
+def as_8bit(im, channels: int):
+    """The Pillow image ``im`` as 8-bit "L" (``channels`` 1) or "RGB" (3): a gray image wider
+    than 8 bits scaled (:func:`_wide_gray_to_uint8`) first, then expanded as an 8-bit gray one.
+    Every reader of image files (datasets, import) goes through here: one rule for all."""
+    if im.mode in WIDE_GRAY_MODES:
+        im = _pillow().fromarray(_wide_gray_to_uint8(im), "L")
+    return im.convert("RGB" if channels == 3 else "L")
+
+
 def decode_image(path: str, size: int, channels: int = 3, decoder: str = DEFAULT_DECODER) -> torch.Tensor:
     """One image file as uint8 (channels, size, size): the shorter side is resized to
     ``size`` (bilinear, antialiased by Pillow when shrinking), then center-cropped. An image
@@ -205,7 +232,7 @@ def decode_image(path: str, size: int, channels: int = 3, decoder: str = DEFAULT
         with Image.open(path) as im:
             w, h = im.size
             box = _draft(im, mode, size) if decoder == "pillow-draft" else None
-            im = im.convert(mode)
+            im = as_8bit(im, channels)
             if (w, h) != (size, size):
                 (nw, nh), (left, top) = resize_and_crop_geometry(w, h, size)
                 if (nw, nh) != im.size:

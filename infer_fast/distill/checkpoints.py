@@ -50,8 +50,16 @@ def recovery_checkpoints(checkpoint: Union[str, os.PathLike]) -> List[str]:
     return ([base] if os.path.exists(base) else []) + shares
 
 
+def job_range(ks: Sequence[int]) -> str:
+    """"3", "0..4" (consecutive) or "0,2,4" (SRe2L's teacher j mod M takes every M-th group,
+    a torchrun rank every world-th job)."""
+    if len(ks) > 1 and list(ks) == list(range(ks[0], ks[-1] + 1)):
+        return f"{ks[0]}..{ks[-1]}"
+    return ",".join(str(k) for k in ks)
+
+
 def describe_batch(m: int, ks: Sequence[int]) -> str:
-    return f"teacher {m} batch k={ks[0]}..{ks[-1]}" if len(ks) > 1 else f"teacher {m} batch k={ks[0]}"
+    return f"teacher {m} batch k={job_range(ks)}"
 
 
 _IDENTITY_LABELS = {"teachers_sha256": "the teachers' weights", "natural_sha256": "the natural images"}

@@ -15,7 +15,7 @@ from .. import distributed, memory
 from .._io import model_digest
 from ..models import device_of
 from . import engine, plan
-from .checkpoints import CheckpointStore, Job
+from .checkpoints import CheckpointStore, Job, job_range
 from .config import RESULT_NEUTRAL, RecoveryConfig
 from .variables import RecoveryKind
 
@@ -120,7 +120,7 @@ class _JobRunner:
     def _run_batch(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
                    source: Optional[Tensor], losses, lo: Tensor, hi: Tensor) -> None:
         key, M, noun = (m, tuple(ks)), len(self.teachers), self.kind.noun
-        desc = f"teacher {m + 1}/{M} {noun}{'s' if len(ks) > 1 else ''} k={_job_range(ks)}"
+        desc = f"teacher {m + 1}/{M} {noun}{'s' if len(ks) > 1 else ''} k={job_range(ks)}"
 
         def save_partial(batch_state: Dict[str, Any]) -> None:
             self.store.save_partial(key, batch_state, self.done, self.stats, self.group_size)
@@ -157,19 +157,13 @@ class _JobRunner:
         if self.failures:
             named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)")
                               for m, k, it in self.failures)
-            path = self.store.path
-            kept = f"; the other {len(self.done)} are in {path} and --resume retries only the failed ones" if path else ""
+            path = self.store.where()  # (none on disk when no job finished: nothing to resume from)
+            kept = (f"; the other {len(self.done)} are in {path} and --resume retries only the failed ones"
+                    if path and self.done else "")
             raise RecoveryDivergedError(
                 f"{method} recovery: the loss became non-finite for {len(self.failures)} of {len(jobs)} jobs ({named}); "
                 f"lower lr or r_bn, or check the teacher{kept}"
             )
-
-
-def _job_range(ks: List[int]) -> str:
-    """"3", "0..4" (consecutive) or "0,2,4" (SRe2L's teacher j mod M takes every M-th group)."""
-    if len(ks) > 1 and list(ks) == list(range(ks[0], ks[-1] + 1)):
-        return f"{ks[0]}..{ks[-1]}"
-    return ",".join(str(k) for k in ks)
 
 
 def _run_jobs(

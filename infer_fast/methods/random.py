@@ -34,7 +34,7 @@ def random_set(train, ipc: int, seed: int = 0, progress: bool = False):
     )
 
 
-@holds_output("out_dir")
+@holds_output("out_dir", every_rank=False)  # (rank 0 alone makes it)
 def distill_random(
     dataset: str,
     ipc: int,

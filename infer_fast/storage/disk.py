@@ -22,7 +22,10 @@ from torch import Tensor
 
 from .._io import PathLike, check_writable, file_sha256, format_bytes, naming_errors, safetensors_save
 from ..data.pixels import valid_range
-from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, dtype_name, known_set_methods, set_layout
+from .distilled_set import (
+    DistilledSet, DistilledSetError, OutputExistsError, check_method_records, check_records, dtype_name,
+    known_set_methods, set_layout,
+)
 
 FORMAT_NAME = "infer-fast-distilled"
 FORMAT_VERSION = 1
@@ -117,15 +120,32 @@ def build_manifest(ds: DistilledSet, files: Dict[str, Any]) -> Dict[str, Any]:
         "budget": ds.budget,
         "seed": ds.seed,
         "full_train_size": ds.full_train_size,
-        "counts": {
-            "stored_images": ds.num_stored_images(),
-            "training_images": ds.num_training_images(),
-            **({"K": ds.K, "G": ds.G} if ds.is_infer else {}),
-            "soft_labels": ds.has_soft_labels,
-        },
+        "counts": _counts(ds),
         "image_order": IMAGE_ORDER,
         "files": files,
     }
+
+
+def _counts(ds: DistilledSet) -> Dict[str, Any]:
+    """The manifest's ``counts`` of ``ds`` (written, and checked on load)."""
+    return {
+        "stored_images": ds.num_stored_images(),
+        "training_images": ds.num_training_images(),
+        **({"K": ds.K, "G": ds.G} if ds.is_infer else {}),
+        "soft_labels": ds.has_soft_labels,
+    }
+
+
+def _check_counts(manifest: Dict[str, Any], ds: DistilledSet, path: Path) -> None:
+    """The manifest's ``counts`` (where recorded) are those of the tensors it lists."""
+    recorded = manifest.get("counts")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise DistilledSetError(f"{path}: 'counts' must be an object, got {recorded!r}")
+    for key, value in _counts(ds).items():
+        if key in recorded and (recorded[key] != value or type(recorded[key]) is not type(value)):
+            raise DistilledSetError(f"{path}: counts.{key} records {recorded[key]!r}, the tensor files hold {value!r}")
 
 
 def _is_distilled_dir(path: Path) -> bool:
@@ -139,14 +159,34 @@ def _cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _keep_foreign(old: Path, directory: Path) -> None:
+    """Move what the user put in a set's directory (notes, an export: any entry that is not
+    one of a set's own files) from the replaced set ``old`` into the new one: an overwrite
+    replaces the set, not the directory. On failure ``old`` is kept (nothing is lost)."""
+    own = {MANIFEST, *_INFER_FILES, *_BASELINE_FILES}
+    moved = False
+    for entry in sorted(old.iterdir()):
+        if entry.name in own:
+            continue
+        try:
+            os.rename(entry, directory / entry.name)
+        except OSError as exc:
+            raise DistilledSetError(f"{directory}: the set was replaced, but {entry.name} could not be moved back "
+                                    f"into it ({exc.strerror}): it is kept in {old}") from None
+        moved = True
+    if moved:
+        _fsync_path(directory)
+
+
 def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = False, progress: bool = False) -> Path:
     """Write ``ds`` to ``directory`` atomically; returns the directory.
 
     Everything is written into a temporary directory next to the target (tensor files
     first, manifest.json last, each fsynced), then renamed into place. An existing
     directory is refused unless ``overwrite=True``; then it must be an infer-fast distilled
-    set (or empty), and it is replaced by renaming it aside, renaming the new set in and
-    deleting the old one. Before writing, the parent must be writable with room for the
+    set (or empty), and it is replaced by renaming it aside, renaming the new set in, moving
+    back what the old directory held beside the set's own files (notes, an export) and
+    deleting the old set. Before writing, the parent must be writable with room for the
     set (OutputPathError otherwise); a failed write leaves nothing behind. With ``progress``
     a line says where the set goes and its size before the write (long for a large set:
     every file is written, fsynced and hashed).
@@ -185,6 +225,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
                 os.rename(directory, old)
                 os.rename(tmp, directory)
                 _fsync_path(parent)  # the new set is in place before the old one goes
+                _keep_foreign(old, directory)
                 _cleanup(old)
             else:
                 os.rename(tmp, directory)
@@ -254,9 +295,14 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
     for key in ("mean", "std"):
         if not isinstance(norm.get(key), list) or not all(isinstance(v, (int, float)) for v in norm[key]):
             raise err(f"{path}: normalization.{key} must be a list of numbers")
-    need("hyperparameters", dict, "an object")
+    hyperparameters = need("hyperparameters", dict, "an object")
     need("teachers", list, "a list")
     need("budget", dict, "an object")
+    try:  # (the checks of a set in memory, here before any tensor file is read)
+        check_records(manifest["budget"], manifest.get("toolkit_version"), manifest.get("created"))
+        check_method_records(method, hyperparameters)
+    except DistilledSetError as exc:
+        raise err(f"{path}: {exc}") from None
     for key in ("seed", "full_train_size"):
         if manifest.get(key) is not None and (not isinstance(manifest[key], int) or isinstance(manifest[key], bool)):
             raise err(f"{path}: {key!r} must be an integer or null, got {manifest[key]!r}")
@@ -371,4 +417,5 @@ def load_distilled(
         ds.validate()
     except DistilledSetError as exc:
         raise DistilledSetError(f"{directory}: inconsistent distilled set: {exc}") from None
+    _check_counts(manifest, ds, directory / MANIFEST)
     return ds

@@ -48,6 +48,45 @@ def _as_set_error(check: Callable[..., None], *args: Any) -> None:
         raise DistilledSetError(str(exc)) from None
 
 
+# budget fields a set records as counts: (lowest value, what it counts)
+_BUDGET_INTS = {"ipc": (1, "images per class"), "K": (0, "natural sets"), "M": (0, "teachers")}
+
+
+def check_records(budget: Any, toolkit_version: Any = None, created: Any = None) -> None:
+    """The recorded budget and stamps a hand edit can break (one check for a set in memory
+    and for a manifest): budget a dict whose ipc/K/M, where recorded, are integers (not
+    bool or float); the writer's version and date strings. DistilledSetError naming the field."""
+    err = DistilledSetError
+    if not isinstance(budget, dict):
+        raise err(f"budget must be an object, got {budget!r}")
+    for key, (lowest, what) in _BUDGET_INTS.items():
+        value = budget.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < lowest):
+            raise err(f"budget.{key} ({what}) must be an integer >= {lowest}, got {value!r}")
+    for key, value in (("toolkit_version", toolkit_version), ("created", created)):
+        if value is not None and not isinstance(value, str):
+            raise err(f"{key} must be a string, got {value!r}")
+
+
+def check_method_records(method: str, hyperparameters: Dict[str, Any]) -> None:
+    """The hyperparameters the set's method reads back (its students' settings: RDED's
+    factor) are recorded and usable, so train/evaluate refuse the set before any work."""
+    from ..methods.registry import get_method
+
+    try:
+        settings = get_method(method).student_settings
+    except ValueError:  # (an imported set: no method of ours reads its records)
+        return
+    if settings is None:
+        return
+    try:
+        settings(hyperparameters)
+    except KeyError as exc:
+        raise DistilledSetError(f"method {method!r} needs hyperparameters.{exc.args[0]}, not recorded") from None
+    except (TypeError, ValueError) as exc:
+        raise DistilledSetError(f"method {method!r} cannot use the recorded hyperparameters: {exc}") from None
+
+
 class OutputExistsError(DistilledSetError, FileExistsError):
     """The output path exists (catchable as ValueError and as FileExistsError)."""
 
@@ -55,6 +94,18 @@ class OutputExistsError(DistilledSetError, FileExistsError):
 def dtype_name(dtype: torch.dtype) -> str:
     """A torch dtype as the manifest writes it: "uint8", "float16"..."""
     return str(dtype).replace("torch.", "")
+
+
+def _as_fp16_labels(name: str, t: Tensor) -> Tensor:
+    """Soft labels ``t`` (any float dtype) as stored, fp16; an error naming the dtype where
+    they are not float or do not fit fp16 (a finite value beyond +-65504 would become inf)."""
+    if not t.dtype.is_floating_point:
+        raise DistilledSetError(f"{name} must be float soft labels (logits), got dtype {dtype_name(t.dtype)}")
+    half = t.to(torch.float16)
+    if t.numel() and torch.isfinite(t).all() and not torch.isfinite(half).all():
+        raise DistilledSetError(f"{name}: {dtype_name(t.dtype)} values up to {float(t.abs().max()):.4g} overflow "
+                                "float16, the stored dtype (|logit| <= 65504)")
+    return half
 
 
 @dataclass(eq=False)
@@ -113,9 +164,7 @@ class DistilledSet:
                 raise DistilledSetError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
             t = t.detach().cpu()
             if name in ("natural_labels", "ufc_labels", "soft_labels") and t.dtype != torch.float16:
-                if not t.dtype.is_floating_point:
-                    raise DistilledSetError(f"{name} must be float soft labels (logits), got {t.dtype}")
-                t = t.to(torch.float16)
+                t = _as_fp16_labels(name, t)
             elif name in ("ufc_index", "ufc_teacher", "labels") and t.dtype != torch.int64:
                 if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
                     raise DistilledSetError(f"{name} must be an integer tensor, got {t.dtype}")
@@ -220,7 +269,7 @@ class DistilledSet:
         if not isinstance(soft, Tensor) or tuple(soft.shape) != (n, c):
             got = tuple(soft.shape) if isinstance(soft, Tensor) else type(soft).__name__
             raise DistilledSetError(f"soft labels must be ({n}, {c}) (one C-vector per training image), got {got}")
-        soft = soft.detach().cpu().to(torch.float16)
+        soft = _as_fp16_labels("soft labels", soft.detach().cpu())
         if not torch.isfinite(soft).all():
             raise DistilledSetError("soft labels contain inf/nan after conversion to fp16 (logits beyond +-65504?)")
         if self.is_infer:
@@ -277,14 +326,15 @@ class DistilledSet:
     def _check_records(self) -> None:
         """What the set records beside its tensors: budget, train size, seed, hyperparameters, teachers."""
         err = DistilledSetError
+        check_records(self.budget, self.toolkit_version, self.created)
         if self.budget.get("accounting") is not None:
             if self.budget["accounting"] not in ACCOUNTINGS:
                 raise err(f"budget accounting must be one of {ACCOUNTINGS}, got {self.budget['accounting']!r}")
         _as_set_error(check_int, "full_train_size", self.full_train_size, 1, "not recorded")
         _as_set_error(check_int, "seed", self.seed, None, "not recorded")
-        for name, value in (("hyperparameters", self.hyperparameters), ("budget", self.budget)):
-            if not isinstance(value, dict):
-                raise err(f"{name} must be a dict, got {type(value).__name__}")
+        if not isinstance(self.hyperparameters, dict):
+            raise err(f"hyperparameters must be a dict, got {type(self.hyperparameters).__name__}")
+        check_method_records(self.method, self.hyperparameters)
         if not isinstance(self.teachers, list) or not all(isinstance(t, dict) for t in self.teachers):
             raise err("teachers must be a list of dicts (name/path/model/accuracy, free-form)")
         try:
@@ -335,7 +385,7 @@ class DistilledSet:
             self._need("natural_labels", (k, c, c), (torch.float16,))
         if self.ufc_labels is not None:
             self._need("ufc_labels", (g, c, c), (torch.float16,))
-        if "K" in self.budget and self.budget["K"] is not None and int(self.budget["K"]) != k:
+        if self.budget.get("K") is not None and self.budget["K"] != k:
             raise err(f"budget records K = {self.budget['K']} but natural holds {k} sets")
 
     def _check_images(self, img: Tuple[int, int, int]) -> None:
@@ -347,6 +397,8 @@ class DistilledSet:
         if self.images is None or self.images.dim() != 4:
             raise err(f"images must be (N, ch, H, W), got {None if self.images is None else tuple(self.images.shape)}")
         n = int(self.images.shape[0])
+        if n < 1:  # (nothing to train a student on or to relabel)
+            raise err("images.safetensors holds no images (N = 0): a set needs at least one training image")
         self._need("images", (n,) + img, (torch.uint8, torch.float16, torch.float32))
         self._need("labels", (n,), (torch.int64,))
         if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):

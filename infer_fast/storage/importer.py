@@ -59,7 +59,9 @@ def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
 def _classes_named(folder_name: str, num_classes: int, class_names: Optional[Sequence[str]]) -> List[int]:
     """The classes a folder name can denote: its index (``7``, ``007``), its name as the dataset
     spells it (e.g. a wnid) or as our export writes it (``T-shirt/top`` -> ``T-shirt_top``)."""
-    found = {int(folder_name)} if folder_name.isdigit() and int(folder_name) < num_classes else set()
+    # ASCII digits only: str.isdigit also takes "²" (int() refuses it) and "٣" / "３" (int() reads 3)
+    index = folder_name.isascii() and folder_name.isdigit()
+    found = {int(folder_name)} if index and int(folder_name) < num_classes else set()
     found.update(i for i, name in enumerate(class_names or ()) if folder_name in (name, _safe_name(name)))
     return sorted(found)
 
@@ -103,35 +105,25 @@ def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[
     return sorted(mapped)
 
 
-# Pillow's modes of grayscale images wider than 8 bits (16-bit PNGs open as I;16 or I)
-WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I")
-
-
-def _gray16_to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
-    """16-bit gray levels 0..65535 -> 0..255, round(v / 257) (65535 / 255 = 257 exactly)."""
-    array = array.astype(np.int64)
-    if array.min() < 0 or array.max() > 65535:
-        raise DistilledSetError(f"{path}: gray levels beyond 16 bits ({array.min()}..{array.max()})")
-    return ((array * 2 + 257) // 514).astype(np.uint8)
-
-
 def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
     from PIL import Image, UnidentifiedImageError
+
+    from ..data.folders import WIDE_GRAY_MODES, as_8bit
 
     try:
         with Image.open(path) as im:
             if im.size != (size[1], size[0]):
                 raise DistilledSetError(f"{path}: {im.size[0]}x{im.size[1]} pixels, the dataset's images are "
                                         f"{size[1]}x{size[0]} (import does not resize)")
-            mode = "L" if channels == 1 else "RGB"
             if channels == 1 and im.mode not in ("L", "1", "P") + WIDE_GRAY_MODES:
                 raise DistilledSetError(f"{path}: a {im.mode} image, the dataset's images have 1 channel")
-            if im.mode in WIDE_GRAY_MODES:  # 16-bit gray: scaled to 8 bits (Pillow's convert would clip at 255)
-                array = _gray16_to_uint8(np.array(im), path)
-            else:
-                array = np.array(im.convert(mode), dtype=np.uint8)
+            array = np.array(as_8bit(im, channels), dtype=np.uint8)  # (the decode every reader shares)
+    except DistilledSetError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DistilledSetError(f"{path}: cannot read the image ({exc})") from None
+    except ValueError as exc:  # (as_8bit: levels it cannot scale)
+        raise DistilledSetError(f"{path}: {exc}") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
 
@@ -157,23 +149,76 @@ def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
             raise DistilledSetError(f"{path}: expected one tensor of soft labels, found {len(tensors)}")
         found = tensors[0]
     if not isinstance(found, Tensor) or not found.dtype.is_floating_point or tuple(found.shape) != (count, num_classes):
+        got = (f"{str(found.dtype).replace('torch.', '')} {tuple(found.shape)}" if isinstance(found, Tensor)
+               else type(found).__name__)
         raise DistilledSetError(f"{path}: soft labels must be a float tensor ({count}, {num_classes}) "
-                                f"(one row per image, in import order), got {getattr(found, 'shape', type(found))}")
+                                f"(one row per image, in import order), got {got}")
     if not torch.isfinite(found).all():
         raise DistilledSetError(f"{path}: soft labels hold non-finite values")
+    biggest = float(found.abs().max()) if found.numel() else 0.0
+    if biggest > torch.finfo(torch.float16).max:  # (stored as fp16, as every set's soft labels)
+        raise DistilledSetError(f"{path}: soft labels up to {biggest:g} overflow float16, the stored dtype "
+                                f"(|logit| <= {torch.finfo(torch.float16).max:g})")
     return found
 
 
-def _soft_label_rows(listing: Optional[dict], files: List[str]) -> Tensor:
-    """For each imported file (in import order), its row of the soft-labels tensor: the row
-    order our own export recorded (``export.json``: row i = files[i], the training order),
+# the order of an imported set's images, and of the soft-labels rows given with them; a
+# .safetensors file may record its rows' order under ROW_ORDER_KEY (its metadata)
+IMPORT_ORDER = "by class, then by file name"
+ROW_ORDER_KEY = "row_order"
+
+
+def _export_numbers(files: List[str]) -> Optional[List[int]]:
+    """Each file's number where the files are numbered as our ``export`` numbers them
+    (``<class>/<i>.png``, ``i`` the training index 0..N-1 zero-padded to one width), else None."""
+    width = len(str(len(files) - 1))
+    stems = [Path(f).stem for f in files]
+    if not all(Path(f).suffix == ".png" for f in files) or not all(
+            len(stem) == width and stem.isascii() and stem.isdigit() for stem in stems):
+        return None
+    numbers = [int(stem) for stem in stems]
+    return numbers if sorted(numbers) == list(range(len(files))) else None
+
+
+def _recorded_row_order(path: Path) -> Optional[str]:
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get(ROW_ORDER_KEY)
+
+
+def _check_import_order(root: Path, files: List[str], path: Path) -> None:
+    """Refuses soft labels whose rows may be an export's training order (row i = image i,
+    export.json gone) where that is not import order: a silent mismatch otherwise."""
+    numbers = _export_numbers(files)
+    if numbers is None or numbers == sorted(numbers) or _recorded_row_order(path) == IMPORT_ORDER:
+        return
+    raise DistilledSetError(
+        f"{path}: row order unknown: the images of {root} are numbered 0..{len(files) - 1} as `infer-fast export` "
+        f"numbers them (its rows: row i = image i), not in import order (class, then file name); put the export's "
+        f"export.json back beside the class folders, or rename the files so that import order is the rows' order")
+
+
+def _soft_label_rows(root: Path, listing: Optional[dict], files: List[str], path: Path) -> Tensor:
+    """For each imported file (in import order), its row of the soft-labels tensor ``path``: the
+    row order our own export recorded (``export.json``: row i = files[i], the training order),
     else the import order itself (class, then file name: the documented convention)."""
     if listing is not None:
         exported = listing.get("files")
         if isinstance(exported, list) and sorted(exported) == sorted(files):
             row_of = {name: i for i, name in enumerate(exported)}
             return torch.tensor([row_of[name] for name in files], dtype=torch.int64)
+    _check_import_order(root, files, path)
     return torch.arange(len(files))
+
+
+def _exported_empty(listing: Optional[dict], folder: Path) -> bool:
+    """Whether our export wrote ``folder`` empty: its listing names no file in it (a class the
+    set has no images of; the folder stands for the class)."""
+    files = listing.get("files") if listing is not None else None
+    return isinstance(files, list) and not any(str(f).startswith(f"{folder.name}/") for f in files)
 
 
 def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[PathLike] = None,
@@ -203,20 +248,22 @@ def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[Pat
             if p.is_symlink() and not p.exists():  # (is_file is False for these: they were skipped silently)
                 raise DistilledSetError(f"{p}: a symbolic link that leads nowhere (broken, or a loop)")
         files = sorted(p for p in named if p.is_file())
-        if not files:
+        if not files and not _exported_empty(listing, folder):
             raise DistilledSetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         for path in files:
             images.append(_read_image(path, spec.channels, size))
             labels.append(label)
             checksums[str(path.relative_to(root))] = file_sha256(path)
         counts.append(len(files))
+    if not images:
+        raise DistilledSetError(f"{root}: no images in any class folder")
     soft = None
     if soft_labels is not None:
         soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
-        soft = soft[_soft_label_rows(listing, list(checksums))]
+        soft = soft[_soft_label_rows(root, listing, list(checksums), Path(soft_labels))]
     hyper = {
         "source": os.path.abspath(root), "source_method": name or "unknown", "per_class": counts,
-        "image_order": "by class, then by file name", "source_sha256": checksums,
+        "image_order": IMPORT_ORDER, "source_sha256": checksums,
     }
     if soft_labels is not None:
         hyper["soft_labels_source"] = {"path": os.path.abspath(soft_labels), "sha256": file_sha256(soft_labels)}
