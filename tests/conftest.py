@@ -182,3 +182,19 @@ def step_loss_reads(monkeypatch):
     for name in ("item", "tolist", "__float__", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     return seen
+
+
+def small_infer_set():
+    """A relabelled INFER set of fashion-mnist-mini in memory (K = 2 natural sets, 3 UFCs): its
+    training order (natural images, then composed ones) is not class-major."""
+    from infer_fast.storage import DistilledSet
+
+    gen = torch.Generator().manual_seed(0)
+    k, c, g = 2, 10, 3
+    ds = DistilledSet(method="infer", dataset="fashion-mnist-mini", num_classes=c, channels=1, image_size=28,
+                      mean=(0.286,), std=(0.353,),
+                      natural=torch.randint(0, 256, (k, c, 1, 28, 28), generator=gen, dtype=torch.uint8),
+                      ufc=0.2 * torch.randn(g, 1, 28, 28, generator=gen), ufc_index=torch.tensor([0, 1, 1]),
+                      ufc_teacher=torch.zeros(g, dtype=torch.int64), budget={"ipc": 5, "K": k, "M": 1, "accounting": "fair"})
+    ds.set_soft_labels(torch.randn(ds.num_training_images(), c, generator=gen))
+    return ds

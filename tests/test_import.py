@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import small_infer_set
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset
@@ -122,16 +123,7 @@ def test_cli_import_then_inspect_and_train(exported, tmp_path, capsys):
 def test_soft_labels_follow_our_exports_training_order(tmp_path):
     """An INFER set's training order (natural images, then composed ones) is not class-major:
     importing its export keeps every image with its own soft labels (export.json's order)."""
-    from infer_fast.storage import DistilledSet
-
-    gen = torch.Generator().manual_seed(0)
-    k, c, g = 2, 10, 3
-    ds = DistilledSet(method="infer", dataset="fashion-mnist-mini", num_classes=c, channels=1, image_size=28,
-                      mean=(0.286,), std=(0.353,),
-                      natural=torch.randint(0, 256, (k, c, 1, 28, 28), generator=gen, dtype=torch.uint8),
-                      ufc=0.2 * torch.randn(g, 1, 28, 28, generator=gen), ufc_index=torch.tensor([0, 1, 1]),
-                      ufc_teacher=torch.zeros(g, dtype=torch.int64), budget={"ipc": 5, "K": k, "M": 1, "accounting": "fair"})
-    ds.set_soft_labels(torch.randn(ds.num_training_images(), c, generator=gen))
+    ds = small_infer_set()
     export_imagefolder(ds, tmp_path / "folders")
     imported = import_imagefolder(tmp_path / "folders", "fashion-mnist-mini",
                                   soft_labels=tmp_path / "folders" / "soft_labels.safetensors")

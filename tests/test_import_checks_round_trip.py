@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import small_infer_set
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset
 from infer_fast.data.folders import decode_image
 from infer_fast.methods.random import random_set
-from infer_fast.storage import DistilledSet, DistilledSetError, export_imagefolder, import_imagefolder
+from infer_fast.storage import DistilledSetError, export_imagefolder, import_imagefolder
 
 LEVELS = np.arange(32 * 32, dtype=np.int64).reshape(32, 32) * 65535 // (32 * 32 - 1)  # 0..65535
 AS_8BIT = torch.from_numpy(np.floor(LEVELS / 257 + 0.5).astype(np.uint8))  # round(v / 257)
@@ -66,23 +67,10 @@ def test_only_ascii_digits_are_class_indices(tmp_path, name):
     assert "\n" not in str(refused.value)
 
 
-def _infer_set():
-    """An INFER set: its training order (natural images, then composed ones) is not class-major."""
-    gen = torch.Generator().manual_seed(0)
-    k, c, g = 2, 10, 3
-    ds = DistilledSet(method="infer", dataset="fashion-mnist-mini", num_classes=c, channels=1, image_size=28,
-                      mean=(0.286,), std=(0.353,),
-                      natural=torch.randint(0, 256, (k, c, 1, 28, 28), generator=gen, dtype=torch.uint8),
-                      ufc=0.2 * torch.randn(g, 1, 28, 28, generator=gen), ufc_index=torch.tensor([0, 1, 1]),
-                      ufc_teacher=torch.zeros(g, dtype=torch.int64), budget={"ipc": 5, "K": k, "M": 1, "accounting": "fair"})
-    ds.set_soft_labels(torch.randn(ds.num_training_images(), c, generator=gen))
-    return ds
-
-
 def test_an_exports_soft_labels_without_its_listing_are_not_paired_by_guess(tmp_path, capsys):
     """Without export.json, an export's soft labels (row i = training image i) were paired in
     import order (class, then file name): every image of an INFER set took another's row."""
-    ds = _infer_set()
+    ds = small_infer_set()
     export_imagefolder(ds, tmp_path / "e")
     (tmp_path / "e" / "export.json").unlink()
     soft = tmp_path / "e" / "soft_labels.safetensors"
