@@ -46,6 +46,20 @@ def stale_leftovers(output: PathLike) -> List[str]:
     return sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)})
 
 
+def _remove_leftover(path: str, output: Path) -> None:
+    """Remove a killed writer's ``path``; a replaced set (``.<name>.old-*``) first gives back to
+    ``output`` what the user kept beside the set's files (a kill came between the swap and
+    that move: storage.disk.keep_foreign), or is kept when it cannot."""
+    if os.path.basename(path).startswith(f".{output.name}.old-") and output.is_dir() and os.path.isdir(path):
+        from .storage.disk import keep_foreign
+
+        try:
+            keep_foreign(Path(path), output)
+        except ValueError:  # (its message names where they stay: kept, not removed)
+            return
+    _remove(path)
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -83,7 +97,7 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False) ->
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
         for leftover in stale_leftovers(output):
-            _remove(leftover)
+            _remove_leftover(leftover, Path(output))
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -147,3 +147,25 @@ def test_one_process_commands_refuse_torchrun(capsys, monkeypatch, args):
     monkeypatch.setenv("WORLD_SIZE", "2")  # (as torchrun sets it: refused before any process group)
     status, _, err = _cli(capsys, *args)
     assert status == 2 and f"infer-fast {args[0]} runs in one process, not under torchrun" in err
+
+
+def test_a_replaced_set_left_by_a_kill_gives_back_the_users_files(tmp_path):
+    """Killed between renaming a relabelled set in and moving the user's files back, the old set
+    (``.<name>.old-*``) still holds them: the next writer's lock moves them into the set before
+    it removes that leftover, never over a file of the same name."""
+    out = tmp_path / "s"
+    (out / "notes").mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")
+    old = tmp_path / ".s.old-0123456789ab"
+    (old / "exported").mkdir(parents=True)
+    (old / "NOTES.txt").write_text("mine")
+    (old / "notes").mkdir()
+    (old / "manifest.json").write_text("{}")
+    with output_lock(out, "distilled set"):
+        pass
+    assert (out / "NOTES.txt").read_text() == "mine" and (out / "exported").is_dir()
+    assert old.is_dir() and sorted(os.listdir(old)) == ["manifest.json", "notes"]  # (a clash: kept, not lost)
+    (old / "notes").rmdir()
+    with output_lock(out, "distilled set"):
+        pass
+    assert not old.exists()

@@ -10,6 +10,7 @@ layout of the files is described in :mod:`infer_fast.storage`.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -159,16 +160,20 @@ def _cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _keep_foreign(old: Path, directory: Path) -> None:
+def keep_foreign(old: Path, directory: Path) -> None:
     """Move what the user put in a set's directory (notes, an export: any entry that is not
     one of a set's own files) from the replaced set ``old`` into the new one: an overwrite
-    replaces the set, not the directory. On failure ``old`` is kept (nothing is lost)."""
+    replaces the set, not the directory. On failure ``old`` is kept (nothing is lost). (A writer
+    killed before this leaves them in ``old``, a ``.<name>.old-*`` leftover: the next writer's
+    lock moves them back the same way before it removes the leftover, output_lock.)"""
     own = {MANIFEST, *_INFER_FILES, *_BASELINE_FILES}
     moved = False
     for entry in sorted(old.iterdir()):
         if entry.name in own:
             continue
         try:
+            if os.path.lexists(directory / entry.name):  # (never over something of the same name)
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
             os.rename(entry, directory / entry.name)
         except OSError as exc:
             raise DistilledSetError(f"{directory}: the set was replaced, but {entry.name} could not be moved back "
@@ -225,7 +230,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
                 os.rename(directory, old)
                 os.rename(tmp, directory)
                 _fsync_path(parent)  # the new set is in place before the old one goes
-                _keep_foreign(old, directory)
+                keep_foreign(old, directory)
                 _cleanup(old)
             else:
                 os.rename(tmp, directory)
