@@ -35,13 +35,16 @@ def runs_of(runs: Dict[str, Any], key: SetKey, seeds: Optional[int] = None) -> L
     return [runs[str(k)] for k in keys if k.set_key == key and (seeds is None or k.seed < seeds)]
 
 
+def table_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The rows of the results table: ``results["table"]`` as the run wrote it, else summarized."""
+    return results["table"] if "table" in results else summarize(results)
+
+
 def table_runs(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """{run key: record} of the student runs the table shows: those of its rows' sets (the run
-    config's methods and ipc, the sets given to it; ``results["table"]``, else summarized) and
-    of the config's seeds. The file may hold more, of an earlier session's wider config, kept
-    for a later one."""
-    rows = results["table"] if "table" in results else summarize(results)
-    shown = {SetKey(row["method"], row["ipc"]) for row in rows}
+    config's methods and ipc, the sets given to it: :func:`table_rows`) and of the config's
+    seeds. The file may hold more, of an earlier session's wider config, kept for a later one."""
+    shown = {SetKey(row["method"], row["ipc"]) for row in table_rows(results)}
     seeds = results.get("config", {}).get("seeds")
     return {k: run for k, run in results.get("runs", {}).items()
             if RunKey.parse(k).set_key in shown and (seeds is None or RunKey.parse(k).seed < seeds)}
@@ -95,11 +98,17 @@ def _train_digest(dataset, data_root: Optional[str]) -> Optional[str]:
         return None
 
 
+def _recorded_set_keys(old: Dict[str, Any]) -> List[SetKey]:
+    """The sets the results ``old`` hold anything of: a set record, a score, a student run."""
+    keys = [SetKey.parse(k) for part in ("sets", "scores") for k in old.get(part) or {}]
+    return keys + [RunKey.parse(k).set_key for k in old.get("runs") or {}]
+
+
 def _started(out: Path, method: str, old: Dict[str, Any]) -> bool:
-    """Whether the run directory ``out`` holds anything of ``method``'s sets: recorded (a set, a
-    student of one), on disk or begun (a recovery checkpoint beside one)."""
-    keys = [SetKey.parse(k) for k in old.get("sets", {})] + [RunKey.parse(k).set_key for k in old.get("runs", {})]
-    return any(key.made_as.method == method for key in keys) or any((out / "sets").glob(f"{method}-ipc*"))
+    """Whether the run directory ``out`` holds anything of ``method``'s sets: recorded
+    (:func:`_recorded_set_keys`), on disk or begun (a recovery checkpoint beside one)."""
+    return (any(key.made_as.method == method for key in _recorded_set_keys(old))
+            or any((out / "sets").glob(f"{method}-ipc*")))
 
 
 def _changed_unmade(names: List[str], old: Dict[str, Any], cfg, out: Path) -> List[str]:
@@ -144,14 +153,6 @@ def external_identity(directory, distilled) -> Dict[str, str]:
     return {"directory": data_place(directory), "set_sha256": set_digest(distilled)}
 
 
-def _label_made(old: Dict[str, Any], label: str) -> bool:
-    """Whether the results ``old`` hold anything of the external set ``label`` (its set record,
-    a student run or a score)."""
-    keys = [SetKey.parse(k) for part in ("sets", "scores") for k in old.get(part) or {}]
-    keys += [RunKey.parse(k).set_key for k in old.get("runs") or {}]
-    return any(key.method == external_method(label) for key in keys)
-
-
 def _check_external_sets(path: Path, old: Dict[str, Any], identities: Dict[str, Dict[str, str]]) -> None:
     """ValueError unless each label of ``external`` names the set the results ``old`` recorded
     under it (its folder and content), but for a label nothing was made of yet: a changed
@@ -159,7 +160,8 @@ def _check_external_sets(path: Path, old: Dict[str, Any], identities: Dict[str, 
     recorded = old.get("external_sets") or {}
     for label, now in identities.items():
         before = recorded.get(label)
-        if before is None or before == now or not _label_made(old, label):
+        if before is None or before == now or not any(key.method == external_method(label)
+                                                      for key in _recorded_set_keys(old)):
             continue
         changed = (f"{label} names {now['directory']}, {path} records {label} as {before['directory']}"
                    if before["directory"] != now["directory"] else
@@ -278,7 +280,7 @@ def format_scores(results: Dict[str, Any]) -> str:
 def _seeds_shown(results: Dict[str, Any]) -> str:
     """The seeds of the table's rows: the run's, or "N-M" where rows have fewer (a set given
     to the run after the students of the others, or a session stopped mid-way)."""
-    counts = sorted({row["seeds"] for row in summarize(results)} or {results["config"]["seeds"]})
+    counts = sorted({row["seeds"] for row in table_rows(results)} or {results["config"]["seeds"]})
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
