@@ -99,17 +99,13 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        values = _as_fields(values)
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
         missing = [n for n in ("dataset", "teachers", "out") if values.get(n) in (None, "", [])]
         if missing:
             raise ValueError(f"{where}: {', '.join(missing)} must be given")
-        if isinstance(values.get("ipc"), int):
-            values["ipc"] = [values["ipc"]]
-        if isinstance(values.get("methods"), str):
-            values["methods"] = [m.strip() for m in values["methods"].split(",") if m.strip()]
         return cls(**values, where=where)
 
     # ---- derived configs (each validated by its own class) ------------------------------
@@ -347,17 +343,24 @@ def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
     counts (narrowing a run with --methods leaves the file's other settings valid)."""
     from .config import load_yaml
 
-    in_file = load_yaml(path)
-    values = {**in_file, **{k: v for k, v in overrides.items() if v is not None}}
-    cfg = PipelineConfig.from_dict(values, where=path)
+    in_file = _as_fields(load_yaml(path))
+    cfg = PipelineConfig.from_dict({**in_file, **{k: v for k, v in overrides.items() if v is not None}}, where=path)
     written_for = in_file.get("methods", _default("methods"))
-    if isinstance(written_for, str):  # (as from_dict reads it)
-        written_for = written_for.split(",")
     written_for = [m.strip() for m in written_for if isinstance(m, str) and m.strip() in run_method_names()] \
         if isinstance(written_for, list) else []
-    given = {str(k).replace("-", "_") for k in in_file}
-    check_ignored_settings(cfg, given, list(dict.fromkeys([*written_for, *cfg.methods])), path)
+    check_ignored_settings(cfg, set(in_file), list(dict.fromkeys([*written_for, *cfg.methods])), path)
     return cfg
+
+
+def _as_fields(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """A config's values under PipelineConfig's field names ("data-root" is data_root), an
+    ipc given as one int a list of one, methods given as "a,b" a list."""
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    if isinstance(values.get("ipc"), int):
+        values["ipc"] = [values["ipc"]]
+    if isinstance(values.get("methods"), str):
+        values["methods"] = [m.strip() for m in values["methods"].split(",") if m.strip()]
+    return values
 
 
 def _default(name: str) -> Any:
@@ -371,7 +374,7 @@ def check_ignored_settings(cfg: PipelineConfig, given: Set[str], methods: List[s
     none of ``methods`` takes, as it would be ignored: a ``method_options`` entry or a method's
     section (past the ``recovery`` settings the others share, e.g. the seed) of a method not
     listed, or a run-level setting of one (INFER's selection, accounting) other than its default."""
-    makers = {get_method(get_method(m).set_method).name: get_method(get_method(m).set_method) for m in methods}
+    makers = {get_method(m).set_method: get_method(get_method(m).set_method) for m in methods}
     listed = ", ".join(methods)
     stray = sorted(set(cfg.method_options) - set(makers))
     if stray:
