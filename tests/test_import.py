@@ -97,7 +97,7 @@ def test_soft_labels_of_the_wrong_shape_are_refused(tmp_path):
     with pytest.raises(DistilledSetError, match=r"soft.pt: soft labels must be a float tensor .*got int64 \(10, 10\)"):
         import_imagefolder(tmp_path / "set", "fashion-mnist-mini", soft_labels=tmp_path / "soft.pt")
     torch.save(torch.full((10, 10), 1e6, dtype=torch.float64), tmp_path / "soft.pt")
-    with pytest.raises(DistilledSetError, match=r"soft.pt: soft labels up to 1e\+06 overflow float16"):
+    with pytest.raises(DistilledSetError, match=r"soft.pt: soft labels: float64 values up to 1e\+06 overflow float16"):
         import_imagefolder(tmp_path / "set", "fashion-mnist-mini", soft_labels=tmp_path / "soft.pt")
     torch.save({"logits": torch.zeros(10, 10)}, tmp_path / "soft.pt")
     assert import_imagefolder(tmp_path / "set", "fashion-mnist-mini", soft_labels=tmp_path / "soft.pt").has_soft_labels

@@ -96,7 +96,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _as_fp16_labels(name: str, t: Tensor) -> Tensor:
+def fp16_soft_labels(name: str, t: Tensor) -> Tensor:
     """Soft labels ``t`` (any float dtype) as stored, fp16; an error naming the dtype where
     they are not float or do not fit fp16 (a finite value beyond +-65504 would become inf)."""
     if not t.dtype.is_floating_point:
@@ -164,7 +164,7 @@ class DistilledSet:
                 raise DistilledSetError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
             t = t.detach().cpu()
             if name in ("natural_labels", "ufc_labels", "soft_labels") and t.dtype != torch.float16:
-                t = _as_fp16_labels(name, t)
+                t = fp16_soft_labels(name, t)
             elif name in ("ufc_index", "ufc_teacher", "labels") and t.dtype != torch.int64:
                 if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
                     raise DistilledSetError(f"{name} must be an integer tensor, got {t.dtype}")
@@ -269,7 +269,7 @@ class DistilledSet:
         if not isinstance(soft, Tensor) or tuple(soft.shape) != (n, c):
             got = tuple(soft.shape) if isinstance(soft, Tensor) else type(soft).__name__
             raise DistilledSetError(f"soft labels must be ({n}, {c}) (one C-vector per training image), got {got}")
-        soft = _as_fp16_labels("soft labels", soft.detach().cpu())
+        soft = fp16_soft_labels("soft labels", soft.detach().cpu())
         if not torch.isfinite(soft).all():
             raise DistilledSetError("soft labels contain inf/nan after conversion to fp16 (logits beyond +-65504?)")
         if self.is_infer:

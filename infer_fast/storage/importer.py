@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .._io import PathLike, file_sha256
 from .disk import FORMAT_NAME
-from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError
+from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, fp16_soft_labels
 from .report import _safe_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -155,11 +155,7 @@ def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
                                 f"(one row per image, in import order), got {got}")
     if not torch.isfinite(found).all():
         raise DistilledSetError(f"{path}: soft labels hold non-finite values")
-    biggest = float(found.abs().max()) if found.numel() else 0.0
-    if biggest > torch.finfo(torch.float16).max:  # (stored as fp16, as every set's soft labels)
-        raise DistilledSetError(f"{path}: soft labels up to {biggest:g} overflow float16, the stored dtype "
-                                f"(|logit| <= {torch.finfo(torch.float16).max:g})")
-    return found
+    return fp16_soft_labels(f"{path}: soft labels", found)  # (as every set stores them; the file named)
 
 
 # the order of an imported set's images, and of the soft-labels rows given with them; a
