@@ -118,7 +118,9 @@ def teacher_options() -> Dict[str, Option]:
 def _one_process(command: str, instead: str) -> None:
     """``command`` runs in one process: under torchrun every rank would do the same work and
     write the same output."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from .distributed import launched_world_size
+
+    if launched_world_size() > 1:
         raise UserError(f"infer-fast {command} runs in one process, not under torchrun ({instead})")
 
 
@@ -358,9 +360,10 @@ def _check_decode_cache(decode_cache: Optional[str], dataset) -> None:
     """--decode-cache given for a dataset held as arrays (Fashion-MNIST, CIFAR) would be unused."""
     from .data.registry import get_dataset
 
-    if decode_cache is not None and get_dataset(dataset).layout == "arrays":
+    entry = get_dataset(dataset)
+    if decode_cache is not None and entry.layout == "arrays":
         raise UserError(f"--decode-cache applies to datasets read from image files (folders); "
-                        f"{get_dataset(dataset).name} is read from arrays: leave it out")
+                        f"{entry.name} is read from arrays: leave it out")
 
 
 DECODE_CACHE_HELP = ("decode the real test split once into DIR and read it from there (image-folder datasets such "

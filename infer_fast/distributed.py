@@ -33,11 +33,17 @@ def rank_and_world() -> Tuple[int, int]:
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=24)
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started this one among (its WORLD_SIZE; 1 without torchrun),
+    whether or not their group was joined yet."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(backend: str = "auto") -> Tuple[int, int]:
     """Join the process group described by torchrun's environment (WORLD_SIZE > 1), with NCCL
     on GPUs and gloo otherwise; a no-op for a single process. Returns (rank, world size).
     The group is destroyed at interpreter exit (a gloo group left alive can abort the process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world > 1 and dist.is_available() and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"

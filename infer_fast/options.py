@@ -281,8 +281,8 @@ def check_given_used(config: Any, given: Iterable[str], rules: Iterable[UnusedRu
     """ValueError naming each option in ``given`` (the fields a user set explicitly) that
     ``config`` does not use under its other settings (``rules``): a user would think it took
     effect."""
-    given = set(given)
-    unused = [f"{name} (--{name.replace('_', '-')}) does not apply with {setting}"
+    given, declared = set(given), options_of(type(config))
+    unused = [f"{name} ({declared[name].flag_name}) does not apply with {setting}"
               for name, unused_when, setting in rules if name in given and unused_when(config)]
     if unused:
         raise ValueError("; ".join(unused))
