@@ -161,9 +161,9 @@ def test_cda_results_do_not_depend_on_batching(teacher_paths):
     assert (together - alone).abs().max() <= 1 + 255 * rounding_bound(3, lr=0.4)
 
 
-def test_cda_killed_inside_a_batch_resumes_bit_identically(teacher_paths, tmp_path, monkeypatch):
+def test_cda_killed_inside_a_batch_resumes_bit_identically(teacher_paths, tmp_path, monkeypatch, capsys):
     """Killed as soon as the checkpoint of iteration 2 of 4 is on disk (mid-curriculum), a
-    resumed run ends with the pixels of an uninterrupted one."""
+    resumed run ends with the pixels of an uninterrupted one, and says what it resumes as CDA's."""
     from infer_fast.distill import checkpoints
 
     options = {"recipe": "tiny-imagenet", "iterations": 4, "group_size": 2, "checkpoint_every": 1,
@@ -181,6 +181,8 @@ def test_cda_killed_inside_a_batch_resumes_bit_identically(teacher_paths, tmp_pa
         _run("cda", tmp_path / "killed", teacher_paths, options)
     monkeypatch.setattr(checkpoints, "save_atomic", real)
     assert (tmp_path / "killed.recovery.pt").exists() and not (tmp_path / "killed").exists()
+    capsys.readouterr()
     resumed = _run("cda", tmp_path / "killed", teacher_paths, options, resume=True)
     assert resumed.method == "cda" and torch.equal(resumed.images, full.images)
+    assert "resuming, 0/2 CDA jobs already recovered; teacher 0 batch k=0..1 continues" in capsys.readouterr().out
     assert not (tmp_path / "killed.recovery.pt").exists()

@@ -281,7 +281,7 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
         kept = tmp_path / f"{out_dir}.kept.pt"
         shutil.copy(checkpoint, kept)  # (for a second resume of the same checkpoint, on a mismatch)
         out = _ok(*killed, "--resume", cwd=tmp_path)  # (--quiet: the resume report is printed all the same)
-        assert ("resuming, 0/4 infer jobs already recovered; "
+        assert ("resuming, 0/4 INFER jobs already recovered; "
                 f"teacher 0 batch k=0..3 continues at iteration {iteration}/150") in out
         resumed = load_distilled(tmp_path / out_dir)
 

@@ -387,7 +387,8 @@ def test_interrupted_inside_a_batch_resumes_bit_identically(method, natural, tea
     resumed, stats = _recover(method, natural, teachers, spec, _cadence_cfg(method, group_size=3, checkpoint_every=4),
                               checkpoint=ckpt, resume=True, progress=True)
     out = capsys.readouterr().out
-    assert f"resuming, 0/3 {method} jobs already recovered; teacher 0 batch k=0..1 continues at iteration 5/12" in out
+    label = {"infer": "INFER", "sre2l": "SRe2L"}[method]
+    assert f"resuming, 0/3 {label} jobs already recovered; teacher 0 batch k=0..1 continues at iteration 5/12" in out
     assert torch.equal(resumed, full)
     assert [s["k"] for s in stats] == [[0, 1], [2]]
     assert [s["resumed_from_iteration"] for s in stats] == [5, 0]

@@ -225,4 +225,4 @@ def test_out_of_memory_in_a_batch_is_one_line_and_the_checkpoint_resumes(tmp_pat
         assert part in err, part
     monkeypatch.undo()
     assert main([*args, "--resume"]) == 0
-    assert "resuming, 2/4 infer jobs already recovered" in capsys.readouterr().out
+    assert "resuming, 2/4 INFER jobs already recovered" in capsys.readouterr().out

@@ -191,14 +191,14 @@ def _run_jobs(
     store = CheckpointStore.open(checkpoint, identity, config, resume, split_jobs)
     runner = _JobRunner(kind, teachers, natural_cpu, num_classes, image_shape, mean, std, config, store, split_jobs,
                         progress, backend, keep)
-    store.announce(kind.method, len(jobs), resume)
+    store.announce(kind.label, len(jobs), resume)
     store.claim_partials(split_jobs)
     mine = _my_jobs(jobs, store, split_jobs)
     for m, teacher in enumerate(teachers):
         runner.run_teacher(m, teacher, mine)
     if split_jobs:
-        runner.gather(kind.method, jobs)
-    runner.check_failures(kind.method, jobs)
+        runner.gather(kind.label, jobs)
+    runner.check_failures(kind.label, jobs)
     return runner.done, runner.stats, runner.group_size
 
 

@@ -2,7 +2,7 @@
 build a batch's variable, compose it into the teacher's input, score it (its loss) and read
 its result, so that the engine names no method. Each method that recovers defines its kind
 in its own module: INFER's compensators (``methods/infer.py``: COMPENSATORS) and SRe2L's free
-images (``methods/sre2l.py``: FREE_IMAGES, also CDA's: SRe2L's recovery with a crop
+images (``methods/sre2l.py``: FreeImages, also CDA's: SRe2L's recovery with a crop
 curriculum, which lives in its RecoveryConfig)."""
 from __future__ import annotations
 
@@ -33,11 +33,13 @@ class BatchVariable:
 
 class RecoveryKind:
     """The hooks of a method that recovers with the engine. ``method``: the name that the
-    checkpoints (identity, in-batch states) and messages carry; ``seed_tag``: what every job's
-    generator seed is derived from (:func:`job_seed`); ``noun``: what one job recovers, in
-    progress bars. A subclass defines :meth:`variable` and :meth:`result`."""
+    checkpoints (identity, in-batch states) carry; ``label``: the method's name in messages;
+    ``seed_tag``: what every job's generator seed is derived from (:func:`job_seed`); ``noun``:
+    what one job recovers, in progress bars. A subclass defines :meth:`variable` and
+    :meth:`result`."""
 
     method: str
+    label: str
     seed_tag: str
     noun: str
 

@@ -116,7 +116,7 @@ class Compensators(RecoveryKind):
     """INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the
     natural sets ``source`` (group g with set ks[g]); the result is the UFC."""
 
-    method, seed_tag, noun = "infer", "infer-ufc", "UFC"
+    method, label, seed_tag, noun = "infer", "INFER", "infer-ufc", "UFC"
 
     def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
         index = torch.tensor(list(ks), dtype=torch.int64, device=device)

@@ -21,16 +21,21 @@ from ..distill.variables import BatchVariable, RecoveryKind
 from ..options import given_config
 from ..output_lock import holds_output
 from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, recovery_options
-from .registry import DistillRequest, Method, register
+from .registry import DistillRequest, Method, get_method, register
 
 
 class FreeImages(RecoveryKind):
     """SRe2L: the variables are G groups of C images (one per class) from Gaussian noise N(0, 1),
     each group drawn from its job's generator, with its own BN statistics; composed as natural
     = the images, u = 0, so both kinds share the fused compose + roll. The result is the
-    composed images, clamped: (G, C, ch, H, W)."""
+    composed images, clamped: (G, C, ch, H, W). ``label``: the method in messages (a method
+    that is this recovery with another config, such as CDA, says its own name)."""
 
-    method, seed_tag, noun = "sre2l", "sre2l", "SRe2L group"
+    method, label, seed_tag, noun = "sre2l", "SRe2L", "sre2l", "SRe2L group"
+
+    def __init__(self, label: Optional[str] = None):
+        if label is not None:
+            self.label, self.noun = label, f"{label} group"
 
     def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
         G = len(ks)
@@ -42,9 +47,6 @@ class FreeImages(RecoveryKind):
 
     def result(self, variable: Tensor, composed: Tensor) -> Tensor:
         return composed
-
-
-FREE_IMAGES = FreeImages()
 
 
 def recover_sre2l(
@@ -59,6 +61,7 @@ def recover_sre2l(
     resume: bool = False,
     progress: bool = True,
     backend: str = "auto",
+    label: str = "SRe2L",
 ) -> Dict[str, Any]:
     """The SRe2L baseline: ``ipc`` images per class recovered from Gaussian noise with the same
     CE + BN-statistics loss, optimizer and augmentation as INFER (INFER_METHOD.md §6).
@@ -70,7 +73,8 @@ def recover_sre2l(
     quantized, round(clamp(x * std + mean, 0, 1) * 255), group-major (row j*C + c has class c),
     ``labels`` int64, ``teacher`` int64 per image, ``stats``, ``group_size``. Each group is
     quantized as it finishes: memory and checkpoints hold a quarter of float32 images (7.5 GB
-    instead of 30 for ImageNet-1k at ipc 50). Checkpoint/resume as :func:`recover_ufcs`."""
+    instead of 30 for ImageNet-1k at ipc 50). Checkpoint/resume as :func:`recover_ufcs`.
+    ``label``: the method's name in messages and progress bars."""
     config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l)
     for name, value in (("ipc", ipc), ("num_classes", num_classes)):
         check_int(name, value)
@@ -83,7 +87,7 @@ def recover_sre2l(
 
     run = {"ipc": int(ipc), "M": int(M), "shape": [int(num_classes), *image_shape]}
     jobs = [(j % M, j) for j in range(ipc)]
-    done, stats, group_size = recover(FREE_IMAGES, run, jobs, teachers, None, num_classes, image_shape, mean, std,
+    done, stats, group_size = recover(FreeImages(label), run, jobs, teachers, None, num_classes, image_shape, mean, std,
                                        config, checkpoint, resume, progress, backend,
                                        keep=lambda images: quantize_images(images, mean, std))
     pixels = torch.empty((ipc * num_classes, *image_shape), dtype=torch.uint8)
@@ -151,7 +155,7 @@ def distill_sre2l(
                  _sre2l_partial_bytes(config, ipc, spec.num_classes, image_elements * 4, teachers))
     result = recover_sre2l(
         ipc, spec.num_classes, train.image_shape, teachers, spec.mean, spec.std, config,
-        checkpoint=checkpoint, resume=resume, progress=progress, backend=backend,
+        checkpoint=checkpoint, resume=resume, progress=progress, backend=backend, label=get_method(method_name).label,
     )
     pixels = result.pop("pixels")
     hyper = recovery_hyperparameters(
