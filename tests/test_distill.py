@@ -304,6 +304,21 @@ def test_resume_from_shares_of_another_world_size(teacher_paths, tmp_path, monke
     assert not [p for p in os.listdir(tmp_path) if "recovery" in p]
 
 
+def test_resumed_set_records_the_batches_of_both_runs(teacher_paths, tmp_path, monkeypatch):
+    """A run resumed with another group size records every batch its UFCs came from (the
+    grouping changes float rounding), not only the last run's group size."""
+    out = tmp_path / "run"
+    restore = _interrupt_batch(monkeypatch, on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=_cfg(group_size=1, iterations=2),
+                      progress=False)
+    restore()
+    resumed = load_distilled(distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, resume=True, progress=False,
+                                           config=_cfg(group_size=2, iterations=2)))
+    assert resumed.hyperparameters["batches"] == [[0, [0]], [0, [1]], [1, [0, 1]]]
+    assert resumed.hyperparameters["group_size_used"] == 2 and resumed.hyperparameters["group_size"] == 2
+
+
 # ---- checkpoints inside a batch -------------------------------------------------------------
 
 def _interrupt_at_iteration(monkeypatch, t_stop):

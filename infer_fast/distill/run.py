@@ -26,11 +26,17 @@ def real_data_fields(train) -> Dict[str, Any]:
     )
 
 
-def recovery_hyperparameters(config, group_size_used: int, **extra: Any) -> Dict[str, Any]:
+def recovery_hyperparameters(config, batch_stats: Sequence[Dict[str, Any]], **extra: Any) -> Dict[str, Any]:
     """A recovered set's ``hyperparameters`` record: ``config`` (a RecoveryConfig) as given,
-    the group size the run used, its augmentation in words, and the method's own ``extra``."""
+    its augmentation in words, the method's own ``extra``, and the batches the run made
+    (``batch_stats``, a recovery's "stats", those inherited by a resume included): each
+    ``[teacher, [k...]]`` and the largest as ``group_size_used``. The grouping is part of what
+    reproduces a set (it changes float rounding), and a run resumed with another
+    ``group_size`` mixes two."""
+    batches = sorted([int(b["teacher"]), [int(k) for k in b["k"]]] for b in batch_stats)
     hyper = config.to_dict()
-    hyper.update(group_size_used=group_size_used, augmentation_rule=config.describe_augmentation(), **extra)
+    hyper.update(group_size_used=max((len(ks) for _, ks in batches), default=None), batches=batches,
+                 augmentation_rule=config.describe_augmentation(), **extra)
     return hyper
 
 

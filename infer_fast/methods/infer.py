@@ -229,7 +229,7 @@ def distill_infer(
         natural, teachers, spec.mean, spec.std, config, checkpoint=checkpoint, resume=resume,
         progress=progress, backend=backend,
     )
-    hyper = recovery_hyperparameters(config, result["group_size"], natural_selection=selection)
+    hyper = recovery_hyperparameters(config, result["stats"], natural_selection=selection)
     ds = DistilledSet(
         method="infer", **real_data_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
         ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,

@@ -159,7 +159,7 @@ def distill_sre2l(
     )
     pixels = result.pop("pixels")
     hyper = recovery_hyperparameters(
-        config, result["group_size"],
+        config, result["stats"],
         init="Gaussian noise N(0, 1) in normalized space",
         teacher_rule="image group j (one image per class) is recovered with teacher j mod M",
         image_storage="uint8 pixels: the recovered images (clamped to the valid range) quantized, "
