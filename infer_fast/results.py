@@ -62,11 +62,28 @@ RUN_SETTINGS = ("dataset", "teachers", "method_options", "accounting", "selectio
 
 
 def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The RUN_SETTINGS and method sections of a run config dict (those it has)."""
+    """The RUN_SETTINGS and method sections of a run config dict (those it has), without the
+    settings that do not change a result (a method's ``result_neutral``: batching, checkpoint
+    cadence; a student's device): a run continues under other values of them."""
     from .methods import all_methods
+    from .student import STUDENT_RESULT_NEUTRAL
 
-    sections = tuple(m.config_section for m in all_methods() if m.config_section)
-    return {k: config[k] for k in RUN_SETTINGS + sections if k in config}
+    def without(options: Any, neutral) -> Any:
+        return {k: v for k, v in options.items() if k not in neutral} if isinstance(options, dict) else options
+
+    methods = {m.name: m for m in all_methods()}
+    sections = {m.config_section: m for m in methods.values() if m.config_section}
+    settings = {k: config[k] for k in RUN_SETTINGS + tuple(sections) if k in config}
+    for section, method in sections.items():
+        if section in settings:
+            settings[section] = without(settings[section], method.result_neutral)
+    if isinstance(settings.get("method_options"), dict):
+        kept = {name: without(options, methods[name].result_neutral if name in methods else ())
+                for name, options in settings["method_options"].items()}
+        settings["method_options"] = {name: options for name, options in kept.items() if options != {}}  # ({}: none)
+    if "student" in settings:
+        settings["student"] = without(settings["student"], STUDENT_RESULT_NEUTRAL)
+    return settings
 
 
 def _defaults(cfg) -> Dict[str, Any]:

@@ -277,6 +277,14 @@ def test_run_config_reads_the_methods_facts():
     assert cfg.method_options_of("sre2l") == {"seed": 4, "iterations": 5}
     assert cfg.method_options_of("cda") == {"seed": 4, "recipe": "imagenet-21k"}
     assert cfg.method_options_of("rded") == {}  # (it shares no recovery setting it does not declare)
+    # the checkpoint cadence is the run's: every method that checkpoints takes it, its own section wins
+    cadence = PipelineConfig.from_dict({**base, "methods": ["sre2l", "cda", "rded", "random"],
+                                        "recovery": {"checkpoint_minutes": 3.0, "checkpoint_every": 50},
+                                        "sre2l": {"checkpoint_every": 7}})
+    assert cadence.method_options_of("sre2l") == {"checkpoint_minutes": 3.0, "checkpoint_every": 7}
+    assert cadence.method_options_of("cda") == {"checkpoint_minutes": 3.0, "checkpoint_every": 50}
+    assert cadence.method_options_of("rded") == {"checkpoint_minutes": 3.0}
+    assert cadence.options_for("sre2l")["config"].checkpoint_minutes == 3.0
     with pytest.raises(ValueError, match="method_options: infer_dyn .*infer_dyn trains on infer's set"):
         PipelineConfig.from_dict({**base, "method_options": {"infer_dyn": {}}})
 

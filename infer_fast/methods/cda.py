@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping
 
 from ..options import Option
-from .recovery_options import RECOVERY_OPTIONS, recovery_options
+from .recovery_options import RECOVERY_OPTIONS, RECOVERY_RESULT_NEUTRAL, recovery_options
 from .registry import DistillRequest, Method, register
 from .sre2l import OWN_RECIPES as SRE2L_RECIPES, distill_sre2l
 
@@ -87,5 +87,6 @@ CDA = register(Method(
     name="cda", label="CDA",
     summary="SRe2L's recovery with a curriculum on the crop scale (whole images first, small crops last)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + (RECIPE,), resumable=True, all_ranks=True,
+    result_neutral=RECOVERY_RESULT_NEUTRAL,
     family_defaults={family: {"recipe": recipe} for family, recipe in FAMILY_RECIPES.items()},
 ))

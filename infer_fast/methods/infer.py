@@ -25,7 +25,7 @@ from ..models import device_of
 from ..options import Option, given_config
 from ..output_lock import holds_output
 from ..progress import progress_bar
-from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, recovery_options
+from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, RECOVERY_RESULT_NEUTRAL, recovery_options
 from .registry import DistillRequest, Method, register
 
 
@@ -273,7 +273,7 @@ INFER = register(Method(
     name="infer", label="INFER", summary="natural sets + universal feature compensators (the paper)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + OWN_OPTIONS, layout="compensated",
     resumable=True, all_ranks=True, config_section="recovery", run_options=OWN_NAMES, check_budget=check_budget,
-    family_defaults=IMAGENET_FAMILY_DEFAULTS,
+    family_defaults=IMAGENET_FAMILY_DEFAULTS, result_neutral=RECOVERY_RESULT_NEUTRAL,
 ))
 INFER_DYN = register(Method(
     name="infer_dyn", label="INFER+Dyn", summary="INFER's set, students labelled by the teachers on every batch",

@@ -373,5 +373,5 @@ def check_budget(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) 
 RDED = register(Method(
     name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
     distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch", resumable=True,
-    student_settings=student_settings, check_budget=check_budget,
+    student_settings=student_settings, check_budget=check_budget, result_neutral=RESULT_NEUTRAL,
 ))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ..distill.config import RecoveryConfig, recovery_config
+from ..distill.config import RESULT_NEUTRAL, RecoveryConfig, recovery_config
 from ..options import options_of
 
 RECOVERY_OPTIONS = tuple(options_of(RecoveryConfig).values())
+# those that do not change a set (batching, checkpoint cadence, compile...): another value continues a run
+RECOVERY_RESULT_NEUTRAL = RESULT_NEUTRAL
 # INFER's and SRe2L's recipe by dataset family: ImageNet's (INFER_METHOD.md §3, §6: 2000
 # iterations, SRe2L 4000, r_bn 0.01, RandomResizedCrop + flip + roll by 32) for ImageNet-family
 # datasets, unless the user chooses the augmentation; the CIFAR recipe for the others

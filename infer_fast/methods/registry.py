@@ -101,12 +101,14 @@ class Method:
     In an ``infer-fast run`` config: ``config_section`` is the PipelineConfig field holding
     its options (INFER's ``recovery``, SRe2L's ``sre2l``; None: ``method_options: {name:
     ...}``); ``shared_recovery_options``: the settings of the ``recovery`` section it takes
-    too where it declares them (the run's seed and batching; SRe2L also its augmentation),
+    too where it declares them (the run's seed, batching and checkpoint cadence; SRe2L also its
+    augmentation),
     under its own; ``run_options``: run-level settings given to it as options (INFER's
     ``selection`` and ``accounting``); ``check_budget(options, ipc, spec, num_teachers)``: a
     ValueError where an ipc leaves it no set of the dataset ``spec`` (INFER's K = 0, RDED's
     candidates too few for ipc x factor^2 patches), checked with its parsed options before
-    any work."""
+    any work; ``result_neutral``: its options that do not change its sets (batching,
+    checkpoint cadence): a run continues under other values of them."""
 
     name: str
     label: str
@@ -122,11 +124,12 @@ class Method:
     all_ranks: bool = False
     reduced_student_epochs: bool = False
     config_section: Optional[str] = None
-    shared_recovery_options: Tuple[str, ...] = ("group_size", "seed")
+    shared_recovery_options: Tuple[str, ...] = ("group_size", "seed", "checkpoint_every", "checkpoint_minutes")
     run_options: Tuple[str, ...] = ()
     check_budget: Optional[Callable[[Mapping[str, Any], int, Any, int], None]] = None
     family_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     student_settings: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
+    result_neutral: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():

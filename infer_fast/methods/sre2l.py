@@ -20,7 +20,7 @@ from ..distill.run import check_space, prepare_run, real_data_fields, recovery_h
 from ..distill.variables import BatchVariable, RecoveryKind
 from ..options import given_config
 from ..output_lock import holds_output
-from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, recovery_options
+from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, RECOVERY_RESULT_NEUTRAL, recovery_options
 from .registry import DistillRequest, Method, get_method, register
 
 
@@ -174,8 +174,10 @@ def distill_sre2l(
 
 # SRe2L's recipes on top of the dataset's (RecoveryConfig.recipe: r_bn 0.01; 4000 iterations at ImageNet size)
 OWN_RECIPES = ("sre2l",)
-# the `recovery` settings of an `infer-fast run` SRe2L shares with INFER: its augmentation, batching and seed
-SHARED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed")
+# the `recovery` settings of an `infer-fast run` SRe2L shares with INFER: its augmentation, batching, seed and
+# checkpoint cadence
+SHARED_RECOVERY_OPTIONS = ("augmentation", "max_shift", "crop_scale", "group_size", "seed", "checkpoint_every",
+                           "checkpoint_minutes")
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
@@ -192,5 +194,5 @@ SRE2L = register(Method(
     name="sre2l", label="SRe2L", summary="images recovered from noise (squeeze, recover, relabel)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS, resumable=True, all_ranks=True,
     config_section="sre2l", shared_recovery_options=SHARED_RECOVERY_OPTIONS,
-    family_defaults=IMAGENET_FAMILY_DEFAULTS,
+    family_defaults=IMAGENET_FAMILY_DEFAULTS, result_neutral=RECOVERY_RESULT_NEUTRAL,
 ))
