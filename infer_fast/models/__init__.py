@@ -169,11 +169,12 @@ def pretrained_weights_table() -> Tuple[str, List[Dict[str, Any]], Optional[str]
     for spec in all_specs():
         if spec.torchvision_name is None:
             continue
-        files, _ = torchvision_file_names(spec.torchvision_name)
-        rows.append({"name": spec.name, "torchvision": spec.torchvision_name, "files": list(files),
-                     "found": find_torchvision_checkpoint(spec.torchvision_name),
-                     "status": torchvision_checkpoint_status(spec.torchvision_name)})
-        missing.append(missing_torchvision_checkpoint(spec.name, spec.torchvision_name))
+        arch = spec.torchvision_name
+        files, _ = torchvision_file_names(arch)
+        found = find_torchvision_checkpoint(arch)  # (once: each candidate file's head is read)
+        rows.append({"name": spec.name, "torchvision": arch, "files": list(files), "found": found,
+                     "status": torchvision_checkpoint_status(arch, found)})
+        missing.append(missing_torchvision_checkpoint(spec.name, arch, found))
     return torchvision_cache_dir(), rows, fetch_command([m for m in missing if m])
 
 

@@ -382,10 +382,14 @@ def torchvision_file_names(arch: str) -> Tuple[Tuple[str, ...], str]:
     return _TORCHVISION_FILES[arch]
 
 
-def missing_torchvision_checkpoint(model: str, arch: str) -> Optional[MissingWeights]:
+_LOOK = object()  # (the default of ``found``: look in the cache now)
+
+
+def missing_torchvision_checkpoint(model: str, arch: str, found: Any = _LOOK) -> Optional[MissingWeights]:
     """What the built-in ``model`` (torchvision's ``arch`` layout) needs from the hub cache and
-    does not find there, or None when a checkpoint is cached."""
-    if find_torchvision_checkpoint(arch) is not None:
+    does not find there, or None when a checkpoint is cached (``found``: what
+    :func:`find_torchvision_checkpoint` gave, when the caller has looked already)."""
+    if (find_torchvision_checkpoint(arch) if found is _LOOK else found) is not None:
         return None
     preferred, _ = _TORCHVISION_FILES[arch]
     return (model, os.path.join(torchvision_cache_dir(), preferred[0]),
@@ -435,11 +439,12 @@ def checkpoint_file_problem(path: str) -> Optional[str]:
     return None if legacy else "not a complete torch checkpoint"
 
 
-def torchvision_checkpoint_status(arch: str) -> str:
+def torchvision_checkpoint_status(arch: str, found: Any = _LOOK) -> str:
     """What ``infer-fast models`` says of ``arch``'s cached checkpoint: "present", "present
     as NAME" (another version), "NAME: empty" (or another :func:`checkpoint_file_problem`)
-    when only unusable entries are there, or "missing"."""
-    found = find_torchvision_checkpoint(arch)
+    when only unusable entries are there, or "missing" (``found``: as
+    :func:`missing_torchvision_checkpoint`)."""
+    found = find_torchvision_checkpoint(arch) if found is _LOOK else found
     if found is not None:
         name = os.path.basename(found)
         return "present" if name == _TORCHVISION_FILES[arch][0][0] else f"present as {name}"
@@ -473,10 +478,10 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
         if not os.path.isfile(path):
             raise missing_weights_error([(spec.name, path, None)])
     else:
-        missing = missing_torchvision_checkpoint(spec.name, arch)
+        path = find_torchvision_checkpoint(arch)
+        missing = missing_torchvision_checkpoint(spec.name, arch, found=path)
         if missing:
             raise missing_weights_error([missing])
-        path = find_torchvision_checkpoint(arch)
     state = load_weights_only(path, f"{spec.name} weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
