@@ -456,7 +456,8 @@ def _add_teacher(sub) -> None:
 def _add_distill(sub) -> None:
     from .distill.config import RECIPES
     from .methods import all_methods
-    from .methods.distill_options import COMMON_DISTILL_OPTIONS, distill_method_options, distill_request_options
+    from .methods.distill_options import (COMMON_DISTILL_OPTIONS, DISTILL_SWITCHES, distill_method_options,
+                                          distill_request_options)
 
     makers = [m for m in all_methods() if m.distill is not None]
     relabelled = [m.name for m in makers if m.student_labels == "static"]
@@ -469,14 +470,13 @@ def _add_distill(sub) -> None:
         "ImageNet recipe); the options given override it. The sets of " + ", ".join(relabelled) + " are "
         "unlabelled: run `infer-fast relabel`.",
     )
-    distill.add_argument("--config", help="YAML file of options")
+    for flag, how in DISTILL_SWITCHES.items():
+        distill.add_argument(flag, **how)
     by_methods: Dict[Tuple[str, ...], List[Option]] = {}
     common = list(distill_request_options().values())
     for name, (opt, takers) in distill_method_options().items():  # each method's own (Method.options)
         (common if name in COMMON_DISTILL_OPTIONS else by_methods.setdefault(takers, [])).append(opt)
     add_flags(distill, common, recipes=RECIPES)
-    distill.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    distill.add_argument("--quiet", action="store_true", help="no progress bars")
     for takers, opts in by_methods.items():  # a help section per set of methods taking them
         add_flags(distill.add_argument_group(f"options of --method {', '.join(takers)}"), opts, recipes=RECIPES)
     distill.set_defaults(func=cmd_distill)

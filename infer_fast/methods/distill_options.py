@@ -13,9 +13,15 @@ from .registry import all_methods, distill_method_names
 # what every method takes; the rest are each method's own (Method.options)
 COMMON_DISTILL_OPTIONS = ("dataset", "ipc", "out", "seed", "data_root", "method")
 TEACHER_USE_OPTIONS = ("teachers", "device")  # for the methods that use teachers
-# the distill command's flags that set no option: cli._add_distill's --config, --resume and
-# --quiet, build_parser's --debug and argparse's --help (no method's option may take them)
-DISTILL_COMMAND_SWITCHES = ("--config", "--resume", "--quiet", "--debug", "--help")
+# the distill command's flags that set no option, as cli._add_distill adds them (argparse's
+# keywords), and those of every command (build_parser's --debug, argparse's --help): no
+# method's option may take one
+DISTILL_SWITCHES = {
+    "--config": dict(help="YAML file of options"),
+    "--resume": dict(action="store_true", help="continue an interrupted run from its checkpoint"),
+    "--quiet": dict(action="store_true", help="no progress bars"),
+}
+EVERY_COMMAND_SWITCHES = ("--debug", "--help")
 
 
 def distill_request_options() -> Dict[str, Option]:
@@ -62,6 +68,6 @@ def distill_options() -> Dict[str, Option]:
 def distill_command_flags() -> Dict[str, str]:
     """The flags of the distill command that are no method's own, each with what it is (the
     request's option, or a switch): a method's option taking one would break the command."""
-    flags = {flag: "switch" for flag in DISTILL_COMMAND_SWITCHES}
+    flags = {flag: "switch" for flag in (*DISTILL_SWITCHES, *EVERY_COMMAND_SWITCHES)}
     flags.update({opt.flag_name: f"option {name}" for name, opt in distill_request_options().items()})
     return flags
