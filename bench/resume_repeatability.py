@@ -35,14 +35,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
 from infer_fast.distill.checkpoints import SIGKILL_AFTER_CHECKPOINT_ENV  # noqa: E402
 from infer_fast.storage import load_distilled  # noqa: E402
+from resume_case import IN_BATCH_DISTILL as DISTILL, TINY_TEACHER as TEACHER  # noqa: E402  (test_cli.py's kill test)
 
 KILL_AT = 10
-DISTILL = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
-           "--group-size", "4", "--quiet"]  # test_cli.py's in-batch kill test
-TEACHER = ["teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
-           "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet"]
 
 
 def cli(args, cwd, env=None, expect=0):

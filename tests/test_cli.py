@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import torch_threads
+from resume_case import IN_BATCH_DISTILL, TINY_TEACHER
 
 
 def run_cli(*args, cwd=None, env=None):
@@ -141,8 +142,7 @@ def _ok(*args, cwd):
 
 
 def _tiny_teacher(cwd) -> None:
-    _ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
-        "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet", cwd=cwd)
+    _ok(*TINY_TEACHER, cwd=cwd)
 
 
 def test_progress_in_a_log_is_lines_without_carriage_returns(tmp_path, capsys, monkeypatch):
@@ -262,8 +262,7 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
     from infer_fast.storage import load_distilled
 
     _tiny_teacher(tmp_path)
-    args = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "5", "--iterations", "150",
-            "--group-size", "4", "--quiet"]  # K = 4 UFCs, all in one batch
+    args = IN_BATCH_DISTILL  # K = 4 UFCs, all in one batch
     _ok(*args, "--out", "reference", cwd=tmp_path)
     reference = load_distilled(tmp_path / "reference")
     checkpointed = [*args, "--checkpoint-every", "10"]

@@ -107,11 +107,12 @@ def load_cifar(request: LoadRequest) -> ImageSet:
 def _scanned(request: LoadRequest, root: str, samples: Sequence[Tuple[str, int]], classes: Sequence[str],
              **spec_changes) -> FolderImageSet:
     """The lazy split of a scanned class-folder tree, its class count checked against the
-    request (else the dataset's fixed count)."""
-    fixed = get_dataset(request.name).spec
+    request (else the dataset's fixed count), decoded with the dataset's crop for the split."""
+    entry = get_dataset(request.name)
+    fixed = entry.spec
     _check_class_count(request.name, root, len(classes), request.num_classes, fixed and fixed.num_classes)
     spec = request.spec(len(classes), class_names=classes, **spec_changes)
-    return FolderImageSet(spec, samples, request.split)
+    return FolderImageSet(spec, samples, request.split, crop=entry.crop_fraction(request.split))
 
 
 def load_tiny_imagenet(request: LoadRequest) -> FolderImageSet:

@@ -37,12 +37,15 @@ def cifar_folder(variant: str) -> str:
     return _CIFAR_LAYOUT[variant][0]
 
 
-# The only globals a CIFAR pickle names: numpy arrays (as numpy 1 and numpy 2 pickle them) and
-# bytes pickled with protocol 2 (_codecs.encode). Any other global could run code when
-# unpickled (os.system, builtins.eval, ...): refused before it is even looked up.
+# The only globals a CIFAR pickle names: numpy arrays (as numpy 1 and numpy 2 pickle them:
+# _reconstruct up to protocol 4, _frombuffer from protocol 5, which only builds an array of a
+# plain dtype over the pickled bytes) and bytes pickled with protocol 2 (_codecs.encode). Any
+# other global could run code when unpickled (os.system, builtins.eval, ...): refused before it
+# is even looked up.
 _CIFAR_PICKLE_GLOBALS = frozenset({
     ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
 })
 
 

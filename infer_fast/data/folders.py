@@ -2,7 +2,8 @@
 :func:`scan_tiny_imagenet` (``train/<wnid>/images/*.JPEG``; ``val/images`` with
 ``val/val_annotations.txt``, or val in class-folder form), :func:`scan_imagenet`
 (``train/<wnid>/*``, ``val/<wnid>/*``); :func:`decode_image` turns one file into a uint8
-tensor (shorter side resized, then center crop); :func:`write_image_folder` writes a tree.
+tensor (shorter side resized, then center crop: the whole shorter side, or the ``crop`` share
+of it that an evaluation recipe keeps); :func:`write_image_folder` writes a tree.
 Scanning is strict: a bad tree raises a ValueError / FileNotFoundError that names it.
 """
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _subdirs(directory: str) -> List[str]:
 
 
 def scan_class_folders(
-    root: str, class_names: Optional[Sequence[str]] = None, inner: Optional[str] = None, progress: bool = False
+    root: str, class_names: Optional[Sequence[str]] = None, inner: Optional[str] = None, progress: bool = False,
+    skip: Sequence[str] = (),
 ) -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
     """Samples ``(path, label)`` of a ``root/<class>/<image>`` tree and the class names.
 
@@ -57,12 +59,13 @@ def scan_class_folders(
     ``inner``: images sit in ``<class>/<inner>/`` when that folder exists (Tiny-ImageNet's
     ``images``). Non-image files are skipped; a class folder without images is an error.
     ``progress``: a bar over the class folders once the scan has run SHORT_PHASE_S (minutes
-    for ImageNet's 1.28M files on a cold disk; a small tree stays quiet).
+    for ImageNet's 1.28M files on a cold disk; a small tree stays quiet). ``skip``: sub-folders
+    that are no class (Tiny-ImageNet's emptied ``val/images``).
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder not found: {root}")
-    folders = _subdirs(root)
+    folders = [f for f in _subdirs(root) if f not in skip]
     if not folders:
         loose = _image_files(root)
         hint = f" (it holds {len(loose)} loose images: put them in one folder per class)" if loose else ""
@@ -126,12 +129,35 @@ def scan_tiny_imagenet(root: str, split: str = "train",
     val_dir = os.path.join(base, "val")
     if not os.path.isdir(val_dir):
         raise FileNotFoundError(f"tiny-imagenet: val folder not found: {val_dir}")
+    return _tiny_val(val_dir, classes, progress), classes
+
+
+def _tiny_val(val_dir: str, classes: Tuple[str, ...], progress: bool) -> List[Tuple[str, int]]:
+    """The val samples in whichever form ``val_dir`` holds them: the official ``images/`` with
+    ``val_annotations.txt``, or class folders ``<wnid>/[images/]`` (the usual preprocessing,
+    which often leaves the annotations file, and maybe an emptied ``images/``, behind: the
+    folders decide, not the file). Images in both forms are refused: which is the split?"""
+    images_dir = os.path.join(val_dir, "images")
+    flat = "images" not in classes and os.path.isdir(images_dir)  # (not a class that is named "images")
+    loose = _image_files(images_dir) if flat else []
+    folders = [d for d in _subdirs(val_dir) if not (flat and d == "images")]
+    if loose and folders:
+        raise ValueError(
+            f"tiny-imagenet: {val_dir} holds the val split twice: {len(loose)} images in {images_dir} (labelled by "
+            f"val_annotations.txt) and {len(folders)} class folders ({folders[0]}, ...); keep one form"
+        )
+    if loose or not folders and os.path.isfile(os.path.join(val_dir, "val_annotations.txt")):
+        return _annotated_val(val_dir, classes)  # (no images at all: the annotations name the first one missing)
+    samples, _ = scan_class_folders(val_dir, classes, inner="images", progress=progress,
+                                    skip=("images",) if flat else ())
+    return samples
+
+
+def _annotated_val(val_dir: str, classes: Tuple[str, ...]) -> List[Tuple[str, int]]:
+    """The official val form: ``images/<file>`` labelled by ``val_annotations.txt``."""
     annotations = os.path.join(val_dir, "val_annotations.txt")
     if not os.path.isfile(annotations):
-        if os.path.isdir(os.path.join(val_dir, "images")) and "images" not in classes:
-            raise FileNotFoundError(f"tiny-imagenet: {val_dir}/images needs its labels file {annotations}")
-        samples, _ = scan_class_folders(val_dir, classes, inner="images", progress=progress)
-        return samples, classes
+        raise FileNotFoundError(f"tiny-imagenet: {val_dir}/images needs its labels file {annotations}")
     label_of = {c: i for i, c in enumerate(classes)}
     samples = []
     with open(annotations) as f:
@@ -151,7 +177,7 @@ def scan_tiny_imagenet(root: str, split: str = "train",
     if not samples:
         raise ValueError(f"{annotations} lists no images")
     samples.sort()
-    return samples, classes
+    return samples
 
 
 def scan_imagenet(root: str, split: str = "train",
@@ -172,13 +198,26 @@ def scan_imagenet(root: str, split: str = "train",
         return scan_class_folders(train_dir, progress=progress)
     if not os.path.isdir(val_dir):
         raise FileNotFoundError(f"imagenet: validation folder not found: {val_dir} (expected val/<wnid>/*.JPEG)")
-    if not _subdirs(val_dir) and _image_files(val_dir):
+    _check_val_sorted(val_dir)
+    classes = tuple(_subdirs(train_dir)) if os.path.isdir(train_dir) else None
+    return scan_class_folders(val_dir, classes, progress=progress)
+
+
+def _check_val_sorted(val_dir: str) -> None:
+    """ImageNet's val split must be in class-folder form. Loose images beside class folders are
+    what an interrupted valprep.sh leaves (it moves the 50,000 files one by one): the scan of
+    the class folders alone would evaluate on part of the split without a word."""
+    loose, folders = _image_files(val_dir), _subdirs(val_dir)
+    if loose and not folders:
         raise ValueError(
             f"imagenet: {val_dir} holds flat images; the val split must be in class-folder form "
             "(val/<wnid>/*.JPEG, e.g. with the usual valprep.sh)"
         )
-    classes = tuple(_subdirs(train_dir)) if os.path.isdir(train_dir) else None
-    return scan_class_folders(val_dir, classes, progress=progress)
+    if loose:
+        raise ValueError(
+            f"imagenet: {val_dir} holds {len(loose)} loose images beside its {len(folders)} class folders: "
+            "valprep.sh may have been interrupted; finish moving them into val/<wnid>/ (or remove them)"
+        )
 
 
 # "pillow": full-size decode, then resize. "pillow-draft": libjpeg decodes a JPEG at 1/2, 1/4
@@ -219,42 +258,54 @@ def as_8bit(im, channels: int):
     return im.convert("RGB" if channels == 3 else "L")
 
 
-def decode_image(path: str, size: int, channels: int = 3, decoder: str = DEFAULT_DECODER) -> torch.Tensor:
+def decode_image(path: str, size: int, channels: int = 3, decoder: str = DEFAULT_DECODER,
+                 crop: float = 1.0) -> torch.Tensor:
     """One image file as uint8 (channels, size, size): the shorter side is resized to
-    ``size`` (bilinear, antialiased by Pillow when shrinking), then center-cropped. An image
-    already ``size`` x ``size`` is not resampled (exact pixels). ``decoder``: one of
-    :data:`DECODERS` (see there); the same file always gives the same pixels."""
+    ``round(size / crop)`` (bilinear, antialiased by Pillow when shrinking), then the central
+    ``size`` x ``size`` is cropped. ``crop`` 1 (the default) keeps the whole shorter side, and
+    an image already ``size`` x ``size`` is not resampled (exact pixels); an evaluation recipe
+    keeps less (ImageNet's Resize(256) + CenterCrop(224): 0.875). ``decoder``: one of
+    :data:`DECODERS` (see there); the same file always gives the same pixels. A file that is no
+    image, or too large for Pillow to open, raises a ValueError that names it."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     Image = _pillow()
     mode = "RGB" if channels == 3 else "L"
     try:
         with Image.open(path) as im:
-            w, h = im.size
-            box = _draft(im, mode, size) if decoder == "pillow-draft" else None
+            (nw, nh), (left, top) = resize_and_crop_geometry(*im.size, size, crop)
+            box = _draft(im, mode, min(nw, nh)) if decoder == "pillow-draft" else None
             im = as_8bit(im, channels)
-            if (w, h) != (size, size):
-                (nw, nh), (left, top) = resize_and_crop_geometry(w, h, size)
-                if (nw, nh) != im.size:
-                    im = im.resize((nw, nh), Image.BILINEAR, box=box)
+            if (nw, nh) != im.size:
+                im = im.resize((nw, nh), Image.BILINEAR, box=box)
+            if (nw, nh) != (size, size):
                 im = im.crop((left, top, left + size, top + size))
             arr = np.array(im, dtype=np.uint8)  # a writable copy
+    except Image.DecompressionBombError as exc:  # (an Exception, not an OSError: Pillow's guard)
+        raise ValueError(f"cannot decode image {path}: it exceeds Pillow's pixel limit, a guard against "
+                         f"decompression bombs (PIL.Image.MAX_IMAGE_PIXELS; Pillow says: {exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow: UnidentifiedImageError is an OSError
         raise ValueError(f"cannot decode image {path}: {exc}") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def resize_and_crop_geometry(w: int, h: int, size: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+def resize_and_crop_geometry(w: int, h: int, size: int, crop: float = 1.0) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     """Where a ``w`` x ``h`` image goes in :func:`decode_image`: the resized size (shorter side
-    ``size``) and the top-left corner of the central ``size`` x ``size`` crop in it."""
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    ``round(size / crop)``, the longer one scaled alike) and the top-left corner of the central
+    ``size`` x ``size`` crop in it (torchvision's CenterCrop rounding). ``crop``: the share of
+    the shorter side kept, in (0, 1]."""
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+        raise ValueError(f"crop must be a fraction in (0, 1] of the shorter side, got {crop!r}")
+    short = max(size, round(size / crop))
+    scale = short / min(w, h)
+    nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
     return (nw, nh), (int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0)))
 
 
 def _draft(im, mode: str, size: int):
-    """Ask libjpeg for a reduced decode whose shorter side stays >= DRAFT_REDUCING_GAP * size,
+    """Ask libjpeg for a reduced decode whose shorter side stays >= DRAFT_REDUCING_GAP * size
+    (``size``: the shorter side of the resize that follows),
     only when a reduction happens (so smaller images decode exactly as without a draft).
     Returns the resize box (the original image in drafted pixels), or None (no reduction;
     not a JPEG)."""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 __all__ = ["DatasetSpec", "Dataset", "LoadRequest", "register_dataset", "get_dataset", "get_spec", "list_datasets",
            "canonical_name", "dataset_options", "dataset_label", "known_train_size", "TrainSizes", "DATASET_FAMILIES",
-           "LAYOUTS"]
+           "LAYOUTS", "IMAGENET_EVAL_CROP"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,12 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
+# The standard ImageNet evaluation (torchvision's reference scripts, timm, SRe2L, RDED,
+# DD-Ranking): Resize(256) + CenterCrop(224), i.e. the shorter side resized to
+# round(224 / 0.875) = 256 and the central 224 x 224 kept, 87.5% of it. The test split of
+# the imagenet family is decoded so (at any image_size); training splits, and the datasets of
+# native resolution, keep the whole shorter side (Dataset.crop_fraction).
+IMAGENET_EVAL_CROP = 0.875
 
 # The one dataset without fixed classes/size: they come from the folder (and the caller).
 IMAGEFOLDER = "imagefolder"
@@ -163,6 +169,13 @@ class Dataset:
     @property
     def description(self) -> str:
         return self.spec.description if self.spec is not None else IMAGEFOLDER_DESCRIPTION
+
+    def crop_fraction(self, split: str) -> float:
+        """The share of the shorter side that decoding ``split``'s image files keeps in its
+        center crop: IMAGENET_EVAL_CROP for the test (= val) split of the imagenet family, as
+        every ImageNet result is evaluated; the whole side otherwise (training splits: their
+        augmentations crop; Tiny-ImageNet and the others: native size, no resampling)."""
+        return IMAGENET_EVAL_CROP if self.family == "imagenet" and split != "train" else 1.0
 
 
 _DATASETS: Dict[str, Dataset] = {}  # canonical name -> entry, in registration order
