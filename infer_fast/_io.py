@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import tempfile
+import uuid
 import warnings
 import zipfile
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Union
@@ -19,6 +20,29 @@ from torch import Tensor
 
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+# the hidden siblings a writer of ``<name>`` makes beside it: ``.<name>.tmp-<tag>`` while it
+# writes, ``.<name>.old-<tag>`` for a replaced set until the new one is in place (a writer
+# killed meanwhile leaves them: output_lock removes them)
+TEMP, REPLACED = "tmp", "old"
+
+
+def hidden_sibling(path: PathLike, kind: str, tag: Optional[str] = None) -> str:
+    """``.<name>.<kind>-<tag>`` beside ``path`` (``tag``: a fresh random one by default)."""
+    path = os.path.abspath(os.fspath(path))
+    tag = tag if tag is not None else uuid.uuid4().hex[:12]
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}-{tag}")
+
+
+def hidden_sibling_pattern(name: str, kind: str) -> str:
+    """The glob pattern (of a name in the same folder) of ``name``'s hidden siblings of ``kind``
+    (``name``: a glob pattern itself, so escape a literal name)."""
+    return f".{name}.{kind}-*"
+
+
+def is_hidden_sibling(entry: str, name: str, kind: str) -> bool:
+    """Whether the file name ``entry`` is one of ``name``'s hidden siblings of ``kind``."""
+    return entry.startswith(f".{name}.{kind}-")
 
 
 class OutputPathError(OSError):
@@ -161,7 +185,7 @@ def write_atomically(path: PathLike, write: Callable[[str], None], fsync: bool =
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = hidden_sibling(path, TEMP, str(os.getpid()))
     with naming_errors(path, temporary=tmp):
         try:
             write(tmp)

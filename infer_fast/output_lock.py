@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator, List, Union
 
+from ._io import REPLACED, TEMP, hidden_sibling_pattern, is_hidden_sibling
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -39,10 +41,12 @@ def stale_leftovers(output: PathLike) -> List[str]:
     recovery checkpoints and of the files inside a run directory."""
     output = Path(output).absolute()
     parent, name = glob.escape(str(output.parent)), glob.escape(output.name)
-    patterns = [f"{parent}/.{name}.tmp-*", f"{parent}/.{name}.old-*", f"{parent}/.{name}.recovery.pt*.tmp-*",
-                f"{parent}/{name}.recovery.pt.results/.*.tmp-*"]
+    patterns = [f"{parent}/{hidden_sibling_pattern(name, TEMP)}", f"{parent}/{hidden_sibling_pattern(name, REPLACED)}",
+                f"{parent}/{hidden_sibling_pattern(name + '.recovery.pt*', TEMP)}",
+                f"{parent}/{name}.recovery.pt.results/{hidden_sibling_pattern('*', TEMP)}"]
     if output.is_dir() and not output.is_symlink():  # (a run directory: also in its teachers/, students/, sets/...)
-        patterns += [f"{glob.escape(str(output))}/.*.tmp-*", f"{glob.escape(str(output))}/**/.*.tmp-*"]
+        inside = glob.escape(str(output))
+        patterns += [f"{inside}/{hidden_sibling_pattern('*', TEMP)}", f"{inside}/**/{hidden_sibling_pattern('*', TEMP)}"]
     return sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)})
 
 
@@ -50,7 +54,7 @@ def _remove_leftover(path: str, output: Path) -> None:
     """Remove a killed writer's ``path``; a replaced set (``.<name>.old-*``) first gives back to
     ``output`` what the user kept beside the set's files (a kill came between the swap and
     that move: storage.disk.keep_foreign), or is kept when it cannot."""
-    if os.path.basename(path).startswith(f".{output.name}.old-") and output.is_dir() and os.path.isdir(path):
+    if is_hidden_sibling(os.path.basename(path), output.name, REPLACED) and output.is_dir() and os.path.isdir(path):
         from .storage.disk import keep_foreign
 
         try:

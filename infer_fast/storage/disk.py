@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import datetime
 import errno
+import glob
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .._io import PathLike, check_writable, file_sha256, format_bytes, naming_errors, safetensors_save
+from .._io import (REPLACED, TEMP, PathLike, check_writable, file_sha256, format_bytes, hidden_sibling,
+                   hidden_sibling_pattern, naming_errors, safetensors_save)
 from ..data.pixels import valid_range
 from .distilled_set import (
     DistilledSet, DistilledSetError, OutputExistsError, check_method_records, check_records, dtype_name,
@@ -211,7 +212,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
               f"-> {directory}", flush=True)
     parent = directory.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = Path(hidden_sibling(directory, TEMP))
     tmp.mkdir()
     with naming_errors(directory, temporary=tmp):  # a full disk names the set's file, not the temporary one
         try:
@@ -226,7 +227,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
                 os.fsync(f.fileno())
             _fsync_path(tmp)
             if directory.exists():
-                old = parent / f".{directory.name}.old-{uuid.uuid4().hex[:12]}"
+                old = Path(hidden_sibling(directory, REPLACED))
                 os.rename(directory, old)
                 os.rename(tmp, directory)
                 _fsync_path(parent)  # the new set is in place before the old one goes
@@ -248,7 +249,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
 def _missing_hint(directory: Path) -> str:
     parent = directory.absolute().parent
     if parent.is_dir():
-        olds = sorted(parent.glob(f".{directory.name}.old-*"))
+        olds = sorted(parent.glob(hidden_sibling_pattern(glob.escape(directory.name), REPLACED)))
         for old in olds:
             if _is_distilled_dir(old):
                 return f" (an interrupted overwrite left the previous set at {old}; rename it back to recover)"

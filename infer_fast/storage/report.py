@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import List, Union
 
 import torch
 
-from .._io import PathLike, check_writable, format_bytes, naming_errors, safetensors_save
+from .._io import TEMP, PathLike, check_writable, format_bytes, hidden_sibling, naming_errors, safetensors_save
 from ..choices import EXPORT_NAMINGS
 from ..data.pixels import denormalize, normalize_uint8, quantize_images
 from .compression import compression_ratio_from_manifest
@@ -201,7 +200,7 @@ def export_imagefolder(
     # an export that fails (disk full...) leaves nothing behind
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = Path(hidden_sibling(out, TEMP))
     tmp.mkdir()
     with naming_errors(out, temporary=tmp):  # a full disk names the export's file, not the temporary one
         try:
