@@ -635,7 +635,7 @@ def test_a_decode_cache_of_other_files_is_not_reused(tmp_path, decode_log, capsy
             data.load_test_split({**CACHED, "image_size": 6}, data_root=str(tmp_path / "tree"), decode_cache=cache)]
     old = _cached_test_split(tmp_path)
     _decoded(decode_log)
-    [old_file] = [p for p in (tmp_path / "cache").glob("*.u8") if old.digest()[:16] in p.name]
+    [old_file] = [p for p in (tmp_path / "cache").glob("*.u8") if old.files.listing_digests()[1][:16] in p.name]
     PIL.fromarray(rand_u8((8, 8, 3), 9).numpy()).save(tmp_path / "tree" / "val" / "n02" / "added.png")
     capsys.readouterr()
     grown = data.load_test_split(CACHED, data_root=str(tmp_path / "tree"), decode_cache=cache, progress=True)
@@ -645,7 +645,7 @@ def test_a_decode_cache_of_other_files_is_not_reused(tmp_path, decode_log, capsy
     assert not old_file.exists() and not Path(f"{old_file}.json").exists()
     assert f"decode cache: removed {old_file}" in capsys.readouterr().out
     left = sorted(p.name for p in (tmp_path / "cache").glob("*.u8"))
-    assert left == sorted({f"{s.spec.name}-{s.split}-{s.spec.image_size}px-{s.digest()[:16]}.u8" for s in kept + [grown]})
+    assert left == sorted({f"{s.spec.name}-{s.split}-{s.spec.image_size}px-{s.files.listing_digests()[1][:16]}.u8" for s in kept + [grown]})
     assert len(left) == 3
 
 

@@ -42,6 +42,11 @@ def _image_files(directory: str) -> List[str]:
     return [os.path.join(directory, n) for n in sorted(names)]
 
 
+def _count(items: Sequence, noun: str) -> str:
+    """"1 image", "3 images": a count for a message."""
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def _subdirs(directory: str) -> List[str]:
     with os.scandir(directory) as it:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
@@ -143,7 +148,7 @@ def _tiny_val(val_dir: str, classes: Tuple[str, ...], progress: bool) -> List[Tu
     folders = [d for d in _subdirs(val_dir) if not (flat and d == "images")]
     if loose and folders:
         raise ValueError(
-            f"tiny-imagenet: {val_dir} holds the val split twice: {len(loose)} images in {images_dir} (labelled by "
+            f"tiny-imagenet: {val_dir} holds the val split twice: {_count(loose, 'image')} in {images_dir} (labelled by "
             f"val_annotations.txt) and {len(folders)} class folders ({folders[0]}, ...); keep one form"
         )
     if loose or not folders and os.path.isfile(os.path.join(val_dir, "val_annotations.txt")):
@@ -215,7 +220,7 @@ def _check_val_sorted(val_dir: str) -> None:
         )
     if loose:
         raise ValueError(
-            f"imagenet: {val_dir} holds {len(loose)} loose images beside its {len(folders)} class folders: "
+            f"imagenet: {val_dir} holds {_count(loose, 'loose image')} beside its {len(folders)} class folders: "
             "valprep.sh may have been interrupted; finish moving them into val/<wnid>/ (or remove them)"
         )
 
@@ -269,6 +274,7 @@ def decode_image(path: str, size: int, channels: int = 3, decoder: str = DEFAULT
     image, or too large for Pillow to open, raises a ValueError that names it."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    check_crop(crop)  # (here: inside the try below it would read as the file's fault)
     Image = _pillow()
     mode = "RGB" if channels == 3 else "L"
     try:
@@ -295,12 +301,18 @@ def resize_and_crop_geometry(w: int, h: int, size: int, crop: float = 1.0) -> Tu
     ``round(size / crop)``, the longer one scaled alike) and the top-left corner of the central
     ``size`` x ``size`` crop in it (torchvision's CenterCrop rounding). ``crop``: the share of
     the shorter side kept, in (0, 1]."""
-    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
-        raise ValueError(f"crop must be a fraction in (0, 1] of the shorter side, got {crop!r}")
+    check_crop(crop)
     short = max(size, round(size / crop))
     scale = short / min(w, h)
     nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
     return (nw, nh), (int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0)))
+
+
+def check_crop(crop: float) -> float:
+    """``crop`` as a float, checked to be a share of the shorter side: in (0, 1]."""
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+        raise ValueError(f"crop must be a fraction in (0, 1] of the shorter side, got {crop!r}")
+    return float(crop)
 
 
 def _draft(im, mode: str, size: int):

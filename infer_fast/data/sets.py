@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..progress import SHORT_PHASE_S, progress_bar
-from .folders import decode_image
+from .folders import DEFAULT_DECODER, check_crop, decode_image
 from .registry import DatasetSpec
 from .transforms import normalize
 
@@ -231,12 +231,14 @@ class ImageSet(_Split):
 
 
 class FolderImageSet(_Split):
-    """A split kept on disk as image files, decoded lazily with Pillow (resized so that the
-    shorter side is ``spec.image_size``, then center-cropped): items are (uint8 (ch, S, S), label).
-    Labels are known without decoding, so ``per_class`` / ``subset`` are cheap."""
+    """A split kept on disk as image files, decoded lazily with Pillow (the shorter side resized
+    to ``spec.image_size / crop``, then the central ``spec.image_size`` square cropped; ``crop``:
+    the share of the shorter side kept, ``Dataset.crop_fraction``): items are (uint8 (ch, S, S),
+    label). Labels are known without decoding, so ``per_class`` / ``subset`` are cheap."""
 
-    def __init__(self, spec: DatasetSpec, samples: Sequence[Tuple[str, int]], split: str = "train"):
-        self.spec, self.split = spec, split
+    def __init__(self, spec: DatasetSpec, samples: Sequence[Tuple[str, int]], split: str = "train",
+                 crop: float = 1.0):
+        self.spec, self.split, self.crop = spec, split, check_crop(crop)
         self.paths: List[str] = [p for p, _ in samples]
         self.labels = torch.tensor([int(y) for _, y in samples], dtype=torch.long)
         if self.labels.numel() and int(self.labels.max()) >= spec.num_classes:
@@ -244,7 +246,7 @@ class FolderImageSet(_Split):
 
     def __getitem__(self, i) -> Tuple[Tensor, int]:
         path = self.paths[i]
-        image = decode_image(path, self.spec.image_size, self.spec.channels)
+        image = decode_image(path, self.spec.image_size, self.spec.channels, crop=self.crop)
         log = os.environ.get(DECODE_LOG_ENV)
         if log:  # one short append per decode: atomic across processes
             with open(log, "a") as f:
@@ -256,7 +258,7 @@ class FolderImageSet(_Split):
 
     def subset(self, indices) -> "FolderImageSet":
         idx = _as_index(indices, len(self)).tolist()
-        return FolderImageSet(self.spec, [(self.paths[i], int(self.labels[i])) for i in idx], self.split)
+        return FolderImageSet(self.spec, [(self.paths[i], int(self.labels[i])) for i in idx], self.split, self.crop)
 
     def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None, pin_memory: bool = False,
                 progress: bool = False, desc: str = "images", delay: float = 0.0) -> Iterator[Tuple[Tensor, Tensor]]:
@@ -297,17 +299,29 @@ class FolderImageSet(_Split):
     def digest(self, progress: bool = False) -> str:
         """SHA-256 of the listing: every file's path below the split's common folder, label and
         size (the content of a million files is not read: a changed file of the same size and
-        name goes unnoticed). ``progress``: a bar once it has run SHORT_PHASE_S (a size check
-        per file: minutes for ImageNet's train split on a cold disk)."""
-        h = hashlib.sha256(f"{self.spec.name}:{self.spec.image_size}:{self.spec.channels}".encode())
+        name goes unnoticed; nor is its time, so a copied tree keeps its identity and the
+        checkpoints tied to it resume). ``progress``: a bar once it has run SHORT_PHASE_S (a
+        size check per file: minutes for ImageNet's train split on a cold disk)."""
+        return self.listing_digests(progress)[0]
+
+    def listing_digests(self, progress: bool = False) -> Tuple[str, str]:
+        """(:meth:`digest`, the decode cache's key) from one stat per file. The key adds what
+        decides the decoded pixels beyond the listing: every file's modification time (a file
+        rewritten at the same size is decoded again) and the decode's crop and decoder."""
+        head = f"{self.spec.name}:{self.spec.image_size}:{self.spec.channels}"
+        identity = hashlib.sha256(head.encode())
+        key = hashlib.sha256(f"{head}:crop {self.crop!r}:decoder {DEFAULT_DECODER}".encode())
         if self.paths:
             root = self.folder()
             listing = progress_bar(zip(self.paths, self.labels.tolist()), total=len(self.paths), unit="file",
                                    desc=f"listing digest {self.spec.name} {self.split}", delay=SHORT_PHASE_S,
                                    disable=not progress)
             for path, label in listing:
-                h.update(f"{os.path.relpath(path, root)}\0{label}\0{os.path.getsize(path)}\n".encode())
-        return h.hexdigest()
+                stat = os.stat(path)
+                line = f"{os.path.relpath(path, root)}\0{label}\0{stat.st_size}"
+                identity.update(f"{line}\n".encode())
+                key.update(f"{line}\0{stat.st_mtime_ns}\n".encode())
+        return identity.hexdigest(), key.hexdigest()
 
 
 def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
@@ -316,28 +330,31 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     digest, resolution and channels) and returned as an :class:`ImageSet` memory-mapped from
     it: later calls, and other processes, reuse the file instead of decoding again (the
     many student evaluations of a run). Written beside itself and renamed when complete, then
-    its record (``.json``: shape and digest) written: a file without its record, a record that
-    does not parse or name this split, or a file of another size is decoded again; the
-    temporary files that killed decodes on this host left are removed first, and so are the
-    caches of this split's folder made before its files changed (:func:`_remove_outdated_caches`)."""
+    its record (``.json``: shape, source, digest and key) written: a file without its record, a
+    record that does not parse or name this split (its folder, resolved, and its key: the
+    files' times and the decode's crop, :meth:`FolderImageSet.listing_digests`), or a file of
+    another size is decoded again; the temporary files that killed decodes on this host left
+    are removed first, and so are the caches of this split's folder made before its files
+    changed (:func:`_remove_outdated_caches`). Named by the key: two folders of the same listing
+    (whose files' times differ) each keep their own."""
     from .._io import check_writable
 
-    digest = split.digest(progress=progress)
-    key = digest[:16]
+    digest, key = split.listing_digests(progress=progress)
     shape = (len(split),) + split.image_shape
-    stem = f"{split.spec.name}-{split.split}-{split.spec.image_size}px-{key}"
+    stem = f"{split.spec.name}-{split.split}-{split.spec.image_size}px-{key[:16]}"  # (a folder's own file)
     path = os.path.join(os.fspath(directory), stem + ".u8")
     meta_path = path + ".json"
     files_folder = split.folder()
     source = {"dataset": split.spec.name, "num_classes": split.spec.num_classes, "split": split.split,
               "image_size": split.spec.image_size, "channels": split.spec.channels,
-              "folder": files_folder and os.path.abspath(files_folder)}
-    if not _cache_matches(path, meta_path, shape, digest):
+              "folder": files_folder and os.path.realpath(files_folder)}
+    record = {"shape": list(shape), **source, "digest": digest, "key": key}
+    if not _cache_matches(path, meta_path, record):
         nbytes = int(np.prod(shape))
         folder = os.path.dirname(os.path.abspath(path))
         temporary = os.path.join(folder, f".{stem}.u8.tmp-{socket.gethostname()}-")  # + the writer's pid
         _remove_dead_writers_files(temporary)
-        _remove_outdated_caches(folder, source, digest, progress)
+        _remove_outdated_caches(folder, source, key, progress)
         check_writable(path, "decode cache", need_bytes=nbytes)
         os.makedirs(folder, exist_ok=True)
         tmp = f"{temporary}{os.getpid()}"
@@ -351,7 +368,7 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
                 os.unlink(tmp)
             raise
         with open(meta_path, "w") as f:
-            json.dump({"shape": list(shape), **source, "digest": digest}, f)
+            json.dump(record, f)
     return MappedImageSet(split.spec, path, shape, split.labels.clone(), split.split, files=split)
 
 
@@ -412,9 +429,9 @@ def _remove_dead_writers_files(prefix: str) -> None:
                 pass
 
 
-def _remove_outdated_caches(directory: str, source: Dict[str, Any], digest: str, progress: bool) -> None:
+def _remove_outdated_caches(directory: str, source: Dict[str, Any], key: str, progress: bool) -> None:
     """Remove the decode caches in ``directory`` whose record names the same ``source`` (dataset,
-    classes, split, resolution, channels and folder) with another digest: made before the folder's files
+    classes, split, resolution, channels and folder) with another key: made before the folder's files
     changed, never read again (ImageNet's val split: 7.5 GB each), and in the way of the new
     cache's free-space check. Caches of other folders, and records older than the folder field,
     are left alone."""
@@ -422,7 +439,7 @@ def _remove_outdated_caches(directory: str, source: Dict[str, Any], digest: str,
         try:
             with open(meta_path) as f:
                 meta = json.load(f)
-            outdated = (isinstance(meta, dict) and meta.get("digest") != digest and source["folder"] is not None
+            outdated = (isinstance(meta, dict) and meta.get("key") != key and source["folder"] is not None
                         and all(meta.get(k) == v for k, v in source.items()))
         except (OSError, ValueError):
             continue
@@ -448,14 +465,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _cache_matches(path: str, meta_path: str, shape, digest: str) -> bool:
-    """Whether the decode cache at ``path`` is complete and of this split: its record names
-    the shape and digest, and the file holds that many bytes (memory-mapping a shorter file
-    would fail)."""
+def _cache_matches(path: str, meta_path: str, record: Dict[str, Any]) -> bool:
+    """Whether the decode cache at ``path`` is complete and of this split: its record at
+    ``meta_path`` is ``record`` (shape, source with the folder, digest and key; a record
+    without the key is of an older decode) and the file holds the shape's bytes
+    (memory-mapping a shorter file would fail)."""
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-        return (tuple(meta["shape"]) == tuple(shape) and meta["digest"] == digest
-                and os.path.getsize(path) == int(np.prod(shape)))
-    except (OSError, ValueError, KeyError, TypeError):
+        return (isinstance(meta, dict) and all(meta.get(k) == v for k, v in record.items())
+                and os.path.getsize(path) == int(np.prod(record["shape"])))
+    except (OSError, ValueError, TypeError):
         return False
