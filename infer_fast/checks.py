@@ -1,8 +1,9 @@
 """Checks of user-given values, each raising a ValueError that names the value: one
-definition, no dependencies (the ops, models, configs and methods all use them)."""
+definition, no dependencies (the ops, models, configs and methods all use them; the class names of
+sets, teachers and splits are compared by :func:`check_class_names` alone)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 # the range of a 64-bit integer: what a tensor index, a size or a torch generator's seed holds
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -28,3 +29,40 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+# class differences a class-name mismatch spells out (the first in full, then briefly)
+SHOWN_CLASS_DIFFERENCES = 3
+
+
+def check_class_names(names: Optional[Sequence[str]], other: Optional[Sequence[str]], where: str, other_where: str,
+                      todo: str) -> None:
+    """ValueError in one line naming both sides unless the class names ``names`` (as recorded by
+    ``where``, e.g. "the distilled set") and ``other`` (by ``other_where``) are the same, in the
+    same order. A label is only a class's index: data, a set or a teacher whose classes have the
+    same count but other names, or another order (folders sorted another way), would teach or
+    score every class as another one without any error. ``todo`` says what to do instead.
+    None on either side (a file written before class names were recorded; a dataset that names
+    none) is not compared."""
+    if names is None or other is None or list(names) == list(other):
+        return
+    names, other = list(names), list(other)
+    if len(names) != len(other):
+        raise ValueError(f"{where} has {len(names)} classes, {other_where} {len(other)}: {todo}")
+    differ = [i for i, (a, b) in enumerate(zip(names, other)) if a != b]
+    first = differ[0]
+    said = f"class {first} is {names[first]!r} in {where}, {other[first]!r} in {other_where}"
+    also = [f"class {i} {names[i]!r} / {other[i]!r}" for i in differ[1:SHOWN_CLASS_DIFFERENCES]]
+    if also:
+        said += "; also " + ", ".join(also) + (", ..." if len(differ) > SHOWN_CLASS_DIFFERENCES else "")
+    how = "the same classes in another order" if sorted(names) == sorted(other) else \
+        f"{len(differ)} of {len(names)} class names differ"
+    raise ValueError(f"{said} ({how}): {todo}")
+
+
+def split_label(split: Any) -> str:
+    """How a loaded split (an ImageSet or FolderImageSet) is named in a message: "the test split
+    of imagefolder at '/data/B/val'", the folder where it was read from image files."""
+    files = getattr(split, "files", None) or split  # (an ImageSet decoded from files keeps them)
+    folder = files.folder() if callable(getattr(files, "folder", None)) else None
+    return f"the {split.split} split of {split.spec.name}" + (f" at {folder!r}" if folder else "")

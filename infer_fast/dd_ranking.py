@@ -217,7 +217,7 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
                 and same_architecture(model, cached_model):
             return (lambda i, a=accuracy: a), f"DD-Ranking's cached value for {name} with ResNet-18-BN ({cached_model})"
     if checkpoint is not None:
-        meta = check_full_data_checkpoint(checkpoint, model, distilled.real_dataset)
+        meta = check_full_data_checkpoint(checkpoint, model, distilled.real_dataset, distilled.class_names)
         return (lambda i: float(meta["test_accuracy"])), f"recorded in {checkpoint} ({meta['model']})"
     accuracies: Dict[int, float] = {}
 

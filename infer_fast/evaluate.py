@@ -136,12 +136,15 @@ def same_architecture(a: str, b: str) -> bool:
     return spec_a.name == spec_b.name and implied_a == implied_b
 
 
-def check_full_data_checkpoint(path, model: str, dataset: str) -> Dict[str, Any]:
+def check_full_data_checkpoint(path, model: str, dataset: str,
+                               class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The metadata of a full-data checkpoint whose recorded test accuracy is the students'
-    full-data accuracy: it must be of the students' architecture and record one."""
+    full-data accuracy: it must be of the students' architecture and record one, and, given
+    the set's ``class_names``, have been trained on those classes (a checkpoint of other
+    classes measured other data)."""
     from .teacher import load_teacher
 
-    _, meta = load_teacher(str(path), dataset=dataset)
+    _, meta = load_teacher(str(path), dataset=dataset, class_names=class_names, names_from="the distilled set")
     if not same_architecture(meta["model"], model):
         raise ValueError(f"full_data_checkpoint {str(path)!r} is a {meta['model']}, the students are {model}: the "
                          "full-data accuracy must come from the students' architecture")
@@ -165,13 +168,14 @@ def train_full_data(model: str, dataset: str, data_root, device: str, epochs: in
     return float(summary["test_accuracy"])
 
 
-def _full_data_accuracy(protocol: Protocol, dataset: str, data_root, device: str, full_data_checkpoint,
+def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, full_data_checkpoint,
                         progress: bool) -> Dict[str, Any]:
-    """{"accuracy", "source"}: read from a teacher checkpoint of the students' architecture,
-    or trained with the teacher recipe on the whole training split."""
-    model = protocol.student_model()
+    """{"accuracy", "source"}: read from a teacher checkpoint of the students' architecture
+    (trained on the classes of the set ``distilled``), or trained with the teacher recipe on the
+    whole training split of the set's dataset."""
+    model, dataset = protocol.student_model(), distilled.real_dataset
     if full_data_checkpoint is not None:
-        meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset)
+        meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset, distilled.class_names)
         return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
                 f"({meta['model']}, {meta.get('epochs_done')} epochs)"}
     accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress,
@@ -221,7 +225,7 @@ def evaluate_set(
     for all the students (``data.load_test_split``)."""
     from .data import load_dataset, load_test_split
     from .methods.registry import set_student_settings
-    from .student import train_student
+    from .student import check_test_set, train_student
 
     protocol = given_config("protocol", protocol, Protocol, Protocol)
     own = set_student_settings(distilled)  # (RDED: its augmentation, for the set's and the random subset's students)
@@ -229,7 +233,8 @@ def evaluate_set(
     ipc = check_evaluable(distilled, teachers, device, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
-    full = _full_data_accuracy(protocol, distilled.real_dataset, data_root, device, full_data_checkpoint, progress)
+    check_test_set(distilled, test)  # (before the full-data run trains: the data must be the set's classes)
+    full = _full_data_accuracy(protocol, distilled, data_root, device, full_data_checkpoint, progress)
 
     accuracies: Dict[str, Dict[str, List[float]]] = {"set": {}, "random": {}}
     per_seed: List[Dict[str, float]] = []

@@ -320,7 +320,8 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
             session.say(f"feature duplication: skipped for {which} (undefined with one training image per class)")
     session.step("test split")
     test = _test_split(cfg, session.out, ranks, progress)
-    teacher_paths, teachers = _load_teachers(session)  # 1. trained across the ranks, then loaded by every rank
+    _check_set_classes(sets, test)
+    teacher_paths, teachers = _load_teachers(session, test)  # 1. trained across the ranks, then loaded by every rank
     for key, directory in sets:  # 2. distilled sets, relabelled and measured
         _prepare_set(session, key, directory, teacher_paths, teachers)
     _train_students(session, sets, teachers, test)  # 3. students
@@ -352,18 +353,34 @@ def _open_session(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
     return _Session(cfg, ranks, progress, out, results, StepMeter(timing["steps"]), started)
 
 
-def _load_teachers(session: _Session) -> Tuple[List[str], List[Any]]:
+def _check_set_classes(sets: List[Tuple[SetKey, Path]], test) -> None:
+    """Before any work: every set already on disk (given to the run, or made by an earlier
+    session, maybe from other data) records the classes of the ``test`` split its students are
+    scored on, as student.check_test_set would find each only when its students train (read
+    from the manifests: no set is loaded)."""
+    from .checks import check_class_names, split_label
+    from .storage import read_manifest
+    from .student import SCORED_ON_OTHER_CLASSES
+
+    for _, directory in sets:
+        if directory.exists():
+            check_class_names(read_manifest(directory).get("class_names"), test.spec.class_names,
+                              f"the set {str(directory)!r}", split_label(test), SCORED_ON_OTHER_CLASSES)
+
+
+def _load_teachers(session: _Session, test) -> Tuple[List[str], List[Any]]:
     """The teachers' checkpoint paths and models, prepared (trained across the ranks) and
-    loaded by every rank; rank 0 records them."""
-    from .teacher import load_teacher
+    loaded by every rank, each checked against the run's data (the ``test`` split: its
+    classes, by count and name, are the training split's); rank 0 records them."""
+    from .teacher import load_teachers_for_split
 
     cfg = session.cfg
     t0 = time.perf_counter()
     session.step("teachers")
     teacher_paths = prepare_teachers(cfg, session.progress, session.ranks)
     teachers, records, described = [], [], []
-    for path in teacher_paths:
-        model, meta = load_teacher(path, dataset=cfg.dataset, device=distributed.local_device(cfg.device))
+    loaded = load_teachers_for_split(teacher_paths, cfg.dataset, test, distributed.local_device(cfg.device))
+    for path, (model, meta) in zip(teacher_paths, loaded):
         teachers.append(model)
         records.append({"path": path, "model": meta["model"], "test_accuracy": meta.get("test_accuracy"),
                         "train_seconds": meta.get("elapsed_s")})

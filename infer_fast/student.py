@@ -71,7 +71,7 @@ from .teacher import DEVICE_CHOICES, evaluate, resolve_device
 from . import distributed
 from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
                       STUDENT_SCHEDULES)
-from .checks import check_choice
+from .checks import check_choice, check_class_names, split_label
 from .options import CheckedWhenMade, check_fields, check_given_used, given_config, option, options_of, with_recipe
 from ._io import content_digest, model_digest, read_checkpoint, save_atomic
 from .run_identity import check_same_run, flattened
@@ -83,7 +83,7 @@ from .transfer import to_device
 __all__ = [
     "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "augment",
     "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "STUDENT_LABELS",
-    "train_student", "evaluate_seeds", "StudentRun",
+    "train_student", "evaluate_seeds", "check_test_set", "StudentRun",
     "feature_duplication",
 ]
 
@@ -284,10 +284,21 @@ def soft_target_cross_entropy(student_logits: Tensor, target_probs: Tensor) -> T
     return -(target_probs * F.log_softmax(student_logits, dim=1)).sum(1).mean()
 
 
-def _check_test_set(distilled: DistilledSet, test_set) -> None:
+# what to do when a set's recorded classes are not those of the test split (checks.check_class_names)
+SCORED_ON_OTHER_CLASSES = ("its students would be scored against other classes: evaluate on the data the set was "
+                           "made from (data_root, --data-root)")
+
+
+def check_test_set(distilled: DistilledSet, test_set) -> None:
+    """Before any training: ``test_set`` (a split) scores students of ``distilled`` only when its
+    classes are the set's, by count and, where both record them, by name in the same order (a
+    folder tree whose class folders sort another way would score every class as another one),
+    and its images are the set's shape; a ValueError naming both otherwise."""
     spec = test_set.spec
     if spec.num_classes != distilled.num_classes:
         raise ValueError(f"test set has {spec.num_classes} classes, the distilled set {distilled.num_classes}")
+    check_class_names(distilled.class_names, spec.class_names, "the distilled set", split_label(test_set),
+                      SCORED_ON_OTHER_CLASSES)
     shape = tuple(test_set.image_shape)
     expected = (distilled.channels, *distilled.image_size)
     if shape != expected:
@@ -505,7 +516,7 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     cfg = given_config("config", config, StudentConfig, StudentConfig)  # (valid: checked when made)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
-    _check_test_set(distilled, test_set)
+    check_test_set(distilled, test_set)
     run = StudentRun(distilled, test_set, cfg, teachers, ddp)
     if checkpoint is not None:
         run.open_checkpoint(checkpoint, resume)

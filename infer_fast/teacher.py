@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +24,13 @@ from torch import nn
 
 from . import __version__
 from .data import dataset_label, dataset_options, get_spec, load_dataset
-from .data.registry import IMAGEFOLDER
+from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import HeadMismatch, create_model
 from .progress import SHORT_PHASE_S, progress_bar
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
+from .checks import check_class_names, split_label
+from .imagenet_wnids import IMAGENET_WNIDS
 from .choices import DEVICE_CHOICES, PRECISIONS
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               model_in_layout)
@@ -41,8 +43,12 @@ CHECKPOINT_FORMAT = "infer-fast-teacher"
 CHECKPOINT_VERSION = 1
 # the progress bar's running loss is read on the host every this many steps (a read waits for the GPU)
 PROGRESS_LOSS_EVERY = 20
-# what load_teacher reads from a checkpoint
+# what load_teacher reads from a checkpoint (and "class_names", the classes of its outputs in order: a
+# checkpoint written before they were recorded has none, and is not checked against the data's)
 TEACHER_KEYS = ("dataset", "num_classes", "channels", "image_size", "model", "state_dict", "epochs_done", "config")
+# what to do when a teacher's recorded classes are not the data's (checks.check_class_names)
+OTHER_CLASSES_TODO = ("its outputs would be read as other classes: use a teacher trained on this data's classes "
+                      "(the same class folders)")
 # an evaluation batch holds at most this many pixels per channel: 256 images at 224^2 (~1.5 GiB of
 # ResNet-18 activations; ImageNet's batch of 1000 took 6 GiB more), whole batches of small images
 EVAL_MAX_PIXELS = 256 * 224 * 224
@@ -144,6 +150,7 @@ def _metadata(cfg: TeacherConfig, spec, train=None, progress: bool = False) -> D
         "num_classes": spec.num_classes,
         "channels": spec.channels,
         "image_size": spec.image_size,
+        "class_names": _class_names(spec),
         "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
         "model": cfg.model,
         "config": dataclasses.asdict(cfg),
@@ -151,6 +158,11 @@ def _metadata(cfg: TeacherConfig, spec, train=None, progress: bool = False) -> D
     if train is not None:
         meta["data_sha256"] = train.digest(progress=progress)
     return meta
+
+
+def _class_names(spec) -> Optional[List[str]]:
+    """The class names of a split's spec as a checkpoint records them (None: the dataset names none)."""
+    return list(spec.class_names) if spec.class_names is not None else None
 
 
 def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[str, Any]:
@@ -263,26 +275,30 @@ TEACHER_RESULT_NEUTRAL = ("device", "eval_batch_size", "data_root")
 
 def _identity(meta: Dict[str, Any]) -> Dict[str, Any]:
     """The run a teacher checkpoint's metadata records: its config's fields (the dataset by its
-    name), the data's shape and the training split's content digest."""
+    name), the data's shape, and the training split's content digest and class names (the
+    digest of arrays does not see the names, and a label means the class of that name)."""
     identity = {**meta.get("config", {}), **{k: meta.get(k) for k in ("dataset", "num_classes", "channels", "image_size")}}
-    if "data_sha256" in meta:
-        identity["data_sha256"] = meta["data_sha256"]
+    identity.update({k: meta[k] for k in ("data_sha256", "class_names") if k in meta})
     return identity
 
 
 def _check_same_run(ckpt: Dict[str, Any], meta: Dict[str, Any], path: str) -> None:
     """Resuming must continue the same training, not silently mix two (a checkpoint older than
-    a setting, or than the data digest, counts as made with the default, or with this data)."""
-    defaults = {**{name: opt.default for name, opt in options_of(TeacherConfig).items()}, "data_sha256": meta["data_sha256"]}
+    a setting, or than the data digest or class names, counts as made with the default, or with
+    this data)."""
+    defaults = {**{name: opt.default for name, opt in options_of(TeacherConfig).items()},
+                **{k: meta[k] for k in ("data_sha256", "class_names")}}
     check_same_run("teacher checkpoint", path, _identity(ckpt), _identity(meta),
                    "resume with the same settings and training data (another --data-root or changed files change it), "
                    "or choose another --out or delete the file to start over", ignore=TEACHER_RESULT_NEUTRAL,
-                   defaults=defaults, labels={"data_sha256": "the training images"})
+                   defaults=defaults, labels={"data_sha256": "the training images",
+                                              "class_names": "the class names (or their order)"})
 
 
 def load_teacher(
     path: str, dataset: Any = None, num_classes: Optional[int] = None, device: str = "cpu", *,
-    channels: Optional[int] = None, image_size: Optional[int] = None,
+    channels: Optional[int] = None, image_size: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
+    names_from: str = "the data",
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """A trained teacher, frozen (no parameter gradients) and in eval mode, and its metadata.
 
@@ -291,7 +307,10 @@ def load_teacher(
     are not finite, and, given ``dataset`` (a name or mapping), a teacher of another dataset,
     class count (``num_classes``, default the dataset's), input channels (``channels``) or,
     where the model is built for one input size, image size (``image_size``): the last two
-    default to the dataset's own."""
+    default to the dataset's own. Given ``class_names`` (those of the data it is used with, as
+    ``names_from`` calls it: a split's, a set's), a teacher recording other class names, or
+    the same in another order, is refused (checks.check_class_names; one recording none, older
+    than the record, is not)."""
     dev = resolve_device(device)
     ckpt = _read_checkpoint(path)
     missing = [key for key in TEACHER_KEYS if key not in ckpt]
@@ -303,6 +322,7 @@ def load_teacher(
         raise ValueError(f"teacher {path!r} predicts {ckpt['num_classes']} classes, not {num_classes}")
     if dataset is not None:
         channels, image_size = _data_inputs(path, ckpt, dataset, num_classes, channels, image_size)
+    check_class_names(ckpt.get("class_names"), class_names, f"teacher {path!r}", names_from, OTHER_CLASSES_TODO)
     if ckpt.get("train_state") is not None:
         raise ValueError(
             f"teacher {path!r} is unfinished ({ckpt['epochs_done']}/{ckpt['config']['epochs']} epochs): "
@@ -362,9 +382,21 @@ def teacher_path_list(teacher_paths) -> List[str]:
 def load_teachers_for_set(paths, distilled, device: str = "cpu") -> List[nn.Module]:
     """The teachers at ``paths`` (one path or a list: :func:`teacher_path_list`; load_teacher)
     for the DistilledSet ``distilled``: each refused, naming it, unless it was trained on the
-    set's dataset and takes its images."""
+    set's dataset, classes (their names, in order, where both record them) and takes its images."""
     return [load_teacher(p, dataset=distilled.dataset, num_classes=distilled.num_classes, device=device,
-                         channels=distilled.channels, image_size=distilled.height)[0] for p in teacher_path_list(paths)]
+                         channels=distilled.channels, image_size=distilled.height, class_names=distilled.class_names,
+                         names_from="the distilled set")[0] for p in teacher_path_list(paths)]
+
+
+def load_teachers_for_split(paths, dataset, split, device: str = "cpu") -> List[Tuple[nn.Module, Dict[str, Any]]]:
+    """(model, metadata) of each teacher at ``paths`` (:func:`teacher_path_list`; load_teacher)
+    for the loaded ``split`` of ``dataset`` (a name or mapping): each refused, naming it and
+    the split, unless it predicts the split's classes (their count, and their names in order
+    where both record them) and takes its images."""
+    spec = split.spec
+    return [load_teacher(p, dataset=dataset, num_classes=spec.num_classes, device=device, channels=spec.channels,
+                         image_size=spec.image_size, class_names=spec.class_names, names_from=split_label(split))
+            for p in teacher_path_list(paths)]
 
 
 def _data_inputs(path: str, ckpt: Dict[str, Any], dataset: Any, num_classes: Optional[int],
@@ -421,7 +453,7 @@ def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = Tru
     state_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     check_writable(out, "teacher checkpoint", need_bytes=state_bytes + CHECKPOINT_ALLOWANCE)
     cfg = TeacherConfig(dataset=spec.name, model=model, epochs=1, data_root=data_root, device=device)
-    meta = _metadata(cfg, spec)
+    meta = {**_metadata(cfg, spec), "class_names": _pretrained_class_names(spec)}
     meta["config"]["pretrained"] = os.fspath(pretrained) if isinstance(pretrained, (str, os.PathLike)) else bool(pretrained)
     accuracy = None
     if evaluate_on_test:
@@ -432,6 +464,16 @@ def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = Tru
     save_atomic({**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0,
                  "state_dict": net.state_dict(), "train_state": None}, out)
     return {**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0}
+
+
+def _pretrained_class_names(spec) -> Optional[List[str]]:
+    """The classes of pretrained weights for ``spec``, in their output order: ImageNet-1k's
+    classify its 1000 wnids sorted (IMAGENET_WNIDS, what the imagenet loader names its classes);
+    weights of another class count (a subset, or another data's weights) those the dataset
+    names, if it names any (an ImageNet subset's are not known here: not checked)."""
+    if get_dataset(spec.name).family == "imagenet" and spec.num_classes == len(IMAGENET_WNIDS):
+        return list(IMAGENET_WNIDS)
+    return _class_names(spec)
 
 
 def _existing_pretrained_teacher(out: str, model: str, dataset: str) -> Dict[str, Any]:

@@ -178,7 +178,9 @@ def test_export_json_is_the_folder_map_and_is_checked(named_export, tmp_path):
     imported = import_imagefolder(tmp_path / "f", "fashion-mnist-mini")  # export.json wins over the names
     assert imported.labels[:4].tolist() == [0, 0, 1, 1] and torch.equal(imported.images[:2], ds.images[2:4])
     for bad, match in ((dict(listing, class_folders=listing["class_folders"][:9]), r"class_folders must be 10"),
-                       (dict(listing, class_names=list("abcdefghij")), r"exported from a set whose class names")):
+                       (dict(listing, class_names=list("abcdefghij")),
+                        r"class 0 is 'a' in the exported set, 'T-shirt/top' in this dataset; also class 1 'b' / "
+                        r"'Trouser', class 2 'c' / 'Pullover', \.\.\. \(10 of 10 class names differ\): import it as")):
         (tmp_path / "f" / "export.json").write_text(json.dumps(bad))
         with pytest.raises(DistilledSetError, match="export.json: " + match):
             import_imagefolder(tmp_path / "f", "fashion-mnist-mini")

@@ -17,6 +17,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from ..checks import check_int
+from ..imagenet_wnids import IMAGENET_WNIDS
 
 __all__ = ["write_fake_imagenet", "IMAGENET_SIZES"]
 
@@ -37,14 +38,16 @@ def write_fake_imagenet(root, classes: int = 1000, train_per_class: int = 3, val
     """Write the tree under ``root`` (which may exist; files are overwritten); returns the
     counts {"train": n, "val": n, "grayscale": n, "cmyk": n, "png_named_jpeg": 1}. Every 7th
     image is grayscale, every 11th CMYK; the first training image of the second class is a
-    PNG named .JPEG. Sizes cycle through :data:`IMAGENET_SIZES`."""
+    PNG named .JPEG. Sizes cycle through :data:`IMAGENET_SIZES`. Class folders are ImageNet's
+    wnids (the first ``classes``), so a pretrained teacher's classes match a 1000-class tree."""
     for name, value in (("classes", classes), ("train_per_class", train_per_class), ("val_per_class", val_per_class)):
         check_int(name, value)
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "grayscale": 0, "cmyk": 0, "png_named_jpeg": 0}
     number = 0
     for c in range(classes):
-        wnid = f"n{1440764 + 37 * c:08d}"
+        # the real wnids (the first ``classes`` of them, sorted): a pretrained ImageNet teacher's classes
+        wnid = IMAGENET_WNIDS[c] if c < len(IMAGENET_WNIDS) else f"n{90000000 + c:08d}"
         for split, per_class in (("train", train_per_class), ("val", val_per_class)):
             directory = os.path.join(os.fspath(root), split, wnid)
             os.makedirs(directory, exist_ok=True)

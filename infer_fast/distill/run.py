@@ -60,18 +60,16 @@ def load_set_teachers(teacher_paths: Union[str, os.PathLike, Sequence[Union[str,
                       device: str):
     """(teachers, records) of a set being made from ``train``: each teacher at
     ``teacher_paths`` (one path or several: teacher.teacher_path_list) loaded frozen in eval
-    mode on this rank's device, checked against the split's classes, channels and size; each
-    record the path, model and recorded accuracy that the set keeps."""
-    from ..teacher import load_teacher, teacher_path_list
+    mode on this rank's device, checked against the split's classes (count and names),
+    channels and size (teacher.load_teachers_for_split); each record the path, model and
+    recorded accuracy that the set keeps."""
+    from ..teacher import load_teachers_for_split, teacher_path_list
 
-    teachers, records = [], []
-    for path in teacher_path_list(teacher_paths):
-        model, meta = load_teacher(path, dataset=dataset, num_classes=train.spec.num_classes,
-                                   device=distributed.local_device(device), channels=train.spec.channels,
-                                   image_size=train.spec.image_size)
-        teachers.append(model)
-        records.append({"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")})
-    return teachers, records
+    paths = teacher_path_list(teacher_paths)
+    loaded = load_teachers_for_split(paths, dataset, train, distributed.local_device(device))
+    records = [{"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")}
+               for path, (_, meta) in zip(paths, loaded)]
+    return [model for model, _ in loaded], records
 
 
 def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:

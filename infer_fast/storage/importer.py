@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .._io import PathLike, file_sha256
+from ..checks import check_class_names
 from .disk import FORMAT_NAME
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, fp16_soft_labels
 from .report import _safe_name
@@ -50,9 +51,13 @@ def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
         raise DistilledSetError(f"{root / 'export.json'}: class_folders must be {num_classes} distinct folder names "
                                 f"(one per class of this dataset)")
     recorded = listing.get("class_names")
-    if recorded is not None and class_names is not None and recorded != list(class_names):
-        raise DistilledSetError(f"{root / 'export.json'}: exported from a set whose class names are not this "
-                                f"dataset's; import it as the dataset it was exported from")
+    if recorded is not None and not isinstance(recorded, list):
+        raise DistilledSetError(f"{root / 'export.json'}: class_names must be a list of names, got {recorded!r}")
+    try:
+        check_class_names(recorded, class_names, "the exported set", "this dataset",
+                          "import it as the dataset it was exported from")
+    except ValueError as exc:  # (an import's errors are DistilledSetErrors naming the file)
+        raise DistilledSetError(f"{root / 'export.json'}: {exc}") from None
     return {f: i for i, f in enumerate(folders)}
 
 
