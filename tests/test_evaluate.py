@@ -89,3 +89,16 @@ def test_cli_writes_the_report(teacher, labelled_set, tmp_path, capsys):
     save_distilled(unlabelled, tmp_path / "bare")
     assert main(["evaluate", str(tmp_path / "bare"), "--teachers", teacher[0], "--device", "cpu"]) == 2
     assert "relabel it first" in capsys.readouterr().err
+
+
+def test_a_set_without_soft_labels_names_the_flag_and_its_methods_labels():
+    """Evaluating an unlabelled set under static labels names the flag that evaluates it as is,
+    and says when its method's students take per-batch labels (RDED's)."""
+    from types import SimpleNamespace
+
+    from infer_fast.evaluate import check_evaluable
+
+    for method, said in (("rded", r"\(--soft-labels per-batch\) \(RDED's students take them\)$"),
+                         ("sre2l", r"\(--soft-labels per-batch\)$"), ("imported", r"\(--soft-labels per-batch\)$")):
+        with pytest.raises(ValueError, match=said):
+            check_evaluable(SimpleNamespace(method=method, has_soft_labels=False), [], "cpu", static_labels=True)
