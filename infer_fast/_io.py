@@ -45,6 +45,34 @@ def is_hidden_sibling(entry: str, name: str, kind: str) -> bool:
     return entry.startswith(f".{name}.{kind}-")
 
 
+def hidden_sibling_owner(path: PathLike, kind: str) -> Optional[str]:
+    """The path whose hidden sibling of ``kind`` ``path`` is (``<name>`` beside
+    ``.<name>.<kind>-<tag>``), or None where ``path`` is no such sibling."""
+    head, entry = os.path.split(os.fspath(path))
+    name, found, tag = entry[1:].rpartition(f".{kind}-")
+    if not entry.startswith(".") or not found or not name or not tag or "." in tag:
+        return None
+    return os.path.join(head, name)
+
+
+# The numbers in names derived from an output's name at their widest: a pid (Linux's pid_max is
+# at most 2**22) and a rank, world size, teacher, job index or group size (under a million).
+_WIDEST_PID, _WIDEST_NUMBER = str(2 ** 22), str(10 ** 6 - 1)
+
+
+def longest_derived_name(name: str) -> str:
+    """The longest file name a writer of the output ``name`` makes: the temporary file
+    (write_atomically) of a results file of one rank's share of a recovery
+    (``<name>.recovery.pt.results/<share>.m<m>-k<k>-n<n>.pt``, distill/checkpoints.py, a share
+    being ``<name>.recovery.pt.rank<r>-of-<w>``, distributed.shard_path), every number at its
+    widest. The others (``.<name>.lock``, ``.<name>.tmp-<12 hex>``, ``.<name>.old-<12 hex>``, a
+    checkpoint's temporary file) are shorter: tests/test_write_safety.py checks each of them
+    against this one."""
+    n = _WIDEST_NUMBER
+    share = f"{name}.recovery.pt.rank{n}-of-{n}"
+    return os.path.basename(hidden_sibling(f"{share}.m{n}-k{n}-n{n}.pt", TEMP, _WIDEST_PID))
+
+
 class OutputPathError(OSError):
     """An output that cannot be written (read-only, not a directory, no space...), found
     before any work was done. Its message names the option and the path."""
@@ -77,7 +105,9 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
     or "inside" (files written into the directory). Where the writing happens (the nearest
     existing directory) must be a directory, not a file, where a file can be created (a
     probe file is made and removed: this catches read-only media and missing permissions)
-    and, with ``need_bytes``, must have that much space free. Nothing is left behind."""
+    and, with ``need_bytes``, must have that much space free; the names made from the output's
+    ("file", "directory": its temporary copies, lock, recovery checkpoints) must fit the file
+    system's limit on a name. Nothing is left behind."""
     if kind not in ("file", "directory", "inside"):
         raise ValueError(f"kind must be 'file', 'directory' or 'inside', got {kind!r}")
     shown = os.fspath(path)
@@ -91,6 +121,8 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r}: {existing} is a file, not a directory")
+    if kind != "inside":  # (a run directory's own name is not extended: what it holds has names of its own)
+        _check_name_length(target, what, shown, existing)
     try:
         fd, probe = tempfile.mkstemp(prefix=".infer-fast-write-check-", dir=existing)
         os.close(fd)
@@ -105,6 +137,24 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
                 errno.ENOSPC, f"cannot write {what} {shown!r}: it needs about {format_bytes(need_bytes)}, "
                 f"{existing} has {format_bytes(free)} free"
             )
+
+
+def _check_name_length(target: str, what: str, shown: str, existing: str) -> None:
+    """The names derived from the output's (longest_derived_name) fit the file system's limit
+    on a name (in bytes of the encoded name): else the write of a recovery's results, or of
+    the output itself, would fail with "File name too long" after the work."""
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255  # (the usual limit, where the file system does not say)
+    name = os.path.basename(target)
+    size, derived = len(os.fsencode(name)), len(os.fsencode(longest_derived_name(name)))
+    if limit > 0 and derived > limit:
+        raise OutputPathError(
+            errno.ENAMETOOLONG, f"{what} {shown!r}: its name is too long ({size} bytes): the names made from it "
+            f"(temporary copies, recovery checkpoints) take up to {derived - size} bytes more, and {existing} allows "
+            f"{limit} bytes per name; choose a name of at most {limit - (derived - size)} bytes"
+        )
 
 
 def check_input_file(path: PathLike, what: str) -> str:

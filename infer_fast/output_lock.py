@@ -1,8 +1,9 @@
-"""One writer per output: a distill, a relabel or a run holds an exclusive lock on its output
-(a set directory, a run directory) for its whole duration, so a second one started on the same
-output is refused at once, naming it and the process that holds it, instead of both writing
-the same recovery checkpoint and set. Holding the lock, whatever an earlier writer killed
-mid-save left beside the output (temporary siblings of an atomic write) is stale: removed.
+"""One writer per output: a distill, a relabel, an export or a run holds an exclusive lock on its
+output (a set directory, an export, a run directory) for its whole duration, so a second one
+started on the same output is refused at once, naming it and the process that holds it, instead
+of both writing the same recovery checkpoint and set. Holding the lock, whatever an earlier
+writer killed mid-save left beside the output (temporary siblings of an atomic write) is stale:
+removed, except a replaced set that is all that is left of the output: put back.
 
 The lock is ``flock`` on a hidden sibling file ``.<name>.lock`` (in a run directory: ``.lock``),
 released by the kernel when the holder dies, so a kill never leaves the output locked, and
@@ -17,9 +18,9 @@ import inspect
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, List, Union
+from typing import Callable, Iterator, List, Set, Union
 
-from ._io import REPLACED, TEMP, hidden_sibling_pattern, is_hidden_sibling
+from ._io import REPLACED, TEMP, hidden_sibling_owner, hidden_sibling_pattern
 
 PathLike = Union[str, os.PathLike]
 
@@ -38,27 +39,57 @@ def lock_path(output: PathLike, inside: bool = False) -> Path:
 def stale_leftovers(output: PathLike) -> List[str]:
     """What writers of ``output`` killed mid-save leave: the temporary and the replaced copies
     of a set saved atomically (``.<name>.tmp-*``, ``.<name>.old-*``), the temporary files of its
-    recovery checkpoints and of the files inside a run directory."""
+    recovery checkpoints, and the temporary and replaced copies inside a run directory."""
     output = Path(output).absolute()
     parent, name = glob.escape(str(output.parent)), glob.escape(output.name)
     patterns = [f"{parent}/{hidden_sibling_pattern(name, TEMP)}", f"{parent}/{hidden_sibling_pattern(name, REPLACED)}",
                 f"{parent}/{hidden_sibling_pattern(name + '.recovery.pt*', TEMP)}",
                 f"{parent}/{name}.recovery.pt.results/{hidden_sibling_pattern('*', TEMP)}"]
+    found = {p for pattern in patterns for p in glob.glob(pattern)}
     if output.is_dir() and not output.is_symlink():  # (a run directory: also in its teachers/, students/, sets/...)
-        inside = glob.escape(str(output))
-        patterns += [f"{inside}/{hidden_sibling_pattern('*', TEMP)}", f"{inside}/**/{hidden_sibling_pattern('*', TEMP)}"]
-    return sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)})
+        inside = glob.glob(f"{glob.escape(str(output))}/**/.*", recursive=True)  # (one walk)
+        found.update(p for p in inside if hidden_sibling_owner(p, TEMP) or hidden_sibling_owner(p, REPLACED))
+    return sorted(found)
 
 
-def _remove_leftover(path: str, output: Path) -> None:
+def _sweep(output: Path) -> None:
+    """Put back the sets an interrupted overwrite left missing (:func:`_put_back_replaced`), then
+    remove the other leftovers."""
+    leftovers = stale_leftovers(output)
+    put_back = _put_back_replaced(output, leftovers)
+    for leftover in leftovers:
+        if leftover not in put_back:
+            _remove_leftover(leftover)
+
+
+def _put_back_replaced(output: Path, leftovers: List[str]) -> Set[str]:
+    """A set overwritten by a writer killed between its two renames is missing, its previous
+    version whole at ``.<name>.old-*`` (the new one at ``.<name>.tmp-*``): the previous one is
+    renamed back (storage.disk.restore_replaced), saying so, before the leftovers (the new one
+    among them) go, so a kill never loses the set; a rerun makes the new one again. ``output``
+    and the sets in it (a run directory's) alike; returns where the sets put back were."""
+    from .storage.disk import restore_replaced
+
+    owners = {Path(output).absolute()} | {Path(o) for o in (hidden_sibling_owner(p, REPLACED) for p in leftovers) if o}
+    put_back = set()
+    for owner in sorted(owners):
+        old = restore_replaced(owner)
+        if old is not None:
+            print(f"{owner}: put back the set that an interrupted overwrite had left at {old}", flush=True)
+            put_back.add(os.fspath(old))
+    return put_back
+
+
+def _remove_leftover(path: str) -> None:
     """Remove a killed writer's ``path``; a replaced set (``.<name>.old-*``) first gives back to
-    ``output`` what the user kept beside the set's files (a kill came between the swap and
-    that move: storage.disk.keep_foreign), or is kept when it cannot."""
-    if is_hidden_sibling(os.path.basename(path), output.name, REPLACED) and output.is_dir() and os.path.isdir(path):
+    the set ``<name>`` beside it what the user kept beside the set's files (a kill came between
+    the swap and that move: storage.disk.keep_foreign), or is kept when it cannot."""
+    owner = hidden_sibling_owner(path, REPLACED)
+    if owner is not None and os.path.isdir(owner) and os.path.isdir(path):
         from .storage.disk import keep_foreign
 
         try:
-            keep_foreign(Path(path), output)
+            keep_foreign(Path(path), Path(owner))
         except ValueError:  # (its message names where they stay: kept, not removed)
             return
     _remove(path)
@@ -100,8 +131,7 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False) ->
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
-        for leftover in stale_leftovers(output):
-            _remove_leftover(leftover, Path(output))
+        _sweep(Path(output))
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

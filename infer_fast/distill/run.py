@@ -13,7 +13,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from .. import distributed
 from .._io import check_writable
-from .checkpoints import remove_recovery_checkpoints
+from ..storage.distilled_set import OutputExistsError
+from .checkpoints import recovery_checkpoints, recovery_results_dir, remove_recovery_checkpoints
 
 
 def real_data_fields(train) -> Dict[str, Any]:
@@ -81,16 +82,59 @@ def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:
     return out_dir.with_name(out_dir.name + ".recovery.pt")
 
 
+class RunFinishedError(OutputExistsError):
+    """The output is the whole set of a run that was killed after saving it, before removing its
+    recovery checkpoint: that leftover was removed now (``checkpoint``). A ``--resume`` of that
+    run may report the set as done instead of failing."""
+
+    def __init__(self, message: str, checkpoint: Path):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
 def check_new_output(out_dir) -> Path:
-    """Before any work: ``out_dir`` must not exist and its parent must be writable (the set
-    and the recovery checkpoint beside it go there)."""
-    from ..storage import OutputExistsError
+    """Before any work: ``out_dir`` must not exist, not even as a symbolic link (to nothing:
+    the save would refuse it after the work), and its parent must be writable (the set and the
+    recovery checkpoint beside it go there). An existing set beside a recovery checkpoint of
+    its own is refused with RunFinishedError, the checkpoint removed (:func:`_remove_orphan`)."""
+    from ..storage.disk import refuse_symlink
 
     out_dir = Path(out_dir)
+    refuse_symlink(out_dir)
     if out_dir.exists():
-        raise OutputExistsError(f"{out_dir} already exists; choose another output directory")
+        message = f"{out_dir} already exists; choose another output directory"
+        checkpoint = _remove_orphan(out_dir)
+        if checkpoint is not None:
+            raise RunFinishedError(f"{message} (it is the whole set of a finished run: removed the recovery checkpoint "
+                                   f"that run left behind, {checkpoint})", checkpoint)
+        raise OutputExistsError(message)
     check_writable(out_dir, "output directory", kind="directory")
     return out_dir
+
+
+def _remove_orphan(out_dir: Path) -> Optional[Path]:
+    """Remove the recovery checkpoint (every rank's share, the results: remove_recovery_checkpoints)
+    beside the whole set ``out_dir`` made by a resumable method; returns its path, or None
+    where there is none (or not on rank 0). Such a set was saved by that checkpoint's run,
+    killed before its cleanup (save_and_clean): a distill runs only where its output does not
+    exist yet, and a resumable method goes through the checkpoint beside it (refused unless it
+    is its own run's), so the set is that run's result and the checkpoint is of no more use. A
+    set of a method without checkpoints (random, an import) may sit beside another run's
+    checkpoint: that one is kept."""
+    from ..methods.registry import get_method
+    from ..storage.disk import complete_manifest
+
+    checkpoint = recovery_checkpoint_path(out_dir)
+    leftover = recovery_checkpoints(checkpoint) or os.path.isdir(recovery_results_dir(checkpoint))
+    manifest = complete_manifest(out_dir) if leftover and distributed.rank_and_world()[0] == 0 else None
+    try:
+        resumable = manifest is not None and get_method(manifest["method"]).resumable
+    except ValueError:  # (a method not registered here)
+        resumable = False
+    if not resumable:
+        return None
+    remove_recovery_checkpoints(checkpoint)
+    return checkpoint
 
 
 def check_space(out_dir: Path, set_bytes: int, result_bytes: int, partial_bytes: Optional[int] = None) -> None:

@@ -161,6 +161,56 @@ def _cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def complete_manifest(directory: PathLike) -> Optional[Dict[str, Any]]:
+    """The manifest of ``directory`` if it holds a whole set (its manifest reads, and every file
+    it lists is there at its recorded size), else None. Not hashed: cheap enough for the output
+    lock's sweep and the checks before a run, on a set of any size."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+        sizes = {fname: (directory / fname).stat().st_size for fname in manifest["files"]}
+    except (OSError, ValueError):
+        return None
+    whole = all(entry.get("bytes", sizes[fname]) == sizes[fname] for fname, entry in manifest["files"].items())
+    return manifest if whole else None
+
+
+def refuse_symlink(directory: Path) -> None:
+    """A set (or an export) is written beside its name and renamed into place, which would
+    replace a symbolic link, not write where it leads (and a link to nothing reads as missing
+    to one check and as taken to another, after the work): an output directory that is a link
+    is refused, before any work, the same whether it leads somewhere or not."""
+    if directory.is_symlink():
+        leads = "" if directory.exists() else ", which does not exist"
+        raise OutputExistsError(f"{directory} is a symbolic link (to {os.readlink(directory)}{leads}): outputs are "
+                                "not written through links; remove it or choose another output directory")
+
+
+def restore_replaced(directory: PathLike) -> Optional[Path]:
+    """Where ``directory`` is missing and an overwrite killed between its two renames left the
+    previous set whole at ``.<name>.old-*``, rename it back (the new set, which a rerun makes
+    again, is left to the leftover sweep); returns where it was, or None. Run holding the
+    output's lock (output_lock), before its leftovers are removed."""
+    directory = Path(directory).absolute()
+    old = None if os.path.lexists(directory) else _replaced_set(directory)
+    if old is not None:
+        os.rename(old, directory)
+        _fsync_path(directory.parent)
+    return old
+
+
+def _replaced_set(directory: Path) -> Optional[Path]:
+    """The whole set an interrupted overwrite of ``directory`` left at ``.<name>.old-*``, if any."""
+    parent = directory.absolute().parent
+    if not parent.is_dir():
+        return None
+    pattern = hidden_sibling_pattern(glob.escape(directory.name), REPLACED)
+    for old in sorted(parent.glob(pattern)):  # (one, unless kills came one after another)
+        if old.is_dir() and not old.is_symlink() and complete_manifest(old) is not None:
+            return old
+    return None
+
+
 def keep_foreign(old: Path, directory: Path) -> None:
     """Move what the user put in a set's directory (notes, an export: any entry that is not
     one of a set's own files) from the replaced set ``old`` into the new one: an overwrite
@@ -200,10 +250,11 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
     ds.validate()
     directory = Path(directory)
     check_writable(directory, "output directory", kind="directory", need_bytes=ds.nbytes() + MANIFEST_ALLOWANCE)
-    if directory.exists() or directory.is_symlink():
+    refuse_symlink(directory)
+    if directory.exists():
         if not overwrite:
             raise OutputExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
-        if not directory.is_dir() or directory.is_symlink():
+        if not directory.is_dir():
             raise DistilledSetError(f"refusing to replace {directory}: it is not a directory")
         if any(directory.iterdir()) and not _is_distilled_dir(directory):
             raise DistilledSetError(f"refusing to replace {directory}: it is not an infer-fast distilled set")
@@ -227,12 +278,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
                 os.fsync(f.fileno())
             _fsync_path(tmp)
             if directory.exists():
-                old = Path(hidden_sibling(directory, REPLACED))
-                os.rename(directory, old)
-                os.rename(tmp, directory)
-                _fsync_path(parent)  # the new set is in place before the old one goes
-                keep_foreign(old, directory)
-                _cleanup(old)
+                _swap(tmp, directory)
             else:
                 os.rename(tmp, directory)
                 _fsync_path(parent)
@@ -242,18 +288,35 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
     return directory
 
 
+def _swap(tmp: Path, directory: Path) -> None:
+    """Replace the set ``directory`` with the new one at ``tmp``: the old set renamed aside, the
+    new one in, the user's files moved over (keep_foreign), the old set deleted. A failure or
+    Ctrl-C between the two renames puts the old set back before the new one is cleaned up:
+    never neither (a SIGKILL there leaves both: the next writer's lock puts the old one back,
+    restore_replaced)."""
+    old = Path(hidden_sibling(directory, REPLACED))
+    try:
+        os.rename(directory, old)
+        os.rename(tmp, directory)
+    except BaseException:  # (an interrupt may land just after either rename: what is where says how far it got)
+        if os.path.lexists(old) and not os.path.lexists(directory):
+            os.rename(old, directory)
+        raise
+    _fsync_path(directory.absolute().parent)  # the new set is in place before the old one goes
+    keep_foreign(old, directory)
+    _cleanup(old)
+
+
 # --------------------------------------------------------------------------------------
 # load
 # --------------------------------------------------------------------------------------
 
 def _missing_hint(directory: Path) -> str:
-    parent = directory.absolute().parent
-    if parent.is_dir():
-        olds = sorted(parent.glob(hidden_sibling_pattern(glob.escape(directory.name), REPLACED)))
-        for old in olds:
-            if _is_distilled_dir(old):
-                return f" (an interrupted overwrite left the previous set at {old}; rename it back to recover)"
-    return ""
+    old = _replaced_set(directory)
+    if old is None:
+        return ""
+    return (f" (an interrupted overwrite left the previous set at {old}: the next relabel of {directory} puts it "
+            "back, or rename it back yourself)")
 
 
 def read_manifest(directory: PathLike) -> Dict[str, Any]:

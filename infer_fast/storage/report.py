@@ -17,7 +17,8 @@ from ..choices import EXPORT_NAMINGS
 from ..data.pixels import denormalize, normalize_uint8, quantize_images
 from .compression import compression_ratio_from_manifest
 from .dataset import DistilledDataset
-from .disk import FORMAT_NAME, FORMAT_VERSION, IMAGE_ORDER, load_distilled, read_manifest
+from ..output_lock import holds_output
+from .disk import FORMAT_NAME, FORMAT_VERSION, IMAGE_ORDER, load_distilled, read_manifest, refuse_symlink
 from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
 
@@ -163,6 +164,7 @@ def _class_folders(ds: DistilledSet, naming: str) -> List[str]:
     return folders
 
 
+@holds_output("out_dir", "export directory", every_rank=False)  # (one writer; a killed one's temporary folder goes)
 def export_imagefolder(
     directory: Union[DistilledSet, PathLike],
     out_dir: PathLike,
@@ -179,7 +181,9 @@ def export_imagefolder(
     in float, denormalized, clamped to [0, 1] and quantized to uint8 only here. Also writes
     ``export.json`` (source, class folders, order) and, when the set has soft labels,
     ``soft_labels.safetensors`` ((N, C) fp16, row i = training image i). Refuses a
-    non-empty ``out_dir``.
+    non-empty ``out_dir`` or a symbolic link. Holds ``out_dir``'s lock (output_lock): a second
+    export to it is refused, and what an export killed meanwhile left (``.<out>.tmp-*``) is
+    removed.
     """
     from ..viz import write_png
 
@@ -190,6 +194,7 @@ def export_imagefolder(
     if ds.channels not in (1, 3):
         raise DistilledSetError(f"PNG export needs 1 or 3 channels, this set has {ds.channels}")
     out = Path(out_dir)
+    refuse_symlink(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputExistsError(f"{out} exists and is not an empty directory; refusing to overwrite")
     folders = _class_folders(ds, naming)
