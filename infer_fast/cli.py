@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from . import interrupts
 from .checks import check_int
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
 from .config import comma_list, path_list, positive_floats, positive_ints
@@ -143,6 +146,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     if not options.get("dataset"):
         raise UserError("--dataset is required (see `infer-fast datasets`)")
     config = TeacherConfig(**options)  # (checked when made: train_teacher takes it as it is)
+    args.checkpoint = out  # (an interrupted training continues from it: _how_to_continue)
     with output_lock(out, "teacher checkpoint"):  # (two trainings of one --out would overwrite each other)
         summary = train_teacher(config, out, progress=not args.quiet)
     print(
@@ -227,6 +231,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
     method = get_method(options.get("method", "infer"))  # (one that makes a set: the flag's choices)
+    if method.resumable:  # (an interrupted run continues from its checkpoint: _how_to_continue)
+        from .distill.run import recovery_checkpoint_path
+
+        args.checkpoint = recovery_checkpoint_path(options["out"])
     takes = COMMON_DISTILL_OPTIONS + (TEACHER_USE_OPTIONS if method.uses_teachers else ()) + method.option_names
     ignored = sorted(f"--{k.replace('_', '-')}" for k in options if k not in takes) \
         + (["--resume"] if args.resume and not method.resumable else [])
@@ -581,36 +589,194 @@ def _add_set_commands(sub) -> None:
     export.set_defaults(func=cmd_export)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+# How an interrupted command continues: from its checkpoint (cmd_teacher and cmd_distill set
+# args.checkpoint), or by running again (run and demo continue their directory).
+RESUME_FROM_CHECKPOINT = {"teacher": "run the same command to continue",
+                          "distill": "run the same command with --resume to continue"}
+CONTINUE_BY_RUNNING_AGAIN = ("run", "demo")
+
+# What lowers a command's memory, for its out-of-memory line (others: the generic advice).
+MEMORY_OPTIONS = {
+    "teacher": "--batch-size or --eval-batch-size",
+    "distill": "--group-size or --chunk-size (recovery), or --batch-size (rded)",
+    "train": "--batch-size or --eval-batch-size",
+    "evaluate": "--batch-size",
+    "run": "batch_size or eval_batch_size (teachers, student), or group_size or chunk_size (recovery) in the config",
+}
+
+
+class _GuardedStream:
+    """sys.stdout or sys.stderr as a command sees it: a write or flush that fails (a closed
+    pipe: `| head`; a full disk; EIO) drops the rest of that stream's output instead of
+    stopping the work, which never depends on it. A failed stdout is said once on stderr
+    (``who``: the command); the stream's file descriptor is pointed at /dev/null, so what
+    its buffer still holds goes there, and Python's flush at exit cannot fail on it ("Exception
+    ignored ...", status 120)."""
+
+    def __init__(self, stream, name: str, who: str):
+        self.stream, self.name, self.who, self.failed = stream, name, who, False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                return self.stream.write(text)
+            except OSError as exc:
+                self._drop(exc)
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._drop(exc)
+
+    def __getattr__(self, name: str):  # (isatty, fileno, encoding... of the stream)
+        return getattr(self.stream, name)
+
+    def _drop(self, exc: OSError) -> None:
+        self.failed = True
+        try:  # (a stream without a descriptor, as under pytest's capture: only dropped here)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        if self.name == "stdout":  # (a failed stderr has nowhere to say it)
+            print(f"{self.who}: stdout: {exc.strerror or exc}: further output dropped", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _guarded_output(who: str):
+    """sys.stdout and sys.stderr guarded (_GuardedStream) while the block runs, flushed through
+    the guards at its end, then restored; yields the stdout guard (its ``who`` can be set)."""
+    saved = sys.stdout, sys.stderr
+    out, err = _GuardedStream(saved[0], "stdout", who), _GuardedStream(saved[1], "stderr", who)
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield out
+    finally:
+        out.flush()
+        err.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _working_directory_problem() -> Optional[str]:
+    """Why the current directory cannot be used (it was deleted, or moved away), if it cannot:
+    every relative path of a command is read from it."""
+    try:
+        os.getcwd()
+    except OSError as exc:
+        what = ("no longer exists (deleted?)" if isinstance(exc, FileNotFoundError)
+                else f"cannot be read ({exc.strerror or exc})")
+        return f"the current directory {what}: cd to an existing directory and run the command again"
+    return None
+
+
+def _interrupted(args: Optional[argparse.Namespace], exc: KeyboardInterrupt) -> int:
+    """The one line of an interrupted command: which signal, and how to continue where that
+    applies; returns the exit status, 128 + the signal's number."""
+    who = f"infer-fast {args.command}" if args is not None else "infer-fast"
+    name = interrupts.signal_name(getattr(exc, "signum", signal.SIGINT))
+    print(f"{who}: interrupted ({name}){_how_to_continue(args)}", file=sys.stderr, flush=True)
+    return interrupts.exit_status(exc)
+
+
+def _how_to_continue(args: Optional[argparse.Namespace]) -> str:
+    """"; progress is saved in FILE: ..." where the command's checkpoint is on disk, "; run the
+    same command ..." for the commands that continue their directory, else nothing."""
+    if args is None:
+        return ""
+    if args.command in CONTINUE_BY_RUNNING_AGAIN:
+        return "; run the same command to continue where it stopped"
+    checkpoint = getattr(args, "checkpoint", None)
+    if args.command not in RESUME_FROM_CHECKPOINT or checkpoint is None:
+        return ""
+    from .distill.checkpoints import recovery_checkpoints
+
+    found = recovery_checkpoints(checkpoint)  # the file itself (a recovery under torchrun "jobs": the ranks' shares)
+    if not found:
+        return ""
+    where = found[0] + (f" (and {len(found) - 1} more beside it)" if len(found) > 1 else "")
+    return f"; progress is saved in {where}: {RESUME_FROM_CHECKPOINT[args.command]}"
+
+
+def _out_of_memory(command: str, exc: BaseException) -> str:
+    """The one-line message of a command that ran out of memory: what lowers it."""
+    from .memory import first_line
+
+    detail = type(exc).__name__ + (f": {first_line(exc)}" if first_line(exc) else "")
+    lower = MEMORY_OPTIONS.get(command)
+    fix = f"lower {lower}, or free memory" if lower else "free memory, or run it on a machine with more"
+    return f"out of memory ({detail}): {fix}"
+
+
+def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
+    """The one line of a failed command; returns its exit status: 2 for what the user or the
+    machine can change (options, files, memory), 1 for a bug. (What it imports the parser has
+    loaded: nothing new is loaded when memory has run out.)"""
     from ._io import describe_os_error
+    from .memory import is_out_of_memory
+
+    if isinstance(exc, user_errors):
+        message = str(exc)
+    elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
+        message = describe_os_error(exc)
+    elif is_out_of_memory(exc):  # (MemoryError under `ulimit -v`, CUDA's, the CPU allocator's)
+        message = _out_of_memory(command, exc)
+    else:  # a bug, not the user's doing: a short message, status 1
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"infer-fast {command}: internal error: {type(exc).__name__}: {first} "
+              "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    print(f"infer-fast {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its errors as one line (_failed; --debug: the traceback)."""
     from .distill import RecoveryDivergedError
     from .distill.plan import RecoveryOutOfMemoryError
     from .ops.backends import BackendUnavailableError
     from .progress import progress_mode
 
+    user_errors = (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError, RecoveryOutOfMemoryError)
     try:
         progress_mode()  # a misspelt INFER_FAST_PROGRESS is refused before any work
         args.func(args)
-    except KeyboardInterrupt:
-        print(f"infer-fast {args.command}: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:
         if args.debug:
             raise
-        if isinstance(exc, (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError, RecoveryOutOfMemoryError)):
-            message = str(exc)
-        elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
-            message = describe_os_error(exc)
-        else:  # a bug, not the user's doing: a short message, status 1
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            print(f"infer-fast {args.command}: internal error: {type(exc).__name__}: {first} "
-                  "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
-            return 1
-        print(f"infer-fast {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _failed(args.command, exc, user_errors)
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line. Every command ends with one line on stderr at most: an error, or an
+    interrupt (SIGINT, SIGTERM, SIGHUP: interrupts.py; exit status 128 + the signal's number)
+    saying how to continue. Output that cannot be written is dropped, not fatal
+    (_GuardedStream)."""
+    problem = _working_directory_problem()
+    if problem:
+        print(f"infer-fast: error: {problem}", file=sys.stderr)
+        return 2
+    with interrupts.handlers_installed(), _guarded_output("infer-fast") as stdout:
+        args = None
+        try:
+            args = build_parser().parse_args(argv)
+            stdout.who = f"infer-fast {args.command}"
+            return _run(args)
+        except KeyboardInterrupt as exc:
+            return _interrupted(args, exc)
+        except MemoryError as exc:  # (the parser imports every command's modules: memory can run out there too)
+            if args is not None:  # (--debug: the traceback)
+                raise
+            print(f"infer-fast: error: {_out_of_memory('', exc)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .. import interrupts
 from ..progress import SHORT_PHASE_S, progress_bar
 from .folders import DEFAULT_DECODER, check_crop, decode_image
 from .registry import DatasetSpec
@@ -230,6 +231,23 @@ class ImageSet(_Split):
         return content_digest([self.images, self.labels])
 
 
+def _whole_batches(loader: torch.utils.data.DataLoader) -> Iterator[Tuple[Tensor, Tensor]]:
+    """The loader's batches, a stop signal (Ctrl-C, SIGTERM) acted on between two of them
+    (interrupts.stop_at_safe_points): never inside the iterator's start (a half-built
+    iterator's clean-up fails: AttributeError ... _workers_status) nor while a batch arrives
+    from a worker (which then fails on the closed connection: BrokenPipeError in
+    multiprocessing's resource_sharer). The workers ignore the signals (interrupts.ignore_in_worker):
+    the iterator, let go, shuts them down."""
+    with interrupts.stop_at_safe_points():
+        iterator = iter(loader)
+    while True:
+        with interrupts.stop_at_safe_points():
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
 class FolderImageSet(_Split):
     """A split kept on disk as image files, decoded lazily with Pillow (the shorter side resized
     to ``spec.image_size / crop``, then the central ``spec.image_size`` square cropped; ``crop``:
@@ -275,8 +293,9 @@ class FolderImageSet(_Split):
             iterator = ((torch.stack([self[i][0] for i in chunk]), self.labels[chunk]) for chunk in chunks)
         else:
             loader = torch.utils.data.DataLoader(self, batch_sampler=chunks, num_workers=workers,
-                                                 pin_memory=pin_memory and torch.cuda.is_available())
-            iterator = iter(loader)
+                                                 pin_memory=pin_memory and torch.cuda.is_available(),
+                                                 worker_init_fn=interrupts.ignore_in_worker)
+            iterator = _whole_batches(loader)
         yield from progress_bar(iterator, total=len(chunks), desc=desc, disable=not progress, leave=False, unit="batch",
                                 delay=delay)
 

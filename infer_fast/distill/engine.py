@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import signal
 import time
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import memory
+from .. import interrupts, memory
 from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..mixed_precision import model_in_layout
 from ..models import device_of
@@ -79,6 +81,20 @@ FINAL_PASS_NOTE_S = 5.0
 # Tests set this: every iteration after the first then runs under
 # torch.cuda.set_sync_debug_mode("error"), so any host synchronisation in the loop raises.
 CHECK_HOST_SYNCS = False
+
+# Tests only (tests/test_interrupts.py), not a user option: "SIGTERM:40" makes the process send
+# itself SIGTERM as iteration 40 of a batch starts, so a test stops a run inside a batch at a
+# chosen iteration on any machine (the signal lands while that iteration is under way).
+SIGNAL_AT_ITERATION_ENV = "INFER_FAST_TEST_SIGNAL_AT_ITERATION"
+
+
+def _test_signal() -> Tuple[Optional[int], Optional[int]]:
+    """(iteration, signal) of SIGNAL_AT_ITERATION_ENV, or (None, None) when it is not set."""
+    value = os.environ.get(SIGNAL_AT_ITERATION_ENV)
+    if not value:
+        return None, None
+    name, _, iteration = value.partition(":")
+    return int(iteration), signal.Signals[name]
 
 
 class ProgressReadout:
@@ -266,54 +282,88 @@ class _Batch:
 
     def run(self, start: int, on_checkpoint, progress: bool, desc: str, started: float) -> Tuple[Tensor, Tensor, float]:
         """Iterations ``start`` .. config.iterations - 1, checkpointing between them; returns the
-        last iteration's (CE, R_bn) and the seconds until the first iteration was done."""
+        last iteration's (CE, R_bn) and the seconds until the first iteration was done.
+
+        A stop requested by a signal (interrupts.STOP, set inside a safe-point region: the
+        caller's) is acted on between two iterations, where the state is whole: the batch is
+        checkpointed there as at its cadence (with ``on_checkpoint``), then the stop raises.
+        After the last iteration it is left to the caller (that state cannot be resumed: the
+        finished batch is saved whole by the caller, before its region raises the stop)."""
         config, device = self.config, self.device
         every = config.checkpoint_every if on_checkpoint is not None else None
         minutes = config.checkpoint_minutes if on_checkpoint is not None else None
         last_checkpoint = checkpoint_clock()
         first_iteration_s = None
         graph: Optional[CapturedIteration] = None
+        stop = interrupts.STOP
+        signal_at, signum = _test_signal()
         bar = progress_bar(range(start, config.iterations), desc=desc, disable=not progress, leave=False,
                            initial=start, total=config.iterations)
         readout = ProgressReadout(bar, device) if progress else None
-        for t in bar:
-            if t == start + 1:  # the first iteration includes one-off costs (torch.compile, autotuning): one sync
-                _synchronize(device)
-                first_iteration_s = time.perf_counter() - started
-                if CHECK_HOST_SYNCS and device.type == "cuda":
-                    self.sync_mode = torch.cuda.get_sync_debug_mode()
-                    torch.cuda.set_sync_debug_mode("error")
-            if self.graphed and graph is None and t == start + GRAPH_WARMUP_ITERATIONS:
-                graph, self.graph_status = CapturedIteration.capture(self.iteration, self.optimizer, self.sync_mode)
-                self.graphed = graph is not None
-            if graph is not None:
-                last_ce, last_rbn = graph.replay()
-            else:
-                if self.lr is None:
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = cosine_lr(t, config)
-                self.optimizer.zero_grad(set_to_none=True)
-                with side_stream(device) if self.graphed else contextlib.nullcontext():
-                    last_ce, last_rbn = self.iteration()  # (warm-up of the capture on its own stream)
-            if readout is not None:
-                readout.update(t, last_ce, last_rbn, last=t + 1 == config.iterations)
-            done = t + 1  # (none at the end: the finished batch is checkpointed by the caller)
-            if done < config.iterations and (
-                (every is not None and done % every == 0)
-                or (minutes is not None and checkpoint_clock() - last_checkpoint >= 60.0 * minutes)
-            ):
-                if self.sync_mode is not None:  # the copies to the host are this checkpoint's sync: pause the check
-                    torch.cuda.set_sync_debug_mode(self.sync_mode)
-                on_checkpoint(self.state(done))
-                if self.sync_mode is not None:
-                    torch.cuda.set_sync_debug_mode("error")
-                last_checkpoint = checkpoint_clock()
-        self.restore_sync_mode()
-        bar.close()
+        try:
+            for t in bar:
+                if t == signal_at:
+                    os.kill(os.getpid(), signum)  # (tests: a signal at a chosen iteration)
+                if t == start + 1:  # the first iteration includes one-off costs (torch.compile, autotuning)
+                    first_iteration_s = self._first_iteration_done(started)
+                last_ce, last_rbn, graph = self._iterate(t, start, graph)
+                if readout is not None:
+                    readout.update(t, last_ce, last_rbn, last=t + 1 == config.iterations)
+                done = t + 1  # (none at the end: the finished batch is checkpointed by the caller)
+                stopping = stop.signum is not None and done < config.iterations
+                if done < config.iterations and on_checkpoint is not None and (
+                    stopping
+                    or (every is not None and done % every == 0)
+                    or (minutes is not None and checkpoint_clock() - last_checkpoint >= 60.0 * minutes)
+                ):
+                    self.checkpoint(on_checkpoint, done)
+                    last_checkpoint = checkpoint_clock()
+                if stopping:
+                    raise interrupts.requested_stop()
+        finally:
+            self.restore_sync_mode()
+            bar.close()
         if first_iteration_s is None:  # a single iteration
             _synchronize(device)
             first_iteration_s = time.perf_counter() - started
         return last_ce, last_rbn, first_iteration_s
+
+    def _first_iteration_done(self, started: float) -> float:
+        """The seconds since ``started`` once the first iteration is done (one sync); from then
+        on, with CHECK_HOST_SYNCS on CUDA, any host sync in the loop raises."""
+        _synchronize(self.device)
+        elapsed = time.perf_counter() - started
+        if CHECK_HOST_SYNCS and self.device.type == "cuda":
+            self.sync_mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+        return elapsed
+
+    def _iterate(self, t: int, start: int,
+                 graph: Optional[CapturedIteration]) -> Tuple[Tensor, Tensor, Optional[CapturedIteration]]:
+        """Iteration t: replayed from the captured graph (captured once its warm-up is done), or
+        eagerly; returns its (CE, R_bn) and the graph."""
+        if self.graphed and graph is None and t == start + GRAPH_WARMUP_ITERATIONS:
+            graph, self.graph_status = CapturedIteration.capture(self.iteration, self.optimizer, self.sync_mode)
+            self.graphed = graph is not None
+        if graph is not None:
+            return (*graph.replay(), graph)
+        if self.lr is None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = cosine_lr(t, self.config)
+        self.optimizer.zero_grad(set_to_none=True)
+        with side_stream(self.device) if self.graphed else contextlib.nullcontext():
+            ce, rbn = self.iteration()  # (warm-up of the capture on its own stream)
+        return ce, rbn, graph
+
+    def checkpoint(self, on_checkpoint: Callable[[Dict[str, Any]], None], done: int) -> None:
+        """``on_checkpoint`` of the state after ``done`` iterations (between two iterations: the
+        one path of every in-batch checkpoint, by cadence or on a stop, so a resume from either
+        is bit-identical). Its copies to the host are its sync: CHECK_HOST_SYNCS pauses."""
+        if self.sync_mode is not None:
+            torch.cuda.set_sync_debug_mode(self.sync_mode)
+        on_checkpoint(self.state(done))
+        if self.sync_mode is not None:
+            torch.cuda.set_sync_debug_mode("error")
 
     def restore_sync_mode(self) -> None:
         if self.sync_mode is not None:
@@ -444,7 +494,9 @@ def optimize_batch(
     ``resume_from`` (such a state of this same batch: m, ks, chunk_size) the batch is built as
     from scratch, then continues from that state at its iteration: bit-identical to an
     uninterrupted batch (stats["resumed_from_iteration"] says where; its timings cover only
-    the resumed part)."""
+    the resumed part). Inside the caller's interrupts.stop_at_safe_points region a stop signal
+    is acted on between two iterations: the state is checkpointed there by the same path,
+    then interrupts.Interrupted is raised (_Batch.run)."""
     device = lo.device
     batch = _Batch(kind, source, num_classes, image_shape, losses, m, ks, config, backend, chunk_size, device)
     start = 0 if resume_from is None else batch.restore(resume_from)  # the first iteration to run

@@ -6,12 +6,13 @@ batch and inside batches. :func:`recover` is what a method's recovery calls (INF
 recover_ufcs, SRe2L's recover_sre2l, in infer_fast/methods/)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .. import distributed, memory
+from .. import distributed, interrupts, memory
 from .._io import model_digest
 from ..models import device_of
 from . import engine, plan
@@ -119,6 +120,15 @@ class _JobRunner:
 
     def _run_batch(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
                    source: Optional[Tensor], losses, lo: Tensor, hi: Tensor) -> None:
+        """One batch, and its results saved. Where this writer checkpoints, a stop signal during
+        the batch is acted on at a safe point (interrupts.stop_at_safe_points): between two
+        iterations, the batch's state saved first (engine: _Batch.run), or, after its last
+        iteration, once its results are saved; nothing of it is lost that was in memory."""
+        with interrupts.stop_at_safe_points() if self.store.writes else contextlib.nullcontext():
+            self._optimize_and_save(m, ks, chunk_size, state, source, losses, lo, hi)
+
+    def _optimize_and_save(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
+                           source: Optional[Tensor], losses, lo: Tensor, hi: Tensor) -> None:
         key, M, noun = (m, tuple(ks)), len(self.teachers), self.kind.noun
         desc = f"teacher {m + 1}/{M} {noun}{'s' if len(ks) > 1 else ''} k={job_range(ks)}"
 

@@ -1,0 +1,124 @@
+"""Stopping on a signal: SIGINT (Ctrl-C), SIGTERM (what SLURM, torchrun and `kill` send, SLURM
+then SIGKILLs after KillWait, 30 s by default) and SIGHUP (a closed terminal or ssh session).
+
+Without handlers SIGTERM and SIGHUP kill the process on the spot: no message, no cleanup, and
+a recovery batch loses every iteration since its last checkpoint. With :func:`handlers_installed`
+(cli.main) a signal raises :class:`Interrupted`, a KeyboardInterrupt, so every cleanup path that
+Ctrl-C already takes (locks, temporary files, ``except BaseException``) runs for all three.
+
+Code that can stop cleanly declares it with :func:`stop_at_safe_points`: inside, the first signal
+only records itself in :data:`STOP` and the code checks ``STOP.signum`` at its safe points (a
+plain attribute read, no host sync: the recovery loop does so once per iteration), saves what it
+has and raises :func:`requested_stop`; leaving the region with the stop still pending raises it
+there. A second signal while a stop is pending raises at once (a user who presses Ctrl-C twice
+wants out now)."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Dict, Iterator, Optional
+
+# the signals that stop a command (SIGHUP does not exist on Windows)
+SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived (``signum``): a KeyboardInterrupt, so it takes Ctrl-C's paths."""
+
+    def __init__(self, signum: int):
+        super().__init__(int(signum))  # (args: what a pickled copy is made again from)
+        self.signum = int(signum)
+
+    def __str__(self) -> str:
+        return signal_name(self.signum)
+
+
+def signal_name(signum: int) -> str:
+    """"SIGTERM" for 15, and so on."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_status(exc: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended (130 for a
+    plain KeyboardInterrupt: Ctrl-C)."""
+    return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+class _Stop:
+    """The stop requested inside a safe-point region: ``signum`` (None: none), and how many
+    regions are open (``depth``)."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.depth = 0
+
+
+STOP = _Stop()
+
+
+def _handler(signum, frame) -> None:
+    """Inside a safe-point region the first signal is recorded for the region's code to act on
+    between two steps; otherwise (or a second signal) it raises where the program is."""
+    if STOP.depth > 0 and STOP.signum is None:
+        STOP.signum = signum
+        return
+    STOP.signum = None
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def handlers_installed() -> Iterator[None]:
+    """Our handler for SIGNALS while the block runs (the previous ones restored after). A
+    signal ignored when we start stays ignored: ``nohup`` ignores SIGHUP, a shell's
+    background job SIGINT, and they meant it. Only the main thread can set handlers: from
+    another one, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: Dict[int, object] = {}
+    try:
+        for signum in SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, _handler)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        STOP.signum = None
+
+
+@contextlib.contextmanager
+def stop_at_safe_points() -> Iterator[None]:
+    """A region whose code checks ``STOP.signum`` at its safe points (see the module's
+    docstring). A stop still pending when the outermost region ends raises there, whatever
+    ended it (the stop was asked for: an error on the way out is its context, not a reason to
+    go on). Signal handlers run in the main thread: elsewhere the region is a plain block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOP.depth += 1
+    try:
+        yield
+    finally:
+        STOP.depth -= 1
+        if STOP.depth == 0 and STOP.signum is not None:
+            raise requested_stop()
+
+
+def requested_stop() -> Interrupted:
+    """The Interrupted of the pending stop, which it clears (for the caller to raise)."""
+    signum, STOP.signum = STOP.signum, None
+    return Interrupted(signal.SIGINT if signum is None else signum)
+
+
+def ignore_in_worker(worker_id: int = 0) -> None:
+    """A DataLoader's worker_init_fn: the worker ignores the stop signals. Ctrl-C reaches the
+    whole process group and SLURM signals every process of the job: a worker that died of it
+    would make the main process fail on the lost worker (or print a worker's traceback) instead
+    of stopping cleanly; the main process decides and shuts its workers down."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
