@@ -201,8 +201,12 @@ def _check_preview_path(directory: str, preview: str) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from ._io import check_writable
-    from .storage import OutputExistsError, import_imagefolder, inspect_report, save_distilled
+    from pathlib import Path
 
+    from .storage import OutputExistsError, import_imagefolder, inspect_report, save_distilled
+    from .storage.disk import refuse_symlink
+
+    refuse_symlink(Path(args.out))  # (before the folder is read: a set is never written through a link)
     if os.path.exists(args.out):
         raise OutputExistsError(f"{args.out} already exists; choose another output directory")
     check_writable(args.out, "--out", kind="directory")
@@ -250,8 +254,17 @@ def cmd_distill(args: argparse.Namespace) -> None:
         progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
     if rank != 0 and not method.all_ranks:
         return  # nothing to split: rank 0 makes the set
-    path = request.make_set()
+    from .distill.run import RunFinishedError
     from .storage import inspect_report
+
+    try:
+        path = request.make_set()
+    except RunFinishedError as exc:  # (killed after saving its set: a --resume of it has nothing left to do)
+        if not args.resume:
+            raise
+        print(f"{options['out']} is complete (its run finished); removed its leftover recovery checkpoint "
+              f"{exc.checkpoint}")
+        return
 
     if rank == 0:  # (the set was hashed as it was written: not read back twice)
         print(inspect_report(path, verify_checksums=False))
@@ -715,6 +728,21 @@ def _out_of_memory(command: str, exc: BaseException) -> str:
     return f"out of memory ({detail}): {fix}"
 
 
+# how torch's DataLoader re-raises a worker's exception: its message is the worker's traceback
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+
+
+def _worker_message(exc: Exception) -> str:
+    """``exc``'s message; for one a DataLoader worker raised (a file that does not decode), the
+    worker's own message, the last line of the traceback torch puts in its place."""
+    text = str(exc)
+    if not text.startswith("Caught ") or _WORKER_TRACEBACK not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(exc).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     """The one line of a failed command; returns its exit status: 2 for what the user or the
     machine can change (options, files, memory), 1 for a bug. (What it imports the parser has
@@ -723,7 +751,7 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     from .memory import is_out_of_memory
 
     if isinstance(exc, user_errors):
-        message = str(exc)
+        message = _worker_message(exc)
     elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
         message = describe_os_error(exc)
     elif is_out_of_memory(exc):  # (MemoryError under `ulimit -v`, CUDA's, the CPU allocator's)

@@ -889,3 +889,14 @@ def test_decode_image_exact_sizes_and_odd_files(tmp_path, decoder):
     gray = decode("gray.JPEG", 32)
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     assert decode("gray.JPEG", 32, channels=1).shape == (1, 32, 32)
+
+
+def test_a_decode_cache_for_a_split_decoded_into_memory_says_it_is_unused(tmp_path, capsys):
+    """An image-folder split small enough for memory is decoded into it, not cached: said,
+    nothing written (it was silent)."""
+    _val_tree(tmp_path / "tree")
+    test = data.load_test_split({"name": "imagenet", "num_classes": 2, "image_size": 8, "in_memory": True},
+                                data_root=str(tmp_path / "tree"), decode_cache=str(tmp_path / "cache"), progress=True)
+    assert len(test) == 6 and not (tmp_path / "cache").exists()
+    assert f"decode cache: imagenet's test split fits in memory and was decoded into it; {tmp_path / 'cache'} is " \
+           "not used" in capsys.readouterr().out

@@ -318,3 +318,29 @@ def test_a_deleted_working_directory_is_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == ["infer-fast: error: the current directory no longer exists (deleted?): cd to "
                                           "an existing directory and run the command again"]
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_one_line(capsys, monkeypatch):
+    """A worker's error (a file that does not decode) reaches the main process as torch's
+    re-raise, the worker's traceback as its message: the CLI prints the worker's line alone."""
+    from infer_fast import cli
+
+    worker_error = ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                              "call last):\n  File \"x.py\", line 1, in f\n    raise ValueError(...)\nValueError: "
+                              "cannot decode image t/0.jpg: image file is truncated")
+
+    def fail(args):
+        raise worker_error
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), fail))
+    assert cli.main(["datasets"]) == 2
+    assert capsys.readouterr().err == "infer-fast datasets: error: cannot decode image t/0.jpg: image file is truncated\n"
+
+
+def _with_func(parser, func):
+    parser.set_defaults(func=func)
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser

@@ -278,6 +278,10 @@ def test_a_symbolic_link_is_refused_alike_wherever_it_leads(capsys, tmp_path):
         with pytest.raises(OutputExistsError, match="is a symbolic link"):
             export_imagefolder(tmp_path / "s", link)
     assert os.listdir(tmp_path / "real") == [] and not (tmp_path / "nowhere").exists()
+    # import too, before it reads the folder (whose unreadable file would otherwise be named first)
+    (tmp_path / "folder").mkdir()
+    status, _, err = cli(capsys, "import", tmp_path / "folder", "--dataset", DATASET, "--out", tmp_path / "dead")
+    one_line_error(status, err, f"{tmp_path / 'dead'} is a symbolic link (to {tmp_path / 'nowhere'}, which does not exist)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,9 +325,13 @@ def test_the_checkpoint_a_finished_run_left_is_removed(capsys, monkeypatch, tmp_
     assert status == 0, err
     assert _leftover_checkpoint(tmp_path) == ["s.recovery.pt", "s.recovery.pt.results"]
     before = load_distilled(out)
-    status, _, err = cli(capsys, *DISTILL, "--teachers", teacher, "--out", out, *(["--resume"] if resume else []))
-    one_line_error(status, err, f"{out} already exists", "it is the whole set of a finished run: removed the "
-                   f"recovery checkpoint that run left behind, {out}.recovery.pt")
+    status, said, err = cli(capsys, *DISTILL, "--teachers", teacher, "--out", out, *(["--resume"] if resume else []))
+    if resume:  # (the run it resumes is done: said, status 0)
+        assert status == 0 and not err and said.strip() == (
+            f"{out} is complete (its run finished); removed its leftover recovery checkpoint {out}.recovery.pt")
+    else:
+        one_line_error(status, err, f"{out} already exists", "it is the whole set of a finished run: removed the "
+                       f"recovery checkpoint that run left behind, {out}.recovery.pt")
     assert _leftover_checkpoint(tmp_path) == []
     assert load_distilled(out).natural.equal(before.natural)
 
