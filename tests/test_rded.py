@@ -378,3 +378,32 @@ def test_rded_killed_between_classes_resumes_bit_identically(tmp_path, teacher, 
     assert not checkpoint.exists()
     _distill(tmp_path / "fresh", teacher, resume=True)
     assert f"no RDED checkpoint at {tmp_path / 'fresh.recovery.pt'}: starting from the beginning" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("during_class", [3, 9])  # (a class in the middle; the last one)
+def test_rded_stopped_by_a_signal_finishes_its_class_and_checkpoints_there(tmp_path, teacher, monkeypatch,
+                                                                            during_class):
+    """A stop signal (SIGTERM, interrupts.py) arriving while a class is scored: the class is
+    finished, the checkpoint written after it whatever the cadence (the last class's too), the
+    run stops with Interrupted, and a resume ends with exactly the uninterrupted run's images."""
+    import signal
+
+    from infer_fast import interrupts
+
+    reference = _distill(tmp_path / "reference", teacher)
+    real = rded.class_images
+
+    def signalled(batch, c, *args):
+        if c == during_class:  # (as the handler does inside a safe-point region)
+            interrupts.STOP.signum = signal.SIGTERM
+        return real(batch, c, *args)
+
+    monkeypatch.setattr(rded, "class_images", signalled)
+    with pytest.raises(interrupts.Interrupted) as stopped:
+        _distill(tmp_path / "stopped", teacher)  # (default cadence: 10 minutes, never reached here)
+    monkeypatch.setattr(rded, "class_images", real)
+    assert stopped.value.signum == signal.SIGTERM and interrupts.STOP.signum is None
+    saved = torch.load(tmp_path / "stopped.recovery.pt", weights_only=True)
+    assert saved["classes_done"] == during_class + 1
+    resumed = _distill(tmp_path / "stopped", teacher, resume=True)
+    assert torch.equal(resumed.images, reference.images) and not (tmp_path / "stopped.recovery.pt").exists()

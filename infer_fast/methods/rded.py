@@ -51,11 +51,13 @@ torch generators seeded with the request's seed, so a seed gives the same set.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .. import interrupts
 from ..progress import progress_bar
 
 from ..checks import check_int
@@ -302,11 +304,16 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
     rows = torch.arange(first * candidates, len(picked))
     batches = picked.batches(candidates, rows, pin_memory=device_of(teachers[0]).type == "cuda")
     scorers = copies_in_layout(teachers, recipe.get("channels_last", False))  # (the teachers that score)
-    for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",
-                                                desc="RDED: scoring patches", disable=not progress), start=first):
-        images[c * ipc:(c + 1) * ipc] = class_images(batch, c, scorers, spec.mean, spec.std, ipc, recipe, gen)
-        if store is not None:
-            store.after_class(c + 1, spec.num_classes, images, gen)
+    # a stop signal (SIGTERM...) lets the class under way finish and checkpoints after it
+    with interrupts.stop_at_safe_points() if store is not None else contextlib.nullcontext():
+        for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",
+                                                    desc="RDED: scoring patches", disable=not progress), start=first):
+            images[c * ipc:(c + 1) * ipc] = class_images(batch, c, scorers, spec.mean, spec.std, ipc, recipe, gen)
+            if store is not None:
+                stop = interrupts.STOP.signum is not None
+                store.after_class(c + 1, spec.num_classes, images, gen, now=stop)
+                if stop:
+                    raise interrupts.requested_stop()
     return DistilledSet(
         method="rded", **real_data_fields(train), images=images, labels=torch.arange(spec.num_classes).repeat_interleave(ipc),
         hyperparameters=_hyperparameters(recipe, spec.image_size),

@@ -63,10 +63,13 @@ class RDEDCheckpoint:
         elif self.resume:
             print(f"no RDED checkpoint at {self.path}: starting from the beginning", flush=True)
 
-    def after_class(self, classes_done: int, num_classes: int, images: Tensor, gen: torch.Generator) -> None:
+    def after_class(self, classes_done: int, num_classes: int, images: Tensor, gen: torch.Generator,
+                    now: bool = False) -> None:
         """Write the checkpoint after ``classes_done`` classes (their rows of ``images``) if
-        it is time (never after the last class: the set is saved next)."""
-        if self.minutes is None or classes_done >= num_classes or self.clock() - self.last < 60.0 * self.minutes:
+        it is time (never after the last class: the set is saved next), or ``now`` (a stop was
+        asked for, interrupts.py: after the last class too, so a resume just saves the set)."""
+        if not now and (classes_done >= num_classes or self.minutes is None
+                        or self.clock() - self.last < 60.0 * self.minutes):
             return
         ipc = images.shape[0] // num_classes
         save_atomic({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "run": self.identity,
