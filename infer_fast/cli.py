@@ -690,10 +690,22 @@ def _working_directory_problem() -> Optional[str]:
     return None
 
 
+def _who(command: Optional[str]) -> str:
+    """How a command's last line names it ("infer-fast distill"); under torchrun with its rank
+    ("infer-fast distill (rank 1 of 2)"): every rank prints its own line, the same one when all
+    refuse alike, and one rank's own failure (its device's memory, a file on its node) is told
+    apart."""
+    from .distributed import launched_world_size
+
+    who = "infer-fast" + (f" {command}" if command else "")
+    world = launched_world_size()
+    return f"{who} (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else who
+
+
 def _interrupted(args: Optional[argparse.Namespace], exc: KeyboardInterrupt) -> int:
     """The one line of an interrupted command: which signal, and how to continue where that
     applies; returns the exit status, 128 + the signal's number."""
-    who = f"infer-fast {args.command}" if args is not None else "infer-fast"
+    who = _who(args.command if args is not None else None)
     name = interrupts.signal_name(getattr(exc, "signum", signal.SIGINT))
     print(f"{who}: interrupted ({name}){_how_to_continue(args)}", file=sys.stderr, flush=True)
     return interrupts.exit_status(exc)
@@ -758,10 +770,10 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
         message = _out_of_memory(command, exc)
     else:  # a bug, not the user's doing: a short message, status 1
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        print(f"infer-fast {command}: internal error: {type(exc).__name__}: {first} "
+        print(f"{_who(command)}: internal error: {type(exc).__name__}: {first} "
               "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
-    print(f"infer-fast {command}: error: {message}", file=sys.stderr)
+    print(f"{_who(command)}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -792,18 +804,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if problem:
         print(f"infer-fast: error: {problem}", file=sys.stderr)
         return 2
-    with interrupts.handlers_installed(), _guarded_output("infer-fast") as stdout:
+    with interrupts.handlers_installed(), _guarded_output(_who(None)) as stdout:
         args = None
         try:
             args = build_parser().parse_args(argv)
-            stdout.who = f"infer-fast {args.command}"
+            stdout.who = _who(args.command)
             return _run(args)
         except KeyboardInterrupt as exc:
             return _interrupted(args, exc)
         except MemoryError as exc:  # (the parser imports every command's modules: memory can run out there too)
             if args is not None:  # (--debug: the traceback)
                 raise
-            print(f"infer-fast: error: {_out_of_memory('', exc)}", file=sys.stderr)
+            print(f"{_who(None)}: error: {_out_of_memory('', exc)}", file=sys.stderr)
             return 2
 
 

@@ -149,4 +149,6 @@ def test_every_rank_stops_with_the_refusal_of_an_output_in_use(teacher_paths, tm
     assert result.returncode != 0
     refusal = f"output directory set is being written by process {os.getpid()}"
     assert result.stderr.count(refusal) == lines, result.stderr
+    for rank in range(lines):  # (each rank's line says which it is)
+        assert f"infer-fast distill (rank {rank} of 2): error: {refusal}" in result.stderr
     assert "internal error" not in result.stderr and not (tmp_path / "set").exists()
