@@ -148,6 +148,25 @@ def rounding_bound(iterations: int, summed: int = 10 * 28 * 28, lr: float = 0.25
 
 
 @pytest.fixture
+def decode_log(tmp_path, monkeypatch):
+    """The file every image decode of this test appends a line to (INFER_FAST_DECODE_LOG)."""
+    from infer_fast.data import DECODE_LOG_ENV
+
+    log = tmp_path / "decodes.log"
+    monkeypatch.setenv(DECODE_LOG_ENV, str(log))
+    return log
+
+
+def decoded(log) -> int:
+    """Files decoded since the last call (the ``decode_log``), the log emptied."""
+    if not log.exists():
+        return 0
+    count = len(log.read_text().splitlines())
+    log.unlink()
+    return count
+
+
+@pytest.fixture
 def step_loss_reads(monkeypatch):
     """What a training loop reads on the host, while the fixture is active (``monkeypatch.undo()``
     ends it): ``losses``, every tensor ``backward`` was called on (a step's loss; kept alive, so

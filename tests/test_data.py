@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import decoded
 
 from infer_fast import data
 from infer_fast.data import (
@@ -519,24 +520,8 @@ def _val_tree(root, n=6, seed=0):
         write_image_folder(root / split, rand_u8((n, 3, 8, 8), seed), labels, class_names=["n01", "n02"], ext="png")
 
 
-def _decoded(log):
-    """Files decoded since the last call (INFER_FAST_DECODE_LOG), the log emptied."""
-    if not log.exists():
-        return 0
-    count = len(log.read_text().splitlines())
-    log.unlink()
-    return count
-
-
 def _cached_test_split(tmp_path):
     return data.load_test_split(CACHED, data_root=str(tmp_path / "tree"), decode_cache=str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def decode_log(tmp_path, monkeypatch):
-    log = tmp_path / "decodes.log"
-    monkeypatch.setenv(data.DECODE_LOG_ENV, str(log))
-    return log
 
 
 def test_decode_cache_is_reused_memory_mapped_without_decoding(tmp_path, decode_log):
@@ -544,10 +529,10 @@ def test_decode_cache_is_reused_memory_mapped_without_decoding(tmp_path, decode_
     pixels from the cache file."""
     _val_tree(tmp_path / "tree")
     first = _cached_test_split(tmp_path)
-    assert isinstance(first, ImageSet) and _decoded(decode_log) == 6
+    assert isinstance(first, ImageSet) and decoded(decode_log) == 6
     [cache_file] = (tmp_path / "cache").glob("*.u8")
     again = _cached_test_split(tmp_path)
-    assert _decoded(decode_log) == 0
+    assert decoded(decode_log) == 0
     direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
     assert torch.equal(again.images, direct.images) and torch.equal(again.labels, direct.labels)
     if os.path.exists("/proc/self/maps"):  # the pixels are the file's pages, not a copy
@@ -594,7 +579,7 @@ def test_an_interrupted_decode_cache_is_decoded_again(tmp_path, decode_log, inte
     process gone from this host) is removed."""
     _val_tree(tmp_path / "tree")
     _cached_test_split(tmp_path)
-    _decoded(decode_log)
+    decoded(decode_log)
     [cache_file] = (tmp_path / "cache").glob("*.u8")
     record = cache_file.with_name(cache_file.name + ".json")
     if interruption == "no record":
@@ -613,14 +598,14 @@ def test_an_interrupted_decode_cache_is_decoded_again(tmp_path, decode_log, inte
         alive.write_bytes(b"")
         elsewhere.write_bytes(b"")
     rebuilt = _cached_test_split(tmp_path)
-    assert _decoded(decode_log) == 6
+    assert decoded(decode_log) == 6
     if interruption == "decode in progress":  # the dead writer's file removed, not another's
         assert not dead.exists() and alive.exists() and elsewhere.exists()
     direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
     assert torch.equal(rebuilt.images, direct.images)
-    _decoded(decode_log)  # (the direct decode's)
+    decoded(decode_log)  # (the direct decode's)
     _cached_test_split(tmp_path)  # complete again: reused
-    assert _decoded(decode_log) == 0
+    assert decoded(decode_log) == 0
 
 
 def test_a_decode_cache_of_other_files_is_not_reused(tmp_path, decode_log, capsys):
@@ -634,12 +619,12 @@ def test_a_decode_cache_of_other_files_is_not_reused(tmp_path, decode_log, capsy
     kept = [data.load_test_split(CACHED, data_root=str(tmp_path / "other"), decode_cache=cache),
             data.load_test_split({**CACHED, "image_size": 6}, data_root=str(tmp_path / "tree"), decode_cache=cache)]
     old = _cached_test_split(tmp_path)
-    _decoded(decode_log)
+    decoded(decode_log)
     [old_file] = [p for p in (tmp_path / "cache").glob("*.u8") if old.files.listing_digests()[1][:16] in p.name]
     PIL.fromarray(rand_u8((8, 8, 3), 9).numpy()).save(tmp_path / "tree" / "val" / "n02" / "added.png")
     capsys.readouterr()
     grown = data.load_test_split(CACHED, data_root=str(tmp_path / "tree"), decode_cache=cache, progress=True)
-    assert len(grown) == 7 and _decoded(decode_log) == 7
+    assert len(grown) == 7 and decoded(decode_log) == 7
     direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
     assert torch.equal(grown.images, direct.images)
     assert not old_file.exists() and not Path(f"{old_file}.json").exists()

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import decoded
 
 from infer_fast import data
 from infer_fast.data import FolderImageSet, get_dataset, load_dataset, write_cifar_batches, write_image_folder
@@ -54,22 +55,6 @@ def _bmp_tree(root, seed=0):
         write_image_folder(root / split, rand_u8((4, 3, 8, 8), seed), labels, class_names=["n01", "n02"], ext="bmp")
 
 
-def _decoded(log):
-    """Files decoded since the last call (INFER_FAST_DECODE_LOG), the log emptied."""
-    if not log.exists():
-        return 0
-    count = len(log.read_text().splitlines())
-    log.unlink()
-    return count
-
-
-@pytest.fixture
-def decode_log(tmp_path, monkeypatch):
-    log = tmp_path / "decodes.log"
-    monkeypatch.setenv(data.DECODE_LOG_ENV, str(log))
-    return log
-
-
 def _cached(root, cache):
     return data.load_test_split(CACHED, data_root=str(root), decode_cache=str(cache))
 
@@ -91,18 +76,18 @@ def test_a_file_changed_in_place_at_the_same_size_is_decoded_again(tmp_path, dec
     (the listing digest, the split's identity, unchanged) is decoded again, not read stale."""
     _bmp_tree(tmp_path / "tree")
     first = _cached(tmp_path / "tree", tmp_path / "cache")
-    assert _decoded(decode_log) == 4
+    assert decoded(decode_log) == 4
     identity = first.digest()
     changed = tmp_path / "tree" / "val" / "n02" / "00001.bmp"
     _rewrite_same_size(changed, seed=5)
     again = _cached(tmp_path / "tree", tmp_path / "cache")
-    assert _decoded(decode_log) == 4 and again.digest() == identity
+    assert decoded(decode_log) == 4 and again.digest() == identity
     assert torch.equal(again.images, _fresh(tmp_path / "tree"))
     assert not torch.equal(again.images, first.images)  # (first: still the old file's pages)
     assert len(list((tmp_path / "cache").glob("*.u8"))) == 1  # (the stale one replaced)
-    _decoded(decode_log)
+    decoded(decode_log)
     _cached(tmp_path / "tree", tmp_path / "cache")
-    assert _decoded(decode_log) == 0  # (and the new one reused)
+    assert decoded(decode_log) == 0  # (and the new one reused)
 
 
 def test_a_cache_of_another_folder_with_the_same_listing_is_not_reused(tmp_path, decode_log):
@@ -118,9 +103,9 @@ def test_a_cache_of_another_folder_with_the_same_listing_is_not_reused(tmp_path,
     os.utime(changed, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # (the original's time, too)
     listing = load_dataset(CACHED, "test", data_root=str(tmp_path / "copy"), in_memory=False).listing_digests()
     assert listing == original.files.listing_digests()  # (only the folder tells them apart)
-    _decoded(decode_log)
+    decoded(decode_log)
     copy = _cached(tmp_path / "copy", tmp_path / "cache")
-    assert _decoded(decode_log) == 4
+    assert decoded(decode_log) == 4
     assert torch.equal(copy.images, _fresh(tmp_path / "copy"))
     assert not torch.equal(copy.images, original.images)
     record = json.loads(next((tmp_path / "cache").glob("*.u8.json")).read_text())
@@ -275,7 +260,7 @@ def test_the_decode_cache_key_holds_the_geometry(tmp_path, decode_log):
     record = json.loads(record_path.read_text())
     del record["key"]  # (as the earlier version wrote it)
     record_path.write_text(json.dumps(record))
-    _decoded(decode_log)
+    decoded(decode_log)
     rebuilt = _cached(tmp_path / "tree", tmp_path / "cache")
-    assert _decoded(decode_log) == 4 and torch.equal(rebuilt.images, _fresh(tmp_path / "tree"))
+    assert decoded(decode_log) == 4 and torch.equal(rebuilt.images, _fresh(tmp_path / "tree"))
     assert json.loads(record_path.read_text())["key"] == split.listing_digests()[1]

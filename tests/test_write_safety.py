@@ -66,20 +66,26 @@ def hidden(directory, name):
 # ---------------------------------------------------------------------------------------------
 # 1. an overwrite (relabel) interrupted between its two renames
 
+def interrupt_after_rename(patched, which):
+    """Make os.rename raise KeyboardInterrupt once it has renamed a path for which ``which(src,
+    dst)`` holds (an interrupt landing right after that rename)."""
+    real = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        if which(os.fspath(src), os.fspath(dst)):
+            raise KeyboardInterrupt
+
+    patched.setattr(os, "rename", rename)
+
+
 def test_ctrl_c_between_the_two_renames_puts_the_previous_set_back(capsys, monkeypatch, tmp_path, teacher):
     """Ctrl-C after the old set was renamed aside, before the new one was renamed in: the old
     set is renamed back before the new one is cleaned up (not: the new one deleted, the old
     one hidden until the next writer deleted it too)."""
     out = random_set(tmp_path / "s")
-    real = os.rename
-
-    def rename(src, dst, *args, **kwargs):
-        real(src, dst, *args, **kwargs)
-        if ".s.old-" in os.fspath(dst):
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patched:
-        patched.setattr(os, "rename", rename)
+        interrupt_after_rename(patched, lambda src, dst: ".s.old-" in dst)
         status, _, err = cli(capsys, "relabel", out, "--teachers", teacher)
     assert status == 130 and "interrupted" in err
     assert load_distilled(out).soft_labels_flat() is None  # the previous set, whole
@@ -140,15 +146,8 @@ def test_an_interrupt_just_after_the_second_rename_keeps_the_new_set(monkeypatch
     out = random_set(tmp_path / "s")
     ds = load_distilled(out)
     ds.seed = 7
-    real = os.rename
-
-    def rename(src, dst, *args, **kwargs):
-        real(src, dst, *args, **kwargs)
-        if ".s.tmp-" in os.fspath(src):
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patched:
-        patched.setattr(os, "rename", rename)
+        interrupt_after_rename(patched, lambda src, dst: ".s.tmp-" in src)
         with pytest.raises(KeyboardInterrupt):
             save_distilled(ds, out, overwrite=True)
     assert load_distilled(out).seed == 7
