@@ -266,6 +266,9 @@ class PipelineConfig:
         for name in dict.fromkeys([*(m.config_section for m in all_methods() if m.config_section), "student"]):
             if not isinstance(getattr(self, name, None), dict):
                 raise ValueError(f"{where}: {name} must be a mapping of options")
+        if "seed" in self.student:  # (student_config gives each its own: it would be ignored)
+            raise ValueError(f"{where}: student: seed is the run's to set (seeds: N trains students of seeds 0..N-1): "
+                             "leave it out")
 
     def _check_recipes(self, where: str) -> None:
         """The options of every method that makes a set of the run (and of every method with a

@@ -78,6 +78,7 @@ from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               copies_in_layout, model_in_layout)
 from .step_losses import StepLosses
+from .training_rng import global_rng_state, training_rng
 from .transfer import to_device
 
 __all__ = [
@@ -368,6 +369,7 @@ class StudentRun:
         self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
         self.schedule = _schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.rng_state = None  # (the global generators' from a checkpoint: training_rng)
         self.history, self.best, self.accuracy = [], None, float("nan")  # best: over periodic evaluations
         self.first_epoch, self.elapsed_before, self.identity = 0, 0.0, None  # identity: what a checkpoint is tied to
 
@@ -388,13 +390,19 @@ class StudentRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # dropout draws continue where they stopped
+        # dropout draws continue where they stopped (a checkpoint of before "rng" kept the CPU's alone)
+        self.rng_state = state.get("rng") or {"cpu": state["torch_rng"]}
         self.history, self.best, self.accuracy = state["history"], state["best"], state["accuracy"]
         self.first_epoch, self.elapsed_before = state["epochs_done"], state["elapsed_s"]
 
     def train(self, progress: bool, checkpoint: Optional[str]) -> float:
         """The remaining epochs, the checkpoint written after each; returns the elapsed seconds
-        (those of a resumed run's earlier part included)."""
+        (those of a resumed run's earlier part included). Dropout draws from the student's own
+        generators (training_rng), the same in every process and continued by a resume."""
+        with training_rng("student-dropout", self.cfg.seed, self.device, self.rng_state):
+            return self._train(progress, checkpoint)
+
+    def _train(self, progress: bool, checkpoint: Optional[str]) -> float:
         cfg = self.cfg
         started = time.perf_counter()
         bar = progress_bar(range(self.first_epoch, cfg.epochs), desc="student", disable=not progress, leave=False,
@@ -418,7 +426,7 @@ class StudentRun:
                     "format": STUDENT_CHECKPOINT_FORMAT, "run": self.identity, "epochs_done": epoch + 1,
                     "elapsed_s": self.elapsed_before + time.perf_counter() - started, "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                    "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
+                    "generator": self.gen.get_state(), "rng": global_rng_state(self.device), "history": self.history,
                     "best": self.best, "accuracy": self.accuracy,
                 }, checkpoint)
         return self.elapsed_before + time.perf_counter() - started

@@ -28,6 +28,7 @@ from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import HeadMismatch, create_model
 from .progress import SHORT_PHASE_S, progress_bar
+from .training_rng import global_rng_state, training_rng
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .checks import check_class_names, split_label
 from .imagenet_wnids import IMAGENET_WNIDS
@@ -175,14 +176,15 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
     train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, progress=progress)
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root, progress=progress)
     spec = train.spec
-    torch.manual_seed(cfg.seed)
-    model = model_in_layout(create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels,
-                                         image_size=spec.image_size).to(device), cfg.channels_last)
+    with torch.random.fork_rng(devices=[]):  # (the weights from the seed; the process's stream left as it was)
+        torch.manual_seed(cfg.seed)
+        model = model_in_layout(create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels,
+                                             image_size=spec.image_size).to(device), cfg.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
     meta = _metadata(cfg, spec, train, progress)
-    history, start_epoch, elapsed = [], 0, 0.0
+    history, start_epoch, elapsed, rng = [], 0, 0.0, None
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     momentum_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     check_writable(out, "teacher checkpoint", need_bytes=2 * (state_bytes + momentum_bytes) + CHECKPOINT_ALLOWANCE)
@@ -197,8 +199,18 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         optimizer.load_state_dict(ckpt["train_state"]["optimizer"])
         schedule.load_state_dict(ckpt["train_state"]["schedule"])
         history, start_epoch, elapsed = ckpt["history"], ckpt["epochs_done"], ckpt["elapsed_s"]
+        rng = ckpt["train_state"].get("rng")  # (dropout's draws, continued; none in a checkpoint of before)
         print(f"{out}: resuming after epoch {start_epoch}/{cfg.epochs}")
+    with training_rng("teacher-dropout", cfg.seed, device, rng):  # (dropout draws from the global generators)
+        return _train_epochs(cfg, out, model, train, test, optimizer, schedule, meta, history, start_epoch, elapsed,
+                             device, progress)
 
+
+def _train_epochs(cfg: TeacherConfig, out: str, model: nn.Module, train, test, optimizer, schedule,
+                  meta: Dict[str, Any], history: List[Dict[str, Any]], start_epoch: int, elapsed: float,
+                  device: torch.device, progress: bool) -> Dict[str, Any]:
+    """The epochs from ``start_epoch``, each evaluated and checkpointed (with the optimizer,
+    schedule and global generators' state until the last); returns the final metadata."""
     accuracy = history[-1]["test_accuracy"] if history else float("nan")
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -218,7 +230,8 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
                 "history": history,
                 "elapsed_s": elapsed,
                 "state_dict": model.state_dict(),
-                "train_state": None if done else {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()},
+                "train_state": None if done else {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                                  "rng": global_rng_state(device)},
             },
             out,
         )

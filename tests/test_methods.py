@@ -265,6 +265,8 @@ def test_run_config_method_options_are_checked():
         PipelineConfig.from_dict({**base, "methods": ["rded"], "method_options": {"rded": {"factor": 0}}})
     with pytest.raises(ValueError, match="methods must be chosen from infer, infer_dyn, sre2l, random, cda, rded"):
         PipelineConfig.from_dict({**base, "methods": ["gvbsm"]})
+    with pytest.raises(ValueError, match=r"student: seed is the run's to set \(seeds: N trains students of seeds "):
+        PipelineConfig.from_dict({**base, "student": {"seed": 7}})  # (it was accepted, every student seed 0..N-1)
 
 
 def test_run_config_reads_the_methods_facts():
