@@ -326,14 +326,21 @@ EVALUATE_STUDENT_OPTIONS = ("model", "epochs", "batch_size", "lr", "temperature"
 SHARED_PROTOCOL_OPTIONS = ("random_subset_seed", "weight", "full_data_epochs")
 
 
-def _evaluation_protocol(args: argparse.Namespace, dataset=None):
+def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optional[str] = None):
     """The protocol the evaluate options ask for, validated (before any loading; with the set's
-    ``dataset``: its family's student recipe unless --recipe, DD-Ranking's checked against it)."""
+    ``dataset``: its family's student recipe unless --recipe, DD-Ranking's checked against it;
+    with its ``method``: under ours, the labels its students take unless --soft-labels, per
+    batch for RDED's, as `run` trains them)."""
     from .evaluate import COMPUTE_FIELDS, make_protocol
+    from .methods import all_methods
 
     student = {k: getattr(args, k) for k in (*EVALUATE_STUDENT_OPTIONS, *COMPUTE_FIELDS)
                if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("soft_labels", *SHARED_PROTOCOL_OPTIONS) if getattr(args, k) is not None}
+    own = {m.name: m for m in all_methods()}.get(method)  # (an imported set's: none)
+    if args.protocol != "dd-ranking" and "soft_labels" not in options and own is not None \
+            and own.student_labels == "per-batch":
+        options["soft_labels"] = "per-batch"
     if args.full_data_checkpoint and args.full_data_epochs is not None:  # (the run is read, not trained)
         raise UserError("--full-data-epochs sets the full-data run trained here: it does not apply with "
                         "--full-data-checkpoint")
@@ -366,7 +373,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _evaluation_protocol(args)  # (every option checked before any loading)
     ds = load_distilled(args.directory)
     _check_decode_cache(args.decode_cache, ds.real_dataset)
-    protocol = _evaluation_protocol(args, ds.dataset)
+    protocol = _evaluation_protocol(args, ds.dataset, ds.method)
     models = load_teachers_for_set(teachers, ds, device=args.device)
     report = evaluate_under(protocol, ds, models, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
                             device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)

@@ -407,3 +407,19 @@ def test_rded_stopped_by_a_signal_finishes_its_class_and_checkpoints_there(tmp_p
     assert saved["classes_done"] == during_class + 1
     resumed = _distill(tmp_path / "stopped", teacher, resume=True)
     assert torch.equal(resumed.images, reference.images) and not (tmp_path / "stopped.recovery.pt").exists()
+
+
+def test_evaluate_gives_an_rded_set_its_students_per_batch_labels():
+    """`infer-fast evaluate` of an RDED set under our protocol: per-batch teacher labels (what its
+    students take, as `run` trains them; it refused the unlabelled set), unless --soft-labels
+    says otherwise; another method's set keeps the protocol's default, DD-Ranking its own."""
+    from infer_fast.cli import _evaluation_protocol, build_parser
+
+    def soft_labels(method, *flags):
+        args = build_parser().parse_args(["evaluate", "set", "--teachers", "t.pt", *flags])
+        return _evaluation_protocol(args, "fashion-mnist-mini", method).soft_labels
+
+    assert soft_labels("rded") == "per-batch"
+    assert soft_labels("rded", "--soft-labels", "static") == "static"
+    assert soft_labels("sre2l") == soft_labels("an-imported-set") == "static"
+    assert soft_labels("rded", "--protocol", "dd-ranking") == soft_labels("sre2l", "--protocol", "dd-ranking")
