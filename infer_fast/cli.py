@@ -254,17 +254,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
         progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
     if rank != 0 and not method.all_ranks:
         return  # nothing to split: rank 0 makes the set
-    from .distill.run import RunFinishedError
     from .storage import inspect_report
 
-    try:
-        path = request.make_set()
-    except RunFinishedError as exc:  # (killed after saving its set: a --resume of it has nothing left to do)
-        if not args.resume:
-            raise
-        print(f"{options['out']} is complete (its run finished); removed its leftover recovery checkpoint "
-              f"{exc.checkpoint}")
-        return
+    path = request.make_set()
 
     if rank == 0:  # (the set was hashed as it was written: not read back twice)
         print(inspect_report(path, verify_checksums=False))

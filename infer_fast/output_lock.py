@@ -18,7 +18,7 @@ import inspect
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, List, Set, Union
+from typing import Callable, Iterator, List, Sequence, Set, Union
 
 from ._io import REPLACED, TEMP, hidden_sibling_owner, hidden_sibling_pattern
 
@@ -36,26 +36,30 @@ def lock_path(output: PathLike, inside: bool = False) -> Path:
     return output / ".lock" if inside else output.parent / f".{output.name}.lock"
 
 
-def stale_leftovers(output: PathLike) -> List[str]:
+def stale_leftovers(output: PathLike, folders: Sequence[str] = ()) -> List[str]:
     """What writers of ``output`` killed mid-save leave: the temporary and the replaced copies
     of a set saved atomically (``.<name>.tmp-*``, ``.<name>.old-*``), the temporary files of its
-    recovery checkpoints, and the temporary and replaced copies inside a run directory."""
+    recovery checkpoints, and, for a run directory (``folders``: the folders the run writes in
+    it), the temporary and replaced copies at its top and anywhere in those folders: never in
+    other folders, nor inside any other output (what the user keeps there is not a writer's)."""
     output = Path(output).absolute()
     parent, name = glob.escape(str(output.parent)), glob.escape(output.name)
     patterns = [f"{parent}/{hidden_sibling_pattern(name, TEMP)}", f"{parent}/{hidden_sibling_pattern(name, REPLACED)}",
                 f"{parent}/{hidden_sibling_pattern(name + '.recovery.pt*', TEMP)}",
                 f"{parent}/{name}.recovery.pt.results/{hidden_sibling_pattern('*', TEMP)}"]
     found = {p for pattern in patterns for p in glob.glob(pattern)}
-    if output.is_dir() and not output.is_symlink():  # (a run directory: also in its teachers/, students/, sets/...)
-        inside = glob.glob(f"{glob.escape(str(output))}/**/.*", recursive=True)  # (one walk)
+    if folders and output.is_dir() and not output.is_symlink():  # (a run directory: its teachers/, sets/...)
+        run = glob.escape(str(output))
+        inside = glob.glob(f"{run}/.*") + [p for folder in folders
+                                          for p in glob.glob(f"{run}/{glob.escape(folder)}/**/.*", recursive=True)]
         found.update(p for p in inside if hidden_sibling_owner(p, TEMP) or hidden_sibling_owner(p, REPLACED))
     return sorted(found)
 
 
-def _sweep(output: Path) -> None:
+def _sweep(output: Path, folders: Sequence[str] = ()) -> None:
     """Put back the sets an interrupted overwrite left missing (:func:`_put_back_replaced`), then
-    remove the other leftovers."""
-    leftovers = stale_leftovers(output)
+    remove the other leftovers (:func:`stale_leftovers`)."""
+    leftovers = stale_leftovers(output, folders)
     put_back = _put_back_replaced(output, leftovers)
     for leftover in leftovers:
         if leftover not in put_back:
@@ -104,10 +108,12 @@ def _remove(path: str) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(output: PathLike, what: str = "output", inside: bool = False) -> Iterator[None]:
+def output_lock(output: PathLike, what: str = "output", inside: bool = False,
+                folders: Sequence[str] = ()) -> Iterator[None]:
     """Hold the lock of ``output`` (which need not exist yet; with ``inside`` a directory made
     if needed, the lock file in it) until the block ends; refuse with OutputInUseError if
-    another process holds it. Removes the stale leftovers once held."""
+    another process holds it. Removes the stale leftovers once held (with ``folders``, a run
+    directory's: those in the folders it writes too)."""
     from ._io import check_writable
 
     check_writable(output, what, kind="inside" if inside else "directory")  # (a file in the way is named)
@@ -131,7 +137,7 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False) ->
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
-        _sweep(Path(output))
+        _sweep(Path(output), folders)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -141,7 +147,7 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False) ->
 
 @contextlib.contextmanager
 def job_output_lock(output: PathLike, what: str = "output", inside: bool = False,
-                    every_rank: bool = True) -> Iterator[None]:
+                    every_rank: bool = True, folders: Sequence[str] = ()) -> Iterator[None]:
     """:func:`output_lock`, held by rank 0 of a torchrun job for all its ranks (they share the
     output). ``every_rank``: every rank enters this (a recovery split across them, a run); then
     a refusal (another writer, an output that cannot be written) stops every rank with rank 0's
@@ -156,7 +162,7 @@ def job_output_lock(output: PathLike, what: str = "output", inside: bool = False
         refused = None
         if rank == 0:
             try:
-                held.enter_context(output_lock(output, what, inside))
+                held.enter_context(output_lock(output, what, inside, folders))
             except Exception as exc:  # noqa: BLE001 - every rank raises it, below
                 refused = exc
         if world > 1:

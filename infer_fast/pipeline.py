@@ -225,7 +225,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     out = Path(cfg.out)
     created = not out.exists()
     try:
-        with job_output_lock(out, "run directory", inside=True):
+        with job_output_lock(out, "run directory", inside=True, folders=RUN_FOLDERS):
             return _run(cfg, progress and ranks.rank == 0, ranks, external)
     except BaseException:
         if created and ranks.rank == 0 and out.is_dir() and not any(out.iterdir()):
@@ -235,8 +235,10 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
         ranks.close()
 
 
-# what a run writes in its directory before its results file (an interrupted first session)
-RUN_ENTRIES = ("teachers", "sets", "students", "cache", ".lock")
+# the folders a run writes in its directory, and what it writes there before its results file
+# (an interrupted first session)
+RUN_FOLDERS = ("teachers", "sets", "students", "cache")
+RUN_ENTRIES = (*RUN_FOLDERS, ".lock")
 
 
 def check_run_directory(out: Path) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from infer_fast.output_lock import OutputInUseError, lock_path, output_lock, stale_leftovers
+from infer_fast.pipeline import RUN_FOLDERS
 
 DATASET = "fashion-mnist-mini"
 
@@ -126,10 +127,28 @@ def test_a_run_directorys_leftovers_are_found_in_its_subfolders_too(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")
     (run / "students" / "infer-ipc2-seed0.pt").write_bytes(b"kept")
-    assert stale_leftovers(run) == sorted(str(p) for p in leftovers)
-    with output_lock(run, "run directory", inside=True):
+    user = run / "notes" / ".draft.old-v1"  # (a folder the run does not write: the user's)
+    user.parent.mkdir()
+    user.write_bytes(b"the user's")
+    assert stale_leftovers(run, RUN_FOLDERS) == sorted(str(p) for p in leftovers)
+    with output_lock(run, "run directory", inside=True, folders=RUN_FOLDERS):
         pass
     assert not any(p.exists() for p in leftovers) and (run / "students" / "infer-ipc2-seed0.pt").exists()
+    assert user.exists()
+
+
+def test_the_sweep_never_walks_into_another_output(tmp_path):
+    """Hidden files named like a writer's leftovers inside an output that is not a run directory
+    (a distilled set's folder, a folder a command then refuses) are the user's: kept."""
+    out = tmp_path / "home"
+    kept = [out / "sub" / ".bashrc.old-2024", out / ".data.tmp-x", out / "notes" / ".draft.old-v1"]
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the user's")
+    assert stale_leftovers(out) == []
+    with output_lock(out, "output directory"):
+        pass
+    assert all(p.exists() for p in kept)
 
 
 def test_teacher_holds_its_checkpoint(capsys, tmp_path):

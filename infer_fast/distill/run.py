@@ -82,59 +82,36 @@ def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:
     return out_dir.with_name(out_dir.name + ".recovery.pt")
 
 
-class RunFinishedError(OutputExistsError):
-    """The output is the whole set of a run that was killed after saving it, before removing its
-    recovery checkpoint: that leftover was removed now (``checkpoint``). A ``--resume`` of that
-    run may report the set as done instead of failing."""
-
-    def __init__(self, message: str, checkpoint: Path):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
 def check_new_output(out_dir) -> Path:
     """Before any work: ``out_dir`` must not exist, not even as a symbolic link (to nothing:
     the save would refuse it after the work), and its parent must be writable (the set and the
-    recovery checkpoint beside it go there). An existing set beside a recovery checkpoint of
-    its own is refused with RunFinishedError, the checkpoint removed (:func:`_remove_orphan`)."""
+    recovery checkpoint beside it go there). An existing set with a recovery checkpoint beside
+    it is refused naming that checkpoint too (:func:`_leftover_checkpoint`)."""
     from ..storage.disk import refuse_symlink
 
     out_dir = Path(out_dir)
     refuse_symlink(out_dir)
     if out_dir.exists():
         message = f"{out_dir} already exists; choose another output directory"
-        checkpoint = _remove_orphan(out_dir)
+        checkpoint = _leftover_checkpoint(out_dir)
         if checkpoint is not None:
-            raise RunFinishedError(f"{message} (it is the whole set of a finished run: removed the recovery checkpoint "
-                                   f"that run left behind, {checkpoint})", checkpoint)
+            message += (f" (a recovery checkpoint is beside it, {checkpoint}: a run killed after saving its set leaves "
+                        "one; if the set is that run's whole result, delete the checkpoint)")
         raise OutputExistsError(message)
     check_writable(out_dir, "output directory", kind="directory")
     return out_dir
 
 
-def _remove_orphan(out_dir: Path) -> Optional[Path]:
-    """Remove the recovery checkpoint (every rank's share, the results: remove_recovery_checkpoints)
-    beside the whole set ``out_dir`` made by a resumable method; returns its path, or None
-    where there is none (or not on rank 0). Such a set was saved by that checkpoint's run,
-    killed before its cleanup (save_and_clean): a distill runs only where its output does not
-    exist yet, and a resumable method goes through the checkpoint beside it (refused unless it
-    is its own run's), so the set is that run's result and the checkpoint is of no more use. A
-    set of a method without checkpoints (random, an import) may sit beside another run's
-    checkpoint: that one is kept."""
-    from ..methods.registry import get_method
+def _leftover_checkpoint(out_dir: Path) -> Optional[Path]:
+    """The recovery checkpoint beside the whole set ``out_dir`` (any rank's share, or its
+    results folder), or None. It is named, never removed: a run killed after saving its set
+    leaves one (save_and_clean), but so does an interrupted run whose output was filled since
+    (a set copied there): only the user knows which, and the second is hours of work."""
     from ..storage.disk import complete_manifest
 
     checkpoint = recovery_checkpoint_path(out_dir)
     leftover = recovery_checkpoints(checkpoint) or os.path.isdir(recovery_results_dir(checkpoint))
-    manifest = complete_manifest(out_dir) if leftover and distributed.rank_and_world()[0] == 0 else None
-    try:
-        resumable = manifest is not None and get_method(manifest["method"]).resumable
-    except ValueError:  # (a method not registered here)
-        resumable = False
-    if not resumable:
-        return None
-    remove_recovery_checkpoints(checkpoint)
-    return checkpoint
+    return checkpoint if leftover and complete_manifest(out_dir) is not None else None
 
 
 def check_space(out_dir: Path, set_bytes: int, result_bytes: int, partial_bytes: Optional[int] = None) -> None:
