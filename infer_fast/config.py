@@ -68,7 +68,7 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
     the command applies its own defaults afterwards). ``options`` (name -> its
     :class:`infer_fast.options.Option`, the declaration its flag comes from) checks the
     file's values as the flags' are (a name without one is its owner's to check)."""
-    from .options import check_values
+    from .options import check_values, given_value
 
     allowed = set(allowed)
     merged: Dict[str, Any] = {}
@@ -82,7 +82,7 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
     for key in allowed:
         value = getattr(args, key, None)
         if value is not None:
-            merged[key] = value
+            merged[key] = given_value(value)  # ("off": None, given)
     return merged
 
 

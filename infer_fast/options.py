@@ -205,7 +205,7 @@ def default_text(opt: Option, recipes: Optional[Mapping[str, Mapping[str, Any]]]
     for name, values in (recipes or {}).items():
         if opt.name in values and values[opt.name] != opt.default:
             text += f"; {format_default(values[opt.name])} in the {name} recipe"
-    return text
+    return text + ("; off: never" if opt.none == "off" else "")
 
 
 def add_flags(parser, options: Iterable[Option], recipes: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -223,18 +223,45 @@ def add_flags(parser, options: Iterable[Option], recipes: Optional[Mapping[str, 
         if opt.kind is bool:
             kwargs["action"] = "store_false" if opt.default is True else "store_true"
         else:
-            kwargs.update(type=_flag_type(opt.kind), choices=opt.choices, metavar=opt.metavar)
+            kwargs.update(type=_flag_type(opt), choices=opt.choices, metavar=opt.metavar)
         parser.add_argument(flag, **kwargs)
 
 
-def _flag_type(kind: Any):
-    if isinstance(kind, tuple) and str in kind:  # (a dataset: a name on the command line, a mapping in YAML)
-        return str
-    if kind in (int, float, str, PATH, PATHS):
-        return kind if kind in (int, float, str) else str
-    from .config import yaml_value  # a tuple, a mapping, anything: typed as YAML types it
+class _Off:
+    """The value of a flag given as "off" (an option whose None is called so: a cadence)."""
 
-    return yaml_value
+    def __repr__(self) -> str:
+        return "off"
+
+
+OFF = _Off()
+
+
+def given_value(value: Any) -> Any:
+    """A flag's value as the option takes it: None for "off" (OFF; a flag not given is None
+    itself, so "off" needs its own value until the given flags are told apart)."""
+    return None if value is OFF else value
+
+
+def _flag_type(opt: Option):
+    """The argparse type of ``opt``'s flag; "off" is OFF where the option calls its None so."""
+    kind = opt.kind
+    if isinstance(kind, tuple) and str in kind:  # (a dataset: a name on the command line, a mapping in YAML)
+        parse = str
+    elif kind in (int, float, str, PATH, PATHS):
+        parse = kind if kind in (int, float, str) else str
+    else:
+        from .config import yaml_value  # a tuple, a mapping, anything: typed as YAML types it
+
+        parse = yaml_value
+    if opt.none != "off":
+        return parse
+
+    def off_or(text: str) -> Any:
+        return OFF if text == "off" else parse(text)
+
+    off_or.__name__ = parse.__name__  # (argparse names the type in its error: "invalid float value")
+    return off_or
 
 
 def given_config(name: str, value: Any, cls: type, default: Optional[Callable[[], Any]] = None):

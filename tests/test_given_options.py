@@ -110,3 +110,21 @@ def test_inspect_writes_a_preview_beside_the_set(random_set, tmp_path, capsys):
     status, out, err = _cli(capsys, "inspect", random_set, "--preview", tmp_path / "grid.png")
     assert status == 0, err
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cadence_turned_off_on_the_command_line(tmp_path, capsys):
+    """--checkpoint-minutes off: no time-based checkpoints (None), as `null` in a config file (the
+    flag took only numbers, "invalid float value: 'off'"); the help says so; other words refused."""
+    from infer_fast.cli import build_parser
+    from infer_fast.config import merge
+    from infer_fast.options import OFF
+
+    args = build_parser().parse_args(["distill", "--checkpoint-minutes", "off", "--checkpoint-every", "5"])
+    assert args.checkpoint_minutes is OFF
+    assert merge(args, None, ["checkpoint_minutes", "checkpoint_every"]) == {"checkpoint_minutes": None,
+                                                                             "checkpoint_every": 5}
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["distill", "--checkpoint-minutes", "of"])
+    assert refused.value.code == 2 and "--checkpoint-minutes: invalid float value: 'of'" in capsys.readouterr().err
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["distill"].format_help().split())
+    assert "(default 10.0; off: never)" in help_text

@@ -118,6 +118,39 @@ def test_sigterm_inside_a_batch_saves_its_iteration_and_resume_is_bit_identical(
     assert torch.equal(load_distilled(work / "term").ufc, load_distilled(work / "reference").ufc)
 
 
+def test_a_stop_saves_the_batch_even_with_the_in_batch_cadence_off(tmp_path, monkeypatch):
+    """checkpoint_minutes and checkpoint_every off: no state is saved inside a batch at a cadence,
+    but a stop signal still saves the batch where it stopped (it was lost), and a resume ends
+    with the uninterrupted run's compensators."""
+    from conftest import train_tiny_teachers
+
+    from infer_fast.distill import RecoveryConfig, distill_infer, engine
+    from infer_fast.storage import load_distilled
+
+    teacher = train_tiny_teachers(tmp_path, seeds=(0,))
+    config = RecoveryConfig(iterations=12, group_size=4, checkpoint_minutes=None, checkpoint_every=None)
+
+    def run(out, **kwargs):
+        return load_distilled(distill_infer("fashion-mnist-mini", teacher, 5, tmp_path / out, config=config,
+                                            progress=False, **kwargs))
+
+    reference = run("reference")
+    real = engine.cosine_lr
+
+    def signalled(t, cfg):  # (as the handler does inside the batch's safe-point region)
+        if t == 5:
+            interrupts.STOP.signum = signal.SIGTERM
+        return real(t, cfg)
+
+    monkeypatch.setattr(engine, "cosine_lr", signalled)
+    with pytest.raises(interrupts.Interrupted):
+        run("stopped")
+    monkeypatch.setattr(engine, "cosine_lr", real)
+    (partial,) = torch.load(tmp_path / "stopped.recovery.pt", weights_only=True)["partials"]
+    assert partial["iteration"] == 6
+    assert torch.equal(run("stopped", resume=True).ufc, reference.ufc)
+
+
 def test_a_signal_in_the_last_iteration_saves_the_finished_batch(work):
     """Ctrl-C during a batch's last iteration: that state cannot be resumed as a partial, so the
     batch finishes (its final pass) and its results are saved before the stop (status 130)."""

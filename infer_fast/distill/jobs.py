@@ -72,8 +72,6 @@ class _JobRunner:
             self.done, self.stats = dict(store.inherited), list(store.inherited_stats.values())
         self.failures: List[Tuple[int, int, int]] = []
         self.group_size = config.group_size
-        self.in_batch_checkpoints = store.writes and (
-            config.checkpoint_every is not None or config.checkpoint_minutes is not None)
 
     def run_teacher(self, m: int, teacher: nn.Module, mine: List[Job]) -> None:
         """Teacher m's batches: its interrupted ones (as they were), then its jobs in ``mine``."""
@@ -137,7 +135,8 @@ class _JobRunner:
 
         result, batch_stats = engine.optimize_batch(
             self.kind, source, self.num_classes, self.image_shape, losses, m, ks, self.config, lo, hi, self.progress,
-            self.backend, desc, chunk_size, on_checkpoint=save_partial if self.in_batch_checkpoints else None,
+            # (a writer saves in-batch states at the config's cadence, and on a stop signal even without one)
+            self.backend, desc, chunk_size, on_checkpoint=save_partial if self.store.writes else None,
             resume_from=state,
         )
         finished = {k: r.clone() if self.keep is None else self.keep(r)
