@@ -246,7 +246,7 @@ def test_builtin_methods_declare_typed_options():
     assert tuple(actions["accounting"].choices) == ("fair", "ipc") and "(default fair)" in actions["accounting"].help
     # one flag, two meanings: each method's words (the recovery checkpoints inside a batch, RDED after a class)
     minutes = actions["checkpoint_minutes"].help
-    assert minutes.startswith("infer, sre2l, cda: also checkpoint inside a batch") and minutes.endswith("(default 10.0)")
+    assert minutes.startswith("infer, sre2l, cda: also checkpoint inside a batch") and minutes.endswith("(default 10.0; off: never)")
     assert "; rded: checkpoint after the class that ends M minutes" in minutes
     for method, options, message in (
             ("cda", {"recipe": 1}, "recipe must be a string or None .*, got 1"),
