@@ -40,11 +40,6 @@ def hidden_sibling_pattern(name: str, kind: str) -> str:
     return f".{name}.{kind}-*"
 
 
-def is_hidden_sibling(entry: str, name: str, kind: str) -> bool:
-    """Whether the file name ``entry`` is one of ``name``'s hidden siblings of ``kind``."""
-    return entry.startswith(f".{name}.{kind}-")
-
-
 def hidden_sibling_owner(path: PathLike, kind: str) -> Optional[str]:
     """The path whose hidden sibling of ``kind`` ``path`` is (``<name>`` beside
     ``.<name>.<kind>-<tag>``), or None where ``path`` is no such sibling."""

@@ -324,12 +324,12 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optiona
     with its ``method``: under ours, the labels its students take unless --soft-labels, per
     batch for RDED's, as `run` trains them)."""
     from .evaluate import COMPUTE_FIELDS, make_protocol
-    from .methods import all_methods
+    from .methods.registry import find_method
 
     student = {k: getattr(args, k) for k in (*EVALUATE_STUDENT_OPTIONS, *COMPUTE_FIELDS)
                if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("soft_labels", *SHARED_PROTOCOL_OPTIONS) if getattr(args, k) is not None}
-    own = {m.name: m for m in all_methods()}.get(method)  # (an imported set's: none)
+    own = find_method(method) if method is not None else None  # (an imported set's: none)
     if args.protocol != "dd-ranking" and "soft_labels" not in options and own is not None \
             and own.student_labels == "per-batch":
         options["soft_labels"] = "per-batch"

@@ -204,9 +204,9 @@ def check_evaluable(distilled, teachers: Sequence[nn.Module], device: str, stati
 
     resolve_device(device)
     if static_labels and not distilled.has_soft_labels:
-        from .methods import all_methods
+        from .methods.registry import find_method
 
-        method = {m.name: m for m in all_methods()}.get(distilled.method)  # (an imported set's may be none)
+        method = find_method(distilled.method)  # (an imported set's may be none)
         how = f" ({method.label}'s students take them)" if method and method.student_labels == "per-batch" else ""
         raise ValueError("the set has no soft labels: relabel it first (infer-fast relabel), with the teachers given "
                          f"here, or evaluate with per-batch teacher labels (--soft-labels per-batch){how}")

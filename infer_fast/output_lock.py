@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator, List, Sequence, Set, Union
 
-from ._io import REPLACED, TEMP, hidden_sibling_owner, hidden_sibling_pattern
+from ._io import REPLACED, TEMP, check_writable, hidden_sibling_owner, hidden_sibling_pattern
 
 PathLike = Union[str, os.PathLike]
 
@@ -114,8 +114,6 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False,
     if needed, the lock file in it) until the block ends; refuse with OutputInUseError if
     another process holds it. Removes the stale leftovers once held (with ``folders``, a run
     directory's: those in the folders it writes too)."""
-    from ._io import check_writable
-
     check_writable(output, what, kind="inside" if inside else "directory")  # (a file in the way is named)
     path = lock_path(output, inside)
     path.parent.mkdir(parents=True, exist_ok=True)

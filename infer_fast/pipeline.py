@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import distributed
-from ._io import TEMP, check_input_file, check_writable, is_hidden_sibling, save_json_atomic, write_atomically
+from ._io import TEMP, check_input_file, check_writable, hidden_sibling_owner, save_json_atomic, write_atomically
 from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
@@ -248,7 +248,7 @@ def check_run_directory(out: Path) -> None:
     if not out.is_dir():
         return
     entries = [entry.name for entry in out.iterdir()]
-    foreign = [name for name in entries if name not in RUN_ENTRIES and not is_hidden_sibling(name, RESULTS_FILE, TEMP)]
+    foreign = [name for name in entries if name not in RUN_ENTRIES and hidden_sibling_owner(name, TEMP) != RESULTS_FILE]
     if foreign and RESULTS_FILE not in entries:
         shown = ", ".join(sorted(foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
         raise ValueError(f"out (--out): {out} exists and is not a run directory (it holds {shown}): choose a new "

@@ -78,7 +78,7 @@ from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               copies_in_layout, model_in_layout)
 from .step_losses import StepLosses
-from .training_rng import global_rng_state, training_rng
+from .training_rng import global_rng_state, seeded_cpu_rng, training_rng
 from .transfer import to_device
 
 __all__ = [
@@ -356,8 +356,7 @@ class StudentRun:
         # INFER+Dyn's teachers label the batches in the student's layout
         self.teacher_models = copies_in_layout([t.to(self.device).eval() for t in teachers] if cfg.dynamic else [],
                                                cfg.channels_last)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with seeded_cpu_rng(cfg.seed):
             self.model = model_in_layout(create_model(
                 cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
                 image_size=distilled.image_size[0]).to(self.device), cfg.channels_last)

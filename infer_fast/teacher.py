@@ -28,7 +28,7 @@ from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import HeadMismatch, create_model
 from .progress import SHORT_PHASE_S, progress_bar
-from .training_rng import global_rng_state, training_rng
+from .training_rng import global_rng_state, seeded_cpu_rng, training_rng
 from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
 from .checks import check_class_names, split_label
 from .imagenet_wnids import IMAGENET_WNIDS
@@ -176,8 +176,7 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
     train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, progress=progress)
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root, progress=progress)
     spec = train.spec
-    with torch.random.fork_rng(devices=[]):  # (the weights from the seed; the process's stream left as it was)
-        torch.manual_seed(cfg.seed)
+    with seeded_cpu_rng(cfg.seed):  # (the weights from the seed; the process's stream left as it was)
         model = model_in_layout(create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels,
                                              image_size=spec.image_size).to(device), cfg.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

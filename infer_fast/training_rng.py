@@ -27,6 +27,15 @@ def global_rng_state(device: torch.device) -> Dict[str, Any]:
 
 
 @contextlib.contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """The global CPU generator seeded with ``seed`` while the block runs (a model's weights drawn
+    from the seed alone), the process's restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
 def training_rng(tag: str, seed: int, device: torch.device, state: Optional[Dict[str, Any]] = None) -> Iterator[None]:
     """While the block runs the global generators of the CPU and ``device`` are the training's:
     seeded by (``tag``, ``seed``), or set to ``state`` (:func:`global_rng_state` of a

@@ -274,12 +274,18 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
+def find_method(name: str) -> Optional[Method]:
+    """The registered method ``name``, or None (a set's method where none is registered here:
+    an imported set's)."""
+    _load_builtins()
+    return _METHODS.get(name)
+
+
 def set_student_settings(distilled) -> Dict[str, Any]:
     """The StudentConfig fields the method that made ``distilled`` gives its students
     (:attr:`Method.student_settings` of the recipe the set records); {} for a set of a method
     without such settings, or of none registered here (an imported set)."""
-    _load_builtins()
-    method = _METHODS.get(distilled.method)
+    method = find_method(distilled.method)
     if method is None or method.student_settings is None:
         return {}
     return method.student_settings(distilled.hyperparameters)
