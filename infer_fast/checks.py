@@ -3,6 +3,7 @@ definition, no dependencies (the ops, models, configs and methods all use them; 
 sets, teachers and splits are compared by :func:`check_class_names` alone)."""
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Iterable, Optional, Sequence
 
 # the range of a 64-bit integer: what a tensor index, a size or a torch generator's seed holds
@@ -35,6 +36,10 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
 SHOWN_CLASS_DIFFERENCES = 3
 
 
+def _composed(name: Any) -> Any:
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+
+
 def check_class_names(names: Optional[Sequence[str]], other: Optional[Sequence[str]], where: str, other_where: str,
                       todo: str) -> None:
     """ValueError in one line naming both sides unless the class names ``names`` (as recorded by
@@ -43,10 +48,13 @@ def check_class_names(names: Optional[Sequence[str]], other: Optional[Sequence[s
     same count but other names, or another order (folders sorted another way), would teach or
     score every class as another one without any error. ``todo`` says what to do instead.
     None on either side (a file written before class names were recorded; a dataset that names
-    none) is not compared."""
+    none) is not compared. Names are compared in Unicode's composed form (NFC): a folder copied
+    from macOS names "café" with a combining accent (NFD), the same name to a reader."""
     if names is None or other is None or list(names) == list(other):
         return
-    names, other = list(names), list(other)
+    names, other = [_composed(n) for n in names], [_composed(n) for n in other]
+    if names == other:
+        return
     if len(names) != len(other):
         raise ValueError(f"{where} has {len(names)} classes, {other_where} {len(other)}: {todo}")
     differ = [i for i, (a, b) in enumerate(zip(names, other)) if a != b]

@@ -200,16 +200,10 @@ def _check_preview_path(directory: str, preview: str) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from ._io import check_writable
-    from pathlib import Path
+    from .distill.run import check_new_output
+    from .storage import import_imagefolder, inspect_report, save_distilled
 
-    from .storage import OutputExistsError, import_imagefolder, inspect_report, save_distilled
-    from .storage.disk import refuse_symlink
-
-    refuse_symlink(Path(args.out))  # (before the folder is read: a set is never written through a link)
-    if os.path.exists(args.out):
-        raise OutputExistsError(f"{args.out} already exists; choose another output directory")
-    check_writable(args.out, "--out", kind="directory")
+    check_new_output(args.out)  # (before the folder is read: as every command that writes a set)
     ds = import_imagefolder(args.folder, args.dataset, soft_labels=args.soft_labels, name=args.name)
     save_distilled(ds, args.out)
     print(inspect_report(args.out, verify_checksums=False))

@@ -85,6 +85,8 @@ def test_check_class_names_is_quiet_when_they_agree_or_one_side_records_none():
     check_class_names(["a", "b"], ("a", "b"), "x", "y", "todo")  # (a list and a tuple: the same names)
     check_class_names(None, ["a", "b"], "x", "y", "todo")
     check_class_names(["a", "b"], None, "x", "y", "todo")
+    # a name with a combining accent (NFD: a folder copied from macOS) is its composed name (NFC)
+    check_class_names(["caf\u00e9", "d"], ["cafe\u0301", "d"], "x", "y", "todo")
 
 
 def test_check_class_names_names_both_sides_and_the_first_differences():

@@ -334,7 +334,7 @@ def test_models_names_the_pretrained_weight_files(tmp_path, monkeypatch, capsys)
     assert status == 0 and f"{folder}  (does not exist)" in out and "TORCH_HOME=" in out
     [line] = [l for l in out.splitlines() if "resnet18-f37072fd.pth" in l and not l.startswith("To fetch")]
     assert line.startswith("resnet18-imagenet") and line.endswith("missing")
-    assert "get_model('resnet18', weights='DEFAULT')" in out
+    assert "get_model('resnet18', weights='IMAGENET1K_V1')" in out
     _cache_weights(tmp_path / "th", "resnet18-imagenet", "resnet18-f37072fd.pth")
     status, out, _ = _cli(capsys, "models")
     [line] = [l for l in out.splitlines() if "resnet18-f37072fd.pth" in l and not l.startswith("To fetch")]
@@ -395,11 +395,11 @@ def test_run_names_every_missing_weights_file_before_any_work(tmp_path, monkeypa
     status, _, err = _cli(capsys, "run", tmp_path / "exp.yaml", "--quiet")
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "(2 files)" in err and str(tmp_path / "th" / "hub" / "checkpoints") in err
-    assert "resnet18-f37072fd.pth (resnet18-imagenet)" in err and "mobilenet_v2-7ebf99e0.pth (mobilenetv2-imagenet)" in err
+    assert "resnet18-f37072fd.pth (resnet18-imagenet)" in err and "mobilenet_v2-b0353104.pth (mobilenetv2-imagenet)" in err
     assert not (tmp_path / "run").exists()
     # (10-class weights under torchvision's names: pretrained teachers of the data's own classes)
     _cache_weights(tmp_path / "th", "resnet18-imagenet", "resnet18-f37072fd.pth", num_classes=10)
-    _cache_weights(tmp_path / "th", "mobilenetv2-imagenet", "mobilenet_v2-7ebf99e0.pth", num_classes=10)
+    _cache_weights(tmp_path / "th", "mobilenetv2-imagenet", "mobilenet_v2-b0353104.pth", num_classes=10)
     with pytest.warns(UserWarning, match="stem conv"):
         status, stdout, err = _cli(capsys, "run", tmp_path / "exp.yaml")
     assert status == 0, err

@@ -202,6 +202,23 @@ def test_imagenet_val_with_loose_images_beside_class_folders_is_refused(tmp_path
                               "valprep.sh may have been interrupted") and "\n" not in message
 
 
+def test_train_images_beside_class_folders_are_refused(tmp_path):
+    """A class archive extracted into train/ instead of train/<wnid>/ leaves its images beside
+    the class folders: refused in one line that counts them, not skipped (the class would be
+    missing or short without a word)."""
+    x, y = rand_u8((4, 3, 8, 8)), torch.tensor([0, 1, 0, 1])
+    write_image_folder(tmp_path / "train", x, y, class_names=["n01", "n02"], ext="png")
+    (tmp_path / "train" / "LOC_synset_mapping.txt").write_text("not an image")
+    assert len(load_dataset("imagenet", "train", data_root=str(tmp_path), num_classes=2)) == 4
+    for i in range(2):
+        PIL.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp_path / "train" / f"n03_{i}.JPEG")
+    with pytest.raises(ValueError) as info:
+        load_dataset("imagenet", "train", data_root=str(tmp_path), num_classes=2)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'train'} holds 2 loose images beside its 2 class folders (n03_0.JPEG, ...): "
+                              "move them into their class folders") and "\n" not in message
+
+
 # ------------------------------------------------------------------ ImageNet's eval geometry
 
 

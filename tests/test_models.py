@@ -308,11 +308,13 @@ def test_every_missing_weights_file_named_in_one_error(hub_dir):
         check_pretrained_weights(requests)
     msg = str(info.value)
     assert "(3 files)" in msg and f"in {hub_dir} " in msg and "never downloads" in msg
-    assert "resnet18-f37072fd.pth (resnet18-imagenet)" in msg and "mobilenet_v2-7ebf99e0.pth (mobilenetv2-imagenet)" in msg
+    assert "resnet18-f37072fd.pth (resnet18-imagenet)" in msg and "mobilenet_v2-b0353104.pth (mobilenetv2-imagenet)" in msg
     assert f"; {hub_dir.parent / 'mine.pth'} (efficientnet-b0-imagenet)" in msg
-    assert "get_model('resnet18', weights='DEFAULT'); torchvision.models.get_model('mobilenet_v2'" in msg
+    # (the reference releases' weights, IMAGENET1K_V1: torchvision's DEFAULT is V2 for mobilenet_v2)
+    assert "get_model('resnet18', weights='IMAGENET1K_V1'); torchvision.models.get_model('mobilenet_v2', " \
+           "weights='IMAGENET1K_V1')" in msg
     _torchvision_style_resnet18_checkpoint(hub_dir)
-    torch.save({}, hub_dir / "mobilenet_v2-b0353104.pth")  # the older file of the same weights is looked for too
+    torch.save({}, hub_dir / "mobilenet_v2-7ebf99e0.pth")  # the V2 weights are taken when V1's are not cached
     with pytest.raises(ValueError, match=r"\(1 file\): .*mine.pth") as info:
         check_pretrained_weights(requests)
     assert "resnet18-f37072fd" not in str(info.value) and "mobilenet_v2" not in str(info.value)
@@ -322,7 +324,10 @@ def test_every_missing_weights_file_named_in_one_error(hub_dir):
     folder, rows, fetch = pretrained_weights_table()
     found = {r["name"]: r["found"] and os.path.basename(r["found"]) for r in rows}
     assert folder == str(hub_dir) and set(found) == {n for n in IMAGENET}
-    assert found["resnet18-imagenet"] == "resnet18-f37072fd.pth" and found["mobilenetv2-imagenet"] == "mobilenet_v2-b0353104.pth"
+    assert found["resnet18-imagenet"] == "resnet18-f37072fd.pth" and found["mobilenetv2-imagenet"] == "mobilenet_v2-7ebf99e0.pth"
+    torch.save({}, hub_dir / "mobilenet_v2-b0353104.pth")  # and V1's first when both are
+    [row] = [r for r in pretrained_weights_table()[1] if r["name"] == "mobilenetv2-imagenet"]
+    assert os.path.basename(row["found"]) == "mobilenet_v2-b0353104.pth"
     assert found["resnet50-imagenet"] is None and "get_model('resnet50'" in fetch and "'resnet18'" not in fetch
 
 
@@ -334,18 +339,18 @@ def test_unusable_hub_cache_entries_are_not_taken_for_checkpoints(hub_dir):
 
     (hub_dir / "resnet18-f37072fd.pth").write_bytes(b"")
     torch.save({"w": torch.zeros(100)}, hub_dir / "whole.pth")
-    (hub_dir / "resnet50-11ad3fa6.pth").write_bytes((hub_dir / "whole.pth").read_bytes()[:300])
-    (hub_dir / "mobilenet_v2-7ebf99e0.pth").mkdir()
+    (hub_dir / "resnet50-0676ba61.pth").write_bytes((hub_dir / "whole.pth").read_bytes()[:300])
+    (hub_dir / "mobilenet_v2-b0353104.pth").mkdir()
     archs = ("resnet18", "resnet50", "mobilenet_v2", "shufflenet_v2_x1_0")
     assert [torchvision_checkpoint_status(a) for a in archs] == [
-        "resnet18-f37072fd.pth: empty", "resnet50-11ad3fa6.pth: not a complete torch checkpoint",
-        "mobilenet_v2-7ebf99e0.pth: not a file", "missing"]
+        "resnet18-f37072fd.pth: empty", "resnet50-0676ba61.pth: not a complete torch checkpoint",
+        "mobilenet_v2-b0353104.pth: not a file", "missing"]
     assert [find_torchvision_checkpoint(a) for a in archs] == [None] * 4
-    with pytest.raises(ValueError, match=r"resnet50-11ad3fa6.pth \(resnet50-imagenet; the entry there is not a "
+    with pytest.raises(ValueError, match=r"resnet50-0676ba61.pth \(resnet50-imagenet; the entry there is not a "
                                          r"complete torch checkpoint\)"):
         create_model("resnet50-imagenet", num_classes=1000, pretrained=True)
-    torch.save({}, hub_dir / "mobilenet_v2-b0353104.pth")
-    assert torchvision_checkpoint_status("mobilenet_v2") == "present as mobilenet_v2-b0353104.pth"
+    torch.save({}, hub_dir / "mobilenet_v2-7ebf99e0.pth")
+    assert torchvision_checkpoint_status("mobilenet_v2") == "present as mobilenet_v2-7ebf99e0.pth"
     torch.save({}, hub_dir / "resnet18-0000.pth", _use_new_zipfile_serialization=False)  # torch's legacy format
     assert find_torchvision_checkpoint("resnet18") == str(hub_dir / "resnet18-0000.pth")
     assert torchvision_cache_dir_problem() is None

@@ -62,7 +62,8 @@ def scan_class_folders(
     unless ``class_names`` fixes them (a val split uses the training classes): a folder
     that is not one of them is an error, a class without a folder has no samples.
     ``inner``: images sit in ``<class>/<inner>/`` when that folder exists (Tiny-ImageNet's
-    ``images``). Non-image files are skipped; a class folder without images is an error.
+    ``images``). Non-image files are skipped; a class folder without images, and images
+    beside the class folders, are errors.
     ``progress``: a bar over the class folders once the scan has run SHORT_PHASE_S (minutes
     for ImageNet's 1.28M files on a cold disk; a small tree stays quiet). ``skip``: sub-folders
     that are no class (Tiny-ImageNet's emptied ``val/images``).
@@ -75,6 +76,12 @@ def scan_class_folders(
         loose = _image_files(root)
         hint = f" (it holds {len(loose)} loose images: put them in one folder per class)" if loose else ""
         raise ValueError(f"no class folders under {root}{hint}")
+    loose = _image_files(root)
+    if loose:  # (a class archive extracted into the root, say: its class would be missing or short without a word)
+        raise ValueError(
+            f"{root} holds {_count(loose, 'loose image')} beside its {len(folders)} class folders "
+            f"({os.path.basename(loose[0])}, ...): move them into their class folders (or remove them)"
+        )
     if class_names is None:
         class_names = tuple(folders)
     else:

@@ -39,8 +39,11 @@ where each value comes from:
   --dynamic``), so the set stores only images and hard labels (``student_labels`` below),
   and its students augment as the release's (:func:`student_settings`: ``infer-fast run`` and
   ``train`` give them the ``shuffle_patches_crop_flip`` augmentation at the set's factor
-  unless told otherwise; the rest of the student recipe is the dataset family's, which for
-  ImageNet is the release's but for a cosine schedule to 0 instead of half a cosine).
+  unless told otherwise; the rest of the student recipe is the dataset family's protocol, the
+  same for every method, which for ImageNet is the release's but for a cosine schedule to 0
+  instead of half a cosine, batch 100 at ipc 50 (the release: 200) and weight decay on biases
+  and BatchNorm too; on small images the release trains with CutMix, temperature 20, 300
+  epochs and batches of 50 to 200, the protocol with mixup, 30, 400 and 64).
 
 Where this implementation differs, and why: candidates are cropped from the split's decoded
 ``size`` x ``size`` images (the release crops the original file), so one decode serves every

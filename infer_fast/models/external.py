@@ -54,11 +54,15 @@ EXTERNAL_LIBRARIES = ("torchvision", "timm")
 MissingWeights = Tuple[str, str, Optional[str]]
 
 # torchvision ImageNet checkpoint files (preferred first) for the built-in ImageNet variants,
-# and a pattern for other versions of the same weights in the cache.
+# and a pattern for other versions of the same architecture in the cache. The first is always
+# IMAGENET1K_V1, the weights the reference releases load (INFER's ufc_imgnet.py names
+# MobileNet_V2_Weights.IMAGENET1K_V1; SRe2L's and CDA's pretrained=True is V1): torchvision's
+# DEFAULT is V2 for resnet50 and mobilenet_v2, other teachers (taken when V1 is not cached).
+TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
 _TORCHVISION_FILES = {
     "resnet18": (("resnet18-f37072fd.pth",), "resnet18-*.pth"),
-    "resnet50": (("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"), "resnet50-*.pth"),
-    "mobilenet_v2": (("mobilenet_v2-7ebf99e0.pth", "mobilenet_v2-b0353104.pth"), "mobilenet_v2-*.pth"),
+    "resnet50": (("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"), "resnet50-*.pth"),
+    "mobilenet_v2": (("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth"), "mobilenet_v2-*.pth"),
     "efficientnet_b0": (
         ("efficientnet_b0_rwightman-7f5810bc.pth", "efficientnet_b0_rwightman-3dd342df.pth"),
         "efficientnet_b0_rwightman-*.pth",
@@ -393,7 +397,7 @@ def missing_torchvision_checkpoint(model: str, arch: str, found: Any = _LOOK) ->
         return None
     preferred, _ = _TORCHVISION_FILES[arch]
     return (model, os.path.join(torchvision_cache_dir(), preferred[0]),
-            f"torchvision.models.get_model('{arch}', weights='DEFAULT')")
+            f"torchvision.models.get_model('{arch}', weights='{TORCHVISION_WEIGHTS}')")
 
 
 def find_torchvision_checkpoint(arch: str) -> Optional[str]:
