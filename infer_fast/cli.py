@@ -113,8 +113,8 @@ def teacher_options() -> Dict[str, Option]:
         Option("out", str, "checkpoint file to write"),
         Option("pretrained", str, "write MODEL's pretrained weights (e.g. resnet18-imagenet) as the teacher instead of "
                "training one; takes --dataset (default imagenet), --weights, --out only", metavar="MODEL"),
-        Option("weights", str, "with --pretrained: the weights file (a torchvision state dict) instead of the torch "
-               "hub cache", metavar="FILE"),
+        Option("weights", str, "with --pretrained: the weights file (a state dict of MODEL's layout: torchvision's, or "
+               "a teacher of the INFER release for its CIFAR models) instead of the torch hub cache", metavar="FILE"),
     )}}
 
 
@@ -457,9 +457,9 @@ def _add_teacher(sub) -> None:
         "model's cached weights as one (--pretrained)",
         description="Train a teacher (SGD, cosine, crop+flip). Options from --config YAML are "
         "overridden by those given here. Running again with the same --out resumes an interrupted run. "
-        "--pretrained MODEL instead writes MODEL's pretrained ImageNet weights (from the local torch hub cache, or "
-        "--weights FILE; never downloaded; `infer-fast models` lists the files) as a teacher checkpoint for "
-        "distill, relabel, train and run, without training.",
+        "--pretrained MODEL instead writes MODEL's pretrained weights (ImageNet's from the local torch hub cache, or "
+        "--weights FILE, e.g. a CIFAR teacher of the INFER release; never downloaded; `infer-fast models` lists the "
+        "files) as a teacher checkpoint for distill, relabel, train and run, without training.",
     )
     teacher.add_argument("--config", help="YAML file of options (e.g. configs/teacher-fashion-mnist.yaml)")
     add_flags(teacher, teacher_options().values())

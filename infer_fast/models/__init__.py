@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .external import (HeadMismatch, MissingWeights, create_external, fetch_command, final_linear,
-                       find_torchvision_checkpoint, is_external, load_torchvision_weights, missing_external_weights, missing_torchvision_checkpoint,
+                       find_torchvision_checkpoint, is_external, load_pretrained_weights, missing_external_weights, missing_torchvision_checkpoint,
                        missing_weights_error, torchvision_cache_dir, torchvision_cache_dir_problem,
                        torchvision_checkpoint_status, torchvision_file_names)
 from .base import ClassifierNet, device_of, init_weights
@@ -70,8 +70,9 @@ def create_model(
     image_size: the input size the model is meant for (ConvNet's head depends on it; the other
         built-ins pool adaptively and accept any size).
     pretrained: built-in ImageNet variants load torchvision's ImageNet checkpoint from the local
-        torch hub cache (True) or from a given file path; external models use their library's
-        cached weights. Never downloads. Built-in small-image models have no pretrained weights.
+        torch hub cache (True); every built-in model loads a weights file given as a path (a
+        state dict of its layout, e.g. a teacher of the INFER release); external models use their
+        library's cached weights. Never downloads.
         The weights' classifier is kept when it has ``num_classes`` classes, else replaced by
         a fresh one (with a warning: it needs training).
     pretrained_head: with ``pretrained``, the weights' classifier must be kept:
@@ -93,21 +94,23 @@ def create_model(
     model = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **{**implied, **kwargs})
     if pretrained is not False and pretrained is not None:
         _check_has_pretrained_weights(spec, pretrained)
-        load_torchvision_weights(model, spec, pretrained, num_classes, in_channels, pretrained_head)
+        load_pretrained_weights(model, spec, pretrained, num_classes, in_channels, pretrained_head)
     return model
 
 
 def _check_has_pretrained_weights(spec: ModelSpec, pretrained: Any) -> None:
-    """ValueError unless the built-in ``spec`` has pretrained weights and ``pretrained`` is
-    True or a weights file path."""
-    if spec.torchvision_name is None:
-        raise ValueError(
-            f"built-in model {spec.name!r} has no pretrained weights (train one with `infer-fast teacher`). "
-            f"The ImageNet variants ({', '.join(s.name for s in all_specs() if s.torchvision_name)}) load "
-            "torchvision's cached ImageNet weights; torchvision:NAME and timm:NAME use their libraries' caches."
-        )
+    """ValueError unless ``pretrained`` is a weights file path, or True for a built-in ``spec``
+    with weights in torch hub's cache (its ImageNet variants)."""
     if pretrained is not True and not isinstance(pretrained, (str, os.PathLike)):
         raise ValueError(f"pretrained must be True/False or a path to a weights file, got {pretrained!r}")
+    if pretrained is True and spec.torchvision_name is None:
+        raise ValueError(
+            f"built-in model {spec.name!r} has no pretrained weights in torch hub's cache: give a weights file "
+            "(--weights FILE, `pretrained: FILE` in a config: a state dict of this layout, such as a teacher of the "
+            "INFER release) or train one with `infer-fast teacher`. The ImageNet variants "
+            f"({', '.join(s.name for s in all_specs() if s.torchvision_name)}) load torchvision's cached ImageNet "
+            "weights; torchvision:NAME and timm:NAME use their libraries' caches."
+        )
 
 
 def _missing_pretrained_weights(name: str, pretrained: Any) -> Optional[MissingWeights]:

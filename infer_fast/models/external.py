@@ -43,7 +43,7 @@ __all__ = [
     "missing_external_weights",
     "missing_weights_error",
     "fetch_command",
-    "load_torchvision_weights",
+    "load_pretrained_weights",
     "final_linear",
     "replace_final_linear",
     "replace_first_conv",
@@ -59,6 +59,8 @@ MissingWeights = Tuple[str, str, Optional[str]]
 # MobileNet_V2_Weights.IMAGENET1K_V1; SRe2L's and CDA's pretrained=True is V1): torchvision's
 # DEFAULT is V2 for resnet50 and mobilenet_v2, other teachers (taken when V1 is not cached).
 TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
+# the key prefix of a state dict saved from nn.DataParallel (the INFER release's teachers)
+DATA_PARALLEL_PREFIX = "module."
 _TORCHVISION_FILES = {
     "resnet18": (("resnet18-f37072fd.pth",), "resnet18-*.pth"),
     "resnet50": (("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"), "resnet50-*.pth"),
@@ -467,11 +469,13 @@ def torchvision_cache_dir_problem() -> Optional[str]:
     return "is a file, not a folder" if os.path.lexists(folder) else "does not exist"
 
 
-def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: int, in_channels: int,
-                             pretrained_head: bool = False) -> nn.Module:
-    """Load torchvision ImageNet weights into a built-in ImageNet-layout model.
+def load_pretrained_weights(model: nn.Module, spec, source: Any, num_classes: int, in_channels: int,
+                            pretrained_head: bool = False) -> nn.Module:
+    """Load pretrained weights into a built-in model.
 
-    ``source``: True (the cached torchvision checkpoint) or a path to a state-dict file.
+    ``source``: True (the cached torchvision checkpoint of an ImageNet-layout model) or a path
+    to a state-dict file, also one saved as ``{"state_dict": ...}`` and from ``nn.DataParallel``
+    (keys prefixed ``module.``), as the INFER release saves its teachers.
     The head is kept fresh when ``num_classes`` differs from the checkpoint's (``pretrained_head``:
     HeadMismatch instead), and the stem kernels are adapted when ``in_channels`` differs (both
     with a warning).
@@ -490,6 +494,8 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = dict(state)
+    if state and all(isinstance(k, str) and k.startswith(DATA_PARALLEL_PREFIX) for k in state):
+        state = {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
     rename_aliased_keys(model, state, "")
 
     notes: List[str] = []
@@ -509,9 +515,12 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
 
     own = model.state_dict()
     wrong_shape = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    missing = [k for k in own if k not in state and k not in allowed_missing and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    if wrong_shape or missing or unexpected:
+    if wrong_shape:  # (load_state_dict would raise on them)
+        missing_keys, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    else:  # (the model's own load hooks run here: the keys of a layer a release built and never ran dropped)
+        missing_keys, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing_keys if k not in allowed_missing and not k.endswith("num_batches_tracked")]
+    if wrong_shape or missing or unexpected:  # (the model is not returned: half loaded is not loaded)
         def show(keys):
             return f"{keys[:5]}{'...' if len(keys) > 5 else ''}"
 
@@ -519,6 +528,5 @@ def load_torchvision_weights(model: nn.Module, spec, source: Any, num_classes: i
             f"{path} does not match {spec.name}: missing {show(missing)}, unexpected {show(unexpected)}, "
             f"wrong shape {show(wrong_shape)}"
         )
-    model.load_state_dict(state, strict=False)
     _warn(spec.name, notes)
     return model

@@ -167,6 +167,24 @@ register(ModelSpec(
     aliases=("efficientnetb0", "efficientnet", "efficientnet-b0-cifar"),
 ))
 register(ModelSpec(
+    "shufflenet-g2", "shufflenet:shufflenet_g2",
+    "ShuffleNet (v1) g=2, 200/400/800 channels: the layout of the INFER release's CIFAR models "
+    "(1x1 stride-1 stem, no max-pool)",
+    aliases=("shufflenetg2", "shufflenet-v1-g2", "shufflenetv1-g2"),
+))
+register(ModelSpec(
+    "mobilenetv2-infer", "mobilenetv2_infer:mobilenetv2_infer",
+    "MobileNetV2 1.0x, the layout of the INFER release's CIFAR models (ReLU, conv+BN shortcut "
+    "where a stride-1 block changes channels; 8x downsampling)",
+    aliases=("mobilenet-v2-infer",),
+))
+register(ModelSpec(
+    "efficientnet-b0-infer", "efficientnet_infer:efficientnet_b0_infer",
+    "EfficientNet-B0, the layout of the INFER release's CIFAR models (stride-1 stem, 320 "
+    "channels to the head, no 1280 conv)",
+    aliases=("efficientnetb0-infer",),
+))
+register(ModelSpec(
     "resnet18-imagenet", "resnet:resnet18_imagenet",
     "ResNet-18, ImageNet layout (7x7 stride-2 stem + max-pool; torchvision parameter names)",
     input_sizes=IMAGENET_SIZES, torchvision_name="resnet18",
