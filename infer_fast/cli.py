@@ -286,7 +286,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     ds = load_distilled(args.directory)
     # the recipe of the set's dataset's family (ImageNet: the SRe2L protocol) unless --recipe, with what
     # the set's method gives its students (RDED: its augmentation) under the options given
-    config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.dataset), **{**set_student_settings(ds), **fields})
+    config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.real_dataset), **{**set_student_settings(ds), **fields})
     config.check_given(list(fields))
     _check_decode_cache(args.decode_cache, ds.real_dataset)
     teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
@@ -359,7 +359,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _evaluation_protocol(args)  # (every option checked before any loading)
     ds = load_distilled(args.directory)
     _check_decode_cache(args.decode_cache, ds.real_dataset)
-    protocol = _evaluation_protocol(args, ds.dataset, ds.method)
+    protocol = _evaluation_protocol(args, ds.real_dataset, ds.method)
     models = load_teachers_for_set(teachers, ds, device=args.device)
     report = evaluate_under(protocol, ds, models, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
                             device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)

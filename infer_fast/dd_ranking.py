@@ -70,11 +70,12 @@ SET_BY_PROTOCOL = ("labels", "seed", "dynamic", "lr", "eval_every", "schedule")
 SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
 
 
-def family_of(dataset_name: str) -> str:
-    """The FAMILY_RECIPES key of a dataset: its registered recipe family."""
-    from .data.registry import get_dataset
+def family_of(dataset) -> str:
+    """The FAMILY_RECIPES key of a dataset (a name, or a mapping with its image size): its recipe
+    family (data.registry's recipe_family)."""
+    from .data.registry import recipe_family
 
-    return get_dataset(dataset_name).family
+    return recipe_family(dataset)
 
 
 def round_seed(index: int) -> int:
@@ -118,16 +119,16 @@ class DDRankingProtocol(CheckedWhenMade):
             raise ValueError(f"lr_grid must be a non-empty list of positive learning rates, got {self.lr_grid!r}")
         self.check_dataset("cifar10")
 
-    def check_dataset(self, dataset_name: str) -> None:
-        """ValueError unless the students of a set of ``dataset_name`` can be made: their
+    def check_dataset(self, dataset: Any) -> None:
+        """ValueError unless the students of a set of ``dataset`` can be made: their
         config under that dataset's family recipe (made, so checked) and its epochs."""
-        config = self.student_config(dataset_name, "soft", True, self.lr_grid[0], 0)
+        config = self.student_config(dataset, "soft", True, self.lr_grid[0], 0)
         if config.epochs < self.test_interval:
             raise ValueError(f"epochs ({config.epochs}) must be at least test_interval ({self.test_interval}): the "
                              "protocol's accuracy is the best of the tests every test_interval epochs")
 
-    def recipe_for(self, dataset_name: str) -> str:
-        return self.recipe or family_of(dataset_name)
+    def recipe_for(self, dataset: Any) -> str:
+        return self.recipe or family_of(dataset)
 
     def grids(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         """(the rates searched for the set's hard run and the random subset's runs, those of
@@ -141,10 +142,10 @@ class DDRankingProtocol(CheckedWhenMade):
         grid, set_grid = self.grids()
         return self.rounds * (len(grid) * 4 + len(set_grid) * 3)
 
-    def student_model(self, dataset_name: str) -> str:
-        return self.student_config(dataset_name, "hard", False, self.lr_grid[0], 0).model
+    def student_model(self, dataset: Any) -> str:
+        return self.student_config(dataset, "hard", False, self.lr_grid[0], 0).model
 
-    def student_config(self, dataset_name: str, labels: str, mixed: bool, lr: float, seed: int,
+    def student_config(self, dataset: Any, labels: str, mixed: bool, lr: float, seed: int,
                        set_settings: Optional[Dict[str, Any]] = None):
         """The StudentConfig of one run: the family's recipe, what the set's method gives its
         students (``set_settings``: RDED's augmentation, as DD-Ranking's RDED scripts pass its
@@ -152,7 +153,7 @@ class DDRankingProtocol(CheckedWhenMade):
         StudentConfig is checked when made)."""
         from .student import StudentConfig
 
-        values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset_name)], **(set_settings or {}), **self.student}
+        values = {**SHARED_RECIPE, **FAMILY_RECIPES[self.recipe_for(dataset)], **(set_settings or {}), **self.student}
         values.update(labels=labels, seed=seed, lr=float(lr), eval_every=self.test_interval, schedule="half-cosine",
                       dynamic=labels == "soft" and self.soft_labels == "per-batch")
         if not mixed:
@@ -176,11 +177,11 @@ def _summary(values: Sequence[float]) -> Dict[str, float]:
 class _Runs:
     """Trains the students of an evaluation, one grid search at a time, with one bar."""
 
-    def __init__(self, protocol: DDRankingProtocol, dataset_name: str, test, teachers, device: str, total: int,
+    def __init__(self, protocol: DDRankingProtocol, dataset: Any, test, teachers, device: str, total: int,
                  progress: bool, set_settings: Dict[str, Any]):
         from .progress import progress_bar
 
-        self.protocol, self.dataset_name, self.test, self.set_settings = protocol, dataset_name, test, set_settings
+        self.protocol, self.dataset, self.test, self.set_settings = protocol, dataset, test, set_settings
         self.teachers, self.device = list(teachers), device
         self.bar = progress_bar(total=total, desc="DD-Ranking students", unit="student", disable=not progress)
 
@@ -191,7 +192,7 @@ class _Runs:
         found: Dict[str, float] = {}
         best_acc, best_lr = -1.0, None
         for lr in grid:
-            config = dataclasses.replace(self.protocol.student_config(self.dataset_name, labels, mixed, lr, seed,
+            config = dataclasses.replace(self.protocol.student_config(self.dataset, labels, mixed, lr, seed,
                                                                       self.set_settings), device=self.device)
             result = train_student(source, self.test, config, teachers=self.teachers, progress=False)
             acc = periodic_best(result["history"], self.protocol.test_interval)
@@ -242,17 +243,17 @@ def evaluate_set_dd_ranking(
     from .methods.registry import set_student_settings
 
     protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol)
-    name = distilled.dataset
-    protocol.check_dataset(name)
+    dataset = distilled.real_dataset  # (with its image size: the recipe family, recipe_family)
+    protocol.check_dataset(dataset)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
-    model = protocol.student_model(name)
+    model = protocol.student_model(dataset)
     full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
 
     grid, set_grid = protocol.grids()
-    runs = _Runs(protocol, name, test, teachers, device, protocol.student_count(), progress, set_student_settings(distilled))
+    runs = _Runs(protocol, dataset, test, teachers, device, protocol.student_count(), progress, set_student_settings(distilled))
     rounds: List[Dict[str, Any]] = []
     try:
         for i in range(protocol.rounds):
@@ -295,8 +296,9 @@ def evaluate_set_dd_ranking(
                 "training_images": distilled.num_training_images()},
         "protocol": {
             "name": PROTOCOL_NAME, **dataclasses.asdict(protocol), "lr_grid": list(grid),
-            "recipe": protocol.recipe_for(name), "round_seeds": [r["seed"] for r in rounds],
-            "student_config": dataclasses.asdict(protocol.student_config(name, "soft", True, grid[0], 0, runs.set_settings)),
+            "recipe": protocol.recipe_for(dataset), "round_seeds": [r["seed"] for r in rounds],
+            "student_config": dataclasses.asdict(protocol.student_config(dataset, "soft", True, grid[0], 0,
+                                                                         runs.set_settings)),
             "accuracy_of_a_run": f"best of the tests every {protocol.test_interval} epochs, best over the rate grid",
             "random_subset": f"ipc {ipc} real training images per class, picked with "
                              + ("the round's seed" if protocol.random_subset_seed is None

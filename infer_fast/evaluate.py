@@ -75,7 +75,7 @@ class Protocol(CheckedWhenMade):
         """Students an evaluation trains: the set and a random subset, RUNS each, per seed."""
         return 2 * len(RUNS) * self.seeds
 
-    def student_model(self, dataset_name: Optional[str] = None) -> str:
+    def student_model(self, dataset: Any = None) -> str:
         return self.student_config("soft", True, 0).model
 
     def student_config(self, labels: str, augmented: bool, seed: int, set_settings: Optional[Dict[str, Any]] = None):
@@ -92,10 +92,10 @@ class Protocol(CheckedWhenMade):
 
 
 def make_protocol(name: str, student: Dict[str, Any], seeds: Optional[int] = None,
-                  dataset_name: Optional[str] = None, **options: Any):
+                  dataset: Any = None, **options: Any):
     """The validated protocol ``name`` (one of EVALUATION_PROTOCOLS): ``student`` fields,
     ``seeds`` students per run (ours) or rounds (DD-Ranking's; None: the protocol's default),
-    its other ``options``; with ``dataset_name``, DD-Ranking's is checked against its family
+    its other ``options``; with ``dataset`` (a name, or a mapping with its image size), DD-Ranking's is checked against its family
     (its recipe follows the dataset) and ours takes its family's student recipe unless
     ``recipe`` is given."""
     from .checks import check_choice
@@ -105,13 +105,13 @@ def make_protocol(name: str, student: Dict[str, Any], seeds: Optional[int] = Non
     check_choice("protocol", name, EVALUATION_PROTOCOLS)
     if name == DD_RANKING:
         protocol = DDRankingProtocol(student=student, **({} if seeds is None else {"rounds": seeds}), **options)
-        if dataset_name:
-            protocol.check_dataset(dataset_name)
+        if dataset:
+            protocol.check_dataset(dataset)
     else:
-        if dataset_name is not None and options.get("recipe") is None:
+        if dataset is not None and options.get("recipe") is None:
             from .student import recipe_of
 
-            options["recipe"] = recipe_of(dataset_name)
+            options["recipe"] = recipe_of(dataset)
         protocol = Protocol(student=student, **({} if seeds is None else {"seeds": seeds}), **options)
     return protocol
 

@@ -568,13 +568,12 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
     accuracy is DD-Ranking's cached value or
     the recorded one of the first teacher of the student's architecture, else trained. Each
     set's report is saved as it is done (a rerun skips it)."""
-    from .data.registry import dataset_options
     from .evaluate import evaluate_under, same_architecture
     from .storage import load_distilled
     from .teacher import load_teacher
 
     protocol = cfg.score_protocol()
-    student_model = protocol.student_model(dataset_options(cfg.dataset)[0])
+    student_model = protocol.student_model(cfg.dataset)
     teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
     same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
     scores = results.setdefault("scores", {})

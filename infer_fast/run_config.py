@@ -72,7 +72,6 @@ class PipelineConfig:
         """The evaluation protocol of the run's scores, validated (None: no scores): the run's
         student (DD-Ranking's: its model and epochs) and seeds (DD-Ranking's: rounds), and
         the options of a ``scores: {protocol: ..., OPTION: VALUE}`` mapping."""
-        from .data.registry import dataset_options
         from .dd_ranking import DDRankingProtocol
         from .evaluate import COMPUTE_FIELDS, Protocol, make_protocol
 
@@ -92,7 +91,7 @@ class PipelineConfig:
         if name == "dd-ranking":  # (its student: the run's model, epochs and how it computes; the rest is its recipe)
             student = {k: v for k, v in student.items() if k in ("model", "epochs", *COMPUTE_FIELDS)}
         try:
-            return make_protocol(name, student, self.seeds, dataset_options(self.dataset)[0], **options)
+            return make_protocol(name, student, self.seeds, self.dataset, **options)
         except ValueError as exc:
             raise ValueError(f"{where}: scores: {exc}") from None
 

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from .progress import SHORT_PHASE_S, progress_bar
 from .relabel import ensemble_logits
 
-from .data.registry import get_dataset
+from .data.registry import recipe_family
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop, shuffle_patches)
 from .models import create_model, device_of, penultimate_features
@@ -111,8 +111,9 @@ FAMILY_RECIPES = {"cifar": "cifar", "tiny-imagenet": "cifar", "imagenet": "image
 
 
 def recipe_of(dataset) -> str:
-    """The student recipe of ``dataset`` (a name or mapping): its family's (FAMILY_RECIPES)."""
-    return FAMILY_RECIPES[get_dataset(dataset).family]
+    """The student recipe of ``dataset`` (a name, or a mapping with its image size): its
+    recipe family's (FAMILY_RECIPES; data.registry's recipe_family)."""
+    return FAMILY_RECIPES[recipe_family(dataset)]
 
 
 # the options a student does not use under another setting: (field, unused when, that setting)

@@ -66,3 +66,24 @@ def test_students_get_their_dataset_family_recipe(tmp_path):
     assert make_protocol("infer-fast", {}, 1, "imagenet").recipe == "imagenet"
     assert make_protocol("infer-fast", {}, 1, "cifar10").recipe == "cifar"
     assert make_protocol("infer-fast", {}, 1, "imagenet", recipe="cifar").recipe == "cifar"
+
+
+def test_an_image_folder_of_large_images_takes_the_imagenet_recipes(tmp_path):
+    """One rule for every recipe: images larger than SMALL_IMAGE_MAX (64 px) take ImageNet's (an
+    ImageNet subset in an image folder: ImageNette at 224 px, as RDED's release treats it), the
+    recovery methods', the students', DD-Ranking's, RDED's and CDA's alike; at 64 px and below
+    the registered family's (an image folder's is CIFAR's)."""
+    from infer_fast import dd_ranking
+    from infer_fast.data.registry import SMALL_IMAGE_MAX, recipe_family
+    from infer_fast.methods import cda, rded
+
+    large = {"name": "imagefolder", "num_classes": 10, "image_size": 224}
+    small = {"name": "imagefolder", "num_classes": 10, "image_size": SMALL_IMAGE_MAX}
+    assert recipe_family(large) == "imagenet" and recipe_family(small) == recipe_family("imagefolder") == "cifar"
+    assert recipe_family({"name": "tiny-imagenet", "image_size": 128}) == "imagenet"
+    assert recipe_family({"name": "imagenet", "image_size": 64}) == "imagenet"  # (its registered family)
+    assert recipe_of(large) == dd_ranking.family_of(large) == rded.recipe_family("imagefolder", 224) == "imagenet"
+    assert cda.recipe_for(large) == "imagenet-1k" and cda.recipe_for(small) == "tiny-imagenet"
+    assert get_method("infer").with_dataset_defaults({}, large) == {"augmentation": "imagenet"}
+    assert make_protocol("infer-fast", {}, 1, large).recipe == "imagenet"
+    assert make_protocol("dd-ranking", {}, 1, large).recipe_for(large) == "imagenet"

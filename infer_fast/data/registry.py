@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 __all__ = ["DatasetSpec", "Dataset", "LoadRequest", "register_dataset", "get_dataset", "get_spec", "list_datasets",
            "canonical_name", "dataset_options", "dataset_label", "known_train_size", "TrainSizes", "DATASET_FAMILIES",
+           "recipe_family",
            "LAYOUTS", "IMAGENET_EVAL_CROP"]
 
 
@@ -93,6 +94,11 @@ LAYOUTS = ("arrays", "folders")  # decoded whole from array files / one image fi
 # The recipe families: which per-dataset recipe a method or protocol picks (DD-Ranking's
 # student, RDED's factor, CDA's recipe) when the user names none.
 DATASET_FAMILIES = ("cifar", "tiny-imagenet", "imagenet")
+# The largest images of the small-image recipes (CIFAR's, Tiny-ImageNet's): larger ones take
+# ImageNet's, as RDED's release gives its ImageNet subsets (ImageNette, ImageWoof, ImageNet-100
+# at 128 or 224 px) the ImageNet-1k recipe: a crop of 1/factor or a roll by 4 px of a 224 px image
+# would be no augmentation.
+SMALL_IMAGE_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,18 @@ def register_dataset(entry: Dataset) -> Dataset:
 def get_dataset(dataset) -> Dataset:
     """The registered entry of a dataset given by name (any accepted spelling) or mapping."""
     return _DATASETS[canonical_name(dataset)]
+
+
+def recipe_family(dataset) -> str:
+    """The recipe family (one of DATASET_FAMILIES) of ``dataset``, a name or a mapping with its
+    ``image_size``: its registered family (an image folder's is CIFAR's), ImageNet's for images
+    larger than SMALL_IMAGE_MAX. Every per-dataset recipe is picked by it: a method's recovery
+    recipe, the students', DD-Ranking's, RDED's factor, CDA's."""
+    entry = get_dataset(dataset)
+    size = dataset_options(dataset)[1].get("image_size")
+    if size is None:
+        size = entry.spec.image_size if entry.spec is not None else IMAGEFOLDER_DEFAULT_SIZE
+    return "imagenet" if size > SMALL_IMAGE_MAX else entry.family
 
 
 def list_datasets() -> List[str]:

@@ -115,12 +115,11 @@ RESULT_NEUTRAL = ("checkpoint_minutes",)  # options that do not change the set (
 
 
 def recipe_family(dataset_name: str, image_size: int) -> str:
-    """The RECIPES key of a dataset: its registered recipe family (ImageNet's, Tiny-ImageNet's,
-    CIFAR's for the other small-image sets), ImageNet's for any images larger than 64 px (the
-    release's ImageNet subsets, 128 or 224 px)."""
-    from ..data.registry import get_dataset
+    """The RECIPES key of a dataset at ``image_size``: its recipe family (data.registry's
+    recipe_family: ImageNet's for images larger than 64 px, the release's ImageNet subsets)."""
+    from ..data.registry import recipe_family as family
 
-    return "imagenet" if image_size > 64 else get_dataset(dataset_name).family
+    return family({"name": dataset_name, "image_size": image_size})
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..checks import check_int
-from ..data.registry import DATASET_FAMILIES, dataset_options, get_dataset
+from ..data.registry import DATASET_FAMILIES, dataset_options, recipe_family
 from ..teacher import teacher_path_list
 from ..options import CheckedWhenMade, Option, check_value
 
@@ -159,7 +159,7 @@ class Method:
         an option given as None counts as not given there)."""
         if not self.family_defaults:
             return dict(options)
-        defaults = self.family_defaults.get(get_dataset(dataset).family, {})
+        defaults = self.family_defaults.get(recipe_family(dataset), {})
         return {**defaults, **{k: v for k, v in options.items() if v is not None or k not in defaults}}
 
     def options_for_dataset(self, options: Mapping[str, Any], dataset, seed: int = 0) -> Dict[str, Any]:
