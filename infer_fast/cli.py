@@ -36,6 +36,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    _one_process("demo", "`infer-fast run` takes torchrun")
     given = {"seeds": args.seeds} if args.seeds is not None else {}  # (else the demo's)
     run_demo(out_dir=args.out, iterations=args.iterations, epochs=args.epochs, progress=not args.quiet, **given)
 
@@ -203,6 +204,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     from .distill.run import check_new_output
     from .storage import import_imagefolder, inspect_report, save_distilled
 
+    _one_process("import", "one pass over the folder's files")
     check_new_output(args.out)  # (before the folder is read: as every command that writes a set)
     ds = import_imagefolder(args.folder, args.dataset, soft_labels=args.soft_labels, name=args.name)
     save_distilled(ds, args.out)
@@ -212,6 +214,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .storage import export_imagefolder
 
+    _one_process("export", "one pass over the set's files")
     count = export_imagefolder(args.directory, args.out, naming=args.naming)
     print(f"exported {count} images to {args.out}")
 
@@ -351,6 +354,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .storage import load_distilled
     from .teacher import load_teachers_for_set
 
+    _one_process("evaluate", "`infer-fast train` trains one student across the ranks; `infer-fast run` scores its sets")
     teachers = comma_list(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
@@ -757,17 +761,38 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
 
     if isinstance(exc, user_errors):
         message = _worker_message(exc)
+    elif _lost_peer(exc):  # (not a bug here: another rank stopped, with its own line)
+        message = f"another rank stopped, so this one cannot go on (its own line says why): {_first_line(exc, 160)}"
     elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
         message = describe_os_error(exc)
     elif is_out_of_memory(exc):  # (MemoryError under `ulimit -v`, CUDA's, the CPU allocator's)
         message = _out_of_memory(command, exc)
     else:  # a bug, not the user's doing: a short message, status 1
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        print(f"{_who(command)}: internal error: {type(exc).__name__}: {first} "
+        print(f"{_who(command)}: internal error: {type(exc).__name__}: {_first_line(exc, 300)} "
               "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
     print(f"{_who(command)}: error: {message}", file=sys.stderr)
     return 2
+
+
+def _first_line(exc: Exception, limit: int) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
+# what gloo and NCCL say when a collective's peer process has exited (the exception is a plain
+# RuntimeError, or torch.distributed.DistBackendError)
+LOST_PEER_MESSAGES = ("closed by peer", "reset by peer", "remote process exited", "remote worker crash")
+
+
+def _lost_peer(exc: Exception) -> bool:
+    """A collective failed because another rank of this torchrun launch exited."""
+    from .distributed import launched_world_size
+
+    if launched_world_size() <= 1:
+        return False
+    backend_error = getattr(sys.modules.get("torch.distributed"), "DistBackendError", None)
+    return (backend_error is not None and isinstance(exc, backend_error)) or \
+        (isinstance(exc, RuntimeError) and any(m in str(exc) for m in LOST_PEER_MESSAGES))
 
 
 def _run(args: argparse.Namespace) -> int:

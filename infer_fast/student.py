@@ -442,6 +442,8 @@ class StudentRun:
                                  disable=not progress, delay=SHORT_PHASE_S):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             step_losses.add(self.step(*self.mixed_batch(idx), len(idx)), len(idx))
+        if self.world > 1:  # the whole batches' losses, each rank's share summed (once an epoch)
+            torch.distributed.all_reduce(step_losses.values)
         return {"epoch": epoch + 1, "loss": step_losses.mean(), "lr": self.schedule.get_last_lr()[0]}
 
     def step(self, x: Tensor, z: Optional[Tensor], batch_size: int) -> Tensor:
@@ -460,7 +462,11 @@ class StudentRun:
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
-        return loss
+        if self.world == 1:
+            return loss
+        # this rank's share of the batch's loss (the ranks' shares sum to it: train_epoch); a rank
+        # without rows (a last batch smaller than the world) has none, not its empty mean's NaN
+        return loss.detach() / self.world if x.shape[0] else torch.zeros((), device=loss.device)
 
     def mixed_batch(self, idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The augmented, mixed images of the training images ``idx`` (on the host, or on the

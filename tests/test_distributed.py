@@ -62,16 +62,17 @@ from infer_fast.student import StudentConfig, train_student
 rank, world = init_from_env()
 assert world == 2
 ds = load_distilled(sys.argv[1])
-cfg = StudentConfig(model="convnet-w8-d2-none", epochs=2, batch_size=30, device="cpu", temperature=4.0, seed=3)
+cfg = StudentConfig(model="convnet-w8-d2-none", epochs=2, batch_size=49, device="cpu", temperature=4.0, seed=3)
 result = train_student(ds, load_dataset("fashion-mnist-mini", "test"), cfg, progress=False)
-if rank == 0:
-    torch.save({"state": result["model"].state_dict(), "accuracy": result["final_accuracy"]}, sys.argv[2])
+torch.save({"state": result["model"].state_dict(), "accuracy": result["final_accuracy"],
+            "losses": [r["loss"] for r in result["history"]]}, sys.argv[2] + f".rank{rank}")
 """
 
 
 def test_ddp_student_equals_one_process(teacher_paths, tmp_path):
     """With a student without batch statistics (no norm layers), 2 DDP ranks training on halves of
-    every batch end with the single-process weights."""
+    every batch (the 50 images' last batch of 1: one rank without rows) end with the
+    single-process weights, and both record the whole batches' losses (not their own share's)."""
     from infer_fast.data import load_dataset
     from infer_fast.distill import distill_random
     from infer_fast.relabel import relabel_directory
@@ -85,12 +86,15 @@ def test_ddp_student_equals_one_process(teacher_paths, tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
-    cfg = StudentConfig(model="convnet-w8-d2-none", epochs=2, batch_size=30, device="cpu", temperature=4.0, seed=3)
+    ddp, ddp1 = (torch.load(tmp_path / f"ddp.pt.rank{r}", weights_only=True) for r in (0, 1))
+    cfg = StudentConfig(model="convnet-w8-d2-none", epochs=2, batch_size=49, device="cpu", temperature=4.0, seed=3)
     one = train_student(ds, load_dataset(DATASET, "test"), cfg, progress=False)
     for name, value in one["model"].state_dict().items():
         torch.testing.assert_close(ddp["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert abs(ddp["accuracy"] - one["final_accuracy"]) <= 0.002
+    losses = [r["loss"] for r in one["history"]]
+    assert ddp["losses"] == ddp1["losses"] and all(l == l for l in ddp["losses"])  # (the same on both: no NaN)
+    torch.testing.assert_close(torch.tensor(ddp["losses"]), torch.tensor(losses), rtol=1e-5, atol=0)
 
 
 CHUNKS_SCRIPT = """

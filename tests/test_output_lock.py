@@ -161,11 +161,37 @@ def test_teacher_holds_its_checkpoint(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args", [("teacher", "--dataset", DATASET, "--out", "t.pt"),
-                                  ("relabel", "set", "--teachers", "t.pt")])
-def test_one_process_commands_refuse_torchrun(capsys, monkeypatch, args):
+                                  ("relabel", "set", "--teachers", "t.pt"),
+                                  ("evaluate", "set", "--teachers", "t.pt", "--out", "report.json"),
+                                  ("export", "set", "--to", "imagefolder", "out"),
+                                  ("import", "folder", "--dataset", DATASET, "--out", "imported"),
+                                  ("demo", "--out", "demo")])
+def test_one_process_commands_refuse_torchrun(capsys, monkeypatch, tmp_path, args):
+    """Under torchrun every rank would do the whole work and write the same output (the others
+    then fail on it, or write it twice)."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")  # (as torchrun sets it: refused before any process group)
     status, _, err = _cli(capsys, *args)
     assert status == 2 and f"infer-fast {args[0]} runs in one process, not under torchrun" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_rank_whose_peer_stopped_says_so_in_one_line(capsys, monkeypatch):
+    """A collective that fails because another rank exited (its own line says why) is not an
+    internal error to report: one line, status 2."""
+    from infer_fast import cli
+
+    lost = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:25292. This is typically caused by a remote worker crashing.")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert cli._failed("distill", lost, ()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("infer-fast distill (rank 0 of 2): error: another rank stopped, so this one cannot go on "
+                          "(its own line says why): [/pytorch/") and err.count("\n") == 1
+    monkeypatch.setenv("WORLD_SIZE", "1")  # (one process: no peer to lose, whatever the message says)
+    assert cli._failed("distill", lost, ()) == 1
+    assert "internal error" in capsys.readouterr().err
 
 
 def test_a_replaced_set_left_by_a_kill_gives_back_the_users_files(tmp_path):
