@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import glob
 import os
 import signal
 import sys
@@ -282,6 +283,8 @@ def cmd_train(args: argparse.Namespace) -> None:
               if o.flag_name and getattr(args, k) is not None}
     config = StudentConfig.from_recipe(args.recipe or "cifar", **fields)  # (the options checked before any loading)
     check_int("--seeds", args.seeds)
+    if args.resume and not args.checkpoints:
+        raise UserError("--resume continues from --checkpoints DIR: give the folder the interrupted train wrote")
     if args.teachers and not config.dynamic:
         raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
                         "a set's static soft labels come from `infer-fast relabel`")
@@ -298,7 +301,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if config.dynamic and not teachers:
         raise UserError("--dynamic (INFER+Dyn) needs --teachers")
     seeds = range(args.seeds)  # (a range: a count is checked, never a list of that many made)
-    result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet and rank == 0)
+    result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet and rank == 0,
+                            checkpoints=args.checkpoints, resume=args.resume)
     if rank != 0:
         return
     per_seed = ", ".join(f"{acc:.4f}" for acc in result["per_seed"].values())
@@ -521,6 +525,11 @@ def _add_relabel_and_train(sub) -> None:
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
     train.add_argument("--data-root", dest="data_root", help="directory holding the real dataset (test split)")
     train.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)
+    train.add_argument("--checkpoints", metavar="DIR",
+                       help="a folder for each seed's student checkpoint (seed<N>.pt, written after every epoch: the "
+                       "trained students' weights too); an interrupted train continues from them with --resume")
+    train.add_argument("--resume", action="store_true", help="with --checkpoints: continue the seeds from their "
+                       "checkpoints (a finished seed is read back, not trained again)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
@@ -602,7 +611,8 @@ def _add_set_commands(sub) -> None:
 # How an interrupted command continues: from its checkpoint (cmd_teacher and cmd_distill set
 # args.checkpoint), or by running again (run and demo continue their directory).
 RESUME_FROM_CHECKPOINT = {"teacher": "run the same command to continue",
-                          "distill": "run the same command with --resume to continue"}
+                          "distill": "run the same command with --resume to continue",
+                          "train": "run the same command with --resume to continue"}
 CONTINUE_BY_RUNNING_AGAIN = ("run", "demo")
 
 # What lowers a command's memory, for its out-of-memory line (others: the generic advice).
@@ -715,12 +725,17 @@ def _how_to_continue(args: Optional[argparse.Namespace]) -> str:
         return ""
     if args.command in CONTINUE_BY_RUNNING_AGAIN:
         return "; run the same command to continue where it stopped"
-    checkpoint = getattr(args, "checkpoint", None)
+    checkpoint = getattr(args, "checkpoints" if args.command == "train" else "checkpoint", None)
     if args.command not in RESUME_FROM_CHECKPOINT or checkpoint is None:
         return ""
-    from .distill.checkpoints import recovery_checkpoints
+    if args.command == "train":  # (a folder of the seeds' checkpoints)
+        from .student import seed_checkpoint
 
-    found = recovery_checkpoints(checkpoint)  # the file itself (a recovery under torchrun "jobs": the ranks' shares)
+        found = sorted(glob.glob(seed_checkpoint(glob.escape(checkpoint), "*")))
+    else:
+        from .distill.checkpoints import recovery_checkpoints
+
+        found = recovery_checkpoints(checkpoint)  # the file itself (a recovery under torchrun "jobs": the ranks' shares)
     if not found:
         return ""
     where = found[0] + (f" (and {len(found) - 1} more beside it)" if len(found) > 1 else "")

@@ -74,6 +74,7 @@ from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, ST
 from .checks import check_choice, check_class_names, split_label
 from .options import CheckedWhenMade, check_fields, check_given_used, given_config, option, options_of, with_recipe
 from ._io import content_digest, model_digest, read_checkpoint, save_atomic
+from .output_lock import job_output_lock
 from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               copies_in_layout, model_in_layout)
@@ -537,6 +538,15 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     return run.result(run.train(progress, checkpoint), progress)
 
 
+# a seed's student checkpoint in an evaluate_seeds ``checkpoints`` folder
+SEED_CHECKPOINT = "seed{seed}.pt"
+
+
+def seed_checkpoint(folder, seed) -> str:
+    """The checkpoint of seed ``seed``'s student in ``folder`` ("*": the pattern of them all)."""
+    return os.path.join(os.fspath(folder), SEED_CHECKPOINT.format(seed=seed if seed == "*" else int(seed)))
+
+
 def evaluate_seeds(
     distilled: DistilledSet,
     test_set,
@@ -544,13 +554,32 @@ def evaluate_seeds(
     seeds: Sequence[int] = (0, 1, 2),
     teachers: Optional[List[nn.Module]] = None,
     progress: bool = False,
+    checkpoints: Optional[str] = None,
+    resume: bool = False,
 ) -> Dict[str, Any]:
     """Final accuracy over students trained with each seed: {"mean", "std" (population,
-    ddof=0), "per_seed" {seed: accuracy}, "results" (the full train_student dicts)}."""
+    ddof=0), "per_seed" {seed: accuracy}, "results" (the full train_student dicts)}.
+
+    ``checkpoints``: a folder (made if needed, held by an output lock for the call) where each
+    seed's student is checkpointed after every epoch (:func:`seed_checkpoint`: weights,
+    optimizer, schedule, generators, history); with ``resume`` the seeds continue from theirs
+    to the bits of an uninterrupted call (a finished seed is read back, not trained again).
+    Checkpoints found without ``resume`` are refused before any training."""
     if not seeds:
         raise ValueError("seeds must not be empty")
     cfg = given_config("config", config, StudentConfig, StudentConfig)
-    results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress) for s in seeds]
+    if checkpoints is None:
+        results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress)
+                   for s in seeds]
+    else:
+        with job_output_lock(checkpoints, "student checkpoints folder", inside=True):
+            found = [os.path.basename(seed_checkpoint(checkpoints, s)) for s in seeds
+                     if os.path.exists(seed_checkpoint(checkpoints, s))]
+            if found and not resume:
+                raise ValueError(f"student checkpoints folder {checkpoints} holds {', '.join(found)}: resume to continue "
+                                 "them (--resume), or delete them")
+            results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress,
+                                     checkpoint=seed_checkpoint(checkpoints, s), resume=resume) for s in seeds]
     accs = torch.tensor([r["final_accuracy"] for r in results], dtype=torch.float64)
     return {
         "mean": accs.mean().item(),

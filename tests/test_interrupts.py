@@ -219,6 +219,30 @@ def test_run_says_running_it_again_continues(tmp_path, capsys, monkeypatch):
     assert err.splitlines() == ["infer-fast run: interrupted (SIGTERM); run the same command to continue where it stopped"]
 
 
+def test_train_with_checkpoints_says_where_progress_is(tmp_path, capsys, monkeypatch):
+    """`train --checkpoints DIR` stopped after a seed's checkpoint: the line names it and says
+    --resume continues."""
+    from infer_fast.data import load_dataset
+    from infer_fast.storage import DistilledSet, save_distilled
+
+    def stopped(*args, checkpoints, **kwargs):
+        os.makedirs(checkpoints)
+        open(os.path.join(checkpoints, "seed0.pt"), "w").close()
+        raise interrupts.Interrupted(signal.SIGTERM)
+
+    picked = load_dataset("fashion-mnist-mini", "train").per_class(1, seed=0)
+    spec = picked.spec
+    save_distilled(DistilledSet(method="random", dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels,
+                                image_size=spec.image_size, mean=spec.mean, std=spec.std, images=picked.images,
+                                labels=picked.labels), tmp_path / "set")
+    monkeypatch.setattr("infer_fast.student.evaluate_seeds", stopped)
+    status, _, err = _cli(capsys, "train", tmp_path / "set", "--quiet", "--labels", "hard", "--epochs", "1",
+                          "--checkpoints", tmp_path / "students")
+    assert status == 143, err
+    assert err.splitlines() == [f"infer-fast train: interrupted (SIGTERM); progress is saved in "
+                                f"{tmp_path / 'students' / 'seed0.pt'}: run the same command with --resume to continue"]
+
+
 # ---------------------------------------------------------------------------------------
 # DataLoader workers (a streamed image folder)
 # ---------------------------------------------------------------------------------------

@@ -262,6 +262,64 @@ def test_evaluate_seeds(teachers, data):
     assert out["std"] == pytest.approx(accs.std(unbiased=False).item())
 
 
+def test_evaluate_seeds_checkpoints_every_seed_and_resumes_where_it_stopped(teachers, data, tmp_path, monkeypatch):
+    """With a checkpoints folder each seed's student is checkpointed after every epoch; killed in
+    seed 1's second epoch, a call with resume reads seed 0 back (no step trained again) and
+    continues seed 1 from its first epoch, to the results of an uninterrupted call; checkpoints
+    found without resume are refused before any training."""
+    from infer_fast import student as student_mod
+
+    _, models = teachers
+    ds = relabel(baseline_set(data[0], per_class=5), models)
+    cfg = StudentConfig(epochs=2, **FAST)
+    full = evaluate_seeds(ds, data[1], cfg, seeds=(0, 1))
+    folder = tmp_path / "students"
+    real, calls = student_mod.distillation_loss, {"n": 0}
+    steps_per_epoch = -(-ds.num_training_images() // cfg.batch_size)
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        if calls.get("stop") == calls["n"]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(student_mod, "distillation_loss", counted)
+    calls["stop"] = 3 * steps_per_epoch + 1  # (seed 0's two epochs, seed 1's first: in seed 1's second)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_seeds(ds, data[1], cfg, seeds=(0, 1), checkpoints=str(folder))
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["seed0.pt", "seed1.pt"]
+    assert torch.load(folder / "seed1.pt", weights_only=True)["epochs_done"] == 1
+    with pytest.raises(ValueError, match=r"student checkpoints folder .*students holds seed0.pt, seed1.pt: resume to "
+                                         r"continue them \(--resume\), or delete them"):
+        evaluate_seeds(ds, data[1], cfg, seeds=(0, 1), checkpoints=str(folder))
+    calls.update(n=0, stop=None)
+    resumed = evaluate_seeds(ds, data[1], cfg, seeds=(0, 1), checkpoints=str(folder), resume=True)
+    assert calls["n"] == steps_per_epoch  # seed 1's second epoch alone
+    assert resumed["per_seed"] == full["per_seed"]
+    for a, b in zip(resumed["results"], full["results"]):
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_train_command_checkpoints_and_resume(teachers, data, tmp_path, capsys):
+    """`infer-fast train --checkpoints DIR` keeps the seeds' students; the same command again is
+    refused in one line, with --resume it reads them back; --resume needs --checkpoints."""
+    from infer_fast.cli import main
+
+    _, models = teachers
+    save_distilled(relabel(baseline_set(data[0], per_class=2), models), tmp_path / "set")
+    args = ["train", str(tmp_path / "set"), "--model", "convnet-w8-d2", "--epochs", "1", "--seeds", "2",
+            "--device", "cpu", "--quiet", "--checkpoints", str(tmp_path / "students")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "over 2 seed(s)" in first and (tmp_path / "students" / "seed1.pt").is_file()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("infer-fast train: error: student checkpoints folder ") and "holds seed0.pt, seed1.pt" in err
+    assert main(args + ["--resume"]) == 0 and capsys.readouterr().out == first
+    assert main(args[:-2] + ["--resume"]) == 2
+    assert "--resume continues from --checkpoints DIR" in capsys.readouterr().err
+
+
 # ---- ImageNet recipe (SRe2L): RandomResizedCrop + flip, CutMix ------------------------------
 
 def test_cutmix_pastes_one_box_and_mixes_logits_with_its_area():
