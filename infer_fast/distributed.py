@@ -4,16 +4,18 @@
 
 Every rank picks the same natural sets (same seed) and recovers every world-th job (UFC, or
 SRe2L image group), checkpointing its share to ``<checkpoint>.rank<r>-of-<w>`` so a killed
-rank resumes its own work; the shares are gathered with ``all_gather_object`` (no shared
-file system needed), checked to cover every job exactly once, and rank 0 writes the set.
-Each job is seeded on its own, so the result equals a single-process run.
+rank resumes its own work; the shares are gathered with ``all_gather_object``, checked to
+cover every job exactly once, and rank 0 writes the set. Each job is seeded on its own, so
+the result equals a single-process run. The ranks must run the same recovery, and their
+checkpoints must be on a file system every rank shares (a resume reads every rank's share,
+rank 0 removes them all): both are checked at start (distill/jobs.py, distill/checkpoints.py).
 """
 from __future__ import annotations
 
 import atexit
 import datetime
 import os
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -113,6 +115,16 @@ class Ranks:
         out: List[Any] = [None] * self.world
         dist.all_gather_object(out, obj, group=self.group)
         return out
+
+    def any_signal(self, signum: Optional[int]) -> Optional[int]:
+        """The stop signal some rank has received (``signum``: this rank's, None for none; of
+        several, the highest number), the same answer on every rank: one number all-reduced on
+        the host (the gloo group: no device sync, cheap once per recovery iteration)."""
+        if self.world == 1:
+            return signum
+        vote = torch.tensor([signum or 0])
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self.group)
+        return int(vote) or None
 
     def from_rank0(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (a wait until rank 0 gets here)."""

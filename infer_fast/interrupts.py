@@ -11,13 +11,13 @@ only records itself in :data:`STOP` and the code checks ``STOP.signum`` at its s
 plain attribute read, no host sync: the recovery loop does so once per iteration), saves what it
 has and raises :func:`requested_stop`; leaving the region with the stop still pending raises it
 there. A second signal while a stop is pending raises at once (a user who presses Ctrl-C twice
-wants out now)."""
+wants out now). Processes that must stop together vote at each safe point (:func:`agree_on_stop`)."""
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 # the signals that stop a command (SIGHUP does not exist on Windows)
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
@@ -107,6 +107,18 @@ def stop_at_safe_points() -> Iterator[None]:
         STOP.depth -= 1
         if STOP.depth == 0 and STOP.signum is not None:
             raise requested_stop()
+
+
+def agree_on_stop(vote: Callable[[Optional[int]], Optional[int]]) -> Optional[int]:
+    """For processes that must stop together (torchrun ranks sharing every batch: one that left
+    alone would break the others' next collective, before rank 0 saved): the stop that ``vote``
+    (this process's pending signal -> the same answer on every process) finds on any of them,
+    made pending here too, so every one stops at this safe point. Returns it (None: go on); a
+    signal that lands during the vote stays pending for the next one."""
+    agreed = vote(STOP.signum)
+    if agreed is not None and STOP.signum is None:
+        STOP.signum = agreed
+    return agreed
 
 
 def requested_stop() -> Interrupted:

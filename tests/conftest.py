@@ -3,12 +3,16 @@
 TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before any test
 module imports infer_fast.
 """
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Dict, Tuple
 
 import torch
 
@@ -135,15 +139,28 @@ def tolerance(dtype):
     }[dtype]
 
 
+# the tiny teachers trained in this test process, by (dataset, seed): each is trained once and
+# copied where a test asks for it (a dozen test files use them: a minute of the suite's time)
+_TINY_TEACHERS: Dict[Tuple[str, int], str] = {}
+
+
 def train_tiny_teachers(root, seeds=(0, 1), dataset="fashion-mnist-mini"):
-    """Paths of small ConvNet teachers trained for one epoch on the embedded data (seconds)."""
+    """Paths ``root/t<seed>.pt`` of small ConvNet teachers trained for one epoch on the embedded
+    data (seconds; the same bits every time: trained once per process, then copied)."""
     from infer_fast.teacher import TeacherConfig, train_teacher
 
     paths = []
     for seed in seeds:
+        trained = _TINY_TEACHERS.get((dataset, seed))
+        if trained is None:
+            folder = tempfile.mkdtemp(prefix="infer-fast-tiny-teacher-")
+            atexit.register(shutil.rmtree, folder, True)
+            trained = os.path.join(folder, f"t{seed}.pt")
+            train_teacher(TeacherConfig(dataset=dataset, model="convnet-w8-d2", epochs=1, batch_size=256, lr=0.05,
+                                        device="cpu", seed=seed), trained, progress=False)
+            _TINY_TEACHERS[(dataset, seed)] = trained
         path = str(root / f"t{seed}.pt")
-        train_teacher(TeacherConfig(dataset=dataset, model="convnet-w8-d2", epochs=1, batch_size=256, lr=0.05,
-                                    device="cpu", seed=seed), path, progress=False)
+        shutil.copyfile(trained, path)
         paths.append(path)
     return paths
 

@@ -280,15 +280,18 @@ class _Batch:
         self.optimizer.step()
         return ce.detach(), rbn.detach()
 
-    def run(self, start: int, on_checkpoint, progress: bool, desc: str, started: float) -> Tuple[Tensor, Tensor, float]:
+    def run(self, start: int, on_checkpoint, progress: bool, desc: str, started: float,
+            stop_vote: Optional[Callable[[Optional[int]], Optional[int]]] = None) -> Tuple[Tensor, Tensor, float]:
         """Iterations ``start`` .. config.iterations - 1, checkpointing between them; returns the
         last iteration's (CE, R_bn) and the seconds until the first iteration was done.
 
         A stop requested by a signal (interrupts.STOP, set inside a safe-point region: the
         caller's) is acted on between two iterations, where the state is whole: the batch is
         checkpointed there as at its cadence (with ``on_checkpoint``), then the stop raises.
-        After the last iteration it is left to the caller (that state cannot be resumed: the
-        finished batch is saved whole by the caller, before its region raises the stop)."""
+        With ``stop_vote`` (ranks sharing the batch) the ranks vote after each iteration and
+        all stop after the same one (interrupts.agree_on_stop). After the last iteration it is
+        left to the caller (that state cannot be resumed: the finished batch is saved whole by
+        the caller, before its region raises the stop)."""
         config, device = self.config, self.device
         every = config.checkpoint_every if on_checkpoint is not None else None
         minutes = config.checkpoint_minutes if on_checkpoint is not None else None
@@ -310,7 +313,8 @@ class _Batch:
                 if readout is not None:
                     readout.update(t, last_ce, last_rbn, last=t + 1 == config.iterations)
                 done = t + 1  # (none at the end: the finished batch is checkpointed by the caller)
-                stopping = stop.signum is not None and done < config.iterations
+                stopping = done < config.iterations and (
+                    stop.signum is not None if stop_vote is None else interrupts.agree_on_stop(stop_vote) is not None)
                 if done < config.iterations and on_checkpoint is not None and (
                     stopping
                     or (every is not None and done % every == 0)
@@ -477,6 +481,7 @@ def optimize_batch(
     losses: TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
     progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
     on_checkpoint: Optional[Callable[[Dict[str, Any]], None]] = None, resume_from: Optional[Dict[str, Any]] = None,
+    stop_vote: Optional[Callable[[Optional[int]], Optional[int]]] = None,
 ) -> Tuple[Tensor, Dict[str, Any]]:
     """Optimize the jobs (m, k) for k in ``ks`` together (stats["failed"] lists the jobs whose
     loss became non-finite; their results must not be used).
@@ -496,13 +501,14 @@ def optimize_batch(
     uninterrupted batch (stats["resumed_from_iteration"] says where; its timings cover only
     the resumed part). Inside the caller's interrupts.stop_at_safe_points region a stop signal
     is acted on between two iterations: the state is checkpointed there by the same path,
-    then interrupts.Interrupted is raised (_Batch.run)."""
+    then interrupts.Interrupted is raised (_Batch.run); with ``stop_vote`` (ranks that share
+    the batch: distributed.Ranks.any_signal) every rank stops after the same iteration."""
     device = lo.device
     batch = _Batch(kind, source, num_classes, image_shape, losses, m, ks, config, backend, chunk_size, device)
     start = 0 if resume_from is None else batch.restore(resume_from)  # the first iteration to run
     started = time.perf_counter()
     try:
-        last_ce, last_rbn, first_iteration_s = batch.run(start, on_checkpoint, progress, desc, started)
+        last_ce, last_rbn, first_iteration_s = batch.run(start, on_checkpoint, progress, desc, started, stop_vote)
         per_iteration_s = (time.perf_counter() - started) / max(1, config.iterations - start)
         final, x, ce, rbn, acc = batch.final_pass(lo, hi, progress, desc, per_iteration_s)
     except Exception as exc:

@@ -7,6 +7,7 @@ recover_ufcs, SRe2L's recover_sre2l, in infer_fast/methods/)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from .. import distributed, interrupts, memory
 from .._io import model_digest
 from ..models import device_of
+from ..run_identity import differing
 from . import engine, plan
 from .checkpoints import CheckpointStore, Job, job_range
 from .config import RESULT_NEUTRAL, RecoveryConfig
@@ -53,17 +55,19 @@ class _JobRunner:
     """The jobs of one recovery on this rank, teacher by teacher, G at a time: ``done`` (job ->
     kept result), the batches' ``stats``, ``failures`` (m, k, iteration) and the last
     ``group_size``; the checkpoint ``store`` written after every batch and, at the cadence of
-    config.checkpoint_every / checkpoint_minutes, inside a batch."""
+    config.checkpoint_every / checkpoint_minutes, inside a batch. ``stop_vote``: under
+    torchrun "chunks", the ranks' vote on a stop signal (distributed.Ranks.any_signal)."""
 
     def __init__(self, kind: RecoveryKind, teachers: List[nn.Module], natural_cpu: Optional[Tensor],
                  num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
                  store: CheckpointStore, split_jobs: bool, progress: bool, backend: str,
-                 keep: Optional[Callable[[Tensor], Tensor]]):
+                 keep: Optional[Callable[[Tensor], Tensor]],
+                 stop_vote: Optional[Callable[[Optional[int]], Optional[int]]] = None):
         from ..storage import valid_range
 
         self.kind, self.teachers, self.natural_cpu, self.config, self.store = kind, teachers, natural_cpu, config, store
         self.num_classes, self.image_shape, self.split_jobs = num_classes, image_shape, split_jobs
-        self.progress, self.backend, self.keep = progress, backend, keep
+        self.progress, self.backend, self.keep, self.stop_vote = progress, backend, keep, stop_vote
         self.lo_cpu, self.hi_cpu = valid_range(mean, std)
         self.done: Dict[Job, Tensor] = {}
         self.stats: List[Dict[str, Any]] = []
@@ -121,9 +125,13 @@ class _JobRunner:
         """One batch, and its results saved. Where this writer checkpoints, a stop signal during
         the batch is acted on at a safe point (interrupts.stop_at_safe_points): between two
         iterations, the batch's state saved first (engine: _Batch.run), or, after its last
-        iteration, once its results are saved; nothing of it is lost that was in memory."""
-        with interrupts.stop_at_safe_points() if self.store.writes else contextlib.nullcontext():
+        iteration, once its results are saved; nothing of it is lost that was in memory. Ranks
+        that share the batch (``stop_vote``) all act on a signal any of them got, at the same
+        safe point: none leaves before rank 0 has saved."""
+        with interrupts.stop_at_safe_points() if self.store.writes or self.stop_vote else contextlib.nullcontext():
             self._optimize_and_save(m, ks, chunk_size, state, source, losses, lo, hi)
+            if self.stop_vote is not None:  # (a signal after the last iteration's vote: all leave here)
+                interrupts.agree_on_stop(self.stop_vote)
 
     def _optimize_and_save(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
                            source: Optional[Tensor], losses, lo: Tensor, hi: Tensor) -> None:
@@ -137,7 +145,7 @@ class _JobRunner:
             self.kind, source, self.num_classes, self.image_shape, losses, m, ks, self.config, lo, hi, self.progress,
             # (a writer saves in-batch states at the config's cadence, and on a stop signal even without one)
             self.backend, desc, chunk_size, on_checkpoint=save_partial if self.store.writes else None,
-            resume_from=state,
+            resume_from=state, stop_vote=self.stop_vote,
         )
         finished = {k: r.clone() if self.keep is None else self.keep(r)
                     for k, r in zip(ks, result) if k not in batch_stats["failed"]}
@@ -197,18 +205,59 @@ def _run_jobs(
     # torchrun, "jobs": every world-th job, each rank with its own checkpoint; "chunks" (or one
     # process): every job here, the chunks of each batch split inside, rank 0 checkpoints
     split_jobs = world > 1 and config.distributed == "jobs"
+    _check_ranks_agree(identity, checkpoint, config, split_jobs)
     store = CheckpointStore.open(checkpoint, identity, config, resume, split_jobs)
-    runner = _JobRunner(kind, teachers, natural_cpu, num_classes, image_shape, mean, std, config, store, split_jobs,
-                        progress, backend, keep)
-    store.announce(kind.label, len(jobs), resume)
-    store.claim_partials(split_jobs)
-    mine = _my_jobs(jobs, store, split_jobs)
-    for m, teacher in enumerate(teachers):
-        runner.run_teacher(m, teacher, mine)
+    # "chunks": every rank works on every batch, so on a signal they stop together (a vote per iteration)
+    ranks = distributed.Ranks() if world > 1 and not split_jobs else None
+    try:
+        runner = _JobRunner(kind, teachers, natural_cpu, num_classes, image_shape, mean, std, config, store,
+                            split_jobs, progress, backend, keep, stop_vote=ranks.any_signal if ranks else None)
+        store.announce(kind.label, len(jobs), resume)
+        store.claim_partials(split_jobs)
+        mine = _my_jobs(jobs, store, split_jobs)
+        for m, teacher in enumerate(teachers):
+            runner.run_teacher(m, teacher, mine)
+    finally:
+        if ranks is not None:
+            ranks.close()
     if split_jobs:
         runner.gather(kind.label, jobs)
     runner.check_failures(kind.label, jobs)
     return runner.done, runner.stats, runner.group_size
+
+
+# What the ranks name as the digests of their identity (not shown: a digest says nothing to a user).
+_DIGESTS = {"teachers_sha256": "teachers' weights", "natural_sha256": "natural images"}
+# The other entries of the identity that no flag is named after.
+_ENTRIES = {"K": "K (natural sets per teacher, from --ipc and --accounting)", "M": "number of teachers",
+            "natural_shape": "natural images' shape", "shape": "image shape", "mean": "dataset mean",
+            "std": "dataset std", "checkpoint": "recovery checkpoint (beside --out)"}
+
+
+def _check_ranks_agree(identity: Dict[str, Any], checkpoint, config: RecoveryConfig, split_jobs: bool) -> None:
+    """Under torchrun, before any work: every rank runs the same recovery (``identity``: the
+    settings, the teachers' weights, the natural images), with the same checkpoint and the
+    same way of sharing the work, else its results would join a set whose manifest records
+    rank 0's run. ValueError on every rank naming the first rank and setting that differ."""
+    _, world = distributed.rank_and_world()
+    if world == 1:
+        return
+    # how the ranks share the work must match too: "chunks" splits each batch of rank 0's plan
+    sharing = ("distributed",) if split_jobs else ("distributed", "group_size", "chunk_size")
+    mine = {**identity["config"], **{name: getattr(config, name) for name in sharing},
+            **{name: value for name, value in identity.items() if name != "config"},
+            "checkpoint": None if checkpoint is None else os.fspath(checkpoint)}
+    ranks = distributed.all_gather_object(mine)
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        names = differing(ranks[0], theirs)
+        if names:
+            name = names[0]
+            if name in _DIGESTS:
+                differs = f"rank {rank}'s {_DIGESTS[name]} differ from rank 0's"
+            else:
+                label = _ENTRIES.get(name, f"--{name.replace('_', '-')}")
+                differs = f"rank {rank}'s {label} is {theirs.get(name)!r}, rank 0's {ranks[0].get(name)!r}"
+            raise ValueError(f"{differs}: every rank must run the same command on the same files")
 
 
 def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: List[nn.Module],

@@ -128,7 +128,8 @@ def check_space(out_dir: Path, set_bytes: int, result_bytes: int, partial_bytes:
 def save_and_clean(ds, out_dir: Path, checkpoint: Path, progress: bool = False) -> Path:
     """Rank 0 writes the set (validated once, each file hashed once as it is written; with
     ``progress`` saying where and how large), then removes the run's recovery checkpoints
-    (every rank's share, of any world size)."""
+    (every rank's share, of any world size: on the file system every rank shares, which the
+    checkpoint store checks at start)."""
     from ..storage import save_distilled
 
     rank, _ = distributed.rank_and_world()
