@@ -130,6 +130,12 @@ class DDRankingProtocol(CheckedWhenMade):
     def recipe_for(self, dataset: Any) -> str:
         return self.recipe or family_of(dataset)
 
+    def settings(self, dataset: Any) -> Dict[str, Any]:
+        """The protocol as a report of a set of ``dataset`` records it (``protocol``, beside what
+        follows from it): its name and fields, the grid as floats, the recipe family it used."""
+        return {"name": PROTOCOL_NAME, **dataclasses.asdict(self), "lr_grid": list(self.grids()[0]),
+                "recipe": self.recipe_for(dataset)}
+
     def grids(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         """(the rates searched for the set's hard run and the random subset's runs, those of
         the set's soft-label runs: ``set_lr`` alone when given)."""
@@ -209,14 +215,18 @@ class _Runs:
 
 def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, device: str, checkpoint,
                progress: bool):
-    """(accuracy for round i, source): DD-Ranking's cache, a checkpoint, or trained each round."""
-    from .evaluate import check_full_data_checkpoint, same_architecture, train_full_data
+    """(accuracy for round i, source): DD-Ranking's cached value where it has one (a checkpoint
+    given beside it is not read: its leaderboard's value comes first), else the checkpoint,
+    else trained each round."""
+    from .evaluate import check_full_data_checkpoint, epochs_text, same_architecture, train_full_data
 
     name = distilled.dataset
     for (dataset, classes, size, cached_model), accuracy in FULL_DATA_ACCURACY.items():
-        if checkpoint is None and (dataset, classes, size) == (name, distilled.num_classes, distilled.height) \
+        if (dataset, classes, size) == (name, distilled.num_classes, distilled.height) \
                 and same_architecture(model, cached_model):
-            return (lambda i, a=accuracy: a), f"DD-Ranking's cached value for {name} with ResNet-18-BN ({cached_model})"
+            unused = f"; {checkpoint} given, not read" if checkpoint is not None else ""
+            return ((lambda i, a=accuracy: a),
+                    f"DD-Ranking's cached value for {name} with ResNet-18-BN ({cached_model}){unused}")
     if checkpoint is not None:
         meta = check_full_data_checkpoint(checkpoint, model, distilled.real_dataset, distilled.class_names)
         return (lambda i: float(meta["test_accuracy"])), f"recorded in {checkpoint} ({meta['model']})"
@@ -227,7 +237,7 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
             accuracies[i] = train_full_data(model, distilled.real_dataset, data_root, device, protocol.full_data_epochs,
                                             progress, seed=round_seed(i), student=protocol.student)
         return accuracies[i]
-    return trained, f"trained here in every round: {model}, {protocol.full_data_epochs} epochs of the teacher recipe"
+    return trained, f"trained here in every round: {model}, {epochs_text(protocol.full_data_epochs)} of the teacher recipe"
 
 
 def evaluate_set_dd_ranking(
@@ -295,8 +305,7 @@ def evaluate_set_dd_ranking(
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
                 "training_images": distilled.num_training_images()},
         "protocol": {
-            "name": PROTOCOL_NAME, **dataclasses.asdict(protocol), "lr_grid": list(grid),
-            "recipe": protocol.recipe_for(dataset), "round_seeds": [r["seed"] for r in rounds],
+            **protocol.settings(dataset), "round_seeds": [r["seed"] for r in rounds],
             "student_config": dataclasses.asdict(protocol.student_config(dataset, "soft", True, grid[0], 0,
                                                                          runs.set_settings)),
             "accuracy_of_a_run": f"best of the tests every {protocol.test_interval} epochs, best over the rate grid",
@@ -327,5 +336,15 @@ def format_dd_ranking_report(report: Dict[str, Any]) -> str:
     unit, printed = report["scores"], report["scores_printed"]
     lines.append("scores on [0, 1] (x 100): " + ", ".join(f"{k.upper()} {pct(unit[k])}" for k in SCORE_NAMES))
     lines.append("as DD-Ranking's code prints them: " + ", ".join(
-        f"{k.upper()} {printed[k]['mean']:.4g} +- {printed[k]['std']:.2g}" for k in SCORE_NAMES))
+        f"{k.upper()} {format_printed(printed[k]['mean'])} +- {format_printed(printed[k]['std'])}" for k in SCORE_NAMES))
     return "\n".join(lines)
+
+
+PRINTED_DECIMALS = 3
+PRINTED_FIXED_BELOW = 1e6  # (its exp() of percentages explodes above +10 points: larger values in e-notation)
+
+
+def format_printed(value: float) -> str:
+    """A number on DD-Ranking's printed scale: PRINTED_DECIMALS decimals (a mean and its std
+    alike), in e-notation from PRINTED_FIXED_BELOW."""
+    return f"{value:.{PRINTED_DECIMALS}{'f' if abs(value) < PRINTED_FIXED_BELOW else 'e'}}"

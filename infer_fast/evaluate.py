@@ -71,6 +71,11 @@ class Protocol(CheckedWhenMade):
                 raise ValueError(f"student: {name} is set by the evaluation itself, not by the protocol")
         self.student_config("soft", True, 0)  # (the student's fields, checked by its recipe)
 
+    def settings(self, dataset: Any = None) -> Dict[str, Any]:
+        """The protocol as its report records it (``protocol``, beside what follows from it):
+        its name and fields (``dataset``: unused, the recipe is resolved when made)."""
+        return {"name": PROTOCOL_NAME, **dataclasses.asdict(self)}
+
     def student_count(self) -> int:
         """Students an evaluation trains: the set and a random subset, RUNS each, per seed."""
         return 2 * len(RUNS) * self.seeds
@@ -153,6 +158,11 @@ def check_full_data_checkpoint(path, model: str, dataset: str,
     return meta
 
 
+def epochs_text(epochs: Optional[int]) -> str:
+    """"1 epoch", "3 epochs": a count of epochs for a message."""
+    return f"{epochs} epoch{'' if epochs == 1 else 's'}"
+
+
 def train_full_data(model: str, dataset: str, data_root, device: str, epochs: int, progress: bool,
                     seed: int = 0, student: Optional[Dict[str, Any]] = None) -> float:
     """Test accuracy of ``model`` trained with the teacher recipe on the whole training split,
@@ -177,11 +187,11 @@ def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, f
     if full_data_checkpoint is not None:
         meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset, distilled.class_names)
         return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
-                f"({meta['model']}, {meta.get('epochs_done')} epochs)"}
+                f"({meta['model']}, {epochs_text(meta.get('epochs_done'))})"}
     accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress,
                                student=protocol.student)
     return {"accuracy": accuracy,
-            "source": f"trained here: {model}, {protocol.full_data_epochs} epochs of the teacher recipe"}
+            "source": f"trained here: {model}, {epochs_text(protocol.full_data_epochs)} of the teacher recipe"}
 
 
 def random_subset(train, ipc: int, seed: int, teachers: Sequence[nn.Module], device: str, static_labels: bool):
@@ -264,7 +274,7 @@ def evaluate_set(
         "format": REPORT_FORMAT,
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
                 "training_images": distilled.num_training_images()},
-        "protocol": {"name": PROTOCOL_NAME, **dataclasses.asdict(protocol),
+        "protocol": {**protocol.settings(),
                      "student_config": dataclasses.asdict(protocol.student_config("soft", True, 0, own)),
                      "runs": {name: {"labels": labels, "augmentation_and_mixing": augmented}
                               for name, labels, augmented in RUNS},

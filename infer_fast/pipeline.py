@@ -100,6 +100,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     rank's device, rank 0 writes the pretrained ones, and all return once every one is
     written."""
     out = Path(cfg.out)
+    from .evaluate import epochs_text
     from .teacher import pretrained_teacher, train_teacher
 
     if ranks is None:
@@ -134,7 +135,8 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
         owner = k % world
         if i in fresh:
             where = f" on rank {owner}" if world > 1 else ""
-            _say(progress, f"teacher {i + 1}/{len(cfg.teachers)}: training {teacher_cfg.model} for {teacher_cfg.epochs} epochs{where} -> {path}")
+            _say(progress, f"teacher {i + 1}/{len(cfg.teachers)}: training {teacher_cfg.model} for "
+                           f"{epochs_text(teacher_cfg.epochs)}{where} -> {path}")
         if owner == rank:
             with _stdout_unless(rank == 0):  # train_teacher prints some lines unconditionally
                 train_teacher(teacher_cfg, path, progress=progress)
@@ -520,13 +522,14 @@ def _train_student(session: _Session, run_key: RunKey, ds, teachers: List[Any], 
                    position: str) -> Tuple[Dict[str, Any], Path]:
     """One student run (``position``: "k/total" for the progress line), continuing from its
     per-epoch checkpoint; returns its record and the checkpoint (removed once recorded)."""
+    from .evaluate import epochs_text
     from .methods.registry import set_student_settings
     from .student import train_student
 
     scfg = session.cfg.student_config(run_key.method, run_key.seed, len(session.cfg.teachers), set_student_settings(ds))
     scfg = dataclasses.replace(scfg, device=distributed.local_device(scfg.device))
     session.say(f"student {position}: {run_key.set_key.label} ipc {run_key.ipc} seed {run_key.seed} "
-                f"({scfg.model}, {scfg.epochs} epochs, {ds.num_training_images()} training images)")
+                f"({scfg.model}, {epochs_text(scfg.epochs)}, {ds.num_training_images()} training images)")
     # per-epoch checkpoint: a killed run continues from its last epoch
     ckpt = session.out / "students" / run_key.checkpoint_name
     ckpt.parent.mkdir(exist_ok=True)
@@ -565,9 +568,10 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
     evaluate's with the run's student and seeds; or DD-Ranking's, ``seeds`` rounds; the sets of
     methods labelled per batch (INFER+Dyn, RDED) have no static labels: they score with
     per-batch labels, as DD-Ranking scores each method in its own label mode); the full-data
-    accuracy is DD-Ranking's cached value or
-    the recorded one of the first teacher of the student's architecture, else trained. Each
-    set's report is saved as it is done (a rerun skips it)."""
+    accuracy is DD-Ranking's cached value or the recorded one of the first teacher of the
+    student's architecture that records one, else trained. Each set's report is saved as it is
+    done; a rerun keeps a report made under the same protocol settings (:func:`_protocol_changes`)
+    and scores the set again under others (more seeds, another weight...)."""
     from .evaluate import evaluate_under, same_architecture
     from .storage import load_distilled
     from .teacher import load_teacher
@@ -575,18 +579,46 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
     protocol = cfg.score_protocol()
     student_model = protocol.student_model(cfg.dataset)
     teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
-    same_model = [p for p, (_, meta) in zip(teacher_paths, teachers) if same_architecture(meta["model"], student_model)]
+    # (a teacher that records no test accuracy, e.g. pretrained weights, cannot stand for the full data)
+    full_data = next((path for path, (_, meta) in zip(teacher_paths, teachers)
+                      if same_architecture(meta["model"], student_model) and meta.get("test_accuracy") is not None),
+                     None)
     scores = results.setdefault("scores", {})
     for key, directory in sets:
-        if str(key) in scores and scores[str(key)]["protocol"].get("name", "infer-fast") == cfg.scores_protocol:
-            continue  # (already scored under this protocol; under another, scored again)
         # (a set labelled per batch has no static labels: its soft-label students are labelled per batch)
         own = dataclasses.replace(protocol, soft_labels="per-batch") if key.labelled_per_batch else protocol
+        changed = _protocol_changes(scores[str(key)], own, cfg.dataset) if str(key) in scores else None
+        if changed == []:
+            continue  # (already scored under these settings)
         labels = ", labels per batch" if own.soft_labels != protocol.soft_labels else ""
+        again = "" if not changed else "; again: " + ("under another protocol" if "name" in changed
+                                                      else f"{', '.join(changed)} changed")
         _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol{labels}): {key.label} ipc {key.ipc} "
-                       f"({own.student_count()} students)")
+                       f"({own.student_count()} students{again})")
         scores[str(key)] = evaluate_under(own, load_distilled(directory), [m for m, _ in teachers],
-                                          data_root=cfg.data_root, full_data_checkpoint=same_model[0] if same_model else None,
+                                          data_root=cfg.data_root, full_data_checkpoint=full_data,
                                           device=cfg.device, progress=False,
                                           decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
         save()
+
+
+def _protocol_changes(report: Dict[str, Any], protocol, dataset: Any) -> List[str]:
+    """The settings of ``protocol`` (as its reports record them: protocol.settings) that differ
+    from those the score report ``report`` was made under; empty: the report stands. A
+    setting a report predates counts as its default; the students' result-neutral fields (the
+    device) are not compared."""
+    from .evaluate import PROTOCOL_NAME
+    from .run_identity import differing
+    from .student import STUDENT_RESULT_NEUTRAL
+
+    def comparable(settings: Dict[str, Any]) -> Dict[str, Any]:
+        settings = json.loads(json.dumps(settings))  # (as results.json holds them: lists, not tuples)
+        if isinstance(settings.get("student"), dict):
+            settings["student"] = {k: v for k, v in settings["student"].items() if k not in STUDENT_RESULT_NEUTRAL}
+        return settings
+
+    current = comparable(protocol.settings(dataset))
+    recorded = comparable({k: v for k, v in report.get("protocol", {}).items() if k in current})
+    # (a report of before protocols were named is infer-fast's)
+    defaults = comparable({**dataclasses.asdict(type(protocol)()), "name": PROTOCOL_NAME})
+    return differing(recorded, current, defaults=defaults)

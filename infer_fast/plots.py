@@ -7,12 +7,16 @@
 - ``accuracy-vs-ipc.png``: test accuracy against images per class (log axis, a tick at
   every ipc of the run);
 - ``feature-duplication-vs-ipc.png``: mean same-class cosine similarity of the teacher's
-  features against ipc (the paper's Figure 4, left; the same ipc axis);
-- ``student-accuracy-per-epoch.png``: each method's students' test accuracy over the
-  epochs, when the students were evaluated during training (``student: {eval_every: N}``).
+  features against ipc (the paper's Figure 4, left; the same ipc axis); methods of equal
+  values at every ipc (INFER and INFER+Dyn: one set) are one line, "INFER = INFER+Dyn";
+- ``student-accuracy-per-epoch.png``: the students' test accuracy over the epochs, when they
+  were evaluated during training (``student: {eval_every: N}``): one panel per ipc, a line
+  per method (the mean over the table's seeds, a band of one std), a method whose students
+  were evaluated once (fewer epochs) a point; one legend beside the panels.
 
-Accuracies are the mean over seeds with the standard deviation as error bars. A plot whose
-data is missing (one ipc only, no per-epoch evaluations) is not drawn. Tick labels do not
+Accuracies are the mean over seeds with the standard deviation as error bars (bands per
+epoch). Each method keeps its colour in every plot. A plot whose data is missing (one ipc
+only, no per-epoch evaluations) is not drawn. Tick labels do not
 overlap: the compression axis labels the densest of 1..9 / 1, 2, 5 / 1 per decade whose
 labels fit, and on every axis a label that would still touch another is left off (its tick
 mark stays)."""
@@ -20,10 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
+import statistics
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .data.registry import dataset_label
+from .set_keys import RunKey
 
 PLOT_FILES = {
     "compression": "accuracy-vs-compression.png",
@@ -35,6 +42,11 @@ DPI = 120
 # labelled ticks per decade of the compression axis, densest first: the first that fits is used
 LOG_TICK_LEVELS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1,))
 TICK_LABEL_GAP_PX = 4  # the least room between two tick labels (at the figure's drawing dpi)
+# a method's look: a colour of matplotlib's 10 (its default cycle), then, past 10 methods, the
+# same colours again with another line style
+COLOURS = 10
+LINE_STYLES = ("-", "--", ":", "-.")
+EPOCH_PANELS_PER_ROW = 3  # student-accuracy-per-epoch.png: panels (one per ipc) side by side
 
 
 def _pyplot():
@@ -53,6 +65,24 @@ def _by_method(rows: Sequence[Dict[str, Any]], *keys: str) -> Dict[str, List[Dic
         if all(row.get(key) is not None for key in keys):
             groups.setdefault(row["label"], []).append(row)
     return {label: sorted(group, key=lambda r: r["ipc"]) for label, group in groups.items()}
+
+
+def _method_styles(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, str]]:
+    """{method label: matplotlib line properties}, in the table's order: each method is drawn
+    alike in every plot, and no two methods alike (COLOURS, then LINE_STYLES)."""
+    labels = list(dict.fromkeys(row["label"] for row in rows))
+    return {label: {"color": f"C{i % COLOURS}", "linestyle": LINE_STYLES[i // COLOURS % len(LINE_STYLES)]}
+            for i, label in enumerate(labels)}
+
+
+def _equal_series_merged(groups: Dict[str, List[Dict[str, Any]]], key: str) -> Dict[str, List[Dict[str, Any]]]:
+    """``groups`` (by method label, by ipc) with the methods whose ``key`` values are equal at
+    every ipc as one series labelled "A = B" (INFER and INFER+Dyn measure one set: drawn apart,
+    the later line hides the earlier)."""
+    equal: Dict[Tuple, List[str]] = {}
+    for label, group in groups.items():
+        equal.setdefault(tuple((r["ipc"], r[key]) for r in group), []).append(label)
+    return {" = ".join(labels): groups[labels[0]] for labels in equal.values()}
 
 
 # ---- tick labels --------------------------------------------------------------------------------
@@ -153,12 +183,13 @@ def _ipc_axis(ax, rows) -> None:
 
 # ---- the plots ----------------------------------------------------------------------------------
 
-def _accuracy_plot(plt, rows, x_key: str, title: str):
+def _accuracy_plot(plt, rows, x_key: str, title: str, styles):
     """Accuracy against the compression ratio (``x_key`` "compression_ratio_percent") or ipc."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, group in _by_method(rows, x_key, "accuracy_mean").items():
         ax.errorbar([r[x_key] for r in group], [100 * r["accuracy_mean"] for r in group],
-                    yerr=[100 * r["accuracy_std"] for r in group], marker="o", capsize=3, label=label)
+                    yerr=[100 * r["accuracy_std"] for r in group], marker="o", capsize=3, label=label,
+                    **styles[label])
     if x_key == "ipc":
         _ipc_axis(ax, rows)
     else:
@@ -171,6 +202,68 @@ def _accuracy_plot(plt, rows, x_key: str, title: str):
     return _finish(fig, log_x=x_key != "ipc")
 
 
+def _epoch_curves(results: Dict[str, Any], rows) -> Dict[int, Dict[str, Dict[int, List[float]]]]:
+    """{ipc: {method label: {epoch: test accuracies}}} of the student runs the table shows
+    (results.table_runs: its rows' sets, the run's seeds), the methods in table order."""
+    from .results import table_runs
+
+    labels = {(row["method"], row["ipc"]): row["label"] for row in rows}
+    order = list(dict.fromkeys(labels.values()))
+    runs = [(RunKey.parse(text), run) for text, run in table_runs({**results, "table": rows}).items()]
+    curves: Dict[int, Dict[str, Dict[int, List[float]]]] = {}
+    for key, run in sorted(runs, key=lambda kr: order.index(labels[(kr[0].method, kr[0].ipc)])):
+        for h in run.get("history", []):
+            if "test_accuracy" in h:
+                by_label = curves.setdefault(key.ipc, {}).setdefault(labels[(key.method, key.ipc)], {})
+                by_label.setdefault(h["epoch"], []).append(h["test_accuracy"])
+    return curves
+
+
+def _epoch_plot(plt, results: Dict[str, Any], rows, styles, dataset: str):
+    """The students' accuracy per epoch (see the module docstring); None when no student was
+    evaluated more than once."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    curves = _epoch_curves(results, rows)
+    if not any(len(by_epoch) > 1 for by_label in curves.values() for by_epoch in by_label.values()):
+        return None
+    ipcs = sorted(curves)
+    ncols = min(len(ipcs), EPOCH_PANELS_PER_ROW)
+    nrows = math.ceil(len(ipcs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 2.2, 2.8 * nrows + 0.7), sharey=True, squeeze=False)
+    seeds = set()
+    for ax, ipc in zip(axes.flat, ipcs):
+        for label, by_epoch in curves[ipc].items():
+            epochs = sorted(by_epoch)
+            mean = [100 * statistics.fmean(by_epoch[e]) for e in epochs]
+            std = [100 * statistics.pstdev(by_epoch[e]) for e in epochs]
+            seeds.update(len(by_epoch[e]) for e in epochs)
+            ax.plot(epochs, mean, marker="o", markersize=3, **styles[label])  # (one evaluation: a point)
+            if any(std):
+                ax.fill_between(epochs, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=styles[label]["color"], alpha=0.1, linewidth=0)
+        ax.set_title(f"ipc {ipc}", fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # (epochs are whole)
+        _plain_numbers(ax.xaxis)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(ipcs):]:
+        fig.delaxes(ax)
+    for i, ax in enumerate(axes.flat[:len(ipcs)]):
+        if i + ncols >= len(ipcs):  # the lowest panel of its column
+            ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    drawn = list(dict.fromkeys(label for by_label in curves.values() for label in by_label))
+    fewest, most = min(seeds), max(seeds)
+    over = "one seed" if most == 1 else f"mean ± std over {fewest if fewest == most else f'{fewest}-{most}'} seeds"
+    axes[0, -1].legend([Line2D([], [], marker="o", markersize=3, **styles[label]) for label in drawn], drawn,
+                       loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize="small", title=over,
+                       title_fontsize="small", frameon=False)
+    fig.suptitle(f"{dataset}: students' test accuracy during training")
+    return _finish(fig)
+
+
 def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
     """{plot name: matplotlib Figure} of a run (``results`` as in results.json), laid out,
     those whose data is there (see the module docstring); close them when done."""
@@ -178,36 +271,28 @@ def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
     rows = results.get("table") or []
     dataset = results.get("config", {}).get("dataset")
     dataset = dataset_label(dataset) if dataset else ""
+    styles = _method_styles(rows)
     figures: Dict[str, Any] = {}
     if rows:
         figures["compression"] = _accuracy_plot(plt, rows, "compression_ratio_percent",
-                                                f"{dataset}: accuracy vs compression")
+                                                f"{dataset}: accuracy vs compression", styles)
     if len({r["ipc"] for r in rows}) > 1:
-        figures["ipc"] = _accuracy_plot(plt, rows, "ipc", f"{dataset}: accuracy vs ipc")
-        duplication = _by_method(rows, "feature_duplication")
+        figures["ipc"] = _accuracy_plot(plt, rows, "ipc", f"{dataset}: accuracy vs ipc", styles)
+        duplication = _equal_series_merged(_by_method(rows, "feature_duplication"), "feature_duplication")
         if duplication:
             fig, ax = plt.subplots(figsize=(5.5, 4))
             for label, group in duplication.items():
-                ax.plot([r["ipc"] for r in group], [r["feature_duplication"] for r in group], marker="o", label=label)
+                ax.plot([r["ipc"] for r in group], [r["feature_duplication"] for r in group], marker="o", label=label,
+                        **styles[group[0]["label"]])
             _ipc_axis(ax, rows)
             ax.set_ylabel("feature duplication (same-class cosine)")
             ax.set_title(f"{dataset}: feature duplication vs ipc")
             ax.grid(True, alpha=0.3)
             ax.legend()
             figures["duplication"] = _finish(fig)
-    curves = {key: [(h["epoch"], h["test_accuracy"]) for h in run.get("history", []) if "test_accuracy" in h]
-              for key, run in sorted(results.get("runs", {}).items())}
-    curves = {key: points for key, points in curves.items() if len(points) > 1}
-    if curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, points in curves.items():
-            ax.plot([e for e, _ in points], [100 * a for _, a in points], label=key.replace("/", " "))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset}: students during training")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-        figures["epochs"] = _finish(fig)
+    epochs = _epoch_plot(plt, results, rows, styles, dataset)
+    if epochs is not None:
+        figures["epochs"] = epochs
     return figures
 
 

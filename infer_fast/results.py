@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -28,10 +28,10 @@ def set_entries(cfg: Dict[str, Any], sets: Dict[str, Any]) -> List[SetKey]:
 
 
 def runs_of(runs: Dict[str, Any], key: SetKey, seeds: Optional[int] = None) -> List[Dict[str, Any]]:
-    """The student runs of the set ``key``, in key order: those of seeds 0..``seeds``-1 (the
+    """The student runs of the set ``key``, in seed order: those of seeds 0..``seeds``-1 (the
     run's: an earlier session of more seeds left the others in the file), every seed recorded
     where ``seeds`` is None."""
-    keys = [RunKey.parse(k) for k in sorted(runs)]
+    keys = sorted((RunKey.parse(k) for k in runs), key=lambda k: k.seed)  # (by number: seed2 before seed10)
     return [runs[str(k)] for k in keys if k.set_key == key and (seeds is None or k.seed < seeds)]
 
 
@@ -253,45 +253,96 @@ def format_table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_scores(results: Dict[str, Any]) -> str:
-    """The DD-Ranking scores of a run as a Markdown table (empty when none were computed)."""
+# what a score report's soft-label students learned (its protocol's soft_labels; a report that
+# predates the option: the set's stored labels)
+SOFT_LABEL_SOURCES = {"static": "the sets' stored soft labels", "per-batch": "teacher labels per batch"}
+PER_BATCH_MARK = " (labels per batch)"  # a row scored per batch beside rows of stored labels
+
+
+def shown_scores(results: Dict[str, Any]) -> List[Tuple[SetKey, Dict[str, Any]]]:
+    """(set, score report) of the table's sets that have one, in the table's order (the file
+    may hold others, of an earlier wider config); every report, in the file's order, where
+    ``results`` records no config."""
     scores = results.get("scores") or {}
-    if "config" in results:  # (the sets of the table; the file may hold others, of an earlier wider config)
-        shown = {str(key) for key in set_entries(results["config"], results.get("sets") or {})}
-        scores = {text: report for text, report in scores.items() if text in shown}
-    if not scores:
+    if "config" not in results:
+        return [(SetKey.parse(text), report) for text, report in scores.items()]
+    return [(key, scores[str(key)]) for key in set_entries(results["config"], results.get("sets") or {})
+            if str(key) in scores]
+
+
+def _soft_label_mode(report: Dict[str, Any]) -> str:
+    return report["protocol"].get("soft_labels", "static")
+
+
+def _mixed_label_modes(shown: List[Tuple[SetKey, Dict[str, Any]]]) -> bool:
+    """Whether some rows were scored with teacher labels per batch beside rows of stored labels
+    (the sets of methods whose students are labelled per batch, under ``soft_labels: static``)."""
+    return len({_soft_label_mode(report) for _, report in shown}) > 1
+
+
+def format_scores(results: Dict[str, Any]) -> str:
+    """The DD-Ranking scores of a run as a Markdown table (empty when none were computed), in
+    the results table's order; a row scored per batch beside rows of stored labels says so."""
+    from .dd_ranking import format_printed
+
+    shown = shown_scores(results)
+    if not shown:
         return ""
+    mixed = _mixed_label_modes(shown)
 
     def pct(summary):
         return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
 
-    first = next(iter(scores.values()))
-    if first["protocol"].get("name") == "dd-ranking":  # its runs, and the scores on both scales
-        lines = ["| method | ipc | hard | soft | random soft | soft, no mix | random soft, no mix | HLR | IOR | LRS | ARS "
-                 "| LRS printed | ARS printed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for text, report in scores.items():
-            key = SetKey.parse(text)
+    def label(key, report):
+        return key.label + (PER_BATCH_MARK if mixed and _soft_label_mode(report) == "per-batch" else "")
+
+    if shown[0][1]["protocol"].get("name") == "dd-ranking":  # its runs, and the scores on both scales
+        lines = ["| method | ipc | hard | soft | random soft | soft, no mix | random soft, no mix | HLR | IOR | LRS ×100 "
+                 "| ARS ×100 | LRS printed | ARS printed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, report in shown:
             acc, sc, printed = report["accuracy"], report["scores"], report["scores_printed"]
-            lines.append(f"| {key.label} | {key.ipc} | {pct(acc['set_hard'])} | {pct(acc['set_soft'])} | "
+            lines.append(f"| {label(key, report)} | {key.ipc} | {pct(acc['set_hard'])} | {pct(acc['set_soft'])} | "
                          f"{pct(acc['random_soft'])} | {pct(acc['set_plain'])} | {pct(acc['random_plain'])} | "
                          f"{pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | {pct(sc['ars'])} | "
-                         f"{printed['lrs']['mean']:.4g} | {printed['ars']['mean']:.4g} |")
+                         f"{format_printed(printed['lrs']['mean'])} | {format_printed(printed['ars']['mean'])} |")
         return "\n".join(lines)
-    lines = ["| method | ipc | soft | soft, no aug. | hard, no aug. | random soft | random soft, no aug. | HLR | IOR | LRS | ARS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    # (sets labelled per batch score in that mode beside static ones: their rows say so)
-    mixed_modes = len({report["protocol"].get("soft_labels") for report in scores.values()}) > 1
-    for text, report in scores.items():
-        key = SetKey.parse(text)
+    lines = ["| method | ipc | soft | soft, no aug. | hard, no aug. | random soft | random soft, no aug. | HLR | IOR "
+             "| LRS ×100 | ARS ×100 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, report in shown:
         acc, sc = report["accuracy"], report["scores"]
-        label = key.label + (" (labels per batch)" if mixed_modes and
-                             report["protocol"].get("soft_labels") == "per-batch" else "")
         # the accuracies the scores are made of (the augmented hard-label run is in the report)
-        lines.append(f"| {label} | {key.ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
+        lines.append(f"| {label(key, report)} | {key.ipc} | {pct(acc['set']['soft'])} | {pct(acc['set']['soft_plain'])} | "
                      f"{pct(acc['set']['hard_plain'])} | {pct(acc['random']['soft'])} | "
                      f"{pct(acc['random']['soft_plain'])} | {pct(sc['hlr'])} | {pct(sc['ior'])} | {pct(sc['lrs'])} | "
                      f"{pct(sc['ars'])} |")
     return "\n".join(lines)
+
+
+def scores_note(results: Dict[str, Any]) -> str:
+    """What the scores table of results.md shows, from its reports: the protocol, the students'
+    soft labels, the epochs of a method whose table students train fewer, the units."""
+    shown = shown_scores(results)
+    protocol = shown[0][1]["protocol"]
+    if protocol.get("name") == "dd-ranking":
+        about = "DD-Ranking's protocol (best of periodic tests over a rate grid), the run's seeds as rounds"
+    else:
+        about = "`infer-fast evaluate`'s protocol, the run's student and seeds"
+    if _mixed_label_modes(shown):
+        about += (f"; soft labels: {SOFT_LABEL_SOURCES['static']}, but {SOFT_LABEL_SOURCES['per-batch']} in the rows "
+                  f"marked \"{PER_BATCH_MARK.strip()}\", as their methods' students take them")
+    else:
+        about += f"; soft labels: {SOFT_LABEL_SOURCES[_soft_label_mode(shown[0][1])]}"
+    # (the protocol's epochs are every row's: DD-Ranking's protocol does not shorten a method's students)
+    for key, report in shown:
+        if key.own is not None and key.own.reduced_student_epochs:
+            epochs = report["protocol"].get("student_config", {}).get("epochs")
+            about += (f"; {key.label}'s students train the protocol's {epochs} epochs, as every row's (not the "
+                      "reduced epochs of its students in the table above)")
+            break
+    about += "; accuracies, HLR and IOR in %, LRS and ARS (scores on [0, 1]) × 100; mean ± std"
+    if protocol.get("name") == "dd-ranking":
+        about += "; printed: as DD-Ranking's code prints them"
+    return about
 
 
 def _seeds_shown(results: Dict[str, Any]) -> str:
@@ -299,6 +350,17 @@ def _seeds_shown(results: Dict[str, Any]) -> str:
     to the run after the students of the others, or a session stopped mid-way)."""
     counts = sorted({row["seeds"] for row in table_rows(results)} or {results["config"]["seeds"]})
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+def _without_soft_labels(results: Dict[str, Any]) -> str:
+    """The CR note's "; A and B without soft labels: ...": the table's methods whose students
+    are labelled per batch (their sets' ratio counts no labels); "" where none is."""
+    labels = list(dict.fromkeys(key.label for key in set_entries(results["config"], results.get("sets") or {})
+                                if key.labelled_per_batch))
+    if not labels:
+        return ""
+    named = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+    return f"; {named} without soft labels: the teachers label every batch"
 
 
 def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
@@ -314,7 +376,7 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
         f"{student.get('epochs', 400)} epochs (INFER+Dyn: {cfg['dynamic_epochs'] or 'epochs/(M+1)'}), "
         f"final-epoch top-1 on the real test split over {_seeds_shown(results)} seed(s). "
         f"Budget accounting: {cfg['accounting']}.",
-        "CR: stored values / full training set values (images + soft labels + indices; INFER+Dyn without soft labels). "
+        f"CR: stored values / full training set values (images + soft labels + indices{_without_soft_labels(results)}). "
         "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features"
         + (" (–: undefined for sets of one image per class)." if any(
             results["sets"].get(str(key), {}).get("feature_duplication_note")
@@ -332,10 +394,6 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
         lines.append("")
     scores = format_scores(results)
     if scores:
-        protocol = next(iter(results["scores"].values()))["protocol"].get("name", "infer-fast")
-        about = ("DD-Ranking's protocol (best of periodic tests over a rate grid, teacher labels per batch), the run's "
-                 "seeds as rounds; %, mean ± std; printed: as DD-Ranking's code prints them" if protocol == "dd-ranking"
-                 else "`infer-fast evaluate`'s protocol, the run's student and seeds; %, mean ± std")
-        lines += [f"DD-Ranking scores ({about}):", "", scores, ""]
+        lines += [f"DD-Ranking scores ({scores_note(results)}):", "", scores, ""]
     lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
     return "\n".join(lines) + ("\n" if plots else "")

@@ -22,7 +22,8 @@ class PipelineConfig:
     (``model``, ``epochs``, ``lr``...: trained into ``<out>/teachers/``). ``recovery``: RecoveryConfig fields for INFER;
     ``sre2l``: RecoveryConfig fields for SRe2L on top of ``RecoveryConfig.sre2l()`` (plus the
     ``recovery`` augmentation settings); ``student``: StudentConfig fields; ``scores``: also
-    evaluate every set (but INFER+Dyn's, which has no static labels) with DD-Ranking's scores."""
+    evaluate every set with DD-Ranking's scores (the sets of methods whose students are labelled
+    per batch, INFER+Dyn's and RDED's, with the teachers' labels per batch)."""
 
     dataset: str
     teachers: List[Dict[str, Any]]

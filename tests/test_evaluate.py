@@ -35,6 +35,7 @@ def test_report_holds_every_accuracy_and_the_scores_follow_from_them(teacher, la
     protocol = Protocol(student=FAST_STUDENT, seeds=2, weight=0.5)
     report = evaluate_set(labelled_set, [model], protocol, full_data_checkpoint=path, device="cpu", progress=False)
     assert report["full_data_hard"]["accuracy"] == load_teacher(path)[1]["test_accuracy"]
+    assert report["full_data_hard"]["source"] == f"recorded in {path} (convnet-w8-d2, 1 epoch)"  # (one teacher epoch)
     assert len(report["per_seed"]) == 2
     for seed in report["per_seed"]:
         for which in ("set", "random"):

@@ -323,3 +323,44 @@ def test_feature_duplication_at_ipc1_is_skipped_with_a_note_before_work(finished
     assert -1.0 <= ran["sets"]["infer/ipc1"]["feature_duplication"] <= 1.0
     run_pipeline(config, progress=False)  # (all done: nothing to say)
     assert "feature duplication" not in capsys.readouterr().out
+
+
+def test_scores_follow_the_protocol_settings(finished_run, tmp_path, monkeypatch):
+    """A set's scores are kept only when made under the protocol settings of this session:
+    more seeds, another weight or random subset score it again (the report then records the
+    config's settings); a result-neutral change (the students' device) keeps them."""
+    import shutil
+
+    cfg, _ = finished_run
+    shutil.copytree(cfg.out, tmp_path / "run")
+
+    def config(seeds, scores=True, **student):
+        return tiny_config(tmp_path / "run", methods=["random"], seeds=seeds, scores=scores,
+                           student={**cfg.student, **student})
+
+    report = run_pipeline(config(1), progress=False)["scores"]["random/ipc2"]
+    assert report["protocol"]["seeds"] == 1 and len(report["per_seed"]) == 1
+    report = run_pipeline(config(2), progress=False)["scores"]["random/ipc2"]
+    assert report["protocol"]["seeds"] == 2 and len(report["per_seed"]) == 2
+    weighted = {"protocol": "infer-fast", "weight": 1.0, "random_subset_seed": 7}
+    report = run_pipeline(config(2, weighted), progress=False)["scores"]["random/ipc2"]
+    assert report["protocol"]["weight"] == 1.0 and [s["random_subset_seed"] for s in report["per_seed"]] == [7, 7]
+    import infer_fast.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_set", lambda *a, **k: pytest.fail("scored again"))
+    assert run_pipeline(config(2, weighted, device="auto"), progress=False)["scores"]["random/ipc2"] == report
+
+
+def test_a_teacher_without_an_accuracy_is_not_the_full_data_run(finished_run, tmp_path):
+    """A teacher of the students' architecture made from pretrained weights records no test
+    accuracy: the run's scores train the full-data run instead of failing after the students."""
+    from infer_fast.teacher import load_teacher, pretrained_teacher
+
+    cfg, results = finished_run
+    torch.save(load_teacher(results["teachers"][0]["path"])[0].state_dict(), tmp_path / "weights.pth")
+    pretrained_teacher("convnet-w8-d2", "fashion-mnist-mini", str(tmp_path / "pretrained.pt"),
+                       pretrained=str(tmp_path / "weights.pth"))
+    config = tiny_config(tmp_path / "run", teachers=[{"path": str(tmp_path / "pretrained.pt")}], methods=["random"],
+                         seeds=1, student={**cfg.student, "epochs": 1}, scores={"protocol": "infer-fast", "full_data_epochs": 1})
+    report = run_pipeline(config, progress=False)["scores"]["random/ipc2"]
+    assert report["full_data_hard"]["source"] == "trained here: convnet-w8-d2, 1 epoch of the teacher recipe"

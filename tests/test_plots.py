@@ -51,12 +51,13 @@ def crowded(ipcs):
     (within 5%) over less than two decades, many ipcs, 300 epochs."""
     rows, runs = [], {}
     for ipc in ipcs:
-        for k, label in enumerate(("INFER", "INFER+Dyn", "SRe2L", "Random")):
-            rows.append({"method": label.lower(), "label": label, "ipc": ipc, "accuracy_mean": 0.2 + 0.1 * k + ipc / 1000,
+        for k, (method, label) in enumerate((("infer", "INFER"), ("infer_dyn", "INFER+Dyn"), ("sre2l", "SRe2L"),
+                                             ("random", "Random"))):
+            rows.append({"method": method, "label": label, "ipc": ipc, "accuracy_mean": 0.2 + 0.1 * k + ipc / 1000,
                          "accuracy_std": 0.01, "compression_ratio_percent": 0.078 * ipc * (1 + 0.02 * k),
-                         "feature_duplication": 0.8 - ipc / 1000})
-            runs[f"{label}/ipc{ipc}/seed0"] = {"history": [{"epoch": e, "test_accuracy": 0.1 + e / 1000}
-                                                           for e in range(0, 301, 25)]}
+                         "feature_duplication": 0.8 - ipc / 1000 + k / 100})
+            runs[f"{method}/ipc{ipc}/seed0"] = {"history": [{"epoch": e, "test_accuracy": 0.1 + e / 1000}
+                                                            for e in range(0, 301, 25)]}
     return {"config": {"dataset": "imagenet-1k"}, "table": rows, "runs": runs}
 
 
@@ -99,3 +100,72 @@ def test_overlap_check_sees_overlapping_labels():
         assert overlapping_tick_labels(fig) == [("x", 0.0, 0.01)]
     finally:
         plt.close(fig)
+
+
+def method_run_results():
+    """A run's results: INFER, INFER+Dyn (fewer epochs: evaluated once) and Random at ipc 2 and
+    4, 3 seeds; the file also holds an earlier session's runs (seed 3, SRe2L) the table leaves out."""
+    methods = (("infer", "INFER", 4), ("infer_dyn", "INFER+Dyn", 1), ("random", "Random", 4))
+    rows, runs = [], {}
+    for ipc in (2, 4):
+        for k, (method, label, epochs) in enumerate(methods):
+            rows.append({"method": method, "label": label, "ipc": ipc, "accuracy_mean": 0.5, "accuracy_std": 0.01,
+                         "compression_ratio_percent": ipc * (1 + k / 10), "feature_duplication": 0.9 if k < 2 else 0.7})
+            for seed in range(4):
+                runs[f"{method}/ipc{ipc}/seed{seed}"] = {"history": [
+                    {"epoch": e, "test_accuracy": 0.3 + k / 10 + e / 100 + seed / 100} for e in range(1, epochs + 1)]}
+        runs[f"sre2l/ipc{ipc}/seed0"] = {"history": [{"epoch": e, "test_accuracy": 0.2} for e in range(1, 5)]}
+    return {"config": {"dataset": "fashion-mnist-mini", "seeds": 3}, "table": rows, "runs": runs}
+
+
+def test_epoch_plot_shows_the_tables_methods_per_ipc():
+    """One panel per ipc, one line per method of the table (the mean over its 3 seeds), named
+    by its label in one legend that stays inside the picture; a method evaluated once is a
+    point; epochs are whole; every method keeps its colour in every plot."""
+    import matplotlib.pyplot as plt
+
+    figures = draw_plots(method_run_results())
+    try:
+        fig = figures["epochs"]
+        fig.canvas.draw()
+        panels = fig.axes
+        assert [ax.get_title() for ax in panels] == ["ipc 2", "ipc 4"]
+        legends = [ax.get_legend() for ax in panels if ax.get_legend() is not None]
+        assert len(legends) == 1 and [t.get_text() for t in legends[0].get_texts()] == ["INFER", "INFER+Dyn", "Random"]
+        assert "3 seeds" in legends[0].get_title().get_text()
+        box, frame = legends[0].get_window_extent(), fig.bbox
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        for ax in panels:
+            lines = ax.get_lines()
+            assert [len(line.get_xdata()) for line in lines] == [4, 1, 4]  # (INFER+Dyn's one evaluation: a point)
+            assert lines[0].get_ydata()[0] == pytest.approx(100 * 0.32)  # (the mean over seeds 0-2, not seed 3)
+            assert all(float(x).is_integer() for x in ax.xaxis.get_majorticklocs())
+        accuracy_colours = [bars.lines[0].get_color() for bars in figures["compression"].axes[0].containers]
+        assert [line.get_color() for line in panels[0].get_lines()] == accuracy_colours
+        assert len(set(accuracy_colours)) == 3
+        assert overlapping_tick_labels(fig) == []
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+
+
+def test_every_method_looks_different():
+    from infer_fast.plots import _method_styles
+
+    styles = _method_styles([{"label": f"method {i}"} for i in range(14)])
+    assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 14
+
+
+def test_equal_feature_duplication_is_one_line_named_for_both():
+    """INFER and INFER+Dyn train on one set: their feature duplication is one line,
+    "INFER = INFER+Dyn", not one drawn over the other."""
+    import matplotlib.pyplot as plt
+
+    figures = draw_plots(method_run_results())
+    try:
+        legend = figures["duplication"].axes[0].get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == ["INFER = INFER+Dyn", "Random"]
+        assert len(figures["duplication"].axes[0].get_lines()) == 2
+    finally:
+        for fig in figures.values():
+            plt.close(fig)

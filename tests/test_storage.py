@@ -534,6 +534,16 @@ def test_inspect_report_baseline(tmp_path):
     assert "random" in text and "none (not relabelled yet)" in text and "7 images (uint8 pixels)" in text
 
 
+def test_inspect_report_of_a_set_labelled_per_batch(tmp_path):
+    """RDED's sets store no soft labels by design: inspect says its students take the
+    teachers' labels on every batch, not that the set waits for a relabel."""
+    ds = make_baseline("rded", soft=False)
+    ds.hyperparameters = {"factor": 1}  # (what its students' augmentation reads)
+    text = inspect_report(save_distilled(ds, tmp_path / "r"))
+    assert "none: RDED's students are labelled by the teachers on every batch" in text
+    assert "not relabelled yet" not in text
+
+
 def png_size(path):
     data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"

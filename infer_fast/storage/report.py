@@ -62,7 +62,7 @@ def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
             f"{int(counts.min())}-{int(counts.max())} per class")
         row("training images", str(ds.num_training_images()))
     soft = ds.soft_labels_flat()
-    row("soft labels", f"{soft.shape[0]} x {c} fp16 (static)" if soft is not None else "none (not relabelled yet)")
+    row("soft labels", f"{soft.shape[0]} x {c} fp16 (static)" if soft is not None else _without_soft_labels(ds.method))
     cr = compression_ratio_from_manifest(manifest)
     if cr is None:
         row("compression ratio", f"unknown (no full_train_size recorded for dataset {ds.dataset!r})")
@@ -86,6 +86,17 @@ def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
     row("checksums", f"all {len(manifest['files'])} tensor files OK" if verify_checksums
         else f"{len(manifest['files'])} tensor files, hashed as they were written")
     return "\n".join(lines)
+
+
+def _without_soft_labels(method: str) -> str:
+    """Why a set of ``method`` stores no soft labels: its method's students take the teachers'
+    labels on every batch (RDED's), or it was not relabelled yet."""
+    from ..methods.registry import find_method  # (here, not at the top: its built-in methods import storage)
+
+    own = find_method(method)  # (None: an imported set's method)
+    if own is not None and own.student_labels == "per-batch":
+        return f"none: {own.label}'s students are labelled by the teachers on every batch"
+    return "none (not relabelled yet)"
 
 
 def write_preview(
