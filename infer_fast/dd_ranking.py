@@ -108,6 +108,7 @@ class DDRankingProtocol(CheckedWhenMade):
         """The protocol's own settings, and its students' under the recipe it names (CIFAR's
         when it follows the set's dataset: :meth:`check_dataset` checks that family's)."""
         check_fields(self)  # each field's type, range and choices, as declared above
+        object.__setattr__(self, "student", dict(self.student))  # (its own copy: the caller's dict may change)
         for name in SET_BY_PROTOCOL:
             if name in self.student:
                 raise ValueError(f"student: {name} is set by the DD-Ranking protocol itself"

@@ -65,6 +65,7 @@ class Protocol(CheckedWhenMade):
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
+        object.__setattr__(self, "student", dict(self.student))  # (its own copy: the caller's dict may change)
         check_weight(self.weight)
         for name in ("labels", "seed", "dynamic"):
             if name in self.student:

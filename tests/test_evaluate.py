@@ -103,3 +103,16 @@ def test_a_set_without_soft_labels_names_the_flag_and_its_methods_labels():
                          ("sre2l", r"\(--soft-labels per-batch\)$"), ("imported", r"\(--soft-labels per-batch\)$")):
         with pytest.raises(ValueError, match=said):
             check_evaluable(SimpleNamespace(method=method, has_soft_labels=False), [], "cpu", static_labels=True)
+
+
+def test_a_protocol_keeps_its_own_copy_of_the_student_fields():
+    """A protocol is checked when made and cannot change after: the caller's dict, changed
+    later, changes neither ours nor DD-Ranking's."""
+    from infer_fast.dd_ranking import DDRankingProtocol
+    from infer_fast.evaluate import Protocol
+
+    for make in (Protocol, DDRankingProtocol):
+        fields = {"epochs": 40}
+        protocol = make(student=fields)
+        fields["epochs"] = -1
+        assert protocol.student == {"epochs": 40}
