@@ -70,6 +70,22 @@ class CheckedWhenMade:
         self.validate()
 
 
+def hold_as_made(config: Any) -> None:
+    """The values a config (a frozen dataclass, while it is made) holds from then on: a path
+    option as a str (a pathlib.Path in a checkpoint's config makes it unloadable: torch's
+    weights_only loading refuses the class), a tuple option given as a list as a tuple, and a
+    mapping as a copy, so a caller changing their list or dict later does not change it."""
+    for opt in options_of(type(config)).values():
+        value = getattr(config, opt.name)
+        kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+        if PATH in kinds and isinstance(value, os.PathLike):
+            object.__setattr__(config, opt.name, os.fspath(value))
+        elif tuple in kinds and isinstance(value, list):
+            object.__setattr__(config, opt.name, tuple(value))
+        elif dict in kinds and isinstance(value, Mapping):
+            object.__setattr__(config, opt.name, dict(value))
+
+
 def option(help: str, **spec: Any) -> Dict[str, Any]:
     """A dataclass field's metadata: ``dataclasses.field(default=..., metadata=option(...))``
     (the keywords are :class:`Option`'s, less name, kind and default)."""

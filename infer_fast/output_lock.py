@@ -18,11 +18,13 @@ import inspect
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, List, Sequence, Set, Union
+from typing import Any, Callable, Iterator, List, Sequence, Set, TypeVar, Union, cast
 
 from ._io import REPLACED, TEMP, check_writable, hidden_sibling_owner, hidden_sibling_pattern
 
 PathLike = Union[str, os.PathLike]
+# a function decorated by holds_output (its signature kept for type checkers)
+Function = TypeVar("Function", bound=Callable[..., Any])
 
 
 class OutputInUseError(ValueError):
@@ -170,12 +172,13 @@ def job_output_lock(output: PathLike, what: str = "output", inside: bool = False
         yield
 
 
-def holds_output(parameter: str, what: str = "output directory", every_rank: bool = True) -> Callable:
+def holds_output(parameter: str, what: str = "output directory",
+                 every_rank: bool = True) -> Callable[[Function], Function]:
     """Decorator: the function runs holding the lock of its argument ``parameter``
     (:func:`job_output_lock`: rank 0 of a torchrun job holds it for every rank; ``every_rank``
     False for a function that rank 0 alone runs)."""
 
-    def decorate(function: Callable) -> Callable:
+    def decorate(function: Function) -> Function:
         signature = inspect.signature(function)
 
         @functools.wraps(function)
@@ -183,6 +186,6 @@ def holds_output(parameter: str, what: str = "output directory", every_rank: boo
             with job_output_lock(signature.bind(*args, **kwargs).arguments[parameter], what, every_rank=every_rank):
                 return function(*args, **kwargs)
 
-        return wrapper
+        return cast(Function, wrapper)
 
     return decorate

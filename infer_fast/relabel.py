@@ -9,26 +9,27 @@ training order by :class:`infer_fast.storage.DistilledDataset`; stored fp16 via
 """
 from __future__ import annotations
 
-import os
-from typing import List, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._io import check_writable
+from ._io import PathLike, check_writable
 from .checks import check_int
-from .teacher import teacher_path_list
+from .models import on_device
 from .output_lock import holds_output
 from .progress import progress_bar
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
-from .teacher import load_teachers_for_set, resolve_device
+from .teacher import load_teachers_for_set, resolve_device, teacher_list, teacher_path_list
 
 __all__ = ["ensemble_logits", "relabel", "relabel_directory"]
 
 
 @torch.no_grad()
-def ensemble_logits(teachers: Sequence[nn.Module], x: Tensor) -> Tensor:
-    """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode."""
+def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor) -> Tensor:
+    """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode (each put back
+    in its mode after); one model is a list of one."""
+    teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("at least one teacher is needed")
     total = None
@@ -43,16 +44,18 @@ def ensemble_logits(teachers: Sequence[nn.Module], x: Tensor) -> Tensor:
     return total / len(teachers)
 
 
-def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int = 256, device: str = "cpu",
-            progress: bool = False) -> DistilledSet:
+def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Module]], batch_size: int = 256,
+            device: str = "cpu", progress: bool = False) -> DistilledSet:
     """Static soft labels, **in place**: the mean of the teachers' logits on every training
     image (test transform only), stored fp16 with ``set_soft_labels``. Returns ``distilled``.
-    ``progress``: a bar over the training images."""
+    ``progress``: a bar over the training images. The teachers (one model is a list of one)
+    are left as they were: a teacher on another device than ``device`` labels as a copy there."""
+    teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("relabel needs at least one teacher")
     check_int("batch_size", batch_size)
     dev = resolve_device(device)
-    models = [t.to(dev) for t in teachers]
+    models = [on_device(t, dev) for t in teachers]
     chunks = []
     data = DistilledDataset(distilled, hard_only=True)
     # composed a chunk at a time: an ImageNet-size set never sits in memory as images
@@ -69,7 +72,7 @@ def relabel(distilled: DistilledSet, teachers: List[nn.Module], batch_size: int 
 
 
 @holds_output("directory", "distilled set", every_rank=False)  # (one process, or a run's rank 0)
-def relabel_directory(directory, teacher_paths: Union[str, os.PathLike, Sequence[str]], device: str = "cpu",
+def relabel_directory(directory: PathLike, teacher_paths: Union[PathLike, Sequence[PathLike]], device: str = "cpu",
                       batch_size: int = 256, progress: bool = False) -> DistilledSet:
     """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save
     it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``.

@@ -54,7 +54,8 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Iterable
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -65,15 +66,16 @@ from .relabel import ensemble_logits
 from .data.registry import recipe_family
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop, shuffle_patches)
-from .models import create_model, device_of, penultimate_features
+from .models import check_model_name, create_model, device_of, on_device, penultimate_features
 from .storage import DistilledDataset, DistilledSet
-from .teacher import DEVICE_CHOICES, evaluate, resolve_device
+from .teacher import DEVICE_CHOICES, evaluate, resolve_device, teacher_list
 from . import distributed
 from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
                       STUDENT_SCHEDULES)
-from .checks import check_choice, check_class_names, split_label
-from .options import CheckedWhenMade, check_fields, check_given_used, given_config, option, options_of, with_recipe
-from ._io import content_digest, model_digest, read_checkpoint, save_atomic
+from .checks import check_choice, check_class_names, check_int, split_label
+from .options import (CheckedWhenMade, check_fields, check_given_used, given_config, hold_as_made, option, options_of,
+                      with_recipe)
+from ._io import PathLike, content_digest, model_digest, read_checkpoint, save_atomic
 from .output_lock import job_output_lock
 from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
@@ -85,7 +87,7 @@ from .transfer import to_device
 __all__ = [
     "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "augment",
     "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "STUDENT_LABELS",
-    "train_student", "evaluate_seeds", "check_test_set", "StudentRun",
+    "train_student", "evaluate_seeds", "seed_list", "check_test_set", "StudentRun",
     "feature_duplication",
 ]
 
@@ -167,6 +169,8 @@ class StudentConfig(CheckedWhenMade):
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
+        hold_as_made(self)
+        check_model_name(self.model)
         if self.dynamic and self.labels == "hard":
             raise ValueError("dynamic=True (INFER+Dyn, --dynamic) relabels every batch with the teachers: it needs "
                              "labels='soft', not 'hard' (--labels hard)")
@@ -355,8 +359,10 @@ class StudentRun:
         else:  # an ImageNet-size set: each batch is composed on the fly (same values)
             self.images_at, self.soft = dataset.images_at, dataset.soft_labels
         self.n = len(dataset)
-        # INFER+Dyn's teachers label the batches in the student's layout
-        self.teacher_models = copies_in_layout([t.to(self.device).eval() for t in teachers] if cfg.dynamic else [],
+        # INFER+Dyn's teachers label the batches in the student's layout, on its device: a teacher
+        # elsewhere is copied there, the caller's left where it is (ensemble_logits puts each in
+        # eval mode for a batch and back, under no_grad)
+        self.teacher_models = copies_in_layout([on_device(t, self.device) for t in teachers] if cfg.dynamic else [],
                                                cfg.channels_last)
         with seeded_cpu_rng(cfg.seed):
             self.model = model_in_layout(create_model(
@@ -510,8 +516,8 @@ class StudentRun:
 
 
 def train_student(distilled: DistilledSet, test_set, config: Optional[StudentConfig] = None,
-                  teachers: Optional[List[nn.Module]] = None, progress: bool = True, checkpoint: Optional[str] = None,
-                  resume: bool = False, ddp: bool = True) -> Dict[str, Any]:
+                  teachers: Union[nn.Module, Sequence[nn.Module], None] = None, progress: bool = True,
+                  checkpoint: Optional[PathLike] = None, resume: bool = False, ddp: bool = True) -> Dict[str, Any]:
     """Train a student from scratch on ``distilled`` and evaluate it on ``test_set`` (ImageSet).
 
     Under torchrun (an initialized process group) each rank trains on its rows of every batch
@@ -527,15 +533,22 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
 
     Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
     "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
-    "num_training_images", "steps", "config", "model" (the trained student, eval mode)}."""
+    "num_training_images", "steps", "config", "model" (the trained student, eval mode)}.
+
+    ``teachers`` (one model is a list of one) are left as they were: their mode, gradients
+    and device (INFER+Dyn labels with a copy of a teacher on another device than the student's)."""
     cfg = given_config("config", config, StudentConfig, StudentConfig)  # (valid: checked when made)
+    teachers = teacher_list(teachers)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     check_test_set(distilled, test_set)
+    checkpoint = None if checkpoint is None else os.fspath(checkpoint)
     run = StudentRun(distilled, test_set, cfg, teachers, ddp)
     if checkpoint is not None:
         run.open_checkpoint(checkpoint, resume)
-    return run.result(run.train(progress, checkpoint), progress)
+    elapsed = run.train(progress, checkpoint)
+    run.model.eval()  # (the evaluations put it back in training mode)
+    return run.result(elapsed, progress)
 
 
 # a seed's student checkpoint in an evaluate_seeds ``checkpoints`` folder
@@ -547,29 +560,45 @@ def seed_checkpoint(folder, seed) -> str:
     return os.path.join(os.fspath(folder), SEED_CHECKPOINT.format(seed=seed if seed == "*" else int(seed)))
 
 
+def seed_list(seeds: Any) -> List[int]:
+    """``seeds`` (any iterable of ints: a list, a range, a generator, read once) as a list; a
+    ValueError naming seeds, before any training, for a str, a non-iterable, a value that is no
+    int (a bool, a float, a numpy integer: checks.check_int), the same seed twice or none."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise ValueError(f"seeds must be a list of integers, got {seeds!r}")
+    listed = list(seeds)
+    for i, seed in enumerate(listed):
+        check_int(f"seeds[{i}]", seed, minimum=None)
+    if not listed:
+        raise ValueError("seeds must not be empty")
+    if len(set(listed)) != len(listed):
+        raise ValueError(f"seeds must be distinct (one student each), got {listed}")
+    return listed
+
+
 def evaluate_seeds(
     distilled: DistilledSet,
     test_set,
     config: Optional[StudentConfig] = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    teachers: Optional[List[nn.Module]] = None,
+    seeds: Iterable[int] = (0, 1, 2),
+    teachers: Union[nn.Module, Sequence[nn.Module], None] = None,
     progress: bool = False,
-    checkpoints: Optional[str] = None,
+    checkpoints: Optional[PathLike] = None,
     resume: bool = False,
 ) -> Dict[str, Any]:
     """Final accuracy over students trained with each seed: {"mean", "std" (population,
     ddof=0), "per_seed" {seed: accuracy}, "results" (the full train_student dicts)}.
+    ``seeds``: distinct ints (:func:`seed_list`).
 
     ``checkpoints``: a folder (made if needed, held by an output lock for the call) where each
     seed's student is checkpointed after every epoch (:func:`seed_checkpoint`: weights,
     optimizer, schedule, generators, history); with ``resume`` the seeds continue from theirs
     to the bits of an uninterrupted call (a finished seed is read back, not trained again).
     Checkpoints found without ``resume`` are refused before any training."""
-    if not seeds:
-        raise ValueError("seeds must not be empty")
+    seeds = seed_list(seeds)
     cfg = given_config("config", config, StudentConfig, StudentConfig)
     if checkpoints is None:
-        results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress)
+        results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=s), teachers, progress)
                    for s in seeds]
     else:
         with job_output_lock(checkpoints, "student checkpoints folder", inside=True):
@@ -578,13 +607,13 @@ def evaluate_seeds(
             if found and not resume:
                 raise ValueError(f"student checkpoints folder {checkpoints} holds {', '.join(found)}: resume to continue "
                                  "them (--resume), or delete them")
-            results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=int(s)), teachers, progress,
+            results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=s), teachers, progress,
                                      checkpoint=seed_checkpoint(checkpoints, s), resume=resume) for s in seeds]
     accs = torch.tensor([r["final_accuracy"] for r in results], dtype=torch.float64)
     return {
         "mean": accs.mean().item(),
         "std": accs.std(unbiased=False).item(),
-        "per_seed": {int(s): r["final_accuracy"] for s, r in zip(seeds, results)},
+        "per_seed": {s: r["final_accuracy"] for s, r in zip(seeds, results)},
         "results": results,
     }
 

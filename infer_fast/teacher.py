@@ -26,16 +26,16 @@ from . import __version__
 from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
-from .models import HeadMismatch, create_model
+from .models import HeadMismatch, check_model_name, create_model
 from .progress import SHORT_PHASE_S, progress_bar
-from .training_rng import global_rng_state, seeded_cpu_rng, training_rng
-from ._io import check_input_file, check_writable, read_checkpoint, save_atomic
+from .training_rng import global_rng_state, kept_cpu_rng, seeded_cpu_rng, training_rng
+from ._io import PathLike, check_input_file, check_writable, read_checkpoint, save_atomic
 from .checks import check_class_names, split_label
 from .imagenet_wnids import IMAGENET_WNIDS
 from .choices import DEVICE_CHOICES, PRECISIONS
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               model_in_layout)
-from .options import CheckedWhenMade, check_fields, given_config, option, options_of
+from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of
 from .run_identity import check_same_run
 from .step_losses import StepLosses
 from .transfer import to_device
@@ -72,7 +72,7 @@ class TeacherConfig(CheckedWhenMade):
     momentum: float = field(default=0.9, metadata=option("SGD momentum", minimum=0, below=1))
     weight_decay: float = field(default=5e-4, metadata=option("weight decay", minimum=0))
     seed: int = field(default=0, metadata=option("random seed"))
-    data_root: Optional[os.PathLike] = field(default=None, metadata=option(
+    data_root: Optional[Union[os.PathLike, str]] = field(default=None, metadata=option(  # (held as a str)
         "directory holding the dataset files", none="none; the embedded datasets need none"))
     device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
     eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
@@ -81,7 +81,9 @@ class TeacherConfig(CheckedWhenMade):
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
+        hold_as_made(self)
         dataset_options(self.dataset)
+        check_model_name(self.model)
         resolve_device(self.device)
 
 
@@ -166,12 +168,15 @@ def _class_names(spec) -> Optional[List[str]]:
     return list(spec.class_names) if spec.class_names is not None else None
 
 
-def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[str, Any]:
+def train_teacher(cfg: TeacherConfig, out: PathLike, progress: bool = True) -> Dict[str, Any]:
     """Train (or resume training) a teacher; returns the final checkpoint's metadata.
 
     Before any work, ``out`` must be writable with room for two checkpoints (the atomic
-    replacement keeps the previous one until the new one is complete)."""
+    replacement keeps the previous one until the new one is complete). ``progress``: bars and
+    a line per epoch; what an existing ``out`` held (trained already, or resumed from) is said
+    even without them, as a recovery's or RDED's resume is."""
     device = resolve_device(given_config("cfg", cfg, TeacherConfig).device)  # (valid: checked when made)
+    out = os.fspath(out)
     check_writable(out, "teacher checkpoint")
     train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, progress=progress)
     test = load_dataset(cfg.dataset, "test", data_root=cfg.data_root, progress=progress)
@@ -192,7 +197,8 @@ def train_teacher(cfg: TeacherConfig, out: str, progress: bool = True) -> Dict[s
         ckpt = _read_checkpoint(out)
         _check_same_run(ckpt, meta, out)
         if ckpt.get("train_state") is None:
-            print(f"{out}: already trained ({ckpt['epochs_done']} epochs, test accuracy {ckpt['test_accuracy']:.4f}); nothing to do")
+            print(f"{out}: already trained ({ckpt['epochs_done']} epochs, test accuracy "
+                  f"{ckpt['test_accuracy']:.4f}); nothing to do")
             return {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["train_state"]["optimizer"])
@@ -308,7 +314,8 @@ def _check_same_run(ckpt: Dict[str, Any], meta: Dict[str, Any], path: str) -> No
 
 
 def load_teacher(
-    path: str, dataset: Any = None, num_classes: Optional[int] = None, device: str = "cpu", *,
+    path: PathLike, dataset: Union[str, Mapping[str, Any], None] = None, num_classes: Optional[int] = None,
+    device: str = "cpu", *,
     channels: Optional[int] = None, image_size: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
     names_from: str = "the data",
 ) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -324,6 +331,7 @@ def load_teacher(
     the same in another order, is refused (checks.check_class_names; one recording none, older
     than the record, is not)."""
     dev = resolve_device(device)
+    path = os.fspath(path)
     ckpt = _read_checkpoint(path)
     missing = [key for key in TEACHER_KEYS if key not in ckpt]
     if missing:
@@ -341,8 +349,9 @@ def load_teacher(
             "run `infer-fast teacher` again with the same --out to finish it"
         )
     try:
-        model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"],
-                             image_size=ckpt["image_size"])
+        with kept_cpu_rng():  # (its initial weights are replaced: the caller's random stream is not drawn from)
+            model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"],
+                                 image_size=ckpt["image_size"])
     except ValueError as exc:  # a model this infer-fast does not know, or cannot build that way
         raise ValueError(f"teacher {path!r} records model {ckpt['model']!r}, which cannot be built: {exc}") from None
     built_for = _input_size(model)
@@ -389,6 +398,23 @@ def teacher_path_list(teacher_paths) -> List[str]:
     if paths is None or not all(isinstance(p, (str, os.PathLike)) for p in paths):
         raise ValueError(f"teacher_paths must be a path (str or os.PathLike) or a list of paths, got {teacher_paths!r}")
     return [os.fspath(p) for p in paths]
+
+
+def teacher_list(teachers: Any) -> List[nn.Module]:
+    """``teachers`` as the list of models every entry taking teachers reads, as
+    :func:`teacher_path_list` reads paths: one model (an nn.Module, an nn.Sequential too) is a
+    list of one, not a sequence of its layers; None is none. A ValueError naming teachers for
+    anything else."""
+    if isinstance(teachers, nn.Module) and not isinstance(teachers, nn.ModuleList):  # (a ModuleList has no forward)
+        return [teachers]
+    if teachers is None:
+        return []
+    models = list(teachers) if isinstance(teachers, Iterable) and not isinstance(teachers, (str, bytes, Mapping)) \
+        else None
+    if models is None or not all(isinstance(t, nn.Module) for t in models):
+        raise ValueError(f"teachers must be a model (torch.nn.Module) or a list of models, got "
+                         f"{type(teachers).__name__}")
+    return models
 
 
 def load_teachers_for_set(paths, distilled, device: str = "cpu") -> List[nn.Module]:
@@ -441,8 +467,8 @@ def _input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
     return None
 
 
-def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = True, evaluate_on_test: bool = False,
-                       data_root: Optional[str] = None, device: str = "cpu") -> Dict[str, Any]:
+def pretrained_teacher(model: str, dataset: str, out: PathLike, pretrained: Any = True, evaluate_on_test: bool = False,
+                       data_root: Optional[PathLike] = None, device: str = "cpu") -> Dict[str, Any]:
     """Write a teacher checkpoint for ``dataset`` from pretrained weights instead of training:
     the ImageNet teachers of the paper (``resnet18-imagenet``, ``mobilenetv2-imagenet``,
     ``efficientnet-b0-imagenet`` or ``torchvision:NAME``) with weights from the local cache
@@ -452,12 +478,14 @@ def pretrained_teacher(model: str, dataset: str, out: str, pretrained: Any = Tru
     ``out`` is checked writable first. An existing ``out`` holding this model's pretrained
     teacher for ``dataset`` is kept (a line says so); one holding another teacher is refused."""
     spec = get_spec(dataset)
+    out = os.fspath(out)
     check_writable(out, "teacher checkpoint")
     if os.path.exists(out):
         return _existing_pretrained_teacher(out, model, spec.name)
     try:  # (a classifier of other classes would be a fresh, untrained one: no teacher)
-        net = create_model(model, num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.image_size,
-                           pretrained=pretrained, pretrained_head=True)
+        with kept_cpu_rng():  # (its initial weights are replaced: the caller's random stream is not drawn from)
+            net = create_model(model, num_classes=spec.num_classes, in_channels=spec.channels,
+                               image_size=spec.image_size, pretrained=pretrained, pretrained_head=True)
     except HeadMismatch as exc:
         raise ValueError(f"{exc}: as a teacher for {dataset_label(spec.name)} ({spec.num_classes} classes) it would "
                          f"classify with an untrained head; pretrained weights are teachers for the data they were "

@@ -27,10 +27,18 @@ def global_rng_state(device: torch.device) -> Dict[str, Any]:
 
 
 @contextlib.contextmanager
+def kept_cpu_rng() -> Iterator[None]:
+    """The process's global CPU generator restored after the block, whatever it drew (a model
+    built on the CPU only to receive loaded weights: its initialization draws are thrown away)."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
+@contextlib.contextmanager
 def seeded_cpu_rng(seed: int) -> Iterator[None]:
     """The global CPU generator seeded with ``seed`` while the block runs (a model's weights drawn
     from the seed alone), the process's restored after."""
-    with torch.random.fork_rng(devices=[]):
+    with kept_cpu_rng():
         torch.manual_seed(seed)
         yield
 

@@ -29,7 +29,7 @@ def config(out, **kw):
 # ---- 1, 3: errors a config alone shows are refused when it is made ----------------------------
 
 @pytest.mark.parametrize("change,message", [
-    (dict(student={"model": "resnet9000"}), r"student: model 'resnet9000': unknown model"),
+    (dict(student={"model": "resnet9000"}), r"student: unknown model 'resnet9000'. Did you mean 'resnet50', 'resnet18'"),
     (dict(student={"model": "convnet-w8-d7"}), r"student: model 'convnet-w8-d7': ConvNet depth 7 is too deep for 28x28"),
     (dict(teachers=[{"model": "convnet-w8-d7", "epochs": 1}]), r"teachers\[0\]: model 'convnet-w8-d7': .*too deep"),
     (dict(teachers=[{"model": "convnet", "epochz": 1}]), r"teachers\[0\]: unknown option\(s\) epochz"),

@@ -25,7 +25,8 @@ stores them: ``normalize_uint8``, ``denormalize``, ``quantize_images``, ``valid_
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from . import formats, transforms
 from .formats import (
@@ -66,9 +67,9 @@ __all__ = [
 
 
 def load_dataset(
-    name: str,
+    name: Union[str, Mapping[str, Any]],
     split: str = "train",
-    data_root: Optional[str] = None,
+    data_root: Optional[Union[str, os.PathLike]] = None,
     num_classes: Optional[int] = None,
     download: bool = True,
     in_memory: Optional[bool] = None,
@@ -114,7 +115,8 @@ def load_dataset(
     return loaded.to_memory(num_workers, progress=progress) if keep else loaded
 
 
-def load_test_split(dataset, data_root: Optional[str] = None, decode_cache: Optional[str] = None,
+def load_test_split(dataset: Union[str, Mapping[str, Any]], data_root: Optional[Union[str, os.PathLike]] = None,
+                    decode_cache: Optional[Union[str, os.PathLike]] = None,
                     progress: bool = False) -> Union[ImageSet, FolderImageSet]:
     """The test split that students are evaluated on. With ``decode_cache`` (a directory) a
     split read from image files (ImageNet's val) is decoded there once and memory-mapped

@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from ..data.transforms import RESIZED_CROP_SCALE
 
 from ..choices import COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS
-from ..options import CheckedWhenMade, check_fields, check_given_used, option, with_recipe
+from ..options import CheckedWhenMade, check_fields, check_given_used, hold_as_made, option, with_recipe
 
 # config fields that do not change the result (resuming with another value is allowed)
 RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
@@ -42,7 +42,8 @@ class RecoveryConfig(CheckedWhenMade):
     betas: Tuple[float, float] = field(default=(0.5, 0.9), metadata=option("Adam betas, two values in [0, 1)"))
     eps: float = field(default=1e-8, metadata=option("Adam epsilon", above=0))
     r_bn: float = field(default=1.0, metadata=option("weight of the BN-statistics loss", minimum=0))
-    first_bn_mult: float = field(default=10.0, metadata=option("multiplier of the first BN layer's statistics loss"))
+    first_bn_mult: float = field(default=10.0, metadata=option("multiplier of the first BN layer's statistics loss",
+                                                               minimum=0))
     # "roll": roll by randint(0, max_shift) (inclusive) on H and W; "imagenet":
     # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
     augmentation: str = field(default="roll", metadata=option(
@@ -122,6 +123,7 @@ class RecoveryConfig(CheckedWhenMade):
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
+        hold_as_made(self)  # (betas, crop_scale and crop_scale_curriculum as tuples: given lists are the caller's)
         if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two values in [0, 1), got {self.betas!r}")
@@ -222,8 +224,7 @@ def recovery_config(options: Mapping[str, Any], recipes: Sequence[str] = ()) -> 
     """The validated RecoveryConfig from user options (RecoveryConfig fields, from CLI flags and
     `infer-fast run` configs alike): the recipes the options select with a method's own
     ``recipes`` on top (recipe_names: INFER none, SRe2L and CDA ("sre2l",)), the given options on
-    top of those. Lists (from YAML) become tuples."""
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    config = RecoveryConfig.recipe(*recipe_names(values, recipes), **values)  # (an unknown option: named there)
-    check_given_used(config, values, UNUSED_RECOVERY_OPTIONS)
+    top of those. Lists (from YAML) become tuples (as in every RecoveryConfig: hold_as_made)."""
+    config = RecoveryConfig.recipe(*recipe_names(options, recipes), **options)  # (an unknown option: named there)
+    check_given_used(config, options, UNUSED_RECOVERY_OPTIONS)
     return config

@@ -17,6 +17,8 @@ from .. import distributed, interrupts, memory
 from .._io import model_digest
 from ..models import device_of
 from ..run_identity import differing
+from ..storage.distilled_set import channel_values
+from ..teacher import teacher_list
 from . import engine, plan
 from .checkpoints import CheckpointStore, Job, job_range
 from .config import RESULT_NEUTRAL, RecoveryConfig
@@ -30,13 +32,14 @@ class RecoveryDivergedError(RuntimeError):
 
 
 def check_common(teachers, mean, std, channels: int) -> List[nn.Module]:
-    """The checks every recovery makes of its arguments: a teacher at least, each frozen and in
-    eval mode, and one mean and std value per channel; returns the teachers as a list."""
-    teachers = list(teachers)
+    """The checks every recovery makes of its arguments: a teacher at least (one model is a
+    list of one: teacher_list), each frozen and in eval mode, and one mean and std value per
+    channel (storage.channel_values); returns the teachers as a list."""
+    teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("recovery needs at least one teacher")
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
+    channel_values("mean", mean, channels)
+    channel_values("std", std, channels)
     for m, teacher in enumerate(teachers):
         engine.check_teacher(teacher, m)
     return teachers

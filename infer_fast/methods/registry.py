@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..checks import check_int
 from ..data.registry import DATASET_FAMILIES, dataset_options, recipe_family
-from ..teacher import teacher_path_list
-from ..options import CheckedWhenMade, Option, check_value
+from ..teacher import resolve_device, teacher_path_list
+from ..options import CheckedWhenMade, Option, check_fields, check_value, hold_as_made
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
 STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled by the teachers on every batch
@@ -33,10 +33,12 @@ class DistillRequest(CheckedWhenMade):
     """What a method is asked for: the set of ``method`` (a registered name) with ``ipc``
     images per class of ``dataset`` in ``out_dir``, with the teachers at ``teacher_paths``
     (empty for methods that use none; one path is a list of one, and the request holds them
-    as a list of str) and the method's own ``options`` as given. Checked when
-    made: the options over the method's recipe for the dataset's family
-    (:meth:`Method.with_dataset_defaults`), checked and parsed by :meth:`Method.check_options`,
-    are ``parsed``, what the method's ``distill`` reads. :meth:`make_set` runs it."""
+    as a list of str) and the method's own ``options`` as given; ``out_dir`` and ``data_root``
+    are held as str, whether given as str or os.PathLike. Checked when made: each field's type
+    (``resume`` and ``progress`` bools, ``device`` one the machine has), and the options over
+    the method's recipe for the dataset's family (:meth:`Method.with_dataset_defaults`),
+    checked and parsed by :meth:`Method.check_options`, are ``parsed``, what the method's
+    ``distill`` reads. :meth:`make_set` runs it."""
 
     method: str
     dataset: Any  # a name, or {name, num_classes, image_size, in_memory} (data.registry.dataset_options)
@@ -45,13 +47,16 @@ class DistillRequest(CheckedWhenMade):
     teacher_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]] = ()
     options: Optional[Mapping[str, Any]] = field(default_factory=dict)  # (None: none given)
     seed: int = 0
-    data_root: Optional[str] = None
+    data_root: Optional[Union[str, os.PathLike]] = None
     resume: bool = False
     progress: bool = True
     device: str = "auto"
     parsed: Dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def validate(self) -> None:
+        check_fields(self)  # each field's type, from its annotation (options.check_value)
+        hold_as_made(self)
+        resolve_device(self.device)  # (a method that uses no device refuses a wrong one too)
         method = get_method(self.method)
         if method.distill is None:
             raise ValueError(f"method {method.name} makes no set of its own (its students train on "

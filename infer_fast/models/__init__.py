@@ -12,6 +12,7 @@ models needs and the local caches lack (checked before a run's work).
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -22,13 +23,17 @@ from .external import (HeadMismatch, MissingWeights, create_external, fetch_comm
                        find_torchvision_checkpoint, is_external, load_pretrained_weights, missing_external_weights, missing_torchvision_checkpoint,
                        missing_weights_error, torchvision_cache_dir, torchvision_cache_dir_problem,
                        torchvision_checkpoint_status, torchvision_file_names)
+from .external import _split as split_external_name  # (LIB:NAME's syntax alone: the library is not imported)
 from .base import ClassifierNet, device_of, init_weights
 from ..checks import check_int
 from .registry import ModelSpec, all_specs, list_models, resolve
 
 __all__ = [
     "create_model",
+    "check_model_name",
     "device_of",
+    "image_size_pair",
+    "on_device",
     "list_models",
     "model_table",
     "pretrained_weights_table",
@@ -47,6 +52,40 @@ __all__ = [
 def _check_positive_int(value: Any, what: str) -> int:
     check_int(what, value)
     return value
+
+
+def image_size_pair(image_size: Any, name: str = "image_size") -> Tuple[int, int]:
+    """``image_size`` as (height, width): a positive int (square images) or a pair of them; a
+    ValueError naming ``name`` for anything else (a float, a string of digits)."""
+    sizes = tuple(image_size) if isinstance(image_size, (tuple, list)) and len(image_size) == 2 else (image_size,)
+    for size in sizes:
+        try:
+            check_int(name, size)
+        except ValueError:
+            raise ValueError(f"{name} must be a positive integer or a pair (height, width) of them, "
+                             f"got {image_size!r}") from None
+    return (sizes[0], sizes[-1])
+
+
+def check_model_name(name: Any) -> None:
+    """ValueError unless ``name`` names a model :func:`create_model` builds (a built-in name or
+    alias, or ``torchvision:NAME`` / ``timm:NAME``, whose library is only imported when the
+    model is built); nothing is built. What a config checks when it is made."""
+    if is_external(name):
+        split_external_name(name)
+    else:
+        resolve(name)
+
+
+def on_device(model: nn.Module, device: Any) -> nn.Module:
+    """``model`` itself when it is on ``device`` already, else a copy moved there: a library
+    call leaves a caller's model where it was (``nn.Module.to`` moves the module in place).
+    The copy costs the model's memory on ``device`` for as long as the call runs."""
+    device = torch.device(device)
+    here = device_of(model)
+    if here.type == device.type and (device.index is None or here.index == device.index):
+        return model
+    return copy.deepcopy(model).to(device)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -82,8 +121,7 @@ def create_model(
     """
     _check_positive_int(num_classes, "num_classes")
     _check_positive_int(in_channels, "in_channels")
-    if isinstance(image_size, int):
-        _check_positive_int(image_size, "image_size")
+    image_size_pair(image_size)
     if is_external(name):
         return create_external(name, num_classes, in_channels, image_size, pretrained, pretrained_head, **kwargs)
 

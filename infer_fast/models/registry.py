@@ -1,4 +1,4 @@
-"""Name -> builder registry of the built-in models.
+"""Name -> builder registry of the built-in models, and of a user's own (:func:`register`).
 
 Builders are stored as ``"module:function"`` targets and imported on first use; at import
 time this module needs only the norm names of :mod:`.convnet` (to parse
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import nn
 
@@ -24,6 +25,7 @@ __all__ = [
     "ModelSpec",
     "init_weights",
     "register",
+    "unregister",
     "resolve",
     "list_models",
     "all_specs",
@@ -42,14 +44,17 @@ IMAGENET_SIZES: Tuple[int, ...] = (224,)
 class ModelSpec:
     """One registered model.
 
-    target: ``"module:function"`` inside ``infer_fast.models``; the function is called as
-    ``fn(num_classes=..., in_channels=..., image_size=..., **kwargs)``.
+    target: the builder, called as ``fn(num_classes=..., in_channels=..., image_size=...,
+    **kwargs)``: the function itself, or ``"module:function"``, where ``module`` is a module
+    of ``infer_fast.models`` by its short name where it has one (the built-ins:
+    ``"resnet:resnet18"``), else any module by its full dotted name, importable from
+    ``sys.path`` (``"mypkg.mymodels:build"``). :func:`register` imports it at once.
     torchvision_name: the torchvision architecture with the same layout and parameter names
     (ImageNet variants), whose cached ImageNet checkpoint ``pretrained=True`` loads.
     """
 
     name: str
-    target: str
+    target: Union[str, Callable[..., nn.Module]]
     description: str
     input_sizes: Tuple[int, ...] = SMALL_SIZES
     aliases: Tuple[str, ...] = ()
@@ -57,8 +62,13 @@ class ModelSpec:
 
     @property
     def builder(self) -> Callable[..., nn.Module]:
+        if callable(self.target):
+            return self.target
         module, _, func = self.target.partition(":")
-        return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+        own = f"{__package__}.{module}"
+        if "." not in module and importlib.util.find_spec(own) is not None:
+            module = own
+        return getattr(importlib.import_module(module), func)
 
     def build(self, num_classes: int, in_channels: int = 3, image_size: Any = 32, **kwargs: Any) -> nn.Module:
         return self.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
@@ -74,17 +84,48 @@ def normalize_name(name: str) -> str:
 
 
 def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the names :func:`create_model` builds (and ``infer-fast models`` lists).
+    A ValueError naming it where its name is taken, or its builder (``spec.target``) cannot be
+    imported or is not callable: refused here, not when some run first builds it."""
+    if not isinstance(spec, ModelSpec) or not isinstance(spec.name, str) or not spec.name.strip():
+        raise ValueError(f"register takes a ModelSpec with a non-empty name, got {spec!r}")
+    if not callable(spec.target) and (not isinstance(spec.target, str) or spec.target.count(":") != 1):
+        raise ValueError(f"model {spec.name!r}: target must be 'module:function' or the function itself, "
+                         f"got {spec.target!r}")
+    try:
+        builder = spec.builder
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"model {spec.name!r}: its builder {spec.target!r} cannot be imported ({exc}); give the "
+                         "module's full dotted name, importable from sys.path, or the function itself") from None
+    if not callable(builder):
+        raise ValueError(f"model {spec.name!r}: its builder {spec.target!r} is not a function")
+    return _register(spec)
+
+
+def unregister(name: str) -> None:
+    """Remove the model ``name`` (and its aliases) from the registry (a test's own model)."""
+    key = _ALIASES.get(normalize_name(name))
+    if key is None:
+        return
+    del _REGISTRY[key]
+    for alias in [a for a, k in _ALIASES.items() if k == key]:
+        del _ALIASES[alias]
+
+
+def _register(spec: ModelSpec) -> ModelSpec:
+    """:func:`register` without importing the builder (the built-ins: imported on first use)."""
     key = normalize_name(spec.name)
-    for alias in (key, *map(normalize_name, spec.aliases)):
+    names = (key, *map(normalize_name, spec.aliases))
+    for alias in names:  # (all checked before any is added: a refused spec leaves nothing behind)
         if alias in _ALIASES and _ALIASES[alias] != key:
             raise ValueError(f"model name {alias!r} is already registered for {_ALIASES[alias]!r}")
-        _ALIASES[alias] = key
+    _ALIASES.update(dict.fromkeys(names, key))
     _REGISTRY[key] = spec
     return spec
 
 
 def list_models() -> List[str]:
-    """Canonical names of the built-in models, in registration order."""
+    """Canonical names of the registered models (the built-ins, then a user's own), in registration order."""
     return list(_REGISTRY)
 
 
@@ -135,76 +176,76 @@ def resolve(name: str) -> Tuple[ModelSpec, Dict[str, Any]]:
 # ----------------------------------------------------------------------------------------
 # The built-in models
 # ----------------------------------------------------------------------------------------
-register(ModelSpec(
+_register(ModelSpec(
     "convnet", "convnet:convnet",
     "ConvNet-128 depth 3 of the DD literature (BN; head size depends on the image size); "
     "convnet-w<W>-d<D>[-<norm>] for other widths/depths/norms",
     aliases=("convnet-128", "convnet128", "convnetd3", "convnet-d3", "convnet-w128-d3"),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "resnet18", "resnet:resnet18",
     "ResNet-18, small-image variant (3x3 stride-1 stem, no max-pool)",
     aliases=("resnet-18", "resnet18-cifar"),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "resnet50", "resnet:resnet50",
     "ResNet-50 (bottleneck), small-image variant (3x3 stride-1 stem, no max-pool)",
     aliases=("resnet-50", "resnet50-cifar"),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "mobilenetv2", "mobilenetv2:mobilenetv2",
     "MobileNetV2 1.0x, CIFAR variant (stride-1 stem and first 24-channel stage; 8x downsampling)",
     aliases=("mobilenet-v2", "mobilenetv2-cifar"),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "shufflenetv2", "shufflenetv2:shufflenetv2",
     "ShuffleNetV2 1.0x, small-image variant (3x3 stride-1 stem, no max-pool)",
     aliases=("shufflenet-v2", "shufflenet", "shufflenetv2-1.0x", "shufflenetv2-cifar"),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "efficientnet-b0", "efficientnet:efficientnet_b0",
     "EfficientNet-B0 (MBConv + squeeze-excite, SiLU), small-image variant (stride-1 stem)",
     aliases=("efficientnetb0", "efficientnet", "efficientnet-b0-cifar"),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "shufflenet-g2", "shufflenet:shufflenet_g2",
     "ShuffleNet (v1) g=2, 200/400/800 channels: the layout of the INFER release's CIFAR models "
     "(1x1 stride-1 stem, no max-pool)",
     aliases=("shufflenetg2", "shufflenet-v1-g2", "shufflenetv1-g2"),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "mobilenetv2-infer", "mobilenetv2_infer:mobilenetv2_infer",
     "MobileNetV2 1.0x, the layout of the INFER release's CIFAR models (ReLU, conv+BN shortcut "
     "where a stride-1 block changes channels; 8x downsampling)",
     aliases=("mobilenet-v2-infer",),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "efficientnet-b0-infer", "efficientnet_infer:efficientnet_b0_infer",
     "EfficientNet-B0, the layout of the INFER release's CIFAR models (stride-1 stem, 320 "
     "channels to the head, no 1280 conv)",
     aliases=("efficientnetb0-infer",),
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "resnet18-imagenet", "resnet:resnet18_imagenet",
     "ResNet-18, ImageNet layout (7x7 stride-2 stem + max-pool; torchvision parameter names)",
     input_sizes=IMAGENET_SIZES, torchvision_name="resnet18",
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "resnet50-imagenet", "resnet:resnet50_imagenet",
     "ResNet-50, ImageNet layout (7x7 stride-2 stem + max-pool; torchvision parameter names)",
     input_sizes=IMAGENET_SIZES, torchvision_name="resnet50",
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "mobilenetv2-imagenet", "mobilenetv2:mobilenetv2_imagenet",
     "MobileNetV2 1.0x, ImageNet strides (torchvision parameter names)",
     input_sizes=IMAGENET_SIZES, aliases=("mobilenet-v2-imagenet",), torchvision_name="mobilenet_v2",
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "efficientnet-b0-imagenet", "efficientnet:efficientnet_b0_imagenet",
     "EfficientNet-B0, ImageNet strides (torchvision parameter names)",
     input_sizes=IMAGENET_SIZES, aliases=("efficientnetb0-imagenet",), torchvision_name="efficientnet_b0",
 ))
-register(ModelSpec(
+_register(ModelSpec(
     "shufflenetv2-imagenet", "shufflenetv2:shufflenetv2_imagenet",
     "ShuffleNetV2 1.0x, ImageNet layout (stride-2 stem + max-pool; torchvision parameter names)",
     input_sizes=IMAGENET_SIZES, aliases=("shufflenet-v2-imagenet",), torchvision_name="shufflenet_v2_x1_0",

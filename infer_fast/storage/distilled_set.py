@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -16,6 +18,7 @@ from torch import Tensor
 from .compression import compression_ratio_from_counts, counts_from_shapes, resolve_train_size
 from ..choices import ACCOUNTINGS
 from ..checks import check_int
+from ..models import image_size_pair
 
 EXTERNAL_METHOD = "external"  # the method of a set made elsewhere and imported
 
@@ -38,6 +41,21 @@ def known_set_methods() -> Tuple[str, ...]:
 
 class DistilledSetError(ValueError):
     """A distilled set that is missing, corrupt, inconsistent or incompatible."""
+
+
+def channel_values(name: str, values: Any, channels: Optional[int] = None) -> Tuple[float, ...]:
+    """A normalization's ``values`` (its mean or std: a list, tuple or 1-d tensor of numbers,
+    one per channel, a 1-channel set's too) as a tuple of floats; a ValueError naming ``name``
+    for a lone number, a string, a value that is no number or, given ``channels``, another count."""
+    listed = values.tolist() if isinstance(values, Tensor) else values
+    if isinstance(listed, (str, bytes, Mapping)) or not isinstance(listed, Iterable):
+        raise ValueError(f"{name} must be a list of numbers, one per channel, got {values!r}")
+    listed = list(listed)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in listed):
+        raise ValueError(f"{name} must be a list of numbers, one per channel, got {values!r}")
+    if channels is not None and len(listed) != channels:
+        raise ValueError(f"{name} needs one value per channel ({channels}), got {len(listed)}: {values!r}")
+    return tuple(float(v) for v in listed)
 
 
 def _as_set_error(check: Callable[..., None], *args: Any) -> None:
@@ -149,12 +167,11 @@ class DistilledSet:
     created: Optional[str] = None  # set on load
 
     def __post_init__(self):
-        if isinstance(self.image_size, int):
-            self.image_size = (self.image_size, self.image_size)
-        else:
-            self.image_size = tuple(int(v) for v in self.image_size)
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
+        try:
+            self.image_size = image_size_pair(self.image_size)
+            self.mean, self.std = channel_values("mean", self.mean), channel_values("std", self.std)
+        except ValueError as exc:
+            raise DistilledSetError(str(exc)) from None
         for name in ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels",
                      "images", "labels", "soft_labels"):
             t = getattr(self, name)

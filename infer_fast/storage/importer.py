@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -222,7 +222,7 @@ def _exported_empty(listing: Optional[dict], folder: Path) -> bool:
     return isinstance(files, list) and not any(str(f).startswith(f"{folder.name}/") for f in files)
 
 
-def import_imagefolder(source: PathLike, dataset: str, soft_labels: Optional[PathLike] = None,
+def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]], soft_labels: Optional[PathLike] = None,
                        name: Optional[str] = None) -> DistilledSet:
     """The class folders at ``source`` as a DistilledSet of method ``external`` for ``dataset``.
 

@@ -13,6 +13,7 @@ from typing import List, Union
 import torch
 
 from .._io import TEMP, PathLike, check_writable, format_bytes, hidden_sibling, naming_errors, safetensors_save
+from ..checks import check_choice, check_int
 from ..choices import EXPORT_NAMINGS
 from ..data.pixels import denormalize, normalize_uint8, quantize_images
 from .compression import compression_ratio_from_manifest
@@ -198,8 +199,8 @@ def export_imagefolder(
     """
     from ..viz import write_png
 
-    if naming not in EXPORT_NAMINGS:
-        raise ValueError(f"naming must be one of {', '.join(EXPORT_NAMINGS)}, got {naming!r}")
+    check_choice("naming", naming, EXPORT_NAMINGS)
+    check_int("chunk_images", chunk_images)
     ds = directory if isinstance(directory, DistilledSet) else load_distilled(directory)
     ds.validate()
     if ds.channels not in (1, 3):
