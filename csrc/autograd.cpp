@@ -5,8 +5,11 @@
 // (running statistics, BN weight and bias, natural images: off the recovery's hot path)
 // are plain ATen.
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <array>
+#include <string>
 
 #include "dispatch.h"
 
@@ -79,6 +82,36 @@ void save_backend(AutogradContext* ctx, c10::string_view backend) {
 
 std::string saved_backend(AutogradContext* ctx) { return ctx->saved_data["backend"].toStringRef(); }
 
+// The backward formulas are first order: the statistics they reuse are constants to
+// autograd, so a graph of them (create_graph=True) would give a second derivative missing
+// terms. `formulas` runs without a graph; when one was asked for, the gradients get an Error
+// node instead, with the edges of this op's inputs (and of grads): differentiating them
+// again raises one clear error rather than giving a wrong or None result. (Python's
+// @once_differentiable links only the grads: a second derivative w.r.t. x would be None.)
+template <typename Formulas>
+variable_list first_order(const char* op, const variable_list& grads, Formulas&& formulas) {
+  const bool graph_asked = at::GradMode::is_enabled();
+  variable_list out;
+  {
+    const at::NoGradGuard no_graph;
+    out = formulas();
+  }
+  const c10::intrusive_ptr<torch::autograd::Node> node = torch::autograd::get_current_node();  // this op's
+  if (!graph_asked || !node) return out;
+  torch::autograd::edge_list edges = node->next_edges();
+  for (torch::autograd::Edge& edge : torch::autograd::collect_next_edges(grads)) edges.push_back(std::move(edge));
+  const auto error = c10::make_intrusive<torch::autograd::Error>(
+      std::string("double backward through ") + op + " is not supported (its backward is first order; " + op +
+          "_naive of infer_fast.ops, the torch reference, supports it)",
+      std::move(edges));
+  for (at::Tensor& t : out) {
+    if (!t.defined()) continue;
+    t = t.tensor_data();
+    torch::autograd::set_history(t, error);
+  }
+  return out;
+}
+
 // d loss / d running_mean = -sum_g gl_g delta_g / ||delta_g||, d loss / d running_var =
 // -sum_g gl_g e_g / ||e_g|| (zero norms count as 1), in the statistics' dtype: (2, C).
 at::Tensor loss_grad_running_stats(const at::Tensor& stats, const at::Tensor& grad_loss) {
@@ -99,9 +132,12 @@ struct BnStatLoss : public torch::autograd::Function<BnStatLoss> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return first_order("bn_stat_loss", grads, [&] { return gradients(ctx, grads[0]); });
+  }
+
+  static variable_list gradients(AutogradContext* ctx, const at::Tensor& grad_loss) {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &running_mean = saved[1], &stats = saved[2];
-    const at::Tensor& grad_loss = grads[0];
     at::Tensor grad_x, grad_mean, grad_var;
     if (ctx->needs_input_grad(0)) {
       grad_x = bn_stat_backward_op().call(x, running_mean, stats, grad_loss, std::nullopt, std::nullopt,
@@ -133,10 +169,13 @@ struct BnEvalWithStatLoss : public torch::autograd::Function<BnEvalWithStatLoss>
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return first_order("bn_eval_with_stat_loss", grads, [&] { return gradients(ctx, grads[0], grads[1]); });
+  }
+
+  static variable_list gradients(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& grad_loss) {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &running_mean = saved[1], &running_var = saved[2], &weight = saved[3],
                      &stats = saved[4];
-    const at::Tensor &grad_y = grads[0], &grad_loss = grads[1];
     const double eps = ctx->saved_data["eps"].toDouble();
     at::Tensor grad_x;
     if (ctx->needs_input_grad(0) && (grad_y.defined() || grad_loss.defined())) {
@@ -210,16 +249,20 @@ struct UfcCompose : public torch::autograd::Function<UfcCompose> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return first_order("ufc_compose", grads, [&] { return gradients(ctx, grads[0]); });
+  }
+
+  static variable_list gradients(AutogradContext* ctx, const at::Tensor& grad_out) {
     const variable_list s = ctx->get_saved_variables();
     const OptTensor shifts = defined_or_none(s[3]), flips = defined_or_none(s[4]), lo = defined_or_none(s[5]),
                     hi = defined_or_none(s[6]);
     at::Tensor grad_natural, grad_ufc;
     if (ctx->needs_input_grad(1)) {
       grad_ufc =
-          ufc_compose_backward_op().call(grads[0], s[0], s[1], s[2], shifts, flips, lo, hi, saved_backend(ctx));
+          ufc_compose_backward_op().call(grad_out, s[0], s[1], s[2], shifts, flips, lo, hi, saved_backend(ctx));
     }
     if (ctx->needs_input_grad(0)) {  // natural images are fixed during recovery: the reference
-      grad_natural = ufc_compose_grad_natural_op().call(grads[0], s[0], s[1], s[2], shifts, flips, lo, hi);
+      grad_natural = ufc_compose_grad_natural_op().call(grad_out, s[0], s[1], s[2], shifts, flips, lo, hi);
     }
     return {grad_natural, grad_ufc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};

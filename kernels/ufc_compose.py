@@ -190,6 +190,14 @@ def _optional_args(shifts, flips, lo, hi, placeholder):
     return pointers, strides, flags
 
 
+def _check_index(index, num_sets):
+    """The kernels read natural[index[g]] as given: an index out of [0, K) is refused here at
+    every call (the op checks it on the host once per tensor version only), never read out of
+    bounds. No host sync: on a GPU a device-side assert."""
+    torch._assert_async(((index >= 0) & (index < num_sets)).all(),
+                        f"ufc_compose: index values must lie in [0, {num_sets}) (natural has {num_sets} sets)")
+
+
 def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None, classes_per_program=None):
     """out[g, c] = clamp(roll/flip(natural[index[g], c] + ufc[g]), lo, hi).
 
@@ -201,6 +209,7 @@ def ufc_compose(natural, ufc, index, shifts, flips, lo, hi, out, *, block_p=None
     HW = H * W
     if out.numel() == 0:
         return
+    _check_index(index, natural.shape[0])
     target = target_programs(out.device, waves=4)
     BLOCK_P = _pixel_block(HW, G * CH, target, knob("block_p", block_p))
     num_pblocks = triton.cdiv(HW, BLOCK_P)
@@ -233,6 +242,8 @@ def ufc_compose_grad_ufc(grad_out, natural, ufc, index, shifts, flips, lo, hi, g
     HW = H * W
     if grad_ufc.numel() == 0:
         return
+    if lo is not None:  # (only the clamp test reads natural)
+        _check_index(index, natural.shape[0])
     target = target_programs(grad_ufc.device, waves=4)
     BLOCK_P = _pixel_block(HW, G * CH, target, knob("block_p", block_p))
     num_pblocks = triton.cdiv(HW, BLOCK_P)

@@ -17,6 +17,18 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+// A device-side assert that NDEBUG leaves in (as torch's CUDA_KERNEL_ASSERT): __assert_fail,
+// declared as glibc does, for the device pass too (there the CUDA headers declare it; on the
+// host glibc's <assert.h> does only without NDEBUG).
+extern "C" {
+#if defined(__CUDA_ARCH__)
+__host__ __device__
+#endif
+    void
+    __assert_fail(const char* assertion, const char* file, unsigned int line,
+                  const char* function) noexcept __attribute__((__noreturn__));
+}
+
 namespace infer_fast {
 namespace cuda {
 namespace {
@@ -51,6 +63,18 @@ __device__ __forceinline__ bool group_flip(const uint8_t* __restrict__ flips, in
   return flips != nullptr && flips[g] != 0;
 }
 
+// index[g], the natural set of group g. An index out of [0, K) stops the kernel with a
+// device-side assert (as torch's own indexing kernels do; the error surfaces at the next
+// synchronisation) instead of reading out of bounds: the op checks index on the host once
+// per tensor version only, and a write through .data or DLPack bumps no version.
+__device__ __forceinline__ int64_t natural_set(const int64_t* __restrict__ index, int64_t g,
+                                               int64_t K) {
+  const int64_t k = index[g];
+  if (k < 0 || k >= K)
+    __assert_fail("ufc_compose: index value out of range [0, K)", __FILE__, __LINE__, __func__);
+  return k;
+}
+
 // clamp in the order of the reference (maximum with lo, then minimum with hi); a NaN value
 // stays NaN, like torch.maximum/minimum.
 template <typename A>
@@ -69,8 +93,8 @@ __global__ void __launch_bounds__(kMaxThreads)
     ufc_compose_kernel(const T* __restrict__ natural, const T* __restrict__ ufc,
                        const int64_t* __restrict__ index, const int64_t* __restrict__ shifts,
                        const uint8_t* __restrict__ flips, const acc_t<T>* __restrict__ lo,
-                       const acc_t<T>* __restrict__ hi, T* __restrict__ out, int64_t C,
-                       int64_t ch, uint32_t H, uint32_t W, Divider<uint32_t> wdiv,
+                       const acc_t<T>* __restrict__ hi, T* __restrict__ out, int64_t K,
+                       int64_t C, int64_t ch, uint32_t H, uint32_t W, Divider<uint32_t> wdiv,
                        int64_t chunks) {
   using A = acc_t<T>;
   const int64_t HW = static_cast<int64_t>(H) * W;
@@ -82,7 +106,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   const int64_t c = gc % C;
   const int64_t g = gc / C;
 
-  const int64_t src_image = index[g];
+  const int64_t src_image = natural_set(index, g, K);
   uint32_t sh, sw;
   group_shifts(shifts, g, H, W, sh, sw);
   const bool flip = group_flip(flips, g);
@@ -136,8 +160,8 @@ __global__ void __launch_bounds__(kMaxThreads)
                         const T* __restrict__ ufc, const int64_t* __restrict__ index,
                         const int64_t* __restrict__ shifts, const uint8_t* __restrict__ flips,
                         const acc_t<T>* __restrict__ lo, const acc_t<T>* __restrict__ hi,
-                        T* __restrict__ grad_ufc, int64_t C, int64_t ch, uint32_t H,
-                        uint32_t W, Divider<uint32_t> wdiv, int64_t chunks) {
+                        T* __restrict__ grad_ufc, int64_t K, int64_t C, int64_t ch,
+                        uint32_t H, uint32_t W, Divider<uint32_t> wdiv, int64_t chunks) {
   using A = acc_t<T>;
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t b = blockIdx.x;
@@ -180,7 +204,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   } else {
     const A lo_k = lo[k], hi_k = hi[k];
     const A uq = to_acc(ufc[plane * HW + q]);
-    const int64_t src_image = index[g];
+    const int64_t src_image = natural_set(index, g, K);
     const T* __restrict__ nat = natural + (src_image * C * ch + k) * HW + q;
     // grad * mask (a multiply, like the reference: a non-finite grad of a clamped element
     // still gives NaN).
@@ -223,8 +247,8 @@ bool shapes_ok(int64_t K, int64_t G, int64_t C, int64_t ch, int64_t H, int64_t W
 template <typename T>
 cudaError_t compose_typed(const T* natural, const T* ufc, const int64_t* index,
                           const int64_t* shifts, const uint8_t* flips, const acc_t<T>* lo,
-                          const acc_t<T>* hi, T* out, int64_t G, int64_t C, int64_t ch,
-                          int64_t H, int64_t W, cudaStream_t stream) {
+                          const acc_t<T>* hi, T* out, int64_t K, int64_t G, int64_t C,
+                          int64_t ch, int64_t H, int64_t W, cudaStream_t stream) {
   const int64_t HW = H * W;
   const int threads = threads_for_plane(HW);
   const int64_t chunks = ceil_div(HW, int64_t{threads} * kComposePix);
@@ -235,11 +259,11 @@ cudaError_t compose_typed(const T* natural, const T* ufc, const int64_t* index,
   const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
   if (lo != nullptr)
     ufc_compose_kernel<T, true><<<grid, block, 0, stream>>>(
-        natural, ufc, index, shifts, flips, lo, hi, out, C, ch, static_cast<uint32_t>(H),
+        natural, ufc, index, shifts, flips, lo, hi, out, K, C, ch, static_cast<uint32_t>(H),
         static_cast<uint32_t>(W), wdiv, chunks);
   else
     ufc_compose_kernel<T, false><<<grid, block, 0, stream>>>(
-        natural, ufc, index, shifts, flips, lo, hi, out, C, ch, static_cast<uint32_t>(H),
+        natural, ufc, index, shifts, flips, lo, hi, out, K, C, ch, static_cast<uint32_t>(H),
         static_cast<uint32_t>(W), wdiv, chunks);
   return cudaGetLastError();
 }
@@ -247,8 +271,9 @@ cudaError_t compose_typed(const T* natural, const T* ufc, const int64_t* index,
 template <typename T>
 cudaError_t grad_ufc_typed(const T* grad_out, const T* natural, const T* ufc,
                            const int64_t* index, const int64_t* shifts, const uint8_t* flips,
-                           const acc_t<T>* lo, const acc_t<T>* hi, T* grad_ufc, int64_t G,
-                           int64_t C, int64_t ch, int64_t H, int64_t W, cudaStream_t stream) {
+                           const acc_t<T>* lo, const acc_t<T>* hi, T* grad_ufc, int64_t K,
+                           int64_t G, int64_t C, int64_t ch, int64_t H, int64_t W,
+                           cudaStream_t stream) {
   const int64_t HW = H * W;
   const int threads = threads_for_plane(HW);
   const int64_t chunks = ceil_div(HW, threads);
@@ -259,11 +284,11 @@ cudaError_t grad_ufc_typed(const T* grad_out, const T* natural, const T* ufc,
   const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
   if (lo != nullptr)
     ufc_grad_ufc_kernel<T, true><<<grid, block, 0, stream>>>(
-        grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc, C, ch,
+        grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc, K, C, ch,
         static_cast<uint32_t>(H), static_cast<uint32_t>(W), wdiv, chunks);
   else
     ufc_grad_ufc_kernel<T, false><<<grid, block, 0, stream>>>(
-        grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc, C, ch,
+        grad_out, natural, ufc, index, shifts, flips, lo, hi, grad_ufc, K, C, ch,
         static_cast<uint32_t>(H), static_cast<uint32_t>(W), wdiv, chunks);
   return cudaGetLastError();
 }
@@ -283,7 +308,7 @@ cudaError_t launch_ufc_compose(DType dtype, const void* natural, const void* ufc
     using A = acc_t<T>;
     return compose_typed<T>(static_cast<const T*>(natural), static_cast<const T*>(ufc), index,
                             shifts, flips, static_cast<const A*>(lo), static_cast<const A*>(hi),
-                            static_cast<T*>(out), G, C, ch, H, W, stream);
+                            static_cast<T*>(out), K, G, C, ch, H, W, stream);
   });
 }
 
@@ -304,7 +329,7 @@ cudaError_t launch_ufc_compose_grad_ufc(DType dtype, const void* grad_out, const
     return grad_ufc_typed<T>(static_cast<const T*>(grad_out), static_cast<const T*>(natural),
                              static_cast<const T*>(ufc), index, shifts, flips,
                              static_cast<const A*>(lo), static_cast<const A*>(hi),
-                             static_cast<T*>(grad_ufc), G, C, ch, H, W, stream);
+                             static_cast<T*>(grad_ufc), K, G, C, ch, H, W, stream);
   });
 }
 

@@ -10,7 +10,7 @@ exactly as the BN layer already does.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Callable, List, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,54 @@ def bn_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, BN_TYPES)]
 
 
+class _DroppedHook:
+    """What a tracker's hook is in a copy or pickle of the model: nothing (the copy is a
+    plain model, its losses are no tracker's)."""
+
+    def __call__(self, *args) -> None:
+        return None
+
+
+class _TrackerHook:
+    """A hook calling ``method`` of a tracker (with ``name``, the layer's, first). A deep copy
+    or pickle of the model holds a :class:`_DroppedHook` instead: a copy of the tracker would
+    add the copy's losses to this one, and its loss tensors (not leaves) cannot be deep-copied."""
+
+    def __init__(self, method: Callable, name: str = ""):
+        self.method, self.name = method, name
+
+    def __call__(self, module: nn.Module, *args) -> None:
+        self.method(self.name, module, *args)
+
+    def __reduce_ex__(self, protocol):
+        return (_DroppedHook, ())
+
+
+class _FusedBatchNorm:
+    """Base of the class a fused tracker gives each BN layer while attached (a subclass of
+    the layer's own class, made by :func:`_fused_class`): its forward is the fused op. A deep
+    copy or pickle of the layer is of the plain class, with no tracker."""
+
+    _bn_stat_tracker: "BNStatTracker"
+    _bn_stat_name: str
+    _plain_class: type
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._bn_stat_tracker._fused_forward(self._bn_stat_name, self, x)
+
+    def __reduce_ex__(self, protocol):
+        # as the plain class reduces (pickle refuses copyreg.__newobj__ of another class)
+        _, _, *state = object.__reduce_ex__(self, max(protocol, 2))
+        plain = self._plain_class
+        return (plain.__new__, (plain,), *state)
+
+
+def _fused_class(module: nn.Module, tracker: "BNStatTracker", name: str) -> type:
+    plain = type(module)  # (same name: the model prints as before)
+    return type(plain.__name__, (_FusedBatchNorm, plain), {
+        "__module__": plain.__module__, "_bn_stat_tracker": tracker, "_bn_stat_name": name, "_plain_class": plain})
+
+
 class BNStatTracker:
     """Forward pre-hooks on every BatchNorm1d/2d of ``model``, computing
     :func:`~infer_fast.ops.bn_stat_loss` of each layer's input against its running stats.
@@ -60,11 +108,17 @@ class BNStatTracker:
     the input gradient once (unfused: the BN's own passes plus autograd adding two gradients).
 
     Layers are reported in execution order; layers that did not run in the last forward
-    are absent. The model must be in eval mode when it runs (a frozen teacher): in train
-    mode its running statistics would drift and its BN would use batch statistics.
+    are absent. A forward is a call of the model, or of anything else that runs its layers
+    (``model.forward_features(x)``, a submodule): a call of the model starts a new one, and
+    outside such a call a layer that already ran in the current forward starts a new one
+    (layers run in pieces, e.g. features then head, add up to one forward). The model must be
+    in eval mode when it runs (a frozen teacher): in train mode its running statistics would
+    drift and its BN would use batch statistics.
 
     One fused tracker per model at a time (a second one is refused: each would replace the
     other's forward); unfused trackers can share a model with each other and a fused one.
+    A deep copy or pickle of a tracked model is a plain model: the tracker stays with the
+    original (``remove()`` detaches it there).
     """
 
     def __init__(self, model: nn.Module, groups: int = 1, backend: str = "auto", fused: bool = False):
@@ -73,48 +127,52 @@ class BNStatTracker:
         self.groups = groups
         self.backend = backend
         self.fused = fused
-        self._losses: List[Tensor] = []
-        self._names: List[str] = []
+        self.clear()
+        self._in_model_call = False
         self.layers = bn_layers(model)
         if not self.layers:
             raise ValueError(f"model {type(model).__name__} has no BatchNorm1d/2d layer to attach the loss to")
         for name, module in self.layers:
             if module.running_mean is None or module.running_var is None:
                 raise ValueError(f"BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
-            if fused and "forward" in vars(module):
+            if fused and ("forward" in vars(module) or isinstance(module, _FusedBatchNorm)):
                 raise ValueError(f"fused=True: BatchNorm layer {name!r} already has its forward replaced (another "
                                  "fused BNStatTracker is attached?): remove() that tracker first, or use fused=False")
-        self._handles = [model.register_forward_pre_hook(self._start_forward)]
-        self._fused_forwards: List[Tuple[nn.Module, object]] = []
-        if fused:  # the BN layers' own forward is replaced (restored by remove())
+        self._handles = [model.register_forward_pre_hook(_TrackerHook(self._model_call_starts)),
+                         model.register_forward_hook(_TrackerHook(self._model_call_ends), always_call=True)]
+        self._fused: List[Tuple[nn.Module, type]] = []
+        if fused:  # each BN layer's class is replaced (restored by remove())
             for name, module in self.layers:
-                module.forward = self._make_fused_forward(name, module)
-                self._fused_forwards.append((module, module.forward))
+                module.__class__ = _fused_class(module, self, name)
+                self._fused.append((module, module.__class__))
         else:
-            self._handles += [m.register_forward_pre_hook(self._make_hook(name)) for name, m in self.layers]
+            self._handles += [m.register_forward_pre_hook(_TrackerHook(self._layer_runs, name))
+                              for name, m in self.layers]
 
-    def _start_forward(self, module, args) -> None:
-        self._losses, self._names = [], []
+    def _model_call_starts(self, name: str, module: nn.Module, args) -> None:
+        self.clear()
+        self._in_model_call = True
 
-    def _make_hook(self, name: str):
-        def hook(module: nn.Module, args) -> None:
-            refuse_training_mode(name, module)
-            x = args[0]
-            self._losses.append(bn_stat_loss(x, module.running_mean, module.running_var, self.groups, self.backend))
-            self._names.append(name)
+    def _model_call_ends(self, name: str, module: nn.Module, args, output) -> None:
+        self._in_model_call = False
 
-        return hook
+    def _record(self, name: str, loss: Tensor) -> None:
+        if name in self._seen and not self._in_model_call:
+            self.clear()  # a new forward outside a call of the model (forward_features, a submodule)
+        self._losses.append(loss)
+        self._names.append(name)
+        self._seen.add(name)
 
-    def _make_fused_forward(self, name: str, module: nn.Module):
-        def forward(x: Tensor) -> Tensor:
-            refuse_training_mode(name, module)
-            y, loss = bn_eval_with_stat_loss(x, module.running_mean, module.running_var, module.weight, module.bias,
-                                             module.eps, self.groups, self.backend)
-            self._losses.append(loss)
-            self._names.append(name)
-            return y
+    def _layer_runs(self, name: str, module: nn.Module, args) -> None:
+        refuse_training_mode(name, module)
+        self._record(name, bn_stat_loss(args[0], module.running_mean, module.running_var, self.groups, self.backend))
 
-        return forward
+    def _fused_forward(self, name: str, module: nn.Module, x: Tensor) -> Tensor:
+        refuse_training_mode(name, module)
+        y, loss = bn_eval_with_stat_loss(x, module.running_mean, module.running_var, module.weight, module.bias,
+                                         module.eps, self.groups, self.backend)
+        self._record(name, loss)
+        return y
 
     @property
     def names(self) -> List[str]:
@@ -135,18 +193,21 @@ class BNStatTracker:
         return (per_layer * weights[:, None]).sum(dim=0)
 
     def clear(self) -> None:
-        """Drop the last forward's losses (and the autograd graph they hold)."""
-        self._losses, self._names = [], []
+        """Drop the last forward's losses (and the autograd graph they hold): the next layer
+        that runs starts a new forward."""
+        self._losses: List[Tensor] = []
+        self._names: List[str] = []
+        self._seen: Set[str] = set()
 
     def remove(self) -> None:
         """Detach all hooks."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for module, forward in self._fused_forwards:
-            if vars(module).get("forward") is forward:  # (else not ours any more: left as it is)
-                del module.forward  # back to the class's forward
-        self._fused_forwards = []
+        for module, fused_class in self._fused:
+            if type(module) is fused_class:  # (else not ours any more: left as it is)
+                module.__class__ = fused_class._plain_class
+        self._fused = []
         self.clear()
 
     def __enter__(self) -> "BNStatTracker":

@@ -24,17 +24,23 @@ Bound = Union[None, float, Sequence[float], Tensor]
 _ext, _ = backends.compiled_extension()
 _compose_op = torch.ops.infer_fast_C.ufc_compose.default if _ext is not None else None
 
-# Checks that need a tensor's values (a host sync on a GPU) run once per tensor object and
-# version: a recovery loop that reuses its index and bounds does not sync at every step. A
-# record holds weak references to the very tensors checked, never just their addresses (the
-# allocator gives a freed block to the next tensor of that size: a new out-of-range index
-# there must be checked, not taken for the one checked before); a dead reference matches nothing.
+# Checks that need a tensor's values run at every call on the host (no sync to save: a
+# cached check could be fooled by a write that bumps no version, through .data or numpy).
+# On a GPU they run once per tensor object and version, so that a recovery loop reusing its
+# index and bounds does not sync at every step; the kernels themselves refuse an index out
+# of range (a device-side assert), whatever the cache saw. A record holds weak references to
+# the very tensors checked, never just their addresses (the allocator gives a freed block to
+# the next tensor of that size: a new out-of-range index there must be checked, not taken for
+# the one checked before); a dead reference matches nothing.
 _checked_values: dict = {}  # (what, id of the first tensor) -> (weak references, versions)
 
 
 def _check_values_once(tensors: Sequence[Tensor], what: str, check) -> None:
     if torch.compiler.is_compiling():
         return  # values are unknown while tracing; the eager call checked them
+    if any(t.device.type == "cpu" or t.is_inference() for t in tensors):  # (inference tensors have no version)
+        check()
+        return
     key, versions = (what, id(tensors[0])), tuple(t._version for t in tensors)
     seen = _checked_values.get(key)
     if seen is not None and seen[1] == versions and all(ref() is t for ref, t in zip(seen[0], tensors)):
@@ -48,8 +54,7 @@ def _check_values_once(tensors: Sequence[Tensor], what: str, check) -> None:
 def _check_index(index: Tensor, num_sets: int) -> None:
     if torch.compiler.is_compiling():
         # values are unknown while tracing: the graph checks them each time it runs (no host
-        # sync; on a GPU a device-side assert, which stops the process instead of an
-        # out-of-bounds read by the CUDA kernel, which trusts index)
+        # sync; on a GPU a device-side assert, before the kernel's own)
         torch._assert_async(((index >= 0) & (index < num_sets)).all(),
                             f"ufc_compose: index values must lie in [0, {num_sets}) (natural has {num_sets} sets)")
         return
@@ -81,12 +86,14 @@ def _check_bound_values(lo: Optional[Tensor], hi: Optional[Tensor]) -> None:
 
 
 def _bound(value: Bound, name: str, channels: int, like: Tensor) -> Optional[Tensor]:
-    """None, a scalar, a sequence of ch values or a (ch,) tensor -> (ch,) accumulate-dtype tensor
-    (numbers on the host, a tensor on its device)."""
+    """None, a number, a sequence of ch numbers or a (ch,) tensor -> (ch,) accumulate-dtype
+    tensor (numbers on the host, a tensor on its device)."""
     if value is None:
         return None
     acc = accumulate_dtype(like.dtype)
     if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.dtype.is_complex:
+            raise ValueError(f"{name} must be a real-valued tensor, got {value.dtype}")
         if value.device != like.device:
             raise ValueError(f"{name} is on {value.device} but natural is on {like.device}")
         if value.dim() == 0:
@@ -94,13 +101,19 @@ def _bound(value: Bound, name: str, channels: int, like: Tensor) -> Optional[Ten
         if value.shape != (channels,):
             raise ValueError(f"{name} must be a scalar or have shape ({channels},) (one bound per channel), got {tuple(value.shape)}")
         return value.to(acc).contiguous()
-    if isinstance(value, numbers.Real):
-        values = [float(value)] * channels
-    else:
-        values = list(value)
-        if len(values) != channels:
-            raise ValueError(f"{name} must give one bound per channel ({channels}), got {len(values)}")
-    return torch.tensor(values, dtype=acc)  # on the host: checked there, then copied to the device
+    is_number = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)  # noqa: E731
+    if is_number(value):
+        return torch.full((channels,), float(value), dtype=acc)  # on the host: checked there, then copied
+    try:
+        values = None if isinstance(value, (str, bytes)) else list(value)
+    except TypeError:  # (not iterable, a 0-d array)
+        values = None
+    if values is None or not all(is_number(v) for v in values):
+        raise ValueError(f"{name} must be None, a number, a sequence of {channels} numbers (one bound per channel) "
+                         f"or a tensor, got {value!r}")
+    if len(values) != channels:
+        raise ValueError(f"{name} must give one bound per channel ({channels}), got {len(values)}")
+    return torch.tensor([float(v) for v in values], dtype=acc)
 
 
 def _check_and_normalize(natural, ufc, index, shifts, flips, lo, hi):
