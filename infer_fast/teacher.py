@@ -72,7 +72,7 @@ class TeacherConfig(CheckedWhenMade):
     momentum: float = field(default=0.9, metadata=option("SGD momentum", minimum=0, below=1))
     weight_decay: float = field(default=5e-4, metadata=option("weight decay", minimum=0))
     seed: int = field(default=0, metadata=option("random seed"))
-    data_root: Optional[Union[os.PathLike, str]] = field(default=None, metadata=option(  # (held as a str)
+    data_root: Optional[os.PathLike] = field(default=None, metadata=option(  # (a str or a path; held as a str)
         "directory holding the dataset files", none="none; the embedded datasets need none"))
     device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
     eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))

@@ -97,8 +97,8 @@ def test_only_rank0_prints(runs):
         assert stdout.count(TABLE_HEADER) == 1 and stdout.count("teachers: ") == 1
         assert stdout.count("distilling INFER ipc 2") == 1
     # the teachers were split: the second one trained on rank 1
-    assert "teacher 1/2: training convnet-w8-d2 for 1 epochs on rank 0" in two
-    assert "teacher 2/2: training convnet-w8-d2 for 1 epochs on rank 1" in two
+    assert "teacher 1/2: training convnet-w8-d2 for 1 epoch on rank 0" in two
+    assert "teacher 2/2: training convnet-w8-d2 for 1 epoch on rank 1" in two
     assert "students: 8 run(s) left, split across 2 ranks" in two
     # rank 0 announces only its own runs (runs 1, 3, 5, 7 of 8)
     assert "student 1/8" in two and "student 3/8" in two and "student 2/8" not in two
