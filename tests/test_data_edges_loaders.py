@@ -184,39 +184,31 @@ def test_tiny_imagenet_val_sorted_into_class_folders_beside_its_old_annotations(
 # ------------------------------------------------------------------ ImageNet val half sorted
 
 
-def test_imagenet_val_with_loose_images_beside_class_folders_is_refused(tmp_path):
-    """An interrupted valprep.sh leaves images in val/ beside the class folders: refused in one
-    line that counts them (images only: .DS_Store, the csv and txt files are no sign of it)."""
+@pytest.mark.parametrize("split, not_images, loose, said", [
+    # an interrupted valprep.sh (it moves the 50,000 files one by one)
+    ("val", (".DS_Store", "LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "valprep.sh"),
+     [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(3)],
+     "imagenet: {folder} holds 3 loose images beside its 2 class folders: valprep.sh may have been interrupted"),
+    # a class archive extracted into train/ instead of train/<wnid>/: that class missing or short
+    ("train", ("LOC_synset_mapping.txt",), ["n03_0.JPEG", "n03_1.JPEG"],
+     "{folder} holds 2 loose images beside its 2 class folders (n03_0.JPEG, ...): move them into their class folders"),
+])
+def test_loose_images_beside_class_folders_are_refused(tmp_path, split, not_images, loose, said):
+    """Images beside a split's class folders are refused in one line that counts them, not
+    skipped without a word (other files are no sign of it)."""
     x, y = rand_u8((4, 3, 8, 8)), torch.tensor([0, 1, 0, 1])
-    for split in ("train", "val"):
-        write_image_folder(tmp_path / split, x, y, class_names=["n01", "n02"], ext="png")
-    for name in (".DS_Store", "LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "valprep.sh"):
-        (tmp_path / "val" / name).write_text("not an image")
-    assert len(load_dataset("imagenet", "test", data_root=str(tmp_path), num_classes=2)) == 4
-    for i in range(3):
-        PIL.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp_path / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+    for folder in {"train", split}:
+        write_image_folder(tmp_path / folder, x, y, class_names=["n01", "n02"], ext="png")
+    for name in not_images:
+        (tmp_path / split / name).write_text("not an image")
+    loaded = "test" if split == "val" else "train"
+    assert len(load_dataset("imagenet", loaded, data_root=str(tmp_path), num_classes=2)) == 4
+    for i, name in enumerate(loose):
+        PIL.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp_path / split / name)
     with pytest.raises(ValueError) as info:
-        load_dataset("imagenet", "test", data_root=str(tmp_path), num_classes=2)
+        load_dataset("imagenet", loaded, data_root=str(tmp_path), num_classes=2)
     message = str(info.value)
-    assert message.startswith(f"imagenet: {tmp_path / 'val'} holds 3 loose images beside its 2 class folders: "
-                              "valprep.sh may have been interrupted") and "\n" not in message
-
-
-def test_train_images_beside_class_folders_are_refused(tmp_path):
-    """A class archive extracted into train/ instead of train/<wnid>/ leaves its images beside
-    the class folders: refused in one line that counts them, not skipped (the class would be
-    missing or short without a word)."""
-    x, y = rand_u8((4, 3, 8, 8)), torch.tensor([0, 1, 0, 1])
-    write_image_folder(tmp_path / "train", x, y, class_names=["n01", "n02"], ext="png")
-    (tmp_path / "train" / "LOC_synset_mapping.txt").write_text("not an image")
-    assert len(load_dataset("imagenet", "train", data_root=str(tmp_path), num_classes=2)) == 4
-    for i in range(2):
-        PIL.fromarray(x[i].permute(1, 2, 0).numpy()).save(tmp_path / "train" / f"n03_{i}.JPEG")
-    with pytest.raises(ValueError) as info:
-        load_dataset("imagenet", "train", data_root=str(tmp_path), num_classes=2)
-    message = str(info.value)
-    assert message.startswith(f"{tmp_path / 'train'} holds 2 loose images beside its 2 class folders (n03_0.JPEG, ...): "
-                              "move them into their class folders") and "\n" not in message
+    assert message.startswith(said.format(folder=tmp_path / split)) and "\n" not in message
 
 
 # ------------------------------------------------------------------ ImageNet's eval geometry
