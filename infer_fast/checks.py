@@ -36,7 +36,8 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
 SHOWN_CLASS_DIFFERENCES = 3
 
 
-def _composed(name: Any) -> Any:
+def composed_name(name: Any) -> Any:
+    """``name`` in Unicode's composed form (NFC), as class names compare (a non-str as it is)."""
     return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
 
 
@@ -52,7 +53,7 @@ def check_class_names(names: Optional[Sequence[str]], other: Optional[Sequence[s
     from macOS names "café" with a combining accent (NFD), the same name to a reader."""
     if names is None or other is None or list(names) == list(other):
         return
-    names, other = [_composed(n) for n in names], [_composed(n) for n in other]
+    names, other = [composed_name(n) for n in names], [composed_name(n) for n in other]
     if names == other:
         return
     if len(names) != len(other):

@@ -488,8 +488,8 @@ def _add_distill(sub) -> None:
         description="Methods: " + "; ".join(f"{m.name}: {m.summary}" for m in makers) + ". INFER: K = "
         "floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and teacher. The recovery methods "
         "checkpoint after each batch and every --checkpoint-minutes inside one, RDED after a class (--resume "
-        "continues). Each method's recipe follows the dataset's family (an ImageNet-family dataset gets the "
-        "ImageNet recipe); the options given override it. The sets of " + ", ".join(relabelled) + " are "
+        "continues). Each method's recipe follows the dataset's family (an ImageNet-family dataset, or images "
+        "over 64 px, gets the ImageNet recipe); the options given override it. The sets of " + ", ".join(relabelled) + " are "
         "unlabelled: run `infer-fast relabel`.",
     )
     for flag, how in DISTILL_SWITCHES.items():
@@ -519,7 +519,7 @@ def _add_relabel_and_train(sub) -> None:
     train.add_argument("--recipe", choices=tuple(RECIPES),
                        help="the student recipe: cifar (the defaults below) or imagenet (the SRe2L protocol: the values "
                        "below say where it differs); the options below override it (default: the set's dataset's "
-                       "family's: imagenet for ImageNet, cifar for the others)")
+                       "family's: imagenet for ImageNet and images over 64 px, cifar for the others)")
     add_flags(train, options_of(StudentConfig).values(), recipes=RECIPES)
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")

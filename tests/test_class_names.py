@@ -293,3 +293,19 @@ def test_run_refuses_a_teacher_or_an_external_set_of_other_classes_before_any_se
         run_pipeline(_run_config(trees, tmp_path / "2", teachers=[{"path": teachers["C"]}],
                                  external={"Other": str(labelled)}), progress=False)
     assert not (tmp_path / "2" / "run" / "sets").exists() and not (tmp_path / "2" / "run" / "teachers").exists()
+
+
+def test_splits_of_one_tree_match_their_class_names_in_composed_form(tmp_path):
+    """A val tree copied from macOS names its folders decomposed (NFD), the train tree composed
+    (NFC): the same classes, labelled alike."""
+    from PIL import Image
+
+    from infer_fast.data import load_dataset
+
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    for split, cafe in (("train", "caf\u00e9"), ("val", "cafe\u0301")):
+        for name in (cafe, "tea"):
+            os.makedirs(tmp_path / split / name)
+            Image.fromarray(pixels).save(tmp_path / split / name / "a.png")
+    test = load_dataset({"name": "imagefolder", "num_classes": 2, "image_size": 8}, "test", data_root=str(tmp_path))
+    assert test.labels.tolist() == [0, 1] and test.spec.class_names == ("caf\u00e9", "tea")

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..checks import composed_name
 from ..progress import SHORT_PHASE_S, progress_bar
 
 __all__ = [
@@ -86,11 +87,11 @@ def scan_class_folders(
         class_names = tuple(folders)
     else:
         class_names = tuple(class_names)
-        index = set(class_names)
-        stray = [f for f in folders if f not in index]
+        index = {composed_name(c) for c in class_names}  # (a val copied from macOS: its names decomposed)
+        stray = [f for f in folders if composed_name(f) not in index]
         if stray:
             raise ValueError(f"{root}: class folder(s) {stray[:5]} are not among the {len(class_names)} known classes")
-    label_of = {name: i for i, name in enumerate(class_names)}
+    label_of = {composed_name(name): i for i, name in enumerate(class_names)}
     samples: List[Tuple[str, int]] = []
     for name in progress_bar(folders, desc=f"scanning {root}", unit="folder", delay=SHORT_PHASE_S,
                              disable=not progress):
@@ -100,7 +101,7 @@ def scan_class_folders(
         files = _image_files(directory)
         if not files:
             raise ValueError(f"empty class folder: {directory} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        samples.extend((p, label_of[name]) for p in files)
+        samples.extend((p, label_of[composed_name(name)]) for p in files)
     return samples, class_names
 
 

@@ -48,7 +48,7 @@ class RecoveryConfig(CheckedWhenMade):
     # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
     augmentation: str = field(default="roll", metadata=option(
         "roll (small images) or imagenet (RandomResizedCrop + flip + roll; selects the imagenet recipe, the "
-        "default for ImageNet-family datasets)",
+        "default for ImageNet-family datasets and images over 64 px)",
         choices=RECOVERY_AUGMENTATIONS))
     max_shift: int = field(default=4, metadata=option("largest roll in pixels", minimum=0, below=2 ** 31,
                                                           note="a roll repeats past the image's size"))
