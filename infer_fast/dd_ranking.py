@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES
-from .options import CheckedWhenMade, check_fields, given_config, make_config, option
+from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, make_config, option
 from .scores import (DEFAULT_WEIGHT, FULL_DATA_EPOCHS, augmentation_robust_score, check_weight, hard_label_recovery,
                      improvement_over_random, label_robust_score, printed_augmentation_robust_score,
                      printed_label_robust_score)
@@ -68,14 +68,6 @@ FULL_DATA_ACCURACY = {("imagenet", 1000, 224, "resnet18-imagenet"): 0.565,
                       ("tiny-imagenet", 200, 64, "resnet18"): 0.464}
 SET_BY_PROTOCOL = ("labels", "seed", "dynamic", "lr", "eval_every", "schedule")
 SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
-
-
-def family_of(dataset) -> str:
-    """The FAMILY_RECIPES key of a dataset (a name, or a mapping with its image size): its recipe
-    family (data.registry's recipe_family)."""
-    from .data.registry import recipe_family
-
-    return recipe_family(dataset)
 
 
 def round_seed(index: int) -> int:
@@ -108,7 +100,7 @@ class DDRankingProtocol(CheckedWhenMade):
         """The protocol's own settings, and its students' under the recipe it names (CIFAR's
         when it follows the set's dataset: :meth:`check_dataset` checks that family's)."""
         check_fields(self)  # each field's type, range and choices, as declared above
-        object.__setattr__(self, "student", dict(self.student))  # (its own copy: the caller's dict may change)
+        hold_as_made(self)  # (its own copy of the student fields: the caller's dict may change)
         for name in SET_BY_PROTOCOL:
             if name in self.student:
                 raise ValueError(f"student: {name} is set by the DD-Ranking protocol itself"
@@ -129,7 +121,11 @@ class DDRankingProtocol(CheckedWhenMade):
                              "protocol's accuracy is the best of the tests every test_interval epochs")
 
     def recipe_for(self, dataset: Any) -> str:
-        return self.recipe or family_of(dataset)
+        """The FAMILY_RECIPES key of ``dataset``'s students: ``recipe``, else the dataset's
+        recipe family (a name, or a mapping with its image size: data.registry.recipe_family)."""
+        from .data.registry import recipe_family
+
+        return self.recipe or recipe_family(dataset)
 
     def settings(self, dataset: Any) -> Dict[str, Any]:
         """The protocol as a report of a set of ``dataset`` records it (``protocol``, beside what

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from torch import nn
 
 from .choices import SOFT_LABEL_MODES
-from .options import CheckedWhenMade, check_fields, given_config, option, options_of
+from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of
 from .scores import DEFAULT_WEIGHT, FULL_DATA_EPOCHS, check_weight, dd_ranking_scores
 from .student import RECIPES as STUDENT_RECIPES
 
@@ -65,7 +65,7 @@ class Protocol(CheckedWhenMade):
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
-        object.__setattr__(self, "student", dict(self.student))  # (its own copy: the caller's dict may change)
+        hold_as_made(self)  # (its own copy of the student fields: the caller's dict may change)
         check_weight(self.weight)
         for name in ("labels", "seed", "dynamic"):
             if name in self.student:

@@ -81,7 +81,7 @@ def test_recipe_families_are_the_ones_methods_know():
     families = {n: get_dataset(n).family for n in list_datasets()}
     assert families == {"fashion-mnist": "cifar", "fashion-mnist-mini": "cifar", "cifar10": "cifar", "cifar100": "cifar",
                         "tiny-imagenet": "tiny-imagenet", "imagenet": "imagenet", "imagefolder": "cifar"}
-    assert dd_ranking.family_of("imagenet-1k") == "imagenet" and cda.recipe_for("imagenet1k") == "imagenet-1k"
+    assert dd_ranking.DDRankingProtocol().recipe_for("imagenet-1k") == "imagenet" and cda.recipe_for("imagenet1k") == "imagenet-1k"
     assert cda.recipe_for({"name": "imagenet", "num_classes": 100}) == "imagenet-1k"
     assert cda.recipe_for("cifar10") == "tiny-imagenet" and rded.recipe_family("tinyimagenet", 64) == "tiny-imagenet"
 

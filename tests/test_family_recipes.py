@@ -82,7 +82,8 @@ def test_an_image_folder_of_large_images_takes_the_imagenet_recipes(tmp_path):
     assert recipe_family(large) == "imagenet" and recipe_family(small) == recipe_family("imagefolder") == "cifar"
     assert recipe_family({"name": "tiny-imagenet", "image_size": 128}) == "imagenet"
     assert recipe_family({"name": "imagenet", "image_size": 64}) == "imagenet"  # (its registered family)
-    assert recipe_of(large) == dd_ranking.family_of(large) == rded.recipe_family("imagefolder", 224) == "imagenet"
+    assert recipe_of(large) == dd_ranking.DDRankingProtocol().recipe_for(large) == rded.recipe_family("imagefolder", 224) \
+        == "imagenet"
     assert cda.recipe_for(large) == "imagenet-1k" and cda.recipe_for(small) == "tiny-imagenet"
     assert get_method("infer").with_dataset_defaults({}, large) == {"augmentation": "imagenet"}
     assert make_protocol("infer-fast", {}, 1, large).recipe == "imagenet"
