@@ -11,6 +11,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from . import interrupts
+from ._text import count_text
 from .checks import check_int
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
 from .config import comma_list, path_list, positive_floats, positive_ints
@@ -153,7 +154,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         summary = train_teacher(config, out, progress=not args.quiet)
     print(
         f"teacher {summary['model']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
-        f"after {summary['epochs_done']} epochs ({summary['elapsed_s']:.0f} s of training) -> {out}"
+        f"after {count_text(summary['epochs_done'], 'epoch')} ({summary['elapsed_s']:.0f} s of training) -> {out}"
     )
 
 
@@ -308,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     per_seed = ", ".join(f"{acc:.4f}" for acc in result["per_seed"].values())
     print(
         f"student {config.model} on {args.directory} ({ds.method}, {ds.num_training_images()} training images), "
-        f"{config.epochs} epochs: final top-1 on the real {ds.dataset} test split "
+        f"{count_text(config.epochs, 'epoch')}: final top-1 on the real {ds.dataset} test split "
         f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {len(seeds)} seed(s) [{per_seed}]"
     )
 

@@ -215,7 +215,8 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
     """(accuracy for round i, source): DD-Ranking's cached value where it has one (a checkpoint
     given beside it is not read: its leaderboard's value comes first), else the checkpoint,
     else trained each round."""
-    from .evaluate import check_full_data_checkpoint, epochs_text, same_architecture, train_full_data
+    from ._text import count_text
+    from .evaluate import check_full_data_checkpoint, same_architecture, train_full_data
 
     name = distilled.dataset
     for (dataset, classes, size, cached_model), accuracy in FULL_DATA_ACCURACY.items():
@@ -234,7 +235,7 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
             accuracies[i] = train_full_data(model, distilled.real_dataset, data_root, device, protocol.full_data_epochs,
                                             progress, seed=round_seed(i), student=protocol.student)
         return accuracies[i]
-    return trained, f"trained here in every round: {model}, {epochs_text(protocol.full_data_epochs)} of the teacher recipe"
+    return trained, f"trained here in every round: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"
 
 
 def evaluate_set_dd_ranking(

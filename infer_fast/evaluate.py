@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from torch import nn
 
+from ._text import count_text
 from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of
 from .scores import DEFAULT_WEIGHT, FULL_DATA_EPOCHS, check_weight, dd_ranking_scores
@@ -159,11 +160,6 @@ def check_full_data_checkpoint(path, model: str, dataset: str,
     return meta
 
 
-def epochs_text(epochs: Optional[int]) -> str:
-    """"1 epoch", "3 epochs": a count of epochs for a message."""
-    return f"{epochs} epoch{'' if epochs == 1 else 's'}"
-
-
 def train_full_data(model: str, dataset: str, data_root, device: str, epochs: int, progress: bool,
                     seed: int = 0, student: Optional[Dict[str, Any]] = None) -> float:
     """Test accuracy of ``model`` trained with the teacher recipe on the whole training split,
@@ -188,11 +184,11 @@ def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, f
     if full_data_checkpoint is not None:
         meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset, distilled.class_names)
         return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
-                f"({meta['model']}, {epochs_text(meta.get('epochs_done'))})"}
+                f"({meta['model']}, {count_text(meta.get('epochs_done'), 'epoch')})"}
     accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress,
                                student=protocol.student)
     return {"accuracy": accuracy,
-            "source": f"trained here: {model}, {epochs_text(protocol.full_data_epochs)} of the teacher recipe"}
+            "source": f"trained here: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"}
 
 
 def random_subset(train, ipc: int, seed: int, teachers: Sequence[nn.Module], device: str, static_labels: bool):

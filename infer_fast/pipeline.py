@@ -100,7 +100,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     rank's device, rank 0 writes the pretrained ones, and all return once every one is
     written."""
     out = Path(cfg.out)
-    from .evaluate import epochs_text
+    from ._text import count_text
     from .teacher import pretrained_teacher, train_teacher
 
     if ranks is None:
@@ -136,7 +136,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
         if i in fresh:
             where = f" on rank {owner}" if world > 1 else ""
             _say(progress, f"teacher {i + 1}/{len(cfg.teachers)}: training {teacher_cfg.model} for "
-                           f"{epochs_text(teacher_cfg.epochs)}{where} -> {path}")
+                           f"{count_text(teacher_cfg.epochs, 'epoch')}{where} -> {path}")
         if owner == rank:
             with _stdout_unless(rank == 0):  # train_teacher prints some lines unconditionally
                 train_teacher(teacher_cfg, path, progress=progress)
@@ -522,14 +522,14 @@ def _train_student(session: _Session, run_key: RunKey, ds, teachers: List[Any], 
                    position: str) -> Tuple[Dict[str, Any], Path]:
     """One student run (``position``: "k/total" for the progress line), continuing from its
     per-epoch checkpoint; returns its record and the checkpoint (removed once recorded)."""
-    from .evaluate import epochs_text
+    from ._text import count_text
     from .methods.registry import set_student_settings
     from .student import train_student
 
     scfg = session.cfg.student_config(run_key.method, run_key.seed, len(session.cfg.teachers), set_student_settings(ds))
     scfg = dataclasses.replace(scfg, device=distributed.local_device(scfg.device))
     session.say(f"student {position}: {run_key.set_key.label} ipc {run_key.ipc} seed {run_key.seed} "
-                f"({scfg.model}, {epochs_text(scfg.epochs)}, {ds.num_training_images()} training images)")
+                f"({scfg.model}, {count_text(scfg.epochs, 'epoch')}, {ds.num_training_images()} training images)")
     # per-epoch checkpoint: a killed run continues from its last epoch
     ckpt = session.out / "students" / run_key.checkpoint_name
     ckpt.parent.mkdir(exist_ok=True)

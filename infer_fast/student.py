@@ -60,6 +60,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from ._text import count_text
 from .progress import SHORT_PHASE_S, progress_bar
 from .relabel import ensemble_logits
 
@@ -506,7 +507,7 @@ class StudentRun:
             labels = ("labels from the teachers per batch" if cfg.dynamic
                       else "hard labels" if cfg.labels == "hard" else "static soft labels")
             line = (f"student {cfg.model} ({labels}, {cfg.augmentation} + "
-                    f"{cfg.mix}), {self.n} training images, {cfg.epochs} epochs: final test accuracy {self.accuracy:.4f}")
+                    f"{cfg.mix}), {count_text(self.n, 'training image')}, {count_text(cfg.epochs, 'epoch')}: final test accuracy {self.accuracy:.4f}")
             if best is not None:
                 line += f", best {best:.4f} ({BEST_LABEL})"
             print(line + f" ({elapsed:.1f} s)")

@@ -27,6 +27,7 @@ from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import HeadMismatch, check_model_name, create_model
+from ._text import count_text
 from .progress import SHORT_PHASE_S, progress_bar
 from .training_rng import global_rng_state, kept_cpu_rng, seeded_cpu_rng, training_rng
 from ._io import PathLike, check_input_file, check_writable, read_checkpoint, save_atomic
@@ -197,7 +198,7 @@ def train_teacher(cfg: TeacherConfig, out: PathLike, progress: bool = True) -> D
         ckpt = _read_checkpoint(out)
         _check_same_run(ckpt, meta, out)
         if ckpt.get("train_state") is None:
-            print(f"{out}: already trained ({ckpt['epochs_done']} epochs, test accuracy "
+            print(f"{out}: already trained ({count_text(ckpt['epochs_done'], 'epoch')}, test accuracy "
                   f"{ckpt['test_accuracy']:.4f}); nothing to do")
             return {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
         model.load_state_dict(ckpt["state_dict"])
@@ -523,7 +524,7 @@ def _existing_pretrained_teacher(out: str, model: str, dataset: str) -> Dict[str
     source = meta.get("config", {}).get("pretrained")
     held = f"a {meta.get('model')!r} teacher for {meta.get('dataset')!r}"
     if meta.get("model") != model or meta.get("dataset") != dataset or not source:
-        how = "from pretrained weights" if source else f"trained for {meta.get('epochs_done')} epochs"
+        how = "from pretrained weights" if source else f"trained for {count_text(meta.get('epochs_done'), 'epoch')}"
         raise ValueError(f"{out!r} already holds {held} ({how}), not {model!r}'s pretrained weights for {dataset!r}: "
                          "choose another output or delete the file")
     weights = "the torch hub cache" if source is True else source

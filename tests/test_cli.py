@@ -62,7 +62,7 @@ def test_teacher_from_yaml_with_override_then_resume_message(tmp_path):
     )
     result = run_cli("teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "test accuracy" in result.stdout and "after 1 epochs" in result.stdout
+    assert "test accuracy" in result.stdout and "after 1 epoch (" in result.stdout
     ckpt = torch.load(tmp_path / "t.pt", weights_only=True)
     assert ckpt["config"]["epochs"] == 1 and ckpt["config"]["batch_size"] == 256
     again = run_cli("teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet", cwd=tmp_path)

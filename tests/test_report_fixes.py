@@ -95,10 +95,10 @@ def test_printed_scale_numbers_keep_their_decimals():
     three decimals, in e-notation only where exp() of percentages explodes."""
     assert "IOR -0.650 +- 2.050" in format_dd_ranking_report(dd_report("per-batch"))
     from infer_fast.dd_ranking import format_printed
-    from infer_fast.evaluate import epochs_text
+    from infer_fast._text import count_text
 
     assert format_printed(0.00432) == "0.004" and format_printed(3.2e7) == "3.200e+07"
-    assert epochs_text(1) == "1 epoch" and epochs_text(3) == "3 epochs"
+    assert count_text(1, "epoch") == "1 epoch" and count_text(3, "epoch") == "3 epochs"
 
 
 def test_dd_rankings_cached_full_data_accuracy_comes_before_a_checkpoint(tmp_path):

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._text import count_text
 from ..checks import composed_name
 from ..progress import SHORT_PHASE_S, progress_bar
 
@@ -41,11 +42,6 @@ def _image_files(directory: str) -> List[str]:
     with os.scandir(directory) as it:
         names = [e.name for e in it if not e.name.startswith(".") and e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
     return [os.path.join(directory, n) for n in sorted(names)]
-
-
-def _count(items: Sequence, noun: str) -> str:
-    """"1 image", "3 images": a count for a message."""
-    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def _subdirs(directory: str) -> List[str]:
@@ -80,7 +76,7 @@ def scan_class_folders(
     loose = _image_files(root)
     if loose:  # (a class archive extracted into the root, say: its class would be missing or short without a word)
         raise ValueError(
-            f"{root} holds {_count(loose, 'loose image')} beside its {len(folders)} class folders "
+            f"{root} holds {count_text(len(loose), 'loose image')} beside its {len(folders)} class folders "
             f"({os.path.basename(loose[0])}, ...): move them into their class folders (or remove them)"
         )
     if class_names is None:
@@ -156,7 +152,7 @@ def _tiny_val(val_dir: str, classes: Tuple[str, ...], progress: bool) -> List[Tu
     folders = [d for d in _subdirs(val_dir) if not (flat and d == "images")]
     if loose and folders:
         raise ValueError(
-            f"tiny-imagenet: {val_dir} holds the val split twice: {_count(loose, 'image')} in {images_dir} (labelled by "
+            f"tiny-imagenet: {val_dir} holds the val split twice: {count_text(len(loose), 'image')} in {images_dir} (labelled by "
             f"val_annotations.txt) and {len(folders)} class folders ({folders[0]}, ...); keep one form"
         )
     if loose or not folders and os.path.isfile(os.path.join(val_dir, "val_annotations.txt")):
@@ -228,7 +224,7 @@ def _check_val_sorted(val_dir: str) -> None:
         )
     if loose:
         raise ValueError(
-            f"imagenet: {val_dir} holds {_count(loose, 'loose image')} beside its {len(folders)} class folders: "
+            f"imagenet: {val_dir} holds {count_text(len(loose), 'loose image')} beside its {len(folders)} class folders: "
             "valprep.sh may have been interrupted; finish moving them into val/<wnid>/ (or remove them)"
         )
 
