@@ -167,9 +167,12 @@ def interleaved_host_times(fns: Dict[str, Callable], baseline: str, device: torc
             for name, times in samples.items()}
 
 
-def run_overhead(device: torch.device, backends: Sequence[str], rounds: int) -> Tuple[List[Dict], List[Dict]]:
-    """(rows, target checks) of the host-cost benchmark."""
-    rows, checks = [], []
+def run_overhead(device: torch.device, backends: Sequence[str], rounds: int,
+                 save: Callable[[List[Dict], List[Dict]], None]) -> Tuple[List[Dict], List[Dict]]:
+    """(rows, target checks) of the host-cost benchmark, ``save(rows, checks)`` after each op (a
+    run cut short by a time limit keeps the ops done)."""
+    rows: List[Dict] = []
+    checks: List[Dict] = []
     fastest = resolve("auto", device)  # the backend "auto" picks: the one the targets are about
     for op, (baseline, fns) in overhead_cases(device, backends).items():
         print(f"{op}: {len(fns)} implementations x {rounds} rounds ...", flush=True)
@@ -181,6 +184,7 @@ def run_overhead(device: torch.device, backends: Sequence[str], rounds: int) -> 
             ratio = next(r["ratio_to_baseline"] for r in rows if r["op"] == op and r["impl"] == impl)
             checks.append({"op": op, "impl": impl, "baseline": baseline, "ratio": ratio,
                            "target_max_ratio": OVERHEAD_TARGETS[op], "met": ratio <= OVERHEAD_TARGETS[op]})
+        save(rows, checks)
     print(f"\nhost time per fwd+bwd call ({device.type}, tiny shapes; ratio = median of per-round ratios)")
     print(f"  {'op':<14} {'impl':<18} {'us':>9} {'x baseline':>11}")
     for r in rows:
@@ -196,7 +200,8 @@ def make_timer(device: torch.device) -> Callable[[Callable], float]:
     if device.type == "cuda":
         from triton.testing import do_bench
 
-        return lambda fn: float(do_bench(fn, warmup=25, rep=100))
+        # (do_bench's default is the mean, which one slow outlier moves)
+        return lambda fn: float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
     from torch.utils.benchmark import Timer
 
     return lambda fn: Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=1.0).median * 1e3
@@ -381,9 +386,13 @@ def main(argv=None) -> int:
 
     if args.overhead:
         env = environment(device, args.threads)
-        rows, checks = run_overhead(device, backends, args.rounds)
         out = args.out or os.path.join(RESULTS, f"ops-overhead-{device_tag(device)}-{datetime.date.today()}.json")
-        write_json(out, {"environment": env, "mode": "overhead", "results": rows, "targets": checks})
+
+        def save_overhead(rows: List[Dict], checks: List[Dict], quiet: bool = True) -> None:
+            write_json(out, {"environment": env, "mode": "overhead", "results": rows, "targets": checks}, quiet)
+
+        rows, checks = run_overhead(device, backends, args.rounds, save_overhead)
+        save_overhead(rows, checks, quiet=False)
         return 1 if args.check and not all(c["met"] for c in checks) else 0
 
     bn_impls: Dict[str, Callable] = {"eager hook": eager_hook_loss}
@@ -488,9 +497,13 @@ def unless_given(value, default):
     return default if value is None else value
 
 def write_json(path: str, payload: Dict, quiet: bool = False) -> None:
+    """``payload`` at ``path``, replaced whole: a run killed while writing (a time limit) leaves
+    the previous version, never half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
         json.dump(payload, f, indent=1)
+    os.replace(partial, path)
     if not quiet:
         print(f"\nwrote {path}")
 

@@ -23,10 +23,13 @@ Both loops use the same hyperparameters and augmentation (RecoveryConfig of the 
 by randint(0, 4) for CIFAR; RandomResizedCrop + flip + roll by up to 32 for ImageNet
 (--augmentation roll: the roll only, in both).
 
-Timing: wall clock (CUDA synchronized) after a one-iteration warm-up, divided by iterations x
-UFCs: ms per UFC iteration; images/s = C / that. The toolkit's time includes its per-call
-costs (host transfers, the final evaluation pass), so few iterations overstate its per-step
-cost a little. Peak memory: torch.cuda.max_memory_allocated per row on GPU; on CPU the
+Timing: wall clock (CUDA synchronized) after a one-iteration warm-up. Each row runs T
+iterations per UFC and S = STEADY_FROM (the CUDA graph's warm-up iterations + 1), and reports
+the steady state: ms per UFC iteration = (T(T) - T(S)) / ((T - S) x UFCs), from which every
+per-call cost cancels (the toolkit's CUDA-graph warm-up iterations and capture, host
+transfers, the final evaluation pass), as it nearly does over the 1000-2000 iterations of a
+real run; the total T(T) / (T x UFCs) is kept beside it. With T <= S only the total is
+measured; each row says which it reports (per_iteration_timing). images/s = C / ms per UFC iteration. Peak memory: torch.cuda.max_memory_allocated per row on GPU; on CPU the
 process's peak resident set so far (cumulative, not per row). Projections: UFCs x iterations
 x ms per UFC iteration for ImageNet-1k ipc 10 / 50 (K = ipc, M = 3, 2000 iterations) and
 CIFAR-100 ipc 50 (K = 48, M = 4, 1000 iterations), from the matching preset.
@@ -39,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import random
@@ -54,18 +56,25 @@ from torch import Tensor, nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_ops import environment, profile_ops  # noqa: E402
+from bench_ops import environment, profile_ops, write_json  # noqa: E402
 
 from infer_fast.data import get_spec, normalize  # noqa: E402
 from infer_fast.data.transforms import resized_crop_boxes  # noqa: E402  (the toolkit's own box draw)
 from infer_fast.data.transforms import RESIZED_CROP_RATIO  # noqa: E402
 from infer_fast.distill import RecoveryConfig, auto_batch_plan, infer_budget, recover_ufcs  # noqa: E402
+from infer_fast.distill.cuda_graphs import GRAPH_WARMUP_ITERATIONS  # noqa: E402
+from infer_fast.memory import first_line, is_out_of_memory  # noqa: E402
 from infer_fast.models import create_model, list_models  # noqa: E402
 from infer_fast.ops.backends import BACKENDS  # noqa: E402
+
+# The shorter run of each row's steady-state timing: the shortest run that captures its CUDA
+# graph and replays it, so the two runs differ by replayed iterations only.
+STEADY_FROM = GRAPH_WARMUP_ITERATIONS + 1
 
 PRESETS = {
     "cifar100": {"dataset": "cifar100", "classes": 100, "size": 32, "teachers": ["resnet18"], "recipe": RecoveryConfig,
                  "real_K": infer_budget(50, 100, 4)},
+    # ResNet-18 first: the teacher a run cut short (gpu_session.sh's time limit) must have measured
     "imagenet": {"dataset": "imagenet", "classes": 1000, "size": 224,
                  "teachers": ["resnet18-imagenet", "mobilenetv2-imagenet", "efficientnet-b0-imagenet"],
                  "recipe": RecoveryConfig.imagenet, "real_K": infer_budget(50, 1000, 3, "ipc")},
@@ -82,7 +91,7 @@ REFERENCE, TOOLKIT, TOOLKIT_FUSED, TOOLKIT_FUSED_CL, TOOLKIT_BF16, TOOLKIT_BF16_
 ROW_DESCRIPTIONS = {
     REFERENCE: "reference release's loop: fp32 eager, one UFC at a time, SRe2L-style BN forward hooks",
     TOOLKIT: "infer_fast.distill.recover_ufcs, fp32, G UFCs per teacher pass, fused kernels (on CUDA each "
-             "batch's iteration a replayed CUDA graph after 3 eager warm-up iterations)",
+             f"batch's iteration a replayed CUDA graph after {GRAPH_WARMUP_ITERATIONS} eager warm-up iterations)",
     TOOLKIT_FUSED: "recover_ufcs with fused_bn=True (eval BN + statistics loss fused: one kernel pass each way)",
     TOOLKIT_FUSED_CL: "the fused BN row in channels_last (fp32: the layout's own gain)",
     TOOLKIT_BF16: "recover_ufcs with precision='bf16', channels_last=True, fused_bn=True",
@@ -181,41 +190,59 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def measure(row: str, teacher: str, C: int, ufcs: int, iterations: int, device: torch.device,
-            warmup: Callable[[], None], timed: Callable[[], None], **extra) -> Dict:
-    """One table row: ``warmup`` untimed, then ``timed`` on the wall clock. Out-of-memory is
-    recorded in the row (the reference holds all C images of a set at once)."""
+            run: Callable[[int], Optional[Dict]], **extra) -> Dict:
+    """One table row: ``run(1)`` untimed (the warm-up), then ``run(iterations)`` and, where
+    iterations > STEADY_FROM, ``run(STEADY_FROM)`` on the wall clock (module docstring: the
+    steady state). ``run(n)`` runs n iterations per UFC and may return fields for the row.
+    Out of memory is recorded in the row (the reference holds all C images of a set at once;
+    recover_ufcs raises its RecoveryOutOfMemoryError), and the next row runs."""
     reset_peak_memory(device)
     result = {"teacher": teacher, "row": row, "description": ROW_DESCRIPTIONS[row], "ufcs": ufcs,
               "iterations": iterations, **extra}
+
+    def timed(n: int) -> Tuple[float, int, Dict]:
+        outcome: Dict = {}
+        seconds = wall_seconds(lambda: outcome.update(run(n) or {}), device)
+        # a compiled row leaves out its first iteration per batch (the compile), as it reports
+        return seconds - outcome.get("seconds_excluded", 0.0), n - outcome.get("iterations_excluded", 0), outcome
+
     try:
-        warmup()
-        outcome = {}
-        seconds = wall_seconds(lambda: outcome.update(timed() or {}), device)
-    except torch.cuda.OutOfMemoryError as exc:
-        result["error"] = f"out of memory: {str(exc).splitlines()[0][:160]}"
+        run(1)
+        seconds, timed_iterations, outcome = timed(iterations)
+        base = timed(STEADY_FROM)[0] if iterations > STEADY_FROM else None
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        result["error"] = f"out of memory: {first_line(exc, 160)}"
         print(f"  {row}: {result['error']}", flush=True)
         return result
-    # a compiled row leaves out its first iteration per batch (the compile), as it reports
-    timed_iterations = iterations - outcome.get("iterations_excluded", 0)
-    seconds -= outcome.get("seconds_excluded", 0.0)
-    result.update({k: v for k, v in outcome.items()})
-    ms = seconds * 1e3 / (timed_iterations * ufcs)
-    result.update(seconds_total=seconds, ms_per_ufc_iteration=ms, images_per_s=C / ms * 1e3,
-                  peak_memory_mib=peak_memory_mib(device))
-    print(f"  {row}: {ms:.2f} ms per UFC iteration", flush=True)
+    result.update(outcome)
+    total_ms = seconds * 1e3 / (timed_iterations * ufcs)
+    if base is not None and seconds > base:
+        ms = (seconds - base) * 1e3 / ((iterations - STEADY_FROM) * ufcs)
+        timing = f"steady state: (T({iterations}) - T({STEADY_FROM})) / {iterations - STEADY_FROM} iterations"
+    else:  # (too few iterations, or a difference lost in the noise)
+        ms = total_ms
+        timing = f"total: T({iterations}) / {timed_iterations} iterations, warm-up, capture and per-call costs included"
+    result.update(seconds_total=seconds, ms_per_ufc_iteration=ms, ms_per_ufc_iteration_total=total_ms,
+                  per_iteration_timing=timing, images_per_s=C / ms * 1e3, peak_memory_mib=peak_memory_mib(device))
+    total = f"; total {total_ms:.2f}" if ms != total_ms else ""
+    print(f"  {row}: {ms:.2f} ms per UFC iteration ({timing.split(':')[0]}{total})", flush=True)
     return result
+
+
+def speedup(row: Dict, reference: Dict) -> Optional[float]:
+    """The row's speed-up over its teacher's reference row, None where either has no time."""
+    ms = reference.get("ms_per_ufc_iteration")
+    return ms / row["ms_per_ufc_iteration"] if ms and "ms_per_ufc_iteration" in row else None
 
 
 def reference_row(name: str, teacher: nn.Module, natural_u8: Tensor, ufcs: int, mean, std, config: RecoveryConfig,
                   device: torch.device) -> Dict:
     """Row (a): ``ufcs`` UFCs on the sets of ``natural_u8`` (normalized, on the device only meanwhile)."""
     natural = normalize(natural_u8[:ufcs], mean, std).to(device)
-    return measure(
-        REFERENCE, name, natural.shape[1], ufcs, config.iterations, device,
-        warmup=lambda: reference_recover(natural, teacher, config, 1, 1),
-        timed=lambda: reference_recover(natural, teacher, config, ufcs, config.iterations),
-        group_size=1, chunk_size=None,
-    )
+    return measure(REFERENCE, name, natural.shape[1], ufcs, config.iterations, device,
+                   run=lambda n: reference_recover(natural, teacher, config, ufcs, n), group_size=1, chunk_size=None)
 
 
 def _variant(row: str, config: RecoveryConfig, **changes) -> Tuple[str, Union[RecoveryConfig, str]]:
@@ -226,7 +253,17 @@ def _variant(row: str, config: RecoveryConfig, **changes) -> Tuple[str, Union[Re
         return row, str(exc)
 
 
-def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device) -> List[Dict]:
+def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device, all_rows: List[Dict],
+                  save: Callable[[], None]) -> None:
+    """The rows of teacher ``name``, appended to ``all_rows``, ``save()`` after each one."""
+    rows: List[Dict] = []  # this teacher's; the first is the reference
+
+    def add(row: Dict) -> None:  # saved once measured: a run cut short (a time limit) keeps it
+        row["speedup_vs_reference"] = speedup(row, rows[0] if rows else row)
+        rows.append(row)
+        all_rows.append(row)
+        save()
+
     C, size = args.classes, args.size
     torch.manual_seed(0)  # random weights: the timing does not depend on them
     teacher = create_model(name, num_classes=C, in_channels=3, image_size=size).to(device).eval().requires_grad_(False)
@@ -246,7 +283,7 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
     natural_u8 = torch.randint(0, 256, (ufcs, C, 3, size, size), dtype=torch.uint8, generator=gen)
     config = preset["recipe"](iterations=args.iterations, augmentation=args.augmentation, group_size=group_size,
                               chunk_size=chunk_size, seed=0)
-    rows = [reference_row(name, teacher, natural_u8, reference_ufcs, mean, std, config, device)]
+    add(reference_row(name, teacher, natural_u8, reference_ufcs, mean, std, config, device))
     bf16 = dict(precision="bf16", channels_last=True, fused_bn=True)
     variants = [(TOOLKIT, config), _variant(TOOLKIT_FUSED, config, fused_bn=True)]
     if device.type == "cpu":  # (a GPU session's time goes to the rows a GPU run would use)
@@ -258,13 +295,14 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
         variants.append(_variant(TOOLKIT_COMPILED, config, fused_bn=True, compile=args.compile))
     for row, cfg in variants:
         if isinstance(cfg, str):  # a row this plan does not allow (fused_bn or compile with a chunk_size)
-            rows.append({"teacher": name, "row": row, "description": ROW_DESCRIPTIONS[row], "ufcs": ufcs,
-                         "iterations": args.iterations, "group_size": group_size, "chunk_size": chunk_size,
-                         "error": f"does not apply: {cfg}"})
-            print(f"  {row}: {rows[-1]['error']}", flush=True)
+            print(f"  {row}: does not apply: {cfg}", flush=True)
+            add({"teacher": name, "row": row, "description": ROW_DESCRIPTIONS[row], "ufcs": ufcs,
+                 "iterations": args.iterations, "group_size": group_size, "chunk_size": chunk_size,
+                 "error": f"does not apply: {cfg}"})
             continue
 
-        def run(cfg=cfg):
+        def run(iterations: int, cfg=cfg):
+            cfg = dataclasses.replace(cfg, iterations=iterations)
             out = recover_ufcs(natural_u8, [teacher], mean, std, cfg, progress=False, backend=args.backend)
             outcome = {"cuda_graph": sorted({b["cuda_graph"] for b in out["stats"]})}
             if cfg.compile == "off":
@@ -275,24 +313,25 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
                     "seconds_excluded": sum(b["first_iteration_seconds"] for b in out["stats"]),
                     "first_iteration_seconds": [b["first_iteration_seconds"] for b in out["stats"]]}
 
-        rows.append(measure(
-            row, name, C, ufcs, args.iterations, device,
-            warmup=lambda cfg=cfg: run(dataclasses.replace(cfg, iterations=1)), timed=run,
-            group_size=group_size, chunk_size=chunk_size, planned_group_size=planned_G,
-        ))
-    reference = rows[0].get("ms_per_ufc_iteration")
-    for r in rows:
-        r["speedup_vs_reference"] = reference / r["ms_per_ufc_iteration"] if reference and "error" not in r else None
+        add(measure(row, name, C, ufcs, args.iterations, device, run=run, group_size=group_size,
+                    chunk_size=chunk_size, planned_group_size=planned_G))
     if args.profile:
         best = min((r for r in rows[1:] if "error" not in r), key=lambda r: r["ms_per_ufc_iteration"], default=None)
         if best is not None:
             cfg = dict(variants)[best["row"]]
-            best["profile"] = profile_ops(lambda: recover_ufcs(natural_u8[:group_size], [teacher], mean, std, cfg,
-                                                               progress=False, backend=args.backend), device)
-            print(f"  where the time of '{best['row']}' goes (top operators by {best['profile']['by']}):")
-            for op in best["profile"]["top"]:
-                print(f"    {op['share']:6.1%}  {op['ms']:9.2f} ms  {op['calls']:6d} calls  {op['name'][:70]}")
-    return rows
+            try:
+                best["profile"] = profile_ops(lambda: recover_ufcs(natural_u8[:group_size], [teacher], mean, std, cfg,
+                                                                   progress=False, backend=args.backend), device)
+            except Exception as exc:  # (the profiler's own memory on top of the row's: its rows stand)
+                if not is_out_of_memory(exc):
+                    raise
+                best["profile_error"] = f"out of memory: {first_line(exc, 160)}"
+                print(f"  profile of '{best['row']}': {best['profile_error']}", flush=True)
+            else:
+                print(f"  where the time of '{best['row']}' goes (top operators by {best['profile']['by']}):")
+                for op in best["profile"]["top"]:
+                    print(f"    {op['share']:6.1%}  {op['ms']:9.2f} ms  {op['calls']:6d} calls  {op['name'][:70]}")
+            save()
 
 
 def projections(rows: List[Dict], preset_name: str, hours_unit: str) -> List[Dict]:
@@ -403,10 +442,30 @@ def main(argv=None) -> int:
           + (f" -- REDUCED (real: C={preset['classes']}, 3x{preset['size']}x{preset['size']})" if reduced else ""))
     print(f"augmentation (both loops): {augmentation_rule}; {args.iterations} iterations per UFC")
 
+    out = args.out or default_out(device, args.preset)
     rows: List[Dict] = []
+
+    def save(complete: bool = False) -> None:  # after every row: a run cut short keeps what it measured
+        write_json(out, {
+            "environment": env, "preset": args.preset,
+            "shapes": {"classes": args.classes, "channels": 3, "size": args.size},
+            "real_shapes": {"classes": preset["classes"], "channels": 3, "size": preset["size"]},
+            "reduced": reduced, "augmentation": augmentation_rule, "iterations": args.iterations,
+            "teachers": args.teachers,
+            "complete": complete,  # False: the run ended (was ended) before its last row
+            "peak_memory": "torch.cuda.max_memory_allocated per row" if device.type == "cuda"
+            else "process peak resident set (ru_maxrss), cumulative over the run",
+            "timing": f"wall clock after a one-iteration warm-up; ms_per_ufc_iteration: the steady state "
+                      f"(T(iterations) - T({STEADY_FROM})) / (iterations - {STEADY_FROM}) per UFC where "
+                      f"iterations > {STEADY_FROM}, else the total (each row's per_iteration_timing says which); "
+                      f"ms_per_ufc_iteration_total: T(iterations) / (iterations x UFCs), the toolkit's CUDA-graph "
+                      f"warm-up and capture and its per-call costs (host transfers, final evaluation pass) included",
+            "rows": rows, "projections": projections(rows, args.preset, hours_unit), "projection_unit": hours_unit,
+        }, quiet=not complete)
+
     for name in args.teachers:
         print(f"{name} ...", flush=True)
-        rows += bench_teacher(name, args, preset, spec.mean, spec.std, device)
+        bench_teacher(name, args, preset, spec.mean, spec.std, device, rows, save)
     print_table(rows, memory_label)
 
     projected = projections(rows, args.preset, hours_unit)
@@ -418,22 +477,7 @@ def main(argv=None) -> int:
     if args.preset == "cifar100":
         print("  (CIFAR-100 uses M = 4 teachers; the mean of the teachers measured here stands for all four)")
 
-    out = args.out or default_out(device, args.preset)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({
-            "environment": env, "preset": args.preset,
-            "shapes": {"classes": args.classes, "channels": 3, "size": args.size},
-            "real_shapes": {"classes": preset["classes"], "channels": 3, "size": preset["size"]},
-            "reduced": reduced, "augmentation": augmentation_rule, "iterations": args.iterations,
-            "teachers": args.teachers,
-            "peak_memory": "torch.cuda.max_memory_allocated per row" if device.type == "cuda"
-            else "process peak resident set (ru_maxrss), cumulative over the run",
-            "timing": "wall clock after a one-iteration warm-up / (iterations x UFCs); the toolkit's includes its "
-                      "per-call costs (host transfers, final evaluation pass)",
-            "rows": rows, "projections": projected, "projection_unit": hours_unit,
-        }, f, indent=1)
-    print(f"\nwrote {out}")
+    save(complete=True)
     return 0
 
 

@@ -10,29 +10,43 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student", "decode", "rehearsal")
 RDED_RESULTS = ("rded.json", "rded-bf16.json", "rded-bf16-channels-last.json")  # the rded step's runs (gpu_session.sh)
 STUDENT_RESULTS = ("student.json", "student-bf16.json", "student-bf16-device.json")  # the student step's runs
+OPS_RESULTS = ("ops-bf16.json", "ops.json")  # the ops step's runs, in their order (gpu_session.sh)
 
 
-def read_json(path: Path):
+def read_text(path: Path) -> str:
+    """The file's text, stray bytes replaced (a crash's log must not stop the summary)."""
+    return path.read_text(errors="replace")
+
+
+def json_lines(directory: Path, name: str, render: Callable[[Dict], List[str]]) -> List[str]:
+    """The lines ``render`` makes of the JSON file ``name`` (none where it is missing). A file
+    it cannot read or render (a field missing or null that a row cut short or failed left)
+    costs only its own lines, replaced by one that says why, never the rest of the summary."""
+    path = directory / name
+    if not path.exists():
+        return []
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        result = json.loads(read_text(path))
+        return render(result) if result else []
+    except Exception as exc:  # (any: a summary that stops here loses every later step's lines)
+        why = (str(exc).splitlines() or [""])[0][:160]
+        return [f"{name}: not summarized ({type(exc).__name__}: {why})"]
 
 
 def step_status(directory: Path, step: str) -> str:
     """The step's outcome, and its wall time where `all` ran it (``<step>.seconds``)."""
     try:
-        status = (directory / f"{step}.status").read_text().strip()
+        status = read_text(directory / f"{step}.status").strip()
     except OSError:
         return "not run"
     outcome = "ok" if status == "0" else f"failed ({status})" if status.isdigit() else status
     try:
-        return f"{outcome} ({int((directory / f'{step}.seconds').read_text())} s)"
+        return f"{outcome} ({int(read_text(directory / f'{step}.seconds'))} s)"
     except (OSError, ValueError):
         return outcome
 
@@ -40,14 +54,14 @@ def step_status(directory: Path, step: str) -> str:
 def read_lines(path: Path) -> List[str]:
     """The non-empty lines of a file, none when it is missing (a step's notes)."""
     try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in read_text(path).splitlines() if line.strip()]
     except OSError:
         return []
 
 
 def last_line(path: Path, containing: str) -> str:
     try:
-        lines = [line for line in path.read_text().splitlines() if containing in line]
+        lines = [line for line in read_text(path).splitlines() if containing in line]
     except OSError:
         return ""
     return lines[-1].strip() if lines else ""
@@ -88,48 +102,58 @@ def summary(directory: Path) -> str:
     out.append(f"build check: {last_line(directory / 'build.log', 'info --check') or 'no record'}")
     out.append(f"tests: {last_line(directory / 'test.log', ' in ') or 'no record'}")
     out += [f"tests: note: {note}" for note in read_lines(directory / "test.notes")]
-    for name in ("ops.json", "ops-bf16.json"):
-        result = read_json(directory / name)
-        if result:
-            out += [f"ops ({name}):", *ops_lines(result)]
-    overhead = read_json(directory / "ops-overhead.json")
-    if overhead:
-        out.append("host cost per fwd+bwd call (tiny shapes):")
-        for r in overhead["results"]:
-            out.append(f"    {r['op']:<14} {r['impl']:<18} {r['fwd_bwd_host_us']:8.1f} us  {r['ratio_to_baseline']:.2f}x")
-        for c in overhead.get("targets", []):
-            out.append(f"    target {c['op']}: {c['ratio']:.2f}x (<= {c['target_max_ratio']}x) "
-                       f"{'met' if c['met'] else 'MISSED'}")
+    for name in OPS_RESULTS:
+        out += json_lines(directory, name, lambda result, name=name: [f"ops ({name}):", *ops_lines(result)])
+    out += json_lines(directory, "ops-overhead.json", overhead_lines)
     for preset in ("cifar100", "imagenet"):
-        result = read_json(directory / f"recovery-{preset}.json")
-        if not result:
-            continue
-        out.append(f"recovery {preset}{' (REDUCED)' if result.get('reduced') else ''}:")
-        for r in result["rows"]:
-            if "error" in r:
-                out.append(f"    {r['teacher']:<20} {r['row']:<32} {r['error']}")
-                continue
-            graph = f"  graph: {', '.join(r['cuda_graph'])}" if r.get("cuda_graph") else ""
-            out.append(f"    {r['teacher']:<20} {r['row']:<32} {r['ms_per_ufc_iteration']:9.2f} ms/UFC-it  "
-                       f"{r['speedup_vs_reference']:.2f}x ref  peak {r['peak_memory_mib']:.0f} MiB{graph}")
-            for op in r.get("profile", {}).get("top", [])[:5]:
-                out.append(f"        {op['share']:6.1%} {op['ms']:9.2f} ms  {op['name'][:60]}")
-        for p in result.get("projections", []):
-            out.append(f"    projection {p['run']}: {p['row']} {p['hours']:.3f} {p['unit']} "
-                       f"(teachers measured: {', '.join(p['teachers_measured'])})")
+        out += json_lines(directory, f"recovery-{preset}.json",
+                          lambda result, preset=preset: recovery_lines(preset, result))
     for name in RDED_RESULTS:
-        out += rded_lines(read_json(directory / name))
+        out += json_lines(directory, name, rded_lines)
     for name in STUDENT_RESULTS:
-        out += student_lines(read_json(directory / name))
-    out += decode_lines(read_json(directory / "decode.json"))
-    out += rehearsal_lines(read_json(directory / "rehearsal.json"))
+        out += json_lines(directory, name, student_lines)
+    out += json_lines(directory, "decode.json", decode_lines)
+    out += json_lines(directory, "rehearsal.json", rehearsal_lines)
     return "\n".join(out)
 
 
-def rded_lines(result) -> List[str]:
+def overhead_lines(result: Dict) -> List[str]:
+    """The host cost per call of each op and implementation, and its targets (bench_ops.py --overhead)."""
+    out = ["host cost per fwd+bwd call (tiny shapes):"]
+    for r in result["results"]:
+        out.append(f"    {r['op']:<14} {r['impl']:<18} {r['fwd_bwd_host_us']:8.1f} us  {r['ratio_to_baseline']:.2f}x")
+    for c in result.get("targets", []):
+        out.append(f"    target {c['op']}: {c['ratio']:.2f}x (<= {c['target_max_ratio']}x) "
+                   f"{'met' if c['met'] else 'MISSED'}")
+    return out
+
+
+def recovery_lines(preset: str, result: Dict) -> List[str]:
+    """Each teacher's rows and the projections (bench_recovery.py); a row without a time (out of
+    memory, or a plan it does not apply to) shows its error, a speed-up without a reference time
+    shows n/a (as bench_recovery.print_table)."""
+    cut_short = " (INCOMPLETE: it ended before its last row)" if result.get("complete") is False else ""
+    out = [f"recovery {preset}{' (REDUCED)' if result.get('reduced') else ''}{cut_short}:"]
+    for r in result["rows"]:
+        if "error" in r:
+            out.append(f"    {r['teacher']:<20} {r['row']:<32} {r['error']}")
+            continue
+        graph = f"  graph: {', '.join(r['cuda_graph'])}" if r.get("cuda_graph") else ""
+        speedup = r.get("speedup_vs_reference")
+        speedup = "n/a" if speedup is None else f"{speedup:.2f}x"
+        timing = f" ({r['per_iteration_timing'].split(':')[0]})" if r.get("per_iteration_timing") else ""
+        out.append(f"    {r['teacher']:<20} {r['row']:<32} {r['ms_per_ufc_iteration']:9.2f} ms/UFC-it{timing}  "
+                   f"{speedup} ref  peak {r['peak_memory_mib']:.0f} MiB{graph}")
+        for op in (r.get("profile") or {}).get("top", [])[:5]:
+            out.append(f"        {op['share']:6.1%} {op['ms']:9.2f} ms  {op['name'][:60]}")
+    for p in result.get("projections", []):
+        out.append(f"    projection {p['run']}: {p['row']} {p['hours']:.3f} {p['unit']} "
+                   f"(teachers measured: {', '.join(p['teachers_measured'])})")
+    return out
+
+
+def rded_lines(result: Dict) -> List[str]:
     """RDED's rows and its projection to the whole split (bench_rded.py)."""
-    if not result:
-        return []
     s, rows = result["settings"], {r["section"]: r for r in result["results"]}
     decodes = ", ".join(f"{r['images_per_s']:.0f} images/s with {r['workers']} workers"
                         for r in result["results"] if r["section"] == "decode")
@@ -144,10 +168,8 @@ def rded_lines(result) -> List[str]:
     ]
 
 
-def student_lines(result) -> List[str]:
+def student_lines(result: Dict) -> List[str]:
     """The student step's parts and the projected run (bench_student.py)."""
-    if not result:
-        return []
     s, c, p = result["settings"], result["config"], result["projection"]
     parts = ", ".join(f"{r['section']} {r['ms_per_step']:.1f}" for r in result["results"])
     out = [
@@ -165,11 +187,9 @@ def student_lines(result) -> List[str]:
     return out
 
 
-def decode_lines(result) -> List[str]:
+def decode_lines(result: Dict) -> List[str]:
     """images/s of each decoder per DataLoader worker count, alone and with the model's forward,
     beside the reference decoder (bench_decode.py)."""
-    if not result:
-        return []
     s, rows = result["settings"], result["results"]
     forward = f", {s['model']} forward" if any(r["section"] == "forward" for r in rows) else ""
     out = [f"decode ({result['environment']['device']}, {result['image_set']['n']} {result['image_set']['source']} "
@@ -192,11 +212,9 @@ def decode_lines(result) -> List[str]:
     return out
 
 
-def rehearsal_lines(result) -> List[str]:
+def rehearsal_lines(result: Dict) -> List[str]:
     """The ImageNet rehearsal: the run's wall time and peak, each step's seconds and peak
     resident memory (rehearse_imagenet.py)."""
-    if not result:
-        return []
     tree, run = result["tree"], result["run"]
     out = [f"rehearsal on {result.get('device', 'cpu')} ({result['environment']['device']}), {tree['classes']} classes x "
            f"{tree['train_per_class']} train + {tree['val_per_class']} val images: {run['wall_s']:.0f} s wall, peak "

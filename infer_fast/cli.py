@@ -400,6 +400,16 @@ class _OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:  # (a method of a plug-in not loaded: say how to load it)
+            if action.dest != "method":
+                raise
+            from .methods.registry import PLUGINS_HINT
+
+            raise argparse.ArgumentError(action, f"{exc.message}; {PLUGINS_HINT}") from None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
@@ -497,11 +507,18 @@ def _add_distill(sub) -> None:
         distill.add_argument(flag, **how)
     by_methods: Dict[Tuple[str, ...], List[Option]] = {}
     common = list(distill_request_options().values())
+    # an option several methods declare with their own defaults (one flag): each one's said
+    others: Dict[str, Dict[str, object]] = {}
     for name, (opt, takers) in distill_method_options().items():  # each method's own (Method.options)
         (common if name in COMMON_DISTILL_OPTIONS else by_methods.setdefault(takers, [])).append(opt)
-    add_flags(distill, common, recipes=RECIPES)
+        for method in (m for m in makers if m.name in takers):
+            theirs = next(o for o in method.options if o.name == name)
+            if theirs.default != opt.default:
+                others.setdefault(name, {})[f"for --method {method.name}"] = theirs.default
+    add_flags(distill, common, recipes=RECIPES, others=others)
     for takers, opts in by_methods.items():  # a help section per set of methods taking them
-        add_flags(distill.add_argument_group(f"options of --method {', '.join(takers)}"), opts, recipes=RECIPES)
+        add_flags(distill.add_argument_group(f"options of --method {', '.join(takers)}"), opts, recipes=RECIPES,
+                  others=others)
     distill.set_defaults(func=cmd_distill)
 
 
@@ -784,11 +801,42 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     elif is_out_of_memory(exc):  # (MemoryError under `ulimit -v`, CUDA's, the CPU allocator's)
         message = _out_of_memory(command, exc)
     else:  # a bug, not the user's doing: a short message, status 1
+        plugin = _plugin_method(exc)
+        if plugin is not None:  # (a bug of a user's method: theirs to fix, not infer-fast's to be told)
+            print(f"{_who(command)}: error in method {plugin[0]!r} (module {plugin[1]}): {type(exc).__name__}: "
+                  f"{_first_line(exc, 300)} (run again with --debug for the traceback)", file=sys.stderr)
+            return 1
         print(f"{_who(command)}: internal error: {type(exc).__name__}: {_first_line(exc, 300)} "
               "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
     print(f"{_who(command)}: error: {message}", file=sys.stderr)
     return 2
+
+
+def _plugin_method(exc: Exception) -> Optional[Tuple[str, str]]:
+    """(method, module) of the method registered outside infer-fast (a plug-in) whose code
+    ``exc``'s traceback passes through: the outermost frame of one of its functions (distill,
+    parse_options...), else of its module; None when none does (infer-fast's own error)."""
+    from .methods import all_methods
+
+    owners: Dict[object, str] = {}  # code object or module name -> method
+    for method in all_methods():
+        for fn in (method.distill, method.parse_options, method.check_budget, method.student_settings):
+            module = getattr(fn, "__module__", None) or ""
+            if fn is not None and module.split(".")[0] != __package__:
+                owners.setdefault(getattr(fn, "__code__", None), method.name)
+                owners.setdefault(module, method.name)
+    owners.pop(None, None)
+    in_module = None
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if tb.tb_frame.f_code in owners:
+            return owners[tb.tb_frame.f_code], module
+        if in_module is None and module in owners:
+            in_module = (owners[module], module)
+        tb = tb.tb_next
+    return in_module
 
 
 def _first_line(exc: Exception, limit: int) -> str:
@@ -841,6 +889,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     with interrupts.handlers_installed(), _guarded_output(_who(None)) as stdout:
         args = None
         try:
+            from .methods.registry import load_plugins
+
+            try:  # (before the parser: their methods are --method choices, their options flags)
+                load_plugins()
+            except ValueError as exc:
+                print(f"{_who(None)}: error: {exc}", file=sys.stderr)
+                return 2
             args = build_parser().parse_args(argv)
             stdout.who = _who(args.command)
             return _run(args)

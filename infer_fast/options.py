@@ -210,30 +210,37 @@ def format_default(value: Any) -> str:
     return str(value)
 
 
-def default_text(opt: Option, recipes: Optional[Mapping[str, Mapping[str, Any]]] = None) -> str:
-    """What a flag's help says of its default: the declared default, and each named recipe's
-    value where the recipe changes it."""
+def default_text(opt: Option, recipes: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 others: Optional[Mapping[str, Any]] = None) -> str:
+    """What a flag's help says of its default: the declared default, each named recipe's
+    value where the recipe changes it, and ``others``' ({"for --method X": value}: the
+    defaults of other declarations of the option, several methods' with one flag)."""
     if opt.kind is bool:
         return "on by default; this flag turns it off" if opt.default else "default off"
     if opt.default is None:
-        return f"default: {opt.none}" if opt.none else ""
-    text = f"default {format_default(opt.default)}"
-    for name, values in (recipes or {}).items():
-        if opt.name in values and values[opt.name] != opt.default:
-            text += f"; {format_default(values[opt.name])} in the {name} recipe"
-    return text + ("; off: never" if opt.none == "off" else "")
+        text = f"default: {opt.none}" if opt.none else ""
+    else:
+        text = f"default {format_default(opt.default)}"
+        for name, values in (recipes or {}).items():
+            if opt.name in values and values[opt.name] != opt.default:
+                text += f"; {format_default(values[opt.name])} in the {name} recipe"
+    for label, value in (others or {}).items():
+        text += f"{'; ' if text else ''}{format_default(value) if value is not None else opt.none or 'none'} {label}"
+    return text + ("; off: never" if opt.none == "off" and opt.default is not None else "")
 
 
 def add_flags(parser, options: Iterable[Option], recipes: Optional[Mapping[str, Mapping[str, Any]]] = None,
-              default: Optional[str] = None) -> None:
+              default: Optional[str] = None, others: Optional[Mapping[str, Mapping[str, Any]]] = None) -> None:
     """One flag per option that has one (default None: a command tells the options it was given
     from the others); the help ends with the default (``default``: what to say instead,
-    e.g. "the protocol's recipe") and the recipes' values (``recipes``)."""
+    e.g. "the protocol's recipe"), the recipes' values (``recipes``) and the other defaults
+    ``others`` gives an option (by its name: :func:`default_text`)."""
     for opt in options:
         flag = opt.flag_name
         if flag is None:
             continue
-        said = f"default: {default}" if default is not None and opt.kind is not bool else default_text(opt, recipes)
+        said = f"default: {default}" if default is not None and opt.kind is not bool else \
+            default_text(opt, recipes, (others or {}).get(opt.name))
         text = f"{opt.help} ({said})" if said else opt.help
         kwargs: Dict[str, Any] = dict(dest=opt.name, default=None, help=text.replace("%", "%%"))
         if opt.kind is bool:

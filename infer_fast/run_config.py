@@ -3,15 +3,20 @@ before any work, and the configs of its steps derived from it."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import InitVar, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Set
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from .choices import EVALUATION_PROTOCOLS
 from .checks import check_int
 from .methods import all_methods, get_method, run_method_names
+from .methods.registry import PLUGINS_HINT, find_method
 from .set_keys import registered_method
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "build_config"]
+
+
+METHOD_SECTION = {"method_section": True}  # the metadata of a PipelineConfig field holding a method's options
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,9 @@ class PipelineConfig:
     methods: List[str] = field(default_factory=lambda: ["infer", "random", "sre2l"])
     data_root: Optional[str] = None
     device: str = "auto"
-    recovery: Dict[str, Any] = field(default_factory=dict)
-    sre2l: Dict[str, Any] = field(default_factory=dict)
+    # (the sections a method's options may have: Method.config_section; METHOD_SECTION marks them)
+    recovery: Dict[str, Any] = field(default_factory=dict, metadata=METHOD_SECTION)
+    sre2l: Dict[str, Any] = field(default_factory=dict, metadata=METHOD_SECTION)
     # the options of the methods without a section above (e.g. cda, rded), by method name:
     # {rded: {factor: 2}}; each also takes the ``recovery`` settings it shares (Method.shared_recovery_options)
     method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
@@ -204,10 +210,12 @@ class PipelineConfig:
 
         if not isinstance(self.ipc, list) or not self.ipc or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.ipc):
             raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
+        # (find_method loads the plug-ins where a name is none of the methods registered yet)
+        bad = [m for m in self.methods if not isinstance(m, str) or find_method(m) is None]
         known = run_method_names()
-        bad = [m for m in self.methods if m not in known]
         if not isinstance(self.methods, list) or not self.methods or bad:
-            raise ValueError(f"{where}: methods must be chosen from {', '.join(known)}, got {self.methods!r}")
+            plugin = f" ({PLUGINS_HINT})" if bad else ""
+            raise ValueError(f"{where}: methods must be chosen from {', '.join(known)}, got {self.methods!r}{plugin}")
         for name in ("ipc", "methods"):  # (a repeat would be a second row of the same set)
             values = getattr(self, name)
             repeated = [str(v) for i, v in enumerate(values) if v in values[:i]]
@@ -282,12 +290,29 @@ class PipelineConfig:
         for name in dict.fromkeys(get_method(m).set_method for m in self.methods):
             self._check_budget(where, get_method(name), parsed[name])
 
-    def _check_budget(self, where: str, method, options: Dict[str, Any]) -> None:
+    def _data_spec(self):
+        """(the dataset's spec, whether its class count is known) for the checks before any
+        work: a registered dataset's, or with the ``num_classes`` of its mapping; an image
+        folder's classes are its train split's class folders, counted (not read) when
+        ``data_root`` holds them, else unknown here (the spec of 2: reading the split, the
+        run's first step, says what is missing)."""
         from .data import get_spec
+        from .data.folders import _subdirs as class_folders  # (the class folders as reading the split lists them)
+        from .data.registry import IMAGEFOLDER, dataset_options, get_dataset
 
+        name, options = dataset_options(self.dataset)
+        if get_dataset(self.dataset).spec is not None or "num_classes" in options:
+            return get_spec(self.dataset), True
+        train = os.path.join(os.path.expanduser(self.data_root), "train") if self.data_root else None
+        count = len(class_folders(train)) if name == IMAGEFOLDER and train and os.path.isdir(train) else 0
+        return get_spec(self.dataset, num_classes=count or 2), count > 0
+
+    def _check_budget(self, where: str, method, options: Dict[str, Any]) -> None:
         if method.check_budget is None:
             return
-        spec = get_spec(self.dataset)
+        spec, counted = self._data_spec()
+        if not counted:
+            return
         for ipc in self.ipc:
             try:
                 method.check_budget(options, ipc, spec, len(self.teachers))
@@ -300,13 +325,11 @@ class PipelineConfig:
         students', built once on the meta device (no memory, no weights) for the dataset's
         classes, channels and image size: an unknown name, or a model the images do not fit,
         is refused now rather than when it first trains (hours in)."""
-        import torch
-
-        from .data import get_spec
-        from .data.registry import dataset_options, get_dataset
-        from .models import create_model
+        from .models import build_to_check, create_model
+        from .ops.bn_hooks import bn_layers, matchable
 
         models: Dict[str, str] = {}  # model name -> the option that names it first
+        teacher_models = set()
         for i, entry in enumerate(self.teachers):
             if "path" not in entry:  # (a checkpoint's model is checked when it loads, before any work)
                 try:
@@ -314,18 +337,31 @@ class PipelineConfig:
                 except ValueError as exc:
                     raise ValueError(f"{where}: {exc}") from None
                 models.setdefault(name, f"teachers[{i}]")
+                teacher_models.add(name)
         for method in self.methods:
             models.setdefault(self.student_config(method, 0, len(self.teachers)).model, "student")
-        counted = get_dataset(self.dataset).spec is not None or "num_classes" in dataset_options(self.dataset)[1]
-        # (an image folder's classes are its folders', found when it is read: any count builds the same layers)
-        spec = get_spec(self.dataset) if counted else get_spec(self.dataset, num_classes=2)
+        # (an image folder's class count, where unknown yet: any count builds the same layers)
+        spec, _ = self._data_spec()
+        matching = [m for m in dict.fromkeys(get_method(m).set_method for m in self.methods)
+                    if get_method(m).matches_bn_statistics]
         for name, option in models.items():
             try:
-                with torch.device("meta"):
-                    create_model(name, num_classes=spec.num_classes, in_channels=spec.channels,
-                                 image_size=spec.image_size)
+                model = build_to_check(lambda: create_model(name, num_classes=spec.num_classes,
+                                                            in_channels=spec.channels, image_size=spec.image_size))
             except ValueError as exc:
                 raise ValueError(f"{where}: {option}: model {name!r}: {exc}") from None
+            if name in teacher_models and matching:  # (refused now, not after the teachers trained)
+                try:
+                    matchable(bn_layers(model), f"model {name!r}")
+                except ValueError as exc:
+                    verb = "match" if len(matching) > 1 else "matches"
+                    raise ValueError(f"{where}: {option}: {exc} ({', '.join(matching)} {verb} the teachers' "
+                                     "BatchNorm statistics)") from None
+
+
+def method_sections() -> Tuple[str, ...]:
+    """The sections of a run config that hold a method's options (Method.config_section)."""
+    return tuple(f.name for f in dataclasses.fields(PipelineConfig) if f.metadata.get("method_section"))
 
 
 def build_config(cls, values: Dict[str, Any], name: str):

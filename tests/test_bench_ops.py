@@ -1,8 +1,20 @@
 """Smoke tests of the op benchmark's host-cost mode and of the GPU session's summary: they run
-and write what they promise (the timings themselves are benchmarks, never asserted here)."""
+and write what they promise, a run cut short what it measured (the timings themselves are
+benchmarks, never asserted here); the GPU timer reports the median."""
+import importlib.util
+import inspect
 import json
 
-from conftest import run_bench_script
+import pytest
+import torch
+from conftest import BENCH, run_bench_script, torch_threads
+
+
+def load_bench_ops():
+    spec = importlib.util.spec_from_file_location("bench_ops", BENCH / "bench_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_overhead_mode_writes_rows_and_target_checks(tmp_path):
@@ -41,3 +53,46 @@ def test_gpu_summary_reads_what_the_steps_left(tmp_path):
     assert "build     ok (63 s)" in text and "test      failed (1)\n" in text and "ops       timed out after 120 s" in text
     assert "overhead  not run" in text and "3 failed, 40 passed" in text
     assert "cuda (auto): 0/1 met" in text and "MISSED (100,64,112,112) nchw: faster than torch.compile(hook) 0.80" in text
+
+
+class Killed(BaseException):
+    """What a time limit's signal does to the run: it ends wherever it is."""
+
+
+def test_overhead_cut_short_keeps_the_ops_done(tmp_path, monkeypatch):
+    """gpu_session.sh ends the overhead step at its time limit: the JSON is written after each
+    op, so the ops measured by then are in it with their target checks."""
+    ops = load_bench_ops()
+    real, timed = ops.interleaved_host_times, []
+
+    def cut_after_the_first_op(fns, baseline, device, rounds, **kwargs):
+        if timed:
+            raise Killed
+        timed.append(baseline)
+        return real(fns, baseline, device, rounds, **kwargs)
+
+    monkeypatch.setattr(ops, "interleaved_host_times", cut_after_the_first_op)
+    out = tmp_path / "overhead.json"
+    with torch_threads(1), pytest.raises(Killed):
+        ops.main(["--overhead", "--rounds", "2", "--threads", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {r["op"] for r in result["results"]} == {"bn_stat_loss"}
+    assert {r["impl"] for r in result["results"]} >= {"eager hook", "cpu"}
+    assert [t["op"] for t in result["targets"]] == ["bn_stat_loss"]
+
+
+def test_the_gpu_timer_reports_the_median(monkeypatch):
+    """triton's do_bench returns the mean unless told: the timer asks for the median that the
+    docstring, README and JSON say, with arguments the installed triton's do_bench takes."""
+    testing = pytest.importorskip("triton.testing")
+    real, calls = testing.do_bench, []
+
+    def do_bench(fn, **kwargs):
+        inspect.signature(real).bind(fn, **kwargs)  # (raises on an argument this triton lacks)
+        calls.append(kwargs)
+        return 1.5
+
+    monkeypatch.setattr(testing, "do_bench", do_bench)
+    timer = load_bench_ops().make_timer(torch.device("cuda"))
+    assert timer(lambda: None) == 1.5
+    assert calls[0]["return_mode"] == "median"

@@ -82,3 +82,55 @@ def test_summary_of_a_rehearsal_cut_short_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "  rehearsal timed out after 540 s\n" in proc.stdout
     assert "rehearsal on" not in proc.stdout
+
+
+def recovery_row(row, **fields):
+    """A row of bench_recovery.py's JSON, the fields the summary reads."""
+    return {"teacher": "resnet18-imagenet", "row": row, "ufcs": 3, "iterations": 8, "group_size": 3, **fields}
+
+
+def test_summary_of_a_recovery_whose_reference_ran_out_of_memory(tmp_path):
+    """The reference row errored: the others have no speed-up (None), shown as n/a, and the
+    summary goes on (it stopped at the first None, losing every step's status)."""
+    (tmp_path / "imagenet.status").write_text("0\n")
+    (tmp_path / "rehearsal.status").write_text("0\n")
+    (tmp_path / "recovery-imagenet.json").write_text(json.dumps({
+        "reduced": False, "complete": False,
+        "rows": [recovery_row("reference", error="out of memory: CUDA out of memory. Tried to allocate 2.00 GiB",
+                              speedup_vs_reference=None),
+                 recovery_row("toolkit", ms_per_ufc_iteration=12.5, speedup_vs_reference=None, peak_memory_mib=900.0,
+                              cuda_graph=["captured"],
+                              per_iteration_timing="steady state: (T(8) - T(4)) / 4 iterations")],
+        "projections": []}))
+    proc = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "  imagenet  ok\n" in text and "  rehearsal ok\n" in text
+    assert "recovery imagenet (INCOMPLETE: it ended before its last row):\n" in text
+    assert "reference                        out of memory: CUDA out of memory. Tried to allocate 2.00 GiB\n" in text
+    assert ("toolkit                              12.50 ms/UFC-it (steady state)  n/a ref  peak 900 MiB  "
+            "graph: captured\n") in text
+
+
+def test_a_json_the_summary_cannot_read_costs_only_its_own_lines(tmp_path):
+    """A field missing (a run cut short, another version) or a file cut short names the file
+    and why, and every other section is still summarized."""
+    (tmp_path / "ops.status").write_text("0\n")
+    (tmp_path / "ops.json").write_text(json.dumps({"results": []}))  # no "environment"
+    (tmp_path / "recovery-cifar100.json").write_text('{"rows": [')  # a file cut short
+    (tmp_path / "ops-overhead.json").write_text(json.dumps({"results": [
+        {"op": "bn_stat_loss", "impl": "cuda", "fwd_bwd_host_us": None, "ratio_to_baseline": None}]}))
+    (tmp_path / "test.log").write_bytes(b"\xff\xfe stray bytes\n3 passed in 1.0s\n")
+    record = {"device": "cuda", "environment": {"device": "NVIDIA H200"},
+              "tree": {"classes": 4, "train_per_class": 4, "val_per_class": 1},
+              "run": {"returncode": 0, "wall_s": 20.0, "process_tree_peak_rss_gib": 1.0},
+              "steps": {"test split": {"seconds": 2.0, "peak_rss_gib": 0.5}}, "decoded_files": {}}
+    (tmp_path / "rehearsal.json").write_text(json.dumps(record))
+    proc = run_bench_script("gpu_summary.py", tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "  ops       ok\n" in text and "tests: 3 passed in 1.0s\n" in text
+    assert "ops.json: not summarized (KeyError: 'environment')\n" in text
+    assert "recovery-cifar100.json: not summarized (JSONDecodeError: " in text
+    assert "ops-overhead.json: not summarized (TypeError: " in text
+    assert "rehearsal on cuda (NVIDIA H200), 4 classes x 4 train + 1 val images: 20 s wall" in text

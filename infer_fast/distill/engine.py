@@ -27,16 +27,21 @@ from ..ops.reference import at_least_fp32
 from ..progress import progress_bar
 from .augment import Augmentation
 from .config import RecoveryConfig
-from .cuda_graphs import GRAPH_WARMUP_ITERATIONS, CapturedIteration, side_stream, uses_cuda_graph
+from .cuda_graphs import GRAPH_WARMUP_ITERATIONS, CapturedIteration, SideStream, uses_cuda_graph
 from .plan import RecoveryOutOfMemoryError, out_of_memory_error
 from .variables import RecoveryKind
 
 
-def check_teacher(teacher: nn.Module, m: int) -> None:
-    """ValueError naming the layer when a BatchNorm layer of teacher ``m`` is in training mode
-    (the one check every path makes: ops.bn_hooks.check_eval_mode); BatchNorm3d refused."""
-    bn_layers(teacher)
-    check_eval_mode(teacher, who=f"teacher {m}")
+def check_teacher(teacher: nn.Module, m: int, path: Optional[str] = None) -> None:
+    """ValueError naming teacher ``m`` (and its checkpoint ``path`` where known) unless its
+    BatchNorm statistics can be matched (ops.bn_hooks.matchable: a BatchNorm1d/2d layer at
+    least, each with running statistics; BatchNorm3d refused) and every BatchNorm layer is in
+    eval mode (ops.bn_hooks.check_eval_mode): the one check every path makes, before any work."""
+    from ..ops.bn_hooks import matchable
+
+    who = f"teacher {m}" + (f" ({path})" if path else "")
+    matchable(bn_layers(teacher), who)
+    check_eval_mode(teacher, who=who)
 
 
 @contextlib.contextmanager
@@ -215,6 +220,7 @@ class _Batch:
                           RuntimeWarning, stacklevel=3)
         # (a resumed batch has the same Adam as an uninterrupted one: capturable or not by the config)
         self.graphed = uses_cuda_graph(config, device, self.chunked)
+        self.side_stream = SideStream(device)  # one per batch: its warm-up and capture (made on first use)
         adam = dict(betas=tuple(config.betas), eps=config.eps)
         if self.graphed:  # Adam and its learning rate on the device, so a captured step replays correctly
             self.lr: Optional[Tensor] = torch.full((), config.lr, device=device)
@@ -347,7 +353,8 @@ class _Batch:
         """Iteration t: replayed from the captured graph (captured once its warm-up is done), or
         eagerly; returns its (CE, R_bn) and the graph."""
         if self.graphed and graph is None and t == start + GRAPH_WARMUP_ITERATIONS:
-            graph, self.graph_status = CapturedIteration.capture(self.iteration, self.optimizer, self.sync_mode)
+            graph, self.graph_status = CapturedIteration.capture(self.iteration, self.optimizer, self.sync_mode,
+                                                                 self.side_stream)
             self.graphed = graph is not None
         if graph is not None:
             return (*graph.replay(), graph)
@@ -355,7 +362,7 @@ class _Batch:
             for group in self.optimizer.param_groups:
                 group["lr"] = cosine_lr(t, self.config)
         self.optimizer.zero_grad(set_to_none=True)
-        with side_stream(self.device) if self.graphed else contextlib.nullcontext():
+        with self.side_stream() if self.graphed else contextlib.nullcontext():
             ce, rbn = self.iteration()  # (warm-up of the capture on its own stream)
         return ce, rbn, graph
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .. import distributed, interrupts, memory
 from .._io import model_digest
 from ..models import device_of
+from ..ops.bn_hooks import uncompiled
 from ..run_identity import differing
 from ..storage.distilled_set import channel_values
 from ..teacher import teacher_list
@@ -31,17 +32,20 @@ class RecoveryDivergedError(RuntimeError):
     """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
 
 
-def check_common(teachers, mean, std, channels: int) -> List[nn.Module]:
-    """The checks every recovery makes of its arguments: a teacher at least (one model is a
-    list of one: teacher_list), each frozen and in eval mode, and one mean and std value per
-    channel (storage.channel_values); returns the teachers as a list."""
-    teachers = teacher_list(teachers)
+def check_common(teachers, mean, std, channels: int, paths: Optional[List[str]] = None) -> List[nn.Module]:
+    """The checks every recovery makes of its arguments, before any work: a teacher at least
+    (one model is a list of one: teacher_list), each with BatchNorm statistics to match and in
+    eval mode (engine.check_teacher, naming its checkpoint in ``paths`` where given), and one
+    mean and std value per channel (storage.channel_values). Returns the teachers as a list, a
+    torch.compile'd one as the module it wraps (recovery hooks its BatchNorm layers, which a
+    graph compiled before would not run; ``compile`` in the config compiles the teacher pass)."""
+    teachers = [uncompiled(t) for t in teacher_list(teachers)]
     if not teachers:
         raise ValueError("recovery needs at least one teacher")
     channel_values("mean", mean, channels)
     channel_values("std", std, channels)
     for m, teacher in enumerate(teachers):
-        engine.check_teacher(teacher, m)
+        engine.check_teacher(teacher, m, paths[m] if paths else None)
     return teachers
 
 
@@ -112,7 +116,7 @@ class _JobRunner:
         batches = [(list(state["k"]), state["chunk_size"], state) for state in interrupted]
         if todo:
             probe = source if source is not None else torch.zeros((1, self.num_classes) + self.image_shape,
-                                                                  device=device)
+                                                                  dtype=torch.float32, device=device)
             if config.group_size:
                 G, chunk_size = config.group_size, config.chunk_size
             else:

@@ -120,7 +120,8 @@ class Compensators(RecoveryKind):
 
     def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
         index = torch.tensor(list(ks), dtype=torch.int64, device=device)
-        variable = torch.zeros((len(ks),) + tuple(image_shape), device=device, requires_grad=True)
+        # (float32 as the natural images, whatever torch's default dtype)
+        variable = torch.zeros((len(ks),) + tuple(image_shape), dtype=torch.float32, device=device, requires_grad=True)
         return BatchVariable(variable, lambda v: (source, v, index), list(ks))
 
     def result(self, variable: Tensor, composed: Tensor) -> Tensor:
@@ -221,6 +222,7 @@ def distill_infer(
     out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
     spec = train.spec
+    check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
     natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers, progress=progress)
     ufc_bytes = K * len(teachers) * natural[0, 0].numel() * 4  # float32

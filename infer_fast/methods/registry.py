@@ -25,6 +25,12 @@ from ..teacher import resolve_device, teacher_path_list
 from ..options import CheckedWhenMade, Option, check_fields, check_value, hold_as_made
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
+# A user's plug-ins (modules registering methods, models or datasets), loaded by load_plugins:
+# the modules this variable names (comma-separated), and the entry points of this group
+PLUGINS_ENV = "INFER_FAST_PLUGINS"
+PLUGINS_GROUP = "infer_fast.plugins"
+PLUGINS_HINT = (f"a plug-in's methods, models and datasets are loaded with {PLUGINS_ENV}=module[,module...] "
+                f"or an entry point of group {PLUGINS_GROUP!r}")
 STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled by the teachers on every batch
 
 
@@ -149,6 +155,12 @@ class Method:
         if bad:
             raise ValueError(f"method {self.name!r}: options must be Option declarations (infer_fast.options), "
                              f"got {bad[0]!r}")
+        for opt in (o for o in self.options if o.default is not None):  # (else taken silently)
+            try:
+                check_value(opt, opt.default)
+            except ValueError as exc:
+                raise ValueError(f"method {self.name!r}: option {opt.name}: its default {opt.default!r} breaks its own "
+                                 f"declaration ({exc})") from None
         for family, values in self.family_defaults.items():
             undeclared = sorted(set(values) - set(self.option_names))
             if family not in DATASET_FAMILIES or undeclared:
@@ -185,6 +197,15 @@ class Method:
         return self.parse_options(options, seed)
 
     @property
+    def matches_bn_statistics(self) -> bool:
+        """Its sets are recovered by the recovery engine (it takes the engine's options,
+        RECOVERY_OPTIONS: INFER, SRe2L, CDA), whose loss matches the teachers' BatchNorm
+        statistics: every teacher needs BatchNorm layers with running statistics."""
+        from .recovery_options import RECOVERY_OPTIONS
+
+        return all(o.name in self.option_names for o in RECOVERY_OPTIONS)
+
+    @property
     def set_method(self) -> str:
         """The method whose set its students train on (its own, unless ``trains_on``)."""
         return self.trains_on or self.name
@@ -203,8 +224,21 @@ def register(method: Method) -> Method:
         raise ValueError("'external' names imported sets, not a method")
     _check_same_declarations(method)
     _check_distill_flags(method)
+    _check_config_section(method)
     _METHODS[method.name] = method
     return method
+
+
+def _check_config_section(method: Method) -> None:
+    """A method's ``config_section`` is a section an `infer-fast run` config has (a file with any
+    other key is refused as a whole, so the method's options could never be given there)."""
+    from ..run_config import method_sections  # (here: the run config reads this registry)
+
+    sections = method_sections()
+    if method.config_section is not None and method.config_section not in sections:
+        raise ValueError(f"method {method.name!r}: config_section {method.config_section!r} is no section of an "
+                         f"`infer-fast run` config: give one of {', '.join(sections)} (shared with the methods "
+                         "reading it), or None for its own entry under method_options")
 
 
 def _check_same_declarations(method: Method) -> None:
@@ -246,6 +280,41 @@ def unregister(name: str) -> None:
     _METHODS.pop(name, None)
 
 
+_plugins = "not loaded"  # then "loading" (a plug-in's own lookups do not load them again), "loaded"
+
+
+def load_plugins() -> None:
+    """Import the user's plug-ins once (the CLI before its parser is built, so their methods
+    are --method choices with their options' flags; a lookup of a name no method has, as a
+    set's manifest makes): the entry points of group PLUGINS_GROUP of the installed
+    distributions, then the modules PLUGINS_ENV names. A ValueError naming the module and
+    where it was named when one fails to load (its own error after a colon)."""
+    global _plugins
+    if _plugins != "not loaded":
+        return
+    from importlib import metadata
+
+    _plugins = "loading"
+    try:
+        for entry in metadata.entry_points(group=PLUGINS_GROUP):
+            _load_plugin(entry.load, f"{entry.value!r} (entry point {entry.name!r} of group {PLUGINS_GROUP!r})")
+        for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
+            if module:
+                _load_plugin(lambda: importlib.import_module(module), f"{module!r} ({PLUGINS_ENV})")
+    except BaseException:
+        _plugins = "not loaded"  # (the next load says it again)
+        raise
+    _plugins = "loaded"
+
+
+def _load_plugin(load: Callable[[], Any], what: str) -> None:
+    try:
+        load()
+    except Exception as exc:
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"plug-in module {what} failed to load: {type(exc).__name__}: {detail}") from exc
+
+
 def _load_builtins() -> None:
     global _loaded
     if not _loaded:
@@ -273,16 +342,19 @@ def all_methods() -> List[Method]:
 
 def get_method(name: str) -> Method:
     """The registered method ``name``, or a ValueError listing the known ones."""
-    _load_builtins()
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(m.name for m in all_methods())}")
-    return _METHODS[name]
+    method = find_method(name)
+    if method is None:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(m.name for m in all_methods())} "
+                         f"({PLUGINS_HINT})")
+    return method
 
 
 def find_method(name: str) -> Optional[Method]:
     """The registered method ``name``, or None (a set's method where none is registered here:
     an imported set's)."""
     _load_builtins()
+    if name not in _METHODS:  # (a plug-in's, perhaps: a set's manifest names its method)
+        load_plugins()
     return _METHODS.get(name)
 
 
@@ -308,6 +380,5 @@ def run_method_names() -> Tuple[str, ...]:
 
 def set_layout(name: str) -> Optional[str]:
     """The storage layout of a set made by method ``name`` (None: no such method)."""
-    _load_builtins()
-    method = _METHODS.get(name)
+    method = find_method(name)
     return None if method is None or method.distill is None else method.layout

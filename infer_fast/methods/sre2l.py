@@ -39,10 +39,12 @@ class FreeImages(RecoveryKind):
 
     def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
         G = len(ks)
-        noise = torch.stack([torch.randn((num_classes,) + tuple(image_shape), generator=g) for g in gens])
+        # (float32 whatever torch's default dtype: the same draws, and the dtype the kernels take)
+        noise = torch.stack([torch.randn((num_classes,) + tuple(image_shape), generator=g, dtype=torch.float32)
+                             for g in gens])
         variable = noise.to(device).requires_grad_()
         index = torch.arange(G, device=device)
-        zero_ufc = torch.zeros((G,) + tuple(image_shape), device=device)
+        zero_ufc = torch.zeros((G,) + tuple(image_shape), dtype=torch.float32, device=device)
         return BatchVariable(variable, lambda v: (v, zero_ufc, index), list(range(G)))
 
     def result(self, variable: Tensor, composed: Tensor) -> Tensor:
@@ -150,6 +152,7 @@ def distill_sre2l(
     out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
     spec = train.spec
+    check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
     n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
     check_space(out_dir, n * (image_elements + 8), n * image_elements,  # uint8 + int64 labels; uint8 results
                  _sre2l_partial_bytes(config, ipc, spec.num_classes, image_elements * 4, teachers))

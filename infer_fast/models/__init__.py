@@ -12,9 +12,10 @@ models needs and the local caches lack (checked before a run's work).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +89,19 @@ def on_device(model: nn.Module, device: Any) -> nn.Module:
     return copy.deepcopy(model).to(device)
 
 
+@contextlib.contextmanager
+def float32_default() -> Iterator[None]:
+    """torch's default dtype float32 while the block runs (the caller's restored after): every
+    model is built in float32, as the checkpoints, the data (uint8 images normalized to float32)
+    and the kernels hold it, whatever torch.set_default_dtype a caller chose."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
 def get_spec(name: str) -> ModelSpec:
     """The registry entry of a built-in model name or alias (ValueError listing names if unknown)."""
     return resolve(name)[0]
@@ -122,14 +136,15 @@ def create_model(
     _check_positive_int(num_classes, "num_classes")
     _check_positive_int(in_channels, "in_channels")
     image_size_pair(image_size)
-    if is_external(name):
-        return create_external(name, num_classes, in_channels, image_size, pretrained, pretrained_head, **kwargs)
-
-    spec, implied = resolve(name)
-    for key, value in implied.items():
-        if key in kwargs and kwargs[key] != value:
-            raise ValueError(f"model {name!r} implies {key}={value!r} but {key}={kwargs[key]!r} was also given")
-    model = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **{**implied, **kwargs})
+    with float32_default():
+        if is_external(name):
+            return create_external(name, num_classes, in_channels, image_size, pretrained, pretrained_head, **kwargs)
+        spec, implied = resolve(name)
+        for key, value in implied.items():
+            if key in kwargs and kwargs[key] != value:
+                raise ValueError(f"model {name!r} implies {key}={value!r} but {key}={kwargs[key]!r} was also given")
+        model = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                           **{**implied, **kwargs})
     if pretrained is not False and pretrained is not None:
         _check_has_pretrained_weights(spec, pretrained)
         load_pretrained_weights(model, spec, pretrained, num_classes, in_channels, pretrained_head)
@@ -179,6 +194,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def build_to_check(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` to read a model's shapes: on the meta device (no memory, no init cost), or,
+    for a builder that reads values there (a data-dependent init: ``.item()`` of a weight's
+    norm; meta tensors hold none), for real on the CPU, the global generator kept. A ValueError
+    (an unknown name, images that do not fit) is the caller's to report, as it is."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except ValueError:
+        raise
+    except Exception:  # (what meta tensors cannot do: RuntimeError, NotImplementedError...)
+        from ..training_rng import kept_cpu_rng
+
+        with kept_cpu_rng():
+            return build()
+
+
 def model_table() -> List[Dict[str, Any]]:
     """One row per built-in model: name, aliases, description, inputs (e.g. "28/32/64"),
     input_sizes, params (for 10 classes, 3 channels; at 32x32 for small-image models, whose
@@ -186,8 +218,7 @@ def model_table() -> List[Dict[str, Any]]:
     rows = []
     for spec in all_specs():
         size = 32 if 32 in spec.input_sizes else spec.input_sizes[0]
-        with torch.device("meta"):  # shapes only: no memory, no init cost
-            model = spec.build(num_classes=10, in_channels=3, image_size=size)
+        model = build_to_check(lambda: spec.build(num_classes=10, in_channels=3, image_size=size))
         rows.append({
             "name": spec.name,
             "aliases": list(spec.aliases),

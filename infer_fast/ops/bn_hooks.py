@@ -10,7 +10,8 @@ exactly as the BN layer already does.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Set, Tuple
+import sys
+from typing import Callable, List, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ from ..checks import check_int
 from .backends import check_backend_name
 from .bn_stat_loss import bn_eval_with_stat_loss, bn_stat_loss
 
-# The BatchNorm layers whose statistics are matched (inputs (N, C) or (N, C, H, W)): the
+# The BatchNorm layers whose statistics are matched (inputs (N, C), (N, C, L) or (N, C, H, W)): the
 # trackers, the chunked mode and the teacher checks all use this one list.
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -48,6 +49,49 @@ def bn_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
         if isinstance(module, nn.BatchNorm3d):
             raise ValueError(f"BatchNorm layer {name!r} is a BatchNorm3d: only BatchNorm1d/2d statistics can be matched")
     return [(name, m) for name, m in model.named_modules() if isinstance(m, BN_TYPES)]
+
+
+def matchable(layers: List[Tuple[str, nn.Module]], who: str = "model") -> List[Tuple[str, nn.Module]]:
+    """``layers``, the :func:`bn_layers` of the model ``who`` whose BatchNorm statistics a loss
+    matches (the tracker's, every recovery's teacher, checked up front): a ValueError naming
+    ``who`` when there are none, or one has no running statistics (track_running_stats=False),
+    as there is nothing to match."""
+    if not layers:
+        raise ValueError(f"{who} has no BatchNorm1d/2d layer: the loss matches the running statistics of a "
+                         "teacher's BatchNorm layers (GroupNorm or LayerNorm keep none); use a teacher with BatchNorm")
+    for name, module in layers:
+        if module.running_mean is None or module.running_var is None:
+            raise ValueError(f"{who}: BatchNorm layer {name!r} has no running statistics (track_running_stats=False), "
+                             "which the loss matches; use a teacher whose BatchNorm layers track them")
+    return layers
+
+
+def _compiled_class() -> Optional[type]:
+    """The class of torch.compile'd modules, or None while Dynamo is not loaded (no model is
+    compiled then; looked up so that importing this module does not load it)."""
+    return getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
+
+
+def _holds_compiled(model: nn.Module) -> bool:
+    """``model`` is, or holds, a torch.compile'd module."""
+    kind = _compiled_class()
+    return kind is not None and any(isinstance(m, kind) for m in model.modules())
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a torch.compile'd ``model`` wraps (``_orig_mod``), else ``model``: the one to
+    hook. A compiled graph traced before hooks were added does not run them (Dynamo does not
+    guard on hooks), so the losses of a tracker attached later would never be computed."""
+    kind = _compiled_class()
+    while kind is not None and isinstance(model, kind):
+        model = model._orig_mod
+    return model
+
+
+def _as_ops_input(x: Tensor) -> Tensor:
+    """A BatchNorm1d's (N, C, L) input as the ops take it, the view (N, C, L, 1): per channel
+    the same N*L values, so the same statistics and loss; (N, C) and (N, C, H, W) as they are."""
+    return x.unsqueeze(-1) if isinstance(x, Tensor) and x.dim() == 3 else x
 
 
 class _DroppedHook:
@@ -129,12 +173,9 @@ class BNStatTracker:
         self.fused = fused
         self.clear()
         self._in_model_call = False
-        self.layers = bn_layers(model)
-        if not self.layers:
-            raise ValueError(f"model {type(model).__name__} has no BatchNorm1d/2d layer to attach the loss to")
+        self.layers = matchable(bn_layers(model), f"model {type(model).__name__}")
+        self._compiled = _holds_compiled(model)
         for name, module in self.layers:
-            if module.running_mean is None or module.running_var is None:
-                raise ValueError(f"BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
             if fused and ("forward" in vars(module) or isinstance(module, _FusedBatchNorm)):
                 raise ValueError(f"fused=True: BatchNorm layer {name!r} already has its forward replaced (another "
                                  "fused BNStatTracker is attached?): remove() that tracker first, or use fused=False")
@@ -165,14 +206,15 @@ class BNStatTracker:
 
     def _layer_runs(self, name: str, module: nn.Module, args) -> None:
         refuse_training_mode(name, module)
-        self._record(name, bn_stat_loss(args[0], module.running_mean, module.running_var, self.groups, self.backend))
+        x = _as_ops_input(args[0])
+        self._record(name, bn_stat_loss(x, module.running_mean, module.running_var, self.groups, self.backend))
 
     def _fused_forward(self, name: str, module: nn.Module, x: Tensor) -> Tensor:
         refuse_training_mode(name, module)
-        y, loss = bn_eval_with_stat_loss(x, module.running_mean, module.running_var, module.weight, module.bias,
-                                         module.eps, self.groups, self.backend)
+        y, loss = bn_eval_with_stat_loss(_as_ops_input(x), module.running_mean, module.running_var, module.weight,
+                                         module.bias, module.eps, self.groups, self.backend)
         self._record(name, loss)
-        return y
+        return y.squeeze(-1) if x.dim() == 3 else y
 
     @property
     def names(self) -> List[str]:
@@ -182,7 +224,9 @@ class BNStatTracker:
     def losses(self) -> Tensor:
         """(L, G): per executed layer, per group, from the last forward."""
         if not self._losses:
-            raise RuntimeError("no BatchNorm layer has run since the tracker was attached: run a forward pass first")
+            hint = ("; a torch.compile'd model traced before the tracker was attached does not run its hooks: attach "
+                    "it to the uncompiled model (compiled._orig_mod) and call that") if self._compiled else ""
+            raise RuntimeError(f"no BatchNorm layer has run since the tracker was attached: run a forward pass first{hint}")
         return torch.stack(self._losses)
 
     def weighted_sum(self, first_bn_mult: float = 1.0) -> Tensor:
