@@ -10,7 +10,7 @@ GROUPS, N_PER_GROUP, CLASSES = 2, 6, 7
 
 
 class SmallConvNet(nn.Module):
-    def __init__(self, unused_bn=False, aux_bn=False, shared_bn=False):
+    def __init__(self, unused_bn=False, aux_bn=False, shared_bn=False, sequence_bn=False):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(4)
@@ -20,6 +20,7 @@ class SmallConvNet(nn.Module):
         self.unused = nn.BatchNorm2d(5) if unused_bn else None  # never runs
         self.aux = nn.BatchNorm2d(4) if aux_bn else None  # runs, output not used by the logits
         self.shared_bn = shared_bn  # bn2 runs twice per forward
+        self.sequence = nn.BatchNorm1d(5) if sequence_bn else None  # on (N, C, L): the rows of the map
 
     def forward(self, x):
         h = torch.relu(self.bn1(self.conv1(x)))
@@ -28,6 +29,8 @@ class SmallConvNet(nn.Module):
         h = torch.relu(self.bn2(self.conv2(h)))
         if self.shared_bn:
             h = torch.relu(self.bn2(h))
+        if self.sequence is not None:
+            h = self.sequence(h.flatten(2)).view_as(h)
         h = F.max_pool2d(h, 2)
         return self.head(h.mean(dim=(2, 3)))
 
@@ -113,10 +116,11 @@ def test_matches_full_batch_float32(backend, channels_last):
     assert_matches(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["unused_bn", "aux_bn", "shared_bn"])
+@pytest.mark.parametrize("kind", ["unused_bn", "aux_bn", "shared_bn", "sequence_bn"])
 def test_layer_sets_match_the_tracker(kind):
     """A BN that never runs is skipped; a BN whose output is unused still gets its gradient;
-    a BN called twice counts as two layers (as in BNStatTracker)."""
+    a BN called twice counts as two layers (as in BNStatTracker); a BatchNorm1d on (N, C, L)
+    inputs is matched per channel over N*L values, as the tracker does."""
     net = frozen(SmallConvNet(**{kind: True}))
     natural, labels, u = batch()
     expected = reference(net, natural, labels, u, r_bn=0.7, first_bn_mult=3.0)

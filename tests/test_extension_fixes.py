@@ -13,6 +13,7 @@ from torch import nn
 from conftest import train_tiny_teachers
 from infer_fast.cli import build_parser, main
 from infer_fast.data import load_dataset
+from infer_fast.data.registry import canonical_name
 from infer_fast.distill import RecoveryConfig, distill_infer, recover_ufcs
 from infer_fast.methods import DistillRequest, Method, get_method, register, unregister
 from infer_fast.methods.infer import select_natural_sets
@@ -106,6 +107,7 @@ PLUGIN = '''
 import torch
 from torch import nn
 from infer_fast.data import load_dataset
+from infer_fast.data.registry import canonical_name
 from infer_fast.distill.run import real_data_fields
 from infer_fast.methods import Method, register
 from infer_fast.models.registry import ModelSpec, register as register_model
@@ -172,6 +174,27 @@ def test_the_cli_loads_the_plugins_of_installed_entry_points(tmp_path):
     (info / "entry_points.txt").write_text("[infer_fast.plugins]\nmyplug = myplug\n")
     shown = _cli(tmp_path, "distill", "--help")
     assert shown.returncode == 0 and "firstimg" in shown.stdout
+
+
+def test_python_lookups_of_a_plugins_model_and_dataset_load_it(tmp_path):
+    """From Python too (not only the CLI): a name nothing registered loads the plug-ins the
+    variable names before it is refused, as a teacher checkpoint or a set naming it needs."""
+    (tmp_path / "myplug.py").write_text(PLUGIN + """
+import dataclasses
+from infer_fast.data.registry import get_dataset, register_dataset
+mini = get_dataset("fashion-mnist-mini")
+register_dataset(dataclasses.replace(mini, name="plugdata", aliases=(), spec=dataclasses.replace(mini.spec, name="plugdata")))
+""")
+    script = ("import sys; from infer_fast.models import create_model; from infer_fast.data.registry import "
+              "canonical_name; print(type(create_model('plugnet', num_classes=3)).__name__, canonical_name('plugdata')); "
+              "assert 'myplug' in sys.modules")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]), "INFER_FAST_PLUGINS": "myplug"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split() == ["Sequential", "plugdata"], proc.stderr
+    with pytest.raises(ValueError, match="INFER_FAST_PLUGINS=module"):
+        canonical_name("nosuchdata")
+    with pytest.raises(ValueError, match="INFER_FAST_PLUGINS=module"):
+        create_model("nosuchnet", num_classes=3)
 
 
 def test_an_unknown_method_says_how_to_load_a_plugin():

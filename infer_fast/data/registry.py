@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ..plugins import PLUGINS_HINT, load_plugins
+
 __all__ = ["DatasetSpec", "Dataset", "LoadRequest", "register_dataset", "get_dataset", "get_spec", "list_datasets",
            "canonical_name", "dataset_options", "dataset_label", "known_train_size", "TrainSizes", "DATASET_FAMILIES",
            "recipe_family",
@@ -290,12 +292,14 @@ def canonical_name(name) -> str:
     if not isinstance(name, str):
         raise ValueError(f"dataset must be a dataset name (a string), got {name!r}")
     key = name.strip().lower()
-    if key in _DATASETS:
-        return key
-    for entry in _DATASETS.values():
-        if key in entry.aliases:
-            return entry.name
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
+    for attempt in ("registered", "with the plug-ins"):  # (a plug-in's dataset, perhaps: a set names its dataset)
+        if key in _DATASETS:
+            return key
+        for entry in _DATASETS.values():
+            if key in entry.aliases:
+                return entry.name
+        load_plugins()
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())} ({PLUGINS_HINT})")
 
 
 def get_spec(

@@ -49,7 +49,7 @@ class Augmentation:
         rows = []
         for t in range(first, first + iterations):
             box = resized_crop_boxes(1, height, width, crop_scale_at(self.config, t), RESIZED_CROP_RATIO, gen)
-            flip = (torch.rand(1, generator=gen) < 0.5).long()
+            flip = (torch.rand(1, generator=gen, dtype=torch.float32) < 0.5).long()
             rows.append(torch.cat([*box, flip, torch.randint(0, high, (2,), generator=gen)]))
         return torch.stack(rows)
 

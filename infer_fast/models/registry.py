@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from torch import nn
 
 from .base import ClassifierNet, init_weights
+from ..plugins import PLUGINS_HINT
 from .convnet import canonical_norm
 
 __all__ = [
@@ -146,7 +147,7 @@ def unknown_model_error(name: str) -> ValueError:
     return ValueError(
         f"unknown model {name!r}.{hint} Known models: {', '.join(known)}; "
         "also convnet-w<W>-d<D>[-<norm>] (norm: batchnorm, instancenorm, groupnorm, none), "
-        "torchvision:NAME and timm:NAME (when those libraries are installed)."
+        f"torchvision:NAME and timm:NAME (when those libraries are installed); {PLUGINS_HINT}."
     )
 
 
@@ -155,6 +156,10 @@ def resolve(name: str) -> Tuple[ModelSpec, Dict[str, Any]]:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     key = normalize_name(name)
+    if key not in _ALIASES:  # (a plug-in's model, perhaps: a teacher checkpoint names its model)
+        from ..plugins import load_plugins
+
+        load_plugins()
     if key in _ALIASES:
         return _REGISTRY[_ALIASES[key]], {}
     m = _CONVNET_RE.match(key)

@@ -88,7 +88,7 @@ def uncompiled(model: nn.Module) -> nn.Module:
     return model
 
 
-def _as_ops_input(x: Tensor) -> Tensor:
+def as_ops_input(x: Tensor) -> Tensor:
     """A BatchNorm1d's (N, C, L) input as the ops take it, the view (N, C, L, 1): per channel
     the same N*L values, so the same statistics and loss; (N, C) and (N, C, H, W) as they are."""
     return x.unsqueeze(-1) if isinstance(x, Tensor) and x.dim() == 3 else x
@@ -206,12 +206,12 @@ class BNStatTracker:
 
     def _layer_runs(self, name: str, module: nn.Module, args) -> None:
         refuse_training_mode(name, module)
-        x = _as_ops_input(args[0])
+        x = as_ops_input(args[0])
         self._record(name, bn_stat_loss(x, module.running_mean, module.running_var, self.groups, self.backend))
 
     def _fused_forward(self, name: str, module: nn.Module, x: Tensor) -> Tensor:
         refuse_training_mode(name, module)
-        y, loss = bn_eval_with_stat_loss(_as_ops_input(x), module.running_mean, module.running_var, module.weight,
+        y, loss = bn_eval_with_stat_loss(as_ops_input(x), module.running_mean, module.running_var, module.weight,
                                          module.bias, module.eps, self.groups, self.backend)
         self._record(name, loss)
         return y.squeeze(-1) if x.dim() == 3 else y

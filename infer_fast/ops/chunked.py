@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import backends
 from ..checks import check_int
-from .bn_hooks import bn_layers, refuse_training_mode
+from .bn_hooks import as_ops_input, bn_layers, matchable, refuse_training_mode
 from .bn_stat_loss import check_inputs
 from .layout import as_ncl, kept_format
 from .reference import accumulate_dtype, at_least_fp32, finalize_stats
@@ -138,9 +138,7 @@ class _ChunkHooks:
         self.anchors: List[Tensor] = []
         self._row0 = self._calls = 0
         self._first_chunk = True
-        layers = bn_layers(teacher)
-        if not layers:
-            raise ValueError(f"teacher {type(teacher).__name__} has no BatchNorm1d/2d layer to match statistics of")
+        layers = matchable(bn_layers(teacher), f"teacher {type(teacher).__name__}")
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in layers]
 
     def start_chunk(self, row0: int) -> None:
@@ -156,7 +154,7 @@ class _ChunkHooks:
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args):
-            x = args[0]
+            x = as_ops_input(args[0])  # (a BatchNorm1d's (N, C, L) as (N, C, L, 1))
             index, self._calls = self._calls, self._calls + 1
             if self._first_chunk and not self.injecting:
                 self.sites.append(self._new_site(name, module, x))
@@ -173,14 +171,12 @@ class _ChunkHooks:
                 return None
             y, anchor = _InjectBNGrad.apply(x, site, self._row0, self.group_size)
             self.anchors.append(anchor)
-            return (y,) + tuple(args[1:])
+            return (y.view_as(args[0]),) + tuple(args[1:])
 
         return hook
 
     def _new_site(self, name: str, module: nn.Module, x: Tensor) -> _BNSite:
         refuse_training_mode(name, module)
-        if module.running_mean is None or module.running_var is None:
-            raise ValueError(f"teacher: BatchNorm layer {name!r} has no running statistics (track_running_stats=False)")
         check_inputs(x, module.running_mean, module.running_var, 1)
         return _BNSite(name, module, x, self.groups, self.backend)
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from .._io import (REPLACED, TEMP, PathLike, check_writable, file_sha256, format_bytes, hidden_sibling,
                    hidden_sibling_pattern, naming_errors, safetensors_save)
 from ..data.pixels import valid_range
+from ..plugins import PLUGINS_HINT
 from .distilled_set import (
     DistilledSet, DistilledSetError, OutputExistsError, check_method_records, check_records, dtype_name,
     known_set_methods, set_layout,
@@ -353,7 +354,8 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
 
     method = need("method", str, "a string")
     if set_layout(method) is None:
-        raise err(f"{path}: unknown method {method!r}; this infer-fast knows {', '.join(known_set_methods())}")
+        raise err(f"{path}: unknown method {method!r}; this infer-fast knows {', '.join(known_set_methods())} "
+                  f"({PLUGINS_HINT})")
     need("dataset", str, "a string")
     need("num_classes", int, "an integer")
     need("channels", int, "an integer")
