@@ -207,8 +207,17 @@ def cmd_import(args: argparse.Namespace) -> None:
     from .storage import import_imagefolder, inspect_report, save_distilled
 
     _one_process("import", "one pass over the folder's files")
+    check_int("--image-size", args.image_size, none="the dataset's, or the size export.json records")
+    if args.image_size is not None:
+        from .data.registry import get_dataset
+
+        entry = get_dataset(args.dataset)
+        if entry.layout != "folders":
+            raise UserError(f"--image-size: dataset {entry.name!r} has one size ({entry.spec.image_size} px); "
+                            "only a folder dataset (ImageNet, Tiny-ImageNet, imagefolder) is read at another")
     check_new_output(args.out)  # (before the folder is read: as every command that writes a set)
-    ds = import_imagefolder(args.folder, args.dataset, soft_labels=args.soft_labels, name=args.name)
+    dataset = args.dataset if args.image_size is None else {"name": args.dataset, "image_size": args.image_size}
+    ds = import_imagefolder(args.folder, dataset, soft_labels=args.soft_labels, name=args.name)
     save_distilled(ds, args.out)
     print(inspect_report(args.out, verify_checksums=False))
 
@@ -606,7 +615,8 @@ def _add_set_commands(sub) -> None:
     importer = sub.add_parser(
         "import", help="another method's set (class folders of images, optional soft labels) as a distilled set",
         description="Reads ROOT/<class>/<image> (class folders named by class index or the dataset's class names; "
-        "images of the dataset's size, not resized) into a set of method 'external' that evaluate, train, inspect "
+        "images of the dataset's size, or --image-size, or the size infer-fast's export recorded in "
+        "ROOT/export.json; not resized) into a set of method 'external' that evaluate, train, inspect "
         "and run treat like ours. Image order: by class, then file name (the rows of --soft-labels).",
     )
     importer.add_argument("folder", help="the set's root folder (one sub-folder per class)")
@@ -615,6 +625,9 @@ def _add_set_commands(sub) -> None:
     importer.add_argument("--soft-labels", dest="soft_labels",
                           help="a (N, C) tensor of soft labels (logits): .safetensors (one tensor) or torch.save file")
     importer.add_argument("--name", help="the method that made it (recorded, e.g. RDED)")
+    importer.add_argument("--image-size", dest="image_size", type=int, metavar="N",
+                          help="the images' size in pixels, for a folder dataset read at another resolution "
+                          "(e.g. ImageNet at 64); default: the dataset's, or what export.json records")
     importer.set_defaults(func=cmd_import)
 
     export = sub.add_parser("export", help="export a distilled set as PNG class folders")

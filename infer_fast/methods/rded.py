@@ -300,7 +300,7 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
     gen = torch.Generator().manual_seed(int(seed))
     images = torch.empty((ipc * spec.num_classes,) + tuple(train.image_shape), dtype=torch.uint8)
     store = None if checkpoint is None else _checkpoint(checkpoint, picked, teachers, recipe, ipc, seed)
-    first = 0 if store is None else store.restore(images, gen)  # (the classes a resumed run has done)
+    first = 0 if store is None else store.restore(images, gen, spec.num_classes)  # (the classes a resumed run has done)
     if store is not None:
         store.announce(first, spec.num_classes)
     rows = torch.arange(first * candidates, len(picked))
@@ -349,6 +349,7 @@ def distill(request: DistillRequest):
 
 def _distill_locked(request: DistillRequest):
     from ..data import load_dataset
+    from ..distill.checkpoints import remove_recovery_checkpoints
     from ..distill.run import check_new_output, load_set_teachers, recovery_checkpoint_path
     from ..storage import save_distilled
     from ..teacher import resolve_device
@@ -362,7 +363,7 @@ def _distill_locked(request: DistillRequest):
     checkpoint = dict(path=path, minutes=request.parsed["checkpoint_minutes"], resume=request.resume)
     ds = _recipe_set(train, teachers, request.ipc, recipe, request.seed, records, request.progress, checkpoint)
     saved = save_distilled(ds, out_dir, progress=request.progress)
-    path.unlink(missing_ok=True)  # (the set is complete: nothing to resume)
+    remove_recovery_checkpoints(path)  # (the set is complete: nothing to resume; the results folder too)
     return saved
 
 

@@ -6,7 +6,8 @@ such a set is a DistilledSet of method ``external`` (uint8 images, hard labels f
 folders, optional static soft labels), with a manifest recording where it came from and
 every source file's SHA-256, so ``evaluate``, ``train``, ``inspect`` and ``run`` treat it
 like one of ours. Images are taken as they are: a file of another size or channel count is
-an error, not resized.
+an error, not resized (a set made at another resolution is imported at it: the dataset
+given as a mapping with its ``image_size``, or recorded by our export's ``export.json``).
 """
 from __future__ import annotations
 
@@ -39,6 +40,32 @@ def _read_export_listing(root: Path) -> Optional[dict]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise DistilledSetError(f"{listing}: not readable JSON ({exc})") from None
     return meta if isinstance(meta, dict) and meta.get("source_format") == FORMAT_NAME else None
+
+
+def _exported_dataset(dataset: Union[str, Mapping[str, Any]], listing: Optional[dict], root: Path):
+    """``dataset`` as import reads it: given by name, a folder dataset (ImageNet, Tiny-ImageNet)
+    that our export's listing names takes the image size and class count it records (a set
+    made at 16 px, or of a class subset, imports as it was made); anything else as given."""
+    from ..data.registry import canonical_name, get_dataset
+
+    if listing is None or not isinstance(dataset, str) or "image_size" not in listing:
+        return dataset
+    entry = get_dataset(dataset)
+    if entry.spec is None or entry.layout != "folders":  # (imagefolder: its channels, normalization unrecorded)
+        return dataset
+    try:
+        same = canonical_name(str(listing.get("dataset"))) == entry.name
+    except ValueError:  # (a dataset this infer-fast does not know)
+        same = False
+    size, count = listing["image_size"], listing.get("num_classes")
+    if not same:
+        return dataset
+    if not (isinstance(size, list) and len(size) == 2 and size[0] == size[1] and isinstance(size[0], int)
+            and not isinstance(size[0], bool) and size[0] > 0):
+        raise DistilledSetError(f"{root / 'export.json'}: image_size must be [S, S] (square, in pixels), got {size!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise DistilledSetError(f"{root / 'export.json'}: num_classes must be a positive integer, got {count!r}")
+    return {"name": entry.name, "image_size": size[0], "num_classes": count}
 
 
 def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
@@ -228,7 +255,8 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
 
     Class folders are named by class index, by the dataset's class name or by the folder name
     our ``export`` writes for it (``T-shirt_top``); a folder written by our ``export`` is mapped
-    by its ``export.json``. Image order: by class, then by file name, which is also the row
+    by its ``export.json``, and a dataset given by name is read at the image size and class
+    count it records (:func:`_exported_dataset`). Image order: by class, then by file name, which is also the row
     order of ``soft_labels``, except for a folder written by our own ``export``, whose
     ``export.json`` gives the rows. The
     budget's ipc is the largest images-per-class count (the storage a method was given);
@@ -239,10 +267,10 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     root = Path(source)
     if not root.is_dir():
         raise DistilledSetError(f"{root}: not a directory of class folders")
-    spec = get_spec(dataset)
+    listing = _read_export_listing(root)
+    spec = get_spec(_exported_dataset(dataset, listing, root))
     size = (spec.image_size, spec.image_size)
     images, labels, checksums, counts = [], [], {}, []
-    listing = _read_export_listing(root)
     for label, folder in _class_folders(root, spec.num_classes, spec.class_names, listing):
         named = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         for p in named:

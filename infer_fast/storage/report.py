@@ -79,7 +79,9 @@ def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
         row("teachers", "none recorded")
     row("seed", str(ds.seed))
     if ds.hyperparameters:
-        row("hyperparameters", json.dumps(ds.hyperparameters, sort_keys=True))
+        shown = _summarised(ds.hyperparameters, top=True)
+        row("hyperparameters", json.dumps(shown, sort_keys=True)
+            + (" (long entries summarised: in full in manifest.json)" if shown != ds.hyperparameters else ""))
     for fname, entry in manifest["files"].items():
         tensors = ", ".join(f"{n} {i['dtype']}{i['shape']}" for n, i in entry["tensors"].items())
         ok = " OK" if verify_checksums else ""
@@ -87,6 +89,27 @@ def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
     row("checksums", f"all {len(manifest['files'])} tensor files OK" if verify_checksums
         else f"{len(manifest['files'])} tensor files, hashed as they were written")
     return "\n".join(lines)
+
+
+# inspect's hyperparameters line shows at most this many entries of a nested list or dict (an
+# imported set records a SHA-256 per source file: 50,000 of them, 4 MB on one line)
+SHOWN_ENTRIES = 5
+
+
+def _summarised(value, top: bool = False):
+    """``value`` with each nested list or dict longer than SHOWN_ENTRIES cut to its first
+    entries and one saying how many there are in all (the record's own keys, ``top``, kept)."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=str)
+        items = {k: _summarised(value[k]) for k in (keys if top or len(keys) <= SHOWN_ENTRIES else keys[:SHOWN_ENTRIES])}
+        if len(items) < len(keys):
+            items["..."] = f"{len(keys)} entries in all"
+        return items
+    if isinstance(value, list) and len(value) > SHOWN_ENTRIES:
+        return [_summarised(v) for v in value[:SHOWN_ENTRIES]] + [f"... {len(value)} entries in all"]
+    if isinstance(value, list):
+        return [_summarised(v) for v in value]
+    return value
 
 
 def _without_soft_labels(method: str) -> str:
@@ -176,6 +199,43 @@ def _class_folders(ds: DistilledSet, naming: str) -> List[str]:
     return folders
 
 
+# What a PNG holds besides its pixels, at most: a filter byte per row (Pillow's deflate never
+# grows the data by more than that and its framing) and the signature, chunks and zlib framing
+PNG_FRAMING_BYTES = 128
+
+
+def soft_label_bytes(ds: DistilledSet, n: int) -> int:
+    """Bytes of the (n, C) fp16 soft labels of the set's ``n`` training images (0 without)."""
+    return n * ds.num_classes * torch.float16.itemsize if ds.has_soft_labels else 0
+
+
+def _blocks(size: int, block: int) -> int:
+    """The bytes a file of ``size`` bytes takes on a file system of ``block``-byte blocks."""
+    return -(-size // block) * block
+
+
+def _block_size(path: PathLike) -> int:
+    """The fragment size (statvfs f_frsize: the unit files take space in) of the file system
+    that ``path``, or the nearest existing directory above it, is on."""
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    return os.statvfs(existing).f_frsize or 4096
+
+
+def export_bytes(ds: DistilledSet, n: int, folders: List[str], block: int) -> int:
+    """About the most disk an export of the set's ``n`` training images into ``folders`` takes
+    on a file system of ``block``-byte blocks: each PNG at most its pixels and PNG framing,
+    rounded up to whole blocks (one partly used block per file: as much as a small image
+    itself), a block per class folder, the soft labels and export.json (a line per file)."""
+    png = ds.channels * ds.height * ds.width + ds.height + PNG_FRAMING_BYTES
+    name = max(map(len, folders)) + len(str(max(n - 1, 0))) + len("/.png") + 8  # ("  \"<folder>/<i>.png\",\n" in export.json)
+    listing = n * name + sum(2 * len(f) + 16 for f in folders) + 4096  # (files, class folders and names, the rest)
+    soft = soft_label_bytes(ds, n)
+    return (n * _blocks(png, block) + (len(folders) + 1) * block + _blocks(listing, block)
+            + (_blocks(soft + 4096, block) if soft else 0))  # (safetensors' header: under a block)
+
+
 @holds_output("out_dir", "export directory", every_rank=False)  # (one writer; a killed one's temporary folder goes)
 def export_imagefolder(
     directory: Union[DistilledSet, PathLike],
@@ -212,7 +272,7 @@ def export_imagefolder(
     folders = _class_folders(ds, naming)
     data = DistilledDataset(ds, hard_only=True, backend=backend, cache_bytes=0)
     n = len(data)
-    check_writable(out, "export directory", kind="directory", need_bytes=n * ds.channels * ds.height * ds.width)
+    check_writable(out, "export directory", kind="directory", need_bytes=export_bytes(ds, n, folders, _block_size(out)))
     # written into a temporary directory beside ``out`` and renamed into place at the end:
     # an export that fails (disk full...) leaves nothing behind
     parent = out.absolute().parent
@@ -240,6 +300,7 @@ def export_imagefolder(
                 "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
                 "source": str(directory) if not isinstance(directory, DistilledSet) else None,
                 "method": ds.method, "dataset": ds.dataset, "num_classes": ds.num_classes,
+                "image_size": list(ds.image_size),  # (import reads a set made at another resolution back at it)
                 "class_folders": folders, "class_names": ds.class_names,
                 "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
                 "image_order": IMAGE_ORDER, "files": files,
