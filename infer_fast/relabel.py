@@ -20,6 +20,7 @@ from .models import on_device
 from .output_lock import holds_output
 from .progress import progress_bar
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
+from .storage.distilled_set import store_soft_label_rows
 from .teacher import load_teachers_for_set, resolve_device, teacher_list, teacher_path_list
 
 __all__ = ["ensemble_logits", "relabel", "relabel_directory"]
@@ -56,18 +57,20 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
     check_int("batch_size", batch_size)
     dev = resolve_device(device)
     models = [on_device(t, dev) for t in teachers]
-    chunks = []
     data = DistilledDataset(distilled, hard_only=True)
+    # the labels as stored (fp16), each batch's written in as it comes and checked there: no
+    # float32 copy of them all, and an overflow stops the run at its batch, not at the end
+    soft = distilled.empty_soft_labels()
     # composed a chunk at a time: an ImageNet-size set never sits in memory as images
     with progress_bar(total=len(data), desc="relabel", unit="img", disable=not progress, leave=False) as bar:
-        for _, images in data.iter_chunks():
+        for first, images in data.iter_chunks():
             for start in range(0, images.shape[0], batch_size):
                 logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
                 if logits.shape[1] != distilled.num_classes:
                     raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
-                chunks.append(logits)
+                store_soft_label_rows(soft, first + start, logits)
                 bar.update(logits.shape[0])
-    distilled.set_soft_labels(torch.cat(chunks))
+    distilled.set_soft_labels(soft, copy=False)
     return distilled
 
 
@@ -83,7 +86,8 @@ def relabel_directory(directory: PathLike, teacher_paths: Union[PathLike, Sequen
         raise ValueError("relabel_directory needs at least one teacher path")
     resolve_device(device)
     ds = load_distilled(directory)
-    check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes())  # rewritten beside itself
+    # rewritten beside itself, with the soft labels it is about to get
+    check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes(relabelled=True))
     teachers = load_teachers_for_set(teacher_paths, ds, device=device)
     relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress)
     ds.hyperparameters = dict(ds.hyperparameters)

@@ -490,7 +490,7 @@ class StudentRun:
         elif self.hard is not None:  # one-hot probabilities: mixing them is mixup's label mixing
             z = F.one_hot(self.hard[idx], self.distilled.num_classes).float()
         else:
-            z = self.soft[idx]
+            z = self.soft[idx].float()  # (stored fp16: the batch's rows made float32, exactly)
         if cfg.mix != "none":
             lam = sample_lambda(cfg.mixup_alpha, self.gen)
             perm = torch.randperm(len(idx), generator=self.gen)

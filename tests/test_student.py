@@ -80,7 +80,7 @@ def test_relabel_infer_is_mean_of_teacher_logits(teachers, data):
     assert not torch.allclose(soft.float(), mean_logits(models[:1], direct_infer_images(ds)), atol=1e-2)
     # the labels line up with DistilledDataset's training order
     images, stored, hard = DistilledDataset(ds).all_images()
-    torch.testing.assert_close(stored, soft.float())
+    assert stored.dtype == torch.float16 and torch.equal(stored, soft)  # as stored: float32 a batch at a time
     assert torch.equal(hard, torch.arange(10).repeat(ds.K + ds.G))
 
 

@@ -1,7 +1,8 @@
 """The per-batch engine of recovery: G jobs of one teacher optimized together, with their
 augmentation, losses, optimizer and schedule. What a job optimizes (its variable, how it is
 composed, what it keeps) is its method's RecoveryKind (variables.py); how many jobs share a
-batch: plan.auto_batch_plan."""
+batch: plan.auto_batch_plan; the natural sets a batch is composed with: its own, made by the
+job scheduler (jobs.py) when the batch starts."""
 from __future__ import annotations
 
 import contextlib
@@ -494,8 +495,9 @@ def optimize_batch(
     loss became non-finite; their results must not be used).
 
     ``kind`` (variables.RecoveryKind) says what is optimized: its variable (G groups, each
-    composed into C images, one per class, with its own BN statistics), from which source it
-    is composed, and the result (``kind.result``) returned on CPU as float32, with the batch
+    composed into C images, one per class, with its own BN statistics), composed with
+    ``source`` (the batch's natural sets, float32 (G, C, ch, H, W) on the device, group g's
+    in source[g]; None for a method without), and the result (``kind.result``) returned on CPU as float32, with the batch
     stats. Every job draws from its own generator (``kind.job_seed``).
 
     Checkpoints inside the batch: with ``on_checkpoint``, after every

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .. import distributed, interrupts, memory
 from .._io import model_digest
+from ..data.transforms import normalize
 from ..models import device_of
 from ..ops.bn_hooks import uncompiled
 from ..run_identity import differing
@@ -62,17 +63,20 @@ class _JobRunner:
     """The jobs of one recovery on this rank, teacher by teacher, G at a time: ``done`` (job ->
     kept result), the batches' ``stats``, ``failures`` (m, k, iteration) and the last
     ``group_size``; the checkpoint ``store`` written after every batch and, at the cadence of
-    config.checkpoint_every / checkpoint_minutes, inside a batch. ``stop_vote``: under
-    torchrun "chunks", the ranks' vote on a stop signal (distributed.Ranks.any_signal)."""
+    config.checkpoint_every / checkpoint_minutes, inside a batch. ``natural``: the method's
+    natural sets, uint8 (K, C, ch, H, W) on the host (None: it has none), of which each batch
+    normalizes its own (:meth:`natural_sets`). ``stop_vote``: under torchrun "chunks", the
+    ranks' vote on a stop signal (distributed.Ranks.any_signal)."""
 
-    def __init__(self, kind: RecoveryKind, teachers: List[nn.Module], natural_cpu: Optional[Tensor],
+    def __init__(self, kind: RecoveryKind, teachers: List[nn.Module], natural: Optional[Tensor],
                  num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
                  store: CheckpointStore, split_jobs: bool, progress: bool, backend: str,
                  keep: Optional[Callable[[Tensor], Tensor]],
                  stop_vote: Optional[Callable[[Optional[int]], Optional[int]]] = None):
         from ..storage import valid_range
 
-        self.kind, self.teachers, self.natural_cpu, self.config, self.store = kind, teachers, natural_cpu, config, store
+        self.kind, self.teachers, self.natural, self.config, self.store = kind, teachers, natural, config, store
+        self.mean, self.std = mean, std
         self.num_classes, self.image_shape, self.split_jobs = num_classes, image_shape, split_jobs
         self.progress, self.backend, self.keep, self.stop_vote = progress, backend, keep, stop_vote
         self.lo_cpu, self.hi_cpu = valid_range(mean, std)
@@ -91,13 +95,12 @@ class _JobRunner:
         if not todo and not interrupted:
             return
         device = device_of(teacher)
-        source = None if self.natural_cpu is None else self.natural_cpu.to(device)
         lo, hi = self.lo_cpu.to(device), self.hi_cpu.to(device)
         with engine.recovery_teacher(teacher, self.config) as run_teacher:
             losses = self.kind.losses(run_teacher, self.num_classes, self.config, self.backend)
             try:
-                for ks, chunk_size, state in self._batches(todo, interrupted, run_teacher, source, device):
-                    self._run_batch(m, ks, chunk_size, state, source, losses, lo, hi)
+                for ks, chunk_size, state in self._batches(todo, interrupted, run_teacher, device):
+                    self._run_batch(m, ks, chunk_size, state, losses, lo, hi)
             except plan.RecoveryOutOfMemoryError as exc:
                 where = self.store.where()
                 if where is None:
@@ -107,20 +110,36 @@ class _JobRunner:
             finally:
                 losses.detach()
 
+    def natural_sets(self, ks: List[int], device) -> Optional[Tensor]:
+        """The natural sets ``ks``, in that order, normalized: float32 (len(ks), C, ch, H, W) on
+        ``device`` (None when the method has none). Made when a batch starts, so memory holds
+        one batch's sets in float32, not all K; the same bits as normalizing all K at once
+        (normalize is elementwise), and made on the host as before: a CUDA division by a
+        scalar (the 255) multiplies by its reciprocal, which could change a bit."""
+        if self.natural is None:
+            return None
+        rows = torch.tensor(ks, dtype=torch.int64)
+        return normalize(self.natural.index_select(0, rows), self.mean, self.std).to(device)
+
     def _batches(self, todo: List[int], interrupted: List[Dict[str, Any]], run_teacher: nn.Module,
-                 source: Optional[Tensor], device) -> List[Tuple[List[int], Optional[int], Optional[Dict[str, Any]]]]:
+                 device) -> List[Tuple[List[int], Optional[int], Optional[Dict[str, Any]]]]:
         """The plan of a teacher: (ks, chunk_size, state to continue from), the interrupted
         batches first, as they were, then ``todo`` G at a time (G and chunk_size from the
         config, or auto_batch_plan: under torchrun "chunks" rank 0's plan for all ranks)."""
         config = self.config
         batches = [(list(state["k"]), state["chunk_size"], state) for state in interrupted]
         if todo:
-            probe = source if source is not None else torch.zeros((1, self.num_classes) + self.image_shape,
-                                                                  dtype=torch.float32, device=device)
             if config.group_size:
                 G, chunk_size = config.group_size, config.chunk_size
             else:
-                G, chunk_size = plan.auto_batch_plan(run_teacher, probe, len(todo), chunk_size=config.chunk_size)
+                probe = self.natural_sets([0], device)
+                if probe is None:
+                    probe = torch.zeros((1, self.num_classes) + self.image_shape, dtype=torch.float32, device=device)
+                # every image of a batch holds its natural image in float32 beside the teacher's activations
+                held = 0 if self.natural is None else self.natural[0, 0].numel() * probe.element_size()
+                G, chunk_size = plan.auto_batch_plan(run_teacher, probe, len(todo), chunk_size=config.chunk_size,
+                                                     held_per_image=held)
+                del probe
                 if distributed.rank_and_world()[1] > 1 and not self.split_jobs:  # "chunks": one plan for all ranks
                     G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
             self.group_size = G
@@ -128,7 +147,7 @@ class _JobRunner:
         return batches
 
     def _run_batch(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
-                   source: Optional[Tensor], losses, lo: Tensor, hi: Tensor) -> None:
+                   losses, lo: Tensor, hi: Tensor) -> None:
         """One batch, and its results saved. Where this writer checkpoints, a stop signal during
         the batch is acted on at a safe point (interrupts.stop_at_safe_points): between two
         iterations, the batch's state saved first (engine: _Batch.run), or, after its last
@@ -136,14 +155,20 @@ class _JobRunner:
         that share the batch (``stop_vote``) all act on a signal any of them got, at the same
         safe point: none leaves before rank 0 has saved."""
         with interrupts.stop_at_safe_points() if self.store.writes or self.stop_vote else contextlib.nullcontext():
-            self._optimize_and_save(m, ks, chunk_size, state, source, losses, lo, hi)
+            self._optimize_and_save(m, ks, chunk_size, state, losses, lo, hi)
             if self.stop_vote is not None:  # (a signal after the last iteration's vote: all leave here)
                 interrupts.agree_on_stop(self.stop_vote)
 
     def _optimize_and_save(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
-                           source: Optional[Tensor], losses, lo: Tensor, hi: Tensor) -> None:
+                           losses, lo: Tensor, hi: Tensor) -> None:
         key, M, noun = (m, tuple(ks)), len(self.teachers), self.kind.noun
         desc = f"teacher {m + 1}/{M} {noun}{'s' if len(ks) > 1 else ''} k={job_range(ks)}"
+        try:
+            source = self.natural_sets(ks, lo.device)  # (a captured graph reads it: alive for the whole batch)
+        except Exception as exc:
+            if not memory.is_out_of_memory(exc):
+                raise
+            raise plan.out_of_memory_error(exc, lo.device, desc, len(ks), self.num_classes, chunk_size) from exc
 
         def save_partial(batch_state: Dict[str, Any]) -> None:
             self.store.save_partial(key, batch_state, self.done, self.stats, self.group_size)
@@ -159,7 +184,7 @@ class _JobRunner:
         self.done.update({(m, k): r for k, r in finished.items()})
         self.failures += [(m, k, it) for k, it in batch_stats["failed"].items()]
         self.stats.append(batch_stats)
-        del result
+        del result, source
         memory.release_freed_memory()  # the batch's activations: not held into the next step
         self.store.finish_batch(key, finished, self.done, self.stats, self.group_size)
 
@@ -191,7 +216,7 @@ class _JobRunner:
 
 
 def _run_jobs(
-    kind: RecoveryKind, jobs: List[Job], teachers: List[nn.Module], natural_cpu: Optional[Tensor],
+    kind: RecoveryKind, jobs: List[Job], teachers: List[nn.Module], natural: Optional[Tensor],
     num_classes: int, image_shape: Tuple[int, int, int], mean, std, config: RecoveryConfig,
     identity: Dict[str, Any], checkpoint, resume: bool, progress: bool, backend: str,
     keep: Optional[Callable[[Tensor], Tensor]] = None,
@@ -217,7 +242,7 @@ def _run_jobs(
     # "chunks": every rank works on every batch, so on a signal they stop together (a vote per iteration)
     ranks = distributed.Ranks() if world > 1 and not split_jobs else None
     try:
-        runner = _JobRunner(kind, teachers, natural_cpu, num_classes, image_shape, mean, std, config, store,
+        runner = _JobRunner(kind, teachers, natural, num_classes, image_shape, mean, std, config, store,
                             split_jobs, progress, backend, keep, stop_vote=ranks.any_signal if ranks else None)
         store.announce(kind.label, len(jobs), resume)
         store.claim_partials(split_jobs)
@@ -268,7 +293,7 @@ def _check_ranks_agree(identity: Dict[str, Any], checkpoint, config: RecoveryCon
 
 
 def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: List[nn.Module],
-             natural_cpu: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int], mean, std,
+             natural: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int], mean, std,
              config: RecoveryConfig, checkpoint, resume: bool, progress: bool, backend: str,
              keep: Optional[Callable[[Tensor], Tensor]] = None):
     """The path every recovery shares: its identity (``run``: what the method's jobs are made
@@ -282,5 +307,5 @@ def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: 
         "std": [float(v) for v in std],
         "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},
     }
-    return _run_jobs(kind, jobs, teachers, natural_cpu, num_classes, image_shape, mean, std, config, identity,
+    return _run_jobs(kind, jobs, teachers, natural, num_classes, image_shape, mean, std, config, identity,
                      checkpoint, resume, progress, backend, keep)

@@ -28,8 +28,9 @@ BATCH_INPUT_COPIES = 4
 
 
 class RecoveryOutOfMemoryError(MemoryError):
-    """A recovery batch ran out of memory (CPU or CUDA): its message names the batch and the
-    options that make batches smaller. The user's to fix: the CLI reports it in one line."""
+    """A recovery ran out of memory (CPU or CUDA), in a batch or holding its natural sets: its
+    message names what ran out and the options that make it smaller. The user's to fix: the
+    CLI reports it in one line."""
 
 
 def out_of_memory_error(exc: BaseException, device: torch.device, desc: str, G: int, C: int,
@@ -49,20 +50,37 @@ def out_of_memory_error(exc: BaseException, device: torch.device, desc: str, G: 
         f"({names} in an `infer-fast run` config) [{type(exc).__name__}: {memory.first_line(exc)}]")
 
 
+def natural_sets_out_of_memory_error(exc: BaseException, K: int, C: int, image_numel: int,
+                                     ipc: int) -> RecoveryOutOfMemoryError:
+    """The RecoveryOutOfMemoryError of INFER's K natural sets (K x C images of ``image_numel``
+    values, held as uint8 for the whole run) that did not fit: K is what to lower (--ipc), not
+    the batches."""
+    gib = K * C * image_numel / 2**30
+    return RecoveryOutOfMemoryError(
+        f"the K={K} natural sets ({K} x {C} images, {gib:.1f} GiB as uint8, held for the whole recovery) do not fit "
+        f"in CPU memory: lower --ipc (now {ipc}; K follows it and --accounting), or free memory "
+        f"[{type(exc).__name__}: {memory.first_line(exc)}]")
+
+
 def auto_batch_plan(
     teacher: nn.Module, natural: Tensor, K: int, max_images: int = CPU_MAX_IMAGES,
     memory_fraction: float = MEMORY_FRACTION, probe_images: Optional[int] = None, chunk_size: Optional[int] = None,
+    held_per_image: int = 0,
 ) -> Tuple[int, Optional[int]]:
     """(G, chunk_size): how many UFCs (or SRe2L groups) of C images to optimize together, and
     in what chunks the teacher runs them (None: the whole batch at once). ``natural``: (K', C,
     ch, H, W) on the teacher's device, only its shape and first rows are used; ``chunk_size``:
-    the user's (--chunk-size), which runs whatever the plan would choose.
+    the user's (--chunk-size), which runs whatever the plan would choose; ``held_per_image``:
+    the bytes every image of a batch holds beside the teacher's activations, made when the
+    batch starts (INFER: its natural image, normalized to float32; the uint8 sets of every K
+    are resident already, so the available memory reads them).
 
     A probe of a few rows measures the memory one image costs the teacher's forward +
     backward (CUDA: the allocator's peak, ``probe_images`` rows, default 16; CPU:
     activation_bytes_per_image, default 4 rows); the budget is ``memory_fraction`` of the
     memory available now (memory.available_memory), of which the teacher's activations take at
-    most CPU_MAX_ACTIVATION_BYTES on the CPU. G = activations / (C * per image), clipped to
+    most CPU_MAX_ACTIVATION_BYTES on the CPU. G = activations / (C * per image), at most
+    budget / (C * (per image + held_per_image)), clipped to
     [1, K] and on the CPU to ``max_images`` images (at least one group: larger batches buy
     nothing there). When even one group does not fit, G = 1 and the teacher runs in chunks
     (chunked exact mode, the same gradient) of as many rows as fit beside the whole group's
@@ -83,8 +101,9 @@ def auto_batch_plan(
         per_image = activation_bytes_per_image(teacher, natural, probe_images or 4)
     budget = memory_fraction * available
     activations = budget if device.type == "cuda" else min(budget, CPU_MAX_ACTIVATION_BYTES)
-    if per_image * C <= activations:
-        return max(1, min(cap, int(activations / (per_image * C)))), chunk_size
+    groups = min(activations / (per_image * C), budget / ((per_image + held_per_image) * C))
+    if groups >= 1:
+        return max(1, min(cap, int(groups))), chunk_size
     inputs = BATCH_INPUT_COPIES * natural[0].numel() * 4  # the group's fp32 inputs, resident while chunks run
     fits = max(1, int(min(budget - inputs, activations) / per_image))
     runs = (f"it runs in chunks of {fits} images (--chunk-size / --group-size choose otherwise)" if chunk_size is None

@@ -24,7 +24,9 @@ def job_seed(tag: str, seed: int, m: int, k: int) -> int:
 class BatchVariable:
     """One batch's optimized leaf ``tensor`` (G groups, with autograd) and how it is composed:
     ``compose_args(v)`` gives ufc_compose's (source, ufc, index) for the variable's value v, and
-    group g's rows come from ``source[source_rows[g]]`` (host indices, for the chunked mode)."""
+    group g's rows come from ``source[source_rows[g]]`` (host indices, for the chunked mode).
+    The tensors compose_args returns are made once, with the batch: a captured CUDA graph of
+    an iteration reads them."""
 
     tensor: Tensor
     compose_args: Callable[[Tensor], Tuple[Tensor, Tensor, Tensor]]
@@ -49,7 +51,9 @@ class RecoveryKind:
     def variable(self, source: Optional[Tensor], gens: Sequence[torch.Generator], ks: Sequence[int],
                  num_classes: int, image_shape: Tuple[int, int, int], device: torch.device) -> BatchVariable:
         """The batch's variable at iteration 0 for the jobs ``ks`` (their generators ``gens``),
-        composed with the natural sets ``source`` (None when the method has none)."""
+        composed with ``source``: the batch's own natural sets, float32 (len(ks), C, ch, H, W),
+        source[g] the set of ks[g], normalized when the batch started (None when the method has
+        none)."""
         raise NotImplementedError
 
     def result(self, variable: Tensor, composed: Tensor) -> Tensor:

@@ -14,11 +14,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .. import memory
 from .._io import content_digest
 from ..checks import check_int
 from ..choices import ACCOUNTINGS, SELECTIONS
 from ..distill.config import RecoveryConfig
 from ..distill.jobs import check_common, recover
+from ..distill.plan import natural_sets_out_of_memory_error
 from ..distill.run import check_space, prepare_run, real_data_fields, recovery_hyperparameters, save_and_clean
 from ..distill.variables import BatchVariable, RecoveryKind
 from ..models import device_of
@@ -114,15 +116,15 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
 
 class Compensators(RecoveryKind):
     """INFER: the variables are the UFCs u_k^m (G, ch, H, W) from zero, composed with the
-    natural sets ``source`` (group g with set ks[g]); the result is the UFC."""
+    batch's natural sets ``source`` (group g with source[g], the set ks[g]); the result is the UFC."""
 
     method, label, seed_tag, noun = "infer", "INFER", "infer-ufc", "UFC"
 
     def variable(self, source, gens, ks, num_classes, image_shape, device) -> BatchVariable:
-        index = torch.tensor(list(ks), dtype=torch.int64, device=device)
+        index = torch.arange(len(ks), dtype=torch.int64, device=device)
         # (float32 as the natural images, whatever torch's default dtype)
         variable = torch.zeros((len(ks),) + tuple(image_shape), dtype=torch.float32, device=device, requires_grad=True)
-        return BatchVariable(variable, lambda v: (source, v, index), list(ks))
+        return BatchVariable(variable, lambda v: (source, v, index), list(range(len(ks))))
 
     def result(self, variable: Tensor, composed: Tensor) -> Tensor:
         return variable
@@ -151,6 +153,10 @@ def recover_ufcs(
     objective at the last step; batches restored from a checkpoint keep their recorded
     stats) and ``group_size`` (the last one used).
 
+    The natural sets stay uint8 on the host; a batch normalizes its own sets to float32 when
+    it starts and copies them to its teacher's device (jobs.py), so memory holds the K*C
+    images as uint8 plus one batch's sets in float32, however large K is.
+
     Teachers must be frozen and in eval mode; each runs on its own device. ``checkpoint``:
     a file written atomically after every batch, and inside a batch every
     ``config.checkpoint_every`` iterations and ``config.checkpoint_minutes`` minutes (the
@@ -173,14 +179,12 @@ def recover_ufcs(
     if K < 1 or C < 1:
         raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
     M = len(teachers)
+    # kept uint8 on the host: each batch normalizes its own sets when it starts (jobs.py)
     natural_u8 = natural_u8.detach().cpu().contiguous()
-    from ..data.transforms import normalize
-
-    natural_cpu = normalize(natural_u8, mean, std).contiguous()
     run = {"K": int(K), "M": int(M), "natural_shape": list(natural_u8.shape),
            "natural_sha256": content_digest([natural_u8])}
     jobs = [(m, k) for m in range(M) for k in range(K)]
-    done, stats, group_size = recover(COMPENSATORS, run, jobs, teachers, natural_cpu, C, tuple(natural_u8.shape[2:]),
+    done, stats, group_size = recover(COMPENSATORS, run, jobs, teachers, natural_u8, C, tuple(natural_u8.shape[2:]),
                                        mean, std, config, checkpoint, resume, progress, backend)
     return {
         "ufc": torch.stack([done[key] for key in jobs]).to(torch.float32),
@@ -224,7 +228,14 @@ def distill_infer(
     spec = train.spec
     check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
-    natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers, progress=progress)
+    try:
+        natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers,
+                                      progress=progress)
+    except Exception as exc:  # (the K*C images: what lowers them is --ipc, not the batch options)
+        if not memory.is_out_of_memory(exc):
+            raise
+        raise natural_sets_out_of_memory_error(exc, K, spec.num_classes, spec.channels * spec.image_size ** 2,
+                                               ipc) from exc
     ufc_bytes = K * len(teachers) * natural[0, 0].numel() * 4  # float32
     check_space(out_dir, natural.numel() + ufc_bytes, ufc_bytes)
     result = recover_ufcs(

@@ -61,8 +61,8 @@ class DistilledDataset(torch.utils.data.Dataset):
         self._n = s.num_training_images()
         self._lo, self._hi = valid_range(s.mean, s.std)
         self._hard = s.hard_labels()
-        soft = None if hard_only else s.soft_labels_flat()
-        self._soft = None if soft is None else soft.to(torch.float32)
+        # fp16 as stored, made float32 a batch (or item) at a time: exact, and half the memory
+        self._soft = None if hard_only else s.soft_labels_flat()
         self._ufc32 = s.ufc.to(torch.float32) if s.is_infer else None
         self._zero_index = torch.zeros(1, dtype=torch.int64)
         image_bytes = s.channels * s.height * s.width * 4
@@ -148,7 +148,8 @@ class DistilledDataset(torch.utils.data.Dataset):
 
     @property
     def soft_labels(self) -> Optional[Tensor]:
-        """float32 (N, C) soft labels in training order (None with hard_only)."""
+        """fp16 (N, C) soft labels in training order, as stored (None with hard_only): index a
+        batch, then ``.float()`` it (fp16 -> float32 is exact)."""
         return self._soft
 
     @property
@@ -192,10 +193,11 @@ class DistilledDataset(torch.utils.data.Dataset):
         hard = int(self._hard[i])
         if self.hard_only:
             return image, hard
-        return image, self._soft[i], hard
+        return image, self._soft[i].float(), hard
 
     def all_images(self) -> Tuple[Tensor, Optional[Tensor], Tensor]:
-        """(images float32 (N, ch, H, W) normalized, soft float32 (N, C) or None, hard int64 (N,)),
+        """(images float32 (N, ch, H, W) normalized, soft fp16 (N, C) or None (see
+        :attr:`soft_labels`), hard int64 (N,)),
         materialized in training order (for in-memory training, or for relabelling). The image
         tensor is the dataset's cache when it fits ``cache_bytes``: do not modify it in place."""
         images = self._cache if self._cache is not None else self._materialize()

@@ -21,6 +21,9 @@ from ..checks import check_int
 from ..models import image_size_pair
 
 EXTERNAL_METHOD = "external"  # the method of a set made elsewhere and imported
+SOFT_LABEL_DTYPE = torch.float16  # soft labels (logits) as every set stores them
+SOFT_LABEL_BLOCK = 1 << 22  # set_soft_labels converts and checks this many values at a time
+SOFT_LABEL_NAMES = ("natural_labels", "ufc_labels", "soft_labels")  # the tensors that hold soft labels
 
 
 def set_layout(method: str) -> Optional[str]:
@@ -114,16 +117,47 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _check_float(name: str, t: Tensor) -> None:
+    if not t.dtype.is_floating_point:
+        raise DistilledSetError(f"{name} must be float soft labels (logits), got dtype {dtype_name(t.dtype)}")
+
+
+def _overflow_error(name: str, t: Tensor) -> DistilledSetError:
+    """Finite soft labels ``t`` that became inf in fp16."""
+    return DistilledSetError(f"{name}: {dtype_name(t.dtype)} values up to {float(t.abs().max()):.4g} overflow "
+                             "float16, the stored dtype (|logit| <= 65504)")
+
+
 def fp16_soft_labels(name: str, t: Tensor) -> Tensor:
     """Soft labels ``t`` (any float dtype) as stored, fp16; an error naming the dtype where
     they are not float or do not fit fp16 (a finite value beyond +-65504 would become inf)."""
-    if not t.dtype.is_floating_point:
-        raise DistilledSetError(f"{name} must be float soft labels (logits), got dtype {dtype_name(t.dtype)}")
-    half = t.to(torch.float16)
-    if t.numel() and torch.isfinite(t).all() and not torch.isfinite(half).all():
-        raise DistilledSetError(f"{name}: {dtype_name(t.dtype)} values up to {float(t.abs().max()):.4g} overflow "
-                                "float16, the stored dtype (|logit| <= 65504)")
+    _check_float(name, t)
+    half = t.to(SOFT_LABEL_DTYPE)
+    # (the fp16 copy checked first: finite, as nearly always, it is the one pass over them)
+    if t.numel() and not torch.isfinite(half).all() and torch.isfinite(t).all():
+        raise _overflow_error(name, t)
     return half
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Whether every value of ``t`` is finite, checked SOFT_LABEL_BLOCK values at a time (no
+    full-size temporary: a set's soft labels are its largest tensor at ImageNet scale)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + SOFT_LABEL_BLOCK]).all()) for i in range(0, flat.numel(), SOFT_LABEL_BLOCK))
+
+
+def store_soft_label_rows(out: Tensor, start: int, logits: Tensor, name: str = "soft labels") -> None:
+    """Write ``logits`` (B, C), any float dtype, into rows ``start``.. of ``out`` (fp16 (N, C)),
+    rounded as fp16_soft_labels rounds them; DistilledSetError when one is not finite there (a
+    finite logit beyond +-65504, or one that was inf/nan already). How relabel fills a set's
+    labels a chunk at a time (and set_soft_labels a block): no full-size temporary."""
+    _check_float(name, logits)
+    rows = out[start:start + logits.shape[0]]
+    rows.copy_(logits)
+    if not torch.isfinite(rows).all():
+        if torch.isfinite(logits).all():
+            raise _overflow_error(name, logits)
+        raise DistilledSetError(f"{name} contain inf/nan")
 
 
 @dataclass(eq=False)
@@ -180,7 +214,7 @@ class DistilledSet:
             if not isinstance(t, Tensor):
                 raise DistilledSetError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
             t = t.detach().cpu()
-            if name in ("natural_labels", "ufc_labels", "soft_labels") and t.dtype != torch.float16:
+            if name in SOFT_LABEL_NAMES and t.dtype != SOFT_LABEL_DTYPE:
                 t = fp16_soft_labels(name, t)
             elif name in ("ufc_index", "ufc_teacher", "labels") and t.dtype != torch.int64:
                 if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -280,26 +314,46 @@ class DistilledSet:
             parts.append(self.ufc_labels.reshape(-1, c))
         return torch.cat(parts)
 
-    def set_soft_labels(self, soft: Tensor) -> None:
-        """Store (N, C) soft labels (logits, training order); kept as fp16."""
+    def soft_label_nbytes(self) -> int:
+        """Bytes of the soft labels of every training image as stored: N x C fp16."""
+        return self.num_training_images() * self.num_classes * SOFT_LABEL_DTYPE.itemsize
+
+    def empty_soft_labels(self) -> Tensor:
+        """An uninitialised (N, C) fp16 tensor for the soft labels, to fill with store_soft_label_rows."""
+        return torch.empty((self.num_training_images(), self.num_classes), dtype=SOFT_LABEL_DTYPE)
+
+    def set_soft_labels(self, soft: Tensor, copy: bool = True) -> None:
+        """Store (N, C) soft labels (logits, training order) as fp16, converted and checked a
+        block of rows at a time (store_soft_label_rows: no full-size temporary). ``copy=False``
+        takes ``soft`` itself, no copy: an fp16 CPU tensor of empty_soft_labels whose every row
+        store_soft_label_rows wrote (relabel's), that the caller no longer changes."""
         n, c = self.num_training_images(), self.num_classes
         if not isinstance(soft, Tensor) or tuple(soft.shape) != (n, c):
             got = tuple(soft.shape) if isinstance(soft, Tensor) else type(soft).__name__
             raise DistilledSetError(f"soft labels must be ({n}, {c}) (one C-vector per training image), got {got}")
-        soft = fp16_soft_labels("soft labels", soft.detach().cpu())
-        if not torch.isfinite(soft).all():
-            raise DistilledSetError("soft labels contain inf/nan after conversion to fp16 (logits beyond +-65504?)")
-        if self.is_infer:
-            kc = self.K * c
-            self.natural_labels = soft[:kc].reshape(self.K, c, c).clone()
-            self.ufc_labels = soft[kc:].reshape(self.G, c, c).clone()
+        if copy:
+            stored, block = self.empty_soft_labels(), max(1, SOFT_LABEL_BLOCK // c)
+            for start in range(0, n, block):
+                store_soft_label_rows(stored, start, soft[start:start + block].detach().cpu())
+        elif soft.dtype != SOFT_LABEL_DTYPE or soft.device.type != "cpu" or not soft.is_contiguous():
+            raise ValueError(f"set_soft_labels(copy=False) takes a contiguous fp16 CPU tensor (empty_soft_labels), "
+                             f"got {dtype_name(soft.dtype)} on {soft.device}")
         else:
-            self.soft_labels = soft.clone()
+            stored = soft.detach()
+        if self.is_infer:  # (views of the one tensor)
+            kc = self.K * c
+            self.natural_labels = stored[:kc].view(self.K, c, c)
+            self.ufc_labels = stored[kc:].view(self.G, c, c)
+        else:
+            self.soft_labels = stored
 
     # ---- validation -----------------------------------------------------------------------
-    def nbytes(self) -> int:
-        """Bytes of the stored tensors (what the set's files hold, less their headers)."""
-        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+    def nbytes(self, relabelled: bool = False) -> int:
+        """Bytes of the stored tensors (what the set's files hold, less their headers); with
+        ``relabelled``, as they will be once relabelled: the soft labels of every training image
+        (soft_label_nbytes) in place of those it holds."""
+        kept = {n: t for n, t in self._tensors().items() if not (relabelled and n in SOFT_LABEL_NAMES)}
+        return sum(t.numel() * t.element_size() for t in kept.values()) + (self.soft_label_nbytes() if relabelled else 0)
 
     def _tensors(self) -> Dict[str, Tensor]:
         names = ("natural", "ufc", "ufc_index", "ufc_teacher", "natural_labels", "ufc_labels") if self.is_infer \
@@ -314,9 +368,9 @@ class DistilledSet:
             self._check_compensated(img)
         else:
             self._check_images(img)
-        for name in ("natural_labels", "ufc_labels", "soft_labels"):
+        for name in SOFT_LABEL_NAMES:
             t = getattr(self, name)
-            if t is not None and t.numel() and not torch.isfinite(t).all():
+            if t is not None and not _all_finite(t):
                 raise DistilledSetError(f"{name} contains inf/nan (fp16 overflow?)")
         return self
 
@@ -399,9 +453,9 @@ class DistilledSet:
         if g and self.teachers and int(self.ufc_teacher.max()) >= len(self.teachers):
             raise err(f"ufc_teacher values must lie in [0, {len(self.teachers)}) ({len(self.teachers)} teachers recorded)")
         if self.natural_labels is not None:
-            self._need("natural_labels", (k, c, c), (torch.float16,))
+            self._need("natural_labels", (k, c, c), (SOFT_LABEL_DTYPE,))
         if self.ufc_labels is not None:
-            self._need("ufc_labels", (g, c, c), (torch.float16,))
+            self._need("ufc_labels", (g, c, c), (SOFT_LABEL_DTYPE,))
         if self.budget.get("K") is not None and self.budget["K"] != k:
             raise err(f"budget records K = {self.budget['K']} but natural holds {k} sets")
 
@@ -423,7 +477,7 @@ class DistilledSet:
         if self.images.dtype != torch.uint8 and n and not torch.isfinite(self.images).all():
             raise err("images contain inf/nan")
         if self.soft_labels is not None:
-            self._need("soft_labels", (n, c), (torch.float16,))
+            self._need("soft_labels", (n, c), (SOFT_LABEL_DTYPE,))
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{n}={list(s)}" for n, s in self.tensor_shapes().items())

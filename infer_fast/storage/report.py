@@ -204,11 +204,6 @@ def _class_folders(ds: DistilledSet, naming: str) -> List[str]:
 PNG_FRAMING_BYTES = 128
 
 
-def soft_label_bytes(ds: DistilledSet, n: int) -> int:
-    """Bytes of the (n, C) fp16 soft labels of the set's ``n`` training images (0 without)."""
-    return n * ds.num_classes * torch.float16.itemsize if ds.has_soft_labels else 0
-
-
 def _blocks(size: int, block: int) -> int:
     """The bytes a file of ``size`` bytes takes on a file system of ``block``-byte blocks."""
     return -(-size // block) * block
@@ -231,7 +226,7 @@ def export_bytes(ds: DistilledSet, n: int, folders: List[str], block: int) -> in
     png = ds.channels * ds.height * ds.width + ds.height + PNG_FRAMING_BYTES
     name = max(map(len, folders)) + len(str(max(n - 1, 0))) + len("/.png") + 8  # ("  \"<folder>/<i>.png\",\n" in export.json)
     listing = n * name + sum(2 * len(f) + 16 for f in folders) + 4096  # (files, class folders and names, the rest)
-    soft = soft_label_bytes(ds, n)
+    soft = ds.soft_label_nbytes() if ds.has_soft_labels else 0
     return (n * _blocks(png, block) + (len(folders) + 1) * block + _blocks(listing, block)
             + (_blocks(soft + 4096, block) if soft else 0))  # (safetensors' header: under a block)
 
