@@ -244,3 +244,31 @@ def small_infer_set():
                       ufc_teacher=torch.zeros(g, dtype=torch.int64), budget={"ipc": 5, "K": k, "M": 1, "accounting": "fair"})
     ds.set_soft_labels(torch.randn(ds.num_training_images(), c, generator=gen))
     return ds
+
+
+# The embedded data's train split, two tiny teachers and K = 3 natural sets: module-scoped, for
+# the modules that recover UFCs on them (a module's own fixture of the same name wins)
+@pytest.fixture(scope="module")
+def train_set():
+    from infer_fast.data import load_dataset
+
+    return load_dataset("fashion-mnist-mini", "train")
+
+
+@pytest.fixture(scope="module")
+def teacher_paths(tmp_path_factory):
+    return train_tiny_teachers(tmp_path_factory.mktemp("teachers"))
+
+
+@pytest.fixture(scope="module")
+def teachers(teacher_paths):
+    from infer_fast.teacher import load_teacher
+
+    return [load_teacher(p)[0] for p in teacher_paths]
+
+
+@pytest.fixture(scope="module")
+def natural(train_set):
+    from infer_fast.distill import select_natural_sets
+
+    return select_natural_sets(train_set, 3, seed=0)

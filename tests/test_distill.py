@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rounding_bound, torch_threads, train_tiny_teachers
+from conftest import rounding_bound, torch_threads
 from torch import nn
 
 from infer_fast import distill
@@ -19,31 +19,10 @@ from infer_fast.distill import (
 )
 from infer_fast.ops import ufc_compose
 from infer_fast.storage import load_distilled
-from infer_fast.teacher import load_teacher
 
 torch.set_num_threads(1)
 
 DATASET = "fashion-mnist-mini"
-
-
-@pytest.fixture(scope="module")
-def train_set():
-    return load_dataset(DATASET, "train")
-
-
-@pytest.fixture(scope="module")
-def teacher_paths(tmp_path_factory):
-    return train_tiny_teachers(tmp_path_factory.mktemp("teachers"))
-
-
-@pytest.fixture(scope="module")
-def teachers(teacher_paths):
-    return [load_teacher(p)[0] for p in teacher_paths]
-
-
-@pytest.fixture(scope="module")
-def natural(train_set):
-    return select_natural_sets(train_set, 3, seed=0)
 
 
 def _interrupt_batch(monkeypatch, on_call):

@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from conftest import train_tiny_teachers
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -21,35 +20,12 @@ from infer_fast.methods import infer as infer_module
 from infer_fast.relabel import ensemble_logits, relabel, relabel_directory
 from infer_fast.storage import DistilledDataset, DistilledSet, distilled_set, save_distilled
 from infer_fast.student import StudentConfig, train_student
-from infer_fast.teacher import load_teacher
 
 torch.set_num_threads(1)
 
 DATASET = "fashion-mnist-mini"
 ALLOCATOR_ERROR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
                    "to allocate 123456789 bytes. Error code 12 (Cannot allocate memory)")
-
-
-@pytest.fixture(scope="module")
-def train_set():
-    return load_dataset(DATASET, "train")
-
-
-@pytest.fixture(scope="module")
-def teacher_paths(tmp_path_factory):
-    return train_tiny_teachers(tmp_path_factory.mktemp("teachers"))
-
-
-@pytest.fixture(scope="module")
-def teachers(teacher_paths):
-    return [load_teacher(p)[0] for p in teacher_paths]
-
-
-@pytest.fixture(scope="module")
-def natural(train_set):
-    from infer_fast.distill import select_natural_sets
-
-    return select_natural_sets(train_set, 3, seed=0)
 
 
 # --- 1. INFER's natural sets: uint8, a batch's own normalized when it starts ----------------------
