@@ -3,7 +3,9 @@ capture share one side stream (the engine's graphed loop, its CUDA streams and g
 a GPU, the real one); the property tests have GPU rows; the ops step runs its bf16 case first."""
 import contextlib
 import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +142,21 @@ def test_the_ops_step_runs_the_bf16_case_first(tmp_path):
     assert first.endswith("/ops-bf16.json")
     assert second == f"bench/bench_ops.py --channels-last --out {out}/ops.json"
     assert (out / "ops.status").read_text() == "3\n"
+
+
+# What marks a test file's GPU rows (a skip without CUDA, the backend rows of conftest, a model
+# put on the GPU), and the files that have the words without the rows
+GPU_ROW_MARKERS = ("skipif(not torch.cuda.is_available()", "backend_params(", "backend_row_marks(", 'device="cuda"',
+                   ".cuda()")
+WITHOUT_GPU_ROWS = {"test_backend_rows.py": "tests conftest's row marks on a faked machine"}
+
+
+def test_every_test_file_with_gpu_rows_runs_in_the_gpu_session():
+    """The session's `test` step runs only TEST_FILES: a GPU row in a file missing there never
+    runs on the lent GPU (test_api_surface's and this file's were missing)."""
+    script = (BENCH / "gpu_session.sh").read_text()
+    listed = set(re.search(r"^TEST_FILES=\(([^)]*)\)", script, re.M).group(1).split())
+    tests = Path(__file__).parent
+    with_rows = {p.name for p in tests.glob("test_*.py") if any(m in p.read_text() for m in GPU_ROW_MARKERS)}
+    assert with_rows - set(WITHOUT_GPU_ROWS) <= listed, sorted(with_rows - set(WITHOUT_GPU_ROWS) - listed)
+    assert listed <= {p.name for p in tests.glob("test_*.py")}  # (no file listed that is gone)
