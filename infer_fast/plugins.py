@@ -15,6 +15,7 @@ PLUGINS_HINT = (f"a plug-in's methods, models and datasets are loaded with {PLUG
 
 
 _plugins = "not loaded"  # then "loading" (a plug-in's own lookups do not load them again), "loaded"
+_failed: "ValueError | None" = None  # a load that failed: said again, not retried
 
 
 def load_plugins() -> None:
@@ -23,7 +24,9 @@ def load_plugins() -> None:
     set's manifest makes): the entry points of group PLUGINS_GROUP of the installed
     distributions, then the modules PLUGINS_ENV names. A ValueError naming the module and
     where it was named when one fails to load (its own error after a colon)."""
-    global _plugins
+    global _plugins, _failed
+    if _failed is not None:  # (a retry would run the module's registrations again and hide its error)
+        raise _failed
     if _plugins != "not loaded":
         return
     from importlib import metadata
@@ -35,8 +38,11 @@ def load_plugins() -> None:
         for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
             if module:
                 _load_plugin(lambda: importlib.import_module(module), f"{module!r} ({PLUGINS_ENV})")
+    except ValueError as exc:
+        _failed = exc
+        raise
     except BaseException:
-        _plugins = "not loaded"  # (the next load says it again)
+        _plugins = "not loaded"  # (an interrupt: the next lookup loads them)
         raise
     _plugins = "loaded"
 

@@ -197,6 +197,29 @@ register_dataset(dataclasses.replace(mini, name="plugdata", aliases=(), spec=dat
         create_model("nosuchnet", num_classes=3)
 
 
+def test_a_broken_plugin_is_loaded_once_and_spares_built_in_names(tmp_path, monkeypatch):
+    """A built-in ConvNet variant (no alias) is no miss: it resolves whatever the plug-ins; a
+    plug-in that failed is said again on the next miss, not imported again (its registrations
+    would run twice and hide its error)."""
+    from infer_fast import plugins
+    from infer_fast.models.registry import resolve
+
+    (tmp_path / "halfplug.py").write_text("import builtins\nbuiltins.halfplug_runs = getattr(builtins, 'halfplug_runs', 0) + 1\n"
+                                          "raise ImportError('needs package foo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("INFER_FAST_PLUGINS", "halfplug")
+    monkeypatch.setattr(plugins, "_plugins", "not loaded")
+    monkeypatch.setattr(plugins, "_failed", None)
+    import builtins
+
+    monkeypatch.setattr(builtins, "halfplug_runs", 0, raising=False)
+    assert resolve("convnet-w32-d2")[1] == {"width": 32, "depth": 2}
+    for _ in range(2):
+        with pytest.raises(ValueError, match="'halfplug' .*failed to load: ImportError: needs package foo"):
+            resolve("nosuchnet")
+    assert builtins.halfplug_runs == 1
+
+
 def test_an_unknown_method_says_how_to_load_a_plugin():
     with pytest.raises(ValueError, match="INFER_FAST_PLUGINS=module"):
         get_method("nosuchmethod")

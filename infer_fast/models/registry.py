@@ -156,10 +156,6 @@ def resolve(name: str) -> Tuple[ModelSpec, Dict[str, Any]]:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     key = normalize_name(name)
-    if key not in _ALIASES:  # (a plug-in's model, perhaps: a teacher checkpoint names its model)
-        from ..plugins import load_plugins
-
-        load_plugins()
     if key in _ALIASES:
         return _REGISTRY[_ALIASES[key]], {}
     m = _CONVNET_RE.match(key)
@@ -175,6 +171,11 @@ def resolve(name: str) -> Tuple[ModelSpec, Dict[str, Any]]:
             except ValueError:
                 raise unknown_model_error(name) from None
         return _REGISTRY["convnet"], implied
+    from ..plugins import load_plugins
+
+    load_plugins()  # (a plug-in's model, perhaps: a teacher checkpoint names its model; only on a miss)
+    if key in _ALIASES:
+        return _REGISTRY[_ALIASES[key]], {}
     raise unknown_model_error(name)
 
 
