@@ -270,8 +270,7 @@ def bench_teacher(name: str, args, preset: Dict, mean, std, device: torch.device
     natural_probe = normalize(torch.randint(0, 256, (1, C, 3, size, size), dtype=torch.uint8), mean, std).to(device)
     # the group size (and chunking) a real run of this preset would use
     # (each image of a batch holds its float32 natural image beside the activations, as in recover_ufcs)
-    planned_G, planned_chunk = auto_batch_plan(teacher, natural_probe, preset["real_K"],
-                                               held_per_image=natural_probe[0, 0].numel() * natural_probe.element_size())
+    planned_G, planned_chunk = auto_batch_plan(teacher, natural_probe, preset["real_K"], holds_natural=True)
     del natural_probe
     ufcs = args.ufcs or (max(2, planned_G) if device.type == "cuda" else 2)
     group_size = min(args.group_size or planned_G, ufcs)

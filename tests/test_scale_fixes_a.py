@@ -93,17 +93,19 @@ def test_a_batch_holds_its_own_natural_sets_in_float32_with_the_same_bits(natura
 
 def test_the_automatic_plan_counts_the_batch_natural_sets(monkeypatch):
     """auto_batch_plan counts what each image of a batch holds beside the teacher's activations
-    (its float32 natural image): fewer groups fit, none when one group's images do not."""
+    (its float32 natural image): fewer groups fit. (The activations measured as one natural
+    image's bytes, so holding it halves the groups.)"""
     from infer_fast.models import create_model
 
     torch.manual_seed(0)
     teacher = create_model("convnet-w8-d1", num_classes=10, in_channels=1, image_size=28).eval().requires_grad_(False)
     probe = torch.zeros(1, 10, 1, 28, 28)
-    per_image = plan.activation_bytes_per_image(teacher, probe, 4)
+    per_image = probe[0, 0].numel() * probe.element_size()
+    monkeypatch.setattr(plan, "activation_bytes_per_image", lambda teacher, natural, rows: per_image)
     monkeypatch.setattr(memory, "available_memory", lambda device: int(4.5 * per_image * 10 / plan.MEMORY_FRACTION))
     assert plan.auto_batch_plan(teacher, probe, K=100) == (4, None)
-    assert plan.auto_batch_plan(teacher, probe, K=100, held_per_image=int(per_image)) == (2, None)
-    assert plan.auto_batch_plan(teacher, probe, K=100, held_per_image=0) == (4, None)
+    assert plan.auto_batch_plan(teacher, probe, K=100, holds_natural=True) == (2, None)
+    assert plan.auto_batch_plan(teacher, probe, K=100, holds_natural=False) == (4, None)
 
 
 def test_out_of_memory_making_a_batch_sets_names_the_batch(natural, teachers, train_set, monkeypatch):

@@ -135,10 +135,8 @@ class _JobRunner:
                 probe = self.natural_sets([0], device)
                 if probe is None:
                     probe = torch.zeros((1, self.num_classes) + self.image_shape, dtype=torch.float32, device=device)
-                # every image of a batch holds its natural image in float32 beside the teacher's activations
-                held = 0 if self.natural is None else self.natural[0, 0].numel() * probe.element_size()
                 G, chunk_size = plan.auto_batch_plan(run_teacher, probe, len(todo), chunk_size=config.chunk_size,
-                                                     held_per_image=held)
+                                                     holds_natural=self.natural is not None)
                 del probe
                 if distributed.rank_and_world()[1] > 1 and not self.split_jobs:  # "chunks": one plan for all ranks
                     G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]

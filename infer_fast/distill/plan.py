@@ -65,22 +65,23 @@ def natural_sets_out_of_memory_error(exc: BaseException, K: int, C: int, image_n
 def auto_batch_plan(
     teacher: nn.Module, natural: Tensor, K: int, max_images: int = CPU_MAX_IMAGES,
     memory_fraction: float = MEMORY_FRACTION, probe_images: Optional[int] = None, chunk_size: Optional[int] = None,
-    held_per_image: int = 0,
+    holds_natural: bool = False,
 ) -> Tuple[int, Optional[int]]:
     """(G, chunk_size): how many UFCs (or SRe2L groups) of C images to optimize together, and
     in what chunks the teacher runs them (None: the whole batch at once). ``natural``: (K', C,
     ch, H, W) on the teacher's device, only its shape and first rows are used; ``chunk_size``:
-    the user's (--chunk-size), which runs whatever the plan would choose; ``held_per_image``:
-    the bytes every image of a batch holds beside the teacher's activations, made when the
-    batch starts (INFER: its natural image, normalized to float32; the uint8 sets of every K
-    are resident already, so the available memory reads them).
+    the user's (--chunk-size), which runs whatever the plan would choose; ``holds_natural``:
+    every image of a batch also holds its natural image (one image of ``natural``, in its
+    dtype: INFER's, normalized to float32 when the batch starts) beside the teacher's
+    activations (the uint8 sets of every K are resident already, so the available memory
+    reads them).
 
     A probe of a few rows measures the memory one image costs the teacher's forward +
     backward (CUDA: the allocator's peak, ``probe_images`` rows, default 16; CPU:
     activation_bytes_per_image, default 4 rows); the budget is ``memory_fraction`` of the
     memory available now (memory.available_memory), of which the teacher's activations take at
     most CPU_MAX_ACTIVATION_BYTES on the CPU. G = activations / (C * per image), at most
-    budget / (C * (per image + held_per_image)), clipped to
+    budget / (C * (per image + its natural image's bytes)), clipped to
     [1, K] and on the CPU to ``max_images`` images (at least one group: larger batches buy
     nothing there). When even one group does not fit, G = 1 and the teacher runs in chunks
     (chunked exact mode, the same gradient) of as many rows as fit beside the whole group's
@@ -101,6 +102,7 @@ def auto_batch_plan(
         per_image = activation_bytes_per_image(teacher, natural, probe_images or 4)
     budget = memory_fraction * available
     activations = budget if device.type == "cuda" else min(budget, CPU_MAX_ACTIVATION_BYTES)
+    held_per_image = natural[0, 0].numel() * natural.element_size() if holds_natural else 0
     groups = min(activations / (per_image * C), budget / ((per_image + held_per_image) * C))
     if groups >= 1:
         return max(1, min(cap, int(groups))), chunk_size
