@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -40,6 +39,7 @@ import torch
 
 from infer_fast.ops import (available_backends, bn_eval_with_stat_loss, bn_stat_loss, ufc_compose,
                             ufc_compose_naive)
+from infer_fast._io import save_json_atomic
 from infer_fast.ops.backends import resolve
 
 Shape = Tuple[int, ...]
@@ -497,13 +497,9 @@ def unless_given(value, default):
     return default if value is None else value
 
 def write_json(path: str, payload: Dict, quiet: bool = False) -> None:
-    """``payload`` at ``path``, replaced whole: a run killed while writing (a time limit) leaves
-    the previous version, never half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(partial, path)
+    """``payload`` at ``path``, replaced whole (the toolkit's atomic JSON writer): a run killed
+    while writing (a time limit) leaves the previous version, never half a file."""
+    save_json_atomic(payload, path)
     if not quiet:
         print(f"\nwrote {path}")
 
