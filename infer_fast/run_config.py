@@ -297,7 +297,7 @@ class PipelineConfig:
         ``data_root`` holds them, else unknown here (the spec of 2: reading the split, the
         run's first step, says what is missing)."""
         from .data import get_spec
-        from .data.folders import _subdirs as class_folders  # (the class folders as reading the split lists them)
+        from .data.folders import subdirectories as class_folders  # (as reading the split lists them)
         from .data.registry import IMAGEFOLDER, dataset_options, get_dataset
 
         name, options = dataset_options(self.dataset)

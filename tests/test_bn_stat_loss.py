@@ -137,6 +137,21 @@ def test_large_mean_over_std_is_exact(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
+def test_group_mean_away_from_running_mean_within_the_stated_error(backend, device):
+    """The README's bound: a group mean k = 10 of its stds away from the running mean
+    (the shift cannot help there) keeps the gradient within ~2e-5 of its largest entry."""
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(8, 4, 16, 16, generator=gen, dtype=torch.float64) + 10.0).float().to(device)
+    rm, rv = torch.zeros(4, device=device), torch.full((4,), 0.5, device=device)
+    x32 = x.clone().requires_grad_()
+    bn_stat_loss(x32, rm, rv, groups=2, backend=backend).sum().backward()
+    x64 = x.double().requires_grad_()
+    bn_stat_loss_naive(x64, rm.double(), rv.double(), 2).sum().backward()
+    error = (x32.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()
+    assert error < 1e-4, f"relative gradient error {float(error):.1e} at k = 10"
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_zero_norm_gives_zero_gradient_not_nan(backend, device):
     """When the batch statistics equal the running ones exactly, both norms are 0."""
     x = torch.tensor([[1.0, 3.0], [3.0, 1.0]], device=device).view(2, 1, 1, 2).repeat(1, 3, 1, 1).requires_grad_()

@@ -82,7 +82,8 @@ def _image_files(directory: str) -> List[str]:
     return [os.path.join(directory, n) for n in _listing(directory)[1]]
 
 
-def _subdirs(directory: str) -> List[str]:
+def subdirectories(directory: str) -> List[str]:
+    """Sub-folders of ``directory`` (sorted; hidden ones skipped): a split's class folders."""
     return _listing(directory)[0]
 
 
@@ -105,7 +106,7 @@ def scan_class_folders(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder not found: {root}")
-    folders = [f for f in _subdirs(root) if f not in skip]
+    folders = [f for f in subdirectories(root) if f not in skip]
     if not folders:
         loose = _image_files(root)
         hint = f" (it holds {len(loose)} loose images: put them in one folder per class)" if loose else ""
@@ -164,7 +165,7 @@ def scan_tiny_imagenet(root: str, split: str = "train",
         if not classes:
             raise ValueError(f"{wnids_path} lists no classes")
     elif os.path.isdir(train_dir):
-        classes = tuple(_subdirs(train_dir))
+        classes = tuple(subdirectories(train_dir))
     else:
         raise FileNotFoundError(f"tiny-imagenet: neither {wnids_path} nor {train_dir} exists")
     if split == "train":
@@ -186,7 +187,7 @@ def _tiny_val(val_dir: str, classes: Tuple[str, ...], progress: bool) -> List[Tu
     images_dir = os.path.join(val_dir, "images")
     flat = "images" not in classes and os.path.isdir(images_dir)  # (not a class that is named "images")
     loose = _image_files(images_dir) if flat else []
-    folders = [d for d in _subdirs(val_dir) if not (flat and d == "images")]
+    folders = [d for d in subdirectories(val_dir) if not (flat and d == "images")]
     if loose and folders:
         raise ValueError(
             f"tiny-imagenet: {val_dir} holds the val split twice: {count_text(len(loose), 'image')} in {images_dir} (labelled by "
@@ -245,7 +246,7 @@ def scan_imagenet(root: str, split: str = "train",
     if not os.path.isdir(val_dir):
         raise FileNotFoundError(f"imagenet: validation folder not found: {val_dir} (expected val/<wnid>/*.JPEG)")
     _check_val_sorted(val_dir)
-    classes = tuple(_subdirs(train_dir)) if os.path.isdir(train_dir) else None
+    classes = tuple(subdirectories(train_dir)) if os.path.isdir(train_dir) else None
     return scan_class_folders(val_dir, classes, progress=progress)
 
 
@@ -253,7 +254,7 @@ def _check_val_sorted(val_dir: str) -> None:
     """ImageNet's val split must be in class-folder form. Loose images beside class folders are
     what an interrupted valprep.sh leaves (it moves the 50,000 files one by one): the scan of
     the class folders alone would evaluate on part of the split without a word."""
-    loose, folders = _image_files(val_dir), _subdirs(val_dir)
+    loose, folders = _image_files(val_dir), subdirectories(val_dir)
     if loose and not folders:
         raise ValueError(
             f"imagenet: {val_dir} holds flat images; the val split must be in class-folder form "
