@@ -10,6 +10,7 @@ from typing import Dict, Tuple
 import torch
 
 from . import __version__
+from .openmp_spin import spin_setting
 from .ops import backends
 
 
@@ -71,6 +72,7 @@ def format_info() -> str:
     ext, why = backends.compiled_extension()
     threads = ext.openmp_max_threads() if ext is not None else 0
     lines.append(f"  {'C++ ext':<12} " + (f"loaded (OpenMP threads: {threads})" if ext is not None else f"not loaded: {why}"))
+    lines.append(f"  {'OpenMP wait':<12} {spin_setting()}")
     info = build_info()
     lines.append(f"  {'CUDA kernels':<12} " + cuda_kernels_status(ext, info))
     interp = "on (Triton kernels run on CPU tensors)" if backends.triton_interpreter() else "off"
