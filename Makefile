@@ -16,8 +16,13 @@ PIP    := $(PY) -m pip
 DEPS := torch==2.13.0 triton==3.9.0 numpy==2.4.6 pybind11==3.1.0 ninja==1.13.2 \
         safetensors==0.8.0 tqdm==4.70.1 pyyaml==6.0.3 pillow==13.0.0 matplotlib==3.11.2 setuptools
 TEST_DEPS := pytest==9.2.0 hypothesis==6.170.15 pytest-benchmark==5.3.1
-SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.inc csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) \
-           $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py)
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*.inc csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) \
+           $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py configs/*.yaml)
+# The list of SOURCES, rewritten only when it changes: a file deleted (or added) makes the
+# install out of date, which the files' times alone never say.
+SOURCE_LIST := build/sources.list
+$(shell mkdir -p build && printf '%s\n' $(sort $(SOURCES)) > $(SOURCE_LIST).new && \
+  { cmp -s $(SOURCE_LIST).new $(SOURCE_LIST) || mv -f $(SOURCE_LIST).new $(SOURCE_LIST); }; rm -f $(SOURCE_LIST).new)
 export MAX_JOBS ?= 2
 
 .PHONY: demo test bench bench-cpu bench-cpu-baseline cuda-check triton-check install clean data
@@ -27,8 +32,9 @@ $(VENV)/.deps: Makefile
 	$(PIP) install --quiet $(DEPS) $(TEST_DEPS)
 	touch $@
 
-# No build isolation: the extension builds against the torch installed above.
-$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+# No build isolation: the extension builds against the torch installed above (a module
+# deleted from the tree leaves the build folder too: setup.py's build_py).
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES) $(SOURCE_LIST)
 	$(PIP) install --quiet --no-build-isolation --no-deps .
 	$(PY) -I -c "import infer_fast._C" || (echo "infer_fast._C failed to load" && false)
 	$(VENV)/bin/infer-fast info | grep -E "C\+\+ ext|CUDA kernels"

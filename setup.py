@@ -9,7 +9,9 @@ Install with ``pip install --no-build-isolation .`` so pip never fetches another
   alone is not enough, a CPU torch cannot host CUDA kernels. Otherwise the build says
   that CUDA kernels were skipped and why (also recorded in ``infer_fast/_build_info.json``
   and shown by ``infer-fast info``). ``INFER_FAST_NO_CUDA=1`` skips them on purpose.
-- The Triton kernels in ``kernels/`` ship as the subpackage ``infer_fast.kernels``.
+- The Triton kernels in ``kernels/`` ship as the subpackage ``infer_fast.kernels``, the YAML
+  presets in ``configs/`` as ``infer_fast/configs/`` (``infer-fast run fashion-mnist``).
+- The source distribution (MANIFEST.in) holds every source, CUDA's too, whatever this build is.
 """
 import glob
 import json
@@ -17,6 +19,7 @@ import os
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 try:
     import torch
@@ -48,6 +51,11 @@ def rel(paths):
 
 build_cuda, cuda_reason = cuda_build_decision()
 cpp_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+# What the sources include: setuptools rebuilds the extension only when a file it knows of is
+# newer than the built module (ninja then recompiles the objects whose headers changed).
+headers = rel(glob.glob(os.path.join(ROOT, "csrc", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "*.inc"))
+              + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.h")))
+cuda_headers = rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh")))
 cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
 define_macros = []
 if build_cuda:
@@ -65,6 +73,7 @@ if build_cuda:
         "infer_fast._C",
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        depends=headers + cuda_headers,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         extra_link_args=["-fopenmp"],
@@ -75,6 +84,7 @@ else:
         "infer_fast._C",
         cpp_sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        depends=headers,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
@@ -95,7 +105,31 @@ with open(os.path.join(ROOT, "infer_fast", "_build_info.json"), "w") as f:
         indent=1,
     )
 
-packages = find_packages(ROOT, include=["infer_fast", "infer_fast.*"]) + ["infer_fast.kernels"]
+
+class BuildPy(build_py):
+    """build_py that also removes, from the build folder, the files of a previous build that
+    this one no longer has: pip builds in the source tree and reuses build/lib.*, so a module
+    deleted from the tree would still ship (and an import of it still pass its tests). The
+    compiled extension there is build_ext's, kept (it is rebuilt when out of date)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):  # (an editable install copies nothing here)
+            return
+        keep = {os.path.normpath(p) for p in self.get_outputs()}
+        top = os.path.join(self.build_lib, "infer_fast")
+        for folder, _, files in os.walk(top, topdown=False):
+            for name in files:
+                path = os.path.normpath(os.path.join(folder, name))
+                if path not in keep and not name.endswith((".so", ".pyd")):
+                    self.announce(f"removing {path} (no longer in the sources)", level=2)
+                    os.remove(path)
+            if folder != top and not os.listdir(folder):
+                os.rmdir(folder)
+
+
+# (find_packages also finds infer_fast.kernels where a checkout links infer_fast/kernels to kernels/)
+packages = sorted(set(find_packages(ROOT, include=["infer_fast", "infer_fast.*"]) + ["infer_fast.kernels", "infer_fast.configs"]))
 
 setup(
     name="infer-fast",
@@ -106,15 +140,19 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=packages,
-    package_dir={"infer_fast.kernels": "kernels"},
+    # configs/ holds data only: infer_fast.configs is a folder of the package, read by infer_fast.config
+    package_dir={"infer_fast.kernels": "kernels", "infer_fast.configs": "configs"},
     package_data={
         "infer_fast": ["_build_info.json", "py.typed"],
+        "infer_fast.configs": ["*.yaml"],
         # the embedded Fashion-MNIST subset (MIT, attribution in ATTRIBUTION.md)
         "infer_fast.data": ["fashion_mnist_mini/*"],
     },
     ext_modules=[extension],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch>=2.3", "numpy", "safetensors", "tqdm", "pyyaml", "pillow", "matplotlib"],
+    cmdclass={"build_py": BuildPy, "build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    # torch 2.7: torch._dynamo.config's recompile_limit (distill/engine.py, compile=...; 2.6 knows
+    # only cache_size_limit), above torch.library.register_fake (ops/_library.py, torch 2.4)
+    install_requires=["torch>=2.7", "numpy", "safetensors", "tqdm", "pyyaml", "pillow", "matplotlib"],
     extras_require={
         "triton": ["triton>=3.2"],
         "test": ["pytest", "hypothesis", "pytest-benchmark"],

@@ -14,7 +14,7 @@ from . import interrupts
 from ._text import count_text
 from .checks import check_int
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
-from .config import comma_list, path_list, positive_floats, positive_ints
+from .config import comma_list, path_list, positive_floats, positive_ints, preset_names
 from .options import Option, add_flags, options_of
 
 
@@ -464,9 +464,11 @@ def _add_demo_and_run(sub) -> None:
 
     run = sub.add_parser(
         "run", help="the whole chain from a YAML config: teachers, distill, relabel, students, results table",
-        description="Runs (or continues) an experiment: see configs/*.yaml. Results go to OUT/results.json and OUT/results.md.",
+        description="Runs (or continues) an experiment: a YAML file, or a preset shipped with infer-fast by its name "
+        "(configs/*.yaml). Results go to OUT/results.json and OUT/results.md.",
     )
-    run.add_argument("config", help="YAML experiment config (e.g. configs/fashion-mnist.yaml)")
+    run.add_argument("config", help="YAML experiment config: a file, or a preset's name (an existing file wins): "
+                     + ", ".join(n for n in preset_names() if not n.startswith("teacher-")))
     run.add_argument("--out", help="run directory (overrides the config's out)")
     run.add_argument("--teachers", help="comma-separated trained teacher checkpoints to use instead of training the config's")
     run.add_argument("--ipc", help="comma-separated ipc values (overrides the config's)")
@@ -489,7 +491,8 @@ def _add_teacher(sub) -> None:
         "--weights FILE, e.g. a CIFAR teacher of the INFER release; never downloaded; `infer-fast models` lists the "
         "files) as a teacher checkpoint for distill, relabel, train and run, without training.",
     )
-    teacher.add_argument("--config", help="YAML file of options (e.g. configs/teacher-fashion-mnist.yaml)")
+    teacher.add_argument("--config", help="YAML file of options, or a preset's name (an existing file wins): "
+                         + ", ".join(n for n in preset_names() if n.startswith("teacher-")))
     add_flags(teacher, teacher_options().values())
     teacher.add_argument("--quiet", action="store_true", help="no progress bars")
     teacher.set_defaults(func=cmd_teacher)

@@ -2,16 +2,17 @@
 
 A config file is a flat mapping of option names (as the command's ``--long-options``
 spell them, with ``_`` or ``-``) to values; command-line options given explicitly win.
+Where a command takes a config file, the name of a preset shipped with infer-fast
+(``configs/*.yaml``: ``fashion-mnist``, ``teacher-cifar10``, ...) does too: :func:`config_file`.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import yaml
-
-from ._io import check_input_file
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -44,8 +45,55 @@ def _yaml_error(path: str, exc: yaml.YAMLError) -> str:
     return f"config file {path!r}{where}: {problem}"
 
 
+def preset_folder() -> Optional[str]:
+    """The folder of the YAML presets shipped with infer-fast: ``infer_fast/configs/`` where
+    the package is installed (setup.py puts the repository's ``configs/`` there), the
+    checkout's ``configs/`` where it runs from its source tree (PYTHONPATH, an editable
+    install); None when neither is there."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(package, "configs")
+    if os.path.isdir(installed):
+        return installed
+    checkout = os.path.dirname(package)
+    if os.path.isfile(os.path.join(checkout, "setup.py")) and os.path.isdir(os.path.join(checkout, "configs")):
+        return os.path.join(checkout, "configs")
+    return None
+
+
+def preset_names() -> List[str]:
+    """The names of the shipped presets (their files' names without ``.yaml``), sorted."""
+    folder = preset_folder()
+    if folder is None:
+        return []
+    return sorted(name[:-len(".yaml")] for name in os.listdir(folder)
+                  if name.endswith(".yaml") and os.path.isfile(os.path.join(folder, name)))
+
+
+def config_file(value: str, what: str = "config file") -> str:
+    """The YAML file that a config argument ``value`` names: ``value`` itself when it is an
+    existing file (a path always wins), else the shipped preset of that name, given as
+    ``fashion-mnist``, ``fashion-mnist.yaml`` or ``configs/fashion-mnist.yaml`` (as the README
+    spells it), from any directory. Neither: FileNotFoundError (IsADirectoryError for a
+    directory) naming ``what`` and listing the presets."""
+    value = os.fspath(value)
+    if os.path.isfile(value):
+        return value
+    head, name = os.path.split(value)
+    if name.endswith(".yaml"):
+        name = name[:-len(".yaml")]
+    names = preset_names()
+    if head in ("", "configs") and name in names:
+        return os.path.join(preset_folder(), name + ".yaml")
+    presets = f"presets: {', '.join(names)}" if names else "no presets are installed"
+    if os.path.isdir(value):
+        raise IsADirectoryError(f"{what} {value!r} is a directory, expected a file or a preset's name ({presets})")
+    raise FileNotFoundError(f"{what} {value!r} does not exist, and no preset has that name ({presets})")
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
-    check_input_file(path, "config file")
+    """The mapping in the YAML file ``path`` (a file, or a preset's name: :func:`config_file`),
+    its keys with ``_`` for ``-``."""
+    path = config_file(path)
     with open(path, encoding="utf-8") as f:
         try:
             data = yaml.load(f, Loader=_UniqueKeyLoader)
