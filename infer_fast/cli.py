@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from . import interrupts
+from . import __version__, interrupts
 from ._text import count_text
 from .checks import check_int
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
@@ -429,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add_commands in (_add_listing_commands, _add_demo_and_run, _add_teacher, _add_distill, _add_relabel_and_train,
                          _add_evaluate, _add_set_commands):
         add_commands(sub)
+    parser.add_argument("-V", "--version", action="version", version=f"infer-fast {__version__}")
     debug_help = "on an error, show the traceback instead of one line"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     for command in sub.choices.values():  # also after the command: `infer-fast distill ... --debug`

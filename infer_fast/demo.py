@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .checks import check_int
-from .ops import available_backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
+from .ops import available_backends, backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
 
 DATASET = "fashion-mnist-mini"
 IPC = 10
@@ -56,7 +56,11 @@ def check_backends() -> str:
         err = max(float((loss.detach().double() - ref).abs().max()), float((grad.double() - ref_grad).abs().max()),
                   float((composed.double() - ref_x).abs().max()))
         parts.append(f"{name} {err:.1e}")
-    return "kernels vs float64 reference (max abs error): " + ", ".join(parts)
+    line = "kernels vs float64 reference (max abs error): " + ", ".join(parts)
+    # (a backend that cannot run here is said, with why: a missing C++ extension is not silent)
+    skipped = [f"{name} ({backends.unavailable_reason(name, torch.device('cpu'))})"
+               for name in backends.BACKENDS if name != "cuda" and name not in available_backends("cpu")]
+    return line + ("; not checked: " + ", ".join(skipped) if skipped else "")
 
 
 def demo_config(out_dir: str, seeds: int = SEEDS, iterations: Optional[int] = None, epochs: Optional[int] = None):
