@@ -880,12 +880,14 @@ def _run(args: argparse.Namespace) -> int:
     """The command, its errors as one line (_failed; --debug: the traceback)."""
     from .distill import RecoveryDivergedError
     from .distill.plan import RecoveryOutOfMemoryError
-    from .ops.backends import BackendUnavailableError
+    from .ops.backends import BackendUnavailableError, check_forced_backend
     from .progress import progress_mode
 
     user_errors = (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError, RecoveryOutOfMemoryError)
     try:
         progress_mode()  # a misspelt INFER_FAST_PROGRESS is refused before any work
+        if args.command != "info":  # (info shows what the variable names, and why it cannot run)
+            check_forced_backend()  # so is an INFER_FAST_BACKEND that cannot run here
         args.func(args)
     except Exception as exc:
         if args.debug:

@@ -1,10 +1,16 @@
 """Dispatch, custom-op registration (opcheck) and torch.compile without graph breaks."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from conftest import backend_params
 from infer_fast.ops import available_backends, backends, bn_stat_loss, ufc_compose
 from infer_fast.ops.ufc_compose import _check_and_normalize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_torch_backend_always_available():
@@ -28,8 +34,48 @@ def test_env_var_overrides_auto(monkeypatch):
     monkeypatch.setenv(backends.ENV_VAR, "torch")
     assert backends.resolve("auto", torch.device("cpu")) == "torch"
     monkeypatch.setenv(backends.ENV_VAR, "cuda")
-    with pytest.raises(backends.BackendUnavailableError, match="backend 'cuda' is unavailable"):
+    with pytest.raises(backends.BackendUnavailableError, match="INFER_FAST_BACKEND='cuda' .* is unavailable"):
         backends.resolve("auto", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("value", ["bogus", "cuda"])
+def test_a_forced_backend_that_cannot_run_is_refused_before_any_work(value, tmp_path):
+    """The CLI checks INFER_FAST_BACKEND first, naming it (it once failed after the teachers trained)."""
+    if value == "cuda" and torch.cuda.is_available():
+        pytest.skip("cuda runs here")
+    out = tmp_path / "run"
+    env = dict(os.environ, INFER_FAST_BACKEND=value, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "infer_fast", "run", "fashion-mnist", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"infer-fast run: error: INFER_FAST_BACKEND={value!r} is unavailable: ")
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_resolve_is_marked_constant_for_dynamo_as_its_decorator_marks(tmp_path):
+    """backends marks the function itself so that importing infer_fast does not import torch._dynamo."""
+    def probe():
+        return None
+
+    torch._dynamo.assume_constant_result(probe)
+    assert vars(probe) == {"_dynamo_marked_constant": True}  # (a torch that marks otherwise fails here)
+    assert backends._resolved_name._dynamo_marked_constant is True
+    done = subprocess.run([sys.executable, "-c", "import sys, infer_fast.cli as c; c.build_parser(); "
+                           "print('torch._dynamo' in sys.modules)"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_an_import_from_a_checkout_without_its_build_says_so(tmp_path):
+    package = tmp_path / "infer_fast"
+    package.mkdir()
+    (tmp_path / "setup.py").write_text("")
+    assert "imported infer_fast from the source tree" in backends._source_tree_hint(str(package))
+    (package / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert backends._source_tree_hint(str(package)) == ""
+    (tmp_path / "setup.py").unlink()
+    (package / "_C.cpython-311-x86_64-linux-gnu.so").unlink()
+    assert backends._source_tree_hint(str(package)) == ""  # (an installed package: no checkout around it)
 
 
 def test_explicit_backend_wins_over_env_var(monkeypatch):

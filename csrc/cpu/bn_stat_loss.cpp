@@ -478,25 +478,24 @@ void sums_nlc(const T* x, int64_t N, int64_t C, int64_t L, int64_t sN, int64_t s
   }
 }
 
-// The shared checks of x and groups of the BN ops; returns the accumulate dtype.
+// The launchers' checks: the contract's (contract::check_*, defined once in functional.cpp,
+// which the functional ops ran already) for their own memory safety, as Python can call the
+// launchers directly (infer_fast._C.launchers), plus what only a launcher takes: x as (N, C, L)
+// on the CPU, outputs it writes, strides it reads with.
+
+// x (N, C, L) on the CPU and groups; returns the accumulate dtype.
 at::ScalarType check_x_and_groups(const at::Tensor& x, int64_t groups, const char* op) {
   check_defined(x, op, "x");
   check_cpu(x, op, "x");
   TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D (N, C, L), got shape ", x.sizes());
-  check_supported_float(x, op, "x");
-  const int64_t N = x.size(0);
-  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
-  TORCH_CHECK(N % groups == 0, op, ": the batch size ", N, " is not divisible by groups=", groups);
+  contract::check_bn_x(x, groups, op);
   return accumulate_dtype(x.scalar_type());
 }
 
 // A tensor with x's dtype, sizes and strides (strides of size-1 dims aside), written by an
 // op without overlapping elements (y, grad_input) or read like x (grad_y).
-void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
-  check_defined(t, op, name);
-  check_cpu(t, op, name);
-  check_dtype(t, x.scalar_type(), op, name);
-  check_shape(t, x.sizes(), op, name);
+void check_strided_like_x(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+  contract::check_like_x(t, x, op, name);
   for (int64_t d = 0; d < x.dim(); ++d) {
     TORCH_CHECK(x.size(d) <= 1 || t.stride(d) == x.stride(d), op, ": ", name, " must have x's strides ", x.strides(),
                 ", got ", t.strides());
@@ -505,14 +504,10 @@ void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* op, cons
               " must not have overlapping elements, got strides ", t.strides());
 }
 
-// A BatchNorm parameter (running statistics, weight, bias): (C,), contiguous, with the
-// dtype of the first one checked (`dtype` undefined: any of the four floats).
-void check_param(const at::Tensor& t, int64_t C, at::ScalarType dtype, const char* op, const char* name) {
-  check_defined(t, op, name);
-  check_cpu(t, op, name);
-  check_supported_float(t, op, name);
-  if (dtype != at::ScalarType::Undefined) check_dtype(t, dtype, op, name);
-  check_shape(t, {C}, op, name);
+// A BatchNorm parameter (running statistics, weight, bias): (C,), on x's device (the CPU),
+// contiguous, with the dtype of the first one checked (`dtype` undefined: any of the four floats).
+void check_param(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype, const char* op, const char* name) {
+  contract::check_bn_param(t, x, dtype, op, name);
   check_contiguous(t, op, name);
 }
 
@@ -561,7 +556,7 @@ void infer_fast::cpu::bn_stat_sums(const at::Tensor& x, const at::Tensor& runnin
                                    const at::Tensor& out) {
   const at::ScalarType acc = check_x_and_groups(x, groups, kSums);
   const int64_t C = x.size(1);
-  check_param(running_mean, C, at::ScalarType::Undefined, kSums, "running_mean");
+  check_param(running_mean, x, at::ScalarType::Undefined, kSums, "running_mean");
   check_tensor(out, acc, {2, groups, C}, kSums, "out");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), kSums, [&] {
     using A = acc_t<scalar_t>;
@@ -580,15 +575,15 @@ void infer_fast::cpu::bn_stat_forward(const at::Tensor& x, const at::Tensor& run
   constexpr const char* op = "bn_stat_forward";
   const at::ScalarType acc = check_x_and_groups(x, groups, op);
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  check_param(running_mean, C, at::ScalarType::Undefined, op, "running_mean");
+  check_param(running_mean, x, at::ScalarType::Undefined, op, "running_mean");
   const at::ScalarType param_dtype = running_mean.scalar_type();
-  check_param(running_var, C, param_dtype, op, "running_var");
+  check_param(running_var, x, param_dtype, op, "running_var");
   check_tensor(loss, acc, {groups}, op, "loss");
   check_tensor(stats, acc, {groups, 2, C + 1}, op, "stats");
   if (y.has_value()) {
-    check_like_x(*y, x, op, "y");
-    if (weight.has_value()) check_param(*weight, C, param_dtype, op, "weight");
-    if (bias.has_value()) check_param(*bias, C, param_dtype, op, "bias");
+    check_strided_like_x(*y, x, op, "y");
+    if (weight.has_value()) check_param(*weight, x, param_dtype, op, "weight");
+    if (bias.has_value()) check_param(*bias, x, param_dtype, op, "bias");
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     using A = acc_t<scalar_t>;
@@ -695,26 +690,19 @@ void infer_fast::cpu::bn_stat_backward(const at::Tensor& x, const at::Tensor& ru
                                        const at::Tensor& grad_input, const std::optional<at::Tensor>& grad_y,
                                        const std::optional<at::Tensor>& running_var,
                                        const std::optional<at::Tensor>& weight, double eps) {
-  TORCH_CHECK(stats.dim() == 3, kBwd, ": stats must be (G, 2, C + 1), got shape ", stats.sizes());
-  const int64_t groups = stats.size(0);
-  const at::ScalarType acc = check_x_and_groups(x, groups, kBwd);
+  check_x_and_groups(x, 1, kBwd);
+  const int64_t groups = contract::check_bn_stats(stats, x, kBwd);
   const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
-  check_param(running_mean, C, at::ScalarType::Undefined, kBwd, "running_mean");
-  check_tensor(stats, acc, {groups, 2, C + 1}, kBwd, "stats");
+  check_param(running_mean, x, at::ScalarType::Undefined, kBwd, "running_mean");
   TORCH_CHECK(count >= 1, kBwd, ": count must be >= 1, got ", count);
   TORCH_CHECK(grad_loss.has_value() || grad_y.has_value(), kBwd, ": grad_loss and grad_y are both None");
-  if (grad_loss.has_value()) {  // any stride: a summed loss's gradient arrives expanded
-    check_defined(*grad_loss, kBwd, "grad_loss");
-    check_cpu(*grad_loss, kBwd, "grad_loss");
-    check_dtype(*grad_loss, acc, kBwd, "grad_loss");
-    check_shape(*grad_loss, {groups}, kBwd, "grad_loss");
-  }
-  check_like_x(grad_input, x, kBwd, "grad_input");
+  if (grad_loss.has_value()) contract::check_grad_loss(*grad_loss, x, groups, kBwd);  // (read at its stride)
+  check_strided_like_x(grad_input, x, kBwd, "grad_input");
   if (grad_y.has_value()) {
-    check_like_x(*grad_y, x, kBwd, "grad_y");
+    check_strided_like_x(*grad_y, x, kBwd, "grad_y");
     TORCH_CHECK(running_var.has_value(), kBwd, ": grad_y needs running_var (the eval-mode BatchNorm's scale)");
-    check_param(*running_var, C, running_mean.scalar_type(), kBwd, "running_var");
-    if (weight.has_value()) check_param(*weight, C, running_mean.scalar_type(), kBwd, "weight");
+    check_param(*running_var, x, running_mean.scalar_type(), kBwd, "running_var");
+    if (weight.has_value()) check_param(*weight, x, running_mean.scalar_type(), kBwd, "weight");
   }
   if (x.numel() == 0) return;
   const Layout layout = pick_layout(x, kBwd);

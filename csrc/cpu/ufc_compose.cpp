@@ -58,53 +58,24 @@ std::vector<GroupParams> group_params(const at::Tensor& index, const std::option
   const int64_t* sp = shifts.has_value() ? shifts->const_data_ptr<int64_t>() : nullptr;
   const uint8_t* fp = flips.has_value() ? static_cast<const uint8_t*>(flips->const_data_ptr()) : nullptr;
   std::vector<GroupParams> params(G);
+  contract::check_index_values(index, K, op);  // (this launcher's own: natural is read at index[g])
   for (int64_t g = 0; g < G; ++g) {
     const int64_t k = ip[g];
-    TORCH_CHECK(k >= 0 && k < K, op, ": index[", g, "] = ", k, " is out of range for ", K, " natural sets");
     params[g] = {k, sp != nullptr ? pos_mod(sp[2 * g], H) : 0, sp != nullptr ? pos_mod(sp[2 * g + 1], W) : 0,
                  fp != nullptr && fp[g] != 0};
   }
   return params;
 }
 
-// The shared checks of both ops; returns the accumulate dtype.
-at::ScalarType check_compose_inputs(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,
-                                    const std::optional<at::Tensor>& shifts, const std::optional<at::Tensor>& flips,
-                                    const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
-                                    const char* op) {
+// The checks of both launchers: the contract's (contract::check_compose_inputs, defined once
+// in functional.cpp, which the functional ops ran already) for their own memory safety, as
+// Python can call the launchers directly (infer_fast._C.launchers), on the CPU.
+void check_inputs(const at::Tensor& natural, const at::Tensor& ufc, const at::Tensor& index,
+                  const std::optional<at::Tensor>& shifts, const std::optional<at::Tensor>& flips,
+                  const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi, const char* op) {
   check_defined(natural, op, "natural");
-  check_defined(ufc, op, "ufc");
-  check_cpu(natural, op, "natural");
-  check_cpu(ufc, op, "ufc");
-  TORCH_CHECK(natural.dim() == 5, op, ": natural must be 5-D (K, C, ch, H, W), got shape ", natural.sizes());
-  TORCH_CHECK(ufc.dim() == 4, op, ": ufc must be 4-D (G, ch, H, W), got shape ", ufc.sizes());
-  check_supported_float(natural, op, "natural");
-  check_dtype(ufc, natural.scalar_type(), op, "ufc");
-  check_contiguous(natural, op, "natural");
-  check_contiguous(ufc, op, "ufc");
-  const int64_t G = ufc.size(0), ch = natural.size(2), H = natural.size(3), W = natural.size(4);
-  check_shape(ufc, {G, ch, H, W}, op, "ufc");
-
-  check_tensor(index, at::kLong, {G}, op, "index");
-  if (shifts.has_value()) check_tensor(*shifts, at::kLong, {G, 2}, op, "shifts");
-  if (flips.has_value()) {
-    check_defined(*flips, op, "flips");
-    check_cpu(*flips, op, "flips");
-    TORCH_CHECK(flips->scalar_type() == at::kByte || flips->scalar_type() == at::kBool, op,
-                ": flips must have dtype uint8 or bool, got ", flips->scalar_type());
-    check_shape(*flips, {G}, op, "flips");
-    check_contiguous(*flips, op, "flips");
-  }
-
-  const at::ScalarType acc = accumulate_dtype(natural.scalar_type());
-  const bool has_lo = lo.has_value() && lo->defined();
-  const bool has_hi = hi.has_value() && hi->defined();
-  TORCH_CHECK(has_lo == has_hi, op, ": lo and hi must be both None or both tensors");
-  if (has_lo) {
-    check_tensor(*lo, acc, {ch}, op, "lo");
-    check_tensor(*hi, acc, {ch}, op, "hi");
-  }
-  return acc;
+  check_cpu(natural, op, "natural");  // (the others: on natural's device)
+  contract::check_compose_inputs(natural, ufc, index, shifts, flips, lo, hi, op);
 }
 
 // Row helpers. A row is W values; "source order" indexes the pre-transform pixel ws,
@@ -224,7 +195,7 @@ void infer_fast::cpu::ufc_compose(const at::Tensor& natural, const at::Tensor& u
                                   const std::optional<at::Tensor>& shifts, const std::optional<at::Tensor>& flips,
                                   const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
                                   const at::Tensor& out) {
-  check_compose_inputs(natural, ufc, index, shifts, flips, lo, hi, kCompose);
+  check_inputs(natural, ufc, index, shifts, flips, lo, hi, kCompose);
   const int64_t K = natural.size(0), C = natural.size(1), ch = natural.size(2), H = natural.size(3),
                 W = natural.size(4);
   const int64_t G = ufc.size(0);
@@ -325,7 +296,7 @@ void infer_fast::cpu::ufc_compose_grad_ufc(const at::Tensor& grad_out, const at:
                                            const std::optional<at::Tensor>& flips,
                                            const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
                                            const at::Tensor& grad_ufc) {
-  check_compose_inputs(natural, ufc, index, shifts, flips, lo, hi, kGrad);
+  check_inputs(natural, ufc, index, shifts, flips, lo, hi, kGrad);
   const int64_t K = natural.size(0), C = natural.size(1), ch = natural.size(2), H = natural.size(3),
                 W = natural.size(4);
   const int64_t G = ufc.size(0);

@@ -28,6 +28,7 @@ def _composed(natural: Tensor, ufc: Tensor) -> Tensor:
 
 
 infer_fast._C.set_python_launchers(backends.launcher)
+backends.ops_raise_marked_errors = True  # (an unusable backend met while tracing: see backends.resolve)
 
 _FAKES = {
     "bn_stat_loss": lambda x, rm, rv, groups, backend: _loss_and_stats(x, groups)[0],

@@ -2,8 +2,10 @@
 
 Backend contract
 ================
-Every backend provides the same five launchers. The public ops validate their inputs
-first, so launchers may assume everything below; they write *every* element of their
+Every backend provides the same five launchers. The registered ops (torch.ops.infer_fast_C)
+check their arguments against everything below before any launcher runs (the functional ops
+of csrc/functional.cpp, whatever the backend; the public Python functions check first, with
+friendlier messages), so launchers may assume it; they write *every* element of their
 output arguments (tests poison outputs with NaN to catch unwritten elements) and never
 synchronize with the host. "acc" is the accumulate dtype: fp64 for fp64 inputs, else fp32.
 The compiled backends ("cpu", "cuda") declare them once in C++ (csrc/launchers.inc).
@@ -67,7 +69,8 @@ Dispatch
 ========
 ``backend="auto"`` picks the first usable backend in :data:`AUTO_ORDER` for the tensor's
 device; the environment variable ``INFER_FAST_BACKEND`` overrides "auto". Asking for a
-backend that cannot run raises :class:`BackendUnavailableError` saying what is missing.
+backend that cannot run raises :class:`BackendUnavailableError` saying what is missing (under
+torch.compile too: the compiled function raises it when it runs, see :func:`resolve`).
 """
 from __future__ import annotations
 
@@ -103,7 +106,20 @@ def _import(module: str):
     try:
         return importlib.import_module(module), None
     except Exception as exc:  # ImportError, or an extension that fails to load
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}" + _source_tree_hint()
+
+
+def _source_tree_hint(package: Optional[str] = None) -> str:
+    """Why a part built or mapped at install time is missing when Python imported infer_fast from
+    a checkout (its folder beside setup.py, no extension built in place): the source tree
+    shadows the installed package; reinstalling would not help."""
+    package = package or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    checkout = os.path.dirname(package)
+    if not os.path.isfile(os.path.join(checkout, "setup.py")) or any(
+            name.startswith("_C.") for name in os.listdir(package)):
+        return ""
+    return (f" (Python imported infer_fast from the source tree {package}, not the installed package: run from "
+            "another directory, or install it in place with `pip install --no-build-isolation -e .`)")
 
 
 def compiled_extension():
@@ -156,33 +172,86 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def _launchers(name: str) -> Dict[str, Callable]:
-    """The launchers of a usable backend."""
+    """The launchers of a backend (whether it runs on a device is :func:`resolve`'s question).
+    A name that is no backend raises: UnknownBackendError, or the error an unusable backend's
+    marker carries (see :func:`resolve`)."""
     if name == "torch":
         module: ModuleType = importlib.import_module("infer_fast.ops.reference")
     elif name in ("cpu", "cuda"):
         module = importlib.import_module("infer_fast.ops._compiled")
-    else:
-        module, _ = triton_module()
+    elif name == "triton":
+        module, why = triton_module()
+        if module is None:
+            raise BackendUnavailableError(f"backend 'triton' is unavailable: Triton is not usable ({why})")
+    elif isinstance(name, str) and name.startswith(_ERROR_MARKER):
+        raise _marked_error(name)
+    else:  # (not one of BACKENDS: the one "unknown backend" message)
+        why = unavailable_reason(name, torch.device("cpu")) if name != "auto" else "'auto' is resolved to a backend first"
+        raise UnknownBackendError(f"backend {name!r} is unavailable: {why}")
     return {op: getattr(module, op) for op in LAUNCHERS}
 
 
 _resolved: Dict[tuple, str] = {}
 
+# An unusable backend met while Dynamo traces must not raise there: Dynamo wraps what a function
+# it runs at trace time raises in an InternalTorchDynamoError (or refuses the raise under
+# fullgraph=True), which `except BackendUnavailableError` does not catch. There resolve returns
+# a marker instead, "<_ERROR_MARKER><error class>: <message>"; the traced op carries it as its
+# backend name, and when the graph runs the op's launcher lookup (launcher(), _launchers())
+# raises that error. Outside tracing resolve raises it at once.
+_ERROR_MARKER = "<unusable backend> "
+_MARKED_ERRORS = {cls.__name__: cls for cls in (UnknownBackendError, BackendUnavailableError, ValueError)}
+
+# True once infer_fast.ops._library has handed the launcher lookup to infer_fast._C: the ops then
+# raise a marker's error when they run. (Without the extension the public ops run the reference,
+# which never looks the backend up: resolve raises even while tracing.)
+ops_raise_marked_errors = False
+
+
+def _marker(exc: Exception) -> str:
+    return f"{_ERROR_MARKER}{type(exc).__name__}: {exc}"
+
+
+def _marked_error(marker: str) -> Exception:
+    kind, _, message = marker[len(_ERROR_MARKER):].partition(": ")
+    return _MARKED_ERRORS.get(kind, BackendUnavailableError)(message)
+
 
 # Under torch.compile the choice is made once at trace time (imports and environment
-# reads are not traceable), and the graph keeps the resolved name as a constant.
-@torch._dynamo.assume_constant_result
+# reads are not traceable), and the graph keeps the resolved name as a constant: marked
+# below as torch._dynamo.assume_constant_result marks it, without importing torch._dynamo
+# (over a second of every command's start-up; test_backends checks the mark is the same).
+def _resolved_name(backend: str, device: torch.device) -> str:
+    """The usable backend ``backend`` names for ``device``, else the marker of why not (never
+    raises: see _ERROR_MARKER)."""
+    try:
+        check_backend_name(backend)
+        key = (backend, device.type, os.environ.get(ENV_VAR))
+        name = _resolved.get(key)
+        if name is None:
+            name = _resolve(backend, device)
+            _launchers(name)  # imports the backend once, here
+            _resolved[key] = name
+        return name
+    except (BackendUnavailableError, ValueError) as exc:
+        return _marker(exc)
+
+
+_resolved_name._dynamo_marked_constant = True  # (what torch._dynamo.assume_constant_result sets)
+
+
 def resolve(backend: str, device: torch.device) -> str:
     """Turn ``backend`` ("auto" or a name) into a usable backend name for ``device``
-    (remembered per backend, device type and INFER_FAST_BACKEND: a call costs a lookup)."""
-    check_backend_name(backend)
-    key = (backend, device.type, os.environ.get(ENV_VAR))
-    name = _resolved.get(key)
-    if name is None:
-        name = _resolve(backend, device)
-        _launchers(name)  # imports the backend once, here
-        _resolved[key] = name
-    return name
+    (remembered per backend, device type and INFER_FAST_BACKEND: a call costs a lookup).
+    Raises BackendUnavailableError (UnknownBackendError for a name that is no backend, a
+    ValueError for one that is no string); while torch.compile traces, the op it is passed to
+    raises it instead, when the graph runs (see _ERROR_MARKER)."""
+    name = _resolved_name(backend, device)
+    if name in BACKENDS:
+        return name
+    if ops_raise_marked_errors and torch.compiler.is_compiling():
+        return name
+    raise _marked_error(name)
 
 
 def check_backend_name(backend) -> None:
@@ -195,16 +264,35 @@ def check_backend_name(backend) -> None:
         raise UnknownBackendError(f"backend {backend!r} is unavailable: {why}")
 
 
+def forced_backend() -> Optional[str]:
+    """The backend INFER_FAST_BACKEND makes "auto" mean, None when it is unset (or "auto")."""
+    forced = os.environ.get(ENV_VAR, "").strip()
+    return forced if forced and forced != "auto" else None
+
+
+def check_forced_backend() -> None:
+    """Before any work (the CLI's commands): BackendUnavailableError naming INFER_FAST_BACKEND
+    when it names no backend, or one that cannot run on this machine's default device."""
+    forced = forced_backend()
+    if forced is None:
+        return
+    why = unavailable_reason(forced, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if why is not None:
+        raise BackendUnavailableError(f"{ENV_VAR}={forced!r} is unavailable: {why}")
+
+
 def _resolve(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        forced = os.environ.get(ENV_VAR, "").strip()
-        if forced and forced != "auto":
-            backend = forced
-        else:
-            for name in AUTO_ORDER.get(device.type, ("torch",)):
-                if unavailable_reason(name, device) is None:
-                    return name
-            return "torch"
+        forced = forced_backend()
+        if forced is not None:
+            why = unavailable_reason(forced, device)
+            if why is not None:
+                raise BackendUnavailableError(f"{ENV_VAR}={forced!r} (what 'auto' means here) is unavailable: {why}")
+            return forced
+        for name in AUTO_ORDER.get(device.type, ("torch",)):
+            if unavailable_reason(name, device) is None:
+                return name
+        return "torch"
     why = unavailable_reason(backend, device)
     if why is not None:
         raise BackendUnavailableError(f"backend {backend!r} is unavailable: {why}")
@@ -213,7 +301,8 @@ def _resolve(backend: str, device: torch.device) -> str:
 
 def launcher(backend: str, op: str) -> Callable:
     """The launcher ``op`` of an already-resolved ``backend`` (infer_fast._C's ops find the
-    Python backends' launchers through this function)."""
+    Python backends' launchers through this function). A name that is no backend raises
+    UnknownBackendError; a marker of :func:`resolve`, the error it carries."""
     return _launchers(backend)[op]
 
 
