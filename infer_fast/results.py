@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .data.registry import dataset_label
-from .run_identity import another_run_message, differing
+from .run_identity import another_run_message, differing, dotted
 from .set_keys import RunKey, SetKey, external_method
 
 
@@ -86,6 +86,86 @@ def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
     return settings
 
 
+# the sections compared field by field, as the settings they take effect as (:func:`effective_settings`)
+STUDENT_SECTION = "student"
+METHOD_OPTIONS = "method_options"
+
+
+def _method_effective(method, config: Dict[str, Any], own: Any) -> Dict[str, Any]:
+    """The options ``own`` (a method's section or ``method_options`` entry of the run config
+    dict ``config``) as the method takes them: with the ``recovery`` settings it shares under
+    them and its recipe for the run's dataset, checked and parsed by the method (a recovery's:
+    the one builder, distill.config.recovery_config, with the method's recipes); a parsed
+    config (RecoveryConfig) as its fields; without its result-neutral options and the
+    run-level settings it is given (compared on their own)."""
+    recovery = config.get("recovery") or {}
+    shared = {k: recovery[k] for k in method.shared_recovery_options if k in recovery and k in method.option_names}
+    options = {k: v for k, v in {**shared, **own}.items() if k not in method.result_neutral}
+    parsed = method.options_for_dataset(options, config.get("dataset"), recovery.get("seed", 0))
+    fields: Dict[str, Any] = {}
+    for name, value in parsed.items():
+        if name in method.run_options:
+            continue
+        if hasattr(value, "to_dict"):
+            fields.update({k: v for k, v in value.to_dict().items() if k not in method.result_neutral})
+        else:
+            fields[name] = value
+    return json.loads(json.dumps(fields))  # (as a results file holds them: lists, not tuples)
+
+
+def _student_effective(config: Dict[str, Any], student: Any) -> Dict[str, Any]:
+    """The ``student`` section as the StudentConfig fields it takes effect as (the dataset's
+    student recipe under it), without the result-neutral ones and the seed (each run's own)."""
+    from .run_config import build_config
+    from .student import RECIPES, STUDENT_RESULT_NEUTRAL, StudentConfig, recipe_of
+
+    values = {**RECIPES[recipe_of(config.get("dataset"))],
+              **{k: v for k, v in student.items() if k not in STUDENT_RESULT_NEUTRAL}}
+    fields = dataclasses.asdict(build_config(StudentConfig, values, STUDENT_SECTION))
+    return json.loads(json.dumps({k: v for k, v in fields.items() if k not in STUDENT_RESULT_NEUTRAL + ("seed",)}))
+
+
+def effective_settings(recorded: Dict[str, Any], current: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """:func:`run_settings` of the run config dicts ``recorded`` (a results file's) and
+    ``current``, with each method's section (INFER's ``recovery``, SRe2L's ``sre2l``), each
+    ``method_options`` entry and the ``student`` section as the settings they take effect as,
+    field by field (their defaults and recipes applied: ``r_bn: 1.0`` spelled out in
+    ``recovery`` is the run of none), flattened as "recovery.r_bn", "method_options.cda.r_bn",
+    "student.temperature" (run_identity.dotted). A section either side cannot build that way
+    (a file of an older version, a method no longer registered) is compared as written on
+    both sides, without its result-neutral options."""
+    from .methods import all_methods
+    from .methods.registry import find_method
+
+    sides = (run_settings(recorded), run_settings(current))
+    configs = (recorded, current)
+    sections = {m.config_section: m for m in all_methods() if m.config_section}
+
+    def build(key, make, raw):
+        try:
+            values = [make(config) for config in configs]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            values = [side.get(key, {}) if raw is None else raw(side) for side in sides]
+        for side, value in zip(sides, values):
+            side[key] = value
+
+    for section, method in sections.items():
+        build(section, lambda config, m=method, s=section: _method_effective(m, config, config.get(s) or {}), None)
+    build(STUDENT_SECTION, lambda config: _student_effective(config, config.get(STUDENT_SECTION) or {}), None)
+    named = [sorted(((config.get(METHOD_OPTIONS) or {}) if isinstance(config.get(METHOD_OPTIONS), dict) else {}))
+             for config in configs]
+    for name in dict.fromkeys(named[0] + named[1]):  # (a method not registered: compared as written)
+        def own(config: Dict[str, Any], name: str = name) -> Dict[str, Any]:
+            return (config.get(METHOD_OPTIONS) or {}).get(name) or {}
+
+        build(f"{METHOD_OPTIONS}.{name}", lambda config, m=find_method(name), own=own: _method_effective(
+            m, config, own(config)), lambda side, own=own: own(side))
+    for side in sides:
+        side.pop(METHOD_OPTIONS, None)
+    return tuple(dotted(side, (*sections, STUDENT_SECTION, *(k for k in side if k.startswith(f"{METHOD_OPTIONS}."))))
+                 for side in sides)
+
+
 def _defaults(cfg) -> Dict[str, Any]:
     """The run config's field defaults: what a setting a results file predates counts as."""
     return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
@@ -148,11 +228,12 @@ def _check_same_settings(path: Path, old: Dict[str, Any], cfg) -> None:
     """ValueError (another_run_message) unless the results file ``path`` (read: ``old``) was made
     under ``cfg``'s settings, but for those nothing was made of yet (:func:`_changed_unmade`);
     the data by where it lies, and where that moved, by the training split's identity."""
-    recorded, current = run_settings(old["config"]), run_settings(recorded_config(cfg))
+    recorded, current = effective_settings(old["config"], recorded_config(cfg))
     if "data_root" in recorded:  # (a file of before recorded it as spelled: read from here)
         recorded["data_root"] = data_place(recorded["data_root"])
     names = differing(recorded, current, defaults=_defaults(cfg))
-    names = [name for name in names if name not in _changed_unmade(names, old, cfg, path.parent)]
+    free = _changed_unmade(list(dict.fromkeys(name.split(".")[0] for name in names)), old, cfg, path.parent)
+    names = [name for name in names if name.split(".")[0] not in free]
     if names == ["data_root"]:  # another folder, or the default places: the same data?
         digest = _train_digest(cfg.dataset, recorded.get("data_root"))
         if digest is not None and digest == _train_digest(cfg.dataset, cfg.data_root):

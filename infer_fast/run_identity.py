@@ -63,3 +63,26 @@ def flattened(identity: Mapping[str, Any], nested: str = "config") -> Dict[str, 
     outer = {k: v for k, v in identity.items() if k != nested}
     inner = identity.get(nested) or {}
     return {**outer, **{(f"{nested}.{k}" if k in outer else k): v for k, v in inner.items()}}
+
+
+def dotted(settings: Mapping[str, Any], sections: Iterable[str]) -> Dict[str, Any]:
+    """``settings`` with each mapping named in ``sections`` replaced by its entries, each named
+    "section.name" (a mapping inside one, further: "section.name.field"), so that each is
+    compared, and named, on its own ("recovery.r_bn differs", not "recovery differs"). An
+    empty section leaves no entry."""
+    sections = set(sections)
+    out: Dict[str, Any] = {}
+
+    def spread(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for name, inner in value.items():
+                spread(f"{prefix}.{name}", inner)
+        else:
+            out[prefix] = value
+
+    for name, value in settings.items():
+        if name in sections and isinstance(value, Mapping):
+            spread(name, value)
+        else:
+            out[name] = value
+    return out

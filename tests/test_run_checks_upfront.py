@@ -56,11 +56,11 @@ def test_a_setting_whose_results_were_never_made_may_change(tmp_path):
                    student={**STUDENT, "epochs": 2})
     assert load_results(path, fixed)["sets"] == {"random/ipc2": {}}
     (tmp_path / "sets" / "rded-ipc2").mkdir(parents=True)  # (begun: its options determine it now)
-    with pytest.raises(ValueError, match=r"belongs to another run \(method_options differ"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(method_options\.rded\.candidates_per_class differs"):
         load_results(path, fixed)
     old["runs"]["random/ipc2/seed0"] = {"final_accuracy": 0.5, "elapsed_s": 1.0}
     path.write_text(json.dumps(old))
-    with pytest.raises(ValueError, match=r"belongs to another run \(student differ"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(student\.epochs differs"):
         load_results(path, config(tmp_path, methods=["random", "rded"],
                                   method_options={"rded": {"candidates_per_class": 8}}, student={**STUDENT, "epochs": 2}))
 

@@ -205,7 +205,8 @@ class _Batch:
 
     def __init__(self, kind: RecoveryKind, source: Optional[Tensor], num_classes: int,
                  image_shape: Tuple[int, int, int], losses: TeacherLosses, m: int, ks: List[int],
-                 config: RecoveryConfig, backend: str, chunk_size: Optional[int], device: torch.device):
+                 config: RecoveryConfig, backend: str, chunk_size: Optional[int], device: torch.device,
+                 chunks_why: Optional[str] = None, resumed: bool = False, desc: str = ""):
         self.kind, self.losses, self.m, self.ks, self.config = kind, losses, m, list(ks), config
         self.backend, self.chunk_size, self.device = backend, chunk_size, device
         G, C = self.G, self.C = len(ks), num_classes
@@ -215,10 +216,17 @@ class _Batch:
         self.labels = torch.arange(C, device=device).repeat(G)
         self.augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
         self.chunked = chunk_size is not None and chunk_size < G * C
-        if self.chunked and (config.fused_bn or config.compile != "off"):  # automatic chunks (validate refuses explicit ones)
-            warnings.warn(f"recovery: this teacher's batches run in chunks of {chunk_size} images (one group does not "
-                          "fit in memory), where fused_bn and compile do not apply: they are off for these batches",
-                          RuntimeWarning, stacklevel=3)
+        # planned chunks, or a resumed batch's (validate refuses explicit ones): ``chunks_why`` says why
+        if self.chunked and (config.fused_bn or config.compile != "off"):
+            if resumed:
+                said = (f"the resumed batch {desc} runs in chunks of {chunk_size} images "
+                        f"({chunks_why or 'it does not fit in memory at once'}), where fused_bn and compile do not "
+                        "apply: they are off for this batch")
+            else:
+                said = (f"this teacher's batches run in chunks of {chunk_size} images "
+                        f"({chunks_why or 'one group does not fit in memory'}), where fused_bn and compile do not "
+                        "apply: they are off for these batches")
+            warnings.warn(f"recovery: {said}", RuntimeWarning, stacklevel=3)
         # (a resumed batch has the same Adam as an uninterrupted one: capturable or not by the config)
         self.graphed = uses_cuda_graph(config, device, self.chunked)
         self.side_stream = SideStream(device)  # one per batch: its warm-up and capture (made on first use)
@@ -410,7 +418,8 @@ class _Batch:
         """The state of the batch after ``iterations_done`` iterations, on the CPU (copied: the
         loop goes on updating its tensors, a captured graph's static ones included): everything
         the rest of the batch depends on. The batch itself (teacher, ks, chunk_size) is part of
-        it: only the same batch continues bit-identically (batching changes float rounding)."""
+        it: only the same batch continues bit-identically (batching changes float rounding), in
+        the same chunks (others: equal up to float rounding)."""
         adam = self.optimizer.state[self.variable]
         return {
             "method": self.kind.method,
@@ -489,7 +498,7 @@ def optimize_batch(
     losses: TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
     progress: bool, backend: str, desc: str, chunk_size: Optional[int] = None,
     on_checkpoint: Optional[Callable[[Dict[str, Any]], None]] = None, resume_from: Optional[Dict[str, Any]] = None,
-    stop_vote: Optional[Callable[[Optional[int]], Optional[int]]] = None,
+    stop_vote: Optional[Callable[[Optional[int]], Optional[int]]] = None, chunks_why: Optional[str] = None,
 ) -> Tuple[Tensor, Dict[str, Any]]:
     """Optimize the jobs (m, k) for k in ``ks`` together (stats["failed"] lists the jobs whose
     loss became non-finite; their results must not be used).
@@ -505,15 +514,19 @@ def optimize_batch(
     since the last one (a host clock read per iteration; the checkpoint itself syncs), it is
     called with the batch's state (_Batch.state: the variable, Adam's state, the augmentation
     draws' position, alive/died_at, the iteration; on CUDA read between graph replays). With
-    ``resume_from`` (such a state of this same batch: m, ks, chunk_size) the batch is built as
-    from scratch, then continues from that state at its iteration: bit-identical to an
-    uninterrupted batch (stats["resumed_from_iteration"] says where; its timings cover only
-    the resumed part). Inside the caller's interrupts.stop_at_safe_points region a stop signal
+    ``resume_from`` (such a state of this same batch: m, ks) the batch is built as from scratch,
+    then continues from that state at its iteration: bit-identical to an uninterrupted batch
+    in the chunks it ran in (its state's chunk_size), equal up to float rounding in others
+    (chunked exact mode: the same gradients summed in another order; the job scheduler says
+    so) (stats["resumed_from_iteration"] says where; its timings cover only the resumed
+    part). ``chunks_why``: why the batch runs in chunks, for the warning that fused_bn and
+    compile are off in them (None: one group does not fit in memory). Inside the caller's interrupts.stop_at_safe_points region a stop signal
     is acted on between two iterations: the state is checkpointed there by the same path,
     then interrupts.Interrupted is raised (_Batch.run); with ``stop_vote`` (ranks that share
     the batch: distributed.Ranks.any_signal) every rank stops after the same iteration."""
     device = lo.device
-    batch = _Batch(kind, source, num_classes, image_shape, losses, m, ks, config, backend, chunk_size, device)
+    batch = _Batch(kind, source, num_classes, image_shape, losses, m, ks, config, backend, chunk_size, device,
+                   chunks_why=chunks_why, resumed=resume_from is not None, desc=desc)
     start = 0 if resume_from is None else batch.restore(resume_from)  # the first iteration to run
     started = time.perf_counter()
     try:
@@ -523,7 +536,8 @@ def optimize_batch(
     except Exception as exc:
         if isinstance(exc, RecoveryOutOfMemoryError) or not memory.is_out_of_memory(exc):
             raise
-        raise out_of_memory_error(exc, device, desc, batch.G, batch.C, chunk_size) from exc
+        raise out_of_memory_error(exc, device, desc, batch.G, batch.C, chunk_size,
+                                  resumed=resume_from is not None) from exc
     finally:
         batch.restore_sync_mode()
         if batch.chunked:

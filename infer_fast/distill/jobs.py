@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -22,7 +23,7 @@ from ..run_identity import differing
 from ..storage.distilled_set import channel_values
 from ..teacher import teacher_list
 from . import engine, plan
-from .checkpoints import CheckpointStore, Job, job_range
+from .checkpoints import CheckpointStore, Job, describe_batch, job_range
 from .config import RESULT_NEUTRAL, RecoveryConfig
 from .variables import RecoveryKind
 
@@ -99,8 +100,8 @@ class _JobRunner:
         with engine.recovery_teacher(teacher, self.config) as run_teacher:
             losses = self.kind.losses(run_teacher, self.num_classes, self.config, self.backend)
             try:
-                for ks, chunk_size, state in self._batches(todo, interrupted, run_teacher, device):
-                    self._run_batch(m, ks, chunk_size, state, losses, lo, hi)
+                for ks, chunk_size, state, why in self._batches(todo, interrupted, run_teacher, device):
+                    self._run_batch(m, ks, chunk_size, state, losses, lo, hi, why)
             except plan.RecoveryOutOfMemoryError as exc:
                 where = self.store.where()
                 if where is None:
@@ -122,30 +123,84 @@ class _JobRunner:
         return normalize(self.natural.index_select(0, rows), self.mean, self.std).to(device)
 
     def _batches(self, todo: List[int], interrupted: List[Dict[str, Any]], run_teacher: nn.Module,
-                 device) -> List[Tuple[List[int], Optional[int], Optional[Dict[str, Any]]]]:
-        """The plan of a teacher: (ks, chunk_size, state to continue from), the interrupted
-        batches first, as they were, then ``todo`` G at a time (G and chunk_size from the
-        config, or auto_batch_plan: under torchrun "chunks" rank 0's plan for all ranks)."""
+                 device) -> List[Tuple[List[int], Optional[int], Optional[Dict[str, Any]], Optional[str]]]:
+        """The plan of a teacher: (ks, chunk_size, state to continue from, why it runs in chunks
+        (None: the engine's words)), the interrupted batches first (their groups as they were,
+        their chunks: :meth:`_resumed_chunks`), then ``todo`` G at a time (G and chunk_size
+        from the config, G alone (its chunks: plan.batch_chunk_size), or auto_batch_plan:
+        under torchrun "chunks" rank 0's plan for all ranks)."""
         config = self.config
-        batches = [(list(state["k"]), state["chunk_size"], state) for state in interrupted]
+        batches = []
+        for state in interrupted:
+            chunk_size, why = self._resumed_chunks(state, run_teacher, device)
+            batches.append((list(state["k"]), chunk_size, state, why))
         if todo:
-            if config.group_size:
+            why = None
+            if config.group_size and config.chunk_size is not None:
                 G, chunk_size = config.group_size, config.chunk_size
+            elif config.group_size:  # (the chunks of G groups, from the memory available)
+                G = config.group_size
+                chunk_size = self._plan(lambda probe: plan.batch_chunk_size(
+                    run_teacher, probe, min(G, len(todo)), holds_natural=self.natural is not None), device)
+                if min(G, len(todo)) > 1:
+                    why = f"{min(G, len(todo))} groups, as --group-size asks, do not fit in memory at once"
             else:
-                probe = self.natural_sets([0], device)
-                if probe is None:
-                    probe = torch.zeros((1, self.num_classes) + self.image_shape, dtype=torch.float32, device=device)
-                G, chunk_size = plan.auto_batch_plan(run_teacher, probe, len(todo), chunk_size=config.chunk_size,
-                                                     holds_natural=self.natural is not None)
-                del probe
-                if distributed.rank_and_world()[1] > 1 and not self.split_jobs:  # "chunks": one plan for all ranks
-                    G, chunk_size = distributed.all_gather_object((G, chunk_size))[0]
+                G, chunk_size = self._plan(lambda probe: plan.auto_batch_plan(
+                    run_teacher, probe, len(todo), chunk_size=config.chunk_size,
+                    holds_natural=self.natural is not None), device)
             self.group_size = G
-            batches += [(todo[start:start + G], chunk_size, None) for start in range(0, len(todo), G)]
+            batches += [(todo[start:start + G], chunk_size, None, why) for start in range(0, len(todo), G)]
         return batches
 
+    def _plan(self, make: Callable[[Tensor], Any], device) -> Any:
+        """``make(probe)``: a plan from a probe of one group's images (float32 zeros of a natural
+        set's shape: what an image costs the teacher does not depend on its values; no set is
+        normalized for it), under torchrun "chunks" rank 0's for all ranks."""
+        probe = torch.zeros((1, self.num_classes) + tuple(self.image_shape), dtype=torch.float32, device=device)
+        made = make(probe)
+        del probe
+        if distributed.rank_and_world()[1] > 1 and not self.split_jobs:  # "chunks": one plan for all ranks
+            made = distributed.all_gather_object(made)[0]
+        return made
+
+    def _resumed_chunks(self, state: Dict[str, Any], run_teacher: nn.Module,
+                        device) -> Tuple[Optional[int], Optional[str]]:
+        """(chunk_size, why it runs in chunks) of the interrupted batch ``state``: its groups are
+        its own, its chunks the user's (--chunk-size) where given, else the memory plan's for
+        its G, which keeps the chunks it ran in wherever they fit (plan.batch_chunk_size). In
+        other chunks (chunked exact mode: the same gradient) it continues equal to an
+        uninterrupted run up to float rounding, not bit-identically: a RuntimeWarning says so;
+        in the same ones, bit-identically."""
+        config, ks = self.config, list(state["k"])
+        rows = len(ks) * self.num_classes
+
+        def chunking(chunk_size: Optional[int]) -> Optional[int]:  # (None: the whole batch at once)
+            return chunk_size if chunk_size is not None and chunk_size < rows else None
+
+        recorded = chunking(state.get("chunk_size"))
+        if config.chunk_size is not None:
+            chunk_size = config.chunk_size
+        else:
+            chunk_size = self._plan(lambda probe: plan.batch_chunk_size(
+                run_teacher, probe, len(ks), holds_natural=self.natural is not None, recorded=recorded,
+                resumed=True), device)
+        why = None
+        if chunking(chunk_size) is not None:
+            why = ("the chunks it ran in before it was interrupted, kept so that it continues bit-identically"
+                   if chunking(chunk_size) == recorded else "it does not fit in memory at once"
+                   if config.chunk_size is None else "as --chunk-size asks")
+        if chunking(chunk_size) != recorded and distributed.rank_and_world()[0] == 0:
+            before = "the whole batch at once" if recorded is None else f"{recorded} images at a time"
+            now = ("the whole batch at once" if chunking(chunk_size) is None
+                   else f"{chunking(chunk_size)} images at a time")
+            warnings.warn(f"recovery: {describe_batch(state['teacher'], ks)} continues at iteration "
+                          f"{state['iteration']}/{state['iterations']} in new chunks ({now}; it ran {before} until "
+                          "then): the same gradients summed in another order, so its results equal an uninterrupted "
+                          "run's up to float rounding, not bit for bit", RuntimeWarning, stacklevel=2)
+        return chunk_size, why
+
     def _run_batch(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
-                   losses, lo: Tensor, hi: Tensor) -> None:
+                   losses, lo: Tensor, hi: Tensor, chunks_why: Optional[str] = None) -> None:
         """One batch, and its results saved. Where this writer checkpoints, a stop signal during
         the batch is acted on at a safe point (interrupts.stop_at_safe_points): between two
         iterations, the batch's state saved first (engine: _Batch.run), or, after its last
@@ -153,12 +208,12 @@ class _JobRunner:
         that share the batch (``stop_vote``) all act on a signal any of them got, at the same
         safe point: none leaves before rank 0 has saved."""
         with interrupts.stop_at_safe_points() if self.store.writes or self.stop_vote else contextlib.nullcontext():
-            self._optimize_and_save(m, ks, chunk_size, state, losses, lo, hi)
+            self._optimize_and_save(m, ks, chunk_size, state, losses, lo, hi, chunks_why)
             if self.stop_vote is not None:  # (a signal after the last iteration's vote: all leave here)
                 interrupts.agree_on_stop(self.stop_vote)
 
     def _optimize_and_save(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
-                           losses, lo: Tensor, hi: Tensor) -> None:
+                           losses, lo: Tensor, hi: Tensor, chunks_why: Optional[str] = None) -> None:
         key, M, noun = (m, tuple(ks)), len(self.teachers), self.kind.noun
         desc = f"teacher {m + 1}/{M} {noun}{'s' if len(ks) > 1 else ''} k={job_range(ks)}"
         try:
@@ -166,7 +221,8 @@ class _JobRunner:
         except Exception as exc:
             if not memory.is_out_of_memory(exc):
                 raise
-            raise plan.out_of_memory_error(exc, lo.device, desc, len(ks), self.num_classes, chunk_size) from exc
+            raise plan.out_of_memory_error(exc, lo.device, desc, len(ks), self.num_classes, chunk_size,
+                                           resumed=state is not None) from exc
 
         def save_partial(batch_state: Dict[str, Any]) -> None:
             self.store.save_partial(key, batch_state, self.done, self.stats, self.group_size)
@@ -175,7 +231,7 @@ class _JobRunner:
             self.kind, source, self.num_classes, self.image_shape, losses, m, ks, self.config, lo, hi, self.progress,
             # (a writer saves in-batch states at the config's cadence, and on a stop signal even without one)
             self.backend, desc, chunk_size, on_checkpoint=save_partial if self.store.writes else None,
-            resume_from=state, stop_vote=self.stop_vote,
+            resume_from=state, stop_vote=self.stop_vote, chunks_why=chunks_why,
         )
         finished = {k: r.clone() if self.keep is None else self.keep(r)
                     for k, r in zip(ks, result) if k not in batch_stats["failed"]}

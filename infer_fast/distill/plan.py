@@ -34,16 +34,22 @@ class RecoveryOutOfMemoryError(MemoryError):
 
 
 def out_of_memory_error(exc: BaseException, device: torch.device, desc: str, G: int, C: int,
-                        chunk_size: Optional[int]) -> RecoveryOutOfMemoryError:
+                        chunk_size: Optional[int], resumed: bool = False) -> RecoveryOutOfMemoryError:
     """The RecoveryOutOfMemoryError of the batch ``desc`` (G groups of C images, the teacher run
     ``chunk_size`` rows at a time or all at once) that failed with ``exc``: one line naming the
-    options that make the batch smaller (fewer groups while there are several, smaller chunks)."""
+    options that make the batch smaller (fewer groups while there are several, smaller chunks).
+    ``resumed``: an interrupted batch being continued, whose groups are fixed (it resumes whole,
+    whatever --group-size says): only smaller chunks apply to it."""
     rows = chunk_size if chunk_size is not None and chunk_size < G * C else G * C
     chunks = (f"--chunk-size N (images through the teacher at a time, now {rows}; e.g. --chunk-size "
               f"{max(1, rows // 2)})")
-    fix = (f"use smaller batches: --group-size N (groups per batch, now {G}) or {chunks}" if G > 1
-           else f"run the teacher in smaller chunks: {chunks}")
-    names = "group_size / chunk_size" if G > 1 else "chunk_size"
+    if G > 1 and not resumed:
+        fix = f"use smaller batches: --group-size N (groups per batch, now {G}) or {chunks}"
+    else:
+        fix = f"run the teacher in smaller chunks: {chunks}"
+        if G > 1:  # (an interrupted batch: --group-size does not split it)
+            fix += f" (an interrupted batch continues with its {G} groups: --group-size does not apply to it)"
+    names = "group_size / chunk_size" if G > 1 and not resumed else "chunk_size"
     at_once = f"in chunks of {rows}" if rows < G * C else "all through the teacher at once"
     return RecoveryOutOfMemoryError(
         f"recovery ran out of {memory.describe(device)} in the batch {desc} ({G} x {C} images, {at_once}): {fix} "
@@ -92,29 +98,98 @@ def auto_batch_plan(
     C = natural.shape[1]
     device = natural.device
     cap = max(1, min(K, max_images // C)) if device.type != "cuda" else K
+    measured = _measure(teacher, natural, memory_fraction, probe_images)
+    if measured is None:
+        return cap, chunk_size
+    groups = _groups_that_fit(natural, measured, holds_natural)
+    if groups >= 1:
+        return max(1, min(cap, int(groups))), chunk_size
+    fits = _rows_that_fit(natural, 1, measured)
+    runs = (f"it runs in chunks of {fits} images (--chunk-size / --group-size choose otherwise)" if chunk_size is None
+            else f"it runs in chunks of {chunk_size} images, as --chunk-size asks ({fits} would fit)")
+    _warn_chunks(f"one group of {C} images", C, measured, memory_fraction, device, runs)
+    return 1, chunk_size or fits
+
+
+def batch_chunk_size(
+    teacher: nn.Module, natural: Tensor, G: int, memory_fraction: float = MEMORY_FRACTION,
+    probe_images: Optional[int] = None, holds_natural: bool = False, recorded: Optional[int] = None,
+    resumed: bool = False,
+) -> Optional[int]:
+    """The chunks of a batch whose number of groups G is fixed: --group-size without
+    --chunk-size, or an interrupted batch resumed (its G is its own). None (the teacher runs
+    the whole batch at once) when G groups fit the budget as :func:`auto_batch_plan` counts it
+    (the same probe of one image's cost, the same share of the available memory), else as
+    many rows as fit beside the batch's inputs (chunked exact mode, the same gradient), with a
+    RuntimeWarning saying so: where G is 1, the automatic plan's. ``recorded``: the chunks an
+    interrupted batch ran in (None: all at once), kept wherever they fit (the same chunks
+    continue it bit-identically) and where the available memory cannot be read (CPU off
+    Linux); ``resumed``: the warning names only --chunk-size (--group-size does not split an
+    interrupted batch)."""
+    C = natural.shape[1]
+    measured = _measure(teacher, natural, memory_fraction, probe_images)
+    if measured is None or _groups_that_fit(natural, measured, holds_natural) >= G:
+        return recorded
+    fits = _rows_that_fit(natural, G, measured)
+    if fits >= G * C:
+        return recorded
+    if recorded is not None and recorded <= fits:
+        return recorded
+    what = f"one group of {C} images" if G == 1 else f"a batch of {G} groups of {C} images"
+    if resumed:
+        what = f"the interrupted batch ({G} group{'s' if G > 1 else ''} of {C} images)"
+        runs = f"it continues in chunks of {fits} images (--chunk-size chooses otherwise)"
+    elif G == 1:
+        runs = f"it runs in chunks of {fits} images (--chunk-size / --group-size choose otherwise)"
+    else:
+        runs = f"it runs in chunks of {fits} images, {G} groups as --group-size asks (--chunk-size chooses otherwise)"
+    _warn_chunks(what, G * C, measured, memory_fraction, natural.device, runs)
+    return fits
+
+
+def _measure(teacher: nn.Module, natural: Tensor, memory_fraction: float,
+             probe_images: Optional[int]) -> Optional[Tuple[float, float, float]]:
+    """(memory one image costs the teacher, the budget, the share of it the teacher's
+    activations may take), all in bytes; None where the available memory cannot be read (CPU
+    off Linux: then nothing is probed)."""
+    device = natural.device
     if device.type == "cuda":
         per_image = _cuda_peak_per_image(teacher, natural, probe_images or 16)
         available = memory.available_memory(device)
     else:
         available = memory.available_memory(device)
         if available is None:
-            return cap, chunk_size
+            return None
         per_image = activation_bytes_per_image(teacher, natural, probe_images or 4)
     budget = memory_fraction * available
     activations = budget if device.type == "cuda" else min(budget, CPU_MAX_ACTIVATION_BYTES)
+    return per_image, budget, activations
+
+
+def _groups_that_fit(natural: Tensor, measured: Tuple[float, float, float], holds_natural: bool) -> float:
+    """How many groups of C images fit: their activations within the activations' share, and
+    with their natural images (``holds_natural``) within the budget."""
+    per_image, budget, activations = measured
+    C = natural.shape[1]
     held_per_image = natural[0, 0].numel() * natural.element_size() if holds_natural else 0
-    groups = min(activations / (per_image * C), budget / ((per_image + held_per_image) * C))
-    if groups >= 1:
-        return max(1, min(cap, int(groups))), chunk_size
-    inputs = BATCH_INPUT_COPIES * natural[0].numel() * 4  # the group's fp32 inputs, resident while chunks run
-    fits = max(1, int(min(budget - inputs, activations) / per_image))
-    runs = (f"it runs in chunks of {fits} images (--chunk-size / --group-size choose otherwise)" if chunk_size is None
-            else f"it runs in chunks of {chunk_size} images, as --chunk-size asks ({fits} would fit)")
+    return min(activations / (per_image * C), budget / ((per_image + held_per_image) * C))
+
+
+def _rows_that_fit(natural: Tensor, G: int, measured: Tuple[float, float, float]) -> int:
+    """The rows one chunk of a batch of G groups may have: what fits beside the batch's fp32
+    inputs (BATCH_INPUT_COPIES images each, resident while its chunks run), at least 1."""
+    per_image, budget, activations = measured
+    inputs = BATCH_INPUT_COPIES * G * natural[0].numel() * 4
+    return max(1, int(min(budget - inputs, activations) / per_image))
+
+
+def _warn_chunks(what: str, images: int, measured: Tuple[float, float, float], memory_fraction: float,
+                 device: torch.device, runs: str) -> None:
+    per_image, budget, activations = measured
     share = (f"{memory_fraction:g} of the {memory.describe(device)} available" if activations == budget
              else f"the CPU's cap for activations, of {budget / 2**30:.1f} GiB available to the batch")
-    warnings.warn(f"recovery: one group of {C} images needs ~{per_image * C / 2**30:.1f} GiB for the teacher, more than "
-                  f"the {activations / 2**30:.1f} GiB budget ({share}): {runs}", RuntimeWarning, stacklevel=2)
-    return 1, chunk_size or fits
+    warnings.warn(f"recovery: {what} needs ~{per_image * images / 2**30:.1f} GiB for the teacher, more than "
+                  f"the {activations / 2**30:.1f} GiB budget ({share}): {runs}", RuntimeWarning, stacklevel=3)
 
 
 def _probe_input(teacher: nn.Module, natural: Tensor, rows: int, copy: bool = False) -> Tuple[Tensor, Tensor]:

@@ -31,12 +31,17 @@ def recovery_hyperparameters(config, batch_stats: Sequence[Dict[str, Any]], **ex
     """A recovered set's ``hyperparameters`` record: ``config`` (a RecoveryConfig) as given,
     its augmentation in words, the method's own ``extra``, and the batches the run made
     (``batch_stats``, a recovery's "stats", those inherited by a resume included): each
-    ``[teacher, [k...]]`` and the largest as ``group_size_used``. The grouping is part of what
-    reproduces a set (it changes float rounding), and a run resumed with another
-    ``group_size`` mixes two."""
-    batches = sorted([int(b["teacher"]), [int(k) for k in b["k"]]] for b in batch_stats)
+    ``[teacher, [k...]]``, with a third element, its chunk size, where the batch ran in chunks
+    (the teacher run that many images at a time: chunks planned from the memory available,
+    --chunk-size, or those a resumed batch continued in; fused_bn and compile do not apply
+    there, whatever the config says), and the largest batch as ``group_size_used``. The
+    grouping and chunking are part of what reproduces a set (they change float rounding), and
+    a run resumed with another ``group_size`` or ``chunk_size`` mixes two. (A manifest of
+    before records every batch as ``[teacher, [k...]]``.)"""
+    batches = sorted([int(b["teacher"]), [int(k) for k in b["k"]]]
+                     + ([int(b["chunk_size"])] if b.get("chunk_size") is not None else []) for b in batch_stats)
     hyper = config.to_dict()
-    hyper.update(group_size_used=max((len(ks) for _, ks in batches), default=None), batches=batches,
+    hyper.update(group_size_used=max((len(batch[1]) for batch in batches), default=None), batches=batches,
                  augmentation_rule=config.describe_augmentation(), **extra)
     return hyper
 
