@@ -6,9 +6,9 @@ Each row runs one workload in a fresh process (libgomp reads its environment as 
 INFER's recovery (recover_ufcs) with two ConvNet teachers at Fashion-MNIST's shape (10 classes,
 1x28x28, K = 8 natural sets), ITERATIONS iterations, timed from the first iteration to the
 last (wall and process CPU seconds), under three settings:
-  libgomp default   torch imported before infer_fast, nothing set: 300,000 spins at a barrier
-  infer-fast        GOMP_SPINCOUNT=10000, what importing infer_fast first sets
-  passive           OMP_WAIT_POLICY=PASSIVE: threads sleep at once
+  libgomp default          nothing set: 300,000 spins at a barrier before sleeping
+  GOMP_SPINCOUNT=10000     a short spin
+  OMP_WAIT_POLICY=PASSIVE  threads sleep at once
 alone and beside one busy single-thread process (another job on a 2-core machine). The
 median of REPEATS runs per row; the ratio of each row to libgomp's default in the same
 condition, measured in this run.
@@ -27,17 +27,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = {
     "libgomp default": {},
-    "infer-fast (GOMP_SPINCOUNT=10000)": {},
-    "passive (OMP_WAIT_POLICY=PASSIVE)": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
 BUSY_LOOP = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"
 
 
 def workload(setting: str, iterations: int) -> dict:
     """Run in the child: the recovery, timed; returns wall and CPU seconds."""
-    if setting == "libgomp default":
-        import torch  # noqa: F401  (first: infer_fast then leaves libgomp's environment alone)
-    import infer_fast  # noqa: F401  (else first: it sets GOMP_SPINCOUNT before torch loads libgomp)
     import torch
 
     from infer_fast.distill.config import RecoveryConfig

@@ -1,9 +1,7 @@
 """infer-fast: kernel-accelerated INFER dataset distillation (Inter-class Feature Compensator)."""
 
 from infer_fast.mkl_vml import loading_torch, start_mkl_vml_on_one_thread
-from infer_fast.openmp_spin import shorten_openmp_spin
 
-shorten_openmp_spin()  # (before torch loads libgomp, which reads its environment once: openmp_spin.py)
 with loading_torch():  # (MKL ends the process as torch loads when the working directory is gone: mkl_vml.py)
     import torch  # noqa: F401  (loads libtorch first, so the compiled extension infer_fast._C can load)
 

@@ -1,35 +1,23 @@
-"""OpenMP's spin-wait shortened before torch loads libgomp (GOMP_SPINCOUNT, unless the user set it).
+"""How torch's OpenMP threads wait at a barrier (libgomp's spin-wait), as `infer-fast info` shows it.
 
 torch's CPU wheels run their parallel regions on GNU OpenMP (libgomp). A thread that reaches a
-barrier first spins there up to 300,000 times before it sleeps. On a machine whose cores are
-all busy (a 2-core machine running anything beside a job), the thread it waits for is not
-running, so each spin burns a whole scheduler slice: the many small ops of a recovery or
-training step (an Adam update, a loss on a few hundred values) then take milliseconds each.
-Measured by bench/openmp_spin.py (bench/results/openmp-spin-*.json): 10,000 spins keep a
-quiet machine's speed and cut that slow-down several-fold. libgomp reads its environment once,
-as it loads, so this must run before torch is imported; a user's GOMP_SPINCOUNT or
-OMP_WAIT_POLICY always wins.
+barrier first spins there (300,000 times by default) before it sleeps. On a machine whose
+cores are all busy (a 2-core machine running anything beside a job) the thread it waits for
+is not running, so the spinning takes scheduler slices from it. bench/openmp_spin.py measured
+INFER's recovery on 2 cores (bench/results/openmp-spin-2026-12-06.json): beside one busy
+single-thread job, OMP_WAIT_POLICY=PASSIVE ran it 3.2x faster than the default and
+GOMP_SPINCOUNT=10000 2.0x; on a quiet machine both were slower (1.28x and 1.10x the default's
+time). So infer-fast sets nothing (a dedicated machine, a GPU's host, keeps the default's
+speed): the README tells users of shared machines what to set. libgomp reads these variables
+once, as torch loads it.
 """
 import os
-import sys
 
-SPIN_COUNT = 10_000
-_USER_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
-_set_here = False
-
-
-def shorten_openmp_spin() -> None:
-    """Set GOMP_SPINCOUNT to SPIN_COUNT for libgomp, before torch loads it."""
-    global _set_here
-    if "torch" in sys.modules or any(name in os.environ for name in _USER_SETTINGS):
-        return  # (libgomp already read its environment, or the user chose)
-    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
-    _set_here = True
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def spin_setting() -> str:
-    """What `infer-fast info` shows: the wait setting libgomp started with, and whose it is."""
-    if _set_here:
-        return f"GOMP_SPINCOUNT={SPIN_COUNT} (set by infer-fast: set GOMP_SPINCOUNT or OMP_WAIT_POLICY to choose)"
-    chosen = [f"{name}={os.environ[name]}" for name in _USER_SETTINGS if name in os.environ]
-    return ", ".join(chosen) + " (yours)" if chosen else "libgomp's default (torch was imported before infer_fast)"
+    """The wait settings libgomp was started with, as set in the environment."""
+    chosen = [f"{name}={os.environ[name]}" for name in WAIT_SETTINGS if name in os.environ]
+    return ", ".join(chosen) if chosen else (
+        "libgomp's default (spins before sleeping: on a shared machine set OMP_WAIT_POLICY=PASSIVE)")
