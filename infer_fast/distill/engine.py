@@ -29,7 +29,7 @@ from ..progress import progress_bar
 from .augment import Augmentation
 from .config import RecoveryConfig
 from .cuda_graphs import GRAPH_WARMUP_ITERATIONS, CapturedIteration, SideStream, uses_cuda_graph
-from .plan import RecoveryOutOfMemoryError, out_of_memory_error
+from .plan import RecoveryOutOfMemoryError, chunk_rows, out_of_memory_error
 from .variables import RecoveryKind
 
 
@@ -215,18 +215,14 @@ class _Batch:
         self.variable = self.var.tensor
         self.labels = torch.arange(C, device=device).repeat(G)
         self.augment = Augmentation(config, gens, image_shape[1], image_shape[2], device, config.iterations)
-        self.chunked = chunk_size is not None and chunk_size < G * C
+        self.chunked = chunk_rows(chunk_size, G * C) is not None
         # planned chunks, or a resumed batch's (validate refuses explicit ones): ``chunks_why`` says why
         if self.chunked and (config.fused_bn or config.compile != "off"):
-            if resumed:
-                said = (f"the resumed batch {desc} runs in chunks of {chunk_size} images "
-                        f"({chunks_why or 'it does not fit in memory at once'}), where fused_bn and compile do not "
-                        "apply: they are off for this batch")
-            else:
-                said = (f"this teacher's batches run in chunks of {chunk_size} images "
-                        f"({chunks_why or 'one group does not fit in memory'}), where fused_bn and compile do not "
-                        "apply: they are off for these batches")
-            warnings.warn(f"recovery: {said}", RuntimeWarning, stacklevel=3)
+            which, these = ((f"the resumed batch {desc} runs", "this batch") if resumed
+                            else ("this teacher's batches run", "these batches"))
+            why = chunks_why or ("it does not fit in memory at once" if resumed else "one group does not fit in memory")
+            warnings.warn(f"recovery: {which} in chunks of {chunk_size} images ({why}), where fused_bn and compile "
+                          f"do not apply: they are off for {these}", RuntimeWarning, stacklevel=3)
         # (a resumed batch has the same Adam as an uninterrupted one: capturable or not by the config)
         self.graphed = uses_cuda_graph(config, device, self.chunked)
         self.side_stream = SideStream(device)  # one per batch: its warm-up and capture (made on first use)

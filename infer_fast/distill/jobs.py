@@ -173,26 +173,22 @@ class _JobRunner:
         in the same ones, bit-identically."""
         config, ks = self.config, list(state["k"])
         rows = len(ks) * self.num_classes
-
-        def chunking(chunk_size: Optional[int]) -> Optional[int]:  # (None: the whole batch at once)
-            return chunk_size if chunk_size is not None and chunk_size < rows else None
-
-        recorded = chunking(state.get("chunk_size"))
+        recorded = plan.chunk_rows(state.get("chunk_size"), rows)  # (None: the whole batch at once)
         if config.chunk_size is not None:
             chunk_size = config.chunk_size
         else:
             chunk_size = self._plan(lambda probe: plan.batch_chunk_size(
                 run_teacher, probe, len(ks), holds_natural=self.natural is not None, recorded=recorded,
                 resumed=True), device)
+        chunked = plan.chunk_rows(chunk_size, rows)
         why = None
-        if chunking(chunk_size) is not None:
+        if chunked is not None:
             why = ("the chunks it ran in before it was interrupted, kept so that it continues bit-identically"
-                   if chunking(chunk_size) == recorded else "it does not fit in memory at once"
+                   if chunked == recorded else "it does not fit in memory at once"
                    if config.chunk_size is None else "as --chunk-size asks")
-        if chunking(chunk_size) != recorded and distributed.rank_and_world()[0] == 0:
+        if chunked != recorded and distributed.rank_and_world()[0] == 0:
             before = "the whole batch at once" if recorded is None else f"{recorded} images at a time"
-            now = ("the whole batch at once" if chunking(chunk_size) is None
-                   else f"{chunking(chunk_size)} images at a time")
+            now = "the whole batch at once" if chunked is None else f"{chunked} images at a time"
             warnings.warn(f"recovery: {describe_batch(state['teacher'], ks)} continues at iteration "
                           f"{state['iteration']}/{state['iterations']} in new chunks ({now}; it ran {before} until "
                           "then): the same gradients summed in another order, so its results equal an uninterrupted "

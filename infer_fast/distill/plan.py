@@ -33,6 +33,12 @@ class RecoveryOutOfMemoryError(MemoryError):
     CLI reports it in one line."""
 
 
+def chunk_rows(chunk_size: Optional[int], rows: int) -> Optional[int]:
+    """The images a batch of ``rows`` sends through the teacher at a time with ``chunk_size``:
+    None where it runs whole (no chunk size, or one not smaller than the batch)."""
+    return chunk_size if chunk_size is not None and chunk_size < rows else None
+
+
 def out_of_memory_error(exc: BaseException, device: torch.device, desc: str, G: int, C: int,
                         chunk_size: Optional[int], resumed: bool = False) -> RecoveryOutOfMemoryError:
     """The RecoveryOutOfMemoryError of the batch ``desc`` (G groups of C images, the teacher run
@@ -40,7 +46,8 @@ def out_of_memory_error(exc: BaseException, device: torch.device, desc: str, G: 
     options that make the batch smaller (fewer groups while there are several, smaller chunks).
     ``resumed``: an interrupted batch being continued, whose groups are fixed (it resumes whole,
     whatever --group-size says): only smaller chunks apply to it."""
-    rows = chunk_size if chunk_size is not None and chunk_size < G * C else G * C
+    chunked = chunk_rows(chunk_size, G * C)
+    rows = chunked or G * C
     chunks = (f"--chunk-size N (images through the teacher at a time, now {rows}; e.g. --chunk-size "
               f"{max(1, rows // 2)})")
     if G > 1 and not resumed:
@@ -50,7 +57,7 @@ def out_of_memory_error(exc: BaseException, device: torch.device, desc: str, G: 
         if G > 1:  # (an interrupted batch: --group-size does not split it)
             fix += f" (an interrupted batch continues with its {G} groups: --group-size does not apply to it)"
     names = "group_size / chunk_size" if G > 1 and not resumed else "chunk_size"
-    at_once = f"in chunks of {rows}" if rows < G * C else "all through the teacher at once"
+    at_once = f"in chunks of {rows}" if chunked else "all through the teacher at once"
     return RecoveryOutOfMemoryError(
         f"recovery ran out of {memory.describe(device)} in the batch {desc} ({G} x {C} images, {at_once}): {fix} "
         f"({names} in an `infer-fast run` config) [{type(exc).__name__}: {memory.first_line(exc)}]")
