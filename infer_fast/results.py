@@ -98,10 +98,12 @@ def _method_effective(method, config: Dict[str, Any], own: Any) -> Dict[str, Any
     the one builder, distill.config.recovery_config, with the method's recipes); a parsed
     config (RecoveryConfig) as its fields; without its result-neutral options and the
     run-level settings it is given (compared on their own)."""
+    from .run_config import distillation_seed, shared_recovery_settings
+
     recovery = config.get("recovery") or {}
-    shared = {k: recovery[k] for k in method.shared_recovery_options if k in recovery and k in method.option_names}
+    shared = shared_recovery_settings(method, recovery)
     options = {k: v for k, v in {**shared, **own}.items() if k not in method.result_neutral}
-    parsed = method.options_for_dataset(options, config.get("dataset"), recovery.get("seed", 0))
+    parsed = method.options_for_dataset(options, config.get("dataset"), distillation_seed(recovery))
     fields: Dict[str, Any] = {}
     for name, value in parsed.items():
         if name in method.run_options:

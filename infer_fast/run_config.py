@@ -118,7 +118,7 @@ class PipelineConfig:
     @property
     def seed(self) -> int:
         """The run's distillation seed (``recovery: {seed: N}``, default 0)."""
-        return self.recovery.get("seed", 0)
+        return distillation_seed(self.recovery)
 
     def method_options_of(self, name: str) -> Dict[str, Any]:
         """The options the run gives method ``name`` (unchecked; its recipe for the run's
@@ -127,8 +127,7 @@ class PipelineConfig:
         else its ``method_options`` entry) on top, and the run-level settings it takes
         (``run_options``: INFER's selection and accounting)."""
         method = get_method(name)
-        takes = method.option_names
-        shared = {k: self.recovery[k] for k in method.shared_recovery_options if k in self.recovery and k in takes}
+        shared = shared_recovery_settings(method, self.recovery)
         own = getattr(self, method.config_section) if method.config_section else self.method_options.get(name, {})
         return {**shared, **own, **{k: getattr(self, k) for k in method.run_options}}
 
@@ -362,6 +361,17 @@ class PipelineConfig:
 def method_sections() -> Tuple[str, ...]:
     """The sections of a run config that hold a method's options (Method.config_section)."""
     return tuple(f.name for f in dataclasses.fields(PipelineConfig) if f.metadata.get("method_section"))
+
+
+def distillation_seed(recovery: Mapping[str, Any]) -> int:
+    """The distillation seed a run config's ``recovery`` section gives (default 0)."""
+    return recovery.get("seed", 0)
+
+
+def shared_recovery_settings(method, recovery: Mapping[str, Any]) -> Dict[str, Any]:
+    """The settings of a run config's ``recovery`` section that ``method`` takes too
+    (Method.shared_recovery_options, those among its options)."""
+    return {k: recovery[k] for k in method.shared_recovery_options if k in recovery and k in method.option_names}
 
 
 def build_config(cls, values: Dict[str, Any], name: str):
