@@ -5,9 +5,11 @@ import argparse
 import contextlib
 import dataclasses
 import glob
+import json
 import os
 import signal
 import sys
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__, interrupts
@@ -46,6 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from .distributed import init_from_env
     from .pipeline import format_table, load_pipeline_config, run_pipeline
+    from .results import RESULTS_FILE
 
     rank, _ = init_from_env()  # under torchrun: teachers, recovery and student runs split across the ranks
     overrides = {"out": args.out, "seeds": args.seeds, "device": args.device, "data_root": args.data_root}
@@ -58,9 +61,11 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides["ipc"] = positive_ints("--ipc", args.ipc)
     if args.methods is not None:
         overrides["methods"] = comma_list(args.methods)
-    results = run_pipeline(load_pipeline_config(args.config, **overrides), progress=not args.quiet)
-    if args.quiet and rank == 0:  # the table is the result: shown even without progress output
+    config = load_pipeline_config(args.config, **overrides)
+    results = run_pipeline(config, progress=not args.quiet)
+    if args.quiet and rank == 0:  # the table is the result, and where it is kept: shown even without progress output
         print(format_table(results))
+        print(f"results in {os.path.join(config.out, RESULTS_FILE)} and {os.path.join(config.out, 'results.md')}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -374,6 +379,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
     if args.out:
         check_writable(args.out, "--out")
+        inputs = [("--teachers", path) for path in teachers]
+        if args.full_data_checkpoint:
+            inputs.append(("--full-data-checkpoint", args.full_data_checkpoint))
+        _check_report_out(args.out, inputs)
     _evaluation_protocol(args)  # (every option checked before any loading)
     ds = load_distilled(args.directory)
     _check_decode_cache(args.decode_cache, ds.real_dataset)
@@ -386,6 +395,29 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.out:
         save_json_atomic(report, args.out)
         print(f"report: {args.out}")
+
+
+def _check_report_out(out: str, inputs: List[Tuple[str, str]]) -> None:
+    """Before any work: evaluate --out replaces the file, so it may be neither one of the
+    command's ``inputs`` ((flag, path)) nor an existing file other than an evaluation report
+    (a teacher checkpoint, a run's results.json, a set's manifest)."""
+    from .evaluate import REPORT_FORMAT
+
+    for flag, path in inputs:
+        if os.path.realpath(out) == os.path.realpath(path):
+            raise UserError(f"--out {out!r} is the file given as {flag}: the report would replace it; give another --out")
+    if not os.path.exists(out):
+        return
+    try:
+        with open(out, "rb") as f:
+            starts_as_object = f.read(1) == b"{"  # (a report is a JSON object: a checkpoint is not read whole)
+            f.seek(0)
+            report = json.load(f) if starts_as_object else None
+    except (OSError, ValueError):  # (unreadable, or not JSON: not a report)
+        report = None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise UserError(f"--out {out!r} exists and is not an infer-fast evaluation report: the report would replace "
+                        "it; give another --out, or remove the file first")
 
 
 def _check_decode_cache(decode_cache: Optional[str], dataset) -> None:
@@ -818,9 +850,9 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     elif is_out_of_memory(exc):  # (MemoryError under `ulimit -v`, CUDA's, the CPU allocator's)
         message = _out_of_memory(command, exc)
     else:  # a bug, not the user's doing: a short message, status 1
-        plugin = _plugin_method(exc)
-        if plugin is not None:  # (a bug of a user's method: theirs to fix, not infer-fast's to be told)
-            print(f"{_who(command)}: error in method {plugin[0]!r} (module {plugin[1]}): {type(exc).__name__}: "
+        plugin = _plugin_owner(exc)
+        if plugin is not None:  # (a bug of a user's method, model or dataset: theirs to fix, not infer-fast's to be told)
+            print(f"{_who(command)}: error in {plugin[0]} (module {plugin[1]}): {type(exc).__name__}: "
                   f"{_first_line(exc, 300)} (run again with --debug for the traceback)", file=sys.stderr)
             return 1
         print(f"{_who(command)}: internal error: {type(exc).__name__}: {_first_line(exc, 300)} "
@@ -830,30 +862,48 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     return 2
 
 
-def _plugin_method(exc: Exception) -> Optional[Tuple[str, str]]:
-    """(method, module) of the method registered outside infer-fast (a plug-in) whose code
-    ``exc``'s traceback passes through: the outermost frame of one of its functions (distill,
-    parse_options...), else of its module; None when none does (infer-fast's own error)."""
+def _plugin_functions() -> Dict[object, str]:
+    """The functions registered from outside infer-fast (a plug-in's, a user's): their code
+    objects and their modules' names -> what they belong to ("method 'mine'", "model 'mynet'",
+    "dataset 'mydata'"): a method's distill, parse_options..., a model's builder, a dataset's
+    loader."""
+    from .data.registry import get_dataset, list_datasets
     from .methods import all_methods
+    from .models.registry import user_specs
 
-    owners: Dict[object, str] = {}  # code object or module name -> method
-    for method in all_methods():
-        for fn in (method.distill, method.parse_options, method.check_budget, method.student_settings):
-            module = getattr(fn, "__module__", None) or ""
-            if fn is not None and module.split(".")[0] != __package__:
-                owners.setdefault(getattr(fn, "__code__", None), method.name)
-                owners.setdefault(module, method.name)
+    functions = [(f"method {method.name!r}", fn) for method in all_methods()
+                 for fn in (method.distill, method.parse_options, method.check_budget, method.student_settings)]
+    for spec in user_specs():
+        with contextlib.suppress(ImportError, AttributeError):  # (imported when registered; unless since removed)
+            functions.append((f"model {spec.name!r}", spec.builder))
+    functions += [(f"dataset {name!r}", get_dataset(name).loader) for name in list_datasets()]
+    owners: Dict[object, str] = {}
+    for owner, fn in functions:
+        module = getattr(fn, "__module__", None) or ""
+        if fn is not None and module.split(".")[0] != __package__:
+            owners.setdefault(getattr(fn, "__code__", None), owner)
+            owners.setdefault(module, owner)
     owners.pop(None, None)
-    in_module = None
+    return owners
+
+
+def _plugin_owner(exc: Exception) -> Optional[Tuple[str, str]]:
+    """(what, module) of the plug-in code ``exc``'s traceback passes through (what: "method
+    'mine'", "model 'mynet'", "dataset 'mydata'"): the innermost frame of one of their
+    functions (a dataset's loader a plug-in method calls is to blame, not the method), or of
+    their modules elsewhere (a helper: blamed on the function of its module that called it,
+    where one did); None where none is passed (infer-fast's own error)."""
+    owners = _plugin_functions()
+    found: Optional[Tuple[str, str]] = None
     tb = exc.__traceback__
     while tb is not None:
         module = tb.tb_frame.f_globals.get("__name__", "")
         if tb.tb_frame.f_code in owners:
-            return owners[tb.tb_frame.f_code], module
-        if in_module is None and module in owners:
-            in_module = (owners[module], module)
+            found = (owners[tb.tb_frame.f_code], module)
+        elif module in owners and (found is None or found[1] != module):
+            found = (owners[module], module)
         tb = tb.tb_next
-    return in_module
+    return found
 
 
 def _first_line(exc: Exception, limit: int) -> str:
@@ -876,6 +926,23 @@ def _lost_peer(exc: Exception) -> bool:
         (isinstance(exc, RuntimeError) and any(m in str(exc) for m in LOST_PEER_MESSAGES))
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(who: str):
+    """While the block runs, a warning shown on stderr is one line, "<who>: warning: <message>",
+    not Python's file:line, category and source line (infer-fast's own, of no use to a user).
+    Only the text changes: Python's filters still decide what is shown (each place once), and
+    a caller recording warnings (warnings.catch_warnings(record=True)) still records them."""
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"{who}: warning: {message}\n"
+
+    saved = warnings.formatwarning
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command, its errors as one line (_failed; --debug: the traceback)."""
     from .distill import RecoveryDivergedError
@@ -888,7 +955,8 @@ def _run(args: argparse.Namespace) -> int:
         progress_mode()  # a misspelt INFER_FAST_PROGRESS is refused before any work
         if args.command != "info":  # (info shows what the variable names, and why it cannot run)
             check_forced_backend()  # so is an INFER_FAST_BACKEND that cannot run here
-        args.func(args)
+        with _warnings_as_lines(_who(args.command)):
+            args.func(args)
     except Exception as exc:
         if args.debug:
             raise
@@ -901,6 +969,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     interrupt (SIGINT, SIGTERM, SIGHUP: interrupts.py; exit status 128 + the signal's number)
     saying how to continue. Output that cannot be written is dropped, not fatal
     (_GuardedStream)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # (Ctrl-C before the handlers are installed, or after they are removed)
+        return _interrupted(None, exc)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     problem = _working_directory_problem()
     if problem:
         print(f"infer-fast: error: {problem}", file=sys.stderr)

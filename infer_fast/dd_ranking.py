@@ -30,15 +30,16 @@ ddranking/utils/train_and_eval.py and its per-method configs, e.g. SRe2L/CIFAR10
 - **Scores** on both scales: the documented [0, 1] (accuracies as fractions) and the numbers
   DD-Ranking's code prints (percent into exp(): ``scores.printed_label_robust_score``).
 
-Not reproduced: its random subsets are its own files; ours are drawn with the round's seed
-(``random_subset_seed`` fixes one subset for every round)."""
+Not reproduced: its random subsets are its own files; ours are drawn from the round's seed's
+own stream (evaluate.random_subset; ``random_subset_seed`` fixes one subset for every round).
+``reuse``: the memo of students of one run, as evaluate.evaluate_set's."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -178,26 +179,27 @@ def _summary(values: Sequence[float]) -> Dict[str, float]:
 
 
 class _Runs:
-    """Trains the students of an evaluation, one grid search at a time, with one bar."""
+    """Trains the students of an evaluation, one grid search at a time, with one bar
+    (``students``: evaluate.Students, which keeps them in the caller's memo)."""
 
-    def __init__(self, protocol: DDRankingProtocol, dataset: Any, test, teachers, device: str, total: int,
+    def __init__(self, protocol: DDRankingProtocol, dataset: Any, students, device: str, total: int,
                  progress: bool, set_settings: Dict[str, Any]):
         from .progress import progress_bar
 
-        self.protocol, self.dataset, self.test, self.set_settings = protocol, dataset, test, set_settings
-        self.teachers, self.device = list(teachers), device
+        self.protocol, self.dataset, self.students, self.set_settings = protocol, dataset, students, set_settings
+        self.device = device
         self.bar = progress_bar(total=total, desc="DD-Ranking students", unit="student", disable=not progress)
 
-    def best(self, source, labels: str, mixed: bool, seed: int, grid: Sequence[float]) -> Dict[str, Any]:
-        """{"accuracy", "lr", "grid": {lr: accuracy}}: the best run over ``grid``."""
-        from .student import train_student
-
+    def best(self, source: Callable[[], Any], identity: Callable[[Any], Dict[str, Any]], labels: str, mixed: bool,
+             seed: int, grid: Sequence[float]) -> Dict[str, Any]:
+        """{"accuracy", "lr", "grid": {lr: accuracy}}: the best run over ``grid`` on ``source()``
+        (``identity``: its evaluate.Students identity under a config)."""
         found: Dict[str, float] = {}
         best_acc, best_lr = -1.0, None
         for lr in grid:
             config = dataclasses.replace(self.protocol.student_config(self.dataset, labels, mixed, lr, seed,
                                                                       self.set_settings), device=self.device)
-            result = train_student(source, self.test, config, teachers=self.teachers, progress=False)
+            result = self.students.train(source, identity(config), config, progress=False)
             acc = periodic_best(result["history"], self.protocol.test_interval)
             found[repr(float(lr))] = acc
             if acc > best_acc:  # strictly: the first rate wins a tie, as its search
@@ -211,7 +213,7 @@ class _Runs:
 
 
 def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, device: str, checkpoint,
-               progress: bool):
+               progress: bool, reuse: Optional[Dict[str, Any]] = None):
     """(accuracy for round i, source): DD-Ranking's cached value where it has one (a checkpoint
     given beside it is not read: its leaderboard's value comes first), else the checkpoint,
     else trained each round."""
@@ -233,7 +235,7 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
     def trained(i: int) -> float:
         if i not in accuracies:
             accuracies[i] = train_full_data(model, distilled.real_dataset, data_root, device, protocol.full_data_epochs,
-                                            progress, seed=round_seed(i), student=protocol.student)
+                                            progress, seed=round_seed(i), student=protocol.student, reuse=reuse)
         return accuracies[i]
     return trained, f"trained here in every round: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"
 
@@ -241,13 +243,17 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
 def evaluate_set_dd_ranking(
     distilled, teachers: Sequence[nn.Module], protocol: Optional[DDRankingProtocol] = None, *,
     data_root: Optional[str] = None, full_data_checkpoint: Optional[str] = None, device: str = "auto",
-    progress: bool = True, decode_cache: Optional[str] = None,
+    progress: bool = True, decode_cache: Optional[str] = None, reuse: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The DD-Ranking evaluation report of ``distilled`` (see the module docstring): every
     accuracy behind the scores with its grid, the scores per round on both scales and their
-    mean and std. ``teachers`` label the soft-label runs (per batch) or the random subsets."""
+    mean and std. ``teachers`` label the soft-label runs (per batch) or the random subsets
+    (with static labels they must be those that labelled the set: evaluate.labelling_teachers);
+    ``reuse``: the memo of students a caller keeps across the sets of one run."""
+    from ._io import model_digest
     from .data import load_dataset, load_test_split
-    from .evaluate import REPORT_FORMAT, check_evaluable, random_subset
+    from .evaluate import (REPORT_FORMAT, Students, check_evaluable, labelling_teachers, random_subset,
+                           random_subset_text)
     from .methods.registry import set_student_settings
 
     protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol)
@@ -255,28 +261,47 @@ def evaluate_set_dd_ranking(
     protocol.check_dataset(dataset)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
+    digests = [model_digest(t) for t in teachers]
+    labelled_by = labelling_teachers(distilled, digests, static)
     model = protocol.student_model(dataset)
-    full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress)
+    full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress,
+                                        reuse)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
 
     grid, set_grid = protocol.grids()
-    runs = _Runs(protocol, dataset, test, teachers, device, protocol.student_count(), progress, set_student_settings(distilled))
+    students = Students(reuse, test, teachers, digests, [distilled.real_dataset, data_root])
+    runs = _Runs(protocol, dataset, students, device, protocol.student_count(), progress,
+                 set_student_settings(distilled))
     rounds: List[Dict[str, Any]] = []
     try:
         for i in range(protocol.rounds):
             seed = round_seed(i)
             subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
-            random = random_subset(train, ipc, subset_seed, teachers, device, static)
+            subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
+
+            def random() -> Any:
+                if not subsets:
+                    subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
+                return subsets[0]
+
+            def the_set() -> Any:
+                return distilled
+
+            def random_identity(config) -> Dict[str, Any]:
+                return students.of_random_subset(ipc, subset_seed)
+
+            def set_identity(config) -> Dict[str, Any]:
+                return students.of_set(distilled, config)
             ars_seed = seed + ARS_SEED_OFFSET
             r = {
-                "set_hard": runs.best(distilled, "hard", False, seed, grid),
-                "set_soft": runs.best(distilled, "soft", True, seed, set_grid),
-                "random_soft": runs.best(random, "soft", True, seed, grid),
-                "set_aug": runs.best(distilled, "soft", True, ars_seed, set_grid),
-                "random_aug": runs.best(random, "soft", True, ars_seed, grid),
-                "set_plain": runs.best(distilled, "soft", False, ars_seed, set_grid),
-                "random_plain": runs.best(random, "soft", False, ars_seed, grid),
+                "set_hard": runs.best(the_set, set_identity, "hard", False, seed, grid),
+                "set_soft": runs.best(the_set, set_identity, "soft", True, seed, set_grid),
+                "random_soft": runs.best(random, random_identity, "soft", True, seed, grid),
+                "set_aug": runs.best(the_set, set_identity, "soft", True, ars_seed, set_grid),
+                "random_aug": runs.best(random, random_identity, "soft", True, ars_seed, grid),
+                "set_plain": runs.best(the_set, set_identity, "soft", False, ars_seed, set_grid),
+                "random_plain": runs.best(random, random_identity, "soft", False, ars_seed, grid),
             }
             acc = {k: v["accuracy"] for k, v in r.items()}
             full = full_data(i)
@@ -301,15 +326,15 @@ def evaluate_set_dd_ranking(
     return {
         "format": REPORT_FORMAT,
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
-                "training_images": distilled.num_training_images()},
+                "training_images": distilled.num_training_images(), "labelling_teachers": labelled_by},
         "protocol": {
             **protocol.settings(dataset), "round_seeds": [r["seed"] for r in rounds],
             "student_config": dataclasses.asdict(protocol.student_config(dataset, "soft", True, grid[0], 0,
                                                                          runs.set_settings)),
             "accuracy_of_a_run": f"best of the tests every {protocol.test_interval} epochs, best over the rate grid",
-            "random_subset": f"ipc {ipc} real training images per class, picked with "
-                             + ("the round's seed" if protocol.random_subset_seed is None
-                                else f"seed {protocol.random_subset_seed} in every round"),
+            "random_subset": random_subset_text(ipc, "the round's seed" if protocol.random_subset_seed is None
+                                                else f"seed {protocol.random_subset_seed} in every round", static,
+                                                labelled_by),
         },
         "full_data_hard": {"accuracy": _summary([r["full_hard"] for r in rounds])["mean"], "source": full_source,
                            "per_round": [r["full_hard"] for r in rounds]},
@@ -322,6 +347,8 @@ def evaluate_set_dd_ranking(
 
 def format_dd_ranking_report(report: Dict[str, Any]) -> str:
     """The DD-Ranking report as a short table (accuracies in %, mean +- std over rounds)."""
+    from .evaluate import unchecked_teachers_line
+
     def pct(summary):
         return f"{100 * summary['mean']:6.2f} +- {100 * summary['std']:5.2f}"
 
@@ -335,7 +362,7 @@ def format_dd_ranking_report(report: Dict[str, Any]) -> str:
     lines.append("scores on [0, 1] (x 100): " + ", ".join(f"{k.upper()} {pct(unit[k])}" for k in SCORE_NAMES))
     lines.append("as DD-Ranking's code prints them: " + ", ".join(
         f"{k.upper()} {format_printed(printed[k]['mean'])} +- {format_printed(printed[k]['std'])}" for k in SCORE_NAMES))
-    return "\n".join(lines)
+    return "\n".join(lines + unchecked_teachers_line(report))
 
 
 PRINTED_DECIMALS = 3

@@ -6,8 +6,10 @@ For every seed, students are trained (infer_fast.student.train_student) on
 
 - the set: with its soft labels and with its hard labels, each with the protocol's
   augmentation and mixing and without any ("plain");
-- a random real subset of the same budget (the set's ipc images per class, picked with the
-  seed), soft-labelled by the same teachers, under the same four runs;
+- a random real subset of the same budget (the set's ipc images per class, picked from the
+  seed's own stream: :func:`random_subset`), soft-labelled by the teachers given, which must
+  be those that labelled the set where it records them (:func:`labelling_teachers`), under
+  the same four runs;
 
 and the full training data's hard-label accuracy is trained once with the teacher recipe
 (infer_fast.teacher.train_teacher, the protocol's student model) or read from a teacher
@@ -21,21 +23,28 @@ augmented, mixed batch (DD-Ranking's "M" mode, our INFER+Dyn student) instead of
 stored labels; the set then needs no soft labels and the random subsets no relabelling.
 ``random_subset_seed`` fixes one random subset for every seed. DD-Ranking's own protocol
 (learning-rate grid, best of periodic tests, its schedule, 5 rounds) is
-``infer_fast.dd_ranking``."""
+``infer_fast.dd_ranking``.
+
+``reuse``: a dict the caller keeps across the evaluations of one run (several sets, the same
+teachers and data): a student it already trained there (the random subsets' students depend
+on the ipc, seed, teachers and protocol alone; two sets of the same images share their
+hard-label students) and the full-data run are taken from it, not trained again."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from ._text import count_text
 from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of
 from .scores import DEFAULT_WEIGHT, FULL_DATA_EPOCHS, check_weight, dd_ranking_scores
 from .student import RECIPES as STUDENT_RECIPES
+from .student import augmentation_text, labels_text
 
 REPORT_FORMAT = "infer-fast-evaluation"
 PROTOCOL_NAME = "infer-fast"  # the report's protocol name (the other: dd_ranking.PROTOCOL_NAME)
@@ -161,22 +170,32 @@ def check_full_data_checkpoint(path, model: str, dataset: str,
 
 
 def train_full_data(model: str, dataset: str, data_root, device: str, epochs: int, progress: bool,
-                    seed: int = 0, student: Optional[Dict[str, Any]] = None) -> float:
+                    seed: int = 0, student: Optional[Dict[str, Any]] = None,
+                    reuse: Optional[Dict[str, Any]] = None) -> float:
     """Test accuracy of ``model`` trained with the teacher recipe on the whole training split,
-    computing as the students do (the COMPUTE_FIELDS of the protocol's ``student`` fields)."""
+    computing as the students do (the COMPUTE_FIELDS of the protocol's ``student`` fields);
+    the run of the same settings in ``reuse`` (see the module docstring) when there is one."""
     import tempfile
 
+    from .data.registry import dataset_label
     from .teacher import TeacherConfig, train_teacher
 
     compute = {k: v for k, v in (student or {}).items() if k in COMPUTE_FIELDS and k in options_of(TeacherConfig)}
-    with tempfile.TemporaryDirectory(prefix="infer-fast-full-data-") as tmp:
-        summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root,
-                                              device=device, seed=seed, **compute), f"{tmp}/full.pt", progress=progress)
-    return float(summary["test_accuracy"])
+
+    def train() -> float:
+        if progress:  # (the teacher recipe's epoch lines follow: say what they train)
+            print(f"full-data run (hard labels, for HLR): {model} on the whole {dataset_label(dataset)} training split, "
+                  f"{count_text(epochs, 'epoch')} of the teacher recipe", flush=True)
+        with tempfile.TemporaryDirectory(prefix="infer-fast-full-data-") as tmp:
+            summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root,
+                                                  device=device, seed=seed, **compute), f"{tmp}/full.pt",
+                                    progress=progress)
+        return float(summary["test_accuracy"])
+    return reused(reuse, {"full data": [model, dataset, data_root, device, epochs, seed, compute]}, train)
 
 
 def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, full_data_checkpoint,
-                        progress: bool) -> Dict[str, Any]:
+                        progress: bool, reuse: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """{"accuracy", "source"}: read from a teacher checkpoint of the students' architecture
     (trained on the classes of the set ``distilled``), or trained with the teacher recipe on the
     whole training split of the set's dataset."""
@@ -186,23 +205,125 @@ def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, f
         return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
                 f"({meta['model']}, {count_text(meta.get('epochs_done'), 'epoch')})"}
     accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress,
-                               student=protocol.student)
+                               student=protocol.student, reuse=reuse)
     return {"accuracy": accuracy,
             "source": f"trained here: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"}
 
 
+# The random subsets are drawn from a stream of their own (training_rng.derived_seed of the
+# seed), not from random_set's seed itself: `distill --method random --seed S` draws with S,
+# and an evaluation seed equal to S would compare that set with itself (IOR exactly 0, its
+# students trained twice). DD-Ranking's random subsets are files of their own, independent of
+# the set scored; a stream of their own keeps ours independent of every Random set too.
+# (Changing it changed the random subsets, so the scores, of evaluations made before.)
+RANDOM_SUBSET_STREAM = "evaluation-random-subset"
+
+
 def random_subset(train, ipc: int, seed: int, teachers: Sequence[nn.Module], device: str, static_labels: bool):
-    """The random real subset of a set's budget, picked with ``seed``; soft-labelled by the
-    teachers when the students train on static labels."""
+    """The random real subset of a set's budget, picked with ``seed``'s own stream
+    (RANDOM_SUBSET_STREAM); soft-labelled by the teachers when the students train on static
+    labels."""
     from .methods.random import random_set
     from .relabel import relabel
+    from .training_rng import derived_seed
 
-    subset = random_set(train, ipc, seed)
+    subset = random_set(train, ipc, derived_seed(RANDOM_SUBSET_STREAM, seed))
     return relabel(subset, list(teachers), device=device) if static_labels else subset
+
+
+def reused(reuse: Optional[Dict[str, Any]], identity: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, or what it gave before for the same ``identity`` (JSON-able: everything the
+    result depends on) in the memo ``reuse`` (None: nothing kept, always made)."""
+    if reuse is None:
+        return make()
+    key = json.dumps(identity, sort_keys=True, default=str)
+    if key not in reuse:
+        reuse[key] = make()
+    return reuse[key]
+
+
+class Students:
+    """train_student's results for one evaluation (``final_accuracy`` and ``history``: what the
+    protocols read), each kept in the memo ``reuse`` under what it depends on: the data trained
+    on (:meth:`of_set`, :meth:`of_random_subset`), its StudentConfig, the teachers' weights (they
+    label the random subsets and the per-batch runs) and the real data behind the test split."""
+
+    def __init__(self, reuse: Optional[Dict[str, Any]], test, teachers: Sequence[nn.Module],
+                 teacher_digests: Sequence[str], data: Any):
+        self.reuse, self.test, self.teachers = reuse, test, list(teachers)
+        self.shared = {"teachers_sha256": list(teacher_digests), "data": data}
+        self._set_digests: Dict[bool, str] = {}
+
+    def train(self, source: Callable[[], Any], identity: Dict[str, Any], config, progress: bool) -> Dict[str, Any]:
+        """The result of a student of ``config`` on ``source()`` (made only when trained)."""
+        from .student import train_student
+
+        def run() -> Dict[str, Any]:
+            result = train_student(source(), self.test, config, teachers=self.teachers, progress=progress)
+            return {"final_accuracy": result["final_accuracy"], "history": result["history"]}
+        return reused(self.reuse, {**self.shared, **identity, "config": dataclasses.asdict(config)}, run)
+
+    def of_set(self, distilled, config) -> Dict[str, Any]:
+        """The identity of ``distilled`` as a student of ``config`` reads it: its tensors, less
+        the stored soft labels when it does not train on them (hard labels, per-batch labels:
+        INFER's and INFER+Dyn's sets of the same images share those students)."""
+        static_soft = config.labels == "soft" and not config.dynamic
+        if self.reuse is not None and static_soft not in self._set_digests:  # (no memo: no digest needed)
+            self._set_digests[static_soft] = set_content_digest(distilled, static_soft)
+        return {"set_sha256": self._set_digests.get(static_soft)}
+
+    @staticmethod
+    def of_random_subset(ipc: int, seed: int) -> Dict[str, Any]:
+        """The identity of a random subset (:func:`random_subset`): what it is drawn from (its
+        static soft labels, read only by a config that says so, are the teachers')."""
+        return {"random_subset": {"ipc": ipc, "seed": seed, "stream": RANDOM_SUBSET_STREAM}}
+
+
+def set_content_digest(distilled, with_soft_labels: bool) -> str:
+    """content_digest of the set's tensors (student.set_digest's), the stored soft labels left
+    out unless ``with_soft_labels``."""
+    from ._io import content_digest
+    from .storage.distilled_set import SOFT_LABEL_NAMES
+
+    return content_digest(t for f in dataclasses.fields(distilled)
+                          if (with_soft_labels or f.name not in SOFT_LABEL_NAMES)
+                          and isinstance(t := getattr(distilled, f.name), Tensor))
 
 
 def _summary(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+
+
+# why a set's labelling teachers are not checked (report["set"]["labelling_teachers"]["note"])
+NO_LABELLING_RECORD = ("the set records no digests of the teachers behind its soft labels (relabelled before "
+                       "infer-fast recorded them, or imported with labels of its own): that they are the teachers "
+                       "given here could not be checked")
+
+
+def labelling_teachers(distilled, teacher_digests: Sequence[str], static_labels: bool) -> Dict[str, Any]:
+    """What the report says of the teachers behind the set's soft labels
+    (``report["set"]["labelling_teachers"]``: ``checked`` True, False with a ``note`` saying why,
+    None where not needed). With static labels the random subsets are
+    labelled by the teachers given (``teacher_digests``: _io.model_digest of each), so IOR
+    compares like with like only if those labelled the set too: a ValueError, before any
+    work, when the set's relabel record (relabel.relabel_record) names others. A set that
+    records none (relabelled before the record, imported) is evaluated, and the report says
+    its teachers were not checked."""
+    if not static_labels:
+        return {"checked": None, "note": "not needed: the teachers given here label every soft-label batch"}
+    record = (distilled.hyperparameters or {}).get("relabel")
+    record = record if isinstance(record, dict) else {}
+    recorded = record.get("teachers_sha256")
+    paths = record.get("teachers")
+    if not isinstance(recorded, list) or not recorded:
+        return {"teachers": paths, "checked": False, "note": NO_LABELLING_RECORD}
+    if sorted(recorded) != sorted(teacher_digests):
+        named = (", ".join(map(str, paths)) if isinstance(paths, list) and len(paths) == len(recorded)
+                 else ", ".join(f"weights sha256 {d[:12]}..." for d in recorded))
+        raise ValueError(f"the set's soft labels are from other teachers than those given here: it was relabelled "
+                         f"with {count_text(len(recorded), 'teacher')} ({named}); evaluate with those teachers or "
+                         "relabel the set with these")
+    return {"teachers": paths, "teachers_sha256": list(recorded), "checked": True}
 
 
 def check_evaluable(distilled, teachers: Sequence[nn.Module], device: str, static_labels: bool) -> int:
@@ -228,36 +349,52 @@ def check_evaluable(distilled, teachers: Sequence[nn.Module], device: str, stati
 def evaluate_set(
     distilled, teachers: Sequence[nn.Module], protocol: Optional[Protocol] = None, *,
     data_root: Optional[str] = None, full_data_checkpoint: Optional[str] = None, device: str = "auto",
-    progress: bool = True, decode_cache: Optional[str] = None,
+    progress: bool = True, decode_cache: Optional[str] = None, reuse: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The evaluation report of ``distilled`` (a DistilledSet with soft labels, e.g. relabelled
-    by ``teachers``, which also label the random subsets). See the module docstring.
+    """The evaluation report of ``distilled`` (a DistilledSet with soft labels, relabelled by
+    ``teachers``, which also label the random subsets). See the module docstring.
     ``decode_cache``: a directory where a test split read from image files is decoded once
-    for all the students (``data.load_test_split``)."""
+    for all the students (``data.load_test_split``); ``reuse``: the memo of students a caller
+    keeps across the sets of one run (module docstring)."""
+    from ._io import model_digest
     from .data import load_dataset, load_test_split
     from .methods.registry import set_student_settings
-    from .student import check_test_set, train_student
+    from .student import check_test_set
 
     protocol = given_config("protocol", protocol, Protocol, Protocol)
     own = set_student_settings(distilled)  # (RDED: its augmentation, for the set's and the random subset's students)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
+    digests = [model_digest(t) for t in teachers]
+    labelled_by = labelling_teachers(distilled, digests, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
     check_test_set(distilled, test)  # (before the full-data run trains: the data must be the set's classes)
-    full = _full_data_accuracy(protocol, distilled, data_root, device, full_data_checkpoint, progress)
+    full = _full_data_accuracy(protocol, distilled, data_root, device, full_data_checkpoint, progress, reuse)
+    students = Students(reuse, test, teachers, digests, [distilled.real_dataset, data_root])
 
     accuracies: Dict[str, Dict[str, List[float]]] = {"set": {}, "random": {}}
     per_seed: List[Dict[str, float]] = []
     for seed in range(protocol.seeds):
         subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
-        random = random_subset(train, ipc, subset_seed, teachers, device, static)
+        subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
+
+        def random() -> Any:
+            if not subsets:
+                subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
+            return subsets[0]
         seed_acc: Dict[str, float] = {}
-        for which, source in (("set", distilled), ("random", random)):
+        for which, what in (("set", "the set"), ("random", "the random subset")):
             for name, labels, augmented in RUNS:
                 config = dataclasses.replace(protocol.student_config(labels, augmented, seed, own), device=device)
-                acc = train_student(source, test, config, teachers=list(teachers),
-                                    progress=progress)["final_accuracy"]
+                if progress:
+                    print(f"seed {seed + 1}/{protocol.seeds}, {what}: {labels_text(config)}, {augmentation_text(config)}",
+                          flush=True)
+                if which == "set":
+                    result = students.train(lambda: distilled, students.of_set(distilled, config), config, progress)
+                else:
+                    result = students.train(random, students.of_random_subset(ipc, subset_seed), config, progress)
+                acc = result["final_accuracy"]
                 accuracies[which].setdefault(name, []).append(acc)
                 seed_acc[f"{which}_{name}"] = acc
         scores = dd_ranking_scores({
@@ -270,21 +407,36 @@ def evaluate_set(
     return {
         "format": REPORT_FORMAT,
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
-                "training_images": distilled.num_training_images()},
+                "training_images": distilled.num_training_images(), "labelling_teachers": labelled_by},
         "protocol": {**protocol.settings(),
                      "student_config": dataclasses.asdict(protocol.student_config("soft", True, 0, own)),
                      "runs": {name: {"labels": labels, "augmentation_and_mixing": augmented}
                               for name, labels, augmented in RUNS},
-                     "random_subset": f"ipc {ipc} real training images per class, picked with "
-                                      + ("the seed" if protocol.random_subset_seed is None
-                                         else f"seed {protocol.random_subset_seed} for every seed")
-                                      + (", soft-labelled by the same teachers" if static else
-                                         ", labelled by the teachers on every batch")},
+                     "random_subset": random_subset_text(ipc, "the seed" if protocol.random_subset_seed is None
+                                                         else f"seed {protocol.random_subset_seed} for every seed",
+                                                         static, labelled_by)},
         "full_data_hard": full,
         "accuracy": {which: {name: _summary(v) for name, v in runs.items()} for which, runs in accuracies.items()},
         "scores": {name: _summary([s[name] for s in per_seed]) for name in SCORE_NAMES},
         "per_seed": per_seed,
     }
+
+
+def random_subset_text(ipc: int, seed: str, static_labels: bool, labelled_by: Dict[str, Any]) -> str:
+    """A report's ``protocol["random_subset"]``: how the random subsets were drawn (``seed``:
+    with which) and labelled."""
+    text = (f"ipc {ipc} real training images per class, picked with {seed} (in a stream of their own: never the "
+            "images of a Random set of that seed)")
+    if not static_labels:
+        return text + ", labelled by the teachers on every batch"
+    return text + (", soft-labelled by the teachers given, those that labelled the set" if labelled_by["checked"] else
+                   ", soft-labelled by the teachers given (whether they labelled the set too could not be checked)")
+
+
+def unchecked_teachers_line(report: Dict[str, Any]) -> List[str]:
+    """The report table's note when the set's labelling teachers could not be checked."""
+    labelled_by = report["set"].get("labelling_teachers", {})  # (a report of before the check has none)
+    return [f"note: labelling teachers not checked: {labelled_by['note']}"] if labelled_by.get("checked") is False else []
 
 
 def format_report(report: Dict[str, Any]) -> str:
@@ -306,4 +458,4 @@ def format_report(report: Dict[str, Any]) -> str:
     lines.append(f"full data, hard labels: {100 * report['full_data_hard']['accuracy']:.2f} "
                  f"({report['full_data_hard']['source']})")
     lines.append("scores: " + ", ".join(f"{name.upper()} {pct(report['scores'][name])}" for name in SCORE_NAMES))
-    return "\n".join(lines)
+    return "\n".join(lines + unchecked_teachers_line(report))

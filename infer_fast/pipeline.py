@@ -70,6 +70,7 @@ def _next_step(meter: StepMeter, name: str) -> None:
 
 
 def _say(progress: bool, text: str) -> None:
+    """A progress message: what the run is doing (shown with progress only)."""
     if progress:
         print(text, flush=True)
 
@@ -147,12 +148,14 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
 def _test_split(cfg: PipelineConfig, out: Path, ranks: distributed.Ranks, progress: bool):
     """The real test split the students are evaluated on. Read from image files, it is decoded
     once into ``<out>/cache/`` (by rank 0; the others wait and map the same file) unless
-    ``decode_cache`` is off, when every evaluation streams it from the files."""
+    ``decode_cache`` is off, when every evaluation streams it from the files. (The default
+    ``decode_cache: true`` caches only a split that does not fit in memory: no line says a
+    small one is not cached.)"""
     from .data import load_test_split
 
     cache = str(out / "cache") if cfg.decode_cache else None
     if ranks.rank == 0:
-        test = load_test_split(cfg.dataset, cfg.data_root, cache, progress=progress)
+        test = load_test_split(cfg.dataset, cfg.data_root, cache, progress=progress, cache_asked=False)
     ranks.barrier()
     return test if ranks.rank == 0 else load_test_split(cfg.dataset, cfg.data_root, cache)
 
@@ -309,6 +312,12 @@ class _Session:
     def say(self, text: str) -> None:
         _say(self.progress, text)
 
+    def notice(self, text: str) -> None:
+        """A notice: where the run does other than its config may lead one to expect (a
+        measurement skipped); printed by rank 0 even without progress (``run --quiet``),
+        unlike :meth:`say`'s progress messages."""
+        _say(self.ranks.rank == 0, text)
+
     def step(self, name: str) -> None:
         _next_step(self.meter, name)
 
@@ -319,9 +328,10 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
     sets = _set_list(cfg, session.out)  # (key, directory): ours, then those given to the run
     if cfg.feature_duplication:  # (decided before any work: a note now, not a surprise after a set)
         session.no_duplication = _one_image_per_class(sets)
-        if session.no_duplication:
-            which = ", ".join(f"{key.label} ipc {key.ipc}" for key in session.no_duplication)
-            session.say(f"feature duplication: skipped for {which} (undefined with one training image per class)")
+        unmeasured = [key for key in session.no_duplication if str(key) not in session.results["sets"]]
+        if unmeasured:  # (a set measured before was skipped then: nothing to say)
+            which = ", ".join(f"{key.label} ipc {key.ipc}" for key in unmeasured)
+            session.notice(f"feature duplication: skipped for {which} (undefined with one training image per class)")
     session.step("test split")
     test = _test_split(cfg, session.out, ranks, progress)
     _check_set_classes(sets, test)
@@ -351,10 +361,19 @@ def _open_session(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    continued = (out / RESULTS_FILE).exists()
     results = load_results(out / RESULTS_FILE, cfg, external)
+    # this session's until it finishes (_write_report): an earlier session's finish time, session
+    # seconds and table (of its config) do not describe it, stopped or failed
+    results["finished"] = None
+    results.pop("table", None)
     timing = results.setdefault("timing", {})
+    timing["session_s"] = None
     timing["steps"] = {}
-    return _Session(cfg, ranks, progress, out, results, StepMeter(timing["steps"]), started)
+    session = _Session(cfg, ranks, progress, out, results, StepMeter(timing["steps"]), started)
+    if continued and ranks.rank == 0:  # (accepted: a script reading the file sees a run going on)
+        session.save()
+    return session
 
 
 def _check_set_classes(sets: List[Tuple[SetKey, Path]], test) -> None:
@@ -548,18 +567,19 @@ def _write_report(session: _Session) -> None:
     from .data import dataset_label
     from .plots import write_plots
 
-    results, out, started = session.results, session.out, session.started
+    results, out = session.results, session.out
     results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    results["timing"]["session_s"] = time.perf_counter() - started
+    seconds = results["timing"]["session_s"] = time.perf_counter() - session.started  # (the one printed below)
     results["table"] = summarize(results)
     session.save()
     table = format_table(results)
     plots = write_plots(results, out)
-    report = markdown_report(results, table, plots)
+    # the scores of this session's protocol only (the file keeps the others' for a session under theirs)
+    report = markdown_report({**results, "scores": _standing_scores(session.cfg, results)}, table, plots)
     write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report), fsync=False)
     session.say("\n" + table)
     session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(table_runs(results))} student runs; results in "
-                f"{session.results_path} and {out / 'results.md'} ({time.perf_counter() - started:.0f} s this session)")
+                f"{session.results_path} and {out / 'results.md'} ({seconds:.0f} s this session)")
 
 
 def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: Dict[str, Any],
@@ -571,7 +591,9 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
     accuracy is DD-Ranking's cached value or the recorded one of the first teacher of the
     student's architecture that records one, else trained. Each set's report is saved as it is
     done; a rerun keeps a report made under the same protocol settings (:func:`_protocol_changes`)
-    and scores the set again under others (more seeds, another weight...)."""
+    and scores the set again under others (more seeds, another weight...). A student two sets
+    share (a random subset of the same ipc, the hard-label runs of the same images) is trained
+    once per session (evaluate's ``reuse`` memo)."""
     from .evaluate import evaluate_under, same_architecture
     from .storage import load_distilled
     from .teacher import load_teacher
@@ -584,9 +606,9 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
                       if same_architecture(meta["model"], student_model) and meta.get("test_accuracy") is not None),
                      None)
     scores = results.setdefault("scores", {})
+    reuse: Dict[str, Any] = {}  # (the students two sets share: the random subsets', the same images')
     for key, directory in sets:
-        # (a set labelled per batch has no static labels: its soft-label students are labelled per batch)
-        own = dataclasses.replace(protocol, soft_labels="per-batch") if key.labelled_per_batch else protocol
+        own = _set_protocol(protocol, key)
         changed = _protocol_changes(scores[str(key)], own, cfg.dataset) if str(key) in scores else None
         if changed == []:
             continue  # (already scored under these settings)
@@ -597,9 +619,25 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
                        f"({own.student_count()} students{again})")
         scores[str(key)] = evaluate_under(own, load_distilled(directory), [m for m, _ in teachers],
                                           data_root=cfg.data_root, full_data_checkpoint=full_data,
-                                          device=cfg.device, progress=False,
+                                          device=cfg.device, progress=False, reuse=reuse,
                                           decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
         save()
+
+
+def _set_protocol(protocol, key: SetKey):
+    """The protocol the set ``key`` is scored under: ``protocol``, but with labels per batch for
+    a set labelled per batch (it has no static labels)."""
+    return dataclasses.replace(protocol, soft_labels="per-batch") if key.labelled_per_batch else protocol
+
+
+def _standing_scores(cfg: PipelineConfig, results: Dict[str, Any]) -> Dict[str, Any]:
+    """{set: score report} of the reports made under the run's scores protocol, as each set is
+    scored under it (:func:`_set_protocol`); none where the run has no scores."""
+    protocol = cfg.score_protocol()
+    if protocol is None:
+        return {}
+    return {text: report for text, report in (results.get("scores") or {}).items()
+            if not _protocol_changes(report, _set_protocol(protocol, SetKey.parse(text)), cfg.dataset)}
 
 
 def _protocol_changes(report: Dict[str, Any], protocol, dataset: Any) -> List[str]:

@@ -9,12 +9,12 @@ training order by :class:`infer_fast.storage.DistilledDataset`; stored fp16 via
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._io import PathLike, check_writable
+from ._io import PathLike, check_writable, model_digest
 from .checks import check_int
 from .models import on_device
 from .output_lock import holds_output
@@ -27,34 +27,59 @@ __all__ = ["ensemble_logits", "relabel", "relabel_directory"]
 
 
 @torch.no_grad()
-def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor) -> Tensor:
+def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor,
+                    names: Optional[Sequence[str]] = None) -> Tensor:
     """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode (each put back
-    in its mode after); one model is a list of one."""
+    in its mode after); one model is a list of one. Given ``names`` (one per teacher), each
+    teacher's logits are checked finite before they are summed, and a ValueError names the
+    teacher that gives nan/inf (in the mean they could be anyone's)."""
     teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("at least one teacher is needed")
     total = None
-    for teacher in teachers:
+    for i, teacher in enumerate(teachers):
         was_training = teacher.training
         teacher.eval()
         try:
             out = teacher(x).float()
         finally:
             teacher.train(was_training)
+        if names is not None and not torch.isfinite(out).all():
+            raise ValueError(f"teacher {names[i]} gives non-finite logits (nan or inf) on these images: the soft "
+                             "labels would be nan; leave it out or use another checkpoint")
         total = out if total is None else total + out
     return total / len(teachers)
 
 
+# how relabel makes the labels (recorded with them, hyperparameters["relabel"])
+RELABEL_RULE = "mean of the teachers' logits, eval mode, test transform only"
+
+
+def relabel_record(teachers: Sequence[nn.Module]) -> Dict[str, Any]:
+    """What a relabelled set records of its labels (``hyperparameters["relabel"]``): the rule
+    and each teacher's weights digest (_io.model_digest), which evaluate compares with the
+    teachers it is given (evaluate.labelling_teachers)."""
+    return {"teachers_sha256": [model_digest(t) for t in teachers], "rule": RELABEL_RULE}
+
+
 def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Module]], batch_size: int = 256,
-            device: str = "cpu", progress: bool = False) -> DistilledSet:
+            device: str = "cpu", progress: bool = False,
+            teacher_names: Optional[Sequence[str]] = None) -> DistilledSet:
     """Static soft labels, **in place**: the mean of the teachers' logits on every training
-    image (test transform only), stored fp16 with ``set_soft_labels``. Returns ``distilled``.
-    ``progress``: a bar over the training images. The teachers (one model is a list of one)
-    are left as they were: a teacher on another device than ``device`` labels as a copy there."""
+    image (test transform only), stored fp16 with ``set_soft_labels``, and the teachers'
+    digests recorded in ``hyperparameters["relabel"]`` (:func:`relabel_record`). Returns
+    ``distilled``. ``progress``: a bar over the training images. The teachers (one model is
+    a list of one) are left as they were: a teacher on another device than ``device`` labels
+    as a copy there. ``teacher_names`` (e.g. their paths) name a teacher whose logits are not
+    finite (default: its place, "2 of 3")."""
     teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("relabel needs at least one teacher")
     check_int("batch_size", batch_size)
+    if teacher_names is not None and len(teacher_names) != len(teachers):
+        raise ValueError(f"teacher_names: {len(teacher_names)} names for {len(teachers)} teachers")
+    names = ([repr(str(n)) for n in teacher_names] if teacher_names is not None
+             else [f"{i + 1} of {len(teachers)}" for i in range(len(teachers))])
     dev = resolve_device(device)
     models = [on_device(t, dev) for t in teachers]
     data = DistilledDataset(distilled, hard_only=True)
@@ -65,12 +90,13 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
     with progress_bar(total=len(data), desc="relabel", unit="img", disable=not progress, leave=False) as bar:
         for first, images in data.iter_chunks():
             for start in range(0, images.shape[0], batch_size):
-                logits = ensemble_logits(models, images[start:start + batch_size].to(dev)).cpu()
+                logits = ensemble_logits(models, images[start:start + batch_size].to(dev), names).cpu()
                 if logits.shape[1] != distilled.num_classes:
                     raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
                 store_soft_label_rows(soft, first + start, logits)
                 bar.update(logits.shape[0])
     distilled.set_soft_labels(soft, copy=False)
+    distilled.hyperparameters = {**distilled.hyperparameters, "relabel": relabel_record(teachers)}
     return distilled
 
 
@@ -78,7 +104,8 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
 def relabel_directory(directory: PathLike, teacher_paths: Union[PathLike, Sequence[PathLike]], device: str = "cpu",
                       batch_size: int = 256, progress: bool = False) -> DistilledSet:
     """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save
-    it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``.
+    it back (overwrite). The teacher paths are recorded in ``hyperparameters["relabel"]``,
+    beside their digests (:func:`relabel`).
     ``progress``: a bar over the images, and a line when the set is saved. One path (a str or
     os.PathLike) is a list of one."""
     teacher_paths = teacher_path_list(teacher_paths)
@@ -89,11 +116,7 @@ def relabel_directory(directory: PathLike, teacher_paths: Union[PathLike, Sequen
     # rewritten beside itself, with the soft labels it is about to get
     check_writable(directory, "distilled set", kind="directory", need_bytes=ds.nbytes(relabelled=True))
     teachers = load_teachers_for_set(teacher_paths, ds, device=device)
-    relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress)
-    ds.hyperparameters = dict(ds.hyperparameters)
-    ds.hyperparameters["relabel"] = {
-        "teachers": teacher_paths,
-        "rule": "mean of the teachers' logits, eval mode, test transform only",
-    }
+    relabel(ds, teachers, batch_size=batch_size, device=device, progress=progress, teacher_names=teacher_paths)
+    ds.hyperparameters["relabel"] = {"teachers": teacher_paths, **ds.hyperparameters["relabel"]}
     save_distilled(ds, directory, overwrite=True, progress=progress)
     return ds

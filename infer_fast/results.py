@@ -344,13 +344,31 @@ PER_BATCH_MARK = " (labels per batch)"  # a row scored per batch beside rows of 
 
 def shown_scores(results: Dict[str, Any]) -> List[Tuple[SetKey, Dict[str, Any]]]:
     """(set, score report) of the table's sets that have one, in the table's order (the file
-    may hold others, of an earlier wider config); every report, in the file's order, where
-    ``results`` records no config."""
+    may hold others, of an earlier wider config); none where the config turns the scores off
+    (the reports stay in the file for a later session, but this one's students and seeds did
+    not make them); every report, in the file's order, where ``results`` records no config."""
     scores = results.get("scores") or {}
     if "config" not in results:
         return [(SetKey.parse(text), report) for text, report in scores.items()]
+    if not results["config"].get("scores", True):  # (a config of before the option: as recorded)
+        return []
     return [(key, scores[str(key)]) for key in set_entries(results["config"], results.get("sets") or {})
             if str(key) in scores]
+
+
+def _protocol_name(report: Dict[str, Any]) -> str:
+    from .evaluate import PROTOCOL_NAME
+
+    return report["protocol"].get("name", PROTOCOL_NAME)  # (a report of before protocols were named is infer-fast's)
+
+
+def score_tables(results: Dict[str, Any]) -> List[List[Tuple[SetKey, Dict[str, Any]]]]:
+    """The :func:`shown_scores` by protocol, in the order of their first rows: one table each
+    (a table's columns are its protocol's runs)."""
+    tables: Dict[str, List[Tuple[SetKey, Dict[str, Any]]]] = {}
+    for key, report in shown_scores(results):
+        tables.setdefault(_protocol_name(report), []).append((key, report))
+    return list(tables.values())
 
 
 def _soft_label_mode(report: Dict[str, Any]) -> str:
@@ -364,13 +382,16 @@ def _mixed_label_modes(shown: List[Tuple[SetKey, Dict[str, Any]]]) -> bool:
 
 
 def format_scores(results: Dict[str, Any]) -> str:
-    """The DD-Ranking scores of a run as a Markdown table (empty when none were computed), in
-    the results table's order; a row scored per batch beside rows of stored labels says so."""
-    from .dd_ranking import format_printed
+    """The DD-Ranking scores of a run as Markdown tables, one per protocol (empty when none
+    are shown: :func:`shown_scores`), each in the results table's order."""
+    return "\n\n".join(format_score_table(shown) for shown in score_tables(results))
 
-    shown = shown_scores(results)
-    if not shown:
-        return ""
+
+def format_score_table(shown: List[Tuple[SetKey, Dict[str, Any]]]) -> str:
+    """The score reports ``shown`` (one protocol's: :func:`score_tables`) as a Markdown table;
+    a row scored per batch beside rows of stored labels says so."""
+    from .dd_ranking import PROTOCOL_NAME as DD_RANKING, format_printed
+
     mixed = _mixed_label_modes(shown)
 
     def pct(summary):
@@ -379,7 +400,7 @@ def format_scores(results: Dict[str, Any]) -> str:
     def label(key, report):
         return key.label + (PER_BATCH_MARK if mixed and _soft_label_mode(report) == "per-batch" else "")
 
-    if shown[0][1]["protocol"].get("name") == "dd-ranking":  # its runs, and the scores on both scales
+    if _protocol_name(shown[0][1]) == DD_RANKING:  # its runs, and the scores on both scales
         lines = ["| method | ipc | hard | soft | random soft | soft, no mix | random soft, no mix | HLR | IOR | LRS ×100 "
                  "| ARS ×100 | LRS printed | ARS printed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, report in shown:
@@ -401,12 +422,14 @@ def format_scores(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def scores_note(results: Dict[str, Any]) -> str:
-    """What the scores table of results.md shows, from its reports: the protocol, the students'
-    soft labels, the epochs of a method whose table students train fewer, the units."""
-    shown = shown_scores(results)
-    protocol = shown[0][1]["protocol"]
-    if protocol.get("name") == "dd-ranking":
+def scores_note(shown: List[Tuple[SetKey, Dict[str, Any]]]) -> str:
+    """What a scores table of results.md shows, from its reports ``shown`` (one protocol's:
+    :func:`score_tables`): the protocol, the students' soft labels, the epochs of a method
+    whose table students train fewer, the units."""
+    from .dd_ranking import PROTOCOL_NAME as DD_RANKING
+
+    dd_ranking = _protocol_name(shown[0][1]) == DD_RANKING
+    if dd_ranking:
         about = "DD-Ranking's protocol (best of periodic tests over a rate grid), the run's seeds as rounds"
     else:
         about = "`infer-fast evaluate`'s protocol, the run's student and seeds"
@@ -423,7 +446,7 @@ def scores_note(results: Dict[str, Any]) -> str:
                       "reduced epochs of its students in the table above)")
             break
     about += "; accuracies, HLR and IOR in %, LRS and ARS (scores on [0, 1]) × 100; mean ± std"
-    if protocol.get("name") == "dd-ranking":
+    if dd_ranking:
         about += "; printed: as DD-Ranking's code prints them"
     return about
 
@@ -446,17 +469,31 @@ def _without_soft_labels(results: Dict[str, Any]) -> str:
     return f"; {named} without soft labels: the teachers label every batch"
 
 
+def _student_text(cfg: Dict[str, Any]) -> str:
+    """The header's "convnet, 400 epochs (INFER+Dyn: epochs/(M+1))": the model and epochs the
+    run's students train (the ``student`` section over the dataset's recipe), and those of the
+    table's methods whose students train fewer."""
+    from ._text import count_text
+
+    student = _student_effective(cfg, cfg.get(STUDENT_SECTION) or {})
+    text = f"{student['model']}, {count_text(student['epochs'], 'epoch')}"
+    reduced = list(dict.fromkeys(key.label for key in set_entries(cfg, {})
+                                 if key.own is not None and key.own.reduced_student_epochs))
+    if reduced:
+        epochs = count_text(cfg["dynamic_epochs"], "epoch") if cfg.get("dynamic_epochs") else "epochs/(M+1)"
+        text += f" ({', '.join(reduced)}: {epochs})"
+    return text
+
+
 def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
     cfg = results["config"]
     teachers = ", ".join(
         f"{t['model']} ({100 * t['test_accuracy']:.2f}%)" if t.get("test_accuracy") is not None else t["model"]
         for t in results["teachers"])
-    student = cfg["student"]
     lines = [
         f"# {dataset_label(cfg['dataset'])}: INFER and baselines",
         "",
-        f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {student.get('model', 'convnet')}, "
-        f"{student.get('epochs', 400)} epochs (INFER+Dyn: {cfg['dynamic_epochs'] or 'epochs/(M+1)'}), "
+        f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {_student_text(cfg)}, "
         f"final-epoch top-1 on the real test split over {_seeds_shown(results)} seed(s). "
         f"Budget accounting: {cfg['accounting']}.",
         f"CR: stored values / full training set values (images + soft labels + indices{_without_soft_labels(results)}). "
@@ -475,8 +512,7 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
                   f"{'–' if step.get('peak_rss_gib') is None else format(step['peak_rss_gib'], '.2f')} |"
                   for name, step in steps.items()]
         lines.append("")
-    scores = format_scores(results)
-    if scores:
-        lines += [f"DD-Ranking scores ({scores_note(results)}):", "", scores, ""]
+    for shown in score_tables(results):
+        lines += [f"DD-Ranking scores ({scores_note(shown)}):", "", format_score_table(shown), ""]
     lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
     return "\n".join(lines) + ("\n" if plots else "")

@@ -89,10 +89,16 @@ __all__ = [
     "StudentConfig", "STUDENT_AUGMENTATIONS", "STUDENT_MIXES", "augment",
     "mixup", "cutmix", "cutmix_box", "sample_lambda", "distillation_loss", "soft_target_cross_entropy", "STUDENT_LABELS",
     "train_student", "evaluate_seeds", "seed_list", "check_test_set", "StudentRun",
-    "feature_duplication",
+    "feature_duplication", "StudentDivergedError",
 ]
 
 BEST_LABEL = "best over periodic test evaluations (optimistic; the reference release reports this)"
+
+
+class StudentDivergedError(ValueError):
+    """Student training hit a non-finite loss (a learning rate too high, mostly): a ValueError,
+    as a value the user chose caused it, so the CLI says it in one line (as a teacher's,
+    teacher.TeacherDivergedError)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -339,6 +345,23 @@ def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, A
     return state
 
 
+def augmentation_text(config) -> str:
+    """A student's augmentation and mixing as a progress line says them: "crop_flip + mixup",
+    "crop_flip, no mixing", "no augmentation or mixing"."""
+    if config.augmentation == "none" and config.mix == "none":
+        return "no augmentation or mixing"
+    if config.mix == "none":
+        return f"{config.augmentation}, no mixing"
+    return f"{'no augmentation' if config.augmentation == 'none' else config.augmentation} + {config.mix}"
+
+
+def labels_text(config) -> str:
+    """A student's labels as a progress line says them."""
+    if config.labels == "hard":
+        return "hard labels"
+    return "soft labels from the teachers per batch" if config.dynamic else "static soft labels"
+
+
 class StudentRun:
     """One student trained on a distilled set (train_student's pieces): its training data and
     targets, model, optimizer, schedule and generator, and what a checkpoint saves of it.
@@ -402,6 +425,10 @@ class StudentRun:
         self.rng_state = state.get("rng") or {"cpu": state["torch_rng"]}
         self.history, self.best, self.accuracy = state["history"], state["best"], state["accuracy"]
         self.first_epoch, self.elapsed_before = state["epochs_done"], state["elapsed_s"]
+        # said even without progress bars, as a teacher's resume (a finished student, read back, is not continued)
+        if self.rank == 0 and self.first_epoch < cfg.epochs:
+            print(f"{checkpoint}: resuming student seed {cfg.seed} after epoch {self.first_epoch}/{cfg.epochs}",
+                  flush=True)
 
     def train(self, progress: bool, checkpoint: Optional[str]) -> float:
         """The remaining epochs, the checkpoint written after each; returns the elapsed seconds
@@ -452,7 +479,15 @@ class StudentRun:
             step_losses.add(self.step(*self.mixed_batch(idx), len(idx)), len(idx))
         if self.world > 1:  # the whole batches' losses, each rank's share summed (once an epoch)
             torch.distributed.all_reduce(step_losses.values)
-        return {"epoch": epoch + 1, "loss": step_losses.mean(), "lr": self.schedule.get_last_lr()[0]}
+        loss = step_losses.mean()
+        # (checked once an epoch, before its checkpoint is written: a check per step would wait for the GPU at each)
+        if not math.isfinite(loss):
+            bad = int((~torch.isfinite(step_losses.values[:len(step_losses.sizes)])).nonzero()[0])
+            raise StudentDivergedError(
+                f"student training diverged: the training loss became non-finite (nan or inf) for seed {cfg.seed} at "
+                f"epoch {epoch + 1}, step {bad + 1} of {self.steps_per_epoch}, with lr {cfg.lr:g}: try a lower learning rate "
+                "(--lr; a run config's student: lr) (this epoch was not saved)")
+        return {"epoch": epoch + 1, "loss": loss, "lr": self.schedule.get_last_lr()[0]}
 
     def step(self, x: Tensor, z: Optional[Tensor], batch_size: int) -> Tensor:
         """One optimizer step on the mixed batch ``x`` (on the host or the device, of ``batch_size`` images)
@@ -504,10 +539,9 @@ class StudentRun:
         """train_student's return value (and, with ``progress``, its one-line summary)."""
         cfg, best = self.cfg, self.best
         if progress:
-            labels = ("labels from the teachers per batch" if cfg.dynamic
-                      else "hard labels" if cfg.labels == "hard" else "static soft labels")
-            line = (f"student {cfg.model} ({labels}, {cfg.augmentation} + "
-                    f"{cfg.mix}), {count_text(self.n, 'training image')}, {count_text(cfg.epochs, 'epoch')}: final test accuracy {self.accuracy:.4f}")
+            line = (f"student {cfg.model} ({labels_text(cfg)}, {augmentation_text(cfg)}), "
+                    f"{count_text(self.n, 'training image')}, {count_text(cfg.epochs, 'epoch')}: "
+                    f"final test accuracy {self.accuracy:.4f}")
             if best is not None:
                 line += f", best {best:.4f} ({BEST_LABEL})"
             print(line + f" ({elapsed:.1f} s)")

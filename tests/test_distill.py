@@ -569,7 +569,10 @@ def test_nan_in_one_group_stops_only_that_ufc(natural, teachers, train_set, tmp_
 
     monkeypatch.setattr(engine.Augmentation, "__call__", poisoned)
     ckpt = tmp_path / "one.pt"
-    with pytest.raises(distill.RecoveryDivergedError, match=r"1 of 3 jobs \(m=0 k=1 \(iteration 3\)\).*--resume"):
+    # (a resume helps a passing fault like this one; other settings are a new run: the message says both)
+    expected = (r"1 of 3 jobs \(m=0 k=1 \(iteration 3\)\).*--resume retries only the failed ones with the same "
+                r"settings and teachers .*are a new run \(delete it first\)")
+    with pytest.raises(distill.RecoveryDivergedError, match=expected):
         recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
     saved = torch.load(ckpt, weights_only=True)
     assert _saved_jobs(saved) == [(0, 0), (0, 2)]  # the diverged job is not among the results

@@ -111,6 +111,9 @@ def test_a_set_made_as_another_methods_gets_that_methods_options(tmp_path, monke
 
     def fake(*args, config, accounting, **kwargs):
         built["config"], built["accounting"] = config, accounting
+        made = tmp_path / "made"  # (a distill returns its set's directory)
+        made.mkdir()
+        return str(made)
 
     monkeypatch.setattr(infer, "distill_infer", fake)
     cfg = PipelineConfig(dataset="fashion-mnist-mini", teachers=[{"path": "t.pt"}], out=str(tmp_path),

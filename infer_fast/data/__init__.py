@@ -117,15 +117,17 @@ def load_dataset(
 
 def load_test_split(dataset: Union[str, Mapping[str, Any]], data_root: Optional[Union[str, os.PathLike]] = None,
                     decode_cache: Optional[Union[str, os.PathLike]] = None,
-                    progress: bool = False) -> Union[ImageSet, FolderImageSet]:
+                    progress: bool = False, *, cache_asked: bool = True) -> Union[ImageSet, FolderImageSet]:
     """The test split that students are evaluated on. With ``decode_cache`` (a directory) a
     split read from image files (ImageNet's val) is decoded there once and memory-mapped
     (:func:`decoded_cache`), so repeated evaluations do not decode it again; a split of image
-    files small enough to be decoded into memory is not cached (``progress``: a line says so)."""
+    files small enough to be decoded into memory is not cached (with ``progress``, a line says
+    so where ``cache_asked``: the caller asked for this cache, e.g. ``--decode-cache``, rather
+    than taking a default that caches only where it helps, as ``infer-fast run`` does)."""
     test = load_dataset(dataset, "test", data_root=data_root, progress=progress)
     if decode_cache is not None and isinstance(test, FolderImageSet):
         return decoded_cache(test, decode_cache, progress=progress)
-    if decode_cache is not None and progress and getattr(test, "files", None) is not None:
+    if decode_cache is not None and progress and cache_asked and getattr(test, "files", None) is not None:
         print(f"decode cache: {test.spec.name}'s test split fits in memory and was decoded into it; "
               f"{decode_cache} is not used", flush=True)
     return test

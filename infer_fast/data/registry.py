@@ -11,6 +11,8 @@ usual Fashion-MNIST values (0.2860 / 0.3530).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -44,6 +46,9 @@ class DatasetSpec:
             raise ValueError(
                 f"dataset {self.name!r}: mean {self.mean} and std {self.std} need one value per channel ({self.channels})"
             )
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in (*self.mean, *self.std)):
+            # (NaN or inf: every normalized pixel would be NaN, 0 or inf)
+            raise ValueError(f"dataset {self.name!r}: mean {self.mean} and std {self.std} must be finite numbers")
         if any(not s > 0 for s in self.std):
             raise ValueError(f"dataset {self.name!r}: std must be positive, got {self.std}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:

@@ -59,7 +59,8 @@ class RecoveryConfig(CheckedWhenMade):
     # (crop_scale_at). None: crop_scale at every iteration
     crop_scale_curriculum: Optional[Tuple[str, float, float]] = field(default=None, metadata=option(
         f"a curriculum on crop_scale's lower bound: [schedule ({', '.join(CROP_SCALE_SCHEDULES)}), start, "
-        "milestone (a fraction of the iterations)]", none="crop_scale at every iteration"))
+        "milestone (a fraction of the iterations)]; off: crop_scale at every iteration (--method cda's default: "
+        "[cosine, crop_scale's high, 1])", none="off"))
     group_size: Optional[int] = field(default=None, metadata=option(  # see auto_batch_plan
         "UFCs optimized in one batch", minimum=1, none="automatic"))
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory

@@ -257,8 +257,11 @@ class _JobRunner:
             named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)")
                               for m, k, it in self.failures)
             path = self.store.where()  # (none on disk when no job finished: nothing to resume from)
-            kept = (f"; the other {len(self.done)} are in {path} and --resume retries only the failed ones"
-                    if path and self.done else "")
+            # A resume keeps the settings and teachers (the checkpoint's identity): it helps where
+            # the fault was passing (a flaky device), not where the settings diverge.
+            kept = (f"; the other {len(self.done)} are in {path}: --resume retries only the failed ones with the "
+                    "same settings and teachers (a passing fault), other lr, r_bn or teachers are a new run "
+                    "(delete it first)" if path and self.done else "")
             raise RecoveryDivergedError(
                 f"{method} recovery: the loss became non-finite for {len(self.failures)} of {len(jobs)} jobs ({named}); "
                 f"lower lr or r_bn, or check the teacher{kept}"

@@ -9,7 +9,8 @@ method "cda", and relabelled like them.
 Where each value comes from (the authors' code, github.com/VILA-Lab/SRe2L, folder CDA/, read at
 commit 2e346ff; the paper's own text was not reachable here, its abstract points to that code):
 - the curriculum, ``crop_scale_curriculum = ("cosine", 1.0, 1.0)`` with ``crop_scale = (0.08,
-  1.0)``: recover_cda_in1k.py / recover_cda_tiny.py / recover_cda_in21k.py compute per iteration
+  1.0)`` (its start is crop_scale's upper bound: another crop_scale moves it, :func:`default_curriculum`):
+  recover_cda_in1k.py / recover_cda_tiny.py / recover_cda_in21k.py compute per iteration
   t < milestone * T the lower bound 0.08 + (1.0 - 0.08) (1 + cos(pi t / (milestone T))) / 2
   ("cosine"; "linear" and "step", which holds 1.0, are their alternatives), 0.08 after, upper
   bound 1.0; RandomResizedCrop, then RandomHorizontalFlip, then a roll by randint(0, jitter).
@@ -31,18 +32,23 @@ statistics and draws, so results do not depend on batching).
 
 Option ``recipe`` picks one of RECIPES (default: by dataset, :func:`recipe_for`); every
 RecoveryConfig field may be given on top (user
-options override the recipe; ``crop_scale_curriculum: null`` is SRe2L with the ImageNet
-augmentation). The curriculum needs ``augmentation: imagenet``."""
+options override the recipe; ``crop_scale_curriculum: null`` (``--crop-scale-curriculum off``)
+is SRe2L with the ImageNet augmentation, or with the one given). The curriculum needs
+``augmentation: imagenet``."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
+from ..data.transforms import RESIZED_CROP_SCALE
 from ..options import Option
 from .recovery_options import RECOVERY_OPTIONS, RECOVERY_RESULT_NEUTRAL, recovery_options
 from .registry import DistillRequest, Method, register
 from .sre2l import OWN_RECIPES as SRE2L_RECIPES, distill_sre2l
 
-CURRICULUM = dict(augmentation="imagenet", crop_scale=(0.08, 1.0), crop_scale_curriculum=("cosine", 1.0, 1.0))
+# RandomResizedCrop (crop_scale: RecoveryConfig's default, (0.08, 1.0)) with the curriculum's
+# schedule and milestone; it starts at crop_scale's upper bound (default_curriculum)
+CURRICULUM = dict(augmentation="imagenet")
+CURRICULUM_SCHEDULE, CURRICULUM_MILESTONE = "cosine", 1.0
 RECIPES: Dict[str, Dict[str, Any]] = {  # sources: the module docstring
     "imagenet-1k": dict(iterations=4000, lr=0.25, r_bn=0.01, max_shift=32),
     "tiny-imagenet": dict(iterations=4000, lr=0.4, r_bn=0.05, max_shift=4),
@@ -67,14 +73,32 @@ def recipe_for(dataset) -> str:
     return CDA.with_dataset_defaults({}, dataset)["recipe"]
 
 
+def default_curriculum(crop_scale: Any) -> Tuple[str, Any, float]:
+    """CDA's curriculum for RandomResizedCrop's ``crop_scale`` (low, high): the lower bound
+    from ``high`` (whole images, with the default scale) down to ``low`` along a half cosine
+    over every iteration, as the authors' scripts (their start is the range's upper bound)."""
+    scale = crop_scale if isinstance(crop_scale, (tuple, list)) and len(crop_scale) == 2 else RESIZED_CROP_SCALE
+    return (CURRICULUM_SCHEDULE, scale[1], CURRICULUM_MILESTONE)  # (a bad crop_scale: refused by its own check)
+
+
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
-    """{"config": RecoveryConfig, "recipe"}: the recipe's settings with the curriculum, the
-    user's RecoveryConfig options on top, validated (an error names the option; ``recipe``
-    is checked against its declaration by CDA.check_options)."""
+    """{"config": RecoveryConfig, "recipe"}: the recipe's settings with the curriculum
+    (:func:`default_curriculum` of the crop_scale given), the user's RecoveryConfig options on
+    top, validated (an error names the option; ``recipe`` is checked against its declaration
+    by CDA.check_options). The default curriculum with a user's augmentation other than
+    imagenet is refused saying how to turn it off."""
     recipe = options.get("recipe") or DEFAULT_RECIPE
     overrides = {k: v for k, v in options.items() if k != RECIPE.name}
-    return {"config": recovery_options({**CURRICULUM, **RECIPES[recipe], **overrides}, seed, SRE2L_RECIPES),
-            "recipe": recipe}
+    curriculum = default_curriculum(overrides.get("crop_scale", RESIZED_CROP_SCALE))
+    augmentation = overrides.get("augmentation", CURRICULUM["augmentation"])
+    if "crop_scale_curriculum" not in overrides and augmentation != CURRICULUM["augmentation"]:
+        raise ValueError(f"CDA's default crop_scale_curriculum {curriculum!r} schedules RandomResizedCrop's scale: it "
+                         f"needs augmentation={CURRICULUM['augmentation']!r}, got augmentation={augmentation!r}: give "
+                         "that augmentation, or turn the curriculum off (crop_scale_curriculum: null in a config, "
+                         "--crop-scale-curriculum off on the command line: SRe2L's recovery with "
+                         f"augmentation={augmentation!r})")
+    values = {**CURRICULUM, "crop_scale_curriculum": curriculum, **RECIPES[recipe], **overrides}
+    return {"config": recovery_options(values, seed, SRE2L_RECIPES), "recipe": recipe}
 
 
 def distill(request: DistillRequest):

@@ -111,7 +111,9 @@ OPTIONS = (
     Option("checkpoint_minutes", float, "checkpoint after the class that ends M minutes since the last checkpoint "
            "(the classes done; --resume continues after them)", above=0, none="off", default=10.0, metavar="M"),
 )
-RESULT_NEUTRAL = ("checkpoint_minutes",)  # options that do not change the set (not in its recipe)
+# options that do not change the set: a resume or a continued run may give other values of them
+RESULT_NEUTRAL = ("batch_size", "checkpoint_minutes")
+RUN_ONLY = ("checkpoint_minutes",)  # how the run goes, not how its set is made: not in the set's recipe
 
 
 def recipe_family(dataset_name: str, image_size: int) -> str:
@@ -123,10 +125,13 @@ def recipe_family(dataset_name: str, image_size: int) -> str:
 
 
 def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
-    """Every option, None where not given: the dataset family's recipe value or the default
-    (:func:`resolve_recipe`); the result-neutral ones their default (None: off). (Their values
-    are checked against OPTIONS by RDED.check_options.)"""
-    return {opt.name: options.get(opt.name, opt.default if opt.name in RESULT_NEUTRAL else None) for opt in OPTIONS}
+    """Every option, its default where not given (checkpoint_minutes given as None: off); the
+    recipe values (factor, candidates_per_class, crops_per_image) are None where neither
+    given nor filled by the dataset family's recipe (RDED.family_defaults, which a request
+    and a run apply), and :func:`_recipe` takes the family's then. So a value spelled out as
+    the default parses as the run of none. (Their values are checked against OPTIONS by
+    RDED.check_options.)"""
+    return {opt.name: options.get(opt.name, opt.default) for opt in OPTIONS}
 
 
 def resolve_recipe(options: Mapping[str, Any], dataset_name: str, image_size: int, ipc: int) -> Dict[str, Any]:
@@ -139,7 +144,7 @@ def _recipe(parsed: Mapping[str, Any], dataset_name: str, image_size: int, ipc: 
     """:func:`resolve_recipe` of options already checked and parsed (:func:`parse_options`)."""
     family = recipe_family(dataset_name, image_size)
     recipe = {"family": family, **RECIPES[family], "batch_size": DEFAULT_BATCH_SIZE}
-    recipe.update({k: v for k, v in parsed.items() if v is not None and k not in RESULT_NEUTRAL})
+    recipe.update({k: v for k, v in parsed.items() if v is not None and k not in RUN_ONLY})
     # (the recipe of sets made before these options, which scored in fp32 in the default layout)
     if recipe.get("precision") == "fp32":
         del recipe["precision"]
@@ -187,7 +192,8 @@ def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], 
     """Per patch (normalized, on the teachers' device): the cross-entropy of ``label`` under
     the teachers' mean logits on the patch padded to ``size`` (CPU float32), their forward
     passes at ``precision`` (mixed_precision.autocast; the logits and the loss in fp32); with
-    ``channels_last`` the padded patches go in that layout (the teachers' given so by the caller)."""
+    ``channels_last`` the padded patches go in that layout (the teachers' given so by the caller).
+    A ValueError naming the class where the teachers' logits are not finite."""
     from ..relabel import ensemble_logits
 
     out = []
@@ -197,7 +203,12 @@ def true_class_loss(patches: Tensor, label: int, teachers: Sequence[nn.Module], 
         with autocast(x.device, precision):
             logits = ensemble_logits(teachers, x)  # (fp32: each teacher's logits cast)
         out.append(-logits.log_softmax(1)[:, label].cpu())
-    return torch.cat(out)
+    loss = torch.cat(out)
+    if not torch.isfinite(loss).all():  # (nan scores rank arbitrarily: the set would be garbage)
+        hint = f"; they scored under {precision} autocast: try precision fp32 (--precision fp32)" if precision != "fp32" else ""
+        raise ValueError(f"RDED: class {label}: the teachers' logits are not finite (nan or inf) on its patches, so the "
+                         f"patches cannot be ranked: check the teachers (their weights or training){hint}")
+    return loss
 
 
 def stitch(ranked: Tensor, ipc: int, factor: int, size: int) -> Tensor:
@@ -326,16 +337,19 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
 
 def _checkpoint(where: Mapping[str, Any], picked, teachers: Sequence[nn.Module], recipe: Mapping[str, Any],
                 ipc: int, seed: int) -> RDEDCheckpoint:
-    """The run's checkpoint, identified by its candidates, recipe, ipc, seed and teachers' weights."""
+    """The run's checkpoint, identified by its candidates, recipe (but its result-neutral
+    batch_size), ipc, seed and teachers' weights."""
     from .._io import model_digest
     from ..distill.engine import checkpoint_clock
+
+    neutral = [f"recipe.{k}" for k in RESULT_NEUTRAL]  # (older checkpoints recorded recipe.batch_size: ignored)
 
     def identity() -> Dict[str, Any]:
         return {"method": "rded", "candidates_sha256": picked.digest(), "ipc": int(ipc), "seed": int(seed),
                 "teachers_sha256": [model_digest(t) for t in teachers],
-                **{f"recipe.{k}": v for k, v in recipe.items()}}
+                **{f"recipe.{k}": v for k, v in recipe.items() if f"recipe.{k}" not in neutral}}
 
-    return RDEDCheckpoint(where["path"], identity, where["minutes"], where["resume"], checkpoint_clock)
+    return RDEDCheckpoint(where["path"], identity, where["minutes"], where["resume"], checkpoint_clock, ignore=neutral)
 
 
 def distill(request: DistillRequest):
@@ -384,4 +398,5 @@ RDED = register(Method(
     name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
     distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch", resumable=True,
     student_settings=student_settings, check_budget=check_budget, result_neutral=RESULT_NEUTRAL,
+    family_defaults=RECIPES,
 ))

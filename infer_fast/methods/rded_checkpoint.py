@@ -10,7 +10,7 @@ weights): a resume with other ones is refused, naming what differs."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor
@@ -38,14 +38,16 @@ def results_file(checkpoint: os.PathLike, first: int, end: int) -> str:
 class RDEDCheckpoint:
     """The checkpoint at ``path`` of a run whose identity ``identity()`` computes (once, when
     first needed: it lists the candidate files). :meth:`restore` loads it (a resumed run; an
-    existing file without ``resume`` is refused); :meth:`after_class` writes it when
+    existing file without ``resume`` is refused; the names in ``ignore``, result-neutral
+    settings a checkpoint may record, are not compared); :meth:`after_class` writes it when
     ``minutes`` (None: never) have passed since the run started or last wrote it. The caller
     removes the file and the results folder once the set is saved
     (distill.checkpoints.remove_recovery_checkpoints)."""
 
     def __init__(self, path: os.PathLike, identity: Callable[[], Dict[str, Any]], minutes: Optional[float],
-                 resume: bool, clock: Callable[[], float]):
+                 resume: bool, clock: Callable[[], float], ignore: Iterable[str] = ()):
         self.path, self._identity, self.minutes, self.resume, self.clock = os.fspath(path), identity, minutes, resume, clock
+        self.ignore = tuple(ignore)
         self._known: Optional[Dict[str, Any]] = None
         self.last = clock()
         self.ends: List[int] = []  # the classes each results file listed so far ends at, in order
@@ -72,7 +74,7 @@ class RDEDCheckpoint:
         saved = read_checkpoint(self.path, CHECKPOINT_FORMAT, "RDED checkpoint", CHECKPOINT_VERSION)
         check_same_run("RDED checkpoint", self.path, saved["run"], self.identity,
                        f"resume with the same candidates, teachers and options, or {self._start_over()}",
-                       labels=_LABELS)
+                       ignore=self.ignore, labels=_LABELS)
         done = int(saved["classes_done"])
         ipc = images.shape[0] // num_classes
         if "images" in saved:  # (format 1; its classes go to a results file at the next checkpoint)

@@ -75,8 +75,13 @@ class DistillRequest(CheckedWhenMade):
         object.__setattr__(self, "parsed", method.options_for_dataset(self.options or {}, self.dataset, self.seed))
 
     def make_set(self):
-        """The method's set made as asked: what its ``distill`` returns (the set's directory)."""
-        return get_method(self.method).distill(self)
+        """The method's set made as asked: what its ``distill`` returns (the set's directory;
+        a ValueError naming the method where it returns anything else)."""
+        path = get_method(self.method).distill(self)
+        if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+            raise ValueError(f"method {self.method!r}: its distill returned {path!r}; it must return the path of "
+                             f"the set's directory it wrote ({self.out_dir})")
+        return path
 
 
 @dataclass(frozen=True)
@@ -220,8 +225,17 @@ def register(method: Method) -> Method:
     _check_same_declarations(method)
     _check_distill_flags(method)
     _check_config_section(method)
+    _check_label_free(method)
     _METHODS[method.name] = method
     return method
+
+
+def _check_label_free(method: Method) -> None:
+    """A label names one method: the result tables and plots group their rows by it."""
+    for other in _METHODS.values():
+        if other.name != method.name and other.label.lower() == method.label.lower():
+            raise ValueError(f"method {method.name!r}: its label {method.label!r} is the label of method "
+                             f"{other.name!r} (tables and plots tell methods apart by their labels): give it another")
 
 
 def _check_config_section(method: Method) -> None:

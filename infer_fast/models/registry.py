@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import nn
@@ -20,6 +19,7 @@ from torch import nn
 from .base import ClassifierNet, init_weights
 from ..plugins import PLUGINS_HINT
 from .convnet import canonical_norm
+from .external import is_external
 
 __all__ = [
     "ClassifierNet",
@@ -30,6 +30,7 @@ __all__ = [
     "resolve",
     "list_models",
     "all_specs",
+    "user_specs",
     "unknown_model_error",
 ]
 
@@ -46,10 +47,11 @@ class ModelSpec:
     """One registered model.
 
     target: the builder, called as ``fn(num_classes=..., in_channels=..., image_size=...,
-    **kwargs)``: the function itself, or ``"module:function"``, where ``module`` is a module
-    of ``infer_fast.models`` by its short name where it has one (the built-ins:
-    ``"resnet:resnet18"``), else any module by its full dotted name, importable from
-    ``sys.path`` (``"mypkg.mymodels:build"``). :func:`register` imports it at once.
+    **kwargs)``: the function itself, or ``"module:function"``, where ``module`` is any module
+    by its full dotted name, importable from ``sys.path`` (``"mypkg.mymodels:build"``; a
+    top-level ``"resnet:build"`` is the user's ``resnet.py``). :func:`register` imports it at
+    once. (The built-ins name the modules of ``infer_fast.models`` by their short names:
+    ``"resnet:resnet18"``.)
     torchvision_name: the torchvision architecture with the same layout and parameter names
     (ImageNet variants), whose cached ImageNet checkpoint ``pretrained=True`` loads.
     """
@@ -60,15 +62,16 @@ class ModelSpec:
     input_sizes: Tuple[int, ...] = SMALL_SIZES
     aliases: Tuple[str, ...] = ()
     torchvision_name: Optional[str] = None
+    # set by _register for the built-ins alone: their targets name infer_fast.models' modules by short names
+    _builtin: bool = field(default=False, repr=False, compare=False)
 
     @property
     def builder(self) -> Callable[..., nn.Module]:
         if callable(self.target):
             return self.target
         module, _, func = self.target.partition(":")
-        own = f"{__package__}.{module}"
-        if "." not in module and importlib.util.find_spec(own) is not None:
-            module = own
+        if self._builtin:
+            module = f"{__package__}.{module}"
         return getattr(importlib.import_module(module), func)
 
     def build(self, num_classes: int, in_channels: int = 3, image_size: Any = 32, **kwargs: Any) -> nn.Module:
@@ -86,10 +89,16 @@ def normalize_name(name: str) -> str:
 
 def register(spec: ModelSpec) -> ModelSpec:
     """Add a model to the names :func:`create_model` builds (and ``infer-fast models`` lists).
-    A ValueError naming it where its name is taken, or its builder (``spec.target``) cannot be
-    imported or is not callable: refused here, not when some run first builds it."""
+    A ValueError naming it where its name or an alias is taken (a registered model's name or
+    alias, a ConvNet name ``convnet-w<W>-d<D>[-<norm>]``, ``torchvision:``/``timm:``), or its
+    builder (``spec.target``) cannot be imported or is not callable: refused here, not when
+    some run first builds it."""
     if not isinstance(spec, ModelSpec) or not isinstance(spec.name, str) or not spec.name.strip():
         raise ValueError(f"register takes a ModelSpec with a non-empty name, got {spec!r}")
+    if _REGISTRY.get(normalize_name(spec.name)) is spec:  # (the same spec again: nothing to change)
+        return spec
+    for alias in (spec.name, *spec.aliases):
+        _check_name_free(spec.name, alias)
     if not callable(spec.target) and (not isinstance(spec.target, str) or spec.target.count(":") != 1):
         raise ValueError(f"model {spec.name!r}: target must be 'module:function' or the function itself, "
                          f"got {spec.target!r}")
@@ -100,7 +109,22 @@ def register(spec: ModelSpec) -> ModelSpec:
                          "module's full dotted name, importable from sys.path, or the function itself") from None
     if not callable(builder):
         raise ValueError(f"model {spec.name!r}: its builder {spec.target!r} is not a function")
-    return _register(spec)
+    return _add(spec)
+
+
+def _check_name_free(model: str, name: str) -> None:
+    """A ValueError where ``name`` (of the model ``model`` being registered) already names a
+    model: a registered name or alias, a ConvNet of the built-in family, an external library's
+    model (create_model would build that one, or the new one would replace it)."""
+    key = normalize_name(name)
+    if key in _ALIASES:
+        raise ValueError(f"model {model!r}: the name {name!r} is already registered for model {_ALIASES[key]!r}")
+    if _CONVNET_RE.match(key):
+        raise ValueError(f"model {model!r}: the name {name!r} is one of the built-in ConvNet family "
+                         "(convnet-w<W>-d<D>[-<norm>]): give your model another name")
+    if is_external(key):
+        raise ValueError(f"model {model!r}: the name {name!r} names an external library's model (torchvision:NAME, "
+                         "timm:NAME): give your model another name")
 
 
 def unregister(name: str) -> None:
@@ -113,8 +137,18 @@ def unregister(name: str) -> None:
         del _ALIASES[alias]
 
 
+def user_specs() -> List[ModelSpec]:
+    """The models added with :func:`register` (a user's, a plug-in's), not the built-ins."""
+    return [spec for spec in _REGISTRY.values() if not spec._builtin]
+
+
 def _register(spec: ModelSpec) -> ModelSpec:
-    """:func:`register` without importing the builder (the built-ins: imported on first use)."""
+    """A built-in model: its builder imported on first use, from ``infer_fast.models``' module
+    of the target's short name."""
+    return _add(replace(spec, _builtin=True))
+
+
+def _add(spec: ModelSpec) -> ModelSpec:
     key = normalize_name(spec.name)
     names = (key, *map(normalize_name, spec.aliases))
     for alias in names:  # (all checked before any is added: a refused spec leaves nothing behind)

@@ -16,6 +16,20 @@ from .disk import check_compatible, load_distilled
 from .distilled_set import DistilledSet, DistilledSetError
 
 
+def _unlabelled_message(method_name: str) -> str:
+    """What to do with a set of ``method_name`` that has no soft labels: a per-batch method's
+    students are labelled by the teachers as they train; any set can be relabelled once."""
+    from ..methods.registry import find_method
+
+    method = find_method(method_name)
+    if method is not None and method.student_labels == "per-batch":
+        return (f"this {method_name} set has no soft labels: its students are labelled by the teachers per batch "
+                "(infer-fast train --dynamic --teachers T.pt; a student's dynamic=True), or relabel it "
+                "(infer-fast relabel) for static labels")
+    return (f"this {method_name} set has no soft labels yet (not relabelled): relabel it (infer-fast relabel), "
+            "or train on its hard labels (hard_only=True; a student's labels='hard', --labels hard)")
+
+
 class DistilledDataset(torch.utils.data.Dataset):
     """Training images of a distilled set, composed on the fly.
 
@@ -50,10 +64,7 @@ class DistilledDataset(torch.utils.data.Dataset):
         else:
             self.set = load_distilled(source, expected_dataset, expected_num_classes)
         if not hard_only and not self.set.has_soft_labels:
-            raise DistilledSetError(
-                f"this {self.set.method} set has no soft labels yet (not relabelled): relabel it (infer-fast relabel), "
-                "or train on its hard labels (hard_only=True; a student's labels='hard', --labels hard)"
-            )
+            raise DistilledSetError(_unlabelled_message(self.set.method))
         self.hard_only = hard_only
         self.backend = backend
         self.chunk_images = max(1, int(chunk_images))

@@ -235,6 +235,20 @@ def keep_foreign(old: Path, directory: Path) -> None:
         _fsync_path(directory)
 
 
+def _saving_line(ds: DistilledSet, directory: Path) -> str:
+    """save_distilled's line: a set replacing itself with new soft labels (relabel, or a run
+    relabelling the set it has just saved) says "relabelled", not "saving" a second time. New
+    labels: ``ds`` records a relabel (relabel.relabel_record) the set on disk does not."""
+    what = f"{ds.method} set ({ds.num_stored_images()} stored images, {format_bytes(ds.nbytes())}) -> {directory}"
+    labelled_by = ds.hyperparameters.get("relabel")
+    if labelled_by is not None and _is_distilled_dir(directory):
+        on_disk = json.loads((directory / MANIFEST).read_text())
+        hyper = on_disk.get("hyperparameters")
+        if not isinstance(hyper, dict) or hyper.get("relabel") != labelled_by:
+            return f"relabelled {what}"
+    return f"saving {what}"
+
+
 def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = False, progress: bool = False) -> Path:
     """Write ``ds`` to ``directory`` atomically; returns the directory.
 
@@ -260,8 +274,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
         if any(directory.iterdir()) and not _is_distilled_dir(directory):
             raise DistilledSetError(f"refusing to replace {directory}: it is not an infer-fast distilled set")
     if progress:
-        print(f"saving {ds.method} set ({ds.num_stored_images()} stored images, {format_bytes(ds.nbytes())}) "
-              f"-> {directory}", flush=True)
+        print(_saving_line(ds, directory), flush=True)
     parent = directory.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(hidden_sibling(directory, TEMP))

@@ -21,10 +21,11 @@ import torch
 from torch import Tensor
 
 from .._io import PathLike, file_sha256
+from .._text import count_text
 from ..checks import check_class_names
 from .disk import FORMAT_NAME
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, fp16_soft_labels
-from .report import _safe_name
+from .report import EXPORTED_SOFT_LABELS, _safe_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -249,6 +250,27 @@ def _exported_empty(listing: Optional[dict], folder: Path) -> bool:
     return isinstance(files, list) and not any(str(f).startswith(f"{folder.name}/") for f in files)
 
 
+EXPORTED_SOFT_LABELS_TAKEN = "by default: written by infer-fast export beside these images (export.json)"
+
+
+def _exported_soft_labels(root: Path, listing: Optional[dict], files: List[str]) -> Optional[Path]:
+    """The soft labels our own ``export`` wrote with the folder (its listing records them and
+    the file is there), taken when none are given: importing an export gives back the set's
+    labels. They must still belong to these images (export.json lists exactly the files
+    found: its rows are theirs), else a DistilledSetError says how to go on."""
+    path = root / EXPORTED_SOFT_LABELS
+    if listing is None or not listing.get("soft_labels") or not path.is_file():
+        return None
+    exported = listing.get("files")
+    if not isinstance(exported, list) or sorted(exported) != sorted(files):
+        listed = len(exported) if isinstance(exported, list) else 0
+        raise DistilledSetError(
+            f"{path}: the soft labels export wrote for the {count_text(listed, 'image')} export.json lists, but the "
+            f"folders hold {count_text(len(files), 'image')}, not those: restore the export's images, or move "
+            f"{EXPORTED_SOFT_LABELS} away to import the images without soft labels")
+    return path
+
+
 def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]], soft_labels: Optional[PathLike] = None,
                        name: Optional[str] = None) -> DistilledSet:
     """The class folders at ``source`` as a DistilledSet of method ``external`` for ``dataset``.
@@ -258,7 +280,8 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     by its ``export.json``, and a dataset given by name is read at the image size and class
     count it records (:func:`_exported_dataset`). Image order: by class, then by file name, which is also the row
     order of ``soft_labels``, except for a folder written by our own ``export``, whose
-    ``export.json`` gives the rows. The
+    ``export.json`` gives the rows; given no ``soft_labels``, such a folder's own
+    ``soft_labels.safetensors`` is taken (recorded as taken by default). The
     budget's ipc is the largest images-per-class count (the storage a method was given);
     ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
     counts and every file's SHA-256. Errors name the folder or file."""
@@ -286,7 +309,10 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
         counts.append(len(files))
     if not images:
         raise DistilledSetError(f"{root}: no images in any class folder")
-    soft = None
+    soft, found_beside = None, False
+    if soft_labels is None:
+        soft_labels = _exported_soft_labels(root, listing, list(checksums))
+        found_beside = soft_labels is not None
     if soft_labels is not None:
         soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
         soft = soft[_soft_label_rows(root, listing, list(checksums), Path(soft_labels))]
@@ -296,6 +322,8 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     }
     if soft_labels is not None:
         hyper["soft_labels_source"] = {"path": os.path.abspath(soft_labels), "sha256": file_sha256(soft_labels)}
+        if found_beside:
+            hyper["soft_labels_source"]["taken"] = EXPORTED_SOFT_LABELS_TAKEN
     ds = DistilledSet(
         method=EXTERNAL_METHOD, dataset=spec.name, num_classes=spec.num_classes, channels=spec.channels,
         image_size=spec.image_size, mean=spec.mean, std=spec.std, images=torch.stack(images),

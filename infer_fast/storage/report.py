@@ -22,6 +22,9 @@ from ..output_lock import holds_output
 from .disk import FORMAT_NAME, FORMAT_VERSION, IMAGE_ORDER, load_distilled, read_manifest, refuse_symlink
 from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
+# the soft labels export writes beside the class folders (import takes them back by default)
+EXPORTED_SOFT_LABELS = "soft_labels.safetensors"
+
 
 def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
     """Human summary of a distilled set, after full verification (load_distilled).
@@ -290,7 +293,7 @@ def export_imagefolder(
                     files.append(rel)
             soft = ds.soft_labels_flat()
             if soft is not None:
-                safetensors_save({"soft_labels": soft.contiguous()}, tmp / "soft_labels.safetensors")
+                safetensors_save({"soft_labels": soft.contiguous()}, tmp / EXPORTED_SOFT_LABELS)
             meta = {
                 "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
                 "source": str(directory) if not isinstance(directory, DistilledSet) else None,
