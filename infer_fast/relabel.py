@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ._io import PathLike, check_writable, model_digest
 from .checks import check_int
-from .models import on_device
+from .models import eval_mode, on_device
 from .output_lock import holds_output
 from .progress import progress_bar
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
@@ -38,12 +38,8 @@ def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor,
         raise ValueError("at least one teacher is needed")
     total = None
     for i, teacher in enumerate(teachers):
-        was_training = teacher.training
-        teacher.eval()
-        try:
+        with eval_mode(teacher):
             out = teacher(x).float()
-        finally:
-            teacher.train(was_training)
         if names is not None and not torch.isfinite(out).all():
             raise ValueError(f"teacher {names[i]} gives non-finite logits (nan or inf) on these images: the soft "
                              "labels would be nan; leave it out or use another checkpoint")

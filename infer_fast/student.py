@@ -67,7 +67,7 @@ from .relabel import ensemble_logits
 from .data.registry import recipe_family
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop, shuffle_patches)
-from .models import check_model_name, create_model, device_of, on_device, penultimate_features
+from .models import check_model_name, create_model, device_of, eval_mode, on_device, penultimate_features
 from .storage import DistilledDataset, DistilledSet
 from .teacher import DEVICE_CHOICES, evaluate, resolve_device, teacher_list
 from . import distributed
@@ -666,19 +666,14 @@ def feature_duplication(images, labels: Tensor, teacher: nn.Module, batch_size: 
     order such as ``DistilledDataset.iter_chunks()`` (only features are kept). In [-1, 1];
     higher = more duplication. ``progress``: a bar over the images (one per label)."""
     chunks = [(0, images)] if isinstance(images, Tensor) else images
-    was_training = teacher.training
-    teacher.eval()
     device = device_of(teacher)
     feats = []
-    try:
-        with progress_bar(total=labels.shape[0], desc="feature duplication", unit="img", disable=not progress,
-                  leave=False) as bar:
-            for _, chunk in chunks:
-                for i in range(0, chunk.shape[0], batch_size):
-                    feats.append(penultimate_features(teacher, chunk[i:i + batch_size].to(device)).float().cpu())
-                    bar.update(feats[-1].shape[0])
-    finally:
-        teacher.train(was_training)
+    with eval_mode(teacher), progress_bar(total=labels.shape[0], desc="feature duplication", unit="img",
+                                          disable=not progress, leave=False) as bar:
+        for _, chunk in chunks:
+            for i in range(0, chunk.shape[0], batch_size):
+                feats.append(penultimate_features(teacher, chunk[i:i + batch_size].to(device)).float().cpu())
+                bar.update(feats[-1].shape[0])
     feats = torch.cat(feats)
     if feats.shape[0] != labels.shape[0]:
         raise ValueError(f"{feats.shape[0]} images but {labels.shape[0]} labels")

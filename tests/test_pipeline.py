@@ -1,6 +1,8 @@
 """`infer-fast run`: the whole chain from one config, its results table, resume, and the demo."""
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,8 +69,11 @@ def test_run_produces_the_table(finished_run):
                for run in results["runs"].values())
 
 
-def test_rerun_continues_without_redoing_work(finished_run, monkeypatch):
-    cfg, results = finished_run
+def test_rerun_continues_without_redoing_work(finished_run, monkeypatch, tmp_path):
+    finished, results = finished_run
+    # a copy of the finished run: this test rewrites its results (the module's other tests read the original)
+    shutil.copytree(finished.out, tmp_path / "run")
+    cfg = dataclasses.replace(finished, out=str(tmp_path / "run"))
     calls = []
     import infer_fast.student as student
 

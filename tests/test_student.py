@@ -241,6 +241,21 @@ class Counting(torch.nn.Module):
         return self.model(x)
 
 
+def test_labelling_leaves_every_module_of_a_teacher_in_its_own_mode(teachers, data):
+    """A wrapper in training mode around a teacher in eval mode (as Counting is): labelling
+    through it puts back each module's own mode, so the teacher stays in eval mode (its BN
+    running statistics untouched), not the wrapper's flag given to all."""
+    from infer_fast.relabel import ensemble_logits
+
+    _, models = teachers
+    wrapped = Counting(models[0])
+    assert wrapped.training and not models[0].training
+    before = {k: v.clone() for k, v in models[0].state_dict().items()}
+    ensemble_logits([wrapped], normalize(data[0].images[:8], data[0].spec.mean, data[0].spec.std))
+    assert wrapped.training and not any(m.training for m in models[0].modules())
+    assert all(torch.equal(v, before[k]) for k, v in models[0].state_dict().items())
+
+
 def test_dynamic_calls_teachers_and_requires_them(teachers, data):
     _, models = teachers
     ds = baseline_set(data[0], per_class=2)  # no stored soft labels: dynamic mode does not need them

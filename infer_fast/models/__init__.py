@@ -35,6 +35,7 @@ __all__ = [
     "device_of",
     "image_size_pair",
     "on_device",
+    "eval_mode",
     "list_models",
     "model_table",
     "pretrained_weights_table",
@@ -87,6 +88,21 @@ def on_device(model: nn.Module, device: Any) -> nn.Module:
     if here.type == device.type and (device.index is None or here.index == device.index):
         return model
     return copy.deepcopy(model).to(device)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode while the block runs, then every submodule back in its own mode:
+    ``model.train(was_training)`` would give all of them the outer module's flag, so a wrapper
+    in training mode around a teacher in eval mode would leave the teacher training (its
+    BatchNorm layers then normalizing with batch statistics and overwriting their running ones)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @contextlib.contextmanager
