@@ -25,12 +25,19 @@ PathLike = Union[str, "os.PathLike[str]"]
 # writes, ``.<name>.old-<tag>`` for a replaced set until the new one is in place (a writer
 # killed meanwhile leaves them: output_lock removes them)
 TEMP, REPLACED = "tmp", "old"
+# a sibling's tag: a fresh random one (hexadecimal digits) or the writer's process id; a hidden
+# file with any other tag is no writer's of infer-fast (the user's: never swept away)
+_RANDOM_TAG_DIGITS = 12
+_SIBLING_TAG = re.compile(rf"[0-9a-f]{{{_RANDOM_TAG_DIGITS}}}|[0-9]+")
 
 
 def hidden_sibling(path: PathLike, kind: str, tag: Optional[str] = None) -> str:
-    """``.<name>.<kind>-<tag>`` beside ``path`` (``tag``: a fresh random one by default)."""
+    """``.<name>.<kind>-<tag>`` beside ``path`` (``tag``: a fresh random one by default, or
+    the writer's process id)."""
     path = os.path.abspath(os.fspath(path))
-    tag = tag if tag is not None else uuid.uuid4().hex[:12]
+    tag = tag if tag is not None else uuid.uuid4().hex[:_RANDOM_TAG_DIGITS]
+    if not _SIBLING_TAG.fullmatch(tag):
+        raise ValueError(f"a hidden sibling's tag is {_RANDOM_TAG_DIGITS} hexadecimal digits or a process id, got {tag!r}")
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}-{tag}")
 
 
@@ -42,10 +49,11 @@ def hidden_sibling_pattern(name: str, kind: str) -> str:
 
 def hidden_sibling_owner(path: PathLike, kind: str) -> Optional[str]:
     """The path whose hidden sibling of ``kind`` ``path`` is (``<name>`` beside
-    ``.<name>.<kind>-<tag>``), or None where ``path`` is no such sibling."""
+    ``.<name>.<kind>-<tag>``, the tag one :func:`hidden_sibling` makes), or None where ``path``
+    is no such sibling."""
     head, entry = os.path.split(os.fspath(path))
     name, found, tag = entry[1:].rpartition(f".{kind}-")
-    if not entry.startswith(".") or not found or not name or not tag or "." in tag:
+    if not entry.startswith(".") or not found or not name or not _SIBLING_TAG.fullmatch(tag):
         return None
     return os.path.join(head, name)
 
@@ -150,6 +158,16 @@ def _check_name_length(target: str, what: str, shown: str, existing: str) -> Non
             f"(temporary copies, recovery checkpoints) take up to {derived - size} bytes more, and {existing} allows "
             f"{limit} bytes per name; choose a name of at most {limit - (derived - size)} bytes"
         )
+
+
+# what reading a JSON or YAML text raises besides its own syntax errors: nesting deeper than
+# Python's recursion allows the parser (a crafted file), then not the program's fault
+TOO_DEEP = RecursionError
+
+
+def parse_failure(exc: BaseException) -> str:
+    """Why a JSON or YAML text could not be parsed, in a few words (its parser's message)."""
+    return "nested too deeply to parse" if isinstance(exc, TOO_DEEP) else str(exc)
 
 
 def check_input_file(path: PathLike, what: str) -> str:

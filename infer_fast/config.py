@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import yaml
 
+from ._io import TOO_DEEP, parse_failure
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a mapping that gives a key twice (YAML keeps the last
@@ -101,6 +103,8 @@ def load_yaml(path: str) -> Dict[str, Any]:
             raise ValueError(_yaml_error(path, exc)) from None
         except UnicodeDecodeError as exc:
             raise ValueError(f"config file {path!r} is not a UTF-8 text file (byte {exc.start} cannot be decoded)") from None
+        except TOO_DEEP as exc:
+            raise ValueError(f"config file {path!r}: {parse_failure(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -43,19 +43,39 @@ def stale_leftovers(output: PathLike, folders: Sequence[str] = ()) -> List[str]:
     of a set saved atomically (``.<name>.tmp-*``, ``.<name>.old-*``), the temporary files of its
     recovery checkpoints, and, for a run directory (``folders``: the folders the run writes in
     it), the temporary and replaced copies at its top and anywhere in those folders: never in
-    other folders, nor inside any other output (what the user keeps there is not a writer's)."""
+    other folders, nor inside any other output (what the user keeps there is not a writer's).
+    Only hidden siblings named as infer-fast names them (_io.hidden_sibling: its tags) count."""
     output = Path(output).absolute()
     parent, name = glob.escape(str(output.parent)), glob.escape(output.name)
     patterns = [f"{parent}/{hidden_sibling_pattern(name, TEMP)}", f"{parent}/{hidden_sibling_pattern(name, REPLACED)}",
-                f"{parent}/{hidden_sibling_pattern(name + '.recovery.pt*', TEMP)}",
-                f"{parent}/{name}.recovery.pt.results/{hidden_sibling_pattern('*', TEMP)}"]
+                f"{parent}/{hidden_sibling_pattern(name + '.recovery.pt*', TEMP)}"]
+    if not output.with_name(output.name + ".recovery.pt.results").is_symlink():  # (never swept through a link)
+        patterns.append(f"{parent}/{name}.recovery.pt.results/{hidden_sibling_pattern('*', TEMP)}")
     found = {p for pattern in patterns for p in glob.glob(pattern)}
     if folders and output.is_dir() and not output.is_symlink():  # (a run directory: its teachers/, sets/...)
-        run = glob.escape(str(output))
-        inside = glob.glob(f"{run}/.*") + [p for folder in folders
-                                          for p in glob.glob(f"{run}/{glob.escape(folder)}/**/.*", recursive=True)]
-        found.update(p for p in inside if hidden_sibling_owner(p, TEMP) or hidden_sibling_owner(p, REPLACED))
-    return sorted(found)
+        found.update(_run_directory_entries(output, folders))
+    return sorted(p for p in found if _is_leftover(p))
+
+
+def _is_leftover(path: str) -> bool:
+    return hidden_sibling_owner(path, TEMP) is not None or hidden_sibling_owner(path, REPLACED) is not None
+
+
+def _run_directory_entries(run: Path, folders: Sequence[str]) -> List[str]:
+    """The entries at the top of the run directory ``run`` and anywhere in its ``folders``,
+    found without following a symbolic link (a folder that is one, e.g. teachers shared between
+    runs, is skipped whole: what is there is others' too) and without entering a hidden folder
+    (a leftover itself); none whose real path is outside ``run``."""
+    entries = [os.path.join(run, entry) for entry in os.listdir(run)]
+    for folder in folders:
+        top = run / folder
+        if top.is_symlink() or not top.is_dir():
+            continue
+        for here, directories, files in os.walk(top, followlinks=False):
+            entries += [os.path.join(here, entry) for entry in directories + files]
+            directories[:] = [d for d in directories if not d.startswith(".")]
+    inside = os.path.realpath(run) + os.sep
+    return [entry for entry in entries if os.path.realpath(entry).startswith(inside)]
 
 
 def _sweep(output: Path, folders: Sequence[str] = ()) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ._io import TOO_DEEP, parse_failure
 from .data.registry import dataset_label
 from .run_identity import another_run_message, differing, dotted
 from .set_keys import RunKey, SetKey, external_method
@@ -271,6 +273,65 @@ def _check_external_sets(path: Path, old: Dict[str, Any], identities: Dict[str, 
                          "the set a new label, or choose another out directory")
 
 
+# a results file's parts: (the type each holds, whether every results file has it); a part
+# that not every file has may be null (none)
+RESULTS_PARTS = {"config": (dict, True), "teachers": (list, True), "sets": (dict, True), "runs": (dict, True),
+                 "scores": (dict, False), "external_sets": (dict, False), "timing": (dict, False)}
+_TYPE_NAMES = {dict: "an object", list: "a list"}
+# the numbers of a set's record that the table shows, and those of a student run's it sums up
+SET_RECORD_NUMBERS = ("compression_ratio_percent", "feature_duplication", "training_images", "stored_images")
+RUN_RECORD_NUMBERS = {"final_accuracy": (0.0, 1.0), "elapsed_s": (0.0, math.inf)}
+
+
+def _check_results_file(path: Path, old: Any) -> None:
+    """Before anything reads it: ``old`` (the results file ``path``) holds what a run writes,
+    else a ValueError naming the file and the part: its parts (RESULTS_PARTS), its set and run
+    keys (SetKey, RunKey), a dict per record, and the numbers the table shows. An optional part
+    that is null is dropped (none)."""
+    def refuse(what: str) -> None:
+        raise ValueError(f"{path} is not a valid results file ({what}); delete it to start the table over")
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def check_number(where: str, value: Any, low: float = -math.inf, high: float = math.inf) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            bounds = f" from {low:g} to {high:g}" if (low, high) != (-math.inf, math.inf) else ""
+            refuse(f"{where} must be a number{bounds}, got {shown(value)}")
+
+    if not isinstance(old, dict) or old.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not an infer-fast results file")
+    for part, (kind, required) in RESULTS_PARTS.items():
+        if not required and old.get(part, {}) is None:
+            del old[part]
+        elif required and part not in old:
+            refuse(f"no {part!r}")
+        elif part in old and not isinstance(old[part], kind):
+            refuse(f"{part!r} must be {_TYPE_NAMES[kind]}, got {shown(old[part])}")
+    for part, parse in (("sets", SetKey.parse), ("scores", SetKey.parse), ("runs", RunKey.parse)):
+        for key, record in old.get(part, {}).items():
+            try:
+                parse(key)
+            except ValueError as exc:
+                refuse(f"{part}: {exc}")
+            if not isinstance(record, dict):
+                refuse(f"{part}[{key!r}] must be an object, got {shown(record)}")
+    for key, report in old.get("scores", {}).items():
+        if not isinstance(report.get("protocol"), dict):  # (what its table is chosen by: _protocol_name)
+            refuse(f"scores[{key!r}].protocol must be an object, got {shown(report.get('protocol'))}")
+    for key, record in old["sets"].items():
+        for name in SET_RECORD_NUMBERS:
+            if record.get(name) is not None:
+                check_number(f"sets[{key!r}].{name}", record[name])
+    for key, record in old["runs"].items():
+        for name, (low, high) in RUN_RECORD_NUMBERS.items():
+            check_number(f"runs[{key!r}].{name}", record.get(name), low, high)
+    for i, teacher in enumerate(old["teachers"]):
+        if not isinstance(teacher, dict):
+            refuse(f"teachers[{i}] must be an object, got {shown(teacher)}")
+
+
 def load_results(path: Path, cfg, external: Optional[Dict[str, Dict[str, str]]] = None) -> Dict[str, Any]:
     """The results file at ``path`` to continue under ``cfg`` (a fresh one where there is none),
     refused (ValueError) when made under other settings or other external sets. ``external``:
@@ -286,10 +347,9 @@ def load_results(path: Path, cfg, external: Optional[Dict[str, Dict[str, str]]] 
     try:
         with open(path) as f:
             old = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} cannot be read ({exc}); delete it to start the table over") from None
-    if old.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path} is not an infer-fast results file")
+    except (OSError, ValueError, TOO_DEEP) as exc:  # (ValueError: not JSON, or not UTF-8 text)
+        raise ValueError(f"{path} cannot be read ({parse_failure(exc)}); delete it to start the table over") from None
+    _check_results_file(path, old)
     # runs are kept only if what determines them is unchanged
     _check_same_settings(path, old, cfg)
     _check_external_sets(path, old, external)

@@ -10,6 +10,7 @@ started again with the same output path continues from the last finished epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -349,25 +350,71 @@ def load_teacher(
             f"teacher {path!r} is unfinished ({ckpt['epochs_done']}/{ckpt['config']['epochs']} epochs): "
             "run `infer-fast teacher` again with the same --out to finish it"
         )
+    # its layout first, built without memory: a checkpoint naming a model far larger than its
+    # weights (a tiny file naming convnet-w30000-d3) is refused before GBs are allocated
+    layout = _build_teacher_model(path, ckpt, on_meta=True)
+    if layout is not None:
+        _check_input_size(path, ckpt, layout, dataset, image_size)
+        _check_weights_fit(path, ckpt, layout)
+    model = _build_teacher_model(path, ckpt)
+    if layout is None:
+        _check_input_size(path, ckpt, model, dataset, image_size)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # missing/unexpected keys, other shapes
+        raise _weights_do_not_fit(path, ckpt, " ".join(str(exc).split())[:300]) from None
+    _check_weights(path, model)
+    model = model.to(dev).eval().requires_grad_(False)
+    return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+
+
+def _build_teacher_model(path: str, ckpt: Dict[str, Any], on_meta: bool = False) -> Optional[nn.Module]:
+    """The model a teacher checkpoint records, initialised (its weights are then loaded), or
+    ``on_meta``: only its layout (parameters without memory or values), None for a model that
+    cannot be built so (its layout is then checked once built for real). A model this
+    infer-fast does not know, or cannot build that way, is a ValueError naming ``path``."""
     try:
         with kept_cpu_rng():  # (its initial weights are replaced: the caller's random stream is not drawn from)
-            model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"],
-                                 image_size=ckpt["image_size"])
-    except ValueError as exc:  # a model this infer-fast does not know, or cannot build that way
+            with torch.device("meta") if on_meta else contextlib.nullcontext():
+                return create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["channels"],
+                                    image_size=ckpt["image_size"])
+    except ValueError as exc:
         raise ValueError(f"teacher {path!r} records model {ckpt['model']!r}, which cannot be built: {exc}") from None
+    except Exception:  # noqa: BLE001 - (on the meta device only: an initialisation that reads values)
+        if not on_meta:
+            raise
+        return None
+
+
+def _check_input_size(path: str, ckpt: Dict[str, Any], model: nn.Module, dataset: Any, image_size: Optional[int]) -> None:
+    """A model built for one input size (ConvNet) takes the dataset's images (given ``dataset``)."""
     built_for = _input_size(model)
     if dataset is not None and built_for is not None and built_for != (image_size, image_size):
         raise ValueError(f"teacher {path!r} ({ckpt['model']}) takes {built_for[0]}x{built_for[1]} images, not the "
                          f"{image_size}x{image_size} ones of {dataset_label(dataset)}: use a teacher trained at that size")
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as exc:  # missing/unexpected keys, other shapes
-        detail = " ".join(str(exc).split())
-        raise ValueError(f"teacher {path!r}: its weights do not fit its recorded model {ckpt['model']!r} "
-                         f"({detail[:300]})") from None
-    _check_weights(path, model)
-    model = model.to(dev).eval().requires_grad_(False)
-    return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+
+
+def _weights_do_not_fit(path: str, ckpt: Dict[str, Any], detail: str) -> ValueError:
+    return ValueError(f"teacher {path!r}: its weights do not fit its recorded model {ckpt['model']!r} ({detail})")
+
+
+def _check_weights_fit(path: str, ckpt: Dict[str, Any], layout: nn.Module) -> None:
+    """The checkpoint's state_dict has the tensors of the model's ``layout``: the same names
+    and shapes (load_state_dict's own check, made before the model is built for real)."""
+    weights = ckpt["state_dict"]
+    if not isinstance(weights, Mapping):
+        raise _weights_do_not_fit(path, ckpt, f"its state_dict is a {type(weights).__name__}, not a mapping of tensors")
+    expected = layout.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [str(name) for name in weights if name not in expected]
+    other_shape = [f"{name} is {tuple(weights[name].shape) if isinstance(weights[name], torch.Tensor) else 'no tensor'} "
+                   f"in the file, {tuple(tensor.shape)} in the model" for name, tensor in expected.items()
+                   if name in weights and not (isinstance(weights[name], torch.Tensor)
+                                               and weights[name].shape == tensor.shape)]
+    problems = [f"{what}{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                for what, names in (("missing ", missing), ("unexpected ", unexpected), ("", other_shape)) if names]
+    if problems:
+        raise _weights_do_not_fit(path, ckpt, "; ".join(problems))
 
 
 def _check_weights(path: str, model: nn.Module) -> None:

@@ -21,13 +21,13 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._io import (REPLACED, TEMP, PathLike, check_writable, file_sha256, format_bytes, hidden_sibling,
-                   hidden_sibling_pattern, naming_errors, safetensors_save)
+from .._io import (REPLACED, TEMP, TOO_DEEP, PathLike, check_writable, file_sha256, format_bytes, hidden_sibling,
+                   hidden_sibling_pattern, naming_errors, parse_failure, safetensors_save)
 from ..data.pixels import valid_range
 from ..plugins import PLUGINS_HINT
 from .distilled_set import (
-    DistilledSet, DistilledSetError, OutputExistsError, check_method_records, check_records, dtype_name,
-    known_set_methods, set_layout,
+    DistilledSet, DistilledSetError, OutputExistsError, check_dataset_classes, check_method_records, check_records,
+    dtype_name, known_set_methods, set_layout,
 )
 
 FORMAT_NAME = "infer-fast-distilled"
@@ -346,8 +346,8 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
         raise err(f"{path}: missing manifest (not a distilled set, or an incomplete write)")
     try:
         manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise err(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, TOO_DEEP) as exc:
+        raise err(f"{path}: not valid JSON ({parse_failure(exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise err(f"{path}: not an infer-fast distilled-set manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     version = manifest.get("format_version")
@@ -385,6 +385,7 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
     try:  # (the checks of a set in memory, here before any tensor file is read)
         check_records(manifest["budget"], manifest.get("toolkit_version"), manifest.get("created"))
         check_method_records(method, hyperparameters)
+        check_dataset_classes(manifest["dataset"], manifest["num_classes"])
     except DistilledSetError as exc:
         raise err(f"{path}: {exc}") from None
     for key in ("seed", "full_train_size"):

@@ -89,6 +89,21 @@ def check_records(budget: Any, toolkit_version: Any = None, created: Any = None)
             raise err(f"{key} must be a string, got {value!r}")
 
 
+def check_dataset_classes(dataset: str, num_classes: int) -> None:
+    """A set of a registered dataset has at most that dataset's classes (a set of a class
+    subset, 100 ImageNet classes, has fewer): a DistilledSetError otherwise, since every per-class
+    table (a student's head, export's class folders) is sized by the count. An image folder's,
+    or an unknown dataset's, count is the set's own."""
+    from ..data.registry import get_dataset
+
+    try:
+        entry = get_dataset(dataset)
+    except ValueError:  # (a dataset this infer-fast does not know: nothing to compare with)
+        return
+    if entry.spec is not None and num_classes > entry.spec.num_classes:
+        raise DistilledSetError(f"num_classes {num_classes}: dataset {entry.name!r} has {entry.spec.num_classes} classes")
+
+
 def check_method_records(method: str, hyperparameters: Dict[str, Any]) -> None:
     """The hyperparameters the set's method reads back (its students' settings: RDED's
     factor) are recorded and usable, so train/evaluate refuse the set before any work."""

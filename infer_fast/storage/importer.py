@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import PathLike, file_sha256
+from .._io import TOO_DEEP, PathLike, file_sha256, parse_failure
 from .._text import count_text
 from ..checks import check_class_names
 from .disk import FORMAT_NAME
-from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, fp16_soft_labels
-from .report import EXPORTED_SOFT_LABELS, _safe_name
+from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, check_dataset_classes, fp16_soft_labels
+from .report import EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_SHA256, _safe_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -38,8 +38,8 @@ def _read_export_listing(root: Path) -> Optional[dict]:
         return None
     try:
         meta = json.loads(listing.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DistilledSetError(f"{listing}: not readable JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, TOO_DEEP) as exc:
+        raise DistilledSetError(f"{listing}: not readable JSON ({parse_failure(exc)})") from None
     return meta if isinstance(meta, dict) and meta.get("source_format") == FORMAT_NAME else None
 
 
@@ -66,6 +66,10 @@ def _exported_dataset(dataset: Union[str, Mapping[str, Any]], listing: Optional[
         raise DistilledSetError(f"{root / 'export.json'}: image_size must be [S, S] (square, in pixels), got {size!r}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise DistilledSetError(f"{root / 'export.json'}: num_classes must be a positive integer, got {count!r}")
+    try:
+        check_dataset_classes(entry.name, count)
+    except DistilledSetError as exc:
+        raise DistilledSetError(f"{root / 'export.json'}: {exc}") from None
     return {"name": entry.name, "image_size": size[0], "num_classes": count}
 
 
@@ -153,6 +157,9 @@ def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
             array = np.array(as_8bit(im, channels), dtype=np.uint8)  # (the decode every reader shares)
     except DistilledSetError:
         raise
+    except Image.DecompressionBombError as exc:  # (an Exception, not an OSError: Pillow's guard)
+        raise DistilledSetError(f"{path}: cannot read the image: it exceeds Pillow's pixel limit, a guard against "
+                                f"decompression bombs (PIL.Image.MAX_IMAGE_PIXELS; Pillow says: {exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DistilledSetError(f"{path}: cannot read the image ({exc})") from None
     except ValueError as exc:  # (as_8bit: levels it cannot scale)
@@ -230,17 +237,47 @@ def _check_import_order(root: Path, files: List[str], path: Path) -> None:
         f"export.json back beside the class folders, or rename the files so that import order is the rows' order")
 
 
-def _soft_label_rows(root: Path, listing: Optional[dict], files: List[str], path: Path) -> Tensor:
+def _soft_label_rows(root: Path, listing: Optional[dict], files: List[str], path: Path, taken: bool) -> Tensor:
     """For each imported file (in import order), its row of the soft-labels tensor ``path``: the
-    row order our own export recorded (``export.json``: row i = files[i], the training order),
-    else the import order itself (class, then file name: the documented convention)."""
-    if listing is not None:
-        exported = listing.get("files")
-        if isinstance(exported, list) and sorted(exported) == sorted(files):
-            row_of = {name: i for i, name in enumerate(exported)}
-            return torch.tensor([row_of[name] for name in files], dtype=torch.int64)
-    _check_import_order(root, files, path)
+    export's own soft labels (``taken`` by default, or :func:`_is_exported_soft_labels`) are in
+    the training order our export recorded (``export.json``: row i = files[i]); any other file
+    is in import order (class, then file name: the documented convention, which a file may also
+    record under ROW_ORDER_KEY)."""
+    recorded_import_order = _recorded_row_order(path) == IMPORT_ORDER
+    if listing is not None and not recorded_import_order and (taken or _is_exported_soft_labels(root, listing, path)):
+        exported = _exported_files(path, listing, files)
+        row_of = {name: i for i, name in enumerate(exported)}
+        return torch.tensor([row_of[name] for name in files], dtype=torch.int64)
+    if listing is None and not recorded_import_order:  # (export.json gone: the rows may be an export's)
+        _check_import_order(root, files, path)
     return torch.arange(len(files))
+
+
+def _is_exported_soft_labels(root: Path, listing: dict, path: Path) -> bool:
+    """Whether ``path`` holds the soft labels our export wrote with the folder ``root``: the
+    file whose SHA-256 export.json records, or (an export that recorded none: an earlier
+    infer-fast) the folder's own EXPORTED_SOFT_LABELS, or a copy of it."""
+    recorded = listing.get(EXPORTED_SOFT_LABELS_SHA256)
+    if isinstance(recorded, str):
+        return file_sha256(path) == recorded
+    own = root / EXPORTED_SOFT_LABELS
+    if not listing.get("soft_labels") or not own.is_file():
+        return False
+    return os.path.samefile(own, path) or file_sha256(own) == file_sha256(path)
+
+
+def _exported_files(path: Path, listing: dict, files: List[str]) -> List[str]:
+    """The files export.json lists, in training order (the rows of the export's soft labels
+    ``path``): exactly the files found, else a DistilledSetError says how to go on."""
+    exported = listing.get("files")
+    if not isinstance(exported, list) or sorted(exported) != sorted(files):
+        listed = len(exported) if isinstance(exported, list) else 0
+        without = (f"move {EXPORTED_SOFT_LABELS} away to import the images without soft labels"
+                   if path.name == EXPORTED_SOFT_LABELS else "import the images without these soft labels")
+        raise DistilledSetError(
+            f"{path}: the soft labels export wrote for the {count_text(listed, 'image')} export.json lists, but the "
+            f"folders hold {count_text(len(files), 'image')}, not those: restore the export's images, or {without}")
+    return exported
 
 
 def _exported_empty(listing: Optional[dict], folder: Path) -> bool:
@@ -261,13 +298,7 @@ def _exported_soft_labels(root: Path, listing: Optional[dict], files: List[str])
     path = root / EXPORTED_SOFT_LABELS
     if listing is None or not listing.get("soft_labels") or not path.is_file():
         return None
-    exported = listing.get("files")
-    if not isinstance(exported, list) or sorted(exported) != sorted(files):
-        listed = len(exported) if isinstance(exported, list) else 0
-        raise DistilledSetError(
-            f"{path}: the soft labels export wrote for the {count_text(listed, 'image')} export.json lists, but the "
-            f"folders hold {count_text(len(files), 'image')}, not those: restore the export's images, or move "
-            f"{EXPORTED_SOFT_LABELS} away to import the images without soft labels")
+    _exported_files(path, listing, files)
     return path
 
 
@@ -279,9 +310,10 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     our ``export`` writes for it (``T-shirt_top``); a folder written by our ``export`` is mapped
     by its ``export.json``, and a dataset given by name is read at the image size and class
     count it records (:func:`_exported_dataset`). Image order: by class, then by file name, which is also the row
-    order of ``soft_labels``, except for a folder written by our own ``export``, whose
-    ``export.json`` gives the rows; given no ``soft_labels``, such a folder's own
-    ``soft_labels.safetensors`` is taken (recorded as taken by default). The
+    order of ``soft_labels``, except for the soft labels our own ``export`` wrote with the
+    folder (the file whose SHA-256 its ``export.json`` records), whose rows ``export.json``
+    maps; given no ``soft_labels``, such a folder's own ``soft_labels.safetensors`` is taken
+    (recorded as taken by default). The
     budget's ipc is the largest images-per-class count (the storage a method was given);
     ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
     counts and every file's SHA-256. Errors name the folder or file."""
@@ -315,7 +347,7 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
         found_beside = soft_labels is not None
     if soft_labels is not None:
         soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
-        soft = soft[_soft_label_rows(root, listing, list(checksums), Path(soft_labels))]
+        soft = soft[_soft_label_rows(root, listing, list(checksums), Path(soft_labels), taken=found_beside)]
     hyper = {
         "source": os.path.abspath(root), "source_method": name or "unknown", "per_class": counts,
         "image_order": IMPORT_ORDER, "source_sha256": checksums,

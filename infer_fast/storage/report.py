@@ -12,7 +12,8 @@ from typing import List, Union
 
 import torch
 
-from .._io import TEMP, PathLike, check_writable, format_bytes, hidden_sibling, naming_errors, safetensors_save
+from .._io import (TEMP, PathLike, check_writable, file_sha256, format_bytes, hidden_sibling, naming_errors,
+                   safetensors_save)
 from ..checks import check_choice, check_int
 from ..choices import EXPORT_NAMINGS
 from ..data.pixels import denormalize, normalize_uint8, quantize_images
@@ -24,6 +25,9 @@ from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, d
 
 # the soft labels export writes beside the class folders (import takes them back by default)
 EXPORTED_SOFT_LABELS = "soft_labels.safetensors"
+# export.json's record of that file's SHA-256: import maps the rows of that file alone by the
+# export's training order (another soft-labels file is in import order)
+EXPORTED_SOFT_LABELS_SHA256 = "soft_labels_sha256"
 
 
 def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
@@ -60,10 +64,11 @@ def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
         n = ds.num_training_images()
         row("training images", f"{n} ({ds.K * c} natural + {ds.G * c} composed), {n // c} per class")
     else:
-        counts = torch.bincount(ds.labels, minlength=c)
+        counts = torch.bincount(ds.labels)  # (up to the largest label: a count per class is no allocation per class)
+        fewest = int(counts.min()) if counts.numel() == c else 0  # (classes past the largest label: none)
+        most = int(counts.max()) if counts.numel() else 0
         row("stored", f"{ds.images.shape[0]} images ({dtype_name(ds.images.dtype)}"
-            f"{' pixels' if ds.images.dtype == torch.uint8 else ' normalized'}), "
-            f"{int(counts.min())}-{int(counts.max())} per class")
+            f"{' pixels' if ds.images.dtype == torch.uint8 else ' normalized'}), {fewest}-{most} per class")
         row("training images", str(ds.num_training_images()))
     soft = ds.soft_labels_flat()
     row("soft labels", f"{soft.shape[0]} x {c} fp16 (static)" if soft is not None else _without_soft_labels(ds.method))
@@ -250,7 +255,8 @@ def export_imagefolder(
     index: see export.json). ``<i>`` is the zero-padded training index. Images are composed
     in float, denormalized, clamped to [0, 1] and quantized to uint8 only here. Also writes
     ``export.json`` (source, class folders, order) and, when the set has soft labels,
-    ``soft_labels.safetensors`` ((N, C) fp16, row i = training image i). Refuses a
+    ``soft_labels.safetensors`` ((N, C) fp16, row i = training image i; its SHA-256 in
+    export.json, so import reads that file alone in this order). Refuses a
     non-empty ``out_dir`` or a symbolic link. Holds ``out_dir``'s lock (output_lock): a second
     export to it is refused, and what an export killed meanwhile left (``.<out>.tmp-*``) is
     removed.
@@ -294,6 +300,7 @@ def export_imagefolder(
             soft = ds.soft_labels_flat()
             if soft is not None:
                 safetensors_save({"soft_labels": soft.contiguous()}, tmp / EXPORTED_SOFT_LABELS)
+            soft_sha256 = file_sha256(tmp / EXPORTED_SOFT_LABELS) if soft is not None else None
             meta = {
                 "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
                 "source": str(directory) if not isinstance(directory, DistilledSet) else None,
@@ -303,6 +310,7 @@ def export_imagefolder(
                 "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
                 "image_order": IMAGE_ORDER, "files": files,
                 "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
+                EXPORTED_SOFT_LABELS_SHA256: soft_sha256,
             }
             (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
             if out.exists():  # an empty directory: replaced
