@@ -32,7 +32,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         return
     ok, reason = cuda_check()
     if not ok:  # status 1 with the reason (SystemExit passes main's handler, which prints errors)
-        print(f"infer-fast info --check: FAILED: {reason}", file=sys.stderr)
+        _last_line(f"infer-fast info --check: FAILED: {reason}")
         raise SystemExit(1)
     print(f"infer-fast info --check: ok: {reason}")
 
@@ -46,11 +46,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .distributed import init_from_env
-    from .pipeline import format_table, load_pipeline_config, run_pipeline
+    from .distributed import init_from_env, same_outcome
+    from .pipeline import format_table, run_pipeline
     from .results import RESULTS_FILE
 
     rank, _ = init_from_env()  # under torchrun: teachers, recovery and student runs split across the ranks
+    with same_outcome():  # (a rank whose config file is missing or wrong stops every rank)
+        config = _run_config(args)
+    results = run_pipeline(config, progress=not args.quiet)
+    if args.quiet and rank == 0:  # the table is the result, and where it is kept: shown even without progress output
+        print(format_table(results))
+        print(f"results in {os.path.join(config.out, RESULTS_FILE)} and {os.path.join(config.out, 'results.md')}")
+
+
+def _run_config(args: argparse.Namespace):
+    """The `run` command's config: its file, with the options given in its place."""
+    from .pipeline import load_pipeline_config
+
     overrides = {"out": args.out, "seeds": args.seeds, "device": args.device, "data_root": args.data_root}
     for flag, value in (("--teachers", args.teachers), ("--methods", args.methods)):
         if value is not None and not comma_list(value):  # (an empty value is not "as the config says")
@@ -61,11 +73,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides["ipc"] = positive_ints("--ipc", args.ipc)
     if args.methods is not None:
         overrides["methods"] = comma_list(args.methods)
-    config = load_pipeline_config(args.config, **overrides)
-    results = run_pipeline(config, progress=not args.quiet)
-    if args.quiet and rank == 0:  # the table is the result, and where it is kept: shown even without progress output
-        print(format_table(results))
-        print(f"results in {os.path.join(config.out, RESULTS_FILE)} and {os.path.join(config.out, 'results.md')}")
+    return load_pipeline_config(args.config, **overrides)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -292,29 +300,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .methods.registry import set_student_settings
     from .student import StudentConfig, evaluate_seeds, recipe_of
     from .teacher import load_teachers_for_set
-    from .distributed import init_from_env
+    from .distributed import init_from_env, same_outcome
 
-    fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items()
-              if o.flag_name and getattr(args, k) is not None}
-    config = StudentConfig.from_recipe(args.recipe or "cifar", **fields)  # (the options checked before any loading)
-    check_int("--seeds", args.seeds)
-    if args.resume and not args.checkpoints:
-        raise UserError("--resume continues from --checkpoints DIR: give the folder the interrupted train wrote")
-    if args.teachers and not config.dynamic:
-        raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
-                        "a set's static soft labels come from `infer-fast relabel`")
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
-    ds = load_distilled(args.directory)
-    # the recipe of the set's dataset's family (ImageNet: the SRe2L protocol) unless --recipe, with what
-    # the set's method gives its students (RDED: its augmentation) under the options given
-    config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.real_dataset), **{**set_student_settings(ds), **fields})
-    config.check_given(list(fields))
-    _check_decode_cache(args.decode_cache, ds.real_dataset)
-    teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
-    test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
-                           progress=not args.quiet and rank == 0)
-    if config.dynamic and not teachers:
-        raise UserError("--dynamic (INFER+Dyn) needs --teachers")
+    with same_outcome():  # (a rank's refusal, of its options or of a file on its node, stops every rank)
+        fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items()
+                  if o.flag_name and getattr(args, k) is not None}
+        config = StudentConfig.from_recipe(args.recipe or "cifar", **fields)  # (the options checked before any loading)
+        check_int("--seeds", args.seeds)
+        if args.resume and not args.checkpoints:
+            raise UserError("--resume continues from --checkpoints DIR: give the folder the interrupted train wrote")
+        if args.teachers and not config.dynamic:
+            raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
+                            "a set's static soft labels come from `infer-fast relabel`")
+        ds = load_distilled(args.directory)
+        # the recipe of the set's dataset's family (ImageNet: the SRe2L protocol) unless --recipe, with what
+        # the set's method gives its students (RDED: its augmentation) under the options given
+        config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.real_dataset), **{**set_student_settings(ds), **fields})
+        config.check_given(list(fields))
+        _check_decode_cache(args.decode_cache, ds.real_dataset)
+        teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
+        if config.dynamic and not teachers:
+            raise UserError("--dynamic (INFER+Dyn) needs --teachers")
+    _check_train_ranks_agree(ds, config, teachers, args)
+    with same_outcome():  # (a node without the test split)
+        test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
+                               progress=not args.quiet and rank == 0)
     seeds = range(args.seeds)  # (a range: a count is checked, never a list of that many made)
     result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet and rank == 0,
                             checkpoints=args.checkpoints, resume=args.resume)
@@ -326,6 +337,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"{count_text(config.epochs, 'epoch')}: final top-1 on the real {ds.dataset} test split "
         f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {len(seeds)} seed(s) [{per_seed}]"
     )
+
+
+def _check_train_ranks_agree(ds, config, teachers, args: argparse.Namespace) -> None:
+    """Under torchrun, before any training: every rank trains the same students (the student
+    settings but the device, the seeds, resuming or not) on the same set and teachers (their
+    contents), else the ranks' shares of every batch came from other runs and rank 0's line
+    reported them as its own. ValueError on every rank naming the first rank and setting that
+    differ."""
+    from ._io import model_digest
+    from .distributed import check_ranks_agree, rank_and_world
+    from .student import STUDENT_RESULT_NEUTRAL, StudentConfig, set_digest
+
+    if rank_and_world()[1] == 1:
+        return  # (no digests to compute)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in STUDENT_RESULT_NEUTRAL}
+    mine = {**json.loads(json.dumps(settings, default=str)), "seeds": args.seeds, "resume": args.resume,
+            "set_sha256": set_digest(ds), "teachers_sha256": [model_digest(t) for t in teachers]}
+    flags = {name: o.flag_name for name, o in options_of(StudentConfig).items() if o.flag_name}
+    check_ranks_agree(mine, "every rank must run the same command on the same files",
+                      digests={"set_sha256": "distilled set's images or labels", "teachers_sha256": "teachers' weights"},
+                      labels={**flags, "seeds": "--seeds", "resume": "--resume"})
 
 
 # the StudentConfig fields evaluate takes (the protocol sets the others: labels, seeds...)
@@ -776,12 +808,20 @@ def _who(command: Optional[str]) -> str:
     return f"{who} (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else who
 
 
+def _last_line(line: str) -> None:
+    """A command's last line (an error, an interrupt) on stderr in one write, flushed: under
+    torchrun the ranks' lines share a terminal or log, and print's text and newline, written
+    apart, let another rank's line run into this one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _interrupted(args: Optional[argparse.Namespace], exc: KeyboardInterrupt) -> int:
     """The one line of an interrupted command: which signal, and how to continue where that
     applies; returns the exit status, 128 + the signal's number."""
     who = _who(args.command if args is not None else None)
     name = interrupts.signal_name(getattr(exc, "signum", signal.SIGINT))
-    print(f"{who}: interrupted ({name}){_how_to_continue(args)}", file=sys.stderr, flush=True)
+    _last_line(f"{who}: interrupted ({name}){_how_to_continue(args)}")
     return interrupts.exit_status(exc)
 
 
@@ -852,13 +892,13 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     else:  # a bug, not the user's doing: a short message, status 1
         plugin = _plugin_owner(exc)
         if plugin is not None:  # (a bug of a user's method, model or dataset: theirs to fix, not infer-fast's to be told)
-            print(f"{_who(command)}: error in {plugin[0]} (module {plugin[1]}): {type(exc).__name__}: "
-                  f"{_first_line(exc, 300)} (run again with --debug for the traceback)", file=sys.stderr)
+            _last_line(f"{_who(command)}: error in {plugin[0]} (module {plugin[1]}): {type(exc).__name__}: "
+                       f"{_first_line(exc, 300)} (run again with --debug for the traceback)")
             return 1
-        print(f"{_who(command)}: internal error: {type(exc).__name__}: {_first_line(exc, 300)} "
-              "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+        _last_line(f"{_who(command)}: internal error: {type(exc).__name__}: {_first_line(exc, 300)} "
+                   "(run again with --debug for the traceback, and please report it)")
         return 1
-    print(f"{_who(command)}: error: {message}", file=sys.stderr)
+    _last_line(f"{_who(command)}: error: {message}")
     return 2
 
 
@@ -943,18 +983,28 @@ def _warnings_as_lines(who: str):
         warnings.formatwarning = saved
 
 
+# the commands torchrun runs on every rank, together: each joins the ranks' process group before
+# its first checks, so that a rank refusing alone is heard by the others (distributed.same_outcome)
+# instead of leaving them waiting for it to join
+JOINS_THE_RANKS = ("run", "distill", "train")
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command, its errors as one line (_failed; --debug: the traceback)."""
     from .distill import RecoveryDivergedError
     from .distill.plan import RecoveryOutOfMemoryError
+    from .distributed import init_from_env, same_outcome
     from .ops.backends import BackendUnavailableError, check_forced_backend
     from .progress import progress_mode
 
     user_errors = (UserError, ValueError, BackendUnavailableError, RecoveryDivergedError, RecoveryOutOfMemoryError)
     try:
-        progress_mode()  # a misspelt INFER_FAST_PROGRESS is refused before any work
-        if args.command != "info":  # (info shows what the variable names, and why it cannot run)
-            check_forced_backend()  # so is an INFER_FAST_BACKEND that cannot run here
+        if args.command in JOINS_THE_RANKS:  # (a no-op without torchrun)
+            init_from_env()
+        with same_outcome():  # one rank's refusal stops every rank, each with its line (not a silent wait)
+            progress_mode()  # a misspelt INFER_FAST_PROGRESS is refused before any work
+            if args.command != "info":  # (info shows what the variable names, and why it cannot run)
+                check_forced_backend()  # so is an INFER_FAST_BACKEND that cannot run here
         with _warnings_as_lines(_who(args.command)):
             args.func(args)
     except Exception as exc:
@@ -978,7 +1028,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: Optional[List[str]]) -> int:
     problem = _working_directory_problem()
     if problem:
-        print(f"infer-fast: error: {problem}", file=sys.stderr)
+        _last_line(f"infer-fast: error: {problem}")
         return 2
     with interrupts.handlers_installed(), _guarded_output(_who(None)) as stdout:
         args = None
@@ -988,7 +1038,7 @@ def _main(argv: Optional[List[str]]) -> int:
             try:  # (before the parser: their methods are --method choices, their options flags)
                 load_plugins()
             except ValueError as exc:
-                print(f"{_who(None)}: error: {exc}", file=sys.stderr)
+                _last_line(f"{_who(None)}: error: {exc}")
                 return 2
             args = build_parser().parse_args(argv)
             stdout.who = _who(args.command)
@@ -998,7 +1048,7 @@ def _main(argv: Optional[List[str]]) -> int:
         except MemoryError as exc:  # (the parser imports every command's modules: memory can run out there too)
             if args is not None:  # (--debug: the traceback)
                 raise
-            print(f"{_who(None)}: error: {_out_of_memory('', exc)}", file=sys.stderr)
+            _last_line(f"{_who(None)}: error: {_out_of_memory('', exc)}")
             return 2
 
 

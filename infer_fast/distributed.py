@@ -9,18 +9,26 @@ cover every job exactly once, and rank 0 writes the set. Each job is seeded on i
 the result equals a single-process run. The ranks must run the same recovery, and their
 checkpoints must be on a file system every rank shares (a resume reads every rank's share,
 rank 0 removes them all): both are checked at start (distill/jobs.py, distill/checkpoints.py).
+
+What every command torchrun runs on all ranks (distill, train, run) checks before any work
+is here too: :func:`same_outcome` (a rank refusing its inputs alone stops every rank, each
+with its line, instead of leaving the others waiting for it), :func:`check_ranks_agree` (the
+ranks run the same settings on the same inputs) and :func:`check_ranks_share_folder` (they
+see the same output folder).
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path", "Ranks"]
+__all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path", "Ranks",
+           "same_outcome", "check_ranks_agree", "check_ranks_share_folder"]
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -85,6 +93,110 @@ def local_device(device: str) -> str:
 
 def shard_path(path: str, rank: int, world: int) -> str:
     return path if world == 1 else f"{path}.rank{rank}-of-{world}"
+
+
+# how much of another rank's error the others quote (its own line says all of it)
+QUOTED_ERROR_CHARS = 200
+
+
+@contextlib.contextmanager
+def same_outcome() -> Iterator[None]:
+    """Up-front checks whose outcome every rank shares: the block runs on each rank, then under
+    torchrun (every rank must enter it: a collective on the default group) a rank whose block
+    raised raises its own error, and every other rank a ValueError naming the first rank that
+    did and quoting its error. Without it, a rank that refused alone left the others waiting for
+    it in their next collective (joining a group: a wait of hours, with nothing said)."""
+    problem: Optional[Exception] = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised below
+        problem = exc
+    said = all_gather_object(None if problem is None else _first_line(problem))
+    if problem is not None:
+        raise problem
+    for rank, text in enumerate(said):
+        if text is not None:
+            raise ValueError(f"rank {rank} stopped before any work ({text}), so every rank stops (its own line "
+                             "says why)")
+
+
+def _first_line(exc: Exception) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= QUOTED_ERROR_CHARS else text[:QUOTED_ERROR_CHARS] + "..."
+
+
+def check_ranks_agree(mine: Mapping[str, Any], todo: str, digests: Optional[Dict[str, str]] = None,
+                      labels: Optional[Dict[str, str]] = None) -> None:
+    """Under torchrun, before any work: every rank's ``mine`` (what determines its share of the
+    results: settings, digests of its inputs) equals rank 0's, else a ValueError on every rank
+    naming the first rank and entry that differ, then ``todo``. ``digests``: {entry: what it is
+    a digest of} (said as "rank 1's teachers' weights differ from rank 0's", not quoted);
+    ``labels``: what the other entries are called (default: their names)."""
+    from .run_identity import differing
+
+    views = all_gather_object(dict(mine))
+    digests, labels = digests or {}, labels or {}
+    for rank, theirs in enumerate(views[1:], start=1):
+        names = differing(views[0], theirs)
+        if names:
+            name = names[0]
+            if name in digests:
+                differs = f"rank {rank}'s {digests[name]} differ from rank 0's"
+            else:
+                differs = f"rank {rank}'s {labels.get(name, name)} is {theirs.get(name)!r}, rank 0's {views[0].get(name)!r}"
+            raise ValueError(f"{differs}: {todo}")
+
+
+def check_ranks_share_folder(base: str, found: Sequence[str] = (), what: str = "the output",
+                             make: bool = False) -> None:
+    """Under torchrun, before any work: every rank sees the same folder at ``base``'s (a file
+    rank 0 makes there under a fresh hidden name beside ``base``, which every rank then looks
+    for) and the same files ``found`` in it (their names). Else each node would write, or
+    resume from, files the others never see: a ValueError on every rank saying ``what`` must
+    be on a file system every rank shares. ``make``: rank 0 makes the folder first where it is
+    missing. The probe is removed at once (killed meanwhile, it is a temporary file of
+    ``base``, which the next writer of the output sweeps away). Every rank must call it
+    (collectives on the default group); rank 0's failure to make the folder or the probe is
+    raised on every rank."""
+    from ._io import TEMP, hidden_sibling
+
+    rank, world = rank_and_world()
+    if world == 1:
+        return
+    folder = os.path.dirname(os.path.abspath(base))
+    probe, made = None, None
+    try:
+        if rank == 0:
+            try:
+                if make:
+                    os.makedirs(folder, exist_ok=True)
+                probe = hidden_sibling(base, TEMP)
+                open(probe, "x").close()
+                made = os.path.basename(probe)
+            except OSError as exc:  # every rank raises it, below
+                made = exc
+        made = all_gather_object(made)[0]
+        if isinstance(made, OSError):
+            raise made
+        views = all_gather_object((os.path.exists(os.path.join(folder, made)), folder,
+                                   [os.path.basename(p) for p in found]))
+    finally:
+        if probe is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe)
+    _, folder0, files0 = views[0]
+    for rank, (seen, folder, files) in enumerate(views[1:], start=1):
+        if not seen:
+            looking = "" if folder == folder0 else f", looking in {folder},"
+            detail = f"rank {rank}{looking} does not see the file rank 0 made there"
+        elif files != files0:
+            name = sorted(set(files) ^ set(files0))[0]
+            detail = (f"rank {rank} sees {name}, rank 0 does not" if name in files
+                      else f"rank 0 sees {name}, rank {rank} does not")
+        else:
+            continue
+        raise ValueError(f"the ranks do not see the same files at {folder0}: {what} must be on a file system "
+                         f"every rank shares ({detail})")
 
 
 # Under `infer-fast run` a rank waits while others train a teacher or a student (hours at

@@ -259,7 +259,9 @@ class Students:
         from .student import train_student
 
         def run() -> Dict[str, Any]:
-            result = train_student(source(), self.test, config, teachers=self.teachers, progress=progress)
+            # a whole student in this process, never DDP: under torchrun `run` scores on rank 0
+            # alone (a DDP student there waited forever for the other ranks)
+            result = train_student(source(), self.test, config, teachers=self.teachers, progress=progress, ddp=False)
             return {"final_accuracy": result["final_accuracy"], "history": result["history"]}
         return reused(self.reuse, {**self.shared, **identity, "config": dataclasses.asdict(config)}, run)
 

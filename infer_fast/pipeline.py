@@ -24,9 +24,11 @@ split across the ranks: the teachers to train (the k-th on rank k mod N), INFER 
 recovery (their UFCs / image groups, inside ``distill_infer`` / ``distill_sre2l``) and the
 student runs (the k-th left on rank k mod N, each a whole single-process student on that
 rank's device). Rank 0 alone writes pretrained teachers, random sets, soft labels,
-measurements and the results files, and alone prints; the others wait for it and read what
-they need from disk (a shared file system on several nodes). The results equal a single
-process's, and a stopped run continues with any number of ranks.
+measurements, the scores (its whole students, one after another) and the results files, and
+alone prints; the others wait for it and read what they need from disk (a shared file system
+on several nodes). The results equal a single process's, and a stopped run continues with any
+number of ranks. Before any work the ranks check that they run the same config and see the
+same OUT, and a rank's refusal of its inputs stops every rank, each with its own line.
 """
 from __future__ import annotations
 
@@ -219,17 +221,21 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     ``<out>/results.json``, the table in ``<out>/results.md``). Under torchrun every rank
     calls this (see the module docstring for the split) and every rank returns the results."""
     given_config("cfg", cfg, PipelineConfig)
+    _check_ranks_run_the_same(cfg)
     # cfg is valid (checked when made). Before any work (the run directory, the test split): the
     # machine has the weights. Not in validate: a config loads on a machine without them (another
-    # node, a login host).
-    _check_pretrained_weights(cfg)
-    check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
-    check_run_directory(Path(cfg.out))
-    external = _check_inputs(cfg)
+    # node, a login host). Under torchrun a rank's refusal stops every rank, each with a line.
+    with distributed.same_outcome():
+        _check_pretrained_weights(cfg)
+        check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
+        check_run_directory(Path(cfg.out))
+        external = _check_inputs(cfg)
     ranks = distributed.Ranks()
     out = Path(cfg.out)
     created = not out.exists()
     try:
+        # (before the teachers train: each node would train into its own OUT, then miss the others')
+        distributed.check_ranks_share_folder(str(out / RESULTS_FILE), what="OUT", make=True)
         with job_output_lock(out, "run directory", inside=True, folders=RUN_FOLDERS):
             return _run(cfg, progress and ranks.rank == 0, ranks, external)
     except BaseException:
@@ -238,6 +244,31 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
         raise
     finally:
         ranks.close()
+
+
+# The settings a rank may have of its own under torchrun: where its node keeps the data, the
+# device it computes on (a teacher's, the students' too), and OUT as spelt (a node may mount the
+# shared folder elsewhere: check_ranks_share_folder finds whether the ranks see the same one).
+PER_RANK_SETTINGS = ("data_root", "device", "out")
+
+
+def _check_ranks_run_the_same(cfg: PipelineConfig) -> None:
+    """Under torchrun, before any work: every rank runs the same config (its file and the
+    options given), but for PER_RANK_SETTINGS; else a rank trained its share of the students
+    under its own settings, mixed into rank 0's results, or the ranks parted ways (another
+    list of sets) and deadlocked. ValueError on every rank naming the first rank and setting
+    that differ ("student.epochs": a section's field on its own)."""
+    from .run_identity import dotted
+
+    def shared(value: Any) -> Any:  # (a section, a teacher entry: without its per-rank settings)
+        return {k: v for k, v in value.items() if k not in PER_RANK_SETTINGS} if isinstance(value, dict) else value
+
+    settings = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # (JSON-able: as results.json holds it)
+    settings = {name: shared(value) for name, value in settings.items() if name not in PER_RANK_SETTINGS}
+    settings["teachers"] = [shared(entry) for entry in settings["teachers"]]
+    sections = [name for name, value in settings.items() if isinstance(value, dict)]
+    distributed.check_ranks_agree(dotted(settings, sections),
+                                  "every rank must run the same config, with the same options")
 
 
 # the folders a run writes in its directory, and what it writes there before its results file

@@ -5,7 +5,6 @@ written once; the in-batch states of the batches in progress; and the files' nam
 ``run.py`` removes once the set is saved."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
@@ -16,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from torch import Tensor
 
 from .. import distributed
-from .._io import TEMP, hidden_sibling, read_checkpoint, save_atomic
+from .._io import read_checkpoint, save_atomic
 from ..run_identity import check_same_run, flattened
 from .config import RESULT_NEUTRAL, RecoveryConfig
 
@@ -265,47 +264,11 @@ class CheckpointStore:
 
 
 def _check_ranks_see_the_same_files(base: str, found: List[str]) -> None:
-    """Under torchrun: every rank sees the same folder at ``base``'s (a file rank 0 makes there
-    under a fresh random name, which every rank then looks for) and the same checkpoint files
-    ``found`` in it. Else each node would resume from its own files, or keep the shares rank 0
-    cannot remove: ValueError on every rank, before anything is read or written. The probe is
-    removed at once (killed meanwhile, it is a temporary file of the checkpoint, which the next
-    writer of the output sweeps away: output_lock.stale_leftovers)."""
-    rank, world = distributed.rank_and_world()
-    if world == 1:
-        return
-    folder = os.path.dirname(os.path.abspath(base))
-    probe, made = None, None
-    try:
-        if rank == 0:
-            try:
-                probe = hidden_sibling(base, TEMP)
-                open(probe, "x").close()
-                made = os.path.basename(probe)
-            except OSError as exc:  # every rank raises it, below
-                made = exc
-        made = distributed.all_gather_object(made)[0]
-        if isinstance(made, OSError):
-            raise made
-        views = distributed.all_gather_object(
-            (os.path.exists(os.path.join(folder, made)), folder, [os.path.basename(p) for p in found]))
-    finally:
-        if probe is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(probe)
-    _, folder0, files0 = views[0]
-    for rank, (seen, folder, files) in enumerate(views[1:], start=1):
-        if not seen:
-            looking = "" if folder == folder0 else f", looking in {folder},"
-            detail = f"rank {rank}{looking} does not see the file rank 0 made there"
-        elif files != files0:
-            name = sorted(set(files) ^ set(files0))[0]
-            detail = (f"rank {rank} sees {name}, rank 0 does not" if name in files
-                      else f"rank 0 sees {name}, rank {rank} does not")
-        else:
-            continue
-        raise ValueError(f"the ranks do not see the same files at {folder0}: the output must be on a file system "
-                         f"every rank shares ({detail})")
+    """Under torchrun: every rank sees the same folder at ``base``'s and the same checkpoint
+    files ``found`` in it (distributed.check_ranks_share_folder). Else each node would resume
+    from its own files, or keep the shares rank 0 cannot remove: ValueError on every rank,
+    before anything is read or written."""
+    distributed.check_ranks_share_folder(base, found, "the output")
 
 
 def remove_recovery_checkpoints(checkpoint: Union[str, os.PathLike]) -> None:
