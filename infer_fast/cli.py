@@ -685,7 +685,9 @@ def _add_set_commands(sub) -> None:
         description="Reads ROOT/<class>/<image> (class folders named by class index or the dataset's class names; "
         "images of the dataset's size, or --image-size, or the size infer-fast's export recorded in "
         "ROOT/export.json; not resized) into a set of method 'external' that evaluate, train, inspect "
-        "and run treat like ours. Image order: by class, then file name (the rows of --soft-labels).",
+        "and run treat like ours. Image order: by class, then file name (the rows of --soft-labels); an "
+        "infer-fast export's own soft_labels.safetensors (its SHA-256 in export.json) is taken by default and read "
+        "in the export's order.",
     )
     importer.add_argument("folder", help="the set's root folder (one sub-folder per class)")
     importer.add_argument("--dataset", required=True, help="the dataset it was distilled from (see `infer-fast datasets`)")

@@ -19,7 +19,6 @@ from .._io import model_digest
 from ..data.transforms import normalize
 from ..models import device_of
 from ..ops.bn_hooks import uncompiled
-from ..run_identity import differing
 from ..storage.distilled_set import channel_values
 from ..teacher import teacher_list
 from . import engine, plan
@@ -332,17 +331,8 @@ def _check_ranks_agree(identity: Dict[str, Any], checkpoint, config: RecoveryCon
     mine = {**identity["config"], **{name: getattr(config, name) for name in sharing},
             **{name: value for name, value in identity.items() if name != "config"},
             "checkpoint": None if checkpoint is None else os.fspath(checkpoint)}
-    ranks = distributed.all_gather_object(mine)
-    for rank, theirs in enumerate(ranks[1:], start=1):
-        names = differing(ranks[0], theirs)
-        if names:
-            name = names[0]
-            if name in _DIGESTS:
-                differs = f"rank {rank}'s {_DIGESTS[name]} differ from rank 0's"
-            else:
-                label = _ENTRIES.get(name, f"--{name.replace('_', '-')}")
-                differs = f"rank {rank}'s {label} is {theirs.get(name)!r}, rank 0's {ranks[0].get(name)!r}"
-            raise ValueError(f"{differs}: every rank must run the same command on the same files")
+    distributed.check_ranks_agree(mine, "every rank must run the same command on the same files", digests=_DIGESTS,
+                                  labels={name: _ENTRIES.get(name, f"--{name.replace('_', '-')}") for name in mine})
 
 
 def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: List[nn.Module],
