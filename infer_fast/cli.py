@@ -13,7 +13,7 @@ import warnings
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__, interrupts
-from ._text import count_text
+from ._text import count_text, first_line
 from .checks import check_int
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
 from .config import comma_list, path_list, positive_floats, positive_ints, preset_names
@@ -886,7 +886,7 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     if isinstance(exc, user_errors):
         message = _worker_message(exc)
     elif _lost_peer(exc):  # (not a bug here: another rank stopped, with its own line)
-        message = f"another rank stopped, so this one cannot go on (its own line says why): {_first_line(exc, 160)}"
+        message = f"another rank stopped, so this one cannot go on (its own line says why): {first_line(exc, 160)}"
     elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
         message = describe_os_error(exc)
     elif is_out_of_memory(exc):  # (MemoryError under `ulimit -v`, CUDA's, the CPU allocator's)
@@ -895,9 +895,9 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
         plugin = _plugin_owner(exc)
         if plugin is not None:  # (a bug of a user's method, model or dataset: theirs to fix, not infer-fast's to be told)
             _last_line(f"{_who(command)}: error in {plugin[0]} (module {plugin[1]}): {type(exc).__name__}: "
-                       f"{_first_line(exc, 300)} (run again with --debug for the traceback)")
+                       f"{first_line(exc, 300)} (run again with --debug for the traceback)")
             return 1
-        _last_line(f"{_who(command)}: internal error: {type(exc).__name__}: {_first_line(exc, 300)} "
+        _last_line(f"{_who(command)}: internal error: {type(exc).__name__}: {first_line(exc, 300)} "
                    "(run again with --debug for the traceback, and please report it)")
         return 1
     _last_line(f"{_who(command)}: error: {message}")
@@ -946,10 +946,6 @@ def _plugin_owner(exc: Exception) -> Optional[Tuple[str, str]]:
             found = (owners[module], module)
         tb = tb.tb_next
     return found
-
-
-def _first_line(exc: Exception, limit: int) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:limit]
 
 
 # what gloo and NCCL say when a collective's peer process has exited (the exception is a plain

@@ -252,8 +252,7 @@ def evaluate_set_dd_ranking(
     ``reuse``: the memo of students a caller keeps across the sets of one run."""
     from ._io import model_digest
     from .data import load_dataset, load_test_split
-    from .evaluate import (REPORT_FORMAT, Students, check_evaluable, labelling_teachers, random_subset,
-                           random_subset_text)
+    from .evaluate import Students, check_evaluable, labelling_teachers, random_subset, random_subset_text
     from .methods.registry import set_student_settings
 
     protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol)
@@ -303,25 +302,44 @@ def evaluate_set_dd_ranking(
                 "set_plain": runs.best(the_set, set_identity, "soft", False, ars_seed, set_grid),
                 "random_plain": runs.best(random, random_identity, "soft", False, ars_seed, grid),
             }
-            acc = {k: v["accuracy"] for k, v in r.items()}
             full = full_data(i)
-            hlr = hard_label_recovery(full, acc["set_hard"])
-            ior = improvement_over_random(acc["set_soft"], acc["random_soft"])
-            w = protocol.weight
-            rounds.append({
-                "seed": seed, "random_subset_seed": subset_seed, "runs": r, "full_hard": full,
-                "scores": {"hlr": hlr, "ior": ior, "lrs": label_robust_score(hlr, ior, w),
-                           "ars": augmentation_robust_score(acc["set_aug"], acc["random_aug"], acc["set_plain"],
-                                                            acc["random_plain"], w)},
-                "printed": {"hlr": 100 * hlr, "ior": 100 * ior, "lrs": printed_label_robust_score(hlr, ior, w),
-                            "ars": printed_augmentation_robust_score(acc["set_aug"], acc["random_aug"],
-                                                                     acc["set_plain"], acc["random_plain"], w)},
-            })
+            rounds.append(_round_record(seed, subset_seed, r, full, protocol.weight))
             if progress:
                 runs.bar.write(f"round {i + 1}/{protocol.rounds} (seed {seed}): " + ", ".join(
-                    f"{k} {100 * v:.2f}%" for k, v in acc.items()) + f", full data {100 * full:.2f}%")
+                    f"{k} {100 * v['accuracy']:.2f}%" for k, v in r.items()) + f", full data {100 * full:.2f}%")
     finally:
         runs.close()
+    student_config = protocol.student_config(dataset, "soft", True, grid[0], 0, runs.set_settings)
+    random_subset_line = random_subset_text(ipc, "the round's seed" if protocol.random_subset_seed is None
+                                            else f"seed {protocol.random_subset_seed} in every round", static,
+                                            labelled_by)
+    return _report(distilled, protocol, dataset, rounds, labelled_by, student_config, random_subset_line,
+                   full_source)
+
+
+def _round_record(seed: int, subset_seed: int, runs: Dict[str, Dict[str, Any]], full: float,
+                  weight: float) -> Dict[str, Any]:
+    """One round of the report: its runs, the full-data accuracy and the scores on both scales."""
+    acc = {k: v["accuracy"] for k, v in runs.items()}
+    hlr = hard_label_recovery(full, acc["set_hard"])
+    ior = improvement_over_random(acc["set_soft"], acc["random_soft"])
+    return {
+        "seed": seed, "random_subset_seed": subset_seed, "runs": runs, "full_hard": full,
+        "scores": {"hlr": hlr, "ior": ior, "lrs": label_robust_score(hlr, ior, weight),
+                   "ars": augmentation_robust_score(acc["set_aug"], acc["random_aug"], acc["set_plain"],
+                                                    acc["random_plain"], weight)},
+        "printed": {"hlr": 100 * hlr, "ior": 100 * ior, "lrs": printed_label_robust_score(hlr, ior, weight),
+                    "ars": printed_augmentation_robust_score(acc["set_aug"], acc["random_aug"],
+                                                             acc["set_plain"], acc["random_plain"], weight)},
+    }
+
+
+def _report(distilled, protocol: DDRankingProtocol, dataset, rounds: List[Dict[str, Any]],
+            labelled_by: Dict[str, Any], student_config, random_subset_line: str,
+            full_source: str) -> Dict[str, Any]:
+    """The report of ``rounds``: the set, the protocol, and each accuracy and score's mean and std."""
+    from .evaluate import REPORT_FORMAT
+
     run_names = tuple(rounds[0]["runs"])
     return {
         "format": REPORT_FORMAT,
@@ -329,12 +347,9 @@ def evaluate_set_dd_ranking(
                 "training_images": distilled.num_training_images(), "labelling_teachers": labelled_by},
         "protocol": {
             **protocol.settings(dataset), "round_seeds": [r["seed"] for r in rounds],
-            "student_config": dataclasses.asdict(protocol.student_config(dataset, "soft", True, grid[0], 0,
-                                                                         runs.set_settings)),
+            "student_config": dataclasses.asdict(student_config),
             "accuracy_of_a_run": f"best of the tests every {protocol.test_interval} epochs, best over the rate grid",
-            "random_subset": random_subset_text(ipc, "the round's seed" if protocol.random_subset_seed is None
-                                                else f"seed {protocol.random_subset_seed} in every round", static,
-                                                labelled_by),
+            "random_subset": random_subset_line,
         },
         "full_data_hard": {"accuracy": _summary([r["full_hard"] for r in rounds])["mean"], "source": full_source,
                            "per_round": [r["full_hard"] for r in rounds]},

@@ -27,6 +27,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from ._text import first_line
+
 __all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path", "Ranks",
            "same_outcome", "check_ranks_agree", "check_ranks_share_folder"]
 
@@ -111,18 +113,14 @@ def same_outcome() -> Iterator[None]:
         yield
     except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised below
         problem = exc
-    said = all_gather_object(None if problem is None else _first_line(problem))
+    quoted = None if problem is None else first_line(problem, QUOTED_ERROR_CHARS) or type(problem).__name__
+    said = all_gather_object(quoted)
     if problem is not None:
         raise problem
     for rank, text in enumerate(said):
         if text is not None:
             raise ValueError(f"rank {rank} stopped before any work ({text}), so every rank stops (its own line "
                              "says why)")
-
-
-def _first_line(exc: Exception) -> str:
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text if len(text) <= QUOTED_ERROR_CHARS else text[:QUOTED_ERROR_CHARS] + "..."
 
 
 def check_ranks_agree(mine: Mapping[str, Any], todo: str, digests: Optional[Dict[str, str]] = None,

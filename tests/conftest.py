@@ -165,6 +165,28 @@ def train_tiny_teachers(root, seeds=(0, 1), dataset="fashion-mnist-mini"):
     return paths
 
 
+def kill_after_save(monkeypatch, module, when=lambda saved: True):
+    """Make ``module.save_atomic`` raise KeyboardInterrupt (a kill) as soon as a checkpoint for
+    which ``when(saved)`` holds is on disk. Returns a function that restores the real writer."""
+    real = module.save_atomic
+
+    def save_then_die(obj, path):
+        real(obj, path)
+        if when(obj):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_atomic", save_then_die)
+    return lambda: monkeypatch.setattr(module, "save_atomic", real)
+
+
+def kill_after_rded_classes(monkeypatch, classes_done):
+    """A KeyboardInterrupt (a kill) as soon as RDED's checkpoint after ``classes_done`` classes
+    is on disk."""
+    from infer_fast.methods import rded_checkpoint
+
+    return kill_after_save(monkeypatch, rded_checkpoint, lambda saved: saved.get("classes_done") == classes_done)
+
+
 def rounding_bound(iterations: int, summed: int = 10 * 28 * 28, lr: float = 0.25) -> float:
     """How far two recoveries may drift apart when they differ only by float32 rounding (other
     batch shapes, chunking, fused kernels, compiled graphs: other summation orders): a relative

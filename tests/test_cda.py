@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import rounding_bound, train_tiny_teachers
+from conftest import kill_after_save, rounding_bound, train_tiny_teachers
 
 from infer_fast.data import load_dataset
 from infer_fast.distill import RecoveryConfig, engine
@@ -169,17 +169,11 @@ def test_cda_killed_inside_a_batch_resumes_bit_identically(teacher_paths, tmp_pa
     options = {"recipe": "tiny-imagenet", "iterations": 4, "group_size": 2, "checkpoint_every": 1,
                "checkpoint_minutes": None}
     full = _run("cda", tmp_path / "full", teacher_paths, options)
-    real = checkpoints.save_atomic
-
-    def save_then_die(obj, path):
-        real(obj, path)
-        if any(state["iteration"] == 2 for state in obj["partials"]):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints, "save_atomic", save_then_die)
+    restore = kill_after_save(monkeypatch, checkpoints,
+                              lambda saved: any(state["iteration"] == 2 for state in saved["partials"]))
     with pytest.raises(KeyboardInterrupt):
         _run("cda", tmp_path / "killed", teacher_paths, options)
-    monkeypatch.setattr(checkpoints, "save_atomic", real)
+    restore()
     assert (tmp_path / "killed.recovery.pt").exists() and not (tmp_path / "killed").exists()
     capsys.readouterr()
     resumed = _run("cda", tmp_path / "killed", teacher_paths, options, resume=True)

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rounding_bound, torch_threads
+from conftest import kill_after_save, rounding_bound, torch_threads
 from torch import nn
 
 from infer_fast import distill
@@ -323,15 +323,8 @@ def _interrupt_after_checkpoint(monkeypatch, iteration):
     Returns a function that restores the real writer."""
     from infer_fast.distill import checkpoints
 
-    real = checkpoints.save_atomic
-
-    def save(obj, path):
-        real(obj, path)
-        if any(state["iteration"] == iteration for state in obj["partials"]):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints, "save_atomic", save)
-    return lambda: monkeypatch.setattr(checkpoints, "save_atomic", real)
+    return kill_after_save(monkeypatch, checkpoints,
+                           lambda saved: any(state["iteration"] == iteration for state in saved["partials"]))
 
 
 def _recover(method, natural, teachers, spec, cfg, **kwargs):

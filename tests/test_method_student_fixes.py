@@ -4,7 +4,7 @@ crop scale (and its conflict with another augmentation said as CDA's default), n
 teacher logits in RDED's scoring, a diverging student, and a student's resume said."""
 import pytest
 import torch
-from conftest import train_tiny_teachers
+from conftest import kill_after_rded_classes, kill_after_save, train_tiny_teachers
 from torch import nn
 
 from infer_fast.methods import DistillRequest, get_method
@@ -66,21 +66,6 @@ def test_a_run_changing_an_rded_recipe_value_is_another_run():
 
 # ---- 2. RDED's batch_size: a memory setting ---------------------------------------------------
 
-def _kill_after_checkpoint(monkeypatch, classes_done):
-    """A KeyboardInterrupt (a kill) once the checkpoint after ``classes_done`` classes is written."""
-    from infer_fast.methods import rded_checkpoint
-
-    real = rded_checkpoint.save_atomic
-
-    def save(obj, path):
-        real(obj, path)
-        if obj.get("classes_done") == classes_done:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rded_checkpoint, "save_atomic", save)
-    return lambda: monkeypatch.setattr(rded_checkpoint, "save_atomic", real)
-
-
 def test_rded_resumes_under_another_batch_size(tmp_path, teacher, monkeypatch):
     """Killed after 3 classes, resumed with another batch_size: the uninterrupted run's images,
     the batch size recorded in the set's hyperparameters but not in the checkpoint's identity;
@@ -90,7 +75,7 @@ def test_rded_resumes_under_another_batch_size(tmp_path, teacher, monkeypatch):
     assert reference.hyperparameters["batch_size"] == 512
     assert "batch_size" in get_method("rded").result_neutral
     for name, older in (("killed", False), ("older", True)):
-        restore = _kill_after_checkpoint(monkeypatch, 3)
+        restore = kill_after_rded_classes(monkeypatch, 3)
         with pytest.raises(KeyboardInterrupt):
             _rded(tmp_path / name, teacher, **every_class)
         restore()
@@ -103,7 +88,7 @@ def test_rded_resumes_under_another_batch_size(tmp_path, teacher, monkeypatch):
         resumed = _rded(tmp_path / name, teacher, resume=True, batch_size=7)
         assert torch.equal(resumed.images, reference.images)
         assert resumed.hyperparameters["batch_size"] == 7
-    restore = _kill_after_checkpoint(monkeypatch, 3)
+    restore = kill_after_rded_classes(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         _rded(tmp_path / "other", teacher, **every_class)
     restore()
@@ -209,16 +194,10 @@ def test_a_resumed_student_says_so(tmp_path, monkeypatch, capsys):
     ds, test = _random_set(tmp_path / "set"), load_dataset(DATASET, "test")
     cfg = student.StudentConfig(model="convnet-w8-d2", epochs=2, batch_size=50, labels="hard", seed=1, device="cpu")
     checkpoint = tmp_path / "seed1.pt"
-    real = student.save_atomic
-
-    def killed_after_one_epoch(obj, path):
-        real(obj, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(student, "save_atomic", killed_after_one_epoch)
+    restore = kill_after_save(monkeypatch, student)  # (after the first epoch's checkpoint)
     with pytest.raises(KeyboardInterrupt):
         student.train_student(ds, test, cfg, progress=False, checkpoint=checkpoint)
-    monkeypatch.setattr(student, "save_atomic", real)
+    restore()
     capsys.readouterr()
     student.train_student(ds, test, cfg, progress=False, checkpoint=checkpoint, resume=True)
     assert capsys.readouterr().out == f"{checkpoint}: resuming student seed 1 after epoch 1/2\n"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import train_tiny_teachers
+from conftest import kill_after_rded_classes, train_tiny_teachers
 from torch import nn
 
 from infer_fast.data import DECODE_LOG_ENV, load_dataset
@@ -334,22 +334,6 @@ def test_rded_refuses_before_loading_teachers(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def _kill_after_checkpoint(monkeypatch, classes_done):
-    """Raise KeyboardInterrupt (a kill) as soon as the checkpoint after ``classes_done``
-    classes is on disk."""
-    from infer_fast.methods import rded_checkpoint
-
-    real = rded_checkpoint.save_atomic
-
-    def save(obj, path):
-        real(obj, path)
-        if obj.get("classes_done") == classes_done:  # (the index; not a results file)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rded_checkpoint, "save_atomic", save)
-    return lambda: monkeypatch.setattr(rded_checkpoint, "save_atomic", real)
-
-
 def test_rded_killed_between_classes_resumes_bit_identically(tmp_path, teacher, monkeypatch, capsys):
     """A checkpoint after every class (checkpoint_minutes tiny): killed once the checkpoint of
     4 classes is on disk, the run refuses to start over it without resume, continues with
@@ -358,7 +342,7 @@ def test_rded_killed_between_classes_resumes_bit_identically(tmp_path, teacher, 
     every_class = {"checkpoint_minutes": 1e-9}
     reference = _distill(tmp_path / "reference", teacher, **every_class)
     assert not (tmp_path / "reference.recovery.pt").exists()
-    restore = _kill_after_checkpoint(monkeypatch, 4)
+    restore = kill_after_rded_classes(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         _distill(tmp_path / "killed", teacher, **every_class)
     restore()

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import train_tiny_teachers
+from conftest import kill_after_rded_classes, train_tiny_teachers
 
 from infer_fast.methods import DistillRequest, rded_checkpoint
 from infer_fast.methods.rded_checkpoint import RDEDCheckpoint
@@ -70,13 +70,7 @@ def test_rded_resumes_a_checkpoint_of_the_old_format_and_rewrites_it_in_the_new(
     and the checkpoint and its results folder are gone once the set is saved."""
     reference = _rded(tmp_path / "reference", teacher)
     real = rded_checkpoint.save_atomic
-
-    def killing(obj, path):
-        real(obj, path)
-        if obj.get("classes_done") == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rded_checkpoint, "save_atomic", killing)
+    kill_after_rded_classes(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         _rded(tmp_path / "killed", teacher)
     checkpoint, results = tmp_path / "killed.recovery.pt", tmp_path / "killed.recovery.pt.results"

@@ -3,7 +3,7 @@ bits: teachers and students draw dropout from generators of their own (training_
 from the process's, which torch seeds differently in every process."""
 import pytest
 import torch
-from conftest import torch_threads
+from conftest import kill_after_save, torch_threads
 
 from infer_fast.data import load_dataset, load_test_split, write_image_folder
 from infer_fast.methods.random import random_set
@@ -56,16 +56,10 @@ def test_a_student_with_dropout_resumes_to_the_same_bits(tree, tmp_path, monkeyp
     from infer_fast import student
 
     whole = _student(tree, tmp_path / "whole.pt")
-    real = student.save_atomic
-
-    def save_then_die(obj, path):
-        real(obj, path)
-        raise KeyboardInterrupt  # (killed once the first epoch's checkpoint is on disk)
-
-    monkeypatch.setattr(student, "save_atomic", save_then_die)
+    restore = kill_after_save(monkeypatch, student)  # (killed once the first epoch's checkpoint is on disk)
     with pytest.raises(KeyboardInterrupt):
         _student(tree, tmp_path / "killed.pt")
-    monkeypatch.setattr(student, "save_atomic", real)
+    restore()
     torch.manual_seed(3)
     assert _equal(whole, _student(tree, tmp_path / "killed.pt", resume=True))
 
@@ -84,16 +78,10 @@ def test_a_teacher_with_dropout_resumes_to_the_same_bits(tree, tmp_path, monkeyp
     from infer_fast import teacher
 
     whole = _teacher(tree, tmp_path / "whole.pt")
-    real = teacher.save_atomic
-
-    def save_then_die(obj, path):
-        real(obj, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(teacher, "save_atomic", save_then_die)
+    restore = kill_after_save(monkeypatch, teacher)
     with pytest.raises(KeyboardInterrupt):
         _teacher(tree, tmp_path / "killed.pt")
-    monkeypatch.setattr(teacher, "save_atomic", real)
+    restore()
     torch.manual_seed(5)
     assert _equal(whole, _teacher(tree, tmp_path / "killed.pt"))
 
