@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List
 
 import torch
 
@@ -27,6 +28,22 @@ sys.path.insert(0, HERE)
 from bench_ops import environment  # noqa: E402
 
 from infer_fast.pipeline import format_table, load_pipeline_config, prepare_teachers, summarize  # noqa: E402
+from infer_fast.results import RESULTS_PARTS, format_score_table, score_tables, scores_note  # noqa: E402
+
+
+def merged_results(parts: List[Dict[str, Any]], ipc_values: List[int]) -> Dict[str, Any]:
+    """One results file of the processes' ``parts`` (one per ipc value, in ``ipc_values``' order):
+    every keyed part of theirs (sets, runs, scores, external sets: their keys name the ipc), the
+    config and teachers they share, and each process's timing by ipc."""
+    merged = {"format": parts[0]["format"], "config": {**parts[0]["config"], "ipc": list(ipc_values)},
+              "teachers": parts[0]["teachers"]}
+    for name, (kind, _) in RESULTS_PARTS.items():
+        if kind is dict and name not in ("config", "timing"):
+            for part in parts:
+                if part.get(name) is not None:
+                    merged.setdefault(name, {}).update(part[name])
+    merged["timing_per_ipc"] = {str(ipc): part.get("timing") for ipc, part in zip(ipc_values, parts)}
+    return merged
 
 
 def main() -> None:
@@ -78,10 +95,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         parts = list(pool.map(run, cfg.ipc))
 
-    merged = {"config": {**parts[0]["config"], "ipc": cfg.ipc}, "teachers": parts[0]["teachers"], "sets": {}, "runs": {}}
-    for part in parts:
-        merged["sets"].update(part["sets"])
-        merged["runs"].update(part["runs"])
+    merged = merged_results(parts, cfg.ipc)
     merged["table"] = summarize(merged)
     wall = time.perf_counter() - started
     report = {
@@ -98,6 +112,8 @@ def main() -> None:
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(merged))
+    for shown in score_tables(merged):
+        print(f"\nDD-Ranking scores ({scores_note(shown)}):\n\n{format_score_table(shown)}")
     teachers_line = ", ".join(f"{t['model']} {100 * t['test_accuracy']:.2f}% ({t['train_seconds']:.0f} s)" for t in merged["teachers"])
     print(f"\nteachers: {teachers_line}")
     print(f"wall time of this invocation: {wall / 60:.1f} min ({args.parallel} processes x {threads} threads); JSON: {path}")
