@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..checks import check_int
+from ..choices import SOFT_LABEL_MODES
 from ..data.registry import DATASET_FAMILIES, dataset_options, recipe_family
 from ..teacher import resolve_device, teacher_path_list
 from ..options import CheckedWhenMade, Option, check_fields, check_value, hold_as_made
 from ..plugins import PLUGINS_HINT, load_plugins
 
 BUILTIN_MODULES = ("infer", "sre2l", "random", "cda", "rded")  # infer_fast/methods/<name>.py
-STUDENT_LABELS = ("static", "per-batch")  # a set relabelled once, or labelled by the teachers on every batch
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ class Method:
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or self.name != self.name.lower():
             raise ValueError(f"method name must be lower-case letters, digits and '_', got {self.name!r}")
-        if self.student_labels not in STUDENT_LABELS:
-            raise ValueError(f"student_labels must be one of {', '.join(STUDENT_LABELS)}, got {self.student_labels!r}")
+        if self.student_labels not in SOFT_LABEL_MODES:  # (a set relabelled once, or by the teachers on every batch)
+            raise ValueError(f"student_labels must be one of {', '.join(SOFT_LABEL_MODES)}, got {self.student_labels!r}")
         if (self.distill is None) == (self.trains_on is None):
             raise ValueError(f"method {self.name!r}: give distill, or trains_on (another method's set), not both")
         if self.layout not in ("images", "compensated"):
