@@ -112,7 +112,7 @@ def _scanned(request: LoadRequest, root: str, samples: Sequence[Tuple[str, int]]
     fixed = entry.spec
     _check_class_count(request.name, root, len(classes), request.num_classes, fixed and fixed.num_classes)
     spec = request.spec(len(classes), class_names=classes, **spec_changes)
-    return FolderImageSet(spec, samples, request.split, crop=entry.crop_fraction(request.split))
+    return FolderImageSet(spec, samples, request.split, crop=entry.crop_fraction(request.split, request.image_size))
 
 
 def load_tiny_imagenet(request: LoadRequest) -> FolderImageSet:

@@ -87,9 +87,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
 # The standard ImageNet evaluation (torchvision's reference scripts, timm, SRe2L, RDED,
 # DD-Ranking): Resize(256) + CenterCrop(224), i.e. the shorter side resized to
-# round(224 / 0.875) = 256 and the central 224 x 224 kept, 87.5% of it. The test split of
-# the imagenet family is decoded so (at any image_size); training splits, and the datasets of
-# native resolution, keep the whole shorter side (Dataset.crop_fraction).
+# round(224 / 0.875) = 256 and the central 224 x 224 kept, 87.5% of it. The test split is
+# decoded so wherever the imagenet family's recipes apply (ImageNet, and folders of images over
+# 64 px); training splits, and the datasets of native resolution, keep the whole shorter side
+# (Dataset.crop_fraction).
 IMAGENET_EVAL_CROP = 0.875
 
 # The one dataset without fixed classes/size: they come from the folder (and the caller).
@@ -183,12 +184,21 @@ class Dataset:
     def description(self) -> str:
         return self.spec.description if self.spec is not None else IMAGEFOLDER_DESCRIPTION
 
-    def crop_fraction(self, split: str) -> float:
-        """The share of the shorter side that decoding ``split``'s image files keeps in its
-        center crop: IMAGENET_EVAL_CROP for the test (= val) split of the imagenet family, as
-        every ImageNet result is evaluated; the whole side otherwise (training splits: their
-        augmentations crop; Tiny-ImageNet and the others: native size, no resampling)."""
-        return IMAGENET_EVAL_CROP if self.family == "imagenet" and split != "train" else 1.0
+    def family_at(self, image_size: Optional[int] = None) -> str:
+        """The recipe family of this dataset decoded at ``image_size`` (None: its own size):
+        ImageNet's for images larger than SMALL_IMAGE_MAX, else its registered family."""
+        if image_size is None:
+            image_size = self.spec.image_size if self.spec is not None else IMAGEFOLDER_DEFAULT_SIZE
+        return "imagenet" if image_size > SMALL_IMAGE_MAX else self.family
+
+    def crop_fraction(self, split: str, image_size: Optional[int] = None) -> float:
+        """The share of the shorter side that decoding ``split``'s image files at ``image_size``
+        keeps in its center crop: IMAGENET_EVAL_CROP for the test (= val) split where the
+        imagenet family's recipes apply (family_at: ImageNet, and a folder of images over
+        SMALL_IMAGE_MAX, trained with ImageNet's student recipe), as every such result is
+        evaluated; the whole side otherwise (training splits: their augmentations crop;
+        Tiny-ImageNet and the others: native size, no resampling)."""
+        return IMAGENET_EVAL_CROP if self.family_at(image_size) == "imagenet" and split != "train" else 1.0
 
 
 _DATASETS: Dict[str, Dataset] = {}  # canonical name -> entry, in registration order
@@ -214,11 +224,7 @@ def recipe_family(dataset) -> str:
     ``image_size``: its registered family (an image folder's is CIFAR's), ImageNet's for images
     larger than SMALL_IMAGE_MAX. Every per-dataset recipe is picked by it: a method's recovery
     recipe, the students', DD-Ranking's, RDED's factor, CDA's."""
-    entry = get_dataset(dataset)
-    size = dataset_options(dataset)[1].get("image_size")
-    if size is None:
-        size = entry.spec.image_size if entry.spec is not None else IMAGEFOLDER_DEFAULT_SIZE
-    return "imagenet" if size > SMALL_IMAGE_MAX else entry.family
+    return get_dataset(dataset).family_at(dataset_options(dataset)[1].get("image_size"))
 
 
 def list_datasets() -> List[str]:
