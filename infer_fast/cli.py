@@ -341,10 +341,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _check_train_ranks_agree(ds, config, teachers, args: argparse.Namespace) -> None:
     """Under torchrun, before any training: every rank trains the same students (the student
-    settings but the device, the seeds, resuming or not) on the same set and teachers (their
-    contents), else the ranks' shares of every batch came from other runs and rank 0's line
-    reported them as its own. ValueError on every rank naming the first rank and setting that
-    differ."""
+    settings but the result-neutral ones, STUDENT_RESULT_NEUTRAL; the seeds, resuming or not) on
+    the same set and teachers (their contents), else the ranks' shares of every batch came from
+    other runs and rank 0's line reported them as its own. ValueError on every rank naming the
+    first rank and setting that differ."""
     from ._io import model_digest
     from .distributed import check_ranks_agree, rank_and_world
     from .student import STUDENT_RESULT_NEUTRAL, StudentConfig, set_digest

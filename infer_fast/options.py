@@ -36,7 +36,9 @@ class Option:
     """One option: ``kind`` is int, float, bool, str, PATHS, a tuple of kinds (any of them),
     PATH, ``tuple`` (a fixed-length value its config checks) or ``object`` (checked by its owner).
     Ranges: ``minimum`` (>=), ``above`` (>) and ``below`` (<); ``none``: None allowed, meaning
-    that; ``note``: said after a range error; ``flag``: "" for --the-name, None for none."""
+    that; ``note``: said after a range error; ``flag``: "" for --the-name, None for none;
+    ``result_neutral``: another value does not change a result (where it runs, its batching,
+    checkpoint cadence), so a run's files continue under it (:func:`result_neutral_fields`)."""
 
     name: str
     kind: Any
@@ -50,6 +52,7 @@ class Option:
     note: str = ""
     flag: Optional[str] = ""
     metavar: Optional[str] = None
+    result_neutral: bool = False
 
     @property
     def flag_name(self) -> Optional[str]:
@@ -123,6 +126,13 @@ def options_of(cls: type) -> Dict[str, Option]:
         found[f.name] = Option(name=f.name, kind=kind, default=default, **spec)
     setattr(cls, "_options", found)  # (not a field: the class attribute is set after the dataclass is made)
     return found
+
+
+def result_neutral_fields(cls: type) -> Tuple[str, ...]:
+    """The fields of config dataclass ``cls`` declared ``result_neutral=True``, in declaration
+    order: those a checkpoint or results file does not compare (a run continues under another
+    value of them)."""
+    return tuple(name for name, opt in options_of(cls).items() if opt.result_neutral)
 
 
 def _kind_text(kind: Any) -> str:

@@ -674,8 +674,8 @@ def _standing_scores(cfg: PipelineConfig, results: Dict[str, Any]) -> Dict[str, 
 def _protocol_changes(report: Dict[str, Any], protocol, dataset: Any) -> List[str]:
     """The settings of ``protocol`` (as its reports record them: protocol.settings) that differ
     from those the score report ``report`` was made under; empty: the report stands. A
-    setting a report predates counts as its default; the students' result-neutral fields (the
-    device) are not compared."""
+    setting a report predates counts as its default; the students' result-neutral fields
+    (STUDENT_RESULT_NEUTRAL: the device, the evaluation batches...) are not compared."""
     from .evaluate import PROTOCOL_NAME
     from .run_identity import differing
     from .student import STUDENT_RESULT_NEUTRAL

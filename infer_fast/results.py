@@ -66,9 +66,11 @@ RUN_SETTINGS = ("dataset", "teachers", "method_options", "accounting", "selectio
 def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
     """The RUN_SETTINGS and method sections of a run config dict (those it has), without the
     settings that do not change a result (a method's ``result_neutral``: batching, checkpoint
-    cadence; a student's device): a run continues under other values of them."""
+    cadence; a student's and each trained teacher's: their device, evaluation batches): a run
+    continues under other values of them."""
     from .methods import all_methods
     from .student import STUDENT_RESULT_NEUTRAL
+    from .teacher import TEACHER_RESULT_NEUTRAL
 
     def without(options: Any, neutral) -> Any:
         return {k: v for k, v in options.items() if k not in neutral} if isinstance(options, dict) else options
@@ -85,12 +87,29 @@ def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
         settings["method_options"] = {name: options for name, options in kept.items() if options != {}}  # ({}: none)
     if "student" in settings:
         settings["student"] = without(settings["student"], STUDENT_RESULT_NEUTRAL)
+    if isinstance(settings.get(TEACHERS), list):  # (TeacherConfig fields, or {path} or {model, pretrained})
+        settings[TEACHERS] = [without(entry, TEACHER_RESULT_NEUTRAL) for entry in settings[TEACHERS]]
     return settings
 
 
 # the sections compared field by field, as the settings they take effect as (:func:`effective_settings`)
 STUDENT_SECTION = "student"
 METHOD_OPTIONS = "method_options"
+TEACHERS = "teachers"  # (compared entry by entry, field by field: _spread_teachers)
+
+
+def _spread_teachers(sides: Tuple[Dict[str, Any], Dict[str, Any]]) -> None:
+    """Each side's ``teachers`` entries as "teachers[i].field", compared and named field by field
+    ("teachers[0].epochs differs"), where both sides list as many entries, each a mapping; else
+    the lists stay whole (another number of teachers)."""
+    lists = [side.get(TEACHERS) for side in sides]
+    if not all(isinstance(entries, list) and all(isinstance(e, dict) for e in entries) for entries in lists) \
+            or len(lists[0]) != len(lists[1]):
+        return
+    for side in sides:
+        entries = side.pop(TEACHERS)
+        side.update({f"{TEACHERS}[{i}].{name}": value for i, entry in enumerate(entries)
+                     for name, value in entry.items()})
 
 
 def _method_effective(method, config: Dict[str, Any], own: Any) -> Dict[str, Any]:
@@ -135,9 +154,10 @@ def effective_settings(recorded: Dict[str, Any], current: Dict[str, Any]) -> Tup
     ``method_options`` entry and the ``student`` section as the settings they take effect as,
     field by field (their defaults and recipes applied: ``r_bn: 1.0`` spelled out in
     ``recovery`` is the run of none), flattened as "recovery.r_bn", "method_options.cda.r_bn",
-    "student.temperature" (run_identity.dotted). A section either side cannot build that way
-    (a file of an older version, a method no longer registered) is compared as written on
-    both sides, without its result-neutral options."""
+    "student.temperature" (run_identity.dotted), and each ``teachers`` entry's fields, as
+    written, as "teachers[0].epochs" (:func:`_spread_teachers`). A section either side cannot
+    build that way (a file of an older version, a method no longer registered) is compared as
+    written on both sides, without its result-neutral options."""
     from .methods import all_methods
     from .methods.registry import find_method
 
@@ -166,6 +186,7 @@ def effective_settings(recorded: Dict[str, Any], current: Dict[str, Any]) -> Tup
             m, config, own(config)), lambda side, own=own: own(side))
     for side in sides:
         side.pop(METHOD_OPTIONS, None)
+    _spread_teachers(sides)
     return tuple(dotted(side, (*sections, STUDENT_SECTION, *(k for k in side if k.startswith(f"{METHOD_OPTIONS}."))))
                  for side in sides)
 

@@ -19,6 +19,15 @@ __all__ = ["PipelineConfig", "load_pipeline_config", "build_config"]
 METHOD_SECTION = {"method_section": True}  # the metadata of a PipelineConfig field holding a method's options
 
 
+def _check_count(where: str, name: str, value: Any) -> None:
+    """ValueError "<where>: <name> must be a positive integer, got ..." unless ``value`` is one
+    (a bool, YAML's yes or true, is not: check_int)."""
+    try:
+        check_int(name, value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """One experiment. ``teachers``: a list of entries, each ``{"path": FILE}`` (a trained
@@ -207,8 +216,10 @@ class PipelineConfig:
         accounting, selection and seeds."""
         from .distill import ACCOUNTINGS, SELECTIONS
 
-        if not isinstance(self.ipc, list) or not self.ipc or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.ipc):
+        if not isinstance(self.ipc, list) or not self.ipc:
             raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
+        for value in self.ipc:
+            _check_count(where, "ipc", value)
         # (find_method loads the plug-ins where a name is none of the methods registered yet)
         bad = [m for m in self.methods if not isinstance(m, str) or find_method(m) is None]
         known = run_method_names()
@@ -227,10 +238,7 @@ class PipelineConfig:
             raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        try:
-            check_int("seeds", self.seeds)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        _check_count(where, "seeds", self.seeds)
 
     def _check_method_options(self, where: str) -> None:
         """``method_options`` names methods that make a set and have no section of their own."""
@@ -268,8 +276,8 @@ class PipelineConfig:
         if not isinstance(self.scores, (bool, dict)) and self.scores not in EVALUATION_PROTOCOLS:
             raise ValueError(f"{where}: scores must be true, false, a protocol ({', '.join(EVALUATION_PROTOCOLS)}) or a "
                              f"mapping {{protocol: NAME, OPTION: VALUE...}}, got {self.scores!r}")
-        if self.dynamic_epochs is not None and (not isinstance(self.dynamic_epochs, int) or self.dynamic_epochs < 1):
-            raise ValueError(f"{where}: dynamic_epochs must be a positive integer, got {self.dynamic_epochs!r}")
+        if self.dynamic_epochs is not None:  # (None: INFER+Dyn's students train epochs/(M+1))
+            _check_count(where, "dynamic_epochs", self.dynamic_epochs)
         for name in dict.fromkeys([*(m.config_section for m in all_methods() if m.config_section), "student"]):
             if not isinstance(getattr(self, name, None), dict):
                 raise ValueError(f"{where}: {name} must be a mapping of options")

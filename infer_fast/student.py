@@ -75,7 +75,7 @@ from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, ST
                       STUDENT_SCHEDULES)
 from .checks import check_choice, check_class_names, check_int, split_label
 from .options import (CheckedWhenMade, check_fields, check_given_used, given_config, hold_as_made, option, options_of,
-                      with_recipe)
+                      result_neutral_fields, with_recipe)
 from ._io import PathLike, content_digest, model_digest, read_checkpoint, save_atomic
 from .output_lock import job_output_lock
 from .run_identity import check_same_run, flattened
@@ -165,14 +165,18 @@ class StudentConfig(CheckedWhenMade):
     schedule: str = field(default="cosine", metadata=option(
         "learning-rate schedule: cosine to 0 over the steps, or DD-Ranking's half-cosine per epoch",
         choices=STUDENT_SCHEDULES))
-    device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
-    eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
+    # (result-neutral: where it trains, and its evaluation batches: a checkpoint continues under others)
+    device: str = field(default="auto", metadata=option(DEVICE_CHOICES, result_neutral=True))
+    eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1,
+                                                               result_neutral=True))
     precision: str = field(default="fp32", metadata=option(TRAINING_PRECISION_HELP, choices=PRECISIONS))
     channels_last: bool = field(default=False, metadata=option(CHANNELS_LAST_HELP))
+    # (result-neutral: the same draws on either side, the batches equal up to the float rounding
+    # of the device's resize, as on another device)
     augment_on: str = field(default="host", metadata=option(
         "where each batch is augmented and mixed: on the host's CPU, or on the training device (a GPU gets the batch "
         "as stored and crops, resizes, flips and mixes it itself: the same random draws, no per-image work on the "
-        "host; on the CPU both are the same)", choices=AUGMENTATION_PLACES))
+        "host; on the CPU both are the same)", choices=AUGMENTATION_PLACES, result_neutral=True))
 
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
@@ -331,9 +335,9 @@ def set_digest(distilled) -> str:
     return content_digest(t for f in dataclasses.fields(distilled) if isinstance(t := getattr(distilled, f.name), Tensor))
 
 
-# where a student trains does not change it: a run may resume on another device (a field a
-# checkpoint predates counts as its default)
-STUDENT_RESULT_NEUTRAL = ("device",)
+# what does not change a student (declared on its fields): a run may resume on another device,
+# with other evaluation batches (a field a checkpoint predates counts as its default)
+STUDENT_RESULT_NEUTRAL = result_neutral_fields(StudentConfig)
 _IDENTITY_LABELS = {"set_sha256": "the distilled set's images or labels", "teachers_sha256": "the teachers' weights"}
 
 

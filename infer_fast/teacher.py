@@ -37,7 +37,8 @@ from .imagenet_wnids import IMAGENET_WNIDS
 from .choices import DEVICE_CHOICES, PRECISIONS
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               model_in_layout)
-from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of
+from .options import (CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of,
+                      result_neutral_fields)
 from .run_identity import check_same_run
 from .step_losses import StepLosses
 from .transfer import to_device
@@ -74,10 +75,12 @@ class TeacherConfig(CheckedWhenMade):
     momentum: float = field(default=0.9, metadata=option("SGD momentum", minimum=0, below=1))
     weight_decay: float = field(default=5e-4, metadata=option("weight decay", minimum=0))
     seed: int = field(default=0, metadata=option("random seed"))
+    # (result-neutral: where the data lies; a checkpoint compares the training split's content digest instead)
     data_root: Optional[os.PathLike] = field(default=None, metadata=option(  # (a str or a path; held as a str)
-        "directory holding the dataset files", none="none; the embedded datasets need none"))
-    device: str = field(default="auto", metadata=option(DEVICE_CHOICES))
-    eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1))
+        "directory holding the dataset files", none="none; the embedded datasets need none", result_neutral=True))
+    device: str = field(default="auto", metadata=option(DEVICE_CHOICES, result_neutral=True))
+    eval_batch_size: int = field(default=1000, metadata=option("test images per evaluation batch", minimum=1,
+                                                               result_neutral=True))
     precision: str = field(default="fp32", metadata=option(TRAINING_PRECISION_HELP, choices=PRECISIONS))
     channels_last: bool = field(default=False, metadata=option(CHANNELS_LAST_HELP))
 
@@ -288,9 +291,9 @@ def _read_checkpoint(path: str) -> Dict[str, Any]:
     return read_checkpoint(path, CHECKPOINT_FORMAT, "teacher checkpoint", CHECKPOINT_VERSION)
 
 
-# what does not change a teacher: where it trains, its evaluation batches, and where its data
-# lies (the training split's content digest is compared instead)
-TEACHER_RESULT_NEUTRAL = ("device", "eval_batch_size", "data_root")
+# what does not change a teacher (declared on its fields): where it trains, its evaluation
+# batches, and where its data lies
+TEACHER_RESULT_NEUTRAL = result_neutral_fields(TeacherConfig)
 
 
 def _identity(meta: Dict[str, Any]) -> Dict[str, Any]:

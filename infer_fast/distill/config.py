@@ -12,11 +12,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from ..data.transforms import RESIZED_CROP_SCALE
 
 from ..choices import COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS
-from ..options import CheckedWhenMade, check_fields, check_given_used, hold_as_made, option, with_recipe
-
-# config fields that do not change the result (resuming with another value is allowed)
-RESULT_NEUTRAL = ("group_size", "chunk_size", "fused_bn", "compile", "cuda_graphs", "distributed",
-                  "checkpoint_every", "checkpoint_minutes")
+from ..options import (CheckedWhenMade, check_fields, check_given_used, hold_as_made, option, result_neutral_fields,
+                       with_recipe)
 
 # named recipes: the fields each sets over the defaults (the CIFAR recipe, INFER_METHOD.md §3).
 # recovery_config picks "imagenet" for augmentation imagenet; a method adds its own on top
@@ -62,13 +59,13 @@ class RecoveryConfig(CheckedWhenMade):
         "milestone (a fraction of the iterations)]; off: crop_scale at every iteration (--method cda's default: "
         "[cosine, crop_scale's high, 1])", none="off"))
     group_size: Optional[int] = field(default=None, metadata=option(  # see auto_batch_plan
-        "UFCs optimized in one batch", minimum=1, none="automatic"))
+        "UFCs optimized in one batch", minimum=1, none="automatic", result_neutral=True))
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory
     # of one chunk); None = the whole batch, or chunks planned from the available memory (CPU or CUDA) when one group does not fit
     chunk_size: Optional[int] = field(default=None, metadata=option(
         "images through the teacher at a time: the exact full-batch gradient in the memory of one chunk",
         minimum=1, none="automatic: the whole batch, or chunks planned from the available memory when one group "
-        "does not fit"))
+        "does not fit", result_neutral=True))
     # "bf16": the teacher converted once to bf16 (BatchNorm kept in fp32), its inputs cast to bf16;
     # BN statistics, the loss and the UFC with its Adam state stay fp32. Or "fp32"
     precision: str = field(default="fp32", metadata=option(
@@ -79,32 +76,33 @@ class RecoveryConfig(CheckedWhenMade):
     # way instead of the BN's, the loss's and autograd's sum); same results; not with chunk_size
     fused_bn: bool = field(default=False, metadata=option(
         "each eval-mode BN and its statistics loss fused: one kernel pass forward (statistics + BN output) and one "
-        "backward (same results, less memory traffic)"))
+        "backward (same results, less memory traffic)", result_neutral=True))
     # torch.compile the teacher forward + losses (fullgraph; its backward too): "off", or a
     # torch.compile mode ("reduce-overhead" = CUDA graphs). One graph per teacher and group
     # count; unchunked batches only; same results up to float rounding
     compile: str = field(default="off", metadata=option(
         "torch.compile the teacher pass (reduce-overhead adds CUDA graphs; one compile per teacher)",
-        choices=COMPILE_MODES))
+        choices=COMPILE_MODES, result_neutral=True))
     # on CUDA, each batch's iteration captured once as a CUDA graph and replayed (the same results
     # up to float rounding; eager when capture is impossible, and with chunk_size or compile)
     cuda_graphs: bool = field(default=True, metadata=option(
-        "on CUDA, each batch's iteration captured once as a CUDA graph and replayed (off: every iteration eagerly)"))
+        "on CUDA, each batch's iteration captured once as a CUDA graph and replayed (off: every iteration eagerly)",
+        result_neutral=True))
     # under torchrun: "jobs" splits the UFCs across ranks; "chunks" has every rank work on every
     # UFC batch, each running its share of the chunks (needs chunk_size), statistics all-reduced
     distributed: str = field(default="jobs", metadata=option(
         "under torchrun: split the UFCs across ranks (jobs) or the chunks of every batch (chunks, with --chunk-size; "
-        "BN statistics all-reduced)", choices=DISTRIBUTED_MODES))
+        "BN statistics all-reduced)", choices=DISTRIBUTED_MODES, result_neutral=True))
     seed: int = field(default=0, metadata=option("random seed"))
     # recovery checkpoints inside a batch too (only when a checkpoint path is given): after
     # every checkpoint_every iterations (None: not by count) and once checkpoint_minutes of
     # wall-clock time have passed since the last one (None: not by time), so a kill loses at
     # most that much of a long batch. Results do not depend on them
     checkpoint_every: Optional[int] = field(default=None, metadata=option(
-        "also checkpoint inside a batch every N iterations", minimum=1, none="off", metavar="N"))
+        "also checkpoint inside a batch every N iterations", minimum=1, none="off", metavar="N", result_neutral=True))
     checkpoint_minutes: Optional[float] = field(default=10.0, metadata=option(
         "also checkpoint inside a batch after M minutes since the last checkpoint", above=0, none="off",
-        metavar="M"))
+        metavar="M", result_neutral=True))
 
     @classmethod
     def recipe(cls, *names: str, **overrides: Any) -> "RecoveryConfig":
@@ -178,6 +176,11 @@ class RecoveryConfig(CheckedWhenMade):
             schedule, start, milestone = self.crop_scale_curriculum
             d["crop_scale_curriculum"] = [schedule, float(start), float(milestone)]
         return d
+
+
+# the fields that do not change the result, declared result_neutral on them (batching, kernels,
+# checkpoint cadence): a recovery resumes under other values of them
+RESULT_NEUTRAL = result_neutral_fields(RecoveryConfig)
 
 
 def crop_scale_at(config: RecoveryConfig, t: int) -> Tuple[float, float]:
