@@ -146,7 +146,7 @@ def load_image_folder(request: LoadRequest) -> FolderImageSet:
     if split != "train" and os.path.isdir(train_dir):
         classes = tuple(d for d in sorted(os.listdir(train_dir))
                         if not d.startswith(".") and os.path.isdir(os.path.join(train_dir, d)))
-    samples, classes = scan_class_folders(split_dir, classes, progress=request.progress)
+    samples, classes = scan_class_folders(split_dir, classes, progress=request.progress, classes_from=f"of {train_dir}")
     return _scanned(request, split_dir, samples, classes, channels=request.channels)
 
 

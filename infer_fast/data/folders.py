@@ -52,7 +52,9 @@ RECENT_NS = 2_000_000_000
 
 def _listing(directory: str) -> Tuple[List[str], List[str]]:
     """(sub-folder names, image file names) directly in ``directory``, each sorted; hidden
-    entries and other files skipped. One scan per folder per process while it is unchanged."""
+    entries and other files skipped. One scan per folder per process while it is unchanged.
+    A symbolic link whose target is missing is refused (FileNotFoundError naming it): an image
+    or class folder it stood for would be left out without a word."""
     key = os.path.abspath(directory)
     st = os.stat(key)  # (before the scan: a change during it makes the next call scan again)
     stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
@@ -66,8 +68,14 @@ def _listing(directory: str) -> Tuple[List[str], List[str]]:
                 continue
             if e.is_dir():
                 folders.append(e.name)
-            elif e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(e.name)
+            elif e.is_file():
+                if e.name.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(e.name)
+            elif e.is_symlink():  # (neither folder nor file: its target is gone; no stat for the others)
+                raise FileNotFoundError(
+                    f"{e.path}: a symbolic link that leads nowhere (broken, or a loop), to {os.readlink(e.path)}: "
+                    "restore its target (or remove the link)"
+                )
     folders.sort()
     files.sort()
     if st.st_mtime_ns < time.time_ns() - RECENT_NS:
@@ -89,16 +97,18 @@ def subdirectories(directory: str) -> List[str]:
 
 def scan_class_folders(
     root: str, class_names: Optional[Sequence[str]] = None, inner: Optional[str] = None, progress: bool = False,
-    skip: Sequence[str] = (),
+    skip: Sequence[str] = (), classes_from: str = "given",
 ) -> Tuple[List[Tuple[str, int]], Tuple[str, ...]]:
     """Samples ``(path, label)`` of a ``root/<class>/<image>`` tree and the class names.
 
     Classes are the sorted sub-folder names (label = index), as torchvision's ImageFolder,
     unless ``class_names`` fixes them (a val split uses the training classes): a folder
-    that is not one of them is an error, a class without a folder has no samples.
+    that is not one of them, and a class without a folder, are errors (``classes_from`` says
+    where the names come from, e.g. "listed in .../wnids.txt": the split would be trained or
+    evaluated on the other classes without a word).
     ``inner``: images sit in ``<class>/<inner>/`` when that folder exists (Tiny-ImageNet's
     ``images``). Non-image files are skipped; a class folder without images, and images
-    beside the class folders, are errors.
+    beside the class folders (or beside ``inner``), are errors.
     ``progress``: a bar over the class folders once the scan has run SHORT_PHASE_S (minutes
     for ImageNet's 1.28M files on a cold disk; a small tree stays quiet). ``skip``: sub-folders
     that are no class (Tiny-ImageNet's emptied ``val/images``).
@@ -125,13 +135,28 @@ def scan_class_folders(
         stray = [f for f in folders if composed_name(f) not in index]
         if stray:
             raise ValueError(f"{root}: class folder(s) {stray[:5]} are not among the {len(class_names)} known classes")
+        present = {composed_name(f) for f in folders}
+        missing = [c for c in class_names if composed_name(c) not in present]
+        if missing:
+            raise ValueError(
+                f"{root} has no folder for {len(missing)} of the {len(class_names)} classes {classes_from}: "
+                f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} (every class needs its folder of "
+                "images: restore it)"
+            )
     label_of = {composed_name(name): i for i, name in enumerate(class_names)}
     samples: List[Tuple[str, int]] = []
     for name in progress_bar(folders, desc=f"scanning {root}", unit="folder", delay=SHORT_PHASE_S,
                              disable=not progress):
         directory = os.path.join(root, name)
-        if inner and os.path.isdir(os.path.join(directory, inner)):
-            directory = os.path.join(directory, inner)
+        if inner:
+            subfolders, beside = _listing(directory)
+            if inner in subfolders:
+                if beside:  # (the class's images in two places: which are its split?)
+                    raise ValueError(
+                        f"{directory} holds {count_text(len(beside), 'image')} beside its {inner}/ folder "
+                        f"({beside[0]}, ...): move them into {inner}/ (or remove them)"
+                    )
+                directory = os.path.join(directory, inner)
         files = _image_files(directory)
         if not files:
             raise ValueError(f"empty class folder: {directory} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -164,26 +189,29 @@ def scan_tiny_imagenet(root: str, split: str = "train",
             classes = tuple(sorted({line.strip() for line in f if line.strip()}))
         if not classes:
             raise ValueError(f"{wnids_path} lists no classes")
+        classes_from = f"listed in {wnids_path}"
     elif os.path.isdir(train_dir):
         classes = tuple(subdirectories(train_dir))
+        classes_from = f"of {train_dir}"
     else:
         raise FileNotFoundError(f"tiny-imagenet: neither {wnids_path} nor {train_dir} exists")
     if split == "train":
-        samples, _ = scan_class_folders(train_dir, classes, inner="images", progress=progress)
+        samples, _ = scan_class_folders(train_dir, classes, inner="images", progress=progress, classes_from=classes_from)
         return samples, classes
     if split not in ("val", "test"):
         raise ValueError(f"tiny-imagenet: split must be 'train' or 'test' (= val), got {split!r}")
     val_dir = os.path.join(base, "val")
     if not os.path.isdir(val_dir):
         raise FileNotFoundError(f"tiny-imagenet: val folder not found: {val_dir}")
-    return _tiny_val(val_dir, classes, progress), classes
+    return _tiny_val(val_dir, classes, progress, classes_from), classes
 
 
-def _tiny_val(val_dir: str, classes: Tuple[str, ...], progress: bool) -> List[Tuple[str, int]]:
+def _tiny_val(val_dir: str, classes: Tuple[str, ...], progress: bool, classes_from: str) -> List[Tuple[str, int]]:
     """The val samples in whichever form ``val_dir`` holds them: the official ``images/`` with
     ``val_annotations.txt``, or class folders ``<wnid>/[images/]`` (the usual preprocessing,
     which often leaves the annotations file, and maybe an emptied ``images/``, behind: the
-    folders decide, not the file). Images in both forms are refused: which is the split?"""
+    folders decide, not the file). Images in both forms are refused: which is the split?
+    ``classes_from``: where ``classes`` come from, for the messages."""
     images_dir = os.path.join(val_dir, "images")
     flat = "images" not in classes and os.path.isdir(images_dir)  # (not a class that is named "images")
     loose = _image_files(images_dir) if flat else []
@@ -194,18 +222,23 @@ def _tiny_val(val_dir: str, classes: Tuple[str, ...], progress: bool) -> List[Tu
             f"val_annotations.txt) and {len(folders)} class folders ({folders[0]}, ...); keep one form"
         )
     if loose or not folders and os.path.isfile(os.path.join(val_dir, "val_annotations.txt")):
-        return _annotated_val(val_dir, classes)  # (no images at all: the annotations name the first one missing)
+        return _annotated_val(val_dir, classes, classes_from)  # (no images at all: the annotations name the first one missing)
     samples, _ = scan_class_folders(val_dir, classes, inner="images", progress=progress,
-                                    skip=("images",) if flat else ())
+                                    skip=("images",) if flat else (), classes_from=classes_from)
     return samples
 
 
-def _annotated_val(val_dir: str, classes: Tuple[str, ...]) -> List[Tuple[str, int]]:
-    """The official val form: ``images/<file>`` labelled by ``val_annotations.txt``."""
+def _annotated_val(val_dir: str, classes: Tuple[str, ...], classes_from: str) -> List[Tuple[str, int]]:
+    """The official val form: ``images/<file>`` labelled by ``val_annotations.txt``. The file
+    and the folder must agree: an image listed twice, an image of the folder not listed, and a
+    class with no image listed are refused (each would change the split without a word)."""
     annotations = os.path.join(val_dir, "val_annotations.txt")
+    images_dir = os.path.join(val_dir, "images")
     if not os.path.isfile(annotations):
-        raise FileNotFoundError(f"tiny-imagenet: {val_dir}/images needs its labels file {annotations}")
+        raise FileNotFoundError(f"tiny-imagenet: {images_dir} needs its labels file {annotations}")
+    in_folder = set(_listing(images_dir)[1]) if os.path.isdir(images_dir) else set()
     label_of = {c: i for i, c in enumerate(classes)}
+    line_of: Dict[str, int] = {}  # listed file -> its line
     samples = []
     with open(annotations) as f:
         for lineno, line in enumerate(f, 1):
@@ -217,12 +250,29 @@ def _annotated_val(val_dir: str, classes: Tuple[str, ...]) -> List[Tuple[str, in
             name, wnid = fields[0], fields[1]
             if wnid not in label_of:
                 raise ValueError(f"{annotations}:{lineno}: class {wnid!r} is not in wnids.txt")
-            path = os.path.join(val_dir, "images", name)
-            if not os.path.isfile(path):
+            if name in line_of:
+                raise ValueError(f"{annotations}:{lineno}: {name} is listed twice (first on line {line_of[name]}): "
+                                 "remove one of the lines")
+            line_of[name] = lineno
+            path = os.path.join(images_dir, name)
+            if name not in in_folder and not os.path.isfile(path):  # (the listing spares a stat per image)
                 raise FileNotFoundError(f"{annotations}:{lineno}: image file not found: {path}")
             samples.append((path, label_of[wnid]))
     if not samples:
         raise ValueError(f"{annotations} lists no images")
+    unlisted = sorted(in_folder.difference(line_of))
+    if unlisted:
+        raise ValueError(
+            f"{images_dir} holds {count_text(len(unlisted), 'image')} not listed in {annotations} "
+            f"({unlisted[0]}, ...): add their lines (or remove them)"
+        )
+    labelled = {label for _, label in samples}
+    missing = [c for c in classes if label_of[c] not in labelled]
+    if missing:
+        raise ValueError(
+            f"{annotations} lists no image of {len(missing)} of the {len(classes)} classes {classes_from}: "
+            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} (every class needs its val images)"
+        )
     samples.sort()
     return samples
 
@@ -247,7 +297,7 @@ def scan_imagenet(root: str, split: str = "train",
         raise FileNotFoundError(f"imagenet: validation folder not found: {val_dir} (expected val/<wnid>/*.JPEG)")
     _check_val_sorted(val_dir)
     classes = tuple(subdirectories(train_dir)) if os.path.isdir(train_dir) else None
-    return scan_class_folders(val_dir, classes, progress=progress)
+    return scan_class_folders(val_dir, classes, progress=progress, classes_from=f"of {train_dir}")
 
 
 def _check_val_sorted(val_dir: str) -> None:

@@ -17,12 +17,14 @@ every process (worker processes and torchrun ranks too): how a run's reads can b
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import hashlib
 import json
 import mmap
 import os
 import socket
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -231,21 +233,55 @@ class ImageSet(_Split):
         return content_digest([self.images, self.labels])
 
 
+# The loader iterators whose worker processes may be running. At exit, multiprocessing stops
+# the workers left with SIGTERM, which they ignore, then joins them without a time limit: a
+# batches() generator that a failed consumer still holds (in a traceback) would hang the exit.
+# Registered after torch's and multiprocessing's exit handlers (torch is imported above), this
+# one runs before them: exit handlers run last registered first.
+_RUNNING_LOADERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _shut_down(iterator) -> None:
+    """Stop ``iterator``'s worker processes now and wait for them (torch's multiprocessing
+    iterator has ``_shutdown_workers``; a repeated call does nothing)."""
+    _RUNNING_LOADERS.discard(iterator)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+@atexit.register
+def _shut_down_running_loaders() -> None:
+    """At exit: the workers of the loaders still running, shut down (see _RUNNING_LOADERS)."""
+    for iterator in list(_RUNNING_LOADERS):
+        _shut_down(iterator)
+
+
 def _whole_batches(loader: torch.utils.data.DataLoader) -> Iterator[Tuple[Tensor, Tensor]]:
     """The loader's batches, a stop signal (Ctrl-C, SIGTERM) acted on between two of them
     (interrupts.stop_at_safe_points): never inside the iterator's start (a half-built
     iterator's clean-up fails: AttributeError ... _workers_status) nor while a batch arrives
     from a worker (which then fails on the closed connection: BrokenPipeError in
-    multiprocessing's resource_sharer). The workers ignore the signals (interrupts.ignore_in_worker):
-    the iterator, let go, shuts them down."""
-    with interrupts.stop_at_safe_points():
-        iterator = iter(loader)
-    while True:
+    multiprocessing's resource_sharer). The workers ignore the signals (interrupts.ignore_in_worker),
+    so they are shut down here whatever ends the loop (the last batch, a worker's error such as
+    a file that does not decode, the consumer letting go), not left to garbage collection: a
+    traceback that still holds the iterator would keep them running until the interpreter's
+    exit, which then waits on them forever."""
+    iterator = None
+    try:
         with interrupts.stop_at_safe_points():
-            batch = next(iterator, None)
-        if batch is None:
-            return
-        yield batch
+            iterator = iter(loader)
+            _RUNNING_LOADERS.add(iterator)
+        while True:
+            with interrupts.stop_at_safe_points():
+                batch = next(iterator, None)
+            if batch is None:
+                return
+            yield batch
+    finally:
+        if iterator is not None:
+            with interrupts.stop_at_safe_points():  # (a first signal waits for the workers to be gone)
+                _shut_down(iterator)
 
 
 class FolderImageSet(_Split):
