@@ -255,7 +255,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     for required in ("dataset", "ipc", "out"):
         if options.get(required) is None:
             raise UserError(f"--{required.replace('_', '-')} is required")
-    method = get_method(options.get("method", "infer"))  # (one that makes a set: the flag's choices)
+    method = get_method(options.get("method", declared["method"].default))  # (one that makes a set: the flag's choices)
     if method.resumable:  # (an interrupted run continues from its checkpoint: _how_to_continue)
         from .distill.run import recovery_checkpoint_path
 
@@ -268,11 +268,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
     teachers = path_list(options.get("teachers"))
     if method.uses_teachers and not teachers:
         raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method.name}")
+    given = {k: options[k] for k in ("seed", "data_root", "device") if k in options}  # (else the request's defaults)
     request = DistillRequest(  # (checked when made: every option, before any data is read)
         method=method.name, dataset=options["dataset"], ipc=options["ipc"], out_dir=options["out"],
         teacher_paths=teachers, options={k: options[k] for k in method.option_names if k in options},
-        seed=options.get("seed", 0), data_root=options.get("data_root"), resume=args.resume,
-        progress=not args.quiet and rank == 0, device=options.get("device", "auto"))
+        resume=args.resume, progress=not args.quiet and rank == 0, **given)
     if rank != 0 and not method.all_ranks:
         return  # nothing to split: rank 0 makes the set
     from .storage import inspect_report
@@ -304,13 +304,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     rank, _ = init_from_env()  # under torchrun: DistributedDataParallel students
     with same_outcome():  # (a rank's refusal, of its options or of a file on its node, stops every rank)
-        fields = {k: getattr(args, k) for k, o in options_of(StudentConfig).items()
-                  if o.flag_name and getattr(args, k) is not None}
-        config = StudentConfig.from_recipe(args.recipe or "cifar", **fields)  # (the options checked before any loading)
+        declared = options_of(StudentConfig)
+        fields = {k: getattr(args, k) for k, o in declared.items() if o.flag_name and getattr(args, k) is not None}
+        # the options given, checked before any loading: each field and the combinations StudentConfig.validate
+        # checks (model, device, dynamic with hard labels), which no recipe sets; the config with the set's recipe
+        # (known once the set is read) is made below
+        StudentConfig(**fields)
         check_int("--seeds", args.seeds)
         if args.resume and not args.checkpoints:
             raise UserError("--resume continues from --checkpoints DIR: give the folder the interrupted train wrote")
-        if args.teachers and not config.dynamic:
+        if args.teachers and not fields.get("dynamic", declared["dynamic"].default):
             raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
                             "a set's static soft labels come from `infer-fast relabel`")
         ds = load_distilled(args.directory)
@@ -564,6 +567,7 @@ def _add_teacher(sub) -> None:
 
 
 def _add_distill(sub) -> None:
+    from .data.registry import DATASET_FAMILIES, SMALL_IMAGE_MAX
     from .distill.config import RECIPES
     from .methods import all_methods
     from .methods.distill_options import (COMMON_DISTILL_OPTIONS, DISTILL_SWITCHES, distill_method_options,
@@ -576,22 +580,27 @@ def _add_distill(sub) -> None:
         description="Methods: " + "; ".join(f"{m.name}: {m.summary}" for m in makers) + ". INFER: K = "
         "floor(ipc*C/(C+M)) natural sets ('fair' accounting), one UFC per set and teacher. The recovery methods "
         "checkpoint after each batch and every --checkpoint-minutes inside one, RDED after a class (--resume "
-        "continues). Each method's recipe follows the dataset's family (an ImageNet-family dataset, or images "
-        "over 64 px, gets the ImageNet recipe); the options given override it. The sets of " + ", ".join(relabelled) + " are "
-        "unlabelled: run `infer-fast relabel`.",
+        f"continues). Each method's recipe follows the dataset's family ({', '.join(DATASET_FAMILIES)}; images "
+        f"over {SMALL_IMAGE_MAX} px are of the imagenet family); the options given override it. The sets of "
+        + ", ".join(relabelled) + " are unlabelled: run `infer-fast relabel`.",
     )
     for flag, how in DISTILL_SWITCHES.items():
         distill.add_argument(flag, **how)
     by_methods: Dict[Tuple[str, ...], List[Option]] = {}
     common = list(distill_request_options().values())
-    # an option several methods declare with their own defaults (one flag): each one's said
+    # an option several methods take (one flag), each with its own defaults (its declaration's and its recipes'
+    # per dataset family): the help quotes the first's (its declaration, the recovery recipes) and each other's
+    # that differ from them
+    defaults = {m.name: m.family_option_defaults() for m in makers}
     others: Dict[str, Dict[str, object]] = {}
     for name, (opt, takers) in distill_method_options().items():  # each method's own (Method.options)
         (common if name in COMMON_DISTILL_OPTIONS else by_methods.setdefault(takers, [])).append(opt)
-        for method in (m for m in makers if m.name in takers):
-            theirs = next(o for o in method.options if o.name == name)
-            if theirs.default != opt.default:
-                others.setdefault(name, {})[f"for --method {method.name}"] = theirs.default
+        first = [values[name] for values in defaults[takers[0]].values()]
+        for taker in takers[1:]:
+            theirs = {family: values[name] for family, values in defaults[taker].items()}
+            if list(theirs.values()) != first:
+                value, exceptions = _by_family(opt, theirs)
+                others.setdefault(name, {})[f"for --method {taker}{exceptions}"] = value
     add_flags(distill, common, recipes=RECIPES, others=others)
     for takers, opts in by_methods.items():  # a help section per set of methods taking them
         add_flags(distill.add_argument_group(f"options of --method {', '.join(takers)}"), opts, recipes=RECIPES,
@@ -599,7 +608,20 @@ def _add_distill(sub) -> None:
     distill.set_defaults(func=cmd_distill)
 
 
+def _by_family(opt: Option, values: Dict[str, object]) -> Tuple[object, str]:
+    """A method's defaults of ``opt`` by dataset family as a help says them: the value most
+    families get, and " (V for the F family, ...)" for the others ("" where there are none)."""
+    from .options import value_text
+
+    listed = list(values.values())
+    most = max(listed, key=listed.count)
+    exceptions = [f"{value_text(opt, value)} for the {family} family" for family, value in values.items()
+                  if value != most]
+    return most, f" ({', '.join(exceptions)})" if exceptions else ""
+
+
 def _add_relabel_and_train(sub) -> None:
+    from .data.registry import SMALL_IMAGE_MAX
     from .student import RECIPES, StudentConfig
 
     relabel = sub.add_parser("relabel", help="static soft labels: the mean of the teachers' logits on every training image")
@@ -614,7 +636,7 @@ def _add_relabel_and_train(sub) -> None:
     train.add_argument("--recipe", choices=tuple(RECIPES),
                        help="the student recipe: cifar (the defaults below) or imagenet (the SRe2L protocol: the values "
                        "below say where it differs); the options below override it (default: the set's dataset's "
-                       "family's: imagenet for ImageNet and images over 64 px, cifar for the others)")
+                       f"family's: imagenet for ImageNet and images over {SMALL_IMAGE_MAX} px, cifar for the others)")
     add_flags(train, options_of(StudentConfig).values(), recipes=RECIPES)
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")

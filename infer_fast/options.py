@@ -220,6 +220,12 @@ def format_default(value: Any) -> str:
     return str(value)
 
 
+def value_text(opt: Option, value: Any) -> str:
+    """A value of ``opt`` as a help text says it: as a user would write it, None by what the
+    option calls it ("off", "automatic")."""
+    return format_default(value) if value is not None else opt.none or "none"
+
+
 def default_text(opt: Option, recipes: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  others: Optional[Mapping[str, Any]] = None) -> str:
     """What a flag's help says of its default: the declared default, each named recipe's
@@ -235,7 +241,7 @@ def default_text(opt: Option, recipes: Optional[Mapping[str, Mapping[str, Any]]]
             if opt.name in values and values[opt.name] != opt.default:
                 text += f"; {format_default(values[opt.name])} in the {name} recipe"
     for label, value in (others or {}).items():
-        text += f"{'; ' if text else ''}{format_default(value) if value is not None else opt.none or 'none'} {label}"
+        text += f"{'; ' if text else ''}{value_text(opt, value)} {label}"
     return text + ("; off: never" if opt.none == "off" and opt.default is not None else "")
 
 

@@ -10,13 +10,20 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 from .choices import EVALUATION_PROTOCOLS
 from .checks import check_int
 from .methods import all_methods, get_method, run_method_names
-from .methods.registry import PLUGINS_HINT, find_method
+from .methods.registry import PLUGINS_HINT, find_method, run_level_options
+from .options import check_value
 from .set_keys import registered_method
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "build_config"]
 
 
 METHOD_SECTION = {"method_section": True}  # the metadata of a PipelineConfig field holding a method's options
+
+
+def _run_level_default(name: str):
+    """The default of a run-level setting (INFER's accounting, selection), as the method taking it declares it:
+    a PipelineConfig field's default_factory (called when a config is made, once the methods are registered)."""
+    return field(default_factory=lambda: run_level_options()[name].default)
 
 
 def _check_count(where: str, name: str, value: Any) -> None:
@@ -52,8 +59,8 @@ class PipelineConfig:
     # the options of the methods without a section above (e.g. cda, rded), by method name:
     # {rded: {factor: 2}}; each also takes the ``recovery`` settings it shares (Method.shared_recovery_options)
     method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    accounting: str = "fair"
-    selection: str = "random"
+    accounting: str = _run_level_default("accounting")
+    selection: str = _run_level_default("selection")
     student: Dict[str, Any] = field(default_factory=dict)
     dynamic_epochs: Optional[int] = None
     seeds: int = 3
@@ -214,8 +221,6 @@ class PipelineConfig:
     def _check_sets(self, where: str) -> None:
         """The sets and students asked for: ipc, methods and their options' sections, budget
         accounting, selection and seeds."""
-        from .distill import ACCOUNTINGS, SELECTIONS
-
         if not isinstance(self.ipc, list) or not self.ipc:
             raise ValueError(f"{where}: ipc must be a positive integer or a list of them, got {self.ipc!r}")
         for value in self.ipc:
@@ -234,10 +239,11 @@ class PipelineConfig:
         if not isinstance(self.method_options, dict) or not all(isinstance(v, dict) for v in self.method_options.values()):
             raise ValueError(f"{where}: method_options must map method names to mappings of options")
         self._check_method_options(where)
-        if self.accounting not in ACCOUNTINGS:
-            raise ValueError(f"{where}: accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        for name, opt in run_level_options().items():  # (as the methods taking them declare them)
+            try:
+                check_value(opt, getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
         _check_count(where, "seeds", self.seeds)
 
     def _check_method_options(self, where: str) -> None:

@@ -5,6 +5,8 @@ import argparse
 import dataclasses
 import math
 
+import types
+
 import pytest
 
 from infer_fast import cli
@@ -181,7 +183,10 @@ def test_generated_flags_reach_the_configs(monkeypatch):
     make = StudentConfig.from_recipe.__func__
     monkeypatch.setattr(StudentConfig, "from_recipe",
                         classmethod(lambda cls, name, **kw: built.setdefault("student", make(cls, name, **kw))))
-    monkeypatch.setattr("infer_fast.storage.load_distilled", lambda path: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr("infer_fast.storage.load_distilled", lambda path: types.SimpleNamespace(
+        method="random", hyperparameters={}, real_dataset="fashion-mnist-mini"))
+    monkeypatch.setattr("infer_fast.teacher.load_teachers_for_set",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))  # (stop: the config is made)
     argv = ["train", "set", "--recipe", "imagenet", "--weight-decay", "0.05", "--eval-every", "2", "--schedule",
             "half-cosine", "--device", "cpu"]
     assert cli.main(argv) == 130

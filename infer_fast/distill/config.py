@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+from ..data.registry import SMALL_IMAGE_MAX
 from ..data.transforms import RESIZED_CROP_SCALE
 
 from ..choices import COMPILE_MODES, CROP_SCALE_SCHEDULES, DISTRIBUTED_MODES, PRECISIONS, RECOVERY_AUGMENTATIONS
@@ -45,7 +46,7 @@ class RecoveryConfig(CheckedWhenMade):
     # RandomResizedCrop(crop_scale) + horizontal flip, then that roll. Drawn per UFC per iteration.
     augmentation: str = field(default="roll", metadata=option(
         "roll (small images) or imagenet (RandomResizedCrop + flip + roll; selects the imagenet recipe, the "
-        "default for ImageNet-family datasets and images over 64 px)",
+        f"default for ImageNet-family datasets and images over {SMALL_IMAGE_MAX} px)",
         choices=RECOVERY_AUGMENTATIONS))
     max_shift: int = field(default=4, metadata=option("largest roll in pixels", minimum=0, below=2 ** 31,
                                                           note="a roll repeats past the image's size"))
@@ -56,8 +57,8 @@ class RecoveryConfig(CheckedWhenMade):
     # (crop_scale_at). None: crop_scale at every iteration
     crop_scale_curriculum: Optional[Tuple[str, float, float]] = field(default=None, metadata=option(
         f"a curriculum on crop_scale's lower bound: [schedule ({', '.join(CROP_SCALE_SCHEDULES)}), start, "
-        "milestone (a fraction of the iterations)]; off: crop_scale at every iteration (--method cda's default: "
-        "[cosine, crop_scale's high, 1])", none="off"))
+        "milestone (a fraction of the iterations)]; off: crop_scale at every iteration (--method cda's default "
+        "starts at crop_scale's high)", none="off"))
     group_size: Optional[int] = field(default=None, metadata=option(  # see auto_batch_plan
         "UFCs optimized in one batch", minimum=1, none="automatic", result_neutral=True))
     # rows through the teacher at a time (chunked exact mode: the same gradient in the memory

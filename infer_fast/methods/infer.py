@@ -24,21 +24,27 @@ from ..distill.plan import natural_sets_out_of_memory_error
 from ..distill.run import check_space, prepare_run, real_data_fields, recovery_hyperparameters, save_and_clean
 from ..distill.variables import BatchVariable, RecoveryKind
 from ..models import device_of
-from ..options import Option, given_config
+from ..options import Option, check_value, given_config
 from ..output_lock import holds_output
 from ..progress import progress_bar
 from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, RECOVERY_RESULT_NEUTRAL, recovery_options
 from .registry import DistillRequest, Method, register
 
+# how the budget is counted and the natural sets picked: INFER's own options, also an `infer-fast run`
+# config's run-level settings (Method.run_options); the functions below take them as arguments too
+ACCOUNTING = Option("accounting", str, "the budget: fair (K = floor(ipc*C/(C+M))) or ipc (K = ipc)", default="fair",
+                    choices=ACCOUNTINGS)
+SELECTION = Option("selection", str, "the natural images: random or the ones the teachers are most confident about",
+                   default="random", choices=SELECTIONS)
 
-def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str = "fair") -> int:
+
+def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str = ACCOUNTING.default) -> int:
     """Number of natural sets K for a storage budget of ``ipc`` images per class.
 
     "fair" (the reference release): K*C natural images + K*M UFCs <= ipc*C, i.e.
     K = floor(ipc*C / (C+M)). "ipc" (the paper's ImageNet compression ratios): K = ipc.
     """
-    if accounting not in ACCOUNTINGS:
-        raise ValueError(f"unknown budget accounting {accounting!r}; choose one of {', '.join(ACCOUNTINGS)}")
+    check_value(ACCOUNTING, accounting)
     for name, value in (("ipc", ipc), ("num_classes", num_classes), ("num_teachers", num_teachers)):
         check_int(name, value)
     if accounting == "ipc":
@@ -70,7 +76,7 @@ def _true_class_confidence(train_set, indices: Tensor, label: int, teachers: Seq
     return torch.cat(out) if out else torch.empty(0)
 
 
-def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
+def select_natural_sets(train_set, K: int, seed: int, selection: str = SELECTION.default,
                         teachers: Optional[Sequence[nn.Module]] = None, progress: bool = False) -> Tensor:
     """K natural sets, one real training image per class each: uint8 (K, C, ch, H, W).
 
@@ -84,8 +90,7 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = "random",
     (a folder split streams; "confidence" reads every image once to score it).
     """
     check_int("K", K)
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    check_value(SELECTION, selection)
     if selection == "confidence" and not teachers:
         raise ValueError("selection='confidence' needs the teachers to score the training images")
     labels = train_set.labels
@@ -202,13 +207,13 @@ def distill_infer(
     ipc: int,
     out_dir: Union[str, os.PathLike],
     config: Optional[RecoveryConfig] = None,
-    accounting: str = "fair",
+    accounting: str = ACCOUNTING.default,
     data_root: Optional[str] = None,
     resume: bool = False,
     progress: bool = True,
     device: str = "auto",
     backend: str = "auto",
-    selection: str = "random",
+    selection: str = SELECTION.default,
 ) -> Path:
     """Distill ``dataset`` with INFER into ``out_dir`` (a distilled-set directory); returns it.
 
@@ -221,8 +226,8 @@ def distill_infer(
     from ..storage import DistilledSet
 
     config = given_config("config", config, RecoveryConfig, RecoveryConfig)
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    for opt, value in ((ACCOUNTING, accounting), (SELECTION, selection)):  # (a caller's own arguments: before any work)
+        check_value(opt, value)
     out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
     spec = train.spec
@@ -251,13 +256,7 @@ def distill_infer(
     return save_and_clean(ds, out_dir, checkpoint, progress)
 
 
-# how the natural sets are picked and the budget counted (an `infer-fast run` config's own settings)
-OWN_OPTIONS = (
-    Option("accounting", str, "the budget: fair (K = floor(ipc*C/(C+M))) or ipc (K = ipc)", default="fair",
-           choices=ACCOUNTINGS),
-    Option("selection", str, "the natural images: random or the ones the teachers are most confident about",
-           default="random", choices=SELECTIONS),
-)
+OWN_OPTIONS = (ACCOUNTING, SELECTION)
 OWN_NAMES = tuple(o.name for o in OWN_OPTIONS)
 
 

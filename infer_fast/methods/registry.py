@@ -179,6 +179,24 @@ class Method:
         defaults = self.family_defaults.get(recipe_family(dataset), {})
         return {**defaults, **{k: v for k, v in options.items() if v is not None or k not in defaults}}
 
+    def family_option_defaults(self) -> Dict[str, Dict[str, Any]]:
+        """Per dataset family (DATASET_FAMILIES), the value each of its options takes where the
+        user gives none: its recipe for the family (``family_defaults``) as ``parse_options``
+        makes it, so with what its own recipes fill in (CDA's, the recovery engine's:
+        :func:`parsed_option_values`), over the declared defaults. What help texts quote. (A
+        method that parses no options without some given: its declared defaults and
+        family_defaults alone.)"""
+        found: Dict[str, Dict[str, Any]] = {}
+        for family in DATASET_FAMILIES:
+            given = dict(self.family_defaults.get(family, {}))
+            values = {**{o.name: o.default for o in self.options}, **given}
+            try:  # (its own recipe, no user's options: parsed as they are, not checked as a user's)
+                parsed = parsed_option_values(self.parse_options(given))
+            except ValueError:  # (a plug-in's option that must be given: its help says so)
+                parsed = {}
+            found[family] = {**values, **{k: v for k, v in parsed.items() if k in values}}
+        return found
+
     def options_for_dataset(self, options: Mapping[str, Any], dataset, seed: int = 0) -> Dict[str, Any]:
         """``options`` as given, over the method's recipe for ``dataset``'s family, checked and
         parsed: what its ``distill`` reads (:attr:`DistillRequest.parsed`)."""
@@ -209,6 +227,22 @@ class Method:
     def set_method(self) -> str:
         """The method whose set its students train on (its own, unless ``trains_on``)."""
         return self.trains_on or self.name
+
+
+def parsed_option_values(parsed: Mapping[str, Any]) -> Dict[str, Any]:
+    """The option values a method's parsed options (what its ``parse_options`` returns) hold:
+    each by its name, a config among them (one with ``to_dict``: INFER's RecoveryConfig) as
+    its fields."""
+    values: Dict[str, Any] = {}
+    for name, value in parsed.items():
+        values.update(value.to_dict() if hasattr(value, "to_dict") else {name: value})
+    return values
+
+
+def run_level_options() -> Dict[str, Option]:
+    """The run-level settings of an `infer-fast run` config (PipelineConfig's accounting and
+    selection), as the methods that take them as options declare them (Method.run_options)."""
+    return {o.name: o for m in all_methods() for o in m.options if o.name in m.run_options}
 
 
 _METHODS: Dict[str, Method] = {}
