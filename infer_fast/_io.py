@@ -101,6 +101,26 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+# why a path whose bytes are not UTF-8 (a folder named in a legacy encoding, e.g. Latin-1 on a
+# shared file system) cannot hold infer-fast's files: a set saved there could not be read back
+NOT_UTF8_PATH = ("its path is not valid UTF-8 (a name in another encoding, e.g. Latin-1): safetensors, which reads "
+                 "the tensor files, takes UTF-8 paths only; rename the folder, or choose another path")
+
+
+def is_utf8_path(path: PathLike) -> bool:
+    """Whether the bytes of ``path`` are valid UTF-8 text (what safetensors' readers need)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def printable_path(path: PathLike) -> str:
+    """``path`` for a message: bytes that are not UTF-8 shown as U+FFFD (printable anywhere)."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
+
+
 def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: int = 0) -> None:
     """Before any work: raise OutputPathError naming ``what`` and the path unless ``path``
     can be written. ``kind``: "file" (written beside itself and renamed into place: must not
@@ -108,9 +128,10 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
     or "inside" (files written into the directory). Where the writing happens (the nearest
     existing directory) must be a directory, not a file, where a file can be created (a
     probe file is made and removed: this catches read-only media and missing permissions)
-    and, with ``need_bytes``, must have that much space free; the names made from the output's
-    ("file", "directory": its temporary copies, lock, recovery checkpoints) must fit the file
-    system's limit on a name. Nothing is left behind."""
+    and, with ``need_bytes``, must have that much space free; the output's path must be
+    valid UTF-8 (NOT_UTF8_PATH); the names made from the output's ("file", "directory": its
+    temporary copies, lock, recovery checkpoints) must fit the file system's limit on a
+    name. Nothing is left behind."""
     if kind not in ("file", "directory", "inside"):
         raise ValueError(f"kind must be 'file', 'directory' or 'inside', got {kind!r}")
     shown = os.fspath(path)
@@ -119,6 +140,8 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
         raise OutputPathError(errno.EISDIR, f"{what} {shown!r} is a directory, expected a file")
     if kind == "inside" and os.path.lexists(target) and not os.path.isdir(target):
         raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r} is a file, expected a directory")
+    if not is_utf8_path(target):  # (saved there, a set could not be read back: refused before the work)
+        raise OutputPathError(errno.EILSEQ, f"{what} {printable_path(target)!r}: {NOT_UTF8_PATH}")
     existing = target if kind == "inside" else os.path.dirname(target)
     while not os.path.lexists(existing):  # the directories that writing the output would create
         existing = os.path.dirname(existing)
@@ -303,7 +326,7 @@ def save_atomic(obj: Any, path: str) -> None:
 def save_json_atomic(obj: Any, path: str) -> None:
     """``obj`` as indented JSON at ``path``, atomically."""
     def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1)
 
     write_atomically(path, write)

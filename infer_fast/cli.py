@@ -762,7 +762,11 @@ class _GuardedStream:
     def write(self, text: str) -> int:
         if not self.failed:
             try:
-                return self.stream.write(text)
+                try:
+                    return self.stream.write(text)
+                except UnicodeEncodeError:  # (a terminal of another encoding: "±" and "–" shown as "?")
+                    encoding = getattr(self.stream, "encoding", None) or "ascii"
+                    return self.stream.write(text.encode(encoding, "replace").decode(encoding))
             except OSError as exc:
                 self._drop(exc)
         return len(text)
@@ -798,14 +802,17 @@ def _guarded_output(who: str):
     """sys.stdout and sys.stderr guarded (_GuardedStream) while the block runs, flushed through
     the guards at its end, then restored; yields the stdout guard (its ``who`` can be set)."""
     saved = sys.stdout, sys.stderr
-    out, err = _GuardedStream(saved[0], "stdout", who), _GuardedStream(saved[1], "stderr", who)
-    sys.stdout, sys.stderr = out, err
-    try:
-        yield out
-    finally:
-        out.flush()
-        err.flush()
-        sys.stdout, sys.stderr = saved
+    with contextlib.ExitStack() as opened:
+        # (a stream closed at the start, `>&-` or `2>&-`, is None in Python: its output goes nowhere)
+        out, err = (_GuardedStream(opened.enter_context(open(os.devnull, "w")) if stream is None else stream, name, who)
+                    for stream, name in zip(saved, ("stdout", "stderr")))
+        sys.stdout, sys.stderr = out, err
+        try:
+            yield out
+        finally:
+            out.flush()
+            err.flush()
+            sys.stdout, sys.stderr = saved
 
 
 def _working_directory_problem() -> Optional[str]:
@@ -825,11 +832,24 @@ def _who(command: Optional[str]) -> str:
     ("infer-fast distill (rank 1 of 2)"): every rank prints its own line, the same one when all
     refuse alike, and one rank's own failure (its device's memory, a file on its node) is told
     apart."""
-    from .distributed import launched_world_size
+    from .distributed import launched_rank, launched_world_size
 
     who = "infer-fast" + (f" {command}" if command else "")
     world = launched_world_size()
-    return f"{who} (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else who
+    return f"{who} (rank {launched_rank()} of {world})" if world > 1 else who
+
+
+def _launch_problem() -> Optional[str]:
+    """Why torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK) cannot be read, if they cannot
+    (``export WORLD_SIZE=abc``): said before anything names this process by its rank."""
+    from .distributed import launched_local_rank, launched_rank
+
+    try:
+        launched_rank()
+        launched_local_rank()
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _last_line(line: str) -> None:
@@ -910,7 +930,8 @@ def _failed(command: str, exc: Exception, user_errors: Tuple[type, ...]) -> int:
     elif _lost_peer(exc):  # (not a bug here: another rank stopped, with its own line)
         message = f"another rank stopped, so this one cannot go on (its own line says why): {first_line(exc, 160)}"
     elif isinstance(exc, OSError):  # missing inputs, read-only media, a full disk...: naming the path
-        message = describe_os_error(exc)
+        # (one naming no file: the current directory deleted under the run, if it was)
+        message = (exc.filename is None and _working_directory_problem()) or describe_os_error(exc)
     elif is_out_of_memory(exc):  # (MemoryError under `ulimit -v`, CUDA's, the CPU allocator's)
         message = _out_of_memory(command, exc)
     else:  # a bug, not the user's doing: a short message, status 1
@@ -1046,7 +1067,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(argv: Optional[List[str]]) -> int:
-    problem = _working_directory_problem()
+    problem = _working_directory_problem() or _launch_problem()
     if problem:
         _last_line(f"infer-fast: error: {problem}")
         return 2

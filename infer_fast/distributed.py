@@ -47,8 +47,45 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(hours=24)
 
 def launched_world_size() -> int:
     """How many processes torchrun started this one among (its WORLD_SIZE; 1 without torchrun),
-    whether or not their group was joined yet."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    whether or not their group was joined yet. A ValueError in one line where WORLD_SIZE is
+    not a positive integer (_launch_variable)."""
+    return _launch_variable("WORLD_SIZE", 1, minimum=1, fix="unset it to run one process")
+
+
+def launched_rank() -> int:
+    """This process's RANK among the launched_world_size() ones (0 without torchrun), checked
+    below the world size: a ValueError in one line otherwise."""
+    world = launched_world_size()
+    if world == 1:  # (one process: a RANK left in the environment says nothing)
+        return 0
+    rank = _launch_variable("RANK", 0, minimum=0, fix=_UNDER_TORCHRUN)
+    if rank >= world:
+        raise ValueError(f"RANK={rank} is not below WORLD_SIZE={world}: torchrun sets both; {_UNDER_TORCHRUN}")
+    return rank
+
+
+def launched_local_rank() -> int:
+    """This process's LOCAL_RANK (its GPU on its node; 0 without torchrun), a ValueError in one
+    line where it is not a non-negative integer."""
+    if launched_world_size() == 1:
+        return 0
+    return _launch_variable("LOCAL_RANK", 0, minimum=0, fix=_UNDER_TORCHRUN)
+
+
+_UNDER_TORCHRUN = "launch with torchrun, or unset WORLD_SIZE to run one process"
+
+
+def _launch_variable(name: str, default: int, minimum: int, fix: str) -> int:
+    """torchrun's variable ``name`` as an integer of at least ``minimum``; ``default`` where it
+    is unset or blank (a job script's ``export WORLD_SIZE=$SLURM_NTASKS`` where SLURM set
+    none), else a ValueError in one line naming it, its value and ``fix``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()) or int(text) < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name}={os.environ[name]!r} is not a {kind} integer: torchrun sets it; {fix}")
+    return int(text)
 
 
 def init_from_env(backend: str = "auto") -> Tuple[int, int]:
@@ -59,8 +96,9 @@ def init_from_env(backend: str = "auto") -> Tuple[int, int]:
     if world > 1 and dist.is_available() and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
+        launched_rank()  # (a RANK torch cannot use: said in one line, before joining)
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(launched_local_rank())
         dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
         atexit.register(_destroy)
     return rank_and_world()

@@ -17,7 +17,7 @@ from .ops import backends
 def build_info() -> Dict[str, object]:
     """The record setup.py wrote at build time (CUDA kernels built or skipped, and why)."""
     try:
-        return json.loads(resources.files("infer_fast").joinpath("_build_info.json").read_text())
+        return json.loads(resources.files("infer_fast").joinpath("_build_info.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, OSError, json.JSONDecodeError):
         return {"cuda_kernels": False, "cuda_reason": "no build record (infer_fast is not installed with pip)"}
 

@@ -11,6 +11,7 @@ removed when the holder is done."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import glob
@@ -20,11 +21,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Sequence, Set, TypeVar, Union, cast
 
-from ._io import REPLACED, TEMP, check_writable, hidden_sibling_owner, hidden_sibling_pattern
+from ._io import REPLACED, TEMP, OutputPathError, check_writable, hidden_sibling_owner, hidden_sibling_pattern
 
 PathLike = Union[str, os.PathLike]
 # a function decorated by holds_output (its signature kept for type checkers)
 Function = TypeVar("Function", bound=Callable[..., Any])
+# what flock raises on a file system without it (Lustre mounted without -o flock, some FUSE and
+# network file systems): no one can hold the lock there, so the output cannot be guarded
+_NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL})
 
 
 class OutputInUseError(ValueError):
@@ -148,6 +152,15 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False,
             os.close(fd)
             raise OutputInUseError(f"{what} {output} is being written by {holder}: wait for it to finish, or choose "
                                    "another output") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in _NO_FLOCK:
+                raise
+            with contextlib.suppress(FileNotFoundError):  # (nobody can hold a lock there: ours to remove)
+                os.unlink(path)
+            raise OutputPathError(exc.errno, f"cannot lock {what} {output}: the file system of {path} does not support "
+                                  f"flock ({exc.strerror}); on Lustre mount it with -o flock, or put the output on "
+                                  "another file system") from None
         try:  # the file we locked may have been removed by the holder we waited behind: lock the current one
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break

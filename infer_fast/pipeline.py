@@ -379,7 +379,7 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
     if ranks.world > 1:
         ranks.barrier()  # the others return the results rank 0 wrote
         if ranks.rank != 0:
-            with open(session.results_path) as f:
+            with open(session.results_path, encoding="utf-8") as f:
                 return json.load(f)
     return session.results
 
@@ -607,7 +607,7 @@ def _write_report(session: _Session) -> None:
     plots = write_plots(results, out)
     # the scores of this session's protocol only (the file keeps the others' for a session under theirs)
     report = markdown_report({**results, "scores": _standing_scores(session.cfg, results)}, table, plots)
-    write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report), fsync=False)
+    write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report, encoding="utf-8"), fsync=False)
     session.say("\n" + table)
     session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(table_runs(results))} student runs; results in "
                 f"{session.results_path} and {out / 'results.md'} ({seconds:.0f} s this session)")

@@ -366,7 +366,7 @@ def load_results(path: Path, cfg, external: Optional[Dict[str, Dict[str, str]]] 
     if not path.exists():
         return fresh
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             old = json.load(f)
     except (OSError, ValueError, TOO_DEEP) as exc:  # (ValueError: not JSON, or not UTF-8 text)
         raise ValueError(f"{path} cannot be read ({parse_failure(exc)}); delete it to start the table over") from None

@@ -185,7 +185,7 @@ def scan_tiny_imagenet(root: str, split: str = "train",
     wnids_path = os.path.join(base, "wnids.txt")
     train_dir = os.path.join(base, "train")
     if os.path.isfile(wnids_path):
-        with open(wnids_path) as f:
+        with open(wnids_path, encoding="utf-8") as f:
             classes = tuple(sorted({line.strip() for line in f if line.strip()}))
         if not classes:
             raise ValueError(f"{wnids_path} lists no classes")
@@ -240,7 +240,7 @@ def _annotated_val(val_dir: str, classes: Tuple[str, ...], classes_from: str) ->
     label_of = {c: i for i, c in enumerate(classes)}
     line_of: Dict[str, int] = {}  # listed file -> its line
     samples = []
-    with open(annotations) as f:
+    with open(annotations, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
             if not fields:

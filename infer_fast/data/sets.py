@@ -303,7 +303,7 @@ class FolderImageSet(_Split):
         image = decode_image(path, self.spec.image_size, self.spec.channels, crop=self.crop)
         log = os.environ.get(DECODE_LOG_ENV)
         if log:  # one short append per decode: atomic across processes
-            with open(log, "a") as f:
+            with open(log, "a", encoding="utf-8") as f:
                 f.write(path + "\n")
         return image, int(self.labels[i])
 
@@ -422,7 +422,7 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        with open(meta_path, "w") as f:
+        with open(meta_path, "w", encoding="utf-8") as f:
             json.dump(record, f)
     return MappedImageSet(split.spec, path, shape, split.labels.clone(), split.split, files=split)
 
@@ -492,7 +492,7 @@ def _remove_outdated_caches(directory: str, source: Dict[str, Any], key: str, pr
     are left alone."""
     for meta_path in glob.glob(os.path.join(glob.escape(directory), "*.u8.json")):
         try:
-            with open(meta_path) as f:
+            with open(meta_path, encoding="utf-8") as f:
                 meta = json.load(f)
             outdated = (isinstance(meta, dict) and meta.get("key") != key and source["folder"] is not None
                         and all(meta.get(k) == v for k, v in source.items()))
@@ -526,7 +526,7 @@ def _cache_matches(path: str, meta_path: str, record: Dict[str, Any]) -> bool:
     without the key is of an older decode) and the file holds the shape's bytes
     (memory-mapping a shorter file would fail)."""
     try:
-        with open(meta_path) as f:
+        with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         return (isinstance(meta, dict) and all(meta.get(k) == v for k, v in record.items())
                 and os.path.getsize(path) == int(np.prod(record["shape"])))

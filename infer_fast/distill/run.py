@@ -7,12 +7,13 @@ the recovery checkpoints (:func:`save_and_clean`). The methods' own functions (d
 distill_sre2l, distill_random, ...) are in infer_fast/methods/."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from .. import distributed
-from .._io import check_writable
+from .._io import check_writable, file_sha256
 from ..storage.distilled_set import OutputExistsError
 from .checkpoints import recovery_checkpoints, recovery_results_dir, remove_recovery_checkpoints
 
@@ -104,6 +105,55 @@ def check_new_output(out_dir) -> Path:
                         "one; if the set is that run's whole result, delete the checkpoint)")
         raise OutputExistsError(message)
     check_writable(out_dir, "output directory", kind="directory")
+    return out_dir
+
+
+def request_identity(request) -> Dict[str, Any]:
+    """What determines the set a DistillRequest makes, as its manifest records it (``request``):
+    the method, dataset, ipc and seed, the method's options as parsed (over its recipe for the
+    dataset; each by its name, a config's fields too) but its result-neutral ones (batching,
+    checkpoint cadence), and the SHA-256 of each teacher file. A rerun with --resume of the
+    same request finds the set done (:func:`finished_set`)."""
+    from ..data.registry import DATASET_SWITCHES, dataset_options
+    from ..methods.registry import get_method, parsed_option_values
+
+    method = get_method(request.method)
+    name, dataset_settings = dataset_options(request.dataset)
+    # (its switches say how the split is read, not what it is)
+    subset = {f"dataset.{k}": v for k, v in dataset_settings.items() if k not in DATASET_SWITCHES}
+    options = {k: v for k, v in parsed_option_values(request.parsed).items() if k not in method.result_neutral}
+    identity = {"method": method.name, "dataset": name, **subset,
+                "ipc": request.ipc, "seed": request.seed, **options,
+                "teachers_sha256": [file_sha256(path) for path in request.teacher_paths]}
+    return json.loads(json.dumps(identity, default=str))  # (as the manifest holds it: lists, not tuples)
+
+
+def finished_set(request) -> Optional[Path]:
+    """With ``request.resume``, where its output already holds a whole set (no recovery
+    checkpoint beside it: a requeued job rerunning its script after the set was saved): that
+    set, saying "already distilled; nothing to do", when it records this very request
+    (:func:`request_identity`), else an OutputExistsError naming what differs. None where
+    there is work to do (the method's check_new_output refuses an existing output as ever)."""
+    from ..run_identity import another_run_message, differing
+    from ..storage.disk import complete_manifest
+
+    out_dir = Path(request.out_dir)
+    if not request.resume or out_dir.is_symlink() or _leftover_checkpoint(out_dir) is not None:
+        return None
+    manifest = complete_manifest(out_dir)
+    if manifest is None:
+        return None
+    todo = "choose another output directory, or delete it to distill it again"
+    recorded = manifest.get("request")
+    if not isinstance(recorded, dict):
+        raise OutputExistsError(f"{out_dir} already holds a set that records no request (made by an older "
+                                f"infer-fast, or imported): it cannot be told to be this one's; {todo}")
+    names = differing(recorded, request_identity(request))
+    if names:
+        raise OutputExistsError(another_run_message("set", out_dir, names, todo, recorded,
+                                                    labels={"teachers_sha256": "the teachers' weights"}))
+    if distributed.rank_and_world()[0] == 0:
+        print(f"{out_dir}: already distilled; nothing to do", flush=True)
     return out_dir
 
 

@@ -104,7 +104,8 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 def distill(request: DistillRequest):
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=request.parsed["config"], data_root=request.data_root,
-                         resume=request.resume, progress=request.progress, device=request.device, method_name="cda")
+                         resume=request.resume, progress=request.progress, device=request.device, method_name="cda",
+                         request=request)
 
 
 CDA = register(Method(

@@ -21,7 +21,8 @@ from ..choices import ACCOUNTINGS, SELECTIONS
 from ..distill.config import RecoveryConfig
 from ..distill.jobs import check_common, recover
 from ..distill.plan import natural_sets_out_of_memory_error
-from ..distill.run import check_space, prepare_run, real_data_fields, recovery_hyperparameters, save_and_clean
+from ..distill.run import (check_space, prepare_run, real_data_fields, recovery_hyperparameters, request_identity,
+                           save_and_clean)
 from ..distill.variables import BatchVariable, RecoveryKind
 from ..models import device_of
 from ..options import Option, check_value, given_config
@@ -214,6 +215,7 @@ def distill_infer(
     device: str = "auto",
     backend: str = "auto",
     selection: str = SELECTION.default,
+    request: Optional[DistillRequest] = None,
 ) -> Path:
     """Distill ``dataset`` with INFER into ``out_dir`` (a distilled-set directory); returns it.
 
@@ -221,7 +223,8 @@ def distill_infer(
     accounting), picks K natural sets (``selection`` random or by teacher confidence, seed =
     config.seed), recovers the K*M UFCs with a checkpoint at ``<out_dir>.recovery.pt``
     (removed after the set is saved; ``resume=True`` continues an interrupted run) and saves
-    an unlabelled INFER DistilledSet.
+    an unlabelled INFER DistilledSet; ``request``: the DistillRequest it makes the set for,
+    which the set records (distill.run.request_identity).
     """
     from ..storage import DistilledSet
 
@@ -230,6 +233,7 @@ def distill_infer(
         check_value(opt, value)
     out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
+    recorded = None if request is None else request_identity(request)  # (its teachers as they are now)
     spec = train.spec
     check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
@@ -252,6 +256,7 @@ def distill_infer(
         method="infer", **real_data_fields(train), natural=natural, ufc=result["ufc"], ufc_index=result["ufc_index"],
         ufc_teacher=result["ufc_teacher"], hyperparameters=hyper, teachers=records,
         budget={"ipc": int(ipc), "K": K, "M": len(teachers), "accounting": accounting}, seed=config.seed,
+        request=recorded,
     )
     return save_and_clean(ds, out_dir, checkpoint, progress)
 
@@ -278,7 +283,7 @@ def distill(request: DistillRequest):
     return distill_infer(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=options["config"], accounting=options["accounting"],
                          selection=options["selection"], data_root=request.data_root, resume=request.resume,
-                         progress=request.progress, device=request.device)
+                         progress=request.progress, device=request.device, request=request)
 
 
 INFER = register(Method(

@@ -364,7 +364,7 @@ def distill(request: DistillRequest):
 def _distill_locked(request: DistillRequest):
     from ..data import load_dataset
     from ..distill.checkpoints import remove_recovery_checkpoints
-    from ..distill.run import check_new_output, load_set_teachers, recovery_checkpoint_path
+    from ..distill.run import check_new_output, load_set_teachers, recovery_checkpoint_path, request_identity
     from ..storage import save_distilled
     from ..teacher import resolve_device
 
@@ -376,6 +376,7 @@ def _distill_locked(request: DistillRequest):
     path = recovery_checkpoint_path(out_dir)
     checkpoint = dict(path=path, minutes=request.parsed["checkpoint_minutes"], resume=request.resume)
     ds = _recipe_set(train, teachers, request.ipc, recipe, request.seed, records, request.progress, checkpoint)
+    ds.request = request_identity(request)  # (what a --resume of it compares: distill.run.finished_set)
     saved = save_distilled(ds, out_dir, progress=request.progress)
     remove_recovery_checkpoints(path)  # (the set is complete: nothing to resume; the results folder too)
     return saved

@@ -76,8 +76,17 @@ class DistillRequest(CheckedWhenMade):
 
     def make_set(self):
         """The method's set made as asked: what its ``distill`` returns (the set's directory;
-        a ValueError naming the method where it returns anything else)."""
-        path = get_method(self.method).distill(self)
+        a ValueError naming the method where it returns anything else). With ``resume``, a
+        resumable method's output that holds the set of this very request is returned as it is
+        (distill.run.finished_set)."""
+        method = get_method(self.method)
+        if method.resumable:  # (a --resume of a request whose set is saved, a requeued job: nothing to do)
+            from ..distill.run import finished_set
+
+            done = finished_set(self)
+            if done is not None:
+                return done
+        path = method.distill(self)
         if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
             raise ValueError(f"method {self.method!r}: its distill returned {path!r}; it must return the path of "
                              f"the set's directory it wrote ({self.out_dir})")

@@ -16,7 +16,8 @@ from .. import distributed
 from ..checks import check_int
 from ..distill.config import RecoveryConfig
 from ..distill.jobs import check_common, recover
-from ..distill.run import check_space, prepare_run, real_data_fields, recovery_hyperparameters, save_and_clean
+from ..distill.run import (check_space, prepare_run, real_data_fields, recovery_hyperparameters, request_identity,
+                           save_and_clean)
 from ..distill.variables import BatchVariable, RecoveryKind
 from ..options import given_config
 from ..output_lock import holds_output
@@ -138,19 +139,22 @@ def distill_sre2l(
     device: str = "auto",
     backend: str = "auto",
     method_name: str = "sre2l",
+    request: Optional[DistillRequest] = None,
 ) -> Path:
     """The SRe2L baseline into ``out_dir``: ipc*C images recovered from noise by
     :func:`recover_sre2l` (default ``RecoveryConfig.sre2l()``), stored as uint8 pixels (the
     recovered images, clamped to the valid range, quantized: like the reference release's
     image files and every other set's images) with hard labels (the same ipc*C image budget);
     relabel it like an INFER set. ``method_name``: the set's method (a method that is SRe2L's
-    recovery with another config, such as CDA, records its own name)."""
+    recovery with another config, such as CDA, records its own name). ``request``: the
+    DistillRequest it makes the set for, which the set records (distill.run.request_identity)."""
     from ..storage import DistilledSet
 
     config = given_config("config", config, RecoveryConfig, RecoveryConfig.sre2l)
     check_int("ipc", ipc)
     out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
+    recorded = None if request is None else request_identity(request)  # (its teachers as they are now)
     spec = train.spec
     check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
     n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
@@ -170,7 +174,7 @@ def distill_sre2l(
     ds = DistilledSet(
         method=method_name, **real_data_fields(train), images=pixels, labels=result["labels"],
         hyperparameters=hyper, teachers=records,
-        budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"}, seed=config.seed,
+        budget={"ipc": int(ipc), "K": 0, "M": len(teachers), "accounting": "ipc"}, seed=config.seed, request=recorded,
     )
     return save_and_clean(ds, out_dir, checkpoint, progress)
 
@@ -190,7 +194,7 @@ def parse_options(options: Mapping[str, Any], seed: int = 0) -> Dict[str, Any]:
 def distill(request: DistillRequest):
     return distill_sre2l(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
                          config=request.parsed["config"], data_root=request.data_root, resume=request.resume,
-                         progress=request.progress, device=request.device)
+                         progress=request.progress, device=request.device, request=request)
 
 
 SRE2L = register(Method(

@@ -21,8 +21,9 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._io import (REPLACED, TEMP, TOO_DEEP, PathLike, check_writable, file_sha256, format_bytes, hidden_sibling,
-                   hidden_sibling_pattern, naming_errors, parse_failure, safetensors_save)
+from .._io import (NOT_UTF8_PATH, REPLACED, TEMP, TOO_DEEP, PathLike, check_writable, file_sha256, format_bytes,
+                   hidden_sibling, hidden_sibling_pattern, is_utf8_path, naming_errors, parse_failure, printable_path,
+                   safetensors_save)
 from ..data.pixels import valid_range
 from ..plugins import PLUGINS_HINT
 from .distilled_set import (
@@ -126,6 +127,7 @@ def build_manifest(ds: DistilledSet, files: Dict[str, Any]) -> Dict[str, Any]:
         "counts": _counts(ds),
         "image_order": IMAGE_ORDER,
         "files": files,
+        **({"request": ds.request} if ds.request is not None else {}),
     }
 
 
@@ -153,7 +155,7 @@ def _check_counts(manifest: Dict[str, Any], ds: DistilledSet, path: Path) -> Non
 
 def _is_distilled_dir(path: Path) -> bool:
     try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT_NAME
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT_NAME
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -242,7 +244,7 @@ def _saving_line(ds: DistilledSet, directory: Path) -> str:
     what = f"{ds.method} set ({ds.num_stored_images()} stored images, {format_bytes(ds.nbytes())}) -> {directory}"
     labelled_by = ds.hyperparameters.get("relabel")
     if labelled_by is not None and _is_distilled_dir(directory):
-        on_disk = json.loads((directory / MANIFEST).read_text())
+        on_disk = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
         hyper = on_disk.get("hyperparameters")
         if not isinstance(hyper, dict) or hyper.get("relabel") != labelled_by:
             return f"relabelled {what}"
@@ -285,7 +287,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
             for fname, tensors in ds.tensor_files().items():
                 files[fname] = _write_tensor_file(tmp / fname, tensors)
             manifest = build_manifest(ds, files)
-            with open(tmp / MANIFEST, "w") as f:
+            with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2, allow_nan=False)
                 f.write("\n")
                 f.flush()
@@ -333,6 +335,13 @@ def _missing_hint(directory: Path) -> str:
             "back, or rename it back yourself)")
 
 
+def check_safetensors_path(path: PathLike) -> None:
+    """A DistilledSetError in one line where safetensors cannot read ``path``: its bytes are
+    not UTF-8 (NOT_UTF8_PATH), instead of the library's failure on each of its files."""
+    if not is_utf8_path(path):
+        raise DistilledSetError(f"{printable_path(path)}: {NOT_UTF8_PATH}")
+
+
 def read_manifest(directory: PathLike) -> Dict[str, Any]:
     """Parse and schema-check ``directory/manifest.json`` (no tensor file is read)."""
     directory = Path(directory)
@@ -345,7 +354,7 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
     if not path.is_file():
         raise err(f"{path}: missing manifest (not a distilled set, or an incomplete write)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, TOO_DEEP) as exc:
         raise err(f"{path}: not valid JSON ({parse_failure(exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -469,6 +478,7 @@ def load_distilled(
     directory = Path(directory)
     manifest = read_manifest(directory)
     check_compatible(manifest, directory / MANIFEST, expected_dataset, expected_num_classes, expected_image_size)
+    check_safetensors_path(directory)  # (before the checksums: nothing read in vain)
     if verify_checksums:
         verify_files(directory, manifest)
     tensors: Dict[str, Tensor] = {}
@@ -497,7 +507,8 @@ def load_distilled(
             mean=norm["mean"], std=norm["std"], class_names=manifest.get("class_names"),
             hyperparameters=manifest["hyperparameters"], teachers=manifest["teachers"], budget=manifest["budget"],
             seed=manifest.get("seed"), full_train_size=manifest.get("full_train_size"),
-            toolkit_version=manifest.get("toolkit_version"), created=manifest.get("created"), **tensors,
+            toolkit_version=manifest.get("toolkit_version"), created=manifest.get("created"),
+            request=manifest.get("request"), **tensors,
         )
         ds.validate()
     except DistilledSetError as exc:

@@ -214,6 +214,9 @@ class DistilledSet:
     full_train_size: Optional[int] = None
     toolkit_version: Optional[str] = None  # set on load (the writer's version)
     created: Optional[str] = None  # set on load
+    # the request that made the set (distill.run.request_identity): a rerun with --resume of the
+    # same request finds it done (distill.run.finished_set); None: not recorded
+    request: Optional[Dict[str, Any]] = None
 
     def __post_init__(self):
         try:
@@ -423,10 +426,13 @@ class DistilledSet:
         check_method_records(self.method, self.hyperparameters)
         if not isinstance(self.teachers, list) or not all(isinstance(t, dict) for t in self.teachers):
             raise err("teachers must be a list of dicts (name/path/model/accuracy, free-form)")
+        if self.request is not None and not isinstance(self.request, dict):
+            raise err(f"request must be a dict or None, got {type(self.request).__name__}")
         try:
-            json.dumps({"h": self.hyperparameters, "t": self.teachers, "b": self.budget}, allow_nan=False)
+            json.dumps({"h": self.hyperparameters, "t": self.teachers, "b": self.budget, "r": self.request},
+                       allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise err(f"hyperparameters, teachers and budget must be JSON-serializable: {exc}") from None
+            raise err(f"hyperparameters, teachers, budget and request must be JSON-serializable: {exc}") from None
 
     def _need(self, name: str, shape: Sequence[int], dtypes: Sequence[torch.dtype]) -> None:
         """Tensor ``name`` is present, of ``shape`` and one of ``dtypes``."""

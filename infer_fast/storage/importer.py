@@ -23,7 +23,7 @@ from torch import Tensor
 from .._io import TOO_DEEP, PathLike, file_sha256, parse_failure
 from .._text import count_text
 from ..checks import check_class_names
-from .disk import FORMAT_NAME
+from .disk import FORMAT_NAME, check_safetensors_path
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, check_dataset_classes, fp16_soft_labels
 from .report import EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_SHA256, _safe_name
 
@@ -37,7 +37,7 @@ def _read_export_listing(root: Path) -> Optional[dict]:
     if not listing.is_file():
         return None
     try:
-        meta = json.loads(listing.read_text())
+        meta = json.loads(listing.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, TOO_DEEP) as exc:
         raise DistilledSetError(f"{listing}: not readable JSON ({parse_failure(exc)})") from None
     return meta if isinstance(meta, dict) and meta.get("source_format") == FORMAT_NAME else None
@@ -177,6 +177,7 @@ def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        check_safetensors_path(path)
         try:
             found = load_file(str(path))
         except Exception as exc:  # any unreadable file: one message naming it
@@ -221,6 +222,7 @@ def _recorded_row_order(path: Path) -> Optional[str]:
         return None
     from safetensors import safe_open
 
+    check_safetensors_path(path)
     with safe_open(str(path), "pt") as f:
         return (f.metadata() or {}).get(ROW_ORDER_KEY)
 

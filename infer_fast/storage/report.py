@@ -312,7 +312,7 @@ def export_imagefolder(
                 "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
                 EXPORTED_SOFT_LABELS_SHA256: soft_sha256,
             }
-            (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+            (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             if out.exists():  # an empty directory: replaced
                 out.rmdir()
             os.rename(tmp, out)
