@@ -343,7 +343,7 @@ def check_evaluable(distilled, teachers: Sequence[nn.Module], device: str, stati
     if not teachers:
         raise ValueError("teachers: the random subsets need the teachers that labelled the set")
     ipc = distilled.budget.get("ipc")
-    if not isinstance(ipc, int) or ipc < 1:
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise ValueError("the set records no budget ipc (images per class): cannot pick a random subset of its budget")
     return ipc
 

@@ -160,7 +160,7 @@ def test_a_taken_name_is_refused(toy_registry, changes, message):
 @pytest.mark.parametrize("changes, message", [
     ({"layout": "zip"}, "layout must be one of arrays, folders, got 'zip'"),
     ({"family": "mnist"}, "family must be one of cifar, tiny-imagenet, imagenet"),
-    ({"train_size": 0}, "train_size must be a positive int or None"),
+    ({"train_size": 0}, "train_size must be a positive integer or None"),
     ({"splits": ("train",)}, "splits must include train and test"),
     ({"in_memory": False}, "only a folder dataset can stay on disk"),
     ({"spec": None}, "only a folder dataset may take its classes from the files"),

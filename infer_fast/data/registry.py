@@ -16,6 +16,7 @@ import numbers
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ..checks import check_int
 from ..plugins import PLUGINS_HINT, load_plugins
 
 __all__ = ["DatasetSpec", "Dataset", "LoadRequest", "register_dataset", "get_dataset", "get_spec", "list_datasets",
@@ -168,9 +169,7 @@ class Dataset:
             raise ValueError(f"{where}: only a folder dataset may take its classes from the files (spec None)")
         if not {"train", "test"} <= set(self.splits):
             raise ValueError(f"{where}: splits must include train and test, got {self.splits}")
-        if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
-                                            or self.train_size < 1):
-            raise ValueError(f"{where}: train_size must be a positive int or None, got {self.train_size!r}")
+        check_int(f"{where}: train_size", self.train_size, none="unknown")
         if self.family not in DATASET_FAMILIES:
             raise ValueError(f"{where}: family must be one of {', '.join(DATASET_FAMILIES)}, got {self.family!r}")
         if self.in_memory is not None and not isinstance(self.in_memory, bool):
@@ -280,8 +279,8 @@ def dataset_options(dataset) -> Tuple[str, Dict[str, int]]:
         if key in DATASET_SWITCHES:
             if not isinstance(value, bool):
                 raise ValueError(f"dataset: {key} must be true or false, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"dataset: {key} must be a positive integer, got {value!r}")
+        else:
+            check_int(f"dataset: {key}", value)
     if options.get("in_memory") is False and _DATASETS[name].layout != "folders":
         raise ValueError(f"dataset: in_memory false is for folder datasets; {name} is always held in memory")
     return name, options
@@ -335,10 +334,8 @@ def get_spec(
     key, options = dataset_options(name)
     num_classes = options.get("num_classes") if num_classes is None else num_classes
     image_size = options.get("image_size") if image_size is None else image_size
-    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    check_int("num_classes", num_classes, none="the dataset's")
+    check_int("image_size", image_size, none="the dataset's")
     entry = _DATASETS[key]
     if entry.spec is None:
         return _folder_spec(key, num_classes, image_size, channels, mean, std, class_names)

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .. import interrupts
+from ..checks import check_int
 from ..progress import SHORT_PHASE_S, progress_bar
 from .folders import DEFAULT_DECODER, check_crop, decode_image
 from .registry import DatasetSpec
@@ -56,8 +57,7 @@ def loader_workers(n_images: int, requested: Optional[int] = None) -> int:
     """DataLoader worker processes for decoding ``n_images`` files: ``requested`` when given,
     else none for a few images, one per available core (at most 8) otherwise."""
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {requested!r}")
+        check_int("num_workers", requested, minimum=0)
         return requested
     if n_images < MIN_IMAGES_FOR_WORKERS:
         return 0
@@ -81,8 +81,7 @@ def per_class_indices(labels: Tensor, num_classes: int, per_class: int, seed: in
     """``per_class`` random indices of every class (torch.Generator seeded with ``seed``),
     class-major: all of class 0, then class 1, ...; a ValueError (``where`` names the data)
     when a class has fewer."""
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+    check_int("per_class", per_class)
     gen = torch.Generator().manual_seed(int(seed))
     order = torch.argsort(labels, stable=True)
     counts = torch.bincount(labels, minlength=num_classes).tolist()

@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
 from ..transfer import to_device
 
 __all__ = [
@@ -248,8 +249,7 @@ def shuffle_patches(x: torch.Tensor, factor: int, gen: Optional[torch.Generator]
     column and one row permutation per sample, so a patch moves with its row and column).
     Strips of unequal size (size % factor != 0) keep their own size; factor 1 returns ``x``."""
     _check_batch(x, "shuffle_patches")
-    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-        raise ValueError(f"shuffle_patches: factor must be a positive int, got {factor!r}")
+    check_int("shuffle_patches: factor", factor)
     if factor == 1:
         return x
     n, ch, height, width = x.shape
