@@ -71,7 +71,10 @@ def _listing(directory: str) -> Tuple[List[str], List[str]]:
             elif e.is_file():
                 if e.name.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(e.name)
-            elif e.is_symlink():  # (neither folder nor file: its target is gone; no stat for the others)
+            elif e.is_symlink() and (e.name.lower().endswith(IMAGE_EXTENSIONS) or "." not in e.name):
+                # (neither folder nor file: its target is gone, an image or a class folder it stood for would be
+                # left out; a link named as another kind of file is skipped as that file would be; no stat for the
+                # others)
                 raise FileNotFoundError(
                     f"{e.path}: a symbolic link that leads nowhere (broken, or a loop), to {os.readlink(e.path)}: "
                     "restore its target (or remove the link)"

@@ -175,6 +175,9 @@ class Method:
             if family not in DATASET_FAMILIES or undeclared:
                 raise ValueError(f"method {self.name!r}: family_defaults maps dataset families "
                                  f"({', '.join(DATASET_FAMILIES)}) to its own options, got {family!r}: {dict(values)}")
+        # (an option declared result_neutral is one, whether or not result_neutral lists it)
+        declared_neutral = tuple(o.name for o in self.options if o.result_neutral and o.name not in self.result_neutral)
+        object.__setattr__(self, "result_neutral", tuple(self.result_neutral) + declared_neutral)
 
     @property
     def option_names(self) -> Tuple[str, ...]:
@@ -200,9 +203,9 @@ class Method:
             given = dict(self.family_defaults.get(family, {}))
             values = {**{o.name: o.default for o in self.options}, **given}
             try:  # (its own recipe, no user's options: parsed as they are, not checked as a user's)
-                parsed = parsed_option_values(self.parse_options(given))
-            except ValueError:  # (a plug-in's option that must be given: its help says so)
-                parsed = {}
+                parsed = parsed_option_values(self.parse_options(given, 0))
+            except Exception:  # noqa: BLE001 - (a plug-in's option that must be given, or its own bug: the parser of
+                parsed = {}    # every command is built with this; the declared defaults are said, its run tells)
             found[family] = {**values, **{k: v for k, v in parsed.items() if k in values}}
         return found
 
