@@ -13,6 +13,7 @@ import tempfile
 import uuid
 import warnings
 import zipfile
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Union
 
 import torch
@@ -58,22 +59,55 @@ def hidden_sibling_owner(path: PathLike, kind: str) -> Optional[str]:
     return os.path.join(head, name)
 
 
+# The names of a recovery's files, derived from its set's: the checkpoint beside the set
+# (distill/run.py), each rank's share beside that (distributed.shard_path), the folder of the
+# finished batches' results and a results file in it (distill/checkpoints.py). Defined here, the
+# module below every one of their writers and of output_lock, which sweeps their temporary files.
+RECOVERY_CHECKPOINT_SUFFIX = ".recovery.pt"
+RECOVERY_RESULTS_SUFFIX = ".results"
+
+
+def recovery_checkpoint_path(out_dir: PathLike) -> Path:
+    """Where the recovery of the set ``out_dir`` checkpoints: ``<out_dir>.recovery.pt`` beside
+    it (and, under torchrun, each rank's share beside that: distributed.shard_path), the results
+    of its finished batches in ``<out_dir>.recovery.pt.results/`` (:func:`recovery_results_dir`);
+    all removed once the set is saved (distill.checkpoints.remove_recovery_checkpoints)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / (out_dir.name + RECOVERY_CHECKPOINT_SUFFIX)
+
+
+def recovery_results_dir(checkpoint: PathLike) -> str:
+    """The folder beside a recovery's checkpoint that holds the results of its finished batches,
+    one file per batch written once (not the whole set of results rewritten after every
+    batch: 7.5 GB each time for SRe2L on ImageNet-1k at ipc 50); every rank's, of any world
+    size, and the checkpoints list which file holds which job."""
+    return os.fspath(checkpoint) + RECOVERY_RESULTS_SUFFIX
+
+
+def recovery_results_name(writer: PathLike, teacher: int, first_job: int, jobs: int) -> str:
+    """The name (in :func:`recovery_results_dir`) of the file of a finished batch's results: the
+    ``jobs`` jobs of ``teacher`` from index ``first_job``, written by the checkpoint ``writer``
+    (the run's, or a rank's share): ``<writer's name>.m<m>-k<k>-n<n>.pt``."""
+    return f"{os.path.basename(os.fspath(writer))}.m{teacher}-k{first_job}-n{jobs}.pt"
+
+
 # The numbers in names derived from an output's name at their widest: a pid (Linux's pid_max is
 # at most 2**22) and a rank, world size, teacher, job index or group size (under a million).
-_WIDEST_PID, _WIDEST_NUMBER = str(2 ** 22), str(10 ** 6 - 1)
+_WIDEST_PID, _WIDEST_NUMBER = str(2 ** 22), 10 ** 6 - 1
 
 
 def longest_derived_name(name: str) -> str:
     """The longest file name a writer of the output ``name`` makes: the temporary file
-    (write_atomically) of a results file of one rank's share of a recovery
-    (``<name>.recovery.pt.results/<share>.m<m>-k<k>-n<n>.pt``, distill/checkpoints.py, a share
-    being ``<name>.recovery.pt.rank<r>-of-<w>``, distributed.shard_path), every number at its
-    widest. The others (``.<name>.lock``, ``.<name>.tmp-<12 hex>``, ``.<name>.old-<12 hex>``, a
-    checkpoint's temporary file) are shorter: tests/test_write_safety.py checks each of them
-    against this one."""
+    (write_atomically) of a results file (:func:`recovery_results_name`) of one rank's share
+    (distributed.shard_path) of its recovery's checkpoint (:func:`recovery_checkpoint_path`),
+    every number at its widest. The others (``.<name>.lock``, ``.<name>.tmp-<12 hex>``,
+    ``.<name>.old-<12 hex>``, a checkpoint's temporary file) are shorter:
+    tests/test_write_safety.py checks each of them against this one."""
+    from .distributed import shard_path  # (here: _io, below every module, imports none of them at load)
+
     n = _WIDEST_NUMBER
-    share = f"{name}.recovery.pt.rank{n}-of-{n}"
-    return os.path.basename(hidden_sibling(f"{share}.m{n}-k{n}-n{n}.pt", TEMP, _WIDEST_PID))
+    share = shard_path(recovery_checkpoint_path(name).name, n, n)
+    return os.path.basename(hidden_sibling(recovery_results_name(share, n, n, n), TEMP, _WIDEST_PID))
 
 
 class OutputPathError(OSError):

@@ -48,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from .distributed import init_from_env, same_outcome
     from .pipeline import format_table, run_pipeline
-    from .results import RESULTS_FILE
+    from .results import RESULTS_FILE, RUN_REPORT
 
     rank, _ = init_from_env()  # under torchrun: teachers, recovery and student runs split across the ranks
     with same_outcome():  # (a rank whose config file is missing or wrong stops every rank)
@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     results = run_pipeline(config, progress=not args.quiet)
     if args.quiet and rank == 0:  # the table is the result, and where it is kept: shown even without progress output
         print(format_table(results))
-        print(f"results in {os.path.join(config.out, RESULTS_FILE)} and {os.path.join(config.out, 'results.md')}")
+        print(f"results in {os.path.join(config.out, RESULTS_FILE)} and {os.path.join(config.out, RUN_REPORT)}")
 
 
 def _run_config(args: argparse.Namespace):

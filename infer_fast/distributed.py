@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import glob
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,8 +30,8 @@ import torch.distributed as dist
 
 from ._text import first_line
 
-__all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path", "Ranks",
-           "same_outcome", "check_ranks_agree", "check_ranks_share_folder"]
+__all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path",
+           "shard_pattern", "Ranks", "same_outcome", "check_ranks_agree", "check_ranks_share_folder"]
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -131,8 +132,20 @@ def local_device(device: str) -> str:
     return device
 
 
+# a rank's share of the file ``path`` under torchrun: ``<path>.rank<r>-of-<w>``
+_SHARD_SUFFIX = ".rank{rank}-of-{world}"
+
+
 def shard_path(path: str, rank: int, world: int) -> str:
-    return path if world == 1 else f"{path}.rank{rank}-of-{world}"
+    """Where rank ``rank`` of ``world`` keeps its share of the file ``path`` (``path`` itself
+    for a single process)."""
+    return path if world == 1 else path + _SHARD_SUFFIX.format(rank=rank, world=world)
+
+
+def shard_pattern(path: str) -> str:
+    """The glob pattern of the shares of ``path`` (:func:`shard_path`) of every rank, of any
+    world size."""
+    return glob.escape(path) + _SHARD_SUFFIX.format(rank="*", world="*")
 
 
 # how much of another rank's error the others quote (its own line says all of it)

@@ -21,7 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Sequence, Set, TypeVar, Union, cast
 
-from ._io import REPLACED, TEMP, OutputPathError, check_writable, hidden_sibling_owner, hidden_sibling_pattern
+from ._io import (REPLACED, TEMP, OutputPathError, check_writable, hidden_sibling_owner, hidden_sibling_pattern,
+                  recovery_checkpoint_path, recovery_results_dir)
+from .distributed import shard_pattern
 
 PathLike = Union[str, os.PathLike]
 # a function decorated by holds_output (its signature kept for type checkers)
@@ -35,11 +37,14 @@ class OutputInUseError(ValueError):
     """Another process is writing the same output (the user's to resolve: wait, or choose another)."""
 
 
+INSIDE_LOCK = ".lock"  # the lock file in an output locked from inside (a run directory: lock_path)
+
+
 def lock_path(output: PathLike, inside: bool = False) -> Path:
     """``.<name>.lock`` beside ``output``, or ``.lock`` in it with ``inside`` (a run directory,
     which may sit in a folder the user cannot write)."""
     output = Path(output).absolute()
-    return output / ".lock" if inside else output.parent / f".{output.name}.lock"
+    return output / INSIDE_LOCK if inside else output.parent / f".{output.name}.lock"
 
 
 def stale_leftovers(output: PathLike, folders: Sequence[str] = ()) -> List[str]:
@@ -50,11 +55,14 @@ def stale_leftovers(output: PathLike, folders: Sequence[str] = ()) -> List[str]:
     other folders, nor inside any other output (what the user keeps there is not a writer's).
     Only hidden siblings named as infer-fast names them (_io.hidden_sibling: its tags) count."""
     output = Path(output).absolute()
+    checkpoint = recovery_checkpoint_path(output)
+    results = Path(recovery_results_dir(checkpoint))
     parent, name = glob.escape(str(output.parent)), glob.escape(output.name)
     patterns = [f"{parent}/{hidden_sibling_pattern(name, TEMP)}", f"{parent}/{hidden_sibling_pattern(name, REPLACED)}",
-                f"{parent}/{hidden_sibling_pattern(name + '.recovery.pt*', TEMP)}"]
-    if not output.with_name(output.name + ".recovery.pt.results").is_symlink():  # (never swept through a link)
-        patterns.append(f"{parent}/{name}.recovery.pt.results/{hidden_sibling_pattern('*', TEMP)}")
+                f"{parent}/{hidden_sibling_pattern(glob.escape(checkpoint.name), TEMP)}",
+                f"{parent}/{hidden_sibling_pattern(shard_pattern(checkpoint.name), TEMP)}"]  # (the ranks' shares)
+    if not results.is_symlink():  # (never swept through a link)
+        patterns.append(f"{glob.escape(str(results))}/{hidden_sibling_pattern('*', TEMP)}")
     found = {p for pattern in patterns for p in glob.glob(pattern)}
     if folders and output.is_dir() and not output.is_symlink():  # (a run directory: its teachers/, sets/...)
         found.update(_run_directory_entries(output, folders))

@@ -49,8 +49,8 @@ from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
 from .options import given_config
-from .output_lock import job_output_lock
-from .results import RESULTS_FILE, format_table, load_results, markdown_report, summarize, table_runs
+from .output_lock import INSIDE_LOCK, job_output_lock
+from .results import RESULTS_FILE, RUN_REPORT, format_table, load_results, markdown_report, summarize, table_runs
 from .run_config import PipelineConfig, load_pipeline_config
 from .set_keys import RunKey, SetKey
 
@@ -58,6 +58,12 @@ __all__ = [
     "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
     "summarize", "format_table",
 ]
+
+# the folders a run writes in its directory: trained and pretrained teachers' checkpoints, the
+# distilled sets (SetKey.directory_name), the students' per-epoch checkpoints (RunKey.checkpoint_name)
+# and the decoded test split
+TEACHERS_DIR, SETS_DIR, STUDENTS_DIR, CACHE_DIR = "teachers", "sets", "students", "cache"
+RUN_FOLDERS = (TEACHERS_DIR, SETS_DIR, STUDENTS_DIR, CACHE_DIR)
 
 
 # --------------------------------------------------------------------------------------
@@ -84,7 +90,7 @@ def _stdout_unless(show: bool):
 
 def _pretrained_teacher_path(out: str, i: int, entry: Dict[str, Any]) -> str:
     """Where the run writes its i-th teacher, ``entry`` = {model, pretrained}."""
-    return str(Path(out) / "teachers" / f"teacher{i}-{entry['model'].replace(':', '_')}-pretrained.pt")
+    return str(Path(out) / TEACHERS_DIR / f"teacher{i}-{entry['model'].replace(':', '_')}-pretrained.pt")
 
 
 def _check_pretrained_weights(cfg: PipelineConfig) -> None:
@@ -126,7 +132,7 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
         else:
             teacher_cfg = cfg.teacher_config(i)
             teacher_cfg = dataclasses.replace(teacher_cfg, device=distributed.local_device(teacher_cfg.device))
-            path = str(out / "teachers" / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
+            path = str(out / TEACHERS_DIR / f"teacher{i}-{teacher_cfg.model.replace(':', '_')}.pt")
             to_train.append((i, teacher_cfg, path))
         paths.append(path)
     # rank 0 looks for unstarted teachers before any rank writes one (for its messages only)
@@ -155,7 +161,7 @@ def _test_split(cfg: PipelineConfig, out: Path, ranks: distributed.Ranks, progre
     small one is not cached.)"""
     from .data import load_test_split
 
-    cache = str(out / "cache") if cfg.decode_cache else None
+    cache = str(out / CACHE_DIR) if cfg.decode_cache else None
     if ranks.rank == 0:
         test = load_test_split(cfg.dataset, cfg.data_root, cache, progress=progress, cache_asked=False)
     ranks.barrier()
@@ -168,7 +174,7 @@ def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[SetKey, Path]]:
     from .storage import read_manifest
 
     ours = [SetKey(method, ipc) for ipc in cfg.ipc for method in cfg.methods]
-    sets = [(key, out / "sets" / key.directory_name) for key in ours]
+    sets = [(key, out / SETS_DIR / key.directory_name) for key in ours]
     for label, directory in cfg.external.items():
         ipc = read_manifest(directory).get("budget", {}).get("ipc")
         if not isinstance(ipc, int) or ipc < 1:
@@ -271,10 +277,8 @@ def _check_ranks_run_the_same(cfg: PipelineConfig) -> None:
                                   "every rank must run the same config, with the same options")
 
 
-# the folders a run writes in its directory, and what it writes there before its results file
-# (an interrupted first session)
-RUN_FOLDERS = ("teachers", "sets", "students", "cache")
-RUN_ENTRIES = (*RUN_FOLDERS, ".lock")
+# what a run writes in its directory before its results file (an interrupted first session)
+RUN_ENTRIES = (*RUN_FOLDERS, INSIDE_LOCK)
 
 
 def check_run_directory(out: Path) -> None:
@@ -581,7 +585,7 @@ def _train_student(session: _Session, run_key: RunKey, ds, teachers: List[Any], 
     session.say(f"student {position}: {run_key.set_key.label} ipc {run_key.ipc} seed {run_key.seed} "
                 f"({scfg.model}, {count_text(scfg.epochs, 'epoch')}, {ds.num_training_images()} training images)")
     # per-epoch checkpoint: a killed run continues from its last epoch
-    ckpt = session.out / "students" / run_key.checkpoint_name
+    ckpt = session.out / STUDENTS_DIR / run_key.checkpoint_name
     ckpt.parent.mkdir(exist_ok=True)
     run = train_student(ds, test, scfg, teachers=teachers if scfg.dynamic else None, progress=session.progress,
                         checkpoint=str(ckpt), resume=True, ddp=False)
@@ -607,10 +611,10 @@ def _write_report(session: _Session) -> None:
     plots = write_plots(results, out)
     # the scores of this session's protocol only (the file keeps the others' for a session under theirs)
     report = markdown_report({**results, "scores": _standing_scores(session.cfg, results)}, table, plots)
-    write_atomically(out / "results.md", lambda tmp: Path(tmp).write_text(report, encoding="utf-8"), fsync=False)
+    write_atomically(out / RUN_REPORT, lambda tmp: Path(tmp).write_text(report, encoding="utf-8"), fsync=False)
     session.say("\n" + table)
     session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(table_runs(results))} student runs; results in "
-                f"{session.results_path} and {out / 'results.md'} ({seconds:.0f} s this session)")
+                f"{session.results_path} and {out / RUN_REPORT} ({seconds:.0f} s this session)")
 
 
 def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: Dict[str, Any],
@@ -651,7 +655,7 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
         scores[str(key)] = evaluate_under(own, load_distilled(directory), [m for m, _ in teachers],
                                           data_root=cfg.data_root, full_data_checkpoint=full_data,
                                           device=cfg.device, progress=False, reuse=reuse,
-                                          decode_cache=str(Path(cfg.out) / "cache") if cfg.decode_cache else None)
+                                          decode_cache=str(Path(cfg.out) / CACHE_DIR) if cfg.decode_cache else None)
         save()
 
 

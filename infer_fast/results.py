@@ -53,22 +53,24 @@ def table_runs(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 
 RESULTS_FILE = "results.json"  # in the run directory
+RUN_REPORT = "results.md"  # beside it: the tables (markdown_report)
 RESULTS_FORMAT = "infer-fast-results"
-# the settings that determine a run's sets and students, with the methods' own sections
-# (Method.config_section: INFER's recovery, SRe2L's sre2l): a results file made under others is
-# not continued (its sets and runs would stand beside new ones as if alike); a setting the file
-# predates counts as its default; the data root is compared as the folder, then as the data it
-# holds (_check_same_settings)
-RUN_SETTINGS = ("dataset", "teachers", "method_options", "accounting", "selection", "student", "dynamic_epochs",
-                "data_root")
+# the settings that determine a run's sets and students, with the run-level options the methods
+# declare after method_options (INFER's accounting and selection: registry.run_level_options)
+# and the methods' own sections (Method.config_section: INFER's recovery, SRe2L's sre2l): a
+# results file made under others is not continued (its sets and runs would stand beside new ones
+# as if alike); a setting the file predates counts as its default; the data root is compared as
+# the folder, then as the data it holds (_check_same_settings)
+RUN_SETTINGS = ("dataset", "teachers", "method_options", "student", "dynamic_epochs", "data_root")
 
 
 def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The RUN_SETTINGS and method sections of a run config dict (those it has), without the
-    settings that do not change a result (a method's ``result_neutral``: batching, checkpoint
-    cadence; a student's and each trained teacher's: their device, evaluation batches): a run
-    continues under other values of them."""
+    """The RUN_SETTINGS, run-level options and method sections of a run config dict (those it
+    has), without the settings that do not change a result (a method's ``result_neutral``:
+    batching, checkpoint cadence; a student's and each trained teacher's: their device,
+    evaluation batches): a run continues under other values of them."""
     from .methods import all_methods
+    from .methods.registry import run_level_options
     from .student import STUDENT_RESULT_NEUTRAL
     from .teacher import TEACHER_RESULT_NEUTRAL
 
@@ -77,7 +79,9 @@ def run_settings(config: Dict[str, Any]) -> Dict[str, Any]:
 
     methods = {m.name: m for m in all_methods()}
     sections = {m.config_section: m for m in methods.values() if m.config_section}
-    settings = {k: config[k] for k in RUN_SETTINGS + tuple(sections) if k in config}
+    after = RUN_SETTINGS.index(METHOD_OPTIONS) + 1  # (the order a message names differing settings in)
+    names = (*RUN_SETTINGS[:after], *run_level_options(), *RUN_SETTINGS[after:], *sections)
+    settings = {k: config[k] for k in names if k in config}
     for section, method in sections.items():
         if section in settings:
             settings[section] = without(settings[section], method.result_neutral)
@@ -119,20 +123,15 @@ def _method_effective(method, config: Dict[str, Any], own: Any) -> Dict[str, Any
     the one builder, distill.config.recovery_config, with the method's recipes); a parsed
     config (RecoveryConfig) as its fields; without its result-neutral options and the
     run-level settings it is given (compared on their own)."""
+    from .methods.registry import parsed_option_values
     from .run_config import distillation_seed, shared_recovery_settings
 
     recovery = config.get("recovery") or {}
     shared = shared_recovery_settings(method, recovery)
     options = {k: v for k, v in {**shared, **own}.items() if k not in method.result_neutral}
     parsed = method.options_for_dataset(options, config.get("dataset"), distillation_seed(recovery))
-    fields: Dict[str, Any] = {}
-    for name, value in parsed.items():
-        if name in method.run_options:
-            continue
-        if hasattr(value, "to_dict"):
-            fields.update({k: v for k, v in value.to_dict().items() if k not in method.result_neutral})
-        else:
-            fields[name] = value
+    fields = {name: value for name, value in parsed_option_values(parsed).items()
+              if name not in method.run_options and name not in method.result_neutral}
     return json.loads(json.dumps(fields))  # (as a results file holds them: lists, not tuples)
 
 
@@ -229,8 +228,10 @@ def _recorded_set_keys(old: Dict[str, Any]) -> List[SetKey]:
 def _started(out: Path, method: str, old: Dict[str, Any]) -> bool:
     """Whether the run directory ``out`` holds anything of ``method``'s sets: recorded
     (:func:`_recorded_set_keys`), on disk or begun (a recovery checkpoint beside one)."""
+    from .pipeline import SETS_DIR  # (here: pipeline builds on this module)
+
     return (any(key.made_as.method == method for key in _recorded_set_keys(old))
-            or any((out / "sets").glob(f"{method}-ipc*")))
+            or any((out / SETS_DIR).glob(SetKey.directory_pattern(method))))
 
 
 def _changed_unmade(names: List[str], old: Dict[str, Any], cfg, out: Path) -> List[str]:
@@ -238,13 +239,15 @@ def _changed_unmade(names: List[str], old: Dict[str, Any], cfg, out: Path) -> Li
     made yet: ``method_options`` where each changed method has no set begun, the student's
     settings before any student run. (An option found wrong after the others' sets is then fixed
     in the same run directory.)"""
+    from .pipeline import STUDENTS_DIR  # (here: pipeline builds on this module)
+
     free = []
     if "method_options" in names:
         before, now = old["config"].get("method_options") or {}, cfg.method_options
         changed = [m for m in set(before) | set(now) if before.get(m) != now.get(m)]
         if not any(_started(out, m, old) for m in changed):
             free.append("method_options")
-    if not old.get("runs") and not any((out / "students").glob("*.pt")):
+    if not old.get("runs") and not any((out / STUDENTS_DIR).glob("*.pt")):
         free += ["student", "dynamic_epochs"]
     return [name for name in names if name in free]
 

@@ -9,6 +9,7 @@ the set directory ``sets/infer-ipc10``) and ``RunKey(method, ipc, seed)``
 (``external`` in its config), which keeps its own directory."""
 from __future__ import annotations
 
+import glob
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +21,7 @@ EXTERNAL_PREFIX = "external:"  # the method of a set given to the run (e.g. impo
 
 _SET_KEY = re.compile(r"([^/]+)/ipc([1-9][0-9]*)")
 _RUN_KEY = re.compile(r"([^/]+)/ipc([1-9][0-9]*)/seed(0|[1-9][0-9]*)")
+_SET_DIRECTORY = "{method}-ipc{ipc}"  # a set's directory under the run's sets/
 
 
 def external_method(label: str) -> str:
@@ -93,7 +95,14 @@ class SetKey:
         """Its directory under the run's ``sets/``, shared with the method it trains on."""
         if self.own is None:
             raise ValueError(f"{self}: a set given to the run keeps its own directory")
-        return f"{self.made_as.method}-ipc{self.ipc}"
+        return _SET_DIRECTORY.format(method=self.made_as.method, ipc=self.ipc)
+
+    @staticmethod
+    def directory_pattern(method: str) -> str:
+        """The glob pattern of what ``method`` makes under the run's ``sets/``: its sets'
+        directories (:attr:`directory_name`) of every ipc, and what is begun beside them (a
+        recovery checkpoint)."""
+        return _SET_DIRECTORY.format(method=glob.escape(method), ipc="*")
 
     def run(self, seed: int) -> "RunKey":
         """The key of its student run with ``seed``."""

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from torch import Tensor
 
 from .. import distributed
-from .._io import read_checkpoint, save_atomic
+from .._io import read_checkpoint, recovery_results_dir, recovery_results_name, save_atomic
 from ..run_identity import check_same_run, flattened
 from .config import RESULT_NEUTRAL, RecoveryConfig
 
@@ -34,19 +34,11 @@ Job = Tuple[int, int]  # (teacher m, index k)
 BatchKey = Tuple[int, Tuple[int, ...]]  # (teacher m, the batch's ks)
 
 
-def recovery_results_dir(checkpoint: Union[str, os.PathLike]) -> str:
-    """The folder beside a recovery's checkpoint that holds the results of its finished batches,
-    one file per batch written once (not the whole set of results rewritten after every
-    batch: 7.5 GB each time for SRe2L on ImageNet-1k at ipc 50); every rank's, of any world
-    size, and the checkpoints list which file holds which job."""
-    return os.fspath(checkpoint) + ".results"
-
-
 def recovery_checkpoints(checkpoint: Union[str, os.PathLike]) -> List[str]:
     """The existing checkpoint files of a recovery run: ``checkpoint`` itself (one process,
     or "chunks") and the per-rank shares ``<checkpoint>.rank<r>-of-<w>`` of any world size."""
     base = os.fspath(checkpoint)
-    shares = sorted(glob.glob(glob.escape(base) + ".rank*-of-*"))
+    shares = sorted(glob.glob(distributed.shard_pattern(base)))
     return ([base] if os.path.exists(base) else []) + shares
 
 
@@ -209,7 +201,7 @@ class CheckpointStore:
 
     def write_results(self, m: int, finished: Dict[int, Tensor]) -> None:
         """A finished batch's results, in a file of their own (once)."""
-        name = f"{os.path.basename(self.path)}.m{m}-k{min(finished)}-n{len(finished)}.pt"
+        name = recovery_results_name(self.path, m, min(finished), len(finished))
         os.makedirs(self.results_dir, exist_ok=True)
         save_atomic({"format": RESULTS_FORMAT, "format_version": CHECKPOINT_VERSION,
                      "jobs": [[m, k] for k in finished], "results": list(finished.values())},

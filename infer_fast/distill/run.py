@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from .. import distributed
-from .._io import check_writable, file_sha256
+from .._io import check_writable, file_sha256, recovery_checkpoint_path  # (also imported from here)
 from ..storage.distilled_set import OutputExistsError
 from .checkpoints import recovery_checkpoints, recovery_results_dir, remove_recovery_checkpoints
 
@@ -77,15 +77,6 @@ def load_set_teachers(teacher_paths: Union[str, os.PathLike, Sequence[Union[str,
     records = [{"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")}
                for path, (_, meta) in zip(paths, loaded)]
     return [model for model, _ in loaded], records
-
-
-def recovery_checkpoint_path(out_dir: Union[str, os.PathLike]) -> Path:
-    """Where the recovery of the set ``out_dir`` checkpoints: ``<out_dir>.recovery.pt`` beside
-    it (and, under torchrun, each rank's share beside that: see ``recovery_checkpoints``), the
-    results of its finished batches in ``<out_dir>.recovery.pt.results/``; all removed once the
-    set is saved."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(out_dir.name + ".recovery.pt")
 
 
 def check_new_output(out_dir) -> Path:

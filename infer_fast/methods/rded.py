@@ -65,6 +65,7 @@ from ..progress import progress_bar
 
 from ..checks import check_int
 from ..choices import PRECISIONS
+from ..data.registry import SMALL_IMAGE_MAX
 from ..mixed_precision import autocast, batch_in_layout, copies_in_layout
 from ..options import Option
 from .rded_checkpoint import RDEDCheckpoint
@@ -84,8 +85,9 @@ DEFAULT_BATCH_SIZE = 512  # padded patches per teacher forward
 def _by_family(name: str) -> str:
     """What a flag's help says of a recipe value: "the dataset family's: 1 for cifar, ..."."""
     values: Dict[int, list] = {}
-    for family, recipe in RECIPES.items():  # (recipe_family: images over 64 px take imagenet's)
-        values.setdefault(recipe[name], []).append("imagenet or images over 64 px" if family == "imagenet" else family)
+    for family, recipe in RECIPES.items():  # (recipe_family: larger images take imagenet's)
+        values.setdefault(recipe[name], []).append(
+            f"imagenet or images over {SMALL_IMAGE_MAX} px" if family == "imagenet" else family)
     if len(values) == 1:
         return f"{next(iter(values))}, every dataset family's recipe"
     return "the dataset family's recipe: " + ", ".join(f"{v} for {' and '.join(f)}" for v, f in values.items())
@@ -118,7 +120,7 @@ RUN_ONLY = ("checkpoint_minutes",)  # how the run goes, not how its set is made:
 
 def recipe_family(dataset_name: str, image_size: int) -> str:
     """The RECIPES key of a dataset at ``image_size``: its recipe family (data.registry's
-    recipe_family: ImageNet's for images larger than 64 px, the release's ImageNet subsets)."""
+    recipe_family: ImageNet's for images larger than SMALL_IMAGE_MAX, the release's ImageNet subsets)."""
     from ..data.registry import recipe_family as family
 
     return family({"name": dataset_name, "image_size": image_size})

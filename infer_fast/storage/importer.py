@@ -25,7 +25,7 @@ from .._text import count_text
 from ..checks import check_class_names
 from .disk import FORMAT_NAME, check_safetensors_path
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, check_dataset_classes, fp16_soft_labels
-from .report import EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_SHA256, _safe_name
+from .report import EXPORT_LISTING, EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_SHA256, _safe_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -33,7 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 def _read_export_listing(root: Path) -> Optional[dict]:
     """``export.json`` as our own ``export`` wrote it (it records the class folders and the
     training order of the files), or None where there is none or another tool's."""
-    listing = root / "export.json"
+    listing = root / EXPORT_LISTING
     if not listing.is_file():
         return None
     try:
@@ -63,13 +63,13 @@ def _exported_dataset(dataset: Union[str, Mapping[str, Any]], listing: Optional[
         return dataset
     if not (isinstance(size, list) and len(size) == 2 and size[0] == size[1] and isinstance(size[0], int)
             and not isinstance(size[0], bool) and size[0] > 0):
-        raise DistilledSetError(f"{root / 'export.json'}: image_size must be [S, S] (square, in pixels), got {size!r}")
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: image_size must be [S, S] (square, in pixels), got {size!r}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise DistilledSetError(f"{root / 'export.json'}: num_classes must be a positive integer, got {count!r}")
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: num_classes must be a positive integer, got {count!r}")
     try:
         check_dataset_classes(entry.name, count)
     except DistilledSetError as exc:
-        raise DistilledSetError(f"{root / 'export.json'}: {exc}") from None
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: {exc}") from None
     return {"name": entry.name, "image_size": size[0], "num_classes": count}
 
 
@@ -80,16 +80,16 @@ def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
     folders = listing.get("class_folders")
     if not (isinstance(folders, list) and len(folders) == num_classes and len(set(folders)) == num_classes
             and all(isinstance(f, str) and f for f in folders)):
-        raise DistilledSetError(f"{root / 'export.json'}: class_folders must be {num_classes} distinct folder names "
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: class_folders must be {num_classes} distinct folder names "
                                 f"(one per class of this dataset)")
     recorded = listing.get("class_names")
     if recorded is not None and not isinstance(recorded, list):
-        raise DistilledSetError(f"{root / 'export.json'}: class_names must be a list of names, got {recorded!r}")
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: class_names must be a list of names, got {recorded!r}")
     try:
         check_class_names(recorded, class_names, "the exported set", "this dataset",
                           "import it as the dataset it was exported from")
     except ValueError as exc:  # (an import's errors are DistilledSetErrors naming the file)
-        raise DistilledSetError(f"{root / 'export.json'}: {exc}") from None
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: {exc}") from None
     return {f: i for i, f in enumerate(folders)}
 
 
@@ -126,7 +126,7 @@ def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[
         class_of = _exported_class_of_folder(listing, root, num_classes, class_names)
         for folder in folders:
             if folder.name not in class_of:
-                raise DistilledSetError(f"{folder}: not one of the class folders export.json lists")
+                raise DistilledSetError(f"{folder}: not one of the class folders {EXPORT_LISTING} lists")
         mapped = [(class_of[folder.name], folder) for folder in folders]
     else:
         mapped = [(_class_of_folder(folder, num_classes, class_names), folder) for folder in folders]
@@ -236,7 +236,7 @@ def _check_import_order(root: Path, files: List[str], path: Path) -> None:
     raise DistilledSetError(
         f"{path}: row order unknown: the images of {root} are numbered 0..{len(files) - 1} as `infer-fast export` "
         f"numbers them (its rows: row i = image i), not in import order (class, then file name); put the export's "
-        f"export.json back beside the class folders, or rename the files so that import order is the rows' order")
+        f"{EXPORT_LISTING} back beside the class folders, or rename the files so that import order is the rows' order")
 
 
 def _soft_label_rows(root: Path, listing: Optional[dict], files: List[str], path: Path, taken: bool) -> Tensor:
@@ -277,8 +277,9 @@ def _exported_files(path: Path, listing: dict, files: List[str]) -> List[str]:
         without = (f"move {EXPORTED_SOFT_LABELS} away to import the images without soft labels"
                    if path.name == EXPORTED_SOFT_LABELS else "import the images without these soft labels")
         raise DistilledSetError(
-            f"{path}: the soft labels export wrote for the {count_text(listed, 'image')} export.json lists, but the "
-            f"folders hold {count_text(len(files), 'image')}, not those: restore the export's images, or {without}")
+            f"{path}: the soft labels export wrote for the {count_text(listed, 'image')} {EXPORT_LISTING} lists, "
+            f"but the folders hold {count_text(len(files), 'image')}, not those: restore the export's images, "
+            f"or {without}")
     return exported
 
 
@@ -289,7 +290,7 @@ def _exported_empty(listing: Optional[dict], folder: Path) -> bool:
     return isinstance(files, list) and not any(str(f).startswith(f"{folder.name}/") for f in files)
 
 
-EXPORTED_SOFT_LABELS_TAKEN = "by default: written by infer-fast export beside these images (export.json)"
+EXPORTED_SOFT_LABELS_TAKEN = f"by default: written by infer-fast export beside these images ({EXPORT_LISTING})"
 
 
 def _exported_soft_labels(root: Path, listing: Optional[dict], files: List[str]) -> Optional[Path]:

@@ -25,6 +25,9 @@ from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, d
 
 # the soft labels export writes beside the class folders (import takes them back by default)
 EXPORTED_SOFT_LABELS = "soft_labels.safetensors"
+# the listing export writes beside them: the source, the class folders, the files in training
+# order (import maps an export's folders and soft labels by it)
+EXPORT_LISTING = "export.json"
 # export.json's record of that file's SHA-256: import maps the rows of that file alone by the
 # export's training order (another soft-labels file is in import order)
 EXPORTED_SOFT_LABELS_SHA256 = "soft_labels_sha256"
@@ -309,10 +312,11 @@ def export_imagefolder(
                 "class_folders": folders, "class_names": ds.class_names,
                 "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
                 "image_order": IMAGE_ORDER, "files": files,
-                "soft_labels": "soft_labels.safetensors (N, C) fp16 logits, row i = files[i]" if soft is not None else None,
+                "soft_labels": (f"{EXPORTED_SOFT_LABELS} (N, C) fp16 logits, row i = files[i]"
+                                if soft is not None else None),
                 EXPORTED_SOFT_LABELS_SHA256: soft_sha256,
             }
-            (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+            (tmp / EXPORT_LISTING).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             if out.exists():  # an empty directory: replaced
                 out.rmdir()
             os.rename(tmp, out)
