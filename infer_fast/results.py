@@ -102,18 +102,47 @@ METHOD_OPTIONS = "method_options"
 TEACHERS = "teachers"  # (compared entry by entry, field by field: _spread_teachers)
 
 
+def _teacher_as_taken(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """A run config's ``teachers`` entry as it takes effect: a trained one with TeacherConfig's
+    defaults filled in (``lr: 0.1`` spelled out is the teacher of none); a checkpoint's path as
+    the file it names (relative or absolute, the same file)."""
+    from .options import options_of
+    from .teacher import TEACHER_RESULT_NEUTRAL, TeacherConfig
+
+    if "path" in entry:
+        return {**entry, "path": os.path.realpath(entry["path"])} if isinstance(entry["path"], str) else entry
+    if "pretrained" in entry:
+        return entry
+    defaults = {name: opt.default for name, opt in options_of(TeacherConfig).items()
+                if name != "dataset" and name not in TEACHER_RESULT_NEUTRAL}
+    return {**defaults, **entry}
+
+
 def _spread_teachers(sides: Tuple[Dict[str, Any], Dict[str, Any]]) -> None:
-    """Each side's ``teachers`` entries as "teachers[i].field", compared and named field by field
-    ("teachers[0].epochs differs"), where both sides list as many entries, each a mapping; else
-    the lists stay whole (another number of teachers)."""
+    """Each side's ``teachers`` entries as they take effect (:func:`_teacher_as_taken`) and as
+    "teachers[i].field", compared and named field by field ("teachers[0].epochs differs"), where
+    both sides list as many entries, each a mapping; else the lists stay whole (another number
+    of teachers)."""
     lists = [side.get(TEACHERS) for side in sides]
     if not all(isinstance(entries, list) and all(isinstance(e, dict) for e in entries) for entries in lists) \
             or len(lists[0]) != len(lists[1]):
         return
     for side in sides:
-        entries = side.pop(TEACHERS)
+        entries = [_teacher_as_taken(entry) for entry in side.pop(TEACHERS)]
         side.update({f"{TEACHERS}[{i}].{name}": value for i, entry in enumerate(entries)
                      for name, value in entry.items()})
+
+
+def _dataset_as_taken(dataset: Any) -> Any:
+    """The run's ``dataset`` by its canonical name (``FASHION_MNIST_MINI``, ``{name: ...}`` alone:
+    the same dataset), with its options where it has some."""
+    from .data.registry import dataset_options
+
+    try:
+        name, options = dataset_options(dataset)
+    except (ValueError, TypeError, KeyError):  # (not a dataset any more: compared as written)
+        return dataset
+    return {"name": name, **options} if options else name
 
 
 def _method_effective(method, config: Dict[str, Any], own: Any) -> Dict[str, Any]:
@@ -153,8 +182,8 @@ def effective_settings(recorded: Dict[str, Any], current: Dict[str, Any]) -> Tup
     ``method_options`` entry and the ``student`` section as the settings they take effect as,
     field by field (their defaults and recipes applied: ``r_bn: 1.0`` spelled out in
     ``recovery`` is the run of none), flattened as "recovery.r_bn", "method_options.cda.r_bn",
-    "student.temperature" (run_identity.dotted), and each ``teachers`` entry's fields, as
-    written, as "teachers[0].epochs" (:func:`_spread_teachers`). A section either side cannot
+    "student.temperature" (run_identity.dotted), each ``teachers`` entry's fields as they take
+    effect, as "teachers[0].epochs" (:func:`_spread_teachers`), and the dataset by its name. A section either side cannot
     build that way (a file of an older version, a method no longer registered) is compared as
     written on both sides, without its result-neutral options."""
     from .methods import all_methods
@@ -185,6 +214,8 @@ def effective_settings(recorded: Dict[str, Any], current: Dict[str, Any]) -> Tup
             m, config, own(config)), lambda side, own=own: own(side))
     for side in sides:
         side.pop(METHOD_OPTIONS, None)
+        if "dataset" in side:
+            side["dataset"] = _dataset_as_taken(side["dataset"])
     _spread_teachers(sides)
     return tuple(dotted(side, (*sections, STUDENT_SECTION, *(k for k in side if k.startswith(f"{METHOD_OPTIONS}."))))
                  for side in sides)

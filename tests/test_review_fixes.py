@@ -59,3 +59,55 @@ def test_a_dangling_link_named_as_another_kind_of_file_is_skipped_as_that_file_w
     os.symlink(tmp_path / "nowhere" / "1.png", cat / "1.png")  # (an image it stood for would be left out)
     with pytest.raises(FileNotFoundError, match="1.png: a symbolic link that leads nowhere"):
         scan_class_folders(str(tmp_path / "train"))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from conftest import train_tiny_teachers
+
+    return train_tiny_teachers(tmp_path_factory.mktemp("teachers"), seeds=(0,))[0]
+
+
+def _sre2l(out, teacher, dataset="fashion-mnist-mini", resume=True):
+    from infer_fast.methods import DistillRequest
+
+    return DistillRequest(method="sre2l", dataset=dataset, ipc=1, out_dir=str(out), teacher_paths=[teacher],
+                          options={"iterations": 2}, resume=resume, progress=False, device="cpu").make_set()
+
+
+def test_a_finished_set_is_the_same_request_with_the_datasets_own_values_spelled_out(tmp_path, teacher, capsys):
+    out = tmp_path / "set"
+    _sre2l(out, teacher)
+    capsys.readouterr()
+    for spelled in ({"name": "fashion-mnist-mini", "num_classes": 10}, {"name": "fashion-mnist-mini", "image_size": 28}):
+        assert str(_sre2l(out, teacher, dataset=spelled)) == str(out)
+        assert capsys.readouterr().out == f"{out}: already distilled; nothing to do\n"
+
+
+def test_a_finished_set_of_other_training_images_is_not_this_requests(tmp_path, teacher, monkeypatch):
+    from infer_fast.data.sets import ImageSet
+    from infer_fast.storage.distilled_set import OutputExistsError
+
+    out = tmp_path / "set"
+    _sre2l(out, teacher)
+    monkeypatch.setattr(ImageSet, "digest", lambda self, progress=False: "0" * 64)  # (another data root's images)
+    with pytest.raises(OutputExistsError, match=r"belongs to another run \(the training images differ\)"):
+        _sre2l(out, teacher)
+
+
+def test_a_runs_teachers_and_dataset_are_compared_as_they_take_effect(tmp_path, monkeypatch):
+    """The same checkpoint by a relative or an absolute path, TeacherConfig's defaults spelled out,
+    the dataset by another accepted spelling: the same run; another epochs: named."""
+    from infer_fast.results import effective_settings
+    from infer_fast.run_identity import differing
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t1.pt").write_bytes(b"")
+    recorded = {"dataset": "fashion-mnist-mini", "student": {},
+                "teachers": [{"path": "t1.pt"}, {"model": "convnet", "epochs": 1}]}
+    current = {"dataset": {"name": "FASHION_MNIST_MINI"}, "student": {},
+               "teachers": [{"path": str(tmp_path / "t1.pt")},
+                            {"model": "convnet", "epochs": 1, "lr": 0.1, "seed": 0, "eval_batch_size": 7}]}
+    assert differing(*effective_settings(recorded, current)) == []
+    current["teachers"][1]["epochs"] = 2
+    assert differing(*effective_settings(recorded, current)) == ["teachers[1].epochs"]

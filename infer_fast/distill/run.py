@@ -99,22 +99,26 @@ def check_new_output(out_dir) -> Path:
     return out_dir
 
 
-def request_identity(request) -> Dict[str, Any]:
+def request_identity(request, train=None) -> Dict[str, Any]:
     """What determines the set a DistillRequest makes, as its manifest records it (``request``):
-    the method, dataset, ipc and seed, the method's options as parsed (over its recipe for the
+    the method, the dataset with its class count and image size as read (a default spelled out
+    is the same request) and its training split's digest (another data root holding other
+    images is not), ipc and seed, the method's options as parsed (over its recipe for the
     dataset; each by its name, a config's fields too) but its result-neutral ones (batching,
-    checkpoint cadence), and the SHA-256 of each teacher file. A rerun with --resume of the
-    same request finds the set done (:func:`finished_set`)."""
-    from ..data.registry import DATASET_SWITCHES, dataset_options
+    checkpoint cadence), and the SHA-256 of each teacher file. ``train``: the training split
+    where the caller holds it (else it is read). A rerun with --resume of the same request
+    finds the set done (:func:`finished_set`)."""
+    from ..data import load_dataset
+    from ..data.registry import dataset_options
     from ..methods.registry import get_method, parsed_option_values
 
     method = get_method(request.method)
-    name, dataset_settings = dataset_options(request.dataset)
-    # (its switches say how the split is read, not what it is)
-    subset = {f"dataset.{k}": v for k, v in dataset_settings.items() if k not in DATASET_SWITCHES}
+    if train is None:
+        train = load_dataset(request.dataset, "train", data_root=request.data_root)
     options = {k: v for k, v in parsed_option_values(request.parsed).items() if k not in method.result_neutral}
-    identity = {"method": method.name, "dataset": name, **subset,
-                "ipc": request.ipc, "seed": request.seed, **options,
+    identity = {"method": method.name, "dataset": dataset_options(request.dataset)[0],
+                "dataset.num_classes": train.spec.num_classes, "dataset.image_size": train.spec.image_size,
+                "data_sha256": train.digest(), "ipc": request.ipc, "seed": request.seed, **options,
                 "teachers_sha256": [file_sha256(path) for path in request.teacher_paths]}
     return json.loads(json.dumps(identity, default=str))  # (as the manifest holds it: lists, not tuples)
 
@@ -142,7 +146,8 @@ def finished_set(request) -> Optional[Path]:
     names = differing(recorded, request_identity(request))
     if names:
         raise OutputExistsError(another_run_message("set", out_dir, names, todo, recorded,
-                                                    labels={"teachers_sha256": "the teachers' weights"}))
+                                                    labels={"teachers_sha256": "the teachers' weights",
+                                                            "data_sha256": "the training images"}))
     if distributed.rank_and_world()[0] == 0:
         print(f"{out_dir}: already distilled; nothing to do", flush=True)
     return out_dir
