@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import List, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -242,6 +242,24 @@ def export_bytes(ds: DistilledSet, n: int, folders: List[str], block: int) -> in
             + (_blocks(soft + 4096, block) if soft else 0))  # (safetensors' header: under a block)
 
 
+def _export_listing(ds: DistilledSet, source: Optional[str], folders: Sequence[str], files: Sequence[str],
+                    soft_sha256: Optional[str]) -> Dict[str, Any]:
+    """What export.json records of an export of ``ds`` (read from ``source``, None: a set in
+    memory): the set, its class folders and the files in training order, and the soft labels'
+    file and SHA-256 (None: the set has none)."""
+    return {
+        "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION, "source": source,
+        "method": ds.method, "dataset": ds.dataset, "num_classes": ds.num_classes,
+        "image_size": list(ds.image_size),  # (import reads a set made at another resolution back at it)
+        "class_folders": list(folders), "class_names": ds.class_names,
+        "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
+        "image_order": IMAGE_ORDER, "files": list(files),
+        "soft_labels": (f"{EXPORTED_SOFT_LABELS} (N, C) fp16 logits, row i = files[i]"
+                        if soft_sha256 is not None else None),
+        EXPORTED_SOFT_LABELS_SHA256: soft_sha256,
+    }
+
+
 @holds_output("out_dir", "export directory", every_rank=False)  # (one writer; a killed one's temporary folder goes)
 def export_imagefolder(
     directory: Union[DistilledSet, PathLike],
@@ -304,18 +322,8 @@ def export_imagefolder(
             if soft is not None:
                 safetensors_save({"soft_labels": soft.contiguous()}, tmp / EXPORTED_SOFT_LABELS)
             soft_sha256 = file_sha256(tmp / EXPORTED_SOFT_LABELS) if soft is not None else None
-            meta = {
-                "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION,
-                "source": str(directory) if not isinstance(directory, DistilledSet) else None,
-                "method": ds.method, "dataset": ds.dataset, "num_classes": ds.num_classes,
-                "image_size": list(ds.image_size),  # (import reads a set made at another resolution back at it)
-                "class_folders": folders, "class_names": ds.class_names,
-                "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
-                "image_order": IMAGE_ORDER, "files": files,
-                "soft_labels": (f"{EXPORTED_SOFT_LABELS} (N, C) fp16 logits, row i = files[i]"
-                                if soft is not None else None),
-                EXPORTED_SOFT_LABELS_SHA256: soft_sha256,
-            }
+            meta = _export_listing(ds, None if isinstance(directory, DistilledSet) else str(directory), folders, files,
+                                   soft_sha256)
             (tmp / EXPORT_LISTING).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             if out.exists():  # an empty directory: replaced
                 out.rmdir()
