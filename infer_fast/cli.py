@@ -221,15 +221,21 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     _one_process("import", "one pass over the folder's files")
     check_int("--image-size", args.image_size, none="the dataset's, or the size export.json records")
-    if args.image_size is not None:
+    check_int("--num-classes", args.num_classes, none="the dataset's, an image folder's class folders, or the count "
+                                                       "export.json records")
+    given = {k: v for k, v in (("image_size", args.image_size), ("num_classes", args.num_classes)) if v is not None}
+    if given:
         from .data.registry import get_dataset
 
         entry = get_dataset(args.dataset)
-        if entry.layout != "folders":
+        if entry.layout != "folders" and args.image_size is not None:
             raise UserError(f"--image-size: dataset {entry.name!r} has one size ({entry.spec.image_size} px); "
                             "only a folder dataset (ImageNet, Tiny-ImageNet, imagefolder) is read at another")
+        if entry.layout != "folders":  # (--num-classes given)
+            raise UserError(f"--num-classes: dataset {entry.name!r} has {entry.spec.num_classes} classes; only a "
+                            "folder dataset (ImageNet, Tiny-ImageNet, imagefolder) has class subsets")
     check_new_output(args.out)  # (before the folder is read: as every command that writes a set)
-    dataset = args.dataset if args.image_size is None else {"name": args.dataset, "image_size": args.image_size}
+    dataset = {"name": args.dataset, **given} if given else args.dataset
     ds = import_imagefolder(args.folder, dataset, soft_labels=args.soft_labels, name=args.name)
     save_distilled(ds, args.out)
     print(inspect_report(args.out, verify_checksums=False))
@@ -704,12 +710,14 @@ def _add_set_commands(sub) -> None:
 
     importer = sub.add_parser(
         "import", help="another method's set (class folders of images, optional soft labels) as a distilled set",
-        description="Reads ROOT/<class>/<image> (class folders named by class index or the dataset's class names; "
-        "images of the dataset's size, or --image-size, or the size infer-fast's export recorded in "
-        "ROOT/export.json; not resized) into a set of method 'external' that evaluate, train, inspect "
-        "and run treat like ours. Image order: by class, then file name (the rows of --soft-labels); an "
-        "infer-fast export's own soft_labels.safetensors (its SHA-256 in export.json) is taken by default and read "
-        "in the export's order.",
+        description="Reads ROOT/<class>/<image> (class folders named by class index or the dataset's class names, "
+        "ImageNet's by wnid; an imagefolder set's classes are its class folders, sorted by name; images of the "
+        "dataset's size, or --image-size, or the size infer-fast's export recorded in ROOT/export.json; not resized) "
+        "into a set of method 'external' that evaluate, train, inspect and run treat like ours. Image order: by "
+        "class, then file name (the rows of --soft-labels, logits); an infer-fast export's own soft_labels.safetensors "
+        "(its SHA-256 in export.json), or the same values in another file, is read in the export's order (that file "
+        "taken by default); soft labels whose rows may be in another order are refused unless a .safetensors file "
+        "records row_order.",
     )
     importer.add_argument("folder", help="the set's root folder (one sub-folder per class)")
     importer.add_argument("--dataset", required=True, help="the dataset it was distilled from (see `infer-fast datasets`)")
@@ -720,6 +728,10 @@ def _add_set_commands(sub) -> None:
     importer.add_argument("--image-size", dest="image_size", type=int, metavar="N",
                           help="the images' size in pixels, for a folder dataset read at another resolution "
                           "(e.g. ImageNet at 64); default: the dataset's, or what export.json records")
+    importer.add_argument("--num-classes", dest="num_classes", type=int, metavar="N",
+                          help="the class count of a class subset of a folder dataset (ImageNet-100: 100; class "
+                          "folders named by index, or by wnid: sorted, as the loader takes them); default: the "
+                          "dataset's, an imagefolder's class folders, or what export.json records")
     importer.set_defaults(func=cmd_import)
 
     export = sub.add_parser("export", help="export a distilled set as PNG class folders")

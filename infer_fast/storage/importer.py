@@ -25,7 +25,8 @@ from .._text import count_text
 from ..checks import check_class_names
 from .disk import FORMAT_NAME, check_safetensors_path
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, check_dataset_classes, fp16_soft_labels
-from .report import EXPORT_LISTING, EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_SHA256, _safe_name
+from .report import (EXPORT_LISTING, EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_KEY, EXPORTED_SOFT_LABELS_SHA256,
+                     _safe_name)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -43,34 +44,101 @@ def _read_export_listing(root: Path) -> Optional[dict]:
     return meta if isinstance(meta, dict) and meta.get("source_format") == FORMAT_NAME else None
 
 
-def _exported_dataset(dataset: Union[str, Mapping[str, Any]], listing: Optional[dict], root: Path):
-    """``dataset`` as import reads it: given by name, a folder dataset (ImageNet, Tiny-ImageNet)
-    that our export's listing names takes the image size and class count it records (a set
-    made at 16 px, or of a class subset, imports as it was made); anything else as given."""
-    from ..data.registry import canonical_name, get_dataset
-
-    if listing is None or not isinstance(dataset, str) or "image_size" not in listing:
-        return dataset
-    entry = get_dataset(dataset)
-    if entry.spec is None or entry.layout != "folders":  # (imagefolder: its channels, normalization unrecorded)
-        return dataset
-    try:
-        same = canonical_name(str(listing.get("dataset"))) == entry.name
-    except ValueError:  # (a dataset this infer-fast does not know)
-        same = False
+def _recorded_size_and_count(listing: dict, root: Path) -> Dict[str, int]:
+    """The image size and class count our export's listing records, checked."""
     size, count = listing["image_size"], listing.get("num_classes")
-    if not same:
-        return dataset
     if not (isinstance(size, list) and len(size) == 2 and size[0] == size[1] and isinstance(size[0], int)
             and not isinstance(size[0], bool) and size[0] > 0):
         raise DistilledSetError(f"{root / EXPORT_LISTING}: image_size must be [S, S] (square, in pixels), got {size!r}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise DistilledSetError(f"{root / EXPORT_LISTING}: num_classes must be a positive integer, got {count!r}")
+    return {"image_size": size[0], "num_classes": count}
+
+
+def _recorded_image_folder(listing: dict, root: Path) -> Dict[str, Any]:
+    """What our export's listing records of an image folder's set beyond size and count (which
+    the dataset does not fix: they come from its folders): channels, normalization, class names."""
+    normalization = listing.get("normalization")
+    mean, std = (normalization.get("mean"), normalization.get("std")) if isinstance(normalization, dict) else (None, None)
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) and len(mean) in (1, 3)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean + std)):
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: normalization must be {{mean: [...], std: [...]}}, one value "
+                                f"per channel (1 or 3), got {normalization!r}")
+    names = listing.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: class_names must be a list of names, got {names!r}")
+    return {"channels": len(mean), "mean": mean, "std": std, "class_names": names}
+
+
+def _exported_dataset(dataset: Union[str, Mapping[str, Any]], listing: Optional[dict],
+                      root: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``dataset`` as import reads it, a mapping, and the spec's changes (get_spec's keywords): a
+    folder dataset (ImageNet, Tiny-ImageNet, imagefolder) that our export's listing names takes
+    the image size and class count it records (a set made at 16 px, or of a class subset, imports
+    as it was made), an image folder's also its channels, normalization and class names; what
+    ``dataset`` gives as a mapping (``image_size``, ``num_classes``) wins."""
+    from ..data.registry import canonical_name, dataset_options, get_dataset
+
+    name, given = dataset_options(dataset)
+    entry = get_dataset(name)
+    recorded: Dict[str, Any] = {}
+    changes: Dict[str, Any] = {}
+    if listing is not None and "image_size" in listing and entry.layout == "folders":
+        try:
+            same = canonical_name(str(listing.get("dataset"))) == entry.name
+        except ValueError:  # (a dataset this infer-fast does not know)
+            same = False
+        if same:
+            recorded = _recorded_size_and_count(listing, root)
+            try:
+                check_dataset_classes(entry.name, recorded["num_classes"])
+            except DistilledSetError as exc:
+                raise DistilledSetError(f"{root / EXPORT_LISTING}: {exc}") from None
+            if entry.spec is None:
+                changes = _recorded_image_folder(listing, root)
+    return {"name": entry.name, **recorded, **given}, changes
+
+
+def _import_spec(dataset: Union[str, Mapping[str, Any]], listing: Optional[dict], root: Path,
+                 folders: Sequence[Path]) -> Tuple[Any, bool]:
+    """The spec of ``dataset`` as import reads it (:func:`_exported_dataset`), and whether its
+    classes are the class ``folders`` themselves. ImageNet-1k names its classes by wnid
+    (IMAGENET_WNIDS, as its loader does). Without a listing, a folder dataset that names no
+    classes (an image folder; an ImageNet class subset; Tiny-ImageNet) takes them as its loader
+    does: the class folders' names, sorted, label = position (an image folder always, whose
+    folders may be named by number; the others unless every folder is named by class index).
+    An image folder's class count is its folders' unless given."""
+    from dataclasses import replace
+
+    from ..data import get_spec
+    from ..data.registry import dataset_label, get_dataset
+    from ..imagenet_wnids import IMAGENET_WNIDS
+
+    request, changes = _exported_dataset(dataset, listing, root)
+    entry = get_dataset(request["name"])
+    if entry.spec is None and "num_classes" not in request:
+        request["num_classes"] = len(folders)  # (an image folder's classes are its class folders)
     try:
-        check_dataset_classes(entry.name, count)
-    except DistilledSetError as exc:
-        raise DistilledSetError(f"{root / EXPORT_LISTING}: {exc}") from None
-    return {"name": entry.name, "image_size": size[0], "num_classes": count}
+        spec = get_spec(request, **changes)
+    except ValueError as exc:
+        if not changes:
+            raise
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: {exc}") from None  # (its channels or normalization)
+    if spec.class_names is None and entry.family == "imagenet" and spec.num_classes == len(IMAGENET_WNIDS):
+        spec = replace(spec, class_names=IMAGENET_WNIDS)  # (its loader's names: the sorted train/<wnid> folders)
+    by_folder_name = listing is None and spec.class_names is None and entry.layout == "folders" and (
+        entry.spec is None or not all(_is_class_index(f.name) for f in folders))
+    if by_folder_name:
+        if len(folders) != spec.num_classes:
+            hint = "its classes are its class folders: leave num_classes out" if entry.spec is None else _CLASS_SUBSET_HINT
+            raise DistilledSetError(f"{root}: {count_text(len(folders), 'class folder')} for the {spec.num_classes} "
+                                    f"classes of {dataset_label(request)}; {hint}")
+        spec = replace(spec, class_names=tuple(f.name for f in folders))
+    return spec, by_folder_name
+
+
+# how an import names a class subset of a folder dataset (ImageNet-100: 100 of ImageNet's classes)
+_CLASS_SUBSET_HINT = "a class subset of a folder dataset is imported with its class count (import --num-classes N)"
 
 
 def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
@@ -93,12 +161,15 @@ def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
     return {f: i for i, f in enumerate(folders)}
 
 
+def _is_class_index(folder_name: str) -> bool:
+    # ASCII digits only: str.isdigit also takes "²" (int() refuses it) and "٣" / "３" (int() reads 3)
+    return folder_name.isascii() and folder_name.isdigit()
+
+
 def _classes_named(folder_name: str, num_classes: int, class_names: Optional[Sequence[str]]) -> List[int]:
     """The classes a folder name can denote: its index (``7``, ``007``), its name as the dataset
     spells it (e.g. a wnid) or as our export writes it (``T-shirt/top`` -> ``T-shirt_top``)."""
-    # ASCII digits only: str.isdigit also takes "²" (int() refuses it) and "٣" / "３" (int() reads 3)
-    index = folder_name.isascii() and folder_name.isdigit()
-    found = {int(folder_name)} if index and int(folder_name) < num_classes else set()
+    found = {int(folder_name)} if _is_class_index(folder_name) and int(folder_name) < num_classes else set()
     found.update(i for i, name in enumerate(class_names or ()) if folder_name in (name, _safe_name(name)))
     return sorted(found)
 
@@ -115,19 +186,30 @@ def _class_of_folder(folder: Path, num_classes: int, class_names: Optional[Seque
     return classes[0]
 
 
-def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[str]],
-                   listing: Optional[dict]) -> List[Tuple[int, Path]]:
-    """(class index, folder) of every class folder: our export's own map where its listing is
-    there, else what each folder's name denotes (:func:`_classes_named`)."""
+def _class_folder_paths(root: Path) -> List[Path]:
+    """The class folders at ``root``, sorted by name (hidden ones skipped, as the loaders do)."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DistilledSetError(f"{root}: no class folders (expected ROOT/<class>/<image files>)")
+    return folders
+
+
+def _class_folders(root: Path, folders: List[Path], spec, listing: Optional[dict],
+                   by_folder_name: bool) -> List[Tuple[int, Path]]:
+    """(class index, folder) of every class folder: our export's own map where its listing is
+    there, the folders' sorted position where they are the classes (``by_folder_name``: see
+    :func:`_import_spec`), else what each folder's name denotes (:func:`_classes_named`)."""
+    from ..data.registry import get_dataset
+
+    num_classes, class_names = spec.num_classes, spec.class_names
     if listing is not None:
         class_of = _exported_class_of_folder(listing, root, num_classes, class_names)
         for folder in folders:
             if folder.name not in class_of:
                 raise DistilledSetError(f"{folder}: not one of the class folders {EXPORT_LISTING} lists")
         mapped = [(class_of[folder.name], folder) for folder in folders]
+    elif by_folder_name:
+        mapped = list(enumerate(folders))
     else:
         mapped = [(_class_of_folder(folder, num_classes, class_names), folder) for folder in folders]
     seen: Dict[int, Path] = {}
@@ -138,8 +220,16 @@ def _class_folders(root: Path, num_classes: int, class_names: Optional[Sequence[
     missing = sorted(set(range(num_classes)) - set(seen))
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise DistilledSetError(f"{root}: no folder for class(es) {shown} of {num_classes}")
+        subset = listing is None and get_dataset(spec.name).layout == "folders"
+        raise DistilledSetError(f"{root}: no folder for class(es) {shown} of {num_classes}"
+                                + (f" ({_CLASS_SUBSET_HINT})" if subset else ""))
     return sorted(mapped)
+
+
+def _is_gray(rgb_image) -> bool:
+    """Whether every pixel of an RGB Pillow image is gray (R = G = B)."""
+    array = np.asarray(rgb_image)
+    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
 def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
@@ -152,8 +242,13 @@ def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
             if im.size != (size[1], size[0]):
                 raise DistilledSetError(f"{path}: {im.size[0]}x{im.size[1]} pixels, the dataset's images are "
                                         f"{size[1]}x{size[0]} (import does not resize)")
-            if channels == 1 and im.mode not in ("L", "1", "P") + WIDE_GRAY_MODES:
-                raise DistilledSetError(f"{path}: a {im.mode} image, the dataset's images have 1 channel")
+            kind = f"a {im.mode} image"
+            if im.mode == "P":  # (a palette: its colours decide, as they would in the same image saved as RGB)
+                im, kind = im.convert("RGB"), "a palette (P) image in colour"
+                if channels == 1 and _is_gray(im):
+                    im = im.convert("L")  # (exact: R = G = B = v gives L = v)
+            if channels == 1 and im.mode not in ("L", "1") + WIDE_GRAY_MODES:
+                raise DistilledSetError(f"{path}: {kind}, the dataset's images have 1 channel")
             array = np.array(as_8bit(im, channels), dtype=np.uint8)  # (the decode every reader shares)
     except DistilledSetError:
         raise
@@ -166,6 +261,18 @@ def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
         raise DistilledSetError(f"{path}: {exc}") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+# how far from 1 a row of probabilities may sum (fp16 rounding of a thousand classes' values)
+PROBABILITY_SUM_TOLERANCE = 1e-2
+
+
+def _probabilities(soft: Tensor) -> bool:
+    """Whether the (N, C) soft labels ``soft`` are probabilities rather than logits: every value
+    in [0, 1] and every row summing to 1."""
+    values = soft.float()
+    return bool(values.numel() and values.min() >= 0 and values.max() <= 1
+                and ((values.sum(1) - 1).abs() <= PROBABILITY_SUM_TOLERANCE).all())
 
 
 def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
@@ -196,6 +303,9 @@ def _read_soft_labels(path: Path, count: int, num_classes: int) -> Tensor:
                                 f"(one row per image, in import order), got {got}")
     if not torch.isfinite(found).all():
         raise DistilledSetError(f"{path}: soft labels hold non-finite values")
+    if _probabilities(found):  # (as logits they would teach a near-uniform softmax, without a word)
+        raise DistilledSetError(f"{path}: soft labels look like probabilities (every value in [0, 1], every row "
+                                f"summing to 1); logits are expected: save log() of them (e.g. p.clamp_min(1e-8).log())")
     return fp16_soft_labels(f"{path}: soft labels", found)  # (as every set stores them; the file named)
 
 
@@ -227,32 +337,123 @@ def _recorded_row_order(path: Path) -> Optional[str]:
         return (f.metadata() or {}).get(ROW_ORDER_KEY)
 
 
+# how a file records that its rows are in import order (what every "row order unknown" refusal offers)
+RECORD_IMPORT_ORDER = f"save them as a .safetensors file with metadata {ROW_ORDER_KEY} = {IMPORT_ORDER!r}"
+
+
 def _check_import_order(root: Path, files: List[str], path: Path) -> None:
     """Refuses soft labels whose rows may be an export's training order (row i = image i,
     export.json gone) where that is not import order: a silent mismatch otherwise."""
     numbers = _export_numbers(files)
-    if numbers is None or numbers == sorted(numbers) or _recorded_row_order(path) == IMPORT_ORDER:
+    if numbers is None or numbers == sorted(numbers):
         return
     raise DistilledSetError(
         f"{path}: row order unknown: the images of {root} are numbered 0..{len(files) - 1} as `infer-fast export` "
-        f"numbers them (its rows: row i = image i), not in import order (class, then file name); put the export's "
-        f"{EXPORT_LISTING} back beside the class folders, or rename the files so that import order is the rows' order")
+        f"numbers them (its rows: row i = image i), not in import order (class, then file name); if these are an "
+        f"export's soft labels (its {EXPORTED_SOFT_LABELS}, or the same values), put that export's {EXPORT_LISTING} "
+        f"back beside the class folders (it maps their rows); if their rows are in import order, {RECORD_IMPORT_ORDER}")
 
 
-def _soft_label_rows(root: Path, listing: Optional[dict], files: List[str], path: Path, taken: bool) -> Tensor:
-    """For each imported file (in import order), its row of the soft-labels tensor ``path``: the
-    export's own soft labels (``taken`` by default, or :func:`_is_exported_soft_labels`) are in
-    the training order our export recorded (``export.json``: row i = files[i]); any other file
-    is in import order (class, then file name: the documented convention, which a file may also
-    record under ROW_ORDER_KEY)."""
-    recorded_import_order = _recorded_row_order(path) == IMPORT_ORDER
-    if listing is not None and not recorded_import_order and (taken or _is_exported_soft_labels(root, listing, path)):
-        exported = _exported_files(path, listing, files)
-        row_of = {name: i for i, name in enumerate(exported)}
-        return torch.tensor([row_of[name] for name in files], dtype=torch.int64)
-    if listing is None and not recorded_import_order:  # (export.json gone: the rows may be an export's)
+def _check_listing_order(listing: dict, files: List[str], path: Path) -> None:
+    """Refuses soft labels other than the export's own (by file or values) beside an export.json
+    that lists the images in another order than import order: their rows may be either."""
+    exported = listing.get("files")
+    if not isinstance(exported, list) or sorted(exported) != sorted(files) or exported == files:
+        return  # (not these images, or listed in import order: import order it is)
+    raise DistilledSetError(
+        f"{path}: row order unknown: {EXPORT_LISTING} lists these images in the export's training order, not in "
+        f"import order (class, then file name), and these are not the export's soft labels (its "
+        f"{EXPORTED_SOFT_LABELS}, by SHA-256 or values), which it maps; if their rows are in import order, "
+        f"{RECORD_IMPORT_ORDER}")
+
+
+def _check_numbered_as_text(files: List[str], path: Path) -> None:
+    """Refuses soft labels given for files numbered without zero padding (0.png ... 11.png) where
+    import order, their names sorted as text (10.png before 2.png), is not their numbers' order:
+    rows written in a loop's order would pair with other images."""
+    paths = [Path(f) for f in files]
+    if not all(p.stem.isascii() and p.stem.isdigit() for p in paths):
+        return
+    for first, then in zip(paths, paths[1:]):
+        if first.parent == then.parent and int(first.stem) > int(then.stem):
+            raise DistilledSetError(
+                f"{path}: row order unknown: the images are numbered without zero padding and import order (class, "
+                f"then file name) sorts their names as text ({first} before {then}); rename the files with zero "
+                f"padding (as {then.stem.zfill(len(first.stem))}{then.suffix}) if the rows follow the numbers; if "
+                f"their rows are in import order, {RECORD_IMPORT_ORDER}")
+
+
+def _training_rows(exported: List[str], files: List[str]) -> Tensor:
+    """For each file in import order, its row in the export's training order (``exported``)."""
+    row_of = {name: i for i, name in enumerate(exported)}
+    return torch.tensor([row_of[name] for name in files], dtype=torch.int64)
+
+
+def _soft_label_rows(root: Path, listing: Optional[dict], files: List[str], path: Path, soft: Tensor,
+                     taken: bool) -> Tensor:
+    """For each imported file (in import order), its row of the soft labels ``soft`` read from
+    ``path``: the export's own soft labels (``taken`` by default, :func:`_is_exported_soft_labels`,
+    or their values in another file: :func:`_exported_values_rows`) are in the training order our
+    export recorded (``export.json``: row i = files[i]); any other file is in import order (class,
+    then file name: the documented convention, which a file may also record under ROW_ORDER_KEY),
+    refused where its rows may be in another (:func:`_check_import_order`,
+    :func:`_check_listing_order`, :func:`_check_numbered_as_text`)."""
+    import_order = torch.arange(len(files))
+    if _recorded_row_order(path) == IMPORT_ORDER:
+        return import_order
+    if listing is not None:
+        if taken or _is_exported_soft_labels(root, listing, path):
+            return _training_rows(_exported_files(path, listing, files), files)
+        rows = _exported_values_rows(root, listing, soft, files)
+        if rows is not None:
+            return rows
+        _check_listing_order(listing, files, path)
+    else:  # (export.json gone: the rows may be an export's)
         _check_import_order(root, files, path)
-    return torch.arange(len(files))
+    _check_numbered_as_text(files, path)
+    return import_order
+
+
+def _exported_values_rows(root: Path, listing: dict, soft: Tensor, files: List[str]) -> Optional[Tensor]:
+    """Where ``soft`` (as read: fp16) holds the values of the soft labels our export wrote with
+    ``root``, saved again in another file (a .pt, fp32), its rows for the files in import order:
+    those of the export's training order, or import order itself (the values reordered); else None.
+    The values are known by the SHA-256 export.json records of them as export writes them, or (an
+    export that recorded none: an earlier infer-fast) by the folder's own EXPORTED_SOFT_LABELS."""
+    exported = listing.get("files")
+    if not listing.get("soft_labels") or not isinstance(exported, list) or sorted(exported) != sorted(files):
+        return None
+    recorded = listing.get(EXPORTED_SOFT_LABELS_SHA256)
+    own = root / EXPORTED_SOFT_LABELS
+    if isinstance(recorded, str):
+        def exported_values(values: Tensor) -> bool:
+            return _exported_sha256(values) == recorded
+    elif own.is_file():
+        try:
+            own_values = _read_soft_labels(own, *soft.shape)
+        except DistilledSetError:  # (not these images' soft labels: nothing to compare with)
+            return None
+
+        def exported_values(values: Tensor) -> bool:
+            return torch.equal(values, own_values)
+    else:
+        return None
+    training_rows = _training_rows(exported, files)
+    if exported_values(soft):
+        return training_rows
+    in_training_order = torch.empty_like(soft)
+    in_training_order[training_rows] = soft  # (row i of import order is training row training_rows[i])
+    return torch.arange(len(files)) if exported_values(in_training_order) else None
+
+
+def _exported_sha256(soft: Tensor) -> str:
+    """The SHA-256 of the file our export writes for the soft labels ``soft`` (fp16):
+    EXPORTED_SOFT_LABELS, its one tensor named EXPORTED_SOFT_LABELS_KEY."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    return hashlib.sha256(save({EXPORTED_SOFT_LABELS_KEY: soft.contiguous()})).hexdigest()
 
 
 def _is_exported_soft_labels(root: Path, listing: dict, path: Path) -> bool:
@@ -309,27 +510,31 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
                        name: Optional[str] = None) -> DistilledSet:
     """The class folders at ``source`` as a DistilledSet of method ``external`` for ``dataset``.
 
-    Class folders are named by class index, by the dataset's class name or by the folder name
-    our ``export`` writes for it (``T-shirt_top``); a folder written by our ``export`` is mapped
-    by its ``export.json``, and a dataset given by name is read at the image size and class
-    count it records (:func:`_exported_dataset`). Image order: by class, then by file name, which is also the row
-    order of ``soft_labels``, except for the soft labels our own ``export`` wrote with the
-    folder (the file whose SHA-256 its ``export.json`` records), whose rows ``export.json``
-    maps; given no ``soft_labels``, such a folder's own ``soft_labels.safetensors`` is taken
-    (recorded as taken by default). The
-    budget's ipc is the largest images-per-class count (the storage a method was given);
-    ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
+    Class folders are named by class index, by the dataset's class name (ImageNet's: its wnids)
+    or by the folder name our ``export`` writes for it (``T-shirt_top``); an image folder's
+    classes (and a class subset's of ImageNet given with its ``num_classes``, named by wnid) are
+    the folders, sorted by name, as its loader takes them. A folder written by our ``export`` is
+    mapped by its ``export.json``, and read at the image size and class count it records (an
+    image folder's also its channels, normalization and class names: :func:`_import_spec`).
+    Image order: by class, then by file name, which is also the row order of ``soft_labels``,
+    except for the soft labels our own ``export`` wrote with the folder (the file whose SHA-256
+    its ``export.json`` records, or the same values in another file), whose rows ``export.json``
+    maps; a file whose rows may be in another order (beside an ``export.json`` listing another
+    order, files numbered as an export numbers them or without zero padding) is refused unless it
+    records import order (ROW_ORDER_KEY); probabilities are refused (logits expected). Given no
+    ``soft_labels``, such a folder's own ``soft_labels.safetensors`` is taken (recorded as taken
+    by default). The budget's ipc is the largest images-per-class count (the storage a method was
+    given); ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
     counts and every file's SHA-256. Errors name the folder or file."""
-    from ..data import get_spec
-
     root = Path(source)
     if not root.is_dir():
         raise DistilledSetError(f"{root}: not a directory of class folders")
     listing = _read_export_listing(root)
-    spec = get_spec(_exported_dataset(dataset, listing, root))
+    folders = _class_folder_paths(root)
+    spec, by_folder_name = _import_spec(dataset, listing, root, folders)
     size = (spec.image_size, spec.image_size)
     images, labels, checksums, counts = [], [], {}, []
-    for label, folder in _class_folders(root, spec.num_classes, spec.class_names, listing):
+    for label, folder in _class_folders(root, folders, spec, listing, by_folder_name):
         named = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         for p in named:
             if p.is_symlink() and not p.exists():  # (is_file is False for these: they were skipped silently)
@@ -350,7 +555,7 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
         found_beside = soft_labels is not None
     if soft_labels is not None:
         soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
-        soft = soft[_soft_label_rows(root, listing, list(checksums), Path(soft_labels), taken=found_beside)]
+        soft = soft[_soft_label_rows(root, listing, list(checksums), Path(soft_labels), soft, taken=found_beside)]
     hyper = {
         "source": os.path.abspath(root), "source_method": name or "unknown", "per_class": counts,
         "image_order": IMPORT_ORDER, "source_sha256": checksums,

@@ -25,6 +25,7 @@ from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, d
 
 # the soft labels export writes beside the class folders (import takes them back by default)
 EXPORTED_SOFT_LABELS = "soft_labels.safetensors"
+EXPORTED_SOFT_LABELS_KEY = "soft_labels"  # (its one tensor)
 # the listing export writes beside them: the source, the class folders, the files in training
 # order (import maps an export's folders and soft labels by it)
 EXPORT_LISTING = "export.json"
@@ -320,7 +321,7 @@ def export_imagefolder(
                     files.append(rel)
             soft = ds.soft_labels_flat()
             if soft is not None:
-                safetensors_save({"soft_labels": soft.contiguous()}, tmp / EXPORTED_SOFT_LABELS)
+                safetensors_save({EXPORTED_SOFT_LABELS_KEY: soft.contiguous()}, tmp / EXPORTED_SOFT_LABELS)
             soft_sha256 = file_sha256(tmp / EXPORTED_SOFT_LABELS) if soft is not None else None
             meta = _export_listing(ds, None if isinstance(directory, DistilledSet) else str(directory), folders, files,
                                    soft_sha256)
