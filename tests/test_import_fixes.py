@@ -223,3 +223,15 @@ def test_a_coloured_palette_png_is_read_as_its_colours(tmp_path):
     for c in range(10):
         palette(32, (200, 10, 10)).save(tmp_path / "set" / str(c) / "a.png")
     assert import_imagefolder(tmp_path / "set", "cifar10").images[0, :, 0, 0].tolist() == [200, 10, 10]
+
+
+def test_sre2ls_release_layout_is_read_by_class_index(tmp_path):
+    """SRe2L's recover script (and CDA's, and the methods built on its code) writes
+    ``syn_data/new<ccc>/class<ccc>_id<iii>.jpg``: the folder names its class index."""
+    syn = tmp_path / "syn_data"
+    for c in range(10):
+        for i in range(2):
+            _png(syn / f"new{c:03d}" / f"class{c:03d}_id{i:03d}.png", np.full((28, 28), 20 * c + i, np.uint8))
+    ds = import_imagefolder(syn, "fashion-mnist-mini")
+    assert ds.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert ds.images[:, 0, 0, 0].tolist() == [20 * c + i for c in range(10) for i in range(2)]

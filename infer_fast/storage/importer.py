@@ -161,15 +161,28 @@ def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
     return {f: i for i, f in enumerate(folders)}
 
 
+# the class folders SRe2L's release writes (and CDA's, and the methods built on its code):
+# syn_data/new<class index, 3 digits>/class<c>_id<i>.jpg
+SRE2L_FOLDER_PREFIX = "new"
+
+
+def _folder_index(folder_name: str) -> Optional[int]:
+    """The class index a folder name spells (``7``, ``007``, SRe2L's ``new007``), or None.
+    ASCII digits only: str.isdigit also takes "²" (int() refuses it) and "٣" / "３" (int() reads 3)."""
+    digits = folder_name[len(SRE2L_FOLDER_PREFIX):] if folder_name.startswith(SRE2L_FOLDER_PREFIX) else folder_name
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
 def _is_class_index(folder_name: str) -> bool:
-    # ASCII digits only: str.isdigit also takes "²" (int() refuses it) and "٣" / "３" (int() reads 3)
-    return folder_name.isascii() and folder_name.isdigit()
+    return _folder_index(folder_name) is not None
 
 
 def _classes_named(folder_name: str, num_classes: int, class_names: Optional[Sequence[str]]) -> List[int]:
-    """The classes a folder name can denote: its index (``7``, ``007``), its name as the dataset
-    spells it (e.g. a wnid) or as our export writes it (``T-shirt/top`` -> ``T-shirt_top``)."""
-    found = {int(folder_name)} if _is_class_index(folder_name) and int(folder_name) < num_classes else set()
+    """The classes a folder name can denote: its index (``7``, ``007``, SRe2L's ``new007``), its
+    name as the dataset spells it (e.g. a wnid) or as our export writes it (``T-shirt/top`` ->
+    ``T-shirt_top``)."""
+    index = _folder_index(folder_name)
+    found = {index} if index is not None and index < num_classes else set()
     found.update(i for i, name in enumerate(class_names or ()) if folder_name in (name, _safe_name(name)))
     return sorted(found)
 
@@ -178,7 +191,8 @@ def _class_of_folder(folder: Path, num_classes: int, class_names: Optional[Seque
     classes = _classes_named(folder.name, num_classes, class_names)
     if not classes:
         raise DistilledSetError(
-            f"{folder}: not a class of this dataset (folders must be class indices 0..{num_classes - 1}"
+            f"{folder}: not a class of this dataset (folders must be class indices 0..{num_classes - 1} (or SRe2L's "
+            f"{SRE2L_FOLDER_PREFIX}000...)"
             + (", the dataset's class names or export's folder names for them)" if class_names else ")"))
     if len(classes) > 1:
         shown = " and ".join(f"{i} ({class_names[i]!r})" for i in classes)
