@@ -114,11 +114,11 @@ def request_identity(request, train=None) -> Dict[str, Any]:
 
     method = get_method(request.method)
     if train is None:
-        train = load_dataset(request.dataset, "train", data_root=request.data_root)
+        train = load_dataset(request.dataset, "train", data_root=request.data_root, progress=request.progress)
     options = {k: v for k, v in parsed_option_values(request.parsed).items() if k not in method.result_neutral}
     identity = {"method": method.name, "dataset": dataset_options(request.dataset)[0],
                 "dataset.num_classes": train.spec.num_classes, "dataset.image_size": train.spec.image_size,
-                "data_sha256": train.digest(), "ipc": request.ipc, "seed": request.seed, **options,
+                "data_sha256": train.digest(progress=request.progress), "ipc": request.ipc, "seed": request.seed, **options,
                 "teachers_sha256": [file_sha256(path) for path in request.teacher_paths]}
     return json.loads(json.dumps(identity, default=str))  # (as the manifest holds it: lists, not tuples)
 
