@@ -102,15 +102,37 @@ METHOD_OPTIONS = "method_options"
 TEACHERS = "teachers"  # (compared entry by entry, field by field: _spread_teachers)
 
 
-def _teacher_as_taken(entry: Dict[str, Any]) -> Dict[str, Any]:
-    """A run config's ``teachers`` entry as it takes effect: a trained one with TeacherConfig's
-    defaults filled in (``lr: 0.1`` spelled out is the teacher of none); a checkpoint's path as
-    the file it names (relative or absolute, the same file)."""
+# what a results file records of a teachers entry {path: FILE} beside its path: the file's
+# SHA-256 (the same weights under another path, or by a relative path from elsewhere, are the
+# same teacher; a file retrained in place is not)
+TEACHER_FILE_SHA256 = "sha256"
+
+
+def _recorded_teacher(entry: Any) -> Any:
+    """A run config's ``teachers`` entry as its results file records it: a checkpoint's with its
+    file's SHA-256 (:data:`TEACHER_FILE_SHA256`; none where it cannot be read yet)."""
+    from ._io import file_sha256
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        return entry
+    try:
+        return {**entry, TEACHER_FILE_SHA256: file_sha256(entry["path"])}
+    except OSError:  # (refused later, naming the file)
+        return entry
+
+
+def _teacher_as_taken(entry: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]:
+    """A run config's ``teachers`` entry as it takes effect, beside the other side's ``other``: a
+    trained one with TeacherConfig's defaults filled in (``lr: 0.1`` spelled out is the teacher
+    of none); a checkpoint by its file's SHA-256 where both sides record one, else by its path as
+    written (a results file of before)."""
     from .options import options_of
     from .teacher import TEACHER_RESULT_NEUTRAL, TeacherConfig
 
     if "path" in entry:
-        return {**entry, "path": os.path.realpath(entry["path"])} if isinstance(entry["path"], str) else entry
+        if TEACHER_FILE_SHA256 in entry and TEACHER_FILE_SHA256 in other:
+            return {k: v for k, v in entry.items() if k != "path"}
+        return {k: v for k, v in entry.items() if k != TEACHER_FILE_SHA256}
     if "pretrained" in entry:
         return entry
     defaults = {name: opt.default for name, opt in options_of(TeacherConfig).items()
@@ -127,21 +149,25 @@ def _spread_teachers(sides: Tuple[Dict[str, Any], Dict[str, Any]]) -> None:
     if not all(isinstance(entries, list) and all(isinstance(e, dict) for e in entries) for entries in lists) \
             or len(lists[0]) != len(lists[1]):
         return
-    for side in sides:
-        entries = [_teacher_as_taken(entry) for entry in side.pop(TEACHERS)]
+    for side, others in zip(sides, reversed(lists)):
+        entries = [_teacher_as_taken(entry, other) for entry, other in zip(side.pop(TEACHERS), others)]
         side.update({f"{TEACHERS}[{i}].{name}": value for i, entry in enumerate(entries)
                      for name, value in entry.items()})
 
 
 def _dataset_as_taken(dataset: Any) -> Any:
     """The run's ``dataset`` by its canonical name (``FASHION_MNIST_MINI``, ``{name: ...}`` alone:
-    the same dataset), with its options where it has some."""
-    from .data.registry import dataset_options
+    the same dataset), with the options it has that are not the dataset's own values
+    (``num_classes: 10`` of Fashion-MNIST spelled out is the same dataset)."""
+    from .data.registry import dataset_options, get_dataset
 
     try:
         name, options = dataset_options(dataset)
     except (ValueError, TypeError, KeyError):  # (not a dataset any more: compared as written)
         return dataset
+    spec = get_dataset(name).spec  # (None: a folder dataset's classes come from its files)
+    own = {} if spec is None else {"num_classes": spec.num_classes, "image_size": spec.image_size}
+    options = {k: v for k, v in options.items() if own.get(k, object()) != v}
     return {"name": name, **options} if options else name
 
 
@@ -235,8 +261,10 @@ def data_place(data_root: Optional[str]) -> Optional[str]:
 
 def recorded_config(cfg) -> Dict[str, Any]:
     """The run config as its results file records it, the data root as :func:`data_place`
-    (a relative path means another folder from elsewhere)."""
-    return {**dataclasses.asdict(cfg), "data_root": data_place(cfg.data_root)}
+    (a relative path means another folder from elsewhere), each teacher file with its SHA-256."""
+    recorded = dataclasses.asdict(cfg)
+    return {**recorded, "data_root": data_place(cfg.data_root),
+            "teachers": [_recorded_teacher(entry) for entry in recorded["teachers"]]}
 
 
 def _train_digest(dataset, data_root: Optional[str]) -> Optional[str]:

@@ -235,3 +235,23 @@ def test_sre2ls_release_layout_is_read_by_class_index(tmp_path):
     ds = import_imagefolder(syn, "fashion-mnist-mini")
     assert ds.labels.tolist() == [c for c in range(10) for _ in range(2)]
     assert ds.images[:, 0, 0, 0].tolist() == [20 * c + i for c in range(10) for i in range(2)]
+
+
+@pytest.mark.parametrize("listing", [True, False])
+def test_an_export_with_an_image_removed_and_its_rows_in_the_exports_order_is_refused(infer_export, tmp_path, listing):
+    """One image deleted, its row taken out of the export's soft labels (still in its order): the
+    rows paired in import order (36 of 39 wrong), with or without export.json."""
+    ds, export = infer_export
+    folder = tmp_path / "export"
+    shutil.copytree(export, folder)
+    own = load_file(str(folder / "soft_labels.safetensors"))["soft_labels"]
+    (folder / "soft_labels.safetensors").unlink()
+    files = json.loads((folder / "export.json").read_text())["files"]
+    removed = files.index(sorted(files)[0])  # (the first in import order)
+    (folder / files[removed]).unlink()
+    if not listing:
+        (folder / "export.json").unlink()
+    kept = tmp_path / "kept.pt"
+    torch.save(torch.cat([own[:removed], own[removed + 1:]]), kept)
+    with pytest.raises(DistilledSetError, match="kept.pt: row order unknown"):
+        import_imagefolder(folder, DATASET, soft_labels=kept)

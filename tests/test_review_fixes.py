@@ -95,19 +95,43 @@ def test_a_finished_set_of_other_training_images_is_not_this_requests(tmp_path, 
         _sre2l(out, teacher)
 
 
+def test_a_finished_set_whose_request_predates_the_dataset_and_data_entries_is_this_one(tmp_path, teacher, capsys):
+    """A set recorded its request before the dataset's read values and the data digest were part
+    of it: the same request then (its resume was refused as "dataset.num_classes, ... differ")."""
+    import json
+
+    out = tmp_path / "set"
+    _sre2l(out, teacher)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    for key in ("dataset.num_classes", "dataset.image_size", "data_sha256"):
+        del manifest["request"][key]
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    capsys.readouterr()
+    assert str(_sre2l(out, teacher)) == str(out)
+    assert capsys.readouterr().out == f"{out}: already distilled; nothing to do\n"
+
+
 def test_a_runs_teachers_and_dataset_are_compared_as_they_take_effect(tmp_path, monkeypatch):
-    """The same checkpoint by a relative or an absolute path, TeacherConfig's defaults spelled out,
-    the dataset by another accepted spelling: the same run; another epochs: named."""
-    from infer_fast.results import effective_settings
+    """The same checkpoint by a relative or an absolute path (its SHA-256 recorded), TeacherConfig's
+    defaults spelled out, the dataset by another accepted spelling or with its own class count: the
+    same run; another epochs, or the file retrained in place: named."""
+    from infer_fast.results import _recorded_teacher, effective_settings
     from infer_fast.run_identity import differing
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "t1.pt").write_bytes(b"")
-    recorded = {"dataset": "fashion-mnist-mini", "student": {},
-                "teachers": [{"path": "t1.pt"}, {"model": "convnet", "epochs": 1}]}
-    current = {"dataset": {"name": "FASHION_MNIST_MINI"}, "student": {},
-               "teachers": [{"path": str(tmp_path / "t1.pt")},
-                            {"model": "convnet", "epochs": 1, "lr": 0.1, "seed": 0, "eval_batch_size": 7}]}
+    (tmp_path / "t1.pt").write_bytes(b"weights A")
+
+    def config(dataset, *teachers):
+        return {"dataset": dataset, "student": {}, "teachers": [_recorded_teacher(t) for t in teachers]}
+
+    recorded = config("fashion-mnist-mini", {"path": "t1.pt"}, {"model": "convnet", "epochs": 1})
+    current = config({"name": "FASHION_MNIST_MINI", "num_classes": 10}, {"path": str(tmp_path / "t1.pt")},
+                     {"model": "convnet", "epochs": 1, "lr": 0.1, "seed": 0, "eval_batch_size": 7})
     assert differing(*effective_settings(recorded, current)) == []
     current["teachers"][1]["epochs"] = 2
     assert differing(*effective_settings(recorded, current)) == ["teachers[1].epochs"]
+    (tmp_path / "t1.pt").write_bytes(b"weights B")  # (retrained in place: another teacher)
+    current = config("fashion-mnist-mini", {"path": "t1.pt"}, {"model": "convnet", "epochs": 1})
+    assert differing(*effective_settings(recorded, current)) == ["teachers[0].sha256"]
+    before = {**recorded, "teachers": [{"path": "t1.pt"}, recorded["teachers"][1]]}  # (a file of before: no digest)
+    assert differing(*effective_settings(before, current)) == []

@@ -331,14 +331,14 @@ ROW_ORDER_KEY = "row_order"
 
 def _export_numbers(files: List[str]) -> Optional[List[int]]:
     """Each file's number where the files are numbered as our ``export`` numbers them
-    (``<class>/<i>.png``, ``i`` the training index 0..N-1 zero-padded to one width), else None."""
-    width = len(str(len(files) - 1))
+    (``<class>/<i>.png``, ``i`` the training index zero-padded to one width, each once: 0..N-1,
+    or some of them where images were removed since), else None."""
     stems = [Path(f).stem for f in files]
-    if not all(Path(f).suffix == ".png" for f in files) or not all(
-            len(stem) == width and stem.isascii() and stem.isdigit() for stem in stems):
+    if not stems or not all(Path(f).suffix == ".png" for f in files) or len({len(s) for s in stems}) != 1 or not all(
+            stem.isascii() and stem.isdigit() for stem in stems):
         return None
     numbers = [int(stem) for stem in stems]
-    return numbers if sorted(numbers) == list(range(len(files))) else None
+    return numbers if len(set(numbers)) == len(numbers) else None
 
 
 def _recorded_row_order(path: Path) -> Optional[str]:
@@ -362,7 +362,7 @@ def _check_import_order(root: Path, files: List[str], path: Path) -> None:
     if numbers is None or numbers == sorted(numbers):
         return
     raise DistilledSetError(
-        f"{path}: row order unknown: the images of {root} are numbered 0..{len(files) - 1} as `infer-fast export` "
+        f"{path}: row order unknown: the images of {root} are numbered as `infer-fast export` "
         f"numbers them (its rows: row i = image i), not in import order (class, then file name); if these are an "
         f"export's soft labels (its {EXPORTED_SOFT_LABELS}, or the same values), put that export's {EXPORT_LISTING} "
         f"back beside the class folders (it maps their rows); if their rows are in import order, {RECORD_IMPORT_ORDER}")
@@ -372,8 +372,12 @@ def _check_listing_order(listing: dict, files: List[str], path: Path) -> None:
     """Refuses soft labels other than the export's own (by file or values) beside an export.json
     that lists the images in another order than import order: their rows may be either."""
     exported = listing.get("files")
-    if not isinstance(exported, list) or sorted(exported) != sorted(files) or exported == files:
-        return  # (not these images, or listed in import order: import order it is)
+    if not isinstance(exported, list) or not all(isinstance(f, str) for f in exported) \
+            or not set(files) <= set(exported):
+        return  # (not these images: import order it is)
+    found = set(files)
+    if [f for f in exported if f in found] == files:
+        return  # (listed in import order, some perhaps removed since: import order it is)
     raise DistilledSetError(
         f"{path}: row order unknown: {EXPORT_LISTING} lists these images in the export's training order, not in "
         f"import order (class, then file name), and these are not the export's soft labels (its "
