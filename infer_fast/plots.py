@@ -186,10 +186,11 @@ def _ipc_axis(ax, rows) -> None:
 def _accuracy_plot(plt, rows, x_key: str, title: str, styles):
     """Accuracy against the compression ratio (``x_key`` "compression_ratio_percent") or ipc."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    drawn = {}
     for label, group in _by_method(rows, x_key, "accuracy_mean").items():
-        ax.errorbar([r[x_key] for r in group], [100 * r["accuracy_mean"] for r in group],
-                    yerr=[100 * r["accuracy_std"] for r in group], marker="o", capsize=3, label=label,
-                    **styles[label])
+        drawn[label] = ax.errorbar([r[x_key] for r in group], [100 * r["accuracy_mean"] for r in group],
+                                   yerr=[100 * r["accuracy_std"] for r in group], marker="o", capsize=3,
+                                   **styles[label])
     if x_key == "ipc":
         _ipc_axis(ax, rows)
     else:
@@ -198,7 +199,7 @@ def _accuracy_plot(plt, rows, x_key: str, title: str, styles):
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(list(drawn.values()), list(drawn))  # (given: matplotlib's legend() leaves out labels starting "_")
     return _finish(fig, log_x=x_key != "ipc")
 
 
@@ -266,7 +267,15 @@ def _epoch_plot(plt, results: Dict[str, Any], rows, styles, dataset: str):
 
 def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
     """{plot name: matplotlib Figure} of a run (``results`` as in results.json), laid out,
-    those whose data is there (see the module docstring); close them when done."""
+    those whose data is there (see the module docstring); close them when done. Their text is
+    drawn as written: a set's label is never read as matplotlib's math text (``$...$``)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw_plots(results)
+
+
+def _draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
     plt = _pyplot()
     rows = results.get("table") or []
     dataset = results.get("config", {}).get("dataset")
@@ -281,14 +290,13 @@ def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
         duplication = _equal_series_merged(_by_method(rows, "feature_duplication"), "feature_duplication")
         if duplication:
             fig, ax = plt.subplots(figsize=(5.5, 4))
-            for label, group in duplication.items():
-                ax.plot([r["ipc"] for r in group], [r["feature_duplication"] for r in group], marker="o", label=label,
-                        **styles[group[0]["label"]])
+            lines = [ax.plot([r["ipc"] for r in group], [r["feature_duplication"] for r in group], marker="o",
+                             **styles[group[0]["label"]])[0] for group in duplication.values()]
             _ipc_axis(ax, rows)
             ax.set_ylabel("feature duplication (same-class cosine)")
             ax.set_title(f"{dataset}: feature duplication vs ipc")
             ax.grid(True, alpha=0.3)
-            ax.legend()
+            ax.legend(lines, list(duplication))
             figures["duplication"] = _finish(fig)
     epochs = _epoch_plot(plt, results, rows, styles, dataset)
     if epochs is not None:

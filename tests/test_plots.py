@@ -169,3 +169,26 @@ def test_equal_feature_duplication_is_one_line_named_for_both():
     finally:
         for fig in figures.values():
             plt.close(fig)
+
+
+@pytest.mark.parametrize("label", ["_mine", "mine ($\\ell_2$, x$^$)", "cost $5 vs $8"])
+def test_a_sets_label_is_drawn_as_written_and_named_in_the_legends(tmp_path, label):
+    """A label starting with "_" was left out of the legends (matplotlib's rule for hidden
+    artists), one with "$" was parsed as math text: drawn in italics, or ending the run after all
+    its work on a parse error."""
+    data = results()
+    for row in data["table"]:
+        if row["method"] == "random":
+            row["label"] = label
+    figures = draw_plots(data)
+    try:
+        for name, shown in (("compression", ["INFER", label]), ("ipc", ["INFER", label]),
+                            ("duplication", [f"INFER = {label}"])):  # (equal series: one line)
+            legend = figures[name].axes[0].get_legend()
+            assert [t.get_text() for t in legend.get_texts()] == shown, name
+    finally:
+        import matplotlib.pyplot as plt
+
+        for fig in figures.values():
+            plt.close(fig)
+    assert set(write_plots(data, tmp_path)) == set(PLOT_FILES)

@@ -135,3 +135,27 @@ def test_a_runs_teachers_and_dataset_are_compared_as_they_take_effect(tmp_path, 
     assert differing(*effective_settings(recorded, current)) == ["teachers[0].sha256"]
     before = {**recorded, "teachers": [{"path": "t1.pt"}, recorded["teachers"][1]]}  # (a file of before: no digest)
     assert differing(*effective_settings(before, current)) == []
+
+
+def test_the_preview_composes_only_the_classes_it_shows(tmp_path, monkeypatch):
+    """Its composed rows were made from whole natural sets (every class: 3.5 GB at ImageNet-1k's
+    1000 classes of 224 px) to show 10 columns; now from the shown classes, the same pixels."""
+    import torch
+    from conftest import small_infer_set
+
+    from infer_fast.storage import report
+    from infer_fast.storage.dataset import DistilledDataset
+
+    ds = small_infer_set()
+    real, composed = report.ufc_compose, []
+
+    def recording(natural, *args, **kwargs):
+        composed.append((natural.shape, real(natural, *args, **kwargs)))
+        return composed[-1][1]
+
+    monkeypatch.setattr(report, "ufc_compose", recording)
+    report.write_preview(ds, tmp_path / "p.png", max_classes=4)
+    (shape, images), = composed
+    assert shape[1] == 4  # (4 classes shown of 10)
+    whole = DistilledDataset(ds, hard_only=True, cache_bytes=0)
+    assert torch.equal(images.flatten(0, 1), torch.cat([whole.compose_groups(g, g + 1)[0, :4] for g in range(ds.G)]))
