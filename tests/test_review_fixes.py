@@ -95,22 +95,6 @@ def test_a_finished_set_of_other_training_images_is_not_this_requests(tmp_path, 
         _sre2l(out, teacher)
 
 
-def test_a_finished_set_whose_request_predates_the_dataset_and_data_entries_is_this_one(tmp_path, teacher, capsys):
-    """A set recorded its request before the dataset's read values and the data digest were part
-    of it: the same request then (its resume was refused as "dataset.num_classes, ... differ")."""
-    import json
-
-    out = tmp_path / "set"
-    _sre2l(out, teacher)
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    for key in ("dataset.num_classes", "dataset.image_size", "data_sha256"):
-        del manifest["request"][key]
-    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    capsys.readouterr()
-    assert str(_sre2l(out, teacher)) == str(out)
-    assert capsys.readouterr().out == f"{out}: already distilled; nothing to do\n"
-
-
 def test_a_runs_teachers_and_dataset_are_compared_as_they_take_effect(tmp_path, monkeypatch):
     """The same checkpoint by a relative or an absolute path (its SHA-256 recorded), TeacherConfig's
     defaults spelled out, the dataset by another accepted spelling or with its own class count: the

@@ -143,10 +143,7 @@ def finished_set(request) -> Optional[Path]:
     if not isinstance(recorded, dict):
         raise OutputExistsError(f"{out_dir} already holds a set that records no request (made by an older "
                                 f"infer-fast, or imported): it cannot be told to be this one's; {todo}")
-    current = request_identity(request)
-    # (what a request recorded before these entries were: the dataset as given, no data digest)
-    predated = {k: current[k] for k in ("dataset.num_classes", "dataset.image_size", "data_sha256")}
-    names = differing(recorded, current, defaults=predated)
+    names = differing(recorded, request_identity(request))
     if names:
         raise OutputExistsError(another_run_message("set", out_dir, names, todo, recorded,
                                                     labels={"teachers_sha256": "the teachers' weights",
