@@ -311,11 +311,12 @@ def _changed_unmade(names: List[str], old: Dict[str, Any], cfg, out: Path) -> Li
     return [name for name in names if name in free]
 
 
-def _check_same_settings(path: Path, old: Dict[str, Any], cfg) -> None:
+def _check_same_settings(path: Path, old: Dict[str, Any], cfg, config: Dict[str, Any]) -> None:
     """ValueError (another_run_message) unless the results file ``path`` (read: ``old``) was made
-    under ``cfg``'s settings, but for those nothing was made of yet (:func:`_changed_unmade`);
-    the data by where it lies, and where that moved, by the training split's identity."""
-    recorded, current = effective_settings(old["config"], recorded_config(cfg))
+    under ``cfg``'s settings (``config``: recorded_config(cfg)), but for those nothing was made
+    of yet (:func:`_changed_unmade`); the data by where it lies, and where that moved, by the
+    training split's identity."""
+    recorded, current = effective_settings(old["config"], config)
     if "data_root" in recorded:  # (a file of before recorded it as spelled: read from here)
         recorded["data_root"] = data_place(recorded["data_root"])
     names = differing(recorded, current, defaults=_defaults(cfg))
@@ -423,7 +424,8 @@ def load_results(path: Path, cfg, external: Optional[Dict[str, Dict[str, str]]] 
         from .storage import load_distilled
 
         external = {label: external_identity(d, load_distilled(d)) for label, d in cfg.external.items()}
-    fresh = {"format": RESULTS_FORMAT, "config": recorded_config(cfg), "teachers": [], "sets": {}, "runs": {},
+    config = recorded_config(cfg)  # (once: it reads every teacher file's SHA-256)
+    fresh = {"format": RESULTS_FORMAT, "config": config, "teachers": [], "sets": {}, "runs": {},
              "external_sets": external}
     if not path.exists():
         return fresh
@@ -434,9 +436,9 @@ def load_results(path: Path, cfg, external: Optional[Dict[str, Dict[str, str]]] 
         raise ValueError(f"{path} cannot be read ({parse_failure(exc)}); delete it to start the table over") from None
     _check_results_file(path, old)
     # runs are kept only if what determines them is unchanged
-    _check_same_settings(path, old, cfg)
+    _check_same_settings(path, old, cfg, config)
     _check_external_sets(path, old, external)
-    old["config"] = recorded_config(cfg)
+    old["config"] = config
     old["external_sets"] = {**(old.get("external_sets") or {}), **external}  # (a label left out stays taken)
     return old
 

@@ -71,7 +71,7 @@ def _continue(out, old_cfg, new_cfg):
     (out / "students").mkdir(exist_ok=True)
     (out / "students" / "random-ipc1-seed0.pt").write_bytes(b"x")
     old = {"config": recorded_config(old_cfg), "runs": {"random/ipc1/seed0": {}}}
-    _check_same_settings(out / "results.json", old, new_cfg)
+    _check_same_settings(out / "results.json", old, new_cfg, recorded_config(new_cfg))
 
 
 def test_a_run_continues_with_other_evaluation_batches_and_devices(tmp_path):

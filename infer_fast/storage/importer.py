@@ -191,8 +191,8 @@ def _class_of_folder(folder: Path, num_classes: int, class_names: Optional[Seque
     classes = _classes_named(folder.name, num_classes, class_names)
     if not classes:
         raise DistilledSetError(
-            f"{folder}: not a class of this dataset (folders must be class indices 0..{num_classes - 1} (or SRe2L's "
-            f"{SRE2L_FOLDER_PREFIX}000...)"
+            f"{folder}: not a class of this dataset (folders must be class indices 0..{num_classes - 1} or SRe2L's "
+            f"{SRE2L_FOLDER_PREFIX}000..."
             + (", the dataset's class names or export's folder names for them)" if class_names else ")"))
     if len(classes) > 1:
         shown = " and ".join(f"{i} ({class_names[i]!r})" for i in classes)
@@ -371,9 +371,8 @@ def _check_import_order(root: Path, files: List[str], path: Path) -> None:
 def _check_listing_order(listing: dict, files: List[str], path: Path) -> None:
     """Refuses soft labels other than the export's own (by file or values) beside an export.json
     that lists the images in another order than import order: their rows may be either."""
-    exported = listing.get("files")
-    if not isinstance(exported, list) or not all(isinstance(f, str) for f in exported) \
-            or not set(files) <= set(exported):
+    exported = _listed_files(listing)
+    if exported is None or not set(files) <= set(exported):
         return  # (not these images: import order it is)
     found = set(files)
     if [f for f in exported if f in found] == files:
@@ -399,6 +398,18 @@ def _check_numbered_as_text(files: List[str], path: Path) -> None:
                 f"then file name) sorts their names as text ({first} before {then}); rename the files with zero "
                 f"padding (as {then.stem.zfill(len(first.stem))}{then.suffix}) if the rows follow the numbers; if "
                 f"their rows are in import order, {RECORD_IMPORT_ORDER}")
+
+
+def _listed_files(listing: dict) -> Optional[List[str]]:
+    """The files export.json lists, in training order, where it lists them (names), else None."""
+    exported = listing.get("files")
+    return exported if isinstance(exported, list) and all(isinstance(f, str) for f in exported) else None
+
+
+def _lists_these(listing: dict, files: List[str]) -> Optional[List[str]]:
+    """The files export.json lists, in training order, where they are exactly ``files``, else None."""
+    exported = _listed_files(listing)
+    return exported if exported is not None and sorted(exported) == sorted(files) else None
 
 
 def _training_rows(exported: List[str], files: List[str]) -> Tensor:
@@ -438,8 +449,8 @@ def _exported_values_rows(root: Path, listing: dict, soft: Tensor, files: List[s
     those of the export's training order, or import order itself (the values reordered); else None.
     The values are known by the SHA-256 export.json records of them as export writes them, or (an
     export that recorded none: an earlier infer-fast) by the folder's own EXPORTED_SOFT_LABELS."""
-    exported = listing.get("files")
-    if not listing.get("soft_labels") or not isinstance(exported, list) or sorted(exported) != sorted(files):
+    exported = _lists_these(listing, files)
+    if not listing.get("soft_labels") or exported is None:
         return None
     recorded = listing.get(EXPORTED_SOFT_LABELS_SHA256)
     own = root / EXPORTED_SOFT_LABELS
@@ -490,9 +501,9 @@ def _is_exported_soft_labels(root: Path, listing: dict, path: Path) -> bool:
 def _exported_files(path: Path, listing: dict, files: List[str]) -> List[str]:
     """The files export.json lists, in training order (the rows of the export's soft labels
     ``path``): exactly the files found, else a DistilledSetError says how to go on."""
-    exported = listing.get("files")
-    if not isinstance(exported, list) or sorted(exported) != sorted(files):
-        listed = len(exported) if isinstance(exported, list) else 0
+    exported = _lists_these(listing, files)
+    if exported is None:
+        listed = len(listing["files"]) if isinstance(listing.get("files"), list) else 0
         without = (f"move {EXPORTED_SOFT_LABELS} away to import the images without soft labels"
                    if path.name == EXPORTED_SOFT_LABELS else "import the images without these soft labels")
         raise DistilledSetError(
