@@ -6,6 +6,13 @@ def count_text(count, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def first_names(names, shown: int) -> str:
+    """The first ``shown`` of ``names`` joined by commas, with ", ..." where there are more: how a
+    message lists what it refuses without printing a thousand names."""
+    names = [str(name) for name in names]
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def first_line(exc: BaseException, limit: int) -> str:
     """The first line of ``exc``'s message ("" when it has none), cut to ``limit`` characters
     with "..." where cut: how one error is quoted inside another line."""

@@ -285,12 +285,14 @@ def check_run_directory(out: Path) -> None:
     """Before any work: ``out`` is new, empty or a run's directory: one holding a results file,
     or only what a run writes before its first (its teachers, sets...). Any other folder (a
     distilled set, an export) is refused rather than filled with a run's files."""
+    from ._text import first_names
+
     if not out.is_dir():
         return
     entries = [entry.name for entry in out.iterdir()]
     foreign = [name for name in entries if name not in RUN_ENTRIES and hidden_sibling_owner(name, TEMP) != RESULTS_FILE]
     if foreign and RESULTS_FILE not in entries:
-        shown = ", ".join(sorted(foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
+        shown = first_names(sorted(foreign), 3)
         raise ValueError(f"out (--out): {out} exists and is not a run directory (it holds {shown}): choose a new "
                          "or empty directory, or an earlier run's")
 
@@ -603,15 +605,16 @@ def _write_report(session: _Session) -> None:
     from .plots import write_plots
 
     results, out = session.results, session.out
-    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     seconds = results["timing"]["session_s"] = time.perf_counter() - session.started  # (the one printed below)
     results["table"] = summarize(results)
-    session.save()
     table = format_table(results)
     plots = write_plots(results, out)
     # the scores of this session's protocol only (the file keeps the others' for a session under theirs)
     report = markdown_report({**results, "scores": _standing_scores(session.cfg, results)}, table, plots)
     write_atomically(out / RUN_REPORT, lambda tmp: Path(tmp).write_text(report, encoding="utf-8"), fsync=False)
+    # finished last: a run stopped before (in the plots, say) is not recorded as done with a stale report
+    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    session.save()
     session.say("\n" + table)
     session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(table_runs(results))} student runs; results in "
                 f"{session.results_path} and {out / RUN_REPORT} ({seconds:.0f} s this session)")

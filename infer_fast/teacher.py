@@ -28,7 +28,7 @@ from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import HeadMismatch, check_model_name, create_model
-from ._text import count_text
+from ._text import count_text, first_names
 from .progress import SHORT_PHASE_S, progress_bar
 from .training_rng import global_rng_state, kept_cpu_rng, seeded_cpu_rng, training_rng
 from ._io import PathLike, check_input_file, check_writable, read_checkpoint, save_atomic
@@ -414,7 +414,7 @@ def _check_weights_fit(path: str, ckpt: Dict[str, Any], layout: nn.Module) -> No
                    f"in the file, {tuple(tensor.shape)} in the model" for name, tensor in expected.items()
                    if name in weights and not (isinstance(weights[name], torch.Tensor)
                                                and weights[name].shape == tensor.shape)]
-    problems = [f"{what}{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+    problems = [f"{what}{first_names(names, 3)}"
                 for what, names in (("missing ", missing), ("unexpected ", unexpected), ("", other_shape)) if names]
     if problems:
         raise _weights_do_not_fit(path, ckpt, "; ".join(problems))
@@ -427,12 +427,12 @@ def _check_weights(path: str, model: nn.Module) -> None:
     not_finite = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if not_finite:
         raise ValueError(f"teacher {path!r} holds non-finite weights (nan or inf) in {len(not_finite)} tensor(s): "
-                         f"{', '.join(not_finite[:3])}{', ...' if len(not_finite) > 3 else ''}")
+                         f"{first_names(not_finite, 3)}")
     negative = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                 and m.running_var is not None and bool((m.running_var < 0).any())]
     if negative:
         raise ValueError(f"teacher {path!r} holds a negative BatchNorm running variance (running_var) in "
-                         f"{len(negative)} layer(s): {', '.join(negative[:3])}{', ...' if len(negative) > 3 else ''} "
+                         f"{len(negative)} layer(s): {first_names(negative, 3)} "
                          "(a variance is never negative: the checkpoint is corrupt or was edited)")
 
 

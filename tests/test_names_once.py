@@ -180,3 +180,19 @@ def test_rdeds_help_names_the_size_that_takes_imagenets_recipe(monkeypatch):
     assert f"imagenet or images over {SMALL_IMAGE_MAX} px" in rded._by_family("factor")
     monkeypatch.setattr(rded, "SMALL_IMAGE_MAX", 96)
     assert "imagenet or images over 96 px" in rded._by_family("factor")
+
+
+def test_a_refusal_lists_its_first_names_and_says_when_there_are_more(tmp_path):
+    """_text.first_names spells "a, b, ..." once (five copies differed: " ..." in one); a
+    missing class folder's refusal quotes it."""
+    from infer_fast._text import first_names
+    from infer_fast.data.folders import scan_class_folders
+
+    assert first_names(["a", "b"], 3) == "a, b"
+    assert first_names(["a", "b", "c"], 3) == "a, b, c"
+    assert first_names(range(7), 3) == "0, 1, 2, ..."
+    for name in ("c1", "c2"):
+        (tmp_path / name).mkdir()
+    classes = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"]
+    with pytest.raises(ValueError, match=re.escape("no folder for 6 of the 8 classes") + ".*: c0, c3, c4, c5, c6, ... "):
+        scan_class_folders(str(tmp_path), class_names=classes)

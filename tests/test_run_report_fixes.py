@@ -7,6 +7,7 @@ import json
 import re
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from infer_fast import distributed
@@ -209,3 +210,25 @@ def test_a_run_does_not_note_its_default_decode_cache_is_unused(tmp_path, capsys
     # asked for (--decode-cache DIR): said
     load_test_split(dataset, str(tmp_path / "data"), str(tmp_path / "cache"), progress=True)
     assert "decode cache: imagefolder's test split fits in memory" in capsys.readouterr().out
+
+
+def test_a_run_stopped_in_its_plots_is_not_recorded_finished(tmp_path, monkeypatch):
+    """results.json says "finished" (with the table) only once results.md is written: a run
+    stopped while drawing its plots was recorded as finished beside a stale or missing report."""
+    cfg = config(tmp_path)
+    results = measured(cfg, tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("infer_fast.plots.write_plots", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _write_report(session(cfg, tmp_path, results))
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk.get("finished") is None and "table" not in on_disk
+    assert not (tmp_path / "results.md").exists()
+    monkeypatch.undo()
+    _write_report(session(cfg, tmp_path, results))
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["finished"] and on_disk["table"] and (tmp_path / "results.md").exists()

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .._text import count_text
+from .._text import count_text, first_names
 from ..checks import composed_name
 from ..progress import SHORT_PHASE_S, progress_bar
 
@@ -143,7 +143,7 @@ def scan_class_folders(
         if missing:
             raise ValueError(
                 f"{root} has no folder for {len(missing)} of the {len(class_names)} classes {classes_from}: "
-                f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} (every class needs its folder of "
+                f"{first_names(missing, 5)} (every class needs its folder of "
                 "images: restore it)"
             )
     label_of = {composed_name(name): i for i, name in enumerate(class_names)}
@@ -274,7 +274,7 @@ def _annotated_val(val_dir: str, classes: Tuple[str, ...], classes_from: str) ->
     if missing:
         raise ValueError(
             f"{annotations} lists no image of {len(missing)} of the {len(classes)} classes {classes_from}: "
-            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} (every class needs its val images)"
+            f"{first_names(missing, 5)} (every class needs its val images)"
         )
     samples.sort()
     return samples

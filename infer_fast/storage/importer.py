@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._io import TOO_DEEP, PathLike, file_sha256, parse_failure
-from .._text import count_text
+from .._text import count_text, first_names
 from ..checks import check_class_names
 from .disk import FORMAT_NAME, check_safetensors_path
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, check_dataset_classes, fp16_soft_labels
@@ -233,7 +233,7 @@ def _class_folders(root: Path, folders: List[Path], spec, listing: Optional[dict
         seen[label] = folder
     missing = sorted(set(range(num_classes)) - set(seen))
     if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        shown = first_names(missing, 10)
         subset = listing is None and get_dataset(spec.name).layout == "folders"
         raise DistilledSetError(f"{root}: no folder for class(es) {shown} of {num_classes}"
                                 + (f" ({_CLASS_SUBSET_HINT})" if subset else ""))
