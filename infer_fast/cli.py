@@ -219,10 +219,12 @@ def cmd_import(args: argparse.Namespace) -> None:
     from .distill.run import check_new_output
     from .storage import import_imagefolder, inspect_report, save_distilled
 
+    from .storage.report import EXPORT_LISTING
+
     _one_process("import", "one pass over the folder's files")
-    check_int("--image-size", args.image_size, none="the dataset's, or the size export.json records")
+    check_int("--image-size", args.image_size, none=f"the dataset's, or the size {EXPORT_LISTING} records")
     check_int("--num-classes", args.num_classes, none="the dataset's, an image folder's class folders, or the count "
-                                                       "export.json records")
+                                                       f"{EXPORT_LISTING} records")
     given = {k: v for k, v in (("image_size", args.image_size), ("num_classes", args.num_classes)) if v is not None}
     if given:
         from .data.registry import get_dataset
@@ -524,6 +526,7 @@ def _add_listing_commands(sub) -> None:
 
 def _add_demo_and_run(sub) -> None:
     from .methods import run_method_names
+    from .results import RESULTS_FILE, RUN_REPORT
 
     demo = sub.add_parser(
         "demo", help="the main job in miniature: teachers, INFER vs random vs SRe2L at ipc 10, students, a table "
@@ -539,7 +542,7 @@ def _add_demo_and_run(sub) -> None:
     run = sub.add_parser(
         "run", help="the whole chain from a YAML config: teachers, distill, relabel, students, results table",
         description="Runs (or continues) an experiment: a YAML file, or a preset shipped with infer-fast by its name "
-        "(configs/*.yaml). Results go to OUT/results.json and OUT/results.md.",
+        f"(configs/*.yaml). Results go to OUT/{RESULTS_FILE} and OUT/{RUN_REPORT}.",
     )
     run.add_argument("config", help="YAML experiment config: a file, or a preset's name (an existing file wins): "
                      + ", ".join(n for n in preset_names() if not n.startswith("teacher-")))
@@ -702,6 +705,8 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_set_commands(sub) -> None:
+    from .storage.report import EXPORT_LISTING, EXPORTED_SOFT_LABELS
+
     inspect = sub.add_parser("inspect", help="summarize a distilled set (compression ratio, checksums); --preview "
                              "PATH also draws it as a PNG")
     inspect.add_argument("directory", help="distilled-set directory")
@@ -712,10 +717,10 @@ def _add_set_commands(sub) -> None:
         "import", help="another method's set (class folders of images, optional soft labels) as a distilled set",
         description="Reads ROOT/<class>/<image> (class folders named by class index or the dataset's class names, "
         "ImageNet's by wnid; an imagefolder set's classes are its class folders, sorted by name; images of the "
-        "dataset's size, or --image-size, or the size infer-fast's export recorded in ROOT/export.json; not resized) "
+        f"dataset's size, or --image-size, or the size infer-fast's export recorded in ROOT/{EXPORT_LISTING}; not resized) "
         "into a set of method 'external' that evaluate, train, inspect and run treat like ours. Image order: by "
-        "class, then file name (the rows of --soft-labels, logits); an infer-fast export's own soft_labels.safetensors "
-        "(its SHA-256 in export.json), or the same values in another file, is read in the export's order (that file "
+        "class, then file name (the rows of --soft-labels, logits); an infer-fast export's own "
+        f"{EXPORTED_SOFT_LABELS} (its SHA-256 in {EXPORT_LISTING}), or the same values in another file, is read in the export's order (that file "
         "taken by default); soft labels whose rows may be in another order are refused unless a .safetensors file "
         "records row_order.",
     )
@@ -727,11 +732,11 @@ def _add_set_commands(sub) -> None:
     importer.add_argument("--name", help="the method that made it (recorded, e.g. RDED)")
     importer.add_argument("--image-size", dest="image_size", type=int, metavar="N",
                           help="the images' size in pixels, for a folder dataset read at another resolution "
-                          "(e.g. ImageNet at 64); default: the dataset's, or what export.json records")
+                          f"(e.g. ImageNet at 64); default: the dataset's, or what {EXPORT_LISTING} records")
     importer.add_argument("--num-classes", dest="num_classes", type=int, metavar="N",
                           help="the class count of a class subset of a folder dataset (ImageNet-100: 100; class "
                           "folders named by index, or by wnid: sorted, as the loader takes them); default: the "
-                          "dataset's, an imagefolder's class folders, or what export.json records")
+                          f"dataset's, an imagefolder's class folders, or what {EXPORT_LISTING} records")
     importer.set_defaults(func=cmd_import)
 
     export = sub.add_parser("export", help="export a distilled set as PNG class folders")
