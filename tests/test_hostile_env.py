@@ -222,7 +222,9 @@ def test_resume_of_another_request_on_a_finished_set_is_refused(tmp_path, capsys
     status, _, err = distill(teacher, 3)
     assert status == 2 and f"set '{out}' belongs to another run (iterations differs; recorded iterations=2)" in err
     retrained = tmp_path / "retrained.pt"  # (other weights: the set is not this request's)
-    retrained.write_bytes(Path(teacher).read_bytes() + b"\0")
+    checkpoint = torch.load(teacher, weights_only=True)
+    checkpoint["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, retrained)
     status, _, err = distill(retrained, 2)
     assert status == 2 and "(the teachers' weights differ)" in err
 

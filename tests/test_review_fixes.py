@@ -95,6 +95,30 @@ def test_a_finished_set_of_other_training_images_is_not_this_requests(tmp_path, 
         _sre2l(out, teacher)
 
 
+def test_a_finished_set_compares_its_teachers_weights_not_their_files(tmp_path, teacher, capsys):
+    """The request records each teacher's weights (model_digest, as the recovery checkpoint does):
+    a teacher trained again to the same weights, whose file records other times, finds the set
+    done (the file's SHA-256 refused it as "the teachers' weights differ"); other weights do not."""
+    import torch
+    from infer_fast.storage.distilled_set import OutputExistsError
+
+    out = tmp_path / "set"
+    _sre2l(out, teacher)
+    capsys.readouterr()
+    checkpoint = torch.load(teacher, weights_only=True)
+    checkpoint["elapsed_s"] = checkpoint.get("elapsed_s", 0.0) + 1.5  # (the same training, timed again)
+    again = tmp_path / "again.pt"
+    torch.save(checkpoint, again)
+    assert again.read_bytes() != open(teacher, "rb").read()
+    assert str(_sre2l(out, str(again))) == str(out)
+    assert capsys.readouterr().out == f"{out}: already distilled; nothing to do\n"
+    weights = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point())
+    checkpoint["state_dict"][weights] = checkpoint["state_dict"][weights] + 1e-3
+    torch.save(checkpoint, again)
+    with pytest.raises(OutputExistsError, match=r"belongs to another run \(the teachers' weights differ\)"):
+        _sre2l(out, str(again))
+
+
 def test_a_runs_teachers_and_dataset_are_compared_as_they_take_effect(tmp_path, monkeypatch):
     """The same checkpoint by a relative or an absolute path (its SHA-256 recorded), TeacherConfig's
     defaults spelled out, the dataset by another accepted spelling or with its own class count: the

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from .. import distributed
-from .._io import check_writable, file_sha256, recovery_checkpoint_path  # (also imported from here)
+from .._io import check_writable, model_digest, recovery_checkpoint_path  # (also imported from here)
 from ..storage.distilled_set import OutputExistsError
 from .checkpoints import recovery_checkpoints, recovery_results_dir, remove_recovery_checkpoints
 
@@ -99,15 +99,17 @@ def check_new_output(out_dir) -> Path:
     return out_dir
 
 
-def request_identity(request, train=None) -> Dict[str, Any]:
+def request_identity(request, train=None, teachers=None) -> Dict[str, Any]:
     """What determines the set a DistillRequest makes, as its manifest records it (``request``):
     the method, the dataset with its class count and image size as read (a default spelled out
     is the same request) and its training split's digest (another data root holding other
     images is not), ipc and seed, the method's options as parsed (over its recipe for the
     dataset; each by its name, a config's fields too) but its result-neutral ones (batching,
-    checkpoint cadence), and the SHA-256 of each teacher file. ``train``: the training split
-    where the caller holds it (else it is read). A rerun with --resume of the same request
-    finds the set done (:func:`finished_set`)."""
+    checkpoint cadence), and the digest of each teacher's weights (model_digest, as a recovery
+    checkpoint records them: a teacher trained again to the same weights, whose file differs in
+    its recorded times, is the same teacher). ``train``, ``teachers``: the training split and
+    the loaded teachers where the caller holds them (else they are read). A rerun with --resume
+    of the same request finds the set done (:func:`finished_set`)."""
     from ..data import load_dataset
     from ..data.registry import dataset_options
     from ..methods.registry import get_method, parsed_option_values
@@ -115,11 +117,13 @@ def request_identity(request, train=None) -> Dict[str, Any]:
     method = get_method(request.method)
     if train is None:
         train = load_dataset(request.dataset, "train", data_root=request.data_root, progress=request.progress)
+    if teachers is None:
+        teachers, _ = load_set_teachers(request.teacher_paths, request.dataset, train, "cpu")
     options = {k: v for k, v in parsed_option_values(request.parsed).items() if k not in method.result_neutral}
     identity = {"method": method.name, "dataset": dataset_options(request.dataset)[0],
                 "dataset.num_classes": train.spec.num_classes, "dataset.image_size": train.spec.image_size,
                 "data_sha256": train.digest(progress=request.progress), "ipc": request.ipc, "seed": request.seed, **options,
-                "teachers_sha256": [file_sha256(path) for path in request.teacher_paths]}
+                "teachers_sha256": [model_digest(teacher) for teacher in teachers]}
     return json.loads(json.dumps(identity, default=str))  # (as the manifest holds it: lists, not tuples)
 
 

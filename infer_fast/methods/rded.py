@@ -378,7 +378,7 @@ def _distill_locked(request: DistillRequest):
     path = recovery_checkpoint_path(out_dir)
     checkpoint = dict(path=path, minutes=request.parsed["checkpoint_minutes"], resume=request.resume)
     ds = _recipe_set(train, teachers, request.ipc, recipe, request.seed, records, request.progress, checkpoint)
-    ds.request = request_identity(request, train)  # (what a --resume of it compares: distill.run.finished_set)
+    ds.request = request_identity(request, train, teachers)  # (what a --resume of it compares: distill.run.finished_set)
     saved = save_distilled(ds, out_dir, progress=request.progress)
     remove_recovery_checkpoints(path)  # (the set is complete: nothing to resume; the results folder too)
     return saved

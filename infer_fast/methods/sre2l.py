@@ -154,7 +154,7 @@ def distill_sre2l(
     check_int("ipc", ipc)
     out_dir, train, teachers, records, checkpoint = prepare_run(dataset, teacher_paths, out_dir, data_root, device,
                                                              progress)
-    recorded = None if request is None else request_identity(request, train)  # (its teachers as they are now)
+    recorded = None if request is None else request_identity(request, train, teachers)  # (its teachers as they are now)
     spec = train.spec
     check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
     n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
