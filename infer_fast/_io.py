@@ -368,11 +368,22 @@ def save_json_atomic(obj: Any, path: str) -> None:
 
 def file_sha256(path: PathLike) -> str:
     """SHA-256 of a file's bytes, read in blocks (files of any size)."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+        return stream_sha256(f)
+
+
+def stream_sha256(f) -> str:
+    """SHA-256 of what is left to read of the open binary file ``f``, read in blocks."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 22), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+def open_file_path(fd: int) -> str:
+    """A path that opens the very file open as ``fd`` (even one renamed or removed since): for
+    readers that take only a path (safetensors' load_file)."""
+    return f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{fd}"
 
 
 def content_digest(tensors: Iterable[Tensor]) -> str:

@@ -217,6 +217,7 @@ def _check_preview_path(directory: str, preview: str) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from .distill.run import check_new_output
+    from .output_lock import output_lock
     from .storage import import_imagefolder, inspect_report, save_distilled
 
     from .storage.report import EXPORT_LISTING
@@ -236,10 +237,11 @@ def cmd_import(args: argparse.Namespace) -> None:
         if entry.layout != "folders":  # (--num-classes given)
             raise UserError(f"--num-classes: dataset {entry.name!r} has {entry.spec.num_classes} classes; only a "
                             "folder dataset (ImageNet, Tiny-ImageNet, imagefolder) has class subsets")
-    check_new_output(args.out)  # (before the folder is read: as every command that writes a set)
     dataset = {"name": args.dataset, **given} if given else args.dataset
-    ds = import_imagefolder(args.folder, dataset, soft_labels=args.soft_labels, name=args.name)
-    save_distilled(ds, args.out)
+    with output_lock(args.out, "output directory"):  # (two imports to one --out: the second is refused)
+        check_new_output(args.out)  # (before the folder is read: as every command that writes a set)
+        ds = import_imagefolder(args.folder, dataset, soft_labels=args.soft_labels, name=args.name)
+        save_distilled(ds, args.out)
     print(inspect_report(args.out, verify_checksums=False))
 
 
@@ -413,6 +415,7 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optiona
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
     from .evaluate import evaluate_under, format_report
+    from .output_lock import output_lock
     from .storage import load_distilled
     from .teacher import load_teachers_for_set
 
@@ -427,17 +430,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             inputs.append(("--full-data-checkpoint", args.full_data_checkpoint))
         _check_report_out(args.out, inputs)
     _evaluation_protocol(args)  # (every option checked before any loading)
-    ds = load_distilled(args.directory)
-    _check_decode_cache(args.decode_cache, ds.real_dataset)
-    protocol = _evaluation_protocol(args, ds.real_dataset, ds.method)
-    models = load_teachers_for_set(teachers, ds, device=args.device)
-    report = evaluate_under(protocol, ds, models, data_root=args.data_root, full_data_checkpoint=args.full_data_checkpoint,
-                            device=args.device, progress=not args.quiet, decode_cache=args.decode_cache)
-    report["set"]["path"] = args.directory
-    print(format_report(report))
-    if args.out:
-        save_json_atomic(report, args.out)
-        print(f"report: {args.out}")
+    # two evaluations writing one --out: the second is refused at its start, not one report lost at the end
+    with output_lock(args.out, "evaluation report") if args.out else contextlib.nullcontext():
+        ds = load_distilled(args.directory)
+        _check_decode_cache(args.decode_cache, ds.real_dataset)
+        protocol = _evaluation_protocol(args, ds.real_dataset, ds.method)
+        models = load_teachers_for_set(teachers, ds, device=args.device)
+        report = evaluate_under(protocol, ds, models, data_root=args.data_root,
+                                full_data_checkpoint=args.full_data_checkpoint, device=args.device,
+                                progress=not args.quiet, decode_cache=args.decode_cache)
+        report["set"]["path"] = args.directory
+        print(format_report(report))
+        if args.out:
+            save_json_atomic(report, args.out)
+            print(f"report: {args.out}")
 
 
 def _check_report_out(out: str, inputs: List[Tuple[str, str]]) -> None:

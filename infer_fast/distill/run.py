@@ -89,12 +89,10 @@ def check_new_output(out_dir) -> Path:
     out_dir = Path(out_dir)
     refuse_symlink(out_dir)
     if out_dir.exists():
-        message = f"{out_dir} already exists; choose another output directory"
         checkpoint = _leftover_checkpoint(out_dir)
-        if checkpoint is not None:
-            message += (f" (a recovery checkpoint is beside it, {checkpoint}: a run killed after saving its set leaves "
-                        "one; if the set is that run's whole result, delete the checkpoint)")
-        raise OutputExistsError(message)
+        raise OutputExistsError.new_output_taken(out_dir, "" if checkpoint is None else (
+            f" (a recovery checkpoint is beside it, {checkpoint}: a run killed after saving its set leaves one; if the "
+            "set is that run's whole result, delete the checkpoint)"))
     check_writable(out_dir, "output directory", kind="directory")
     return out_dir
 

@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -22,8 +23,8 @@ import torch
 from torch import Tensor
 
 from .._io import (NOT_UTF8_PATH, REPLACED, TEMP, TOO_DEEP, PathLike, check_writable, file_sha256, format_bytes,
-                   hidden_sibling, hidden_sibling_pattern, is_utf8_path, naming_errors, parse_failure, printable_path,
-                   safetensors_save)
+                   hidden_sibling, hidden_sibling_pattern, is_utf8_path, naming_errors, open_file_path, parse_failure,
+                   printable_path, safetensors_save, stream_sha256)
 from ..data.pixels import valid_range
 from ..plugins import PLUGINS_HINT
 from .distilled_set import (
@@ -293,15 +294,27 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_path(tmp)
-            if directory.exists():
+            if overwrite and directory.exists():
                 _swap(tmp, directory)
             else:
-                os.rename(tmp, directory)
-                _fsync_path(parent)
+                _rename_new(tmp, directory)
         except BaseException:
             _cleanup(tmp)
             raise
     return directory
+
+
+def _rename_new(tmp: Path, directory: Path) -> None:
+    """Rename the new set at ``tmp`` to ``directory``, which was not there when checked. One
+    that appeared since (another writer's set) is never replaced: refused, as the check
+    refuses it (check_new_output's words)."""
+    try:
+        os.rename(tmp, directory)
+    except OSError:
+        if os.path.lexists(directory):  # (EEXIST, ENOTEMPTY; ENOTDIR for a file)
+            raise OutputExistsError.new_output_taken(directory) from None
+        raise
+    _fsync_path(directory.absolute().parent)
 
 
 def _swap(tmp: Path, directory: Path) -> None:
@@ -342,19 +355,37 @@ def check_safetensors_path(path: PathLike) -> None:
         raise DistilledSetError(f"{printable_path(path)}: {NOT_UTF8_PATH}")
 
 
-def read_manifest(directory: PathLike) -> Dict[str, Any]:
-    """Parse and schema-check ``directory/manifest.json`` (no tensor file is read)."""
+def _check_set_directory(directory: Path) -> None:
+    """A DistilledSetError where ``directory`` is missing or not a directory."""
+    if not directory.exists():
+        raise DistilledSetError(f"{directory}: no such distilled set{_missing_hint(directory)}")
+    if not directory.is_dir():
+        raise DistilledSetError(f"{directory}: not a directory (a distilled set is a directory with {MANIFEST})")
+
+
+def _open_in(directory: Path, name: str, dir_fd: Optional[int]):
+    """The file ``name`` of ``directory`` opened for reading: through ``dir_fd``, the directory
+    opened once, where given (every file of one version of a set, whatever is renamed meanwhile)."""
+    if dir_fd is None:
+        return open(directory / name, "rb", buffering=0)
+    return open(name, "rb", buffering=0, opener=lambda entry, flags: os.open(entry, flags, dir_fd=dir_fd))
+
+
+def read_manifest(directory: PathLike, dir_fd: Optional[int] = None) -> Dict[str, Any]:
+    """Parse and schema-check ``directory/manifest.json`` (no tensor file is read); with
+    ``dir_fd`` (``directory`` opened: load_distilled), read through it."""
     directory = Path(directory)
     err = DistilledSetError
-    if not directory.exists():
-        raise err(f"{directory}: no such distilled set{_missing_hint(directory)}")
-    if not directory.is_dir():
-        raise err(f"{directory}: not a directory (a distilled set is a directory with {MANIFEST})")
+    if dir_fd is None:  # (else it was checked when opened)
+        _check_set_directory(directory)
     path = directory / MANIFEST
-    if not path.is_file():
-        raise err(f"{path}: missing manifest (not a distilled set, or an incomplete write)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        with _open_in(directory, MANIFEST, dir_fd) as f:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise err(f"{path}: missing manifest (not a distilled set, or an incomplete write)") from None
+    try:
+        manifest = json.loads(text.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, TOO_DEEP) as exc:
         raise err(f"{path}: not valid JSON ({parse_failure(exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -447,16 +478,37 @@ def verify_files(directory: PathLike, manifest: Optional[Dict[str, Any]] = None)
     for fname, entry in manifest["files"].items():
         path = directory / fname
         if not path.is_file():
-            raise DistilledSetError(f"{path}: missing tensor file (listed in {MANIFEST})")
-        size = path.stat().st_size
-        if "bytes" in entry and size != entry["bytes"]:
-            raise DistilledSetError(f"{path}: size {size} bytes, {MANIFEST} records {entry['bytes']} (truncated or replaced)")
-        digest = file_sha256(path)
-        if digest != entry["sha256"]:
-            raise DistilledSetError(f"{path}: SHA-256 checksum mismatch (file is corrupt or was modified): "
-                                    f"{digest[:16]}... != {entry['sha256'][:16]}... recorded in {MANIFEST}")
-        out[fname] = digest
+            raise _missing_file(path)
+        _check_size(path, path.stat().st_size, entry)
+        out[fname] = _checked_digest(path, file_sha256(path), entry)
     return out
+
+
+def _missing_file(path: Path) -> DistilledSetError:
+    return DistilledSetError(f"{path}: missing tensor file (listed in {MANIFEST})")
+
+
+def _check_size(path: Path, size: int, entry: Dict[str, Any]) -> None:
+    if "bytes" in entry and size != entry["bytes"]:
+        raise DistilledSetError(f"{path}: size {size} bytes, {MANIFEST} records {entry['bytes']} (truncated or replaced)")
+
+
+def _checked_digest(path: Path, digest: str, entry: Dict[str, Any]) -> str:
+    """``digest``, the SHA-256 of the tensor file ``path``, if it is the one its manifest ``entry`` records."""
+    if digest != entry["sha256"]:
+        raise DistilledSetError(f"{path}: SHA-256 checksum mismatch (file is corrupt or was modified): "
+                                f"{digest[:16]}... != {entry['sha256'][:16]}... recorded in {MANIFEST}")
+    return digest
+
+
+# a load reads a set again where a writer swapped a new version in while it was read (relabel
+# rewrites a set in place): this many tries, a pause between them, then it says so
+_READ_TRIES = 4
+_READ_PAUSE_S = 0.2
+
+
+class _SetChanged(Exception):
+    """The set's directory was swapped for another (a writer's new version) while it was read."""
 
 
 def load_distilled(
@@ -470,35 +522,22 @@ def load_distilled(
     tensor file, tensor names/shapes/dtypes against the manifest, then field consistency).
 
     ``expected_*`` refuse a set of another dataset / class count / resolution. Every
-    problem raises :class:`DistilledSetError` (a ValueError) naming the file.
+    problem raises :class:`DistilledSetError` (a ValueError) naming the file. A set rewritten
+    meanwhile (relabel swaps in a new version) is read whole, one version or the other, never
+    files of both: read again where it changed under the read, a few times, then refused.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    check_compatible(manifest, directory / MANIFEST, expected_dataset, expected_num_classes, expected_image_size)
-    check_safetensors_path(directory)  # (before the checksums: nothing read in vain)
-    if verify_checksums:
-        verify_files(directory, manifest)
-    tensors: Dict[str, Tensor] = {}
-    for fname, entry in manifest["files"].items():
-        path = directory / fname
-        if not path.is_file():
-            raise DistilledSetError(f"{path}: missing tensor file (listed in {MANIFEST})")
+    expected = (expected_dataset, expected_num_classes, expected_image_size)
+    for attempt in range(1, _READ_TRIES + 1):
         try:
-            loaded = load_file(str(path))
-        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-            raise DistilledSetError(f"{path}: cannot read safetensors file ({exc})") from None
-        if set(loaded) != set(entry["tensors"]):
-            raise DistilledSetError(f"{path}: holds tensors {sorted(loaded)}, {MANIFEST} lists {sorted(entry['tensors'])}")
-        for name, info in entry["tensors"].items():
-            t = loaded[name]
-            if list(t.shape) != info["shape"]:
-                raise DistilledSetError(f"{path}: tensor {name!r} has shape {list(t.shape)}, {MANIFEST} records {info['shape']}")
-            if dtype_name(t.dtype) != info["dtype"]:
-                raise DistilledSetError(f"{path}: tensor {name!r} has dtype {dtype_name(t.dtype)}, {MANIFEST} records {info['dtype']}")
-            tensors[name] = t
+            manifest, tensors = _read_one_version(directory, expected, verify_checksums)
+            break
+        except _SetChanged:
+            if attempt == _READ_TRIES:
+                _check_set_directory(directory)  # (gone for good: an overwrite killed between its renames)
+                raise DistilledSetError(f"set {directory} changed while being read (another process is writing it): "
+                                        "retry when it is done") from None
+            time.sleep(_READ_PAUSE_S * attempt)
     norm = manifest["normalization"]
     try:
         ds = DistilledSet(
@@ -515,3 +554,83 @@ def load_distilled(
         raise DistilledSetError(f"{directory}: inconsistent distilled set: {exc}") from None
     _check_counts(manifest, ds, directory / MANIFEST)
     return ds
+
+
+def _read_one_version(directory: Path, expected: tuple, verify_checksums: bool):
+    """The manifest and tensors ({name: tensor}) of the set at ``directory``, every file read
+    through the directory opened once, so all of one version of the set; _SetChanged where the
+    path leads to another directory by the end (a writer swapped a new version in: read it
+    again), even if a file of the old one was gone (_swap deletes it) or a check failed."""
+    dir_fd = _open_set(directory)
+    try:
+        try:
+            manifest = read_manifest(directory, dir_fd)
+            check_compatible(manifest, directory / MANIFEST, *expected)
+            check_safetensors_path(directory)  # (before the checksums: nothing read in vain)
+            tensors: Dict[str, Tensor] = {}
+            for fname, entry in manifest["files"].items():
+                tensors.update(_read_tensor_file(directory, dir_fd, fname, entry, verify_checksums))
+        except DistilledSetError:
+            if _swapped(directory, dir_fd):
+                raise _SetChanged from None
+            raise  # (the same directory throughout: what it holds is at fault)
+        if _swapped(directory, dir_fd):
+            raise _SetChanged
+        return manifest, tensors
+    finally:
+        os.close(dir_fd)
+
+
+def _open_set(directory: Path) -> int:
+    """``directory`` opened (its file descriptor), or the DistilledSetError of a path that is no
+    set directory; _SetChanged where it is missing, a replaced set beside it: an overwrite between
+    its two renames (or one killed there, which the last try says)."""
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        if not os.path.lexists(directory) and _replaced_set(directory) is not None:
+            raise _SetChanged from None
+        _check_set_directory(directory)
+        raise _SetChanged from None  # (there now: it appeared meanwhile)
+
+
+def _swapped(directory: Path, dir_fd: int) -> bool:
+    """Whether ``directory`` now leads to another directory than the one opened as ``dir_fd`` (or to none)."""
+    try:
+        now = os.stat(directory)
+    except FileNotFoundError:
+        return True
+    opened = os.fstat(dir_fd)
+    return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+
+def _read_tensor_file(directory: Path, dir_fd: int, fname: str, entry: Dict[str, Any],
+                      verify_checksums: bool) -> Dict[str, Tensor]:
+    """The tensors of the file ``fname`` of the opened set, checked against its manifest
+    ``entry``. Hashed and loaded through one open file (reopened by name after hashing, it could
+    be another version's); loaded by safetensors from that file itself, so a large set is held
+    once in memory (its bytes read into memory to be hashed and parsed were a second copy)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = directory / fname
+    try:
+        with _open_in(directory, fname, dir_fd) as f:
+            _check_size(path, os.fstat(f.fileno()).st_size, entry)
+            if verify_checksums:
+                _checked_digest(path, stream_sha256(f), entry)
+            try:
+                loaded = load_file(open_file_path(f.fileno()))
+            except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+                raise DistilledSetError(f"{path}: cannot read safetensors file ({exc})") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise _missing_file(path) from None
+    if set(loaded) != set(entry["tensors"]):
+        raise DistilledSetError(f"{path}: holds tensors {sorted(loaded)}, {MANIFEST} lists {sorted(entry['tensors'])}")
+    for name, info in entry["tensors"].items():
+        t = loaded[name]
+        if list(t.shape) != info["shape"]:
+            raise DistilledSetError(f"{path}: tensor {name!r} has shape {list(t.shape)}, {MANIFEST} records {info['shape']}")
+        if dtype_name(t.dtype) != info["dtype"]:
+            raise DistilledSetError(f"{path}: tensor {name!r} has dtype {dtype_name(t.dtype)}, {MANIFEST} records {info['dtype']}")
+    return loaded

@@ -126,6 +126,11 @@ def check_method_records(method: str, hyperparameters: Dict[str, Any]) -> None:
 class OutputExistsError(DistilledSetError, FileExistsError):
     """The output path exists (catchable as ValueError and as FileExistsError)."""
 
+    @classmethod
+    def new_output_taken(cls, path, why: str = "") -> "OutputExistsError":
+        """A new output's path that already exists (``why``: what else to say, e.g. " (...)")."""
+        return cls(f"{path} already exists; choose another output directory{why}")
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     """A torch dtype as the manifest writes it: "uint8", "float16"..."""
