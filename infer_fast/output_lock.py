@@ -7,7 +7,9 @@ removed, except a replaced set that is all that is left of the output: put back.
 
 The lock is ``flock`` on a hidden sibling file ``.<name>.lock`` (in a run directory: ``.lock``),
 released by the kernel when the holder dies, so a kill never leaves the output locked, and
-removed when the holder is done."""
+removed when the holder is done. Where waiting is the right answer (a teacher of a teachers/
+folder shared between runs, a decode cache shared between evaluations), ``wait`` blocks until
+the holder is done instead, saying once whom it waits for, and finds its work done."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +20,7 @@ import glob
 import inspect
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Sequence, Set, TypeVar, Union, cast
 
@@ -35,6 +38,10 @@ _NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVA
 
 class OutputInUseError(ValueError):
     """Another process is writing the same output (the user's to resolve: wait, or choose another)."""
+
+
+class LockUnsupportedError(OutputPathError):
+    """The file system of the output has no ``flock`` (nobody can hold a lock there)."""
 
 
 INSIDE_LOCK = ".lock"  # the lock file in an output locked from inside (a run directory: lock_path)
@@ -143,32 +150,43 @@ def _remove(path: str) -> None:
 
 @contextlib.contextmanager
 def output_lock(output: PathLike, what: str = "output", inside: bool = False,
-                folders: Sequence[str] = ()) -> Iterator[None]:
+                folders: Sequence[str] = (), wait: bool = False) -> Iterator[None]:
     """Hold the lock of ``output`` (which need not exist yet; with ``inside`` a directory made
     if needed, the lock file in it) until the block ends; refuse with OutputInUseError if
-    another process holds it. Removes the stale leftovers once held (with ``folders``, a run
-    directory's: those in the folders it writes too)."""
+    another process holds it, or with ``wait`` wait for it to let go (a line on stderr, once,
+    names the holder: a waiting process is not a hung one). Removes the stale leftovers once
+    held (with ``folders``, a run directory's: those in the folders it writes too). On a file
+    system without flock: LockUnsupportedError."""
     check_writable(output, what, kind="inside" if inside else "directory")  # (a file in the way is named)
     path = lock_path(output, inside)
     path.parent.mkdir(parents=True, exist_ok=True)
+    said_waiting = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise OutputInUseError(f"{what} {output} is being written by {holder}: wait for it to finish, or choose "
-                                   "another output") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                if not wait:
+                    raise OutputInUseError(f"{what} {output} is being written by {holder}: wait for it to finish, "
+                                           "or choose another output") from None
+                if not said_waiting:
+                    print(f"waiting for {holder} to finish writing {what} {output}", file=sys.stderr, flush=True)
+                    said_waiting = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             os.close(fd)
             if exc.errno not in _NO_FLOCK:
                 raise
             with contextlib.suppress(FileNotFoundError):  # (nobody can hold a lock there: ours to remove)
                 os.unlink(path)
-            raise OutputPathError(exc.errno, f"cannot lock {what} {output}: the file system of {path} does not support "
-                                  f"flock ({exc.strerror}); on Lustre mount it with -o flock, or put the output on "
-                                  "another file system") from None
+            raise LockUnsupportedError(exc.errno, f"cannot lock {what} {output}: the file system of {path} does not "
+                                       f"support flock ({exc.strerror}); on Lustre mount it with -o flock, or put the "
+                                       "output on another file system") from None
+        except BaseException:  # (refused, or interrupted while waiting)
+            os.close(fd)
+            raise
         try:  # the file we locked may have been removed by the holder we waited behind: lock the current one
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break

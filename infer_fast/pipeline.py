@@ -49,7 +49,7 @@ from .memory import release_freed_memory
 from .meter import StepMeter
 from .models import device_of
 from .options import given_config
-from .output_lock import INSIDE_LOCK, job_output_lock
+from .output_lock import INSIDE_LOCK, job_output_lock, output_lock
 from .results import RESULTS_FILE, RUN_REPORT, format_table, load_results, markdown_report, summarize, table_runs
 from .run_config import PipelineConfig, load_pipeline_config
 from .set_keys import RunKey, SetKey
@@ -107,7 +107,8 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     checkpoints, or teachers trained (resuming) into ``<out>/teachers/``. Under torchrun
     (every rank calls this) the k-th teacher to train is trained on rank k mod world, on that
     rank's device, rank 0 writes the pretrained ones, and all return once every one is
-    written."""
+    written. A teacher another process is writing (a teachers/ folder shared between runs) is
+    waited for, then reused or refused (:func:`_teacher_lock`)."""
     out = Path(cfg.out)
     from ._text import count_text
     from .teacher import pretrained_teacher, train_teacher
@@ -139,7 +140,9 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
     fresh = ranks.from_rank0([i for i, _, path in to_train if not os.path.exists(path)])
     if rank == 0:  # one writer; the others wait at the barrier below
         for entry, path in pretrained:
-            pretrained_teacher(entry["model"], cfg.dataset, path, pretrained=entry["pretrained"], data_root=cfg.data_root)
+            with _teacher_lock(path):
+                pretrained_teacher(entry["model"], cfg.dataset, path, pretrained=entry["pretrained"],
+                                   data_root=cfg.data_root)
     for k, (i, teacher_cfg, path) in enumerate(to_train):
         owner = k % world
         if i in fresh:
@@ -147,10 +150,18 @@ def prepare_teachers(cfg: PipelineConfig, progress: bool = True, ranks: Optional
             _say(progress, f"teacher {i + 1}/{len(cfg.teachers)}: training {teacher_cfg.model} for "
                            f"{count_text(teacher_cfg.epochs, 'epoch')}{where} -> {path}")
         if owner == rank:
-            with _stdout_unless(rank == 0):  # train_teacher prints some lines unconditionally
+            with _teacher_lock(path), _stdout_unless(rank == 0):  # train_teacher prints some lines unconditionally
                 train_teacher(teacher_cfg, path, progress=progress)
     ranks.barrier()  # every teacher written before any rank loads one
     return paths
+
+
+def _teacher_lock(path: str):
+    """The lock of the teacher checkpoint ``path`` (the one ``infer-fast teacher --out`` takes),
+    waited for: the run's lock does not cover a teachers/ folder shared between runs, and a run
+    that finds another writing the teacher waits, then continues it, reuses it or is refused as
+    train_teacher decides from the file, instead of both training it into one file."""
+    return output_lock(path, "teacher checkpoint", wait=True)
 
 
 def _test_split(cfg: PipelineConfig, out: Path, ranks: distributed.Ranks, progress: bool):

@@ -18,6 +18,7 @@ every process (worker processes and torchrun ranks too): how a run's reads can b
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import hashlib
 import json
@@ -390,8 +391,11 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
     another size is decoded again; the temporary files that killed decodes on this host left
     are removed first, and so are the caches of this split's folder made before its files
     changed (:func:`_remove_outdated_caches`). Named by the key: two folders of the same listing
-    (whose files' times differ) each keep their own."""
-    from .._io import check_writable
+    (whose files' times differ) each keep their own. Processes sharing ``directory`` decode a
+    split once: one decodes holding the cache's lock (output_lock), the others wait for it and
+    map its file."""
+    from .._io import save_json_atomic
+    from ..output_lock import LockUnsupportedError, output_lock
 
     digest, key = split.listing_digests(progress=progress)
     shape = (len(split),) + split.image_shape
@@ -403,27 +407,40 @@ def decoded_cache(split: FolderImageSet, directory: str, progress: bool = False,
               "image_size": split.spec.image_size, "channels": split.spec.channels,
               "folder": files_folder and os.path.realpath(files_folder)}
     record = {"shape": list(shape), **source, "digest": digest, "key": key}
-    if not _cache_matches(path, meta_path, record):
-        nbytes = int(np.prod(shape))
-        folder = os.path.dirname(os.path.abspath(path))
-        temporary = os.path.join(folder, f".{stem}.u8.tmp-{socket.gethostname()}-")  # + the writer's pid
-        _remove_dead_writers_files(temporary)
-        _remove_outdated_caches(folder, source, key, progress)
-        check_writable(path, "decode cache", need_bytes=nbytes)
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{temporary}{os.getpid()}"
-        try:
-            write_raw_images(tmp, (images for images, _ in split.batches(
-                256, num_workers=num_workers, progress=progress, desc=f"decode cache {split.spec.name} {split.split}")),
-                nbytes)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        with open(meta_path, "w", encoding="utf-8") as f:
-            json.dump(record, f)
+    if not _cache_matches(path, meta_path, record):  # (a cache in a folder we cannot write is still read)
+        with contextlib.ExitStack() as held:
+            try:  # one decode of the split for every process sharing the folder: the others wait for it
+                held.enter_context(output_lock(path, "decode cache", wait=True))
+            except LockUnsupportedError:
+                pass  # (a file system without flock: each process decodes its own copy)
+            if not _cache_matches(path, meta_path, record):  # (the one we waited for may have written it)
+                _decode_into(split, path, int(np.prod(shape)), stem, source, key, progress, num_workers)
+                save_json_atomic(record, meta_path)  # (a reader never sees half a record)
     return MappedImageSet(split.spec, path, shape, split.labels.clone(), split.split, files=split)
+
+
+def _decode_into(split: FolderImageSet, path: str, nbytes: int, stem: str, source: Dict[str, Any], key: str,
+                 progress: bool, num_workers: Optional[int]) -> None:
+    """Decode ``split`` (``nbytes`` of pixels) into the cache file ``path`` (beside itself, then
+    renamed), after removing what killed decodes and outdated caches left (:func:`decoded_cache`)."""
+    from .._io import check_writable
+
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{stem}.u8.tmp-{socket.gethostname()}-")  # + the writer's pid
+    _remove_dead_writers_files(temporary)
+    _remove_outdated_caches(folder, source, key, progress)
+    check_writable(path, "decode cache", need_bytes=nbytes)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{temporary}{os.getpid()}"
+    try:
+        write_raw_images(tmp, (images for images, _ in split.batches(
+            256, num_workers=num_workers, progress=progress, desc=f"decode cache {split.spec.name} {split.split}")),
+            nbytes)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def write_raw_images(path: str, batches: Iterator[Tensor], nbytes: int) -> None:
