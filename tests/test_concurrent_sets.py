@@ -86,6 +86,29 @@ def test_a_set_swapped_during_a_load_is_read_whole_as_the_new_version(tmp_path, 
     _assert_is(loaded, new)
 
 
+def test_inspect_reports_the_version_it_read(tmp_path, monkeypatch):
+    """inspect's rows of the manifest (the files' SHA-256) are those of the set it loaded, not of a
+    version a relabel swapped in after the load (the manifest was read again by path)."""
+    from infer_fast.storage import inspect_report, load_distilled as load, read_manifest
+
+    directory = tmp_path / "set"
+    old, new = _version(1), _version(2)
+    save_distilled(old, directory)
+    first = read_manifest(directory)
+    loaded = disk.load_with_manifest
+
+    def load_then_swap(*args, **kwargs):
+        found = loaded(*args, **kwargs)
+        save_distilled(new, directory, overwrite=True)
+        return found
+
+    monkeypatch.setattr("infer_fast.storage.report.load_with_manifest", load_then_swap)
+    report = inspect_report(directory)
+    assert "seed               1" in report
+    assert all(entry["sha256"][:12] in report for entry in first["files"].values())
+    _assert_is(load(directory), new)  # (the swap did happen)
+
+
 def test_a_set_rewritten_throughout_every_read_is_refused_in_one_clear_line(tmp_path, monkeypatch):
     directory = tmp_path / "set"
     versions = [_version(1), _version(2)]

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -526,6 +526,16 @@ def load_distilled(
     meanwhile (relabel swaps in a new version) is read whole, one version or the other, never
     files of both: read again where it changed under the read, a few times, then refused.
     """
+    return load_with_manifest(directory, expected_dataset, expected_num_classes, expected_image_size,
+                              verify_checksums)[0]
+
+
+def load_with_manifest(directory: PathLike, expected_dataset: Optional[str] = None,
+                       expected_num_classes: Optional[int] = None,
+                       expected_image_size: Union[None, int, Sequence[int]] = None,
+                       verify_checksums: bool = True) -> Tuple[DistilledSet, Dict[str, Any]]:
+    """:func:`load_distilled`, and the manifest of the very version it read (a manifest read
+    again by path could be a newer version's: a report of one set must not mix the two)."""
     directory = Path(directory)
     expected = (expected_dataset, expected_num_classes, expected_image_size)
     for attempt in range(1, _READ_TRIES + 1):
@@ -553,7 +563,7 @@ def load_distilled(
     except DistilledSetError as exc:
         raise DistilledSetError(f"{directory}: inconsistent distilled set: {exc}") from None
     _check_counts(manifest, ds, directory / MANIFEST)
-    return ds
+    return ds, manifest
 
 
 def _read_one_version(directory: Path, expected: tuple, verify_checksums: bool):

@@ -21,7 +21,7 @@ from ..ops import ufc_compose
 from .compression import compression_ratio_from_manifest
 from .dataset import DistilledDataset
 from ..output_lock import holds_output
-from .disk import FORMAT_NAME, FORMAT_VERSION, IMAGE_ORDER, load_distilled, read_manifest, refuse_symlink
+from .disk import FORMAT_NAME, FORMAT_VERSION, IMAGE_ORDER, load_distilled, load_with_manifest, refuse_symlink
 from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
 # the soft labels export writes beside the class folders (import takes them back by default)
@@ -40,8 +40,8 @@ def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
     ``verify_checksums=False`` skips re-hashing the tensor files (for a set this process
     has just written and hashed: the manifest's checksums are those)."""
     directory = Path(directory)
-    ds = load_distilled(directory, verify_checksums=verify_checksums)  # shapes, consistency (and checksums)
-    manifest = read_manifest(directory)
+    # shapes, consistency (and checksums); the manifest of the version read (a relabel may swap in another)
+    ds, manifest = load_with_manifest(directory, verify_checksums=verify_checksums)
     c = ds.num_classes
     lines = [f"distilled set {directory}"]
 
