@@ -413,9 +413,20 @@ def read_checkpoint(path: str, format_name: str, what: str, version: int = 1) ->
     obj = load_weights_only(path, what)
     if not isinstance(obj, dict) or obj.get("format") != format_name:
         raise ValueError(f"{path!r} is not an infer-fast {what}")
-    if obj.get("format_version", 0) > version:
+    if recorded_format_version(obj, repr(path), missing=0) > version:
         raise ValueError(f"{path!r} was written by a newer infer-fast (format {obj['format_version']}); upgrade infer-fast")
     return obj
+
+
+def recorded_format_version(record: Dict[str, Any], where: str, missing: Optional[int] = None,
+                            error: type = ValueError) -> int:
+    """The format_version that the file ``where`` records in ``record``: an integer (``missing``
+    where it records none, a file older than the entry; None: it must record one), else
+    ``error`` in one line naming the file (a hand-edited or foreign file)."""
+    version = record.get("format_version", missing)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise error(f"{where}: format_version must be an integer, got {version!r}")
+    return version
 
 
 def load_weights_only(path: PathLike, what: str) -> Any:

@@ -196,3 +196,16 @@ def test_a_refusal_lists_its_first_names_and_says_when_there_are_more(tmp_path):
     classes = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"]
     with pytest.raises(ValueError, match=re.escape("no folder for 6 of the 8 classes") + ".*: c0, c3, c4, c5, c6, ... "):
         scan_class_folders(str(tmp_path), class_names=classes)
+
+
+@pytest.mark.parametrize("version", ["2", None, 1.5, True])
+def test_a_checkpoint_recording_a_format_version_that_is_no_integer_is_refused_in_one_line(tmp_path, version):
+    """Every checkpoint reader (teacher, student, recovery, RDED) goes through read_checkpoint:
+    a format_version of another type was an internal error (TypeError comparing it), where a
+    set's manifest says so in one line (the same check, _io.recorded_format_version)."""
+    from infer_fast.teacher import load_teacher
+
+    teacher = tmp_path / "t.pt"
+    torch.save({"format": "infer-fast-teacher", "format_version": version, "state_dict": {}}, teacher)
+    with pytest.raises(ValueError, match=re.escape(f"{str(teacher)!r}: format_version must be an integer, got {version!r}")):
+        load_teacher(str(teacher))

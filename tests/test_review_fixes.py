@@ -119,6 +119,42 @@ def test_a_finished_set_compares_its_teachers_weights_not_their_files(tmp_path, 
         _sre2l(out, str(again))
 
 
+@pytest.mark.parametrize("first_entries", [True, False], ids=["as-first-recorded", "with-the-data-entries"])
+def test_a_set_recording_the_first_form_of_its_request_is_compared_in_that_form(tmp_path, teacher, capsys,
+                                                                               first_entries):
+    """A set whose request an earlier infer-fast recorded (no request_form: its teachers by their
+    files' SHA-256, at first without the dataset's class count, image size and data digest) is
+    found done by the same request, and refused naming what differs by another: it was refused
+    as "the training images, the teachers' weights differ" whatever the request."""
+    import json
+
+    import torch
+    from infer_fast._io import file_sha256
+    from infer_fast.distill.run import FIRST_FORM_LATER_ENTRIES
+    from infer_fast.storage.distilled_set import OutputExistsError
+
+    out = tmp_path / "set"
+    _sre2l(out, teacher)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    request = manifest["request"]
+    assert request.pop("request_form") == 2
+    request["teachers_sha256"] = [file_sha256(teacher)]
+    if first_entries:
+        for key in FIRST_FORM_LATER_ENTRIES:
+            del request[key]
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert str(_sre2l(out, teacher)) == str(out)
+    assert capsys.readouterr().out == f"{out}: already distilled; nothing to do\n"
+    other = tmp_path / "other.pt"  # (another file, the same weights: form 1 told teachers by their files)
+    checkpoint = torch.load(teacher, weights_only=True)
+    checkpoint["elapsed_s"] = checkpoint.get("elapsed_s", 0.0) + 1.5
+    torch.save(checkpoint, other)
+    with pytest.raises(OutputExistsError, match=r"belongs to another run \(the teachers' weights differ\)"):
+        _sre2l(out, str(other))
+
+
 def test_a_runs_teachers_and_dataset_are_compared_as_they_take_effect(tmp_path, monkeypatch):
     """The same checkpoint by a relative or an absolute path (its SHA-256 recorded), TeacherConfig's
     defaults spelled out, the dataset by another accepted spelling or with its own class count: the

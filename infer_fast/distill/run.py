@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from .. import distributed
-from .._io import check_writable, model_digest, recovery_checkpoint_path  # (also imported from here)
+from .._io import check_writable, file_sha256, model_digest, recovery_checkpoint_path  # (also imported from here)
 from ..storage.distilled_set import OutputExistsError
 from .checkpoints import recovery_checkpoints, recovery_results_dir, remove_recovery_checkpoints
 
@@ -97,6 +97,13 @@ def check_new_output(out_dir) -> Path:
     return out_dir
 
 
+# The form of the request a set records. Form 1 (recorded with no request_form, by infer-fast of
+# 2026-12-07 before this): its teachers by their files' SHA-256, and at first without the dataset's
+# class count, image size and training images' digest (FIRST_FORM_LATER_ENTRIES).
+REQUEST_FORM = 2
+FIRST_FORM_LATER_ENTRIES = ("dataset.num_classes", "dataset.image_size", "data_sha256")
+
+
 def request_identity(request, train=None, teachers=None) -> Dict[str, Any]:
     """What determines the set a DistillRequest makes, as its manifest records it (``request``):
     the method, the dataset with its class count and image size as read (a default spelled out
@@ -121,7 +128,7 @@ def request_identity(request, train=None, teachers=None) -> Dict[str, Any]:
     identity = {"method": method.name, "dataset": dataset_options(request.dataset)[0],
                 "dataset.num_classes": train.spec.num_classes, "dataset.image_size": train.spec.image_size,
                 "data_sha256": train.digest(progress=request.progress), "ipc": request.ipc, "seed": request.seed, **options,
-                "teachers_sha256": [model_digest(teacher) for teacher in teachers]}
+                "teachers_sha256": [model_digest(teacher) for teacher in teachers], "request_form": REQUEST_FORM}
     return json.loads(json.dumps(identity, default=str))  # (as the manifest holds it: lists, not tuples)
 
 
@@ -145,7 +152,12 @@ def finished_set(request) -> Optional[Path]:
     if not isinstance(recorded, dict):
         raise OutputExistsError(f"{out_dir} already holds a set that records no request (made by an older "
                                 f"infer-fast, or imported): it cannot be told to be this one's; {todo}")
-    names = differing(recorded, request_identity(request))
+    current = request_identity(request)
+    if "request_form" not in recorded:  # (form 1: compared as it was recorded, entries it lacks not at all)
+        current = {**{k: v for k, v in current.items() if k in recorded or k not in FIRST_FORM_LATER_ENTRIES},
+                   "teachers_sha256": [file_sha256(path) for path in request.teacher_paths]}
+        current.pop("request_form")
+    names = differing(recorded, current)
     if names:
         raise OutputExistsError(another_run_message("set", out_dir, names, todo, recorded,
                                                     labels={"teachers_sha256": "the teachers' weights",

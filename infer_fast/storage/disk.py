@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._io import (NOT_UTF8_PATH, REPLACED, TEMP, TOO_DEEP, PathLike, check_writable, file_sha256, format_bytes,
                    hidden_sibling, hidden_sibling_pattern, is_utf8_path, naming_errors, open_file_path, parse_failure,
-                   printable_path, safetensors_save, stream_sha256)
+                   printable_path, recorded_format_version, safetensors_save, stream_sha256)
 from ..data.pixels import valid_range
 from ..plugins import PLUGINS_HINT
 from .distilled_set import (
@@ -390,9 +390,7 @@ def read_manifest(directory: PathLike, dir_fd: Optional[int] = None) -> Dict[str
         raise err(f"{path}: not valid JSON ({parse_failure(exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise err(f"{path}: not an infer-fast distilled-set manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise err(f"{path}: format_version must be an integer, got {version!r}")
+    version = recorded_format_version(manifest, str(path), error=err)
     if version != FORMAT_VERSION:
         newer = " (written by a newer infer-fast: upgrade)" if version > FORMAT_VERSION else ""
         raise err(f"{path}: unknown format version {version}; this infer-fast reads format version {FORMAT_VERSION}{newer}")
