@@ -82,6 +82,7 @@ from .run_identity import check_same_run, flattened
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               copies_in_layout, model_in_layout)
 from .step_losses import StepLosses
+from .grad_mode import training_grad_mode
 from .training_rng import global_rng_state, seeded_cpu_rng, training_rng
 from .transfer import to_device
 
@@ -554,6 +555,7 @@ class StudentRun:
                 "steps": cfg.epochs * self.steps_per_epoch, "config": dataclasses.asdict(cfg), "model": self.model}
 
 
+@training_grad_mode()  # (trains whatever the caller's grad mode: a notebook's no_grad or inference_mode too)
 def train_student(distilled: DistilledSet, test_set, config: Optional[StudentConfig] = None,
                   teachers: Union[nn.Module, Sequence[nn.Module], None] = None, progress: bool = True,
                   checkpoint: Optional[PathLike] = None, resume: bool = False, ddp: bool = True) -> Dict[str, Any]:
@@ -575,7 +577,9 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     "num_training_images", "steps", "config", "model" (the trained student, eval mode)}.
 
     ``teachers`` (one model is a list of one) are left as they were: their mode, gradients
-    and device (INFER+Dyn labels with a copy of a teacher on another device than the student's)."""
+    and device (INFER+Dyn labels with a copy of a teacher on another device than the student's).
+    It trains with gradients on whatever the caller's grad mode (no_grad, inference_mode), which
+    is restored after it (grad_mode.training_grad_mode)."""
     cfg = given_config("config", config, StudentConfig, StudentConfig)  # (valid: checked when made)
     teachers = teacher_list(teachers)
     if cfg.dynamic and not teachers:

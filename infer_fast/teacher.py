@@ -41,6 +41,7 @@ from .options import (CheckedWhenMade, check_fields, given_config, hold_as_made,
                       result_neutral_fields)
 from .run_identity import check_same_run
 from .step_losses import StepLosses
+from .grad_mode import training_grad_mode
 from .transfer import to_device
 
 CHECKPOINT_FORMAT = "infer-fast-teacher"
@@ -173,13 +174,15 @@ def _class_names(spec) -> Optional[List[str]]:
     return list(spec.class_names) if spec.class_names is not None else None
 
 
+@training_grad_mode()  # (trains whatever the caller's grad mode: a notebook's no_grad or inference_mode too)
 def train_teacher(cfg: TeacherConfig, out: PathLike, progress: bool = True) -> Dict[str, Any]:
     """Train (or resume training) a teacher; returns the final checkpoint's metadata.
 
     Before any work, ``out`` must be writable with room for two checkpoints (the atomic
     replacement keeps the previous one until the new one is complete). ``progress``: bars and
     a line per epoch; what an existing ``out`` held (trained already, or resumed from) is said
-    even without them, as a recovery's or RDED's resume is."""
+    even without them, as a recovery's or RDED's resume is. It trains with gradients on whatever
+    the caller's grad mode (no_grad, inference_mode), which is restored after it (grad_mode)."""
     device = resolve_device(given_config("cfg", cfg, TeacherConfig).device)  # (valid: checked when made)
     out = os.fspath(out)
     check_writable(out, "teacher checkpoint")
@@ -462,10 +465,22 @@ def teacher_list(teachers: Any) -> List[nn.Module]:
         return []
     models = list(teachers) if isinstance(teachers, Iterable) and not isinstance(teachers, (str, bytes, Mapping)) \
         else None
-    if models is None or not all(isinstance(t, nn.Module) for t in models):
+    if models is None:
         raise ValueError(f"teachers must be a model (torch.nn.Module) or a list of models, got "
                          f"{type(teachers).__name__}")
+    for i, model in enumerate(models):
+        if not isinstance(model, nn.Module):
+            # (a load_teacher result passed as it comes, in a list or alone: the model is its first item)
+            hint = ("; load_teacher returns (model, metadata): pass its [0]"
+                    if _like_load_teacher_result(model) or _like_load_teacher_result(teachers) else "")
+            raise ValueError(f"teachers must be a model (torch.nn.Module) or a list of models, but teachers[{i}] is "
+                             f"a {type(model).__name__}{hint}")
     return models
+
+
+def _like_load_teacher_result(value: Any) -> bool:
+    """Whether ``value`` is a tuple led by a model, as :func:`load_teacher` returns (model, metadata)."""
+    return isinstance(value, tuple) and len(value) > 0 and isinstance(value[0], nn.Module)
 
 
 def load_teachers_for_set(paths, distilled, device: str = "cpu") -> List[nn.Module]:

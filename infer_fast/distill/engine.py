@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import interrupts, memory
+from ..grad_mode import autograd_usable, holds_inference_tensors, training_grad_mode
 from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..mixed_precision import model_in_layout
 from ..models import device_of
@@ -50,15 +51,18 @@ def recovery_teacher(teacher: nn.Module, config: RecoveryConfig) -> Iterator[nn.
     """The teacher as recovery runs it, frozen (no parameter gradients). For a bf16 run a copy
     converted once: convolutions and linear layers in bf16, BatchNorm kept in fp32 (its running
     statistics are what the loss matches, and the kernels accumulate in fp32); with
-    channels_last, a copy in that layout. The caller's teacher is left as it was."""
-    if config.precision == "bf16" or config.channels_last:
-        run = copy.deepcopy(teacher).requires_grad_(False)
-        if config.precision == "bf16":
-            run.to(compute_dtype(config))
-            for module in run.modules():
-                if isinstance(module, BN_TYPES):
-                    module.float()
-        yield model_in_layout(run, config.channels_last)
+    channels_last, a copy in that layout; for a teacher made under torch.inference_mode (whose
+    tensors a backward cannot save), a copy of normal tensors. The caller's teacher is left as it was."""
+    if config.precision == "bf16" or config.channels_last or holds_inference_tensors(teacher):
+        with training_grad_mode():  # (copied and converted outside inference mode: normal tensors)
+            run = copy.deepcopy(teacher).requires_grad_(False)
+            if config.precision == "bf16":
+                run.to(compute_dtype(config))
+                for module in run.modules():
+                    if isinstance(module, BN_TYPES):
+                        module.float()
+            run = model_in_layout(run, config.channels_last)
+        yield run
         return
     flags = [(p, p.requires_grad) for p in teacher.parameters()]
     teacher.requires_grad_(False)
@@ -489,6 +493,7 @@ class _Batch:
         }
 
 
+@training_grad_mode()  # (every recovery method's batches: gradients on whatever the caller's grad mode)
 def optimize_batch(
     kind: RecoveryKind, source: Optional[Tensor], num_classes: int, image_shape: Tuple[int, int, int],
     losses: TeacherLosses, m: int, ks: List[int], config: RecoveryConfig, lo: Tensor, hi: Tensor,
@@ -521,6 +526,8 @@ def optimize_batch(
     then interrupts.Interrupted is raised (_Batch.run); with ``stop_vote`` (ranks that share
     the batch: distributed.Ranks.any_signal) every rank stops after the same iteration."""
     device = lo.device
+    # (a caller's tensors made under torch.inference_mode: copies that the backward can save)
+    source, lo, hi = autograd_usable(source), autograd_usable(lo), autograd_usable(hi)
     batch = _Batch(kind, source, num_classes, image_shape, losses, m, ks, config, backend, chunk_size, device,
                    chunks_why=chunks_why, resumed=resume_from is not None, desc=desc)
     start = 0 if resume_from is None else batch.restore(resume_from)  # the first iteration to run

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import memory
+from ..grad_mode import autograd_usable, holds_inference_tensors, training_grad_mode
 from ..ops import BNStatTracker
 
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
@@ -159,6 +160,9 @@ def _measure(teacher: nn.Module, natural: Tensor, memory_fraction: float,
     """(memory one image costs the teacher, the budget, the share of it the teacher's
     activations may take), all in bytes; None where the available memory cannot be read (CPU
     off Linux: then nothing is probed)."""
+    if holds_inference_tensors(teacher):  # (recovery runs a copy of such a teacher: engine.recovery_teacher)
+        raise ValueError("teacher was made under torch.inference_mode(): its tensors cannot be saved for the "
+                         "backward the memory plan measures; load it outside inference mode (torch.no_grad() is fine)")
     device = natural.device
     if device.type == "cuda":
         per_image = _cuda_peak_per_image(teacher, natural, probe_images or 16)
@@ -204,7 +208,8 @@ def _probe_input(teacher: nn.Module, natural: Tensor, rows: int, copy: bool = Fa
     copy with ``copy``, else possibly a view of ``natural``), and their labels."""
     C = natural.shape[1]
     rows = max(1, min(C, rows))
-    x = natural[0, :rows].to(next(teacher.parameters()).dtype, copy=copy).requires_grad_()
+    # (a view of a ``natural`` made under torch.inference_mode cannot require grad: a copy then)
+    x = autograd_usable(natural[0, :rows].to(next(teacher.parameters()).dtype, copy=copy)).requires_grad_()
     return x, torch.arange(rows, device=natural.device) % C
 
 
@@ -217,6 +222,7 @@ def _probe_loss(teacher: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
         tracker.remove()
 
 
+@training_grad_mode()  # (the backward it measures runs whatever the caller's grad mode)
 def _cuda_peak_per_image(teacher: nn.Module, natural: Tensor, rows: int) -> float:
     """The CUDA allocator's peak extra memory of a forward + backward of ``rows`` images, per image."""
     device = natural.device
@@ -229,6 +235,7 @@ def _cuda_peak_per_image(teacher: nn.Module, natural: Tensor, rows: int) -> floa
     return max(1, torch.cuda.max_memory_allocated(device) - base) / x.shape[0]
 
 
+@training_grad_mode()  # (what autograd saves is what it measures: nothing is saved with gradients off)
 def activation_bytes_per_image(teacher: nn.Module, natural: Tensor, rows: int) -> float:
     """The memory one image costs a forward + backward of the teacher, where no allocator
     keeps statistics (the CPU): what autograd saves for the backward (tensors the forward
