@@ -32,10 +32,10 @@ def test_each_teachers_ufcs_are_recovered_against_that_teacher(natural, teachers
 
 def test_relabel_batches_land_in_their_rows(teachers, train_set):
     """Soft labels do not depend on the relabelling batch size (mutant: a batch written at
-    another row offset)."""
+    another row offset). Equal to an fp16 step or so: the CPU's convolutions round by batch size."""
     small = relabel(random_set(train_set, 2, seed=0), teachers[:1], batch_size=3)
     whole = relabel(random_set(train_set, 2, seed=0), teachers[:1], batch_size=256)
-    assert torch.equal(small.soft_labels, whole.soft_labels)
+    torch.testing.assert_close(small.soft_labels.float(), whole.soft_labels.float(), rtol=0, atol=1e-2)
 
 
 def test_the_students_cosine_schedule_spans_every_step_of_every_epoch(teachers, train_set):
