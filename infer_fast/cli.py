@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -820,22 +821,50 @@ class _GuardedStream:
             print(f"{self.who}: stdout: {exc.strerror or exc}: further output dropped", file=sys.stderr, flush=True)
 
 
+# sys.stdout and sys.stderr are the process's, and threads may run commands at once: the
+# commands guarding them now, and the streams the first of them found (_guarded_output).
+_streams_lock = threading.Lock()
+_guarding_commands = 0
+_unguarded_streams: Tuple[object, object] = (None, None)
+
+
 @contextlib.contextmanager
 def _guarded_output(who: str):
     """sys.stdout and sys.stderr guarded (_GuardedStream) while the block runs, flushed through
-    the guards at its end, then restored; yields the stdout guard (its ``who`` can be set)."""
-    saved = sys.stdout, sys.stderr
+    the guards at its end, then restored; yields the stdout guard (its ``who`` can be set).
+    Another thread's command may have replaced a guard meanwhile: a stream is put back only
+    where it is still this block's guard, and the last command to end puts back the streams
+    the first one found (where a guard is still there)."""
+    global _guarding_commands, _unguarded_streams
     with contextlib.ExitStack() as opened:
-        # (a stream closed at the start, `>&-` or `2>&-`, is None in Python: its output goes nowhere)
-        out, err = (_GuardedStream(opened.enter_context(open(os.devnull, "w")) if stream is None else stream, name, who)
-                    for stream, name in zip(saved, ("stdout", "stderr")))
-        sys.stdout, sys.stderr = out, err
+        with _streams_lock:
+            saved = sys.stdout, sys.stderr
+            if _guarding_commands == 0:
+                _unguarded_streams = saved
+            _guarding_commands += 1
+            # (a stream closed at the start, `>&-` or `2>&-`, is None in Python: its output goes nowhere)
+            out, err = (_GuardedStream(opened.enter_context(open(os.devnull, "w")) if stream is None else stream,
+                                       name, who) for stream, name in zip(saved, ("stdout", "stderr")))
+            sys.stdout, sys.stderr = out, err
         try:
             yield out
         finally:
             out.flush()
             err.flush()
-            sys.stdout, sys.stderr = saved
+            with _streams_lock:
+                _guarding_commands -= 1
+                last = _guarding_commands == 0
+                sys.stdout = _stream_put_back(sys.stdout, out, saved[0], _unguarded_streams[0], last)
+                sys.stderr = _stream_put_back(sys.stderr, err, saved[1], _unguarded_streams[1], last)
+
+
+def _stream_put_back(now, guard: _GuardedStream, replaced, unguarded, last: bool):
+    """What sys.stdout (or sys.stderr), ``now``, becomes as a command whose ``guard`` replaced
+    ``replaced`` ends: ``replaced`` where the guard is still there; another thread's guard
+    stays while commands run (``last``: none does now; then the streams they found)."""
+    if last and isinstance(now, _GuardedStream):
+        return unguarded
+    return replaced if now is guard else now
 
 
 def _working_directory_problem() -> Optional[str]:

@@ -18,6 +18,7 @@ import fcntl
 import functools
 import glob
 import inspect
+import itertools
 import os
 import shutil
 import sys
@@ -159,10 +160,61 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False,
     system without flock: LockUnsupportedError."""
     check_writable(output, what, kind="inside" if inside else "directory")  # (a file in the way is named)
     path = lock_path(output, inside)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made: List[Path] = []  # the folders made for the lock file: removed when let go, where still empty
+    try:
+        with _locked(path, output, what, made, wait) as fd:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+            _sweep(Path(output), folders)
+            yield
+    finally:
+        _remove_empty(made)
+
+
+def _open_lock_file(path: Path, made: List[Path]) -> int:
+    """os.open of the lock file ``path``, its folder made where missing (with the missing folders
+    above it: added to ``made``, deepest first), a few tries: a writer that made the folder may
+    remove it meanwhile, as it lets its lock go."""
+    for attempt in itertools.count():
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except (FileNotFoundError, NotADirectoryError):
+            if attempt == 2 or path.parent.is_dir():  # (no folder missing: what is, is elsewhere, a link's target)
+                raise
+        with contextlib.suppress(FileNotFoundError):  # (a folder above removed meanwhile: tried again)
+            _make_folders(path.parent, made)
+
+
+def _make_folders(folder: Path, made: List[Path]) -> None:
+    """Make ``folder`` and whichever of its ancestors are missing; those made here (not one
+    another process made meanwhile) are added to ``made``, deepest first."""
+    missing = list(itertools.takewhile(lambda p: not p.is_dir(), (folder, *folder.parents)))
+    for parent in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # (made meanwhile: not ours; a file in the way: below)
+            parent.mkdir()
+            made.insert(0, parent)
+    folder.mkdir(parents=True, exist_ok=True)  # (raises what is in the way, as before)
+
+
+def _remove_empty(folders: List[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are empty: a refused or failed writer
+    leaves no folders of a mistyped output behind; what holds anything stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:  # (made twice: another writer had removed it meanwhile)
+            continue
+        except OSError:  # (not empty: kept, and so are the folders above it)
+            return
+
+
+@contextlib.contextmanager
+def _locked(path: Path, output: PathLike, what: str, made: List[Path], wait: bool) -> Iterator[int]:
+    """The descriptor of the lock file ``path``, flock held (:func:`output_lock`); the folders
+    made for it are added to ``made``."""
     said_waiting = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(path, made)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -194,10 +246,7 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False,
             pass
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
-        _sweep(Path(output), folders)
-        yield
+        yield fd
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

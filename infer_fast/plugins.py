@@ -1,10 +1,12 @@
-"""A user's plug-ins: modules that register methods, models or datasets, loaded once by
+"""A user's plug-ins: modules that register methods, models or datasets, each loaded once by
 name (the CLI before its parser is built; a lookup of a name nothing registered)."""
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable
+import sys
+import threading
+from typing import Any, Callable, Set, Tuple
 
 # A user's plug-ins (modules registering methods, models or datasets), loaded by load_plugins:
 # the modules this variable names (comma-separated), and the entry points of this group
@@ -14,37 +16,70 @@ PLUGINS_HINT = (f"a plug-in's methods, models and datasets are loaded with {PLUG
                 f"or an entry point of group {PLUGINS_GROUP!r}")
 
 
-_plugins = "not loaded"  # then "loading" (a plug-in's own lookups do not load them again), "loaded"
-_failed: "ValueError | None" = None  # a load that failed: said again, not retried
+# Loaded once each, per process; a plug-in named in the variable later (another value) is loaded then.
+# A thread's lookups wait while another thread loads them (no half-loaded registry); a plug-in's
+# own lookups, in the loading thread, return at once ("loading").
+_lock = threading.RLock()
+_plugins = "not loaded"  # then "loading", "loaded" (for the value of PLUGINS_ENV in _loaded_for)
+_loaded_for: "str | None" = None
+_imported: Set[Tuple[str, str]] = set()  # the plug-ins loaded: (where named, name), never loaded again
+_failed: "Tuple[str, ValueError] | None" = None  # (PLUGINS_ENV's value then, the error): said again while it holds
+ONCE_HINT = f"plug-ins load once per process: fix it and restart Python, or change {PLUGINS_ENV}"
 
 
 def load_plugins() -> None:
-    """Import the user's plug-ins once (the CLI before its parser is built, so their methods
-    are --method choices with their options' flags; a lookup of a name no method has, as a
-    set's manifest makes): the entry points of group PLUGINS_GROUP of the installed
-    distributions, then the modules PLUGINS_ENV names. A ValueError naming the module and
-    where it was named when one fails to load (its own error after a colon)."""
-    global _plugins, _failed
-    if _failed is not None:  # (a retry would run the module's registrations again and hide its error)
-        raise _failed
-    if _plugins != "not loaded":
-        return
-    from importlib import metadata
+    """Import the user's plug-ins (the CLI before its parser is built, so their methods are
+    --method choices with their options' flags; a lookup of a name no method has, as a set's
+    manifest makes): the entry points of group PLUGINS_GROUP of the installed distributions,
+    then the modules PLUGINS_ENV names. Each loads once per process; the variable is read
+    again on every call, and the modules it names since are loaded then (those it no longer
+    names stay loaded). A ValueError naming the module and where it was named when one fails
+    to load (its own error after a colon); said again, without a retry (its registrations
+    would run twice and hide its error), until PLUGINS_ENV changes: then the failed one is
+    imported afresh."""
+    global _plugins, _loaded_for, _failed
+    value = os.environ.get(PLUGINS_ENV, "")
+    with _lock:
+        if _plugins == "loading":  # (this thread: a plug-in's own lookup while it loads)
+            return
+        if _failed is not None and _failed[0] == value:
+            raise _failed[1]
+        if _plugins == "loaded" and _loaded_for == value:
+            return
+        from importlib import metadata
 
-    _plugins = "loading"
+        _plugins = "loading"
+        try:
+            for entry in metadata.entry_points(group=PLUGINS_GROUP):
+                _load_once(("entry point", entry.value), entry.load,
+                           f"{entry.value!r} (entry point {entry.name!r} of group {PLUGINS_GROUP!r})")
+            for module in (m.strip() for m in value.split(",")):
+                if module:
+                    _load_once((PLUGINS_ENV, module), lambda: importlib.import_module(module),
+                               f"{module!r} ({PLUGINS_ENV})")
+        except ValueError as exc:
+            again = ValueError(f"{exc} ({ONCE_HINT})")
+            again.__cause__ = exc.__cause__
+            _plugins, _failed = "not loaded", (value, again)
+            raise
+        except BaseException:
+            _plugins = "not loaded"  # (an interrupt: the next lookup loads the rest)
+            raise
+        _plugins, _loaded_for, _failed = "loaded", value, None
+
+
+def _load_once(key: Tuple[str, str], load: Callable[[], Any], what: str) -> None:
+    """Load a plug-in not loaded yet; one that fails is dropped from sys.modules (what Python
+    left of it), so that a retry imports it afresh."""
+    if key in _imported:
+        return
     try:
-        for entry in metadata.entry_points(group=PLUGINS_GROUP):
-            _load_plugin(entry.load, f"{entry.value!r} (entry point {entry.name!r} of group {PLUGINS_GROUP!r})")
-        for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
-            if module:
-                _load_plugin(lambda: importlib.import_module(module), f"{module!r} ({PLUGINS_ENV})")
-    except ValueError as exc:
-        _failed = exc
+        _load_plugin(load, what)
+    except ValueError:
+        if key[0] == PLUGINS_ENV:
+            sys.modules.pop(key[1], None)
         raise
-    except BaseException:
-        _plugins = "not loaded"  # (an interrupt: the next lookup loads them)
-        raise
-    _plugins = "loaded"
+    _imported.add(key)
 
 
 def _load_plugin(load: Callable[[], Any], what: str) -> None:

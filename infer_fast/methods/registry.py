@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ..checks import check_int
 from ..choices import SOFT_LABEL_MODES
@@ -258,7 +259,8 @@ def run_level_options() -> Dict[str, Option]:
 
 
 _METHODS: Dict[str, Method] = {}
-_loaded = False
+_loaded = False  # (the built-in modules: all imported)
+_loading_threads: Set[int] = set()  # the threads importing them now (_load_builtins)
 
 
 def register(method: Method) -> Method:
@@ -336,11 +338,22 @@ def unregister(name: str) -> None:
 
 
 def _load_builtins() -> None:
+    """Import the built-in method modules, once. Loaded only once they all are: a thread that
+    reads the registry meanwhile imports them too, which waits for the ones another thread is
+    importing (Python's import locks, whose deadlock check a lock of ours would escape), so it
+    never builds a parser of half the methods; the thread importing them, re-entering (a
+    built-in module's register), returns at once."""
     global _loaded
-    if not _loaded:
-        _loaded = True
+    me = threading.get_ident()
+    if _loaded or me in _loading_threads:
+        return
+    _loading_threads.add(me)
+    try:
         for module in BUILTIN_MODULES:
             importlib.import_module(f"{__package__}.{module}")
+    finally:
+        _loading_threads.discard(me)
+    _loaded = True
 
 
 def _module_rank(method: Method) -> int:

@@ -77,6 +77,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from types import ModuleType
 from typing import Callable, Dict, List, Optional
 
@@ -127,13 +128,28 @@ def compiled_extension():
     return _import("infer_fast._C")
 
 
+TRITON_MODULE = "infer_fast.ops._triton"
+
+
 def triton_module():
     """(infer_fast.ops._triton, None) or (None, reason)."""
-    return _import("infer_fast.ops._triton")
+    return _import(TRITON_MODULE)
+
+
+INTERPRET_ENV = "TRITON_INTERPRET"
+
+
+def triton_interpret_set() -> bool:
+    """Whether TRITON_INTERPRET=1 is set now (what decides how Triton's kernels load)."""
+    return os.environ.get(INTERPRET_ENV) == "1"
 
 
 def triton_interpreter() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether the Triton kernels run under the interpreter (on CPU tensors): as they were loaded
+    once infer_fast.ops._triton is imported (Triton fixes the mode when a kernel is decorated,
+    so setting TRITON_INTERPRET later changes nothing), else as TRITON_INTERPRET says now."""
+    loaded = sys.modules.get(TRITON_MODULE)
+    return loaded.INTERPRETED if loaded is not None else triton_interpret_set()
 
 
 def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
@@ -163,8 +179,11 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
     mod, why = triton_module()
     if mod is None:
         return f"Triton is not usable ({why})"
-    if dev == "cpu" and not triton_interpreter():
-        return "backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before infer_fast is imported"
+    if dev == "cpu" and not mod.INTERPRETED:
+        if triton_interpret_set():  # (set after the kernels loaded: too late in this process)
+            return (f"Triton's kernels were loaded without {INTERPRET_ENV}=1 in this process (set it before the "
+                    "first Triton use): restart Python with it set")
+        return f"backend 'triton' on CPU tensors needs {INTERPRET_ENV}=1 set before the first Triton use in the process"
     if dev not in ("cpu", "cuda"):
         return f"backend 'triton' does not run on {dev} tensors"
     return None
