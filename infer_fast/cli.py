@@ -778,7 +778,9 @@ class _GuardedStream:
     stopping the work, which never depends on it. A failed stdout is said once on stderr
     (``who``: the command); the stream's file descriptor is pointed at /dev/null, so what
     its buffer still holds goes there, and Python's flush at exit cannot fail on it ("Exception
-    ignored ...", status 120)."""
+    ignored ...", status 120). Each line is flushed as it ends: a batch job's log (a file, where
+    Python buffers stdout in blocks) shows each epoch's line when it is printed, in order with
+    stderr's, and keeps it if the job is killed."""
 
     def __init__(self, stream, name: str, who: str):
         self.stream, self.name, self.who, self.failed = stream, name, who, False
@@ -787,10 +789,13 @@ class _GuardedStream:
         if not self.failed:
             try:
                 try:
-                    return self.stream.write(text)
+                    written = self.stream.write(text)
                 except UnicodeEncodeError:  # (a terminal of another encoding: "±" and "–" shown as "?")
                     encoding = getattr(self.stream, "encoding", None) or "ascii"
-                    return self.stream.write(text.encode(encoding, "replace").decode(encoding))
+                    written = self.stream.write(text.encode(encoding, "replace").decode(encoding))
+                if "\n" in text:
+                    self.stream.flush()
+                return written
             except OSError as exc:
                 self._drop(exc)
         return len(text)

@@ -3,6 +3,7 @@ that cannot show "±", a bad torchrun variable, the current directory deleted un
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -37,6 +38,9 @@ def test_output_a_terminal_cannot_encode_is_replaced_not_fatal(capsys):
             self.written.append(text)
             return len(text)
 
+        def flush(self):  # (the guard flushes each line)
+            pass
+
     stream = Ascii()
     guard = cli._GuardedStream(stream, "stdout", "infer-fast run")
     assert guard.write("73.6 ± 0.2 – ok\n") == len("73.6 ? 0.2 ? ok\n")
@@ -60,3 +64,22 @@ def test_an_error_naming_no_file_after_the_directory_was_deleted_says_so(tmp_pat
     assert cli._failed("distill", FileNotFoundError(2, "No such file or directory"), ()) == 2
     assert capsys.readouterr().err == ("infer-fast distill: error: the current directory no longer exists (deleted?): "
                                        "cd to an existing directory and run the command again\n")
+
+
+def test_each_line_reaches_a_log_file_when_printed_in_order_with_stderr(tmp_path):
+    """stdout to a file is block-buffered by Python: a batch job's epoch lines came after its
+    "interrupted" line on stderr, or never (killed). The guard flushes each line as it ends."""
+    log = tmp_path / "job.log"
+    code = textwrap.dedent("""
+        import os, sys
+        from infer_fast.cli import _guarded_output
+        with _guarded_output("infer-fast teacher"):
+            print("epoch 1/2: test accuracy 0.5")
+            sys.stderr.write("infer-fast teacher: interrupted (SIGTERM)\\n")
+            os._exit(143)  # (killed: no flush at exit)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT, env=env, timeout=120)
+    assert proc.returncode == 143
+    assert log.read_text().splitlines() == ["epoch 1/2: test accuracy 0.5", "infer-fast teacher: interrupted (SIGTERM)"]
