@@ -1,5 +1,7 @@
 """Stopping on a signal: SIGINT (Ctrl-C), SIGTERM (what SLURM, torchrun and `kill` send, SLURM
-then SIGKILLs after KillWait, 30 s by default) and SIGHUP (a closed terminal or ssh session).
+then SIGKILLs after KillWait, 30 s by default), SIGHUP (a closed terminal or ssh session) and
+SIGUSR1/SIGUSR2 (SLURM's ``--signal=USR1@120``: a warning some time before the time limit, which
+Python's default would answer by dying on the spot).
 
 Without handlers SIGTERM and SIGHUP kill the process on the spot: no message, no cleanup, and
 a recovery batch loses every iteration since its last checkpoint. With :func:`handlers_installed`
@@ -10,17 +12,24 @@ Code that can stop cleanly declares it with :func:`stop_at_safe_points`: inside,
 only records itself in :data:`STOP` and the code checks ``STOP.signum`` at its safe points (a
 plain attribute read, no host sync: the recovery loop does so once per iteration), saves what it
 has and raises :func:`requested_stop`; leaving the region with the stop still pending raises it
-there. A second signal while a stop is pending raises at once (a user who presses Ctrl-C twice
-wants out now). Processes that must stop together vote at each safe point (:func:`agree_on_stop`)."""
+there. A second Ctrl-C while a stop is pending raises at once (a user who presses it twice wants
+out now), and so does any signal repeated REPEAT_GRACE_S or more after the first; another signal
+within that time is the same stop told twice (SLURM signals every process of a job, and torchrun
+forwards its own SIGTERM to its workers a millisecond later): raising on it would lose the save
+under way. Processes that must stop together vote at each safe point (:func:`agree_on_stop`)."""
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+import time
 from typing import Callable, Dict, Iterator, Optional
 
-# the signals that stop a command (SIGHUP does not exist on Windows)
-SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+# the signals that stop a command (SIGHUP, SIGUSR1 and SIGUSR2 do not exist on Windows)
+SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, *(getattr(signal, name, None) for name in
+                                                             ("SIGHUP", "SIGUSR1", "SIGUSR2"))) if s is not None)
+# a signal repeated within this many seconds of the stop it would hurry is the same stop (above)
+REPEAT_GRACE_S = 2.0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,6 +63,7 @@ class _Stop:
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self.at = 0.0  # (time.monotonic() when ``signum`` arrived)
         self.depth = 0
 
 
@@ -62,10 +72,15 @@ STOP = _Stop()
 
 def _handler(signum, frame) -> None:
     """Inside a safe-point region the first signal is recorded for the region's code to act on
-    between two steps; otherwise (or a second signal) it raises where the program is."""
-    if STOP.depth > 0 and STOP.signum is None:
-        STOP.signum = signum
-        return
+    between two steps, and a repeat of the stop within REPEAT_GRACE_S (but Ctrl-C) is let be;
+    otherwise (outside a region, a second Ctrl-C, a signal repeated later) it raises where the
+    program is."""
+    if STOP.depth > 0:
+        if STOP.signum is None:
+            STOP.signum, STOP.at = signum, time.monotonic()
+            return
+        if signum != signal.SIGINT and time.monotonic() - STOP.at < REPEAT_GRACE_S:
+            return
     STOP.signum = None
     raise Interrupted(signum)
 

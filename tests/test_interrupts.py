@@ -1,4 +1,4 @@
-"""Stopping on a signal (SIGINT, SIGTERM, SIGHUP: infer_fast/interrupts.py), a stdout that
+"""Stopping on a signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1/2: infer_fast/interrupts.py), a stdout that
 cannot be written, memory running out, a deleted working directory: one line on stderr and
 a meaningful exit status, with the work saved or finished where it can be."""
 import os
@@ -74,6 +74,39 @@ def test_inside_a_region_a_signal_waits_for_a_safe_point_and_a_second_one_does_n
         with interrupts.stop_at_safe_points():
             os.kill(os.getpid(), signal.SIGTERM)
     assert raised.value.signum == signal.SIGTERM and interrupts.STOP.signum is None
+
+
+def test_the_same_stop_told_twice_at_once_is_one_stop_and_later_it_hurries_it(handlers, monkeypatch):
+    """SLURM signals every process of a job and torchrun forwards its own SIGTERM to its workers
+    a millisecond later: a repeat within REPEAT_GRACE_S is the same stop (it raised at once, in
+    the middle of the save the first one asked for); a repeat later, or a second Ctrl-C, hurries it."""
+    clock = iter([100.0, 100.001, 100.002, 103.0])  # (time.monotonic() at each signal)
+    monkeypatch.setattr(interrupts.time, "monotonic", lambda: next(clock))
+    with interrupts.stop_at_safe_points():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # (torchrun's, 1 ms later)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(1000):
+            pass
+        assert interrupts.STOP.signum == signal.SIGTERM  # (one stop pending, none raised)
+        with pytest.raises(interrupts.Interrupted) as raised:
+            os.kill(os.getpid(), signal.SIGTERM)  # (3 s later: hurry it)
+            for _ in range(1000):
+                pass
+        assert raised.value.signum == signal.SIGTERM
+
+
+def test_sigusr1_ahead_of_a_time_limit_saves_the_batch_as_sigterm_does(work):
+    """SLURM's --signal=USR1@120 warns a job before its time limit: Python's default for SIGUSR1
+    killed the process on the spot, losing the batch since its last checkpoint."""
+    from infer_fast.distill.engine import SIGNAL_AT_ITERATION_ENV
+
+    stopped = run_cli(*IN_BATCH_DISTILL, "--out", "usr1", cwd=work, env={SIGNAL_AT_ITERATION_ENV: "SIGUSR1:40"})
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr
+    assert stopped.stderr.splitlines() == ["infer-fast distill: interrupted (SIGUSR1); progress is saved in "
+                                           "usr1.recovery.pt: run the same command with --resume to continue"]
+    (partial,) = torch.load(work / "usr1.recovery.pt", weights_only=True)["partials"]
+    assert partial["iteration"] == 41
 
 
 def test_handlers_are_restored_and_an_ignored_signal_stays_ignored(capsys, monkeypatch):
