@@ -415,7 +415,8 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optiona
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
-    from .evaluate import evaluate_under, format_report
+    from ._text import first_names
+    from .evaluate import checkpoint_files, evaluate_under, format_report
     from .output_lock import output_lock
     from .storage import load_distilled
     from .teacher import load_teachers_for_set
@@ -424,6 +425,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     teachers = comma_list(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
+    if args.resume and not args.checkpoints:
+        raise UserError("--resume continues from --checkpoints DIR: give the folder the interrupted evaluate wrote")
+    if args.checkpoints:  # (as train's: what a folder holds is continued only when asked)
+        check_writable(args.checkpoints, "--checkpoints", kind="inside")
+        found = [os.path.basename(path) for path in checkpoint_files(args.checkpoints)]
+        if found and not args.resume:
+            raise UserError(f"--checkpoints {args.checkpoints} holds {first_names(found, 3)}: resume to continue them "
+                            "(--resume), or delete them")
     if args.out:
         check_writable(args.out, "--out")
         inputs = [("--teachers", path) for path in teachers]
@@ -439,7 +448,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         models = load_teachers_for_set(teachers, ds, device=args.device)
         report = evaluate_under(protocol, ds, models, data_root=args.data_root,
                                 full_data_checkpoint=args.full_data_checkpoint, device=args.device,
-                                progress=not args.quiet, decode_cache=args.decode_cache)
+                                progress=not args.quiet, decode_cache=args.decode_cache, checkpoints=args.checkpoints)
         report["set"]["path"] = args.directory
         print(format_report(report))
         if args.out:
@@ -707,6 +716,12 @@ def _add_evaluate(sub) -> None:
     evaluate.add_argument("--decode-cache", dest="decode_cache", metavar="DIR", help=DECODE_CACHE_HELP)
     evaluate.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto)")
     evaluate.add_argument("--out", help="write the report (JSON) here")
+    evaluate.add_argument("--checkpoints", metavar="DIR",
+                          help="a folder for the checkpoints of the full-data run and of every student (written after "
+                          "every epoch, kept after it: a later evaluation of other seeds reads those it shares back); an "
+                          "interrupted evaluate continues from them with --resume (default: none, a stop loses them all)")
+    evaluate.add_argument("--resume", action="store_true", help="with --checkpoints: continue the full-data run and "
+                          "the students from their checkpoints (a finished one is read back, not trained again)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -759,7 +774,8 @@ def _add_set_commands(sub) -> None:
 # args.checkpoint), or by running again (run and demo continue their directory).
 RESUME_FROM_CHECKPOINT = {"teacher": "run the same command to continue",
                           "distill": "run the same command with --resume to continue",
-                          "train": "run the same command with --resume to continue"}
+                          "train": "run the same command with --resume to continue",
+                          "evaluate": "run the same command with --resume to continue"}
 CONTINUE_BY_RUNNING_AGAIN = ("run", "demo")
 
 # What lowers a command's memory, for its out-of-memory line (others: the generic advice).
@@ -933,13 +949,17 @@ def _how_to_continue(args: Optional[argparse.Namespace]) -> str:
         return ""
     if args.command in CONTINUE_BY_RUNNING_AGAIN:
         return "; run the same command to continue where it stopped"
-    checkpoint = getattr(args, "checkpoints" if args.command == "train" else "checkpoint", None)
+    checkpoint = getattr(args, "checkpoints" if args.command in ("train", "evaluate") else "checkpoint", None)
     if args.command not in RESUME_FROM_CHECKPOINT or checkpoint is None:
         return ""
     if args.command == "train":  # (a folder of the seeds' checkpoints)
         from .student import seed_checkpoint
 
         found = sorted(glob.glob(seed_checkpoint(glob.escape(checkpoint), "*")))
+    elif args.command == "evaluate":  # (a folder of the students' and the full-data model's checkpoints)
+        from .evaluate import checkpoint_files
+
+        found = checkpoint_files(checkpoint)
     else:
         from .distill.checkpoints import recovery_checkpoints
 

@@ -32,7 +32,9 @@ ddranking/utils/train_and_eval.py and its per-method configs, e.g. SRe2L/CIFAR10
 
 Not reproduced: its random subsets are its own files; ours are drawn from the round's seed's
 own stream (evaluate.random_subset; ``random_subset_seed`` fixes one subset for every round).
-``reuse``: the memo of students of one run, as evaluate.evaluate_set's."""
+``reuse``: the memo of students of one run, as evaluate.evaluate_set's; ``checkpoints``: the
+folder where every student (each round, rate and run) and each round's full-data run are
+checkpointed and continued, as evaluate.evaluate_set's."""
 from __future__ import annotations
 
 import dataclasses
@@ -213,10 +215,10 @@ class _Runs:
 
 
 def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, device: str, checkpoint,
-               progress: bool, reuse: Optional[Dict[str, Any]] = None):
+               progress: bool, reuse: Optional[Dict[str, Any]] = None, checkpoints: Optional[str] = None):
     """(accuracy for round i, source): DD-Ranking's cached value where it has one (a checkpoint
     given beside it is not read: its leaderboard's value comes first), else the checkpoint,
-    else trained each round."""
+    else trained each round (checkpointed in the folder ``checkpoints`` when one is given)."""
     from ._text import count_text
     from .evaluate import check_full_data_checkpoint, same_architecture, train_full_data
 
@@ -235,7 +237,8 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
     def trained(i: int) -> float:
         if i not in accuracies:
             accuracies[i] = train_full_data(model, distilled.real_dataset, data_root, device, protocol.full_data_epochs,
-                                            progress, seed=round_seed(i), student=protocol.student, reuse=reuse)
+                                            progress, seed=round_seed(i), student=protocol.student, reuse=reuse,
+                                            checkpoints=checkpoints)
         return accuracies[i]
     return trained, f"trained here in every round: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"
 
@@ -244,15 +247,18 @@ def evaluate_set_dd_ranking(
     distilled, teachers: Sequence[nn.Module], protocol: Optional[DDRankingProtocol] = None, *,
     data_root: Optional[str] = None, full_data_checkpoint: Optional[str] = None, device: str = "auto",
     progress: bool = True, decode_cache: Optional[str] = None, reuse: Optional[Dict[str, Any]] = None,
+    checkpoints: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The DD-Ranking evaluation report of ``distilled`` (see the module docstring): every
     accuracy behind the scores with its grid, the scores per round on both scales and their
     mean and std. ``teachers`` label the soft-label runs (per batch) or the random subsets
     (with static labels they must be those that labelled the set: evaluate.labelling_teachers);
-    ``reuse``: the memo of students a caller keeps across the sets of one run."""
+    ``reuse``: the memo of students a caller keeps across the sets of one run; ``checkpoints``:
+    the folder where the students and full-data runs are checkpointed and continued."""
     from ._io import model_digest
     from .data import load_dataset, load_test_split
-    from .evaluate import Students, check_evaluable, labelling_teachers, random_subset, random_subset_text
+    from .evaluate import (Students, check_evaluable, checkpoints_held, labelling_teachers, random_subset,
+                           random_subset_text)
     from .methods.registry import set_student_settings
 
     protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol)
@@ -264,51 +270,52 @@ def evaluate_set_dd_ranking(
     labelled_by = labelling_teachers(distilled, digests, static)
     model = protocol.student_model(dataset)
     full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress,
-                                        reuse)
+                                        reuse, checkpoints)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
 
     grid, set_grid = protocol.grids()
-    students = Students(reuse, test, teachers, digests, [distilled.real_dataset, data_root])
+    students = Students(reuse, test, teachers, digests, distilled.real_dataset, data_root, checkpoints)
     runs = _Runs(protocol, dataset, students, device, protocol.student_count(), progress,
                  set_student_settings(distilled))
     rounds: List[Dict[str, Any]] = []
-    try:
-        for i in range(protocol.rounds):
-            seed = round_seed(i)
-            subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
-            subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
+    with checkpoints_held(checkpoints):  # (the full-data runs of the rounds train in there too)
+        try:
+            for i in range(protocol.rounds):
+                seed = round_seed(i)
+                subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
+                subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
 
-            def random() -> Any:
-                if not subsets:
-                    subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
-                return subsets[0]
+                def random() -> Any:
+                    if not subsets:
+                        subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
+                    return subsets[0]
 
-            def the_set() -> Any:
-                return distilled
+                def the_set() -> Any:
+                    return distilled
 
-            def random_identity(config) -> Dict[str, Any]:
-                return students.of_random_subset(ipc, subset_seed)
+                def random_identity(config) -> Dict[str, Any]:
+                    return students.of_random_subset(ipc, subset_seed)
 
-            def set_identity(config) -> Dict[str, Any]:
-                return students.of_set(distilled, config)
-            ars_seed = seed + ARS_SEED_OFFSET
-            r = {
-                "set_hard": runs.best(the_set, set_identity, "hard", False, seed, grid),
-                "set_soft": runs.best(the_set, set_identity, "soft", True, seed, set_grid),
-                "random_soft": runs.best(random, random_identity, "soft", True, seed, grid),
-                "set_aug": runs.best(the_set, set_identity, "soft", True, ars_seed, set_grid),
-                "random_aug": runs.best(random, random_identity, "soft", True, ars_seed, grid),
-                "set_plain": runs.best(the_set, set_identity, "soft", False, ars_seed, set_grid),
-                "random_plain": runs.best(random, random_identity, "soft", False, ars_seed, grid),
-            }
-            full = full_data(i)
-            rounds.append(_round_record(seed, subset_seed, r, full, protocol.weight))
-            if progress:
-                runs.bar.write(f"round {i + 1}/{protocol.rounds} (seed {seed}): " + ", ".join(
-                    f"{k} {100 * v['accuracy']:.2f}%" for k, v in r.items()) + f", full data {100 * full:.2f}%")
-    finally:
-        runs.close()
+                def set_identity(config) -> Dict[str, Any]:
+                    return students.of_set(distilled, config)
+                ars_seed = seed + ARS_SEED_OFFSET
+                r = {
+                    "set_hard": runs.best(the_set, set_identity, "hard", False, seed, grid),
+                    "set_soft": runs.best(the_set, set_identity, "soft", True, seed, set_grid),
+                    "random_soft": runs.best(random, random_identity, "soft", True, seed, grid),
+                    "set_aug": runs.best(the_set, set_identity, "soft", True, ars_seed, set_grid),
+                    "random_aug": runs.best(random, random_identity, "soft", True, ars_seed, grid),
+                    "set_plain": runs.best(the_set, set_identity, "soft", False, ars_seed, set_grid),
+                    "random_plain": runs.best(random, random_identity, "soft", False, ars_seed, grid),
+                }
+                full = full_data(i)
+                rounds.append(_round_record(seed, subset_seed, r, full, protocol.weight))
+                if progress:
+                    runs.bar.write(f"round {i + 1}/{protocol.rounds} (seed {seed}): " + ", ".join(
+                        f"{k} {100 * v['accuracy']:.2f}%" for k, v in r.items()) + f", full data {100 * full:.2f}%")
+        finally:
+            runs.close()
     student_config = protocol.student_config(dataset, "soft", True, grid[0], 0, runs.set_settings)
     random_subset_line = random_subset_text(ipc, "the round's seed" if protocol.random_subset_seed is None
                                             else f"seed {protocol.random_subset_seed} in every round", static,

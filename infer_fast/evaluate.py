@@ -28,14 +28,28 @@ stored labels; the set then needs no soft labels and the random subsets no relab
 ``reuse``: a dict the caller keeps across the evaluations of one run (several sets, the same
 teachers and data): a student it already trained there (the random subsets' students depend
 on the ipc, seed, teachers and protocol alone; two sets of the same images share their
-hard-label students) and the full-data run are taken from it, not trained again."""
+hard-label students) and the full-data run are taken from it, not trained again.
+
+``checkpoints``: a folder (made if needed, held by an output lock while the evaluation trains)
+where the full-data run and every student are checkpointed after every epoch, each in a file
+of its own (FULL_DATA_CHECKPOINT, STUDENT_CHECKPOINT: named by what it is and a digest of what
+it depends on); an evaluation given the folder again continues each from its file (a finished
+one is read back, not trained again: a stopped evaluation loses at most an epoch of each). An
+evaluation under other settings trains students of other names beside them; a file of the
+same name but another run (its data or settings changed) is refused by the checkpoint's own
+identity check, naming what differs."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
+import hashlib
 import json
+import os
+import re
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -54,6 +68,12 @@ SCORE_NAMES = ("hlr", "ior", "lrs", "ars")
 # the StudentConfig fields that say how the students compute, not what they learn: a full-data run
 # trained here computes the same way (those of them a TeacherConfig has)
 COMPUTE_FIELDS = ("precision", "channels_last", "augment_on")
+# the files of an evaluation's checkpoints folder (module docstring): the full-data run's and each
+# student's (trained on the set or on a random subset: STUDENT_SOURCES), named by what they are and
+# a digest of everything else they depend on (identity_digest)
+FULL_DATA_CHECKPOINT = "full-data-{model}-{dataset}-{digest}.pt"
+STUDENT_CHECKPOINT = "{source}-{labels}-seed{seed}-{digest}.pt"
+STUDENT_SOURCES = ("set", "random")
 
 
 @dataclass(frozen=True)
@@ -169,12 +189,64 @@ def check_full_data_checkpoint(path, model: str, dataset: str,
     return meta
 
 
+def identity_text(identity: Any) -> str:
+    """``identity`` (JSON-able: everything a result depends on) as one text, the same for equal ones."""
+    return json.dumps(identity, sort_keys=True, default=str)
+
+
+def identity_digest(identity: Any) -> str:
+    """A short digest of :func:`identity_text`: what names a checkpoint in an evaluation's folder."""
+    return hashlib.sha256(identity_text(identity).encode()).hexdigest()[:16]
+
+
+def _file_part(name: Any) -> str:
+    """``name`` (a model, a dataset) as part of a file name: what is not a letter, digit, '.', '_'
+    or '-' ("torchvision:resnet18") made '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name))
+
+
+def full_data_checkpoint_path(folder, config) -> str:
+    """The full-data run of the TeacherConfig ``config`` in the checkpoints folder ``folder``:
+    named by its model and dataset and a digest of its settings, but the result-neutral ones
+    (the data's place, the device: a job requeued on another node continues it; the teacher
+    checkpoint compares the training data itself)."""
+    from .data.registry import dataset_options
+    from .teacher import TEACHER_RESULT_NEUTRAL
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in TEACHER_RESULT_NEUTRAL}
+    name = FULL_DATA_CHECKPOINT.format(model=_file_part(config.model),
+                                       dataset=_file_part(dataset_options(config.dataset)[0]),
+                                       digest=identity_digest(settings))
+    return os.path.join(os.fspath(folder), name)
+
+
+def checkpoint_files(folder, full_data: bool = True) -> List[str]:
+    """The checkpoints an evaluation wrote in ``folder`` (sorted): its students', and the
+    full-data runs' unless ``full_data`` is False."""
+    sources = (*STUDENT_SOURCES, "full-data") if full_data else STUDENT_SOURCES
+    where = glob.escape(os.fspath(folder))
+    return sorted(path for source in sources for path in glob.glob(os.path.join(where, f"{source}-*.pt")))
+
+
+def checkpoints_held(checkpoints) -> ContextManager[None]:
+    """The output lock of the checkpoints folder ``checkpoints`` (made if needed) while an
+    evaluation trains into it (two evaluations continuing the same students would overwrite
+    each other's epochs); nothing without a folder."""
+    from .output_lock import output_lock
+
+    if checkpoints is None:
+        return contextlib.nullcontext()
+    return output_lock(checkpoints, "evaluation checkpoints folder", inside=True)
+
+
 def train_full_data(model: str, dataset: str, data_root, device: str, epochs: int, progress: bool,
                     seed: int = 0, student: Optional[Dict[str, Any]] = None,
-                    reuse: Optional[Dict[str, Any]] = None) -> float:
+                    reuse: Optional[Dict[str, Any]] = None, checkpoints: Optional[str] = None) -> float:
     """Test accuracy of ``model`` trained with the teacher recipe on the whole training split,
     computing as the students do (the COMPUTE_FIELDS of the protocol's ``student`` fields);
-    the run of the same settings in ``reuse`` (see the module docstring) when there is one."""
+    the run of the same settings in ``reuse`` (see the module docstring) when there is one.
+    ``checkpoints``: the folder where it is trained (:func:`full_data_checkpoint_path`), resumed
+    from its checkpoint there, or read back when finished (else a temporary file)."""
     import tempfile
 
     from .data.registry import dataset_label
@@ -186,16 +258,20 @@ def train_full_data(model: str, dataset: str, data_root, device: str, epochs: in
         if progress:  # (the teacher recipe's epoch lines follow: say what they train)
             print(f"full-data run (hard labels, for HLR): {model} on the whole {dataset_label(dataset)} training split, "
                   f"{count_text(epochs, 'epoch')} of the teacher recipe", flush=True)
+        config = TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root, device=device,
+                               seed=seed, **compute)
+        if checkpoints is not None:  # (train_teacher resumes an unfinished one, reads a finished one back)
+            return float(train_teacher(config, full_data_checkpoint_path(checkpoints, config),
+                                       progress=progress)["test_accuracy"])
         with tempfile.TemporaryDirectory(prefix="infer-fast-full-data-") as tmp:
-            summary = train_teacher(TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root,
-                                                  device=device, seed=seed, **compute), f"{tmp}/full.pt",
-                                    progress=progress)
+            summary = train_teacher(config, f"{tmp}/full.pt", progress=progress)
         return float(summary["test_accuracy"])
     return reused(reuse, {"full data": [model, dataset, data_root, device, epochs, seed, compute]}, train)
 
 
 def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, full_data_checkpoint,
-                        progress: bool, reuse: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+                        progress: bool, reuse: Optional[Dict[str, Any]],
+                        checkpoints: Optional[str]) -> Dict[str, Any]:
     """{"accuracy", "source"}: read from a teacher checkpoint of the students' architecture
     (trained on the classes of the set ``distilled``), or trained with the teacher recipe on the
     whole training split of the set's dataset."""
@@ -205,7 +281,7 @@ def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, f
         return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
                 f"({meta['model']}, {count_text(meta.get('epochs_done'), 'epoch')})"}
     accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress,
-                               student=protocol.student, reuse=reuse)
+                               student=protocol.student, reuse=reuse, checkpoints=checkpoints)
     return {"accuracy": accuracy,
             "source": f"trained here: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"}
 
@@ -236,7 +312,7 @@ def reused(reuse: Optional[Dict[str, Any]], identity: Any, make: Callable[[], An
     result depends on) in the memo ``reuse`` (None: nothing kept, always made)."""
     if reuse is None:
         return make()
-    key = json.dumps(identity, sort_keys=True, default=str)
+    key = identity_text(identity)
     if key not in reuse:
         reuse[key] = make()
     return reuse[key]
@@ -246,12 +322,16 @@ class Students:
     """train_student's results for one evaluation (``final_accuracy`` and ``history``: what the
     protocols read), each kept in the memo ``reuse`` under what it depends on: the data trained
     on (:meth:`of_set`, :meth:`of_random_subset`), its StudentConfig, the teachers' weights (they
-    label the random subsets and the per-batch runs) and the real data behind the test split."""
+    label the random subsets and the per-batch runs) and the real data behind the test split
+    (``dataset`` and ``data_root``); each checkpointed in the folder ``checkpoints`` (module
+    docstring) when one is given."""
 
     def __init__(self, reuse: Optional[Dict[str, Any]], test, teachers: Sequence[nn.Module],
-                 teacher_digests: Sequence[str], data: Any):
-        self.reuse, self.test, self.teachers = reuse, test, list(teachers)
-        self.shared = {"teachers_sha256": list(teacher_digests), "data": data}
+                 teacher_digests: Sequence[str], dataset: Any, data_root: Optional[str],
+                 checkpoints: Optional[str] = None):
+        self.reuse, self.test, self.teachers, self.checkpoints = reuse, test, list(teachers), checkpoints
+        self.dataset = dataset
+        self.shared = {"teachers_sha256": list(teacher_digests), "data": [dataset, data_root]}
         self._set_digests: Dict[bool, str] = {}
 
     def train(self, source: Callable[[], Any], identity: Dict[str, Any], config, progress: bool) -> Dict[str, Any]:
@@ -259,18 +339,38 @@ class Students:
         from .student import train_student
 
         def run() -> Dict[str, Any]:
+            data = source()
+            checkpoint = None if self.checkpoints is None else self.checkpoint(data, identity, config)
             # a whole student in this process, never DDP: under torchrun `run` scores on rank 0
             # alone (a DDP student there waited forever for the other ranks)
-            result = train_student(source(), self.test, config, teachers=self.teachers, progress=progress, ddp=False)
+            result = train_student(data, self.test, config, teachers=self.teachers, progress=progress,
+                                   checkpoint=checkpoint, resume=True, ddp=False)
             return {"final_accuracy": result["final_accuracy"], "history": result["history"]}
         return reused(self.reuse, {**self.shared, **identity, "config": dataclasses.asdict(config)}, run)
+
+    def checkpoint(self, data, identity: Dict[str, Any], config) -> str:
+        """The file of the student of ``config`` on ``data`` (``identity``: as :meth:`train`'s) in
+        the checkpoints folder: STUDENT_CHECKPOINT, its digest of the memo's identity with the
+        set's method (the student checkpoint's identity holds it: INFER's and INFER+Dyn's sets of
+        the same images have hard-label students of their own there), less where the data lies
+        and the students' result-neutral fields (a job requeued on another node, with the data
+        elsewhere or another device, continues them)."""
+        from .student import STUDENT_RESULT_NEUTRAL
+
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in STUDENT_RESULT_NEUTRAL}
+        digest = identity_digest({**self.shared, "data": self.dataset, **identity, "config": settings,
+                                  "method": data.method})
+        name = STUDENT_CHECKPOINT.format(source="random" if "random_subset" in identity else "set",
+                                         labels=config.labels, seed=config.seed, digest=digest)
+        return os.path.join(os.fspath(self.checkpoints), name)
 
     def of_set(self, distilled, config) -> Dict[str, Any]:
         """The identity of ``distilled`` as a student of ``config`` reads it: its tensors, less
         the stored soft labels when it does not train on them (hard labels, per-batch labels:
         INFER's and INFER+Dyn's sets of the same images share those students)."""
         static_soft = config.labels == "soft" and not config.dynamic
-        if self.reuse is not None and static_soft not in self._set_digests:  # (no memo: no digest needed)
+        # (neither a memo nor checkpoints: no digest needed)
+        if (self.reuse is not None or self.checkpoints is not None) and static_soft not in self._set_digests:
             self._set_digests[static_soft] = set_content_digest(distilled, static_soft)
         return {"set_sha256": self._set_digests.get(static_soft)}
 
@@ -352,12 +452,14 @@ def evaluate_set(
     distilled, teachers: Sequence[nn.Module], protocol: Optional[Protocol] = None, *,
     data_root: Optional[str] = None, full_data_checkpoint: Optional[str] = None, device: str = "auto",
     progress: bool = True, decode_cache: Optional[str] = None, reuse: Optional[Dict[str, Any]] = None,
+    checkpoints: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The evaluation report of ``distilled`` (a DistilledSet with soft labels, relabelled by
     ``teachers``, which also label the random subsets). See the module docstring.
     ``decode_cache``: a directory where a test split read from image files is decoded once
     for all the students (``data.load_test_split``); ``reuse``: the memo of students a caller
-    keeps across the sets of one run (module docstring)."""
+    keeps across the sets of one run; ``checkpoints``: the folder where the full-data run and
+    the students are checkpointed and continued (module docstring)."""
     from ._io import model_digest
     from .data import load_dataset, load_test_split
     from .methods.registry import set_student_settings
@@ -372,40 +474,41 @@ def evaluate_set(
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
     check_test_set(distilled, test)  # (before the full-data run trains: the data must be the set's classes)
-    full = _full_data_accuracy(protocol, distilled, data_root, device, full_data_checkpoint, progress, reuse)
-    students = Students(reuse, test, teachers, digests, [distilled.real_dataset, data_root])
+    with checkpoints_held(checkpoints):
+        full = _full_data_accuracy(protocol, distilled, data_root, device, full_data_checkpoint, progress, reuse,
+                                   checkpoints)
+        students = Students(reuse, test, teachers, digests, distilled.real_dataset, data_root, checkpoints)
+        accuracies: Dict[str, Dict[str, List[float]]] = {"set": {}, "random": {}}
+        per_seed: List[Dict[str, float]] = []
+        for seed in range(protocol.seeds):
+            subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
+            subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
 
-    accuracies: Dict[str, Dict[str, List[float]]] = {"set": {}, "random": {}}
-    per_seed: List[Dict[str, float]] = []
-    for seed in range(protocol.seeds):
-        subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
-        subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
-
-        def random() -> Any:
-            if not subsets:
-                subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
-            return subsets[0]
-        seed_acc: Dict[str, float] = {}
-        for which, what in (("set", "the set"), ("random", "the random subset")):
-            for name, labels, augmented in RUNS:
-                config = dataclasses.replace(protocol.student_config(labels, augmented, seed, own), device=device)
-                if progress:
-                    print(f"seed {seed + 1}/{protocol.seeds}, {what}: {labels_text(config)}, {augmentation_text(config)}",
-                          flush=True)
-                if which == "set":
-                    result = students.train(lambda: distilled, students.of_set(distilled, config), config, progress)
-                else:
-                    result = students.train(random, students.of_random_subset(ipc, subset_seed), config, progress)
-                acc = result["final_accuracy"]
-                accuracies[which].setdefault(name, []).append(acc)
-                seed_acc[f"{which}_{name}"] = acc
-        scores = dd_ranking_scores({
-            # HLR from the hard-label run without augmentation (DD-Ranking's default, use_aug_for_hard=False)
-            "full_hard": full["accuracy"], "set_hard": seed_acc["set_hard_plain"], "set_soft": seed_acc["set_soft"],
-            "random_soft": seed_acc["random_soft"], "set_soft_plain": seed_acc["set_soft_plain"],
-            "random_soft_plain": seed_acc["random_soft_plain"],
-        }, protocol.weight)
-        per_seed.append({**seed_acc, **{k: scores[k] for k in SCORE_NAMES}, "random_subset_seed": subset_seed})
+            def random() -> Any:
+                if not subsets:
+                    subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
+                return subsets[0]
+            seed_acc: Dict[str, float] = {}
+            for which, what in (("set", "the set"), ("random", "the random subset")):
+                for name, labels, augmented in RUNS:
+                    config = dataclasses.replace(protocol.student_config(labels, augmented, seed, own), device=device)
+                    if progress:
+                        print(f"seed {seed + 1}/{protocol.seeds}, {what}: {labels_text(config)}, "
+                              f"{augmentation_text(config)}", flush=True)
+                    if which == "set":
+                        result = students.train(lambda: distilled, students.of_set(distilled, config), config, progress)
+                    else:
+                        result = students.train(random, students.of_random_subset(ipc, subset_seed), config, progress)
+                    acc = result["final_accuracy"]
+                    accuracies[which].setdefault(name, []).append(acc)
+                    seed_acc[f"{which}_{name}"] = acc
+            scores = dd_ranking_scores({
+                # HLR from the hard-label run without augmentation (DD-Ranking's default, use_aug_for_hard=False)
+                "full_hard": full["accuracy"], "set_hard": seed_acc["set_hard_plain"], "set_soft": seed_acc["set_soft"],
+                "random_soft": seed_acc["random_soft"], "set_soft_plain": seed_acc["set_soft_plain"],
+                "random_soft_plain": seed_acc["random_soft_plain"],
+            }, protocol.weight)
+            per_seed.append({**seed_acc, **{k: scores[k] for k in SCORE_NAMES}, "random_subset_seed": subset_seed})
     return {
         "format": REPORT_FORMAT,
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),

@@ -64,6 +64,10 @@ __all__ = [
 # and the decoded test split
 TEACHERS_DIR, SETS_DIR, STUDENTS_DIR, CACHE_DIR = "teachers", "sets", "students", "cache"
 RUN_FOLDERS = (TEACHERS_DIR, SETS_DIR, STUDENTS_DIR, CACHE_DIR)
+# the scores' checkpoints (evaluate's ``checkpoints`` folder: the full-data run and the score students): one
+# folder for all the sets (their files' names tell them apart, and sets share students), inside STUDENTS_DIR
+# (so RUN_FOLDERS covers it)
+SCORES_DIR = f"{STUDENTS_DIR}/scores"
 
 
 # --------------------------------------------------------------------------------------
@@ -642,8 +646,11 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
     done; a rerun keeps a report made under the same protocol settings (:func:`_protocol_changes`)
     and scores the set again under others (more seeds, another weight...). A student two sets
     share (a random subset of the same ipc, the hard-label runs of the same images) is trained
-    once per session (evaluate's ``reuse`` memo)."""
-    from .evaluate import evaluate_under, same_architecture
+    once per session (evaluate's ``reuse`` memo). The full-data run and the students are
+    checkpointed in SCORES_DIR after every epoch: a stopped run continues them; once every set is
+    scored the students' checkpoints are removed (the full-data run's stays: scoring again under
+    other settings reads it back)."""
+    from .evaluate import checkpoint_files, evaluate_under, same_architecture
     from .storage import load_distilled
     from .teacher import load_teacher
 
@@ -656,6 +663,7 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
                      None)
     scores = results.setdefault("scores", {})
     reuse: Dict[str, Any] = {}  # (the students two sets share: the random subsets', the same images')
+    checkpoints = str(Path(cfg.out) / SCORES_DIR)
     for key, directory in sets:
         own = _set_protocol(protocol, key)
         changed = _protocol_changes(scores[str(key)], own, cfg.dataset) if str(key) in scores else None
@@ -668,9 +676,11 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
                        f"({own.student_count()} students{again})")
         scores[str(key)] = evaluate_under(own, load_distilled(directory), [m for m, _ in teachers],
                                           data_root=cfg.data_root, full_data_checkpoint=full_data,
-                                          device=cfg.device, progress=False, reuse=reuse,
+                                          device=cfg.device, progress=progress, reuse=reuse, checkpoints=checkpoints,
                                           decode_cache=str(Path(cfg.out) / CACHE_DIR) if cfg.decode_cache else None)
         save()
+    for path in checkpoint_files(checkpoints, full_data=False):  # (every report saved: no student is needed again)
+        os.remove(path)
 
 
 def _set_protocol(protocol, key: SetKey):
