@@ -155,6 +155,11 @@ def printable_path(path: PathLike) -> str:
     return os.fsencode(path).decode("utf-8", errors="replace")
 
 
+# looks at an output's nearest existing folder, which another writer may remove meanwhile (an
+# empty folder it made for its lock: output_lock)
+_VANISHED_FOLDER_TRIES = 5
+
+
 def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: int = 0) -> None:
     """Before any work: raise OutputPathError naming ``what`` and the path unless ``path``
     can be written. ``kind``: "file" (written beside itself and renamed into place: must not
@@ -176,19 +181,28 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
         raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r} is a file, expected a directory")
     if not is_utf8_path(target):  # (saved there, a set could not be read back: refused before the work)
         raise OutputPathError(errno.EILSEQ, f"{what} {printable_path(target)!r}: {NOT_UTF8_PATH}")
-    existing = target if kind == "inside" else os.path.dirname(target)
-    while not os.path.lexists(existing):  # the directories that writing the output would create
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r}: {existing} is a file, not a directory")
-    if kind != "inside":  # (a run directory's own name is not extended: what it holds has names of its own)
-        _check_name_length(target, what, shown, existing)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".infer-fast-write-check-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputPathError(exc.errno, f"cannot write {what} {shown!r}: {existing}: {exc.strerror}") from None
+    for attempt in range(1, _VANISHED_FOLDER_TRIES + 1):
+        existing = target if kind == "inside" else os.path.dirname(target)
+        while not os.path.lexists(existing):  # the directories that writing the output would create
+            existing = os.path.dirname(existing)
+        try:
+            if not os.path.isdir(existing):
+                if not os.path.lexists(existing):
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r}: {existing} is a file, not a directory")
+            if kind != "inside":  # (a run directory's own name is not extended: what it holds has names of its own)
+                _check_name_length(target, what, shown, existing)
+            fd, probe = tempfile.mkstemp(prefix=".infer-fast-write-check-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+            break
+        except FileNotFoundError as exc:  # (another writer removed the empty folder it made: looked at again)
+            if attempt == _VANISHED_FOLDER_TRIES:
+                raise OutputPathError(exc.errno, f"cannot write {what} {shown!r}: {existing}: {exc.strerror}") from None
+        except OutputPathError:
+            raise
+        except OSError as exc:
+            raise OutputPathError(exc.errno, f"cannot write {what} {shown!r}: {existing}: {exc.strerror}") from None
     if need_bytes:
         stat = os.statvfs(existing)
         free = stat.f_bavail * stat.f_frsize

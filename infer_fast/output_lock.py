@@ -171,15 +171,19 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False,
         _remove_empty(made)
 
 
+# tries at opening a lock file whose folder other writers make and remove meanwhile
+_LOCK_OPEN_TRIES = 5
+
+
 def _open_lock_file(path: Path, made: List[Path]) -> int:
     """os.open of the lock file ``path``, its folder made where missing (with the missing folders
-    above it: added to ``made``, deepest first), a few tries: a writer that made the folder may
-    remove it meanwhile, as it lets its lock go."""
-    for attempt in itertools.count():
+    above it: added to ``made``, deepest first), a few tries: other writers locking outputs in
+    the same new folder make it, and remove it as they let their locks go, at the same time."""
+    for attempt in itertools.count(1):
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except (FileNotFoundError, NotADirectoryError):
-            if attempt == 2 or path.parent.is_dir():  # (no folder missing: what is, is elsewhere, a link's target)
+            if attempt == _LOCK_OPEN_TRIES:
                 raise
         with contextlib.suppress(FileNotFoundError):  # (a folder above removed meanwhile: tried again)
             _make_folders(path.parent, made)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 import threading
-from typing import Any, Callable, Set, Tuple
+from typing import Any, Callable, Dict, Set, Tuple
 
 # A user's plug-ins (modules registering methods, models or datasets), loaded by load_plugins:
 # the modules this variable names (comma-separated), and the entry points of this group
@@ -23,8 +22,10 @@ _lock = threading.RLock()
 _plugins = "not loaded"  # then "loading", "loaded" (for the value of PLUGINS_ENV in _loaded_for)
 _loaded_for: "str | None" = None
 _imported: Set[Tuple[str, str]] = set()  # the plug-ins loaded: (where named, name), never loaded again
-_failed: "Tuple[str, ValueError] | None" = None  # (PLUGINS_ENV's value then, the error): said again while it holds
-ONCE_HINT = f"plug-ins load once per process: fix it and restart Python, or change {PLUGINS_ENV}"
+# the plug-ins that failed: their error, said again whenever they are named, never imported again
+# (what one registered before it failed stays registered: a second import would fail on that)
+_failed: Dict[Tuple[str, str], ValueError] = {}
+ONCE_HINT = "plug-ins load once per process: fix it and restart Python"
 
 
 def load_plugins() -> None:
@@ -34,16 +35,14 @@ def load_plugins() -> None:
     then the modules PLUGINS_ENV names. Each loads once per process; the variable is read
     again on every call, and the modules it names since are loaded then (those it no longer
     names stay loaded). A ValueError naming the module and where it was named when one fails
-    to load (its own error after a colon); said again, without a retry (its registrations
-    would run twice and hide its error), until PLUGINS_ENV changes: then the failed one is
-    imported afresh."""
-    global _plugins, _loaded_for, _failed
+    to load (its own error after a colon); said again, never imported again (its
+    registrations would run twice and hide its error), while it is named: a variable that no
+    longer names it loads the others."""
+    global _plugins, _loaded_for
     value = os.environ.get(PLUGINS_ENV, "")
     with _lock:
         if _plugins == "loading":  # (this thread: a plug-in's own lookup while it loads)
             return
-        if _failed is not None and _failed[0] == value:
-            raise _failed[1]
         if _plugins == "loaded" and _loaded_for == value:
             return
         from importlib import metadata
@@ -57,27 +56,24 @@ def load_plugins() -> None:
                 if module:
                     _load_once((PLUGINS_ENV, module), lambda: importlib.import_module(module),
                                f"{module!r} ({PLUGINS_ENV})")
-        except ValueError as exc:
-            again = ValueError(f"{exc} ({ONCE_HINT})")
-            again.__cause__ = exc.__cause__
-            _plugins, _failed = "not loaded", (value, again)
-            raise
         except BaseException:
-            _plugins = "not loaded"  # (an interrupt: the next lookup loads the rest)
+            _plugins = "not loaded"  # (a failed one: said again when named; an interrupt: the rest loaded next time)
             raise
-        _plugins, _loaded_for, _failed = "loaded", value, None
+        _plugins, _loaded_for = "loaded", value
 
 
 def _load_once(key: Tuple[str, str], load: Callable[[], Any], what: str) -> None:
-    """Load a plug-in not loaded yet; one that fails is dropped from sys.modules (what Python
-    left of it), so that a retry imports it afresh."""
+    """Load a plug-in not loaded yet; one that failed before says so again (ONCE_HINT)."""
     if key in _imported:
         return
+    if key in _failed:
+        raise _failed[key]
     try:
         _load_plugin(load, what)
-    except ValueError:
-        if key[0] == PLUGINS_ENV:
-            sys.modules.pop(key[1], None)
+    except ValueError as exc:
+        again = ValueError(f"{exc} ({ONCE_HINT})")
+        again.__cause__ = exc.__cause__
+        _failed[key] = again
         raise
     _imported.add(key)
 

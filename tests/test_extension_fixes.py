@@ -209,7 +209,7 @@ def test_a_broken_plugin_is_loaded_once_and_spares_built_in_names(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("INFER_FAST_PLUGINS", "halfplug")
     monkeypatch.setattr(plugins, "_plugins", "not loaded")
-    monkeypatch.setattr(plugins, "_failed", None)
+    monkeypatch.setattr(plugins, "_failed", {})
     import builtins
 
     monkeypatch.setattr(builtins, "halfplug_runs", 0, raising=False)

@@ -214,3 +214,35 @@ def test_a_replaced_set_left_by_a_kill_gives_back_the_users_files(tmp_path):
     with output_lock(out, "distilled set"):
         pass
     assert not old.exists()
+
+
+def test_a_lock_whose_new_folder_another_writer_makes_and_removes_meanwhile_is_taken(tmp_path, monkeypatch):
+    """Writers locking outputs in one new folder at once (evaluations sharing a new decode-cache
+    folder) make it and remove it, empty, as they let go: an open of the lock file, or the write
+    check, finding the folder gone (or made by the other) tries again, where it was refused
+    ("No such file or directory", or a folder called a file)."""
+    import tempfile
+
+    from infer_fast import output_lock as module
+
+    output = tmp_path / "new" / "sub" / "split.u8"
+    real_open, real_mkstemp = os.open, tempfile.mkstemp
+    failures = {"open": 1, "mkstemp": 1}
+
+    def open_once_gone(path, *args, **kwargs):
+        if str(path).endswith(".split.u8.lock") and failures["open"]:
+            failures["open"] -= 1
+            raise FileNotFoundError(2, "No such file or directory")  # (the other writer removed the folder)
+        return real_open(path, *args, **kwargs)
+
+    def mkstemp_once_gone(*args, **kwargs):
+        if failures["mkstemp"]:
+            failures["mkstemp"] -= 1
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(module.os, "open", open_once_gone)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_once_gone)
+    with output_lock(output, "decode cache", wait=True):
+        assert lock_path(output).exists()
+    assert failures == {"open": 0, "mkstemp": 0} and not (tmp_path / "new").exists()
