@@ -38,6 +38,7 @@ checkpointed and continued, as evaluate.evaluate_set's."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -284,12 +285,8 @@ def evaluate_set_dd_ranking(
             for i in range(protocol.rounds):
                 seed = round_seed(i)
                 subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
-                subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
-
-                def random() -> Any:
-                    if not subsets:
-                        subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
-                    return subsets[0]
+                # (drawn and labelled once, when a student of it is first trained)
+                random = functools.cache(functools.partial(random_subset, train, ipc, subset_seed, teachers, device, static))
 
                 def the_set() -> Any:
                     return distilled

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -482,12 +483,8 @@ def evaluate_set(
         per_seed: List[Dict[str, float]] = []
         for seed in range(protocol.seeds):
             subset_seed = seed if protocol.random_subset_seed is None else protocol.random_subset_seed
-            subsets: List[Any] = []  # (drawn and labelled once, when a student of it is trained)
-
-            def random() -> Any:
-                if not subsets:
-                    subsets.append(random_subset(train, ipc, subset_seed, teachers, device, static))
-                return subsets[0]
+            # (drawn and labelled once, when a student of it is first trained)
+            random = functools.cache(functools.partial(random_subset, train, ipc, subset_seed, teachers, device, static))
             seed_acc: Dict[str, float] = {}
             for which, what in (("set", "the set"), ("random", "the random subset")):
                 for name, labels, augmented in RUNS:
