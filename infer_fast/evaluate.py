@@ -212,12 +212,11 @@ def full_data_checkpoint_path(folder, config) -> str:
     (the data's place, the device: a job requeued on another node continues it; the teacher
     checkpoint compares the training data itself)."""
     from .data.registry import dataset_options
-    from .teacher import TEACHER_RESULT_NEUTRAL
+    from .options import result_settings
 
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in TEACHER_RESULT_NEUTRAL}
     name = FULL_DATA_CHECKPOINT.format(model=_file_part(config.model),
                                        dataset=_file_part(dataset_options(config.dataset)[0]),
-                                       digest=identity_digest(settings))
+                                       digest=identity_digest(result_settings(config)))
     return os.path.join(os.fspath(folder), name)
 
 
@@ -356,10 +355,9 @@ class Students:
         the same images have hard-label students of their own there), less where the data lies
         and the students' result-neutral fields (a job requeued on another node, with the data
         elsewhere or another device, continues them)."""
-        from .student import STUDENT_RESULT_NEUTRAL
+        from .options import result_settings
 
-        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in STUDENT_RESULT_NEUTRAL}
-        digest = identity_digest({**self.shared, "data": self.dataset, **identity, "config": settings,
+        digest = identity_digest({**self.shared, "data": self.dataset, **identity, "config": result_settings(config),
                                   "method": data.method})
         name = STUDENT_CHECKPOINT.format(source="random" if "random_subset" in identity else "set",
                                          labels=config.labels, seed=config.seed, digest=digest)

@@ -135,6 +135,13 @@ def result_neutral_fields(cls: type) -> Tuple[str, ...]:
     return tuple(name for name, opt in options_of(cls).items() if opt.result_neutral)
 
 
+def result_settings(config: Any) -> Dict[str, Any]:
+    """The fields of the config dataclass ``config`` less its result-neutral ones
+    (:func:`result_neutral_fields`): what a result made under it depends on."""
+    neutral = result_neutral_fields(type(config))
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in neutral}
+
+
 def _kind_text(kind: Any) -> str:
     names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", dict: "a mapping",
              PATHS: "a string or a list of strings", PATH: "a path"}
