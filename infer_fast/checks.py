@@ -10,6 +10,12 @@ from typing import Any, Iterable, Optional, Sequence
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+def is_digits(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer written in ASCII digits: str.isdigit alone
+    also takes "²" (which int() refuses) and "٣" or "３" (which int() reads as 3)."""
+    return text.isascii() and text.isdigit()
+
+
 def check_int(name: str, value: Any, minimum: Optional[int] = 1, none: Optional[str] = None) -> None:
     """ValueError naming ``name`` unless ``value`` is an int (a bool is not) >= ``minimum``
     (any int when ``minimum`` is None) that fits in int64; with ``none``, None is allowed too

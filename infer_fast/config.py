@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import yaml
 
 from ._io import TOO_DEEP, parse_failure
+from .checks import is_digits
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -153,7 +154,7 @@ def path_list(value) -> List[str]:
 def positive_ints(option: str, value: str) -> List[int]:
     """The comma-separated positive integers of ``option``'s ``value`` ("10,50")."""
     items = [v.strip() for v in value.split(",")]
-    if not all(v.isascii() and v.isdigit() and int(v) > 0 for v in items):
+    if not all(is_digits(v) and int(v) > 0 for v in items):
         raise ValueError(f"{option} takes comma-separated positive integers (e.g. 10,50), got {value!r}")
     return [int(v) for v in items]
 

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ._text import first_line
+from .checks import is_digits
 
 __all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path",
            "shard_pattern", "Ranks", "same_outcome", "check_ranks_agree", "check_ranks_share_folder"]
@@ -83,7 +84,7 @@ def _launch_variable(name: str, default: int, minimum: int, fix: str) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not (text.isascii() and text.isdigit()) or int(text) < minimum:
+    if not is_digits(text) or int(text) < minimum:
         kind = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name}={os.environ[name]!r} is not a {kind} integer: torchrun sets it; {fix}")
     return int(text)

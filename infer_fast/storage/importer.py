@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .._io import TOO_DEEP, PathLike, file_sha256, parse_failure
 from .._text import count_text, first_names
-from ..checks import check_class_names
+from ..checks import check_class_names, is_digits
 from .disk import FORMAT_NAME, check_safetensors_path
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, check_dataset_classes, fp16_soft_labels
 from .report import (EXPORT_LISTING, EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_KEY, EXPORTED_SOFT_LABELS_SHA256,
@@ -167,10 +167,9 @@ SRE2L_FOLDER_PREFIX = "new"
 
 
 def _folder_index(folder_name: str) -> Optional[int]:
-    """The class index a folder name spells (``7``, ``007``, SRe2L's ``new007``), or None.
-    ASCII digits only: str.isdigit also takes "²" (int() refuses it) and "٣" / "３" (int() reads 3)."""
+    """The class index a folder name spells (``7``, ``007``, SRe2L's ``new007``), or None."""
     digits = folder_name[len(SRE2L_FOLDER_PREFIX):] if folder_name.startswith(SRE2L_FOLDER_PREFIX) else folder_name
-    return int(digits) if digits.isascii() and digits.isdigit() else None
+    return int(digits) if is_digits(digits) else None
 
 
 def _is_class_index(folder_name: str) -> bool:
@@ -335,7 +334,7 @@ def _export_numbers(files: List[str]) -> Optional[List[int]]:
     or some of them where images were removed since), else None."""
     stems = [Path(f).stem for f in files]
     if not stems or not all(Path(f).suffix == ".png" for f in files) or len({len(s) for s in stems}) != 1 or not all(
-            stem.isascii() and stem.isdigit() for stem in stems):
+            is_digits(stem) for stem in stems):
         return None
     numbers = [int(stem) for stem in stems]
     return numbers if len(set(numbers)) == len(numbers) else None
@@ -389,7 +388,7 @@ def _check_numbered_as_text(files: List[str], path: Path) -> None:
     import order, their names sorted as text (10.png before 2.png), is not their numbers' order:
     rows written in a loop's order would pair with other images."""
     paths = [Path(f) for f in files]
-    if not all(p.stem.isascii() and p.stem.isdigit() for p in paths):
+    if not all(is_digits(p.stem) for p in paths):
         return
     for first, then in zip(paths, paths[1:]):
         if first.parent == then.parent and int(first.stem) > int(then.stem):
