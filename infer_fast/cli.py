@@ -220,7 +220,6 @@ def cmd_import(args: argparse.Namespace) -> None:
     from .distill.run import check_new_output
     from .output_lock import output_lock
     from .storage import import_imagefolder, inspect_report, save_distilled
-
     from .storage.report import EXPORT_LISTING
 
     _one_process("import", "one pass over the folder's files")
@@ -322,8 +321,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         # (known once the set is read) is made below
         StudentConfig(**fields)
         check_int("--seeds", args.seeds)
-        if args.resume and not args.checkpoints:
-            raise UserError("--resume continues from --checkpoints DIR: give the folder the interrupted train wrote")
+        _check_resume_has_checkpoints(args)
         if args.teachers and not fields.get("dynamic", declared["dynamic"].default):
             raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
                             "a set's static soft labels come from `infer-fast relabel`")
@@ -361,12 +359,12 @@ def _check_train_ranks_agree(ds, config, teachers, args: argparse.Namespace) -> 
     first rank and setting that differ."""
     from ._io import model_digest
     from .distributed import check_ranks_agree, rank_and_world
-    from .student import STUDENT_RESULT_NEUTRAL, StudentConfig, set_digest
+    from .options import result_settings
+    from .student import StudentConfig, set_digest
 
     if rank_and_world()[1] == 1:
         return  # (no digests to compute)
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in STUDENT_RESULT_NEUTRAL}
-    mine = {**json.loads(json.dumps(settings, default=str)), "seeds": args.seeds, "resume": args.resume,
+    mine = {**json.loads(json.dumps(result_settings(config), default=str)), "seeds": args.seeds, "resume": args.resume,
             "set_sha256": set_digest(ds), "teachers_sha256": [model_digest(t) for t in teachers]}
     flags = {name: o.flag_name for name, o in options_of(StudentConfig).items() if o.flag_name}
     check_ranks_agree(mine, "every rank must run the same command on the same files",
@@ -413,6 +411,12 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optiona
     return make_protocol(args.protocol, student, args.seeds, dataset, **options)
 
 
+def _check_resume_has_checkpoints(args: argparse.Namespace) -> None:
+    """train's and evaluate's --resume continues what their --checkpoints DIR holds."""
+    if args.resume and not args.checkpoints:
+        raise UserError(f"--resume continues from --checkpoints DIR: give the folder the interrupted {args.command} wrote")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
     from ._text import first_names
@@ -425,8 +429,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     teachers = comma_list(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required (they label the random subsets)")
-    if args.resume and not args.checkpoints:
-        raise UserError("--resume continues from --checkpoints DIR: give the folder the interrupted evaluate wrote")
+    _check_resume_has_checkpoints(args)
     if args.checkpoints:  # (as train's: what a folder holds is continued only when asked)
         check_writable(args.checkpoints, "--checkpoints", kind="inside")
         found = [os.path.basename(path) for path in checkpoint_files(args.checkpoints)]
