@@ -13,6 +13,12 @@ def first_names(names, shown: int) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
+def checkpoints_held(folder_named: str, names) -> str:
+    """The refusal of a checkpoints folder that holds ``names`` when no resume was asked: one
+    wording for the library (student.evaluate_seeds) and the CLI (train, evaluate)."""
+    return f"{folder_named} holds {first_names(names, 3)}: resume to continue them (--resume), or delete them"
+
+
 def first_line(exc: BaseException, limit: int) -> str:
     """The first line of ``exc``'s message ("" when it has none), cut to ``limit`` characters
     with "..." where cut: how one error is quoted inside another line."""

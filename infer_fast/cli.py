@@ -419,7 +419,7 @@ def _check_resume_has_checkpoints(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
-    from ._text import first_names
+    from ._text import checkpoints_held
     from .evaluate import checkpoint_files, evaluate_under, format_report
     from .output_lock import output_lock
     from .storage import load_distilled
@@ -434,8 +434,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         check_writable(args.checkpoints, "--checkpoints", kind="inside")
         found = [os.path.basename(path) for path in checkpoint_files(args.checkpoints)]
         if found and not args.resume:
-            raise UserError(f"--checkpoints {args.checkpoints} holds {first_names(found, 3)}: resume to continue them "
-                            "(--resume), or delete them")
+            raise UserError(checkpoints_held(f"--checkpoints {args.checkpoints}", found))
     if args.out:
         check_writable(args.out, "--out")
         inputs = [("--teachers", path) for path in teachers]

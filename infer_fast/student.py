@@ -60,7 +60,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from ._text import count_text
+from ._text import checkpoints_held, count_text
 from .progress import SHORT_PHASE_S, progress_bar
 from .relabel import ensemble_logits
 
@@ -648,8 +648,7 @@ def evaluate_seeds(
             found = [os.path.basename(seed_checkpoint(checkpoints, s)) for s in seeds
                      if os.path.exists(seed_checkpoint(checkpoints, s))]
             if found and not resume:
-                raise ValueError(f"student checkpoints folder {checkpoints} holds {', '.join(found)}: resume to continue "
-                                 "them (--resume), or delete them")
+                raise ValueError(checkpoints_held(f"student checkpoints folder {checkpoints}", found))
             results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=s), teachers, progress,
                                      checkpoint=seed_checkpoint(checkpoints, s), resume=resume) for s in seeds]
     accs = torch.tensor([r["final_accuracy"] for r in results], dtype=torch.float64)

@@ -268,6 +268,25 @@ def small_infer_set():
     return ds
 
 
+# One tiny teacher as (path, model) and a random set it labelled: module-scoped, for the modules
+# that evaluate sets (evaluate, DD-Ranking, score resume; a module's own fixture of the same name wins)
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from infer_fast.teacher import load_teacher
+
+    path = train_tiny_teachers(tmp_path_factory.mktemp("teacher"), seeds=(0,))[0]
+    return path, load_teacher(path)[0]
+
+
+@pytest.fixture(scope="module")
+def labelled_set(teacher):
+    from infer_fast.data import load_dataset
+    from infer_fast.methods.random import random_set
+    from infer_fast.relabel import relabel
+
+    return relabel(random_set(load_dataset("fashion-mnist-mini", "train"), 2, seed=100), [teacher[1]])
+
+
 # The embedded data's train split, two tiny teachers and K = 3 natural sets: module-scoped, for
 # the modules that recover UFCs on them (a module's own fixture of the same name wins)
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import math
 from types import SimpleNamespace
 
 import pytest
-from conftest import train_tiny_teachers
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset, load_test_split
@@ -25,12 +24,6 @@ TINY = {"model": "convnet-w8-d2", "epochs": 2}
 
 def exp_normalized(x):  # written out again here: the definition the scores must follow
     return (math.exp(x) - math.exp(-1)) / (math.e - math.exp(-1))
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    path = train_tiny_teachers(tmp_path_factory.mktemp("teacher"), seeds=(0,))[0]
-    return path, load_teacher(path)[0]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-from conftest import train_tiny_teachers
 
 from infer_fast.cli import main
 from infer_fast.data import load_dataset
@@ -12,22 +11,9 @@ from infer_fast.methods.random import random_set
 from infer_fast.evaluate import RUNS, Protocol, evaluate_set, format_report
 from infer_fast.scores import dd_ranking_scores
 from infer_fast.storage import save_distilled
-from infer_fast.relabel import relabel
 from infer_fast.teacher import load_teacher
 
 FAST_STUDENT = {"model": "convnet-w8-d2", "epochs": 2, "batch_size": 50, "temperature": 4.0}
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    path = train_tiny_teachers(tmp_path_factory.mktemp("teacher"), seeds=(0,))[0]
-    return path, load_teacher(path)[0]
-
-
-@pytest.fixture(scope="module")
-def labelled_set(teacher):
-    train = load_dataset("fashion-mnist-mini", "train")
-    return relabel(random_set(train, 2, seed=100), [teacher[1]])
 
 
 def test_report_holds_every_accuracy_and_the_scores_follow_from_them(teacher, labelled_set):

@@ -6,34 +6,19 @@ import os
 
 import pytest
 import torch
-from conftest import train_tiny_teachers
 
 import infer_fast.student as student_module
 import infer_fast.teacher as teacher_module
 from infer_fast.cli import main
-from infer_fast.data import load_dataset
 from infer_fast.dd_ranking import DDRankingProtocol, evaluate_set_dd_ranking
 from infer_fast.evaluate import Protocol, checkpoint_files, evaluate_set
-from infer_fast.methods.random import random_set
 from infer_fast.pipeline import SCORES_DIR, PipelineConfig, run_pipeline
-from infer_fast.relabel import relabel
 from infer_fast.storage import save_distilled
 from infer_fast.teacher import load_teacher
 
 torch.set_num_threads(1)
 
 STUDENT = {"model": "convnet-w8-d2", "epochs": 2, "batch_size": 50, "temperature": 4.0}
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    path = train_tiny_teachers(tmp_path_factory.mktemp("teacher"), seeds=(0,))[0]
-    return path, load_teacher(path)[0]
-
-
-@pytest.fixture(scope="module")
-def labelled_set(teacher):
-    return relabel(random_set(load_dataset("fashion-mnist-mini", "train"), 2, seed=100), [teacher[1]])
 
 
 class Epochs:
