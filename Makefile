@@ -27,7 +27,13 @@ export MAX_JOBS ?= 2
 
 .PHONY: demo test bench bench-cpu bench-cpu-baseline cuda-check triton-check install clean data
 
+# The pinned wheels (numpy 2.4.6, triton 3.9.0, pillow 13, matplotlib 3.11) exist for Python
+# 3.11+ only: said before pip fails with "No matching distribution" (the package itself: 3.9+)
+PINNED_PYTHON := 3.11
+
 $(VENV)/.deps: Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(PINNED_PYTHON)".split("."))))' || \
+	  { echo "make: the pinned dependencies need Python >= $(PINNED_PYTHON), $(PYTHON) is $$($(PYTHON) -V 2>&1); run e.g. 'make PYTHON=python$(PINNED_PYTHON) demo'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(DEPS) $(TEST_DEPS)
 	touch $@

@@ -3,7 +3,8 @@
 One build path: torch's cpp_extension (pybind11 + ninja) against the *installed* torch.
 Install with ``pip install --no-build-isolation .`` so pip never fetches another torch.
 
-- C++ CPU kernels (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) are always built, with OpenMP.
+- C++ CPU kernels (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) are always built, with OpenMP where the
+  compiler has it (not Apple's clang: then one thread each, recorded like CUDA's decision).
 - CUDA kernels (``csrc/cuda/``) are built only when the installed torch is a CUDA build
   *and* a CUDA toolkit is found (``torch.version.cuda`` and ``CUDA_HOME``): nvcc on PATH
   alone is not enough, a CPU torch cannot host CUDA kernels. Otherwise the build says
@@ -16,7 +17,10 @@ Install with ``pip install --no-build-isolation .`` so pip never fetches another
 import glob
 import json
 import os
+import shlex
+import subprocess
 import sys
+import tempfile
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -45,6 +49,32 @@ def cuda_build_decision():
     return True, f"torch {torch.__version__} with CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}"
 
 
+OPENMP_PROBE = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+
+
+def openmp_build_decision():
+    """(flags, reason): ``-fopenmp`` where the C++ compiler builds and links an OpenMP program
+    with it (gcc, LLVM's clang); Apple's clang refuses the flag, and the C++ kernels then build
+    without OpenMP (their sources guard omp.h with _OPENMP): one thread each, said here and by
+    ``infer-fast info``, instead of an install that fails. ``INFER_FAST_NO_OPENMP=1`` skips it."""
+    if os.environ.get("INFER_FAST_NO_OPENMP") == "1":
+        return [], "INFER_FAST_NO_OPENMP=1 was set"
+    compiler = shlex.split(os.environ.get("CXX", "c++"))  # (what torch's cpp_extension compiles with)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "openmp_probe.cpp")
+        with open(source, "w") as f:
+            f.write(OPENMP_PROBE)
+        try:
+            probe = subprocess.run(compiler + ["-fopenmp", source, "-o", os.path.join(tmp, "openmp_probe")],
+                                   capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):  # (no compiler at all: the build itself says so)
+            return ["-fopenmp"], "not probed (the C++ compiler did not run)"
+    if probe.returncode != 0:
+        said = (probe.stderr.strip().splitlines() or ["no message"])[0]
+        return [], f"{' '.join(compiler)} does not build OpenMP with -fopenmp ({said})"
+    return ["-fopenmp"], f"{' '.join(compiler)} -fopenmp"
+
+
 def rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
@@ -56,7 +86,10 @@ cpp_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.
 headers = rel(glob.glob(os.path.join(ROOT, "csrc", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "*.inc"))
               + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.h")))
 cuda_headers = rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh")))
-cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+openmp_flags, openmp_reason = openmp_build_decision()
+if not openmp_flags:
+    print(f"infer-fast: C++ kernels built without OpenMP (one thread each): {openmp_reason}")
+cxx_flags = ["-O3", "-std=c++17"] + openmp_flags
 define_macros = []
 if build_cuda:
     sources = cpp_sources + rel(
@@ -76,7 +109,7 @@ if build_cuda:
         depends=headers + cuda_headers,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=openmp_flags,
     )
     print(f"infer-fast: building CUDA kernels ({cuda_reason})")
 else:
@@ -87,7 +120,7 @@ else:
         depends=headers,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=openmp_flags,
     )
     print(f"infer-fast: CUDA kernels skipped: {cuda_reason}; building the C++ CPU kernels only")
 
@@ -98,6 +131,8 @@ with open(os.path.join(ROOT, "infer_fast", "_build_info.json"), "w") as f:
             "version": VERSION,
             "cuda_kernels": build_cuda,
             "cuda_reason": cuda_reason,
+            "openmp": bool(openmp_flags),
+            "openmp_reason": openmp_reason,
             "built_with_torch": torch.__version__,
             "built_with_cuda": torch.version.cuda,
         },

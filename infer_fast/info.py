@@ -71,9 +71,11 @@ def format_info() -> str:
     lines.append(f"  {'GPU':<12} {gpu}")
     ext, why = backends.compiled_extension()
     threads = ext.openmp_max_threads() if ext is not None else 0
-    lines.append(f"  {'C++ ext':<12} " + (f"loaded (OpenMP threads: {threads})" if ext is not None else f"not loaded: {why}"))
-    lines.append(f"  {'OpenMP wait':<12} {spin_setting()}")
     info = build_info()
+    openmp = f"OpenMP threads: {threads}" if info.get("openmp", True) else \
+        f"built without OpenMP, one thread: {info.get('openmp_reason')}"  # (a record before this field: built with it)
+    lines.append(f"  {'C++ ext':<12} " + (f"loaded ({openmp})" if ext is not None else f"not loaded: {why}"))
+    lines.append(f"  {'OpenMP wait':<12} {spin_setting()}")
     lines.append(f"  {'CUDA kernels':<12} " + cuda_kernels_status(ext, info))
     interp = "on (Triton kernels run on CPU tensors)" if backends.triton_interpreter() else "off"
     lines.append(f"  {'TRITON_INTERPRET':<12} {interp}")

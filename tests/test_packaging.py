@@ -92,3 +92,49 @@ def test_python_dash_m_runs_the_command_line(tmp_path):
                             cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: infer-fast ")
+
+
+@pytest.mark.parametrize("takes_fopenmp", [True, False])
+def test_the_build_decides_openmp_by_what_the_compiler_builds(tmp_path, takes_fopenmp):
+    """A C++ compiler that refuses -fopenmp (Apple's clang) builds the kernels without OpenMP,
+    said at build and recorded for `infer-fast info`, instead of an install that fails."""
+    import json
+
+    copy = tmp_path / "checkout"
+    for name in ("setup.py", "README.md", "infer_fast/__init__.py"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    compiler = tmp_path / "c++"  # the system's compiler, refusing -fopenmp as Apple's clang does where asked
+    refuse = "" if takes_fopenmp else \
+        'for a in "$@"; do [ "$a" = -fopenmp ] && { echo "clang: error: unsupported option \'-fopenmp\'" >&2; exit 1; }; done\n'
+    compiler.write_text(f"#!/bin/sh\n{refuse}exec {os.environ.get('CXX', 'c++')} \"$@\"\n")
+    compiler.chmod(0o755)
+    run = subprocess.run([sys.executable, "setup.py", "--name"], cwd=copy, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CXX": str(compiler), "INFER_FAST_NO_CUDA": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    record = json.loads((copy / BUILD_RECORD).read_text())
+    assert record["openmp"] is takes_fopenmp
+    if takes_fopenmp:
+        assert record["openmp_reason"] == f"{compiler} -fopenmp" and "without OpenMP" not in run.stdout
+    else:
+        assert record["openmp_reason"] == (f"{compiler} does not build OpenMP with -fopenmp "
+                                           "(clang: error: unsupported option '-fopenmp')")
+        assert f"C++ kernels built without OpenMP (one thread each): {record['openmp_reason']}" in run.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_names_the_python_the_pinned_wheels_need_before_making_the_venv(tmp_path):
+    """The pinned wheels exist for Python 3.11+ only: an older interpreter is named with the
+    way out, before a venv is made or pip fails with "No matching distribution"."""
+    fake_python = tmp_path / "python3.9"  # a Python 3.9 as far as the version test can tell
+    fake_python.write_text("#!/bin/sh\n"
+                           "case \"$1\" in -V) echo 'Python 3.9.6';; -c) exec "
+                           f"{sys.executable} -c 'import sys; sys.exit(1)';; *) exit 0;; esac\n")
+    fake_python.chmod(0o755)
+    venv = tmp_path / "venv"
+    result = subprocess.run(["make", "-C", str(ROOT), f"PYTHON={fake_python}", f"VENV={venv}", f"{venv}/.deps"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"the pinned dependencies need Python >= 3.11, {fake_python} is Python 3.9.6" in result.stdout
+    assert "make PYTHON=python3.11 demo" in result.stdout
+    assert not venv.exists()

@@ -14,7 +14,7 @@ import torch
 
 from .._io import (TEMP, PathLike, check_writable, file_sha256, format_bytes, hidden_sibling, naming_errors,
                    safetensors_save)
-from ..checks import check_choice, check_int
+from ..checks import check_choice, check_int, composed_name
 from ..choices import EXPORT_NAMINGS
 from ..data.pixels import denormalize, normalize_uint8, quantize_images, valid_range
 from ..ops import ufc_compose
@@ -198,8 +198,9 @@ def write_preview(
 
 
 def _safe_name(name: str) -> str:
-    """A class name as a folder name (export's naming="name"; import reads it back)."""
-    out = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name).strip(".")
+    """A class name as a folder name (export's naming="name"; import reads it back), composed
+    (NFC) first: a combining accent is not alphanumeric, the letter it makes is."""
+    out = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in composed_name(name)).strip(".")
     return out or "_"
 
 
@@ -212,8 +213,12 @@ def _class_folders(ds: DistilledSet, naming: str) -> List[str]:
     if ds.class_names is None:
         raise DistilledSetError("naming='name' needs class_names, this set records none")
     folders = [_safe_name(n) for n in ds.class_names]
-    if len(set(folders)) != c:
-        raise DistilledSetError("class names are not unique as folder names; use naming='index'")
+    # as a case-insensitive file system (macOS' and Windows' default) tells names apart: "Cat"
+    # and "cat" would be one folder there, the second export's images mixed into the first's
+    as_one_folder = {folder.casefold() for folder in folders}
+    if len(as_one_folder) != c:
+        raise DistilledSetError("class names are not unique as folder names (compared ignoring case, as macOS and "
+                                "Windows do); use naming='index'")
     return folders
 
 
