@@ -23,6 +23,7 @@ import glob
 import hashlib
 import json
 import mmap
+import multiprocessing
 import os
 import socket
 import weakref
@@ -50,20 +51,42 @@ DECODE_LOG_ENV = "INFER_FAST_DECODE_LOG"
 # 64^2) and CIFAR-sized folders, not 100 ImageNet classes at 224^2 (19 GB).
 IN_MEMORY_BUDGET = 2 << 30
 IN_MEMORY_SHARE = 0.5
-MIN_IMAGES_FOR_WORKERS = 256  # fewer: decoding in this process beats starting worker processes
+MIN_IMAGES_FOR_WORKERS = 256  # fewer: decoding in this process beats forking worker processes
+# Under the spawn and forkserver start methods (macOS' and Windows' default, Linux's from Python 3.14) a
+# worker is a new interpreter that imports torch and infer_fast before its first batch: measured 1.2-1.6 s
+# for a pool of 1-2 (4.5 s on a loaded 2-core machine), against ~0.1 s forked. Decoding in this process
+# took 3-5 ms per 500x375 JPEG cropped to 224^2 (ImageNet's) and 0.2-0.3 ms per small PNG, so a pool of 8
+# pays for a 1.5-3 s start from ~400-900 ImageNet images and ~10,000 small ones: at 1024 either wrong
+# choice costs about one pool start at most.
+MIN_IMAGES_FOR_SPAWNED_WORKERS = 1024
 MAX_WORKERS = 8
+
+
+def _workers_are_forked() -> bool:
+    """Whether DataLoader workers start by fork: they use multiprocessing's default context, its
+    start method as set, else the platform's default (read without fixing it, which would refuse
+    a later set_start_method)."""
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    return method == "fork"
+
+
+def _available_cpus() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def loader_workers(n_images: int, requested: Optional[int] = None) -> int:
     """DataLoader worker processes for decoding ``n_images`` files: ``requested`` when given,
-    else none for a few images, one per available core (at most 8) otherwise."""
+    else none for a few images (fewer than MIN_IMAGES_FOR_WORKERS where workers are forked,
+    MIN_IMAGES_FOR_SPAWNED_WORKERS where each starts a new interpreter), one per available core
+    (at most 8) otherwise."""
     if requested is not None:
         check_int("num_workers", requested, minimum=0)
         return requested
-    if n_images < MIN_IMAGES_FOR_WORKERS:
+    minimum = MIN_IMAGES_FOR_WORKERS if _workers_are_forked() else MIN_IMAGES_FOR_SPAWNED_WORKERS
+    if n_images < minimum:
         return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(MAX_WORKERS, cpus)
+    return min(MAX_WORKERS, _available_cpus())
 
 
 def _as_index(indices, n: int) -> Tensor:

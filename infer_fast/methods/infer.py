@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,6 @@ from ..distill.variables import BatchVariable, RecoveryKind
 from ..models import device_of
 from ..options import Option, check_value, given_config
 from ..output_lock import holds_output
-from ..progress import progress_bar
 from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, RECOVERY_RESULT_NEUTRAL, recovery_options
 from .registry import DistillRequest, Method, register
 
@@ -61,20 +60,37 @@ def infer_budget(ipc: int, num_classes: int, num_teachers: int, accounting: str 
 
 
 @torch.no_grad()
-def _true_class_confidence(train_set, indices: Tensor, label: int, teachers: Sequence[nn.Module],
-                           batch_size: int = 500) -> Tensor:
-    """Softmax probability of ``label`` under the teachers' mean logits, per image of
-    ``train_set`` at ``indices`` (CPU float32), streamed in batches."""
+def _own_class_confidence(train_set, class_indices: Sequence[Tensor], teachers: Sequence[nn.Module],
+                          batch_size: int = 500, progress: bool = False) -> List[Tensor]:
+    """Softmax probability of its own class under the teachers' mean logits, per image of
+    ``train_set`` at each class's ``class_indices`` (CPU float32, one tensor per class), from one
+    streamed pass over them all: one loader, whose worker processes start once, not once per
+    class (seconds each under the spawn start method: 1000 classes for ImageNet). The teachers
+    still score each class's images in runs of ``batch_size`` from the class's first, as when
+    every class was scored alone, so the scores (and the choices) are the same to the bit."""
     from ..data.transforms import normalize
     from ..relabel import ensemble_logits
 
     device = device_of(teachers[0])
     spec = train_set.spec
-    out = []
-    for images, _ in train_set.batches(batch_size, indices, pin_memory=device.type == "cuda"):
-        x = normalize(images.to(device, non_blocking=True), spec.mean, spec.std)
-        out.append(ensemble_logits(teachers, x).softmax(1)[:, label].float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    teacher_batches = iter([min(batch_size, len(idx) - start) for idx in class_indices
+                            for start in range(0, len(idx), batch_size)])
+    rows = next(teacher_batches, None)
+    held_images = torch.empty((0,) + tuple(train_set.image_shape), dtype=torch.uint8, device=device)
+    held_labels = torch.empty(0, dtype=torch.int64, device=device)  # decoded, not yet scored
+    scores = []
+    for images, labels in train_set.batches(batch_size, torch.cat(list(class_indices)),
+                                            pin_memory=device.type == "cuda", progress=progress,
+                                            desc="scoring natural images"):
+        held_images = torch.cat([held_images, images.to(device, non_blocking=True)])
+        held_labels = torch.cat([held_labels, labels.to(device, non_blocking=True)])
+        while rows is not None and held_images.shape[0] >= rows:
+            x = normalize(held_images[:rows], spec.mean, spec.std)
+            probs = ensemble_logits(teachers, x).softmax(1)
+            scores.append(probs.gather(1, held_labels[:rows, None]).squeeze(1).float().cpu())
+            held_images, held_labels = held_images[rows:], held_labels[rows:]
+            rows = next(teacher_batches, None)
+    return list(torch.cat(scores).split([len(idx) for idx in class_indices]))
 
 
 def select_natural_sets(train_set, K: int, seed: int, selection: str = SELECTION.default,
@@ -105,16 +121,14 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = SELECTION
             + (f" ({len(short)} classes have fewer than {K})" if len(short) > 1 else "")
         )
     gen = torch.Generator().manual_seed(int(seed))
-    chosen = torch.empty((num_classes, K), dtype=torch.int64)  # chosen[c, k]: the image of class c in set k
-    classes = progress_bar(range(num_classes), desc="scoring natural images", leave=False, unit="class",
-                           disable=not (progress and selection == "confidence"))
-    for c in classes:
-        idx = (labels == c).nonzero().squeeze(1)
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        if selection == "confidence":
-            score = _true_class_confidence(train_set, idx, c, list(teachers))
-            idx = idx[torch.sort(score, descending=True, stable=True).indices]
-        chosen[c] = idx[:K]
+    # every class's images (ascending index) in a random order, drawn class after class
+    permuted = [idx[torch.randperm(idx.numel(), generator=gen)]
+                for idx in torch.argsort(labels, stable=True).split(counts)]
+    if selection == "confidence":  # the most confident first, ties in the random order
+        scores = _own_class_confidence(train_set, permuted, list(teachers), progress=progress)
+        permuted = [idx[torch.sort(score, descending=True, stable=True).indices]
+                    for idx, score in zip(permuted, scores)]
+    chosen = torch.stack([idx[:K] for idx in permuted])  # chosen[c, k]: the image of class c in set k
     # set-major (k, c): one decode of the K*C chosen images
     images = train_set.images_at(chosen.t().reshape(-1), progress=progress, desc="decoding natural images")
     return images.view((K, num_classes) + tuple(images.shape[1:]))
