@@ -353,7 +353,10 @@ class FolderImageSet(_Split):
         else:
             loader = torch.utils.data.DataLoader(self, batch_sampler=chunks, num_workers=workers,
                                                  pin_memory=pin_memory and torch.cuda.is_available(),
-                                                 worker_init_fn=interrupts.ignore_in_worker)
+                                                 worker_init_fn=interrupts.ignore_in_worker,
+                                                 # (the workers' base seed from a generator of its own,
+                                                 # not the user's global one: they draw nothing random)
+                                                 generator=torch.Generator())
             iterator = _whole_batches(loader)
         yield from progress_bar(iterator, total=len(chunks), desc=desc, disable=not progress, leave=False, unit="batch",
                                 delay=delay)

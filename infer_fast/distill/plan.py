@@ -254,7 +254,10 @@ def activation_bytes_per_image(teacher: nn.Module, natural: Tensor, rows: int) -
         storage = t.untyped_storage()
         if storage.data_ptr() not in weights:
             saved[storage.data_ptr()] = storage.nbytes()
-        return t
+        # detached: a node's own output handed back would close a cycle (tensor -> grad_fn ->
+        # saved -> tensor) through C++ that gc cannot see, and keep the probe's whole graph (and
+        # the teacher's weights) alive for the process; no backward runs to unpack it
+        return t.detach()
 
     def output(module: nn.Module, inputs: Any, out: Any) -> None:
         if isinstance(out, Tensor):

@@ -1,0 +1,51 @@
+"""What a call leaves behind in the caller's process: the memory plan's probe graph (once per
+teacher and distill: a notebook's sweep grew by ~130 MiB per call at ImageNet size) and the
+caller's seeded random stream (a folder split's decoding workers)."""
+import gc
+import warnings
+import weakref
+
+import torch
+from test_data_quirk_fixes import imagenet_tree
+
+from infer_fast.data import load_dataset
+from infer_fast.distill.plan import activation_bytes_per_image
+from infer_fast.models import create_model
+
+
+def live_tensors() -> int:
+    gc.collect()
+    with warnings.catch_warnings():  # (an isinstance on torch.distributed's deprecated reduce_op warns)
+        warnings.simplefilter("ignore", FutureWarning)
+        return sum(isinstance(obj, torch.Tensor) for obj in gc.get_objects())
+
+
+def frozen_teacher():
+    teacher = create_model("convnet-w8-d2", num_classes=10, in_channels=1, image_size=28).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def test_the_memory_probe_leaves_no_graph_and_lets_its_teacher_go():
+    natural = torch.rand(1, 10, 1, 28, 28)
+    teacher = frozen_teacher()
+    first = activation_bytes_per_image(teacher, natural, 4)
+    before = live_tensors()
+    assert [activation_bytes_per_image(teacher, natural, 4) for _ in range(3)] == [first] * 3
+    assert live_tensors() == before  # (was 12 more per call for this teacher)
+    weight = weakref.ref(next(teacher.parameters()))
+    del teacher
+    gc.collect()
+    assert weight() is None  # (the leaked graph held the teacher's weights)
+
+
+def test_decoding_workers_leave_the_callers_random_stream_alone(tmp_path):
+    root = imagenet_tree(tmp_path / "data", classes=("n01", "n02"), train_per_class=3, val_per_class=1)
+    train = load_dataset({"name": "imagefolder", "image_size": 8, "in_memory": False}, "train", data_root=str(root))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    decoded = [images for images, _ in train.batches(2, num_workers=1)]
+    assert sum(len(images) for images in decoded) == 6
+    assert torch.equal(torch.rand(3), expected)
