@@ -13,10 +13,13 @@ Methods (the registry of ``infer_fast.methods``), all under one protocol (INFER_
 for every mixed batch, epochs reduced to round(epochs / (M + 1)) unless ``dynamic_epochs``
 is given), ``random`` (ipc real images per class), ``sre2l`` (ipc images per class from
 noise, same BN-matching loss) and the other registered methods (their options in
-``method_options``). A method whose students are labelled per batch is not relabelled. Each
-(method, ipc) reports the final-epoch top-1 of ``seeds`` students on the real test split
-(mean +- population std), the compression ratio (images + soft labels + indices; INFER+Dyn
-stores no soft labels but needs the teachers while training) and the feature duplication
+``method_options``). A set is relabelled only where the run reads its soft labels: not for
+a method whose students are labelled per batch, nor for students of hard labels (``student:
+{labels: hard}``), unless the scores' students learn static labels. Each (method, ipc)
+reports the final-epoch top-1 of ``seeds`` students on the real test split (mean +-
+population std), the compression ratio (images + soft labels + indices, the soft labels only
+where the students learn them: INFER+Dyn stores none but needs the teachers while training,
+marked in the table and drawn hollow in the plot) and the feature duplication
 (INFER_METHOD.md §5) of its training images under the first teacher.
 
 Under torchrun (``torchrun --nproc-per-node N -m infer_fast.cli run CONFIG``) the work is
@@ -50,7 +53,8 @@ from .meter import StepMeter
 from .models import device_of
 from .options import given_config
 from .output_lock import INSIDE_LOCK, job_output_lock, output_lock
-from .results import RESULTS_FILE, RUN_REPORT, format_table, load_results, markdown_report, summarize, table_runs
+from .results import (CR_NOTES, RESULTS_FILE, RUN_REPORT, format_table, load_results, markdown_report, summarize,
+                      table_runs)
 from .run_config import PipelineConfig, load_pipeline_config
 from .set_keys import RunKey, SetKey
 
@@ -227,10 +231,10 @@ def _make_set(cfg: PipelineConfig, key: SetKey, directory: Path, teacher_paths: 
     return time.perf_counter() - start
 
 
-def _ratio_without_soft_labels(ds) -> Dict[str, Any]:
+def _ratio_without_soft_labels(ds, full: Dict[str, Any]) -> Dict[str, Any]:
+    """The set's compression ratio ``full`` (ds.compression_ratio) without its soft labels."""
     from .storage import compression_ratio_from_counts
 
-    full = ds.compression_ratio()
     return compression_ratio_from_counts(
         stored_images=ds.num_stored_images(), image_shape=(ds.channels, ds.height, ds.width), soft_labels=0,
         num_classes=ds.num_classes, full_train_size=full["full_train_size"], index_elements=full["index_elements"],
@@ -474,9 +478,11 @@ def _prepare_set(session: _Session, key: SetKey, directory: Path, teacher_paths:
     may be rewriting); INFER and SRe2L recovery need every rank, the rest is rank 0's."""
     rank, results = session.ranks.rank, session.results
     twin = key.made_as if key.made_as != key else None  # the set it trains on (INFER+Dyn: INFER's)
+    recorded = results["sets"].get(str(key)) if rank == 0 else None  # (by an earlier session)
     step = None
     if rank == 0:
-        step = "make" if not directory.exists() else "done" if str(key) in results["sets"] else "measure"
+        step = ("make" if not directory.exists() else
+                "done" if recorded is not None and _record_stands(session.cfg, key, directory, recorded) else "measure")
     step = session.ranks.from_rank0(step)
     if step == "done":
         return
@@ -488,25 +494,63 @@ def _prepare_set(session: _Session, key: SetKey, directory: Path, teacher_paths:
             seconds = _make_set(session.cfg, key, directory, teacher_paths, session.progress)
     if rank != 0:
         return
-    twin_info = results["sets"].get(str(twin)) if twin is not None else None  # (measured: the same images)
-    if step == "measure" and twin_info is not None:  # made as that method's set
-        seconds = twin_info["distill_seconds"]
-    results["sets"][str(key)] = _measure_set(session, key, directory, seconds, twin_info, teachers)
+    # measured before: this set (under other labels) or the set it trains on; the same images
+    measured = recorded if step == "measure" and recorded is not None else \
+        results["sets"].get(str(twin)) if twin is not None else None
+    if step == "measure" and measured is not None:  # made as that method's set, or by an earlier session
+        seconds = measured.get("distill_seconds")
+    results["sets"][str(key)] = _measure_set(session, key, directory, seconds, measured, teachers)
     session.save()
 
 
+def _student_labels(cfg: PipelineConfig, key: SetKey) -> str:
+    """What the students of the set ``key`` learn from, a key of CR_NOTES: "per-batch" (the
+    teachers label every batch: INFER+Dyn, RDED), "hard" (``student: {labels: hard}``) or
+    "static" (its stored soft labels). (A method's own student settings never choose the labels:
+    RDED's are its augmentation.)"""
+    if key.labelled_per_batch:
+        return "per-batch"
+    return "hard" if cfg.student_config(key.method, 0, len(cfg.teachers)).labels == "hard" else "static"
+
+
+def _soft_labels_needed(cfg: PipelineConfig, key: SetKey) -> bool:
+    """Whether the run reads the stored soft labels of the set ``key``: its students learn them,
+    or its scores' soft-label students do (a protocol of static labels)."""
+    protocol = cfg.score_protocol()
+    return _student_labels(cfg, key) == "static" or (
+        protocol is not None and _set_protocol(protocol, key).soft_labels == "static")
+
+
+def _record_stands(cfg: PipelineConfig, key: SetKey, directory: Path, recorded: Dict[str, Any]) -> bool:
+    """Whether an earlier session's record of the set ``key`` holds for this one: its
+    compression ratio counted what the students learn now (the ``student`` settings may change
+    before any student trained: hard labels, then soft), and the set stores soft labels where
+    the run now reads them (say, scores turned on after a run of hard labels)."""
+    from .storage import read_manifest
+
+    labels = _student_labels(cfg, key)
+    # (a record that predates the note counted what its run's students learned: it stands)
+    if recorded.get("compression_ratio_note", CR_NOTES[labels]) != CR_NOTES[labels]:
+        return False
+    # (a manifest that predates the counts: its set was relabelled, as every set then)
+    return not _soft_labels_needed(cfg, key) or read_manifest(directory).get("counts", {}).get("soft_labels", True)
+
+
 def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optional[float],
-                 twin_info: Optional[Dict[str, Any]], teachers: List[Any]) -> Dict[str, Any]:
-    """The record of one set (rank 0): relabelled first unless its students are labelled per
-    batch; ``twin_info``: the record of the set it trains on, whose feature duplication it shares."""
+                 measured: Optional[Dict[str, Any]], teachers: List[Any]) -> Dict[str, Any]:
+    """The record of one set (rank 0): relabelled first where the run reads its soft labels
+    (:func:`_soft_labels_needed`: not where the students train on hard labels or on the teachers'
+    labels per batch, unless the scores need them); ``measured``: a record of the same images
+    (the set it trains on, or this one's by an earlier session), whose feature duplication it
+    shares."""
     from .storage import DistilledDataset, load_distilled, save_distilled
     from .relabel import relabel
     from .student import feature_duplication
 
     cfg, progress = session.cfg, session.progress
-    per_batch = key.labelled_per_batch  # students labelled by the teachers
+    labels = _student_labels(cfg, key)
     ds = load_distilled(directory)
-    if not per_batch and not ds.has_soft_labels:
+    if _soft_labels_needed(cfg, key) and not ds.has_soft_labels:
         session.step(f"relabel {key}")
         relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
         save_distilled(ds, directory, overwrite=True, progress=progress)
@@ -515,15 +559,14 @@ def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optio
         "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
         "budget": ds.budget,
     }
-    info["compression_ratio_percent"] = _compression_ratio(cfg, key, ds)["percent"]
-    info["compression_ratio_note"] = (
-        "images + indices; no soft labels stored (the teachers label every batch while training)"
-        if per_batch else "images + static soft labels + indices")
+    # (the soft labels the students do not learn are not counted, stored or not)
+    info["compression_ratio_percent"] = _compression_ratio(cfg, key, ds, with_soft_labels=labels == "static")["percent"]
+    info["compression_ratio_note"] = CR_NOTES[labels]
     if cfg.feature_duplication and key in session.no_duplication:
         info["feature_duplication"] = None  # (a pairwise similarity within classes)
         info["feature_duplication_note"] = "undefined: one training image per class"
-    elif cfg.feature_duplication and twin_info is not None:
-        info["feature_duplication"] = twin_info["feature_duplication"]  # the same images
+    elif cfg.feature_duplication and measured is not None and measured.get("feature_duplication") is not None:
+        info["feature_duplication"] = measured["feature_duplication"]  # the same images
     elif cfg.feature_duplication:
         session.step(f"feature duplication {key}")
         streamed = DistilledDataset(ds, hard_only=True)
@@ -532,16 +575,16 @@ def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optio
     return info
 
 
-def _compression_ratio(cfg: PipelineConfig, key: SetKey, ds) -> Dict[str, Any]:
-    """The set's compression ratio: without soft labels when its students are labelled per batch."""
+def _compression_ratio(cfg: PipelineConfig, key: SetKey, ds, with_soft_labels: bool = True) -> Dict[str, Any]:
+    """The set's compression ratio, its stored soft labels counted only ``with_soft_labels``
+    (its students learn them: :func:`_student_labels`)."""
     from .data import load_dataset
 
-    if key.labelled_per_batch:
-        return _ratio_without_soft_labels(ds)
+    full_train_size = None  # (the set's own)
     if ds.full_train_size is None and key.own is None:  # (an import may not know it: count the split, a scan)
-        train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, in_memory=False)
-        return ds.compression_ratio(full_train_size=len(train))
-    return ds.compression_ratio()
+        full_train_size = len(load_dataset(cfg.dataset, "train", data_root=cfg.data_root, in_memory=False))
+    ratio = ds.compression_ratio(full_train_size=full_train_size)
+    return ratio if with_soft_labels else _ratio_without_soft_labels(ds, ratio)
 
 
 def _train_students(session: _Session, sets: List[Tuple[SetKey, Path]], teachers: List[Any], test) -> None:

@@ -3,7 +3,9 @@
     paths = write_plots(results, "runs/fmnist")   # PNG files beside results.md
 
 - ``accuracy-vs-compression.png``: test accuracy against the compression ratio (log axis),
-  one line per method over its ipc values (the INFER paper's Figure 1);
+  one line per method over its ipc values (the INFER paper's Figure 1); a method whose students
+  the teachers label per batch (INFER+Dyn, RDED: its ratio counts no labels, but training needs
+  the teachers) hollow, "(labels from teachers)" in the legend;
 - ``accuracy-vs-ipc.png``: test accuracy against images per class (log axis, a tick at
   every ipc of the run);
 - ``feature-duplication-vs-ipc.png``: mean same-class cosine similarity of the teacher's
@@ -30,7 +32,7 @@ import statistics
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .data.registry import dataset_label
-from .set_keys import RunKey
+from .set_keys import RunKey, SetKey
 
 PLOT_FILES = {
     "compression": "accuracy-vs-compression.png",
@@ -47,6 +49,8 @@ TICK_LABEL_GAP_PX = 4  # the least room between two tick labels (at the figure's
 COLOURS = 10
 LINE_STYLES = ("-", "--", ":", "-.")
 EPOCH_PANELS_PER_ROW = 3  # student-accuracy-per-epoch.png: panels (one per ipc) side by side
+# accuracy-vs-compression.png: the legend's note on a method labelled per batch (drawn hollow)
+PER_BATCH_LEGEND = " (labels from teachers)"
 
 
 def _pyplot():
@@ -183,14 +187,30 @@ def _ipc_axis(ax, rows) -> None:
 
 # ---- the plots ----------------------------------------------------------------------------------
 
+def accuracy_series(rows: Sequence[Dict[str, Any]], x_key: str,
+                    styles: Dict[str, Dict[str, str]]) -> Dict[str, Tuple[List[Dict[str, Any]], Dict[str, Any]]]:
+    """{legend label: (rows by ipc, matplotlib properties)} of the accuracy plot against ``x_key``
+    ("compression_ratio_percent" or "ipc"): one series per method, in its style (``styles``:
+    :func:`_method_styles`). On the compression axis a method labelled per batch (INFER+Dyn,
+    RDED) is drawn hollow and its label says so (PER_BATCH_LEGEND): its ratio counts no labels,
+    but its students need the teachers while training; it is not cheaper than the others."""
+    series = {}
+    for label, group in _by_method(rows, x_key, "accuracy_mean").items():
+        style: Dict[str, Any] = {"marker": "o", **styles[label]}
+        if x_key == "compression_ratio_percent" and SetKey(group[0]["method"], group[0]["ipc"]).labelled_per_batch:
+            style["markerfacecolor"] = "none"
+            label += PER_BATCH_LEGEND
+        series[label] = (group, style)
+    return series
+
+
 def _accuracy_plot(plt, rows, x_key: str, title: str, styles):
     """Accuracy against the compression ratio (``x_key`` "compression_ratio_percent") or ipc."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     drawn = {}
-    for label, group in _by_method(rows, x_key, "accuracy_mean").items():
+    for label, (group, style) in accuracy_series(rows, x_key, styles).items():
         drawn[label] = ax.errorbar([r[x_key] for r in group], [100 * r["accuracy_mean"] for r in group],
-                                   yerr=[100 * r["accuracy_std"] for r in group], marker="o", capsize=3,
-                                   **styles[label])
+                                   yerr=[100 * r["accuracy_std"] for r in group], capsize=3, **style)
     if x_key == "ipc":
         _ipc_axis(ax, rows)
     else:

@@ -466,18 +466,38 @@ def summarize(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
+# what a set's compression ratio counts (its record's note), by what its students learn from
+# (pipeline._student_labels): a soft label no student reads is not counted
+CR_NOTES = {
+    "static": "images + static soft labels + indices",
+    "hard": "images + indices; no soft labels counted: the students train on hard labels",
+    "per-batch": "images + indices; no soft labels stored (the teachers label every batch while training)",
+}
+# the table's mark on the CR of a set labelled per batch (INFER+Dyn, RDED: no labels counted, but
+# the teachers needed while training), and its footnote below the table
+PER_BATCH_CR_MARK = "†"
+PER_BATCH_CR_NOTE = (f"{PER_BATCH_CR_MARK} labels from the teachers per batch: CR of images + indices, + the teachers at "
+                     "training time: not comparable with the rows of static labels")
+
+
 def format_table(results: Dict[str, Any]) -> str:
-    """The results as a Markdown table."""
+    """The results as a Markdown table; the CR of a set labelled per batch marked, the mark
+    explained below the table (PER_BATCH_CR_NOTE)."""
     rows = summarize(results)
     lines = [
         "| method | ipc | top-1 % (final epoch, mean ± std) | seeds | CR % | feature dup. | train images | stored images |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    marked = False
     for r in rows:
         acc = "–" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
         cr = "–" if r["compression_ratio_percent"] is None else f"{r['compression_ratio_percent']:.3f}"
+        if r["compression_ratio_percent"] is not None and SetKey(r["method"], r["ipc"]).labelled_per_batch:
+            cr, marked = f"{cr} {PER_BATCH_CR_MARK}", True
         dup = "–" if r["feature_duplication"] is None else f"{r['feature_duplication']:.3f}"
         lines.append(f"| {r['label']} | {r['ipc']} | {acc} | {r['seeds']} | {cr} | {dup} | {r['training_images'] or '–'} | {r['stored_images'] or '–'} |")
+    if marked:  # (a blank line first: a line right below a Markdown table is read as its row)
+        lines += ["", PER_BATCH_CR_NOTE]
     return "\n".join(lines)
 
 
@@ -614,20 +634,87 @@ def _without_soft_labels(results: Dict[str, Any]) -> str:
     return f"; {named} without soft labels: the teachers label every batch"
 
 
-def _student_text(cfg: Dict[str, Any]) -> str:
-    """The header's "convnet, 400 epochs (INFER+Dyn: epochs/(M+1))": the model and epochs the
-    run's students train (the ``student`` section over the dataset's recipe), and those of the
-    table's methods whose students train fewer."""
+def _setting_text(name: str, value: Any) -> str:
+    """A setting as the header names it: "r_bn 0.5", "crop_scale [0.08, 1]"."""
+    def shown(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, list):
+            return "[" + ", ".join(shown(v) for v in value) + "]"
+        return str(value)
+
+    return f"{name} {shown(value)}"
+
+
+# the student settings the header names where they differ from the recipe: the labels, then the
+# augmentation and mixing (student.labels_text, augmentation_text), then the rest in StudentConfig's
+# order; not the model and epochs (named first), the labels per batch (a method's: INFER+Dyn's), the
+# evaluations during training (they change no student)
+_STUDENT_HEADER_SKIPS = ("model", "epochs", "labels", "augmentation", "mix", "dynamic", "eval_every")
+
+
+def _student_changes(cfg: Dict[str, Any], student: Dict[str, Any]) -> List[str]:
+    """The header's "hard labels", "crop_flip, no mixing", "lr 0.01"...: the run's student
+    settings ``student`` (:func:`_student_effective`) that differ from the recipe of its dataset."""
+    from types import SimpleNamespace
+
+    from .student import augmentation_text, labels_text
+
+    recipe = _student_effective(cfg, {})
+    changes = []
+    if student["labels"] != recipe["labels"]:
+        changes.append(labels_text(SimpleNamespace(**student)))
+    if (student["augmentation"], student["mix"]) != (recipe["augmentation"], recipe["mix"]):
+        changes.append(augmentation_text(SimpleNamespace(**student)))
+    changes += [_setting_text(name, value) for name, value in student.items()
+                if name not in _STUDENT_HEADER_SKIPS and value != recipe.get(name)]
+    return changes
+
+
+def _student_text(cfg: Dict[str, Any], student: Dict[str, Any]) -> str:
+    """The header's "convnet, 400 epochs (INFER+Dyn: epochs/(M+1)), hard labels": the model and
+    epochs the run's students train (``student``: the ``student`` section over the dataset's
+    recipe, :func:`_student_effective`), those of the table's methods whose students train
+    fewer, and the settings that differ from the recipe (:func:`_student_changes`)."""
     from ._text import count_text
 
-    student = _student_effective(cfg, cfg.get(STUDENT_SECTION) or {})
     text = f"{student['model']}, {count_text(student['epochs'], 'epoch')}"
     reduced = list(dict.fromkeys(key.label for key in set_entries(cfg, {})
                                  if key.own is not None and key.own.reduced_student_epochs))
     if reduced:
         epochs = count_text(cfg["dynamic_epochs"], "epoch") if cfg.get("dynamic_epochs") else "epochs/(M+1)"
         text += f" ({', '.join(reduced)}: {epochs})"
-    return text
+    return ", ".join([text, *_student_changes(cfg, student)])
+
+
+def _distillation_text(cfg: Dict[str, Any]) -> str:
+    """The header's " Distillation beside the recipes: INFER: iterations 2, r_bn 0.5.": the
+    options of each method that makes a set of the table (INFER+Dyn: INFER's) that differ from
+    its recipe for the dataset (:func:`_method_effective`); "" where none does, or where the
+    config is not one this version can parse (a results file of another version)."""
+    sets = set_entries(cfg, {})
+    makers = {key.made_as.method: key.made_as.own for key in sets if key.own is not None}.values()
+    recipe = {**cfg, "recovery": {}}  # (the methods' defaults: no section, no shared settings)
+    parts = []
+    for method in makers:
+        own = cfg.get(method.config_section) if method.config_section else \
+            (cfg.get(METHOD_OPTIONS) or {}).get(method.name)
+        try:
+            given, default = _method_effective(method, cfg, own or {}), _method_effective(method, recipe, {})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return ""
+        changes = [_setting_text(name, value) for name, value in given.items() if value != default.get(name)]
+        if changes:
+            parts.append(f"{method.label}: {', '.join(changes)}")
+    return f" Distillation beside the recipes: {'; '.join(parts)}." if parts else ""
+
+
+def _cr_text(results: Dict[str, Any], student: Dict[str, Any]) -> str:
+    """What the CR counts, for the note above the table: the soft labels unless the students
+    train on hard labels (CR_NOTES), and the methods whose sets count none."""
+    if student["labels"] == "hard":
+        return CR_NOTES["hard"]
+    return f"images + soft labels + indices{_without_soft_labels(results)}"
 
 
 def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
@@ -635,13 +722,14 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
     teachers = ", ".join(
         f"{t['model']} ({100 * t['test_accuracy']:.2f}%)" if t.get("test_accuracy") is not None else t["model"]
         for t in results["teachers"])
+    student = _student_effective(cfg, cfg.get(STUDENT_SECTION) or {})
     lines = [
         f"# {dataset_label(cfg['dataset'])}: INFER and baselines",
         "",
-        f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {_student_text(cfg)}, "
+        f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {_student_text(cfg, student)}, "
         f"final-epoch top-1 on the real test split over {_seeds_shown(results)} seed(s). "
-        f"Budget accounting: {cfg['accounting']}.",
-        f"CR: stored values / full training set values (images + soft labels + indices{_without_soft_labels(results)}). "
+        f"Budget accounting: {cfg['accounting']}.{_distillation_text(cfg)}",
+        f"CR: stored values / full training set values ({_cr_text(results, student)}). "
         "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features"
         + (" (–: undefined for sets of one image per class)." if any(
             results["sets"].get(str(key), {}).get("feature_duplication_note")

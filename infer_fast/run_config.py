@@ -265,9 +265,13 @@ class PipelineConfig:
         if not isinstance(self.external, dict) or not all(
                 isinstance(k, str) and k and "/" not in k and isinstance(v, str) for k, v in self.external.items()):
             raise ValueError(f"{where}: external must map labels (no '/') to set directories, got {self.external!r}")
-        clash = sorted(set(self.external) & {m.label for m in all_methods()})
+        # (ignoring case: a row "infer" beside "INFER" would read as the method's own)
+        taken = {spelling.casefold(): m.label for m in all_methods() for spelling in (m.label, m.name)}
+        clash = sorted(label for label in self.external if label.casefold() in taken)
         if clash:
-            raise ValueError(f"{where}: external label(s) {', '.join(clash)} are the names of this run's own methods")
+            raise ValueError(f"{where}: external label(s) {', '.join(clash)} are the names of this run's own methods "
+                             f"or infer-fast's others, ignoring case "
+                             f"({', '.join(dict.fromkeys(taken[c.casefold()] for c in clash))}): choose another label")
         for label, directory in self.external.items():
             manifest = read_manifest(directory)
             if manifest.get("dataset") != canonical_name(self.dataset):
@@ -290,6 +294,11 @@ class PipelineConfig:
         if "seed" in self.student:  # (student_config gives each its own: it would be ignored)
             raise ValueError(f"{where}: student: seed is the run's to set (seeds: N trains students of seeds 0..N-1): "
                              "leave it out")
+        if "dynamic" in self.student:  # (it would relabel every method's students per batch, under its static name)
+            per_batch = [m.name for m in all_methods() if m.student_labels == "per-batch"]
+            raise ValueError(f"{where}: student: dynamic is each method's to set (the students of "
+                             f"{', '.join(per_batch)} are labelled by the teachers per batch, the others' by the "
+                             "set's static labels): leave it out and list those methods")
 
     def _check_recipes(self, where: str) -> None:
         """The options of every method that makes a set of the run (and of every method with a
@@ -299,9 +308,34 @@ class PipelineConfig:
         parsed = {name: self.options_for(name) for name in dict.fromkeys(makers) if get_method(name).distill is not None}
         for name in self.methods:
             self.student_config(name, 0, len(self.teachers))
-        self.score_protocol(where)
+        protocol = self.score_protocol(where)
+        self._check_student_options_used(where, parsed, protocol)
         for name in dict.fromkeys(get_method(m).set_method for m in self.methods):
             self._check_budget(where, get_method(name), parsed[name])
+
+    def _check_student_options_used(self, where: str, parsed: Mapping[str, Dict[str, Any]], protocol) -> None:
+        """An option of the ``student`` section that no student of the run uses under the
+        section's other settings (temperature with hard labels, mixup_alpha with mix none) is
+        refused, as the CLI refuses it (StudentConfig.check_given): each method's students and
+        the infer-fast scores' (soft labels: they take the temperature), with what the
+        method's sets give their students (RDED's patches) from its parsed options."""
+        from .evaluate import Protocol
+
+        configs = []
+        for name in self.methods:
+            method = get_method(get_method(name).set_method)
+            try:  # (what its set will record: its options; a plug-in's records may hold more)
+                set_settings = method.student_settings(parsed[method.name]) if method.student_settings else {}
+            except (KeyError, TypeError, ValueError):
+                return  # (its students' settings are known once its set is made: any option may be theirs)
+            configs.append(self.student_config(name, 0, len(self.teachers), set_settings))
+            if isinstance(protocol, Protocol):
+                configs.append(protocol.student_config("soft", True, 0, set_settings))
+        ignored = [option for option in self.student if all(config.ignores(option) for config in configs)]
+        try:
+            configs[0].check_given(ignored)
+        except ValueError as exc:
+            raise ValueError(f"{where}: student: {exc}") from None
 
     def _data_spec(self):
         """(the dataset's spec, whether its class count is known) for the checks before any
@@ -436,7 +470,8 @@ def check_ignored_settings(cfg: PipelineConfig, given: Set[str], methods: List[s
     """ValueError naming the first setting among ``given`` (the names a config file sets) that
     none of ``methods`` takes, as it would be ignored: a ``method_options`` entry or a method's
     section (past the ``recovery`` settings the others share, e.g. the seed) of a method not
-    listed, or a run-level setting of one (INFER's selection, accounting) other than its default."""
+    listed, or a run-level setting of one (INFER's selection, accounting) other than its default,
+    or ``dynamic_epochs`` where no method reduces its students' epochs (reduced_student_epochs)."""
     makers = {get_method(m).set_method: get_method(get_method(m).set_method) for m in methods}
     listed = ", ".join(methods)
     stray = sorted(set(cfg.method_options) - set(makers))
@@ -457,3 +492,8 @@ def check_ignored_settings(cfg: PipelineConfig, given: Set[str], methods: List[s
             if name in given and not taken and getattr(cfg, name) != _default(name):
                 raise ValueError(f"{where}: {name}: {getattr(cfg, name)!r} would be ignored: it is {method.name}'s "
                                  f"setting, and {method.name} is not among the run's methods ({listed})")
+    if "dynamic_epochs" in given and cfg.dynamic_epochs is not None \
+            and not any(get_method(m).reduced_student_epochs for m in methods):
+        reducing = ", ".join(m.name for m in all_methods() if m.reduced_student_epochs)
+        raise ValueError(f"{where}: dynamic_epochs: {cfg.dynamic_epochs!r} would be ignored: it is the student epochs "
+                         f"of {reducing}, not among the run's methods ({listed})")

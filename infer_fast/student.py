@@ -192,6 +192,11 @@ class StudentConfig(CheckedWhenMade):
         """ValueError naming the options in ``given`` (set explicitly) this config does not use."""
         check_given_used(self, given, UNUSED_STUDENT_OPTIONS)
 
+    def ignores(self, name: str) -> bool:
+        """Whether option ``name`` has no effect under this config's other settings
+        (UNUSED_STUDENT_OPTIONS: what :meth:`check_given` refuses when given)."""
+        return any(option == name and unused_when(self) for option, unused_when, _ in UNUSED_STUDENT_OPTIONS)
+
     @classmethod
     def from_recipe(cls, name: str, **overrides: Any) -> "StudentConfig":
         """The named recipe (RECIPES) with ``overrides`` (checked when made)."""
@@ -352,10 +357,12 @@ def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, A
 
 def augmentation_text(config) -> str:
     """A student's augmentation and mixing as a progress line says them: "crop_flip + mixup",
-    "crop_flip, no mixing", "no augmentation or mixing"."""
-    if config.augmentation == "none" and config.mix == "none":
+    "crop_flip, no mixing", "no augmentation or mixing". Alpha 0 mixes nothing (lambda 1:
+    each image and its labels as they are, sample_lambda)."""
+    mixes = config.mix != "none" and config.mixup_alpha > 0
+    if config.augmentation == "none" and not mixes:
         return "no augmentation or mixing"
-    if config.mix == "none":
+    if not mixes:
         return f"{config.augmentation}, no mixing"
     return f"{'no augmentation' if config.augmentation == 'none' else config.augmentation} + {config.mix}"
 
