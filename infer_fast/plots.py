@@ -1,4 +1,5 @@
-"""Pictures of a run's results (matplotlib, Agg backend: no display needed).
+"""Pictures of a run's results (matplotlib figures drawn by Agg outside pyplot: no display needed,
+and the caller's backend and pyplot figures left as they are).
 
     paths = write_plots(results, "runs/fmnist")   # PNG files beside results.md
 
@@ -53,13 +54,16 @@ EPOCH_PANELS_PER_ROW = 3  # student-accuracy-per-epoch.png: panels (one per ipc)
 PER_BATCH_LEGEND = " (labels from teachers)"
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(nrows: int = 1, ncols: int = 1, **subplots: Any):
+    """(figure, axes) drawn by Agg, outside pyplot: no backend switch (a notebook's or an
+    IPython session's own stays as it was), no figure registered with pyplot to close, and the
+    figure still shows inline in a notebook and saves as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only, whatever the environment's default backend
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=subplots.pop("figsize", None))
+    FigureCanvasAgg(fig)  # (a renderer to measure tick labels with, before any drawing)
+    return fig, fig.subplots(nrows, ncols, **subplots)
 
 
 def _by_method(rows: Sequence[Dict[str, Any]], *keys: str) -> Dict[str, List[Dict[str, Any]]]:
@@ -204,9 +208,9 @@ def accuracy_series(rows: Sequence[Dict[str, Any]], x_key: str,
     return series
 
 
-def _accuracy_plot(plt, rows, x_key: str, title: str, styles):
+def _accuracy_plot(rows, x_key: str, title: str, styles):
     """Accuracy against the compression ratio (``x_key`` "compression_ratio_percent") or ipc."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = new_figure(figsize=(5.5, 4))
     drawn = {}
     for label, (group, style) in accuracy_series(rows, x_key, styles).items():
         drawn[label] = ax.errorbar([r[x_key] for r in group], [100 * r["accuracy_mean"] for r in group],
@@ -240,7 +244,7 @@ def _epoch_curves(results: Dict[str, Any], rows) -> Dict[int, Dict[str, Dict[int
     return curves
 
 
-def _epoch_plot(plt, results: Dict[str, Any], rows, styles, dataset: str):
+def _epoch_plot(results: Dict[str, Any], rows, styles, dataset: str):
     """The students' accuracy per epoch (see the module docstring); None when no student was
     evaluated more than once."""
     from matplotlib.lines import Line2D
@@ -252,7 +256,7 @@ def _epoch_plot(plt, results: Dict[str, Any], rows, styles, dataset: str):
     ipcs = sorted(curves)
     ncols = min(len(ipcs), EPOCH_PANELS_PER_ROW)
     nrows = math.ceil(len(ipcs) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 2.2, 2.8 * nrows + 0.7), sharey=True, squeeze=False)
+    fig, axes = new_figure(nrows, ncols, figsize=(3.3 * ncols + 2.2, 2.8 * nrows + 0.7), sharey=True, squeeze=False)
     seeds = set()
     for ax, ipc in zip(axes.flat, ipcs):
         for label, by_epoch in curves[ipc].items():
@@ -287,7 +291,8 @@ def _epoch_plot(plt, results: Dict[str, Any], rows, styles, dataset: str):
 
 def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
     """{plot name: matplotlib Figure} of a run (``results`` as in results.json), laid out,
-    those whose data is there (see the module docstring); close them when done. Their text is
+    those whose data is there (see the module docstring); outside pyplot (nothing to close; a
+    notebook shows one as it is). Their text is
     drawn as written: a set's label is never read as matplotlib's math text (``$...$``)."""
     import matplotlib
 
@@ -296,20 +301,19 @@ def draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
-    plt = _pyplot()
     rows = results.get("table") or []
     dataset = results.get("config", {}).get("dataset")
     dataset = dataset_label(dataset) if dataset else ""
     styles = _method_styles(rows)
     figures: Dict[str, Any] = {}
     if rows:
-        figures["compression"] = _accuracy_plot(plt, rows, "compression_ratio_percent",
+        figures["compression"] = _accuracy_plot(rows, "compression_ratio_percent",
                                                 f"{dataset}: accuracy vs compression", styles)
     if len({r["ipc"] for r in rows}) > 1:
-        figures["ipc"] = _accuracy_plot(plt, rows, "ipc", f"{dataset}: accuracy vs ipc", styles)
+        figures["ipc"] = _accuracy_plot(rows, "ipc", f"{dataset}: accuracy vs ipc", styles)
         duplication = _equal_series_merged(_by_method(rows, "feature_duplication"), "feature_duplication")
         if duplication:
-            fig, ax = plt.subplots(figsize=(5.5, 4))
+            fig, ax = new_figure(figsize=(5.5, 4))
             lines = [ax.plot([r["ipc"] for r in group], [r["feature_duplication"] for r in group], marker="o",
                              **styles[group[0]["label"]])[0] for group in duplication.values()]
             _ipc_axis(ax, rows)
@@ -318,7 +322,7 @@ def _draw_plots(results: Dict[str, Any]) -> Dict[str, Any]:
             ax.grid(True, alpha=0.3)
             ax.legend(lines, list(duplication))
             figures["duplication"] = _finish(fig)
-    epochs = _epoch_plot(plt, results, rows, styles, dataset)
+    epochs = _epoch_plot(results, rows, styles, dataset)
     if epochs is not None:
         figures["epochs"] = epochs
     return figures
@@ -331,14 +335,10 @@ def write_plots(results: Dict[str, Any], out_dir) -> Dict[str, str]:
     stand beside this one's results."""
     from ._io import write_atomically
 
-    plt = _pyplot()
     written: Dict[str, str] = {}
     for name, fig in draw_plots(results).items():
         path = os.path.join(os.fspath(out_dir), PLOT_FILES[name])
-        try:
-            write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), fsync=False)
-        finally:
-            plt.close(fig)
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), fsync=False)
         written[name] = path
     for name, file in PLOT_FILES.items():
         if name not in written:

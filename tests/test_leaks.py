@@ -1,7 +1,9 @@
 """What a call leaves behind in the caller's process: the memory plan's probe graph (once per
 teacher and distill: a notebook's sweep grew by ~130 MiB per call at ImageNet size) and the
-caller's seeded random stream (a folder split's decoding workers)."""
+caller's seeded random stream (a folder split's decoding workers); the caller's matplotlib
+backend and pyplot figures (a run's plots)."""
 import gc
+import os
 import warnings
 import weakref
 
@@ -49,3 +51,26 @@ def test_decoding_workers_leave_the_callers_random_stream_alone(tmp_path):
     decoded = [images for images, _ in train.batches(2, num_workers=1)]
     assert sum(len(images) for images in decoded) == 6
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_plots_leave_the_callers_backend_and_figures_alone(tmp_path):
+    import subprocess
+    import sys
+
+    # (a fresh interpreter: the backend a session chose, here pdf's, is the one to keep)
+    script = f"""
+import matplotlib
+matplotlib.use("pdf")
+import matplotlib.pyplot as plt
+from test_plots import method_run_results
+from infer_fast.plots import draw_plots, write_plots
+mine = plt.figure()
+drawn = draw_plots(method_run_results())
+written = write_plots(method_run_results(), {str(tmp_path)!r})
+assert set(drawn) == set(written) and drawn["compression"].axes
+print(matplotlib.get_backend(), plt.get_fignums())
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(__file__))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "pdf [1]"

@@ -89,17 +89,13 @@ def test_tick_labels_do_not_overlap(ipcs):
 
 
 def test_overlap_check_sees_overlapping_labels():
-    from infer_fast.plots import _pyplot
+    from infer_fast.plots import new_figure
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(3, 2))
+    fig, ax = new_figure(figsize=(3, 2))
     ax.set_xticks([0.0, 0.01, 1.0], ["a long label", "another long label", "far"])
     ax.set_xlim(0, 1)
-    try:
-        fig.canvas.draw()
-        assert overlapping_tick_labels(fig) == [("x", 0.0, 0.01)]
-    finally:
-        plt.close(fig)
+    fig.canvas.draw()
+    assert overlapping_tick_labels(fig) == [("x", 0.0, 0.01)]
 
 
 def method_run_results():

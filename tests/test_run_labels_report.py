@@ -12,7 +12,7 @@ from infer_fast.data import load_dataset
 from infer_fast.methods.random import random_set
 from infer_fast.pipeline import (PipelineConfig, SETS_DIR, _record_stands, _soft_labels_needed, _student_labels,
                                  run_pipeline)
-from infer_fast.plots import PER_BATCH_LEGEND, _method_styles, _pyplot, accuracy_series, draw_plots
+from infer_fast.plots import PER_BATCH_LEGEND, _method_styles, accuracy_series, draw_plots
 from infer_fast.results import (CR_NOTES, PER_BATCH_CR_MARK, PER_BATCH_CR_NOTE, format_table, markdown_report,
                                 summarize)
 from infer_fast.set_keys import SetKey
@@ -172,12 +172,7 @@ def test_the_compression_plot_draws_labels_per_batch_hollow():
     assert all("markerfacecolor" not in series[label][1] for label in ("INFER", "Random"))
     assert series[f"INFER+Dyn{PER_BATCH_LEGEND}"][1]["color"] == styles["INFER+Dyn"]["color"]  # (its colour kept)
     assert list(accuracy_series(rows, "ipc", styles)) == ["INFER", "INFER+Dyn", "Random"]
-    figures = draw_plots({**hand_results(), "table": rows})
-    try:
-        ax = figures["compression"].axes[0]
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == list(series)
-        hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
-        assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.480]
-    finally:
-        for fig in figures.values():
-            _pyplot().close(fig)
+    ax = draw_plots({**hand_results(), "table": rows})["compression"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(series)
+    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
+    assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.480]
