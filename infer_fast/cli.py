@@ -1137,12 +1137,15 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line. Every command ends with one line on stderr at most: an error, or an
     interrupt (SIGINT, SIGTERM, SIGHUP: interrupts.py; exit status 128 + the signal's number)
-    saying how to continue. Output that cannot be written is dropped, not fatal
-    (_GuardedStream)."""
+    saying how to continue, and returns the exit status (also for a usage error, --help or
+    --version: a notebook's ``main([...])`` gets a status, not SystemExit). Output that cannot
+    be written is dropped, not fatal (_GuardedStream)."""
     try:
         return _main(argv)
     except KeyboardInterrupt as exc:  # (Ctrl-C before the handlers are installed, or after they are removed)
         return _interrupted(None, exc)
+    except SystemExit as exc:  # (argparse's usage errors, --help, --version: a status, as every other ending)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
 
 def _main(argv: Optional[List[str]]) -> int:

@@ -316,7 +316,9 @@ class FolderImageSet(_Split):
     def __init__(self, spec: DatasetSpec, samples: Sequence[Tuple[str, int]], split: str = "train",
                  crop: float = 1.0):
         self.spec, self.split, self.crop = spec, split, check_crop(crop)
-        self.paths: List[str] = [p for p, _ in samples]
+        # (absolute: a split held in a notebook reads the files it scanned after a change of
+        # directory, never a same-named tree under the new one)
+        self.paths: List[str] = [os.path.abspath(p) for p, _ in samples]
         self.labels = torch.tensor([int(y) for _, y in samples], dtype=torch.long)
         if self.labels.numel() and int(self.labels.max()) >= spec.num_classes:
             raise ValueError(f"FolderImageSet {spec.name}: label {int(self.labels.max())} out of range for {spec.num_classes} classes")
