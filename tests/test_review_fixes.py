@@ -38,8 +38,7 @@ def test_a_plugin_whose_options_parse_only_when_given_leaves_every_command_worki
     defaults = plugin_method.family_option_defaults()
     assert all(values == {"reference": None, "batch": 64} for values in defaults.values())
     assert cli.main(["datasets"]) == 0
-    with pytest.raises(SystemExit):
-        cli.main(["distill", "--help"])
+    assert cli.main(["distill", "--help"]) == 0
     assert "--reference" in capsys.readouterr().out
 
 

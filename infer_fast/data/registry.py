@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -201,16 +202,50 @@ class Dataset:
 
 
 _DATASETS: Dict[str, Dataset] = {}  # canonical name -> entry, in registration order
+_REGISTERED_BY: Dict[str, str] = {}  # canonical name -> the module that registered it (caller_module)
+
+
+def definition_name(obj: Any) -> str:
+    """Where the function or class ``obj`` is defined, as "module:qualname": the same for a
+    notebook cell run again or a module reloaded, which make new objects of the same definition."""
+    return f"{getattr(obj, '__module__', None)}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def caller_module(depth: int = 1) -> str:
+    """The name of the module whose code called the function that calls this one (``depth``
+    frames further up): the module registering an entry ("__main__" for a notebook's cell)."""
+    return sys._getframe(depth + 1).f_globals.get("__name__", "?")
 
 
 def register_dataset(entry: Dataset) -> Dataset:
-    """Add ``entry`` to the registry (a ValueError if its name or an alias is taken)."""
-    taken = {n for d in _DATASETS.values() for n in (d.name, *d.aliases)}
+    """Add ``entry`` to the registry (a ValueError if its name or an alias is taken). The same
+    definition again, registered by the same module with a loader of the same name (a notebook
+    cell run again, a module reloaded), replaces the entry of that name; a built-in dataset is
+    replaced only by :mod:`.catalog`'s own reload."""
+    registered_by = caller_module()
+    old = _DATASETS.get(entry.name)
+    if old is entry:  # (the same entry again: nothing to change)
+        return entry
+    if old is not None:
+        _check_same_definition(old, entry, registered_by)
+    taken = {n for d in _DATASETS.values() if d.name != entry.name for n in (d.name, *d.aliases)}
     clash = sorted(taken & {entry.name, *entry.aliases})
     if clash:
         raise ValueError(f"dataset {entry.name!r}: {', '.join(clash)} already registered")
     _DATASETS[entry.name] = entry
+    _REGISTERED_BY[entry.name] = registered_by
     return entry
+
+
+def _check_same_definition(old: Dataset, new: Dataset, registered_by: str) -> None:
+    """A ValueError unless ``new``, registered by the module ``registered_by``, is the
+    definition of ``old`` again: registered by the same module, its loader of the same name."""
+    was = (_REGISTERED_BY.get(old.name, "?"), definition_name(old.loader))
+    now = (registered_by, definition_name(new.loader))
+    if was != now:
+        raise ValueError(f"dataset {new.name!r}: {new.name} already registered by module {was[0]!r} (loader "
+                         f"{was[1]}), this one by module {now[0]!r} (loader {now[1]}): give it another name (a "
+                         "dataset is replaced only by the module that registered it, registering it again)")
 
 
 def get_dataset(dataset) -> Dataset:

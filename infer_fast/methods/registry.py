@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 from ..checks import check_int
 from ..choices import SOFT_LABEL_MODES
-from ..data.registry import DATASET_FAMILIES, dataset_options, recipe_family
+from ..data.registry import DATASET_FAMILIES, caller_module, dataset_options, definition_name, recipe_family
 from ..teacher import resolve_device, teacher_path_list
 from ..options import CheckedWhenMade, Option, check_fields, check_value, hold_as_made
 from ..plugins import PLUGINS_HINT, load_plugins
@@ -261,13 +261,20 @@ def run_level_options() -> Dict[str, Option]:
 _METHODS: Dict[str, Method] = {}
 _loaded = False  # (the built-in modules: all imported)
 _loading_threads: Set[int] = set()  # the threads importing them now (_load_builtins)
+_REGISTERED_BY: Dict[str, str] = {}  # method name -> the module that registered it (caller_module)
 
 
 def register(method: Method) -> Method:
-    """Add ``method`` (a name registered twice is an error; a test may ``unregister``)."""
+    """Add ``method``. A name registered twice is an error (a test may ``unregister``), unless
+    it is the same definition again (a notebook cell run again, a module reloaded): registered
+    by the same module, its ``distill`` of the same module and qualname, which replaces it."""
+    registered_by = caller_module()
     _load_builtins()
-    if method.name in _METHODS and _METHODS[method.name] is not method:
-        raise ValueError(f"a method named {method.name!r} is already registered")
+    old = _METHODS.get(method.name)
+    if old is method:  # (the same method again: nothing to change)
+        return method
+    if old is not None:
+        _check_same_definition(old, method, registered_by)
     if method.name == "external":
         raise ValueError("'external' names imported sets, not a method")
     _check_same_declarations(method)
@@ -275,7 +282,27 @@ def register(method: Method) -> Method:
     _check_config_section(method)
     _check_label_free(method)
     _METHODS[method.name] = method
+    _REGISTERED_BY[method.name] = registered_by
     return method
+
+
+def _definition(method: Method, registered_by: str) -> Tuple[str, str]:
+    """What tells one definition of a method from another: the module registering it, and its
+    ``distill``'s module:qualname (the set it trains on, for a method making none)."""
+    made_by = (f"distill {definition_name(method.distill)}" if method.distill is not None
+               else f"trains on {method.trains_on!r}'s set")
+    return registered_by, made_by
+
+
+def _check_same_definition(old: Method, new: Method, registered_by: str) -> None:
+    """A ValueError unless ``new``, registered by the module ``registered_by``, is the
+    definition of the registered ``old`` (of the same name) again."""
+    was = _definition(old, _REGISTERED_BY.get(old.name, "?"))
+    now = _definition(new, registered_by)
+    if was != now:
+        raise ValueError(f"a method named {new.name!r} is already registered, by module {was[0]!r} ({was[1]}); this "
+                         f"one is registered by module {now[0]!r} ({now[1]}): unregister({new.name!r}) "
+                         "(infer_fast.methods) first to replace it, or give it another name")
 
 
 def _check_label_free(method: Method) -> None:
@@ -302,7 +329,7 @@ def _check_same_declarations(method: Method) -> None:
     """An option name that several methods take is one CLI flag: refused where ``method``
     declares it of another kind or with other choices than a registered method does."""
     for other in _METHODS.values():
-        theirs = {o.name: o for o in other.options if other is not method}
+        theirs = {o.name: o for o in other.options if other.name != method.name}  # (not the one it replaces)
         for opt in method.options:
             same = theirs.get(opt.name)
             if same is not None and (same.kind, same.choices) != (opt.kind, opt.choices):
@@ -320,7 +347,7 @@ def _check_distill_flags(method: Method) -> None:
     command_options = distill_request_options()
     taken = {flag: (None, f"its own {what}") for flag, what in distill_command_flags().items()}
     for other in all_methods():  # (the built-in order: the first method declaring a flag is named)
-        for theirs in other.options if other is not method else ():
+        for theirs in other.options if other.name != method.name else ():  # (nor the one it replaces)
             taken.setdefault(theirs.flag_name, (theirs.name, f"option {theirs.name} of method {other.name!r}"))
     for opt in method.options:
         if opt.name in command_options:
@@ -335,6 +362,7 @@ def _check_distill_flags(method: Method) -> None:
 
 def unregister(name: str) -> None:
     _METHODS.pop(name, None)
+    _REGISTERED_BY.pop(name, None)
 
 
 def _load_builtins() -> None:

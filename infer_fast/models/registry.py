@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from torch import nn
 
 from .base import ClassifierNet, init_weights
+from ..data.registry import definition_name
 from ..plugins import PLUGINS_HINT
 from .convnet import canonical_norm
 from .external import is_external
@@ -66,12 +67,19 @@ class ModelSpec:
     _builtin: bool = field(default=False, repr=False, compare=False)
 
     @property
+    def definition(self) -> str:
+        """Where its builder is defined, "module:qualname" (a target given as "module:function":
+        the module's full name and the function), without importing it."""
+        if callable(self.target):
+            return definition_name(self.target)
+        module, _, func = self.target.partition(":")
+        return f"{__package__}.{module}:{func}" if self._builtin else self.target
+
+    @property
     def builder(self) -> Callable[..., nn.Module]:
         if callable(self.target):
             return self.target
-        module, _, func = self.target.partition(":")
-        if self._builtin:
-            module = f"{__package__}.{module}"
+        module, _, func = self.definition.partition(":")
         return getattr(importlib.import_module(module), func)
 
     def build(self, num_classes: int, in_channels: int = 3, image_size: Any = 32, **kwargs: Any) -> nn.Module:
@@ -92,16 +100,22 @@ def register(spec: ModelSpec) -> ModelSpec:
     A ValueError naming it where its name or an alias is taken (a registered model's name or
     alias, a ConvNet name ``convnet-w<W>-d<D>[-<norm>]``, ``torchvision:``/``timm:``), or its
     builder (``spec.target``) cannot be imported or is not callable: refused here, not when
-    some run first builds it."""
+    some run first builds it. The same definition again, a model of the same name whose builder
+    has the same module and qualname (a notebook cell run again, a module reloaded), replaces
+    it, aliases and all; a built-in model is never replaced."""
     if not isinstance(spec, ModelSpec) or not isinstance(spec.name, str) or not spec.name.strip():
         raise ValueError(f"register takes a ModelSpec with a non-empty name, got {spec!r}")
-    if _REGISTRY.get(normalize_name(spec.name)) is spec:  # (the same spec again: nothing to change)
+    key = normalize_name(spec.name)
+    old = _REGISTRY.get(key)
+    if old is spec:  # (the same spec again: nothing to change)
         return spec
-    for alias in (spec.name, *spec.aliases):
-        _check_name_free(spec.name, alias)
     if not callable(spec.target) and (not isinstance(spec.target, str) or spec.target.count(":") != 1):
         raise ValueError(f"model {spec.name!r}: target must be 'module:function' or the function itself, "
                          f"got {spec.target!r}")
+    if old is not None:
+        _check_same_definition(old, spec)
+    for alias in (spec.name, *spec.aliases):
+        _check_name_free(spec.name, alias, replaced=key if old is not None else None)
     try:
         builder = spec.builder
     except (ImportError, AttributeError) as exc:
@@ -109,15 +123,30 @@ def register(spec: ModelSpec) -> ModelSpec:
                          "module's full dotted name, importable from sys.path, or the function itself") from None
     if not callable(builder):
         raise ValueError(f"model {spec.name!r}: its builder {spec.target!r} is not a function")
+    if old is not None:  # (its aliases go with it: the new definition may have dropped some)
+        unregister(key)
     return _add(spec)
 
 
-def _check_name_free(model: str, name: str) -> None:
+def _check_same_definition(old: ModelSpec, new: ModelSpec) -> None:
+    """A ValueError unless ``new`` is the definition of the registered ``old`` (of the same
+    name) again: not a built-in, its builder of the same module and qualname."""
+    if old._builtin:
+        raise ValueError(f"model {new.name!r}: the name is already registered for model {old.name!r}, a built-in one "
+                         f"({old.definition}), which a model of yours may not replace: give yours another name")
+    if old.definition != new.definition:
+        raise ValueError(f"model {new.name!r} is already registered with the builder {old.definition}; this one's "
+                         f"builder is {new.definition}: unregister({old.name!r}) (infer_fast.models.registry) first "
+                         "to replace it, or give yours another name")
+
+
+def _check_name_free(model: str, name: str, replaced: Optional[str] = None) -> None:
     """A ValueError where ``name`` (of the model ``model`` being registered) already names a
-    model: a registered name or alias, a ConvNet of the built-in family, an external library's
-    model (create_model would build that one, or the new one would replace it)."""
+    model (but the model ``replaced``, which ``model`` replaces): a registered name or alias, a
+    ConvNet of the built-in family, an external library's model (create_model would build that
+    one, or the new one would replace it)."""
     key = normalize_name(name)
-    if key in _ALIASES:
+    if key in _ALIASES and _ALIASES[key] != replaced:
         raise ValueError(f"model {model!r}: the name {name!r} is already registered for model {_ALIASES[key]!r}")
     if _CONVNET_RE.match(key):
         raise ValueError(f"model {model!r}: the name {name!r} is one of the built-in ConvNet family "
