@@ -16,7 +16,12 @@ there. A second Ctrl-C while a stop is pending raises at once (a user who presse
 out now), and so does any signal repeated REPEAT_GRACE_S or more after the first; another signal
 within that time is the same stop told twice (SLURM signals every process of a job, and torchrun
 forwards its own SIGTERM to its workers a millisecond later): raising on it would lose the save
-under way. Processes that must stop together vote at each safe point (:func:`agree_on_stop`)."""
+under way. Processes that must stop together vote at each safe point (:func:`agree_on_stop`).
+
+Called from Python (a script, a notebook's "interrupt kernel": SIGINT) there is no cli.main
+to install the handlers: the calls that checkpoint (a recovery's batches, RDED's classes)
+install them for their own duration (:func:`checkpointed_call`), so a stop saves the work under
+way there too, and the Interrupted says where it is saved and that resume=True continues."""
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +43,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(int(signum))  # (args: what a pickled copy is made again from)
         self.signum = int(signum)
+        # for a Python caller (checkpointed_call): where the progress is saved, how to continue
+        self.how_to_continue = ""
 
     def __str__(self) -> str:
-        return signal_name(self.signum)
+        return signal_name(self.signum) + (f": {self.how_to_continue}" if self.how_to_continue else "")
 
 
 def signal_name(signum: int) -> str:
@@ -94,16 +101,56 @@ def handlers_installed() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    try:
+        with _handler_replacing(lambda signum, handler: handler is not signal.SIG_IGN):
+            yield
+    finally:
+        STOP.signum = None
+
+
+@contextlib.contextmanager
+def checkpointed_call(where: Callable[[], Optional[str]]) -> Iterator[None]:
+    """The duration of a library call that checkpoints at safe points (a recovery, RDED), made
+    from Python: our handler for each of SIGNALS still at Python's default, which would lose
+    the work since the last checkpoint (Ctrl-C, a notebook's "interrupt kernel", raising in
+    the middle of an iteration; SIGTERM, SIGHUP, SIGUSR1/2 ending the process on the spot), the
+    previous ones restored after. A handler already set (cli.main's, an outer call's, the
+    caller's own) and an ignored signal are left as they are. An Interrupted leaving the call
+    says where its progress is (``where()``: the checkpoint on disk, None: none) and that
+    resume=True continues; from a thread other than the main one, nothing changes."""
+    with _handler_replacing(lambda signum, handler: handler is _python_default(signum)):
+        try:
+            yield
+        except Interrupted as exc:
+            saved = where()
+            if saved is not None and not exc.how_to_continue:
+                exc.how_to_continue = f"progress is saved in {saved}: run it again with resume=True to continue"
+            raise
+
+
+def _python_default(signum: int) -> object:
+    """The handler Python starts with: KeyboardInterrupt for SIGINT, the system's default (the
+    process ends) for the others."""
+    return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+
+
+@contextlib.contextmanager
+def _handler_replacing(replace: Callable[[int, object], bool]) -> Iterator[None]:
+    """Our handler for each of SIGNALS whose handler ``replace(signum, handler)`` accepts while
+    the block runs, exactly the previous ones restored after. Only the main thread can set
+    handlers: from another one, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous: Dict[int, object] = {}
     try:
         for signum in SIGNALS:
-            if signal.getsignal(signum) is not signal.SIG_IGN:
+            if replace(signum, signal.getsignal(signum)):
                 previous[signum] = signal.signal(signum, _handler)
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        STOP.signum = None
 
 
 @contextlib.contextmanager

@@ -292,7 +292,7 @@ FOLDER_SCRIPT = """
     parent = os.getpid()
 
     def decode(path, size, channels, crop=1.0):
-        if where == "batch" and path == "image-0":  # Ctrl-C to the group while the parent waits for it
+        if where == "batch" and os.path.basename(path) == "image-0":  # Ctrl-C to the group while the parent waits for it
             os.killpg(os.getpgid(0), signal.SIGINT)
         ignored = all(signal.getsignal(s) is signal.SIG_IGN for s in interrupts.SIGNALS)
         return torch.full((channels, size, size), int(ignored) + 10 * int(os.getpid() != parent), dtype=torch.uint8)

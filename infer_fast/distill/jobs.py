@@ -299,8 +299,10 @@ def _run_jobs(
         store.announce(kind.label, len(jobs), resume)
         store.claim_partials(split_jobs)
         mine = _my_jobs(jobs, store, split_jobs)
-        for m, teacher in enumerate(teachers):
-            runner.run_teacher(m, teacher, mine)
+        # called from Python (no cli.main's handlers): a signal still waits for the batches' safe points
+        with interrupts.checkpointed_call(store.where) if store.writes or ranks is not None else contextlib.nullcontext():
+            for m, teacher in enumerate(teachers):
+                runner.run_teacher(m, teacher, mine)
     finally:
         if ranks is not None:
             ranks.close()

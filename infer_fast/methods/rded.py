@@ -55,6 +55,7 @@ torch generators seeded with the request's seed, so a seed gives the same set.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
@@ -319,8 +320,12 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
     rows = torch.arange(first * candidates, len(picked))
     batches = picked.batches(candidates, rows, pin_memory=device_of(teachers[0]).type == "cuda")
     scorers = copies_in_layout(teachers, recipe.get("channels_last", False))  # (the teachers that score)
-    # a stop signal (SIGTERM...) lets the class under way finish and checkpoints after it
-    with interrupts.stop_at_safe_points() if store is not None else contextlib.nullcontext():
+    # a stop signal (SIGTERM...) lets the class under way finish and checkpoints after it (called
+    # from Python too: checkpointed_call installs the handlers where cli.main did not)
+    with contextlib.ExitStack() as stops:
+        if store is not None:
+            stops.enter_context(interrupts.checkpointed_call(lambda: store.path if os.path.exists(store.path) else None))
+            stops.enter_context(interrupts.stop_at_safe_points())
         for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",
                                                     desc="RDED: scoring patches", disable=not progress), start=first):
             images[c * ipc:(c + 1) * ipc] = class_images(batch, c, scorers, spec.mean, spec.std, ipc, recipe, gen)
