@@ -19,17 +19,24 @@ one untimed class first (cuDNN's algorithm choice, the allocator); the median ov
 Candidates are random pixels (RDED's cost does not depend on the content: the crop boxes come
 from the generator, the forward from the shapes), the teachers random weights. Decoding: a
 generated set of --files ImageNet-like JPEGs (bench_decode.py's generator: sizes from its
-SIZE_MIX, a few grayscale, a CMYK, a PNG named .JPEG), one untimed pass to start the workers,
-then the median of --decode-rounds passes.
+SIZE_MIX, a few grayscale, a CMYK, a PNG named .JPEG), read as RDED reads its candidates: in
+batches of one class's candidates, at least two batches per worker in a pass (the files
+cycled as often as that takes), since a DataLoader hands each worker whole batches and RDED's
+workers read ahead across classes (fewer batches than workers would leave some idle and
+understate the rate); one untimed pass to start the workers, then the median of
+--decode-rounds passes. --decode-from takes the decode rate of an earlier run's JSON instead
+(the GPU session's bf16 runs: the decoding does not depend on the scoring's precision).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import statistics
 import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -77,24 +84,53 @@ def forward_seconds(teachers, recipe: Dict, size: int, classes: int, device: tor
                                                     recipe["precision"], recipe["channels_last"]), classes, device)
 
 
+def batches_per_pass(workers: int) -> int:
+    """Batches of one timed decode pass with ``workers`` DataLoader workers: two per worker (one
+    worker's worth, the main process, without), so that every worker decodes all pass long."""
+    return 2 * max(workers, 1)
+
+
 def decode_rows(files: int, size: int, worker_counts: List[int], rounds: int, device: torch.device, seed: int,
-                quick: bool) -> List[Dict]:
+                quick: bool, batch: int) -> List[Dict]:
     """images/s of decode + resize + centre crop (the folder splits' decoder) of one generated
-    set, in each of ``worker_counts`` DataLoader workers."""
+    set of ``files`` JPEGs, in batches of ``batch`` (one class's candidates, as RDED reads
+    them), with each of ``worker_counts`` DataLoader workers busy (batches_per_pass)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-rded-") as root:
         paths = [s["path"] for s in generate_images(root, files, seed, quick)]
         for workers in worker_counts:
-            run = pipeline_run(*make_source(DEFAULT_DECODER, paths, size, workers, 64, device), lambda images: None)
+            batches = batches_per_pass(workers)
+            read = list(itertools.islice(itertools.cycle(paths), batches * batch))  # (the files again where too few)
+            run = pipeline_run(*make_source(DEFAULT_DECODER, read, size, workers, batch, device), lambda images: None)
             run()  # starts the (persistent) workers
             speeds = [one_pass(run, device) for _ in range(rounds)]
-            rows.append({"section": "decode", "files": len(paths), "workers": workers, "decoder": DEFAULT_DECODER,
+            rows.append({"section": "decode", "files": len(paths), "images": len(read), "batch": batch,
+                         "batches": batches, "workers": workers, "decoder": DEFAULT_DECODER,
                          "images_per_s": statistics.median(speeds), "images_per_s_rounds": speeds})
             del run  # (its loader's workers end before the next count's start)
     return rows
 
 
-def projection(score_s: float, forward_s: float, decode: Dict, num_classes: int, candidates: int) -> Dict:
+def decode_rows_of(path: str, size: int) -> List[Dict]:
+    """The decode rows of an earlier run's JSON at ``path`` (--decode-from), which must have
+    decoded to ``size``; ValueError says why it cannot serve."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+        rows = [r for r in earlier["results"] if r["section"] == "decode"]
+        earlier_size = earlier["settings"]["size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read its decode rows ({type(exc).__name__}: {exc})") from None
+    if not rows:
+        raise ValueError("it has no decode rows")
+    if earlier_size != size:
+        raise ValueError(f"it decoded to {earlier_size} px, this run's --size is {size}")
+    return rows
+
+
+def projection(score_s: float, forward_s: float, decode: Dict, num_classes: int, candidates: int,
+               decode_from: Optional[str] = None) -> Dict:
+    """The whole split's time; ``decode_from``: the JSON ``decode`` comes from (None: this run's)."""
     score_total = score_s * num_classes
     decode_total = num_classes * candidates / decode["images_per_s"]
     return {
@@ -102,6 +138,8 @@ def projection(score_s: float, forward_s: float, decode: Dict, num_classes: int,
         "decoding_s": decode_total, "overlapped_s": max(score_total, decode_total),
         "serial_s": score_total + decode_total,
         "scoring_share_in_forward": forward_s / score_s if score_s > 0 else None,
+        "decode_images_per_s": decode["images_per_s"], "decode_workers": decode["workers"],
+        "decode_from": decode_from,
     }
 
 
@@ -119,11 +157,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                                "passes' (default fp32)")
     parser.add_argument("--channels-last", action="store_true", help="RDED's option: the scoring forward passes in "
                                                                      "channels_last")
-    parser.add_argument("--files", type=int, help="generated JPEGs of the decode rows (default 256 on GPU, 32 on CPU; "
-                                                  "--quick 6)")
+    parser.add_argument("--files", type=int, help="distinct generated JPEGs of the decode rows, read as often as "
+                                                  "their batches take (default 256 on GPU, 32 on CPU; --quick 6)")
     parser.add_argument("--workers", help="decode worker counts, comma-separated (default: RDED's own, "
                                           "loader_workers, and every core where that is more); the first projects")
     parser.add_argument("--decode-rounds", type=int, default=3)
+    parser.add_argument("--decode-from", help="an earlier run's JSON (at the same --size) whose decode rows project "
+                                              "this one's decoding, instead of decoding again")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="of the generated JPEGs")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
@@ -152,6 +192,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--workers must be integers >= 0")
     if args.candidates < args.ipc * recipe["factor"] ** 2:
         parser.error(f"--candidates {args.candidates} is too few for ipc {args.ipc} at factor {recipe['factor']}")
+    if args.decode_from:
+        try:
+            args.decode_rows = decode_rows_of(args.decode_from, args.size)
+        except ValueError as exc:
+            parser.error(f"--decode-from {args.decode_from}: {exc}")
     return args
 
 
@@ -169,8 +214,12 @@ def main(argv=None) -> int:
     with torch.no_grad():
         score = score_seconds(teachers, recipe, args.ipc, args.size, args.classes, device)
         forward = forward_seconds(teachers, recipe, args.size, args.classes, device)
-    decodes = decode_rows(args.files, args.size, args.workers, args.decode_rounds, device, args.seed, args.quick)
-    decode = decodes[0]
+    if args.decode_from:  # (the earlier run's rows project; this run decodes nothing)
+        decodes, decode = [], args.decode_rows[0]
+    else:
+        decodes = decode_rows(args.files, args.size, args.workers, args.decode_rounds, device, args.seed, args.quick,
+                              batch=args.candidates)
+        decode = decodes[0]
     score_s, forward_s = statistics.median(score), statistics.median(forward)
     crops = args.candidates * args.crops
     rows = [
@@ -179,17 +228,22 @@ def main(argv=None) -> int:
          "crops_per_s": crops / forward_s},
         *decodes,
     ]
-    projected = projection(score_s, forward_s, decode, args.num_classes, args.candidates)  # (at the first count)
+    projected = projection(score_s, forward_s, decode, args.num_classes, args.candidates,  # (at the first count)
+                           args.decode_from)
     print(f"  scoring      {score_s:8.3f} s/class  {crops / score_s:9.0f} crops/s")
     print(f"  forward only {forward_s:8.3f} s/class  {crops / forward_s:9.0f} crops/s  "
           f"({forward_s / score_s:.0%} of the scoring)")
     for row in decodes:  # (the first: the count the projection takes)
         print(f"  decode       {row['images_per_s']:8.1f} images/s with {row['workers']} workers ({row['decoder']}, "
-              f"{row['files']} files)")
+              f"{row['files']} files, {row['batches']} batches of {row['batch']})")
+    if args.decode_from:
+        print(f"  decode       {decode['images_per_s']:8.1f} images/s with {decode['workers']} workers, "
+              f"from {args.decode_from}")
     print(f"projected {args.num_classes} classes: scoring {projected['scoring_s'] / 60:.1f} min, decoding "
           f"{projected['decoding_s'] / 60:.1f} min; overlapped {projected['overlapped_s'] / 60:.1f} min, "
           f"serial {projected['serial_s'] / 60:.1f} min")
-    save_results("bench_rded", "rded", device, args, rows, projected, recipe=recipe)
+    settings = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "decode_rows"})
+    save_results("bench_rded", "rded", device, settings, rows, projected, recipe=recipe)
     return 0
 
 

@@ -8,21 +8,24 @@
 #             is visible but the CUDA kernels are not built, loaded and registered (info --check)
 #   test      the kernel, op and host-path tests on the GPU, pytest-xdist in parallel (pytest-xdist
 #             and hypothesis installed with pip when missing, or the summary says what was not)
-#   ops       bench_ops.py: the bf16 channels_last case, then every backend vs the eager hook and
-#             torch.compile of it (fp32, both layouts); target checks in the JSON
+#   ops       bench_ops.py: the bf16 case (channels_last only), then every backend vs the eager hook
+#             and torch.compile of it (fp32, both layouts, the targets' workloads first), each
+#             result checked against the float64 reference; target checks in the JSON (a run cut
+#             short says INCOMPLETE and the targets it did not measure)
 #   overhead  bench_ops.py --overhead: host cost per call at tiny shapes
 #   cifar100  bench_recovery.py at CIFAR-100 shapes, with a torch.compile(reduce-overhead) row
 #   imagenet  bench_recovery.py at ImageNet shapes, the three teachers (ResNet-18 first: the one a run
 #             cut short keeps), 8 iterations, profiled
 #   rded      bench_rded.py: RDED's scoring and decoding at the ImageNet-1k ipc 10 recipe, projected
 #             to the 1000 classes (issue 22's "in minutes on one GPU"), then its scoring in bf16, and in
-#             bf16 + channels_last; late,
+#             bf16 + channels_last (their projections with the fp32 run's decode rate); late,
 #             so it runs on what is left
 #   student   bench_student.py --profile: a ResNet-18 student's step at the ImageNet recipe, the host's
 #             batch preparation against the device's step (and where each spends its time), projected
 #             to 300 epochs of ImageNet-1k ipc 10; then the same in bf16 + channels_last, with the
 #             batches augmented on the host and on the GPU
-#   summary   what passed, what was measured, which targets were met (printed last)
+#   summary   what passed, what was measured, which targets were met (printed last); a step
+#             fails when any of its runs did, and the summary names the JSON a step left missing
 # `all` gives each step a time limit (STEP_LIMITS below) and skips what no longer fits the
 # overall limit (BUDGET_S, default 540 s), so a slow step never costs the summary.
 #
@@ -135,7 +138,8 @@ ops_runs() {  # ops_runs [args...]: the ops step's runs, each saving its JSON pe
   if [ "$GPU" = 1 ]; then
     # bf16 first (one workload, its own JSON): the fp32 table compiles torch.compile(hook) per shape
     # from a cold Inductor cache and may not end within the step's limit, so a run after it might never run
-    "$PY" bench/bench_ops.py --preset gpu-bf16 --dtype bfloat16 --channels-last --out "$DEST/ops-bf16.json" || status=$?
+    "$PY" bench/bench_ops.py --preset gpu-bf16 --dtype bfloat16 --layouts channels_last --out "$DEST/ops-bf16.json" ||
+      status=$?
     "$PY" bench/bench_ops.py --channels-last --out "$DEST/ops.json" "$@" || status=$?
   else
     "$PY" bench/bench_ops.py --preset cpu-target --channels-last --out "$DEST/ops.json" "$@" || status=$?
@@ -170,25 +174,36 @@ step_recovery() {  # step_recovery cifar100|imagenet [args...]
   run "$preset" "$PY" bench/bench_recovery.py --preset "$preset" "${bounded[@]}" --out "$DEST/recovery-$preset.json" "$@"
 }
 
-step_rded() {
-  local bounded=()
+rded_runs() {  # rded_runs [args...]: the rded step's runs, each its own JSON; fails if one did
+  local bounded=() status=0
   [ "$GPU" = 1 ] || bounded=(--size 64 --candidates 40 --files 8)  # a CPU dry run: the plumbing, in seconds
-  run rded "$PY" bench/bench_rded.py "${bounded[@]}" --out "$DEST/rded.json" "$@" || return
-  # (the scoring in bf16; its decode rows are the fp32 run's, so fewer files and one round)
-  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --files 16 --decode-rounds 1 \
-    --out "$DEST/rded-bf16.json" "$@" 2>&1 | tee -a "$DEST/rded.log"
-  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --channels-last --files 16 --decode-rounds 1 \
-    --out "$DEST/rded-bf16-channels-last.json" "$@" 2>&1 | tee -a "$DEST/rded.log"
+  # (the bf16 runs project with this run's decode rate: nothing to project with when it failed)
+  "$PY" bench/bench_rded.py "${bounded[@]}" --out "$DEST/rded.json" "$@" || return
+  # the scoring in bf16: the decoding does not depend on it, so no decoding of their own
+  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --decode-from "$DEST/rded.json" \
+    --out "$DEST/rded-bf16.json" "$@" || status=$?
+  "$PY" bench/bench_rded.py "${bounded[@]}" --precision bf16 --channels-last --decode-from "$DEST/rded.json" \
+    --out "$DEST/rded-bf16-channels-last.json" "$@" || status=$?
+  return "$status"
+}
+
+step_rded() {
+  run rded rded_runs "$@"
+}
+
+student_runs() {  # student_runs [args...]: the student step's runs, each its own JSON; fails if one did
+  local bounded=() status=0
+  [ "$GPU" = 1 ] || bounded=(--model convnet-w8-d2 --size 32 --steps 2 --rounds 1)  # a CPU dry run: seconds
+  "$PY" bench/bench_student.py --profile "${bounded[@]}" --out "$DEST/student.json" "$@" || status=$?
+  local fast=(--precision bf16 --channels-last "${bounded[@]}")
+  "$PY" bench/bench_student.py "${fast[@]}" --out "$DEST/student-bf16.json" "$@" || status=$?
+  "$PY" bench/bench_student.py "${fast[@]}" --augment-on device --out "$DEST/student-bf16-device.json" "$@" ||
+    status=$?
+  return "$status"
 }
 
 step_student() {
-  local bounded=()
-  [ "$GPU" = 1 ] || bounded=(--model convnet-w8-d2 --size 32 --steps 2 --rounds 1)  # a CPU dry run: seconds
-  run student "$PY" bench/bench_student.py --profile "${bounded[@]}" --out "$DEST/student.json" "$@" || return
-  local fast=(--precision bf16 --channels-last "${bounded[@]}")
-  "$PY" bench/bench_student.py "${fast[@]}" --out "$DEST/student-bf16.json" "$@" 2>&1 | tee -a "$DEST/student.log"
-  "$PY" bench/bench_student.py "${fast[@]}" --augment-on device --out "$DEST/student-bf16-device.json" "$@" 2>&1 |
-    tee -a "$DEST/student.log"
+  run student student_runs "$@"
 }
 
 step_decode() {

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List
 STEPS = ("build", "test", "ops", "overhead", "cifar100", "imagenet", "rded", "student", "decode", "rehearsal")
 RDED_RESULTS = ("rded.json", "rded-bf16.json", "rded-bf16-channels-last.json")  # the rded step's runs (gpu_session.sh)
 STUDENT_RESULTS = ("student.json", "student-bf16.json", "student-bf16-device.json")  # the student step's runs
+RESULTS_OF_STEPS = {"rded": RDED_RESULTS, "student": STUDENT_RESULTS}  # the JSON each run of the step leaves
 OPS_RESULTS = ("ops-bf16.json", "ops.json")  # the ops step's runs, in their order (gpu_session.sh)
 
 
@@ -67,35 +68,60 @@ def last_line(path: Path, containing: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def target_lines(checks: List[Dict]) -> List[str]:
-    if not checks:
+def target_lines(checks: List[Dict], not_measured: List[Dict] = ()) -> List[str]:
+    """Per implementation: its targets met of those checked, each one missed, failed (a wrong
+    result) or planned but not measured."""
+    if not checks and not not_measured:
         return ["    (no target checks)"]
     lines = []
-    for impl in sorted({c["impl"] for c in checks}):
+    for impl in sorted({c["impl"] for c in [*checks, *not_measured]}):
         mine = [c for c in checks if c["impl"] == impl]
         missed = [c for c in mine if not c["met"]]
+        unmeasured = [t for t in not_measured if t["impl"] == impl]
         auto = " (auto)" if any(c.get("auto") for c in mine) else ""
-        lines.append(f"    {impl}{auto}: {len(mine) - len(missed)}/{len(mine)} met")
+        lines.append(f"    {impl}{auto}: {len(mine) - len(missed)}/{len(mine)} met"
+                     + (f", {len(unmeasured)} not measured" if unmeasured else ""))
         for c in missed:
-            lines.append(f"      MISSED {c['case']}: {c['what']} {c['value']:.2f} (target {c['target']})")
+            outcome = "MISSED" if c.get("correct", True) else "FAILED (wrong result)"
+            lines.append(f"      {outcome} {c['case']}: {c['what']} {c['value']:.2f} (target {c['target']})")
+        for t in unmeasured:
+            lines.append(f"      NOT MEASURED {t['case']}: {t['what']} (target {t['target']})")
     return lines
 
 
 def ops_lines(result: Dict) -> List[str]:
     env = result["environment"]
-    lines = [f"  {env['device']}, copy bandwidth {env.get('copy_bandwidth_GBps', float('nan')):.0f} GB/s"]
+    cut_short = " INCOMPLETE: it ended before its last row" if result.get("complete") is False else ""
+    lines = [f"  {env['device']}, copy bandwidth {env.get('copy_bandwidth_GBps', float('nan')):.0f} GB/s{cut_short}"]
     bn = [r for r in result["results"] if r["op"] == "bn_stat_loss"]
     for case in dict.fromkeys((r["workload"], r["layout"], r["dtype"]) for r in bn):
-        row = {r["impl"]: r["fwd_bwd_ms"] for r in bn if (r["workload"], r["layout"], r["dtype"]) == case}
-        cells = "  ".join(f"{impl} {ms:.3f}" for impl, ms in row.items())
+        row = {r["impl"]: r for r in bn if (r["workload"], r["layout"], r["dtype"]) == case}
+        cells = "  ".join(f"{impl} {r['fwd_bwd_ms']:.3f}{'' if r.get('correct', True) else ' WRONG'}"
+                          for impl, r in row.items())
         lines.append(f"    {case[0]} {case[2]} {case[1]}: fwd+bwd ms  {cells}")
-    return lines + target_lines(result.get("targets", []))
+    wrong = [f"{r['op']} {r['impl']} ({r['workload']})" for r in result["results"] if r.get("correct") is False]
+    if wrong:
+        lines.append(f"    WRONG RESULT against the float64 reference: {'; '.join(wrong)}")
+    return lines + target_lines(result.get("targets", []), result.get("targets_not_measured", []))
+
+
+def missing_results(directory: Path) -> List[str]:
+    """A line per step that ran (or was cut short) and left one of its runs' JSON missing."""
+    out = []
+    for step, names in RESULTS_OF_STEPS.items():
+        if step_status(directory, step).split(" (")[0] in ("not run", "skipped"):
+            continue
+        missing = [name for name in names if not (directory / name).exists()]
+        if missing:
+            out.append(f"{step}: MISSING {', '.join(missing)} (a run failed, or did not run; see {step}.log)")
+    return out
 
 
 def summary(directory: Path) -> str:
     out = [f"GPU session summary ({directory})", ""]
     for step in STEPS:
         out.append(f"  {step:<9} {step_status(directory, step)}")
+    out += missing_results(directory)
     out.append("")
     # (info's row "  CUDA kernels ...", not the check's line, which names the CUDA kernels too)
     out.append(f"build: {last_line(directory / 'build.log', '  CUDA kernels ') or 'no record'}")
@@ -121,7 +147,8 @@ def overhead_lines(result: Dict) -> List[str]:
     """The host cost per call of each op and implementation, and its targets (bench_ops.py --overhead)."""
     out = ["host cost per fwd+bwd call (tiny shapes):"]
     for r in result["results"]:
-        out.append(f"    {r['op']:<14} {r['impl']:<18} {r['fwd_bwd_host_us']:8.1f} us  {r['ratio_to_baseline']:.2f}x")
+        out.append(f"    {r['op']:<14} {r['impl']:<18} {r['fwd_bwd_host_us']:8.1f} us  {r['ratio_to_baseline']:.2f}x"
+                   f"{'' if r.get('correct', True) else '  WRONG RESULT'}")
     for c in result.get("targets", []):
         out.append(f"    target {c['op']}: {c['ratio']:.2f}x (<= {c['target_max_ratio']}x) "
                    f"{'met' if c['met'] else 'MISSED'}")
@@ -155,9 +182,12 @@ def recovery_lines(preset: str, result: Dict) -> List[str]:
 def rded_lines(result: Dict) -> List[str]:
     """RDED's rows and its projection to the whole split (bench_rded.py)."""
     s, rows = result["settings"], {r["section"]: r for r in result["results"]}
+    p = result["projection"]
     decodes = ", ".join(f"{r['images_per_s']:.0f} images/s with {r['workers']} workers"
                         for r in result["results"] if r["section"] == "decode")
-    p = result["projection"]
+    if p.get("decode_from"):  # (a run that took an earlier run's decode rate)
+        decodes = f"{p['decode_images_per_s']:.0f} images/s with {p['decode_workers']} workers, from " \
+                  f"{Path(p['decode_from']).name}"
     return [
         f"rded ({s['family']} recipe, {s['candidates']} candidates x {s['crops']} crops, {s['size']} px, "
         f"{s['teachers']}, {s.get('precision', 'fp32')}{' channels_last' if s.get('channels_last') else ''}):",

@@ -22,6 +22,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from infer_fast.ops import backends  # noqa: E402
+from infer_fast.ops.reference import tolerance  # noqa: E402,F401  (the tests' bound, defined once in the package)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -127,16 +128,6 @@ def gradcheck(backend, device, fn, inputs) -> bool:
     still fails a wrong gradient; every other backend gets the full check."""
     interpreted = backend == "triton" and torch.device(device).type == "cpu"
     return torch.autograd.gradcheck(fn, inputs, fast_mode=interpreted)
-
-
-def tolerance(dtype):
-    """(rtol, atol) for results stored in ``dtype`` against a float64 reference."""
-    return {
-        torch.float64: (1e-10, 1e-12),
-        torch.float32: (2e-5, 2e-6),
-        torch.float16: (2e-3, 2e-3),
-        torch.bfloat16: (1.6e-2, 1.6e-2),
-    }[dtype]
 
 
 # the tiny teachers trained in this test process, by (dataset, seed): each is trained once and

@@ -138,7 +138,7 @@ def test_the_ops_step_runs_the_bf16_case_first(tmp_path):
                           timeout=60)
     assert proc.returncode == 3, proc.stderr
     first, second = runs.read_text().splitlines()
-    assert first.startswith("bench/bench_ops.py --preset gpu-bf16 --dtype bfloat16 --channels-last --out ")
+    assert first.startswith("bench/bench_ops.py --preset gpu-bf16 --dtype bfloat16 --layouts channels_last --out ")
     assert first.endswith("/ops-bf16.json")
     assert second == f"bench/bench_ops.py --channels-last --out {out}/ops.json"
     assert (out / "ops.status").read_text() == "3\n"

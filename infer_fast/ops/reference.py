@@ -18,6 +18,20 @@ from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what the ops take
 
+# (rtol, atol) a backend's result stored in a dtype is held to against the float64 reference:
+# the tests' and the benchmarks' (a fast wrong kernel never wins) one bound
+REFERENCE_TOLERANCE = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (2e-5, 2e-6),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def tolerance(dtype: torch.dtype):
+    """(rtol, atol) for results stored in ``dtype`` against a float64 reference."""
+    return REFERENCE_TOLERANCE[dtype]
+
 
 def at_least_fp32(t: Tensor) -> Tensor:
     """fp16/bf16 values widened to fp32 (a bf16 teacher's logits before the CE); fp32 and
