@@ -138,3 +138,22 @@ def test_make_names_the_python_the_pinned_wheels_need_before_making_the_venv(tmp
     assert f"the pinned dependencies need Python >= 3.11, {fake_python} is Python 3.9.6" in result.stdout
     assert "make PYTHON=python3.11 demo" in result.stdout
     assert not venv.exists()
+
+
+def test_the_cuda_check_reads_setup_pys_openmp_flag():
+    """.ci/cuda_check.py reads the build by running setup.py with open() stubbed: the OpenMP
+    probe must not depend on writing a file (it did: the check then compiled without -fopenmp,
+    and -Werror refused the kernels' `#pragma omp simd`)."""
+    sys.path.insert(0, str(ROOT / ".ci"))
+    try:
+        import cuda_check
+    finally:
+        sys.path.remove(str(ROOT / ".ci"))
+    record_path = ROOT / BUILD_RECORD
+    record = record_path.read_bytes() if record_path.exists() else None
+    cxx = cuda_check.setup_py_extension("/usr/local/cuda")["extra_compile_args"]["cxx"]
+    assert (record_path.read_bytes() if record_path.exists() else None) == record  # (not a build: nothing written)
+    local = subprocess.run([os.environ.get("CXX", "c++"), "-fopenmp", "-x", "c++", "-", "-o", os.devnull],
+                           input="#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n",
+                           capture_output=True, text=True, timeout=120)
+    assert ("-fopenmp" in cxx) == (local.returncode == 0), (cxx, local.stderr[-500:])
