@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from . import interrupts
 from .checks import check_int
 from .ops import available_backends, backends, bn_stat_loss, bn_stat_loss_naive, ufc_compose, ufc_compose_naive
 
@@ -93,7 +94,9 @@ def run_demo(out_dir: str = "demo-output", seeds: int = SEEDS, iterations: Optio
     print(f"infer-fast demo: INFER vs random vs SRe2L at ipc {IPC} on {DATASET} (embedded; {torch.get_num_threads()} CPU threads)")
     print(check_backends())
     cfg = demo_config(out_dir, seeds, iterations, epochs)
-    results = run_pipeline(cfg, progress=progress)
+    with interrupts.continued_by(f"call run_demo({out_dir!r}) again, with the same settings, to continue where "
+                                 "it stopped"):
+        results = run_pipeline(cfg, progress=progress)
     if not progress:  # run_pipeline prints the table only with progress output
         print(format_table(results))
     infer_dir = results["sets"][str(SetKey("infer", IPC))]["directory"]

@@ -21,7 +21,9 @@ under way. Processes that must stop together vote at each safe point (:func:`agr
 Called from Python (a script, a notebook's "interrupt kernel": SIGINT) there is no cli.main
 to install the handlers: the calls that checkpoint (a recovery's batches, RDED's classes)
 install them for their own duration (:func:`checkpointed_call`), so a stop saves the work under
-way there too, and the Interrupted says where it is saved and that resume=True continues."""
+way there too, and the Interrupted says where it is saved and that resume=True continues; a
+call that continues by being made again (run_pipeline, run_demo) says so instead
+(:func:`continued_by`: the outermost caller's words win)."""
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +45,7 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(int(signum))  # (args: what a pickled copy is made again from)
         self.signum = int(signum)
-        # for a Python caller (checkpointed_call): where the progress is saved, how to continue
+        # for a Python caller (checkpointed_call, continued_by): where the progress is saved, how to continue
         self.how_to_continue = ""
 
     def __str__(self) -> str:
@@ -126,6 +128,19 @@ def checkpointed_call(where: Callable[[], Optional[str]]) -> Iterator[None]:
             if saved is not None and not exc.how_to_continue:
                 exc.how_to_continue = f"progress is saved in {saved}: run it again with resume=True to continue"
             raise
+
+
+@contextlib.contextmanager
+def continued_by(how: str) -> Iterator[None]:
+    """The duration of a library call that continues where it stopped when made again (a run
+    directory's results, its sets' checkpoints: run_pipeline, run_demo): an Interrupted leaving
+    it says ``how``, over what an inner call said (a recovery's "resume=True", which this call
+    does not take)."""
+    try:
+        yield
+    except Interrupted as exc:
+        exc.how_to_continue = how
+        raise
 
 
 def _python_default(signum: int) -> object:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import distributed
+from . import distributed, interrupts
 from ._io import TEMP, check_input_file, check_writable, hidden_sibling_owner, save_json_atomic, write_atomically
 from .memory import release_freed_memory
 from .meter import StepMeter
@@ -190,16 +190,21 @@ def _test_split(cfg: PipelineConfig, out: Path, ranks: distributed.Ranks, progre
 def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[SetKey, Path]]:
     """(key, directory) of every set of the run: ours for each ipc, then the sets given to it
     (``external``) at the ipc their budget records."""
-    from .storage import read_manifest
-
     ours = [SetKey(method, ipc) for ipc in cfg.ipc for method in cfg.methods]
     sets = [(key, out / SETS_DIR / key.directory_name) for key in ours]
-    for label, directory in cfg.external.items():
-        ipc = read_manifest(directory).get("budget", {}).get("ipc")
-        if not isinstance(ipc, int) or ipc < 1:
-            raise ValueError(f"external set {directory} records no budget ipc (images per class)")
-        sets.append((SetKey.external(label, ipc), Path(directory)))
+    sets += [(_external_key(label, directory), Path(directory)) for label, directory in cfg.external.items()]
     return sets
+
+
+def _external_key(label: str, directory: str) -> SetKey:
+    """The key of the set given to the run as ``external: {label: directory}``, at the ipc its
+    budget records."""
+    from .storage import read_manifest
+
+    ipc = read_manifest(directory).get("budget", {}).get("ipc")
+    if not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"external set {directory} records no budget ipc (images per class)")
+    return SetKey.external(label, ipc)
 
 
 def _one_image_per_class(sets: List[Tuple[SetKey, Path]]) -> Tuple[SetKey, ...]:
@@ -261,7 +266,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     try:
         # (before the teachers train: each node would train into its own OUT, then miss the others')
         distributed.check_ranks_share_folder(str(out / RESULTS_FILE), what="OUT", make=True)
-        with job_output_lock(out, "run directory", inside=True, folders=RUN_FOLDERS):
+        with job_output_lock(out, "run directory", inside=True, folders=RUN_FOLDERS), \
+                interrupts.continued_by("call run_pipeline(cfg) again to continue where it stopped"):
             return _run(cfg, progress and ranks.rank == 0, ranks, external)
     except BaseException:
         if created and ranks.rank == 0 and out.is_dir() and not any(out.iterdir()):
@@ -318,9 +324,11 @@ def check_run_directory(out: Path) -> None:
 
 def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
     """Before any work: every teacher checkpoint given by path is a readable file, and every
-    external set loads (manifest, files, digests) with soft labels (a run used to write its own
-    sets first and stop at a corrupt external one). Returns {label: external_identity} of the
-    external sets (read here once, checked against the results file's record)."""
+    external set loads (manifest, files, digests), records its ipc and has soft labels where
+    the run reads them (:func:`_soft_labels_needed`: another's set is never relabelled in its
+    directory; a run used to write its own sets first and stop at a corrupt external one).
+    Returns {label: external_identity} of the external sets (read here once, checked against
+    the results file's record)."""
     from .results import external_identity
     from .storage import load_distilled
 
@@ -330,9 +338,12 @@ def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
     identities = {}
     for label, directory in cfg.external.items():
         ds = load_distilled(directory)
-        if not ds.has_soft_labels:  # (another's set: not rewritten here)
-            raise ValueError(f"external set {directory} has no soft labels: import it with --soft-labels, or "
-                             "run `infer-fast relabel` on it first")
+        key = _external_key(label, directory)
+        if _soft_labels_needed(cfg, key) and not ds.has_soft_labels:
+            readers = "its students learn" if _student_labels(cfg, key) == "static" else \
+                "the scores' students of static labels learn"
+            raise ValueError(f"external set {directory} has no soft labels, which {readers}: import it with "
+                             "--soft-labels, or run `infer-fast relabel` on it first")
         identities[label] = external_identity(directory, ds)
     return identities
 
@@ -550,6 +561,7 @@ def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optio
     cfg, progress = session.cfg, session.progress
     labels = _student_labels(cfg, key)
     ds = load_distilled(directory)
+    # (an external set lacking them was refused before any work, _check_inputs: only ours are rewritten)
     if _soft_labels_needed(cfg, key) and not ds.has_soft_labels:
         session.step(f"relabel {key}")
         relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)

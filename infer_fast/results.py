@@ -623,11 +623,16 @@ def _seeds_shown(results: Dict[str, Any]) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
+def _labelled_per_batch(cfg: Dict[str, Any]) -> List[str]:
+    """The labels of the table's methods whose students the teachers label per batch (INFER+Dyn,
+    RDED: whatever the ``student`` section's labels; a set given to the run never is)."""
+    return list(dict.fromkeys(key.label for key in set_entries(cfg, {}) if key.labelled_per_batch))
+
+
 def _without_soft_labels(results: Dict[str, Any]) -> str:
     """The CR note's "; A and B without soft labels: ...": the table's methods whose students
     are labelled per batch (their sets' ratio counts no labels); "" where none is."""
-    labels = list(dict.fromkeys(key.label for key in set_entries(results["config"], results.get("sets") or {})
-                                if key.labelled_per_batch))
+    labels = _labelled_per_batch(results["config"])
     if not labels:
         return ""
     named = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
@@ -655,19 +660,26 @@ _STUDENT_HEADER_SKIPS = ("model", "epochs", "labels", "augmentation", "mix", "dy
 
 def _student_changes(cfg: Dict[str, Any], student: Dict[str, Any]) -> List[str]:
     """The header's "hard labels", "crop_flip, no mixing", "lr 0.01"...: the run's student
-    settings ``student`` (:func:`_student_effective`) that differ from the recipe of its dataset."""
+    settings ``student`` (:func:`_student_effective`) that differ from the recipe of its dataset;
+    the labels with the methods whose students the teachers label per batch whatever they say
+    ("hard labels (INFER+Dyn: the teachers' per batch)")."""
     from types import SimpleNamespace
 
-    from .student import augmentation_text, labels_text
+    from .student import augmentation_text, labels_text, mixes
 
     recipe = _student_effective(cfg, {})
     changes = []
     if student["labels"] != recipe["labels"]:
-        changes.append(labels_text(SimpleNamespace(**student)))
-    if (student["augmentation"], student["mix"]) != (recipe["augmentation"], recipe["mix"]):
-        changes.append(augmentation_text(SimpleNamespace(**student)))
+        per_batch = _labelled_per_batch(cfg)
+        changes.append(labels_text(SimpleNamespace(**student))
+                       + (f" ({', '.join(per_batch)}: the teachers' per batch)" if per_batch else ""))
+    augmentation = augmentation_text(SimpleNamespace(**student))
+    if augmentation != augmentation_text(SimpleNamespace(**recipe)):  # (alpha 0 reads "no mixing", as mix none)
+        changes.append(augmentation)
+    mixed = mixes(SimpleNamespace(**student))  # (where nothing is mixed the alpha changes nothing)
     changes += [_setting_text(name, value) for name, value in student.items()
-                if name not in _STUDENT_HEADER_SKIPS and value != recipe.get(name)]
+                if name not in _STUDENT_HEADER_SKIPS and value != recipe.get(name)
+                and (mixed or name != "mixup_alpha")]
     return changes
 
 
@@ -713,7 +725,7 @@ def _cr_text(results: Dict[str, Any], student: Dict[str, Any]) -> str:
     """What the CR counts, for the note above the table: the soft labels unless the students
     train on hard labels (CR_NOTES), and the methods whose sets count none."""
     if student["labels"] == "hard":
-        return CR_NOTES["hard"]
+        return CR_NOTES["hard"] + _without_soft_labels(results)
     return f"images + soft labels + indices{_without_soft_labels(results)}"
 
 

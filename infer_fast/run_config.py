@@ -80,9 +80,12 @@ class PipelineConfig:
     # what messages about the config name it (a YAML file's path); checked when made, as the
     # option configs are (options.CheckedWhenMade), so run_pipeline takes it as it is
     where: InitVar[str] = "config"
+    # the methods its file lists beside ``methods`` (load_pipeline_config: a file narrowed with
+    # --methods): a ``student`` option that their students use is not refused as unused
+    written_for: InitVar[Tuple[str, ...]] = ()
 
-    def __post_init__(self, where: str) -> None:
-        self.validate(where)
+    def __post_init__(self, where: str, written_for: Tuple[str, ...]) -> None:
+        self.validate(where, written_for)
 
     @property
     def scores_protocol(self) -> Optional[str]:
@@ -119,7 +122,8 @@ class PipelineConfig:
             raise ValueError(f"{where}: scores: {exc}") from None
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any], where: str = "config") -> "PipelineConfig":
+    def from_dict(cls, values: Dict[str, Any], where: str = "config",
+                  written_for: Tuple[str, ...] = ()) -> "PipelineConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         values = _as_fields(values)
         unknown = sorted(set(values) - names)
@@ -128,7 +132,7 @@ class PipelineConfig:
         missing = [n for n in ("dataset", "teachers", "out") if values.get(n) in (None, "", [])]
         if missing:
             raise ValueError(f"{where}: {', '.join(missing)} must be given")
-        return cls(**values, where=where)
+        return cls(**values, where=where, written_for=tuple(written_for))
 
     # ---- derived configs (each validated by its own class) ------------------------------
     @property
@@ -158,7 +162,9 @@ class PipelineConfig:
     def student_config(self, method: str, seed: int, num_teachers: int, set_settings: Optional[Mapping[str, Any]] = None):
         """The StudentConfig of a student of ``method``'s set: the run's student fields over
         ``set_settings`` (what the set's method gives its students: set_student_settings) over
-        the recipe of the dataset's family (ImageNet: the SRe2L protocol)."""
+        the recipe of the dataset's family (ImageNet: the SRe2L protocol). A method whose
+        students the teachers label per batch (INFER+Dyn, RDED) takes their labels whatever the
+        section's ``labels``: a run of hard labels keeps them as references of labels per batch."""
         from .student import RECIPES, StudentConfig, recipe_of
 
         values = {**RECIPES[recipe_of(self.dataset)], **(set_settings or {}), "device": self.device, **self.student,
@@ -166,6 +172,7 @@ class PipelineConfig:
         own = registered_method(method)  # (None: a set given to the run, with static labels)
         if own is not None and own.student_labels == "per-batch":  # the teachers label every batch
             values["dynamic"] = True
+            values.pop("labels", None)  # (soft: the teachers' logits)
         if own is not None and own.reduced_student_epochs:  # (INFER+Dyn, the paper's: 400 -> 80 for M = 4)
             epochs = values.get("epochs", StudentConfig.epochs)
             values["epochs"] = self.dynamic_epochs or max(1, round(epochs / (num_teachers + 1)))
@@ -179,15 +186,15 @@ class PipelineConfig:
         values = {"dataset": self.dataset, "data_root": self.data_root, "device": self.device, **self.teachers[i]}
         return build_config(TeacherConfig, values, f"teachers[{i}]")
 
-    def validate(self, where: str = "config") -> None:
+    def validate(self, where: str = "config", written_for: Tuple[str, ...] = ()) -> None:
         """ValueError (prefixed with ``where``, naming the option) unless every setting is usable:
-        checked in this order, before any work."""
+        checked in this order, before any work (``written_for``: the field of that name)."""
         self._check_places(where)
         self._check_teachers(where)
         self._check_sets(where)
         self._check_external(where)
         self._check_switches(where)
-        self._check_recipes(where)
+        self._check_recipes(where, written_for)
         self._check_models(where)
 
     def _check_places(self, where: str) -> None:
@@ -300,35 +307,65 @@ class PipelineConfig:
                              f"{', '.join(per_batch)} are labelled by the teachers per batch, the others' by the "
                              "set's static labels): leave it out and list those methods")
 
-    def _check_recipes(self, where: str) -> None:
+    def _check_recipes(self, where: str, written_for: Tuple[str, ...] = ()) -> None:
         """The options of every method that makes a set of the run (and of every method with a
         section: sections are checked even when unused), the students, the scores' protocol
-        and each method's budget at every ipc (INFER's K = 0 is refused before anything runs)."""
+        and each method's budget at every ipc (INFER's K = 0 is refused before anything runs);
+        the methods of ``written_for`` count where the students' options are checked."""
         makers = [m.name for m in all_methods() if m.config_section] + [get_method(m).set_method for m in self.methods]
         parsed = {name: self.options_for(name) for name in dict.fromkeys(makers) if get_method(name).distill is not None}
         for name in self.methods:
-            self.student_config(name, 0, len(self.teachers))
+            self._student_config_checked(where, name)
+        self._check_labels_used(where, written_for)
         protocol = self.score_protocol(where)
-        self._check_student_options_used(where, parsed, protocol)
+        self._check_student_options_used(where, parsed, protocol, written_for)
         for name in dict.fromkeys(get_method(m).set_method for m in self.methods):
             self._check_budget(where, get_method(name), parsed[name])
 
-    def _check_student_options_used(self, where: str, parsed: Mapping[str, Dict[str, Any]], protocol) -> None:
+    def _student_config_checked(self, where: str, method: str, set_settings: Optional[Mapping[str, Any]] = None):
+        """:meth:`student_config` of a seed-0 student, for the checks before any work: its
+        ValueError prefixed with ``where``."""
+        try:
+            return self.student_config(method, 0, len(self.teachers), set_settings)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    def _check_labels_used(self, where: str, written_for: Tuple[str, ...] = ()) -> None:
+        """The ``student`` section's ``labels`` is one of the choices, and some student of the run
+        (or of a method of ``written_for``) takes it: the teachers label INFER+Dyn's and RDED's
+        students per batch whatever it says (student_config), so ``labels: hard`` in a run of
+        only those would be ignored."""
+        from .options import check_values, options_of
+        from .student import StudentConfig
+
+        if "labels" not in self.student:
+            return
+        check_values(f"{where}: student", {"labels": options_of(StudentConfig)["labels"]}, self.student)
+        methods = list(dict.fromkeys([*self.methods, *written_for]))
+        if all(self._student_config_checked(where, name).labels != self.student["labels"] for name in methods):
+            raise ValueError(f"{where}: student: labels: {self.student['labels']!r} would be ignored: the teachers "
+                             f"label every batch of the students of {', '.join(methods)}; list a method of static "
+                             "labels (e.g. random) beside them, or leave it out")
+
+    def _check_student_options_used(self, where: str, parsed: Mapping[str, Dict[str, Any]], protocol,
+                                    written_for: Tuple[str, ...] = ()) -> None:
         """An option of the ``student`` section that no student of the run uses under the
         section's other settings (temperature with hard labels, mixup_alpha with mix none) is
         refused, as the CLI refuses it (StudentConfig.check_given): each method's students and
         the infer-fast scores' (soft labels: they take the temperature), with what the
-        method's sets give their students (RDED's patches) from its parsed options."""
+        method's sets give their students (RDED's patches) from its parsed options. The
+        methods of ``written_for`` count too (a file narrowed with --methods)."""
         from .evaluate import Protocol
 
         configs = []
-        for name in self.methods:
+        for name in dict.fromkeys([*self.methods, *written_for]):
             method = get_method(get_method(name).set_method)
             try:  # (what its set will record: its options; a plug-in's records may hold more)
-                set_settings = method.student_settings(parsed[method.name]) if method.student_settings else {}
+                options = parsed[method.name] if method.name in parsed else self.options_for(method.name)
+                set_settings = method.student_settings(options) if method.student_settings else {}
             except (KeyError, TypeError, ValueError):
                 return  # (its students' settings are known once its set is made: any option may be theirs)
-            configs.append(self.student_config(name, 0, len(self.teachers), set_settings))
+            configs.append(self._student_config_checked(where, name, set_settings))
             if isinstance(protocol, Protocol):
                 configs.append(protocol.student_config("soft", True, 0, set_settings))
         ignored = [option for option in self.student if all(config.ignores(option) for config in configs)]
@@ -386,7 +423,7 @@ class PipelineConfig:
                 models.setdefault(name, f"teachers[{i}]")
                 teacher_models.add(name)
         for method in self.methods:
-            models.setdefault(self.student_config(method, 0, len(self.teachers)).model, "student")
+            models.setdefault(self._student_config_checked(where, method).model, "student")
         # (an image folder's class count, where unknown yet: any count builds the same layers)
         spec, _ = self._data_spec()
         matching = [m for m in dict.fromkeys(get_method(m).set_method for m in self.methods)
@@ -437,14 +474,16 @@ def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
     """A PipelineConfig from a YAML file; ``overrides`` (the command line's: not None) replace
     its values. A setting of the file that none of the run's methods takes is refused
     (:func:`check_ignored_settings`); a method listed in the file or on the command line
-    counts (narrowing a run with --methods leaves the file's other settings valid)."""
+    counts (narrowing a run with --methods leaves the file's other settings valid, and the
+    ``student`` options their students use: PipelineConfig's ``written_for``)."""
     from .config import load_yaml
 
     in_file = _as_fields(load_yaml(path))
-    cfg = PipelineConfig.from_dict({**in_file, **{k: v for k, v in overrides.items() if v is not None}}, where=path)
     written_for = in_file.get("methods", _default("methods"))
     written_for = [m.strip() for m in written_for if isinstance(m, str) and m.strip() in run_method_names()] \
         if isinstance(written_for, list) else []
+    cfg = PipelineConfig.from_dict({**in_file, **{k: v for k, v in overrides.items() if v is not None}}, where=path,
+                                   written_for=tuple(written_for))
     check_ignored_settings(cfg, set(in_file), list(dict.fromkeys([*written_for, *cfg.methods])), path)
     return cfg
 

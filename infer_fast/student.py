@@ -355,14 +355,18 @@ def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, A
     return state
 
 
+def mixes(config) -> bool:
+    """Whether a student's batches are mixed: a mix other than none, at an alpha above 0 (alpha 0
+    mixes nothing: lambda 1, each image and its labels as they are, sample_lambda)."""
+    return config.mix != "none" and config.mixup_alpha > 0
+
+
 def augmentation_text(config) -> str:
     """A student's augmentation and mixing as a progress line says them: "crop_flip + mixup",
-    "crop_flip, no mixing", "no augmentation or mixing". Alpha 0 mixes nothing (lambda 1:
-    each image and its labels as they are, sample_lambda)."""
-    mixes = config.mix != "none" and config.mixup_alpha > 0
-    if config.augmentation == "none" and not mixes:
+    "crop_flip, no mixing", "no augmentation or mixing" (:func:`mixes`)."""
+    if config.augmentation == "none" and not mixes(config):
         return "no augmentation or mixing"
-    if not mixes:
+    if not mixes(config):
         return f"{config.augmentation}, no mixing"
     return f"{'no augmentation' if config.augmentation == 'none' else config.augmentation} + {config.mix}"
 
