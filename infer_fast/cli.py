@@ -1036,7 +1036,8 @@ def _plugin_functions() -> Dict[object, str]:
     from .models.registry import user_specs
 
     functions = [(f"method {method.name!r}", fn) for method in all_methods()
-                 for fn in (method.distill, method.parse_options, method.check_budget, method.student_settings)]
+                 for fn in (method.distill, method.parse_options, method.check_budget, method.images_per_class,
+                           method.student_settings)]
     for spec in user_specs():
         with contextlib.suppress(ImportError, AttributeError):  # (imported when registered; unless since removed)
             functions.append((f"model {spec.name!r}", spec.builder))

@@ -253,13 +253,16 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
     given_config("cfg", cfg, PipelineConfig)
     _check_ranks_run_the_same(cfg)
     # cfg is valid (checked when made). Before any work (the run directory, the test split): the
-    # machine has the weights. Not in validate: a config loads on a machine without them (another
-    # node, a login host). Under torchrun a rank's refusal stops every rank, each with a line.
+    # machine has the weights, and the data the images of every class its sets take. Not in
+    # validate: a config loads on a machine without them (another node, a login host). Under
+    # torchrun a rank's refusal stops every rank, each with a line.
     with distributed.same_outcome():
         _check_pretrained_weights(cfg)
         check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
         check_run_directory(Path(cfg.out))
         external = _check_inputs(cfg)
+        # (each rank its own data_root: every rank counts its train split's classes)
+        _check_class_counts(cfg, progress and distributed.rank_and_world()[0] == 0)
     ranks = distributed.Ranks()
     out = Path(cfg.out)
     created = not out.exists()
@@ -346,6 +349,42 @@ def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
                              "--soft-labels, or run `infer-fast relabel` on it first")
         identities[label] = external_identity(directory, ds)
     return identities
+
+
+def _check_class_counts(cfg: PipelineConfig, progress: bool) -> None:
+    """Before any work: every class of the train split has the real images that each set the
+    run still makes takes (Method.images_per_class: random's ipc, INFER's K natural sets,
+    RDED's candidates), counted from the split's labels (a folder split is scanned, not
+    decoded). Making the set refuses it too, but only after the teachers trained (and RDED's
+    after every other set)."""
+    from .checks import split_label
+    from .data import load_dataset
+
+    to_make = dict.fromkeys(key.made_as for key, directory in _set_list(cfg, Path(cfg.out))
+                            if key.own is not None and not directory.exists())  # (INFER+Dyn's set is INFER's)
+    needing = [key for key in to_make if key.own.images_per_class is not None]
+    if not needing:
+        return
+    train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, in_memory=False, progress=progress)
+    counts = train.class_counts().tolist()
+    for key in needing:
+        method = key.own
+        need = method.images_per_class(cfg.options_for(method.name), key.ipc, train.spec, len(cfg.teachers))
+        short = [c for c, n in enumerate(counts) if n < need.count]
+        if not short:
+            continue
+        if need.option == "ipc":
+            note = f" ({need.note})" if need.note else ""
+            asks, lower = f"{method.name} at ipc {key.ipc}{note} needs {need.count}", "lower ipc (--ipc)"
+        else:  # (one of its own options: said as the config gives it)
+            given = f"{{{need.option}: N}}"
+            given = (f"{method.config_section}: {given}" if method.config_section
+                     else f"method_options: {{{method.name}: {given}}}")
+            asks, lower = f"{method.name} needs {need.option}={need.count}", f"lower it ({given})"
+        c = short[0]
+        more = f" ({len(short)} classes have fewer)" if len(short) > 1 else ""
+        raise ValueError(f"{asks} training images of every class, but class {c} of {split_label(train)} has "
+                         f"{counts[c]}{more}: {lower}")
 
 
 def _describe_teacher(meta: Dict[str, Any]) -> str:

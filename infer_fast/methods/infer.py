@@ -28,7 +28,7 @@ from ..models import device_of
 from ..options import Option, check_value, given_config
 from ..output_lock import holds_output
 from .recovery_options import IMAGENET_FAMILY_DEFAULTS, RECOVERY_OPTIONS, RECOVERY_RESULT_NEUTRAL, recovery_options
-from .registry import DistillRequest, Method, register
+from .registry import ClassImages, DistillRequest, Method, register
 
 # how the budget is counted and the natural sets picked: INFER's own options, also an `infer-fast run`
 # config's run-level settings (Method.run_options); the functions below take them as arguments too
@@ -292,6 +292,12 @@ def check_budget(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) 
     infer_budget(ipc, spec.num_classes, num_teachers, options["accounting"])
 
 
+def images_per_class(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) -> ClassImages:
+    """One real image of every class per natural set: K of them at ``ipc`` (the options' accounting)."""
+    K = infer_budget(ipc, spec.num_classes, num_teachers, options["accounting"])
+    return ClassImages(K, note=f"K = {K} natural sets")
+
+
 def distill(request: DistillRequest):
     options = request.parsed  # (checked when the request was made)
     return distill_infer(request.dataset, request.teacher_paths, request.ipc, request.out_dir,
@@ -304,7 +310,7 @@ INFER = register(Method(
     name="infer", label="INFER", summary="natural sets + universal feature compensators (the paper)",
     distill=distill, parse_options=parse_options, options=RECOVERY_OPTIONS + OWN_OPTIONS, layout="compensated",
     resumable=True, all_ranks=True, config_section="recovery", run_options=OWN_NAMES, check_budget=check_budget,
-    family_defaults=IMAGENET_FAMILY_DEFAULTS, result_neutral=RECOVERY_RESULT_NEUTRAL,
+    images_per_class=images_per_class, family_defaults=IMAGENET_FAMILY_DEFAULTS, result_neutral=RECOVERY_RESULT_NEUTRAL,
 ))
 INFER_DYN = register(Method(
     name="infer_dyn", label="INFER+Dyn", summary="INFER's set, students labelled by the teachers on every batch",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
 from ..checks import check_int
 from ..distill.run import check_new_output, real_data_fields
 from ..output_lock import holds_output
-from .registry import DistillRequest, Method, register
+from .registry import ClassImages, DistillRequest, Method, register
 
 
 def random_set(train, ipc: int, seed: int = 0, progress: bool = False):
@@ -59,7 +59,12 @@ def distill(request: DistillRequest):
                           data_root=request.data_root, progress=request.progress)
 
 
+def images_per_class(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) -> ClassImages:
+    """Its set is ipc real images of every class."""
+    return ClassImages(ipc)
+
+
 RANDOM = register(Method(
     name="random", label="Random", summary="ipc real training images per class, uniformly at random",
-    distill=distill, uses_teachers=False,
+    distill=distill, uses_teachers=False, images_per_class=images_per_class,
 ))

@@ -70,7 +70,7 @@ from ..data.registry import SMALL_IMAGE_MAX
 from ..mixed_precision import autocast, batch_in_layout, copies_in_layout
 from ..options import Option
 from .rded_checkpoint import RDEDCheckpoint
-from .registry import DistillRequest, Method, register
+from .registry import ClassImages, DistillRequest, Method, register
 
 # Per dataset family: patches per side of an image, candidate images per class, crops per candidate
 RECIPES: Dict[str, Dict[str, int]] = {
@@ -402,9 +402,16 @@ def check_budget(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) 
     _recipe(options, spec.name, spec.image_size, ipc)
 
 
+def images_per_class(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) -> ClassImages:
+    """Its candidates: the recipe's candidates_per_class real images of every class (parsed
+    ``options`` for the dataset ``spec``), all drawn and scored whatever the ipc."""
+    candidates = _recipe(options, spec.name, spec.image_size, ipc)["candidates_per_class"]
+    return ClassImages(candidates, "candidates_per_class")
+
+
 RDED = register(Method(
     name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
     distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch", resumable=True,
-    student_settings=student_settings, check_budget=check_budget, result_neutral=RESULT_NEUTRAL,
-    family_defaults=RECIPES,
+    student_settings=student_settings, check_budget=check_budget, images_per_class=images_per_class,
+    result_neutral=RESULT_NEUTRAL, family_defaults=RECIPES,
 ))

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from ..checks import check_int
 from ..choices import SOFT_LABEL_MODES
@@ -94,6 +94,18 @@ class DistillRequest(CheckedWhenMade):
         return path
 
 
+class ClassImages(NamedTuple):
+    """What a method's set at one ipc takes from the training split
+    (:attr:`Method.images_per_class`): ``count`` real images of every class, the value of its
+    option ``option`` ("ipc", or one of its own: RDED's candidates_per_class), the one to lower
+    where a class has fewer; ``note``: how the count follows from the ipc, for the refusal
+    (INFER's "K = 7 natural sets")."""
+
+    count: int
+    option: str = "ipc"
+    note: str = ""
+
+
 @dataclass(frozen=True)
 class Method:
     """``name``: the CLI and config name (also the stored set's ``method``); ``label``: in
@@ -128,8 +140,12 @@ class Method:
     ``selection`` and ``accounting``); ``check_budget(options, ipc, spec, num_teachers)``: a
     ValueError where an ipc leaves it no set of the dataset ``spec`` (INFER's K = 0, RDED's
     candidates too few for ipc x factor^2 patches), checked with its parsed options before
-    any work; ``result_neutral``: its options that do not change its sets (batching,
-    checkpoint cadence): a run continues under other values of them."""
+    any work; ``images_per_class(options, ipc, spec, num_teachers) -> ClassImages``: the
+    real training images of every class its set at ``ipc`` takes (random: ipc; INFER: K;
+    RDED: its candidates), which ``infer-fast run`` checks against the training split's
+    classes before any work (None: none, a set made from noise); ``result_neutral``: its
+    options that do not change its sets (batching, checkpoint cadence): a run continues under
+    other values of them."""
 
     name: str
     label: str
@@ -148,6 +164,7 @@ class Method:
     shared_recovery_options: Tuple[str, ...] = ("group_size", "seed", "checkpoint_every", "checkpoint_minutes")
     run_options: Tuple[str, ...] = ()
     check_budget: Optional[Callable[[Mapping[str, Any], int, Any, int], None]] = None
+    images_per_class: Optional[Callable[[Mapping[str, Any], int, Any, int], ClassImages]] = None
     family_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     student_settings: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
     result_neutral: Tuple[str, ...] = ()
