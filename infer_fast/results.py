@@ -629,6 +629,12 @@ def _labelled_per_batch(cfg: Dict[str, Any]) -> List[str]:
     return list(dict.fromkeys(key.label for key in set_entries(cfg, {}) if key.labelled_per_batch))
 
 
+def _labels_taken(cfg: Dict[str, Any]) -> bool:
+    """Whether a student of the table takes the ``student`` section's labels: a set of the table
+    that the teachers do not label per batch (a run narrowed to INFER+Dyn and RDED has none)."""
+    return any(not key.labelled_per_batch for key in set_entries(cfg, {}))
+
+
 def _without_soft_labels(results: Dict[str, Any]) -> str:
     """The CR note's "; A and B without soft labels: ...": the table's methods whose students
     are labelled per batch (their sets' ratio counts no labels); "" where none is."""
@@ -669,7 +675,7 @@ def _student_changes(cfg: Dict[str, Any], student: Dict[str, Any]) -> List[str]:
 
     recipe = _student_effective(cfg, {})
     changes = []
-    if student["labels"] != recipe["labels"]:
+    if student["labels"] != recipe["labels"] and _labels_taken(cfg):
         per_batch = _labelled_per_batch(cfg)
         changes.append(labels_text(SimpleNamespace(**student))
                        + (f" ({', '.join(per_batch)}: the teachers' per batch)" if per_batch else ""))
@@ -724,7 +730,7 @@ def _distillation_text(cfg: Dict[str, Any]) -> str:
 def _cr_text(results: Dict[str, Any], student: Dict[str, Any]) -> str:
     """What the CR counts, for the note above the table: the soft labels unless the students
     train on hard labels (CR_NOTES), and the methods whose sets count none."""
-    if student["labels"] == "hard":
+    if student["labels"] == "hard" and _labels_taken(results["config"]):
         return CR_NOTES["hard"] + _without_soft_labels(results)
     return f"images + soft labels + indices{_without_soft_labels(results)}"
 

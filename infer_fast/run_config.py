@@ -189,6 +189,7 @@ class PipelineConfig:
     def validate(self, where: str = "config", written_for: Tuple[str, ...] = ()) -> None:
         """ValueError (prefixed with ``where``, naming the option) unless every setting is usable:
         checked in this order, before any work (``written_for``: the field of that name)."""
+        written_for = self._checked_written_for(where, written_for)
         self._check_places(where)
         self._check_teachers(where)
         self._check_sets(where)
@@ -196,6 +197,19 @@ class PipelineConfig:
         self._check_switches(where)
         self._check_recipes(where, written_for)
         self._check_models(where)
+
+    @staticmethod
+    def _checked_written_for(where: str, written_for: Any) -> Tuple[str, ...]:
+        """``written_for`` as a tuple of registered method names, or a ValueError naming it (a
+        bare string would be read letter by letter)."""
+        if isinstance(written_for, str) or not isinstance(written_for, (list, tuple)):
+            raise ValueError(f"{where}: written_for must be a list of method names, got {written_for!r}")
+        for name in written_for:
+            try:
+                get_method(name)
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{where}: written_for: {exc.args[0] if exc.args else exc}") from None
+        return tuple(written_for)
 
     def _check_places(self, where: str) -> None:
         """The run directory, dataset, data root and device."""
@@ -341,6 +355,8 @@ class PipelineConfig:
         if "labels" not in self.student:
             return
         check_values(f"{where}: student", {"labels": options_of(StudentConfig)["labels"]}, self.student)
+        if self.external:  # (the students of a set given to the run take them)
+            return
         methods = list(dict.fromkeys([*self.methods, *written_for]))
         if all(self._student_config_checked(where, name).labels != self.student["labels"] for name in methods):
             raise ValueError(f"{where}: student: labels: {self.student['labels']!r} would be ignored: the teachers "

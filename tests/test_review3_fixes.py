@@ -193,3 +193,27 @@ def test_the_header_says_no_mixing_for_mixup_alpha_0():
     mixed = header(markdown_report(hand_results(methods=["infer"], student={**STUDENT, "mix": "cutmix",
                                                                             "mixup_alpha": 1.0}), "", {}))
     assert "1 epoch, crop_flip + cutmix, mixup_alpha 1, final-epoch" in mixed
+
+
+# ---- review 4: external sets take the labels; a narrowed run's header; written_for checked ------------
+
+def test_hard_labels_beside_only_per_batch_methods_are_taken_by_an_external_set(tmp_path, unlabelled_external):
+    for methods in (["rded"], ["infer_dyn"]):
+        cfg = PipelineConfig.from_dict(values(tmp_path, methods=methods, external={"mine": str(unlabelled_external)},
+                                              student={**STUDENT, "labels": "hard"}))
+        assert cfg.methods == methods and cfg.student["labels"] == "hard"  # (was refused: "would be ignored")
+        assert _check_inputs(cfg)  # (its students learn hard labels: the set needs no soft labels)
+
+
+def test_a_run_narrowed_to_per_batch_methods_does_not_claim_hard_labels():
+    md = markdown_report(hand_results(methods=["rded"], student={**STUDENT, "labels": "hard"}), "", {})
+    assert "hard labels" not in header(md) and CR_NOTES["hard"] not in md
+    assert "RDED without soft labels: the teachers label every batch" in md
+
+
+@pytest.mark.parametrize("written_for, said", [("infer_dyn", "written_for must be a list of method names, got "
+                                                             "'infer_dyn'"),
+                                               (("nosuch",), "written_for: unknown method 'nosuch'")])
+def test_written_for_is_checked_naming_it(tmp_path, written_for, said):
+    with pytest.raises(ValueError, match=rf"^config: {re.escape(said)}"):
+        PipelineConfig(**values(tmp_path), written_for=written_for)
