@@ -181,14 +181,15 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
         raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r} is a file, expected a directory")
     if not is_utf8_path(target):  # (saved there, a set could not be read back: refused before the work)
         raise OutputPathError(errno.EILSEQ, f"{what} {printable_path(target)!r}: {NOT_UTF8_PATH}")
-    for attempt in range(1, _VANISHED_FOLDER_TRIES + 1):
+    # (another writer may remove the empty folder it made between a look and the probe: looked at again)
+    for _ in range(_VANISHED_FOLDER_TRIES):
         existing = target if kind == "inside" else os.path.dirname(target)
         while not os.path.lexists(existing):  # the directories that writing the output would create
             existing = os.path.dirname(existing)
         try:
             if not os.path.isdir(existing):
                 if not os.path.lexists(existing):
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                    continue
                 raise OutputPathError(errno.ENOTDIR, f"{what} {shown!r}: {existing} is a file, not a directory")
             if kind != "inside":  # (a run directory's own name is not extended: what it holds has names of its own)
                 _check_name_length(target, what, shown, existing)
@@ -196,13 +197,14 @@ def check_writable(path: PathLike, what: str, kind: str = "file", need_bytes: in
             os.close(fd)
             os.unlink(probe)
             break
-        except FileNotFoundError as exc:  # (another writer removed the empty folder it made: looked at again)
-            if attempt == _VANISHED_FOLDER_TRIES:
-                raise OutputPathError(exc.errno, f"cannot write {what} {shown!r}: {existing}: {exc.strerror}") from None
+        except FileNotFoundError:
+            continue
         except OutputPathError:
             raise
         except OSError as exc:
             raise OutputPathError(exc.errno, f"cannot write {what} {shown!r}: {existing}: {exc.strerror}") from None
+    else:
+        raise OutputPathError(errno.ENOENT, f"cannot write {what} {shown!r}: {existing}: {os.strerror(errno.ENOENT)}")
     if need_bytes:
         stat = os.statvfs(existing)
         free = stat.f_bavail * stat.f_frsize
