@@ -55,7 +55,6 @@ torch generators seeded with the request's seed, so a seed gives the same set.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
@@ -324,7 +323,7 @@ def _recipe_set(train, teachers: Sequence[nn.Module], ipc: int, recipe: Mapping[
     # from Python too: checkpointed_call installs the handlers where cli.main did not)
     with contextlib.ExitStack() as stops:
         if store is not None:
-            stops.enter_context(interrupts.checkpointed_call(lambda: store.path if os.path.exists(store.path) else None))
+            stops.enter_context(interrupts.checkpointed_call(store.where))
             stops.enter_context(interrupts.stop_at_safe_points())
         for c, (batch, _) in enumerate(progress_bar(batches, total=spec.num_classes, initial=first, unit="class",
                                                     desc="RDED: scoring patches", disable=not progress), start=first):

@@ -58,6 +58,11 @@ class RDEDCheckpoint:
             self._known = self._identity()
         return self._known
 
+    def where(self) -> Optional[str]:
+        """The checkpoint's file, when it is on disk (None: none written yet), as a recovery's
+        store says it (distill.checkpoints: what an interrupted call names)."""
+        return self.path if os.path.exists(self.path) else None
+
     def _start_over(self) -> str:
         from ..distill.checkpoints import recovery_results_dir
 
