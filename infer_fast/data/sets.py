@@ -201,7 +201,11 @@ class ImageSet(_Split):
         expected = (spec.channels, spec.image_size, spec.image_size)
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"ImageSet {spec.name}: images are {tuple(images.shape[1:])}, the spec says {expected}")
-        labels = torch.as_tensor(labels).long().reshape(-1)
+        labels = torch.as_tensor(labels)
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            # (.long() would truncate 2.7 to 2 and -0.5 to 0 silently)
+            raise ValueError(f"ImageSet {spec.name}: labels must be an integer tensor, got {labels.dtype}")
+        labels = labels.long().reshape(-1)
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"ImageSet {spec.name}: label/image count mismatch ({images.shape[0]} images, {labels.shape[0]} labels)")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):

@@ -136,6 +136,17 @@ class _FusedBatchNorm:
         return (plain.__new__, (plain,), *state)
 
 
+# torch's own BatchNorm forwards: a layer running one of them is exactly the eval-mode BN that
+# the fused op computes. A subclass with its own forward (timm's BatchNormAct2d: BN, drop, then
+# activation) does more, which replacing its forward would silently skip.
+_TORCH_BN_FORWARDS = (nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward)
+
+
+def _runs_torch_bn_forward(module: nn.Module) -> bool:
+    """``module``'s forward is one of torch's BatchNorm forwards (none set on the instance)."""
+    return "forward" not in vars(module) and type(module).forward in _TORCH_BN_FORWARDS
+
+
 def _fused_class(module: nn.Module, tracker: "BNStatTracker", name: str) -> type:
     plain = type(module)  # (same name: the model prints as before)
     return type(plain.__name__, (_FusedBatchNorm, plain), {
@@ -150,6 +161,8 @@ class BNStatTracker:
     with :func:`~infer_fast.ops.bn_eval_with_stat_loss`: the kernel that reads x for the
     statistics also writes the eval-mode BN output, and the backward reads x and dy and writes
     the input gradient once (unfused: the BN's own passes plus autograd adding two gradients).
+    A layer with a forward of its own (a subclass such as timm's BatchNormAct2d, BN then an
+    activation) keeps it and is tracked by a pre-hook, as unfused: the same results either way.
 
     Layers are reported in execution order; layers that did not run in the last forward
     are absent. A forward is a call of the model, or of anything else that runs its layers
@@ -176,19 +189,18 @@ class BNStatTracker:
         self.layers = matchable(bn_layers(model), f"model {type(model).__name__}")
         self._compiled = _holds_compiled(model)
         for name, module in self.layers:
-            if fused and ("forward" in vars(module) or isinstance(module, _FusedBatchNorm)):
+            if fused and isinstance(module, _FusedBatchNorm):
                 raise ValueError(f"fused=True: BatchNorm layer {name!r} already has its forward replaced (another "
                                  "fused BNStatTracker is attached?): remove() that tracker first, or use fused=False")
         self._handles = [model.register_forward_pre_hook(_TrackerHook(self._model_call_starts)),
                          model.register_forward_hook(_TrackerHook(self._model_call_ends), always_call=True)]
         self._fused: List[Tuple[nn.Module, type]] = []
-        if fused:  # each BN layer's class is replaced (restored by remove())
-            for name, module in self.layers:
+        for name, module in self.layers:
+            if fused and _runs_torch_bn_forward(module):  # its class is replaced (restored by remove())
                 module.__class__ = _fused_class(module, self, name)
                 self._fused.append((module, module.__class__))
-        else:
-            self._handles += [m.register_forward_pre_hook(_TrackerHook(self._layer_runs, name))
-                              for name, m in self.layers]
+            else:
+                self._handles.append(module.register_forward_pre_hook(_TrackerHook(self._layer_runs, name)))
 
     def _model_call_starts(self, name: str, module: nn.Module, args) -> None:
         self.clear()

@@ -149,13 +149,17 @@ def finalize_stats(sums: Tensor, running_var: Tensor, count: int, loss: Tensor, 
     """(2, G, C) shifted sums over ``count`` values per (g, c) -> the contract's ``stats``
     (G, 2, C + 1) = [delta, ||delta||; e, ||e||] and ``loss`` (G,) = ||delta|| + ||e||."""
     channels = sums.shape[2]
-    delta = sums[0] / count
-    err = sums[1] / count - delta.square() - running_var.to(sums.dtype)
+    # finished in fp64, as the compiled backends do: in fp32, delta^2 and the squares in the norms
+    # overflow for |x| beyond ~1e19 where the loss itself fits (stored back in acc)
+    wide = sums.to(torch.float64)
+    delta = wide[0] / count
+    err = wide[1] / count - delta.square() - running_var.to(torch.float64)
     stats[:, 0, :channels] = delta
     stats[:, 1, :channels] = err
-    stats[:, 0, channels] = torch.linalg.vector_norm(delta, dim=1)
-    stats[:, 1, channels] = torch.linalg.vector_norm(err, dim=1)
-    loss.copy_(stats[:, :, channels].sum(dim=1))
+    norm_delta, norm_err = torch.linalg.vector_norm(delta, dim=1), torch.linalg.vector_norm(err, dim=1)
+    stats[:, 0, channels] = norm_delta
+    stats[:, 1, channels] = norm_err
+    loss.copy_(norm_delta + norm_err)
 
 
 def eval_bn_scale(running_var: Tensor, weight: Optional[Tensor], eps: float, dtype: torch.dtype) -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor
 from .compression import compression_ratio_from_counts, counts_from_shapes, resolve_train_size
 from ..choices import ACCOUNTINGS
 from ..checks import check_int
+from ..data.pixels import valid_range
 from ..models import image_size_pair
 
 EXTERNAL_METHOD = "external"  # the method of a set made elsewhere and imported
@@ -500,10 +501,26 @@ class DistilledSet:
         self._need("labels", (n,), (torch.int64,))
         if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= c):
             raise err(f"labels must lie in [0, {c})")
-        if self.images.dtype != torch.uint8 and n and not torch.isfinite(self.images).all():
-            raise err("images contain inf/nan")
+        if self.images.dtype != torch.uint8:
+            self._check_normalized_images()
         if self.soft_labels is not None:
             self._need("soft_labels", (n, c), (SOFT_LABEL_DTYPE,))
+
+    def _check_normalized_images(self) -> None:
+        """Float images are finite and normalized: within one whole pixel range (0..1) beyond
+        the normalized values of pixels 0 and 1 (room for recovered images left unclamped), far
+        below un-normalized 0..255 pixels, which would train silently and badly. One min/max
+        pass, on every validate (as on every load), like the finiteness check it includes."""
+        low, high = (float(v) for v in torch.aminmax(self.images))  # (nan, or +-inf where one is)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise DistilledSetError("images contain inf/nan")
+        lo, hi = valid_range(self.mean, self.std)
+        margin = hi - lo  # (one pixel range, per channel)
+        if low < float((lo - margin).min()) or high > float((hi + margin).max()):
+            raise DistilledSetError(
+                f"images look like un-normalized pixels (values {low:.4g} to {high:.4g}, where normalized pixels 0..1 "
+                f"lie in [{float(lo.min()):.3g}, {float(hi.max()):.3g}]): store uint8 pixels or normalize them "
+                "(normalize_uint8)")
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{n}={list(s)}" for n, s in self.tensor_shapes().items())
