@@ -16,12 +16,12 @@ from torch import Tensor, nn
 
 from ._io import PathLike, check_writable, model_digest
 from .checks import check_int
-from .models import eval_mode, on_device
+from .models import eval_mode, float32_model, on_device
 from .output_lock import holds_output
 from .progress import progress_bar
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .storage.distilled_set import store_soft_label_rows
-from .teacher import load_teachers_for_set, resolve_device, teacher_list, teacher_path_list
+from .teacher import check_teacher_outputs, load_teachers_for_set, resolve_device, teacher_list, teacher_path_list
 
 __all__ = ["ensemble_logits", "relabel", "relabel_directory"]
 
@@ -32,7 +32,8 @@ def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor,
     """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode (each put back
     in its mode after); one model is a list of one. Given ``names`` (one per teacher), each
     teacher's logits are checked finite before they are summed, and a ValueError names the
-    teacher that gives nan/inf (in the mean they could be anyone's)."""
+    teacher that gives nan/inf (in the mean they could be anyone's). Teachers whose logits
+    differ in shape are refused (one column would be broadcast over every class)."""
     teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("at least one teacher is needed")
@@ -40,6 +41,10 @@ def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor,
     for i, teacher in enumerate(teachers):
         with eval_mode(teacher):
             out = teacher(x).float()
+        if total is not None and out.shape != total.shape:
+            who = names[i] if names is not None else f"{i + 1} of {len(teachers)}"
+            raise ValueError(f"teacher {who} gives logits of shape {tuple(out.shape)}, the teachers before it "
+                             f"{tuple(total.shape)}: their mean needs the same classes from every teacher")
         if names is not None and not torch.isfinite(out).all():
             raise ValueError(f"teacher {names[i]} gives non-finite logits (nan or inf) on these images: the soft "
                              "labels would be nan; leave it out or use another checkpoint")
@@ -65,8 +70,9 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
     image (test transform only), stored fp16 with ``set_soft_labels``, and the teachers'
     digests recorded in ``hyperparameters["relabel"]`` (:func:`relabel_record`). Returns
     ``distilled``. ``progress``: a bar over the training images. The teachers (one model is
-    a list of one) are left as they were: a teacher on another device than ``device`` labels
-    as a copy there. ``teacher_names`` (e.g. their paths) name a teacher whose logits are not
+    a list of one) are checked first to give logits of the set's classes for its images
+    (teacher.check_teacher_outputs), and are left as they were: a teacher on another device
+    than ``device``, or not float32, labels as a copy there, in float32. ``teacher_names`` (e.g. their paths) name a teacher whose logits are not
     finite (default: its place, "2 of 3")."""
     teachers = teacher_list(teachers)
     if not teachers:
@@ -77,7 +83,9 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
     names = ([repr(str(n)) for n in teacher_names] if teacher_names is not None
              else [f"{i + 1} of {len(teachers)}" for i in range(len(teachers))])
     dev = resolve_device(device)
-    models = [on_device(t, dev) for t in teachers]
+    check_teacher_outputs(teachers, distilled.num_classes, (distilled.channels, *distilled.image_size),
+                          [f"teacher {name}" for name in names])
+    models = [float32_model(on_device(t, dev)) for t in teachers]
     data = DistilledDataset(distilled, hard_only=True)
     # the labels as stored (fp16), each batch's written in as it comes and checked there: no
     # float32 copy of them all, and an overflow stops the run at its batch, not at the end
@@ -87,8 +95,6 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
         for first, images in data.iter_chunks():
             for start in range(0, images.shape[0], batch_size):
                 logits = ensemble_logits(models, images[start:start + batch_size].to(dev), names).cpu()
-                if logits.shape[1] != distilled.num_classes:
-                    raise ValueError(f"teachers predict {logits.shape[1]} classes, the set has {distilled.num_classes}")
                 store_soft_label_rows(soft, first + start, logits)
                 bar.update(logits.shape[0])
     distilled.set_soft_labels(soft, copy=False)

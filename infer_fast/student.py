@@ -67,9 +67,10 @@ from .relabel import ensemble_logits
 from .data.registry import recipe_family
 from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormalize, normalize, random_crop_with_padding,
                               random_flip, random_resized_crop, shuffle_patches)
-from .models import check_model_name, create_model, device_of, eval_mode, on_device, penultimate_features
+from .models import (check_model_name, create_model, device_of, eval_mode, float32_model, on_device,
+                     penultimate_features)
 from .storage import DistilledDataset, DistilledSet
-from .teacher import DEVICE_CHOICES, evaluate, resolve_device, teacher_list
+from .teacher import DEVICE_CHOICES, check_teacher_outputs, evaluate, resolve_device, teacher_list, training_steps
 from . import distributed
 from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
                       STUDENT_SCHEDULES)
@@ -402,8 +403,9 @@ class StudentRun:
         # INFER+Dyn's teachers label the batches in the student's layout, on its device: a teacher
         # elsewhere is copied there, the caller's left where it is (ensemble_logits puts each in
         # eval mode for a batch and back, under no_grad)
-        self.teacher_models = copies_in_layout([on_device(t, self.device) for t in teachers] if cfg.dynamic else [],
-                                               cfg.channels_last)
+        # (and in float32: a float16/bfloat16/float64 teacher labels as a float32 copy)
+        self.teacher_models = copies_in_layout(
+            [float32_model(on_device(t, self.device)) for t in teachers] if cfg.dynamic else [], cfg.channels_last)
         with seeded_cpu_rng(cfg.seed):
             self.model = model_in_layout(create_model(
                 cfg.model, num_classes=distilled.num_classes, in_channels=distilled.channels,
@@ -413,7 +415,7 @@ class StudentRun:
         self.net = self.model if self.world == 1 else torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.steps_per_epoch = training_steps(self.n, cfg.batch_size)
         self.schedule = _schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng_state = None  # (the global generators' from a checkpoint: training_rng)
@@ -491,7 +493,8 @@ class StudentRun:
         # an epoch's steps shown once it has run SHORT_PHASE_S (ImageNet-size sets; a small set's is over sooner)
         for step in progress_bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, unit="step",
                                  disable=not progress, delay=SHORT_PHASE_S):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            last = step + 1 == self.steps_per_epoch  # (it takes the rest: a single image left joins it)
+            idx = order[step * cfg.batch_size:self.n if last else (step + 1) * cfg.batch_size]
             step_losses.add(self.step(*self.mixed_batch(idx), len(idx)), len(idx))
         if self.world > 1:  # the whole batches' losses, each rank's share summed (once an epoch)
             torch.distributed.all_reduce(step_losses.values)
@@ -587,14 +590,18 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
     "num_training_images", "steps", "config", "model" (the trained student, eval mode)}.
 
-    ``teachers`` (one model is a list of one) are left as they were: their mode, gradients
-    and device (INFER+Dyn labels with a copy of a teacher on another device than the student's).
+    ``teachers`` (one model is a list of one) are left as they were: their mode, gradients,
+    device and dtype (INFER+Dyn labels with a copy of a teacher on another device than the
+    student's, or not float32); INFER+Dyn checks first that each gives logits of the set's
+    classes for its images (teacher.check_teacher_outputs).
     It trains with gradients on whatever the caller's grad mode (no_grad, inference_mode), which
     is restored after it (grad_mode.training_grad_mode)."""
     cfg = given_config("config", config, StudentConfig, StudentConfig)  # (valid: checked when made)
     teachers = teacher_list(teachers)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
+    if cfg.dynamic:  # (its labels: the teachers' logits of the set's classes, for its images)
+        check_teacher_outputs(teachers, distilled.num_classes, (distilled.channels, *distilled.image_size))
     check_test_set(distilled, test_set)
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
     run = StudentRun(distilled, test_set, cfg, teachers, ddp)
@@ -683,6 +690,10 @@ def feature_duplication(images, labels: Tensor, teacher: nn.Module, batch_size: 
     ``images``: normalized float (N, ch, H, W), or an iterable of (start, chunk) pairs in
     order such as ``DistilledDataset.iter_chunks()`` (only features are kept). In [-1, 1];
     higher = more duplication. ``progress``: a bar over the images (one per label)."""
+    if isinstance(images, Tensor) and not images.is_floating_point():  # (uint8 pixels would be read as normalized)
+        raise ValueError(f"images must be normalized float images, got {images.dtype}: normalize a set's stored "
+                         "uint8 pixels first (infer_fast.storage.normalize_uint8(images, mean, std)), or pass "
+                         "DistilledDataset(ds).iter_chunks()")
     chunks = [(0, images)] if isinstance(images, Tensor) else images
     device = device_of(teacher)
     feats = []

@@ -27,8 +27,9 @@ from . import __version__
 from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
-from .models import HeadMismatch, check_model_name, create_model
-from ._text import count_text, first_names
+from .models import (HeadMismatch, check_model_name, create_model, describe_output, device_of, eval_mode,
+                     float32_model)
+from ._text import count_text, first_line, first_names
 from .progress import SHORT_PHASE_S, progress_bar
 from .training_rng import global_rng_state, kept_cpu_rng, seeded_cpu_rng, training_rng
 from ._io import PathLike, check_input_file, check_writable, read_checkpoint, save_atomic
@@ -121,7 +122,9 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
     with ``mean``/``std`` (default: the split's), the forward pass at ``precision`` with the
     batches in channels_last or not (as the model trained: mixed_precision). ``progress``: a
     bar over the batches once the evaluation has run SHORT_PHASE_S (ImageNet's val split takes
-    minutes on a CPU, a small test split an instant)."""
+    minutes on a CPU, a small test split an instant). A model that is not float32 is
+    evaluated as a float32 copy (models.float32_model), the caller's left as it was."""
+    model = float32_model(model)
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -140,6 +143,67 @@ def evaluate(model: nn.Module, test_set, batch_size: int, device, mean=None, std
     finally:
         model.train(was_training)
     return correct.item() / len(test_set)
+
+
+def training_steps(images: int, batch_size: int) -> int:
+    """The steps of a training epoch over ``images`` in batches of ``batch_size`` (teachers'
+    and students'): the last batch takes the rest, and a rest of one image joins the batch
+    before it, which then holds batch_size + 1: BatchNorm in training mode cannot normalize
+    one value per channel (torch refuses a batch of one image), and merging, rather than
+    dropping it, keeps every image in every epoch."""
+    steps = math.ceil(images / batch_size)
+    return steps - 1 if steps > 1 and images % batch_size == 1 else steps
+
+
+def _last_single_merged(batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]
+                        ) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) ``batches`` of one epoch, a last batch of one image joined to the batch
+    before it (:func:`training_steps`): only the last batch can be smaller than the others, so
+    one batch is held back until the next shows whether it is that one."""
+    held = None
+    for images, labels in batches:
+        if held is not None and images.shape[0] == 1 and held[0].shape[0] > 1:
+            held = (torch.cat([held[0], images]), torch.cat([held[1], labels]))
+            continue
+        if held is not None:
+            yield held
+        held = (images, labels)
+    if held is not None:
+        yield held
+
+
+def teacher_label(m: int, path: Optional[str] = None) -> str:
+    """How a message names the teacher at index ``m`` of a call's teachers (and its checkpoint
+    ``path`` where known)."""
+    return f"teacher {m}" + (f" ({path})" if path else "")
+
+
+def check_teacher_outputs(teachers: Sequence[nn.Module], num_classes: int, image_shape: Sequence[int],
+                          names: Optional[Sequence[str]] = None) -> None:
+    """Before any work: a ValueError naming the teacher (``names[m]``, default
+    :func:`teacher_label`) unless one image of the data's shape ``image_shape`` (ch, H, W) gives
+    logits, a tensor (1, num_classes). A teacher of more classes (ImageNet's 1000 on a 10-class
+    subset) would be read as other classes, one of fewer classes or other channels would fail
+    mid-run. One forward of a zero image, without gradients, on the teacher's device, in eval
+    mode (its modes restored after: models.eval_mode), through a float32 copy of a teacher
+    that is not float32 (models.float32_model, as the calls run it): the teacher is left as
+    it was. Recovery, relabelling and INFER+Dyn students all check their teachers so."""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3:
+        raise ValueError(f"image_shape must be (channels, H, W), got {shape}")
+    size = "x".join(str(s) for s in shape)
+    for m, teacher in enumerate(teachers):
+        who = names[m] if names is not None else teacher_label(m)
+        model = float32_model(teacher)
+        try:
+            with torch.no_grad(), eval_mode(model):
+                out = model(torch.zeros((1, *shape), dtype=torch.float32, device=device_of(model)))
+        except Exception as exc:  # (any failure of its forward on the data's images: said in one line)
+            raise ValueError(f"{who} fails on one {size} image (the data's shape): {type(exc).__name__}: "
+                             f"{first_line(exc, 300)}") from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+            raise ValueError(f"{who} returns {describe_output(out)} for one {size} image; a teacher of this data "
+                             f"must give logits (1, {num_classes}): one row per image, one column per class")
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -193,7 +257,7 @@ def train_teacher(cfg: TeacherConfig, out: PathLike, progress: bool = True) -> D
         model = model_in_layout(create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.channels,
                                              image_size=spec.image_size).to(device), cfg.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = training_steps(len(train), cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
     meta = _metadata(cfg, spec, train, progress)
     history, start_epoch, elapsed, rng = [], 0, 0.0, None
@@ -256,7 +320,7 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
                  progress: bool) -> float:
     """One epoch of ``model`` on ``train`` (its order and augmentation drawn from a generator
     seeded by the seed and the epoch: the same on resume); returns the mean training loss."""
-    spec, steps = train.spec, math.ceil(len(train) / cfg.batch_size)
+    spec, steps = train.spec, training_steps(len(train), cfg.batch_size)
     # (modulo 2**64: what manual_seed does with a negative seed, and a 64-bit seed times 100_003 fits no more)
     gen = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) % 2**64)
     order = torch.randperm(len(train), generator=gen)
@@ -264,7 +328,7 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
     step_losses = StepLosses(steps, device)
     # the epoch's batches in that order: slices in memory, decoded by DataLoader workers from folders
     # (not pinned: they are augmented on the host first, and the augmented batch goes through pinned memory)
-    bar = progress_bar(train.batches(cfg.batch_size, order), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+    bar = progress_bar(_last_single_merged(train.batches(cfg.batch_size, order)), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not progress, leave=False)
     for step, (images, labels) in enumerate(bar):
         # augment in [0, 1] pixel space (crop padding is black, as torchvision's), then normalize

@@ -263,7 +263,8 @@ def test_dynamic_calls_teachers_and_requires_them(teachers, data):
         train_student(ds, data[1], StudentConfig(epochs=1, dynamic=True, **FAST), progress=False)
     counting = [Counting(m) for m in models]
     r = train_student(ds, data[1], StudentConfig(epochs=2, dynamic=True, **FAST), teachers=counting, progress=False)
-    assert all(c.calls == 2 for c in counting)  # 20 images / batch 50: one step per epoch, 2 epochs
+    # the up-front check of each teacher's logits (one image), then 20 images / batch 50: one step per epoch, 2 epochs
+    assert all(c.calls == 3 for c in counting)
     assert 0.0 <= r["final_accuracy"] <= 1.0
 
 
@@ -452,7 +453,7 @@ def test_dynamic_cutmix_relabels_the_cut_mixed_batch(teachers, data):
     cfg = StudentConfig.imagenet(epochs=2, dynamic=True, **FAST)
     recording = [Counting(m) for m in models]
     r = train_student(ds, data[1], cfg, teachers=recording, progress=False)
-    assert all(c.calls == 2 for c in recording)  # 20 images / batch 50: one step per epoch
+    assert all(c.calls == 3 for c in recording)  # the up-front check, then 20 images / batch 50: one step per epoch
     assert math.isfinite(r["final_accuracy"])
     # the first batch rebuilt from the documented draw order: shuffle, augment, lambda, perm, box
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -462,7 +463,7 @@ def test_dynamic_cutmix_relabels_the_cut_mixed_batch(teachers, data):
     expected, _, lam = cutmix(x, None, lam, torch.randperm(x.shape[0], generator=gen), gen)
     assert lam < 1.0  # a box was pasted
     for c in recording:
-        torch.testing.assert_close(c.inputs[0], expected)
+        torch.testing.assert_close(c.inputs[1], expected)  # (inputs[0]: the check's one zero image)
     again = train_student(ds, data[1], cfg, teachers=[Counting(m) for m in models], progress=False)
     assert again["history"] == r["history"]
 

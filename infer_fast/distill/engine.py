@@ -22,11 +22,12 @@ from .. import interrupts, memory
 from ..grad_mode import autograd_usable, holds_inference_tensors, training_grad_mode
 from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..mixed_precision import model_in_layout
-from ..models import device_of
+from ..models import device_of, is_float32
 from ..ops.backends import resolve as resolve_backend
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
 from ..progress import progress_bar
+from ..teacher import teacher_label
 from .augment import Augmentation
 from .config import RecoveryConfig
 from .cuda_graphs import GRAPH_WARMUP_ITERATIONS, CapturedIteration, SideStream, uses_cuda_graph
@@ -34,15 +35,17 @@ from .plan import RecoveryOutOfMemoryError, chunk_rows, out_of_memory_error
 from .variables import RecoveryKind
 
 
-def check_teacher(teacher: nn.Module, m: int, path: Optional[str] = None) -> None:
+def check_teacher(teacher: nn.Module, m: int, path: Optional[str] = None, match_bn: bool = True) -> None:
     """ValueError naming teacher ``m`` (and its checkpoint ``path`` where known) unless its
     BatchNorm statistics can be matched (ops.bn_hooks.matchable: a BatchNorm1d/2d layer at
-    least, each with running statistics; BatchNorm3d refused) and every BatchNorm layer is in
-    eval mode (ops.bn_hooks.check_eval_mode): the one check every path makes, before any work."""
+    least, each with running statistics; BatchNorm3d refused), where ``match_bn`` (r_bn > 0: a
+    CE-only recovery needs none), and every BatchNorm layer is in eval mode
+    (ops.bn_hooks.check_eval_mode): the one check every path makes, before any work."""
     from ..ops.bn_hooks import matchable
 
-    who = f"teacher {m}" + (f" ({path})" if path else "")
-    matchable(bn_layers(teacher), who)
+    who = teacher_label(m, path)
+    if match_bn:
+        matchable(bn_layers(teacher), who)
     check_eval_mode(teacher, who=who)
 
 
@@ -52,10 +55,13 @@ def recovery_teacher(teacher: nn.Module, config: RecoveryConfig) -> Iterator[nn.
     converted once: convolutions and linear layers in bf16, BatchNorm kept in fp32 (its running
     statistics are what the loss matches, and the kernels accumulate in fp32); with
     channels_last, a copy in that layout; for a teacher made under torch.inference_mode (whose
-    tensors a backward cannot save), a copy of normal tensors. The caller's teacher is left as it was."""
-    if config.precision == "bf16" or config.channels_last or holds_inference_tensors(teacher):
+    tensors a backward cannot save), a copy of normal tensors; for a teacher that is not float32
+    (float16, bfloat16, float64: models.is_float32), a float32 copy (then bf16's conversion), as
+    one on another device is copied there. The caller's teacher is left as it was."""
+    if (config.precision == "bf16" or config.channels_last or holds_inference_tensors(teacher)
+            or not is_float32(teacher)):
         with training_grad_mode():  # (copied and converted outside inference mode: normal tensors)
-            run = copy.deepcopy(teacher).requires_grad_(False)
+            run = copy.deepcopy(teacher).requires_grad_(False).float()
             if config.precision == "bf16":
                 run.to(compute_dtype(config))
                 for module in run.modules():

@@ -20,7 +20,7 @@ from ..data.transforms import normalize
 from ..models import device_of
 from ..ops.bn_hooks import uncompiled
 from ..storage.distilled_set import channel_values
-from ..teacher import teacher_list
+from ..teacher import check_teacher_outputs, teacher_list
 from . import engine, plan
 from .checkpoints import CheckpointStore, Job, describe_batch, job_range
 from .config import RESULT_NEUTRAL, RecoveryConfig
@@ -33,20 +33,24 @@ class RecoveryDivergedError(RuntimeError):
     """Some UFCs (or SRe2L groups) hit a non-finite loss; the others were kept."""
 
 
-def check_common(teachers, mean, std, channels: int, paths: Optional[List[str]] = None) -> List[nn.Module]:
+def check_common(teachers, mean, std, channels: int, paths: Optional[List[str]] = None,
+                 config: Optional[RecoveryConfig] = None) -> List[nn.Module]:
     """The checks every recovery makes of its arguments, before any work: a teacher at least
-    (one model is a list of one: teacher_list), each with BatchNorm statistics to match and in
-    eval mode (engine.check_teacher, naming its checkpoint in ``paths`` where given), and one
-    mean and std value per channel (storage.channel_values). Returns the teachers as a list, a
-    torch.compile'd one as the module it wraps (recovery hooks its BatchNorm layers, which a
-    graph compiled before would not run; ``compile`` in the config compiles the teacher pass)."""
+    (one model is a list of one: teacher_list), each in eval mode and with BatchNorm
+    statistics to match unless the ``config``'s r_bn is 0 (a CE-only recovery; no config: they
+    are checked) (engine.check_teacher, naming its checkpoint in ``paths`` where given), and
+    one mean and std value per channel (storage.channel_values). Returns the teachers as a
+    list, a torch.compile'd one as the module it wraps (recovery hooks its BatchNorm layers,
+    which a graph compiled before would not run; ``compile`` in the config compiles the
+    teacher pass). What the teachers give for the data's images is checked by :func:`recover`."""
     teachers = [uncompiled(t) for t in teacher_list(teachers)]
     if not teachers:
         raise ValueError("recovery needs at least one teacher")
     channel_values("mean", mean, channels)
     channel_values("std", std, channels)
+    match_bn = config is None or config.r_bn > 0
     for m, teacher in enumerate(teachers):
-        engine.check_teacher(teacher, m, paths[m] if paths else None)
+        engine.check_teacher(teacher, m, paths[m] if paths else None, match_bn=match_bn)
     return teachers
 
 
@@ -343,7 +347,10 @@ def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: 
              keep: Optional[Callable[[Tensor], Tensor]] = None):
     """The path every recovery shares: its identity (``run``: what the method's jobs are made
     from; then the teachers' weights, normalization and every result-affecting config field),
-    which a checkpoint must match to be resumed, and the jobs run (:func:`_run_jobs`)."""
+    which a checkpoint must match to be resumed, and the jobs run (:func:`_run_jobs`), once
+    every teacher is known to give logits of ``num_classes`` for images of ``image_shape``
+    (teacher.check_teacher_outputs: before any work)."""
+    check_teacher_outputs(teachers, num_classes, image_shape)
     identity = {
         "method": kind.method,
         **run,

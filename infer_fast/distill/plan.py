@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .. import memory
 from ..grad_mode import autograd_usable, holds_inference_tensors, training_grad_mode
 from ..ops import BNStatTracker
+from ..ops.bn_hooks import bn_layers
 
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
 MEMORY_FRACTION = 0.6  # automatic plan: the share of the available memory a batch may use
@@ -214,7 +215,10 @@ def _probe_input(teacher: nn.Module, natural: Tensor, rows: int, copy: bool = Fa
 
 
 def _probe_loss(teacher: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
-    """The recovery objective (CE + BN statistics) of one group on ``x``."""
+    """The recovery objective (CE + BN statistics) of one group on ``x``; CE alone for a
+    teacher without BatchNorm layers (accepted where r_bn is 0: jobs.check_common)."""
+    if not bn_layers(teacher):
+        return F.cross_entropy(teacher(x), labels)
     tracker = BNStatTracker(teacher, groups=1)
     try:
         return F.cross_entropy(teacher(x), labels) + tracker.weighted_sum(1.0).sum()

@@ -195,7 +195,7 @@ def recover_ufcs(
             f"{getattr(natural_u8, 'dtype', type(natural_u8).__name__)} {tuple(getattr(natural_u8, 'shape', ()))}"
         )
     K, C, ch = natural_u8.shape[:3]
-    teachers = check_common(teachers, mean, std, ch)
+    teachers = check_common(teachers, mean, std, ch, config=config)
     if K < 1 or C < 1:
         raise ValueError(f"natural_u8 must hold at least one set and one class, got {tuple(natural_u8.shape)}")
     M = len(teachers)
@@ -249,7 +249,8 @@ def distill_infer(
                                                              progress)
     recorded = None if request is None else request_identity(request, train, teachers)  # (its teachers as they are now)
     spec = train.spec
-    check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
+    check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records],
+                 config=config)  # (before any work)
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
     try:
         natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers,

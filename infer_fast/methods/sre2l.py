@@ -84,7 +84,7 @@ def recover_sre2l(
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise ValueError(f"image_shape must be (channels, H, W), got {image_shape}")
-    teachers = check_common(teachers, mean, std, image_shape[0])
+    teachers = check_common(teachers, mean, std, image_shape[0], config=config)
     M = len(teachers)
     from ..data.pixels import quantize_images
 
@@ -156,7 +156,8 @@ def distill_sre2l(
                                                              progress)
     recorded = None if request is None else request_identity(request, train, teachers)  # (its teachers as they are now)
     spec = train.spec
-    check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records])  # (before any work)
+    check_common(teachers, spec.mean, spec.std, spec.channels, [r["path"] for r in records],
+                 config=config)  # (before any work)
     n, image_elements = ipc * spec.num_classes, math.prod(train.image_shape)
     check_space(out_dir, n * (image_elements + 8), n * image_elements,  # uint8 + int64 labels; uint8 results
                  _sre2l_partial_bytes(config, ipc, spec.num_classes, image_elements * 4, teachers))

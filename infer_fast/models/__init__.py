@@ -36,6 +36,9 @@ __all__ = [
     "image_size_pair",
     "on_device",
     "eval_mode",
+    "is_float32",
+    "float32_model",
+    "check_model_outputs",
     "list_models",
     "model_table",
     "pretrained_weights_table",
@@ -105,6 +108,73 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+def is_float32(model: nn.Module) -> bool:
+    """Whether every floating parameter and buffer of ``model`` is float32 (what the data, the
+    checkpoints and the kernels hold)."""
+    return all(t.dtype == torch.float32 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+
+
+def float32_model(model: nn.Module) -> nn.Module:
+    """``model`` itself when it is float32 (:func:`is_float32`), else a float32 copy: a library
+    call runs a caller's float16/bfloat16/float64 model on the float32 images, as it does one
+    on another device (:func:`on_device`), and leaves the caller's as it was."""
+    return model if is_float32(model) else copy.deepcopy(model).float()
+
+
+def describe_output(out: Any) -> str:
+    """What a model returned, as the checks of its outputs name it."""
+    return f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+
+
+def _meta_forward(model: nn.Module, x: Tensor) -> Any:
+    """``model(x)`` on the meta device: its parameters and buffers replaced for the call by meta
+    tensors of their shapes (no memory, no compute; its own tensors, running statistics
+    included, left as they were)."""
+    from torch.func import functional_call
+
+    stand_ins = {name: torch.empty_like(t, device="meta") for name, t in
+                 (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))}
+    return functional_call(model, stand_ins, (x.to("meta"),), tie_weights=False, strict=False)
+
+
+def check_model_outputs(model: nn.Module, name: str, num_classes: int, in_channels: int, image_size: Any) -> None:
+    """ValueError naming model ``name`` unless a batch of two images (in_channels, H, W) gives
+    logits, a tensor (2, num_classes), in training mode and in eval mode: a builder that
+    ignores num_classes, or a model returning (logits, aux_logits) while training (as
+    GoogLeNet/Inception), is refused when it is built, not by a later step. Run on the meta
+    device (:func:`_meta_forward`); a model that cannot run there (a forward reading values)
+    runs as a copy on its device, unless it is on the meta device itself: that error is
+    raised as it is, for :func:`build_to_check` to build it for real. The model's modes, its
+    tensors and the CPU generator are left as they were."""
+    from .._text import first_line
+    from ..training_rng import kept_cpu_rng
+
+    height, width = image_size_pair(image_size)
+    images = torch.zeros((2, in_channels, height, width), dtype=torch.float32)  # (whatever the default dtype)
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        with torch.no_grad(), kept_cpu_rng():
+            try:
+                outputs = [_meta_forward(model.train(training), images) for training in (True, False)]
+            except Exception:  # (what meta tensors cannot do: .item(), a tensor that is no parameter or buffer)
+                if device_of(model).type == "meta":
+                    raise
+                probe = copy.deepcopy(model)
+                try:
+                    outputs = [probe.train(training)(images.to(device_of(probe))) for training in (True, False)]
+                except Exception as exc:
+                    raise ValueError(f"model {name!r} fails on a batch of 2 {in_channels}x{height}x{width} images: "
+                                     f"{type(exc).__name__}: {first_line(exc, 300)}") from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    for mode, out in zip(("training", "eval"), outputs):
+        if not isinstance(out, Tensor) or tuple(out.shape) != (2, num_classes):
+            raise ValueError(f"model {name!r} returns {describe_output(out)} in {mode} mode on a batch of 2 "
+                             f"{in_channels}x{height}x{width} images; infer-fast needs logits (N, {num_classes}): "
+                             f"one row per image, one column per class")
+
+
 @contextlib.contextmanager
 def float32_default() -> Iterator[None]:
     """torch's default dtype float32 while the block runs (the caller's restored after): every
@@ -164,6 +234,7 @@ def create_model(
     if pretrained is not False and pretrained is not None:
         _check_has_pretrained_weights(spec, pretrained)
         load_pretrained_weights(model, spec, pretrained, num_classes, in_channels, pretrained_head)
+    check_model_outputs(model, name, num_classes, in_channels, image_size)  # (a plug-in's builder above all)
     return model
 
 

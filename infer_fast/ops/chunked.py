@@ -129,16 +129,21 @@ class _InjectBNGrad(torch.autograd.Function):
 
 class _ChunkHooks:
     """Forward pre-hooks on every BatchNorm of the teacher; sites are identified by their
-    position in the execution order, which must be the same for every chunk."""
+    position in the execution order, which must be the same for every chunk. Unless the loss
+    ``needs`` them (r_bn > 0), a teacher without BatchNorm layers is accepted (CE alone), with
+    no hooks (``matching`` False); one with them has its statistics reported as always."""
 
-    def __init__(self, teacher: nn.Module, groups: int, group_size: int, backend: str):
+    def __init__(self, teacher: nn.Module, groups: int, group_size: int, backend: str, needs: bool = True):
         self.groups, self.group_size, self.backend = groups, group_size, backend
         self.sites: List[_BNSite] = []
         self.injecting = False
         self.anchors: List[Tensor] = []
         self._row0 = self._calls = 0
         self._first_chunk = True
-        layers = matchable(bn_layers(teacher), f"teacher {type(teacher).__name__}")
+        layers = bn_layers(teacher)
+        self.matching = needs or bool(layers)
+        if self.matching:
+            matchable(layers, f"teacher {type(teacher).__name__}")
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in layers]
 
     def start_chunk(self, row0: int) -> None:
@@ -286,7 +291,7 @@ def chunked_loss_backward(
     total = x.shape[0]
     group_size = total // groups
     world, mine = _my_chunks(x, chunk_size, split_across_ranks, backward)
-    hooks = _ChunkHooks(teacher, groups, group_size, backend)
+    hooks = _ChunkHooks(teacher, groups, group_size, backend, needs=r_bn != 0)
     outputs = _ChunkOutputs(total, world)
     try:
         multipliers = _statistics_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, world, r_bn,
@@ -296,7 +301,8 @@ def chunked_loss_backward(
     finally:
         hooks.remove()
     outputs.all_reduce()
-    rbn = sum(mult * site.loss for mult, site in zip(multipliers, hooks.sites))
+    rbn = (sum(mult * site.loss for mult, site in zip(multipliers, hooks.sites)) if hooks.sites
+           else outputs.ce_rows.new_zeros(groups))  # (r_bn 0, no BatchNorm layer: no statistics)
     return outputs.ce_rows.view(groups, group_size).mean(dim=1), rbn, outputs.logits
 
 
@@ -318,7 +324,10 @@ def _statistics_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, world
                      backward) -> List[float]:
     """Pass 1: every chunk forward without a gradient, each BN call's per-group sums
     accumulated (every rank's rows, all-reduced), then each site's loss finished; without
-    ``backward`` the chunks' logits and CE recorded. Returns the sites' loss multipliers."""
+    ``backward`` the chunks' logits and CE recorded. Returns the sites' loss multipliers
+    (none without ``hooks.matching``: with a backward to come, then no chunk runs here)."""
+    if not hooks.matching and backward:  # (no statistics to gather: the backward pass alone)
+        return []
     with torch.no_grad():
         for row0 in mine:
             hooks.start_chunk(row0)
@@ -329,6 +338,8 @@ def _statistics_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, world
             if not backward:
                 outputs.add(row0, logits, labels)
             del logits
+    if not hooks.matching:
+        return []
     if not hooks.sites:
         raise RuntimeError("no BatchNorm layer of the teacher ran in its forward: there are no statistics to match")
     if world > 1:  # every rank's rows in the statistics
@@ -386,6 +397,8 @@ def _backward_pass(teacher, x, labels, hooks, outputs, mine, chunk_size, group_s
             hooks.start_chunk(row0)
             logits = teacher(chunk)
             hooks.end_chunk()
+            if row0 == mine[0] and not hooks.matching:  # (no first pass ran to check them)
+                _check_label_range(labels, logits)
             ce = outputs.add(row0, logits, labels)
             root = ce.sum() * (float(ce_weight) / group_size)
             for anchor in hooks.anchors:
