@@ -31,6 +31,7 @@ from bench_ops import environment  # noqa: E402
 from infer_fast.dd_ranking import DDRankingProtocol, evaluate_set_dd_ranking  # noqa: E402
 from infer_fast.demo import IPC, STUDENT, run_demo  # noqa: E402
 from infer_fast.evaluate import Protocol, evaluate_set  # noqa: E402
+from infer_fast.pipeline import set_directory  # noqa: E402
 from infer_fast.set_keys import SetKey  # noqa: E402
 from infer_fast.storage import load_distilled  # noqa: E402
 from infer_fast.teacher import load_teacher  # noqa: E402
@@ -60,7 +61,7 @@ def main() -> None:
         protocol, evaluate = Protocol(student=dict(STUDENT), seeds=args.seeds), evaluate_set
     reports = {}
     for label, key in SETS:
-        ds = load_distilled(results["sets"][str(key)]["directory"])
+        ds = load_distilled(set_directory(args.work, results["sets"][str(key)]))
         reports[label] = evaluate(ds, teachers, protocol, full_data_checkpoint=teacher_paths[0], device="cpu",
                                   progress=False)
         print(f"{label}: done ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -18,7 +18,7 @@ from ._text import count_text, first_line
 from .checks import check_int
 from .choices import DEVICE_CHOICES, EVALUATION_PROTOCOLS, EXPORT_NAMINGS
 from .config import comma_list, path_list, positive_floats, positive_ints, preset_names
-from .options import Option, add_flags, options_of
+from .options import PATH, Option, add_flags, options_of
 
 
 class UserError(Exception):
@@ -127,10 +127,10 @@ def teacher_options() -> Dict[str, Option]:
     from .teacher import TeacherConfig
 
     return {**options_of(TeacherConfig), **{o.name: o for o in (
-        Option("out", str, "checkpoint file to write"),
+        Option("out", PATH, "checkpoint file to write"),
         Option("pretrained", str, "write MODEL's pretrained weights (e.g. resnet18-imagenet) as the teacher instead of "
                "training one; takes --dataset (default imagenet), --weights, --out only", metavar="MODEL"),
-        Option("weights", str, "with --pretrained: the weights file (a state dict of MODEL's layout: torchvision's, or "
+        Option("weights", PATH, "with --pretrained: the weights file (a state dict of MODEL's layout: torchvision's, or "
                "a teacher of the INFER release for its CIFAR models) instead of the torch hub cache", metavar="FILE"),
     )}}
 

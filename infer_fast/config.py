@@ -74,12 +74,13 @@ def preset_names() -> List[str]:
 
 def config_file(value: str, what: str = "config file") -> str:
     """The YAML file that a config argument ``value`` names: ``value`` itself when it is an
-    existing file (a path always wins), else the shipped preset of that name, given as
-    ``fashion-mnist``, ``fashion-mnist.yaml`` or ``configs/fashion-mnist.yaml`` (as the README
-    spells it), from any directory. Neither: FileNotFoundError (IsADirectoryError for a
-    directory) naming ``what`` and listing the presets."""
+    existing file, or a pipe or device read as one (``run <(envsubst < template.yaml)``,
+    /dev/stdin: a config is read once) (a path always wins), else the shipped preset of that
+    name, given as ``fashion-mnist``, ``fashion-mnist.yaml`` or ``configs/fashion-mnist.yaml``
+    (as the README spells it), from any directory. Neither: FileNotFoundError
+    (IsADirectoryError for a directory) naming ``what`` and listing the presets."""
     value = os.fspath(value)
-    if os.path.isfile(value):
+    if os.path.exists(value) and not os.path.isdir(value):
         return value
     head, name = os.path.split(value)
     if name.endswith(".yaml"):
@@ -113,6 +114,30 @@ def load_yaml(path: str) -> Dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def home_expanded(path: str) -> str:
+    """A path as a config file gives it, read as a shell reads one on a command line: a leading
+    ``~`` (``~user``) is that home folder, as for ``data_root`` (environment variables are not
+    expanded: a generated config, ``envsubst < template.yaml``, does that)."""
+    return os.path.expanduser(path)
+
+
+def _paths_expanded(options: Mapping[str, Any], values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` (checked against ``options``, name -> Option) with each value of a path
+    option (kind PATH, or PATHS: one string or a list) :func:`home_expanded`."""
+    from .options import PATH, PATHS
+
+    def is_path(name: str) -> bool:
+        kind = getattr(options.get(name), "kind", None)
+        return bool({PATH, PATHS} & set(kind if isinstance(kind, tuple) else (kind,)))
+
+    def expanded(value: Any) -> Any:
+        if isinstance(value, list):
+            return [expanded(v) for v in value]
+        return home_expanded(value) if isinstance(value, str) else value
+
+    return {name: expanded(value) if is_path(name) else value for name, value in values.items()}
+
+
 def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterable[str],
           options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Values from ``config_path`` overridden by the options set on the command line.
@@ -120,7 +145,9 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
     Options the user did not give are ``None`` in ``args`` (parsers use default=None and
     the command applies its own defaults afterwards). ``options`` (name -> its
     :class:`infer_fast.options.Option`, the declaration its flag comes from) checks the
-    file's values as the flags' are (a name without one is its owner's to check)."""
+    file's values as the flags' are (a name without one is its owner's to check), and
+    expands ``~`` in those of its path options (:func:`home_expanded`), as a shell does in
+    the flags'."""
     from .options import check_values, given_value
 
     allowed = set(allowed)
@@ -131,7 +158,7 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
         if unknown:
             raise ValueError(f"config file {config_path!r}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         check_values(f"config file {config_path!r}", options or {}, from_file)
-        merged.update(from_file)
+        merged.update(_paths_expanded(options or {}, from_file))
     for key in allowed:
         value = getattr(args, key, None)
         if value is not None:

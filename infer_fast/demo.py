@@ -82,7 +82,7 @@ def demo_config(out_dir: str, seeds: int = SEEDS, iterations: Optional[int] = No
 
 def run_demo(out_dir: str = "demo-output", seeds: int = SEEDS, iterations: Optional[int] = None,
              epochs: Optional[int] = None, progress: bool = True) -> dict:
-    from .pipeline import check_run_directory, format_table, run_pipeline
+    from .pipeline import check_run_directory, format_table, run_pipeline, set_directory
     from .set_keys import SetKey
     from .storage import write_preview
 
@@ -99,7 +99,7 @@ def run_demo(out_dir: str = "demo-output", seeds: int = SEEDS, iterations: Optio
         results = run_pipeline(cfg, progress=progress)
     if not progress:  # run_pipeline prints the table only with progress output
         print(format_table(results))
-    infer_dir = results["sets"][str(SetKey("infer", IPC))]["directory"]
+    infer_dir = set_directory(out_dir, results["sets"][str(SetKey("infer", IPC))])
     png = write_preview(infer_dir, os.path.join(out_dir, "infer-preview.png"))
     print(f"INFER set preview (natural sets, compensators, composed images): {png}")
     print(f"demo done in {time.perf_counter() - start:.0f} s")

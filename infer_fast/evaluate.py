@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from ._text import count_text
 from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of
+from .progress import say
 from .scores import DEFAULT_WEIGHT, FULL_DATA_EPOCHS, check_weight, dd_ranking_scores
 from .student import RECIPES as STUDENT_RECIPES
 from .student import augmentation_text, labels_text
@@ -256,8 +257,8 @@ def train_full_data(model: str, dataset: str, data_root, device: str, epochs: in
 
     def train() -> float:
         if progress:  # (the teacher recipe's epoch lines follow: say what they train)
-            print(f"full-data run (hard labels, for HLR): {model} on the whole {dataset_label(dataset)} training split, "
-                  f"{count_text(epochs, 'epoch')} of the teacher recipe", flush=True)
+            say(f"full-data run (hard labels, for HLR): {model} on the whole {dataset_label(dataset)} training split, "
+                f"{count_text(epochs, 'epoch')} of the teacher recipe")
         config = TeacherConfig(dataset=dataset, model=model, epochs=epochs, data_root=data_root, device=device,
                                seed=seed, **compute)
         if checkpoints is not None:  # (train_teacher resumes an unfinished one, reads a finished one back)
@@ -488,8 +489,8 @@ def evaluate_set(
                 for name, labels, augmented in RUNS:
                     config = dataclasses.replace(protocol.student_config(labels, augmented, seed, own), device=device)
                     if progress:
-                        print(f"seed {seed + 1}/{protocol.seeds}, {what}: {labels_text(config)}, "
-                              f"{augmentation_text(config)}", flush=True)
+                        say(f"seed {seed + 1}/{protocol.seeds}, {what}: {labels_text(config)}, "
+                            f"{augmentation_text(config)}")
                     if which == "set":
                         result = students.train(lambda: distilled, students.of_set(distilled, config), config, progress)
                     else:

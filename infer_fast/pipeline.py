@@ -53,14 +53,15 @@ from .meter import StepMeter
 from .models import device_of
 from .options import given_config
 from .output_lock import INSIDE_LOCK, job_output_lock, output_lock
-from .results import (CR_NOTES, RESULTS_FILE, RUN_REPORT, format_table, load_results, markdown_report, summarize,
-                      table_runs)
+from .progress import say
+from .results import (CR_NOTES, RESULTS_FILE, RUN_REPORT, data_place, format_table, load_results, markdown_report,
+                      summarize, table_runs)
 from .run_config import PipelineConfig, load_pipeline_config
 from .set_keys import RunKey, SetKey
 
 __all__ = [
     "PipelineConfig", "load_pipeline_config", "prepare_teachers", "run_pipeline",
-    "summarize", "format_table",
+    "summarize", "format_table", "set_directory",
 ]
 
 # the folders a run writes in its directory: trained and pretrained teachers' checkpoints, the
@@ -86,9 +87,9 @@ def _next_step(meter: StepMeter, name: str) -> None:
 
 
 def _say(progress: bool, text: str) -> None:
-    """A progress message: what the run is doing (shown with progress only)."""
+    """A progress message: what the run is doing (shown with progress only, on stderr)."""
     if progress:
-        print(text, flush=True)
+        say(text)
 
 
 def _stdout_unless(show: bool):
@@ -194,6 +195,23 @@ def _set_list(cfg: PipelineConfig, out: Path) -> List[Tuple[SetKey, Path]]:
     sets = [(key, out / SETS_DIR / key.directory_name) for key in ours]
     sets += [(_external_key(label, directory), Path(directory)) for label, directory in cfg.external.items()]
     return sets
+
+
+def _recorded_directory(out: Path, key: SetKey, directory: Path) -> str:
+    """The directory of the set ``key`` as results.json records it (``sets[key].directory``): ours
+    relative to the run directory (``sets/infer-ipc10``: a run continued from another working
+    directory, or moved or copied, still names its own sets), a set given to the run
+    (``external``) by its absolute real path, as ``external_sets`` records it."""
+    if key.own is None:
+        return data_place(str(directory))
+    return directory.relative_to(out).as_posix()
+
+
+def set_directory(run_dir, record: Dict[str, Any]) -> Path:
+    """The directory of a set that the results.json of the run directory ``run_dir`` records
+    (``record``: its ``results["sets"][key]``), as ``run_dir`` is spelt: the recorded directory
+    is relative to the run directory (:func:`_recorded_directory`), or absolute."""
+    return Path(run_dir) / record["directory"]
 
 
 def _external_key(label: str, directory: str) -> SetKey:
@@ -420,9 +438,16 @@ class _Session:
 
     def notice(self, text: str) -> None:
         """A notice: where the run does other than its config may lead one to expect (a
-        measurement skipped); printed by rank 0 even without progress (``run --quiet``),
+        measurement skipped); printed (stdout) by rank 0 even without progress (``run --quiet``),
         unlike :meth:`say`'s progress messages."""
-        _say(self.ranks.rank == 0, text)
+        if self.ranks.rank == 0:
+            print(text, flush=True)
+
+    def report(self, text: str) -> None:
+        """A line of the finished run's results (its table, where they are): stdout, with
+        progress only (without, ``run --quiet``'s caller prints them: cli.cmd_run)."""
+        if self.progress:
+            print(text, flush=True)
 
     def step(self, name: str) -> None:
         _next_step(self.meter, name)
@@ -535,6 +560,8 @@ def _prepare_set(session: _Session, key: SetKey, directory: Path, teacher_paths:
                 "done" if recorded is not None and _record_stands(session.cfg, key, directory, recorded) else "measure")
     step = session.ranks.from_rank0(step)
     if step == "done":
+        if rank == 0:  # (recorded by a session of before maybe as spelt from its working directory)
+            recorded["directory"] = _recorded_directory(session.out, key, directory)
         return
     session.step(f"set {key}")
     seconds = None  # a set found on disk was not timed by this run
@@ -606,7 +633,7 @@ def _measure_set(session: _Session, key: SetKey, directory: Path, seconds: Optio
         relabel(ds, teachers, device=str(device_of(teachers[0])), progress=progress)
         save_distilled(ds, directory, overwrite=True, progress=progress)
     info = {
-        "directory": str(directory), "distill_seconds": seconds,
+        "directory": _recorded_directory(session.out, key, directory), "distill_seconds": seconds,
         "training_images": ds.num_training_images(), "stored_images": ds.num_stored_images(),
         "budget": ds.budget,
     }
@@ -724,9 +751,9 @@ def _write_report(session: _Session) -> None:
     # finished last: a run stopped before (in the plots, say) is not recorded as done with a stale report
     results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     session.save()
-    session.say("\n" + table)
-    session.say(f"\n{dataset_label(session.cfg.dataset)}: {len(table_runs(results))} student runs; results in "
-                f"{session.results_path} and {out / RUN_REPORT} ({seconds:.0f} s this session)")
+    session.report("\n" + table)
+    session.report(f"\n{dataset_label(session.cfg.dataset)}: {len(table_runs(results))} student runs; results in "
+                   f"{session.results_path} and {out / RUN_REPORT} ({seconds:.0f} s this session)")
 
 
 def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: Dict[str, Any],

@@ -6,6 +6,10 @@ bar, redrawn in place with carriage returns. When the stream it writes to (stder
 a :class:`LineProgress`: plain newline-terminated lines, one every ``LINE_INTERVAL_S`` seconds
 while the bar runs and one when it ends, never a carriage return. The environment variable
 ``INFER_FAST_PROGRESS`` (``auto``, ``bar`` or ``lines``) forces either form.
+
+A progress message (what a command is doing: ``epoch 3/10: ...``, ``distilling INFER ipc 10 -> ...``)
+goes to stderr too, by :func:`say`: stdout keeps a command's results (``infer-fast teacher ... >
+result.txt`` holds the summary line, not the epochs).
 """
 import os
 import sys
@@ -20,6 +24,12 @@ LINE_INTERVAL_S = 10.0
 # a phase that is instant on a small dataset and minutes on ImageNet (a folder scan, a listing
 # digest) opens its bar with delay=SHORT_PHASE_S: shown only once it has run this long
 SHORT_PHASE_S = 2.0
+
+
+def say(message: str) -> None:
+    """Print the progress message ``message`` to stderr, with the bars, flushed (it shows in its
+    place among the bars' lines in a log); a command's results stay on stdout."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def progress_mode() -> str:

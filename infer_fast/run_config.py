@@ -85,7 +85,29 @@ class PipelineConfig:
     written_for: InitVar[Tuple[str, ...]] = ()
 
     def __post_init__(self, where: str, written_for: Tuple[str, ...]) -> None:
+        self._expand_home()
         self.validate(where, written_for)
+
+    def _expand_home(self) -> None:
+        """``~`` in its paths (``out``, ``data_root``, a teacher's checkpoint or weights file, the
+        ``external`` sets) as a shell expands it on a command line (config.home_expanded): a
+        YAML file's ``out: ~/runs/x`` is not a folder named ``~``. The teachers and external
+        sets become copies (a caller's list and mapping stay as they are)."""
+        from .config import home_expanded
+
+        def expanded(value: Any) -> Any:
+            return home_expanded(value) if isinstance(value, str) else value
+
+        def teacher(entry: Any) -> Any:  # (pretrained: true, or a weights file)
+            return {k: expanded(v) if k in ("path", "pretrained") else v for k, v in entry.items()} \
+                if isinstance(entry, dict) else entry
+
+        object.__setattr__(self, "out", expanded(self.out))
+        object.__setattr__(self, "data_root", expanded(self.data_root))
+        if isinstance(self.teachers, list):
+            object.__setattr__(self, "teachers", [teacher(entry) for entry in self.teachers])
+        if isinstance(self.external, dict):
+            object.__setattr__(self, "external", {label: expanded(d) for label, d in self.external.items()})
 
     @property
     def scores_protocol(self) -> Optional[str]:

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from ._text import checkpoints_held, count_text
-from .progress import SHORT_PHASE_S, progress_bar
+from .progress import SHORT_PHASE_S, progress_bar, say
 from .relabel import ensemble_logits
 
 from .data.registry import recipe_family
@@ -563,7 +563,7 @@ class StudentRun:
                     f"final test accuracy {self.accuracy:.4f}")
             if best is not None:
                 line += f", best {best:.4f} ({BEST_LABEL})"
-            print(line + f" ({elapsed:.1f} s)")
+            say(line + f" ({elapsed:.1f} s)")
         return {"final_accuracy": self.accuracy, "best_accuracy": best, "best_label": BEST_LABEL if best is not None else None,
                 "history": self.history, "elapsed_s": elapsed, "num_training_images": self.n,
                 "steps": cfg.epochs * self.steps_per_epoch, "config": dataclasses.asdict(cfg), "model": self.model}

@@ -30,7 +30,7 @@ from .data.transforms import normalize, random_crop_with_padding, random_flip
 from .models import (HeadMismatch, check_model_name, create_model, describe_output, device_of, eval_mode,
                      float32_model)
 from ._text import count_text, first_line, first_names
-from .progress import SHORT_PHASE_S, progress_bar
+from .progress import SHORT_PHASE_S, progress_bar, say
 from .training_rng import global_rng_state, kept_cpu_rng, seeded_cpu_rng, training_rng
 from ._io import PathLike, check_input_file, check_writable, read_checkpoint, save_atomic
 from .checks import check_class_names, split_label
@@ -297,7 +297,7 @@ def _train_epochs(cfg: TeacherConfig, out: str, model: nn.Module, train, test, o
         elapsed += time.perf_counter() - started
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_accuracy": accuracy, "elapsed_s": elapsed})
         if progress:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test accuracy {accuracy:.4f} ({elapsed:.0f} s)")
+            say(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test accuracy {accuracy:.4f} ({elapsed:.0f} s)")
         done = epoch + 1 == cfg.epochs
         save_atomic(
             {

@@ -403,7 +403,7 @@ def test_run_names_every_missing_weights_file_before_any_work(tmp_path, monkeypa
     with pytest.warns(UserWarning, match="stem conv"):
         status, stdout, err = _cli(capsys, "run", tmp_path / "exp.yaml")
     assert status == 0, err
-    [line] = [l for l in stdout.splitlines() if l.startswith("teachers: ")]
+    [line] = [l for l in err.splitlines() if l.startswith("teachers: ")]
     assert line.startswith("teachers: resnet18-imagenet (pretrained, accuracy not measured), "
                            "mobilenetv2-imagenet (pretrained, accuracy not measured), convnet-w8-d1 ")
     assert line.endswith("%")

@@ -644,7 +644,7 @@ def test_distill_infer_end_to_end(teacher_paths, tmp_path, capsys):
     out = tmp_path / "fm-ipc3"
     path = distill_infer(DATASET, teacher_paths, ipc=3, out_dir=out, config=_cfg(iterations=3), progress=True)
     assert path == out and not (tmp_path / "fm-ipc3.recovery.pt").exists()
-    assert f"saving infer set (24 stored images, 27.6 KiB) -> {out}" in capsys.readouterr().out
+    assert f"saving infer set (24 stored images, 27.6 KiB) -> {out}" in capsys.readouterr().err
     ds = load_distilled(out, expected_dataset=DATASET, expected_num_classes=10)
     K = 2  # floor(3 * 10 / (10 + 2))
     assert ds.method == "infer" and ds.natural.shape == (K, 10, 1, 28, 28) and ds.natural.dtype == torch.uint8
@@ -665,9 +665,9 @@ def test_distill_random_says_where_it_saves(tmp_path, capsys):
     from infer_fast.distill import distill_random
 
     distill_random(DATASET, 2, tmp_path / "loud", seed=0, progress=True)
-    assert "saving random set (20 stored images, " in capsys.readouterr().out
+    assert "saving random set (20 stored images, " in capsys.readouterr().err
     distill_random(DATASET, 2, tmp_path / "quiet", seed=0, progress=False)
-    assert "saving" not in capsys.readouterr().out
+    assert "saving" not in capsys.readouterr().err
 
 
 def test_progress_bar_runs(natural, teachers, train_set, capsys):
@@ -866,7 +866,7 @@ def test_distill_sre2l_end_to_end(teacher_paths, teachers, train_set, tmp_path, 
     out = tmp_path / "fm-sre2l"
     config = RecoveryConfig.sre2l(iterations=2)
     distill_sre2l(DATASET, teacher_paths, ipc=2, out_dir=out, config=config, progress=True)
-    assert f"saving sre2l set (20 stored images, 15.5 KiB) -> {out}" in capsys.readouterr().out
+    assert f"saving sre2l set (20 stored images, 15.5 KiB) -> {out}" in capsys.readouterr().err
     ds = load_distilled(out, expected_dataset=DATASET, expected_num_classes=10)
     assert ds.method == "sre2l" and ds.images.shape == (20, 1, 28, 28) and ds.images.dtype == torch.uint8
     assert ds.labels.tolist() == list(range(10)) * 2 and ds.num_stored_images() == 20

@@ -153,7 +153,7 @@ def test_the_full_data_run_is_trained_once_with_a_memo(monkeypatch, capsys):
         assert train_full_data("convnet-w8-d2", "fashion-mnist-mini", None, "cpu", 1, True, reuse=memo) == 0.7
     assert runs == [0]
     assert ("full-data run (hard labels, for HLR): convnet-w8-d2 on the whole fashion-mnist-mini training split, "
-            "1 epoch of the teacher recipe") in capsys.readouterr().out
+            "1 epoch of the teacher recipe") in capsys.readouterr().err
 
 
 def test_a_random_set_is_not_compared_with_itself(train):
@@ -171,7 +171,7 @@ def test_progress_lines_say_what_trains(teachers, train, monkeypatch, capsys):
     monkeypatch.setattr(infer_fast.student, "train_student", fake_student)
     evaluate_set(relabel(random_set(train, 2, seed=100), [t0]), [t0], Protocol(student=TINY, seeds=1),
                  full_data_checkpoint=path0, device="cpu", progress=True)
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     assert "seed 1/1, the set: static soft labels, crop_flip + mixup" in lines
     assert "seed 1/1, the random subset: hard labels, no augmentation or mixing" in lines
     assert not any("none + none" in line for line in lines)
@@ -196,7 +196,7 @@ def test_saving_a_relabelled_set_says_relabelled(teachers, train, tmp_path, caps
     save_distilled(ds, tmp_path / "set", progress=True)
     relabel(ds, [t0])
     save_distilled(ds, tmp_path / "set", overwrite=True, progress=True)
-    first, second = capsys.readouterr().out.splitlines()
+    first, second = capsys.readouterr().err.splitlines()
     assert first.startswith("saving random set (20 stored images") and first.endswith(f"-> {tmp_path / 'set'}")
     assert second.startswith("relabelled random set (20 stored images") and second.endswith(f"-> {tmp_path / 'set'}")
 

@@ -226,7 +226,7 @@ def test_the_recipe_run_distils_with_the_recipe_settings(recipe_run):
     recipe, _, results, _ = recipe_run
 
     def hyperparameters(method):
-        with open(os.path.join(results["sets"][f"{method}/ipc1"]["directory"], "manifest.json")) as f:
+        with open(os.path.join(results["config"]["out"], results["sets"][f"{method}/ipc1"]["directory"], "manifest.json")) as f:
             return json.load(f)["hyperparameters"]
 
     infer = hyperparameters("infer")

@@ -224,7 +224,7 @@ def test_disk_full_while_writing_a_json_file_names_it(tmp_path, monkeypatch):
 def test_disk_full_while_writing_a_manifest_names_the_set_being_written(tmp_path, capsys, monkeypatch):
     fill_disk_at(monkeypatch, "write")
     status, err = run_main(["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2",
-                            "--out", "r"], capsys, tmp_path)
+                            "--out", "r", "--quiet"], capsys, tmp_path)  # (--quiet: no "saving" line on stderr)
     assert_one_line_error(status, err, "error: r: No space left on device")
     assert ".tmp-" not in err
     assert list(tmp_path.iterdir()) == []
@@ -253,7 +253,7 @@ def test_disk_full_while_saving_a_set_leaves_nothing(tmp_path, capsys, monkeypat
 
     monkeypatch.setattr(storage, "safetensors_save", no_space)
     status, err = run_main(["distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2",
-                            "--out", "r"], capsys, tmp_path)
+                            "--out", "r", "--quiet"], capsys, tmp_path)  # (--quiet: no "saving" line on stderr)
     assert_one_line_error(status, err, f"r{os.sep}images.safetensors: No space left on device")
     assert ".tmp-" not in err
     assert list(tmp_path.iterdir()) == []

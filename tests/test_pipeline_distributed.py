@@ -47,12 +47,12 @@ def cli_run(cwd, out, ranks):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same experiment run by 2 ranks and by 1 process: (directory, stdout of each)."""
+    """The same experiment run by 2 ranks and by 1 process: (directory, stdout and stderr of each)."""
     root = tmp_path_factory.mktemp("pipeline-ranks")
     (root / "exp.yaml").write_text(CONFIG)
     two = cli_run(root, "two", 2)
     one = cli_run(root, "one", 1)
-    return root, two.stdout, one.stdout
+    return root, two.stdout + two.stderr, one.stdout + one.stderr
 
 
 def results_of(directory):
@@ -163,8 +163,9 @@ def test_two_ranks_continue_a_damaged_run(runs):
         del data["runs"][key]
     with open(root / "damaged" / "results.json", "w") as f:
         json.dump(data, f)
-    stdout = cli_run(root, "damaged", 2).stdout
-    assert "teacher 1/2" not in stdout and "distilling INFER" not in stdout and "distilling Random" not in stdout
+    damaged = cli_run(root, "damaged", 2)
+    stdout = damaged.stdout + damaged.stderr  # (the table; the progress lines on stderr)
+    assert "teacher 1/2: training" not in stdout and "distilling INFER" not in stdout and "distilling Random" not in stdout
     assert stdout.count("distilling SRe2L ipc 2") == 1 and "students: 3 run(s) left" in stdout
     assert stdout.count(TABLE_HEADER) == 1
     assert os.listdir(root / "damaged" / "students") == []

@@ -168,7 +168,7 @@ def test_run_continues_its_scores_after_a_stop(teacher, tmp_path, monkeypatch, c
     results = run_pipeline(config(out), progress=True)
     assert (epochs.student, epochs.teacher) == (16 - 5, 0)
     assert results["scores"]["random/ipc2"]["per_seed"] == whole["scores"]["random/ipc2"]["per_seed"]
-    printed = capsys.readouterr().out
+    printed = "".join(capsys.readouterr())  # (progress on stderr, the student's resume line)
     assert "seed 1/1, the set: static soft labels" in printed and "resuming student seed 0 after epoch 1/2" in printed
     left = [os.path.basename(path) for path in checkpoint_files(out / SCORES_DIR)]
     assert len(left) == 1 and left[0].startswith("full-data-convnet-w8-d2-fashion-mnist-mini-")

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Dict, List, Tuple
 
 from ..choices import DEVICE_CHOICES
-from ..options import PATHS, Option
+from ..options import PATH, PATHS, Option
 from .registry import DistillRequest, all_methods, distill_method_names
 
 # what every method takes; the rest are each method's own (Method.options)
@@ -33,9 +33,9 @@ def distill_request_options() -> Dict[str, Option]:
         Option("ipc", int, "images per class of storage budget"),
         Option("method", str, "; ".join(f"{m.name}: {m.summary}" for m in all_methods() if m.distill is not None),
                default="infer", choices=distill_method_names()),
-        Option("data_root", str, "directory holding the dataset files"),
+        Option("data_root", PATH, "directory holding the dataset files"),
         Option("device", str, DEVICE_CHOICES, default=DistillRequest.device),  # (the request's own default)
-        Option("out", str, "output directory (must not exist)"),
+        Option("out", PATH, "output directory (must not exist)"),
     )
     return {o.name: o for o in request}
 

@@ -27,6 +27,7 @@ from .._io import (NOT_UTF8_PATH, REPLACED, TEMP, TOO_DEEP, PathLike, check_writ
                    printable_path, recorded_format_version, safetensors_save, stream_sha256)
 from ..data.pixels import valid_range
 from ..plugins import PLUGINS_HINT
+from ..progress import say
 from .distilled_set import (
     DistilledSet, DistilledSetError, OutputExistsError, check_dataset_classes, check_method_records, check_records,
     dtype_name, known_set_methods, set_layout,
@@ -277,7 +278,7 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
         if any(directory.iterdir()) and not _is_distilled_dir(directory):
             raise DistilledSetError(f"refusing to replace {directory}: it is not an infer-fast distilled set")
     if progress:
-        print(_saving_line(ds, directory), flush=True)
+        say(_saving_line(ds, directory))
     parent = directory.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(hidden_sibling(directory, TEMP))
