@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from typing import Any, Callable, Dict, Set, Tuple
+from typing import Any, Callable, Set, Tuple
 
 # A user's plug-ins (modules registering methods, models or datasets), loaded by load_plugins:
 # the modules this variable names (comma-separated), and the entry points of this group
@@ -22,10 +22,9 @@ _lock = threading.RLock()
 _plugins = "not loaded"  # then "loading", "loaded" (for the value of PLUGINS_ENV in _loaded_for)
 _loaded_for: "str | None" = None
 _imported: Set[Tuple[str, str]] = set()  # the plug-ins loaded: (where named, name), never loaded again
-# the plug-ins that failed: their error, said again whenever they are named, never imported again
-# (what one registered before it failed stays registered: a second import would fail on that)
-_failed: Dict[Tuple[str, str], ValueError] = {}
-ONCE_HINT = "plug-ins load once per process: fix it and restart Python"
+# A plug-in that failed is imported again at the next lookup (a fix in a notebook takes effect
+# without a restart): what it registered before it failed is registered again as the same
+# definition, which the registries replace (a cell run again), not refuse.
 
 
 def load_plugins() -> None:
@@ -35,9 +34,8 @@ def load_plugins() -> None:
     then the modules PLUGINS_ENV names. Each loads once per process; the variable is read
     again on every call, and the modules it names since are loaded then (those it no longer
     names stay loaded). A ValueError naming the module and where it was named when one fails
-    to load (its own error after a colon); said again, never imported again (its
-    registrations would run twice and hide its error), while it is named: a variable that no
-    longer names it loads the others."""
+    to load (its own error after a colon); it is imported again at the next call (fixed, it
+    loads then), and a variable that no longer names it loads the others."""
     global _plugins, _loaded_for
     value = os.environ.get(PLUGINS_ENV, "")
     with _lock:
@@ -57,24 +55,16 @@ def load_plugins() -> None:
                     _load_once((PLUGINS_ENV, module), lambda: importlib.import_module(module),
                                f"{module!r} ({PLUGINS_ENV})")
         except BaseException:
-            _plugins = "not loaded"  # (a failed one: said again when named; an interrupt: the rest loaded next time)
+            _plugins = "not loaded"  # (a failed one: imported again at the next call; an interrupt: the rest then)
             raise
         _plugins, _loaded_for = "loaded", value
 
 
 def _load_once(key: Tuple[str, str], load: Callable[[], Any], what: str) -> None:
-    """Load a plug-in not loaded yet; one that failed before says so again (ONCE_HINT)."""
+    """Load a plug-in not loaded yet (one that failed before: tried again)."""
     if key in _imported:
         return
-    if key in _failed:
-        raise _failed[key]
-    try:
-        _load_plugin(load, what)
-    except ValueError as exc:
-        again = ValueError(f"{exc} ({ONCE_HINT})")
-        again.__cause__ = exc.__cause__
-        _failed[key] = again
-        raise
+    _load_plugin(load, what)
     _imported.add(key)
 
 
