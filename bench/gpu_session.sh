@@ -63,7 +63,7 @@ GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null
 # (every test file with GPU rows: tests/test_gpu_session_fixes.py checks that none is missing)
 TEST_FILES=(test_bn_stat_loss.py test_bn_eval_stat.py test_ufc_compose.py test_reduction_paths.py test_backends.py test_host_path.py test_recovery_gpu.py test_ops_api.py
             test_bn_hooks.py test_chunked.py test_properties.py test_info_check.py test_api_surface.py test_gpu_session_fixes.py
-            test_registered_op_checks.py)
+            test_registered_op_checks.py test_ops_data_edges.py)
 
 run() {  # run STEP COMMAND...: output to the terminal and to $DEST/<step>.log, status to $DEST/<step>.status
   local step=$1

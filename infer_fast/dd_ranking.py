@@ -261,13 +261,16 @@ def evaluate_set_dd_ranking(
     from .evaluate import (Students, check_evaluable, checkpoints_held, labelling_teachers, random_subset,
                            random_subset_text)
     from .methods.registry import set_student_settings
+    from .teacher import check_distinct_teachers, teacher_list
 
     protocol = given_config("protocol", protocol, DDRankingProtocol, DDRankingProtocol)
+    teachers = teacher_list(teachers)  # (one model, or a generator read once: every round's students take them)
     dataset = distilled.real_dataset  # (with its image size: the recipe family, recipe_family)
     protocol.check_dataset(dataset)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
     digests = [model_digest(t) for t in teachers]
+    check_distinct_teachers(digests)
     labelled_by = labelling_teachers(distilled, digests, static)
     model = protocol.student_model(dataset)
     full_data, full_source = _full_data(protocol, distilled, model, data_root, device, full_data_checkpoint, progress,

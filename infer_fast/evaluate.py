@@ -402,15 +402,20 @@ NO_LABELLING_RECORD = ("the set records no digests of the teachers behind its so
                        "given here could not be checked")
 
 
-def labelling_teachers(distilled, teacher_digests: Sequence[str], static_labels: bool) -> Dict[str, Any]:
+# what a refusal of other labelling teachers advises (labelling_teachers: a caller may say it its own way)
+OTHER_LABELLING_TEACHERS_TODO = "evaluate with those teachers or relabel the set with these"
+
+
+def labelling_teachers(distilled, teacher_digests: Sequence[str], static_labels: bool,
+                       todo: str = OTHER_LABELLING_TEACHERS_TODO) -> Dict[str, Any]:
     """What the report says of the teachers behind the set's soft labels
     (``report["set"]["labelling_teachers"]``: ``checked`` True, False with a ``note`` saying why,
     None where not needed). With static labels the random subsets are
     labelled by the teachers given (``teacher_digests``: _io.model_digest of each), so IOR
     compares like with like only if those labelled the set too: a ValueError, before any
-    work, when the set's relabel record (relabel.relabel_record) names others. A set that
-    records none (relabelled before the record, imported) is evaluated, and the report says
-    its teachers were not checked."""
+    work, when the set's relabel record (relabel.relabel_record) names others (``todo``: what
+    the message advises). A set that records none (relabelled before the record, imported) is
+    evaluated, and the report says its teachers were not checked."""
     if not static_labels:
         return {"checked": None, "note": "not needed: the teachers given here label every soft-label batch"}
     record = (distilled.hyperparameters or {}).get("relabel")
@@ -423,8 +428,7 @@ def labelling_teachers(distilled, teacher_digests: Sequence[str], static_labels:
         named = (", ".join(map(str, paths)) if isinstance(paths, list) and len(paths) == len(recorded)
                  else ", ".join(f"weights sha256 {d[:12]}..." for d in recorded))
         raise ValueError(f"the set's soft labels are from other teachers than those given here: it was relabelled "
-                         f"with {count_text(len(recorded), 'teacher')} ({named}); evaluate with those teachers or "
-                         "relabel the set with these")
+                         f"with {count_text(len(recorded), 'teacher')} ({named}); {todo}")
     return {"teachers": paths, "teachers_sha256": list(recorded), "checked": True}
 
 
@@ -455,7 +459,8 @@ def evaluate_set(
     checkpoints: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The evaluation report of ``distilled`` (a DistilledSet with soft labels, relabelled by
-    ``teachers``, which also label the random subsets). See the module docstring.
+    ``teachers``, which also label the random subsets; one model is a list of one, no two
+    holding the same weights). See the module docstring.
     ``decode_cache``: a directory where a test split read from image files is decoded once
     for all the students (``data.load_test_split``); ``reuse``: the memo of students a caller
     keeps across the sets of one run; ``checkpoints``: the folder where the full-data run and
@@ -464,12 +469,15 @@ def evaluate_set(
     from .data import load_dataset, load_test_split
     from .methods.registry import set_student_settings
     from .student import check_test_set
+    from .teacher import check_distinct_teachers, teacher_list
 
     protocol = given_config("protocol", protocol, Protocol, Protocol)
+    teachers = teacher_list(teachers)  # (one model, or a generator read once: every seed's students take them)
     own = set_student_settings(distilled)  # (RDED: its augmentation, for the set's and the random subset's students)
     static = protocol.soft_labels == "static"
     ipc = check_evaluable(distilled, teachers, device, static)
     digests = [model_digest(t) for t in teachers]
+    check_distinct_teachers(digests)
     labelled_by = labelling_teachers(distilled, digests, static)
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)

@@ -347,7 +347,9 @@ def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
     """Before any work: every teacher checkpoint given by path is a readable file, and every
     external set loads (manifest, files, digests), records its ipc and has soft labels where
     the run reads them (:func:`_soft_labels_needed`: another's set is never relabelled in its
-    directory; a run used to write its own sets first and stop at a corrupt external one).
+    directory; a run used to write its own sets first and stop at a corrupt external one),
+    labelled by the run's teachers where its scores need that (:func:`_check_labelling_teachers`;
+    when every teacher is given by path: else once they are prepared, :func:`_load_teachers`).
     Returns {label: external_identity} of the external sets (read here once, checked against
     the results file's record)."""
     from .results import external_identity
@@ -356,6 +358,7 @@ def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
     for i, entry in enumerate(cfg.teachers):
         if "path" in entry:
             check_input_file(str(entry["path"]), f"teachers[{i}]: teacher checkpoint")
+    path_teachers = None  # (paths, digests) of the teachers given by path, loaded once a set needs them
     identities = {}
     for label, directory in cfg.external.items():
         ds = load_distilled(directory)
@@ -365,8 +368,59 @@ def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
                 "the scores' students of static labels learn"
             raise ValueError(f"external set {directory} has no soft labels, which {readers}: import it with "
                              "--soft-labels, or run `infer-fast relabel` on it first")
+        if _scored_with_static_labels(cfg, key) and _teachers_given_by_path(cfg):
+            path_teachers = path_teachers or _path_teacher_digests(cfg)
+            _check_labelling_teachers(cfg, label, ds, *path_teachers)
         identities[label] = external_identity(directory, ds)
     return identities
+
+
+def _teachers_given_by_path(cfg: PipelineConfig) -> bool:
+    """Whether every teacher of the run is a checkpoint given by path (none trained or written by it)."""
+    return all("path" in entry for entry in cfg.teachers)
+
+
+def _path_teacher_digests(cfg: PipelineConfig) -> Tuple[List[str], List[str]]:
+    """(paths, model_digest of each) of the run's teachers, every one given by path, refused
+    when two hold the same weights (teacher.check_distinct_teachers: a copy under another name)."""
+    from ._io import model_digest
+    from .teacher import check_distinct_teachers, load_teacher
+
+    paths = [str(entry["path"]) for entry in cfg.teachers]
+    digests = [model_digest(load_teacher(path)[0]) for path in paths]
+    check_distinct_teachers(digests, paths)
+    return paths, digests
+
+
+def _check_labelling_teachers(cfg: PipelineConfig, label: str, ds, paths: List[str], digests: List[str]) -> None:
+    """Before any set or student work: the external set ``label`` (``ds``), whose scores label
+    their random subsets with the run's teachers (``paths``, ``digests``: model_digest of each),
+    was relabelled by them (evaluate.labelling_teachers), else a ValueError saying how to
+    relabel it and, where the run directory's results already record the set under ``label``
+    (relabelling changes it: results._check_external_sets), that it needs a new label."""
+    from .evaluate import labelling_teachers
+
+    directory = cfg.external[label]
+    todo = f"relabel it with the run's teachers (infer-fast relabel {directory} --teachers {','.join(paths)})"
+    results = Path(cfg.out) / RESULTS_FILE
+    if label in _recorded_external_labels(results):
+        todo += (f", then give it a new label in external ({results} records {label} as the set before: a label "
+                 "names one set for the life of a run directory), or choose another out directory")
+    try:
+        labelling_teachers(ds, digests, True, todo=todo)
+    except ValueError as exc:
+        raise ValueError(f"external: {label}: {exc}") from None
+
+
+def _recorded_external_labels(results: Path) -> List[str]:
+    """The labels of the external sets that the results file ``results`` records (none when there
+    is no file, or none readable: load_results says why)."""
+    try:
+        with open(results, encoding="utf-8") as f:
+            recorded = json.load(f).get("external_sets")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return list(recorded) if isinstance(recorded, dict) else []
 
 
 def _check_class_counts(cfg: PipelineConfig, progress: bool) -> None:
@@ -525,8 +579,13 @@ def _check_set_classes(sets: List[Tuple[SetKey, Path]], test) -> None:
 def _load_teachers(session: _Session, test) -> Tuple[List[str], List[Any]]:
     """The teachers' checkpoint paths and models, prepared (trained across the ranks) and
     loaded by every rank, each checked against the run's data (the ``test`` split: its
-    classes, by count and name, are the training split's); rank 0 records them."""
-    from .teacher import load_teachers_for_split
+    classes, by count and name, are the training split's), no two holding the same weights
+    (teacher.check_distinct_teachers), and, where the run trained or wrote some of them, as
+    the labelling teachers of the external sets its scores need them to be (_check_inputs
+    checks those of teachers given by path); rank 0 records them. All before any set work."""
+    from ._io import model_digest
+    from .storage import load_distilled
+    from .teacher import check_distinct_teachers, load_teachers_for_split
 
     cfg = session.cfg
     t0 = time.perf_counter()
@@ -539,6 +598,12 @@ def _load_teachers(session: _Session, test) -> Tuple[List[str], List[Any]]:
         records.append({"path": path, "model": meta["model"], "test_accuracy": meta.get("test_accuracy"),
                         "train_seconds": meta.get("elapsed_s")})
         described.append(_describe_teacher(meta))
+    digests = [model_digest(model) for model in teachers]
+    check_distinct_teachers(digests, teacher_paths)
+    if not _teachers_given_by_path(cfg):
+        for label, directory in cfg.external.items():
+            if _scored_with_static_labels(cfg, _external_key(label, directory)):
+                _check_labelling_teachers(cfg, label, load_distilled(directory), teacher_paths, digests)
     if session.ranks.rank == 0:
         session.results["teachers"] = records
         session.say("teachers: " + ", ".join(described))
@@ -592,10 +657,16 @@ def _student_labels(cfg: PipelineConfig, key: SetKey) -> str:
 
 def _soft_labels_needed(cfg: PipelineConfig, key: SetKey) -> bool:
     """Whether the run reads the stored soft labels of the set ``key``: its students learn them,
-    or its scores' soft-label students do (a protocol of static labels)."""
+    or its scores' soft-label students do (:func:`_scored_with_static_labels`)."""
+    return _student_labels(cfg, key) == "static" or _scored_with_static_labels(cfg, key)
+
+
+def _scored_with_static_labels(cfg: PipelineConfig, key: SetKey) -> bool:
+    """Whether the run's scores of the set ``key`` train on its stored soft labels (a protocol of
+    static labels), beside random subsets labelled by the run's teachers: those must have
+    labelled the set too (evaluate.labelling_teachers)."""
     protocol = cfg.score_protocol()
-    return _student_labels(cfg, key) == "static" or (
-        protocol is not None and _set_protocol(protocol, key).soft_labels == "static")
+    return protocol is not None and _set_protocol(protocol, key).soft_labels == "static"
 
 
 def _record_stands(cfg: PipelineConfig, key: SetKey, directory: Path, recorded: Dict[str, Any]) -> bool:

@@ -21,7 +21,8 @@ from .output_lock import holds_output
 from .progress import progress_bar
 from .storage import DistilledDataset, DistilledSet, load_distilled, save_distilled
 from .storage.distilled_set import store_soft_label_rows
-from .teacher import check_teacher_outputs, load_teachers_for_set, resolve_device, teacher_list, teacher_path_list
+from .teacher import (check_distinct_teachers, check_teacher_outputs, load_teachers_for_set, resolve_device,
+                      teacher_label, teacher_list, teacher_path_list)
 
 __all__ = ["ensemble_logits", "relabel", "relabel_directory"]
 
@@ -30,10 +31,11 @@ __all__ = ["ensemble_logits", "relabel", "relabel_directory"]
 def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor,
                     names: Optional[Sequence[str]] = None) -> Tensor:
     """Mean of the teachers' logits on ``x`` (float32), teachers in eval mode (each put back
-    in its mode after); one model is a list of one. Given ``names`` (one per teacher), each
-    teacher's logits are checked finite before they are summed, and a ValueError names the
-    teacher that gives nan/inf (in the mean they could be anyone's). Teachers whose logits
-    differ in shape are refused (one column would be broadcast over every class)."""
+    in its mode after); one model is a list of one. Given ``names`` (how messages name each
+    teacher: teacher.teacher_label), each teacher's logits are checked finite before they are
+    summed, and a ValueError names the teacher that gives nan/inf (in the mean they could be
+    anyone's). Teachers whose logits differ in shape are refused (one column would be
+    broadcast over every class)."""
     teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("at least one teacher is needed")
@@ -42,11 +44,11 @@ def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor,
         with eval_mode(teacher):
             out = teacher(x).float()
         if total is not None and out.shape != total.shape:
-            who = names[i] if names is not None else f"{i + 1} of {len(teachers)}"
-            raise ValueError(f"teacher {who} gives logits of shape {tuple(out.shape)}, the teachers before it "
+            who = names[i] if names is not None else teacher_label(i, count=len(teachers))
+            raise ValueError(f"{who} gives logits of shape {tuple(out.shape)}, the teachers before it "
                              f"{tuple(total.shape)}: their mean needs the same classes from every teacher")
         if names is not None and not torch.isfinite(out).all():
-            raise ValueError(f"teacher {names[i]} gives non-finite logits (nan or inf) on these images: the soft "
+            raise ValueError(f"{names[i]} gives non-finite logits (nan or inf) on these images: the soft "
                              "labels would be nan; leave it out or use another checkpoint")
         total = out if total is None else total + out
     return total / len(teachers)
@@ -56,11 +58,11 @@ def ensemble_logits(teachers: Union[nn.Module, Sequence[nn.Module]], x: Tensor,
 RELABEL_RULE = "mean of the teachers' logits, eval mode, test transform only"
 
 
-def relabel_record(teachers: Sequence[nn.Module]) -> Dict[str, Any]:
+def relabel_record(teacher_digests: Sequence[str]) -> Dict[str, Any]:
     """What a relabelled set records of its labels (``hyperparameters["relabel"]``): the rule
-    and each teacher's weights digest (_io.model_digest), which evaluate compares with the
-    teachers it is given (evaluate.labelling_teachers)."""
-    return {"teachers_sha256": [model_digest(t) for t in teachers], "rule": RELABEL_RULE}
+    and each teacher's weights digest (``teacher_digests``: _io.model_digest of each), which
+    evaluate compares with the teachers it is given (evaluate.labelling_teachers)."""
+    return {"teachers_sha256": list(teacher_digests), "rule": RELABEL_RULE}
 
 
 def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Module]], batch_size: int = 256,
@@ -72,19 +74,22 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
     ``distilled``. ``progress``: a bar over the training images. The teachers (one model is
     a list of one) are checked first to give logits of the set's classes for its images
     (teacher.check_teacher_outputs), and are left as they were: a teacher on another device
-    than ``device``, or not float32, labels as a copy there, in float32. ``teacher_names`` (e.g. their paths) name a teacher whose logits are not
-    finite (default: its place, "2 of 3")."""
+    than ``device``, or not float32, labels as a copy there, in float32; two holding the same
+    weights are refused (teacher.check_distinct_teachers: one would weigh twice in the mean).
+    ``teacher_names`` (e.g. their paths) name a teacher whose logits are not finite (default:
+    its place, "teacher 2/3")."""
     teachers = teacher_list(teachers)
     if not teachers:
         raise ValueError("relabel needs at least one teacher")
     check_int("batch_size", batch_size)
     if teacher_names is not None and len(teacher_names) != len(teachers):
         raise ValueError(f"teacher_names: {len(teacher_names)} names for {len(teachers)} teachers")
-    names = ([repr(str(n)) for n in teacher_names] if teacher_names is not None
-             else [f"{i + 1} of {len(teachers)}" for i in range(len(teachers))])
+    paths = None if teacher_names is None else [str(n) for n in teacher_names]
+    names = [teacher_label(i, paths[i] if paths else None, len(teachers)) for i in range(len(teachers))]
     dev = resolve_device(device)
-    check_teacher_outputs(teachers, distilled.num_classes, (distilled.channels, *distilled.image_size),
-                          [f"teacher {name}" for name in names])
+    check_teacher_outputs(teachers, distilled.num_classes, (distilled.channels, *distilled.image_size), names)
+    digests = [model_digest(t) for t in teachers]  # (recorded with the labels: relabel_record)
+    check_distinct_teachers(digests, paths)
     models = [float32_model(on_device(t, dev)) for t in teachers]
     data = DistilledDataset(distilled, hard_only=True)
     # the labels as stored (fp16), each batch's written in as it comes and checked there: no
@@ -98,7 +103,7 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
                 store_soft_label_rows(soft, first + start, logits)
                 bar.update(logits.shape[0])
     distilled.set_soft_labels(soft, copy=False)
-    distilled.hyperparameters = {**distilled.hyperparameters, "relabel": relabel_record(teachers)}
+    distilled.hyperparameters = {**distilled.hyperparameters, "relabel": relabel_record(digests)}
     return distilled
 
 

@@ -260,6 +260,29 @@ class PipelineConfig:
                 raise ValueError(f"{where}: teachers[{i}] gives a path and training settings; give one or the other")
             if entry.get("pretrained") and (set(entry) - {"model", "pretrained"} or "model" not in entry):
                 raise ValueError(f"{where}: teachers[{i}] with pretrained weights takes model and pretrained only, got {sorted(entry)}")
+        self._check_teachers_distinct(where)
+
+    def _check_teachers_distinct(self, where: str) -> None:
+        """No teacher entry repeats an earlier one: the same checkpoint (however its path is
+        spelt), the same pretrained weights, or the same training settings (the same seed
+        trains the same weights). One teacher twice would weigh twice in the soft labels and
+        count twice in M (INFER's UFC sets, INFER+Dyn's epochs). A copy of a checkpoint under
+        another name is found once the teachers load (teacher.check_distinct_teachers)."""
+        def teacher_of(entry: Dict[str, Any]) -> Any:  # (what names the teacher an entry gives)
+            if "path" in entry:
+                return ("path", os.path.realpath(str(entry["path"])))
+            return sorted(entry.items(), key=lambda item: item[0])
+
+        earlier: List[Any] = []
+        for j, entry in enumerate(self.teachers):
+            teacher = teacher_of(entry)
+            if teacher in earlier:
+                i = earlier.index(teacher)
+                what = ("name the same checkpoint" if "path" in entry else
+                        "give the same training settings (they would train the same weights; another seed trains "
+                        "another teacher)" if not entry.get("pretrained") else "name the same pretrained weights")
+                raise ValueError(f"{where}: teachers[{i}] and teachers[{j}] {what}: give each teacher once")
+            earlier.append(teacher)
 
     def _check_sets(self, where: str) -> None:
         """The sets and students asked for: ipc, methods and their options' sections, budget

@@ -70,7 +70,8 @@ from .data.transforms import (RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, denormaliz
 from .models import (check_model_name, create_model, device_of, eval_mode, float32_model, on_device,
                      penultimate_features)
 from .storage import DistilledDataset, DistilledSet
-from .teacher import DEVICE_CHOICES, check_teacher_outputs, evaluate, resolve_device, teacher_list, training_steps
+from .teacher import (DEVICE_CHOICES, TEACHERS_WEIGHTS_LABEL, check_distinct_teachers, check_teacher_outputs, evaluate,
+                      resolve_device, teacher_list, training_steps)
 from . import distributed
 from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
                       STUDENT_SCHEDULES)
@@ -345,7 +346,7 @@ def set_digest(distilled) -> str:
 # what does not change a student (declared on its fields): a run may resume on another device,
 # with other evaluation batches (a field a checkpoint predates counts as its default)
 STUDENT_RESULT_NEUTRAL = result_neutral_fields(StudentConfig)
-_IDENTITY_LABELS = {"set_sha256": "the distilled set's images or labels", "teachers_sha256": "the teachers' weights"}
+_IDENTITY_LABELS = {"set_sha256": "the distilled set's images or labels", "teachers_sha256": TEACHERS_WEIGHTS_LABEL}
 
 
 def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
@@ -593,7 +594,8 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     ``teachers`` (one model is a list of one) are left as they were: their mode, gradients,
     device and dtype (INFER+Dyn labels with a copy of a teacher on another device than the
     student's, or not float32); INFER+Dyn checks first that each gives logits of the set's
-    classes for its images (teacher.check_teacher_outputs).
+    classes for its images (teacher.check_teacher_outputs) and that no two hold the same
+    weights (teacher.check_distinct_teachers).
     It trains with gradients on whatever the caller's grad mode (no_grad, inference_mode), which
     is restored after it (grad_mode.training_grad_mode)."""
     cfg = given_config("config", config, StudentConfig, StudentConfig)  # (valid: checked when made)
@@ -602,6 +604,7 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
     if cfg.dynamic:  # (its labels: the teachers' logits of the set's classes, for its images)
         check_teacher_outputs(teachers, distilled.num_classes, (distilled.channels, *distilled.image_size))
+        check_distinct_teachers([model_digest(t) for t in teachers])
     check_test_set(distilled, test_set)
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
     run = StudentRun(distilled, test_set, cfg, teachers, ddp)
@@ -658,6 +661,7 @@ def evaluate_seeds(
     Checkpoints found without ``resume`` are refused before any training."""
     seeds = seed_list(seeds)
     cfg = given_config("config", config, StudentConfig, StudentConfig)
+    teachers = teacher_list(teachers)  # (read once: a generator would be used up by the first seed)
     if checkpoints is None:
         results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=s), teachers, progress)
                    for s in seeds]

@@ -172,10 +172,30 @@ def _last_single_merged(batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]
         yield held
 
 
-def teacher_label(m: int, path: Optional[str] = None) -> str:
-    """How a message names the teacher at index ``m`` of a call's teachers (and its checkpoint
-    ``path`` where known)."""
-    return f"teacher {m}" + (f" ({path})" if path else "")
+# How a run's record of the teachers' digests (a list, in order) is named when a resume differs in it:
+# the same teachers in another order differ too (each teacher's UFCs, a recovery's jobs, follow the order)
+TEACHERS_WEIGHTS_LABEL = "the teachers' weights (or their order)"
+
+
+def teacher_label(m: int, path: Optional[str] = None, count: Optional[int] = None) -> str:
+    """How a message names the teacher at index ``m`` (from 0) of a call's ``count`` teachers:
+    numbered from 1 for users, as the progress bars are, with the count and its checkpoint
+    ``path`` where known ("teacher 2/3 (t2.pt)")."""
+    return f"teacher {m + 1}" + (f"/{count}" if count else "") + (f" ({path})" if path else "")
+
+
+def check_distinct_teachers(digests: Sequence[str], paths: Optional[Sequence[str]] = None) -> None:
+    """Before any work: a ValueError naming the first two teachers that hold the same weights
+    (``digests``: _io.model_digest of each, as the caller computes them for its records;
+    ``paths``: their checkpoints where known). One teacher given twice would weigh twice in the
+    mean of the logits, and count twice in M (INFER's UFC sets per natural set, INFER+Dyn's
+    epochs), as a second teacher it is not."""
+    first_with: Dict[str, int] = {}
+    for j, digest in enumerate(digests):
+        i = first_with.setdefault(digest, j)
+        if i != j:
+            i_name, j_name = (teacher_label(m, paths[m] if paths else None, len(digests)) for m in (i, j))
+            raise ValueError(f"{i_name} and {j_name} hold the same weights: give each teacher once")
 
 
 def check_teacher_outputs(teachers: Sequence[nn.Module], num_classes: int, image_shape: Sequence[int],
@@ -193,7 +213,7 @@ def check_teacher_outputs(teachers: Sequence[nn.Module], num_classes: int, image
         raise ValueError(f"image_shape must be (channels, H, W), got {shape}")
     size = "x".join(str(s) for s in shape)
     for m, teacher in enumerate(teachers):
-        who = names[m] if names is not None else teacher_label(m)
+        who = names[m] if names is not None else teacher_label(m, count=len(teachers))
         model = float32_model(teacher)
         try:
             with torch.no_grad(), eval_mode(model):

@@ -105,7 +105,7 @@ def test_ctrl_c_in_a_recovery_called_from_python_saves_its_iteration_and_resumes
                          "run it again with resume=True to continue",
                          "handlers restored: True",
                          "saved iterations: [11]"]  # (iteration 10, under way, finished and saved)
-    assert "teacher 0 batch k=0..3 continues at iteration 11/30" in result.stdout
+    assert "teacher 1/1 batch k=0..3 continues at iteration 11/30" in result.stdout
     assert lines[-1] == "handlers restored: True"
     assert torch.equal(load_distilled(tmp_path / "stopped").ufc, load_distilled(tmp_path / "reference").ufc)
     assert not (tmp_path / "stopped.recovery.pt").exists()

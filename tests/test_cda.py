@@ -178,5 +178,5 @@ def test_cda_killed_inside_a_batch_resumes_bit_identically(teacher_paths, tmp_pa
     capsys.readouterr()
     resumed = _run("cda", tmp_path / "killed", teacher_paths, options, resume=True)
     assert resumed.method == "cda" and torch.equal(resumed.images, full.images)
-    assert "resuming, 0/2 CDA jobs already recovered; teacher 0 batch k=0..1 continues" in capsys.readouterr().out
+    assert "resuming, 0/2 CDA jobs already recovered; teacher 1/1 batch k=0..1 continues" in capsys.readouterr().out
     assert not (tmp_path / "killed.recovery.pt").exists()

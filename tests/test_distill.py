@@ -214,7 +214,7 @@ def test_resume_after_interrupt(natural, teachers, train_set, tmp_path, monkeypa
     with pytest.raises(ValueError, match="M"):
         recover_ufcs(natural, teachers, spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True, progress=False)
     # another teacher of the same architecture (the silent reuse issue 12 found) is refused, naming it
-    with pytest.raises(ValueError, match=r"belongs to another run \(the teachers' weights differ\)"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(the teachers' weights \(or their order\) differ\)"):
         recover_ufcs(natural, teachers[1:], spec.mean, spec.std, cfg, checkpoint=ckpt, resume=True, progress=False)
 
     # resume (with another group size: results do not depend on batching) from a checkpoint as
@@ -375,7 +375,7 @@ def test_interrupted_inside_a_batch_resumes_bit_identically(method, natural, tea
                               checkpoint=ckpt, resume=True, progress=True)
     out = capsys.readouterr().out
     label = {"infer": "INFER", "sre2l": "SRe2L"}[method]
-    assert f"resuming, 0/3 {label} jobs already recovered; teacher 0 batch k=0..1 continues at iteration 5/12" in out
+    assert f"resuming, 0/3 {label} jobs already recovered; teacher 1/1 batch k=0..1 continues at iteration 5/12" in out
     assert torch.equal(resumed, full)
     assert [s["k"] for s in stats] == [[0, 1], [2]]
     assert [s["resumed_from_iteration"] for s in stats] == [5, 0]
@@ -432,7 +432,7 @@ def test_partial_batch_from_shares_of_another_world_size(natural, teachers, trai
         os.replace(alone, f"{ckpt}.rank{rank}-of-2")
     capsys.readouterr()
     resumed, stats = _recover("infer", natural, teachers, spec, cfg, checkpoint=ckpt, resume=True, progress=True)
-    assert "teacher 0 batch k=0..1 continues at iteration 10/12" in capsys.readouterr().out
+    assert "teacher 1/1 batch k=0..1 continues at iteration 10/12" in capsys.readouterr().out
     assert [s["resumed_from_iteration"] for s in stats] == [10, 0]
     assert torch.equal(resumed, full)
 
@@ -539,7 +539,7 @@ def test_nan_loss_raises(natural, train_set, tmp_path):
     with torch.no_grad():
         bad[3].weight.fill_(float("nan"))
     ckpt = tmp_path / "nan.pt"
-    with pytest.raises(distill.RecoveryDivergedError, match=r"3 of 3 jobs \(m=0 k=0 \(iteration 1\), m=0 k=1"):
+    with pytest.raises(distill.RecoveryDivergedError, match=r"3 of 3 jobs \(teacher 1/1 k=0 \(iteration 1\), teacher 1/1 k=1"):
         recover_ufcs(natural, [bad], spec.mean, spec.std, _cfg(group_size=3), checkpoint=ckpt, progress=False)
     assert not ckpt.exists()  # nothing recovered, nothing written
 
@@ -563,7 +563,7 @@ def test_nan_in_one_group_stops_only_that_ufc(natural, teachers, train_set, tmp_
     monkeypatch.setattr(engine.Augmentation, "__call__", poisoned)
     ckpt = tmp_path / "one.pt"
     # (a resume helps a passing fault like this one; other settings are a new run: the message says both)
-    expected = (r"1 of 3 jobs \(m=0 k=1 \(iteration 3\)\).*--resume retries only the failed ones with the same "
+    expected = (r"1 of 3 jobs \(teacher 1/1 k=1 \(iteration 3\)\).*--resume retries only the failed ones with the same "
                 r"settings and teachers .*are a new run \(delete it first\)")
     with pytest.raises(distill.RecoveryDivergedError, match=expected):
         recover_ufcs(natural, teachers[:1], spec.mean, spec.std, cfg, checkpoint=ckpt, progress=False)
@@ -1042,4 +1042,4 @@ def test_a_batch_names_its_jobs():
     from infer_fast.distill.checkpoints import describe_batch, job_range
 
     assert [job_range(ks) for ks in ([3], [0, 1, 2], [0, 2, 4], [1, 3])] == ["3", "0..2", "0,2,4", "1,3"]
-    assert describe_batch(0, [1, 3]) == "teacher 0 batch k=1,3"  # (a resume's line: not "k=1..3")
+    assert describe_batch(0, [1, 3], 2) == "teacher 1/2 batch k=1,3"  # (a resume's line: not "k=1..3")

@@ -183,9 +183,9 @@ def test_relabel_names_the_teacher_whose_logits_are_not_finite(teachers, train):
     with torch.no_grad():
         first_conv = next(m for m in overflowing.modules() if isinstance(m, torch.nn.Conv2d))
         first_conv.weight.fill_(3e38)  # (finite weights, inf/nan logits)
-    with pytest.raises(ValueError, match=r"^teacher 'bad\.pt' gives non-finite logits"):
+    with pytest.raises(ValueError, match=r"^teacher 2/2 \(bad\.pt\) gives non-finite logits"):
         relabel(random_set(train, 1), [t0, overflowing], teacher_names=["good.pt", "bad.pt"])
-    with pytest.raises(ValueError, match=r"^teacher 2 of 2 gives non-finite logits"):
+    with pytest.raises(ValueError, match=r"^teacher 2/2 gives non-finite logits"):
         relabel(random_set(train, 1), [t0, overflowing])
 
 

@@ -62,7 +62,7 @@ def test_a_teacher_without_batchnorm_is_refused_naming_it_before_any_work(tmp_pa
     out = tmp_path / "set"
     request = DistillRequest(method=method, dataset="fashion-mnist-mini", ipc=2, out_dir=out, teacher_paths=[bn, gn],
                              options={"iterations": 2}, progress=False)
-    with pytest.raises(ValueError, match=rf"teacher 1 \({gn}\) has no BatchNorm1d/2d layer"):
+    with pytest.raises(ValueError, match=rf"teacher 2/2 \({gn}\) has no BatchNorm1d/2d layer"):
         request.make_set()
     assert sorted(os.listdir(tmp_path)) == []  # no set, no recovery checkpoint of the first teacher's jobs
 
@@ -71,7 +71,7 @@ def test_a_batchnorm_without_running_statistics_is_refused_naming_the_teacher():
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(),
                         nn.LazyLinear(10)).eval()
     natural = torch.zeros((1, 10, 1, 8, 8), dtype=torch.uint8)
-    with pytest.raises(ValueError, match=r"teacher 0: BatchNorm layer '1' has no running statistics"):
+    with pytest.raises(ValueError, match=r"teacher 1/1: BatchNorm layer '1' has no running statistics"):
         recover_ufcs(natural, [net], [0.5], [0.5], RecoveryConfig(iterations=1), progress=False)
 
 

@@ -37,7 +37,8 @@ def test_train_takes_the_options_it_uses(random_set, capsys):
                                "--mixup-alpha", "1.0", "--augmentation", "shuffle_patches_crop_flip", "--patches", "2")
     assert status == 0, err
     assert "final top-1" in stdout
-    assert "(hard labels, shuffle_patches_crop_flip + cutmix)" in stdout  # (not "INFER+Dyn", not "static labels")
+    # (the student's summary, a progress line on stderr: not "INFER+Dyn", not "static labels")
+    assert "(hard labels, shuffle_patches_crop_flip + cutmix)" in err
 
 
 def test_an_unrelabelled_set_names_the_flags_that_train_it(random_set, capsys):

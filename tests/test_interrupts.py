@@ -145,7 +145,7 @@ def test_sigterm_inside_a_batch_saves_its_iteration_and_resume_is_bit_identical(
     assert saved["results"] == [] and partial["k"] == [0, 1, 2, 3] and partial["iteration"] == 41
     resumed = run_cli(*IN_BATCH_DISTILL, "--out", "term", "--resume", cwd=work)
     assert resumed.returncode == 0, resumed.stderr
-    assert "teacher 0 batch k=0..3 continues at iteration 41/150" in resumed.stdout
+    assert "teacher 1/1 batch k=0..3 continues at iteration 41/150" in resumed.stdout
     reference = run_cli(*IN_BATCH_DISTILL, "--out", "reference", cwd=work)
     assert reference.returncode == 0, reference.stderr
     assert torch.equal(load_distilled(work / "term").ufc, load_distilled(work / "reference").ufc)

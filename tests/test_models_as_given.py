@@ -59,9 +59,9 @@ def same_state(model, before):
 # ---- 1. teachers checked against the data ------------------------------------------------------
 
 @pytest.mark.parametrize("teacher, says", [
-    (small_teacher(outputs=1000), "teacher 0 returns a tensor of shape (1, 1000) for one 1x28x28 image"),
-    (small_teacher(outputs=2), "teacher 0 returns a tensor of shape (1, 2) for one 1x28x28 image"),
-    (small_teacher(channels=3), "teacher 0 fails on one 1x28x28 image (the data's shape): RuntimeError"),
+    (small_teacher(outputs=1000), "teacher 1/1 returns a tensor of shape (1, 1000) for one 1x28x28 image"),
+    (small_teacher(outputs=2), "teacher 1/1 returns a tensor of shape (1, 2) for one 1x28x28 image"),
+    (small_teacher(channels=3), "teacher 1/1 fails on one 1x28x28 image (the data's shape): RuntimeError"),
 ])
 def test_recovery_refuses_a_teacher_of_other_classes_or_channels(teacher, says):
     before = state(teacher)
@@ -74,20 +74,20 @@ def test_recovery_refuses_a_teacher_of_other_classes_or_channels(teacher, says):
 def test_relabel_and_dynamic_students_refuse_teachers_that_do_not_fit_before_any_work(data):
     train, test = data
     ds = random_set(train)
-    with pytest.raises(ValueError, match=r"teacher 2 of 2 returns a tensor of shape \(1, 1\) for one 1x28x28 image"):
+    with pytest.raises(ValueError, match=r"teacher 2/2 returns a tensor of shape \(1, 1\) for one 1x28x28 image"):
         relabel(ds, [small_teacher(), small_teacher(outputs=1)])
     assert ds.soft_labels is None  # (nothing labelled)
-    with pytest.raises(ValueError, match=r"teacher 0 returns a tensor of shape \(1, 20\)"):
+    with pytest.raises(ValueError, match=r"teacher 1/1 returns a tensor of shape \(1, 20\)"):
         train_student(ds, test, StudentConfig(**STUDENT, dynamic=True), teachers=small_teacher(outputs=20),
                       progress=False)
-    with pytest.raises(ValueError, match="teacher 0 fails on one 1x28x28 image"):
+    with pytest.raises(ValueError, match="teacher 1/1 fails on one 1x28x28 image"):
         train_student(ds, test, StudentConfig(**STUDENT, dynamic=True), teachers=small_teacher(channels=3),
                       progress=False)
 
 
 def test_ensemble_logits_refuses_teachers_of_different_classes():
     x = torch.zeros(3, 1, 28, 28)
-    with pytest.raises(ValueError, match=r"teacher 2 of 2 gives logits of shape \(3, 1\), the teachers before it "
+    with pytest.raises(ValueError, match=r"teacher 2/2 gives logits of shape \(3, 1\), the teachers before it "
                                          r"\(3, 10\)"):
         ensemble_logits([small_teacher(), small_teacher(outputs=1)], x)
 
@@ -181,7 +181,7 @@ def test_teachers_in_other_dtypes_run_as_float32_copies_and_are_left_as_they_wer
 
 def test_a_batchnorm_free_teacher_is_accepted_when_r_bn_is_zero():
     teacher = small_teacher(norm="gn")
-    with pytest.raises(ValueError, match="teacher 0 has no BatchNorm1d/2d layer"):
+    with pytest.raises(ValueError, match="teacher 1/1 has no BatchNorm1d/2d layer"):
         check_common(teacher, MEAN, STD, 1)
     assert check_common(teacher, MEAN, STD, 1, config=RecoveryConfig(r_bn=0.0)) == [teacher]
     x = torch.randn(8, 1, 28, 28, requires_grad=True)
@@ -200,7 +200,7 @@ def test_recover_ufcs_with_a_batchnorm_free_teacher_and_r_bn_zero_runs_cross_ent
     config = RecoveryConfig(iterations=2, r_bn=0.0, chunk_size=chunk_size)
     out = recover_ufcs(natural(classes=10), small_teacher(norm="gn"), MEAN, STD, config=config, progress=False)
     assert out["ufc"].shape == (1, 1, 28, 28) and torch.isfinite(out["ufc"]).all()
-    with pytest.raises(ValueError, match="teacher 0 has no BatchNorm1d/2d layer"):
+    with pytest.raises(ValueError, match="teacher 1/1 has no BatchNorm1d/2d layer"):
         recover_ufcs(natural(classes=10), small_teacher(norm="gn"), MEAN, STD, config=RecoveryConfig(iterations=2),
                      progress=False)
 

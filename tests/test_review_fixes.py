@@ -114,7 +114,7 @@ def test_a_finished_set_compares_its_teachers_weights_not_their_files(tmp_path, 
     weights = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point())
     checkpoint["state_dict"][weights] = checkpoint["state_dict"][weights] + 1e-3
     torch.save(checkpoint, again)
-    with pytest.raises(OutputExistsError, match=r"belongs to another run \(the teachers' weights differ\)"):
+    with pytest.raises(OutputExistsError, match=r"belongs to another run \(the teachers' weights \(or their order\) differ\)"):
         _sre2l(out, str(again))
 
 
@@ -150,7 +150,7 @@ def test_a_set_recording_the_first_form_of_its_request_is_compared_in_that_form(
     checkpoint = torch.load(teacher, weights_only=True)
     checkpoint["elapsed_s"] = checkpoint.get("elapsed_s", 0.0) + 1.5
     torch.save(checkpoint, other)
-    with pytest.raises(OutputExistsError, match=r"belongs to another run \(the teachers' weights differ\)"):
+    with pytest.raises(OutputExistsError, match=r"belongs to another run \(the teachers' weights \(or their order\) differ\)"):
         _sre2l(out, str(other))
 
 

@@ -113,7 +113,7 @@ def test_float32_sre2l_set_of_older_versions_relabels_and_trains(teachers, data,
     relabel_directory(tmp_path / "old", paths, device="cpu", progress=True)
     out, err = capsys.readouterr()
     assert "relabel:" in err and "0/30 " in err  # the bar, over the 30 images
-    assert "relabelled sre2l set (30 stored images, " in out and str(tmp_path / "old") in out
+    assert "relabelled sre2l set (30 stored images, " in err and str(tmp_path / "old") in err  # (progress: stderr)
     loaded = load_distilled(tmp_path / "old")
     assert loaded.images.dtype == torch.float32 and torch.equal(loaded.images, images)
     torch.testing.assert_close(loaded.soft_labels.float(), mean_logits(models, images), rtol=2e-3, atol=2e-3)

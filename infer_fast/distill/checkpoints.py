@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import distributed
 from .._io import read_checkpoint, recovery_results_dir, recovery_results_name, save_atomic
 from ..run_identity import check_same_run, flattened
+from ..teacher import TEACHERS_WEIGHTS_LABEL, teacher_label
 from .config import RESULT_NEUTRAL, RecoveryConfig
 
 CHECKPOINT_FORMAT = "infer-fast-recovery"
@@ -50,11 +51,12 @@ def job_range(ks: Sequence[int]) -> str:
     return ",".join(str(k) for k in ks)
 
 
-def describe_batch(m: int, ks: Sequence[int]) -> str:
-    return f"teacher {m} batch k={job_range(ks)}"
+def describe_batch(m: int, ks: Sequence[int], count: int) -> str:
+    """A batch of teacher ``m`` (from 0) of ``count`` as messages name it: "teacher 1/2 batch k=0..3"."""
+    return f"{teacher_label(m, count=count)} batch k={job_range(ks)}"
 
 
-_IDENTITY_LABELS = {"teachers_sha256": "the teachers' weights", "natural_sha256": "the natural images"}
+_IDENTITY_LABELS = {"teachers_sha256": TEACHERS_WEIGHTS_LABEL, "natural_sha256": "the natural images"}
 
 
 def _load_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
@@ -175,7 +177,8 @@ class CheckpointStore:
         if self.base is None or distributed.rank_and_world()[0] != 0:
             return
         if self.found:
-            continues = "".join(f"; {describe_batch(s['teacher'], s['k'])} continues at iteration "
+            count = len(self.identity["teachers_sha256"])
+            continues = "".join(f"; {describe_batch(s['teacher'], s['k'], count)} continues at iteration "
                                 f"{s['iteration']}/{s['iterations']}" for _, s in self.partials)
             recovered = f"{len(self.inherited)}/{jobs} {method} jobs already recovered"
             print(f"{', '.join(self.found)}: resuming, {recovered}{continues}", flush=True)

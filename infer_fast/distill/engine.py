@@ -35,15 +35,17 @@ from .plan import RecoveryOutOfMemoryError, chunk_rows, out_of_memory_error
 from .variables import RecoveryKind
 
 
-def check_teacher(teacher: nn.Module, m: int, path: Optional[str] = None, match_bn: bool = True) -> None:
-    """ValueError naming teacher ``m`` (and its checkpoint ``path`` where known) unless its
+def check_teacher(teacher: nn.Module, m: int, path: Optional[str] = None, match_bn: bool = True,
+                  count: Optional[int] = None) -> None:
+    """ValueError naming teacher ``m`` of ``count`` (and its checkpoint ``path`` where known:
+    teacher.teacher_label) unless its
     BatchNorm statistics can be matched (ops.bn_hooks.matchable: a BatchNorm1d/2d layer at
     least, each with running statistics; BatchNorm3d refused), where ``match_bn`` (r_bn > 0: a
     CE-only recovery needs none), and every BatchNorm layer is in eval mode
     (ops.bn_hooks.check_eval_mode): the one check every path makes, before any work."""
     from ..ops.bn_hooks import matchable
 
-    who = teacher_label(m, path)
+    who = teacher_label(m, path, count)
     if match_bn:
         matchable(bn_layers(teacher), who)
     check_eval_mode(teacher, who=who)
@@ -448,11 +450,13 @@ class _Batch:
         made the same draws); returns the iteration it continues at."""
         method, m, ks, config, variable = self.kind.method, self.m, self.ks, self.config, self.variable
         if (state.get("method"), state.get("teacher"), list(state.get("k", []))) != (method, m, list(ks)):
-            raise ValueError(f"the partial batch to resume is {state.get('method')} teacher {state.get('teacher')} "
-                             f"k={state.get('k')}, not {method} teacher {m} k={list(ks)}")
+            recorded = state.get("teacher")
+            recorded = teacher_label(recorded) if isinstance(recorded, int) else f"teacher {recorded!r}"
+            raise ValueError(f"the partial batch to resume is {state.get('method')} {recorded} "
+                             f"k={state.get('k')}, not {method} {teacher_label(m)} k={list(ks)}")
         start = int(state["iteration"])
         if not 0 < start < config.iterations or tuple(state["variable"].shape) != tuple(variable.shape):
-            raise ValueError(f"the partial batch of teacher {m} k={list(ks)} does not fit this run (iteration {start} "
+            raise ValueError(f"the partial batch of {teacher_label(m)} k={list(ks)} does not fit this run (iteration {start} "
                              f"of {config.iterations}, variable {tuple(state['variable'].shape)} vs "
                              f"{tuple(variable.shape)})")
         device = variable.device

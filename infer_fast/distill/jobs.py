@@ -20,7 +20,7 @@ from ..data.transforms import normalize
 from ..models import device_of
 from ..ops.bn_hooks import uncompiled
 from ..storage.distilled_set import channel_values
-from ..teacher import check_teacher_outputs, teacher_list
+from ..teacher import check_distinct_teachers, check_teacher_outputs, teacher_label, teacher_list
 from . import engine, plan
 from .checkpoints import CheckpointStore, Job, describe_batch, job_range
 from .config import RESULT_NEUTRAL, RecoveryConfig
@@ -50,7 +50,7 @@ def check_common(teachers, mean, std, channels: int, paths: Optional[List[str]] 
     channel_values("std", std, channels)
     match_bn = config is None or config.r_bn > 0
     for m, teacher in enumerate(teachers):
-        engine.check_teacher(teacher, m, paths[m] if paths else None, match_bn=match_bn)
+        engine.check_teacher(teacher, m, paths[m] if paths else None, match_bn=match_bn, count=len(teachers))
     return teachers
 
 
@@ -192,7 +192,7 @@ class _JobRunner:
         if chunked != recorded and distributed.rank_and_world()[0] == 0:
             before = "the whole batch at once" if recorded is None else f"{recorded} images at a time"
             now = "the whole batch at once" if chunked is None else f"{chunked} images at a time"
-            warnings.warn(f"recovery: {describe_batch(state['teacher'], ks)} continues at iteration "
+            warnings.warn(f"recovery: {describe_batch(state['teacher'], ks, len(self.teachers))} continues at iteration "
                           f"{state['iteration']}/{state['iterations']} in new chunks ({now}; it ran {before} until "
                           "then): the same gradients summed in another order, so its results equal an uninterrupted "
                           "run's up to float rounding, not bit for bit", RuntimeWarning, stacklevel=2)
@@ -214,7 +214,7 @@ class _JobRunner:
     def _optimize_and_save(self, m: int, ks: List[int], chunk_size: Optional[int], state: Optional[Dict[str, Any]],
                            losses, lo: Tensor, hi: Tensor, chunks_why: Optional[str] = None) -> None:
         key, M, noun = (m, tuple(ks)), len(self.teachers), self.kind.noun
-        desc = f"teacher {m + 1}/{M} {noun}{'s' if len(ks) > 1 else ''} k={job_range(ks)}"
+        desc = f"{teacher_label(m, count=M)} {noun}{'s' if len(ks) > 1 else ''} k={job_range(ks)}"
         try:
             source = self.natural_sets(ks, lo.device)  # (a captured graph reads it: alive for the whole batch)
         except Exception as exc:
@@ -257,8 +257,8 @@ class _JobRunner:
 
     def check_failures(self, method: str, jobs: List[Job]) -> None:
         if self.failures:
-            named = ", ".join(f"m={m} k={k}" + (f" (iteration {it})" if it > 0 else " (non-finite result)")
-                              for m, k, it in self.failures)
+            named = ", ".join(f"{teacher_label(m, count=len(self.teachers))} k={k}"
+                              + (f" (iteration {it})" if it > 0 else " (non-finite result)") for m, k, it in self.failures)
             path = self.store.where()  # (none on disk when no job finished: nothing to resume from)
             # A resume keeps the settings and teachers (the checkpoint's identity): it helps where
             # the fault was passing (a flaky device), not where the settings diverge.
@@ -349,12 +349,15 @@ def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: 
     from; then the teachers' weights, normalization and every result-affecting config field),
     which a checkpoint must match to be resumed, and the jobs run (:func:`_run_jobs`), once
     every teacher is known to give logits of ``num_classes`` for images of ``image_shape``
-    (teacher.check_teacher_outputs: before any work)."""
+    (teacher.check_teacher_outputs) and the teachers to be distinct (teacher.check_distinct_teachers:
+    one given twice would make its jobs twice): before any work."""
     check_teacher_outputs(teachers, num_classes, image_shape)
+    digests = [model_digest(t) for t in teachers]
+    check_distinct_teachers(digests)
     identity = {
         "method": kind.method,
         **run,
-        "teachers_sha256": [model_digest(t) for t in teachers],
+        "teachers_sha256": digests,
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "config": {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL},

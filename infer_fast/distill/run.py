@@ -68,12 +68,14 @@ def load_set_teachers(teacher_paths: Union[str, os.PathLike, Sequence[Union[str,
     """(teachers, records) of a set being made from ``train``: each teacher at
     ``teacher_paths`` (one path or several: teacher.teacher_path_list) loaded frozen in eval
     mode on this rank's device, checked against the split's classes (count and names),
-    channels and size (teacher.load_teachers_for_split); each record the path, model and
+    channels and size (teacher.load_teachers_for_split) and to be distinct (one file given
+    twice, or a copy of it: teacher.check_distinct_teachers); each record the path, model and
     recorded accuracy that the set keeps."""
-    from ..teacher import load_teachers_for_split, teacher_path_list
+    from ..teacher import check_distinct_teachers, load_teachers_for_split, teacher_path_list
 
     paths = teacher_path_list(teacher_paths)
     loaded = load_teachers_for_split(paths, dataset, train, distributed.local_device(device))
+    check_distinct_teachers([model_digest(model) for model, _ in loaded], paths)
     records = [{"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")}
                for path, (_, meta) in zip(paths, loaded)]
     return [model for model, _ in loaded], records
@@ -140,6 +142,7 @@ def finished_set(request) -> Optional[Path]:
     there is work to do (the method's check_new_output refuses an existing output as ever)."""
     from ..run_identity import another_run_message, differing
     from ..storage.disk import complete_manifest
+    from ..teacher import TEACHERS_WEIGHTS_LABEL
 
     out_dir = Path(request.out_dir)
     if not request.resume or out_dir.is_symlink() or _leftover_checkpoint(out_dir) is not None:
@@ -160,7 +163,7 @@ def finished_set(request) -> Optional[Path]:
     names = differing(recorded, current)
     if names:
         raise OutputExistsError(another_run_message("set", out_dir, names, todo, recorded,
-                                                    labels={"teachers_sha256": "the teachers' weights",
+                                                    labels={"teachers_sha256": TEACHERS_WEIGHTS_LABEL,
                                                             "data_sha256": "the training images"}))
     if distributed.rank_and_world()[0] == 0:
         print(f"{out_dir}: already distilled; nothing to do", flush=True)

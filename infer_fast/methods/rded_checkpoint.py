@@ -17,13 +17,14 @@ from torch import Tensor
 
 from .._io import read_checkpoint, save_atomic
 from ..run_identity import check_same_run
+from ..teacher import TEACHERS_WEIGHTS_LABEL
 
 CHECKPOINT_FORMAT = "infer-fast-rded-checkpoint"
 # 2: the images in results files written once each (1: every finished class's images in the
 # checkpoint, rewritten whole each time: 300 GB written for ImageNet-1k at ipc 50); 1 is read
 CHECKPOINT_VERSION = 2
 RESULTS_FORMAT = "infer-fast-rded-results"
-_LABELS = {"candidates_sha256": "the candidate images", "teachers_sha256": "the teachers' weights"}
+_LABELS = {"candidates_sha256": "the candidate images", "teachers_sha256": TEACHERS_WEIGHTS_LABEL}
 
 
 def results_file(checkpoint: os.PathLike, first: int, end: int) -> str:
