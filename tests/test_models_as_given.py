@@ -17,7 +17,7 @@ from infer_fast.models import build_to_check, create_model
 from infer_fast.models.registry import ModelSpec, register, unregister
 from infer_fast.ops import chunked_loss_backward
 from infer_fast.relabel import ensemble_logits, relabel
-from infer_fast.storage import DistilledSet
+from infer_fast.methods.random import random_set as random_baseline
 from infer_fast.student import StudentConfig, feature_duplication, train_student
 from infer_fast.teacher import evaluate
 
@@ -42,10 +42,8 @@ def data():
     return load_dataset("fashion-mnist-mini", "train"), load_dataset("fashion-mnist-mini", "test")
 
 
-def random_set(train, per_class=2):
-    picked, s = train.per_class(per_class, seed=0), train.spec
-    return DistilledSet(method="random", dataset=s.name, num_classes=s.num_classes, channels=s.channels,
-                        image_size=s.image_size, mean=s.mean, std=s.std, images=picked.images, labels=picked.labels)
+def random_set(train):
+    return random_baseline(train, 2, seed=0)  # (20 images of fashion-mnist-mini)
 
 
 def state(model):
