@@ -95,7 +95,8 @@ def test_a_truncated_image_decoded_by_workers_fails_in_one_line_and_the_command_
         "dataset: {name: imagenet, num_classes: 2, image_size: 8}\nmodel: convnet-w8-d2\nepochs: 1\n"
         "batch_size: 8\ndevice: cpu\n")
     code = f"""
-        import sys
+        import multiprocessing, sys
+        multiprocessing.set_start_method("fork")  # (MIN_IMAGES_FOR_WORKERS is the forked threshold; 3.14 forkservers)
         from infer_fast.cli import main
         sys.exit(main(["teacher", "--config", "teacher.yaml", "--data-root", {str(root)!r}, "--out", "t.pt", "--quiet"]))
     """
