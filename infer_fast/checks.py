@@ -81,3 +81,16 @@ def split_label(split: Any) -> str:
     files = getattr(split, "files", None) or split  # (an ImageSet decoded from files keeps them)
     folder = files.folder() if callable(getattr(files, "folder", None)) else None
     return f"the {split.split} split of {split.spec.name}" + (f" at {folder!r}" if folder else "")
+
+
+def check_images_per_class(counts: Sequence[int], needed: int, where: str, because: str, remedy: str = "") -> None:
+    """The one refusal of a split with too few images in a class (random's ipc, INFER's K natural
+    sets, RDED's candidates, a run's up-front check): a ValueError unless every class has
+    ``needed`` images (``counts``: per class, of the split ``where`` names, e.g. split_label),
+    saying what needs them (``because``: "random at ipc 7") and how to need fewer (``remedy``)."""
+    short = [(c, k) for c, k in enumerate(counts) if k < needed]
+    if short:
+        c, k = short[0]
+        more = f" ({len(short)} classes have fewer)" if len(short) > 1 else ""
+        raise ValueError(f"{because} needs {needed} images of every class, but class {c} of {where} has {k}{more}"
+                         + (f": {remedy}" if remedy else ""))

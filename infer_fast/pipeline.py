@@ -429,7 +429,7 @@ def _check_class_counts(cfg: PipelineConfig, progress: bool) -> None:
     RDED's candidates), counted from the split's labels (a folder split is scanned, not
     decoded). Making the set refuses it too, but only after the teachers trained (and RDED's
     after every other set)."""
-    from .checks import split_label
+    from .checks import check_images_per_class, split_label
     from .data import load_dataset
 
     to_make = dict.fromkeys(key.made_as for key, directory in _set_list(cfg, Path(cfg.out))
@@ -442,21 +442,15 @@ def _check_class_counts(cfg: PipelineConfig, progress: bool) -> None:
     for key in needing:
         method = key.own
         need = method.images_per_class(cfg.options_for(method.name), key.ipc, train.spec, len(cfg.teachers))
-        short = [c for c, n in enumerate(counts) if n < need.count]
-        if not short:
-            continue
         if need.option == "ipc":
             note = f" ({need.note})" if need.note else ""
-            asks, lower = f"{method.name} at ipc {key.ipc}{note} needs {need.count}", "lower ipc (--ipc)"
+            because, remedy = f"{method.name} at ipc {key.ipc}{note}", "lower ipc (--ipc)"
         else:  # (one of its own options: said as the config gives it)
             given = f"{{{need.option}: N}}"
             given = (f"{method.config_section}: {given}" if method.config_section
                      else f"method_options: {{{method.name}: {given}}}")
-            asks, lower = f"{method.name} needs {need.option}={need.count}", f"lower it ({given})"
-        c = short[0]
-        more = f" ({len(short)} classes have fewer)" if len(short) > 1 else ""
-        raise ValueError(f"{asks} training images of every class, but class {c} of {split_label(train)} has "
-                         f"{counts[c]}{more}: {lower}")
+            because, remedy = f"{method.name} with {need.option}={need.count}", f"lower it ({given})"
+        check_images_per_class(counts, need.count, split_label(train), because, remedy)
 
 
 def _describe_teacher(meta: Dict[str, Any]) -> str:

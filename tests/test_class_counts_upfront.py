@@ -9,7 +9,7 @@ from infer_fast.data import write_image_folder
 from infer_fast.pipeline import PipelineConfig, run_pipeline
 
 TEACHER = {"model": "convnet-w8-d2", "epochs": 1, "batch_size": 256, "seed": 0}
-MINI_TRAIN = "the train split of fashion-mnist-mini"  # (500 training images of every class)
+MINI_TRAIN = "the train split of fashion-mnist-mini"  # (500 images of every class)
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +34,14 @@ def refusal(tmp_path, **settings) -> str:
 
 def test_random_refused_at_an_ipc_above_a_class(tmp_path):
     assert refusal(tmp_path, ipc=[2, 501], methods=["random"]) == (
-        f"random at ipc 501 needs 501 training images of every class, but class 0 of {MINI_TRAIN} has 500 "
+        f"random at ipc 501 needs 501 images of every class, but class 0 of {MINI_TRAIN} has 500 "
         "(10 classes have fewer): lower ipc (--ipc)")
 
 
 def test_infer_refused_by_its_natural_sets(tmp_path):
     # one teacher, fair budget: K = floor(560 * 10 / 11) = 509 natural sets; INFER+Dyn trains on INFER's set
     assert refusal(tmp_path, ipc=[560], methods=["infer_dyn"]) == (
-        f"infer at ipc 560 (K = 509 natural sets) needs 509 training images of every class, but class 0 of "
+        f"infer at ipc 560 (K = 509 natural sets) needs 509 images of every class, but class 0 of "
         f"{MINI_TRAIN} has 500 (10 classes have fewer): lower ipc (--ipc)")
 
 
@@ -49,7 +49,7 @@ def test_rded_refused_by_its_candidates_before_other_sets(tmp_path):
     message = refusal(tmp_path, ipc=[1], methods=["random", "rded"],
                       method_options={"rded": {"candidates_per_class": 600}})
     assert message == (
-        f"rded needs candidates_per_class=600 training images of every class, but class 0 of {MINI_TRAIN} has 500 "
+        f"rded with candidates_per_class=600 needs 600 images of every class, but class 0 of {MINI_TRAIN} has 500 "
         "(10 classes have fewer): lower it (method_options: {rded: {candidates_per_class: N}})")
 
 
@@ -63,5 +63,5 @@ def test_folder_split_counted_per_class(tmp_path):
         write_image_folder(str(root / split), torch.zeros(len(labels), 1, 16, 16, dtype=torch.uint8), labels)
     message = refusal(tmp_path, dataset={"name": "imagefolder", "image_size": 16}, data_root=str(root), ipc=[5],
                       methods=["random"])
-    assert message == (f"random at ipc 5 needs 5 training images of every class, but class 0 of the train split of "
+    assert message == (f"random at ipc 5 needs 5 images of every class, but class 0 of the train split of "
                        f"imagefolder at {str(root / 'train')!r} has 3: lower ipc (--ipc)")

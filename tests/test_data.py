@@ -647,8 +647,8 @@ def test_image_set_subsets_and_normalized():
     with pytest.raises(ValueError) as info:
         ds.per_class(7, seed=0)
     # in the user's terms (an ipc), naming the data, no internal function
-    assert str(info.value).startswith("7 images of every class are needed (as for ipc 7), but class 0 has only 6 in "
-                                      "the cifar10 ")
+    assert str(info.value).startswith("a subset of 7 per class (ipc 7) needs 7 images of every class, but class 0 "
+                                      "of the train split of cifar10 has 6")
     assert "per_class(" not in str(info.value)
     sub = ds.subset([5, 2])
     assert torch.equal(sub.images, images[[5, 2]]) and sub[1][1] == int(labels[2])

@@ -123,8 +123,12 @@ def test_select_natural_sets(train_set):
         assert len(set(rows)) == 4  # without replacement within a class
     assert torch.equal(nat, select_natural_sets(train_set, 4, seed=7))
     assert not torch.equal(nat, select_natural_sets(train_set, 4, seed=8))
-    with pytest.raises(ValueError, match="class 0 has only"):
+    with pytest.raises(ValueError, match=r"^K = 10000 natural sets needs 10000 images of every class, but class 0 of "
+                                         r"the train split of fashion-mnist-mini has 500 \(10 classes have fewer\)$"):
         select_natural_sets(train_set, 10_000, seed=0)
+    with pytest.raises(ValueError, match=r"^infer at ipc 10001 \(K = 10000 natural sets\) needs 10000 images .*: "
+                                         r"lower ipc \(--ipc\)$"):
+        select_natural_sets(train_set, 10_000, seed=0, ipc=10_001)
 
 
 # ---- recovery ----------------------------------------------------------------------------

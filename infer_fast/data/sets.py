@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .. import interrupts
-from ..checks import check_int
+from ..checks import check_images_per_class, check_int, split_label
 from ..progress import SHORT_PHASE_S, progress_bar
 from .folders import DEFAULT_DECODER, check_crop, decode_image
 from .registry import DatasetSpec
@@ -109,14 +109,8 @@ def per_class_indices(labels: Tensor, num_classes: int, per_class: int, seed: in
     gen = torch.Generator().manual_seed(int(seed))
     order = torch.argsort(labels, stable=True)
     counts = torch.bincount(labels, minlength=num_classes).tolist()
-    short = [(c, k) for c, k in enumerate(counts) if k < per_class]
-    if short:  # (in the caller's terms: an ipc of n, or n candidates per class, is n images of every class)
-        c, k = short[0]
-        raise ValueError(
-            f"{per_class} images of every class are needed (as for ipc {per_class}), but class {c} has only {k} in "
-            f"{where}"
-            + (f" ({len(short)} classes have fewer than {per_class})" if len(short) > 1 else "")
-        )
+    # (in the caller's terms: an ipc of n, or n candidates per class, is n images of every class)
+    check_images_per_class(counts, per_class, where, f"a subset of {per_class} per class (ipc {per_class})")
     chosen, start = [], 0
     for k in counts:
         members = order[start : start + k]
@@ -165,8 +159,7 @@ class _Split(Dataset):
     def per_class(self, per_class: int, seed: int = 0):
         """A class-balanced random subset: ``per_class`` samples of every class, class-major
         (all of class 0 first); the same labels and seed pick the same samples."""
-        where = f"the {self.spec.name} {self.split} split"
-        return self.subset(per_class_indices(self.labels, self.spec.num_classes, per_class, seed, where))
+        return self.subset(per_class_indices(self.labels, self.spec.num_classes, per_class, seed, split_label(self)))
 
     def batches(self, batch_size: int, indices=None, *, num_workers: Optional[int] = None, pin_memory: bool = False,
                 progress: bool = False, desc: str = "images", delay: float = 0.0) -> Iterator[Tuple[Tensor, Tensor]]:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .. import memory
 from .._io import content_digest
-from ..checks import check_int
+from ..checks import check_images_per_class, check_int, split_label
 from ..choices import ACCOUNTINGS, SELECTIONS
 from ..distill.config import RecoveryConfig
 from ..distill.jobs import check_common, recover
@@ -94,7 +94,8 @@ def _own_class_confidence(train_set, class_indices: Sequence[Tensor], teachers: 
 
 
 def select_natural_sets(train_set, K: int, seed: int, selection: str = SELECTION.default,
-                        teachers: Optional[Sequence[nn.Module]] = None, progress: bool = False) -> Tensor:
+                        teachers: Optional[Sequence[nn.Module]] = None, progress: bool = False,
+                        ipc: Optional[int] = None) -> Tensor:
     """K natural sets, one real training image per class each: uint8 (K, C, ch, H, W).
 
     ``selection="random"``: within a class the K images are distinct, drawn without
@@ -104,7 +105,9 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = SELECTION
     by the seeded random order; set k gets the k-th most confident image of every class.
 
     The images are chosen from the labels alone and only the K*C chosen ones are decoded
-    (a folder split streams; "confidence" reads every image once to score it).
+    (a folder split streams; "confidence" reads every image once to score it). A class with
+    fewer than K images is refused (checks.check_images_per_class), in terms of the ``ipc``
+    that K comes from where given.
     """
     check_int("K", K)
     check_value(SELECTION, selection)
@@ -113,13 +116,9 @@ def select_natural_sets(train_set, K: int, seed: int, selection: str = SELECTION
     labels = train_set.labels
     num_classes = train_set.spec.num_classes
     counts = torch.bincount(labels, minlength=num_classes).tolist()
-    short = [c for c, n in enumerate(counts) if n < K]
-    if short:
-        c = short[0]
-        raise ValueError(
-            f"K={K} natural sets need {K} training images of every class, but class {c} has only {counts[c]}"
-            + (f" ({len(short)} classes have fewer than {K})" if len(short) > 1 else "")
-        )
+    because, remedy = (f"K = {K} natural sets", "") if ipc is None else \
+        (f"infer at ipc {ipc} (K = {K} natural sets)", "lower ipc (--ipc)")
+    check_images_per_class(counts, K, split_label(train_set), because, remedy)
     gen = torch.Generator().manual_seed(int(seed))
     # every class's images (ascending index) in a random order, drawn class after class
     permuted = [idx[torch.randperm(idx.numel(), generator=gen)]
@@ -254,7 +253,7 @@ def distill_infer(
     K = infer_budget(ipc, spec.num_classes, len(teachers), accounting)
     try:
         natural = select_natural_sets(train, K, config.seed, selection=selection, teachers=teachers,
-                                      progress=progress)
+                                      progress=progress, ipc=ipc)
     except Exception as exc:  # (the K*C images: what lowers them is --ipc, not the batch options)
         if not memory.is_out_of_memory(exc):
             raise

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from .. import interrupts
 from ..progress import progress_bar
 
-from ..checks import check_int
+from ..checks import check_images_per_class, check_int, split_label
 from ..choices import PRECISIONS
 from ..data.registry import SMALL_IMAGE_MAX
 from ..mixed_precision import autocast, batch_in_layout, copies_in_layout
@@ -262,12 +262,8 @@ def _checked_recipe(train, parsed: Mapping[str, Any], ipc: int) -> Dict[str, Any
     spec = train.spec
     recipe = _recipe(parsed, spec.name, spec.image_size, ipc)
     candidates = recipe["candidates_per_class"]
-    counts = train.class_counts()
-    short = (counts < candidates).nonzero().squeeze(1).tolist()
-    if short:
-        c = short[0]
-        raise ValueError(f"candidates_per_class={candidates}: class {c} has only {int(counts[c])} training images"
-                         + (f" ({len(short)} classes have fewer)" if len(short) > 1 else ""))
+    check_images_per_class(train.class_counts().tolist(), candidates, split_label(train),
+                           f"rded with candidates_per_class={candidates}", "lower it (--candidates-per-class)")
     return recipe
 
 
