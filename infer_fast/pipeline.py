@@ -210,8 +210,13 @@ def _recorded_directory(out: Path, key: SetKey, directory: Path) -> str:
 def set_directory(run_dir, record: Dict[str, Any]) -> Path:
     """The directory of a set that the results.json of the run directory ``run_dir`` records
     (``record``: its ``results["sets"][key]``), as ``run_dir`` is spelt: the recorded directory
-    is relative to the run directory (:func:`_recorded_directory`), or absolute."""
-    return Path(run_dir) / record["directory"]
+    is relative to the run directory (:func:`_recorded_directory`), or absolute. A results.json
+    of before recorded the run's own sets relative to the working directory of its session
+    (``runs/x/sets/infer-ipc10``): read as the set of that name in this run directory."""
+    recorded = Path(record["directory"])
+    if recorded.is_absolute() or recorded.parts[:1] == (SETS_DIR,):
+        return Path(run_dir) / recorded
+    return Path(run_dir) / SETS_DIR / recorded.name
 
 
 def _external_key(label: str, directory: str) -> SetKey:

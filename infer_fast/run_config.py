@@ -268,14 +268,24 @@ class PipelineConfig:
         trains the same weights). One teacher twice would weigh twice in the soft labels and
         count twice in M (INFER's UFC sets, INFER+Dyn's epochs). A copy of a checkpoint under
         another name is found once the teachers load (teacher.check_distinct_teachers)."""
-        def teacher_of(entry: Dict[str, Any]) -> Any:  # (what names the teacher an entry gives)
+        from .teacher import TEACHER_RESULT_NEUTRAL
+
+        def teacher_of(i: int, entry: Dict[str, Any]) -> Any:  # (what names the teacher an entry gives)
             if "path" in entry:
                 return ("path", os.path.realpath(str(entry["path"])))
-            return sorted(entry.items(), key=lambda item: item[0])
+            if entry.get("pretrained"):
+                weights = entry["pretrained"]  # (true: the model's own; or a weights file)
+                weights = os.path.realpath(weights) if isinstance(weights, str) else weights
+                return ("pretrained", entry.get("model"), weights)
+            try:  # (as it trains: defaults filled in, result-neutral fields such as device left out)
+                settings = dataclasses.asdict(self.teacher_config(i))
+            except ValueError:  # (refused with its own message by the model checks)
+                return ("entry", sorted(entry.items(), key=lambda item: item[0]))
+            return ("trained", sorted((k, repr(v)) for k, v in settings.items() if k not in TEACHER_RESULT_NEUTRAL))
 
         earlier: List[Any] = []
         for j, entry in enumerate(self.teachers):
-            teacher = teacher_of(entry)
+            teacher = teacher_of(j, entry)
             if teacher in earlier:
                 i = earlier.index(teacher)
                 what = ("name the same checkpoint" if "path" in entry else
@@ -448,7 +458,7 @@ class PipelineConfig:
         name, options = dataset_options(self.dataset)
         if get_dataset(self.dataset).spec is not None or "num_classes" in options:
             return get_spec(self.dataset), True
-        train = os.path.join(os.path.expanduser(self.data_root), "train") if self.data_root else None
+        train = os.path.join(self.data_root, "train") if self.data_root else None  # (~ expanded: _expand_home)
         count = len(class_folders(train)) if name == IMAGEFOLDER and train and os.path.isdir(train) else 0
         return get_spec(self.dataset, num_classes=count or 2), count > 0
 

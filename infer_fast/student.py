@@ -71,7 +71,7 @@ from .models import (check_model_name, create_model, device_of, eval_mode, float
                      penultimate_features)
 from .storage import DistilledDataset, DistilledSet
 from .teacher import (DEVICE_CHOICES, TEACHERS_WEIGHTS_LABEL, check_distinct_teachers, check_teacher_outputs, evaluate,
-                      resolve_device, teacher_list, training_steps)
+                      resolve_device, restore_schedule, teacher_list, training_steps)
 from . import distributed
 from .choices import (AUGMENTATION_PLACES, PRECISIONS, STUDENT_AUGMENTATIONS, STUDENT_LABELS, STUDENT_MIXES,
                       STUDENT_SCHEDULES)
@@ -438,7 +438,7 @@ class StudentRun:
         state = _load_student_checkpoint(checkpoint, self.identity)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        restore_schedule(self.schedule, state["schedule"], state["epochs_done"], self.steps_per_epoch, checkpoint)
         self.gen.set_state(state["generator"])
         # dropout draws continue where they stopped (a checkpoint of before "rng" kept the CPU's alone)
         self.rng_state = state.get("rng") or {"cpu": state["torch_rng"]}

@@ -150,9 +150,24 @@ def training_steps(images: int, batch_size: int) -> int:
     and students'): the last batch takes the rest, and a rest of one image joins the batch
     before it, which then holds batch_size + 1: BatchNorm in training mode cannot normalize
     one value per channel (torch refuses a batch of one image), and merging, rather than
-    dropping it, keeps every image in every epoch."""
+    dropping it, keeps every image in every epoch. (A student under torchrun splits each batch
+    row by row across the ranks: a last batch of fewer than 2 x world images still gives a rank
+    one image, left as it is.)"""
     steps = math.ceil(images / batch_size)
     return steps - 1 if steps > 1 and images % batch_size == 1 else steps
+
+
+def restore_schedule(schedule, state: Dict[str, Any], epochs_done: int, steps_per_epoch: int, checkpoint: str) -> None:
+    """Load a checkpoint's learning-rate ``schedule`` state (teachers', students'), refused where
+    it stepped otherwise than this run steps: a checkpoint written before a last batch of one
+    image joined the batch before it (training_steps) has one step more per epoch, and would
+    continue on a schedule of another length."""
+    schedule.load_state_dict(state)
+    if schedule.last_epoch != epochs_done * steps_per_epoch:
+        raise ValueError(f"{checkpoint}: its learning-rate schedule took {schedule.last_epoch} steps in "
+                         f"{count_text(epochs_done, 'epoch')}, where this version takes {steps_per_epoch} per epoch "
+                         "(a last batch of one image joins the batch before it): start that training again "
+                         "(delete the checkpoint)")
 
 
 def _last_single_merged(batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]
@@ -206,15 +221,19 @@ def check_teacher_outputs(teachers: Sequence[nn.Module], num_classes: int, image
     subset) would be read as other classes, one of fewer classes or other channels would fail
     mid-run. One forward of a zero image, without gradients, on the teacher's device, in eval
     mode (its modes restored after: models.eval_mode), through a float32 copy of a teacher
-    that is not float32 (models.float32_model, as the calls run it): the teacher is left as
-    it was. Recovery, relabelling and INFER+Dyn students all check their teachers so."""
+    that is not float32 (models.float32_model, as the calls run it), and for a torch.compile'd
+    teacher through the module it wraps (a one-image call of the compiled one would compile a
+    graph more, and make the batches' graph one of dynamic shapes): the teacher is left as it
+    was. Recovery, relabelling and INFER+Dyn students all check their teachers so."""
+    from .ops.bn_hooks import uncompiled
+
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3:
         raise ValueError(f"image_shape must be (channels, H, W), got {shape}")
     size = "x".join(str(s) for s in shape)
     for m, teacher in enumerate(teachers):
         who = names[m] if names is not None else teacher_label(m, count=len(teachers))
-        model = float32_model(teacher)
+        model = float32_model(uncompiled(teacher))
         try:
             with torch.no_grad(), eval_mode(model):
                 out = model(torch.zeros((1, *shape), dtype=torch.float32, device=device_of(model)))
@@ -294,7 +313,7 @@ def train_teacher(cfg: TeacherConfig, out: PathLike, progress: bool = True) -> D
             return {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["train_state"]["optimizer"])
-        schedule.load_state_dict(ckpt["train_state"]["schedule"])
+        restore_schedule(schedule, ckpt["train_state"]["schedule"], ckpt["epochs_done"], steps_per_epoch, out)
         history, start_epoch, elapsed = ckpt["history"], ckpt["epochs_done"], ckpt["elapsed_s"]
         rng = ckpt["train_state"].get("rng")  # (dropout's draws, continued; none in a checkpoint of before)
         print(f"{out}: resuming after epoch {start_epoch}/{cfg.epochs}")

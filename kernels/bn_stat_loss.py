@@ -255,10 +255,8 @@ def _finalize_group(
     out_base = g.to(tl.int64) * out_sg
     offs_s = tl.arange(0, BLOCK_S)
     offs_c = tl.arange(0, BLOCK_C)
-    # delta, e and their norms in fp64, as the compiled backends finish: in fp32, delta^2 and the
-    # squares overflow for |x| beyond ~1e19 where the loss itself fits (stored back in acc)
-    sq_delta = tl.zeros((BLOCK_C,), dtype=tl.float64)
-    sq_e = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    sq_delta = tl.zeros((BLOCK_C,), dtype=acc_ty)
+    sq_e = tl.zeros((BLOCK_C,), dtype=acc_ty)
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + offs_c
         col_mask = cols < C
@@ -273,22 +271,22 @@ def _finalize_group(
         s1 = tl.sum(acc1, axis=0)
         s2 = tl.sum(acc2, axis=0)
         if LOSS:
-            delta = s1.to(tl.float64) / count
-            rv = tl.load(rv_ptr + cols, mask=col_mask, other=0.0).to(tl.float64)
-            e = s2.to(tl.float64) / count - delta * delta - rv  # masked lanes: 0 - 0 - 0
+            delta = s1 / count
+            rv = tl.load(rv_ptr + cols, mask=col_mask, other=0.0).to(acc_ty)
+            e = s2 / count - delta * delta - rv  # masked lanes: 0 - 0 - 0
             sq_delta += delta * delta
             sq_e += e * e
-            tl.store(out_ptr + out_base + cols, delta.to(acc_ty), mask=col_mask)
-            tl.store(out_ptr + out_base + out_sj + cols, e.to(acc_ty), mask=col_mask)
+            tl.store(out_ptr + out_base + cols, delta, mask=col_mask)
+            tl.store(out_ptr + out_base + out_sj + cols, e, mask=col_mask)
         else:
             tl.store(out_ptr + out_base + cols, s1, mask=col_mask)
             tl.store(out_ptr + out_base + out_sj + cols, s2, mask=col_mask)
     if LOSS:
         norm_delta = tl.sqrt(tl.sum(sq_delta, axis=0))
         norm_e = tl.sqrt(tl.sum(sq_e, axis=0))
-        tl.store(out_ptr + out_base + C, norm_delta.to(acc_ty))
-        tl.store(out_ptr + out_base + out_sj + C, norm_e.to(acc_ty))
-        tl.store(loss_ptr + g, (norm_delta + norm_e).to(acc_ty))
+        tl.store(out_ptr + out_base + C, norm_delta)
+        tl.store(out_ptr + out_base + out_sj + C, norm_e)
+        tl.store(loss_ptr + g, norm_delta + norm_e)
 
 
 @triton.jit

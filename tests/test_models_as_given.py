@@ -237,3 +237,43 @@ def test_a_student_with_batchnorm1d_trains_when_one_image_would_be_left_over(dat
     finally:
         unregister("test-mlpbn")
     assert result["steps"] == 1 and result["num_training_images"] == 20
+
+
+def test_the_output_check_runs_the_module_a_compiled_teacher_wraps():
+    """A one-image call of a torch.compile'd teacher compiled a graph more, and turned the
+    batches' graph into one of dynamic shapes: the check runs the wrapped module."""
+    from infer_fast.teacher import check_teacher_outputs
+
+    graphs = []
+
+    def recording(graph, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph.forward
+
+    compiled = torch.compile(small_teacher(), backend=recording)
+    check_teacher_outputs([compiled], 10, (1, 28, 28))
+    assert graphs == []
+    with pytest.raises(ValueError, match=r"teacher 1/1 returns a tensor of shape \(1, 10\) for one 1x28x28 image"):
+        check_teacher_outputs([compiled], 4, (1, 28, 28))
+
+
+def test_a_checkpoint_whose_schedule_took_other_steps_per_epoch_is_refused_on_resume():
+    """A checkpoint written before a last batch of one image joined the one before it stepped
+    its schedule once more per epoch: continued, the run would follow a schedule of another
+    length silently."""
+    from infer_fast.teacher import restore_schedule
+
+    def schedule(steps_per_epoch, epochs=4):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+
+    old = schedule(steps_per_epoch=2)  # (10 images in batches of 9: 9 + 1)
+    for _ in range(2 * 2):
+        old.optimizer.step()
+        old.step()
+    with pytest.raises(ValueError, match=r"^s\.pt: its learning-rate schedule took 4 steps in 2 epochs, where this "
+                                         r"version takes 1 per epoch .*start that training again"):
+        restore_schedule(schedule(steps_per_epoch=1), old.state_dict(), 2, 1, "s.pt")
+    same = schedule(steps_per_epoch=2)
+    restore_schedule(same, old.state_dict(), 2, 2, "s.pt")
+    assert same.last_epoch == 4 and same.get_last_lr() == old.get_last_lr()

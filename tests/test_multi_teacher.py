@@ -153,8 +153,11 @@ def test_run_refuses_a_path_listed_twice_when_made_and_a_copy_before_any_set(tmp
                                          "teacher once"):
         _run_config(tmp_path / "run", [{"path": str(tmp_path / "t0.pt")}, {"path": spelled_again}])
     trained = {"model": "convnet-w8-d2", "epochs": 1}
-    with pytest.raises(ValueError, match=r"teachers\[0\] and teachers\[1\] give the same training settings"):
-        _run_config(tmp_path / "run", [trained, dict(trained)])
+    for twin in (dict(trained), {**trained, "seed": 0}, {**trained, "device": "cpu", "eval_batch_size": 7}):
+        # (as they train: a default spelt out, or a result-neutral field, is the same teacher)
+        with pytest.raises(ValueError, match=r"teachers\[0\] and teachers\[1\] give the same training settings"):
+            _run_config(tmp_path / "run", [trained, twin])
+    assert len(_run_config(tmp_path / "run", [trained, {**trained, "seed": 1}]).teachers) == 2
     cfg = _run_config(tmp_path / "run", [{"path": t0}, {"path": copy}], methods=["infer"])
     with pytest.raises(ValueError, match=SAME.format(a=t0, b=copy)):
         run_pipeline(cfg, progress=False)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +168,13 @@ def test_saving_a_set_says_so_on_stderr(tmp_path, capsys):
     save_distilled(random_set(load_dataset("fashion-mnist-mini", "train"), 2), tmp_path / "set", progress=True)
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("saving random set (20 stored images")
+
+
+def test_set_directory_reads_the_records_of_before_as_this_run_directorys_sets(tmp_path):
+    """results.json of before recorded a run's own set relative to its session's working
+    directory (or absolute): read as the set of that name in the run directory given."""
+    run_dir = tmp_path / "copy"
+    assert set_directory(run_dir, {"directory": "runs/x/sets/infer-ipc10"}) == run_dir / "sets" / "infer-ipc10"
+    assert set_directory(run_dir, {"directory": "sets/infer-ipc10"}) == run_dir / "sets" / "infer-ipc10"
+    external = str(tmp_path / "elsewhere" / "set")
+    assert set_directory(run_dir, {"directory": external}) == Path(external)

@@ -26,7 +26,7 @@ from ..models import device_of, is_float32
 from ..ops.backends import resolve as resolve_backend
 from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
 from ..ops.reference import at_least_fp32
-from ..progress import progress_bar
+from ..progress import progress_bar, say
 from ..teacher import teacher_label
 from .augment import Augmentation
 from .config import RecoveryConfig
@@ -406,7 +406,7 @@ class _Batch:
         final = self.variable.detach()
         if progress and (chunked or per_iteration_s >= FINAL_PASS_NOTE_S):  # (else over in a moment)
             chunks = f" in chunks of {self.chunk_size}" if chunked else ""
-            print(f"{desc}: final pass over the {G * C} recovered images{chunks} (CE, R_bn, accuracy)", flush=True)
+            say(f"{desc}: final pass over the {G * C} recovered images{chunks} (CE, R_bn, accuracy)")
         if not self.graphed:  # Adam's state and the gradient: not needed any more (a captured graph owns its copies)
             self.variable.grad = None
             self.optimizer.state.clear()

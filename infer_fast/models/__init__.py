@@ -234,7 +234,8 @@ def create_model(
     if pretrained is not False and pretrained is not None:
         _check_has_pretrained_weights(spec, pretrained)
         load_pretrained_weights(model, spec, pretrained, num_classes, in_channels, pretrained_head)
-    check_model_outputs(model, name, num_classes, in_channels, image_size)  # (a plug-in's builder above all)
+    # (a registered builder's, a plug-in's above all; torchvision/timm models are taken as those libraries build them)
+    check_model_outputs(model, name, num_classes, in_channels, image_size)
     return model
 
 

@@ -26,8 +26,10 @@ where loaded). Group g owns rows [g*n, (g+1)*n).
     delta = sum(x - rm) / M and e = sum((x - rm)^2) / M - delta^2 - rv, per (g, c):
     stats: (G, 2, C + 1) contiguous acc, stats[g, 0, :C] = delta_g, stats[g, 0, C] =
     ||delta_g||_2, stats[g, 1, :C] = e_g, stats[g, 1, C] = ||e_g||_2; loss: (G,) contiguous
-    acc, loss[g] = ||delta_g|| + ||e_g||; delta, e, their norms and the loss are computed in fp64
-    from the sums and rounded to acc once (every backend's finish: no overflow of fp32 squares).
+    acc, loss[g] = ||delta_g|| + ||e_g||. The cpu, cuda and torch backends finish (delta, e,
+    their norms, the loss) in fp64 from the sums and round to acc once; triton finishes in acc,
+    where the squares overflow fp32 for a group's values beyond ~1e19 (no network's
+    activations: its hot kernel is left as measured on the GPU).
     Fused eval-mode BatchNorm when ``y3`` is given (x3's shape, strides and dtype):
     y3 = x * scale[c] + shift[c] in acc, written by the pass that reads x for the sums, with
     scale = rsqrt(rv + eps) * weight and shift = bias - rm * scale (weight None: 1, bias
