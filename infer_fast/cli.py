@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import signal
+import statistics
 import sys
 import threading
 import warnings
@@ -308,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .data import load_test_split
     from .storage import load_distilled
     from .methods.registry import set_student_settings
-    from .student import StudentConfig, evaluate_seeds, recipe_of
+    from .student import BEST_LABEL, StudentConfig, evaluate_seeds, labels_text, recipe_of
     from .teacher import load_teachers_for_set
     from .distributed import init_from_env, same_outcome
 
@@ -344,11 +345,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     if rank != 0:
         return
     per_seed = ", ".join(f"{acc:.4f}" for acc in result["per_seed"].values())
-    print(
-        f"student {config.model} on {args.directory} ({ds.method}, {ds.num_training_images()} training images), "
-        f"{count_text(config.epochs, 'epoch')}: final top-1 on the real {ds.dataset} test split "
-        f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {len(seeds)} seed(s) [{per_seed}]"
-    )
+    # (what a cross-architecture table needs in one line: the student, its labels, the numbers)
+    line = (f"student {config.model} ({labels_text(config)}) on {args.directory} ({ds.method}, "
+            f"{ds.num_training_images()} training images), {count_text(config.epochs, 'epoch')}: final top-1 on the "
+            f"real {ds.dataset} test split {100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over "
+            f"{len(seeds)} seed(s) [{per_seed}]")
+    best = [r["best_accuracy"] for r in result["results"] if r.get("best_accuracy") is not None]
+    if best:  # (--eval-every: the optimistic number, labelled, beside the final one)
+        line += f"; {BEST_LABEL}: {100 * statistics.fmean(best):.2f} +- {100 * statistics.pstdev(best):.2f} %"
+    print(line)
 
 
 def _check_train_ranks_agree(ds, config, teachers, args: argparse.Namespace) -> None:

@@ -369,13 +369,14 @@ def _report(distilled, protocol: DDRankingProtocol, dataset, rounds: List[Dict[s
 
 def format_dd_ranking_report(report: Dict[str, Any]) -> str:
     """The DD-Ranking report as a short table (accuracies in %, mean +- std over rounds)."""
-    from .evaluate import unchecked_teachers_line
+    from .evaluate import report_student, unchecked_teachers_line
 
     def pct(summary):
         return f"{100 * summary['mean']:6.2f} +- {100 * summary['std']:5.2f}"
 
     s, p = report["set"], report["protocol"]
-    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {len(p['round_seeds'])} round(s); "
+    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {report_student(report)} students, "
+             f"{len(p['round_seeds'])} round(s); "
              f"protocol {PROTOCOL_NAME} ({p['accuracy_of_a_run']}; {p['soft_labels']} soft labels)"]
     lines += [f"{name:<13} {pct(summary):>16}" for name, summary in report["accuracy"].items()]
     lines.append(f"full data, hard labels: {100 * report['full_data_hard']['accuracy']:.2f} "

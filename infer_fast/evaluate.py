@@ -50,7 +50,7 @@ import os
 import re
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -164,14 +164,29 @@ def evaluate_under(protocol, distilled, teachers: Sequence[nn.Module], **kwargs:
 
 
 def same_architecture(a: str, b: str) -> bool:
-    """Whether two model names build the same network (aliases resolved)."""
+    """Whether two model names build the same network (aliases resolved): names of one model
+    that imply other settings (``convnet-w32-d3`` and ``convnet-w32-d3-batchnorm``, a default
+    spelt out) are compared by the layers they build (:func:`_layout`)."""
     from .models.registry import normalize_name, resolve
 
     try:
         (spec_a, implied_a), (spec_b, implied_b) = resolve(a), resolve(b)
     except ValueError:  # torchvision:NAME, timm:NAME
         return normalize_name(a) == normalize_name(b)
-    return spec_a.name == spec_b.name and implied_a == implied_b
+    if spec_a.name != spec_b.name:
+        return False
+    return implied_a == implied_b or _layout(a, spec_a.input_sizes[0]) == _layout(b, spec_b.input_sizes[0])
+
+
+def _layout(model_name: str, image_size: int) -> List[Tuple[str, str, Tuple[int, ...]]]:
+    """The layers model ``model_name`` builds (for 10 classes of 3-channel images): each
+    module's name and class, each parameter's and buffer's name and shape; built on the meta
+    device (models.build_to_check)."""
+    from .models import build_to_check, create_model
+
+    model = build_to_check(lambda: create_model(model_name, num_classes=10, in_channels=3, image_size=image_size))
+    return ([(name, type(m).__name__, ()) for name, m in model.named_modules()]
+            + [(name, "tensor", tuple(t.shape)) for name, t in (*model.named_parameters(), *model.named_buffers())])
 
 
 def check_full_data_checkpoint(path, model: str, dataset: str,
@@ -548,6 +563,11 @@ def unchecked_teachers_line(report: Dict[str, Any]) -> List[str]:
     return [f"note: labelling teachers not checked: {labelled_by['note']}"] if labelled_by.get("checked") is False else []
 
 
+def report_student(report: Dict[str, Any]) -> str:
+    """The students' model of an evaluation report (a report of before may not record it)."""
+    return report["protocol"].get("student_config", {}).get("model", "?")
+
+
 def format_report(report: Dict[str, Any]) -> str:
     """The report as a short table (accuracies and scores in %, mean +- std over seeds)."""
     def pct(summary):
@@ -559,8 +579,9 @@ def format_report(report: Dict[str, Any]) -> str:
         return format_dd_ranking_report(report)
     s = report["set"]
     labels = report["protocol"].get("soft_labels", "static")
-    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {report['protocol']['seeds']} seed(s); "
-             f"protocol {PROTOCOL_NAME} (final-epoch accuracy, {labels} soft labels)",
+    lines = [f"{s['method']} set on {s['dataset']} (budget {s['budget']}), {report_student(report)} students, "
+             f"{report['protocol']['seeds']} seed(s); protocol {PROTOCOL_NAME} (final-epoch accuracy, {labels} soft "
+             "labels)",
              f"{'run':<12} {'set':>16} {'random subset':>16}"]
     for name, *_ in RUNS:
         lines.append(f"{name:<12} {pct(report['accuracy']['set'][name]):>16} {pct(report['accuracy']['random'][name]):>16}")

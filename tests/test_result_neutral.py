@@ -60,7 +60,8 @@ def test_train_resumes_with_another_eval_batch_size(tmp_path, capsys):
 def _run_config(out, teacher=None, student=None, teachers=1):
     return PipelineConfig.from_dict(dict(
         dataset="fashion-mnist-mini", out=str(out), methods=["random"], ipc=[1],
-        teachers=[{"model": "convnet", "epochs": 1, **(teacher or {})}] * teachers, student=student or {}))
+        teachers=[{"model": "convnet", "epochs": 1, **(teacher or {}), **({"seed": i} if i else {})}  # (one teacher once)
+                  for i in range(teachers)], student=student or {}))
 
 
 def _continue(out, old_cfg, new_cfg):

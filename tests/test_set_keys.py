@@ -88,7 +88,7 @@ def test_tables_read_results_files_by_their_keys():
 def test_epoch_reduction_is_a_fact_of_the_method():
     """run's students of a method with reduced_student_epochs train round(epochs / (M + 1))
     epochs (INFER+Dyn's, the paper's), by the registry, not by the method's name."""
-    cfg = PipelineConfig(dataset="fashion-mnist-mini", teachers=[{"path": "t.pt"}] * 3, out="x",
+    cfg = PipelineConfig(dataset="fashion-mnist-mini", teachers=[{"path": f"t{i}.pt"} for i in range(3)], out="x",
                          student={"epochs": 8})
     assert cfg.student_config("infer_dyn", 0, 3).epochs == 2 and cfg.student_config("infer", 0, 3).epochs == 8
     register(Method(name="toy_dyn", label="Toy+Dyn", summary="infer's set, per-batch labels, fewer epochs",
