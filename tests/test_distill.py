@@ -894,16 +894,16 @@ def test_final_pass_is_announced_when_long_or_chunked(teachers, train_set, monke
     recover = lambda config, progress=True: recover_sre2l(  # noqa: E731
         2, 10, (1, 28, 28), teachers[:1], spec.mean, spec.std, config, progress=progress)
     capsys.readouterr()
-    recover(cfg())
-    assert "final pass" not in capsys.readouterr().out  # quick iterations: over in a moment
+    recover(cfg())  # (the note is a progress line: stderr)
+    assert "final pass" not in capsys.readouterr().err  # quick iterations: over in a moment
     recover(cfg(chunk_size=6))
     assert "teacher 1/1 SRe2L groups k=0..1: final pass over the 20 recovered images in chunks of 6" \
-        in capsys.readouterr().out
+        in capsys.readouterr().err
     monkeypatch.setattr(engine, "FINAL_PASS_NOTE_S", 0.0)  # as if every iteration were long
     recover(cfg())
-    assert "k=0..1: final pass over the 20 recovered images (CE, R_bn, accuracy)" in capsys.readouterr().out
+    assert "k=0..1: final pass over the 20 recovered images (CE, R_bn, accuracy)" in capsys.readouterr().err
     recover(cfg(chunk_size=6), progress=False)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 def test_sre2l_space_check_is_the_runs_peak(teacher_paths, tmp_path, monkeypatch):
