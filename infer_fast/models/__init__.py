@@ -94,18 +94,25 @@ def on_device(model: nn.Module, device: Any) -> nn.Module:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode while the block runs, then every submodule back in its own mode:
+def kept_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """The block may switch ``model``'s modes; after it every submodule is back in its own mode:
     ``model.train(was_training)`` would give all of them the outer module's flag, so a wrapper
     in training mode around a teacher in eval mode would leave the teacher training (its
     BatchNorm layers then normalizing with batch statistics and overwriting their running ones)."""
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     try:
         yield model
     finally:
         for module, training in modes:
             module.training = training
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode while the block runs, then every submodule back in its own mode
+    (:func:`kept_modes`)."""
+    with kept_modes(model):
+        yield model.eval()
 
 
 def is_float32(model: nn.Module) -> bool:
@@ -151,23 +158,18 @@ def check_model_outputs(model: nn.Module, name: str, num_classes: int, in_channe
 
     height, width = image_size_pair(image_size)
     images = torch.zeros((2, in_channels, height, width), dtype=torch.float32)  # (whatever the default dtype)
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        with torch.no_grad(), kept_cpu_rng():
+    with torch.no_grad(), kept_cpu_rng(), kept_modes(model):
+        try:
+            outputs = [_meta_forward(model.train(training), images) for training in (True, False)]
+        except Exception:  # (what meta tensors cannot do: .item(), a tensor that is no parameter or buffer)
+            if device_of(model).type == "meta":
+                raise
+            probe = copy.deepcopy(model)
             try:
-                outputs = [_meta_forward(model.train(training), images) for training in (True, False)]
-            except Exception:  # (what meta tensors cannot do: .item(), a tensor that is no parameter or buffer)
-                if device_of(model).type == "meta":
-                    raise
-                probe = copy.deepcopy(model)
-                try:
-                    outputs = [probe.train(training)(images.to(device_of(probe))) for training in (True, False)]
-                except Exception as exc:
-                    raise ValueError(f"model {name!r} fails on a batch of 2 {in_channels}x{height}x{width} images: "
-                                     f"{type(exc).__name__}: {first_line(exc, 300)}") from None
-    finally:
-        for module, training in modes:
-            module.training = training
+                outputs = [probe.train(training)(images.to(device_of(probe))) for training in (True, False)]
+            except Exception as exc:
+                raise ValueError(f"model {name!r} fails on a batch of 2 {in_channels}x{height}x{width} images: "
+                                 f"{type(exc).__name__}: {first_line(exc, 300)}") from None
     for mode, out in zip(("training", "eval"), outputs):
         if not isinstance(out, Tensor) or tuple(out.shape) != (2, num_classes):
             raise ValueError(f"model {name!r} returns {describe_output(out)} in {mode} mode on a batch of 2 "
