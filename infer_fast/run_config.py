@@ -270,28 +270,30 @@ class PipelineConfig:
         another name is found once the teachers load (teacher.check_distinct_teachers)."""
         from .teacher import TEACHER_RESULT_NEUTRAL
 
-        def teacher_of(i: int, entry: Dict[str, Any]) -> Any:  # (what names the teacher an entry gives)
+        same_settings = "give the same training settings (they would train the same weights; another seed trains " \
+                        "another teacher)"
+        said = {"path": "name the same checkpoint", "pretrained": "name the same pretrained weights",
+                "trained": same_settings, "entry": same_settings}
+
+        def teacher_of(i: int, entry: Dict[str, Any]) -> Tuple[str, Any]:  # (its kind, what names the teacher)
             if "path" in entry:
-                return ("path", os.path.realpath(str(entry["path"])))
+                return "path", os.path.realpath(str(entry["path"]))
             if entry.get("pretrained"):
                 weights = entry["pretrained"]  # (true: the model's own; or a weights file)
                 weights = os.path.realpath(weights) if isinstance(weights, str) else weights
-                return ("pretrained", entry.get("model"), weights)
+                return "pretrained", (entry.get("model"), weights)
             try:  # (as it trains: defaults filled in, result-neutral fields such as device left out)
                 settings = dataclasses.asdict(self.teacher_config(i))
             except ValueError:  # (refused with its own message by the model checks)
-                return ("entry", sorted(entry.items(), key=lambda item: item[0]))
-            return ("trained", sorted((k, repr(v)) for k, v in settings.items() if k not in TEACHER_RESULT_NEUTRAL))
+                return "entry", sorted(entry.items(), key=lambda item: item[0])
+            return "trained", sorted((k, repr(v)) for k, v in settings.items() if k not in TEACHER_RESULT_NEUTRAL)
 
-        earlier: List[Any] = []
+        earlier: List[Tuple[str, Any]] = []
         for j, entry in enumerate(self.teachers):
             teacher = teacher_of(j, entry)
             if teacher in earlier:
                 i = earlier.index(teacher)
-                what = ("name the same checkpoint" if "path" in entry else
-                        "give the same training settings (they would train the same weights; another seed trains "
-                        "another teacher)" if not entry.get("pretrained") else "name the same pretrained weights")
-                raise ValueError(f"{where}: teachers[{i}] and teachers[{j}] {what}: give each teacher once")
+                raise ValueError(f"{where}: teachers[{i}] and teachers[{j}] {said[teacher[0]]}: give each teacher once")
             earlier.append(teacher)
 
     def _check_sets(self, where: str) -> None:

@@ -385,9 +385,12 @@ class StudentRun:
     targets, model, optimizer, schedule and generator, and what a checkpoint saves of it.
     Public for measuring the parts of a step apart (bench/bench_student.py): ``mixed_batch(idx)``
     (the host's part: a batch augmented and mixed), ``step(x, z, batch_size)`` (the device's:
-    forward, loss, backward, update) and ``train_epoch(epoch, progress)`` (the loop)."""
+    forward, loss, backward, update) and ``train_epoch(epoch, progress)`` (the loop).
+    ``teacher_digests``: _io.model_digest of each of INFER+Dyn's ``teachers``, where the caller
+    has them (else computed here)."""
 
-    def __init__(self, distilled: DistilledSet, test_set, cfg: StudentConfig, teachers, ddp: bool):
+    def __init__(self, distilled: DistilledSet, test_set, cfg: StudentConfig, teachers, ddp: bool,
+                 teacher_digests: Optional[Sequence[str]] = None):
         self.test_set, self.cfg, self.device = test_set, cfg, resolve_device(cfg.device)
         self.distilled, self.mean, self.std = distilled, distilled.mean, distilled.std
         dataset = DistilledDataset(distilled, hard_only=cfg.dynamic or cfg.labels == "hard")
@@ -405,6 +408,9 @@ class StudentRun:
         # elsewhere is copied there, the caller's left where it is (ensemble_logits puts each in
         # eval mode for a batch and back, under no_grad)
         # (and in float32: a float16/bfloat16/float64 teacher labels as a float32 copy)
+        # what a checkpoint records of them: the caller's teachers' digests (given where computed already: train_student)
+        self.teacher_digests = [] if not cfg.dynamic else \
+            list(teacher_digests) if teacher_digests is not None else [model_digest(t) for t in teachers]
         self.teacher_models = copies_in_layout(
             [float32_model(on_device(t, self.device)) for t in teachers] if cfg.dynamic else [], cfg.channels_last)
         with seeded_cpu_rng(cfg.seed):
@@ -429,8 +435,8 @@ class StudentRun:
         cfg = self.cfg
         self.identity = {"config": dataclasses.asdict(cfg), "method": self.distilled.method,
                          "num_training_images": self.n, "set_sha256": set_digest(self.distilled)}
-        if cfg.dynamic:  # INFER+Dyn: the teachers label every batch
-            self.identity["teachers_sha256"] = [model_digest(t) for t in self.teacher_models]
+        if cfg.dynamic:  # INFER+Dyn: the teachers label every batch (digests of the caller's: train_student)
+            self.identity["teachers_sha256"] = list(self.teacher_digests)
         if not os.path.exists(checkpoint):
             return
         if not resume:
@@ -602,12 +608,14 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     teachers = teacher_list(teachers)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
+    digests = None  # (INFER+Dyn's: checked distinct, and a checkpoint's record of its teachers)
     if cfg.dynamic:  # (its labels: the teachers' logits of the set's classes, for its images)
         check_teacher_outputs(teachers, distilled.num_classes, (distilled.channels, *distilled.image_size))
-        check_distinct_teachers([model_digest(t) for t in teachers])
+        digests = [model_digest(t) for t in teachers]
+        check_distinct_teachers(digests)
     check_test_set(distilled, test_set)
     checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-    run = StudentRun(distilled, test_set, cfg, teachers, ddp)
+    run = StudentRun(distilled, test_set, cfg, teachers, ddp, digests)
     if checkpoint is not None:
         run.open_checkpoint(checkpoint, resume)
     elapsed = run.train(progress, checkpoint)
