@@ -500,7 +500,7 @@ class PipelineConfig:
         # (an image folder's class count, where unknown yet: any count builds the same layers)
         spec, _ = self._data_spec()
         matching = [m for m in dict.fromkeys(get_method(m).set_method for m in self.methods)
-                    if get_method(m).matches_bn_statistics]
+                    if get_method(m).needs_bn_statistics(self.options_for(m))]
         for name, option in models.items():
             try:
                 model = build_to_check(lambda: create_model(name, num_classes=spec.num_classes,

@@ -82,6 +82,12 @@ def test_a_run_refuses_a_teacher_model_without_batchnorm_for_the_methods_matchin
                                          r"layer.*\(infer, sre2l match the teachers' BatchNorm statistics\)"):
         PipelineConfig.from_dict({**base, "methods": ["infer", "random", "sre2l"]})
     PipelineConfig.from_dict({**base, "methods": ["random", "rded"]})  # (they only read the teachers' outputs)
+    # a CE-only recovery (r_bn 0) matches no statistics: INFER's from `recovery`, SRe2L's from its own
+    # section (its recipe's r_bn 0.01 is not the shared one)
+    PipelineConfig.from_dict({**base, "methods": ["infer"], "recovery": {"r_bn": 0}})
+    with pytest.raises(ValueError, match=r"\(sre2l matches the teachers' BatchNorm statistics\)"):
+        PipelineConfig.from_dict({**base, "methods": ["infer", "sre2l"], "recovery": {"r_bn": 0}})
+    PipelineConfig.from_dict({**base, "methods": ["infer", "sre2l"], "recovery": {"r_bn": 0}, "sre2l": {"r_bn": 0}})
     assert not (tmp_path / "run").exists()
 
 

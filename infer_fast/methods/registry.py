@@ -253,6 +253,11 @@ class Method:
 
         return all(o.name in self.option_names for o in RECOVERY_OPTIONS)
 
+    def needs_bn_statistics(self, parsed: Mapping[str, Any]) -> bool:
+        """Its sets, under these parsed options, match the teachers' BatchNorm statistics: a
+        recovery with r_bn 0 (CE only) takes a teacher without BatchNorm (jobs.check_common)."""
+        return self.matches_bn_statistics and parsed["config"].r_bn > 0
+
     @property
     def set_method(self) -> str:
         """The method whose set its students train on (its own, unless ``trains_on``)."""
