@@ -27,6 +27,7 @@ call that continues by being made again (run_pipeline, run_demo) says so instead
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -111,23 +112,30 @@ def handlers_installed() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def checkpointed_call(where: Callable[[], Optional[str]]) -> Iterator[None]:
+def checkpointed_call(where: Callable[[], Optional[str]], again: str = "run it again with resume=True") -> Iterator[None]:
     """The duration of a library call that checkpoints at safe points (a recovery, RDED), made
     from Python: our handler for each of SIGNALS still at Python's default, which would lose
     the work since the last checkpoint (Ctrl-C, a notebook's "interrupt kernel", raising in
     the middle of an iteration; SIGTERM, SIGHUP, SIGUSR1/2 ending the process on the spot), the
     previous ones restored after. A handler already set (cli.main's, an outer call's, the
     caller's own) and an ignored signal are left as they are. An Interrupted leaving the call
-    says where its progress is (``where()``: the checkpoint on disk, None: none) and that
-    resume=True continues; from a thread other than the main one, nothing changes."""
+    says where its progress is (``where()``: the checkpoint on disk, None: none) and how to go
+    on from it (``again``: the call made again with resume=True, or what the call takes
+    instead); from a thread other than the main one, nothing changes."""
     with _handler_replacing(lambda signum, handler: handler is _python_default(signum)):
         try:
             yield
         except Interrupted as exc:
             saved = where()
             if saved is not None and not exc.how_to_continue:
-                exc.how_to_continue = f"progress is saved in {saved}: run it again with resume=True to continue"
+                exc.how_to_continue = f"progress is saved in {saved}: {again} to continue"
             raise
+
+
+def file_where(path: Optional[str]) -> Callable[[], Optional[str]]:
+    """A checkpointed_call's ``where`` for a checkpoint file: ``path`` once it is written (None:
+    the call keeps none)."""
+    return lambda: path if path is not None and os.path.exists(path) else None
 
 
 @contextlib.contextmanager

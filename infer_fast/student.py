@@ -60,6 +60,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from . import interrupts
 from ._text import checkpoints_held, count_text
 from .progress import SHORT_PHASE_S, progress_bar, say
 from .relabel import ensemble_logits
@@ -618,7 +619,9 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     run = StudentRun(distilled, test_set, cfg, teachers, ddp, digests)
     if checkpoint is not None:
         run.open_checkpoint(checkpoint, resume)
-    elapsed = run.train(progress, checkpoint)
+    # (from Python too, a stop (Ctrl-C, SIGTERM) says where the epochs done are; cli.main's handlers kept)
+    with interrupts.checkpointed_call(interrupts.file_where(checkpoint)):
+        elapsed = run.train(progress, checkpoint)
     run.model.eval()  # (the evaluations put it back in training mode)
     return run.result(elapsed, progress)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, interrupts
 from .data import dataset_label, dataset_options, get_spec, load_dataset
 from .data.registry import IMAGEFOLDER, get_dataset
 from .data.transforms import normalize, random_crop_with_padding, random_flip
@@ -317,7 +317,9 @@ def train_teacher(cfg: TeacherConfig, out: PathLike, progress: bool = True) -> D
         history, start_epoch, elapsed = ckpt["history"], ckpt["epochs_done"], ckpt["elapsed_s"]
         rng = ckpt["train_state"].get("rng")  # (dropout's draws, continued; none in a checkpoint of before)
         print(f"{out}: resuming after epoch {start_epoch}/{cfg.epochs}")
-    with training_rng("teacher-dropout", cfg.seed, device, rng):  # (dropout draws from the global generators)
+    # (from Python too, a stop (Ctrl-C, SIGTERM) says where the epochs done are; cli.main's handlers kept)
+    with interrupts.checkpointed_call(interrupts.file_where(out), again="call train_teacher again with the same out"), \
+            training_rng("teacher-dropout", cfg.seed, device, rng):  # (dropout draws from the global generators)
         return _train_epochs(cfg, out, model, train, test, optimizer, schedule, meta, history, start_epoch, elapsed,
                              device, progress)
 

@@ -4,6 +4,7 @@ under way finishes and is saved, the caller gets a KeyboardInterrupt that says w
 is, resume=True continues to the bits of an uninterrupted run, and the handlers the caller had are
 back afterwards. Before, only cli.main installed the handlers: Python's default SIGINT handler
 raised in the middle of an iteration and the batch under way was lost."""
+import os
 import signal
 import subprocess
 import sys
@@ -83,6 +84,68 @@ RDED_SCRIPT = """
     distill("stopped", resume=True)
     distill("reference")
 """
+
+# teacher and student training, SIGTERM right after epoch 1 of 2 is saved: before, Python's default
+# ended the process there (and a Ctrl-C said nothing of the checkpoint)
+TRAINING_SCRIPT = """
+    import os, signal, sys
+    import torch
+    from infer_fast import interrupts, student, teacher
+    from infer_fast.data import load_dataset
+
+    root, tests = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, tests)
+    from conftest import small_infer_set
+
+    before = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
+
+    def stopped(module, train):
+        real = module.save_atomic
+
+        def save_then_term(*args, **kwargs):
+            real(*args, **kwargs)
+            module.save_atomic = real
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        module.save_atomic = save_then_term
+        try:
+            train()
+            print("finished")
+        except KeyboardInterrupt as exc:
+            print(f"{type(exc).__name__}: {exc}")
+        print("handlers restored:", {s: signal.getsignal(s) for s in interrupts.SIGNALS} == before)
+
+    cfg = teacher.TeacherConfig(dataset="fashion-mnist-mini", model="convnet-w8-d2", epochs=2, batch_size=256,
+                                lr=0.05, device="cpu")
+    stopped(teacher, lambda: teacher.train_teacher(cfg, os.path.join(root, "t.pt"), progress=False))
+    print("teacher epochs:", teacher.train_teacher(cfg, os.path.join(root, "t.pt"), progress=False)["epochs_done"])
+
+    distilled, test = small_infer_set(), load_dataset("fashion-mnist-mini", "test")
+    config = student.StudentConfig(model="convnet-w8-d2", epochs=2, batch_size=8, device="cpu")
+
+    def train(name, resume=False):
+        return student.train_student(distilled, test, config, progress=False, checkpoint=os.path.join(root, name),
+                                     resume=resume)["model"].state_dict()
+
+    stopped(student, lambda: train("s.pt"))
+    resumed, reference = train("s.pt", resume=True), train("reference.pt")
+    print("student bit-identical:", all(torch.equal(resumed[k], reference[k]) for k in reference))
+"""
+
+
+def test_sigterm_in_teacher_and_student_training_called_from_python_says_where_the_epochs_are(tmp_path):
+    result = run_script(TRAINING_SCRIPT, tmp_path, os.path.dirname(os.path.abspath(__file__)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if not line.startswith(str(tmp_path))]
+    assert lines == [
+        f"Interrupted: SIGTERM: progress is saved in {tmp_path / 't.pt'}: call train_teacher again with the same "
+        "out to continue",
+        "handlers restored: True",
+        "teacher epochs: 2",
+        f"Interrupted: SIGTERM: progress is saved in {tmp_path / 's.pt'}: run it again with resume=True to continue",
+        "handlers restored: True",
+        "student bit-identical: True"]
+    assert f"{tmp_path / 't.pt'}: resuming after epoch 1/2" in result.stdout
 
 
 def run_script(code: str, *args) -> subprocess.CompletedProcess:
