@@ -28,7 +28,8 @@ STUDENT = dict(model="convnet-w8-d2", epochs=1, batch_size=50, device="cpu")
 
 def small_teacher(outputs=10, channels=1, norm="bn"):
     torch.manual_seed(0)
-    layer = nn.BatchNorm2d(8) if norm == "bn" else nn.GroupNorm(2, 8)
+    layer = {"bn": nn.BatchNorm2d(8), "gn": nn.GroupNorm(2, 8),
+             "bn-batch-stats": nn.BatchNorm2d(8, track_running_stats=False)}[norm]
     return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), layer, nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(8, outputs)).eval()
 
@@ -201,6 +202,24 @@ def test_recover_ufcs_with_a_batchnorm_free_teacher_and_r_bn_zero_runs_cross_ent
     with pytest.raises(ValueError, match="teacher 1/1 has no BatchNorm1d/2d layer"):
         recover_ufcs(natural(classes=10), small_teacher(norm="gn"), MEAN, STD, config=RecoveryConfig(iterations=2),
                      progress=False)
+
+
+def test_a_teacher_whose_batchnorm_keeps_no_running_statistics_runs_unchunked_when_r_bn_is_zero():
+    """Its BatchNorm normalizes every batch by its own statistics, even in eval mode: with the BN
+    loss off it recovers as it is (the plan's probe matched statistics it has not), chunked it
+    is refused (a chunk's rows would see the chunk's statistics, not the batch's), and with the
+    loss on it is refused for having nothing to match."""
+    config = RecoveryConfig(iterations=2, r_bn=0.0)
+    out = recover_ufcs(natural(classes=10), small_teacher(norm="bn-batch-stats"), MEAN, STD, config=config,
+                       progress=False)
+    assert out["ufc"].shape == (1, 1, 28, 28) and torch.isfinite(out["ufc"]).all()
+    with pytest.raises(ValueError, match=r"BatchNorm layer '1' has no running statistics \(track_running_stats=False\): "
+                                         r"it normalizes each batch by its own.*chunk_size None"):
+        recover_ufcs(natural(classes=10), small_teacher(norm="bn-batch-stats"), MEAN, STD,
+                     config=RecoveryConfig(iterations=2, r_bn=0.0, chunk_size=2), progress=False)
+    with pytest.raises(ValueError, match=r"BatchNorm layer '1' has no running statistics.*which the loss matches"):
+        recover_ufcs(natural(classes=10), small_teacher(norm="bn-batch-stats"), MEAN, STD,
+                     config=RecoveryConfig(iterations=2), progress=False)
 
 
 # ---- 5. feature duplication of stored uint8 pixels ------------------------------------------------

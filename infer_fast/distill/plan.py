@@ -216,8 +216,10 @@ def _probe_input(teacher: nn.Module, natural: Tensor, rows: int, copy: bool = Fa
 
 def _probe_loss(teacher: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     """The recovery objective (CE + BN statistics) of one group on ``x``; CE alone for a
-    teacher without BatchNorm layers (accepted where r_bn is 0: jobs.check_common)."""
-    if not bn_layers(teacher):
+    teacher without BatchNorm statistics to match (no BatchNorm layer, or one without running
+    statistics: accepted where r_bn is 0, jobs.check_common)."""
+    layers = bn_layers(teacher)
+    if not layers or any(m.running_mean is None or m.running_var is None for _, m in layers):
         return F.cross_entropy(teacher(x), labels)
     tracker = BNStatTracker(teacher, groups=1)
     try:

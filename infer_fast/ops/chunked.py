@@ -131,7 +131,9 @@ class _ChunkHooks:
     """Forward pre-hooks on every BatchNorm of the teacher; sites are identified by their
     position in the execution order, which must be the same for every chunk. Unless the loss
     ``needs`` them (r_bn > 0), a teacher without BatchNorm layers is accepted (CE alone), with
-    no hooks (``matching`` False); one with them has its statistics reported as always."""
+    no hooks (``matching`` False); one with them has its statistics reported as always. A
+    BatchNorm without running statistics is refused either way: it normalizes by each batch's
+    own statistics even in eval mode, so a chunk's rows would not see the batch's."""
 
     def __init__(self, teacher: nn.Module, groups: int, group_size: int, backend: str, needs: bool = True):
         self.groups, self.group_size, self.backend = groups, group_size, backend
@@ -142,8 +144,16 @@ class _ChunkHooks:
         self._first_chunk = True
         layers = bn_layers(teacher)
         self.matching = needs or bool(layers)
+        who = f"teacher {type(teacher).__name__}"
+        if self.matching and not needs:
+            for name, module in layers:
+                if module.running_mean is None or module.running_var is None:
+                    raise ValueError(f"{who}: BatchNorm layer {name!r} has no running statistics "
+                                     "(track_running_stats=False): it normalizes each batch by its own, so the "
+                                     "chunked mode's rows would not see the whole batch's; recover it unchunked "
+                                     "(chunk_size None)")
         if self.matching:
-            matchable(layers, f"teacher {type(teacher).__name__}")
+            matchable(layers, who)
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in layers]
 
     def start_chunk(self, row0: int) -> None:
