@@ -669,7 +669,7 @@ def _add_relabel_and_train(sub) -> None:
                        help="the student recipe: cifar (the defaults below) or imagenet (the SRe2L protocol: the values "
                        "below say where it differs); the options below override it (default: the set's dataset's "
                        f"family's: imagenet for ImageNet and images over {SMALL_IMAGE_MAX} px, cifar for the others)")
-    add_flags(train, options_of(StudentConfig).values(), recipes=RECIPES)
+    add_flags(train, options_of(StudentConfig).values(), recipes=RECIPES, others=_set_student_defaults())
     train.add_argument("--seeds", type=int, default=1, help="number of seeds (0..n-1); reports mean +- std (default 1)")
     train.add_argument("--teachers", help="comma-separated teacher checkpoints (for --dynamic)")
     train.add_argument("--data-root", dest="data_root", help="directory holding the real dataset (test split)")
@@ -684,7 +684,7 @@ def _add_relabel_and_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    from .dd_ranking import DDRankingProtocol
+    from .dd_ranking import SET_BY_PROTOCOL, DDRankingProtocol
     from .evaluate import COMPUTE_FIELDS, Protocol
     from .student import RECIPES, StudentConfig
 
@@ -700,7 +700,8 @@ def _add_evaluate(sub) -> None:
                           help="infer-fast (ours, default) or dd-ranking (its protocol point by point)")
     # the protocols' own settings, as the two protocol classes declare them (a flag left out: the protocol's default)
     ours, theirs = options_of(Protocol), options_of(DDRankingProtocol)
-    add_flags(evaluate, [ours["soft_labels"]], default=f"{ours['soft_labels'].default} under infer-fast, "
+    own = ours["soft_labels"].default
+    add_flags(evaluate, [ours["soft_labels"]], default=f"{own} under infer-fast{_set_label_defaults(own)}, "
               f"{theirs['soft_labels'].default} (DD-Ranking's M mode) under dd-ranking")
     add_flags(evaluate, [ours[name] for name in SHARED_PROTOCOL_OPTIONS])  # (the same default in both)
     evaluate.add_argument("--lr-grid", dest="lr_grid", help="dd-ranking: the learning rates searched, comma-separated "
@@ -715,7 +716,10 @@ def _add_evaluate(sub) -> None:
     evaluate.add_argument("--recipe", choices=tuple(RECIPES),
                           help="infer-fast: student recipe (see train; default: the set's dataset's family's)")
     student = options_of(StudentConfig)
-    add_flags(evaluate, (student[name] for name in EVALUATE_STUDENT_OPTIONS), default="the protocol's recipe")
+    # (those DD-Ranking sets itself are refused under it: infer-fast's only)
+    add_flags(evaluate, (dataclasses.replace(student[name], help="infer-fast: " + student[name].help)
+                         if name in SET_BY_PROTOCOL else student[name] for name in EVALUATE_STUDENT_OPTIONS),
+              default="the protocol's recipe")
     add_flags(evaluate, (student[name] for name in COMPUTE_FIELDS))  # (StudentConfig's defaults)
     evaluate.add_argument("--seeds", type=int,
                           help="infer-fast: students per run (default 3); dd-ranking: rounds (default 5)")
@@ -731,6 +735,27 @@ def _add_evaluate(sub) -> None:
                           "the students from their checkpoints (a finished one is read back, not trained again)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
+
+
+def _set_student_defaults() -> Dict[str, Dict[str, str]]:
+    """What the methods give their sets' students over the recipe (Method.student_settings), as
+    add_flags's ``others``: {field: {"for an RDED set": what the help says}}."""
+    from .methods import all_methods
+
+    said: Dict[str, Dict[str, str]] = {}
+    for method in all_methods():
+        for name, text in method.student_settings_help.items():
+            said.setdefault(name, {})[f"for a set of {method.label}"] = text
+    return said
+
+
+def _set_label_defaults(default: str) -> str:
+    """", per-batch for a set of RDED": the label modes other than ``default`` that the methods
+    making sets give their students (Method.student_labels: evaluate follows them)."""
+    from .methods import all_methods
+
+    return "".join(f", {m.student_labels} for a set of {m.label}" for m in all_methods()
+                   if m.distill is not None and m.student_labels != default)
 
 
 def _add_set_commands(sub) -> None:

@@ -296,6 +296,13 @@ def _flag_type(opt: Option):
         parse = str
     elif kind in (int, float, str, PATH, PATHS):
         parse = kind if kind in (int, float, str) else str
+    elif kind is tuple:  # "0.5,0.9" as the other list flags take it, or YAML's "[0.5, 0.9]"
+        from .config import yaml_value
+
+        def parse(text: str) -> Any:
+            return yaml_value(text if text.lstrip().startswith("[") else f"[{text}]")
+
+        parse.__name__ = "list"
     else:
         from .config import yaml_value  # a tuple, a mapping, anything: typed as YAML types it
 

@@ -147,7 +147,7 @@ class StudentConfig(CheckedWhenMade):
     lr: float = field(default=1e-3, metadata=option("AdamW learning rate", above=0))
     weight_decay: float = field(default=0.01, metadata=option("AdamW weight decay", minimum=0))
     temperature: float = field(default=30.0, metadata=option(
-        "KL temperature of the soft-label runs (not used with --labels hard)", above=0))
+        "KL temperature of the soft-label runs", above=0))
     mixup_alpha: float = field(default=0.8, metadata=option(  # CutMix's usual alpha: 1.0
         "Beta(alpha, alpha) of the mixing weight, for both mixes", minimum=0, note="0 disables mixing"))
     augmentation: str = field(default="crop_flip", metadata=option(

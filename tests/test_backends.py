@@ -18,6 +18,14 @@ def test_torch_backend_always_available():
     assert available_backends()[0] == "torch"
 
 
+def test_the_backends_for_cuda_are_none_without_cuda():
+    if torch.cuda.is_available():
+        assert "torch" in available_backends("cuda")
+    else:
+        assert available_backends("cuda") == [] and available_backends(torch.device("cuda", 0)) == []
+        assert "cuda" not in available_backends()
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", 3.5])
 def test_unknown_device_named(device):
     with pytest.raises(ValueError, match="device must be a torch.device or a device name"):

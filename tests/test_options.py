@@ -204,6 +204,34 @@ def test_generated_flags_reach_the_configs(monkeypatch):
             "--lr", "0.1", "--betas", "[0.4, 0.8]", "--no-cuda-graphs"]
     assert cli.main(argv) == 130
     assert built["recovery"] == RecoveryConfig(lr=0.1, betas=(0.4, 0.8), cuda_graphs=False)
+    # the tuple flags comma-separated, as the other list flags (--ipc 10,50; --teachers a,b) are
+    argv = ["distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "3", "--out", "x",
+            "--betas", "0.4,0.8", "--augmentation", "imagenet", "--crop-scale", "0.2, 0.9",
+            "--crop-scale-curriculum", "cosine,0.9,0.5"]
+    assert cli.main(argv) == 130
+    recovery = built["recovery"]
+    assert (recovery.betas, recovery.crop_scale, recovery.crop_scale_curriculum) == (
+        (0.4, 0.8), (0.2, 0.9), ("cosine", 0.9, 0.5))
+
+
+def test_the_students_flags_say_the_defaults_a_sets_method_and_the_protocols_give(capsys, monkeypatch):
+    """train: RDED's sets give their students their augmentation and patches (Method.student_settings);
+    evaluate: an RDED set's students take per-batch labels, and the settings DD-Ranking sets itself
+    are infer-fast's only; --temperature names no flag evaluate lacks."""
+    monkeypatch.setenv("COLUMNS", "1000")  # (argparse's lines unwrapped)
+
+    def help_of(command):
+        assert cli.main([command, "--help"]) == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    train = help_of("train")
+    assert "(default crop_flip; resized_crop_flip in the imagenet recipe; shuffle_patches_crop_flip for a set of " \
+           "RDED)" in train
+    assert "(default 1; the set's factor for a set of RDED)" in train
+    evaluate = help_of("evaluate")
+    assert "(default: static under infer-fast, per-batch for a set of RDED, per-batch (DD-Ranking's M mode) under " \
+           "dd-ranking)" in evaluate
+    assert "--lr LR infer-fast: AdamW learning rate" in evaluate and "--labels" not in evaluate
 
 
 def test_a_config_cannot_be_changed_into_an_invalid_one():

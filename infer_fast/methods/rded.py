@@ -391,6 +391,9 @@ def student_settings(recipe: Mapping[str, Any]) -> Dict[str, Any]:
     return {"augmentation": "shuffle_patches_crop_flip", "patches": int(recipe["factor"])}
 
 
+STUDENT_SETTINGS_HELP = {"augmentation": "shuffle_patches_crop_flip", "patches": "the set's factor"}
+
+
 def check_budget(options: Mapping[str, Any], ipc: int, spec, num_teachers: int) -> None:
     """The recipe's candidates and factor at ``ipc`` for the dataset ``spec``'s image size
     (parsed ``options``): too few candidates for ipc x factor^2 patches is an error."""
@@ -407,6 +410,6 @@ def images_per_class(options: Mapping[str, Any], ipc: int, spec, num_teachers: i
 RDED = register(Method(
     name="rded", label="RDED", summary="teacher-scored real patches stitched factor x factor per image (no optimisation)",
     distill=distill, parse_options=parse_options, options=OPTIONS, student_labels="per-batch", resumable=True,
-    student_settings=student_settings, check_budget=check_budget, images_per_class=images_per_class,
+    student_settings=student_settings, student_settings_help=STUDENT_SETTINGS_HELP, check_budget=check_budget, images_per_class=images_per_class,
     result_neutral=RESULT_NEUTRAL, family_defaults=RECIPES,
 ))

@@ -129,7 +129,9 @@ class Method:
     dataset of that family gets where the user gives none; :meth:`with_dataset_defaults`);
     ``student_settings(recipe) -> StudentConfig fields``: what its sets' students take over
     the dataset family's student recipe (the user's settings still win), from the recipe the
-    set records (its ``hyperparameters``; RDED: its augmentation at the set's factor).
+    set records (its ``hyperparameters``; RDED: its augmentation at the set's factor), and
+    ``student_settings_help``: what a help text says of each field it sets (its value, or
+    where the set gives it: the students' flags say these defaults too).
 
     In an ``infer-fast run`` config: ``config_section`` is the PipelineConfig field holding
     its options (INFER's ``recovery``, SRe2L's ``sre2l``; None: ``method_options: {name:
@@ -167,6 +169,7 @@ class Method:
     images_per_class: Optional[Callable[[Mapping[str, Any], int, Any, int], ClassImages]] = None
     family_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     student_settings: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
+    student_settings_help: Mapping[str, str] = field(default_factory=dict)
     result_neutral: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

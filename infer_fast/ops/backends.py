@@ -29,7 +29,9 @@ where loaded). Group g owns rows [g*n, (g+1)*n).
     acc, loss[g] = ||delta_g|| + ||e_g||. The cpu, cuda and torch backends finish (delta, e,
     their norms, the loss) in fp64 from the sums and round to acc once; triton finishes in acc,
     where the squares overflow fp32 for a group's values beyond ~1e19 (no network's
-    activations: its hot kernel is left as measured on the GPU).
+    activations: its hot kernel is left as measured on the GPU). The torch backend's sums are
+    in acc over a whole (g, c) (its sum of squares overflows fp32 past ~3e38: values beyond
+    ~1e18 when there are a few); the cpu backend adds short blocks summed in acc into fp64.
     Fused eval-mode BatchNorm when ``y3`` is given (x3's shape, strides and dtype):
     y3 = x * scale[c] + shift[c] in acc, written by the pass that reads x for the sums, with
     scale = rsqrt(rv + eps) * weight and shift = bias - rm * scale (weight None: 1, bias
@@ -329,13 +331,16 @@ def launcher(backend: str, op: str) -> Callable:
 
 
 def available_backends(device: Optional[torch.device | str] = None) -> List[str]:
-    """Backends usable here: for ``device`` if given, else for any device present."""
+    """Backends usable here: for ``device`` if given (none for a CUDA device where CUDA is not
+    available), else for any device present."""
     if device is not None:
         try:
             device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise ValueError(f"device must be a torch.device or a device name such as 'cpu' or 'cuda', got "
                              f"{device!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():  # (unavailable_reason sees tensors that exist)
+            return []
         return [b for b in BACKENDS if unavailable_reason(b, device) is None]
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     return [b for b in BACKENDS if any(unavailable_reason(b, d) is None for d in devices)]
