@@ -533,7 +533,9 @@ def evaluate_set(
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
                 "training_images": distilled.num_training_images(), "labelling_teachers": labelled_by},
         "protocol": {**protocol.settings(),
-                     "student_config": dataclasses.asdict(protocol.student_config("soft", True, 0, own)),
+                     # (as the students train: on ``device``)
+                     "student_config": dataclasses.asdict(dataclasses.replace(
+                         protocol.student_config("soft", True, 0, own), device=device)),
                      "runs": {name: {"labels": labels, "augmentation_and_mixing": augmented}
                               for name, labels, augmented in RUNS},
                      "random_subset": random_subset_text(ipc, "the seed" if protocol.random_subset_seed is None

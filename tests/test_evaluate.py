@@ -36,6 +36,7 @@ def test_report_holds_every_accuracy_and_the_scores_follow_from_them(teacher, la
     lrs = [s["lrs"] for s in report["per_seed"]]
     assert report["scores"]["lrs"]["mean"] == pytest.approx(sum(lrs) / 2)
     assert report["scores"]["lrs"]["std"] == pytest.approx(abs(lrs[0] - lrs[1]) / 2)
+    assert report["protocol"]["student_config"]["device"] == "cpu"  # (where they trained, not the protocol's "auto")
     assert report["protocol"]["student_config"]["epochs"] == 2 and report["protocol"]["runs"]["hard_plain"] == \
         {"labels": "hard", "augmentation_and_mixing": False}
     json.dumps(report, allow_nan=False)  # plain JSON
