@@ -327,8 +327,9 @@ def _check_same_settings(path: Path, old: Dict[str, Any], cfg, config: Dict[str,
         if digest is not None and digest == _train_digest(cfg.dataset, cfg.data_root):
             names = []
     if names:
-        raise ValueError(another_run_message("results file", path, names, "choose another out directory or delete it",
-                                             recorded))
+        # (the whole directory: its sets, teachers, tables and plots are that run's too)
+        raise ValueError(another_run_message("results file", path, names,
+                                             f"choose another out directory or delete {path.parent}", recorded))
 
 
 def external_identity(directory, distilled) -> Dict[str, str]:

@@ -326,11 +326,14 @@ class PipelineConfig:
 
     def _check_method_options(self, where: str) -> None:
         """``method_options`` names methods that make a set and have no section of their own."""
-        own = [m.name for m in all_methods() if m.distill is not None and not m.config_section]
-        stray = sorted(set(self.method_options) - set(own))
+        makers = [m for m in all_methods() if m.distill is not None and not m.config_section]
+        own = [m.name for m in makers if m.options]
+        none = [m.name for m in makers if not m.options]  # (an empty section of one is harmless)
+        stray = sorted(k for k in self.method_options if k not in own and not (k in none and not self.method_options[k]))
         if stray:
             elsewhere = [f"{m.name}'s options go in {m.config_section}" for m in all_methods() if m.config_section] \
-                + [f"{m.name} trains on {m.trains_on}'s set" for m in all_methods() if m.trains_on]
+                + [f"{m.name} trains on {m.trains_on}'s set" for m in all_methods() if m.trains_on] \
+                + [f"{name} takes none" for name in none]
             raise ValueError(f"{where}: method_options: {', '.join(stray)} ({'; '.join(elsewhere)}; "
                              f"method_options takes {', '.join(own)})")
 
@@ -384,7 +387,11 @@ class PipelineConfig:
         and each method's budget at every ipc (INFER's K = 0 is refused before anything runs);
         the methods of ``written_for`` count where the students' options are checked."""
         makers = [m.name for m in all_methods() if m.config_section] + [get_method(m).set_method for m in self.methods]
-        parsed = {name: self.options_for(name) for name in dict.fromkeys(makers) if get_method(name).distill is not None}
+        try:
+            parsed = {name: self.options_for(name) for name in dict.fromkeys(makers)
+                      if get_method(name).distill is not None}
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         for name in self.methods:
             self._student_config_checked(where, name)
         self._check_labels_used(where, written_for)
@@ -555,8 +562,10 @@ def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
     written_for = in_file.get("methods", _default("methods"))
     written_for = [m.strip() for m in written_for if isinstance(m, str) and m.strip() in run_method_names()] \
         if isinstance(written_for, list) else []
-    cfg = PipelineConfig.from_dict({**in_file, **{k: v for k, v in overrides.items() if v is not None}}, where=path,
-                                   written_for=tuple(written_for))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # (an error may come from a value the command line gave: the prefix says which ones there are)
+    where = f"{path} with {', '.join('--' + k.replace('_', '-') for k in given)}" if given else path
+    cfg = PipelineConfig.from_dict({**in_file, **given}, where=where, written_for=tuple(written_for))
     check_ignored_settings(cfg, set(in_file), list(dict.fromkeys([*written_for, *cfg.methods])), path)
     return cfg
 

@@ -259,8 +259,13 @@ def test_run_config_method_options_are_checked():
     base = dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)], out="o")
     with pytest.raises(ValueError, match="method_options: infer .*infer's options go in recovery"):
         PipelineConfig.from_dict({**base, "method_options": {"infer": {"iterations": 2}}})
-    with pytest.raises(ValueError, match="method_options: rded: factor must be a positive integer"):
+    with pytest.raises(ValueError, match="^config: method_options: rded: factor must be a positive integer"):
         PipelineConfig.from_dict({**base, "methods": ["rded"], "method_options": {"rded": {"factor": 0}}})
+    # a method without options is not offered as taking them (it was, then refused the options given)
+    with pytest.raises(ValueError, match=r"method_options: random \(.*random takes none; method_options takes cda, "
+                                         r"rded\)$"):
+        PipelineConfig.from_dict({**base, "methods": ["random"], "method_options": {"random": {"iterations": 2}}})
+    PipelineConfig.from_dict({**base, "methods": ["random"], "method_options": {"random": {}}})
     with pytest.raises(ValueError, match="methods must be chosen from infer, infer_dyn, sre2l, random, cda, rded"):
         PipelineConfig.from_dict({**base, "methods": ["gvbsm"]})
     with pytest.raises(ValueError, match=r"student: seed is the run's to set \(seeds: N trains students of seeds "):

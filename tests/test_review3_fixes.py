@@ -148,7 +148,7 @@ def test_narrowing_a_file_with_methods_keeps_its_other_methods_student_options_v
         PipelineConfig.from_dict(values(tmp_path, methods=["random"], student={**STUDENT, "patches": 2}))
     # and a file none of whose methods uses the option is refused, narrowed or not
     path = config_file(tmp_path, methods=["infer", "random"], student={**STUDENT, "patches": 2})
-    with pytest.raises(ValueError, match=rf"^{re.escape(path)}: student: patches \(--patches\) does not apply"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(path)} with --methods: student: patches \(--patches\) does not apply"):
         load_pipeline_config(path, methods=["random"])
 
 

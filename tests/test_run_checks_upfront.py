@@ -3,6 +3,7 @@ config errors found at once (not after hours), the data by what it is (not how i
 spelled), tables and plots that describe the config, and folders that are not run directories."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -60,7 +61,9 @@ def test_a_setting_whose_results_were_never_made_may_change(tmp_path):
         load_results(path, fixed)
     old["runs"]["random/ipc2/seed0"] = {"final_accuracy": 0.5, "elapsed_s": 1.0}
     path.write_text(json.dumps(old))
-    with pytest.raises(ValueError, match=r"belongs to another run \(student\.epochs differs"):
+    # (the advice deletes the directory, not the file: what the run wrote beside it is that run's too)
+    with pytest.raises(ValueError, match=r"belongs to another run \(student\.epochs differs.*choose another out "
+                                         rf"directory or delete {re.escape(str(tmp_path))}$"):
         load_results(path, config(tmp_path, methods=["random", "rded"],
                                   method_options={"rded": {"candidates_per_class": 8}}, student={**STUDENT, "epochs": 2}))
 
@@ -250,3 +253,12 @@ def test_an_external_label_names_one_set_for_the_life_of_a_run_directory(tmp_pat
     refused({"X": where["theirs"]}, r"external: X: the images or labels of .*/theirs changed since .*results.json "
                                     r"recorded them \(relabelled or replaced\)")
     assert sorted(p.name for p in run.iterdir()) == ["results.json"]  # refused before any work
+
+
+def test_a_run_error_from_a_command_line_value_names_the_flags_given(tmp_path, capsys):
+    """The values given in the file's place are named with it (a refusal of --seeds 0 blamed the
+    file alone, which holds seeds: 1)."""
+    path = _yaml(tmp_path, methods=["random"])
+    assert main(["run", path, "--seeds", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{path} with --seeds: seeds must be a positive integer, got 0")
+    assert not (tmp_path / "run").exists()
