@@ -73,4 +73,7 @@ def _load_plugin(load: Callable[[], Any], what: str) -> None:
         load()
     except Exception as exc:
         detail = " ".join(str(exc).split())
-        raise ValueError(f"plug-in module {what} failed to load: {type(exc).__name__}: {detail}") from exc
+        # (the `infer-fast` script does not put the working directory on sys.path, as `python -m` does)
+        where = " (a module is found on sys.path: add its folder to PYTHONPATH)" \
+            if isinstance(exc, ModuleNotFoundError) else ""
+        raise ValueError(f"plug-in module {what} failed to load: {type(exc).__name__}: {detail}{where}") from exc

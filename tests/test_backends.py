@@ -86,6 +86,18 @@ def test_an_import_from_a_checkout_without_its_build_says_so(tmp_path):
     assert backends._source_tree_hint(str(package)) == ""  # (an installed package: no checkout around it)
 
 
+def test_a_missing_extension_in_a_checkout_is_not_advised_a_reinstall(monkeypatch):
+    """From a checkout the hint says what helps (reinstalling would not); elsewhere, reinstall."""
+    hint = " (Python imported infer_fast from the source tree X ...)"
+    monkeypatch.setattr(backends, "compiled_extension", lambda: (None, "ImportError: no _C" + hint))
+    monkeypatch.setattr(backends, "_source_tree_hint", lambda package=None: hint)
+    assert backends.unavailable_reason("cpu", torch.device("cpu")) == \
+        f"the compiled extension infer_fast._C did not load (ImportError: no _C{hint})"
+    monkeypatch.setattr(backends, "compiled_extension", lambda: (None, "ImportError: no _C"))
+    monkeypatch.setattr(backends, "_source_tree_hint", lambda package=None: "")
+    assert backends.unavailable_reason("cpu", torch.device("cpu")).endswith("(ImportError: no _C); reinstall infer-fast")
+
+
 def test_explicit_backend_wins_over_env_var(monkeypatch):
     monkeypatch.setenv(backends.ENV_VAR, "cuda")
     assert backends.resolve("torch", torch.device("cpu")) == "torch"

@@ -227,6 +227,18 @@ def test_a_broken_plugin_spares_built_in_names_and_is_tried_again_on_a_miss(tmp_
     assert builtins.halfplug_runs == 2
 
 
+def test_a_plugin_module_not_found_says_it_is_looked_up_on_the_python_path(monkeypatch):
+    from infer_fast import plugins
+    from infer_fast.models.registry import resolve
+
+    monkeypatch.setenv("INFER_FAST_PLUGINS", "no_such_plugin_module")
+    monkeypatch.setattr(plugins, "_plugins", "not loaded")
+    monkeypatch.setattr(plugins, "_imported", set())
+    with pytest.raises(ValueError, match=r"'no_such_plugin_module' .*failed to load: ModuleNotFoundError: .*\(a module "
+                                         r"is found on sys.path: add its folder to PYTHONPATH\)$"):
+        resolve("nosuchnet")
+
+
 def test_an_unknown_method_says_how_to_load_a_plugin():
     with pytest.raises(ValueError, match="INFER_FAST_PLUGINS=module"):
         get_method("nosuchmethod")

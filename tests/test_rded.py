@@ -46,7 +46,9 @@ def test_bad_options_are_refused_naming_the_option():
                           ({"mipc": 300}, "mipc")):
         with pytest.raises(ValueError, match=name):
             method.check_options(options)
-    with pytest.raises(ValueError, match="candidates_per_class=30 is too few"):
+    with pytest.raises(ValueError, match=r"candidates_per_class=30 is too few.*: raise candidates_per_class "
+                                         r"\(--candidates-per-class\) where the classes have the images, or lower "
+                                         r"factor \(--factor\) or ipc$"):
         rded.resolve_recipe({"candidates_per_class": 30}, "imagenet", 224, ipc=10)  # 10 * 2^2 = 40 patches
     with pytest.raises(ValueError, match="factor=40"):
         rded.resolve_recipe({"factor": 40}, "cifar10", 32, ipc=1)
@@ -323,8 +325,10 @@ def test_rded_refuses_before_loading_teachers(tmp_path):
     with pytest.raises(ValueError, match="rded with candidates_per_class=600 needs 600 images of every class, but class 0 "):
         DistillRequest(method="rded", dataset="fashion-mnist-mini", ipc=1, out_dir=tmp_path / "o",
                        teacher_paths=missing, options={"candidates_per_class": 600}, device="cpu").make_set()
+    # (to no less than what the factor needs: the advice of the "too few" refusal is not undone by this one's)
     with pytest.raises(ValueError, match=r"candidates_per_class=600 .* has 500 \(10 classes have fewer\): lower it "
-                                         r"\(--candidates-per-class\)"):
+                                         r"\(--candidates-per-class\), to no less than ipc x factor\^2 = 1 \(else "
+                                         r"lower factor \(--factor\) or ipc too\)"):
         rded.rded_set(load_dataset("fashion-mnist-mini", "train"), [CentreTeacher(10)], ipc=1,
                       options={"candidates_per_class": 600})  # the library path: the same check
     with pytest.raises(ValueError, match="teachers: method rded needs at least one teacher checkpoint"):

@@ -159,7 +159,9 @@ def _recipe(parsed: Mapping[str, Any], dataset_name: str, image_size: int, ipc: 
     needed = ipc * factor ** 2
     if recipe["candidates_per_class"] < needed:
         raise ValueError(f"candidates_per_class={recipe['candidates_per_class']} is too few: ipc={ipc} images of "
-                         f"factor^2={factor ** 2} patches need {needed} candidates per class (one patch each)")
+                         f"factor^2={factor ** 2} patches need {needed} candidates per class (one patch each): "
+                         "raise candidates_per_class (--candidates-per-class) where the classes have the images, "
+                         "or lower factor (--factor) or ipc")
     return recipe
 
 
@@ -263,7 +265,9 @@ def _checked_recipe(train, parsed: Mapping[str, Any], ipc: int) -> Dict[str, Any
     recipe = _recipe(parsed, spec.name, spec.image_size, ipc)
     candidates = recipe["candidates_per_class"]
     check_images_per_class(train.class_counts().tolist(), candidates, split_label(train),
-                           f"rded with candidates_per_class={candidates}", "lower it (--candidates-per-class)")
+                           f"rded with candidates_per_class={candidates}",
+                           f"lower it (--candidates-per-class), to no less than ipc x factor^2 = "
+                           f"{ipc * recipe['factor'] ** 2} (else lower factor (--factor) or ipc too)")
     return recipe
 
 

@@ -168,7 +168,11 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
         if dev != "cpu":
             return f"backend 'cpu' runs on CPU tensors, got a {dev} tensor"
         _, why = compiled_extension()
-        return None if why is None else f"the compiled extension infer_fast._C did not load ({why}); reinstall infer-fast"
+        if why is None:
+            return None
+        # (from a checkout, why says what to do instead: reinstalling would not help there)
+        advice = "" if _source_tree_hint() else "; reinstall infer-fast"
+        return f"the compiled extension infer_fast._C did not load ({why}){advice}"
     if name == "cuda":
         if dev != "cuda":
             return f"backend 'cuda' runs on CUDA tensors, got a {dev} tensor"
