@@ -568,7 +568,7 @@ def _add_demo_and_run(sub) -> None:
         f"(configs/*.yaml). Results go to OUT/{RESULTS_FILE} and OUT/{RUN_REPORT}.",
     )
     run.add_argument("config", help="YAML experiment config: a file, or a preset's name (an existing file wins): "
-                     + ", ".join(n for n in preset_names() if not n.startswith("teacher-")))
+                     + ", ".join(preset_names("run")))
     run.add_argument("--out", help="run directory (overrides the config's out)")
     run.add_argument("--teachers", help="comma-separated trained teacher checkpoints to use instead of training the config's")
     run.add_argument("--ipc", help="comma-separated ipc values (overrides the config's)")
@@ -592,7 +592,7 @@ def _add_teacher(sub) -> None:
         "files) as a teacher checkpoint for distill, relabel, train and run, without training.",
     )
     teacher.add_argument("--config", help="YAML file of options, or a preset's name (an existing file wins): "
-                         + ", ".join(n for n in preset_names() if n.startswith("teacher-")))
+                         + ", ".join(preset_names("teacher")))
     add_flags(teacher, teacher_options().values())
     teacher.add_argument("--quiet", action="store_true", help="no progress bars")
     teacher.set_defaults(func=cmd_teacher)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+import re
+from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import yaml
 
@@ -18,11 +19,13 @@ from ._io import TOO_DEEP, parse_failure
 from .checks import is_digits
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that gives a key twice (YAML keeps the last
-    silently: ``seeds: 0`` then ``seeds: 1`` would run one seed without a word)."""
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, the one every YAML read of infer-fast goes through (:func:`read_yaml`):
+    it reads ``1e-3`` as a float, and refuses a mapping that gives a key twice."""
 
     def construct_mapping(self, node, deep=False):
+        """A mapping, refused where it gives a key twice (YAML keeps the last silently: ``seeds: 0``
+        then ``seeds: 1`` would run one seed without a word)."""
         if isinstance(node, yaml.MappingNode):
             first_line: Dict[Any, int] = {}
             for key_node, _ in node.value:
@@ -38,6 +41,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: the base class says so
                     continue
         return super().construct_mapping(node, deep)
+
+
+# PyYAML resolves floats as YAML 1.1 does, which wants a dot and a signed exponent ("1.0e-3"):
+# "1e-3", "5E4", "1.0e3" stayed strings, and an lr of 1e-3 was refused. YAML 1.2's form of a float
+# with an exponent is added (an int has none: it stays an int; "1e", "e5" match neither: strings).
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(stream: Union[str, IO]) -> Any:
+    """The YAML document in ``stream`` (a string or a file), read by infer-fast's loader
+    (:class:`_Loader`); yaml.YAMLError where it is none."""
+    return yaml.load(stream, Loader=_Loader)
+
+
+def yaml_text(value: Any) -> str:
+    """``value`` as one line of YAML (flow style: ``{name: imagefolder, image_size: 28}``), which
+    :func:`read_yaml` reads back as it was."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=float("inf"))
+    return text.removesuffix("\n...\n").strip()  # (the end of document PyYAML marks after a plain scalar)
 
 
 def _yaml_error(path: str, exc: yaml.YAMLError) -> str:
@@ -63,44 +88,69 @@ def preset_folder() -> Optional[str]:
     return None
 
 
-def preset_names() -> List[str]:
-    """The names of the shipped presets (their files' names without ``.yaml``), sorted."""
+# a preset named so is a teacher's config (``infer-fast teacher --config``); the others are runs' (``infer-fast run``)
+TEACHER_PRESET_PREFIX = "teacher-"
+
+
+def preset_command(name: str) -> str:
+    """The command whose config the preset ``name`` is: ``teacher`` or ``run``."""
+    return "teacher" if name.startswith(TEACHER_PRESET_PREFIX) else "run"
+
+
+def preset_names(command: Optional[str] = None) -> List[str]:
+    """The names of the shipped presets (their files' names without ``.yaml``), sorted; given
+    ``command`` (``run``, ``teacher``, ``distill``...), only the presets of its config
+    (:func:`preset_command`: none for a command other than run and teacher)."""
     folder = preset_folder()
     if folder is None:
         return []
-    return sorted(name[:-len(".yaml")] for name in os.listdir(folder)
-                  if name.endswith(".yaml") and os.path.isfile(os.path.join(folder, name)))
+    names = sorted(name[:-len(".yaml")] for name in os.listdir(folder)
+                   if name.endswith(".yaml") and os.path.isfile(os.path.join(folder, name)))
+    return [name for name in names if command is None or preset_command(name) == command]
 
 
-def config_file(value: str, what: str = "config file") -> str:
+def config_file(value: str, what: str = "config file", command: Optional[str] = None) -> str:
     """The YAML file that a config argument ``value`` names: ``value`` itself when it is an
     existing file, or a pipe or device read as one (``run <(envsubst < template.yaml)``,
     /dev/stdin: a config is read once) (a path always wins), else the shipped preset of that
     name, given as ``fashion-mnist``, ``fashion-mnist.yaml`` or ``configs/fashion-mnist.yaml``
-    (as the README spells it), from any directory. Neither: FileNotFoundError
-    (IsADirectoryError for a directory) naming ``what`` and listing the presets."""
+    (as the README spells it), from any directory: one of ``command``'s presets where the
+    command is given (:func:`preset_names`; a preset of another command would only be refused
+    for its options). Neither: FileNotFoundError (IsADirectoryError for a directory) naming
+    ``what`` and listing those presets."""
     value = os.fspath(value)
     if os.path.exists(value) and not os.path.isdir(value):
         return value
     head, name = os.path.split(value)
     if name.endswith(".yaml"):
         name = name[:-len(".yaml")]
-    names = preset_names()
-    if head in ("", "configs") and name in names:
+    names = preset_names(command)
+    is_preset = head in ("", "configs") and name in preset_names()
+    if is_preset and name in names:
         return os.path.join(preset_folder(), name + ".yaml")
-    presets = f"presets: {', '.join(names)}" if names else "no presets are installed"
+    takes_presets = command is None or bool(names) or not preset_names()  # (distill's config is a file)
+    if not takes_presets:
+        presets = f"`infer-fast {command}` has no presets"
+    else:
+        presets = f"presets: {', '.join(names)}" if names else "no presets are installed"
+    if is_preset:  # (another command's: whose it is)
+        why = f", and {name!r} is a preset of `infer-fast {preset_command(name)}`, not of `infer-fast {command}`"
+    else:
+        why = ", and no preset has that name" if takes_presets else ""
     if os.path.isdir(value):
-        raise IsADirectoryError(f"{what} {value!r} is a directory, expected a file or a preset's name ({presets})")
-    raise FileNotFoundError(f"{what} {value!r} does not exist, and no preset has that name ({presets})")
+        expected = "a file or a preset's name" if takes_presets else "a file"
+        raise IsADirectoryError(f"{what} {value!r} is a directory, expected {expected}{why if is_preset else ''} "
+                                f"({presets})")
+    raise FileNotFoundError(f"{what} {value!r} does not exist{why} ({presets})")
 
 
-def load_yaml(path: str) -> Dict[str, Any]:
-    """The mapping in the YAML file ``path`` (a file, or a preset's name: :func:`config_file`),
-    its keys with ``_`` for ``-``."""
-    path = config_file(path)
+def load_yaml(path: str, command: Optional[str] = None) -> Dict[str, Any]:
+    """The mapping in the YAML file ``path`` (a file, or a preset's name, one of ``command``'s
+    where given: :func:`config_file`), its keys with ``_`` for ``-``."""
+    path = config_file(path, command=command)
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)
+            data = read_yaml(f)
         except yaml.YAMLError as exc:
             raise ValueError(_yaml_error(path, exc)) from None
         except UnicodeDecodeError as exc:
@@ -139,7 +189,7 @@ def _paths_expanded(options: Mapping[str, Any], values: Dict[str, Any]) -> Dict[
 
 
 def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterable[str],
-          options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+          options: Optional[Mapping[str, Any]] = None, command: Optional[str] = None) -> Dict[str, Any]:
     """Values from ``config_path`` overridden by the options set on the command line.
 
     Options the user did not give are ``None`` in ``args`` (parsers use default=None and
@@ -147,13 +197,14 @@ def merge(args: argparse.Namespace, config_path: Optional[str], allowed: Iterabl
     :class:`infer_fast.options.Option`, the declaration its flag comes from) checks the
     file's values as the flags' are (a name without one is its owner's to check), and
     expands ``~`` in those of its path options (:func:`home_expanded`), as a shell does in
-    the flags'."""
+    the flags'. A preset's name for ``config_path`` is one of ``command``'s (default: the
+    subcommand that parsed ``args``, the CLI's ``dest="command"``; none: any preset)."""
     from .options import check_values, given_value
 
     allowed = set(allowed)
     merged: Dict[str, Any] = {}
     if config_path:
-        from_file = load_yaml(config_path)
+        from_file = load_yaml(config_path, command or getattr(args, "command", None))
         unknown = sorted(set(from_file) - allowed)
         if unknown:
             raise ValueError(f"config file {config_path!r}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -198,8 +249,8 @@ def positive_floats(option: str, value: str) -> List[float]:
 
 
 def yaml_value(text: str):
-    """A command-line value typed as YAML types it ("2" -> 2, "[0.5, 1]" -> a list)."""
+    """A command-line value typed as YAML types it ("2" -> 2, "1e-3" -> 0.001, "[0.5, 1]" -> a list)."""
     try:
-        return yaml.safe_load(text)
+        return read_yaml(text)
     except yaml.YAMLError:
         return text

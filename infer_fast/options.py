@@ -18,7 +18,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .checks import check_choice, check_int
 
@@ -315,6 +315,32 @@ def _flag_type(opt: Option):
 
     off_or.__name__ = parse.__name__  # (argparse names the type in its error: "invalid float value")
     return off_or
+
+
+def flag_words(opt: Option, value: Any) -> Optional[List[str]]:
+    """The command-line words that give ``opt`` the value ``value``, as its flag
+    (:func:`add_flags`, :func:`_flag_type`) reads them back: ``["--lr", "0.05"]``, a switch
+    alone where ``value`` is not its default (none where it is), ``["--x", "off"]`` for a None
+    called "off"; None where the flag cannot give it (no flag, a mapping for a flag that takes a
+    name, another None): a config file can."""
+    from .config import yaml_text
+
+    flag = opt.flag_name
+    if flag is None:
+        return None
+    if opt.kind is bool and isinstance(value, bool):
+        return [flag] if value != opt.default else []
+    if value is None:
+        return [flag, "off"] if opt.none == "off" else None
+    if isinstance(opt.kind, tuple) and str in opt.kind:  # (a dataset: its flag takes a name only)
+        return [flag, value] if isinstance(value, str) else None
+    if opt.kind in (int, float):
+        return [flag, str(value)]
+    if opt.kind in (str, PATH, PATHS) and isinstance(value, (str, os.PathLike)):
+        return [flag, os.fspath(value)]
+    if opt.kind in (PATHS, tuple) and isinstance(value, (list, tuple)):  # (comma-separated, as the flag takes it)
+        return [flag, ",".join(v if isinstance(v, str) else yaml_text(v) for v in value)]
+    return [flag, yaml_text(value)]  # (typed as YAML types it)
 
 
 def given_config(name: str, value: Any, cls: type, default: Optional[Callable[[], Any]] = None):

@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Sequence, Set, TypeVar, Union, cast
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, TypeVar, Union, cast
 
 from ._io import (REPLACED, TEMP, OutputPathError, check_writable, hidden_sibling_owner, hidden_sibling_pattern,
                   recovery_checkpoint_path, recovery_results_dir)
@@ -39,6 +39,10 @@ _NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVA
 
 class OutputInUseError(ValueError):
     """Another process is writing the same output (the user's to resolve: wait, or choose another)."""
+
+
+# what a refusal of an output in use advises besides waiting, unless its writer says otherwise
+CHOOSE_ANOTHER = "choose another output"
 
 
 class LockUnsupportedError(OutputPathError):
@@ -151,10 +155,13 @@ def _remove(path: str) -> None:
 
 @contextlib.contextmanager
 def output_lock(output: PathLike, what: str = "output", inside: bool = False,
-                folders: Sequence[str] = (), wait: bool = False) -> Iterator[None]:
+                folders: Sequence[str] = (), wait: bool = False,
+                instead: Optional[str] = CHOOSE_ANOTHER) -> Iterator[None]:
     """Hold the lock of ``output`` (which need not exist yet; with ``inside`` a directory made
     if needed, the lock file in it) until the block ends; refuse with OutputInUseError if
-    another process holds it, or with ``wait`` wait for it to let go (a line on stderr, once,
+    another process holds it (advising to wait for it, or ``instead``: what else the caller
+    can do, e.g. "choose another --out"; None where there is nothing else, as for a set
+    relabelled in place), or with ``wait`` wait for it to let go (a line on stderr, once,
     names the holder: a waiting process is not a hung one). Removes the stale leftovers once
     held (with ``folders``, a run directory's: those in the folders it writes too). On a file
     system without flock: LockUnsupportedError."""
@@ -162,7 +169,7 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False,
     path = lock_path(output, inside)
     made: List[Path] = []  # the folders made for the lock file: removed when let go, where still empty
     try:
-        with _locked(path, output, what, made, wait) as fd:
+        with _locked(path, output, what, made, wait, instead) as fd:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
             _sweep(Path(output), folders)
@@ -213,7 +220,8 @@ def _remove_empty(folders: List[Path]) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, output: PathLike, what: str, made: List[Path], wait: bool) -> Iterator[int]:
+def _locked(path: Path, output: PathLike, what: str, made: List[Path], wait: bool,
+            instead: Optional[str]) -> Iterator[int]:
     """The descriptor of the lock file ``path``, flock held (:func:`output_lock`); the folders
     made for it are added to ``made``."""
     said_waiting = False
@@ -225,8 +233,9 @@ def _locked(path: Path, output: PathLike, what: str, made: List[Path], wait: boo
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
                 if not wait:
-                    raise OutputInUseError(f"{what} {output} is being written by {holder}: wait for it to finish, "
-                                           "or choose another output") from None
+                    otherwise = f", or {instead}" if instead else ""
+                    raise OutputInUseError(f"{what} {output} is being written by {holder}: wait for it to "
+                                           f"finish{otherwise}") from None
                 if not said_waiting:
                     print(f"waiting for {holder} to finish writing {what} {output}", file=sys.stderr, flush=True)
                     said_waiting = True
@@ -259,12 +268,14 @@ def _locked(path: Path, output: PathLike, what: str, made: List[Path], wait: boo
 
 @contextlib.contextmanager
 def job_output_lock(output: PathLike, what: str = "output", inside: bool = False,
-                    every_rank: bool = True, folders: Sequence[str] = ()) -> Iterator[None]:
+                    every_rank: bool = True, folders: Sequence[str] = (),
+                    instead: Optional[str] = CHOOSE_ANOTHER) -> Iterator[None]:
     """:func:`output_lock`, held by rank 0 of a torchrun job for all its ranks (they share the
     output). ``every_rank``: every rank enters this (a recovery split across them, a run); then
     a refusal (another writer, an output that cannot be written) stops every rank with rank 0's
     error, instead of leaving the others waiting for it in their next collective. Else rank 0
-    alone makes the output (the others never get here: no collective)."""
+    alone makes the output (the others never get here: no collective). ``instead``: what a
+    refusal advises besides waiting (:func:`output_lock`)."""
     from .distributed import all_gather_object, rank_and_world
 
     rank, world = rank_and_world()
@@ -274,7 +285,7 @@ def job_output_lock(output: PathLike, what: str = "output", inside: bool = False
         refused = None
         if rank == 0:
             try:
-                held.enter_context(output_lock(output, what, inside, folders))
+                held.enter_context(output_lock(output, what, inside, folders, instead=instead))
             except Exception as exc:  # noqa: BLE001 - every rank raises it, below
                 refused = exc
         if world > 1:
@@ -284,18 +295,20 @@ def job_output_lock(output: PathLike, what: str = "output", inside: bool = False
         yield
 
 
-def holds_output(parameter: str, what: str = "output directory",
-                 every_rank: bool = True) -> Callable[[Function], Function]:
+def holds_output(parameter: str, what: str = "output directory", every_rank: bool = True,
+                 instead: Optional[str] = CHOOSE_ANOTHER) -> Callable[[Function], Function]:
     """Decorator: the function runs holding the lock of its argument ``parameter``
     (:func:`job_output_lock`: rank 0 of a torchrun job holds it for every rank; ``every_rank``
-    False for a function that rank 0 alone runs)."""
+    False for a function that rank 0 alone runs; ``instead``: what a refusal advises besides
+    waiting, None for an argument rewritten in place)."""
 
     def decorate(function: Function) -> Function:
         signature = inspect.signature(function)
 
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
-            with job_output_lock(signature.bind(*args, **kwargs).arguments[parameter], what, every_rank=every_rank):
+            with job_output_lock(signature.bind(*args, **kwargs).arguments[parameter], what, every_rank=every_rank,
+                                 instead=instead):
                 return function(*args, **kwargs)
 
         return cast(Function, wrapper)

@@ -107,7 +107,8 @@ def relabel(distilled: DistilledSet, teachers: Union[nn.Module, Sequence[nn.Modu
     return distilled
 
 
-@holds_output("directory", "distilled set", every_rank=False)  # (one process, or a run's rank 0)
+# (one process, or a run's rank 0; rewritten in place: no other output to choose)
+@holds_output("directory", "distilled set", every_rank=False, instead=None)
 def relabel_directory(directory: PathLike, teacher_paths: Union[PathLike, Sequence[PathLike]], device: str = "cpu",
                       batch_size: int = 256, progress: bool = False) -> DistilledSet:
     """Load the set at ``directory``, relabel it with the teachers at ``teacher_paths`` and save

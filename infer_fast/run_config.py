@@ -558,7 +558,7 @@ def load_pipeline_config(path: str, **overrides: Any) -> PipelineConfig:
     ``student`` options their students use: PipelineConfig's ``written_for``)."""
     from .config import load_yaml
 
-    in_file = _as_fields(load_yaml(path))
+    in_file = _as_fields(load_yaml(path, command="run"))
     written_for = in_file.get("methods", _default("methods"))
     written_for = [m.strip() for m in written_for if isinstance(m, str) and m.strip() in run_method_names()] \
         if isinstance(written_for, list) else []

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
@@ -38,7 +39,8 @@ from .imagenet_wnids import IMAGENET_WNIDS
 from .choices import DEVICE_CHOICES, PRECISIONS
 from .mixed_precision import (CHANNELS_LAST_HELP, TRAINING_PRECISION_HELP, autocast, batch_in_layout,
                               model_in_layout)
-from .options import (CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of,
+from .config import yaml_text
+from .options import (CheckedWhenMade, check_fields, flag_words, given_config, hold_as_made, option, options_of,
                       result_neutral_fields)
 from .run_identity import check_same_run
 from .step_losses import StepLosses
@@ -390,7 +392,8 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
         bad = int((~torch.isfinite(step_losses.values[:len(step_losses.sizes)])).nonzero()[0])
         raise TeacherDivergedError(
             f"teacher training diverged: the training loss became non-finite (nan or inf) at epoch {epoch + 1}, "
-            f"step {bad + 1} of {steps}, with lr {cfg.lr:g}: try a lower --lr (this epoch was not saved)")
+            f"step {bad + 1} of {steps}, with lr {cfg.lr:g}: try a lower learning rate "
+            "(--lr; a run config's teachers: lr) (this epoch was not saved)")
     return mean
 
 
@@ -457,10 +460,8 @@ def load_teacher(
         channels, image_size = _data_inputs(path, ckpt, dataset, num_classes, channels, image_size)
     check_class_names(ckpt.get("class_names"), class_names, f"teacher {path!r}", names_from, OTHER_CLASSES_TODO)
     if ckpt.get("train_state") is not None:
-        raise ValueError(
-            f"teacher {path!r} is unfinished ({ckpt['epochs_done']}/{ckpt['config']['epochs']} epochs): "
-            "run `infer-fast teacher` again with the same --out to finish it"
-        )
+        raise ValueError(f"teacher {path!r} is unfinished ({ckpt['epochs_done']}/{ckpt['config']['epochs']} epochs): "
+                         f"finish its training with `{continue_command(path, ckpt['config'])}`")
     # its layout first, built without memory: a checkpoint naming a model far larger than its
     # weights (a tiny file naming convnet-w30000-d3) is refused before GBs are allocated
     layout = _build_teacher_model(path, ckpt, on_meta=True)
@@ -477,6 +478,27 @@ def load_teacher(
     _check_weights(path, model)
     model = model.to(dev).eval().requires_grad_(False)
     return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+
+
+def continue_command(path: str, config: Mapping[str, Any]) -> str:
+    """The `infer-fast teacher` command that continues the training of the checkpoint ``path``,
+    whose config records ``config`` (its TeacherConfig's fields): each recorded setting that is
+    not the default, as its flag (options.flag_words); one no flag takes (a dataset mapping) in a
+    config piped in (--config /dev/stdin). The result-neutral ones (the device) are left to this
+    machine: a teacher trained on cuda:3 continues wherever the command runs."""
+    words: List[str] = []
+    piped: Dict[str, Any] = {}
+    for name, opt in options_of(TeacherConfig).items():
+        if name not in config or config[name] == opt.default or opt.result_neutral:  # (older than the setting:
+            continue                                                                  # its default, as resumed)
+        given = flag_words(opt, config[name])
+        if given is None:
+            piped[name] = config[name]
+        else:
+            words += given
+    command = shlex.join(["infer-fast", "teacher", *(["--config", "/dev/stdin"] if piped else []), *words,
+                          "--out", path])
+    return f"echo {shlex.quote(yaml_text(piped))} | {command}" if piped else command
 
 
 def _build_teacher_model(path: str, ckpt: Dict[str, Any], on_meta: bool = False) -> Optional[nn.Module]:

@@ -246,7 +246,7 @@ def test_a_diverging_teacher_stops_with_one_error_and_no_final_checkpoint(tmp_pa
         train_teacher(TeacherConfig(epochs=2, **{**TINY, "batch_size": 20, "lr": 1e10}), str(out), progress=False)
     msg = str(info.value)
     assert isinstance(info.value, ValueError)  # (the CLI's one line)
-    assert "non-finite" in msg and "at epoch 1, step " in msg and "of 5" in msg and "lower --lr" in msg
+    assert "non-finite" in msg and "at epoch 1, step " in msg and "of 5" in msg and "lower learning rate (--lr" in msg
     assert not out.exists()
 
 

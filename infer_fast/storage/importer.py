@@ -245,7 +245,21 @@ def _is_gray(rgb_image) -> bool:
     return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
-def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
+def _other_size(path: Path, found: Tuple[int, int], size: Tuple[int, int], sized_by_user: bool) -> DistilledSetError:
+    """The refusal of an image of ``found`` (width, height) pixels for a dataset of ``size``: a
+    folder dataset (``sized_by_user``: ImageNet, Tiny-ImageNet, an image folder) is read at the
+    size given, which a square image can be; the others have one size."""
+    width, height = found
+    message = f"{path}: {width}x{height} pixels, the dataset's images are {size[1]}x{size[0]} (import does not resize)"
+    if sized_by_user and width == height:
+        return DistilledSetError(f"{message}: import the set at its size with --image-size {width} (image_size: "
+                                 f"{width} in a dataset mapping)")
+    return DistilledSetError(message)
+
+
+def _read_image(path: Path, channels: int, size: Tuple[int, int], sized_by_user: bool = False) -> Tensor:
+    """The image file ``path`` as a (channels, H, W) uint8 tensor, refused unless it has the
+    dataset's ``channels`` and ``size`` (``sized_by_user``: :func:`_other_size`)."""
     from PIL import Image, UnidentifiedImageError
 
     from ..data.folders import WIDE_GRAY_MODES, as_8bit
@@ -253,8 +267,7 @@ def _read_image(path: Path, channels: int, size: Tuple[int, int]) -> Tensor:
     try:
         with Image.open(path) as im:
             if im.size != (size[1], size[0]):
-                raise DistilledSetError(f"{path}: {im.size[0]}x{im.size[1]} pixels, the dataset's images are "
-                                        f"{size[1]}x{size[0]} (import does not resize)")
+                raise _other_size(path, im.size, size, sized_by_user)
             kind = f"a {im.mode} image"
             if im.mode == "P":  # (a palette: its colours decide, as they would in the same image saved as RGB)
                 im, kind = im.convert("RGB"), "a palette (P) image in colour"
@@ -554,6 +567,8 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     by default). The budget's ipc is the largest images-per-class count (the storage a method was
     given); ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
     counts and every file's SHA-256. Errors name the folder or file."""
+    from ..data.registry import get_dataset
+
     root = Path(source)
     if not root.is_dir():
         raise DistilledSetError(f"{root}: not a directory of class folders")
@@ -561,6 +576,7 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     folders = _class_folder_paths(root)
     spec, by_folder_name = _import_spec(dataset, listing, root, folders)
     size = (spec.image_size, spec.image_size)
+    sized_by_user = get_dataset(spec.name).layout == "folders"  # (read at the size given: dataset_options)
     images, labels, checksums, counts = [], [], {}, []
     for label, folder in _class_folders(root, folders, spec, listing, by_folder_name):
         named = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -571,7 +587,7 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
         if not files and not _exported_empty(listing, folder):
             raise DistilledSetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         for path in files:
-            images.append(_read_image(path, spec.channels, size))
+            images.append(_read_image(path, spec.channels, size, sized_by_user))
             labels.append(label)
             checksums[str(path.relative_to(root))] = file_sha256(path)
         counts.append(len(files))
