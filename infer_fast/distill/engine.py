@@ -24,7 +24,7 @@ from ..ops import BNStatTracker, RowsFrom, chunked_loss_backward, ufc_compose
 from ..mixed_precision import model_in_layout
 from ..models import device_of, is_float32
 from ..ops.backends import resolve as resolve_backend
-from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode
+from ..ops.bn_hooks import BN_TYPES, bn_layers, check_eval_mode, check_no_compiled_submodule
 from ..ops.reference import at_least_fp32
 from ..progress import progress_bar, say
 from ..teacher import teacher_label
@@ -41,14 +41,34 @@ def check_teacher(teacher: nn.Module, m: int, path: Optional[str] = None, match_
     teacher.teacher_label) unless its
     BatchNorm statistics can be matched (ops.bn_hooks.matchable: a BatchNorm1d/2d layer at
     least, each with running statistics; BatchNorm3d refused), where ``match_bn`` (r_bn > 0: a
-    CE-only recovery needs none), and every BatchNorm layer is in eval mode
+    CE-only recovery needs none) with no torch.compile'd submodule, whose hooks would not run
+    (ops.bn_hooks.check_no_compiled_submodule), and every BatchNorm layer is in eval mode
     (ops.bn_hooks.check_eval_mode): the one check every path makes, before any work."""
     from ..ops.bn_hooks import matchable
 
     who = teacher_label(m, path, count)
     if match_bn:
         matchable(bn_layers(teacher), who)
+        check_no_compiled_submodule(teacher, who)
     check_eval_mode(teacher, who=who)
+
+
+def check_compiler(config: RecoveryConfig, device: torch.device) -> None:
+    """ValueError naming compile where ``config`` compiles the teacher pass on the CPU and
+    inductor finds no working C++ compiler (it would fail at the first iteration). Checked with
+    inductor's own lookup; a torch without it is left to fail where it compiles."""
+    if config.compile == "off" or device.type != "cpu":
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # (InvalidCxxCompiler, or the failure of the one found)
+        raise ValueError(f"compile={config.compile!r} (--compile) on the CPU needs a working C++ compiler for "
+                         f"torch.compile ({type(exc).__name__}: {' '.join(str(exc).split())}): install one (g++) or "
+                         "set CXX to it, or use compile 'off'") from None
 
 
 @contextlib.contextmanager

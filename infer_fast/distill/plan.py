@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from .. import memory
 from ..grad_mode import autograd_usable, holds_inference_tensors, training_grad_mode
 from ..ops import BNStatTracker
-from ..ops.bn_hooks import bn_layers
 
 CPU_MAX_IMAGES = 512  # automatic group size on CPU: at most this many images per batch
 MEMORY_FRACTION = 0.6  # automatic plan: the share of the available memory a batch may use
@@ -216,12 +215,12 @@ def _probe_input(teacher: nn.Module, natural: Tensor, rows: int, copy: bool = Fa
 
 def _probe_loss(teacher: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     """The recovery objective (CE + BN statistics) of one group on ``x``; CE alone for a
-    teacher without BatchNorm statistics to match (no BatchNorm layer, or one without running
-    statistics: accepted where r_bn is 0, jobs.check_common)."""
-    layers = bn_layers(teacher)
-    if not layers or any(m.running_mean is None or m.running_var is None for _, m in layers):
+    teacher whose statistics a tracker refuses to match (no BatchNorm layer, one without
+    running statistics, a compiled submodule: accepted only where r_bn is 0, jobs.check_common)."""
+    try:
+        tracker = BNStatTracker(teacher, groups=1)
+    except ValueError:
         return F.cross_entropy(teacher(x), labels)
-    tracker = BNStatTracker(teacher, groups=1)
     try:
         return F.cross_entropy(teacher(x), labels) + tracker.weighted_sum(1.0).sum()
     finally:

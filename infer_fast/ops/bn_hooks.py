@@ -88,6 +88,20 @@ def uncompiled(model: nn.Module) -> nn.Module:
     return model
 
 
+def check_no_compiled_submodule(model: nn.Module, who: str) -> None:
+    """ValueError naming ``who`` where a submodule below the top of ``model`` is torch.compile'd:
+    a graph Dynamo traced before hooks were added does not run them, so its BatchNorm layers
+    would be left out of a loss silently (and the first layer's weight put on another one).
+    The top itself is unwrapped by :func:`uncompiled`; a submodule cannot be without changing
+    the caller's model."""
+    kind = _compiled_class()
+    nested = [name for name, m in model.named_modules() if name and kind is not None and isinstance(m, kind)]
+    if nested:
+        raise ValueError(f"{who}: submodule {nested[0]!r} is torch.compile'd: hooks added after Dynamo traced it do "
+                         "not run, so its BatchNorm layers would be left out of the loss; give the model with it "
+                         f"uncompiled (its ._orig_mod)")
+
+
 def as_ops_input(x: Tensor) -> Tensor:
     """A BatchNorm1d's (N, C, L) input as the ops take it, the view (N, C, L, 1): per channel
     the same N*L values, so the same statistics and loss; (N, C) and (N, C, H, W) as they are."""
@@ -188,6 +202,8 @@ class BNStatTracker:
         self._in_model_call = False
         self.layers = matchable(bn_layers(model), f"model {type(model).__name__}")
         self._compiled = _holds_compiled(model)
+        if not fused:  # (a fused layer's replaced class is seen by Dynamo's guards: it traces again)
+            check_no_compiled_submodule(model, f"model {type(model).__name__}")
         for name, module in self.layers:
             if fused and isinstance(module, _FusedBatchNorm):
                 raise ValueError(f"fused=True: BatchNorm layer {name!r} already has its forward replaced (another "

@@ -110,7 +110,9 @@ def bn_eval_with_stat_loss(
             raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+    # (under torch.compile(dynamic=True) eps is a symbolic float that math cannot read: the op checks it)
+    if not torch.compiler.is_compiling() and (
+            not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0):
         raise ValueError(f"eps must be a finite non-negative float, got {eps!r}")
     name = backends.resolve(backend, x.device)
     running_mean, running_var, weight, bias = (_dense(t) for t in (running_mean, running_var, weight, bias))
