@@ -283,7 +283,7 @@ def evaluate_set_dd_ranking(
     runs = _Runs(protocol, dataset, students, device, protocol.student_count(), progress,
                  set_student_settings(distilled))
     rounds: List[Dict[str, Any]] = []
-    with checkpoints_held(checkpoints):  # (the full-data runs of the rounds train in there too)
+    with checkpoints_held(checkpoints, "evaluate_set_dd_ranking"):  # (the rounds' full-data runs train in there too)
         try:
             for i in range(protocol.rounds):
                 seed = round_seed(i)
@@ -316,7 +316,8 @@ def evaluate_set_dd_ranking(
                         f"{k} {100 * v['accuracy']:.2f}%" for k, v in r.items()) + f", full data {100 * full:.2f}%")
         finally:
             runs.close()
-    student_config = protocol.student_config(dataset, "soft", True, grid[0], 0, runs.set_settings)
+    student_config = dataclasses.replace(protocol.student_config(dataset, "soft", True, grid[0], 0, runs.set_settings),
+                                         device=device)  # (as the students train: on ``device``)
     random_subset_line = random_subset_text(ipc, "the round's seed" if protocol.random_subset_seed is None
                                             else f"seed {protocol.random_subset_seed} in every round", static,
                                             labelled_by)

@@ -50,7 +50,7 @@ import os
 import re
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -244,15 +244,21 @@ def checkpoint_files(folder, full_data: bool = True) -> List[str]:
     return sorted(path for source in sources for path in glob.glob(os.path.join(where, f"{source}-*.pt")))
 
 
-def checkpoints_held(checkpoints) -> ContextManager[None]:
+@contextlib.contextmanager
+def checkpoints_held(checkpoints, call: str) -> Iterator[None]:
     """The output lock of the checkpoints folder ``checkpoints`` (made if needed) while an
     evaluation trains into it (two evaluations continuing the same students would overwrite
-    each other's epochs); nothing without a folder."""
+    each other's epochs); nothing without a folder. A stop (interrupts.Interrupted) leaving it
+    says how the evaluation (the function ``call``) continues, over what its full-data run or
+    a student said of its own checkpoint (a temporary file without a folder: nothing kept)."""
+    from . import interrupts
     from .output_lock import output_lock
 
-    if checkpoints is None:
-        return contextlib.nullcontext()
-    return output_lock(checkpoints, "evaluation checkpoints folder", inside=True)
+    how = "" if checkpoints is None else \
+        f"progress is saved in {checkpoints}: call {call} again with the same checkpoints to continue"
+    with interrupts.continued_by(how), (contextlib.nullcontext() if checkpoints is None else
+                                        output_lock(checkpoints, "evaluation checkpoints folder", inside=True)):
+        yield
 
 
 def train_full_data(model: str, dataset: str, data_root, device: str, epochs: int, progress: bool,
@@ -425,14 +431,16 @@ def labelling_teachers(distilled, teacher_digests: Sequence[str], static_labels:
                        todo: str = OTHER_LABELLING_TEACHERS_TODO) -> Dict[str, Any]:
     """What the report says of the teachers behind the set's soft labels
     (``report["set"]["labelling_teachers"]``: ``checked`` True, False with a ``note`` saying why,
-    None where not needed). With static labels the random subsets are
+    None where not needed: per-batch labels, by the teachers given, whose digests it records). With
+    static labels the random subsets are
     labelled by the teachers given (``teacher_digests``: _io.model_digest of each), so IOR
     compares like with like only if those labelled the set too: a ValueError, before any
     work, when the set's relabel record (relabel.relabel_record) names others (``todo``: what
     the message advises). A set that records none (relabelled before the record, imported) is
     evaluated, and the report says its teachers were not checked."""
-    if not static_labels:
-        return {"checked": None, "note": "not needed: the teachers given here label every soft-label batch"}
+    if not static_labels:  # (the teachers that labelled the students, by their weights)
+        return {"teachers_sha256": list(teacher_digests), "checked": None,
+                "note": "not needed: the teachers given here label every soft-label batch"}
     record = (distilled.hyperparameters or {}).get("relabel")
     record = record if isinstance(record, dict) else {}
     recorded = record.get("teachers_sha256")
@@ -497,7 +505,7 @@ def evaluate_set(
     train = load_dataset(distilled.real_dataset, "train", data_root=data_root, progress=progress)
     test = load_test_split(distilled.real_dataset, data_root=data_root, decode_cache=decode_cache, progress=progress)
     check_test_set(distilled, test)  # (before the full-data run trains: the data must be the set's classes)
-    with checkpoints_held(checkpoints):
+    with checkpoints_held(checkpoints, "evaluate_set"):
         full = _full_data_accuracy(protocol, distilled, data_root, device, full_data_checkpoint, progress, reuse,
                                    checkpoints)
         students = Students(reuse, test, teachers, digests, distilled.real_dataset, data_root, checkpoints)

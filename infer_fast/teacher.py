@@ -484,13 +484,15 @@ def continue_command(path: str, config: Mapping[str, Any]) -> str:
     """The `infer-fast teacher` command that continues the training of the checkpoint ``path``,
     whose config records ``config`` (its TeacherConfig's fields): each recorded setting that is
     not the default, as its flag (options.flag_words); one no flag takes (a dataset mapping) in a
-    config piped in (--config /dev/stdin). The result-neutral ones (the device) are left to this
-    machine: a teacher trained on cuda:3 continues wherever the command runs."""
+    config piped in (--config /dev/stdin). The device is left to this machine (a teacher trained
+    on cuda:3 continues wherever the command runs); the data root is given (the data is found
+    there), the other result-neutral settings as recorded."""
     words: List[str] = []
     piped: Dict[str, Any] = {}
     for name, opt in options_of(TeacherConfig).items():
-        if name not in config or config[name] == opt.default or opt.result_neutral:  # (older than the setting:
-            continue                                                                  # its default, as resumed)
+        # (a setting older than the checkpoint: its default, as resumed)
+        if name not in config or config[name] == opt.default or name == "device":
+            continue
         given = flag_words(opt, config[name])
         if given is None:
             piped[name] = config[name]

@@ -107,14 +107,24 @@ def test_the_command_an_unfinished_teacher_gives_finishes_it(tmp_path, monkeypat
 
 def test_a_dataset_mapping_is_piped_in_as_a_config_and_the_command_finishes_the_teacher(tmp_path, monkeypatch,
                                                                                         small_data):
+    """An image folder's: the data root (result-neutral, but where the data is) is in the command."""
+    from infer_fast.data.folders import write_image_folder
+
     monkeypatch.chdir(tmp_path)
-    _unfinished_teacher(tmp_path / "m.pt", monkeypatch, TeacherConfig(epochs=2, **{**TINY, "dataset": {
-        "name": "fashion-mnist-mini"}}))
-    echo, command = _finishing_command("m.pt").split(" | ")
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for split in ("train", "test"):
+        write_image_folder(str(tmp_path / "my data" / split), images, torch.arange(2).repeat_interleave(10))
+    dataset = {"name": "imagefolder", "image_size": 8}
+    _unfinished_teacher(tmp_path / "m.pt", monkeypatch, TeacherConfig(
+        epochs=2, **{**TINY, "dataset": dataset, "data_root": str(tmp_path / "my data")}))
+    with pytest.raises(ValueError, match=r"is unfinished \(1/2 epochs\): finish its training with `") as info:
+        load_teacher("m.pt")
+    echo, command = str(info.value).split("`")[1].split(" | ")
     piped = shlex.split(echo)
-    assert piped[0] == "echo" and read_yaml(piped[1]) == {"dataset": {"name": "fashion-mnist-mini"}}
+    assert piped[0] == "echo" and read_yaml(piped[1]) == {"dataset": dataset}
     words = shlex.split(command)
     assert words[:4] == ["infer-fast", "teacher", "--config", "/dev/stdin"]
+    assert words[words.index("--data-root") + 1] == str(tmp_path / "my data") and "--device" not in words
     read, write = os.pipe()  # (the command's stdin: what echo writes)
     os.write(write, (piped[1] + "\n").encode())
     os.close(write)

@@ -240,6 +240,10 @@ def test_an_rded_sets_students_augment_as_its_method_in_both_protocols(teacher, 
     report = evaluate_set_dd_ranking(rded, [model], dd, full_data_checkpoint=path, device="cpu", progress=False)
     assert {(c.augmentation, c.patches) for _, c in configs} == {("shuffle_patches_crop_flip", 2)}
     assert report["protocol"]["student_config"]["patches"] == 2
+    assert report["protocol"]["student_config"]["device"] == "cpu"  # (where they trained, not the protocol's "auto")
+    from infer_fast._io import model_digest  # (the teachers that labelled every batch, by their weights)
+
+    assert report["set"]["labelling_teachers"]["teachers_sha256"] == [model_digest(model)]
     configs.clear()
     evaluate_set(rded, [model], Protocol(student={**TINY, "augmentation": "crop_flip"}, seeds=1,
                                          soft_labels="per-batch"), full_data_checkpoint=path, device="cpu", progress=False)

@@ -103,3 +103,30 @@ def test_a_protocol_keeps_its_own_copy_of_the_student_fields():
         protocol = make(student=fields)
         fields["epochs"] = -1
         assert protocol.student == {"epochs": 40}
+
+
+def test_an_evaluation_stopped_from_python_says_it_continues_by_being_called_again(teacher, labelled_set, tmp_path,
+                                                                                    monkeypatch):
+    """A stop in one of its students names the evaluation's checkpoints folder and call, not the
+    student's own (whose resume=True evaluate_set does not take); without a folder, nothing."""
+    import signal
+
+    import infer_fast.student
+    from infer_fast import interrupts
+
+    def stopped(*args, **kwargs):
+        exc = interrupts.Interrupted(signal.SIGINT)
+        exc.how_to_continue = "progress is saved in s.pt: run it again with resume=True to continue"
+        raise exc
+
+    monkeypatch.setattr(infer_fast.student, "train_student", stopped)
+    path, model = teacher
+    protocol = Protocol(student=FAST_STUDENT, seeds=1)
+    with pytest.raises(interrupts.Interrupted) as info:
+        evaluate_set(labelled_set, [model], protocol, full_data_checkpoint=path, device="cpu", progress=False,
+                     checkpoints=str(tmp_path / "ck"))
+    assert str(info.value) == (f"SIGINT: progress is saved in {tmp_path / 'ck'}: call evaluate_set again with the "
+                               "same checkpoints to continue")
+    with pytest.raises(interrupts.Interrupted) as info:
+        evaluate_set(labelled_set, [model], protocol, full_data_checkpoint=path, device="cpu", progress=False)
+    assert str(info.value) == "SIGINT"
