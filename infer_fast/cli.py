@@ -719,7 +719,7 @@ def _add_evaluate(sub) -> None:
     # (those DD-Ranking sets itself are refused under it: infer-fast's only)
     add_flags(evaluate, (dataclasses.replace(student[name], help="infer-fast: " + student[name].help)
                          if name in SET_BY_PROTOCOL else student[name] for name in EVALUATE_STUDENT_OPTIONS),
-              default="the protocol's recipe")
+              default="the protocol's recipe", others=_set_student_defaults())
     add_flags(evaluate, (student[name] for name in COMPUTE_FIELDS))  # (StudentConfig's defaults)
     evaluate.add_argument("--seeds", type=int,
                           help="infer-fast: students per run (default 3); dd-ranking: rounds (default 5)")

@@ -46,10 +46,17 @@ class _Loader(yaml.SafeLoader):
 # PyYAML resolves floats as YAML 1.1 does, which wants a dot and a signed exponent ("1.0e-3"):
 # "1e-3", "5E4", "1.0e3" stayed strings, and an lr of 1e-3 was refused. YAML 1.2's form of a float
 # with an exponent is added (an int has none: it stays an int; "1e", "e5" match neither: strings).
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+# (a string spelled so, "1e3", is then quoted to stay one: YAML 1.2 reads it as a float too; the
+# dumper resolves it alike, so yaml_text quotes such strings and read_yaml reads them back as they were)
+_FLOAT_WITH_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML's safe dumper, quoting what :class:`_Loader` would read as another type."""
+
+
+for _yaml_class in (_Loader, _Dumper):
+    _yaml_class.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITH_EXPONENT, list("-+0123456789."))
 
 
 def read_yaml(stream: Union[str, IO]) -> Any:
@@ -61,7 +68,7 @@ def read_yaml(stream: Union[str, IO]) -> Any:
 def yaml_text(value: Any) -> str:
     """``value`` as one line of YAML (flow style: ``{name: imagefolder, image_size: 28}``), which
     :func:`read_yaml` reads back as it was."""
-    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=float("inf"))
+    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, sort_keys=False, width=float("inf"))
     return text.removesuffix("\n...\n").strip()  # (the end of document PyYAML marks after a plain scalar)
 
 

@@ -262,8 +262,11 @@ def add_flags(parser, options: Iterable[Option], recipes: Optional[Mapping[str, 
         flag = opt.flag_name
         if flag is None:
             continue
-        said = f"default: {default}" if default is not None and opt.kind is not bool else \
-            default_text(opt, recipes, (others or {}).get(opt.name))
+        if default is not None and opt.kind is not bool:
+            said = f"default: {default}" + "".join(f"; {value_text(opt, value)} {label}"
+                                                  for label, value in (others or {}).get(opt.name, {}).items())
+        else:
+            said = default_text(opt, recipes, (others or {}).get(opt.name))
         text = f"{opt.help} ({said})" if said else opt.help
         kwargs: Dict[str, Any] = dict(dest=opt.name, default=None, help=text.replace("%", "%%"))
         if opt.kind is bool:

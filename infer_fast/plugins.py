@@ -64,16 +64,18 @@ def _load_once(key: Tuple[str, str], load: Callable[[], Any], what: str) -> None
     """Load a plug-in not loaded yet (one that failed before: tried again)."""
     if key in _imported:
         return
-    _load_plugin(load, what)
+    _load_plugin(load, what, key[1].split(":")[0])
     _imported.add(key)
 
 
-def _load_plugin(load: Callable[[], Any], what: str) -> None:
+def _load_plugin(load: Callable[[], Any], what: str, module: str) -> None:
     try:
         load()
     except Exception as exc:
         detail = " ".join(str(exc).split())
-        # (the `infer-fast` script does not put the working directory on sys.path, as `python -m` does)
+        # the plug-in itself (or its package) not found: the `infer-fast` script does not put the working
+        # directory on sys.path, as `python -m` does (a module the plug-in imports is its own to install)
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         where = " (a module is found on sys.path: add its folder to PYTHONPATH)" \
-            if isinstance(exc, ModuleNotFoundError) else ""
+            if missing and (module == missing or module.startswith(missing + ".")) else ""
         raise ValueError(f"plug-in module {what} failed to load: {type(exc).__name__}: {detail}{where}") from exc

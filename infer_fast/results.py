@@ -329,7 +329,8 @@ def _check_same_settings(path: Path, old: Dict[str, Any], cfg, config: Dict[str,
     if names:
         # (the whole directory: its sets, teachers, tables and plots are that run's too)
         raise ValueError(another_run_message("results file", path, names,
-                                             f"choose another out directory or delete {path.parent}", recorded))
+                                             f"choose another out directory or delete {path.parent.resolve()}",
+                                             recorded))
 
 
 def external_identity(directory, distilled) -> Dict[str, str]:

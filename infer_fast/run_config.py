@@ -399,6 +399,20 @@ class PipelineConfig:
         self._check_student_options_used(where, parsed, protocol, written_for)
         for name in dict.fromkeys(get_method(m).set_method for m in self.methods):
             self._check_budget(where, get_method(name), parsed[name])
+            self._check_compiler(where, parsed[name])
+
+    def _check_compiler(self, where: str, options: Mapping[str, Any]) -> None:
+        """A recovery compiled on the CPU finds a C++ compiler (refused now, not after the teachers trained)."""
+        from .distill.config import RecoveryConfig
+        from .distill.engine import check_compiler
+        from .teacher import resolve_device
+
+        config = options.get("config")
+        if isinstance(config, RecoveryConfig):
+            try:
+                check_compiler(config, resolve_device(self.device))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
 
     def _student_config_checked(self, where: str, method: str, set_settings: Optional[Mapping[str, Any]] = None):
         """:meth:`student_config` of a seed-0 student, for the checks before any work: its

@@ -41,6 +41,13 @@ def test_a_float_with_an_exponent_reads_as_a_float(text, value):
         assert type(got) is float and got == value, (read, text)
 
 
+@pytest.mark.parametrize("value", ["1e3", {"root": "1e5"}, "-2E+5", 1e-3, 1000.0, [0.5, 0.9], "abc"])
+def test_yaml_text_reads_back_as_it_was_a_string_spelled_like_a_float_quoted(value):
+    from infer_fast.config import yaml_text
+
+    assert read_yaml(yaml_text(value)) == value
+
+
 @pytest.mark.parametrize("text, value", [("10", 10), ("-3", -3), ("1_000", 1000), ("1e", "1e"), ("e5", "e5"),
                                          (".e3", ".e3"), ("1e-3x", "1e-3x")])
 def test_ints_stay_ints_and_other_words_strings(text, value):

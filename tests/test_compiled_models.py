@@ -73,10 +73,21 @@ def test_compile_without_a_cpp_compiler_is_refused_before_any_work(monkeypatch):
     natural = torch.randint(0, 256, (1, 10, 1, 8, 8), dtype=torch.uint8)
     ran = []
     monkeypatch.setattr(engine, "cosine_lr", lambda *args: ran.append(1))
-    with pytest.raises(ValueError, match=r"compile='default' \(--compile\) on the CPU needs a working C\+\+ compiler "
-                                         r"for torch.compile \(RuntimeError: No working C\+\+ compiler .*\): install "
-                                         r"one \(g\+\+\) or set CXX to it, or use compile 'off'"):
+    with pytest.raises(ValueError, match=r"compile='default' on the CPU needs a working C\+\+ compiler for "
+                                         r"torch.compile \(RuntimeError: No working C\+\+ compiler .*\): install one "
+                                         r"\(g\+\+\) or set CXX to it, or turn it off \(--compile off; a run "
+                                         r"config's compile: 'off'\)"):
         recover_ufcs(natural, two_blocks(), MEAN, STD, RecoveryConfig(iterations=1, compile="default"),
                      progress=False)
     assert not ran
     engine.check_compiler(RecoveryConfig(compile="off"), torch.device("cpu"))  # (nothing compiled: not asked)
+    # a run refuses it with the config's other checks, before its teachers train
+    from infer_fast.run_config import PipelineConfig
+
+    base = dict(dataset="fashion-mnist-mini", out="o", ipc=[2], device="cpu",
+                teachers=[{"model": "convnet-w8-d2", "epochs": 1}])
+    with pytest.raises(ValueError, match=r"^config: compile='default' on the CPU needs a working C\+\+ compiler"):
+        PipelineConfig.from_dict({**base, "methods": ["infer"], "recovery": {"compile": "default"}})
+    with pytest.raises(ValueError, match=r"^config: compile='reduce-overhead' on the CPU"):
+        PipelineConfig.from_dict({**base, "methods": ["sre2l"], "sre2l": {"compile": "reduce-overhead"}})
+    PipelineConfig.from_dict({**base, "methods": ["infer", "random"]})

@@ -239,6 +239,20 @@ def test_a_plugin_module_not_found_says_it_is_looked_up_on_the_python_path(monke
         resolve("nosuchnet")
 
 
+def test_a_plugin_whose_own_import_is_missing_is_not_told_to_set_pythonpath(tmp_path, monkeypatch):
+    from infer_fast import plugins
+    from infer_fast.models.registry import resolve
+
+    (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("INFER_FAST_PLUGINS", "needs_dep")
+    monkeypatch.setattr(plugins, "_plugins", "not loaded")
+    monkeypatch.setattr(plugins, "_imported", set())
+    with pytest.raises(ValueError, match=r"'needs_dep' .*failed to load: ModuleNotFoundError: No module named "
+                                         r"'no_such_dependency_xyz'$"):
+        resolve("nosuchnet")
+
+
 def test_an_unknown_method_says_how_to_load_a_plugin():
     with pytest.raises(ValueError, match="INFER_FAST_PLUGINS=module"):
         get_method("nosuchmethod")

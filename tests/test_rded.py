@@ -50,6 +50,13 @@ def test_bad_options_are_refused_naming_the_option():
                                          r"\(--candidates-per-class\) where the classes have the images, or lower "
                                          r"factor \(--factor\) or ipc$"):
         rded.resolve_recipe({"candidates_per_class": 30}, "imagenet", 224, ipc=10)  # 10 * 2^2 = 40 patches
+    with pytest.raises(ValueError, match=r"need 600 candidates per class \(one patch each\): .*, or lower ipc$"):
+        rded.resolve_recipe({"candidates_per_class": 300, "factor": 1}, "imagenet", 224, ipc=600)  # (no smaller factor)
+    # more patches than a class has images: the count cannot be lowered to fit, the patches can
+    with pytest.raises(ValueError, match=r"class 0 of the train split of fashion-mnist-mini has 500 .*: ipc x "
+                                         r"factor\^2 = 600 patches need more than that: lower ipc$"):
+        rded.rded_set(load_dataset("fashion-mnist-mini", "train"), [CentreTeacher(10)], ipc=600,
+                      options={"candidates_per_class": 600})
     with pytest.raises(ValueError, match="factor=40"):
         rded.resolve_recipe({"factor": 40}, "cifar10", 32, ipc=1)
 
@@ -327,8 +334,7 @@ def test_rded_refuses_before_loading_teachers(tmp_path):
                        teacher_paths=missing, options={"candidates_per_class": 600}, device="cpu").make_set()
     # (to no less than what the factor needs: the advice of the "too few" refusal is not undone by this one's)
     with pytest.raises(ValueError, match=r"candidates_per_class=600 .* has 500 \(10 classes have fewer\): lower it "
-                                         r"\(--candidates-per-class\), to no less than ipc x factor\^2 = 1 \(else "
-                                         r"lower factor \(--factor\) or ipc too\)"):
+                                         r"\(--candidates-per-class\) to 500 or fewer, at least ipc x factor\^2 = 1$"):
         rded.rded_set(load_dataset("fashion-mnist-mini", "train"), [CentreTeacher(10)], ipc=1,
                       options={"candidates_per_class": 600})  # the library path: the same check
     with pytest.raises(ValueError, match="teachers: method rded needs at least one teacher checkpoint"):

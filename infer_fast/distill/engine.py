@@ -66,9 +66,9 @@ def check_compiler(config: RecoveryConfig, device: torch.device) -> None:
     try:
         get_cpp_compiler()
     except Exception as exc:  # (InvalidCxxCompiler, or the failure of the one found)
-        raise ValueError(f"compile={config.compile!r} (--compile) on the CPU needs a working C++ compiler for "
-                         f"torch.compile ({type(exc).__name__}: {' '.join(str(exc).split())}): install one (g++) or "
-                         "set CXX to it, or use compile 'off'") from None
+        raise ValueError(f"compile={config.compile!r} on the CPU needs a working C++ compiler for torch.compile "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())}): install one (g++) or set CXX to it, "
+                         "or turn it off (--compile off; a run config's compile: 'off')") from None
 
 
 @contextlib.contextmanager

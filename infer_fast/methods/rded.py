@@ -161,8 +161,13 @@ def _recipe(parsed: Mapping[str, Any], dataset_name: str, image_size: int, ipc: 
         raise ValueError(f"candidates_per_class={recipe['candidates_per_class']} is too few: ipc={ipc} images of "
                          f"factor^2={factor ** 2} patches need {needed} candidates per class (one patch each): "
                          "raise candidates_per_class (--candidates-per-class) where the classes have the images, "
-                         "or lower factor (--factor) or ipc")
+                         f"or {_fewer_patches(factor)}")
     return recipe
+
+
+def _fewer_patches(factor: int) -> str:
+    """How to need fewer patches per class: a smaller factor (where there is one) or ipc."""
+    return f"lower {'factor (--factor) or ' if factor > 1 else ''}ipc"
 
 
 def square_crops(x: Tensor, source: Tensor, top: Tensor, left: Tensor, side: Tensor, size: int) -> Tensor:
@@ -263,11 +268,14 @@ def _checked_recipe(train, parsed: Mapping[str, Any], ipc: int) -> Dict[str, Any
     work) where a class has fewer training images than the recipe's candidates_per_class."""
     spec = train.spec
     recipe = _recipe(parsed, spec.name, spec.image_size, ipc)
-    candidates = recipe["candidates_per_class"]
-    check_images_per_class(train.class_counts().tolist(), candidates, split_label(train),
-                           f"rded with candidates_per_class={candidates}",
-                           f"lower it (--candidates-per-class), to no less than ipc x factor^2 = "
-                           f"{ipc * recipe['factor'] ** 2} (else lower factor (--factor) or ipc too)")
+    candidates, counts = recipe["candidates_per_class"], train.class_counts().tolist()
+    needed = ipc * recipe["factor"] ** 2  # (the least candidates the patches take: _recipe)
+    fewest = min(counts, default=0)
+    remedy = (f"lower it (--candidates-per-class) to {fewest} or fewer, at least ipc x factor^2 = {needed}"
+              if fewest >= needed else
+              f"ipc x factor^2 = {needed} patches need more than that: {_fewer_patches(recipe['factor'])}")
+    check_images_per_class(counts, candidates, split_label(train), f"rded with candidates_per_class={candidates}",
+                           remedy)
     return recipe
 
 

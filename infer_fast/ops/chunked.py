@@ -151,7 +151,8 @@ class _ChunkHooks:
                     raise ValueError(f"{who}: BatchNorm layer {name!r} has no running statistics "
                                      "(track_running_stats=False): it normalizes each batch by its own, so the "
                                      "chunked mode's rows would not see the whole batch's; recover it unchunked "
-                                     "(chunk_size None)")
+                                     "(chunk_size None, and a group_size whose batch fits in memory: the automatic "
+                                     "plan chunks a group that does not)")
         if self.matching:
             matchable(layers, who)
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in layers]
