@@ -156,6 +156,26 @@ def train_tiny_teachers(root, seeds=(0, 1), dataset="fashion-mnist-mini"):
     return paths
 
 
+def teacher_stopped_after_epoch_1(monkeypatch, cfg, out) -> None:
+    """``cfg``'s teacher trained into ``out`` and stopped (KeyboardInterrupt) in its second epoch,
+    after the first was checkpointed; the teacher module as it was after."""
+    from infer_fast import teacher as teacher_mod
+
+    real_evaluate, calls = teacher_mod.evaluate, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_mod, "evaluate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_mod.train_teacher(cfg, str(out), progress=False)
+    monkeypatch.setattr(teacher_mod, "evaluate", real_evaluate)
+    assert torch.load(out, weights_only=True)["epochs_done"] == 1
+
+
 def kill_after_save(monkeypatch, module, when=lambda saved: True):
     """Make ``module.save_atomic`` raise KeyboardInterrupt (a kill) as soon as a checkpoint for
     which ``when(saved)`` holds is on disk. Returns a function that restores the real writer."""

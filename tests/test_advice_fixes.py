@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 import torch
+from conftest import teacher_stopped_after_epoch_1
 from PIL import Image
 
 from infer_fast import teacher as teacher_mod
@@ -80,18 +81,7 @@ def test_a_diverging_teacher_names_lr_as_a_flag_and_as_a_run_config_key(tmp_path
 
 def _unfinished_teacher(path, monkeypatch, cfg):
     """A checkpoint of ``cfg``'s training stopped after its first epoch (killed in the second)."""
-    real_evaluate, calls = teacher_mod.evaluate, []
-
-    def killed_in_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_mod, "evaluate", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_teacher(cfg, str(path), progress=False)
-    monkeypatch.setattr(teacher_mod, "evaluate", real_evaluate)
+    teacher_stopped_after_epoch_1(monkeypatch, cfg, path)
     assert torch.load(path, weights_only=True)["train_state"] is not None
 
 

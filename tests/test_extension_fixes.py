@@ -227,29 +227,23 @@ def test_a_broken_plugin_spares_built_in_names_and_is_tried_again_on_a_miss(tmp_
     assert builtins.halfplug_runs == 2
 
 
-def test_a_plugin_module_not_found_says_it_is_looked_up_on_the_python_path(monkeypatch):
-    from infer_fast import plugins
-    from infer_fast.models.registry import resolve
-
-    monkeypatch.setenv("INFER_FAST_PLUGINS", "no_such_plugin_module")
-    monkeypatch.setattr(plugins, "_plugins", "not loaded")
-    monkeypatch.setattr(plugins, "_imported", set())
-    with pytest.raises(ValueError, match=r"'no_such_plugin_module' .*failed to load: ModuleNotFoundError: .*\(a module "
-                                         r"is found on sys.path: add its folder to PYTHONPATH\)$"):
-        resolve("nosuchnet")
-
-
-def test_a_plugin_whose_own_import_is_missing_is_not_told_to_set_pythonpath(tmp_path, monkeypatch):
+@pytest.mark.parametrize("module, said", [
+    # the plug-in itself not found: where modules are looked up
+    ("no_such_plugin_module", r"'no_such_plugin_module' .*failed to load: ModuleNotFoundError: .*\(a module is found "
+                              r"on sys.path: add its folder to PYTHONPATH\)$"),
+    # a module the plug-in imports: its own to install, the path is not the matter
+    ("needs_dep", r"'needs_dep' .*failed to load: ModuleNotFoundError: No module named 'no_such_dependency_xyz'$")])
+def test_a_plugin_module_not_found_says_where_modules_are_looked_up_only_for_itself(tmp_path, monkeypatch, module,
+                                                                                     said):
     from infer_fast import plugins
     from infer_fast.models.registry import resolve
 
     (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("INFER_FAST_PLUGINS", "needs_dep")
+    monkeypatch.setenv("INFER_FAST_PLUGINS", module)
     monkeypatch.setattr(plugins, "_plugins", "not loaded")
     monkeypatch.setattr(plugins, "_imported", set())
-    with pytest.raises(ValueError, match=r"'needs_dep' .*failed to load: ModuleNotFoundError: No module named "
-                                         r"'no_such_dependency_xyz'$"):
+    with pytest.raises(ValueError, match=said):
         resolve("nosuchnet")
 
 

@@ -2,6 +2,7 @@
 import os
 import pytest
 import torch
+from conftest import teacher_stopped_after_epoch_1
 
 from infer_fast import teacher as teacher_mod
 from infer_fast.data import ImageSet
@@ -164,19 +165,8 @@ def test_resume_on_other_data_is_refused(tmp_path, monkeypatch):
     """An interrupted teacher continued on a training split with other content (another
     --data-root, changed files) is refused: the checkpoint records the data's digest."""
     out = str(tmp_path / "t.pt")
-    real_evaluate, real_load = teacher_mod.evaluate, teacher_mod.load_dataset
-    calls = []
-
-    def killed_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_mod, "evaluate", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)
-    assert torch.load(out, weights_only=True)["epochs_done"] == 1
+    real_load = teacher_mod.load_dataset
+    teacher_stopped_after_epoch_1(monkeypatch, TeacherConfig(epochs=2, **TINY), out)
 
     def other_pixels(name, split, **kwargs):
         data = real_load(name, split, **kwargs)
@@ -186,7 +176,6 @@ def test_resume_on_other_data_is_refused(tmp_path, monkeypatch):
         images[0] = 255 - images[0]
         return ImageSet(data.spec, images, data.labels, split)
 
-    monkeypatch.setattr(teacher_mod, "evaluate", real_evaluate)
     monkeypatch.setattr(teacher_mod, "load_dataset", other_pixels)
     with pytest.raises(ValueError, match=r"belongs to another run \(the training images differ\): .*--data-root"):
         train_teacher(TeacherConfig(epochs=2, **TINY), out, progress=False)
