@@ -337,6 +337,8 @@ def check_test_set(distilled: DistilledSet, test_set) -> None:
 # --------------------------------------------------------------------------------------
 
 STUDENT_CHECKPOINT_FORMAT = "infer-fast-student"
+# 1: each history record's lr is its epoch's own rate (a checkpoint without a version held the next epoch's)
+STUDENT_CHECKPOINT_VERSION = 1
 
 
 def set_digest(distilled) -> str:
@@ -351,7 +353,7 @@ _IDENTITY_LABELS = {"set_sha256": "the distilled set's images or labels", "teach
 
 
 def _load_student_checkpoint(path: str, identity: Dict[str, Any]) -> Dict[str, Any]:
-    state = read_checkpoint(path, STUDENT_CHECKPOINT_FORMAT, "student checkpoint")
+    state = read_checkpoint(path, STUDENT_CHECKPOINT_FORMAT, "student checkpoint", STUDENT_CHECKPOINT_VERSION)
     check_same_run("student checkpoint", path, flattened(state.get("run", {})), flattened(identity),
                    "delete it, or resume with the same set, teachers and settings", ignore=STUDENT_RESULT_NEUTRAL,
                    labels=_IDENTITY_LABELS, defaults={n: o.default for n, o in options_of(StudentConfig).items()})
@@ -450,6 +452,9 @@ class StudentRun:
         # dropout draws continue where they stopped (a checkpoint of before "rng" kept the CPU's alone)
         self.rng_state = state.get("rng") or {"cpu": state["torch_rng"]}
         self.history, self.best, self.accuracy = state["history"], state["best"], state["accuracy"]
+        if state.get("format_version", 0) < 1:  # each record held the next epoch's rate (the first epoch's is lr)
+            rates = [cfg.lr] + [record["lr"] for record in self.history[:-1]]
+            self.history = [{**record, "lr": lr} for record, lr in zip(self.history, rates)]
         self.first_epoch, self.elapsed_before = state["epochs_done"], state["elapsed_s"]
         # said even without progress bars, as a teacher's resume (a finished student, read back, is not continued)
         if self.rank == 0 and self.first_epoch < cfg.epochs:
@@ -484,7 +489,8 @@ class StudentRun:
             bar.set_postfix(postfix)
             if checkpoint is not None and self.rank == 0:
                 save_atomic({
-                    "format": STUDENT_CHECKPOINT_FORMAT, "run": self.identity, "epochs_done": epoch + 1,
+                    "format": STUDENT_CHECKPOINT_FORMAT, "format_version": STUDENT_CHECKPOINT_VERSION,
+                    "run": self.identity, "epochs_done": epoch + 1,
                     "elapsed_s": self.elapsed_before + time.perf_counter() - started, "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                     "generator": self.gen.get_state(), "rng": global_rng_state(self.device), "history": self.history,
@@ -493,9 +499,12 @@ class StudentRun:
         return self.elapsed_before + time.perf_counter() - started
 
     def train_epoch(self, epoch: int, progress: bool) -> Dict[str, Any]:
-        """One epoch over a fresh shuffle; returns its history record (epoch, mean loss, lr)."""
+        """One epoch over a fresh shuffle; returns its history record (epoch, mean loss, lr: the
+        rate its first step used)."""
         cfg = self.cfg
         self.model.train()
+        # read before the steps: after them the schedule holds the next epoch's rate (a last epoch's: one never used)
+        lr = self.schedule.get_last_lr()[0]
         order = torch.randperm(self.n, generator=self.gen)
         step_losses = StepLosses(self.steps_per_epoch, self.device)  # (read once, after the epoch)
         # an epoch's steps shown once it has run SHORT_PHASE_S (ImageNet-size sets; a small set's is over sooner)
@@ -514,7 +523,7 @@ class StudentRun:
                 f"student training diverged: the training loss became non-finite (nan or inf) for seed {cfg.seed} at "
                 f"epoch {epoch + 1}, step {bad + 1} of {self.steps_per_epoch}, with lr {cfg.lr:g}: try a lower learning rate "
                 "(--lr; a run config's student: lr) (this epoch was not saved)")
-        return {"epoch": epoch + 1, "loss": loss, "lr": self.schedule.get_last_lr()[0]}
+        return {"epoch": epoch + 1, "loss": loss, "lr": lr}
 
     def step(self, x: Tensor, z: Optional[Tensor], batch_size: int) -> Tensor:
         """One optimizer step on the mixed batch ``x`` (on the host or the device, of ``batch_size`` images)
@@ -595,8 +604,9 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     one of another run). The file stays after the last epoch; the caller removes it.
 
     Returns {"final_accuracy", "best_accuracy" (None unless eval_every > 0), "best_label",
-    "history" (per epoch: epoch, loss, lr, and test_accuracy where evaluated), "elapsed_s",
-    "num_training_images", "steps", "config", "model" (the trained student, eval mode)}.
+    "history" (per epoch: epoch, loss, lr (the rate of the epoch's first step), and test_accuracy
+    where evaluated), "elapsed_s", "num_training_images", "steps", "config", "model" (the trained
+    student, eval mode)}.
 
     ``teachers`` (one model is a list of one) are left as they were: their mode, gradients,
     device and dtype (INFER+Dyn labels with a copy of a teacher on another device than the

@@ -56,9 +56,10 @@ def test_half_cosine_schedule_ends_at_half_the_rate(unlabelled_set, teacher):
     test = load_test_split("fashion-mnist-mini")
     config = StudentConfig(**TINY, batch_size=8, lr=0.01, schedule="half-cosine", device="cpu")
     history = train_student(relabelled, test, config, progress=False)["history"]
-    for record in history:  # the rate the next epoch runs at: constant within an epoch
-        assert record["lr"] == pytest.approx(0.01 * half_cosine_factor(record["epoch"], 2))
-    assert history[-1]["lr"] == pytest.approx(0.005) and half_cosine_factor(0, 7) == 1.0
+    for record in history:  # the rate the epoch runs at: constant within it
+        assert record["lr"] == pytest.approx(0.01 * half_cosine_factor(record["epoch"] - 1, 2))
+    assert history[-1]["lr"] == pytest.approx(0.01 * half_cosine_factor(1, 2)) and half_cosine_factor(2, 2) == 0.5
+    assert half_cosine_factor(0, 7) == 1.0
     with pytest.raises(ValueError, match="schedule must be one of"):
         StudentConfig(schedule="step")
 

@@ -102,13 +102,16 @@ def _toolkit_version() -> str:
 
 
 def build_manifest(ds: DistilledSet, files: Dict[str, Any]) -> Dict[str, Any]:
-    """The manifest of ``ds`` given the entries of its written tensor files."""
+    """The manifest of ``ds`` given the entries of its written tensor files. Stamped ``created``
+    now, or, for a set that records its creation (one loaded: written back by relabel), that
+    time kept and ``modified`` now (optional: a manifest without it reads as before)."""
     lo, hi = valid_range(ds.mean, ds.std)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "toolkit_version": _toolkit_version(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "toolkit_version": _toolkit_version(),  # (this writer's)
+        **({"created": now} if ds.created is None else {"created": ds.created, "modified": now}),
         "method": ds.method,
         "dataset": ds.dataset,
         "num_classes": ds.num_classes,
@@ -261,10 +264,11 @@ def save_distilled(ds: DistilledSet, directory: PathLike, overwrite: bool = Fals
     directory is refused unless ``overwrite=True``; then it must be an infer-fast distilled
     set (or empty), and it is replaced by renaming it aside, renaming the new set in, moving
     back what the old directory held beside the set's own files (notes, an export) and
-    deleting the old set. Before writing, the parent must be writable with room for the
-    set (OutputPathError otherwise); a failed write leaves nothing behind. With ``progress``
-    a line says where the set goes and its size before the write (long for a large set:
-    every file is written, fsynced and hashed).
+    deleting the old set. A set loaded and written back (relabel) keeps its ``created``
+    (build_manifest). Before writing, the parent must be writable with room for the set
+    (OutputPathError otherwise); a failed write leaves nothing behind. With ``progress`` a
+    line says where the set goes and its size before the write (long for a large set: every
+    file is written, fsynced and hashed).
     """
     ds.validate()
     directory = Path(directory)

@@ -44,6 +44,17 @@ def _read_export_listing(root: Path) -> Optional[dict]:
     return meta if isinstance(meta, dict) and meta.get("source_format") == FORMAT_NAME else None
 
 
+def _exported_method(listing: Optional[dict], root: Path) -> str:
+    """The method that made the set our export's ``listing`` lists, checked; "unknown" without a
+    listing, or for an imported set's export (its method is ``external``: not the one that made it)."""
+    method = listing.get("method") if listing is not None else None
+    if method is None or method == EXTERNAL_METHOD:
+        return "unknown"
+    if not isinstance(method, str) or not method.strip():
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: method must be a method's name, got {method!r}")
+    return method
+
+
 def _recorded_size_and_count(listing: dict, root: Path) -> Dict[str, int]:
     """The image size and class count our export's listing records, checked."""
     size, count = listing["image_size"], listing.get("num_classes")
@@ -565,8 +576,9 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     records import order (ROW_ORDER_KEY); probabilities are refused (logits expected). Given no
     ``soft_labels``, such a folder's own ``soft_labels.safetensors`` is taken (recorded as taken
     by default). The budget's ipc is the largest images-per-class count (the storage a method was
-    given); ``hyperparameters`` record the source, its name (``name``, e.g. "RDED"), the per-class
-    counts and every file's SHA-256. Errors name the folder or file."""
+    given); ``hyperparameters`` record the source, its method (``name``, e.g. "RDED", else the one
+    our export's listing names), the per-class counts and every file's SHA-256. Errors name the
+    folder or file."""
     from ..data.registry import get_dataset
 
     root = Path(source)
@@ -601,7 +613,7 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
         soft = _read_soft_labels(Path(soft_labels), len(images), spec.num_classes)
         soft = soft[_soft_label_rows(root, listing, list(checksums), Path(soft_labels), soft, taken=found_beside)]
     hyper = {
-        "source": os.path.abspath(root), "source_method": name or "unknown", "per_class": counts,
+        "source": os.path.abspath(root), "source_method": name or _exported_method(listing, root), "per_class": counts,
         "image_order": IMPORT_ORDER, "source_sha256": checksums,
     }
     if soft_labels is not None:
