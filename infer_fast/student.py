@@ -337,8 +337,9 @@ def check_test_set(distilled: DistilledSet, test_set) -> None:
 # --------------------------------------------------------------------------------------
 
 STUDENT_CHECKPOINT_FORMAT = "infer-fast-student"
-# 1: each history record's lr is its epoch's own rate (a checkpoint without a version held the next epoch's)
-STUDENT_CHECKPOINT_VERSION = 1
+# 2: each history record's lr is its epoch's own rate (a checkpoint without a version held the next epoch's;
+# not 1, which read_checkpoint's default let older versions of infer-fast read, and continue with shifted rates)
+STUDENT_CHECKPOINT_VERSION = 2
 
 
 def set_digest(distilled) -> str:
@@ -452,7 +453,7 @@ class StudentRun:
         # dropout draws continue where they stopped (a checkpoint of before "rng" kept the CPU's alone)
         self.rng_state = state.get("rng") or {"cpu": state["torch_rng"]}
         self.history, self.best, self.accuracy = state["history"], state["best"], state["accuracy"]
-        if state.get("format_version", 0) < 1:  # each record held the next epoch's rate (the first epoch's is lr)
+        if "format_version" not in state:  # each record held the next epoch's rate (the first epoch's is lr)
             rates = [cfg.lr] + [record["lr"] for record in self.history[:-1]]
             self.history = [{**record, "lr": lr} for record, lr in zip(self.history, rates)]
         self.first_epoch, self.elapsed_before = state["epochs_done"], state["elapsed_s"]

@@ -75,8 +75,9 @@ def test_compile_without_a_cpp_compiler_is_refused_before_any_work(monkeypatch):
     monkeypatch.setattr(engine, "cosine_lr", lambda *args: ran.append(1))
     with pytest.raises(ValueError, match=r"compile='default' on the CPU needs a working C\+\+ compiler for "
                                          r"torch.compile \(RuntimeError: No working C\+\+ compiler .*\): install one "
-                                         r"\(g\+\+\) or set CXX to it, or turn it off \(--compile off; a run "
-                                         r"config's compile: 'off'\)"):
+                                         r"\(g\+\+\) or set CXX to it, or turn it off \(--compile off; in a run "
+                                         r"config, compile: 'off' in the method's section: recovery, sre2l, "
+                                         r"method_options\)"):
         recover_ufcs(natural, two_blocks(), MEAN, STD, RecoveryConfig(iterations=1, compile="default"),
                      progress=False)
     assert not ran

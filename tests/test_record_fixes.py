@@ -50,7 +50,7 @@ def test_a_checkpoint_of_before_resumes_with_each_epochs_own_rate(labelled_set, 
         train_student(labelled_set, test, cfg, progress=False, checkpoint=str(path))
     restore()
     state = torch.load(path, weights_only=True)
-    assert state["format_version"] == 1 and state["history"][0]["lr"] == 0.002
+    assert state["format_version"] == 2 and state["history"][0]["lr"] == 0.002
     del state["format_version"]  # as written before: epoch 1 recorded epoch 2's rate
     state["history"][0]["lr"] = 0.002 * half_cosine_factor(1, 3)
     torch.save(state, path)
@@ -94,3 +94,6 @@ def test_relabel_keeps_the_sets_creation_time_and_stamps_the_rewrite(teacher, tm
     rewritten = json.loads(manifest_path.read_text())
     assert rewritten["created"] == old and rewritten["modified"] > old
     assert load_distilled(directory).created == old
+    from infer_fast.storage.report import inspect_report  # (inspect: both dates, this version the writer)
+
+    assert f"created {old}, rewritten {rewritten['modified']})" in inspect_report(directory)

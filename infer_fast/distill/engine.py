@@ -68,7 +68,8 @@ def check_compiler(config: RecoveryConfig, device: torch.device) -> None:
     except Exception as exc:  # (InvalidCxxCompiler, or the failure of the one found)
         raise ValueError(f"compile={config.compile!r} on the CPU needs a working C++ compiler for torch.compile "
                          f"({type(exc).__name__}: {' '.join(str(exc).split())}): install one (g++) or set CXX to it, "
-                         "or turn it off (--compile off; a run config's compile: 'off')") from None
+                         "or turn it off (--compile off; in a run config, compile: 'off' in the method's section: "
+                         "recovery, sre2l, method_options)") from None
 
 
 @contextlib.contextmanager

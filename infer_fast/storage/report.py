@@ -48,8 +48,11 @@ def inspect_report(directory: PathLike, verify_checksums: bool = True) -> str:
     def row(key, value):
         lines.append(f"  {key:<18} {value}")
 
+    # (a set rewritten in place, relabelled: created then, written now by this version)
+    dates = f", created {manifest['created']}, rewritten {manifest['modified']}" if manifest.get("modified") else \
+        (f", {manifest['created']}" if manifest.get("created") else "")
     row("format", f"{FORMAT_NAME} v{manifest['format_version']} (written by infer-fast {manifest.get('toolkit_version')}"
-        f"{', ' + manifest['created'] if manifest.get('created') else ''})")
+        f"{dates})")
     row("method", ds.method)
     row("dataset", f"{ds.dataset}: {c} classes, images {ds.channels}x{ds.height}x{ds.width}")
     row("normalization", f"mean {tuple(round(v, 4) for v in ds.mean)} std {tuple(round(v, 4) for v in ds.std)}")
