@@ -51,8 +51,8 @@ def check_common(teachers, mean, std, channels: int, paths: Optional[List[str]] 
     match_bn = config is None or config.r_bn > 0
     for m, teacher in enumerate(teachers):
         engine.check_teacher(teacher, m, paths[m] if paths else None, match_bn=match_bn, count=len(teachers))
-        if config is not None:
-            engine.check_compiler(config, device_of(teacher))
+    for device in dict.fromkeys(device_of(t) for t in teachers) if config is not None else ():  # (a lookup each)
+        engine.check_compiler(config, device)
     return teachers
 
 

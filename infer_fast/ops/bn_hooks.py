@@ -59,11 +59,18 @@ def matchable(layers: List[Tuple[str, nn.Module]], who: str = "model") -> List[T
     if not layers:
         raise ValueError(f"{who} has no BatchNorm1d/2d layer: the loss matches the running statistics of a "
                          "teacher's BatchNorm layers (GroupNorm or LayerNorm keep none); use a teacher with BatchNorm")
-    for name, module in layers:
-        if module.running_mean is None or module.running_var is None:
-            raise ValueError(f"{who}: BatchNorm layer {name!r} has no running statistics (track_running_stats=False), "
-                             "which the loss matches; use a teacher whose BatchNorm layers track them")
+    without = untracked(layers)
+    if without:
+        raise ValueError(f"{who}: BatchNorm layer {without[0]!r} has no running statistics "
+                         "(track_running_stats=False), which the loss matches; use a teacher whose BatchNorm layers "
+                         "track them")
     return layers
+
+
+def untracked(layers: List[Tuple[str, nn.Module]]) -> List[str]:
+    """The names of the BatchNorm ``layers`` without running statistics (track_running_stats=False:
+    they normalize every batch by its own statistics, even in eval mode)."""
+    return [name for name, module in layers if module.running_mean is None or module.running_var is None]
 
 
 def _compiled_class() -> Optional[type]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import backends
 from ..checks import check_int
-from .bn_hooks import as_ops_input, bn_layers, matchable, refuse_training_mode
+from .bn_hooks import as_ops_input, bn_layers, matchable, refuse_training_mode, untracked
 from .bn_stat_loss import check_inputs
 from .layout import as_ncl, kept_format
 from .reference import accumulate_dtype, at_least_fp32, finalize_stats
@@ -145,14 +145,13 @@ class _ChunkHooks:
         layers = bn_layers(teacher)
         self.matching = needs or bool(layers)
         who = f"teacher {type(teacher).__name__}"
-        if self.matching and not needs:
-            for name, module in layers:
-                if module.running_mean is None or module.running_var is None:
-                    raise ValueError(f"{who}: BatchNorm layer {name!r} has no running statistics "
-                                     "(track_running_stats=False): it normalizes each batch by its own, so the "
-                                     "chunked mode's rows would not see the whole batch's; recover it unchunked "
-                                     "(chunk_size None, and a group_size whose batch fits in memory: the automatic "
-                                     "plan chunks a group that does not)")
+        without = untracked(layers) if self.matching and not needs else []
+        if without:
+            raise ValueError(f"{who}: BatchNorm layer {without[0]!r} has no running statistics "
+                             "(track_running_stats=False): it normalizes each batch by its own, so the "
+                             "chunked mode's rows would not see the whole batch's; recover it unchunked "
+                             "(chunk_size None, and a group_size whose batch fits in memory: the automatic "
+                             "plan chunks a group that does not)")
         if self.matching:
             matchable(layers, who)
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in layers]
