@@ -13,6 +13,7 @@ a library caller alike get a config that is valid by construction, and the layer
 it as it is."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -38,7 +39,9 @@ class Option:
     Ranges: ``minimum`` (>=), ``above`` (>) and ``below`` (<); ``none``: None allowed, meaning
     that; ``note``: said after a range error; ``flag``: "" for --the-name, None for none;
     ``result_neutral``: another value does not change a result (where it runs, its batching,
-    checkpoint cadence), so a run's files continue under it (:func:`result_neutral_fields`)."""
+    checkpoint cadence), so a run's files continue under it (:func:`result_neutral_fields`);
+    ``check``: the value's own check, ``check(name, value)`` raising a ValueError that names it
+    (a fixed-length tuple's shape and range), run after the kind's."""
 
     name: str
     kind: Any
@@ -53,6 +56,7 @@ class Option:
     flag: Optional[str] = ""
     metavar: Optional[str] = None
     result_neutral: bool = False
+    check: Optional[Callable[[str, Any], None]] = None
 
     @property
     def flag_name(self) -> Optional[str]:
@@ -193,6 +197,8 @@ def check_value(opt: Option, value: Any) -> None:
         raise ValueError(f"{opt.name} must be {_kind_text(opt.kind)}{or_none}, got {value!r}{hint}")
     if opt.choices is not None:
         check_choice(opt.name, value, opt.choices)
+    if opt.check is not None:
+        opt.check(opt.name, value)
     if opt.kind is float and abs(value) > FLOAT32_MAX:  # (compared as they are: an int too large for a float too)
         raise ValueError(f"{opt.name} must be a finite number within float32's range (|x| <= {FLOAT32_MAX:.6g})"
                          f"{or_none}, got {value!r}")
@@ -310,14 +316,22 @@ def _flag_type(opt: Option):
         from .config import yaml_value  # a tuple, a mapping, anything: typed as YAML types it
 
         parse = yaml_value
-    if opt.none != "off":
-        return parse
+    # the value checked as a YAML file's is, the error naming the flag as typed (argparse: "argument
+    # --group-size: must be a positive integer, got 0"), before any command runs; choices are argparse's
+    spoken = dataclasses.replace(opt, name=opt.flag_name, none=None, choices=None)
 
-    def off_or(text: str) -> Any:
-        return OFF if text == "off" else parse(text)
+    def checked(text: str) -> Any:
+        if opt.none == "off" and text == "off":
+            return OFF
+        value = parse(text)
+        try:
+            check_value(spoken, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{spoken.name} ")) from None
+        return value
 
-    off_or.__name__ = parse.__name__  # (argparse names the type in its error: "invalid float value")
-    return off_or
+    checked.__name__ = parse.__name__  # (argparse names the type in its error: "invalid float value")
+    return checked
 
 
 def flag_words(opt: Option, value: Any) -> Optional[List[str]]:

@@ -50,7 +50,7 @@ def test_rows_a_chunked_plan_does_not_allow_are_recorded_not_fatal(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
     for name in ("toolkit fused BN", "toolkit fused BN + channels_last", "toolkit bf16+channels_last"):
-        assert rows[name]["error"].startswith("does not apply: fused_bn does not apply with chunk_size")
+        assert rows[name]["error"].startswith("does not apply: fused_bn (--fused-bn) does not apply with chunk_size")
         assert rows[name]["speedup_vs_reference"] is None
     assert rows["toolkit"]["ms_per_ufc_iteration"] > 0 and rows["toolkit"]["chunk_size"] == 3
 

@@ -468,12 +468,12 @@ def test_every_config_is_checked_once_where_it_is_made(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("args, message", [
-    (("teacher", "--dataset", "fashion-mnist-mini", "--lr", "inf", "--out", "{out}"), "lr must be a finite number, got inf"),
-    (("teacher", "--dataset", "fashion-mnist-mini", "--momentum", "nan", "--out", "{out}"), "momentum must be a finite number"),
-    (("teacher", "--dataset", "fashion-mnist-mini", "--momentum", "1.5", "--out", "{out}"), "momentum must be in [0, 1)"),
+    (("teacher", "--dataset", "fashion-mnist-mini", "--lr", "inf", "--out", "{out}"), "argument --lr: must be a finite number, got inf"),
+    (("teacher", "--dataset", "fashion-mnist-mini", "--momentum", "nan", "--out", "{out}"), "argument --momentum: must be a finite number"),
+    (("teacher", "--dataset", "fashion-mnist-mini", "--momentum", "1.5", "--out", "{out}"), "argument --momentum: must be in [0, 1)"),
     (("distill", "--dataset", "fashion-mnist-mini", "--teachers", "{out}.pt", "--ipc", "2", "--out", "{out}", "--r-bn",
-      "nan"), "r_bn must be a finite number"),
-    (("train", "{out}", "--temperature", "inf"), "temperature must be a finite number, got inf"),
+      "nan"), "argument --r-bn: must be a finite number"),
+    (("train", "{out}", "--temperature", "inf"), "argument --temperature: must be a finite number, got inf"),
 ], ids=["teacher-lr-inf", "teacher-momentum-nan", "teacher-momentum-range", "distill-r-bn-nan", "train-temperature-inf"])
 def test_non_finite_numbers_refused_before_work(capsys, tmp_path, args, message):
     """inf and nan learning rates, momenta and temperatures used to train a dead model and print

@@ -96,7 +96,7 @@ def test_train_checks_each_option_given_before_the_set_is_read(monkeypatch, caps
     read = []
     monkeypatch.setattr("infer_fast.storage.load_distilled", lambda path: read.append(path))
     assert cli.main(["train", "no-such-set", "--lr", "-1"]) == 2
-    assert "lr must be positive, got -1.0" in capsys.readouterr().err and read == []
+    assert "argument --lr: must be positive, got -1.0" in capsys.readouterr().err and read == []
 
 
 # ---- 3: INFER's run-level settings and the distill request's defaults, from their declarations -------

@@ -9,21 +9,21 @@ HUGE_INT = "99999999999999999999999"
 
 @pytest.mark.parametrize("argv, message", [
     (("teacher", "--dataset", "fashion-mnist-mini", "--epochs", "2", "--lr", "1e39", "--out", "t.pt"),
-     "lr must be a finite number within float32's range (|x| <= 3.40282e+38), got 1e+39"),
+     "argument --lr: must be a finite number within float32's range (|x| <= 3.40282e+38), got 1e+39"),
     (("teacher", "--dataset", "fashion-mnist-mini", "--weight-decay", "1e39", "--out", "t.pt"),
-     "weight_decay must be a finite number within float32's range"),
+     "argument --weight-decay: must be a finite number within float32's range"),
     (("teacher", "--dataset", "fashion-mnist-mini", "--seed", HUGE_INT, "--out", "t.pt"),
-     f"seed must be an integer from -9223372036854775808 to 9223372036854775807 (a 64-bit integer), got {HUGE_INT}"),
+     f"argument --seed: must be an integer from -9223372036854775808 to 9223372036854775807 (a 64-bit integer), got {HUGE_INT}"),
     (("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "2", "--lr", "1e39", "--out", "s"),
-     "lr must be a finite number within float32's range"),
+     "argument --lr: must be a finite number within float32's range"),
     (("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "2", "--iterations", HUGE_INT,
-      "--out", "s"), f"iterations must be a positive integer, at most 9223372036854775807 (a 64-bit integer), got "
+      "--out", "s"), f"argument --iterations: must be a positive integer, at most 9223372036854775807 (a 64-bit integer), got "
                      f"{HUGE_INT}"),
     (("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "2", "--max-shift", HUGE_INT,
-      "--out", "s"), "max_shift must be an integer >= 0, at most 9223372036854775807"),
+      "--out", "s"), "argument --max-shift: must be an integer >= 0, at most 9223372036854775807"),
     (("distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "1", "--seed", HUGE_INT,
-      "--out", "s"), "seed must be an integer from -9223372036854775808 to 9223372036854775807"),
-    (("train", "no-set", "--lr", "1e39"), "lr must be a finite number within float32's range"),
+      "--out", "s"), "argument --seed: must be an integer from -9223372036854775808 to 9223372036854775807"),
+    (("train", "no-set", "--lr", "1e39"), "argument --lr: must be a finite number within float32's range"),
 ])
 def test_values_beyond_float32_or_int64_are_refused_naming_the_option(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -132,7 +132,7 @@ def test_cda_default_curriculum_with_another_augmentation_says_how_to_turn_it_of
         _cda_config({"augmentation": "roll"})
     plain = _cda_config({"augmentation": "roll", "crop_scale_curriculum": None})
     assert plain.augmentation == "roll" and plain.crop_scale_curriculum is None
-    with pytest.raises(ValueError, match="crop_scale_curriculum schedules RandomResizedCrop's scale"):  # (given)
+    with pytest.raises(ValueError, match=r"crop_scale_curriculum \(--crop-scale-curriculum\) schedules RandomResizedCrop's scale"):  # (given)
         _cda_config({"augmentation": "roll", "crop_scale_curriculum": ["cosine", 1.0, 1.0]})
 
 

@@ -95,7 +95,7 @@ def test_a_toy_method_defined_here_runs_end_to_end(toy, tmp_path, capsys):
     assert "--offset: invalid int value: 'x'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--offset", "-4",
                  "--out", str(tmp_path / "bad")]) == 2
-    assert "offset must be an integer >= -3, got -4" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "argument --offset: must be an integer >= -3, got -4" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--iterations", "3",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--iterations do not apply to --method toy" in capsys.readouterr().err
@@ -156,7 +156,9 @@ def test_a_method_declares_its_options(toy, tmp_path, capsys):
     from test_options import _command_actions
 
     action = _command_actions("distill")["offset"]
-    assert action.type is int and action.option_strings == ["--offset"] and action.default is None
+    # (an int flag, checked against the declared range as it is read)
+    assert action.type.__name__ == "int" and action.type("3") == 3 and action.option_strings == ["--offset"]
+    assert action.default is None
     assert action.help == "pixels the images are rolled by (default 0)"
     assert main(["distill", "--help"]) == 0
     out = capsys.readouterr().out
@@ -239,8 +241,8 @@ def test_builtin_methods_declare_typed_options():
     actions = _command_actions("distill")
     assert tuple(actions["recipe"].choices) == tuple(cda.RECIPES) and "tiny-imagenet for tiny-imagenet and cifar" \
         in actions["recipe"].help
-    assert actions["factor"].type is int and "1 for cifar and tiny-imagenet, 2 for imagenet" in actions["factor"].help
-    assert actions["batch_size"].type is int and actions["batch_size"].help.endswith("(default 512)")
+    assert actions["factor"].type.__name__ == "int" and "1 for cifar and tiny-imagenet, 2 for imagenet" in actions["factor"].help
+    assert actions["batch_size"].type("512") == 512 and actions["batch_size"].help.endswith("(default 512)")
     assert tuple(actions["accounting"].choices) == ("fair", "ipc") and "(default fair)" in actions["accounting"].help
     # one flag, two meanings: each method's words (the recovery checkpoints inside a batch, RDED after a class)
     minutes = actions["checkpoint_minutes"].help
@@ -310,7 +312,7 @@ def test_run_config_reads_the_methods_facts():
 
 def test_cli_distill_refuses_what_a_method_does_not_take(tmp_path, capsys):
     for argv, message in (
-        (["--method", "rded", "--teachers", "t.pt", "--factor", "0"], "factor must be a positive integer"),
+        (["--method", "rded", "--teachers", "t.pt", "--factor", "0"], "argument --factor: must be a positive integer"),
         (["--method", "rded", "--teachers", "t.pt", "--iterations", "5"], "--iterations do not apply to --method rded"),
         (["--method", "cda"], "--teachers T1.pt[,T2.pt...] is required for --method cda"),
     ):

@@ -27,6 +27,25 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 }
 
 
+def _numbers(value: Any, count: int) -> Tuple[Any, ...]:
+    """``value``'s items if it is a list or tuple of ``count`` numbers (no bools), else ()."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else ()
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+    return items if len(items) == count and numeric else ()
+
+
+def _check_betas(name: str, value: Any) -> None:
+    betas = _numbers(value, 2)
+    if not (betas and all(0 <= b < 1 for b in betas)):
+        raise ValueError(f"{name} must be two values in [0, 1), got {value!r}")
+
+
+def _check_crop_scale(name: str, value: Any) -> None:
+    scale = _numbers(value, 2)
+    if not (scale and 0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"{name} must be two values with 0 < low <= high <= 1, got {value!r}")
+
+
 @dataclass(frozen=True)
 class RecoveryConfig(CheckedWhenMade):
     """Hyperparameters of UFC recovery (defaults: CIFAR, INFER_METHOD.md §3).
@@ -37,7 +56,8 @@ class RecoveryConfig(CheckedWhenMade):
     # (bounded: every UFC draws its rolls for all iterations up front, 16 bytes each)
     iterations: int = field(default=1000, metadata=option("recovery iterations", minimum=1, below=2 ** 31))
     lr: float = field(default=0.25, metadata=option("Adam learning rate of the UFCs", above=0))
-    betas: Tuple[float, float] = field(default=(0.5, 0.9), metadata=option("Adam betas, two values in [0, 1)"))
+    betas: Tuple[float, float] = field(default=(0.5, 0.9), metadata=option(
+        "Adam betas, two values in [0, 1)", check=_check_betas))
     eps: float = field(default=1e-8, metadata=option("Adam epsilon", above=0))
     r_bn: float = field(default=1.0, metadata=option("weight of the BN-statistics loss", minimum=0))
     first_bn_mult: float = field(default=10.0, metadata=option("multiplier of the first BN layer's statistics loss",
@@ -51,7 +71,8 @@ class RecoveryConfig(CheckedWhenMade):
     max_shift: int = field(default=4, metadata=option("largest roll in pixels", minimum=0, below=2 ** 31,
                                                           note="a roll repeats past the image's size"))
     crop_scale: Tuple[float, float] = field(default=RESIZED_CROP_SCALE, metadata=option(
-        "RandomResizedCrop's area range, with augmentation imagenet: [low, high], 0 < low <= high <= 1"))
+        "RandomResizedCrop's area range, with augmentation imagenet: [low, high], 0 < low <= high <= 1",
+        check=_check_crop_scale))
     # a curriculum on that range (CDA; augmentation "imagenet" only): (schedule, start, milestone),
     # the lower bound moved from ``start`` at iteration 0 to crop_scale's at milestone * iterations
     # (crop_scale_at). None: crop_scale at every iteration
@@ -124,38 +145,32 @@ class RecoveryConfig(CheckedWhenMade):
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
         hold_as_made(self)  # (betas, crop_scale and crop_scale_curriculum as tuples: given lists are the caller's)
-        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
-                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
-            raise ValueError(f"betas must be two values in [0, 1), got {self.betas!r}")
-        scale = tuple(self.crop_scale) if isinstance(self.crop_scale, (tuple, list)) else ()
-        if (len(scale) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-                or not (0 < scale[0] <= scale[1] <= 1)):
-            raise ValueError(f"crop_scale must be two values with 0 < low <= high <= 1, got {self.crop_scale!r}")
         self._check_crop_scale_curriculum()
         if self.distributed == "chunks" and self.chunk_size is None:
-            raise ValueError("distributed='chunks' splits the chunks of each batch across ranks: set chunk_size")
+            raise ValueError("distributed='chunks' (--distributed chunks) splits the chunks of each batch across ranks: "
+                             "set chunk_size (--chunk-size)")
         if self.chunk_size is not None and self.fused_bn is True:
-            raise ValueError("fused_bn does not apply with chunk_size: the chunked mode runs its own BN-statistics "
-                             "hooks over the chunks; drop one of them")
+            raise ValueError("fused_bn (--fused-bn) does not apply with chunk_size (--chunk-size): the chunked "
+                             "mode runs its own BN-statistics hooks over the chunks; drop one of them")
         if self.chunk_size is not None and self.compile != "off":
-            raise ValueError(f"compile={self.compile!r} does not apply with chunk_size: the chunked mode runs the "
-                             "teacher chunk by chunk, eagerly; drop one of them")
+            raise ValueError(f"compile={self.compile!r} (--compile) does not apply with chunk_size (--chunk-size): "
+                             "the chunked mode runs the teacher chunk by chunk, eagerly; drop one of them")
 
     def _check_crop_scale_curriculum(self) -> None:
         curriculum = self.crop_scale_curriculum
         if curriculum is None:
             return
         if self.augmentation != "imagenet":
-            raise ValueError("crop_scale_curriculum schedules RandomResizedCrop's scale: it needs "
-                             f"augmentation='imagenet', got augmentation={self.augmentation!r}")
+            raise ValueError("crop_scale_curriculum (--crop-scale-curriculum) schedules RandomResizedCrop's scale: "
+                             f"it needs augmentation='imagenet' (--augmentation imagenet), got {self.augmentation!r}")
         low, high = self.crop_scale
         values = tuple(curriculum) if isinstance(curriculum, (tuple, list)) else ()
         numbers = values[1:] if len(values) == 3 else ()
         if (len(numbers) != 2 or values[0] not in CROP_SCALE_SCHEDULES
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
                 or not (low <= numbers[0] <= high and 0 < numbers[1] <= 1)):
-            raise ValueError(f"crop_scale_curriculum must be (schedule, start, milestone): schedule one of "
-                             f"{', '.join(CROP_SCALE_SCHEDULES)}, crop_scale's low {low} <= start <= its high {high}, "
+            raise ValueError("crop_scale_curriculum (--crop-scale-curriculum) must be (schedule, start, milestone): "
+                             f"schedule one of {', '.join(CROP_SCALE_SCHEDULES)}, crop_scale's low {low} <= start <= its high {high}, "
                              f"0 < milestone <= 1; got {curriculum!r}")
 
     def describe_augmentation(self) -> str:
