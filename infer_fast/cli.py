@@ -309,7 +309,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .data import load_test_split
     from .storage import load_distilled
     from .methods.registry import set_student_settings
-    from .student import BEST_LABEL, StudentConfig, evaluate_seeds, labels_text, recipe_of
+    from ._io import save_json_atomic
+    from .output_lock import output_lock
+    from .student import (BEST_LABEL, TRAIN_REPORT_FORMAT, StudentConfig, evaluate_seeds, labels_text, recipe_of,
+                          train_report)
     from .teacher import load_teachers_for_set
     from .distributed import init_from_env, same_outcome
 
@@ -323,6 +326,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         StudentConfig(**fields)
         check_int("--seeds", args.seeds)
         _check_resume_has_checkpoints(args)
+        if args.out and rank == 0:  # (rank 0 writes it)
+            _check_report_out(args.out, [("--teachers", path) for path in comma_list(args.teachers)],
+                              TRAIN_REPORT_FORMAT, "training report")
         if args.teachers and not fields.get("dynamic", declared["dynamic"].default):
             raise UserError("--teachers applies with --dynamic (INFER+Dyn: labels recomputed by the teachers) only; "
                             "a set's static soft labels come from `infer-fast relabel`")
@@ -340,8 +346,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                                progress=not args.quiet and rank == 0)
     seeds = range(args.seeds)  # (a range: a count is checked, never a list of that many made)
-    result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None, progress=not args.quiet and rank == 0,
-                            checkpoints=args.checkpoints, resume=args.resume)
+    # (two trainings writing one --out: the second is refused at its start, not one report lost at the end)
+    with output_lock(args.out, "training report") if args.out and rank == 0 else contextlib.nullcontext():
+        result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None,
+                                progress=not args.quiet and rank == 0, checkpoints=args.checkpoints, resume=args.resume)
+        if args.out and rank == 0:
+            save_json_atomic(train_report(ds, args.directory, config, result, comma_list(args.teachers)), args.out)
     if rank != 0:
         return
     per_seed = ", ".join(f"{acc:.4f}" for acc in result["per_seed"].values())
@@ -354,6 +364,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if best:  # (--eval-every: the optimistic number, labelled, beside the final one)
         line += f"; {BEST_LABEL}: {100 * statistics.fmean(best):.2f} +- {100 * statistics.pstdev(best):.2f} %"
     print(line)
+    if args.out:
+        print(f"report: {args.out}")
 
 
 def _check_train_ranks_agree(ds, config, teachers, args: argparse.Namespace) -> None:
@@ -425,7 +437,7 @@ def _check_resume_has_checkpoints(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ._io import check_writable, save_json_atomic
     from ._text import checkpoints_held
-    from .evaluate import checkpoint_files, evaluate_under, format_report
+    from .evaluate import REPORT_FORMAT, checkpoint_files, evaluate_under, format_report
     from .output_lock import output_lock
     from .storage import load_distilled
     from .teacher import load_teachers_for_set
@@ -441,11 +453,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if found and not args.resume:
             raise UserError(checkpoints_held(f"--checkpoints {args.checkpoints}", found))
     if args.out:
-        check_writable(args.out, "--out")
         inputs = [("--teachers", path) for path in teachers]
         if args.full_data_checkpoint:
             inputs.append(("--full-data-checkpoint", args.full_data_checkpoint))
-        _check_report_out(args.out, inputs)
+        _check_report_out(args.out, inputs, REPORT_FORMAT, "evaluation report")
     _evaluation_protocol(args)  # (every option checked before any loading)
     # two evaluations writing one --out: the second is refused at its start, not one report lost at the end
     with output_lock(args.out, "evaluation report") if args.out else contextlib.nullcontext():
@@ -463,12 +474,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"report: {args.out}")
 
 
-def _check_report_out(out: str, inputs: List[Tuple[str, str]]) -> None:
-    """Before any work: evaluate --out replaces the file, so it may be neither one of the
-    command's ``inputs`` ((flag, path)) nor an existing file other than an evaluation report
-    (a teacher checkpoint, a run's results.json, a set's manifest)."""
-    from .evaluate import REPORT_FORMAT
+def _check_report_out(out: str, inputs: List[Tuple[str, str]], report_format: str, what: str) -> None:
+    """Before any work: evaluate's and train's --out replace the file, so it may be neither one
+    of the command's ``inputs`` ((flag, path)) nor an existing file other than a report of
+    ``report_format`` (``what``: "evaluation report"), not a teacher checkpoint, a run's
+    results.json or a set's manifest."""
+    from ._io import check_writable
 
+    check_writable(out, "--out")
     for flag, path in inputs:
         if os.path.realpath(out) == os.path.realpath(path):
             raise UserError(f"--out {out!r} is the file given as {flag}: the report would replace it; give another --out")
@@ -481,8 +494,8 @@ def _check_report_out(out: str, inputs: List[Tuple[str, str]]) -> None:
             report = json.load(f) if starts_as_object else None
     except (OSError, ValueError):  # (unreadable, or not JSON: not a report)
         report = None
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise UserError(f"--out {out!r} exists and is not an infer-fast evaluation report: the report would replace "
+    if not isinstance(report, dict) or report.get("format") != report_format:
+        raise UserError(f"--out {out!r} exists and is not an infer-fast {what}: the report would replace "
                         "it; give another --out, or remove the file first")
 
 
@@ -679,6 +692,8 @@ def _add_relabel_and_train(sub) -> None:
                        "trained students' weights too); an interrupted train continues from them with --resume")
     train.add_argument("--resume", action="store_true", help="with --checkpoints: continue the seeds from their "
                        "checkpoints (a finished seed is read back, not trained again)")
+    train.add_argument("--out", metavar="FILE", help="write the results (JSON) here: the set, the students' settings, "
+                       "the accuracy over the seeds and each seed's epochs")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 

@@ -52,6 +52,7 @@ import dataclasses
 import math
 import os
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from collections.abc import Iterable
@@ -701,6 +702,35 @@ def evaluate_seeds(
         "std": accs.std(unbiased=False).item(),
         "per_seed": {s: r["final_accuracy"] for s, r in zip(seeds, results)},
         "results": results,
+    }
+
+
+# the "format" of the file `infer-fast train --out` writes (train_report)
+TRAIN_REPORT_FORMAT = "infer-fast-train"
+
+
+def train_report(distilled: DistilledSet, path: str, config: StudentConfig, result: Dict[str, Any],
+                 teacher_paths: Sequence[str] = ()) -> Dict[str, Any]:
+    """What `infer-fast train --out` writes (JSON): the set (``path``, its method, dataset,
+    size and content digest, so rows of a table can be told apart and matched to their set),
+    the students' settings, the final accuracy over the seeds and each seed's run (its epochs'
+    loss, rate and evaluations) from ``result`` (:func:`evaluate_seeds`'), without the models."""
+    runs = [{"seed": seed, **{k: run[k] for k in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "history")}}
+            for seed, run in zip(result["per_seed"], result["results"])]
+    best = [run["best_accuracy"] for run in runs if run["best_accuracy"] is not None]
+    return {
+        "format": TRAIN_REPORT_FORMAT,
+        "set": {"path": path, "method": distilled.method, "dataset": distilled.dataset,
+                "training_images": distilled.num_training_images(), "sha256": set_digest(distilled)},
+        # (each seed's is per_seed's; the device as the students trained: resolved)
+        "student_config": {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
+        | {"device": str(resolve_device(config.device))},
+        "teachers": list(teacher_paths),  # (INFER+Dyn's: they relabel every batch)
+        "final_accuracy": {"mean": result["mean"], "std": result["std"], "seeds": len(runs)},
+        # (--eval-every: the optimistic number, labelled as such)
+        "best_accuracy": ({"mean": statistics.fmean(best), "std": statistics.pstdev(best), "label": BEST_LABEL}
+                          if best else None),
+        "per_seed": runs,
     }
 
 
