@@ -217,11 +217,12 @@ class _Runs:
 
 def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, device: str, checkpoint,
                progress: bool, reuse: Optional[Dict[str, Any]] = None, checkpoints: Optional[str] = None):
-    """(accuracy for round i, source): DD-Ranking's cached value where it has one (a checkpoint
-    given beside it is not read: its leaderboard's value comes first), else the checkpoint,
-    else trained each round (checkpointed in the folder ``checkpoints`` when one is given)."""
+    """(accuracy for round i, what the report records of it: its ``source``...): DD-Ranking's
+    cached value where it has one (a checkpoint given beside it is not read: its leaderboard's
+    value comes first), else the checkpoint (evaluate.checkpoint_full_data), else trained each
+    round (checkpointed in the folder ``checkpoints`` when one is given)."""
     from ._text import count_text
-    from .evaluate import check_full_data_checkpoint, same_architecture, train_full_data
+    from .evaluate import check_full_data_checkpoint, checkpoint_full_data, same_architecture, train_full_data
 
     name = distilled.dataset
     for (dataset, classes, size, cached_model), accuracy in FULL_DATA_ACCURACY.items():
@@ -229,10 +230,11 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
                 and same_architecture(model, cached_model):
             unused = f"; {checkpoint} given, not read" if checkpoint is not None else ""
             return ((lambda i, a=accuracy: a),
-                    f"DD-Ranking's cached value for {name} with ResNet-18-BN ({cached_model}){unused}")
+                    {"source": f"DD-Ranking's cached value for {name} with ResNet-18-BN ({cached_model}){unused}",
+                     "epochs": None, "trained_here": False})
     if checkpoint is not None:
         meta = check_full_data_checkpoint(checkpoint, model, distilled.real_dataset, distilled.class_names)
-        return (lambda i: float(meta["test_accuracy"])), f"recorded in {checkpoint} ({meta['model']})"
+        return (lambda i: float(meta["test_accuracy"])), checkpoint_full_data(checkpoint, meta)
     accuracies: Dict[int, float] = {}
 
     def trained(i: int) -> float:
@@ -241,7 +243,8 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
                                             progress, seed=round_seed(i), student=protocol.student, reuse=reuse,
                                             checkpoints=checkpoints)
         return accuracies[i]
-    return trained, f"trained here in every round: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"
+    return trained, {"source": f"trained here in every round: {model}, {count_text(protocol.full_data_epochs, 'epoch')} "
+                     "of the teacher recipe", "epochs": protocol.full_data_epochs, "trained_here": True}
 
 
 def evaluate_set_dd_ranking(
@@ -344,9 +347,10 @@ def _round_record(seed: int, subset_seed: int, runs: Dict[str, Dict[str, Any]], 
 
 def _report(distilled, protocol: DDRankingProtocol, dataset, rounds: List[Dict[str, Any]],
             labelled_by: Dict[str, Any], student_config, random_subset_line: str,
-            full_source: str) -> Dict[str, Any]:
-    """The report of ``rounds``: the set, the protocol, and each accuracy and score's mean and std."""
-    from .evaluate import REPORT_FORMAT
+            full_source: Dict[str, Any]) -> Dict[str, Any]:
+    """The report of ``rounds``: the set, the protocol, and each accuracy and score's mean and std
+    (``full_source``: what _full_data says of the full-data accuracy)."""
+    from .evaluate import REPORT_FORMAT, protocol_settings
 
     run_names = tuple(rounds[0]["runs"])
     return {
@@ -354,12 +358,12 @@ def _report(distilled, protocol: DDRankingProtocol, dataset, rounds: List[Dict[s
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
                 "training_images": distilled.num_training_images(), "labelling_teachers": labelled_by},
         "protocol": {
-            **protocol.settings(dataset), "round_seeds": [r["seed"] for r in rounds],
+            **protocol_settings(protocol, full_source, dataset), "round_seeds": [r["seed"] for r in rounds],
             "student_config": dataclasses.asdict(student_config),
             "accuracy_of_a_run": f"best of the tests every {protocol.test_interval} epochs, best over the rate grid",
             "random_subset": random_subset_line,
         },
-        "full_data_hard": {"accuracy": _summary([r["full_hard"] for r in rounds])["mean"], "source": full_source,
+        "full_data_hard": {"accuracy": _summary([r["full_hard"] for r in rounds])["mean"], **full_source,
                            "per_round": [r["full_hard"] for r in rounds]},
         "accuracy": {k: _summary([r["runs"][k]["accuracy"] for r in rounds]) for k in run_names},
         "scores": {k: _summary([r["scores"][k] for r in rounds]) for k in SCORE_NAMES},

@@ -294,18 +294,35 @@ def train_full_data(model: str, dataset: str, data_root, device: str, epochs: in
 def _full_data_accuracy(protocol: Protocol, distilled, data_root, device: str, full_data_checkpoint,
                         progress: bool, reuse: Optional[Dict[str, Any]],
                         checkpoints: Optional[str]) -> Dict[str, Any]:
-    """{"accuracy", "source"}: read from a teacher checkpoint of the students' architecture
-    (trained on the classes of the set ``distilled``), or trained with the teacher recipe on the
-    whole training split of the set's dataset."""
+    """{"accuracy", "source", "epochs"}: read from a teacher checkpoint of the students'
+    architecture (trained on the classes of the set ``distilled``; with its ``checkpoint`` and the
+    epochs it records: :func:`checkpoint_full_data`), or trained with the teacher recipe on the
+    whole training split of the set's dataset (the protocol's full_data_epochs)."""
     model, dataset = protocol.student_model(), distilled.real_dataset
     if full_data_checkpoint is not None:
         meta = check_full_data_checkpoint(full_data_checkpoint, model, dataset, distilled.class_names)
-        return {"accuracy": float(meta["test_accuracy"]), "source": f"recorded in {full_data_checkpoint} "
-                f"({meta['model']}, {count_text(meta.get('epochs_done'), 'epoch')})"}
+        return {"accuracy": float(meta["test_accuracy"]), **checkpoint_full_data(full_data_checkpoint, meta)}
     accuracy = train_full_data(model, dataset, data_root, device, protocol.full_data_epochs, progress,
                                student=protocol.student, reuse=reuse, checkpoints=checkpoints)
     return {"accuracy": accuracy,
-            "source": f"trained here: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe"}
+            "source": f"trained here: {model}, {count_text(protocol.full_data_epochs, 'epoch')} of the teacher recipe",
+            "epochs": protocol.full_data_epochs, "trained_here": True}
+
+
+def checkpoint_full_data(path, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """What a report records of a full-data accuracy read from the teacher checkpoint ``path``
+    (``meta``: its metadata, check_full_data_checkpoint's): ``source``, the ``checkpoint`` and the
+    ``epochs`` it was trained for (None: pretrained weights, or a checkpoint that records none).
+    No epochs of the protocol: its full_data_epochs trained nothing here."""
+    from .teacher import is_pretrained
+
+    epochs, pretrained = meta.get("epochs_done"), is_pretrained(meta)
+    if pretrained or isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        epochs = None  # (a pretrained teacher's 0 epochs are not a training of that length)
+    how = count_text(epochs, "epoch") if epochs is not None else \
+        ("pretrained weights" if pretrained else "epochs not recorded")
+    return {"source": f"recorded in {path} ({meta['model']}, {how})", "checkpoint": str(path), "epochs": epochs,
+            "trained_here": False}
 
 
 # The random subsets are drawn from a stream of their own (training_rng.derived_seed of the
@@ -540,7 +557,7 @@ def evaluate_set(
         "format": REPORT_FORMAT,
         "set": {"method": distilled.method, "dataset": distilled.dataset, "budget": dict(distilled.budget),
                 "training_images": distilled.num_training_images(), "labelling_teachers": labelled_by},
-        "protocol": {**protocol.settings(),
+        "protocol": {**protocol_settings(protocol, full),
                      # (as the students train: on ``device``)
                      "student_config": dataclasses.asdict(dataclasses.replace(
                          protocol.student_config("soft", True, 0, own), device=device)),
@@ -554,6 +571,17 @@ def evaluate_set(
         "scores": {name: _summary([s[name] for s in per_seed]) for name in SCORE_NAMES},
         "per_seed": per_seed,
     }
+
+
+def protocol_settings(protocol, full: Dict[str, Any], dataset: Any = None) -> Dict[str, Any]:
+    """The settings of ``protocol`` (either protocol's: its settings(dataset)) as a report
+    records them (``full``: its ``full_data_hard``): without ``full_data_epochs`` where the
+    full-data accuracy was read (a checkpoint, DD-Ranking's cached value), not trained here: no
+    run of that length was (``full_data_hard`` says what the checkpoint records)."""
+    settings = protocol.settings(dataset)
+    if full.get("trained_here") is False:
+        settings.pop("full_data_epochs", None)
+    return settings
 
 
 def random_subset_text(ipc: int, seed: str, static_labels: bool, labelled_by: Dict[str, Any]) -> str:

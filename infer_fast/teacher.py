@@ -308,6 +308,9 @@ def train_teacher(cfg: TeacherConfig, out: PathLike, progress: bool = True) -> D
 
     if os.path.exists(out):
         ckpt = _read_checkpoint(out)
+        if is_pretrained(ckpt):  # (said as such, not as a training of other settings)
+            raise ValueError(f"{out!r} already holds pretrained weights ({ckpt.get('model')}), not a training to "
+                             "continue: choose another --out or delete the file")
         _check_same_run(ckpt, meta, out)
         if ckpt.get("train_state") is None:
             print(f"{out}: already trained ({count_text(ckpt['epochs_done'], 'epoch')}, test accuracy "
@@ -382,11 +385,12 @@ def _train_epoch(model: nn.Module, train, cfg: TeacherConfig, optimizer, schedul
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lr = schedule.get_last_lr()[0]  # (the rate this step takes: after schedule.step, the next step's)
         optimizer.step()
         schedule.step()
         step_losses.add(loss, len(y))
         if progress and (step % PROGRESS_LOSS_EVERY == 0 or step + 1 == steps):  # (a host read)
-            bar.set_postfix(loss=f"{step_losses.mean():.4f}", lr=f"{schedule.get_last_lr()[0]:.4f}")
+            bar.set_postfix(loss=f"{step_losses.mean():.4f}", lr=f"{lr:.4f}")
     mean = step_losses.mean()  # (no new read when the bar read it after the last step)
     if not math.isfinite(mean):  # (checked once an epoch: a check per step would wait for the GPU at each)
         bad = int((~torch.isfinite(step_losses.values[:len(step_losses.sizes)])).nonzero()[0])
@@ -477,7 +481,7 @@ def load_teacher(
         raise _weights_do_not_fit(path, ckpt, " ".join(str(exc).split())[:300]) from None
     _check_weights(path, model)
     model = model.to(dev).eval().requires_grad_(False)
-    return model, {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+    return model, _as_read({k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")})
 
 
 def continue_command(path: str, config: Mapping[str, Any]) -> str:
@@ -687,9 +691,10 @@ def pretrained_teacher(model: str, dataset: str, out: PathLike, pretrained: Any 
                          f"trained on (train one for this data: infer-fast teacher --model {model})") from None
     state_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     check_writable(out, "teacher checkpoint", need_bytes=state_bytes + CHECKPOINT_ALLOWANCE)
-    cfg = TeacherConfig(dataset=spec.name, model=model, epochs=1, data_root=data_root, device=device)
+    cfg = TeacherConfig(dataset=spec.name, model=model, data_root=data_root, device=device)  # (checked when made)
     meta = {**_metadata(cfg, spec), "class_names": _pretrained_class_names(spec)}
-    meta["config"]["pretrained"] = os.fspath(pretrained) if isinstance(pretrained, (str, os.PathLike)) else bool(pretrained)
+    # no training settings: none was run (a recipe's epochs and lr here would read as how it was trained)
+    meta["config"] = pretrained_config(spec.name, model, pretrained)
     accuracy = None
     if evaluate_on_test:
         test = load_dataset(dataset, "test", data_root=data_root)
@@ -699,6 +704,32 @@ def pretrained_teacher(model: str, dataset: str, out: PathLike, pretrained: Any 
     save_atomic({**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0,
                  "state_dict": net.state_dict(), "train_state": None}, out)
     return {**meta, "epochs_done": 0, "test_accuracy": accuracy, "history": [], "elapsed_s": 0.0}
+
+
+def pretrained_config(dataset: str, model: str, pretrained: Any) -> Dict[str, Any]:
+    """The ``config`` a pretrained teacher's checkpoint records: what it is (``dataset``,
+    ``model``) and where its weights came from (``pretrained``: a file, or True: the torch hub
+    cache), no training settings (checkpoints of before recorded a TeacherConfig's
+    placeholders, epochs 1 and the recipe's lr...; :func:`is_pretrained` tells either)."""
+    source = os.fspath(pretrained) if isinstance(pretrained, (str, os.PathLike)) else bool(pretrained)
+    return {"dataset": dataset, "model": model, "pretrained": source}
+
+
+def is_pretrained(meta: Mapping[str, Any]) -> bool:
+    """Whether teacher checkpoint metadata ``meta`` is of pretrained weights (written by
+    :func:`pretrained_teacher`, now or before), not of a training."""
+    config = meta.get("config")
+    return isinstance(config, Mapping) and bool(config.get("pretrained"))
+
+
+def _as_read(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """Teacher checkpoint metadata as readers get it: a pretrained teacher's checkpoint of before
+    recorded a TeacherConfig's placeholders (epochs 1, lr 0.1...) beside epochs_done 0, which
+    read as a training it never had; its config is read as one written now records it."""
+    if is_pretrained(meta):
+        meta = {**meta, "config": pretrained_config(meta.get("dataset"), meta.get("model"),
+                                                    meta["config"]["pretrained"])}
+    return meta
 
 
 def _pretrained_class_names(spec) -> Optional[List[str]]:
@@ -714,8 +745,8 @@ def _pretrained_class_names(spec) -> Optional[List[str]]:
 def _existing_pretrained_teacher(out: str, model: str, dataset: str) -> Dict[str, Any]:
     """The metadata of the pretrained teacher already at ``out`` (after a line saying what it
     holds); ValueError when it holds another model, dataset or a trained teacher."""
-    meta = {k: v for k, v in _read_checkpoint(out).items() if k not in ("state_dict", "train_state")}
-    source = meta.get("config", {}).get("pretrained")
+    meta = _as_read({k: v for k, v in _read_checkpoint(out).items() if k not in ("state_dict", "train_state")})
+    source = (meta.get("config") or {}).get("pretrained")
     held = f"a {meta.get('model')!r} teacher for {meta.get('dataset')!r}"
     if meta.get("model") != model or meta.get("dataset") != dataset or not source:
         how = "from pretrained weights" if source else f"trained for {count_text(meta.get('epochs_done'), 'epoch')}"

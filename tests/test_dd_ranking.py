@@ -153,7 +153,7 @@ def test_full_data_accuracy_comes_from_the_students_architecture(teacher):
     assert check_full_data_checkpoint(path, "convnet-w8-d2", "fashion-mnist-mini")["model"] == "convnet-w8-d2"
     imagenet = SimpleNamespace(dataset="imagenet", num_classes=1000, height=224)
     accuracy, source = _full_data(DDRankingProtocol(), imagenet, "resnet18-imagenet", None, "cpu", None, False)
-    assert accuracy(3) == 0.565 and "cached" in source
+    assert accuracy(3) == 0.565 and "cached" in source["source"] and source["trained_here"] is False
     tiny = SimpleNamespace(dataset="tiny-imagenet", num_classes=200, height=64)
     assert _full_data(DDRankingProtocol(), tiny, "resnet-18", None, "cpu", None, False)[0](0) == 0.464
     subset = SimpleNamespace(dataset="imagenet", num_classes=100, height=224, real_dataset={})
@@ -164,7 +164,8 @@ def test_full_data_accuracy_comes_from_the_students_architecture(teacher):
     try:  # no cached value for a class subset: trained, once per round
         evaluate.train_full_data = lambda model, *a, seed=0, **k: calls.append(seed) or 0.5
         trained, source = _full_data(DDRankingProtocol(), subset, "resnet18-imagenet", None, "cpu", None, False)
-        assert [trained(0), trained(1), trained(0)] == [0.5] * 3 and calls == [0, 1] and "every round" in source
+        assert [trained(0), trained(1), trained(0)] == [0.5] * 3 and calls == [0, 1]
+        assert "every round" in source["source"] and source["epochs"] == 30 and source["trained_here"] is True
     finally:
         evaluate.train_full_data = original
 
@@ -199,7 +200,7 @@ def test_cli_dd_ranking_protocol(teacher, unlabelled_set, tmp_path, capsys):
                            (["--protocol", "dd-ranking", "--recipe", "cifar"], "--recipe applies to --protocol"),
                            (["--protocol", "dd-ranking", "--lr", "0.1"], "lr is set by the DD-Ranking protocol"),
                            # (the flags are the protocols' own declarations: their checks, a 0 not ignored)
-                           (["--protocol", "dd-ranking", "--test-interval", "0"], "test_interval must be a positive integer, got 0"),
+                           (["--protocol", "dd-ranking", "--test-interval", "0"], "argument --test-interval: must be a positive integer, got 0"),
                            # (--full-data-epochs trains a full-data run; base reads one from its checkpoint)
                            (["--full-data-epochs", "3"], "--full-data-epochs sets the full-data run trained here"),
                            (["--weight", "2"], "weight")):
@@ -208,7 +209,7 @@ def test_cli_dd_ranking_protocol(teacher, unlabelled_set, tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1
     no_checkpoint = base[:4] + base[6:]  # (the full-data run trained here: its epochs checked, a 0 not ignored)
     assert main(no_checkpoint + ["--full-data-epochs", "0"]) == 2
-    assert "full_data_epochs must be a positive integer, got 0" in capsys.readouterr().err
+    assert "argument --full-data-epochs: must be a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
 
 

@@ -70,12 +70,12 @@ def test_import_of_our_export_records_the_method_its_listing_names(exported_rand
     assert main(["import", str(exported_random_set), "--dataset", "fashion-mnist-mini",
                  "--out", str(tmp_path / "im")]) == 0
     assert load_distilled(tmp_path / "im").hyperparameters["source_method"] == "random"
-    # a name given wins; an imported set's export ("external") does not say what made it
+    # a name given wins; an imported set's export names the method its import recorded
     given = import_imagefolder(exported_random_set, "fashion-mnist-mini", name="RDED")
     assert given.hyperparameters["source_method"] == "RDED"
     export_imagefolder(tmp_path / "im", tmp_path / "again")
     again = import_imagefolder(tmp_path / "again", "fashion-mnist-mini")
-    assert again.hyperparameters["source_method"] == "unknown"
+    assert again.hyperparameters["source_method"] == "random"
     listing = tmp_path / "again" / "export.json"
     listing.write_text(json.dumps({**json.loads(listing.read_text()), "method": 3}))  # (a hand edit)
     with pytest.raises(DistilledSetError, match=r"export\.json: method must be a method's name, got 3"):

@@ -26,7 +26,7 @@ from ..checks import check_class_names, is_digits
 from .disk import FORMAT_NAME, check_safetensors_path
 from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, check_dataset_classes, fp16_soft_labels
 from .report import (EXPORT_LISTING, EXPORTED_SOFT_LABELS, EXPORTED_SOFT_LABELS_KEY, EXPORTED_SOFT_LABELS_SHA256,
-                     _safe_name)
+                     UNKNOWN_METHOD, _safe_name)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -45,13 +45,17 @@ def _read_export_listing(root: Path) -> Optional[dict]:
 
 
 def _exported_method(listing: Optional[dict], root: Path) -> str:
-    """The method that made the set our export's ``listing`` lists, checked; "unknown" without a
-    listing, or for an imported set's export (its method is ``external``: not the one that made it)."""
+    """The method that made the set our export's ``listing`` lists, checked (any name: another
+    tool's methods are not registered here); UNKNOWN_METHOD without a listing, or for the export of
+    an imported set that did not know its source (``external``; an export names the source method
+    where the import recorded one: report.exported_method). Read only where no ``name`` is given."""
     method = listing.get("method") if listing is not None else None
     if method is None or method == EXTERNAL_METHOD:
-        return "unknown"
+        return UNKNOWN_METHOD
     if not isinstance(method, str) or not method.strip():
-        raise DistilledSetError(f"{root / EXPORT_LISTING}: method must be a method's name, got {method!r}")
+        # (a hand-edited listing: the name given wins, and this field is not read then)
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: method must be a method's name, got {method!r}; give the "
+                                "method that made the set (import --name METHOD) to import it anyway")
     return method
 
 
@@ -582,6 +586,8 @@ def import_imagefolder(source: PathLike, dataset: Union[str, Mapping[str, Any]],
     from ..data.registry import get_dataset
 
     root = Path(source)
+    if name is not None and (not isinstance(name, str) or not name.strip()):  # (recorded as the source method)
+        raise DistilledSetError(f"name must be the name of the method that made the set (e.g. RDED), got {name!r}")
     if not root.is_dir():
         raise DistilledSetError(f"{root}: not a directory of class folders")
     listing = _read_export_listing(root)

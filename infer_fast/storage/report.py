@@ -22,11 +22,14 @@ from .compression import compression_ratio_from_manifest
 from .dataset import DistilledDataset
 from ..output_lock import holds_output
 from .disk import FORMAT_NAME, FORMAT_VERSION, IMAGE_ORDER, load_distilled, load_with_manifest, refuse_symlink
-from .distilled_set import DistilledSet, DistilledSetError, OutputExistsError, dtype_name
+from .distilled_set import EXTERNAL_METHOD, DistilledSet, DistilledSetError, OutputExistsError, dtype_name
 
 # the soft labels export writes beside the class folders (import takes them back by default)
 EXPORTED_SOFT_LABELS = "soft_labels.safetensors"
 EXPORTED_SOFT_LABELS_KEY = "soft_labels"  # (its one tensor)
+# what an imported set records as its source method when neither its import nor the export it was
+# read from named one (import reads it back as not known)
+UNKNOWN_METHOD = "unknown"
 # the listing export writes beside them: the source, the class folders, the files in training
 # order (import maps an export's folders and soft labels by it)
 EXPORT_LISTING = "export.json"
@@ -257,6 +260,16 @@ def export_bytes(ds: DistilledSet, n: int, folders: List[str], block: int) -> in
             + (_blocks(soft + 4096, block) if soft else 0))  # (safetensors' header: under a block)
 
 
+def exported_method(ds: DistilledSet) -> str:
+    """The method export.json names for ``ds``: the set's own, or for an imported set (method
+    ``external``) the method its import recorded as having made it (``source_method``), which
+    import then records again; ``external`` where that is not known."""
+    if ds.method != EXTERNAL_METHOD:
+        return ds.method
+    source = (ds.hyperparameters or {}).get("source_method")
+    return source if isinstance(source, str) and source.strip() and source != UNKNOWN_METHOD else EXTERNAL_METHOD
+
+
 def _export_listing(ds: DistilledSet, source: Optional[str], folders: Sequence[str], files: Sequence[str],
                     soft_sha256: Optional[str]) -> Dict[str, Any]:
     """What export.json records of an export of ``ds`` (read from ``source``, None: a set in
@@ -264,7 +277,7 @@ def _export_listing(ds: DistilledSet, source: Optional[str], folders: Sequence[s
     file and SHA-256 (None: the set has none)."""
     return {
         "source_format": FORMAT_NAME, "source_format_version": FORMAT_VERSION, "source": source,
-        "method": ds.method, "dataset": ds.dataset, "num_classes": ds.num_classes,
+        "method": exported_method(ds), "dataset": ds.dataset, "num_classes": ds.num_classes,
         "image_size": list(ds.image_size),  # (import reads a set made at another resolution back at it)
         "class_folders": list(folders), "class_names": ds.class_names,
         "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
