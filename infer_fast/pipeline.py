@@ -44,7 +44,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from . import distributed, interrupts
 from ._io import TEMP, check_input_file, check_writable, hidden_sibling_owner, save_json_atomic, write_atomically
@@ -283,7 +283,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
         _check_pretrained_weights(cfg)
         check_writable(cfg.out, "run directory", kind="inside")  # (read-only media, a file in the way)
         check_run_directory(Path(cfg.out))
-        external = _check_inputs(cfg)
+        inputs = _check_inputs(cfg)
         # (each rank its own data_root: every rank counts its train split's classes)
         _check_class_counts(cfg, progress and distributed.rank_and_world()[0] == 0)
     ranks = distributed.Ranks()
@@ -294,7 +294,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> Dict[str, Any]:
         distributed.check_ranks_share_folder(str(out / RESULTS_FILE), what="OUT", make=True)
         with job_output_lock(out, "run directory", inside=True, folders=RUN_FOLDERS), \
                 interrupts.continued_by("call run_pipeline(cfg) again to continue where it stopped"):
-            return _run(cfg, progress and ranks.rank == 0, ranks, external)
+            return _run(cfg, progress and ranks.rank == 0, ranks, inputs)
     except BaseException:
         if created and ranks.rank == 0 and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # refused before anything was written in it: no empty run directory left
@@ -348,15 +348,25 @@ def check_run_directory(out: Path) -> None:
                          "or empty directory, or an earlier run's")
 
 
-def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
+class _Inputs(NamedTuple):
+    """What the checks before any work read (:func:`_check_inputs`), passed on to the run:
+    {label: external_identity} of the external sets, and (paths, model_digest of each) of the
+    teachers given by path where those checks hashed them (else None)."""
+
+    external: Dict[str, Dict[str, str]]
+    path_teachers: Optional[Tuple[List[str], List[str]]] = None
+
+
+def _check_inputs(cfg: PipelineConfig) -> _Inputs:
     """Before any work: every teacher checkpoint given by path is a readable file, and every
     external set loads (manifest, files, digests), records its ipc and has soft labels where
     the run reads them (:func:`_soft_labels_needed`: another's set is never relabelled in its
     directory; a run used to write its own sets first and stop at a corrupt external one),
     labelled by the run's teachers where its scores need that (:func:`_check_labelling_teachers`;
     when every teacher is given by path: else once they are prepared, :func:`_load_teachers`).
-    Returns {label: external_identity} of the external sets (read here once, checked against
-    the results file's record)."""
+    Returns the _Inputs: {label: external_identity} of the external sets (read here once,
+    checked against the results file's record) and the digests of the teachers given by path
+    where they were computed (the run's teachers are not hashed again)."""
     from .results import external_identity
     from .storage import load_distilled
 
@@ -377,7 +387,7 @@ def _check_inputs(cfg: PipelineConfig) -> Dict[str, Dict[str, str]]:
             path_teachers = path_teachers or _path_teacher_digests(cfg)
             _check_labelling_teachers(cfg, label, ds, *path_teachers)
         identities[label] = external_identity(directory, ds)
-    return identities
+    return _Inputs(identities, path_teachers)
 
 
 def _teachers_given_by_path(cfg: PipelineConfig) -> bool:
@@ -506,9 +516,8 @@ class _Session:
         _next_step(self.meter, name)
 
 
-def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
-         external: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
-    session = _open_session(cfg, progress, ranks, external)
+def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks, inputs: _Inputs) -> Dict[str, Any]:
+    session = _open_session(cfg, progress, ranks, inputs.external)
     sets = _set_list(cfg, session.out)  # (key, directory): ours, then those given to the run
     if cfg.feature_duplication:  # (decided before any work: a note now, not a surprise after a set)
         session.no_duplication = _one_image_per_class(sets)
@@ -519,13 +528,14 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks,
     session.step("test split")
     test = _test_split(cfg, session.out, ranks, progress)
     _check_set_classes(sets, test)
-    teacher_paths, teachers = _load_teachers(session, test)  # 1. trained across the ranks, then loaded by every rank
+    # 1. trained across the ranks, then loaded by every rank
+    teacher_paths, teachers, records = _load_teachers(session, test, inputs.path_teachers)
     for key, directory in sets:  # 2. distilled sets, relabelled and measured
         _prepare_set(session, key, directory, teacher_paths, teachers)
     _train_students(session, sets, teachers, test)  # 3. students
     if cfg.scores and ranks.rank == 0:  # (rank 0 alone: the others wait at the end)
         session.step("scores")
-        _score_sets(cfg, sets, session.results, teacher_paths, session.save, progress)
+        _score_sets(cfg, sets, session.results, teachers, records, session.save, progress)
         session.meter.stop()
     if ranks.rank == 0:
         _write_report(session)
@@ -575,13 +585,16 @@ def _check_set_classes(sets: List[Tuple[SetKey, Path]], test) -> None:
                               f"the set {str(directory)!r}", split_label(test), SCORED_ON_OTHER_CLASSES)
 
 
-def _load_teachers(session: _Session, test) -> Tuple[List[str], List[Any]]:
-    """The teachers' checkpoint paths and models, prepared (trained across the ranks) and
-    loaded by every rank, each checked against the run's data (the ``test`` split: its
-    classes, by count and name, are the training split's), no two holding the same weights
-    (teacher.check_distinct_teachers), and, where the run trained or wrote some of them, as
-    the labelling teachers of the external sets its scores need them to be (_check_inputs
-    checks those of teachers given by path); rank 0 records them. All before any set work."""
+def _load_teachers(session: _Session, test, path_teachers: Optional[Tuple[List[str], List[str]]] = None
+                   ) -> Tuple[List[str], List[Any], List[Dict[str, Any]]]:
+    """The teachers' checkpoint paths, models and records (path, model, test accuracy, training
+    seconds), prepared (trained across the ranks) and loaded by every rank, each checked
+    against the run's data (the ``test`` split: its classes, by count and name, are the
+    training split's), no two holding the same weights (teacher.check_distinct_teachers), and,
+    where the run trained or wrote some of them, as the labelling teachers of the external sets
+    its scores need them to be (_check_inputs checks those of teachers given by path; their
+    digests, ``path_teachers``, are not computed again); rank 0 records them. All before any
+    set work."""
     from ._io import model_digest
     from .storage import load_distilled
     from .teacher import check_distinct_teachers, load_teachers_for_split
@@ -597,8 +610,11 @@ def _load_teachers(session: _Session, test) -> Tuple[List[str], List[Any]]:
         records.append({"path": path, "model": meta["model"], "test_accuracy": meta.get("test_accuracy"),
                         "train_seconds": meta.get("elapsed_s")})
         described.append(_describe_teacher(meta))
-    digests = [model_digest(model) for model in teachers]
-    check_distinct_teachers(digests, teacher_paths)
+    if path_teachers is not None and path_teachers[0] == teacher_paths:  # (hashed and checked distinct already)
+        digests = path_teachers[1]
+    else:
+        digests = [model_digest(model) for model in teachers]
+        check_distinct_teachers(digests, teacher_paths)
     if not _teachers_given_by_path(cfg):
         for label, directory in cfg.external.items():
             if _scored_with_static_labels(cfg, _external_key(label, directory)):
@@ -608,7 +624,7 @@ def _load_teachers(session: _Session, test) -> Tuple[List[str], List[Any]]:
         session.say("teachers: " + ", ".join(described))
         session.results.setdefault("timing", {})["teachers_s_this_session"] = time.perf_counter() - t0
         session.save()
-    return teacher_paths, teachers
+    return teacher_paths, teachers, records
 
 
 def _prepare_set(session: _Session, key: SetKey, directory: Path, teacher_paths: List[str], teachers: List[Any]) -> None:
@@ -827,7 +843,7 @@ def _write_report(session: _Session) -> None:
 
 
 def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: Dict[str, Any],
-                teacher_paths: List[str], save, progress: bool) -> None:
+                teachers: List[Any], records: List[Dict[str, Any]], save, progress: bool) -> None:
     """DD-Ranking's scores of every set under the protocol ``cfg.scores`` names (infer-fast
     evaluate's with the run's student and seeds; or DD-Ranking's, ``seeds`` rounds; the sets of
     methods labelled per batch (INFER+Dyn, RDED) have no static labels: they score with
@@ -840,17 +856,16 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
     once per session (evaluate's ``reuse`` memo). The full-data run and the students are
     checkpointed in SCORES_DIR after every epoch: a stopped run continues them; once every set is
     scored the students' checkpoints are removed (the full-data run's stays: scoring again under
-    other settings reads it back)."""
+    other settings reads it back). ``teachers``, ``records``: the run's teachers as loaded and
+    recorded (:func:`_load_teachers`: not loaded again)."""
     from .evaluate import checkpoint_files, evaluate_under, same_architecture
     from .storage import load_distilled
-    from .teacher import load_teacher
 
     protocol = cfg.score_protocol()
     student_model = protocol.student_model(cfg.dataset)
-    teachers = [load_teacher(p, dataset=cfg.dataset, device=cfg.device) for p in teacher_paths]
     # (a teacher that records no test accuracy, e.g. pretrained weights, cannot stand for the full data)
-    full_data = next((path for path, (_, meta) in zip(teacher_paths, teachers)
-                      if same_architecture(meta["model"], student_model) and meta.get("test_accuracy") is not None),
+    full_data = next((record["path"] for record in records
+                      if same_architecture(record["model"], student_model) and record["test_accuracy"] is not None),
                      None)
     scores = results.setdefault("scores", {})
     reuse: Dict[str, Any] = {}  # (the students two sets share: the random subsets', the same images')
@@ -865,7 +880,7 @@ def _score_sets(cfg: PipelineConfig, sets: List[Tuple[SetKey, Path]], results: D
                                                       else f"{', '.join(changed)} changed")
         _say(progress, f"DD-Ranking scores ({cfg.scores_protocol} protocol{labels}): {key.label} ipc {key.ipc} "
                        f"({own.student_count()} students{again})")
-        scores[str(key)] = evaluate_under(own, load_distilled(directory), [m for m, _ in teachers],
+        scores[str(key)] = evaluate_under(own, load_distilled(directory), teachers,
                                           data_root=cfg.data_root, full_data_checkpoint=full_data,
                                           device=cfg.device, progress=progress, reuse=reuse, checkpoints=checkpoints,
                                           decode_cache=str(Path(cfg.out) / CACHE_DIR) if cfg.decode_cache else None)
@@ -906,6 +921,8 @@ def _protocol_changes(report: Dict[str, Any], protocol, dataset: Any) -> List[st
         return settings
 
     current = comparable(protocol.settings(dataset))
+    if isinstance(report.get("full_data_hard"), dict) and report["full_data_hard"].get("trained_here") is False:
+        current.pop("full_data_epochs", None)  # (the accuracy was read, not trained: no run of those epochs)
     recorded = comparable({k: v for k, v in report.get("protocol", {}).items() if k in current})
     # (a report of before protocols were named is infer-fast's)
     defaults = comparable({**dataclasses.asdict(type(protocol)()), "name": PROTOCOL_NAME})

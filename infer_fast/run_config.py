@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import InitVar, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from .choices import EVALUATION_PROTOCOLS
@@ -12,7 +13,7 @@ from .checks import check_int
 from .methods import all_methods, get_method, run_method_names
 from .methods.registry import PLUGINS_HINT, find_method, run_level_options
 from .options import check_value
-from .set_keys import registered_method
+from .set_keys import SetKey, external_method, registered_method
 
 __all__ = ["PipelineConfig", "load_pipeline_config", "build_config"]
 
@@ -71,7 +72,8 @@ class PipelineConfig:
     # {protocol: NAME, OPTION: VALUE...} (e.g. lr_grid, test_interval, soft_labels)
     scores: Any = False
     # sets made elsewhere (e.g. `infer-fast import`ed, with soft labels) trained and scored
-    # beside ours under the same protocol: {label: set directory}; each at its own ipc
+    # beside ours under the same protocol: {label: set directory}; each at its own ipc (with
+    # ``methods: []`` they are the whole run: nothing is distilled)
     external: Dict[str, str] = field(default_factory=dict)
     # a test split read from image files (ImageNet's val) is decoded once into <out>/cache/ and
     # memory-mapped for every student evaluation (uint8 at the eval size: 7.5 GB for ImageNet's
@@ -217,8 +219,8 @@ class PipelineConfig:
         self._check_sets(where)
         self._check_external(where)
         self._check_switches(where)
-        self._check_recipes(where, written_for)
-        self._check_models(where)
+        parsed = self._check_recipes(where, written_for)
+        self._check_models(where, parsed)
 
     @staticmethod
     def _checked_written_for(where: str, written_for: Any) -> Tuple[str, ...]:
@@ -304,11 +306,16 @@ class PipelineConfig:
         for value in self.ipc:
             _check_count(where, "ipc", value)
         # (find_method loads the plug-ins where a name is none of the methods registered yet)
-        bad = [m for m in self.methods if not isinstance(m, str) or find_method(m) is None]
+        bad = [m for m in self.methods if not isinstance(m, str) or find_method(m) is None] \
+            if isinstance(self.methods, list) else []
         known = run_method_names()
-        if not isinstance(self.methods, list) or not self.methods or bad:
+        if not isinstance(self.methods, list) or bad:
             plugin = f" ({PLUGINS_HINT})" if bad else ""
             raise ValueError(f"{where}: methods must be chosen from {', '.join(known)}, got {self.methods!r}{plugin}")
+        # (none: a run that trains and scores only sets made elsewhere, README's external)
+        if not self.methods and not (isinstance(self.external, dict) and self.external):
+            raise ValueError(f"{where}: methods is empty and no external sets are given: list methods among "
+                             f"{', '.join(known)}, or give the sets to score as external: {{LABEL: SET_DIR}}")
         for name in ("ipc", "methods"):  # (a repeat would be a second row of the same set)
             values = getattr(self, name)
             repeated = [str(v) for i, v in enumerate(values) if v in values[:i]]
@@ -381,11 +388,13 @@ class PipelineConfig:
                              f"{', '.join(per_batch)} are labelled by the teachers per batch, the others' by the "
                              "set's static labels): leave it out and list those methods")
 
-    def _check_recipes(self, where: str, written_for: Tuple[str, ...] = ()) -> None:
+    def _check_recipes(self, where: str, written_for: Tuple[str, ...] = ()) -> Dict[str, Dict[str, Any]]:
         """The options of every method that makes a set of the run (and of every method with a
         section: sections are checked even when unused), the students, the scores' protocol
-        and each method's budget at every ipc (INFER's K = 0 is refused before anything runs);
-        the methods of ``written_for`` count where the students' options are checked."""
+        and each method's budget at every ipc (INFER's K = 0 is refused before anything runs),
+        and the compiler of a recovery the run still runs (:meth:`_makes_a_set`); the methods
+        of ``written_for`` count where the students' options are checked. Returns {method:
+        parsed options} of those that make a set (parsed once: the other checks read them)."""
         makers = [m.name for m in all_methods() if m.config_section] + [get_method(m).set_method for m in self.methods]
         try:
             parsed = {name: self.options_for(name) for name in dict.fromkeys(makers)
@@ -399,7 +408,18 @@ class PipelineConfig:
         self._check_student_options_used(where, parsed, protocol, written_for)
         for name in dict.fromkeys(get_method(m).set_method for m in self.methods):
             self._check_budget(where, get_method(name), parsed[name])
-            self._check_compiler(where, parsed[name])
+            if self._makes_a_set(name):  # (a continued run whose sets are all made compiles nothing)
+                self._check_compiler(where, parsed[name])
+        return parsed
+
+    def _makes_a_set(self, method: str) -> bool:
+        """Whether the run still makes a set of ``method``: at some ipc its directory is not in
+        the run directory's sets folder (as the run decides it, pipeline._prepare_set; a set
+        whose recovery was stopped has none yet)."""
+        from .pipeline import SETS_DIR
+
+        sets = Path(self.out) / SETS_DIR
+        return any(not (sets / SetKey(method, ipc).directory_name).exists() for ipc in self.ipc)
 
     def _check_compiler(self, where: str, options: Mapping[str, Any]) -> None:
         """A recovery compiled on the CPU finds a C++ compiler (refused now, not after the teachers trained)."""
@@ -462,6 +482,10 @@ class PipelineConfig:
             configs.append(self._student_config_checked(where, name, set_settings))
             if isinstance(protocol, Protocol):
                 configs.append(protocol.student_config("soft", True, 0, set_settings))
+        if self.external:  # (the students of a set given to the run: the section's settings as they are)
+            configs.append(self._student_config_checked(where, external_method(next(iter(self.external)))))
+            if isinstance(protocol, Protocol):
+                configs.append(protocol.student_config("soft", True, 0))
         ignored = [option for option in self.student if all(config.ignores(option) for config in configs)]
         try:
             configs[0].check_given(ignored)
@@ -498,11 +522,13 @@ class PipelineConfig:
                 section = "" if method.config_section else f"method_options: {method.name}: "
                 raise ValueError(f"{where}: {section}{exc}") from None
 
-    def _check_models(self, where: str) -> None:
+    def _check_models(self, where: str, parsed: Mapping[str, Dict[str, Any]]) -> None:
         """Every model the run builds, its teachers' (trained, or of pretrained weights) and its
-        students', built once on the meta device (no memory, no weights) for the dataset's
-        classes, channels and image size: an unknown name, or a model the images do not fit,
-        is refused now rather than when it first trains (hours in)."""
+        students' (those of the sets given to the run too), built once on the meta device (no
+        memory, no weights) for the dataset's classes, channels and image size: an unknown
+        name, or a model the images do not fit, is refused now rather than when it first trains
+        (hours in). ``parsed``: {method: parsed options} of the methods that make a set
+        (:meth:`_check_recipes`), whose recovery may match the teachers' BatchNorm statistics."""
         from .models import build_to_check, create_model
         from .ops.bn_hooks import bn_layers, matchable
 
@@ -516,12 +542,12 @@ class PipelineConfig:
                     raise ValueError(f"{where}: {exc}") from None
                 models.setdefault(name, f"teachers[{i}]")
                 teacher_models.add(name)
-        for method in self.methods:
+        for method in [*self.methods, *map(external_method, self.external)]:
             models.setdefault(self._student_config_checked(where, method).model, "student")
         # (an image folder's class count, where unknown yet: any count builds the same layers)
         spec, _ = self._data_spec()
         matching = [m for m in dict.fromkeys(get_method(m).set_method for m in self.methods)
-                    if get_method(m).needs_bn_statistics(self.options_for(m))]
+                    if get_method(m).needs_bn_statistics(parsed[m])]
         for name, option in models.items():
             try:
                 model = build_to_check(lambda: create_model(name, num_classes=spec.num_classes,
@@ -608,7 +634,7 @@ def check_ignored_settings(cfg: PipelineConfig, given: Set[str], methods: List[s
     listed, or a run-level setting of one (INFER's selection, accounting) other than its default,
     or ``dynamic_epochs`` where no method reduces its students' epochs (reduced_student_epochs)."""
     makers = {get_method(m).set_method: get_method(get_method(m).set_method) for m in methods}
-    listed = ", ".join(methods)
+    listed = ", ".join(methods) or "none: it scores only its external sets"
     stray = sorted(set(cfg.method_options) - set(makers))
     if stray:
         raise ValueError(f"{where}: method_options: {', '.join(stray)} is not among the run's methods ({listed}): "

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed, interrupts, memory
-from .._io import model_digest
 from ..data.transforms import normalize
 from ..models import device_of
 from ..ops.bn_hooks import uncompiled
@@ -42,8 +41,15 @@ def check_common(teachers, mean, std, channels: int, paths: Optional[List[str]] 
     one mean and std value per channel (storage.channel_values). Returns the teachers as a
     list, a torch.compile'd one as the module it wraps (recovery hooks its BatchNorm layers,
     which a graph compiled before would not run; ``compile`` in the config compiles the
-    teacher pass). What the teachers give for the data's images is checked by :func:`recover`."""
+    teacher pass). What the teachers give for the data's images is checked by :func:`recover`.
+    A run.LoadedTeachers of models none of which was unwrapped stays one: its digests go on to
+    :func:`recover`."""
+    from .run import LoadedTeachers
+
+    given = teachers
     teachers = [uncompiled(t) for t in teacher_list(teachers)]
+    if isinstance(given, LoadedTeachers) and all(a is b for a, b in zip(teachers, given)):
+        teachers = LoadedTeachers(teachers, given.digests)  # (the same models: their digests hold)
     if not teachers:
         raise ValueError("recovery needs at least one teacher")
     channel_values("mean", mean, channels)
@@ -352,9 +358,12 @@ def recover(kind: RecoveryKind, run: Dict[str, Any], jobs: List[Job], teachers: 
     which a checkpoint must match to be resumed, and the jobs run (:func:`_run_jobs`), once
     every teacher is known to give logits of ``num_classes`` for images of ``image_shape``
     (teacher.check_teacher_outputs) and the teachers to be distinct (teacher.check_distinct_teachers:
-    one given twice would make its jobs twice): before any work."""
+    one given twice would make its jobs twice): before any work. The teachers' digests are those
+    a run.LoadedTeachers carries (hashed when loaded), else computed here."""
+    from .run import teacher_digests
+
     check_teacher_outputs(teachers, num_classes, image_shape)
-    digests = [model_digest(t) for t in teachers]
+    digests = teacher_digests(teachers)
     check_distinct_teachers(digests)
     identity = {
         "method": kind.method,

@@ -3,14 +3,17 @@ set on disk out): the checks and loading before any work (:func:`prepare_run`,
 :func:`check_new_output`, :func:`load_set_teachers`), the free-space check of a recovery
 (:func:`check_space`), the fields a set takes from the real data (:func:`real_data_fields`)
 and from a recovery's config (:func:`recovery_hyperparameters`), and the save that removes
-the recovery checkpoints (:func:`save_and_clean`). The methods' own functions (distill_infer,
+the recovery checkpoints (:func:`save_and_clean`). The teachers of a set come as
+:class:`LoadedTeachers`, which carry the digest of each teacher's weights from the load on
+(:func:`teacher_digests`: the request's and the recovery's identities read them, not hash the
+weights again). The methods' own functions (distill_infer,
 distill_sre2l, distill_random, ...) are in infer_fast/methods/."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from .. import distributed
 from .._io import check_writable, file_sha256, model_digest, recovery_checkpoint_path  # (also imported from here)
@@ -47,6 +50,26 @@ def recovery_hyperparameters(config, batch_stats: Sequence[Dict[str, Any]], **ex
     return hyper
 
 
+class LoadedTeachers(list):
+    """The teachers of a set as :func:`load_set_teachers` loads them (a list of models), with
+    ``digests``, the model_digest of each, computed once when they were loaded: the request's
+    identity (:func:`request_identity`) and the recovery's (jobs.recover) read them. They stand
+    for the weights as loaded: a set's teachers are frozen for the whole run."""
+
+    def __init__(self, models: Iterable[Any], digests: Sequence[str]):
+        super().__init__(models)
+        self.digests = list(digests)
+
+
+def teacher_digests(teachers: Sequence[Any]) -> List[str]:
+    """The model_digest of each of ``teachers``: those a :class:`LoadedTeachers` carries (the
+    same models, as many), else computed (models a caller gave, a list rebuilt since)."""
+    digests = getattr(teachers, "digests", None)
+    if isinstance(teachers, LoadedTeachers) and digests is not None and len(digests) == len(teachers):
+        return list(digests)
+    return [model_digest(teacher) for teacher in teachers]
+
+
 def prepare_run(dataset, teacher_paths, out_dir, data_root, device, progress):
     """Checks, the training split and the teachers (loaded once, frozen, eval mode) of a
     recovery run: (out_dir, train, teachers, teacher records, checkpoint path)."""
@@ -70,15 +93,17 @@ def load_set_teachers(teacher_paths: Union[str, os.PathLike, Sequence[Union[str,
     mode on this rank's device, checked against the split's classes (count and names),
     channels and size (teacher.load_teachers_for_split) and to be distinct (one file given
     twice, or a copy of it: teacher.check_distinct_teachers); each record the path, model and
-    recorded accuracy that the set keeps."""
+    recorded accuracy that the set keeps. The teachers are a :class:`LoadedTeachers`: their
+    digests, computed here for the distinctness check, go on with them."""
     from ..teacher import check_distinct_teachers, load_teachers_for_split, teacher_path_list
 
     paths = teacher_path_list(teacher_paths)
     loaded = load_teachers_for_split(paths, dataset, train, distributed.local_device(device))
-    check_distinct_teachers([model_digest(model) for model, _ in loaded], paths)
+    digests = [model_digest(model) for model, _ in loaded]
+    check_distinct_teachers(digests, paths)
     records = [{"path": path, "model": meta["model"], "accuracy": meta.get("test_accuracy")}
                for path, (_, meta) in zip(paths, loaded)]
-    return [model for model, _ in loaded], records
+    return LoadedTeachers((model for model, _ in loaded), digests), records
 
 
 def check_new_output(out_dir) -> Path:
@@ -115,8 +140,9 @@ def request_identity(request, train=None, teachers=None) -> Dict[str, Any]:
     checkpoint cadence), and the digest of each teacher's weights (model_digest, as a recovery
     checkpoint records them: a teacher trained again to the same weights, whose file differs in
     its recorded times, is the same teacher). ``train``, ``teachers``: the training split and
-    the loaded teachers where the caller holds them (else they are read). A rerun with --resume
-    of the same request finds the set done (:func:`finished_set`)."""
+    the loaded teachers where the caller holds them (else they are read; the digests of a
+    :class:`LoadedTeachers` are those it carries). A rerun with --resume of the same request
+    finds the set done (:func:`finished_set`)."""
     from ..data import load_dataset
     from ..data.registry import dataset_options
     from ..methods.registry import get_method, parsed_option_values
@@ -130,7 +156,7 @@ def request_identity(request, train=None, teachers=None) -> Dict[str, Any]:
     identity = {"method": method.name, "dataset": dataset_options(request.dataset)[0],
                 "dataset.num_classes": train.spec.num_classes, "dataset.image_size": train.spec.image_size,
                 "data_sha256": train.digest(progress=request.progress), "ipc": request.ipc, "seed": request.seed, **options,
-                "teachers_sha256": [model_digest(teacher) for teacher in teachers], "request_form": REQUEST_FORM}
+                "teachers_sha256": teacher_digests(teachers), "request_form": REQUEST_FORM}
     return json.loads(json.dumps(identity, default=str))  # (as the manifest holds it: lists, not tuples)
 
 
