@@ -80,6 +80,30 @@ def demo_config(out_dir: str, seeds: int = SEEDS, iterations: Optional[int] = No
     )
 
 
+# what every demo run records alike (its flags change the others: seeds, iterations, epochs)
+_DEMO_IDENTITY = ("dataset", "teachers", "ipc", "methods")
+
+
+def _check_not_another_run(cfg) -> None:
+    """ValueError when ``cfg.out`` holds the results of a run that is no demo's: the run's own
+    refusal would list every setting of a config the demo's user never wrote. A demo's run of
+    other flags (or a file that cannot be read) is left to run_pipeline's own words."""
+    import json
+
+    from .results import RESULTS_FILE, recorded_config
+
+    path = Path(cfg.out) / RESULTS_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)["config"]
+        mine = recorded_config(cfg)
+        other = any(recorded.get(key) != mine[key] for key in _DEMO_IDENTITY)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return
+    if other:
+        raise ValueError(f"out (--out): {cfg.out} holds another run, not the demo's: choose another --out")
+
+
 def run_demo(out_dir: str = "demo-output", seeds: int = SEEDS, iterations: Optional[int] = None,
              epochs: Optional[int] = None, progress: bool = True) -> dict:
     from .pipeline import check_run_directory, format_table, run_pipeline, set_directory
@@ -90,10 +114,11 @@ def run_demo(out_dir: str = "demo-output", seeds: int = SEEDS, iterations: Optio
         if value is not None:  # (None: the demo's own)
             check_int(name, value)
     check_run_directory(Path(out_dir))  # (run_pipeline checks it too: here before the kernel check's line)
+    cfg = demo_config(out_dir, seeds, iterations, epochs)
+    _check_not_another_run(cfg)
     start = time.perf_counter()
     print(f"infer-fast demo: INFER vs random vs SRe2L at ipc {IPC} on {DATASET} (embedded; {torch.get_num_threads()} CPU threads)")
     print(check_backends())
-    cfg = demo_config(out_dir, seeds, iterations, epochs)
     with interrupts.continued_by(f"call run_demo({out_dir!r}) again, with the same settings, to continue where "
                                  "it stopped"):
         results = run_pipeline(cfg, progress=progress)

@@ -27,6 +27,10 @@ PATHS = "paths"  # an option's kind: one comma-separated string (a flag) or a li
 PATH = "path"  # an option's kind: a str or os.PathLike (the annotation os.PathLike)
 _NOT_GIVEN = dataclasses.MISSING
 _YAML_BOOL_HINT = " (YAML reads unquoted on/off/yes/no as true/false: quote the word)"
+# for an option whose None means off (or a default): YAML's unquoted off/no is false, a quoted
+# 'off' a string, and only null is None
+_YAML_NULL_HINT = " (YAML reads unquoted on/off/yes/no as true/false: write null for None)"
+_NULL_WORDS = ("off", "no", "none", "null", "false")
 # torch.finfo(torch.float32).max: a float option ends up in float32 tensors or optimizer state,
 # where a larger value overflows (to inf, or torch refuses it)
 FLOAT32_MAX = 3.4028234663852886e38
@@ -180,6 +184,18 @@ def _range_text(opt: Option) -> str:
     return f"> {opt.above:g}" if opt.above is not None else f">= {opt.minimum:g}"
 
 
+def _null_hint(opt: Option, value: Any) -> str:
+    """How to write None in YAML, for a value refused by ``opt`` (allowing None) that reads as
+    an attempt at it (a YAML false/true, or a word such as 'off'); else ''."""
+    if not opt.none or opt.kind is bool:
+        return ""
+    if isinstance(value, bool):
+        return _YAML_NULL_HINT
+    if isinstance(value, str) and value.strip().lower() in _NULL_WORDS:
+        return " (write null for None)"
+    return ""
+
+
 def check_value(opt: Option, value: Any) -> None:
     """ValueError naming the option unless ``value`` is of its kind, one of its choices and in
     its range (None where it allows None)."""
@@ -187,13 +203,16 @@ def check_value(opt: Option, value: Any) -> None:
     if value is None and opt.none:
         return
     if opt.kind is int:  # (ints take a minimum, and a bound below)
-        check_int(opt.name, value, minimum=None if opt.minimum is None else int(opt.minimum), none=opt.none)
+        try:
+            check_int(opt.name, value, minimum=None if opt.minimum is None else int(opt.minimum), none=opt.none)
+        except ValueError as e:
+            raise ValueError(f"{e}{_null_hint(opt, value)}") from None
         if value is not None and opt.below is not None and value >= opt.below:
             note = f" ({opt.note})" if opt.note else ""
             raise ValueError(f"{opt.name} must be below {opt.below}{note}{or_none}, got {value!r}")
         return
     if not _is(opt.kind, value):
-        hint = _YAML_BOOL_HINT if isinstance(value, bool) and opt.choices else ""
+        hint = _YAML_BOOL_HINT if isinstance(value, bool) and opt.choices else _null_hint(opt, value)
         raise ValueError(f"{opt.name} must be {_kind_text(opt.kind)}{or_none}, got {value!r}{hint}")
     if opt.choices is not None:
         check_choice(opt.name, value, opt.choices)

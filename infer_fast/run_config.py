@@ -531,6 +531,7 @@ class PipelineConfig:
         (:meth:`_check_recipes`), whose recovery may match the teachers' BatchNorm statistics."""
         from .models import build_to_check, create_model
         from .ops.bn_hooks import bn_layers, matchable
+        from .student import check_patches_fit
 
         models: Dict[str, str] = {}  # model name -> the option that names it first
         teacher_models = set()
@@ -542,10 +543,17 @@ class PipelineConfig:
                     raise ValueError(f"{where}: {exc}") from None
                 models.setdefault(name, f"teachers[{i}]")
                 teacher_models.add(name)
-        for method in [*self.methods, *map(external_method, self.external)]:
-            models.setdefault(self._student_config_checked(where, method).model, "student")
+        students = {method: self._student_config_checked(where, method)
+                    for method in [*self.methods, *map(external_method, self.external)]}
+        for student in students.values():
+            models.setdefault(student.model, "student")
         # (an image folder's class count, where unknown yet: any count builds the same layers)
         spec, _ = self._data_spec()
+        for method in self.methods:  # (the sets made here are of the data's size; an external set's is its own)
+            try:
+                check_patches_fit(students[method], spec.image_size, option="student: patches")
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
         matching = [m for m in dict.fromkeys(get_method(m).set_method for m in self.methods)
                     if get_method(m).needs_bn_statistics(parsed[m])]
         for name, option in models.items():

@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 _ABSENT = object()
 SHOWN_VALUE_CHARS = 40  # a recorded value is quoted in the message when its repr is this short (not a digest, a table)
+SHOWN_DIFFERENCES = 5  # the differing names a message lists, then "and N more" (a run of other settings differs in dozens)
 
 
 def differing(recorded: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = (),
@@ -33,14 +34,17 @@ def differing(recorded: Mapping[str, Any], current: Mapping[str, Any], ignore: I
 
 def another_run_message(what: str, path: Any, names: List[str], todo: str,
                         recorded: Optional[Mapping[str, Any]] = None, labels: Optional[Mapping[str, str]] = None) -> str:
-    """"<what> '<path>' belongs to another run (<names> differ(s); recorded name=value, ...): <todo>".
+    """"<what> '<path>' belongs to another run (<names> differ(s); recorded name=value, ...): <todo>",
+    the first SHOWN_DIFFERENCES names listed, then how many more.
     ``labels``: what a name is called in the message (a digest: "the distilled set's images or
     labels"); the recorded values of the other names are quoted where short."""
     labels, recorded = labels or {}, recorded or {}
-    shown = [f"{name}={recorded[name]!r}" for name in names
+    listed, more = names[:SHOWN_DIFFERENCES], len(names) - SHOWN_DIFFERENCES
+    shown = [f"{name}={recorded[name]!r}" for name in listed
              if name not in labels and name in recorded and len(repr(recorded[name])) <= SHOWN_VALUE_CHARS]
     one_option = len(names) == 1 and names[0] not in labels  # (the labels are plural: "the training images")
-    said = ", ".join(labels.get(name, name) for name in names) + (" differs" if one_option else " differ")
+    said = (", ".join(labels.get(name, name) for name in listed) + (f" and {more} more" if more > 0 else "")
+            + (" differs" if one_option else " differ"))
     if shown:
         said += "; recorded " + ", ".join(shown)
     return f"{what} {os.fspath(path)!r} belongs to another run ({said}): {todo}"

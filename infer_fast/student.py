@@ -589,6 +589,18 @@ class StudentRun:
 
 
 @training_grad_mode()  # (trains whatever the caller's grad mode: a notebook's no_grad or inference_mode too)
+def check_patches_fit(cfg: StudentConfig, image_size: Any, option: str = "--patches") -> None:
+    """ValueError naming ``option`` (the patches option as the user gave it) when
+    shuffle_patches_crop_flip would cut images of ``image_size`` (an int or (H, W)) into patches
+    under one pixel: the set's size is known before any training, the cut only at the first batch."""
+    if cfg.augmentation != "shuffle_patches_crop_flip":
+        return
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if cfg.patches > min(height, width):
+        raise ValueError(f"patches={cfg.patches} ({option}) cuts {height}x{width} images into patches under one pixel: "
+                         f"use patches <= {min(height, width)}")
+
+
 def train_student(distilled: DistilledSet, test_set, config: Optional[StudentConfig] = None,
                   teachers: Union[nn.Module, Sequence[nn.Module], None] = None, progress: bool = True,
                   checkpoint: Optional[PathLike] = None, resume: bool = False, ddp: bool = True) -> Dict[str, Any]:
@@ -618,6 +630,7 @@ def train_student(distilled: DistilledSet, test_set, config: Optional[StudentCon
     It trains with gradients on whatever the caller's grad mode (no_grad, inference_mode), which
     is restored after it (grad_mode.training_grad_mode)."""
     cfg = given_config("config", config, StudentConfig, StudentConfig)  # (valid: checked when made)
+    check_patches_fit(cfg, distilled.image_size)
     teachers = teacher_list(teachers)
     if cfg.dynamic and not teachers:
         raise ValueError("dynamic=True (INFER+Dyn) needs the teachers to relabel every batch")
@@ -684,6 +697,7 @@ def evaluate_seeds(
     Checkpoints found without ``resume`` are refused before any training."""
     seeds = seed_list(seeds)
     cfg = given_config("config", config, StudentConfig, StudentConfig)
+    check_patches_fit(cfg, distilled.image_size)  # (before any seed trains or a checkpoints folder is made)
     teachers = teacher_list(teachers)  # (read once: a generator would be used up by the first seed)
     if checkpoints is None:
         results = [train_student(distilled, test_set, dataclasses.replace(cfg, seed=s), teachers, progress)

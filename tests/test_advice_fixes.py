@@ -208,7 +208,7 @@ def test_an_image_folder_of_another_size_names_image_size(tmp_path, capsys):
     root = _folders(tmp_path / "folders", 3, 28)
     with pytest.raises(DistilledSetError, match=r"28x28 pixels, the dataset's images are 32x32 \(import does not "
                                                 r"resize\): import the set at its size with --image-size 28 "
-                                                r"\(image_size: 28 in a dataset mapping\)$"):
+                                                r"\(from Python: \"image_size\": 28 in import_imagefolder's dataset mapping\)$"):
         import_imagefolder(root, {"name": "imagefolder", "num_classes": 3})
     assert main(["import", str(root), "--dataset", "imagefolder", "--num-classes", "3", "--image-size", "28",
                  "--out", str(tmp_path / "set")]) == 0

@@ -84,7 +84,7 @@ def test_an_existing_recovery_checkpoint_names_the_resume_flag(tmp_path):
 
     base = tmp_path / "s.recovery.pt"
     base.write_bytes(b"")  # (its content is not read before the refusal)
-    with pytest.raises(ValueError, match=r"exists: pass resume=True \(--resume\) to continue"):
+    with pytest.raises(ValueError, match=r"exists: run the same command with --resume \(resume=True from Python\) to continue it"):
         CheckpointStore.open(base, {}, RecoveryConfig(), resume=False, split_jobs=False)
 
 

@@ -360,7 +360,7 @@ def test_rded_killed_between_classes_resumes_bit_identically(tmp_path, teacher, 
     checkpoint = tmp_path / "killed.recovery.pt"
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["classes_done"] == 4 and saved["results"] == [1, 2, 3, 4] and not (tmp_path / "killed").exists()
-    with pytest.raises(ValueError, match="RDED checkpoint .* exists: pass resume=True"):
+    with pytest.raises(ValueError, match=r"RDED checkpoint .* exists: run the same command with --resume \(resume=True from Python\)"):
         _distill(tmp_path / "killed", teacher, **every_class)
     with pytest.raises(ValueError, match=r"belongs to another run \(recipe.crops_per_image differs; recorded "
                                          r"recipe.crops_per_image=2\)"):

@@ -107,6 +107,13 @@ def _live_partials(found: List[Tuple[str, Dict[str, Any]]], inherited) -> List[T
     return live
 
 
+def exists_resume_message(what: str, path: str, start_over: str) -> str:
+    """The refusal of an existing checkpoint without resume (distillation's and RDED's), for a
+    CLI user first: the flag, then Python's argument; ``start_over``: the other way out."""
+    return (f"{what} {path!r} exists: run the same command with --resume (resume=True from Python) to continue it, "
+            f"or {start_over}")
+
+
 class CheckpointStore:
     """This process's view of a recovery run's checkpoints. Opened (:meth:`open`), it holds
     what every checkpoint of the run, whatever number of ranks wrote it, had recovered
@@ -148,10 +155,7 @@ class CheckpointStore:
         store = cls(base, identity, config, distributed.shard_path(base, rank, world if split_jobs else 1),
                     split_jobs or rank == 0)
         if found and not resume:
-            raise ValueError(
-                f"recovery checkpoint {found[0]!r} exists: pass resume=True (--resume) to continue that run, "
-                "or delete it"
-            )
+            raise ValueError(exists_resume_message("recovery checkpoint", found[0], "delete it"))
         store._read(found)
         distributed.barrier()  # every rank has read the files before any rewrites its own
         return store

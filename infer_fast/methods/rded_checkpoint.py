@@ -75,8 +75,9 @@ class RDEDCheckpoint:
         if not os.path.exists(self.path):
             return 0
         if not self.resume:
-            raise ValueError(f"RDED checkpoint {self.path!r} exists: pass resume=True (--resume) to continue that run, "
-                             f"or {self._start_over()}")
+            from ..distill.checkpoints import exists_resume_message
+
+            raise ValueError(exists_resume_message("RDED checkpoint", self.path, self._start_over()))
         saved = read_checkpoint(self.path, CHECKPOINT_FORMAT, "RDED checkpoint", CHECKPOINT_VERSION)
         check_same_run("RDED checkpoint", self.path, saved["run"], self.identity,
                        f"resume with the same candidates, teachers and options, or {self._start_over()}",

@@ -234,23 +234,24 @@ def create_model(
         model = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                            **{**implied, **kwargs})
     if pretrained is not False and pretrained is not None:
-        _check_has_pretrained_weights(spec, pretrained)
+        _check_has_pretrained_weights(spec, pretrained, name)
         load_pretrained_weights(model, spec, pretrained, num_classes, in_channels, pretrained_head)
     # (a registered builder's, a plug-in's above all; torchvision/timm models are taken as those libraries build them)
     check_model_outputs(model, name, num_classes, in_channels, image_size)
     return model
 
 
-def _check_has_pretrained_weights(spec: ModelSpec, pretrained: Any) -> None:
+def _check_has_pretrained_weights(spec: ModelSpec, pretrained: Any, name: str) -> None:
     """ValueError unless ``pretrained`` is a weights file path, or True for a built-in ``spec``
-    with weights in torch hub's cache (its ImageNet variants)."""
+    with weights in torch hub's cache (its ImageNet variants); ``name``: the model as given."""
     if pretrained is not True and not isinstance(pretrained, (str, os.PathLike)):
         raise ValueError(f"pretrained must be True/False or a path to a weights file, got {pretrained!r}")
     if pretrained is True and spec.torchvision_name is None:
         raise ValueError(
-            f"built-in model {spec.name!r} has no pretrained weights in torch hub's cache: give a weights file "
-            "(--weights FILE, `pretrained: FILE` in a config: a state dict of this layout, such as a teacher of the "
-            "INFER release) or train one with `infer-fast teacher`. The ImageNet variants "
+            # (the key differs by where the model is named: a teacher config's pretrained is the model)
+            f"built-in model {name!r} has no pretrained weights in torch hub's cache: give a weights file "
+            "(--weights FILE; `weights: FILE` in a teacher config; `pretrained: FILE` in a run's teachers entry: "
+            "a state dict of this layout, such as a teacher of the INFER release) or train one with `infer-fast teacher`. The ImageNet variants "
             f"({', '.join(s.name for s in all_specs() if s.torchvision_name)}) load torchvision's cached ImageNet "
             "weights; torchvision:NAME and timm:NAME use their libraries' caches."
         )
@@ -264,7 +265,7 @@ def _missing_pretrained_weights(name: str, pretrained: Any) -> Optional[MissingW
     if is_external(name):
         return missing_external_weights(name)
     spec = get_spec(name)
-    _check_has_pretrained_weights(spec, pretrained)
+    _check_has_pretrained_weights(spec, pretrained, name)
     if pretrained is True:
         return missing_torchvision_checkpoint(spec.name, spec.torchvision_name)
     path = os.fspath(pretrained)

@@ -161,6 +161,12 @@ def _exported_class_of_folder(listing: dict, root: Path, num_classes: int,
     """folder name -> class from our export's listing (``class_folders[i]`` holds class i), checked
     against the dataset: its class count and, where both record them, its class names."""
     folders = listing.get("class_folders")
+    exported = listing.get("num_classes")
+    if isinstance(exported, int) and not isinstance(exported, bool) and exported != num_classes:
+        # (an export of another dataset: its listing says which, as a class-name mismatch does)
+        raise DistilledSetError(f"{root / EXPORT_LISTING}: the export is of {listing.get('dataset', 'another dataset')} "
+                                f"({exported} classes), not of this dataset ({num_classes} classes): import it as the "
+                                "dataset it was exported from")
     if not (isinstance(folders, list) and len(folders) == num_classes and len(set(folders)) == num_classes
             and all(isinstance(f, str) and f for f in folders)):
         raise DistilledSetError(f"{root / EXPORT_LISTING}: class_folders must be {num_classes} distinct folder names "
@@ -267,8 +273,9 @@ def _other_size(path: Path, found: Tuple[int, int], size: Tuple[int, int], sized
     width, height = found
     message = f"{path}: {width}x{height} pixels, the dataset's images are {size[1]}x{size[0]} (import does not resize)"
     if sized_by_user and width == height:
-        return DistilledSetError(f"{message}: import the set at its size with --image-size {width} (image_size: "
-                                 f"{width} in a dataset mapping)")
+        # (the command line's flag; from Python, import_imagefolder's dataset mapping takes it)
+        return DistilledSetError(f"{message}: import the set at its size with --image-size {width} (from Python: "
+                                 f"\"image_size\": {width} in import_imagefolder's dataset mapping)")
     return DistilledSetError(message)
 
 
