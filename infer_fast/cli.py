@@ -136,6 +136,32 @@ def teacher_options() -> Dict[str, Option]:
     )}}
 
 
+def _as_given(args: argparse.Namespace, names: List[str], declared: Dict[str, Option]) -> str:
+    """"--a, --b do not apply" / "x (config file 'f.yaml') does not apply": the options
+    ``names`` (a command's fields) as the user gave them, a flag (set in ``args``) or a key of
+    the --config file (merge: a flag given overrides the file's value)."""
+    flags = sorted(declared[k].flag_name if k in declared and declared[k].flag_name else f"--{k.replace('_', '-')}"
+                   for k in names if getattr(args, k, None) is not None)
+    keys = sorted(k for k in names if getattr(args, k, None) is None)
+    said = flags + ([f"{', '.join(keys)} (config file {args.config!r})"] if keys else [])
+    return f"{', '.join(said)} {'does' if len(names) == 1 else 'do'} not apply"
+
+
+def _check_device(flag: str, device: Optional[str]) -> None:
+    """``device`` a name teacher.resolve_device takes, said with ``flag`` (its own check says
+    "device"); whether the GPU is there is resolve_device's to say."""
+    import torch
+
+    if device is None or device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"{flag} must be {DEVICE_CHOICES}, got {device!r}")
+
+
 def _one_process(command: str, instead: str) -> None:
     """``command`` runs in one process: under torchrun every rank would do the same work and
     write the same output."""
@@ -151,13 +177,14 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     from .teacher import TeacherConfig, train_teacher
 
     _one_process("teacher", "`infer-fast run` trains several teachers across the ranks")
+    _check_device("--device", args.device)
     declared = teacher_options()
     options = merge(args, args.config, declared, declared)
     out = options.pop("out", None)
     if not out:
         raise UserError("--out FILE is required (the teacher checkpoint to write)")
     if options.get("pretrained"):
-        _pretrained_teacher(options, out)
+        _pretrained_teacher(args, options, out)
         return
     if options.get("weights"):
         raise UserError("--weights FILE goes with --pretrained MODEL (the weights to write as a teacher)")
@@ -173,16 +200,17 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     )
 
 
-def _pretrained_teacher(options: Dict, out: str) -> None:
+def _pretrained_teacher(args: argparse.Namespace, options: Dict, out: str) -> None:
     """`teacher --pretrained MODEL`: the model's pretrained ImageNet weights (torch hub cache,
     or --weights FILE) written as a teacher checkpoint, as `infer-fast run` writes them."""
     from .models.external import is_external
     from .teacher import TeacherConfig, pretrained_teacher
 
-    given = [f"--{name.replace('_', '-')}" for name in options_of(TeacherConfig) if name != "dataset" and name in options]
+    given = [name for name in options_of(TeacherConfig) if name != "dataset" and name in options]
     if given:
         raise UserError(f"--pretrained writes pretrained weights as they are, without training: "
-                        f"{', '.join(given)} do not apply (leave them out, or train with --model instead)")
+                        f"{_as_given(args, given, teacher_options())} (leave "
+                        f"{'it' if len(given) == 1 else 'them'} out, or train with --model instead)")
     model, dataset = options["pretrained"], options.get("dataset") or "imagenet"
     if options.get("weights") and is_external(model):
         raise UserError(f"--weights FILE applies to the built-in models; {model} reads its library's cache")
@@ -271,11 +299,12 @@ def cmd_distill(args: argparse.Namespace) -> None:
         from .distill.run import recovery_checkpoint_path
 
         args.checkpoint = recovery_checkpoint_path(options["out"])
+    if args.ipc is not None:  # (named as typed: the request's own check says ipc)
+        check_int("--ipc", args.ipc)
     takes = COMMON_DISTILL_OPTIONS + (TEACHER_USE_OPTIONS if method.uses_teachers else ()) + method.option_names
-    ignored = sorted(f"--{k.replace('_', '-')}" for k in options if k not in takes) \
-        + (["--resume"] if args.resume and not method.resumable else [])
+    ignored = [k for k in options if k not in takes] + (["resume"] if args.resume and not method.resumable else [])
     if ignored:  # (silently ignored once: a user would think they took effect)
-        raise UserError(f"{', '.join(ignored)} do not apply to --method {method.name} ({method.summary})")
+        raise UserError(f"{_as_given(args, ignored, declared)} to --method {method.name} ({method.summary})")
     teachers = path_list(options.get("teachers"))
     if method.uses_teachers and not teachers:
         raise UserError(f"--teachers T1.pt[,T2.pt...] is required for --method {method.name}")
@@ -301,6 +330,7 @@ def cmd_relabel(args: argparse.Namespace) -> None:
     teachers = comma_list(args.teachers)
     if not teachers:
         raise UserError("--teachers T1.pt[,T2.pt...] is required")
+    _check_device("--device", args.device)
     ds = relabel_directory(args.directory, teachers, device=args.device, progress=not args.quiet)
     print(f"relabelled {ds.num_training_images()} training images of {args.directory} with {len(teachers)} teacher(s)")
 
@@ -403,6 +433,8 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optiona
     from .evaluate import COMPUTE_FIELDS, make_protocol
     from .methods.registry import find_method
 
+    if args.seeds is not None:  # (named as typed: the protocols call it seeds or rounds)
+        check_int("--seeds", args.seeds)
     student = {k: getattr(args, k) for k in (*EVALUATE_STUDENT_OPTIONS, *COMPUTE_FIELDS)
                if getattr(args, k) is not None}
     options = {k: getattr(args, k) for k in ("soft_labels", *SHARED_PROTOCOL_OPTIONS) if getattr(args, k) is not None}
@@ -416,6 +448,10 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optiona
     if args.protocol == "dd-ranking":
         if args.recipe is not None:
             raise UserError("--recipe applies to --protocol infer-fast; DD-Ranking's recipe follows the dataset")
+        if args.lr is not None:  # (the protocol's own refusal names its Python field, student's lr)
+            raise UserError("--lr does not apply to --protocol dd-ranking: it searches --lr-grid (--set-lr for the "
+                            "set's soft-label runs)")
+        _check_test_interval(args, dataset)
         options.update({k: getattr(args, k) for k in ("set_lr", "test_interval") if getattr(args, k) is not None},
                        **({"lr_grid": tuple(positive_floats("--lr-grid", args.lr_grid))} if args.lr_grid is not None else {}))
     else:
@@ -426,6 +462,24 @@ def _evaluation_protocol(args: argparse.Namespace, dataset=None, method: Optiona
         if args.recipe is not None:
             options["recipe"] = args.recipe
     return make_protocol(args.protocol, student, args.seeds, dataset, **options)
+
+
+def _check_test_interval(args: argparse.Namespace, dataset=None) -> None:
+    """dd-ranking's students train at least --test-interval epochs (its accuracy is the best
+    of those tests), said with the flags (the protocol's own check names its fields)."""
+    from .data.registry import recipe_family
+    from .dd_ranking import FAMILY_RECIPES, TEST_INTERVAL
+
+    interval = args.test_interval if args.test_interval is not None else TEST_INTERVAL
+    interval_text = f"--test-interval ({interval}{'' if args.test_interval is not None else ', its default'})"
+    why = "the protocol's accuracy is the best of the tests every --test-interval epochs"
+    if args.epochs is not None and args.epochs < interval:
+        raise UserError(f"--epochs ({args.epochs}) must be at least {interval_text}: {why}")
+    family = recipe_family(dataset if dataset is not None else "cifar10")  # (the protocol checks CIFAR's until the set is read)
+    epochs = FAMILY_RECIPES[family]["epochs"]
+    if args.epochs is None and epochs < interval:
+        raise UserError(f"{interval_text} must be at most the students' epochs ({epochs}, the {family} recipe's; "
+                        f"--epochs sets them): {why}")
 
 
 def _check_resume_has_checkpoints(args: argparse.Namespace) -> None:
@@ -464,6 +518,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _check_decode_cache(args.decode_cache, ds.real_dataset)
         protocol = _evaluation_protocol(args, ds.real_dataset, ds.method)
         models = load_teachers_for_set(teachers, ds, device=args.device)
+        _check_full_data_checkpoint(args, protocol, ds)
         report = evaluate_under(protocol, ds, models, data_root=args.data_root,
                                 full_data_checkpoint=args.full_data_checkpoint, device=args.device,
                                 progress=not args.quiet, decode_cache=args.decode_cache, checkpoints=args.checkpoints)
@@ -472,6 +527,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.out:
             save_json_atomic(report, args.out)
             print(f"report: {args.out}")
+
+
+def _check_full_data_checkpoint(args: argparse.Namespace, protocol, ds) -> None:
+    """--full-data-checkpoint checked before the evaluation, its errors naming the flags (the
+    evaluation's own check names its Python arguments); not where DD-Ranking's cached value is
+    taken instead (the checkpoint is not read)."""
+    from .dd_ranking import DDRankingProtocol, cached_full_data
+    from .evaluate import check_full_data_checkpoint
+
+    if args.full_data_checkpoint is None:
+        return
+    model = protocol.student_model(ds.real_dataset)
+    if isinstance(protocol, DDRankingProtocol) and cached_full_data(ds, model) is not None:
+        return
+    check_full_data_checkpoint(args.full_data_checkpoint, model, ds.real_dataset, ds.class_names,
+                               label="--full-data-checkpoint", model_flag="--model")
 
 
 def _check_report_out(out: str, inputs: List[Tuple[str, str]], report_format: str, what: str) -> None:
@@ -531,10 +602,23 @@ class _OneLineErrorParser(argparse.ArgumentParser):
             raise argparse.ArgumentError(action, f"{exc.message}; {PLUGINS_HINT}") from None
 
 
+class _Commands(argparse._SubParsersAction):
+    """The commands' action: a word its command does not know is refused by that command
+    (argparse leaves it to the top parser: "infer-fast: error: ..., see `infer-fast --help`",
+    whose help does not list the command's flags)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        extras = getattr(namespace, argparse._UNRECOGNIZED_ARGS_ATTR, None)  # (only the command's words, so far)
+        if extras:
+            self.choices[values[0]].error(f"unrecognized arguments: {' '.join(extras)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog="infer-fast", description="Kernel-accelerated INFER dataset distillation toolkit."
     )
+    parser.register("action", "parsers", _Commands)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add_commands in (_add_listing_commands, _add_demo_and_run, _add_teacher, _add_distill, _add_relabel_and_train,

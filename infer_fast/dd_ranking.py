@@ -48,9 +48,9 @@ from torch import nn
 
 from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, make_config, option
-from .scores import (DEFAULT_WEIGHT, FULL_DATA_EPOCHS, augmentation_robust_score, check_weight, hard_label_recovery,
-                     improvement_over_random, label_robust_score, printed_augmentation_robust_score,
-                     printed_label_robust_score)
+from .scores import (DEFAULT_WEIGHT, FULL_DATA_EPOCHS, augmentation_robust_score, check_weight_option,
+                     hard_label_recovery, improvement_over_random, label_robust_score,
+                     printed_augmentation_robust_score, printed_label_robust_score)
 
 PROTOCOL_NAME = "dd-ranking"
 LR_GRID = (0.001, 0.005, 0.01, 0.05, 0.1)  # its _hyper_param_search_* lr_list
@@ -93,7 +93,8 @@ class DDRankingProtocol(CheckedWhenMade):
     set_lr: Optional[float] = field(default=None, metadata=option(
         "the set's own rate for its soft-label runs", above=0, none="the grid"))
     test_interval: int = field(default=TEST_INTERVAL, metadata=option("epochs between test evaluations", minimum=1))
-    weight: float = field(default=DEFAULT_WEIGHT, metadata=option("w of LRS and ARS, in [0, 1]"))
+    weight: float = field(default=DEFAULT_WEIGHT, metadata=option(
+        "w of LRS and ARS, in [0, 1]", check=check_weight_option))  # (the range on the flag too: argparse says it)
     soft_labels: str = field(default="per-batch", metadata=option(
         "the teachers' labels on every batch (M), or the set's stored ones (S)", choices=SOFT_LABEL_MODES))
     random_subset_seed: Optional[int] = field(default=None, metadata=option(
@@ -109,7 +110,6 @@ class DDRankingProtocol(CheckedWhenMade):
             if name in self.student:
                 raise ValueError(f"student: {name} is set by the DD-Ranking protocol itself"
                                  + (" (the rate: lr_grid, or set_lr for the set's soft-label runs)" if name == "lr" else ""))
-        check_weight(self.weight)
         grid = tuple(self.lr_grid) if isinstance(self.lr_grid, (list, tuple)) else ()
         if not grid or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
                            for v in grid):
@@ -215,6 +215,18 @@ class _Runs:
         self.bar.close()
 
 
+def cached_full_data(distilled, model: str) -> Optional[Tuple[str, float]]:
+    """(the cached model, its accuracy): DD-Ranking's cached full-data accuracy for students
+    ``model`` of the set ``distilled``'s data (FULL_DATA_ACCURACY), None where it has none."""
+    from .evaluate import same_architecture
+
+    for (dataset, classes, size, cached_model), accuracy in FULL_DATA_ACCURACY.items():
+        if (dataset, classes, size) == (distilled.dataset, distilled.num_classes, distilled.height) \
+                and same_architecture(model, cached_model):
+            return cached_model, accuracy
+    return None
+
+
 def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, device: str, checkpoint,
                progress: bool, reuse: Optional[Dict[str, Any]] = None, checkpoints: Optional[str] = None):
     """(accuracy for round i, what the report records of it: its ``source``...): DD-Ranking's
@@ -222,16 +234,15 @@ def _full_data(protocol: DDRankingProtocol, distilled, model: str, data_root, de
     value comes first), else the checkpoint (evaluate.checkpoint_full_data), else trained each
     round (checkpointed in the folder ``checkpoints`` when one is given)."""
     from ._text import count_text
-    from .evaluate import check_full_data_checkpoint, checkpoint_full_data, same_architecture, train_full_data
+    from .evaluate import check_full_data_checkpoint, checkpoint_full_data, train_full_data
 
-    name = distilled.dataset
-    for (dataset, classes, size, cached_model), accuracy in FULL_DATA_ACCURACY.items():
-        if (dataset, classes, size) == (name, distilled.num_classes, distilled.height) \
-                and same_architecture(model, cached_model):
-            unused = f"; {checkpoint} given, not read" if checkpoint is not None else ""
-            return ((lambda i, a=accuracy: a),
-                    {"source": f"DD-Ranking's cached value for {name} with ResNet-18-BN ({cached_model}){unused}",
-                     "epochs": None, "trained_here": False})
+    cached = cached_full_data(distilled, model)
+    if cached is not None:
+        cached_model, accuracy = cached
+        unused = f"; {checkpoint} given, not read" if checkpoint is not None else ""
+        return ((lambda i, a=accuracy: a),
+                {"source": f"DD-Ranking's cached value for {distilled.dataset} with ResNet-18-BN ({cached_model}){unused}",
+                 "epochs": None, "trained_here": False})
     if checkpoint is not None:
         meta = check_full_data_checkpoint(checkpoint, model, distilled.real_dataset, distilled.class_names)
         return (lambda i: float(meta["test_accuracy"])), checkpoint_full_data(checkpoint, meta)

@@ -58,7 +58,7 @@ from ._text import count_text
 from .choices import SOFT_LABEL_MODES
 from .options import CheckedWhenMade, check_fields, given_config, hold_as_made, option, options_of
 from .progress import say
-from .scores import DEFAULT_WEIGHT, FULL_DATA_EPOCHS, check_weight, dd_ranking_scores
+from .scores import DEFAULT_WEIGHT, FULL_DATA_EPOCHS, check_weight_option, dd_ranking_scores
 from .student import RECIPES as STUDENT_RECIPES
 from .student import augmentation_text, labels_text
 
@@ -88,7 +88,8 @@ class Protocol(CheckedWhenMade):
     recipe: str = field(default="cifar", metadata=option("the students' recipe", choices=tuple(STUDENT_RECIPES)))
     student: Dict[str, Any] = field(default_factory=dict, metadata=option("StudentConfig fields over the recipe"))
     seeds: int = field(default=3, metadata=option("students per run (seeds 0..n-1)", minimum=1))
-    weight: float = field(default=DEFAULT_WEIGHT, metadata=option("w of LRS and ARS, in [0, 1]"))
+    weight: float = field(default=DEFAULT_WEIGHT, metadata=option(
+        "w of LRS and ARS, in [0, 1]", check=check_weight_option))  # (the range on the flag too: argparse says it)
     full_data_epochs: int = field(default=FULL_DATA_EPOCHS, metadata=option("epochs of the full-data run", minimum=1))
     soft_labels: str = field(default="static", metadata=option(
         "the set's stored soft labels, or the teachers' on every batch", choices=SOFT_LABEL_MODES))
@@ -98,7 +99,6 @@ class Protocol(CheckedWhenMade):
     def validate(self) -> None:
         check_fields(self)  # each field's type, range and choices, as declared above
         hold_as_made(self)  # (its own copy of the student fields: the caller's dict may change)
-        check_weight(self.weight)
         for name in ("labels", "seed", "dynamic"):
             if name in self.student:
                 raise ValueError(f"student: {name} is set by the evaluation itself, not by the protocol")
@@ -189,20 +189,25 @@ def _layout(model_name: str, image_size: int) -> List[Tuple[str, str, Tuple[int,
             + [(name, "tensor", tuple(t.shape)) for name, t in (*model.named_parameters(), *model.named_buffers())])
 
 
-def check_full_data_checkpoint(path, model: str, dataset: str,
-                               class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def check_full_data_checkpoint(path, model: str, dataset: str, class_names: Optional[Sequence[str]] = None,
+                               label: str = "full_data_checkpoint", model_flag: Optional[str] = None) -> Dict[str, Any]:
     """The metadata of a full-data checkpoint whose recorded test accuracy is the students'
     full-data accuracy: it must be of the students' architecture and record one, and, given
     the set's ``class_names``, have been trained on those classes (a checkpoint of other
-    classes measured other data)."""
+    classes measured other data). ``label``, ``model_flag``: how the errors name the
+    checkpoint and the students' model (the CLI: "--full-data-checkpoint", "--model"; else the
+    argument's name, the students' model unnamed)."""
     from .teacher import load_teacher
 
+    named = f"{label} {str(path)!r}" if model_flag is None else f"{label} {path}"  # (a flag's value as typed)
     _, meta = load_teacher(str(path), dataset=dataset, class_names=class_names, names_from="the distilled set")
     if not same_architecture(meta["model"], model):
-        raise ValueError(f"full_data_checkpoint {str(path)!r} is a {meta['model']}, the students are {model}: the "
-                         "full-data accuracy must come from the students' architecture")
+        fix = ("the full-data accuracy must come from the students' architecture" if model_flag is None else
+               f"give {model_flag} {meta['model']}, or leave {label} out")
+        raise ValueError(f"{named} is a {meta['model']}, the students are {model}"
+                         f"{f' ({model_flag})' if model_flag else ''}: {fix}")
     if meta.get("test_accuracy") is None:
-        raise ValueError(f"full_data_checkpoint {str(path)!r} records no test accuracy")
+        raise ValueError(f"{named} records no test accuracy")
     return meta
 
 

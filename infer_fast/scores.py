@@ -36,10 +36,17 @@ def _accuracy(name: str, value: float) -> float:
     return float(value)
 
 
-def check_weight(weight: float) -> float:
+def check_weight(weight: float, name: str = "weight") -> float:
+    """``weight`` as a float; ValueError naming it ``name`` unless it is in [0, 1]."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+        raise ValueError(f"{name} must be in [0, 1], got {weight!r}")
     return float(weight)
+
+
+def check_weight_option(name: str, value: float) -> None:
+    """The weight option's ``check=`` (options.Option): its range, said by the flag or key named
+    ``name`` (argparse: "argument --weight: must be in [0, 1], got 2.0")."""
+    check_weight(value, name)
 
 
 def exp_normalized(x: float) -> float:

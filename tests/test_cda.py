@@ -49,7 +49,7 @@ def test_recipes_are_the_papers():
 @pytest.mark.parametrize("options, message", [
     ({"recipe": "cifar"}, "recipe must be one of imagenet-1k, tiny-imagenet, imagenet-21k"),
     ({"augmentation": "roll"}, "crop_scale_curriculum .* needs augmentation='imagenet'"),
-    ({"crop_scale_curriculum": ("exp", 1.0, 1.0)}, "crop_scale_curriculum must be"),
+    ({"crop_scale_curriculum": ("exp", 1.0, 1.0)}, r"crop_scale_curriculum \(--crop-scale-curriculum\) must be"),
     ({"selection": "random"}, "selection do not apply to method cda"),
 ])
 def test_bad_options_are_named(options, message):

@@ -488,7 +488,7 @@ def test_non_finite_numbers_refused_before_work(capsys, tmp_path, args, message)
     (("distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", "{out}", "--teachers",
       "t.pt", "--iterations", "5"), "--iterations, --teachers do not apply to --method random"),
     (("distill", "--dataset", "fashion-mnist-mini", "--method", "random", "--ipc", "2", "--out", "{out}", "--resume"),
-     "--resume do not apply to --method random"),
+     "--resume does not apply to --method random"),
     (("train", "{out}", "--teachers", "t.pt"), "--teachers applies with --dynamic"),
 ], ids=["random-teachers-iterations", "random-resume", "train-teachers-without-dynamic"])
 def test_options_that_do_not_apply_are_refused(capsys, tmp_path, args, message):
@@ -504,7 +504,7 @@ def test_options_that_do_not_apply_are_refused(capsys, tmp_path, args, message):
      "infer-fast distill: error: argument --factor: invalid int value: 'x' (see `infer-fast distill --help`)"),
     (("distill", "--method", "nope"), "infer-fast distill: error: argument --method: invalid choice: 'nope'"),
     (("train", "--epochs", "2.5"), "infer-fast train: error: argument --epochs: invalid int value: '2.5'"),
-    (("models", "--bogus"), "infer-fast: error: unrecognized arguments: --bogus (see `infer-fast --help`)"),
+    (("models", "--bogus"), "infer-fast models: error: unrecognized arguments: --bogus (see `infer-fast models --help`)"),
     ((), "infer-fast: error: the following arguments are required: COMMAND"),
 ], ids=["typed-method-flag", "unknown-choice", "int-flag", "unknown-flag", "no-command"])
 def test_usage_errors_are_one_line(capsys, args, message):

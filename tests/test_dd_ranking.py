@@ -198,7 +198,7 @@ def test_cli_dd_ranking_protocol(teacher, unlabelled_set, tmp_path, capsys):
     for extra, message in ((["--lr-grid", "0.1"], "--lr-grid applies to --protocol dd-ranking only"),
                            (["--protocol", "dd-ranking", "--lr-grid", "0.1,x"], "--lr-grid takes comma-separated"),
                            (["--protocol", "dd-ranking", "--recipe", "cifar"], "--recipe applies to --protocol"),
-                           (["--protocol", "dd-ranking", "--lr", "0.1"], "lr is set by the DD-Ranking protocol"),
+                           (["--protocol", "dd-ranking", "--lr", "0.1"], "--lr does not apply to --protocol dd-ranking"),
                            # (the flags are the protocols' own declarations: their checks, a 0 not ignored)
                            (["--protocol", "dd-ranking", "--test-interval", "0"], "argument --test-interval: must be a positive integer, got 0"),
                            # (--full-data-epochs trains a full-data run; base reads one from its checkpoint)

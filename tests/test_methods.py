@@ -98,7 +98,7 @@ def test_a_toy_method_defined_here_runs_end_to_end(toy, tmp_path, capsys):
     assert "argument --offset: must be an integer >= -3, got -4" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["distill", "--method", "toy", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--iterations", "3",
                  "--out", str(tmp_path / "bad")]) == 2
-    assert "--iterations do not apply to --method toy" in capsys.readouterr().err
+    assert "--iterations does not apply to --method toy" in capsys.readouterr().err
 
     cfg = PipelineConfig.from_dict(dict(dataset="fashion-mnist-mini", teachers=[dict(TINY_TEACHER)],
                                         out=str(tmp_path / "run"), ipc=[2], methods=["toy", "random"],
@@ -313,7 +313,7 @@ def test_run_config_reads_the_methods_facts():
 def test_cli_distill_refuses_what_a_method_does_not_take(tmp_path, capsys):
     for argv, message in (
         (["--method", "rded", "--teachers", "t.pt", "--factor", "0"], "argument --factor: must be a positive integer"),
-        (["--method", "rded", "--teachers", "t.pt", "--iterations", "5"], "--iterations do not apply to --method rded"),
+        (["--method", "rded", "--teachers", "t.pt", "--iterations", "5"], "--iterations does not apply to --method rded"),
         (["--method", "cda"], "--teachers T1.pt[,T2.pt...] is required for --method cda"),
     ):
         assert main(["distill", "--dataset", "fashion-mnist-mini", "--ipc", "2", "--out", str(tmp_path / "x")]
