@@ -340,9 +340,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .storage import load_distilled
     from .methods.registry import set_student_settings
     from ._io import save_json_atomic
-    from .output_lock import output_lock
-    from .student import (BEST_LABEL, TRAIN_REPORT_FORMAT, StudentConfig, evaluate_seeds, labels_text, recipe_of,
-                          train_report)
+    from .output_lock import job_output_lock
+    from .student import (BEST_LABEL, TRAIN_REPORT_FORMAT, StudentConfig, check_patches_fit, evaluate_seeds,
+                          labels_text, recipe_of, train_report)
     from .teacher import load_teachers_for_set
     from .distributed import init_from_env, same_outcome
 
@@ -367,6 +367,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         # the set's method gives its students (RDED: its augmentation) under the options given
         config = StudentConfig.from_recipe(args.recipe or recipe_of(ds.real_dataset), **{**set_student_settings(ds), **fields})
         config.check_given(list(fields))
+        check_patches_fit(config, ds.image_size, "--patches")
         _check_decode_cache(args.decode_cache, ds.real_dataset)
         teachers = load_teachers_for_set(comma_list(args.teachers), ds, device=config.device)  # (before the test split is read)
         if config.dynamic and not teachers:
@@ -376,8 +377,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         test = load_test_split(ds.real_dataset, data_root=args.data_root, decode_cache=args.decode_cache,
                                progress=not args.quiet and rank == 0)
     seeds = range(args.seeds)  # (a range: a count is checked, never a list of that many made)
-    # (two trainings writing one --out: the second is refused at its start, not one report lost at the end)
-    with output_lock(args.out, "training report") if args.out and rank == 0 else contextlib.nullcontext():
+    # (two trainings writing one --out: the second is refused at its start, not one report lost at the end;
+    # held by rank 0 for every rank: a refusal stops them all, none left waiting in a collective)
+    with job_output_lock(args.out, "training report") if args.out else contextlib.nullcontext():
         result = evaluate_seeds(ds, test, config, seeds=seeds, teachers=teachers or None,
                                 progress=not args.quiet and rank == 0, checkpoints=args.checkpoints, resume=args.resume)
         if args.out and rank == 0:

@@ -910,7 +910,7 @@ def _protocol_changes(report: Dict[str, Any], protocol, dataset: Any) -> List[st
     from those the score report ``report`` was made under; empty: the report stands. A
     setting a report predates counts as its default; the students' result-neutral fields
     (STUDENT_RESULT_NEUTRAL: the device, the evaluation batches...) are not compared."""
-    from .evaluate import PROTOCOL_NAME
+    from .evaluate import PROTOCOL_NAME, protocol_settings
     from .run_identity import differing
     from .student import STUDENT_RESULT_NEUTRAL
 
@@ -920,9 +920,9 @@ def _protocol_changes(report: Dict[str, Any], protocol, dataset: Any) -> List[st
             settings["student"] = {k: v for k, v in settings["student"].items() if k not in STUDENT_RESULT_NEUTRAL}
         return settings
 
-    current = comparable(protocol.settings(dataset))
-    if isinstance(report.get("full_data_hard"), dict) and report["full_data_hard"].get("trained_here") is False:
-        current.pop("full_data_epochs", None)  # (the accuracy was read, not trained: no run of those epochs)
+    full = report.get("full_data_hard")
+    # (as a report made now records them: no full_data_epochs where the full-data accuracy was read, not trained)
+    current = comparable(protocol_settings(protocol, full if isinstance(full, dict) else {}, dataset))
     recorded = comparable({k: v for k, v in report.get("protocol", {}).items() if k in current})
     # (a report of before protocols were named is infer-fast's)
     defaults = comparable({**dataclasses.asdict(type(protocol)()), "name": PROTOCOL_NAME})

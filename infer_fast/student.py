@@ -588,19 +588,21 @@ class StudentRun:
                 "steps": cfg.epochs * self.steps_per_epoch, "config": dataclasses.asdict(cfg), "model": self.model}
 
 
-@training_grad_mode()  # (trains whatever the caller's grad mode: a notebook's no_grad or inference_mode too)
-def check_patches_fit(cfg: StudentConfig, image_size: Any, option: str = "--patches") -> None:
-    """ValueError naming ``option`` (the patches option as the user gave it) when
-    shuffle_patches_crop_flip would cut images of ``image_size`` (an int or (H, W)) into patches
-    under one pixel: the set's size is known before any training, the cut only at the first batch."""
+def check_patches_fit(cfg: StudentConfig, image_size: Any, option: Optional[str] = None) -> None:
+    """ValueError when shuffle_patches_crop_flip would cut images of ``image_size`` (an int or
+    (H, W)) into patches under one pixel, naming ``option`` too where given (the patches option
+    as the user gave it: "--patches", "student: patches"): the set's size is known before any
+    training, the cut only at the first batch."""
     if cfg.augmentation != "shuffle_patches_crop_flip":
         return
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     if cfg.patches > min(height, width):
-        raise ValueError(f"patches={cfg.patches} ({option}) cuts {height}x{width} images into patches under one pixel: "
+        given = f" ({option})" if option else ""
+        raise ValueError(f"patches={cfg.patches}{given} cuts {height}x{width} images into patches under one pixel: "
                          f"use patches <= {min(height, width)}")
 
 
+@training_grad_mode()  # (trains whatever the caller's grad mode: a notebook's no_grad or inference_mode too)
 def train_student(distilled: DistilledSet, test_set, config: Optional[StudentConfig] = None,
                   teachers: Union[nn.Module, Sequence[nn.Module], None] = None, progress: bool = True,
                   checkpoint: Optional[PathLike] = None, resume: bool = False, ddp: bool = True) -> Dict[str, Any]:

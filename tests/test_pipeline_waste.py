@@ -182,3 +182,22 @@ def test_a_config_parses_each_methods_options_once(tmp_path, monkeypatch):
     monkeypatch.setattr(PipelineConfig, "options_for", options_for)
     _config(tmp_path, methods=["infer", "infer_dyn", "sre2l", "random", "cda"])
     assert parsed and set(parsed.values()) == {1}, dict(parsed)
+
+
+def test_loaded_teachers_give_each_model_its_own_digest_after_the_list_changes(monkeypatch):
+    """The digests a LoadedTeachers carries go with their models: reordered, or with a model
+    put in since, each gets its own (the identities and the distinctness check read them)."""
+    import torch
+
+    from infer_fast._io import model_digest
+    from infer_fast.distill import run as run_mod
+
+    a, b, c = (torch.nn.Linear(2, 2) for _ in range(3))
+    loaded = run_mod.LoadedTeachers([a, b], [model_digest(a), model_digest(b)])
+    computed = []
+    monkeypatch.setattr(run_mod, "model_digest", lambda m: computed.append(m) or model_digest(m))
+    assert run_mod.teacher_digests(loaded) == [model_digest(a), model_digest(b)] and computed == []
+    loaded.reverse()
+    assert run_mod.teacher_digests(loaded) == [model_digest(b), model_digest(a)] and computed == []
+    loaded[0] = c
+    assert run_mod.teacher_digests(loaded) == [model_digest(c), model_digest(a)] and computed == [c]

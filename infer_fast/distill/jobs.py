@@ -44,12 +44,12 @@ def check_common(teachers, mean, std, channels: int, paths: Optional[List[str]] 
     teacher pass). What the teachers give for the data's images is checked by :func:`recover`.
     A run.LoadedTeachers of models none of which was unwrapped stays one: its digests go on to
     :func:`recover`."""
-    from .run import LoadedTeachers
+    from .run import LoadedTeachers, teacher_digests
 
     given = teachers
     teachers = [uncompiled(t) for t in teacher_list(teachers)]
     if isinstance(given, LoadedTeachers) and all(a is b for a, b in zip(teachers, given)):
-        teachers = LoadedTeachers(teachers, given.digests)  # (the same models: their digests hold)
+        teachers = LoadedTeachers(teachers, teacher_digests(given))  # (the same models: their digests hold)
     if not teachers:
         raise ValueError("recovery needs at least one teacher")
     channel_values("mean", mean, channels)

@@ -52,22 +52,26 @@ def recovery_hyperparameters(config, batch_stats: Sequence[Dict[str, Any]], **ex
 
 class LoadedTeachers(list):
     """The teachers of a set as :func:`load_set_teachers` loads them (a list of models), with
-    ``digests``, the model_digest of each, computed once when they were loaded: the request's
-    identity (:func:`request_identity`) and the recovery's (jobs.recover) read them. They stand
-    for the weights as loaded: a set's teachers are frozen for the whole run."""
+    the model_digest of each, computed once when they were loaded: the request's identity
+    (:func:`request_identity`) and the recovery's (jobs.recover) read them. They stand for the
+    weights as loaded (a set's teachers are frozen for the whole run), each digest kept with
+    its model: a list reordered or changed since gives each model its own (:func:`teacher_digests`)."""
 
     def __init__(self, models: Iterable[Any], digests: Sequence[str]):
         super().__init__(models)
-        self.digests = list(digests)
+        # (the model is kept beside its digest: its id cannot be reused by another while known)
+        self.known = {id(model): (model, digest) for model, digest in zip(self, digests)}
 
 
 def teacher_digests(teachers: Sequence[Any]) -> List[str]:
-    """The model_digest of each of ``teachers``: those a :class:`LoadedTeachers` carries (the
-    same models, as many), else computed (models a caller gave, a list rebuilt since)."""
-    digests = getattr(teachers, "digests", None)
-    if isinstance(teachers, LoadedTeachers) and digests is not None and len(digests) == len(teachers):
-        return list(digests)
-    return [model_digest(teacher) for teacher in teachers]
+    """The model_digest of each of ``teachers``: the one a :class:`LoadedTeachers` holds for
+    that model, else computed (models a caller gave, one put in the list since)."""
+    known = teachers.known if isinstance(teachers, LoadedTeachers) else {}
+    digests = []
+    for teacher in teachers:
+        model, digest = known.get(id(teacher), (None, None))
+        digests.append(digest if model is teacher else model_digest(teacher))
+    return digests
 
 
 def prepare_run(dataset, teacher_paths, out_dir, data_root, device, progress):

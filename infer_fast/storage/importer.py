@@ -55,7 +55,7 @@ def _exported_method(listing: Optional[dict], root: Path) -> str:
     if not isinstance(method, str) or not method.strip():
         # (a hand-edited listing: the name given wins, and this field is not read then)
         raise DistilledSetError(f"{root / EXPORT_LISTING}: method must be a method's name, got {method!r}; give the "
-                                "method that made the set (import --name METHOD) to import it anyway")
+                                "method that made the set (import --name METHOD; name= from Python) to import it anyway")
     return method
 
 
