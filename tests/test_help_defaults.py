@@ -83,6 +83,7 @@ def test_train_makes_its_student_config_once_with_the_sets_recipe(monkeypatch):
     monkeypatch.setattr(StudentConfig, "from_recipe",
                         classmethod(lambda cls, name, **kw: recipes.append(name) or make(cls, name, **kw)))
     large_set = types.SimpleNamespace(method="random", hyperparameters={},
+                                      image_size=(SMALL_IMAGE_MAX + 32,) * 2,
                                       real_dataset={"name": "imagefolder", "num_classes": 3,
                                                     "image_size": SMALL_IMAGE_MAX + 32})
     monkeypatch.setattr("infer_fast.storage.load_distilled", lambda path: large_set)

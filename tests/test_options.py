@@ -184,7 +184,7 @@ def test_generated_flags_reach_the_configs(monkeypatch):
     monkeypatch.setattr(StudentConfig, "from_recipe",
                         classmethod(lambda cls, name, **kw: built.setdefault("student", make(cls, name, **kw))))
     monkeypatch.setattr("infer_fast.storage.load_distilled", lambda path: types.SimpleNamespace(
-        method="random", hyperparameters={}, real_dataset="fashion-mnist-mini"))
+        method="random", hyperparameters={}, real_dataset="fashion-mnist-mini", image_size=(28, 28)))
     monkeypatch.setattr("infer_fast.teacher.load_teachers_for_set",
                         lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))  # (stop: the config is made)
     argv = ["train", "set", "--recipe", "imagenet", "--weight-decay", "0.05", "--eval-every", "2", "--schedule",
