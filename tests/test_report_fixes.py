@@ -107,4 +107,5 @@ def test_dd_rankings_cached_full_data_accuracy_comes_before_a_checkpoint(tmp_pat
     imagenet = SimpleNamespace(dataset="imagenet", num_classes=1000, height=224)
     checkpoint = str(tmp_path / "same-architecture-teacher.pt")  # (not there: never read)
     accuracy, source = _full_data(DDRankingProtocol(), imagenet, "resnet18-imagenet", None, "cpu", checkpoint, False)
-    assert accuracy(0) == 0.565 and source.startswith("DD-Ranking's cached value") and checkpoint in source
+    assert accuracy(0) == 0.565 and source["source"].startswith("DD-Ranking's cached value")
+    assert checkpoint in source["source"] and source["trained_here"] is False
