@@ -150,16 +150,10 @@ def _as_given(args: argparse.Namespace, names: List[str], declared: Dict[str, Op
 def _check_device(flag: str, device: Optional[str]) -> None:
     """``device`` a name teacher.resolve_device takes, said with ``flag`` (its own check says
     "device"); whether the GPU is there is resolve_device's to say."""
-    import torch
+    from .teacher import device_named
 
-    if device is None or device == "auto":
-        return
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        kind = None
-    if kind not in ("cpu", "cuda"):
-        raise UserError(f"{flag} must be {DEVICE_CHOICES}, got {device!r}")
+    if device is not None and device != "auto":
+        device_named(device, flag)
 
 
 def _one_process(command: str, instead: str) -> None:

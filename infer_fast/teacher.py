@@ -96,18 +96,26 @@ class TeacherConfig(CheckedWhenMade):
         resolve_device(self.device)
 
 
+def device_named(device: str, name: str = "device") -> torch.device:
+    """The torch.device a device option other than "auto" names; ValueError naming the option
+    ``name`` (the CLI: "--device") for anything else than DEVICE_CHOICES. Whether such a GPU is
+    there is :func:`resolve_device`'s to say."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be {DEVICE_CHOICES}, got {device!r}")
+    return dev
+
+
 def resolve_device(device: str) -> torch.device:
     """The torch.device for a user's ``device`` option ("auto": the GPU when there is one);
     ValueError naming the option for anything else than DEVICE_CHOICES, or a GPU that is
     not there."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be {DEVICE_CHOICES}, got {device!r}")
+    dev = device_named(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
