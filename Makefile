@@ -15,7 +15,7 @@ PIP    := $(PY) -m pip
 # TRITON_INTERPRET=1 (triton 3.6 + numpy >= 2.3 does not).
 DEPS := torch==2.13.0 triton==3.9.0 numpy==2.4.6 pybind11==3.1.0 ninja==1.13.2 \
         safetensors==0.8.0 tqdm==4.70.1 pyyaml==6.0.3 pillow==13.0.0 matplotlib==3.11.2 setuptools
-TEST_DEPS := pytest==9.2.0 hypothesis==6.170.15 pytest-benchmark==5.3.1
+TEST_DEPS := pytest==9.2.0 pytest-xdist==3.8.0 hypothesis==6.170.15 pytest-benchmark==5.3.1
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*.inc csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) \
            $(wildcard infer_fast/*.py infer_fast/*/*.py kernels/*.py configs/*.yaml)
 # The list of SOURCES, rewritten only when it changes: a file deleted (or added) makes the
@@ -54,9 +54,13 @@ demo: $(VENV)/.installed
 # The tests record every distinct Triton launch they make under the interpreter
 # (tests/conftest.py) for triton-check.
 TRITON_LAUNCHES := $(CURDIR)/$(VENV)/triton-launches.jsonl
+# One pytest-xdist worker per core of the 2-core CI machine: much of the suite waits on the
+# CLI processes it starts, so two workers took 19 min where one took 34 (2026-12-07).
+# TEST_WORKERS=0 runs the tests in this one process (xdist's -n 0).
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	rm -f $(TRITON_LAUNCHES)
-	cd tests && INFER_FAST_TRITON_LAUNCHES=$(TRITON_LAUNCHES) ../$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	cd tests && INFER_FAST_TRITON_LAUNCHES=$(TRITON_LAUNCHES) ../$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Every Triton kernel specialization that `make test` launched, and those of a real run's
 # shapes, compiled for sm_90 by triton's compiler without a GPU (bench/triton_aot_check.py):
