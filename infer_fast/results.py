@@ -737,6 +737,19 @@ def _cr_text(results: Dict[str, Any], student: Dict[str, Any]) -> str:
     return f"images + soft labels + indices{_without_soft_labels(results)}"
 
 
+def _methods_title(cfg: Dict[str, Any], results: Dict[str, Any]) -> str:
+    """The report's title after the dataset: the methods of the table, in its order ("INFER,
+    INFER+Dyn, Random"); a run of external sets only is titled by their labels."""
+    return ", ".join(dict.fromkeys(key.label for key in set_entries(cfg, results.get("sets", {})))) or "no sets"
+
+
+def _accounting_text(cfg: Dict[str, Any]) -> str:
+    """" Budget accounting: fair." where a method of the table takes the run's accounting (INFER
+    and INFER+Dyn); "" for a table of methods without one (random, SRe2L, sets given to the run)."""
+    takes = any(key.own is not None and "accounting" in key.made_as.own.run_options for key in set_entries(cfg, {}))
+    return f" Budget accounting: {cfg['accounting']}." if takes and "accounting" in cfg else ""
+
+
 def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) -> str:
     cfg = results["config"]
     teachers = ", ".join(
@@ -744,11 +757,11 @@ def markdown_report(results: Dict[str, Any], table: str, plots: Dict[str, str]) 
         for t in results["teachers"])
     student = _student_effective(cfg, cfg.get(STUDENT_SECTION) or {})
     lines = [
-        f"# {dataset_label(cfg['dataset'])}: INFER and baselines",
+        f"# {dataset_label(cfg['dataset'])}: {_methods_title(cfg, results)}",
         "",
         f"Teachers (M = {len(results['teachers'])}): {teachers}. Student: {_student_text(cfg, student)}, "
-        f"final-epoch top-1 on the real test split over {_seeds_shown(results)} seed(s). "
-        f"Budget accounting: {cfg['accounting']}.{_distillation_text(cfg)}",
+        f"final-epoch top-1 on the real test split over {_seeds_shown(results)} seed(s)."
+        f"{_accounting_text(cfg)}{_distillation_text(cfg)}",
         f"CR: stored values / full training set values ({_cr_text(results, student)}). "
         "Feature dup.: mean same-class cosine similarity of the first teacher's penultimate features"
         + (" (–: undefined for sets of one image per class)." if any(

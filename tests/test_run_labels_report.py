@@ -176,3 +176,14 @@ def test_the_compression_plot_draws_labels_per_batch_hollow():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list(series)
     hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
     assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.480]
+
+
+def test_the_title_names_the_tables_methods_and_the_accounting_is_said_where_a_method_takes_it():
+    """results.md was titled "INFER and baselines" and said INFER's budget accounting for every
+    run, also one of random and SRe2L sets only."""
+    both = markdown_report(hand_results(), "", {})
+    assert both.splitlines()[0] == "# fashion-mnist-mini: INFER, INFER+Dyn, Random"
+    assert "Budget accounting: fair." in both
+    baselines = markdown_report(hand_results(methods=["random", "sre2l"]), "", {})
+    assert baselines.splitlines()[0] == "# fashion-mnist-mini: Random, SRe2L"
+    assert "INFER" not in baselines and "accounting" not in baselines
