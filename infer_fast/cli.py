@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import signal
-import statistics
 import sys
 import threading
 import warnings
@@ -335,8 +334,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .methods.registry import set_student_settings
     from ._io import save_json_atomic
     from .output_lock import job_output_lock
-    from .student import (BEST_LABEL, TRAIN_REPORT_FORMAT, StudentConfig, check_patches_fit, evaluate_seeds,
-                          labels_text, recipe_of, train_report)
+    from .student import (TRAIN_REPORT_FORMAT, StudentConfig, best_accuracy_over_seeds, check_patches_fit,
+                          evaluate_seeds, labels_text, recipe_of, train_report)
     from .teacher import load_teachers_for_set
     from .distributed import init_from_env, same_outcome
 
@@ -386,9 +385,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"{ds.num_training_images()} training images), {count_text(config.epochs, 'epoch')}: final top-1 on the "
             f"real {ds.dataset} test split {100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over "
             f"{len(seeds)} seed(s) [{per_seed}]")
-    best = [r["best_accuracy"] for r in result["results"] if r.get("best_accuracy") is not None]
+    best = best_accuracy_over_seeds(result)
     if best:  # (--eval-every: the optimistic number, labelled, beside the final one)
-        line += f"; {BEST_LABEL}: {100 * statistics.fmean(best):.2f} +- {100 * statistics.pstdev(best):.2f} %"
+        line += f"; {best['label']}: {100 * best['mean']:.2f} +- {100 * best['std']:.2f} %"
     print(line)
     if args.out:
         print(f"report: {args.out}")

@@ -733,7 +733,6 @@ def train_report(distilled: DistilledSet, path: str, config: StudentConfig, resu
     loss, rate and evaluations) from ``result`` (:func:`evaluate_seeds`'), without the models."""
     runs = [{"seed": seed, **{k: run[k] for k in ("final_accuracy", "best_accuracy", "elapsed_s", "steps", "history")}}
             for seed, run in zip(result["per_seed"], result["results"])]
-    best = [run["best_accuracy"] for run in runs if run["best_accuracy"] is not None]
     return {
         "format": TRAIN_REPORT_FORMAT,
         "set": {"path": path, "method": distilled.method, "dataset": distilled.dataset,
@@ -744,10 +743,17 @@ def train_report(distilled: DistilledSet, path: str, config: StudentConfig, resu
         "teachers": list(teacher_paths),  # (INFER+Dyn's: they relabel every batch)
         "final_accuracy": {"mean": result["mean"], "std": result["std"], "seeds": len(runs)},
         # (--eval-every: the optimistic number, labelled as such)
-        "best_accuracy": ({"mean": statistics.fmean(best), "std": statistics.pstdev(best), "label": BEST_LABEL}
-                          if best else None),
+        "best_accuracy": best_accuracy_over_seeds(result),
         "per_seed": runs,
     }
+
+
+def best_accuracy_over_seeds(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """{"mean", "std", "label": BEST_LABEL} of the seeds' best evaluated accuracies in ``result``
+    (:func:`evaluate_seeds`'; --eval-every: the optimistic number, labelled), None without evaluations
+    before the last epoch."""
+    best = [run["best_accuracy"] for run in result["results"] if run.get("best_accuracy") is not None]
+    return {"mean": statistics.fmean(best), "std": statistics.pstdev(best), "label": BEST_LABEL} if best else None
 
 
 # --------------------------------------------------------------------------------------
