@@ -26,11 +26,11 @@ def test_info_reports_backends():
     assert "CUDA kernels" in result.stdout
 
 
-def test_models_and_datasets_listed():
-    models = run_cli("models")
-    assert models.returncode == 0 and "resnet18" in models.stdout and "convnet" in models.stdout
-    datasets = run_cli("datasets")
-    assert datasets.returncode == 0 and "fashion-mnist-mini" in datasets.stdout and "cifar100" in datasets.stdout
+def test_models_and_datasets_listed(capsys):
+    status, out, _ = _cli(capsys, "models")
+    assert status == 0 and "resnet18" in out and "convnet" in out
+    status, out, _ = _cli(capsys, "datasets")
+    assert status == 0 and "fashion-mnist-mini" in out and "cifar100" in out
 
 
 @pytest.mark.parametrize(
@@ -56,20 +56,21 @@ def test_unknown_config_option_is_refused(tmp_path):
     assert result.returncode == 2 and "unknown option(s) learning_rate" in result.stderr
 
 
-def test_teacher_from_yaml_with_override_then_resume_message(tmp_path):
+def test_teacher_from_yaml_with_override_then_resume_message(tmp_path, capsys, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text(
         "dataset: fashion-mnist-mini\nmodel: convnet-w8-d2\nepochs: 5\nbatch_size: 256\nlr: 0.05\n"
     )
-    result = run_cli("teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "test accuracy" in result.stdout and "after 1 epoch (" in result.stdout
+    status, out, err = _cli(capsys, "teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet")
+    assert status == 0, err
+    assert "test accuracy" in out and "after 1 epoch (" in out
     ckpt = torch.load(tmp_path / "t.pt", weights_only=True)
     assert ckpt["config"]["epochs"] == 1 and ckpt["config"]["batch_size"] == 256
-    again = run_cli("teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet", cwd=tmp_path)
-    assert again.returncode == 0 and "already trained" in again.stdout
+    status, out, _ = _cli(capsys, "teacher", "--config", "c.yaml", "--epochs", "1", "--out", "t.pt", "--quiet")
+    assert status == 0 and "already trained" in out
 
 
-def test_inspect_and_export_a_distilled_set(tmp_path):
+def test_inspect_and_export_a_distilled_set(tmp_path, capsys):
     from infer_fast.storage import DistilledSet, save_distilled
 
     gen = torch.Generator().manual_seed(0)
@@ -83,25 +84,29 @@ def test_inspect_and_export_a_distilled_set(tmp_path):
         seed=0, full_train_size=5000,
     )
     save_distilled(ds, tmp_path / "set")
-    result = run_cli("inspect", str(tmp_path / "set"))
-    assert result.returncode == 0, result.stderr
-    assert "compression" in result.stdout.lower()
+    status, out, err = _cli(capsys, "inspect", tmp_path / "set")
+    assert status == 0, err
+    assert "compression" in out.lower()
     assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["manifest.json", "natural.safetensors", "ufc.safetensors"]
-    result = run_cli("inspect", str(tmp_path / "set"), "--preview", str(tmp_path / "grid.png"))
-    assert result.returncode == 0 and "preview:" in result.stdout, result.stderr
+    status, out, err = _cli(capsys, "inspect", tmp_path / "set", "--preview", tmp_path / "grid.png")
+    assert status == 0 and "preview:" in out, err
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    exported = run_cli("export", str(tmp_path / "set"), "--to", "imagefolder", str(tmp_path / "out"))
-    assert exported.returncode == 0, exported.stderr
+    status, _, err = _cli(capsys, "export", tmp_path / "set", "--to", "imagefolder", tmp_path / "out")
+    assert status == 0, err
     pngs = list((tmp_path / "out").rglob("*.png"))
     assert len(pngs) == k * c + g * c
 
 
-def test_distill_relabel_train_chain(tmp_path):
-    """teacher -> distill (INFER and random) -> relabel -> train, all from the command line."""
+def test_distill_relabel_train_chain(tmp_path, capsys, monkeypatch, one_thread):
+    """teacher -> distill (INFER and random) -> relabel -> train, all from the command line (its
+    main, in this process: 14 interpreter starts cost a minute; the tests above and the kill
+    tests below start the CLI as a process)."""
+    monkeypatch.chdir(tmp_path)
+
     def ok(*args):
-        result = run_cli(*args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        status, out, err = _cli(capsys, *args)
+        assert status == 0, err
+        return out
 
     ok("teacher", "--dataset", "fashion-mnist-mini", "--model", "convnet-w8-d2", "--epochs", "1",
        "--batch-size", "256", "--lr", "0.05", "--out", "t.pt", "--quiet")
@@ -128,10 +133,12 @@ def test_distill_relabel_train_chain(tmp_path):
     ok("relabel", "sre2l", "--teachers", "t.pt")
     out = ok("train", "sre2l", "--recipe", "imagenet", "--model", "convnet-w8-d2", "--epochs", "1", "--device", "cpu", "--quiet")
     assert "final top-1" in out
-    wrong = run_cli("distill", "--dataset", "fashion-mnist-mini", "--method", "sre2l", "--ipc", "2", "--out", "y", cwd=tmp_path)
-    assert wrong.returncode == 2 and "--teachers" in wrong.stderr
-    again = run_cli("distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "1", "--out", "x", cwd=tmp_path)
-    assert again.returncode == 2 and "ipc" in again.stderr and "Traceback" not in again.stderr
+    status, _, err = _cli(capsys, "distill", "--dataset", "fashion-mnist-mini", "--method", "sre2l", "--ipc", "2",
+                          "--out", "y")
+    assert status == 2 and "--teachers" in err
+    status, _, err = _cli(capsys, "distill", "--dataset", "fashion-mnist-mini", "--teachers", "t.pt", "--ipc", "1",
+                          "--out", "x")
+    assert status == 2 and "ipc" in err and "Traceback" not in err
 
 
 def _ok(*args, cwd):

@@ -481,3 +481,24 @@ def test_timm_with_fake_module(monkeypatch):
     assert "num_classes" not in calls[-1][1]
     with pytest.raises(HeadMismatch, match="timm:tiny's pretrained classifier has 1000 classes, not 5"):
         create_model("timm:tiny", num_classes=5, pretrained=True, pretrained_head=True)
+
+
+def test_a_model_built_to_read_its_shapes_is_not_initialized(monkeypatch):
+    """On the meta device there are no values to set: init_weights returns at once (its
+    Kaiming init under torch.device("meta") ran through torch's Python references, which made
+    `infer-fast models` take 4 s instead of 1); a model on the CPU is initialized as before."""
+    from infer_fast.models import build_to_check, model_table
+    from infer_fast.models.registry import all_specs
+
+    def refused(*args, **kwargs):
+        raise AssertionError("an init ran on meta tensors")
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", refused)
+    monkeypatch.setattr(torch.nn.init, "normal_", refused)
+    for spec in all_specs():
+        size = 32 if 32 in spec.input_sizes else spec.input_sizes[0]
+        model = build_to_check(lambda: spec.build(num_classes=10, in_channels=3, image_size=size))
+        assert all(p.is_meta for p in model.parameters()), spec.name
+    assert len(model_table()) == len(all_specs())
+    with pytest.raises(AssertionError, match="an init ran"):  # (on the CPU: initialized, as before)
+        all_specs()[0].build(num_classes=10, in_channels=3, image_size=32)

@@ -56,7 +56,11 @@ class ClassifierNet(nn.Module):
 
 def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
     """Deterministic (given the torch seed) init: Kaiming-normal (fan_out, ReLU) convs with
-    zero bias, norm layers weight 1 / bias 0, Linear N(0, linear_std) with zero bias."""
+    zero bias, norm layers weight 1 / bias 0, Linear N(0, linear_std) with zero bias. A model
+    on the meta device (built to read its shapes: build_to_check) has no values to set: skipped
+    (under torch.device("meta") the init ran through torch's Python references, 3 s the first time)."""
+    if any(p.is_meta for p in model.parameters()):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
