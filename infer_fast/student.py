@@ -750,8 +750,8 @@ def train_report(distilled: DistilledSet, path: str, config: StudentConfig, resu
 
 def best_accuracy_over_seeds(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """{"mean", "std", "label": BEST_LABEL} of the seeds' best evaluated accuracies in ``result``
-    (:func:`evaluate_seeds`'; --eval-every: the optimistic number, labelled), None without evaluations
-    before the last epoch."""
+    (:func:`evaluate_seeds`'; --eval-every: the optimistic number, labelled), None where the students
+    had no periodic evaluations (eval_every 0)."""
     best = [run["best_accuracy"] for run in result["results"] if run.get("best_accuracy") is not None]
     return {"mean": statistics.fmean(best), "std": statistics.pstdev(best), "label": BEST_LABEL} if best else None
 
