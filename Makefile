@@ -56,11 +56,12 @@ demo: $(VENV)/.installed
 TRITON_LAUNCHES := $(CURDIR)/$(VENV)/triton-launches.jsonl
 # One pytest-xdist worker per core of the 2-core CI machine: much of the suite waits on the
 # CLI processes it starts, so two workers took 19 min where one took 34 (2026-12-07).
-# TEST_WORKERS=0 runs the tests in this one process (xdist's -n 0).
+# TEST_WORKERS=0 runs the tests in this one process (xdist's -n 0). --dist loadfile: each file's
+# tests in one process, in their order, as a run in one process has them.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	rm -f $(TRITON_LAUNCHES)
-	cd tests && INFER_FAST_TRITON_LAUNCHES=$(TRITON_LAUNCHES) ../$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	cd tests && INFER_FAST_TRITON_LAUNCHES=$(TRITON_LAUNCHES) ../$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Every Triton kernel specialization that `make test` launched, and those of a real run's
 # shapes, compiled for sm_90 by triton's compiler without a GPU (bench/triton_aot_check.py):

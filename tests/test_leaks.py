@@ -35,7 +35,9 @@ def test_the_memory_probe_leaves_no_graph_and_lets_its_teacher_go():
     first = activation_bytes_per_image(teacher, natural, 4)
     before = live_tensors()
     assert [activation_bytes_per_image(teacher, natural, 4) for _ in range(3)] == [first] * 3
-    assert live_tensors() == before  # (was 12 more per call for this teacher)
+    # (was 12 more per call for this teacher; fewer is another test's leftovers freed meanwhile, as once
+    # under pytest-xdist: 130 after, 150 before)
+    assert live_tensors() <= before
     weight = weakref.ref(next(teacher.parameters()))
     del teacher
     gc.collect()
