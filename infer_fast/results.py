@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ._io import TOO_DEEP, parse_failure
+from .config import home_expanded
 from .data.registry import dataset_label
 from .run_identity import another_run_message, differing, dotted
 from .set_keys import RunKey, SetKey, external_method
@@ -256,7 +257,7 @@ def _defaults(cfg) -> Dict[str, Any]:
 def data_place(data_root: Optional[str]) -> Optional[str]:
     """The folder a data root names, however spelled (relative, "~", a trailing "/", a link):
     its absolute real path; None (the dataset's default places) stays None."""
-    return None if data_root is None else os.path.realpath(os.path.expanduser(data_root))
+    return None if data_root is None else os.path.realpath(home_expanded(data_root))
 
 
 def recorded_config(cfg) -> Dict[str, Any]:

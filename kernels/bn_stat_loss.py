@@ -497,6 +497,7 @@ def _or(tensor, placeholder):
 # concurrently on different streams (the ops are used on one stream; CUDA graph replays of
 # captured launches are serialized on theirs).
 _counters = {}
+FIRST_COUNTERS = 64  # a device's first buffer (doubled, or made as large as a launch needs, after)
 
 
 def _arrival_counters(device, groups):
@@ -504,7 +505,7 @@ def _arrival_counters(device, groups):
     a torch fill then, never per call)."""
     buf = _counters.get(device)
     if buf is None or buf.numel() < groups:
-        n = max(groups, 64 if buf is None else 2 * buf.numel())
+        n = max(groups, FIRST_COUNTERS if buf is None else 2 * buf.numel())
         buf = _counters[device] = torch.zeros(n, dtype=torch.int32, device=device)
     return buf
 

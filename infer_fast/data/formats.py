@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from typing import List, Optional, Sequence, Tuple
 
+from ..config import home_expanded
 from .cifar import CIFAR_URLS, read_cifar, read_cifar_batch, write_cifar_batches
 from .folders import (
     IMAGE_EXTENSIONS,
@@ -100,7 +101,7 @@ def data_root_dir(name: str, data_root, expected: str) -> str:
     directory."""
     if data_root is None:
         raise FileNotFoundError(f"{name}: pass data_root (--data-root), the folder holding {expected}")
-    root = os.path.expanduser(os.fspath(data_root))
+    root = home_expanded(os.fspath(data_root))
     if not os.path.isdir(root):
         problem = "is not a directory" if os.path.exists(root) else "does not exist"
         raise FileNotFoundError(f"{name}: data_root (--data-root) {root} {problem}; expected the folder holding "
