@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from ._text import first_line
 from .checks import is_digits
+from .interrupts import stop_when_parent_dies
 
 __all__ = ["rank_and_world", "init_from_env", "all_gather_object", "barrier", "local_device", "shard_path",
            "shard_pattern", "Ranks", "same_outcome", "check_ranks_agree", "check_ranks_share_folder"]
@@ -90,12 +91,20 @@ def _launch_variable(name: str, default: int, minimum: int, fix: str) -> int:
     return int(text)
 
 
+# set by torchrun's agent in the environment of the ranks it starts (torch.distributed.elastic)
+TORCHRUN_RUN_ID = "TORCHELASTIC_RUN_ID"
+
+
 def init_from_env(backend: str = "auto") -> Tuple[int, int]:
     """Join the process group described by torchrun's environment (WORLD_SIZE > 1), with NCCL
     on GPUs and gloo otherwise; a no-op for a single process. Returns (rank, world size).
-    The group is destroyed at interpreter exit (a gloo group left alive can abort the process)."""
+    The group is destroyed at interpreter exit (a gloo group left alive can abort the process).
+    A rank torchrun's agent started gets SIGTERM if the agent dies (interrupts.stop_when_parent_dies):
+    it saves its work and stops as if the agent had stopped it."""
     world = launched_world_size()
     if world > 1 and dist.is_available() and not dist.is_initialized():
+        if os.environ.get(TORCHRUN_RUN_ID):  # a rank torchrun's agent started: it stops if the agent dies
+            stop_when_parent_dies()
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         launched_rank()  # (a RANK torch cannot use: said in one line, before joining)

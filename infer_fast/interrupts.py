@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Dict, Iterator, Optional
@@ -219,3 +220,25 @@ def ignore_in_worker(worker_id: int = 0) -> None:
     of stopping cleanly; the main process decides and shuts its workers down."""
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+PR_SET_PDEATHSIG = 1  # (linux/prctl.h)
+
+
+def stop_when_parent_dies() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG), the
+    signal that stops a command saving its work. For a torchrun rank: its agent, killed itself
+    (SIGKILL, the out-of-memory killer, or a signal it does not forward: SIGUSR1 unless
+    torchrun's --signals-to-handle names it), left its ranks running on alone, holding their
+    GPUs and the output's lock, until their work ended. True where it took effect (Linux);
+    elsewhere False and nothing changes. (A parent that died before this call, or a parent
+    thread other than the one that started this process ending, are Linux's rules: torchrun
+    starts its ranks from its main thread.)"""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # (no C library to load, or one without prctl)
+        return False

@@ -2,6 +2,7 @@
 signal in "chunks" mode stops every rank after the same iteration with rank 0's checkpoint
 saved; ranks given other settings or teachers, or not seeing the same files, are refused
 before any work, on every rank, with one line."""
+import contextlib
 import json
 import os
 import subprocess
@@ -93,6 +94,48 @@ def test_a_signal_in_chunks_mode_stops_every_rank_after_the_same_iteration_with_
     two, one = load_distilled(tmp_path / "set"), load_distilled(tmp_path / "one")
     torch.testing.assert_close(two.ufc, one.ufc, rtol=0, atol=1e-5)  # (chunks: the same batch, summed apart)
     assert leftovers(tmp_path) == ["set"]
+
+
+def test_ranks_whose_torchrun_agent_dies_save_their_shares_and_stop(teacher_paths, tmp_path):
+    """torchrun forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to its ranks; killed itself (SIGKILL,
+    the out-of-memory killer, or SLURM's SIGUSR1 where --signals-to-handle does not name it) it
+    left them running alone, holding their GPUs and the output's lock, until their work ended.
+    Now a rank gets SIGTERM when its agent dies: each saves its share and stops with its line."""
+    import signal
+    import time
+
+    from test_rank_agreement import descendants
+
+    (tmp_path / "ranks.py").write_text(RANKS_SCRIPT)
+    args = distill_args(teacher_paths[:1], "set", 100000, "--checkpoint-every", "5")  # (hours: never done first)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(tmp_path / "ranks.py"), *args]
+    shares = [tmp_path / f"set.recovery.pt.rank{rank}-of-2" for rank in (0, 1)]
+    with subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as agent:
+        ranks = []
+        try:
+            deadline = time.monotonic() + 240
+            while not all(share.exists() for share in shares):  # both ranks inside their recoveries
+                assert agent.poll() is None and time.monotonic() < deadline, "the ranks never checkpointed"
+                time.sleep(0.1)
+            ranks = descendants(agent.pid)
+            agent.kill()
+            agent.wait()
+            _, err = agent.communicate(timeout=120)  # (the ranks hold the pipes until they end)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the ranks ran on after their torchrun agent died")
+        finally:
+            for pid in ranks:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert each_rank_said(subprocess.CompletedProcess(cmd, agent.returncode, "", err),
+                          "interrupted (SIGTERM); progress is saved in set.recovery.pt.rank0-of-2"), err
+    for share in shares:
+        (partial,) = torch.load(share, weights_only=False)["partials"]
+        assert partial["iteration"] >= 5
+    assert not (tmp_path / "set").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".set")]  # (nor the output's lock)
 
 
 @pytest.mark.parametrize("differs,mode", [("iterations", "jobs"), ("teachers", "chunks")])
