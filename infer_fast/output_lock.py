@@ -59,13 +59,14 @@ def lock_path(output: PathLike, inside: bool = False) -> Path:
     return output / INSIDE_LOCK if inside else output.parent / f".{output.name}.lock"
 
 
-def stale_leftovers(output: PathLike, folders: Sequence[str] = ()) -> List[str]:
+def stale_leftovers(output: PathLike, folders: Sequence[str] = (), inside: bool = False) -> List[str]:
     """What writers of ``output`` killed mid-save leave: the temporary and the replaced copies
     of a set saved atomically (``.<name>.tmp-*``, ``.<name>.old-*``), the temporary files of its
-    recovery checkpoints, and, for a run directory (``folders``: the folders the run writes in
-    it), the temporary and replaced copies at its top and anywhere in those folders: never in
-    other folders, nor inside any other output (what the user keeps there is not a writer's).
-    Only hidden siblings named as infer-fast names them (_io.hidden_sibling: its tags) count."""
+    recovery checkpoints, and, for a folder locked from ``inside`` (a checkpoints folder, a run
+    directory), the temporary and replaced copies at its top, for a run directory (``folders``:
+    the folders the run writes in it) anywhere in those folders too: never in other folders,
+    nor inside any other output (what the user keeps there is not a writer's). Only hidden
+    siblings named as infer-fast names them (_io.hidden_sibling: its tags) count."""
     output = Path(output).absolute()
     checkpoint = recovery_checkpoint_path(output)
     results = Path(recovery_results_dir(checkpoint))
@@ -76,8 +77,8 @@ def stale_leftovers(output: PathLike, folders: Sequence[str] = ()) -> List[str]:
     if not results.is_symlink():  # (never swept through a link)
         patterns.append(f"{glob.escape(str(results))}/{hidden_sibling_pattern('*', TEMP)}")
     found = {p for pattern in patterns for p in glob.glob(pattern)}
-    if folders and output.is_dir() and not output.is_symlink():  # (a run directory: its teachers/, sets/...)
-        found.update(_run_directory_entries(output, folders))
+    if (inside or folders) and output.is_dir() and not output.is_symlink():  # (its top; a run directory's sets/...)
+        found.update(_folder_entries(output, folders))
     return sorted(p for p in found if _is_leftover(p))
 
 
@@ -85,8 +86,8 @@ def _is_leftover(path: str) -> bool:
     return hidden_sibling_owner(path, TEMP) is not None or hidden_sibling_owner(path, REPLACED) is not None
 
 
-def _run_directory_entries(run: Path, folders: Sequence[str]) -> List[str]:
-    """The entries at the top of the run directory ``run`` and anywhere in its ``folders``,
+def _folder_entries(run: Path, folders: Sequence[str]) -> List[str]:
+    """The entries at the top of the folder ``run`` and anywhere in its ``folders``,
     found without following a symbolic link (a folder that is one, e.g. teachers shared between
     runs, is skipped whole: what is there is others' too) and without entering a hidden folder
     (a leftover itself); none whose real path is outside ``run``."""
@@ -102,10 +103,10 @@ def _run_directory_entries(run: Path, folders: Sequence[str]) -> List[str]:
     return [entry for entry in entries if os.path.realpath(entry).startswith(inside)]
 
 
-def _sweep(output: Path, folders: Sequence[str] = ()) -> None:
+def _sweep(output: Path, folders: Sequence[str] = (), inside: bool = False) -> None:
     """Put back the sets an interrupted overwrite left missing (:func:`_put_back_replaced`), then
     remove the other leftovers (:func:`stale_leftovers`)."""
-    leftovers = stale_leftovers(output, folders)
+    leftovers = stale_leftovers(output, folders, inside)
     put_back = _put_back_replaced(output, leftovers)
     for leftover in leftovers:
         if leftover not in put_back:
@@ -172,7 +173,7 @@ def output_lock(output: PathLike, what: str = "output", inside: bool = False,
         with _locked(path, output, what, made, wait, instead) as fd:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
-            _sweep(Path(output), folders)
+            _sweep(Path(output), folders, inside)
             yield
     finally:
         _remove_empty(made)

@@ -544,6 +544,9 @@ def _run(cfg: PipelineConfig, progress: bool, ranks: distributed.Ranks, inputs: 
         if ranks.rank != 0:
             with open(session.results_path, encoding="utf-8") as f:
                 return json.load(f)
+    for folder in (SCORES_DIR, STUDENTS_DIR):  # (every rank's checkpoints removed: empty, they were left behind)
+        with contextlib.suppress(OSError):  # (missing, or holding what is kept: the full-data checkpoint)
+            (session.out / folder).rmdir()
     return session.results
 
 

@@ -137,6 +137,37 @@ def test_a_run_directorys_leftovers_are_found_in_its_subfolders_too(tmp_path):
     assert user.exists()
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_checkpoints_folders_leftovers_are_removed_by_the_next_writer(capsys, tmp_path, command):
+    """train's and evaluate's --checkpoints DIR (locked from inside): a kill during a
+    checkpoint's save left its temporary file at the top of DIR, and each such kill one more,
+    never removed (the sweep looked beside DIR, and in a run directory's folders only)."""
+    from infer_fast._io import TEMP, hidden_sibling
+    from infer_fast.distill import distill_random
+
+    distill_random(DATASET, 1, tmp_path / "set", seed=0)
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    leftovers = [hidden_sibling(folder / "seed0.pt", TEMP, "4242"), hidden_sibling(folder / "seed0.pt", TEMP, "4343")]
+    for path in leftovers:
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    (folder / ".notes").write_text("the user's")
+    assert stale_leftovers(folder, inside=True) == sorted(leftovers) and stale_leftovers(folder) == []
+    if command == "evaluate":
+        from conftest import train_tiny_teachers
+
+        (teacher,) = train_tiny_teachers(tmp_path, seeds=(0,))
+        extra = ["--teachers", teacher, "--soft-labels", "per-batch", "--full-data-epochs", "1", "--out",
+                 tmp_path / "report.json"]
+    else:
+        extra = ["--labels", "hard"]
+    status, _, err = _cli(capsys, command, tmp_path / "set", "--model", "convnet-w8-d2", "--epochs", "1", "--seeds", "1",
+                          "--device", "cpu", "--quiet", "--checkpoints", folder, *extra)
+    assert status == 0, err
+    assert not any(os.path.exists(p) for p in leftovers) and (folder / ".notes").read_text() == "the user's"
+
+
 def test_the_sweep_never_walks_into_another_output(tmp_path):
     """Hidden files named like a writer's leftovers inside an output that is not a run directory
     (a distilled set's folder, a folder a command then refuses) are the user's: kept."""

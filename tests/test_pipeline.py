@@ -60,6 +60,7 @@ def test_run_produces_the_table(finished_run):
     assert len(results["teachers"]) == 2 and all(os.path.isfile(t["path"]) for t in results["teachers"])
     on_disk = json.load(open(os.path.join(out, "results.json")))
     assert on_disk["runs"] == results["runs"]
+    assert not os.path.exists(os.path.join(out, "students"))  # (every checkpoint in it removed: an empty folder was left)
     md = open(os.path.join(out, "results.md")).read()
     assert "| INFER+Dyn | 2 |" in md and "| SRe2L | 2 |" in md and format_table(results) in md
     # one ipc: the accuracy-vs-compression picture, linked from results.md
@@ -245,6 +246,7 @@ def test_scores_of_every_set_inside_the_run(finished_run, tmp_path, monkeypatch)
     scored = tiny_config(tmp_path / "run", seeds=1, scores=True)
     results = run_pipeline(scored, progress=False)
     assert sorted(results["scores"]) == ["infer/ipc2", "infer_dyn/ipc2", "random/ipc2", "sre2l/ipc2"]
+    assert not (tmp_path / "run" / "students").exists()  # (the full-data accuracy is the teacher's: nothing kept)
     report = results["scores"]["infer/ipc2"]
     assert report["full_data_hard"]["accuracy"] == results["teachers"][0]["test_accuracy"]
     assert 0.0 <= report["scores"]["lrs"]["mean"] <= 1.0 and len(report["per_seed"]) == 1
