@@ -233,6 +233,29 @@ def test_fashion_mnist_download_and_all_fail(no_fmnist_sources, tmp_path, monkey
     assert sorted(os.listdir(tmp_path / "cache" / "fashion-mnist")) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
+def test_a_download_stopped_after_its_first_file_is_finished_by_the_next(no_fmnist_sources, tmp_path, monkeypatch):
+    """A download that failed on the labels (the images already in the cache) left a cache every
+    later load refused ("holds part of the dataset") without downloading again; an offline
+    failure left an empty cache folder."""
+    with pytest.raises(FileNotFoundError, match="failed"):
+        load_dataset("fashion-mnist", "test")
+    assert not (tmp_path / "cache" / "fashion-mnist").exists()  # (offline: nothing made)
+    server = tmp_path / "server"
+    images, labels = write_fmnist(server, 5, "test")
+    labels_file = server / "t10k-labels-idx1-ubyte.gz"
+    labels_file.rename(tmp_path / "held-back.gz")  # (the server fails on the second file)
+    monkeypatch.setattr(formats, "FASHION_MNIST_URL", server.as_uri())
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
+        load_dataset("fashion-mnist", "test")
+    assert os.listdir(tmp_path / "cache" / "fashion-mnist") == ["t10k-images-idx3-ubyte.gz"]  # (whole: kept)
+    with pytest.raises(FileNotFoundError, match="download=False"):  # (a partial cache is no data set)
+        load_dataset("fashion-mnist", "test", download=False)
+    (tmp_path / "held-back.gz").rename(labels_file)
+    (server / "t10k-images-idx3-ubyte.gz").unlink()  # (the first file is not fetched again)
+    ds = load_dataset("fashion-mnist", "test")
+    assert torch.equal(ds.images[:, 0], images) and torch.equal(ds.labels, labels.long())
+
+
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "imagenet",
                                      "imagefolder"])
 @pytest.mark.parametrize("root, problem", [("missing", "does not exist"), ("a-file", "is not a directory")])

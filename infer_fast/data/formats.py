@@ -19,6 +19,7 @@ Writers for the same formats (tests, and to hand data to other tools): :func:`wr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -63,15 +64,21 @@ def cache_dir() -> str:
     return os.environ.get("INFER_FAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "infer_fast")
 
 
-def _find_pair(directory: str, stems: Sequence[str]) -> Optional[Tuple[str, ...]]:
-    """Paths of all ``stems`` (``.gz`` or raw) in ``directory``; None when none is there.
-
-    A directory holding some of the files but not all is an error (it names the missing one)."""
+def _files_of(directory: str, stems: Sequence[str]) -> List[Optional[str]]:
+    """The path of each of ``stems`` in ``directory`` (``.gz`` or raw), None where it is missing."""
     found = []
     for stem in stems:
         hits = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
         hits = [h for h in hits if os.path.isfile(h)]
         found.append(hits[0] if hits else None)
+    return found
+
+
+def _find_pair(directory: str, stems: Sequence[str]) -> Optional[Tuple[str, ...]]:
+    """Paths of all ``stems`` (``.gz`` or raw) in ``directory``; None when none is there.
+
+    A directory holding some of the files but not all is an error (it names the missing one)."""
+    found = _files_of(directory, stems)
     if all(f is None for f in found):
         return None
     missing = [s for s, f in zip(stems, found) if f is None]
@@ -126,21 +133,27 @@ def locate_fashion_mnist(split: str, data_root: Optional[str] = None, download: 
     if data_root is not None:
         return _locate_in_root(split, data_root)
     cache = os.path.join(cache_dir(), "fashion-mnist")
-    for directory in list(FASHION_MNIST_SYSTEM_DIRS) + [cache]:
+    for directory in FASHION_MNIST_SYSTEM_DIRS:
         pair = _find_pair(directory, stems) if os.path.isdir(directory) else None
         if pair is not None:
             return pair  # type: ignore[return-value]
+    cached = _files_of(cache, stems)  # (a download that failed after its first file left that one: kept)
+    if all(cached):
+        return cached[0], cached[1]  # type: ignore[return-value]
     base = FASHION_MNIST_URL if FASHION_MNIST_URL.endswith("/") else FASHION_MNIST_URL + "/"
     if download:
+        made = not os.path.isdir(cache)
         try:
-            paths = []
-            for stem in stems:
-                dest = os.path.join(cache, stem + ".gz")
-                _download(base + stem + ".gz", dest)
-                paths.append(dest)
-            return paths[0], paths[1]
+            for i, stem in enumerate(stems):
+                if cached[i] is None:  # (each file checked, then renamed into the cache: whole or absent)
+                    cached[i] = os.path.join(cache, stem + ".gz")
+                    _download(base + stem + ".gz", cached[i])
+            return cached[0], cached[1]  # type: ignore[return-value]
         except (urllib.error.URLError, OSError, ValueError) as exc:
             outcome = f"failed ({type(exc).__name__}: {exc})"
+            if made:  # (nothing landed: no empty folder left in the cache)
+                with contextlib.suppress(OSError):
+                    os.rmdir(cache)
     else:
         outcome = "not attempted (download=False)"
     raise FileNotFoundError(
