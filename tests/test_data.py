@@ -617,13 +617,15 @@ def test_an_interrupted_decode_cache_is_decoded_again(tmp_path, decode_log, inte
         dead, alive, elsewhere = (cache_file.with_name(f"{prefix}{host}-{pid}") for host, pid in
                                   ((socket.gethostname(), int(gone.stdout)), (socket.gethostname(), os.getppid()),
                                    ("other-host", int(gone.stdout))))
+        # a dead writer's decode of the split before its files changed (another name): removed too
+        before = cache_file.with_name(f".{cache_file.name.replace('px-', 'px-0')}.tmp-{socket.gethostname()}-{gone.stdout.strip()}")
         cache_file.rename(dead)
-        alive.write_bytes(b"")
-        elsewhere.write_bytes(b"")
+        for path in (alive, elsewhere, before):
+            path.write_bytes(b"")
     rebuilt = _cached_test_split(tmp_path)
     assert decoded(decode_log) == 6
-    if interruption == "decode in progress":  # the dead writer's file removed, not another's
-        assert not dead.exists() and alive.exists() and elsewhere.exists()
+    if interruption == "decode in progress":  # the dead writers' files removed, not another's
+        assert not dead.exists() and not before.exists() and alive.exists() and elsewhere.exists()
     direct = load_dataset(CACHED, "test", data_root=str(tmp_path / "tree")).to_memory(num_workers=0)
     assert torch.equal(rebuilt.images, direct.images)
     decoded(decode_log)  # (the direct decode's)

@@ -451,8 +451,8 @@ def _decode_into(split: FolderImageSet, path: str, nbytes: int, stem: str, sourc
     from .._io import check_writable
 
     folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{stem}.u8.tmp-{socket.gethostname()}-")  # + the writer's pid
-    _remove_dead_writers_files(temporary)
+    temporary = os.path.join(folder, f".{stem}{_DECODING_ON}{socket.gethostname()}-")  # + the writer's pid
+    _remove_dead_writers_files(folder)
     _remove_outdated_caches(folder, source, key, progress)
     check_writable(path, "decode cache", need_bytes=nbytes)
     os.makedirs(folder, exist_ok=True)
@@ -512,12 +512,18 @@ class MappedImageSet(ImageSet):
                 released = end
 
 
-def _remove_dead_writers_files(prefix: str) -> None:
-    """Remove ``<prefix><pid>`` files whose process is gone: a killed decode's partial cache
-    (a whole split's size). The prefix names this host: a writer on another host sharing the
-    folder is never taken for dead."""
-    for leftover in glob.glob(glob.escape(prefix) + "*"):
-        pid = leftover[len(prefix):]
+# a decode's temporary file: ".<stem>" + this + "<host>-<pid>" (_decode_into)
+_DECODING_ON = ".u8.tmp-"
+
+
+def _remove_dead_writers_files(folder: str) -> None:
+    """Remove the temporary files of decodes in ``folder`` whose process is gone: a killed
+    decode's partial cache (a whole split's size), of whichever split and resolution (that
+    split's files may have changed since: its next decode has another name). Only this host's:
+    a writer on another host sharing the folder is never taken for dead."""
+    host = socket.gethostname()
+    for leftover in glob.glob(os.path.join(glob.escape(folder), f".*{_DECODING_ON}{glob.escape(host)}-*")):
+        pid = leftover.rpartition(f"{_DECODING_ON}{host}-")[2]
         if pid.isdigit() and not _process_alive(int(pid)):
             try:
                 os.unlink(leftover)
