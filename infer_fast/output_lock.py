@@ -86,20 +86,20 @@ def _is_leftover(path: str) -> bool:
     return hidden_sibling_owner(path, TEMP) is not None or hidden_sibling_owner(path, REPLACED) is not None
 
 
-def _folder_entries(run: Path, folders: Sequence[str]) -> List[str]:
-    """The entries at the top of the folder ``run`` and anywhere in its ``folders``,
+def _folder_entries(output: Path, folders: Sequence[str]) -> List[str]:
+    """The entries at the top of the folder ``output`` and anywhere in its ``folders``,
     found without following a symbolic link (a folder that is one, e.g. teachers shared between
     runs, is skipped whole: what is there is others' too) and without entering a hidden folder
-    (a leftover itself); none whose real path is outside ``run``."""
-    entries = [os.path.join(run, entry) for entry in os.listdir(run)]
+    (a leftover itself); none whose real path is outside ``output``."""
+    entries = [os.path.join(output, entry) for entry in os.listdir(output)]
     for folder in folders:
-        top = run / folder
+        top = output / folder
         if top.is_symlink() or not top.is_dir():
             continue
         for here, directories, files in os.walk(top, followlinks=False):
             entries += [os.path.join(here, entry) for entry in directories + files]
             directories[:] = [d for d in directories if not d.startswith(".")]
-    inside = os.path.realpath(run) + os.sep
+    inside = os.path.realpath(output) + os.sep
     return [entry for entry in entries if os.path.realpath(entry).startswith(inside)]
 
 
