@@ -627,10 +627,17 @@ def _like_load_teacher_result(value: Any) -> bool:
 def load_teachers_for_set(paths, distilled, device: str = "cpu") -> List[nn.Module]:
     """The teachers at ``paths`` (one path or a list: :func:`teacher_path_list`; load_teacher)
     for the DistilledSet ``distilled``: each refused, naming it, unless it was trained on the
-    set's dataset, classes (their names, in order, where both record them) and takes its images."""
-    return [load_teacher(p, dataset=distilled.dataset, num_classes=distilled.num_classes, device=device,
-                         channels=distilled.channels, image_size=distilled.height, class_names=distilled.class_names,
-                         names_from="the distilled set")[0] for p in teacher_path_list(paths)]
+    set's dataset, classes (their names, in order, where both record them) and takes its images;
+    two holding the same weights are refused naming both files (check_distinct_teachers: the
+    calls that take the models can name them by number only)."""
+    from ._io import model_digest
+
+    paths = teacher_path_list(paths)
+    models = [load_teacher(p, dataset=distilled.dataset, num_classes=distilled.num_classes, device=device,
+                           channels=distilled.channels, image_size=distilled.height, class_names=distilled.class_names,
+                           names_from="the distilled set")[0] for p in paths]
+    check_distinct_teachers([model_digest(m) for m in models], paths)
+    return models
 
 
 def load_teachers_for_split(paths, dataset, split, device: str = "cpu") -> List[Tuple[nn.Module, Dict[str, Any]]]:

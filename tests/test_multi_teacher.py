@@ -2,6 +2,7 @@
 teacher given twice refused everywhere, teachers given as a generator or one model read once, and
 one numbering of teachers (from 1, with the count) in every message."""
 import json
+import re
 import shutil
 
 import pytest
@@ -143,6 +144,20 @@ def test_relabel_recovery_dynamic_students_and_evaluation_refuse_one_teacher_twi
     with pytest.raises(ValueError, match="teacher 1/2 and teacher 2/2 hold the same weights"):
         evaluate_set_dd_ranking(labelled, [teacher, teacher], DDRankingProtocol(**DD_RANKING),
                                 full_data_checkpoint=t0, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("command", [["train", "--dynamic"], ["evaluate"], ["evaluate", "--protocol", "dd-ranking", "--test-interval", "1"]])
+def test_train_and_evaluate_name_the_files_of_one_teacher_given_twice(tmp_path, capsys, paths, data, command):
+    """As distill and relabel do (README): train --dynamic and evaluate said "teacher 1/2 and
+    teacher 2/2", the files left out (the calls they make take models, named by number)."""
+    from infer_fast.cli import main
+
+    t0, _, copy = paths
+    save_distilled(random_set(data[0], 2, seed=7), tmp_path / "set")
+    status = main([command[0], str(tmp_path / "set"), "--teachers", f"{t0},{copy}", *command[1:], "--epochs", "1",
+                   "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 2 and re.search(SAME.format(a=re.escape(t0), b=re.escape(copy)), err), err
 
 
 def test_run_refuses_a_path_listed_twice_when_made_and_a_copy_before_any_set(tmp_path, paths):
