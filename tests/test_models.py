@@ -502,3 +502,13 @@ def test_a_model_built_to_read_its_shapes_is_not_initialized(monkeypatch):
     assert len(model_table()) == len(all_specs())
     with pytest.raises(AssertionError, match="an init ran"):  # (on the CPU: initialized, as before)
         all_specs()[0].build(num_classes=10, in_channels=3, image_size=32)
+
+
+def test_the_model_zoos_docstring_example_runs():
+    """Its `>>>` lines are an example a reader copies: they ran into an undefined x."""
+    import doctest
+
+    import infer_fast.models as zoo
+
+    result = doctest.testmod(zoo)
+    assert result.attempted >= 4 and result.failed == 0

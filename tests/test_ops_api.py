@@ -314,3 +314,18 @@ def test_the_triton_launchers_refuse_an_index_out_of_range_themselves():
     with pytest.raises(RuntimeError, match=r"ufc_compose: index values must lie in \[0, 3\)"):
         _triton.ufc_compose_grad_ufc(torch.ones(5, 4, 2, 5, 5), natural, ufc, index, None, None, lo, hi,
                                      torch.empty_like(ufc))
+
+
+def test_the_readmes_api_example_runs_as_written():
+    """The README's "## API" block, run as it is (it named running_mean, natural, ufc... without
+    making them), gives the shapes its comments say."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"\n## API\n\n```python\n(.*?)```\n", readme, flags=re.S)
+    names: dict = {}
+    exec(compile(block, "README.md (API)", "exec"), names)  # noqa: S102 - the project's own README
+    assert names["loss"].shape == (4,) and names["x"].grad is not None
+    assert names["images"].shape == (names["G"], names["C"], 3, 32, 32)
+    assert names["r_bn"].shape == (names["G"],)

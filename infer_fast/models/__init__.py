@@ -1,8 +1,11 @@
 """Model zoo: built-in BatchNorm teachers for 28/32/64-pixel data, ImageNet-layout variants,
 and ``torchvision:NAME`` / ``timm:NAME`` when those libraries are installed.
 
+    >>> import torch
     >>> model = create_model("resnet18", num_classes=10, in_channels=3, image_size=32)
-    >>> feats = penultimate_features(model, x)      # (N, 512), the head's input
+    >>> x = torch.randn(8, 3, 32, 32)
+    >>> penultimate_features(model, x).shape      # the head's input
+    torch.Size([8, 512])
 
 Every built-in model has ``forward_features(x) -> (N, D)`` and an ``nn.Linear`` ``head``,
 with ``forward(x) == head(forward_features(x))``. ``list_models()`` gives the built-in names
