@@ -144,12 +144,18 @@ def continued_by(how: str) -> Iterator[None]:
     """The duration of a library call that continues where it stopped when made again (a run
     directory's results, its sets' checkpoints: run_pipeline, run_demo): an Interrupted leaving
     it says ``how``, over what an inner call said (a recovery's "resume=True", which this call
-    does not take)."""
+    does not take); so does a plain Ctrl-C (Python's KeyboardInterrupt, raised where no
+    handler of ours was installed: a step that keeps no checkpoint, the plots), made an
+    Interrupted of SIGINT."""
     try:
         yield
     except Interrupted as exc:
         exc.how_to_continue = how
         raise
+    except KeyboardInterrupt as exc:
+        stop = Interrupted(signal.SIGINT)
+        stop.how_to_continue = how
+        raise stop.with_traceback(exc.__traceback__) from None
 
 
 def _python_default(signum: int) -> object:

@@ -168,6 +168,32 @@ def test_an_interrupted_run_pipeline_says_to_call_it_again(tmp_path, teacher_pat
     assert str(stopped.value) == "SIGINT: call run_pipeline(cfg) again to continue where it stopped"
 
 
+def plain_ctrl_c(*args, **kwargs):
+    """Ctrl-C where no handler of ours is installed (a step without a checkpoint, the plots):
+    Python's own KeyboardInterrupt."""
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("call", ["run_pipeline", "run_demo"])
+def test_a_plain_ctrl_c_of_a_run_says_to_call_it_again_too(tmp_path, teacher_paths, monkeypatch, call):
+    """It left run_pipeline as a bare KeyboardInterrupt, with no message (README: it says how to go on)."""
+    if call == "run_pipeline":
+        monkeypatch.setattr(pipeline, "_run", plain_ctrl_c)
+        cfg = PipelineConfig.from_dict(values(tmp_path, teachers=[{"path": p} for p in teacher_paths]))
+        made, said = lambda: run_pipeline(cfg, progress=False), "SIGINT: call run_pipeline(cfg) again to continue"
+    else:
+        monkeypatch.setattr(pipeline, "run_pipeline", plain_ctrl_c)
+        made, said = lambda: run_demo(str(tmp_path / "demo"), epochs=1, iterations=1, progress=False), "SIGINT: call run_demo("
+    try:
+        made()
+    except interrupts.Interrupted as stopped:
+        assert str(stopped).startswith(said), str(stopped)
+    except KeyboardInterrupt:  # (caught here: let through, it would stop pytest's session)
+        pytest.fail("a bare KeyboardInterrupt left the call, saying nothing")
+    else:
+        pytest.fail("the call was not interrupted")
+
+
 def test_an_interrupted_run_demo_says_to_call_it_again(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "run_pipeline", interrupted_recovery)
     out = str(tmp_path / "demo")
