@@ -59,6 +59,41 @@ def hidden_sibling_owner(path: PathLike, kind: str) -> Optional[str]:
     return os.path.join(head, name)
 
 
+def host_writer_tag() -> str:
+    """``<host>-<pid>``: what names a temporary file in a folder other hosts may share (a cache
+    under a networked home), so that only its own host ever takes its writer for dead
+    (:func:`remove_dead_writers_files`)."""
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_dead_writers_files(folder: PathLike, marker: str) -> None:
+    """Remove the files ``.<anything><marker><host>-<pid>`` in ``folder`` (:func:`host_writer_tag`)
+    of this host whose process is gone: what a killed writer left (a decode's partial cache, a
+    partial download). Another host's are never touched: its processes cannot be seen from here."""
+    import glob
+    import socket
+
+    host = socket.gethostname()
+    for leftover in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f".*{glob.escape(marker + host)}-*")):
+        pid = leftover.rpartition(f"{marker}{host}-")[2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):  # (another process removed it first)
+                os.unlink(leftover)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 # The names of a recovery's files, derived from its set's: the checkpoint beside the set
 # (distill/run.py), each rank's share beside that (distributed.shard_path), the folder of the
 # finished batches' results and a results file in it (distill/checkpoints.py). Defined here, the

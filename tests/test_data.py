@@ -252,8 +252,17 @@ def test_a_download_stopped_after_its_first_file_is_finished_by_the_next(no_fmni
         load_dataset("fashion-mnist", "test", download=False)
     (tmp_path / "held-back.gz").rename(labels_file)
     (server / "t10k-images-idx3-ubyte.gz").unlink()  # (the first file is not fetched again)
+    # a download killed on this host (its process gone) left its partial file: removed; a live one's kept
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    cache = tmp_path / "cache" / "fashion-mnist"
+    killed, alive = (cache / f".t10k-labels-idx1-ubyte.gz.download-{socket.gethostname()}-{pid}"
+                     for pid in (gone, os.getppid()))
+    for path in (killed, alive):
+        path.write_bytes(b"partial")
     ds = load_dataset("fashion-mnist", "test")
     assert torch.equal(ds.images[:, 0], images) and torch.equal(ds.labels, labels.long())
+    assert sorted(os.listdir(cache)) == sorted([alive.name, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
 
 
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "imagenet",

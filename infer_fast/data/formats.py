@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from typing import List, Optional, Sequence, Tuple
 
+from .._io import host_writer_tag, remove_dead_writers_files
 from ..config import home_expanded
 from .cifar import CIFAR_URLS, read_cifar, read_cifar_batch, write_cifar_batches
 from .folders import (
@@ -89,11 +89,19 @@ def _find_pair(directory: str, stems: Sequence[str]) -> Optional[Tuple[str, ...]
     return tuple(found)
 
 
+# a download's temporary file: ".<name>" + this + "<host>-<pid>" beside its destination
+_DOWNLOADING_ON = ".download-"
+
+
 def _download(url: str, dest: str) -> None:
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(dest))
+    """``url`` into ``dest``, through a temporary file beside it checked to be an IDX file
+    (what killed downloads of this host left there is removed first)."""
+    folder = os.path.dirname(dest)
+    os.makedirs(folder, exist_ok=True)
+    remove_dead_writers_files(folder, _DOWNLOADING_ON)
+    tmp = os.path.join(folder, f".{os.path.basename(dest)}{_DOWNLOADING_ON}{host_writer_tag()}")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
             shutil.copyfileobj(response, out, 1 << 20)
         read_idx(tmp)  # a broken or partial download must not land in the cache
         os.replace(tmp, dest)

@@ -25,7 +25,6 @@ import json
 import mmap
 import multiprocessing
 import os
-import socket
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -448,15 +447,14 @@ def _decode_into(split: FolderImageSet, path: str, nbytes: int, stem: str, sourc
                  progress: bool, num_workers: Optional[int]) -> None:
     """Decode ``split`` (``nbytes`` of pixels) into the cache file ``path`` (beside itself, then
     renamed), after removing what killed decodes and outdated caches left (:func:`decoded_cache`)."""
-    from .._io import check_writable
+    from .._io import check_writable, host_writer_tag, remove_dead_writers_files
 
     folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{stem}{_DECODING_ON}{socket.gethostname()}-")  # + the writer's pid
-    _remove_dead_writers_files(folder)
+    remove_dead_writers_files(folder, _DECODING_ON)  # (whichever split's: its files may have changed since)
     _remove_outdated_caches(folder, source, key, progress)
     check_writable(path, "decode cache", need_bytes=nbytes)
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{temporary}{os.getpid()}"
+    tmp = os.path.join(folder, f".{stem}{_DECODING_ON}{host_writer_tag()}")
     try:
         write_raw_images(tmp, (images for images, _ in split.batches(
             256, num_workers=num_workers, progress=progress, desc=f"decode cache {split.spec.name} {split.split}")),
@@ -512,23 +510,8 @@ class MappedImageSet(ImageSet):
                 released = end
 
 
-# a decode's temporary file: ".<stem>" + this + "<host>-<pid>" (_decode_into)
+# a decode's temporary file: ".<stem>" + this + "<host>-<pid>" (_decode_into; _io.remove_dead_writers_files)
 _DECODING_ON = ".u8.tmp-"
-
-
-def _remove_dead_writers_files(folder: str) -> None:
-    """Remove the temporary files of decodes in ``folder`` whose process is gone: a killed
-    decode's partial cache (a whole split's size), of whichever split and resolution (that
-    split's files may have changed since: its next decode has another name). Only this host's:
-    a writer on another host sharing the folder is never taken for dead."""
-    host = socket.gethostname()
-    for leftover in glob.glob(os.path.join(glob.escape(folder), f".*{_DECODING_ON}{glob.escape(host)}-*")):
-        pid = leftover.rpartition(f"{_DECODING_ON}{host}-")[2]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:  # (another process removed it first)
-                pass
 
 
 def _remove_outdated_caches(directory: str, source: Dict[str, Any], key: str, progress: bool) -> None:
@@ -555,16 +538,6 @@ def _remove_outdated_caches(directory: str, source: Dict[str, Any], key: str, pr
                     pass
             if progress:
                 print(f"decode cache: removed {cache} ({size / 2**30:.2f} GiB), made before {source['folder']} changed")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def _cache_matches(path: str, meta_path: str, record: Dict[str, Any]) -> bool:
