@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import io
 import json
 import os
 import pickle
 import re
+import socket
 import tempfile
 import uuid
 import warnings
@@ -63,8 +65,6 @@ def host_writer_tag() -> str:
     """``<host>-<pid>``: what names a temporary file in a folder other hosts may share (a cache
     under a networked home), so that only its own host ever takes its writer for dead
     (:func:`remove_dead_writers_files`)."""
-    import socket
-
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -72,9 +72,6 @@ def remove_dead_writers_files(folder: PathLike, marker: str) -> None:
     """Remove the files ``.<anything><marker><host>-<pid>`` in ``folder`` (:func:`host_writer_tag`)
     of this host whose process is gone: what a killed writer left (a decode's partial cache, a
     partial download). Another host's are never touched: its processes cannot be seen from here."""
-    import glob
-    import socket
-
     host = socket.gethostname()
     for leftover in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f".*{glob.escape(marker + host)}-*")):
         pid = leftover.rpartition(f"{marker}{host}-")[2]
