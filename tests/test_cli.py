@@ -278,7 +278,8 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
     args = IN_BATCH_DISTILL  # K = 4 UFCs, all in one batch
     _ok(*args, "--out", "reference", cwd=tmp_path)
     reference = load_distilled(tmp_path / "reference")
-    killed = [*args, "--checkpoint-every", "10", "--out", "killed"]
+    checkpointed = [*args, "--checkpoint-every", "10"]
+    killed = [*checkpointed, "--out", "killed"]
     checkpoint = tmp_path / "killed.recovery.pt"
 
     def resumed_report(at):
@@ -299,12 +300,12 @@ def test_distill_killed_with_sigkill_inside_a_batch_resumes_bit_identically(tmp_
             shutil.copy(checkpoint, tmp_path / "first.kept.pt")
         previous = iteration
     out = _ok(*killed, "--resume", cwd=tmp_path)  # (--quiet: the resume report is printed all the same)
-    assert resumed_report(140) in out
+    assert resumed_report(previous) in out  # (the last kill's iteration)
     resumed = load_distilled(tmp_path / "killed")
 
     def resume_again():  # the first checkpoint resumed once, to the end: which kill changed the result
         shutil.copy(tmp_path / "first.kept.pt", tmp_path / "again.recovery.pt")
-        _ok(*killed[:-1], "again", "--resume", cwd=tmp_path)
+        _ok(*checkpointed, "--out", "again", "--resume", cwd=tmp_path)
         return load_distilled(tmp_path / "again").ufc
 
     _assert_resumed_equals_uninterrupted(tmp_path, args, resumed, reference, resume_again)
